@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migration sessions: a sender that pushes dirty pages and their tags over N channels, and a
+ * receiver that applies them to guest RAM. See docs/api.md for the life cycle a VMM follows.
+ *
+ * Threads: each session runs one worker thread per channel. Unless a function says otherwise it
+ * must be called from one thread at a time (the VMM's migration thread); tm_*_get_stats() and
+ * tm_receiver_page_present() may be called from any thread at any time.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "export.h"
+#include "ram.h"
+#include "tagstore.h"
+#include "wire.h"
+
+G_BEGIN_DECLS
+
+typedef struct tm_sender tm_sender;
+typedef struct tm_receiver tm_receiver;
+
+/* Statistics of one side; counters only grow. */
+typedef struct tm_stats {
+	uint64_t pages;                           /* pages sent (sender) or applied (receiver) */
+	uint64_t pages_by_kind[TM_PAGE_KIND_COUNT]; /* NORMAL, ZERO, ZERO_TAGGED */
+	uint64_t pages_by_tag_enc[TM_TAG_ENC_COUNT]; /* TAGS_ZERO, TAGS_UNIFORM, TAGS_PACKED */
+	uint64_t packets;                         /* DATA messages */
+	uint64_t syncs;                           /* completed sync rounds */
+	uint64_t wire_bytes;                      /* every byte on the channels, framing included */
+	uint64_t data_bytes;                      /* page data bytes on the wire */
+	uint64_t tag_bytes;                       /* tag payload bytes on the wire */
+	double seconds;                           /* from the end of the handshake to now or to the end */
+	unsigned channels;
+	char io_backend[16];                      /* I/O backend that ran, e.g. "sockets" */
+} tm_stats;
+
+/* I/O backends: "sockets" (portable, blocking sendmsg/readv). NULL picks the default. */
+TM_EXPORT const char *tm_io_backend_default(void);
+
+typedef struct tm_sender_config {
+	unsigned channels;    /* 1..64; 0 means 4 */
+	uint64_t chunk_size;  /* striping chunk (power of two >= packet_size); 0 means 2 MiB */
+	uint32_t packet_size; /* page data bytes per packet (power of two, 64 KiB..16 MiB); 0: 512 KiB */
+	const char *io_backend; /* NULL: tm_io_backend_default() */
+	unsigned timeout_ms;  /* connect, handshake and any single blocked I/O; 0 means 60000 */
+} tm_sender_config;
+
+/*
+ * Creates a sender for layout and tag store (store may be NULL: no tags). Both must outlive the
+ * sender; cfg may be NULL for defaults and is copied. Returns 0 or -errno (-EINVAL for a bad
+ * configuration, -EOPNOTSUPP for an unsupported mode) with the reason in *error.
+ */
+TM_EXPORT int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags,
+			    const tm_sender_config *cfg, tm_sender **ret, GError **error);
+
+/*
+ * Opens the session: connects every channel to host:port, sends HELLO on each and waits for every
+ * HELLO_ACK. On refusal by the receiver the error carries the receiver's message. Returns 0 or
+ * -errno with *error set; after a failure only tm_sender_free() is allowed.
+ */
+TM_EXPORT int tm_sender_connect(tm_sender *sender, const char *host, const char *port,
+				GError **error);
+
+/*
+ * Like tm_sender_connect() on sockets the VMM connected itself: fds[i] becomes channel i. The
+ * sender owns the fds from the call on, also on failure. n must equal the configured channels.
+ */
+TM_EXPORT int tm_sender_attach(tm_sender *sender, const int *fds, unsigned n, GError **error);
+
+/*
+ * Queues pages of block for sending: pages[] are page indexes (any order, duplicates allowed).
+ * Returns at once; channel workers read the pages' data and tags when they send them, so a page
+ * written by the guest after this call is sent with its newer content or must be queued again.
+ * Returns 0, -ERANGE (index out of the block) or the session's earlier failure.
+ */
+TM_EXPORT int tm_sender_queue_pages(tm_sender *sender, unsigned block, const uint64_t *pages,
+				    size_t count, GError **error);
+
+/*
+ * Queues the pages whose bit is set in bitmap (bit i of bitmap[i / 64], least significant first)
+ * for pages first_page .. first_page + npages - 1 of block (bit 0 is first_page).
+ */
+TM_EXPORT int tm_sender_queue_bitmap(tm_sender *sender, unsigned block, const uint64_t *bitmap,
+				     uint64_t first_page, uint64_t npages, GError **error);
+
+/*
+ * End-of-round barrier: returns 0 once every page queued before the call has been written into
+ * the receiver's RAM with its tags and marked present there, or -errno on failure of any channel.
+ */
+TM_EXPORT int tm_sender_sync(tm_sender *sender, GError **error);
+
+/*
+ * Switchover: sends what is still queued, waits as tm_sender_sync() does, then tells the receiver
+ * the migration is complete on every channel and waits for its acknowledgement. Returns 0 or -errno.
+ * After it only tm_sender_get_stats() and tm_sender_free() are allowed.
+ */
+TM_EXPORT int tm_sender_finish(tm_sender *sender, GError **error);
+
+/* Copies the current statistics; thread-safe. */
+TM_EXPORT void tm_sender_get_stats(tm_sender *sender, tm_stats *ret);
+
+/* Stops the workers (abandoning a migration in progress), closes the channels. NULL: no-op. */
+TM_EXPORT void tm_sender_free(tm_sender *sender);
+
+/* Called from a channel worker after pages [first_page, first_page + npages) of block became present. */
+typedef void (*tm_present_fn)(void *opaque, unsigned channel, unsigned block, uint64_t first_page,
+			      uint64_t npages);
+
+typedef struct tm_receiver_config {
+	const char *io_backend; /* NULL: tm_io_backend_default() */
+	unsigned timeout_ms;    /* accept, handshake and any single blocked I/O; 0 means 60000 */
+	tm_present_fn on_present; /* optional */
+	void *opaque;
+} tm_receiver_config;
+
+/* Creates a receiver; cfg may be NULL. Returns 0 or -errno. */
+TM_EXPORT int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **error);
+
+/*
+ * Accepts the channels of one session on listen_fd (a listening socket the caller keeps) and
+ * reads their HELLOs; channels may arrive in any order. Fails (-EPROTO, -ERANGE, -ETIMEDOUT, ...)
+ * on an inconsistent or incomplete session. The peer is not answered yet.
+ */
+TM_EXPORT int tm_receiver_accept(tm_receiver *receiver, int listen_fd, GError **error);
+
+/* Same on sockets the VMM accepted itself (in any order); the receiver owns them from the call on. */
+TM_EXPORT int tm_receiver_attach(tm_receiver *receiver, const int *fds, unsigned n, GError **error);
+
+/*
+ * The layout the sender announced (host pointers NULL), valid after accept until free; and
+ * whether it sends tags. A VMM normally knows its layout; a tool can size its RAM from this.
+ */
+TM_EXPORT const tm_ram_layout *tm_receiver_announced_layout(tm_receiver *receiver);
+TM_EXPORT bool tm_receiver_peer_sends_tags(tm_receiver *receiver);
+
+/*
+ * Compares layout (and whether tags is a store with tags) with what the sender announced. On a
+ * difference it tells the sender why (ERROR on every channel) and returns -EINVAL with the same
+ * message in *error; otherwise acknowledges every channel and starts the channel workers.
+ * layout and tags must outlive the receiver; tags may be NULL (no tags).
+ */
+TM_EXPORT int tm_receiver_start(tm_receiver *receiver, const tm_ram_layout *layout,
+				tm_tag_store *tags, GError **error);
+
+/*
+ * Gives up after accept (for instance when the caller cannot provide the announced RAM): tells the
+ * sender why with an ERROR (code: positive errno) on every channel and closes them. Returns 0.
+ */
+TM_EXPORT int tm_receiver_abort(tm_receiver *receiver, int code, const char *message);
+
+/* Waits until the sender finished on every channel (0) or the migration failed (-errno). */
+TM_EXPORT int tm_receiver_wait(tm_receiver *receiver, GError **error);
+
+/* Whether the page is present (data and tags applied). Thread-safe; false for bad indexes. */
+TM_EXPORT bool tm_receiver_page_present(tm_receiver *receiver, unsigned block, uint64_t page);
+
+TM_EXPORT void tm_receiver_get_stats(tm_receiver *receiver, tm_stats *ret);
+
+/* NULL: no-op. Stops workers, closes the channels. */
+TM_EXPORT void tm_receiver_free(tm_receiver *receiver);
+
+/*
+ * Creates a listening TCP socket on host:port (host may be NULL for any address, port "0" picks
+ * one). Returns the fd (>= 0) or -errno. *ret_port receives the bound port if not NULL.
+ */
+TM_EXPORT int tm_listen(const char *host, const char *port, unsigned *ret_port, GError **error);
+
+/*
+ * Channel of a page under the striping rule of docs/wire-format.md: chunk_base is the global
+ * number of the block's first chunk. Exposed for VMMs and tests.
+ */
+static inline unsigned tm_channel_of(uint64_t chunk_base, uint64_t offset, uint64_t chunk_size,
+				     unsigned channels)
+{
+	return (unsigned)((chunk_base + offset / chunk_size) % channels);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_sender, tm_sender_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_receiver, tm_receiver_free)
+
+G_END_DECLS

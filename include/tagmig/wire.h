@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Wire-format constants of tagmig protocol version 1. docs/wire-format.md is the specification;
+ * these names are what the codec and the API use for it.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#define TM_WIRE_VERSION 1u
+#define TM_FRAME_HDR_LEN 16u
+#define TM_HELLO_FIXED_LEN 48u
+#define TM_HELLO_BLOCK_LEN 24u
+#define TM_DATA_HDR_LEN 16u
+#define TM_PAGE_ENTRY_LEN 8u
+#define TM_ERROR_FIXED_LEN 8u
+
+#define TM_MAX_CHANNELS 64u
+#define TM_MAX_BLOCKS 1024u
+#define TM_MAX_BLOCK_NAME 255u
+#define TM_MAX_ERROR_MESSAGE 1024u
+
+#define TM_PACKET_SIZE_MIN (64u * 1024u)
+#define TM_PACKET_SIZE_MAX (16u * 1024u * 1024u)
+#define TM_PACKET_SIZE_DEFAULT (512u * 1024u)
+#define TM_CHUNK_SIZE_DEFAULT (2ull * 1024u * 1024u)
+#define TM_CHUNK_SIZE_MAX (1ull << 40)
+
+/* Memory tags: one 4-bit tag per 16-byte granule; tag buffers hold one byte per granule. */
+#define TM_TAG_GRANULE 16u
+
+/* Feature bits agreed in HELLO, once for the whole migration. */
+#define TM_FEATURE_TAGS_MTE4 (1u << 0)
+#define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)
+
+typedef enum tm_msg_type {
+	TM_MSG_HELLO = 1,
+	TM_MSG_HELLO_ACK = 2,
+	TM_MSG_DATA = 3,
+	TM_MSG_SYNC = 4,
+	TM_MSG_SYNC_ACK = 5,
+	TM_MSG_END = 6,
+	TM_MSG_END_ACK = 7,
+	TM_MSG_ERROR = 8,
+} tm_msg_type;
+
+typedef enum tm_page_kind {
+	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */
+	TM_PAGE_ZERO = 1,        /* zero data and zero tags: no payload */
+	TM_PAGE_ZERO_TAGGED = 2, /* zero data, non-zero tags: tag payload only */
+	TM_PAGE_KIND_COUNT = 3,
+} tm_page_kind;
+
+typedef enum tm_tag_enc {
+	TM_TAGS_ZERO = 0,    /* all tags zero: nothing sent */
+	TM_TAGS_UNIFORM = 1, /* one byte: the tag of every granule */
+	TM_TAGS_PACKED = 2,  /* page_size / 32 bytes, two tags per byte, low nibble first */
+	TM_TAG_ENC_COUNT = 3,
+} tm_tag_enc;

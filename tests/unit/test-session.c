@@ -1,0 +1,622 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Sender and receiver in one process over loopback: migrations with several blocks, page sizes,
+ * rounds and syncs, verified bit-exact; refusals and corrupt input with their messages.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "tagmig/tagmig.h"
+#include "transport/transport.h"
+
+typedef struct guest {
+	tm_ram_layout *layout;
+	tm_tag_store *tags;
+	uint8_t *ram[4];
+	uint8_t *map[4]; /* mapping behind ram[], which is aligned to 64 KiB */
+	size_t len[4];
+	unsigned nblocks;
+} guest;
+
+typedef struct block_spec {
+	const char *name;
+	size_t len;
+	uint32_t page_size;
+} block_spec;
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+	/* splitmix64: fast, deterministic test data */
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static void guest_init(guest *g, const block_spec *spec, unsigned n, bool with_tags)
+{
+	memset(g, 0, sizeof(*g));
+	tm_ram_layout_new(&g->layout);
+	g->nblocks = n;
+	for (unsigned i = 0; i < n; i++) {
+		g->len[i] = spec[i].len;
+		g->map[i] = mmap(NULL, spec[i].len + 65536, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		g_assert_true(g->map[i] != MAP_FAILED);
+		g->ram[i] = (uint8_t *)(((uintptr_t)g->map[i] + 65535) & ~(uintptr_t)65535);
+		g_assert_cmpint(tm_ram_layout_add_block(g->layout, spec[i].name, g->ram[i],
+							spec[i].len, spec[i].page_size,
+							(uint64_t)i << 32, NULL),
+				==, (int)i);
+	}
+	if (with_tags)
+		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, g->layout, NULL, &g->tags, NULL),
+				==, 0);
+}
+
+static void guest_fini(guest *g)
+{
+	tm_tag_store_free(g->tags);
+	tm_ram_layout_free(g->layout);
+	for (unsigned i = 0; i < g->nblocks; i++)
+		munmap(g->map[i], g->len[i] + 65536);
+}
+
+/* Fills page p of block b with one of the interesting shapes, chosen by `shape`. */
+static void fill_page(guest *g, unsigned b, uint64_t p, unsigned shape)
+{
+	tm_ram_block_info bi;
+	tm_ram_layout_block(g->layout, b, &bi);
+	uint8_t *d = g->ram[b] + p * bi.page_size;
+	uint8_t *t = g->tags ? tm_tag_store_soft_array(g->tags, b) + p * bi.page_size / 16 : NULL;
+	size_t nt = bi.page_size / 16;
+
+	switch (shape % 5) {
+	case 0: /* random data, random per-granule tags */
+		for (size_t i = 0; i < bi.page_size; i += 8) {
+			uint64_t v = rnd();
+			memcpy(d + i, &v, 8);
+		}
+		for (size_t i = 0; t && i < nt; i++)
+			t[i] = (uint8_t)(rnd() & 0xf);
+		break;
+	case 1: /* zero page, zero tags */
+		memset(d, 0, bi.page_size);
+		if (t)
+			memset(t, 0, nt);
+		break;
+	case 2: /* zero page carrying tags */
+		memset(d, 0, bi.page_size);
+		if (t)
+			memset(t, 0x9, nt), t[nt / 2] = 0x4;
+		break;
+	case 3: /* data with uniform tags */
+		memset(d, (int)(p & 0xff) | 1, bi.page_size);
+		if (t)
+			memset(t, 0x5, nt);
+		break;
+	default: /* data with zero tags */
+		d[bi.page_size - 1] = 0x7f;
+		if (t)
+			memset(t, 0, nt);
+		break;
+	}
+}
+
+static void guest_fill(guest *g)
+{
+	for (unsigned b = 0; b < g->nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(g->layout, b, &bi);
+		for (uint64_t p = 0; p < bi.length / bi.page_size; p++)
+			fill_page(g, b, p, (unsigned)(rnd() % 5));
+	}
+}
+
+static void assert_same(guest *a, guest *b)
+{
+	for (unsigned i = 0; i < a->nblocks; i++) {
+		g_assert_true(memcmp(a->ram[i], b->ram[i], a->len[i]) == 0);
+		if (a->tags && b->tags)
+			g_assert_true(memcmp(tm_tag_store_soft_array(a->tags, i),
+					     tm_tag_store_soft_array(b->tags, i), a->len[i] / 16) == 0);
+	}
+}
+
+typedef struct peer {
+	guest *g;
+	int listen_fd;
+	tm_receiver *r;
+	GError *error;
+	int ret;
+	uint64_t presented;
+	GThread *thread;
+} peer;
+
+static void count_present(void *opaque, unsigned ch, unsigned block, uint64_t first, uint64_t n)
+{
+	peer *p = opaque;
+	__atomic_fetch_add(&p->presented, n, __ATOMIC_RELAXED);
+}
+
+static gpointer receiver_thread(gpointer data)
+{
+	peer *p = data;
+	tm_receiver_config cfg = { .timeout_ms = 20000, .on_present = count_present, .opaque = p };
+
+	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_wait(p->r, &p->error);
+	return NULL;
+}
+
+static char *peer_start(peer *p, guest *g)
+{
+	unsigned port = 0;
+	memset(p, 0, sizeof(*p));
+	p->g = g;
+	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("receiver", receiver_thread, p);
+	return g_strdup_printf("%u", port);
+}
+
+static void peer_join(peer *p)
+{
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+}
+
+static void peer_free(peer *p)
+{
+	tm_receiver_free(p->r);
+	g_clear_error(&p->error);
+}
+
+static void migrate(const block_spec *spec, unsigned nblocks, unsigned channels, bool tags,
+		    uint64_t chunk_size)
+{
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+
+	guest_init(&src, spec, nblocks, tags);
+	guest_init(&dst, spec, nblocks, tags);
+	guest_fill(&src);
+	/* Stale destination content: zero pages must be cleared, zero tags must be set. */
+	guest_fill(&dst);
+
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender_config cfg = { .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	g_assert_no_error(err);
+
+	/* Round 1: everything, by bitmap. */
+	uint64_t total = 0;
+	for (unsigned b = 0; b < nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(src.layout, b, &bi);
+		uint64_t np = bi.length / bi.page_size;
+		g_autofree uint64_t *bm = g_new0(uint64_t, (np + 63) / 64);
+		for (uint64_t i = 0; i < np; i++)
+			bm[i / 64] |= 1ull << (i % 64);
+		g_assert_cmpint(tm_sender_queue_bitmap(s, b, bm, 0, np, &err), ==, 0);
+		total += np;
+	}
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_no_error(err);
+	/* The barrier: every page queued before sync is present on the receiver now. */
+	g_assert_nonnull(p.r);
+	for (unsigned b = 0; b < nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(src.layout, b, &bi);
+		for (uint64_t i = 0; i < bi.length / bi.page_size; i++)
+			g_assert_true(tm_receiver_page_present(p.r, b, i));
+	}
+	g_assert_cmpuint(__atomic_load_n(&p.presented, __ATOMIC_RELAXED), ==, total);
+	assert_same(&src, &dst);
+
+	/* Round 2: the guest dirtied some pages (shapes change: data->zero keeps tags). */
+	for (unsigned b = 0; b < nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(src.layout, b, &bi);
+		uint64_t np = bi.length / bi.page_size;
+		GArray *dirty = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+		for (uint64_t i = 0; i < np; i += 1 + rnd() % 7) {
+			fill_page(&src, b, i, (unsigned)(rnd() % 5));
+			g_array_append_val(dirty, i);
+			/* Duplicates are allowed and harmless. */
+			if (i % 3 == 0)
+				g_array_append_val(dirty, i);
+		}
+		g_assert_cmpint(tm_sender_queue_pages(s, b, (uint64_t *)dirty->data, dirty->len, &err),
+				==, 0);
+		g_array_unref(dirty);
+	}
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+
+	tm_stats ss, rs;
+	tm_sender_get_stats(s, &ss);
+	tm_receiver_get_stats(p.r, &rs);
+	g_assert_cmpuint(ss.pages, ==, rs.pages);
+	g_assert_cmpuint(ss.pages, >=, total);
+	g_assert_cmpuint(ss.wire_bytes, ==, rs.wire_bytes);
+	g_assert_cmpuint(ss.tag_bytes, ==, rs.tag_bytes);
+	for (int k = 0; k < TM_PAGE_KIND_COUNT; k++) {
+		g_assert_cmpuint(ss.pages_by_kind[k], ==, rs.pages_by_kind[k]);
+		if (tags || k != TM_PAGE_ZERO_TAGGED)
+			g_assert_cmpuint(ss.pages_by_kind[k], >, 0);
+	}
+	if (tags) {
+		for (int k = 0; k < TM_TAG_ENC_COUNT; k++)
+			g_assert_cmpuint(ss.pages_by_tag_enc[k], >, 0);
+		g_assert_cmpuint(ss.tag_bytes, >, 0);
+	} else {
+		g_assert_cmpuint(ss.tag_bytes, ==, 0);
+		g_assert_cmpuint(ss.pages_by_kind[TM_PAGE_ZERO_TAGGED], ==, 0);
+	}
+	g_assert_cmpuint(ss.channels, ==, channels);
+	g_assert_cmpstr(ss.io_backend, ==, "sockets");
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_migrate_basic(void)
+{
+	const block_spec spec[] = { { "pc.ram", 8 << 20, 4096 } };
+	migrate(spec, 1, 4, true, 0);
+}
+
+static void test_migrate_blocks_pagesizes(void)
+{
+	/* Sizes that are not multiples of the chunk, three page sizes, several channel counts. */
+	const block_spec spec[] = {
+		{ "ram-4k", (3 << 20) + 5 * 4096, 4096 },
+		{ "ram-16k", (1 << 20) + 3 * 16384, 16384 },
+		{ "ram-64k", (2 << 20) + 65536, 65536 },
+	};
+	for (unsigned ch = 1; ch <= 8; ch *= 2)
+		migrate(spec, 3, ch, true, 1 << 20);
+}
+
+static void test_migrate_no_tags(void)
+{
+	const block_spec spec[] = { { "a", 4 << 20, 4096 }, { "b", 1 << 20, 16384 } };
+	migrate(spec, 2, 3, false, 0);
+}
+
+/* A receiver whose RAM differs from what the sender announces refuses, and says what differs. */
+static void refuse_case(const block_spec *ss, const block_spec *rs, bool stags, bool rtags,
+			const char *expect)
+{
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, ss, 1, stags);
+	guest_init(&dst, rs, 1, rtags);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender_config cfg = { .channels = 2, .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	int r = tm_sender_connect(s, "127.0.0.1", port, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, <, 0);
+	g_assert_nonnull(err);
+	g_test_message("sender: %s", err->message);
+	g_test_message("receiver: %s", p.error ? p.error->message : "(none)");
+	g_assert_nonnull(strstr(err->message, expect));
+	g_assert_nonnull(p.error);
+	g_assert_nonnull(strstr(p.error->message, expect));
+	/* Nothing was written into the receiver's RAM. */
+	g_assert_true(tm_buffer_is_zero(dst.ram[0], dst.len[0]));
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_refuse_layout(void)
+{
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	const block_spec len[] = { { "pc.ram", 1 << 20, 4096 } };
+	const block_spec name[] = { { "other", 2 << 20, 4096 } };
+	const block_spec psz[] = { { "pc.ram", 2 << 20, 65536 } };
+	refuse_case(a, len, false, false, "sender length 2097152 page size 4096, receiver length 1048576");
+	refuse_case(a, name, false, false, "'pc.ram' on the sender, 'other' on the receiver");
+	refuse_case(a, psz, false, false, "receiver length 2097152 page size 65536");
+	refuse_case(a, a, true, false, "no tag store");
+	refuse_case(a, a, false, true, "sender migrates no tags");
+}
+
+typedef struct sender_run {
+	guest *g;
+	const char *port;
+	unsigned channels;
+	bool queue_all; /* after connect: queue everything and finish */
+	int ret;
+	GError *error;
+} sender_run;
+
+static gpointer sender_thread(gpointer data)
+{
+	sender_run *sr = data;
+	g_autoptr(tm_sender) s = NULL;
+	tm_sender_config cfg = { .channels = sr->channels, .timeout_ms = 20000 };
+
+	sr->ret = tm_sender_new(sr->g->layout, sr->g->tags, &cfg, &s, &sr->error);
+	if (sr->ret >= 0)
+		sr->ret = tm_sender_connect(s, "127.0.0.1", sr->port, &sr->error);
+	for (unsigned b = 0; sr->ret >= 0 && sr->queue_all && b < sr->g->nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(sr->g->layout, b, &bi);
+		uint64_t np = bi.length / bi.page_size;
+		g_autofree uint64_t *pages = g_new(uint64_t, np);
+		for (uint64_t i = 0; i < np; i++)
+			pages[i] = i;
+		sr->ret = tm_sender_queue_pages(s, b, pages, np, &sr->error);
+	}
+	if (sr->ret >= 0 && sr->queue_all)
+		sr->ret = tm_sender_finish(s, &sr->error);
+	return NULL;
+}
+
+/* The receiver gives up after accept (a tool that cannot map the RAM): the sender learns why. */
+static void test_receiver_abort(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_receiver) r = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	int lfd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	sender_run sr = { .g = &src, .port = ports, .channels = 3 };
+	GThread *t = g_thread_new("sender", sender_thread, &sr);
+	tm_receiver_config cfg = { .timeout_ms = 20000 };
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_accept(r, lfd, &err), ==, 0);
+	const tm_ram_layout *ann = tm_receiver_announced_layout(r);
+	tm_ram_block_info bi;
+	g_assert_cmpint(tm_ram_layout_block(ann, 0, &bi), ==, 0);
+	g_assert_cmpstr(bi.name, ==, "pc.ram");
+	g_assert_cmpuint(bi.length, ==, 1 << 20);
+	g_assert_false(tm_receiver_peer_sends_tags(r));
+	tm_receiver_abort(r, ENOSPC, "RAM file out.img is 4096 bytes, the sender announces 1048576");
+	g_thread_join(t);
+	g_assert_cmpint(sr.ret, ==, -ENOSPC);
+	g_assert_nonnull(strstr(sr.error->message, "out.img is 4096 bytes"));
+	g_clear_error(&sr.error);
+	close(lfd);
+	guest_fini(&src);
+}
+
+/* A tag byte that is not a 4-bit tag stops the sender with block and offset named. */
+static void test_sender_bad_tag(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, true);
+	tm_tag_store_soft_array(src.tags, 0)[(5 * 4096 + 32) / 16] = 0x21;
+	g_autofree char *port = peer_start(&p, &dst);
+	sender_run sr = { .g = &src, .port = port, .channels = 2, .queue_all = true };
+	sender_thread(&sr);
+	peer_join(&p);
+	g_assert_cmpint(sr.ret, ==, -EINVAL);
+	g_test_message("sender: %s", sr.error->message);
+	g_assert_nonnull(strstr(sr.error->message, "block 'pc.ram', offset 0x5020"));
+	g_assert_nonnull(strstr(sr.error->message, "high nibble"));
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "sender gave up"));
+	g_assert_nonnull(strstr(p.error->message, "high nibble"));
+	g_clear_error(&sr.error);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* ---- a hand-made hostile sender: valid HELLO, then whatever the test wants ---- */
+static int raw_connect(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
+		       bool tags)
+{
+	int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+	g_assert_cmpint(fd, >=, 0);
+	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
+	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
+	tm_hello h = { .channel_id = id, .channel_count = count,
+		       .features = tags ? TM_FEATURE_TAGS_MTE4 : 0, .packet_size = 512 * 1024,
+		       .chunk_size = 2 << 20, .block_count = 1, .blocks = &wb };
+	memset(h.session_id, 7, 16);
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t bl = tm_hello_body_len(&h);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
+	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)bl, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
+	return fd;
+}
+
+static void expect_ack(int fd)
+{
+	uint8_t ack[TM_FRAME_HDR_LEN + 8];
+	g_assert_cmpint(recv(fd, ack, sizeof(ack), MSG_WAITALL), ==, sizeof(ack));
+	g_assert_cmpuint(ack[5], ==, TM_MSG_HELLO_ACK);
+}
+
+/* A DATA packet whose page lies outside the block: refused before any byte reaches RAM. */
+static void test_corrupt_page_out_of_range(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, false);
+	expect_ack(fd);
+	/* DATA: one NORMAL page at index 256 (the block has 256 pages), then 4 KiB of 0xee. */
+	uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + 8 + 4096];
+	memset(msg, 0xee, sizeof(msg));
+	tm_frame_encode(msg, TM_MSG_DATA, sizeof(msg) - TM_FRAME_HDR_LEN, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);
+	tm_put32(d + 4, 1);
+	tm_put32(d + 8, 4096);
+	tm_put32(d + 12, 0);
+	tm_put32(d + 16, 256);
+	d[20] = TM_PAGE_NORMAL;
+	d[21] = TM_TAGS_ZERO;
+	tm_put16(d + 22, 0);
+	(void)!write(fd, msg, sizeof(msg));
+	/* The receiver says why before it closes. */
+	uint8_t hdr[TM_FRAME_HDR_LEN];
+	g_assert_cmpint(recv(fd, hdr, sizeof(hdr), MSG_WAITALL), ==, sizeof(hdr));
+	g_assert_cmpuint(hdr[5], ==, TM_MSG_ERROR);
+	close(fd);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, -ERANGE);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "channel 0"));
+	g_assert_nonnull(strstr(p.error->message, "256"));
+	g_assert_true(tm_buffer_is_zero(dst.ram[0], dst.len[0]));
+	g_assert_false(tm_receiver_page_present(p.r, 0, 0));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* Two connections claiming the same channel id. */
+static void test_corrupt_duplicate_channel(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd0 = raw_connect(port, a, 1, 2, false);
+	int fd1 = raw_connect(port, a, 1, 2, false);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, -EPROTO);
+	g_assert_nonnull(strstr(p.error->message, "channel id 1 connected twice"));
+	close(fd0);
+	close(fd1);
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* A sender that disappears midway: the receiver fails naming the channel, no hang. */
+static void test_peer_vanishes(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, false);
+	expect_ack(fd);
+	uint8_t half[TM_FRAME_HDR_LEN / 2] = { 'T', 'M', 'I', 'G' };
+	(void)!write(fd, half, sizeof(half));
+	close(fd);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, -ECONNRESET);
+	g_assert_nonnull(strstr(p.error->message, "channel 0"));
+	g_assert_nonnull(strstr(p.error->message, "connection closed"));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+static void test_queue_errors(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	uint64_t bad = 256, bm = 1;
+
+	guest_init(&src, a, 1, false);
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender_config cfg = { .channels = 1, .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, &bad, 1, &err), ==, -EBADFD);
+	g_clear_error(&err);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, &bad, 1, &err), ==, -ERANGE);
+	g_assert_nonnull(strstr(err->message, "page 256 out of range"));
+	g_clear_error(&err);
+	g_assert_cmpint(tm_sender_queue_pages(s, 1, &bad, 0, &err), ==, -ERANGE);
+	g_clear_error(&err);
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, &bm, 250, 7, &err), ==, -ERANGE);
+	g_clear_error(&err);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, -EBADFD);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, 0);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_config_errors(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+
+	guest_init(&src, a, 1, false);
+	tm_sender_config c1 = { .channels = 65 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c1, &s, &err), ==, -EINVAL);
+	g_assert_nonnull(strstr(err->message, "65 channels"));
+	g_clear_error(&err);
+	tm_sender_config c2 = { .packet_size = 3000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c2, &s, &err), <, 0);
+	g_clear_error(&err);
+	tm_sender_config c3 = { .io_backend = "carrier-pigeon" };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c3, &s, &err), ==, -ENOENT);
+	g_assert_nonnull(strstr(err->message, "carrier-pigeon"));
+	g_assert_null(s);
+	guest_fini(&src);
+}
+
+int main(int argc, char **argv)
+{
+	g_test_init(&argc, &argv, NULL);
+	g_test_add_func("/session/migrate-basic", test_migrate_basic);
+	g_test_add_func("/session/migrate-blocks-pagesizes", test_migrate_blocks_pagesizes);
+	g_test_add_func("/session/migrate-no-tags", test_migrate_no_tags);
+	g_test_add_func("/session/refuse-layout", test_refuse_layout);
+	g_test_add_func("/session/receiver-abort", test_receiver_abort);
+	g_test_add_func("/session/sender-bad-tag", test_sender_bad_tag);
+	g_test_add_func("/session/corrupt-page-out-of-range", test_corrupt_page_out_of_range);
+	g_test_add_func("/session/corrupt-duplicate-channel", test_corrupt_duplicate_channel);
+	g_test_add_func("/session/peer-vanishes", test_peer_vanishes);
+	g_test_add_func("/session/queue-errors", test_queue_errors);
+	g_test_add_func("/session/config-errors", test_config_errors);
+	return g_test_run();
+}

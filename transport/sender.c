@@ -1,0 +1,705 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The sending side of a session. The VMM's migration thread queues dirty pages; they are split by
+ * chunk (docs/wire-format.md, striping) into per-channel work lists; one worker thread per channel
+ * packs its pages and tags into DATA packets and sends them, so a page always rides one channel.
+ * SYNC and END travel in the same work lists, behind the pages queued before them, which is what
+ * makes tm_sender_sync() a barrier.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <unistd.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "codec/codec.h"
+#include "ram/ram-internal.h"
+#include "tagmig/error.h"
+#include "tagstore/tagstore-internal.h"
+#include "transport.h"
+
+enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
+
+typedef struct work {
+	uint32_t kind;
+	uint32_t block;
+	uint64_t first; /* first page; sync id for WORK_SYNC */
+	uint64_t count;
+} work;
+
+typedef struct send_chan {
+	tm_chan ch;
+	tm_sender *s;
+	GThread *thread;
+	GCond wake;
+
+	/* protected by s->lock */
+	GArray *pending;  /* of work, handed to the worker by swapping with ->work */
+	uint64_t synced;  /* highest sync id acknowledged by the receiver */
+	bool ended;       /* END acknowledged */
+	bool exited;
+
+	/* worker-local */
+	GArray *work;
+	tm_packet pkt;
+	bool pkt_open;
+	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
+	uint64_t pages_sent;
+	uint64_t packets_sent;
+} send_chan;
+
+enum sender_state { S_NEW, S_OPEN, S_DONE };
+
+struct tm_sender {
+	/* read-only after setup */
+	const tm_ram_layout *layout;
+	tm_tag_store *tags; /* NULL: no tags */
+	tm_sender_config cfg;
+	const tm_transport_ops *io;
+	tm_hello hello;
+	unsigned nch;
+	send_chan *chans;
+
+	/* migration-thread local */
+	enum sender_state state;
+	GArray **staging; /* per channel, work being split before hand-over */
+	uint64_t next_sync;
+
+	/* protected by lock */
+	GMutex lock;
+	GCond cond; /* workers -> migration thread: ack, end, failure */
+	tm_failure failure;
+	bool quit;
+	int64_t t_start, t_end; /* also read by get_stats */
+};
+
+static void wake_all(tm_sender *s)
+{
+	for (unsigned i = 0; i < s->nch; i++)
+		g_cond_signal(&s->chans[i].wake);
+	g_cond_broadcast(&s->cond);
+}
+
+/* Records a failure and stops every channel: blocked sends and receives return at once. */
+static void sender_fail(tm_sender *s, GError *err, bool from_peer)
+{
+	g_mutex_lock(&s->lock);
+	bool was_quit = s->quit;
+	if (!was_quit || from_peer)
+		tm_failure_record(&s->failure, err, from_peer);
+	else
+		g_error_free(err);
+	s->quit = true;
+	wake_all(s);
+	g_mutex_unlock(&s->lock);
+	if (!was_quit)
+		for (unsigned i = 0; i < s->nch; i++)
+			if (s->chans[i].ch.fd >= 0)
+				shutdown(s->chans[i].ch.fd, SHUT_RDWR);
+}
+
+static int flush_packet(send_chan *c, GError **error)
+{
+	size_t len;
+
+	if (!c->pkt_open)
+		return 0;
+	c->pkt_open = false;
+	unsigned n = tm_packet_finish(&c->pkt, c->ch.tx_seq++, &len);
+	int r = tm_chan_send(&c->ch, c->pkt.iov, n, len, error);
+	if (r < 0)
+		return r;
+	c->pages_sent += c->pkt.page_count;
+	c->packets_sent++;
+	tm_count(&c->ch.st.pages, c->pkt.page_count);
+	tm_count(&c->ch.st.packets, 1);
+	tm_count(&c->ch.st.data_bytes, c->pkt.data_len);
+	tm_count(&c->ch.st.tag_bytes, c->pkt.tag_len);
+	return 0;
+}
+
+static int send_pages(send_chan *c, const work *w, GError **error)
+{
+	tm_sender *s = c->s;
+	const tm_wire_block *b = &s->hello.blocks[w->block];
+	const tm_ram_block *rb = tm_ram_layout_get(s->layout, w->block);
+	uint32_t ps = b->page_size;
+	uint64_t page = w->first, left = w->count;
+
+	while (left) {
+		if (c->pkt_open && (c->pkt.block != w->block || tm_packet_full(&c->pkt))) {
+			int r = flush_packet(c, error);
+			if (r < 0)
+				return r;
+		}
+		if (!c->pkt_open) {
+			tm_packet_begin(&c->pkt, w->block, ps, s->hello.packet_size);
+			c->pkt_open = true;
+		}
+		uint64_t n = MIN(left, (uint64_t)(c->pkt.max_pages - c->pkt.page_count));
+		if (s->tags) {
+			int r = tm_tag_store_get(s->tags, w->block, page * ps, n * ps, c->tagraw);
+			if (r < 0) {
+				g_set_error(error, TM_ERROR, -r,
+					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
+					    "x: reading tags failed: %s",
+					    c->ch.id, b->name, page * ps, g_strerror(-r));
+				return r;
+			}
+			/* A tag is 4 bits: anything else cannot be reproduced on the receiver. */
+			ssize_t bad = tm_tags_find_invalid(c->tagraw, n * ps / TM_TAG_GRANULE);
+			if (bad >= 0) {
+				g_set_error(error, TM_ERROR, EINVAL,
+					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
+					    "x: tag 0x%02x of that granule has its high nibble set",
+					    c->ch.id, b->name, page * ps + (uint64_t)bad * TM_TAG_GRANULE,
+					    c->tagraw[bad]);
+				return -EINVAL;
+			}
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			const uint8_t *data = rb->host + (page + i) * ps;
+			tm_tag_enc enc;
+			tm_page_kind kind = tm_packet_add(
+				&c->pkt, (uint32_t)(page + i), data, tm_buffer_is_zero(data, ps),
+				s->tags ? c->tagraw + i * (ps / TM_TAG_GRANULE) : NULL, &enc);
+			tm_count(&c->ch.st.by_kind[kind], 1);
+			tm_count(&c->ch.st.by_enc[enc], 1);
+		}
+		page += n;
+		left -= n;
+	}
+	return 0;
+}
+
+static int send_sync(send_chan *c, uint64_t id, GError **error)
+{
+	uint64_t ack, applied;
+	int r = flush_packet(c, error);
+	if (r >= 0)
+		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
+	if (r >= 0)
+		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_SYNC_ACK, &ack, &applied, error);
+	if (r < 0)
+		return r;
+	if (ack != id || applied != c->pages_sent) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "channel %u: sync %" G_GUINT64_FORMAT " acknowledged as %" G_GUINT64_FORMAT
+			    " with %" G_GUINT64_FORMAT " pages applied, %" G_GUINT64_FORMAT " sent",
+			    c->ch.id, id, ack, applied, c->pages_sent);
+		return -EPROTO;
+	}
+	g_mutex_lock(&c->s->lock);
+	c->synced = id;
+	g_cond_broadcast(&c->s->cond);
+	g_mutex_unlock(&c->s->lock);
+	return 0;
+}
+
+static int send_end(send_chan *c, GError **error)
+{
+	uint64_t applied, unused;
+	int r = flush_packet(c, error);
+	if (r >= 0)
+		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+	if (r >= 0)
+		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	if (r < 0)
+		return r;
+	if (applied != c->pages_sent) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "channel %u: receiver applied %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
+			    " were sent",
+			    c->ch.id, applied, c->pages_sent);
+		return -EPROTO;
+	}
+	g_mutex_lock(&c->s->lock);
+	c->ended = true;
+	g_cond_broadcast(&c->s->cond);
+	g_mutex_unlock(&c->s->lock);
+	return 0;
+}
+
+static gpointer send_worker(gpointer data)
+{
+	send_chan *c = data;
+	tm_sender *s = c->s;
+	g_autoptr(GError) err = NULL;
+	int r = 0;
+
+	for (;;) {
+		g_mutex_lock(&s->lock);
+		while (!s->quit && c->pending->len == 0) {
+			if (c->pkt_open) {
+				/* Nothing more to pack for now: do not hold pages back. */
+				g_mutex_unlock(&s->lock);
+				r = flush_packet(c, &err);
+				g_mutex_lock(&s->lock);
+				if (r < 0)
+					break;
+				continue;
+			}
+			g_cond_wait(&c->wake, &s->lock);
+		}
+		if (r < 0 || s->quit) {
+			g_mutex_unlock(&s->lock);
+			break;
+		}
+		GArray *t = c->work;
+		c->work = c->pending;
+		c->pending = t;
+		g_mutex_unlock(&s->lock);
+
+		for (guint i = 0; i < c->work->len && r >= 0; i++) {
+			const work *w = &g_array_index(c->work, work, i);
+			if (w->kind == WORK_PAGES)
+				r = send_pages(c, w, &err);
+			else if (w->kind == WORK_SYNC)
+				r = send_sync(c, w->first, &err);
+			else
+				r = send_end(c, &err);
+		}
+		g_array_set_size(c->work, 0);
+		if (r < 0)
+			break;
+	}
+
+	if (r < 0) {
+		bool from_peer = c->ch.peer_error;
+		int code = err->code;
+		if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
+			/* The receiver went away: it may have said why before it closed. */
+			GError *why = NULL;
+			if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+				g_clear_error(&err);
+				err = why;
+				from_peer = true;
+			}
+		} else if (!from_peer) {
+			tm_chan_send_error(&c->ch, code, err->message);
+		}
+		sender_fail(s, g_steal_pointer(&err), from_peer);
+	}
+	g_mutex_lock(&s->lock);
+	c->exited = true;
+	g_cond_broadcast(&s->cond);
+	g_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+static int config_error(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static int config_error(GError **error, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+	va_end(ap);
+	g_set_error_literal(error, TM_ERROR, EINVAL, msg);
+	return -EINVAL;
+}
+
+int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_sender_config *cfg,
+		  tm_sender **ret, GError **error)
+{
+	tm_sender_config c = cfg ? *cfg : (tm_sender_config){ 0 };
+	const tm_transport_ops *io;
+
+	if (!layout || layout->blocks->len == 0)
+		return config_error(error, "the RAM layout has no blocks");
+	if (c.channels == 0)
+		c.channels = 4;
+	if (c.channels > TM_MAX_CHANNELS)
+		return config_error(error, "%u channels requested; at most %u are supported",
+				    c.channels, TM_MAX_CHANNELS);
+	if (!c.packet_size)
+		c.packet_size = TM_PACKET_SIZE_DEFAULT;
+	if (!c.chunk_size)
+		c.chunk_size = MAX(TM_CHUNK_SIZE_DEFAULT, c.packet_size);
+	if (!c.timeout_ms)
+		c.timeout_ms = 60000;
+	if (tags && tm_tag_store_layout(tags) != layout)
+		return config_error(error, "the tag store was made for another RAM layout");
+	int r = tm_transport_lookup(c.io_backend, &io, error);
+	if (r < 0)
+		return r;
+
+	tm_hello h = { 0 };
+	for (int i = 0; i < 16; i++)
+		h.session_id[i] = (uint8_t)g_random_int_range(0, 256);
+	h.channel_count = (uint16_t)c.channels;
+	h.features = tags && tm_tag_store_get_ops(tags)->has_tags ? TM_FEATURE_TAGS_MTE4 : 0;
+	h.packet_size = c.packet_size;
+	h.chunk_size = c.chunk_size;
+	h.block_count = layout->blocks->len;
+	h.blocks = g_new0(tm_wire_block, h.block_count);
+	for (unsigned i = 0; i < h.block_count; i++) {
+		const tm_ram_block *b = tm_ram_layout_get(layout, i);
+		g_strlcpy(h.blocks[i].name, b->name, sizeof(h.blocks[i].name));
+		h.blocks[i].length = b->length;
+		h.blocks[i].guest_base = b->guest_base;
+		h.blocks[i].page_size = b->page_size;
+		if (!b->host) {
+			tm_hello_clear(&h);
+			return config_error(error, "RAM block '%s' has no host memory", b->name);
+		}
+	}
+	/* What a receiver would refuse is refused here, with the same words. */
+	r = tm_hello_check(&h, error);
+	if (r < 0) {
+		tm_hello_clear(&h);
+		return r;
+	}
+
+	tm_sender *s = g_new0(tm_sender, 1);
+	s->layout = layout;
+	((tm_ram_layout *)layout)->frozen = true;
+	s->tags = h.features ? tags : NULL;
+	s->cfg = c;
+	s->cfg.io_backend = NULL; /* not owned; io holds the choice */
+	s->io = io;
+	s->hello = h;
+	s->nch = c.channels;
+	g_mutex_init(&s->lock);
+	g_cond_init(&s->cond);
+	s->chans = g_new0(send_chan, s->nch);
+	s->staging = g_new0(GArray *, s->nch);
+	for (unsigned i = 0; i < s->nch; i++) {
+		send_chan *ch = &s->chans[i];
+		ch->s = s;
+		ch->ch.fd = -1;
+		g_cond_init(&ch->wake);
+		ch->pending = g_array_new(FALSE, FALSE, sizeof(work));
+		ch->work = g_array_new(FALSE, FALSE, sizeof(work));
+		s->staging[i] = g_array_new(FALSE, FALSE, sizeof(work));
+	}
+	*ret = s;
+	return 0;
+}
+
+static int fail_setup(tm_sender *s, GError **error)
+{
+	s->state = S_DONE;
+	s->quit = true;
+	for (unsigned i = 0; i < s->nch; i++)
+		tm_chan_close(&s->chans[i].ch);
+	return error && *error ? -(*error)->code : -EIO;
+}
+
+int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
+{
+	int r;
+
+	if (s->state != S_NEW) {
+		for (unsigned i = 0; i < n; i++)
+			close(fds[i]);
+		g_set_error(error, TM_ERROR, EBUSY, "the session is already open");
+		return -EBUSY;
+	}
+	if (n != s->nch) {
+		for (unsigned i = 0; i < n; i++)
+			close(fds[i]);
+		g_set_error(error, TM_ERROR, EINVAL, "%u sockets given for %u channels", n, s->nch);
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		r = tm_chan_open(&s->chans[i].ch, fds[i], i, s->io, s->cfg.timeout_ms, error);
+		if (r < 0) {
+			for (unsigned j = i + 1; j < n; j++)
+				close(fds[j]);
+			return fail_setup(s, error);
+		}
+	}
+
+	/* HELLO on every channel first, then collect the answers: the receiver accepts all first. */
+	size_t blen = tm_hello_body_len(&s->hello);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen);
+	for (unsigned i = 0; i < n; i++) {
+		tm_chan *ch = &s->chans[i].ch;
+		s->hello.channel_id = (uint16_t)i;
+		tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)blen, ch->tx_seq++);
+		tm_hello_encode(&s->hello, buf + TM_FRAME_HDR_LEN);
+		struct iovec v = { .iov_base = buf, .iov_len = TM_FRAME_HDR_LEN + blen };
+		if (tm_chan_send(ch, &v, 1, v.iov_len, error) < 0)
+			return fail_setup(s, error);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t a, b;
+		r = tm_chan_recv_ctrl(&s->chans[i].ch, TM_MSG_HELLO_ACK, &a, &b, error);
+		if (r < 0) {
+			g_prefix_error(error, "handshake: ");
+			return fail_setup(s, error);
+		}
+	}
+
+	for (unsigned i = 0; i < n; i++) {
+		send_chan *c = &s->chans[i];
+		tm_packet_init(&c->pkt, s->hello.packet_size);
+		c->tagraw = g_malloc(s->hello.packet_size / TM_TAG_GRANULE);
+		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
+		c->thread = g_thread_new(name, send_worker, c);
+	}
+	s->state = S_OPEN;
+	g_mutex_lock(&s->lock);
+	s->t_start = tm_now_us();
+	g_mutex_unlock(&s->lock);
+	return 0;
+}
+
+int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError **error)
+{
+	int fds[TM_MAX_CHANNELS];
+
+	if (s->state != S_NEW) {
+		g_set_error(error, TM_ERROR, EBUSY, "the session is already open");
+		return -EBUSY;
+	}
+	for (unsigned i = 0; i < s->nch; i++) {
+		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, error);
+		if (fd < 0) {
+			g_prefix_error(error, "channel %u: ", i);
+			for (unsigned j = 0; j < i; j++)
+				close(fds[j]);
+			s->state = S_DONE;
+			return fd;
+		}
+		fds[i] = fd;
+	}
+	return tm_sender_attach(s, fds, s->nch, error);
+}
+
+/* The session's failure as the caller's error, once every worker has stopped. */
+static int report_failure(tm_sender *s, GError **error)
+{
+	/* Wait for all workers so the most telling explanation (the peer's own words) wins. */
+	while (true) {
+		bool all = true;
+		for (unsigned i = 0; i < s->nch; i++)
+			all = all && (!s->chans[i].thread || s->chans[i].exited);
+		if (all)
+			break;
+		g_cond_wait(&s->cond, &s->lock);
+	}
+	int code = s->failure.error ? s->failure.error->code : EIO;
+	if (error)
+		*error = s->failure.error ? g_error_copy(s->failure.error)
+					  : g_error_new(TM_ERROR, EIO, "migration aborted");
+	return -code;
+}
+
+static int check_open(tm_sender *s, GError **error)
+{
+	if (s->state == S_OPEN) {
+		g_mutex_lock(&s->lock);
+		int r = s->quit ? report_failure(s, error) : 0;
+		g_mutex_unlock(&s->lock);
+		return r;
+	}
+	g_set_error(error, TM_ERROR, EBADFD, "the session is %s",
+		    s->state == S_NEW ? "not open" : "finished or failed");
+	return -EBADFD;
+}
+
+/* Appends pages [first, first + count) of block to the staging lists, split by chunk. */
+static void stage_run(tm_sender *s, unsigned block, uint64_t first, uint64_t count)
+{
+	const tm_wire_block *b = &s->hello.blocks[block];
+	uint64_t per_chunk = s->hello.chunk_size / b->page_size;
+
+	while (count) {
+		uint64_t chunk = first / per_chunk;
+		uint64_t n = MIN(count, (chunk + 1) * per_chunk - first);
+		GArray *a = s->staging[(b->chunk_base + chunk) % s->nch];
+		work *last = a->len ? &g_array_index(a, work, a->len - 1) : NULL;
+		if (last && last->kind == WORK_PAGES && last->block == block &&
+		    last->first + last->count == first) {
+			last->count += n;
+		} else {
+			work w = { .kind = WORK_PAGES, .block = block, .first = first, .count = n };
+			g_array_append_val(a, w);
+		}
+		first += n;
+		count -= n;
+	}
+}
+
+static void stage_marker(tm_sender *s, uint32_t kind, uint64_t id)
+{
+	work w = { .kind = kind, .first = id };
+	for (unsigned i = 0; i < s->nch; i++)
+		g_array_append_val(s->staging[i], w);
+}
+
+/* Hands the staged work to the workers: a pointer swap when a worker's list is empty. */
+static void stage_commit(tm_sender *s)
+{
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->nch; i++) {
+		send_chan *c = &s->chans[i];
+		if (s->staging[i]->len == 0)
+			continue;
+		if (c->pending->len == 0) {
+			GArray *t = c->pending;
+			c->pending = s->staging[i];
+			s->staging[i] = t;
+		} else {
+			g_array_append_vals(c->pending, s->staging[i]->data, s->staging[i]->len);
+			g_array_set_size(s->staging[i], 0);
+		}
+		g_cond_signal(&c->wake);
+	}
+	g_mutex_unlock(&s->lock);
+}
+
+static int check_block(tm_sender *s, unsigned block, GError **error)
+{
+	if (block < s->hello.block_count)
+		return 0;
+	g_set_error(error, TM_ERROR, ERANGE, "block index %u out of range (%u blocks)", block,
+		    s->hello.block_count);
+	return -ERANGE;
+}
+
+int tm_sender_queue_pages(tm_sender *s, unsigned block, const uint64_t *pages, size_t count,
+			  GError **error)
+{
+	int r = check_open(s, error);
+	if (r < 0 || (r = check_block(s, block, error)) < 0)
+		return r;
+	const tm_wire_block *b = &s->hello.blocks[block];
+	for (size_t i = 0; i < count; i++) {
+		if (pages[i] >= b->npages) {
+			for (unsigned k = 0; k < s->nch; k++)
+				g_array_set_size(s->staging[k], 0);
+			g_set_error(error, TM_ERROR, ERANGE,
+				    "block '%s': page %" G_GUINT64_FORMAT " out of range (%" G_GUINT64_FORMAT
+				    " pages)",
+				    b->name, pages[i], b->npages);
+			return -ERANGE;
+		}
+		stage_run(s, block, pages[i], 1);
+	}
+	stage_commit(s);
+	return 0;
+}
+
+int tm_sender_queue_bitmap(tm_sender *s, unsigned block, const uint64_t *bitmap,
+			   uint64_t first_page, uint64_t npages, GError **error)
+{
+	int r = check_open(s, error);
+	if (r < 0 || (r = check_block(s, block, error)) < 0)
+		return r;
+	const tm_wire_block *b = &s->hello.blocks[block];
+	if (first_page > b->npages || npages > b->npages - first_page) {
+		g_set_error(error, TM_ERROR, ERANGE,
+			    "block '%s': pages %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT
+			    " out of range (%" G_GUINT64_FORMAT " pages)",
+			    b->name, first_page, npages, b->npages);
+		return -ERANGE;
+	}
+	uint64_t i = 0;
+	while (i < npages) {
+		uint64_t word = bitmap[i / 64] >> (i % 64);
+		if (word == 0) {
+			i = (i / 64 + 1) * 64;
+			continue;
+		}
+		i += (uint64_t)__builtin_ctzll(word);
+		if (i >= npages)
+			break;
+		uint64_t start = i;
+		while (i < npages && (bitmap[i / 64] >> (i % 64)) & 1) {
+			if (i % 64 == 0 && bitmap[i / 64] == UINT64_MAX && i + 64 <= npages)
+				i += 64;
+			else
+				i++;
+		}
+		stage_run(s, block, first_page + start, i - start);
+	}
+	stage_commit(s);
+	return 0;
+}
+
+int tm_sender_sync(tm_sender *s, GError **error)
+{
+	int r = check_open(s, error);
+	if (r < 0)
+		return r;
+	uint64_t id = ++s->next_sync;
+	stage_marker(s, WORK_SYNC, id);
+	stage_commit(s);
+
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->nch && !s->quit; i++)
+		while (!s->quit && s->chans[i].synced < id)
+			g_cond_wait(&s->cond, &s->lock);
+	r = s->quit ? report_failure(s, error) : 0;
+	g_mutex_unlock(&s->lock);
+	return r;
+}
+
+int tm_sender_finish(tm_sender *s, GError **error)
+{
+	int r = check_open(s, error);
+	if (r < 0)
+		return r;
+	stage_marker(s, WORK_END, 0);
+	stage_commit(s);
+
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->nch && !s->quit; i++)
+		while (!s->quit && !s->chans[i].ended)
+			g_cond_wait(&s->cond, &s->lock);
+	r = s->quit ? report_failure(s, error) : 0;
+	s->t_end = tm_now_us();
+	g_mutex_unlock(&s->lock);
+	s->state = S_DONE;
+	return r;
+}
+
+void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	for (unsigned i = 0; i < s->nch; i++)
+		tm_counters_sum(&s->chans[i].ch.st, ret);
+	ret->syncs = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED);
+	ret->channels = s->nch;
+	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
+	g_mutex_lock(&s->lock);
+	if (s->t_start)
+		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
+	g_mutex_unlock(&s->lock);
+}
+
+void tm_sender_free(tm_sender *s)
+{
+	if (!s)
+		return;
+	g_mutex_lock(&s->lock);
+	bool running = !s->quit;
+	s->quit = true;
+	wake_all(s);
+	g_mutex_unlock(&s->lock);
+	for (unsigned i = 0; i < s->nch; i++) {
+		send_chan *c = &s->chans[i];
+		/* A migration abandoned midway: unblock workers stuck in send or receive. */
+		if (running && s->state == S_OPEN && c->ch.fd >= 0)
+			shutdown(c->ch.fd, SHUT_RDWR);
+		if (c->thread)
+			g_thread_join(c->thread);
+		tm_chan_close(&c->ch);
+		if (c->pkt.hdr)
+			tm_packet_fini(&c->pkt);
+		g_free(c->tagraw);
+		g_array_unref(c->pending);
+		g_array_unref(c->work);
+		g_array_unref(s->staging[i]);
+		g_cond_clear(&c->wake);
+	}
+	g_clear_error(&s->failure.error);
+	tm_hello_clear(&s->hello);
+	g_free(s->chans);
+	g_free(s->staging);
+	g_mutex_clear(&s->lock);
+	g_cond_clear(&s->cond);
+	g_free(s);
+}

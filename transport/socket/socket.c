@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The portable backend: blocking sendmsg/readv straight from and into guest RAM (no bounce copy).
+ * Timeouts come from SO_SNDTIMEO/SO_RCVTIMEO, which the channel sets up.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "transport/transport.h"
+
+typedef struct sock_priv {
+	struct iovec *scratch; /* grows to the largest message once, then is reused */
+	unsigned cap;
+} sock_priv;
+
+static void sock_close(tm_chan *ch)
+{
+	sock_priv *p = ch->priv;
+
+	g_free(p->scratch);
+}
+
+/* Copies iov into the channel's scratch array so that partial transfers can advance it. */
+static struct iovec *scratch_copy(tm_chan *ch, const struct iovec *iov, unsigned n)
+{
+	sock_priv *p = ch->priv;
+
+	if (n > p->cap) {
+		p->scratch = g_renew(struct iovec, p->scratch, n);
+		p->cap = n;
+	}
+	memcpy(p->scratch, iov, n * sizeof(*iov));
+	return p->scratch;
+}
+
+/* Drops done bytes from the front of *v / *n after a partial transfer. */
+static void advance(struct iovec **v, unsigned *n, size_t done)
+{
+	while (*n && done >= (*v)->iov_len) {
+		done -= (*v)->iov_len;
+		(*v)++;
+		(*n)--;
+	}
+	if (*n && done) {
+		(*v)->iov_base = (uint8_t *)(*v)->iov_base + done;
+		(*v)->iov_len -= done;
+	}
+}
+
+static int sock_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+{
+	struct iovec *v = scratch_copy(ch, iov, n);
+
+	while (len > 0) {
+		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
+		ssize_t r = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		}
+		len -= (size_t)r;
+		advance(&v, &n, (size_t)r);
+	}
+	return 0;
+}
+
+static int sock_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+{
+	struct iovec *v = scratch_copy(ch, iov, n);
+
+	while (len > 0) {
+		ssize_t r = readv(ch->fd, v, (int)MIN(n, (unsigned)IOV_MAX));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		}
+		if (r == 0)
+			return -ECONNRESET;
+		len -= (size_t)r;
+		advance(&v, &n, (size_t)r);
+	}
+	return 0;
+}
+
+const tm_transport_ops tm_transport_socket = {
+	.name = "sockets",
+	.priv_size = sizeof(sock_priv),
+	.close = sock_close,
+	.send = sock_send,
+	.recv = sock_recv,
+};
