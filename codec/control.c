@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Small control messages (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK) and ERROR
+ * (docs/wire-format.md). Their bodies have fixed sizes, so the decoders demand exact lengths.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "tagmig/error.h"
+
+/* Body length of a control message type, 0 if type is not one. */
+static size_t ctrl_body_len(uint8_t type)
+{
+	switch (type) {
+	case TM_MSG_HELLO_ACK:
+	case TM_MSG_SYNC:
+	case TM_MSG_END_ACK:
+		return 8;
+	case TM_MSG_SYNC_ACK:
+	case TM_MSG_END:
+		return 16;
+	default:
+		return 0;
+	}
+}
+
+size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b)
+{
+	size_t body = ctrl_body_len(type);
+
+	g_return_val_if_fail(body != 0, 0);
+	tm_frame_encode(out, type, (uint32_t)body, seq);
+	/* HELLO_ACK's only field is reserved: never let a caller's value leak into it. */
+	tm_put64(out + TM_FRAME_HDR_LEN, type == TM_MSG_HELLO_ACK ? 0 : a);
+	if (body == 16)
+		tm_put64(out + TM_FRAME_HDR_LEN + 8, b);
+	return TM_FRAME_HDR_LEN + body;
+}
+
+int tm_ctrl_decode(uint8_t type, const uint8_t *buf, size_t len, uint64_t *ret_a, uint64_t *ret_b,
+		   GError **error)
+{
+	size_t body = ctrl_body_len(type);
+
+	if (body == 0) {
+		g_set_error(error, TM_ERROR, EINVAL, "%s (type %u) is not a control message",
+			    tm_msg_name(type), type);
+		return -EINVAL;
+	}
+	if (len != body) {
+		g_set_error(error, TM_ERROR, EBADMSG, "%s: body of %zu bytes, must be %zu%s",
+			    tm_msg_name(type), len, body, len < body ? " (truncated)" : "");
+		return -EBADMSG;
+	}
+	uint64_t a = tm_get64(buf);
+	uint64_t b = body == 16 ? tm_get64(buf + 8) : 0;
+
+	if (type == TM_MSG_HELLO_ACK && a != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: reserved field is 0x%016" G_GINT64_MODIFIER "x, must be 0",
+			    (guint64)a);
+		return -EBADMSG;
+	}
+	if (ret_a)
+		*ret_a = a;
+	if (ret_b)
+		*ret_b = b;
+	return 0;
+}
+
+/* Longest prefix of s, at most max bytes, that does not end inside a UTF-8 sequence. */
+static size_t utf8_prefix_len(const char *s, size_t max)
+{
+	size_t n = strnlen(s, max + 1);
+
+	if (n <= max)
+		return n;
+	n = max;
+	/* Step back over continuation bytes (10xxxxxx) to the start of the cut sequence. */
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	return n;
+}
+
+size_t tm_error_encode(uint8_t *out, uint32_t seq, int code, const char *message)
+{
+	/*
+	 * The wire carries a positive errno; the library passes around negative ones, so accept
+	 * both. 0 (or INT_MIN, which has no positive twin) would be no reason at all: say EIO.
+	 */
+	uint32_t wire_code = code > 0 ? (uint32_t)code : code < 0 && code != INT_MIN ? (uint32_t)-code : EIO;
+	size_t mlen = message ? utf8_prefix_len(message, TM_MAX_ERROR_MESSAGE) : 0;
+	uint32_t body = TM_ERROR_FIXED_LEN + (uint32_t)mlen;
+
+	tm_frame_encode(out, TM_MSG_ERROR, body, seq);
+	uint8_t *p = out + TM_FRAME_HDR_LEN;
+	tm_put32(p, wire_code);
+	tm_put16(p + 4, (uint16_t)mlen);
+	tm_put16(p + 6, 0);
+	if (mlen)
+		memcpy(p + TM_ERROR_FIXED_LEN, message, mlen);
+	return TM_FRAME_HDR_LEN + body;
+}
+
+int tm_error_decode(const uint8_t *buf, size_t len, int *ret_code, char **ret_message,
+		    GError **error)
+{
+	if (len < TM_ERROR_FIXED_LEN) {
+		g_set_error(error, TM_ERROR, EBADMSG, "ERROR truncated: %zu of %u fixed bytes", len,
+			    TM_ERROR_FIXED_LEN);
+		return -EBADMSG;
+	}
+	uint32_t code = tm_get32(buf);
+	uint16_t mlen = tm_get16(buf + 4);
+	uint16_t reserved = tm_get16(buf + 6);
+
+	if (reserved != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG, "ERROR: reserved field is 0x%04x, must be 0",
+			    reserved);
+		return -EBADMSG;
+	}
+	if (code == 0 || code > INT_MAX) {
+		g_set_error(error, TM_ERROR, EBADMSG, "ERROR: code %u is not a positive errno", code);
+		return -EBADMSG;
+	}
+	if (mlen > TM_MAX_ERROR_MESSAGE) {
+		g_set_error(error, TM_ERROR, EMSGSIZE, "ERROR: message_len %u over the maximum %u",
+			    mlen, TM_MAX_ERROR_MESSAGE);
+		return -EMSGSIZE;
+	}
+	if (len != TM_ERROR_FIXED_LEN + (size_t)mlen) {
+		g_set_error(error, TM_ERROR, EBADMSG, "ERROR: body of %zu bytes, message_len %u needs %zu%s",
+			    len, mlen, TM_ERROR_FIXED_LEN + (size_t)mlen,
+			    len < TM_ERROR_FIXED_LEN + (size_t)mlen ? " (truncated)" : "");
+		return -EBADMSG;
+	}
+	const char *msg = (const char *)buf + TM_ERROR_FIXED_LEN;
+	const char *nul = memchr(msg, 0, mlen);
+	if (nul) {
+		g_set_error(error, TM_ERROR, EBADMSG, "ERROR: message contains a NUL byte at offset %td",
+			    nul - msg);
+		return -EBADMSG;
+	}
+	/* The peer's text ends up in our GErrors and logs: make it valid UTF-8 first. */
+	*ret_message = g_utf8_make_valid(msg, mlen);
+	*ret_code = (int)code;
+	return 0;
+}

@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Writes the seed corpora of the fuzz targets: valid messages made with the codec's own encoders,
+ * and mutations of them that hit each class of rejection. Usage: gen-corpus OUT-DIR (normally
+ * tests/fuzz/corpus); it writes OUT-DIR/{frame,hello,data}/. The output is deterministic, so
+ * rerunning it after a wire change shows up as a reviewable diff of the seeds.
+ */
+#include <stdio.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+
+#include "fuzz.h"
+
+static const char *out_root;
+
+static void put(const char *target, const char *name, const void *buf, size_t len)
+{
+	g_autoptr(GError) error = NULL;
+	g_autofree char *dir = g_build_filename(out_root, target, NULL);
+	g_autofree char *path = g_build_filename(dir, name, NULL);
+
+	if (g_mkdir_with_parents(dir, 0755) < 0)
+		g_error("cannot create %s", dir);
+	if (!g_file_set_contents(path, buf, (gssize)len, &error))
+		g_error("%s", error->message);
+}
+
+/* Writes buf with byte off replaced by v. */
+static void put_mut(const char *target, const char *name, const uint8_t *buf, size_t len,
+		    size_t off, uint8_t v)
+{
+	g_autofree uint8_t *copy = g_memdup2(buf, len);
+
+	copy[off] = v;
+	put(target, name, copy, len);
+}
+
+static uint8_t *hello_body(const tm_hello *h, size_t *ret_len)
+{
+	*ret_len = tm_hello_body_len(h);
+	uint8_t *buf = g_malloc(*ret_len);
+	tm_hello_encode(h, buf);
+	return buf;
+}
+
+static void gen_hello(void)
+{
+	tm_hello h;
+	size_t len;
+
+	fuzz_data_session(&h);
+	g_autofree uint8_t *two = hello_body(&h, &len);
+	put("hello", "valid-2-blocks", two, len);
+	put_mut("hello", "bad-channel-id", two, len, 16, 2);
+	put_mut("hello", "bad-channel-count", two, len, 18, 65);
+	put_mut("hello", "bad-features", two, len, 20, 0x3);
+	put_mut("hello", "bad-packet-size", two, len, 25, 0x01);
+	put_mut("hello", "bad-chunk-size", two, len, 34, 0x00);
+	put_mut("hello", "reserved-28", two, len, 28, 1);
+	put_mut("hello", "reserved-44", two, len, 47, 1);
+	put_mut("hello", "block-count-0", two, len, 40, 0);
+	put_mut("hello", "block-count-3", two, len, 40, 3);
+	put_mut("hello", "block-count-huge", two, len, 43, 0xff);
+	put_mut("hello", "block-reserved", two, len, 48 + 22, 1);
+	put_mut("hello", "name-len-0", two, len, 48 + 20, 0);
+	put_mut("hello", "name-len-256", two, len, 48 + 21, 1);
+	put_mut("hello", "name-nul", two, len, 48 + 24 + 1, 0);
+	put_mut("hello", "dup-names", two, len, 48 + 28 + 24 + 3, '0');
+	put_mut("hello", "page-size-8k", two, len, 48 + 17, 0x20);
+	put_mut("hello", "length-unaligned", two, len, 48 + 0, 1);
+	put_mut("hello", "guest-base-unaligned", two, len, 48 + 28 + 9, 1);
+	put("hello", "truncated", two, len - 1);
+
+	/* Three blocks, all page sizes, no tags, one long name. */
+	g_strlcpy(h.blocks[0].name, "pc.ram", sizeof(h.blocks[0].name));
+	h.blocks = g_renew(tm_wire_block, h.blocks, 3);
+	memset(&h.blocks[2], 0, sizeof(h.blocks[2]));
+	memset(h.blocks[2].name, 'L', TM_MAX_BLOCK_NAME);
+	h.blocks[2].length = 3 * 16384;
+	h.blocks[2].page_size = 16384;
+	h.block_count = 3;
+	h.features = 0;
+	h.channel_count = 64;
+	h.channel_id = 63;
+	if (tm_hello_check(&h, NULL) < 0)
+		g_error("3-block hello invalid");
+	g_autofree uint8_t *three = hello_body(&h, &len);
+	put("hello", "valid-3-blocks", three, len);
+	tm_hello_clear(&h);
+}
+
+static void gen_frame(void)
+{
+	static const uint8_t types[] = { TM_MSG_HELLO_ACK, TM_MSG_SYNC, TM_MSG_SYNC_ACK, TM_MSG_END,
+					 TM_MSG_END_ACK };
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	size_t n;
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(types); i++) {
+		g_autofree char *name = g_strdup_printf("valid-%s", tm_msg_name(types[i]));
+		n = tm_ctrl_encode(buf, types[i], i, 1000 + i, 2000 + i);
+		put("frame", name, buf, n);
+	}
+	n = tm_ctrl_encode(buf, TM_MSG_SYNC, 0, 1, 0);
+	put_mut("frame", "bad-magic", buf, n, 0, 'X');
+	put_mut("frame", "bad-version", buf, n, 4, 2);
+	put_mut("frame", "bad-type", buf, n, 5, 9);
+	put_mut("frame", "reserved", buf, n, 7, 1);
+	put_mut("frame", "body-len-huge", buf, n, 11, 0x10);
+	put_mut("frame", "body-len-short", buf, n, 8, 7);
+	put("frame", "truncated-header", buf, 8);
+	n = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
+	put_mut("frame", "hello-ack-reserved", buf, n, 16, 1);
+
+	const char *msg = "RAM block 1 'pc.ram': sender length 1073741824, receiver length 536870912";
+	n = tm_error_encode(buf, 3, EINVAL, msg);
+	put("frame", "valid-ERROR", buf, n);
+	put_mut("frame", "error-code-0", buf, n, 16, 0);
+	put_mut("frame", "error-reserved", buf, n, 16 + 6, 1);
+	put_mut("frame", "error-message-len", buf, n, 16 + 4, 0xff);
+	put_mut("frame", "error-nul", buf, n, 16 + 8 + 3, 0);
+	put_mut("frame", "error-bad-utf8", buf, n, 16 + 8 + 3, 0xff);
+	g_autofree char *longmsg = g_strnfill(TM_MAX_ERROR_MESSAGE, 'e');
+	n = tm_error_encode(buf, 3, EBADMSG, longmsg);
+	put("frame", "valid-ERROR-max", buf, n);
+	put_mut("frame", "error-too-long", buf, n, 16 + 4, 0x01);
+
+	/* A HELLO and a DATA frame, as the frame target sees them. */
+	tm_hello h;
+	size_t blen;
+	fuzz_data_session(&h);
+	g_autofree uint8_t *body = hello_body(&h, &blen);
+	g_autofree uint8_t *hello = g_malloc(TM_FRAME_HDR_LEN + blen);
+	tm_frame_encode(hello, TM_MSG_HELLO, (uint32_t)blen, 0);
+	memcpy(hello + TM_FRAME_HDR_LEN, body, blen);
+	put("frame", "valid-HELLO", hello, TM_FRAME_HDR_LEN + blen);
+	tm_frame_encode(buf, TM_MSG_DATA, 16 + 8, 1);
+	put("frame", "data-header", buf, TM_FRAME_HDR_LEN);
+	tm_hello_clear(&h);
+}
+
+/* One DATA message of the fuzz session for pages of block, sent with seq. */
+static uint8_t *data_msg(uint32_t block, const uint32_t *pages, unsigned n, uint32_t seq,
+			 size_t *ret_len)
+{
+	tm_hello s;
+	tm_packet pkt;
+
+	fuzz_data_session(&s);
+	uint32_t ps = s.blocks[block].page_size, granules = ps / TM_TAG_GRANULE;
+	g_autofree uint8_t *ram = g_malloc0((size_t)n * ps);
+	g_autofree uint8_t *tags = g_malloc0((size_t)n * granules);
+
+	/*
+	 * pages[i] % 6 picks the page: 0 NORMAL, 1 NORMAL uniform, 2 NORMAL packed, 3 ZERO,
+	 * 4 ZERO_TAGGED uniform, 5 ZERO_TAGGED packed.
+	 */
+	for (unsigned i = 0; i < n; i++) {
+		uint8_t *d = ram + (size_t)i * ps, *t = tags + (size_t)i * granules;
+		unsigned v = pages[i] % 6;
+
+		if (v == 0 || v == 1 || v == 2)
+			memset(d, 0x41 + (int)i, ps);
+		if (v == 1 || v == 4)
+			memset(t, 0x5, granules);
+		if (v == 2 || v == 5)
+			for (unsigned j = 0; j < granules; j++)
+				t[j] = (uint8_t)(j % 16);
+	}
+	tm_packet_init(&pkt, s.packet_size);
+	tm_packet_begin(&pkt, block, ps, s.packet_size);
+	for (unsigned i = 0; i < n; i++) {
+		const uint8_t *d = ram + (size_t)i * ps;
+		tm_packet_add(&pkt, pages[i], d, tm_buffer_is_zero(d, ps), tags + (size_t)i * granules,
+			      NULL);
+	}
+	unsigned iovcnt = tm_packet_finish(&pkt, seq, ret_len);
+	uint8_t *msg = g_malloc(*ret_len), *p = msg;
+	for (unsigned i = 0; i < iovcnt; i++) {
+		memcpy(p, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
+		p += pkt.iov[i].iov_len;
+	}
+	tm_packet_fini(&pkt);
+	tm_hello_clear(&s);
+	return msg;
+}
+
+static void gen_data(void)
+{
+	static const uint32_t mixed[] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+	static const uint32_t small[] = { 3, 4, 5, 0 };
+	static const uint32_t ch1[] = { 16, 17, 31 };
+	static const uint32_t big_packed[] = { 2 }, big_zero[] = { 3 };
+	size_t n;
+
+	/* Block 0, pages 0-7 (chunk 0: channel 0), every kind and tag encoding. */
+	g_autofree uint8_t *m = data_msg(0, mixed, G_N_ELEMENTS(mixed), 0, &n);
+	put("data", "valid-mixed", m, n);
+
+	/*
+	 * The mutations start from a small packet (one page of data): entries at 32 + 8 * i for
+	 * ZERO, ZERO_TAGGED uniform, ZERO_TAGGED packed, NORMAL; tags = 1 uniform byte + 128.
+	 */
+	g_autofree uint8_t *s = data_msg(0, small, G_N_ELEMENTS(small), 0, &n);
+	put("data", "valid-small", s, n);
+	put_mut("data", "wrong-channel", s, n, 12, 1);
+	put_mut("data", "block-range", s, n, 16, 2);
+	put_mut("data", "page-count-0", s, n, 20, 0);
+	put_mut("data", "page-count-max", s, n, 20, 17);
+	put_mut("data", "data-len", s, n, 25, 0x20);
+	put_mut("data", "tag-len", s, n, 28, 0x80);
+	put_mut("data", "page-range", s, n, 32 + 8, 64);
+	put_mut("data", "kind", s, n, 32 + 8 + 4, 3);
+	put_mut("data", "tag-enc", s, n, 32 + 8 + 5, 3);
+	put_mut("data", "zero-with-tags", s, n, 32 + 5, 1);
+	put_mut("data", "zero-tagged-no-tags", s, n, 32 + 8 + 5, 0);
+	put_mut("data", "entry-reserved", s, n, 32 + 16 + 6, 1);
+	put_mut("data", "uniform-high-nibble", s, n, n - 129, 0x35);
+	put_mut("data", "body-len", s, n, 8, (uint8_t)(s[8] + 1));
+	put("data", "truncated", s, n - 1);
+
+	g_autofree uint8_t *c1 = data_msg(0, ch1, G_N_ELEMENTS(ch1), 1, &n);
+	put("data", "valid-channel-1", c1, n);
+	/* Block 1 (64 KiB pages): chunk_base 4, so page 2 is channel 0 and page 3 channel 1. */
+	g_autofree uint8_t *bp = data_msg(1, big_packed, 1, 2, &n);
+	put("data", "valid-block-1-packed", bp, n);
+	g_autofree uint8_t *bz = data_msg(1, big_zero, 1, 5, &n);
+	put("data", "valid-block-1-zero", bz, n);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s OUT-DIR\n", argv[0]);
+		return 2;
+	}
+	out_root = argv[1];
+	gen_frame();
+	gen_hello();
+	gen_data();
+	return 0;
+}

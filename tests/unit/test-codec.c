@@ -1,0 +1,1166 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Wire codec tests: round trips of every message and page kind, and every class of malformed
+ * input rejected with its errno and a message naming the field (docs/wire-format.md).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include <glib.h>
+
+#include "codec/codec.h"
+#include "tagmig/error.h"
+#include "tagmig/session.h"
+
+/* ---- helpers ---- */
+
+/* Asserts r == -errnum and that *err is TM_ERROR/errnum with substr in its message; clears *err. */
+static void check_err(int r, GError **err, int errnum, const char *substr)
+{
+	if (r != -errnum)
+		g_error("expected -%d (%s), got %d; error: %s", errnum, g_strerror(errnum), r,
+			*err ? (*err)->message : "(none)");
+	g_assert_nonnull(*err);
+	g_assert_error(*err, TM_ERROR, errnum);
+	if (substr && !strstr((*err)->message, substr))
+		g_error("error message \"%s\" does not mention \"%s\"", (*err)->message, substr);
+	g_clear_error(err);
+}
+
+static void check_ok(int r, GError **err)
+{
+	if (r != 0)
+		g_error("unexpected failure %d: %s", r, *err ? (*err)->message : "(no message)");
+	g_assert_no_error(*err);
+}
+
+typedef struct blk_spec {
+	const char *name;
+	uint64_t length;
+	uint32_t page_size;
+	uint64_t guest_base;
+} blk_spec;
+
+static void make_session(tm_hello *h, uint32_t features, uint16_t channels, uint32_t packet_size,
+			 uint64_t chunk_size, const blk_spec *blocks, uint32_t n)
+{
+	GError *err = NULL;
+
+	memset(h, 0, sizeof(*h));
+	for (unsigned i = 0; i < sizeof(h->session_id); i++)
+		h->session_id[i] = (uint8_t)(0xa0 + i);
+	h->channel_count = channels;
+	h->features = features;
+	h->packet_size = packet_size;
+	h->chunk_size = chunk_size;
+	h->block_count = n;
+	h->blocks = g_new0(tm_wire_block, n);
+	for (uint32_t i = 0; i < n; i++) {
+		g_strlcpy(h->blocks[i].name, blocks[i].name, sizeof(h->blocks[i].name));
+		h->blocks[i].length = blocks[i].length;
+		h->blocks[i].page_size = blocks[i].page_size;
+		h->blocks[i].guest_base = blocks[i].guest_base;
+	}
+	check_ok(tm_hello_check(h, &err), &err);
+}
+
+static uint8_t *flatten(const struct iovec *iov, unsigned n, size_t expect_len)
+{
+	uint8_t *buf = g_malloc(expect_len ? expect_len : 1);
+	size_t off = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		g_assert_cmpuint(off + iov[i].iov_len, <=, expect_len);
+		memcpy(buf + off, iov[i].iov_base, iov[i].iov_len);
+		off += iov[i].iov_len;
+	}
+	g_assert_cmpuint(off, ==, expect_len);
+	return buf;
+}
+
+typedef struct rx_packet {
+	tm_frame frame;
+	tm_data_hdr hdr;
+	tm_page_entry entries[TM_PACKET_SIZE_MAX / 4096];
+	const uint8_t *data; /* data area inside the message */
+	uint8_t tags[TM_PACKET_SIZE_MAX / TM_TAG_GRANULE];
+} rx_packet;
+
+/*
+ * What a receiver does with a DATA message of len bytes on channel: frame, data header, entries,
+ * tags. Every decoder gets only the bytes that are there. The data area is read by the transport
+ * straight into RAM, so only the transport can notice it is short: that check is ours here.
+ */
+static int receive_packet(const tm_hello *s, unsigned channel, const uint8_t *buf, size_t len,
+			  rx_packet *rx, GError **error)
+{
+	int r = tm_frame_decode(buf, len, s->packet_size, &rx->frame, error);
+	if (r < 0)
+		return r;
+	g_assert_cmpuint(rx->frame.type, ==, TM_MSG_DATA);
+
+	const uint8_t *body = buf + TM_FRAME_HDR_LEN;
+	size_t avail = len - TM_FRAME_HDR_LEN;
+	r = tm_data_hdr_decode(body, avail, s, &rx->hdr, error);
+	if (r < 0)
+		return r;
+	r = tm_data_entries_decode(&rx->hdr, body + TM_DATA_HDR_LEN, avail - TM_DATA_HDR_LEN, s,
+				   channel, rx->frame.body_len, rx->entries, error);
+	if (r < 0)
+		return r;
+
+	size_t data_off = TM_DATA_HDR_LEN + (size_t)TM_PAGE_ENTRY_LEN * rx->hdr.page_count;
+	size_t tag_off = data_off + rx->hdr.data_len;
+	size_t tag_avail = avail > tag_off ? MIN(avail - tag_off, rx->hdr.tag_len) : 0;
+	uint32_t page_size = s->blocks[rx->hdr.block].page_size;
+
+	r = tm_data_tags_expand(&rx->hdr, rx->entries, page_size, body + tag_off, tag_avail,
+				rx->tags, error);
+	if (r < 0)
+		return r;
+	if (avail < rx->frame.body_len) {
+		g_set_error(error, TM_ERROR, EBADMSG, "DATA data area truncated (transport)");
+		return -EBADMSG;
+	}
+	rx->data = body + data_off;
+	return 0;
+}
+
+/* ---- frame ---- */
+
+static void test_frame_max_body(void)
+{
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_HELLO, 0), ==, 48 + 1024 * (24 + 255));
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_HELLO_ACK, 0), ==, 8);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_SYNC, 0), ==, 8);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_SYNC_ACK, 0), ==, 16);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_END, 0), ==, 16);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_END_ACK, 0), ==, 8);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_ERROR, 0), ==, 8 + 1024);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_DATA, 0), ==, 0);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_DATA, 65536), ==, 16 + 8 * 16 + 65536 + 2048);
+	g_assert_cmpuint(tm_frame_max_body(TM_MSG_DATA, TM_PACKET_SIZE_MAX), ==,
+			 16 + 8 * 4096 + TM_PACKET_SIZE_MAX + TM_PACKET_SIZE_MAX / 32);
+	g_assert_cmpuint(tm_frame_max_body(0, 65536), ==, 0);
+	g_assert_cmpuint(tm_frame_max_body(9, 65536), ==, 0);
+
+	g_assert_cmpstr(tm_msg_name(TM_MSG_DATA), ==, "DATA");
+	g_assert_cmpstr(tm_msg_name(TM_MSG_ERROR), ==, "ERROR");
+	g_assert_cmpstr(tm_msg_name(0), ==, "unknown");
+	g_assert_cmpstr(tm_msg_name(200), ==, "unknown");
+}
+
+static void test_frame_round_trip(void)
+{
+	for (uint8_t type = TM_MSG_HELLO; type <= TM_MSG_ERROR; type++) {
+		uint8_t buf[TM_FRAME_HDR_LEN];
+		uint32_t max = tm_frame_max_body(type, TM_PACKET_SIZE_DEFAULT);
+		tm_frame f;
+		GError *err = NULL;
+
+		tm_frame_encode(buf, type, max, 0xdeadbeef);
+		g_assert_cmpmem(buf, 4, "TMIG", 4);
+		g_assert_cmpuint(buf[4], ==, 1);
+		check_ok(tm_frame_decode(buf, sizeof(buf), TM_PACKET_SIZE_DEFAULT, &f, &err), &err);
+		g_assert_cmpuint(f.type, ==, type);
+		g_assert_cmpuint(f.body_len, ==, max);
+		g_assert_cmpuint(f.seq, ==, 0xdeadbeef);
+
+		/* One byte over the type's maximum. */
+		tm_frame_encode(buf, type, max + 1, 0);
+		check_err(tm_frame_decode(buf, sizeof(buf), TM_PACKET_SIZE_DEFAULT, &f, &err), &err,
+			  EMSGSIZE, "body_len");
+	}
+}
+
+static void test_frame_malformed(void)
+{
+	uint8_t good[TM_FRAME_HDR_LEN], buf[TM_FRAME_HDR_LEN];
+	tm_frame f = { .type = 99, .body_len = 77, .seq = 55 };
+	GError *err = NULL;
+
+	tm_frame_encode(good, TM_MSG_SYNC, 8, 3);
+
+	memcpy(buf, good, sizeof(buf));
+	buf[3] = 'H';
+	check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EBADMSG, "magic");
+
+	for (unsigned v = 0; v < 256; v++) {
+		if (v == TM_WIRE_VERSION)
+			continue;
+		memcpy(buf, good, sizeof(buf));
+		buf[4] = (uint8_t)v;
+		check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EPROTONOSUPPORT,
+			  "version");
+	}
+
+	const uint8_t bad_types[] = { 0, 9, 10, 0x80, 0xff };
+	for (unsigned i = 0; i < G_N_ELEMENTS(bad_types); i++) {
+		memcpy(buf, good, sizeof(buf));
+		buf[5] = bad_types[i];
+		check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EBADMSG,
+			  "unknown message type");
+	}
+
+	for (unsigned i = 6; i < 8; i++) {
+		memcpy(buf, good, sizeof(buf));
+		buf[i] = 0x01;
+		check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EBADMSG, "reserved");
+	}
+
+	/* body_len: the largest value, and the HELLO limit + 1. */
+	memcpy(buf, good, sizeof(buf));
+	tm_put32(buf + 8, UINT32_MAX);
+	check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EMSGSIZE, "body_len 4294967295");
+	tm_frame_encode(buf, TM_MSG_HELLO, tm_frame_max_body(TM_MSG_HELLO, 0) + 1, 0);
+	check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EMSGSIZE, "HELLO");
+
+	/* DATA before the handshake, even an empty one. */
+	tm_frame_encode(buf, TM_MSG_DATA, 0, 1);
+	check_err(tm_frame_decode(buf, sizeof(buf), 0, &f, &err), &err, EPROTO, "handshake");
+
+	for (size_t len = 0; len < TM_FRAME_HDR_LEN; len++)
+		check_err(tm_frame_decode(good, len, 0, &f, &err), &err, EBADMSG, "truncated");
+
+	/* Nothing written on failure. */
+	g_assert_cmpuint(f.type, ==, 99);
+	g_assert_cmpuint(f.body_len, ==, 77);
+	g_assert_cmpuint(f.seq, ==, 55);
+}
+
+/* ---- HELLO ---- */
+
+static const blk_spec hello_blocks[] = {
+	{ "pc.ram", 1ull << 30, 4096, 0x40000000 },
+	{ "rom", (2u << 20) + 4096, 4096, 0 },
+	{ "vram", 16u << 20, 65536, 0x100000000ull },
+};
+
+static void make_hello(tm_hello *h)
+{
+	make_session(h, TM_FEATURE_TAGS_MTE4, 4, 512 * 1024, 2u << 20, hello_blocks,
+		     G_N_ELEMENTS(hello_blocks));
+	h->channel_id = 2;
+}
+
+static uint8_t *encode_hello(const tm_hello *h, size_t *ret_len)
+{
+	size_t len = tm_hello_body_len(h);
+	uint8_t *buf = g_malloc(len);
+
+	tm_hello_encode(h, buf);
+	*ret_len = len;
+	return buf;
+}
+
+static void assert_hello_equal(const tm_hello *a, const tm_hello *b)
+{
+	g_assert_cmpmem(a->session_id, 16, b->session_id, 16);
+	g_assert_cmpuint(a->channel_id, ==, b->channel_id);
+	g_assert_cmpuint(a->channel_count, ==, b->channel_count);
+	g_assert_cmpuint(a->features, ==, b->features);
+	g_assert_cmpuint(a->packet_size, ==, b->packet_size);
+	g_assert_cmpuint(a->chunk_size, ==, b->chunk_size);
+	g_assert_cmpuint(a->block_count, ==, b->block_count);
+	for (uint32_t i = 0; i < a->block_count; i++) {
+		g_assert_cmpstr(a->blocks[i].name, ==, b->blocks[i].name);
+		g_assert_cmpuint(a->blocks[i].length, ==, b->blocks[i].length);
+		g_assert_cmpuint(a->blocks[i].guest_base, ==, b->blocks[i].guest_base);
+		g_assert_cmpuint(a->blocks[i].page_size, ==, b->blocks[i].page_size);
+		g_assert_cmpuint(a->blocks[i].npages, ==, b->blocks[i].npages);
+		g_assert_cmpuint(a->blocks[i].chunk_base, ==, b->blocks[i].chunk_base);
+	}
+}
+
+static void test_hello_round_trip(void)
+{
+	tm_hello h, d;
+	size_t len;
+	GError *err = NULL;
+
+	make_hello(&h);
+	/* Derived fields: chunk_base counts a short last chunk (rom: 2 MiB + 4 KiB = 2 chunks). */
+	g_assert_cmpuint(h.blocks[0].npages, ==, 262144);
+	g_assert_cmpuint(h.blocks[0].chunk_base, ==, 0);
+	g_assert_cmpuint(h.blocks[1].npages, ==, 513);
+	g_assert_cmpuint(h.blocks[1].chunk_base, ==, 512);
+	g_assert_cmpuint(h.blocks[2].npages, ==, 256);
+	g_assert_cmpuint(h.blocks[2].chunk_base, ==, 514);
+
+	g_autofree uint8_t *buf = encode_hello(&h, &len);
+	g_assert_cmpuint(len, ==, 48 + 3 * 24 + strlen("pc.ram") + strlen("rom") + strlen("vram"));
+	check_ok(tm_hello_decode(buf, len, &d, &err), &err);
+	assert_hello_equal(&h, &d);
+	check_ok(tm_hello_same_session(&h, &d, &err), &err);
+
+	/* A different channel of the same session is the same session. */
+	tm_hello_clear(&d);
+	buf[16] = 3;
+	check_ok(tm_hello_decode(buf, len, &d, &err), &err);
+	g_assert_cmpuint(d.channel_id, ==, 3);
+	check_ok(tm_hello_same_session(&h, &d, &err), &err);
+	tm_hello_clear(&d);
+	tm_hello_clear(&h);
+	tm_hello_clear(NULL);
+}
+
+/* The largest HELLO there can be: 1024 blocks with 255-byte names fills the HELLO limit exactly. */
+static void test_hello_max(void)
+{
+	tm_hello h = { 0 }, d;
+	GError *err = NULL;
+	size_t len;
+
+	h.channel_count = 64;
+	h.channel_id = 63;
+	h.packet_size = TM_PACKET_SIZE_MAX;
+	h.chunk_size = TM_CHUNK_SIZE_MAX;
+	h.block_count = TM_MAX_BLOCKS;
+	h.blocks = g_new0(tm_wire_block, TM_MAX_BLOCKS);
+	for (unsigned i = 0; i < TM_MAX_BLOCKS; i++) {
+		memset(h.blocks[i].name, 'n', TM_MAX_BLOCK_NAME);
+		g_snprintf(h.blocks[i].name, 8, "%04u", i);
+		h.blocks[i].name[4] = '-';
+		h.blocks[i].length = (uint64_t)UINT32_MAX * 65536;
+		h.blocks[i].page_size = 65536;
+	}
+	check_ok(tm_hello_check(&h, &err), &err);
+	/* each block: (2^32 - 1) * 64 KiB bytes is 256 chunks of 1 TiB, the last one short */
+	g_assert_cmpuint(h.blocks[1023].chunk_base, ==, 1023 * 256);
+
+	g_autofree uint8_t *buf = encode_hello(&h, &len);
+	g_assert_cmpuint(len, ==, tm_frame_max_body(TM_MSG_HELLO, 0));
+	check_ok(tm_hello_decode(buf, len, &d, &err), &err);
+	assert_hello_equal(&h, &d);
+	tm_hello_clear(&d);
+	tm_hello_clear(&h);
+}
+
+typedef struct hello_mutation {
+	size_t off;   /* byte offset in the body; block descriptors start at 48 */
+	unsigned width;
+	uint64_t value;
+	int errnum;
+	const char *substr;
+} hello_mutation;
+
+#define B0 48u                        /* block 0 descriptor */
+#define B1 (B0 + 24u + 6u)            /* block 1: after "pc.ram" */
+#define B2 (B1 + 24u + 3u)            /* block 2: after "rom" */
+
+static const hello_mutation hello_mutations[] = {
+	{ 16, 2, 4, ERANGE, "channel_id 4 out of range (channel_count 4)" },
+	{ 16, 2, 0xffff, ERANGE, "channel_id 65535" },
+	{ 18, 2, 0, EBADMSG, "channel_count 0" },
+	{ 18, 2, 65, EMSGSIZE, "channel_count 65 over the maximum 64" },
+	{ 18, 2, 0xffff, EMSGSIZE, "channel_count 65535" },
+	{ 20, 4, 0x2, EBADMSG, "reserved bits" },
+	{ 20, 4, 0x80000001, EBADMSG, "reserved bits 0x80000000" },
+	{ 24, 4, 3 * 65536, EBADMSG, "packet_size 196608" },
+	{ 24, 4, 32768, EBADMSG, "packet_size 32768" },
+	{ 24, 4, 32u << 20, EBADMSG, "packet_size 33554432" },
+	{ 24, 4, 0, EBADMSG, "packet_size 0" },
+	{ 28, 4, 1, EBADMSG, "reserved field at offset 28" },
+	{ 32, 8, 256 * 1024, EBADMSG, "chunk_size 262144" },
+	{ 32, 8, 3u << 20, EBADMSG, "chunk_size" },
+	{ 32, 8, 1ull << 41, EBADMSG, "chunk_size 2199023255552" },
+	{ 32, 8, 0, EBADMSG, "chunk_size 0" },
+	{ 40, 4, 0, EBADMSG, "block_count 0" },
+	{ 40, 4, 1025, EMSGSIZE, "block_count 1025 over the maximum 1024" },
+	{ 40, 4, UINT32_MAX, EMSGSIZE, "block_count 4294967295" },
+	{ 40, 4, 4, EBADMSG, "truncated" },
+	{ 40, 4, 2, EBADMSG, "trailing bytes" },
+	{ 44, 4, 0x100, EBADMSG, "reserved field at offset 44" },
+	{ B0 + 22, 2, 1, EBADMSG, "HELLO block 0: reserved field" },
+	{ B2 + 23, 1, 0x80, EBADMSG, "HELLO block 2: reserved field" },
+	{ B0 + 20, 2, 0, EBADMSG, "HELLO block 0: name_len 0" },
+	{ B0 + 20, 2, 256, EMSGSIZE, "HELLO block 0: name_len 256 over the maximum 255" },
+	{ B0 + 20, 2, 0xffff, EMSGSIZE, "name_len 65535" },
+	{ B2 + 20, 2, 5, EBADMSG, "HELLO block 2: name truncated" },
+	{ B0 + 24 + 2, 1, 0, EBADMSG, "HELLO block 0: name contains a NUL byte at offset 2" },
+	{ B1 + 24, 1, 'p', EBADMSG, "" }, /* "rom" -> "pom": still valid, see below */
+	{ B0 + 16, 4, 8192, EBADMSG, "HELLO block 0 'pc.ram': page_size 8192 invalid" },
+	{ B0 + 16, 4, 0, EBADMSG, "page_size 0 invalid" },
+	{ B0 + 16, 4, 1u << 20, EBADMSG, "page_size 1048576 invalid" },
+	{ B0, 8, 0, EBADMSG, "HELLO block 0 'pc.ram': length 0" },
+	{ B0, 8, (1ull << 30) + 512, EBADMSG, "length 1073742336 is not a non-zero multiple" },
+	{ B2, 8, (1ull << 32) * 65536, EMSGSIZE, "HELLO block 2 'vram': 4294967296 pages" },
+	{ B2, 8, UINT64_MAX - 65535, EMSGSIZE, "pages, over the maximum" },
+	{ B2 + 8, 8, 0x100001000ull, EBADMSG, "HELLO block 2 'vram': guest_base 0x100001000" },
+};
+
+static void put_le(uint8_t *p, unsigned width, uint64_t v)
+{
+	for (unsigned i = 0; i < width; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void test_hello_malformed(void)
+{
+	tm_hello h, d;
+	size_t len;
+	GError *err = NULL;
+
+	make_hello(&h);
+	g_autofree uint8_t *good = encode_hello(&h, &len);
+	g_autofree uint8_t *buf = g_malloc(len);
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(hello_mutations); i++) {
+		const hello_mutation *m = &hello_mutations[i];
+
+		memcpy(buf, good, len);
+		put_le(buf + m->off, m->width, m->value);
+		memset(&d, 0x5a, sizeof(d));
+		int r = tm_hello_decode(buf, len, &d, &err);
+		if (m->substr[0] == '\0') {
+			check_ok(r, &err);
+			tm_hello_clear(&d);
+			continue;
+		}
+		g_test_message("mutation %u: %s", i, m->substr);
+		check_err(r, &err, m->errnum, m->substr);
+		/* untouched on failure */
+		g_assert_cmpuint(d.block_count, ==, 0x5a5a5a5a);
+	}
+
+	/* A trailing byte. */
+	g_autofree uint8_t *longer = g_malloc0(len + 1);
+	memcpy(longer, good, len);
+	check_err(tm_hello_decode(longer, len + 1, &d, &err), &err, EBADMSG, "1 trailing bytes");
+
+	/* Every prefix is rejected (and none crashes). */
+	for (size_t n = 0; n < len; n++) {
+		g_autofree uint8_t *prefix = g_memdup2(good, n); /* exact size: ASan sees overreads */
+		int r = tm_hello_decode(prefix, n, &d, &err);
+		check_err(r, &err, EBADMSG, n < 48 ? "HELLO truncated" : "truncated");
+	}
+	tm_hello_clear(&h);
+}
+
+static void test_hello_duplicate_names(void)
+{
+	static const blk_spec blocks[] = {
+		{ "a", 65536, 4096, 0 },
+		{ "pc.ram", 65536, 4096, 0 },
+		{ "b", 65536, 4096, 0 },
+	};
+	tm_hello h, d;
+	size_t len;
+	GError *err = NULL;
+
+	make_session(&h, 0, 1, 65536, 65536, blocks, 3);
+	g_strlcpy(h.blocks[2].name, "pc.ram", sizeof(h.blocks[2].name));
+	check_err(tm_hello_check(&h, &err), &err, EBADMSG,
+		  "HELLO block 2: name 'pc.ram' already used by block 1");
+
+	/* A sender that skipped the check: the receiver refuses the same. */
+	g_autofree uint8_t *buf = encode_hello(&h, &len);
+	check_err(tm_hello_decode(buf, len, &d, &err), &err, EBADMSG, "already used by block 1");
+
+	/* Empty name (sender side), and a name that is not NUL-terminated. */
+	h.blocks[2].name[0] = '\0';
+	check_err(tm_hello_check(&h, &err), &err, EBADMSG, "HELLO block 2: empty name");
+	memset(h.blocks[2].name, 'x', sizeof(h.blocks[2].name));
+	check_err(tm_hello_check(&h, &err), &err, EMSGSIZE, "HELLO block 2: name longer");
+	tm_hello_clear(&h);
+}
+
+static void test_hello_check_sender(void)
+{
+	static const blk_spec blocks[] = { { "ram", 1u << 20, 4096, 0 } };
+	tm_hello h;
+	GError *err = NULL;
+
+	make_session(&h, 0, 2, 65536, 65536, blocks, 1);
+	h.channel_id = 2;
+	check_err(tm_hello_check(&h, &err), &err, ERANGE, "channel_id 2");
+	h.channel_id = 1;
+	check_ok(tm_hello_check(&h, &err), &err);
+
+	h.block_count = 0;
+	check_err(tm_hello_check(&h, &err), &err, EBADMSG, "block_count 0");
+	h.block_count = 1;
+
+	tm_wire_block *blocks_saved = h.blocks;
+	h.blocks = NULL;
+	check_err(tm_hello_check(&h, &err), &err, EINVAL, "no blocks");
+	h.blocks = blocks_saved;
+
+	/* Failed checks leave the derived fields alone. */
+	h.blocks[0].npages = 12345;
+	h.features = 0x10;
+	check_err(tm_hello_check(&h, &err), &err, EBADMSG, "features");
+	g_assert_cmpuint(h.blocks[0].npages, ==, 12345);
+	tm_hello_clear(&h);
+}
+
+static void test_hello_same_session(void)
+{
+	tm_hello a, b;
+	GError *err = NULL;
+
+	make_hello(&a);
+
+#define DIFF(mutate, substr)                                                      \
+	do {                                                                      \
+		make_hello(&b);                                                   \
+		mutate;                                                           \
+		check_err(tm_hello_same_session(&a, &b, &err), &err, EPROTO, substr); \
+		tm_hello_clear(&b);                                               \
+	} while (0)
+
+	DIFF(b.session_id[15] ^= 1, "session id differs between channels: "
+				    "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf vs a0a1a2a3a4a5a6a7a8a9aaabacadaeae");
+	DIFF(b.channel_count = 8, "channel count differs between channels: 4 vs 8");
+	DIFF(b.features = 0, "features differs between channels: 0x00000001 vs 0x00000000");
+	DIFF(b.packet_size = 65536, "packet size differs between channels: 524288 vs 65536");
+	DIFF(b.chunk_size = 4u << 20, "chunk size differs between channels: 2097152 vs 4194304");
+	DIFF(b.block_count = 2, "block count differs between channels: 3 vs 2");
+	DIFF(g_strlcpy(b.blocks[1].name, "ram", sizeof(b.blocks[1].name)),
+	     "block 1 name differs between channels: 'rom' vs 'ram'");
+	DIFF(b.blocks[2].length = 8u << 20,
+	     "block 2 'vram' length differs between channels: 16777216 vs 8388608");
+	DIFF(b.blocks[0].page_size = 16384,
+	     "block 0 'pc.ram' page size differs between channels: 4096 vs 16384");
+	DIFF(b.blocks[0].guest_base = 0, "block 0 'pc.ram' guest_base differs between channels: "
+					 "0x40000000 vs 0x0");
+	/* The first difference is reported. */
+	DIFF((b.channel_count = 8, b.blocks[0].length = 4096), "channel count");
+	/* channel_id is the one field allowed to differ. */
+	make_hello(&b);
+	b.channel_id = 0;
+	check_ok(tm_hello_same_session(&a, &b, &err), &err);
+	tm_hello_clear(&b);
+#undef DIFF
+	tm_hello_clear(&a);
+}
+
+/* ---- DATA round trips ---- */
+
+typedef struct page_case {
+	uint32_t page;
+	enum { D_RANDOM, D_ZERO } data;
+	enum { T_NONE, T_ZERO, T_UNIFORM, T_PACKED } tags;
+	uint8_t uniform;
+	tm_page_kind kind;
+	tm_tag_enc enc;
+} page_case;
+
+/*
+ * Pages 0-2 adjacent in RAM (one iovec), 3-5 zero, 6-7 adjacent again, 8 zero, 9 and 12 alone.
+ * Every kind with every allowed tag encoding, and tags == NULL.
+ */
+static const page_case page_cases[] = {
+	{ 0, D_RANDOM, T_ZERO, 0, TM_PAGE_NORMAL, TM_TAGS_ZERO },
+	{ 1, D_RANDOM, T_UNIFORM, 5, TM_PAGE_NORMAL, TM_TAGS_UNIFORM },
+	{ 2, D_RANDOM, T_PACKED, 0, TM_PAGE_NORMAL, TM_TAGS_PACKED },
+	{ 3, D_ZERO, T_ZERO, 0, TM_PAGE_ZERO, TM_TAGS_ZERO },
+	{ 4, D_ZERO, T_UNIFORM, 0xa, TM_PAGE_ZERO_TAGGED, TM_TAGS_UNIFORM },
+	{ 5, D_ZERO, T_PACKED, 0, TM_PAGE_ZERO_TAGGED, TM_TAGS_PACKED },
+	{ 6, D_RANDOM, T_NONE, 0, TM_PAGE_NORMAL, TM_TAGS_ZERO },
+	{ 7, D_RANDOM, T_PACKED, 0, TM_PAGE_NORMAL, TM_TAGS_PACKED },
+	{ 8, D_ZERO, T_NONE, 0, TM_PAGE_ZERO, TM_TAGS_ZERO },
+	{ 9, D_RANDOM, T_UNIFORM, 0xf, TM_PAGE_NORMAL, TM_TAGS_UNIFORM },
+	{ 12, D_RANDOM, T_PACKED, 0, TM_PAGE_NORMAL, TM_TAGS_PACKED },
+};
+
+static void round_trip_page_size(uint32_t ps, bool with_tags)
+{
+	const uint32_t packet_size = 1u << 20, npages = 32, granules = ps / TM_TAG_GRANULE;
+	/* "boot" takes chunk 0, so the first chunk of "ram" is global chunk 1: channel 1. */
+	const blk_spec blocks[] = {
+		{ "boot", ps, ps, 0 },
+		{ "ram", (uint64_t)npages * ps, ps, 1ull << 32 },
+	};
+	tm_hello s;
+	GError *err = NULL;
+	g_autoptr(GRand) rnd = g_rand_new_with_seed(ps);
+
+	make_session(&s, with_tags ? TM_FEATURE_TAGS_MTE4 : 0, 2, packet_size, packet_size, blocks, 2);
+	g_assert_cmpuint(tm_channel_of(s.blocks[1].chunk_base, 0, s.chunk_size, 2), ==, 1);
+
+	g_autofree uint8_t *ram = g_malloc0((size_t)npages * ps);
+	g_autofree uint8_t *ram_tags = g_malloc0((size_t)npages * granules);
+	for (unsigned i = 0; i < G_N_ELEMENTS(page_cases); i++) {
+		const page_case *c = &page_cases[i];
+		uint8_t *d = ram + (size_t)c->page * ps, *t = ram_tags + (size_t)c->page * granules;
+
+		if (c->data == D_RANDOM) {
+			for (uint32_t j = 0; j < ps; j++)
+				d[j] = (uint8_t)g_rand_int(rnd);
+			d[0] |= 1; /* never all zero */
+		}
+		switch (c->tags) {
+		case T_UNIFORM:
+			memset(t, c->uniform, granules);
+			break;
+		case T_PACKED:
+		case T_NONE: /* tags in the store that the sender does not pass must not matter */
+			for (uint32_t j = 0; j < granules; j++)
+				t[j] = (uint8_t)g_rand_int_range(rnd, 0, 16);
+			t[0] = 1;
+			t[1] = 2;
+			break;
+		default:
+			break;
+		}
+	}
+
+	tm_packet pkt;
+	tm_packet_init(&pkt, packet_size);
+	tm_packet_begin(&pkt, 1, ps, packet_size);
+	g_assert_cmpuint(pkt.max_pages, ==, packet_size / ps);
+
+	uint32_t want_data = 0, want_tags = 0;
+	for (unsigned i = 0; i < G_N_ELEMENTS(page_cases); i++) {
+		const page_case *c = &page_cases[i];
+		const uint8_t *d = ram + (size_t)c->page * ps;
+		const uint8_t *t = ram_tags + (size_t)c->page * granules;
+		bool no_tags = !with_tags || c->tags == T_NONE;
+		tm_page_kind want_kind = c->kind;
+		tm_tag_enc want_enc = no_tags ? TM_TAGS_ZERO : c->enc;
+		tm_tag_enc enc = 99;
+
+		if (no_tags && want_kind == TM_PAGE_ZERO_TAGGED)
+			want_kind = TM_PAGE_ZERO;
+		g_assert_false(tm_packet_full(&pkt));
+		tm_page_kind kind = tm_packet_add(&pkt, c->page, d, tm_buffer_is_zero(d, ps),
+						  no_tags ? NULL : t, &enc);
+		g_assert_cmpint(kind, ==, want_kind);
+		g_assert_cmpint(enc, ==, want_enc);
+		if (kind == TM_PAGE_NORMAL)
+			want_data += ps;
+		want_tags += tm_tag_payload_len(enc, ps);
+	}
+	g_assert_cmpuint(pkt.data_len, ==, want_data);
+	g_assert_cmpuint(pkt.tag_len, ==, want_tags);
+
+	size_t wire_len = 0;
+	unsigned iovcnt = tm_packet_finish(&pkt, 7, &wire_len);
+	/* header + runs {0-2} {6-7} {9} {12} + tags */
+	g_assert_cmpuint(iovcnt, ==, 5 + (want_tags ? 1 : 0));
+	g_assert_cmpuint(pkt.iov[1].iov_len, ==, 3 * ps);
+	g_assert_true(pkt.iov[1].iov_base == ram);
+	g_assert_cmpuint(pkt.iov[2].iov_len, ==, 2 * ps);
+	g_assert_cmpuint(wire_len, ==, TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN +
+					       TM_PAGE_ENTRY_LEN * G_N_ELEMENTS(page_cases) +
+					       want_data + want_tags);
+	/* Finishing twice gives the same message. */
+	size_t wire_len2;
+	g_assert_cmpuint(tm_packet_finish(&pkt, 7, &wire_len2), ==, iovcnt);
+	g_assert_cmpuint(wire_len2, ==, wire_len);
+
+	g_autofree uint8_t *msg = flatten(pkt.iov, iovcnt, wire_len);
+	g_autofree rx_packet *rx = g_new0(rx_packet, 1);
+
+	check_ok(receive_packet(&s, 1, msg, wire_len, rx, &err), &err);
+	g_assert_cmpuint(rx->frame.seq, ==, 7);
+	g_assert_cmpuint(rx->frame.body_len, ==, wire_len - TM_FRAME_HDR_LEN);
+	g_assert_cmpuint(rx->hdr.block, ==, 1);
+	g_assert_cmpuint(rx->hdr.page_count, ==, G_N_ELEMENTS(page_cases));
+
+	/* Apply to a fresh RAM and compare data and tags bit for bit. */
+	g_autofree uint8_t *zeros = g_malloc0(granules);
+	const uint8_t *data = rx->data;
+	for (unsigned i = 0; i < rx->hdr.page_count; i++) {
+		const page_case *c = &page_cases[i];
+		const tm_page_entry *e = &rx->entries[i];
+		const uint8_t *src = ram + (size_t)c->page * ps;
+		const uint8_t *src_tags = ram_tags + (size_t)c->page * granules;
+		bool no_tags = !with_tags || c->tags == T_NONE;
+
+		g_assert_cmpuint(e->page, ==, c->page);
+		if (e->kind == TM_PAGE_NORMAL) {
+			g_assert_cmpmem(data, ps, src, ps);
+			data += ps;
+		} else {
+			g_assert_true(tm_buffer_is_zero(src, ps));
+		}
+		g_assert_cmpmem(rx->tags + (size_t)i * granules, granules,
+				no_tags ? zeros : src_tags, granules);
+	}
+	g_assert_true(data == rx->data + rx->hdr.data_len);
+
+	/* The packet also decodes on no other channel. */
+	check_err(receive_packet(&s, 0, msg, wire_len, rx, &err), &err, EPROTO,
+		  "arrived on channel 0, belongs to channel 1");
+
+	/* A full packet. */
+	tm_packet_begin(&pkt, 1, ps, packet_size);
+	for (uint32_t p = 0; p < pkt.max_pages; p++)
+		tm_packet_add(&pkt, p % npages, ram + (size_t)(p % npages) * ps, false, NULL, NULL);
+	g_assert_true(tm_packet_full(&pkt));
+	tm_packet_fini(&pkt);
+	tm_packet_fini(NULL);
+	tm_hello_clear(&s);
+}
+
+static void test_data_round_trip(gconstpointer arg)
+{
+	round_trip_page_size(GPOINTER_TO_UINT(arg), true);
+	round_trip_page_size(GPOINTER_TO_UINT(arg), false);
+}
+
+/* ---- DATA malformed ---- */
+
+/* Session: 2 channels, 64 KiB packets and chunks; pc.ram 256 x 4 KiB (16 chunks), hi 4 x 64 KiB. */
+static void make_data_session(tm_hello *s, uint32_t features)
+{
+	static const blk_spec blocks[] = {
+		{ "pc.ram", 1u << 20, 4096, 0 },
+		{ "hi", 256 * 1024, 65536, 1u << 20 },
+	};
+	make_session(s, features, 2, 65536, 65536, blocks, 2);
+}
+
+/*
+ * A valid packet for block 0 on channel 0: page 0 NORMAL packed, 1 ZERO, 2 ZERO_TAGGED uniform 3,
+ * 3 NORMAL uniform 7. Offsets: entries at 32, data at 64, tags at 64 + 8192 (128 + 1 + 1 bytes).
+ */
+#define E(i) (32u + 8u * (i))
+#define TAGS_OFF (64u + 8192u)
+
+static uint8_t *make_data_packet(bool tags, size_t *ret_len)
+{
+	static uint8_t ram[4][4096];
+	static uint8_t ram_tags[4][256];
+	tm_packet pkt;
+
+	memset(ram, 0, sizeof(ram));
+	memset(ram[0], 0x11, 4096);
+	memset(ram[3], 0x33, 4096);
+	for (unsigned i = 0; i < 256; i++)
+		ram_tags[0][i] = (uint8_t)(i & 0xf);
+	memset(ram_tags[1], 0, 256);
+	memset(ram_tags[2], 3, 256);
+	memset(ram_tags[3], 7, 256);
+
+	tm_packet_init(&pkt, 65536);
+	tm_packet_begin(&pkt, 0, 4096, 65536);
+	for (unsigned i = 0; i < 4; i++)
+		tm_packet_add(&pkt, i, ram[i], tm_buffer_is_zero(ram[i], 4096),
+			      tags ? ram_tags[i] : NULL, NULL);
+	unsigned n = tm_packet_finish(&pkt, 0, ret_len);
+	uint8_t *msg = flatten(pkt.iov, n, *ret_len);
+	tm_packet_fini(&pkt);
+	return msg;
+}
+
+typedef struct data_mutation {
+	size_t off;
+	unsigned width;
+	uint64_t value;
+	int errnum;
+	const char *substr;
+} data_mutation;
+
+static const data_mutation data_mutations[] = {
+	/* frame */
+	{ 0, 1, 'X', EBADMSG, "magic" },
+	{ 4, 1, 2, EPROTONOSUPPORT, "version 2" },
+	{ 5, 1, 42, EBADMSG, "unknown message type 42" },
+	{ 6, 2, 0x8000, EBADMSG, "reserved" },
+	{ 8, 4, 65536 + 2048 + 128 + 17, EMSGSIZE, "body_len" },
+	{ 8, 4, 16 + 32 + 8192 + 130 + 1, EBADMSG, "body_len 8371, expected 8370" },
+	{ 8, 4, 16 + 32 + 8192 + 130 - 1, EBADMSG, "body_len 8369, expected 8370" },
+	/* data header */
+	{ 16, 4, 2, ERANGE, "DATA: block 2 out of range (2 blocks)" },
+	{ 16, 4, UINT32_MAX, ERANGE, "block 4294967295 out of range" },
+	{ 20, 4, 0, EBADMSG, "DATA block 0 'pc.ram': page_count 0" },
+	{ 20, 4, 17, EMSGSIZE, "page_count 17 over the maximum 16 (packet_size 65536 / page_size 4096)" },
+	{ 20, 4, UINT32_MAX, EMSGSIZE, "page_count 4294967295" },
+	{ 20, 4, 5, EBADMSG, "DATA entry 4: reserved" }, /* entry 4 overlaps the data: 0x11 bytes */
+	{ 20, 4, 3, EBADMSG, "data_len" },
+	{ 24, 4, 3 * 4096, EBADMSG, "data_len 12288 but the entries carry 8192" },
+	{ 24, 4, 5 * 4096, EBADMSG, "data_len 20480 larger than page_count 4 * page_size 4096" },
+	{ 24, 4, 4096, EBADMSG, "data_len 4096 but the entries carry 8192" },
+	{ 28, 4, 131, EBADMSG, "tag_len 131 but the entries carry 130" },
+	{ 28, 4, 0, EBADMSG, "tag_len 0 but the entries carry 130" },
+	{ 28, 4, 4 * 128 + 1, EBADMSG, "tag_len 513 larger than page_count 4 * 128" },
+	/* entries */
+	{ E(1), 4, 256, ERANGE, "DATA entry 1: page 256 out of range for block 0 'pc.ram' (256 pages)" },
+	{ E(3), 4, UINT32_MAX, ERANGE, "DATA entry 3: page 4294967295 out of range" },
+	{ E(1), 4, 16, EPROTO, "DATA entry 1: page 16 of block 0 'pc.ram' arrived on channel 0, belongs to channel 1" },
+	{ E(1), 4, 32, 0, NULL }, /* chunk 2 is channel 0 again: valid */
+	{ E(2) + 6, 1, 1, EBADMSG, "DATA entry 2: reserved field is 0x0001" },
+	{ E(0) + 7, 1, 0x80, EBADMSG, "DATA entry 0: reserved field is 0x8000" },
+	{ E(0) + 4, 1, 3, EBADMSG, "DATA entry 0 (page 0): invalid kind 3" },
+	{ E(0) + 4, 1, 0xff, EBADMSG, "invalid kind 255" },
+	{ E(3) + 5, 1, 3, EBADMSG, "DATA entry 3 (page 3): invalid tag_enc 3" },
+	{ E(1) + 5, 1, TM_TAGS_UNIFORM, EBADMSG, "DATA entry 1 (page 1): kind ZERO with tag_enc TAGS_UNIFORM" },
+	{ E(1) + 5, 1, TM_TAGS_PACKED, EBADMSG, "kind ZERO with tag_enc TAGS_PACKED" },
+	{ E(2) + 5, 1, TM_TAGS_ZERO, EBADMSG, "DATA entry 2 (page 2): kind ZERO_TAGGED with tag_enc TAGS_ZERO" },
+	{ E(1) + 4, 1, TM_PAGE_NORMAL, EBADMSG, "data_len 8192 but the entries carry 12288" },
+	{ E(3) + 5, 1, TM_TAGS_PACKED, EBADMSG, "tag_len 130 but the entries carry 257" },
+	/* tag payload */
+	{ TAGS_OFF + 128, 1, 0x13, EBADMSG, "DATA entry 2 (page 2): uniform tag byte 0x13 has the high nibble set" },
+	{ TAGS_OFF + 129, 1, 0xf0, EBADMSG, "DATA entry 3 (page 3): uniform tag byte 0xf0" },
+};
+
+static void test_data_malformed(void)
+{
+	tm_hello s;
+	size_t len;
+	GError *err = NULL;
+	g_autofree rx_packet *rx = g_new0(rx_packet, 1);
+
+	make_data_session(&s, TM_FEATURE_TAGS_MTE4);
+	g_autofree uint8_t *good = make_data_packet(true, &len);
+	g_assert_cmpuint(len, ==, 16 + 16 + 32 + 8192 + 130);
+	check_ok(receive_packet(&s, 0, good, len, rx, &err), &err);
+	g_assert_cmpuint(rx->tags[256 * 2], ==, 3);
+	g_assert_cmpuint(rx->tags[256 * 3 + 255], ==, 7);
+
+	g_autofree uint8_t *buf = g_malloc(len);
+	for (unsigned i = 0; i < G_N_ELEMENTS(data_mutations); i++) {
+		const data_mutation *m = &data_mutations[i];
+
+		memcpy(buf, good, len);
+		put_le(buf + m->off, m->width, m->value);
+		int r = receive_packet(&s, 0, buf, len, rx, &err);
+		if (!m->substr) {
+			check_ok(r, &err);
+			continue;
+		}
+		g_test_message("mutation %u: %s", i, m->substr);
+		check_err(r, &err, m->errnum, m->substr);
+	}
+
+	/* Every prefix of the packet is rejected cleanly: exact-size copies let ASan see overreads. */
+	for (size_t n = 0; n < len; n++) {
+		g_autofree uint8_t *prefix = g_memdup2(good, n);
+		check_err(receive_packet(&s, 0, prefix, n, rx, &err), &err, EBADMSG, "truncated");
+	}
+
+	/* Wrong channel, channel out of range, DATA before the handshake. */
+	check_err(receive_packet(&s, 1, good, len, rx, &err), &err, EPROTO,
+		  "DATA entry 0: page 0 of block 0 'pc.ram' arrived on channel 1, belongs to channel 0");
+	tm_data_hdr hdr;
+	check_ok(tm_data_hdr_decode(good + 16, len - 16, &s, &hdr, &err), &err);
+	check_err(tm_data_entries_decode(&hdr, good + 32, len - 32, &s, 2, (uint32_t)len - 16,
+					 rx->entries, &err),
+		  &err, ERANGE, "DATA: channel 2 out of range (2 channels)");
+	tm_frame f;
+	check_err(tm_frame_decode(good, len, 0, &f, &err), &err, EPROTO, "DATA before the handshake");
+
+	/* A forged header handed to entries_decode is still checked. */
+	tm_data_hdr forged = hdr;
+	forged.block = 7;
+	check_err(tm_data_entries_decode(&forged, good + 32, len - 32, &s, 0, (uint32_t)len - 16,
+					 rx->entries, &err),
+		  &err, ERANGE, "block 7");
+	forged = hdr;
+	forged.page_count = 1000;
+	check_err(tm_data_entries_decode(&forged, good + 32, len - 32, &s, 0, (uint32_t)len - 16,
+					 rx->entries, &err),
+		  &err, EMSGSIZE, "page_count 1000");
+
+	/* Tag payload longer than tag_len, and a bad page size. */
+	check_ok(tm_data_entries_decode(&hdr, good + 32, len - 32, &s, 0, (uint32_t)len - 16,
+					rx->entries, &err),
+		 &err);
+	g_autofree uint8_t *payload = g_malloc0(hdr.tag_len + 1);
+	memcpy(payload, good + TAGS_OFF, hdr.tag_len);
+	check_err(tm_data_tags_expand(&hdr, rx->entries, 4096, payload, hdr.tag_len + 1, rx->tags,
+				      &err),
+		  &err, EBADMSG, "payload of 131 bytes, tag_len is 130");
+	check_err(tm_data_tags_expand(&hdr, rx->entries, 100, payload, hdr.tag_len, rx->tags, &err),
+		  &err, EINVAL, "page_size 100");
+	/* An entry array the decoder never produced: tag_enc checked, and lengths too. */
+	tm_page_entry bad_entries[4];
+	memcpy(bad_entries, rx->entries, sizeof(bad_entries));
+	bad_entries[3].tag_enc = 9;
+	check_err(tm_data_tags_expand(&hdr, bad_entries, 4096, payload, hdr.tag_len, rx->tags, &err),
+		  &err, EBADMSG, "invalid tag_enc 9");
+	bad_entries[3].tag_enc = TM_TAGS_ZERO;
+	check_err(tm_data_tags_expand(&hdr, bad_entries, 4096, payload, hdr.tag_len, rx->tags, &err),
+		  &err, EBADMSG, "1 bytes of payload left over");
+	bad_entries[3].tag_enc = TM_TAGS_PACKED;
+	check_err(tm_data_tags_expand(&hdr, bad_entries, 4096, payload, hdr.tag_len, rx->tags, &err),
+		  &err, EBADMSG, "DATA entry 3 (page 3): TAGS_PACKED tag payload truncated (1 of 128 bytes)");
+
+	/* Block 1 ("hi", 64 KiB pages): at most 1 page per 64 KiB packet. */
+	memcpy(buf, good, len);
+	put_le(buf + 16, 4, 1);
+	check_err(receive_packet(&s, 0, buf, len, rx, &err), &err, EMSGSIZE,
+		  "DATA block 1 'hi': page_count 4 over the maximum 1");
+	tm_hello_clear(&s);
+}
+
+static void test_data_no_tag_feature(void)
+{
+	tm_hello s;
+	size_t len;
+	GError *err = NULL;
+	g_autofree rx_packet *rx = g_new0(rx_packet, 1);
+
+	make_data_session(&s, 0);
+
+	/* A packet with tags sent to a session without the feature. */
+	g_autofree uint8_t *tagged = make_data_packet(true, &len);
+	check_err(receive_packet(&s, 0, tagged, len, rx, &err), &err, EBADMSG,
+		  "DATA block 0 'pc.ram': tag_len 130 but the session has no tag feature");
+
+	/* Without tags the packet is valid; then forge tag encodings with tag_len 0. */
+	g_autofree uint8_t *plain = make_data_packet(false, &len);
+	check_ok(receive_packet(&s, 0, plain, len, rx, &err), &err);
+	g_assert_cmpuint(rx->entries[2].kind, ==, TM_PAGE_ZERO);
+	for (unsigned i = 0; i < 4 * 256; i++)
+		g_assert_cmpuint(rx->tags[i], ==, 0);
+
+	plain[E(0) + 5] = TM_TAGS_UNIFORM;
+	check_err(receive_packet(&s, 0, plain, len, rx, &err), &err, EBADMSG,
+		  "DATA entry 0 (page 0): tag_enc TAGS_UNIFORM but the session has no tag feature");
+	plain[E(0) + 5] = TM_TAGS_ZERO;
+	plain[E(2) + 4] = TM_PAGE_ZERO_TAGGED;
+	check_err(receive_packet(&s, 0, plain, len, rx, &err), &err, EBADMSG,
+		  "DATA entry 2 (page 2): kind ZERO_TAGGED but the session has no tag feature");
+	tm_hello_clear(&s);
+}
+
+/* ---- control messages and ERROR ---- */
+
+static void test_ctrl_round_trip(void)
+{
+	static const uint8_t types[] = { TM_MSG_HELLO_ACK, TM_MSG_SYNC, TM_MSG_SYNC_ACK, TM_MSG_END,
+					 TM_MSG_END_ACK };
+	GError *err = NULL;
+
+	for (unsigned i = 0; i < G_N_ELEMENTS(types); i++) {
+		uint8_t buf[64];
+		tm_frame f;
+		uint64_t a = 1, b = 1;
+		size_t n = tm_ctrl_encode(buf, types[i], 41 + i, 0x0102030405060708ull,
+					  0x1112131415161718ull);
+
+		g_assert_cmpuint(n, ==, TM_FRAME_HDR_LEN + tm_frame_max_body(types[i], 0));
+		check_ok(tm_frame_decode(buf, n, 0, &f, &err), &err);
+		g_assert_cmpuint(f.type, ==, types[i]);
+		g_assert_cmpuint(f.seq, ==, 41 + i);
+		g_assert_cmpuint(f.body_len, ==, n - TM_FRAME_HDR_LEN);
+		check_ok(tm_ctrl_decode(f.type, buf + 16, f.body_len, &a, &b, &err), &err);
+		g_assert_cmpuint(a, ==, types[i] == TM_MSG_HELLO_ACK ? 0 : 0x0102030405060708ull);
+		g_assert_cmpuint(b, ==, f.body_len == 16 ? 0x1112131415161718ull : 0);
+		check_ok(tm_ctrl_decode(f.type, buf + 16, f.body_len, NULL, NULL, &err), &err);
+
+		/* Exact lengths only: every shorter and one longer body. */
+		for (size_t len = 0; len < f.body_len; len++)
+			check_err(tm_ctrl_decode(f.type, buf + 16, len, &a, &b, &err), &err, EBADMSG,
+				  "truncated");
+		check_err(tm_ctrl_decode(f.type, buf + 16, f.body_len + 1, &a, &b, &err), &err,
+			  EBADMSG, tm_msg_name(types[i]));
+	}
+
+	uint8_t buf[32];
+	size_t n = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
+	buf[16 + 7] = 0x40;
+	check_err(tm_ctrl_decode(TM_MSG_HELLO_ACK, buf + 16, n - 16, NULL, NULL, &err), &err,
+		  EBADMSG, "HELLO_ACK: reserved field is 0x4000000000000000");
+	check_err(tm_ctrl_decode(TM_MSG_DATA, buf + 16, 8, NULL, NULL, &err), &err, EINVAL,
+		  "DATA (type 3) is not a control message");
+}
+
+static void test_error_round_trip(void)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	const char *msg = "RAM block 1 'pc.ram': sender length 1073741824, receiver length 536870912";
+	tm_frame f;
+	int code;
+	GError *err = NULL;
+
+	size_t n = tm_error_encode(buf, 9, EINVAL, msg);
+	g_assert_cmpuint(n, ==, 16 + 8 + strlen(msg));
+	check_ok(tm_frame_decode(buf, n, 0, &f, &err), &err);
+	g_assert_cmpuint(f.type, ==, TM_MSG_ERROR);
+	g_assert_cmpuint(f.seq, ==, 9);
+	g_autofree char *out = NULL;
+	check_ok(tm_error_decode(buf + 16, f.body_len, &code, &out, &err), &err);
+	g_assert_cmpint(code, ==, EINVAL);
+	g_assert_cmpstr(out, ==, msg);
+	g_clear_pointer(&out, g_free);
+
+	/* Negative errnos are sent positive; no code at all becomes EIO; NULL is an empty text. */
+	n = tm_error_encode(buf, 0, -ERANGE, NULL);
+	g_assert_cmpuint(n, ==, 24);
+	check_ok(tm_error_decode(buf + 16, 8, &code, &out, &err), &err);
+	g_assert_cmpint(code, ==, ERANGE);
+	g_assert_cmpstr(out, ==, "");
+	g_clear_pointer(&out, g_free);
+	n = tm_error_encode(buf, 0, 0, "x");
+	check_ok(tm_error_decode(buf + 16, n - 16, &code, &out, &err), &err);
+	g_assert_cmpint(code, ==, EIO);
+	g_clear_pointer(&out, g_free);
+
+	/* Too long: cut at 1024 bytes, and never inside a UTF-8 sequence. */
+	g_autofree char *longmsg = g_strnfill(2000, 'y');
+	n = tm_error_encode(buf, 0, EBADMSG, longmsg);
+	g_assert_cmpuint(n, ==, sizeof(buf));
+	check_ok(tm_error_decode(buf + 16, n - 16, &code, &out, &err), &err);
+	g_assert_cmpuint(strlen(out), ==, TM_MAX_ERROR_MESSAGE);
+	g_clear_pointer(&out, g_free);
+	g_autofree char *a1023 = g_strnfill(1023, 'a');
+	g_autofree char *utf = g_strconcat(a1023, "\xc3\xa9", NULL);
+	n = tm_error_encode(buf, 0, EBADMSG, utf);
+	g_assert_cmpuint(n, ==, 16 + 8 + 1023);
+	check_ok(tm_error_decode(buf + 16, n - 16, &code, &out, &err), &err);
+	g_assert_true(g_utf8_validate(out, -1, NULL));
+	g_clear_pointer(&out, g_free);
+
+	/* Invalid UTF-8 from the peer is replaced. */
+	n = tm_error_encode(buf, 0, EPROTO, "bad \xff byte");
+	check_ok(tm_error_decode(buf + 16, n - 16, &code, &out, &err), &err);
+	g_assert_true(g_utf8_validate(out, -1, NULL));
+	g_assert_cmpstr(out, ==, "bad \xef\xbf\xbd byte");
+	g_clear_pointer(&out, g_free);
+}
+
+static void test_error_malformed(void)
+{
+	uint8_t good[64], buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE + 8];
+	int code = -1;
+	char *out = NULL;
+	GError *err = NULL;
+	tm_frame f;
+
+	size_t n = tm_error_encode(good, 0, EPROTO, "no such block");
+	uint8_t *body = buf + 16;
+	size_t blen = n - 16;
+
+	memcpy(buf, good, n);
+	put_le(body + 6, 2, 1);
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EBADMSG,
+		  "ERROR: reserved field is 0x0001");
+	memcpy(buf, good, n);
+	put_le(body, 4, 0);
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EBADMSG, "code 0");
+	put_le(body, 4, 0x80000000u);
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EBADMSG, "code 2147483648");
+	memcpy(buf, good, n);
+	put_le(body + 4, 2, 1025);
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EMSGSIZE,
+		  "ERROR: message_len 1025 over the maximum 1024");
+	put_le(body + 4, 2, 0xffff);
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EMSGSIZE, "message_len 65535");
+	memcpy(buf, good, n);
+	put_le(body + 4, 2, 12);
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EBADMSG,
+		  "body of 21 bytes, message_len 12 needs 20");
+	memcpy(buf, good, n);
+	body[8 + 2] = 0;
+	check_err(tm_error_decode(body, blen, &code, &out, &err), &err, EBADMSG,
+		  "NUL byte at offset 2");
+	for (size_t len = 0; len < blen; len++) {
+		g_autofree uint8_t *prefix = g_memdup2(good + 16, len);
+		check_err(tm_error_decode(prefix, len, &code, &out, &err), &err, EBADMSG, "truncated");
+	}
+	g_assert_cmpint(code, ==, -1);
+	g_assert_null(out);
+
+	/* A frame announcing a longer ERROR body than allowed. */
+	tm_frame_encode(buf, TM_MSG_ERROR, 8 + 1025, 0);
+	check_err(tm_frame_decode(buf, 16, 0, &f, &err), &err, EMSGSIZE, "(ERROR): body_len 1033");
+}
+
+/* ---- tags ---- */
+
+static void test_tags(void)
+{
+	uint8_t t[4096 / 16], packed[128], back[256], v = 0x55;
+
+	memset(t, 0, sizeof(t));
+	g_assert_cmpint(tm_tags_classify(t, sizeof(t), &v), ==, TM_TAGS_ZERO);
+	g_assert_cmpuint(v, ==, 0);
+	g_assert_cmpint(tm_tags_classify(t, 0, NULL), ==, TM_TAGS_ZERO);
+	memset(t, 9, sizeof(t));
+	g_assert_cmpint(tm_tags_classify(t, sizeof(t), &v), ==, TM_TAGS_UNIFORM);
+	g_assert_cmpuint(v, ==, 9);
+	g_assert_cmpint(tm_tags_classify(t, 1, &v), ==, TM_TAGS_UNIFORM);
+	for (size_t i = 0; i < sizeof(t); i++) {
+		memset(t, 9, sizeof(t));
+		t[i] = 4;
+		g_assert_cmpint(tm_tags_classify(t, sizeof(t), NULL), ==, TM_TAGS_PACKED);
+	}
+	/* High-nibble garbage from a store is not sent. */
+	memset(t, 0x10, sizeof(t));
+	g_assert_cmpint(tm_tags_classify(t, sizeof(t), &v), ==, TM_TAGS_ZERO);
+	memset(t, 0xf3, sizeof(t));
+	g_assert_cmpint(tm_tags_classify(t, sizeof(t), &v), ==, TM_TAGS_UNIFORM);
+	g_assert_cmpuint(v, ==, 3);
+
+	for (size_t i = 0; i < sizeof(t); i++)
+		t[i] = (uint8_t)((i * 7 + 3) & 0xf);
+	tm_tags_pack(t, sizeof(t), packed);
+	g_assert_cmpuint(packed[0], ==, (3 | 10 << 4));
+	g_assert_cmpuint(packed[5], ==, (t[10] | t[11] << 4));
+	tm_tags_unpack(packed, sizeof(t), back);
+	g_assert_cmpmem(back, sizeof(t), t, sizeof(t));
+
+	g_assert_cmpint(tm_tags_find_invalid(t, sizeof(t)), ==, -1);
+	g_assert_cmpint(tm_tags_find_invalid(t, 0), ==, -1);
+	for (size_t i = 0; i < 37; i++) {
+		uint8_t u[37] = { 0 };
+		u[i] = 0x10;
+		g_assert_cmpint(tm_tags_find_invalid(u, sizeof(u)), ==, (ssize_t)i);
+		u[36] = 0x80; /* the first one counts */
+		g_assert_cmpint(tm_tags_find_invalid(u, sizeof(u)), ==, (ssize_t)i);
+	}
+}
+
+static void test_buffer_is_zero(void)
+{
+	g_autofree uint8_t *page = g_malloc0(4096 + 64);
+
+	g_assert_true(tm_buffer_is_zero(page, 4096));
+	for (size_t i = 0; i < 4096; i++) {
+		page[i] = 0x80;
+		g_assert_false(tm_buffer_is_zero(page, 4096));
+		page[i] = 0;
+	}
+	g_assert_true(tm_buffer_is_zero(page, 4096));
+
+	/* Any length at any alignment, with a non-zero byte just outside that must not count. */
+	for (size_t off = 0; off < 8; off++) {
+		for (size_t len = 0; len <= 600; len++) {
+			uint8_t *p = page + off;
+			if (off > 0)
+				p[-1] = 1;
+			p[len] = 1;
+			g_assert_true(tm_buffer_is_zero(p, len));
+			for (size_t i = 0; i < len; i++) {
+				p[i] = 1;
+				g_assert_false(tm_buffer_is_zero(p, len));
+				p[i] = 0;
+			}
+			p[len] = 0;
+			if (off > 0)
+				p[-1] = 0;
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	g_test_init(&argc, &argv, NULL);
+
+	g_test_add_func("/codec/frame/max-body", test_frame_max_body);
+	g_test_add_func("/codec/frame/round-trip", test_frame_round_trip);
+	g_test_add_func("/codec/frame/malformed", test_frame_malformed);
+	g_test_add_func("/codec/hello/round-trip", test_hello_round_trip);
+	g_test_add_func("/codec/hello/max", test_hello_max);
+	g_test_add_func("/codec/hello/malformed", test_hello_malformed);
+	g_test_add_func("/codec/hello/duplicate-names", test_hello_duplicate_names);
+	g_test_add_func("/codec/hello/check-sender", test_hello_check_sender);
+	g_test_add_func("/codec/hello/same-session", test_hello_same_session);
+	g_test_add_data_func("/codec/data/round-trip/4k", GUINT_TO_POINTER(4096), test_data_round_trip);
+	g_test_add_data_func("/codec/data/round-trip/16k", GUINT_TO_POINTER(16384), test_data_round_trip);
+	g_test_add_data_func("/codec/data/round-trip/64k", GUINT_TO_POINTER(65536), test_data_round_trip);
+	g_test_add_func("/codec/data/malformed", test_data_malformed);
+	g_test_add_func("/codec/data/no-tag-feature", test_data_no_tag_feature);
+	g_test_add_func("/codec/ctrl/round-trip", test_ctrl_round_trip);
+	g_test_add_func("/codec/error/round-trip", test_error_round_trip);
+	g_test_add_func("/codec/error/malformed", test_error_malformed);
+	g_test_add_func("/codec/tags", test_tags);
+	g_test_add_func("/codec/buffer-is-zero", test_buffer_is_zero);
+
+	return g_test_run();
+}
