@@ -344,10 +344,13 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 		}
 	}
 	/* What a receiver would refuse is refused here, with the same words. */
-	r = tm_hello_check(&h, error);
-	if (r < 0) {
+	g_autoptr(GError) why = NULL;
+	if (tm_hello_check(&h, &why) < 0) {
 		tm_hello_clear(&h);
-		return r;
+		/* Report it as the caller's configuration, not as a message field. */
+		const char *m = why->message;
+		return config_error(error, "invalid configuration: %s",
+				    g_str_has_prefix(m, "HELLO: ") ? m + 7 : m);
 	}
 
 	tm_sender *s = g_new0(tm_sender, 1);

@@ -595,7 +595,12 @@ static void test_config_errors(void)
 	g_assert_nonnull(strstr(err->message, "65 channels"));
 	g_clear_error(&err);
 	tm_sender_config c2 = { .packet_size = 3000 };
-	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c2, &s, &err), <, 0);
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c2, &s, &err), ==, -EINVAL);
+	g_assert_nonnull(strstr(err->message, "invalid configuration: packet_size 3000"));
+	g_clear_error(&err);
+	tm_sender_config c4 = { .chunk_size = 3 << 20 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c4, &s, &err), ==, -EINVAL);
+	g_assert_nonnull(strstr(err->message, "chunk_size 3145728"));
 	g_clear_error(&err);
 	tm_sender_config c3 = { .io_backend = "carrier-pigeon" };
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &c3, &s, &err), ==, -ENOENT);

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Configures and builds one build directory: scripts/build.sh DIR [plain|sanitize]
+set -eu
+dir=$1
+kind=${2:-plain}
+top=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f "$dir/build.ninja" ]; then
+	case $kind in
+	plain) meson setup "$dir" "$top" -Dwerror=true --buildtype=debugoptimized >"$dir.setup.log" 2>&1 ;;
+	sanitize) meson setup "$dir" "$top" -Dwerror=true --buildtype=debug \
+		-Db_sanitize=address,undefined -Db_lundef=false \
+		-Dc_args=-fno-sanitize-recover=all >"$dir.setup.log" 2>&1 ;;
+	esac || { cat "$dir.setup.log" >&2; exit 1; }
+fi
+ninja -C "$dir" >"$dir.build.log" 2>&1 || { cat "$dir.build.log" >&2; exit 1; }

@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# CLI integration tests: `tagmig send` and `tagmig recv` as separate processes over 127.0.0.1.
+#
+# usage: cases.sh TAGMIG GEN_IMAGE PYTHON3|none CASE
+#
+# One meson test per CASE (tests/integration/meson.build). Each case works in a fresh temporary
+# directory, bounds every process with `timeout`, and checks real outputs: exit codes, messages,
+# and the received files byte for byte with cmp. Exit 0 pass, 1 fail, 77 skip.
+set -u
+
+TAGMIG=$1
+GEN=$2
+PYTHON3=$3
+CASE=$4
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/tagmig-it.XXXXXX")
+RECV_PID=
+cleanup() {
+	if [ -n "$RECV_PID" ] && kill -0 "$RECV_PID" 2>/dev/null; then
+		kill "$RECV_PID" 2>/dev/null
+		wait "$RECV_PID" 2>/dev/null
+	fi
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+fail() {
+	echo "FAIL [$CASE]: $*" >&2
+	for f in "$T"/*.err; do
+		[ -s "$f" ] && { echo "--- $(basename "$f"):" >&2; head -c 4000 "$f" >&2; }
+	done
+	exit 1
+}
+note() { echo "[$CASE] $*"; }
+
+# Per-process bound; the meson timeout is the outer one.
+LIMIT=120
+
+# start_recv ARGS...: starts `tagmig recv` on a free port, waits for --port-file; sets PORT.
+start_recv() {
+	rm -f "$T/port"
+	timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 \
+		"$@" >"$T/recv.out" 2>"$T/recv.err" &
+	RECV_PID=$!
+	for _ in $(seq 1 200); do
+		[ -s "$T/port" ] && break
+		kill -0 "$RECV_PID" 2>/dev/null || fail "recv exited before listening"
+		sleep 0.05
+	done
+	[ -s "$T/port" ] || fail "recv did not write its port file within 10 s"
+	PORT=$(cat "$T/port")
+	case "$PORT" in
+	'' | *[!0-9]*) fail "port file holds '$PORT'" ;;
+	esac
+}
+
+# wait_recv: sets RECV_RC.
+wait_recv() {
+	wait "$RECV_PID"
+	RECV_RC=$?
+	RECV_PID=
+}
+
+# run_send ARGS...: `tagmig send` to the running receiver; sets SEND_RC.
+run_send() {
+	timeout "$LIMIT" "$TAGMIG" send --connect "127.0.0.1:$PORT" --timeout 30 "$@" \
+		>"$T/send.out" 2>"$T/send.err"
+	SEND_RC=$?
+}
+
+expect_rc() { # WHAT GOT WANT
+	[ "$2" = "$3" ] || fail "$1 exited $2, expected $3"
+}
+
+same() { # A B
+	cmp "$1" "$2" >/dev/null || fail "$(basename "$2") differs from $(basename "$1"): $(cmp "$1" "$2" 2>&1 | head -1)"
+}
+
+# one_line FILE PATTERN: FILE is exactly one line "tagmig: ..." matching PATTERN (grep -E).
+one_line() {
+	local n
+	n=$(wc -l <"$1")
+	[ "$n" = 1 ] || fail "$(basename "$1") has $n lines, expected one error line"
+	grep -q '^tagmig: ' "$1" || fail "$(basename "$1") does not start with 'tagmig: '"
+	grep -Eq -- "$2" "$1" || fail "$(basename "$1") does not match /$2/: $(cat "$1")"
+}
+
+gen_ram() { "$GEN" ram "$1" "$2" "$3" || fail "tm-gen-image ram failed"; }
+gen_tags() { "$GEN" tags "$1" "$2" "$3" || fail "tm-gen-image tags failed"; }
+
+# migrate_one CHANNELS SIZE PAGE_SIZE TAGS(yes|no) [send args...]: one block, compare outputs.
+migrate_one() {
+	local ch=$1 size=$2 ps=$3 tags=$4
+	shift 4
+	gen_ram "$size" 11 "$T/in.img"
+	local send_tags=() recv_tags=()
+	if [ "$tags" = yes ]; then
+		gen_tags $((size / 16)) 12 "$T/in.tags"
+		send_tags=(--tags "$T/in.tags")
+		recv_tags=(--tags "$T/out.tags")
+	fi
+	start_recv --ram "$T/out.img" "${recv_tags[@]}"
+	run_send --ram "$T/in.img" "${send_tags[@]}" --channels "$ch" --page-size "$ps" "$@"
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	if [ "$tags" = yes ]; then
+		same "$T/in.tags" "$T/out.tags"
+	else
+		[ ! -e "$T/out.tags" ] || fail "out.tags created without --tags"
+	fi
+	note "ok: $ch channel(s), $size bytes, page size $ps, tags $tags"
+}
+
+need_python() {
+	if [ "$PYTHON3" = none ] || ! "$PYTHON3" -c 'import socket, struct' 2>/dev/null; then
+		echo "[$CASE] SKIP: python3 not available"
+		exit 77
+	fi
+}
+
+# corrupt MODE: a hostile client against a receiver whose output file exists; nothing may change.
+corrupt() {
+	need_python
+	local size=$((1024 * 1024))
+	gen_ram "$size" 21 "$T/out.img"
+	cp "$T/out.img" "$T/orig.img"
+	start_recv --ram "$T/out.img"
+	timeout "$LIMIT" "$PYTHON3" "$(dirname "$0")/corrupt-client.py" "$PORT" "$1" ram0 "$size" \
+		>"$T/client.out" 2>"$T/client.err" || fail "corrupt client failed"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	one_line "$T/recv.err" "$2"
+	same "$T/orig.img" "$T/out.img"
+	note "ok: receiver refused ($(cat "$T/recv.err")); client saw: $(cat "$T/client.out")"
+}
+
+case "$CASE" in
+channels-1 | channels-2 | channels-4 | channels-8)
+	# 6 MiB + 20 KiB: not a multiple of the 1 MiB chunk, so the last chunk is short.
+	migrate_one "${CASE#channels-}" $((6 * 1024 * 1024 + 20 * 1024)) 4096 yes --chunk-size 1M \
+		--packet-size 256K
+	;;
+channels-8-default-chunks)
+	migrate_one 8 $((24 * 1024 * 1024 + 4096)) 4K yes
+	;;
+odd-sizes)
+	# Sizes that are no multiple of chunk or packet size, smaller than one chunk, one page.
+	for size in 4096 $((64 * 1024 + 4096)) $((3 * 1024 * 1024 - 4096)); do
+		migrate_one 3 "$size" 4096 yes --chunk-size 128K --packet-size 64K
+		rm -f "$T"/out.*
+	done
+	;;
+page-4k | page-16k | page-64k)
+	ps=${CASE#page-}
+	ps=$((${ps%k} * 1024))
+	migrate_one 4 $((ps * 301)) "$ps" yes --chunk-size 1M
+	rm -f "$T"/out.*
+	migrate_one 2 $((ps * 77)) "$ps" no
+	;;
+no-tags)
+	migrate_one 4 $((5 * 1024 * 1024)) 4096 no
+	;;
+multi-block)
+	# Three blocks of different sizes; the receiver names two of them in another order and
+	# takes the third (default name ram2) by position.
+	gen_ram $((3 * 1024 * 1024 + 4096)) 31 "$T/a.img"
+	gen_ram $((256 * 1024)) 32 "$T/b.img"
+	gen_ram $((5 * 1024 * 1024 - 8192)) 33 "$T/c.img"
+	gen_tags $(((3 * 1024 * 1024 + 4096) / 16)) 34 "$T/a.tags"
+	gen_tags $((256 * 1024 / 16)) 35 "$T/b.tags"
+	gen_tags $(((5 * 1024 * 1024 - 8192) / 16)) 36 "$T/c.tags"
+	start_recv --ram vga="$T/ob.img" --ram pc.ram="$T/oa.img" --ram "$T/oc.img" \
+		--tags pc.ram="$T/oa.tags" --tags vga="$T/ob.tags" --tags ram2="$T/oc.tags"
+	run_send --ram pc.ram="$T/a.img" --ram vga="$T/b.img" --ram "$T/c.img" \
+		--tags "$T/a.tags" --tags "$T/b.tags" --tags "$T/c.tags" \
+		--channels 4 --chunk-size 512K --packet-size 128K --json
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	for x in a b c; do
+		same "$T/$x.img" "$T/o$x.img"
+		same "$T/$x.tags" "$T/o$x.tags"
+	done
+	grep -q '"blocks":3' "$T/send.out" || fail "send --json does not report 3 blocks: $(cat "$T/send.out")"
+	note "ok: 3 blocks by name and position"
+	;;
+existing-output)
+	# An existing output of the right size is overwritten completely, also where the input
+	# is zero (stale data must not survive).
+	size=$((2 * 1024 * 1024))
+	gen_ram "$size" 41 "$T/in.img"
+	gen_tags $((size / 16)) 42 "$T/in.tags"
+	gen_ram "$size" 43 "$T/out.img"
+	gen_tags $((size / 16)) 44 "$T/out.tags"
+	start_recv --ram "$T/out.img" --tags "$T/out.tags" --json
+	run_send --ram "$T/in.img" --tags "$T/in.tags" --channels 2
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	same "$T/in.tags" "$T/out.tags"
+	if [ "$PYTHON3" != none ]; then
+		"$PYTHON3" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pages"]["total"] == 512, d; assert d["channels"] == 2, d' \
+			"$T/recv.out" || fail "recv --json output wrong: $(cat "$T/recv.out")"
+	fi
+	note "ok: existing files overwritten"
+	;;
+json-output)
+	need_python
+	size=$((4 * 1024 * 1024))
+	gen_ram "$size" 51 "$T/in.img"
+	gen_tags $((size / 16)) 52 "$T/in.tags"
+	start_recv --ram "$T/out.img" --tags "$T/out.tags" --json
+	run_send --ram "$T/in.img" --tags "$T/in.tags" --channels 3 --json
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	for side in send recv; do
+		"$PYTHON3" - "$T/$side.out" <<-'EOF' || fail "$side --json: $(cat "$T/$side.out")"
+			import json, sys
+			d = json.load(open(sys.argv[1]))
+			for k in ("bytes", "seconds", "gib_per_s", "pages", "tag_encodings", "tag_bytes",
+			          "wire_bytes", "cpu_s_per_gib", "io_backend", "channels"):
+			    assert k in d, k
+			assert d["bytes"] == 4 * 1024 * 1024, d
+			assert d["pages"]["total"] == 1024, d
+			assert sum(d["pages"][k] for k in ("normal", "zero", "zero_tagged")) == 1024, d
+			assert sum(d["tag_encodings"].values()) == 1024, d
+			assert d["channels"] == 3, d
+			assert 0 < d["tag_bytes"] < d["wire_bytes"], d
+		EOF
+	done
+	same "$T/in.img" "$T/out.img"
+	same "$T/in.tags" "$T/out.tags"
+	note "ok: JSON of both sides"
+	;;
+refuse-high-nibble)
+	size=$((1024 * 1024))
+	gen_ram "$size" 61 "$T/in.img"
+	gen_tags $((size / 16)) 62 "$T/in.tags"
+	"$GEN" poke "$T/in.tags" 4097 0x35 || fail "poke failed"
+	start_recv --ram "$T/out.img" --tags "$T/out.tags"
+	run_send --ram "$T/in.img" --tags "$T/in.tags"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" "in\.tags.*offset 4097.*0x35"
+	# The sender never connected: the receiver still waits, and has created nothing.
+	sleep 0.3
+	kill -0 "$RECV_PID" 2>/dev/null || fail "recv exited although the sender never connected"
+	[ ! -e "$T/out.img" ] && [ ! -e "$T/out.tags" ] || fail "receiver created output files"
+	note "ok: $(cat "$T/send.err")"
+	;;
+refuse-tags-size)
+	size=$((1024 * 1024))
+	gen_ram "$size" 63 "$T/in.img"
+	gen_tags $((size / 16 - 1)) 64 "$T/in.tags"
+	run_send_offline() {
+		timeout "$LIMIT" "$TAGMIG" send --connect 127.0.0.1:9 "$@" >"$T/send.out" 2>"$T/send.err"
+		SEND_RC=$?
+	}
+	run_send_offline --ram "$T/in.img" --tags "$T/in.tags"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" "in\.tags.*65535"
+	# A RAM file that is not a multiple of the page size.
+	head -c 5000 "$T/in.img" >"$T/odd.img"
+	run_send_offline --ram "$T/odd.img"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" "odd\.img.*5000"
+	# An empty RAM file.
+	: >"$T/empty.img"
+	run_send_offline --ram "$T/empty.img"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" "empty\.img"
+	# A missing RAM file.
+	run_send_offline --ram "$T/missing.img"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" "missing\.img"
+	note "ok: bad input files refused before connecting"
+	;;
+refuse-ram-size)
+	gen_ram $((2 * 1024 * 1024)) 71 "$T/in.img"
+	gen_ram $((1024 * 1024)) 72 "$T/out.img"
+	cp "$T/out.img" "$T/orig.img"
+	start_recv --ram "$T/out.img"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "RAM file .*out\.img is 1048576 bytes, sender announces block 'ram0' of 2097152 bytes"
+	one_line "$T/send.err" "1048576"
+	same "$T/orig.img" "$T/out.img"
+	note "ok: recv: $(cat "$T/recv.err"); send: $(cat "$T/send.err")"
+	;;
+refuse-tags-size-recv)
+	# The RAM file fits, its existing tags file does not: refused, neither file touched.
+	size=$((1024 * 1024))
+	gen_ram "$size" 73 "$T/in.img"
+	gen_tags $((size / 16)) 74 "$T/in.tags"
+	gen_ram "$size" 75 "$T/out.img"
+	gen_tags 4096 76 "$T/out.tags"
+	cp "$T/out.img" "$T/orig.img"
+	cp "$T/out.tags" "$T/orig.tags"
+	start_recv --ram "$T/out.img" --tags "$T/out.tags"
+	run_send --ram "$T/in.img" --tags "$T/in.tags"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "out\.tags is 4096 bytes"
+	same "$T/orig.img" "$T/out.img"
+	same "$T/orig.tags" "$T/out.tags"
+	note "ok: $(cat "$T/recv.err")"
+	;;
+refuse-tags-missing)
+	# The sender sends tags, the receiver has no --tags: refused, nothing created.
+	size=$((1024 * 1024))
+	gen_ram "$size" 81 "$T/in.img"
+	gen_tags $((size / 16)) 82 "$T/in.tags"
+	start_recv --ram "$T/out.img"
+	run_send --ram "$T/in.img" --tags "$T/in.tags"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "tags"
+	one_line "$T/send.err" "tags"
+	[ ! -e "$T/out.img" ] || fail "out.img created by a refused session"
+	note "ok: $(cat "$T/recv.err")"
+	;;
+refuse-tags-unexpected)
+	size=$((1024 * 1024))
+	gen_ram "$size" 83 "$T/in.img"
+	start_recv --ram "$T/out.img" --tags "$T/out.tags"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "tags"
+	[ ! -e "$T/out.img" ] && [ ! -e "$T/out.tags" ] || fail "refused session created files"
+	note "ok: $(cat "$T/recv.err")"
+	;;
+refuse-unknown-block)
+	size=$((1024 * 1024))
+	gen_ram "$size" 85 "$T/in.img"
+	start_recv --ram other="$T/out.img"
+	run_send --ram pc.ram="$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "pc\.ram"
+	[ ! -e "$T/out.img" ] || fail "refused session created out.img"
+	note "ok: $(cat "$T/recv.err")"
+	;;
+corrupt-bad-magic)
+	corrupt bad-magic "magic|handshake"
+	;;
+corrupt-page-range)
+	corrupt page-range "page|range"
+	;;
+corrupt-length-mismatch)
+	corrupt length-mismatch "len|length"
+	;;
+corrupt-bad-seq)
+	corrupt bad-seq "seq|sequence"
+	;;
+corrupt-bad-block)
+	corrupt bad-block "block"
+	;;
+usage)
+	u() { # WANT_RC ARGS...
+		local want=$1
+		shift
+		timeout 30 "$TAGMIG" "$@" >"$T/u.out" 2>"$T/u.err"
+		local rc=$?
+		[ "$rc" = "$want" ] || fail "tagmig $* exited $rc, expected $want: $(cat "$T/u.err")"
+		if [ "$want" = 2 ]; then
+			grep -q -- "--help" "$T/u.err" || fail "tagmig $*: no hint to --help: $(cat "$T/u.err")"
+		fi
+	}
+	: >"$T/x.img"
+	u 2
+	u 2 frobnicate
+	u 2 --frobnicate
+	u 2 send --ram "$T/x.img"
+	u 2 send --connect localhost --ram "$T/x.img"
+	u 2 send --connect 127.0.0.1:99999 --ram "$T/x.img"
+	u 2 send --connect 127.0.0.1:1234
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --chunk-size 12Q
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --page-size 8K
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --chunk-size 3M
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --packet-size 32K
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --packet-size 1M --chunk-size 512K
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --channels 0
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --channels 65
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --channels many
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --tags nosuch="$T/x.tags"
+	u 2 send --connect 127.0.0.1:1234 --ram a="$T/x.img" --ram a="$T/x.img"
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" stray-argument
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --bogus
+	u 2 recv --ram "$T/x.img"
+	u 2 recv --listen 127.0.0.1:65536 --ram "$T/x.img"
+	u 2 recv --listen 127.0.0.1:0
+	u 2 recv --listen :1234 --ram "$T/x.img"
+	u 2 demo --size lots
+	u 2 demo --channels 0
+	u 2 demo --page-size 3000
+	# Help and version succeed and say what they should.
+	u 0 --help
+	grep -q demo "$T/u.out" && grep -q send "$T/u.out" && grep -q recv "$T/u.out" ||
+		fail "tagmig --help does not list the commands"
+	u 0 --version
+	grep -Eq '^tagmig [0-9]+\.[0-9]+' "$T/u.out" || fail "--version: $(cat "$T/u.out")"
+	u 0 send --help
+	grep -q -- --chunk-size "$T/u.out" || fail "send --help lacks --chunk-size"
+	u 0 recv --help
+	grep -q -- --port-file "$T/u.out" || fail "recv --help lacks --port-file"
+	u 0 demo --help
+	grep -q -- --page-size "$T/u.out" || fail "demo --help lacks --page-size"
+	[ ! -s "$T/x.img" ] || fail "a usage error wrote to a file"
+	note "ok: usage errors exit 2, help and version exit 0"
+	;;
+demo)
+	timeout "$LIMIT" "$TAGMIG" demo --size 64M --channels 2 --json >"$T/demo.out" 2>"$T/demo.err"
+	rc=$?
+	expect_rc demo "$rc" 0
+	[ "$(wc -l <"$T/demo.out")" = 1 ] || fail "demo --json printed more than one line"
+	grep -q '"verified":true' "$T/demo.out" || fail "demo not verified: $(cat "$T/demo.out")"
+	if [ "$PYTHON3" != none ]; then
+		"$PYTHON3" - "$T/demo.out" <<-'EOF' || fail "demo --json: $(cat "$T/demo.out")"
+			import json, sys
+			d = json.load(open(sys.argv[1]))
+			assert d["verified"] is True, d
+			assert d["channels"] == 2, d
+			p, e = d["pages"], d["tag_encodings"]
+			assert p["total"] >= 16384, d          # every page once, plus the dirty round
+			assert p["normal"] and p["zero"] and p["zero_tagged"], d
+			assert e["zero"] and e["uniform"] and e["packed"], d
+			assert d["bytes"] >= 64 * 1024 * 1024, d
+			assert 0 < d["tag_bytes"] < d["wire_bytes"], d
+		EOF
+	fi
+	note "ok: $(cat "$T/demo.out")"
+	;;
+demo-64k)
+	timeout "$LIMIT" "$TAGMIG" demo --size 32M --page-size 64K --channels 3 >"$T/demo.out" \
+		2>"$T/demo.err"
+	rc=$?
+	expect_rc demo "$rc" 0
+	grep -q 'verified: *yes' "$T/demo.out" || fail "demo summary: $(cat "$T/demo.out")"
+	note "ok"
+	;;
+*)
+	echo "unknown case $CASE" >&2
+	exit 1
+	;;
+esac
+exit 0

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""A hostile tagmig sender for the integration tests (docs/wire-format.md, version 1).
+
+usage: corrupt-client.py PORT MODE BLOCK_NAME BLOCK_LENGTH
+
+Opens one channel to 127.0.0.1:PORT and sends:
+  bad-magic        a HELLO frame whose magic is wrong
+  page-range       a valid HELLO, then a DATA packet whose page index is past the block
+  length-mismatch  a valid HELLO, then a DATA packet whose data_len disagrees with body_len
+  bad-seq          a valid HELLO, then a DATA packet with a skipped sequence number
+  bad-block        a valid HELLO, then a DATA packet for a block index that does not exist
+Then it reads until the receiver closes the connection and prints what it got back.
+Exit 0 when the receiver answered (ERROR or close), 1 on a local problem.
+"""
+import os
+import socket
+import struct
+import sys
+
+PAGE = 4096
+MAGIC = b"TMIG"
+HELLO, HELLO_ACK, DATA, ERROR = 1, 2, 3, 8
+
+
+def frame(msg_type, body, seq, magic=MAGIC):
+    return magic + struct.pack("<BBHII", 1, msg_type, 0, len(body), seq) + body
+
+
+def hello(name, length):
+    name = name.encode()
+    body = os.urandom(16)                                    # session_id
+    body += struct.pack("<HHII", 0, 1, 0, 512 * 1024)        # channel 0 of 1, no tags
+    body += struct.pack("<I", 0)                             # reserved
+    body += struct.pack("<Q", 2 * 1024 * 1024)               # chunk_size
+    body += struct.pack("<II", 1, 0)                         # block_count, reserved
+    body += struct.pack("<QQIHH", length, 0, PAGE, len(name), 0) + name
+    return body
+
+
+def data(block, page, data_len=PAGE):
+    body = struct.pack("<IIII", block, 1, data_len, 0)
+    body += struct.pack("<IBBH", page, 0, 0, 0)              # NORMAL, TAGS_ZERO
+    body += b"\xa5" * PAGE
+    return body
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def main():
+    if len(sys.argv) != 5:
+        print(__doc__, file=sys.stderr)
+        return 1
+    port, mode, name, length = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    npages = length // PAGE
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+
+    if mode == "bad-magic":
+        sock.sendall(frame(HELLO, hello(name, length), 0, magic=b"XMIG"))
+    else:
+        sock.sendall(frame(HELLO, hello(name, length), 0))
+        hdr = recv_exact(sock, 16)
+        if hdr is None or hdr[5] != HELLO_ACK:
+            print("corrupt-client: no HELLO_ACK (%r)" % (hdr,), file=sys.stderr)
+            return 1
+        recv_exact(sock, struct.unpack("<I", hdr[8:12])[0])
+        if mode == "page-range":
+            pkt = frame(DATA, data(0, npages + 5), 1)
+        elif mode == "length-mismatch":
+            body = data(0, 0, data_len=2 * PAGE)              # claims two pages, carries one
+            pkt = frame(DATA, body, 1)
+        elif mode == "bad-seq":
+            pkt = frame(DATA, data(0, 0), 7)
+        elif mode == "bad-block":
+            pkt = frame(DATA, data(3, 0), 1)
+        else:
+            print("corrupt-client: unknown mode " + mode, file=sys.stderr)
+            return 1
+        sock.sendall(pkt)
+
+    # Read what the receiver says until it closes.
+    got = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    if len(got) >= 16 and got[:4] == MAGIC and got[5] == ERROR and len(got) >= 24:
+        code, mlen = struct.unpack("<IH", got[16:22])
+        print("receiver ERROR %d: %s" % (code, got[24:24 + mlen].decode(errors="replace")))
+    else:
+        print("receiver closed (%d bytes back)" % len(got))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tagmig demo: a loopback migration inside one process. A synthetic guest (anonymous memory plus
+ * soft tags) is migrated to a second copy over N TCP channels on 127.0.0.1 in two rounds, the way a
+ * VMM's live-migration loop does it: everything, then the pages the guest dirtied meanwhile. The
+ * copy is then compared bit for bit, data and tags, and every page must be present.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "cli-common.h"
+
+#define DEMO_SEED 0x7461676d69672121ull /* "tagmig!!" */
+#define DEMO_BLOCK_NAME "pc.ram"
+
+/* What the generator put into a page; counted to print the mix. */
+enum {
+	GEN_RANDOM_PACKED, /* random data, random per-granule tags */
+	GEN_RANDOM_UNIFORM, /* random data, one non-zero tag for the page */
+	GEN_RANDOM_UNTAGGED, /* random data, zero tags */
+	GEN_ZERO,          /* zero data, zero tags */
+	GEN_ZERO_TAGGED,   /* zero data, non-zero tags */
+	GEN_COUNT,
+};
+
+static const char *const gen_names[GEN_COUNT] = {
+	"random_packed_tags", "random_uniform_tags", "random_zero_tags", "zero", "zero_tagged",
+};
+
+static inline uint64_t splitmix64(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* xorshift64*: cheap enough to fill a GiB in well under a second per core. */
+static inline uint64_t xorshift64s(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*state = x;
+	return x * 0x2545f4914f6cdd1dull;
+}
+
+static void fill_random(uint64_t *words, size_t n, uint64_t *state, uint64_t mask)
+{
+	for (size_t i = 0; i < n; i++)
+		words[i] = xorshift64s(state) & mask;
+}
+
+/*
+ * Writes page content and tags determined only by seed, so any thread can generate any page.
+ * page_size is a multiple of 64, so tags (page_size / 16 bytes) are whole 64-bit words.
+ */
+static unsigned gen_page(uint8_t *data, uint8_t *tags, uint32_t page_size, uint64_t seed)
+{
+	uint64_t state = seed;
+	uint64_t r = splitmix64(&state);
+	uint64_t rng = splitmix64(&state) | 1; /* xorshift state must not be 0 */
+	size_t tag_len = page_size / TM_TAG_GRANULE;
+	unsigned kind;
+
+	switch (r % 10) {
+	case 0: case 1: case 2: case 3:
+		kind = GEN_RANDOM_PACKED;
+		break;
+	case 4: case 5:
+		kind = GEN_RANDOM_UNIFORM;
+		break;
+	case 6:
+		kind = GEN_RANDOM_UNTAGGED;
+		break;
+	case 7: case 8:
+		kind = GEN_ZERO;
+		break;
+	default:
+		kind = GEN_ZERO_TAGGED;
+	}
+	if (kind == GEN_ZERO || kind == GEN_ZERO_TAGGED)
+		memset(data, 0, page_size);
+	else
+		fill_random((uint64_t *)data, page_size / 8, &rng, UINT64_MAX);
+
+	switch (kind) {
+	case GEN_RANDOM_PACKED:
+		fill_random((uint64_t *)tags, tag_len / 8, &rng, 0x0f0f0f0f0f0f0f0full);
+		tags[0] = 1; /* never all zero */
+		tags[1] = 2; /* never uniform */
+		break;
+	case GEN_RANDOM_UNIFORM:
+		memset(tags, (int)(1 + (r >> 32) % 15), tag_len);
+		break;
+	case GEN_ZERO_TAGGED:
+		/* Half uniform, half per-granule: both must survive a zero page. */
+		if ((r >> 32) & 1) {
+			memset(tags, (int)(1 + (r >> 33) % 15), tag_len);
+		} else {
+			fill_random((uint64_t *)tags, tag_len / 8, &rng, 0x0f0f0f0f0f0f0f0full);
+			tags[0] = 3;
+		}
+		break;
+	default:
+		memset(tags, 0, tag_len);
+	}
+	return kind;
+}
+
+static uint64_t page_seed(uint64_t round, uint64_t page)
+{
+	uint64_t s = DEMO_SEED ^ (round << 56) ^ page;
+
+	return splitmix64(&s);
+}
+
+typedef struct gen_job {
+	/* read-only after setup */
+	uint8_t *ram;
+	uint8_t *tags;
+	uint32_t page_size;
+	uint64_t round;
+	const uint64_t *pages; /* NULL: first_page .. first_page + count - 1 */
+	uint64_t first;
+	uint64_t count;
+	/* worker-local, read after join */
+	uint64_t kinds[GEN_COUNT];
+} gen_job;
+
+static gpointer gen_worker(gpointer data)
+{
+	gen_job *job = data;
+	size_t tag_len = job->page_size / TM_TAG_GRANULE;
+
+	for (uint64_t i = job->first; i < job->first + job->count; i++) {
+		uint64_t page = job->pages ? job->pages[i] : i;
+		unsigned kind = gen_page(job->ram + page * job->page_size, job->tags + page * tag_len,
+					 job->page_size, page_seed(job->round, page));
+		job->kinds[kind]++;
+	}
+	return NULL;
+}
+
+/* Generates round `round` of pages (all of them if pages is NULL) on every CPU. */
+static void generate(uint8_t *ram, uint8_t *tags, uint32_t page_size, uint64_t round,
+		     const uint64_t *pages, uint64_t count, uint64_t kinds[GEN_COUNT])
+{
+	unsigned n = CLAMP(g_get_num_processors(), 1, 32);
+	gen_job jobs[32];
+	GThread *threads[32];
+
+	if (count < 1024)
+		n = 1;
+	for (unsigned t = 0; t < n; t++) {
+		jobs[t] = (gen_job){
+			.ram = ram,
+			.tags = tags,
+			.page_size = page_size,
+			.round = round,
+			.pages = pages,
+			.first = count * t / n,
+			.count = count * (t + 1) / n - count * t / n,
+		};
+		threads[t] = g_thread_new("generate", gen_worker, &jobs[t]);
+	}
+	for (unsigned t = 0; t < n; t++) {
+		g_thread_join(threads[t]);
+		for (unsigned k = 0; k < GEN_COUNT; k++)
+			kinds[k] += jobs[t].kinds[k];
+	}
+}
+
+/* The receiver side runs in a thread of its own, as it would in the destination VMM. */
+typedef struct demo_receiver {
+	/* read-only after setup */
+	tm_receiver *receiver;
+	const tm_ram_layout *layout;
+	tm_tag_store *tags;
+	int listen_fd;
+	/* written by the thread, read after join */
+	int rc;
+	GError *error;
+} demo_receiver;
+
+static gpointer receiver_thread(gpointer data)
+{
+	demo_receiver *d = data;
+
+	d->rc = tm_receiver_accept(d->receiver, d->listen_fd, &d->error);
+	if (d->rc >= 0)
+		d->rc = tm_receiver_start(d->receiver, d->layout, d->tags, &d->error);
+	if (d->rc >= 0)
+		d->rc = tm_receiver_wait(d->receiver, &d->error);
+	return NULL;
+}
+
+typedef struct demo_progress {
+	tm_sender *sender;
+	uint32_t page_size;
+	_Atomic uint64_t queued; /* pages queued so far: written by the migration thread */
+} demo_progress;
+
+static void demo_progress_fn(void *opaque, uint64_t *done, uint64_t *total, uint64_t *bytes)
+{
+	demo_progress *p = opaque;
+	tm_stats st;
+
+	tm_sender_get_stats(p->sender, &st);
+	*done = st.pages;
+	*total = atomic_load(&p->queued);
+	*bytes = st.pages * p->page_size;
+}
+
+static uint64_t demo_verify(const cli_map *src, const cli_map *dst, const uint8_t *src_tags,
+			    const uint8_t *dst_tags, uint64_t npages, uint32_t page_size,
+			    tm_receiver *receiver, GString *why)
+{
+	uint64_t bad = 0;
+	size_t tag_len = page_size / TM_TAG_GRANULE;
+
+	for (uint64_t p = 0; p < npages; p++) {
+		const char *what = NULL;
+		if (memcmp((uint8_t *)src->addr + p * page_size, (uint8_t *)dst->addr + p * page_size,
+			   page_size))
+			what = "data differs";
+		else if (memcmp(src_tags + p * tag_len, dst_tags + p * tag_len, tag_len))
+			what = "tags differ";
+		else if (!tm_receiver_page_present(receiver, 0, p))
+			what = "not present";
+		if (!what)
+			continue;
+		if (bad++ < 5)
+			g_string_append_printf(why, "%spage %" PRIu64 ": %s", why->len ? "; " : "", p,
+					       what);
+	}
+	return bad;
+}
+
+typedef struct demo_opts {
+	char *size;
+	int channels;
+	gboolean json;
+	char *page_size;
+	char *io;
+	int timeout;
+} demo_opts;
+
+static void demo_opts_clear(demo_opts *o)
+{
+	g_free(o->size);
+	g_free(o->page_size);
+	g_free(o->io);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(demo_opts, demo_opts_clear)
+
+static void print_human(const cli_summary *s, uint32_t page_size, uint64_t npages,
+			uint64_t ndirty, const uint64_t kinds[GEN_COUNT], const char *why)
+{
+	const tm_stats *st = s->stats;
+	g_autofree char *size = cli_format_bytes(npages * page_size);
+	g_autofree char *tags = cli_format_bytes(st->tag_bytes);
+	g_autofree char *wire = cli_format_bytes(st->wire_bytes);
+	double gib = s->bytes / (1024.0 * 1024.0 * 1024.0);
+
+	printf("tagmig demo: %s guest, page size %u, %u channel%s, I/O backend %s\n", size,
+	       page_size, st->channels, st->channels == 1 ? "" : "s", st->io_backend);
+	printf("  guest mix     ");
+	for (unsigned k = 0; k < GEN_COUNT; k++)
+		printf("%s%s %.0f%%", k ? ", " : "", gen_names[k], 100.0 * kinds[k] / npages);
+	printf("\n");
+	printf("  rounds        2: %" PRIu64 " pages, then %" PRIu64 " dirtied pages\n", npages,
+	       ndirty);
+	printf("  throughput    %.2f GiB/s (%.3f s wall for %.2f GiB)\n",
+	       s->wall_seconds > 0 ? gib / s->wall_seconds : 0, s->wall_seconds, gib);
+	printf("  CPU           %.2f s per GiB (sender and receiver, user + sys)\n",
+	       gib > 0 ? s->cpu_seconds / gib : 0);
+	printf("  pages sent    %" PRIu64 ": normal %" PRIu64 ", zero %" PRIu64
+	       ", zero-tagged %" PRIu64 "\n",
+	       st->pages, st->pages_by_kind[TM_PAGE_NORMAL], st->pages_by_kind[TM_PAGE_ZERO],
+	       st->pages_by_kind[TM_PAGE_ZERO_TAGGED]);
+	printf("  tag encodings zero %" PRIu64 ", uniform %" PRIu64 ", packed %" PRIu64 "\n",
+	       st->pages_by_tag_enc[TM_TAGS_ZERO], st->pages_by_tag_enc[TM_TAGS_UNIFORM],
+	       st->pages_by_tag_enc[TM_TAGS_PACKED]);
+	printf("  tag bytes     %s of %s on the wire (%.2f%%), %" PRIu64 " packets\n", tags, wire,
+	       st->wire_bytes ? 100.0 * st->tag_bytes / st->wire_bytes : 0, st->packets);
+	printf("  verified:     %s%s%s\n", s->verified ? "yes" : "no", why && *why ? " - " : "",
+	       why ? why : "");
+}
+
+int cli_cmd_demo(int argc, char **argv)
+{
+	g_auto(demo_opts) o = { .channels = 4, .timeout = 60 };
+	const GOptionEntry entries[] = {
+		{ "size", 's', 0, G_OPTION_ARG_STRING, &o.size,
+		  "Guest RAM size, suffixes K, M, G (default 1G)", "SIZE" },
+		{ "channels", 'c', 0, G_OPTION_ARG_INT, &o.channels,
+		  "Parallel TCP channels, 1..64 (default 4)", "N" },
+		{ "page-size", 'p', 0, G_OPTION_ARG_STRING, &o.page_size,
+		  "Page size: 4K, 16K or 64K (default 4K)", "N" },
+		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, "I/O backend (default: the library's)",
+		  "BACKEND" },
+		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
+		  "Give up when any single I/O blocks this long (default 60)", "SEC" },
+		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
+		  "Print one JSON object on stdout instead of the summary", NULL },
+		G_OPTION_ENTRY_NULL
+	};
+	uint64_t size = 1ull << 30, page_size = 4096;
+	int rc;
+
+	rc = cli_parse_options("demo",
+			       "Migrates a synthetic guest (random, zero and tagged pages) to a second "
+			       "copy over\nloopback TCP in this process, in two rounds, and verifies "
+			       "data and tags bit for bit.\nExits 0 if the copy is verified, 1 "
+			       "otherwise, 2 on a usage error.",
+			       NULL, entries, &argc, &argv);
+	if (rc)
+		return rc;
+	if (o.size && (cli_parse_size(o.size, &size) < 0 || size == 0))
+		return cli_usage_error("demo", "--size '%s' is not a size like 256M or 1G", o.size);
+	if (o.page_size && cli_parse_size(o.page_size, &page_size) < 0)
+		return cli_usage_error("demo", "--page-size '%s' is not a size", o.page_size);
+	if (page_size != 4096 && page_size != 16384 && page_size != 65536)
+		return cli_usage_error("demo", "--page-size must be 4K, 16K or 64K, not %" PRIu64,
+				       page_size);
+	if (size % page_size)
+		return cli_usage_error("demo", "--size %" PRIu64 " is not a multiple of the page size %" PRIu64,
+				       size, page_size);
+	if (o.channels < 1 || o.channels > (int)TM_MAX_CHANNELS)
+		return cli_usage_error("demo", "--channels must be 1..%u", TM_MAX_CHANNELS);
+	if (o.timeout < 0 || o.timeout > 86400)
+		return cli_usage_error("demo", "--timeout must be 0..86400 seconds");
+
+	g_autoptr(GError) error = NULL;
+	g_autoptr(cli_map) src = NULL;
+	g_autoptr(cli_map) dst = NULL;
+	uint64_t npages = size / page_size;
+
+	/* The destination is faulted in up front, as a VMM's guest RAM is: the measurement is
+	 * about migrating, not about the kernel handing out fresh pages. */
+	if (cli_map_anon(size, true, &src, &error) < 0 ||
+	    cli_map_anon(size, true, &dst, &error) < 0)
+		return cli_fail(error);
+
+	g_autoptr(tm_ram_layout) src_layout = NULL;
+	g_autoptr(tm_ram_layout) dst_layout = NULL;
+	g_autoptr(tm_tag_store) src_tags = NULL;
+	g_autoptr(tm_tag_store) dst_tags = NULL;
+	if (tm_ram_layout_new(&src_layout) < 0 || tm_ram_layout_new(&dst_layout) < 0)
+		return cli_failf("out of memory");
+	if (tm_ram_layout_add_block(src_layout, DEMO_BLOCK_NAME, src->addr, size,
+				    (uint32_t)page_size, 0, &error) < 0 ||
+	    tm_ram_layout_add_block(dst_layout, DEMO_BLOCK_NAME, dst->addr, size,
+				    (uint32_t)page_size, 0, &error) < 0 ||
+	    tm_tag_store_new(&tm_tag_store_soft, src_layout, NULL, &src_tags, &error) < 0 ||
+	    tm_tag_store_new(&tm_tag_store_soft, dst_layout, NULL, &dst_tags, &error) < 0)
+		return cli_fail(error);
+	uint8_t *src_tag_array = tm_tag_store_soft_array(src_tags, 0);
+	uint8_t *dst_tag_array = tm_tag_store_soft_array(dst_tags, 0);
+	if (!src_tag_array || !dst_tag_array)
+		return cli_failf("soft tag store has no side array for block 0");
+
+	uint64_t kinds[GEN_COUNT] = { 0 };
+	generate(src->addr, src_tag_array, (uint32_t)page_size, 0, NULL, npages, kinds);
+
+	/* Receiver: listens before the sender connects, runs in its own thread. */
+	unsigned port = 0;
+	cli_autofd int listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
+	if (listen_fd < 0)
+		return cli_fail(error);
+	tm_receiver_config rcfg = {
+		.io_backend = o.io,
+		.timeout_ms = (unsigned)o.timeout * 1000u,
+	};
+	g_autoptr(tm_receiver) receiver = NULL;
+	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
+		return cli_fail(error);
+	demo_receiver drecv = {
+		.receiver = receiver,
+		.layout = dst_layout,
+		.tags = dst_tags,
+		.listen_fd = listen_fd,
+	};
+
+	tm_sender_config scfg = {
+		.channels = (unsigned)o.channels,
+		.io_backend = o.io,
+		.timeout_ms = (unsigned)o.timeout * 1000u,
+	};
+	g_autoptr(tm_sender) sender = NULL;
+	if (tm_sender_new(src_layout, src_tags, &scfg, &sender, &error) < 0)
+		return cli_fail(error);
+
+	double cpu0 = cli_cpu_seconds(), t0 = cli_now();
+	GThread *rthread = g_thread_new("demo-receiver", receiver_thread, &drecv);
+	g_autofree char *port_text = g_strdup_printf("%u", port);
+	demo_progress prog = { .sender = sender, .page_size = (uint32_t)page_size };
+	cli_progress *bar = NULL;
+	uint64_t ndirty = MAX(npages / 100, 1);
+	g_autofree uint64_t *dirty = g_new(uint64_t, ndirty);
+	uint64_t nwords = (npages + 63) / 64;
+	g_autofree uint64_t *bitmap = g_new(uint64_t, nwords);
+
+	memset(bitmap, 0xff, nwords * sizeof(*bitmap));
+	if (npages % 64)
+		bitmap[nwords - 1] = (1ull << (npages % 64)) - 1;
+
+	rc = tm_sender_connect(sender, "127.0.0.1", port_text, &error);
+	if (rc >= 0) {
+		bar = cli_progress_start("demo", demo_progress_fn, &prog);
+		/* Round 1: every page. */
+		atomic_store(&prog.queued, npages);
+		rc = tm_sender_queue_bitmap(sender, 0, bitmap, 0, npages, &error);
+	}
+	if (rc >= 0)
+		rc = tm_sender_sync(sender, &error);
+	if (rc >= 0) {
+		/* Round 2: the guest dirtied about 1% of its pages (new data and tags, maybe of
+		 * another kind, so stale tags of round 1 must be cleared). */
+		uint64_t state = DEMO_SEED ^ 0xd1e7;
+		uint64_t round2_kinds[GEN_COUNT] = { 0 };
+		for (uint64_t i = 0; i < ndirty; i++)
+			dirty[i] = splitmix64(&state) % npages;
+		generate(src->addr, src_tag_array, (uint32_t)page_size, 1, dirty, ndirty,
+			 round2_kinds);
+		atomic_store(&prog.queued, npages + ndirty);
+		rc = tm_sender_queue_pages(sender, 0, dirty, ndirty, &error);
+	}
+	if (rc >= 0)
+		rc = tm_sender_finish(sender, &error);
+	if (rc < 0) {
+		/* Wake a receiver still waiting in accept; a started one sees the channels close. */
+		shutdown(listen_fd, SHUT_RDWR);
+		tm_sender_free(g_steal_pointer(&sender));
+	}
+	g_thread_join(rthread);
+	double wall = cli_now() - t0, cpu = cli_cpu_seconds() - cpu0;
+	cli_progress_stop(bar);
+
+	if (rc < 0 || drecv.rc < 0) {
+		if (rc < 0)
+			cli_failf("sender: %s", error->message);
+		if (drecv.rc < 0)
+			cli_failf("receiver: %s", drecv.error ? drecv.error->message : "failed");
+		g_clear_error(&drecv.error);
+		return CLI_EXIT_FAILED;
+	}
+
+	tm_stats st;
+	tm_sender_get_stats(sender, &st);
+	g_autoptr(GString) why = g_string_new(NULL);
+	uint64_t bad = demo_verify(src, dst, src_tag_array, dst_tag_array, npages,
+				   (uint32_t)page_size, receiver, why);
+	if (bad)
+		g_string_append_printf(why, " (%" PRIu64 " bad pages)", bad);
+	cli_summary sum = {
+		.command = "demo",
+		.stats = &st,
+		.bytes = st.pages * page_size,
+		.wall_seconds = wall,
+		.cpu_seconds = cpu,
+		.verified = bad == 0,
+		.blocks = 1,
+	};
+	if (o.json)
+		cli_print_json(&sum);
+	else
+		print_human(&sum, (uint32_t)page_size, npages, ndirty, kinds, why->str);
+	if (bad && o.json)
+		cli_failf("verification failed: %s", why->str);
+	return bad ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+}
