@@ -380,6 +380,7 @@ int cli_cmd_demo(int argc, char **argv)
 	tm_receiver_config rcfg = {
 		.io_backend = o.io,
 		.timeout_ms = (unsigned)o.timeout * 1000u,
+		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
 	};
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)

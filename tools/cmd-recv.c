@@ -260,9 +260,16 @@ int cli_cmd_recv(int argc, char **argv)
 	g_autofree uint8_t **tag_arrays = NULL;
 	uint64_t total_pages = 0, total_bytes = 0;
 
+	/* New output files are all zeros: zero pages then need no write at all. */
+	bool all_new = true;
+	for (unsigned i = 0; i < ram_specs->len; i++) {
+		const cli_file_spec *spec = g_ptr_array_index(ram_specs, i);
+		all_new = all_new && !g_file_test(spec->path, G_FILE_TEST_EXISTS);
+	}
 	tm_receiver_config cfg = {
 		.io_backend = o.io,
 		.timeout_ms = (unsigned)o.timeout * 1000u,
+		.ram_zeroed = all_new,
 	};
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&cfg, &receiver, &error) < 0 ||

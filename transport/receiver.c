@@ -197,9 +197,14 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, error)) < 0) {
 				if (left_ms <= 0 || fd == -ETIMEDOUT) {
 					g_clear_error(error);
-					g_set_error(error, TM_ERROR, ETIMEDOUT,
-						    "only %u of %u channels connected within %u s", k,
-						    r->nch ? r->nch : 1, r->cfg.timeout_ms / 1000);
+					if (r->nch)
+						g_set_error(error, TM_ERROR, ETIMEDOUT,
+							    "only %u of %u channels connected within %.1f s",
+							    k, r->nch, r->cfg.timeout_ms / 1000.0);
+					else
+						g_set_error(error, TM_ERROR, ETIMEDOUT,
+							    "no sender connected within %.1f s",
+							    r->cfg.timeout_ms / 1000.0);
 				}
 				return accept_fail(r, error);
 			}
@@ -398,7 +403,8 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	}
 	for (uint32_t i = 0; i < hdr.page_count; i++) {
 		const tm_page_entry *e = &c->entries[i];
-		if (e->kind != TM_PAGE_NORMAL) {
+		if (e->kind != TM_PAGE_NORMAL &&
+		    !(r->cfg.ram_zeroed && !tm_receiver_page_present(r, hdr.block, e->page))) {
 			/* Only write when needed: fresh destination memory stays untouched. */
 			uint8_t *p = b->host + (uint64_t)e->page * ps;
 			if (!tm_buffer_is_zero(p, ps))

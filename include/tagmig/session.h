@@ -117,6 +117,12 @@ typedef struct tm_receiver_config {
 	unsigned timeout_ms;    /* accept, handshake and any single blocked I/O; 0 means 60000 */
 	tm_present_fn on_present; /* optional */
 	void *opaque;
+	/*
+	 * Guest RAM is all zero before the migration (fresh anonymous memory or new files): a zero
+	 * page that has not arrived before needs no write, so it is neither read nor dirtied.
+	 * Leave false when RAM may hold stale data; zero pages are then checked and cleared.
+	 */
+	bool ram_zeroed;
 } tm_receiver_config;
 
 /* Creates a receiver; cfg may be NULL. Returns 0 or -errno. */

@@ -130,6 +130,7 @@ static void assert_same(guest *a, guest *b)
 
 typedef struct peer {
 	guest *g;
+	bool ram_zeroed;
 	int listen_fd;
 	tm_receiver *r;
 	GError *error;
@@ -147,7 +148,8 @@ static void count_present(void *opaque, unsigned ch, unsigned block, uint64_t fi
 static gpointer receiver_thread(gpointer data)
 {
 	peer *p = data;
-	tm_receiver_config cfg = { .timeout_ms = 20000, .on_present = count_present, .opaque = p };
+	tm_receiver_config cfg = { .timeout_ms = 20000, .on_present = count_present, .opaque = p,
+				   .ram_zeroed = p->ram_zeroed };
 
 	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
 	if (p->ret >= 0)
@@ -159,15 +161,21 @@ static gpointer receiver_thread(gpointer data)
 	return NULL;
 }
 
-static char *peer_start(peer *p, guest *g)
+static char *peer_start_zeroed(peer *p, guest *g, bool ram_zeroed)
 {
 	unsigned port = 0;
 	memset(p, 0, sizeof(*p));
 	p->g = g;
+	p->ram_zeroed = ram_zeroed;
 	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
 	g_assert_cmpint(p->listen_fd, >=, 0);
 	p->thread = g_thread_new("receiver", receiver_thread, p);
 	return g_strdup_printf("%u", port);
+}
+
+static char *peer_start(peer *p, guest *g)
+{
+	return peer_start_zeroed(p, g, false);
 }
 
 static void peer_join(peer *p)
@@ -182,8 +190,12 @@ static void peer_free(peer *p)
 	g_clear_error(&p->error);
 }
 
-static void migrate(const block_spec *spec, unsigned nblocks, unsigned channels, bool tags,
-		    uint64_t chunk_size)
+/*
+ * fresh_dst: the destination starts all zero and says so (ram_zeroed); otherwise it holds stale
+ * pages and tags that zero pages and zero tags must overwrite.
+ */
+static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channels, bool tags,
+		       uint64_t chunk_size, bool fresh_dst)
 {
 	guest src, dst;
 	peer p;
@@ -194,9 +206,10 @@ static void migrate(const block_spec *spec, unsigned nblocks, unsigned channels,
 	guest_init(&dst, spec, nblocks, tags);
 	guest_fill(&src);
 	/* Stale destination content: zero pages must be cleared, zero tags must be set. */
-	guest_fill(&dst);
+	if (!fresh_dst)
+		guest_fill(&dst);
 
-	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *port = peer_start_zeroed(&p, &dst, fresh_dst);
 	tm_sender_config cfg = { .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
@@ -277,6 +290,20 @@ static void migrate(const block_spec *spec, unsigned nblocks, unsigned channels,
 	peer_free(&p);
 	guest_fini(&src);
 	guest_fini(&dst);
+}
+
+static void migrate(const block_spec *spec, unsigned nblocks, unsigned channels, bool tags,
+		    uint64_t chunk_size)
+{
+	migrate_ex(spec, nblocks, channels, tags, chunk_size, false);
+}
+
+static void test_migrate_fresh_destination(void)
+{
+	/* Round 2 turns pages sent in round 1 into zero pages: those must be cleared even though
+	 * the receiver skips zero pages it has never received. */
+	const block_spec spec[] = { { "pc.ram", 4 << 20, 4096 }, { "b", 1 << 20, 65536 } };
+	migrate_ex(spec, 2, 3, true, 0, true);
 }
 
 static void test_migrate_basic(void)
@@ -615,6 +642,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/session/migrate-basic", test_migrate_basic);
 	g_test_add_func("/session/migrate-blocks-pagesizes", test_migrate_blocks_pagesizes);
 	g_test_add_func("/session/migrate-no-tags", test_migrate_no_tags);
+	g_test_add_func("/session/migrate-fresh-destination", test_migrate_fresh_destination);
 	g_test_add_func("/session/refuse-layout", test_refuse_layout);
 	g_test_add_func("/session/receiver-abort", test_receiver_abort);
 	g_test_add_func("/session/sender-bad-tag", test_sender_bad_tag);
