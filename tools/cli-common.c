@@ -392,6 +392,20 @@ char *cli_format_bytes(uint64_t bytes)
 	return u ? g_strdup_printf("%.1f %s", v, units[u]) : g_strdup_printf("%" PRIu64 " bytes", bytes);
 }
 
+int cli_check_io(const char *cmd, const char *io)
+{
+	if (io && strcmp(io, "io_uring") != 0 && strcmp(io, "uring") != 0 &&
+	    strcmp(io, "sockets") != 0)
+		return cli_usage_error(cmd, "--io '%s' is not io_uring, uring or sockets", io);
+	return 0;
+}
+
+void cli_print_io_note(const tm_stats *st)
+{
+	if (st->io_note[0])
+		fprintf(stderr, "tagmig: note: %s\n", st->io_note);
+}
+
 int cli_fail(const GError *error)
 {
 	fprintf(stderr, "tagmig: %s\n", error ? error->message : "unknown error");
@@ -524,6 +538,16 @@ void cli_print_json(const cli_summary *s)
 	json_double(out, "cpu_s_per_gib", safe_div(s->cpu_seconds, s->bytes / GIB));
 	g_string_append(out, ",\"io_backend\":");
 	cli_json_append_string(out, st->io_backend);
+	g_string_append(out, ",\"io_note\":");
+	cli_json_append_string(out, st->io_note);
+	g_string_append_c(out, ',');
+	json_u64(out, "io_submissions", st->io_submissions);
+	g_string_append_c(out, ',');
+	json_u64(out, "io_completions", st->io_completions);
+	g_string_append_c(out, ',');
+	json_u64(out, "zc_sends", st->zc_sends);
+	g_string_append_c(out, ',');
+	json_u64(out, "zc_copied", st->zc_copied);
 	g_string_append_c(out, ',');
 	json_u64(out, "channels", st->channels);
 	g_string_append_c(out, ',');

@@ -187,4 +187,14 @@ int cli_cmd_demo(int argc, char **argv);
 int cli_cmd_send(int argc, char **argv);
 int cli_cmd_recv(int argc, char **argv);
 
+/* A usage error (exit 2) unless io is NULL or a backend name the library knows. */
+int cli_check_io(const char *cmd, const char *io);
+
+/* Says on stderr why the default I/O backend was not used, if it was not. */
+void cli_print_io_note(const tm_stats *st);
+
+#define CLI_IO_HELP                                                                               \
+	"I/O backend: io_uring (or uring) or sockets; default io_uring where the kernel allows it, " \
+	"else sockets (also $TAGMIG_IO)"
+
 G_END_DECLS

@@ -306,7 +306,7 @@ int cli_cmd_demo(int argc, char **argv)
 		  "Parallel TCP channels, 1..64 (default 4)", "N" },
 		{ "page-size", 'p', 0, G_OPTION_ARG_STRING, &o.page_size,
 		  "Page size: 4K, 16K or 64K (default 4K)", "N" },
-		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, "I/O backend (default: the library's)",
+		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
 		  "Give up when any single I/O blocks this long (default 60)", "SEC" },
@@ -324,6 +324,8 @@ int cli_cmd_demo(int argc, char **argv)
 			       "otherwise, 2 on a usage error.",
 			       NULL, entries, &argc, &argv);
 	if (rc)
+		return rc;
+	if ((rc = cli_check_io("demo", o.io)) != 0)
 		return rc;
 	if (o.size && (cli_parse_size(o.size, &size) < 0 || size == 0))
 		return cli_usage_error("demo", "--size '%s' is not a size like 256M or 1G", o.size);
@@ -458,6 +460,7 @@ int cli_cmd_demo(int argc, char **argv)
 
 	tm_stats st;
 	tm_sender_get_stats(sender, &st);
+	cli_print_io_note(&st);
 	g_autoptr(GString) why = g_string_new(NULL);
 	uint64_t bad = demo_verify(src, dst, src_tag_array, dst_tag_array, npages,
 				   (uint32_t)page_size, receiver, why);

@@ -191,7 +191,7 @@ int cli_cmd_recv(int argc, char **argv)
 		{ "port-file", 0, 0, G_OPTION_ARG_FILENAME, &o.port_file,
 		  "Once listening, write the bound port (decimal and a newline) to PATH, atomically",
 		  "PATH" },
-		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, "I/O backend (default: the library's)",
+		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
 		  "Give up when accepting or any single I/O blocks this long (default 60)", "SEC" },
@@ -209,6 +209,8 @@ int cli_cmd_recv(int argc, char **argv)
 			       "Exit status: 0 success, 1 migration failed or refused, 2 usage error.",
 			       entries, &argc, &argv);
 	if (rc)
+		return rc;
+	if ((rc = cli_check_io("recv", o.io)) != 0)
 		return rc;
 	if (!o.listen)
 		return cli_usage_error("recv", "--listen HOST:PORT is required");
@@ -348,6 +350,7 @@ int cli_cmd_recv(int argc, char **argv)
 
 	tm_stats st;
 	tm_receiver_get_stats(receiver, &st);
+	cli_print_io_note(&st);
 	cli_summary sum = {
 		.command = "recv",
 		.stats = &st,

@@ -94,7 +94,7 @@ int cli_cmd_send(int argc, char **argv)
 		  "Striping chunk, a power of two >= the packet size (default 2M)", "SIZE" },
 		{ "packet-size", 0, 0, G_OPTION_ARG_STRING, &o.packet_size,
 		  "Page data per packet, a power of two 64K..16M (default 512K)", "SIZE" },
-		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, "I/O backend (default: the library's)",
+		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
 		  "Give up when connecting or any single I/O blocks this long (default 60)", "SEC" },
@@ -114,6 +114,8 @@ int cli_cmd_send(int argc, char **argv)
 			       "Exit status: 0 success, 1 migration failed or refused, 2 usage error.",
 			       entries, &argc, &argv);
 	if (rc)
+		return rc;
+	if ((rc = cli_check_io("send", o.io)) != 0)
 		return rc;
 	if (!o.connect)
 		return cli_usage_error("send", "--connect HOST:PORT is required");
@@ -270,6 +272,7 @@ int cli_cmd_send(int argc, char **argv)
 
 	tm_stats st;
 	tm_sender_get_stats(sender, &st);
+	cli_print_io_note(&st);
 	cli_summary sum = {
 		.command = "send",
 		.stats = &st,

@@ -11,13 +11,14 @@
 #include "transport.h"
 
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
-		 unsigned timeout_ms, GError **error)
+		 unsigned timeout_ms, unsigned depth, GError **error)
 {
 	memset(ch, 0, sizeof(*ch));
 	ch->fd = fd;
 	ch->id = id;
 	ch->ops = ops;
 	ch->timeout_ms = timeout_ms;
+	ch->depth = ops->submit ? MAX(depth, 1) : 1;
 
 	/* Every blocked read or write ends after timeout_ms: a stuck peer is an error, not a hang. */
 	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
@@ -86,6 +87,28 @@ int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, G
 	}
 	tm_count(&ch->st.wire_bytes, len);
 	return 0;
+}
+
+int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len,
+		   GError **error)
+{
+	if (!ch->ops->submit)
+		return tm_chan_send(ch, iov, n, len, error);
+	int r = ch->ops->submit(ch, slot, iov, n, len);
+	if (r < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, io_reason(-r));
+		return r;
+	}
+	tm_count(&ch->st.wire_bytes, len);
+	return 0;
+}
+
+int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)
+{
+	int r = ch->ops->wait_slot ? ch->ops->wait_slot(ch, slot) : 0;
+	if (r < 0)
+		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, io_reason(-r));
+	return r;
 }
 
 int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)

@@ -38,6 +38,7 @@ struct tm_receiver {
 	/* read-only after setup */
 	tm_receiver_config cfg;
 	const tm_transport_ops *io;
+	char *io_note;             /* why the default backend was not used, or NULL */
 	tm_hello hello;            /* the session as announced (channel_id of the first HELLO) */
 	tm_ram_layout *announced;
 	const tm_ram_layout *layout;
@@ -64,10 +65,12 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 
 	if (!c.timeout_ms)
 		c.timeout_ms = 60000;
-	int r = tm_transport_lookup(c.io_backend, &io, error);
+	g_autofree char *note = NULL;
+	int r = tm_transport_lookup(c.io_backend, &io, &note, error);
 	if (r < 0)
 		return r;
 	tm_receiver *rc = g_new0(tm_receiver, 1);
+	rc->io_note = g_steal_pointer(&note);
 	rc->cfg = c;
 	rc->cfg.io_backend = NULL;
 	rc->io = io;
@@ -111,7 +114,7 @@ static int place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **e
 	tm_chan tmp;
 	tm_frame f;
 	tm_hello h = { 0 };
-	int ret = tm_chan_open(&tmp, fd, 0, r->io, timeout_ms, error);
+	int ret = tm_chan_open(&tmp, fd, 0, r->io, timeout_ms, 1, error);
 	if (ret < 0)
 		return ret;
 	ret = tm_chan_recv_frame(&tmp, 0, &f, error);
@@ -623,6 +626,7 @@ void tm_receiver_get_stats(tm_receiver *r, tm_stats *ret)
 		tm_counters_sum(&r->chans[i].ch.st, ret);
 	ret->channels = r->nch;
 	g_strlcpy(ret->io_backend, r->io->name, sizeof(ret->io_backend));
+	g_strlcpy(ret->io_note, r->io_note ? r->io_note : "", sizeof(ret->io_note));
 	g_mutex_lock(&r->lock);
 	if (r->t_start)
 		ret->seconds = (double)((r->t_end ? r->t_end : tm_now_us()) - r->t_start) / 1e6;
@@ -655,6 +659,7 @@ void tm_receiver_free(tm_receiver *r)
 	g_free(r->present);
 	g_free(r->chans);
 	tm_ram_layout_free(r->announced);
+	g_free(r->io_note);
 	tm_hello_clear(&r->hello);
 	g_clear_error(&r->failure.error);
 	g_mutex_clear(&r->lock);

@@ -41,7 +41,8 @@ typedef struct send_chan {
 
 	/* worker-local */
 	GArray *work;
-	tm_packet pkt;
+	tm_packet *pkts;  /* ch.depth slots; the backend may still send from the others */
+	unsigned cur;     /* slot being filled */
 	bool pkt_open;
 	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
 	uint64_t pages_sent;
@@ -56,6 +57,7 @@ struct tm_sender {
 	tm_tag_store *tags; /* NULL: no tags */
 	tm_sender_config cfg;
 	const tm_transport_ops *io;
+	char *io_note; /* why the default backend was not used, or NULL */
 	tm_hello hello;
 	unsigned nch;
 	send_chan *chans;
@@ -100,21 +102,23 @@ static void sender_fail(tm_sender *s, GError *err, bool from_peer)
 
 static int flush_packet(send_chan *c, GError **error)
 {
+	tm_packet *pkt = &c->pkts[c->cur];
 	size_t len;
 
 	if (!c->pkt_open)
 		return 0;
 	c->pkt_open = false;
-	unsigned n = tm_packet_finish(&c->pkt, c->ch.tx_seq++, &len);
-	int r = tm_chan_send(&c->ch, c->pkt.iov, n, len, error);
+	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
+	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
 	if (r < 0)
 		return r;
-	c->pages_sent += c->pkt.page_count;
+	c->cur = (c->cur + 1) % c->ch.depth;
+	c->pages_sent += pkt->page_count;
 	c->packets_sent++;
-	tm_count(&c->ch.st.pages, c->pkt.page_count);
+	tm_count(&c->ch.st.pages, pkt->page_count);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, c->pkt.data_len);
-	tm_count(&c->ch.st.tag_bytes, c->pkt.tag_len);
+	tm_count(&c->ch.st.data_bytes, pkt->data_len);
+	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
 	return 0;
 }
 
@@ -127,16 +131,22 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 	uint64_t page = w->first, left = w->count;
 
 	while (left) {
-		if (c->pkt_open && (c->pkt.block != w->block || tm_packet_full(&c->pkt))) {
+		tm_packet *pkt = &c->pkts[c->cur];
+		if (c->pkt_open && (pkt->block != w->block || tm_packet_full(pkt))) {
 			int r = flush_packet(c, error);
 			if (r < 0)
 				return r;
+			pkt = &c->pkts[c->cur];
 		}
 		if (!c->pkt_open) {
-			tm_packet_begin(&c->pkt, w->block, ps, s->hello.packet_size);
+			/* The slot's buffers may still be on their way out: wait until they are not. */
+			int r = tm_chan_wait_slot(&c->ch, c->cur, error);
+			if (r < 0)
+				return r;
+			tm_packet_begin(pkt, w->block, ps, s->hello.packet_size);
 			c->pkt_open = true;
 		}
-		uint64_t n = MIN(left, (uint64_t)(c->pkt.max_pages - c->pkt.page_count));
+		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
 		if (s->tags) {
 			int r = tm_tag_store_get(s->tags, w->block, page * ps, n * ps, c->tagraw);
 			if (r < 0) {
@@ -161,7 +171,7 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 			const uint8_t *data = rb->host + (page + i) * ps;
 			tm_tag_enc enc;
 			tm_page_kind kind = tm_packet_add(
-				&c->pkt, (uint32_t)(page + i), data, tm_buffer_is_zero(data, ps),
+				pkt, (uint32_t)(page + i), data, tm_buffer_is_zero(data, ps),
 				s->tags ? c->tagraw + i * (ps / TM_TAG_GRANULE) : NULL, &enc);
 			tm_count(&c->ch.st.by_kind[kind], 1);
 			tm_count(&c->ch.st.by_enc[enc], 1);
@@ -317,9 +327,15 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 		c.chunk_size = MAX(TM_CHUNK_SIZE_DEFAULT, c.packet_size);
 	if (!c.timeout_ms)
 		c.timeout_ms = 60000;
+	if (!c.queue_depth)
+		c.queue_depth = 4;
+	if (c.queue_depth > 64)
+		return config_error(error, "queue depth %u; at most 64 packets in flight per channel",
+				    c.queue_depth);
 	if (tags && tm_tag_store_layout(tags) != layout)
 		return config_error(error, "the tag store was made for another RAM layout");
-	int r = tm_transport_lookup(c.io_backend, &io, error);
+	g_autofree char *note = NULL;
+	int r = tm_transport_lookup(c.io_backend, &io, &note, error);
 	if (r < 0)
 		return r;
 
@@ -360,6 +376,7 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->cfg = c;
 	s->cfg.io_backend = NULL; /* not owned; io holds the choice */
 	s->io = io;
+	s->io_note = g_steal_pointer(&note);
 	s->hello = h;
 	s->nch = c.channels;
 	g_mutex_init(&s->lock);
@@ -405,7 +422,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		return -EINVAL;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		r = tm_chan_open(&s->chans[i].ch, fds[i], i, s->io, s->cfg.timeout_ms, error);
+		r = tm_chan_open(&s->chans[i].ch, fds[i], i, s->io, s->cfg.timeout_ms,
+				 s->cfg.queue_depth, error);
 		if (r < 0) {
 			for (unsigned j = i + 1; j < n; j++)
 				close(fds[j]);
@@ -436,7 +454,9 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 
 	for (unsigned i = 0; i < n; i++) {
 		send_chan *c = &s->chans[i];
-		tm_packet_init(&c->pkt, s->hello.packet_size);
+		c->pkts = g_new0(tm_packet, c->ch.depth);
+		for (unsigned k = 0; k < c->ch.depth; k++)
+			tm_packet_init(&c->pkts[k], s->hello.packet_size);
 		c->tagraw = g_malloc(s->hello.packet_size / TM_TAG_GRANULE);
 		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
 		c->thread = g_thread_new(name, send_worker, c);
@@ -667,6 +687,7 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 	ret->syncs = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED);
 	ret->channels = s->nch;
 	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
+	g_strlcpy(ret->io_note, s->io_note ? s->io_note : "", sizeof(ret->io_note));
 	g_mutex_lock(&s->lock);
 	if (s->t_start)
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
@@ -690,8 +711,9 @@ void tm_sender_free(tm_sender *s)
 		if (c->thread)
 			g_thread_join(c->thread);
 		tm_chan_close(&c->ch);
-		if (c->pkt.hdr)
-			tm_packet_fini(&c->pkt);
+		for (unsigned k = 0; c->pkts && k < c->ch.depth; k++)
+			tm_packet_fini(&c->pkts[k]);
+		g_free(c->pkts);
 		g_free(c->tagraw);
 		g_array_unref(c->pending);
 		g_array_unref(c->work);
@@ -700,6 +722,7 @@ void tm_sender_free(tm_sender *s)
 	}
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);
+	g_free(s->io_note);
 	g_free(s->chans);
 	g_free(s->staging);
 	g_mutex_clear(&s->lock);

@@ -6,36 +6,79 @@
 #include "transport.h"
 
 static const tm_transport_ops *const backends[] = {
+	&tm_transport_io_uring,
 	&tm_transport_socket,
 };
 
-const char *tm_io_backend_default(void)
+static const tm_transport_ops *find(const char *name)
 {
-	return tm_transport_socket.name;
+	if (g_strcmp0(name, "uring") == 0)
+		name = "io_uring";
+	for (size_t i = 0; i < G_N_ELEMENTS(backends); i++)
+		if (g_strcmp0(backends[i]->name, name) == 0)
+			return backends[i];
+	return NULL;
 }
 
-int tm_transport_lookup(const char *name, const tm_transport_ops **ret, GError **error)
+static int probe(const tm_transport_ops *ops, GError **error)
+{
+	return ops->probe ? ops->probe(error) : 0;
+}
+
+const char *tm_io_backend_default(void)
+{
+	/* The probe is cheap (one small ring) but its answer does not change: ask once. */
+	static gsize once;
+	static const char *name;
+	if (g_once_init_enter(&once)) {
+		name = probe(&tm_transport_io_uring, NULL) == 0 ? tm_transport_io_uring.name
+								 : tm_transport_socket.name;
+		g_once_init_leave(&once, 1);
+	}
+	return name;
+}
+
+int tm_io_backend_probe(const char *name, GError **error)
+{
+	const tm_transport_ops *ops = find(name);
+	if (!ops) {
+		g_set_error(error, TM_ERROR, ENOENT,
+			    "unknown I/O backend '%s' (io_uring, sockets)", name ? name : "(null)");
+		return -ENOENT;
+	}
+	return probe(ops, error);
+}
+
+int tm_transport_lookup(const char *name, const tm_transport_ops **ret, char **ret_note,
+			GError **error)
 {
 	const char *want = name;
 
 	if (!want || !*want)
 		want = g_getenv("TAGMIG_IO");
-	if (!want || !*want)
-		want = tm_io_backend_default();
-	for (size_t i = 0; i < G_N_ELEMENTS(backends); i++) {
-		if (g_strcmp0(backends[i]->name, want) != 0)
-			continue;
-		if (backends[i]->probe) {
-			int r = backends[i]->probe(error);
-			if (r < 0)
-				return r;
+	if (want && *want) {
+		/* Asked for by name: it runs or the caller learns why not. */
+		const tm_transport_ops *ops = find(want);
+		if (!ops) {
+			g_set_error(error, TM_ERROR, ENOENT,
+				    "unknown I/O backend '%s' (io_uring, sockets)", want);
+			return -ENOENT;
 		}
-		*ret = backends[i];
+		int r = probe(ops, error);
+		if (r < 0)
+			return r;
+		*ret = ops;
 		return 0;
 	}
-	g_set_error(error, TM_ERROR, ENOENT, "unknown I/O backend '%s' (this build has: sockets)",
-		    want);
-	return -ENOENT;
+	g_autoptr(GError) why = NULL;
+	if (probe(&tm_transport_io_uring, &why) == 0) {
+		*ret = &tm_transport_io_uring;
+		return 0;
+	}
+	if (ret_note)
+		*ret_note = g_strdup_printf("io_uring unavailable, using sockets: %s", why->message);
+	*ret = &tm_transport_socket;
+	return 0;
 }
 
 bool tm_failure_record(tm_failure *f, GError *err, bool from_peer)
@@ -61,4 +104,8 @@ void tm_counters_sum(const tm_counters *c, tm_stats *ret)
 	ret->wire_bytes += __atomic_load_n(&c->wire_bytes, __ATOMIC_RELAXED);
 	ret->data_bytes += __atomic_load_n(&c->data_bytes, __ATOMIC_RELAXED);
 	ret->tag_bytes += __atomic_load_n(&c->tag_bytes, __ATOMIC_RELAXED);
+	ret->io_submissions += __atomic_load_n(&c->io_submissions, __ATOMIC_RELAXED);
+	ret->io_completions += __atomic_load_n(&c->io_completions, __ATOMIC_RELAXED);
+	ret->zc_sends += __atomic_load_n(&c->zc_sends, __ATOMIC_RELAXED);
+	ret->zc_copied += __atomic_load_n(&c->zc_copied, __ATOMIC_RELAXED);
 }

@@ -45,12 +45,30 @@ typedef struct tm_transport_ops {
 	 * before len bytes arrived is -ECONNRESET, a wait beyond ch->timeout_ms -ETIMEDOUT.
 	 */
 	int (*recv)(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
+
+	/*
+	 * Optional, all three or none: messages in flight. The sender keeps ch->depth packet slots
+	 * (set by open, at least 1). submit() queues the message of slot (0..depth-1) and may
+	 * return before it is sent; until wait_slot() for that slot returns 0 the backend may
+	 * still read the buffers and the iov array. Messages leave in submission order. A short
+	 * send is resumed by the backend, never reported. An error of an earlier submission may be
+	 * returned by any later call. drain() waits for every slot. send() and recv() drain first.
+	 */
+	int (*submit)(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len);
+	int (*wait_slot)(tm_chan *ch, unsigned slot);
+	int (*drain)(tm_chan *ch);
 } tm_transport_ops;
 
 extern const tm_transport_ops tm_transport_socket;
+extern const tm_transport_ops tm_transport_io_uring;
 
-/* Finds the backend to use: name, else $TAGMIG_IO, else the default; probes it. */
-int tm_transport_lookup(const char *name, const tm_transport_ops **ret, GError **error);
+/*
+ * Finds the backend to use: name, else $TAGMIG_IO, else the default (io_uring where its probe
+ * succeeds, sockets otherwise). A named backend that cannot run here is an error with the
+ * reason; when the default falls back, *ret_note (if not NULL) receives why (g_free).
+ */
+int tm_transport_lookup(const char *name, const tm_transport_ops **ret, char **ret_note,
+			GError **error);
 
 /* Counters of one channel: written by its worker only (relaxed atomics), summed by get_stats. */
 typedef struct tm_counters {
@@ -61,6 +79,10 @@ typedef struct tm_counters {
 	uint64_t wire_bytes;
 	uint64_t data_bytes;
 	uint64_t tag_bytes;
+	uint64_t io_submissions; /* kernel submissions (io_uring SQEs, or send/recv calls) */
+	uint64_t io_completions;
+	uint64_t zc_sends;       /* zero-copy sends */
+	uint64_t zc_copied;      /* zero-copy sends the kernel completed by copying after all */
 } tm_counters;
 
 static inline void tm_count(uint64_t *c, uint64_t v)
@@ -73,6 +95,7 @@ struct tm_chan {
 	int fd;
 	unsigned id;
 	unsigned timeout_ms;
+	unsigned depth; /* packet slots for ops->submit; 1 without it */
 	const tm_transport_ops *ops;
 	void *priv;
 	/* worker-local (the thread that owns the channel at the time) */
@@ -82,10 +105,22 @@ struct tm_chan {
 	tm_counters st;
 };
 
-/* Takes fd (closed on failure too), configures it, opens the backend. */
+/*
+ * Takes fd (closed on failure too), configures it, opens the backend with depth packet slots
+ * (the backend may lower it; ch->depth says what it took).
+ */
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
-		 unsigned timeout_ms, GError **error);
+		 unsigned timeout_ms, unsigned depth, GError **error);
 void tm_chan_close(tm_chan *ch);
+
+/*
+ * Sends the message of a packet slot: ops->submit where the backend has it, else ops->send.
+ * Counts wire bytes; the error names the channel.
+ */
+int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len,
+		   GError **error);
+/* Waits until the buffers of slot may be reused (no-op without ops->submit). */
+int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error);
 
 /* Send/receive with the channel named in *error; send counts wire bytes. */
 int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error);

@@ -37,18 +37,32 @@ typedef struct tm_stats {
 	uint64_t tag_bytes;                       /* tag payload bytes on the wire */
 	double seconds;                           /* from the end of the handshake to now or to the end */
 	unsigned channels;
-	char io_backend[16];                      /* I/O backend that ran, e.g. "sockets" */
+	char io_backend[16];                      /* I/O backend that ran: "io_uring" or "sockets" */
+	uint64_t io_submissions;                  /* kernel submissions (SQEs, or syscalls) */
+	uint64_t io_completions;                  /* completions reaped (io_uring) */
+	uint64_t zc_sends;                        /* zero-copy sends issued */
+	uint64_t zc_copied;                       /* of those, completed by copying after all */
+	char io_note[160];                        /* why the default backend was not used, or "" */
 } tm_stats;
 
-/* I/O backends: "sockets" (portable, blocking sendmsg/readv). NULL picks the default. */
+/*
+ * I/O backends: "io_uring" (alias "uring"; the default wherever its probe succeeds: io_uring
+ * enabled, not blocked by seccomp or kernel.io_uring_disabled, the needed opcodes present) and
+ * "sockets" (portable, blocking sendmsg/readv). A config's io_backend NULL takes $TAGMIG_IO, else
+ * the default; a backend asked for by name that cannot run is refused with the reason.
+ */
 TM_EXPORT const char *tm_io_backend_default(void);
+
+/* 0 if backend name can run on this host, else -errno with the reason in *error. */
+TM_EXPORT int tm_io_backend_probe(const char *name, GError **error);
 
 typedef struct tm_sender_config {
 	unsigned channels;    /* 1..64; 0 means 4 */
 	uint64_t chunk_size;  /* striping chunk (power of two >= packet_size); 0 means 2 MiB */
 	uint32_t packet_size; /* page data bytes per packet (power of two, 64 KiB..16 MiB); 0: 512 KiB */
-	const char *io_backend; /* NULL: tm_io_backend_default() */
+	const char *io_backend; /* NULL: $TAGMIG_IO, else tm_io_backend_default() */
 	unsigned timeout_ms;  /* connect, handshake and any single blocked I/O; 0 means 60000 */
+	unsigned queue_depth; /* packets in flight per channel (io_uring), 1..64; 0 means 4 */
 } tm_sender_config;
 
 /*
@@ -113,7 +127,7 @@ typedef void (*tm_present_fn)(void *opaque, unsigned channel, unsigned block, ui
 			      uint64_t npages);
 
 typedef struct tm_receiver_config {
-	const char *io_backend; /* NULL: tm_io_backend_default() */
+	const char *io_backend; /* NULL: $TAGMIG_IO, else tm_io_backend_default() */
 	unsigned timeout_ms;    /* accept, handshake and any single blocked I/O; 0 means 60000 */
 	tm_present_fn on_present; /* optional */
 	void *opaque;

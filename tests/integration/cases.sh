@@ -35,13 +35,17 @@ fail() {
 }
 note() { echo "[$CASE] $*"; }
 
+# SEND_IO / RECV_IO (environment): the I/O backend of each side, passed as $TAGMIG_IO; unset
+# means the library's default (io_uring where the kernel allows it).
+
 # Per-process bound; the meson timeout is the outer one.
 LIMIT=120
 
 # start_recv ARGS...: starts `tagmig recv` on a free port, waits for --port-file; sets PORT.
 start_recv() {
 	rm -f "$T/port"
-	timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 \
+	env ${RECV_IO:+TAGMIG_IO=$RECV_IO} \
+		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 \
 		"$@" >"$T/recv.out" 2>"$T/recv.err" &
 	RECV_PID=$!
 	for _ in $(seq 1 200); do
@@ -65,7 +69,8 @@ wait_recv() {
 
 # run_send ARGS...: `tagmig send` to the running receiver; sets SEND_RC.
 run_send() {
-	timeout "$LIMIT" "$TAGMIG" send --connect "127.0.0.1:$PORT" --timeout 30 "$@" \
+	env ${SEND_IO:+TAGMIG_IO=$SEND_IO} \
+		timeout "$LIMIT" "$TAGMIG" send --connect "127.0.0.1:$PORT" --timeout 30 "$@" \
 		>"$T/send.out" 2>"$T/send.err"
 	SEND_RC=$?
 }
@@ -441,6 +446,34 @@ demo)
 		EOF
 	fi
 	note "ok: $(cat "$T/demo.out")"
+	;;
+demo-default-io)
+	# The default data path is io_uring wherever the kernel allows it, as the statistics say.
+	[ "$PYTHON3" != none ] || { echo "python3 missing"; exit 77; }
+	timeout "$LIMIT" env -u TAGMIG_IO "$TAGMIG" demo --size 32M --json >"$T/demo.out" \
+		2>"$T/demo.err"
+	expect_rc demo $? 0
+	"$PYTHON3" - "$T/demo.out" <<-'EOF' || fail "demo --json: $(cat "$T/demo.out")"
+		import json, os, sys
+		d = json.load(open(sys.argv[1]))
+		assert d["verified"] is True, d
+		if d["io_note"]:
+		    print("io_uring not usable here:", d["io_note"])
+		    sys.exit(77 if d["io_backend"] == "sockets" else 1)
+		assert d["io_backend"] == "io_uring", d
+		assert d["io_submissions"] >= d["packets"] > 0, d
+		assert d["io_completions"] >= d["io_submissions"], d
+	EOF
+	rc=$?
+	[ $rc = 77 ] && exit 77
+	note "ok: $(cat "$T/demo.out")"
+	;;
+demo-sockets)
+	timeout "$LIMIT" "$TAGMIG" demo --size 32M --io sockets --json >"$T/demo.out" 2>"$T/demo.err"
+	expect_rc demo $? 0
+	grep -q '"io_backend":"sockets"' "$T/demo.out" || fail "demo --io sockets: $(cat "$T/demo.out")"
+	grep -q '"verified":true' "$T/demo.out" || fail "demo not verified: $(cat "$T/demo.out")"
+	note "ok"
 	;;
 demo-64k)
 	timeout "$LIMIT" "$TAGMIG" demo --size 32M --page-size 64K --channels 3 >"$T/demo.out" \

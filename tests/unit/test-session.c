@@ -13,6 +13,10 @@
 #include "tagmig/tagmig.h"
 #include "transport/transport.h"
 
+/* The I/O backends of the test being run (every test runs for each pair, see main()). */
+static const char *send_io = "sockets";
+static const char *recv_io = "sockets";
+
 typedef struct guest {
 	tm_ram_layout *layout;
 	tm_tag_store *tags;
@@ -148,7 +152,7 @@ static void count_present(void *opaque, unsigned ch, unsigned block, uint64_t fi
 static gpointer receiver_thread(gpointer data)
 {
 	peer *p = data;
-	tm_receiver_config cfg = { .timeout_ms = 20000, .on_present = count_present, .opaque = p,
+	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 20000, .on_present = count_present, .opaque = p,
 				   .ram_zeroed = p->ram_zeroed };
 
 	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
@@ -210,7 +214,7 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 		guest_fill(&dst);
 
 	g_autofree char *port = peer_start_zeroed(&p, &dst, fresh_dst);
-	tm_sender_config cfg = { .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
 	g_assert_no_error(err);
@@ -285,7 +289,13 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 		g_assert_cmpuint(ss.pages_by_kind[TM_PAGE_ZERO_TAGGED], ==, 0);
 	}
 	g_assert_cmpuint(ss.channels, ==, channels);
-	g_assert_cmpstr(ss.io_backend, ==, "sockets");
+	g_assert_cmpstr(ss.io_backend, ==, send_io);
+	g_assert_cmpstr(rs.io_backend, ==, recv_io);
+	g_assert_cmpuint(ss.io_submissions, >=, ss.packets);
+	if (strcmp(send_io, "io_uring") == 0)
+		/* Every completion was reaped, zero-copy notifications included: no buffer was
+		 * released while the kernel could still read it. */
+		g_assert_cmpuint(ss.io_completions, ==, ss.io_submissions + ss.zc_sends);
 	tm_sender_free(s);
 	peer_free(&p);
 	guest_fini(&src);
@@ -342,7 +352,7 @@ static void refuse_case(const block_spec *ss, const block_spec *rs, bool stags, 
 	guest_init(&src, ss, 1, stags);
 	guest_init(&dst, rs, 1, rtags);
 	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .channels = 2, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 2, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	int r = tm_sender_connect(s, "127.0.0.1", port, &err);
 	peer_join(&p);
@@ -386,7 +396,7 @@ static gpointer sender_thread(gpointer data)
 {
 	sender_run *sr = data;
 	g_autoptr(tm_sender) s = NULL;
-	tm_sender_config cfg = { .channels = sr->channels, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .channels = sr->channels, .timeout_ms = 20000 };
 
 	sr->ret = tm_sender_new(sr->g->layout, sr->g->tags, &cfg, &s, &sr->error);
 	if (sr->ret >= 0)
@@ -419,7 +429,7 @@ static void test_receiver_abort(void)
 	g_autofree char *ports = g_strdup_printf("%u", port);
 	sender_run sr = { .g = &src, .port = ports, .channels = 3 };
 	GThread *t = g_thread_new("sender", sender_thread, &sr);
-	tm_receiver_config cfg = { .timeout_ms = 20000 };
+	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_receiver_new(&cfg, &r, NULL), ==, 0);
 	g_assert_cmpint(tm_receiver_accept(r, lfd, &err), ==, 0);
 	const tm_ram_layout *ann = tm_receiver_announced_layout(r);
@@ -588,7 +598,7 @@ static void test_queue_errors(void)
 	guest_init(&src, a, 1, false);
 	guest_init(&dst, a, 1, false);
 	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .channels = 1, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_queue_pages(s, 0, &bad, 1, &err), ==, -EBADFD);
 	g_clear_error(&err);
@@ -636,20 +646,176 @@ static void test_config_errors(void)
 	guest_fini(&src);
 }
 
+/*
+ * Packets of 16 MiB of every other page: over 2000 iovecs each, more than one sendmsg takes
+ * (IOV_MAX), so every packet goes out in several partial sends that must be resumed in order.
+ */
+static void test_short_sends_resumed(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 32 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, true);
+	for (uint64_t i = 0; i < (32 << 20) / 4096; i++)
+		fill_page(&src, 0, i, i % 2 ? 0 : 3);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 2, .timeout_ms = 20000,
+				 .packet_size = 16 << 20, .chunk_size = 16 << 20 };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	g_autofree uint64_t *pages = g_new(uint64_t, 4096);
+	size_t n = 0;
+	for (uint64_t i = 0; i < 8192; i += 2)
+		pages[n++] = i;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, pages, n, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	tm_stats st;
+	tm_sender_get_stats(s, &st);
+	g_test_message("%" G_GUINT64_FORMAT " packets in %" G_GUINT64_FORMAT " submissions",
+		       st.packets, st.io_submissions);
+	g_assert_cmpuint(st.packets, ==, 2);
+	g_assert_cmpuint(st.io_submissions, >, st.packets + 2);
+	for (uint64_t i = 0; i < 8192; i += 2) {
+		g_assert_true(tm_receiver_page_present(p.r, 0, i));
+		g_assert_false(tm_receiver_page_present(p.r, 0, i + 1));
+		g_assert_true(memcmp(src.ram[0] + i * 4096, dst.ram[0] + i * 4096, 4096) == 0);
+		g_assert_true(memcmp(tm_tag_store_soft_array(src.tags, 0) + i * 256,
+				     tm_tag_store_soft_array(dst.tags, 0) + i * 256, 256) == 0);
+	}
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+typedef struct half_receiver {
+	int listen_fd;
+	size_t read_before_close;
+} half_receiver;
+
+/* Acknowledges the handshake, reads part of the stream and closes: a receiver that dies. */
+static gpointer half_receiver_thread(gpointer data)
+{
+	half_receiver *h = data;
+	int fd = accept(h->listen_fd, NULL, NULL);
+	uint8_t buf[65536];
+	tm_frame f;
+
+	g_assert_cmpint(recv(fd, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==, TM_FRAME_HDR_LEN);
+	g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 0, &f, NULL), ==, 0);
+	g_assert_cmpint(recv(fd, buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
+	size_t len = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
+	g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
+	size_t got = 0;
+	while (got < h->read_before_close) {
+		ssize_t r = recv(fd, buf, MIN(sizeof(buf), h->read_before_close - got), 0);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	return NULL;
+}
+
+static void test_peer_closes_mid_packet(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 16 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	for (uint64_t i = 0; i < 4096; i++)
+		fill_page(&src, 0, i, 0);
+	half_receiver h = { .read_before_close = 300000 };
+	h.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	GThread *t = g_thread_new("half", half_receiver_thread, &h);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 10000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
+	uint64_t bm[64];
+	memset(bm, 0xff, sizeof(bm));
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, 4096, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	g_thread_join(t);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "channel 0"));
+	g_assert_true(r == -EPIPE || r == -ECONNRESET);
+	g_assert_nonnull(strstr(err->message, "connection closed by the peer"));
+	/* Fails at once, not after the 10 s timeout. */
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
+	close(h.listen_fd);
+	guest_fini(&src);
+}
+
+typedef struct pair_test {
+	const char *send_io;
+	const char *recv_io;
+	void (*fn)(void);
+} pair_test;
+
+static void run_pair(gconstpointer data)
+{
+	const pair_test *t = data;
+	g_autoptr(GError) why = NULL;
+
+	if (tm_io_backend_probe(t->send_io, &why) < 0 || tm_io_backend_probe(t->recv_io, &why) < 0) {
+		g_test_skip(why->message);
+		return;
+	}
+	send_io = t->send_io;
+	recv_io = t->recv_io;
+	t->fn();
+}
+
 int main(int argc, char **argv)
 {
+	static const struct {
+		const char *path;
+		void (*fn)(void);
+	} tests[] = {
+		{ "migrate-basic", test_migrate_basic },
+		{ "migrate-blocks-pagesizes", test_migrate_blocks_pagesizes },
+		{ "migrate-no-tags", test_migrate_no_tags },
+		{ "migrate-fresh-destination", test_migrate_fresh_destination },
+		{ "refuse-layout", test_refuse_layout },
+		{ "receiver-abort", test_receiver_abort },
+		{ "sender-bad-tag", test_sender_bad_tag },
+		{ "corrupt-page-out-of-range", test_corrupt_page_out_of_range },
+		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel },
+		{ "peer-vanishes", test_peer_vanishes },
+		{ "queue-errors", test_queue_errors },
+		{ "config-errors", test_config_errors },
+		{ "short-sends-resumed", test_short_sends_resumed },
+		{ "peer-closes-mid-packet", test_peer_closes_mid_packet },
+	};
+	static const char *const pairs[][2] = {
+		{ "io_uring", "io_uring" },
+		{ "sockets", "sockets" },
+		{ "io_uring", "sockets" },
+		{ "sockets", "io_uring" },
+	};
+	static pair_test cases[G_N_ELEMENTS(pairs) * G_N_ELEMENTS(tests)];
+
 	g_test_init(&argc, &argv, NULL);
-	g_test_add_func("/session/migrate-basic", test_migrate_basic);
-	g_test_add_func("/session/migrate-blocks-pagesizes", test_migrate_blocks_pagesizes);
-	g_test_add_func("/session/migrate-no-tags", test_migrate_no_tags);
-	g_test_add_func("/session/migrate-fresh-destination", test_migrate_fresh_destination);
-	g_test_add_func("/session/refuse-layout", test_refuse_layout);
-	g_test_add_func("/session/receiver-abort", test_receiver_abort);
-	g_test_add_func("/session/sender-bad-tag", test_sender_bad_tag);
-	g_test_add_func("/session/corrupt-page-out-of-range", test_corrupt_page_out_of_range);
-	g_test_add_func("/session/corrupt-duplicate-channel", test_corrupt_duplicate_channel);
-	g_test_add_func("/session/peer-vanishes", test_peer_vanishes);
-	g_test_add_func("/session/queue-errors", test_queue_errors);
-	g_test_add_func("/session/config-errors", test_config_errors);
+	for (size_t i = 0; i < G_N_ELEMENTS(pairs); i++) {
+		for (size_t j = 0; j < G_N_ELEMENTS(tests); j++) {
+			pair_test *t = &cases[i * G_N_ELEMENTS(tests) + j];
+			*t = (pair_test){ pairs[i][0], pairs[i][1], tests[j].fn };
+			g_autofree char *path = g_strdup_printf("/session/%s-to-%s/%s", pairs[i][0],
+								pairs[i][1], tests[j].path);
+			g_test_add_data_func(path, t, run_pair);
+		}
+	}
 	return g_test_run();
 }

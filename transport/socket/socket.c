@@ -57,6 +57,7 @@ static int sock_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 	while (len > 0) {
 		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
 		ssize_t r = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
+		tm_count(&ch->st.io_submissions, 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -74,6 +75,7 @@ static int sock_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 
 	while (len > 0) {
 		ssize_t r = readv(ch->fd, v, (int)MIN(n, (unsigned)IOV_MAX));
+		tm_count(&ch->st.io_submissions, 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The io_uring backend: one ring per channel, the socket registered as a fixed file.
+ *
+ * Sending: the sender keeps ch->depth packet slots. Exactly one send operation is in the kernel
+ * at a time per channel: two sends on one TCP socket that are both in flight may be issued out of
+ * order when the first waits for socket space, which would corrupt the stream. What may overlap
+ * is everything else: with zero-copy sends (IORING_OP_SENDMSG_ZC) a send completes once the
+ * kernel holds references to the pages, and the slot's buffers stay pinned until the
+ * notification CQE arrives; the worker packs the next packets meanwhile. A slot is free for reuse
+ * only when its send has completed in full and every notification of it has arrived.
+ *
+ * Zero-copy is used for packets wherever the kernel has IORING_OP_SENDMSG_ZC. On loopback the
+ * kernel still copies at delivery and says so in the notification (IORING_NOTIF_USAGE_ZC_COPIED,
+ * counted in the statistics), yet measured here it still costs less CPU than a plain sendmsg
+ * (bench/README.md), so it stays on. TAGMIG_ZEROCOPY=0 turns it off.
+ *
+ * A short send is resubmitted from where it stopped (MSG_WAITALL makes it rare).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "tagmig/error.h"
+#include "transport/transport.h"
+
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
+
+#define UD_RECV UINT64_C(0xffffffff)
+#define UD_CANCEL UINT64_C(0xfffffffe)
+
+typedef struct uslot {
+	struct iovec *iov; /* private copy, advanced after a short send */
+	unsigned n;
+	unsigned cap;
+	size_t left;
+	struct msghdr msg;
+	bool sending;     /* a send of this slot is in the kernel */
+	bool zc_op;       /* that send is zero-copy */
+	unsigned notifs;  /* zero-copy notifications still to come */
+} uslot;
+
+typedef struct uring_priv {
+	struct io_uring ring;
+	bool ring_ok;
+	uslot *slots;  /* ch->depth for packets, one more for synchronous sends */
+	unsigned nslots;
+	int active;    /* slot whose send is in the kernel, or -1 */
+	int error;     /* first failure of an asynchronous send (negative errno), sticky */
+	bool zc;       /* use zero-copy sends for packets */
+	/* receive */
+	struct iovec *riov;
+	unsigned rcap;
+	struct msghdr rmsg;
+	bool recv_pending;
+	int recv_res;
+} uring_priv;
+
+static bool zc_supported;
+
+static int probe(GError **error)
+{
+	struct io_uring ring;
+	int r = io_uring_queue_init(4, &ring, 0);
+
+	if (r < 0) {
+		g_autofree char *disabled = NULL;
+		g_file_get_contents("/proc/sys/kernel/io_uring_disabled", &disabled, NULL, NULL);
+		g_set_error(error, TM_ERROR, -r,
+			    "io_uring cannot run here: io_uring_setup failed: %s%s%s%s",
+			    g_strerror(-r), disabled ? " (kernel.io_uring_disabled=" : "",
+			    disabled ? g_strstrip(disabled) : "",
+			    disabled ? "; a seccomp filter may also forbid it)" : "");
+		return r;
+	}
+	struct io_uring_probe *p = io_uring_get_probe_ring(&ring);
+	static const struct {
+		int op;
+		const char *name;
+	} need[] = {
+		{ IORING_OP_SENDMSG, "IORING_OP_SENDMSG" },
+		{ IORING_OP_RECVMSG, "IORING_OP_RECVMSG" },
+		{ IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL" },
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(need); i++) {
+		if (!p || !io_uring_opcode_supported(p, need[i].op)) {
+			g_set_error(error, TM_ERROR, EOPNOTSUPP,
+				    "io_uring cannot run here: the kernel lacks %s", need[i].name);
+			io_uring_free_probe(p);
+			io_uring_queue_exit(&ring);
+			return -EOPNOTSUPP;
+		}
+	}
+	__atomic_store_n(&zc_supported, io_uring_opcode_supported(p, IORING_OP_SENDMSG_ZC),
+			 __ATOMIC_RELAXED);
+	io_uring_free_probe(p);
+	io_uring_queue_exit(&ring);
+	return 0;
+}
+
+static int uring_open(tm_chan *ch, GError **error)
+{
+	uring_priv *p = ch->priv;
+	unsigned depth = CLAMP(ch->depth, 1, 64);
+
+	/* Two CQEs per zero-copy send, a receive and a cancel: never overflow the CQ. */
+	int r = io_uring_queue_init(4 * depth + 8, &p->ring, 0);
+	if (r < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_queue_init: %s", ch->id,
+			    g_strerror(-r));
+		return r;
+	}
+	p->ring_ok = true;
+	r = io_uring_register_files(&p->ring, &ch->fd, 1);
+	if (r < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_register_files: %s", ch->id,
+			    g_strerror(-r));
+		io_uring_queue_exit(&p->ring);
+		p->ring_ok = false;
+		return r;
+	}
+	ch->depth = depth;
+	p->nslots = depth + 1;
+	p->slots = g_new0(uslot, p->nslots);
+	p->active = -1;
+	const char *zc = g_getenv("TAGMIG_ZEROCOPY");
+	p->zc = __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && g_strcmp0(zc, "0") != 0;
+	return 0;
+}
+
+static int wait_cqe(tm_chan *ch, struct io_uring_cqe **cqe)
+{
+	uring_priv *p = ch->priv;
+	struct __kernel_timespec ts = { .tv_sec = ch->timeout_ms / 1000,
+					.tv_nsec = (long long)(ch->timeout_ms % 1000) * 1000000 };
+	for (;;) {
+		int r = io_uring_wait_cqe_timeout(&p->ring, cqe, &ts);
+		if (r == -EINTR)
+			continue;
+		return r == -ETIME ? -ETIMEDOUT : r;
+	}
+}
+
+static void advance(struct iovec **v, unsigned *n, size_t done)
+{
+	while (*n && done >= (*v)->iov_len) {
+		done -= (*v)->iov_len;
+		(*v)++;
+		(*n)--;
+	}
+	if (*n && done) {
+		(*v)->iov_base = (uint8_t *)(*v)->iov_base + done;
+		(*v)->iov_len -= done;
+	}
+}
+
+static int issue_send(tm_chan *ch, unsigned slot)
+{
+	uring_priv *p = ch->priv;
+	uslot *s = &p->slots[slot];
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
+	bool zc = p->zc && slot + 1 < p->nslots;
+
+	if (!sqe)
+		return -EBUSY; /* cannot happen: the ring is sized for every slot */
+	s->msg = (struct msghdr){ .msg_iov = s->iov, .msg_iovlen = MIN(s->n, (unsigned)IOV_MAX) };
+	if (zc) {
+		io_uring_prep_sendmsg_zc(sqe, 0, &s->msg, MSG_WAITALL | MSG_NOSIGNAL);
+		sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
+		s->notifs++;
+		tm_count(&ch->st.zc_sends, 1);
+	} else {
+		io_uring_prep_sendmsg(sqe, 0, &s->msg, MSG_WAITALL | MSG_NOSIGNAL);
+	}
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, slot);
+	s->sending = true;
+	s->zc_op = zc;
+	p->active = (int)slot;
+	int r = io_uring_submit(&p->ring);
+	if (r < 0) {
+		s->sending = false;
+		if (zc)
+			s->notifs--;
+		p->active = -1;
+		return r;
+	}
+	tm_count(&ch->st.io_submissions, 1);
+	return 0;
+}
+
+/* Reaps one completion (waiting for it) and updates the slot or receive it belongs to. */
+static int reap(tm_chan *ch)
+{
+	uring_priv *p = ch->priv;
+	struct io_uring_cqe *cqe;
+	int r = wait_cqe(ch, &cqe);
+	if (r < 0)
+		return r;
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	int res = cqe->res;
+	unsigned flags = cqe->flags;
+	io_uring_cqe_seen(&p->ring, cqe);
+	tm_count(&ch->st.io_completions, 1);
+
+	if (ud == UD_CANCEL)
+		return 0;
+	if (ud == UD_RECV) {
+		p->recv_pending = false;
+		p->recv_res = res;
+		return 0;
+	}
+	if (ud >= p->nslots)
+		return -EIO;
+	uslot *s = &p->slots[ud];
+	if (flags & IORING_CQE_F_NOTIF) {
+		s->notifs--;
+		if ((unsigned)res & IORING_NOTIF_USAGE_ZC_COPIED)
+			tm_count(&ch->st.zc_copied, 1);
+		return 0;
+	}
+	/* The send itself. Without F_MORE no notification follows (error, or not zero-copy). */
+	if (s->zc_op && !(flags & IORING_CQE_F_MORE))
+		s->notifs--;
+	if (res < 0) {
+		s->sending = false;
+		p->active = -1;
+		if (!p->error)
+			p->error = res == -EAGAIN ? -ETIMEDOUT : res;
+		return 0;
+	}
+	if ((size_t)res < s->left) {
+		/* Short send: the rest goes next, before anything else on this channel. */
+		s->left -= (size_t)res;
+		struct iovec *v = s->iov;
+		unsigned n = s->n;
+		advance(&v, &n, (size_t)res);
+		memmove(s->iov, v, n * sizeof(*v));
+		s->n = n;
+		r = issue_send(ch, (unsigned)ud);
+		if (r < 0 && !p->error)
+			p->error = r;
+		return 0;
+	}
+	s->left = 0;
+	s->sending = false;
+	p->active = -1;
+	return 0;
+}
+
+static int wait_slot(tm_chan *ch, unsigned slot)
+{
+	uring_priv *p = ch->priv;
+	uslot *s = &p->slots[slot];
+
+	while (s->sending || s->notifs) {
+		int r = reap(ch);
+		if (r < 0)
+			return r;
+	}
+	return p->error;
+}
+
+static int uring_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n,
+			size_t len)
+{
+	uring_priv *p = ch->priv;
+	if (p->error)
+		return p->error;
+	/* One send in the kernel at a time keeps the byte stream in order. */
+	while (p->active >= 0) {
+		int r = reap(ch);
+		if (r < 0)
+			return r;
+	}
+	int r = wait_slot(ch, slot);
+	if (r < 0)
+		return r;
+	uslot *s = &p->slots[slot];
+	if (n > s->cap) {
+		s->iov = g_renew(struct iovec, s->iov, n);
+		s->cap = n;
+	}
+	memcpy(s->iov, iov, n * sizeof(*iov));
+	s->n = n;
+	s->left = len;
+	return issue_send(ch, slot);
+}
+
+static int uring_drain(tm_chan *ch)
+{
+	uring_priv *p = ch->priv;
+	for (unsigned i = 0; i < p->nslots; i++) {
+		int r = wait_slot(ch, i);
+		if (r < 0)
+			return r;
+	}
+	return p->error;
+}
+
+static int uring_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+{
+	uring_priv *p = ch->priv;
+	int r = uring_drain(ch);
+	if (r < 0)
+		return r;
+	/* The extra slot: never zero-copy (small control messages), waited for at once. */
+	r = uring_submit(ch, p->nslots - 1, iov, n, len);
+	return r < 0 ? r : wait_slot(ch, p->nslots - 1);
+}
+
+static int uring_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+{
+	uring_priv *p = ch->priv;
+
+	if (p->error)
+		return p->error;
+	if (n > p->rcap) {
+		p->riov = g_renew(struct iovec, p->riov, n);
+		p->rcap = n;
+	}
+	memcpy(p->riov, iov, n * sizeof(*iov));
+	struct iovec *v = p->riov;
+	while (len > 0) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
+		if (!sqe)
+			return -EBUSY;
+		p->rmsg = (struct msghdr){ .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
+		io_uring_prep_recvmsg(sqe, 0, &p->rmsg, MSG_WAITALL);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		io_uring_sqe_set_data64(sqe, UD_RECV);
+		p->recv_pending = true;
+		int r = io_uring_submit(&p->ring);
+		if (r < 0) {
+			p->recv_pending = false;
+			return r;
+		}
+		tm_count(&ch->st.io_submissions, 1);
+		while (p->recv_pending) {
+			r = reap(ch);
+			if (r < 0)
+				return r;
+		}
+		if (p->recv_res < 0)
+			return p->recv_res == -EAGAIN ? -ETIMEDOUT : p->recv_res;
+		if (p->recv_res == 0)
+			return -ECONNRESET;
+		len -= (size_t)p->recv_res;
+		advance(&v, &n, (size_t)p->recv_res);
+	}
+	return 0;
+}
+
+static void uring_close(tm_chan *ch)
+{
+	uring_priv *p = ch->priv;
+
+	if (p->ring_ok) {
+		/* Nothing may land in guest RAM or read a freed buffer after we return: cancel
+		 * what is in flight and collect its completions before the ring goes. */
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
+		bool busy = p->recv_pending || p->active >= 0;
+		for (unsigned i = 0; i < p->nslots; i++)
+			busy = busy || p->slots[i].notifs;
+		if (busy && sqe) {
+			io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+			io_uring_sqe_set_data64(sqe, UD_CANCEL);
+			io_uring_submit(&p->ring);
+			unsigned saved = ch->timeout_ms;
+			ch->timeout_ms = 1000;
+			while (busy && reap(ch) == 0) {
+				busy = p->recv_pending || p->active >= 0;
+				for (unsigned i = 0; i < p->nslots; i++)
+					busy = busy || p->slots[i].notifs;
+			}
+			ch->timeout_ms = saved;
+		}
+		io_uring_queue_exit(&p->ring);
+	}
+	for (unsigned i = 0; i < p->nslots; i++)
+		g_free(p->slots[i].iov);
+	g_free(p->slots);
+	g_free(p->riov);
+}
+
+const tm_transport_ops tm_transport_io_uring = {
+	.name = "io_uring",
+	.priv_size = sizeof(uring_priv),
+	.probe = probe,
+	.open = uring_open,
+	.close = uring_close,
+	.send = uring_send,
+	.recv = uring_recv,
+	.submit = uring_submit,
+	.wait_slot = wait_slot,
+	.drain = uring_drain,
+};
