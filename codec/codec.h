@@ -213,6 +213,8 @@ ssize_t tm_tags_find_invalid(const uint8_t *tags, size_t n);
 bool tm_buffer_is_zero(const void *buf, size_t len);
 
 /* ---- small control messages ---- */
+/* Body length of a control message type (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK), else 0. */
+uint32_t tm_ctrl_body_len(uint8_t type);
 /* Encodes frame + 8-byte or 16-byte body of SYNC/SYNC_ACK/END/END_ACK/HELLO_ACK; returns length. */
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b);
 /* Decodes such a body: checks body_len for the type and reserved fields (HELLO_ACK). */

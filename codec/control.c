@@ -10,8 +10,7 @@
 #include "codec/codec.h"
 #include "tagmig/error.h"
 
-/* Body length of a control message type, 0 if type is not one. */
-static size_t ctrl_body_len(uint8_t type)
+uint32_t tm_ctrl_body_len(uint8_t type)
 {
 	switch (type) {
 	case TM_MSG_HELLO_ACK:
@@ -28,7 +27,7 @@ static size_t ctrl_body_len(uint8_t type)
 
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b)
 {
-	size_t body = ctrl_body_len(type);
+	size_t body = tm_ctrl_body_len(type);
 
 	g_return_val_if_fail(body != 0, 0);
 	tm_frame_encode(out, type, (uint32_t)body, seq);
@@ -42,7 +41,7 @@ size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint
 int tm_ctrl_decode(uint8_t type, const uint8_t *buf, size_t len, uint64_t *ret_a, uint64_t *ret_b,
 		   GError **error)
 {
-	size_t body = ctrl_body_len(type);
+	size_t body = tm_ctrl_body_len(type);
 
 	if (body == 0) {
 		g_set_error(error, TM_ERROR, EINVAL, "%s (type %u) is not a control message",

@@ -44,10 +44,9 @@ uint32_t tm_frame_max_body(uint8_t type, uint32_t packet_size)
 	case TM_MSG_HELLO_ACK:
 	case TM_MSG_SYNC:
 	case TM_MSG_END_ACK:
-		return 8;
 	case TM_MSG_SYNC_ACK:
 	case TM_MSG_END:
-		return 16;
+		return tm_ctrl_body_len(type);
 	case TM_MSG_ERROR:
 		return TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE;
 	case TM_MSG_DATA: {

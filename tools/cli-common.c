@@ -400,6 +400,26 @@ int cli_check_io(const char *cmd, const char *io)
 	return 0;
 }
 
+void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, double cpu0,
+		unsigned blocks, bool json)
+{
+	cli_summary sum = {
+		.command = cmd,
+		.stats = st,
+		.bytes = bytes,
+		.wall_seconds = cli_now() - t0,
+		.cpu_seconds = cli_cpu_seconds() - cpu0,
+		.verified = -1,
+		.blocks = blocks,
+	};
+
+	cli_print_io_note(st);
+	if (json)
+		cli_print_json(&sum);
+	else
+		cli_print_human_line(&sum);
+}
+
 void cli_print_io_note(const tm_stats *st)
 {
 	if (st->io_note[0])

@@ -190,6 +190,13 @@ int cli_cmd_recv(int argc, char **argv);
 /* A usage error (exit 2) unless io is NULL or a backend name the library knows. */
 int cli_check_io(const char *cmd, const char *io);
 
+/*
+ * The end of a send or recv: the io note, then the JSON object (json) or the human line, for
+ * bytes of RAM moved since t0 (cli_now()) with cpu0 (cli_cpu_seconds()) at that time.
+ */
+void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, double cpu0,
+		unsigned blocks, bool json);
+
 /* Says on stderr why the default I/O backend was not used, if it was not. */
 void cli_print_io_note(const tm_stats *st);
 

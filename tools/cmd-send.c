@@ -272,19 +272,6 @@ int cli_cmd_send(int argc, char **argv)
 
 	tm_stats st;
 	tm_sender_get_stats(sender, &st);
-	cli_print_io_note(&st);
-	cli_summary sum = {
-		.command = "send",
-		.stats = &st,
-		.bytes = total_bytes,
-		.wall_seconds = cli_now() - t0,
-		.cpu_seconds = cli_cpu_seconds() - cpu0,
-		.verified = -1,
-		.blocks = nblocks,
-	};
-	if (o.json)
-		cli_print_json(&sum);
-	else
-		cli_print_human_line(&sum);
+	cli_report("send", &st, total_bytes, t0, cpu0, nblocks, o.json);
 	return CLI_EXIT_OK;
 }

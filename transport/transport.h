@@ -163,6 +163,20 @@ int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, GErr
 /* Accepts one connection within timeout_ms; returns fd or -errno (-ETIMEDOUT). */
 int tm_net_accept(int listen_fd, unsigned timeout_ms, GError **error);
 
+/* Drops done bytes from the front of the iovec array *v of *n entries (after a partial transfer). */
+static inline void tm_iov_advance(struct iovec **v, unsigned *n, size_t done)
+{
+	while (*n && done >= (*v)->iov_len) {
+		done -= (*v)->iov_len;
+		(*v)++;
+		(*n)--;
+	}
+	if (*n && done) {
+		(*v)->iov_base = (uint8_t *)(*v)->iov_base + done;
+		(*v)->iov_len -= done;
+	}
+}
+
 /* Monotonic microseconds. */
 static inline int64_t tm_now_us(void)
 {

@@ -149,19 +149,6 @@ static int wait_cqe(tm_chan *ch, struct io_uring_cqe **cqe)
 	}
 }
 
-static void advance(struct iovec **v, unsigned *n, size_t done)
-{
-	while (*n && done >= (*v)->iov_len) {
-		done -= (*v)->iov_len;
-		(*v)++;
-		(*n)--;
-	}
-	if (*n && done) {
-		(*v)->iov_base = (uint8_t *)(*v)->iov_base + done;
-		(*v)->iov_len -= done;
-	}
-}
-
 static int issue_send(tm_chan *ch, unsigned slot)
 {
 	uring_priv *p = ch->priv;
@@ -242,7 +229,7 @@ static int reap(tm_chan *ch)
 		s->left -= (size_t)res;
 		struct iovec *v = s->iov;
 		unsigned n = s->n;
-		advance(&v, &n, (size_t)res);
+		tm_iov_advance(&v, &n, (size_t)res);
 		memmove(s->iov, v, n * sizeof(*v));
 		s->n = n;
 		r = issue_send(ch, (unsigned)ud);
@@ -354,7 +341,7 @@ static int uring_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t l
 		if (p->recv_res == 0)
 			return -ECONNRESET;
 		len -= (size_t)p->recv_res;
-		advance(&v, &n, (size_t)p->recv_res);
+		tm_iov_advance(&v, &n, (size_t)p->recv_res);
 	}
 	return 0;
 }

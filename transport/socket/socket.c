@@ -36,20 +36,6 @@ static struct iovec *scratch_copy(tm_chan *ch, const struct iovec *iov, unsigned
 	return p->scratch;
 }
 
-/* Drops done bytes from the front of *v / *n after a partial transfer. */
-static void advance(struct iovec **v, unsigned *n, size_t done)
-{
-	while (*n && done >= (*v)->iov_len) {
-		done -= (*v)->iov_len;
-		(*v)++;
-		(*n)--;
-	}
-	if (*n && done) {
-		(*v)->iov_base = (uint8_t *)(*v)->iov_base + done;
-		(*v)->iov_len -= done;
-	}
-}
-
 static int sock_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
 {
 	struct iovec *v = scratch_copy(ch, iov, n);
@@ -64,7 +50,7 @@ static int sock_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 			return errno == EAGAIN ? -ETIMEDOUT : -errno;
 		}
 		len -= (size_t)r;
-		advance(&v, &n, (size_t)r);
+		tm_iov_advance(&v, &n, (size_t)r);
 	}
 	return 0;
 }
@@ -84,7 +70,7 @@ static int sock_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 		if (r == 0)
 			return -ECONNRESET;
 		len -= (size_t)r;
-		advance(&v, &n, (size_t)r);
+		tm_iov_advance(&v, &n, (size_t)r);
 	}
 	return 0;
 }
