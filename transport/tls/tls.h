@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TLS 1.3 on a channel (OpenSSL 3), as a wrapper around another I/O backend.
+ *
+ * A session creates one tm_tls_ctx from a credentials directory (QEMU/libvirt layout, docs/tls.md).
+ * Each channel is first opened with its plain backend (tm_chan_open with sockets or io_uring);
+ * tm_tls_chan_start() then runs the TLS handshake over that backend and, on success, swaps ch->ops
+ * to tm_transport_tls. From then on tm_chan_send/tm_chan_recv carry the tagmig stream inside TLS
+ * records and the inner backend moves only ciphertext: OpenSSL never touches the socket, it talks
+ * to a BIO whose read and write call the inner backend's recv and send (exact lengths; OpenSSL
+ * runs without read-ahead, so it asks for a record header, then for exactly its body).
+ *
+ * Wiring it into channel setup is the same on both sides:
+ *
+ *	tm_chan_open(&ch, fd, id, inner_ops, timeout_ms, depth, error);
+ *	if (tls && tm_tls_chan_start(tls, &ch, error) < 0)
+ *		{ tm_chan_close(&ch); fail; }          // ch still has its inner backend here
+ *	... HELLO / DATA / END exchange through tm_chan_send / tm_chan_recv ...
+ *	tm_tls_chan_shutdown(&ch, error);             // after END / END_ACK: close_notify both ways
+ *	tm_chan_close(&ch);                           // frees the TLS state, then the inner backend
+ *
+ * The sender (client) should start channel 0 first and the others after it returned: channel 0
+ * does the full handshake and leaves a session ticket in the context, the others resume it (they
+ * may then start in parallel). A channel that starts while no ticket is cached does a full
+ * handshake; tm_tls_ctx_get_stats() counts both kinds.
+ *
+ * After the TLS handshake the server sends an 8-byte confirmation ("TMTLS1\r\n") that the client
+ * reads before tm_tls_chan_start() returns: in TLS 1.3 the client finishes its handshake before
+ * the server has checked the client's certificate, and this way a refusal reaches the client
+ * inside tm_tls_chan_start() with its reason, and channel 0's ticket has arrived before the other
+ * channels start.
+ *
+ * Threads: a tm_tls_ctx is thread-safe (channels of one session start from several threads). A
+ * channel is used by one thread at a time, like any tm_chan. The inner backend's hooks are called
+ * with a shadow tm_chan (same fd, id, timeout and depth, the inner backend's own priv) whose
+ * counters are added to ch's after each call: inner backends must not keep the tm_chan pointer
+ * they were opened with. The wrapper has no submit hook (OpenSSL reuses its record buffer, so a
+ * record cannot stay in flight): tm_chan_submit falls back to a synchronous send.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "transport/transport.h"
+
+G_BEGIN_DECLS
+
+typedef struct tm_tls_ctx tm_tls_ctx;
+
+typedef enum tm_tls_role {
+	TM_TLS_CLIENT, /* the sender: connects; verifies the receiver's certificate and name */
+	TM_TLS_SERVER, /* the receiver: accepts; requires and verifies a client certificate */
+} tm_tls_role;
+
+/* Plaintext bytes per TLS record: the TLS maximum, which is also what gives the best throughput. */
+#define TM_TLS_RECORD 16384u
+
+typedef struct tm_tls_stats {
+	uint64_t full_handshakes;    /* channels that did a full handshake (certificates) */
+	uint64_t resumed_handshakes; /* channels that resumed a session from a ticket */
+	uint64_t handshake_us;       /* wall time of all handshakes, summed over channels */
+} tm_tls_stats;
+
+/*
+ * Creates the TLS context of one session from creds_dir: ca-cert.pem plus server-cert.pem and
+ * server-key.pem (TM_TLS_SERVER) or client-cert.pem and client-key.pem (TM_TLS_CLIENT).
+ * hostname (client only, required there) is the name the server's certificate must carry: a DNS
+ * name (subjectAltName DNS, wildcards allowed) or an IP address (subjectAltName IP). TLS 1.3 only,
+ * cipher suites TLS_AES_128_GCM_SHA256 (preferred), TLS_AES_256_GCM_SHA384,
+ * TLS_CHACHA20_POLY1305_SHA256. Also probes kernel TLS (tm_tls_ctx_ktls_reason).
+ * Returns 0 and *ret (free with tm_tls_ctx_free), or -errno with a message naming the file:
+ * -ENOENT missing file, -EKEYREJECTED unusable certificate or key (or a key not matching its
+ * certificate), -EINVAL missing hostname. Thread-safe.
+ */
+int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname,
+		   tm_tls_ctx **ret, GError **error);
+
+/* Drops the caller's reference; channels started with ctx keep their own until closed. NULL ok. */
+void tm_tls_ctx_free(tm_tls_ctx *ctx);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_tls_ctx, tm_tls_ctx_free)
+
+/* Handshake counters of every channel started with ctx. Thread-safe, any time. */
+void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret);
+
+/*
+ * Why record protection runs in user space (always, in this build): e.g. "kernel TLS offload
+ * unavailable: /proc/sys/net/ipv4/tcp_available_ulp lists 'mptcp', no 'tls' (modprobe tls)". The
+ * string belongs to ctx. Meant for a log line or the statistics of a run.
+ */
+const char *tm_tls_ctx_ktls_reason(const tm_tls_ctx *ctx);
+
+/*
+ * Whether the kernel offers the TLS ULP (kernel TLS offload). Returns 0 if it does, -EOPNOTSUPP
+ * (or the -errno of reading the sysctl) with the reason in *error if not. Thread-safe.
+ */
+int tm_tls_ktls_probe(GError **error);
+
+/*
+ * Runs the TLS handshake on ch, which must be open with its inner backend (tm_chan_open), and on
+ * success makes it a TLS channel (ch->ops = &tm_transport_tls; the inner ops and priv live on in
+ * the TLS state and are closed by tm_chan_close). Blocks up to ch->timeout_ms per read or write.
+ * Returns 0, or -errno with "channel N: TLS handshake: <which check failed>" in *error; then ch
+ * is left with its inner backend, to be closed by the caller:
+ *   -EKEYREJECTED  the peer's certificate is not issued by our CA, does not match the expected
+ *                  name, or is not meant for this use; or the peer refused ours
+ *   -EKEYEXPIRED   a certificate has expired or is not valid yet (ours, as the peer says, or its)
+ *   -EACCES        the client presented no certificate (or the server says we did not)
+ *   -EPROTO        the peer does not speak TLS (e.g. a plaintext tagmig peer) or broke the protocol
+ *   -EPROTONOSUPPORT  no TLS 1.3, or no common cipher suite
+ *   -ECONNRESET, -ETIMEDOUT, ...  from the inner backend
+ * -EALREADY if ch already is a TLS channel.
+ */
+int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error);
+
+/*
+ * Ends the TLS session of ch cleanly: sends close_notify, then waits for the peer's. Call it
+ * after the last message of the session (END_ACK sent or received) on both sides; each side
+ * sends before it reads, so they do not wait for each other. Returns 0, or -errno in *error:
+ * -ECONNRESET "premature end" when the peer closed the connection without close_notify (the
+ * stream may have been truncated), -EPROTO when the peer sent data instead of close_notify.
+ * Returns 0 at once for a channel that is not a TLS channel.
+ */
+int tm_tls_chan_shutdown(tm_chan *ch, GError **error);
+
+/* Whether ch runs TLS (tm_tls_chan_start succeeded on it). */
+bool tm_tls_chan_is_tls(const tm_chan *ch);
+
+/* Cipher suite name of ch (e.g. "TLS_AES_128_GCM_SHA256"), NULL if ch is not a TLS channel. */
+const char *tm_tls_chan_cipher(const tm_chan *ch);
+
+/* Whether ch's handshake resumed a session (false if not a TLS channel). */
+bool tm_tls_chan_resumed(const tm_chan *ch);
+
+/*
+ * The explanation of the last failed send or recv on TLS channel ch, e.g. "TLS record
+ * authentication failed (bad record MAC): the data was altered in transit", or NULL. The hooks
+ * of tm_transport_ops return only -errno (-EBADMSG there); this is the text for the error
+ * message. Valid until the next call on ch.
+ */
+const char *tm_tls_chan_last_error(const tm_chan *ch);
+
+/*
+ * Whether the first bytes received on a plaintext channel look like a TLS handshake record (a
+ * ClientHello): for a plaintext receiver to say "the sender speaks TLS" instead of "bad magic".
+ * Needs at least 3 bytes.
+ */
+bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
+
+/*
+ * The TLS wrapper backend, installed by tm_tls_chan_start(). Opening a channel with it directly
+ * fails (-EINVAL): it needs an inner backend. send() cuts the stream into full 16 KiB records
+ * (only the end of each call may be a shorter record); a record lies inside one caller iovec
+ * whenever the iovec is long enough, so OpenSSL reads the plaintext straight from the caller's
+ * memory into the record it encrypts; pieces shorter than a record are gathered first. Records
+ * go to the inner send in batches of up to 8, at the latest when send() returns. recv()
+ * decrypts each record in OpenSSL's record buffer and copies the plaintext into the caller's
+ * iovecs. Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer
+ * closed: with close_notify, or "premature end" without), the inner backend's -errno; the text
+ * is in tm_tls_chan_last_error().
+ */
+extern const tm_transport_ops tm_transport_tls;
+
+G_END_DECLS
