@@ -1,14 +1,38 @@
 #!/bin/sh
-# Installs what tagmig needs to build and test on Debian 12 (run as root), once.
+# Installs what tagmig needs to build and test on Debian 12 (run as root). Idempotent: packages
+# already installed are not touched.
 set -eu
-pkgs="build-essential meson ninja-build pkg-config libglib2.0-dev liburing-dev libssl-dev python3 iproute2"
-missing=""
-for p in $pkgs; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-	echo "setup: installing$missing" >&2
-	export DEBIAN_FRONTEND=noninteractive
+export DEBIAN_FRONTEND=noninteractive
+
+# missing PKG...: prints the packages that are not installed.
+missing() {
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+			printf ' %s' "$p"
+	done
+}
+
+# The build, the tests and the TLS credentials script (openssl).
+need=$(missing build-essential meson ninja-build pkg-config libglib2.0-dev liburing-dev \
+	libssl-dev openssl python3 iproute2)
+if [ -n "$need" ]; then
+	echo "setup: installing$need" >&2
 	apt-get update -qq >/dev/null || echo "setup: apt-get update failed; trying the install anyway" >&2
-	apt-get install -y -qq $missing >/dev/null
+	apt-get install -y -qq $need >/dev/null
+fi
+
+# The emulated arm64 suite (tests/aarch64/, docs/aarch64.md): the cross compiler, arm64 -dev
+# packages side by side through multiarch (static archives for the test programs), and Debian's
+# qemu-system-arm for its shared libraries only (the harness runs QEMU >= 8.0 unpacked from
+# backports). Not fatal: without them that suite skips and says why.
+need=$(missing gcc-aarch64-linux-gnu libc6-dev-arm64-cross linux-libc-dev-arm64-cross \
+	libglib2.0-dev:arm64 libssl-dev:arm64 liburing-dev:arm64 qemu-system-arm cpio)
+if [ -n "$need" ]; then
+	echo "setup: installing for the arm64 suite:$need" >&2
+	if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+		dpkg --add-architecture arm64
+		apt-get update -qq >/dev/null || echo "setup: apt-get update failed" >&2
+	fi
+	apt-get install -y -qq --no-install-recommends $need >/dev/null ||
+		echo "setup: could not install the arm64 suite's packages; it will skip" >&2
 fi

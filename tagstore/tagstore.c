@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "arch/arch-internal.h"
 #include "ram/ram-internal.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
@@ -92,15 +93,20 @@ int tm_tag_store_lookup(const char *name, const tm_tag_store_ops **ret, GError *
 		return 0;
 	}
 	if (g_strcmp0(name, "kvm-mte") == 0) {
+#if defined(TAGMIG_HAVE_KVM_MTE) && TAGMIG_HAVE_KVM_MTE
+		*ret = &tm_tag_store_kvm_mte;
+		return 0;
+#else
 		g_set_error(error, TM_ERROR, EOPNOTSUPP,
 			    "tag store 'kvm-mte' needs an arm64 build with KVM MTE; this build is for %s",
 #if defined(__aarch64__)
-			    "arm64 but does not include it yet"
+			    "arm64, but its kernel headers lack KVM_ARM_MTE_COPY_TAGS"
 #else
 			    "another architecture"
 #endif
 		);
 		return -EOPNOTSUPP;
+#endif
 	}
 	g_set_error(error, TM_ERROR, ENOENT, "unknown tag store '%s' (none, soft, kvm-mte)",
 		    name ? name : "(null)");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "error.h"
+#include "kvm-mte.h"
 #include "ram.h"
 #include "session.h"
 #include "tagstore.h"

@@ -1,0 +1,225 @@
+#!/bin/bash
+# Runs one test program of tests/aarch64/ inside an emulated arm64 machine with real KVM and MTE,
+# and prints its PASS/FAIL lines as TAP for meson:
+#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate or kvm-uffd)
+#
+# 1. Obtains, once, into WORKDIR/cache (kept across runs):
+#    - QEMU >= 8.0 (Debian 12's 7.2 loses per-granule tags under emulation, QEMU issue 1416):
+#      qemu-system-arm from <codename>-backports, fetched with `apt-get download` through a
+#      private apt state under WORKDIR/cache/apt (the system's apt sources are not changed) and
+#      unpacked with `dpkg-deb -x`, never installed. It runs on the shared libraries of the
+#      system's qemu-system-arm, which scripts/setup.sh installs for that reason.
+#    - a Debian arm64 kernel (CONFIG_KVM, CONFIG_ARM64_MTE, CONFIG_USERFAULTFD), resolved through
+#      its meta package (TAGMIG_AARCH64_KERNEL=6.1, the default, or 6.12) and unpacked likewise.
+# 2. Cross-builds the project with cross/aarch64-linux-gnu.ini into WORKDIR/cross (static test
+#    programs) and packs init + the test program into an initramfs.
+# 3. Boots `-M virt,virtualization=on,mte=on` under TCG; init runs the program in a child process
+#    and powers off.
+# Exits through a TAP SKIP only when the packages cannot be obtained (no cross compiler, no arm64
+# libraries, no network or mirror); anything else that goes wrong is a failure.
+set -uo pipefail
+src=$1
+work=$2
+test=$3
+flavor=${TAGMIG_AARCH64_KERNEL:-6.1}
+cache=$work/cache
+mkdir -p "$cache"
+t_start=$(date +%s)
+
+skip() {
+	echo "1..0 # SKIP $*"
+	exit 0
+}
+bail() {
+	echo "not ok 1 - harness: $*"
+	echo "1..1"
+	exit 1
+}
+note() { echo "# $*"; }
+
+case $test in
+kvm-tagstore | kvm-migrate | kvm-uffd) ;;
+*) bail "unknown test '$test'" ;;
+esac
+
+# ---- 1. packages (one harness at a time prepares; the others wait and reuse) ----
+exec 9>"$cache/lock"
+flock 9
+
+for tool in aarch64-linux-gnu-gcc cpio gzip dpkg-deb apt-get meson ninja; do
+	command -v "$tool" >/dev/null ||
+		skip "$tool is not installed (scripts/setup.sh installs gcc-aarch64-linux-gnu, cpio and the arm64 libraries; the packages could not be obtained)"
+done
+[ -f /usr/lib/aarch64-linux-gnu/libglib-2.0.a ] ||
+	skip "libglib2.0-dev:arm64 is not installed (scripts/setup.sh could not obtain it)"
+
+hostarch=$(dpkg --print-architecture)
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+
+# Mirror URIs of the system's Debian sources (deb822 or one-line), so the private apt state
+# uses the same mirror (and proxy settings from /etc/apt/apt.conf.d) as the system.
+mirror_of() { # $1: suite
+	{
+		awk -v s="$1" 'BEGIN{RS=""} { u=""; ok=0;
+			for (i = 1; i <= NF; i++) { if ($i == "URIs:") u = $(i+1);
+				if ($i == "Suites:") for (j = i+1; j <= NF && $j !~ /:$/; j++) if ($j == s) ok=1 }
+			if (ok && u != "") { print u; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null
+		awk -v s="$1" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i == s) { u=$(i-1); print u; exit } }' \
+			/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+	} | head -1
+}
+
+apt_private() { # $1: apt-get or apt-cache, then its arguments
+	local a=$cache/apt tool=$1
+	shift
+	mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/parts"
+	"$tool" -q -o Dir::Etc::SourceList="$a/sources.list" -o Dir::Etc::SourceParts="$a/parts" \
+		-o Dir::State::Lists="$a/lists" -o Dir::Cache="$a/cache" \
+		-o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts="$a/parts" \
+		-o Debug::NoLocking=1 -o APT::Sandbox::User=root -o Acquire::Languages=none \
+		-o APT::Architectures::="$hostarch" -o APT::Architectures::=arm64 "$@"
+}
+
+apt_ready=$cache/apt/ready-$codename
+apt_setup() {
+	[ -f "$apt_ready" ] && [ -z "$(find "$apt_ready" -mmin +1440 2>/dev/null)" ] && return 0
+	local main sec key=/usr/share/keyrings/debian-archive-keyring.gpg
+	main=$(mirror_of "$codename")
+	sec=$(mirror_of "$codename-security")
+	[ -n "$main" ] || main=http://deb.debian.org/debian
+	[ -n "$sec" ] || sec=http://deb.debian.org/debian-security
+	mkdir -p "$cache/apt"
+	{
+		echo "deb [arch=$hostarch signed-by=$key] $main $codename-backports main"
+		echo "deb [arch=arm64 signed-by=$key] $main $codename main"
+		echo "deb [arch=arm64 signed-by=$key] $sec $codename-security main"
+	} >"$cache/apt/sources.list"
+	note "apt: private index of $main ($codename-backports for $hostarch, $codename for arm64) and $sec"
+	apt_private apt-get update >"$cache/apt-update.log" 2>&1 || return 1
+	touch "$apt_ready"
+}
+
+version_ge_8() { # prints the version of QEMU binary $1 and succeeds if >= 8.0
+	local v
+	v=$("$1" --version 2>/dev/null | head -1 | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1.\2/p')
+	echo "$v"
+	[ -n "$v" ] && [ "${v%%.*}" -ge 8 ]
+}
+
+t0=$(date +%s)
+qemu=${TAGMIG_QEMU:-}
+if [ -z "$qemu" ]; then
+	sysq=$(command -v qemu-system-aarch64 || true)
+	if [ -n "$sysq" ] && version_ge_8 "$sysq" >/dev/null; then
+		qemu=$sysq
+	else
+		qemu=$cache/qemu/usr/bin/qemu-system-aarch64
+		if [ ! -x "$qemu" ]; then
+			apt_setup || skip "cannot obtain packages: private apt-get update failed ($(tail -1 "$cache/apt-update.log"))"
+			rm -rf "$cache/dl-qemu" "$cache/qemu" "$cache/qemu.tmp"
+			mkdir -p "$cache/dl-qemu"
+			(cd "$cache/dl-qemu" && apt_private apt-get download "qemu-system-arm/$codename-backports") \
+				>"$cache/qemu-download.log" 2>&1 ||
+				skip "cannot obtain qemu-system-arm from $codename-backports ($(tail -1 "$cache/qemu-download.log"))"
+			dpkg-deb -x "$cache"/dl-qemu/qemu-system-arm_*.deb "$cache/qemu.tmp" ||
+				bail "dpkg-deb -x of the QEMU package failed"
+			mv "$cache/qemu.tmp" "$cache/qemu"
+			rm -rf "$cache/dl-qemu"
+		fi
+	fi
+fi
+qver=$(version_ge_8 "$qemu") || {
+	missing=$(ldd "$qemu" 2>/dev/null | grep 'not found' | head -3 | tr -s ' \t\n' ' ')
+	[ -n "$missing" ] && skip "QEMU $qemu lacks shared libraries ($missing): install Debian's qemu-system-arm (scripts/setup.sh does)"
+	bail "QEMU $qemu is not version 8.0 or newer (got '$qver')"
+}
+
+kdir=$cache/kernel-$flavor
+if ! ls "$kdir"/boot/vmlinuz-* >/dev/null 2>&1; then
+	case $flavor in
+	6.1) meta=linux-image-arm64 ;;
+	6.12) meta=linux-image-6.12-arm64 ;;
+	*) bail "TAGMIG_AARCH64_KERNEL must be 6.1 or 6.12" ;;
+	esac
+	apt_setup || skip "cannot obtain packages: private apt-get update failed ($(tail -1 "$cache/apt-update.log"))"
+	kpkg=$(apt_private apt-cache depends "$meta:arm64" 2>/dev/null |
+		awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+	kpkg=${kpkg%:arm64}
+	[ -n "$kpkg" ] || skip "cannot resolve the kernel package of $meta:arm64"
+	rm -rf "$cache/dl-kernel" "$kdir" "$kdir.tmp"
+	mkdir -p "$cache/dl-kernel"
+	(cd "$cache/dl-kernel" && apt_private apt-get download "$kpkg:arm64") >"$cache/kernel-download.log" 2>&1 ||
+		skip "cannot download $kpkg:arm64 ($(tail -1 "$cache/kernel-download.log"))"
+	dpkg-deb --fsys-tarfile "$cache"/dl-kernel/linux-image-*_arm64.deb |
+		tar -x -C "$(mkdir -p "$kdir.tmp" && echo "$kdir.tmp")" --wildcards './boot/*' ||
+		bail "unpacking $kpkg failed"
+	mv "$kdir.tmp" "$kdir"
+	rm -rf "$cache/dl-kernel"
+fi
+kernel=$(ls "$kdir"/boot/vmlinuz-* | head -1)
+kconf=$(ls "$kdir"/boot/config-* | head -1)
+for opt in CONFIG_KVM CONFIG_ARM64_MTE CONFIG_USERFAULTFD; do
+	grep -q "^$opt=y" "$kconf" || bail "$kernel lacks $opt=y"
+done
+t1=$(date +%s)
+
+# ---- 2. cross build and initramfs ----
+cross=$work/cross
+if [ ! -f "$cross/build.ninja" ]; then
+	rm -rf "$cross"
+	meson setup "$cross" "$src" --cross-file "$src/cross/aarch64-linux-gnu.ini" -Dwerror=true \
+		--buildtype=debugoptimized >"$work/cross-setup.log" 2>&1 ||
+		{ sed 's/^/# /' "$work/cross-setup.log" | tail -30; bail "meson setup of the cross build failed"; }
+fi
+ninja -C "$cross" tests/aarch64/init "tests/aarch64/test-$test" >"$work/cross-build.log" 2>&1 ||
+	{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
+
+root=$work/root-$test
+rm -rf "$root"
+mkdir -p "$root"/{proc,sys,dev,tmp,tests}
+cp "$cross/tests/aarch64/init" "$root/init"
+cp "$cross/tests/aarch64/test-$test" "$root/tests/"
+initrd=$work/initrd-$test.cpio.gz
+(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$initrd" || bail "packing the initramfs failed"
+t2=$(date +%s)
+flock -u 9
+
+# ---- 3. boot ----
+console=$work/console-$test.log
+timeout -k 10 "${TAGMIG_AARCH64_TIMEOUT:-600}" "$qemu" \
+	-M virt,virtualization=on,mte=on,gic-version=3 -cpu max,pauth-impdef=on -smp 2 -m 1G \
+	-accel tcg,thread=multi -nographic -no-reboot -monitor none -serial stdio -nodefaults \
+	-kernel "$kernel" -initrd "$initrd" \
+	-append "console=ttyAMA0 rdinit=/init panic=-1 quiet" </dev/null >"$console" 2>&1
+qrc=$?
+t3=$(date +%s)
+
+# ---- 4. TAP ----
+note "QEMU $qver ($qemu), kernel $(basename "$kernel"), packages $((t1 - t0)) s, cross build $((t2 - t1)) s, boot and run $((t3 - t2)) s"
+n=0
+fails=0
+result=
+while IFS= read -r l; do
+	case $l in
+	PASS:*) n=$((n + 1)); echo "ok $n - ${l#PASS: }" ;;
+	FAIL:*) n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - ${l#FAIL: }" ;;
+	INFO:*) echo "# ${l#INFO: }" ;;
+	"RUNNER: test-$test exit="*) result=${l#RUNNER: test-$test exit=} ;;
+	RUNNER:*) echo "# $l" ;;
+	esac
+done < <(tr -d '\r' <"$console")
+if [ -z "$result" ]; then
+	n=$((n + 1))
+	echo "not ok $n - test-$test gave no result (QEMU exit $qrc: timeout, panic or crash); console tail:"
+	tail -30 "$console" | tr -d '\r' | sed 's/^/# /'
+elif [ "${result%% *}" != 0 ] && [ $fails -eq 0 ]; then
+	n=$((n + 1))
+	echo "not ok $n - test-$test exited with status $result"
+	tail -20 "$console" | tr -d '\r' | sed 's/^/# /'
+elif [ $n -eq 0 ]; then
+	n=1
+	echo "not ok 1 - test-$test printed no PASS line"
+fi
+echo "1..$n"
+note "total $(($(date +%s) - t_start)) s"
+exit 0
