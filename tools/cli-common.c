@@ -558,6 +558,18 @@ void cli_print_json(const cli_summary *s)
 	json_double(out, "cpu_s_per_gib", safe_div(s->cpu_seconds, s->bytes / GIB));
 	g_string_append(out, ",\"io_backend\":");
 	cli_json_append_string(out, st->io_backend);
+	if (st->tls_cipher[0]) {
+		g_string_append(out, ",\"tls\":{\"cipher\":");
+		cli_json_append_string(out, st->tls_cipher);
+		g_string_append_printf(out,
+				       ",\"full_handshakes\":%" PRIu64 ",\"resumed_handshakes\":%" PRIu64,
+				       st->tls_full_handshakes, st->tls_resumed_handshakes);
+		g_string_append_c(out, ',');
+		json_double(out, "handshake_seconds", st->tls_handshake_seconds);
+		g_string_append(out, ",\"note\":");
+		cli_json_append_string(out, st->tls_note);
+		g_string_append_c(out, '}');
+	}
 	g_string_append(out, ",\"io_note\":");
 	cli_json_append_string(out, st->io_note);
 	g_string_append_c(out, ',');
@@ -588,13 +600,14 @@ void cli_print_human_line(const cli_summary *s)
 	fprintf(stderr,
 		"tagmig %s: %s in %.2f s, %.2f GiB/s, %u channel%s (%s), %" PRIu64
 		" pages (normal %" PRIu64 ", zero %" PRIu64 ", zero-tagged %" PRIu64
-		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB\n",
+		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB%s%s\n",
 		s->command, size, s->wall_seconds, safe_div(s->bytes / GIB, s->wall_seconds),
 		st->channels, st->channels == 1 ? "" : "s", st->io_backend[0] ? st->io_backend : "?",
 		st->pages, st->pages_by_kind[TM_PAGE_NORMAL], st->pages_by_kind[TM_PAGE_ZERO],
 		st->pages_by_kind[TM_PAGE_ZERO_TAGGED], tags,
 		safe_div(100.0 * st->tag_bytes, st->wire_bytes),
-		safe_div(s->cpu_seconds, s->bytes / GIB));
+		safe_div(s->cpu_seconds, s->bytes / GIB), st->tls_cipher[0] ? ", TLS " : "",
+		st->tls_cipher);
 }
 
 /* ---- progress bar ---- */

@@ -204,4 +204,15 @@ void cli_print_io_note(const tm_stats *st);
 	"I/O backend: io_uring (or uring) or sockets; default io_uring where the kernel allows it, " \
 	"else sockets (also $TAGMIG_IO)"
 
+/*
+ * Writes a throwaway CA, a server certificate for localhost and a client certificate into dir
+ * (the layout of docs/tls.md), for `tagmig demo --tls`. Returns 0 or -errno.
+ */
+int cli_make_tls_creds(const char *dir, GError **error);
+
+/* A temporary directory removed with its files (one level) when it goes out of scope. */
+typedef char cli_tmpdir;
+void cli_tmpdir_free(char *dir);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(cli_tmpdir, cli_tmpdir_free)
+
 G_END_DECLS

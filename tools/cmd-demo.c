@@ -251,6 +251,7 @@ typedef struct demo_opts {
 	char *page_size;
 	char *io;
 	int timeout;
+	gboolean tls;
 } demo_opts;
 
 static void demo_opts_clear(demo_opts *o)
@@ -292,6 +293,11 @@ static void print_human(const cli_summary *s, uint32_t page_size, uint64_t npage
 	       st->pages_by_tag_enc[TM_TAGS_PACKED]);
 	printf("  tag bytes     %s of %s on the wire (%.2f%%), %" PRIu64 " packets\n", tags, wire,
 	       st->wire_bytes ? 100.0 * st->tag_bytes / st->wire_bytes : 0, st->packets);
+	if (st->tls_cipher[0])
+		printf("  TLS           %s, %" PRIu64 " full + %" PRIu64
+		       " resumed handshakes in %.1f ms; %s\n",
+		       st->tls_cipher, st->tls_full_handshakes, st->tls_resumed_handshakes,
+		       st->tls_handshake_seconds * 1e3, st->tls_note);
 	printf("  verified:     %s%s%s\n", s->verified ? "yes" : "no", why && *why ? " - " : "",
 	       why ? why : "");
 }
@@ -310,6 +316,8 @@ int cli_cmd_demo(int argc, char **argv)
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
 		  "Give up when any single I/O blocks this long (default 60)", "SEC" },
+		{ "tls", 0, 0, G_OPTION_ARG_NONE, &o.tls,
+		  "TLS 1.3 on every channel, with credentials created for the run", NULL },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object on stdout instead of the summary", NULL },
 		G_OPTION_ENTRY_NULL
@@ -374,6 +382,14 @@ int cli_cmd_demo(int argc, char **argv)
 	uint64_t kinds[GEN_COUNT] = { 0 };
 	generate(src->addr, src_tag_array, (uint32_t)page_size, 0, NULL, npages, kinds);
 
+	/* --tls: credentials made for this run, removed at the end. */
+	g_autoptr(cli_tmpdir) creds = NULL;
+	if (o.tls) {
+		creds = g_dir_make_tmp("tagmig-demo-tls-XXXXXX", &error);
+		if (!creds || cli_make_tls_creds(creds, &error) < 0)
+			return cli_fail(error);
+	}
+
 	/* Receiver: listens before the sender connects, runs in its own thread. */
 	unsigned port = 0;
 	cli_autofd int listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
@@ -383,6 +399,7 @@ int cli_cmd_demo(int argc, char **argv)
 		.io_backend = o.io,
 		.timeout_ms = (unsigned)o.timeout * 1000u,
 		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
+		.tls_creds_dir = creds,
 	};
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
@@ -398,6 +415,8 @@ int cli_cmd_demo(int argc, char **argv)
 		.channels = (unsigned)o.channels,
 		.io_backend = o.io,
 		.timeout_ms = (unsigned)o.timeout * 1000u,
+		.tls_creds_dir = creds,
+		.tls_hostname = "localhost",
 	};
 	g_autoptr(tm_sender) sender = NULL;
 	if (tm_sender_new(src_layout, src_tags, &scfg, &sender, &error) < 0)

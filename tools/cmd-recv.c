@@ -22,6 +22,7 @@ typedef struct recv_opts {
 	gboolean json;
 	char *io;
 	int timeout;
+	char *tls_creds;
 } recv_opts;
 
 static void recv_opts_clear(recv_opts *o)
@@ -31,6 +32,7 @@ static void recv_opts_clear(recv_opts *o)
 	g_strfreev(o->tags);
 	g_free(o->port_file);
 	g_free(o->io);
+	g_free(o->tls_creds);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(recv_opts, recv_opts_clear)
@@ -195,6 +197,10 @@ int cli_cmd_recv(int argc, char **argv)
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
 		  "Give up when accepting or any single I/O blocks this long (default 60)", "SEC" },
+		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_creds,
+		  "TLS 1.3 on every channel with ca-cert.pem, server-cert.pem and server-key.pem "
+		  "from DIR; the sender must present a certificate from that CA (docs/tls.md)",
+		  "DIR" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -272,6 +278,7 @@ int cli_cmd_recv(int argc, char **argv)
 		.io_backend = o.io,
 		.timeout_ms = (unsigned)o.timeout * 1000u,
 		.ram_zeroed = all_new,
+		.tls_creds_dir = o.tls_creds,
 	};
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&cfg, &receiver, &error) < 0 ||

@@ -22,6 +22,8 @@ typedef struct send_opts {
 	gboolean json;
 	char *io;
 	int timeout;
+	char *tls_creds;
+	char *tls_hostname;
 } send_opts;
 
 static void send_opts_clear(send_opts *o)
@@ -33,6 +35,8 @@ static void send_opts_clear(send_opts *o)
 	g_free(o->chunk_size);
 	g_free(o->packet_size);
 	g_free(o->io);
+	g_free(o->tls_creds);
+	g_free(o->tls_hostname);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(send_opts, send_opts_clear)
@@ -98,6 +102,12 @@ int cli_cmd_send(int argc, char **argv)
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
 		  "Give up when connecting or any single I/O blocks this long (default 60)", "SEC" },
+		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_creds,
+		  "TLS 1.3 on every channel with ca-cert.pem, client-cert.pem and client-key.pem "
+		  "from DIR (docs/tls.md)", "DIR" },
+		{ "tls-hostname", 0, 0, G_OPTION_ARG_STRING, &o.tls_hostname,
+		  "Name the receiver's certificate must carry (default: the HOST of --connect)",
+		  "NAME" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -117,6 +127,8 @@ int cli_cmd_send(int argc, char **argv)
 		return rc;
 	if ((rc = cli_check_io("send", o.io)) != 0)
 		return rc;
+	if (o.tls_hostname && !o.tls_creds)
+		return cli_usage_error("send", "--tls-hostname needs --tls-creds");
 	if (!o.connect)
 		return cli_usage_error("send", "--connect HOST:PORT is required");
 	if (!o.ram || !o.ram[0])
@@ -236,6 +248,8 @@ int cli_cmd_send(int argc, char **argv)
 		.packet_size = (uint32_t)packet_size,
 		.io_backend = o.io,
 		.timeout_ms = (unsigned)o.timeout * 1000u,
+		.tls_creds_dir = o.tls_creds,
+		.tls_hostname = o.tls_hostname,
 	};
 	g_autoptr(tm_sender) sender = NULL;
 	rc = tm_sender_new(layout, store, &cfg, &sender, &error);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "tagmig/error.h"
+#include "tls/tls.h"
 #include "transport.h"
 
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
@@ -65,8 +66,12 @@ void tm_chan_prefix_error(const tm_chan *ch, GError **error)
 	g_prefix_error(error, "channel %u: ", ch->id);
 }
 
-static const char *io_reason(int err)
+const char *tm_chan_io_reason(const tm_chan *ch, int err)
 {
+	/* A TLS channel knows more than an errno: which record failed to authenticate, and so on. */
+	const char *tls = tm_tls_chan_last_error(ch);
+	if (tls)
+		return tls;
 	switch (err) {
 	case ECONNRESET:
 	case EPIPE:
@@ -82,7 +87,7 @@ int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, G
 {
 	int r = ch->ops->send(ch, iov, n, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, io_reason(-r));
+		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -96,7 +101,7 @@ int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned
 		return tm_chan_send(ch, iov, n, len, error);
 	int r = ch->ops->submit(ch, slot, iov, n, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, io_reason(-r));
+		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -107,7 +112,7 @@ int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)
 {
 	int r = ch->ops->wait_slot ? ch->ops->wait_slot(ch, slot) : 0;
 	if (r < 0)
-		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, io_reason(-r));
+		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
 	return r;
 }
 
@@ -116,7 +121,7 @@ int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 	struct iovec v = { .iov_base = buf, .iov_len = len };
 	int r = ch->ops->recv(ch, &v, 1, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: receive: %s", ch->id, io_reason(-r));
+		g_set_error(error, TM_ERROR, -r, "channel %u: receive: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -131,6 +136,15 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 		return r;
 	r = tm_frame_decode(hdr, sizeof(hdr), packet_size, ret, error);
 	if (r < 0) {
+		if (!tm_tls_chan_is_tls(ch) && ch->rx_seq == 0 &&
+		    tm_tls_looks_like_tls(hdr, sizeof(hdr))) {
+			/* Say what happened rather than "bad magic". */
+			g_clear_error(error);
+			g_set_error(error, TM_ERROR, EPROTO,
+				    "the peer speaks TLS but this side runs without it "
+				    "(give both sides --tls-creds)");
+			r = -EPROTO;
+		}
 		tm_chan_prefix_error(ch, error);
 		return r;
 	}
@@ -202,6 +216,14 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
 	size_t len = tm_error_encode(buf, ch->tx_seq++, code, message);
 
+	if (tm_tls_chan_is_tls(ch)) {
+		/* Inside the TLS stream, or the peer could not read it. Small, so it does not wait
+		 * for a peer that is not reading unless the socket buffer is full, and then at most
+		 * the channel's timeout. */
+		struct iovec v = { .iov_base = buf, .iov_len = len };
+		(void)ch->ops->send(ch, &v, 1, len);
+		return;
+	}
 	/* Best effort and never blocking: the peer may be gone or not reading. */
 	(void)!send(ch->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 }

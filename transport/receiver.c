@@ -14,6 +14,7 @@
 #include "ram/ram-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
+#include "tls/tls.h"
 #include "transport.h"
 
 typedef struct recv_chan {
@@ -40,6 +41,7 @@ struct tm_receiver {
 	tm_receiver_config cfg;
 	const tm_transport_ops *io;
 	char *io_note;             /* why the default backend was not used, or NULL */
+	tm_tls_ctx *tls;           /* NULL: plaintext channels */
 	tm_hello hello;            /* the session as announced (channel_id of the first HELLO) */
 	tm_ram_layout *announced;
 	const tm_ram_layout *layout;
@@ -71,8 +73,14 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	int r = tm_transport_lookup(c.io_backend, &io, &note, error);
 	if (r < 0)
 		return r;
+	g_autoptr(tm_tls_ctx) tls = NULL;
+	if (c.tls_creds_dir &&
+	    (r = tm_tls_ctx_new(TM_TLS_SERVER, c.tls_creds_dir, NULL, &tls, error)) < 0)
+		return r;
 	tm_receiver *rc = g_new0(tm_receiver, 1);
 	rc->io_note = g_steal_pointer(&note);
+	rc->tls = g_steal_pointer(&tls);
+	rc->cfg.tls_creds_dir = NULL; /* not owned */
 	rc->cfg = c;
 	rc->cfg.io_backend = NULL;
 	rc->io = io;
@@ -119,6 +127,11 @@ static int place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **e
 	int ret = tm_chan_open(&tmp, fd, 0, r->io, timeout_ms, 1, error);
 	if (ret < 0)
 		return ret;
+	if (r->tls && (ret = tm_tls_chan_start(r->tls, &tmp, error)) < 0) {
+		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
+		tm_chan_close(&tmp);
+		return ret;
+	}
 	ret = tm_chan_recv_frame(&tmp, 0, &f, error);
 	if (ret >= 0 && f.type != TM_MSG_HELLO) {
 		g_set_error(error, TM_ERROR, EPROTO, "expected HELLO, received %s",
@@ -404,8 +417,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 				    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
 				    "x: receive page data: %s",
 				    c->ch.id, b->name, (uint64_t)c->entries[0].page * ps,
-				    ret == -ECONNRESET ? "connection closed by the peer"
-						       : g_strerror(-ret));
+				    tm_chan_io_reason(&c->ch, -ret));
 			return ret;
 		}
 		tm_count(&c->ch.st.wire_bytes, plen);
@@ -511,7 +523,11 @@ static int recv_loop(recv_chan *c, GError **error)
 					    c->ch.id, a, c->pages_applied);
 				return -EPROTO;
 			}
-			return tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied, 0, error);
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied, 0,
+						     error)) < 0)
+				return ret;
+			/* A clean TLS close both ways: a stream cut short is an error, not an end. */
+			return tm_tls_chan_shutdown(&c->ch, error);
 		case TM_MSG_ERROR:
 			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
 		default:
@@ -639,6 +655,7 @@ void tm_receiver_get_stats(tm_receiver *r, tm_stats *ret)
 	ret->channels = r->nch;
 	g_strlcpy(ret->io_backend, r->io->name, sizeof(ret->io_backend));
 	g_strlcpy(ret->io_note, r->io_note ? r->io_note : "", sizeof(ret->io_note));
+	tm_tls_fill_stats(r->tls, r->nch ? &r->chans[0].ch : NULL, ret);
 	g_mutex_lock(&r->lock);
 	if (r->t_start)
 		ret->seconds = (double)((r->t_end ? r->t_end : tm_now_us()) - r->t_start) / 1e6;
@@ -672,6 +689,7 @@ void tm_receiver_free(tm_receiver *r)
 	g_free(r->chans);
 	tm_ram_layout_free(r->announced);
 	g_free(r->io_note);
+	tm_tls_ctx_free(r->tls);
 	tm_hello_clear(&r->hello);
 	g_clear_error(&r->failure.error);
 	g_mutex_clear(&r->lock);

@@ -17,6 +17,7 @@
 #include "ram/ram-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
+#include "tls/tls.h"
 #include "transport.h"
 
 enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
@@ -59,6 +60,9 @@ struct tm_sender {
 	tm_sender_config cfg;
 	const tm_transport_ops *io;
 	char *io_note; /* why the default backend was not used, or NULL */
+	char *tls_creds_dir; /* owned copies of the configuration's TLS strings */
+	char *tls_hostname;
+	tm_tls_ctx *tls; /* created at connect/attach, NULL without TLS */
 	bool no_populate; /* the kernel lacks MADV_POPULATE_READ (written once, racy is fine) */
 	tm_hello hello;
 	unsigned nch;
@@ -230,6 +234,8 @@ static int send_end(send_chan *c, GError **error)
 			    c->ch.id, applied, c->pages_sent);
 		return -EPROTO;
 	}
+	if ((r = tm_tls_chan_shutdown(&c->ch, error)) < 0)
+		return r;
 	g_mutex_lock(&c->s->lock);
 	c->ended = true;
 	g_cond_broadcast(&c->s->cond);
@@ -384,6 +390,9 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->cfg.io_backend = NULL; /* not owned; io holds the choice */
 	s->io = io;
 	s->io_note = g_steal_pointer(&note);
+	s->tls_creds_dir = g_strdup(c.tls_creds_dir);
+	s->tls_hostname = g_strdup(c.tls_hostname);
+	s->cfg.tls_creds_dir = s->cfg.tls_hostname = NULL; /* use the owned copies */
 	s->hello = h;
 	s->nch = c.channels;
 	g_mutex_init(&s->lock);
@@ -428,33 +437,59 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		g_set_error(error, TM_ERROR, EINVAL, "%u sockets given for %u channels", n, s->nch);
 		return -EINVAL;
 	}
+	if (s->tls_creds_dir && !s->tls) {
+		if (!s->tls_hostname) {
+			for (unsigned i = 0; i < n; i++)
+				close(fds[i]);
+			g_set_error(error, TM_ERROR, EINVAL,
+				    "TLS needs the receiver's name (tls_hostname) with attached sockets");
+			return fail_setup(s, error);
+		}
+		r = tm_tls_ctx_new(TM_TLS_CLIENT, s->tls_creds_dir, s->tls_hostname, &s->tls, error);
+		if (r < 0) {
+			for (unsigned i = 0; i < n; i++)
+				close(fds[i]);
+			return fail_setup(s, error);
+		}
+	}
+	/*
+	 * Channel by channel: connect-level setup, TLS (channel 0 first: it does the full
+	 * handshake, the others resume its session), then HELLO. The receiver takes the channels
+	 * one at a time in the same way, so nothing waits for a step the peer has not reached.
+	 * The answers are collected after every HELLO is out.
+	 */
+	size_t blen = tm_hello_body_len(&s->hello);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen);
 	for (unsigned i = 0; i < n; i++) {
-		r = tm_chan_open(&s->chans[i].ch, fds[i], i, s->io, s->cfg.timeout_ms,
-				 s->cfg.queue_depth, error);
+		tm_chan *ch = &s->chans[i].ch;
+		r = tm_chan_open(ch, fds[i], i, s->io, s->cfg.timeout_ms, s->cfg.queue_depth, error);
+		if (r >= 0 && s->tls && (r = tm_tls_chan_start(s->tls, ch, error)) < 0)
+			tm_chan_close(ch);
 		if (r < 0) {
 			for (unsigned j = i + 1; j < n; j++)
 				close(fds[j]);
 			return fail_setup(s, error);
 		}
-	}
-
-	/* HELLO on every channel first, then collect the answers: the receiver accepts all first. */
-	size_t blen = tm_hello_body_len(&s->hello);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen);
-	for (unsigned i = 0; i < n; i++) {
-		tm_chan *ch = &s->chans[i].ch;
 		s->hello.channel_id = (uint16_t)i;
 		tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)blen, ch->tx_seq++);
 		tm_hello_encode(&s->hello, buf + TM_FRAME_HDR_LEN);
 		struct iovec v = { .iov_base = buf, .iov_len = TM_FRAME_HDR_LEN + blen };
-		if (tm_chan_send(ch, &v, 1, v.iov_len, error) < 0)
+		if (tm_chan_send(ch, &v, 1, v.iov_len, error) < 0) {
+			for (unsigned j = i + 1; j < n; j++)
+				close(fds[j]);
 			return fail_setup(s, error);
+		}
 	}
 	for (unsigned i = 0; i < n; i++) {
 		uint64_t a, b;
 		r = tm_chan_recv_ctrl(&s->chans[i].ch, TM_MSG_HELLO_ACK, &a, &b, error);
 		if (r < 0) {
 			g_prefix_error(error, "handshake: ");
+			if (r == -ECONNRESET && !s->tls)
+				/* What a TLS receiver does with a plaintext HELLO. */
+				g_prefix_error(error, "the receiver closed the connection at once (does "
+						      "it expect TLS? then give both sides TLS "
+						      "credentials): ");
 			return fail_setup(s, error);
 		}
 	}
@@ -483,6 +518,8 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 		g_set_error(error, TM_ERROR, EBUSY, "the session is already open");
 		return -EBUSY;
 	}
+	if (s->tls_creds_dir && !s->tls_hostname)
+		s->tls_hostname = g_strdup(host); /* the name we connect to is the name to check */
 	for (unsigned i = 0; i < s->nch; i++) {
 		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, error);
 		if (fd < 0) {
@@ -695,6 +732,7 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 	ret->channels = s->nch;
 	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
 	g_strlcpy(ret->io_note, s->io_note ? s->io_note : "", sizeof(ret->io_note));
+	tm_tls_fill_stats(s->tls, &s->chans[0].ch, ret);
 	g_mutex_lock(&s->lock);
 	if (s->t_start)
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
@@ -730,6 +768,9 @@ void tm_sender_free(tm_sender *s)
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);
 	g_free(s->io_note);
+	g_free(s->tls_creds_dir);
+	g_free(s->tls_hostname);
+	tm_tls_ctx_free(s->tls);
 	g_free(s->chans);
 	g_free(s->staging);
 	g_mutex_clear(&s->lock);

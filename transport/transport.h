@@ -151,6 +151,9 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message);
  */
 int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error);
 
+/* Words for a failed send or receive: the TLS layer's explanation, or the errno's. */
+const char *tm_chan_io_reason(const tm_chan *ch, int err);
+
 /* Prefixes *error with "channel N: ". */
 void tm_chan_prefix_error(const tm_chan *ch, GError **error);
 

@@ -43,6 +43,12 @@ typedef struct tm_stats {
 	uint64_t zc_sends;                        /* zero-copy sends issued */
 	uint64_t zc_copied;                       /* of those, completed by copying after all */
 	char io_note[160];                        /* why the default backend was not used, or "" */
+	/* TLS (all zero / empty without it) */
+	uint64_t tls_full_handshakes;             /* channels that did a full handshake */
+	uint64_t tls_resumed_handshakes;          /* channels that resumed channel 0's session */
+	double tls_handshake_seconds;             /* wall time of all handshakes, summed */
+	char tls_cipher[48];                      /* e.g. "TLS_AES_128_GCM_SHA256" */
+	char tls_note[160];                       /* why records are protected in user space */
 } tm_stats;
 
 /*
@@ -63,6 +69,13 @@ typedef struct tm_sender_config {
 	const char *io_backend; /* NULL: $TAGMIG_IO, else tm_io_backend_default() */
 	unsigned timeout_ms;  /* connect, handshake and any single blocked I/O; 0 means 60000 */
 	unsigned queue_depth; /* packets in flight per channel (io_uring), 1..64; 0 means 4 */
+	/*
+	 * TLS 1.3 on every channel when set: a directory with ca-cert.pem, client-cert.pem and
+	 * client-key.pem (docs/tls.md). tls_hostname is the name the receiver's certificate must
+	 * carry; NULL means the host given to tm_sender_connect() (required with tm_sender_attach()).
+	 */
+	const char *tls_creds_dir;
+	const char *tls_hostname;
 } tm_sender_config;
 
 /*
@@ -137,6 +150,11 @@ typedef struct tm_receiver_config {
 	 * Leave false when RAM may hold stale data; zero pages are then checked and cleared.
 	 */
 	bool ram_zeroed;
+	/*
+	 * TLS 1.3 on every channel when set: a directory with ca-cert.pem, server-cert.pem and
+	 * server-key.pem; the sender must present a certificate issued by that CA.
+	 */
+	const char *tls_creds_dir;
 } tm_receiver_config;
 
 /* Creates a receiver; cfg may be NULL. Returns 0 or -errno. */

@@ -38,6 +38,18 @@ note() { echo "[$CASE] $*"; }
 # SEND_IO / RECV_IO (environment): the I/O backend of each side, passed as $TAGMIG_IO; unset
 # means the library's default (io_uring where the kernel allows it).
 
+# TLS=1 (environment): every migration runs over TLS 1.3 with credentials made for the case by
+# scripts/make-tls-creds.sh (RECV_TLS / SEND_TLS hold the options each side gets).
+SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
+RECV_TLS=
+SEND_TLS=
+make_creds() { # DIR [HOSTNAME]
+	"$SCRIPTS/make-tls-creds.sh" "$@" >"$T/creds.log" 2>&1 || {
+		cat "$T/creds.log" >&2
+		fail "make-tls-creds.sh $*"
+	}
+}
+
 # Per-process bound; the meson timeout is the outer one.
 LIMIT=120
 
@@ -45,7 +57,7 @@ LIMIT=120
 start_recv() {
 	rm -f "$T/port"
 	env ${RECV_IO:+TAGMIG_IO=$RECV_IO} \
-		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 \
+		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 $RECV_TLS \
 		"$@" >"$T/recv.out" 2>"$T/recv.err" &
 	RECV_PID=$!
 	for _ in $(seq 1 200); do
@@ -70,7 +82,7 @@ wait_recv() {
 # run_send ARGS...: `tagmig send` to the running receiver; sets SEND_RC.
 run_send() {
 	env ${SEND_IO:+TAGMIG_IO=$SEND_IO} \
-		timeout "$LIMIT" "$TAGMIG" send --connect "127.0.0.1:$PORT" --timeout 30 "$@" \
+		timeout "$LIMIT" "$TAGMIG" send --connect "127.0.0.1:$PORT" --timeout 30 $SEND_TLS "$@" \
 		>"$T/send.out" 2>"$T/send.err"
 	SEND_RC=$?
 }
@@ -143,7 +155,90 @@ corrupt() {
 	note "ok: receiver refused ($(cat "$T/recv.err")); client saw: $(cat "$T/client.out")"
 }
 
+if [ "${TLS:-0}" = 1 ]; then
+	make_creds "$T/creds" localhost
+	RECV_TLS="--tls-creds $T/creds"
+	SEND_TLS="--tls-creds $T/creds"
+fi
+
+# tls_refusal RECV_OPTS SEND_OPTS RECV_PATTERN SEND_PATTERN: a session refused during the
+# TLS handshake; both sides exit 1 with one line that says why, and nothing is written.
+tls_refusal() {
+	size=$((1024 * 1024))
+	gen_ram "$size" 91 "$T/in.img"
+	RECV_TLS=$1
+	SEND_TLS=$2
+	start_recv --ram "$T/out.img"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "$3"
+	one_line "$T/send.err" "$4"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	note "ok: recv: $(cat "$T/recv.err") / send: $(cat "$T/send.err")"
+}
+
 case "$CASE" in
+tls-wrong-ca)
+	make_creds "$T/a" localhost
+	make_creds "$T/b" localhost
+	tls_refusal "--tls-creds $T/a" "--tls-creds $T/b" "certificate" "not issued by the CA"
+	;;
+tls-name-mismatch)
+	make_creds "$T/a" localhost
+	tls_refusal "--tls-creds $T/a" "--tls-creds $T/a --tls-hostname migrate.example" \
+		"certificate|TLS" "does not match the name 'migrate.example'"
+	;;
+tls-plain-to-tls)
+	make_creds "$T/a" localhost
+	tls_refusal "--tls-creds $T/a" "" "not speaking TLS" "TLS|closed|refused"
+	;;
+tls-tls-to-plain)
+	make_creds "$T/a" localhost
+	tls_refusal "" "--tls-creds $T/a" "speaks TLS but this side runs without it" "TLS"
+	;;
+tls-s-client)
+	# openssl s_client with the right client certificate gets through TLS and is then refused
+	# by the tagmig handshake; without a certificate it is refused during TLS.
+	command -v openssl >/dev/null || { echo "no openssl command"; exit 77; }
+	make_creds "$T/a" localhost
+	RECV_TLS="--tls-creds $T/a"
+	start_recv --ram "$T/out.img"
+	printf 'GET / HTTP/1.0\r\n\r\n' | timeout 20 openssl s_client -connect "127.0.0.1:$PORT" \
+		-CAfile "$T/a/ca-cert.pem" -cert "$T/a/client-cert.pem" -key "$T/a/client-key.pem" \
+		-verify_hostname localhost -verify_return_error -tls1_3 -ign_eof \
+		>"$T/s_client.out" 2>&1
+	wait_recv
+	grep -q "Verify return code: 0 (ok)" "$T/s_client.out" ||
+		fail "s_client did not complete the TLS handshake: $(cat "$T/s_client.out")"
+	expect_rc recv "$RECV_RC" 1
+	one_line "$T/recv.err" "magic|handshake"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	note "with certificate: $(cat "$T/recv.err")"
+	start_recv --ram "$T/out.img"
+	printf 'x' | timeout 20 openssl s_client -connect "127.0.0.1:$PORT" \
+		-CAfile "$T/a/ca-cert.pem" -tls1_3 >"$T/s_client2.out" 2>&1
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	one_line "$T/recv.err" "no client certificate"
+	note "without certificate: $(cat "$T/recv.err")"
+	;;
+demo-tls)
+	[ "$PYTHON3" != none ] || { echo "python3 missing"; exit 77; }
+	timeout "$LIMIT" "$TAGMIG" demo --tls --size 32M --channels 3 --json >"$T/demo.out" \
+		2>"$T/demo.err"
+	expect_rc demo $? 0
+	"$PYTHON3" - "$T/demo.out" <<-'EOF' || fail "demo --tls --json: $(cat "$T/demo.out")"
+		import json, sys
+		d = json.load(open(sys.argv[1]))
+		assert d["verified"] is True, d
+		t = d["tls"]
+		assert t["cipher"] == "TLS_AES_128_GCM_SHA256", d
+		assert t["full_handshakes"] == 1 and t["resumed_handshakes"] == 2, d
+	EOF
+	note "ok: $(cat "$T/demo.out")"
+	;;
 channels-1 | channels-2 | channels-4 | channels-8)
 	# 6 MiB + 20 KiB: not a multiple of the 1 MiB chunk, so the last chunk is short.
 	migrate_one "${CASE#channels-}" $((6 * 1024 * 1024 + 20 * 1024)) 4096 yes --chunk-size 1M \

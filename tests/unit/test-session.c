@@ -4,6 +4,7 @@
  * rounds and syncs, verified bit-exact; refusals and corrupt input with their messages.
  */
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -16,6 +17,8 @@
 /* The I/O backends of the test being run (every test runs for each pair, see main()). */
 static const char *send_io = "sockets";
 static const char *recv_io = "sockets";
+/* TLS credentials of the test being run (NULL: plaintext); one directory holds both sides'. */
+static const char *tls_dir;
 
 typedef struct guest {
 	tm_ram_layout *layout;
@@ -152,7 +155,7 @@ static void count_present(void *opaque, unsigned ch, unsigned block, uint64_t fi
 static gpointer receiver_thread(gpointer data)
 {
 	peer *p = data;
-	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 20000, .on_present = count_present, .opaque = p,
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir, .timeout_ms = 20000, .on_present = count_present, .opaque = p,
 				   .ram_zeroed = p->ram_zeroed };
 
 	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
@@ -214,7 +217,7 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 		guest_fill(&dst);
 
 	g_autofree char *port = peer_start_zeroed(&p, &dst, fresh_dst);
-	tm_sender_config cfg = { .io_backend = send_io, .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
 	g_assert_no_error(err);
@@ -292,6 +295,16 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 	g_assert_cmpstr(ss.io_backend, ==, send_io);
 	g_assert_cmpstr(rs.io_backend, ==, recv_io);
 	g_assert_cmpuint(ss.io_submissions, >=, ss.packets);
+	if (tls_dir) {
+		/* Channel 0 pays for the certificates; the others resume its session. */
+		g_assert_cmpuint(ss.tls_full_handshakes, ==, 1);
+		g_assert_cmpuint(ss.tls_resumed_handshakes, ==, channels - 1);
+		g_assert_cmpuint(rs.tls_full_handshakes + rs.tls_resumed_handshakes, ==, channels);
+		g_assert_cmpstr(ss.tls_cipher, ==, "TLS_AES_128_GCM_SHA256");
+		g_assert_cmpstr(rs.tls_cipher, ==, ss.tls_cipher);
+	} else {
+		g_assert_cmpstr(ss.tls_cipher, ==, "");
+	}
 	if (strcmp(send_io, "io_uring") == 0)
 		/* Every completion was reaped, zero-copy notifications included: no buffer was
 		 * released while the kernel could still read it. */
@@ -352,7 +365,7 @@ static void refuse_case(const block_spec *ss, const block_spec *rs, bool stags, 
 	guest_init(&src, ss, 1, stags);
 	guest_init(&dst, rs, 1, rtags);
 	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .io_backend = send_io, .channels = 2, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	int r = tm_sender_connect(s, "127.0.0.1", port, &err);
 	peer_join(&p);
@@ -396,7 +409,7 @@ static gpointer sender_thread(gpointer data)
 {
 	sender_run *sr = data;
 	g_autoptr(tm_sender) s = NULL;
-	tm_sender_config cfg = { .io_backend = send_io, .channels = sr->channels, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = sr->channels, .timeout_ms = 20000 };
 
 	sr->ret = tm_sender_new(sr->g->layout, sr->g->tags, &cfg, &s, &sr->error);
 	if (sr->ret >= 0)
@@ -429,7 +442,7 @@ static void test_receiver_abort(void)
 	g_autofree char *ports = g_strdup_printf("%u", port);
 	sender_run sr = { .g = &src, .port = ports, .channels = 3 };
 	GThread *t = g_thread_new("sender", sender_thread, &sr);
-	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 20000 };
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_receiver_new(&cfg, &r, NULL), ==, 0);
 	g_assert_cmpint(tm_receiver_accept(r, lfd, &err), ==, 0);
 	const tm_ram_layout *ann = tm_receiver_announced_layout(r);
@@ -598,7 +611,7 @@ static void test_queue_errors(void)
 	guest_init(&src, a, 1, false);
 	guest_init(&dst, a, 1, false);
 	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 20000 };
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 1, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_queue_pages(s, 0, &bad, 1, &err), ==, -EBADFD);
 	g_clear_error(&err);
@@ -663,7 +676,7 @@ static void test_short_sends_resumed(void)
 	for (uint64_t i = 0; i < (32 << 20) / 4096; i++)
 		fill_page(&src, 0, i, i % 2 ? 0 : 3);
 	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .io_backend = send_io, .channels = 2, .timeout_ms = 20000,
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2, .timeout_ms = 20000,
 				 .packet_size = 16 << 20, .chunk_size = 16 << 20 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
@@ -737,7 +750,7 @@ static void test_peer_closes_mid_packet(void)
 	h.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
 	GThread *t = g_thread_new("half", half_receiver_thread, &h);
 	g_autofree char *ports = g_strdup_printf("%u", port);
-	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 10000 };
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 1, .timeout_ms = 10000 };
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
 	uint64_t bm[64];
@@ -758,11 +771,144 @@ static void test_peer_closes_mid_packet(void)
 	guest_fini(&src);
 }
 
+/* ---- a man in the middle that flips one byte of channel 0's ciphertext ---- */
+typedef struct flip_proxy {
+	int listen_fd;     /* where the sender connects */
+	const char *port;  /* the receiver's */
+	unsigned channels;
+	uint64_t flip_at;  /* offset in channel 0's sender-to-receiver stream */
+} flip_proxy;
+
+static gpointer flip_proxy_thread(gpointer data)
+{
+	flip_proxy *fp = data;
+	struct pollfd pfd[2 * TM_MAX_CHANNELS];
+	uint64_t forwarded[TM_MAX_CHANNELS] = { 0 };
+	unsigned open = 2 * fp->channels;
+	uint8_t buf[65536];
+
+	/* The sender connects channel i as the i-th connection. */
+	for (unsigned i = 0; i < fp->channels; i++) {
+		pfd[2 * i] = (struct pollfd){ .fd = accept(fp->listen_fd, NULL, NULL), .events = POLLIN };
+		pfd[2 * i + 1] = (struct pollfd){
+			.fd = tm_net_connect("127.0.0.1", fp->port, 5000, NULL), .events = POLLIN };
+	}
+	while (open > 0 && poll(pfd, 2 * fp->channels, 10000) > 0) {
+		for (unsigned k = 0; k < 2 * fp->channels; k++) {
+			if (pfd[k].fd < 0 || !(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			ssize_t n = recv(pfd[k].fd, buf, sizeof(buf), 0);
+			int to = pfd[k ^ 1].fd;
+			if (n <= 0) {
+				shutdown(to, SHUT_WR);
+				pfd[k].fd = -1;
+				open--;
+				continue;
+			}
+			unsigned ch = k / 2;
+			if (k % 2 == 0) {
+				if (ch == 0 && forwarded[0] <= fp->flip_at &&
+				    fp->flip_at < forwarded[0] + (uint64_t)n)
+					buf[fp->flip_at - forwarded[0]] ^= 0x20;
+				forwarded[ch] += (uint64_t)n;
+			}
+			(void)!send(to, buf, (size_t)n, MSG_NOSIGNAL);
+		}
+	}
+	for (unsigned k = 0; k < 2 * fp->channels; k++)
+		close(pfd[k].fd);
+	g_test_message("proxy: channel 0 carried %" G_GUINT64_FORMAT " bytes", forwarded[0]);
+	return NULL;
+}
+
+/* A byte altered in flight: the receiver refuses the record and never marks a wrong page present. */
+static void test_tls_tampered(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 8 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned pport;
+
+	if (!tls_dir) {
+		g_test_skip("needs TLS");
+		return;
+	}
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	flip_proxy fp = { .port = port, .channels = 2, .flip_at = 1 << 20 };
+	fp.listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
+	GThread *t = g_thread_new("proxy", flip_proxy_thread, &fp);
+	g_autofree char *pports = g_strdup_printf("%u", pport);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pports, &err), ==, 0);
+	uint64_t np = (8 << 20) / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_thread_join(t);
+	close(fp.listen_fd);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_cmpint(p.ret, ==, -EBADMSG);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "channel 0"));
+	g_assert_nonnull(strstr(p.error->message, "authentication"));
+	/* Every page marked present holds exactly what was sent; some never arrived. */
+	uint64_t present = 0;
+	for (uint64_t i = 0; i < np; i++) {
+		if (!tm_receiver_page_present(p.r, 0, i))
+			continue;
+		present++;
+		g_assert_true(memcmp(src.ram[0] + i * 4096, dst.ram[0] + i * 4096, 4096) == 0);
+		g_assert_true(memcmp(tm_tag_store_soft_array(src.tags, 0) + i * 256,
+				     tm_tag_store_soft_array(dst.tags, 0) + i * 256, 256) == 0);
+	}
+	g_test_message("%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " pages present", present, np);
+	g_assert_cmpuint(present, <, np);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 typedef struct pair_test {
 	const char *send_io;
 	const char *recv_io;
+	bool tls;
+	bool raw; /* speaks the wire protocol by hand: plaintext only */
 	void (*fn)(void);
 } pair_test;
+
+static char *creds_dir; /* made once by scripts/make-tls-creds.sh */
+
+static const char *tls_creds(void)
+{
+	if (creds_dir)
+		return creds_dir;
+	g_autofree char *script = g_test_build_filename(G_TEST_DIST, "..", "scripts",
+							"make-tls-creds.sh", NULL);
+	g_autofree char *tmp = g_dir_make_tmp("tagmig-session-XXXXXX", NULL);
+	g_assert_nonnull(tmp);
+	g_autofree char *dir = g_build_filename(tmp, "creds", NULL);
+	const char *argv[] = { "/bin/sh", script, dir, "localhost", NULL };
+	int status = 0;
+	g_autofree char *out = NULL, *errs = NULL;
+	if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out, &errs,
+			  &status, NULL) ||
+	    !g_spawn_check_wait_status(status, NULL)) {
+		g_test_message("make-tls-creds.sh: %s%s", out ? out : "", errs ? errs : "");
+		return NULL;
+	}
+	creds_dir = g_steal_pointer(&dir);
+	return creds_dir;
+}
 
 static void run_pair(gconstpointer data)
 {
@@ -771,6 +917,15 @@ static void run_pair(gconstpointer data)
 
 	if (tm_io_backend_probe(t->send_io, &why) < 0 || tm_io_backend_probe(t->recv_io, &why) < 0) {
 		g_test_skip(why->message);
+		return;
+	}
+	if (t->tls && t->raw) {
+		g_test_skip("hand-made plaintext protocol peer; TLS refusals are in test-tls");
+		return;
+	}
+	tls_dir = NULL;
+	if (t->tls && !(tls_dir = tls_creds())) {
+		g_test_fail_printf("could not create TLS credentials with make-tls-creds.sh");
 		return;
 	}
 	send_io = t->send_io;
@@ -783,27 +938,35 @@ int main(int argc, char **argv)
 	static const struct {
 		const char *path;
 		void (*fn)(void);
+		bool raw;
 	} tests[] = {
-		{ "migrate-basic", test_migrate_basic },
-		{ "migrate-blocks-pagesizes", test_migrate_blocks_pagesizes },
-		{ "migrate-no-tags", test_migrate_no_tags },
-		{ "migrate-fresh-destination", test_migrate_fresh_destination },
-		{ "refuse-layout", test_refuse_layout },
-		{ "receiver-abort", test_receiver_abort },
-		{ "sender-bad-tag", test_sender_bad_tag },
-		{ "corrupt-page-out-of-range", test_corrupt_page_out_of_range },
-		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel },
-		{ "peer-vanishes", test_peer_vanishes },
-		{ "queue-errors", test_queue_errors },
-		{ "config-errors", test_config_errors },
-		{ "short-sends-resumed", test_short_sends_resumed },
-		{ "peer-closes-mid-packet", test_peer_closes_mid_packet },
+		{ "migrate-basic", test_migrate_basic, false },
+		{ "migrate-blocks-pagesizes", test_migrate_blocks_pagesizes, false },
+		{ "migrate-no-tags", test_migrate_no_tags, false },
+		{ "migrate-fresh-destination", test_migrate_fresh_destination, false },
+		{ "refuse-layout", test_refuse_layout, false },
+		{ "receiver-abort", test_receiver_abort, false },
+		{ "sender-bad-tag", test_sender_bad_tag, false },
+		{ "corrupt-page-out-of-range", test_corrupt_page_out_of_range, true },
+		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel, true },
+		{ "peer-vanishes", test_peer_vanishes, true },
+		{ "queue-errors", test_queue_errors, false },
+		{ "config-errors", test_config_errors, false },
+		{ "short-sends-resumed", test_short_sends_resumed, false },
+		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
+		{ "tls-tampered", test_tls_tampered, false },
 	};
-	static const char *const pairs[][2] = {
-		{ "io_uring", "io_uring" },
-		{ "sockets", "sockets" },
-		{ "io_uring", "sockets" },
-		{ "sockets", "io_uring" },
+	static const struct {
+		const char *send_io, *recv_io;
+		bool tls;
+	} pairs[] = {
+		{ "io_uring", "io_uring", false },
+		{ "sockets", "sockets", false },
+		{ "io_uring", "sockets", false },
+		{ "sockets", "io_uring", false },
+		{ "io_uring", "io_uring", true },
+		{ "sockets", "sockets", true },
+		{ "io_uring", "sockets", true },
 	};
 	static pair_test cases[G_N_ELEMENTS(pairs) * G_N_ELEMENTS(tests)];
 
@@ -811,11 +974,20 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < G_N_ELEMENTS(pairs); i++) {
 		for (size_t j = 0; j < G_N_ELEMENTS(tests); j++) {
 			pair_test *t = &cases[i * G_N_ELEMENTS(tests) + j];
-			*t = (pair_test){ pairs[i][0], pairs[i][1], tests[j].fn };
-			g_autofree char *path = g_strdup_printf("/session/%s-to-%s/%s", pairs[i][0],
-								pairs[i][1], tests[j].path);
+			*t = (pair_test){ pairs[i].send_io, pairs[i].recv_io, pairs[i].tls,
+					  tests[j].raw, tests[j].fn };
+			g_autofree char *path =
+				g_strdup_printf("/session/%s%s-to-%s/%s", pairs[i].tls ? "tls-" : "",
+						pairs[i].send_io, pairs[i].recv_io, tests[j].path);
 			g_test_add_data_func(path, t, run_pair);
 		}
 	}
-	return g_test_run();
+	int rc = g_test_run();
+	if (creds_dir) {
+		g_autofree char *parent = g_path_get_dirname(creds_dir);
+		const char *rm[] = { "rm", "-rf", parent, NULL };
+		g_spawn_sync(NULL, (char **)rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL,
+			     NULL, NULL);
+	}
+	return rc;
 }

@@ -435,3 +435,18 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
 	ERR_clear_error();
 	return code;
 }
+
+void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret)
+{
+	tm_tls_stats st;
+
+	if (!ctx)
+		return;
+	tm_tls_ctx_get_stats(ctx, &st);
+	ret->tls_full_handshakes = st.full_handshakes;
+	ret->tls_resumed_handshakes = st.resumed_handshakes;
+	ret->tls_handshake_seconds = (double)st.handshake_us / 1e6;
+	const char *cipher = ch ? tm_tls_chan_cipher(ch) : NULL;
+	g_strlcpy(ret->tls_cipher, cipher ? cipher : "", sizeof(ret->tls_cipher));
+	g_strlcpy(ret->tls_note, tm_tls_ctx_ktls_reason(ctx), sizeof(ret->tls_note));
+}

@@ -142,6 +142,9 @@ bool tm_tls_chan_resumed(const tm_chan *ch);
  */
 const char *tm_tls_chan_last_error(const tm_chan *ch);
 
+/* Copies ctx's handshake counters, ch's cipher and the kTLS note into ret; ctx NULL: no-op. */
+void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret);
+
 /*
  * Whether the first bytes received on a plaintext channel look like a TLS handshake record (a
  * ClientHello): for a plaintext receiver to say "the sender speaks TLS" instead of "bad magic".
