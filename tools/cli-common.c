@@ -489,19 +489,56 @@ void cli_json_append_string(GString *out, const char *s)
 	g_string_append_c(out, '"');
 }
 
-/* JSON numbers: locale-independent, and never NaN or infinity (not JSON). */
-static void json_double(GString *out, const char *key, double v)
+/*
+ * A small JSON object writer: members are separated by commas as they come, objects nest with
+ * jw_open/jw_close. Numbers are locale-independent and never NaN or infinity (not JSON).
+ */
+typedef struct json_writer {
+	GString *out;
+	bool first; /* no member yet in the innermost open object */
+} json_writer;
+
+static void jw_key(json_writer *w, const char *key)
+{
+	if (!w->first)
+		g_string_append_c(w->out, ',');
+	w->first = false;
+	cli_json_append_string(w->out, key);
+	g_string_append_c(w->out, ':');
+}
+
+static void jw_open(json_writer *w, const char *key)
+{
+	if (key)
+		jw_key(w, key);
+	g_string_append_c(w->out, '{');
+	w->first = true;
+}
+
+static void jw_close(json_writer *w)
+{
+	g_string_append_c(w->out, '}');
+	w->first = false;
+}
+
+static void jw_u64(json_writer *w, const char *key, uint64_t v)
+{
+	jw_key(w, key);
+	g_string_append_printf(w->out, "%" PRIu64, v);
+}
+
+static void jw_double(json_writer *w, const char *key, double v)
 {
 	char buf[G_ASCII_DTOSTR_BUF_SIZE];
 
-	if (!isfinite(v))
-		v = 0;
-	g_string_append_printf(out, "\"%s\":%s", key, g_ascii_formatd(buf, sizeof(buf), "%.6g", v));
+	jw_key(w, key);
+	g_string_append(w->out, g_ascii_formatd(buf, sizeof(buf), "%.6g", isfinite(v) ? v : 0));
 }
 
-static void json_u64(GString *out, const char *key, uint64_t v)
+static void jw_str(json_writer *w, const char *key, const char *v)
 {
-	g_string_append_printf(out, "\"%s\":%" PRIu64, key, v);
+	jw_key(w, key);
+	cli_json_append_string(w->out, v);
 }
 
 static double safe_div(double a, double b)
@@ -514,79 +551,57 @@ static double safe_div(double a, double b)
 void cli_print_json(const cli_summary *s)
 {
 	const tm_stats *st = s->stats;
-	g_autoptr(GString) out = g_string_new("{");
+	g_autoptr(GString) out = g_string_new(NULL);
+	json_writer w = { .out = out };
 
-	g_string_append(out, "\"command\":");
-	cli_json_append_string(out, s->command);
-	g_string_append_c(out, ',');
-	json_u64(out, "bytes", s->bytes);
-	g_string_append_c(out, ',');
-	json_double(out, "seconds", s->wall_seconds);
-	g_string_append_c(out, ',');
-	json_double(out, "session_seconds", st->seconds);
-	g_string_append_c(out, ',');
-	json_double(out, "gib_per_s", safe_div(s->bytes / GIB, s->wall_seconds));
-	g_string_append(out, ",\"pages\":{");
-	json_u64(out, "total", st->pages);
-	g_string_append_c(out, ',');
-	json_u64(out, "normal", st->pages_by_kind[TM_PAGE_NORMAL]);
-	g_string_append_c(out, ',');
-	json_u64(out, "zero", st->pages_by_kind[TM_PAGE_ZERO]);
-	g_string_append_c(out, ',');
-	json_u64(out, "zero_tagged", st->pages_by_kind[TM_PAGE_ZERO_TAGGED]);
-	g_string_append(out, "},\"tag_encodings\":{");
-	json_u64(out, "zero", st->pages_by_tag_enc[TM_TAGS_ZERO]);
-	g_string_append_c(out, ',');
-	json_u64(out, "uniform", st->pages_by_tag_enc[TM_TAGS_UNIFORM]);
-	g_string_append_c(out, ',');
-	json_u64(out, "packed", st->pages_by_tag_enc[TM_TAGS_PACKED]);
-	g_string_append(out, "},");
-	json_u64(out, "packets", st->packets);
-	g_string_append_c(out, ',');
-	json_u64(out, "syncs", st->syncs);
-	g_string_append_c(out, ',');
-	json_u64(out, "data_bytes", st->data_bytes);
-	g_string_append_c(out, ',');
-	json_u64(out, "tag_bytes", st->tag_bytes);
-	g_string_append_c(out, ',');
-	json_u64(out, "wire_bytes", st->wire_bytes);
-	g_string_append_c(out, ',');
-	json_double(out, "tag_pct_of_wire", safe_div(100.0 * st->tag_bytes, st->wire_bytes));
-	g_string_append_c(out, ',');
-	json_double(out, "cpu_seconds", s->cpu_seconds);
-	g_string_append_c(out, ',');
-	json_double(out, "cpu_s_per_gib", safe_div(s->cpu_seconds, s->bytes / GIB));
-	g_string_append(out, ",\"io_backend\":");
-	cli_json_append_string(out, st->io_backend);
+	jw_open(&w, NULL);
+	jw_str(&w, "command", s->command);
+	jw_u64(&w, "bytes", s->bytes);
+	jw_double(&w, "seconds", s->wall_seconds);
+	jw_double(&w, "session_seconds", st->seconds);
+	jw_double(&w, "gib_per_s", safe_div(s->bytes / GIB, s->wall_seconds));
+	jw_open(&w, "pages");
+	jw_u64(&w, "total", st->pages);
+	jw_u64(&w, "normal", st->pages_by_kind[TM_PAGE_NORMAL]);
+	jw_u64(&w, "zero", st->pages_by_kind[TM_PAGE_ZERO]);
+	jw_u64(&w, "zero_tagged", st->pages_by_kind[TM_PAGE_ZERO_TAGGED]);
+	jw_close(&w);
+	jw_open(&w, "tag_encodings");
+	jw_u64(&w, "zero", st->pages_by_tag_enc[TM_TAGS_ZERO]);
+	jw_u64(&w, "uniform", st->pages_by_tag_enc[TM_TAGS_UNIFORM]);
+	jw_u64(&w, "packed", st->pages_by_tag_enc[TM_TAGS_PACKED]);
+	jw_close(&w);
+	jw_u64(&w, "packets", st->packets);
+	jw_u64(&w, "syncs", st->syncs);
+	jw_u64(&w, "data_bytes", st->data_bytes);
+	jw_u64(&w, "tag_bytes", st->tag_bytes);
+	jw_u64(&w, "wire_bytes", st->wire_bytes);
+	jw_double(&w, "tag_pct_of_wire", safe_div(100.0 * st->tag_bytes, st->wire_bytes));
+	jw_double(&w, "cpu_seconds", s->cpu_seconds);
+	jw_double(&w, "cpu_s_per_gib", safe_div(s->cpu_seconds, s->bytes / GIB));
+	jw_str(&w, "io_backend", st->io_backend);
 	if (st->tls_cipher[0]) {
-		g_string_append(out, ",\"tls\":{\"cipher\":");
-		cli_json_append_string(out, st->tls_cipher);
-		g_string_append_printf(out,
-				       ",\"full_handshakes\":%" PRIu64 ",\"resumed_handshakes\":%" PRIu64,
-				       st->tls_full_handshakes, st->tls_resumed_handshakes);
-		g_string_append_c(out, ',');
-		json_double(out, "handshake_seconds", st->tls_handshake_seconds);
-		g_string_append(out, ",\"note\":");
-		cli_json_append_string(out, st->tls_note);
-		g_string_append_c(out, '}');
+		jw_open(&w, "tls");
+		jw_str(&w, "cipher", st->tls_cipher);
+		jw_u64(&w, "full_handshakes", st->tls_full_handshakes);
+		jw_u64(&w, "resumed_handshakes", st->tls_resumed_handshakes);
+		jw_double(&w, "handshake_seconds", st->tls_handshake_seconds);
+		jw_str(&w, "note", st->tls_note);
+		jw_close(&w);
 	}
-	g_string_append(out, ",\"io_note\":");
-	cli_json_append_string(out, st->io_note);
-	g_string_append_c(out, ',');
-	json_u64(out, "io_submissions", st->io_submissions);
-	g_string_append_c(out, ',');
-	json_u64(out, "io_completions", st->io_completions);
-	g_string_append_c(out, ',');
-	json_u64(out, "zc_sends", st->zc_sends);
-	g_string_append_c(out, ',');
-	json_u64(out, "zc_copied", st->zc_copied);
-	g_string_append_c(out, ',');
-	json_u64(out, "channels", st->channels);
-	g_string_append_c(out, ',');
-	json_u64(out, "blocks", s->blocks);
-	if (s->verified >= 0)
-		g_string_append_printf(out, ",\"verified\":%s", s->verified ? "true" : "false");
-	g_string_append(out, "}\n");
+	jw_str(&w, "io_note", st->io_note);
+	jw_u64(&w, "io_submissions", st->io_submissions);
+	jw_u64(&w, "io_completions", st->io_completions);
+	jw_u64(&w, "zc_sends", st->zc_sends);
+	jw_u64(&w, "zc_copied", st->zc_copied);
+	jw_u64(&w, "channels", st->channels);
+	jw_u64(&w, "blocks", s->blocks);
+	if (s->verified >= 0) {
+		jw_key(&w, "verified");
+		g_string_append(out, s->verified ? "true" : "false");
+	}
+	jw_close(&w);
+	g_string_append_c(out, '\n');
 	fputs(out->str, stdout);
 	fflush(stdout);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli-common.h"
+#include "codec/codec.h"
 
 typedef struct send_opts {
 	char *connect;
@@ -40,25 +41,6 @@ static void send_opts_clear(send_opts *o)
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(send_opts, send_opts_clear)
-
-/* Finds the first byte with a high nibble set; returns its offset or -1. */
-static int64_t find_high_nibble(const uint8_t *buf, uint64_t len)
-{
-	uint64_t i = 0;
-
-	/* Word at a time: the mapping is page aligned, so words are aligned. */
-	for (; i + 8 <= len; i += 8) {
-		uint64_t w;
-		memcpy(&w, buf + i, 8);
-		if (w & 0xf0f0f0f0f0f0f0f0ull)
-			break;
-	}
-	for (; i < len; i++) {
-		if (buf[i] & 0xf0)
-			return (int64_t)i;
-	}
-	return -1;
-}
 
 typedef struct send_progress {
 	tm_sender *sender;
@@ -222,9 +204,9 @@ int cli_cmd_send(int argc, char **argv)
 						 " (1/16 of RAM file %s)",
 						 ts->path, tags->size, ram->size / TM_TAG_GRANULE,
 						 rs->path);
-			int64_t bad = find_high_nibble(tags->addr, tags->size);
+			ssize_t bad = tm_tags_find_invalid(tags->addr, tags->size);
 			if (bad >= 0)
-				return cli_failf("tags file %s: byte at offset %" PRId64
+				return cli_failf("tags file %s: byte at offset %zd"
 						 " has high nibble set (0x%02x)",
 						 ts->path, bad, ((const uint8_t *)tags->addr)[bad]);
 			tag_arrays[i] = tags->addr;
