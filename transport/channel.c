@@ -49,6 +49,15 @@ int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 	return 0;
 }
 
+void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms)
+{
+	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+
+	ch->timeout_ms = timeout_ms;
+	setsockopt(ch->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(ch->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
 void tm_chan_close(tm_chan *ch)
 {
 	if (ch->fd < 0)
@@ -196,7 +205,9 @@ int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_
 	if (r < 0)
 		return r;
 	if (f.type == TM_MSG_ERROR)
-		return tm_chan_recv_peer_error(ch, &f, "receiver refused", error);
+		return tm_chan_recv_peer_error(
+			ch, &f, type == TM_MSG_HELLO_ACK ? "receiver refused" : "receiver failed",
+			error);
 	if (f.type != type || f.body_len > sizeof(body)) {
 		g_set_error(error, TM_ERROR, EPROTO, "channel %u: expected %s, received %s", ch->id,
 			    tm_msg_name(type), tm_msg_name(f.type));
@@ -224,6 +235,10 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 		(void)ch->ops->send(ch, &v, 1, len);
 		return;
 	}
+	/* Not into the middle of a message still in flight: let the backend finish it first. A
+	 * backend that cannot (its own send failed) leaves a stream the peer cannot parse. */
+	if (ch->ops->drain && ch->ops->drain(ch) < 0)
+		return;
 	/* Best effort and never blocking: the peer may be gone or not reading. */
 	(void)!send(ch->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 }

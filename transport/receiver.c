@@ -80,9 +80,9 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	tm_receiver *rc = g_new0(tm_receiver, 1);
 	rc->io_note = g_steal_pointer(&note);
 	rc->tls = g_steal_pointer(&tls);
-	rc->cfg.tls_creds_dir = NULL; /* not owned */
 	rc->cfg = c;
-	rc->cfg.io_backend = NULL;
+	rc->cfg.io_backend = NULL;    /* not owned; io holds the choice */
+	rc->cfg.tls_creds_dir = NULL; /* not owned; tls holds what it needs */
 	rc->io = io;
 	g_mutex_init(&rc->lock);
 	g_cond_init(&rc->cond);
@@ -107,7 +107,8 @@ int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 		/* Workers own the channels now: stop them instead. */
 		g_mutex_lock(&r->lock);
 		tm_failure_record(&r->failure, g_error_new_literal(TM_ERROR, code, message), false);
-		r->quit = true;
+		__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
+		g_cond_broadcast(&r->cond);
 		g_mutex_unlock(&r->lock);
 		for (unsigned i = 0; i < r->nch; i++)
 			shutdown(r->chans[i].ch.fd, SHUT_RD);
@@ -227,7 +228,9 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 				return accept_fail(r, error);
 			}
 		}
-		int ret = place_channel(r, fd, (unsigned)MAX(left_ms, 1), error);
+		/* The whole deadline bounds the arrival of the channels; each channel's own I/O,
+		 * its handshake included, gets the full timeout like any blocked I/O. */
+		int ret = place_channel(r, fd, r->cfg.timeout_ms, error);
 		if (ret < 0) {
 			if (fds)
 				for (unsigned j = k + 1; j < n; j++)
@@ -240,8 +243,6 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			    n, r->nch);
 		return accept_fail(r, error);
 	}
-	for (unsigned i = 0; i < r->nch; i++)
-		r->chans[i].ch.timeout_ms = r->cfg.timeout_ms;
 	int ret = build_announced(r, error);
 	if (ret < 0)
 		return accept_fail(r, error);
@@ -249,14 +250,17 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 	return 0;
 }
 
+/* The setup paths report through *error internally; callers may pass NULL. */
 int tm_receiver_accept(tm_receiver *r, int listen_fd, GError **error)
 {
-	return accept_common(r, listen_fd, NULL, 0, error);
+	g_autoptr(GError) local = NULL;
+	return accept_common(r, listen_fd, NULL, 0, error ? error : &local);
 }
 
 int tm_receiver_attach(tm_receiver *r, const int *fds, unsigned n, GError **error)
 {
-	return accept_common(r, -1, fds, n, error);
+	g_autoptr(GError) local = NULL;
+	return accept_common(r, -1, fds, n, error ? error : &local);
 }
 
 const tm_ram_layout *tm_receiver_announced_layout(tm_receiver *r)
@@ -330,7 +334,7 @@ static void receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_p
 		tm_failure_record(&r->failure, err, from_peer);
 	else
 		g_error_free(err);
-	r->quit = true;
+	__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
 	g_cond_broadcast(&r->cond);
 	g_mutex_unlock(&r->lock);
 	if (!was_quit)
@@ -498,6 +502,13 @@ static int recv_loop(recv_chan *c, GError **error)
 	int ret;
 
 	for (;;) {
+		/* Another channel failed or the VMM aborted: stop writing guest RAM now, even if
+		 * this channel's sender keeps streaming (a read shutdown only ends an empty queue).
+		 * The worker then drains the channel (drain_for_error). */
+		if (__atomic_load_n(&r->quit, __ATOMIC_RELAXED)) {
+			g_set_error(error, TM_ERROR, ECANCELED, "channel %u: stopped", c->ch.id);
+			return -ECANCELED;
+		}
 		if ((ret = tm_chan_recv_frame(&c->ch, r->hello.packet_size, &f, error)) < 0)
 			return ret;
 		switch (f.type) {
@@ -538,6 +549,35 @@ static int recv_loop(recv_chan *c, GError **error)
 	}
 }
 
+/*
+ * After this side stopped: reads and discards what the sender already sent, for up to a
+ * second, looking for its ERROR (the best explanation when both sides fail at once) and so that
+ * it is not left blocked in a send while it learns of the failure. Ends at an ERROR (returns
+ * -code with it in *error), at the end of the stream, or at the deadline (returns 0).
+ */
+static int drain_for_error(recv_chan *c, GError **error)
+{
+	int64_t deadline = tm_now_us() + G_USEC_PER_SEC;
+	size_t scratch = c->r->hello.packet_size / TM_TAG_GRANULE;
+	tm_frame f;
+
+	tm_chan_set_timeout(&c->ch, 250);
+	while (tm_now_us() < deadline) {
+		g_autoptr(GError) local = NULL;
+		if (tm_chan_recv_frame(&c->ch, c->r->hello.packet_size, &f, &local) < 0)
+			return 0;
+		if (f.type == TM_MSG_ERROR)
+			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
+		for (size_t left = f.body_len; left > 0;) {
+			size_t n = MIN(left, scratch);
+			if (tm_chan_recv(&c->ch, c->tags, n, &local) < 0)
+				return 0;
+			left -= n;
+		}
+	}
+	return 0;
+}
+
 static gpointer recv_worker(gpointer data)
 {
 	recv_chan *c = data;
@@ -556,6 +596,11 @@ static gpointer recv_worker(gpointer data)
 			int code = r->quit && r->failure.error ? r->failure.error->code : err->code;
 			g_mutex_unlock(&r->lock);
 			tm_chan_send_error(&c->ch, code, msg);
+			GError *why = NULL;
+			if (drain_for_error(c, &why) < 0) {
+				g_clear_error(&err);
+				err = why;
+			}
 		}
 		receiver_fail(r, c, g_steal_pointer(&err), c->ch.peer_error);
 	}
@@ -572,8 +617,18 @@ static gpointer recv_worker(gpointer data)
 	return NULL;
 }
 
+static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
+			GError **error);
+
 int tm_receiver_start(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
 		      GError **error)
+{
+	g_autoptr(GError) local = NULL;
+	return start_common(r, layout, tags, error ? error : &local);
+}
+
+static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
+			GError **error)
 {
 	if (r->state != R_ACCEPTED) {
 		g_set_error(error, TM_ERROR, EBADFD, "tm_receiver_start() needs an accepted session");
@@ -607,7 +662,9 @@ int tm_receiver_start(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store 
 			return ret;
 		}
 	}
+	g_mutex_lock(&r->lock);
 	r->t_start = tm_now_us();
+	g_mutex_unlock(&r->lock);
 	for (unsigned i = 0; i < r->nch; i++) {
 		g_autofree char *name = g_strdup_printf("tm-recv-%u", i);
 		r->chans[i].thread = g_thread_new(name, recv_worker, &r->chans[i]);
@@ -650,15 +707,18 @@ bool tm_receiver_page_present(tm_receiver *r, unsigned block, uint64_t page)
 void tm_receiver_get_stats(tm_receiver *r, tm_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));
-	for (unsigned i = 0; i < r->nch; i++)
-		tm_counters_sum(&r->chans[i].ch.st, ret);
-	ret->channels = r->nch;
 	g_strlcpy(ret->io_backend, r->io->name, sizeof(ret->io_backend));
 	g_strlcpy(ret->io_note, r->io_note ? r->io_note : "", sizeof(ret->io_note));
-	tm_tls_fill_stats(r->tls, r->nch ? &r->chans[0].ch : NULL, ret);
 	g_mutex_lock(&r->lock);
-	if (r->t_start)
+	/* The channels are complete once the workers run: t_start is set under the lock then;
+	 * before, accept may still be building them. */
+	if (r->t_start) {
+		for (unsigned i = 0; i < r->nch; i++)
+			tm_counters_sum(&r->chans[i].ch.st, ret);
+		ret->channels = r->nch;
+		tm_tls_fill_stats(r->tls, &r->chans[0].ch, ret);
 		ret->seconds = (double)((r->t_end ? r->t_end : tm_now_us()) - r->t_start) / 1e6;
+	}
 	g_mutex_unlock(&r->lock);
 }
 
@@ -672,7 +732,10 @@ void tm_receiver_free(tm_receiver *r)
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
 		if (c->thread) {
-			if (!c->exited)
+			g_mutex_lock(&r->lock);
+			bool exited = c->exited;
+			g_mutex_unlock(&r->lock);
+			if (!exited)
 				shutdown(c->ch.fd, SHUT_RDWR);
 			g_thread_join(c->thread);
 		}

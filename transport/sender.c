@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <unistd.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 
@@ -118,6 +119,21 @@ static int flush_packet(send_chan *c, GError **error)
 	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
 	if (r < 0)
 		return r;
+	/*
+	 * The receiver never speaks between SYNCs unless it gives up: a readable channel means
+	 * its ERROR (or its close) is here. One poll per packet lets the sender stop at once
+	 * instead of streaming the rest of a round into a channel nobody applies.
+	 */
+	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
+	if (poll(&pfd, 1, 0) > 0) {
+		r = tm_chan_peer_error(&c->ch, "receiver failed", error);
+		if (r == 0) {
+			g_set_error(error, TM_ERROR, ECONNRESET,
+				    "channel %u: connection closed by the peer (the receiver)", c->ch.id);
+			r = -ECONNRESET;
+		}
+		return r;
+	}
 	c->cur = (c->cur + 1) % c->ch.depth;
 	c->pages_sent += pkt->page_count;
 	c->packets_sent++;
@@ -691,7 +707,7 @@ int tm_sender_sync(tm_sender *s, GError **error)
 	int r = check_open(s, error);
 	if (r < 0)
 		return r;
-	uint64_t id = ++s->next_sync;
+	uint64_t id = __atomic_add_fetch(&s->next_sync, 1, __ATOMIC_RELAXED);
 	stage_marker(s, WORK_SYNC, id);
 	stage_commit(s);
 
@@ -732,8 +748,11 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 	ret->channels = s->nch;
 	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
 	g_strlcpy(ret->io_note, s->io_note ? s->io_note : "", sizeof(ret->io_note));
-	tm_tls_fill_stats(s->tls, &s->chans[0].ch, ret);
 	g_mutex_lock(&s->lock);
+	/* Channels and TLS state are complete once the session started (t_start is set under the
+	 * lock after attach), not while attach is still building them. */
+	if (s->t_start)
+		tm_tls_fill_stats(s->tls, &s->chans[0].ch, ret);
 	if (s->t_start)
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
 	g_mutex_unlock(&s->lock);

@@ -113,6 +113,9 @@ int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 unsigned timeout_ms, unsigned depth, GError **error);
 void tm_chan_close(tm_chan *ch);
 
+/* Changes how long a single blocked read or write of ch may take. */
+void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms);
+
 /*
  * Sends the message of a packet slot: ops->submit where the backend has it, else ops->send.
  * Counts wire bytes; the error names the channel.

@@ -138,6 +138,7 @@ static void assert_same(guest *a, guest *b)
 typedef struct peer {
 	guest *g;
 	bool ram_zeroed;
+	unsigned timeout_ms; /* 0: 20 s */
 	int listen_fd;
 	tm_receiver *r;
 	GError *error;
@@ -155,7 +156,11 @@ static void count_present(void *opaque, unsigned ch, unsigned block, uint64_t fi
 static gpointer receiver_thread(gpointer data)
 {
 	peer *p = data;
-	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir, .timeout_ms = 20000, .on_present = count_present, .opaque = p,
+	tm_receiver_config cfg = { .io_backend = recv_io,
+				   .tls_creds_dir = tls_dir,
+				   .timeout_ms = p->timeout_ms ? p->timeout_ms : 20000,
+				   .on_present = count_present,
+				   .opaque = p,
 				   .ram_zeroed = p->ram_zeroed };
 
 	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
@@ -878,6 +883,124 @@ static void test_tls_tampered(void)
 	guest_fini(&dst);
 }
 
+/*
+ * The destination listens first and the source comes late, as in a real migration: every
+ * channel still gets the full timeout for its I/O, not what was left of the accept wait.
+ */
+static void test_late_sender(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, a, 1, false);
+	guest_init(&dst, a, 1, false);
+	guest_fill(&src);
+	memset(&p, 0, sizeof(p));
+	p.g = &dst;
+	p.timeout_ms = 2000;
+	unsigned port;
+	p.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	p.thread = g_thread_new("receiver", receiver_thread, &p);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	g_usleep(1300 * 1000);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
+	/* A pause between rounds longer than what was left of the accept window. */
+	g_usleep(1200 * 1000);
+	uint64_t bm[(2 << 20) / 4096 / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, (2 << 20) / 4096, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	assert_same(&src, &dst);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* A tag store that fails to set tags: the receiver gives up mid-stream. */
+static int failing_set(tm_tag_store *store, unsigned block, uint64_t offset, uint64_t length,
+		       const uint8_t *buf)
+{
+	return offset >= (1 << 20) ? -ENOSPC : tm_tag_store_soft.set(store, block, offset, length, buf);
+}
+
+/* The receiver's reason reaches the sender, whichever backend the sender's send failed on. */
+static void test_receiver_reason_reaches_sender(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 16 << 20, 4096 } };
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, false);
+	guest_fill(&src);
+	tm_tag_store_ops ops = tm_tag_store_soft;
+	ops.set = failing_set;
+	g_assert_cmpint(tm_tag_store_new(&ops, dst.layout, NULL, &dst.tags, NULL), ==, 0);
+	g_autofree char *port = peer_start(&p, &dst);
+	sender_run sr = { .g = &src, .port = port, .channels = 2, .queue_all = true };
+	sender_thread(&sr);
+	peer_join(&p);
+	g_assert_cmpint(sr.ret, <, 0);
+	g_test_message("sender: %s", sr.error->message);
+	g_assert_nonnull(strstr(sr.error->message, "receiver failed"));
+	g_assert_nonnull(strstr(sr.error->message, "setting tags failed"));
+	g_assert_cmpint(p.ret, ==, -ENOSPC);
+	g_assert_nonnull(strstr(p.error->message, "block 'pc.ram', offset 0x"));
+	g_clear_error(&sr.error);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* Setup failures with no GError to fill: reported by the return value, no crash. */
+static void test_null_error(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	const block_spec b[] = { { "pc.ram", 2 << 20, 4096 } };
+	g_autoptr(tm_receiver) r = NULL;
+	unsigned port;
+
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = 200 };
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, NULL), ==, 0);
+	int lfd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(tm_receiver_accept(r, lfd, NULL), ==, -ETIMEDOUT);
+	close(lfd);
+
+	/* A layout mismatch found by start() without an error to fill. */
+	guest_init(&src, a, 1, false);
+	guest_init(&dst, b, 1, false);
+	memset(&p, 0, sizeof(p));
+	p.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	sender_run sr = { .g = &src, .port = ports, .channels = 1 };
+	GThread *t = g_thread_new("sender", sender_thread, &sr);
+	g_autoptr(tm_receiver) r2 = NULL;
+	tm_receiver_config cfg2 = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				    .timeout_ms = 20000 };
+	g_assert_cmpint(tm_receiver_new(&cfg2, &r2, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_accept(r2, p.listen_fd, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_start(r2, dst.layout, NULL, NULL), ==, -EINVAL);
+	g_thread_join(t);
+	g_assert_cmpint(sr.ret, ==, -EINVAL);
+	g_clear_error(&sr.error);
+	close(p.listen_fd);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 typedef struct pair_test {
 	const char *send_io;
 	const char *recv_io;
@@ -955,6 +1078,9 @@ int main(int argc, char **argv)
 		{ "short-sends-resumed", test_short_sends_resumed, false },
 		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
 		{ "tls-tampered", test_tls_tampered, false },
+		{ "late-sender", test_late_sender, false },
+		{ "receiver-reason-reaches-sender", test_receiver_reason_reaches_sender, false },
+		{ "null-error", test_null_error, false },
 	};
 	static const struct {
 		const char *send_io, *recv_io;

@@ -248,7 +248,9 @@ static int wait_slot(tm_chan *ch, unsigned slot)
 	uring_priv *p = ch->priv;
 	uslot *s = &p->slots[slot];
 
-	while (s->sending || s->notifs) {
+	/* After a failure the session is going down: do not wait for notifications that only a
+	 * close will bring (close cancels and collects them before buffers go). */
+	while (!p->error && (s->sending || s->notifs)) {
 		int r = reap(ch);
 		if (r < 0)
 			return r;
@@ -308,8 +310,7 @@ static int uring_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t l
 {
 	uring_priv *p = ch->priv;
 
-	if (p->error)
-		return p->error;
+	/* A failed send does not stop this direction: the peer's ERROR may be waiting here. */
 	if (n > p->rcap) {
 		p->riov = g_renew(struct iovec, p->riov, n);
 		p->rcap = n;
