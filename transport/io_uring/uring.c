@@ -10,10 +10,12 @@
  * notification CQE arrives; the worker packs the next packets meanwhile. A slot is free for reuse
  * only when its send has completed in full and every notification of it has arrived.
  *
- * Zero-copy is used for packets wherever the kernel has IORING_OP_SENDMSG_ZC. On loopback the
- * kernel still copies at delivery and says so in the notification (IORING_NOTIF_USAGE_ZC_COPIED,
- * counted in the statistics), yet measured here it still costs less CPU than a plain sendmsg
- * (bench/README.md), so it stays on. TAGMIG_ZEROCOPY=0 turns it off.
+ * Zero-copy is used for packets wherever the kernel has IORING_OP_SENDMSG_ZC and it pays: a NIC
+ * that transmits from our pages. On loopback (and with drivers that cannot) the kernel copies
+ * anyway and says so in each notification (IORING_NOTIF_USAGE_ZC_COPIED); then zero-copy only
+ * adds pinning and notification completions (bench/README.md), so after ZC_COPIED_LIMIT such
+ * reports in a row the channel switches to plain IORING_OP_SENDMSG. TAGMIG_ZEROCOPY=0 turns
+ * zero-copy off, =1 keeps it on regardless.
  *
  * A short send is resubmitted from where it stopped (MSG_WAITALL makes it rare).
  */
@@ -34,6 +36,7 @@
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
 
+#define ZC_COPIED_LIMIT 8
 #define UD_RECV UINT64_C(0xffffffff)
 #define UD_CANCEL UINT64_C(0xfffffffe)
 
@@ -56,6 +59,8 @@ typedef struct uring_priv {
 	int active;    /* slot whose send is in the kernel, or -1 */
 	int error;     /* first failure of an asynchronous send (negative errno), sticky */
 	bool zc;       /* use zero-copy sends for packets */
+	bool zc_forced; /* TAGMIG_ZEROCOPY=1: even when the kernel copies */
+	unsigned zc_copied_run; /* copied notifications in a row */
 	/* receive */
 	struct iovec *riov;
 	unsigned rcap;
@@ -133,6 +138,7 @@ static int uring_open(tm_chan *ch, GError **error)
 	p->active = -1;
 	const char *zc = g_getenv("TAGMIG_ZEROCOPY");
 	p->zc = __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && g_strcmp0(zc, "0") != 0;
+	p->zc_forced = p->zc && g_strcmp0(zc, "1") == 0;
 	return 0;
 }
 
@@ -210,8 +216,13 @@ static int reap(tm_chan *ch)
 	uslot *s = &p->slots[ud];
 	if (flags & IORING_CQE_F_NOTIF) {
 		s->notifs--;
-		if ((unsigned)res & IORING_NOTIF_USAGE_ZC_COPIED)
+		if ((unsigned)res & IORING_NOTIF_USAGE_ZC_COPIED) {
 			tm_count(&ch->st.zc_copied, 1);
+			if (++p->zc_copied_run >= ZC_COPIED_LIMIT && !p->zc_forced)
+				p->zc = false;
+		} else {
+			p->zc_copied_run = 0;
+		}
 		return 0;
 	}
 	/* The send itself. Without F_MORE no notification follows (error, or not zero-copy). */
