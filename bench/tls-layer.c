@@ -7,6 +7,10 @@
  * (what `openssl speed -evp aes-128-gcm` measures at 16 KiB) is printed as the ceiling.
  *
  *   tls-layer [--gib N] [--channels 1,2,4] [--backend sockets|io_uring|all] [--shape runs|pages|all]
+ *             [--tls both|tls|plain] [--repeat N]
+ *
+ * --tls tls (or plain) runs one side only, e.g. to profile it (perf record); --repeat runs every
+ * configuration N times, alternating plaintext and TLS, for medians on a noisy machine.
  *
  * Shapes: "runs" = 64-byte header + one 512 KiB run of pages + 32 KiB of tags (the sender merges
  * adjacent pages into one iovec); "pages" = header + 128 separate 4 KiB pages + tags (every record
@@ -231,11 +235,15 @@ int main(int argc, char **argv)
 	g_autofree char *backend = g_strdup("all");
 	g_autofree char *shape = g_strdup("all");
 	g_autofree char *creds = NULL;
+	g_autofree char *sides = g_strdup("both");
+	int repeat = 1;
 	GOptionEntry entries[] = {
 		{ "gib", 0, 0, G_OPTION_ARG_DOUBLE, &gib, "GiB per configuration (1)", "N" },
 		{ "channels", 0, 0, G_OPTION_ARG_STRING, &chans, "channel counts (1,2,4)", "LIST" },
 		{ "backend", 0, 0, G_OPTION_ARG_STRING, &backend, "sockets, io_uring or all", "B" },
 		{ "shape", 0, 0, G_OPTION_ARG_STRING, &shape, "runs, pages or all", "S" },
+		{ "tls", 0, 0, G_OPTION_ARG_STRING, &sides, "both, tls or plain (both)", "S" },
+		{ "repeat", 0, 0, G_OPTION_ARG_INT, &repeat, "runs of each configuration (1)", "N" },
 		{ "creds", 0, 0, G_OPTION_ARG_FILENAME, &creds,
 		  "credentials directory (default: made with make-tls-creds.sh)", "DIR" },
 		{ NULL },
@@ -303,9 +311,16 @@ int main(int argc, char **argv)
 				unsigned n = (unsigned)atoi(*s);
 				if (n == 0 || n > maxc)
 					continue;
-				for (int tls = 0; tls < 2; tls++)
-					run(ops, tls, n, p, (uint64_t)(gib * (1ull << 30)), cctx,
-					    sctx, mem, host, u.release);
+				for (int k = 0; k < repeat; k++) {
+					for (int tls = 0; tls < 2; tls++) {
+						if (strcmp(sides, "both") != 0 &&
+						    strcmp(sides, tls ? "tls" : "plain") != 0)
+							continue;
+						run(ops, tls, n, p,
+						    (uint64_t)(gib * (1ull << 30)), cctx, sctx,
+						    mem, host, u.release);
+					}
+				}
 			}
 		}
 	}

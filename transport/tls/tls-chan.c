@@ -5,13 +5,14 @@
  * OpenSSL reads and writes through a BIO of ours whose read and write call the inner backend's
  * recv and send with exact lengths. Without read-ahead OpenSSL asks for a record header (5 bytes),
  * then for exactly the record's body, so the inner backend's "fill exactly len bytes" contract
- * fits, and ciphertext lands straight in OpenSSL's record buffer (no BIO-side copy); during bulk
- * transfer the next record's header comes with the body, one inner recv per record. Written
- * records are collected (up to TM_TLS_OUT bytes) and go to the inner send together at the end of
- * every call into OpenSSL (and when OpenSSL flushes a handshake flight).
+ * fits. The BIO reads ahead what has already arrived (bio_read), so during bulk transfer one
+ * inner recv brings many records. Written records are collected (up to TM_TLS_OUT bytes) and go
+ * to the inner send together at the end of every call into OpenSSL (and when OpenSSL flushes a
+ * handshake flight).
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -64,11 +65,16 @@ static int bio_write(BIO *b, const char *buf, int len)
 }
 
 /*
- * OpenSSL (without read-ahead) asks for a record header, then for exactly the record's body. When
- * the caller still needs more plaintext than this body can hold (16 bytes of tag and one of
- * content type come off), another record must follow: its header is read together with this
- * body, one inner recv instead of two. Tiny records (alerts such as close_notify) never read
- * ahead, so a peer that ends the session is still told apart from one that vanishes.
+ * OpenSSL (without read-ahead) asks for a record header, then for exactly the record's body. One
+ * inner recv per request would be two kernel round trips per 16 KiB record, so the BIO reads
+ * ahead into t->in: what OpenSSL asks for, plus whatever the socket already holds (FIONREAD),
+ * up to TM_TLS_IN bytes; the following requests are served from there. Reading only what has
+ * arrived never waits for bytes the peer has not sent, so a peer that ends the session (a short
+ * close_notify record, then EOF) is still told apart from one that vanishes. Besides, when the
+ * caller still needs more plaintext than the record being read can hold (16 bytes of tag and one
+ * of content type come off its body), another record must follow: its header is read together
+ * with this body even if it has not arrived yet. No read-ahead during the handshake (t->in is
+ * not allocated yet): OpenSSL gets exactly the bytes it asks for.
  */
 static int bio_read(BIO *b, char *buf, int len)
 {
@@ -78,25 +84,35 @@ static int bio_read(BIO *b, char *buf, int len)
 	BIO_clear_retry_flags(b);
 	if (len <= 0)
 		return 0;
-	if (t->have_ahead) {
-		/* OpenSSL asks for exactly the header we already have. */
-		size_t k = MIN(n, sizeof(t->ahead));
-		memcpy(buf, t->ahead, k);
-		t->have_ahead = false;
+	if (t->in_len > 0) {
+		size_t k = MIN(n, t->in_len);
+		memcpy(buf, t->in + t->in_off, k);
+		t->in_off += k;
+		t->in_len -= k;
 		if (k == n)
 			return len;
 		buf += k;
 		n -= k;
 	}
-	bool ahead = !t->handshaking && n >= 256 && t->want > n - 17;
+	size_t extra = 0;
+	if (t->in) {
+		int avail = 0;
+		if (ioctl(t->inner.fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > n)
+			extra = (size_t)avail - n;
+		/* n is a whole record body (none of it came from t->in): is a header due? */
+		if ((size_t)len == n && n >= 256 && t->want > n - 17)
+			extra = MAX(extra, 5u);
+		extra = MIN(extra, (size_t)TM_TLS_IN);
+	}
 	struct iovec v[2] = { { .iov_base = buf, .iov_len = n },
-			      { .iov_base = t->ahead, .iov_len = sizeof(t->ahead) } };
-	int r = t->inner.ops->recv(&t->inner, v, ahead ? 2 : 1, n + (ahead ? sizeof(t->ahead) : 0));
+			      { .iov_base = t->in, .iov_len = extra } };
+	int r = t->inner.ops->recv(&t->inner, v, extra ? 2 : 1, n + extra);
 	if (r < 0) {
 		t->io_err = r;
 		return -1;
 	}
-	t->have_ahead = ahead;
+	t->in_off = 0;
+	t->in_len = extra;
 	if (t->nfirst < sizeof(t->first)) {
 		unsigned k = MIN((unsigned)n, (unsigned)sizeof(t->first) - t->nfirst);
 		memcpy(t->first + t->nfirst, buf, k);
@@ -143,6 +159,7 @@ static void tls_release(tls_chan *t)
 	t->ctx = NULL;
 	g_free(t->stage);
 	g_free(t->out);
+	g_free(t->in);
 	g_free(t->verify_subject);
 	g_free(t->verify_when);
 	g_free(t->err_msg);
@@ -399,6 +416,7 @@ int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
 	tm_count(SSL_session_reused(t->ssl) ? &ctx->resumed : &ctx->full, 1);
 	tm_count(&ctx->handshake_us, (uint64_t)(tm_now_us() - t0));
 	t->stage = g_malloc(TM_TLS_RECORD);
+	t->in = g_malloc(TM_TLS_IN);
 	g_clear_pointer(&t->err_msg, g_free);
 	ch->ops = &tm_transport_tls;
 	ch->priv = t;
@@ -416,6 +434,7 @@ int tm_tls_chan_shutdown(tm_chan *ch, GError **error)
 			    ch->id, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
 		return r;
 	}
+	t->want = 0;
 	int ok = SSL_shutdown(t->ssl);
 	if (ok >= 0 && flush_out(t) < 0)
 		ok = -1;

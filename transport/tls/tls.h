@@ -7,8 +7,10 @@
  * tm_tls_chan_start() then runs the TLS handshake over that backend and, on success, swaps ch->ops
  * to tm_transport_tls. From then on tm_chan_send/tm_chan_recv carry the tagmig stream inside TLS
  * records and the inner backend moves only ciphertext: OpenSSL never touches the socket, it talks
- * to a BIO whose read and write call the inner backend's recv and send (exact lengths; OpenSSL
- * runs without read-ahead, so it asks for a record header, then for exactly its body).
+ * to a BIO whose read and write call the inner backend's recv and send (OpenSSL runs without
+ * read-ahead and asks for a record header, then for exactly its body; the BIO serves these from a
+ * buffer it fills with whatever ciphertext has already arrived, never waiting for more than
+ * OpenSSL asked for).
  *
  * Wiring it into channel setup is the same on both sides:
  *
@@ -160,7 +162,7 @@ bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
  * memory into the record it encrypts; pieces shorter than a record are gathered first. Records
  * go to the inner send in batches of up to 8, at the latest when send() returns. recv()
  * decrypts each record in OpenSSL's record buffer and copies the plaintext into the caller's
- * iovecs. Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer
+ * iovecs; ciphertext that arrived ahead waits in a buffer of up to 16 records for the next call. Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer
  * closed: with close_notify, or "premature end" without), the inner backend's -errno; the text
  * is in tm_tls_chan_last_error().
  */
