@@ -900,18 +900,20 @@ static void test_late_sender(void)
 	guest_fill(&src);
 	memset(&p, 0, sizeof(p));
 	p.g = &dst;
-	p.timeout_ms = 2000;
+	/* Timeout 4 s; the sender comes after 2.5 s and pauses 2 s: longer than the 1.5 s left of
+	 * the accept window, well inside the full timeout even on a loaded machine. */
+	p.timeout_ms = 4000;
 	unsigned port;
 	p.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
 	p.thread = g_thread_new("receiver", receiver_thread, &p);
 	g_autofree char *ports = g_strdup_printf("%u", port);
-	g_usleep(1300 * 1000);
+	g_usleep(2500 * 1000);
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
 				 .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
 	/* A pause between rounds longer than what was left of the accept window. */
-	g_usleep(1200 * 1000);
+	g_usleep(2000 * 1000);
 	uint64_t bm[(2 << 20) / 4096 / 64];
 	memset(bm, 0xff, sizeof(bm));
 	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, (2 << 20) / 4096, &err), ==, 0);
