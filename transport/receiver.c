@@ -586,23 +586,23 @@ static gpointer recv_worker(gpointer data)
 
 	int ret = recv_loop(c, &err);
 	if (ret < 0) {
-		if (!c->ch.peer_error) {
-			/* Tell the sender why; if we are stopping because another channel failed,
-			 * give it that reason. */
+		bool from_peer = c->ch.peer_error;
+		/* Record our reason before telling the sender: it reacts by closing every channel,
+		 * and those ends must not be taken for the cause. */
+		receiver_fail(r, c, g_steal_pointer(&err), from_peer);
+		if (!from_peer) {
+			/* Tell the sender why: the session's first failure, ours or another
+			 * channel's. Then look for its own explanation behind what it already sent. */
 			g_mutex_lock(&r->lock);
-			g_autofree char *msg = g_strdup(r->quit && r->failure.error
-								? r->failure.error->message
-								: err->message);
-			int code = r->quit && r->failure.error ? r->failure.error->code : err->code;
+			g_autofree char *msg = g_strdup(r->failure.error ? r->failure.error->message
+									 : "receiver stopped");
+			int code = r->failure.error ? r->failure.error->code : EIO;
 			g_mutex_unlock(&r->lock);
 			tm_chan_send_error(&c->ch, code, msg);
 			GError *why = NULL;
-			if (drain_for_error(c, &why) < 0) {
-				g_clear_error(&err);
-				err = why;
-			}
+			if (drain_for_error(c, &why) < 0)
+				receiver_fail(r, c, why, true);
 		}
-		receiver_fail(r, c, g_steal_pointer(&err), c->ch.peer_error);
 	}
 	g_mutex_lock(&r->lock);
 	if (ret >= 0) {
