@@ -45,6 +45,14 @@ static int bio_write(BIO *b, const char *buf, int len)
 	BIO_clear_retry_flags(b);
 	if (len <= 0)
 		return 0;
+	if (t->own_tx) {
+		/*
+		 * Our records carry this direction's sequence numbers now: a record of OpenSSL's
+		 * (an alert, a reply to a key update request) would reuse a nonce. Refuse it.
+		 */
+		t->write_blocked = true;
+		return -1;
+	}
 	if (t->out && (size_t)len <= TM_TLS_OUT) {
 		/* Collect; the wrapper flushes at the end of every call into OpenSSL. */
 		if (t->nout + (size_t)len > TM_TLS_OUT && flush_out(t) < 0)
@@ -160,6 +168,10 @@ static void tls_release(tls_chan *t)
 	g_free(t->stage);
 	g_free(t->out);
 	g_free(t->in);
+	g_free(t->plain);
+	tm_tls_dir_free(&t->tx);
+	tm_tls_dir_free(&t->rx);
+	OPENSSL_cleanse(t->secret, sizeof(t->secret));
 	g_free(t->verify_subject);
 	g_free(t->verify_when);
 	g_free(t->err_msg);
@@ -209,6 +221,370 @@ static int write_all(tls_chan *t, const void *buf, size_t len)
 	return ok == 1 ? 0 : io_fail(t, ok, "send");
 }
 
+/* ---- tagmig's own records for the sender-to-receiver direction (records.c) ---- */
+
+/* Content types (RFC 8446 5.1) and handshake message types we handle after the handshake. */
+enum { CT_ALERT = 21, CT_HANDSHAKE = 22, CT_DATA = 23, HS_KEY_UPDATE = 24 };
+
+/*
+ * A record whose content would fill at least this much of the caller's buffer is decrypted
+ * straight into it; shorter ones (message headers, control messages) go through t->plain.
+ */
+#define STREAM_MIN 512u
+
+/* A position in an iovec array; zero-length entries are skipped. */
+typedef struct cursor {
+	const struct iovec *v;
+	unsigned n;
+	size_t off;
+} cursor;
+
+static size_t cursor_span(cursor *c)
+{
+	while (c->n > 0 && c->off == c->v->iov_len) {
+		c->v++;
+		c->n--;
+		c->off = 0;
+	}
+	return c->n > 0 ? c->v->iov_len - c->off : 0;
+}
+
+/* Fails the session with a message of ours (not an OpenSSL error). Returns code. */
+static int own_fail(tls_chan *t, int code, char *msg)
+{
+	g_free(t->err_msg);
+	t->err_msg = msg;
+	t->broken = true;
+	return code;
+}
+
+/* Seals one record of plen content bytes taken from c (advanced) into t->out. */
+static int seal(tls_chan *t, uint8_t type, cursor *c, size_t plen)
+{
+	if (t->nout + plen + TM_TLS_OVERHEAD > TM_TLS_OUT && flush_out(t) < 0)
+		return io_fail(t, 0, "send");
+	uint8_t *rec = t->out + t->nout, *o = rec + TM_TLS_HDR;
+	int r = tm_tls_seal_begin(&t->tx, rec, plen);
+	for (size_t left = plen; r == 0 && left > 0;) {
+		size_t k = MIN(cursor_span(c), left);
+		if (k == 0)
+			return own_fail(t, -EINVAL, g_strdup("TLS send: the iovecs hold less than "
+							     "the length given"));
+		r = tm_tls_crypt(&t->tx, o, (const uint8_t *)c->v->iov_base + c->off, k);
+		c->off += k;
+		o += k;
+		left -= k;
+	}
+	if (r == 0)
+		r = tm_tls_seal_end(&t->tx, type, o);
+	if (r < 0)
+		return own_fail(t, -EPROTO, g_strdup("TLS send: encryption failed in OpenSSL"));
+	t->nout += plen + TM_TLS_OVERHEAD;
+	return 0;
+}
+
+static int seal_buf(tls_chan *t, uint8_t type, const void *buf, size_t len)
+{
+	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };
+	cursor c = { &v, 1, 0 };
+	return seal(t, type, &c, len);
+}
+
+/*
+ * RFC 8446 5.5: a key protects a bounded number of records (about 2^24.5 for AES-GCM). Past
+ * ctx->key_limit records, tell the peer (KeyUpdate, update_not_requested, as the last message
+ * under the old key) and move to the next traffic secret.
+ */
+static int maybe_update_key(tls_chan *t)
+{
+	static const uint8_t key_update[5] = { HS_KEY_UPDATE, 0, 0, 1, 0 };
+
+	if (t->tx.records < t->ctx->key_limit)
+		return 0;
+	int r = seal_buf(t, CT_HANDSHAKE, key_update, sizeof(key_update));
+	if (r == 0 && tm_tls_dir_update(&t->tx) < 0)
+		r = own_fail(t, -EPROTO, g_strdup("TLS send: deriving the next key failed"));
+	if (r == 0)
+		tm_count(&t->ctx->key_updates, 1);
+	return r;
+}
+
+/*
+ * The first iovec (a message header, with its page entries) gets records of its own, the rest
+ * of the call (page data, tags) is cut into full records: a receiver that reads the header,
+ * then the payload, finds records that fit its buffers and decrypts the payload in place.
+ */
+static int own_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t len)
+{
+	cursor c = { iov, n, 0 };
+	size_t head = n > 0 ? MIN(iov[0].iov_len, len) : 0;
+	int r = 0;
+
+	while (r == 0 && len > 0) {
+		size_t k = MIN(head > 0 ? head : len, (size_t)TM_TLS_RECORD);
+		if ((r = maybe_update_key(t)) == 0)
+			r = seal(t, CT_DATA, &c, k);
+		head -= MIN(head, k);
+		len -= k;
+	}
+	if (r == 0 && flush_out(t) < 0)
+		r = io_fail(t, 0, "send");
+	return r;
+}
+
+/*
+ * Makes sure t->in holds `need` unread bytes. Reads what is missing plus whatever the socket
+ * already holds (never waiting for it), plus `ahead` more bytes that must come anyway.
+ */
+static int fill_in(tls_chan *t, size_t need, size_t ahead)
+{
+	if (t->in_len >= need)
+		return 0;
+	if (t->in_off + need + ahead > TM_TLS_IN) {
+		memmove(t->in, t->in + t->in_off, t->in_len);
+		t->in_off = 0;
+	}
+	size_t space = TM_TLS_IN - t->in_off - t->in_len;
+	size_t want = MIN(need - t->in_len + ahead, space);
+	int avail = 0;
+	if (ioctl(t->inner.fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > want)
+		want = MIN((size_t)avail, space);
+	struct iovec v = { .iov_base = t->in + t->in_off + t->in_len, .iov_len = want };
+	int r = t->inner.ops->recv(&t->inner, &v, 1, want);
+	if (r < 0) {
+		t->io_err = r;
+		return io_fail(t, 0, "receive");
+	}
+	t->in_len += want;
+	return 0;
+}
+
+/* The content of an opened record, t->plain[0..len): content, type, zero padding. */
+static int own_plain(tls_chan *t, size_t len)
+{
+	const char *peer = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
+	uint8_t *p = t->plain;
+
+	while (len > 0 && p[len - 1] == 0)
+		len--;
+	if (len == 0)
+		return own_fail(t, -EBADMSG, g_strdup("TLS receive: a record without content type "
+						      "(malformed TLS record)"));
+	uint8_t type = p[--len];
+	switch (type) {
+	case CT_DATA:
+		t->plain_off = 0;
+		t->plain_len = len;
+		return 0;
+	case CT_ALERT:
+		if (len == 2 && p[1] == SSL_AD_CLOSE_NOTIFY) {
+			t->rx_closed = true;
+			g_free(t->err_msg);
+			t->err_msg = g_strdup_printf("the %s ended the TLS session (close_notify) while "
+						     "more data was expected", peer);
+			return -ECONNRESET;
+		}
+		return own_fail(t, -EPROTO,
+				g_strdup_printf("the %s aborted the TLS session (alert: %s)", peer,
+						len == 2 ? SSL_alert_desc_string_long(p[1]) : "?"));
+	case CT_HANDSHAKE:
+		/* Only KeyUpdate may follow the handshake towards a server, last in its record. */
+		if (len == 5 && p[0] == HS_KEY_UPDATE && p[1] == 0 && p[2] == 0 && p[3] == 1 &&
+		    p[4] <= 1) {
+			if (tm_tls_dir_update(&t->rx) < 0)
+				return own_fail(t, -EPROTO, g_strdup("TLS receive: deriving the "
+								     "next key failed"));
+			tm_count(&t->ctx->key_updates, 1);
+			/* update_requested: OpenSSL updates our sending key with its next record. */
+			if (p[4] == 1 && !t->own_tx)
+				SSL_key_update(t->ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
+			return 0;
+		}
+		return own_fail(t, -EPROTO,
+				g_strdup_printf("the %s sent an unexpected TLS handshake message "
+						"(type %u) after the handshake", peer, p[0]));
+	default:
+		return own_fail(t, -EBADMSG,
+				g_strdup_printf("TLS receive: unexpected record content type %u "
+						"(malformed TLS record)", type));
+	}
+}
+
+/*
+ * Opens the next record. Application data that fills at least STREAM_MIN bytes of what the
+ * caller still wants (len) is decrypted straight into c (advanced by what it delivered, *done);
+ * anything else lands in t->plain. The content type is the last byte of a record's content and
+ * padding may precede it, so a record decrypted in place is taken back into t->plain when it
+ * turns out not to be unpadded application data; the caller's bytes it touched are then written
+ * again from there. Nothing of a record counts as received before its tag is checked.
+ */
+static int own_record(tls_chan *t, cursor *c, size_t len, size_t *done)
+{
+	int r;
+
+	*done = 0;
+	if ((r = fill_in(t, TM_TLS_HDR, 0)) < 0)
+		return r;
+	const uint8_t *h = t->in + t->in_off;
+	size_t clen = (size_t)h[3] << 8 | h[4];
+	if (h[0] != CT_DATA || h[1] != 3 || h[2] != 3 || clen < TM_TLS_TAG + 1 ||
+	    clen > TM_TLS_MAX_CIPHERTEXT)
+		return own_fail(t, -EBADMSG,
+				g_strdup_printf("TLS receive: malformed TLS record header %02x %02x "
+						"%02x, length %zu", h[0], h[1], h[2], clen));
+	size_t plen = clen - TM_TLS_TAG; /* content, type and padding */
+	/* When the caller wants more than this record holds, the next header must come too. */
+	if ((r = fill_in(t, TM_TLS_HDR + clen, len > plen - 1 ? TM_TLS_HDR : 0)) < 0)
+		return r;
+	uint8_t hdr[TM_TLS_HDR];
+	memcpy(hdr, t->in + t->in_off, sizeof(hdr));
+	const uint8_t *body = t->in + t->in_off + TM_TLS_HDR;
+	bool direct = plen - 1 >= STREAM_MIN && len >= plen - 1;
+	cursor start = *c;
+	uint8_t last;
+
+	r = tm_tls_open_begin(&t->rx, hdr);
+	if (direct) {
+		const uint8_t *in = body;
+		for (size_t left = plen - 1; r == 0 && left > 0;) {
+			size_t k = MIN(cursor_span(c), left);
+			if (k == 0) {
+				r = -EINVAL; /* iovecs shorter than len: the caller's bug */
+				break;
+			}
+			r = tm_tls_crypt(&t->rx, (uint8_t *)c->v->iov_base + c->off, in, k);
+			c->off += k;
+			in += k;
+			left -= k;
+		}
+		if (r == 0)
+			r = tm_tls_crypt(&t->rx, &last, in, 1);
+	} else {
+		r = tm_tls_crypt(&t->rx, t->plain, body, plen);
+	}
+	if (r == 0)
+		r = tm_tls_open_end(&t->rx, body + plen);
+	t->in_off += TM_TLS_HDR + clen;
+	t->in_len -= TM_TLS_HDR + clen;
+	if (r < 0) {
+		*c = start;
+		return own_fail(t, -EBADMSG, g_strdup("TLS record authentication failed (bad record "
+						      "MAC): the data was altered in transit"));
+	}
+	if (direct && last == CT_DATA) {
+		*done = plen - 1;
+		return 0;
+	}
+	if (direct) {
+		/* Not plain data after all: take the content back and rewind. */
+		*c = start;
+		cursor g = start;
+		for (size_t i = 0; i < plen - 1;) {
+			size_t k = MIN(cursor_span(&g), plen - 1 - i);
+			memcpy(t->plain + i, (uint8_t *)g.v->iov_base + g.off, k);
+			g.off += k;
+			i += k;
+		}
+		t->plain[plen - 1] = last;
+	}
+	return own_plain(t, plen);
+}
+
+static int own_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t len)
+{
+	cursor c = { iov, n, 0 };
+
+	while (len > 0) {
+		if (t->plain_len > 0) {
+			size_t k = MIN(MIN(t->plain_len, len), cursor_span(&c));
+			if (k == 0)
+				return -EINVAL; /* iovecs shorter than len: the caller's bug */
+			memcpy((uint8_t *)c.v->iov_base + c.off, t->plain + t->plain_off, k);
+			c.off += k;
+			t->plain_off += k;
+			t->plain_len -= k;
+			len -= k;
+			continue;
+		}
+		if (t->rx_closed)
+			return -ECONNRESET; /* err_msg says so */
+		size_t done;
+		int r = own_record(t, &c, len, &done);
+		if (r < 0)
+			return r;
+		len -= done;
+	}
+	return 0;
+}
+
+/* Our close_notify, as the last record of our direction. */
+static int own_close_notify(tls_chan *t)
+{
+	static const uint8_t alert[2] = { 1 /* warning */, SSL_AD_CLOSE_NOTIFY };
+
+	if (t->tx_closed)
+		return 0;
+	t->tx_closed = true;
+	int r = seal_buf(t, CT_ALERT, alert, sizeof(alert));
+	if (r == 0 && flush_out(t) < 0)
+		r = io_fail(t, 0, "close");
+	/* OpenSSL must not send one of its own in our direction. */
+	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
+	return r;
+}
+
+/*
+ * The key-log callback of both roles: OpenSSL reports each secret as it derives it. The
+ * client's first application traffic secret is the one our records need (RFC 8446 7.1).
+ */
+void tm_tls_keylog_cb(const SSL *ssl, const char *line)
+{
+	static const char label[] = "CLIENT_TRAFFIC_SECRET_0 ";
+	tls_chan *t = SSL_get_app_data(ssl);
+
+	if (!t || strncmp(line, label, sizeof(label) - 1) != 0)
+		return;
+	const char *hex = strchr(line + sizeof(label) - 1, ' ');
+	if (!hex)
+		return;
+	hex++;
+	size_t n = strlen(hex) / 2;
+	if (n == 0 || n > sizeof(t->secret))
+		return;
+	for (size_t i = 0; i < n; i++) {
+		int hi = g_ascii_xdigit_value(hex[2 * i]), lo = g_ascii_xdigit_value(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return;
+		t->secret[i] = (uint8_t)(hi << 4 | lo);
+	}
+	t->secret_len = n;
+}
+
+/* After the handshake: our records take over the sender-to-receiver direction. */
+static int own_start(tls_chan *t)
+{
+	const bool client = t->ctx->role == TM_TLS_CLIENT;
+	int r = -EPROTO;
+
+	if (t->secret_len > 0)
+		r = tm_tls_dir_init(client ? &t->tx : &t->rx, t->ssl, t->secret, t->secret_len,
+				    client);
+	OPENSSL_cleanse(t->secret, sizeof(t->secret));
+	t->secret_len = 0;
+	if (r < 0)
+		return own_fail(t, r, g_strdup_printf("cannot set up tagmig's TLS record layer for "
+						      "cipher suite %s (%s)",
+						      SSL_get_cipher_name(t->ssl),
+						      g_strerror(-r)));
+	if (client) {
+		t->own_tx = true;
+	} else {
+		t->own_rx = true;
+		t->plain = g_malloc(TM_TLS_MAX_CIPHERTEXT);
+	}
+	return 0;
+}
+
 /* ---- the wrapper backend ---- */
 
 static int tls_open(tm_chan *ch, GError **error)
@@ -224,7 +600,10 @@ static void tls_close(tm_chan *ch)
 	tls_chan *t = ch->priv;
 
 	/* Best effort: a session that did not call tm_tls_chan_shutdown still ends cleanly. */
-	if (t->ssl && !t->broken && !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)) {
+	if (t->own_tx && !t->broken) {
+		own_close_notify(t);
+		ERR_clear_error();
+	} else if (t->ssl && !t->broken && !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)) {
 		ERR_clear_error();
 		SSL_shutdown(t->ssl);
 		flush_out(t);
@@ -249,6 +628,11 @@ static int tls_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len
 	size_t fill = 0;
 	int r = io_begin(t);
 
+	if (r == 0 && t->own_tx) {
+		r = own_send(t, iov, n, len);
+		fold_counters(ch, t);
+		return r;
+	}
 	for (unsigned i = 0; r == 0 && i < n && len > 0; i++) {
 		const uint8_t *p = iov[i].iov_base;
 		size_t l = MIN(iov[i].iov_len, len);
@@ -290,6 +674,11 @@ static int tls_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len
 	tls_chan *t = ch->priv;
 	int r = io_begin(t);
 
+	if (r == 0 && t->own_rx) {
+		r = own_recv(t, iov, n, len);
+		fold_counters(ch, t);
+		return r;
+	}
 	for (unsigned i = 0; r == 0 && i < n && len > 0; i++) {
 		uint8_t *p = iov[i].iov_base;
 		size_t l = MIN(iov[i].iov_len, len);
@@ -412,6 +801,13 @@ int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
 		g_free(t);
 		return r;
 	}
+	if (ctx->own_records && (r = own_start(t)) < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", ch->id,
+			    t->err_msg);
+		tls_release(t);
+		g_free(t);
+		return r;
+	}
 	fold_counters(ch, t);
 	tm_count(SSL_session_reused(t->ssl) ? &ctx->resumed : &ctx->full, 1);
 	tm_count(&ctx->handshake_us, (uint64_t)(tm_now_us() - t0));
@@ -435,11 +831,29 @@ int tm_tls_chan_shutdown(tm_chan *ch, GError **error)
 		return r;
 	}
 	t->want = 0;
-	int ok = SSL_shutdown(t->ssl);
+	if (t->own_tx && (r = own_close_notify(t)) < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", ch->id, t->err_msg);
+		return r;
+	}
+	int ok = t->own_tx ? 0 : SSL_shutdown(t->ssl);
 	if (ok >= 0 && flush_out(t) < 0)
 		ok = -1;
 	if (ok < 0) {
 		r = io_fail(t, ok, "close");
+	} else if (ok == 0 && t->own_rx) {
+		/* Ours is sent; now the peer's close_notify must come, and nothing else. */
+		uint8_t b;
+		struct iovec v = { .iov_base = &b, .iov_len = 1 };
+		r = own_recv(t, &v, 1, 1);
+		if (r == 0) {
+			g_free(t->err_msg);
+			t->err_msg = g_strdup("the sender sent data after the end of the session "
+					      "instead of a TLS close_notify");
+			t->broken = true;
+			r = -EPROTO;
+		} else if (t->rx_closed) {
+			r = 0;
+		}
 	} else if (ok == 0) {
 		/* Ours is sent; now the peer's close_notify must come, and nothing else. */
 		uint8_t b;

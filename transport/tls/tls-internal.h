@@ -2,9 +2,56 @@
 /* Shared between tls.c (context, credentials, verification, errors) and tls-chan.c (I/O). */
 #pragma once
 
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
 #include "transport/tls/tls.h"
+
+/* ---- records.c: tagmig's own TLS 1.3 record protection, one direction ---- */
+
+#define TM_TLS_HDR 5u       /* type, legacy version, length */
+#define TM_TLS_TAG 16u      /* AEAD tag of every cipher suite we offer */
+#define TM_TLS_OVERHEAD (TM_TLS_HDR + 1u + TM_TLS_TAG) /* per record, with the content type */
+#define TM_TLS_MAX_CIPHERTEXT (TM_TLS_RECORD + 256u)   /* RFC 8446 5.2 */
+
+typedef struct tm_tls_dir {
+	EVP_CIPHER_CTX *aead;
+	const EVP_CIPHER *cipher;
+	const EVP_MD *md;           /* the suite's hash: HKDF of key updates */
+	uint8_t secret[EVP_MAX_MD_SIZE];
+	size_t secret_len;
+	uint8_t iv[12];
+	uint64_t seq;               /* record sequence number under the current key */
+	uint64_t records;           /* records protected with the current key */
+	unsigned generation;        /* key updates so far */
+	bool encrypt;
+} tm_tls_dir;
+
+/*
+ * Sets d up for ssl's cipher suite from a traffic secret (key and IV derived per RFC 8446 7.3),
+ * sequence number 0. Returns 0, -EPROTONOSUPPORT for a suite we do not know, -ENOMEM, -EPROTO.
+ */
+int tm_tls_dir_init(tm_tls_dir *d, const SSL *ssl, const uint8_t *secret, size_t secret_len,
+		    bool encrypt);
+/* Wipes the keys; d may be zeroed or half set up. */
+void tm_tls_dir_free(tm_tls_dir *d);
+/* Moves to the next traffic secret (KeyUpdate, RFC 8446 7.2); sequence number back to 0. */
+int tm_tls_dir_update(tm_tls_dir *d);
+
+/*
+ * Sealing one record of plain_len content bytes at rec: seal_begin writes the 5-byte header,
+ * crypt encrypts the content in any number of pieces into rec + TM_TLS_HDR onwards, seal_end
+ * appends the encrypted content type and the tag at out (right after the content).
+ */
+int tm_tls_seal_begin(tm_tls_dir *d, uint8_t *rec, size_t plain_len);
+int tm_tls_crypt(tm_tls_dir *d, uint8_t *out, const uint8_t *in, size_t len);
+int tm_tls_seal_end(tm_tls_dir *d, uint8_t type, uint8_t *out);
+/*
+ * Opening one record: open_begin with its header, crypt (decrypts) its body but the tag in any
+ * number of pieces, open_end with the tag: 0, or -EBADMSG when the record is not authentic.
+ */
+int tm_tls_open_begin(tm_tls_dir *d, const uint8_t hdr[TM_TLS_HDR]);
+int tm_tls_open_end(tm_tls_dir *d, const uint8_t *tag);
 
 struct tm_tls_ctx {
 	/* read-only after setup */
@@ -16,8 +63,10 @@ struct tm_tls_ctx {
 	/* protected by ->lock */
 	GMutex lock;
 	SSL_SESSION *session; /* client: the newest resumable session (ticket) */
+	bool own_records;       /* tagmig's record layer after the handshake (else OpenSSL's) */
+	uint64_t key_limit;     /* records per key before a KeyUpdate (own record layer) */
 	/* relaxed atomics */
-	uint64_t full, resumed, handshake_us;
+	uint64_t full, resumed, handshake_us, key_updates;
 };
 
 /* The priv of a TLS channel. */
@@ -52,6 +101,21 @@ typedef struct tls_chan {
 	size_t in_off;      /* the unread ciphertext is in[in_off, in_off + in_len) */
 	size_t in_len;
 	int io_err;         /* -errno of the inner backend's last failure, seen by the BIO */
+	/*
+	 * tagmig's own record layer (records.c) for the sender-to-receiver direction, which carries
+	 * the guest's memory: the sender seals (own_tx), the receiver opens (own_rx). The other
+	 * direction (confirmation, acknowledgements, errors, close_notify) stays with OpenSSL.
+	 */
+	bool own_tx, own_rx;
+	tm_tls_dir tx, rx;
+	uint8_t *plain;     /* own_rx: TM_TLS_MAX_CIPHERTEXT bytes, an opened record's content */
+	size_t plain_off, plain_len;
+	bool rx_closed;     /* own_rx: the peer's close_notify arrived */
+	bool tx_closed;     /* own_tx: our close_notify is sent */
+	bool write_blocked; /* OpenSSL tried to write where own_tx protects the records */
+	/* the client's traffic secret from the key-log callback, until the handshake ends */
+	uint8_t secret[EVP_MAX_MD_SIZE];
+	size_t secret_len;
 	bool handshaking;
 	bool broken;        /* a fatal error: no close_notify at close */
 	uint8_t first[5];   /* the first bytes received, to recognise a plaintext peer */
@@ -73,6 +137,9 @@ tm_tls_ctx *tm_tls_ctx_ref(tm_tls_ctx *ctx);
  * Clears the thread's OpenSSL error queue.
  */
 int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);
+
+/* The key-log callback of both roles: keeps the client's traffic secret for own_start(). */
+void tm_tls_keylog_cb(const SSL *ssl, const char *line);
 
 /* The verify callback of both roles: records why the peer's chain failed. */
 int tm_tls_verify_cb(int ok, X509_STORE_CTX *store);

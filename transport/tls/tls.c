@@ -42,8 +42,8 @@ int tm_tls_ktls_probe(GError **error)
 			return 0;
 	}
 	g_set_error(error, TM_ERROR, EOPNOTSUPP,
-		    "kernel TLS offload unavailable: %s lists '%s', no 'tls' (modprobe tls adds it)",
-		    ULP_SYSCTL, ulp);
+		    "kernel TLS offload unavailable (tcp_available_ulp: '%s', no 'tls'; "
+		    "modprobe tls adds it)", ulp);
 	return -EOPNOTSUPP;
 }
 
@@ -212,14 +212,17 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 	ctx->ssl_ctx = sc;
 	ctx->hostname = server ? NULL : g_strdup(hostname);
 	SSL_CTX_set_app_data(sc, ctx);
+	/* The traffic secret for our own record layer (tls-chan.c own_start). */
+	SSL_CTX_set_keylog_callback(sc, tm_tls_keylog_cb);
+	ctx->own_records = g_strcmp0(g_getenv("TAGMIG_TLS_RECORDS"), "openssl") != 0;
+	ctx->key_limit = TM_TLS_KEY_LIMIT;
 
 	g_autoptr(GError) ktls = NULL;
 	if (tm_tls_ktls_probe(&ktls) == 0)
 		ctx->ktls_reason = g_strdup("the kernel offers TLS offload, but this build has no "
-					    "kernel TLS data path: records are protected in user "
-					    "space");
+					    "kernel TLS data path: records protected in user space");
 	else
-		ctx->ktls_reason = g_strdup_printf("%s: records are protected in user space",
+		ctx->ktls_reason = g_strdup_printf("%s: records protected in user space",
 						   ktls->message);
 	*ret = ctx;
 	return 0;
@@ -248,6 +251,17 @@ void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret)
 	ret->full_handshakes = __atomic_load_n(&ctx->full, __ATOMIC_RELAXED);
 	ret->resumed_handshakes = __atomic_load_n(&ctx->resumed, __ATOMIC_RELAXED);
 	ret->handshake_us = __atomic_load_n(&ctx->handshake_us, __ATOMIC_RELAXED);
+	ret->key_updates = __atomic_load_n(&ctx->key_updates, __ATOMIC_RELAXED);
+}
+
+void tm_tls_ctx_set_record_layer(tm_tls_ctx *ctx, bool own)
+{
+	ctx->own_records = own;
+}
+
+void tm_tls_ctx_set_key_limit(tm_tls_ctx *ctx, uint64_t records)
+{
+	ctx->key_limit = MAX(records, 1);
 }
 
 const char *tm_tls_ctx_ktls_reason(const tm_tls_ctx *ctx)
@@ -448,5 +462,6 @@ void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret)
 	ret->tls_handshake_seconds = (double)st.handshake_us / 1e6;
 	const char *cipher = ch ? tm_tls_chan_cipher(ch) : NULL;
 	g_strlcpy(ret->tls_cipher, cipher ? cipher : "", sizeof(ret->tls_cipher));
-	g_strlcpy(ret->tls_note, tm_tls_ctx_ktls_reason(ctx), sizeof(ret->tls_note));
+	g_snprintf(ret->tls_note, sizeof(ret->tls_note), "%s by %s record layer",
+		   tm_tls_ctx_ktls_reason(ctx), ctx->own_records ? "tagmig's" : "OpenSSL's");
 }

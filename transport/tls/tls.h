@@ -6,8 +6,10 @@
  * Each channel is first opened with its plain backend (tm_chan_open with sockets or io_uring);
  * tm_tls_chan_start() then runs the TLS handshake over that backend and, on success, swaps ch->ops
  * to tm_transport_tls. From then on tm_chan_send/tm_chan_recv carry the tagmig stream inside TLS
- * records and the inner backend moves only ciphertext: OpenSSL never touches the socket, it talks
- * to a BIO whose read and write call the inner backend's recv and send (OpenSSL runs without
+ * records and the inner backend moves only ciphertext. OpenSSL does the handshake; the records of
+ * the sender-to-receiver direction are then protected by tagmig's own record layer, with the keys
+ * OpenSSL derived (records.c; see tm_transport_tls below). OpenSSL never touches the socket, it
+ * talks to a BIO whose read and write call the inner backend's recv and send (OpenSSL runs without
  * read-ahead and asks for a record header, then for exactly its body; the BIO serves these from a
  * buffer it fills with whatever ciphertext has already arrived, never waiting for more than
  * OpenSSL asked for).
@@ -64,7 +66,14 @@ typedef struct tm_tls_stats {
 	uint64_t full_handshakes;    /* channels that did a full handshake (certificates) */
 	uint64_t resumed_handshakes; /* channels that resumed a session from a ticket */
 	uint64_t handshake_us;       /* wall time of all handshakes, summed over channels */
+	uint64_t key_updates;        /* KeyUpdates sent (client) or received (server) */
 } tm_tls_stats;
+
+/*
+ * Records one key protects before the sender moves to the next (KeyUpdate): 2^23 full records,
+ * 128 GiB, under the 2^24.5 that RFC 8446 5.5 allows for AES-GCM.
+ */
+#define TM_TLS_KEY_LIMIT (UINT64_C(1) << 23)
 
 /*
  * Creates the TLS context of one session from creds_dir: ca-cert.pem plus server-cert.pem and
@@ -83,6 +92,19 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 /* Drops the caller's reference; channels started with ctx keep their own until closed. NULL ok. */
 void tm_tls_ctx_free(tm_tls_ctx *ctx);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_tls_ctx, tm_tls_ctx_free)
+
+/*
+ * Who protects the records of the sender-to-receiver direction, which carries the guest's memory,
+ * on channels started from now on: tagmig's own record layer (own = true, the default; the sender
+ * encrypts straight from guest RAM, the receiver decrypts straight into it) or OpenSSL's (false;
+ * also when $TAGMIG_TLS_RECORDS is "openssl"). Both are TLS 1.3 on the wire and interoperate: a
+ * side may use either whatever the peer uses. The other direction is always OpenSSL's. For
+ * benchmarks and tests; not thread-safe against channels starting.
+ */
+void tm_tls_ctx_set_record_layer(tm_tls_ctx *ctx, bool own);
+
+/* Changes TM_TLS_KEY_LIMIT for channels started from now on (tests make it small). */
+void tm_tls_ctx_set_key_limit(tm_tls_ctx *ctx, uint64_t records);
 
 /* Handshake counters of every channel started with ctx. Thread-safe, any time. */
 void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret);
@@ -156,15 +178,25 @@ bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
 
 /*
  * The TLS wrapper backend, installed by tm_tls_chan_start(). Opening a channel with it directly
- * fails (-EINVAL): it needs an inner backend. send() cuts the stream into full 16 KiB records
- * (only the end of each call may be a shorter record); a record lies inside one caller iovec
- * whenever the iovec is long enough, so OpenSSL reads the plaintext straight from the caller's
- * memory into the record it encrypts; pieces shorter than a record are gathered first. Records
- * go to the inner send in batches of up to 8, at the latest when send() returns. recv()
- * decrypts each record in OpenSSL's record buffer and copies the plaintext into the caller's
- * iovecs; ciphertext that arrived ahead waits in a buffer of up to 16 records for the next call. Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer
- * closed: with close_notify, or "premature end" without), the inner backend's -errno; the text
- * is in tm_tls_chan_last_error().
+ * fails (-EINVAL): it needs an inner backend.
+ *
+ * The sender-to-receiver direction (the guest's memory) runs on tagmig's own record layer by
+ * default (records.c, tm_tls_ctx_set_record_layer): send() seals the first iovec of each call (a
+ * message header with its page entries) in records of its own and cuts the rest (page data, tags)
+ * into full 16 KiB records, encrypting straight from the caller's memory into a batch of up to 8
+ * records that goes to the inner send at once; recv() reads ahead whatever ciphertext has
+ * arrived (up to 16 records) and decrypts a record that fills the caller's iovecs straight into
+ * them (guest RAM), shorter ones through a record-sized buffer. A record's bytes count as
+ * received only after its tag is checked; on failure the caller's memory may hold unverified
+ * plaintext of that record, which the session never marks present.
+ *
+ * The other direction, and both directions with OpenSSL's record layer, go through SSL_write and
+ * SSL_read: the plaintext is gathered into 16 KiB records (OpenSSL copies it into its record
+ * buffer) and decrypted in OpenSSL's buffer, then copied out.
+ *
+ * Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer closed: with
+ * close_notify, or "premature end" without), -EPROTO (a TLS message tagmig does not accept at
+ * this point, a fatal alert), the inner backend's -errno; the text is in tm_tls_chan_last_error().
  */
 extern const tm_transport_ops tm_transport_tls;
 
