@@ -192,7 +192,12 @@ TM_EXPORT int tm_receiver_start(tm_receiver *receiver, const tm_ram_layout *layo
  */
 TM_EXPORT int tm_receiver_abort(tm_receiver *receiver, int code, const char *message);
 
-/* Waits until the sender finished on every channel (0) or the migration failed (-errno). */
+/*
+ * Waits until the sender finished on every channel (0) or the migration failed (-errno). After a
+ * failure the destination's guest RAM must not be run: a page being received when the channel
+ * failed may hold bytes that were never verified (with TLS, the receiver decrypts into guest RAM
+ * and checks each record's tag at its end), including pages marked present in an earlier round.
+ */
 TM_EXPORT int tm_receiver_wait(tm_receiver *receiver, GError **error);
 
 /* Whether the page is present (data and tags applied). Thread-safe; false for bad indexes. */

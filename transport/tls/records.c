@@ -65,9 +65,14 @@ static int install_keys(tm_tls_dir *d)
 	    EVP_CipherInit_ex(d->aead, NULL, NULL, key, NULL, d->encrypt) == 1)
 		r = 0;
 	OPENSSL_cleanse(key, sizeof(key));
+	if (r < 0) {
+		/* The context may still hold the old key: make it unusable rather than reuse nonces. */
+		EVP_CIPHER_CTX_reset(d->aead);
+		return r;
+	}
 	d->seq = 0;
 	d->records = 0;
-	return r;
+	return 0;
 }
 
 int tm_tls_dir_init(tm_tls_dir *d, const SSL *ssl, const uint8_t *secret, size_t secret_len,
@@ -117,8 +122,11 @@ int tm_tls_dir_update(tm_tls_dir *d)
 	uint8_t next[sizeof(d->secret)];
 
 	/* application_traffic_secret_N+1 = HKDF-Expand-Label(secret_N, "traffic upd", "", Hash.length) */
-	if (expand_label(d->md, d->secret, d->secret_len, "traffic upd", next, d->secret_len) < 0)
+	if (expand_label(d->md, d->secret, d->secret_len, "traffic upd", next, d->secret_len) < 0) {
+		OPENSSL_cleanse(next, sizeof(next));
+		EVP_CIPHER_CTX_reset(d->aead);
 		return -EPROTO;
+	}
 	memcpy(d->secret, next, d->secret_len);
 	OPENSSL_cleanse(next, sizeof(next));
 	d->generation++;

@@ -45,10 +45,11 @@ static int bio_write(BIO *b, const char *buf, int len)
 	BIO_clear_retry_flags(b);
 	if (len <= 0)
 		return 0;
-	if (t->own_tx) {
+	if (t->writes_barred) {
 		/*
-		 * Our records carry this direction's sequence numbers now: a record of OpenSSL's
-		 * (an alert, a reply to a key update request) would reuse a nonce. Refuse it.
+		 * Our records carry this direction's sequence numbers (from the end of the client's
+		 * handshake on): a record of OpenSSL's (an alert, a reply to a key update request)
+		 * would reuse a nonce. Refuse it.
 		 */
 		t->write_blocked = true;
 		return -1;
@@ -165,6 +166,11 @@ static void tls_release(tls_chan *t)
 	t->ssl = NULL;
 	tm_tls_ctx_free(t->ctx);
 	t->ctx = NULL;
+	/* Plaintext of guest memory does not outlive the channel. */
+	if (t->stage)
+		OPENSSL_cleanse(t->stage, TM_TLS_RECORD);
+	if (t->plain)
+		OPENSSL_cleanse(t->plain, TM_TLS_MAX_CIPHERTEXT);
 	g_free(t->stage);
 	g_free(t->out);
 	g_free(t->in);
@@ -258,11 +264,22 @@ static int own_fail(tls_chan *t, int code, char *msg)
 	return code;
 }
 
+/*
+ * The inner backend failed under our records: explained like OpenSSL's failures, and always
+ * fatal (sealed records may have been dropped, so the stream cannot go on).
+ */
+static int own_io_fail(tls_chan *t, const char *what)
+{
+	int r = io_fail(t, 0, what);
+	t->broken = true;
+	return r;
+}
+
 /* Seals one record of plen content bytes taken from c (advanced) into t->out. */
 static int seal(tls_chan *t, uint8_t type, cursor *c, size_t plen)
 {
 	if (t->nout + plen + TM_TLS_OVERHEAD > TM_TLS_OUT && flush_out(t) < 0)
-		return io_fail(t, 0, "send");
+		return own_io_fail(t, "send");
 	uint8_t *rec = t->out + t->nout, *o = rec + TM_TLS_HDR;
 	int r = tm_tls_seal_begin(&t->tx, rec, plen);
 	for (size_t left = plen; r == 0 && left > 0;) {
@@ -328,7 +345,7 @@ static int own_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t len
 		len -= k;
 	}
 	if (r == 0 && flush_out(t) < 0)
-		r = io_fail(t, 0, "send");
+		r = own_io_fail(t, "send");
 	return r;
 }
 
@@ -353,7 +370,7 @@ static int fill_in(tls_chan *t, size_t need, size_t ahead)
 	int r = t->inner.ops->recv(&t->inner, &v, 1, want);
 	if (r < 0) {
 		t->io_err = r;
-		return io_fail(t, 0, "receive");
+		return own_io_fail(t, "receive");
 	}
 	t->in_len += want;
 	return 0;
@@ -371,6 +388,10 @@ static int own_plain(tls_chan *t, size_t len)
 		return own_fail(t, -EBADMSG, g_strdup("TLS receive: a record without content type "
 						      "(malformed TLS record)"));
 	uint8_t type = p[--len];
+	if (len > TM_TLS_RECORD)
+		return own_fail(t, -EBADMSG,
+				g_strdup_printf("TLS receive: a record with %zu bytes of content, more "
+						"than TLS allows (record overflow)", len));
 	switch (type) {
 	case CT_DATA:
 		t->plain_off = 0;
@@ -395,9 +416,17 @@ static int own_plain(tls_chan *t, size_t len)
 				return own_fail(t, -EPROTO, g_strdup("TLS receive: deriving the "
 								     "next key failed"));
 			tm_count(&t->ctx->key_updates, 1);
-			/* update_requested: OpenSSL updates our sending key with its next record. */
-			if (p[4] == 1 && !t->own_tx)
-				SSL_key_update(t->ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
+			/*
+			 * update_requested: OpenSSL protects our sending direction; make it send its
+			 * KeyUpdate now (SSL_key_update alone waits for the next SSL_write).
+			 */
+			if (p[4] == 1 && SSL_get_key_update_type(t->ssl) == SSL_KEY_UPDATE_NONE &&
+			    (SSL_key_update(t->ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1 ||
+			     SSL_do_handshake(t->ssl) != 1 || flush_out(t) < 0)) {
+				int r = io_fail(t, 0, "receive");
+				t->broken = true;
+				return r;
+			}
 			return 0;
 		}
 		return own_fail(t, -EPROTO,
@@ -433,8 +462,11 @@ static int own_record(tls_chan *t, cursor *c, size_t len, size_t *done)
 				g_strdup_printf("TLS receive: malformed TLS record header %02x %02x "
 						"%02x, length %zu", h[0], h[1], h[2], clen));
 	size_t plen = clen - TM_TLS_TAG; /* content, type and padding */
-	/* When the caller wants more than this record holds, the next header must come too. */
-	if ((r = fill_in(t, TM_TLS_HDR + clen, len > plen - 1 ? TM_TLS_HDR : 0)) < 0)
+	/*
+	 * When the caller wants more than this (long) record holds, the next header must come too:
+	 * read it with the body. Never after a short record, which may be the last (close_notify).
+	 */
+	if ((r = fill_in(t, TM_TLS_HDR + clen, clen >= 256 && len > plen - 1 ? TM_TLS_HDR : 0)) < 0)
 		return r;
 	uint8_t hdr[TM_TLS_HDR];
 	memcpy(hdr, t->in + t->in_off, sizeof(hdr));
@@ -466,6 +498,9 @@ static int own_record(tls_chan *t, cursor *c, size_t len, size_t *done)
 		r = tm_tls_open_end(&t->rx, body + plen);
 	t->in_off += TM_TLS_HDR + clen;
 	t->in_len -= TM_TLS_HDR + clen;
+	if (r == -EINVAL)
+		return own_fail(t, -EINVAL, g_strdup("TLS receive: the iovecs hold less than the "
+						     "length given"));
 	if (r < 0) {
 		*c = start;
 		return own_fail(t, -EBADMSG, g_strdup("TLS record authentication failed (bad record "
@@ -498,7 +533,8 @@ static int own_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t len
 		if (t->plain_len > 0) {
 			size_t k = MIN(MIN(t->plain_len, len), cursor_span(&c));
 			if (k == 0)
-				return -EINVAL; /* iovecs shorter than len: the caller's bug */
+				return own_fail(t, -EINVAL, g_strdup("TLS receive: the iovecs hold "
+								     "less than the length given"));
 			memcpy((uint8_t *)c.v->iov_base + c.off, t->plain + t->plain_off, k);
 			c.off += k;
 			t->plain_off += k;
@@ -527,7 +563,7 @@ static int own_close_notify(tls_chan *t)
 	t->tx_closed = true;
 	int r = seal_buf(t, CT_ALERT, alert, sizeof(alert));
 	if (r == 0 && flush_out(t) < 0)
-		r = io_fail(t, 0, "close");
+		r = own_io_fail(t, "close");
 	/* OpenSSL must not send one of its own in our direction. */
 	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
 	return r;
@@ -542,7 +578,7 @@ void tm_tls_keylog_cb(const SSL *ssl, const char *line)
 	static const char label[] = "CLIENT_TRAFFIC_SECRET_0 ";
 	tls_chan *t = SSL_get_app_data(ssl);
 
-	if (!t || strncmp(line, label, sizeof(label) - 1) != 0)
+	if (!t || !t->ctx->own_records || strncmp(line, label, sizeof(label) - 1) != 0)
 		return;
 	const char *hex = strchr(line + sizeof(label) - 1, ' ');
 	if (!hex)
@@ -629,7 +665,7 @@ static int tls_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len
 	int r = io_begin(t);
 
 	if (r == 0 && t->own_tx) {
-		r = own_send(t, iov, n, len);
+		r = t->tx_closed ? -EPIPE : own_send(t, iov, n, len);
 		fold_counters(ch, t);
 		return r;
 	}
@@ -719,6 +755,9 @@ static int handshake(tls_chan *t)
 	int ok = SSL_do_handshake(t->ssl);
 	if (ok != 1)
 		return io_fail(t, ok, "handshake");
+	/* The client's sending direction is ours from its first application record. */
+	if (t->ctx->role == TM_TLS_CLIENT && t->ctx->own_records)
+		t->writes_barred = true;
 
 	/* The server confirms that it accepted us (and its tickets are on the wire before this). */
 	if (t->ctx->role == TM_TLS_SERVER) {

@@ -112,7 +112,8 @@ typedef struct tls_chan {
 	size_t plain_off, plain_len;
 	bool rx_closed;     /* own_rx: the peer's close_notify arrived */
 	bool tx_closed;     /* own_tx: our close_notify is sent */
-	bool write_blocked; /* OpenSSL tried to write where own_tx protects the records */
+	bool writes_barred; /* client, own records: OpenSSL may no longer write (nonce reuse) */
+	bool write_blocked; /* ... and tried to */
 	/* the client's traffic secret from the key-log callback, until the handshake ends */
 	uint8_t secret[EVP_MAX_MD_SIZE];
 	size_t secret_len;

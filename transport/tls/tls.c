@@ -377,10 +377,17 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
 	int reason = ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
 	int code;
 
-	/* Past here the SSL object is unusable: no close_notify at close. */
-	t->broken = sslerr != SSL_ERROR_ZERO_RETURN;
+	/* Past here the SSL object is unusable: no close_notify at close. Never un-broken. */
+	if (sslerr != SSL_ERROR_ZERO_RETURN)
+		t->broken = true;
 
-	if (t->verify_err) {
+	if (t->write_blocked && SSL_get_key_update_type(t->ssl) != SSL_KEY_UPDATE_NONE) {
+		/* OpenSSL answers a KeyUpdate request with a record in our direction: refused. */
+		*ret_msg = g_strdup_printf("the %s requested a TLS key update of the sender's "
+					   "direction, which tagmig's record layer does not take "
+					   "from OpenSSL: not supported", peer);
+		code = -EPROTO;
+	} else if (t->verify_err) {
 		code = explain_verify(t, peer, ret_msg);
 	} else if (t->io_err) {
 		code = t->io_err;
