@@ -16,17 +16,15 @@
  * adjacent pages into one iovec); "pages" = header + 128 separate 4 KiB pages + tags (every record
  * spans iovecs: the gathering path). Output: CSV rows, one per configuration.
  */
-#include <errno.h>
-#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 
+#include "tests/common/tcp-pair.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
 
@@ -94,25 +92,6 @@ static gpointer chan_fn(gpointer p)
 	return NULL;
 }
 
-static void tcp_pair(int *ret_a, int *ret_b)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t alen = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 4) < 0 ||
-	    getsockname(l, (struct sockaddr *)&a, &alen) < 0)
-		g_error("listen: %s", g_strerror(errno));
-	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a)) < 0)
-		g_error("connect: %s", g_strerror(errno));
-	int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-	if (s < 0)
-		g_error("accept: %s", g_strerror(errno));
-	close(l);
-	*ret_a = c;
-	*ret_b = s;
-}
-
 static double cpu_seconds(void)
 {
 	struct rusage ru;
@@ -145,7 +124,8 @@ static void run(const tm_transport_ops *ops, bool tls, unsigned channels, bool p
 	for (unsigned i = 0; i < channels; i++) {
 		int a, b;
 		g_autoptr(GError) err = NULL;
-		tcp_pair(&a, &b);
+		if (tcp_pair(&a, &b, &err) < 0)
+			g_error("%s", err->message);
 		chan_run *s = &c[2 * i], *r = &c[2 * i + 1];
 		if (tm_chan_open(&s->ch, a, i, ops, 60000, 1, &err) < 0 ||
 		    tm_chan_open(&r->ch, b, i, ops, 60000, 1, &err) < 0)

@@ -3,10 +3,10 @@
  * The TLS layer (transport/tls) over loopback TCP, with each inner backend: handshake and data
  * both ways, resumption, every refusal with the message that says which check failed, a
  * plaintext peer either way, a byte flipped in flight, a premature end, and the credentials
- * script. Credentials are made at run time with OpenSSL (and once with scripts/make-tls-creds.sh).
+ * script. Credentials are made at run time with OpenSSL by tools/tls-creds.c, the code behind
+ * `tagmig demo --tls` (and once with scripts/make-tls-creds.sh).
  */
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -14,101 +14,55 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 #include <glib/gstdio.h>
 
 #include "codec/codec.h"
 #include "tagmig/error.h"
+#include "tests/common/tcp-pair.h"
+#include "tools/tls-creds.h"
+#include "transport/tls/tls-internal.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
 
 #define TIMEOUT_MS 10000u
-#define DAY (24L * 3600)
 
 static char *tmp_root;
 static const tm_transport_ops *inner; /* the backend of the test case at hand */
 
 /* ---- credentials ---- */
 
-typedef struct cred {
-	X509 *cert;
-	EVP_PKEY *key;
-} cred;
-
-static void add_ext(X509 *x, X509V3_CTX *v3, int nid, const char *value)
+/* A key and certificate valid from now + from to now + to days (tools/tls-creds.h). */
+static tls_cred *cred(const char *cn, const tls_cred *issuer, const char *eku, const char *san,
+		      int from, int to)
 {
-	X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, v3, nid, value);
-	g_assert_nonnull(ext);
-	g_assert_true(X509_add_ext(x, ext, -1));
-	X509_EXTENSION_free(ext);
-}
-
-/* A P-256 key and a certificate valid from now+not_before to now+not_after (seconds). */
-static cred make_cred(const char *cn, const cred *issuer, const char *eku, const char *san,
-		      long not_before, long not_after)
-{
-	static long serial = 1;
-	cred c = { X509_new(), EVP_EC_gen("P-256") };
-	g_assert_nonnull(c.key);
-	X509_set_version(c.cert, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(c.cert), serial++);
-	X509_gmtime_adj(X509_getm_notBefore(c.cert), not_before);
-	X509_gmtime_adj(X509_getm_notAfter(c.cert), not_after);
-	X509_set_pubkey(c.cert, c.key);
-	X509_NAME *name = X509_get_subject_name(c.cert);
-	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-	X509_set_issuer_name(c.cert, issuer ? X509_get_subject_name(issuer->cert) : name);
-
-	X509V3_CTX v3;
-	X509V3_set_ctx_nodb(&v3);
-	X509V3_set_ctx(&v3, issuer ? issuer->cert : c.cert, c.cert, NULL, NULL, 0);
-	add_ext(c.cert, &v3, NID_basic_constraints, issuer ? "critical,CA:FALSE" : "critical,CA:TRUE");
-	add_ext(c.cert, &v3, NID_key_usage,
-		issuer ? "critical,digitalSignature" : "critical,keyCertSign,cRLSign");
-	add_ext(c.cert, &v3, NID_subject_key_identifier, "hash");
-	if (issuer)
-		add_ext(c.cert, &v3, NID_authority_key_identifier, "keyid:always");
-	if (eku)
-		add_ext(c.cert, &v3, NID_ext_key_usage, eku);
-	if (san)
-		add_ext(c.cert, &v3, NID_subject_alt_name, san);
-	g_assert_true(X509_sign(c.cert, issuer ? issuer->key : c.key, EVP_sha256()) > 0);
+	g_autoptr(GError) err = NULL;
+	tls_cred *c = NULL;
+	int r = tls_cred_new(cn, issuer, eku, san, from, to, &c, &err);
+	g_assert_no_error(err); /* first: it says why */
+	g_assert_cmpint(r, ==, 0);
 	return c;
 }
 
-static void cred_free(cred *c)
+static void write_cred(const char *dir, const char *base, const tls_cred *c)
 {
-	X509_free(c->cert);
-	EVP_PKEY_free(c->key);
+	g_autoptr(GError) err = NULL;
+	int r = tls_cred_write(c, dir, base, &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(r, ==, 0);
 }
 
-static void write_pem(const char *dir, const char *name, X509 *cert, EVP_PKEY *key)
-{
-	g_autofree char *path = g_build_filename(dir, name, NULL);
-	FILE *f = fopen(path, "w");
-	g_assert_nonnull(f);
-	if (cert)
-		g_assert_true(PEM_write_X509(f, cert));
-	if (key)
-		g_assert_true(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
-	fclose(f);
-}
-
-/* A credentials directory: the CA's certificate, and the server's and client's pairs if given. */
-static void make_dir(const char *name, const cred *ca, const cred *server, const cred *client)
+/* A credentials directory: the CA's pair, and the server's and client's if given. */
+static void make_dir(const char *name, const tls_cred *ca, const tls_cred *server,
+		     const tls_cred *client)
 {
 	g_autofree char *dir = g_build_filename(tmp_root, name, NULL);
 	g_assert_cmpint(g_mkdir_with_parents(dir, 0700), ==, 0);
-	write_pem(dir, "ca-cert.pem", ca->cert, NULL);
-	if (server) {
-		write_pem(dir, "server-cert.pem", server->cert, NULL);
-		write_pem(dir, "server-key.pem", NULL, server->key);
-	}
-	if (client) {
-		write_pem(dir, "client-cert.pem", client->cert, NULL);
-		write_pem(dir, "client-key.pem", NULL, client->key);
-	}
+	write_cred(dir, "ca", ca);
+	if (server)
+		write_cred(dir, "server", server);
+	if (client)
+		write_cred(dir, "client", client);
 }
 
 /*
@@ -120,32 +74,26 @@ static void make_all_creds(void)
 {
 	const char *srv = "serverAuth", *cli = "clientAuth";
 	const char *san = "DNS:localhost,IP:127.0.0.1";
-	cred ca_a = make_cred("tagmig test CA A", NULL, NULL, NULL, -DAY, 30 * DAY);
-	cred ca_b = make_cred("tagmig test CA B", NULL, NULL, NULL, -DAY, 30 * DAY);
-	cred srv_a = make_cred("localhost", &ca_a, srv, san, -DAY, 30 * DAY);
-	cred cli_a = make_cred("tagmig sender", &ca_a, cli, NULL, -DAY, 30 * DAY);
-	cred srv_b = make_cred("localhost", &ca_b, srv, san, -DAY, 30 * DAY);
-	cred cli_b = make_cred("tagmig sender", &ca_b, cli, NULL, -DAY, 30 * DAY);
-	cred srv_old = make_cred("localhost", &ca_a, srv, san, -3 * DAY, -DAY);
-	cred cli_old = make_cred("tagmig sender", &ca_a, cli, NULL, -3 * DAY, -DAY);
-	cred srv_as_cli = make_cred("localhost", &ca_a, srv, san, -DAY, 30 * DAY);
+	g_autoptr(tls_cred) ca_a = cred("tagmig test CA A", NULL, NULL, NULL, -1, 30);
+	g_autoptr(tls_cred) ca_b = cred("tagmig test CA B", NULL, NULL, NULL, -1, 30);
+	g_autoptr(tls_cred) srv_a = cred("localhost", ca_a, srv, san, -1, 30);
+	g_autoptr(tls_cred) cli_a = cred("tagmig sender", ca_a, cli, NULL, -1, 30);
+	g_autoptr(tls_cred) srv_b = cred("localhost", ca_b, srv, san, -1, 30);
+	g_autoptr(tls_cred) cli_b = cred("tagmig sender", ca_b, cli, NULL, -1, 30);
+	g_autoptr(tls_cred) srv_old = cred("localhost", ca_a, srv, san, -3, -1);
+	g_autoptr(tls_cred) cli_old = cred("tagmig sender", ca_a, cli, NULL, -3, -1);
+	g_autoptr(tls_cred) srv_as_cli = cred("localhost", ca_a, srv, san, -1, 30);
 
-	make_dir("good", &ca_a, &srv_a, &cli_a);
-	make_dir("other", &ca_b, &srv_b, &cli_b);
-	make_dir("expired-server", &ca_a, &srv_old, &cli_a);
-	make_dir("expired-client", &ca_a, &srv_a, &cli_old);
-	make_dir("foreign-client", &ca_a, &srv_a, &cli_b);
-	make_dir("server-cert-as-client", &ca_a, &srv_a, &srv_as_cli);
-	make_dir("no-client", &ca_a, &srv_a, NULL);
+	make_dir("good", ca_a, srv_a, cli_a);
+	make_dir("other", ca_b, srv_b, cli_b);
+	make_dir("expired-server", ca_a, srv_old, cli_a);
+	make_dir("expired-client", ca_a, srv_a, cli_old);
+	make_dir("foreign-client", ca_a, srv_a, cli_b);
+	make_dir("server-cert-as-client", ca_a, srv_a, srv_as_cli);
+	make_dir("no-client", ca_a, srv_a, NULL);
 	/* a key that does not belong to the certificate */
-	make_dir("mismatched-key", &ca_a, &srv_a, &cli_a);
-	g_autofree char *dir = g_build_filename(tmp_root, "mismatched-key", NULL);
-	write_pem(dir, "server-key.pem", NULL, cli_a.key);
-
-	cred *all[] = { &ca_a, &ca_b, &srv_a, &cli_a, &srv_b, &cli_b, &srv_old, &cli_old,
-			&srv_as_cli };
-	for (size_t i = 0; i < G_N_ELEMENTS(all); i++)
-		cred_free(all[i]);
+	const tls_cred mismatched = { .key = cli_a->key, .cert = srv_a->cert };
+	make_dir("mismatched-key", ca_a, &mismatched, cli_a);
 }
 
 static tm_tls_ctx *ctx_new(tm_tls_role role, const char *set, const char *host)
@@ -160,23 +108,13 @@ static tm_tls_ctx *ctx_new(tm_tls_role role, const char *set, const char *host)
 
 /* ---- connections ---- */
 
-/* A connected loopback TCP pair. */
-static void tcp_pair(int *ret_client, int *ret_server)
+/* A connected loopback TCP pair, or the test fails saying why. */
+static void loopback_pair(int *ret_client, int *ret_server)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t alen = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	g_assert_cmpint(l, >=, 0);
-	g_assert_cmpint(bind(l, (struct sockaddr *)&a, sizeof(a)), ==, 0);
-	g_assert_cmpint(listen(l, 4), ==, 0);
-	g_assert_cmpint(getsockname(l, (struct sockaddr *)&a, &alen), ==, 0);
-	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	g_assert_cmpint(connect(c, (struct sockaddr *)&a, sizeof(a)), ==, 0);
-	int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-	g_assert_cmpint(s, >=, 0);
-	close(l);
-	*ret_client = c;
-	*ret_server = s;
+	g_autoptr(GError) err = NULL;
+	int r = tcp_pair(ret_client, ret_server, &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(r, ==, 0);
 }
 
 static void chan_open(tm_chan *ch, int fd, unsigned id)
@@ -189,7 +127,7 @@ static void chan_open(tm_chan *ch, int fd, unsigned id)
 static void chan_pair(tm_chan *c, tm_chan *s, unsigned id)
 {
 	int cfd, sfd;
-	tcp_pair(&cfd, &sfd);
+	loopback_pair(&cfd, &sfd);
 	chan_open(c, cfd, id);
 	chan_open(s, sfd, id);
 }
@@ -434,6 +372,137 @@ static void test_resumption(void)
 	}
 }
 
+/* ---- tagmig's record layer against OpenSSL's ---- */
+
+static SSL *chan_ssl(tm_chan *ch)
+{
+	return ((tls_chan *)ch->priv)->ssl;
+}
+
+/*
+ * A session with the record layers given for the sender-to-receiver direction on each end:
+ * ours against OpenSSL's proves our records are the TLS 1.3 OpenSSL writes and reads, key
+ * updates included (key_limit: records per key on the client, 0 for the default).
+ */
+static void records_case(bool own_client, bool own_server, uint64_t key_limit)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, own_client);
+	tm_tls_ctx_set_record_layer(sctx, own_server);
+	if (key_limit)
+		tm_tls_ctx_set_key_limit(cctx, key_limit);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(((tls_chan *)c.priv)->own_tx, ==, own_client);
+	g_assert_cmpint(((tls_chan *)s.priv)->own_rx, ==, own_server);
+	for (int i = 0; i < 3; i++) {
+		transfer(&c, &s, 1 + rnd() % (2u << 20));
+		transfer(&s, &c, 1 + rnd() % 50000);
+	}
+	for (int i = 0; i < 20; i++)
+		transfer(&c, &s, 1 + rnd() % 40);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	tm_tls_stats cst, sst;
+	tm_tls_ctx_get_stats(cctx, &cst);
+	tm_tls_ctx_get_stats(sctx, &sst);
+	g_test_message("client %s, server %s records: %" G_GUINT64_FORMAT " key updates sent, %"
+		       G_GUINT64_FORMAT " received", own_client ? "tagmig" : "OpenSSL",
+		       own_server ? "tagmig" : "OpenSSL", cst.key_updates, sst.key_updates);
+	if (key_limit && own_client)
+		g_assert_cmpuint(cst.key_updates, >, 10); /* > 6 MiB in records of <= 16 KiB */
+	if (own_client && own_server)
+		g_assert_cmpuint(sst.key_updates, ==, cst.key_updates);
+}
+
+static void test_records_interop(void)
+{
+	records_case(true, false, 0);
+	records_case(false, true, 0);
+}
+
+static void test_key_update(void)
+{
+	records_case(true, true, 7);
+	records_case(true, false, 7); /* OpenSSL follows our key updates */
+}
+
+/*
+ * OpenSSL as the sender: padded records (the content type is no longer the last byte, so our
+ * receiver takes back what it decrypted in place) and a key update it requests (our receiver
+ * updates its key, and OpenSSL's sending key of the other direction follows).
+ */
+static void test_openssl_sender(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, false);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_true(((tls_chan *)s.priv)->own_rx);
+	g_assert_cmpint(SSL_set_block_padding(chan_ssl(&c), 4096), ==, 1);
+	for (int i = 0; i < 3; i++)
+		transfer(&c, &s, 1 + rnd() % (1u << 20));
+	for (int i = 0; i < 20; i++)
+		transfer(&c, &s, 1 + rnd() % 40);
+	g_assert_cmpint(SSL_key_update(chan_ssl(&c), SSL_KEY_UPDATE_REQUESTED), ==, 1);
+	transfer(&c, &s, 100000);
+	transfer(&s, &c, 100000);
+	transfer(&c, &s, 100000);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+	tm_tls_stats st;
+	tm_tls_ctx_get_stats(sctx, &st);
+	g_assert_cmpuint(st.key_updates, ==, 1);
+}
+
+/*
+ * Records no TLS stack writes, sent raw after the handshake: our receiver refuses each with
+ * EBADMSG and says why, without waiting for more.
+ */
+static void test_hostile_records(void)
+{
+	static const struct {
+		const char *what;
+		uint8_t bytes[64];
+		size_t len;
+		const char *msg;
+	} cases[] = {
+		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5,
+		  "malformed TLS record header 17 03 03, length 16657" },
+		{ "shorter than a tag", { 23, 3, 3, 0, 16 }, 5, "length 16" },
+		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16" },
+		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01" },
+		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45,
+		  "TLS record authentication failed (bad record MAC)" },
+	};
+
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+		g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+		tm_chan c, s;
+		uint8_t buf[100];
+		struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+
+		chan_pair(&c, &s, 2);
+		start_both(cctx, &c, sctx, &s);
+		g_assert_cmpint(write(c.fd, cases[i].bytes, cases[i].len), ==, (ssize_t)cases[i].len);
+		g_assert_cmpint(s.ops->recv(&s, &v, 1, sizeof(buf)), ==, -EBADMSG);
+		g_test_message("%s: %s", cases[i].what, tm_tls_chan_last_error(&s));
+		g_assert_nonnull(strstr(tm_tls_chan_last_error(&s), cases[i].msg));
+		tm_chan_close(&s);
+		tm_chan_close(&c);
+	}
+}
+
 static void test_wrong_ca(void)
 {
 	/* The client trusts another CA than the one that issued the server's certificate. */
@@ -521,7 +590,7 @@ static void test_no_client_cert(void)
 	tm_chan s;
 	raw_client rc = { 0 };
 	int sfd;
-	tcp_pair(&rc.fd, &sfd);
+	loopback_pair(&rc.fd, &sfd);
 	chan_open(&s, sfd, 1);
 	GThread *th = g_thread_new("raw-client", raw_client_fn, &rc);
 	int r = tm_tls_chan_start(sctx, &s, &err);
@@ -593,7 +662,7 @@ static void test_plaintext_peer(void)
 	int fd;
 
 	/* plaintext sender -> TLS receiver */
-	tcp_pair(&pp.fd, &fd);
+	loopback_pair(&pp.fd, &fd);
 	chan_open(&ch, fd, 2);
 	GThread *th = g_thread_new("plain-client", plain_client_fn, &pp);
 	int r = tm_tls_chan_start(sctx, &ch, &err);
@@ -609,7 +678,7 @@ static void test_plaintext_peer(void)
 	/* TLS sender -> plaintext receiver */
 	g_clear_error(&err);
 	pp = (plain_peer){ 0 };
-	tcp_pair(&fd, &pp.fd);
+	loopback_pair(&fd, &pp.fd);
 	chan_open(&ch, fd, 2);
 	th = g_thread_new("plain-server", plain_server_fn, &pp);
 	r = tm_tls_chan_start(cctx, &ch, &err);
@@ -680,8 +749,8 @@ static void test_tampered(void)
 	int cfd, sfd;
 	proxy px = { .flip = 200000 };
 
-	tcp_pair(&cfd, &px.a);
-	tcp_pair(&px.b, &sfd);
+	loopback_pair(&cfd, &px.a);
+	loopback_pair(&px.b, &sfd);
 	GThread *pth = g_thread_new("proxy", proxy_fn, &px);
 	chan_open(&c, cfd, 5);
 	chan_open(&s, sfd, 5);
@@ -700,7 +769,10 @@ static void test_tampered(void)
 	g_assert_cmpstr(tm_tls_chan_last_error(&s), ==,
 			"TLS record authentication failed (bad record MAC): the data was altered "
 			"in transit");
-	/* Everything before the damaged record arrived intact; nothing of it or after it. */
+	/*
+	 * Everything before the damaged record arrived intact; the receive failed at it (its
+	 * unverified bytes may be in the buffer: the session never marks such pages present).
+	 */
 	g_assert_true(memcmp(in, out, 100000) == 0);
 	g_assert_false(memcmp(in + 200000 - 16384, out + 200000 - 16384, 32768) == 0);
 	/* A failed session stays failed; a clean close is refused. */
@@ -793,7 +865,7 @@ static void test_setup_errors(void)
 	/* The wrapper cannot be opened directly, and starts only once. */
 	int a, b;
 	tm_chan ch;
-	tcp_pair(&a, &b);
+	loopback_pair(&a, &b);
 	close(b);
 	g_assert_cmpint(tm_chan_open(&ch, a, 0, &tm_transport_tls, TIMEOUT_MS, 1, &err), ==,
 			-EINVAL);
@@ -894,6 +966,10 @@ int main(int argc, char **argv)
 	} tests[] = {
 		{ "roundtrip", test_roundtrip },
 		{ "resumption", test_resumption },
+		{ "records-interop", test_records_interop },
+		{ "key-update", test_key_update },
+		{ "openssl-sender", test_openssl_sender },
+		{ "hostile-records", test_hostile_records },
 		{ "wrong-ca", test_wrong_ca },
 		{ "expired", test_expired },
 		{ "name-mismatch", test_name_mismatch },

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What test-session.c (migrations) and test-session-faults.c (injected faults) share: guests with
+ * RAM and soft tags, a receiver in a thread, and the main loop that runs every test for every
+ * pair of I/O backends, in plaintext and over TLS.
+ */
+#pragma once
+
+#include "tagmig/tagmig.h"
+
+G_BEGIN_DECLS
+
+/* The I/O backends of the test being run (set by session_tests_run for each pair). */
+extern const char *send_io;
+extern const char *recv_io;
+/* TLS credentials of the test being run (NULL: plaintext); one directory holds both sides'. */
+extern const char *tls_dir;
+
+typedef struct guest {
+	tm_ram_layout *layout;
+	tm_tag_store *tags;
+	uint8_t *ram[4];
+	uint8_t *map[4]; /* mapping behind ram[], which is aligned to 64 KiB */
+	size_t len[4];
+	unsigned nblocks;
+} guest;
+
+typedef struct block_spec {
+	const char *name;
+	size_t len;
+	uint32_t page_size;
+} block_spec;
+
+/* Deterministic test data (splitmix64). */
+uint64_t rnd(void);
+
+/* n blocks of zeroed RAM as spec says, with a soft tag store if with_tags. */
+void guest_init(guest *g, const block_spec *spec, unsigned n, bool with_tags);
+void guest_fini(guest *g);
+/* Fills page p of block b with one of five interesting shapes (data, zero, tags), by shape % 5. */
+void fill_page(guest *g, unsigned b, uint64_t p, unsigned shape);
+/* Every page of g, each in a random shape. */
+void guest_fill(guest *g);
+/* RAM, and tags where both have them, are equal. */
+void assert_same(guest *a, guest *b);
+
+/* A receiver run in its own thread: new, accept, start, wait. */
+typedef struct peer {
+	guest *g;
+	bool ram_zeroed;
+	unsigned timeout_ms; /* 0: 20 s */
+	int listen_fd;
+	tm_receiver *r;
+	GError *error;
+	int ret;
+	uint64_t presented; /* pages reported by on_present */
+	GThread *thread;
+} peer;
+
+/* Starts a receiver into g on 127.0.0.1; returns its port (g_free it). */
+char *peer_start(peer *p, guest *g);
+/* The same, for a destination that starts zeroed, and a timeout other than 20 s (0: 20 s). */
+char *peer_start_ex(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms);
+/* Waits for the receiver thread to end; p->ret and p->error say how it did. */
+void peer_join(peer *p);
+void peer_free(peer *p);
+
+typedef struct session_test {
+	const char *path;
+	void (*fn)(void);
+	bool raw; /* speaks the wire protocol by hand: plaintext only */
+} session_test;
+
+/*
+ * main(): registers /session/<pair>/<path> for every test and every backend pair (plaintext and
+ * TLS), runs them, removes the TLS credentials. Returns g_test_run()'s result.
+ */
+int session_tests_run(int *argc, char ***argv, const session_test *tests, size_t n);
+
+G_END_DECLS

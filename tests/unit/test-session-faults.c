@@ -1,0 +1,523 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Sessions that something goes wrong in, on purpose: hand-made hostile or vanishing peers, a
+ * receiver that dies mid-packet or gives up, a proxy that alters TLS ciphertext, a tag store that
+ * fails, bad tags, a late sender, setup failures without a GError. Each checks that the failure
+ * is found, explained on both sides where it can be, and never lets bad data into guest RAM.
+ * Every test runs for each backend pair, plaintext and TLS (session-fixture.c).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "session-fixture.h"
+#include "transport/transport.h"
+
+typedef struct sender_run {
+	guest *g;
+	const char *port;
+	unsigned channels;
+	bool queue_all; /* after connect: queue everything and finish */
+	int ret;
+	GError *error;
+} sender_run;
+
+static gpointer sender_thread(gpointer data)
+{
+	sender_run *sr = data;
+	g_autoptr(tm_sender) s = NULL;
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = sr->channels, .timeout_ms = 20000 };
+
+	sr->ret = tm_sender_new(sr->g->layout, sr->g->tags, &cfg, &s, &sr->error);
+	if (sr->ret >= 0)
+		sr->ret = tm_sender_connect(s, "127.0.0.1", sr->port, &sr->error);
+	for (unsigned b = 0; sr->ret >= 0 && sr->queue_all && b < sr->g->nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(sr->g->layout, b, &bi);
+		uint64_t np = bi.length / bi.page_size;
+		g_autofree uint64_t *pages = g_new(uint64_t, np);
+		for (uint64_t i = 0; i < np; i++)
+			pages[i] = i;
+		sr->ret = tm_sender_queue_pages(s, b, pages, np, &sr->error);
+	}
+	if (sr->ret >= 0 && sr->queue_all)
+		sr->ret = tm_sender_finish(s, &sr->error);
+	return NULL;
+}
+
+/* The receiver gives up after accept (a tool that cannot map the RAM): the sender learns why. */
+static void test_receiver_abort(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_receiver) r = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	int lfd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	sender_run sr = { .g = &src, .port = ports, .channels = 3 };
+	GThread *t = g_thread_new("sender", sender_thread, &sr);
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir, .timeout_ms = 20000 };
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_accept(r, lfd, &err), ==, 0);
+	const tm_ram_layout *ann = tm_receiver_announced_layout(r);
+	tm_ram_block_info bi;
+	g_assert_cmpint(tm_ram_layout_block(ann, 0, &bi), ==, 0);
+	g_assert_cmpstr(bi.name, ==, "pc.ram");
+	g_assert_cmpuint(bi.length, ==, 1 << 20);
+	g_assert_false(tm_receiver_peer_sends_tags(r));
+	tm_receiver_abort(r, ENOSPC, "RAM file out.img is 4096 bytes, the sender announces 1048576");
+	g_thread_join(t);
+	g_assert_cmpint(sr.ret, ==, -ENOSPC);
+	g_assert_nonnull(strstr(sr.error->message, "out.img is 4096 bytes"));
+	g_clear_error(&sr.error);
+	close(lfd);
+	guest_fini(&src);
+}
+
+/* A tag byte that is not a 4-bit tag stops the sender with block and offset named. */
+static void test_sender_bad_tag(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, true);
+	tm_tag_store_soft_array(src.tags, 0)[(5 * 4096 + 32) / 16] = 0x21;
+	g_autofree char *port = peer_start(&p, &dst);
+	sender_run sr = { .g = &src, .port = port, .channels = 2, .queue_all = true };
+	sender_thread(&sr);
+	peer_join(&p);
+	g_assert_cmpint(sr.ret, ==, -EINVAL);
+	g_test_message("sender: %s", sr.error->message);
+	g_assert_nonnull(strstr(sr.error->message, "block 'pc.ram', offset 0x5020"));
+	g_assert_nonnull(strstr(sr.error->message, "high nibble"));
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "sender gave up"));
+	g_assert_nonnull(strstr(p.error->message, "high nibble"));
+	g_clear_error(&sr.error);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* ---- a hand-made hostile sender: valid HELLO, then whatever the test wants ---- */
+static int raw_connect(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
+		       bool tags)
+{
+	int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+	g_assert_cmpint(fd, >=, 0);
+	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
+	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
+	tm_hello h = { .channel_id = id, .channel_count = count,
+		       .features = tags ? TM_FEATURE_TAGS_MTE4 : 0, .packet_size = 512 * 1024,
+		       .chunk_size = 2 << 20, .block_count = 1, .blocks = &wb };
+	memset(h.session_id, 7, 16);
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t bl = tm_hello_body_len(&h);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
+	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)bl, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
+	return fd;
+}
+
+static void expect_ack(int fd)
+{
+	uint8_t ack[TM_FRAME_HDR_LEN + 8];
+	g_assert_cmpint(recv(fd, ack, sizeof(ack), MSG_WAITALL), ==, sizeof(ack));
+	g_assert_cmpuint(ack[5], ==, TM_MSG_HELLO_ACK);
+}
+
+/* A DATA packet whose page lies outside the block: refused before any byte reaches RAM. */
+static void test_corrupt_page_out_of_range(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, false);
+	expect_ack(fd);
+	/* DATA: one NORMAL page at index 256 (the block has 256 pages), then 4 KiB of 0xee. */
+	uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + 8 + 4096];
+	memset(msg, 0xee, sizeof(msg));
+	tm_frame_encode(msg, TM_MSG_DATA, sizeof(msg) - TM_FRAME_HDR_LEN, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);
+	tm_put32(d + 4, 1);
+	tm_put32(d + 8, 4096);
+	tm_put32(d + 12, 0);
+	tm_put32(d + 16, 256);
+	d[20] = TM_PAGE_NORMAL;
+	d[21] = TM_TAGS_ZERO;
+	tm_put16(d + 22, 0);
+	(void)!write(fd, msg, sizeof(msg));
+	/* The receiver says why before it closes. */
+	uint8_t hdr[TM_FRAME_HDR_LEN];
+	g_assert_cmpint(recv(fd, hdr, sizeof(hdr), MSG_WAITALL), ==, sizeof(hdr));
+	g_assert_cmpuint(hdr[5], ==, TM_MSG_ERROR);
+	close(fd);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, -ERANGE);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "channel 0"));
+	g_assert_nonnull(strstr(p.error->message, "256"));
+	g_assert_true(tm_buffer_is_zero(dst.ram[0], dst.len[0]));
+	g_assert_false(tm_receiver_page_present(p.r, 0, 0));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* Two connections claiming the same channel id. */
+static void test_corrupt_duplicate_channel(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd0 = raw_connect(port, a, 1, 2, false);
+	int fd1 = raw_connect(port, a, 1, 2, false);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, -EPROTO);
+	g_assert_nonnull(strstr(p.error->message, "channel id 1 connected twice"));
+	close(fd0);
+	close(fd1);
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* A sender that disappears midway: the receiver fails naming the channel, no hang. */
+static void test_peer_vanishes(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, false);
+	expect_ack(fd);
+	uint8_t half[TM_FRAME_HDR_LEN / 2] = { 'T', 'M', 'I', 'G' };
+	(void)!write(fd, half, sizeof(half));
+	close(fd);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, -ECONNRESET);
+	g_assert_nonnull(strstr(p.error->message, "channel 0"));
+	g_assert_nonnull(strstr(p.error->message, "connection closed"));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+typedef struct half_receiver {
+	int listen_fd;
+	size_t read_before_close;
+} half_receiver;
+
+/* Acknowledges the handshake, reads part of the stream and closes: a receiver that dies. */
+static gpointer half_receiver_thread(gpointer data)
+{
+	half_receiver *h = data;
+	int fd = accept(h->listen_fd, NULL, NULL);
+	uint8_t buf[65536];
+	tm_frame f;
+
+	g_assert_cmpint(recv(fd, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==, TM_FRAME_HDR_LEN);
+	g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 0, &f, NULL), ==, 0);
+	g_assert_cmpint(recv(fd, buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
+	size_t len = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
+	g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
+	size_t got = 0;
+	while (got < h->read_before_close) {
+		ssize_t r = recv(fd, buf, MIN(sizeof(buf), h->read_before_close - got), 0);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	return NULL;
+}
+
+static void test_peer_closes_mid_packet(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 16 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	for (uint64_t i = 0; i < 4096; i++)
+		fill_page(&src, 0, i, 0);
+	half_receiver h = { .read_before_close = 300000 };
+	h.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	GThread *t = g_thread_new("half", half_receiver_thread, &h);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 1, .timeout_ms = 10000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
+	uint64_t bm[64];
+	memset(bm, 0xff, sizeof(bm));
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, 4096, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	g_thread_join(t);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "channel 0"));
+	g_assert_true(r == -EPIPE || r == -ECONNRESET);
+	g_assert_nonnull(strstr(err->message, "connection closed by the peer"));
+	/* Fails at once, not after the 10 s timeout. */
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
+	close(h.listen_fd);
+	guest_fini(&src);
+}
+
+/* ---- a man in the middle that flips one byte of channel 0's ciphertext ---- */
+typedef struct flip_proxy {
+	int listen_fd;     /* where the sender connects */
+	const char *port;  /* the receiver's */
+	unsigned channels;
+	uint64_t flip_at;  /* offset in channel 0's sender-to-receiver stream */
+} flip_proxy;
+
+static gpointer flip_proxy_thread(gpointer data)
+{
+	flip_proxy *fp = data;
+	struct pollfd pfd[2 * TM_MAX_CHANNELS];
+	uint64_t forwarded[TM_MAX_CHANNELS] = { 0 };
+	unsigned open = 2 * fp->channels;
+	uint8_t buf[65536];
+
+	/* The sender connects channel i as the i-th connection. */
+	for (unsigned i = 0; i < fp->channels; i++) {
+		pfd[2 * i] = (struct pollfd){ .fd = accept(fp->listen_fd, NULL, NULL), .events = POLLIN };
+		pfd[2 * i + 1] = (struct pollfd){
+			.fd = tm_net_connect("127.0.0.1", fp->port, 5000, NULL), .events = POLLIN };
+	}
+	while (open > 0 && poll(pfd, 2 * fp->channels, 10000) > 0) {
+		for (unsigned k = 0; k < 2 * fp->channels; k++) {
+			if (pfd[k].fd < 0 || !(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			ssize_t n = recv(pfd[k].fd, buf, sizeof(buf), 0);
+			int to = pfd[k ^ 1].fd;
+			if (n <= 0) {
+				shutdown(to, SHUT_WR);
+				pfd[k].fd = -1;
+				open--;
+				continue;
+			}
+			unsigned ch = k / 2;
+			if (k % 2 == 0) {
+				if (ch == 0 && forwarded[0] <= fp->flip_at &&
+				    fp->flip_at < forwarded[0] + (uint64_t)n)
+					buf[fp->flip_at - forwarded[0]] ^= 0x20;
+				forwarded[ch] += (uint64_t)n;
+			}
+			(void)!send(to, buf, (size_t)n, MSG_NOSIGNAL);
+		}
+	}
+	for (unsigned k = 0; k < 2 * fp->channels; k++)
+		close(pfd[k].fd);
+	g_test_message("proxy: channel 0 carried %" G_GUINT64_FORMAT " bytes", forwarded[0]);
+	return NULL;
+}
+
+/* A byte altered in flight: the receiver refuses the record and never marks a wrong page present. */
+static void test_tls_tampered(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 8 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned pport;
+
+	if (!tls_dir) {
+		g_test_skip("needs TLS");
+		return;
+	}
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	flip_proxy fp = { .port = port, .channels = 2, .flip_at = 1 << 20 };
+	fp.listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
+	GThread *t = g_thread_new("proxy", flip_proxy_thread, &fp);
+	g_autofree char *pports = g_strdup_printf("%u", pport);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pports, &err), ==, 0);
+	uint64_t np = (8 << 20) / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_thread_join(t);
+	close(fp.listen_fd);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_cmpint(p.ret, ==, -EBADMSG);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "channel 0"));
+	g_assert_nonnull(strstr(p.error->message, "authentication"));
+	/* Every page marked present holds exactly what was sent; some never arrived. */
+	uint64_t present = 0;
+	for (uint64_t i = 0; i < np; i++) {
+		if (!tm_receiver_page_present(p.r, 0, i))
+			continue;
+		present++;
+		g_assert_true(memcmp(src.ram[0] + i * 4096, dst.ram[0] + i * 4096, 4096) == 0);
+		g_assert_true(memcmp(tm_tag_store_soft_array(src.tags, 0) + i * 256,
+				     tm_tag_store_soft_array(dst.tags, 0) + i * 256, 256) == 0);
+	}
+	g_test_message("%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " pages present", present, np);
+	g_assert_cmpuint(present, <, np);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * The destination listens first and the source comes late, as in a real migration: every
+ * channel still gets the full timeout for its I/O, not what was left of the accept wait.
+ */
+static void test_late_sender(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, a, 1, false);
+	guest_init(&dst, a, 1, false);
+	guest_fill(&src);
+	/* Timeout 4 s; the sender comes after 2.5 s and pauses 2 s: longer than the 1.5 s left of
+	 * the accept window, well inside the full timeout even on a loaded machine. */
+	g_autofree char *ports = peer_start_ex(&p, &dst, false, 4000);
+	g_usleep(2500 * 1000);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
+	/* A pause between rounds longer than what was left of the accept window. */
+	g_usleep(2000 * 1000);
+	uint64_t bm[(2 << 20) / 4096 / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, (2 << 20) / 4096, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	assert_same(&src, &dst);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* A tag store that fails to set tags: the receiver gives up mid-stream. */
+static int failing_set(tm_tag_store *store, unsigned block, uint64_t offset, uint64_t length,
+		       const uint8_t *buf)
+{
+	return offset >= (1 << 20) ? -ENOSPC : tm_tag_store_soft.set(store, block, offset, length, buf);
+}
+
+/* The receiver's reason reaches the sender, whichever backend the sender's send failed on. */
+static void test_receiver_reason_reaches_sender(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 16 << 20, 4096 } };
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, false);
+	guest_fill(&src);
+	tm_tag_store_ops ops = tm_tag_store_soft;
+	ops.set = failing_set;
+	g_assert_cmpint(tm_tag_store_new(&ops, dst.layout, NULL, &dst.tags, NULL), ==, 0);
+	g_autofree char *port = peer_start(&p, &dst);
+	sender_run sr = { .g = &src, .port = port, .channels = 2, .queue_all = true };
+	sender_thread(&sr);
+	peer_join(&p);
+	g_assert_cmpint(sr.ret, <, 0);
+	g_test_message("sender: %s", sr.error->message);
+	g_assert_nonnull(strstr(sr.error->message, "receiver failed"));
+	g_assert_nonnull(strstr(sr.error->message, "setting tags failed"));
+	g_assert_cmpint(p.ret, ==, -ENOSPC);
+	g_assert_nonnull(strstr(p.error->message, "block 'pc.ram', offset 0x"));
+	g_clear_error(&sr.error);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* Setup failures with no GError to fill: reported by the return value, no crash. */
+static void test_null_error(void)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	const block_spec b[] = { { "pc.ram", 2 << 20, 4096 } };
+	g_autoptr(tm_receiver) r = NULL;
+	unsigned port;
+
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = 200 };
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, NULL), ==, 0);
+	int lfd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(tm_receiver_accept(r, lfd, NULL), ==, -ETIMEDOUT);
+	close(lfd);
+
+	/* A layout mismatch found by start() without an error to fill. */
+	guest_init(&src, a, 1, false);
+	guest_init(&dst, b, 1, false);
+	memset(&p, 0, sizeof(p));
+	p.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	sender_run sr = { .g = &src, .port = ports, .channels = 1 };
+	GThread *t = g_thread_new("sender", sender_thread, &sr);
+	g_autoptr(tm_receiver) r2 = NULL;
+	tm_receiver_config cfg2 = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				    .timeout_ms = 20000 };
+	g_assert_cmpint(tm_receiver_new(&cfg2, &r2, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_accept(r2, p.listen_fd, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_start(r2, dst.layout, NULL, NULL), ==, -EINVAL);
+	g_thread_join(t);
+	g_assert_cmpint(sr.ret, ==, -EINVAL);
+	g_clear_error(&sr.error);
+	close(p.listen_fd);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "receiver-abort", test_receiver_abort, false },
+		{ "sender-bad-tag", test_sender_bad_tag, false },
+		{ "corrupt-page-out-of-range", test_corrupt_page_out_of_range, true },
+		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel, true },
+		{ "peer-vanishes", test_peer_vanishes, true },
+		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
+		{ "tls-tampered", test_tls_tampered, false },
+		{ "late-sender", test_late_sender, false },
+		{ "receiver-reason-reaches-sender", test_receiver_reason_reaches_sender, false },
+		{ "null-error", test_null_error, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
