@@ -202,3 +202,14 @@ int tm_tls_open_end(tm_tls_dir *d, const uint8_t *tag)
 	d->records++;
 	return 0;
 }
+
+int tm_tls_dir_key(const tm_tls_dir *d, uint8_t *key, size_t *ret_len)
+{
+	int klen = EVP_CIPHER_get_key_length(d->cipher);
+
+	if (klen <= 0 || (size_t)klen > EVP_MAX_KEY_LENGTH ||
+	    expand_label(d->md, d->secret, d->secret_len, "key", key, (size_t)klen) < 0)
+		return -EPROTO;
+	*ret_len = (size_t)klen;
+	return 0;
+}

@@ -11,8 +11,10 @@
  * handshake flight).
  */
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -178,6 +180,7 @@ static void tls_release(tls_chan *t)
 	tm_tls_dir_free(&t->tx);
 	tm_tls_dir_free(&t->rx);
 	OPENSSL_cleanse(t->secret, sizeof(t->secret));
+	g_free(t->kv);
 	g_free(t->verify_subject);
 	g_free(t->verify_when);
 	g_free(t->err_msg);
@@ -318,12 +321,144 @@ static int maybe_update_key(tls_chan *t)
 
 	if (t->tx.records < t->ctx->key_limit)
 		return 0;
-	int r = seal_buf(t, CT_HANDSHAKE, key_update, sizeof(key_update));
+	int r = t->ktls_tx ? tm_ktls_send_ctrl(t->inner.fd, CT_HANDSHAKE, key_update,
+					       sizeof(key_update))
+			   : seal_buf(t, CT_HANDSHAKE, key_update, sizeof(key_update));
+	if (r < 0 && t->ktls_tx)
+		r = own_fail(t, r, g_strdup_printf("TLS send: kernel TLS: sending a key update: %s",
+						   g_strerror(-r)));
 	if (r == 0 && tm_tls_dir_update(&t->tx) < 0)
 		r = own_fail(t, -EPROTO, g_strdup("TLS send: deriving the next key failed"));
+	if (r == 0 && t->ktls_tx && (r = tm_ktls_set(t->inner.fd, &t->tx, true, false)) < 0)
+		r = own_fail(t, -EPROTO, g_strdup_printf("TLS send: kernel TLS refused the next key: "
+							 "%s", g_strerror(-r)));
 	if (r == 0)
 		tm_count(&t->ctx->key_updates, 1);
 	return r;
+}
+
+/* ---- kernel TLS (ktls.c) for the same direction ---- */
+
+static int own_content(tls_chan *t, uint8_t type, size_t len);
+
+/* Copies len bytes' worth of iov into t->kv (grown once to the largest message) to advance it. */
+static struct iovec *kv_copy(tls_chan *t, const struct iovec *iov, unsigned n, size_t len,
+			     unsigned *ret_n)
+{
+	if (n > t->kv_cap) {
+		t->kv = g_renew(struct iovec, t->kv, n);
+		t->kv_cap = n;
+	}
+	unsigned k = 0;
+	for (unsigned i = 0; i < n && len > 0; i++) {
+		size_t l = MIN(iov[i].iov_len, len);
+		if (l == 0)
+			continue;
+		t->kv[k++] = (struct iovec){ .iov_base = iov[i].iov_base, .iov_len = l };
+		len -= l;
+	}
+	*ret_n = k;
+	return t->kv;
+}
+
+/* The kernel seals: plaintext straight from the caller's memory (guest RAM) into sendmsg. */
+static int ktls_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t len)
+{
+	unsigned kn;
+	struct iovec *v = kv_copy(t, iov, n, len, &kn);
+
+	while (len > 0) {
+		if (kn == 0)
+			return own_fail(t, -EINVAL, g_strdup("TLS send: the iovecs hold less than "
+							     "the length given"));
+		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(kn, (unsigned)IOV_MAX) };
+		ssize_t r = sendmsg(t->inner.fd, &msg, MSG_NOSIGNAL);
+		/* A system call is submitted and completed at once, as the io_uring counters see it. */
+		tm_count(&t->inner.st.io_submissions, 1);
+		tm_count(&t->inner.st.io_completions, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			t->io_err = errno == EAGAIN ? -ETIMEDOUT : -errno;
+			return own_io_fail(t, "send");
+		}
+		/* Records the kernel made: a full one per 16 KiB, a short one at the end at most. */
+		t->tx.records += (size_t)r / TM_TLS_RECORD + 1;
+		len -= (size_t)r;
+		tm_iov_advance(&v, &kn, (size_t)r);
+	}
+	return 0;
+}
+
+/*
+ * The kernel opens: page data straight from the socket into the caller's memory. Short reads
+ * (message headers, the 1-byte read that waits for close_notify) go through t->plain, so that a
+ * whole control record always fits; what comes with them is served from there.
+ */
+static int ktls_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t len)
+{
+	unsigned kn;
+	struct iovec *v = kv_copy(t, iov, n, len, &kn);
+
+	while (len > 0) {
+		if (kn == 0)
+			return own_fail(t, -EINVAL, g_strdup("TLS receive: the iovecs hold less than "
+							     "the length given"));
+		if (t->plain_len > 0) {
+			size_t k = MIN(MIN(t->plain_len, len), v->iov_len);
+			memcpy(v->iov_base, t->plain + t->plain_off, k);
+			t->plain_off += k;
+			t->plain_len -= k;
+			len -= k;
+			tm_iov_advance(&v, &kn, k);
+			continue;
+		}
+		if (t->rx_closed)
+			return -ECONNRESET; /* err_msg says so */
+		bool bounce = len < STREAM_MIN;
+		struct iovec b = { .iov_base = t->plain, .iov_len = MAX(len, (size_t)64) };
+		uint8_t type;
+		ssize_t r = tm_ktls_recv(t->inner.fd, bounce ? &b : v, bounce ? 1 : kn, &type);
+		/* A system call is submitted and completed at once, as the io_uring counters see it. */
+		tm_count(&t->inner.st.io_submissions, 1);
+		tm_count(&t->inner.st.io_completions, 1);
+		if (r == -EBADMSG)
+			return own_fail(t, -EBADMSG, g_strdup("TLS record authentication failed (bad "
+							      "record MAC): the data was altered in "
+							      "transit"));
+		if (r == -EMSGSIZE || r == -EINVAL || r == -EPROTO)
+			return own_fail(t, -EBADMSG,
+					g_strdup_printf("TLS receive: malformed TLS record (kernel "
+							"TLS: %s)", g_strerror((int)-r)));
+		if (r <= 0) {
+			t->io_err = r == 0 ? -ECONNRESET : r == -EAGAIN ? -ETIMEDOUT : (int)r;
+			return own_io_fail(t, "receive");
+		}
+		if (type == CT_DATA && bounce) {
+			t->plain_off = 0;
+			t->plain_len = (size_t)r;
+			continue;
+		}
+		if (type == CT_DATA) {
+			len -= (size_t)r;
+			tm_iov_advance(&v, &kn, (size_t)r);
+			continue;
+		}
+		/* A control record (its content, without type or padding) landed in the buffer. */
+		if (!bounce) {
+			cursor g = { v, kn, 0 };
+			for (size_t i = 0; i < (size_t)r;) {
+				size_t k = MIN(cursor_span(&g), (size_t)r - i);
+				memcpy(t->plain + i, (uint8_t *)g.v->iov_base + g.off, k);
+				g.off += k;
+				i += k;
+			}
+		}
+		int c = own_content(t, type, (size_t)r);
+		if (c < 0)
+			return c;
+	}
+	return 0;
 }
 
 /*
@@ -333,6 +468,10 @@ static int maybe_update_key(tls_chan *t)
  */
 static int own_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t len)
 {
+	if (t->ktls_tx) {
+		int r = maybe_update_key(t);
+		return r < 0 ? r : ktls_send(t, iov, n, len);
+	}
 	cursor c = { iov, n, 0 };
 	size_t head = n > 0 ? MIN(iov[0].iov_len, len) : 0;
 	int r = 0;
@@ -379,7 +518,6 @@ static int fill_in(tls_chan *t, size_t need, size_t ahead)
 /* The content of an opened record, t->plain[0..len): content, type, zero padding. */
 static int own_plain(tls_chan *t, size_t len)
 {
-	const char *peer = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
 	uint8_t *p = t->plain;
 
 	while (len > 0 && p[len - 1] == 0)
@@ -388,6 +526,18 @@ static int own_plain(tls_chan *t, size_t len)
 		return own_fail(t, -EBADMSG, g_strdup("TLS receive: a record without content type "
 						      "(malformed TLS record)"));
 	uint8_t type = p[--len];
+	return own_content(t, type, len);
+}
+
+/*
+ * What a record of content type `type` with content t->plain[0..len) means: data to deliver,
+ * the end of the session, or a key update.
+ */
+static int own_content(tls_chan *t, uint8_t type, size_t len)
+{
+	const char *peer = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
+	uint8_t *p = t->plain;
+
 	if (len > TM_TLS_RECORD)
 		return own_fail(t, -EBADMSG,
 				g_strdup_printf("TLS receive: a record with %zu bytes of content, more "
@@ -415,6 +565,11 @@ static int own_plain(tls_chan *t, size_t len)
 			if (tm_tls_dir_update(&t->rx) < 0)
 				return own_fail(t, -EPROTO, g_strdup("TLS receive: deriving the "
 								     "next key failed"));
+			int kr = t->ktls_rx ? tm_ktls_set(t->inner.fd, &t->rx, false, false) : 0;
+			if (kr < 0)
+				return own_fail(t, -EPROTO,
+						g_strdup_printf("TLS receive: kernel TLS refused the "
+								"next key: %s", g_strerror(-kr)));
 			tm_count(&t->ctx->key_updates, 1);
 			/*
 			 * update_requested: OpenSSL protects our sending direction; make it send its
@@ -527,6 +682,8 @@ static int own_record(tls_chan *t, cursor *c, size_t len, size_t *done)
 
 static int own_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t len)
 {
+	if (t->ktls_rx)
+		return ktls_recv(t, iov, n, len);
 	cursor c = { iov, n, 0 };
 
 	while (len > 0) {
@@ -561,9 +718,18 @@ static int own_close_notify(tls_chan *t)
 	if (t->tx_closed)
 		return 0;
 	t->tx_closed = true;
-	int r = seal_buf(t, CT_ALERT, alert, sizeof(alert));
-	if (r == 0 && flush_out(t) < 0)
-		r = own_io_fail(t, "close");
+	int r;
+	if (t->ktls_tx) {
+		r = tm_ktls_send_ctrl(t->inner.fd, CT_ALERT, alert, sizeof(alert));
+		if (r < 0) {
+			t->io_err = r;
+			r = own_io_fail(t, "close");
+		}
+	} else {
+		r = seal_buf(t, CT_ALERT, alert, sizeof(alert));
+		if (r == 0 && flush_out(t) < 0)
+			r = own_io_fail(t, "close");
+	}
 	/* OpenSSL must not send one of its own in our direction. */
 	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
 	return r;
@@ -617,6 +783,19 @@ static int own_start(tls_chan *t)
 	} else {
 		t->own_rx = true;
 		t->plain = g_malloc(TM_TLS_MAX_CIPHERTEXT);
+	}
+	/*
+	 * Kernel TLS where the context found it usable (key updates included). Nothing of this
+	 * direction has been sent or read yet (sequence 0; the receiver read nothing past the
+	 * client's Finished), and records already queued on the socket are the kernel's to open.
+	 * A refusal here leaves the socket as it was: our records go on in user space.
+	 */
+	if (t->ctx->ktls && tm_ktls_set(t->inner.fd, client ? &t->tx : &t->rx, client, true) == 0) {
+		if (client)
+			t->ktls_tx = true;
+		else
+			t->ktls_rx = true;
+		tm_count(&t->ctx->ktls_channels, 1);
 	}
 	return 0;
 }
@@ -926,6 +1105,14 @@ const char *tm_tls_chan_cipher(const tm_chan *ch)
 		return NULL;
 	const tls_chan *t = ch->priv;
 	return SSL_get_cipher_name(t->ssl);
+}
+
+unsigned tm_tls_chan_ktls(const tm_chan *ch)
+{
+	if (ch->ops != &tm_transport_tls)
+		return 0;
+	const tls_chan *t = ch->priv;
+	return (t->ktls_tx ? TM_TLS_KTLS_TX : 0) | (t->ktls_rx ? TM_TLS_KTLS_RX : 0);
 }
 
 bool tm_tls_chan_resumed(const tm_chan *ch)

@@ -38,6 +38,28 @@ void tm_tls_dir_free(tm_tls_dir *d);
 /* Moves to the next traffic secret (KeyUpdate, RFC 8446 7.2); sequence number back to 0. */
 int tm_tls_dir_update(tm_tls_dir *d);
 
+/* The current key of d (EVP_MAX_KEY_LENGTH bytes of room), for kernel TLS. Wipe it after use. */
+int tm_tls_dir_key(const tm_tls_dir *d, uint8_t *key, size_t *ret_len);
+
+/* ---- ktls.c: kernel TLS for the direction our records protect ---- */
+
+/*
+ * Whether this kernel can take over TLS 1.3 records with our keys, key updates included (TLS_TX
+ * set twice on a loopback connection: kernels before 6.14 refuse the second). Returns 0, or
+ * -errno with the reason in *ret_reason (g_free).
+ */
+int tm_ktls_probe(char **ret_reason);
+/* Hands d's direction of fd to the kernel (tx: TLS_TX, else TLS_RX); install_ulp the first time. */
+int tm_ktls_set(int fd, const tm_tls_dir *d, bool tx, bool install_ulp);
+/* One record of another content type than application data (alert, KeyUpdate) via the kernel. */
+int tm_ktls_send_ctrl(int fd, uint8_t type, const void *buf, size_t len);
+/*
+ * One recvmsg on a kernel TLS socket into iov[0..n) (at most IOV_MAX used): returns the bytes
+ * received (0 at the end of the stream) and the record's content type in *ret_type, or -errno
+ * (-EAGAIN after the socket's receive timeout, -EBADMSG for a record that is not authentic).
+ */
+ssize_t tm_ktls_recv(int fd, const struct iovec *iov, unsigned n, uint8_t *ret_type);
+
 /*
  * Sealing one record of plain_len content bytes at rec: seal_begin writes the 5-byte header,
  * crypt encrypts the content in any number of pieces into rec + TM_TLS_HDR onwards, seal_end
@@ -65,8 +87,9 @@ struct tm_tls_ctx {
 	SSL_SESSION *session; /* client: the newest resumable session (ticket) */
 	bool own_records;       /* tagmig's record layer after the handshake (else OpenSSL's) */
 	uint64_t key_limit;     /* records per key before a KeyUpdate (own record layer) */
+	bool ktls;              /* hand our records to kernel TLS (ktls_reason says why not) */
 	/* relaxed atomics */
-	uint64_t full, resumed, handshake_us, key_updates;
+	uint64_t full, resumed, handshake_us, key_updates, ktls_channels;
 };
 
 /* The priv of a TLS channel. */
@@ -107,7 +130,10 @@ typedef struct tls_chan {
 	 * direction (confirmation, acknowledgements, errors, close_notify) stays with OpenSSL.
 	 */
 	bool own_tx, own_rx;
+	bool ktls_tx, ktls_rx; /* ... with the kernel sealing/opening them (ktls.c) */
 	tm_tls_dir tx, rx;
+	struct iovec *kv;      /* kernel TLS: the caller's iovecs, to advance over partial I/O */
+	unsigned kv_cap;
 	uint8_t *plain;     /* own_rx: TM_TLS_MAX_CIPHERTEXT bytes, an opened record's content */
 	size_t plain_off, plain_len;
 	bool rx_closed;     /* own_rx: the peer's close_notify arrived */

@@ -218,12 +218,21 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 	ctx->key_limit = TM_TLS_KEY_LIMIT;
 
 	g_autoptr(GError) ktls = NULL;
-	if (tm_tls_ktls_probe(&ktls) == 0)
-		ctx->ktls_reason = g_strdup("the kernel offers TLS offload, but this build has no "
-					    "kernel TLS data path: records protected in user space");
-	else
+	g_autofree char *why = NULL;
+	if (g_strcmp0(g_getenv("TAGMIG_KTLS"), "0") == 0)
+		ctx->ktls_reason = g_strdup("kernel TLS offload disabled (TAGMIG_KTLS=0): records "
+					    "protected in user space");
+	else if (tm_tls_ktls_probe(&ktls) < 0)
 		ctx->ktls_reason = g_strdup_printf("%s: records protected in user space",
 						   ktls->message);
+	else if (tm_ktls_probe(&why) < 0)
+		ctx->ktls_reason = g_strdup_printf("kernel TLS offload unavailable: %s: records "
+						   "protected in user space", why);
+	else
+		ctx->ktls = true;
+	if (ctx->ktls)
+		ctx->ktls_reason = g_strdup("kernel TLS offload available: the kernel protects "
+					    "the sender's records");
 	*ret = ctx;
 	return 0;
 }
@@ -252,6 +261,17 @@ void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret)
 	ret->resumed_handshakes = __atomic_load_n(&ctx->resumed, __ATOMIC_RELAXED);
 	ret->handshake_us = __atomic_load_n(&ctx->handshake_us, __ATOMIC_RELAXED);
 	ret->key_updates = __atomic_load_n(&ctx->key_updates, __ATOMIC_RELAXED);
+	ret->ktls_channels = __atomic_load_n(&ctx->ktls_channels, __ATOMIC_RELAXED);
+}
+
+void tm_tls_ctx_set_ktls(tm_tls_ctx *ctx, bool on)
+{
+	if (!on && ctx->ktls) {
+		ctx->ktls = false;
+		g_free(ctx->ktls_reason);
+		ctx->ktls_reason = g_strdup("kernel TLS offload turned off for this session: records "
+					    "protected in user space");
+	}
 }
 
 void tm_tls_ctx_set_record_layer(tm_tls_ctx *ctx, bool own)
@@ -469,6 +489,12 @@ void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret)
 	ret->tls_handshake_seconds = (double)st.handshake_us / 1e6;
 	const char *cipher = ch ? tm_tls_chan_cipher(ch) : NULL;
 	g_strlcpy(ret->tls_cipher, cipher ? cipher : "", sizeof(ret->tls_cipher));
-	g_snprintf(ret->tls_note, sizeof(ret->tls_note), "%s by %s record layer",
-		   tm_tls_ctx_ktls_reason(ctx), ctx->own_records ? "tagmig's" : "OpenSSL's");
+	if (st.ktls_channels > 0)
+		g_snprintf(ret->tls_note, sizeof(ret->tls_note), "kernel TLS offload: the kernel "
+			   "protects the sender's records on %" G_GUINT64_FORMAT " channel(s)",
+			   st.ktls_channels);
+	else
+		g_snprintf(ret->tls_note, sizeof(ret->tls_note), "%s by %s record layer",
+			   tm_tls_ctx_ktls_reason(ctx),
+			   ctx->own_records ? "tagmig's" : "OpenSSL's");
 }

@@ -67,6 +67,7 @@ typedef struct tm_tls_stats {
 	uint64_t resumed_handshakes; /* channels that resumed a session from a ticket */
 	uint64_t handshake_us;       /* wall time of all handshakes, summed over channels */
 	uint64_t key_updates;        /* KeyUpdates sent (client) or received (server) */
+	uint64_t ktls_channels;      /* channels whose records the kernel protects (kernel TLS) */
 } tm_tls_stats;
 
 /*
@@ -102,6 +103,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_tls_ctx, tm_tls_ctx_free)
  * benchmarks and tests; not thread-safe against channels starting.
  */
 void tm_tls_ctx_set_record_layer(tm_tls_ctx *ctx, bool own);
+
+/*
+ * Turns kernel TLS off for channels started from now on (it is on where tm_tls_ctx_new found it
+ * usable: the tls ULP, and a kernel that takes new keys, Linux 6.14 on; not with
+ * $TAGMIG_KTLS=0). Kernel TLS needs tagmig's record layer (our keys). For benchmarks and tests.
+ */
+void tm_tls_ctx_set_ktls(tm_tls_ctx *ctx, bool on);
 
 /* Changes TM_TLS_KEY_LIMIT for channels started from now on (tests make it small). */
 void tm_tls_ctx_set_key_limit(tm_tls_ctx *ctx, uint64_t records);
@@ -154,6 +162,11 @@ bool tm_tls_chan_is_tls(const tm_chan *ch);
 
 /* Cipher suite name of ch (e.g. "TLS_AES_128_GCM_SHA256"), NULL if ch is not a TLS channel. */
 const char *tm_tls_chan_cipher(const tm_chan *ch);
+
+/* Which direction of ch the kernel protects (kernel TLS): TM_TLS_KTLS_TX | TM_TLS_KTLS_RX, or 0. */
+#define TM_TLS_KTLS_TX 1u
+#define TM_TLS_KTLS_RX 2u
+unsigned tm_tls_chan_ktls(const tm_chan *ch);
 
 /* Whether ch's handshake resumed a session (false if not a TLS channel). */
 bool tm_tls_chan_resumed(const tm_chan *ch);
