@@ -36,3 +36,14 @@ if [ -n "$need" ]; then
 	apt-get install -y -qq --no-install-recommends $need >/dev/null ||
 		echo "setup: could not install the arm64 suite's packages; it will skip" >&2
 fi
+
+# The kernel TLS suite (tests/ktls/): QEMU for x86_64 to boot a Debian kernel with the tls module,
+# cpio for its initramfs, xz to unpack the kernel's modules (the harness fetches the kernel
+# itself). Not fatal: without them that suite skips and says why.
+need=$(missing qemu-system-x86 cpio xz-utils binutils)
+if [ -n "$need" ]; then
+	echo "setup: installing for the kernel TLS suite:$need" >&2
+	apt-get install -y -qq --no-install-recommends $need >/dev/null 2>&1 ||
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
+		echo "setup: could not install the kernel TLS suite's packages; it will skip" >&2
+fi
