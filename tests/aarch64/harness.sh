@@ -26,16 +26,9 @@ cache=$work/cache
 mkdir -p "$cache"
 t_start=$(date +%s)
 
-skip() {
-	echo "1..0 # SKIP $*"
-	exit 0
-}
-bail() {
-	echo "not ok 1 - harness: $*"
-	echo "1..1"
-	exit 1
-}
-note() { echo "# $*"; }
+# skip, bail, note (TAP); mirror_of, apt_private (a private apt state under $cache/apt)
+# shellcheck source=../lib/harness.sh
+. "$src/tests/lib/harness.sh"
 
 case $test in
 kvm-tagstore | kvm-migrate | kvm-uffd) ;;
@@ -56,29 +49,7 @@ done
 hostarch=$(dpkg --print-architecture)
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 
-# Mirror URIs of the system's Debian sources (deb822 or one-line), so the private apt state
-# uses the same mirror (and proxy settings from /etc/apt/apt.conf.d) as the system.
-mirror_of() { # $1: suite
-	{
-		awk -v s="$1" 'BEGIN{RS=""} { u=""; ok=0;
-			for (i = 1; i <= NF; i++) { if ($i == "URIs:") u = $(i+1);
-				if ($i == "Suites:") for (j = i+1; j <= NF && $j !~ /:$/; j++) if ($j == s) ok=1 }
-			if (ok && u != "") { print u; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null
-		awk -v s="$1" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i == s) { u=$(i-1); print u; exit } }' \
-			/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
-	} | head -1
-}
-
-apt_private() { # $1: apt-get or apt-cache, then its arguments
-	local a=$cache/apt tool=$1
-	shift
-	mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/parts"
-	"$tool" -q -o Dir::Etc::SourceList="$a/sources.list" -o Dir::Etc::SourceParts="$a/parts" \
-		-o Dir::State::Lists="$a/lists" -o Dir::Cache="$a/cache" \
-		-o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts="$a/parts" \
-		-o Debug::NoLocking=1 -o APT::Sandbox::User=root -o Acquire::Languages=none \
-		-o APT::Architectures::="$hostarch" -o APT::Architectures::=arm64 "$@"
-}
+apt_archs="$hostarch arm64"
 
 apt_ready=$cache/apt/ready-$codename
 apt_setup() {

@@ -19,22 +19,15 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "../common/vm-init.h"
+
 static void loopback_up(void)
 {
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	struct ifreq ifr;
+	const char *step;
+	int r = vm_loopback_up(&step);
 
-	memset(&ifr, 0, sizeof(ifr));
-	strcpy(ifr.ifr_name, "lo");
-	if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
-		perror("RUNNER: lo");
-	} else {
-		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
-			perror("RUNNER: lo up");
-	}
-	if (s >= 0)
-		close(s);
+	if (r < 0)
+		fprintf(stderr, "RUNNER: %s: %s\n", step, strerror(-r));
 }
 
 int main(void)

@@ -39,16 +39,9 @@ name=$(basename "$prog")-$flavor
 mkdir -p "$cache" "$work"
 t_start=$(date +%s)
 
-skip() {
-	echo "1..0 # SKIP $*"
-	exit 0
-}
-bail() {
-	echo "not ok 1 - harness: $*"
-	echo "1..1"
-	exit 1
-}
-note() { echo "# $*"; }
+# skip, bail, note (TAP); mirror_of, apt_private (a private apt state under $cache/apt)
+# shellcheck source=../lib/harness.sh
+. "$src/tests/lib/harness.sh"
 
 case $flavor in
 new) suite=trixie-backports expect=1 ;;
@@ -67,30 +60,7 @@ for tool in qemu-system-x86_64 cpio gzip xz objcopy dpkg-deb apt-get ldd; do
 		skip "$tool is not installed (scripts/setup.sh installs qemu-system-x86, cpio, xz-utils and binutils; the packages could not be obtained)"
 done
 
-# Mirror URIs of the system's Debian sources (deb822 or one-line), so the private apt state
-# uses the same mirror (and proxy settings from /etc/apt/apt.conf.d) as the system. As in
-# tests/aarch64/harness.sh.
-mirror_of() { # $1: suite
-	{
-		awk -v s="$1" 'BEGIN{RS=""} { u=""; ok=0;
-			for (i = 1; i <= NF; i++) { if ($i == "URIs:") u = $(i+1);
-				if ($i == "Suites:") for (j = i+1; j <= NF && $j !~ /:$/; j++) if ($j == s) ok=1 }
-			if (ok && u != "") { print u; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null
-		awk -v s="$1" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i == s) { u=$(i-1); print u; exit } }' \
-			/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
-	} | head -1
-}
-
-apt_private() { # $1: apt-get or apt-cache, then its arguments
-	local a=$cache/apt tool=$1
-	shift
-	mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/parts"
-	"$tool" -q -o Dir::Etc::SourceList="$a/sources.list" -o Dir::Etc::SourceParts="$a/parts" \
-		-o Dir::State::Lists="$a/lists" -o Dir::Cache="$a/cache" \
-		-o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts="$a/parts" \
-		-o Debug::NoLocking=1 -o APT::Sandbox::User=root -o Acquire::Languages=none \
-		-o APT::Architecture=amd64 -o APT::Architectures::=amd64 "$@"
-}
+apt_archs=amd64
 
 # One private index for both kernels: trixie-backports (pinned low by its Release file, so only
 # asked for by name) and bookworm with its security updates, amd64 only. Refreshed daily.

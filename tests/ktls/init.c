@@ -40,6 +40,8 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
+#include "../common/vm-init.h"
+
 #define INDEX "/ktls/modules.ktls"
 #define MODPROBE_LOG "/tmp/ktls-modprobe.log"
 #define MAX_MODS 2048
@@ -207,20 +209,11 @@ static bool dir_is_empty(const char *path)
 
 static void loopback_up(void)
 {
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	struct ifreq ifr;
+	const char *step;
+	int r = vm_loopback_up(&step);
 
-	memset(&ifr, 0, sizeof(ifr));
-	strcpy(ifr.ifr_name, "lo");
-	if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
-		say("KTLS-INIT: FAIL loopback: %s\n", strerror(errno));
-	} else {
-		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
-			say("KTLS-INIT: FAIL bringing up lo: %s\n", strerror(errno));
-	}
-	if (s >= 0)
-		close(s);
+	if (r < 0)
+		say("KTLS-INIT: FAIL loopback: %s: %s\n", step, strerror(-r));
 }
 
 /* Output to the second serial port, raw (no \r added, nothing echoed); the console if absent. */
