@@ -165,7 +165,23 @@ tm_tls_ctx *tm_tls_ctx_ref(tm_tls_ctx *ctx);
  */
 int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);
 
-/* The key-log callback of both roles: keeps the client's traffic secret for own_start(). */
+/* tls-chan.c: hands the collected records to the inner send (-errno, also in t->io_err). */
+int tm_tls_flush_out(tls_chan *t);
+/*
+ * tls-chan.c: turns the failure of an SSL call (or, ret 0, of the inner backend in t->io_err)
+ * into -errno and t->err_msg; see tm_tls_explain.
+ */
+int tm_tls_io_fail(tls_chan *t, int ret, const char *what);
+
+/* tls-own.c: the sender-to-receiver direction with our records or kernel TLS. */
+int tm_tls_own_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t len);
+int tm_tls_own_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t len);
+/* Our close_notify as the last record of our direction (OpenSSL then sends none). */
+int tm_tls_own_close_notify(tls_chan *t);
+/* After the handshake: our records (and kernel TLS where usable) take over the direction. */
+int tm_tls_own_start(tls_chan *t);
+
+/* The key-log callback of both roles: keeps the client's traffic secret for tm_tls_own_start. */
 void tm_tls_keylog_cb(const SSL *ssl, const char *line);
 
 /* The verify callback of both roles: records why the peer's chain failed. */
