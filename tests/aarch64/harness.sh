@@ -13,8 +13,9 @@
 #      its meta package (TAGMIG_AARCH64_KERNEL=6.1, the default, or 6.12) and unpacked likewise.
 # 2. Cross-builds the project with cross/aarch64-linux-gnu.ini into WORKDIR/cross (static test
 #    programs) and packs init + the test program into an initramfs.
-# 3. Boots `-M virt,virtualization=on,mte=on` under TCG; init runs the program in a child process
-#    and powers off.
+# 3. Boots `-M virt,virtualization=on,mte=on` under TCG (KVM only on an arm64 host where a probe
+#    boot under it reaches init: tests/lib/accel.sh, TAGMIG_VM_ACCEL); init runs the program in a
+#    child process and powers off.
 # Exits through a TAP SKIP only when the packages cannot be obtained (no cross compiler, no arm64
 # libraries, no network or mirror); anything else that goes wrong is a failure.
 set -uo pipefail
@@ -29,6 +30,9 @@ t_start=$(date +%s)
 # skip, bail, note (TAP); mirror_of, apt_private (a private apt state under $cache/apt)
 # shellcheck source=../lib/harness.sh
 . "$src/tests/lib/harness.sh"
+# vm_accel_decide (the accelerator, by evidence)
+# shellcheck source=../lib/accel.sh
+. "$src/tests/lib/accel.sh"
 
 case $test in
 kvm-tagstore | kvm-migrate | kvm-uffd) ;;
@@ -156,17 +160,36 @@ t2=$(date +%s)
 flock -u 9
 
 # ---- 3. boot ----
+# The accelerator (tests/lib/accel.sh): TCG on any host but arm64; there KVM where a probe boot
+# of this kernel with EL2 and MTE reaches init (nested virtualization with MTE is rare).
+# TAGMIG_VM_ACCEL forces a choice; a failed KVM boot falls back to TCG, saying why.
+machine=(-M virt,virtualization=on,mte=on,gic-version=3)
+tcg_words="-accel tcg,thread=multi -cpu max,pauth-impdef=on"
+vm_accel_decide "$qemu" aarch64 "$kernel" "$cache" "$tcg_words" -- "${machine[@]}" ||
+	bail "bad TAGMIG_VM_ACCEL"
 console=$work/console-$test.log
-timeout -k 10 "${TAGMIG_AARCH64_TIMEOUT:-600}" "$qemu" \
-	-M virt,virtualization=on,mte=on,gic-version=3 -cpu max,pauth-impdef=on -smp 2 -m 1G \
-	-accel tcg,thread=multi -nographic -no-reboot -monitor none -serial stdio -nodefaults \
-	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyAMA0 rdinit=/init panic=-1 quiet" </dev/null >"$console" 2>&1
+boot() {
+	timeout -k 10 "${TAGMIG_AARCH64_TIMEOUT:-600}" "$qemu" "${machine[@]}" "$@" -smp 2 -m 1G \
+		-nographic -no-reboot -monitor none -serial stdio -nodefaults \
+		-kernel "$kernel" -initrd "$initrd" \
+		-append "console=ttyAMA0 rdinit=/init panic=-1 quiet" </dev/null >"$console" 2>&1
+}
+boot "${vm_accel_args[@]}"
 qrc=$?
+if [ "$vm_accel" = kvm ] && ! grep -q '^RUNNER:' "$console"; then
+	note "under KVM the machine ended (QEMU status $qrc) before init started: booting again under TCG"
+	tail -3 "$console" | tr -d '\r' | sed 's/^/# qemu: /'
+	vm_accel=tcg
+	vm_accel_why="TCG: the boot under KVM did not reach init"
+	# shellcheck disable=SC2086 # one word an argument
+	boot $tcg_words
+	qrc=$?
+fi
 t3=$(date +%s)
 
 # ---- 4. TAP ----
-note "QEMU $qver ($qemu), kernel $(basename "$kernel"), packages $((t1 - t0)) s, cross build $((t2 - t1)) s, boot and run $((t3 - t2)) s"
+note "accelerator: $vm_accel_why"
+note "QEMU $qver ($qemu, $vm_accel), kernel $(basename "$kernel"), packages $((t1 - t0)) s, cross build $((t2 - t1)) s, boot and run $((t3 - t2)) s"
 n=0
 fails=0
 result=

@@ -17,7 +17,8 @@
 # 2. Packs an initramfs: init (also /sbin/modprobe, so the kernel's requests for crypto modules
 #    are served), the modules, PROGRAM and every library `ldd` lists, /bin/sh, openssl and the
 #    tools scripts/make-tls-creds.sh uses, that script, all at their host paths.
-# 3. Boots it: KVM with -cpu host when /dev/kvm opens, else TCG. The kernel command line carries
+# 3. Boots it: KVM with -cpu host where a probe boot under KVM reaches init (tests/lib/accel.sh:
+#    decided once per run, TAGMIG_VM_ACCEL forces a choice), else TCG. The kernel command line carries
 #    the environment (TAGMIG_EXPECT_KTLS=1 for "new", =norekey for "6.1"; G_TEST_SRCDIR;
 #    TAGMIG_* variables of the caller) and, after "--", the program and its arguments.
 # 4. Turns the program's output into TAP renumbered with the harness's own results: a failing
@@ -42,6 +43,9 @@ t_start=$(date +%s)
 # skip, bail, note (TAP); mirror_of, apt_private (a private apt state under $cache/apt)
 # shellcheck source=../lib/harness.sh
 . "$src/tests/lib/harness.sh"
+# vm_accel_decide (the accelerator, by evidence)
+# shellcheck source=../lib/accel.sh
+. "$src/tests/lib/accel.sh"
 
 case $flavor in
 new) suite=trixie-backports expect=1 ;;
@@ -239,24 +243,20 @@ for w in "${envs[@]}" -- "$prog" "${prog_args[@]}"; do
 done
 [ ${#cmdline} -lt 2000 ] || bail "kernel command line too long (${#cmdline} bytes)"
 
-if [ -n "${TAGMIG_KTLS_ACCEL:-}" ]; then
-	accel=$TAGMIG_KTLS_ACCEL
-elif [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] && (exec 8<>/dev/kvm) 2>/dev/null; then
-	accel=kvm
-else
-	accel=tcg
-fi
+# The accelerator: KVM only where a probe boot of this kernel under it reaches init (once per
+# run, kept in the cache), else TCG; TAGMIG_VM_ACCEL forces a choice (tests/lib/accel.sh).
 # TCG runs the vCPUs in one thread: with one thread per vCPU (thread=multi) the kernel's live
 # code patching (int3 text pokes) crashed early boot now and then (an int3 oops in initcalls,
 # before init ran: 2 boots in ~20 here).
-case $accel in
-kvm) accel_args=(-accel kvm -cpu host) ;;
-*) accel_args=(-accel 'tcg,thread=single' -cpu max) ;;
-esac
+tcg_words="-accel tcg,thread=single -cpu max"
+vm_accel_decide qemu-system-x86_64 x86_64 "$kernel" "$cache" "$tcg_words" -- || bail "bad TAGMIG_VM_ACCEL"
+note "accelerator: $vm_accel_why"
 console=$work/console-$name.log
 out=$work/out-$name.log
 # A machine that dies before init has said anything never ran the program: boot it once more
-# (said in the TAP output). Anything after init started counts as it is.
+# (said in the TAP output), under TCG if KVM was the one that failed. Anything after init started
+# counts as it is.
+accel_args=("${vm_accel_args[@]}")
 for attempt in 1 2; do
 	rm -f "$console" "$out"
 	timeout -k 10 "${TAGMIG_KTLS_TIMEOUT:-540}" qemu-system-x86_64 "${accel_args[@]}" -smp 2 -m 2G \
@@ -264,15 +264,23 @@ for attempt in 1 2; do
 		-serial "file:$console" -serial "file:$out" \
 		-kernel "$kernel" -initrd "$initrd" -append "$cmdline" </dev/null >"$work/qemu-$name.log" 2>&1
 	qrc=$?
-	[ "$attempt" = 1 ] && [ ! -s "$out" ] && [ "$qrc" = 0 ] || break
-	note "the kernel died before init started (attempt 1): booting again; its console:"
+	[ "$attempt" = 1 ] && [ ! -s "$out" ] || break
+	if [ "$vm_accel" = kvm ]; then
+		note "under KVM the machine ended (QEMU status $qrc) before init started: booting again under TCG"
+		tail -3 "$work/qemu-$name.log" 2>/dev/null | sed 's/^/# qemu: /'
+		accel_args=($tcg_words)
+		vm_accel=tcg
+	else
+		[ "$qrc" = 0 ] || break
+		note "the kernel died before init started (attempt 1): booting again; its console:"
+	fi
 	tr -d '\r' <"$console" 2>/dev/null | grep -m4 -E 'Oops|Kernel panic|RIP:' | sed 's/^/# console: /'
 done
 t3=$(date +%s)
 
 # ---- 4. TAP ----
 qver=$(qemu-system-x86_64 --version | head -1 | sed 's/.*version \([^ ]*\).*/\1/')
-note "QEMU $qver ($accel), kernel $kver, packages $((t1 - t0)) s, initramfs $((t2 - t1)) s, boot and run $((t3 - t2)) s"
+note "QEMU $qver ($vm_accel), kernel $kver, packages $((t1 - t0)) s, initramfs $((t2 - t1)) s, boot and run $((t3 - t2)) s"
 note "command line: $cmdline"
 n=0
 fails=0
