@@ -21,7 +21,7 @@ if [ -n "$need" ]; then
 	apt-get install -y -qq $need >/dev/null
 fi
 
-# The emulated arm64 suite (tests/aarch64/, docs/aarch64.md): the cross compiler, arm64 -dev
+# The emulated arm64 suite (tests/vm/aarch64/, docs/aarch64.md): the cross compiler, arm64 -dev
 # packages side by side through multiarch (static archives for the test programs), and Debian's
 # qemu-system-arm for its shared libraries only (the harness runs QEMU >= 8.0 unpacked from
 # backports). Not fatal: without them that suite skips and says why.
@@ -37,7 +37,7 @@ if [ -n "$need" ]; then
 		echo "setup: could not install the arm64 suite's packages; it will skip" >&2
 fi
 
-# The kernel TLS suite (tests/ktls/): QEMU for x86_64 to boot a Debian kernel with the tls module,
+# The kernel TLS suite (tests/vm/ktls/): QEMU for x86_64 to boot a Debian kernel with the tls module,
 # cpio for its initramfs, xz to unpack the kernel's modules (the harness fetches the kernel
 # itself). Not fatal: without them that suite skips and says why.
 need=$(missing qemu-system-x86 cpio xz-utils binutils)

@@ -161,7 +161,7 @@ static void side_join(side *s)
 }
 
 /*
- * Under tests/ktls ($TAGMIG_EXPECT_KTLS): the kernel protects the sender's records wherever our
+ * Under tests/vm/ktls ($TAGMIG_EXPECT_KTLS): the kernel protects the sender's records wherever our
  * record layer does ("1"), or nowhere on a kernel that cannot take new keys ("norekey").
  */
 static void check_ktls(tm_chan *c, tm_chan *s)
@@ -926,11 +926,11 @@ static void test_ktls_probe(void)
 	const char *why = tm_tls_ctx_ktls_reason(ctx), *want = g_getenv("TAGMIG_EXPECT_KTLS");
 	g_test_message("%s", why);
 	if (g_strcmp0(want, "1") == 0) {
-		/* tests/ktls: a kernel with the tls module and key updates */
+		/* tests/vm/ktls: a kernel with the tls module and key updates */
 		g_assert_cmpint(r, ==, 0);
 		g_assert_nonnull(strstr(why, "kernel TLS offload available"));
 	} else if (g_strcmp0(want, "norekey") == 0) {
-		/* tests/ktls on Linux 6.1: kernel TLS is there but cannot take new keys */
+		/* tests/vm/ktls on Linux 6.1: kernel TLS is there but cannot take new keys */
 		g_assert_cmpint(r, ==, 0);
 		g_assert_nonnull(strstr(why, "cannot change kernel TLS keys"));
 		g_assert_nonnull(strstr(why, "user space"));

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared by the PID 1 programs of the VM suites (tests/aarch64/init.c, tests/ktls/init.c). */
+/* Shared by the PID 1 programs of the VM suites (tests/vm/aarch64/init.c, tests/vm/ktls/init.c). */
 #pragma once
 
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * PID 1 of the emulated arm64 machine's initramfs (tests/aarch64/harness.sh). With rdinit= the
+ * PID 1 of the emulated arm64 machine's initramfs (tests/vm/aarch64/harness.sh). With rdinit= the
  * kernel mounts nothing, so this mounts proc, sysfs and devtmpfs (/dev/kvm lives there) and brings
  * up the loopback interface (the migration test talks TCP over 127.0.0.1). It then runs every
  * program in /tests in name order, each in a child process (PID 1 dying panics the kernel), prints
@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "../common/vm-init.h"
+#include "../lib/vm-init.h"
 
 static void loopback_up(void)
 {

@@ -1,4 +1,4 @@
-# Sourced by tests/aarch64/harness.sh and tests/ktls/harness.sh (the VM suites).
+# Sourced by tests/vm/aarch64/harness.sh and tests/vm/ktls/harness.sh (the VM suites).
 #   skip REASON / bail REASON    end the run as a TAP skip / a TAP failure; note TEXT: a TAP comment
 # Debian packages are fetched through a
 # private apt state under "$cache/apt" (the system's apt sources and state are not touched), with

@@ -4,7 +4,7 @@
 #   harness.sh SRCDIR WORKDIR KERNEL INIT PROGRAM [ARGS...]
 # KERNEL: "new" (the newest amd64 kernel in trixie-backports, which must be 6.14 or later: kernel
 # TLS 1.3 key updates) or "6.1" (bookworm's, whose kernel TLS cannot take new keys). INIT: the
-# static tests/ktls/ktls-init (init.c). PROGRAM: a normal, dynamically linked test binary of the build.
+# static tests/vm/ktls/ktls-init (init.c). PROGRAM: a normal, dynamically linked test binary of the build.
 #
 # 1. Obtains, once, into WORKDIR/cache (kept across runs; $TAGMIG_KTLS_CACHE to share one between
 #    build directories) the kernel packages, with `apt-get download` through a private apt state
@@ -17,7 +17,7 @@
 # 2. Packs an initramfs: init (also /sbin/modprobe, so the kernel's requests for crypto modules
 #    are served), the modules, PROGRAM and every library `ldd` lists, /bin/sh, openssl and the
 #    tools scripts/make-tls-creds.sh uses, that script, all at their host paths.
-# 3. Boots it: KVM with -cpu host where a probe boot under KVM reaches init (tests/lib/accel.sh:
+# 3. Boots it: KVM with -cpu host where a probe boot under KVM reaches init (tests/vm/lib/accel.sh:
 #    decided once per run, TAGMIG_VM_ACCEL forces a choice), else TCG. The kernel command line carries
 #    the environment (TAGMIG_EXPECT_KTLS=1 for "new", =norekey for "6.1"; G_TEST_SRCDIR;
 #    TAGMIG_* variables of the caller) and, after "--", the program and its arguments.
@@ -42,17 +42,17 @@ t_start=$(date +%s)
 
 # skip, bail, note (TAP); mirror_of, apt_private (a private apt state under $cache/apt)
 # shellcheck source=../lib/harness.sh
-. "$src/tests/lib/harness.sh"
+. "$src/tests/vm/lib/harness.sh"
 # vm_accel_decide (the accelerator, by evidence)
 # shellcheck source=../lib/accel.sh
-. "$src/tests/lib/accel.sh"
+. "$src/tests/vm/lib/accel.sh"
 
 case $flavor in
 new) suite=trixie-backports expect=1 ;;
 6.1) suite=bookworm expect=norekey ;;
 *) bail "KERNEL must be 'new' or '6.1', not '$flavor'" ;;
 esac
-[ -x "$init" ] || bail "no init program '$init' (build tests/ktls/ktls-init)"
+[ -x "$init" ] || bail "no init program '$init' (build tests/vm/ktls/ktls-init)"
 [ -x "$prog" ] || bail "no test program '$prog'"
 
 # ---- 1. packages (one harness at a time prepares; the others wait and reuse) ----
@@ -244,7 +244,7 @@ done
 [ ${#cmdline} -lt 2000 ] || bail "kernel command line too long (${#cmdline} bytes)"
 
 # The accelerator: KVM only where a probe boot of this kernel under it reaches init (once per
-# run, kept in the cache), else TCG; TAGMIG_VM_ACCEL forces a choice (tests/lib/accel.sh).
+# run, kept in the cache), else TCG; TAGMIG_VM_ACCEL forces a choice (tests/vm/lib/accel.sh).
 # TCG runs the vCPUs in one thread: with one thread per vCPU (thread=multi) the kernel's live
 # code patching (int3 text pokes) crashed early boot now and then (an int3 oops in initcalls,
 # before init ran: 2 boots in ~20 here).

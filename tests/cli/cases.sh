@@ -5,7 +5,7 @@
 #
 # usage: cases.sh TAGMIG GEN_IMAGE PYTHON3|none CASE
 #
-# One meson test per CASE (tests/integration/meson.build). Each case works in a fresh temporary
+# One meson test per CASE (tests/cli/meson.build). Each case works in a fresh temporary
 # directory, bounds every process with `timeout`, and checks real outputs: exit codes, messages,
 # and the received files byte for byte with cmp. Exit 0 pass, 1 fail, 77 skip.
 set -u

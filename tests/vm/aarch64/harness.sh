@@ -1,5 +1,5 @@
 #!/bin/bash
-# Runs one test program of tests/aarch64/ inside an emulated arm64 machine with real KVM and MTE,
+# Runs one test program of tests/vm/aarch64/ inside an emulated arm64 machine with real KVM and MTE,
 # and prints its PASS/FAIL lines as TAP for meson:
 #   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate or kvm-uffd)
 #
@@ -14,7 +14,7 @@
 # 2. Cross-builds the project with cross/aarch64-linux-gnu.ini into WORKDIR/cross (static test
 #    programs) and packs init + the test program into an initramfs.
 # 3. Boots `-M virt,virtualization=on,mte=on` under TCG (KVM only on an arm64 host where a probe
-#    boot under it reaches init: tests/lib/accel.sh, TAGMIG_VM_ACCEL); init runs the program in a
+#    boot under it reaches init: tests/vm/lib/accel.sh, TAGMIG_VM_ACCEL); init runs the program in a
 #    child process and powers off.
 # Exits through a TAP SKIP only when the packages cannot be obtained (no cross compiler, no arm64
 # libraries, no network or mirror); anything else that goes wrong is a failure.
@@ -29,10 +29,10 @@ t_start=$(date +%s)
 
 # skip, bail, note (TAP); mirror_of, apt_private (a private apt state under $cache/apt)
 # shellcheck source=../lib/harness.sh
-. "$src/tests/lib/harness.sh"
+. "$src/tests/vm/lib/harness.sh"
 # vm_accel_decide (the accelerator, by evidence)
 # shellcheck source=../lib/accel.sh
-. "$src/tests/lib/accel.sh"
+. "$src/tests/vm/lib/accel.sh"
 
 case $test in
 kvm-tagstore | kvm-migrate | kvm-uffd) ;;
@@ -146,21 +146,21 @@ if [ ! -f "$cross/build.ninja" ]; then
 		--buildtype=debugoptimized >"$work/cross-setup.log" 2>&1 ||
 		{ sed 's/^/# /' "$work/cross-setup.log" | tail -30; bail "meson setup of the cross build failed"; }
 fi
-ninja -C "$cross" tests/aarch64/init "tests/aarch64/test-$test" >"$work/cross-build.log" 2>&1 ||
+ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" >"$work/cross-build.log" 2>&1 ||
 	{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
 
 root=$work/root-$test
 rm -rf "$root"
 mkdir -p "$root"/{proc,sys,dev,tmp,tests}
-cp "$cross/tests/aarch64/init" "$root/init"
-cp "$cross/tests/aarch64/test-$test" "$root/tests/"
+cp "$cross/tests/vm/aarch64/init" "$root/init"
+cp "$cross/tests/vm/aarch64/test-$test" "$root/tests/"
 initrd=$work/initrd-$test.cpio.gz
 (cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$initrd" || bail "packing the initramfs failed"
 t2=$(date +%s)
 flock -u 9
 
 # ---- 3. boot ----
-# The accelerator (tests/lib/accel.sh): TCG on any host but arm64; there KVM where a probe boot
+# The accelerator (tests/vm/lib/accel.sh): TCG on any host but arm64; there KVM where a probe boot
 # of this kernel with EL2 and MTE reaches init (nested virtualization with MTE is rare).
 # TAGMIG_VM_ACCEL forces a choice; a failed KVM boot falls back to TCG, saying why.
 machine=(-M virt,virtualization=on,mte=on,gic-version=3)

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * PID 1 of the kernel-TLS test machine's initramfs (tests/ktls/harness.sh), linked statically for
+ * PID 1 of the kernel-TLS test machine's initramfs (tests/vm/ktls/harness.sh), linked statically for
  * the host. The kernel command line ends in "-- PROGRAM ARGS..." (the kernel hands everything
  * after "--" to init) and carries the test's environment as NAME=value words before it.
  *
@@ -40,7 +40,7 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
-#include "../common/vm-init.h"
+#include "../lib/vm-init.h"
 
 #define INDEX "/ktls/modules.ktls"
 #define MODPROBE_LOG "/tmp/ktls-modprobe.log"

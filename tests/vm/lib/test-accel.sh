@@ -1,5 +1,5 @@
 #!/bin/bash
-# TAP test of tests/lib/accel.sh, the VM harnesses' choice of accelerator, against fake QEMU
+# TAP test of tests/vm/lib/accel.sh, the VM harnesses' choice of accelerator, against fake QEMU
 # programs that behave like the hosts we meet: a KVM that boots, a paravirtual KVM on which QEMU
 # aborts ("failed to set MSR"), one on which the kernel hangs in its decompressor, and no KVM at
 # all. No VM is booted, so it runs everywhere in a second or two.
@@ -10,7 +10,7 @@ work=$2/accel-test
 rm -rf "$work"
 mkdir -p "$work/bin"
 # shellcheck source=accel.sh
-. "$src/tests/lib/accel.sh"
+. "$src/tests/vm/lib/accel.sh"
 
 n=0
 fails=0

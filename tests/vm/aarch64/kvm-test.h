@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Helpers for the test programs that run inside the emulated arm64 machine (real KVM, real MTE).
- * Each program prints "PASS: what" / "FAIL: what" lines, which tests/aarch64/harness.sh turns
+ * Each program prints "PASS: what" / "FAIL: what" lines, which tests/vm/aarch64/harness.sh turns
  * into TAP, and exits 0 only without a FAIL. Everything is checked through the kernel directly
  * (raw KVM_ARM_MTE_COPY_TAGS), independently of the tag store under test.
  */

@@ -1,4 +1,4 @@
-# Sourced by the VM harnesses (tests/ktls/, tests/aarch64/): which accelerator boots the machine.
+# Sourced by the VM harnesses (tests/vm/ktls/, tests/vm/aarch64/): which accelerator boots the machine.
 #
 # "/dev/kvm opens" proves nothing: on some hosts of ours it is a paravirtual KVM (kvm_pvm) that
 # runs a stopped guest but cannot boot a stock kernel (QEMU aborts with "failed to set MSR", or
