@@ -1,8 +1,16 @@
 #!/bin/sh
-# Installs what tagmig needs to build and test on Debian 12 (run as root). Idempotent: packages
-# already installed are not touched.
+# Installs what tagmig needs on Debian 12 (run as root): scripts/setup.sh [demo|test]
+#   demo  what building the library and the CLI and running `tagmig demo` need (scripts/demo.sh)
+#   test  that, and what the test suites need: the arm64 cross toolchain and libraries and the
+#         QEMU packages of the VM suites (scripts/test.sh; the default)
+# Idempotent: packages already installed are not touched.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
+part=${1:-test}
+case $part in
+demo | test) ;;
+*) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 2 ;;
+esac
 
 # missing PKG...: prints the packages that are not installed.
 missing() {
@@ -20,6 +28,8 @@ if [ -n "$need" ]; then
 	apt-get update -qq >/dev/null || echo "setup: apt-get update failed; trying the install anyway" >&2
 	apt-get install -y -qq $need >/dev/null
 fi
+
+[ "$part" = test ] || exit 0
 
 # The emulated arm64 suite (tests/vm/aarch64/, docs/aarch64.md): the cross compiler, arm64 -dev
 # packages side by side through multiarch (static archives for the test programs), and Debian's

@@ -4,7 +4,7 @@
 # "N passed, N failed". Exit status 0 only if nothing failed.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
-"$top/scripts/setup.sh" || exit 1
+"$top/scripts/setup.sh" test || exit 1
 status=0
 for kind in plain sanitize; do
 	dir="$top/build-test-$kind"
