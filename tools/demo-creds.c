@@ -7,8 +7,8 @@
  */
 #include <glib/gstdio.h>
 
-#include "cli-common.h"
 #include "common/testing/tls-creds.h"
+#include "demo-creds.h"
 
 int cli_make_tls_creds(const char *dir, GError **error)
 {
