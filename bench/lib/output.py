@@ -15,7 +15,7 @@ COLUMNS = ["tool", "io", "tls", "tags", "data", "dest", "channels", "size_gib", 
            "seconds", "wire_bytes", "tag_pct_of_wire", "send_cpu_s_per_gib",
            "recv_cpu_s_per_gib", "send_proc_cpu_s_per_gib", "recv_proc_cpu_s_per_gib",
            "e2e_gib_per_s", "qemu_gib_per_s", "vs_qemu", "ceiling", "ceiling_gib_per_s",
-           "vs_ceiling", "repeats", "error", "host", "kernel", "cpu", "cores"]
+           "vs_ceiling", "repeats", "error", "host", "kernel", "cpu", "cores", "qemu_accel"]
 
 
 def fmt(v, nd=2):
@@ -62,10 +62,10 @@ def median_row(runs):
 
 def write_results(rows, goals, outdir, meta, t0):
     """Writes results.csv, results.json and chart.png to outdir and prints the summary table.
-    meta: mode, size, repeat, machine, accel (accel.Accel), tagmig,
+    meta: mode, size, repeat, machine, accel (accel.Accel or None without QEMU rows), tagmig,
     default_io, notes, ossl1, osslN."""
     machine, size, repeat, accel = meta["machine"], meta["size"], meta["repeat"], meta["accel"]
-    accel_label = accel.label
+    accel_label = accel.label if accel else "none"
     csv_path = os.path.join(outdir, "results.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -75,7 +75,7 @@ def write_results(rows, goals, outdir, meta, t0):
     doc = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": meta["mode"], "guest_bytes": size, "repeat": repeat, "machine": machine,
-        "qemu_accel": accel_label,
+        "qemu_accel": accel_label, "qemu_accel_reason": accel.why if accel else "no QEMU rows",
         "tagmig": meta["tagmig"], "tagmig_default_io": meta["default_io"],
         "notes": meta["notes"], "openssl_aes128gcm_1core_gb_s": meta["ossl1"].get("gb_per_s"),
         "openssl_aes128gcm_all_cores_gb_s": meta["osslN"].get("gb_per_s"),
@@ -94,6 +94,8 @@ def write_results(rows, goals, outdir, meta, t0):
     print(f"# {meta['mode']} run, guest {fmt_size(size)}, median of {repeat}; {machine['cpu']}, "
           f"{machine['cores']} cores, kernel {machine['kernel']}; QEMU accel {accel_label}; "
           f"guest RAM in {machine['guest_pages']} pages")
+    if accel:
+        print(f"# QEMU accel {accel_label}: {accel.why}")
     print(HEADER)
     for r in rows:
         print(row_line(r))

@@ -81,7 +81,13 @@ class Bench:
         self.machine = host.machine_info()
         self.machine["guest_pages"] = "huge" if self.huge.mountpoint else "4k"
         self.have_qemu = not a.no_qemu and shutil.which("qemu-system-x86_64") is not None
-        self.accel = accel_mod.choose()
+        self.accel = None
+        if self.have_qemu:
+            try:
+                self.accel = accel_mod.choose(os.environ.get(accel_mod.VARIABLE), self.workdir,
+                                              self.children, log)
+            except ValueError as e:
+                raise SystemExit(f"bench: {e}")
 
         # Room for source + destination images and tags, plus QEMU and slack.
         size = self.size
@@ -99,7 +105,7 @@ class Bench:
         log(f"bench: {self.mode} mode, guest {fmt_size(size)}, {self.repeat} run(s) per row, "
             f"tagmig {binary}")
         log(f"bench: machine {m['host']}: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
-            f"kernel {m['kernel']}; QEMU accel {self.accel.label}")
+            f"kernel {m['kernel']}; QEMU accel {self.accel.label if self.accel else 'none'}")
         self.backends, self.notes, self.default_io = self.tagmig.detect_backends()
         for n in self.notes:
             log("bench: " + n)
@@ -139,6 +145,7 @@ class Bench:
 
     def emit(self, r):
         r.update({k: self.machine[k] for k in ("host", "kernel", "cpu", "cores")})
+        r["qemu_accel"] = self.accel.label if self.accel else "none"
         self.rows.append(r)
         print(row_line(r), flush=True)
 
