@@ -14,6 +14,7 @@ TAGMIG_VM_ACCEL (project-wide, the VM test harnesses read it too) is the first c
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -87,8 +88,17 @@ def probe_kvm(cpu, workdir, children, deadline=PROBE_DEADLINE):
             q.cmd("quit")
     except Exception as e:  # any failure to start or to answer is evidence against KVM
         why = str(e)
-        if p.poll() is not None:
-            why = f"QEMU exited with status {p.returncode}"
+        try:  # a QEMU that is going away closes QMP first: name its exit rather than the socket
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        rc = p.poll()
+        if rc is None:
+            why = f"QEMU did not answer QMP within {deadline} s ({e})"
+        elif rc < 0:
+            why = f"QEMU died of {signal.Signals(-rc).name}"
+        else:
+            why = f"QEMU exited with status {rc}"
     finally:
         if q is not None:
             q.close()
