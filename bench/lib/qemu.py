@@ -62,9 +62,13 @@ def run_qemu_pair(src_img, size, channels, dest, creds, timeout, accel, workdir,
             info = qs.cmd("query-migrate")
             st = info.get("status")
             if st == "completed":
-                src_done = time.monotonic()
-                cs1 = proc_cpu(sq.pid)
-                break
+                if src_done is None:
+                    src_done = time.monotonic()
+                    cs1 = proc_cpu(sq.pid)
+                # QEMU 7.2 says "completed" a moment before it sets total-time (0 until then):
+                # ask again rather than divide by it.
+                if info.get("total-time"):
+                    break
             if st in ("failed", "cancelled"):
                 raise RuntimeError(f"source migration {st}: {info.get('error-desc', '')}")
             if time.monotonic() > deadline:
