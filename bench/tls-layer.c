@@ -24,7 +24,7 @@
 
 #include <openssl/evp.h>
 
-#include "tests/common/tcp-pair.h"
+#include "common/testing/tcp-pair.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "arch/arch-internal.h"
+#include "codec/codec.h"
 #include "ram/ram-internal.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
@@ -80,6 +81,18 @@ int tm_tag_store_set(tm_tag_store *store, unsigned block, uint64_t offset, uint6
 {
 	int r = range_ok(store, block, offset, length);
 	return r < 0 ? r : store->ops->set(store, block, offset, length, buf);
+}
+
+/* The codec's check, the one the sender runs on every page it sends (tagstore.h). */
+int tm_tag_buffer_check(const uint8_t *tags, size_t len, GError **error)
+{
+	g_return_val_if_fail(tags || len == 0, -EINVAL);
+	ssize_t bad = tm_tags_find_invalid(tags, len);
+	if (bad < 0)
+		return 0;
+	g_set_error(error, TM_ERROR, EINVAL, "byte at offset %zd has high nibble set (0x%02x)", bad,
+		    tags[bad]);
+	return -EINVAL;
 }
 
 int tm_tag_store_lookup(const char *name, const tm_tag_store_ops **ret, GError **error)

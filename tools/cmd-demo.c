@@ -12,7 +12,12 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "cli-common.h"
+#include "args.h"
+#include "cli.h"
+#include "demo-creds.h"
+#include "map.h"
+#include "progress.h"
+#include "report.h"
 
 #define DEMO_SEED 0x7461676d69672121ull /* "tagmig!!" */
 #define DEMO_BLOCK_NAME "pc.ram"
@@ -281,7 +286,7 @@ static void print_human(const cli_summary *s, uint32_t page_size, uint64_t npage
 	printf("  rounds        2: %" PRIu64 " pages, then %" PRIu64 " dirtied pages\n", npages,
 	       ndirty);
 	printf("  throughput    %.2f GiB/s (%.3f s wall for %.2f GiB)\n",
-	       s->wall_seconds > 0 ? gib / s->wall_seconds : 0, s->wall_seconds, gib);
+	       cli_gib_per_s(s->bytes, s->wall_seconds), s->wall_seconds, gib);
 	printf("  CPU           %.2f s per GiB (sender and receiver, user + sys)\n",
 	       gib > 0 ? s->cpu_seconds / gib : 0);
 	printf("  pages sent    %" PRIu64 ": normal %" PRIu64 ", zero %" PRIu64

@@ -12,7 +12,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli-common.h"
+#include "args.h"
+#include "cli.h"
+#include "map.h"
+#include "progress.h"
+#include "report.h"
 
 typedef struct recv_opts {
 	char *listen;

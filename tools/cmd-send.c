@@ -9,8 +9,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli-common.h"
-#include "codec/codec.h"
+#include "args.h"
+#include "cli.h"
+#include "map.h"
+#include "progress.h"
+#include "report.h"
 
 typedef struct send_opts {
 	char *connect;
@@ -204,11 +207,8 @@ int cli_cmd_send(int argc, char **argv)
 						 " (1/16 of RAM file %s)",
 						 ts->path, tags->size, ram->size / TM_TAG_GRANULE,
 						 rs->path);
-			ssize_t bad = tm_tags_find_invalid(tags->addr, tags->size);
-			if (bad >= 0)
-				return cli_failf("tags file %s: byte at offset %zd"
-						 " has high nibble set (0x%02x)",
-						 ts->path, bad, ((const uint8_t *)tags->addr)[bad]);
+			if (tm_tag_buffer_check(tags->addr, tags->size, &error) < 0)
+				return cli_failf("tags file %s: %s", ts->path, error->message);
 			tag_arrays[i] = tags->addr;
 		}
 		if (tm_ram_layout_add_block(layout, name, ram->addr, ram->size, (uint32_t)page_size,

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli-common.h"
+#include "cli.h"
 
 static const struct {
 	const char *name;

@@ -96,6 +96,16 @@ TM_EXPORT extern const tm_tag_store_ops tm_tag_store_soft;
 TM_EXPORT uint8_t *tm_tag_store_soft_array(tm_tag_store *store, unsigned block);
 
 /*
+ * Checks len bytes of a tag buffer for the layout above: one byte per granule, high nibble zero.
+ * For tags that come from outside (a file, another process) before a soft store gets them: the
+ * sender refuses a bad byte too, but only when it sends that page, in the middle of a migration.
+ * Returns 0 when every byte is valid (len 0 included), else -EINVAL with *error naming the offset
+ * and value of the first bad byte ("byte at offset 4097 has high nibble set (0x35)"). Only reads
+ * tags; thread-safe.
+ */
+TM_EXPORT int tm_tag_buffer_check(const uint8_t *tags, size_t len, GError **error);
+
+/*
  * Finds a backend by name ("none", "soft", "kvm-mte"). Returns 0, or -ENOENT for an unknown name
  * and -EOPNOTSUPP for a backend this build or host cannot offer, with the reason in *error.
  */

@@ -3,6 +3,7 @@
  * A VMM's view: only <tagmig/tagmig.h>, linked against the shared library (so only the symbols
  * the version script exports). Migrates a small tagged guest over loopback and checks it.
  */
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -81,9 +82,43 @@ static void test_public_api(void)
 	g_aligned_free(dst);
 }
 
+/* tm_tag_buffer_check: the check `tagmig send` runs on a tag file before it connects. */
+static void test_tag_buffer_check(void)
+{
+	uint8_t tags[8192];
+	g_autoptr(GError) err = NULL;
+
+	for (unsigned i = 0; i < sizeof(tags); i++)
+		tags[i] = (uint8_t)(i & 0x0f);
+	g_assert_cmpint(tm_tag_buffer_check(tags, sizeof(tags), &err), ==, 0);
+	g_assert_no_error(err);
+	g_assert_cmpint(tm_tag_buffer_check(NULL, 0, &err), ==, 0);
+	g_assert_no_error(err);
+
+	/* The first bad byte is named, wherever it sits in an 8-byte word; later ones are not. */
+	tags[4097] = 0x35;
+	tags[6000] = 0xf0;
+	g_assert_cmpint(tm_tag_buffer_check(tags, sizeof(tags), &err), ==, -EINVAL);
+	g_assert_error(err, TM_ERROR, EINVAL);
+	g_assert_cmpstr(err->message, ==, "byte at offset 4097 has high nibble set (0x35)");
+	g_clear_error(&err);
+	/* Only len bytes are read: the bad bytes past it do not count. */
+	g_assert_cmpint(tm_tag_buffer_check(tags, 4097, &err), ==, 0);
+	g_assert_no_error(err);
+	g_assert_cmpint(tm_tag_buffer_check(tags + 4098, sizeof(tags) - 4098, NULL), ==, -EINVAL);
+	/* The last byte of a length that is not a multiple of 8 is checked too. */
+	tags[4097] = 0x05;
+	tags[6000] = 0x00;
+	tags[8190] = 0x80;
+	g_assert_cmpint(tm_tag_buffer_check(tags, 8190, &err), ==, 0);
+	g_assert_cmpint(tm_tag_buffer_check(tags, 8191, &err), ==, -EINVAL);
+	g_assert_cmpstr(err->message, ==, "byte at offset 8190 has high nibble set (0x80)");
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/api/public-only", test_public_api);
+	g_test_add_func("/api/tag-buffer-check", test_tag_buffer_check);
 	return g_test_run();
 }

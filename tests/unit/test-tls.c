@@ -3,8 +3,8 @@
  * The TLS layer (transport/tls) over loopback TCP, with each inner backend: handshake and data
  * both ways, resumption, every refusal with the message that says which check failed, a
  * plaintext peer either way, a byte flipped in flight, a premature end, and the credentials
- * script. Credentials are made at run time with OpenSSL by tools/tls-creds.c, the code behind
- * `tagmig demo --tls` (and once with scripts/make-tls-creds.sh).
+ * script. Credentials are made at run time with OpenSSL by common/testing/tls-creds.c, the code
+ * behind `tagmig demo --tls` (and once with scripts/make-tls-creds.sh).
  */
 #include <errno.h>
 #include <poll.h>
@@ -19,8 +19,8 @@
 
 #include "codec/codec.h"
 #include "tagmig/error.h"
-#include "tests/common/tcp-pair.h"
-#include "tools/tls-creds.h"
+#include "common/testing/tcp-pair.h"
+#include "common/testing/tls-creds.h"
 #include "transport/tls/tls-internal.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
@@ -32,7 +32,7 @@ static const tm_transport_ops *inner; /* the backend of the test case at hand */
 
 /* ---- credentials ---- */
 
-/* A key and certificate valid from now + from to now + to days (tools/tls-creds.h). */
+/* A key and certificate valid from now + from to now + to days (common/testing/tls-creds.h). */
 static tls_cred *cred(const char *cn, const tls_cred *issuer, const char *eku, const char *san,
 		      int from, int to)
 {

@@ -13,7 +13,7 @@
 #include <openssl/x509v3.h>
 
 #include "tagmig/error.h"
-#include "tools/tls-creds.h"
+#include "common/testing/tls-creds.h"
 
 /* Fails with OpenSSL's first queued reason, and empties the queue for the caller's next call. */
 static int openssl_fail(GError **error, const char *cn, const char *what)

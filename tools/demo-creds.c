@@ -2,13 +2,13 @@
 /*
  * Throwaway TLS credentials for `tagmig demo --tls`: a CA, a server certificate for localhost
  * (and 127.0.0.1, ::1) and a client certificate, valid until tomorrow, written in the layout of
- * docs/tls.md. The certificates themselves come from tls-creds.c, which the tests share. Real
- * deployments make theirs with scripts/make-tls-creds.sh or their own PKI.
+ * docs/tls.md. The certificates themselves come from common/testing/tls-creds.c, which the tests
+ * share. Real deployments make theirs with scripts/make-tls-creds.sh or their own PKI.
  */
 #include <glib/gstdio.h>
 
-#include "cli-common.h"
-#include "tls-creds.h"
+#include "common/testing/tls-creds.h"
+#include "demo-creds.h"
 
 int cli_make_tls_creds(const char *dir, GError **error)
 {

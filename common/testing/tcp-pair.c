@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "tagmig/error.h"
-#include "tests/common/tcp-pair.h"
+#include "common/testing/tcp-pair.h"
 
 int tcp_pair(int *ret_client, int *ret_server, GError **error)
 {

@@ -1,0 +1,82 @@
+"""The guest images: a RAM file of random, zero or mixed data and its tag files, on tmpfs."""
+
+import os
+import subprocess
+
+from .common import GRANULE, MIB, PAGE
+
+
+def openssl_stream(path, size, seed):
+    """size bytes of AES-CTR keystream (fast, reproducible random data) into path."""
+    key = f"{seed:032x}"
+    with open(path, "wb") as out:
+        p = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-K", key, "-iv", "0", "-in",
+                              "/dev/zero"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        left = size
+        while left:
+            buf = p.stdout.read(min(left, 8 * MIB))
+            if not buf:
+                raise RuntimeError("openssl enc ended early")
+            out.write(buf)
+            left -= len(buf)
+        p.kill()
+        p.wait()
+
+
+def write_zeros(path, size):
+    """A file of zeros that is really written (pages allocated), like a guest that wrote them."""
+    chunk = bytes(8 * MIB)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            left -= n
+
+
+def make_ram(path, size, data):
+    if data == "random":
+        openssl_stream(path, size, 1)
+    elif data == "zero":
+        write_zeros(path, size)
+    elif data == "mixed":
+        # Per 16-page group: 10 random pages, 4 zero pages, 2 pages of one repeated byte:
+        # 62.5% random, 25% zero, 12.5% compressible-but-not-zero.
+        openssl_stream(path, size, 1)
+        zero = bytes(PAGE)
+        with open(path, "r+b") as f:
+            for off in range(0, size, 16 * PAGE):
+                f.seek(off + 10 * PAGE)
+                f.write(zero * 4 + bytes([0x5A]) * (2 * PAGE))
+    else:
+        raise ValueError(data)
+
+
+def make_tags(path, size, kind):
+    """One byte per 16-byte granule, tag in the low nibble."""
+    n = size // GRANULE
+    tmp = path + ".rnd"
+    openssl_stream(tmp, n if kind == "random" else size // PAGE, 2)
+    low = bytes(b & 0x0F for b in range(256))
+    with open(tmp, "rb") as f, open(path, "wb") as out:
+        if kind == "random":
+            while True:
+                buf = f.read(8 * MIB)
+                if not buf:
+                    break
+                out.write(buf.translate(low))
+        else:  # uniform: every granule of a page has the page's tag
+            per_page = PAGE // GRANULE
+            blocks = [bytes([v]) * per_page for v in range(16)]
+            while True:
+                buf = f.read(MIB)
+                if not buf:
+                    break
+                out.write(b"".join(blocks[b & 0x0F] for b in buf))
+    os.unlink(tmp)
+
+
+def remove(*paths):
+    for p in paths:
+        if os.path.exists(p):
+            os.unlink(p)

@@ -1,0 +1,233 @@
+/* SPDX-License-Identifier: MIT */
+/* What a command reports at its end, as one JSON object or one human line (report.h). */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <sys/resource.h>
+
+#include "report.h"
+
+static double safe_div(double a, double b)
+{
+	return b > 0 ? a / b : 0;
+}
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+double cli_cpu_seconds(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0;
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+double cli_now(void)
+{
+	return (double)g_get_monotonic_time() / 1e6;
+}
+
+double cli_gib_per_s(uint64_t bytes, double seconds)
+{
+	return safe_div(bytes / GIB, seconds);
+}
+
+char *cli_format_bytes(uint64_t bytes)
+{
+	static const char *const units[] = { "bytes", "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)bytes;
+	unsigned u = 0;
+
+	while (v >= 1024 && u + 1 < G_N_ELEMENTS(units)) {
+		v /= 1024;
+		u++;
+	}
+	return u ? g_strdup_printf("%.1f %s", v, units[u]) : g_strdup_printf("%" PRIu64 " bytes", bytes);
+}
+
+static void json_append_string(GString *out, const char *s)
+{
+	g_string_append_c(out, '"');
+	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+		switch (*p) {
+		case '"':
+			g_string_append(out, "\\\"");
+			break;
+		case '\\':
+			g_string_append(out, "\\\\");
+			break;
+		case '\n':
+			g_string_append(out, "\\n");
+			break;
+		case '\r':
+			g_string_append(out, "\\r");
+			break;
+		case '\t':
+			g_string_append(out, "\\t");
+			break;
+		default:
+			if (*p < 0x20 || *p == 0x7f)
+				g_string_append_printf(out, "\\u%04x", *p);
+			else
+				g_string_append_c(out, (char)*p);
+		}
+	}
+	g_string_append_c(out, '"');
+}
+
+/*
+ * A small JSON object writer: members are separated by commas as they come, objects nest with
+ * jw_open/jw_close. Numbers are locale-independent and never NaN or infinity (not JSON).
+ */
+typedef struct json_writer {
+	GString *out;
+	bool first; /* no member yet in the innermost open object */
+} json_writer;
+
+static void jw_key(json_writer *w, const char *key)
+{
+	if (!w->first)
+		g_string_append_c(w->out, ',');
+	w->first = false;
+	json_append_string(w->out, key);
+	g_string_append_c(w->out, ':');
+}
+
+static void jw_open(json_writer *w, const char *key)
+{
+	if (key)
+		jw_key(w, key);
+	g_string_append_c(w->out, '{');
+	w->first = true;
+}
+
+static void jw_close(json_writer *w)
+{
+	g_string_append_c(w->out, '}');
+	w->first = false;
+}
+
+static void jw_u64(json_writer *w, const char *key, uint64_t v)
+{
+	jw_key(w, key);
+	g_string_append_printf(w->out, "%" PRIu64, v);
+}
+
+static void jw_double(json_writer *w, const char *key, double v)
+{
+	char buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+	jw_key(w, key);
+	g_string_append(w->out, g_ascii_formatd(buf, sizeof(buf), "%.6g", isfinite(v) ? v : 0));
+}
+
+static void jw_str(json_writer *w, const char *key, const char *v)
+{
+	jw_key(w, key);
+	json_append_string(w->out, v);
+}
+
+void cli_print_json(const cli_summary *s)
+{
+	const tm_stats *st = s->stats;
+	g_autoptr(GString) out = g_string_new(NULL);
+	json_writer w = { .out = out };
+
+	jw_open(&w, NULL);
+	jw_str(&w, "command", s->command);
+	jw_u64(&w, "bytes", s->bytes);
+	jw_double(&w, "seconds", s->wall_seconds);
+	jw_double(&w, "session_seconds", st->seconds);
+	jw_double(&w, "gib_per_s", cli_gib_per_s(s->bytes, s->wall_seconds));
+	jw_open(&w, "pages");
+	jw_u64(&w, "total", st->pages);
+	jw_u64(&w, "normal", st->pages_by_kind[TM_PAGE_NORMAL]);
+	jw_u64(&w, "zero", st->pages_by_kind[TM_PAGE_ZERO]);
+	jw_u64(&w, "zero_tagged", st->pages_by_kind[TM_PAGE_ZERO_TAGGED]);
+	jw_close(&w);
+	jw_open(&w, "tag_encodings");
+	jw_u64(&w, "zero", st->pages_by_tag_enc[TM_TAGS_ZERO]);
+	jw_u64(&w, "uniform", st->pages_by_tag_enc[TM_TAGS_UNIFORM]);
+	jw_u64(&w, "packed", st->pages_by_tag_enc[TM_TAGS_PACKED]);
+	jw_close(&w);
+	jw_u64(&w, "packets", st->packets);
+	jw_u64(&w, "syncs", st->syncs);
+	jw_u64(&w, "data_bytes", st->data_bytes);
+	jw_u64(&w, "tag_bytes", st->tag_bytes);
+	jw_u64(&w, "wire_bytes", st->wire_bytes);
+	jw_double(&w, "tag_pct_of_wire", safe_div(100.0 * st->tag_bytes, st->wire_bytes));
+	jw_double(&w, "cpu_seconds", s->cpu_seconds);
+	jw_double(&w, "cpu_s_per_gib", safe_div(s->cpu_seconds, s->bytes / GIB));
+	jw_str(&w, "io_backend", st->io_backend);
+	if (st->tls_cipher[0]) {
+		jw_open(&w, "tls");
+		jw_str(&w, "cipher", st->tls_cipher);
+		jw_u64(&w, "full_handshakes", st->tls_full_handshakes);
+		jw_u64(&w, "resumed_handshakes", st->tls_resumed_handshakes);
+		jw_double(&w, "handshake_seconds", st->tls_handshake_seconds);
+		jw_str(&w, "note", st->tls_note);
+		jw_close(&w);
+	}
+	jw_str(&w, "io_note", st->io_note);
+	jw_u64(&w, "io_submissions", st->io_submissions);
+	jw_u64(&w, "io_completions", st->io_completions);
+	jw_u64(&w, "zc_sends", st->zc_sends);
+	jw_u64(&w, "zc_copied", st->zc_copied);
+	jw_u64(&w, "channels", st->channels);
+	jw_u64(&w, "blocks", s->blocks);
+	if (s->verified >= 0) {
+		jw_key(&w, "verified");
+		g_string_append(out, s->verified ? "true" : "false");
+	}
+	jw_close(&w);
+	g_string_append_c(out, '\n');
+	fputs(out->str, stdout);
+	fflush(stdout);
+}
+
+void cli_print_human_line(const cli_summary *s)
+{
+	const tm_stats *st = s->stats;
+	g_autofree char *size = cli_format_bytes(s->bytes);
+	g_autofree char *tags = cli_format_bytes(st->tag_bytes);
+
+	fprintf(stderr,
+		"tagmig %s: %s in %.2f s, %.2f GiB/s, %u channel%s (%s), %" PRIu64
+		" pages (normal %" PRIu64 ", zero %" PRIu64 ", zero-tagged %" PRIu64
+		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB%s%s\n",
+		s->command, size, s->wall_seconds, cli_gib_per_s(s->bytes, s->wall_seconds),
+		st->channels, st->channels == 1 ? "" : "s", st->io_backend[0] ? st->io_backend : "?",
+		st->pages, st->pages_by_kind[TM_PAGE_NORMAL], st->pages_by_kind[TM_PAGE_ZERO],
+		st->pages_by_kind[TM_PAGE_ZERO_TAGGED], tags,
+		safe_div(100.0 * st->tag_bytes, st->wire_bytes),
+		safe_div(s->cpu_seconds, s->bytes / GIB), st->tls_cipher[0] ? ", TLS " : "",
+		st->tls_cipher);
+}
+
+void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, double cpu0,
+		unsigned blocks, bool json)
+{
+	cli_summary sum = {
+		.command = cmd,
+		.stats = st,
+		.bytes = bytes,
+		.wall_seconds = cli_now() - t0,
+		.cpu_seconds = cli_cpu_seconds() - cpu0,
+		.verified = -1,
+		.blocks = blocks,
+	};
+
+	cli_print_io_note(st);
+	if (json)
+		cli_print_json(&sum);
+	else
+		cli_print_human_line(&sum);
+}
+
+void cli_print_io_note(const tm_stats *st)
+{
+	if (st->io_note[0])
+		fprintf(stderr, "tagmig: note: %s\n", st->io_note);
+}
