@@ -31,6 +31,15 @@ fi
 
 [ "$part" = test ] || exit 0
 
+# The package test (tests/package/): Debian's packaging tools.
+need=$(missing debhelper lintian dpkg-dev fakeroot groff-base)
+if [ -n "$need" ]; then
+	echo "setup: installing for the package test:$need" >&2
+	apt-get install -y -qq --no-install-recommends $need >/dev/null 2>&1 ||
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
+		echo "setup: could not install the packaging tools; the package test will skip" >&2
+fi
+
 # The emulated arm64 suite (tests/vm/aarch64/, docs/aarch64.md): the cross compiler, arm64 -dev
 # packages side by side through multiarch (static archives for the test programs), and Debian's
 # qemu-system-arm for its shared libraries only (the harness runs QEMU >= 8.0 unpacked from

@@ -1,0 +1,118 @@
+#!/bin/bash
+# TAP: the Debian packages build, are lintian-clean of errors, and work from their files alone.
+#   package-test.sh SRCDIR WORKDIR
+# 1. Copies the source tree (the files git knows, committed or not; no build directories) to
+#    WORKDIR/pkg/tagmig-VERSION and runs `dpkg-buildpackage -us -uc -b` there (the package build
+#    runs the unit suite itself, debian/rules).
+# 2. lintian --fail-on error on the .changes.
+# 3. Unpacks libtagmig0, libtagmig-dev and tagmig into an empty root (dpkg-deb -x: nothing is
+#    installed on the host) and, from that root only: `tagmig --version` and a small demo run by
+#    the packaged binary on the packaged library; examples/precopy.c compiled with the packaged
+#    headers and pkg-config file, linked against the packaged library, and run; the packaged man
+#    pages render without a warning; the packages' dependencies name each other.
+# Skips (TAP SKIP) only when the packaging tools are missing (scripts/setup.sh installs them).
+set -uo pipefail
+src=$1
+work=$2/pkg
+n=0
+fails=0
+ok() { n=$((n + 1)); echo "ok $n - $*"; }
+no() { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $*"; }
+finish() { echo "1..$n"; [ "$fails" = 0 ]; exit; }
+
+for tool in dpkg-buildpackage dh lintian git cc pkg-config groff; do
+	command -v "$tool" >/dev/null || { echo "1..0 # SKIP $tool is not installed (scripts/setup.sh test installs debhelper, lintian)"; exit 0; }
+done
+version=$(dpkg-parsechangelog -l "$src/debian/changelog" -S Version) || { no "debian/changelog has no version"; finish; }
+ma=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+arch=$(dpkg-architecture -qDEB_HOST_ARCH)
+rm -rf "$work"
+tree=$work/tagmig-$version
+mkdir -p "$tree"
+(cd "$src" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$tree") ||
+	{ no "copying the source tree failed"; finish; }
+
+# 1. build
+t0=$(date +%s)
+if (cd "$tree" && dpkg-buildpackage -us -uc -b) >"$work/build.log" 2>&1; then
+	ok "dpkg-buildpackage -us -uc -b builds the packages ($(($(date +%s) - t0)) s)"
+else
+	no "dpkg-buildpackage failed; the end of its log:"
+	tail -30 "$work/build.log" | sed 's/^/# /'
+	finish
+fi
+for p in libtagmig0 libtagmig-dev tagmig; do
+	deb=$work/${p}_${version}_$arch.deb
+	if [ -f "$deb" ]; then ok "package $p built"; else no "package $p missing"; finish; fi
+done
+
+# 2. lintian
+if lintian --fail-on error "$work/tagmig_${version}_$arch.changes" >"$work/lintian.log" 2>&1; then
+	ok "lintian finds no error"
+else
+	no "lintian finds errors:"
+	grep '^E:' "$work/lintian.log" | head -20 | sed 's/^/# /'
+fi
+grep -E '^(W|I):' "$work/lintian.log" | sed 's/^/# lintian: /'
+
+# 3. from an empty root only
+root=$work/root
+mkdir -p "$root"
+for p in libtagmig0 libtagmig-dev tagmig; do
+	dpkg-deb -x "$work/${p}_${version}_$arch.deb" "$root"
+done
+dep=$(dpkg-deb -f "$work/tagmig_${version}_$arch.deb" Depends)
+if grep -q "libtagmig0 (>= $version)" <<<"$dep"; then ok "tagmig depends on libtagmig0 (>= $version)"; else no "tagmig's Depends lacks libtagmig0: $dep"; fi
+dep=$(dpkg-deb -f "$work/libtagmig-dev_${version}_$arch.deb" Depends)
+if grep -q "libtagmig0 (= $version)" <<<"$dep"; then ok "libtagmig-dev depends on libtagmig0 (= $version)"; else no "libtagmig-dev's Depends lacks libtagmig0: $dep"; fi
+
+export LD_LIBRARY_PATH=$root/usr/lib/$ma
+bin=$root/usr/bin/tagmig
+lib=$(ldd "$bin" 2>/dev/null | awk '$1 ~ /^libtagmig\.so/ { print $3 }')
+if [ "$lib" = "$root/usr/lib/$ma/libtagmig.so.0" ]; then
+	ok "the packaged tagmig runs on the packaged libtagmig.so.0"
+else
+	no "the packaged tagmig does not load the packaged library (ldd: '${lib:-libtagmig not linked}')"
+fi
+v=$("$bin" --version 2>&1)
+if grep -q "^tagmig ${version%%-*} " <<<"$v"; then ok "tagmig --version: $v"; else no "tagmig --version says '$v'"; fi
+if out=$("$bin" demo --size 64M --channels 2 2>&1) && grep -qi 'verified' <<<"$out"; then
+	ok "the packaged tagmig demo migrates and verifies 64 MiB"
+else
+	no "the packaged tagmig demo failed:"
+	tail -5 <<<"$out" | sed 's/^/# /'
+fi
+
+# The consumer example, built from the packaged files only (never the source tree's headers).
+# (the packaged tagmig.pc, relocated to the root: its prefix moved, nothing else changed; GLib's
+# own .pc stays the host's)
+mkdir -p "$work/pc"
+sed "s|^prefix=.*|prefix=$root/usr|" "$root/usr/lib/$ma/pkgconfig/tagmig.pc" >"$work/pc/tagmig.pc"
+export PKG_CONFIG_PATH=$work/pc
+flags=$(pkg-config --cflags --libs tagmig 2>&1)
+if grep -q -- "-I$root/usr/include" <<<"$flags"; then
+	ok "pkg-config finds the packaged tagmig.pc ($flags)"
+else
+	no "pkg-config --cflags --libs tagmig: $flags"
+fi
+# shellcheck disable=SC2086 # pkg-config's words
+if cc -std=c11 -Wall -Werror -o "$work/precopy" "$src/examples/precopy.c" $flags 2>"$work/cc.log"; then
+	ok "examples/precopy.c builds against the packaged headers and library"
+	if out=$("$work/precopy" 16 2>&1) && grep -q 'identical (data and tags)' <<<"$out"; then
+		ok "the example migrates with the packaged library: $(tail -1 <<<"$out")"
+	else
+		no "the example failed:"
+		tail -5 <<<"$out" | sed 's/^/# /'
+	fi
+else
+	no "examples/precopy.c does not build against the packages:"
+	head -10 "$work/cc.log" | sed 's/^/# /'
+fi
+
+for page in "$root/usr/share/man/man1/tagmig.1.gz" "$root/usr/share/man/man3/libtagmig.3.gz"; do
+	name=$(basename "$page" .gz)
+	if [ ! -f "$page" ]; then no "$name is not packaged"; continue; fi
+	w=$(zcat "$page" | groff -ww -z -man 2>&1)
+	if [ -z "$w" ]; then ok "packaged $name renders without a warning"; else no "packaged $name: $(head -2 <<<"$w" | tr '\n' ' ')"; fi
+done
+finish
