@@ -55,6 +55,11 @@ else
 fi
 grep -E '^(W|I):' "$work/lintian.log" | sed 's/^/# lintian: /'
 
+# The symbols file dpkg-shlibdeps reads: every symbol of the ABI list, none missing.
+syms=$(dpkg-deb -I "$work/libtagmig0_${version}_$arch.deb" symbols 2>/dev/null | grep -c '^ tm_')
+want=$(grep -c '^tm_' "$src/abi/libtagmig.symbols")
+if [ "$syms" = "$want" ]; then ok "libtagmig0 ships a symbols file with the $want symbols of abi/libtagmig.symbols"; else no "libtagmig0's symbols file has $syms symbols, abi/libtagmig.symbols $want"; fi
+
 # 3. from an empty root only
 root=$work/root
 mkdir -p "$root"
