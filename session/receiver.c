@@ -14,8 +14,8 @@
 #include "ram/ram-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
-#include "tls/tls.h"
-#include "transport.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
 
 typedef struct recv_chan {
 	tm_chan ch;

@@ -18,8 +18,8 @@
 #include "ram/ram-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
-#include "tls/tls.h"
-#include "transport.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
 
 enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
 

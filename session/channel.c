@@ -8,8 +8,8 @@
 #include <unistd.h>
 
 #include "tagmig/error.h"
-#include "tls/tls.h"
-#include "transport.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
 
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 unsigned timeout_ms, unsigned depth, GError **error)
