@@ -53,6 +53,8 @@ typedef struct tm_frame {
 
 /* Largest body per type for a session with these parameters (0 if type unknown). */
 uint32_t tm_frame_max_body(uint8_t type, uint32_t packet_size);
+/* Body length of a control message type (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK), else 0. */
+uint32_t tm_ctrl_body_len(uint8_t type);
 
 void tm_frame_encode(uint8_t out[TM_FRAME_HDR_LEN], uint8_t type, uint32_t body_len, uint32_t seq);
 
@@ -65,6 +67,9 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint32_t packet_size, tm_fra
 		    GError **error);
 
 /* ---- session parameters (HELLO) ---- */
+/* The page sizes the wire format (and so a RAM layout) allows: 4096, 16384, 65536. */
+bool tm_page_size_valid(uint64_t page_size);
+
 typedef struct tm_wire_block {
 	char name[TM_MAX_BLOCK_NAME + 1];
 	uint64_t length;
@@ -213,8 +218,6 @@ ssize_t tm_tags_find_invalid(const uint8_t *tags, size_t n);
 bool tm_buffer_is_zero(const void *buf, size_t len);
 
 /* ---- small control messages ---- */
-/* Body length of a control message type (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK), else 0. */
-uint32_t tm_ctrl_body_len(uint8_t type);
 /* Encodes frame + 8-byte or 16-byte body of SYNC/SYNC_ACK/END/END_ACK/HELLO_ACK; returns length. */
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b);
 /* Decodes such a body: checks body_len for the type and reserved fields (HELLO_ACK). */

@@ -11,7 +11,6 @@
 
 #include "codec/codec.h"
 #include "tagmig/error.h"
-#include "tagmig/session.h"
 
 static const char *enc_name(uint8_t enc)
 {

@@ -214,16 +214,6 @@ TM_EXPORT void tm_receiver_free(tm_receiver *receiver);
  */
 TM_EXPORT int tm_listen(const char *host, const char *port, unsigned *ret_port, GError **error);
 
-/*
- * Channel of a page under the striping rule of docs/wire-format.md: chunk_base is the global
- * number of the block's first chunk. Exposed for VMMs and tests.
- */
-static inline unsigned tm_channel_of(uint64_t chunk_base, uint64_t offset, uint64_t chunk_size,
-				     unsigned channels)
-{
-	return (unsigned)((chunk_base + offset / chunk_size) % channels);
-}
-
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_sender, tm_sender_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_receiver, tm_receiver_free)
 
