@@ -52,10 +52,9 @@ int tm_io_backend_probe(const char *name, GError **error)
 int tm_transport_lookup(const char *name, const tm_transport_ops **ret, char **ret_note,
 			GError **error)
 {
+	/* No environment here: the tools map $TAGMIG_IO onto the config (tools/env.c). */
 	const char *want = name;
 
-	if (!want || !*want)
-		want = g_getenv("TAGMIG_IO");
 	if (want && *want) {
 		/* Asked for by name: it runs or the caller learns why not. */
 		const tm_transport_ops *ops = find(want);
