@@ -159,6 +159,75 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 int tm_data_tags_expand(const tm_data_hdr *hdr, const tm_page_entry *entries, uint32_t page_size,
 			const uint8_t *payload, size_t payload_len, uint8_t *tags, GError **error);
 
+/* ---- DATA decoding: the receive plan of a packet (receiver) ---- */
+/*
+ * The receiver's mirror of tm_packet: the codec turns a DATA packet's headers into a plan (iovecs
+ * straight into guest RAM, the zero pages, the tags) and the session does the I/O in between:
+ *
+ *   n = tm_recv_plan_begin(plan, session, body_len)   receive n bytes at plan->head
+ *   n = tm_recv_plan_header(plan)                     receive n bytes at plan->head + 16
+ *   tm_recv_plan_entries(plan, channel, block_host)   receive payload_len bytes into plan->iov
+ *   tm_recv_plan_tags(plan)                           then apply the entries (zero pages),
+ *                                                     plan->tags by runs (tm_recv_plan_run_end)
+ *
+ * Every step checks what it decodes (tm_data_hdr_decode, tm_data_entries_decode,
+ * tm_data_tags_expand) before the next step's I/O, so no iovec ever points outside the block.
+ * Errors as the decoders' (no channel named: the caller prefixes it).
+ */
+typedef struct tm_recv_plan {
+	/* set once by tm_recv_plan_init: buffers owned by the channel, allocated once */
+	uint8_t *head;           /* DATA header, then the raw entries, as received */
+	tm_page_entry *entries;  /* decoded entries */
+	uint8_t *tag_payload;    /* tag payload, as received */
+	uint8_t *tags;           /* expanded tags, one byte per granule, every page in entry order */
+	struct iovec *iov;       /* page data runs in guest RAM, then the tag payload */
+	uint32_t max_entries;
+	/* per packet */
+	const tm_hello *session;
+	uint32_t body_len;
+	tm_data_hdr hdr;
+	uint32_t page_size;
+	unsigned data_iov_count; /* iov[0..data_iov_count): page data runs */
+	unsigned iov_count;      /* data runs plus the tag payload when there is one */
+	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
+} tm_recv_plan;
+
+/* Allocates the buffers for packets of up to packet_size bytes (of 4 KiB pages at most). */
+void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size);
+void tm_recv_plan_fini(tm_recv_plan *plan);
+
+/*
+ * Starts the plan of a DATA frame with body_len bytes of body, in session (which must outlive the
+ * packet). Returns the bytes of DATA header to receive into plan->head (TM_DATA_HDR_LEN), or
+ * -EBADMSG for a body too short to hold one.
+ */
+int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t body_len,
+		       GError **error);
+
+/*
+ * Decodes the DATA header in plan->head (tm_data_hdr_decode) and checks that its entries fit the
+ * body. Returns the bytes of entries to receive at plan->head + TM_DATA_HDR_LEN, or -errno.
+ */
+int tm_recv_plan_header(tm_recv_plan *plan, GError **error);
+
+/*
+ * Decodes the entries (tm_data_entries_decode: channel is the one they arrived on) and builds
+ * plan->iov: the NORMAL pages' data straight into block_host (the block's guest RAM, which holds
+ * every page of the HELLO's block), adjacent pages merged into one run, then the tag payload.
+ * Returns 0 or -errno; nothing is planned on failure.
+ */
+int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_host,
+			 GError **error);
+
+/*
+ * After the payload arrived: checks the tag payload and expands it into plan->tags
+ * (tm_data_tags_expand). A session without the tag feature has no tag payload: nothing to do.
+ */
+int tm_recv_plan_tags(tm_recv_plan *plan, GError **error);
+
+/* End of the run of consecutive pages that starts at entry i: the first entry after it. */
+uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i);
+
 /* ---- DATA encoding: a packet under construction (sender) ---- */
 typedef struct tm_packet {
 	/* set once by tm_packet_init: buffers owned by the channel, allocated once */

@@ -200,14 +200,9 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	for (unsigned i = 0; i < r->hello.block_count; i++)
 		r->present[i] = g_new0(uint64_t, (r->hello.blocks[i].npages + 63) / 64);
 
-	uint32_t max_pages = r->hello.packet_size / 4096;
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
-		c->entry_buf = g_malloc((size_t)max_pages * TM_PAGE_ENTRY_LEN);
-		c->entries = g_new(tm_page_entry, max_pages);
-		c->tag_payload = g_malloc(r->hello.packet_size / 32 + max_pages);
-		c->tags = g_malloc(r->hello.packet_size / TM_TAG_GRANULE);
-		c->iov = g_new(struct iovec, max_pages + 1);
+		tm_recv_plan_init(&c->plan, r->hello.packet_size);
 		if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_HELLO_ACK, 0, 0, error)) < 0) {
 			g_autofree char *msg = g_strdup((*error)->message);
 			abort_channels(r, -ret, msg);
@@ -275,11 +270,7 @@ void tm_receiver_free(tm_receiver *r)
 			g_thread_join(c->thread);
 		}
 		tm_chan_close(&c->ch);
-		g_free(c->entry_buf);
-		g_free(c->entries);
-		g_free(c->tag_payload);
-		g_free(c->tags);
-		g_free(c->iov);
+		tm_recv_plan_fini(&c->plan);
 	}
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "common/error-internal.h"
 #include "ram/ram-internal.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
@@ -24,122 +25,91 @@ static void mark_present(tm_receiver *r, recv_chan *c, unsigned block, uint64_t 
 		r->cfg.on_present(r->cfg.opaque, c->ch.id, block, first, n);
 }
 
+/*
+ * Fault the destination pages in with one call per run instead of one exception per page inside
+ * the socket copy: on cold guest RAM that is most of the receiver's cost. Kernels without
+ * MADV_POPULATE_WRITE (before 5.14) say EINVAL and fault as before.
+ */
+static void populate(tm_receiver *r, const tm_recv_plan *p)
+{
+	if (__atomic_load_n(&r->no_populate, __ATOMIC_RELAXED))
+		return;
+	for (unsigned i = 0; i < p->data_iov_count; i++)
+		if (madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
+		    errno == EINVAL)
+			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
+}
+
+/*
+ * One DATA packet: the codec plans it from its headers (tm_recv_plan_*, which checks every count
+ * and offset first), the channel moves the bytes (page data straight into guest RAM), then the
+ * zero pages, the tags and the presence bits are applied.
+ */
 static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 {
 	tm_receiver *r = c->r;
-	uint8_t hb[TM_DATA_HDR_LEN];
-	tm_data_hdr hdr;
+	tm_recv_plan *p = &c->plan;
 	int ret;
 
-	if (f->body_len < TM_DATA_HDR_LEN) {
-		g_set_error(error, TM_ERROR, EBADMSG, "channel %u: DATA body of %u bytes is truncated",
-			    c->ch.id, f->body_len);
-		return -EBADMSG;
-	}
-	if ((ret = tm_chan_recv(&c->ch, hb, sizeof(hb), error)) < 0)
-		return ret;
-	if ((ret = tm_data_hdr_decode(hb, sizeof(hb), &r->hello, &hdr, error)) < 0)
+	/*
+	 * Frame header, DATA header and entries arrive in separate receives: the frame may be a
+	 * control message as short as 24 bytes, and the entries' count is in the DATA header.
+	 */
+	if ((ret = tm_recv_plan_begin(p, &r->hello, f->body_len, error)) < 0)
 		goto bad;
-	size_t elen = (size_t)hdr.page_count * TM_PAGE_ENTRY_LEN;
-	if (elen > f->body_len - TM_DATA_HDR_LEN) {
-		g_set_error(error, TM_ERROR, EBADMSG, "DATA with %u pages is truncated at %u bytes",
-			    hdr.page_count, f->body_len);
-		ret = -EBADMSG;
-		goto bad;
-	}
-	if ((ret = tm_chan_recv(&c->ch, c->entry_buf, elen, error)) < 0)
+	if ((ret = tm_chan_recv(&c->ch, p->head, (size_t)ret, error)) < 0)
 		return ret;
-	if ((ret = tm_data_entries_decode(&hdr, c->entry_buf, elen, &r->hello, c->ch.id,
-					  f->body_len, c->entries, error)) < 0)
+	if ((ret = tm_recv_plan_header(p, error)) < 0)
+		goto bad;
+	if ((ret = tm_chan_recv(&c->ch, p->head + TM_DATA_HDR_LEN, (size_t)ret, error)) < 0)
+		return ret;
+	const tm_ram_block *b = tm_ram_layout_get(r->layout, p->hdr.block);
+	if ((ret = tm_recv_plan_entries(p, c->ch.id, b->host, error)) < 0)
 		goto bad;
 
 	/* Everything is validated: page data goes straight into guest RAM. */
-	const tm_ram_block *b = tm_ram_layout_get(r->layout, hdr.block);
-	uint32_t ps = b->page_size;
-	unsigned n = 0;
-	uint8_t *run_end = NULL;
-	for (uint32_t i = 0; i < hdr.page_count; i++) {
-		if (c->entries[i].kind != TM_PAGE_NORMAL)
-			continue;
-		uint8_t *p = b->host + (uint64_t)c->entries[i].page * ps;
-		if (n && p == run_end) {
-			c->iov[n - 1].iov_len += ps;
-		} else {
-			c->iov[n].iov_base = p;
-			c->iov[n++].iov_len = ps;
-		}
-		run_end = p + ps;
-	}
-	/*
-	 * Fault the destination pages in with one call per run instead of one exception per page
-	 * inside the socket copy: on cold guest RAM that is most of the receiver's cost. Kernels
-	 * without MADV_POPULATE_WRITE (before 5.14) say EINVAL and fault as before.
-	 */
-	if (!r->no_populate)
-		for (unsigned i = 0; i < n; i++)
-			if (madvise(c->iov[i].iov_base, c->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
-			    errno == EINVAL)
-				__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
-	if (hdr.tag_len) {
-		c->iov[n].iov_base = c->tag_payload;
-		c->iov[n++].iov_len = hdr.tag_len;
-	}
-	size_t plen = (size_t)hdr.data_len + hdr.tag_len;
-	if (plen) {
-		ret = c->ch.ops->recv(&c->ch, c->iov, n, plen);
-		if (ret < 0) {
-			g_set_error(error, TM_ERROR, -ret,
-				    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
-				    "x: receive page data: %s",
-				    c->ch.id, b->name, (uint64_t)c->entries[0].page * ps,
-				    tm_chan_io_reason(&c->ch, -ret));
-			return ret;
-		}
-		tm_count(&c->ch.st.wire_bytes, plen);
-	}
-	if (r->tags) {
-		ret = tm_data_tags_expand(&hdr, c->entries, ps, c->tag_payload, hdr.tag_len, c->tags,
-					  error);
+	uint32_t ps = p->page_size;
+	populate(r, p);
+	if (p->payload_len) {
+		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
 		if (ret < 0)
-			goto bad;
+			return tm_error_at(error, -ret, c->ch.id, b->name,
+					   (uint64_t)p->entries[0].page * ps, "receive page data: %s",
+					   tm_chan_io_reason(&c->ch, -ret));
 	}
-	for (uint32_t i = 0; i < hdr.page_count; i++) {
-		const tm_page_entry *e = &c->entries[i];
+	if ((ret = tm_recv_plan_tags(p, error)) < 0)
+		goto bad;
+	for (uint32_t i = 0; i < p->hdr.page_count; i++) {
+		const tm_page_entry *e = &p->entries[i];
 		if (e->kind != TM_PAGE_NORMAL &&
-		    !(r->cfg.ram_zeroed && !tm_receiver_page_present(r, hdr.block, e->page))) {
+		    !(r->cfg.ram_zeroed && !tm_receiver_page_present(r, p->hdr.block, e->page))) {
 			/* Only write when needed: fresh destination memory stays untouched. */
-			uint8_t *p = b->host + (uint64_t)e->page * ps;
-			if (!tm_buffer_is_zero(p, ps))
-				memset(p, 0, ps);
+			uint8_t *page = b->host + (uint64_t)e->page * ps;
+			if (!tm_buffer_is_zero(page, ps))
+				memset(page, 0, ps);
 		}
 		tm_count(&c->ch.st.by_kind[e->kind], 1);
 		tm_count(&c->ch.st.by_enc[e->tag_enc], 1);
 	}
 	/* Tags (zero ones too: stale tags of an earlier round must go), then presence, in runs. */
-	for (uint32_t i = 0; i < hdr.page_count;) {
-		uint32_t j = i + 1;
-		while (j < hdr.page_count && c->entries[j].page == c->entries[j - 1].page + 1)
-			j++;
-		uint64_t first = c->entries[i].page;
+	for (uint32_t i = 0; i < p->hdr.page_count;) {
+		uint32_t j = tm_recv_plan_run_end(p, i);
+		uint64_t first = p->entries[i].page;
 		if (r->tags) {
-			ret = tm_tag_store_set(r->tags, hdr.block, first * ps, (uint64_t)(j - i) * ps,
-					       c->tags + (size_t)i * (ps / TM_TAG_GRANULE));
-			if (ret < 0) {
-				g_set_error(error, TM_ERROR, -ret,
-					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
-					    "x: setting tags failed: %s",
-					    c->ch.id, b->name, first * ps, g_strerror(-ret));
-				return ret;
-			}
+			ret = tm_tag_store_set(r->tags, p->hdr.block, first * ps, (uint64_t)(j - i) * ps,
+					       p->tags + (size_t)i * (ps / TM_TAG_GRANULE));
+			if (ret < 0)
+				return tm_error_at(error, -ret, c->ch.id, b->name, first * ps,
+						   "setting tags failed: %s", g_strerror(-ret));
 		}
-		mark_present(r, c, hdr.block, first, j - i);
+		mark_present(r, c, p->hdr.block, first, j - i);
 		i = j;
 	}
-	c->pages_applied += hdr.page_count;
-	tm_count(&c->ch.st.pages, hdr.page_count);
+	c->pages_applied += p->hdr.page_count;
+	tm_count(&c->ch.st.pages, p->hdr.page_count);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, hdr.data_len);
-	tm_count(&c->ch.st.tag_bytes, hdr.tag_len);
+	tm_count(&c->ch.st.data_bytes, p->hdr.data_len);
+	tm_count(&c->ch.st.tag_bytes, p->hdr.tag_len);
 	return 0;
 bad:
 	tm_chan_prefix_error(&c->ch, error);
@@ -241,7 +211,7 @@ static int drain_for_error(recv_chan *c, GError **error)
 			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
 		for (size_t left = f.body_len; left > 0;) {
 			size_t n = MIN(left, scratch);
-			if (tm_chan_recv(&c->ch, c->tags, n, &local) < 0)
+			if (tm_chan_recv(&c->ch, c->plan.tags, n, &local) < 0)
 				return 0;
 			left -= n;
 		}

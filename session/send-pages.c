@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/mman.h>
 
+#include "common/error-internal.h"
 #include "ram/ram-internal.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
@@ -82,23 +83,16 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 			__atomic_store_n(&s->no_populate, true, __ATOMIC_RELAXED);
 		if (s->tags) {
 			int r = tm_tag_store_get(s->tags, w->block, page * ps, n * ps, c->tagraw);
-			if (r < 0) {
-				g_set_error(error, TM_ERROR, -r,
-					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
-					    "x: reading tags failed: %s",
-					    c->ch.id, b->name, page * ps, g_strerror(-r));
-				return r;
-			}
+			if (r < 0)
+				return tm_error_at(error, -r, c->ch.id, b->name, page * ps,
+						   "reading tags failed: %s", g_strerror(-r));
 			/* A tag is 4 bits: anything else cannot be reproduced on the receiver. */
 			ssize_t bad = tm_tags_find_invalid(c->tagraw, n * ps / TM_TAG_GRANULE);
-			if (bad >= 0) {
-				g_set_error(error, TM_ERROR, EINVAL,
-					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
-					    "x: tag 0x%02x of that granule has its high nibble set",
-					    c->ch.id, b->name, page * ps + (uint64_t)bad * TM_TAG_GRANULE,
-					    c->tagraw[bad]);
-				return -EINVAL;
-			}
+			if (bad >= 0)
+				return tm_error_at(error, EINVAL, c->ch.id, b->name,
+						   page * ps + (uint64_t)bad * TM_TAG_GRANULE,
+						   "tag 0x%02x of that granule has its high nibble set",
+						   c->tagraw[bad]);
 		}
 		for (uint64_t i = 0; i < n; i++) {
 			const uint8_t *data = rb->host + (page + i) * ps;

@@ -92,11 +92,7 @@ typedef struct recv_chan {
 	bool exited; /* protected by r->lock */
 
 	/* worker-local, allocated once in start() */
-	uint8_t *entry_buf;       /* raw page entries */
-	tm_page_entry *entries;
-	uint8_t *tag_payload;
-	uint8_t *tags;            /* expanded, one byte per granule */
-	struct iovec *iov;
+	tm_recv_plan plan;        /* the DATA packet being received */
 	uint64_t pages_applied;
 } recv_chan;
 
@@ -127,6 +123,13 @@ struct tm_receiver {
 	unsigned ended;
 	int64_t t_start, t_end;
 };
+
+/* ---- channel.c (the rest of the protocol channel is declared in transport/transport.h) ---- */
+/*
+ * Receives exactly len bytes into iov[0..n) and counts them. Returns 0 or -errno without a message:
+ * the caller names what was being received (tm_chan_io_reason() has the words).
+ */
+int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
 
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
