@@ -53,6 +53,8 @@ typedef struct tm_frame {
 
 /* Largest body per type for a session with these parameters (0 if type unknown). */
 uint32_t tm_frame_max_body(uint8_t type, uint32_t packet_size);
+/* Body length of a control message type (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK), else 0. */
+uint32_t tm_ctrl_body_len(uint8_t type);
 
 void tm_frame_encode(uint8_t out[TM_FRAME_HDR_LEN], uint8_t type, uint32_t body_len, uint32_t seq);
 
@@ -65,6 +67,9 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint32_t packet_size, tm_fra
 		    GError **error);
 
 /* ---- session parameters (HELLO) ---- */
+/* The page sizes the wire format (and so a RAM layout) allows: 4096, 16384, 65536. */
+bool tm_page_size_valid(uint64_t page_size);
+
 typedef struct tm_wire_block {
 	char name[TM_MAX_BLOCK_NAME + 1];
 	uint64_t length;
@@ -154,6 +159,75 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 int tm_data_tags_expand(const tm_data_hdr *hdr, const tm_page_entry *entries, uint32_t page_size,
 			const uint8_t *payload, size_t payload_len, uint8_t *tags, GError **error);
 
+/* ---- DATA decoding: the receive plan of a packet (receiver) ---- */
+/*
+ * The receiver's mirror of tm_packet: the codec turns a DATA packet's headers into a plan (iovecs
+ * straight into guest RAM, the zero pages, the tags) and the session does the I/O in between:
+ *
+ *   n = tm_recv_plan_begin(plan, session, body_len)   receive n bytes at plan->head
+ *   n = tm_recv_plan_header(plan)                     receive n bytes at plan->head + 16
+ *   tm_recv_plan_entries(plan, channel, block_host)   receive payload_len bytes into plan->iov
+ *   tm_recv_plan_tags(plan)                           then apply the entries (zero pages),
+ *                                                     plan->tags by runs (tm_recv_plan_run_end)
+ *
+ * Every step checks what it decodes (tm_data_hdr_decode, tm_data_entries_decode,
+ * tm_data_tags_expand) before the next step's I/O, so no iovec ever points outside the block.
+ * Errors as the decoders' (no channel named: the caller prefixes it).
+ */
+typedef struct tm_recv_plan {
+	/* set once by tm_recv_plan_init: buffers owned by the channel, allocated once */
+	uint8_t *head;           /* DATA header, then the raw entries, as received */
+	tm_page_entry *entries;  /* decoded entries */
+	uint8_t *tag_payload;    /* tag payload, as received */
+	uint8_t *tags;           /* expanded tags, one byte per granule, every page in entry order */
+	struct iovec *iov;       /* page data runs in guest RAM, then the tag payload */
+	uint32_t max_entries;
+	/* per packet */
+	const tm_hello *session;
+	uint32_t body_len;
+	tm_data_hdr hdr;
+	uint32_t page_size;
+	unsigned data_iov_count; /* iov[0..data_iov_count): page data runs */
+	unsigned iov_count;      /* data runs plus the tag payload when there is one */
+	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
+} tm_recv_plan;
+
+/* Allocates the buffers for packets of up to packet_size bytes (of 4 KiB pages at most). */
+void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size);
+void tm_recv_plan_fini(tm_recv_plan *plan);
+
+/*
+ * Starts the plan of a DATA frame with body_len bytes of body, in session (which must outlive the
+ * packet). Returns the bytes of DATA header to receive into plan->head (TM_DATA_HDR_LEN), or
+ * -EBADMSG for a body too short to hold one.
+ */
+int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t body_len,
+		       GError **error);
+
+/*
+ * Decodes the DATA header in plan->head (tm_data_hdr_decode) and checks that its entries fit the
+ * body. Returns the bytes of entries to receive at plan->head + TM_DATA_HDR_LEN, or -errno.
+ */
+int tm_recv_plan_header(tm_recv_plan *plan, GError **error);
+
+/*
+ * Decodes the entries (tm_data_entries_decode: channel is the one they arrived on) and builds
+ * plan->iov: the NORMAL pages' data straight into block_host (the block's guest RAM, which holds
+ * every page of the HELLO's block), adjacent pages merged into one run, then the tag payload.
+ * Returns 0 or -errno; nothing is planned on failure.
+ */
+int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_host,
+			 GError **error);
+
+/*
+ * After the payload arrived: checks the tag payload and expands it into plan->tags
+ * (tm_data_tags_expand). A session without the tag feature has no tag payload: nothing to do.
+ */
+int tm_recv_plan_tags(tm_recv_plan *plan, GError **error);
+
+/* End of the run of consecutive pages that starts at entry i: the first entry after it. */
+uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i);
+
 /* ---- DATA encoding: a packet under construction (sender) ---- */
 typedef struct tm_packet {
 	/* set once by tm_packet_init: buffers owned by the channel, allocated once */
@@ -213,8 +287,6 @@ ssize_t tm_tags_find_invalid(const uint8_t *tags, size_t n);
 bool tm_buffer_is_zero(const void *buf, size_t len);
 
 /* ---- small control messages ---- */
-/* Body length of a control message type (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK), else 0. */
-uint32_t tm_ctrl_body_len(uint8_t type);
 /* Encodes frame + 8-byte or 16-byte body of SYNC/SYNC_ACK/END/END_ACK/HELLO_ACK; returns length. */
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b);
 /* Decodes such a body: checks body_len for the type and reserved fields (HELLO_ACK). */

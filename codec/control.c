@@ -10,21 +10,6 @@
 #include "codec/codec.h"
 #include "tagmig/error.h"
 
-uint32_t tm_ctrl_body_len(uint8_t type)
-{
-	switch (type) {
-	case TM_MSG_HELLO_ACK:
-	case TM_MSG_SYNC:
-	case TM_MSG_END_ACK:
-		return 8;
-	case TM_MSG_SYNC_ACK:
-	case TM_MSG_END:
-		return 16;
-	default:
-		return 0;
-	}
-}
-
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b)
 {
 	size_t body = tm_ctrl_body_len(type);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * DATA (docs/wire-format.md, "DATA"): the receiver's decoders for the data header, the page
- * entries and the tag payload, and the sender's packet builder. A receiver uses what the decoders
+ * entries and the tag payload, the receive plan built from them, and the sender's packet builder. A receiver uses what the decoders
  * return to address guest RAM, so every index is checked against the HELLO layout here and every
  * length is checked against what the entries imply before the caller reads data into RAM.
  */
@@ -11,7 +11,6 @@
 
 #include "codec/codec.h"
 #include "tagmig/error.h"
-#include "tagmig/session.h"
 
 static const char *enc_name(uint8_t enc)
 {
@@ -31,6 +30,24 @@ static const char *enc_name(uint8_t enc)
 static char *block_label(const tm_wire_block *b)
 {
 	return g_strescape(b->name, NULL);
+}
+
+/*
+ * Appends len bytes at p to the page data runs iov[first..*count): adjacent in RAM and on the wire,
+ * a page extends the last run (one iovec, fewer segments for sendmsg and readv). *run_end is the
+ * end of the last run. The sender's packets and the receiver's plans build their runs here.
+ */
+static void iov_append_run(struct iovec *iov, unsigned *count, unsigned first,
+			   const uint8_t **run_end, const uint8_t *p, size_t len)
+{
+	if (*count > first && *run_end == p) {
+		iov[*count - 1].iov_len += len;
+	} else {
+		iov[*count].iov_base = (void *)p;
+		iov[*count].iov_len = len;
+		(*count)++;
+	}
+	*run_end = p + len;
 }
 
 /* ---- receiver ---- */
@@ -318,6 +335,113 @@ int tm_data_tags_expand(const tm_data_hdr *hdr, const tm_page_entry *entries, ui
 	return 0;
 }
 
+/* ---- receiver: the receive plan ---- */
+
+void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size)
+{
+	uint32_t max_pages = packet_size / 4096u;
+
+	memset(plan, 0, sizeof(*plan));
+	plan->max_entries = max_pages;
+	plan->head = g_malloc(TM_DATA_HDR_LEN + (size_t)max_pages * TM_PAGE_ENTRY_LEN);
+	plan->entries = g_new(tm_page_entry, max_pages);
+	/* PACKED for every page is the most: page_size / 32 bytes per page, plus one per page. */
+	plan->tag_payload = g_malloc(packet_size / 32u + max_pages);
+	plan->tags = g_malloc(packet_size / TM_TAG_GRANULE);
+	/* One run per page when no two pages are adjacent, and the tags. */
+	plan->iov = g_new(struct iovec, max_pages + 1);
+}
+
+void tm_recv_plan_fini(tm_recv_plan *plan)
+{
+	if (!plan)
+		return;
+	g_free(plan->head);
+	g_free(plan->entries);
+	g_free(plan->tag_payload);
+	g_free(plan->tags);
+	g_free(plan->iov);
+	memset(plan, 0, sizeof(*plan));
+}
+
+int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t body_len,
+		       GError **error)
+{
+	plan->session = NULL;
+	plan->iov_count = plan->data_iov_count = 0;
+	plan->payload_len = 0;
+	if (body_len < TM_DATA_HDR_LEN) {
+		g_set_error(error, TM_ERROR, EBADMSG, "DATA body of %u bytes is truncated", body_len);
+		return -EBADMSG;
+	}
+	plan->session = session;
+	plan->body_len = body_len;
+	return TM_DATA_HDR_LEN;
+}
+
+int tm_recv_plan_header(tm_recv_plan *plan, GError **error)
+{
+	int r = tm_data_hdr_decode(plan->head, TM_DATA_HDR_LEN, plan->session, &plan->hdr, error);
+	if (r < 0)
+		return r;
+	/* tm_data_hdr_decode() bounds page_count by packet_size / page_size <= max_entries. */
+	g_assert(plan->hdr.page_count <= plan->max_entries);
+	size_t elen = (size_t)plan->hdr.page_count * TM_PAGE_ENTRY_LEN;
+	if (elen > plan->body_len - TM_DATA_HDR_LEN) {
+		g_set_error(error, TM_ERROR, EBADMSG, "DATA with %u pages is truncated at %u bytes",
+			    plan->hdr.page_count, plan->body_len);
+		return -EBADMSG;
+	}
+	plan->page_size = plan->session->blocks[plan->hdr.block].page_size;
+	return (int)elen;
+}
+
+int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_host,
+			 GError **error)
+{
+	const tm_data_hdr *hdr = &plan->hdr;
+	int r = tm_data_entries_decode(hdr, plan->head + TM_DATA_HDR_LEN,
+				       (size_t)hdr->page_count * TM_PAGE_ENTRY_LEN, plan->session,
+				       channel, plan->body_len, plan->entries, error);
+	if (r < 0)
+		return r;
+
+	/* Every page is inside the block (checked above): page data goes straight into RAM. */
+	const uint8_t *run_end = NULL;
+	unsigned n = 0;
+	for (uint32_t i = 0; i < hdr->page_count; i++) {
+		if (plan->entries[i].kind != TM_PAGE_NORMAL)
+			continue;
+		iov_append_run(plan->iov, &n, 0, &run_end,
+			       block_host + (uint64_t)plan->entries[i].page * plan->page_size,
+			       plan->page_size);
+	}
+	plan->data_iov_count = n;
+	if (hdr->tag_len) {
+		plan->iov[n].iov_base = plan->tag_payload;
+		plan->iov[n++].iov_len = hdr->tag_len;
+	}
+	plan->iov_count = n;
+	plan->payload_len = (size_t)hdr->data_len + hdr->tag_len;
+	return 0;
+}
+
+int tm_recv_plan_tags(tm_recv_plan *plan, GError **error)
+{
+	if (!(plan->session->features & TM_FEATURE_TAGS_MTE4))
+		return 0;
+	return tm_data_tags_expand(&plan->hdr, plan->entries, plan->page_size, plan->tag_payload,
+				   plan->hdr.tag_len, plan->tags, error);
+}
+
+uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i)
+{
+	uint32_t j = i + 1;
+	while (j < plan->hdr.page_count && plan->entries[j].page == plan->entries[j - 1].page + 1)
+		j++;
+	return j;
+}
+
 /* ---- sender ---- */
 
 void tm_packet_init(tm_packet *pkt, uint32_t packet_size)
@@ -375,15 +499,8 @@ tm_page_kind tm_packet_add(tm_packet *pkt, uint32_t page, const uint8_t *data, b
 	} else {
 		kind = TM_PAGE_NORMAL;
 		g_assert(data);
-		if (pkt->iov_count > 1 && pkt->run_end == data) {
-			/* Adjacent in RAM and on the wire: one iovec, fewer segments for sendmsg. */
-			pkt->iov[pkt->iov_count - 1].iov_len += pkt->page_size;
-		} else {
-			pkt->iov[pkt->iov_count].iov_base = (void *)data;
-			pkt->iov[pkt->iov_count].iov_len = pkt->page_size;
-			pkt->iov_count++;
-		}
-		pkt->run_end = data + pkt->page_size;
+		/* iov[0] is the header: runs start at 1. */
+		iov_append_run(pkt->iov, &pkt->iov_count, 1, &pkt->run_end, data, pkt->page_size);
 		pkt->data_len += pkt->page_size;
 	}
 

@@ -36,6 +36,25 @@ const char *tm_msg_name(uint8_t type)
 	}
 }
 
+/*
+ * The control messages' fixed body sizes are part of the per-type limits: they live here, so that
+ * control.c builds on frame.c and not the other way round.
+ */
+uint32_t tm_ctrl_body_len(uint8_t type)
+{
+	switch (type) {
+	case TM_MSG_HELLO_ACK:
+	case TM_MSG_SYNC:
+	case TM_MSG_END_ACK:
+		return 8;
+	case TM_MSG_SYNC_ACK:
+	case TM_MSG_END:
+		return 16;
+	default:
+		return 0;
+	}
+}
+
 uint32_t tm_frame_max_body(uint8_t type, uint32_t packet_size)
 {
 	switch (type) {

@@ -24,7 +24,7 @@ static bool is_pow2(uint64_t v)
 	return v != 0 && (v & (v - 1)) == 0;
 }
 
-static bool page_size_valid(uint32_t page_size)
+bool tm_page_size_valid(uint64_t page_size)
 {
 	return page_size == 4096 || page_size == 16384 || page_size == 65536;
 }
@@ -64,7 +64,7 @@ static int check_block(const tm_hello *hello, uint32_t i, GError **error)
 
 	g_autofree char *label = name_label(b->name, nlen);
 
-	if (!page_size_valid(b->page_size)) {
+	if (!tm_page_size_valid(b->page_size)) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "HELLO block %u '%s': page_size %u invalid (4096, 16384 or 65536)", i,
 			    label, b->page_size);

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "codec/codec.h"
 #include "ram-internal.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
@@ -21,11 +22,6 @@ int tm_ram_layout_new(tm_ram_layout **ret)
 	l->blocks = g_ptr_array_new_with_free_func(block_free);
 	*ret = l;
 	return 0;
-}
-
-bool tm_page_size_valid(uint64_t page_size)
-{
-	return page_size == 4096 || page_size == 16384 || page_size == 65536;
 }
 
 int tm_ram_layout_add_block(tm_ram_layout *layout, const char *name, void *host, uint64_t length,

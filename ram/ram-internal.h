@@ -22,5 +22,3 @@ static inline const tm_ram_block *tm_ram_layout_get(const tm_ram_layout *l, unsi
 {
 	return g_ptr_array_index(l->blocks, i);
 }
-
-bool tm_page_size_valid(uint64_t page_size);

@@ -18,6 +18,7 @@
 #include "map.h"
 #include "progress.h"
 #include "report.h"
+#include "env.h"
 
 #define DEMO_SEED 0x7461676d69672121ull /* "tagmig!!" */
 #define DEMO_BLOCK_NAME "pc.ram"
@@ -406,6 +407,7 @@ int cli_cmd_demo(int argc, char **argv)
 		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
 		.tls_creds_dir = creds,
 	};
+	cli_env_receiver_config(&rcfg);
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
 		return cli_fail(error);
@@ -423,6 +425,7 @@ int cli_cmd_demo(int argc, char **argv)
 		.tls_creds_dir = creds,
 		.tls_hostname = "localhost",
 	};
+	cli_env_sender_config(&scfg);
 	g_autoptr(tm_sender) sender = NULL;
 	if (tm_sender_new(src_layout, src_tags, &scfg, &sender, &error) < 0)
 		return cli_fail(error);

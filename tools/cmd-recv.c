@@ -17,6 +17,7 @@
 #include "map.h"
 #include "progress.h"
 #include "report.h"
+#include "env.h"
 
 typedef struct recv_opts {
 	char *listen;
@@ -284,6 +285,7 @@ int cli_cmd_recv(int argc, char **argv)
 		.ram_zeroed = all_new,
 		.tls_creds_dir = o.tls_creds,
 	};
+	cli_env_receiver_config(&cfg);
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&cfg, &receiver, &error) < 0 ||
 	    tm_receiver_accept(receiver, listen_fd, &error) < 0)

@@ -14,6 +14,7 @@
 #include "map.h"
 #include "progress.h"
 #include "report.h"
+#include "env.h"
 
 typedef struct send_opts {
 	char *connect;
@@ -233,6 +234,7 @@ int cli_cmd_send(int argc, char **argv)
 		.tls_creds_dir = o.tls_creds,
 		.tls_hostname = o.tls_hostname,
 	};
+	cli_env_sender_config(&cfg);
 	g_autoptr(tm_sender) sender = NULL;
 	rc = tm_sender_new(layout, store, &cfg, &sender, &error);
 	if (rc == -EINVAL)

@@ -52,10 +52,9 @@ int tm_io_backend_probe(const char *name, GError **error)
 int tm_transport_lookup(const char *name, const tm_transport_ops **ret, char **ret_note,
 			GError **error)
 {
+	/* No environment here: the tools map $TAGMIG_IO onto the config (tools/env.c). */
 	const char *want = name;
 
-	if (!want || !*want)
-		want = g_getenv("TAGMIG_IO");
 	if (want && *want) {
 		/* Asked for by name: it runs or the caller learns why not. */
 		const tm_transport_ops *ops = find(want);
@@ -79,33 +78,4 @@ int tm_transport_lookup(const char *name, const tm_transport_ops **ret, char **r
 		*ret_note = g_strdup_printf("io_uring unavailable, using sockets: %s", why->message);
 	*ret = &tm_transport_socket;
 	return 0;
-}
-
-bool tm_failure_record(tm_failure *f, GError *err, bool from_peer)
-{
-	if (!f->error || (from_peer && !f->from_peer)) {
-		g_clear_error(&f->error);
-		f->error = err;
-		f->from_peer = from_peer;
-		return true;
-	}
-	g_error_free(err);
-	return false;
-}
-
-void tm_counters_sum(const tm_counters *c, tm_stats *ret)
-{
-	ret->pages += __atomic_load_n(&c->pages, __ATOMIC_RELAXED);
-	for (int k = 0; k < TM_PAGE_KIND_COUNT; k++)
-		ret->pages_by_kind[k] += __atomic_load_n(&c->by_kind[k], __ATOMIC_RELAXED);
-	for (int k = 0; k < TM_TAG_ENC_COUNT; k++)
-		ret->pages_by_tag_enc[k] += __atomic_load_n(&c->by_enc[k], __ATOMIC_RELAXED);
-	ret->packets += __atomic_load_n(&c->packets, __ATOMIC_RELAXED);
-	ret->wire_bytes += __atomic_load_n(&c->wire_bytes, __ATOMIC_RELAXED);
-	ret->data_bytes += __atomic_load_n(&c->data_bytes, __ATOMIC_RELAXED);
-	ret->tag_bytes += __atomic_load_n(&c->tag_bytes, __ATOMIC_RELAXED);
-	ret->io_submissions += __atomic_load_n(&c->io_submissions, __ATOMIC_RELAXED);
-	ret->io_completions += __atomic_load_n(&c->io_completions, __ATOMIC_RELAXED);
-	ret->zc_sends += __atomic_load_n(&c->zc_sends, __ATOMIC_RELAXED);
-	ret->zc_copied += __atomic_load_n(&c->zc_copied, __ATOMIC_RELAXED);
 }

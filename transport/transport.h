@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Transport internals: channels and the I/O backend interface. A channel is one connected TCP
- * socket with its sequence numbers and counters; a backend (sockets, later io_uring) moves bytes
- * for it. Sessions (sender.c, receiver.c) never call read/write themselves.
+ * socket with its sequence numbers and counters; a backend (sockets, io_uring) moves bytes
+ * for it. Sessions (session/) never call read/write themselves.
  */
 #pragma once
 
@@ -63,7 +63,7 @@ extern const tm_transport_ops tm_transport_socket;
 extern const tm_transport_ops tm_transport_io_uring;
 
 /*
- * Finds the backend to use: name, else $TAGMIG_IO, else the default (io_uring where its probe
+ * Finds the backend to use: name, else the default (io_uring where its probe
  * succeeds, sockets otherwise). A named backend that cannot run here is an error with the
  * reason; when the default falls back, *ret_note (if not NULL) receives why (g_free).
  */

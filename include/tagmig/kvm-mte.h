@@ -33,13 +33,11 @@ G_BEGIN_DECLS
  *
  * The store calls KVM_ARM_MTE_COPY_TAGS only for ranges inside a registered block (it checks
  * again what the core already checked, -ERANGE otherwise), so a peer can never make it touch the
- * tags of memory that is not guest RAM. Short counts: the kernel answers a partial copy with the
- * bytes it covered (it stopped at a page it could not reach, e.g. no memslot there); the store
- * continues with the rest, so the next call either goes on or fails with the kernel's reason
- * (-EFAULT for a hole without memslot), which get/set return. A call that covers nothing is
- * -EFAULT. Tags before the failing page are set. Writing tags fails with -EBUSY on Linux 6.12 and newer
- * while any memslot of the VM has dirty logging on: the receiver must not dirty-log while it
- * receives. get and set are thread-safe (each is one or more independent ioctls).
+ * tags of memory that is not guest RAM. get and set return the kernel's reason for a range it
+ * cannot reach (-EFAULT for a hole without memslot; tags before that page are set) and -EBUSY
+ * on Linux 6.12 and newer while any memslot of the VM has dirty logging on: the receiver must not
+ * dirty-log while it receives (docs/aarch64.md, "Short counts" and step 5). get and set are
+ * thread-safe (each is one or more independent ioctls).
  */
 typedef struct tm_kvm_mte_config {
 	int vm_fd;

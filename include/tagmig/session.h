@@ -54,8 +54,9 @@ typedef struct tm_stats {
 /*
  * I/O backends: "io_uring" (alias "uring"; the default wherever its probe succeeds: io_uring
  * enabled, not blocked by seccomp or kernel.io_uring_disabled, the needed opcodes present) and
- * "sockets" (portable, blocking sendmsg/readv). A config's io_backend NULL takes $TAGMIG_IO, else
- * the default; a backend asked for by name that cannot run is refused with the reason.
+ * "sockets" (portable, blocking sendmsg/readv). A config's io_backend NULL takes the default; a
+ * backend asked for by name that cannot run is refused with the reason. The library reads no
+ * environment variable; the tagmig tool maps $TAGMIG_IO onto io_backend.
  */
 TM_EXPORT const char *tm_io_backend_default(void);
 
@@ -66,7 +67,7 @@ typedef struct tm_sender_config {
 	unsigned channels;    /* 1..64; 0 means 4 */
 	uint64_t chunk_size;  /* striping chunk (power of two >= packet_size); 0 means 2 MiB */
 	uint32_t packet_size; /* page data bytes per packet (power of two, 64 KiB..16 MiB); 0: 512 KiB */
-	const char *io_backend; /* NULL: $TAGMIG_IO, else tm_io_backend_default() */
+	const char *io_backend; /* NULL: tm_io_backend_default() */
 	unsigned timeout_ms;  /* connect, handshake and any single blocked I/O; 0 means 60000 */
 	unsigned queue_depth; /* packets in flight per channel (io_uring), 1..64; 0 means 4 */
 	/*
@@ -140,7 +141,7 @@ typedef void (*tm_present_fn)(void *opaque, unsigned channel, unsigned block, ui
 			      uint64_t npages);
 
 typedef struct tm_receiver_config {
-	const char *io_backend; /* NULL: $TAGMIG_IO, else tm_io_backend_default() */
+	const char *io_backend; /* NULL: tm_io_backend_default() */
 	unsigned timeout_ms;    /* accept, handshake and any single blocked I/O; 0 means 60000 */
 	tm_present_fn on_present; /* optional */
 	void *opaque;
@@ -213,16 +214,6 @@ TM_EXPORT void tm_receiver_free(tm_receiver *receiver);
  * one). Returns the fd (>= 0) or -errno. *ret_port receives the bound port if not NULL.
  */
 TM_EXPORT int tm_listen(const char *host, const char *port, unsigned *ret_port, GError **error);
-
-/*
- * Channel of a page under the striping rule of docs/wire-format.md: chunk_base is the global
- * number of the block's first chunk. Exposed for VMMs and tests.
- */
-static inline unsigned tm_channel_of(uint64_t chunk_base, uint64_t offset, uint64_t chunk_size,
-				     unsigned channels)
-{
-	return (unsigned)((chunk_base + offset / chunk_size) % channels);
-}
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_sender, tm_sender_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_receiver, tm_receiver_free)

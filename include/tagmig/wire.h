@@ -57,3 +57,14 @@ typedef enum tm_tag_enc {
 	TM_TAGS_PACKED = 2,  /* page_size / 32 bytes, two tags per byte, low nibble first */
 	TM_TAG_ENC_COUNT = 3,
 } tm_tag_enc;
+
+/*
+ * Channel of a page under the striping rule of docs/wire-format.md: chunk_base is the global
+ * number of the block's first chunk. A rule of the wire format (a receiver refuses a page that
+ * arrives on another channel), exposed for VMMs and tests.
+ */
+static inline unsigned tm_channel_of(uint64_t chunk_base, uint64_t offset, uint64_t chunk_size,
+				     unsigned channels)
+{
+	return (unsigned)((chunk_base + offset / chunk_size) % channels);
+}

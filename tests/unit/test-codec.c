@@ -746,6 +746,72 @@ static uint8_t *make_data_packet(bool tags, size_t *ret_len)
 	return msg;
 }
 
+/*
+ * The receiver's plan of the same packet: header, entries, then the payload straight into the
+ * destination RAM through the plan's iovecs (what the session's channel does), then the tags.
+ */
+static void test_data_recv_plan(void)
+{
+	g_autoptr(GError) err = NULL;
+	tm_hello s;
+	tm_recv_plan plan;
+	size_t len;
+
+	make_data_session(&s, TM_FEATURE_TAGS_MTE4);
+	g_autofree uint8_t *msg = make_data_packet(true, &len);
+	g_autofree uint8_t *ram = g_malloc0(s.blocks[0].length);
+	const uint8_t *in = msg + TM_FRAME_HDR_LEN;
+	uint32_t body_len = (uint32_t)(len - TM_FRAME_HDR_LEN);
+
+	tm_recv_plan_init(&plan, s.packet_size);
+	int n = tm_recv_plan_begin(&plan, &s, body_len, &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(n, ==, TM_DATA_HDR_LEN);
+	memcpy(plan.head, in, (size_t)n);
+	in += n;
+	n = tm_recv_plan_header(&plan, &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(n, ==, 4 * TM_PAGE_ENTRY_LEN);
+	memcpy(plan.head + TM_DATA_HDR_LEN, in, (size_t)n);
+	in += n;
+	check_ok(tm_recv_plan_entries(&plan, 0, ram, &err), &err);
+	/* Pages 0 and 3 carry data (two runs: not adjacent), then the tag payload. */
+	g_assert_cmpuint(plan.data_iov_count, ==, 2);
+	g_assert_cmpuint(plan.iov_count, ==, 3);
+	g_assert_true(plan.iov[0].iov_base == ram && plan.iov[0].iov_len == 4096);
+	g_assert_true(plan.iov[1].iov_base == ram + 3 * 4096 && plan.iov[1].iov_len == 4096);
+	g_assert_true(plan.iov[2].iov_base == plan.tag_payload && plan.iov[2].iov_len == 130);
+	g_assert_cmpuint(plan.payload_len, ==, 8192 + 130);
+	for (unsigned i = 0; i < plan.iov_count; i++) {
+		memcpy(plan.iov[i].iov_base, in, plan.iov[i].iov_len);
+		in += plan.iov[i].iov_len;
+	}
+	g_assert_true(in == msg + len);
+	check_ok(tm_recv_plan_tags(&plan, &err), &err);
+	g_assert_cmpuint(ram[0], ==, 0x11);
+	g_assert_cmpuint(ram[4 * 4096 - 1], ==, 0x33);
+	g_assert_true(tm_buffer_is_zero(ram + 4096, 2 * 4096));
+	g_assert_cmpuint(plan.tags[17], ==, 1);     /* page 0: packed, granule i has tag i & 0xf */
+	g_assert_cmpuint(plan.tags[256 + 5], ==, 0); /* page 1: zero */
+	g_assert_cmpuint(plan.tags[512 + 9], ==, 3); /* page 2: uniform 3 */
+	g_assert_cmpuint(plan.tags[768], ==, 7);     /* page 3: uniform 7 */
+	g_assert_cmpuint(tm_recv_plan_run_end(&plan, 0), ==, 4);
+
+	/* What the plan refuses before anything is received into RAM. */
+	check_err(tm_recv_plan_begin(&plan, &s, TM_DATA_HDR_LEN - 1, &err), &err, EBADMSG,
+		  "DATA body of 15 bytes is truncated");
+	g_assert_cmpint(tm_recv_plan_begin(&plan, &s, TM_DATA_HDR_LEN + TM_PAGE_ENTRY_LEN, &err), ==,
+			TM_DATA_HDR_LEN);
+	check_err(tm_recv_plan_header(&plan, &err), &err, EBADMSG,
+		  "DATA with 4 pages is truncated at 24 bytes");
+	g_assert_cmpint(tm_recv_plan_begin(&plan, &s, body_len, &err), ==, TM_DATA_HDR_LEN);
+	g_assert_cmpint(tm_recv_plan_header(&plan, &err), ==, 4 * TM_PAGE_ENTRY_LEN);
+	check_err(tm_recv_plan_entries(&plan, 1, ram, &err), &err, EPROTO,
+		  "arrived on channel 1, belongs to channel 0");
+	tm_recv_plan_fini(&plan);
+	tm_hello_clear(&s);
+}
+
 typedef struct data_mutation {
 	size_t off;
 	unsigned width;
@@ -1154,6 +1220,7 @@ int main(int argc, char **argv)
 	g_test_add_data_func("/codec/data/round-trip/4k", GUINT_TO_POINTER(4096), test_data_round_trip);
 	g_test_add_data_func("/codec/data/round-trip/16k", GUINT_TO_POINTER(16384), test_data_round_trip);
 	g_test_add_data_func("/codec/data/round-trip/64k", GUINT_TO_POINTER(65536), test_data_round_trip);
+	g_test_add_func("/codec/data/recv-plan", test_data_recv_plan);
 	g_test_add_func("/codec/data/malformed", test_data_malformed);
 	g_test_add_func("/codec/data/no-tag-feature", test_data_no_tag_feature);
 	g_test_add_func("/codec/ctrl/round-trip", test_ctrl_round_trip);

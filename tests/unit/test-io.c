@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Choosing the I/O backend: the default is io_uring where it can run; a forced backend that
- * cannot run says why; $TAGMIG_IO forces a choice. io_uring is taken away for real with a seccomp
+ * cannot run says why; $TAGMIG_IO forces a choice through the tools' mapping (tools/env.c). io_uring is taken away for real with a seccomp
  * filter (what a container runtime does), in a child process.
  */
 #include <errno.h>
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "tagmig/tagmig.h"
+#include "tools/env.h"
 #include "transport/transport.h"
 
 /* Makes io_uring_setup fail with EPERM in this process, as Docker's default profile does. */
@@ -56,15 +57,26 @@ static void test_env_forces(void)
 	g_autoptr(GError) err = NULL;
 
 	g_setenv("TAGMIG_IO", "sockets", TRUE);
+	/* The library itself reads no environment: NULL is still the default. */
 	g_assert_cmpint(tm_transport_lookup(NULL, &ops, NULL, NULL), ==, 0);
+	g_assert_cmpstr(ops->name, ==, tm_io_backend_default());
+	/* The tools map $TAGMIG_IO onto the configs (tools/env.c). */
+	g_assert_cmpint(tm_transport_lookup(cli_env_io_backend(NULL), &ops, NULL, NULL), ==, 0);
 	g_assert_cmpstr(ops->name, ==, "sockets");
+	tm_sender_config scfg = { 0 };
+	tm_receiver_config rcfg = { 0 };
+	cli_env_sender_config(&scfg);
+	cli_env_receiver_config(&rcfg);
+	g_assert_cmpstr(scfg.io_backend, ==, "sockets");
+	g_assert_cmpstr(rcfg.io_backend, ==, "sockets");
 	/* A name in the configuration wins over the environment. */
 	if (tm_io_backend_probe("io_uring", NULL) == 0) {
-		g_assert_cmpint(tm_transport_lookup("io_uring", &ops, NULL, NULL), ==, 0);
+		g_assert_cmpint(tm_transport_lookup(cli_env_io_backend("io_uring"), &ops, NULL, NULL),
+				==, 0);
 		g_assert_cmpstr(ops->name, ==, "io_uring");
 	}
 	g_setenv("TAGMIG_IO", "telepathy", TRUE);
-	g_assert_cmpint(tm_transport_lookup(NULL, &ops, NULL, &err), ==, -ENOENT);
+	g_assert_cmpint(tm_transport_lookup(cli_env_io_backend(NULL), &ops, NULL, &err), ==, -ENOENT);
 	g_assert_nonnull(strstr(err->message, "unknown I/O backend 'telepathy'"));
 	g_unsetenv("TAGMIG_IO");
 }

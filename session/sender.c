@@ -10,77 +10,12 @@
 #include <stdarg.h>
 #include <unistd.h>
 #include <string.h>
-#include <poll.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 
-#include "codec/codec.h"
 #include "ram/ram-internal.h"
+#include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
-#include "tls/tls.h"
-#include "transport.h"
-
-enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
-
-typedef struct work {
-	uint32_t kind;
-	uint32_t block;
-	uint64_t first; /* first page; sync id for WORK_SYNC */
-	uint64_t count;
-} work;
-
-typedef struct send_chan {
-	tm_chan ch;
-	tm_sender *s;
-	GThread *thread;
-	GCond wake;
-
-	/* protected by s->lock */
-	GArray *pending;  /* of work, handed to the worker by swapping with ->work */
-	uint64_t synced;  /* highest sync id acknowledged by the receiver */
-	bool ended;       /* END acknowledged */
-	bool exited;
-
-	/* worker-local */
-	GArray *work;
-	tm_packet *pkts;  /* ch.depth slots; the backend may still send from the others */
-	unsigned cur;     /* slot being filled */
-	bool pkt_open;
-	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
-	uint64_t pages_sent;
-	uint64_t packets_sent;
-} send_chan;
-
-enum sender_state { S_NEW, S_OPEN, S_DONE };
-
-struct tm_sender {
-	/* read-only after setup */
-	const tm_ram_layout *layout;
-	tm_tag_store *tags; /* NULL: no tags */
-	tm_sender_config cfg;
-	const tm_transport_ops *io;
-	char *io_note; /* why the default backend was not used, or NULL */
-	char *tls_creds_dir; /* owned copies of the configuration's TLS strings */
-	char *tls_hostname;
-	tm_tls_ctx *tls; /* created at connect/attach, NULL without TLS */
-	bool no_populate; /* the kernel lacks MADV_POPULATE_READ (written once, racy is fine) */
-	tm_hello hello;
-	unsigned nch;
-	send_chan *chans;
-
-	/* migration-thread local */
-	enum sender_state state;
-	GArray **staging; /* per channel, work being split before hand-over */
-	uint64_t next_sync;
-
-	/* protected by lock */
-	GMutex lock;
-	GCond cond; /* workers -> migration thread: ack, end, failure */
-	tm_failure failure;
-	bool quit;
-	int64_t t_start, t_end; /* also read by get_stats */
-};
 
 static void wake_all(tm_sender *s)
 {
@@ -89,8 +24,7 @@ static void wake_all(tm_sender *s)
 	g_cond_broadcast(&s->cond);
 }
 
-/* Records a failure and stops every channel: blocked sends and receives return at once. */
-static void sender_fail(tm_sender *s, GError *err, bool from_peer)
+void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
 {
 	g_mutex_lock(&s->lock);
 	bool was_quit = s->quit;
@@ -105,225 +39,6 @@ static void sender_fail(tm_sender *s, GError *err, bool from_peer)
 		for (unsigned i = 0; i < s->nch; i++)
 			if (s->chans[i].ch.fd >= 0)
 				shutdown(s->chans[i].ch.fd, SHUT_RDWR);
-}
-
-static int flush_packet(send_chan *c, GError **error)
-{
-	tm_packet *pkt = &c->pkts[c->cur];
-	size_t len;
-
-	if (!c->pkt_open)
-		return 0;
-	c->pkt_open = false;
-	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
-	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
-	if (r < 0)
-		return r;
-	/*
-	 * The receiver never speaks between SYNCs unless it gives up: a readable channel means
-	 * its ERROR (or its close) is here. One poll per packet lets the sender stop at once
-	 * instead of streaming the rest of a round into a channel nobody applies.
-	 */
-	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
-	if (poll(&pfd, 1, 0) > 0) {
-		r = tm_chan_peer_error(&c->ch, "receiver failed", error);
-		if (r == 0) {
-			g_set_error(error, TM_ERROR, ECONNRESET,
-				    "channel %u: connection closed by the peer (the receiver)", c->ch.id);
-			r = -ECONNRESET;
-		}
-		return r;
-	}
-	c->cur = (c->cur + 1) % c->ch.depth;
-	c->pages_sent += pkt->page_count;
-	c->packets_sent++;
-	tm_count(&c->ch.st.pages, pkt->page_count);
-	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, pkt->data_len);
-	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
-	return 0;
-}
-
-static int send_pages(send_chan *c, const work *w, GError **error)
-{
-	tm_sender *s = c->s;
-	const tm_wire_block *b = &s->hello.blocks[w->block];
-	const tm_ram_block *rb = tm_ram_layout_get(s->layout, w->block);
-	uint32_t ps = b->page_size;
-	uint64_t page = w->first, left = w->count;
-
-	while (left) {
-		tm_packet *pkt = &c->pkts[c->cur];
-		if (c->pkt_open && (pkt->block != w->block || tm_packet_full(pkt))) {
-			int r = flush_packet(c, error);
-			if (r < 0)
-				return r;
-			pkt = &c->pkts[c->cur];
-		}
-		if (!c->pkt_open) {
-			/* The slot's buffers may still be on their way out: wait until they are not. */
-			int r = tm_chan_wait_slot(&c->ch, c->cur, error);
-			if (r < 0)
-				return r;
-			tm_packet_begin(pkt, w->block, ps, s->hello.packet_size);
-			c->pkt_open = true;
-		}
-		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
-		/* Map the pages in with one call rather than one fault per page in the zero scan
-		 * (costly under virtualization). Before Linux 5.14: EINVAL, and pages fault as usual. */
-		if (!s->no_populate &&
-		    madvise(rb->host + page * ps, n * ps, MADV_POPULATE_READ) < 0 && errno == EINVAL)
-			__atomic_store_n(&s->no_populate, true, __ATOMIC_RELAXED);
-		if (s->tags) {
-			int r = tm_tag_store_get(s->tags, w->block, page * ps, n * ps, c->tagraw);
-			if (r < 0) {
-				g_set_error(error, TM_ERROR, -r,
-					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
-					    "x: reading tags failed: %s",
-					    c->ch.id, b->name, page * ps, g_strerror(-r));
-				return r;
-			}
-			/* A tag is 4 bits: anything else cannot be reproduced on the receiver. */
-			ssize_t bad = tm_tags_find_invalid(c->tagraw, n * ps / TM_TAG_GRANULE);
-			if (bad >= 0) {
-				g_set_error(error, TM_ERROR, EINVAL,
-					    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
-					    "x: tag 0x%02x of that granule has its high nibble set",
-					    c->ch.id, b->name, page * ps + (uint64_t)bad * TM_TAG_GRANULE,
-					    c->tagraw[bad]);
-				return -EINVAL;
-			}
-		}
-		for (uint64_t i = 0; i < n; i++) {
-			const uint8_t *data = rb->host + (page + i) * ps;
-			tm_tag_enc enc;
-			tm_page_kind kind = tm_packet_add(
-				pkt, (uint32_t)(page + i), data, tm_buffer_is_zero(data, ps),
-				s->tags ? c->tagraw + i * (ps / TM_TAG_GRANULE) : NULL, &enc);
-			tm_count(&c->ch.st.by_kind[kind], 1);
-			tm_count(&c->ch.st.by_enc[enc], 1);
-		}
-		page += n;
-		left -= n;
-	}
-	return 0;
-}
-
-static int send_sync(send_chan *c, uint64_t id, GError **error)
-{
-	uint64_t ack, applied;
-	int r = flush_packet(c, error);
-	if (r >= 0)
-		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_SYNC_ACK, &ack, &applied, error);
-	if (r < 0)
-		return r;
-	if (ack != id || applied != c->pages_sent) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "channel %u: sync %" G_GUINT64_FORMAT " acknowledged as %" G_GUINT64_FORMAT
-			    " with %" G_GUINT64_FORMAT " pages applied, %" G_GUINT64_FORMAT " sent",
-			    c->ch.id, id, ack, applied, c->pages_sent);
-		return -EPROTO;
-	}
-	g_mutex_lock(&c->s->lock);
-	c->synced = id;
-	g_cond_broadcast(&c->s->cond);
-	g_mutex_unlock(&c->s->lock);
-	return 0;
-}
-
-static int send_end(send_chan *c, GError **error)
-{
-	uint64_t applied, unused;
-	int r = flush_packet(c, error);
-	if (r >= 0)
-		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
-	if (r < 0)
-		return r;
-	if (applied != c->pages_sent) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "channel %u: receiver applied %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
-			    " were sent",
-			    c->ch.id, applied, c->pages_sent);
-		return -EPROTO;
-	}
-	if ((r = tm_tls_chan_shutdown(&c->ch, error)) < 0)
-		return r;
-	g_mutex_lock(&c->s->lock);
-	c->ended = true;
-	g_cond_broadcast(&c->s->cond);
-	g_mutex_unlock(&c->s->lock);
-	return 0;
-}
-
-static gpointer send_worker(gpointer data)
-{
-	send_chan *c = data;
-	tm_sender *s = c->s;
-	g_autoptr(GError) err = NULL;
-	int r = 0;
-
-	for (;;) {
-		g_mutex_lock(&s->lock);
-		while (!s->quit && c->pending->len == 0) {
-			if (c->pkt_open) {
-				/* Nothing more to pack for now: do not hold pages back. */
-				g_mutex_unlock(&s->lock);
-				r = flush_packet(c, &err);
-				g_mutex_lock(&s->lock);
-				if (r < 0)
-					break;
-				continue;
-			}
-			g_cond_wait(&c->wake, &s->lock);
-		}
-		if (r < 0 || s->quit) {
-			g_mutex_unlock(&s->lock);
-			break;
-		}
-		GArray *t = c->work;
-		c->work = c->pending;
-		c->pending = t;
-		g_mutex_unlock(&s->lock);
-
-		for (guint i = 0; i < c->work->len && r >= 0; i++) {
-			const work *w = &g_array_index(c->work, work, i);
-			if (w->kind == WORK_PAGES)
-				r = send_pages(c, w, &err);
-			else if (w->kind == WORK_SYNC)
-				r = send_sync(c, w->first, &err);
-			else
-				r = send_end(c, &err);
-		}
-		g_array_set_size(c->work, 0);
-		if (r < 0)
-			break;
-	}
-
-	if (r < 0) {
-		bool from_peer = c->ch.peer_error;
-		int code = err->code;
-		if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
-			/* The receiver went away: it may have said why before it closed. */
-			GError *why = NULL;
-			if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
-				g_clear_error(&err);
-				err = why;
-				from_peer = true;
-			}
-		} else if (!from_peer) {
-			tm_chan_send_error(&c->ch, code, err->message);
-		}
-		sender_fail(s, g_steal_pointer(&err), from_peer);
-	}
-	g_mutex_lock(&s->lock);
-	c->exited = true;
-	g_cond_broadcast(&s->cond);
-	g_mutex_unlock(&s->lock);
-	return NULL;
 }
 
 static int config_error(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -474,8 +189,6 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	 * one at a time in the same way, so nothing waits for a step the peer has not reached.
 	 * The answers are collected after every HELLO is out.
 	 */
-	size_t blen = tm_hello_body_len(&s->hello);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen);
 	for (unsigned i = 0; i < n; i++) {
 		tm_chan *ch = &s->chans[i].ch;
 		r = tm_chan_open(ch, fds[i], i, s->io, s->cfg.timeout_ms, s->cfg.queue_depth, error);
@@ -486,29 +199,14 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 				close(fds[j]);
 			return fail_setup(s, error);
 		}
-		s->hello.channel_id = (uint16_t)i;
-		tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)blen, ch->tx_seq++);
-		tm_hello_encode(&s->hello, buf + TM_FRAME_HDR_LEN);
-		struct iovec v = { .iov_base = buf, .iov_len = TM_FRAME_HDR_LEN + blen };
-		if (tm_chan_send(ch, &v, 1, v.iov_len, error) < 0) {
+		if (tm_sender_send_hello(s, ch, error) < 0) {
 			for (unsigned j = i + 1; j < n; j++)
 				close(fds[j]);
 			return fail_setup(s, error);
 		}
 	}
-	for (unsigned i = 0; i < n; i++) {
-		uint64_t a, b;
-		r = tm_chan_recv_ctrl(&s->chans[i].ch, TM_MSG_HELLO_ACK, &a, &b, error);
-		if (r < 0) {
-			g_prefix_error(error, "handshake: ");
-			if (r == -ECONNRESET && !s->tls)
-				/* What a TLS receiver does with a plaintext HELLO. */
-				g_prefix_error(error, "the receiver closed the connection at once (does "
-						      "it expect TLS? then give both sides TLS "
-						      "credentials): ");
-			return fail_setup(s, error);
-		}
-	}
+	if (tm_sender_await_acks(s, error) < 0)
+		return fail_setup(s, error);
 
 	for (unsigned i = 0; i < n; i++) {
 		send_chan *c = &s->chans[i];
@@ -517,7 +215,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 			tm_packet_init(&c->pkts[k], s->hello.packet_size);
 		c->tagraw = g_malloc(s->hello.packet_size / TM_TAG_GRANULE);
 		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
-		c->thread = g_thread_new(name, send_worker, c);
+		c->thread = g_thread_new(name, tm_send_worker, c);
 	}
 	s->state = S_OPEN;
 	g_mutex_lock(&s->lock);
@@ -737,25 +435,6 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	g_mutex_unlock(&s->lock);
 	s->state = S_DONE;
 	return r;
-}
-
-void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
-{
-	memset(ret, 0, sizeof(*ret));
-	for (unsigned i = 0; i < s->nch; i++)
-		tm_counters_sum(&s->chans[i].ch.st, ret);
-	ret->syncs = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED);
-	ret->channels = s->nch;
-	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
-	g_strlcpy(ret->io_note, s->io_note ? s->io_note : "", sizeof(ret->io_note));
-	g_mutex_lock(&s->lock);
-	/* Channels and TLS state are complete once the session started (t_start is set under the
-	 * lock after attach), not while attach is still building them. */
-	if (s->t_start)
-		tm_tls_fill_stats(s->tls, &s->chans[0].ch, ret);
-	if (s->t_start)
-		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
-	g_mutex_unlock(&s->lock);
 }
 
 void tm_sender_free(tm_sender *s)

@@ -7,9 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "session/session-internal.h"
 #include "tagmig/error.h"
-#include "tls/tls.h"
-#include "transport.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
 
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 unsigned timeout_ms, unsigned depth, GError **error)
@@ -133,6 +134,15 @@ int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 		g_set_error(error, TM_ERROR, -r, "channel %u: receive: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
 	}
+	tm_count(&ch->st.wire_bytes, len);
+	return 0;
+}
+
+int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+{
+	int r = ch->ops->recv(ch, iov, n, len);
+	if (r < 0)
+		return r;
 	tm_count(&ch->st.wire_bytes, len);
 	return 0;
 }

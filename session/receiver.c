@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The receiving side of a session. One worker per channel validates every packet with the codec
+ * before it touches guest RAM, reads page data straight into guest RAM at the validated offsets,
+ * sets the tags through the tag store and only then marks the pages present.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ram/ram-internal.h"
+#include "session/session-internal.h"
+#include "tagmig/error.h"
+#include "tagstore/tagstore-internal.h"
+
+int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **error)
+{
+	tm_receiver_config c = cfg ? *cfg : (tm_receiver_config){ 0 };
+	const tm_transport_ops *io;
+
+	if (!c.timeout_ms)
+		c.timeout_ms = 60000;
+	g_autofree char *note = NULL;
+	int r = tm_transport_lookup(c.io_backend, &io, &note, error);
+	if (r < 0)
+		return r;
+	g_autoptr(tm_tls_ctx) tls = NULL;
+	if (c.tls_creds_dir &&
+	    (r = tm_tls_ctx_new(TM_TLS_SERVER, c.tls_creds_dir, NULL, &tls, error)) < 0)
+		return r;
+	tm_receiver *rc = g_new0(tm_receiver, 1);
+	rc->io_note = g_steal_pointer(&note);
+	rc->tls = g_steal_pointer(&tls);
+	rc->cfg = c;
+	rc->cfg.io_backend = NULL;    /* not owned; io holds the choice */
+	rc->cfg.tls_creds_dir = NULL; /* not owned; tls holds what it needs */
+	rc->io = io;
+	g_mutex_init(&rc->lock);
+	g_cond_init(&rc->cond);
+	*ret = rc;
+	return 0;
+}
+
+/* Tells every connected channel why we give up (best effort) and closes it. */
+static void abort_channels(tm_receiver *r, int code, const char *message)
+{
+	for (unsigned i = 0; r->chans && i < r->nch; i++) {
+		if (r->chans[i].ch.fd < 0)
+			continue;
+		tm_chan_send_error(&r->chans[i].ch, code, message);
+		tm_chan_close(&r->chans[i].ch);
+	}
+}
+
+int tm_receiver_abort(tm_receiver *r, int code, const char *message)
+{
+	if (r->state == R_RUNNING) {
+		/* Workers own the channels now: stop them instead. */
+		g_mutex_lock(&r->lock);
+		tm_failure_record(&r->failure, g_error_new_literal(TM_ERROR, code, message), false);
+		__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
+		g_cond_broadcast(&r->cond);
+		g_mutex_unlock(&r->lock);
+		for (unsigned i = 0; i < r->nch; i++)
+			shutdown(r->chans[i].ch.fd, SHUT_RD);
+		return 0;
+	}
+	abort_channels(r, code, message);
+	r->state = R_DONE;
+	return 0;
+}
+
+static int accept_fail(tm_receiver *r, GError **error)
+{
+	g_autofree char *msg = g_strdup(*error ? (*error)->message : "setup failed");
+	abort_channels(r, *error ? (*error)->code : EIO, msg);
+	r->state = R_DONE;
+	return *error ? -(*error)->code : -EIO;
+}
+
+static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned n,
+			 GError **error)
+{
+	int64_t deadline = tm_now_us() + (int64_t)r->cfg.timeout_ms * 1000;
+
+	if (r->state != R_NEW) {
+		g_set_error(error, TM_ERROR, EBUSY, "a session was accepted already");
+		return -EBUSY;
+	}
+	for (unsigned k = 0; fds ? k < n : (!r->chans || k < r->nch); k++) {
+		int64_t left_ms = (deadline - tm_now_us()) / 1000;
+		int fd = fds ? fds[k] : -1;
+		if (!fds) {
+			if (left_ms <= 0 ||
+			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, error)) < 0) {
+				if (left_ms <= 0 || fd == -ETIMEDOUT) {
+					g_clear_error(error);
+					if (r->nch)
+						g_set_error(error, TM_ERROR, ETIMEDOUT,
+							    "only %u of %u channels connected within %.1f s",
+							    k, r->nch, r->cfg.timeout_ms / 1000.0);
+					else
+						g_set_error(error, TM_ERROR, ETIMEDOUT,
+							    "no sender connected within %.1f s",
+							    r->cfg.timeout_ms / 1000.0);
+				}
+				return accept_fail(r, error);
+			}
+		}
+		/* The whole deadline bounds the arrival of the channels; each channel's own I/O,
+		 * its handshake included, gets the full timeout like any blocked I/O. */
+		int ret = tm_receiver_place_channel(r, fd, r->cfg.timeout_ms, error);
+		if (ret < 0) {
+			if (fds)
+				for (unsigned j = k + 1; j < n; j++)
+					close(fds[j]);
+			return accept_fail(r, error);
+		}
+	}
+	if (fds && n != r->nch) {
+		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels",
+			    n, r->nch);
+		return accept_fail(r, error);
+	}
+	int ret = tm_receiver_build_announced(r, error);
+	if (ret < 0)
+		return accept_fail(r, error);
+	r->state = R_ACCEPTED;
+	return 0;
+}
+
+/* The setup paths report through *error internally; callers may pass NULL. */
+int tm_receiver_accept(tm_receiver *r, int listen_fd, GError **error)
+{
+	g_autoptr(GError) local = NULL;
+	return accept_common(r, listen_fd, NULL, 0, error ? error : &local);
+}
+
+int tm_receiver_attach(tm_receiver *r, const int *fds, unsigned n, GError **error)
+{
+	g_autoptr(GError) local = NULL;
+	return accept_common(r, -1, fds, n, error ? error : &local);
+}
+
+const tm_ram_layout *tm_receiver_announced_layout(tm_receiver *r)
+{
+	return r->announced;
+}
+
+bool tm_receiver_peer_sends_tags(tm_receiver *r)
+{
+	return r->hello.features & TM_FEATURE_TAGS_MTE4;
+}
+
+void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
+{
+	g_mutex_lock(&r->lock);
+	bool was_quit = r->quit;
+	if (!was_quit || from_peer)
+		tm_failure_record(&r->failure, err, from_peer);
+	else
+		g_error_free(err);
+	__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
+	g_cond_broadcast(&r->cond);
+	g_mutex_unlock(&r->lock);
+	if (!was_quit)
+		for (unsigned i = 0; i < r->nch; i++)
+			if (&r->chans[i] != c)
+				shutdown(r->chans[i].ch.fd, SHUT_RD); /* wakes its worker */
+}
+
+static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
+			GError **error);
+
+int tm_receiver_start(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
+		      GError **error)
+{
+	g_autoptr(GError) local = NULL;
+	return start_common(r, layout, tags, error ? error : &local);
+}
+
+static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
+			GError **error)
+{
+	if (r->state != R_ACCEPTED) {
+		g_set_error(error, TM_ERROR, EBADFD, "tm_receiver_start() needs an accepted session");
+		return -EBADFD;
+	}
+	int ret = tm_receiver_compare_layout(r, layout, tags, error);
+	if (ret < 0) {
+		abort_channels(r, -ret, (*error)->message);
+		r->state = R_DONE;
+		return ret;
+	}
+	r->layout = layout;
+	((tm_ram_layout *)layout)->frozen = true;
+	r->tags = tm_receiver_peer_sends_tags(r) ? tags : NULL;
+	r->present = g_new0(uint64_t *, r->hello.block_count);
+	for (unsigned i = 0; i < r->hello.block_count; i++)
+		r->present[i] = g_new0(uint64_t, (r->hello.blocks[i].npages + 63) / 64);
+
+	for (unsigned i = 0; i < r->nch; i++) {
+		recv_chan *c = &r->chans[i];
+		tm_recv_plan_init(&c->plan, r->hello.packet_size);
+		if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_HELLO_ACK, 0, 0, error)) < 0) {
+			g_autofree char *msg = g_strdup((*error)->message);
+			abort_channels(r, -ret, msg);
+			r->state = R_DONE;
+			return ret;
+		}
+	}
+	g_mutex_lock(&r->lock);
+	r->t_start = tm_now_us();
+	g_mutex_unlock(&r->lock);
+	for (unsigned i = 0; i < r->nch; i++) {
+		g_autofree char *name = g_strdup_printf("tm-recv-%u", i);
+		r->chans[i].thread = g_thread_new(name, tm_recv_worker, &r->chans[i]);
+	}
+	r->state = R_RUNNING;
+	return 0;
+}
+
+int tm_receiver_wait(tm_receiver *r, GError **error)
+{
+	if (r->state != R_RUNNING) {
+		g_set_error(error, TM_ERROR, EBADFD, "the receiver is not running");
+		return -EBADFD;
+	}
+	g_mutex_lock(&r->lock);
+	while (!r->quit && r->ended < r->nch)
+		g_cond_wait(&r->cond, &r->lock);
+	int ret = 0;
+	if (r->quit) {
+		/* Let every worker stop so that the sender's own explanation, if any, wins. */
+		for (unsigned i = 0; i < r->nch; i++)
+			while (!r->chans[i].exited)
+				g_cond_wait(&r->cond, &r->lock);
+		ret = r->failure.error ? -r->failure.error->code : -EIO;
+		if (error)
+			*error = r->failure.error ? g_error_copy(r->failure.error)
+						  : g_error_new(TM_ERROR, EIO, "migration aborted");
+	}
+	g_mutex_unlock(&r->lock);
+	return ret;
+}
+
+bool tm_receiver_page_present(tm_receiver *r, unsigned block, uint64_t page)
+{
+	if (!r->present || block >= r->hello.block_count || page >= r->hello.blocks[block].npages)
+		return false;
+	return (__atomic_load_n(&r->present[block][page / 64], __ATOMIC_ACQUIRE) >> (page % 64)) & 1;
+}
+
+void tm_receiver_free(tm_receiver *r)
+{
+	if (!r)
+		return;
+	g_mutex_lock(&r->lock);
+	r->quit = true;
+	g_mutex_unlock(&r->lock);
+	for (unsigned i = 0; i < r->nch; i++) {
+		recv_chan *c = &r->chans[i];
+		if (c->thread) {
+			g_mutex_lock(&r->lock);
+			bool exited = c->exited;
+			g_mutex_unlock(&r->lock);
+			if (!exited)
+				shutdown(c->ch.fd, SHUT_RDWR);
+			g_thread_join(c->thread);
+		}
+		tm_chan_close(&c->ch);
+		tm_recv_plan_fini(&c->plan);
+	}
+	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
+		g_free(r->present[i]);
+	g_free(r->present);
+	g_free(r->chans);
+	tm_ram_layout_free(r->announced);
+	g_free(r->io_note);
+	tm_tls_ctx_free(r->tls);
+	tm_hello_clear(&r->hello);
+	g_clear_error(&r->failure.error);
+	g_mutex_clear(&r->lock);
+	g_cond_clear(&r->cond);
+	g_free(r);
+}

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The receiver's channel worker: it reads the channel's messages in order, applies each DATA
+ * packet to guest RAM (page data, zero pages, tags, then presence), answers SYNC once every
+ * earlier packet of the channel is applied, and ends at END. Nothing from the peer touches guest
+ * RAM before the codec has checked it against the session's layout.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common/error-internal.h"
+#include "ram/ram-internal.h"
+#include "session/session-internal.h"
+#include "tagmig/error.h"
+#include "tagstore/tagstore-internal.h"
+
+static void mark_present(tm_receiver *r, recv_chan *c, unsigned block, uint64_t first,
+			 uint64_t n)
+{
+	uint64_t *bm = r->present[block];
+	for (uint64_t p = first; p < first + n; p++)
+		__atomic_fetch_or(&bm[p / 64], 1ull << (p % 64), __ATOMIC_RELEASE);
+	if (r->cfg.on_present)
+		r->cfg.on_present(r->cfg.opaque, c->ch.id, block, first, n);
+}
+
+/*
+ * Fault the destination pages in with one call per run instead of one exception per page inside
+ * the socket copy: on cold guest RAM that is most of the receiver's cost. Kernels without
+ * MADV_POPULATE_WRITE (before 5.14) say EINVAL and fault as before.
+ */
+static void populate(tm_receiver *r, const tm_recv_plan *p)
+{
+	if (__atomic_load_n(&r->no_populate, __ATOMIC_RELAXED))
+		return;
+	for (unsigned i = 0; i < p->data_iov_count; i++)
+		if (madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
+		    errno == EINVAL)
+			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
+}
+
+/*
+ * One DATA packet: the codec plans it from its headers (tm_recv_plan_*, which checks every count
+ * and offset first), the channel moves the bytes (page data straight into guest RAM), then the
+ * zero pages, the tags and the presence bits are applied.
+ */
+static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
+{
+	tm_receiver *r = c->r;
+	tm_recv_plan *p = &c->plan;
+	int ret;
+
+	/*
+	 * Frame header, DATA header and entries arrive in separate receives: the frame may be a
+	 * control message as short as 24 bytes, and the entries' count is in the DATA header.
+	 */
+	if ((ret = tm_recv_plan_begin(p, &r->hello, f->body_len, error)) < 0)
+		goto bad;
+	if ((ret = tm_chan_recv(&c->ch, p->head, (size_t)ret, error)) < 0)
+		return ret;
+	if ((ret = tm_recv_plan_header(p, error)) < 0)
+		goto bad;
+	if ((ret = tm_chan_recv(&c->ch, p->head + TM_DATA_HDR_LEN, (size_t)ret, error)) < 0)
+		return ret;
+	const tm_ram_block *b = tm_ram_layout_get(r->layout, p->hdr.block);
+	if ((ret = tm_recv_plan_entries(p, c->ch.id, b->host, error)) < 0)
+		goto bad;
+
+	/* Everything is validated: page data goes straight into guest RAM. */
+	uint32_t ps = p->page_size;
+	populate(r, p);
+	if (p->payload_len) {
+		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
+		if (ret < 0)
+			return tm_error_at(error, -ret, c->ch.id, b->name,
+					   (uint64_t)p->entries[0].page * ps, "receive page data: %s",
+					   tm_chan_io_reason(&c->ch, -ret));
+	}
+	if ((ret = tm_recv_plan_tags(p, error)) < 0)
+		goto bad;
+	for (uint32_t i = 0; i < p->hdr.page_count; i++) {
+		const tm_page_entry *e = &p->entries[i];
+		if (e->kind != TM_PAGE_NORMAL &&
+		    !(r->cfg.ram_zeroed && !tm_receiver_page_present(r, p->hdr.block, e->page))) {
+			/* Only write when needed: fresh destination memory stays untouched. */
+			uint8_t *page = b->host + (uint64_t)e->page * ps;
+			if (!tm_buffer_is_zero(page, ps))
+				memset(page, 0, ps);
+		}
+		tm_count(&c->ch.st.by_kind[e->kind], 1);
+		tm_count(&c->ch.st.by_enc[e->tag_enc], 1);
+	}
+	/* Tags (zero ones too: stale tags of an earlier round must go), then presence, in runs. */
+	for (uint32_t i = 0; i < p->hdr.page_count;) {
+		uint32_t j = tm_recv_plan_run_end(p, i);
+		uint64_t first = p->entries[i].page;
+		if (r->tags) {
+			ret = tm_tag_store_set(r->tags, p->hdr.block, first * ps, (uint64_t)(j - i) * ps,
+					       p->tags + (size_t)i * (ps / TM_TAG_GRANULE));
+			if (ret < 0)
+				return tm_error_at(error, -ret, c->ch.id, b->name, first * ps,
+						   "setting tags failed: %s", g_strerror(-ret));
+		}
+		mark_present(r, c, p->hdr.block, first, j - i);
+		i = j;
+	}
+	c->pages_applied += p->hdr.page_count;
+	tm_count(&c->ch.st.pages, p->hdr.page_count);
+	tm_count(&c->ch.st.packets, 1);
+	tm_count(&c->ch.st.data_bytes, p->hdr.data_len);
+	tm_count(&c->ch.st.tag_bytes, p->hdr.tag_len);
+	return 0;
+bad:
+	tm_chan_prefix_error(&c->ch, error);
+	return ret;
+}
+
+static int recv_ctrl_body(recv_chan *c, const tm_frame *f, uint64_t *a, uint64_t *b,
+			  GError **error)
+{
+	uint8_t body[16];
+	int ret;
+
+	if (f->body_len > sizeof(body)) {
+		g_set_error(error, TM_ERROR, EBADMSG, "channel %u: %s body of %u bytes", c->ch.id,
+			    tm_msg_name(f->type), f->body_len);
+		return -EBADMSG;
+	}
+	if ((ret = tm_chan_recv(&c->ch, body, f->body_len, error)) < 0)
+		return ret;
+	ret = tm_ctrl_decode(f->type, body, f->body_len, a, b, error);
+	if (ret < 0)
+		tm_chan_prefix_error(&c->ch, error);
+	return ret;
+}
+
+static int recv_loop(recv_chan *c, GError **error)
+{
+	tm_receiver *r = c->r;
+	uint64_t a, b;
+	tm_frame f;
+	int ret;
+
+	for (;;) {
+		/* Another channel failed or the VMM aborted: stop writing guest RAM now, even if
+		 * this channel's sender keeps streaming (a read shutdown only ends an empty queue).
+		 * The worker then drains the channel (drain_for_error). */
+		if (__atomic_load_n(&r->quit, __ATOMIC_RELAXED)) {
+			g_set_error(error, TM_ERROR, ECANCELED, "channel %u: stopped", c->ch.id);
+			return -ECANCELED;
+		}
+		if ((ret = tm_chan_recv_frame(&c->ch, r->hello.packet_size, &f, error)) < 0)
+			return ret;
+		switch (f.type) {
+		case TM_MSG_DATA:
+			if ((ret = apply_data(c, &f, error)) < 0)
+				return ret;
+			break;
+		case TM_MSG_SYNC:
+			if ((ret = recv_ctrl_body(c, &f, &a, &b, error)) < 0)
+				return ret;
+			/* Every earlier DATA on this channel is applied: the channel is ordered. */
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC_ACK, a, c->pages_applied,
+						     error)) < 0)
+				return ret;
+			break;
+		case TM_MSG_END:
+			if ((ret = recv_ctrl_body(c, &f, &a, &b, error)) < 0)
+				return ret;
+			if (a != c->pages_applied) {
+				g_set_error(error, TM_ERROR, EPROTO,
+					    "channel %u: sender sent %" G_GUINT64_FORMAT
+					    " pages, %" G_GUINT64_FORMAT " arrived",
+					    c->ch.id, a, c->pages_applied);
+				return -EPROTO;
+			}
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied, 0,
+						     error)) < 0)
+				return ret;
+			/* A clean TLS close both ways: a stream cut short is an error, not an end. */
+			return tm_tls_chan_shutdown(&c->ch, error);
+		case TM_MSG_ERROR:
+			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
+		default:
+			g_set_error(error, TM_ERROR, EPROTO, "channel %u: unexpected %s message",
+				    c->ch.id, tm_msg_name(f.type));
+			return -EPROTO;
+		}
+	}
+}
+
+/*
+ * After this side stopped: reads and discards what the sender already sent, for up to a
+ * second, looking for its ERROR (the best explanation when both sides fail at once) and so that
+ * it is not left blocked in a send while it learns of the failure. Ends at an ERROR (returns
+ * -code with it in *error), at the end of the stream, or at the deadline (returns 0).
+ */
+static int drain_for_error(recv_chan *c, GError **error)
+{
+	int64_t deadline = tm_now_us() + G_USEC_PER_SEC;
+	size_t scratch = c->r->hello.packet_size / TM_TAG_GRANULE;
+	tm_frame f;
+
+	tm_chan_set_timeout(&c->ch, 250);
+	while (tm_now_us() < deadline) {
+		g_autoptr(GError) local = NULL;
+		if (tm_chan_recv_frame(&c->ch, c->r->hello.packet_size, &f, &local) < 0)
+			return 0;
+		if (f.type == TM_MSG_ERROR)
+			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
+		for (size_t left = f.body_len; left > 0;) {
+			size_t n = MIN(left, scratch);
+			if (tm_chan_recv(&c->ch, c->plan.tags, n, &local) < 0)
+				return 0;
+			left -= n;
+		}
+	}
+	return 0;
+}
+
+gpointer tm_recv_worker(gpointer data)
+{
+	recv_chan *c = data;
+	tm_receiver *r = c->r;
+	g_autoptr(GError) err = NULL;
+
+	int ret = recv_loop(c, &err);
+	if (ret < 0) {
+		bool from_peer = c->ch.peer_error;
+		/* Record our reason before telling the sender: it reacts by closing every channel,
+		 * and those ends must not be taken for the cause. */
+		tm_receiver_fail(r, c, g_steal_pointer(&err), from_peer);
+		if (!from_peer) {
+			/* Tell the sender why: the session's first failure, ours or another
+			 * channel's. Then look for its own explanation behind what it already sent. */
+			g_mutex_lock(&r->lock);
+			g_autofree char *msg = g_strdup(r->failure.error ? r->failure.error->message
+									 : "receiver stopped");
+			int code = r->failure.error ? r->failure.error->code : EIO;
+			g_mutex_unlock(&r->lock);
+			tm_chan_send_error(&c->ch, code, msg);
+			GError *why = NULL;
+			if (drain_for_error(c, &why) < 0)
+				tm_receiver_fail(r, c, why, true);
+		}
+	}
+	g_mutex_lock(&r->lock);
+	if (ret >= 0) {
+		c->ended = true;
+		r->ended++;
+		if (r->ended == r->nch)
+			r->t_end = tm_now_us();
+	}
+	c->exited = true;
+	g_cond_broadcast(&r->cond);
+	g_mutex_unlock(&r->lock);
+	return NULL;
+}

@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The sender's channel worker: it takes the work its channel was handed (runs of pages, SYNC,
+ * END) in order, packs pages and their tags into DATA packets through the codec's packet
+ * builder, keeps up to ch.depth packets in flight, and stops at the receiver's first word.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <sys/mman.h>
+
+#include "common/error-internal.h"
+#include "ram/ram-internal.h"
+#include "session/session-internal.h"
+#include "tagmig/error.h"
+#include "tagstore/tagstore-internal.h"
+
+static int flush_packet(send_chan *c, GError **error)
+{
+	tm_packet *pkt = &c->pkts[c->cur];
+	size_t len;
+
+	if (!c->pkt_open)
+		return 0;
+	c->pkt_open = false;
+	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
+	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
+	if (r < 0)
+		return r;
+	/*
+	 * The receiver never speaks between SYNCs unless it gives up: a readable channel means
+	 * its ERROR (or its close) is here. One poll per packet lets the sender stop at once
+	 * instead of streaming the rest of a round into a channel nobody applies.
+	 */
+	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
+	if (poll(&pfd, 1, 0) > 0) {
+		r = tm_chan_peer_error(&c->ch, "receiver failed", error);
+		if (r == 0) {
+			g_set_error(error, TM_ERROR, ECONNRESET,
+				    "channel %u: connection closed by the peer (the receiver)", c->ch.id);
+			r = -ECONNRESET;
+		}
+		return r;
+	}
+	c->cur = (c->cur + 1) % c->ch.depth;
+	c->pages_sent += pkt->page_count;
+	c->packets_sent++;
+	tm_count(&c->ch.st.pages, pkt->page_count);
+	tm_count(&c->ch.st.packets, 1);
+	tm_count(&c->ch.st.data_bytes, pkt->data_len);
+	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
+	return 0;
+}
+
+static int send_pages(send_chan *c, const work *w, GError **error)
+{
+	tm_sender *s = c->s;
+	const tm_wire_block *b = &s->hello.blocks[w->block];
+	const tm_ram_block *rb = tm_ram_layout_get(s->layout, w->block);
+	uint32_t ps = b->page_size;
+	uint64_t page = w->first, left = w->count;
+
+	while (left) {
+		tm_packet *pkt = &c->pkts[c->cur];
+		if (c->pkt_open && (pkt->block != w->block || tm_packet_full(pkt))) {
+			int r = flush_packet(c, error);
+			if (r < 0)
+				return r;
+			pkt = &c->pkts[c->cur];
+		}
+		if (!c->pkt_open) {
+			/* The slot's buffers may still be on their way out: wait until they are not. */
+			int r = tm_chan_wait_slot(&c->ch, c->cur, error);
+			if (r < 0)
+				return r;
+			tm_packet_begin(pkt, w->block, ps, s->hello.packet_size);
+			c->pkt_open = true;
+		}
+		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
+		/* Map the pages in with one call rather than one fault per page in the zero scan
+		 * (costly under virtualization). Before Linux 5.14: EINVAL, and pages fault as usual. */
+		if (!s->no_populate &&
+		    madvise(rb->host + page * ps, n * ps, MADV_POPULATE_READ) < 0 && errno == EINVAL)
+			__atomic_store_n(&s->no_populate, true, __ATOMIC_RELAXED);
+		if (s->tags) {
+			int r = tm_tag_store_get(s->tags, w->block, page * ps, n * ps, c->tagraw);
+			if (r < 0)
+				return tm_error_at(error, -r, c->ch.id, b->name, page * ps,
+						   "reading tags failed: %s", g_strerror(-r));
+			/* A tag is 4 bits: anything else cannot be reproduced on the receiver. */
+			ssize_t bad = tm_tags_find_invalid(c->tagraw, n * ps / TM_TAG_GRANULE);
+			if (bad >= 0)
+				return tm_error_at(error, EINVAL, c->ch.id, b->name,
+						   page * ps + (uint64_t)bad * TM_TAG_GRANULE,
+						   "tag 0x%02x of that granule has its high nibble set",
+						   c->tagraw[bad]);
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			const uint8_t *data = rb->host + (page + i) * ps;
+			tm_tag_enc enc;
+			tm_page_kind kind = tm_packet_add(
+				pkt, (uint32_t)(page + i), data, tm_buffer_is_zero(data, ps),
+				s->tags ? c->tagraw + i * (ps / TM_TAG_GRANULE) : NULL, &enc);
+			tm_count(&c->ch.st.by_kind[kind], 1);
+			tm_count(&c->ch.st.by_enc[enc], 1);
+		}
+		page += n;
+		left -= n;
+	}
+	return 0;
+}
+
+static int send_sync(send_chan *c, uint64_t id, GError **error)
+{
+	uint64_t ack, applied;
+	int r = flush_packet(c, error);
+	if (r >= 0)
+		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
+	if (r >= 0)
+		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_SYNC_ACK, &ack, &applied, error);
+	if (r < 0)
+		return r;
+	if (ack != id || applied != c->pages_sent) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "channel %u: sync %" G_GUINT64_FORMAT " acknowledged as %" G_GUINT64_FORMAT
+			    " with %" G_GUINT64_FORMAT " pages applied, %" G_GUINT64_FORMAT " sent",
+			    c->ch.id, id, ack, applied, c->pages_sent);
+		return -EPROTO;
+	}
+	g_mutex_lock(&c->s->lock);
+	c->synced = id;
+	g_cond_broadcast(&c->s->cond);
+	g_mutex_unlock(&c->s->lock);
+	return 0;
+}
+
+static int send_end(send_chan *c, GError **error)
+{
+	uint64_t applied, unused;
+	int r = flush_packet(c, error);
+	if (r >= 0)
+		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+	if (r >= 0)
+		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	if (r < 0)
+		return r;
+	if (applied != c->pages_sent) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "channel %u: receiver applied %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
+			    " were sent",
+			    c->ch.id, applied, c->pages_sent);
+		return -EPROTO;
+	}
+	if ((r = tm_tls_chan_shutdown(&c->ch, error)) < 0)
+		return r;
+	g_mutex_lock(&c->s->lock);
+	c->ended = true;
+	g_cond_broadcast(&c->s->cond);
+	g_mutex_unlock(&c->s->lock);
+	return 0;
+}
+
+gpointer tm_send_worker(gpointer data)
+{
+	send_chan *c = data;
+	tm_sender *s = c->s;
+	g_autoptr(GError) err = NULL;
+	int r = 0;
+
+	for (;;) {
+		g_mutex_lock(&s->lock);
+		while (!s->quit && c->pending->len == 0) {
+			if (c->pkt_open) {
+				/* Nothing more to pack for now: do not hold pages back. */
+				g_mutex_unlock(&s->lock);
+				r = flush_packet(c, &err);
+				g_mutex_lock(&s->lock);
+				if (r < 0)
+					break;
+				continue;
+			}
+			g_cond_wait(&c->wake, &s->lock);
+		}
+		if (r < 0 || s->quit) {
+			g_mutex_unlock(&s->lock);
+			break;
+		}
+		GArray *t = c->work;
+		c->work = c->pending;
+		c->pending = t;
+		g_mutex_unlock(&s->lock);
+
+		for (guint i = 0; i < c->work->len && r >= 0; i++) {
+			const work *w = &g_array_index(c->work, work, i);
+			if (w->kind == WORK_PAGES)
+				r = send_pages(c, w, &err);
+			else if (w->kind == WORK_SYNC)
+				r = send_sync(c, w->first, &err);
+			else
+				r = send_end(c, &err);
+		}
+		g_array_set_size(c->work, 0);
+		if (r < 0)
+			break;
+	}
+
+	if (r < 0) {
+		bool from_peer = c->ch.peer_error;
+		int code = err->code;
+		if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
+			/* The receiver went away: it may have said why before it closed. */
+			GError *why = NULL;
+			if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+				g_clear_error(&err);
+				err = why;
+				from_peer = true;
+			}
+		} else if (!from_peer) {
+			tm_chan_send_error(&c->ch, code, err->message);
+		}
+		tm_sender_fail(s, g_steal_pointer(&err), from_peer);
+	}
+	g_mutex_lock(&s->lock);
+	c->exited = true;
+	g_cond_broadcast(&s->cond);
+	g_mutex_unlock(&s->lock);
+	return NULL;
+}

@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the files of the session module share: the sender's and the receiver's state, and the
+ * entry points one file of the module offers another. Not part of the API.
+ *
+ *   sender.c / receiver.c   life cycle: new, connect/accept, queue, sync, finish, wait, free
+ *   handshake.c             HELLO and HELLO_ACK on both sides, the receiver's layout check
+ *   send-pages.c            the sender's channel worker: DATA packets, SYNC, END
+ *   recv-pages.c            the receiver's channel worker: DATA applied to guest RAM, SYNC, END
+ *   channel.c               the protocol channel: framing, sequence numbers, control messages
+ *   failure.c, stats.c      the first failure that explains the most; counters summed
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "codec/codec.h"
+#include "tagmig/session.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
+
+enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
+
+typedef struct work {
+	uint32_t kind;
+	uint32_t block;
+	uint64_t first; /* first page; sync id for WORK_SYNC */
+	uint64_t count;
+} work;
+
+typedef struct send_chan {
+	tm_chan ch;
+	tm_sender *s;
+	GThread *thread;
+	GCond wake;
+
+	/* protected by s->lock */
+	GArray *pending;  /* of work, handed to the worker by swapping with ->work */
+	uint64_t synced;  /* highest sync id acknowledged by the receiver */
+	bool ended;       /* END acknowledged */
+	bool exited;
+
+	/* worker-local */
+	GArray *work;
+	tm_packet *pkts;  /* ch.depth slots; the backend may still send from the others */
+	unsigned cur;     /* slot being filled */
+	bool pkt_open;
+	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
+	uint64_t pages_sent;
+	uint64_t packets_sent;
+} send_chan;
+
+enum sender_state { S_NEW, S_OPEN, S_DONE };
+
+struct tm_sender {
+	/* read-only after setup */
+	const tm_ram_layout *layout;
+	tm_tag_store *tags; /* NULL: no tags */
+	tm_sender_config cfg;
+	const tm_transport_ops *io;
+	char *io_note; /* why the default backend was not used, or NULL */
+	char *tls_creds_dir; /* owned copies of the configuration's TLS strings */
+	char *tls_hostname;
+	tm_tls_ctx *tls; /* created at connect/attach, NULL without TLS */
+	bool no_populate; /* the kernel lacks MADV_POPULATE_READ (written once, racy is fine) */
+	tm_hello hello;
+	unsigned nch;
+	send_chan *chans;
+
+	/* migration-thread local */
+	enum sender_state state;
+	GArray **staging; /* per channel, work being split before hand-over */
+	uint64_t next_sync;
+
+	/* protected by lock */
+	GMutex lock;
+	GCond cond; /* workers -> migration thread: ack, end, failure */
+	tm_failure failure;
+	bool quit;
+	int64_t t_start, t_end; /* also read by get_stats */
+};
+
+typedef struct recv_chan {
+	tm_chan ch;
+	tm_receiver *r;
+	GThread *thread;
+	bool used;   /* slot taken by a channel during accept */
+	bool ended;  /* protected by r->lock */
+	bool exited; /* protected by r->lock */
+
+	/* worker-local, allocated once in start() */
+	tm_recv_plan plan;        /* the DATA packet being received */
+	uint64_t pages_applied;
+} recv_chan;
+
+enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
+
+struct tm_receiver {
+	/* read-only after setup */
+	tm_receiver_config cfg;
+	const tm_transport_ops *io;
+	char *io_note;             /* why the default backend was not used, or NULL */
+	tm_tls_ctx *tls;           /* NULL: plaintext channels */
+	tm_hello hello;            /* the session as announced (channel_id of the first HELLO) */
+	tm_ram_layout *announced;
+	const tm_ram_layout *layout;
+	tm_tag_store *tags;        /* NULL: no tags */
+	unsigned nch;
+	recv_chan *chans;
+	uint64_t **present;        /* per block bitmap, atomic bit ops */
+	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
+
+	enum receiver_state state; /* migration-thread local */
+
+	/* protected by lock */
+	GMutex lock;
+	GCond cond;
+	tm_failure failure;
+	bool quit;
+	unsigned ended;
+	int64_t t_start, t_end;
+};
+
+/* ---- channel.c (the rest of the protocol channel is declared in transport/transport.h) ---- */
+/*
+ * Receives exactly len bytes into iov[0..n) and counts them. Returns 0 or -errno without a message:
+ * the caller names what was being received (tm_chan_io_reason() has the words).
+ */
+int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
+
+/* ---- sender.c ---- */
+/* Records a failure and stops every channel: blocked sends and receives return at once. */
+void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);
+
+/* ---- send-pages.c ---- */
+/* The worker thread of one sender channel (data: its send_chan). */
+gpointer tm_send_worker(gpointer data);
+
+/* ---- receiver.c ---- */
+/* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */
+void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer);
+
+/* ---- recv-pages.c ---- */
+/* The worker thread of one receiver channel (data: its recv_chan). */
+gpointer tm_recv_worker(gpointer data);
+
+/* ---- handshake.c ---- */
+/* Sends the HELLO of channel ch (whose id is its channel number). */
+int tm_sender_send_hello(tm_sender *s, tm_chan *ch, GError **error);
+/* Waits for the HELLO_ACK of every channel; the error says what the receiver answered instead. */
+int tm_sender_await_acks(tm_sender *s, GError **error);
+/* Reads the HELLO of a fresh connection and places it by channel id. */
+int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **error);
+/* The layout the sender announced, built from its HELLO (host pointers NULL). */
+int tm_receiver_build_announced(tm_receiver *r, GError **error);
+/* Compares our RAM with the announced layout; the message says what differs. */
+int tm_receiver_compare_layout(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
+			       GError **error);

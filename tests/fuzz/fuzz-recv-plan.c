@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fuzzes the receiver's DATA path as the session runs it: the receive plan (tm_recv_plan_*) of a
+ * DATA frame against the fixed session of fuzz-data.c, with the transport's part played by
+ * copying the input into the plan's buffers and iovecs. Every iovec must lie inside the block's
+ * RAM (exactly the session's size, so ASan sees any stray byte) or the plan's tag buffer; the
+ * applied packet must leave only valid tags. Replays the corpus of fuzz-data (same input).
+ */
+#include <glib.h>
+
+#include "fuzz.h"
+
+static tm_hello session;
+static tm_recv_plan plan;
+static uint8_t *ram[2], *ram_tags[2];
+
+static void setup(void)
+{
+	fuzz_data_session(&session);
+	for (unsigned i = 0; i < session.block_count; i++) {
+		ram[i] = g_malloc(session.blocks[i].length);
+		ram_tags[i] = g_malloc(session.blocks[i].length / TM_TAG_GRANULE);
+	}
+	tm_recv_plan_init(&plan, session.packet_size);
+}
+
+/* The transport's part: takes n bytes from the input, or fails like a peer that closed. */
+static bool take(const uint8_t **in, size_t *left, void *dst, size_t n)
+{
+	if (*left < n)
+		return false;
+	memcpy(dst, *in, n);
+	*in += n;
+	*left -= n;
+	return true;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	g_autoptr(GError) error = NULL;
+	tm_frame f;
+
+	if (!session.blocks)
+		setup();
+	if (tm_frame_decode(data, size, session.packet_size, &f, &error) < 0 || f.type != TM_MSG_DATA)
+		return 0;
+	unsigned channel = f.seq % session.channel_count;
+	size_t left = MIN(size - TM_FRAME_HDR_LEN, f.body_len);
+	/* Exact-size copy of what arrived: the plan must never read past it. */
+	g_autofree uint8_t *body = g_memdup2(data + TM_FRAME_HDR_LEN, left);
+	const uint8_t *in = body;
+
+	int n = tm_recv_plan_begin(&plan, &session, f.body_len, &error);
+	if (n < 0 || !take(&in, &left, plan.head, (size_t)n))
+		return 0;
+	n = tm_recv_plan_header(&plan, &error);
+	if (n < 0 || !take(&in, &left, plan.head + TM_DATA_HDR_LEN, (size_t)n))
+		return 0;
+	const tm_data_hdr *hdr = &plan.hdr;
+	const tm_wire_block *b = &session.blocks[hdr->block];
+	uint8_t *host = ram[hdr->block];
+	if (tm_recv_plan_entries(&plan, channel, host, &error) < 0)
+		return 0;
+
+	/* The plan covers the rest of the body exactly, and only guest RAM and the tag buffer. */
+	size_t covered = 0;
+	for (unsigned i = 0; i < plan.iov_count; i++) {
+		const uint8_t *p = plan.iov[i].iov_base;
+		size_t len = plan.iov[i].iov_len;
+		if (i < plan.data_iov_count) {
+			g_assert_true(p >= host && len <= b->length &&
+				      (size_t)(p - host) <= b->length - len);
+			g_assert_cmpuint((size_t)(p - host) % b->page_size, ==, 0);
+		} else {
+			g_assert_true(p == plan.tag_payload && len == hdr->tag_len);
+		}
+		covered += len;
+	}
+	g_assert_cmpuint(covered, ==, plan.payload_len);
+	g_assert_cmpuint(TM_DATA_HDR_LEN + (size_t)TM_PAGE_ENTRY_LEN * hdr->page_count + covered, ==,
+			 f.body_len);
+	for (unsigned i = 0; i < plan.iov_count; i++)
+		if (!take(&in, &left, plan.iov[i].iov_base, plan.iov[i].iov_len))
+			return 0;
+	if (tm_recv_plan_tags(&plan, &error) < 0)
+		return 0;
+
+	/* Apply as the session does: zero pages, then tags in runs of consecutive pages. */
+	size_t granules = b->page_size / TM_TAG_GRANULE;
+	for (uint32_t i = 0; i < hdr->page_count; i++) {
+		const tm_page_entry *e = &plan.entries[i];
+		g_assert_cmpuint(e->page, <, b->npages);
+		if (e->kind != TM_PAGE_NORMAL)
+			memset(host + (size_t)e->page * b->page_size, 0, b->page_size);
+		if (e->kind == TM_PAGE_ZERO)
+			g_assert_true(tm_buffer_is_zero(plan.tags + (size_t)i * granules, granules));
+	}
+	for (uint32_t i = 0; i < hdr->page_count;) {
+		uint32_t j = tm_recv_plan_run_end(&plan, i);
+		g_assert_cmpuint(j, >, i);
+		g_assert_cmpuint(j, <=, hdr->page_count);
+		memcpy(ram_tags[hdr->block] + (size_t)plan.entries[i].page * granules,
+		       plan.tags + (size_t)i * granules, (size_t)(j - i) * granules);
+		i = j;
+	}
+	g_assert_cmpint(tm_tags_find_invalid(plan.tags, (size_t)hdr->page_count * granules), ==, -1);
+	return 0;
+}
