@@ -89,57 +89,6 @@ int tm_ktls_set(int fd, const tm_tls_dir *d, bool tx, bool install_ulp)
 	return r;
 }
 
-int tm_ktls_probe(char **ret_reason)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t alen = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), c = -1, s = -1, r;
-	const char *step = "socket";
-
-	if (l < 0)
-		goto fail;
-	step = "listen on the loopback";
-	if (bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 1) < 0 ||
-	    getsockname(l, (struct sockaddr *)&a, &alen) < 0)
-		goto fail;
-	step = "connect on the loopback";
-	c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a)) < 0)
-		goto fail;
-	s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-	if (s < 0)
-		goto fail;
-	step = "setsockopt(TCP_ULP, \"tls\")";
-	if (setsockopt(c, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) < 0)
-		goto fail;
-	struct tls12_crypto_info_aes_gcm_128 ci = { .info = { TLS_1_3_VERSION,
-							      TLS_CIPHER_AES_GCM_128 } };
-	step = "setsockopt(TLS_TX)";
-	if (setsockopt(c, SOL_TLS, TLS_TX, &ci, sizeof(ci)) < 0)
-		goto fail;
-	ci.key[0] = 1;
-	if (setsockopt(c, SOL_TLS, TLS_TX, &ci, sizeof(ci)) < 0) {
-		r = -errno;
-		*ret_reason = g_strdup_printf("this kernel cannot change kernel TLS keys (%s; TLS 1.3 "
-					      "key updates need Linux 6.14 or later)",
-					      g_strerror(-r));
-		goto out;
-	}
-	r = 0;
-	goto out;
-fail:
-	r = -errno;
-	*ret_reason = g_strdup_printf("kernel TLS probe: %s: %s", step, g_strerror(errno));
-out:
-	if (s >= 0)
-		close(s);
-	if (c >= 0)
-		close(c);
-	if (l >= 0)
-		close(l);
-	return r < 0 ? r : 0;
-}
-
 int tm_ktls_send_ctrl(int fd, uint8_t type, const void *buf, size_t len)
 {
 	char cbuf[CMSG_SPACE(sizeof(type))] = { 0 };

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared between tls.c (context, credentials, verification, errors) and tls-chan.c (I/O). */
+/*
+ * Shared by the files of transport/tls/: tls.c (context, credentials), tls-failure.c (failure
+ * text), ktls-probe.c, tls-stats.c, tls-chan.c (the channel), tls-own.c, records.c, ktls.c.
+ */
 #pragma once
 
 #include <openssl/evp.h>
@@ -44,7 +47,7 @@ int tm_tls_dir_key(const tm_tls_dir *d, uint8_t *key, size_t *ret_len);
 /* ---- ktls.c: kernel TLS for the direction our records protect ---- */
 
 /*
- * Whether this kernel can take over TLS 1.3 records with our keys, key updates included (TLS_TX
+ * ktls-probe.c: whether this kernel can take over TLS 1.3 records with our keys, key updates included (TLS_TX
  * set twice on a loopback connection: kernels before 6.14 refuse the second). Returns 0, or
  * -errno with the reason in *ret_reason (g_free).
  */
@@ -181,8 +184,8 @@ int tm_tls_own_close_notify(tls_chan *t);
 /* After the handshake: our records (and kernel TLS where usable) take over the direction. */
 int tm_tls_own_start(tls_chan *t);
 
-/* The key-log callback of both roles: keeps the client's traffic secret for tm_tls_own_start. */
+/* tls.c: the key-log callback of both roles: keeps the client's traffic secret for tm_tls_own_start. */
 void tm_tls_keylog_cb(const SSL *ssl, const char *line);
 
-/* The verify callback of both roles: records why the peer's chain failed. */
+/* tls.c: the verify callback of both roles: records why the peer's chain failed. */
 int tm_tls_verify_cb(int ok, X509_STORE_CTX *store);

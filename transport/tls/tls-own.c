@@ -523,33 +523,6 @@ int tm_tls_own_close_notify(tls_chan *t)
 	return r;
 }
 
-/*
- * The key-log callback of both roles: OpenSSL reports each secret as it derives it. The
- * client's first application traffic secret is the one our records need (RFC 8446 7.1).
- */
-void tm_tls_keylog_cb(const SSL *ssl, const char *line)
-{
-	static const char label[] = "CLIENT_TRAFFIC_SECRET_0 ";
-	tls_chan *t = SSL_get_app_data(ssl);
-
-	if (!t || !t->ctx->own_records || strncmp(line, label, sizeof(label) - 1) != 0)
-		return;
-	const char *hex = strchr(line + sizeof(label) - 1, ' ');
-	if (!hex)
-		return;
-	hex++;
-	size_t n = strlen(hex) / 2;
-	if (n == 0 || n > sizeof(t->secret))
-		return;
-	for (size_t i = 0; i < n; i++) {
-		int hi = g_ascii_xdigit_value(hex[2 * i]), lo = g_ascii_xdigit_value(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return;
-		t->secret[i] = (uint8_t)(hi << 4 | lo);
-	}
-	t->secret_len = n;
-}
-
 /* After the handshake: our records take over the sender-to-receiver direction. */
 int tm_tls_own_start(tls_chan *t)
 {
