@@ -15,7 +15,7 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 #include "tls/tls.h"
-#include "transport.h"
+#include "transport/channel.h"
 
 typedef struct recv_chan {
 	tm_chan ch;
@@ -128,7 +128,7 @@ static int place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **e
 	int ret = tm_chan_open(&tmp, fd, 0, r->io, timeout_ms, 1, error);
 	if (ret < 0)
 		return ret;
-	if (r->tls && (ret = tm_tls_chan_start(r->tls, &tmp, error)) < 0) {
+	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp.io, error)) < 0) {
 		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
 		tm_chan_close(&tmp);
 		return ret;
@@ -172,7 +172,7 @@ static int place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **e
 	}
 	unsigned id = h.channel_id;
 	tm_hello_clear(&h);
-	tmp.id = id;
+	tm_chan_set_id(&tmp, id);
 	r->chans[id].ch = tmp;
 	r->chans[id].used = true;
 	return 0;
@@ -415,7 +415,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	}
 	size_t plen = (size_t)hdr.data_len + hdr.tag_len;
 	if (plen) {
-		ret = c->ch.ops->recv(&c->ch, c->iov, n, plen);
+		ret = tm_io_recv(c->ch.io, c->iov, n, plen);
 		if (ret < 0) {
 			g_set_error(error, TM_ERROR, -ret,
 				    "channel %u, block '%s', offset 0x%" G_GINT64_MODIFIER
@@ -538,7 +538,7 @@ static int recv_loop(recv_chan *c, GError **error)
 						     error)) < 0)
 				return ret;
 			/* A clean TLS close both ways: a stream cut short is an error, not an end. */
-			return tm_tls_chan_shutdown(&c->ch, error);
+			return tm_tls_shutdown(c->ch.io, error);
 		case TM_MSG_ERROR:
 			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
 		default:
@@ -714,9 +714,9 @@ void tm_receiver_get_stats(tm_receiver *r, tm_stats *ret)
 	 * before, accept may still be building them. */
 	if (r->t_start) {
 		for (unsigned i = 0; i < r->nch; i++)
-			tm_counters_sum(&r->chans[i].ch.st, ret);
+			tm_chan_sum(&r->chans[i].ch, ret);
 		ret->channels = r->nch;
-		tm_tls_fill_stats(r->tls, &r->chans[0].ch, ret);
+		tm_tls_fill_stats(r->tls, r->chans[0].ch.io, ret);
 		ret->seconds = (double)((r->t_end ? r->t_end : tm_now_us()) - r->t_start) / 1e6;
 	}
 	g_mutex_unlock(&r->lock);

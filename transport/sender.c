@@ -19,7 +19,7 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 #include "tls/tls.h"
-#include "transport.h"
+#include "transport/channel.h"
 
 enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
 
@@ -250,7 +250,7 @@ static int send_end(send_chan *c, GError **error)
 			    c->ch.id, applied, c->pages_sent);
 		return -EPROTO;
 	}
-	if ((r = tm_tls_chan_shutdown(&c->ch, error)) < 0)
+	if ((r = tm_tls_shutdown(c->ch.io, error)) < 0)
 		return r;
 	g_mutex_lock(&c->s->lock);
 	c->ended = true;
@@ -479,7 +479,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	for (unsigned i = 0; i < n; i++) {
 		tm_chan *ch = &s->chans[i].ch;
 		r = tm_chan_open(ch, fds[i], i, s->io, s->cfg.timeout_ms, s->cfg.queue_depth, error);
-		if (r >= 0 && s->tls && (r = tm_tls_chan_start(s->tls, ch, error)) < 0)
+		if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
 			tm_chan_close(ch);
 		if (r < 0) {
 			for (unsigned j = i + 1; j < n; j++)
@@ -743,7 +743,7 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));
 	for (unsigned i = 0; i < s->nch; i++)
-		tm_counters_sum(&s->chans[i].ch.st, ret);
+		tm_chan_sum(&s->chans[i].ch, ret);
 	ret->syncs = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED);
 	ret->channels = s->nch;
 	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
@@ -752,7 +752,7 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 	/* Channels and TLS state are complete once the session started (t_start is set under the
 	 * lock after attach), not while attach is still building them. */
 	if (s->t_start)
-		tm_tls_fill_stats(s->tls, &s->chans[0].ch, ret);
+		tm_tls_fill_stats(s->tls, s->chans[0].ch.io, ret);
 	if (s->t_start)
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
 	g_mutex_unlock(&s->lock);

@@ -104,8 +104,4 @@ void tm_counters_sum(const tm_counters *c, tm_stats *ret)
 	ret->wire_bytes += __atomic_load_n(&c->wire_bytes, __ATOMIC_RELAXED);
 	ret->data_bytes += __atomic_load_n(&c->data_bytes, __ATOMIC_RELAXED);
 	ret->tag_bytes += __atomic_load_n(&c->tag_bytes, __ATOMIC_RELAXED);
-	ret->io_submissions += __atomic_load_n(&c->io_submissions, __ATOMIC_RELAXED);
-	ret->io_completions += __atomic_load_n(&c->io_completions, __ATOMIC_RELAXED);
-	ret->zc_sends += __atomic_load_n(&c->zc_sends, __ATOMIC_RELAXED);
-	ret->zc_copied += __atomic_load_n(&c->zc_copied, __ATOMIC_RELAXED);
 }

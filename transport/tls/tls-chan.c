@@ -2,9 +2,9 @@
 /*
  * TLS on one channel: the handshake, the tm_transport_ops wrapper and the clean close.
  *
- * OpenSSL reads and writes through a BIO of ours whose read and write call the inner backend's
+ * OpenSSL reads and writes through a BIO of ours whose read and write call the inner handle's
  * recv and send with exact lengths. Without read-ahead OpenSSL asks for a record header (5 bytes),
- * then for exactly the record's body, so the inner backend's "fill exactly len bytes" contract
+ * then for exactly the record's body, so the inner handle's "fill exactly len bytes" contract
  * fits. The BIO reads ahead what has already arrived (bio_read), so during bulk transfer one
  * inner recv brings many records. Written records are collected (up to TM_TLS_OUT bytes) and go
  * to the inner send together at the end of every call into OpenSSL (and when OpenSSL flushes a
@@ -25,15 +25,15 @@
 /* The server's confirmation after the handshake (see tls.h). */
 static const uint8_t ready_msg[8] = { 'T', 'M', 'T', 'L', 'S', '1', '\r', '\n' };
 
-/* ---- the BIO between OpenSSL and the inner backend ---- */
+/* ---- the BIO between OpenSSL and the inner handle ---- */
 
-/* Hands the collected records to the inner backend. */
+/* Hands the collected records to the inner handle. */
 int tm_tls_flush_out(tls_chan *t)
 {
 	if (t->nout == 0 || t->io_err)
 		return t->io_err;
 	struct iovec v = { .iov_base = t->out, .iov_len = t->nout };
-	int r = t->inner.ops->send(&t->inner, &v, 1, t->nout);
+	int r = tm_io_send(t->inner, &v, 1, t->nout);
 	t->nout = 0;
 	if (r < 0)
 		t->io_err = r;
@@ -67,7 +67,7 @@ static int bio_write(BIO *b, const char *buf, int len)
 	if (tm_tls_flush_out(t) < 0)
 		return -1;
 	struct iovec v = { .iov_base = (void *)buf, .iov_len = (size_t)len };
-	int r = t->inner.ops->send(&t->inner, &v, 1, (size_t)len);
+	int r = tm_io_send(t->inner, &v, 1, (size_t)len);
 	if (r < 0) {
 		t->io_err = r;
 		return -1;
@@ -108,7 +108,7 @@ static int bio_read(BIO *b, char *buf, int len)
 	size_t extra = 0;
 	if (t->in) {
 		int avail = 0;
-		if (ioctl(t->inner.fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > n)
+		if (ioctl(t->inner->fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > n)
 			extra = (size_t)avail - n;
 		/* n is a whole record body (none of it came from t->in): is a header due? */
 		if ((size_t)len == n && n >= 256 && t->want > n - 17)
@@ -117,7 +117,7 @@ static int bio_read(BIO *b, char *buf, int len)
 	}
 	struct iovec v[2] = { { .iov_base = buf, .iov_len = n },
 			      { .iov_base = t->in, .iov_len = extra } };
-	int r = t->inner.ops->recv(&t->inner, v, extra ? 2 : 1, n + extra);
+	int r = tm_io_recv(t->inner, v, extra ? 2 : 1, n + extra);
 	if (r < 0) {
 		t->io_err = r;
 		return -1;
@@ -161,7 +161,7 @@ static BIO_METHOD *bio_method(void)
 
 /* ---- helpers ---- */
 
-/* Frees what t holds, not t itself nor the inner backend. */
+/* Frees what t holds, not t itself nor the inner handle. */
 static void tls_release(tls_chan *t)
 {
 	SSL_free(t->ssl); /* and the BIO */
@@ -186,7 +186,7 @@ static void tls_release(tls_chan *t)
 	g_free(t->err_msg);
 }
 
-/* Records why an SSL call failed, for tm_tls_chan_last_error(). Returns -errno. */
+/* Records why an SSL call failed, for tm_tls_last_error(). Returns -errno. */
 int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 {
 	g_free(t->err_msg);
@@ -204,23 +204,6 @@ static int io_begin(tls_chan *t)
 	return 0;
 }
 
-/*
- * The inner backend counts into the shadow channel (kernel submissions and the like): move what
- * it counted to the real channel, whose counters the session sums. Every counter is a uint64_t.
- */
-static void fold_counters(tm_chan *ch, tls_chan *t)
-{
-	G_STATIC_ASSERT(sizeof(tm_counters) % sizeof(uint64_t) == 0);
-	uint64_t *from = (uint64_t *)&t->inner.st, *to = (uint64_t *)&ch->st;
-
-	for (size_t i = 0; i < sizeof(tm_counters) / sizeof(uint64_t); i++) {
-		if (from[i]) {
-			tm_count(&to[i], from[i]);
-			from[i] = 0;
-		}
-	}
-}
-
 static int write_all(tls_chan *t, const void *buf, size_t len)
 {
 	size_t done;
@@ -232,19 +215,19 @@ static int write_all(tls_chan *t, const void *buf, size_t len)
 
 /* ---- the wrapper backend ---- */
 
-static int tls_open(tm_chan *ch, GError **error)
+static int tls_open(tm_io *io, GError **error)
 {
 	g_set_error(error, TM_ERROR, EINVAL,
-		    "channel %u: TLS wraps another backend: open the channel with it, then call "
-		    "tm_tls_chan_start()", ch->id);
+		    "channel %u: TLS wraps another I/O handle: open the channel with a byte mover, "
+		    "then call tm_tls_wrap()", io->id);
 	return -EINVAL;
 }
 
-static void tls_close(tm_chan *ch)
+static void tls_close(tm_io *io)
 {
-	tls_chan *t = ch->priv;
+	tls_chan *t = io->priv;
 
-	/* Best effort: a session that did not call tm_tls_chan_shutdown still ends cleanly. */
+	/* Best effort: a session that did not call tm_tls_shutdown still ends cleanly. */
 	if (t->own_tx && !t->broken) {
 		tm_tls_own_close_notify(t);
 		ERR_clear_error();
@@ -254,11 +237,8 @@ static void tls_close(tm_chan *ch)
 		tm_tls_flush_out(t);
 		ERR_clear_error();
 	}
-	if (t->inner.ops->close)
-		t->inner.ops->close(&t->inner);
-	g_free(t->inner.priv);
 	tls_release(t);
-	/* tm_chan_close frees t itself (ch->priv) */
+	/* tm_io_free frees t itself (io->priv), then closes the inner handle */
 }
 
 /*
@@ -267,17 +247,14 @@ static void tls_close(tm_chan *ch)
  * is cut into 16 KiB records and only the end of each call may be shorter. OpenSSL copies the
  * plaintext into its record buffer as it encrypts; no copy of ours for whole records.
  */
-static int tls_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int tls_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	tls_chan *t = ch->priv;
+	tls_chan *t = io->priv;
 	size_t fill = 0;
 	int r = io_begin(t);
 
-	if (r == 0 && t->own_tx) {
-		r = t->tx_closed ? -EPIPE : tm_tls_own_send(t, iov, n, len);
-		fold_counters(ch, t);
-		return r;
-	}
+	if (r == 0 && t->own_tx)
+		return t->tx_closed ? -EPIPE : tm_tls_own_send(t, iov, n, len);
 	for (unsigned i = 0; r == 0 && i < n && len > 0; i++) {
 		const uint8_t *p = iov[i].iov_base;
 		size_t l = MIN(iov[i].iov_len, len);
@@ -306,7 +283,6 @@ static int tls_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len
 		r = write_all(t, t->stage, fill);
 	if (r == 0 && tm_tls_flush_out(t) < 0)
 		r = tm_tls_io_fail(t, 0, "send");
-	fold_counters(ch, t);
 	return r;
 }
 
@@ -314,16 +290,13 @@ static int tls_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len
  * OpenSSL decrypts each record in place in its record buffer and copies the plaintext out: into
  * the caller's iovecs (guest RAM) directly, without a buffer of ours in between.
  */
-static int tls_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int tls_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	tls_chan *t = ch->priv;
+	tls_chan *t = io->priv;
 	int r = io_begin(t);
 
-	if (r == 0 && t->own_rx) {
-		r = tm_tls_own_recv(t, iov, n, len);
-		fold_counters(ch, t);
-		return r;
-	}
+	if (r == 0 && t->own_rx)
+		return tm_tls_own_recv(t, iov, n, len);
 	for (unsigned i = 0; r == 0 && i < n && len > 0; i++) {
 		uint8_t *p = iov[i].iov_base;
 		size_t l = MIN(iov[i].iov_len, len);
@@ -344,8 +317,24 @@ static int tls_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len
 	/* Reading may have made OpenSSL answer (a KeyUpdate): send that now. */
 	if (r == 0 && t->nout > 0 && tm_tls_flush_out(t) < 0)
 		r = tm_tls_io_fail(t, 0, "receive");
-	fold_counters(ch, t);
 	return r;
+}
+
+/*
+ * The last message before giving up (an ERROR) goes inside the TLS stream, or the peer could not
+ * read it. Small, so it does not wait for a peer that is not reading unless the socket buffer is
+ * full, and then at most the channel's timeout.
+ */
+static void tls_send_last(tm_io *io, const void *buf, size_t len)
+{
+	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };
+	(void)tls_send(io, &v, 1, len);
+}
+
+static const char *tls_last_error(const tm_io *io)
+{
+	const tls_chan *t = io->priv;
+	return t->err_msg;
 }
 
 const tm_transport_ops tm_transport_tls = {
@@ -355,6 +344,8 @@ const tm_transport_ops tm_transport_tls = {
 	.close = tls_close,
 	.send = tls_send,
 	.recv = tls_recv,
+	.send_last = tls_send_last,
+	.last_error = tls_last_error,
 };
 
 /* ---- handshake and close ---- */
@@ -394,17 +385,19 @@ static int handshake(tls_chan *t)
 	return 0;
 }
 
-int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
+int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 {
-	if (ch->ops == &tm_transport_tls) {
-		g_set_error(error, TM_ERROR, EALREADY, "channel %u: TLS is already running", ch->id);
+	tm_io *inner = *io;
+
+	if (inner->ops == &tm_transport_tls) {
+		g_set_error(error, TM_ERROR, EALREADY, "channel %u: TLS is already running",
+			    inner->id);
 		return -EALREADY;
 	}
 	BIO_METHOD *m = bio_method();
 	tls_chan *t = g_new0(tls_chan, 1);
 	t->ctx = tm_tls_ctx_ref(ctx);
-	t->inner = *ch;
-	memset(&t->inner.st, 0, sizeof(t->inner.st)); /* counts only what moves while under TLS */
+	t->inner = inner;
 	ERR_clear_error();
 	t->ssl = SSL_new(ctx->ssl_ctx);
 	BIO *bio = m ? BIO_new(m) : NULL;
@@ -413,7 +406,7 @@ int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
 		tls_release(t);
 		g_free(t);
 		ERR_clear_error();
-		g_set_error(error, TM_ERROR, ENOMEM, "channel %u: TLS: out of memory", ch->id);
+		g_set_error(error, TM_ERROR, ENOMEM, "channel %u: TLS: out of memory", inner->id);
 		return -ENOMEM;
 	}
 	t->out = g_malloc(TM_TLS_OUT);
@@ -443,44 +436,45 @@ int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
 	int r = handshake(t);
 	t->handshaking = false;
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", ch->id,
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", inner->id,
 			    t->err_msg);
 		tls_release(t);
 		g_free(t);
 		return r;
 	}
 	if (ctx->own_records && (r = tm_tls_own_start(t)) < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", ch->id,
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", inner->id,
 			    t->err_msg);
 		tls_release(t);
 		g_free(t);
 		return r;
 	}
-	fold_counters(ch, t);
 	tm_count(SSL_session_reused(t->ssl) ? &ctx->resumed : &ctx->full, 1);
 	tm_count(&ctx->handshake_us, (uint64_t)(tm_now_us() - t0));
 	t->stage = g_malloc(TM_TLS_RECORD);
 	t->in = g_malloc(TM_TLS_IN);
 	g_clear_pointer(&t->err_msg, g_free);
-	ch->ops = &tm_transport_tls;
-	ch->priv = t;
+	t->io = tm_io_wrap(inner, &tm_transport_tls, t);
+	/* The statistics say who moved the sender's records: the kernel, or the inner handle. */
+	t->io->path = t->ktls_tx || t->ktls_rx ? "ktls" : NULL;
+	*io = t->io;
 	return 0;
 }
 
-int tm_tls_chan_shutdown(tm_chan *ch, GError **error)
+int tm_tls_shutdown(tm_io *io, GError **error)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!io || io->ops != &tm_transport_tls)
 		return 0;
-	tls_chan *t = ch->priv;
+	tls_chan *t = io->priv;
 	int r = io_begin(t);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: the session already failed%s%s",
-			    ch->id, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
+			    io->id, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
 		return r;
 	}
 	t->want = 0;
 	if (t->own_tx && (r = tm_tls_own_close_notify(t)) < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", ch->id, t->err_msg);
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", io->id, t->err_msg);
 		return r;
 	}
 	int ok = t->own_tx ? 0 : SSL_shutdown(t->ssl);
@@ -520,43 +514,43 @@ int tm_tls_chan_shutdown(tm_chan *ch, GError **error)
 		}
 	}
 	if (r < 0)
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", ch->id, t->err_msg);
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", io->id, t->err_msg);
 	return r;
 }
 
-bool tm_tls_chan_is_tls(const tm_chan *ch)
+bool tm_tls_active(const tm_io *io)
 {
-	return ch->ops == &tm_transport_tls;
+	return io && io->ops == &tm_transport_tls;
 }
 
-const char *tm_tls_chan_cipher(const tm_chan *ch)
+const char *tm_tls_cipher(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return NULL;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return SSL_get_cipher_name(t->ssl);
 }
 
-unsigned tm_tls_chan_ktls(const tm_chan *ch)
+unsigned tm_tls_ktls(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return 0;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return (t->ktls_tx ? TM_TLS_KTLS_TX : 0) | (t->ktls_rx ? TM_TLS_KTLS_RX : 0);
 }
 
-bool tm_tls_chan_resumed(const tm_chan *ch)
+bool tm_tls_resumed(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return false;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return SSL_session_reused(t->ssl);
 }
 
-const char *tm_tls_chan_last_error(const tm_chan *ch)
+const char *tm_tls_last_error(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return NULL;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return t->err_msg;
 }

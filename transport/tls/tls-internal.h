@@ -116,7 +116,8 @@ struct tm_tls_ctx {
 typedef struct tls_chan {
 	/* read-only after start */
 	tm_tls_ctx *ctx; /* a reference */
-	tm_chan inner;   /* shadow channel: ch's fd, id, timeout; the inner backend's ops and priv */
+	tm_io *inner;    /* the handle TLS wraps: it moves the ciphertext (owned by io) */
+	tm_io *io;       /* the TLS handle itself (its counters: the kernel TLS path), once started */
 	SSL *ssl;
 	/* worker-local */
 	uint8_t *stage;     /* TM_TLS_RECORD bytes: gathers iovec pieces shorter than a record */
@@ -126,7 +127,7 @@ typedef struct tls_chan {
 	uint8_t *in;        /* TM_TLS_IN bytes: ciphertext received ahead of OpenSSL's reads */
 	size_t in_off;      /* the unread ciphertext is in[in_off, in_off + in_len) */
 	size_t in_len;
-	int io_err;         /* -errno of the inner backend's last failure, seen by the BIO */
+	int io_err;         /* -errno of the inner handle's last failure, seen by the BIO */
 	/*
 	 * tagmig's own record layer (records.c) for the sender-to-receiver direction, which carries
 	 * the guest's memory: the sender seals (own_tx), the receiver opens (own_rx). The other
@@ -155,7 +156,7 @@ typedef struct tls_chan {
 	int verify_depth;
 	char *verify_subject;
 	char *verify_when; /* notBefore or notAfter of the failing certificate, for time errors */
-	/* the last failure of send/recv (tm_tls_chan_last_error) */
+	/* the last failure of send/recv (tm_tls_last_error) */
 	char *err_msg;
 } tls_chan;
 
@@ -171,7 +172,7 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);
 /* tls-chan.c: hands the collected records to the inner send (-errno, also in t->io_err). */
 int tm_tls_flush_out(tls_chan *t);
 /*
- * tls-chan.c: turns the failure of an SSL call (or, ret 0, of the inner backend in t->io_err)
+ * tls-chan.c: turns the failure of an SSL call (or, ret 0, of the inner handle in t->io_err)
  * into -errno and t->err_msg; see tm_tls_explain.
  */
 int tm_tls_io_fail(tls_chan *t, int ret, const char *what);

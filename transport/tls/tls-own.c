@@ -56,7 +56,7 @@ static int own_fail(tls_chan *t, int code, char *msg)
 }
 
 /*
- * The inner backend failed under our records: explained like OpenSSL's failures, and always
+ * The inner handle failed under our records: explained like OpenSSL's failures, and always
  * fatal (sealed records may have been dropped, so the stream cannot go on).
  */
 static int own_io_fail(tls_chan *t, const char *what)
@@ -109,7 +109,7 @@ static int maybe_update_key(tls_chan *t)
 
 	if (t->tx.records < t->ctx->key_limit)
 		return 0;
-	int r = t->ktls_tx ? tm_ktls_send_ctrl(t->inner.fd, CT_HANDSHAKE, key_update,
+	int r = t->ktls_tx ? tm_ktls_send_ctrl(t->inner->fd, CT_HANDSHAKE, key_update,
 					       sizeof(key_update))
 			   : seal_buf(t, CT_HANDSHAKE, key_update, sizeof(key_update));
 	if (r < 0 && t->ktls_tx)
@@ -117,7 +117,7 @@ static int maybe_update_key(tls_chan *t)
 						   g_strerror(-r)));
 	if (r == 0 && tm_tls_dir_update(&t->tx) < 0)
 		r = own_fail(t, -EPROTO, g_strdup("TLS send: deriving the next key failed"));
-	if (r == 0 && t->ktls_tx && (r = tm_ktls_set(t->inner.fd, &t->tx, true, false)) < 0)
+	if (r == 0 && t->ktls_tx && (r = tm_ktls_set(t->inner->fd, &t->tx, true, false)) < 0)
 		r = own_fail(t, -EPROTO, g_strdup_printf("TLS send: kernel TLS refused the next key: "
 							 "%s", g_strerror(-r)));
 	if (r == 0)
@@ -160,10 +160,10 @@ static int ktls_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t le
 			return own_fail(t, -EINVAL, g_strdup("TLS send: the iovecs hold less than "
 							     "the length given"));
 		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(kn, (unsigned)IOV_MAX) };
-		ssize_t r = sendmsg(t->inner.fd, &msg, MSG_NOSIGNAL);
-		/* A system call is submitted and completed at once, as the io_uring counters see it. */
-		tm_count(&t->inner.st.io_submissions, 1);
-		tm_count(&t->inner.st.io_completions, 1);
+		ssize_t r = sendmsg(t->inner->fd, &msg, MSG_NOSIGNAL);
+		/* One system call of the TLS handle itself (path ktls), submitted and completed at once. */
+		tm_count(&t->io->st.io_submissions, 1);
+		tm_count(&t->io->st.io_completions, 1);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
@@ -206,10 +206,10 @@ static int ktls_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t le
 		bool bounce = len < STREAM_MIN;
 		struct iovec b = { .iov_base = t->plain, .iov_len = MAX(len, (size_t)64) };
 		uint8_t type;
-		ssize_t r = tm_ktls_recv(t->inner.fd, bounce ? &b : v, bounce ? 1 : kn, &type);
-		/* A system call is submitted and completed at once, as the io_uring counters see it. */
-		tm_count(&t->inner.st.io_submissions, 1);
-		tm_count(&t->inner.st.io_completions, 1);
+		ssize_t r = tm_ktls_recv(t->inner->fd, bounce ? &b : v, bounce ? 1 : kn, &type);
+		/* One system call of the TLS handle itself (path ktls), submitted and completed at once. */
+		tm_count(&t->io->st.io_submissions, 1);
+		tm_count(&t->io->st.io_completions, 1);
 		if (r == -EBADMSG)
 			return own_fail(t, -EBADMSG, g_strdup("TLS record authentication failed (bad "
 							      "record MAC): the data was altered in "
@@ -291,10 +291,10 @@ static int fill_in(tls_chan *t, size_t need, size_t ahead)
 	size_t space = TM_TLS_IN - t->in_off - t->in_len;
 	size_t want = MIN(need - t->in_len + ahead, space);
 	int avail = 0;
-	if (ioctl(t->inner.fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > want)
+	if (ioctl(t->inner->fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > want)
 		want = MIN((size_t)avail, space);
 	struct iovec v = { .iov_base = t->in + t->in_off + t->in_len, .iov_len = want };
-	int r = t->inner.ops->recv(&t->inner, &v, 1, want);
+	int r = tm_io_recv(t->inner, &v, 1, want);
 	if (r < 0) {
 		t->io_err = r;
 		return own_io_fail(t, "receive");
@@ -353,7 +353,7 @@ static int own_content(tls_chan *t, uint8_t type, size_t len)
 			if (tm_tls_dir_update(&t->rx) < 0)
 				return own_fail(t, -EPROTO, g_strdup("TLS receive: deriving the "
 								     "next key failed"));
-			int kr = t->ktls_rx ? tm_ktls_set(t->inner.fd, &t->rx, false, false) : 0;
+			int kr = t->ktls_rx ? tm_ktls_set(t->inner->fd, &t->rx, false, false) : 0;
 			if (kr < 0)
 				return own_fail(t, -EPROTO,
 						g_strdup_printf("TLS receive: kernel TLS refused the "
@@ -508,7 +508,7 @@ int tm_tls_own_close_notify(tls_chan *t)
 	t->tx_closed = true;
 	int r;
 	if (t->ktls_tx) {
-		r = tm_ktls_send_ctrl(t->inner.fd, CT_ALERT, alert, sizeof(alert));
+		r = tm_ktls_send_ctrl(t->inner->fd, CT_ALERT, alert, sizeof(alert));
 		if (r < 0) {
 			t->io_err = r;
 			r = own_io_fail(t, "close");
@@ -551,7 +551,7 @@ int tm_tls_own_start(tls_chan *t)
 	 * client's Finished), and records already queued on the socket are the kernel's to open.
 	 * A refusal here leaves the socket as it was: our records go on in user space.
 	 */
-	if (t->ctx->ktls && tm_ktls_set(t->inner.fd, client ? &t->tx : &t->rx, client, true) == 0) {
+	if (t->ctx->ktls && tm_ktls_set(t->inner->fd, client ? &t->tx : &t->rx, client, true) == 0) {
 		if (client)
 			t->ktls_tx = true;
 		else
