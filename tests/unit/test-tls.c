@@ -172,8 +172,8 @@ static void check_ktls(tm_chan *c, tm_chan *s)
 
 	if (g_strcmp0(want, "1") == 0) {
 		g_assert_cmpuint(tm_tls_ktls(c->io), ==,
-				 tc->own_tx && tc->ctx->ktls ? TM_TLS_KTLS_TX : 0);
-		g_assert_cmpuint(tm_tls_ktls(s->io), ==, ts->own_rx ? TM_TLS_KTLS_RX : 0);
+				 tc->tx_engine->own_keys && tc->ctx->ktls ? TM_TLS_KTLS_TX : 0);
+		g_assert_cmpuint(tm_tls_ktls(s->io), ==, ts->rx_engine->own_keys ? TM_TLS_KTLS_RX : 0);
 	} else if (g_strcmp0(want, "norekey") == 0) {
 		g_assert_cmpuint(tm_tls_ktls(c->io) | tm_tls_ktls(s->io), ==, 0);
 	}
@@ -416,8 +416,8 @@ static void records_case(bool own_client, bool own_server, uint64_t key_limit)
 		tm_tls_ctx_set_key_limit(cctx, key_limit);
 	chan_pair(&c, &s, 0);
 	start_both(cctx, &c, sctx, &s);
-	g_assert_cmpint(((tls_chan *)c.io->priv)->own_tx, ==, own_client);
-	g_assert_cmpint(((tls_chan *)s.io->priv)->own_rx, ==, own_server);
+	g_assert_cmpint(((tls_chan *)c.io->priv)->tx_engine->own_keys, ==, own_client);
+	g_assert_cmpint(((tls_chan *)s.io->priv)->rx_engine->own_keys, ==, own_server);
 	/* Kernel TLS: the key is checked once per send call, not per record (the kernel cuts). */
 	bool ktls = tm_tls_ktls(c.io) != 0;
 	for (int i = 0; i < 3; i++) {
@@ -468,7 +468,7 @@ static void test_openssl_sender(void)
 	tm_tls_ctx_set_record_layer(cctx, false);
 	chan_pair(&c, &s, 0);
 	start_both(cctx, &c, sctx, &s);
-	g_assert_true(((tls_chan *)s.io->priv)->own_rx);
+	g_assert_true(((tls_chan *)s.io->priv)->rx_engine->own_keys);
 	g_assert_cmpint(SSL_set_block_padding(chan_ssl(&c), 4096), ==, 1);
 	for (int i = 0; i < 3; i++)
 		transfer(&c, &s, 1 + rnd() % (1u << 20));

@@ -199,3 +199,30 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
 	ERR_clear_error();
 	return code;
 }
+
+/* Records why an SSL call failed, for tm_tls_last_error(). Returns -errno. */
+int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
+{
+	g_free(t->err_msg);
+	t->err_msg = NULL;
+	return tm_tls_explain(t, ret, what, &t->err_msg);
+}
+
+/*
+ * The inner handle failed under our records: explained like OpenSSL's failures, and always
+ * fatal (sealed records may have been dropped, so the stream cannot go on).
+ */
+int tm_tls_io_fatal(tls_chan *t, const char *what)
+{
+	int r = tm_tls_io_fail(t, 0, what);
+	t->broken = true;
+	return r;
+}
+
+int tm_tls_fail(tls_chan *t, int code, char *msg)
+{
+	g_free(t->err_msg);
+	t->err_msg = msg;
+	t->broken = true;
+	return code;
+}
