@@ -400,6 +400,36 @@ static SSL *chan_ssl(tm_chan *ch)
 }
 
 /*
+ * Each layer of a channel's I/O handle counts what it moved itself, and the statistics say which
+ * path that was: the byte mover below TLS always (the handshake at least), the TLS handle only
+ * under kernel TLS, where its path is "ktls" and the TLS note says so.
+ */
+static void check_paths(tm_tls_ctx *ctx, const tm_chan *ch)
+{
+	const tm_io *io = ch->io;
+	bool kernel = tm_tls_ktls(io) != 0;
+	tm_stats st = { 0 };
+
+	g_assert_nonnull(io->inner);
+	g_assert_null(io->inner->inner);
+	g_assert_cmpstr(io->inner->path, ==, inner->name);
+	g_assert_cmpuint(io->inner->st.io_submissions, >, 0);
+	g_assert_cmpstr(io->path, ==, kernel ? "ktls" : NULL);
+	if (kernel)
+		g_assert_cmpuint(io->st.io_submissions, >, 0);
+	else
+		g_assert_cmpuint(io->st.io_submissions, ==, 0);
+	tm_chan_sum(ch, &st);
+	g_assert_cmpuint(st.io_submissions, ==, io->st.io_submissions + io->inner->st.io_submissions);
+	tm_tls_fill_stats(ctx, io, &st);
+	g_test_message("%s", st.tls_note);
+	if (kernel) {
+		g_autofree char *rest = g_strdup_printf("path ktls), the rest by %s", inner->name);
+		g_assert_nonnull(strstr(st.tls_note, rest));
+	}
+}
+
+/*
  * A session with the record layers given for the sender-to-receiver direction on each end:
  * ours against OpenSSL's proves our records are the TLS 1.3 OpenSSL writes and reads, key
  * updates included (key_limit: records per key on the client, 0 for the default).
@@ -427,6 +457,8 @@ static void records_case(bool own_client, bool own_server, uint64_t key_limit)
 	for (int i = 0; i < 20; i++)
 		transfer(&c, &s, 1 + rnd() % 40);
 	shutdown_both(&c, &s);
+	check_paths(cctx, &c);
+	check_paths(sctx, &s);
 	tm_chan_close(&c);
 	tm_chan_close(&s);
 
