@@ -116,9 +116,10 @@ void tm_tls_ctx_set_key_limit(tm_tls_ctx *ctx, uint64_t records);
 void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret);
 
 /*
- * Who protects the records (kernel TLS or, and why, user space): e.g. "kernel TLS offload
- * unavailable: /proc/sys/net/ipv4/tcp_available_ulp lists 'mptcp', no 'tls' (modprobe tls)". The
- * string belongs to ctx. Meant for a log line or the statistics of a run.
+ * Whether the kernel will protect the records of channels started with ctx (kernel TLS), or why
+ * they are protected in user space: e.g. "kernel TLS offload unavailable (tcp_available_ulp:
+ * 'mptcp', no 'tls'; modprobe tls adds it): records protected in user space". The string belongs
+ * to ctx. Meant for a log line or the statistics of a run.
  */
 const char *tm_tls_ctx_ktls_reason(const tm_tls_ctx *ctx);
 
