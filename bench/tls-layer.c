@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 
 #include "common/testing/tcp-pair.h"
+#include "session/channel.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
 
@@ -84,7 +85,7 @@ static gpointer chan_fn(gpointer p)
 	for (uint64_t pkt = 0; pkt * len < c->bytes; pkt++) {
 		unsigned n = build_iov(iov, c->mem, pkt, c->pages, hdr, tags);
 		c->r = c->sender ? tm_chan_send(&c->ch, iov, n, len, &c->err)
-				 : c->ch.ops->recv(&c->ch, iov, n, len);
+				 : tm_io_recv(c->ch.io, iov, n, len);
 		if (c->r < 0)
 			break;
 	}
@@ -110,7 +111,7 @@ typedef struct hs_arg {
 static gpointer hs_fn(gpointer p)
 {
 	hs_arg *h = p;
-	h->r = tm_tls_chan_start(h->ctx, h->ch, &h->err);
+	h->r = tm_tls_wrap(h->ctx, &h->ch->io, &h->err);
 	return NULL;
 }
 
@@ -140,7 +141,7 @@ static void run(const tm_transport_ops *ops, bool tls, unsigned channels, bool p
 			int64_t t0 = tm_now_us();
 			hs_arg h = { sctx, &r->ch, 0, NULL };
 			GThread *th = g_thread_new("hs", hs_fn, &h);
-			if (tm_tls_chan_start(cctx, &s->ch, &err) < 0)
+			if (tm_tls_wrap(cctx, &s->ch.io, &err) < 0)
 				g_error("%s", err->message);
 			g_thread_join(th);
 			if (h.r < 0)
@@ -173,7 +174,7 @@ static void run(const tm_transport_ops *ops, bool tls, unsigned channels, bool p
 	double cpu = cpu_seconds() - cpu0;
 	double secs = (double)(end - t0) / 1e6;
 	double gib = (double)moved / (double)(1ull << 30);
-	const char *cipher = tls ? tm_tls_chan_cipher(&c[0].ch) : "none";
+	const char *cipher = tls ? tm_tls_cipher(c[0].ch.io) : "none";
 	for (unsigned i = 0; i < 2 * channels; i++)
 		tm_chan_close(&c[i].ch); /* sends close_notify */
 	printf("%s,%s,%s,%u,%s,%s,%s,%.3f,%.3f,%.2f,%.2f,%.1f\n", host, kernel, ops->name, channels,

@@ -1,73 +1,50 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * The protocol channel over one I/O handle: frames, sequence numbers, control and ERROR
+ * messages, wire-byte counting and error messages that name the channel. How the bytes move
+ * (sockets, io_uring, TLS around either) is the handle's business (transport.h).
+ */
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "session/session-internal.h"
 #include "tagmig/error.h"
+#include "session/channel.h"
 #include "transport/tls/tls.h"
-#include "transport/transport.h"
 
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 unsigned timeout_ms, unsigned depth, GError **error)
 {
 	memset(ch, 0, sizeof(*ch));
-	ch->fd = fd;
 	ch->id = id;
-	ch->ops = ops;
-	ch->timeout_ms = timeout_ms;
-	ch->depth = ops->submit ? MAX(depth, 1) : 1;
-
-	/* Every blocked read or write ends after timeout_ms: a stuck peer is an error, not a hang. */
-	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
-	int one = 1;
-	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) {
-		int e = errno;
-		g_set_error(error, TM_ERROR, e, "channel %u: socket setup: %s", id, g_strerror(e));
-		close(fd);
-		ch->fd = -1;
-		return -e;
-	}
-	/* Control messages are tiny and latency bound (sync barriers); data goes out in big writes. */
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-
-	ch->priv = g_malloc0(MAX(ops->priv_size, 1));
-	if (ops->open) {
-		int r = ops->open(ch, error);
-		if (r < 0) {
-			g_free(ch->priv);
-			ch->priv = NULL;
-			close(fd);
-			ch->fd = -1;
-			return r;
-		}
-	}
+	ch->fd = -1;
+	int r = tm_io_open(fd, id, ops, timeout_ms, depth, &ch->io, error);
+	if (r < 0)
+		return r;
+	ch->fd = ch->io->fd;
+	ch->depth = ch->io->depth;
 	return 0;
+}
+
+void tm_chan_set_id(tm_chan *ch, unsigned id)
+{
+	ch->id = id;
+	for (tm_io *l = ch->io; l; l = l->inner)
+		l->id = id;
 }
 
 void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms)
 {
-	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
-
-	ch->timeout_ms = timeout_ms;
-	setsockopt(ch->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	setsockopt(ch->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	tm_io_set_timeout(ch->io, timeout_ms);
 }
 
 void tm_chan_close(tm_chan *ch)
 {
-	if (ch->fd < 0)
-		return;
-	if (ch->ops && ch->ops->close)
-		ch->ops->close(ch);
-	g_free(ch->priv);
-	ch->priv = NULL;
-	close(ch->fd);
+	/* The statistics of a session outlive its channels' handles. */
+	tm_io_add_counters(ch->io, &ch->io_closed);
+	tm_io_free(ch->io);
+	ch->io = NULL;
 	ch->fd = -1;
 }
 
@@ -78,24 +55,12 @@ void tm_chan_prefix_error(const tm_chan *ch, GError **error)
 
 const char *tm_chan_io_reason(const tm_chan *ch, int err)
 {
-	/* A TLS channel knows more than an errno: which record failed to authenticate, and so on. */
-	const char *tls = tm_tls_chan_last_error(ch);
-	if (tls)
-		return tls;
-	switch (err) {
-	case ECONNRESET:
-	case EPIPE:
-		return "connection closed by the peer";
-	case ETIMEDOUT:
-		return "timed out";
-	default:
-		return g_strerror(err);
-	}
+	return tm_io_reason(ch->io, err);
 }
 
 int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error)
 {
-	int r = ch->ops->send(ch, iov, n, len);
+	int r = tm_io_send(ch->io, iov, n, len);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
@@ -107,9 +72,9 @@ int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, G
 int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len,
 		   GError **error)
 {
-	if (!ch->ops->submit)
+	if (!ch->io->ops->submit)
 		return tm_chan_send(ch, iov, n, len, error);
-	int r = ch->ops->submit(ch, slot, iov, n, len);
+	int r = ch->io->ops->submit(ch->io, slot, iov, n, len);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
@@ -120,7 +85,7 @@ int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned
 
 int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)
 {
-	int r = ch->ops->wait_slot ? ch->ops->wait_slot(ch, slot) : 0;
+	int r = ch->io->ops->wait_slot ? ch->io->ops->wait_slot(ch->io, slot) : 0;
 	if (r < 0)
 		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
 	return r;
@@ -129,7 +94,7 @@ int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)
 int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 {
 	struct iovec v = { .iov_base = buf, .iov_len = len };
-	int r = ch->ops->recv(ch, &v, 1, len);
+	int r = tm_io_recv(ch->io, &v, 1, len);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "channel %u: receive: %s", ch->id, tm_chan_io_reason(ch, -r));
 		return r;
@@ -140,7 +105,7 @@ int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 
 int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
 {
-	int r = ch->ops->recv(ch, iov, n, len);
+	int r = tm_io_recv(ch->io, iov, n, len);
 	if (r < 0)
 		return r;
 	tm_count(&ch->st.wire_bytes, len);
@@ -155,8 +120,7 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 		return r;
 	r = tm_frame_decode(hdr, sizeof(hdr), packet_size, ret, error);
 	if (r < 0) {
-		if (!tm_tls_chan_is_tls(ch) && ch->rx_seq == 0 &&
-		    tm_tls_looks_like_tls(hdr, sizeof(hdr))) {
+		if (ch->rx_seq == 0 && tm_io_peer_speaks_tls(ch->io, hdr, sizeof(hdr))) {
 			/* Say what happened rather than "bad magic". */
 			g_clear_error(error);
 			g_set_error(error, TM_ERROR, EPROTO,
@@ -237,20 +201,7 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
 	size_t len = tm_error_encode(buf, ch->tx_seq++, code, message);
 
-	if (tm_tls_chan_is_tls(ch)) {
-		/* Inside the TLS stream, or the peer could not read it. Small, so it does not wait
-		 * for a peer that is not reading unless the socket buffer is full, and then at most
-		 * the channel's timeout. */
-		struct iovec v = { .iov_base = buf, .iov_len = len };
-		(void)ch->ops->send(ch, &v, 1, len);
-		return;
-	}
-	/* Not into the middle of a message still in flight: let the backend finish it first. A
-	 * backend that cannot (its own send failed) leaves a stream the peer cannot parse. */
-	if (ch->ops->drain && ch->ops->drain(ch) < 0)
-		return;
-	/* Best effort and never blocking: the peer may be gone or not reading. */
-	(void)!send(ch->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	tm_io_send_last(ch->io, buf, len);
 }
 
 int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)
@@ -265,4 +216,16 @@ int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)
 	if (tm_chan_recv_frame(ch, 0, &f, &local) < 0 || f.type != TM_MSG_ERROR)
 		return 0;
 	return tm_chan_recv_peer_error(ch, &f, peer, error);
+}
+
+void tm_chan_sum(const tm_chan *ch, tm_stats *ret)
+{
+	tm_io_counters io = ch->io_closed;
+
+	tm_counters_sum(&ch->st, ret);
+	tm_io_add_counters(ch->io, &io);
+	ret->io_submissions += io.io_submissions;
+	ret->io_completions += io.io_completions;
+	ret->zc_sends += io.zc_sends;
+	ret->zc_copied += io.zc_copied;
 }

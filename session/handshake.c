@@ -55,7 +55,7 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 	int ret = tm_chan_open(&tmp, fd, 0, r->io, timeout_ms, 1, error);
 	if (ret < 0)
 		return ret;
-	if (r->tls && (ret = tm_tls_chan_start(r->tls, &tmp, error)) < 0) {
+	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp.io, error)) < 0) {
 		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
 		tm_chan_close(&tmp);
 		return ret;
@@ -99,7 +99,7 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 	}
 	unsigned id = h.channel_id;
 	tm_hello_clear(&h);
-	tmp.id = id;
+	tm_chan_set_id(&tmp, id);
 	r->chans[id].ch = tmp;
 	r->chans[id].used = true;
 	return 0;

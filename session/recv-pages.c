@@ -179,7 +179,7 @@ static int recv_loop(recv_chan *c, GError **error)
 						     error)) < 0)
 				return ret;
 			/* A clean TLS close both ways: a stream cut short is an error, not an end. */
-			return tm_tls_chan_shutdown(&c->ch, error);
+			return tm_tls_shutdown(c->ch.io, error);
 		case TM_MSG_ERROR:
 			return tm_chan_recv_peer_error(&c->ch, &f, "sender gave up", error);
 		default:

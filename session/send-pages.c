@@ -150,7 +150,7 @@ static int send_end(send_chan *c, GError **error)
 			    c->ch.id, applied, c->pages_sent);
 		return -EPROTO;
 	}
-	if ((r = tm_tls_chan_shutdown(&c->ch, error)) < 0)
+	if ((r = tm_tls_shutdown(c->ch.io, error)) < 0)
 		return r;
 	g_mutex_lock(&c->s->lock);
 	c->ended = true;

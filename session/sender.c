@@ -192,7 +192,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	for (unsigned i = 0; i < n; i++) {
 		tm_chan *ch = &s->chans[i].ch;
 		r = tm_chan_open(ch, fds[i], i, s->io, s->cfg.timeout_ms, s->cfg.queue_depth, error);
-		if (r >= 0 && s->tls && (r = tm_tls_chan_start(s->tls, ch, error)) < 0)
+		if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
 			tm_chan_close(ch);
 		if (r < 0) {
 			for (unsigned j = i + 1; j < n; j++)

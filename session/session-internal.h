@@ -19,8 +19,8 @@
 
 #include "codec/codec.h"
 #include "tagmig/session.h"
+#include "session/channel.h"
 #include "transport/tls/tls.h"
-#include "transport/transport.h"
 
 enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
 
@@ -123,13 +123,6 @@ struct tm_receiver {
 	unsigned ended;
 	int64_t t_start, t_end;
 };
-
-/* ---- channel.c (the rest of the protocol channel is declared in transport/transport.h) ---- */
-/*
- * Receives exactly len bytes into iov[0..n) and counts them. Returns 0 or -errno without a message:
- * the caller names what was being received (tm_chan_io_reason() has the words).
- */
-int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
 
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */

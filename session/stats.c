@@ -18,17 +18,13 @@ void tm_counters_sum(const tm_counters *c, tm_stats *ret)
 	ret->wire_bytes += __atomic_load_n(&c->wire_bytes, __ATOMIC_RELAXED);
 	ret->data_bytes += __atomic_load_n(&c->data_bytes, __ATOMIC_RELAXED);
 	ret->tag_bytes += __atomic_load_n(&c->tag_bytes, __ATOMIC_RELAXED);
-	ret->io_submissions += __atomic_load_n(&c->io_submissions, __ATOMIC_RELAXED);
-	ret->io_completions += __atomic_load_n(&c->io_completions, __ATOMIC_RELAXED);
-	ret->zc_sends += __atomic_load_n(&c->zc_sends, __ATOMIC_RELAXED);
-	ret->zc_copied += __atomic_load_n(&c->zc_copied, __ATOMIC_RELAXED);
 }
 
 void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));
 	for (unsigned i = 0; i < s->nch; i++)
-		tm_counters_sum(&s->chans[i].ch.st, ret);
+		tm_chan_sum(&s->chans[i].ch, ret);
 	ret->syncs = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED);
 	ret->channels = s->nch;
 	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
@@ -37,7 +33,7 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 	/* Channels and TLS state are complete once the session started (t_start is set under the
 	 * lock after attach), not while attach is still building them. */
 	if (s->t_start)
-		tm_tls_fill_stats(s->tls, &s->chans[0].ch, ret);
+		tm_tls_fill_stats(s->tls, s->chans[0].ch.io, ret);
 	if (s->t_start)
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
 	g_mutex_unlock(&s->lock);
@@ -53,9 +49,9 @@ void tm_receiver_get_stats(tm_receiver *r, tm_stats *ret)
 	 * before, accept may still be building them. */
 	if (r->t_start) {
 		for (unsigned i = 0; i < r->nch; i++)
-			tm_counters_sum(&r->chans[i].ch.st, ret);
+			tm_chan_sum(&r->chans[i].ch, ret);
 		ret->channels = r->nch;
-		tm_tls_fill_stats(r->tls, &r->chans[0].ch, ret);
+		tm_tls_fill_stats(r->tls, r->chans[0].ch.io, ret);
 		ret->seconds = (double)((r->t_end ? r->t_end : tm_now_us()) - r->t_start) / 1e6;
 	}
 	g_mutex_unlock(&r->lock);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Transport internals: channels and the I/O backend interface. A channel is one connected TCP
- * socket with its sequence numbers and counters; a backend (sockets, io_uring) moves bytes
- * for it. Sessions (session/) never call read/write themselves.
+ * Byte movers: the I/O handle (tm_io: one connected TCP socket, the backend that moves its bytes,
+ * that backend's state and counters) and the backend interface. Backends: socket/, io_uring/, and
+ * tls/, which wraps another handle. The protocol channel that owns a handle (sequence numbers,
+ * messages) is session/channel.h; sessions never call read/write themselves.
  */
 #pragma once
 
@@ -15,11 +16,17 @@
 #include "codec/codec.h"
 #include "tagmig/session.h"
 
-typedef struct tm_chan tm_chan;
+typedef struct tm_io tm_io;
 
 /*
- * An I/O backend. The ops table is const; per-channel state of priv_size bytes is allocated
- * zeroed by the core (ch->priv) before open and freed after close.
+ * An I/O handle's backend: a byte mover on a connected socket (sockets, io_uring) or a wrapper
+ * that moves its bytes through another handle (TLS, transport/tls/tls.h). The ops table is
+ * const. A byte mover is opened by tm_io_open(): the core allocates priv_size bytes zeroed
+ * (io->priv) before open and frees them after close. A wrapper is made by its own start function
+ * over an open handle (tm_io_wrap()); its open hook refuses.
+ *
+ * Every hook runs on the thread that owns the handle at the time, one call at a time. Counters
+ * (io->st) count what this handle itself submitted to the kernel, never what its inner handle did.
  */
 typedef struct tm_transport_ops {
 	const char *name;
@@ -29,34 +36,54 @@ typedef struct tm_transport_ops {
 	 * Returns 0 or -errno with the reason in *error. Called before a session picks the backend.
 	 */
 	int (*probe)(GError **error);
-	/* Optional. Called once per channel after ch->fd is connected and configured. */
-	int (*open)(tm_chan *ch, GError **error);
-	/* Optional. Called once per channel before the fd is closed; frees what open acquired. */
-	void (*close)(tm_chan *ch);
+	/*
+	 * Optional. Called once by tm_io_open() after io->fd is connected and configured; may lower
+	 * io->depth. Returns 0 or -errno with *error set; on failure close is not called.
+	 */
+	int (*open)(tm_io *io, GError **error);
+	/*
+	 * Optional. Called once before the handle goes: frees what open (or the wrapper's start)
+	 * acquired, but not io->priv itself. A wrapper's close runs before its inner handle is closed
+	 * and may still send through it (TLS: close_notify).
+	 */
+	void (*close)(tm_io *io);
 	/*
 	 * Required. Sends exactly len bytes described by iov[0..n) (n may exceed IOV_MAX) and
-	 * returns 0 once the buffers may be reused, or -errno: -ETIMEDOUT after ch->timeout_ms with
+	 * returns 0 once the buffers may be reused, or -errno: -ETIMEDOUT after io->timeout_ms with
 	 * no progress, -EPIPE / -ECONNRESET when the peer is gone. A short write is resumed, never
 	 * reported. The iov array itself is not modified.
 	 */
-	int (*send)(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
+	int (*send)(tm_io *io, const struct iovec *iov, unsigned n, size_t len);
 	/*
 	 * Required. Fills exactly len bytes into iov[0..n). Returns 0 or -errno; the peer closing
-	 * before len bytes arrived is -ECONNRESET, a wait beyond ch->timeout_ms -ETIMEDOUT.
+	 * before len bytes arrived is -ECONNRESET, a wait beyond io->timeout_ms -ETIMEDOUT.
 	 */
-	int (*recv)(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
+	int (*recv)(tm_io *io, const struct iovec *iov, unsigned n, size_t len);
 
 	/*
-	 * Optional, all three or none: messages in flight. The sender keeps ch->depth packet slots
+	 * Optional, all three or none: messages in flight. The sender keeps io->depth packet slots
 	 * (set by open, at least 1). submit() queues the message of slot (0..depth-1) and may
 	 * return before it is sent; until wait_slot() for that slot returns 0 the backend may
 	 * still read the buffers and the iov array. Messages leave in submission order. A short
 	 * send is resumed by the backend, never reported. An error of an earlier submission may be
 	 * returned by any later call. drain() waits for every slot. send() and recv() drain first.
 	 */
-	int (*submit)(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len);
-	int (*wait_slot)(tm_chan *ch, unsigned slot);
-	int (*drain)(tm_chan *ch);
+	int (*submit)(tm_io *io, unsigned slot, const struct iovec *iov, unsigned n, size_t len);
+	int (*wait_slot)(tm_io *io, unsigned slot);
+	int (*drain)(tm_io *io);
+
+	/*
+	 * Optional. A last message before giving up (an ERROR), best effort: sends len bytes without
+	 * waiting for a peer that does not read longer than the socket buffer makes it (at most
+	 * io->timeout_ms). Without it tm_io_send_last() drains, then writes to the socket without
+	 * blocking. A wrapper needs it: its peer can only read what went through it.
+	 */
+	void (*send_last)(tm_io *io, const void *buf, size_t len);
+	/*
+	 * Optional. Words for the last failed send or recv when the backend knows more than the
+	 * errno (TLS: which record failed to authenticate), or NULL. Valid until the next call on io.
+	 */
+	const char *(*last_error)(const tm_io *io);
 } tm_transport_ops;
 
 extern const tm_transport_ops tm_transport_socket;
@@ -70,7 +97,89 @@ extern const tm_transport_ops tm_transport_io_uring;
 int tm_transport_lookup(const char *name, const tm_transport_ops **ret, char **ret_note,
 			GError **error);
 
-/* Counters of one channel: written by its worker only (relaxed atomics), summed by get_stats. */
+/* What one I/O handle submitted to the kernel: written by its owner only (relaxed atomics). */
+typedef struct tm_io_counters {
+	uint64_t io_submissions; /* kernel submissions (io_uring SQEs, or send/recv calls) */
+	uint64_t io_completions;
+	uint64_t zc_sends;       /* zero-copy sends */
+	uint64_t zc_copied;      /* zero-copy sends the kernel completed by copying after all */
+} tm_io_counters;
+
+static inline void tm_count(uint64_t *c, uint64_t v)
+{
+	__atomic_fetch_add(c, v, __ATOMIC_RELAXED);
+}
+
+/* One connected socket and the backend that moves its bytes (plus, for a wrapper, its inner handle). */
+struct tm_io {
+	/* read-only after setup */
+	int fd;
+	unsigned id;          /* the channel's number, for error messages */
+	unsigned timeout_ms;
+	unsigned depth;       /* packet slots for ops->submit; 1 without it */
+	const tm_transport_ops *ops;
+	void *priv;
+	tm_io *inner;         /* a wrapper's handle that moves its bytes (owned); NULL: a byte mover */
+	/*
+	 * What moves this handle's bytes, for the statistics: ops->name for a byte mover; NULL for a
+	 * wrapper that hands all of them to its inner handle; a wrapper that moves some on the socket
+	 * itself names that path ("ktls": kernel TLS, sendmsg/recvmsg). A static string, set by
+	 * tm_io_open or tm_io_wrap; a wrapper may change it before its start function returns.
+	 */
+	const char *path;
+	/* worker-local (the thread that owns the channel at the time) */
+	tm_io_counters st;
+};
+
+/*
+ * Opens a byte mover on fd (taken, closed on failure too): configures the socket (timeouts,
+ * TCP_NODELAY), allocates io->priv, calls ops->open with depth packet slots (the backend may
+ * lower it; io->depth says what it took). Returns 0 and *ret (free with tm_io_free), or -errno
+ * with "channel <id>: ..." in *error. ops must be a byte mover: a wrapper's open refuses.
+ */
+int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, unsigned timeout_ms,
+	       unsigned depth, tm_io **ret, GError **error);
+
+/*
+ * Makes a wrapper handle over inner (which it then owns) with ops and priv (a g_malloc'd block
+ * the handle frees after ops->close), path NULL. fd, id and timeout are inner's; no packet slots
+ * (tm_chan_submit sends synchronously). Never fails.
+ */
+tm_io *tm_io_wrap(tm_io *inner, const tm_transport_ops *ops, void *priv);
+
+/* Closes io: ops->close, then its inner handle (a byte mover closes the fd). NULL: no-op. */
+void tm_io_free(tm_io *io);
+
+/* Changes how long a single blocked read or write may take, on io and every handle below it. */
+void tm_io_set_timeout(tm_io *io, unsigned timeout_ms);
+
+/* The hooks, for callers that hold a handle (see the contracts above). */
+static inline int tm_io_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+{
+	return io->ops->send(io, iov, n, len);
+}
+static inline int tm_io_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+{
+	return io->ops->recv(io, iov, n, len);
+}
+
+/* Best effort, never blocks longer than the timeout: ops->send_last, else drain + MSG_DONTWAIT. */
+void tm_io_send_last(tm_io *io, const void *buf, size_t len);
+
+/* Words for a failed send or receive of io: ops->last_error if it has some, or the errno's. */
+const char *tm_io_reason(const tm_io *io, int err);
+
+/*
+ * Whether buf, the first bytes received on io, say that the peer speaks TLS while io moves the
+ * socket's bytes as they are (no wrapper): a TLS handshake record (a ClientHello) where a
+ * plaintext peer's first message would be. Needs at least 3 bytes.
+ */
+bool tm_io_peer_speaks_tls(const tm_io *io, const uint8_t *buf, size_t len);
+
+/* Adds the I/O counters of io and of every handle below it to ret. io NULL: no-op. */
+void tm_io_add_counters(const tm_io *io, tm_io_counters *ret);
+
+/* Counters of a protocol channel: written by its worker only (relaxed atomics), summed by get_stats. */
 typedef struct tm_counters {
 	uint64_t pages;
 	uint64_t by_kind[TM_PAGE_KIND_COUNT];
@@ -79,88 +188,9 @@ typedef struct tm_counters {
 	uint64_t wire_bytes;
 	uint64_t data_bytes;
 	uint64_t tag_bytes;
-	uint64_t io_submissions; /* kernel submissions (io_uring SQEs, or send/recv calls) */
-	uint64_t io_completions;
-	uint64_t zc_sends;       /* zero-copy sends */
-	uint64_t zc_copied;      /* zero-copy sends the kernel completed by copying after all */
 } tm_counters;
 
-static inline void tm_count(uint64_t *c, uint64_t v)
-{
-	__atomic_fetch_add(c, v, __ATOMIC_RELAXED);
-}
-
-struct tm_chan {
-	/* read-only after setup */
-	int fd;
-	unsigned id;
-	unsigned timeout_ms;
-	unsigned depth; /* packet slots for ops->submit; 1 without it */
-	const tm_transport_ops *ops;
-	void *priv;
-	/* worker-local (the thread that owns the channel at the time) */
-	uint32_t tx_seq;
-	uint32_t rx_seq;
-	bool peer_error; /* the failure at hand is the peer's ERROR message */
-	tm_counters st;
-};
-
-/*
- * Takes fd (closed on failure too), configures it, opens the backend with depth packet slots
- * (the backend may lower it; ch->depth says what it took).
- */
-int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
-		 unsigned timeout_ms, unsigned depth, GError **error);
-void tm_chan_close(tm_chan *ch);
-
-/* Changes how long a single blocked read or write of ch may take. */
-void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms);
-
-/*
- * Sends the message of a packet slot: ops->submit where the backend has it, else ops->send.
- * Counts wire bytes; the error names the channel.
- */
-int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len,
-		   GError **error);
-/* Waits until the buffers of slot may be reused (no-op without ops->submit). */
-int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error);
-
-/* Send/receive with the channel named in *error; send counts wire bytes. */
-int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error);
-int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error);
-
-/* Reads and decodes the next frame header; checks its sequence number. */
-int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError **error);
-
-/* Sends a control message (tm_ctrl_encode). */
-int tm_chan_send_ctrl(tm_chan *ch, uint8_t type, uint64_t a, uint64_t b, GError **error);
-
-/*
- * Receives the next message, which must be a control message of type `type`; an ERROR from the
- * peer becomes -code with its message ("channel N: receiver: ..."), anything else -EPROTO.
- */
-int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_b,
-		      GError **error);
-
-/* Receives an ERROR body of f (already read) and turns it into *error. Returns -code. */
-int tm_chan_recv_peer_error(tm_chan *ch, const tm_frame *f, const char *peer, GError **error);
-
-/* Best effort, never blocks: tells the peer why we give up. */
-void tm_chan_send_error(tm_chan *ch, int code, const char *message);
-
-/*
- * After a send failed because the peer went away: waits up to a second for an ERROR the peer
- * sent before closing and turns it into *error (returns -code), else returns 0.
- */
-int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error);
-
-/* Words for a failed send or receive: the TLS layer's explanation, or the errno's. */
-const char *tm_chan_io_reason(const tm_chan *ch, int err);
-
-/* Prefixes *error with "channel N: ". */
-void tm_chan_prefix_error(const tm_chan *ch, GError **error);
-
-/* Sums counters of n channels into ret (pages, bytes, ...). */
+/* Sums the protocol counters of a channel into ret (pages, bytes, ...); see tm_chan_sum. */
 void tm_counters_sum(const tm_counters *c, tm_stats *ret);
 
 /* ---- net.c ---- */

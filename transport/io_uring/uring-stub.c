@@ -13,7 +13,7 @@ static int probe(GError **error)
 	return -EOPNOTSUPP;
 }
 
-static int no_io(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int no_io(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	return -EOPNOTSUPP;
 }

@@ -2,7 +2,7 @@
 /*
  * The io_uring backend: one ring per channel, the socket registered as a fixed file.
  *
- * Sending: the sender keeps ch->depth packet slots. Exactly one send operation is in the kernel
+ * Sending: the sender keeps io->depth packet slots. Exactly one send operation is in the kernel
  * at a time per channel: two sends on one TCP socket that are both in flight may be issued out of
  * order when the first waits for socket space, which would corrupt the stream. What may overlap
  * is everything else: with zero-copy sends (IORING_OP_SENDMSG_ZC) a send completes once the
@@ -54,7 +54,7 @@ typedef struct uslot {
 typedef struct uring_priv {
 	struct io_uring ring;
 	bool ring_ok;
-	uslot *slots;  /* ch->depth for packets, one more for synchronous sends */
+	uslot *slots;  /* io->depth for packets, one more for synchronous sends */
 	unsigned nslots;
 	int active;    /* slot whose send is in the kernel, or -1 */
 	int error;     /* first failure of an asynchronous send (negative errno), sticky */
@@ -111,28 +111,28 @@ static int probe(GError **error)
 	return 0;
 }
 
-static int uring_open(tm_chan *ch, GError **error)
+static int uring_open(tm_io *io, GError **error)
 {
-	uring_priv *p = ch->priv;
-	unsigned depth = CLAMP(ch->depth, 1, 64);
+	uring_priv *p = io->priv;
+	unsigned depth = CLAMP(io->depth, 1, 64);
 
 	/* Two CQEs per zero-copy send, a receive and a cancel: never overflow the CQ. */
 	int r = io_uring_queue_init(4 * depth + 8, &p->ring, 0);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_queue_init: %s", ch->id,
+		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_queue_init: %s", io->id,
 			    g_strerror(-r));
 		return r;
 	}
 	p->ring_ok = true;
-	r = io_uring_register_files(&p->ring, &ch->fd, 1);
+	r = io_uring_register_files(&p->ring, &io->fd, 1);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_register_files: %s", ch->id,
+		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_register_files: %s", io->id,
 			    g_strerror(-r));
 		io_uring_queue_exit(&p->ring);
 		p->ring_ok = false;
 		return r;
 	}
-	ch->depth = depth;
+	io->depth = depth;
 	p->nslots = depth + 1;
 	p->slots = g_new0(uslot, p->nslots);
 	p->active = -1;
@@ -142,11 +142,11 @@ static int uring_open(tm_chan *ch, GError **error)
 	return 0;
 }
 
-static int wait_cqe(tm_chan *ch, struct io_uring_cqe **cqe)
+static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 {
-	uring_priv *p = ch->priv;
-	struct __kernel_timespec ts = { .tv_sec = ch->timeout_ms / 1000,
-					.tv_nsec = (long long)(ch->timeout_ms % 1000) * 1000000 };
+	uring_priv *p = io->priv;
+	struct __kernel_timespec ts = { .tv_sec = io->timeout_ms / 1000,
+					.tv_nsec = (long long)(io->timeout_ms % 1000) * 1000000 };
 	for (;;) {
 		int r = io_uring_wait_cqe_timeout(&p->ring, cqe, &ts);
 		if (r == -EINTR)
@@ -155,9 +155,9 @@ static int wait_cqe(tm_chan *ch, struct io_uring_cqe **cqe)
 	}
 }
 
-static int issue_send(tm_chan *ch, unsigned slot)
+static int issue_send(tm_io *io, unsigned slot)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 	uslot *s = &p->slots[slot];
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
 	bool zc = p->zc && slot + 1 < p->nslots;
@@ -169,7 +169,7 @@ static int issue_send(tm_chan *ch, unsigned slot)
 		io_uring_prep_sendmsg_zc(sqe, 0, &s->msg, MSG_WAITALL | MSG_NOSIGNAL);
 		sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
 		s->notifs++;
-		tm_count(&ch->st.zc_sends, 1);
+		tm_count(&io->st.zc_sends, 1);
 	} else {
 		io_uring_prep_sendmsg(sqe, 0, &s->msg, MSG_WAITALL | MSG_NOSIGNAL);
 	}
@@ -186,23 +186,23 @@ static int issue_send(tm_chan *ch, unsigned slot)
 		p->active = -1;
 		return r;
 	}
-	tm_count(&ch->st.io_submissions, 1);
+	tm_count(&io->st.io_submissions, 1);
 	return 0;
 }
 
 /* Reaps one completion (waiting for it) and updates the slot or receive it belongs to. */
-static int reap(tm_chan *ch)
+static int reap(tm_io *io)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 	struct io_uring_cqe *cqe;
-	int r = wait_cqe(ch, &cqe);
+	int r = wait_cqe(io, &cqe);
 	if (r < 0)
 		return r;
 	uint64_t ud = io_uring_cqe_get_data64(cqe);
 	int res = cqe->res;
 	unsigned flags = cqe->flags;
 	io_uring_cqe_seen(&p->ring, cqe);
-	tm_count(&ch->st.io_completions, 1);
+	tm_count(&io->st.io_completions, 1);
 
 	if (ud == UD_CANCEL)
 		return 0;
@@ -217,7 +217,7 @@ static int reap(tm_chan *ch)
 	if (flags & IORING_CQE_F_NOTIF) {
 		s->notifs--;
 		if ((unsigned)res & IORING_NOTIF_USAGE_ZC_COPIED) {
-			tm_count(&ch->st.zc_copied, 1);
+			tm_count(&io->st.zc_copied, 1);
 			if (++p->zc_copied_run >= ZC_COPIED_LIMIT && !p->zc_forced)
 				p->zc = false;
 		} else {
@@ -243,7 +243,7 @@ static int reap(tm_chan *ch)
 		tm_iov_advance(&v, &n, (size_t)res);
 		memmove(s->iov, v, n * sizeof(*v));
 		s->n = n;
-		r = issue_send(ch, (unsigned)ud);
+		r = issue_send(io, (unsigned)ud);
 		if (r < 0 && !p->error)
 			p->error = r;
 		return 0;
@@ -254,34 +254,34 @@ static int reap(tm_chan *ch)
 	return 0;
 }
 
-static int wait_slot(tm_chan *ch, unsigned slot)
+static int wait_slot(tm_io *io, unsigned slot)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 	uslot *s = &p->slots[slot];
 
 	/* After a failure the session is going down: do not wait for notifications that only a
 	 * close will bring (close cancels and collects them before buffers go). */
 	while (!p->error && (s->sending || s->notifs)) {
-		int r = reap(ch);
+		int r = reap(io);
 		if (r < 0)
 			return r;
 	}
 	return p->error;
 }
 
-static int uring_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n,
+static int uring_submit(tm_io *io, unsigned slot, const struct iovec *iov, unsigned n,
 			size_t len)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 	if (p->error)
 		return p->error;
 	/* One send in the kernel at a time keeps the byte stream in order. */
 	while (p->active >= 0) {
-		int r = reap(ch);
+		int r = reap(io);
 		if (r < 0)
 			return r;
 	}
-	int r = wait_slot(ch, slot);
+	int r = wait_slot(io, slot);
 	if (r < 0)
 		return r;
 	uslot *s = &p->slots[slot];
@@ -292,34 +292,34 @@ static int uring_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, uns
 	memcpy(s->iov, iov, n * sizeof(*iov));
 	s->n = n;
 	s->left = len;
-	return issue_send(ch, slot);
+	return issue_send(io, slot);
 }
 
-static int uring_drain(tm_chan *ch)
+static int uring_drain(tm_io *io)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 	for (unsigned i = 0; i < p->nslots; i++) {
-		int r = wait_slot(ch, i);
+		int r = wait_slot(io, i);
 		if (r < 0)
 			return r;
 	}
 	return p->error;
 }
 
-static int uring_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int uring_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	uring_priv *p = ch->priv;
-	int r = uring_drain(ch);
+	uring_priv *p = io->priv;
+	int r = uring_drain(io);
 	if (r < 0)
 		return r;
 	/* The extra slot: never zero-copy (small control messages), waited for at once. */
-	r = uring_submit(ch, p->nslots - 1, iov, n, len);
-	return r < 0 ? r : wait_slot(ch, p->nslots - 1);
+	r = uring_submit(io, p->nslots - 1, iov, n, len);
+	return r < 0 ? r : wait_slot(io, p->nslots - 1);
 }
 
-static int uring_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 
 	/* A failed send does not stop this direction: the peer's ERROR may be waiting here. */
 	if (n > p->rcap) {
@@ -342,9 +342,9 @@ static int uring_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t l
 			p->recv_pending = false;
 			return r;
 		}
-		tm_count(&ch->st.io_submissions, 1);
+		tm_count(&io->st.io_submissions, 1);
 		while (p->recv_pending) {
-			r = reap(ch);
+			r = reap(io);
 			if (r < 0)
 				return r;
 		}
@@ -358,9 +358,9 @@ static int uring_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t l
 	return 0;
 }
 
-static void uring_close(tm_chan *ch)
+static void uring_close(tm_io *io)
 {
-	uring_priv *p = ch->priv;
+	uring_priv *p = io->priv;
 
 	if (p->ring_ok) {
 		/* Nothing may land in guest RAM or read a freed buffer after we return: cancel
@@ -373,14 +373,14 @@ static void uring_close(tm_chan *ch)
 			io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
 			io_uring_sqe_set_data64(sqe, UD_CANCEL);
 			io_uring_submit(&p->ring);
-			unsigned saved = ch->timeout_ms;
-			ch->timeout_ms = 1000;
-			while (busy && reap(ch) == 0) {
+			unsigned saved = io->timeout_ms;
+			io->timeout_ms = 1000;
+			while (busy && reap(io) == 0) {
 				busy = p->recv_pending || p->active >= 0;
 				for (unsigned i = 0; i < p->nslots; i++)
 					busy = busy || p->slots[i].notifs;
 			}
-			ch->timeout_ms = saved;
+			io->timeout_ms = saved;
 		}
 		io_uring_queue_exit(&p->ring);
 	}

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The portable backend: blocking sendmsg/readv straight from and into guest RAM (no bounce copy).
- * Timeouts come from SO_SNDTIMEO/SO_RCVTIMEO, which the channel sets up.
+ * Timeouts come from SO_SNDTIMEO/SO_RCVTIMEO, which the I/O handle sets up (tm_io_open).
  */
 #include <errno.h>
 #include <limits.h>
@@ -16,17 +16,17 @@ typedef struct sock_priv {
 	unsigned cap;
 } sock_priv;
 
-static void sock_close(tm_chan *ch)
+static void sock_close(tm_io *io)
 {
-	sock_priv *p = ch->priv;
+	sock_priv *p = io->priv;
 
 	g_free(p->scratch);
 }
 
 /* Copies iov into the channel's scratch array so that partial transfers can advance it. */
-static struct iovec *scratch_copy(tm_chan *ch, const struct iovec *iov, unsigned n)
+static struct iovec *scratch_copy(tm_io *io, const struct iovec *iov, unsigned n)
 {
-	sock_priv *p = ch->priv;
+	sock_priv *p = io->priv;
 
 	if (n > p->cap) {
 		p->scratch = g_renew(struct iovec, p->scratch, n);
@@ -36,14 +36,14 @@ static struct iovec *scratch_copy(tm_chan *ch, const struct iovec *iov, unsigned
 	return p->scratch;
 }
 
-static int sock_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int sock_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	struct iovec *v = scratch_copy(ch, iov, n);
+	struct iovec *v = scratch_copy(io, iov, n);
 
 	while (len > 0) {
 		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
-		ssize_t r = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
-		tm_count(&ch->st.io_submissions, 1);
+		ssize_t r = sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+		tm_count(&io->st.io_submissions, 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -55,13 +55,13 @@ static int sock_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 	return 0;
 }
 
-static int sock_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static int sock_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	struct iovec *v = scratch_copy(ch, iov, n);
+	struct iovec *v = scratch_copy(io, iov, n);
 
 	while (len > 0) {
-		ssize_t r = readv(ch->fd, v, (int)MIN(n, (unsigned)IOV_MAX));
-		tm_count(&ch->st.io_submissions, 1);
+		ssize_t r = readv(io->fd, v, (int)MIN(n, (unsigned)IOV_MAX));
+		tm_count(&io->st.io_submissions, 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;

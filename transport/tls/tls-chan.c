@@ -1,19 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TLS on one channel: the handshake, the tm_transport_ops wrapper and the clean close.
- *
- * OpenSSL reads and writes through a BIO of ours whose read and write call the inner backend's
- * recv and send with exact lengths. Without read-ahead OpenSSL asks for a record header (5 bytes),
- * then for exactly the record's body, so the inner backend's "fill exactly len bytes" contract
- * fits. The BIO reads ahead what has already arrived (bio_read), so during bulk transfer one
- * inner recv brings many records. Written records are collected (up to TM_TLS_OUT bytes) and go
- * to the inner send together at the end of every call into OpenSSL (and when OpenSSL flushes a
- * handshake flight). After the handshake the sender-to-receiver direction goes to tls-own.c
- * (tagmig's records or kernel TLS); OpenSSL keeps the other one.
+ * TLS on one channel: the TLS handle (tm_transport_tls) that wraps an inner I/O handle, the
+ * handshake, the choice of record engine per direction, and the clean close. The engines do the
+ * records: OpenSSL's (tls-openssl.c, also the BIO OpenSSL talks through), tagmig's (tls-own.c)
+ * and kernel TLS (ktls.c); this file calls them only through their ops tables.
  */
 #include <errno.h>
 #include <string.h>
-#include <sys/ioctl.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -25,143 +18,9 @@
 /* The server's confirmation after the handshake (see tls.h). */
 static const uint8_t ready_msg[8] = { 'T', 'M', 'T', 'L', 'S', '1', '\r', '\n' };
 
-/* ---- the BIO between OpenSSL and the inner backend ---- */
-
-/* Hands the collected records to the inner backend. */
-int tm_tls_flush_out(tls_chan *t)
-{
-	if (t->nout == 0 || t->io_err)
-		return t->io_err;
-	struct iovec v = { .iov_base = t->out, .iov_len = t->nout };
-	int r = t->inner.ops->send(&t->inner, &v, 1, t->nout);
-	t->nout = 0;
-	if (r < 0)
-		t->io_err = r;
-	return r;
-}
-
-static int bio_write(BIO *b, const char *buf, int len)
-{
-	tls_chan *t = BIO_get_data(b);
-
-	BIO_clear_retry_flags(b);
-	if (len <= 0)
-		return 0;
-	if (t->writes_barred) {
-		/*
-		 * Our records carry this direction's sequence numbers (from the end of the client's
-		 * handshake on): a record of OpenSSL's (an alert, a reply to a key update request)
-		 * would reuse a nonce. Refuse it.
-		 */
-		t->write_blocked = true;
-		return -1;
-	}
-	if (t->out && (size_t)len <= TM_TLS_OUT) {
-		/* Collect; the wrapper flushes at the end of every call into OpenSSL. */
-		if (t->nout + (size_t)len > TM_TLS_OUT && tm_tls_flush_out(t) < 0)
-			return -1;
-		memcpy(t->out + t->nout, buf, (size_t)len);
-		t->nout += (size_t)len;
-		return len;
-	}
-	if (tm_tls_flush_out(t) < 0)
-		return -1;
-	struct iovec v = { .iov_base = (void *)buf, .iov_len = (size_t)len };
-	int r = t->inner.ops->send(&t->inner, &v, 1, (size_t)len);
-	if (r < 0) {
-		t->io_err = r;
-		return -1;
-	}
-	return len;
-}
-
-/*
- * OpenSSL (without read-ahead) asks for a record header, then for exactly the record's body. One
- * inner recv per request would be two kernel round trips per 16 KiB record, so the BIO reads
- * ahead into t->in: what OpenSSL asks for, plus whatever the socket already holds (FIONREAD),
- * up to TM_TLS_IN bytes; the following requests are served from there. Reading only what has
- * arrived never waits for bytes the peer has not sent, so a peer that ends the session (a short
- * close_notify record, then EOF) is still told apart from one that vanishes. Besides, when the
- * caller still needs more plaintext than the record being read can hold (16 bytes of tag and one
- * of content type come off its body), another record must follow: its header is read together
- * with this body even if it has not arrived yet. No read-ahead during the handshake (t->in is
- * not allocated yet): OpenSSL gets exactly the bytes it asks for.
- */
-static int bio_read(BIO *b, char *buf, int len)
-{
-	tls_chan *t = BIO_get_data(b);
-	size_t n = (size_t)len;
-
-	BIO_clear_retry_flags(b);
-	if (len <= 0)
-		return 0;
-	if (t->in_len > 0) {
-		size_t k = MIN(n, t->in_len);
-		memcpy(buf, t->in + t->in_off, k);
-		t->in_off += k;
-		t->in_len -= k;
-		if (k == n)
-			return len;
-		buf += k;
-		n -= k;
-	}
-	size_t extra = 0;
-	if (t->in) {
-		int avail = 0;
-		if (ioctl(t->inner.fd, FIONREAD, &avail) == 0 && avail > 0 && (size_t)avail > n)
-			extra = (size_t)avail - n;
-		/* n is a whole record body (none of it came from t->in): is a header due? */
-		if ((size_t)len == n && n >= 256 && t->want > n - 17)
-			extra = MAX(extra, 5u);
-		extra = MIN(extra, (size_t)TM_TLS_IN);
-	}
-	struct iovec v[2] = { { .iov_base = buf, .iov_len = n },
-			      { .iov_base = t->in, .iov_len = extra } };
-	int r = t->inner.ops->recv(&t->inner, v, extra ? 2 : 1, n + extra);
-	if (r < 0) {
-		t->io_err = r;
-		return -1;
-	}
-	t->in_off = 0;
-	t->in_len = extra;
-	if (t->nfirst < sizeof(t->first)) {
-		unsigned k = MIN((unsigned)n, (unsigned)sizeof(t->first) - t->nfirst);
-		memcpy(t->first + t->nfirst, buf, k);
-		t->nfirst += k;
-	}
-	return len;
-}
-
-static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-	/* OpenSSL flushes after each handshake flight; every other control is unsupported. */
-	if (cmd == BIO_CTRL_FLUSH)
-		return tm_tls_flush_out(BIO_get_data(b)) < 0 ? 0 : 1;
-	return 0;
-}
-
-static BIO_METHOD *bio_method(void)
-{
-	static gsize once;
-	static BIO_METHOD *m;
-
-	if (g_once_init_enter(&once)) {
-		BIO_METHOD *nm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
-					      "tagmig channel");
-		if (nm) {
-			BIO_meth_set_write(nm, bio_write);
-			BIO_meth_set_read(nm, bio_read);
-			BIO_meth_set_ctrl(nm, bio_ctrl);
-		}
-		m = nm;
-		g_once_init_leave(&once, 1);
-	}
-	return m;
-}
-
 /* ---- helpers ---- */
 
-/* Frees what t holds, not t itself nor the inner backend. */
+/* Frees what t holds, not t itself nor the inner handle. */
 static void tls_release(tls_chan *t)
 {
 	SSL_free(t->ssl); /* and the BIO */
@@ -186,14 +45,6 @@ static void tls_release(tls_chan *t)
 	g_free(t->err_msg);
 }
 
-/* Records why an SSL call failed, for tm_tls_chan_last_error(). Returns -errno. */
-int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
-{
-	g_free(t->err_msg);
-	t->err_msg = NULL;
-	return tm_tls_explain(t, ret, what, &t->err_msg);
-}
-
 /* Checks that t may still be used; a failed TLS session stays failed. */
 static int io_begin(tls_chan *t)
 {
@@ -204,148 +55,62 @@ static int io_begin(tls_chan *t)
 	return 0;
 }
 
-/*
- * The inner backend counts into the shadow channel (kernel submissions and the like): move what
- * it counted to the real channel, whose counters the session sums. Every counter is a uint64_t.
- */
-static void fold_counters(tm_chan *ch, tls_chan *t)
-{
-	G_STATIC_ASSERT(sizeof(tm_counters) % sizeof(uint64_t) == 0);
-	uint64_t *from = (uint64_t *)&t->inner.st, *to = (uint64_t *)&ch->st;
-
-	for (size_t i = 0; i < sizeof(tm_counters) / sizeof(uint64_t); i++) {
-		if (from[i]) {
-			tm_count(&to[i], from[i]);
-			from[i] = 0;
-		}
-	}
-}
-
-static int write_all(tls_chan *t, const void *buf, size_t len)
-{
-	size_t done;
-
-	/* A blocking BIO and no partial-write mode: SSL_write_ex writes everything or fails. */
-	int ok = SSL_write_ex(t->ssl, buf, len, &done);
-	return ok == 1 ? 0 : tm_tls_io_fail(t, ok, "send");
-}
-
 /* ---- the wrapper backend ---- */
 
-static int tls_open(tm_chan *ch, GError **error)
+static int tls_open(tm_io *io, GError **error)
 {
 	g_set_error(error, TM_ERROR, EINVAL,
-		    "channel %u: TLS wraps another backend: open the channel with it, then call "
-		    "tm_tls_chan_start()", ch->id);
+		    "channel %u: TLS wraps another I/O handle: open the channel with a byte mover, "
+		    "then call tm_tls_wrap()", io->id);
 	return -EINVAL;
 }
 
-static void tls_close(tm_chan *ch)
+static void tls_close(tm_io *io)
 {
-	tls_chan *t = ch->priv;
+	tls_chan *t = io->priv;
 
-	/* Best effort: a session that did not call tm_tls_chan_shutdown still ends cleanly. */
-	if (t->own_tx && !t->broken) {
-		tm_tls_own_close_notify(t);
+	/* Best effort: a session that did not call tm_tls_shutdown still ends cleanly. */
+	if (!t->broken) {
 		ERR_clear_error();
-	} else if (t->ssl && !t->broken && !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)) {
-		ERR_clear_error();
-		SSL_shutdown(t->ssl);
-		tm_tls_flush_out(t);
+		t->tx_engine->close_notify(t);
 		ERR_clear_error();
 	}
-	if (t->inner.ops->close)
-		t->inner.ops->close(&t->inner);
-	g_free(t->inner.priv);
 	tls_release(t);
-	/* tm_chan_close frees t itself (ch->priv) */
+	/* tm_io_free frees t itself (io->priv), then closes the inner handle */
+}
+
+/* Both directions go to their record engine (tls-internal.h), once the channel is still usable. */
+static int tls_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+{
+	tls_chan *t = io->priv;
+	int r = io_begin(t);
+
+	return r < 0 ? r : t->tx_engine->send(t, iov, n, len);
+}
+
+static int tls_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+{
+	tls_chan *t = io->priv;
+	int r = io_begin(t);
+
+	return r < 0 ? r : t->rx_engine->recv(t, iov, n, len);
 }
 
 /*
- * Full records straight from the caller's memory wherever an iovec holds one; pieces shorter than
- * a record (headers, the ends of page runs, tag buffers) are gathered in t->stage, so the stream
- * is cut into 16 KiB records and only the end of each call may be shorter. OpenSSL copies the
- * plaintext into its record buffer as it encrypts; no copy of ours for whole records.
+ * The last message before giving up (an ERROR) goes inside the TLS stream, or the peer could not
+ * read it. Small, so it does not wait for a peer that is not reading unless the socket buffer is
+ * full, and then at most the channel's timeout.
  */
-static int tls_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static void tls_send_last(tm_io *io, const void *buf, size_t len)
 {
-	tls_chan *t = ch->priv;
-	size_t fill = 0;
-	int r = io_begin(t);
-
-	if (r == 0 && t->own_tx) {
-		r = t->tx_closed ? -EPIPE : tm_tls_own_send(t, iov, n, len);
-		fold_counters(ch, t);
-		return r;
-	}
-	for (unsigned i = 0; r == 0 && i < n && len > 0; i++) {
-		const uint8_t *p = iov[i].iov_base;
-		size_t l = MIN(iov[i].iov_len, len);
-
-		len -= l;
-		if (fill > 0) {
-			size_t k = MIN(l, TM_TLS_RECORD - fill);
-			memcpy(t->stage + fill, p, k);
-			fill += k;
-			p += k;
-			l -= k;
-			if (fill < TM_TLS_RECORD)
-				continue; /* this iovec is used up */
-			if ((r = write_all(t, t->stage, fill)) < 0)
-				break;
-			fill = 0;
-		}
-		size_t direct = l - l % TM_TLS_RECORD;
-		if (direct > 0 && (r = write_all(t, p, direct)) < 0)
-			break;
-		if (l > direct)
-			memcpy(t->stage, p + direct, l - direct);
-		fill = l - direct;
-	}
-	if (r == 0 && fill > 0)
-		r = write_all(t, t->stage, fill);
-	if (r == 0 && tm_tls_flush_out(t) < 0)
-		r = tm_tls_io_fail(t, 0, "send");
-	fold_counters(ch, t);
-	return r;
+	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };
+	(void)tls_send(io, &v, 1, len);
 }
 
-/*
- * OpenSSL decrypts each record in place in its record buffer and copies the plaintext out: into
- * the caller's iovecs (guest RAM) directly, without a buffer of ours in between.
- */
-static int tls_recv(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
+static const char *tls_last_error(const tm_io *io)
 {
-	tls_chan *t = ch->priv;
-	int r = io_begin(t);
-
-	if (r == 0 && t->own_rx) {
-		r = tm_tls_own_recv(t, iov, n, len);
-		fold_counters(ch, t);
-		return r;
-	}
-	for (unsigned i = 0; r == 0 && i < n && len > 0; i++) {
-		uint8_t *p = iov[i].iov_base;
-		size_t l = MIN(iov[i].iov_len, len);
-
-		len -= l;
-		while (l > 0) {
-			size_t got;
-			t->want = l + len; /* for the read-ahead of the next record's header */
-			int ok = SSL_read_ex(t->ssl, p, l, &got);
-			if (ok != 1) {
-				r = tm_tls_io_fail(t, ok, "receive");
-				break;
-			}
-			p += got;
-			l -= got;
-		}
-	}
-	/* Reading may have made OpenSSL answer (a KeyUpdate): send that now. */
-	if (r == 0 && t->nout > 0 && tm_tls_flush_out(t) < 0)
-		r = tm_tls_io_fail(t, 0, "receive");
-	fold_counters(ch, t);
-	return r;
+	const tls_chan *t = io->priv;
+	return t->err_msg;
 }
 
 const tm_transport_ops tm_transport_tls = {
@@ -355,6 +120,8 @@ const tm_transport_ops tm_transport_tls = {
 	.close = tls_close,
 	.send = tls_send,
 	.recv = tls_recv,
+	.send_last = tls_send_last,
+	.last_error = tls_last_error,
 };
 
 /* ---- handshake and close ---- */
@@ -370,7 +137,7 @@ static int handshake(tls_chan *t)
 
 	/* The server confirms that it accepted us (and its tickets are on the wire before this). */
 	if (t->ctx->role == TM_TLS_SERVER) {
-		int r = write_all(t, ready_msg, sizeof(ready_msg));
+		int r = tm_tls_ssl_write(t, ready_msg, sizeof(ready_msg));
 		if (r == 0 && tm_tls_flush_out(t) < 0)
 			r = tm_tls_io_fail(t, 0, "handshake");
 		return r;
@@ -394,31 +161,60 @@ static int handshake(tls_chan *t)
 	return 0;
 }
 
-int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
+/*
+ * After the handshake: the engine of the direction that carries the guest's memory (the client's
+ * sending, the server's receiving). tagmig's records unless the context says OpenSSL's; kernel
+ * TLS on top where the context found it usable. Nothing of this direction has been sent or read
+ * yet (sequence 0; the server read nothing past the client's Finished), and records already
+ * queued on the socket are the kernel's to open. A refusal of kernel TLS leaves the socket as it
+ * was: tagmig's records go on in user space.
+ */
+static int pick_engine(tls_chan *t)
 {
-	if (ch->ops == &tm_transport_tls) {
-		g_set_error(error, TM_ERROR, EALREADY, "channel %u: TLS is already running", ch->id);
+	const tm_tls_engine *e = &tm_tls_engine_openssl;
+
+	if (t->ctx->own_records) {
+		int r = tm_tls_engine_own.start(t);
+		if (r < 0)
+			return r;
+		e = &tm_tls_engine_own;
+		if (t->ctx->ktls && tm_tls_engine_ktls.start(t) == 0) {
+			e = &tm_tls_engine_ktls;
+			tm_count(&t->ctx->ktls_channels, 1);
+		}
+	}
+	if (t->ctx->role == TM_TLS_CLIENT)
+		t->tx_engine = e;
+	else
+		t->rx_engine = e;
+	return 0;
+}
+
+int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
+{
+	tm_io *inner = *io;
+
+	if (inner->ops == &tm_transport_tls) {
+		g_set_error(error, TM_ERROR, EALREADY, "channel %u: TLS is already running",
+			    inner->id);
 		return -EALREADY;
 	}
-	BIO_METHOD *m = bio_method();
 	tls_chan *t = g_new0(tls_chan, 1);
 	t->ctx = tm_tls_ctx_ref(ctx);
-	t->inner = *ch;
-	memset(&t->inner.st, 0, sizeof(t->inner.st)); /* counts only what moves while under TLS */
+	t->inner = inner;
+	t->tx_engine = t->rx_engine = &tm_tls_engine_openssl;
 	ERR_clear_error();
 	t->ssl = SSL_new(ctx->ssl_ctx);
-	BIO *bio = m ? BIO_new(m) : NULL;
+	BIO *bio = tm_tls_bio_new(t);
 	if (!t->ssl || !bio) {
 		BIO_free(bio);
 		tls_release(t);
 		g_free(t);
 		ERR_clear_error();
-		g_set_error(error, TM_ERROR, ENOMEM, "channel %u: TLS: out of memory", ch->id);
+		g_set_error(error, TM_ERROR, ENOMEM, "channel %u: TLS: out of memory", inner->id);
 		return -ENOMEM;
 	}
 	t->out = g_malloc(TM_TLS_OUT);
-	BIO_set_data(bio, t);
-	BIO_set_init(bio, 1);
 	SSL_set_bio(t->ssl, bio, bio);
 	SSL_set_app_data(t->ssl, t);
 
@@ -443,120 +239,86 @@ int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error)
 	int r = handshake(t);
 	t->handshaking = false;
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", ch->id,
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", inner->id,
 			    t->err_msg);
 		tls_release(t);
 		g_free(t);
 		return r;
 	}
-	if (ctx->own_records && (r = tm_tls_own_start(t)) < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", ch->id,
+	if ((r = pick_engine(t)) < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", inner->id,
 			    t->err_msg);
 		tls_release(t);
 		g_free(t);
 		return r;
 	}
-	fold_counters(ch, t);
 	tm_count(SSL_session_reused(t->ssl) ? &ctx->resumed : &ctx->full, 1);
 	tm_count(&ctx->handshake_us, (uint64_t)(tm_now_us() - t0));
 	t->stage = g_malloc(TM_TLS_RECORD);
 	t->in = g_malloc(TM_TLS_IN);
 	g_clear_pointer(&t->err_msg, g_free);
-	ch->ops = &tm_transport_tls;
-	ch->priv = t;
+	t->io = tm_io_wrap(inner, &tm_transport_tls, t);
+	/* The statistics say who moved the sender's records: the kernel, or the inner handle. */
+	t->io->path = t->tx_engine->kernel || t->rx_engine->kernel ? "ktls" : NULL;
+	*io = t->io;
 	return 0;
 }
 
-int tm_tls_chan_shutdown(tm_chan *ch, GError **error)
+int tm_tls_shutdown(tm_io *io, GError **error)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!io || io->ops != &tm_transport_tls)
 		return 0;
-	tls_chan *t = ch->priv;
+	tls_chan *t = io->priv;
 	int r = io_begin(t);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: the session already failed%s%s",
-			    ch->id, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
+			    io->id, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
 		return r;
 	}
 	t->want = 0;
-	if (t->own_tx && (r = tm_tls_own_close_notify(t)) < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", ch->id, t->err_msg);
+	r = t->tx_engine->close_notify(t);
+	if (r == 0)
+		r = t->rx_engine->await_close(t);
+	if (r < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", io->id, t->err_msg);
 		return r;
 	}
-	int ok = t->own_tx ? 0 : SSL_shutdown(t->ssl);
-	if (ok >= 0 && tm_tls_flush_out(t) < 0)
-		ok = -1;
-	if (ok < 0) {
-		r = tm_tls_io_fail(t, ok, "close");
-	} else if (ok == 0 && t->own_rx) {
-		/* Ours is sent; now the peer's close_notify must come, and nothing else. */
-		uint8_t b;
-		struct iovec v = { .iov_base = &b, .iov_len = 1 };
-		r = tm_tls_own_recv(t, &v, 1, 1);
-		if (r == 0) {
-			g_free(t->err_msg);
-			t->err_msg = g_strdup("the sender sent data after the end of the session "
-					      "instead of a TLS close_notify");
-			t->broken = true;
-			r = -EPROTO;
-		} else if (t->rx_closed) {
-			r = 0;
-		}
-	} else if (ok == 0) {
-		/* Ours is sent; now the peer's close_notify must come, and nothing else. */
-		uint8_t b;
-		size_t got;
-		ok = SSL_read_ex(t->ssl, &b, 1, &got);
-		if (ok == 1) {
-			g_free(t->err_msg);
-			t->err_msg = g_strdup_printf("the %s sent data after the end of the session "
-						     "instead of a TLS close_notify",
-						     t->ctx->role == TM_TLS_CLIENT ? "receiver"
-										 : "sender");
-			t->broken = true;
-			r = -EPROTO;
-		} else if (SSL_get_error(t->ssl, ok) != SSL_ERROR_ZERO_RETURN) {
-			r = tm_tls_io_fail(t, ok, "close");
-		}
-	}
-	if (r < 0)
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", ch->id, t->err_msg);
-	return r;
+	return 0;
 }
 
-bool tm_tls_chan_is_tls(const tm_chan *ch)
+bool tm_tls_active(const tm_io *io)
 {
-	return ch->ops == &tm_transport_tls;
+	return io && io->ops == &tm_transport_tls;
 }
 
-const char *tm_tls_chan_cipher(const tm_chan *ch)
+const char *tm_tls_cipher(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return NULL;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return SSL_get_cipher_name(t->ssl);
 }
 
-unsigned tm_tls_chan_ktls(const tm_chan *ch)
+unsigned tm_tls_ktls(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return 0;
-	const tls_chan *t = ch->priv;
-	return (t->ktls_tx ? TM_TLS_KTLS_TX : 0) | (t->ktls_rx ? TM_TLS_KTLS_RX : 0);
+	const tls_chan *t = io->priv;
+	return (t->tx_engine->kernel ? TM_TLS_KTLS_TX : 0) | (t->rx_engine->kernel ? TM_TLS_KTLS_RX : 0);
 }
 
-bool tm_tls_chan_resumed(const tm_chan *ch)
+bool tm_tls_resumed(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return false;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return SSL_session_reused(t->ssl);
 }
 
-const char *tm_tls_chan_last_error(const tm_chan *ch)
+const char *tm_tls_last_error(const tm_io *io)
 {
-	if (ch->ops != &tm_transport_tls)
+	if (!tm_tls_active(io))
 		return NULL;
-	const tls_chan *t = ch->priv;
+	const tls_chan *t = io->priv;
 	return t->err_msg;
 }

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared between tls.c (context, credentials, verification, errors) and tls-chan.c (I/O). */
+/*
+ * Shared by the files of transport/tls/: tls.c (context, credentials), tls-failure.c (failure
+ * text), ktls-probe.c, tls-stats.c, tls-chan.c (the channel), tls-own.c, records.c, ktls.c.
+ */
 #pragma once
 
 #include <openssl/evp.h>
@@ -41,24 +44,12 @@ int tm_tls_dir_update(tm_tls_dir *d);
 /* The current key of d (EVP_MAX_KEY_LENGTH bytes of room), for kernel TLS. Wipe it after use. */
 int tm_tls_dir_key(const tm_tls_dir *d, uint8_t *key, size_t *ret_len);
 
-/* ---- ktls.c: kernel TLS for the direction our records protect ---- */
-
 /*
- * Whether this kernel can take over TLS 1.3 records with our keys, key updates included (TLS_TX
- * set twice on a loopback connection: kernels before 6.14 refuse the second). Returns 0, or
- * -errno with the reason in *ret_reason (g_free).
+ * ktls-probe.c: whether this kernel can take over TLS 1.3 records with our keys, key updates
+ * included (TLS_TX set twice on a loopback connection: kernels before 6.14 refuse the second).
+ * Returns 0, or -errno with the reason in *ret_reason (g_free).
  */
 int tm_ktls_probe(char **ret_reason);
-/* Hands d's direction of fd to the kernel (tx: TLS_TX, else TLS_RX); install_ulp the first time. */
-int tm_ktls_set(int fd, const tm_tls_dir *d, bool tx, bool install_ulp);
-/* One record of another content type than application data (alert, KeyUpdate) via the kernel. */
-int tm_ktls_send_ctrl(int fd, uint8_t type, const void *buf, size_t len);
-/*
- * One recvmsg on a kernel TLS socket into iov[0..n) (at most IOV_MAX used): returns the bytes
- * received (0 at the end of the stream) and the record's content type in *ret_type, or -errno
- * (-EAGAIN after the socket's receive timeout, -EBADMSG for a record that is not authentic).
- */
-ssize_t tm_ktls_recv(int fd, const struct iovec *iov, unsigned n, uint8_t *ret_type);
 
 /*
  * Sealing one record of plain_len content bytes at rec: seal_begin writes the 5-byte header,
@@ -92,7 +83,6 @@ struct tm_tls_ctx {
 	uint64_t full, resumed, handshake_us, key_updates, ktls_channels;
 };
 
-/* The priv of a TLS channel. */
 /*
  * Outgoing records are collected up to this many bytes and handed to the inner send together:
  * one send per 8 records instead of one per record, for one more copy of the ciphertext.
@@ -110,10 +100,70 @@ struct tm_tls_ctx {
  */
 #define TM_TLS_IN (16u * (TM_TLS_RECORD + 22u))
 
-typedef struct tls_chan {
+typedef struct tls_chan tls_chan;
+
+/* Content types (RFC 8446 5.1) and the handshake message type we handle after the handshake. */
+enum { TM_TLS_CT_ALERT = 21, TM_TLS_CT_HANDSHAKE = 22, TM_TLS_CT_DATA = 23, TM_TLS_HS_KEY_UPDATE = 24 };
+
+/*
+ * A record engine: who protects the records of one direction of a TLS channel once the handshake
+ * is done. A channel has one per direction (t->tx_engine, t->rx_engine). OpenSSL's engine serves
+ * both directions and is the only one for the receiver-to-sender direction; the sender-to-receiver
+ * direction, which carries the guest's memory, may instead run on tagmig's own records
+ * (tm_tls_engine_own: sealed from guest RAM, opened into it) or on kernel TLS (tm_tls_engine_ktls:
+ * the same keys, the kernel seals and opens, sendmsg/recvmsg on the socket). All speak TLS 1.3 on
+ * the wire and interoperate with whatever the peer uses.
+ *
+ * Hooks are called by tls-chan.c on the thread that owns the channel, after io_begin (t is not
+ * broken, t->io_err is 0, OpenSSL's error queue is clear). On failure a hook returns -errno with
+ * t->err_msg saying why (tm_tls_io_fail, tm_tls_fail) and marks t->broken when the stream cannot
+ * go on; the channel then refuses every later call with -EPIPE.
+ */
+typedef struct tm_tls_engine {
+	const char *name; /* "openssl", "tagmig", "ktls" */
+	bool own_keys;    /* keys from tagmig's record layer (t->tx / t->rx), not OpenSSL's */
+	bool kernel;      /* the kernel seals or opens the records: the handle's path is "ktls" */
+	/*
+	 * Optional. Called once after the handshake, for the direction this side protects with it
+	 * (the client's sending, the server's receiving), before any record of that direction:
+	 * takes it over. Returns 0, or -errno (t->err_msg set) and leaves the direction as it was.
+	 */
+	int (*start)(tls_chan *t);
+	/* Sends exactly len bytes of iov[0..n) in records; 0 once the buffers may be reused. */
+	int (*send)(tls_chan *t, const struct iovec *iov, unsigned n, size_t len);
+	/*
+	 * Fills exactly len bytes into iov[0..n). A record's bytes count as delivered only after its
+	 * tag is checked; on failure the iovecs may hold unverified bytes of it. The peer's
+	 * close_notify before len bytes is -ECONNRESET (t->rx_closed with tagmig's keys).
+	 */
+	int (*recv)(tls_chan *t, const struct iovec *iov, unsigned n, size_t len);
+	/*
+	 * Sends our close_notify as the last record of the sending direction (once: a second call
+	 * sends nothing). Returns 0 (sent: the peer's is still to come), 1 (the peer's came already),
+	 * or -errno.
+	 */
+	int (*close_notify)(tls_chan *t);
+	/*
+	 * Of the receiving direction, after ours is sent: waits for the peer's close_notify. 0 when
+	 * it came; -EPROTO when data came instead; -ECONNRESET when the connection ended without it.
+	 */
+	int (*await_close)(tls_chan *t);
+	/*
+	 * Optional, receiving direction: t->rx has just moved to the next key (the peer's
+	 * KeyUpdate); hands it to whoever opens the records. 0 or -errno (t->err_msg set).
+	 */
+	int (*rekey_rx)(tls_chan *t);
+} tm_tls_engine;
+
+extern const tm_tls_engine tm_tls_engine_openssl; /* tls-openssl.c */
+extern const tm_tls_engine tm_tls_engine_own;     /* tls-own.c */
+extern const tm_tls_engine tm_tls_engine_ktls;    /* ktls.c: starts only after tm_tls_engine_own */
+
+struct tls_chan {
 	/* read-only after start */
 	tm_tls_ctx *ctx; /* a reference */
-	tm_chan inner;   /* shadow channel: ch's fd, id, timeout; the inner backend's ops and priv */
+	tm_io *inner;    /* the handle TLS wraps: it moves the ciphertext (owned by io) */
+	tm_io *io;       /* the TLS handle itself (its counters: the kernel TLS path), once started */
 	SSL *ssl;
 	/* worker-local */
 	uint8_t *stage;     /* TM_TLS_RECORD bytes: gathers iovec pieces shorter than a record */
@@ -123,21 +173,16 @@ typedef struct tls_chan {
 	uint8_t *in;        /* TM_TLS_IN bytes: ciphertext received ahead of OpenSSL's reads */
 	size_t in_off;      /* the unread ciphertext is in[in_off, in_off + in_len) */
 	size_t in_len;
-	int io_err;         /* -errno of the inner backend's last failure, seen by the BIO */
-	/*
-	 * tagmig's own record layer (records.c) for the sender-to-receiver direction, which carries
-	 * the guest's memory: the sender seals (own_tx), the receiver opens (own_rx). The other
-	 * direction (confirmation, acknowledgements, errors, close_notify) stays with OpenSSL.
-	 */
-	bool own_tx, own_rx;
-	bool ktls_tx, ktls_rx; /* ... with the kernel sealing/opening them (ktls.c) */
-	tm_tls_dir tx, rx;
+	int io_err;         /* -errno of the inner handle's last failure, seen by the BIO */
+	/* who protects each direction once the handshake is done (OpenSSL's until then) */
+	const tm_tls_engine *tx_engine, *rx_engine;
+	tm_tls_dir tx, rx;     /* tagmig's keys of the direction an own_keys engine protects */
 	struct iovec *kv;      /* kernel TLS: the caller's iovecs, to advance over partial I/O */
 	unsigned kv_cap;
-	uint8_t *plain;     /* own_rx: TM_TLS_MAX_CIPHERTEXT bytes, an opened record's content */
+	uint8_t *plain;     /* own_keys rx: TM_TLS_MAX_CIPHERTEXT bytes, an opened record's content */
 	size_t plain_off, plain_len;
-	bool rx_closed;     /* own_rx: the peer's close_notify arrived */
-	bool tx_closed;     /* own_tx: our close_notify is sent */
+	bool rx_closed;     /* own_keys rx: the peer's close_notify arrived */
+	bool tx_closed;     /* own_keys tx: our close_notify is sent */
 	bool writes_barred; /* client, own records: OpenSSL may no longer write (nonce reuse) */
 	bool write_blocked; /* ... and tried to */
 	/* the client's traffic secret from the key-log callback, until the handshake ends */
@@ -152,9 +197,9 @@ typedef struct tls_chan {
 	int verify_depth;
 	char *verify_subject;
 	char *verify_when; /* notBefore or notAfter of the failing certificate, for time errors */
-	/* the last failure of send/recv (tm_tls_chan_last_error) */
+	/* the last failure of send/recv (tm_tls_last_error) */
 	char *err_msg;
-} tls_chan;
+};
 
 tm_tls_ctx *tm_tls_ctx_ref(tm_tls_ctx *ctx);
 
@@ -165,24 +210,63 @@ tm_tls_ctx *tm_tls_ctx_ref(tm_tls_ctx *ctx);
  */
 int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);
 
-/* tls-chan.c: hands the collected records to the inner send (-errno, also in t->io_err). */
-int tm_tls_flush_out(tls_chan *t);
 /*
- * tls-chan.c: turns the failure of an SSL call (or, ret 0, of the inner backend in t->io_err)
+ * tls-failure.c: turns the failure of an SSL call (or, ret 0, of the inner handle in t->io_err)
  * into -errno and t->err_msg; see tm_tls_explain.
  */
 int tm_tls_io_fail(tls_chan *t, int ret, const char *what);
+/* tls-failure.c: the same for a failure of the inner handle under our records: always fatal. */
+int tm_tls_io_fatal(tls_chan *t, const char *what);
+/* tls-failure.c: fails the session with a message of ours (msg, taken). Returns code. */
+int tm_tls_fail(tls_chan *t, int code, char *msg);
 
-/* tls-own.c: the sender-to-receiver direction with our records or kernel TLS. */
-int tm_tls_own_send(tls_chan *t, const struct iovec *iov, unsigned n, size_t len);
-int tm_tls_own_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t len);
-/* Our close_notify as the last record of our direction (OpenSSL then sends none). */
-int tm_tls_own_close_notify(tls_chan *t);
-/* After the handshake: our records (and kernel TLS where usable) take over the direction. */
-int tm_tls_own_start(tls_chan *t);
+/* tls-io.c: hands the collected records (t->out) to the inner send (-errno, also in t->io_err). */
+int tm_tls_flush_out(tls_chan *t);
+/*
+ * tls-io.c: makes sure t->in holds `need` unread bytes. Reads what is missing plus whatever the
+ * socket already holds (never waiting for it), plus `ahead` more bytes that must come anyway.
+ */
+int tm_tls_fill_in(tls_chan *t, size_t need, size_t ahead);
 
-/* The key-log callback of both roles: keeps the client's traffic secret for tm_tls_own_start. */
+/* tls-openssl.c: a BIO whose read and write go to t's inner handle (NULL: out of memory). */
+BIO *tm_tls_bio_new(tls_chan *t);
+/* tls-openssl.c: writes len bytes through OpenSSL (SSL_write); 0 or -errno (t->err_msg). */
+int tm_tls_ssl_write(tls_chan *t, const void *buf, size_t len);
+
+/*
+ * tls-own.c, for the engines with tagmig's keys: what a record of content type `type` with
+ * content t->plain[0..len) means: data to deliver, the end of the session, or a key update.
+ */
+int tm_tls_own_content(tls_chan *t, uint8_t type, size_t len);
+/* tls-own.c: await_close of the engines with tagmig's keys (reads through t->rx_engine). */
+int tm_tls_own_await_close(tls_chan *t);
+
+/*
+ * A record whose content would fill at least this much of the caller's buffer is decrypted
+ * straight into it; shorter ones (message headers, control messages) go through t->plain.
+ */
+#define TM_TLS_STREAM_MIN 512u
+
+/* A position in an iovec array; zero-length entries are skipped (tls-own.c, ktls.c). */
+typedef struct tm_tls_cursor {
+	const struct iovec *v;
+	unsigned n;
+	size_t off;
+} tm_tls_cursor;
+
+/* The bytes left in the cursor's current iovec (0 at the end), skipping empty ones. */
+static inline size_t tm_tls_cursor_span(tm_tls_cursor *c)
+{
+	while (c->n > 0 && c->off == c->v->iov_len) {
+		c->v++;
+		c->n--;
+		c->off = 0;
+	}
+	return c->n > 0 ? c->v->iov_len - c->off : 0;
+}
+
+/* tls.c: the key-log callback of both roles: keeps the client's traffic secret (own records). */
 void tm_tls_keylog_cb(const SSL *ssl, const char *line);
 
-/* The verify callback of both roles: records why the peer's chain failed. */
+/* tls.c: the verify callback of both roles: records why the peer's chain failed. */
 int tm_tls_verify_cb(int ok, X509_STORE_CTX *store);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The TLS context of a session: credentials, verification, the client's session cache for
- * resumption, and the translation of OpenSSL's failures into messages that say which check
- * failed. The channel I/O is in tls-chan.c.
+ * The TLS context of a session: credentials, the callbacks the context installs (verification,
+ * key log, the client's session cache for resumption) and the settings of the channels it starts.
+ * Failure text is in tls-failure.c, the kernel TLS probe in ktls-probe.c, statistics in
+ * tls-stats.c, the channel itself in tls-chan.c.
  */
 #include <errno.h>
 #include <string.h>
@@ -15,37 +16,12 @@
 #include "tagmig/error.h"
 #include "transport/tls/tls-internal.h"
 
-#define ULP_SYSCTL "/proc/sys/net/ipv4/tcp_available_ulp"
-
 /* Preference order: AES-128-GCM is the fastest with AES-NI and what the goal is measured with. */
 static const char ciphersuites[] =
 	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 
 /* Resumption needs a session id context on a server that verifies client certificates. */
 static const unsigned char sid_ctx[] = "tagmig";
-
-int tm_tls_ktls_probe(GError **error)
-{
-	g_autofree char *ulp = NULL;
-	g_autoptr(GError) local = NULL;
-
-	if (!g_file_get_contents(ULP_SYSCTL, &ulp, NULL, &local)) {
-		g_set_error(error, TM_ERROR, EOPNOTSUPP,
-			    "kernel TLS offload unavailable: cannot read %s: %s", ULP_SYSCTL,
-			    local->message);
-		return -EOPNOTSUPP;
-	}
-	g_strstrip(ulp);
-	g_auto(GStrv) names = g_strsplit_set(ulp, " \t\n", -1);
-	for (char **n = names; *n; n++) {
-		if (strcmp(*n, "tls") == 0)
-			return 0;
-	}
-	g_set_error(error, TM_ERROR, EOPNOTSUPP,
-		    "kernel TLS offload unavailable (tcp_available_ulp: '%s', no 'tls'; "
-		    "modprobe tls adds it)", ulp);
-	return -EOPNOTSUPP;
-}
 
 /* The first queued OpenSSL error as text (for credential loading); clears the queue. */
 static char *ssl_reason(void)
@@ -123,6 +99,33 @@ int tm_tls_verify_cb(int ok, X509_STORE_CTX *store)
 			t->verify_when = asn1_time_str(X509_get0_notBefore(cert));
 	}
 	return 0;
+}
+
+/*
+ * The key-log callback of both roles: OpenSSL reports each secret as it derives it. The
+ * client's first application traffic secret is the one our records need (RFC 8446 7.1).
+ */
+void tm_tls_keylog_cb(const SSL *ssl, const char *line)
+{
+	static const char label[] = "CLIENT_TRAFFIC_SECRET_0 ";
+	tls_chan *t = SSL_get_app_data(ssl);
+
+	if (!t || !t->ctx->own_records || strncmp(line, label, sizeof(label) - 1) != 0)
+		return;
+	const char *hex = strchr(line + sizeof(label) - 1, ' ');
+	if (!hex)
+		return;
+	hex++;
+	size_t n = strlen(hex) / 2;
+	if (n == 0 || n > sizeof(t->secret))
+		return;
+	for (size_t i = 0; i < n; i++) {
+		int hi = g_ascii_xdigit_value(hex[2 * i]), lo = g_ascii_xdigit_value(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return;
+		t->secret[i] = (uint8_t)(hi << 4 | lo);
+	}
+	t->secret_len = n;
 }
 
 int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname,
@@ -255,15 +258,6 @@ void tm_tls_ctx_free(tm_tls_ctx *ctx)
 	g_free(ctx);
 }
 
-void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret)
-{
-	ret->full_handshakes = __atomic_load_n(&ctx->full, __ATOMIC_RELAXED);
-	ret->resumed_handshakes = __atomic_load_n(&ctx->resumed, __ATOMIC_RELAXED);
-	ret->handshake_us = __atomic_load_n(&ctx->handshake_us, __ATOMIC_RELAXED);
-	ret->key_updates = __atomic_load_n(&ctx->key_updates, __ATOMIC_RELAXED);
-	ret->ktls_channels = __atomic_load_n(&ctx->ktls_channels, __ATOMIC_RELAXED);
-}
-
 void tm_tls_ctx_set_ktls(tm_tls_ctx *ctx, bool on)
 {
 	if (!on && ctx->ktls) {
@@ -287,214 +281,4 @@ void tm_tls_ctx_set_key_limit(tm_tls_ctx *ctx, uint64_t records)
 const char *tm_tls_ctx_ktls_reason(const tm_tls_ctx *ctx)
 {
 	return ctx->ktls_reason;
-}
-
-bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len)
-{
-	/* A handshake record (22) with a 3.x legacy version: how every ClientHello starts. */
-	return len >= 3 && buf[0] == 22 && buf[1] == 3 && buf[2] <= 4;
-}
-
-/* ---- explaining failures ---- */
-
-/* Our verification of the peer's certificate failed: which check, for which certificate. */
-static int explain_verify(const tls_chan *t, const char *peer, char **ret_msg)
-{
-	const char *subj = t->verify_subject ? t->verify_subject : "?";
-	const char *which = t->verify_depth == 0 ? "certificate" : "CA certificate";
-	const char *use = t->ctx->role == TM_TLS_CLIENT ? "server" : "client";
-	const char *want = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
-
-	switch (t->verify_err) {
-	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
-	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
-	case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
-	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-	case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-	case X509_V_ERR_CERT_SIGNATURE_FAILURE:
-		if (t->verify_depth == 0)
-			*ret_msg = g_strdup_printf("the %s's certificate (%s) is not issued by the CA "
-						   "in our ca-cert.pem (wrong CA?): %s", peer, subj,
-						   X509_verify_cert_error_string(t->verify_err));
-		else
-			*ret_msg = g_strdup_printf("the %s's certificate chain leads to a CA (%s) "
-						   "that is not the one in our ca-cert.pem (wrong "
-						   "CA?): %s", peer, subj,
-						   X509_verify_cert_error_string(t->verify_err));
-		return -EKEYREJECTED;
-	case X509_V_ERR_CERT_HAS_EXPIRED:
-		*ret_msg = g_strdup_printf("the %s's %s (%s) has expired (notAfter %s)", peer,
-					   which, subj, t->verify_when ? t->verify_when : "?");
-		return -EKEYEXPIRED;
-	case X509_V_ERR_CERT_NOT_YET_VALID:
-		*ret_msg = g_strdup_printf("the %s's %s (%s) is not valid yet (notBefore %s)", peer,
-					   which, subj, t->verify_when ? t->verify_when : "?");
-		return -EKEYEXPIRED;
-	case X509_V_ERR_HOSTNAME_MISMATCH:
-	case X509_V_ERR_IP_ADDRESS_MISMATCH:
-		*ret_msg = g_strdup_printf("the %s's certificate (%s) does not match the name '%s' "
-					   "(name mismatch: see --tls-hostname)", peer, subj,
-					   t->ctx->hostname);
-		return -EKEYREJECTED;
-	case X509_V_ERR_INVALID_PURPOSE:
-		*ret_msg = g_strdup_printf("the %s's certificate (%s) is not meant for TLS %s "
-					   "authentication (extendedKeyUsage); the %s needs a %s "
-					   "certificate", peer, subj, use, want, use);
-		return -EKEYREJECTED;
-	default:
-		*ret_msg = g_strdup_printf("the %s's %s (%s) failed verification: %s", peer, which,
-					   subj, X509_verify_cert_error_string(t->verify_err));
-		return -EKEYREJECTED;
-	}
-}
-
-/* The peer sent a fatal alert. */
-static int explain_alert(const tls_chan *t, int alert, const char *peer, char **ret_msg)
-{
-	const char *desc = SSL_alert_desc_string_long(alert);
-
-	switch (alert) {
-	case TLS13_AD_CERTIFICATE_REQUIRED:
-		*ret_msg = g_strdup_printf("the %s requires a client certificate and we sent none "
-					   "(alert: %s)", peer, desc);
-		return -EACCES;
-	case SSL_AD_UNKNOWN_CA:
-		*ret_msg = g_strdup_printf("the %s refused our certificate: not issued by the CA it "
-					   "trusts (wrong CA?) (alert: %s)", peer, desc);
-		return -EKEYREJECTED;
-	case SSL_AD_CERTIFICATE_EXPIRED:
-		*ret_msg = g_strdup_printf("the %s refused our certificate as expired or not yet "
-					   "valid (alert: %s)", peer, desc);
-		return -EKEYEXPIRED;
-	case SSL_AD_BAD_CERTIFICATE:
-	case SSL_AD_UNSUPPORTED_CERTIFICATE:
-	case SSL_AD_CERTIFICATE_REVOKED:
-	case SSL_AD_CERTIFICATE_UNKNOWN:
-	case SSL_AD_ACCESS_DENIED:
-		*ret_msg = g_strdup_printf("the %s refused our certificate (alert: %s)", peer, desc);
-		return -EKEYREJECTED;
-	case SSL_AD_PROTOCOL_VERSION:
-	case SSL_AD_INSUFFICIENT_SECURITY:
-		*ret_msg = g_strdup_printf("the %s refused the TLS version or cipher suites: TLS 1.3 "
-					   "is required (alert: %s)", peer, desc);
-		return -EPROTONOSUPPORT;
-	case SSL_AD_BAD_RECORD_MAC:
-	case SSL_AD_DECRYPT_ERROR:
-		*ret_msg = g_strdup_printf("the %s could not authenticate our TLS records: the data "
-					   "was altered in transit (alert: %s)", peer, desc);
-		return -EBADMSG;
-	default:
-		*ret_msg = g_strdup_printf("the %s aborted the TLS session (alert: %s)", peer, desc);
-		return -EPROTO;
-	}
-}
-
-int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
-{
-	const char *peer = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
-	int sslerr = SSL_get_error(t->ssl, ret);
-	unsigned long e = ERR_peek_error();
-	int reason = ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
-	int code;
-
-	/* Past here the SSL object is unusable: no close_notify at close. Never un-broken. */
-	if (sslerr != SSL_ERROR_ZERO_RETURN)
-		t->broken = true;
-
-	if (t->write_blocked && SSL_get_key_update_type(t->ssl) != SSL_KEY_UPDATE_NONE) {
-		/* OpenSSL answers a KeyUpdate request with a record in our direction: refused. */
-		*ret_msg = g_strdup_printf("the %s requested a TLS key update of the sender's "
-					   "direction, which tagmig's record layer does not take "
-					   "from OpenSSL: not supported", peer);
-		code = -EPROTO;
-	} else if (t->verify_err) {
-		code = explain_verify(t, peer, ret_msg);
-	} else if (t->io_err) {
-		code = t->io_err;
-		if (code == -ECONNRESET || code == -EPIPE) {
-			code = -ECONNRESET;
-			if (t->handshaking)
-				*ret_msg = g_strdup_printf(
-					"the %s closed the connection during the TLS handshake%s", peer,
-					t->nfirst == 0 ? " (does it expect plaintext? is TLS "
-							 "configured on both sides?)" : "");
-			else
-				*ret_msg = g_strdup_printf(
-					"premature end: the %s closed the connection without a TLS "
-					"close_notify (the stream may have been cut)", peer);
-		} else if (code == -ETIMEDOUT) {
-			*ret_msg = g_strdup_printf("TLS %s: timed out waiting for the %s", what, peer);
-		} else {
-			*ret_msg = g_strdup_printf("TLS %s: %s", what, g_strerror(-code));
-		}
-	} else if (sslerr == SSL_ERROR_ZERO_RETURN) {
-		*ret_msg = g_strdup_printf("the %s ended the TLS session (close_notify) while more "
-					   "data was expected", peer);
-		code = -ECONNRESET;
-	} else if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
-		*ret_msg = g_strdup_printf("the %s presented no client certificate: mutual "
-					   "authentication requires client-cert.pem", peer);
-		code = -EACCES;
-	} else if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
-		code = explain_alert(t, reason - SSL_AD_REASON_OFFSET, peer, ret_msg);
-	} else if (t->handshaking &&
-		   (reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_HTTP_REQUEST ||
-		    reason == SSL_R_HTTPS_PROXY_REQUEST || reason == SSL_R_UNKNOWN_PROTOCOL ||
-		    reason == SSL_R_PACKET_LENGTH_TOO_LONG || reason == SSL_R_WRONG_SSL_VERSION ||
-		    reason == SSL_R_LENGTH_TOO_SHORT || reason == SSL_R_UNEXPECTED_MESSAGE ||
-		    reason == SSL_R_UNEXPECTED_RECORD || reason == SSL_R_RECORD_LENGTH_MISMATCH)) {
-		if (t->nfirst >= 4 && memcmp(t->first, "TMIG", 4) == 0)
-			*ret_msg = g_strdup_printf("the %s is not speaking TLS: it sent a plaintext "
-						   "tagmig message (is TLS configured on both sides?)",
-						   peer);
-		else
-			*ret_msg = g_strdup_printf("the %s is not speaking TLS (first bytes received: "
-						   "%02x %02x %02x %02x %02x): %s", peer,
-						   t->first[0], t->first[1], t->first[2], t->first[3],
-						   t->first[4], ERR_reason_error_string(e));
-		code = -EPROTO;
-	} else if (reason == SSL_R_UNSUPPORTED_PROTOCOL || reason == SSL_R_NO_SHARED_CIPHER ||
-		   reason == SSL_R_NO_PROTOCOLS_AVAILABLE ||
-		   reason == SSL_R_NO_SUITABLE_KEY_SHARE) {
-		*ret_msg = g_strdup_printf("the %s does not offer TLS 1.3 with a common cipher "
-					   "suite: %s", peer, ERR_reason_error_string(e));
-		code = -EPROTONOSUPPORT;
-	} else if (reason == SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC ||
-		   reason == SSL_R_DECRYPTION_FAILED) {
-		*ret_msg = g_strdup("TLS record authentication failed (bad record MAC): the data "
-				    "was altered in transit");
-		code = -EBADMSG;
-	} else if (e) {
-		/* Anything else: a malformed record or handshake message. */
-		*ret_msg = g_strdup_printf("TLS %s failed: %s%s", what, ERR_reason_error_string(e),
-					   t->handshaking ? "" : " (malformed TLS record)");
-		code = t->handshaking ? -EPROTO : -EBADMSG;
-	} else {
-		*ret_msg = g_strdup_printf("TLS %s failed: unexpected end of the TLS stream", what);
-		code = -ECONNRESET;
-	}
-	ERR_clear_error();
-	return code;
-}
-
-void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret)
-{
-	tm_tls_stats st;
-
-	if (!ctx)
-		return;
-	tm_tls_ctx_get_stats(ctx, &st);
-	ret->tls_full_handshakes = st.full_handshakes;
-	ret->tls_resumed_handshakes = st.resumed_handshakes;
-	ret->tls_handshake_seconds = (double)st.handshake_us / 1e6;
-	const char *cipher = ch ? tm_tls_chan_cipher(ch) : NULL;
-	g_strlcpy(ret->tls_cipher, cipher ? cipher : "", sizeof(ret->tls_cipher));
-	if (st.ktls_channels > 0)
-		g_snprintf(ret->tls_note, sizeof(ret->tls_note), "kernel TLS offload: the kernel "
-			   "protects the sender's records on %" G_GUINT64_FORMAT " channel(s)",
-			   st.ktls_channels);
-	else
-		g_snprintf(ret->tls_note, sizeof(ret->tls_note), "%s by %s record layer",
-			   tm_tls_ctx_ktls_reason(ctx),
-			   ctx->own_records ? "tagmig's" : "OpenSSL's");
 }

@@ -1,27 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TLS 1.3 on a channel (OpenSSL 3), as a wrapper around another I/O backend.
+ * TLS 1.3 on a channel (OpenSSL 3), as a wrapper around another I/O handle, the way QEMU's
+ * io/channel-tls.c wraps its master channel.
  *
  * A session creates one tm_tls_ctx from a credentials directory (QEMU/libvirt layout, docs/tls.md).
- * Each channel is first opened with its plain backend (tm_chan_open with sockets or io_uring);
- * tm_tls_chan_start() then runs the TLS handshake over that backend and, on success, swaps ch->ops
- * to tm_transport_tls. From then on tm_chan_send/tm_chan_recv carry the tagmig stream inside TLS
- * records and the inner backend moves only ciphertext. OpenSSL does the handshake; the records of
- * the sender-to-receiver direction are then protected by tagmig's own record layer, with the keys
- * OpenSSL derived (records.c; see tm_transport_tls below). OpenSSL never touches the socket, it
- * talks to a BIO whose read and write call the inner backend's recv and send (OpenSSL runs without
- * read-ahead and asks for a record header, then for exactly its body; the BIO serves these from a
- * buffer it fills with whatever ciphertext has already arrived, never waiting for more than
- * OpenSSL asked for).
+ * Each channel's I/O handle is first opened with a byte mover (tm_io_open, through tm_chan_open,
+ * with sockets or io_uring); tm_tls_wrap() then runs the TLS handshake over that handle and, on
+ * success, replaces it with a TLS handle (ops tm_transport_tls) that owns it as its inner handle.
+ * From then on the channel's sends and receives carry the tagmig stream inside TLS records and the
+ * inner handle moves only ciphertext (kernel TLS aside: docs/tls.md). OpenSSL does the handshake;
+ * who protects the records afterwards is a record engine per direction (tls-internal.h: OpenSSL's,
+ * tagmig's own records, or kernel TLS). OpenSSL never touches the socket, it talks to a BIO whose
+ * read and write call the inner handle's recv and send.
  *
  * Wiring it into channel setup is the same on both sides:
  *
  *	tm_chan_open(&ch, fd, id, inner_ops, timeout_ms, depth, error);
- *	if (tls && tm_tls_chan_start(tls, &ch, error) < 0)
- *		{ tm_chan_close(&ch); fail; }          // ch still has its inner backend here
+ *	if (tls && tm_tls_wrap(tls, &ch.io, error) < 0)
+ *		{ tm_chan_close(&ch); fail; }          // ch.io is still the byte mover here
  *	... HELLO / DATA / END exchange through tm_chan_send / tm_chan_recv ...
- *	tm_tls_chan_shutdown(&ch, error);             // after END / END_ACK: close_notify both ways
- *	tm_chan_close(&ch);                           // frees the TLS state, then the inner backend
+ *	tm_tls_shutdown(ch.io, error);                // after END / END_ACK: close_notify both ways
+ *	tm_chan_close(&ch);                           // the TLS handle, then the byte mover below
  *
  * The sender (client) should start channel 0 first and the others after it returned: channel 0
  * does the full handshake and leaves a session ticket in the context, the others resume it (they
@@ -29,17 +28,16 @@
  * handshake; tm_tls_ctx_get_stats() counts both kinds.
  *
  * After the TLS handshake the server sends an 8-byte confirmation ("TMTLS1\r\n") that the client
- * reads before tm_tls_chan_start() returns: in TLS 1.3 the client finishes its handshake before
- * the server has checked the client's certificate, and this way a refusal reaches the client
- * inside tm_tls_chan_start() with its reason, and channel 0's ticket has arrived before the other
- * channels start.
+ * reads before tm_tls_wrap() returns: in TLS 1.3 the client finishes its handshake before the
+ * server has checked the client's certificate, and this way a refusal reaches the client inside
+ * tm_tls_wrap() with its reason, and channel 0's ticket has arrived before the other channels
+ * start.
  *
  * Threads: a tm_tls_ctx is thread-safe (channels of one session start from several threads). A
- * channel is used by one thread at a time, like any tm_chan. The inner backend's hooks are called
- * with a shadow tm_chan (same fd, id, timeout and depth, the inner backend's own priv) whose
- * counters are added to ch's after each call: inner backends must not keep the tm_chan pointer
- * they were opened with. The wrapper has no submit hook (OpenSSL reuses its record buffer, so a
- * record cannot stay in flight): tm_chan_submit falls back to a synchronous send.
+ * TLS handle is used by one thread at a time, like any I/O handle. It counts only the system calls
+ * it makes itself (kernel TLS); its inner handle counts its own. The wrapper has no submit hook
+ * (OpenSSL reuses its record buffer, so a record cannot stay in flight): tm_chan_submit falls back
+ * to a synchronous send.
  */
 #pragma once
 
@@ -118,9 +116,10 @@ void tm_tls_ctx_set_key_limit(tm_tls_ctx *ctx, uint64_t records);
 void tm_tls_ctx_get_stats(const tm_tls_ctx *ctx, tm_tls_stats *ret);
 
 /*
- * Why record protection runs in user space (always, in this build): e.g. "kernel TLS offload
- * unavailable: /proc/sys/net/ipv4/tcp_available_ulp lists 'mptcp', no 'tls' (modprobe tls)". The
- * string belongs to ctx. Meant for a log line or the statistics of a run.
+ * Whether the kernel will protect the records of channels started with ctx (kernel TLS), or why
+ * they are protected in user space: e.g. "kernel TLS offload unavailable (tcp_available_ulp:
+ * 'mptcp', no 'tls'; modprobe tls adds it): records protected in user space". The string belongs
+ * to ctx. Meant for a log line or the statistics of a run.
  */
 const char *tm_tls_ctx_ktls_reason(const tm_tls_ctx *ctx);
 
@@ -131,56 +130,60 @@ const char *tm_tls_ctx_ktls_reason(const tm_tls_ctx *ctx);
 int tm_tls_ktls_probe(GError **error);
 
 /*
- * Runs the TLS handshake on ch, which must be open with its inner backend (tm_chan_open), and on
- * success makes it a TLS channel (ch->ops = &tm_transport_tls; the inner ops and priv live on in
- * the TLS state and are closed by tm_chan_close). Blocks up to ch->timeout_ms per read or write.
- * Returns 0, or -errno with "channel N: TLS handshake: <which check failed>" in *error; then ch
- * is left with its inner backend, to be closed by the caller:
+ * Runs the TLS handshake over the open handle *io (a byte mover) and on success replaces *io with
+ * a TLS handle wrapping it (ops tm_transport_tls; closing it with tm_io_free closes the inner
+ * handle too). Blocks up to io->timeout_ms per read or write. Returns 0, or -errno with
+ * "channel N: TLS handshake: <which check failed>" in *error; then *io is left as it was, to be
+ * closed by the caller:
  *   -EKEYREJECTED  the peer's certificate is not issued by our CA, does not match the expected
  *                  name, or is not meant for this use; or the peer refused ours
  *   -EKEYEXPIRED   a certificate has expired or is not valid yet (ours, as the peer says, or its)
  *   -EACCES        the client presented no certificate (or the server says we did not)
  *   -EPROTO        the peer does not speak TLS (e.g. a plaintext tagmig peer) or broke the protocol
  *   -EPROTONOSUPPORT  no TLS 1.3, or no common cipher suite
- *   -ECONNRESET, -ETIMEDOUT, ...  from the inner backend
- * -EALREADY if ch already is a TLS channel.
+ *   -ECONNRESET, -ETIMEDOUT, ...  from the inner handle
+ * -EALREADY if *io already is a TLS handle.
  */
-int tm_tls_chan_start(tm_tls_ctx *ctx, tm_chan *ch, GError **error);
+int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error);
 
 /*
- * Ends the TLS session of ch cleanly: sends close_notify, then waits for the peer's. Call it
+ * Ends the TLS session of io cleanly: sends close_notify, then waits for the peer's. Call it
  * after the last message of the session (END_ACK sent or received) on both sides; each side
  * sends before it reads, so they do not wait for each other. Returns 0, or -errno in *error:
  * -ECONNRESET "premature end" when the peer closed the connection without close_notify (the
  * stream may have been truncated), -EPROTO when the peer sent data instead of close_notify.
- * Returns 0 at once for a channel that is not a TLS channel.
+ * Returns 0 at once for a handle that is not a TLS handle (or NULL).
  */
-int tm_tls_chan_shutdown(tm_chan *ch, GError **error);
+int tm_tls_shutdown(tm_io *io, GError **error);
 
-/* Whether ch runs TLS (tm_tls_chan_start succeeded on it). */
-bool tm_tls_chan_is_tls(const tm_chan *ch);
+/* Whether io is a TLS handle (tm_tls_wrap succeeded on it). false for NULL. */
+bool tm_tls_active(const tm_io *io);
 
-/* Cipher suite name of ch (e.g. "TLS_AES_128_GCM_SHA256"), NULL if ch is not a TLS channel. */
-const char *tm_tls_chan_cipher(const tm_chan *ch);
+/* Cipher suite name of io (e.g. "TLS_AES_128_GCM_SHA256"), NULL if io is not a TLS handle. */
+const char *tm_tls_cipher(const tm_io *io);
 
-/* Which direction of ch the kernel protects (kernel TLS): TM_TLS_KTLS_TX | TM_TLS_KTLS_RX, or 0. */
+/* Which direction of io the kernel protects (kernel TLS): TM_TLS_KTLS_TX | TM_TLS_KTLS_RX, or 0. */
 #define TM_TLS_KTLS_TX 1u
 #define TM_TLS_KTLS_RX 2u
-unsigned tm_tls_chan_ktls(const tm_chan *ch);
+unsigned tm_tls_ktls(const tm_io *io);
 
-/* Whether ch's handshake resumed a session (false if not a TLS channel). */
-bool tm_tls_chan_resumed(const tm_chan *ch);
+/* Whether io's handshake resumed a session (false if not a TLS handle). */
+bool tm_tls_resumed(const tm_io *io);
 
 /*
- * The explanation of the last failed send or recv on TLS channel ch, e.g. "TLS record
+ * The explanation of the last failed send or recv on TLS handle io, e.g. "TLS record
  * authentication failed (bad record MAC): the data was altered in transit", or NULL. The hooks
  * of tm_transport_ops return only -errno (-EBADMSG there); this is the text for the error
- * message. Valid until the next call on ch.
+ * message (also the handle's last_error hook, so tm_io_reason gives it). Valid until the next
+ * call on io.
  */
-const char *tm_tls_chan_last_error(const tm_chan *ch);
+const char *tm_tls_last_error(const tm_io *io);
 
-/* Copies ctx's handshake counters, ch's cipher and the kTLS note into ret; ctx NULL: no-op. */
-void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret);
+/*
+ * Copies ctx's handshake counters, io's cipher and the note on who protects and moves the records
+ * into ret (io: channel 0's handle, may be NULL); ctx NULL: no-op.
+ */
+void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_io *io, tm_stats *ret);
 
 /*
  * Whether the first bytes received on a plaintext channel look like a TLS handshake record (a
@@ -190,8 +193,8 @@ void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_chan *ch, tm_stats *ret);
 bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
 
 /*
- * The TLS wrapper backend, installed by tm_tls_chan_start(). Opening a channel with it directly
- * fails (-EINVAL): it needs an inner backend.
+ * The TLS wrapper's ops, installed by tm_tls_wrap(). tm_io_open() with it fails (-EINVAL): it
+ * needs an inner handle.
  *
  * The sender-to-receiver direction (the guest's memory) runs on tagmig's own record layer by
  * default (records.c, tm_tls_ctx_set_record_layer): send() seals the first iovec of each call (a
@@ -209,7 +212,7 @@ bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
  *
  * Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer closed: with
  * close_notify, or "premature end" without), -EPROTO (a TLS message tagmig does not accept at
- * this point, a fatal alert), the inner backend's -errno; the text is in tm_tls_chan_last_error().
+ * this point, a fatal alert), the inner handle's -errno; the text is in tm_tls_last_error().
  */
 extern const tm_transport_ops tm_transport_tls;
 

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The protocol channel: one channel of a session (its number, the sequence numbers of the tagmig
+ * stream both ways, its message and page counters) over one I/O handle (transport.h), which moves
+ * the bytes: a byte mover, or TLS wrapping one. The channel never knows which.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <glib.h>
+
+#include "codec/codec.h"
+#include "transport/transport.h"
+
+typedef struct tm_chan {
+	/* read-only after setup */
+	unsigned id;
+	tm_io *io;      /* the I/O handle (owned); a wrapper may replace it at setup (tm_tls_wrap) */
+	int fd;         /* io's socket, -1 when closed: for the session's poll and shutdown, not I/O */
+	unsigned depth; /* packet slots the handle took at open (io->depth); 1 without submit */
+	/* worker-local (the thread that owns the channel at the time) */
+	uint32_t tx_seq;
+	uint32_t rx_seq;
+	bool peer_error; /* the failure at hand is the peer's ERROR message */
+	tm_counters st;
+	tm_io_counters io_closed; /* I/O counters of the handle once it is closed */
+} tm_chan;
+
+/*
+ * Takes fd (closed on failure too) and opens the channel's I/O handle on it with backend ops and
+ * depth packet slots (tm_io_open). ch->io is NULL on failure and after tm_chan_close.
+ */
+int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
+		 unsigned timeout_ms, unsigned depth, GError **error);
+/* Closes the I/O handle (and the socket). Idempotent. */
+void tm_chan_close(tm_chan *ch);
+
+/* Gives ch (and its I/O handle, for the handle's messages) the channel number id. */
+void tm_chan_set_id(tm_chan *ch, unsigned id);
+
+/* Changes how long a single blocked read or write of ch may take. */
+void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms);
+
+/*
+ * Sends the message of a packet slot: the handle's submit where it has it, else its send.
+ * Counts wire bytes; the error names the channel.
+ */
+int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len,
+		   GError **error);
+/* Waits until the buffers of slot may be reused (no-op without submit). */
+int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error);
+
+/* Send/receive with the channel named in *error; both count wire bytes. */
+int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error);
+int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error);
+/*
+ * Receives exactly len bytes into iov[0..n) and counts them. Returns 0 or -errno without a message:
+ * the caller names what was being received (tm_chan_io_reason() has the words).
+ */
+int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len);
+
+/* Reads and decodes the next frame header; checks its sequence number. */
+int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError **error);
+
+/* Sends a control message (tm_ctrl_encode). */
+int tm_chan_send_ctrl(tm_chan *ch, uint8_t type, uint64_t a, uint64_t b, GError **error);
+
+/*
+ * Receives the next message, which must be a control message of type `type`; an ERROR from the
+ * peer becomes -code with its message ("channel N: receiver: ..."), anything else -EPROTO.
+ */
+int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_b,
+		      GError **error);
+
+/* Receives an ERROR body of f (already read) and turns it into *error. Returns -code. */
+int tm_chan_recv_peer_error(tm_chan *ch, const tm_frame *f, const char *peer, GError **error);
+
+/* Best effort, never blocks: tells the peer why we give up. */
+void tm_chan_send_error(tm_chan *ch, int code, const char *message);
+
+/*
+ * After a send failed because the peer went away: waits up to a second for an ERROR the peer
+ * sent before closing and turns it into *error (returns -code), else returns 0.
+ */
+int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error);
+
+/* Words for a failed send or receive: the I/O handle's explanation, or the errno's. */
+const char *tm_chan_io_reason(const tm_chan *ch, int err);
+
+/* Prefixes *error with "channel N: ". */
+void tm_chan_prefix_error(const tm_chan *ch, GError **error);
+
+/* Adds ch's counters (the protocol's and its I/O handle's) to ret. */
+void tm_chan_sum(const tm_chan *ch, tm_stats *ret);

@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The I/O handle (transport.h): opening a byte mover on a socket, wrapping a handle in another
+ * (TLS), closing a stack of handles from the top, and what the core does on top of the hooks
+ * (timeouts on every layer, the last message before giving up, counters and paths summed over
+ * the layers: each layer counts only what it moved itself).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tagmig/error.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
+
+static void set_timeouts(int fd, unsigned timeout_ms, int *ret_err)
+{
+	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) {
+		if (ret_err)
+			*ret_err = errno;
+	}
+}
+
+int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, unsigned timeout_ms,
+	       unsigned depth, tm_io **ret, GError **error)
+{
+	/* Every blocked read or write ends after timeout_ms: a stuck peer is an error, not a hang. */
+	int e = 0, one = 1;
+	set_timeouts(fd, timeout_ms, &e);
+	if (e) {
+		g_set_error(error, TM_ERROR, e, "channel %u: socket setup: %s", id, g_strerror(e));
+		close(fd);
+		return -e;
+	}
+	/* Control messages are tiny and latency bound (sync barriers); data goes out in big writes. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	tm_io *io = g_new0(tm_io, 1);
+	io->fd = fd;
+	io->id = id;
+	io->ops = ops;
+	io->path = ops->name;
+	io->timeout_ms = timeout_ms;
+	io->depth = ops->submit ? MAX(depth, 1) : 1;
+	io->priv = g_malloc0(MAX(ops->priv_size, 1));
+	if (ops->open) {
+		int r = ops->open(io, error);
+		if (r < 0) {
+			g_free(io->priv);
+			g_free(io);
+			close(fd);
+			return r;
+		}
+	}
+	*ret = io;
+	return 0;
+}
+
+tm_io *tm_io_wrap(tm_io *inner, const tm_transport_ops *ops, void *priv)
+{
+	tm_io *io = g_new0(tm_io, 1);
+
+	io->fd = inner->fd;
+	io->id = inner->id;
+	io->timeout_ms = inner->timeout_ms;
+	io->depth = 1;
+	io->ops = ops;
+	io->priv = priv;
+	io->inner = inner;
+	return io;
+}
+
+void tm_io_free(tm_io *io)
+{
+	if (!io)
+		return;
+	/* Top down: a wrapper may still send through its inner handle as it closes. */
+	if (io->ops->close)
+		io->ops->close(io);
+	g_free(io->priv);
+	if (io->inner)
+		tm_io_free(io->inner);
+	else
+		close(io->fd);
+	g_free(io);
+}
+
+void tm_io_set_timeout(tm_io *io, unsigned timeout_ms)
+{
+	for (tm_io *l = io; l; l = l->inner)
+		l->timeout_ms = timeout_ms;
+	set_timeouts(io->fd, timeout_ms, NULL);
+}
+
+void tm_io_send_last(tm_io *io, const void *buf, size_t len)
+{
+	if (io->ops->send_last) {
+		io->ops->send_last(io, buf, len);
+		return;
+	}
+	/* Not into the middle of a message still in flight: let the backend finish it first. A
+	 * backend that cannot (its own send failed) leaves a stream the peer cannot parse. */
+	if (io->ops->drain && io->ops->drain(io) < 0)
+		return;
+	/* Best effort and never blocking: the peer may be gone or not reading. */
+	(void)!send(io->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+const char *tm_io_reason(const tm_io *io, int err)
+{
+	/* A wrapper may know more than an errno: which record failed to authenticate, and so on. */
+	const char *why = io->ops->last_error ? io->ops->last_error(io) : NULL;
+	if (why)
+		return why;
+	switch (err) {
+	case ECONNRESET:
+	case EPIPE:
+		return "connection closed by the peer";
+	case ETIMEDOUT:
+		return "timed out";
+	default:
+		return g_strerror(err);
+	}
+}
+
+bool tm_io_peer_speaks_tls(const tm_io *io, const uint8_t *buf, size_t len)
+{
+	/* Through a wrapper these are not the peer's raw bytes. */
+	return !io->inner && tm_tls_looks_like_tls(buf, len);
+}
+
+void tm_io_add_counters(const tm_io *io, tm_io_counters *ret)
+{
+	for (const tm_io *l = io; l; l = l->inner) {
+		ret->io_submissions += __atomic_load_n(&l->st.io_submissions, __ATOMIC_RELAXED);
+		ret->io_completions += __atomic_load_n(&l->st.io_completions, __ATOMIC_RELAXED);
+		ret->zc_sends += __atomic_load_n(&l->st.zc_sends, __ATOMIC_RELAXED);
+		ret->zc_copied += __atomic_load_n(&l->st.zc_copied, __ATOMIC_RELAXED);
+	}
+}
