@@ -121,6 +121,7 @@ static void run(const tm_transport_ops *ops, bool tls, unsigned channels, bool p
 {
 	chan_run *c = g_new0(chan_run, 2 * channels);
 	int64_t hs_us = 0;
+	tm_io_config ioc = { .timeout_ms = 60000, .depth = 1 };
 
 	for (unsigned i = 0; i < channels; i++) {
 		int a, b;
@@ -128,8 +129,8 @@ static void run(const tm_transport_ops *ops, bool tls, unsigned channels, bool p
 		if (tcp_pair(&a, &b, &err) < 0)
 			g_error("%s", err->message);
 		chan_run *s = &c[2 * i], *r = &c[2 * i + 1];
-		if (tm_chan_open(&s->ch, a, i, ops, 60000, 1, &err) < 0 ||
-		    tm_chan_open(&r->ch, b, i, ops, 60000, 1, &err) < 0)
+		if (tm_chan_open(&s->ch, a, i, ops, &ioc, &err) < 0 ||
+		    tm_chan_open(&r->ch, b, i, ops, &ioc, &err) < 0)
 			g_error("%s", err->message);
 		s->sender = true;
 		s->pages = r->pages = pages;
@@ -253,6 +254,13 @@ int main(int argc, char **argv)
 	if (tm_tls_ctx_new(TM_TLS_CLIENT, creds, "localhost", &cctx, &err) < 0 ||
 	    tm_tls_ctx_new(TM_TLS_SERVER, creds, NULL, &sctx, &err) < 0)
 		g_error("%s", err->message);
+	/* a tool: it maps the environment onto the tuning, as tagmig's tools/env.c does */
+	tm_tuning tune = {
+		.tls_openssl_records = g_strcmp0(g_getenv("TAGMIG_TLS_RECORDS"), "openssl") == 0,
+		.no_ktls = g_strcmp0(g_getenv("TAGMIG_KTLS"), "0") == 0,
+	};
+	tm_tls_ctx_tune(cctx, &tune);
+	tm_tls_ctx_tune(sctx, &tune);
 
 	struct utsname u;
 	uname(&u);

@@ -14,12 +14,12 @@
 #include "transport/tls/tls.h"
 
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
-		 unsigned timeout_ms, unsigned depth, GError **error)
+		 const tm_io_config *cfg, GError **error)
 {
 	memset(ch, 0, sizeof(*ch));
 	ch->id = id;
 	ch->fd = -1;
-	int r = tm_io_open(fd, id, ops, timeout_ms, depth, &ch->io, error);
+	int r = tm_io_open(fd, id, ops, cfg, &ch->io, error);
 	if (r < 0)
 		return r;
 	ch->fd = ch->io->fd;

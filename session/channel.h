@@ -30,11 +30,11 @@ typedef struct tm_chan {
 } tm_chan;
 
 /*
- * Takes fd (closed on failure too) and opens the channel's I/O handle on it with backend ops and
- * depth packet slots (tm_io_open). ch->io is NULL on failure and after tm_chan_close.
+ * Takes fd (closed on failure too) and opens the channel's I/O handle on it with backend ops as
+ * cfg says (tm_io_open). ch->io is NULL on failure and after tm_chan_close.
  */
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
-		 unsigned timeout_ms, unsigned depth, GError **error);
+		 const tm_io_config *cfg, GError **error);
 /* Closes the I/O handle (and the socket). Idempotent. */
 void tm_chan_close(tm_chan *ch);
 

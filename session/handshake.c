@@ -52,7 +52,8 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 	tm_chan tmp;
 	tm_frame f;
 	tm_hello h = { 0 };
-	int ret = tm_chan_open(&tmp, fd, 0, r->io, timeout_ms, 1, error);
+	tm_io_config ioc = { .timeout_ms = timeout_ms, .depth = 1, .zerocopy = r->cfg.tuning.zerocopy };
+	int ret = tm_chan_open(&tmp, fd, 0, r->io, &ioc, error);
 	if (ret < 0)
 		return ret;
 	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp.io, error)) < 0) {

@@ -29,6 +29,8 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	if (c.tls_creds_dir &&
 	    (r = tm_tls_ctx_new(TM_TLS_SERVER, c.tls_creds_dir, NULL, &tls, error)) < 0)
 		return r;
+	if (tls)
+		tm_tls_ctx_tune(tls, &c.tuning);
 	tm_receiver *rc = g_new0(tm_receiver, 1);
 	rc->io_note = g_steal_pointer(&note);
 	rc->tls = g_steal_pointer(&tls);

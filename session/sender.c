@@ -182,6 +182,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 				close(fds[i]);
 			return fail_setup(s, error);
 		}
+		tm_tls_ctx_tune(s->tls, &s->cfg.tuning);
 	}
 	/*
 	 * Channel by channel: connect-level setup, TLS (channel 0 first: it does the full
@@ -191,7 +192,9 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	 */
 	for (unsigned i = 0; i < n; i++) {
 		tm_chan *ch = &s->chans[i].ch;
-		r = tm_chan_open(ch, fds[i], i, s->io, s->cfg.timeout_ms, s->cfg.queue_depth, error);
+		tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,
+				     .zerocopy = s->cfg.tuning.zerocopy };
+		r = tm_chan_open(ch, fds[i], i, s->io, &ioc, error);
 		if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
 			tm_chan_close(ch);
 		if (r < 0) {

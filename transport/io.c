@@ -27,9 +27,11 @@ static void set_timeouts(int fd, unsigned timeout_ms, int *ret_err)
 	}
 }
 
-int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, unsigned timeout_ms,
-	       unsigned depth, tm_io **ret, GError **error)
+int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, const tm_io_config *cfg,
+	       tm_io **ret, GError **error)
 {
+	unsigned timeout_ms = cfg->timeout_ms, depth = cfg->depth;
+
 	/* Every blocked read or write ends after timeout_ms: a stuck peer is an error, not a hang. */
 	int e = 0, one = 1;
 	set_timeouts(fd, timeout_ms, &e);
@@ -48,6 +50,7 @@ int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, unsigned timeou
 	io->path = ops->name;
 	io->timeout_ms = timeout_ms;
 	io->depth = ops->submit ? MAX(depth, 1) : 1;
+	io->zerocopy = cfg->zerocopy;
 	io->priv = g_malloc0(MAX(ops->priv_size, 1));
 	if (ops->open) {
 		int r = ops->open(io, error);

@@ -18,6 +18,13 @@
 
 typedef struct tm_io tm_io;
 
+/* How a byte mover is opened (tm_io_open, tm_chan_open). */
+typedef struct tm_io_config {
+	unsigned timeout_ms; /* any single blocked read or write */
+	unsigned depth;      /* packet slots for ops->submit (the backend may take fewer) */
+	int zerocopy;        /* io_uring: 0 zero-copy sends while they pay, 1 always, -1 never */
+} tm_io_config;
+
 /*
  * An I/O handle's backend: a byte mover on a connected socket (sockets, io_uring) or a wrapper
  * that moves its bytes through another handle (TLS, transport/tls/tls.h). The ops table is
@@ -117,6 +124,7 @@ struct tm_io {
 	unsigned id;          /* the channel's number, for error messages */
 	unsigned timeout_ms;
 	unsigned depth;       /* packet slots for ops->submit; 1 without it */
+	int zerocopy;         /* tm_io_config.zerocopy, for backends that can send zero-copy */
 	const tm_transport_ops *ops;
 	void *priv;
 	tm_io *inner;         /* a wrapper's handle that moves its bytes (owned); NULL: a byte mover */
@@ -133,12 +141,12 @@ struct tm_io {
 
 /*
  * Opens a byte mover on fd (taken, closed on failure too): configures the socket (timeouts,
- * TCP_NODELAY), allocates io->priv, calls ops->open with depth packet slots (the backend may
- * lower it; io->depth says what it took). Returns 0 and *ret (free with tm_io_free), or -errno
+ * TCP_NODELAY), allocates io->priv, calls ops->open with cfg->depth packet slots (the backend
+ * may lower it; io->depth says what it took) and cfg->zerocopy in io->zerocopy. Returns 0 and *ret (free with tm_io_free), or -errno
  * with "channel <id>: ..." in *error. ops must be a byte mover: a wrapper's open refuses.
  */
-int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, unsigned timeout_ms,
-	       unsigned depth, tm_io **ret, GError **error);
+int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, const tm_io_config *cfg,
+	       tm_io **ret, GError **error);
 
 /*
  * Makes a wrapper handle over inner (which it then owns) with ops and priv (a g_malloc'd block

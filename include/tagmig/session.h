@@ -63,6 +63,17 @@ TM_EXPORT const char *tm_io_backend_default(void);
 /* 0 if backend name can run on this host, else -errno with the reason in *error. */
 TM_EXPORT int tm_io_backend_probe(const char *name, GError **error);
 
+/*
+ * Switches for benchmarks and diagnosis, in both configs; all zero is the default. The library
+ * reads no environment: the tagmig tool maps $TAGMIG_ZEROCOPY, $TAGMIG_TLS_RECORDS and
+ * $TAGMIG_KTLS onto these fields (tagmig(1), ENVIRONMENT).
+ */
+typedef struct tm_tuning {
+	int zerocopy;             /* io_uring zero-copy sends: 0 while they pay, 1 always, -1 never */
+	bool tls_openssl_records; /* TLS records by OpenSSL's layer, not tagmig's in-place one */
+	bool no_ktls;             /* never hand the TLS keys to the kernel (kernel TLS) */
+} tm_tuning;
+
 typedef struct tm_sender_config {
 	unsigned channels;    /* 1..64; 0 means 4 */
 	uint64_t chunk_size;  /* striping chunk (power of two >= packet_size); 0 means 2 MiB */
@@ -77,6 +88,7 @@ typedef struct tm_sender_config {
 	 */
 	const char *tls_creds_dir;
 	const char *tls_hostname;
+	tm_tuning tuning;
 } tm_sender_config;
 
 /*
@@ -156,6 +168,7 @@ typedef struct tm_receiver_config {
 	 * server-key.pem; the sender must present a certificate issued by that CA.
 	 */
 	const char *tls_creds_dir;
+	tm_tuning tuning;
 } tm_receiver_config;
 
 /* Creates a receiver; cfg may be NULL. Returns 0 or -errno. */

@@ -130,6 +130,62 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 	guest_fini(&dst);
 }
 
+/*
+ * One migration with a given tuning.zerocopy; returns the sender's zero-copy sends. The library
+ * reads no environment: $TAGMIG_ZEROCOPY says the opposite of the tuning and must not matter.
+ */
+static uint64_t migrate_zerocopy(int zerocopy, const char *env)
+{
+	static const block_spec spec[] = { { "ram", 8u << 20, 4096 } };
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+
+	g_setenv("TAGMIG_ZEROCOPY", env, TRUE);
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 20000, .tuning = { .zerocopy = zerocopy } };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	uint64_t all = 0;
+	g_autofree uint64_t *pages = g_new(uint64_t, (8u << 20) / 4096);
+	for (uint64_t i = 0; i < (8u << 20) / 4096; i++)
+		pages[all++] = i;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, pages, all, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	tm_stats ss;
+	tm_sender_get_stats(s, &ss);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+	g_unsetenv("TAGMIG_ZEROCOPY");
+	g_test_message("zerocopy %d ($TAGMIG_ZEROCOPY=%s): %" G_GUINT64_FORMAT " zero-copy sends of "
+		       "%" G_GUINT64_FORMAT " packets", zerocopy, env, ss.zc_sends, ss.packets);
+	return ss.zc_sends;
+}
+
+static void test_zerocopy_tuning(void)
+{
+	uint64_t never = migrate_zerocopy(-1, "1"), always = migrate_zerocopy(1, "0");
+	g_assert_cmpuint(never, ==, 0);
+	if (strcmp(send_io, "io_uring") != 0 || tls_dir) {
+		/* plain sockets, and TLS records, never send from guest RAM zero-copy */
+		g_assert_cmpuint(always, ==, 0);
+		return;
+	}
+	/* forced on: past the point where the kernel's copying would have turned it off (8) */
+	g_assert_cmpuint(always, >, 8);
+}
+
 static void migrate(const block_spec *spec, unsigned nblocks, unsigned channels, bool tags,
 		    uint64_t chunk_size)
 {
@@ -329,6 +385,7 @@ int main(int argc, char **argv)
 		{ "queue-errors", test_queue_errors, false },
 		{ "config-errors", test_config_errors, false },
 		{ "short-sends-resumed", test_short_sends_resumed, false },
+		{ "zerocopy-tuning", test_zerocopy_tuning, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }

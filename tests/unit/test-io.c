@@ -81,6 +81,41 @@ static void test_env_forces(void)
 	g_unsetenv("TAGMIG_IO");
 }
 
+/* The tools map the tuning variables onto tm_tuning (tools/env.c); unset or other values: 0. */
+static void test_env_tuning(void)
+{
+	tm_tuning t = { 0 };
+	cli_env_tuning(&t);
+	g_assert_cmpint(t.zerocopy, ==, 0);
+	g_assert_false(t.tls_openssl_records);
+	g_assert_false(t.no_ktls);
+
+	g_setenv("TAGMIG_ZEROCOPY", "0", TRUE);
+	g_setenv("TAGMIG_TLS_RECORDS", "openssl", TRUE);
+	g_setenv("TAGMIG_KTLS", "0", TRUE);
+	tm_sender_config scfg = { 0 };
+	tm_receiver_config rcfg = { 0 };
+	cli_env_sender_config(&scfg);
+	cli_env_receiver_config(&rcfg);
+	g_assert_cmpint(scfg.tuning.zerocopy, ==, -1);
+	g_assert_true(scfg.tuning.tls_openssl_records);
+	g_assert_true(scfg.tuning.no_ktls);
+	g_assert_cmpint(rcfg.tuning.zerocopy, ==, -1);
+	g_assert_true(rcfg.tuning.tls_openssl_records && rcfg.tuning.no_ktls);
+
+	g_setenv("TAGMIG_ZEROCOPY", "1", TRUE);
+	g_setenv("TAGMIG_TLS_RECORDS", "own", TRUE);
+	g_setenv("TAGMIG_KTLS", "1", TRUE);
+	t = (tm_tuning){ 0 };
+	cli_env_tuning(&t);
+	g_assert_cmpint(t.zerocopy, ==, 1);
+	g_assert_false(t.tls_openssl_records);
+	g_assert_false(t.no_ktls);
+	g_unsetenv("TAGMIG_ZEROCOPY");
+	g_unsetenv("TAGMIG_TLS_RECORDS");
+	g_unsetenv("TAGMIG_KTLS");
+}
+
 static void test_seccomp_forbids(void)
 {
 	if (g_test_subprocess()) {
@@ -129,6 +164,7 @@ int main(int argc, char **argv)
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/io/default-is-io_uring", test_default_is_io_uring);
 	g_test_add_func("/io/env-forces", test_env_forces);
+	g_test_add_func("/io/env-tuning", test_env_tuning);
 	g_test_add_func("/io/seccomp-forbids", test_seccomp_forbids);
 	return g_test_run();
 }

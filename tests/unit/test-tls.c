@@ -121,7 +121,7 @@ static void loopback_pair(int *ret_client, int *ret_server)
 static void chan_open(tm_chan *ch, int fd, unsigned id)
 {
 	g_autoptr(GError) err = NULL;
-	g_assert_cmpint(tm_chan_open(ch, fd, id, inner, TIMEOUT_MS, 1, &err), ==, 0);
+	g_assert_cmpint(tm_chan_open(ch, fd, id, inner, &(tm_io_config){ .timeout_ms = TIMEOUT_MS, .depth = 1 }, &err), ==, 0);
 	g_assert_no_error(err);
 }
 
@@ -940,7 +940,7 @@ static void test_setup_errors(void)
 	tm_chan ch;
 	loopback_pair(&a, &b);
 	close(b);
-	g_assert_cmpint(tm_chan_open(&ch, a, 0, &tm_transport_tls, TIMEOUT_MS, 1, &err), ==,
+	g_assert_cmpint(tm_chan_open(&ch, a, 0, &tm_transport_tls, &(tm_io_config){ .timeout_ms = TIMEOUT_MS, .depth = 1 }, &err), ==,
 			-EINVAL);
 	g_assert_nonnull(strstr(err->message, "tm_tls_wrap"));
 	tm_tls_ctx_free(NULL);

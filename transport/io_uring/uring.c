@@ -14,8 +14,8 @@
  * that transmits from our pages. On loopback (and with drivers that cannot) the kernel copies
  * anyway and says so in each notification (IORING_NOTIF_USAGE_ZC_COPIED); then zero-copy only
  * adds pinning and notification completions (bench/README.md), so after ZC_COPIED_LIMIT such
- * reports in a row the channel switches to plain IORING_OP_SENDMSG. TAGMIG_ZEROCOPY=0 turns
- * zero-copy off, =1 keeps it on regardless.
+ * reports in a row the channel switches to plain IORING_OP_SENDMSG. io->zerocopy (the sessions'
+ * tm_tuning.zerocopy) -1 turns zero-copy off, 1 keeps it on regardless.
  *
  * A short send is resubmitted from where it stopped (MSG_WAITALL makes it rare).
  */
@@ -59,7 +59,7 @@ typedef struct uring_priv {
 	int active;    /* slot whose send is in the kernel, or -1 */
 	int error;     /* first failure of an asynchronous send (negative errno), sticky */
 	bool zc;       /* use zero-copy sends for packets */
-	bool zc_forced; /* TAGMIG_ZEROCOPY=1: even when the kernel copies */
+	bool zc_forced; /* zerocopy > 0: even when the kernel copies */
 	unsigned zc_copied_run; /* copied notifications in a row */
 	/* receive */
 	struct iovec *riov;
@@ -136,9 +136,8 @@ static int uring_open(tm_io *io, GError **error)
 	p->nslots = depth + 1;
 	p->slots = g_new0(uslot, p->nslots);
 	p->active = -1;
-	const char *zc = g_getenv("TAGMIG_ZEROCOPY");
-	p->zc = __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && g_strcmp0(zc, "0") != 0;
-	p->zc_forced = p->zc && g_strcmp0(zc, "1") == 0;
+	p->zc = __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && io->zerocopy >= 0;
+	p->zc_forced = p->zc && io->zerocopy > 0;
 	return 0;
 }
 

@@ -217,15 +217,12 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 	SSL_CTX_set_app_data(sc, ctx);
 	/* The traffic secret for our own record layer (tls-chan.c own_start). */
 	SSL_CTX_set_keylog_callback(sc, tm_tls_keylog_cb);
-	ctx->own_records = g_strcmp0(g_getenv("TAGMIG_TLS_RECORDS"), "openssl") != 0;
+	ctx->own_records = true;
 	ctx->key_limit = TM_TLS_KEY_LIMIT;
 
 	g_autoptr(GError) ktls = NULL;
 	g_autofree char *why = NULL;
-	if (g_strcmp0(g_getenv("TAGMIG_KTLS"), "0") == 0)
-		ctx->ktls_reason = g_strdup("kernel TLS offload disabled (TAGMIG_KTLS=0): records "
-					    "protected in user space");
-	else if (tm_tls_ktls_probe(&ktls) < 0)
+	if (tm_tls_ktls_probe(&ktls) < 0)
 		ctx->ktls_reason = g_strdup_printf("%s: records protected in user space",
 						   ktls->message);
 	else if (tm_ktls_probe(&why) < 0)
@@ -265,6 +262,18 @@ void tm_tls_ctx_set_ktls(tm_tls_ctx *ctx, bool on)
 		g_free(ctx->ktls_reason);
 		ctx->ktls_reason = g_strdup("kernel TLS offload turned off for this session: records "
 					    "protected in user space");
+	}
+}
+
+void tm_tls_ctx_tune(tm_tls_ctx *ctx, const tm_tuning *t)
+{
+	if (t->tls_openssl_records)
+		tm_tls_ctx_set_record_layer(ctx, false);
+	if (t->no_ktls && ctx->ktls) {
+		ctx->ktls = false;
+		g_free(ctx->ktls_reason);
+		ctx->ktls_reason = g_strdup("kernel TLS offload turned off (tuning.no_ktls; "
+					    "$TAGMIG_KTLS=0 in the tools): records protected in user space");
 	}
 }
 

@@ -46,6 +46,7 @@
 
 #include <glib.h>
 
+#include "tagmig/session.h"
 #include "transport/transport.h"
 
 G_BEGIN_DECLS
@@ -96,16 +97,21 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_tls_ctx, tm_tls_ctx_free)
  * Who protects the records of the sender-to-receiver direction, which carries the guest's memory,
  * on channels started from now on: tagmig's own record layer (own = true, the default; the sender
  * encrypts straight from guest RAM, the receiver decrypts straight into it) or OpenSSL's (false;
- * also when $TAGMIG_TLS_RECORDS is "openssl"). Both are TLS 1.3 on the wire and interoperate: a
+ * a session's tuning.tls_openssl_records). Both are TLS 1.3 on the wire and interoperate: a
  * side may use either whatever the peer uses. The other direction is always OpenSSL's. For
  * benchmarks and tests; not thread-safe against channels starting.
  */
 void tm_tls_ctx_set_record_layer(tm_tls_ctx *ctx, bool own);
 
 /*
+ * Applies a session's tuning (tagmig/session.h) to a new context: OpenSSL's record layer for
+ * tls_openssl_records, kernel TLS off for no_ktls (the reason says so).
+ */
+void tm_tls_ctx_tune(tm_tls_ctx *ctx, const tm_tuning *t);
+
+/*
  * Turns kernel TLS off for channels started from now on (it is on where tm_tls_ctx_new found it
- * usable: the tls ULP, and a kernel that takes new keys, Linux 6.14 on; not with
- * $TAGMIG_KTLS=0). Kernel TLS needs tagmig's record layer (our keys). For benchmarks and tests.
+ * usable: the tls ULP, and a kernel that takes new keys, Linux 6.14 on). Kernel TLS needs tagmig's record layer (our keys). For benchmarks and tests.
  */
 void tm_tls_ctx_set_ktls(tm_tls_ctx *ctx, bool on);
 
