@@ -13,7 +13,22 @@
 #include <glib.h>
 
 #include "codec/codec.h"
+#include "tagmig/session.h"
 #include "transport/transport.h"
+
+/* Counters of a protocol channel: written by its worker only (relaxed atomics), summed by get_stats. */
+typedef struct tm_counters {
+	uint64_t pages;
+	uint64_t by_kind[TM_PAGE_KIND_COUNT];
+	uint64_t by_enc[TM_TAG_ENC_COUNT];
+	uint64_t packets;
+	uint64_t wire_bytes;
+	uint64_t data_bytes;
+	uint64_t tag_bytes;
+} tm_counters;
+
+/* Sums the protocol counters of a channel into ret (pages, bytes, ...); see tm_chan_sum. */
+void tm_counters_sum(const tm_counters *c, tm_stats *ret);
 
 typedef struct tm_chan {
 	/* read-only after setup */

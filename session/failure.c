@@ -3,7 +3,7 @@
  * Which failure explains a session's end: the first one, unless the peer's own ERROR message
  * arrives, which says more than the broken connection it leaves behind.
  */
-#include "transport/transport.h"
+#include "session/session-internal.h"
 
 bool tm_failure_record(tm_failure *f, GError *err, bool from_peer)
 {

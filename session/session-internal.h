@@ -24,6 +24,18 @@
 
 enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
 
+/* Failure bookkeeping shared by sender and receiver. */
+typedef struct tm_failure {
+	GError *error;
+	bool from_peer; /* an ERROR message of the peer: the most useful explanation */
+} tm_failure;
+
+/*
+ * Records err (taking ownership) if it explains more than what is recorded: the first failure
+ * wins, except that a peer's own ERROR replaces a local one. Returns true if recorded.
+ */
+bool tm_failure_record(tm_failure *f, GError *err, bool from_peer);
+
 typedef struct work {
 	uint32_t kind;
 	uint32_t block;

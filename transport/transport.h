@@ -187,20 +187,6 @@ bool tm_io_peer_speaks_tls(const tm_io *io, const uint8_t *buf, size_t len);
 /* Adds the I/O counters of io and of every handle below it to ret. io NULL: no-op. */
 void tm_io_add_counters(const tm_io *io, tm_io_counters *ret);
 
-/* Counters of a protocol channel: written by its worker only (relaxed atomics), summed by get_stats. */
-typedef struct tm_counters {
-	uint64_t pages;
-	uint64_t by_kind[TM_PAGE_KIND_COUNT];
-	uint64_t by_enc[TM_TAG_ENC_COUNT];
-	uint64_t packets;
-	uint64_t wire_bytes;
-	uint64_t data_bytes;
-	uint64_t tag_bytes;
-} tm_counters;
-
-/* Sums the protocol counters of a channel into ret (pages, bytes, ...); see tm_chan_sum. */
-void tm_counters_sum(const tm_counters *c, tm_stats *ret);
-
 /* ---- net.c ---- */
 /* Connects to host:port within timeout_ms; returns fd or -errno. */
 int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, GError **error);
@@ -227,14 +213,3 @@ static inline int64_t tm_now_us(void)
 	return g_get_monotonic_time();
 }
 
-/* Failure bookkeeping shared by sender and receiver. */
-typedef struct tm_failure {
-	GError *error;
-	bool from_peer; /* an ERROR message of the peer: the most useful explanation */
-} tm_failure;
-
-/*
- * Records err (taking ownership) if it explains more than what is recorded: the first failure
- * wins, except that a peer's own ERROR replaces a local one. Returns true if recorded.
- */
-bool tm_failure_record(tm_failure *f, GError *err, bool from_peer);
