@@ -16,11 +16,7 @@ static uint8_t *ram[2], *ram_tags[2];
 
 static void setup(void)
 {
-	fuzz_data_session(&session);
-	for (unsigned i = 0; i < session.block_count; i++) {
-		ram[i] = g_malloc(session.blocks[i].length);
-		ram_tags[i] = g_malloc(session.blocks[i].length / TM_TAG_GRANULE);
-	}
+	fuzz_data_guest(&session, ram, ram_tags);
 	tm_recv_plan_init(&plan, session.packet_size);
 }
 

@@ -49,3 +49,13 @@ static inline void fuzz_data_session(tm_hello *h)
 	if (tm_hello_check(h, NULL) < 0)
 		g_error("fuzz session is invalid");
 }
+
+/* The fixed session and guest RAM (data and tags) for each of its blocks, for the DATA fuzzers. */
+static inline void fuzz_data_guest(tm_hello *h, uint8_t **ram, uint8_t **ram_tags)
+{
+	fuzz_data_session(h);
+	for (unsigned i = 0; i < h->block_count; i++) {
+		ram[i] = g_malloc(h->blocks[i].length);
+		ram_tags[i] = g_malloc(h->blocks[i].length / TM_TAG_GRANULE);
+	}
+}

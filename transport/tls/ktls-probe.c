@@ -16,13 +16,6 @@
 #include "tagmig/error.h"
 #include "transport/tls/tls-internal.h"
 
-#ifndef TCP_ULP
-#define TCP_ULP 31
-#endif
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-
 #define ULP_SYSCTL "/proc/sys/net/ipv4/tcp_available_ulp"
 
 int tm_tls_ktls_probe(GError **error)

@@ -23,13 +23,6 @@
 
 #include "transport/tls/tls-internal.h"
 
-#ifndef TCP_ULP
-#define TCP_ULP 31
-#endif
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-
 typedef union crypto_info {
 	struct tls_crypto_info info;
 	struct tls12_crypto_info_aes_gcm_128 aes128;

@@ -10,6 +10,14 @@
 
 #include "transport/tls/tls.h"
 
+/* Kernel TLS's socket options, for headers that predate them (ktls.c, ktls-probe.c). */
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
+#ifndef SOL_TLS
+#define SOL_TLS 282
+#endif
+
 /* ---- records.c: tagmig's own TLS 1.3 record protection, one direction ---- */
 
 #define TM_TLS_HDR 5u       /* type, legacy version, length */
