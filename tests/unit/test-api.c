@@ -115,10 +115,29 @@ static void test_tag_buffer_check(void)
 	g_assert_cmpstr(err->message, ==, "byte at offset 8190 has high nibble set (0x80)");
 }
 
+/* The headers' version macros and the library's version at run time agree (same build). */
+static void test_version(void)
+{
+	g_autofree char *v = g_strdup_printf("%d.%d.%d", TAGMIG_VERSION_MAJOR, TAGMIG_VERSION_MINOR,
+					     TAGMIG_VERSION_MICRO);
+	g_assert_cmpstr(v, ==, TAGMIG_VERSION);
+	g_assert_cmpstr(tm_version(), ==, TAGMIG_VERSION);
+	g_assert_true(TAGMIG_CHECK_VERSION(TAGMIG_VERSION_MAJOR, TAGMIG_VERSION_MINOR,
+					   TAGMIG_VERSION_MICRO));
+	g_assert_true(TAGMIG_CHECK_VERSION(0, 0, 0));
+	g_assert_false(TAGMIG_CHECK_VERSION(TAGMIG_VERSION_MAJOR, TAGMIG_VERSION_MINOR,
+					    TAGMIG_VERSION_MICRO + 1));
+	g_assert_false(TAGMIG_CHECK_VERSION(TAGMIG_VERSION_MAJOR, TAGMIG_VERSION_MINOR + 1, 0));
+	g_assert_false(TAGMIG_CHECK_VERSION(TAGMIG_VERSION_MAJOR + 1, 0, 0));
+	if (TAGMIG_VERSION_MINOR > 0)
+		g_assert_true(TAGMIG_CHECK_VERSION(TAGMIG_VERSION_MAJOR, TAGMIG_VERSION_MINOR - 1, 99));
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/api/public-only", test_public_api);
 	g_test_add_func("/api/tag-buffer-check", test_tag_buffer_check);
+	g_test_add_func("/api/version", test_version);
 	return g_test_run();
 }
