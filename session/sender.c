@@ -82,6 +82,9 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	int r = tm_transport_lookup(c.io_backend, &io, &note, error);
 	if (r < 0)
 		return r;
+	/* TLS asked of a build without it: refused here, before anything connects */
+	if (c.tls_creds_dir && (r = tm_tls_available(error)) < 0)
+		return r;
 
 	tm_hello h = { 0 };
 	for (int i = 0; i < 16; i++)

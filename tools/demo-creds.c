@@ -5,10 +5,15 @@
  * docs/tls.md. The certificates themselves come from common/testing/tls-creds.c, which the tests
  * share. Real deployments make theirs with scripts/make-tls-creds.sh or their own PKI.
  */
+#include <errno.h>
+
 #include <glib/gstdio.h>
 
-#include "common/testing/tls-creds.h"
 #include "demo-creds.h"
+#include "tagmig/error.h"
+
+#ifndef TAGMIG_NO_TLS
+#include "common/testing/tls-creds.h"
 
 int cli_make_tls_creds(const char *dir, GError **error)
 {
@@ -33,6 +38,14 @@ int cli_make_tls_creds(const char *dir, GError **error)
 		g_prefix_error(error, "cannot create TLS credentials in %s: ", dir);
 	return r;
 }
+#else
+int cli_make_tls_creds(const char *dir, GError **error)
+{
+	g_set_error(error, TM_ERROR, EOPNOTSUPP,
+		    "--tls: this tagmig was built without TLS (meson -Dtls=disabled)");
+	return -EOPNOTSUPP;
+}
+#endif
 
 void cli_tmpdir_free(char *dir)
 {

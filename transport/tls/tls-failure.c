@@ -12,12 +12,6 @@
 
 #include "transport/tls/tls-internal.h"
 
-bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len)
-{
-	/* A handshake record (22) with a 3.x legacy version: how every ClientHello starts. */
-	return len >= 3 && buf[0] == 22 && buf[1] == 3 && buf[2] <= 4;
-}
-
 /* ---- explaining failures ---- */
 
 /* Our verification of the peer's certificate failed: which check, for which certificate. */

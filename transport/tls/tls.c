@@ -128,6 +128,11 @@ void tm_tls_keylog_cb(const SSL *ssl, const char *line)
 	t->secret_len = n;
 }
 
+int tm_tls_available(GError **error)
+{
+	return 0;
+}
+
 int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname,
 		   tm_tls_ctx **ret, GError **error)
 {

@@ -75,6 +75,9 @@ typedef struct tm_tls_stats {
  */
 #define TM_TLS_KEY_LIMIT (UINT64_C(1) << 23)
 
+/* 0 where this build has TLS; else -EOPNOTSUPP with the reason (tls-stub.c). */
+int tm_tls_available(GError **error);
+
 /*
  * Creates the TLS context of one session from creds_dir: ca-cert.pem plus server-cert.pem and
  * server-key.pem (TM_TLS_SERVER) or client-cert.pem and client-key.pem (TM_TLS_CLIENT).
