@@ -1,0 +1,367 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The TLS layer's records after the handshake (transport/tls: records.c, ktls.c, the OpenSSL
+ * engine), over loopback TCP with each inner backend: tagmig's record layer against OpenSSL's
+ * both ways, key updates either side starts, OpenSSL's padded records, and which I/O path moved
+ * the bytes as each layer's statistics tell it; then what a receiver refuses: records no TLS stack
+ * writes, a byte flipped in flight, and a connection that ends without close_notify or with data
+ * where close_notify belongs. Handshakes and credentials are test-tls.c's; both share
+ * tls-fixture.c.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/ssl.h>
+
+#include "tls-fixture.h"
+#include "transport/tls/tls-internal.h"
+
+/* ---- tagmig's record layer against OpenSSL's ---- */
+
+static SSL *chan_ssl(tm_chan *ch)
+{
+	return ((tls_chan *)ch->io->priv)->ssl;
+}
+
+/*
+ * Each layer of a channel's I/O handle counts what it moved itself, and the statistics say which
+ * path that was: the byte mover below TLS always (the handshake at least), the TLS handle only
+ * under kernel TLS, where its path is "ktls" and the TLS note says so.
+ */
+static void check_paths(tm_tls_ctx *ctx, const tm_chan *ch)
+{
+	const tm_io *io = ch->io;
+	bool kernel = tm_tls_ktls(io) != 0;
+	tm_stats st = { 0 };
+
+	g_assert_nonnull(io->inner);
+	g_assert_null(io->inner->inner);
+	g_assert_cmpstr(io->inner->path, ==, inner->name);
+	g_assert_cmpuint(io->inner->st.io_submissions, >, 0);
+	g_assert_cmpstr(io->path, ==, kernel ? "ktls" : NULL);
+	if (kernel)
+		g_assert_cmpuint(io->st.io_submissions, >, 0);
+	else
+		g_assert_cmpuint(io->st.io_submissions, ==, 0);
+	tm_chan_sum(ch, &st);
+	g_assert_cmpuint(st.io_submissions, ==, io->st.io_submissions + io->inner->st.io_submissions);
+	tm_tls_fill_stats(ctx, io, &st);
+	g_test_message("%s", st.tls_note);
+	if (kernel) {
+		g_autofree char *rest = g_strdup_printf("path ktls), the rest by %s", inner->name);
+		g_assert_nonnull(strstr(st.tls_note, rest));
+	}
+}
+
+/*
+ * A session with the record layers given for the sender-to-receiver direction on each end:
+ * ours against OpenSSL's proves our records are the TLS 1.3 OpenSSL writes and reads, key
+ * updates included (key_limit: records per key on the client, 0 for the default).
+ */
+static void records_case(bool own_client, bool own_server, uint64_t key_limit)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, own_client);
+	tm_tls_ctx_set_record_layer(sctx, own_server);
+	if (key_limit)
+		tm_tls_ctx_set_key_limit(cctx, key_limit);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(((tls_chan *)c.io->priv)->tx_engine->own_keys, ==, own_client);
+	g_assert_cmpint(((tls_chan *)s.io->priv)->rx_engine->own_keys, ==, own_server);
+	/* Kernel TLS: the key is checked once per send call, not per record (the kernel cuts). */
+	bool ktls = tm_tls_ktls(c.io) != 0;
+	for (int i = 0; i < 3; i++) {
+		transfer(&c, &s, 1 + rnd() % (2u << 20));
+		transfer(&s, &c, 1 + rnd() % 50000);
+	}
+	for (int i = 0; i < 20; i++)
+		transfer(&c, &s, 1 + rnd() % 40);
+	shutdown_both(&c, &s);
+	check_paths(cctx, &c);
+	check_paths(sctx, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	tm_tls_stats cst, sst;
+	tm_tls_ctx_get_stats(cctx, &cst);
+	tm_tls_ctx_get_stats(sctx, &sst);
+	g_test_message("client %s, server %s records: %" G_GUINT64_FORMAT " key updates sent, %"
+		       G_GUINT64_FORMAT " received", own_client ? "tagmig" : "OpenSSL",
+		       own_server ? "tagmig" : "OpenSSL", cst.key_updates, sst.key_updates);
+	if (key_limit && own_client)
+		g_assert_cmpuint(cst.key_updates, >, ktls ? 3 : 10); /* > 6 MiB, <= 16 KiB records */
+	if (own_client && own_server)
+		g_assert_cmpuint(sst.key_updates, ==, cst.key_updates);
+}
+
+static void test_records_interop(void)
+{
+	records_case(true, false, 0);
+	records_case(false, true, 0);
+}
+
+static void test_key_update(void)
+{
+	records_case(true, true, 7);
+	records_case(true, false, 7); /* OpenSSL follows our key updates */
+}
+
+/*
+ * OpenSSL as the sender: padded records (the content type is no longer the last byte, so our
+ * receiver takes back what it decrypted in place) and a key update it requests (our receiver
+ * updates its key, and OpenSSL's sending key of the other direction follows).
+ */
+static void test_openssl_sender(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, false);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_true(((tls_chan *)s.io->priv)->rx_engine->own_keys);
+	g_assert_cmpint(SSL_set_block_padding(chan_ssl(&c), 4096), ==, 1);
+	for (int i = 0; i < 3; i++)
+		transfer(&c, &s, 1 + rnd() % (1u << 20));
+	for (int i = 0; i < 20; i++)
+		transfer(&c, &s, 1 + rnd() % 40);
+	g_assert_cmpint(SSL_key_update(chan_ssl(&c), SSL_KEY_UPDATE_REQUESTED), ==, 1);
+	transfer(&c, &s, 100000);
+	transfer(&s, &c, 100000);
+	transfer(&c, &s, 100000);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+	tm_tls_stats st;
+	tm_tls_ctx_get_stats(sctx, &st);
+	g_assert_cmpuint(st.key_updates, ==, 1);
+}
+
+/* ---- what a receiver refuses ---- */
+
+/*
+ * Records no TLS stack writes, sent raw after the handshake: our receiver refuses each with
+ * EBADMSG and says why, without waiting for more.
+ */
+static void test_hostile_records(void)
+{
+	static const struct {
+		const char *what;
+		uint8_t bytes[64];
+		size_t len;
+		const char *msg;
+	} cases[] = {
+		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5,
+		  "malformed TLS record header 17 03 03, length 16657" },
+		{ "shorter than a tag", { 23, 3, 3, 0, 16 }, 5, "length 16" },
+		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16" },
+		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01" },
+		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45,
+		  "TLS record authentication failed (bad record MAC)" },
+	};
+
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+		g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+		tm_chan c, s;
+		uint8_t buf[100];
+		struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+
+		/* The raw bytes must reach the socket as they are: no kernel TLS on the sender. */
+		tm_tls_ctx_set_ktls(cctx, false);
+		chan_pair(&c, &s, 2);
+		start_both(cctx, &c, sctx, &s);
+		bool ktls = tm_tls_ktls(s.io) != 0;
+		if (ktls)
+			tm_chan_set_timeout(&s, 3000);
+		g_assert_cmpint(write(c.fd, cases[i].bytes, cases[i].len), ==, (ssize_t)cases[i].len);
+		int r = tm_io_recv(s.io, &v, 1, sizeof(buf));
+		const char *why = tm_tls_last_error(s.io);
+		g_test_message("%s: %d %s", cases[i].what, r, why);
+		if (!ktls) {
+			g_assert_cmpint(r, ==, -EBADMSG);
+			g_assert_nonnull(strstr(why, cases[i].msg));
+		} else if (i == G_N_ELEMENTS(cases) - 1) {
+			/* The kernel opens the records: a whole record that is not authentic. */
+			g_assert_cmpint(r, ==, -EBADMSG);
+			g_assert_nonnull(strstr(why, "authentication failed"));
+		} else {
+			/*
+			 * A malformed header: some kernels fail the socket, others wait for the
+			 * record's body until the channel's timeout. Never data.
+			 */
+			g_assert_cmpint(r, <, 0);
+		}
+		tm_chan_close(&s);
+		tm_chan_close(&c);
+	}
+}
+
+/* ---- a proxy that flips one byte client -> server ---- */
+
+typedef struct proxy {
+	int a, b;     /* a: the client's peer, b: the server's peer */
+	size_t flip;  /* offset in the client -> server stream */
+	size_t moved; /* bytes forwarded client -> server */
+} proxy;
+
+static gpointer proxy_fn(gpointer p)
+{
+	proxy *px = p;
+	uint8_t buf[65536];
+	bool a_open = true, b_open = true;
+
+	while (a_open || b_open) {
+		struct pollfd f[2] = { { .fd = a_open ? px->a : -1, .events = POLLIN },
+				       { .fd = b_open ? px->b : -1, .events = POLLIN } };
+		if (poll(f, 2, 20000) <= 0)
+			break;
+		for (int i = 0; i < 2; i++) {
+			if (!(f[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			int from = i == 0 ? px->a : px->b, to = i == 0 ? px->b : px->a;
+			ssize_t r = recv(from, buf, sizeof(buf), 0);
+			if (r <= 0) {
+				shutdown(to, SHUT_WR);
+				*(i == 0 ? &a_open : &b_open) = false;
+				continue;
+			}
+			if (i == 0) {
+				if (px->flip >= px->moved && px->flip < px->moved + (size_t)r)
+					buf[px->flip - px->moved] ^= 0x20;
+				px->moved += (size_t)r;
+			}
+			if (send(to, buf, (size_t)r, MSG_NOSIGNAL) != r)
+				goto out;
+		}
+	}
+out:
+	close(px->a);
+	close(px->b);
+	return NULL;
+}
+
+static void test_tampered(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	tm_chan c, s;
+	int cfd, sfd;
+	proxy px = { .flip = 200000 };
+
+	loopback_pair(&cfd, &px.a);
+	loopback_pair(&px.b, &sfd);
+	GThread *pth = g_thread_new("proxy", proxy_fn, &px);
+	chan_open(&c, cfd, 5);
+	chan_open(&s, sfd, 5);
+	start_both(cctx, &c, sctx, &s);
+
+	const size_t len = 1 << 20;
+	g_autofree uint8_t *out = g_malloc(len);
+	g_autofree uint8_t *in = g_malloc0(len);
+	fill_random(out, len);
+	xfer x = { &c, out, len, 0 };
+	GThread *th = g_thread_new("tls-send", send_fn, &x);
+	struct iovec v = { .iov_base = in, .iov_len = len };
+	int r = tm_io_recv(s.io, &v, 1, len);
+	g_test_message("receiver: %s", tm_tls_last_error(s.io));
+	g_assert_cmpint(r, ==, -EBADMSG);
+	g_assert_cmpstr(tm_tls_last_error(s.io), ==,
+			"TLS record authentication failed (bad record MAC): the data was altered "
+			"in transit");
+	/*
+	 * Everything before the damaged record arrived intact; the receive failed at it (its
+	 * unverified bytes may be in the buffer: the session never marks such pages present).
+	 */
+	g_assert_true(memcmp(in, out, 100000) == 0);
+	g_assert_false(memcmp(in + 200000 - 16384, out + 200000 - 16384, 32768) == 0);
+	/* A failed session stays failed; a clean close is refused. */
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, 1), ==, -EPIPE);
+	g_autoptr(GError) err = NULL;
+	g_assert_cmpint(tm_tls_shutdown(s.io, &err), ==, -EPIPE);
+	g_assert_nonnull(strstr(err->message, "channel 5: TLS close: the session already failed"));
+	tm_chan_close(&s);
+	g_thread_join(th); /* the sender fails or finishes, whichever comes first */
+	tm_chan_close(&c);
+	g_thread_join(pth);
+}
+
+/* ---- how a session ends ---- */
+
+static void test_premature_end(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	uint8_t buf[4096];
+	struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+	tm_chan c, s;
+
+	/* The connection ends in the middle of the data, without close_notify. */
+	chan_pair(&c, &s, 4);
+	start_both(cctx, &c, sctx, &s);
+	fill_random(buf, sizeof(buf));
+	g_assert_cmpint(tm_io_send(c.io, &v, 1, 1000), ==, 0);
+	shutdown(c.fd, SHUT_RDWR);
+	tm_chan_close(&c);
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, 2000), ==, -ECONNRESET);
+	g_assert_cmpstr(tm_tls_last_error(s.io), ==,
+			"premature end: the sender closed the connection without a TLS "
+			"close_notify (the stream may have been cut)");
+	tm_chan_close(&s);
+
+	/* All data arrived, but the end comes without close_notify: the clean close says so. */
+	chan_pair(&c, &s, 4);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(tm_io_send(c.io, &v, 1, 1000), ==, 0);
+	shutdown(c.fd, SHUT_RDWR);
+	tm_chan_close(&c);
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, 1000), ==, 0);
+	g_autoptr(GError) err = NULL;
+	g_assert_cmpint(tm_tls_shutdown(s.io, &err), ==, -ECONNRESET);
+	g_assert_cmpstr(err->message, ==,
+			"channel 4: TLS close: premature end: the sender closed the connection "
+			"without a TLS close_notify (the stream may have been cut)");
+	tm_chan_close(&s);
+
+	/* A clean close where data was still expected: an error too, with its own words. */
+	chan_pair(&c, &s, 4);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(tm_io_send(c.io, &v, 1, 10), ==, 0);
+	tm_chan_close(&c); /* sends close_notify */
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, 20), ==, -ECONNRESET);
+	g_assert_cmpstr(tm_tls_last_error(s.io), ==,
+			"the sender ended the TLS session (close_notify) while more data was "
+			"expected");
+	tm_chan_close(&s);
+
+	/* Data where the peer's close_notify should be. */
+	chan_pair(&c, &s, 4);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(tm_io_send(c.io, &v, 1, 10), ==, 0);
+	g_clear_error(&err);
+	g_assert_cmpint(tm_tls_shutdown(s.io, &err), ==, -EPROTO);
+	g_assert_nonnull(strstr(err->message, "sent data after the end of the session"));
+	tm_chan_close(&s);
+	tm_chan_close(&c);
+}
+
+int main(int argc, char **argv)
+{
+	static const tls_test tests[] = {
+		{ "records-interop", test_records_interop },
+		{ "key-update", test_key_update },
+		{ "openssl-sender", test_openssl_sender },
+		{ "hostile-records", test_hostile_records },
+		{ "tampered", test_tampered },
+		{ "premature-end", test_premature_end },
+	};
+	return tls_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
