@@ -5,8 +5,8 @@
 #    WORKDIR/pkg/tagmig-VERSION and runs `dpkg-buildpackage -us -uc -b` there (the package build
 #    runs the unit suite itself, debian/rules).
 # 2. lintian --fail-on error on the .changes.
-# 3. Unpacks libtagmig0, libtagmig-dev and tagmig into an empty root (dpkg-deb -x: nothing is
-#    installed on the host) and, from that root only: `tagmig --version` and a small demo run by
+# 3. Installs libtagmig0, libtagmig-dev and tagmig with dpkg into an empty root (its own
+#    status database; nothing is installed on the host) and, from that root only: `tagmig --version` and a small demo run by
 #    the packaged binary on the packaged library; examples/precopy.c compiled with the packaged
 #    headers and pkg-config file, linked against the packaged library, and run; the packaged man
 #    pages render without a warning; the packages' dependencies name each other.
@@ -60,12 +60,30 @@ syms=$(dpkg-deb -I "$work/libtagmig0_${version}_$arch.deb" symbols 2>/dev/null |
 want=$(grep -c '^tm_' "$src/abi/libtagmig.symbols")
 if [ "$syms" = "$want" ]; then ok "libtagmig0 ships a symbols file with the $want symbols of abi/libtagmig.symbols"; else no "libtagmig0's symbols file has $syms symbols, abi/libtagmig.symbols $want"; fi
 
-# 3. from an empty root only
+# 3. from an empty root only: dpkg installs the three packages into it (its own status database;
+# the dependencies outside ours are the host's, which must have each of them)
 root=$work/root
-mkdir -p "$root"
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+touch "$root/var/lib/dpkg/status"
+debs=()
 for p in libtagmig0 libtagmig-dev tagmig; do
-	dpkg-deb -x "$work/${p}_${version}_$arch.deb" "$root"
+	debs+=("$work/${p}_${version}_$arch.deb")
 done
+if dpkg --root="$root" --force-depends --force-script-chrootless -i "${debs[@]}" >"$work/dpkg.log" 2>&1 &&
+	[ "$(dpkg --root="$root" -l libtagmig0 libtagmig-dev tagmig 2>/dev/null | grep -c '^ii')" = 3 ]; then
+	ok "dpkg -i installs libtagmig0, libtagmig-dev and tagmig into an empty root"
+else
+	no "dpkg -i into an empty root failed:"
+	tail -10 "$work/dpkg.log" | sed 's/^/# /'
+	finish
+fi
+missing=
+for d in $(dpkg-deb -f "$work/tagmig_${version}_$arch.deb" Depends | tr ',' '\n' | awk '{ print $1 }') \
+	$(dpkg-deb -f "$work/libtagmig0_${version}_$arch.deb" Depends | tr ',' '\n' | awk '{ print $1 }'); do
+	case $d in libtagmig0) continue ;; esac
+	dpkg-query -W -f='${db:Status-Abbrev}' "$d:$arch" 2>/dev/null | grep -q '^ii' || missing+=" $d"
+done
+if [ -z "$missing" ]; then ok "every other dependency is a Debian package the host has"; else no "dependencies not installed on the host:$missing"; fi
 dep=$(dpkg-deb -f "$work/tagmig_${version}_$arch.deb" Depends)
 if grep -q "libtagmig0 (>= $version)" <<<"$dep"; then ok "tagmig depends on libtagmig0 (>= $version)"; else no "tagmig's Depends lacks libtagmig0: $dep"; fi
 dep=$(dpkg-deb -f "$work/libtagmig-dev_${version}_$arch.deb" Depends)
@@ -113,6 +131,11 @@ else
 	no "examples/precopy.c does not build against the packages:"
 	head -10 "$work/cc.log" | sed 's/^/# /'
 fi
+
+# tagmig(1) sends readers to the wire format and TLS documents: they must be there.
+for f in tagmig/wire-format.md.gz tagmig/tls.md.gz libtagmig-dev/api.md.gz; do
+	if [ -f "$root/usr/share/doc/$f" ]; then ok "/usr/share/doc/$f is packaged"; else no "/usr/share/doc/$f is not packaged"; fi
+done
 
 for page in "$root/usr/share/man/man1/tagmig.1.gz" "$root/usr/share/man/man3/libtagmig.3.gz"; do
 	name=$(basename "$page" .gz)
