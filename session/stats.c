@@ -23,19 +23,23 @@ void tm_counters_sum(const tm_counters *c, tm_stats *ret)
 void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));
-	for (unsigned i = 0; i < s->nch; i++)
-		tm_chan_sum(&s->chans[i].ch, ret);
 	ret->syncs = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED);
 	ret->channels = s->nch;
 	g_strlcpy(ret->io_backend, s->io->name, sizeof(ret->io_backend));
 	g_strlcpy(ret->io_note, s->io_note ? s->io_note : "", sizeof(ret->io_note));
 	g_mutex_lock(&s->lock);
-	/* Channels and TLS state are complete once the session started (t_start is set under the
-	 * lock after attach), not while attach is still building them. */
-	if (s->t_start)
+	/*
+	 * Channels, their I/O handles and the TLS state are complete once the session started
+	 * (t_start is set under the lock after attach); before, attach may still be opening,
+	 * wrapping or (on failure) closing the handles, so nothing of them is read. After it, only
+	 * tm_sender_free() closes them, which no caller runs beside this.
+	 */
+	if (s->t_start) {
+		for (unsigned i = 0; i < s->nch; i++)
+			tm_chan_sum(&s->chans[i].ch, ret);
 		tm_tls_fill_stats(s->tls, s->chans[0].ch.io, ret);
-	if (s->t_start)
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
+	}
 	g_mutex_unlock(&s->lock);
 }
 

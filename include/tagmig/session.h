@@ -142,7 +142,11 @@ TM_EXPORT int tm_sender_sync(tm_sender *sender, GError **error);
  */
 TM_EXPORT int tm_sender_finish(tm_sender *sender, GError **error);
 
-/* Copies the current statistics; thread-safe. */
+/*
+ * Copies the current statistics; thread-safe, also while connect or attach runs in another
+ * thread (the channels' counters read zero until the session has started, and stay zero after a
+ * failed setup).
+ */
 TM_EXPORT void tm_sender_get_stats(tm_sender *sender, tm_stats *ret);
 
 /* Stops the workers (abandoning a migration in progress), closes the channels. NULL: no-op. */

@@ -267,6 +267,61 @@ static void test_refuse_layout(void)
 	refuse_case(a, a, false, true, "sender migrates no tags");
 }
 
+typedef struct poller {
+	tm_sender *s;
+	gint stop;
+	gint polls;
+} poller;
+
+static gpointer poll_stats(gpointer data)
+{
+	poller *pl = data;
+	tm_stats st;
+	while (!g_atomic_int_get(&pl->stop)) {
+		tm_sender_get_stats(pl->s, &st);
+		/* nothing of the channels shows before the session started */
+		g_assert_cmpuint(st.wire_bytes, ==, 0);
+		g_atomic_int_inc(&pl->polls);
+	}
+	return NULL;
+}
+
+/*
+ * A VMM's progress thread reads the statistics while connect fails at setup (here: the receiver
+ * refuses the layout, and the sender closes every channel it opened). The statistics must not
+ * touch a channel's handle while attach opens or closes it (ASan sees a use after free).
+ */
+static void test_stats_during_failed_setup(void)
+{
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	const block_spec other[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	for (unsigned round = 0; round < 8; round++) {
+		guest src, dst;
+		peer p;
+		g_autoptr(GError) err = NULL;
+		tm_sender *s = NULL;
+		guest_init(&src, a, 1, false);
+		guest_init(&dst, other, 1, false);
+		g_autofree char *port = peer_start(&p, &dst);
+		tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+					 .channels = 8, .timeout_ms = 20000 };
+		g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+		poller pl = { .s = s };
+		GThread *t = g_thread_new("stats", poll_stats, &pl);
+		while (!g_atomic_int_get(&pl.polls)) /* the poller runs before connect starts */
+			g_thread_yield();
+		g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), <, 0);
+		g_atomic_int_set(&pl.stop, 1);
+		g_thread_join(t);
+		peer_join(&p);
+		tm_sender_free(s);
+		peer_free(&p);
+		guest_fini(&src);
+		guest_fini(&dst);
+	}
+}
+
 static void test_queue_errors(void)
 {
 	guest src, dst;
@@ -386,6 +441,7 @@ int main(int argc, char **argv)
 		{ "config-errors", test_config_errors, false },
 		{ "short-sends-resumed", test_short_sends_resumed, false },
 		{ "zerocopy-tuning", test_zerocopy_tuning, false },
+		{ "stats-during-failed-setup", test_stats_during_failed_setup, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
