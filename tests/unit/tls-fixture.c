@@ -57,7 +57,7 @@ static void make_dir(const char *name, const tls_cred *ca, const tls_cred *serve
 static void make_all_creds(void)
 {
 	const char *srv = "serverAuth", *cli = "clientAuth";
-	const char *san = "DNS:localhost,IP:127.0.0.1";
+	const char *san = "DNS:localhost,IP:127.0.0.1,IP:::1,IP:fe80::1";
 	g_autoptr(tls_cred) ca_a = cred("tagmig test CA A", NULL, NULL, NULL, -1, 30);
 	g_autoptr(tls_cred) ca_b = cred("tagmig test CA B", NULL, NULL, NULL, -1, 30);
 	g_autoptr(tls_cred) srv_a = cred("localhost", ca_a, srv, san, -1, 30);
@@ -67,6 +67,7 @@ static void make_all_creds(void)
 	g_autoptr(tls_cred) srv_old = cred("localhost", ca_a, srv, san, -3, -1);
 	g_autoptr(tls_cred) cli_old = cred("tagmig sender", ca_a, cli, NULL, -3, -1);
 	g_autoptr(tls_cred) srv_as_cli = cred("localhost", ca_a, srv, san, -1, 30);
+	g_autoptr(tls_cred) srv_evil = cred("evil.example", ca_a, srv, "DNS:evil.example", -1, 30);
 
 	make_dir("good", ca_a, srv_a, cli_a);
 	make_dir("other", ca_b, srv_b, cli_b);
@@ -75,6 +76,7 @@ static void make_all_creds(void)
 	make_dir("foreign-client", ca_a, srv_a, cli_b);
 	make_dir("server-cert-as-client", ca_a, srv_a, srv_as_cli);
 	make_dir("no-client", ca_a, srv_a, NULL);
+	make_dir("evil", ca_a, srv_evil, cli_a);
 	/* a key that does not belong to the certificate */
 	const tls_cred mismatched = { .key = cli_a->key, .cert = srv_a->cert };
 	make_dir("mismatched-key", ca_a, &mismatched, cli_a);

@@ -79,7 +79,8 @@ struct tm_tls_ctx {
 	gatomicrefcount ref;
 	tm_tls_role role;
 	SSL_CTX *ssl_ctx;
-	char *hostname; /* client: the name the server's certificate must carry */
+	char *hostname; /* client: the name the server's certificate must carry, as given */
+	char *sni;      /* client: that name for SNI when it is a DNS name, else NULL */
 	char *ktls_reason;
 	/* protected by ->lock */
 	GMutex lock;

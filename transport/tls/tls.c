@@ -5,6 +5,7 @@
  * Failure text is in tls-failure.c, the kernel TLS probe in ktls-probe.c, statistics in
  * tls-stats.c, the channel itself in tls-chan.c.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -128,6 +129,57 @@ void tm_tls_keylog_cb(const SSL *ssl, const char *line)
 	t->secret_len = n;
 }
 
+/*
+ * Client: makes every channel check the receiver's certificate against name, in the context's
+ * verify parameters (each SSL inherits them): an IP address (subjectAltName IP) or else a DNS
+ * name (subjectAltName DNS, wildcards allowed). A name with a ':' is an IPv6 address, optionally
+ * in brackets and with a zone ("fe80::1%eth0": the zone says which link to connect over and is
+ * not part of the address a certificate names, so it is left out of the check); one of digits
+ * and dots is an IPv4 address in the dotted-decimal form connect reads (no octal "010.0.0.1").
+ * Every setter is checked: a name that cannot be checked fails here, at the session's setup,
+ * instead of leaving the handshake to verify the chain only. *ret_sni: the DNS name for SNI,
+ * NULL for an address (RFC 6066 3 allows no address there).
+ */
+static int set_expected_name(SSL_CTX *sc, const char *name, char **ret_sni, GError **error)
+{
+	X509_VERIFY_PARAM *vp = SSL_CTX_get0_param(sc);
+	size_t len = strlen(name);
+	g_autofree char *addr = NULL;
+	const char *why = NULL;
+
+	if (len >= 2 && name[0] == '[' && name[len - 1] == ']')
+		addr = g_strndup(name + 1, len - 2);
+	else if (strchr(name, ':') || strspn(name, "0123456789.") == len)
+		addr = g_strdup(name);
+	if (addr && strchr(addr, ':')) {
+		char *zone = strchr(addr, '%');
+		if (zone && zone[1] == '\0')
+			why = "an IPv6 address with an empty zone";
+		if (zone)
+			*zone = '\0';
+		if (!why && X509_VERIFY_PARAM_set1_ip_asc(vp, addr) != 1)
+			why = "not a valid IPv6 address";
+	} else if (addr) {
+		struct in_addr a;
+		if (inet_pton(AF_INET, addr, &a) != 1)
+			why = "not an IPv4 address in dotted-decimal form";
+		else if (X509_VERIFY_PARAM_set1_ip_asc(vp, addr) != 1)
+			why = "not a valid IPv4 address";
+	} else if (len > TLSEXT_MAXLEN_host_name) {
+		why = "a DNS name longer than 255 bytes";
+	} else if (X509_VERIFY_PARAM_set1_host(vp, name, 0) != 1) {
+		why = "not a DNS name OpenSSL can check";
+	}
+	ERR_clear_error();
+	if (why) {
+		g_set_error(error, TM_ERROR, EINVAL, "TLS: cannot check the receiver's certificate "
+			    "against '%s': %s (see --tls-hostname)", name, why);
+		return -EINVAL;
+	}
+	*ret_sni = addr ? NULL : g_strdup(name);
+	return 0;
+}
+
 int tm_tls_available(GError **error)
 {
 	return 0;
@@ -212,6 +264,11 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 		SSL_CTX_sess_set_new_cb(sc, new_session_cb);
 	}
 	ERR_clear_error();
+	g_autofree char *sni = NULL;
+	if (!server && (r = set_expected_name(sc, hostname, &sni, error)) < 0) {
+		SSL_CTX_free(sc);
+		return r;
+	}
 
 	tm_tls_ctx *ctx = g_new0(tm_tls_ctx, 1);
 	g_atomic_ref_count_init(&ctx->ref);
@@ -219,6 +276,7 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 	ctx->role = role;
 	ctx->ssl_ctx = sc;
 	ctx->hostname = server ? NULL : g_strdup(hostname);
+	ctx->sni = g_steal_pointer(&sni);
 	SSL_CTX_set_app_data(sc, ctx);
 	/* The traffic secret for our own record layer (tls-chan.c own_start). */
 	SSL_CTX_set_keylog_callback(sc, tm_tls_keylog_cb);
@@ -256,6 +314,7 @@ void tm_tls_ctx_free(tm_tls_ctx *ctx)
 	SSL_CTX_free(ctx->ssl_ctx);
 	g_mutex_clear(&ctx->lock);
 	g_free(ctx->hostname);
+	g_free(ctx->sni);
 	g_free(ctx->ktls_reason);
 	g_free(ctx);
 }

@@ -82,12 +82,15 @@ int tm_tls_available(GError **error);
  * Creates the TLS context of one session from creds_dir: ca-cert.pem plus server-cert.pem and
  * server-key.pem (TM_TLS_SERVER) or client-cert.pem and client-key.pem (TM_TLS_CLIENT).
  * hostname (client only, required there) is the name the server's certificate must carry: a DNS
- * name (subjectAltName DNS, wildcards allowed) or an IP address (subjectAltName IP). TLS 1.3 only,
+ * name (subjectAltName DNS, wildcards allowed) or an IP address (subjectAltName IP): a name with
+ * a ':' is an IPv6 address (in brackets or not; a zone, "fe80::1%eth0", is left out of the
+ * check), one of digits and dots a dotted-decimal IPv4 address. TLS 1.3 only,
  * cipher suites TLS_AES_128_GCM_SHA256 (preferred), TLS_AES_256_GCM_SHA384,
  * TLS_CHACHA20_POLY1305_SHA256. Also probes kernel TLS (tm_tls_ctx_ktls_reason).
  * Returns 0 and *ret (free with tm_tls_ctx_free), or -errno with a message naming the file:
  * -ENOENT missing file, -EKEYREJECTED unusable certificate or key (or a key not matching its
- * certificate), -EINVAL missing hostname. Thread-safe.
+ * certificate), -EINVAL missing hostname or one that cannot be checked (an invalid address, an
+ * empty zone, a DNS name over 255 bytes). Thread-safe.
  */
 int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname,
 		   tm_tls_ctx **ret, GError **error);
