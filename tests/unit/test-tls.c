@@ -252,6 +252,69 @@ static void test_wrong_purpose(void)
 		       EKEYREJECTED, "is not meant for TLS client authentication");
 }
 
+/*
+ * ca-crl.pem: with it, each side checks every certificate of the peer's chain against the
+ * revocation lists; the client's and the server's revoked certificate are each refused, by the
+ * side that holds the list, and the other side learns it from the alert.
+ */
+static void test_revoked(void)
+{
+	/* A list that revokes other certificates: the handshake goes through. */
+	g_autoptr(tm_tls_ctx) cctx_ok = ctx_new(TM_TLS_CLIENT, "crl-ok", "localhost");
+	g_autoptr(tm_tls_ctx) sctx_ok = ctx_new(TM_TLS_SERVER, "crl-ok", NULL);
+	tm_chan c, s;
+	chan_pair(&c, &s, 0);
+	start_both(cctx_ok, &c, sctx_ok, &s);
+	transfer(&c, &s, 20000);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	/* The receiver's list revokes the sender's certificate. */
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "revoked-client", NULL);
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "revoked-client", "localhost");
+	expect_refusal(cctx, sctx, EKEYREJECTED,
+		       "the receiver refused our certificate (alert: certificate revoked)",
+		       EKEYREJECTED,
+		       "the sender's certificate (/CN=tagmig sender) has been revoked (listed in our "
+		       "ca-crl.pem)");
+
+	/* The sender's list revokes the receiver's certificate. */
+	g_autoptr(tm_tls_ctx) sctx2 = ctx_new(TM_TLS_SERVER, "revoked-server", NULL);
+	g_autoptr(tm_tls_ctx) cctx2 = ctx_new(TM_TLS_CLIENT, "revoked-server", "localhost");
+	expect_refusal(cctx2, sctx2, EKEYREJECTED,
+		       "the receiver's certificate (/CN=localhost) has been revoked (listed in our "
+		       "ca-crl.pem)",
+		       EKEYREJECTED, "the sender refused our certificate (alert: certificate revoked)");
+
+	/* The whole chain is checked: the CA's own certificate, revoked by itself. */
+	g_autoptr(tm_tls_ctx) sctx3 = ctx_new(TM_TLS_SERVER, "good", NULL);
+	g_autoptr(tm_tls_ctx) cctx3 = ctx_new(TM_TLS_CLIENT, "revoked-ca", "localhost");
+	expect_refusal(cctx3, sctx3, EKEYREJECTED,
+		       "the receiver's CA certificate (/CN=tagmig test CA A) has been revoked", 0,
+		       NULL);
+
+	/* A list that has expired, or none of the CA that issued the peer's certificate. */
+	g_autoptr(tm_tls_ctx) cctx4 = ctx_new(TM_TLS_CLIENT, "crl-expired", "localhost");
+	expect_refusal(cctx4, sctx3, EKEYEXPIRED,
+		       "the revocation list in our ca-crl.pem for the receiver's certificate "
+		       "(/CN=localhost) has expired", 0, NULL);
+	g_autoptr(tm_tls_ctx) cctx5 = ctx_new(TM_TLS_CLIENT, "crl-other-ca", "localhost");
+	expect_refusal(cctx5, sctx3, EKEYREJECTED,
+		       "the receiver's certificate (/CN=localhost) cannot be checked for revocation",
+		       0, NULL);
+
+	/* A ca-crl.pem without a list fails the setup. */
+	g_autofree char *bad = g_build_filename(tmp_root, "crl-bad", NULL);
+	g_autoptr(GError) err = NULL;
+	tm_tls_ctx *ctx = NULL;
+	g_assert_cmpint(tm_tls_ctx_new(TM_TLS_SERVER, bad, NULL, &ctx, &err), ==, -EKEYREJECTED);
+	g_test_message("%s", err->message);
+	g_assert_nonnull(strstr(err->message, "crl-bad/ca-crl.pem: cannot load the certificate "
+				"revocation list"));
+	g_assert_null(ctx);
+}
+
 typedef struct raw_client {
 	int fd;
 	bool connected;
@@ -496,6 +559,7 @@ int main(int argc, char **argv)
 		{ "name-forms", test_name_forms },
 		{ "name-unusable", test_name_unusable },
 		{ "wrong-purpose", test_wrong_purpose },
+		{ "revoked", test_revoked },
 		{ "no-client-cert", test_no_client_cert },
 		{ "plaintext-peer", test_plaintext_peer },
 		{ "setup-errors", test_setup_errors },

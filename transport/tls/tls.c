@@ -49,6 +49,30 @@ static int cred_file(const char *dir, const char *name, char **ret, GError **err
 	return 0;
 }
 
+/*
+ * dir/ca-crl.pem, when present (QEMU's and libvirt's optional revocation list): every CRL in it
+ * goes into the store, and every certificate of the peer's chain is checked against them
+ * (X509_V_FLAG_CRL_CHECK_ALL: the file must hold a current CRL of each CA of the chain). A file
+ * that is there but holds no readable CRL fails setup rather than checking nothing.
+ */
+static int load_crl(SSL_CTX *sc, const char *dir, GError **error)
+{
+	g_autofree char *path = g_build_filename(dir, "ca-crl.pem", NULL);
+
+	if (access(path, F_OK) < 0 && errno == ENOENT)
+		return 0;
+	X509_LOOKUP *lu = X509_STORE_add_lookup(SSL_CTX_get_cert_store(sc), X509_LOOKUP_file());
+	if (!lu || X509_load_crl_file(lu, path, X509_FILETYPE_PEM) <= 0 ||
+	    X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(sc),
+					X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL) != 1) {
+		g_autofree char *why = ssl_reason();
+		g_set_error(error, TM_ERROR, EKEYREJECTED, "TLS credentials: %s: cannot load the "
+			    "certificate revocation list: %s", path, why);
+		return -EKEYREJECTED;
+	}
+	return 0;
+}
+
 /* Client: keeps the newest resumable session for the channels that start next. */
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
@@ -264,6 +288,10 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 		SSL_CTX_sess_set_new_cb(sc, new_session_cb);
 	}
 	ERR_clear_error();
+	if ((r = load_crl(sc, creds_dir, error)) < 0) {
+		SSL_CTX_free(sc);
+		return r;
+	}
 	g_autofree char *sni = NULL;
 	if (!server && (r = set_expected_name(sc, hostname, &sni, error)) < 0) {
 		SSL_CTX_free(sc);
