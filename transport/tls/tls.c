@@ -204,6 +204,18 @@ static int set_expected_name(SSL_CTX *sc, const char *name, char **ret_sni, GErr
 	return 0;
 }
 
+void tm_tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+		   SSL *ssl, void *arg)
+{
+	const uint8_t *m = buf;
+	tls_chan *t = SSL_get_app_data(ssl);
+
+	/* KeyUpdate: type 24, length 1, request_update 1 (update_requested), RFC 8446 4.6.3 */
+	if (!write_p && t && content_type == SSL3_RT_HANDSHAKE && len == 5 &&
+	    m[0] == TM_TLS_HS_KEY_UPDATE && m[4] == 1)
+		t->update_requested = true;
+}
+
 int tm_tls_available(GError **error)
 {
 	return 0;
@@ -286,6 +298,8 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 		SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_CLIENT |
 						   SSL_SESS_CACHE_NO_INTERNAL_STORE);
 		SSL_CTX_sess_set_new_cb(sc, new_session_cb);
+		/* OpenSSL cannot answer a key update request in the direction our records protect. */
+		SSL_CTX_set_msg_callback(sc, tm_tls_msg_cb);
 	}
 	ERR_clear_error();
 	if ((r = load_crl(sc, creds_dir, error)) < 0) {
