@@ -207,6 +207,9 @@ static void test_hostile_records(void)
 		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5,
 		  "malformed TLS record header 17 03 03, length 16657" },
 		{ "shorter than a tag", { 23, 3, 3, 0, 16 }, 5, "length 16" },
+		{ "content and padding beyond 2^14 + 1", { 23, 3, 3, 0x40, 0x12 }, 5,
+		  "a record with 16386 bytes of content, type and padding, more than TLS allows "
+		  "(record overflow)" },
 		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16" },
 		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01" },
 		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45,

@@ -197,6 +197,12 @@ static int own_record(tls_chan *t, tm_tls_cursor *c, size_t len, size_t *done)
 				g_strdup_printf("TLS receive: malformed TLS record header %02x %02x "
 						"%02x, length %zu", h[0], h[1], h[2], clen));
 	size_t plen = clen - TM_TLS_TAG; /* content, type and padding */
+	/* RFC 8446 5.4: content, type and padding together at most 2^14 + 1 bytes. */
+	if (plen > TM_TLS_RECORD + 1)
+		return tm_tls_fail(t, -EBADMSG,
+				g_strdup_printf("TLS receive: a record with %zu bytes of content, type "
+						"and padding, more than TLS allows (record overflow)",
+						plen));
 	/*
 	 * When the caller wants more than this (long) record holds, the next header must come too:
 	 * read it with the body. Never after a short record, which may be the last (close_notify).

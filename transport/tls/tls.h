@@ -218,8 +218,10 @@ bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
  * records that goes to the inner send at once; recv() reads ahead whatever ciphertext has
  * arrived (up to 16 records) and decrypts a record that fills the caller's iovecs straight into
  * them (guest RAM), shorter ones through a record-sized buffer. A record's bytes count as
- * received only after its tag is checked; on failure the caller's memory may hold unverified
- * plaintext of that record, which the session never marks present.
+ * received only after its tag is checked; on failure the caller's memory holds unverified
+ * plaintext of that record (flipped ciphertext bits become flipped bytes there). That may be a
+ * page marked present in an earlier round and re-sent: it keeps its present bit while its bytes
+ * are altered, so the RAM of a failed migration must not be run (tm_receiver_wait()).
  *
  * The other direction, and both directions with OpenSSL's record layer, go through SSL_write and
  * SSL_read: the plaintext is gathered into 16 KiB records (OpenSSL copies it into its record
