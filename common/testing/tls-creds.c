@@ -126,3 +126,49 @@ int tls_cred_write(const tls_cred *c, const char *dir, const char *base, GError 
 	int r = write_pem(cert, c->cert, NULL, error);
 	return r < 0 ? r : write_pem(key, NULL, c->key, error);
 }
+
+int tls_crl_write(const tls_cred *ca, const tls_cred *const *revoked, size_t n,
+		  int next_update_days, const char *path, GError **error)
+{
+	X509_CRL *crl = X509_CRL_new();
+	ASN1_TIME *now = X509_time_adj_ex(NULL, 0, 0, NULL);
+	ASN1_TIME *last = X509_time_adj_ex(NULL, -1, 0, NULL);
+	ASN1_TIME *next = X509_time_adj_ex(NULL, next_update_days, 0, NULL);
+	bool ok = crl && now && last && next && X509_CRL_set_version(crl, X509_CRL_VERSION_2) &&
+		  X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca->cert)) &&
+		  X509_CRL_set1_lastUpdate(crl, last) && X509_CRL_set1_nextUpdate(crl, next);
+	for (size_t i = 0; ok && i < n; i++) {
+		X509_REVOKED *rv = X509_REVOKED_new();
+		ok = rv && X509_REVOKED_set_serialNumber(rv, (ASN1_INTEGER *)X509_get0_serialNumber(
+								     revoked[i]->cert)) &&
+		     X509_REVOKED_set_revocationDate(rv, now) && X509_CRL_add0_revoked(crl, rv);
+		if (!ok)
+			X509_REVOKED_free(rv);
+	}
+	ok = ok && X509_CRL_sort(crl) && X509_CRL_sign(crl, ca->key, EVP_sha256()) > 0;
+	ASN1_TIME_free(now);
+	ASN1_TIME_free(last);
+	ASN1_TIME_free(next);
+	if (!ok) {
+		X509_CRL_free(crl);
+		return openssl_fail(error, "(CRL)", "cannot build the revocation list");
+	}
+	FILE *f = fopen(path, "we");
+	if (!f) {
+		int e = errno;
+		X509_CRL_free(crl);
+		g_set_error(error, TM_ERROR, e, "cannot create %s: %s", path, g_strerror(e));
+		return -e;
+	}
+	ok = PEM_write_X509_CRL(f, crl);
+	X509_CRL_free(crl);
+	int e = ok ? 0 : EIO;
+	if (fclose(f) != 0 && !e)
+		e = errno;
+	ERR_clear_error();
+	if (e) {
+		g_set_error(error, TM_ERROR, e, "cannot write %s: %s", path, g_strerror(e));
+		return -e;
+	}
+	return 0;
+}

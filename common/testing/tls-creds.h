@@ -44,4 +44,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(tls_cred, tls_cred_free)
  */
 int tls_cred_write(const tls_cred *c, const char *dir, const char *base, GError **error);
 
+/*
+ * Writes a certificate revocation list (X.509 v2 CRL, PEM) of CA ca to path: the certificates
+ * revoked[0..n) listed by serial number, revoked now; thisUpdate a day ago, nextUpdate
+ * next_update_days from now (negative: an expired list). Returns 0, or -errno with error naming
+ * the file. Thread-safe.
+ */
+int tls_crl_write(const tls_cred *ca, const tls_cred *const *revoked, size_t n,
+		  int next_update_days, const char *path, GError **error);
+
 G_END_DECLS

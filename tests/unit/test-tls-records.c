@@ -145,6 +145,51 @@ static void test_openssl_sender(void)
 	g_assert_cmpuint(st.key_updates, ==, 1);
 }
 
+/*
+ * The receiver asks for a key update of the sender's direction (KeyUpdate with update_requested,
+ * RFC 8446 4.6.3): the sender's next record is its KeyUpdate, and what follows goes under the
+ * next key. The receiver's records are OpenSSL's (it sends the request); its receiving direction
+ * is OpenSSL's (interop: OpenSSL must follow our KeyUpdate, or the data after it would fail) or
+ * ours.
+ */
+static void requested_case(bool own_server)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(sctx, own_server);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	const tls_chan *tc = c.io->priv;
+	g_assert_true(tc->tx_engine->own_keys);
+	transfer(&c, &s, 100000);
+	g_assert_cmpint(SSL_key_update(chan_ssl(&s), SSL_KEY_UPDATE_REQUESTED), ==, 1);
+	transfer(&s, &c, 1000); /* the request, then data: the sender reads both */
+	g_assert_cmpuint(tc->tx.generation, ==, 0);
+	transfer(&c, &s, 100000); /* the answer first, then data under the next key */
+	g_assert_cmpuint(tc->tx.generation, ==, 1);
+	transfer(&s, &c, 1000);
+	transfer(&c, &s, 1000);
+	g_assert_cmpuint(tc->tx.generation, ==, 1); /* answered once */
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	tm_tls_stats cst, sst;
+	tm_tls_ctx_get_stats(cctx, &cst);
+	tm_tls_ctx_get_stats(sctx, &sst);
+	g_assert_cmpuint(cst.key_updates, ==, 1);
+	if (own_server)
+		g_assert_cmpuint(sst.key_updates, ==, 1);
+}
+
+static void test_key_update_requested(void)
+{
+	requested_case(false);
+	requested_case(true);
+}
+
 /* ---- what a receiver refuses ---- */
 
 /*
@@ -162,6 +207,9 @@ static void test_hostile_records(void)
 		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5,
 		  "malformed TLS record header 17 03 03, length 16657" },
 		{ "shorter than a tag", { 23, 3, 3, 0, 16 }, 5, "length 16" },
+		{ "content and padding beyond 2^14 + 1", { 23, 3, 3, 0x40, 0x12 }, 5,
+		  "a record with 16386 bytes of content, type and padding, more than TLS allows "
+		  "(record overflow)" },
 		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16" },
 		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01" },
 		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45,
@@ -359,6 +407,7 @@ int main(int argc, char **argv)
 		{ "records-interop", test_records_interop },
 		{ "key-update", test_key_update },
 		{ "openssl-sender", test_openssl_sender },
+		{ "key-update-requested", test_key_update_requested },
 		{ "hostile-records", test_hostile_records },
 		{ "tampered", test_tampered },
 		{ "premature-end", test_premature_end },

@@ -18,6 +18,7 @@
 #include "codec/codec.h"
 #include "tagmig/error.h"
 #include "tls-fixture.h"
+#include "transport/tls/tls-internal.h"
 
 /* ---- handshakes that succeed ---- */
 
@@ -176,6 +177,72 @@ static void test_name_mismatch(void)
 		       NULL);
 }
 
+/*
+ * Each form of the expected name is checked: a certificate of the same CA for another name
+ * (evil.example) is refused, the right one accepted. The channels run over 127.0.0.1 whatever
+ * the name: the name is only what the certificate must carry, so the scoped link-local address
+ * (fe80::1 on the loopback interface) is exercised end to end without being configured on lo.
+ */
+static void test_name_forms(void)
+{
+	static const char *const names[] = { "localhost", "127.0.0.1", "::1", "[::1]",
+					     "fe80::1%lo", "[fe80::1%lo]" };
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	g_autoptr(tm_tls_ctx) sctx_evil = ctx_new(TM_TLS_SERVER, "evil", NULL);
+
+	for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+		g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", names[i]);
+		tm_chan c, s;
+		chan_pair(&c, &s, 0);
+		start_both(cctx, &c, sctx, &s);
+		transfer(&c, &s, 20000);
+		shutdown_both(&c, &s);
+		tm_chan_close(&c);
+		tm_chan_close(&s);
+
+		g_autofree char *msg = g_strdup_printf("the receiver's certificate (/CN=evil.example) "
+						       "does not match the name '%s' (name mismatch",
+						       names[i]);
+		expect_refusal(cctx, sctx_evil, EKEYREJECTED, msg, EKEYREJECTED,
+			       "the sender refused our certificate");
+	}
+}
+
+/* A name that cannot be checked fails the context (the session's setup), never the check. */
+static void test_name_unusable(void)
+{
+	g_autofree char *good = g_build_filename(tmp_root, "good", NULL);
+	g_autofree char *longname = g_strnfill(300, 'a');
+	const char *const names[] = { "1::2::3", "fe80::zz%lo", "fe80::1%", "[fe80::1%]",
+				      "010.0.0.1", "1.2.3.256", "1.2.3", longname };
+
+	for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+		g_autoptr(GError) err = NULL;
+		tm_tls_ctx *ctx = NULL;
+		int r = tm_tls_ctx_new(TM_TLS_CLIENT, good, names[i], &ctx, &err);
+		g_test_message("%s: %s", names[i], err ? err->message : "(accepted)");
+		g_assert_cmpint(r, ==, -EINVAL);
+		g_assert_error(err, TM_ERROR, EINVAL);
+		g_assert_nonnull(strstr(err->message, "TLS: cannot check the receiver's certificate "
+					"against '"));
+		g_assert_null(ctx);
+	}
+
+	/* A channel whose SSL would check no name is refused before its handshake starts. */
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_assert_cmpint(X509_VERIFY_PARAM_set1_host(SSL_CTX_get0_param(cctx->ssl_ctx), NULL, 0),
+			==, 1);
+	g_autoptr(GError) err = NULL;
+	tm_chan c, s;
+	chan_pair(&c, &s, 6);
+	g_assert_cmpint(tm_tls_wrap(cctx, &c.io, &err), ==, -EINVAL);
+	g_assert_cmpstr(err->message, ==, "channel 6: TLS: cannot set up the check of the "
+			"receiver's certificate against 'localhost'");
+	g_assert_false(tm_tls_active(c.io));
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+}
+
 static void test_wrong_purpose(void)
 {
 	/* A server certificate (serverAuth) used as the client's: refused for its purpose. */
@@ -183,6 +250,69 @@ static void test_wrong_purpose(void)
 	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "server-cert-as-client", "localhost");
 	expect_refusal(cctx, sctx, EKEYREJECTED, "the receiver refused our certificate",
 		       EKEYREJECTED, "is not meant for TLS client authentication");
+}
+
+/*
+ * ca-crl.pem: with it, each side checks every certificate of the peer's chain against the
+ * revocation lists; the client's and the server's revoked certificate are each refused, by the
+ * side that holds the list, and the other side learns it from the alert.
+ */
+static void test_revoked(void)
+{
+	/* A list that revokes other certificates: the handshake goes through. */
+	g_autoptr(tm_tls_ctx) cctx_ok = ctx_new(TM_TLS_CLIENT, "crl-ok", "localhost");
+	g_autoptr(tm_tls_ctx) sctx_ok = ctx_new(TM_TLS_SERVER, "crl-ok", NULL);
+	tm_chan c, s;
+	chan_pair(&c, &s, 0);
+	start_both(cctx_ok, &c, sctx_ok, &s);
+	transfer(&c, &s, 20000);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	/* The receiver's list revokes the sender's certificate. */
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "revoked-client", NULL);
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "revoked-client", "localhost");
+	expect_refusal(cctx, sctx, EKEYREJECTED,
+		       "the receiver refused our certificate (alert: certificate revoked)",
+		       EKEYREJECTED,
+		       "the sender's certificate (/CN=tagmig sender) has been revoked (listed in our "
+		       "ca-crl.pem)");
+
+	/* The sender's list revokes the receiver's certificate. */
+	g_autoptr(tm_tls_ctx) sctx2 = ctx_new(TM_TLS_SERVER, "revoked-server", NULL);
+	g_autoptr(tm_tls_ctx) cctx2 = ctx_new(TM_TLS_CLIENT, "revoked-server", "localhost");
+	expect_refusal(cctx2, sctx2, EKEYREJECTED,
+		       "the receiver's certificate (/CN=localhost) has been revoked (listed in our "
+		       "ca-crl.pem)",
+		       EKEYREJECTED, "the sender refused our certificate (alert: certificate revoked)");
+
+	/* The whole chain is checked: the CA's own certificate, revoked by itself. */
+	g_autoptr(tm_tls_ctx) sctx3 = ctx_new(TM_TLS_SERVER, "good", NULL);
+	g_autoptr(tm_tls_ctx) cctx3 = ctx_new(TM_TLS_CLIENT, "revoked-ca", "localhost");
+	expect_refusal(cctx3, sctx3, EKEYREJECTED,
+		       "the receiver's CA certificate (/CN=tagmig test CA A) has been revoked", 0,
+		       NULL);
+
+	/* A list that has expired, or none of the CA that issued the peer's certificate. */
+	g_autoptr(tm_tls_ctx) cctx4 = ctx_new(TM_TLS_CLIENT, "crl-expired", "localhost");
+	expect_refusal(cctx4, sctx3, EKEYEXPIRED,
+		       "the revocation list in our ca-crl.pem for the receiver's certificate "
+		       "(/CN=localhost) has expired", 0, NULL);
+	g_autoptr(tm_tls_ctx) cctx5 = ctx_new(TM_TLS_CLIENT, "crl-other-ca", "localhost");
+	expect_refusal(cctx5, sctx3, EKEYREJECTED,
+		       "the receiver's certificate (/CN=localhost) cannot be checked for revocation",
+		       0, NULL);
+
+	/* A ca-crl.pem without a list fails the setup. */
+	g_autofree char *bad = g_build_filename(tmp_root, "crl-bad", NULL);
+	g_autoptr(GError) err = NULL;
+	tm_tls_ctx *ctx = NULL;
+	g_assert_cmpint(tm_tls_ctx_new(TM_TLS_SERVER, bad, NULL, &ctx, &err), ==, -EKEYREJECTED);
+	g_test_message("%s", err->message);
+	g_assert_nonnull(strstr(err->message, "crl-bad/ca-crl.pem: cannot load the certificate "
+				"revocation list"));
+	g_assert_null(ctx);
 }
 
 typedef struct raw_client {
@@ -426,7 +556,10 @@ int main(int argc, char **argv)
 		{ "wrong-ca", test_wrong_ca },
 		{ "expired", test_expired },
 		{ "name-mismatch", test_name_mismatch },
+		{ "name-forms", test_name_forms },
+		{ "name-unusable", test_name_unusable },
 		{ "wrong-purpose", test_wrong_purpose },
+		{ "revoked", test_revoked },
 		{ "no-client-cert", test_no_client_cert },
 		{ "plaintext-peer", test_plaintext_peer },
 		{ "setup-errors", test_setup_errors },

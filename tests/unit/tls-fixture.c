@@ -53,11 +53,22 @@ static void make_dir(const char *name, const tls_cred *ca, const tls_cred *serve
 		write_cred(dir, "client", client);
 }
 
+/* name/ca-crl.pem: ca's revocation list of revoked[0..n), valid until next_days from now. */
+static void write_crl(const char *name, const tls_cred *ca, const tls_cred *const *revoked,
+		      size_t n, int next_days)
+{
+	g_autofree char *path = g_build_filename(tmp_root, name, "ca-crl.pem", NULL);
+	g_autoptr(GError) err = NULL;
+	int r = tls_crl_write(ca, revoked, n, next_days, path, &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(r, ==, 0);
+}
+
 /* The credential sets under tmp_root that tls-fixture.h lists. */
 static void make_all_creds(void)
 {
 	const char *srv = "serverAuth", *cli = "clientAuth";
-	const char *san = "DNS:localhost,IP:127.0.0.1";
+	const char *san = "DNS:localhost,IP:127.0.0.1,IP:::1,IP:fe80::1";
 	g_autoptr(tls_cred) ca_a = cred("tagmig test CA A", NULL, NULL, NULL, -1, 30);
 	g_autoptr(tls_cred) ca_b = cred("tagmig test CA B", NULL, NULL, NULL, -1, 30);
 	g_autoptr(tls_cred) srv_a = cred("localhost", ca_a, srv, san, -1, 30);
@@ -67,6 +78,7 @@ static void make_all_creds(void)
 	g_autoptr(tls_cred) srv_old = cred("localhost", ca_a, srv, san, -3, -1);
 	g_autoptr(tls_cred) cli_old = cred("tagmig sender", ca_a, cli, NULL, -3, -1);
 	g_autoptr(tls_cred) srv_as_cli = cred("localhost", ca_a, srv, san, -1, 30);
+	g_autoptr(tls_cred) srv_evil = cred("evil.example", ca_a, srv, "DNS:evil.example", -1, 30);
 
 	make_dir("good", ca_a, srv_a, cli_a);
 	make_dir("other", ca_b, srv_b, cli_b);
@@ -75,6 +87,27 @@ static void make_all_creds(void)
 	make_dir("foreign-client", ca_a, srv_a, cli_b);
 	make_dir("server-cert-as-client", ca_a, srv_a, srv_as_cli);
 	make_dir("no-client", ca_a, srv_a, NULL);
+	make_dir("evil", ca_a, srv_evil, cli_a);
+	/* revocation lists (ca-crl.pem) */
+	g_autoptr(tls_cred) srv_rev = cred("localhost", ca_a, srv, san, -1, 30);
+	g_autoptr(tls_cred) cli_rev = cred("tagmig sender", ca_a, cli, NULL, -1, 30);
+	const tls_cred *const revoked[] = { srv_rev, cli_rev };
+	make_dir("crl-ok", ca_a, srv_a, cli_a);
+	write_crl("crl-ok", ca_a, revoked, 2, 30);
+	make_dir("revoked-server", ca_a, srv_rev, cli_a);
+	write_crl("revoked-server", ca_a, revoked, 1, 30);
+	make_dir("revoked-client", ca_a, srv_a, cli_rev);
+	write_crl("revoked-client", ca_a, revoked + 1, 1, 30);
+	make_dir("crl-expired", ca_a, srv_a, cli_a);
+	write_crl("crl-expired", ca_a, NULL, 0, -1);
+	const tls_cred *const ca_itself[] = { ca_a };
+	make_dir("revoked-ca", ca_a, srv_a, cli_a);
+	write_crl("revoked-ca", ca_a, ca_itself, 1, 30);
+	make_dir("crl-other-ca", ca_a, srv_a, cli_a);
+	write_crl("crl-other-ca", ca_b, NULL, 0, 30);
+	make_dir("crl-bad", ca_a, srv_a, cli_a);
+	g_autofree char *bad = g_build_filename(tmp_root, "crl-bad", "ca-crl.pem", NULL);
+	g_assert_true(g_file_set_contents(bad, "not a CRL\n", -1, NULL));
 	/* a key that does not belong to the certificate */
 	const tls_cred mismatched = { .key = cli_a->key, .cert = srv_a->cert };
 	make_dir("mismatched-key", ca_a, &mismatched, cli_a);

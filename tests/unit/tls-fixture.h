@@ -26,7 +26,12 @@ G_BEGIN_DECLS
 /*
  * The temporary directory of this run, one credentials directory per set under it (made before
  * any case runs, removed after the last):
- *   good: CA A, server "localhost" (and 127.0.0.1), client. other: the same from CA B.
+ *   good: CA A, server "localhost" (and 127.0.0.1, ::1, fe80::1), client. other: the same from
+ *   CA B. evil: CA A, a server certificate for evil.example only, client.
+ *   With a ca-crl.pem of CA A: crl-ok (revokes other certificates than the ones in the set),
+ *   revoked-server, revoked-client (revokes that one), crl-expired (past its nextUpdate),
+ *   revoked-ca (CA A revokes its own certificate), crl-other-ca (a CRL of CA B only), crl-bad
+ *   (no CRL in the file).
  *   expired-server / expired-client: CA A with one expired certificate. foreign-client: trusts
  *   CA A but holds a client certificate of CA B. server-cert-as-client: a serverAuth certificate
  *   as the client's. no-client: only the CA and the server. mismatched-key: a server key that

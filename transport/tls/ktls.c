@@ -149,15 +149,16 @@ static int ktls_start(tls_chan *t)
 }
 
 /*
- * RFC 8446 5.5: a key protects a bounded number of records. Past ctx->key_limit records, tell
- * the peer (KeyUpdate, update_not_requested, as the last message under the old key, sent by the
- * kernel as a handshake record) and give the kernel the next traffic secret's key.
+ * RFC 8446 5.5: a key protects a bounded number of records. Past ctx->key_limit records, or
+ * when the receiver asked for it (4.6.3; see tls-own.c maybe_update_key), tell the peer
+ * (KeyUpdate, update_not_requested, as the last message under the old key, sent by the kernel
+ * as a handshake record) and give the kernel the next traffic secret's key.
  */
 static int ktls_update_key(tls_chan *t)
 {
 	static const uint8_t key_update[5] = { TM_TLS_HS_KEY_UPDATE, 0, 0, 1, 0 };
 
-	if (t->tx.records < t->ctx->key_limit)
+	if (t->tx.records < t->ctx->key_limit && !t->update_requested)
 		return 0;
 	int r = ktls_send_ctrl(t->inner->fd, TM_TLS_CT_HANDSHAKE, key_update, sizeof(key_update));
 	if (r < 0)
@@ -168,8 +169,10 @@ static int ktls_update_key(tls_chan *t)
 	if (r == 0 && (r = ktls_set(t->inner->fd, &t->tx, true, false)) < 0)
 		r = tm_tls_fail(t, -EPROTO, g_strdup_printf("TLS send: kernel TLS refused the next "
 							    "key: %s", g_strerror(-r)));
-	if (r == 0)
+	if (r == 0) {
+		t->update_requested = false;
 		tm_count(&t->ctx->key_updates, 1);
+	}
 	return r;
 }
 

@@ -190,6 +190,21 @@ static int pick_engine(tls_chan *t)
 	return 0;
 }
 
+/*
+ * Whether ssl will check the receiver's name: the context set it up (tm_tls_ctx_new, every
+ * setter checked) and each SSL inherits it. Checked again per channel, because without it the
+ * handshake would verify the chain only and accept any certificate of the CA.
+ */
+static bool has_name_check(SSL *ssl)
+{
+	X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+	char *ip = X509_VERIFY_PARAM_get1_ip_asc(vp);
+	bool ok = ip || X509_VERIFY_PARAM_get0_host(vp, 0);
+
+	OPENSSL_free(ip);
+	return ok;
+}
+
 int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 {
 	tm_io *inner = *io;
@@ -219,11 +234,15 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 	SSL_set_app_data(t->ssl, t);
 
 	if (ctx->role == TM_TLS_CLIENT) {
-		if (g_hostname_is_ip_address(ctx->hostname)) {
-			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), ctx->hostname);
-		} else {
-			SSL_set1_host(t->ssl, ctx->hostname);
-			SSL_set_tlsext_host_name(t->ssl, ctx->hostname);
+		if (!has_name_check(t->ssl) ||
+		    (ctx->sni && SSL_set_tlsext_host_name(t->ssl, ctx->sni) != 1)) {
+			tls_release(t);
+			g_free(t);
+			ERR_clear_error();
+			g_set_error(error, TM_ERROR, EINVAL, "channel %u: TLS: cannot set up the check "
+				    "of the receiver's certificate against '%s'", inner->id,
+				    ctx->hostname);
+			return -EINVAL;
 		}
 		g_mutex_lock(&ctx->lock);
 		if (ctx->session)

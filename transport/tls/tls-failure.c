@@ -47,6 +47,23 @@ static int explain_verify(const tls_chan *t, const char *peer, char **ret_msg)
 		*ret_msg = g_strdup_printf("the %s's %s (%s) is not valid yet (notBefore %s)", peer,
 					   which, subj, t->verify_when ? t->verify_when : "?");
 		return -EKEYEXPIRED;
+	case X509_V_ERR_CERT_REVOKED:
+		*ret_msg = g_strdup_printf("the %s's %s (%s) has been revoked (listed in our "
+					   "ca-crl.pem)", peer, which, subj);
+		return -EKEYREJECTED;
+	case X509_V_ERR_UNABLE_TO_GET_CRL:
+		*ret_msg = g_strdup_printf("the %s's %s (%s) cannot be checked for revocation: our "
+					   "ca-crl.pem holds no revocation list of its issuer (it "
+					   "needs one of every CA of the chain)", peer, which, subj);
+		return -EKEYREJECTED;
+	case X509_V_ERR_CRL_HAS_EXPIRED:
+	case X509_V_ERR_CRL_NOT_YET_VALID:
+		*ret_msg = g_strdup_printf("the revocation list in our ca-crl.pem for the %s's %s "
+					   "(%s) %s: renew ca-crl.pem", peer, which, subj,
+					   t->verify_err == X509_V_ERR_CRL_HAS_EXPIRED
+						   ? "has expired (past its nextUpdate)"
+						   : "is not valid yet");
+		return -EKEYEXPIRED;
 	case X509_V_ERR_HOSTNAME_MISMATCH:
 	case X509_V_ERR_IP_ADDRESS_MISMATCH:
 		*ret_msg = g_strdup_printf("the %s's certificate (%s) does not match the name '%s' "

@@ -79,7 +79,8 @@ struct tm_tls_ctx {
 	gatomicrefcount ref;
 	tm_tls_role role;
 	SSL_CTX *ssl_ctx;
-	char *hostname; /* client: the name the server's certificate must carry */
+	char *hostname; /* client: the name the server's certificate must carry, as given */
+	char *sni;      /* client: that name for SNI when it is a DNS name, else NULL */
 	char *ktls_reason;
 	/* protected by ->lock */
 	GMutex lock;
@@ -193,6 +194,7 @@ struct tls_chan {
 	bool tx_closed;     /* own_keys tx: our close_notify is sent */
 	bool writes_barred; /* client, own records: OpenSSL may no longer write (nonce reuse) */
 	bool write_blocked; /* ... and tried to */
+	bool update_requested; /* client, own records: the receiver asked for a KeyUpdate (4.6.3) */
 	/* the client's traffic secret from the key-log callback, until the handshake ends */
 	uint8_t secret[EVP_MAX_MD_SIZE];
 	size_t secret_len;
@@ -275,6 +277,13 @@ static inline size_t tm_tls_cursor_span(tm_tls_cursor *c)
 
 /* tls.c: the key-log callback of both roles: keeps the client's traffic secret (own records). */
 void tm_tls_keylog_cb(const SSL *ssl, const char *line);
+
+/*
+ * tls.c: the client's message callback: notes a KeyUpdate from the receiver that requests one of
+ * ours (t->update_requested), which our record layer sends before its next record.
+ */
+void tm_tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+		   SSL *ssl, void *arg);
 
 /* tls.c: the verify callback of both roles: records why the peer's chain failed. */
 int tm_tls_verify_cb(int ok, X509_STORE_CTX *store);

@@ -55,20 +55,24 @@ static int seal_buf(tls_chan *t, uint8_t type, const void *buf, size_t len)
 
 /*
  * RFC 8446 5.5: a key protects a bounded number of records (about 2^24.5 for AES-GCM). Past
- * ctx->key_limit records, tell the peer (KeyUpdate, update_not_requested, as the last message
+ * ctx->key_limit records, or when the receiver asked for it (KeyUpdate with update_requested,
+ * which 4.6.3 says must be answered; OpenSSL would answer at its next write, which our
+ * direction never makes), tell the peer (KeyUpdate, update_not_requested, as the last message
  * under the old key) and move to the next traffic secret.
  */
 static int maybe_update_key(tls_chan *t)
 {
 	static const uint8_t key_update[5] = { TM_TLS_HS_KEY_UPDATE, 0, 0, 1, 0 };
 
-	if (t->tx.records < t->ctx->key_limit)
+	if (t->tx.records < t->ctx->key_limit && !t->update_requested)
 		return 0;
 	int r = seal_buf(t, TM_TLS_CT_HANDSHAKE, key_update, sizeof(key_update));
 	if (r == 0 && tm_tls_dir_update(&t->tx) < 0)
 		r = tm_tls_fail(t, -EPROTO, g_strdup("TLS send: deriving the next key failed"));
-	if (r == 0)
+	if (r == 0) {
+		t->update_requested = false;
 		tm_count(&t->ctx->key_updates, 1);
+	}
 	return r;
 }
 
@@ -193,6 +197,12 @@ static int own_record(tls_chan *t, tm_tls_cursor *c, size_t len, size_t *done)
 				g_strdup_printf("TLS receive: malformed TLS record header %02x %02x "
 						"%02x, length %zu", h[0], h[1], h[2], clen));
 	size_t plen = clen - TM_TLS_TAG; /* content, type and padding */
+	/* RFC 8446 5.4: content, type and padding together at most 2^14 + 1 bytes. */
+	if (plen > TM_TLS_RECORD + 1)
+		return tm_tls_fail(t, -EBADMSG,
+				g_strdup_printf("TLS receive: a record with %zu bytes of content, type "
+						"and padding, more than TLS allows (record overflow)",
+						plen));
 	/*
 	 * When the caller wants more than this (long) record holds, the next header must come too:
 	 * read it with the body. Never after a short record, which may be the last (close_notify).

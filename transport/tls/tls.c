@@ -5,6 +5,7 @@
  * Failure text is in tls-failure.c, the kernel TLS probe in ktls-probe.c, statistics in
  * tls-stats.c, the channel itself in tls-chan.c.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -45,6 +46,30 @@ static int cred_file(const char *dir, const char *name, char **ret, GError **err
 		return -e;
 	}
 	*ret = path;
+	return 0;
+}
+
+/*
+ * dir/ca-crl.pem, when present (QEMU's and libvirt's optional revocation list): every CRL in it
+ * goes into the store, and every certificate of the peer's chain is checked against them
+ * (X509_V_FLAG_CRL_CHECK_ALL: the file must hold a current CRL of each CA of the chain). A file
+ * that is there but holds no readable CRL fails setup rather than checking nothing.
+ */
+static int load_crl(SSL_CTX *sc, const char *dir, GError **error)
+{
+	g_autofree char *path = g_build_filename(dir, "ca-crl.pem", NULL);
+
+	if (access(path, F_OK) < 0 && errno == ENOENT)
+		return 0;
+	X509_LOOKUP *lu = X509_STORE_add_lookup(SSL_CTX_get_cert_store(sc), X509_LOOKUP_file());
+	if (!lu || X509_load_crl_file(lu, path, X509_FILETYPE_PEM) <= 0 ||
+	    X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(sc),
+					X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL) != 1) {
+		g_autofree char *why = ssl_reason();
+		g_set_error(error, TM_ERROR, EKEYREJECTED, "TLS credentials: %s: cannot load the "
+			    "certificate revocation list: %s", path, why);
+		return -EKEYREJECTED;
+	}
 	return 0;
 }
 
@@ -126,6 +151,69 @@ void tm_tls_keylog_cb(const SSL *ssl, const char *line)
 		t->secret[i] = (uint8_t)(hi << 4 | lo);
 	}
 	t->secret_len = n;
+}
+
+/*
+ * Client: makes every channel check the receiver's certificate against name, in the context's
+ * verify parameters (each SSL inherits them): an IP address (subjectAltName IP) or else a DNS
+ * name (subjectAltName DNS, wildcards allowed). A name with a ':' is an IPv6 address, optionally
+ * in brackets and with a zone ("fe80::1%eth0": the zone says which link to connect over and is
+ * not part of the address a certificate names, so it is left out of the check); one of digits
+ * and dots is an IPv4 address in the dotted-decimal form connect reads (no octal "010.0.0.1").
+ * Every setter is checked: a name that cannot be checked fails here, at the session's setup,
+ * instead of leaving the handshake to verify the chain only. *ret_sni: the DNS name for SNI,
+ * NULL for an address (RFC 6066 3 allows no address there).
+ */
+static int set_expected_name(SSL_CTX *sc, const char *name, char **ret_sni, GError **error)
+{
+	X509_VERIFY_PARAM *vp = SSL_CTX_get0_param(sc);
+	size_t len = strlen(name);
+	g_autofree char *addr = NULL;
+	const char *why = NULL;
+
+	if (len >= 2 && name[0] == '[' && name[len - 1] == ']')
+		addr = g_strndup(name + 1, len - 2);
+	else if (strchr(name, ':') || strspn(name, "0123456789.") == len)
+		addr = g_strdup(name);
+	if (addr && strchr(addr, ':')) {
+		char *zone = strchr(addr, '%');
+		if (zone && zone[1] == '\0')
+			why = "an IPv6 address with an empty zone";
+		if (zone)
+			*zone = '\0';
+		if (!why && X509_VERIFY_PARAM_set1_ip_asc(vp, addr) != 1)
+			why = "not a valid IPv6 address";
+	} else if (addr) {
+		struct in_addr a;
+		if (inet_pton(AF_INET, addr, &a) != 1)
+			why = "not an IPv4 address in dotted-decimal form";
+		else if (X509_VERIFY_PARAM_set1_ip_asc(vp, addr) != 1)
+			why = "not a valid IPv4 address";
+	} else if (len > TLSEXT_MAXLEN_host_name) {
+		why = "a DNS name longer than 255 bytes";
+	} else if (X509_VERIFY_PARAM_set1_host(vp, name, 0) != 1) {
+		why = "not a DNS name OpenSSL can check";
+	}
+	ERR_clear_error();
+	if (why) {
+		g_set_error(error, TM_ERROR, EINVAL, "TLS: cannot check the receiver's certificate "
+			    "against '%s': %s (see --tls-hostname)", name, why);
+		return -EINVAL;
+	}
+	*ret_sni = addr ? NULL : g_strdup(name);
+	return 0;
+}
+
+void tm_tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+		   SSL *ssl, void *arg)
+{
+	const uint8_t *m = buf;
+	tls_chan *t = SSL_get_app_data(ssl);
+
+	/* KeyUpdate: type 24, length 1, request_update 1 (update_requested), RFC 8446 4.6.3 */
+	if (!write_p && t && content_type == SSL3_RT_HANDSHAKE && len == 5 &&
+	    m[0] == TM_TLS_HS_KEY_UPDATE && m[4] == 1)
+		t->update_requested = true;
 }
 
 int tm_tls_available(GError **error)
@@ -210,8 +298,19 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 		SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_CLIENT |
 						   SSL_SESS_CACHE_NO_INTERNAL_STORE);
 		SSL_CTX_sess_set_new_cb(sc, new_session_cb);
+		/* OpenSSL cannot answer a key update request in the direction our records protect. */
+		SSL_CTX_set_msg_callback(sc, tm_tls_msg_cb);
 	}
 	ERR_clear_error();
+	if ((r = load_crl(sc, creds_dir, error)) < 0) {
+		SSL_CTX_free(sc);
+		return r;
+	}
+	g_autofree char *sni = NULL;
+	if (!server && (r = set_expected_name(sc, hostname, &sni, error)) < 0) {
+		SSL_CTX_free(sc);
+		return r;
+	}
 
 	tm_tls_ctx *ctx = g_new0(tm_tls_ctx, 1);
 	g_atomic_ref_count_init(&ctx->ref);
@@ -219,6 +318,7 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 	ctx->role = role;
 	ctx->ssl_ctx = sc;
 	ctx->hostname = server ? NULL : g_strdup(hostname);
+	ctx->sni = g_steal_pointer(&sni);
 	SSL_CTX_set_app_data(sc, ctx);
 	/* The traffic secret for our own record layer (tls-chan.c own_start). */
 	SSL_CTX_set_keylog_callback(sc, tm_tls_keylog_cb);
@@ -256,6 +356,7 @@ void tm_tls_ctx_free(tm_tls_ctx *ctx)
 	SSL_CTX_free(ctx->ssl_ctx);
 	g_mutex_clear(&ctx->lock);
 	g_free(ctx->hostname);
+	g_free(ctx->sni);
 	g_free(ctx->ktls_reason);
 	g_free(ctx);
 }

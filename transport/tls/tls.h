@@ -80,14 +80,19 @@ int tm_tls_available(GError **error);
 
 /*
  * Creates the TLS context of one session from creds_dir: ca-cert.pem plus server-cert.pem and
- * server-key.pem (TM_TLS_SERVER) or client-cert.pem and client-key.pem (TM_TLS_CLIENT).
+ * server-key.pem (TM_TLS_SERVER) or client-cert.pem and client-key.pem (TM_TLS_CLIENT), and
+ * ca-crl.pem if it is there (revocation lists; every certificate of the peer's chain is then
+ * checked against them).
  * hostname (client only, required there) is the name the server's certificate must carry: a DNS
- * name (subjectAltName DNS, wildcards allowed) or an IP address (subjectAltName IP). TLS 1.3 only,
+ * name (subjectAltName DNS, wildcards allowed) or an IP address (subjectAltName IP): a name with
+ * a ':' is an IPv6 address (in brackets or not; a zone, "fe80::1%eth0", is left out of the
+ * check), one of digits and dots a dotted-decimal IPv4 address. TLS 1.3 only,
  * cipher suites TLS_AES_128_GCM_SHA256 (preferred), TLS_AES_256_GCM_SHA384,
  * TLS_CHACHA20_POLY1305_SHA256. Also probes kernel TLS (tm_tls_ctx_ktls_reason).
  * Returns 0 and *ret (free with tm_tls_ctx_free), or -errno with a message naming the file:
  * -ENOENT missing file, -EKEYREJECTED unusable certificate or key (or a key not matching its
- * certificate), -EINVAL missing hostname. Thread-safe.
+ * certificate, or a ca-crl.pem without a readable list), -EINVAL missing hostname or one that cannot be checked (an invalid address, an
+ * empty zone, a DNS name over 255 bytes). Thread-safe.
  */
 int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname,
 		   tm_tls_ctx **ret, GError **error);
@@ -145,7 +150,8 @@ int tm_tls_ktls_probe(GError **error);
  * "channel N: TLS handshake: <which check failed>" in *error; then *io is left as it was, to be
  * closed by the caller:
  *   -EKEYREJECTED  the peer's certificate is not issued by our CA, does not match the expected
- *                  name, or is not meant for this use; or the peer refused ours
+ *                  name, is not meant for this use, or is revoked (or ca-crl.pem has no list
+ *                  of its CA); or the peer refused ours
  *   -EKEYEXPIRED   a certificate has expired or is not valid yet (ours, as the peer says, or its)
  *   -EACCES        the client presented no certificate (or the server says we did not)
  *   -EPROTO        the peer does not speak TLS (e.g. a plaintext tagmig peer) or broke the protocol
@@ -212,8 +218,10 @@ bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
  * records that goes to the inner send at once; recv() reads ahead whatever ciphertext has
  * arrived (up to 16 records) and decrypts a record that fills the caller's iovecs straight into
  * them (guest RAM), shorter ones through a record-sized buffer. A record's bytes count as
- * received only after its tag is checked; on failure the caller's memory may hold unverified
- * plaintext of that record, which the session never marks present.
+ * received only after its tag is checked; on failure the caller's memory holds unverified
+ * plaintext of that record (flipped ciphertext bits become flipped bytes there). That may be a
+ * page marked present in an earlier round and re-sent: it keeps its present bit while its bytes
+ * are altered, so the RAM of a failed migration must not be run (tm_receiver_wait()).
  *
  * The other direction, and both directions with OpenSSL's record layer, go through SSL_write and
  * SSL_read: the plaintext is gathered into 16 KiB records (OpenSSL copies it into its record
