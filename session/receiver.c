@@ -31,12 +31,20 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 		return r;
 	if (tls)
 		tm_tls_ctx_tune(tls, &c.tuning);
+	if (c.tls_authz && !tls) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "an allow-list of senders (tls_authz) needs TLS (tls_creds_dir)");
+		return -EINVAL;
+	}
+	if (c.tls_authz && (r = tm_tls_ctx_set_authz(tls, c.tls_authz, error)) < 0)
+		return r;
 	tm_receiver *rc = g_new0(tm_receiver, 1);
 	rc->io_note = g_steal_pointer(&note);
 	rc->tls = g_steal_pointer(&tls);
 	rc->cfg = c;
 	rc->cfg.io_backend = NULL;    /* not owned; io holds the choice */
 	rc->cfg.tls_creds_dir = NULL; /* not owned; tls holds what it needs */
+	rc->cfg.tls_authz = NULL;     /* likewise (copied into tls) */
 	rc->io = io;
 	g_mutex_init(&rc->lock);
 	g_cond_init(&rc->cond);

@@ -28,6 +28,7 @@ typedef struct recv_opts {
 	char *io;
 	int timeout;
 	char *tls_creds;
+	char **tls_authz;
 } recv_opts;
 
 static void recv_opts_clear(recv_opts *o)
@@ -38,6 +39,7 @@ static void recv_opts_clear(recv_opts *o)
 	g_free(o->port_file);
 	g_free(o->io);
 	g_free(o->tls_creds);
+	g_strfreev(o->tls_authz);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(recv_opts, recv_opts_clear)
@@ -206,6 +208,11 @@ int cli_cmd_recv(int argc, char **argv)
 		  "TLS 1.3 on every channel with ca-cert.pem, server-cert.pem and server-key.pem "
 		  "from DIR; the sender must present a certificate from that CA (docs/tls.md)",
 		  "DIR" },
+		{ "tls-authz", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.tls_authz,
+		  "Let in only a sender whose certificate carries this subject, in RFC 2253 form as "
+		  "'openssl x509 -noout -subject -nameopt RFC2253' prints it; repeatable (with "
+		  "--tls-creds)",
+		  "SUBJECT" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -233,6 +240,8 @@ int cli_cmd_recv(int argc, char **argv)
 		return cli_usage_error("recv", "--listen %s", error->message);
 	if (o.timeout < 0 || o.timeout > 86400)
 		return cli_usage_error("recv", "--timeout must be 0..86400 seconds");
+	if (o.tls_authz && !o.tls_creds)
+		return cli_usage_error("recv", "--tls-authz needs --tls-creds");
 	g_autoptr(GPtrArray) ram_specs = NULL;
 	g_autoptr(GPtrArray) tag_specs = NULL;
 	if (cli_parse_file_specs("--ram", o.ram, &ram_specs, &error) < 0 ||
@@ -284,6 +293,7 @@ int cli_cmd_recv(int argc, char **argv)
 		.timeout_ms = (unsigned)o.timeout * 1000u,
 		.ram_zeroed = all_new,
 		.tls_creds_dir = o.tls_creds,
+		.tls_authz = (const char *const *)o.tls_authz,
 	};
 	cli_env_receiver_config(&cfg);
 	g_autoptr(tm_receiver) receiver = NULL;

@@ -173,6 +173,13 @@ typedef struct tm_receiver_config {
 	 */
 	const char *tls_creds_dir;
 	tm_tuning tuning;
+	/*
+	 * With TLS: NULL lets in any sender whose certificate comes from the CA; else a
+	 * NULL-terminated, non-empty list of the subjects a sender's certificate may carry, in RFC
+	 * 2253 form as `openssl x509 -noout -subject -nameopt RFC2253` prints them
+	 * ("CN=src1.example,O=Example"), compared exactly (QEMU's tls-authz). Copied at new.
+	 */
+	const char *const *tls_authz;
 } tm_receiver_config;
 
 /* Creates a receiver; cfg may be NULL. Returns 0 or -errno. */

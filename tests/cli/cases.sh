@@ -190,6 +190,32 @@ tls-name-mismatch)
 	tls_refusal "--tls-creds $T/a" "--tls-creds $T/a --tls-hostname migrate.example" \
 		"certificate|TLS" "does not match the name 'migrate.example'"
 	;;
+tls-authz)
+	# --tls-authz: a sender of the CA whose subject is not listed is refused before any RAM
+	# moves; listed (among others, as openssl prints it), it gets in.
+	command -v openssl >/dev/null || { echo "no openssl command"; exit 77; }
+	make_creds "$T/a" localhost
+	gen_ram $((1024 * 1024)) 92 "$T/in.img"
+	RECV_TLS="--tls-creds $T/a"
+	SEND_TLS="--tls-creds $T/a"
+	start_recv --ram "$T/out.img" --tls-authz "CN=somebody else"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "not in the allow-list of senders"
+	one_line "$T/send.err" "refused our certificate"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	note "refused: $(cat "$T/recv.err")"
+	subject=$(openssl x509 -noout -subject -nameopt RFC2253 -in "$T/a/client-cert.pem" | sed 's/^subject= *//')
+	start_recv --ram "$T/out.img" --tls-authz "CN=somebody else" --tls-authz "$subject"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 0
+	expect_rc send "$SEND_RC" 0
+	same "$T/in.img" "$T/out.img"
+	note "let in: $subject"
+	;;
 tls-plain-to-tls)
 	make_creds "$T/a" localhost
 	tls_refusal "--tls-creds $T/a" "" "not speaking TLS" "TLS|closed|refused"

@@ -130,6 +130,44 @@ static void expect_refusal(tm_tls_ctx *cctx, tm_tls_ctx *sctx, int ccode, const 
 	g_clear_error(&srv.err);
 }
 
+/*
+ * The receiver's allow-list of senders (tls_authz): a certificate of the CA whose subject is
+ * listed gets in, one whose subject is not is refused at the handshake, and the list is checked
+ * when it is set.
+ */
+static void test_authz(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(GError) err = NULL;
+
+	/* listed (RFC 2253 form of the sender's subject), among others */
+	g_autoptr(tm_tls_ctx) allow = ctx_new(TM_TLS_SERVER, "good", NULL);
+	const char *const listed[] = { "CN=another sender", "CN=tagmig sender", NULL };
+	g_assert_cmpint(tm_tls_ctx_set_authz(allow, listed, &err), ==, 0);
+	tm_chan c, s;
+	chan_pair(&c, &s, 1);
+	start_both(cctx, &c, allow, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	/* not listed: the same certificate, a list without it (a near miss included) */
+	g_autoptr(tm_tls_ctx) deny = ctx_new(TM_TLS_SERVER, "good", NULL);
+	const char *const others[] = { "CN=another sender", "CN=tagmig sender ", "cn=tagmig sender",
+				       NULL };
+	g_assert_cmpint(tm_tls_ctx_set_authz(deny, others, &err), ==, 0);
+	expect_refusal(cctx, deny, EKEYREJECTED, "the receiver refused our certificate", EACCES,
+		       "the sender's certificate (subject CN=tagmig sender) is from our CA but not "
+		       "in the allow-list of senders");
+
+	/* set-up errors */
+	const char *const none[] = { NULL };
+	g_assert_cmpint(tm_tls_ctx_set_authz(deny, none, &err), ==, -EINVAL);
+	g_assert_nonnull(strstr(err->message, "empty"));
+	g_clear_error(&err);
+	g_assert_cmpint(tm_tls_ctx_set_authz(cctx, listed, &err), ==, -EINVAL);
+	g_assert_nonnull(strstr(err->message, "receiver's"));
+}
+
 static void test_wrong_ca(void)
 {
 	/* The client trusts another CA than the one that issued the server's certificate. */
@@ -560,6 +598,7 @@ int main(int argc, char **argv)
 		{ "name-unusable", test_name_unusable },
 		{ "wrong-purpose", test_wrong_purpose },
 		{ "revoked", test_revoked },
+		{ "authz", test_authz },
 		{ "no-client-cert", test_no_client_cert },
 		{ "plaintext-peer", test_plaintext_peer },
 		{ "setup-errors", test_setup_errors },

@@ -70,6 +70,10 @@ static int explain_verify(const tls_chan *t, const char *peer, char **ret_msg)
 					   "(name mismatch: see --tls-hostname)", peer, subj,
 					   t->ctx->hostname);
 		return -EKEYREJECTED;
+	case X509_V_ERR_APPLICATION_VERIFICATION:
+		*ret_msg = g_strdup_printf("the %s's certificate (subject %s) is from our CA but not in "
+					   "the allow-list of senders (tls_authz, --tls-authz)", peer, subj);
+		return -EACCES;
 	case X509_V_ERR_INVALID_PURPOSE:
 		*ret_msg = g_strdup_printf("the %s's certificate (%s) is not meant for TLS %s "
 					   "authentication (extendedKeyUsage); the %s needs a %s "

@@ -82,6 +82,7 @@ struct tm_tls_ctx {
 	char *hostname; /* client: the name the server's certificate must carry, as given */
 	char *sni;      /* client: that name for SNI when it is a DNS name, else NULL */
 	char *ktls_reason;
+	char **authz;   /* server: the subjects a client certificate may carry (RFC 2253), or NULL */
 	/* protected by ->lock */
 	GMutex lock;
 	SSL_SESSION *session; /* client: the newest resumable session (ticket) */

@@ -30,6 +30,11 @@ void tm_tls_ctx_free(tm_tls_ctx *ctx)
 {
 }
 
+int tm_tls_ctx_set_authz(tm_tls_ctx *ctx, const char *const *subjects, GError **error)
+{
+	return tm_tls_available(error);
+}
+
 void tm_tls_ctx_tune(tm_tls_ctx *ctx, const tm_tuning *t)
 {
 }

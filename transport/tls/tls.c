@@ -102,12 +102,49 @@ static char *asn1_time_str(const ASN1_TIME *t)
 	return s;
 }
 
+/* The subject of cert in RFC 2253 form ("CN=tagmig sender,O=Example"), g_free it. */
+static char *subject_rfc2253(X509 *cert)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *data = NULL;
+
+	if (!b)
+		return NULL;
+	X509_NAME_print_ex(b, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253);
+	long n = BIO_get_mem_data(b, &data);
+	char *s = g_strndup(data, n > 0 ? (size_t)n : 0);
+	BIO_free(b);
+	return s;
+}
+
+/* Whether the peer's certificate (depth 0, verified) is one the allow-list lets in. */
+static bool authorized(const tls_chan *t, X509 *cert, char **ret_subject)
+{
+	g_autofree char *subj = subject_rfc2253(cert);
+	bool ok = subj && g_strv_contains((const char *const *)t->ctx->authz, subj);
+	if (!ok)
+		*ret_subject = g_steal_pointer(&subj);
+	return ok;
+}
+
 int tm_tls_verify_cb(int ok, X509_STORE_CTX *store)
 {
-	if (ok)
-		return 1;
 	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
 	tls_chan *t = ssl ? SSL_get_app_data(ssl) : NULL;
+	if (ok && t && !t->verify_err && t->ctx->authz && X509_STORE_CTX_get_error_depth(store) == 0) {
+		/* The chain is good; the sender must also be one of those allowed (tls_authz). */
+		char *subj = NULL;
+		if (authorized(t, X509_STORE_CTX_get_current_cert(store), &subj))
+			return 1;
+		/* the peer learns "bad certificate"; our explanation keys on verify_err */
+		X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
+		t->verify_err = X509_V_ERR_APPLICATION_VERIFICATION;
+		t->verify_depth = 0;
+		t->verify_subject = subj ? subj : g_strdup("?");
+		return 0;
+	}
+	if (ok)
+		return 1;
 	if (!t || t->verify_err)
 		return 0;
 	/* The first failure is the one to report; OpenSSL stops the handshake at it. */
@@ -358,6 +395,7 @@ void tm_tls_ctx_free(tm_tls_ctx *ctx)
 	g_free(ctx->hostname);
 	g_free(ctx->sni);
 	g_free(ctx->ktls_reason);
+	g_strfreev(ctx->authz);
 	g_free(ctx);
 }
 
@@ -369,6 +407,23 @@ void tm_tls_ctx_set_ktls(tm_tls_ctx *ctx, bool on)
 		ctx->ktls_reason = g_strdup("kernel TLS offload turned off for this session: records "
 					    "protected in user space");
 	}
+}
+
+int tm_tls_ctx_set_authz(tm_tls_ctx *ctx, const char *const *subjects, GError **error)
+{
+	if (ctx->role != TM_TLS_SERVER) {
+		g_set_error(error, TM_ERROR, EINVAL, "TLS: an allow-list of sender subjects is the "
+			    "receiver's (tls_authz)");
+		return -EINVAL;
+	}
+	if (!subjects || !subjects[0]) {
+		g_set_error(error, TM_ERROR, EINVAL, "TLS: the allow-list of sender subjects "
+			    "(tls_authz) is empty: no sender could connect");
+		return -EINVAL;
+	}
+	g_strfreev(ctx->authz);
+	ctx->authz = g_strdupv((char **)subjects);
+	return 0;
 }
 
 void tm_tls_ctx_tune(tm_tls_ctx *ctx, const tm_tuning *t)

@@ -112,6 +112,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(tm_tls_ctx, tm_tls_ctx_free)
 void tm_tls_ctx_set_record_layer(tm_tls_ctx *ctx, bool own);
 
 /*
+ * Receiver only: besides coming from the CA, a sender's certificate must carry one of subjects
+ * (NULL-terminated, not empty), each a subject in RFC 2253 form as
+ * `openssl x509 -noout -subject -nameopt RFC2253` prints it ("CN=host1.example,O=Example"),
+ * compared exactly; others are refused at the handshake, "not in the allow-list". Copies the
+ * strings. Returns 0, or -EINVAL (client context, empty list) with *error. Before any channel.
+ */
+int tm_tls_ctx_set_authz(tm_tls_ctx *ctx, const char *const *subjects, GError **error);
+
+/*
  * Applies a session's tuning (tagmig/session.h) to a new context: OpenSSL's record layer for
  * tls_openssl_records, kernel TLS off for no_ktls (the reason says so).
  */
