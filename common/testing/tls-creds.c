@@ -56,10 +56,18 @@ static bool add_exts(tls_cred *c, const tls_cred *issuer, const char *eku, const
 int tls_cred_new(const char *cn, const tls_cred *issuer, const char *eku, const char *san,
 		 int not_before_days, int not_after_days, tls_cred **ret_cred, GError **error)
 {
+	return tls_cred_new_rsa(0, cn, issuer, eku, san, not_before_days, not_after_days, ret_cred,
+				error);
+}
+
+int tls_cred_new_rsa(unsigned rsa_bits, const char *cn, const tls_cred *issuer, const char *eku,
+		     const char *san, int not_before_days, int not_after_days, tls_cred **ret_cred,
+		     GError **error)
+{
 	g_autoptr(tls_cred) c = g_new0(tls_cred, 1);
 	uint64_t serial;
 
-	c->key = EVP_EC_gen("P-256");
+	c->key = rsa_bits ? EVP_RSA_gen(rsa_bits) : EVP_EC_gen("P-256");
 	c->cert = X509_new();
 	if (!c->key || !c->cert)
 		return openssl_fail(error, cn, "cannot make the key");

@@ -33,6 +33,11 @@ typedef struct tls_cred {
 int tls_cred_new(const char *cn, const tls_cred *issuer, const char *eku, const char *san,
 		 int not_before_days, int not_after_days, tls_cred **ret_cred, GError **error);
 
+/* The same with an RSA key of rsa_bits bits instead (0: P-256): weak keys for the tests. */
+int tls_cred_new_rsa(unsigned rsa_bits, const char *cn, const tls_cred *issuer, const char *eku,
+		     const char *san, int not_before_days, int not_after_days, tls_cred **ret_cred,
+		     GError **error);
+
 /* Frees the key, the certificate and c itself; NULL is a no-op. */
 void tls_cred_free(tls_cred *c);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(tls_cred, tls_cred_free)

@@ -16,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include "codec/codec.h"
+#include "common/testing/tls-creds.h"
 #include "tagmig/error.h"
 #include "tls-fixture.h"
 #include "transport/tls/tls-internal.h"
@@ -166,6 +167,60 @@ static void test_authz(void)
 	g_clear_error(&err);
 	g_assert_cmpint(tm_tls_ctx_set_authz(cctx, listed, &err), ==, -EINVAL);
 	g_assert_nonnull(strstr(err->message, "receiver's"));
+}
+
+/*
+ * Security level 2: a certificate with an RSA-1024 key (80-bit security) is refused at setup,
+ * even where the system's OpenSSL configuration allows it (Debian's asks for level 2 already;
+ * the check runs in a child process whose OPENSSL_CONF lowers the default to level 1).
+ */
+static void test_weak_key(void)
+{
+	if (!g_test_subprocess()) {
+		g_autofree char *conf = g_build_filename(tmp_root, "seclevel1.cnf", NULL);
+		static const char text[] = "openssl_conf = default_conf\n[default_conf]\n"
+					   "ssl_conf = ssl_sect\n[ssl_sect]\n"
+					   "system_default = system_default_sect\n"
+					   "[system_default_sect]\nCipherString = DEFAULT:@SECLEVEL=1\n";
+		g_assert_true(g_file_set_contents(conf, text, -1, NULL));
+		g_setenv("OPENSSL_CONF", conf, TRUE);
+		g_test_trap_subprocess(NULL, 0, G_TEST_SUBPROCESS_INHERIT_STDERR);
+		g_unsetenv("OPENSSL_CONF");
+		g_test_trap_assert_passed();
+		return;
+	}
+	/* The child's OpenSSL really defaults to level 1: the refusal below is ours. */
+	SSL_CTX *plain = SSL_CTX_new(TLS_client_method());
+	g_assert_cmpint(SSL_CTX_get_security_level(plain), ==, 1);
+	SSL_CTX_free(plain);
+
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tls_cred) ca = NULL;
+	g_autoptr(tls_cred) weak = NULL;
+	g_autoptr(tls_cred) fine = NULL;
+	g_autofree char *dir = g_build_filename(tmp_root, "weak-key", NULL);
+	g_autofree char *dir2 = g_build_filename(tmp_root, "rsa-2048", NULL);
+	tm_tls_ctx *ctx = NULL;
+
+	g_assert_cmpint(tls_cred_new("weak-key test CA", NULL, NULL, NULL, -1, 30, &ca, &err), ==, 0);
+	g_assert_cmpint(tls_cred_new_rsa(1024, "tagmig sender", ca, "clientAuth", NULL, -1, 30, &weak,
+					 &err), ==, 0);
+	g_assert_cmpint(tls_cred_new_rsa(2048, "tagmig sender", ca, "clientAuth", NULL, -1, 30, &fine,
+					 &err), ==, 0);
+	g_assert_cmpint(g_mkdir_with_parents(dir, 0700), ==, 0);
+	g_assert_cmpint(g_mkdir_with_parents(dir2, 0700), ==, 0);
+	g_assert_cmpint(tls_cred_write(ca, dir, "ca", &err), ==, 0);
+	g_assert_cmpint(tls_cred_write(weak, dir, "client", &err), ==, 0);
+	g_assert_cmpint(tls_cred_write(ca, dir2, "ca", &err), ==, 0);
+	g_assert_cmpint(tls_cred_write(fine, dir2, "client", &err), ==, 0);
+
+	g_assert_cmpint(tm_tls_ctx_new(TM_TLS_CLIENT, dir, "localhost", &ctx, &err), ==, -EKEYREJECTED);
+	g_test_message("%s", err->message);
+	g_assert_nonnull(strstr(err->message, "client-cert.pem"));
+	g_assert_null(ctx);
+	g_clear_error(&err);
+	g_assert_cmpint(tm_tls_ctx_new(TM_TLS_CLIENT, dir2, "localhost", &ctx, &err), ==, 0);
+	tm_tls_ctx_free(ctx);
 }
 
 static void test_wrong_ca(void)
@@ -599,6 +654,7 @@ int main(int argc, char **argv)
 		{ "wrong-purpose", test_wrong_purpose },
 		{ "revoked", test_revoked },
 		{ "authz", test_authz },
+		{ "weak-key", test_weak_key },
 		{ "no-client-cert", test_no_client_cert },
 		{ "plaintext-peer", test_plaintext_peer },
 		{ "setup-errors", test_setup_errors },

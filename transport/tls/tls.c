@@ -283,6 +283,11 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 		g_set_error(error, TM_ERROR, ENOMEM, "TLS: cannot create a context: %s", why);
 		return -ENOMEM;
 	}
+	/*
+	 * Security level 2 (112-bit keys at least: RSA and DH 2048, ECC 224) for our certificates
+	 * and the peer's, before any is loaded: OpenSSL 3.0's default, level 1, lets RSA-1024 in.
+	 */
+	SSL_CTX_set_security_level(sc, 2);
 	const char *bad = NULL;
 	if (!SSL_CTX_load_verify_file(sc, ca))
 		bad = ca;
