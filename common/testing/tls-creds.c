@@ -103,6 +103,20 @@ void tls_cred_free(tls_cred *c)
 }
 
 /* One PEM file: the certificate, or the key when cert is NULL (created 0600, as ssh would). */
+/* Closes f after a PEM write that ok says succeeded; either failing is "cannot write path". */
+static int close_written(FILE *f, bool ok, const char *path, GError **error)
+{
+	int e = ok ? 0 : EIO;
+	if (fclose(f) != 0 && !e)
+		e = errno;
+	ERR_clear_error();
+	if (e) {
+		g_set_error(error, TM_ERROR, e, "cannot write %s: %s", path, g_strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
 static int write_pem(const char *path, const X509 *cert, const EVP_PKEY *key, GError **error)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, cert ? 0644 : 0600);
@@ -116,15 +130,7 @@ static int write_pem(const char *path, const X509 *cert, const EVP_PKEY *key, GE
 	}
 	bool ok = cert ? PEM_write_X509(f, cert)
 		       : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
-	int e = ok ? 0 : EIO;
-	if (fclose(f) != 0 && !e)
-		e = errno;
-	ERR_clear_error();
-	if (e) {
-		g_set_error(error, TM_ERROR, e, "cannot write %s: %s", path, g_strerror(e));
-		return -e;
-	}
-	return 0;
+	return close_written(f, ok, path, error);
 }
 
 int tls_cred_write(const tls_cred *c, const char *dir, const char *base, GError **error)
@@ -170,13 +176,5 @@ int tls_crl_write(const tls_cred *ca, const tls_cred *const *revoked, size_t n,
 	}
 	ok = PEM_write_X509_CRL(f, crl);
 	X509_CRL_free(crl);
-	int e = ok ? 0 : EIO;
-	if (fclose(f) != 0 && !e)
-		e = errno;
-	ERR_clear_error();
-	if (e) {
-		g_set_error(error, TM_ERROR, e, "cannot write %s: %s", path, g_strerror(e));
-		return -e;
-	}
-	return 0;
+	return close_written(f, ok, path, error);
 }
