@@ -118,7 +118,7 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 	int r = tm_chan_recv(ch, hdr, sizeof(hdr), error);
 	if (r < 0)
 		return r;
-	r = tm_frame_decode(hdr, sizeof(hdr), packet_size, ret, error);
+	r = tm_frame_decode(hdr, sizeof(hdr), TM_WIRE_VERSION_1, packet_size, ret, error);
 	if (r < 0) {
 		if (ch->rx_seq == 0 && tm_io_peer_speaks_tls(ch->io, hdr, sizeof(hdr))) {
 			/* Say what happened rather than "bad magic". */

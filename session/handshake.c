@@ -73,7 +73,7 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 		ret = tm_chan_recv(&tmp, body, f.body_len, error);
 	}
 	if (ret >= 0)
-		ret = tm_hello_decode(body, f.body_len, &h, error);
+		ret = tm_hello_decode(body, f.body_len, f.version, &h, error);
 	if (ret >= 0 && r->chans)
 		ret = tm_hello_same_session(&r->hello, &h, error);
 	if (ret >= 0 && r->chans && r->chans[h.channel_id].used) {

@@ -233,7 +233,7 @@ static gpointer half_receiver_thread(gpointer data)
 	tm_frame f;
 
 	g_assert_cmpint(recv(fd, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==, TM_FRAME_HDR_LEN);
-	g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 0, &f, NULL), ==, 0);
+	g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, TM_WIRE_VERSION_1, 0, &f, NULL), ==, 0);
 	g_assert_cmpint(recv(fd, buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
 	size_t len = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
 	g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
