@@ -267,6 +267,7 @@ typedef struct tm_packet {
 	size_t tag_cap;
 	struct iovec *iov;     /* [0] header, then page data runs, then tags */
 	unsigned iov_cap;
+	uint8_t version;        /* protocol of the frames: 1 after init; the session may set 2 */
 	/* per packet */
 	uint32_t block;
 	uint32_t page_size;

@@ -8,11 +8,10 @@
 #include <stdint.h>
 
 /*
- * Protocol versions: sessions speak TM_WIRE_VERSION_MIN..TM_WIRE_VERSION. The codec already
- * encodes and decodes protocol 2 (TM_WIRE_VERSION_2); TM_WIRE_VERSION becomes 2 with the v2
- * handshake (docs/design/live-engine.md, section 5 step 2).
+ * Protocol versions: sessions speak TM_WIRE_VERSION_MIN..TM_WIRE_VERSION; a sender chooses
+ * (protocol 2 unless told otherwise), a receiver serves what the sender's first HELLO says.
  */
-#define TM_WIRE_VERSION 1u
+#define TM_WIRE_VERSION 2u
 #define TM_WIRE_VERSION_MIN 1u
 #define TM_WIRE_VERSION_1 1u
 #define TM_WIRE_VERSION_2 2u

@@ -188,7 +188,7 @@ static void test_frame_malformed(void)
 	check_err(tm_frame_decode(buf, sizeof(buf), TM_WIRE_VERSION_1, 0, &f, &err), &err, EBADMSG, "magic");
 
 	for (unsigned v = 0; v < 256; v++) {
-		if (v == TM_WIRE_VERSION)
+		if (v == TM_WIRE_VERSION_1)
 			continue;
 		memcpy(buf, good, sizeof(buf));
 		buf[4] = (uint8_t)v;
