@@ -31,6 +31,10 @@ int tm_sender_send_hello(tm_sender *s, tm_chan *ch, tm_conn_role role, GError **
 
 int tm_sender_v1_refusal(const tm_chan *ch, const char *said, GError **error)
 {
+	/* "channel 0: receiver refused: <its words>": quote only its words */
+	const char *words = strstr(said, "receiver refused: ");
+
+	said = words ? words + strlen("receiver refused: ") : said;
 	g_set_error(error, TM_ERROR, EPROTONOSUPPORT,
 		    "%s: handshake: the receiver speaks tagmig protocol 1 only (it said: %s); live "
 		    "features need protocol 2 on both sides; set wire_version = 1 in "
@@ -58,10 +62,8 @@ static int await_ack(tm_sender *s, tm_chan *ch, tm_hello_ack *first, bool *have_
 		g_autoptr(GError) said = NULL;
 		r = tm_chan_recv_peer_error(ch, &f, "receiver refused", &said);
 		if (r < 0 && f.version == TM_WIRE_VERSION_1 && s->wire == TM_WIRE_VERSION_2) {
-			/* "channel 0: receiver refused: <its words>": quote only its words */
-			const char *m = strstr(said->message, "receiver refused: ");
 			*ret_v1 = true;
-			return tm_sender_v1_refusal(ch, m ? m + 18 : said->message, error);
+			return tm_sender_v1_refusal(ch, said->message, error);
 		}
 		g_propagate_error(error, g_steal_pointer(&said));
 		return r;

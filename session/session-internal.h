@@ -184,8 +184,9 @@ int tm_sender_send_hello(tm_sender *s, tm_chan *ch, tm_conn_role role, GError **
  */
 int tm_sender_await_acks(tm_sender *s, GError **error);
 /*
- * The refusal of a protocol 1 receiver (its ERROR, in words `said`) as the error of a protocol 2
- * sender: -EPROTONOSUPPORT, saying to set wire_version = 1.
+ * The refusal of a protocol 1 receiver (its ERROR as tm_chan_recv_peer_error() words it: `said`)
+ * as the error of a protocol 2 sender: -EPROTONOSUPPORT, quoting the receiver's own words and
+ * saying to set wire_version = 1.
  */
 int tm_sender_v1_refusal(const tm_chan *ch, const char *said, GError **error);
 /* Connections of the session being accepted: its channels, plus control in protocol 2. */
