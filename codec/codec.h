@@ -46,25 +46,42 @@ static inline uint64_t tm_get64(const uint8_t *p)
 
 /* ---- frame header ---- */
 typedef struct tm_frame {
+	uint8_t version;   /* protocol of the frame: 1 or 2 */
 	uint8_t type;      /* tm_msg_type */
 	uint32_t body_len;
 	uint32_t seq;
 } tm_frame;
 
-/* Largest body per type for a session with these parameters (0 if type unknown). */
-uint32_t tm_frame_max_body(uint8_t type, uint32_t packet_size);
-/* Body length of a control message type (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK), else 0. */
-uint32_t tm_ctrl_body_len(uint8_t type);
+/*
+ * Largest body per type for a session of protocol version with these parameters (0 if the type
+ * is unknown in that version). packet_size 0 (before the handshake): DATA, STATE and URGENT 0.
+ */
+uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size);
+/*
+ * Body length of a control message type in version (protocol 1: HELLO_ACK, SYNC, SYNC_ACK, END,
+ * END_ACK; protocol 2: SYNC, SYNC_ACK, END, END_ACK), else 0.
+ */
+uint32_t tm_ctrl_body_len(uint8_t version, uint8_t type);
 
+/* A protocol 1 frame header. */
 void tm_frame_encode(uint8_t out[TM_FRAME_HDR_LEN], uint8_t type, uint32_t body_len, uint32_t seq);
+/* A frame header of protocol version (1 or 2). */
+void tm_frame_encode_v(uint8_t out[TM_FRAME_HDR_LEN], uint8_t version, uint8_t type,
+		       uint32_t body_len, uint32_t seq);
 
 /*
- * Decodes a frame header from len bytes (needs TM_FRAME_HDR_LEN). Checks magic, version, type,
- * reserved, and body_len against tm_frame_max_body(type, packet_size) (packet_size 0: before the
- * handshake, the HELLO limit applies to HELLO and DATA is refused).
+ * Decodes a frame header from len bytes (needs TM_FRAME_HDR_LEN). Checks magic, version, type
+ * (the types of the frame's version), reserved, and body_len against
+ * tm_frame_max_body(ret->version, type, packet_size) (packet_size 0: before the handshake, the
+ * HELLO limit applies to HELLO; DATA, STATE and URGENT are refused).
+ *
+ * version is what the caller speaks: 1 = protocol 1 only (another version: -EPROTONOSUPPORT
+ * "supported: 1", the words of a tagmig 0.1 peer); 2 = a protocol 2 session (a protocol 1 frame:
+ * -EPROTO; outside 1..2: -EPROTONOSUPPORT); 0 = a handshake that serves either (the first HELLO
+ * chooses; ret->version says which).
  */
-int tm_frame_decode(const uint8_t *buf, size_t len, uint32_t packet_size, tm_frame *ret,
-		    GError **error);
+int tm_frame_decode(const uint8_t *buf, size_t len, uint8_t version, uint32_t packet_size,
+		    tm_frame *ret, GError **error);
 
 /* ---- session parameters (HELLO) ---- */
 /* The page sizes the wire format (and so a RAM layout) allows: 4096, 16384, 65536. */
@@ -81,10 +98,13 @@ typedef struct tm_wire_block {
 } tm_wire_block;
 
 typedef struct tm_hello {
+	uint8_t version;       /* not in the body: the protocol of its frame, 1 or 2 (0 means 1) */
 	uint8_t session_id[16];
 	uint16_t channel_id;
 	uint16_t channel_count;
 	uint32_t features;
+	uint8_t role;          /* protocol 2: tm_conn_role; protocol 1: 0 (data) */
+	uint32_t epoch;        /* protocol 2: 0 (reconnects are issue 14's) */
 	uint32_t packet_size;
 	uint64_t chunk_size;
 	uint32_t block_count;
@@ -98,19 +118,29 @@ size_t tm_hello_body_len(const tm_hello *hello);
 
 /*
  * Validates hello as a decoder would (so a sender cannot announce what a receiver refuses) and
- * fills the derived block fields. Returns 0 or -errno with *error.
+ * fills the derived block fields. Protocol 2 adds: role 0..2 (-EBADMSG), a control or urgent
+ * connection has channel_id 0 (-EBADMSG), urgent only with TM_FEATURE_POSTCOPY (-EPROTO), epoch 0
+ * (-EOPNOTSUPP). Protocol 1: role and epoch must be 0 (they are reserved bytes there). Returns 0
+ * or -errno with *error.
  */
 int tm_hello_check(tm_hello *hello, GError **error);
 
-/* Encodes the body (tm_hello_body_len() bytes) into out. hello must have passed tm_hello_check(). */
+/*
+ * Encodes the body (tm_hello_body_len() bytes) into out, in hello->version's layout. hello must
+ * have passed tm_hello_check().
+ */
 void tm_hello_encode(const tm_hello *hello, uint8_t *out);
 
-/* Decodes and checks a HELLO body; on success *ret owns a new blocks array (tm_hello_clear()). */
-int tm_hello_decode(const uint8_t *buf, size_t len, tm_hello *ret, GError **error);
+/*
+ * Decodes and checks a HELLO body that came in a frame of protocol version (1 or 2; the frame's
+ * tm_frame.version); on success *ret owns a new blocks array (tm_hello_clear()).
+ */
+int tm_hello_decode(const uint8_t *buf, size_t len, uint8_t version, tm_hello *ret,
+		    GError **error);
 
 /*
- * Whether two HELLOs belong to the same session (equal except channel_id): 0 or -EPROTO with the
- * differing field named.
+ * Whether two HELLOs belong to the same session (equal except channel_id and role; the same
+ * version and epoch): 0 or -EPROTO with the differing field named.
  */
 int tm_hello_same_session(const tm_hello *a, const tm_hello *b, GError **error);
 
@@ -237,6 +267,7 @@ typedef struct tm_packet {
 	size_t tag_cap;
 	struct iovec *iov;     /* [0] header, then page data runs, then tags */
 	unsigned iov_cap;
+	uint8_t version;        /* protocol of the frames: 1 after init; the session may set 2 */
 	/* per packet */
 	uint32_t block;
 	uint32_t page_size;
@@ -287,14 +318,59 @@ ssize_t tm_tags_find_invalid(const uint8_t *tags, size_t n);
 bool tm_buffer_is_zero(const void *buf, size_t len);
 
 /* ---- small control messages ---- */
-/* Encodes frame + 8-byte or 16-byte body of SYNC/SYNC_ACK/END/END_ACK/HELLO_ACK; returns length. */
+/*
+ * Protocol 1: encodes frame + 8-byte or 16-byte body of SYNC/SYNC_ACK/END/END_ACK/HELLO_ACK;
+ * returns length.
+ */
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b);
-/* Decodes such a body: checks body_len for the type and reserved fields (HELLO_ACK). */
+/* Protocol 1: decodes such a body: checks body_len for the type and reserved fields (HELLO_ACK). */
 int tm_ctrl_decode(uint8_t type, const uint8_t *buf, size_t len, uint64_t *ret_a, uint64_t *ret_b,
 		   GError **error);
 
+/* The u64 fields of a control body, in wire order (at most 3: END v2). */
+#define TM_CTRL_MAX_FIELDS 3u
+
+/*
+ * Any protocol: encodes frame + body of a control message (tm_ctrl_body_len(version, type) != 0)
+ * from vals (tm_ctrl_body_len / 8 values); returns the length, 0 for a type that is none.
+ * Protocol 2: END = pages_sent, packets_sent, state_chunks; END_ACK = pages_applied,
+ * state_chunks; SYNC, SYNC_ACK as protocol 1.
+ */
+size_t tm_ctrl_encode_v(uint8_t *out, uint8_t version, uint8_t type, uint32_t seq,
+			const uint64_t *vals);
+/*
+ * Decodes such a body: exactly tm_ctrl_body_len(version, type) bytes (-EBADMSG), fields into
+ * ret[] (TM_CTRL_MAX_FIELDS entries; unused ones 0). -EINVAL for a type that is no control
+ * message of version.
+ */
+int tm_ctrl_decode_v(uint8_t version, uint8_t type, const uint8_t *buf, size_t len,
+		     uint64_t ret[TM_CTRL_MAX_FIELDS], GError **error);
+
+/* ---- HELLO_ACK, protocol 2 ---- */
+typedef struct tm_hello_ack {
+	uint32_t features;          /* accepted: TAGS_MTE4 as offered, POSTCOPY only if offered */
+	uint32_t max_outstanding;   /* 1..TM_MAX_OUTSTANDING with POSTCOPY, else 0 */
+	uint64_t max_state_section; /* 0..TM_STATE_SECTION_MAX */
+	uint64_t max_state_total;   /* max_state_section..TM_STATE_TOTAL_MAX */
+} tm_hello_ack;
+
+/*
+ * Checks an acknowledgement against the features the sender offered (its HELLO's): -EBADMSG
+ * (reserved feature bit, a limit out of its range), -EPROTO (accepts what was not offered, or
+ * changes TAGS_MTE4). A receiver runs it before sending, the sender after decoding.
+ */
+int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error);
+/* Encodes frame (protocol 2) + 32-byte body; returns TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN. */
+size_t tm_hello_ack_encode(uint8_t *out, uint32_t seq, const tm_hello_ack *ack);
+/* Decodes a protocol 2 HELLO_ACK body (exactly 32 bytes, reserved 0) and checks it. */
+int tm_hello_ack_decode(const uint8_t *buf, size_t len, uint32_t offered, tm_hello_ack *ret,
+			GError **error);
+
 /* ERROR: encodes frame + body into out (at most TM_FRAME_HDR_LEN + 8 + 1024 bytes); returns length. */
 size_t tm_error_encode(uint8_t *out, uint32_t seq, int code, const char *message);
+/* The same in a frame of protocol version (1 or 2): the body is the same in both. */
+size_t tm_error_encode_v(uint8_t *out, uint8_t version, uint32_t seq, int code,
+			 const char *message);
 /* Decodes; *ret_message is a new NUL-terminated string (g_free), invalid UTF-8 replaced. */
 int tm_error_decode(const uint8_t *buf, size_t len, int *ret_code, char **ret_message,
 		    GError **error);

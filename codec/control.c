@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Small control messages (HELLO_ACK, SYNC, SYNC_ACK, END, END_ACK) and ERROR
- * (docs/wire-format.md). Their bodies have fixed sizes, so the decoders demand exact lengths.
+ * (docs/wire-format.md), in protocols 1 and 2. Their bodies have fixed sizes, so the decoders
+ * demand exact lengths.
  */
 #include <errno.h>
 #include <limits.h>
@@ -12,7 +13,7 @@
 
 size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint64_t b)
 {
-	size_t body = tm_ctrl_body_len(type);
+	size_t body = tm_ctrl_body_len(TM_WIRE_VERSION_1, type);
 
 	g_return_val_if_fail(body != 0, 0);
 	tm_frame_encode(out, type, (uint32_t)body, seq);
@@ -26,7 +27,7 @@ size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint
 int tm_ctrl_decode(uint8_t type, const uint8_t *buf, size_t len, uint64_t *ret_a, uint64_t *ret_b,
 		   GError **error)
 {
-	size_t body = tm_ctrl_body_len(type);
+	size_t body = tm_ctrl_body_len(TM_WIRE_VERSION_1, type);
 
 	if (body == 0) {
 		g_set_error(error, TM_ERROR, EINVAL, "%s (type %u) is not a control message",
@@ -54,6 +55,142 @@ int tm_ctrl_decode(uint8_t type, const uint8_t *buf, size_t len, uint64_t *ret_a
 	return 0;
 }
 
+size_t tm_ctrl_encode_v(uint8_t *out, uint8_t version, uint8_t type, uint32_t seq,
+			const uint64_t *vals)
+{
+	size_t body = tm_ctrl_body_len(version, type);
+
+	g_return_val_if_fail(body != 0, 0);
+	tm_frame_encode_v(out, version, type, (uint32_t)body, seq);
+	for (size_t i = 0; i < body / 8; i++)
+		/* protocol 1 HELLO_ACK: reserved, never a caller's value */
+		tm_put64(out + TM_FRAME_HDR_LEN + 8 * i, type == TM_MSG_HELLO_ACK ? 0 : vals[i]);
+	return TM_FRAME_HDR_LEN + body;
+}
+
+int tm_ctrl_decode_v(uint8_t version, uint8_t type, const uint8_t *buf, size_t len,
+		     uint64_t ret[TM_CTRL_MAX_FIELDS], GError **error)
+{
+	size_t body = tm_ctrl_body_len(version, type);
+
+	if (body == 0) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "%s (type %u) is not a control message of protocol %u",
+			    tm_msg_name(type), type, version);
+		return -EINVAL;
+	}
+	if (len != body) {
+		g_set_error(error, TM_ERROR, EBADMSG, "%s: body of %zu bytes, must be %zu%s",
+			    tm_msg_name(type), len, body, len < body ? " (truncated)" : "");
+		return -EBADMSG;
+	}
+	uint64_t v[TM_CTRL_MAX_FIELDS] = { 0 };
+	for (size_t i = 0; i < body / 8; i++)
+		v[i] = tm_get64(buf + 8 * i);
+	if (type == TM_MSG_HELLO_ACK && v[0] != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: reserved field is 0x%016" G_GINT64_MODIFIER "x, must be 0",
+			    (guint64)v[0]);
+		return -EBADMSG;
+	}
+	memcpy(ret, v, sizeof(v));
+	return 0;
+}
+
+int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error)
+{
+	if (ack->features & ~TM_FEATURES_KNOWN_V2) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: features 0x%08x has reserved bits 0x%08x set", ack->features,
+			    ack->features & ~TM_FEATURES_KNOWN_V2);
+		return -EBADMSG;
+	}
+	if ((ack->features & TM_FEATURE_POSTCOPY) && !(offered & TM_FEATURE_POSTCOPY)) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO_ACK: features 0x%08x accept POSTCOPY, which was not offered "
+			    "(offered 0x%08x)",
+			    ack->features, offered);
+		return -EPROTO;
+	}
+	if ((ack->features ^ offered) & TM_FEATURE_TAGS_MTE4) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO_ACK: features 0x%08x change TAGS_MTE4 (offered 0x%08x)",
+			    ack->features, offered);
+		return -EPROTO;
+	}
+	if (ack->features & TM_FEATURE_POSTCOPY) {
+		if (ack->max_outstanding == 0 || ack->max_outstanding > TM_MAX_OUTSTANDING) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "HELLO_ACK: max_outstanding %u invalid with POSTCOPY (1..%u)",
+				    ack->max_outstanding, TM_MAX_OUTSTANDING);
+			return -EBADMSG;
+		}
+	} else if (ack->max_outstanding != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: max_outstanding %u without POSTCOPY, must be 0",
+			    ack->max_outstanding);
+		return -EBADMSG;
+	}
+	if (ack->max_state_section > TM_STATE_SECTION_MAX) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: max_state_section %" G_GUINT64_FORMAT " over the maximum %llu",
+			    (guint64)ack->max_state_section, TM_STATE_SECTION_MAX);
+		return -EBADMSG;
+	}
+	if (ack->max_state_total < ack->max_state_section ||
+	    ack->max_state_total > TM_STATE_TOTAL_MAX) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: max_state_total %" G_GUINT64_FORMAT
+			    " invalid (max_state_section %" G_GUINT64_FORMAT "..%llu)",
+			    (guint64)ack->max_state_total, (guint64)ack->max_state_section,
+			    TM_STATE_TOTAL_MAX);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+size_t tm_hello_ack_encode(uint8_t *out, uint32_t seq, const tm_hello_ack *ack)
+{
+	uint8_t *p = out + TM_FRAME_HDR_LEN;
+
+	tm_frame_encode_v(out, TM_WIRE_VERSION_2, TM_MSG_HELLO_ACK, TM_HELLO_ACK2_LEN, seq);
+	tm_put32(p, ack->features);
+	tm_put32(p + 4, ack->max_outstanding);
+	tm_put64(p + 8, ack->max_state_section);
+	tm_put64(p + 16, ack->max_state_total);
+	tm_put64(p + 24, 0);
+	return TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN;
+}
+
+int tm_hello_ack_decode(const uint8_t *buf, size_t len, uint32_t offered, tm_hello_ack *ret,
+			GError **error)
+{
+	if (len != TM_HELLO_ACK2_LEN) {
+		g_set_error(error, TM_ERROR, EBADMSG, "HELLO_ACK: body of %zu bytes, must be %u%s",
+			    len, TM_HELLO_ACK2_LEN, len < TM_HELLO_ACK2_LEN ? " (truncated)" : "");
+		return -EBADMSG;
+	}
+	uint64_t reserved = tm_get64(buf + 24);
+	if (reserved != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: reserved field at offset 24 is 0x%016" G_GINT64_MODIFIER
+			    "x, must be 0",
+			    (guint64)reserved);
+		return -EBADMSG;
+	}
+	tm_hello_ack a = {
+		.features = tm_get32(buf),
+		.max_outstanding = tm_get32(buf + 4),
+		.max_state_section = tm_get64(buf + 8),
+		.max_state_total = tm_get64(buf + 16),
+	};
+	int r = tm_hello_ack_check(&a, offered, error);
+	if (r < 0)
+		return r;
+	*ret = a;
+	return 0;
+}
+
 /* Longest prefix of s, at most max bytes, that does not end inside a UTF-8 sequence. */
 static size_t utf8_prefix_len(const char *s, size_t max)
 {
@@ -70,6 +207,12 @@ static size_t utf8_prefix_len(const char *s, size_t max)
 
 size_t tm_error_encode(uint8_t *out, uint32_t seq, int code, const char *message)
 {
+	return tm_error_encode_v(out, TM_WIRE_VERSION_1, seq, code, message);
+}
+
+size_t tm_error_encode_v(uint8_t *out, uint8_t version, uint32_t seq, int code,
+			 const char *message)
+{
 	/*
 	 * The wire carries a positive errno; the library passes around negative ones, so accept
 	 * both. 0 (or INT_MIN, which has no positive twin) would be no reason at all: say EIO.
@@ -78,7 +221,7 @@ size_t tm_error_encode(uint8_t *out, uint32_t seq, int code, const char *message
 	size_t mlen = message ? utf8_prefix_len(message, TM_MAX_ERROR_MESSAGE) : 0;
 	uint32_t body = TM_ERROR_FIXED_LEN + (uint32_t)mlen;
 
-	tm_frame_encode(out, TM_MSG_ERROR, body, seq);
+	tm_frame_encode_v(out, version, TM_MSG_ERROR, body, seq);
 	uint8_t *p = out + TM_FRAME_HDR_LEN;
 	tm_put32(p, wire_code);
 	tm_put16(p + 4, (uint16_t)mlen);

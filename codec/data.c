@@ -449,6 +449,7 @@ void tm_packet_init(tm_packet *pkt, uint32_t packet_size)
 	uint32_t max_entries = packet_size / 4096u;
 
 	memset(pkt, 0, sizeof(*pkt));
+	pkt->version = TM_WIRE_VERSION_1;
 	pkt->hdr_cap = TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + (size_t)TM_PAGE_ENTRY_LEN * max_entries;
 	pkt->hdr = g_malloc(pkt->hdr_cap);
 	/* PACKED for every page is the most: page_size / 32 bytes per page_size bytes. */
@@ -538,7 +539,7 @@ unsigned tm_packet_finish(tm_packet *pkt, uint32_t seq, size_t *ret_len)
 			 (size_t)pkt->page_count * TM_PAGE_ENTRY_LEN;
 	uint32_t body_len = (uint32_t)(hdr_len - TM_FRAME_HDR_LEN) + pkt->data_len + pkt->tag_len;
 
-	tm_frame_encode(pkt->hdr, TM_MSG_DATA, body_len, seq);
+	tm_frame_encode_v(pkt->hdr, pkt->version, TM_MSG_DATA, body_len, seq);
 	uint8_t *d = pkt->hdr + TM_FRAME_HDR_LEN;
 	tm_put32(d, pkt->block);
 	tm_put32(d + 4, pkt->page_count);

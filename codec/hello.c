@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * HELLO (docs/wire-format.md, "HELLO"): the session parameters and RAM layout, sent once on every
- * channel. The decoder parses the bytes into a tm_hello and then runs the same tm_hello_check() a
+ * channel (protocol 2: on every connection, naming its role). The decoder parses the bytes into a tm_hello and then runs the same tm_hello_check() a
  * sender runs before announcing, so both sides agree on what a valid session is.
  */
 #include <errno.h>
@@ -99,6 +99,58 @@ static int check_block(const tm_hello *hello, uint32_t i, GError **error)
 	return 0;
 }
 
+/* The protocol 2 fields (role, epoch, feature bits); in protocol 1 they must be 0. */
+static int check_v2_fields(const tm_hello *hello, GError **error)
+{
+	uint8_t v = hello->version ? hello->version : TM_WIRE_VERSION_1;
+
+	if (v != TM_WIRE_VERSION_1 && v != TM_WIRE_VERSION_2) {
+		g_set_error(error, TM_ERROR, EPROTONOSUPPORT, "HELLO: protocol version %u (1 or 2)",
+			    v);
+		return -EPROTONOSUPPORT;
+	}
+	uint32_t known = v == TM_WIRE_VERSION_1 ? TM_FEATURES_KNOWN : TM_FEATURES_KNOWN_V2;
+	if (hello->features & ~known) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO: features 0x%08x has reserved bits 0x%08x set", hello->features,
+			    hello->features & ~known);
+		return -EBADMSG;
+	}
+	if (v == TM_WIRE_VERSION_1) {
+		/* The bytes of role and epoch are reserved in protocol 1: the decoder says so. */
+		if (hello->role != 0 || hello->epoch != 0) {
+			g_set_error(error, TM_ERROR, EINVAL,
+				    "HELLO: role %u, epoch %u in protocol 1 (only 0)", hello->role,
+				    hello->epoch);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (hello->role >= TM_ROLE_COUNT) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO: role %u invalid (0 data, 1 control, 2 urgent)", hello->role);
+		return -EBADMSG;
+	}
+	if (hello->role != TM_ROLE_DATA && hello->channel_id != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO: channel_id %u on the %s connection, must be 0", hello->channel_id,
+			    hello->role == TM_ROLE_CONTROL ? "control" : "urgent");
+		return -EBADMSG;
+	}
+	if (hello->role == TM_ROLE_URGENT && !(hello->features & TM_FEATURE_POSTCOPY)) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO: urgent connection without the POSTCOPY feature (features 0x%08x)",
+			    hello->features);
+		return -EPROTO;
+	}
+	if (hello->epoch != 0) {
+		g_set_error(error, TM_ERROR, EOPNOTSUPP,
+			    "HELLO: epoch %u: resume is not supported (epoch must be 0)", hello->epoch);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
 int tm_hello_check(tm_hello *hello, GError **error)
 {
 	if (hello->channel_count == 0) {
@@ -111,17 +163,14 @@ int tm_hello_check(tm_hello *hello, GError **error)
 			    hello->channel_count, TM_MAX_CHANNELS);
 		return -EMSGSIZE;
 	}
+	int r = check_v2_fields(hello, error);
+	if (r < 0)
+		return r;
 	if (hello->channel_id >= hello->channel_count) {
 		g_set_error(error, TM_ERROR, ERANGE,
 			    "HELLO: channel_id %u out of range (channel_count %u)", hello->channel_id,
 			    hello->channel_count);
 		return -ERANGE;
-	}
-	if (hello->features & ~TM_FEATURES_KNOWN) {
-		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO: features 0x%08x has reserved bits 0x%08x set", hello->features,
-			    hello->features & ~TM_FEATURES_KNOWN);
-		return -EBADMSG;
 	}
 	if (!is_pow2(hello->packet_size) || hello->packet_size < TM_PACKET_SIZE_MIN ||
 	    hello->packet_size > TM_PACKET_SIZE_MAX) {
@@ -155,7 +204,7 @@ int tm_hello_check(tm_hello *hello, GError **error)
 	}
 
 	for (uint32_t i = 0; i < hello->block_count; i++) {
-		int r = check_block(hello, i, error);
+		r = check_block(hello, i, error);
 		if (r < 0)
 			return r;
 	}
@@ -198,10 +247,11 @@ void tm_hello_encode(const tm_hello *hello, uint8_t *out)
 	tm_put16(out + 18, hello->channel_count);
 	tm_put32(out + 20, hello->features);
 	tm_put32(out + 24, hello->packet_size);
-	tm_put32(out + 28, 0);
+	/* protocol 2: role at 28 and epoch at 44; protocol 1 has zeros there (tm_hello_check). */
+	tm_put32(out + 28, hello->role);
 	tm_put64(out + 32, hello->chunk_size);
 	tm_put32(out + 40, hello->block_count);
-	tm_put32(out + 44, 0);
+	tm_put32(out + 44, hello->epoch);
 
 	uint8_t *p = out + TM_HELLO_FIXED_LEN;
 	for (uint32_t i = 0; i < hello->block_count; i++) {
@@ -271,23 +321,42 @@ static int decode_block(const uint8_t *buf, size_t len, size_t *off, uint32_t i,
 	return 0;
 }
 
-int tm_hello_decode(const uint8_t *buf, size_t len, tm_hello *ret, GError **error)
+int tm_hello_decode(const uint8_t *buf, size_t len, uint8_t version, tm_hello *ret,
+		    GError **error)
 {
+	if (version != TM_WIRE_VERSION_1 && version != TM_WIRE_VERSION_2) {
+		g_set_error(error, TM_ERROR, EINVAL, "HELLO: protocol version %u (1 or 2)", version);
+		return -EINVAL;
+	}
 	if (len < TM_HELLO_FIXED_LEN) {
 		g_set_error(error, TM_ERROR, EBADMSG, "HELLO truncated: %zu of %u fixed bytes", len,
 			    TM_HELLO_FIXED_LEN);
 		return -EBADMSG;
 	}
-	uint32_t reserved1 = tm_get32(buf + 28);
-	uint32_t reserved2 = tm_get32(buf + 44);
-	if (reserved1 != 0 || reserved2 != 0) {
-		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO: reserved field at offset %u is 0x%08x, must be 0",
-			    reserved1 ? 28u : 44u, reserved1 ? reserved1 : reserved2);
-		return -EBADMSG;
+	tm_hello h = { 0 };
+	h.version = version;
+	if (version == TM_WIRE_VERSION_1) {
+		uint32_t reserved1 = tm_get32(buf + 28);
+		uint32_t reserved2 = tm_get32(buf + 44);
+		if (reserved1 != 0 || reserved2 != 0) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "HELLO: reserved field at offset %u is 0x%08x, must be 0",
+				    reserved1 ? 28u : 44u, reserved1 ? reserved1 : reserved2);
+			return -EBADMSG;
+		}
+	} else {
+		/* role is one byte at 28, then 3 reserved bytes; epoch at 44 (tm_hello_check). */
+		uint32_t reserved = tm_get32(buf + 28) >> 8;
+		if (reserved != 0) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "HELLO: reserved bytes at offset 29 are 0x%06x, must be 0",
+				    reserved);
+			return -EBADMSG;
+		}
+		h.role = buf[28];
+		h.epoch = tm_get32(buf + 44);
 	}
 
-	tm_hello h = { 0 };
 	memcpy(h.session_id, buf, sizeof(h.session_id));
 	h.channel_id = tm_get16(buf + 16);
 	h.channel_count = tm_get16(buf + 18);
@@ -376,6 +445,13 @@ int tm_hello_same_session(const tm_hello *a, const tm_hello *b, GError **error)
 			return differ(error, name, sa, sb);        \
 		}                                                  \
 	} while (0)
+	/* version 0 is 1 (a struct a protocol 1 caller zeroed) */
+	if ((a->version ? a->version : 1) != (b->version ? b->version : 1)) {
+		g_snprintf(sa, sizeof(sa), "%u", a->version ? a->version : 1);
+		g_snprintf(sb, sizeof(sb), "%u", b->version ? b->version : 1);
+		return differ(error, "protocol version", sa, sb);
+	}
+	CMP_NUM(epoch, "%u", "epoch");
 	CMP_NUM(channel_count, "%u", "channel count");
 	CMP_NUM(features, "0x%08x", "features");
 	CMP_NUM(packet_size, "%u", "packet size");

@@ -18,6 +18,8 @@ int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 {
 	memset(ch, 0, sizeof(*ch));
 	ch->id = id;
+	ch->version = TM_WIRE_VERSION_1;
+	g_snprintf(ch->label, sizeof(ch->label), "channel %u", id);
 	ch->fd = -1;
 	int r = tm_io_open(fd, id, ops, cfg, &ch->io, error);
 	if (r < 0)
@@ -30,8 +32,17 @@ int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 void tm_chan_set_id(tm_chan *ch, unsigned id)
 {
 	ch->id = id;
+	g_snprintf(ch->label, sizeof(ch->label), "channel %u", id);
 	for (tm_io *l = ch->io; l; l = l->inner)
 		l->id = id;
+}
+
+void tm_chan_set_control(tm_chan *ch)
+{
+	ch->id = 0;
+	g_strlcpy(ch->label, "control", sizeof(ch->label));
+	for (tm_io *l = ch->io; l; l = l->inner)
+		l->id = 0;
 }
 
 void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms)
@@ -50,7 +61,7 @@ void tm_chan_close(tm_chan *ch)
 
 void tm_chan_prefix_error(const tm_chan *ch, GError **error)
 {
-	g_prefix_error(error, "channel %u: ", ch->id);
+	g_prefix_error(error, "%s: ", ch->label);
 }
 
 const char *tm_chan_io_reason(const tm_chan *ch, int err)
@@ -62,7 +73,7 @@ int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, G
 {
 	int r = tm_io_send(ch->io, iov, n, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
+		g_set_error(error, TM_ERROR, -r, "%s: send: %s", ch->label, tm_chan_io_reason(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -76,7 +87,7 @@ int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned
 		return tm_chan_send(ch, iov, n, len, error);
 	int r = ch->io->ops->submit(ch->io, slot, iov, n, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
+		g_set_error(error, TM_ERROR, -r, "%s: send: %s", ch->label, tm_chan_io_reason(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -87,7 +98,7 @@ int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)
 {
 	int r = ch->io->ops->wait_slot ? ch->io->ops->wait_slot(ch->io, slot) : 0;
 	if (r < 0)
-		g_set_error(error, TM_ERROR, -r, "channel %u: send: %s", ch->id, tm_chan_io_reason(ch, -r));
+		g_set_error(error, TM_ERROR, -r, "%s: send: %s", ch->label, tm_chan_io_reason(ch, -r));
 	return r;
 }
 
@@ -96,7 +107,7 @@ int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 	struct iovec v = { .iov_base = buf, .iov_len = len };
 	int r = tm_io_recv(ch->io, &v, 1, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: receive: %s", ch->id, tm_chan_io_reason(ch, -r));
+		g_set_error(error, TM_ERROR, -r, "%s: receive: %s", ch->label, tm_chan_io_reason(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -118,7 +129,7 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 	int r = tm_chan_recv(ch, hdr, sizeof(hdr), error);
 	if (r < 0)
 		return r;
-	r = tm_frame_decode(hdr, sizeof(hdr), packet_size, ret, error);
+	r = tm_frame_decode(hdr, sizeof(hdr), ch->version, packet_size, ret, error);
 	if (r < 0) {
 		if (ch->rx_seq == 0 && tm_io_peer_speaks_tls(ch->io, hdr, sizeof(hdr))) {
 			/* Say what happened rather than "bad magic". */
@@ -131,9 +142,10 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 		tm_chan_prefix_error(ch, error);
 		return r;
 	}
+	ch->peer_version = ret->version;
 	if (ret->seq != ch->rx_seq) {
 		g_set_error(error, TM_ERROR, EPROTO,
-			    "channel %u: %s message has sequence number %u, expected %u", ch->id,
+			    "%s: %s message has sequence number %u, expected %u", ch->label,
 			    tm_msg_name(ret->type), ret->seq, ch->rx_seq);
 		return -EPROTO;
 	}
@@ -143,8 +155,10 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 
 int tm_chan_send_ctrl(tm_chan *ch, uint8_t type, uint64_t a, uint64_t b, GError **error)
 {
-	uint8_t buf[TM_FRAME_HDR_LEN + 16];
-	size_t len = tm_ctrl_encode(buf, type, ch->tx_seq++, a, b);
+	/* protocol 2 END: state_chunks 0 (no device state yet, design step 9) */
+	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { a, b, 0 };
+	uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
+	size_t len = tm_ctrl_encode_v(buf, ch->version, type, ch->tx_seq++, vals);
 	struct iovec v = { .iov_base = buf, .iov_len = len };
 	return tm_chan_send(ch, &v, 1, len, error);
 }
@@ -165,7 +179,7 @@ int tm_chan_recv_peer_error(tm_chan *ch, const tm_frame *f, const char *peer, GE
 	}
 	if (code <= 0 || code > 4095)
 		code = EPROTO;
-	g_set_error(error, TM_ERROR, code, "channel %u: %s: %s", ch->id, peer, msg);
+	g_set_error(error, TM_ERROR, code, "%s: %s: %s", ch->label, peer, msg);
 	ch->peer_error = true;
 	return -code;
 }
@@ -174,7 +188,8 @@ int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_
 		      GError **error)
 {
 	tm_frame f;
-	uint8_t body[16];
+	uint8_t body[8 * TM_CTRL_MAX_FIELDS];
+	uint64_t v[TM_CTRL_MAX_FIELDS];
 	int r = tm_chan_recv_frame(ch, 0, &f, error);
 	if (r < 0)
 		return r;
@@ -183,23 +198,30 @@ int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_
 			ch, &f, type == TM_MSG_HELLO_ACK ? "receiver refused" : "receiver failed",
 			error);
 	if (f.type != type || f.body_len > sizeof(body)) {
-		g_set_error(error, TM_ERROR, EPROTO, "channel %u: expected %s, received %s", ch->id,
+		g_set_error(error, TM_ERROR, EPROTO, "%s: expected %s, received %s", ch->label,
 			    tm_msg_name(type), tm_msg_name(f.type));
 		return -EPROTO;
 	}
 	r = tm_chan_recv(ch, body, f.body_len, error);
 	if (r < 0)
 		return r;
-	r = tm_ctrl_decode(type, body, f.body_len, ret_a, ret_b, error);
-	if (r < 0)
+	r = tm_ctrl_decode_v(f.version, type, body, f.body_len, v, error);
+	if (r < 0) {
 		tm_chan_prefix_error(ch, error);
-	return r;
+		return r;
+	}
+	if (ret_a)
+		*ret_a = v[0];
+	if (ret_b)
+		*ret_b = v[1];
+	return 0;
 }
 
 void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
-	size_t len = tm_error_encode(buf, ch->tx_seq++, code, message);
+	size_t len = tm_error_encode_v(buf, ch->version ? ch->version : TM_WIRE_VERSION_1,
+				       ch->tx_seq++, code, message);
 
 	tm_io_send_last(ch->io, buf, len);
 }

@@ -36,6 +36,9 @@ typedef struct tm_chan {
 	tm_io *io;      /* the I/O handle (owned); a wrapper may replace it at setup (tm_tls_wrap) */
 	int fd;         /* io's socket, -1 when closed: for the session's poll and shutdown, not I/O */
 	unsigned depth; /* packet slots the handle took at open (io->depth); 1 without submit */
+	uint8_t version; /* protocol of the session: 1 or 2; 0 while a handshake accepts either */
+	char label[16];  /* what messages call it: "channel 3", "control" */
+	uint8_t peer_version; /* protocol of the last frame received (worker-local) */
 	/* worker-local (the thread that owns the channel at the time) */
 	uint32_t tx_seq;
 	uint32_t rx_seq;
@@ -46,7 +49,8 @@ typedef struct tm_chan {
 
 /*
  * Takes fd (closed on failure too) and opens the channel's I/O handle on it with backend ops as
- * cfg says (tm_io_open). ch->io is NULL on failure and after tm_chan_close.
+ * cfg says (tm_io_open). ch->io is NULL on failure and after tm_chan_close. The channel speaks
+ * protocol 1 until the caller sets ch->version.
  */
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 const tm_io_config *cfg, GError **error);
@@ -55,6 +59,8 @@ void tm_chan_close(tm_chan *ch);
 
 /* Gives ch (and its I/O handle, for the handle's messages) the channel number id. */
 void tm_chan_set_id(tm_chan *ch, unsigned id);
+/* Makes ch the control connection of a protocol 2 session ("control" in messages). */
+void tm_chan_set_control(tm_chan *ch);
 
 /* Changes how long a single blocked read or write of ch may take. */
 void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms);
@@ -80,7 +86,7 @@ int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 /* Reads and decodes the next frame header; checks its sequence number. */
 int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError **error);
 
-/* Sends a control message (tm_ctrl_encode). */
+/* Sends a control message (tm_ctrl_encode_v) of ch->version; protocol 2 END's third field is 0. */
 int tm_chan_send_ctrl(tm_chan *ch, uint8_t type, uint64_t a, uint64_t b, GError **error);
 
 /*

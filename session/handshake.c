@@ -15,23 +15,112 @@
 
 /* ---- sender ---- */
 
-int tm_sender_send_hello(tm_sender *s, tm_chan *ch, GError **error)
+int tm_sender_send_hello(tm_sender *s, tm_chan *ch, tm_conn_role role, GError **error)
 {
 	size_t blen = tm_hello_body_len(&s->hello);
 	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen);
 
-	s->hello.channel_id = (uint16_t)ch->id;
-	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)blen, ch->tx_seq++);
+	s->hello.role = (uint8_t)role;
+	s->hello.channel_id = role == TM_ROLE_DATA ? (uint16_t)ch->id : 0;
+	tm_frame_encode_v(buf, s->hello.version ? s->hello.version : TM_WIRE_VERSION_1,
+			  TM_MSG_HELLO, (uint32_t)blen, ch->tx_seq++);
 	tm_hello_encode(&s->hello, buf + TM_FRAME_HDR_LEN);
 	struct iovec v = { .iov_base = buf, .iov_len = TM_FRAME_HDR_LEN + blen };
 	return tm_chan_send(ch, &v, 1, v.iov_len, error);
 }
 
+int tm_sender_v1_refusal(const tm_chan *ch, const char *said, GError **error)
+{
+	/* "channel 0: receiver refused: <its words>": quote only its words */
+	const char *words = strstr(said, "receiver refused: ");
+
+	said = words ? words + strlen("receiver refused: ") : said;
+	g_set_error(error, TM_ERROR, EPROTONOSUPPORT,
+		    "%s: handshake: the receiver speaks tagmig protocol 1 only (it said: %s); live "
+		    "features need protocol 2 on both sides; set wire_version = 1 in "
+		    "tm_live_config to migrate RAM in protocol 1",
+		    ch->label, said);
+	return -EPROTONOSUPPORT;
+}
+
+/* One connection's answer to its HELLO. *first: the first protocol 2 HELLO_ACK, to compare. */
+static int await_ack(tm_sender *s, tm_chan *ch, tm_hello_ack *first, bool *have_first,
+		     bool *ret_v1, GError **error)
+{
+	tm_frame f;
+
+	/*
+	 * Either version is readable here: a protocol 1 receiver answers a protocol 2 HELLO with a
+	 * protocol 1 ERROR, and that must become the clear refusal, not "protocol 1 frame".
+	 */
+	ch->version = 0;
+	int r = tm_chan_recv_frame(ch, 0, &f, error);
+	ch->version = s->wire;
+	if (r < 0)
+		return r;
+	if (f.type == TM_MSG_ERROR) {
+		g_autoptr(GError) said = NULL;
+		r = tm_chan_recv_peer_error(ch, &f, "receiver refused", &said);
+		if (r < 0 && f.version == TM_WIRE_VERSION_1 && s->wire == TM_WIRE_VERSION_2) {
+			*ret_v1 = true;
+			return tm_sender_v1_refusal(ch, said->message, error);
+		}
+		g_propagate_error(error, g_steal_pointer(&said));
+		return r;
+	}
+	if (f.version != s->wire) {
+		g_set_error(error, TM_ERROR, EPROTO, "%s: handshake: protocol %u %s, the session speaks %u",
+			    ch->label, f.version, tm_msg_name(f.type), s->wire);
+		return -EPROTO;
+	}
+	if (f.type != TM_MSG_HELLO_ACK) {
+		g_set_error(error, TM_ERROR, EPROTO, "%s: expected HELLO_ACK, received %s", ch->label,
+			    tm_msg_name(f.type));
+		return -EPROTO;
+	}
+	uint8_t body[TM_HELLO_ACK2_LEN];
+	if ((r = tm_chan_recv(ch, body, f.body_len, error)) < 0)
+		return r;
+	if (s->wire == TM_WIRE_VERSION_1) {
+		uint64_t v[TM_CTRL_MAX_FIELDS];
+		r = tm_ctrl_decode_v(TM_WIRE_VERSION_1, TM_MSG_HELLO_ACK, body, f.body_len, v, error);
+		if (r < 0)
+			tm_chan_prefix_error(ch, error);
+		return r;
+	}
+	tm_hello_ack ack;
+	r = tm_hello_ack_decode(body, f.body_len, s->hello.features, &ack, error);
+	if (r < 0) {
+		tm_chan_prefix_error(ch, error);
+		return r;
+	}
+	if (!*have_first) {
+		*first = ack;
+		*have_first = true;
+	} else if (memcmp(first, &ack, sizeof(ack)) != 0) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "%s: HELLO_ACK differs from channel 0's (features 0x%08x vs 0x%08x, "
+			    "max_state_section %" G_GUINT64_FORMAT " vs %" G_GUINT64_FORMAT ")",
+			    ch->label, ack.features, first->features,
+			    (guint64)ack.max_state_section, (guint64)first->max_state_section);
+		return -EPROTO;
+	}
+	return 0;
+}
+
 int tm_sender_await_acks(tm_sender *s, GError **error)
 {
-	for (unsigned i = 0; i < s->nch; i++) {
-		uint64_t a, b;
-		int r = tm_chan_recv_ctrl(&s->chans[i].ch, TM_MSG_HELLO_ACK, &a, &b, error);
+	tm_hello_ack first = { 0 };
+	bool have_first = false;
+	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? 1 : 0);
+
+	/* Data 0 first: a protocol 1 receiver refuses there and gives up the rest. */
+	for (unsigned i = 0; i < n; i++) {
+		tm_chan *ch = i == s->nch ? &s->ctl : &s->chans[i].ch;
+		bool v1 = false;
+		int r = await_ack(s, ch, &first, &have_first, &v1, error);
+		if (r < 0 && v1)
+			return r; /* a complete explanation already */
 		if (r < 0) {
 			g_prefix_error(error, "handshake: ");
 			if (r == -ECONNRESET && !s->tls)
@@ -47,6 +136,45 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 
 /* ---- receiver ---- */
 
+unsigned tm_receiver_connections(const tm_receiver *r)
+{
+	return r->nch + (r->wire == TM_WIRE_VERSION_2 ? TM_V2_EXTRA_CONNECTIONS : 0);
+}
+
+/* Checks a decoded HELLO against the session so far; the words name the connection. */
+static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h, GError **error)
+{
+	bool first = !r->chans;
+	g_autofree char *what = h->role == TM_ROLE_CONTROL ? g_strdup("the control connection")
+							   : g_strdup_printf("channel %u", h->channel_id);
+
+	/* The first HELLO chose the protocol for every connection of the session. */
+	if (!first && f->version != r->wire) {
+		g_set_error(error, TM_ERROR, EPROTO, "%s speaks protocol %u, the session speaks %u",
+			    what, f->version, r->wire);
+		return -EPROTO;
+	}
+	if (!first) {
+		int ret = tm_hello_same_session(&r->hello, h, error);
+		if (ret < 0)
+			return ret;
+	}
+	if (h->features & TM_FEATURE_POSTCOPY) {
+		g_set_error(error, TM_ERROR, EOPNOTSUPP,
+			    "the sender offers postcopy, which this receiver does not support yet");
+		return -EOPNOTSUPP;
+	}
+	if (h->role == TM_ROLE_CONTROL && r->ctl_used) {
+		g_set_error(error, TM_ERROR, EPROTO, "control connection connected twice");
+		return -EPROTO;
+	}
+	if (h->role == TM_ROLE_DATA && !first && r->chans[h->channel_id].used) {
+		g_set_error(error, TM_ERROR, EPROTO, "channel id %u connected twice", h->channel_id);
+		return -EPROTO;
+	}
+	return 0;
+}
+
 int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **error)
 {
 	tm_chan tmp;
@@ -61,11 +189,17 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 		tm_chan_close(&tmp);
 		return ret;
 	}
+	/* Before its HELLO a connection may speak either protocol; the session's first decides. */
+	tmp.version = 0;
 	ret = tm_chan_recv_frame(&tmp, 0, &f, error);
-	if (ret >= 0 && f.type != TM_MSG_HELLO) {
-		g_set_error(error, TM_ERROR, EPROTO, "expected HELLO, received %s",
-			    tm_msg_name(f.type));
-		ret = -EPROTO;
+	if (ret >= 0) {
+		/* Refusals go back in the version the peer spoke. */
+		tmp.version = f.version;
+		if (f.type != TM_MSG_HELLO) {
+			g_set_error(error, TM_ERROR, EPROTO, "expected HELLO, received %s",
+				    tm_msg_name(f.type));
+			ret = -EPROTO;
+		}
 	}
 	g_autofree uint8_t *body = NULL;
 	if (ret >= 0) {
@@ -73,13 +207,9 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 		ret = tm_chan_recv(&tmp, body, f.body_len, error);
 	}
 	if (ret >= 0)
-		ret = tm_hello_decode(body, f.body_len, &h, error);
-	if (ret >= 0 && r->chans)
-		ret = tm_hello_same_session(&r->hello, &h, error);
-	if (ret >= 0 && r->chans && r->chans[h.channel_id].used) {
-		g_set_error(error, TM_ERROR, EPROTO, "channel id %u connected twice", h.channel_id);
-		ret = -EPROTO;
-	}
+		ret = tm_hello_decode(body, f.body_len, f.version, &h, error);
+	if (ret >= 0)
+		ret = check_placement(r, &f, &h, error);
 	if (ret < 0) {
 		g_prefix_error(error, "handshake: ");
 		g_autofree char *msg = g_strdup((*error)->message);
@@ -91,12 +221,22 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 	if (!r->chans) {
 		r->hello = h;
 		h.blocks = NULL;
+		r->wire = f.version;
 		r->nch = r->hello.channel_count;
 		r->chans = g_new0(recv_chan, r->nch);
 		for (unsigned i = 0; i < r->nch; i++) {
 			r->chans[i].ch.fd = -1;
 			r->chans[i].r = r;
 		}
+	}
+	if (h.role == TM_ROLE_CONTROL) {
+		/* Control messages are small: the sockets byte mover would do, but the
+		 * connection is open already on the configured one; it is only read once. */
+		tm_hello_clear(&h);
+		tm_chan_set_control(&tmp);
+		r->ctl = tmp;
+		r->ctl_used = true;
+		return 0;
 	}
 	unsigned id = h.channel_id;
 	tm_hello_clear(&h);

@@ -46,9 +46,42 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->cfg.tls_creds_dir = NULL; /* not owned; tls holds what it needs */
 	rc->cfg.tls_authz = NULL;     /* likewise (copied into tls) */
 	rc->io = io;
+	rc->ctl.fd = -1;
+	tm_live_config dflt = { .size = sizeof(dflt) };
+	tm_live_config_load(&dflt, false, &rc->live, NULL);
 	g_mutex_init(&rc->lock);
 	g_cond_init(&rc->cond);
 	*ret = rc;
+	return 0;
+}
+
+int tm_receiver_set_live(tm_receiver *r, const tm_live_config *cfg, GError **error)
+{
+	tm_live_config c;
+
+	if (r->state != R_NEW) {
+		g_set_error(error, TM_ERROR, EBUSY,
+			    "tm_receiver_set_live() after accept: the session is agreed already");
+		return -EBUSY;
+	}
+	int ret = tm_live_config_load(cfg, false, &c, error);
+	if (ret < 0)
+		return ret;
+	r->live = c;
+	return 0;
+}
+
+unsigned tm_receiver_wire_version(tm_receiver *r)
+{
+	return __atomic_load_n(&r->wire_done, __ATOMIC_ACQUIRE);
+}
+
+int tm_receiver_get_session_id(tm_receiver *r, uint8_t ret[16])
+{
+	/* wire_done is published after the HELLO that carries the id was stored. */
+	if (!__atomic_load_n(&r->wire_done, __ATOMIC_ACQUIRE))
+		return -EBADFD;
+	memcpy(ret, r->hello.session_id, sizeof(r->hello.session_id));
 	return 0;
 }
 
@@ -60,6 +93,10 @@ static void abort_channels(tm_receiver *r, int code, const char *message)
 			continue;
 		tm_chan_send_error(&r->chans[i].ch, code, message);
 		tm_chan_close(&r->chans[i].ch);
+	}
+	if (r->ctl.fd >= 0) {
+		tm_chan_send_error(&r->ctl, code, message);
+		tm_chan_close(&r->ctl);
 	}
 }
 
@@ -98,7 +135,7 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		g_set_error(error, TM_ERROR, EBUSY, "a session was accepted already");
 		return -EBUSY;
 	}
-	for (unsigned k = 0; fds ? k < n : (!r->chans || k < r->nch); k++) {
+	for (unsigned k = 0; fds ? k < n : (!r->chans || k < tm_receiver_connections(r)); k++) {
 		int64_t left_ms = (deadline - tm_now_us()) / 1000;
 		int fd = fds ? fds[k] : -1;
 		if (!fds) {
@@ -106,7 +143,13 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, error)) < 0) {
 				if (left_ms <= 0 || fd == -ETIMEDOUT) {
 					g_clear_error(error);
-					if (r->nch)
+					if (r->nch && r->wire == TM_WIRE_VERSION_2)
+						g_set_error(error, TM_ERROR, ETIMEDOUT,
+							    "only %u of %u connections (%u channels and "
+							    "control) connected within %.1f s",
+							    k, tm_receiver_connections(r), r->nch,
+							    r->cfg.timeout_ms / 1000.0);
+					else if (r->nch)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
 							    "only %u of %u channels connected within %.1f s",
 							    k, r->nch, r->cfg.timeout_ms / 1000.0);
@@ -128,15 +171,20 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			return accept_fail(r, error);
 		}
 	}
-	if (fds && n != r->nch) {
-		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels",
-			    n, r->nch);
+	if (fds && n != tm_receiver_connections(r)) {
+		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels%s",
+			    n, r->nch,
+			    r->wire == TM_WIRE_VERSION_2 ? " and a control connection" : "");
 		return accept_fail(r, error);
 	}
+	for (unsigned i = 0; i < r->nch; i++)
+		r->chans[i].ch.version = r->wire;
+	r->ctl.version = r->wire;
 	int ret = tm_receiver_build_announced(r, error);
 	if (ret < 0)
 		return accept_fail(r, error);
 	r->state = R_ACCEPTED;
+	__atomic_store_n(&r->wire_done, r->wire, __ATOMIC_RELEASE);
 	return 0;
 }
 
@@ -210,10 +258,27 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	for (unsigned i = 0; i < r->hello.block_count; i++)
 		r->present[i] = g_new0(uint64_t, (r->hello.blocks[i].npages + 63) / 64);
 
-	for (unsigned i = 0; i < r->nch; i++) {
-		recv_chan *c = &r->chans[i];
-		tm_recv_plan_init(&c->plan, r->hello.packet_size);
-		if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_HELLO_ACK, 0, 0, error)) < 0) {
+	/* Protocol 2: the same HELLO_ACK on every connection, with what this receiver accepts. */
+	tm_hello_ack ack = {
+		.features = r->hello.features & ~TM_FEATURE_POSTCOPY,
+		.max_state_section = r->live.max_state_section,
+		.max_state_total = r->live.max_state_total,
+	};
+	uint8_t ackbuf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+	for (unsigned i = 0; i <= r->nch; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+		if (i < r->nch)
+			tm_recv_plan_init(&r->chans[i].plan, r->hello.packet_size);
+		if (ch->fd < 0)
+			continue; /* protocol 1: no control connection */
+		if (r->wire == TM_WIRE_VERSION_2) {
+			size_t len = tm_hello_ack_encode(ackbuf, ch->tx_seq++, &ack);
+			struct iovec v = { .iov_base = ackbuf, .iov_len = len };
+			ret = tm_chan_send(ch, &v, 1, len, error);
+		} else {
+			ret = tm_chan_send_ctrl(ch, TM_MSG_HELLO_ACK, 0, 0, error);
+		}
+		if (ret < 0) {
 			g_autofree char *msg = g_strdup((*error)->message);
 			abort_channels(r, -ret, msg);
 			r->state = R_DONE;
@@ -229,6 +294,46 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	}
 	r->state = R_RUNNING;
 	return 0;
+}
+
+/*
+ * Protocol 2, once every data channel ended: the control connection's END (0, 0, 0), answered
+ * by END_ACK (0, 0), then a clean TLS close. No control thread yet: the migration thread reads
+ * the one message the connection carries (the sender sends it right after the last END_ACK).
+ */
+static int end_control(tm_receiver *r, GError **error)
+{
+	tm_chan *ch = &r->ctl;
+	uint8_t body[TM_END2_LEN];
+	uint64_t v[TM_CTRL_MAX_FIELDS];
+	tm_frame f;
+
+	int ret = tm_chan_recv_frame(ch, 0, &f, error);
+	if (ret < 0)
+		return ret;
+	if (f.type == TM_MSG_ERROR)
+		return tm_chan_recv_peer_error(ch, &f, "sender gave up", error);
+	if (f.type != TM_MSG_END) {
+		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
+		return -EPROTO;
+	}
+	if ((ret = tm_chan_recv(ch, body, f.body_len, error)) < 0)
+		return ret;
+	if ((ret = tm_ctrl_decode_v(f.version, f.type, body, f.body_len, v, error)) < 0) {
+		tm_chan_prefix_error(ch, error);
+		return ret;
+	}
+	if (v[0] || v[1] || v[2]) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "control: END counts %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
+			    " packets, %" G_GUINT64_FORMAT
+			    " state chunks; the control connection carries none",
+			    v[0], v[1], v[2]);
+		return -EPROTO;
+	}
+	if ((ret = tm_chan_send_ctrl(ch, TM_MSG_END_ACK, 0, 0, error)) < 0)
+		return ret;
+	return tm_tls_shutdown(ch->io, error);
 }
 
 int tm_receiver_wait(tm_receiver *r, GError **error)
@@ -252,6 +357,18 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}
 	g_mutex_unlock(&r->lock);
+	if (ret == 0 && r->wire == TM_WIRE_VERSION_2 && !r->ctl_ended) {
+		g_autoptr(GError) local = NULL;
+		r->ctl_ended = true;
+		ret = end_control(r, &local);
+		if (ret < 0) {
+			if (!r->ctl.peer_error)
+				tm_chan_send_error(&r->ctl, -ret, local->message);
+			if (error)
+				*error = g_error_copy(local);
+			tm_receiver_fail(r, NULL, g_steal_pointer(&local), r->ctl.peer_error);
+		}
+	}
 	return ret;
 }
 
@@ -282,6 +399,7 @@ void tm_receiver_free(tm_receiver *r)
 		tm_chan_close(&c->ch);
 		tm_recv_plan_fini(&c->plan);
 	}
+	tm_chan_close(&r->ctl);
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);
 	g_free(r->present);

@@ -106,6 +106,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 		i = j;
 	}
 	c->pages_applied += p->hdr.page_count;
+	c->packets_applied++;
 	tm_count(&c->ch.st.pages, p->hdr.page_count);
 	tm_count(&c->ch.st.packets, 1);
 	tm_count(&c->ch.st.data_bytes, p->hdr.data_len);
@@ -116,10 +117,10 @@ bad:
 	return ret;
 }
 
-static int recv_ctrl_body(recv_chan *c, const tm_frame *f, uint64_t *a, uint64_t *b,
+static int recv_ctrl_body(recv_chan *c, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS],
 			  GError **error)
 {
-	uint8_t body[16];
+	uint8_t body[8 * TM_CTRL_MAX_FIELDS];
 	int ret;
 
 	if (f->body_len > sizeof(body)) {
@@ -129,7 +130,7 @@ static int recv_ctrl_body(recv_chan *c, const tm_frame *f, uint64_t *a, uint64_t
 	}
 	if ((ret = tm_chan_recv(&c->ch, body, f->body_len, error)) < 0)
 		return ret;
-	ret = tm_ctrl_decode(f->type, body, f->body_len, a, b, error);
+	ret = tm_ctrl_decode_v(f->version, f->type, body, f->body_len, v, error);
 	if (ret < 0)
 		tm_chan_prefix_error(&c->ch, error);
 	return ret;
@@ -138,7 +139,7 @@ static int recv_ctrl_body(recv_chan *c, const tm_frame *f, uint64_t *a, uint64_t
 static int recv_loop(recv_chan *c, GError **error)
 {
 	tm_receiver *r = c->r;
-	uint64_t a, b;
+	uint64_t v[TM_CTRL_MAX_FIELDS];
 	tm_frame f;
 	int ret;
 
@@ -158,21 +159,36 @@ static int recv_loop(recv_chan *c, GError **error)
 				return ret;
 			break;
 		case TM_MSG_SYNC:
-			if ((ret = recv_ctrl_body(c, &f, &a, &b, error)) < 0)
+			if ((ret = recv_ctrl_body(c, &f, v, error)) < 0)
 				return ret;
 			/* Every earlier DATA on this channel is applied: the channel is ordered. */
-			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC_ACK, a, c->pages_applied,
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC_ACK, v[0], c->pages_applied,
 						     error)) < 0)
 				return ret;
 			break;
 		case TM_MSG_END:
-			if ((ret = recv_ctrl_body(c, &f, &a, &b, error)) < 0)
+			if ((ret = recv_ctrl_body(c, &f, v, error)) < 0)
 				return ret;
-			if (a != c->pages_applied) {
+			if (v[0] != c->pages_applied) {
 				g_set_error(error, TM_ERROR, EPROTO,
 					    "channel %u: sender sent %" G_GUINT64_FORMAT
 					    " pages, %" G_GUINT64_FORMAT " arrived",
-					    c->ch.id, a, c->pages_applied);
+					    c->ch.id, v[0], c->pages_applied);
+				return -EPROTO;
+			}
+			/* Protocol 2 checks every count END carries (protocol 1 never did). */
+			if (f.version == TM_WIRE_VERSION_2 && v[1] != c->packets_applied) {
+				g_set_error(error, TM_ERROR, EPROTO,
+					    "channel %u: sender sent %" G_GUINT64_FORMAT
+					    " packets, %" G_GUINT64_FORMAT " arrived",
+					    c->ch.id, v[1], c->packets_applied);
+				return -EPROTO;
+			}
+			if (f.version == TM_WIRE_VERSION_2 && v[2] != 0) {
+				g_set_error(error, TM_ERROR, EPROTO,
+					    "channel %u: sender sent %" G_GUINT64_FORMAT
+					    " state chunks, 0 arrived",
+					    c->ch.id, v[2]);
 				return -EPROTO;
 			}
 			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied, 0,

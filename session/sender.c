@@ -129,6 +129,11 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->cfg.tls_creds_dir = s->cfg.tls_hostname = NULL; /* use the owned copies */
 	s->hello = h;
 	s->nch = c.channels;
+	s->ctl.fd = -1;
+	/* Protocol 2 with defaults unless tm_sender_set_live() says otherwise. */
+	tm_live_config dflt = { .size = sizeof(dflt) };
+	tm_live_config_load(&dflt, true, &s->live, NULL);
+	s->wire = TM_WIRE_VERSION_2;
 	g_mutex_init(&s->lock);
 	g_cond_init(&s->cond);
 	s->chans = g_new0(send_chan, s->nch);
@@ -146,13 +151,100 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	return 0;
 }
 
+int tm_sender_set_live(tm_sender *s, const tm_live_config *cfg, GError **error)
+{
+	tm_live_config c;
+
+	if (s->state != S_NEW) {
+		g_set_error(error, TM_ERROR, EBUSY,
+			    "tm_sender_set_live() after connect: the protocol is agreed already");
+		return -EBUSY;
+	}
+	int r = tm_live_config_load(cfg, true, &c, error);
+	if (r < 0)
+		return r;
+	s->live = c;
+	s->live_set = true;
+	s->wire = (uint8_t)c.wire_version;
+	return 0;
+}
+
+unsigned tm_sender_wire_version(tm_sender *s)
+{
+	return __atomic_load_n(&s->wire_done, __ATOMIC_ACQUIRE);
+}
+
+int tm_sender_get_session_id(tm_sender *s, uint8_t ret[16])
+{
+	/* Written once in tm_sender_new(), read-only after. */
+	memcpy(ret, s->hello.session_id, sizeof(s->hello.session_id));
+	return 0;
+}
+
+/*
+ * Index into fds[] (data channels 0..N-1, then control) of the k-th connection to set up:
+ * data 0 (the full TLS handshake), control, data 1..N-1 (docs/design/live-engine.md 2.2).
+ */
+static unsigned setup_index(const tm_sender *s, unsigned n, unsigned k)
+{
+	if (n == s->nch || k == 0)
+		return k;
+	return k == 1 ? n - 1 : k - 1;
+}
+
 static int fail_setup(tm_sender *s, GError **error)
 {
 	s->state = S_DONE;
 	s->quit = true;
 	for (unsigned i = 0; i < s->nch; i++)
 		tm_chan_close(&s->chans[i].ch);
+	tm_chan_close(&s->ctl);
 	return error && *error ? -(*error)->code : -EIO;
+}
+
+/*
+ * Opens connection fd as data channel id, or as the control connection (id == nch): TLS, then
+ * its HELLO. Returns 0 or -errno (fd is closed either way on failure).
+ */
+static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
+{
+	bool control = id == s->nch;
+	tm_chan *ch = control ? &s->ctl : &s->chans[id].ch;
+	/* Control messages are small and latency-bound: always the sockets byte mover. */
+	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms,
+			     .depth = control ? 1 : s->cfg.queue_depth,
+			     .zerocopy = control ? -1 : s->cfg.tuning.zerocopy };
+	int r = tm_chan_open(ch, fd, control ? 0 : id, control ? &tm_transport_socket : s->io,
+			     &ioc, error);
+	if (r >= 0 && control)
+		tm_chan_set_control(ch);
+	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
+		tm_chan_close(ch);
+	if (r < 0)
+		return r;
+	ch->version = s->wire;
+	return tm_sender_send_hello(s, ch, control ? TM_ROLE_CONTROL : TM_ROLE_DATA, error);
+}
+
+/*
+ * A later connection of a protocol 2 session failed to set up: a protocol 1 receiver may have
+ * refused channel 0's HELLO already (and given up the session, so nothing answers the rest).
+ * Its ERROR on channel 0 explains more than the failure at hand.
+ */
+static void explain_by_channel0(tm_sender *s, GError **error)
+{
+	g_autoptr(GError) why = NULL;
+	tm_chan *ch0 = &s->chans[0].ch;
+
+	if (s->wire != TM_WIRE_VERSION_2 || ch0->fd < 0)
+		return;
+	ch0->version = 0; /* the handshake: a protocol 1 ERROR is readable */
+	int r = tm_chan_peer_error(ch0, "receiver refused", &why);
+	ch0->version = s->wire;
+	if (r < 0 && ch0->peer_version == TM_WIRE_VERSION_1) {
+		g_clear_error(error);
+		tm_sender_v1_refusal(ch0, why->message, error);
+	}
 }
 
 int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
@@ -165,12 +257,24 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		g_set_error(error, TM_ERROR, EBUSY, "the session is already open");
 		return -EBUSY;
 	}
-	if (n != s->nch) {
+	/* tagmig 0.1's contract for this call: one socket per channel is protocol 1. */
+	if (!s->live_set && n == s->nch)
+		s->wire = TM_WIRE_VERSION_1;
+	unsigned conns = s->nch + (s->wire == TM_WIRE_VERSION_2 ? TM_V2_EXTRA_CONNECTIONS : 0);
+	if (n != conns) {
 		for (unsigned i = 0; i < n; i++)
 			close(fds[i]);
-		g_set_error(error, TM_ERROR, EINVAL, "%u sockets given for %u channels", n, s->nch);
+		if (s->wire == TM_WIRE_VERSION_2)
+			g_set_error(error, TM_ERROR, EINVAL,
+				    "%u sockets given for %u channels: protocol 2 needs %u (the data "
+				    "channels, then the control connection)",
+				    n, s->nch, conns);
+		else
+			g_set_error(error, TM_ERROR, EINVAL, "%u sockets given for %u channels", n,
+				    s->nch);
 		return -EINVAL;
 	}
+	s->hello.version = s->wire;
 	if (s->tls_creds_dir && !s->tls) {
 		if (!s->tls_hostname) {
 			for (unsigned i = 0; i < n; i++)
@@ -193,32 +297,33 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	 * one at a time in the same way, so nothing waits for a step the peer has not reached.
 	 * The answers are collected after every HELLO is out.
 	 */
-	for (unsigned i = 0; i < n; i++) {
-		tm_chan *ch = &s->chans[i].ch;
-		tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,
-				     .zerocopy = s->cfg.tuning.zerocopy };
-		r = tm_chan_open(ch, fds[i], i, s->io, &ioc, error);
-		if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
-			tm_chan_close(ch);
-		if (r < 0) {
-			for (unsigned j = i + 1; j < n; j++)
-				close(fds[j]);
-			return fail_setup(s, error);
-		}
-		if (tm_sender_send_hello(s, ch, error) < 0) {
-			for (unsigned j = i + 1; j < n; j++)
-				close(fds[j]);
+	/*
+	 * Protocol 2 order: data 0 (the full TLS handshake), control, data 1..N-1; fds[] has the
+	 * control connection last. A receiver accepts them in any order.
+	 */
+	for (unsigned k = 0; k < n; k++) {
+		unsigned idx = setup_index(s, n, k);
+		if (open_connection(s, fds[idx], idx, error) < 0) {
+			for (unsigned j = k + 1; j < n; j++)
+				close(fds[setup_index(s, n, j)]);
+			if (k > 0)
+				explain_by_channel0(s, error);
 			return fail_setup(s, error);
 		}
 	}
 	if (tm_sender_await_acks(s, error) < 0)
 		return fail_setup(s, error);
+	for (unsigned i = 0; i < s->nch; i++)
+		s->chans[i].ch.version = s->wire;
+	__atomic_store_n(&s->wire_done, s->wire, __ATOMIC_RELEASE);
 
-	for (unsigned i = 0; i < n; i++) {
+	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
 		c->pkts = g_new0(tm_packet, c->ch.depth);
-		for (unsigned k = 0; k < c->ch.depth; k++)
+		for (unsigned k = 0; k < c->ch.depth; k++) {
 			tm_packet_init(&c->pkts[k], s->hello.packet_size);
+			c->pkts[k].version = s->wire;
+		}
 		c->tagraw = g_malloc(s->hello.packet_size / TM_TAG_GRANULE);
 		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
 		c->thread = g_thread_new(name, tm_send_worker, c);
@@ -232,7 +337,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 
 int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError **error)
 {
-	int fds[TM_MAX_CHANNELS];
+	int fds[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS];
+	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? TM_V2_EXTRA_CONNECTIONS : 0);
 
 	if (s->state != S_NEW) {
 		g_set_error(error, TM_ERROR, EBUSY, "the session is already open");
@@ -240,18 +346,29 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 	}
 	if (s->tls_creds_dir && !s->tls_hostname)
 		s->tls_hostname = g_strdup(host); /* the name we connect to is the name to check */
-	for (unsigned i = 0; i < s->nch; i++) {
+	/*
+	 * Connected in the order attach() sets them up (data 0, control, data 1..N-1; fds[] has
+	 * control last): the receiver takes connections in arrival order, one TLS handshake at a
+	 * time, so any other order would have each side wait for a different connection.
+	 */
+	for (unsigned k = 0; k < n; k++) {
+		unsigned i = setup_index(s, n, k);
 		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, error);
 		if (fd < 0) {
-			g_prefix_error(error, "channel %u: ", i);
-			for (unsigned j = 0; j < i; j++)
-				close(fds[j]);
+			if (i == s->nch)
+				g_prefix_error(error, "control: ");
+			else
+				g_prefix_error(error, "channel %u: ", i);
+			for (unsigned j = 0; j < k; j++)
+				close(fds[setup_index(s, n, j)]);
 			s->state = S_DONE;
 			return fd;
 		}
 		fds[i] = fd;
 	}
-	return tm_sender_attach(s, fds, s->nch, error);
+	/* attach() would take N sockets without set_live() for protocol 1: say which it is. */
+	s->live_set = true;
+	return tm_sender_attach(s, fds, n, error);
 }
 
 /* The session's failure as the caller's error, once every worker has stopped. */
@@ -424,6 +541,25 @@ int tm_sender_sync(tm_sender *s, GError **error)
 	return r;
 }
 
+/* END (0, 0, 0) on the control connection, END_ACK (0, 0) back, then a clean TLS close. */
+static int end_control(tm_sender *s, GError **error)
+{
+	uint64_t pages, chunks;
+	int r = tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, error);
+	if (r >= 0)
+		r = tm_chan_recv_ctrl(&s->ctl, TM_MSG_END_ACK, &pages, &chunks, error);
+	if (r < 0)
+		return r;
+	if (pages != 0 || chunks != 0) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "control: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
+			    " state chunks, the control connection carries none",
+			    pages, chunks);
+		return -EPROTO;
+	}
+	return tm_tls_shutdown(s->ctl.io, error);
+}
+
 int tm_sender_finish(tm_sender *s, GError **error)
 {
 	int r = check_open(s, error);
@@ -437,6 +573,13 @@ int tm_sender_finish(tm_sender *s, GError **error)
 		while (!s->quit && !s->chans[i].ended)
 			g_cond_wait(&s->cond, &s->lock);
 	r = s->quit ? report_failure(s, error) : 0;
+	g_mutex_unlock(&s->lock);
+	/* Protocol 2: the control connection ends last, after every data channel's END_ACK. */
+	if (r >= 0 && s->wire == TM_WIRE_VERSION_2 && (r = end_control(s, error)) < 0) {
+		GError *copy = g_error_copy(*error);
+		tm_sender_fail(s, copy, s->ctl.peer_error);
+	}
+	g_mutex_lock(&s->lock);
 	s->t_end = tm_now_us();
 	g_mutex_unlock(&s->lock);
 	s->state = S_DONE;
@@ -469,6 +612,7 @@ void tm_sender_free(tm_sender *s)
 		g_array_unref(s->staging[i]);
 		g_cond_clear(&c->wake);
 	}
+	tm_chan_close(&s->ctl);
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);
 	g_free(s->io_note);

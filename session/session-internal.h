@@ -81,6 +81,11 @@ struct tm_sender {
 	tm_hello hello;
 	unsigned nch;
 	send_chan *chans;
+	tm_live_config live;   /* defaults filled in (tm_live_config_load) */
+	bool live_set;         /* tm_sender_set_live() was called */
+	uint8_t wire;          /* protocol spoken: 2 unless set_live said 1 or attach got N sockets */
+	tm_chan ctl;           /* protocol 2: the control connection (fd -1 without) */
+	unsigned wire_done;    /* wire once the handshake completed, else 0 (atomic) */
 
 	/* migration-thread local */
 	enum sender_state state;
@@ -106,6 +111,7 @@ typedef struct recv_chan {
 	/* worker-local, allocated once in start() */
 	tm_recv_plan plan;        /* the DATA packet being received */
 	uint64_t pages_applied;
+	uint64_t packets_applied;
 } recv_chan;
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
@@ -122,6 +128,12 @@ struct tm_receiver {
 	tm_tag_store *tags;        /* NULL: no tags */
 	unsigned nch;
 	recv_chan *chans;
+	tm_live_config live;       /* defaults filled in (tm_live_config_load) */
+	uint8_t wire;              /* the first HELLO's protocol; 0 before */
+	unsigned wire_done;        /* wire once accepted, else 0 (atomic) */
+	tm_chan ctl;               /* protocol 2: the control connection (fd -1 without) */
+	bool ctl_used;             /* placed during accept */
+	bool ctl_ended;            /* END / END_ACK done on it (migration thread) */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
 
@@ -135,6 +147,17 @@ struct tm_receiver {
 	unsigned ended;
 	int64_t t_start, t_end;
 };
+
+/* ---- live.c ---- */
+/*
+ * Copies min(in->size, sizeof) bytes of a caller's tm_live_config (missing fields zero), checks
+ * it for the side named and fills in the defaults. Returns 0 or -EINVAL / -EOPNOTSUPP with the
+ * field named in *error.
+ */
+int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *ret,
+			GError **error);
+/* Connections a protocol 2 session has beyond its data channels (the control connection). */
+#define TM_V2_EXTRA_CONNECTIONS 1u
 
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
@@ -153,11 +176,22 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 gpointer tm_recv_worker(gpointer data);
 
 /* ---- handshake.c ---- */
-/* Sends the HELLO of channel ch (whose id is its channel number). */
-int tm_sender_send_hello(tm_sender *s, tm_chan *ch, GError **error);
-/* Waits for the HELLO_ACK of every channel; the error says what the receiver answered instead. */
+/* Sends the HELLO of connection ch: a data channel (its id is the channel number) or control. */
+int tm_sender_send_hello(tm_sender *s, tm_chan *ch, tm_conn_role role, GError **error);
+/*
+ * Waits for the HELLO_ACK of every connection; the error says what the receiver answered
+ * instead. Protocol 2: every HELLO_ACK is checked against the offer and must be identical.
+ */
 int tm_sender_await_acks(tm_sender *s, GError **error);
-/* Reads the HELLO of a fresh connection and places it by channel id. */
+/*
+ * The refusal of a protocol 1 receiver (its ERROR as tm_chan_recv_peer_error() words it: `said`)
+ * as the error of a protocol 2 sender: -EPROTONOSUPPORT, quoting the receiver's own words and
+ * saying to set wire_version = 1.
+ */
+int tm_sender_v1_refusal(const tm_chan *ch, const char *said, GError **error);
+/* Connections of the session being accepted: its channels, plus control in protocol 2. */
+unsigned tm_receiver_connections(const tm_receiver *r);
+/* Reads the HELLO of a fresh connection and places it by role and channel id. */
 int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **error);
 /* The layout the sender announced, built from its HELLO (host pointers NULL). */
 int tm_receiver_build_announced(tm_receiver *r, GError **error);

@@ -38,6 +38,9 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 		for (unsigned i = 0; i < s->nch; i++)
 			tm_chan_sum(&s->chans[i].ch, ret);
 		tm_tls_fill_stats(s->tls, s->chans[0].ch.io, ret);
+		/* every connection counts in wire_bytes, the control connection too; the io_*
+		 * counters stay those of the data channels' backend */
+		tm_counters_sum(&s->ctl.st, ret);
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
 	}
 	g_mutex_unlock(&s->lock);
@@ -54,6 +57,7 @@ void tm_receiver_get_stats(tm_receiver *r, tm_stats *ret)
 	if (r->t_start) {
 		for (unsigned i = 0; i < r->nch; i++)
 			tm_chan_sum(&r->chans[i].ch, ret);
+		tm_counters_sum(&r->ctl.st, ret); /* wire bytes; io_* are the data channels' */
 		ret->channels = r->nch;
 		tm_tls_fill_stats(r->tls, r->chans[0].ch.io, ret);
 		ret->seconds = (double)((r->t_end ? r->t_end : tm_now_us()) - r->t_start) / 1e6;

@@ -57,8 +57,8 @@ int main(int argc, char **argv)
 		return CLI_EXIT_OK;
 	}
 	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
-		printf("tagmig %s (library %s, wire format version %u)\n", TAGMIG_VERSION, tm_version(),
-		       TM_WIRE_VERSION);
+		printf("tagmig %s (library %s, wire format versions %u..%u)\n", TAGMIG_VERSION,
+		       tm_version(), TM_WIRE_VERSION_MIN, TM_WIRE_VERSION);
 		return CLI_EXIT_OK;
 	}
 	for (size_t i = 0; i < G_N_ELEMENTS(commands); i++) {

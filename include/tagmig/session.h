@@ -45,7 +45,8 @@ typedef struct tm_stats {
 	char io_note[160];                        /* why the default backend was not used, or "" */
 	/* TLS (all zero / empty without it) */
 	uint64_t tls_full_handshakes;             /* channels that did a full handshake */
-	uint64_t tls_resumed_handshakes;          /* channels that resumed channel 0's session */
+	uint64_t tls_resumed_handshakes;          /* connections that resumed channel 0's session
+	                                           * (protocol 2: the control connection too) */
 	double tls_handshake_seconds;             /* wall time of all handshakes, summed */
 	char tls_cipher[48];                      /* e.g. "TLS_AES_128_GCM_SHA256" */
 	char tls_note[160];                       /* why records are protected in user space */
@@ -109,7 +110,9 @@ TM_EXPORT int tm_sender_connect(tm_sender *sender, const char *host, const char 
 
 /*
  * Like tm_sender_connect() on sockets the VMM connected itself: fds[i] becomes channel i. The
- * sender owns the fds from the call on, also on failure. n must equal the configured channels.
+ * sender owns the fds from the call on, also on failure. Protocol 2: n is the configured
+ * channels + 1, the last one being the control connection. Without tm_sender_set_live(), n equal
+ * to the configured channels means protocol 1 (what a VMM built against tagmig 0.1 does).
  */
 TM_EXPORT int tm_sender_attach(tm_sender *sender, const int *fds, unsigned n, GError **error);
 
@@ -187,12 +190,17 @@ TM_EXPORT int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, 
 
 /*
  * Accepts the channels of one session on listen_fd (a listening socket the caller keeps) and
- * reads their HELLOs; channels may arrive in any order. Fails (-EPROTO, -ERANGE, -ETIMEDOUT, ...)
+ * reads their HELLOs; channels may arrive in any order. The first HELLO's protocol is the
+ * session's: protocol 2 brings channels + 1 connections (the control connection), protocol 1
+ * the channels alone (tm_receiver_wire_version() tells). Fails (-EPROTO, -ERANGE, -ETIMEDOUT, ...)
  * on an inconsistent or incomplete session. The peer is not answered yet.
  */
 TM_EXPORT int tm_receiver_accept(tm_receiver *receiver, int listen_fd, GError **error);
 
-/* Same on sockets the VMM accepted itself (in any order); the receiver owns them from the call on. */
+/*
+ * Same on sockets the VMM accepted itself (in any order; protocol 2: channels + 1 of them); the
+ * receiver owns them from the call on.
+ */
 TM_EXPORT int tm_receiver_attach(tm_receiver *receiver, const int *fds, unsigned n, GError **error);
 
 /*
@@ -232,6 +240,62 @@ TM_EXPORT void tm_receiver_get_stats(tm_receiver *receiver, tm_stats *ret);
 
 /* NULL: no-op. Stops workers, closes the channels. */
 TM_EXPORT void tm_receiver_free(tm_receiver *receiver);
+
+/* ---- protocol 2: live configuration, versions, session id (symbol version TAGMIG_0.2) ---- */
+
+/*
+ * Live-migration settings (docs/design/live-engine.md). The first field is the size of the
+ * struct as the caller compiled it: the library reads only min(size, sizeof(tm_live_config))
+ * bytes and takes missing fields as zero, so a caller built against an older, shorter struct
+ * keeps working. All zero (beyond size) is the default everywhere.
+ */
+typedef struct tm_live_config {
+	uint32_t size;              /* sizeof(tm_live_config) as compiled by the caller (>= 8) */
+	uint32_t wire_version;      /* sender: 0 or 2 = protocol 2; 1 = protocol 1 for an old receiver
+	                             * (no control connection, no live features); receiver: ignored
+	                             * (it serves the version the sender chose) */
+	uint64_t max_downtime_us;   /* sender: switchover target; 0 means 300000 (not used yet) */
+	uint64_t rate_limit;        /* sender: bytes/s; 0 = unlimited (not used yet) */
+	uint64_t switchover_bandwidth; /* sender: bytes/s at switchover; 0 = estimate (not used yet) */
+	bool postcopy;              /* offer (sender) / accept (receiver) postcopy: not implemented
+	                             * yet, refused with -EOPNOTSUPP */
+	bool uffd_user_mode_only;   /* receiver, postcopy: UFFD_USER_MODE_ONLY */
+	bool uffd_borrow;           /* receiver, postcopy: use uffd instead of opening one */
+	int uffd;                   /* receiver, with uffd_borrow: a userfaultfd after UFFDIO_API */
+	uint32_t max_outstanding;   /* receiver: page requests in flight, 0..512; 0 means 256 */
+	uint64_t max_state_section; /* receiver: bytes per state section; 0 means 1 GiB (max 2^40) */
+	uint64_t max_state_total;   /* receiver: bytes of all sections; 0 means 4 GiB (max 2^42,
+	                             * at least max_state_section) */
+	const char *const *state_names; /* receiver: expected section names (not used yet) */
+} tm_live_config;
+
+/*
+ * Before tm_sender_connect()/attach(): the protocol and its live settings. Without this call a
+ * sender speaks protocol 2 with defaults (tm_sender_attach() with exactly `channels` sockets
+ * keeps the 0.1 meaning: protocol 1). Protocol 2 opens one more connection, the control
+ * connection. Returns 0, -EINVAL (bad field, named in *error), -EOPNOTSUPP (postcopy), -EBUSY
+ * after connect. Migration thread.
+ */
+TM_EXPORT int tm_sender_set_live(tm_sender *sender, const tm_live_config *cfg, GError **error);
+
+/*
+ * Before tm_receiver_accept()/attach(): the limits this receiver announces in protocol 2. A
+ * receiver serves protocol 1 and 2 senders alike, with or without this call. Returns 0, -EINVAL,
+ * -EOPNOTSUPP (postcopy), -EBUSY after accept. Migration thread.
+ */
+TM_EXPORT int tm_receiver_set_live(tm_receiver *receiver, const tm_live_config *cfg,
+				   GError **error);
+
+/* 1 or 2 once the handshake is done (the receiver knows it after accept), else 0. Any thread. */
+TM_EXPORT unsigned tm_sender_wire_version(tm_sender *sender);
+TM_EXPORT unsigned tm_receiver_wire_version(tm_receiver *receiver);
+
+/*
+ * The 16-byte session id of the HELLOs: 0, or -EBADFD before accept (receiver; the sender has
+ * one from tm_sender_new()). Any thread.
+ */
+TM_EXPORT int tm_sender_get_session_id(tm_sender *sender, uint8_t ret[16]);
+TM_EXPORT int tm_receiver_get_session_id(tm_receiver *receiver, uint8_t ret[16]);
 
 /*
  * Creates a listening TCP socket on host:port (host may be NULL for any address, port "0" picks

@@ -1,24 +1,49 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Wire-format constants of tagmig protocol version 1. docs/wire-format.md is the specification;
+ * Wire-format constants of tagmig protocols 1 and 2. docs/wire-format.md is the specification;
  * these names are what the codec and the API use for it.
  */
 #pragma once
 
 #include <stdint.h>
 
-#define TM_WIRE_VERSION 1u
+/*
+ * Protocol versions: sessions speak TM_WIRE_VERSION_MIN..TM_WIRE_VERSION; a sender chooses
+ * (protocol 2 unless told otherwise), a receiver serves what the sender's first HELLO says.
+ */
+#define TM_WIRE_VERSION 2u
+#define TM_WIRE_VERSION_MIN 1u
+#define TM_WIRE_VERSION_1 1u
+#define TM_WIRE_VERSION_2 2u
 #define TM_FRAME_HDR_LEN 16u
 #define TM_HELLO_FIXED_LEN 48u
 #define TM_HELLO_BLOCK_LEN 24u
 #define TM_DATA_HDR_LEN 16u
 #define TM_PAGE_ENTRY_LEN 8u
 #define TM_ERROR_FIXED_LEN 8u
+/* Protocol 2 bodies of fixed size (protocol 1: HELLO_ACK 8, END 16, END_ACK 8). */
+#define TM_HELLO_ACK2_LEN 32u
+#define TM_END2_LEN 24u
+#define TM_END_ACK2_LEN 16u
+#define TM_STATE_HDR_LEN 40u
+#define TM_DISCARD_HDR_LEN 8u
 
 #define TM_MAX_CHANNELS 64u
 #define TM_MAX_BLOCKS 1024u
 #define TM_MAX_BLOCK_NAME 255u
 #define TM_MAX_ERROR_MESSAGE 1024u
+
+/* Protocol 2 limits (docs/wire-format.md, "Version 2"). */
+#define TM_MAX_REQ_PAGES 16u          /* pages per PAGE_REQ / URGENT */
+#define TM_MAX_OUTSTANDING 512u       /* max_outstanding: unanswered PAGE_REQs */
+#define TM_MAX_OUTSTANDING_DEFAULT 256u
+#define TM_MAX_DISCARD_RANGES 512u    /* ranges per DISCARD */
+#define TM_MAX_STATE_SECTIONS 65536u
+#define TM_MAX_STATE_NAME 255u
+#define TM_STATE_SECTION_MAX (1ull << 40)
+#define TM_STATE_TOTAL_MAX (1ull << 42)
+#define TM_STATE_SECTION_DEFAULT (1ull << 30)
+#define TM_STATE_TOTAL_DEFAULT (4ull << 30)
 
 #define TM_PACKET_SIZE_MIN (64u * 1024u)
 #define TM_PACKET_SIZE_MAX (16u * 1024u * 1024u)
@@ -31,7 +56,17 @@
 
 /* Feature bits agreed in HELLO, once for the whole migration. */
 #define TM_FEATURE_TAGS_MTE4 (1u << 0)
-#define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)
+#define TM_FEATURE_POSTCOPY (1u << 1) /* protocol 2 only: offered by the sender */
+#define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)                        /* protocol 1 */
+#define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY) /* protocol 2 */
+
+/* Protocol 2: what a connection carries, named by its HELLO. */
+typedef enum tm_conn_role {
+	TM_ROLE_DATA = 0,
+	TM_ROLE_CONTROL = 1,
+	TM_ROLE_URGENT = 2,
+	TM_ROLE_COUNT = 3,
+} tm_conn_role;
 
 typedef enum tm_msg_type {
 	TM_MSG_HELLO = 1,
@@ -42,7 +77,21 @@ typedef enum tm_msg_type {
 	TM_MSG_END = 6,
 	TM_MSG_END_ACK = 7,
 	TM_MSG_ERROR = 8,
+	/* protocol 2 only */
+	TM_MSG_STATE = 9,
+	TM_MSG_DISCARD = 10,
+	TM_MSG_RAM_END = 11,
+	TM_MSG_PING = 12,
+	TM_MSG_PONG = 13,
+	TM_MSG_POSTCOPY = 14,
+	TM_MSG_READY = 15,
+	TM_MSG_PAGE_REQ = 16,
+	TM_MSG_URGENT = 17,
+	TM_MSG_REQ_END = 18,
 } tm_msg_type;
+
+#define TM_MSG_LAST_V1 TM_MSG_ERROR
+#define TM_MSG_LAST_V2 TM_MSG_REQ_END
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

@@ -261,7 +261,7 @@ demo-tls)
 		assert d["verified"] is True, d
 		t = d["tls"]
 		assert t["cipher"] == "TLS_AES_128_GCM_SHA256", d
-		assert t["full_handshakes"] == 1 and t["resumed_handshakes"] == 2, d
+		assert t["full_handshakes"] == 1 and t["resumed_handshakes"] == 3, d  # 2 channels + the control connection (protocol 2)
 	EOF
 	note "ok: $(cat "$T/demo.out")"
 	;;

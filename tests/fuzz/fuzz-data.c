@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!session.blocks)
 		setup();
 
-	if (tm_frame_decode(data, size, session.packet_size, &f, &error) < 0)
+	if (tm_frame_decode(data, size, TM_WIRE_VERSION_1, session.packet_size, &f, &error) < 0)
 		return 0;
 	if (f.type != TM_MSG_DATA)
 		return 0;

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Fuzzes what a channel does with any message: the frame header (before and after the
- * handshake), then the body of the control and ERROR messages. HELLO and DATA bodies have
- * targets of their own.
+ * handshake, as a protocol 1 peer, a protocol 2 session and a handshake serving both), then the
+ * body of the control, HELLO_ACK and ERROR messages in the frame's protocol. HELLO and DATA
+ * bodies have targets of their own.
  */
 #include <glib.h>
 
@@ -11,17 +12,36 @@
 static void decode_body(const tm_frame *f, const uint8_t *body)
 {
 	g_autoptr(GError) error = NULL;
-	uint64_t a, b;
+	uint64_t a, b, v[TM_CTRL_MAX_FIELDS];
 	int code;
 	char *message = NULL;
 
 	switch (f->type) {
 	case TM_MSG_HELLO_ACK:
+		if (f->version == TM_WIRE_VERSION_2) {
+			static const uint32_t offers[] = { 0, TM_FEATURE_TAGS_MTE4,
+							   TM_FEATURES_KNOWN_V2 };
+			for (unsigned i = 0; i < G_N_ELEMENTS(offers); i++) {
+				tm_hello_ack ack;
+				g_clear_error(&error);
+				if (tm_hello_ack_decode(body, f->body_len, offers[i], &ack, &error) < 0)
+					g_assert_nonnull(error);
+				else
+					g_assert_cmpint(tm_hello_ack_check(&ack, offers[i], NULL), ==, 0);
+			}
+			break;
+		}
+		/* protocol 1 HELLO_ACK is a control message */
+		G_GNUC_FALLTHROUGH;
 	case TM_MSG_SYNC:
 	case TM_MSG_SYNC_ACK:
 	case TM_MSG_END:
 	case TM_MSG_END_ACK:
-		if (tm_ctrl_decode(f->type, body, f->body_len, &a, &b, &error) < 0)
+		if (tm_ctrl_decode_v(f->version, f->type, body, f->body_len, v, &error) < 0)
+			g_assert_nonnull(error);
+		g_clear_error(&error);
+		if (f->version == TM_WIRE_VERSION_1 &&
+		    tm_ctrl_decode(f->type, body, f->body_len, &a, &b, &error) < 0)
 			g_assert_nonnull(error);
 		break;
 	case TM_MSG_ERROR:
@@ -42,16 +62,20 @@ static void decode_body(const tm_frame *f, const uint8_t *body)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const uint32_t packet_sizes[] = { 0, TM_PACKET_SIZE_MIN, TM_PACKET_SIZE_DEFAULT };
+	static const uint8_t versions[] = { 0, TM_WIRE_VERSION_1, TM_WIRE_VERSION_2 };
 
-	for (unsigned i = 0; i < G_N_ELEMENTS(packet_sizes); i++) {
+	for (unsigned j = 0; j < G_N_ELEMENTS(versions) * G_N_ELEMENTS(packet_sizes); j++) {
+		unsigned i = j % G_N_ELEMENTS(packet_sizes);
+		uint8_t version = versions[j / G_N_ELEMENTS(packet_sizes)];
 		g_autoptr(GError) error = NULL;
 		tm_frame f;
 
-		if (tm_frame_decode(data, size, packet_sizes[i], &f, &error) < 0) {
+		if (tm_frame_decode(data, size, version, packet_sizes[i], &f, &error) < 0) {
 			g_assert_nonnull(error);
 			continue;
 		}
-		g_assert_cmpuint(f.body_len, <=, tm_frame_max_body(f.type, packet_sizes[i]));
+		g_assert_true(version == 0 || f.version == version);
+		g_assert_cmpuint(f.body_len, <=, tm_frame_max_body(f.version, f.type, packet_sizes[i]));
 		/* The transport reads exactly body_len bytes; a short input never reaches a decoder. */
 		if (size - TM_FRAME_HDR_LEN < f.body_len)
 			continue;

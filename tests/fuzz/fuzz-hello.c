@@ -1,21 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Fuzzes tm_hello_decode() on a HELLO body. What it accepts must pass tm_hello_check(), encode
- * back to the same bytes, and be the same session as itself.
+ * Fuzzes tm_hello_decode() on a HELLO body, as protocol 1 and as protocol 2. What it accepts must
+ * pass tm_hello_check(), encode back to the same bytes, and be the same session as itself.
  */
 #include <glib.h>
 
 #include "fuzz.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void one(const uint8_t *data, size_t size, uint8_t version)
 {
 	g_autoptr(GError) error = NULL;
 	tm_hello h;
 
-	if (tm_hello_decode(data, size, &h, &error) < 0) {
+	if (tm_hello_decode(data, size, version, &h, &error) < 0) {
 		g_assert_nonnull(error);
-		return 0;
+		return;
 	}
+	g_assert_cmpuint(h.version, ==, version);
+	if (version == TM_WIRE_VERSION_1)
+		g_assert_true(h.role == 0 && h.epoch == 0);
+	else
+		g_assert_true(h.role < TM_ROLE_COUNT && h.epoch == 0);
 	g_assert_cmpuint(tm_hello_body_len(&h), ==, size);
 	g_autofree uint8_t *again = g_malloc(size);
 	tm_hello_encode(&h, again);
@@ -30,5 +35,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		g_assert_cmpuint(b->npages, <=, UINT32_MAX);
 	}
 	tm_hello_clear(&h);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	one(data, size, TM_WIRE_VERSION_1);
+	one(data, size, TM_WIRE_VERSION_2);
 	return 0;
 }

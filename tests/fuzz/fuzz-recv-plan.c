@@ -38,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!session.blocks)
 		setup();
-	if (tm_frame_decode(data, size, session.packet_size, &f, &error) < 0 || f.type != TM_MSG_DATA)
+	if (tm_frame_decode(data, size, TM_WIRE_VERSION_1, session.packet_size, &f, &error) < 0 ||
+	    f.type != TM_MSG_DATA)
 		return 0;
 	unsigned channel = f.seq % session.channel_count;
 	size_t left = MIN(size - TM_FRAME_HDR_LEN, f.body_len);

@@ -88,6 +88,30 @@ static void gen_hello(void)
 	g_autofree uint8_t *three = hello_body(&h, &len);
 	put("hello", "valid-3-blocks", three, len);
 	tm_hello_clear(&h);
+
+	/* Protocol 2: one HELLO per role; mutations of the fields protocol 2 gives a meaning. */
+	fuzz_data_session(&h);
+	h.version = TM_WIRE_VERSION_2;
+	h.features |= TM_FEATURE_POSTCOPY;
+	h.channel_id = 1;
+	if (tm_hello_check(&h, NULL) < 0)
+		g_error("v2 data hello invalid");
+	g_autofree uint8_t *v2 = hello_body(&h, &len);
+	put("hello", "v2-valid-data", v2, len);
+	put_mut("hello", "v2-role-3", v2, len, 28, 3);
+	put_mut("hello", "v2-role-reserved", v2, len, 30, 1);
+	put_mut("hello", "v2-epoch", v2, len, 44, 1);
+	put_mut("hello", "v2-features-reserved", v2, len, 20, 0x7);
+	put_mut("hello", "v2-control-channel-id", v2, len, 28, TM_ROLE_CONTROL);
+	h.channel_id = 0;
+	h.role = TM_ROLE_CONTROL;
+	g_autofree uint8_t *ctl = hello_body(&h, &len);
+	put("hello", "v2-valid-control", ctl, len);
+	h.role = TM_ROLE_URGENT;
+	g_autofree uint8_t *urg = hello_body(&h, &len);
+	put("hello", "v2-valid-urgent", urg, len);
+	put_mut("hello", "v2-urgent-no-postcopy", urg, len, 20, TM_FEATURE_TAGS_MTE4);
+	tm_hello_clear(&h);
 }
 
 static void gen_frame(void)
@@ -137,6 +161,49 @@ static void gen_frame(void)
 	put("frame", "valid-HELLO", hello, TM_FRAME_HDR_LEN + blen);
 	tm_frame_encode(buf, TM_MSG_DATA, 16 + 8, 1);
 	put("frame", "data-header", buf, TM_FRAME_HDR_LEN);
+
+	/* Protocol 2: the control bodies that changed, HELLO_ACK, a HELLO, the new types. */
+	static const uint8_t types2[] = { TM_MSG_SYNC, TM_MSG_SYNC_ACK, TM_MSG_END, TM_MSG_END_ACK };
+	const uint64_t vals[3] = { 1000, 2000, 3000 };
+	for (unsigned i = 0; i < G_N_ELEMENTS(types2); i++) {
+		g_autofree char *name = g_strdup_printf("v2-valid-%s", tm_msg_name(types2[i]));
+		n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, types2[i], i, vals);
+		put("frame", name, buf, n);
+	}
+	n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, 0, vals);
+	put_mut("frame", "v2-end-as-v1", buf, n, 4, 1);
+	put_mut("frame", "v2-bad-type", buf, n, 5, 19);
+	put_mut("frame", "v2-bad-version", buf, n, 4, 3);
+	n = tm_ctrl_encode(buf, TM_MSG_SYNC, 0, 1, 0);
+	put_mut("frame", "v1-type-9", buf, n, 5, TM_MSG_STATE);
+	const tm_hello_ack ack = { TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY, 256, 1ull << 30,
+				   4ull << 30 };
+	n = tm_hello_ack_encode(buf, 0, &ack);
+	put("frame", "v2-valid-HELLO_ACK", buf, n);
+	put_mut("frame", "v2-hello-ack-features", buf, n, 16, 0x7);
+	put_mut("frame", "v2-hello-ack-outstanding-0", buf, n, 16 + 5, 0);
+	put_mut("frame", "v2-hello-ack-outstanding-513", buf, n, 16 + 5, 2);
+	put_mut("frame", "v2-hello-ack-section", buf, n, 16 + 13, 0x01);
+	put_mut("frame", "v2-hello-ack-total", buf, n, 16 + 19, 0);
+	put_mut("frame", "v2-hello-ack-reserved", buf, n, 16 + 24, 1);
+	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0 };
+	n = tm_hello_ack_encode(buf, 0, &ack1);
+	put("frame", "v2-valid-HELLO_ACK-no-postcopy", buf, n);
+	h.version = TM_WIRE_VERSION_2;
+	h.role = TM_ROLE_CONTROL;
+	h.channel_id = 0;
+	tm_hello_encode(&h, body);
+	tm_frame_encode_v(hello, TM_WIRE_VERSION_2, TM_MSG_HELLO, (uint32_t)blen, 0);
+	memcpy(hello + TM_FRAME_HDR_LEN, body, blen);
+	put("frame", "v2-valid-HELLO", hello, TM_FRAME_HDR_LEN + blen);
+	static const uint8_t later[] = { TM_MSG_STATE, TM_MSG_DISCARD, TM_MSG_RAM_END, TM_MSG_PING,
+					 TM_MSG_PAGE_REQ, TM_MSG_URGENT, TM_MSG_REQ_END };
+	for (unsigned i = 0; i < G_N_ELEMENTS(later); i++) {
+		g_autofree char *name = g_strdup_printf("v2-header-%s", tm_msg_name(later[i]));
+		tm_frame_encode_v(buf, TM_WIRE_VERSION_2, later[i],
+				  tm_frame_max_body(TM_WIRE_VERSION_2, later[i], TM_PACKET_SIZE_MIN), 1);
+		put("frame", name, buf, TM_FRAME_HDR_LEN);
+	}
 	tm_hello_clear(&h);
 }
 

@@ -8,9 +8,12 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "codec/codec.h"
 #include "session-fixture.h"
+#include "transport/transport.h"
 
 /*
  * fresh_dst: the destination starts all zero and says so (ram_zeroed); otherwise it holds stale
@@ -34,7 +37,11 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 	g_autofree char *port = peer_start_ex(&p, &dst, fresh_dst, 0);
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = channels, .chunk_size = chunk_size, .timeout_ms = 20000 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	int cr = tm_sender_connect(s, "127.0.0.1", port, &err);
+	if (cr < 0)
+		g_test_message("sender: %s; receiver: %s", err->message,
+			       p.error ? p.error->message : "(none)");
+	g_assert_cmpint(cr, ==, 0);
 	g_assert_no_error(err);
 
 	/* Round 1: everything, by bitmap. */
@@ -111,10 +118,11 @@ static void migrate_ex(const block_spec *spec, unsigned nblocks, unsigned channe
 	g_assert_cmpstr(rs.io_backend, ==, recv_io);
 	g_assert_cmpuint(ss.io_submissions, >=, ss.packets);
 	if (tls_dir) {
-		/* Channel 0 pays for the certificates; the others resume its session. */
+		/* Channel 0 pays for the certificates; the others resume its session, and so does
+		 * the control connection of protocol 2. */
 		g_assert_cmpuint(ss.tls_full_handshakes, ==, 1);
-		g_assert_cmpuint(ss.tls_resumed_handshakes, ==, channels - 1);
-		g_assert_cmpuint(rs.tls_full_handshakes + rs.tls_resumed_handshakes, ==, channels);
+		g_assert_cmpuint(ss.tls_resumed_handshakes, ==, channels);
+		g_assert_cmpuint(rs.tls_full_handshakes + rs.tls_resumed_handshakes, ==, channels + 1);
 		g_assert_cmpstr(ss.tls_cipher, ==, "TLS_AES_128_GCM_SHA256");
 		g_assert_cmpstr(rs.tls_cipher, ==, ss.tls_cipher);
 	} else {
@@ -429,6 +437,171 @@ static void test_short_sends_resumed(void)
 	guest_fini(&dst);
 }
 
+/* ---- protocol versions (docs/design/live-engine.md 2.1) ---- */
+
+/*
+ * One small migration with the sender speaking wire (0: without tm_sender_set_live(), which is
+ * protocol 2): both sides report the version after the handshake, 0 before; the session id is
+ * the same on both sides; the guest arrives whole.
+ */
+static void migrate_version(unsigned wire)
+{
+	guest src, dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	uint8_t sid[16], rid[16];
+	unsigned want = wire ? wire : 2;
+
+	guest_init(&src, a, 1, true);
+	guest_init(&dst, a, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	if (wire) {
+		tm_live_config lc = { .size = sizeof(lc), .wire_version = wire };
+		g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	}
+	g_assert_cmpuint(tm_sender_wire_version(s), ==, 0);
+	g_assert_cmpint(tm_sender_get_session_id(s, sid), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	g_assert_cmpuint(tm_sender_wire_version(s), ==, want);
+	/* The protocol is agreed: too late to change it. */
+	tm_live_config late = { .size = sizeof(late) };
+	g_assert_cmpint(tm_sender_set_live(s, &late, &err), ==, -EBUSY);
+	g_clear_error(&err);
+
+	uint64_t np = (2 << 20) / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, np, &err), ==, 0);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	g_assert_cmpuint(tm_receiver_wire_version(p.r), ==, want);
+	g_assert_cmpint(tm_receiver_get_session_id(p.r, rid), ==, 0);
+	g_assert_cmpmem(sid, 16, rid, 16);
+	assert_same(&src, &dst);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_protocol_2(void)
+{
+	migrate_version(0);
+	migrate_version(2);
+}
+
+/* A protocol 1 sender (tagmig 0.1, or wire_version = 1) is served in protocol 1. */
+static void test_protocol_1_served(void)
+{
+	migrate_version(1);
+}
+
+/*
+ * Attached sockets: protocol 2 takes channels + 1 (control last); without set_live, exactly
+ * `channels` sockets keep tagmig 0.1's meaning (protocol 1); other counts are refused.
+ */
+typedef struct attach_peer {
+	guest *g;
+	int fds[8];
+	unsigned n;
+	tm_receiver *r;
+	int ret;
+	GError *error;
+} attach_peer;
+
+static gpointer attach_receiver(gpointer data)
+{
+	attach_peer *a = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 20000 };
+
+	a->ret = tm_receiver_new(&cfg, &a->r, &a->error);
+	if (a->ret >= 0)
+		a->ret = tm_receiver_attach(a->r, a->fds, a->n, &a->error);
+	if (a->ret >= 0)
+		a->ret = tm_receiver_start(a->r, a->g->layout, a->g->tags, &a->error);
+	if (a->ret >= 0)
+		a->ret = tm_receiver_wait(a->r, &a->error);
+	return NULL;
+}
+
+static void attach_once(unsigned channels, unsigned n, bool set_live, unsigned want)
+{
+	guest src, dst;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	attach_peer ap = { .g = &dst, .n = n };
+	int sfds[8];
+
+	guest_init(&src, a, 1, false);
+	guest_init(&dst, a, 1, false);
+	guest_fill(&src);
+	/* TCP connections over loopback, as a VMM would hand them over (io_uring's zero-copy
+	 * sends need TCP). */
+	unsigned lport;
+	int lfd = tm_listen("127.0.0.1", "0", &lport, NULL);
+	g_assert_cmpint(lfd, >=, 0);
+	g_autofree char *lports = g_strdup_printf("%u", lport);
+	for (unsigned i = 0; i < n; i++) {
+		sfds[i] = tm_net_connect("127.0.0.1", lports, 5000, NULL);
+		g_assert_cmpint(sfds[i], >=, 0);
+		ap.fds[i] = accept(lfd, NULL, NULL);
+		g_assert_cmpint(ap.fds[i], >=, 0);
+	}
+	close(lfd);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = channels, .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	if (set_live) {
+		tm_live_config lc = { .size = sizeof(lc) };
+		g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	}
+	if (want == 0) {
+		/* Refused before anything is sent: the sockets are the sender's, and closed. */
+		int r = tm_sender_attach(s, sfds, n, &err);
+		g_assert_cmpint(r, ==, -EINVAL);
+		g_test_message("attach %u for %u channels: %s", n, channels, err->message);
+		g_assert_nonnull(strstr(err->message, "sockets given for"));
+		if (set_live)
+			g_assert_nonnull(strstr(err->message, "protocol 2 needs"));
+		for (unsigned i = 0; i < n; i++)
+			close(ap.fds[i]);
+		guest_fini(&src);
+		guest_fini(&dst);
+		return;
+	}
+	GThread *t = g_thread_new("attach-receiver", attach_receiver, &ap);
+	g_assert_cmpint(tm_sender_attach(s, sfds, n, &err), ==, 0);
+	g_assert_cmpuint(tm_sender_wire_version(s), ==, want);
+	uint64_t bm[(1 << 20) / 4096 / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, (1 << 20) / 4096, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_thread_join(t);
+	g_assert_no_error(ap.error);
+	g_assert_cmpint(ap.ret, ==, 0);
+	g_assert_cmpuint(tm_receiver_wire_version(ap.r), ==, want);
+	assert_same(&src, &dst);
+	tm_receiver_free(ap.r);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_attach_counts(void)
+{
+	attach_once(2, 3, false, 2); /* channels + control: protocol 2 */
+	attach_once(2, 2, false, 1); /* tagmig 0.1's call: protocol 1 */
+	attach_once(2, 3, true, 2);
+	attach_once(2, 2, true, 0);  /* set_live said protocol 2: control missing */
+	attach_once(2, 4, false, 0);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -442,6 +615,9 @@ int main(int argc, char **argv)
 		{ "short-sends-resumed", test_short_sends_resumed, false },
 		{ "zerocopy-tuning", test_zerocopy_tuning, false },
 		{ "stats-during-failed-setup", test_stats_during_failed_setup, false },
+		{ "protocol-2", test_protocol_2, false },
+		{ "protocol-1-served", test_protocol_1_served, false },
+		{ "attach-counts", test_attach_counts, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }

@@ -15,6 +15,8 @@ static int listen_fd;
 static tm_ram_layout *dst_layout;
 static tm_tag_store *dst_tags;
 static int recv_ret = -1;
+static unsigned recv_wire;
+static uint8_t recv_sid[16];
 
 static gpointer receiver(gpointer data)
 {
@@ -28,6 +30,8 @@ static gpointer receiver(gpointer data)
 		recv_ret = tm_receiver_start(r, dst_layout, dst_tags, &err);
 	if (recv_ret >= 0)
 		recv_ret = tm_receiver_wait(r, &err);
+	recv_wire = tm_receiver_wire_version(r);
+	g_assert_cmpint(tm_receiver_get_session_id(r, recv_sid), ==, 0);
 	if (err)
 		g_test_message("receiver: %s", err->message);
 	return NULL;
@@ -68,6 +72,12 @@ static void test_public_api(void)
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
 	g_thread_join(t);
 	g_assert_cmpint(recv_ret, ==, 0);
+	/* Protocol 2 by default; both sides name the same session. */
+	uint8_t sid[16];
+	g_assert_cmpuint(tm_sender_wire_version(s), ==, 2);
+	g_assert_cmpuint(recv_wire, ==, 2);
+	g_assert_cmpint(tm_sender_get_session_id(s, sid), ==, 0);
+	g_assert_cmpmem(sid, 16, recv_sid, 16);
 	g_assert_true(memcmp(src, dst, LEN) == 0);
 	g_assert_true(memcmp(tags, tm_tag_store_soft_array(dst_tags, 0), LEN / 16) == 0);
 	tm_stats stats;
@@ -80,6 +90,74 @@ static void test_public_api(void)
 	tm_ram_layout_free(dst_layout);
 	g_aligned_free(src);
 	g_aligned_free(dst);
+}
+
+/* tm_live_config: size-prefixed, every field checked and named; set calls before the session. */
+static void expect_live(int r, GError **err, int errnum, const char *substr)
+{
+	g_assert_cmpint(r, ==, -errnum);
+	g_assert_error(*err, TM_ERROR, errnum);
+	if (!strstr((*err)->message, substr))
+		g_error("\"%s\" does not mention \"%s\"", (*err)->message, substr);
+	g_clear_error(err);
+}
+
+static void test_live_config(void)
+{
+	g_autoptr(tm_ram_layout) l = NULL;
+	g_autoptr(tm_sender) s = NULL, s2 = NULL;
+	g_autoptr(tm_receiver) r = NULL;
+	g_autoptr(GError) err = NULL;
+	uint8_t *ram = g_aligned_alloc0(1 << 20, 1, 65536);
+	uint8_t id[16], id2[16];
+
+	g_assert_cmpint(tm_ram_layout_new(&l), ==, 0);
+	g_assert_cmpint(tm_ram_layout_add_block(l, "ram", ram, 1 << 20, 4096, 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_new(l, NULL, NULL, &s, &err), ==, 0);
+	g_assert_cmpint(tm_receiver_new(NULL, &r, &err), ==, 0);
+
+	tm_live_config lc = { .size = 4 };
+	expect_live(tm_sender_set_live(s, &lc, &err), &err, EINVAL, "size 4, at least 8");
+	expect_live(tm_sender_set_live(s, NULL, &err), &err, EINVAL, "NULL");
+	lc = (tm_live_config){ .size = sizeof(lc), .wire_version = 3 };
+	expect_live(tm_sender_set_live(s, &lc, &err), &err, EINVAL, "wire_version 3");
+	lc = (tm_live_config){ .size = sizeof(lc), .postcopy = true };
+	expect_live(tm_sender_set_live(s, &lc, &err), &err, EOPNOTSUPP, "postcopy");
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EOPNOTSUPP, "postcopy");
+	lc = (tm_live_config){ .size = sizeof(lc), .max_outstanding = 513 };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL, "max_outstanding 513");
+	lc = (tm_live_config){ .size = sizeof(lc), .max_state_section = (1ull << 40) + 1 };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL, "max_state_section");
+	lc = (tm_live_config){ .size = sizeof(lc), .max_state_total = (1ull << 42) + 1 };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL, "max_state_total");
+	lc = (tm_live_config){ .size = sizeof(lc), .max_state_section = 1 << 20,
+			       .max_state_total = 1 << 19 };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL,
+		    "max_state_total 524288 below max_state_section 1048576");
+
+	/* A caller built against a shorter struct: only its bytes are read, the rest is zero
+	 * (postcopy set beyond `size` does not count). */
+	lc = (tm_live_config){ .size = 8, .wire_version = 1, .postcopy = true };
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+	/* A newer, longer struct: the library reads what it knows. */
+	struct {
+		tm_live_config c;
+		uint8_t future[64];
+	} big = { .c = { .size = sizeof(big), .wire_version = 2 } };
+	memset(big.future, 0xee, sizeof(big.future));
+	g_assert_cmpint(tm_sender_set_live(s, &big.c, &err), ==, 0);
+	g_assert_no_error(err);
+
+	/* Before a handshake: no version; the sender has its id, the receiver none yet. */
+	g_assert_cmpuint(tm_sender_wire_version(s), ==, 0);
+	g_assert_cmpuint(tm_receiver_wire_version(r), ==, 0);
+	g_assert_cmpint(tm_receiver_get_session_id(r, id), ==, -EBADFD);
+	g_assert_cmpint(tm_sender_get_session_id(s, id), ==, 0);
+	g_assert_cmpint(tm_sender_new(l, NULL, NULL, &s2, &err), ==, 0);
+	g_assert_cmpint(tm_sender_get_session_id(s2, id2), ==, 0);
+	g_assert_true(memcmp(id, id2, 16) != 0);
+	g_aligned_free(ram);
 }
 
 /* tm_tag_buffer_check: the check `tagmig send` runs on a tag file before it connects. */
@@ -138,6 +216,7 @@ int main(int argc, char **argv)
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/api/public-only", test_public_api);
 	g_test_add_func("/api/tag-buffer-check", test_tag_buffer_check);
+	g_test_add_func("/api/live-config", test_live_config);
 	g_test_add_func("/api/version", test_version);
 	return g_test_run();
 }
