@@ -85,7 +85,7 @@ for d in $(dpkg-deb -f "$work/tagmig_${version}_$arch.deb" Depends | tr ',' '\n'
 done
 if [ -z "$missing" ]; then ok "every other dependency is a Debian package the host has"; else no "dependencies not installed on the host:$missing"; fi
 dep=$(dpkg-deb -f "$work/tagmig_${version}_$arch.deb" Depends)
-if grep -q "libtagmig0 (>= $version)" <<<"$dep"; then ok "tagmig depends on libtagmig0 (>= $version)"; else no "tagmig's Depends lacks libtagmig0: $dep"; fi
+if grep -qE "libtagmig0 \(>= [0-9.]+\)" <<<"$dep"; then ok "tagmig depends on libtagmig0 (the version its symbols need: $(grep -oE "libtagmig0 \([^)]*\)" <<<"$dep"))"; else no "tagmig's Depends lacks libtagmig0: $dep"; fi
 dep=$(dpkg-deb -f "$work/libtagmig-dev_${version}_$arch.deb" Depends)
 if grep -q "libtagmig0 (= $version)" <<<"$dep"; then ok "libtagmig-dev depends on libtagmig0 (= $version)"; else no "libtagmig-dev's Depends lacks libtagmig0: $dep"; fi
 
