@@ -7,6 +7,9 @@
 # pkg-config file and migrates with the installed library; the installed tagmig runs a demo and
 # refuses --tls with the reason.
 set -uo pipefail
+# check_consumer
+# shellcheck source=consumer.sh
+. "$(dirname "$0")/consumer.sh"
 src=$1
 work=$2/minimal
 n=0
@@ -48,18 +51,7 @@ sed "s|^prefix=.*|prefix=$root/usr|" "$pc" >"$work/pc/tagmig.pc"
 flags=$(PKG_CONFIG_PATH=$work/pc pkg-config --cflags --libs tagmig)
 export LD_LIBRARY_PATH=$(dirname "$lib")
 # shellcheck disable=SC2086 # pkg-config's words
-if cc -std=c11 -Wall -Werror -o "$work/precopy" "$src/examples/precopy.c" $flags 2>"$work/cc.log"; then
-	ok "examples/precopy.c builds against the installed headers and library"
-	if out=$("$work/precopy" 16 2>&1) && grep -q 'identical (data and tags)' <<<"$out"; then
-		ok "the consumer migrates with the minimal library: $(tail -1 <<<"$out")"
-	else
-		no "the consumer failed:"
-		tail -5 <<<"$out" | sed 's/^/# /'
-	fi
-else
-	no "examples/precopy.c does not build against the installed files:"
-	head -10 "$work/cc.log" | sed 's/^/# /'
-fi
+check_consumer "$src" "$work" installed $flags
 
 bin=$root/usr/bin/tagmig
 if out=$("$bin" demo --size 32M --channels 2 2>&1) && grep -q 'verified: *yes' <<<"$out"; then

@@ -12,6 +12,9 @@
 #    pages render without a warning; the packages' dependencies name each other.
 # Skips (TAP SKIP) only when the packaging tools are missing (scripts/setup.sh installs them).
 set -uo pipefail
+# check_consumer
+# shellcheck source=consumer.sh
+. "$(dirname "$0")/consumer.sh"
 src=$1
 work=$2/pkg
 n=0
@@ -119,18 +122,7 @@ else
 	no "pkg-config --cflags --libs tagmig: $flags"
 fi
 # shellcheck disable=SC2086 # pkg-config's words
-if cc -std=c11 -Wall -Werror -o "$work/precopy" "$src/examples/precopy.c" $flags 2>"$work/cc.log"; then
-	ok "examples/precopy.c builds against the packaged headers and library"
-	if out=$("$work/precopy" 16 2>&1) && grep -q 'identical (data and tags)' <<<"$out"; then
-		ok "the example migrates with the packaged library: $(tail -1 <<<"$out")"
-	else
-		no "the example failed:"
-		tail -5 <<<"$out" | sed 's/^/# /'
-	fi
-else
-	no "examples/precopy.c does not build against the packages:"
-	head -10 "$work/cc.log" | sed 's/^/# /'
-fi
+check_consumer "$src" "$work" packaged $flags
 
 # tagmig(1) sends readers to the wire format and TLS documents: they must be there.
 for f in tagmig/wire-format.md.gz tagmig/tls.md.gz libtagmig-dev/api.md.gz; do
