@@ -5,7 +5,7 @@
 #
 #   tm_link_check             says why this machine cannot (on stderr) and returns 1, else 0
 #   tm_link_up SPEC           two network namespaces joined by one emulated link (tests/net/wire.c)
-#                             SPEC: RATE,DELAY[,jitter=TIME][,loss=P%][,limit=BYTES][,mtu=BYTES],
+#                             SPEC: RATE,DELAY[,jitter=TIME][,reorder][,loss=P%][,limit=BYTES][,mtu=BYTES],
 #                             e.g. 1gbit,5ms  10gbit,1ms  200mbit,5ms,loss=0.1%  (DELAY is one-way)
 #                             sets TM_LINK_A, TM_LINK_B (namespace names) and TM_ADDR_A,
 #                             TM_ADDR_B (198.18.0.1 and .2, only inside those namespaces)

@@ -12,9 +12,10 @@
  * gone.
  *
  * usage: tm-wire --ns-a NAME --ns-b NAME --link SPEC [--ready FILE] [--stats FILE] [--seed N]
- *   SPEC    RATE,DELAY[,jitter=TIME][,loss=PERCENT%][,limit=BYTES][,mtu=BYTES]
+ *   SPEC    RATE,DELAY[,jitter=TIME][,reorder][,loss=PERCENT%][,limit=BYTES][,mtu=BYTES]
  *           RATE: bits/s with k/m/g suffix and "bit" (200mbit, 1gbit) or 0/unlimited;
  *           DELAY/TIME: one-way, per direction, with us/ms/s (5ms; the round trip is twice);
+ *           reorder: jitter may reorder packets (default: order is kept, as on one link);
  *           limit: the queue ahead of the link in bytes (default: 2 x rate x delay, >= 256 KiB);
  *           mtu: of both TUN devices (default 9000; what netns.sh configures).
  *   --ready FILE   written ("mtu N") once both devices exist
@@ -49,6 +50,7 @@ struct link_spec {
 	uint64_t delay_ns;
 	uint64_t jitter_ns;
 	uint32_t loss_ppm; /* per million */
+	bool reorder;      /* jitter may let a packet overtake the one before it */
 	uint64_t limit;    /* bytes */
 	unsigned mtu;
 };
@@ -66,7 +68,7 @@ struct direction {
 	struct packet *head, *tail;
 	uint64_t busy_until_ns; /* when the link finishes serialising what is queued */
 	uint64_t last_due_ns;
-	uint64_t packets, bytes, lost, dropped, max_backlog;
+	uint64_t packets, bytes, lost, dropped, max_backlog, reordered;
 };
 
 static volatile sig_atomic_t stop;
@@ -181,6 +183,8 @@ static void parse_spec(const char *spec, struct link_spec *ret)
 			if ((v = parse_time(tok + 7)) < 0)
 				usage_error("bad jitter", tok);
 			ret->jitter_ns = (uint64_t)v;
+		} else if (!strcmp(tok, "reorder")) {
+			ret->reorder = true;
 		} else if (!strncmp(tok, "loss=", 5)) {
 			char *end;
 			double p = strtod(tok + 5, &end);
@@ -280,9 +284,10 @@ static void enqueue(struct direction *d, const struct link_spec *ls, const unsig
 
 		due = (int64_t)due + j > (int64_t)start ? (uint64_t)((int64_t)due + j) : start;
 	}
-	if (due < d->last_due_ns) /* a link keeps order: jitter never overtakes */
+	if (!ls->reorder && due < d->last_due_ns) /* a link keeps order: jitter never overtakes */
 		due = d->last_due_ns;
-	d->last_due_ns = due;
+	if (due > d->last_due_ns)
+		d->last_due_ns = due;
 
 	p = malloc(sizeof(*p) + len);
 	if (!p)
@@ -291,6 +296,16 @@ static void enqueue(struct direction *d, const struct link_spec *ls, const unsig
 	p->due_ns = due;
 	p->len = len;
 	memcpy(p->data, buf, len);
+	if (d->tail && d->tail->due_ns > due) { /* reorder: overtakes, keep the list by due time */
+		struct packet **pp = &d->head;
+
+		while ((*pp)->due_ns <= due)
+			pp = &(*pp)->next;
+		p->next = *pp;
+		*pp = p;
+		d->reordered++;
+		return;
+	}
 	if (d->tail)
 		d->tail->next = p;
 	else
@@ -339,10 +354,12 @@ static void write_stats(const char *path, struct direction *dirs)
 	if (!f)
 		die(path);
 	for (int i = 0; i < 2; i++)
-		fprintf(f, "%s packets %llu bytes %llu lost %llu dropped %llu max_backlog %llu\n",
+		fprintf(f, "%s packets %llu bytes %llu lost %llu dropped %llu max_backlog %llu "
+			"reordered %llu\n",
 			dirs[i].name, (unsigned long long)dirs[i].packets,
 			(unsigned long long)dirs[i].bytes, (unsigned long long)dirs[i].lost,
-			(unsigned long long)dirs[i].dropped, (unsigned long long)dirs[i].max_backlog);
+			(unsigned long long)dirs[i].dropped, (unsigned long long)dirs[i].max_backlog,
+			(unsigned long long)dirs[i].reordered);
 	fclose(f);
 }
 
