@@ -149,6 +149,7 @@ int tm_sender_get_round(tm_sender *s, uint64_t round, tm_round_stats *ret)
 	return ok ? 0 : -ENOENT;
 }
 
+/* s->lock held (s->live). */
 static uint64_t max_downtime(tm_sender *s)
 {
 	uint64_t v = __atomic_load_n(&s->rounds.max_downtime_us, __ATOMIC_RELAXED);
@@ -184,11 +185,12 @@ void tm_rounds_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
 		.dirty_pages = dirty_pages,
 		.state_bytes = state_bytes,
 		.page_size = s->hello.blocks[0].page_size,
-		.switchover_bw = s->live.switchover_bandwidth,
-		.max_downtime_us = max_downtime(s),
 		.rtt_us = 0, /* the control thread's PING round trip, once it measures one */
 	};
 	g_mutex_lock(&s->lock);
+	/* s->live may be replaced by set_live (under the lock) while a monitor asks */
+	in.switchover_bw = s->live.switchover_bandwidth;
+	in.max_downtime_us = max_downtime(s);
 	tm_estimator_advise(&s->rounds.est, &in, ret);
 	g_mutex_unlock(&s->lock);
 }

@@ -163,9 +163,11 @@ int tm_sender_set_live(tm_sender *s, const tm_live_config *cfg, GError **error)
 	int r = tm_live_config_load(cfg, true, &c, error);
 	if (r < 0)
 		return r;
+	g_mutex_lock(&s->lock); /* read by the any-thread getters (rounds.c) */
 	s->live = c;
-	s->live_set = true;
 	tm_ratelimit_set(&s->rl, c.rate_limit);
+	g_mutex_unlock(&s->lock);
+	s->live_set = true;
 	s->wire = (uint8_t)c.wire_version;
 	return 0;
 }
