@@ -70,6 +70,14 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 		return -EINVAL;
 	st.wire_version = __atomic_load_n(&r->wire_done, __ATOMIC_ACQUIRE);
 	g_mutex_lock(&r->lock);
+	/* Rounds: barriers answered on every channel. The channels exist once the workers run
+	 * (t_start is set under the lock then). */
+	if (r->t_start) {
+		st.rounds = UINT64_MAX;
+		for (unsigned i = 0; i < r->nch; i++)
+			st.rounds = MIN(st.rounds, __atomic_load_n(&r->chans[i].syncs,
+								    __ATOMIC_RELAXED));
+	}
 	if (r->failure.error)
 		st.phase = TM_PHASE_FAILED;
 	else if (r->t_end)

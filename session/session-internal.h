@@ -150,6 +150,7 @@ typedef struct recv_chan {
 	tm_recv_plan plan;        /* the DATA packet being received */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
+	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */
 } recv_chan;
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };

@@ -396,7 +396,8 @@ typedef struct tm_live_stats {
 	uint32_t phase;             /* tm_phase */
 	uint32_t wire_version;
 	uint32_t reserved;
-	uint64_t rounds;            /* sender: rounds completed (acknowledged on every channel) */
+	uint64_t rounds;            /* rounds completed: acknowledged (sender) or answered
+	                             * (receiver) on every channel */
 	uint64_t bandwidth;         /* sender: bytes/s estimate (as tm_sender_advise()), 0: none */
 	uint64_t pending_bytes;     /* sender: queued, not yet sent, estimated wire bytes */
 	uint64_t expected_downtime_us; /* sender: for pending_bytes alone */

@@ -207,6 +207,9 @@ static void test_rounds(void)
 	g_assert_cmpuint(small.head.phase, ==, TM_PHASE_COMPLETE);
 	g_assert_cmpuint(small.head.wire_version, ==, 2);
 	g_assert_cmpuint(small.head.rounds, ==, 0xa5a5a5a5a5a5a5a5ull); /* untouched */
+	tm_live_stats rls = { .size = sizeof(rls) };
+	g_assert_cmpint(tm_receiver_get_live_stats(p.r, &rls), ==, 0);
+	g_assert_cmpuint(rls.rounds, ==, 3);
 	small.head.size = 4;
 	g_assert_cmpint(tm_receiver_get_live_stats(p.r, &small.head), ==, -EINVAL);
 
