@@ -9,6 +9,9 @@
  *   recv-pages.c            the receiver's channel worker: DATA applied to guest RAM, SYNC, END
  *   channel.c               the protocol channel: framing, sequence numbers, control messages
  *   failure.c, stats.c      the first failure that explains the most; counters summed
+ *   rounds.c                the sender's rounds: their figures, advise, guest_stopped
+ *   ratelimit.c, converge.c the rate limit's token bucket; the convergence estimator
+ *   live-stats.c            tm_live_stats
  */
 #pragma once
 
@@ -20,6 +23,7 @@
 #include "codec/codec.h"
 #include "tagmig/session.h"
 #include "session/channel.h"
+#include "session/converge.h"
 #include "transport/tls/tls.h"
 
 enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
@@ -43,6 +47,16 @@ typedef struct work {
 	uint64_t count;
 } work;
 
+/* A channel's part in the current round (rounds.c). */
+typedef struct tm_chan_round {
+	/* worker-local */
+	uint64_t pages_mark; /* pages_sent at the last acknowledged SYNC */
+	uint64_t wire_mark;  /* ch.st.wire_bytes then */
+	bool throttled;      /* the rate limit held a packet back since */
+	/* protected by s->lock */
+	bool busy;           /* has work (pending or being sent) */
+} tm_chan_round;
+
 typedef struct send_chan {
 	tm_chan ch;
 	tm_sender *s;
@@ -63,7 +77,29 @@ typedef struct send_chan {
 	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
 	uint64_t pages_sent;
 	uint64_t packets_sent;
+	tm_chan_round cr;
 } send_chan;
+
+/* Rounds and their figures (rounds.c). */
+#define TM_ROUND_HISTORY 1024u
+typedef struct tm_rounds {
+	/* migration-thread local */
+	uint64_t queued_round;     /* pages handed to the workers since the last end_round */
+	/* relaxed atomics */
+	uint64_t queued_total;     /* pages handed to the workers in all */
+	uint64_t max_downtime_us;  /* tm_sender_set_max_downtime(); 0: the live config's */
+	/* protected by s->lock */
+	tm_round_stats ring[TM_ROUND_HISTORY]; /* round k in slot k % TM_ROUND_HISTORY */
+	unsigned acks[TM_ROUND_HISTORY];       /* channels that acknowledged the slot's round */
+	uint64_t complete;         /* the last round acknowledged on every channel */
+	int64_t done_us;           /* when it was (0: none yet) */
+	unsigned active;           /* channels with work */
+	int64_t busy_since;        /* since when active > 0 */
+	int64_t busy_us;           /* busy time up to busy_since */
+	int64_t busy_mark;         /* busy time when the last round completed */
+	tm_estimator est;
+	int64_t stopped_us;        /* tm_sender_guest_stopped(); 0 before */
+} tm_rounds;
 
 enum sender_state { S_NEW, S_OPEN, S_DONE };
 
@@ -98,6 +134,8 @@ struct tm_sender {
 	tm_failure failure;
 	bool quit;
 	int64_t t_start, t_end; /* also read by get_stats */
+	tm_rounds rounds;
+	tm_ratelimit rl;        /* rate and lifted are atomics; the bucket is under lock */
 };
 
 typedef struct recv_chan {
@@ -112,6 +150,7 @@ typedef struct recv_chan {
 	tm_recv_plan plan;        /* the DATA packet being received */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
+	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */
 } recv_chan;
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
@@ -162,6 +201,29 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);
+
+/* The open-session check of the queue calls: 0, -EBADFD, or the session's failure. */
+int tm_sender_check_open(tm_sender *s, GError **error);
+/* Hands a SYNC barrier with id to every channel (behind what is queued). */
+void tm_sender_stage_sync(tm_sender *s, uint64_t id);
+
+/* ---- rounds.c ---- */
+/* s->lock held: channel c got work (stage_commit) / has none left (its worker waits). */
+void tm_rounds_chan_busy(tm_sender *s, send_chan *c);
+void tm_rounds_chan_idle(tm_sender *s, send_chan *c);
+/* Migration thread, before the staged work is handed over: counts its pages. */
+void tm_rounds_committed(tm_sender *s);
+/* s->lock held, in c's worker: c's SYNC of round was acknowledged (c->synced already set). */
+void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round);
+/* tm_sender_advise() without the handshake check. */
+void tm_rounds_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
+		      tm_switch_advice *ret);
+
+/* ---- ratelimit.c ---- */
+/* Worker c, before submitting a packet of bytes: waits for the bucket; true if it had to. */
+bool tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes);
+/* The guest stopped: no rate limit from now on; waiting workers go at once. */
+void tm_sender_lift_rate_limit(tm_sender *s);
 
 /* ---- send-pages.c ---- */
 /* The worker thread of one sender channel (data: its send_chan). */
