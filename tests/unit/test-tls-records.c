@@ -190,11 +190,50 @@ static void test_key_update_requested(void)
 	requested_case(true);
 }
 
-/* ---- what a receiver refuses ---- */
+/* ---- what a receiver refuses, and the alert it sends ---- */
+
+/* The last alert OpenSSL read on an SSL (its info callback): level << 8 | description. */
+static int alert_read = -1;
+
+static void alert_cb(const SSL *ssl, int where, int ret)
+{
+	if ((where & SSL_CB_READ_ALERT) == SSL_CB_READ_ALERT)
+		alert_read = ret;
+}
+
+/*
+ * ch reads and fails at the peer's fatal alert desc: OpenSSL reads it as that alert (decrypted
+ * with the keys and at the sequence number it expects, or there would be no alert but a record
+ * that fails), and the error names it. code: the -errno expected.
+ */
+static void expect_alert_openssl(tm_chan *ch, int desc, int code)
+{
+	uint8_t b[64];
+	struct iovec v = { .iov_base = b, .iov_len = sizeof(b) };
+
+	alert_read = -1;
+	SSL_set_info_callback(chan_ssl(ch), alert_cb);
+	int r = tm_io_recv(ch->io, &v, 1, sizeof(b));
+	const char *why = tm_tls_last_error(ch->io);
+	g_test_message("the peer: %d %s", r, why);
+	g_assert_cmpint(alert_read, ==, SSL3_AL_FATAL << 8 | desc);
+	g_assert_cmpint(r, ==, code);
+	g_autofree char *name = g_strdup_printf("(alert: %s)", SSL_alert_desc_string_long(desc));
+	g_assert_nonnull(strstr(why, name));
+}
+
+/* The -errno tagmig gives a received fatal alert (tls-failure.c). */
+static int alert_code(int desc)
+{
+	return desc == SSL_AD_BAD_RECORD_MAC ? -EBADMSG : -EPROTO;
+}
 
 /*
  * Records no TLS stack writes, sent raw after the handshake: our receiver refuses each with
- * EBADMSG and says why, without waiting for more.
+ * EBADMSG and says why, without waiting for more, and tells the sender with the alert RFC 8446
+ * names for it, sealed in the direction OpenSSL protects (tls-alert.c), which the sender's
+ * OpenSSL reads as that alert. Under kernel TLS only what the kernel refuses for certain (a
+ * record that is not authentic) is checked.
  */
 static void test_hostile_records(void)
 {
@@ -203,17 +242,22 @@ static void test_hostile_records(void)
 		uint8_t bytes[64];
 		size_t len;
 		const char *msg;
+		int alert;
 	} cases[] = {
 		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5,
-		  "malformed TLS record header 17 03 03, length 16657" },
-		{ "shorter than a tag", { 23, 3, 3, 0, 16 }, 5, "length 16" },
+		  "malformed TLS record header 17 03 03, length 16657", SSL_AD_RECORD_OVERFLOW },
+		{ "shorter than a tag", { 23, 3, 3, 0, 15 }, 5, "length 15", SSL_AD_BAD_RECORD_MAC },
 		{ "content and padding beyond 2^14 + 1", { 23, 3, 3, 0x40, 0x12 }, 5,
 		  "a record with 16386 bytes of content, type and padding, more than TLS allows "
-		  "(record overflow)" },
-		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16" },
-		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01" },
+		  "(record overflow)", SSL_AD_RECORD_OVERFLOW },
+		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "alert type outside", { 21, 3, 3, 0, 2 }, 5, "malformed TLS record header 15",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01",
+		  SSL_AD_DECODE_ERROR },
 		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45,
-		  "TLS record authentication failed (bad record MAC)" },
+		  "TLS record authentication failed (bad record MAC)", SSL_AD_BAD_RECORD_MAC },
 	};
 
 	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
@@ -237,10 +281,12 @@ static void test_hostile_records(void)
 		if (!ktls) {
 			g_assert_cmpint(r, ==, -EBADMSG);
 			g_assert_nonnull(strstr(why, cases[i].msg));
+			expect_alert_openssl(&c, cases[i].alert, alert_code(cases[i].alert));
 		} else if (i == G_N_ELEMENTS(cases) - 1) {
 			/* The kernel opens the records: a whole record that is not authentic. */
 			g_assert_cmpint(r, ==, -EBADMSG);
 			g_assert_nonnull(strstr(why, "authentication failed"));
+			expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
 		} else {
 			/*
 			 * A malformed header: some kernels fail the socket, others wait for the
