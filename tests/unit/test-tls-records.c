@@ -299,6 +299,140 @@ static void test_hostile_records(void)
 	}
 }
 
+/*
+ * Records sealed with the sender's keys whose content no TLS 1.3 stack sends after the handshake:
+ * our receiver refuses each and the sender's OpenSSL reads the alert RFC 8446 names. OpenSSL's
+ * sending direction on the receiver has moved to its next key first (a KeyUpdate of its own):
+ * the alert is sealed with that key. Under kernel TLS the kernel opens the records and hands the
+ * content over; a record without content type it refuses itself (bad_record_mac).
+ */
+static void test_hostile_contents(void)
+{
+	static const struct {
+		const char *what;
+		uint8_t type;
+		uint8_t content[8];
+		size_t len;
+		const char *msg;
+		int alert;
+	} cases[] = {
+		{ "content type 20", 20, { 1 }, 1, "unexpected record content type 20",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "no content type", 0, { 0, 0 }, 2, "a record without content type",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "NewSessionTicket", 22, { 4, 0, 0, 0 }, 4,
+		  "unexpected TLS handshake message (type 4)", SSL_AD_UNEXPECTED_MESSAGE },
+		{ "KeyUpdate of length 2", 22, { 24, 0, 0, 2, 0, 0 }, 6,
+		  "malformed TLS KeyUpdate (length 2)", SSL_AD_DECODE_ERROR },
+		{ "KeyUpdate and more", 22, { 24, 0, 0, 1, 0, 24 }, 6,
+		  "KeyUpdate that does not end its record", SSL_AD_UNEXPECTED_MESSAGE },
+		{ "request_update 2", 22, { 24, 0, 0, 1, 2 }, 5, "request_update 2",
+		  SSL_AD_ILLEGAL_PARAMETER },
+		{ "alert of 3 bytes", 21, { 2, 20, 0 }, 3, "malformed TLS alert (3 bytes)",
+		  SSL_AD_DECODE_ERROR },
+	};
+
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+		g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+		tm_chan c, s;
+		uint8_t buf[100], rec[64];
+		struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+		size_t len = cases[i].len;
+
+		/* The test seals with the sender's keys in user space: no kernel TLS there. */
+		tm_tls_ctx_set_ktls(cctx, false);
+		chan_pair(&c, &s, 3);
+		start_both(cctx, &c, sctx, &s);
+		bool ktls = tm_tls_ktls(s.io) != 0;
+		tls_chan *tc = c.io->priv;
+		g_assert_true(tc->tx_engine == &tm_tls_engine_own);
+		transfer(&c, &s, 100000);
+		g_assert_cmpint(SSL_key_update(chan_ssl(&s), SSL_KEY_UPDATE_NOT_REQUESTED), ==, 1);
+		transfer(&s, &c, 1000);
+		transfer(&s, &c, 1000);
+		g_assert_cmpuint(((tls_chan *)s.io->priv)->ossl_tx.generation, ==, 1);
+
+		g_assert_cmpint(tm_tls_seal_begin(&tc->tx, rec, len), ==, 0);
+		g_assert_cmpint(tm_tls_crypt(&tc->tx, rec + TM_TLS_HDR, cases[i].content, len), ==, 0);
+		g_assert_cmpint(tm_tls_seal_end(&tc->tx, cases[i].type, rec + TM_TLS_HDR + len), ==, 0);
+		len += TM_TLS_OVERHEAD;
+		g_assert_cmpint(write(c.fd, rec, len), ==, (ssize_t)len);
+		int r = tm_io_recv(s.io, &v, 1, sizeof(buf));
+		const char *why = tm_tls_last_error(s.io);
+		g_test_message("%s: %d %s", cases[i].what, r, why);
+		g_assert_cmpint(r, <, 0);
+		if (ktls && cases[i].type == 0) {
+			expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
+		} else {
+			g_assert_nonnull(strstr(why, cases[i].msg));
+			expect_alert_openssl(&c, cases[i].alert, alert_code(cases[i].alert));
+		}
+		tm_chan_close(&s);
+		tm_chan_close(&c);
+	}
+}
+
+/*
+ * The other way: records the sender's OpenSSL refuses, written raw by the receiver. OpenSSL's
+ * alert may not go out with its own keys in the direction tagmig's records own (its sequence
+ * number is stale there): the sender sends it with its keys and sequence number, or through
+ * kernel TLS, and the receiver reads it as that alert, with our records or with OpenSSL's.
+ */
+static void test_sender_alerts(void)
+{
+	static const struct {
+		const char *what;
+		uint8_t bytes[64];
+		size_t len;
+		int alert;
+	} cases[] = {
+		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45, SSL_AD_BAD_RECORD_MAC },
+		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5, SSL_AD_RECORD_OVERFLOW },
+		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, SSL_AD_UNEXPECTED_MESSAGE },
+	};
+
+	for (int own_server = 0; own_server < 2; own_server++) {
+		for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+			g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+			g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+			tm_chan c, s;
+			uint8_t buf[100];
+			struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+
+			tm_tls_ctx_set_record_layer(sctx, own_server);
+			chan_pair(&c, &s, 6);
+			start_both(cctx, &c, sctx, &s);
+			g_assert_true(((tls_chan *)c.io->priv)->tx_engine->own_keys);
+			transfer(&c, &s, 100000); /* our sequence number is well past OpenSSL's */
+			g_assert_cmpint(write(s.fd, cases[i].bytes, cases[i].len), ==,
+					(ssize_t)cases[i].len);
+			int r = tm_io_recv(c.io, &v, 1, sizeof(buf));
+			g_test_message("%s: the sender: %d %s", cases[i].what, r,
+				       tm_tls_last_error(c.io));
+			g_assert_cmpint(r, <, 0);
+			if (!own_server) {
+				expect_alert_openssl(&s, cases[i].alert, alert_code(cases[i].alert));
+			} else {
+				r = tm_io_recv(s.io, &v, 1, sizeof(buf));
+				const char *why = tm_tls_last_error(s.io);
+				g_autofree char *name = g_strdup_printf(
+					"the sender aborted the TLS session (alert: %s)",
+					SSL_alert_desc_string_long(cases[i].alert));
+				g_test_message("the receiver: %d %s", r, why);
+				g_assert_cmpint(r, ==, alert_code(cases[i].alert));
+				if (cases[i].alert == SSL_AD_BAD_RECORD_MAC)
+					g_assert_nonnull(strstr(why, "could not authenticate our TLS "
+								     "records"));
+				else
+					g_assert_cmpstr(why, ==, name);
+			}
+			tm_chan_close(&s);
+			tm_chan_close(&c);
+		}
+	}
+}
+
 /* ---- a proxy that flips one byte client -> server ---- */
 
 typedef struct proxy {
@@ -343,7 +477,13 @@ out:
 	return NULL;
 }
 
-static void test_tampered(void)
+/*
+ * One byte flipped in flight: the receiver refuses the record (bad record MAC), delivers nothing
+ * of it, and tells the sender with a bad_record_mac alert, which the sender's OpenSSL reads once
+ * its send is done: with our records or OpenSSL's on the sender. The data after the damaged
+ * record fits in the socket buffers, so the send completes.
+ */
+static void tampered_case(bool own_client)
 {
 	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
 	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
@@ -351,6 +491,7 @@ static void test_tampered(void)
 	int cfd, sfd;
 	proxy px = { .flip = 200000 };
 
+	tm_tls_ctx_set_record_layer(cctx, own_client);
 	loopback_pair(&cfd, &px.a);
 	loopback_pair(&px.b, &sfd);
 	GThread *pth = g_thread_new("proxy", proxy_fn, &px);
@@ -358,7 +499,7 @@ static void test_tampered(void)
 	chan_open(&s, sfd, 5);
 	start_both(cctx, &c, sctx, &s);
 
-	const size_t len = 1 << 20;
+	const size_t len = 256 << 10;
 	g_autofree uint8_t *out = g_malloc(len);
 	g_autofree uint8_t *in = g_malloc0(len);
 	fill_random(out, len);
@@ -382,10 +523,21 @@ static void test_tampered(void)
 	g_autoptr(GError) err = NULL;
 	g_assert_cmpint(tm_tls_shutdown(s.io, &err), ==, -EPIPE);
 	g_assert_nonnull(strstr(err->message, "channel 5: TLS close: the session already failed"));
+	g_thread_join(th);
+	g_assert_cmpint(x.r, ==, 0);
+	expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
+	g_assert_cmpstr(tm_tls_last_error(c.io), ==,
+			"the receiver could not authenticate our TLS records: the data was altered in "
+			"transit (alert: bad record mac)");
 	tm_chan_close(&s);
-	g_thread_join(th); /* the sender fails or finishes, whichever comes first */
 	tm_chan_close(&c);
 	g_thread_join(pth);
+}
+
+static void test_tampered(void)
+{
+	tampered_case(true);
+	tampered_case(false);
 }
 
 /* ---- how a session ends ---- */
@@ -455,6 +607,8 @@ int main(int argc, char **argv)
 		{ "openssl-sender", test_openssl_sender },
 		{ "key-update-requested", test_key_update_requested },
 		{ "hostile-records", test_hostile_records },
+		{ "hostile-contents", test_hostile_contents },
+		{ "sender-alerts", test_sender_alerts },
 		{ "tampered", test_tampered },
 		{ "premature-end", test_premature_end },
 	};
