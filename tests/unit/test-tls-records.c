@@ -433,6 +433,47 @@ static void test_sender_alerts(void)
 	}
 }
 
+/*
+ * As in a session: a receiver whose records failed sends its alert and closes the connection
+ * while the sender is still sending. The sender's send fails; it reads the alert that is waiting
+ * and names it instead of a premature end. With our records and OpenSSL's on the sender.
+ */
+static void alert_ends_send_case(bool own_client)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	static const uint8_t bad[45] = { 23, 3, 3, 0, 40, 1, 2, 3 };
+	uint8_t buf[100];
+	struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, own_client);
+	tm_tls_ctx_set_ktls(cctx, false); /* the raw record must reach the socket as it is */
+	chan_pair(&c, &s, 8);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(write(c.fd, bad, sizeof(bad)), ==, (ssize_t)sizeof(bad));
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, sizeof(buf)), ==, -EBADMSG);
+	tm_chan_close(&s);
+
+	const size_t len = 16u << 20; /* more than the socket buffers hold */
+	g_autofree uint8_t *out = g_malloc0(len);
+	xfer x = { &c, out, len, 0 };
+	send_fn(&x);
+	g_test_message("the sender (%s records): %d %s", own_client ? "tagmig" : "OpenSSL", x.r,
+		       tm_tls_last_error(c.io));
+	g_assert_cmpint(x.r, ==, -EBADMSG);
+	g_assert_cmpstr(tm_tls_last_error(c.io), ==,
+			"the receiver could not authenticate our TLS records: the data was altered in "
+			"transit (alert: bad record mac)");
+	tm_chan_close(&c);
+}
+
+static void test_alert_ends_send(void)
+{
+	alert_ends_send_case(true);
+	alert_ends_send_case(false);
+}
+
 /* ---- a proxy that flips one byte client -> server ---- */
 
 typedef struct proxy {
@@ -609,6 +650,7 @@ int main(int argc, char **argv)
 		{ "hostile-records", test_hostile_records },
 		{ "hostile-contents", test_hostile_contents },
 		{ "sender-alerts", test_sender_alerts },
+		{ "alert-ends-send", test_alert_ends_send },
 		{ "tampered", test_tampered },
 		{ "premature-end", test_premature_end },
 	};

@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "transport/tls/tls-internal.h"
@@ -101,6 +102,39 @@ void tm_tls_alert(tls_chan *t, uint8_t desc)
 	(void)t->tx_engine->alert(t, desc);
 	/* The failure being reported is the one before the alert. */
 	t->io_err = io_err;
+}
+
+int tm_tls_read_alert(tls_chan *t)
+{
+	uint8_t buf[4096];
+	size_t got;
+	int code = 0;
+
+	if (t->rx_engine != &tm_tls_engine_openssl || !t->in)
+		return 0;
+	t->nowait = true;
+	t->io_err = 0;
+	ERR_clear_error();
+	/* Whatever data came before the alert is dropped: the channel has failed. Bounded. */
+	for (int i = 0; i < 64; i++) {
+		int ok = SSL_read_ex(t->ssl, buf, sizeof(buf), &got);
+		if (ok == 1)
+			continue;
+		unsigned long e = ERR_peek_error();
+		int reason = ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
+		if (SSL_get_error(t->ssl, ok) == SSL_ERROR_SSL && reason > SSL_AD_REASON_OFFSET &&
+		    reason < SSL_AD_REASON_OFFSET + 256) {
+			char *msg;
+			code = tm_tls_explain_alert(t, reason - SSL_AD_REASON_OFFSET, &msg);
+			g_free(t->err_msg);
+			t->err_msg = msg;
+		}
+		break;
+	}
+	OPENSSL_cleanse(buf, sizeof(buf));
+	ERR_clear_error();
+	t->nowait = false;
+	return code;
 }
 
 int tm_tls_fail_alert(tls_chan *t, int code, uint8_t desc, char *msg)

@@ -221,6 +221,13 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 	g_free(t->err_msg);
 	t->err_msg = NULL;
 	int r = tm_tls_explain(t, ret, what, &t->err_msg);
+	/* A send the peer stopped taking: its alert, if it sent one, says why. */
+	if ((r == -ECONNRESET || r == -ETIMEDOUT) &&
+	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0)) {
+		int a = tm_tls_read_alert(t);
+		if (a < 0)
+			r = a;
+	}
 	/* OpenSSL's alert for the direction our records own: sent with our keys. */
 	if (t->alert_wanted)
 		tm_tls_alert(t, t->alert_wanted);

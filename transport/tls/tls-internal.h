@@ -214,6 +214,7 @@ struct tls_chan {
 	bool ossl_alert_next;  /* OpenSSL has just sealed an alert: its next BIO write */
 	uint8_t alert_wanted;  /* client: OpenSSL's fatal alert, refused on the wire (0: none) */
 	bool alert_sent;       /* our fatal alert went out, or was tried: at most one */
+	bool nowait;           /* the BIO reads only what has arrived (tm_tls_read_alert) */
 	/* the client's traffic secret from the key-log callback, until the handshake ends */
 	uint8_t secret[EVP_MAX_MD_SIZE];
 	size_t secret_len;
@@ -334,6 +335,13 @@ void tm_tls_alert_msg(tls_chan *t, int write_p, int content_type, const uint8_t 
  * t->err_msg. Called on failures that RFC 8446 answers with an alert.
  */
 void tm_tls_alert(tls_chan *t, uint8_t desc);
+/*
+ * Our send failed because the peer closed the connection or stopped reading: a peer whose
+ * records failed sends its alert first. Reads, through OpenSSL and without waiting, what has
+ * arrived in the receiving direction; at the peer's alert, explains the failure with it
+ * (t->err_msg) and returns its -errno. 0: no alert has arrived (t->err_msg unchanged).
+ */
+int tm_tls_read_alert(tls_chan *t);
 /* tm_tls_fail (msg taken), then the fatal alert desc to the peer. Returns code. */
 int tm_tls_fail_alert(tls_chan *t, int code, uint8_t desc, char *msg);
 /*

@@ -82,6 +82,15 @@ static int bio_read(BIO *b, char *buf, int len)
 	BIO_clear_retry_flags(b);
 	if (len <= 0)
 		return 0;
+	if (t->nowait) {
+		/* Only what has arrived: else "try again", which ends tm_tls_read_alert. */
+		int avail = 0;
+		if (ioctl(t->inner->fd, FIONREAD, &avail) < 0 || avail < 0 ||
+		    t->in_len + (size_t)avail < n) {
+			BIO_set_retry_read(b);
+			return -1;
+		}
+	}
 	if (t->in_len > 0) {
 		size_t k = MIN(n, t->in_len);
 		memcpy(buf, t->in + t->in_off, k);
