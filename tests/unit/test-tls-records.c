@@ -300,6 +300,38 @@ static void test_hostile_records(void)
 }
 
 /*
+ * A resumed session (the second channel of a context pair) writes another handshake flight, but
+ * OpenSSL's direction is followed from the same point on: the alert still decrypts at the sender.
+ */
+static void test_alert_resumed(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	static const uint8_t bad[45] = { 23, 3, 3, 0, 40, 1, 2, 3 };
+	uint8_t buf[100];
+	struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+	tm_chan c, s;
+
+	tm_tls_ctx_set_ktls(cctx, false); /* the raw record must reach the socket as it is */
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	transfer(&c, &s, 1000);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	chan_pair(&c, &s, 1);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_true(tm_tls_resumed(c.io));
+	transfer(&s, &c, 5000);
+	g_assert_cmpint(write(c.fd, bad, sizeof(bad)), ==, (ssize_t)sizeof(bad));
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, sizeof(buf)), ==, -EBADMSG);
+	expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
+	tm_chan_close(&s);
+	tm_chan_close(&c);
+}
+
+/*
  * Records sealed with the sender's keys whose content no TLS 1.3 stack sends after the handshake:
  * our receiver refuses each and the sender's OpenSSL reads the alert RFC 8446 names. OpenSSL's
  * sending direction on the receiver has moved to its next key first (a KeyUpdate of its own):
@@ -649,6 +681,7 @@ int main(int argc, char **argv)
 		{ "key-update-requested", test_key_update_requested },
 		{ "hostile-records", test_hostile_records },
 		{ "hostile-contents", test_hostile_contents },
+		{ "alert-resumed", test_alert_resumed },
 		{ "sender-alerts", test_sender_alerts },
 		{ "alert-ends-send", test_alert_ends_send },
 		{ "tampered", test_tampered },
