@@ -5,7 +5,8 @@
  * both ways, key updates either side starts, OpenSSL's padded records, and which I/O path moved
  * the bytes as each layer's statistics tell it; then what a receiver refuses: records no TLS stack
  * writes, a byte flipped in flight, and a connection that ends without close_notify or with data
- * where close_notify belongs. Handshakes and credentials are test-tls.c's; both share
+ * where close_notify belongs; and the fatal alert each refusal sends (tls-alert.c), as OpenSSL
+ * reads it on the other end, both ways. Handshakes and credentials are test-tls.c's; both share
  * tls-fixture.c.
  */
 #include <errno.h>
