@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs one test program of tests/vm/aarch64/ inside an emulated arm64 machine with real KVM and MTE,
 # and prints its PASS/FAIL lines as TAP for meson:
-#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate or kvm-uffd)
+#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate, kvm-uffd or vmm-migrate)
 #
 # 1. Obtains, once, into WORKDIR/cache (kept across runs):
 #    - QEMU >= 8.0 (Debian 12's 7.2 loses per-granule tags under emulation, QEMU issue 1416):
@@ -35,7 +35,7 @@ t_start=$(date +%s)
 . "$src/tests/vm/lib/accel.sh"
 
 case $test in
-kvm-tagstore | kvm-migrate | kvm-uffd) ;;
+kvm-tagstore | kvm-migrate | kvm-uffd | vmm-migrate) ;;
 *) bail "unknown test '$test'" ;;
 esac
 
@@ -146,7 +146,13 @@ if [ ! -f "$cross/build.ninja" ]; then
 		--buildtype=debugoptimized >"$work/cross-setup.log" 2>&1 ||
 		{ sed 's/^/# /' "$work/cross-setup.log" | tail -30; bail "meson setup of the cross build failed"; }
 fi
-ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" >"$work/cross-build.log" 2>&1 ||
+# vmm-migrate also runs the reference VMM and, once the cross build has it, the MTE test guest
+extra=()
+if [ "$test" = vmm-migrate ]; then
+	extra=(vmm/tagmig-vmm)
+	ninja -C "$cross" -t targets all 2>/dev/null | grep -q '^vmm/guest/guest.bin:' && extra+=(vmm/guest/guest.bin)
+fi
+ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" "${extra[@]}" >"$work/cross-build.log" 2>&1 ||
 	{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
 
 root=$work/root-$test
@@ -154,6 +160,10 @@ rm -rf "$root"
 mkdir -p "$root"/{proc,sys,dev,tmp,tests}
 cp "$cross/tests/vm/aarch64/init" "$root/init"
 cp "$cross/tests/vm/aarch64/test-$test" "$root/tests/"
+if [ ${#extra[@]} -gt 0 ]; then # outside /tests, which init runs program by program
+	mkdir -p "$root/vmm"
+	for f in "${extra[@]}"; do cp "$cross/$f" "$root/vmm/"; done
+fi
 initrd=$work/initrd-$test.cpio.gz
 (cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$initrd" || bail "packing the initramfs failed"
 t2=$(date +%s)

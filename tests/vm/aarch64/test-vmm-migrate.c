@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The reference VMM (vmm/, tagmig-vmm) inside the emulated arm64 machine, as two processes over
+ * loopback (docs/aarch64.md, "The reference VMM"):
+ *   1. standalone: `tagmig-vmm run` boots the guest, which reports passes through the test port;
+ *   2. live migration: `tagmig-vmm incoming` waits, `tagmig-vmm run --migrate-to` lets the guest
+ *      run a pass, then migrates it precopy while it runs (rounds from KVM_GET_DIRTY_LOG, pause,
+ *      final round, registers and port as device state); the destination checks the tags the
+ *      source wrote through KVM into the upper half of RAM (--tag-pattern), resumes the guest, and
+ *      the guest must report 3 more passes whose numbers continue the source's;
+ *   3. a destination without a tag store (hidden --test-no-tags) must refuse the migration and
+ *      never resume the guest.
+ * The guest is the MTE test guest (/vmm/guest.bin: vmm/guest/, its own data and tag checks) when
+ * the harness packed it, else a small guest of this file (data checks only: the tags are then
+ * checked by --tag-pattern alone), said in an INFO line. On an arm64 host the native build runs
+ * it with TAGMIG_VMM and TAGMIG_VMM_GUEST naming the built VMM and guest instead.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include "kvm-test.h"
+
+#define TIMEOUT_S 900
+
+/*
+ * The small guest, MMU off: the parameter block of vmm/guest/guest-params.h at offset 8 (the VMM
+ * fills in RAM and port), then forever: check that the 64 KiB window at RAM + 4 MiB holds the
+ * generation in x19 (its first word is read first: a window that did not follow the registers
+ * is a "mismatch" line), write generation + 1 into every word, read it back, report
+ * "pass N ok" one byte per 32-bit store to the port.
+ */
+extern const unsigned char tg_start[], tg_end[];
+__asm__(".pushsection .rodata\n"
+	".balign 8\n"
+	".global tg_start, tg_end\n"
+	".hidden tg_start, tg_end\n"
+	"tg_start:\n"
+	"  b 1f\n"
+	"  nop\n"
+	"tg_params:\n"
+	"  .quad 0x3154534555474d54\n" /* magic */
+	"  .word 1, 88\n"              /* version, size */
+	"  .quad 0x40000000, 0x4000000, 0x09000000, 0, 0, 0\n" /* ram, size, port, window, passes */
+	"  .word 0, 0\n"
+	"  .quad 0\n"
+	"  .word 1, 0\n"
+	"1:\n"
+	"  adr x20, tg_params\n"
+	"  ldr x21, [x20, #32]\n"
+	"  ldr x22, [x20, #16]\n"
+	"  mov x23, #0x400000\n"
+	"  add x23, x22, x23\n"
+	"  mov x24, #0x300000\n"
+	"  add x24, x22, x24\n"
+	"  mov x19, #0\n"
+	"2:\n"
+	"  ldr x1, [x23]\n"
+	"  cmp x1, x19\n"
+	"  b.ne 9f\n"
+	"  add x19, x19, #1\n"
+	"  mov x2, x23\n"
+	"  mov x3, #0x10000\n"
+	"3:\n"
+	"  str x19, [x2], #8\n"
+	"  subs x3, x3, #8\n"
+	"  b.ne 3b\n"
+	"  mov x2, x23\n"
+	"  mov x3, #0x10000\n"
+	"4:\n"
+	"  ldr x4, [x2], #8\n"
+	"  cmp x4, x19\n"
+	"  b.ne 9f\n"
+	"  subs x3, x3, #8\n"
+	"  b.ne 4b\n"
+	"  adr x6, 20f\n"
+	"  bl 30f\n"
+	"  mov x5, x19\n"
+	"  add x6, x24, #32\n"
+	"  mov x7, #10\n"
+	"5:\n"
+	"  udiv x9, x5, x7\n"
+	"  msub x10, x9, x7, x5\n"
+	"  add x10, x10, #48\n"
+	"  sub x6, x6, #1\n"
+	"  strb w10, [x6]\n"
+	"  mov x5, x9\n"
+	"  cbnz x5, 5b\n"
+	"  add x8, x24, #32\n"
+	"6:\n"
+	"  ldrb w1, [x6], #1\n"
+	"  str w1, [x21]\n"
+	"  cmp x6, x8\n"
+	"  b.ne 6b\n"
+	"  adr x6, 21f\n"
+	"  bl 30f\n"
+	"  b 2b\n"
+	"9:\n"
+	"  adr x6, 22f\n"
+	"  bl 30f\n"
+	"10:\n"
+	"  wfi\n"
+	"  b 10b\n"
+	/* 30: prints the NUL-terminated string at x6 */
+	"30:\n"
+	"  ldrb w1, [x6], #1\n"
+	"  cbz w1, 31f\n"
+	"  str w1, [x21]\n"
+	"  b 30b\n"
+	"31:\n"
+	"  ret\n"
+	"20: .asciz \"pass \"\n"
+	"21: .asciz \" ok\\n\"\n"
+	"22: .asciz \"mismatch: the window does not hold the generation in x19\\n\"\n"
+	"  .balign 4\n"
+	"tg_end:\n"
+	".popsection\n");
+
+typedef struct proc {
+	const char *name;
+	char log[64];
+	GPid pid;
+	int status;
+	bool done;
+} proc;
+
+static bool spawn(proc *p, const char *const *argv)
+{
+	g_autoptr(GError) err = NULL;
+	snprintf(p->log, sizeof(p->log), "/tmp/%s.log", p->name);
+	int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	p->done = false;
+	if (fd < 0 || !g_spawn_async_with_fds(NULL, (char **)argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
+					      NULL, NULL, &p->pid, -1, fd, fd, &err)) {
+		tk_fail("%s: spawning %s: %s", p->name, argv[0], err ? err->message : g_strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	close(fd);
+	return true;
+}
+
+/* Waits for every process (killing all at the deadline); true if all exited 0. */
+static bool wait_all(proc **ps, int n)
+{
+	gint64 deadline = g_get_monotonic_time() + TIMEOUT_S * G_TIME_SPAN_SECOND;
+	int left = n;
+	while (left) {
+		for (int i = 0; i < n; i++) {
+			if (ps[i]->done)
+				continue;
+			int st;
+			pid_t r = waitpid(ps[i]->pid, &st, WNOHANG);
+			if (r == ps[i]->pid) {
+				ps[i]->done = true;
+				ps[i]->status = st;
+				left--;
+			}
+		}
+		if (left && g_get_monotonic_time() > deadline) {
+			for (int i = 0; i < n; i++)
+				if (!ps[i]->done) {
+					tk_info("%s: no exit in %d s: killed", ps[i]->name, TIMEOUT_S);
+					kill(ps[i]->pid, SIGKILL);
+				}
+			deadline = G_MAXINT64;
+		}
+		if (left)
+			g_usleep(50000);
+	}
+	bool ok = true;
+	for (int i = 0; i < n; i++)
+		ok = ok && WIFEXITED(ps[i]->status) && WEXITSTATUS(ps[i]->status) == 0;
+	return ok;
+}
+
+/* The process's output as INFO lines; returns it. */
+static char *show(proc *p)
+{
+	char *text = NULL;
+	if (!g_file_get_contents(p->log, &text, NULL, NULL))
+		text = g_strdup("");
+	g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+	for (char **l = lines; *l; l++)
+		if (**l)
+			tk_info("%s: %s", p->name, *l);
+	tk_info("%s: exit status %d", p->name,
+		WIFEXITED(p->status) ? WEXITSTATUS(p->status) : 128 + WTERMSIG(p->status));
+	return text;
+}
+
+static bool exited_ok(const proc *p)
+{
+	return WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0;
+}
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IONBF, 0);
+	const char *vmm_env = g_getenv("TAGMIG_VMM"), *guest_env = g_getenv("TAGMIG_VMM_GUEST");
+	const char *VMM = vmm_env ? vmm_env : "/vmm/tagmig-vmm";
+	const char *guest = guest_env ? guest_env : "/vmm/guest.bin";
+	if (access(guest, R_OK) != 0) {
+		guest = "/tmp/small-guest.bin";
+		g_autoptr(GError) err = NULL;
+		if (!g_file_set_contents(guest, (const char *)tg_start, tg_end - tg_start, &err)) {
+			tk_fail("writing %s: %s", guest, err->message);
+			return tk_finish();
+		}
+		tk_info("guest: this file's small guest (data checks; tags by --tag-pattern)");
+	} else {
+		tk_info("guest: the MTE test guest %s (data and tag checks)", guest);
+	}
+	if (access("/dev/kvm", R_OK | W_OK) != 0) {
+		tk_fail("/dev/kvm: %s (the machine boots with virtualization=on)", g_strerror(errno));
+		return tk_finish();
+	}
+
+	/* 1. standalone */
+	proc alone = { .name = "run" };
+	const char *run_argv[] = { VMM, "run", "--guest", guest, "--passes", "2", NULL };
+	if (spawn(&alone, run_argv)) {
+		proc *ps[] = { &alone };
+		wait_all(ps, 1);
+		g_autofree char *out = show(&alone);
+		TK_CHECK(exited_ok(&alone) && strstr(out, "the guest reported 2 passes ok"),
+			 "tagmig-vmm run: the guest ran 2 passes with MTE enabled");
+	}
+
+	/* 2. live migration, precopy, while the guest runs */
+	proc dst = { .name = "destination" }, src = { .name = "source" };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4710", "--passes", "3",
+				   "--check-tag-pattern", NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4710",
+				   "--migrate-after", "1", "--tag-pattern", "--max-downtime", "300",
+				   NULL };
+	if (spawn(&dst, dst_argv)) {
+		g_usleep(500000); /* listening */
+		if (spawn(&src, src_argv)) {
+			proc *ps[] = { &src, &dst };
+			wait_all(ps, 2);
+			g_autofree char *so = show(&src), *dout = show(&dst);
+			TK_CHECK(exited_ok(&src) && strstr(so, "switchover after"),
+				 "source: precopy rounds, pause, final round and device state sent");
+			TK_CHECK(exited_ok(&dst) && strstr(dout, "tag pattern of the upper half of RAM "
+								 "arrived intact"),
+				 "destination: the tags the source set through KVM arrived (read "
+				 "back through KVM)");
+			TK_CHECK(exited_ok(&dst) && strstr(dout, "continuing from the source's pass"),
+				 "destination: the resumed guest reported 3 more passes, numbered on "
+				 "from the source's");
+		} else {
+			kill(dst.pid, SIGKILL);
+		}
+	}
+
+	/* 3. a destination without tags refuses, and never resumes the guest */
+	proc bad_dst = { .name = "destination-no-tags" }, bad_src = { .name = "source-2" };
+	const char *bad_dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4711",
+				       "--test-no-tags", NULL };
+	const char *bad_src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to",
+				       "127.0.0.1:4711", "--migrate-after", "0", NULL };
+	if (spawn(&bad_dst, bad_dst_argv)) {
+		g_usleep(500000);
+		if (spawn(&bad_src, bad_src_argv)) {
+			proc *ps[] = { &bad_src, &bad_dst };
+			wait_all(ps, 2);
+			g_autofree char *so = show(&bad_src), *dout = show(&bad_dst);
+			TK_CHECK(!exited_ok(&bad_src) && !exited_ok(&bad_dst) &&
+					 !strstr(dout, "resuming the guest"),
+				 "a destination without a tag store: the migration is refused, the "
+				 "guest not resumed");
+		} else {
+			kill(bad_dst.pid, SIGKILL);
+		}
+	}
+	return tk_finish();
+}

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tagmig-vmm: the reference VMM (docs/aarch64.md, "The reference VMM").
+ *
+ *   tagmig-vmm run --guest IMAGE [--passes N]
+ *   tagmig-vmm run --guest IMAGE --migrate-to HOST:PORT [--max-downtime MS] [--migrate-after N]
+ *   tagmig-vmm incoming --listen HOST:PORT [--passes N]
+ *
+ * Exit status: 0 success, 1 failure (the reason on stderr), 2 usage.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm.h"
+
+static void usage_exit(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "tagmig-vmm: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\n(tagmig-vmm run --help, tagmig-vmm incoming --help)\n");
+	exit(2);
+}
+
+static void on_sigusr1(int sig)
+{
+	(void)sig; /* only interrupts KVM_RUN (run.c) */
+}
+
+/* HOST:PORT (HOST may be [v6]) into its parts. */
+static void split_hostport(const char *opt, const char *text, char **host, char **port)
+{
+	const char *colon = text ? strrchr(text, ':') : NULL;
+	if (!colon || colon == text || !colon[1])
+		usage_exit("%s wants HOST:PORT", opt);
+	const char *h = text, *he = colon;
+	if (*h == '[' && he[-1] == ']') {
+		h++;
+		he--;
+	}
+	*host = g_strndup(h, (gsize)(he - h));
+	*port = g_strdup(colon + 1);
+}
+
+static uint64_t ram_bytes(int mib)
+{
+	if (mib < 64 || mib > 256 || mib % 2)
+		usage_exit("--ram-mib must be an even number from 64 to 256 (got %s)",
+			   g_strdup_printf("%d", mib));
+	return (uint64_t)mib << 20;
+}
+
+static bool parse(GOptionEntry *entries, const char *summary, int *argc, char ***argv)
+{
+	g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
+	g_autoptr(GError) err = NULL;
+	g_option_context_set_summary(ctx, summary);
+	g_option_context_add_main_entries(ctx, entries, NULL);
+	if (!g_option_context_parse(ctx, argc, argv, &err))
+		usage_exit("%s", err->message);
+	if (*argc > 1)
+		usage_exit("unexpected argument '%s'", (*argv)[1]);
+	return true;
+}
+
+static int fail(const char *what, GError *err)
+{
+	fprintf(stderr, "tagmig-vmm: %s: %s\n", what, err ? err->message : "failed");
+	return 1;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	g_autofree char *guest = NULL, *to = NULL;
+	gint passes = 3, ram_mib = 64, max_downtime = 300, after = 1, channels = 2, rounds = 30;
+	gint postcopy_after = -1;
+	gboolean tag_pattern = FALSE, verbose = FALSE, skip_final = FALSE;
+	GOptionEntry entries[] = {
+		{ "guest", 0, 0, G_OPTION_ARG_FILENAME, &guest, "flat guest image, loaded at 0x40200000", "IMAGE" },
+		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM at 0x40000000 (64..256, default 64)", "MIB" },
+		{ "passes", 0, 0, G_OPTION_ARG_INT, &passes, "without --migrate-to: run until the guest reported N passes (default 3)", "N" },
+		{ "migrate-to", 0, 0, G_OPTION_ARG_STRING, &to, "live-migrate the running guest to tagmig-vmm incoming there", "HOST:PORT" },
+		{ "migrate-after", 0, 0, G_OPTION_ARG_INT, &after, "start migrating after N passes (default 1)", "N" },
+		{ "max-downtime", 0, 0, G_OPTION_ARG_INT, &max_downtime, "switchover target in ms (default 300)", "MS" },
+		{ "max-rounds", 0, 0, G_OPTION_ARG_INT, &rounds, "switch over after N precopy rounds at the latest (default 30)", "N" },
+		{ "channels", 0, 0, G_OPTION_ARG_INT, &channels, "data channels (default 2)", "N" },
+		{ "postcopy-after", 0, 0, G_OPTION_ARG_INT, &postcopy_after, "not yet: refused", "N" },
+		{ "tag-pattern", 0, 0, G_OPTION_ARG_NONE, &tag_pattern, "write a tag pattern into the upper half of RAM through KVM before the guest starts (incoming --check-tag-pattern checks it)", NULL },
+		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
+		{ "test-skip-final-round", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &skip_final, "test mutation", NULL },
+		{ NULL },
+	};
+	parse(entries, "Runs an arm64 KVM guest with MTE; optionally live-migrates it.", &argc, &argv);
+	if (!guest)
+		usage_exit("%s", "run needs --guest IMAGE");
+	if (postcopy_after >= 0)
+		usage_exit("%s", "--postcopy-after: postcopy is not implemented in the engine yet; "
+				 "migrate with precopy (leave the option out)");
+	if (passes < 1 || after < 0 || max_downtime < 1 || channels < 1 || channels > 64 || rounds < 1)
+		usage_exit("%s", "--passes, --max-rounds and --max-downtime must be at least 1, "
+				 "--migrate-after at least 0, --channels 1..64");
+
+	g_autoptr(GError) err = NULL;
+	g_autoptr(vmm_vm) vm = NULL;
+	if (vmm_vm_new(ram_bytes(ram_mib), &vm, &err) < 0)
+		return fail("creating the VM", err);
+	if (vmm_image_load(vm, guest, &err) < 0)
+		return fail("loading the guest", err);
+	if (tag_pattern && vmm_tag_pattern_write(vm, &err) < 0)
+		return fail("--tag-pattern", err);
+	printf("vmm: VM with MTE, %d MiB of RAM at 0x%llx, guest %s, test port at 0x%llx\n", ram_mib,
+	       VMM_RAM_BASE, guest, VMM_PORT_BASE);
+
+	vmm_runner r;
+	vmm_runner_init(&r, vm);
+	r.verbose = verbose;
+	int ret = 0;
+	if (vmm_runner_start(&r, &err) < 0) {
+		ret = fail("starting the vCPU", err);
+	} else if (!to) {
+		if (vmm_runner_wait_passes(&r, (uint64_t)passes, &err) < 0)
+			ret = fail("running the guest", err);
+		else
+			printf("vmm: the guest reported %d passes ok\n", passes);
+	} else {
+		g_autofree char *host = NULL, *port = NULL;
+		split_hostport("--migrate-to", to, &host, &port);
+		vmm_out_config oc = { .host = host, .port = port, .max_downtime_ms = (uint64_t)max_downtime,
+				      .channels = (unsigned)channels, .after_passes = (uint64_t)after,
+				      .max_rounds = (unsigned)rounds, .skip_final_round = skip_final };
+		if (vmm_migrate_out(&r, &oc, &err) < 0)
+			ret = fail("migration", err);
+	}
+	vmm_runner_clear(&r);
+	return ret;
+}
+
+static int cmd_incoming(int argc, char **argv)
+{
+	g_autofree char *listen = NULL;
+	gint passes = 3, ram_mib = 64;
+	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE;
+	GOptionEntry entries[] = {
+		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
+		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM, as on the source (default 64)", "MIB" },
+		{ "passes", 0, 0, G_OPTION_ARG_INT, &passes, "after resuming, run until the guest reported N more passes (default 3)", "N" },
+		{ "check-tag-pattern", 0, 0, G_OPTION_ARG_NONE, &check, "before resuming, check the tags run --tag-pattern wrote", NULL },
+		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
+		{ "test-no-tags", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &no_tags, "test mutation", NULL },
+		{ NULL },
+	};
+	parse(entries, "Receives a live-migrated guest into a new VM and resumes it.", &argc, &argv);
+	if (!listen)
+		usage_exit("%s", "incoming needs --listen HOST:PORT");
+	if (passes < 1)
+		usage_exit("%s", "--passes must be at least 1");
+	g_autofree char *host = NULL, *port = NULL;
+	split_hostport("--listen", listen, &host, &port);
+	vmm_in_config ic = { .host = host, .port = port, .ram_size = ram_bytes(ram_mib),
+			     .passes = (uint64_t)passes, .no_tags = no_tags,
+			     .check_tag_pattern = check, .verbose = verbose };
+	g_autoptr(GError) err = NULL;
+	if (vmm_migrate_in(&ic, &err) < 0)
+		return fail("incoming migration", err);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	struct sigaction sa = { .sa_handler = on_sigusr1 }; /* no SA_RESTART: KVM_RUN returns */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, NULL);
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		printf("Usage: tagmig-vmm run --guest IMAGE [--passes N]\n"
+		       "       tagmig-vmm run --guest IMAGE --migrate-to HOST:PORT [--max-downtime MS]\n"
+		       "       tagmig-vmm incoming --listen HOST:PORT [--passes N]\n"
+		       "The reference arm64 KVM VMM of tagmig (docs/aarch64.md).\n");
+		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(argv[1], "run") == 0)
+		return cmd_run(argc - 1, argv + 1);
+	if (strcmp(argv[1], "incoming") == 0)
+		return cmd_incoming(argc - 1, argv + 1);
+	usage_exit("unknown command '%s'", argv[1]);
+	return 2;
+}

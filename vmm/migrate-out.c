@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source side of a live migration (docs/aarch64.md, "The reference VMM"), public API only:
+ *
+ *   1. guest RAM is one block ("mach-virt.ram", guest_base = the memslot's IPA) with a kvm-mte
+ *      tag store on this VM's fd; a tm_sender with the switchover target (tm_live_config);
+ *   2. dirty logging on the memslot, then rounds: round 1 queues every page, each later round
+ *      the pages KVM_GET_DIRTY_LOG reported since (tm_sender_queue_bitmap, then tm_sender_sync);
+ *      after each round tm_sender_advise() with the dirty count says whether the rest fits in
+ *      --max-downtime;
+ *   3. switchover: the vCPU paused out of KVM_RUN, tm_sender_guest_stopped(), the last dirty log,
+ *      the vCPU's registers and the test port's state as device-state sections, tm_sender_finish().
+ *
+ * The guest keeps running during the rounds: pages (and tags) it writes after a page was queued
+ * go out again in the next round. Reading tags with KVM_ARM_MTE_COPY_TAGS while dirty logging is
+ * on is fine on every kernel (only writing them is refused on 6.12).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tagmig/tagmig.h"
+#include "vmm.h"
+
+#define STATE_ESTIMATE 8192 /* bytes of device state: a few hundred registers and the port */
+
+static uint64_t popcount(const uint64_t *b, size_t words)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < words; i++)
+		n += (uint64_t)__builtin_popcountll(b[i]);
+	return n;
+}
+
+static uint64_t last_pass(vmm_runner *r)
+{
+	g_mutex_lock(&r->lock);
+	uint64_t n = r->port.last_pass;
+	g_mutex_unlock(&r->lock);
+	return n;
+}
+
+int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
+{
+	vmm_vm *vm = r->vm;
+	uint64_t npages = vm->ram_size / VMM_PAGE;
+	size_t words = (size_t)((npages + 63) / 64);
+	g_autofree uint64_t *dirty = g_new0(uint64_t, words);
+	g_autoptr(tm_ram_layout) layout = NULL;
+	g_autoptr(tm_tag_store) store = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	const tm_tag_store_ops *ops;
+	tm_kvm_mte_config kc = { .vm_fd = vm->vm_fd };
+	tm_sender_config sc = { .channels = cfg->channels, .timeout_ms = 600000 };
+	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = cfg->max_downtime_ms * 1000 };
+	int ret;
+
+	if (cfg->after_passes) {
+		ret = vmm_runner_wait_passes(r, cfg->after_passes, error);
+		if (ret < 0)
+			return ret;
+	}
+	printf("vmm: migrating to %s:%s at guest pass %" PRIu64 "\n", cfg->host, cfg->port,
+	       last_pass(r));
+	if ((ret = tm_ram_layout_new(&layout)) < 0 ||
+	    (ret = tm_ram_layout_add_block(layout, VMM_BLOCK_NAME, vm->ram, vm->ram_size, VMM_PAGE,
+					   VMM_RAM_BASE, error)) < 0 ||
+	    (ret = tm_tag_store_lookup("kvm-mte", &ops, error)) < 0 ||
+	    (ret = tm_tag_store_new(ops, layout, &kc, &store, error)) < 0 ||
+	    (ret = tm_sender_new(layout, store, &sc, &s, error)) < 0 ||
+	    (ret = tm_sender_set_live(s, &lc, error)) < 0 ||
+	    (ret = tm_sender_connect(s, cfg->host, cfg->port, error)) < 0)
+		return ret;
+	/* From here on every guest write marks its page; round 1 sends them all anyway. */
+	if ((ret = vmm_vm_set_dirty_log(vm, true, error)) < 0)
+		return ret;
+
+	memset(dirty, 0xff, words * 8);
+	if (npages % 64)
+		dirty[words - 1] = (1ull << (npages % 64)) - 1;
+	unsigned round;
+	for (round = 1;; round++) {
+		if ((ret = tm_sender_queue_bitmap(s, 0, dirty, 0, npages, error)) < 0 ||
+		    (ret = tm_sender_sync(s, error)) < 0 ||
+		    (ret = vmm_vm_get_dirty_log(vm, dirty, error)) < 0)
+			return ret;
+		tm_round_stats rs;
+		tm_switch_advice adv;
+		uint64_t ndirty = popcount(dirty, words);
+		if ((ret = tm_sender_get_round(s, round, &rs)) < 0 ||
+		    (ret = tm_sender_advise(s, ndirty, STATE_ESTIMATE, &adv)) < 0) {
+			g_set_error(error, TM_ERROR, -ret, "round %u: no round figures or advice", round);
+			return ret;
+		}
+		printf("vmm: round %u: %" PRIu64 " pages, %" PRIu64 " bytes in %.3f s; %" PRIu64
+		       " pages dirty since, expected downtime %.1f ms; guest at pass %" PRIu64 "\n",
+		       round, rs.pages_sent, rs.wire_bytes, rs.seconds, ndirty,
+		       adv.expected_downtime_us == UINT64_MAX ? -1.0 : adv.expected_downtime_us / 1e3,
+		       last_pass(r));
+		if (adv.switch_now || round >= cfg->max_rounds)
+			break;
+	}
+
+	/* Switchover: the vCPU out of KVM_RUN, then what it wrote since the last round. */
+	if ((ret = vmm_runner_pause(r, error)) < 0 ||
+	    (ret = tm_sender_guest_stopped(s, error)) < 0 ||
+	    (ret = vmm_vm_get_dirty_log(vm, dirty, error)) < 0)
+		return ret;
+	uint64_t final_dirty = popcount(dirty, words);
+	if (cfg->skip_final_round)
+		printf("vmm: TEST MUTATION: the final round's %" PRIu64 " pages stay behind\n",
+		       final_dirty);
+	else if ((ret = tm_sender_queue_bitmap(s, 0, dirty, 0, npages, error)) < 0)
+		return ret;
+	g_autoptr(GBytes) regs = NULL, port = NULL;
+	if ((ret = vmm_vcpu_state_save(vm, &regs, error)) < 0)
+		return ret;
+	g_mutex_lock(&r->lock); /* the vCPU thread is paused: the port is still */
+	port = vmm_port_save(&r->port);
+	uint64_t at_pass = r->port.last_pass, passes = r->port.passes;
+	g_mutex_unlock(&r->lock);
+	gsize rlen, plen;
+	const void *rdata = g_bytes_get_data(regs, &rlen), *pdata = g_bytes_get_data(port, &plen);
+#ifdef TM_STATE_COPY
+	if ((ret = tm_sender_put_state(s, "arm64.vcpu0", rdata, rlen, 0, error)) < 0 ||
+	    (ret = tm_sender_put_state(s, "tagmig-vmm.port", pdata, plen, 0, error)) < 0)
+		return ret;
+#else
+	(void)rdata;
+	(void)pdata;
+	printf("vmm: this tagmig has no device-state calls yet: RAM and tags only\n");
+#endif
+	if ((ret = tm_sender_finish(s, error)) < 0)
+		return ret;
+
+	tm_live_stats ls = { .size = sizeof(ls) };
+	tm_stats st;
+	tm_sender_get_live_stats(s, &ls);
+	tm_sender_get_stats(s, &st);
+	printf("vmm: switchover after %u precopy rounds at guest pass %" PRIu64 " (%" PRIu64
+	       " passes reported here): final round %" PRIu64 " pages, device state %zu + %zu bytes; "
+	       "downtime %.1f ms; %" PRIu64 " pages (%" PRIu64 " zero with tags) in %.3f s over %u "
+	       "channels\n",
+	       round, at_pass, passes, final_dirty, (size_t)rlen, (size_t)plen, ls.downtime_us / 1e3,
+	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], st.seconds, st.channels);
+	vmm_runner_stop(r);
+	return 0;
+}

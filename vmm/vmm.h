@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The reference VMM (tagmig-vmm, docs/aarch64.md "The reference VMM"): one arm64 KVM VM with MTE,
+ * one memslot of guest RAM, one vCPU, one MMIO test port. Files, one idea each:
+ *   vm.c          the VM: KVM_CAP_ARM_MTE, the memslot, dirty logging, the vCPU and its init
+ *   run.c         the vCPU thread: KVM_RUN, the test port, pausing
+ *   vcpu-state.c  the vCPU's registers as one device-state section (KVM_GET_REG_LIST)
+ *   image.c       loading a flat guest image and its parameter block
+ *   migrate-out.c the source: precopy rounds from KVM_GET_DIRTY_LOG through tm_sender
+ *   migrate-in.c  the destination: tm_receiver into a new VM, then state and resume
+ *   main.c        the command line
+ * Errors are -errno plus a GError (domain TM_ERROR) naming the ioctl, and block and offset where
+ * they apply; only main.c prints.
+ */
+#pragma once
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#define VMM_RAM_BASE 0x40000000ull  /* guest-physical base of RAM (QEMU virt's) */
+#define VMM_PORT_BASE 0x09000000ull /* the MMIO test port: one page, no memslot */
+#define VMM_PORT_SIZE 0x1000ull
+#define VMM_LOAD_ADDR 0x40200000ull /* where the flat guest image goes */
+#define VMM_BLOCK_NAME "mach-virt.ram"
+#define VMM_PAGE 4096ull
+
+typedef struct vmm_vm {
+	/* read-only after vmm_vm_new() */
+	int kvm_fd, vm_fd, vcpu_fd;
+	struct kvm_run *run;
+	size_t run_size;
+	uint8_t *ram;
+	uint64_t ram_size;
+	bool dirty_log; /* the memslot has KVM_MEM_LOG_DIRTY_PAGES (migration thread only) */
+} vmm_vm;
+
+/* The test port: text lines the guest writes one byte per store (run.c). */
+typedef struct vmm_port {
+	GString *line;     /* the line being written */
+	uint64_t passes;   /* "pass N ok" lines seen (in this VMM and, migrated, its source) */
+	uint64_t last_pass; /* N of the last "pass N ok" */
+	bool failed;       /* a line that is neither a pass nor the guest's banner */
+	char *failure;     /* that line */
+} vmm_port;
+
+/* The vCPU thread and what it shares with the migration thread (run.c). */
+typedef struct vmm_runner {
+	vmm_vm *vm;
+	vmm_port port;
+	pthread_t thread;
+	bool started;
+	GMutex lock;
+	GCond cond;
+	/* protected by ->lock */
+	bool pause_req;  /* the migration thread wants the vCPU stopped */
+	bool paused;     /* the vCPU thread is out of KVM_RUN and waits */
+	bool stopped;    /* the vCPU thread ended (guest off, failure, or asked to) */
+	bool resume;     /* leave the pause */
+	bool quit;       /* end the thread */
+	uint64_t stop_after; /* end once port.passes reaches this (0: never) */
+	int error;       /* -errno of a failed KVM_RUN or an unexpected exit */
+	char *why;       /* how the vCPU thread ended */
+	bool guest_off;  /* the guest asked for SYSTEM_OFF */
+	bool verbose;    /* print every guest line */
+} vmm_runner;
+
+/* vm.c */
+int vmm_vm_new(uint64_t ram_size, vmm_vm **ret, GError **error);
+void vmm_vm_free(vmm_vm *vm);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(vmm_vm, vmm_vm_free)
+int vmm_vm_set_dirty_log(vmm_vm *vm, bool on, GError **error);
+/* KVM_GET_DIRTY_LOG into bitmap (ram_size / 4096 bits, 64-bit words, cleared by KVM). */
+int vmm_vm_get_dirty_log(vmm_vm *vm, uint64_t *bitmap, GError **error);
+int vmm_vcpu_get_reg(vmm_vm *vm, uint64_t id, void *val, GError **error);
+int vmm_vcpu_set_reg(vmm_vm *vm, uint64_t id, const void *val, GError **error);
+/* The size in bytes of register id's value (KVM_REG_SIZE). */
+size_t vmm_reg_size(uint64_t id);
+/* KVM_ARM_MTE_COPY_TAGS for [ipa, ipa + len), one tag byte per 16 bytes. */
+int vmm_vm_copy_tags(vmm_vm *vm, uint64_t ipa, uint64_t len, uint8_t *tags, bool from_guest,
+		     GError **error);
+
+/* image.c: copies the image to VMM_LOAD_ADDR, fills its parameter block if it has one, and sets
+ * PC, PSTATE (EL1h, interrupts masked) and X0 (the parameter block's IPA). */
+int vmm_image_load(vmm_vm *vm, const char *path, GError **error);
+
+/* run.c */
+void vmm_runner_init(vmm_runner *r, vmm_vm *vm);
+void vmm_runner_clear(vmm_runner *r);
+int vmm_runner_start(vmm_runner *r, GError **error);
+/* Waits until the guest has reported `passes` passes in total (0: returns at once), or the vCPU
+ * thread ended: 0, or -errno with the reason (a failed pass, the guest off early, KVM_RUN). */
+int vmm_runner_wait_passes(vmm_runner *r, uint64_t passes, GError **error);
+/* Stops the vCPU out of KVM_RUN (an MMIO access in flight completed) and waits until it is. */
+int vmm_runner_pause(vmm_runner *r, GError **error);
+/* Ends the vCPU thread (after a pause, or at any time). */
+void vmm_runner_stop(vmm_runner *r);
+/* The port's state as bytes (a device-state section) and back. */
+GBytes *vmm_port_save(const vmm_port *p);
+int vmm_port_load(vmm_port *p, const void *data, size_t len, GError **error);
+
+/* vcpu-state.c: every register of KVM_GET_REG_LIST as (id, value) records; the virtual counter
+ * as read at the pause, so that the destination's guest sees time continue from there. */
+int vmm_vcpu_state_save(vmm_vm *vm, GBytes **ret, GError **error);
+int vmm_vcpu_state_load(vmm_vm *vm, const void *data, size_t len, GError **error);
+
+/* migrate-out.c / migrate-in.c */
+typedef struct vmm_out_config {
+	const char *host, *port;
+	uint64_t max_downtime_ms;
+	unsigned channels;
+	uint64_t after_passes;  /* migrate once the guest reported this many passes */
+	unsigned max_rounds;
+	bool skip_final_round;  /* test mutation: the guest's last writes stay behind */
+} vmm_out_config;
+int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error);
+
+typedef struct vmm_in_config {
+	const char *host, *port;
+	uint64_t ram_size;
+	uint64_t passes;       /* after resuming, run until this many more passes */
+	bool no_tags;          /* test mutation: receive without a tag store */
+	bool check_tag_pattern; /* compare the upper half of RAM's tags with vmm_tag_pattern() */
+	bool verbose;
+} vmm_in_config;
+int vmm_migrate_in(const vmm_in_config *cfg, GError **error);
+
+/* The VMM's own tag check (main.c's --tag-pattern, docs/aarch64.md): tags it writes through KVM
+ * into the upper half of guest RAM, which the guests never touch, before the guest starts; the
+ * destination reads them back through KVM after the migration. */
+uint8_t vmm_tag_pattern(uint64_t granule);
+int vmm_tag_pattern_write(vmm_vm *vm, GError **error);
+int vmm_tag_pattern_check(vmm_vm *vm, GError **error);
