@@ -146,14 +146,18 @@ if [ ! -f "$cross/build.ninja" ]; then
 		--buildtype=debugoptimized >"$work/cross-setup.log" 2>&1 ||
 		{ sed 's/^/# /' "$work/cross-setup.log" | tail -30; bail "meson setup of the cross build failed"; }
 fi
-# vmm-migrate also runs the reference VMM and, once the cross build has it, the MTE test guest
+ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" >"$work/cross-build.log" 2>&1 ||
+	{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
+# vmm-migrate also runs the reference VMM and the MTE test guest (where the cross build has an
+# aarch64 GCC that builds it; else the test's own small guest). Asked after the build above, which
+# reconfigured the cross build if meson files changed.
 extra=()
 if [ "$test" = vmm-migrate ]; then
 	extra=(vmm/tagmig-vmm)
 	ninja -C "$cross" -t targets all 2>/dev/null | grep -q '^vmm/guest/guest.bin:' && extra+=(vmm/guest/guest.bin)
+	ninja -C "$cross" "${extra[@]}" >>"$work/cross-build.log" 2>&1 ||
+		{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
 fi
-ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" "${extra[@]}" >"$work/cross-build.log" 2>&1 ||
-	{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
 
 root=$work/root-$test
 rm -rf "$root"
