@@ -154,7 +154,9 @@ ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" >"$work/cr
 extra=()
 if [ "$test" = vmm-migrate ]; then
 	extra=(vmm/tagmig-vmm)
-	ninja -C "$cross" -t targets all 2>/dev/null | grep -q '^vmm/guest/guest.bin:' && extra+=(vmm/guest/guest.bin)
+	# (grep reads all: grep -q would end the pipe early, which pipefail counts as a failure)
+	ninja -C "$cross" -t targets all 2>/dev/null | grep -c '^vmm/guest/guest.bin:' >/dev/null &&
+		extra+=(vmm/guest/guest.bin)
 	ninja -C "$cross" "${extra[@]}" >>"$work/cross-build.log" 2>&1 ||
 		{ sed 's/^/# /' "$work/cross-build.log" | tail -40; bail "cross build failed"; }
 fi
