@@ -102,11 +102,18 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 			break;
 	}
 
-	/* Switchover: the vCPU out of KVM_RUN, then what it wrote since the last round. */
+	/*
+	 * Switchover: the vCPU out of KVM_RUN, then the final round: the pages the last log read
+	 * reported (not sent yet) and what the guest wrote since. KVM_GET_DIRTY_LOG clears what it
+	 * returns, so the two must be merged, not the first overwritten by the second.
+	 */
+	g_autofree uint64_t *last = g_new0(uint64_t, words);
 	if ((ret = vmm_runner_pause(r, error)) < 0 ||
 	    (ret = tm_sender_guest_stopped(s, error)) < 0 ||
-	    (ret = vmm_vm_get_dirty_log(vm, dirty, error)) < 0)
+	    (ret = vmm_vm_get_dirty_log(vm, last, error)) < 0)
 		return ret;
+	for (size_t i = 0; i < words; i++)
+		dirty[i] |= last[i];
 	uint64_t final_dirty = popcount(dirty, words);
 	if (cfg->skip_final_round)
 		printf("vmm: TEST MUTATION: the final round's %" PRIu64 " pages stay behind\n",
