@@ -9,6 +9,7 @@
  *   recv-pages.c            the receiver's channel worker: DATA applied to guest RAM, SYNC, END
  *   channel.c               the protocol channel: framing, sequence numbers, control messages
  *   failure.c, stats.c      the first failure that explains the most; counters summed
+ *   state.c                 device state: guest_stopped, put_state, RAM_END, STATE, READY
  */
 #pragma once
 
@@ -22,7 +23,34 @@
 #include "session/channel.h"
 #include "transport/tls/tls.h"
 
-enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
+/* WORK_RAM_END, WORK_STATE: protocol 2 device state (state.c); a STATE work item has the
+ * section index in block (TM_STATE_EOS_ITEM: END_OF_STATE), chunk g in first, offset in count. */
+enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END, WORK_RAM_END, WORK_STATE };
+#define TM_STATE_EOS_ITEM UINT32_MAX
+
+/* A device-state section of the sender (state.c): referenced, or copied with TM_STATE_COPY. */
+typedef struct state_section {
+	char *name;
+	const uint8_t *data;
+	uint64_t len;
+	uint8_t *owned; /* the copy, or NULL */
+} state_section;
+
+/* The sender's device state (state.c). */
+typedef struct send_state {
+	/* migration thread */
+	bool stopped;        /* tm_sender_guest_stopped() was called */
+	int64_t t_stopped;
+	bool ram_closed;     /* RAM_END handed to every channel: queue_* and sync refuse */
+	bool ended;          /* END_OF_STATE handed over */
+	uint64_t next_chunk; /* g of the next chunk */
+	uint64_t total;      /* bytes of every section put */
+	uint64_t max_section, max_total; /* the receiver's limits (its HELLO_ACK) */
+	/* protected by s->lock (workers look sections up by index) */
+	GPtrArray *sections; /* of state_section */
+	/* atomic */
+	uint64_t downtime_us; /* guest_stopped -> READY; 0 before */
+} send_state;
 
 /* Failure bookkeeping shared by sender and receiver. */
 typedef struct tm_failure {
@@ -63,6 +91,7 @@ typedef struct send_chan {
 	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
 	uint64_t pages_sent;
 	uint64_t packets_sent;
+	uint64_t state_chunks; /* STATE messages sent */
 } send_chan;
 
 enum sender_state { S_NEW, S_OPEN, S_DONE };
@@ -91,6 +120,7 @@ struct tm_sender {
 	enum sender_state state;
 	GArray **staging; /* per channel, work being split before hand-over */
 	uint64_t next_sync;
+	send_state st;
 
 	/* protected by lock */
 	GMutex lock;
@@ -112,7 +142,27 @@ typedef struct recv_chan {
 	tm_recv_plan plan;        /* the DATA packet being received */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
+	/* device state (state.c), worker-local unless said */
+	bool ram_ended;           /* RAM_END(FINAL) received */
+	uint64_t state_chunks;    /* STATE messages received */
+	uint64_t next_chunk;      /* the chunk this channel must carry next (id, then + N) */
+	uint8_t *state_buf;       /* the chunk's data (packet_size), read by the VMM in place */
+	tm_state_hdr state_hdr;   /* of the chunk held; read by the VMM under r->lock */
+	char state_name[TM_MAX_STATE_NAME + 1];
 } recv_chan;
+
+/* The receiver's device-state hand-over (state.c); protected by r->lock. */
+typedef struct recv_state {
+	char **names;             /* state_names, copied (NULL: any) */
+	unsigned ram_ended;       /* channels past RAM_END(FINAL): state flows once all are */
+	tm_state_order order;     /* chunks delivered so far */
+	recv_chan *held;          /* the channel whose chunk the VMM reads now, or NULL */
+	uint64_t consumed;        /* bytes of held's chunk read */
+	bool open;                /* a section returned by next_state and not read to its end */
+	uint64_t left;            /* its bytes not yet read */
+	uint32_t index;           /* its index */
+	bool eos;                 /* END_OF_STATE delivered (every section before it handed over) */
+} recv_state;
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
 
@@ -136,6 +186,7 @@ struct tm_receiver {
 	bool ctl_ended;            /* END / END_ACK done on it (migration thread) */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
+	recv_state st;             /* device state */
 
 	enum receiver_state state; /* migration-thread local */
 
@@ -160,6 +211,8 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 #define TM_V2_EXTRA_CONNECTIONS 1u
 
 /* ---- sender.c ---- */
+/* 0 while the session is open, else its failure (or -EBADFD before connect, after finish). */
+int tm_sender_check_open(tm_sender *s, GError **error);
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);
 
@@ -174,6 +227,33 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 /* ---- recv-pages.c ---- */
 /* The worker thread of one receiver channel (data: its recv_chan). */
 gpointer tm_recv_worker(gpointer data);
+
+/* ---- state.c ---- */
+/* Sender, protocol 2 finish: RAM_END (if not yet) and END_OF_STATE handed to the channels. */
+void tm_sender_state_finish(tm_sender *s);
+/* Receiver, start(): the chunk order and each channel's first chunk number. */
+void tm_receiver_state_init(tm_receiver *r);
+/* Sender: whether RAM is closed (the first put_state or finish): queue_* and sync refuse. */
+int tm_sender_check_ram_open(tm_sender *s, GError **error);
+/* Sender, finish after every data END_ACK: READY on control; stops the downtime clock. */
+int tm_sender_await_ready(tm_sender *s, GError **error);
+/* Sender worker: a WORK_RAM_END or WORK_STATE item (the open packet already flushed). */
+int tm_send_state_work(send_chan *c, const work *w, GError **error);
+/* Sender worker: END with its three counts, END_ACK checked (protocol 2). */
+int tm_send_end_v2(send_chan *c, GError **error);
+void tm_sender_state_free(tm_sender *s);
+
+/* Receiver: state_names of a tm_live_config copied and checked (set_live). */
+int tm_receiver_load_state_names(tm_receiver *r, const tm_live_config *cfg, GError **error);
+/* Receiver worker: frames of the device-state part of a data channel (RAM_END, STATE) and the
+ * order rules around them for the others (DATA, SYNC, END). Returns 0 or -errno. */
+int tm_recv_state_frame(recv_chan *c, const tm_frame *f, GError **error);
+int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error);
+/* Receiver, under r->lock: the VMM has a state section (or the rest of one) to read. */
+bool tm_receiver_state_waiting(tm_receiver *r);
+/* Receiver, wait() once every data channel ended: END_OF_STATE reached, READY sent. */
+int tm_receiver_send_ready(tm_receiver *r, GError **error);
+void tm_receiver_state_free(tm_receiver *r);
 
 /* ---- handshake.c ---- */
 /* Sends the HELLO of connection ch: a data channel (its id is the channel number) or control. */
