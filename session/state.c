@@ -514,7 +514,7 @@ int tm_receiver_next_state(tm_receiver *r, tm_state_info *ret, GError **error)
 	g_strlcpy(ret->name, c->state_name, sizeof(ret->name));
 	ret->index = c->state_hdr.section;
 	ret->length = c->state_hdr.section_len;
-	r->st.open = true;
+	r->st.open = ret->length > 0; /* an empty section is read to its end at once */
 	r->st.left = ret->length;
 	r->st.index = ret->index;
 	if (c->state_hdr.data_len == 0) {
@@ -529,7 +529,7 @@ int tm_receiver_next_state(tm_receiver *r, tm_state_info *ret, GError **error)
 int tm_receiver_read_state(tm_receiver *r, void *buf, size_t len, GError **error)
 {
 	int rc = receiver_usable(r, "tm_receiver_read_state()", error);
-	if (rc < 0)
+	if (rc < 0 || len == 0)
 		return rc;
 	g_mutex_lock(&r->lock);
 	if (!r->st.open || len > r->st.left) {
