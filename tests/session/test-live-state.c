@@ -107,7 +107,9 @@ static int read_sections(dest *d)
 static gpointer dest_thread(gpointer data)
 {
 	dest *d = data;
-	tm_receiver_config cfg = { .timeout_ms = 20000,
+	tm_receiver_config cfg = { .io_backend = recv_io,
+				   .tls_creds_dir = tls_dir,
+				   .timeout_ms = 20000,
 				   .on_present = d->slow_channel_1 ? slow_present : NULL };
 
 	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
@@ -157,7 +159,8 @@ static void dest_free(dest *d)
 static tm_sender *source(guest *g, const char *port, unsigned channels)
 {
 	g_autoptr(GError) err = NULL;
-	tm_sender_config cfg = { .channels = channels, .packet_size = PS, .chunk_size = PS,
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = channels, .packet_size = PS, .chunk_size = PS,
 				 .timeout_ms = 20000 };
 	tm_sender *s;
 
@@ -579,14 +582,16 @@ static void test_hostile(void)
 	guest_fini(&dst);
 }
 
+/* Every test over every backend pair, plaintext and TLS (the hand-made sender: plaintext). */
 int main(int argc, char **argv)
 {
-	g_test_init(&argc, &argv, NULL);
-	g_test_add_func("/live-state/sizes", test_sizes);
-	g_test_add_func("/live-state/ramhash", test_ramhash);
-	g_test_add_func("/live-state/names-order", test_names_order);
-	g_test_add_func("/live-state/limits", test_limits);
-	g_test_add_func("/live-state/api-errors", test_api_errors);
-	g_test_add_func("/live-state/hostile", test_hostile);
-	return g_test_run();
+	static const session_test tests[] = {
+		{ "state-sizes", test_sizes, false },
+		{ "state-ramhash", test_ramhash, false },
+		{ "state-names-order", test_names_order, false },
+		{ "state-limits", test_limits, false },
+		{ "state-api-errors", test_api_errors, false },
+		{ "state-hostile", test_hostile, true },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
