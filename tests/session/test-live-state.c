@@ -393,6 +393,45 @@ static void test_api_errors(void)
 	guest_fini(&dst);
 }
 
+/* Protocol 1 has no device state: put_state refuses, next_state says "no more". */
+static void test_v1(void)
+{
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	dest d = { 0 };
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 20000 };
+	tm_live_config lc = { .size = sizeof(lc), .wire_version = 1 };
+	tm_sender *s;
+
+	guest_init(&src, spec, 1, false);
+	guest_init(&dst, spec, 1, false);
+	guest_fill(&src);
+	g_autofree char *port = dest_start(&d, &dst);
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	queue_all(s, &src);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, -EOPNOTSUPP);
+	g_clear_error(&err);
+	g_assert_cmpint(tm_sender_put_state(s, "cpu0", "x", 1, 0, &err), ==, -EOPNOTSUPP);
+	g_assert_nonnull(strstr(err->message, "protocol 1 carries no device state"));
+	g_clear_error(&err);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_cmpuint(tm_sender_downtime_us(s), ==, 0);
+	dest_join(&d);
+	g_assert_cmpint(d.ret, ==, 0);
+	g_assert_cmpuint(d.wait_ones, ==, 0);
+	tm_state_info info;
+	g_assert_cmpint(tm_receiver_next_state(d.r, &info, &err), ==, 0);
+	g_assert_cmpuint(tm_receiver_wire_version(d.r), ==, 1);
+	assert_same(&src, &dst);
+	tm_sender_free(s);
+	dest_free(&d);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 /* ---- a hand-made protocol 2 sender: 2 data channels and control, one 2 MiB block ---- */
 
 typedef struct raw {
@@ -591,6 +630,7 @@ int main(int argc, char **argv)
 		{ "state-names-order", test_names_order, false },
 		{ "state-limits", test_limits, false },
 		{ "state-api-errors", test_api_errors, false },
+		{ "state-v1", test_v1, false },
 		{ "state-hostile", test_hostile, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
