@@ -9,8 +9,9 @@
  * A "guest" of MIB MiB (default 32) with MTE-style tags (the soft tag store stands in for the
  * hardware) migrates over loopback to a second copy in this process: a first full round, rounds
  * of the pages the guest dirtied meanwhile (this program keeps its own dirty bitmap where a VMM
- * would read KVM_GET_DIRTY_LOG), then the guest stops and the last dirty pages go with
- * tm_sender_finish(). It prints each round and exits 0 when the copy is identical, data and tags.
+ * would read KVM_GET_DIRTY_LOG) until tm_sender_advise() says the rest fits in the downtime
+ * target, then the guest stops and the last dirty pages go with tm_sender_finish(). It prints
+ * each round and the downtime, and exits 0 when the copy is identical, data and tags.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -80,6 +81,7 @@ int main(int argc, char **argv)
 	g_autoptr(tm_sender) s = NULL;
 	g_autoptr(GError) err = NULL;
 	tm_sender_config cfg = { .channels = 2 };
+	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = 50000 };
 	dest d = { 0 };
 	unsigned port;
 	tm_stats st;
@@ -112,14 +114,19 @@ int main(int argc, char **argv)
 	GThread *t = g_thread_new("destination", destination, &d);
 	g_autofree char *ports = g_strdup_printf("%u", port);
 	if (tm_sender_new(src_layout, src_tags, &cfg, &s, &err) < 0 ||
+	    tm_sender_set_live(s, &lc, &err) < 0 ||
 	    tm_sender_connect(s, "127.0.0.1", ports, &err) < 0) {
 		g_thread_join(t);
 		return fail("connect", err);
 	}
 
-	/* Round 1 sends everything; each later round sends what the guest dirtied meanwhile. */
+	/*
+	 * Round 1 sends everything; each later round sends what the guest dirtied meanwhile, until
+	 * the advice says what is dirty now fits in the downtime target (or 30 rounds did not get
+	 * there: a VMM would then throttle its guest or accept a longer downtime).
+	 */
 	memset(dirty, 0xff, (npages + 63) / 64 * 8);
-	for (unsigned round = 1; round <= 3; round++) {
+	for (unsigned round = 1; round <= 30; round++) {
 		g_autofree uint64_t *this_round = g_memdup2(dirty, (npages + 63) / 64 * 8);
 		memset(dirty, 0, (npages + 63) / 64 * 8);
 		if (tm_sender_queue_bitmap(s, 0, this_round, 0, npages, &err) < 0)
@@ -129,11 +136,24 @@ int main(int argc, char **argv)
 			guest_write(src, tags, dirty, (i * 7919 + round * 104729) % npages, round);
 		if (tm_sender_sync(s, &err) < 0)
 			break;
-		tm_sender_get_stats(s, &st);
-		printf("round %u: %" PRIu64 " pages sent so far, %.3f s\n", round, st.pages, st.seconds);
+		tm_round_stats rs;
+		tm_switch_advice adv;
+		uint64_t ndirty = 0;
+		for (uint64_t w = 0; w < (npages + 63) / 64; w++)
+			ndirty += (uint64_t)__builtin_popcountll(dirty[w]);
+		tm_sender_get_round(s, round, &rs);
+		tm_sender_advise(s, ndirty, 0, &adv);
+		printf("round %u: %" PRIu64 " pages, %" PRIu64 " bytes in %.3f s (%.3f s busy); "
+		       "%" PRIu64 " pages dirty, expected downtime %.1f ms\n",
+		       round, rs.pages_sent, rs.wire_bytes, rs.seconds, rs.busy_seconds, ndirty,
+		       adv.expected_downtime_us == UINT64_MAX ? -1.0
+							 : adv.expected_downtime_us / 1e3);
+		if (adv.switch_now)
+			break;
 	}
 	/* Stop the guest; its last dirty pages go with the switchover. */
-	if (!err && tm_sender_queue_bitmap(s, 0, dirty, 0, npages, &err) >= 0)
+	if (!err && tm_sender_guest_stopped(s, &err) >= 0 &&
+	    tm_sender_queue_bitmap(s, 0, dirty, 0, npages, &err) >= 0)
 		tm_sender_finish(s, &err);
 	g_thread_join(t);
 	if (err)
@@ -143,6 +163,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	tm_sender_get_stats(s, &st);
+	tm_live_stats ls = { .size = sizeof(ls) };
+	tm_sender_get_live_stats(s, &ls);
+	printf("downtime %.1f ms after %" PRIu64 " rounds\n", ls.downtime_us / 1e3, ls.rounds);
 	bool same = memcmp(src, dst, len) == 0 &&
 		    memcmp(tags, tm_tag_store_soft_array(dst_tags, 0), len / TM_TAG_GRANULE) == 0;
 	printf("%" PRIu64 " MiB over %u channels (%s): %" PRIu64 " pages in %.3f s; copy %s\n", mib,

@@ -40,6 +40,16 @@ if [ -n "$need" ]; then
 		echo "setup: could not install the packaging tools; the package test will skip" >&2
 fi
 
+# The short fuzz runs of scripts/test.sh (tests/fuzz/README.md): clang and its libFuzzer. Not
+# fatal: without them the fuzz runs are skipped and the test summary says why.
+need=$(missing clang libclang-rt-14-dev)
+if [ -n "$need" ]; then
+	echo "setup: installing for the fuzz runs:$need" >&2
+	apt-get install -y -qq --no-install-recommends $need >/dev/null 2>&1 ||
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
+		echo "setup: could not install clang/libFuzzer; the fuzz runs will be skipped" >&2
+fi
+
 # The emulated arm64 suite (tests/vm/aarch64/, docs/aarch64.md): the cross compiler, arm64 -dev
 # packages side by side through multiarch (static archives for the test programs), and Debian's
 # qemu-system-arm for its shared libraries only (the harness runs QEMU >= 8.0 unpacked from

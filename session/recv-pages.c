@@ -172,6 +172,7 @@ static int recv_loop(recv_chan *c, GError **error)
 			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC_ACK, v[0], c->pages_applied,
 						     error)) < 0)
 				return ret;
+			__atomic_add_fetch(&c->syncs, 1, __ATOMIC_RELAXED); /* live stats' rounds */
 			break;
 		case TM_MSG_END:
 			if ((ret = recv_ctrl_body(c, &f, v, error)) < 0)

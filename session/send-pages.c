@@ -23,6 +23,8 @@ static int flush_packet(send_chan *c, GError **error)
 		return 0;
 	c->pkt_open = false;
 	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
+	if (tm_sender_throttle(c->s, c, len))
+		c->cr.throttled = true;
 	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
 	if (r < 0)
 		return r;
@@ -128,6 +130,7 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	}
 	g_mutex_lock(&c->s->lock);
 	c->synced = id;
+	tm_rounds_chan_acked(c->s, c, id);
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;
@@ -168,6 +171,7 @@ gpointer tm_send_worker(gpointer data)
 	g_autoptr(GError) err = NULL;
 	int r = 0;
 
+	c->cr.wire_mark = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED); /* not the HELLO */
 	for (;;) {
 		g_mutex_lock(&s->lock);
 		while (!s->quit && c->pending->len == 0) {
@@ -180,6 +184,7 @@ gpointer tm_send_worker(gpointer data)
 					break;
 				continue;
 			}
+			tm_rounds_chan_idle(s, c);
 			g_cond_wait(&c->wake, &s->lock);
 		}
 		if (r < 0 || s->quit) {

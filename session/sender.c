@@ -164,7 +164,10 @@ int tm_sender_set_live(tm_sender *s, const tm_live_config *cfg, GError **error)
 	int r = tm_live_config_load(cfg, true, &c, error);
 	if (r < 0)
 		return r;
+	g_mutex_lock(&s->lock); /* read by the any-thread getters (rounds.c) */
 	s->live = c;
+	tm_ratelimit_set(&s->rl, c.rate_limit);
+	g_mutex_unlock(&s->lock);
 	s->live_set = true;
 	s->wire = (uint8_t)c.wire_version;
 	return 0;
@@ -404,11 +407,6 @@ static int check_open(tm_sender *s, GError **error)
 	return -EBADFD;
 }
 
-int tm_sender_check_open(tm_sender *s, GError **error)
-{
-	return check_open(s, error);
-}
-
 /* Appends pages [first, first + count) of block to the staging lists, split by chunk. */
 static void stage_run(tm_sender *s, unsigned block, uint64_t first, uint64_t count)
 {
@@ -442,6 +440,7 @@ static void stage_marker(tm_sender *s, uint32_t kind, uint64_t id)
 /* Hands the staged work to the workers: a pointer swap when a worker's list is empty. */
 static void stage_commit(tm_sender *s)
 {
+	tm_rounds_committed(s);
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
@@ -455,6 +454,7 @@ static void stage_commit(tm_sender *s)
 			g_array_append_vals(c->pending, s->staging[i]->data, s->staging[i]->len);
 			g_array_set_size(s->staging[i], 0);
 		}
+		tm_rounds_chan_busy(s, c);
 		g_cond_signal(&c->wake);
 	}
 	g_mutex_unlock(&s->lock);
@@ -531,14 +531,23 @@ int tm_sender_queue_bitmap(tm_sender *s, unsigned block, const uint64_t *bitmap,
 	return 0;
 }
 
-int tm_sender_sync(tm_sender *s, GError **error)
+int tm_sender_check_open(tm_sender *s, GError **error)
 {
-	int r = check_open(s, error);
-	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0)
-		return r;
-	uint64_t id = __atomic_add_fetch(&s->next_sync, 1, __ATOMIC_RELAXED);
+	return check_open(s, error);
+}
+
+void tm_sender_stage_sync(tm_sender *s, uint64_t id)
+{
 	stage_marker(s, WORK_SYNC, id);
 	stage_commit(s);
+}
+
+int tm_sender_sync(tm_sender *s, GError **error)
+{
+	uint64_t id;
+	int r = tm_sender_end_round(s, &id, error);
+	if (r < 0)
+		return r;
 
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)

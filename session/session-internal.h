@@ -9,7 +9,10 @@
  *   recv-pages.c            the receiver's channel worker: DATA applied to guest RAM, SYNC, END
  *   channel.c               the protocol channel: framing, sequence numbers, control messages
  *   failure.c, stats.c      the first failure that explains the most; counters summed
- *   state.c                 device state: guest_stopped, put_state, RAM_END, STATE, READY
+ *   rounds.c                the sender's rounds: their figures, advise, guest_stopped
+ *   ratelimit.c, converge.c the rate limit's token bucket; the convergence estimator
+ *   live-stats.c            tm_live_stats
+ *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
  */
 #pragma once
 
@@ -21,6 +24,7 @@
 #include "codec/codec.h"
 #include "tagmig/session.h"
 #include "session/channel.h"
+#include "session/converge.h"
 #include "transport/tls/tls.h"
 
 /* WORK_RAM_END, WORK_STATE: protocol 2 device state (state.c); a STATE work item has the
@@ -38,9 +42,7 @@ typedef struct state_section {
 
 /* The sender's device state (state.c). */
 typedef struct send_state {
-	/* migration thread */
-	bool stopped;        /* tm_sender_guest_stopped() was called */
-	int64_t t_stopped;
+	/* migration thread (the guest stopped: rounds.stopped_us) */
 	bool ram_closed;     /* RAM_END handed to every channel: queue_* and sync refuse */
 	bool ended;          /* END_OF_STATE handed over */
 	uint64_t next_chunk; /* g of the next chunk */
@@ -49,7 +51,7 @@ typedef struct send_state {
 	/* protected by s->lock (workers look sections up by index) */
 	GPtrArray *sections; /* of state_section */
 	/* atomic */
-	uint64_t downtime_us; /* guest_stopped -> READY; 0 before */
+	uint64_t downtime_us; /* guest_stopped -> READY; 0 before (tm_live_stats) */
 } send_state;
 
 /* Failure bookkeeping shared by sender and receiver. */
@@ -71,6 +73,16 @@ typedef struct work {
 	uint64_t count;
 } work;
 
+/* A channel's part in the current round (rounds.c). */
+typedef struct tm_chan_round {
+	/* worker-local */
+	uint64_t pages_mark; /* pages_sent at the last acknowledged SYNC */
+	uint64_t wire_mark;  /* ch.st.wire_bytes then */
+	bool throttled;      /* the rate limit held a packet back since */
+	/* protected by s->lock */
+	bool busy;           /* has work (pending or being sent) */
+} tm_chan_round;
+
 typedef struct send_chan {
 	tm_chan ch;
 	tm_sender *s;
@@ -91,8 +103,30 @@ typedef struct send_chan {
 	uint8_t *tagraw;  /* tags of the pages being added, one byte per granule */
 	uint64_t pages_sent;
 	uint64_t packets_sent;
+	tm_chan_round cr;
 	uint64_t state_chunks; /* STATE messages sent */
 } send_chan;
+
+/* Rounds and their figures (rounds.c). */
+#define TM_ROUND_HISTORY 1024u
+typedef struct tm_rounds {
+	/* migration-thread local */
+	uint64_t queued_round;     /* pages handed to the workers since the last end_round */
+	/* relaxed atomics */
+	uint64_t queued_total;     /* pages handed to the workers in all */
+	uint64_t max_downtime_us;  /* tm_sender_set_max_downtime(); 0: the live config's */
+	/* protected by s->lock */
+	tm_round_stats ring[TM_ROUND_HISTORY]; /* round k in slot k % TM_ROUND_HISTORY */
+	unsigned acks[TM_ROUND_HISTORY];       /* channels that acknowledged the slot's round */
+	uint64_t complete;         /* the last round acknowledged on every channel */
+	int64_t done_us;           /* when it was (0: none yet) */
+	unsigned active;           /* channels with work */
+	int64_t busy_since;        /* since when active > 0 */
+	int64_t busy_us;           /* busy time up to busy_since */
+	int64_t busy_mark;         /* busy time when the last round completed */
+	tm_estimator est;
+	int64_t stopped_us;        /* tm_sender_guest_stopped(); 0 before */
+} tm_rounds;
 
 enum sender_state { S_NEW, S_OPEN, S_DONE };
 
@@ -128,6 +162,8 @@ struct tm_sender {
 	tm_failure failure;
 	bool quit;
 	int64_t t_start, t_end; /* also read by get_stats */
+	tm_rounds rounds;
+	tm_ratelimit rl;        /* rate and lifted are atomics; the bucket is under lock */
 };
 
 typedef struct recv_chan {
@@ -142,6 +178,7 @@ typedef struct recv_chan {
 	tm_recv_plan plan;        /* the DATA packet being received */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
+	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */
 	/* device state (state.c), worker-local unless said */
 	bool ram_ended;           /* RAM_END(FINAL) received */
 	uint64_t state_chunks;    /* STATE messages received */
@@ -211,10 +248,31 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 #define TM_V2_EXTRA_CONNECTIONS 1u
 
 /* ---- sender.c ---- */
-/* 0 while the session is open, else its failure (or -EBADFD before connect, after finish). */
-int tm_sender_check_open(tm_sender *s, GError **error);
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);
+
+/* The open-session check of the queue calls: 0, -EBADFD, or the session's failure. */
+int tm_sender_check_open(tm_sender *s, GError **error);
+/* Hands a SYNC barrier with id to every channel (behind what is queued). */
+void tm_sender_stage_sync(tm_sender *s, uint64_t id);
+
+/* ---- rounds.c ---- */
+/* s->lock held: channel c got work (stage_commit) / has none left (its worker waits). */
+void tm_rounds_chan_busy(tm_sender *s, send_chan *c);
+void tm_rounds_chan_idle(tm_sender *s, send_chan *c);
+/* Migration thread, before the staged work is handed over: counts its pages. */
+void tm_rounds_committed(tm_sender *s);
+/* s->lock held, in c's worker: c's SYNC of round was acknowledged (c->synced already set). */
+void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round);
+/* tm_sender_advise() without the handshake check. */
+void tm_rounds_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
+		      tm_switch_advice *ret);
+
+/* ---- ratelimit.c ---- */
+/* Worker c, before submitting a packet of bytes: waits for the bucket; true if it had to. */
+bool tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes);
+/* The guest stopped: no rate limit from now on; waiting workers go at once. */
+void tm_sender_lift_rate_limit(tm_sender *s);
 
 /* ---- send-pages.c ---- */
 /* The worker thread of one sender channel (data: its send_chan). */

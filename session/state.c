@@ -2,8 +2,8 @@
 /*
  * Device state inside the session (docs/design/live-engine.md §1.3, §1.4, §2.4, §2.5).
  *
- * Sender: the VMM pauses its guest (tm_sender_guest_stopped: the downtime clock starts), queues
- * its final dirty log, then hands named sections (tm_sender_put_state). The first section closes
+ * Sender: the VMM pauses its guest (tm_sender_guest_stopped() in rounds.c: the downtime clock
+ * starts), queues its final dirty log, then hands named sections (tm_sender_put_state). The first section closes
  * RAM: every channel gets RAM_END(FINAL) behind its last DATA. A section travels as chunks of at
  * most packet_size bytes, numbered g over the session, chunk g on channel g mod N, in the same
  * work lists as pages (so behind RAM_END). finish adds END_OF_STATE and waits for READY.
@@ -35,24 +35,6 @@ static int sender_usable(tm_sender *s, const char *what, GError **error)
 			    "%s: protocol 1 carries no device state (wire_version = 1)", what);
 		return -EOPNOTSUPP;
 	}
-	return 0;
-}
-
-int tm_sender_guest_stopped(tm_sender *s, GError **error)
-{
-	int r = sender_usable(s, "tm_sender_guest_stopped()", error);
-	if (r < 0)
-		return r;
-	if (s->st.stopped) {
-		g_set_error(error, TM_ERROR, EBADFD, "tm_sender_guest_stopped(): called twice");
-		return -EBADFD;
-	}
-	/*
-	 * Kept small on purpose: the phase (TM_PHASE_STOPPED) and lifting the rate limit for what
-	 * is left of precopy (design steps 5 and 7) are added here.
-	 */
-	s->st.stopped = true;
-	s->st.t_stopped = tm_now_us();
 	return 0;
 }
 
@@ -94,7 +76,7 @@ int tm_sender_put_state(tm_sender *s, const char *name, const void *data, size_t
 	int r = sender_usable(s, "tm_sender_put_state()", error);
 	if (r < 0)
 		return r;
-	if (!s->st.stopped || s->st.ended) {
+	if (!s->rounds.stopped_us || s->st.ended) {
 		g_set_error(error, TM_ERROR, EBADFD, "tm_sender_put_state(): %s",
 			    s->st.ended ? "device state has ended"
 					: "the guest is not stopped (tm_sender_guest_stopped() first)");
@@ -133,9 +115,8 @@ int tm_sender_put_state(tm_sender *s, const char *name, const void *data, size_t
 	sec->data = data;
 	if ((flags & TM_STATE_COPY) && len)
 		sec->data = sec->owned = g_memdup2(data, len);
-	s->st.total += len;
-
 	g_mutex_lock(&s->lock);
+	s->st.total += len;
 	work w = { .kind = WORK_STATE, .block = s->st.sections->len };
 	g_ptr_array_add(s->st.sections, sec);
 	/* An empty section is one chunk too: it carries the name. */
@@ -260,15 +241,14 @@ int tm_sender_await_ready(tm_sender *s, GError **error)
 			    U64(mode));
 		return -EPROTO;
 	}
-	if (s->st.stopped)
-		__atomic_store_n(&s->st.downtime_us, (uint64_t)MAX(tm_now_us() - s->st.t_stopped, 1),
+	/* The destination has all RAM and every section: the downtime clock stops here. */
+	g_mutex_lock(&s->lock);
+	int64_t stopped_us = s->rounds.stopped_us;
+	g_mutex_unlock(&s->lock);
+	if (stopped_us)
+		__atomic_store_n(&s->st.downtime_us, (uint64_t)MAX(tm_now_us() - stopped_us, 1),
 				 __ATOMIC_RELEASE);
 	return 0;
-}
-
-uint64_t tm_sender_downtime_us(tm_sender *s)
-{
-	return __atomic_load_n(&s->st.downtime_us, __ATOMIC_ACQUIRE);
 }
 
 void tm_sender_state_free(tm_sender *s)

@@ -29,6 +29,7 @@ typedef struct send_opts {
 	int timeout;
 	char *tls_creds;
 	char *tls_hostname;
+	char *rate_limit;
 } send_opts;
 
 static void send_opts_clear(send_opts *o)
@@ -42,6 +43,7 @@ static void send_opts_clear(send_opts *o)
 	g_free(o->io);
 	g_free(o->tls_creds);
 	g_free(o->tls_hostname);
+	g_free(o->rate_limit);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(send_opts, send_opts_clear)
@@ -94,11 +96,14 @@ int cli_cmd_send(int argc, char **argv)
 		{ "tls-hostname", 0, 0, G_OPTION_ARG_STRING, &o.tls_hostname,
 		  "Name the receiver's certificate must carry (default: the HOST of --connect)",
 		  "NAME" },
+		{ "rate-limit", 0, 0, G_OPTION_ARG_STRING, &o.rate_limit,
+		  "At most this many bytes per second over all channels, as QEMU's "
+		  "max-bandwidth (e.g. 100M/s; default 0: no limit)", "BYTES/s" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
 	};
-	uint64_t page_size = 4096, chunk_size = 0, packet_size = 0;
+	uint64_t page_size = 4096, chunk_size = 0, packet_size = 0, rate_limit = 0;
 	g_autoptr(GError) error = NULL;
 	int rc;
 
@@ -151,6 +156,15 @@ int cli_cmd_send(int argc, char **argv)
 				       packet_size ? packet_size : TM_PACKET_SIZE_DEFAULT);
 	if (o.timeout < 0 || o.timeout > 86400)
 		return cli_usage_error("send", "--timeout must be 0..86400 seconds");
+	if (o.rate_limit) {
+		/* "100M/s" or "100M": a size per second */
+		g_autofree char *r = g_strdup(o.rate_limit);
+		if (g_str_has_suffix(r, "/s"))
+			r[strlen(r) - 2] = '\0';
+		if (cli_parse_size(r, &rate_limit) < 0)
+			return cli_usage_error("send", "--rate-limit '%s' is not a size per second",
+					       o.rate_limit);
+	}
 
 	g_autoptr(GPtrArray) ram_specs = NULL;
 	g_autoptr(GPtrArray) tag_specs = NULL;
@@ -240,6 +254,9 @@ int cli_cmd_send(int argc, char **argv)
 	if (rc == -EINVAL)
 		return cli_usage_error("send", "%s", error->message);
 	if (rc < 0)
+		return cli_fail(error);
+	tm_live_config live = { .size = sizeof(live), .rate_limit = rate_limit };
+	if (rate_limit && tm_sender_set_live(sender, &live, &error) < 0)
 		return cli_fail(error);
 
 	uint64_t nwords = (max_pages + 63) / 64;

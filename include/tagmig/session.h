@@ -256,9 +256,10 @@ typedef struct tm_live_config {
 	uint32_t wire_version;      /* sender: 0 or 2 = protocol 2; 1 = protocol 1 for an old receiver
 	                             * (no control connection, no live features); receiver: ignored
 	                             * (it serves the version the sender chose) */
-	uint64_t max_downtime_us;   /* sender: switchover target; 0 means 300000 (not used yet) */
-	uint64_t rate_limit;        /* sender: bytes/s; 0 = unlimited (not used yet) */
-	uint64_t switchover_bandwidth; /* sender: bytes/s at switchover; 0 = estimate (not used yet) */
+	uint64_t max_downtime_us;   /* sender: target of tm_sender_advise(); 0 means 300000 */
+	uint64_t rate_limit;        /* sender: bytes/s over all data channels until
+	                             * tm_sender_guest_stopped(); 0 = unlimited */
+	uint64_t switchover_bandwidth; /* sender: bytes/s tm_sender_advise() assumes; 0 = estimate */
 	bool postcopy;              /* offer (sender) / accept (receiver) postcopy: not implemented
 	                             * yet, refused with -EOPNOTSUPP */
 	bool uffd_user_mode_only;   /* receiver, postcopy: UFFD_USER_MODE_ONLY */
@@ -300,22 +301,142 @@ TM_EXPORT unsigned tm_receiver_wire_version(tm_receiver *receiver);
 TM_EXPORT int tm_sender_get_session_id(tm_sender *sender, uint8_t ret[16]);
 TM_EXPORT int tm_receiver_get_session_id(tm_receiver *receiver, uint8_t ret[16]);
 
-/* ---- protocol 2: device state (symbol version TAGMIG_0.2; docs/api.md, "Device state") ---- */
+/* ---- protocol 2: rounds, convergence, rate limit (symbol version TAGMIG_0.2) ---- */
+
+/* Where a session is (tm_live_stats.phase). */
+typedef enum tm_phase {
+	TM_PHASE_SETUP = 0,           /* before the handshake completed */
+	TM_PHASE_PRECOPY = 1,         /* rounds while the guest runs at the source */
+	TM_PHASE_STOPPED = 2,         /* guest paused at the source: final round, device state */
+	TM_PHASE_POSTCOPY = 3,        /* destination may run; missing pages on demand */
+	TM_PHASE_COMPLETE = 4,        /* every page and every state section is at the destination */
+	TM_PHASE_FAILED = 5,          /* terminal; the error says why */
+	TM_PHASE_POSTCOPY_PAUSED = 6, /* a connection failed after the switch to postcopy */
+} tm_phase;
+
+/* The figures of one completed round (tm_sender_get_round()). */
+typedef struct tm_round_stats {
+	uint64_t round;        /* 1, 2, ...: round k ends at the k-th barrier (end_round or sync) */
+	uint64_t pages_queued; /* pages handed to queue_* since the previous barrier (each index of
+	                        * queue_pages, each set bit of queue_bitmap: what will be sent) */
+	uint64_t pages_sent;   /* pages packed and sent on the data channels in the round */
+	uint64_t wire_bytes;   /* bytes the data channels moved in the round, framing, the SYNC and
+	                        * its acknowledgement included */
+	double seconds;        /* from the previous barrier acknowledged (or the session's start)
+	                        * to this one acknowledged */
+	double busy_seconds;   /* of those, time with pages queued or in flight on some channel */
+	bool throttled;        /* the rate limit held packets back in this round */
+} tm_round_stats;
 
 /*
- * The VMM has paused the guest: starts the downtime clock (tm_sender_downtime_us()). Next: queue
- * the final dirty log, tm_sender_put_state() per section, then tm_sender_finish(). Until finish
- * returns, a failure leaves the source free to resume its guest. Returns 0, -EBADFD (twice, or
- * the session is not open), -EOPNOTSUPP (protocol 1), or the session's failure. Migration thread.
+ * Ends the round without waiting: queues the barrier tm_sender_sync() waits for, behind every
+ * page queued so far, and returns its round number in *ret_round (tm_sender_sync() is end_round
+ * plus the wait). Returns 0 or the session's failure. Migration thread.
+ */
+TM_EXPORT int tm_sender_end_round(tm_sender *sender, uint64_t *ret_round, GError **error);
+
+/*
+ * 1 if round has been acknowledged on every channel (every page queued before it is present at
+ * the destination), 0 if not yet, -EINVAL for a round never ended, or the session's failure
+ * (-errno, *error set). Never blocks. Any thread.
+ */
+TM_EXPORT int tm_sender_round_done(tm_sender *sender, uint64_t round, GError **error);
+
+/* Copies a completed round's figures: 0, or -ENOENT (not complete, or older than the last
+ * 1024 rounds). Any thread. */
+TM_EXPORT int tm_sender_get_round(tm_sender *sender, uint64_t round, tm_round_stats *ret);
+
+/* What tm_sender_advise() estimates. */
+typedef struct tm_switch_advice {
+	uint64_t bandwidth;            /* bytes/s assumed for the switchover; 0: no estimate yet */
+	uint64_t pending_bytes;        /* queued, not yet sent, in estimated wire bytes */
+	uint64_t dirty_bytes;          /* the dirty_pages given, in estimated wire bytes */
+	uint64_t expected_downtime_us; /* (pending + dirty + state_bytes) / bandwidth (+ 2 RTT once
+	                                * the control connection measures it); UINT64_MAX without
+	                                * a bandwidth estimate, unless there is nothing to send */
+	uint64_t max_downtime_us;      /* the target it is compared with */
+	bool switch_now;               /* expected_downtime_us <= max_downtime_us */
+	bool converging;               /* the last round's dirty rate (pages queued x bytes per
+	                                * page / seconds) is below the bandwidth; false before a
+	                                * round gave an estimate. false: consider postcopy */
+} tm_switch_advice;
+
+/*
+ * The switchover helper (docs/api.md, "Rounds and convergence"). dirty_pages: what the VMM's
+ * dirty log holds now, i.e. what the final round would send; state_bytes: its estimate of the
+ * device state. Bandwidth: an average (EWMA) of the rounds' wire_bytes / busy_seconds, rounds
+ * under 1 MiB or 5 ms left out, throttled rounds used only while there is no other;
+ * tm_live_config.switchover_bandwidth overrides it. Returns 0 or -EBADFD before the handshake.
+ * Any thread.
+ */
+TM_EXPORT int tm_sender_advise(tm_sender *sender, uint64_t dirty_pages, uint64_t state_bytes,
+			       tm_switch_advice *ret);
+
+/*
+ * Change the switchover target (microseconds; 0: the default, 300 ms) and the rate limit
+ * (bytes/s over all data channels together; 0: none). The rate limit takes effect for the next
+ * packet, also for a worker waiting on the old limit. Both return 0, or -EBADFD once the
+ * session has finished or failed. Any thread.
+ */
+TM_EXPORT int tm_sender_set_max_downtime(tm_sender *sender, uint64_t max_downtime_us);
+TM_EXPORT int tm_sender_set_rate_limit(tm_sender *sender, uint64_t bytes_per_sec);
+
+/*
+ * The VMM has paused the guest: starts the downtime clock and lifts the rate limit for the rest
+ * of the migration (a later tm_sender_set_rate_limit() does not bring it back). Next: queue the
+ * final dirty log, tm_sender_put_state() per device-state section, then tm_sender_finish(),
+ * which waits until the destination has all RAM and state (READY: the downtime clock stops,
+ * tm_live_stats.downtime_us). Returns 0, -EBADFD (called twice, or the session is not open), or
+ * the session's failure. Migration thread.
  */
 TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
+
+/*
+ * Live statistics. The first field is the size of the struct as the caller compiled it; the
+ * library fills min(size, sizeof(tm_live_stats)) bytes and sets size to that. Fields a side or
+ * an implemented step does not have read zero.
+ */
+typedef struct tm_live_stats {
+	uint32_t size;              /* in: sizeof(tm_live_stats) as compiled by the caller */
+	uint32_t phase;             /* tm_phase */
+	uint32_t wire_version;
+	uint32_t reserved;
+	uint64_t rounds;            /* rounds completed: acknowledged (sender) or answered
+	                             * (receiver) on every channel */
+	uint64_t bandwidth;         /* sender: bytes/s estimate (as tm_sender_advise()), 0: none */
+	uint64_t pending_bytes;     /* sender: queued, not yet sent, estimated wire bytes */
+	uint64_t expected_downtime_us; /* sender: for pending_bytes alone */
+	uint64_t max_downtime_us;
+	uint64_t rate_limit;        /* sender: bytes/s in force now; 0 = none (or lifted) */
+	uint64_t downtime_us;       /* sender: guest_stopped -> READY (the destination has all RAM and
+	                             * read every state section); 0 before */
+	uint64_t rtt_us;            /* control connection round trip, smoothed (not yet measured) */
+	uint64_t keepalives;        /* PINGs sent (not yet) */
+	uint64_t state_sections, state_bytes; /* put (sender) / delivered to the VMM (receiver) */
+	/* postcopy (not implemented yet: zero) */
+	uint64_t postcopy_pages;
+	uint64_t discarded_pages;
+	uint64_t requests;
+	uint64_t urgent_pages, background_pages;
+	uint64_t duplicate_pages;
+	uint64_t faults;
+	uint64_t fault_p50_us, fault_p99_us, fault_max_us;
+	uint64_t service_p50_us, service_p99_us;
+	uint64_t inline_wait_p50_us, inline_wait_p99_us;
+} tm_live_stats;
+
+/* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */
+TM_EXPORT int tm_sender_get_live_stats(tm_sender *sender, tm_live_stats *ret);
+TM_EXPORT int tm_receiver_get_live_stats(tm_receiver *receiver, tm_live_stats *ret);
+
+/* ---- protocol 2: device state (symbol version TAGMIG_0.2; docs/api.md, "Device state") ---- */
 
 #define TM_STATE_COPY 1u /* put_state flag: copy data now (else it must stay valid until finish) */
 
 /*
  * One device-state section: name (1..255 bytes of UTF-8, no control characters), len bytes of
- * data (0 allowed). Only after tm_sender_guest_stopped(); sections keep their call order and
- * travel after all RAM. Queues at once (blocks only for TM_STATE_COPY's copy); the first call
+ * data (0 allowed). Protocol 2, after tm_sender_guest_stopped(); sections keep their call order
+ * and travel after all RAM. Queues at once (blocks only for TM_STATE_COPY's copy); the first call
  * closes RAM: tm_sender_queue_*() and tm_sender_sync() then return -EBADFD. Without
  * TM_STATE_COPY data is referenced until tm_sender_finish() returns. Returns 0, -EINVAL (name,
  * flags), -EMSGSIZE (over the receiver's max_state_section / max_state_total, which the message
@@ -324,13 +445,6 @@ TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
  */
 TM_EXPORT int tm_sender_put_state(tm_sender *sender, const char *name, const void *data,
 				  size_t len, unsigned flags, GError **error);
-
-/*
- * Measured downtime in microseconds: from tm_sender_guest_stopped() to the destination's READY
- * (it has all RAM and every state section, read by its VMM), which tm_sender_finish() waits
- * for. 0 before READY, or without tm_sender_guest_stopped(). Any thread.
- */
-TM_EXPORT uint64_t tm_sender_downtime_us(tm_sender *sender);
 
 typedef struct tm_state_info {
 	char name[256];  /* NUL-terminated, validated: 1..255 bytes, UTF-8, no control characters */

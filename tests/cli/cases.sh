@@ -493,6 +493,22 @@ corrupt-bad-seq)
 corrupt-bad-block)
 	corrupt bad-block "block"
 	;;
+rate-limit)
+	# 8 MiB of random bytes (no zero pages: all of it is on the wire) at 4 MiB/s: 2 s;
+	# without the limit loopback takes a few ms.
+	head -c $((8 << 20)) /dev/urandom >"$T/in.img" || fail "no random image"
+	start_recv --ram "$T/out.img"
+	t0=$(date +%s%N)
+	run_send --ram "$T/in.img" --rate-limit 4M/s
+	t1=$(date +%s%N)
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	ms=$(((t1 - t0) / 1000000))
+	[ "$ms" -ge 1600 ] || fail "8 MiB at --rate-limit 4M/s took $ms ms, expected about 2000"
+	note "ok: 8 MiB at --rate-limit 4M/s in $ms ms"
+	;;
 usage)
 	u() { # WANT_RC ARGS...
 		local want=$1
@@ -524,6 +540,8 @@ usage)
 	u 2 send --connect 127.0.0.1:1234 --ram a="$T/x.img" --ram a="$T/x.img"
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" stray-argument
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --bogus
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --rate-limit fast
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --rate-limit 10M/h
 	u 2 recv --ram "$T/x.img"
 	u 2 recv --listen 127.0.0.1:65536 --ram "$T/x.img"
 	u 2 recv --listen 127.0.0.1:0

@@ -83,6 +83,13 @@ static void test_public_api(void)
 	tm_stats stats;
 	tm_sender_get_stats(s, &stats);
 	g_assert_cmpuint(stats.pages, ==, LEN / 16384);
+	/* finish is not a round; the session is over: nothing more to change. */
+	tm_live_stats ls = { .size = sizeof(ls) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ls), ==, 0);
+	g_assert_cmpuint(ls.phase, ==, TM_PHASE_COMPLETE);
+	g_assert_cmpuint(ls.rounds, ==, 0);
+	g_assert_cmpuint(ls.downtime_us, ==, 0); /* guest_stopped never called */
+	g_assert_cmpint(tm_sender_set_rate_limit(s, 1), ==, -EBADFD);
 	g_assert_cmpstr(TAGMIG_VERSION, !=, "");
 
 	close(listen_fd);
@@ -160,6 +167,47 @@ static void test_live_config(void)
 	g_aligned_free(ram);
 }
 
+/* Rounds, advice and limits of a sender that never connected. */
+static void test_rounds_before_connect(void)
+{
+	g_autoptr(tm_ram_layout) l = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	g_autoptr(GError) err = NULL;
+	uint8_t *ram = g_aligned_alloc0(1 << 20, 1, 65536);
+	uint64_t round = 99;
+	tm_round_stats rs;
+	tm_switch_advice adv;
+
+	g_assert_cmpint(tm_ram_layout_new(&l), ==, 0);
+	g_assert_cmpint(tm_ram_layout_add_block(l, "ram", ram, 1 << 20, 4096, 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_new(l, NULL, NULL, &s, &err), ==, 0);
+	expect_live(tm_sender_end_round(s, &round, &err), &err, EBADFD, "not open");
+	g_assert_cmpuint(round, ==, 99);
+	expect_live(tm_sender_round_done(s, 1, &err), &err, EINVAL, "round 1 was never ended");
+	g_assert_cmpint(tm_sender_get_round(s, 1, &rs), ==, -ENOENT);
+	g_assert_cmpint(tm_sender_advise(s, 0, 0, &adv), ==, -EBADFD);
+	expect_live(tm_sender_guest_stopped(s, &err), &err, EBADFD, "not open");
+
+	tm_live_stats ls = { .size = 4 };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ls), ==, -EINVAL);
+	ls = (tm_live_stats){ .size = sizeof(ls) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ls), ==, 0);
+	g_assert_cmpuint(ls.phase, ==, TM_PHASE_SETUP);
+	g_assert_cmpuint(ls.wire_version, ==, 0);
+	g_assert_cmpuint(ls.max_downtime_us, ==, 300000);
+	g_assert_cmpuint(ls.rate_limit, ==, 0);
+	/* The setters work before the session too. */
+	g_assert_cmpint(tm_sender_set_rate_limit(s, 5000000), ==, 0);
+	g_assert_cmpint(tm_sender_set_max_downtime(s, 7000), ==, 0);
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ls), ==, 0);
+	g_assert_cmpuint(ls.rate_limit, ==, 5000000);
+	g_assert_cmpuint(ls.max_downtime_us, ==, 7000);
+	g_assert_cmpint(tm_sender_set_max_downtime(s, 0), ==, 0); /* back to the default */
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ls), ==, 0);
+	g_assert_cmpuint(ls.max_downtime_us, ==, 300000);
+	g_aligned_free(ram);
+}
+
 /* tm_tag_buffer_check: the check `tagmig send` runs on a tag file before it connects. */
 static void test_tag_buffer_check(void)
 {
@@ -217,6 +265,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/api/public-only", test_public_api);
 	g_test_add_func("/api/tag-buffer-check", test_tag_buffer_check);
 	g_test_add_func("/api/live-config", test_live_config);
+	g_test_add_func("/api/rounds-before-connect", test_rounds_before_connect);
 	g_test_add_func("/api/version", test_version);
 	return g_test_run();
 }

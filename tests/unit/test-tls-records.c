@@ -5,7 +5,8 @@
  * both ways, key updates either side starts, OpenSSL's padded records, and which I/O path moved
  * the bytes as each layer's statistics tell it; then what a receiver refuses: records no TLS stack
  * writes, a byte flipped in flight, and a connection that ends without close_notify or with data
- * where close_notify belongs. Handshakes and credentials are test-tls.c's; both share
+ * where close_notify belongs; and the fatal alert each refusal sends (tls-alert.c), as OpenSSL
+ * reads it on the other end, both ways. Handshakes and credentials are test-tls.c's; both share
  * tls-fixture.c.
  */
 #include <errno.h>
@@ -190,11 +191,50 @@ static void test_key_update_requested(void)
 	requested_case(true);
 }
 
-/* ---- what a receiver refuses ---- */
+/* ---- what a receiver refuses, and the alert it sends ---- */
+
+/* The last alert OpenSSL read on an SSL (its info callback): level << 8 | description. */
+static int alert_read = -1;
+
+static void alert_cb(const SSL *ssl, int where, int ret)
+{
+	if ((where & SSL_CB_READ_ALERT) == SSL_CB_READ_ALERT)
+		alert_read = ret;
+}
+
+/*
+ * ch reads and fails at the peer's fatal alert desc: OpenSSL reads it as that alert (decrypted
+ * with the keys and at the sequence number it expects, or there would be no alert but a record
+ * that fails), and the error names it. code: the -errno expected.
+ */
+static void expect_alert_openssl(tm_chan *ch, int desc, int code)
+{
+	uint8_t b[64];
+	struct iovec v = { .iov_base = b, .iov_len = sizeof(b) };
+
+	alert_read = -1;
+	SSL_set_info_callback(chan_ssl(ch), alert_cb);
+	int r = tm_io_recv(ch->io, &v, 1, sizeof(b));
+	const char *why = tm_tls_last_error(ch->io);
+	g_test_message("the peer: %d %s", r, why);
+	g_assert_cmpint(alert_read, ==, SSL3_AL_FATAL << 8 | desc);
+	g_assert_cmpint(r, ==, code);
+	g_autofree char *name = g_strdup_printf("(alert: %s)", SSL_alert_desc_string_long(desc));
+	g_assert_nonnull(strstr(why, name));
+}
+
+/* The -errno tagmig gives a received fatal alert (tls-failure.c). */
+static int alert_code(int desc)
+{
+	return desc == SSL_AD_BAD_RECORD_MAC ? -EBADMSG : -EPROTO;
+}
 
 /*
  * Records no TLS stack writes, sent raw after the handshake: our receiver refuses each with
- * EBADMSG and says why, without waiting for more.
+ * EBADMSG and says why, without waiting for more, and tells the sender with the alert RFC 8446
+ * names for it, sealed in the direction OpenSSL protects (tls-alert.c), which the sender's
+ * OpenSSL reads as that alert. Under kernel TLS only what the kernel refuses for certain (a
+ * record that is not authentic) is checked.
  */
 static void test_hostile_records(void)
 {
@@ -203,17 +243,22 @@ static void test_hostile_records(void)
 		uint8_t bytes[64];
 		size_t len;
 		const char *msg;
+		int alert;
 	} cases[] = {
 		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5,
-		  "malformed TLS record header 17 03 03, length 16657" },
-		{ "shorter than a tag", { 23, 3, 3, 0, 16 }, 5, "length 16" },
+		  "malformed TLS record header 17 03 03, length 16657", SSL_AD_RECORD_OVERFLOW },
+		{ "shorter than a tag", { 23, 3, 3, 0, 15 }, 5, "length 15", SSL_AD_BAD_RECORD_MAC },
 		{ "content and padding beyond 2^14 + 1", { 23, 3, 3, 0x40, 0x12 }, 5,
 		  "a record with 16386 bytes of content, type and padding, more than TLS allows "
-		  "(record overflow)" },
-		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16" },
-		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01" },
+		  "(record overflow)", SSL_AD_RECORD_OVERFLOW },
+		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, "malformed TLS record header 16",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "alert type outside", { 21, 3, 3, 0, 2 }, 5, "malformed TLS record header 15",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "legacy version", { 23, 3, 1, 0, 40 }, 5, "malformed TLS record header 17 03 01",
+		  SSL_AD_DECODE_ERROR },
 		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45,
-		  "TLS record authentication failed (bad record MAC)" },
+		  "TLS record authentication failed (bad record MAC)", SSL_AD_BAD_RECORD_MAC },
 	};
 
 	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
@@ -237,10 +282,12 @@ static void test_hostile_records(void)
 		if (!ktls) {
 			g_assert_cmpint(r, ==, -EBADMSG);
 			g_assert_nonnull(strstr(why, cases[i].msg));
+			expect_alert_openssl(&c, cases[i].alert, alert_code(cases[i].alert));
 		} else if (i == G_N_ELEMENTS(cases) - 1) {
 			/* The kernel opens the records: a whole record that is not authentic. */
 			g_assert_cmpint(r, ==, -EBADMSG);
 			g_assert_nonnull(strstr(why, "authentication failed"));
+			expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
 		} else {
 			/*
 			 * A malformed header: some kernels fail the socket, others wait for the
@@ -251,6 +298,213 @@ static void test_hostile_records(void)
 		tm_chan_close(&s);
 		tm_chan_close(&c);
 	}
+}
+
+/*
+ * A resumed session (the second channel of a context pair) writes another handshake flight, but
+ * OpenSSL's direction is followed from the same point on: the alert still decrypts at the sender.
+ */
+static void test_alert_resumed(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	static const uint8_t bad[45] = { 23, 3, 3, 0, 40, 1, 2, 3 };
+	uint8_t buf[100];
+	struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+	tm_chan c, s;
+
+	tm_tls_ctx_set_ktls(cctx, false); /* the raw record must reach the socket as it is */
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	transfer(&c, &s, 1000);
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+
+	chan_pair(&c, &s, 1);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_true(tm_tls_resumed(c.io));
+	transfer(&s, &c, 5000);
+	g_assert_cmpint(write(c.fd, bad, sizeof(bad)), ==, (ssize_t)sizeof(bad));
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, sizeof(buf)), ==, -EBADMSG);
+	expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
+	tm_chan_close(&s);
+	tm_chan_close(&c);
+}
+
+/*
+ * Records sealed with the sender's keys whose content no TLS 1.3 stack sends after the handshake:
+ * our receiver refuses each and the sender's OpenSSL reads the alert RFC 8446 names. OpenSSL's
+ * sending direction on the receiver has moved to its next key first (a KeyUpdate of its own):
+ * the alert is sealed with that key. Under kernel TLS the kernel opens the records and hands the
+ * content over; a record without content type it refuses itself (bad_record_mac).
+ */
+static void test_hostile_contents(void)
+{
+	static const struct {
+		const char *what;
+		uint8_t type;
+		uint8_t content[8];
+		size_t len;
+		const char *msg;
+		int alert;
+	} cases[] = {
+		{ "content type 20", 20, { 1 }, 1, "unexpected record content type 20",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "no content type", 0, { 0, 0 }, 2, "a record without content type",
+		  SSL_AD_UNEXPECTED_MESSAGE },
+		{ "NewSessionTicket", 22, { 4, 0, 0, 0 }, 4,
+		  "unexpected TLS handshake message (type 4)", SSL_AD_UNEXPECTED_MESSAGE },
+		{ "KeyUpdate of length 2", 22, { 24, 0, 0, 2, 0, 0 }, 6,
+		  "malformed TLS KeyUpdate (length 2)", SSL_AD_DECODE_ERROR },
+		{ "KeyUpdate and more", 22, { 24, 0, 0, 1, 0, 24 }, 6,
+		  "KeyUpdate that does not end its record", SSL_AD_UNEXPECTED_MESSAGE },
+		{ "request_update 2", 22, { 24, 0, 0, 1, 2 }, 5, "request_update 2",
+		  SSL_AD_ILLEGAL_PARAMETER },
+		{ "alert of 3 bytes", 21, { 2, 20, 0 }, 3, "malformed TLS alert (3 bytes)",
+		  SSL_AD_DECODE_ERROR },
+	};
+
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+		g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+		tm_chan c, s;
+		uint8_t buf[100], rec[64];
+		struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+		size_t len = cases[i].len;
+
+		/* The test seals with the sender's keys in user space: no kernel TLS there. */
+		tm_tls_ctx_set_ktls(cctx, false);
+		chan_pair(&c, &s, 3);
+		start_both(cctx, &c, sctx, &s);
+		bool ktls = tm_tls_ktls(s.io) != 0;
+		tls_chan *tc = c.io->priv;
+		g_assert_true(tc->tx_engine == &tm_tls_engine_own);
+		transfer(&c, &s, 100000);
+		g_assert_cmpint(SSL_key_update(chan_ssl(&s), SSL_KEY_UPDATE_NOT_REQUESTED), ==, 1);
+		transfer(&s, &c, 1000);
+		transfer(&s, &c, 1000);
+		g_assert_cmpuint(((tls_chan *)s.io->priv)->ossl_tx.generation, ==, 1);
+
+		g_assert_cmpint(tm_tls_seal_begin(&tc->tx, rec, len), ==, 0);
+		g_assert_cmpint(tm_tls_crypt(&tc->tx, rec + TM_TLS_HDR, cases[i].content, len), ==, 0);
+		g_assert_cmpint(tm_tls_seal_end(&tc->tx, cases[i].type, rec + TM_TLS_HDR + len), ==, 0);
+		len += TM_TLS_OVERHEAD;
+		g_assert_cmpint(write(c.fd, rec, len), ==, (ssize_t)len);
+		int r = tm_io_recv(s.io, &v, 1, sizeof(buf));
+		const char *why = tm_tls_last_error(s.io);
+		g_test_message("%s: %d %s", cases[i].what, r, why);
+		g_assert_cmpint(r, <, 0);
+		if (ktls && cases[i].type == 0) {
+			expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
+		} else {
+			g_assert_nonnull(strstr(why, cases[i].msg));
+			expect_alert_openssl(&c, cases[i].alert, alert_code(cases[i].alert));
+		}
+		tm_chan_close(&s);
+		tm_chan_close(&c);
+	}
+}
+
+/*
+ * The other way: records the sender's OpenSSL refuses, written raw by the receiver. OpenSSL's
+ * alert may not go out with its own keys in the direction tagmig's records own (its sequence
+ * number is stale there): the sender sends it with its keys and sequence number, or through
+ * kernel TLS, and the receiver reads it as that alert, with our records or with OpenSSL's.
+ */
+static void test_sender_alerts(void)
+{
+	static const struct {
+		const char *what;
+		uint8_t bytes[64];
+		size_t len;
+		int alert;
+	} cases[] = {
+		{ "not authentic", { 23, 3, 3, 0, 40, 1, 2, 3 }, 45, SSL_AD_BAD_RECORD_MAC },
+		{ "length beyond the TLS limit", { 23, 3, 3, 0x41, 0x11 }, 5, SSL_AD_RECORD_OVERFLOW },
+		{ "handshake type outside", { 22, 3, 3, 0, 40 }, 5, SSL_AD_UNEXPECTED_MESSAGE },
+	};
+
+	for (int own_server = 0; own_server < 2; own_server++) {
+		for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+			g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+			g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+			tm_chan c, s;
+			uint8_t buf[100];
+			struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+
+			tm_tls_ctx_set_record_layer(sctx, own_server);
+			chan_pair(&c, &s, 6);
+			start_both(cctx, &c, sctx, &s);
+			g_assert_true(((tls_chan *)c.io->priv)->tx_engine->own_keys);
+			transfer(&c, &s, 100000); /* our sequence number is well past OpenSSL's */
+			g_assert_cmpint(write(s.fd, cases[i].bytes, cases[i].len), ==,
+					(ssize_t)cases[i].len);
+			int r = tm_io_recv(c.io, &v, 1, sizeof(buf));
+			g_test_message("%s: the sender: %d %s", cases[i].what, r,
+				       tm_tls_last_error(c.io));
+			g_assert_cmpint(r, <, 0);
+			if (!own_server) {
+				expect_alert_openssl(&s, cases[i].alert, alert_code(cases[i].alert));
+			} else {
+				r = tm_io_recv(s.io, &v, 1, sizeof(buf));
+				const char *why = tm_tls_last_error(s.io);
+				g_autofree char *name = g_strdup_printf(
+					"the sender aborted the TLS session (alert: %s)",
+					SSL_alert_desc_string_long(cases[i].alert));
+				g_test_message("the receiver: %d %s", r, why);
+				g_assert_cmpint(r, ==, alert_code(cases[i].alert));
+				if (cases[i].alert == SSL_AD_BAD_RECORD_MAC)
+					g_assert_nonnull(strstr(why, "could not authenticate our TLS "
+								     "records"));
+				else
+					g_assert_cmpstr(why, ==, name);
+			}
+			tm_chan_close(&s);
+			tm_chan_close(&c);
+		}
+	}
+}
+
+/*
+ * As in a session: a receiver whose records failed sends its alert and closes the connection
+ * while the sender is still sending. The sender's send fails; it reads the alert that is waiting
+ * and names it instead of a premature end. With our records and OpenSSL's on the sender.
+ */
+static void alert_ends_send_case(bool own_client)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	static const uint8_t bad[45] = { 23, 3, 3, 0, 40, 1, 2, 3 };
+	uint8_t buf[100];
+	struct iovec v = { .iov_base = buf, .iov_len = sizeof(buf) };
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, own_client);
+	tm_tls_ctx_set_ktls(cctx, false); /* the raw record must reach the socket as it is */
+	chan_pair(&c, &s, 8);
+	start_both(cctx, &c, sctx, &s);
+	g_assert_cmpint(write(c.fd, bad, sizeof(bad)), ==, (ssize_t)sizeof(bad));
+	g_assert_cmpint(tm_io_recv(s.io, &v, 1, sizeof(buf)), ==, -EBADMSG);
+	tm_chan_close(&s);
+
+	const size_t len = 16u << 20; /* more than the socket buffers hold */
+	g_autofree uint8_t *out = g_malloc0(len);
+	xfer x = { &c, out, len, 0 };
+	send_fn(&x);
+	g_test_message("the sender (%s records): %d %s", own_client ? "tagmig" : "OpenSSL", x.r,
+		       tm_tls_last_error(c.io));
+	g_assert_cmpint(x.r, ==, -EBADMSG);
+	g_assert_cmpstr(tm_tls_last_error(c.io), ==,
+			"the receiver could not authenticate our TLS records: the data was altered in "
+			"transit (alert: bad record mac)");
+	tm_chan_close(&c);
+}
+
+static void test_alert_ends_send(void)
+{
+	alert_ends_send_case(true);
+	alert_ends_send_case(false);
 }
 
 /* ---- a proxy that flips one byte client -> server ---- */
@@ -297,7 +551,13 @@ out:
 	return NULL;
 }
 
-static void test_tampered(void)
+/*
+ * One byte flipped in flight: the receiver refuses the record (bad record MAC), delivers nothing
+ * of it, and tells the sender with a bad_record_mac alert, which the sender's OpenSSL reads once
+ * its send is done: with our records or OpenSSL's on the sender. The data after the damaged
+ * record fits in the socket buffers, so the send completes.
+ */
+static void tampered_case(bool own_client)
 {
 	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
 	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
@@ -305,6 +565,7 @@ static void test_tampered(void)
 	int cfd, sfd;
 	proxy px = { .flip = 200000 };
 
+	tm_tls_ctx_set_record_layer(cctx, own_client);
 	loopback_pair(&cfd, &px.a);
 	loopback_pair(&px.b, &sfd);
 	GThread *pth = g_thread_new("proxy", proxy_fn, &px);
@@ -312,7 +573,7 @@ static void test_tampered(void)
 	chan_open(&s, sfd, 5);
 	start_both(cctx, &c, sctx, &s);
 
-	const size_t len = 1 << 20;
+	const size_t len = 256 << 10;
 	g_autofree uint8_t *out = g_malloc(len);
 	g_autofree uint8_t *in = g_malloc0(len);
 	fill_random(out, len);
@@ -336,10 +597,21 @@ static void test_tampered(void)
 	g_autoptr(GError) err = NULL;
 	g_assert_cmpint(tm_tls_shutdown(s.io, &err), ==, -EPIPE);
 	g_assert_nonnull(strstr(err->message, "channel 5: TLS close: the session already failed"));
+	g_thread_join(th);
+	g_assert_cmpint(x.r, ==, 0);
+	expect_alert_openssl(&c, SSL_AD_BAD_RECORD_MAC, -EBADMSG);
+	g_assert_cmpstr(tm_tls_last_error(c.io), ==,
+			"the receiver could not authenticate our TLS records: the data was altered in "
+			"transit (alert: bad record mac)");
 	tm_chan_close(&s);
-	g_thread_join(th); /* the sender fails or finishes, whichever comes first */
 	tm_chan_close(&c);
 	g_thread_join(pth);
+}
+
+static void test_tampered(void)
+{
+	tampered_case(true);
+	tampered_case(false);
 }
 
 /* ---- how a session ends ---- */
@@ -409,6 +681,10 @@ int main(int argc, char **argv)
 		{ "openssl-sender", test_openssl_sender },
 		{ "key-update-requested", test_key_update_requested },
 		{ "hostile-records", test_hostile_records },
+		{ "hostile-contents", test_hostile_contents },
+		{ "alert-resumed", test_alert_resumed },
+		{ "sender-alerts", test_sender_alerts },
+		{ "alert-ends-send", test_alert_ends_send },
 		{ "tampered", test_tampered },
 		{ "premature-end", test_premature_end },
 	};

@@ -257,12 +257,17 @@ static int ktls_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t le
 		/* One system call of the TLS handle itself (path ktls), submitted and completed at once. */
 		tm_count(&t->io->st.io_submissions, 1);
 		tm_count(&t->io->st.io_completions, 1);
+		/*
+		 * The kernel's verdicts (net/tls): EBADMSG a record that is not authentic (or has no
+		 * content type), EMSGSIZE one longer than TLS allows, EINVAL another legacy version.
+		 */
 		if (r == -EBADMSG)
-			return tm_tls_fail(t, -EBADMSG, g_strdup("TLS record authentication failed (bad "
-							      "record MAC): the data was altered in "
-							      "transit"));
+			return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_BAD_RECORD_MAC,
+						 g_strdup("TLS record authentication failed (bad record "
+							  "MAC): the data was altered in transit"));
 		if (r == -EMSGSIZE || r == -EINVAL || r == -EPROTO)
-			return tm_tls_fail(t, -EBADMSG,
+			return tm_tls_fail_alert(t, -EBADMSG,
+					r == -EMSGSIZE ? SSL_AD_RECORD_OVERFLOW : SSL_AD_DECODE_ERROR,
 					g_strdup_printf("TLS receive: malformed TLS record (kernel "
 							"TLS: %s)", g_strerror((int)-r)));
 		if (r <= 0) {
@@ -326,9 +331,25 @@ static int ktls_rekey_rx(tls_chan *t)
 {
 	int r = ktls_set(t->inner->fd, &t->rx, false, false);
 	if (r < 0)
-		return tm_tls_fail(t, -EPROTO, g_strdup_printf("TLS receive: kernel TLS refused the "
-							       "next key: %s", g_strerror(-r)));
+		return tm_tls_fail_alert(t, -EPROTO, SSL_AD_INTERNAL_ERROR,
+				g_strdup_printf("TLS receive: kernel TLS refused the next key: %s",
+						g_strerror(-r)));
 	return 0;
+}
+
+/*
+ * A fatal alert as the last record of our direction (tls-alert.c): a control record the kernel
+ * seals with our keys and its sequence number, as it does close_notify.
+ */
+static int ktls_alert(tls_chan *t, uint8_t desc)
+{
+	const uint8_t alert[2] = { SSL3_AL_FATAL, desc };
+
+	if (t->tx_closed)
+		return 0;
+	t->tx_closed = true;
+	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
+	return ktls_send_ctrl(t->inner->fd, TM_TLS_CT_ALERT, alert, sizeof(alert));
 }
 
 const tm_tls_engine tm_tls_engine_ktls = {
@@ -341,4 +362,5 @@ const tm_tls_engine tm_tls_engine_ktls = {
 	.close_notify = ktls_close_notify,
 	.await_close = tm_tls_own_await_close,
 	.rekey_rx = ktls_rekey_rx,
+	.alert = ktls_alert,
 };

@@ -38,6 +38,7 @@ static void tls_release(tls_chan *t)
 	g_free(t->plain);
 	tm_tls_dir_free(&t->tx);
 	tm_tls_dir_free(&t->rx);
+	tm_tls_dir_free(&t->ossl_tx);
 	OPENSSL_cleanse(t->secret, sizeof(t->secret));
 	g_free(t->kv);
 	g_free(t->verify_subject);

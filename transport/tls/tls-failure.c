@@ -86,9 +86,9 @@ static int explain_verify(const tls_chan *t, const char *peer, char **ret_msg)
 	}
 }
 
-/* The peer sent a fatal alert. */
-static int explain_alert(const tls_chan *t, int alert, const char *peer, char **ret_msg)
+int tm_tls_explain_alert(const tls_chan *t, int alert, char **ret_msg)
 {
+	const char *peer = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
 	const char *desc = SSL_alert_desc_string_long(alert);
 
 	switch (alert) {
@@ -174,7 +174,7 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
 					   "authentication requires client-cert.pem", peer);
 		code = -EACCES;
 	} else if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
-		code = explain_alert(t, reason - SSL_AD_REASON_OFFSET, peer, ret_msg);
+		code = tm_tls_explain_alert(t, reason - SSL_AD_REASON_OFFSET, ret_msg);
 	} else if (t->handshaking &&
 		   (reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_HTTP_REQUEST ||
 		    reason == SSL_R_HTTPS_PROXY_REQUEST || reason == SSL_R_UNKNOWN_PROTOCOL ||
@@ -220,7 +220,18 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 {
 	g_free(t->err_msg);
 	t->err_msg = NULL;
-	return tm_tls_explain(t, ret, what, &t->err_msg);
+	int r = tm_tls_explain(t, ret, what, &t->err_msg);
+	/* A send the peer stopped taking: its alert, if it sent one, says why. */
+	if ((r == -ECONNRESET || r == -ETIMEDOUT) &&
+	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0)) {
+		int a = tm_tls_read_alert(t);
+		if (a < 0)
+			r = a;
+	}
+	/* OpenSSL's alert for the direction our records own: sent with our keys. */
+	if (t->alert_wanted)
+		tm_tls_alert(t, t->alert_wanted);
+	return r;
 }
 
 /*

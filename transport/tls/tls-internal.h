@@ -163,6 +163,13 @@ typedef struct tm_tls_engine {
 	 * KeyUpdate); hands it to whoever opens the records. 0 or -errno (t->err_msg set).
 	 */
 	int (*rekey_rx)(tls_chan *t);
+	/*
+	 * Optional, sending direction: sends the fatal alert desc (RFC 8446 6.2) as the last record
+	 * of this direction, after the channel failed (t->broken; tls-alert.c calls it once). Nothing
+	 * may be sent in the direction afterwards. Returns 0 or -errno, and leaves t->err_msg alone:
+	 * the failure it reports is the one to keep. Missing: this side cannot send alerts itself.
+	 */
+	int (*alert)(tls_chan *t, uint8_t desc);
 } tm_tls_engine;
 
 extern const tm_tls_engine tm_tls_engine_openssl; /* tls-openssl.c */
@@ -196,6 +203,18 @@ struct tls_chan {
 	bool writes_barred; /* client, own records: OpenSSL may no longer write (nonce reuse) */
 	bool write_blocked; /* ... and tried to */
 	bool update_requested; /* client, own records: the receiver asked for a KeyUpdate (4.6.3) */
+	/*
+	 * Alerts on failures of tagmig's records (tls-alert.c). The server follows OpenSSL's sending
+	 * direction record by record (keys from the key-log callback, sequence numbers and key
+	 * updates from the message callback), so that it can seal an alert in it; the client keeps
+	 * the fatal alert OpenSSL meant to send in the direction our records own.
+	 */
+	tm_tls_dir ossl_tx;    /* server: OpenSSL's sending direction as it stands */
+	bool ossl_tx_ok;       /* ... followed since its first application record */
+	bool ossl_alert_next;  /* OpenSSL has just sealed an alert: its next BIO write */
+	uint8_t alert_wanted;  /* client: OpenSSL's fatal alert, refused on the wire (0: none) */
+	bool alert_sent;       /* our fatal alert went out, or was tried: at most one */
+	bool nowait;           /* the BIO reads only what has arrived (tm_tls_read_alert) */
 	/* the client's traffic secret from the key-log callback, until the handshake ends */
 	uint8_t secret[EVP_MAX_MD_SIZE];
 	size_t secret_len;
@@ -228,6 +247,11 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);
 int tm_tls_io_fail(tls_chan *t, int ret, const char *what);
 /* tls-failure.c: the same for a failure of the inner handle under our records: always fatal. */
 int tm_tls_io_fatal(tls_chan *t, const char *what);
+/*
+ * tls-failure.c: the peer sent the fatal alert `alert` (whoever read it: OpenSSL or our records):
+ * -errno and a message (g_free it) saying what it means.
+ */
+int tm_tls_explain_alert(const tls_chan *t, int alert, char **ret_msg);
 /* tls-failure.c: fails the session with a message of ours (msg, taken). Returns code. */
 int tm_tls_fail(tls_chan *t, int code, char *msg);
 
@@ -276,15 +300,52 @@ static inline size_t tm_tls_cursor_span(tm_tls_cursor *c)
 	return c->n > 0 ? c->v->iov_len - c->off : 0;
 }
 
-/* tls.c: the key-log callback of both roles: keeps the client's traffic secret (own records). */
+/*
+ * tls.c: the key-log callback of both roles: keeps the client's traffic secret (own records) and
+ * hands the server's to tm_tls_alert_follow.
+ */
 void tm_tls_keylog_cb(const SSL *ssl, const char *line);
 
 /*
- * tls.c: the client's message callback: notes a KeyUpdate from the receiver that requests one of
- * ours (t->update_requested), which our record layer sends before its next record.
+ * tls.c: the message callback of both roles: notes a KeyUpdate from the receiver that requests
+ * one of ours (t->update_requested), which our record layer sends before its next record, and
+ * passes what OpenSSL writes to tm_tls_alert_msg.
  */
 void tm_tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
 		   SSL *ssl, void *arg);
 
 /* tls.c: the verify callback of both roles: records why the peer's chain failed. */
 int tm_tls_verify_cb(int ok, X509_STORE_CTX *store);
+
+/* ---- tls-alert.c: fatal alerts when tagmig's records fail (RFC 8446 6) ---- */
+
+/*
+ * Server, own records: OpenSSL's first application traffic secret of the server's sending
+ * direction (from the key-log callback): t->ossl_tx follows that direction from sequence 0.
+ */
+void tm_tls_alert_follow(tls_chan *t, const SSL *ssl, const uint8_t *secret, size_t len);
+/*
+ * What OpenSSL writes, from the message callback: every record it seals (the sequence number of
+ * t->ossl_tx), its KeyUpdates (the next key), and the alert it means to send (t->alert_wanted).
+ */
+void tm_tls_alert_msg(tls_chan *t, int write_p, int content_type, const uint8_t *buf, size_t len);
+/*
+ * Sends the fatal alert desc (SSL_AD_*) to the peer in t's sending direction, through its engine's
+ * alert hook: once per channel, best effort (the connection may be gone), never touching
+ * t->err_msg. Called on failures that RFC 8446 answers with an alert.
+ */
+void tm_tls_alert(tls_chan *t, uint8_t desc);
+/*
+ * Our send failed because the peer closed the connection or stopped reading: a peer whose
+ * records failed sends its alert first. Reads, through OpenSSL and without waiting, what has
+ * arrived in the receiving direction; at the peer's alert, explains the failure with it
+ * (t->err_msg) and returns its -errno. 0: no alert has arrived (t->err_msg unchanged).
+ */
+int tm_tls_read_alert(tls_chan *t);
+/* tm_tls_fail (msg taken), then the fatal alert desc to the peer. Returns code. */
+int tm_tls_fail_alert(tls_chan *t, int code, uint8_t desc, char *msg);
+/*
+ * Seals the fatal alert desc with d's keys and sequence number into t->out and hands it to the
+ * inner send. 0 or -errno; t->err_msg untouched.
+ */
+int tm_tls_seal_alert(tls_chan *t, tm_tls_dir *d, uint8_t desc);

@@ -31,9 +31,15 @@ static int bio_write(BIO *b, const char *buf, int len)
 	if (t->writes_barred) {
 		/*
 		 * Our records carry this direction's sequence numbers (from the end of the client's
-		 * handshake on): a record of OpenSSL's (an alert, a reply to a key update request)
-		 * would reuse a nonce. Refuse it.
+		 * handshake on, or the server's alert): a record of OpenSSL's (an alert, a reply to a
+		 * key update request) would reuse a nonce. Refuse it; an alert is dropped as if sent,
+		 * and the message callback has told which one, for our records to send it
+		 * (tls-alert.c).
 		 */
+		if (t->ossl_alert_next && (size_t)len == 2 + TM_TLS_OVERHEAD) {
+			t->ossl_alert_next = false;
+			return len;
+		}
 		t->write_blocked = true;
 		return -1;
 	}
@@ -76,6 +82,15 @@ static int bio_read(BIO *b, char *buf, int len)
 	BIO_clear_retry_flags(b);
 	if (len <= 0)
 		return 0;
+	if (t->nowait) {
+		/* Only what has arrived: else "try again", which ends tm_tls_read_alert. */
+		int avail = 0;
+		if (ioctl(t->inner->fd, FIONREAD, &avail) < 0 || avail < 0 ||
+		    t->in_len + (size_t)avail < n) {
+			BIO_set_retry_read(b);
+			return -1;
+		}
+	}
 	if (t->in_len > 0) {
 		size_t k = MIN(n, t->in_len);
 		memcpy(buf, t->in + t->in_off, k);
@@ -262,10 +277,26 @@ static int ossl_await_close(tls_chan *t)
 	return 0;
 }
 
+/*
+ * The server's sending direction, when tagmig's records of the other direction failed: the alert
+ * goes out as OpenSSL's next record, with the keys and sequence number tls-alert.c has followed,
+ * and OpenSSL may write nothing after it. Where OpenSSL protects both directions it sends its own
+ * alerts, and there is nothing to follow (no alert from here).
+ */
+static int ossl_alert(tls_chan *t, uint8_t desc)
+{
+	if (!t->ossl_tx_ok || t->writes_barred || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+		return 0;
+	t->writes_barred = true;
+	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
+	return tm_tls_seal_alert(t, &t->ossl_tx, desc);
+}
+
 const tm_tls_engine tm_tls_engine_openssl = {
 	.name = "openssl",
 	.send = ossl_send,
 	.recv = ossl_recv,
 	.close_notify = ossl_close_notify,
 	.await_close = ossl_await_close,
+	.alert = ossl_alert,
 };

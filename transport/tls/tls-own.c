@@ -108,20 +108,53 @@ static int own_plain(tls_chan *t, size_t len)
 
 	while (len > 0 && p[len - 1] == 0)
 		len--;
+	/* RFC 8446 5.4: no non-zero octet is unexpected_message. */
 	if (len == 0)
-		return tm_tls_fail(t, -EBADMSG, g_strdup("TLS receive: a record without content type "
-						      "(malformed TLS record)"));
+		return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_UNEXPECTED_MESSAGE,
+					 g_strdup("TLS receive: a record without content type "
+						  "(malformed TLS record)"));
 	uint8_t type = p[--len];
 	return tm_tls_own_content(t, type, len);
 }
 
+/* The peer's KeyUpdate: the next key for its records; requested: answer with ours (4.6.3). */
+static int key_update_rx(tls_chan *t, bool requested)
+{
+	if (tm_tls_dir_update(&t->rx) < 0)
+		return tm_tls_fail_alert(t, -EPROTO, SSL_AD_INTERNAL_ERROR,
+					 g_strdup("TLS receive: deriving the next key failed"));
+	int kr = t->rx_engine->rekey_rx ? t->rx_engine->rekey_rx(t) : 0;
+	if (kr < 0)
+		return kr;
+	tm_count(&t->ctx->key_updates, 1);
+	/*
+	 * update_requested: OpenSSL protects our sending direction; make it send its KeyUpdate now
+	 * (SSL_key_update alone waits for the next SSL_write).
+	 */
+	if (requested && SSL_get_key_update_type(t->ssl) == SSL_KEY_UPDATE_NONE &&
+	    (SSL_key_update(t->ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1 ||
+	     SSL_do_handshake(t->ssl) != 1 || tm_tls_flush_out(t) < 0)) {
+		int r = tm_tls_io_fail(t, 0, "receive");
+		t->broken = true;
+		return r;
+	}
+	return 0;
+}
+
+/*
+ * What a record's content means. Each refusal answers with the alert RFC 8446 names for it:
+ * record_overflow (5.4), unexpected_message for an unknown content type (5.1), a handshake
+ * message other than KeyUpdate, or one that does not end its record (5.1), decode_error for a
+ * message of the wrong length (6.2), illegal_parameter for a request_update other than 0 or 1
+ * (4.6.3). An alert from the peer is answered by none.
+ */
 int tm_tls_own_content(tls_chan *t, uint8_t type, size_t len)
 {
 	const char *peer = t->ctx->role == TM_TLS_CLIENT ? "receiver" : "sender";
 	uint8_t *p = t->plain;
 
 	if (len > TM_TLS_RECORD)
-		return tm_tls_fail(t, -EBADMSG,
+		return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_RECORD_OVERFLOW,
 				g_strdup_printf("TLS receive: a record with %zu bytes of content, more "
 						"than TLS allows (record overflow)", len));
 	switch (type) {
@@ -137,38 +170,36 @@ int tm_tls_own_content(tls_chan *t, uint8_t type, size_t len)
 						     "more data was expected", peer);
 			return -ECONNRESET;
 		}
-		return tm_tls_fail(t, -EPROTO,
-				g_strdup_printf("the %s aborted the TLS session (alert: %s)", peer,
-						len == 2 ? SSL_alert_desc_string_long(p[1]) : "?"));
+		if (len != 2)
+			return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_DECODE_ERROR,
+					g_strdup_printf("the %s sent a malformed TLS alert (%zu bytes)",
+							peer, len));
+		char *msg;
+		int code = tm_tls_explain_alert(t, p[1], &msg);
+		return tm_tls_fail(t, code, msg);
 	case TM_TLS_CT_HANDSHAKE:
 		/* Only KeyUpdate may follow the handshake towards a server, last in its record. */
-		if (len == 5 && p[0] == TM_TLS_HS_KEY_UPDATE && p[1] == 0 && p[2] == 0 && p[3] == 1 &&
-		    p[4] <= 1) {
-			if (tm_tls_dir_update(&t->rx) < 0)
-				return tm_tls_fail(t, -EPROTO, g_strdup("TLS receive: deriving the "
-								     "next key failed"));
-			int kr = t->rx_engine->rekey_rx ? t->rx_engine->rekey_rx(t) : 0;
-			if (kr < 0)
-				return kr;
-			tm_count(&t->ctx->key_updates, 1);
-			/*
-			 * update_requested: OpenSSL protects our sending direction; make it send its
-			 * KeyUpdate now (SSL_key_update alone waits for the next SSL_write).
-			 */
-			if (p[4] == 1 && SSL_get_key_update_type(t->ssl) == SSL_KEY_UPDATE_NONE &&
-			    (SSL_key_update(t->ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1 ||
-			     SSL_do_handshake(t->ssl) != 1 || tm_tls_flush_out(t) < 0)) {
-				int r = tm_tls_io_fail(t, 0, "receive");
-				t->broken = true;
-				return r;
-			}
-			return 0;
-		}
-		return tm_tls_fail(t, -EPROTO,
-				g_strdup_printf("the %s sent an unexpected TLS handshake message "
-						"(type %u) after the handshake", peer, p[0]));
+		if (len < 4 || p[0] != TM_TLS_HS_KEY_UPDATE)
+			return tm_tls_fail_alert(t, -EPROTO, SSL_AD_UNEXPECTED_MESSAGE,
+					g_strdup_printf("the %s sent an unexpected TLS handshake message "
+							"(type %u) after the handshake", peer,
+							len > 0 ? p[0] : 0u));
+		if (p[1] != 0 || p[2] != 0 || p[3] != 1)
+			return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_DECODE_ERROR,
+					g_strdup_printf("the %s sent a malformed TLS KeyUpdate (length "
+							"%u)", peer, (unsigned)p[1] << 16 |
+							(unsigned)p[2] << 8 | p[3]));
+		if (len != 5)
+			return tm_tls_fail_alert(t, -EPROTO, SSL_AD_UNEXPECTED_MESSAGE,
+					g_strdup_printf("the %s sent a TLS KeyUpdate that does not end "
+							"its record", peer));
+		if (p[4] > 1)
+			return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_ILLEGAL_PARAMETER,
+					g_strdup_printf("the %s sent a TLS KeyUpdate with request_update "
+							"%u", peer, p[4]));
+		return key_update_rx(t, p[4] == 1);
 	default:
-		return tm_tls_fail(t, -EBADMSG,
+		return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_UNEXPECTED_MESSAGE,
 				g_strdup_printf("TLS receive: unexpected record content type %u "
 						"(malformed TLS record)", type));
 	}
@@ -191,15 +222,26 @@ static int own_record(tls_chan *t, tm_tls_cursor *c, size_t len, size_t *done)
 		return r;
 	const uint8_t *h = t->in + t->in_off;
 	size_t clen = (size_t)h[3] << 8 | h[4];
-	if (h[0] != TM_TLS_CT_DATA || h[1] != 3 || h[2] != 3 || clen < TM_TLS_TAG + 1 ||
-	    clen > TM_TLS_MAX_CIPHERTEXT)
-		return tm_tls_fail(t, -EBADMSG,
+	/*
+	 * The alert for each (RFC 8446): another record type than application_data is
+	 * unexpected_message (5.1); a length beyond 2^14 + 256 record_overflow (5.2); a record too
+	 * short for its tag cannot be authentic, bad_record_mac (5.2); another legacy version
+	 * decode_error, as OpenSSL answers it (5.1 says to ignore the field; TLS stacks write
+	 * 0x0303, and it is authenticated anyway).
+	 */
+	uint8_t alert = h[0] != TM_TLS_CT_DATA		 ? SSL_AD_UNEXPECTED_MESSAGE
+			: clen > TM_TLS_MAX_CIPHERTEXT	 ? SSL_AD_RECORD_OVERFLOW
+			: clen < TM_TLS_TAG		 ? SSL_AD_BAD_RECORD_MAC
+			: h[1] != 3 || h[2] != 3	 ? SSL_AD_DECODE_ERROR
+							 : 0;
+	if (alert)
+		return tm_tls_fail_alert(t, -EBADMSG, alert,
 				g_strdup_printf("TLS receive: malformed TLS record header %02x %02x "
 						"%02x, length %zu", h[0], h[1], h[2], clen));
-	size_t plen = clen - TM_TLS_TAG; /* content, type and padding */
+	size_t plen = clen - TM_TLS_TAG; /* content, type and padding (0: no content type) */
 	/* RFC 8446 5.4: content, type and padding together at most 2^14 + 1 bytes. */
 	if (plen > TM_TLS_RECORD + 1)
-		return tm_tls_fail(t, -EBADMSG,
+		return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_RECORD_OVERFLOW,
 				g_strdup_printf("TLS receive: a record with %zu bytes of content, type "
 						"and padding, more than TLS allows (record overflow)",
 						plen));
@@ -212,7 +254,7 @@ static int own_record(tls_chan *t, tm_tls_cursor *c, size_t len, size_t *done)
 	uint8_t hdr[TM_TLS_HDR];
 	memcpy(hdr, t->in + t->in_off, sizeof(hdr));
 	const uint8_t *body = t->in + t->in_off + TM_TLS_HDR;
-	bool direct = plen - 1 >= TM_TLS_STREAM_MIN && len >= plen - 1;
+	bool direct = plen > TM_TLS_STREAM_MIN && len >= plen - 1;
 	tm_tls_cursor start = *c;
 	uint8_t last;
 
@@ -244,8 +286,9 @@ static int own_record(tls_chan *t, tm_tls_cursor *c, size_t len, size_t *done)
 						     "length given"));
 	if (r < 0) {
 		*c = start;
-		return tm_tls_fail(t, -EBADMSG, g_strdup("TLS record authentication failed (bad record "
-						      "MAC): the data was altered in transit"));
+		return tm_tls_fail_alert(t, -EBADMSG, SSL_AD_BAD_RECORD_MAC,
+					 g_strdup("TLS record authentication failed (bad record MAC): "
+						  "the data was altered in transit"));
 	}
 	if (direct && last == TM_TLS_CT_DATA) {
 		*done = plen - 1;
@@ -322,6 +365,16 @@ int tm_tls_own_await_close(tls_chan *t)
 	return t->rx_closed ? 0 : r;
 }
 
+/* A fatal alert as the last record of our direction (tls-alert.c), with our keys. */
+static int own_alert(tls_chan *t, uint8_t desc)
+{
+	if (t->tx_closed)
+		return 0;
+	t->tx_closed = true;
+	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
+	return tm_tls_seal_alert(t, &t->tx, desc);
+}
+
 /* After the handshake: our records take over the sender-to-receiver direction. */
 static int own_start(tls_chan *t)
 {
@@ -351,4 +404,5 @@ const tm_tls_engine tm_tls_engine_own = {
 	.recv = own_recv,
 	.close_notify = own_close_notify,
 	.await_close = tm_tls_own_await_close,
+	.alert = own_alert,
 };

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -164,30 +165,46 @@ int tm_tls_verify_cb(int ok, X509_STORE_CTX *store)
 }
 
 /*
- * The key-log callback of both roles: OpenSSL reports each secret as it derives it. The
- * client's first application traffic secret is the one our records need (RFC 8446 7.1).
+ * The key-log callback of both roles: OpenSSL reports each secret as it derives it (RFC 8446
+ * 7.1). The client's first application traffic secret is the one our records need; the server's
+ * lets the receiver seal an alert in OpenSSL's direction (tls-alert.c).
  */
 void tm_tls_keylog_cb(const SSL *ssl, const char *line)
 {
-	static const char label[] = "CLIENT_TRAFFIC_SECRET_0 ";
+	static const char client_label[] = "CLIENT_TRAFFIC_SECRET_0 ";
+	static const char server_label[] = "SERVER_TRAFFIC_SECRET_0 ";
 	tls_chan *t = SSL_get_app_data(ssl);
+	uint8_t secret[EVP_MAX_MD_SIZE];
 
-	if (!t || !t->ctx->own_records || strncmp(line, label, sizeof(label) - 1) != 0)
+	if (!t || !t->ctx->own_records)
 		return;
-	const char *hex = strchr(line + sizeof(label) - 1, ' ');
+	bool client = strncmp(line, client_label, sizeof(client_label) - 1) == 0;
+	bool server = t->ctx->role == TM_TLS_SERVER &&
+		      strncmp(line, server_label, sizeof(server_label) - 1) == 0;
+	if (!client && !server)
+		return;
+	const char *hex = strchr(line + sizeof(client_label) - 1, ' ');
 	if (!hex)
 		return;
 	hex++;
 	size_t n = strlen(hex) / 2;
-	if (n == 0 || n > sizeof(t->secret))
+	if (n == 0 || n > sizeof(secret))
 		return;
 	for (size_t i = 0; i < n; i++) {
 		int hi = g_ascii_xdigit_value(hex[2 * i]), lo = g_ascii_xdigit_value(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
+		if (hi < 0 || lo < 0) {
+			OPENSSL_cleanse(secret, sizeof(secret));
 			return;
-		t->secret[i] = (uint8_t)(hi << 4 | lo);
+		}
+		secret[i] = (uint8_t)(hi << 4 | lo);
 	}
-	t->secret_len = n;
+	if (client) {
+		memcpy(t->secret, secret, n);
+		t->secret_len = n;
+	} else {
+		tm_tls_alert_follow(t, ssl, secret, n);
+	}
+	OPENSSL_cleanse(secret, sizeof(secret));
 }
 
 /*
@@ -247,10 +264,14 @@ void tm_tls_msg_cb(int write_p, int version, int content_type, const void *buf, 
 	const uint8_t *m = buf;
 	tls_chan *t = SSL_get_app_data(ssl);
 
+	if (!t)
+		return;
 	/* KeyUpdate: type 24, length 1, request_update 1 (update_requested), RFC 8446 4.6.3 */
-	if (!write_p && t && content_type == SSL3_RT_HANDSHAKE && len == 5 &&
-	    m[0] == TM_TLS_HS_KEY_UPDATE && m[4] == 1)
+	if (!write_p && t->ctx->role == TM_TLS_CLIENT && content_type == SSL3_RT_HANDSHAKE &&
+	    len == 5 && m[0] == TM_TLS_HS_KEY_UPDATE && m[4] == 1)
 		t->update_requested = true;
+	if (t->ctx->own_records)
+		tm_tls_alert_msg(t, write_p, content_type, m, len);
 }
 
 int tm_tls_available(GError **error)
@@ -340,9 +361,12 @@ int tm_tls_ctx_new(tm_tls_role role, const char *creds_dir, const char *hostname
 		SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_CLIENT |
 						   SSL_SESS_CACHE_NO_INTERNAL_STORE);
 		SSL_CTX_sess_set_new_cb(sc, new_session_cb);
-		/* OpenSSL cannot answer a key update request in the direction our records protect. */
-		SSL_CTX_set_msg_callback(sc, tm_tls_msg_cb);
 	}
+	/*
+	 * Client: OpenSSL cannot answer a key update request, nor send an alert, in the direction our
+	 * records protect. Server: an alert of ours in OpenSSL's direction must know its records.
+	 */
+	SSL_CTX_set_msg_callback(sc, tm_tls_msg_cb);
 	ERR_clear_error();
 	if ((r = load_crl(sc, creds_dir, error)) < 0) {
 		SSL_CTX_free(sc);

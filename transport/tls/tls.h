@@ -236,9 +236,12 @@ bool tm_tls_looks_like_tls(const uint8_t *buf, size_t len);
  * SSL_read: the plaintext is gathered into 16 KiB records (OpenSSL copies it into its record
  * buffer) and decrypted in OpenSSL's buffer, then copied out.
  *
- * Errors: -EBADMSG (record failed authentication or malformed), -ECONNRESET (peer closed: with
- * close_notify, or "premature end" without), -EPROTO (a TLS message tagmig does not accept at
- * this point, a fatal alert), the inner handle's -errno; the text is in tm_tls_last_error().
+ * Errors: -EBADMSG (record failed authentication or malformed, or the peer's bad_record_mac
+ * alert), -ECONNRESET (peer closed: with close_notify, or "premature end" without), -EPROTO (a
+ * TLS message tagmig does not accept at this point, the peer's other fatal alerts), the inner
+ * handle's -errno; the text is in tm_tls_last_error(). Whichever layer refuses a record tells
+ * the peer with the fatal alert RFC 8446 names for it (tls-alert.c), and a send the peer stopped
+ * taking is explained by the peer's alert when one has arrived.
  */
 extern const tm_transport_ops tm_transport_tls;
 

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The rate limit (QEMU's max-bandwidth; docs/design/live-engine.md 3.6): one token bucket for all
+ * data channels together, asked before each DATA packet is submitted. The bucket holds 10 ms of
+ * the rate; a packet larger than that still goes when the bucket is not in debt, and the next one
+ * waits the debt out, so over any interval at most rate x time + burst + one packet leave.
+ * Unlimited (the default) costs two relaxed loads per packet and no lock.
+ */
+#include <errno.h>
+
+#include "session/converge.h"
+#include "session/session-internal.h"
+
+bool tm_ratelimit_active(const tm_ratelimit *rl)
+{
+	return __atomic_load_n(&rl->rate, __ATOMIC_RELAXED) &&
+	       !__atomic_load_n(&rl->lifted, __ATOMIC_RELAXED);
+}
+
+int64_t tm_ratelimit_debit(tm_ratelimit *rl, int64_t now_us, uint64_t bytes)
+{
+	uint64_t rate = __atomic_load_n(&rl->rate, __ATOMIC_RELAXED);
+	if (!rate || __atomic_load_n(&rl->lifted, __ATOMIC_RELAXED))
+		return 0;
+	double cap = (double)rate * TM_RATELIMIT_BURST_US / 1e6;
+	if (!rl->last_us) {
+		rl->tokens = cap;
+		rl->last_us = now_us;
+	} else if (now_us > rl->last_us) {
+		rl->tokens += (double)(now_us - rl->last_us) * (double)rate / 1e6;
+		if (rl->tokens > cap)
+			rl->tokens = cap;
+		rl->last_us = now_us;
+	}
+	if (rl->tokens >= 0) {
+		rl->tokens -= (double)bytes;
+		return 0;
+	}
+	double wait = -rl->tokens * 1e6 / (double)rate;
+	return wait < 1 ? 1 : (int64_t)wait + 1;
+}
+
+void tm_ratelimit_set(tm_ratelimit *rl, uint64_t bytes_per_sec)
+{
+	/* From unlimited: a full bucket, not a debt left from before (time unlimited paid it). */
+	if (!__atomic_exchange_n(&rl->rate, bytes_per_sec, __ATOMIC_RELAXED))
+		rl->last_us = 0;
+}
+
+void tm_ratelimit_lift(tm_ratelimit *rl)
+{
+	__atomic_store_n(&rl->lifted, true, __ATOMIC_RELAXED);
+}
+
+uint64_t tm_ratelimit_rate(const tm_ratelimit *rl)
+{
+	return __atomic_load_n(&rl->lifted, __ATOMIC_RELAXED)
+		       ? 0
+		       : __atomic_load_n(&rl->rate, __ATOMIC_RELAXED);
+}
+
+bool tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes)
+{
+	bool waited = false;
+
+	if (!tm_ratelimit_active(&s->rl))
+		return false;
+	g_mutex_lock(&s->lock);
+	while (!s->quit) {
+		int64_t now = tm_now_us();
+		int64_t wait = tm_ratelimit_debit(&s->rl, now, bytes);
+		if (!wait)
+			break;
+		waited = true;
+		/* c->wake: a new rate, the guest stopping, a failure or free wake us early. */
+		g_cond_wait_until(&c->wake, &s->lock, now + wait);
+	}
+	g_mutex_unlock(&s->lock);
+	return waited;
+}
+
+/* Wakes the workers waiting on the bucket, so a new rate counts for their next packet. */
+static void rewake(tm_sender *s)
+{
+	for (unsigned i = 0; i < s->nch; i++)
+		g_cond_signal(&s->chans[i].wake);
+}
+
+int tm_sender_set_rate_limit(tm_sender *s, uint64_t bytes_per_sec)
+{
+	g_mutex_lock(&s->lock);
+	bool ended = s->quit || s->t_end;
+	if (!ended) {
+		tm_ratelimit_set(&s->rl, bytes_per_sec);
+		rewake(s);
+	}
+	g_mutex_unlock(&s->lock);
+	return ended ? -EBADFD : 0;
+}
+
+void tm_sender_lift_rate_limit(tm_sender *s)
+{
+	g_mutex_lock(&s->lock);
+	tm_ratelimit_lift(&s->rl);
+	rewake(s);
+	g_mutex_unlock(&s->lock);
+}
