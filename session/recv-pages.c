@@ -153,7 +153,14 @@ static int recv_loop(recv_chan *c, GError **error)
 		}
 		if ((ret = tm_chan_recv_frame(&c->ch, r->hello.packet_size, &f, error)) < 0)
 			return ret;
+		if ((ret = tm_recv_state_gate(c, &f, error)) < 0)
+			return ret;
 		switch (f.type) {
+		case TM_MSG_RAM_END:
+		case TM_MSG_STATE:
+			if ((ret = tm_recv_state_frame(c, &f, error)) < 0)
+				return ret;
+			break;
 		case TM_MSG_DATA:
 			if ((ret = apply_data(c, &f, error)) < 0)
 				return ret;
@@ -185,15 +192,15 @@ static int recv_loop(recv_chan *c, GError **error)
 					    c->ch.id, v[1], c->packets_applied);
 				return -EPROTO;
 			}
-			if (f.version == TM_WIRE_VERSION_2 && v[2] != 0) {
+			if (f.version == TM_WIRE_VERSION_2 && v[2] != c->state_chunks) {
 				g_set_error(error, TM_ERROR, EPROTO,
 					    "channel %u: sender sent %" G_GUINT64_FORMAT
-					    " state chunks, 0 arrived",
-					    c->ch.id, v[2]);
+					    " state chunks, %" G_GUINT64_FORMAT " arrived",
+					    c->ch.id, v[2], c->state_chunks);
 				return -EPROTO;
 			}
-			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied, 0,
-						     error)) < 0)
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied,
+						     c->state_chunks, error)) < 0)
 				return ret;
 			/* A clean TLS close both ways: a stream cut short is an error, not an end. */
 			return tm_tls_shutdown(c->ch.io, error);

@@ -138,11 +138,13 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 
 static int send_end(send_chan *c, GError **error)
 {
-	uint64_t applied, unused;
+	uint64_t applied = c->pages_sent, unused;
 	int r = flush_packet(c, error);
-	if (r >= 0)
-		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
-	if (r >= 0)
+	/* Protocol 2: END's three counts, END_ACK's two checked in state.c. */
+	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2)
+		r = tm_send_end_v2(c, error);
+	else if (r >= 0 &&
+		 (r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error)) >= 0)
 		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
 	if (r < 0)
 		return r;
@@ -200,8 +202,10 @@ gpointer tm_send_worker(gpointer data)
 				r = send_pages(c, w, &err);
 			else if (w->kind == WORK_SYNC)
 				r = send_sync(c, w->first, &err);
-			else
+			else if (w->kind == WORK_END)
 				r = send_end(c, &err);
+			else if ((r = flush_packet(c, &err)) >= 0)
+				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
 		}
 		g_array_set_size(c->work, 0);
 		if (r < 0)

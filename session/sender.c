@@ -134,6 +134,7 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, true, &s->live, NULL);
 	s->wire = TM_WIRE_VERSION_2;
+	s->st.sections = g_ptr_array_new();
 	g_mutex_init(&s->lock);
 	g_cond_init(&s->cond);
 	s->chans = g_new0(send_chan, s->nch);
@@ -472,7 +473,8 @@ int tm_sender_queue_pages(tm_sender *s, unsigned block, const uint64_t *pages, s
 			  GError **error)
 {
 	int r = check_open(s, error);
-	if (r < 0 || (r = check_block(s, block, error)) < 0)
+	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0 ||
+	    (r = check_block(s, block, error)) < 0)
 		return r;
 	const tm_wire_block *b = &s->hello.blocks[block];
 	for (size_t i = 0; i < count; i++) {
@@ -495,7 +497,8 @@ int tm_sender_queue_bitmap(tm_sender *s, unsigned block, const uint64_t *bitmap,
 			   uint64_t first_page, uint64_t npages, GError **error)
 {
 	int r = check_open(s, error);
-	if (r < 0 || (r = check_block(s, block, error)) < 0)
+	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0 ||
+	    (r = check_block(s, block, error)) < 0)
 		return r;
 	const tm_wire_block *b = &s->hello.blocks[block];
 	if (first_page > b->npages || npages > b->npages - first_page) {
@@ -579,6 +582,7 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	int r = check_open(s, error);
 	if (r < 0)
 		return r;
+	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
 	stage_marker(s, WORK_END, 0);
 	stage_commit(s);
 
@@ -589,7 +593,8 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	r = s->quit ? report_failure(s, error) : 0;
 	g_mutex_unlock(&s->lock);
 	/* Protocol 2: the control connection ends last, after every data channel's END_ACK. */
-	if (r >= 0 && s->wire == TM_WIRE_VERSION_2 && (r = end_control(s, error)) < 0) {
+	if (r >= 0 && s->wire == TM_WIRE_VERSION_2 &&
+	    ((r = tm_sender_await_ready(s, error)) < 0 || (r = end_control(s, error)) < 0)) {
 		GError *copy = g_error_copy(*error);
 		tm_sender_fail(s, copy, s->ctl.peer_error);
 	}
@@ -627,6 +632,7 @@ void tm_sender_free(tm_sender *s)
 		g_cond_clear(&c->wake);
 	}
 	tm_chan_close(&s->ctl);
+	tm_sender_state_free(s);
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);
 	g_free(s->io_note);

@@ -67,12 +67,12 @@ def dev_kvm_error():
     return None
 
 
-def probe_kvm(cpu, workdir, children, deadline=PROBE_DEADLINE):
+def probe_kvm(qemu, cpu, workdir, children, deadline=PROBE_DEADLINE):
     """Starts a stopped q35 guest under -accel kvm the way the QEMU rows do and asks QMP
     query-kvm. Returns None when KVM works for bench, else why not."""
     work = tempfile.mkdtemp(prefix="accel-", dir=workdir)
     qmp_path = os.path.join(work, "probe.qmp")
-    argv = (["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+    argv = (qemu.argv() + ["-nodefaults", "-no-user-config", "-display", "none",
              "-serial", "none", "-monitor", "none", "-S", "-m", "64M", "-machine", "q35"] +
             Accel("kvm", cpu).argv() + ["-qmp", f"unix:{qmp_path},server=on,wait=off"])
     err_path = os.path.join(work, "probe.err")
@@ -117,8 +117,9 @@ def probe_kvm(cpu, workdir, children, deadline=PROBE_DEADLINE):
     return why
 
 
-def choose(env_value, workdir, children, log):
-    """The accelerator for this run's QEMU rows (an Accel), said on the log with its reason.
+def choose(env_value, qemu, workdir, children, log):
+    """The accelerator for this run's QEMU rows (an Accel) with QEMU binary qemu (qemubin.Qemu),
+    said on the log with its reason.
     Raises ValueError for a TAGMIG_VM_ACCEL that means nothing."""
     mode, cpu = parse(env_value)
     if mode == "tcg":
@@ -129,7 +130,7 @@ def choose(env_value, workdir, children, log):
         if not_there:
             a = Accel("tcg", None, f"{asked}: {not_there}")
         else:
-            failed = probe_kvm(cpu, workdir, children)
+            failed = probe_kvm(qemu, cpu, workdir, children)
             if failed is None:
                 a = Accel("kvm", cpu, f"{asked}: QEMU started a stopped guest under -accel kvm "
                           f"and query-kvm says enabled")

@@ -8,25 +8,31 @@ from .common import GIB
 from .host import free_port
 
 
-def listening(port):
-    """Whether something listens on 127.0.0.1:port, read from /proc (connecting would use up
-    the one test an 'iperf3 -s -1' serves)."""
-    want = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        return any(l.split()[1] == want and l.split()[3] == "0A" for l in f.readlines()[1:])
+def listening(port, addr="127.0.0.1", netns=None):
+    """Whether something listens on addr:port, read from /proc (connecting would use up the one
+    test an 'iperf3 -s -1' serves); in network namespace netns (ip netns exec) if given."""
+    want = "".join(f"{int(b):02X}" for b in reversed(addr.split("."))) + f":{port:04X}"
+    lines = subprocess.run((["ip", "netns", "exec", netns] if netns else []) +
+                           ["cat", "/proc/net/tcp"], capture_output=True,
+                           text=True).stdout.splitlines()
+    return any(l.split()[1] == want and l.split()[3] == "0A" for l in lines[1:])
 
 
-def run_iperf3(streams, seconds, children):
+def run_iperf3(streams, seconds, children, link=None):
+    """iperf3 over 127.0.0.1, or across link (server in its host B, client in host A)."""
     err = ""
+    addr = link.addr_b if link else "127.0.0.1"
+    in_a, in_b = (link.in_a(), link.in_b()) if link else ([], [])
     for _ in range(5):
         port = free_port()
-        srv = children.popen(["iperf3", "-s", "-1", "-p", str(port), "-B", "127.0.0.1"],
+        srv = children.popen(in_b + ["iperf3", "-s", "-1", "-p", str(port), "-B", addr],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 5
-            while not listening(port) and srv.poll() is None and time.monotonic() < deadline:
+            while (not listening(port, addr, link and link.ns_b) and srv.poll() is None
+                   and time.monotonic() < deadline):
                 time.sleep(0.01)
-            r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-P", str(streams),
+            r = subprocess.run(in_a + ["iperf3", "-c", addr, "-p", str(port), "-P", str(streams),
                                 "-t", str(seconds), "-J"], capture_output=True, text=True,
                                timeout=seconds + 30)
             try:

@@ -7,7 +7,7 @@ import subprocess
 from .common import fmt_size, log
 
 
-def write_chart(rows, out_png, machine, size):
+def write_chart(rows, out_png, machine, size, qemu_label="QEMU"):
     if shutil.which("gnuplot") is None:
         log("bench: gnuplot missing, no chart")
         return
@@ -38,7 +38,7 @@ def write_chart(rows, out_png, machine, size):
         return
     script = [f"set terminal pngcairo noenhanced size 1400,{430 * len(panels)} font 'sans,10'",
               f"set output '{out_png}'",
-              f"set multiplot layout {len(panels)},1 title 'tagmig vs QEMU 7.2 multifd, "
+              f"set multiplot layout {len(panels)},1 title 'tagmig vs {qemu_label} multifd, "
               f"{fmt_size(size)} guest, {machine['cpu']} x{machine['cores']}, "
               f"kernel {machine['kernel']}'",
               "set logscale x 2", "set xrange [0.8:10]", "set xtics (1,2,4,8)",

@@ -24,7 +24,7 @@ def make_creds(d):
             f.write("basicConstraints=critical,CA:FALSE\n"
                     "keyUsage=critical,digitalSignature,keyEncipherment\n"
                     f"extendedKeyUsage={ext}\n"
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:198.18.0.2\n")  # --link: host B
         ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{role}-key.pem", "-out",
              f"{role}.csr", "-subj", f"/CN=localhost")
         ossl("x509", "-req", "-in", f"{role}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",

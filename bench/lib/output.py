@@ -15,7 +15,7 @@ COLUMNS = ["tool", "io", "tls", "tags", "data", "dest", "channels", "size_gib", 
            "seconds", "wire_bytes", "tag_pct_of_wire", "send_cpu_s_per_gib",
            "recv_cpu_s_per_gib", "send_proc_cpu_s_per_gib", "recv_proc_cpu_s_per_gib",
            "e2e_gib_per_s", "qemu_gib_per_s", "vs_qemu", "ceiling", "ceiling_gib_per_s",
-           "vs_ceiling", "repeats", "error", "host", "kernel", "cpu", "cores", "qemu_accel"]
+           "vs_ceiling", "repeats", "error", "host", "kernel", "cpu", "cores", "qemu_accel", "qemu_version", "link"]
 
 
 def fmt(v, nd=2):
@@ -62,10 +62,13 @@ def median_row(runs):
 
 def write_results(rows, goals, outdir, meta, t0):
     """Writes results.csv, results.json and chart.png to outdir and prints the summary table.
-    meta: mode, size, repeat, machine, accel (accel.Accel or None without QEMU rows), tagmig,
+    meta: mode, size, repeat, machine, accel (accel.Accel or None without QEMU rows), qemu
+    (qemubin.Qemu or None), tagmig,
     default_io, notes, ossl1, osslN."""
     machine, size, repeat, accel = meta["machine"], meta["size"], meta["repeat"], meta["accel"]
     accel_label = accel.label if accel else "none"
+    qemu = meta.get("qemu")
+    qemu_label = qemu.label if qemu else "no QEMU"
     csv_path = os.path.join(outdir, "results.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -76,6 +79,8 @@ def write_results(rows, goals, outdir, meta, t0):
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": meta["mode"], "guest_bytes": size, "repeat": repeat, "machine": machine,
         "qemu_accel": accel_label, "qemu_accel_reason": accel.why if accel else "no QEMU rows",
+        "qemu_version": qemu.version if qemu else None, "qemu_path": qemu.path if qemu else None,
+        "qemu_reason": qemu.why if qemu else None, "link": meta.get("link") or "loopback",
         "tagmig": meta["tagmig"], "tagmig_default_io": meta["default_io"],
         "notes": meta["notes"], "openssl_aes128gcm_1core_gb_s": meta["ossl1"].get("gb_per_s"),
         "openssl_aes128gcm_all_cores_gb_s": meta["osslN"].get("gb_per_s"),
@@ -88,12 +93,15 @@ def write_results(rows, goals, outdir, meta, t0):
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(doc, f, indent=1)
     png = os.path.join(outdir, "chart.png")
-    write_chart(rows, png, machine, size)
+    write_chart(rows, png, machine, size, qemu_label)
 
     print()
     print(f"# {meta['mode']} run, guest {fmt_size(size)}, median of {repeat}; {machine['cpu']}, "
-          f"{machine['cores']} cores, kernel {machine['kernel']}; QEMU accel {accel_label}; "
-          f"guest RAM in {machine['guest_pages']} pages")
+          f"{machine['cores']} cores, kernel {machine['kernel']}; {qemu_label}, accel {accel_label}; "
+          f"guest RAM in {machine['guest_pages']} pages; "
+          f"{'link ' + meta['link'] + ' (tests/net)' if meta.get('link') else 'loopback'}")
+    if qemu:
+        print(f"# {qemu_label}: {qemu.path} ({qemu.why})")
     if accel:
         print(f"# QEMU accel {accel_label}: {accel.why}")
     print(HEADER)

@@ -1,5 +1,5 @@
-"""The QEMU 7.2 baseline: multifd from a stopped guest (-S) whose RAM is the source image, to a
-second QEMU (-incoming defer), driven over QMP."""
+"""The QEMU baseline (10 by preference, qemubin.py): multifd from a stopped guest (-S) whose RAM
+is the source image, to a second QEMU (-incoming defer), driven over QMP."""
 
 import os
 import shutil
@@ -12,12 +12,14 @@ from .procs import last_line, proc_cpu
 from .qmp import QMP
 
 
-def run_qemu_pair(src_img, size, channels, dest, creds, timeout, accel, workdir, children):
-    """One migration between two QEMUs on 127.0.0.1 under accel (accel.Accel)."""
+def run_qemu_pair(qemu, src_img, size, channels, dest, creds, timeout, accel, workdir, children,
+                  link=None):
+    """One migration between two QEMUs (qemubin.Qemu) on 127.0.0.1 under accel (accel.Accel), or
+    across link (link.Link: the destination in its host B, the source in host A)."""
     work = tempfile.mkdtemp(prefix="qemu-", dir=workdir)
     dst_img = os.path.join(work, "dst.img")
     mb = size // MIB
-    base = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+    base = qemu.argv() + ["-nodefaults", "-no-user-config", "-display", "none",
             "-serial", "none", "-monitor", "none", "-S", "-m", f"{mb}M"] + accel.argv()
     src_argv = base + ["-machine", "q35,memory-backend=mem", "-object",
                        f"memory-backend-file,id=mem,size={mb}M,mem-path={src_img},share=on",
@@ -34,9 +36,11 @@ def run_qemu_pair(src_img, size, channels, dest, creds, timeout, accel, workdir,
     procs = []
     res = {}
     try:
-        dq = children.spawn(dst_argv, os.path.join(work, "dst.out"), os.path.join(work, "dst.err"))
+        dq = children.spawn(dst_argv, os.path.join(work, "dst.out"), os.path.join(work, "dst.err"),
+                            link.in_b() if link else None)
         procs.append(dq)
-        sq = children.spawn(src_argv, os.path.join(work, "src.out"), os.path.join(work, "src.err"))
+        sq = children.spawn(src_argv, os.path.join(work, "src.out"), os.path.join(work, "src.err"),
+                            link.in_a() if link else None)
         procs.append(sq)
         qd = QMP(f"{work}/dst.qmp", timeout=60)  # prealloc of a warm destination takes a while
         qs = QMP(f"{work}/src.qmp", timeout=60)
@@ -50,7 +54,7 @@ def run_qemu_pair(src_img, size, channels, dest, creds, timeout, accel, workdir,
             qd.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
             qs.cmd("migrate-set-parameters", **{"tls-creds": "tls0", "tls-hostname": "localhost"})
         port = free_port()
-        uri = f"tcp:127.0.0.1:{port}"
+        uri = f"tcp:{link.addr_b if link else '127.0.0.1'}:{port}"
         cd0, cs0 = proc_cpu(dq.pid), proc_cpu(sq.pid)
         qd.cmd("migrate-incoming", uri=uri)
         t0 = time.monotonic()

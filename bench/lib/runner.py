@@ -8,11 +8,12 @@ import tempfile
 import time
 
 from . import accel as accel_mod
-from . import host, images
+from . import host, images, qemubin
 from .baselines import run_iperf3, run_openssl_speed
 from .common import GIB, GRANULE, MIB, fmt_size, log
 from .creds import make_creds
 from .goals import goals
+from .link import Link
 from .matrix import build_matrix, qemu_configs
 from .output import HEADER, median_row, row_line, write_results
 from .procs import Children
@@ -49,12 +50,18 @@ class Bench:
         self.ceilings = {}   # channels -> iperf3 GiB/s
         self.qemu_rows = {}  # (data, dest, channels, tls) -> median QEMU row
         self.crypto_ceiling = None
+        self.link = None
 
     # ------------------------------------------------------------ life cycle
 
     def cleanup(self):
         """Ends the processes this run started, removes its files and its mount. Idempotent."""
         self.children.kill_all()
+        if self.link:
+            stats = self.link.down()
+            if stats:
+                log("bench: link counters: " + "; ".join(stats.splitlines()))
+            self.link = None
         if self.workdir and os.path.isdir(self.workdir):
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.huge.unmount()
@@ -78,14 +85,22 @@ class Bench:
         self.shm = shm
         self.workdir = tempfile.mkdtemp(prefix=f"tagmig-bench-{os.getpid()}-", dir=shm)
         self.tagmig = Tagmig(binary, self.workdir, self.children)
+        if a.link:
+            if os.geteuid() != 0:
+                raise SystemExit("bench: --link needs root (network namespaces)")
+            self.link = Link(a.link, self.top, self.workdir)
         self.machine = host.machine_info()
         self.machine["guest_pages"] = "huge" if self.huge.mountpoint else "4k"
-        self.have_qemu = not a.no_qemu and shutil.which("qemu-system-x86_64") is not None
+        self.qemu = None
+        if not a.no_qemu:
+            self.qemu = qemubin.choose(a.qemu, self.top,
+                                       os.path.join(self.top, "build-bench", "qemu-cache"), log)
+        self.have_qemu = self.qemu is not None
         self.accel = None
         if self.have_qemu:
             try:
-                self.accel = accel_mod.choose(os.environ.get(accel_mod.VARIABLE), self.workdir,
-                                              self.children, log)
+                self.accel = accel_mod.choose(os.environ.get(accel_mod.VARIABLE), self.qemu,
+                                              self.workdir, self.children, log)
             except ValueError as e:
                 raise SystemExit(f"bench: {e}")
 
@@ -105,7 +120,8 @@ class Bench:
         log(f"bench: {self.mode} mode, guest {fmt_size(size)}, {self.repeat} run(s) per row, "
             f"tagmig {binary}")
         log(f"bench: machine {m['host']}: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
-            f"kernel {m['kernel']}; QEMU accel {self.accel.label if self.accel else 'none'}")
+            f"kernel {m['kernel']}; {self.qemu.label if self.qemu else 'no QEMU'}, accel "
+            f"{self.accel.label if self.accel else 'none'}")
         self.backends, self.notes, self.default_io = self.tagmig.detect_backends()
         for n in self.notes:
             log("bench: " + n)
@@ -118,7 +134,8 @@ class Bench:
         log("bench: " + self.tls_note)
         if not self.have_qemu:
             log("bench: QEMU rows skipped: " + ("--no-qemu" if a.no_qemu else
-                                                 "qemu-system-x86_64 not installed"))
+                                                 "no QEMU (neither 10 from backports nor "
+                                                 "qemu-system-x86_64)"))
 
     # ------------------------------------------------------------ the jobs
 
@@ -146,6 +163,8 @@ class Bench:
     def emit(self, r):
         r.update({k: self.machine[k] for k in ("host", "kernel", "cpu", "cores")})
         r["qemu_accel"] = self.accel.label if self.accel else "none"
+        r["qemu_version"] = self.qemu.version if self.qemu else "none"
+        r["link"] = self.link.spec if self.link else "loopback"
         self.rows.append(r)
         print(row_line(r), flush=True)
 
@@ -181,14 +200,14 @@ class Bench:
         if kind == "iperf3":
             if not shutil.which("iperf3"):
                 return {"error": "iperf3 not installed"}
-            res = run_iperf3(c, self.iperf_seconds, self.children)
+            res = run_iperf3(c, self.iperf_seconds, self.children, self.link)
             if res.get("error"):
                 return res
             return dict(gib_per_s=res["gib_per_s"], seconds=self.iperf_seconds)
         if kind == "qemu":
             d, dest, ch, tls = c
-            res = run_qemu_pair(self.src, self.size, ch, dest, self.creds if tls else None,
-                                self.timeout, self.accel, self.workdir, self.children)
+            res = run_qemu_pair(self.qemu, self.src, self.size, ch, dest, self.creds if tls else None,
+                                self.timeout, self.accel, self.workdir, self.children, self.link)
             if res.get("error"):
                 return res
             return dict(gib_per_s=size_gib / res["seconds"], seconds=res["seconds"],
@@ -205,7 +224,7 @@ class Bench:
                 images.write_zeros(self.dst_tags, self.size // GRANULE)
         res = self.tagmig.pair(self.src, self.src_tags[c["tags"]] if tagged else None, self.dst,
                                self.dst_tags if tagged else None, c["channels"], c["io"],
-                               self.creds if c["tls"] else None, self.timeout)
+                               self.creds if c["tls"] else None, self.timeout, link=self.link)
         images.remove(self.dst, self.dst_tags)
         if res.get("error"):
             return res
@@ -295,6 +314,7 @@ class Bench:
 
         g = goals(self.rows, self.backends, self.default_io)
         meta = dict(mode=self.mode, size=self.size, repeat=self.repeat, machine=self.machine,
-                    accel=self.accel, tagmig=self.tagmig.binary, default_io=self.default_io,
+                    accel=self.accel, qemu=self.qemu, link=self.link and self.link.spec,
+                    tagmig=self.tagmig.binary, default_io=self.default_io,
                     notes=self.notes + [self.tls_note], ossl1=ossl1, osslN=osslN)
         write_results(self.rows, g, self.outdir, meta, progress.t_begin)

@@ -70,8 +70,10 @@ class Tagmig:
             return False, f"TLS rows skipped: a 1 MiB migration with --tls-creds failed: {res['error']}"
         return True, "TLS rows run (--tls-creds found and a probe migration worked)"
 
-    def pair(self, src, src_tags, dst, dst_tags, channels, io, creds, timeout, perf_dir=None):
-        """One migration: recv and send as separate processes over 127.0.0.1."""
+    def pair(self, src, src_tags, dst, dst_tags, channels, io, creds, timeout, perf_dir=None,
+             link=None):
+        """One migration: recv and send as separate processes over 127.0.0.1, or across link
+        (link.Link: recv in its host B, send in host A)."""
         work = tempfile.mkdtemp(prefix="pair-", dir=self.workdir)
         portfile = os.path.join(work, "port")
         common = []
@@ -79,16 +81,17 @@ class Tagmig:
             common += ["--io", io]
         if creds:
             common += ["--tls-creds", creds]
-        recv = [self.binary, "recv", "--listen", "127.0.0.1:0", "--port-file", portfile,
+        addr = link.addr_b if link else "127.0.0.1"
+        recv = [self.binary, "recv", "--listen", f"{addr}:0", "--port-file", portfile,
                 "--ram", dst, "--json", "--timeout", "30"] + common
         if dst_tags:
             recv += ["--tags", dst_tags]
-        wrap_r = wrap_s = None
+        wrap_r, wrap_s = (link.in_b(), link.in_a()) if link else ([], [])
         if perf_dir:
-            wrap_r = ["perf", "record", "-q", "-F", "1999", "-g", "-o",
-                      os.path.join(perf_dir, "recv.data"), "--"]
-            wrap_s = ["perf", "record", "-q", "-F", "1999", "-g", "-o",
-                      os.path.join(perf_dir, "send.data"), "--"]
+            wrap_r += ["perf", "record", "-q", "-F", "1999", "-g", "-o",
+                       os.path.join(perf_dir, "recv.data"), "--"]
+            wrap_s += ["perf", "record", "-q", "-F", "1999", "-g", "-o",
+                       os.path.join(perf_dir, "send.data"), "--"]
         r = self.children.spawn(recv, os.path.join(work, "r.out"), os.path.join(work, "r.err"),
                                 wrap_r)
         t_start = time.monotonic()
@@ -100,7 +103,7 @@ class Tagmig:
             time.sleep(0.002)
         with open(portfile) as f:
             port = int(f.read())
-        send = [self.binary, "send", "--connect", f"127.0.0.1:{port}", "--ram", src,
+        send = [self.binary, "send", "--connect", f"{addr}:{port}", "--ram", src,
                 "--channels", str(channels), "--json", "--timeout", "30"] + common
         if src_tags:
             send += ["--tags", src_tags]
