@@ -16,7 +16,6 @@
 #include "tagmig/tagmig.h"
 #include "vmm.h"
 
-#ifdef TM_STATE_COPY
 static int read_sections(tm_receiver *rcv, vmm_runner *r, unsigned *got, GError **error)
 {
 	tm_state_info si;
@@ -40,7 +39,6 @@ static int read_sections(tm_receiver *rcv, vmm_runner *r, unsigned *got, GError 
 	}
 	return ret;
 }
-#endif
 
 int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 {
@@ -65,7 +63,12 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	else if ((ret = tm_tag_store_lookup("kvm-mte", &ops, error)) < 0 ||
 		 (ret = tm_tag_store_new(ops, layout, &kc, &store, error)) < 0)
 		return ret;
-	if ((ret = tm_receiver_new(&rc, &rcv, error)) < 0)
+	/* The engine checks the sections against what this VMM has: two, named, small. */
+	static const char *const names[] = { "arm64.vcpu0", "tagmig-vmm.port", NULL };
+	tm_live_config lc = { .size = sizeof(lc), .max_state_section = 1 << 20,
+			      .max_state_total = 2 << 20, .state_names = names };
+	if ((ret = tm_receiver_new(&rc, &rcv, error)) < 0 ||
+	    (ret = tm_receiver_set_live(rcv, &lc, error)) < 0)
 		return ret;
 	lfd = tm_listen(cfg->host, cfg->port, &port, error);
 	if (lfd < 0)
@@ -81,22 +84,11 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	vmm_runner_init(&r, vm);
 	r.verbose = cfg->verbose;
 	unsigned got = 0;
+	/* RAM and tags, then (wait returns 1) the device-state sections, then READY (0) */
 	while ((ret = tm_receiver_wait(rcv, error)) == 1) {
-#ifdef TM_STATE_COPY
 		if ((ret = read_sections(rcv, &r, &got, error)) < 0)
 			break;
-#endif
 	}
-#ifndef TM_STATE_COPY
-	if (ret == 0) {
-		printf("vmm: this tagmig has no device-state calls yet: RAM and tags arrived, the guest "
-		       "stays paused\n");
-		if (cfg->check_tag_pattern && (ret = vmm_tag_pattern_check(vm, error)) == 0)
-			printf("vmm: the tag pattern of the upper half of RAM arrived intact\n");
-		vmm_runner_clear(&r);
-		return ret;
-	}
-#endif
 	if (ret == 0 && got != 3) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "the source sent no %s state section: the guest cannot be resumed",

@@ -129,16 +129,10 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	g_mutex_unlock(&r->lock);
 	gsize rlen, plen;
 	const void *rdata = g_bytes_get_data(regs, &rlen), *pdata = g_bytes_get_data(port, &plen);
-#ifdef TM_STATE_COPY
+	/* after all RAM; referenced (no TM_STATE_COPY) until finish returns */
 	if ((ret = tm_sender_put_state(s, "arm64.vcpu0", rdata, rlen, 0, error)) < 0 ||
-	    (ret = tm_sender_put_state(s, "tagmig-vmm.port", pdata, plen, 0, error)) < 0)
-		return ret;
-#else
-	(void)rdata;
-	(void)pdata;
-	printf("vmm: this tagmig has no device-state calls yet: RAM and tags only\n");
-#endif
-	if ((ret = tm_sender_finish(s, error)) < 0)
+	    (ret = tm_sender_put_state(s, "tagmig-vmm.port", pdata, plen, 0, error)) < 0 ||
+	    (ret = tm_sender_finish(s, error)) < 0)
 		return ret;
 
 	tm_live_stats ls = { .size = sizeof(ls) };
