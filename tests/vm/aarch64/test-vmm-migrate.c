@@ -249,8 +249,7 @@ int main(void)
 			TK_CHECK(exited_ok(&src) && strstr(so, "switchover after 3 precopy rounds"),
 				 "source: 3 precopy rounds while the guest ran, pause, final round and "
 				 "device state sent");
-			TK_CHECK(exited_ok(&dst) && strstr(dout, "tag pattern of the upper half of RAM "
-								 "arrived intact"),
+			TK_CHECK(strstr(dout, "tag pattern of the upper half of RAM arrived intact"),
 				 "destination: the tags the source set through KVM arrived (read "
 				 "back through KVM)");
 			TK_CHECK(exited_ok(&dst) && strstr(dout, "continuing from the source's pass"),
