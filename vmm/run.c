@@ -146,7 +146,6 @@ static void *vcpu_thread(void *arg)
 	}
 	g_mutex_lock(&r->lock);
 	r->stopped = true;
-	r->guest_off = ret == 1;
 	r->error = ret < 0 ? ret : 0;
 	if (!r->why)
 		r->why = g_strdup("the VMM stopped the vCPU");

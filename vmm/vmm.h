@@ -49,23 +49,23 @@ typedef struct vmm_port {
 
 /* The vCPU thread and what it shares with the migration thread (run.c). */
 typedef struct vmm_runner {
+	/* read-only after vmm_runner_init() and the caller's setup */
 	vmm_vm *vm;
-	vmm_port port;
+	bool verbose;    /* print every guest line, passes too */
+	/* migration thread only */
 	pthread_t thread;
 	bool started;
 	GMutex lock;
 	GCond cond;
-	/* protected by ->lock */
-	bool pause_req;  /* the migration thread wants the vCPU stopped */
+	/* protected by ->lock (the port: written by the vCPU thread; read by the migration thread,
+	 * also without the lock once the vCPU is paused or not started) */
+	vmm_port port;
+	bool pause_req;  /* the migration thread wants the vCPU out of KVM_RUN */
 	bool paused;     /* the vCPU thread is out of KVM_RUN and waits */
 	bool stopped;    /* the vCPU thread ended (guest off, failure, or asked to) */
-	bool resume;     /* leave the pause */
 	bool quit;       /* end the thread */
-	uint64_t stop_after; /* end once port.passes reaches this (0: never) */
 	int error;       /* -errno of a failed KVM_RUN or an unexpected exit */
 	char *why;       /* how the vCPU thread ended */
-	bool guest_off;  /* the guest asked for SYSTEM_OFF */
-	bool verbose;    /* print every guest line */
 } vmm_runner;
 
 /* vm.c */
