@@ -73,7 +73,7 @@ static int fail(const char *what, GError *err)
 
 static int cmd_run(int argc, char **argv)
 {
-	g_autofree char *guest = NULL, *to = NULL;
+	g_autofree char *guest = NULL, *to = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64, max_downtime = 300, after = 1, channels = 2, rounds = 30;
 	gint postcopy_after = -1;
 	gboolean tag_pattern = FALSE, verbose = FALSE, skip_final = FALSE;
@@ -87,6 +87,7 @@ static int cmd_run(int argc, char **argv)
 		{ "max-rounds", 0, 0, G_OPTION_ARG_INT, &rounds, "switch over after N precopy rounds at the latest (default 30)", "N" },
 		{ "channels", 0, 0, G_OPTION_ARG_INT, &channels, "data channels (default 2)", "N" },
 		{ "postcopy-after", 0, 0, G_OPTION_ARG_INT, &postcopy_after, "not yet: refused", "N" },
+		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &tls, "TLS 1.3: ca-cert.pem, client-cert.pem and client-key.pem there (docs/tls.md)", "DIR" },
 		{ "tag-pattern", 0, 0, G_OPTION_ARG_NONE, &tag_pattern, "write a tag pattern into the upper half of RAM through KVM before the guest starts (incoming --check-tag-pattern checks it)", NULL },
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
 		{ "test-skip-final-round", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &skip_final, "test mutation", NULL },
@@ -129,7 +130,8 @@ static int cmd_run(int argc, char **argv)
 		split_hostport("--migrate-to", to, &host, &port);
 		vmm_out_config oc = { .host = host, .port = port, .max_downtime_ms = (uint64_t)max_downtime,
 				      .channels = (unsigned)channels, .after_passes = (uint64_t)after,
-				      .max_rounds = (unsigned)rounds, .skip_final_round = skip_final };
+				      .max_rounds = (unsigned)rounds, .skip_final_round = skip_final,
+				      .tls_creds = tls };
 		if (vmm_migrate_out(&r, &oc, &err) < 0)
 			ret = fail("migration", err);
 	}
@@ -139,13 +141,14 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_incoming(int argc, char **argv)
 {
-	g_autofree char *listen = NULL;
+	g_autofree char *listen = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64;
 	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE;
 	GOptionEntry entries[] = {
 		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
 		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM, as on the source (default 64)", "MIB" },
 		{ "passes", 0, 0, G_OPTION_ARG_INT, &passes, "after resuming, run until the guest reported N more passes (default 3)", "N" },
+		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &tls, "TLS 1.3: ca-cert.pem, server-cert.pem and server-key.pem there (docs/tls.md)", "DIR" },
 		{ "check-tag-pattern", 0, 0, G_OPTION_ARG_NONE, &check, "before resuming, check the tags run --tag-pattern wrote", NULL },
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
 		{ "test-no-tags", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &no_tags, "test mutation", NULL },
@@ -160,7 +163,7 @@ static int cmd_incoming(int argc, char **argv)
 	split_hostport("--listen", listen, &host, &port);
 	vmm_in_config ic = { .host = host, .port = port, .ram_size = ram_bytes(ram_mib),
 			     .passes = (uint64_t)passes, .no_tags = no_tags,
-			     .check_tag_pattern = check, .verbose = verbose };
+			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls };
 	g_autoptr(GError) err = NULL;
 	if (vmm_migrate_in(&ic, &err) < 0)
 		return fail("incoming migration", err);

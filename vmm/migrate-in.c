@@ -47,7 +47,8 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	g_autoptr(tm_tag_store) store = NULL;
 	g_autoptr(tm_receiver) rcv = NULL;
 	const tm_tag_store_ops *ops;
-	tm_receiver_config rc = { .ram_zeroed = true, .timeout_ms = 600000 };
+	tm_receiver_config rc = { .ram_zeroed = true, .timeout_ms = 600000,
+				  .tls_creds_dir = cfg->tls_creds };
 	int ret, lfd;
 	unsigned port;
 
@@ -110,8 +111,9 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	tm_receiver_get_stats(rcv, &st);
 	uint64_t from = r.port.last_pass, seen = r.port.passes;
 	printf("vmm: received %" PRIu64 " pages (%" PRIu64 " zero with tags) in %" PRIu64
-	       " rounds and %" PRIu64 " state bytes; resuming the guest after pass %" PRIu64 "\n",
-	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], ls.rounds, ls.state_bytes, from);
+	       " rounds and %" PRIu64 " state bytes%s%s; resuming the guest after pass %" PRIu64 "\n",
+	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], ls.rounds, ls.state_bytes,
+	       st.tls_cipher[0] ? " over TLS " : "", st.tls_cipher, from);
 
 	if ((ret = vmm_runner_start(&r, error)) == 0 &&
 	    (ret = vmm_runner_wait_passes(&r, seen + cfg->passes, error)) == 0) {

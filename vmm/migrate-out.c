@@ -52,7 +52,8 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	g_autoptr(tm_sender) s = NULL;
 	const tm_tag_store_ops *ops;
 	tm_kvm_mte_config kc = { .vm_fd = vm->vm_fd };
-	tm_sender_config sc = { .channels = cfg->channels, .timeout_ms = 600000 };
+	tm_sender_config sc = { .channels = cfg->channels, .timeout_ms = 600000,
+				.tls_creds_dir = cfg->tls_creds };
 	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = cfg->max_downtime_ms * 1000 };
 	int ret;
 
@@ -142,9 +143,10 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	printf("vmm: switchover after %u precopy rounds at guest pass %" PRIu64 " (%" PRIu64
 	       " passes reported here): final round %" PRIu64 " pages, device state %zu + %zu bytes; "
 	       "downtime %.1f ms; %" PRIu64 " pages (%" PRIu64 " zero with tags) in %.3f s over %u "
-	       "channels\n",
+	       "channels%s%s\n",
 	       round, at_pass, passes, final_dirty, (size_t)rlen, (size_t)plen, ls.downtime_us / 1e3,
-	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], st.seconds, st.channels);
+	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], st.seconds, st.channels,
+	       st.tls_cipher[0] ? ", TLS " : "", st.tls_cipher);
 	vmm_runner_stop(r);
 	return 0;
 }

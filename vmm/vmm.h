@@ -115,6 +115,7 @@ typedef struct vmm_out_config {
 	uint64_t after_passes;  /* migrate once the guest reported this many passes */
 	unsigned max_rounds;
 	bool skip_final_round;  /* test mutation: the guest's last writes stay behind */
+	const char *tls_creds;  /* TLS 1.3 with the client credentials there (docs/tls.md), or NULL */
 } vmm_out_config;
 int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error);
 
@@ -125,6 +126,7 @@ typedef struct vmm_in_config {
 	bool no_tags;          /* test mutation: receive without a tag store */
 	bool check_tag_pattern; /* compare the upper half of RAM's tags with vmm_tag_pattern() */
 	bool verbose;
+	const char *tls_creds;  /* TLS 1.3 with the server credentials there, or NULL */
 } vmm_in_config;
 int vmm_migrate_in(const vmm_in_config *cfg, GError **error);
 

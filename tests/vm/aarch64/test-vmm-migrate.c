@@ -8,7 +8,8 @@
  *      downtime target of 1 ms is never met, --max-rounds ends precopy; pause,
  *      final round, registers and port as device state); the destination checks the tags the
  *      source wrote through KVM into the upper half of RAM (--tag-pattern), resumes the guest, and
- *      the guest must report 3 more passes whose numbers continue the source's;
+ *      the guest must report 3 more passes whose numbers continue the source's; again over TLS
+ *      (throwaway credentials);
  *   3. a destination without a tag store (hidden --test-no-tags) must refuse the migration and
  *      never resume the guest.
  * The guest is the MTE test guest (/vmm/guest.bin: vmm/guest/, its own data and tag checks) when
@@ -24,6 +25,7 @@
 #include <unistd.h>
 #include <sys/wait.h>
 
+#include "common/testing/tls-creds.h"
 #include "kvm-test.h"
 
 #define TIMEOUT_S 900
@@ -200,6 +202,59 @@ static bool exited_ok(const proc *p)
 	return WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0;
 }
 
+/* One live migration between two VMM processes over 127.0.0.1:port, with TLS if creds. */
+static void migration(const char *VMM, const char *guest, const char *port, const char *creds)
+{
+	const char *how = creds ? " (TLS)" : "";
+	g_autofree char *at = g_strdup_printf("127.0.0.1:%s", port);
+	proc dst = { .name = creds ? "destination-tls" : "destination" };
+	proc src = { .name = creds ? "source-tls" : "source" };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", at, "--passes", "3",
+				   "--check-tag-pattern", creds ? "--tls-creds" : NULL, creds, NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", at,
+				   "--migrate-after", "1", "--tag-pattern", "--max-downtime", "1",
+				   "--max-rounds", "3", creds ? "--tls-creds" : NULL, creds, NULL };
+	if (!spawn(&dst, dst_argv))
+		return;
+	g_usleep(500000); /* listening */
+	if (!spawn(&src, src_argv)) {
+		kill(dst.pid, SIGKILL);
+		return;
+	}
+	proc *ps[] = { &src, &dst };
+	wait_all(ps, 2);
+	g_autofree char *so = show(&src), *dout = show(&dst);
+	TK_CHECK(exited_ok(&src) && strstr(so, "switchover after 3 precopy rounds") &&
+			 (!creds || strstr(so, "TLS ")),
+		 "source%s: 3 precopy rounds while the guest ran, pause, final round and device "
+		 "state sent", how);
+	TK_CHECK(strstr(dout, "tag pattern of the upper half of RAM arrived intact"),
+		 "destination%s: the tags the source set through KVM arrived (read back through KVM)",
+		 how);
+	TK_CHECK(exited_ok(&dst) && strstr(dout, "continuing from the source's pass"),
+		 "destination%s: the resumed guest reported 3 more passes, numbered on from the "
+		 "source's", how);
+}
+
+/* Throwaway CA, server (127.0.0.1) and client credentials in /tmp/tls, as `tagmig demo --tls`. */
+static char *make_creds(void)
+{
+	const char *dir = "/tmp/tls";
+	g_autoptr(tls_cred) ca = NULL, server = NULL, client = NULL;
+	g_autoptr(GError) err = NULL;
+	g_mkdir_with_parents(dir, 0700);
+	if (tls_cred_new("tagmig-vmm test CA", NULL, NULL, NULL, -1, 1, &ca, &err) < 0 ||
+	    tls_cred_new("localhost", ca, "serverAuth", "DNS:localhost,IP:127.0.0.1", -1, 1, &server,
+			 &err) < 0 ||
+	    tls_cred_new("tagmig-vmm test source", ca, "clientAuth", NULL, -1, 1, &client, &err) < 0 ||
+	    tls_cred_write(ca, dir, "ca", &err) < 0 || tls_cred_write(server, dir, "server", &err) < 0 ||
+	    tls_cred_write(client, dir, "client", &err) < 0) {
+		tk_fail("TLS credentials in %s: %s", dir, err->message);
+		return NULL;
+	}
+	return g_strdup(dir);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -233,32 +288,11 @@ int main(void)
 			 "tagmig-vmm run: the guest ran 2 passes with MTE enabled");
 	}
 
-	/* 2. live migration, precopy, while the guest runs */
-	proc dst = { .name = "destination" }, src = { .name = "source" };
-	const char *dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4710", "--passes", "3",
-				   "--check-tag-pattern", NULL };
-	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4710",
-				   "--migrate-after", "1", "--tag-pattern", "--max-downtime", "1",
-				   "--max-rounds", "3", NULL };
-	if (spawn(&dst, dst_argv)) {
-		g_usleep(500000); /* listening */
-		if (spawn(&src, src_argv)) {
-			proc *ps[] = { &src, &dst };
-			wait_all(ps, 2);
-			g_autofree char *so = show(&src), *dout = show(&dst);
-			TK_CHECK(exited_ok(&src) && strstr(so, "switchover after 3 precopy rounds"),
-				 "source: 3 precopy rounds while the guest ran, pause, final round and "
-				 "device state sent");
-			TK_CHECK(strstr(dout, "tag pattern of the upper half of RAM arrived intact"),
-				 "destination: the tags the source set through KVM arrived (read "
-				 "back through KVM)");
-			TK_CHECK(exited_ok(&dst) && strstr(dout, "continuing from the source's pass"),
-				 "destination: the resumed guest reported 3 more passes, numbered on "
-				 "from the source's");
-		} else {
-			kill(dst.pid, SIGKILL);
-		}
-	}
+	/* 2. live migration, precopy, while the guest runs; then again over TLS */
+	migration(VMM, guest, "4710", NULL);
+	g_autofree char *creds = make_creds();
+	if (creds)
+		migration(VMM, guest, "4712", creds);
 
 	/* 3. a destination without tags refuses, and never resumes the guest */
 	proc bad_dst = { .name = "destination-no-tags" }, bad_src = { .name = "source-2" };
