@@ -8,10 +8,10 @@
  * ("tmguest: ...") and "selftest: ..." notes is a failure report (a mismatch, a fault).
  *
  * Pausing: the migration thread sets kvm_run.immediate_exit and signals the thread (SIGUSR1,
- * whose handler does nothing and which main.c installs without SA_RESTART). KVM_RUN returns
- * EINTR, having first completed an MMIO access the guest had in flight (on arm64 the PC moves
- * past a store only at the next KVM_RUN), so the registers read after the pause are the ones to
- * resume from.
+ * whose handler does nothing and which main.c installs without SA_RESTART), so that KVM_RUN
+ * returns EINTR. Before it waits, the thread completes an MMIO access the guest had in flight
+ * (on arm64 the PC moves past a store only at the next KVM_RUN) with one more KVM_RUN under
+ * immediate_exit, so the registers read after the pause are the ones to resume from.
  */
 #include <errno.h>
 #include <signal.h>
@@ -121,16 +121,35 @@ static void *vcpu_thread(void *arg)
 	int ret = 0;
 	for (;;) {
 		g_mutex_lock(&r->lock);
+		if (r->pause_req && !r->quit) {
+			/*
+			 * The last exit may be an MMIO store this thread has handled but KVM has
+			 * not completed: arm64 KVM moves the PC past it only in the next KVM_RUN.
+			 * One KVM_RUN with immediate_exit completes it and returns EINTR without
+			 * entering the guest, so the registers saved now resume after the store
+			 * (else the destination repeats it: "ppass 10 ok").
+			 */
+			g_mutex_unlock(&r->lock);
+			__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_RELAXED);
+			if (ioctl(r->vm->vcpu_fd, KVM_RUN, 0) == 0 || errno != EINTR) {
+				ret = -EIO;
+				r->why = g_strdup_printf("KVM_RUN with immediate_exit (vCPU 0): %s",
+							 g_strerror(errno));
+				g_mutex_lock(&r->lock);
+				break;
+			}
+			__atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELAXED);
+			g_mutex_lock(&r->lock);
+		}
 		while (r->pause_req && !r->quit) {
 			r->paused = true;
 			g_cond_broadcast(&r->cond);
 			g_cond_wait(&r->cond, &r->lock);
 		}
 		r->paused = false;
-		bool quit = r->quit;
+		if (r->quit)
+			break; /* with ->lock held, as every break */
 		g_mutex_unlock(&r->lock);
-		if (quit)
-			break;
 		if (ioctl(r->vm->vcpu_fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
 				__atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELAXED);
@@ -138,13 +157,15 @@ static void *vcpu_thread(void *arg)
 			}
 			ret = -errno;
 			r->why = g_strdup_printf("KVM_RUN (vCPU 0): %s", g_strerror(errno));
+			g_mutex_lock(&r->lock);
 			break;
 		}
 		ret = handle_exit(r);
-		if (ret != 0)
+		if (ret != 0) {
+			g_mutex_lock(&r->lock);
 			break;
+		}
 	}
-	g_mutex_lock(&r->lock);
 	r->stopped = true;
 	r->error = ret < 0 ? ret : 0;
 	if (!r->why)
