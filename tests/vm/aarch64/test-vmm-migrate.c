@@ -11,7 +11,9 @@
  *      the guest must report 3 more passes whose numbers continue the source's; again over TLS
  *      (throwaway credentials);
  *   3. a destination without a tag store (hidden --test-no-tags) must refuse the migration and
- *      never resume the guest.
+ *      never resume the guest;
+ *   4. a hostile source (the engine's fake peer) aims a page past guest RAM at a waiting
+ *      destination: refused naming the page, the guest never resumed.
  * The guest is the MTE test guest (/vmm/guest.bin: vmm/guest/, its own data and tag checks) when
  * the harness packed it, else a small guest of this file (data checks only: the tags are then
  * checked by --tag-pattern alone), said in an INFO line. On an arm64 host the native build runs
@@ -19,12 +21,15 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
+#include "codec/codec.h"
 #include "common/testing/tls-creds.h"
 #include "kvm-test.h"
 
@@ -148,10 +153,10 @@ static bool spawn(proc *p, const char *const *argv)
 	return true;
 }
 
-/* Waits for every process (killing all at the deadline); true if all exited 0. */
-static bool wait_all(proc **ps, int n)
+/* Waits for every process (killing all after timeout_s); true if all exited 0. */
+static bool wait_all(proc **ps, int n, int timeout_s)
 {
-	gint64 deadline = g_get_monotonic_time() + TIMEOUT_S * G_TIME_SPAN_SECOND;
+	gint64 deadline = g_get_monotonic_time() + timeout_s * G_TIME_SPAN_SECOND;
 	int left = n;
 	while (left) {
 		for (int i = 0; i < n; i++) {
@@ -168,7 +173,7 @@ static bool wait_all(proc **ps, int n)
 		if (left && g_get_monotonic_time() > deadline) {
 			for (int i = 0; i < n; i++)
 				if (!ps[i]->done) {
-					tk_info("%s: no exit in %d s: killed", ps[i]->name, TIMEOUT_S);
+					tk_info("%s: no exit in %d s: killed", ps[i]->name, timeout_s);
 					kill(ps[i]->pid, SIGKILL);
 				}
 			deadline = G_MAXINT64;
@@ -222,7 +227,7 @@ static void migration(const char *VMM, const char *guest, const char *port, cons
 		return;
 	}
 	proc *ps[] = { &src, &dst };
-	wait_all(ps, 2);
+	wait_all(ps, 2, TIMEOUT_S);
 	g_autofree char *so = show(&src), *dout = show(&dst);
 	TK_CHECK(exited_ok(&src) && strstr(so, "switchover after 3 precopy rounds") &&
 			 (!creds || strstr(so, "TLS ")),
@@ -255,6 +260,64 @@ static char *make_creds(void)
 	return g_strdup(dir);
 }
 
+/*
+ * A hostile source (the engine's fake peer, as in test-kvm-migrate) aimed at a waiting
+ * destination VMM: it announces the VMM's own layout (64 MiB at 0x40000000), is accepted, then
+ * sends a DATA packet for page 16384, one past the end of guest RAM. Returns whether the
+ * acknowledgement came.
+ */
+static bool hostile_source(unsigned port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct timeval tv = { .tv_sec = 60 }; /* never wait longer for the destination's answer */
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		tk_info("hostile source: connect: %s", g_strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	tm_wire_block wb;
+	memset(&wb, 0, sizeof(wb));
+	g_strlcpy(wb.name, "mach-virt.ram", sizeof(wb.name));
+	wb.length = 64ull << 20;
+	wb.guest_base = 0x40000000;
+	wb.page_size = 4096;
+	tm_hello h = { .channel_id = 0, .channel_count = 1, .features = TM_FEATURE_TAGS_MTE4,
+		       .packet_size = 512 * 1024, .chunk_size = 2 << 20, .block_count = 1,
+		       .blocks = &wb };
+	memset(h.session_id, 0x42, sizeof(h.session_id));
+	size_t bl = tm_hello_body_len(&h);
+	g_autofree uint8_t *hb = g_malloc(TM_FRAME_HDR_LEN + bl);
+	tm_frame_encode(hb, TM_MSG_HELLO, (uint32_t)bl, 0);
+	tm_hello_encode(&h, hb + TM_FRAME_HDR_LEN);
+	(void)!write(fd, hb, TM_FRAME_HDR_LEN + bl);
+
+	static uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + TM_PAGE_ENTRY_LEN + 4096 + 1];
+	memset(msg, 0xee, sizeof(msg));
+	tm_frame_encode(msg, TM_MSG_DATA, sizeof(msg) - TM_FRAME_HDR_LEN, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);        /* block */
+	tm_put32(d + 4, 1);    /* page count */
+	tm_put32(d + 8, 4096); /* data length */
+	tm_put32(d + 12, 1);   /* tag length */
+	tm_put32(d + 16, (uint32_t)(wb.length / 4096)); /* one past the last page */
+	d[20] = TM_PAGE_NORMAL;
+	d[21] = TM_TAGS_UNIFORM;
+	tm_put16(d + 22, 0);
+	msg[sizeof(msg) - 1] = 0x0f;
+	uint8_t ack[TM_FRAME_HDR_LEN + 8];
+	ssize_t n = recv(fd, ack, sizeof(ack), MSG_WAITALL); /* so that a started receiver gets it */
+	(void)!write(fd, msg, sizeof(msg));
+	char sink[256];
+	while (recv(fd, sink, sizeof(sink), 0) > 0)
+		; /* until the destination closes */
+	close(fd);
+	return n == (ssize_t)sizeof(ack) && ack[5] == TM_MSG_HELLO_ACK;
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -282,7 +345,7 @@ int main(void)
 	const char *run_argv[] = { VMM, "run", "--guest", guest, "--passes", "2", NULL };
 	if (spawn(&alone, run_argv)) {
 		proc *ps[] = { &alone };
-		wait_all(ps, 1);
+		wait_all(ps, 1, TIMEOUT_S);
 		g_autofree char *out = show(&alone);
 		TK_CHECK(exited_ok(&alone) && strstr(out, "the guest reported 2 passes ok"),
 			 "tagmig-vmm run: the guest ran 2 passes with MTE enabled");
@@ -304,7 +367,7 @@ int main(void)
 		g_usleep(500000);
 		if (spawn(&bad_src, bad_src_argv)) {
 			proc *ps[] = { &bad_src, &bad_dst };
-			wait_all(ps, 2);
+			wait_all(ps, 2, TIMEOUT_S);
 			g_autofree char *so = show(&bad_src), *dout = show(&bad_dst);
 			TK_CHECK(!exited_ok(&bad_src) && !exited_ok(&bad_dst) &&
 					 !strstr(dout, "resuming the guest"),
@@ -313,6 +376,20 @@ int main(void)
 		} else {
 			kill(bad_dst.pid, SIGKILL);
 		}
+	}
+	/* 4. a hostile source at a waiting destination: refused, the guest never resumed */
+	proc hdst = { .name = "destination-hostile" };
+	const char *hdst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4713", NULL };
+	if (spawn(&hdst, hdst_argv)) {
+		g_usleep(500000);
+		bool acked = hostile_source(4713);
+		proc *ps[] = { &hdst };
+		wait_all(ps, 1, 60); /* it refuses at once; a receiver still waiting is a failure */
+		g_autofree char *dout = show(&hdst);
+		TK_CHECK(acked && !exited_ok(&hdst) && strstr(dout, "16384") &&
+				 strstr(dout, "out of range") && !strstr(dout, "resuming the guest"),
+			 "a hostile source aiming a page past guest RAM: accepted, then refused "
+			 "naming the page, the guest not resumed");
 	}
 	return tk_finish();
 }
