@@ -440,7 +440,7 @@ int cli_cmd_demo(int argc, char **argv)
 	g_autoptr(tm_receiver) receiver = NULL;
 	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
 		return cli_fail(error);
-	demo_receiver drecv = {
+	g_auto(demo_receiver) drecv = {
 		.receiver = receiver,
 		.layout = dst_layout,
 		.tags = dst_tags,
@@ -510,7 +510,6 @@ int cli_cmd_demo(int argc, char **argv)
 			cli_failf("sender: %s", error->message);
 		if (drecv.rc < 0)
 			cli_failf("receiver: %s", drecv.error ? drecv.error->message : "failed");
-		g_clear_error(&drecv.error);
 		return CLI_EXIT_FAILED;
 	}
 

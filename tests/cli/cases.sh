@@ -641,6 +641,7 @@ demo-live)
 			assert 0 < d["downtime_ms"] < 10000, d
 			assert d["guest_writes"] > 0 and d["dirty_log"], d
 			assert d["pages_sent"] >= 16384, d
+			assert d["state_sections"] == 2 and d["state_bytes"] == 4096 + 1048576, d
 		EOF
 	fi
 	# Human output: every round on stderr, the summary on stdout.
