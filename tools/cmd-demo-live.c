@@ -272,23 +272,12 @@ int cli_demo_live(const demo_live_opts *o)
 		return cli_fail(error);
 
 	g_autoptr(cli_tmpdir) creds = NULL;
-	if (o->tls) {
-		creds = g_dir_make_tmp("tagmig-demo-tls-XXXXXX", &error);
-		if (!creds || cli_make_tls_creds(creds, &error) < 0)
-			return cli_fail(error);
-	}
 	unsigned port = 0;
-	cli_autofd int listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
-	if (listen_fd < 0)
+	g_auto(demo_receiver) drecv = { .layout = dst.layout, .tags = dst.tags, .listen_fd = -1 };
+	if (cli_demo_creds(o->tls, &creds, &error) < 0 ||
+	    demo_receiver_open(&drecv, o->io, o->timeout_s, creds, &port, &error) < 0)
 		return cli_fail(error);
-	tm_receiver_config rcfg = { .io_backend = o->io, .timeout_ms = o->timeout_s * 1000u,
-				    .ram_zeroed = true, .tls_creds_dir = creds };
-	cli_env_receiver_config(&rcfg);
-	g_autoptr(tm_receiver) receiver = NULL;
-	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
-		return cli_fail(error);
-	g_auto(demo_receiver) drecv = { .receiver = receiver, .layout = dst.layout, .tags = dst.tags,
-					.listen_fd = listen_fd };
+	tm_receiver *receiver = drecv.receiver;
 	tm_live_config rlc = { .size = sizeof(rlc), .state_names = state_names };
 	if (tm_receiver_set_live(receiver, &rlc, &error) < 0)
 		return cli_fail(error);
@@ -378,7 +367,7 @@ int cli_demo_live(const demo_live_opts *o)
 	if (rc >= 0)
 		rc = tm_sender_finish(sender, &error);
 	if (rc < 0) {
-		shutdown(listen_fd, SHUT_RDWR);
+		shutdown(drecv.listen_fd, SHUT_RDWR);
 		tm_sender_free(g_steal_pointer(&sender));
 	}
 	g_thread_join(rthread);

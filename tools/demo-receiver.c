@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The demos' receiver thread (demo-receiver.h). */
+#include <unistd.h>
+
 #include "demo-receiver.h"
+#include "env.h"
 
 static void state_free(gpointer p)
 {
@@ -37,6 +40,23 @@ static int read_sections(demo_receiver *d)
 	return rc;
 }
 
+int demo_receiver_open(demo_receiver *d, const char *io, unsigned timeout_s, const char *creds,
+		       unsigned *ret_port, GError **error)
+{
+	tm_receiver_config rcfg = {
+		.io_backend = io,
+		.timeout_ms = timeout_s * 1000u,
+		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
+		.tls_creds_dir = creds,
+	};
+
+	d->listen_fd = tm_listen("127.0.0.1", "0", ret_port, error);
+	if (d->listen_fd < 0)
+		return d->listen_fd;
+	cli_env_receiver_config(&rcfg);
+	return tm_receiver_new(&rcfg, &d->receiver, error);
+}
+
 gpointer demo_receiver_thread(gpointer data)
 {
 	demo_receiver *d = data;
@@ -56,6 +76,10 @@ gpointer demo_receiver_thread(gpointer data)
 
 void demo_receiver_clear(demo_receiver *d)
 {
+	g_clear_pointer(&d->receiver, tm_receiver_free);
+	if (d->listen_fd >= 0)
+		close(d->listen_fd);
+	d->listen_fd = -1;
 	g_clear_pointer(&d->states, g_ptr_array_unref);
 	g_clear_error(&d->error);
 }
