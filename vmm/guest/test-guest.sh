@@ -35,7 +35,9 @@ mkdir -p "$cache"
 [ "$built" = built ] || skip "the guest is not built: $built"
 elf=$work/guest.elf
 bin=$work/guest.bin
-[ -f "$elf" ] && [ -f "$bin" ] || bail "guest.elf or guest.bin missing in $work"
+if [ ! -f "$elf" ] || [ ! -f "$bin" ]; then
+	bail "guest.elf or guest.bin missing in $work"
+fi
 command -v python3 >/dev/null || skip "python3 is not installed (it patches the parameter block)"
 
 # ---- QEMU ----
@@ -65,6 +67,7 @@ if [ -z "$qemu" ]; then
 			hostarch=$(dpkg --print-architecture 2>/dev/null) ||
 				skip "no QEMU >= 8.0 ($why_not) and no dpkg to fetch one: set TAGMIG_QEMU"
 			codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+			# shellcheck disable=SC2034 # read by apt_private
 			apt_archs=$hostarch
 			main=$(mirror_of "$codename")
 			[ -n "$main" ] || main=http://deb.debian.org/debian
