@@ -7,7 +7,8 @@
 # loader would patch it (passes, window, RAM size, self-check mode), so the binary under test is
 # the one the VMM loads. Checks:
 #   1. passes: at least 3 consecutive "pass N ok" lines, then "done 4 passes" and a power-off;
-#   2. the loader's block is obeyed: another RAM size and window, reported back by the guest;
+#   2. the loader's block is obeyed: another RAM size and window, reported back by the guest; a
+#      block without its magic is refused;
 #   3. the flat guest.bin, placed at its load address with QEMU's generic loader (as a VMM does);
 #   4. a machine without tag memory: "error: no MTE ..." and a stop;
 #   5. self-checks that must fail: a flipped data word ("mismatch ... data"), a changed tag (a
@@ -193,6 +194,17 @@ if passes_ok 3 params &&
 else
 	notok "the guest did not run with the patched parameter block"
 	console_tail params
+fi
+
+# ... and a block without its magic is refused, not run
+patch "$elf" "$work/run-badblock.elf" magic=0 passes=3 || bail "patching the parameter block failed"
+boot badblock 128M -kernel "$work/run-badblock.elf"
+if grep -q '^error: bad parameter block' "$work/console-badblock.log" &&
+	! grep -q '^pass' "$work/console-badblock.log" && [ "$boot_rc" = 0 ]; then
+	ok "a parameter block without its magic is refused: '$(grep -m1 '^error' "$work/console-badblock.log")'"
+else
+	notok "a parameter block without its magic was not refused"
+	console_tail badblock
 fi
 
 # 3. the flat image at its load address, started there (what a VMM does with guest.bin)
