@@ -10,6 +10,7 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
+#include "codec/compress.h"
 #include "fuzz.h"
 
 static const char *out_root;
@@ -405,6 +406,40 @@ static void gen_state(void)
 	g_byte_array_unref(big.buf);
 }
 
+/* fuzz-decompress: [codec/page size][pages] + a real stream of text-like pages, both codecs. */
+static void gen_decompress(void)
+{
+	g_autoptr(tm_zctx) z = NULL;
+	static const uint32_t sizes[] = { 4096, 16384, 65536 };
+
+	if (tm_zctx_new(16 * 65536, &z, NULL) < 0)
+		g_error("tm_zctx_new");
+	size_t cap = tm_zctx_bound(z);
+	g_autofree uint8_t *buf = g_malloc(cap + 2);
+	for (unsigned sel = 0; sel < 6; sel++) {
+		tm_zcodec c = sel & 1 ? TM_ZCODEC_LZ4 : TM_ZCODEC_ZSTD;
+		uint32_t ps = sizes[(sel >> 1) % 3];
+		unsigned n = sel + 1;
+		uint8_t *pages[16];
+		if (!(tm_zcodec_available() & (1u << c)))
+			continue;
+		for (unsigned i = 0; i < n; i++) {
+			pages[i] = g_malloc(ps);
+			for (uint32_t j = 0; j < ps; j++)
+				pages[i][j] = j % 97 < 50 ? (uint8_t)"page data "[j % 10] : (uint8_t)(j * i);
+		}
+		ssize_t len = tm_zcompress(z, c, 1, pages, n, ps, buf + 2, cap, NULL);
+		if (len <= 0)
+			g_error("gen_decompress: %s did not compress", tm_zcodec_name(c));
+		buf[0] = (uint8_t)sel;
+		buf[1] = (uint8_t)(n - 1);
+		g_autofree char *name = g_strdup_printf("%s-%u-%ux%u", tm_zcodec_name(c), sel, n, ps);
+		put("decompress", name, buf, (size_t)len + 2);
+		for (unsigned i = 0; i < n; i++)
+			g_free(pages[i]);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -416,5 +451,6 @@ int main(int argc, char **argv)
 	gen_hello();
 	gen_data();
 	gen_state();
+	gen_decompress();
 	return 0;
 }
