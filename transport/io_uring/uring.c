@@ -171,12 +171,20 @@ static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 		return r < 0 ? r : 0;
 	}
 	tm_count(&io->st.io_waits, 1);
-	for (;;) {
-		int r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
-		if (r == -EINTR)
-			continue;
-		return r == -ETIME ? -ETIMEDOUT : r < 0 ? r : 0;
+	int64_t deadline = tm_now_us() + (int64_t)io->timeout_ms * 1000;
+	int r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
+	/* liburing 2.3 reports a wait that ended without a completion (its timeout, a signal)
+	 * after submitting as the count submitted with *cqe NULL: wait out the rest. */
+	while (r == -EINTR || (r >= 0 && !*cqe)) {
+		int64_t left = deadline - tm_now_us();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		ts = (struct __kernel_timespec){ .tv_sec = left / 1000000,
+						 .tv_nsec = (long long)(left % 1000000) * 1000 };
+		*cqe = NULL;
+		r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
 	}
+	return r == -ETIME ? -ETIMEDOUT : r < 0 ? r : 0;
 }
 
 static int issue_send(tm_io *io, unsigned slot)
