@@ -78,7 +78,7 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
 		/* Map the pages in with one call rather than one fault per page in the zero scan
 		 * (costly under virtualization). Before Linux 5.14: EINVAL, and pages fault as usual. */
-		if (!s->no_populate &&
+		if (!s->no_populate && n * ps >= TM_POPULATE_MIN &&
 		    madvise(rb->host + page * ps, n * ps, MADV_POPULATE_READ) < 0 && errno == EINVAL)
 			__atomic_store_n(&s->no_populate, true, __ATOMIC_RELAXED);
 		if (s->tags) {
