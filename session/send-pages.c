@@ -139,6 +139,9 @@ static int send_end(send_chan *c, GError **error)
 	int r = flush_packet(c, error);
 	if (r >= 0)
 		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+	/* TLS: our close_notify right behind END, so that the receiver's close waits for nothing. */
+	if (r >= 0)
+		r = tm_tls_close_notify(c->ch.io, error);
 	if (r >= 0)
 		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
 	if (r < 0)

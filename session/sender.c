@@ -573,6 +573,8 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	/* Protocol 2: END on the control connection now, its answer after the data channels'. */
 	bool v2 = s->wire == TM_WIRE_VERSION_2;
 	int ctl = v2 ? tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, &ctl_err) : 0;
+	if (ctl >= 0 && v2)
+		ctl = tm_tls_close_notify(s->ctl.io, &ctl_err);
 
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)

@@ -4,8 +4,8 @@
  * delivers each chunk of bytes DELAY_MS after it was sent, both ways, so a round trip costs at
  * least 2 * DELAY_MS and anything else (loopback, threads, a loaded machine) is small beside it.
  * A sync with nothing outstanding and the end of a session (END / END_ACK on every connection)
- * must each take one round trip: more than one, and they take twice as long (TLS: the end takes
- * two, see below). Every test runs for each backend pair, plaintext and TLS (session-fixture.c).
+ * must each take one round trip: more than one, and they take twice as long. Every test runs for
+ * each backend pair, plaintext and TLS (session-fixture.c).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -220,13 +220,8 @@ static void test_round_trips(void)
 	g_assert_cmpint(sync_us[0], >=, rtt);
 	g_assert_cmpint(sync_us[SYNCS / 2], <, rtt * 3 / 2);
 	g_assert_cmpint(finish_us, >=, rtt);
-	/*
-	 * TLS: the receiver's data channel ends when the sender's close_notify has come, which
-	 * leaves after END_ACK; only then is the control connection answered. One more round trip
-	 * (moving our close_notify before END_ACK is left to the TLS layer).
-	 */
-	int64_t trips = tls_dir ? 2 : 1;
-	g_assert_cmpint(finish_us, <, trips * rtt + MAX(rtt / 2, sync_us[SYNCS / 2] / 2));
+	/* TLS too: the sender's close_notify follows END, so the receiver's close waits for nothing. */
+	g_assert_cmpint(finish_us, <, rtt + MAX(rtt / 2, sync_us[SYNCS / 2] / 2));
 	guest_fini(&src);
 	guest_fini(&dst);
 }
