@@ -266,10 +266,12 @@ int main(int argc, char **argv)
 		{ "iters", 0, 0, G_OPTION_ARG_INT, &opt_iters, "empty rounds (default 1000)", "N" },
 		{ "sessions", 0, 0, G_OPTION_ARG_INT, &opt_sessions,
 		  "sessions timed at finish (default 1000)", "N" },
-		{ "dirty", 0, 0, G_OPTION_ARG_INT, &opt_dirty, "percent of pages in the scattered round (default 5)", "P" },
+		{ "dirty", 0, 0, G_OPTION_ARG_INT, &opt_dirty,
+		  "percent of pages in the scattered round (default 5)", "P" },
 		{ "zerocopy", 0, 0, G_OPTION_ARG_INT, &opt_zerocopy,
 		  "io_uring zero-copy sends: 0 while they pay (default), 1 always, -1 never", "Z" },
-		{ "repeat", 0, 0, G_OPTION_ARG_INT, &opt_repeat, "runs per backend, median kept (default 3)", "N" },
+		{ "repeat", 0, 0, G_OPTION_ARG_INT, &opt_repeat,
+		  "runs per backend, median kept (default 3)", "N" },
 		{ NULL },
 	};
 	g_autoptr(GOptionContext) ctx = g_option_context_new("- short rounds, io_uring against sockets");

@@ -49,7 +49,7 @@
 #endif
 
 #define ZC_COPIED_LIMIT 8
-/* Smaller messages are copied: zero-copy pays only for large sends (MSG_ZEROCOPY's docs: ~10 KiB). */
+/* Smaller messages are copied: zero-copy pays for large sends only (MSG_ZEROCOPY: ~10 KiB up). */
 #define ZC_MIN_BYTES (64u << 10)
 #define UD_RECV UINT64_C(0xffffffff)
 #define UD_CANCEL UINT64_C(0xfffffffe)
