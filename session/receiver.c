@@ -300,7 +300,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 /*
  * Protocol 2, once every data channel ended: the control connection's END (0, 0, 0), answered
  * by END_ACK (0, 0), then a clean TLS close. No control thread yet: the migration thread reads
- * the one message the connection carries (the sender sends it right after the last END_ACK).
+ * the one message the connection carries (the sender sends it with the data channels' ENDs: its
+ * END_ACK must follow theirs).
  */
 static int end_control(tm_receiver *r, GError **error)
 {

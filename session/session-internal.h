@@ -54,6 +54,13 @@ typedef struct send_state {
 	uint64_t downtime_us; /* guest_stopped -> READY; 0 before (tm_live_stats) */
 } send_state;
 
+/*
+ * Runs of guest RAM shorter than this are not populated with madvise(MADV_POPULATE_*) before
+ * they are read or written: for a few scattered pages the system call costs more than the page
+ * faults it saves (issue 16: a round of 5% random pages).
+ */
+#define TM_POPULATE_MIN (64u << 10)
+
 /* Failure bookkeeping shared by sender and receiver. */
 typedef struct tm_failure {
 	GError *error;
