@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "common/escape.h"
 #include "tagmig/error.h"
 
 static const char *enc_name(uint8_t enc)
@@ -29,7 +30,7 @@ static const char *enc_name(uint8_t enc)
 /* Block names came through tm_hello_check(), but may still hold non-printable bytes. */
 static char *block_label(const tm_wire_block *b)
 {
-	return g_strescape(b->name, NULL);
+	return tm_escape_untrusted(b->name);
 }
 
 /*

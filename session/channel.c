@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <string.h>
 
+#include "common/escape.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "session/channel.h"
@@ -179,7 +180,8 @@ int tm_chan_recv_peer_error(tm_chan *ch, const tm_frame *f, const char *peer, GE
 	}
 	if (code <= 0 || code > 4095)
 		code = EPROTO;
-	g_set_error(error, TM_ERROR, code, "%s: %s: %s", ch->label, peer, msg);
+	g_autofree char *shown = tm_escape_untrusted(msg);
+	g_set_error(error, TM_ERROR, code, "%s: %s: %s", ch->label, peer, shown);
 	ch->peer_error = true;
 	return -code;
 }

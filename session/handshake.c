@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "common/escape.h"
 #include "ram/ram-internal.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
@@ -274,22 +275,24 @@ int tm_receiver_compare_layout(tm_receiver *r, const tm_ram_layout *layout, tm_t
 	for (unsigned i = 0; i < n; i++) {
 		const tm_wire_block *w = &r->hello.blocks[i];
 		const tm_ram_block *b = tm_ram_layout_get(layout, i);
+		g_autofree char *wname = tm_escape_untrusted(w->name);
+		g_autofree char *bname = tm_escape_untrusted(b->name);
 		if (strcmp(w->name, b->name) != 0) {
 			g_set_error(error, TM_ERROR, EINVAL,
 				    "RAM layout differs: block %u is '%s' on the sender, '%s' on the receiver",
-				    i, w->name, b->name);
+				    i, wname, bname);
 			return -EINVAL;
 		}
 		if (w->length != b->length || w->page_size != b->page_size) {
 			g_set_error(error, TM_ERROR, EINVAL,
 				    "RAM block %u '%s' differs: sender length %" G_GUINT64_FORMAT
 				    " page size %u, receiver length %" G_GUINT64_FORMAT " page size %u",
-				    i, b->name, w->length, w->page_size, b->length, b->page_size);
+				    i, bname, w->length, w->page_size, b->length, b->page_size);
 			return -EINVAL;
 		}
 		if (!b->host) {
 			g_set_error(error, TM_ERROR, EINVAL, "RAM block '%s' has no host memory",
-				    b->name);
+				    bname);
 			return -EINVAL;
 		}
 	}
