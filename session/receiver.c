@@ -357,6 +357,16 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}
 	g_mutex_unlock(&r->lock);
+	g_autoptr(GError) incomplete = NULL;
+	if (ret == 0 && (ret = tm_receiver_check_complete(r, &incomplete)) < 0) {
+		/* Protocol 2: the sender waits for END_ACK on control and learns why instead. */
+		r->ctl_ended = true;
+		if (r->ctl.fd >= 0)
+			tm_chan_send_error(&r->ctl, -ret, incomplete->message);
+		if (error)
+			*error = g_error_copy(incomplete);
+		tm_receiver_fail(r, NULL, g_steal_pointer(&incomplete), false);
+	}
 	if (ret == 0 && r->wire == TM_WIRE_VERSION_2 && !r->ctl_ended) {
 		g_autoptr(GError) local = NULL;
 		r->ctl_ended = true;
@@ -403,6 +413,9 @@ void tm_receiver_free(tm_receiver *r)
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);
 	g_free(r->present);
+	for (unsigned i = 0; r->waived && i < r->hello.block_count; i++)
+		g_free(r->waived[i]);
+	g_free(r->waived);
 	g_free(r->chans);
 	tm_ram_layout_free(r->announced);
 	g_free(r->io_note);

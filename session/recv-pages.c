@@ -176,8 +176,8 @@ static int recv_loop(recv_chan *c, GError **error)
 					    c->ch.id, v[0], c->pages_applied);
 				return -EPROTO;
 			}
-			/* Protocol 2 checks every count END carries (protocol 1 never did). */
-			if (f.version == TM_WIRE_VERSION_2 && v[1] != c->packets_applied) {
+			/* Every count END carries (protocol 1's packets_sent too). */
+			if (v[1] != c->packets_applied) {
 				g_set_error(error, TM_ERROR, EPROTO,
 					    "channel %u: sender sent %" G_GUINT64_FORMAT
 					    " packets, %" G_GUINT64_FORMAT " arrived",

@@ -135,6 +135,7 @@ struct tm_receiver {
 	bool ctl_used;             /* placed during accept */
 	bool ctl_ended;            /* END / END_ACK done on it (migration thread) */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
+	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
 
 	enum receiver_state state; /* migration-thread local */
@@ -170,6 +171,13 @@ gpointer tm_send_worker(gpointer data);
 /* ---- receiver.c ---- */
 /* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */
 void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer);
+
+/* ---- complete.c ---- */
+/*
+ * 0 when every page of every announced block is present or waived, else -EPROTO with how many
+ * pages never arrived and where the first is (docs/wire-format.md, "Completeness").
+ */
+int tm_receiver_check_complete(tm_receiver *r, GError **error);
 
 /* ---- recv-pages.c ---- */
 /* The worker thread of one receiver channel (data: its recv_chan). */
