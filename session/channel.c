@@ -242,6 +242,31 @@ int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)
 	return tm_chan_recv_peer_error(ch, &f, peer, error);
 }
 
+int tm_chan_recv_unsolicited(tm_chan *ch, const char *peer, GError **error)
+{
+	g_autoptr(GError) local = NULL;
+	tm_frame f;
+
+	int r = tm_chan_recv_frame(ch, 0, &f, &local);
+	if (r == -ECONNRESET || r == -EPIPE) {
+		g_set_error(error, TM_ERROR, ECONNRESET, "%s: connection closed by the peer (the %s)",
+			    ch->label, peer);
+		return -ECONNRESET;
+	}
+	if (r < 0) {
+		g_propagate_error(error, g_steal_pointer(&local));
+		return r;
+	}
+	if (f.type == TM_MSG_ERROR) {
+		g_autofree char *failed = g_strdup_printf("%s failed", peer);
+		return tm_chan_recv_peer_error(ch, &f, failed, error);
+	}
+	g_set_error(error, TM_ERROR, EPROTO,
+		    "%s: the %s sent %s unsolicited: nothing this side sent asks for it", ch->label,
+		    peer, tm_msg_name(f.type));
+	return -EPROTO;
+}
+
 void tm_chan_sum(const tm_chan *ch, tm_stats *ret)
 {
 	tm_io_counters io = ch->io_closed;

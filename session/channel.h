@@ -108,6 +108,14 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message);
  */
 int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error);
 
+/*
+ * The channel is readable where the peer has nothing to say (the sender between SYNCs): reads
+ * what came. Returns the peer's ERROR as -code ("<label>: <peer> failed: ..."), -ECONNRESET when
+ * it closed, -EPROTO naming any other message as unsolicited (a SYNC_ACK no SYNC asked for), or
+ * the frame's decode error. Never 0.
+ */
+int tm_chan_recv_unsolicited(tm_chan *ch, const char *peer, GError **error);
+
 /* Words for a failed send or receive: the I/O handle's explanation, or the errno's. */
 const char *tm_chan_io_reason(const tm_chan *ch, int err);
 

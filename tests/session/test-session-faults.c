@@ -223,6 +223,7 @@ static void test_peer_vanishes(void)
 typedef struct half_receiver {
 	int listen_fd;
 	size_t read_before_close;
+	bool sync_ack_first; /* a SYNC_ACK nobody asked for right after HELLO_ACK */
 } half_receiver;
 
 /* Acknowledges the handshake, reads part of the stream and closes: a receiver that dies. */
@@ -238,6 +239,10 @@ static gpointer half_receiver_thread(gpointer data)
 	g_assert_cmpint(recv(fd, buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
 	size_t len = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
 	g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
+	if (h->sync_ack_first) {
+		len = tm_ctrl_encode(buf, TM_MSG_SYNC_ACK, 1, 7, 0);
+		g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
+	}
 	size_t got = 0;
 	while (got < h->read_before_close) {
 		ssize_t r = recv(fd, buf, MIN(sizeof(buf), h->read_before_close - got), 0);
@@ -284,6 +289,44 @@ static void test_peer_closes_mid_packet(void)
 	g_assert_nonnull(strstr(err->message, "connection closed by the peer"));
 	/* Fails at once, not after the 10 s timeout. */
 	g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
+	close(h.listen_fd);
+	guest_fini(&src);
+}
+
+/*
+ * Issue 14, defect 8: a receiver that answers a SYNC the sender never sent. The sender says so
+ * instead of "connection closed by the peer" (the receiver reads on and closes later).
+ */
+static void test_unsolicited_sync_ack(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 16 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	for (uint64_t i = 0; i < (16 << 20) / 4096; i++)
+		fill_page(&src, 0, i, 0);
+	half_receiver h = { .read_before_close = 64 << 20, .sync_ack_first = true };
+	h.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	GThread *t = g_thread_new("half", half_receiver_thread, &h);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 10000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	tm_live_config lc = { .size = sizeof(lc), .wire_version = 1 };
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
+	uint64_t bm[64];
+	memset(bm, 0xff, sizeof(bm));
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, 4096, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	g_assert_cmpint(r, ==, -EPROTO);
+	g_test_message("sender: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "channel 0: the receiver sent SYNC_ACK unsolicited"));
+	tm_sender_free(g_steal_pointer(&s));
+	g_thread_join(t);
 	close(h.listen_fd);
 	guest_fini(&src);
 }
@@ -739,6 +782,7 @@ int main(int argc, char **argv)
 		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel, true },
 		{ "peer-vanishes", test_peer_vanishes, true },
 		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
+		{ "unsolicited-sync-ack", test_unsolicited_sync_ack, true },
 		{ "tls-tampered", test_tls_tampered, false },
 		{ "late-sender", test_late_sender, false },
 		{ "receiver-reason-reaches-sender", test_receiver_reason_reaches_sender, false },
