@@ -155,6 +155,33 @@ corrupt() {
 	note "ok: receiver refused ($(cat "$T/recv.err")); client saw: $(cat "$T/client.out")"
 }
 
+# no_controls FILE: FILE holds no control character but its line ends, and no bidi override.
+no_controls() {
+	if LC_ALL=C tr -d '\n' <"$1" | LC_ALL=C grep -q '[[:cntrl:]]'; then
+		fail "$(basename "$1") holds control characters: $(od -c "$1" | head -5)"
+	fi
+	if LC_ALL=C grep -q $'\xe2\x80\xae' "$1"; then
+		fail "$(basename "$1") holds U+202E"
+	fi
+}
+
+# hostile MODE LENGTH PATTERN [recv args...]: corrupt-client.py MODE against a receiver into a new
+# out.img (unless the args say otherwise); recv exits 1 with one escaped line matching PATTERN.
+hostile() {
+	need_python
+	local mode=$1 length=$2 pattern=$3
+	shift 3
+	[ $# -gt 0 ] || set -- --ram "$T/out.img"
+	start_recv "$@"
+	timeout "$LIMIT" "$PYTHON3" "$(dirname "$0")/corrupt-client.py" "$PORT" "$mode" ram0 "$length" \
+		>"$T/client.out" 2>"$T/client.err" || fail "corrupt client failed"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	one_line "$T/recv.err" "$pattern"
+	no_controls "$T/recv.err"
+	note "ok: $(cat "$T/recv.err"); client saw: $(cat "$T/client.out")"
+}
+
 if [ "${TLS:-0}" = 1 ]; then
 	make_creds "$T/creds" localhost
 	RECV_TLS="--tls-creds $T/creds"
@@ -492,6 +519,72 @@ corrupt-bad-seq)
 	;;
 corrupt-bad-block)
 	corrupt bad-block "block"
+	;;
+# Issue 14, defect 1: an END whose counts match what arrived is no success while pages are missing.
+incomplete-end-none)
+	hostile end-none $((1024 * 1024)) "incomplete migration: 256 pages never arrived"
+	;;
+incomplete-end-partial)
+	hostile end-partial $((1024 * 1024)) "incomplete migration: 240 pages never arrived.*offset 0x10000"
+	;;
+incomplete-end-packets)
+	hostile end-packets $((1024 * 1024)) "sender sent 5 packets, 1 arrived"
+	;;
+# Defect 2: text from the peer never reaches the terminal raw, on either side.
+escape-recv-error)
+	hostile error-escape $((1024 * 1024)) 'sender gave up: \\x1b\[2J.*\\x07\\x0d\\x0aforged line\\u\{202e\}evil'
+	;;
+escape-recv-name)
+	hostile name-escape $((1024 * 1024)) "block 0 'ram\\\\x1b" --ram other="$T/out.img"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	;;
+escape-send-error)
+	need_python
+	gen_ram $((1024 * 1024)) 31 "$T/in.img"
+	"$PYTHON3" "$(dirname "$0")/hostile-receiver.py" "$T/port" error-escape 2>"$T/hr.err" &
+	HR_PID=$!
+	for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
+	PORT=$(cat "$T/port")
+	run_send --ram "$T/in.img" --channels 1
+	wait "$HR_PID"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" 'x1b\[2J.*forged line\\u\{202e\}evil'
+	no_controls "$T/send.err"
+	note "ok: $(cat "$T/send.err")"
+	;;
+# Defect 3: a session refused after a first file was created leaves no file behind.
+refuse-removes-created)
+	gen_ram $((1024 * 1024)) 41 "$T/a.img"
+	gen_ram $((1024 * 1024)) 42 "$T/b.img"
+	start_recv --ram a="$T/out-a.img" --ram b="$T/no-such-dir/out-b.img"
+	run_send --ram a="$T/a.img" --ram b="$T/b.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "no-such-dir"
+	[ ! -e "$T/out-a.img" ] || fail "the refused session left out-a.img behind"
+	note "ok: $(cat "$T/recv.err")"
+	;;
+# Defect 5: an announced size over the receiver's bound is refused before anything is created.
+max-ram-huge)
+	hostile hello-only $(((2 ** 32 - 1) * 4096)) "17592186040320 bytes of RAM.*--max-ram"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	;;
+max-ram-option)
+	gen_ram $((1024 * 1024)) 43 "$T/in.img"
+	start_recv --ram "$T/out.img" --max-ram 512K
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "1048576 bytes of RAM to create, more than the 524288 bytes .*--max-ram"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	start_recv --ram "$T/out.img" --max-ram 1M
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	note "ok: --max-ram 512K refused, 1M let in"
 	;;
 usage)
 	u() { # WANT_RC ARGS...
