@@ -176,15 +176,20 @@ static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h,
 	return 0;
 }
 
-int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **error)
+int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
+			      GError **error)
 {
 	tm_chan tmp;
 	tm_frame f;
 	tm_hello h = { 0 };
-	tm_io_config ioc = { .timeout_ms = timeout_ms, .depth = 1, .zerocopy = r->cfg.tuning.zerocopy };
+	tm_io_config ioc = { .timeout_ms = r->cfg.timeout_ms, .depth = 1,
+			     .zerocopy = r->cfg.tuning.zerocopy };
+	*ret_stranger = true;
 	int ret = tm_chan_open(&tmp, fd, 0, r->io, &ioc, error);
 	if (ret < 0)
 		return ret;
+	tmp.setup_deadline_us = deadline_us;
+	tm_io_set_deadline(tmp.io, deadline_us);
 	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp.io, error)) < 0) {
 		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
 		tm_chan_close(&tmp);
@@ -209,8 +214,10 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 	}
 	if (ret >= 0)
 		ret = tm_hello_decode(body, f.body_len, f.version, &h, error);
-	if (ret >= 0)
+	if (ret >= 0) {
+		*ret_stranger = false;
 		ret = check_placement(r, &f, &h, error);
+	}
 	if (ret < 0) {
 		g_prefix_error(error, "handshake: ");
 		g_autofree char *msg = g_strdup((*error)->message);
@@ -219,6 +226,9 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 		tm_hello_clear(&h);
 		return ret;
 	}
+	/* The handshake is done: from here on only message bodies have deadlines. */
+	tmp.setup_deadline_us = 0;
+	tm_io_set_deadline(tmp.io, 0);
 	if (!r->chans) {
 		r->hello = h;
 		h.blocks = NULL;

@@ -135,14 +135,13 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		g_set_error(error, TM_ERROR, EBUSY, "a session was accepted already");
 		return -EBUSY;
 	}
+	g_auto(tm_strangers) strangers = { 0 };
 	for (unsigned k = 0; fds ? k < n : (!r->chans || k < tm_receiver_connections(r)); k++) {
-		int64_t left_ms = (deadline - tm_now_us()) / 1000;
-		int fd = fds ? fds[k] : -1;
 		if (!fds) {
-			if (left_ms <= 0 ||
-			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, error)) < 0) {
-				if (left_ms <= 0 || fd == -ETIMEDOUT) {
-					g_clear_error(error);
+			/* Drops connections that fail their handshake (accept.c). */
+			int fd = tm_receiver_accept_one(r, listen_fd, deadline, &strangers, error);
+			if (fd < 0) {
+				if (fd == -ETIMEDOUT && !*error) {
 					if (r->nch && r->wire == TM_WIRE_VERSION_2)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
 							    "only %u of %u connections (%u channels and "
@@ -157,17 +156,19 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
 							    "no sender connected within %.1f s",
 							    r->cfg.timeout_ms / 1000.0);
+					tm_strangers_explain(&strangers, error);
 				}
 				return accept_fail(r, error);
 			}
+			continue;
 		}
-		/* The whole deadline bounds the arrival of the channels; each channel's own I/O,
-		 * its handshake included, gets the full timeout like any blocked I/O. */
-		int ret = tm_receiver_place_channel(r, fd, r->cfg.timeout_ms, error);
+		/* Sockets the VMM accepted: each handshake has its deadline, none is dropped. */
+		bool stranger;
+		int ret = tm_receiver_place_channel(r, fds[k], tm_receiver_handshake_deadline(r, 0),
+						    &stranger, error);
 		if (ret < 0) {
-			if (fds)
-				for (unsigned j = k + 1; j < n; j++)
-					close(fds[j]);
+			for (unsigned j = k + 1; j < n; j++)
+				close(fds[j]);
 			return accept_fail(r, error);
 		}
 	}

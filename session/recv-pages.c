@@ -74,8 +74,9 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
 		if (ret < 0)
 			return tm_error_at(error, -ret, c->ch.id, b->name,
-					   (uint64_t)p->entries[0].page * ps, "receive page data: %s",
-					   tm_chan_io_reason(&c->ch, -ret));
+					   (uint64_t)p->entries[0].page * ps, "receive page data: %s%s",
+					   tm_chan_io_reason(&c->ch, -ret),
+					   tm_chan_deadline_note(&c->ch, -ret));
 	}
 	if ((ret = tm_recv_plan_tags(p, error)) < 0)
 		goto bad;

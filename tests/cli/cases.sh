@@ -57,7 +57,7 @@ LIMIT=120
 start_recv() {
 	rm -f "$T/port"
 	env ${RECV_IO:+TAGMIG_IO=$RECV_IO} \
-		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 $RECV_TLS \
+		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout "${RECV_TIMEOUT:-30}" $RECV_TLS \
 		"$@" >"$T/recv.out" 2>"$T/recv.err" &
 	RECV_PID=$!
 	for _ in $(seq 1 200); do
@@ -189,8 +189,11 @@ if [ "${TLS:-0}" = 1 ]; then
 fi
 
 # tls_refusal RECV_OPTS SEND_OPTS RECV_PATTERN SEND_PATTERN: a session refused during the
-# TLS handshake; both sides exit 1 with one line that says why, and nothing is written.
+# TLS handshake; both sides exit 1 with one line that says why, and nothing is written. The
+# receiver drops the failed connections and keeps listening (issue 14) until its accept deadline
+# (3 s here), then names the first one's reason.
 tls_refusal() {
+	RECV_TIMEOUT=3
 	size=$((1024 * 1024))
 	gen_ram "$size" 91 "$T/in.img"
 	RECV_TLS=$1
@@ -225,6 +228,7 @@ tls-authz)
 	gen_ram $((1024 * 1024)) 92 "$T/in.img"
 	RECV_TLS="--tls-creds $T/a"
 	SEND_TLS="--tls-creds $T/a"
+	RECV_TIMEOUT=3 # the refused sender is dropped; the receiver ends at its deadline
 	start_recv --ram "$T/out.img" --tls-authz "CN=somebody else"
 	run_send --ram "$T/in.img"
 	wait_recv
@@ -257,6 +261,7 @@ tls-s-client)
 	command -v openssl >/dev/null || { echo "no openssl command"; exit 77; }
 	make_creds "$T/a" localhost
 	RECV_TLS="--tls-creds $T/a"
+	RECV_TIMEOUT=3 # each connection is dropped; the receiver ends at its deadline
 	start_recv --ram "$T/out.img"
 	printf 'GET / HTTP/1.0\r\n\r\n' | timeout 20 openssl s_client -connect "127.0.0.1:$PORT" \
 		-CAfile "$T/a/ca-cert.pem" -cert "$T/a/client-cert.pem" -key "$T/a/client-key.pem" \
@@ -506,7 +511,9 @@ refuse-unknown-block)
 	note "ok: $(cat "$T/recv.err")"
 	;;
 corrupt-bad-magic)
-	corrupt bad-magic "magic|handshake"
+	# Dropped without ending the session (listener-survives): the receiver ends at its deadline.
+	RECV_TIMEOUT=3
+	corrupt bad-magic "no sender connected within 3.0 s; 1 other connection dropped, the first: .*bad magic"
 	;;
 corrupt-page-range)
 	corrupt page-range "page|range"
@@ -519,6 +526,31 @@ corrupt-bad-seq)
 	;;
 corrupt-bad-block)
 	corrupt bad-block "block"
+	;;
+# Issue 14, defect 7: garbage, an immediate close and (with TLS) a sender that fails TLS
+# authentication are dropped; the real sender that comes next migrates as if nothing happened.
+listener-survives)
+	need_python
+	gen_ram $((1024 * 1024)) 51 "$T/in.img"
+	start_recv --ram "$T/out.img"
+	timeout "$LIMIT" "$PYTHON3" "$(dirname "$0")/corrupt-client.py" "$PORT" bad-magic ram0 0 \
+		>"$T/client.out" 2>"$T/client.err" || fail "garbage client failed"
+	(exec 3<>"/dev/tcp/127.0.0.1/$PORT" && exec 3<&-) || fail "could not connect"
+	if [ "${TLS:-0}" = 1 ]; then
+		make_creds "$T/other" localhost
+		good_tls=$SEND_TLS
+		SEND_TLS="--tls-creds $T/other"
+		run_send --ram "$T/in.img"
+		expect_rc "send with another CA" "$SEND_RC" 1
+		SEND_TLS=$good_tls
+	fi
+	kill -0 "$RECV_PID" 2>/dev/null || fail "recv ended after the hostile connections"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	note "ok: the real sender got in after garbage, a close${TLS:+ and a failed TLS client}"
 	;;
 # Issue 14, defect 1: an END whose counts match what arrived is no success while pages are missing.
 incomplete-end-none)

@@ -137,6 +137,167 @@ static void expect_ack(int fd)
 	g_assert_cmpuint(ack[5], ==, TM_MSG_HELLO_ACK);
 }
 
+/* ---- issue 14: deadlines, not idle timers; the listener drops strangers ---- */
+
+typedef struct trickle {
+	int fd;
+	const uint8_t *buf;
+	size_t len;
+	size_t step;      /* bytes per write */
+	unsigned gap_ms;  /* between writes */
+	gint stop;
+} trickle;
+
+/* Writes t->buf in steps of t->step bytes every gap_ms until done, a failed write, or stop. */
+static gpointer trickle_thread(gpointer data)
+{
+	trickle *t = data;
+	for (size_t off = 0; off < t->len && !g_atomic_int_get(&t->stop);) {
+		ssize_t r = send(t->fd, t->buf + off, MIN(t->step, t->len - off), MSG_NOSIGNAL);
+		if (r <= 0)
+			break;
+		off += (size_t)r;
+		g_usleep(t->gap_ms * 1000);
+	}
+	return NULL;
+}
+
+/* The HELLO raw_connect sends, as bytes (*ret_len). */
+static uint8_t *hello_bytes(const block_spec *spec, size_t *ret_len)
+{
+	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
+	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
+	tm_hello h = { .channel_id = 0, .channel_count = 1, .packet_size = 512 * 1024,
+		       .chunk_size = 2 << 20, .block_count = 1, .blocks = &wb };
+	memset(h.session_id, 7, 16);
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t bl = tm_hello_body_len(&h);
+	uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
+	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)bl, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	*ret_len = TM_FRAME_HDR_LEN + bl;
+	return buf;
+}
+
+/*
+ * A HELLO at 10 bytes/s (with TLS: a ClientHello record of 512 bytes, 10 bytes/s): every byte
+ * comes well within the 3 s timeout, but the handshake, TLS included, has a total deadline
+ * (min(timeout, 10 s)); the connection is dropped and accept ends at its deadline.
+ */
+static void test_handshake_trickle(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	size_t len;
+
+	guest_init(&dst, a, 1, false);
+	g_autofree uint8_t *hello = hello_bytes(a, &len);
+	if (tls_dir) {
+		/* A handshake record header (ClientHello follows), then its body byte by byte. */
+		g_free(hello);
+		len = 5 + 512;
+		hello = g_malloc0(len);
+		memcpy(hello, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+	}
+	int64_t t0 = g_get_monotonic_time();
+	g_autofree char *port = peer_start_ex(&p, &dst, false, 3000);
+	trickle t = { .fd = tm_net_connect("127.0.0.1", port, 5000, NULL), .buf = hello, .len = len,
+		      .step = 1, .gap_ms = 100 };
+	g_assert_cmpint(t.fd, >=, 0);
+	GThread *th = g_thread_new("trickle", trickle_thread, &t);
+	peer_join(&p);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_atomic_int_set(&t.stop, 1);
+	g_thread_join(th);
+	close(t.fd);
+	g_test_message("receiver after %.1f s: %s", took / 1e6, p.error ? p.error->message : "ok");
+	g_assert_cmpint(p.ret, ==, -ETIMEDOUT);
+	g_assert_nonnull(strstr(p.error->message, "1 other connection dropped"));
+	if (!tls_dir)
+		g_assert_nonnull(strstr(p.error->message, "the handshake's deadline passed"));
+	g_assert_cmpint(took, <, 6 * G_USEC_PER_SEC);
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/*
+ * A DATA packet of 16 pages (66 KiB of body) at 5 KiB/s after a clean handshake: the body must
+ * arrive within TM_BODY_GRACE_MS + body / TM_BODY_MIN_RATE (about 6 s), though no single wait
+ * comes near the 20 s timeout.
+ */
+static void test_body_trickle(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	const uint32_t n = 16;
+	size_t body = TM_DATA_HDR_LEN + 8 * n + 4096 * n;
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, false);
+	expect_ack(fd);
+	g_autofree uint8_t *msg = g_malloc0(TM_FRAME_HDR_LEN + body);
+	tm_frame_encode(msg, TM_MSG_DATA, (uint32_t)body, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);
+	tm_put32(d + 4, n);
+	tm_put32(d + 8, 4096 * n);
+	tm_put32(d + 12, 0);
+	for (uint32_t i = 0; i < n; i++)
+		tm_put32(d + 16 + 8 * i, i); /* NORMAL, TAGS_ZERO */
+	int64_t t0 = g_get_monotonic_time();
+	trickle t = { .fd = fd, .buf = msg, .len = TM_FRAME_HDR_LEN + body, .step = 1024,
+		      .gap_ms = 200 };
+	GThread *th = g_thread_new("trickle", trickle_thread, &t);
+	peer_join(&p);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_atomic_int_set(&t.stop, 1);
+	g_thread_join(th);
+	close(fd);
+	g_test_message("receiver after %.1f s: %s", took / 1e6, p.error ? p.error->message : "ok");
+	g_assert_cmpint(p.ret, ==, -ETIMEDOUT);
+	g_assert_nonnull(strstr(p.error->message, "slower than the minimum rate"));
+	g_assert_cmpint(took, <, 10 * G_USEC_PER_SEC);
+	g_assert_false(tm_receiver_page_present(p.r, 0, 0));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/*
+ * Garbage and immediate closes are dropped without ending the session, up to TM_MAX_STRANGERS
+ * (64): the 64th ends it, naming the first reason.
+ */
+static void test_strangers_bound(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	for (unsigned i = 0; i < 64; i++) {
+		int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+		g_assert_cmpint(fd, >=, 0);
+		if (i % 2 == 0)
+			(void)!send(fd, "GET / HTTP/1.0\r\n\r\n", 18, MSG_NOSIGNAL);
+		close(fd);
+		if (i == 10) {
+			/* Still listening: the session did not end with the first strangers. */
+			g_usleep(100000);
+			g_assert_null(p.error);
+		}
+	}
+	peer_join(&p);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_cmpint(p.ret, <, 0);
+	g_assert_nonnull(strstr(p.error->message, "64 connections failed their handshake"));
+	g_assert_nonnull(strstr(p.error->message, "the first: handshake: channel 0: frame header: bad magic"));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
 /* A DATA packet whose page lies outside the block: refused before any byte reaches RAM. */
 static void test_corrupt_page_out_of_range(void)
 {
@@ -783,6 +944,9 @@ int main(int argc, char **argv)
 		{ "peer-vanishes", test_peer_vanishes, true },
 		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
 		{ "unsolicited-sync-ack", test_unsolicited_sync_ack, true },
+		{ "handshake-trickle", test_handshake_trickle, false },
+		{ "body-trickle", test_body_trickle, true },
+		{ "strangers-bound", test_strangers_bound, true },
 		{ "tls-tampered", test_tls_tampered, false },
 		{ "late-sender", test_late_sender, false },
 		{ "receiver-reason-reaches-sender", test_receiver_reason_reaches_sender, false },
