@@ -80,6 +80,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	}
 	if ((ret = tm_recv_plan_tags(p, error)) < 0)
 		goto bad;
+	tm_recv_plan_commit(p); /* staged data: only now into guest RAM */
 	for (uint32_t i = 0; i < p->hdr.page_count; i++) {
 		const tm_page_entry *e = &p->entries[i];
 		if (e->kind != TM_PAGE_NORMAL &&

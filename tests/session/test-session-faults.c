@@ -339,6 +339,49 @@ static void test_corrupt_page_out_of_range(void)
 	guest_fini(&dst);
 }
 
+/*
+ * Issue 14, defect 6: a DATA packet of two NORMAL pages whose second uniform tag byte has its high
+ * nibble set. The tag payload follows the page data on the wire; still, no byte of the packet's
+ * data may reach guest RAM (it is staged until the tags are checked).
+ */
+static void test_bad_uniform_tag_before_ram(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, true);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, true);
+	expect_ack(fd);
+	uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + 16 + 2 * 4096 + 2];
+	memset(msg, 0xee, sizeof(msg));
+	tm_frame_encode(msg, TM_MSG_DATA, sizeof(msg) - TM_FRAME_HDR_LEN, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);
+	tm_put32(d + 4, 2);
+	tm_put32(d + 8, 2 * 4096);
+	tm_put32(d + 12, 2);
+	for (unsigned i = 0; i < 2; i++) {
+		tm_put32(d + 16 + 8 * i, 3 + i);
+		d[20 + 8 * i] = TM_PAGE_NORMAL;
+		d[21 + 8 * i] = TM_TAGS_UNIFORM;
+		tm_put16(d + 22 + 8 * i, 0);
+	}
+	msg[sizeof(msg) - 2] = 0x05; /* valid */
+	msg[sizeof(msg) - 1] = 0x35; /* high nibble set */
+	g_assert_cmpint(write(fd, msg, sizeof(msg)), ==, (ssize_t)sizeof(msg));
+	peer_join(&p);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_cmpint(p.ret, ==, -EBADMSG);
+	g_assert_nonnull(strstr(p.error->message, "high nibble"));
+	g_assert_true(tm_buffer_is_zero(dst.ram[0], dst.len[0]));
+	g_assert_false(tm_receiver_page_present(p.r, 0, 3));
+	close(fd);
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
 /* Two connections claiming the same channel id. */
 static void test_corrupt_duplicate_channel(void)
 {
@@ -941,6 +984,7 @@ int main(int argc, char **argv)
 		{ "sender-bad-tag", test_sender_bad_tag, false },
 		{ "corrupt-page-out-of-range", test_corrupt_page_out_of_range, true },
 		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel, true },
+		{ "bad-uniform-tag-before-ram", test_bad_uniform_tag_before_ram, true },
 		{ "peer-vanishes", test_peer_vanishes, true },
 		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
 		{ "unsolicited-sync-ack", test_unsolicited_sync_ack, true },
