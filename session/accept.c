@@ -11,10 +11,15 @@
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
+int64_t tm_handshake_deadline(unsigned timeout_ms)
+{
+	unsigned ms = timeout_ms ? MIN(timeout_ms, TM_HANDSHAKE_DEADLINE_MS) : TM_HANDSHAKE_DEADLINE_MS;
+	return tm_now_us() + (int64_t)ms * 1000;
+}
+
 int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_deadline_us)
 {
-	unsigned ms = MIN(r->cfg.timeout_ms, TM_HANDSHAKE_DEADLINE_MS);
-	int64_t d = tm_now_us() + (int64_t)ms * 1000;
+	int64_t d = tm_handshake_deadline(r->cfg.timeout_ms);
 	return accept_deadline_us ? MIN(d, accept_deadline_us) : d;
 }
 

@@ -186,7 +186,9 @@ typedef struct tm_strangers {
 void tm_strangers_clear(tm_strangers *st);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(tm_strangers, tm_strangers_clear)
 
-/* When a handshake starting now must be done: TM_HANDSHAKE_DEADLINE_MS or timeout_ms, capped. */
+/* When a handshake starting now must be done: min(timeout_ms, TM_HANDSHAKE_DEADLINE_MS). */
+int64_t tm_handshake_deadline(unsigned timeout_ms);
+/* The same for a connection the receiver accepted, capped by the accept deadline (0: none). */
 int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_deadline_us);
 /*
  * Accepts connections on listen_fd until one is placed (0), dropping strangers into st.

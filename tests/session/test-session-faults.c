@@ -221,6 +221,63 @@ static void test_handshake_trickle(void)
 	guest_fini(&dst);
 }
 
+/* A TLS server that answers a ClientHello with a ServerHello record at 10 bytes/s. */
+static gpointer tls_trickle_server(gpointer data)
+{
+	trickle *t = data;
+	int fd = accept(t->fd, NULL, NULL);
+	uint8_t buf[4096];
+	if (fd < 0)
+		return NULL;
+	(void)!recv(fd, buf, sizeof(buf), 0); /* the ClientHello (or its start) */
+	trickle w = { .fd = fd, .buf = t->buf, .len = t->len, .step = 1, .gap_ms = 100 };
+	for (size_t off = 0; off < w.len && !g_atomic_int_get(&t->stop); off++) {
+		if (send(fd, w.buf + off, 1, MSG_NOSIGNAL) <= 0)
+			break;
+		g_usleep(w.gap_ms * 1000);
+	}
+	close(fd);
+	return NULL;
+}
+
+/*
+ * The sender's TLS handshake has a total deadline too (min(timeout, 10 s)): a receiver that
+ * trickles its ServerHello fails the connect in about 3 s, though every byte comes in time.
+ */
+static void test_sender_tls_trickle(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	if (!tls_dir) {
+		g_test_skip("the sender's TLS handshake: TLS runs only");
+		return;
+	}
+	guest_init(&src, a, 1, false);
+	uint8_t rec[5 + 512] = { 0x16, 0x03, 0x03, 0x02, 0x00, 0x02, 0x00, 0x01, 0xfc, 0x03, 0x03 };
+	trickle t = { .buf = rec, .len = sizeof(rec) };
+	t.fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(t.fd, >=, 0);
+	GThread *th = g_thread_new("tls-trickle", tls_trickle_server, &t);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 1,
+				 .timeout_ms = 3000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", ports, &err);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_atomic_int_set(&t.stop, 1);
+	g_thread_join(th);
+	close(t.fd);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender after %.1f s: %s", took / 1e6, err->message);
+	g_assert_cmpint(took, <, 6 * G_USEC_PER_SEC);
+	guest_fini(&src);
+}
+
 /*
  * A DATA packet of 16 pages (66 KiB of body) at 5 KiB/s after a clean handshake: the body must
  * arrive within TM_BODY_GRACE_MS + body / TM_BODY_MIN_RATE (about 6 s), though no single wait
@@ -990,6 +1047,7 @@ int main(int argc, char **argv)
 		{ "unsolicited-sync-ack", test_unsolicited_sync_ack, true },
 		{ "handshake-trickle", test_handshake_trickle, false },
 		{ "body-trickle", test_body_trickle, true },
+		{ "sender-tls-trickle", test_sender_tls_trickle, false },
 		{ "strangers-bound", test_strangers_bound, true },
 		{ "tls-tampered", test_tls_tampered, false },
 		{ "late-sender", test_late_sender, false },
