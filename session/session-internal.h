@@ -5,6 +5,8 @@
  *
  *   sender.c / receiver.c   life cycle: new, connect/accept, queue, sync, finish, wait, free
  *   handshake.c             HELLO and HELLO_ACK on both sides, the receiver's layout check
+ *   accept.c                the receiver's listener: handshake deadlines, strangers dropped
+ *   complete.c              whether every announced page arrived (or was waived)
  *   send-pages.c            the sender's channel worker: DATA packets, SYNC, END
  *   recv-pages.c            the receiver's channel worker: DATA applied to guest RAM, SYNC, END
  *   channel.c               the protocol channel: framing, sequence numbers, control messages
