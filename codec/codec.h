@@ -197,11 +197,16 @@ int tm_data_tags_expand(const tm_data_hdr *hdr, const tm_page_entry *entries, ui
  *   n = tm_recv_plan_begin(plan, session, body_len)   receive n bytes at plan->head
  *   n = tm_recv_plan_header(plan)                     receive n bytes at plan->head + 16
  *   tm_recv_plan_entries(plan, channel, block_host)   receive payload_len bytes into plan->iov
- *   tm_recv_plan_tags(plan)                           then apply the entries (zero pages),
- *                                                     plan->tags by runs (tm_recv_plan_run_end)
+ *   tm_recv_plan_tags(plan)                           then
+ *   tm_recv_plan_commit(plan)                         the staged data into guest RAM, then apply
+ *                                                     the entries (zero pages), plan->tags by
+ *                                                     runs (tm_recv_plan_run_end)
  *
  * Every step checks what it decodes (tm_data_hdr_decode, tm_data_entries_decode,
  * tm_data_tags_expand) before the next step's I/O, so no iovec ever points outside the block.
+ * No byte of page data reaches guest RAM before every field of the packet is checked: a packet
+ * whose tag payload (which follows the data) holds uniform tag bytes still to check has its data
+ * staged (plan->staged) and copied in by tm_recv_plan_commit() after tm_recv_plan_tags().
  * Errors as the decoders' (no channel named: the caller prefixes it).
  */
 typedef struct tm_recv_plan {
@@ -220,6 +225,10 @@ typedef struct tm_recv_plan {
 	unsigned data_iov_count; /* iov[0..data_iov_count): page data runs */
 	unsigned iov_count;      /* data runs plus the tag payload when there is one */
 	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
+	uint8_t *block_host;     /* the block's guest RAM (tm_recv_plan_entries) */
+	bool staged;             /* the page data goes to stage first (tm_recv_plan_commit) */
+	uint8_t *stage;          /* packet_size bytes, allocated at the first staged packet */
+	uint32_t packet_size;
 } tm_recv_plan;
 
 /* Allocates the buffers for packets of up to packet_size bytes (of 4 KiB pages at most). */
@@ -254,6 +263,12 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
  * (tm_data_tags_expand). A session without the tag feature has no tag payload: nothing to do.
  */
 int tm_recv_plan_tags(tm_recv_plan *plan, GError **error);
+
+/*
+ * After tm_recv_plan_tags() succeeded: copies a staged packet's page data into guest RAM (its
+ * NORMAL pages, in entry order). No-op for a packet received straight into guest RAM.
+ */
+void tm_recv_plan_commit(tm_recv_plan *plan);
 
 /* End of the run of consecutive pages that starts at entry i: the first entry after it. */
 uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i);

@@ -34,15 +34,8 @@ static int flush_packet(send_chan *c, GError **error)
 	 * instead of streaming the rest of a round into a channel nobody applies.
 	 */
 	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
-	if (poll(&pfd, 1, 0) > 0) {
-		r = tm_chan_peer_error(&c->ch, "receiver failed", error);
-		if (r == 0) {
-			g_set_error(error, TM_ERROR, ECONNRESET,
-				    "channel %u: connection closed by the peer (the receiver)", c->ch.id);
-			r = -ECONNRESET;
-		}
-		return r;
-	}
+	if (poll(&pfd, 1, 0) > 0)
+		return tm_chan_recv_unsolicited(&c->ch, "receiver", error);
 	c->cur = (c->cur + 1) % c->ch.depth;
 	c->pages_sent += pkt->page_count;
 	c->packets_sent++;

@@ -222,10 +222,13 @@ static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 			     &ioc, error);
 	if (r >= 0 && control)
 		tm_chan_set_control(ch);
+	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
+		tm_io_set_deadline(ch->io, tm_handshake_deadline(s->cfg.timeout_ms));
 	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
 		tm_chan_close(ch);
 	if (r < 0)
 		return r;
+	tm_io_set_deadline(ch->io, 0);
 	ch->version = s->wire;
 	return tm_sender_send_hello(s, ch, control ? TM_ROLE_CONTROL : TM_ROLE_DATA, error);
 }

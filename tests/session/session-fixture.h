@@ -54,6 +54,7 @@ typedef struct peer {
 	guest *g;
 	bool ram_zeroed;
 	unsigned timeout_ms; /* 0: 20 s */
+	bool waive_all;      /* tm_receiver_waive_pages() of every page: a partial migration may end */
 	int listen_fd;
 	tm_receiver *r;
 	GError *error;
@@ -72,6 +73,8 @@ char *peer_start_ex(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms);
 /* The same, reading every device-state section whole and handing it to fn. */
 char *peer_start_state(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms, peer_state_fn fn,
 		       void *opaque);
+/* The same for a VMM that waives every page (tm_receiver_waive_pages): sending none completes. */
+char *peer_start_waived(peer *p, guest *g, unsigned timeout_ms);
 /* Waits for the receiver thread to end; p->ret and p->error say how it did. */
 void peer_join(peer *p);
 void peer_free(peer *p);

@@ -80,6 +80,7 @@ typedef struct uring_priv {
 	unsigned rcap;
 	struct msghdr rmsg;
 	bool recv_pending;
+	bool in_recv;      /* uring_recv is waiting: io->deadline_us applies */
 	int recv_res;
 } uring_priv;
 
@@ -162,8 +163,13 @@ static int uring_open(tm_io *io, GError **error)
 static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 {
 	uring_priv *p = io->priv;
-	struct __kernel_timespec ts = { .tv_sec = io->timeout_ms / 1000,
-					.tv_nsec = (long long)(io->timeout_ms % 1000) * 1000000 };
+	/* A receive's deadline (tm_io_set_deadline) caps the wait; sends keep the timeout. */
+	bool by_deadline = p->in_recv && io->deadline_us;
+	int ms = by_deadline ? tm_io_wait_ms(io) : (int)io->timeout_ms;
+	if (by_deadline && ms == 0)
+		return -ETIMEDOUT;
+	struct __kernel_timespec ts = { .tv_sec = ms / 1000,
+					.tv_nsec = (long long)(ms % 1000) * 1000000 };
 
 	if (io_uring_peek_cqe(&p->ring, cqe) == 0) {
 		/* Ready: what is queued still goes to the kernel now, without waiting. */
@@ -171,7 +177,7 @@ static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 		return r < 0 ? r : 0;
 	}
 	tm_count(&io->st.io_waits, 1);
-	int64_t deadline = tm_now_us() + (int64_t)io->timeout_ms * 1000;
+	int64_t deadline = tm_now_us() + (int64_t)ms * 1000;
 	int r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
 	/* liburing 2.3 reports a wait that ended without a completion (its timeout, a signal)
 	 * after submitting as the count submitted with *cqe NULL: wait out the rest. */
@@ -381,17 +387,23 @@ static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len
 		p->recv_pending = true;
 		tm_count(&io->st.io_submissions, 1);
 		/* Submitted and waited for in one system call (wait_cqe). */
+		p->in_recv = true;
 		while (p->recv_pending) {
 			int r = reap(io);
-			if (r < 0)
+			if (r < 0) {
+				p->in_recv = false;
 				return r;
+			}
 		}
+		p->in_recv = false;
 		if (p->recv_res < 0)
 			return p->recv_res == -EAGAIN ? -ETIMEDOUT : p->recv_res;
 		if (p->recv_res == 0)
 			return -ECONNRESET;
 		len -= (size_t)p->recv_res;
 		tm_iov_advance(&v, &n, (size_t)p->recv_res);
+		if (len && io->deadline_us && tm_now_us() >= io->deadline_us)
+			return -ETIMEDOUT;
 	}
 	return 0;
 }

@@ -314,6 +314,11 @@ int tm_tls_shutdown(tm_io *io, GError **error)
 		return r;
 	}
 	t->want = 0;
+	/*
+	 * The close is one short record each way: it gets a deadline of its own (5 s), not what is
+	 * left of the last message's (session/channel.h), nor none.
+	 */
+	tm_io_set_deadline(io, tm_now_us() + 5 * G_USEC_PER_SEC);
 	r = t->tx_engine->close_notify(t);
 	if (r == 0)
 		r = t->rx_engine->await_close(t);
