@@ -20,6 +20,7 @@
 #include <glib.h>
 
 #include "common/uffd-internal.h"
+#include "session/histogram.h"
 #include "session/place.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
@@ -503,6 +504,28 @@ static void test_zero_and_runs(void)
 	teardown(&fx);
 }
 
+/* The latency histogram: a percentile is its bucket's upper bound, at most 12.5 % high. */
+static void test_histogram(void)
+{
+	tm_histogram *h = g_new0(tm_histogram, 1);
+
+	g_assert_cmpuint(tm_histogram_percentile(h, 0.5), ==, 0);
+	for (uint64_t v = 1; v <= 1000; v++)
+		tm_histogram_record(h, v);
+	g_assert_cmpuint(tm_histogram_total(h), ==, 1000);
+	g_assert_cmpuint(tm_histogram_max(h), ==, 1000);
+	uint64_t p50 = tm_histogram_percentile(h, 0.5), p99 = tm_histogram_percentile(h, 0.99);
+	g_assert_cmpuint(p50, >=, 500);
+	g_assert_cmpuint(p50, <=, 500 * 9 / 8);
+	g_assert_cmpuint(p99, >=, 990);
+	g_assert_cmpuint(p99, <=, 1000); /* never above the maximum */
+	g_assert_cmpuint(tm_histogram_percentile(h, 0.001), ==, 1); /* small values are exact */
+	tm_histogram_record(h, UINT64_MAX);      /* clamped into the last bucket */
+	g_assert_cmpuint(tm_histogram_max(h), ==, UINT64_MAX);
+	g_assert_cmpuint(tm_histogram_percentile(h, 1.0), >, 1000);
+	g_free(h);
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -510,5 +533,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/place/race-resident", test_race_resident);
 	g_test_add_func("/place/eexist", test_eexist);
 	g_test_add_func("/place/zero-and-runs", test_zero_and_runs);
+	g_test_add_func("/place/histogram", test_histogram);
 	return g_test_run();
 }
