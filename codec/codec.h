@@ -461,8 +461,9 @@ unsigned tm_urgent_finish(tm_packet *pkt, uint32_t seq, uint64_t req_id,
 /*
  * First step of decoding an URGENT body of body_len bytes: the req_id at buf (len >= 8), and a
  * body long enough for req_id and a DATA header (-EBADMSG). The DATA body that follows
- * (body_len - 8 bytes) is decoded with tm_data_hdr_decode() and tm_data_entries_decode(...,
- * TM_CHANNEL_ANY, body_len - 8, ...), then held against its request by tm_urgent_check().
+ * (body_len - 8 bytes) is decoded with tm_data_hdr_decode(), tm_urgent_check(..., NULL) and
+ * tm_data_entries_decode(..., TM_CHANNEL_ANY, body_len - 8, ...), then held against its request
+ * by tm_urgent_check() with the entries.
  */
 int tm_urgent_id_decode(const uint8_t *buf, size_t len, uint32_t body_len, uint64_t *ret_req_id,
 			GError **error);
@@ -470,7 +471,9 @@ int tm_urgent_id_decode(const uint8_t *buf, size_t len, uint32_t body_len, uint6
  * Checks a decoded URGENT against the request it names: req is the outstanding request with
  * req_id (NULL: none is, -EPROTO "URGENT for request 9, which is not outstanding"); the DATA
  * header's block and page_count equal the request's and the entries are its pages in order
- * (-EPROTO); page_count <= TM_MAX_REQ_PAGES (-EMSGSIZE).
+ * (-EPROTO); page_count <= TM_MAX_REQ_PAGES (-EMSGSIZE). Call it first with entries NULL, right
+ * after tm_data_hdr_decode() (checks the header alone: then entries fit a buffer of
+ * TM_MAX_REQ_PAGES), and again with the decoded entries.
  */
 int tm_urgent_check(const tm_hello *session, uint64_t req_id, const tm_page_req *req,
 		    const tm_data_hdr *hdr, const tm_page_entry *entries, GError **error);

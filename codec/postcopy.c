@@ -324,7 +324,7 @@ int tm_urgent_check(const tm_hello *session, uint64_t req_id, const tm_page_req 
 			    req_id, hdr->block, hdr->page_count, req->block, req->page, req->count);
 		return -EPROTO;
 	}
-	for (uint32_t i = 0; i < hdr->page_count; i++) {
+	for (uint32_t i = 0; entries && i < hdr->page_count; i++) {
 		if (entries[i].page != (uint64_t)req->page + i) {
 			const tm_wire_block *b = &session->blocks[req->block];
 			g_autofree char *label = block_label(b);

@@ -271,6 +271,9 @@ static int urgent(const tm_hello *s, const uint8_t *msg, size_t n, const tm_page
 	len -= 8;
 	if ((r = tm_data_hdr_decode(body, len, s, &hdr, err)) < 0)
 		return r;
+	if ((r = tm_urgent_check(s, id, req, &hdr, NULL, err)) < 0)
+		return r;
+	g_assert_cmpuint(hdr.page_count, <=, G_N_ELEMENTS(e));
 	if ((r = tm_data_entries_decode(&hdr, body + 16, len - 16, s, TM_CHANNEL_ANY,
 					f.body_len - 8, e, err)) < 0)
 		return r;
