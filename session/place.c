@@ -194,6 +194,8 @@ static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const
 	/* Side-array store: the tags first; nobody can see the page before UFFDIO_COPY. */
 	if (p->tags && tags && p->tags_first && (r = set_tags(p, bi, page, n, tags, error)) < 0)
 		return r;
+	if (!zero && !data)
+		return -EINVAL; /* a caller's bug: place.h says data holds every non-zero page */
 	if (!zero)
 		r = tm_uffd_copy(p->uffd, dst, data, len, TM_UFFD_DONTWAKE, &done, error);
 	else if (p->tags_first)
@@ -237,7 +239,7 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 {
 	g_return_val_if_fail(run->block < p->count, -EINVAL);
 	place_block *b = &p->blocks[run->block];
-	g_return_val_if_fail(run->first_page + run->npages <= b->npages && run->data, -EINVAL);
+	g_return_val_if_fail(run->first_page + run->npages <= b->npages, -EINVAL);
 	size_t granules = b->page_size / TM_TAG_GRANULE;
 	uint32_t placed = 0;
 

@@ -65,7 +65,7 @@ typedef struct tm_place_run {
 	unsigned block;
 	uint64_t first_page;
 	uint32_t npages;
-	/* npages * page_size bytes; a ZERO page's slot is not read. Only read. */
+	/* npages * page_size bytes; a ZERO page's slot is not read (NULL if every page is zero). */
 	const uint8_t *data;
 	/* npages flags, non-zero: the page's data is zero (ZERO / ZERO_TAGGED); NULL: none is. */
 	const uint8_t *zero;

@@ -9,12 +9,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <glib.h>
@@ -526,6 +531,50 @@ static void test_histogram(void)
 	g_free(h);
 }
 
+/*
+ * userfaultfd(2) refused (as vm.unprivileged_userfaultfd=0 or a seccomp sandbox would):
+ * tm_uffd_open() goes through /dev/userfaultfd, or says why it cannot. In a subprocess, since
+ * the seccomp filter stays for the life of the process.
+ */
+static void test_open_fallback(void)
+{
+	if (!g_test_subprocess()) {
+		g_test_trap_subprocess(NULL, 0, G_TEST_SUBPROCESS_DEFAULT);
+		g_test_trap_assert_passed();
+		return;
+	}
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = G_N_ELEMENTS(f), .filter = f };
+	g_assert_cmpint(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), ==, 0);
+	g_assert_cmpint(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), ==, 0);
+	g_assert_cmpint(syscall(SYS_userfaultfd, 0), ==, -1);
+	g_assert_cmpint(errno, ==, EPERM);
+
+	g_autoptr(GError) err = NULL;
+	int fd = -1;
+	int r = tm_uffd_open(false, false, 0, &fd, NULL, &err);
+	if (access("/dev/userfaultfd", R_OK | W_OK) == 0) {
+		g_assert_no_error(err);
+		g_assert_cmpint(r, ==, 0);
+		/* a working userfaultfd: it registers memory */
+		uint8_t *m = mmap(NULL, PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		g_assert_cmpint(tm_uffd_register_missing(fd, m, PS, &err), ==, 0);
+		g_assert_cmpint(tm_uffd_unregister(fd, m, PS, &err), ==, 0);
+		munmap(m, PS);
+		close(fd);
+	} else {
+		g_assert_cmpint(r, ==, -EPERM);
+		g_assert_error(err, TM_ERROR, EPERM);
+		g_assert_nonnull(strstr(err->message, "/dev/userfaultfd"));
+		g_assert_nonnull(strstr(err->message, "uffd_user_mode_only works unprivileged"));
+	}
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -534,5 +583,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/place/eexist", test_eexist);
 	g_test_add_func("/place/zero-and-runs", test_zero_and_runs);
 	g_test_add_func("/place/histogram", test_histogram);
+	g_test_add_func("/place/open-fallback", test_open_fallback);
 	return g_test_run();
 }
