@@ -246,7 +246,7 @@ static void *placer_run(void *arg)
  */
 typedef struct hook_state {
 	fixture *fx;
-	_Atomic int copied, present, woken;
+	_Atomic int claimed, copied, present, woken;
 	_Atomic int early_wake;    /* vCPU ran before the wake */
 	_Atomic int tags_late;     /* side-array tags missing at COPIED */
 } hook_state;
@@ -258,6 +258,9 @@ static void hook(tm_place_point point, unsigned block, uint64_t page, uint32_t n
 	uint8_t want[GRANULES];
 
 	switch (point) {
+	case TM_PLACE_CLAIMED:
+		atomic_fetch_add(&h->claimed, 1);
+		break;
 	case TM_PLACE_COPIED:
 		atomic_fetch_add(&h->copied, 1);
 		tags_of(page, want);
@@ -275,18 +278,27 @@ static void hook(tm_place_point point, unsigned block, uint64_t page, uint32_t n
 		atomic_fetch_add(&h->woken, 1);
 		g_usleep(2000);
 		break;
-	default:
-		break;
 	}
 }
 #endif
+
+/* Placers that got past the claim so far: with hooks, the CLAIMED points seen; else -1. */
+static int claims_seen(void *hs)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	return hs ? atomic_load(&((hook_state *)hs)->claimed) : -1;
+#else
+	return -1;
+#endif
+}
 
 /*
  * One round: a vCPU faults on page, two placers race to place it (with zero data when zero).
  * Exactly one places; the vCPU finds data and tags.
  */
-static void race_once(fixture *fx, uint64_t page, bool zero)
+static void race_once(fixture *fx, void *hs, uint64_t page, bool zero)
 {
+	int claims_before = claims_seen(hs);
 	pthread_barrier_t start;
 	placer_arg a[2];
 	vcpu v = { .fx = fx, .page = page, .zero = zero };
@@ -312,6 +324,10 @@ static void race_once(fixture *fx, uint64_t page, bool zero)
 	pthread_join(v.thread, NULL);
 	pthread_join(pt[0], NULL);
 	pthread_join(pt[1], NULL);
+	/* Exactly one placer took the page (with hooks: counted at the point past the claim). */
+	if (claims_before >= 0 && claims_seen(hs) - claims_before != 1)
+		g_error("page %" PRIu64 ": %d placers went past the claim (double placement); "
+			"placer results %d, %d", page, claims_seen(hs) - claims_before, a[0].ret, a[1].ret);
 	for (unsigned i = 0; i < 2; i++)
 		if (a[i].ret < 0)
 			g_error("placer %u: %d: %s", i, a[i].ret, a[i].message);
@@ -336,10 +352,13 @@ static void race(bool resident)
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 	hook_state h = { .fx = &fx };
 	tm_place_set_test_hook(hook, &h);
+	void *hs = &h;
+#else
+	void *hs = NULL;
 #endif
 	const unsigned rounds = 16;
 	for (unsigned i = 0; i < rounds; i++)
-		race_once(&fx, 3 + i * 2, i % 4 == 3);
+		race_once(&fx, hs, 3 + i * 2, i % 4 == 3);
 
 	tm_place_stats st;
 	tm_placer_get_stats(fx.placer, &st);
@@ -351,6 +370,7 @@ static void race(bool resident)
 	g_assert_cmpuint(st.fault_p99_us, <=, st.fault_max_us);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 	tm_place_set_test_hook(NULL, NULL);
+	g_assert_cmpint(h.claimed, ==, rounds);
 	g_assert_cmpint(h.copied, ==, rounds);
 	g_assert_cmpint(h.woken, ==, rounds);
 	g_assert_cmpint(h.early_wake, ==, 0);
