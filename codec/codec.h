@@ -496,4 +496,111 @@ int tm_error_decode(const uint8_t *buf, size_t len, int *ret_code, char **ret_me
 /* Human name of a message type, for errors ("DATA", "unknown"). */
 const char *tm_msg_name(uint8_t type);
 
+/* ---- STATE and RAM_END (protocol 2; codec/state.c) ---- */
+/* STATE flags */
+#define TM_STATE_FIRST 0x1u /* first chunk of a section: carries its name */
+#define TM_STATE_LAST 0x2u  /* last chunk of a section (offset + data_len == section_len) */
+#define TM_STATE_END 0x4u   /* END_OF_STATE: no more sections; section = sections sent */
+#define TM_STATE_FLAGS_KNOWN (TM_STATE_FIRST | TM_STATE_LAST | TM_STATE_END)
+
+/* The 40-byte header of a STATE chunk (docs/wire-format.md, "STATE"). */
+typedef struct tm_state_hdr {
+	uint32_t section;     /* 0, 1, ... in put_state order; END_OF_STATE: sections sent */
+	uint16_t flags;       /* TM_STATE_* */
+	uint16_t name_len;    /* FIRST: 1..255, else 0; the name follows the header */
+	uint64_t chunk;       /* session-global chunk number g, on channel g mod N */
+	uint64_t section_len; /* bytes of the whole section, equal in each of its chunks */
+	uint64_t offset;      /* bytes of the section before this chunk */
+	uint32_t data_len;    /* bytes of section data after the name */
+} tm_state_hdr;
+
+/* What a STATE header is checked against: the session's and this channel's parameters. */
+typedef struct tm_state_limits {
+	uint32_t packet_size;  /* data_len maximum */
+	uint64_t max_section;  /* max_state_section the receiver announced */
+	unsigned channels;     /* data channels N */
+	unsigned channel;      /* the channel the chunk arrived on */
+	uint64_t expected;     /* the chunk this channel must carry next: channel id, then + N */
+} tm_state_limits;
+
+/*
+ * Checks a section name: 1..255 bytes of valid UTF-8 with no byte below 0x20 and no 0x7f.
+ * Returns 0 or -EBADMSG with the offending byte and its offset in *error.
+ */
+int tm_state_name_check(const char *name, size_t len, GError **error);
+
+/*
+ * Encodes the frame header (protocol 2, body 40 + name_len + data_len), the STATE header and
+ * the name (hdr->name_len bytes of name; FIRST only) into out, which must hold
+ * TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME bytes; the data_len bytes of data
+ * follow on the wire (the caller's iovec). Returns the bytes written.
+ */
+size_t tm_state_encode(uint8_t *out, uint32_t seq, const tm_state_hdr *hdr, const char *name);
+
+/*
+ * Decodes the 40-byte header of a STATE body of body_len bytes (len: bytes at buf, at least 40)
+ * and checks every rule that needs no other chunk: flags, name_len, the channel and per-channel
+ * order of chunk (-EPROTO "STATE chunk 7 belongs on channel 3"), section < 65536, section_len
+ * against lim->max_section and data_len against lim->packet_size (-EMSGSIZE), offset + data_len
+ * within section_len (-ERANGE), LAST, the END_OF_STATE form, reserved, and
+ * body_len == 40 + name_len + data_len. The name is checked by tm_state_name_check() once read.
+ */
+int tm_state_hdr_decode(const uint8_t *buf, size_t len, uint32_t body_len,
+			const tm_state_limits *lim, tm_state_hdr *ret, GError **error);
+
+/*
+ * The order of the chunks of a session, across channels (receiver): chunk g after g - 1,
+ * sections one after the other, each chunk at the offset the previous one ended, the running
+ * total, the expected names, nothing after END_OF_STATE. Set up with tm_state_order_init().
+ */
+typedef struct tm_state_order {
+	/* read-only after init */
+	uint64_t max_total;         /* max_state_total */
+	const char *const *names;   /* NULL or names_count expected names, in order (borrowed) */
+	uint32_t names_count;
+	/* progress */
+	uint64_t next_chunk;        /* g of the next chunk */
+	uint32_t sections;          /* sections started */
+	bool in_section;            /* the last section started has not had its LAST chunk */
+	uint64_t section_len;       /* of the section in progress */
+	uint64_t offset;            /* its bytes so far */
+	uint64_t total;             /* section_len of every section started */
+	bool ended;                 /* END_OF_STATE seen */
+	char name[TM_MAX_STATE_NAME + 1]; /* of the section in progress, for messages */
+} tm_state_order;
+
+void tm_state_order_init(tm_state_order *o, uint64_t max_total, const char *const *names);
+
+/*
+ * Checks chunk hdr (already through tm_state_hdr_decode; name: its checked name, NUL-terminated,
+ * for a FIRST chunk) against everything before it and, if it fits, advances *o past it. -EPROTO:
+ * chunk not the next one, section neither the current nor (FIRST) the next, section_len or offset
+ * off, a FIRST inside an unfinished section or a follow-up chunk outside one, a name other than
+ * the expected one, END_OF_STATE with the wrong count or inside a section, anything after
+ * END_OF_STATE; -EMSGSIZE: the running total over max_total. *o is unchanged on failure.
+ */
+int tm_state_order_check(tm_state_order *o, const tm_state_hdr *hdr, const char *name,
+			 GError **error);
+
+/* RAM_END modes */
+#define TM_RAM_END_FINAL 1u    /* precopy complete: STATE follows */
+#define TM_RAM_END_POSTCOPY 2u /* postcopy switch */
+#define TM_RAM_END_LEN 24u
+#define TM_READY_LEN 8u
+
+/* RAM_END: frame (protocol 2) + 24-byte body; returns TM_FRAME_HDR_LEN + TM_RAM_END_LEN. */
+size_t tm_ram_end_encode(uint8_t *out, uint32_t seq, uint32_t mode, uint64_t pages_sent,
+			 uint64_t packets_sent);
+/*
+ * Decodes a RAM_END body: exactly 24 bytes, mode 1 or 2, reserved 0 (-EBADMSG); POSTCOPY
+ * without postcopy agreed: -EPROTO. The counts are the caller's to compare.
+ */
+int tm_ram_end_decode(const uint8_t *buf, size_t len, bool postcopy, uint32_t *ret_mode,
+		      uint64_t *ret_pages, uint64_t *ret_packets, GError **error);
+
+/* READY: frame (protocol 2) + u64 mode (1 precopy, 2 postcopy); returns the length. */
+size_t tm_ready_encode(uint8_t *out, uint32_t seq, uint64_t mode);
+/* Decodes a READY body: exactly 8 bytes, mode 1 or 2 (-EBADMSG). */
+int tm_ready_decode(const uint8_t *buf, size_t len, uint64_t *ret_mode, GError **error);
+
 G_END_DECLS

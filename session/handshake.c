@@ -131,6 +131,9 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 			return r;
 		}
 	}
+	/* The receiver's device-state limits: put_state refuses what it would. */
+	s->st.max_section = first.max_state_section;
+	s->st.max_total = first.max_state_total;
 	return 0;
 }
 

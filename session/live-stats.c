@@ -54,10 +54,15 @@ int tm_sender_get_live_stats(tm_sender *s, tm_live_stats *ret)
 	g_mutex_lock(&s->lock);
 	st.phase = sender_phase(s);
 	st.rounds = s->rounds.complete;
-	/* Until READY exists (device state), the destination has everything when finish's END
-	 * handshakes are done: that is where the downtime clock stops. */
+	/* Protocol 1: the destination has everything when finish's END handshakes are done. */
 	if (s->rounds.stopped_us && s->t_end && !s->failure.error)
 		st.downtime_us = (uint64_t)(s->t_end - s->rounds.stopped_us);
+	/* Protocol 2: READY is that moment (state.c). */
+	uint64_t ready = __atomic_load_n(&s->st.downtime_us, __ATOMIC_ACQUIRE);
+	if (ready)
+		st.downtime_us = ready;
+	st.state_sections = s->st.sections->len;
+	st.state_bytes = s->st.total;
 	g_mutex_unlock(&s->lock);
 	return copy_out(&st, ret);
 }
@@ -84,6 +89,8 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 		st.phase = TM_PHASE_COMPLETE;
 	else
 		st.phase = st.wire_version ? TM_PHASE_PRECOPY : TM_PHASE_SETUP;
+	st.state_sections = r->st.order.sections; /* handed to the VMM in order */
+	st.state_bytes = r->st.order.total;
 	g_mutex_unlock(&r->lock);
 	return copy_out(&st, ret);
 }

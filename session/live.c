@@ -79,7 +79,7 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    (guint64)c.max_state_total, (guint64)c.max_state_section);
 		return -EINVAL;
 	}
-	c.state_names = NULL; /* not used yet; never kept as a borrowed pointer */
+	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	c.uffd = -1;
 	*ret = c;
 	return 0;

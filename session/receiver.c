@@ -65,7 +65,7 @@ int tm_receiver_set_live(tm_receiver *r, const tm_live_config *cfg, GError **err
 		return -EBUSY;
 	}
 	int ret = tm_live_config_load(cfg, false, &c, error);
-	if (ret < 0)
+	if (ret < 0 || (ret = tm_receiver_load_state_names(r, cfg, error)) < 0)
 		return ret;
 	r->live = c;
 	return 0;
@@ -254,6 +254,7 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	r->layout = layout;
 	((tm_ram_layout *)layout)->frozen = true;
 	r->tags = tm_receiver_peer_sends_tags(r) ? tags : NULL;
+	tm_receiver_state_init(r);
 	r->present = g_new0(uint64_t *, r->hello.block_count);
 	for (unsigned i = 0; i < r->hello.block_count; i++)
 		r->present[i] = g_new0(uint64_t, (r->hello.blocks[i].npages + 63) / 64);
@@ -299,7 +300,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 /*
  * Protocol 2, once every data channel ended: the control connection's END (0, 0, 0), answered
  * by END_ACK (0, 0), then a clean TLS close. No control thread yet: the migration thread reads
- * the one message the connection carries (the sender sends it right after the last END_ACK).
+ * the one message the connection carries (the sender sends it with the data channels' ENDs: its
+ * END_ACK must follow theirs).
  */
 static int end_control(tm_receiver *r, GError **error)
 {
@@ -343,8 +345,12 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 		return -EBADFD;
 	}
 	g_mutex_lock(&r->lock);
-	while (!r->quit && r->ended < r->nch)
+	while (!r->quit && r->ended < r->nch && !tm_receiver_state_waiting(r))
 		g_cond_wait(&r->cond, &r->lock);
+	if (!r->quit && r->ended < r->nch) {
+		g_mutex_unlock(&r->lock);
+		return 1; /* a device-state section waits for the VMM */
+	}
 	int ret = 0;
 	if (r->quit) {
 		/* Let every worker stop so that the sender's own explanation, if any, wins. */
@@ -360,7 +366,9 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 	if (ret == 0 && r->wire == TM_WIRE_VERSION_2 && !r->ctl_ended) {
 		g_autoptr(GError) local = NULL;
 		r->ctl_ended = true;
-		ret = end_control(r, &local);
+		ret = tm_receiver_send_ready(r, &local);
+		if (ret >= 0)
+			ret = end_control(r, &local);
 		if (ret < 0) {
 			if (!r->ctl.peer_error)
 				tm_chan_send_error(&r->ctl, -ret, local->message);
@@ -385,6 +393,7 @@ void tm_receiver_free(tm_receiver *r)
 		return;
 	g_mutex_lock(&r->lock);
 	r->quit = true;
+	g_cond_broadcast(&r->cond); /* workers waiting to hand over device state */
 	g_mutex_unlock(&r->lock);
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
@@ -400,6 +409,7 @@ void tm_receiver_free(tm_receiver *r)
 		tm_recv_plan_fini(&c->plan);
 	}
 	tm_chan_close(&r->ctl);
+	tm_receiver_state_free(r);
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);
 	g_free(r->present);

@@ -35,7 +35,8 @@ static void populate(tm_receiver *r, const tm_recv_plan *p)
 	if (__atomic_load_n(&r->no_populate, __ATOMIC_RELAXED))
 		return;
 	for (unsigned i = 0; i < p->data_iov_count; i++)
-		if (madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
+		if (p->iov[i].iov_len >= TM_POPULATE_MIN &&
+		    madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
 		    errno == EINVAL)
 			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
 }
@@ -153,7 +154,14 @@ static int recv_loop(recv_chan *c, GError **error)
 		}
 		if ((ret = tm_chan_recv_frame(&c->ch, r->hello.packet_size, &f, error)) < 0)
 			return ret;
+		if ((ret = tm_recv_state_gate(c, &f, error)) < 0)
+			return ret;
 		switch (f.type) {
+		case TM_MSG_RAM_END:
+		case TM_MSG_STATE:
+			if ((ret = tm_recv_state_frame(c, &f, error)) < 0)
+				return ret;
+			break;
 		case TM_MSG_DATA:
 			if ((ret = apply_data(c, &f, error)) < 0)
 				return ret;
@@ -185,15 +193,15 @@ static int recv_loop(recv_chan *c, GError **error)
 					    c->ch.id, v[1], c->packets_applied);
 				return -EPROTO;
 			}
-			if (f.version == TM_WIRE_VERSION_2 && v[2] != 0) {
+			if (f.version == TM_WIRE_VERSION_2 && v[2] != c->state_chunks) {
 				g_set_error(error, TM_ERROR, EPROTO,
 					    "channel %u: sender sent %" G_GUINT64_FORMAT
-					    " state chunks, 0 arrived",
-					    c->ch.id, v[2]);
+					    " state chunks, %" G_GUINT64_FORMAT " arrived",
+					    c->ch.id, v[2], c->state_chunks);
 				return -EPROTO;
 			}
-			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied, 0,
-						     error)) < 0)
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied,
+						     c->state_chunks, error)) < 0)
 				return ret;
 			/* A clean TLS close both ways: a stream cut short is an error, not an end. */
 			return tm_tls_shutdown(c->ch.io, error);

@@ -80,7 +80,7 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
 		/* Map the pages in with one call rather than one fault per page in the zero scan
 		 * (costly under virtualization). Before Linux 5.14: EINVAL, and pages fault as usual. */
-		if (!s->no_populate &&
+		if (!s->no_populate && n * ps >= TM_POPULATE_MIN &&
 		    madvise(rb->host + page * ps, n * ps, MADV_POPULATE_READ) < 0 && errno == EINVAL)
 			__atomic_store_n(&s->no_populate, true, __ATOMIC_RELAXED);
 		if (s->tags) {
@@ -138,12 +138,20 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 
 static int send_end(send_chan *c, GError **error)
 {
-	uint64_t applied, unused;
+	uint64_t applied = c->pages_sent, unused;
 	int r = flush_packet(c, error);
-	if (r >= 0)
-		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	/* Protocol 2: END's three counts, END_ACK's two checked in state.c; TLS: our close_notify
+	 * right behind END, so that the receiver's close waits for nothing. */
+	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2) {
+		r = tm_send_end_v2(c, error);
+	} else {
+		if (r >= 0)
+			r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+		if (r >= 0)
+			r = tm_tls_close_notify(c->ch.io, error);
+		if (r >= 0)
+			r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	}
 	if (r < 0)
 		return r;
 	if (applied != c->pages_sent) {
@@ -200,8 +208,10 @@ gpointer tm_send_worker(gpointer data)
 				r = send_pages(c, w, &err);
 			else if (w->kind == WORK_SYNC)
 				r = send_sync(c, w->first, &err);
-			else
+			else if (w->kind == WORK_END)
 				r = send_end(c, &err);
+			else if ((r = flush_packet(c, &err)) >= 0)
+				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
 		}
 		g_array_set_size(c->work, 0);
 		if (r < 0)

@@ -134,6 +134,7 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, true, &s->live, NULL);
 	s->wire = TM_WIRE_VERSION_2;
+	s->st.sections = g_ptr_array_new();
 	g_mutex_init(&s->lock);
 	g_cond_init(&s->cond);
 	s->chans = g_new0(send_chan, s->nch);
@@ -472,7 +473,8 @@ int tm_sender_queue_pages(tm_sender *s, unsigned block, const uint64_t *pages, s
 			  GError **error)
 {
 	int r = check_open(s, error);
-	if (r < 0 || (r = check_block(s, block, error)) < 0)
+	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0 ||
+	    (r = check_block(s, block, error)) < 0)
 		return r;
 	const tm_wire_block *b = &s->hello.blocks[block];
 	for (size_t i = 0; i < count; i++) {
@@ -495,7 +497,8 @@ int tm_sender_queue_bitmap(tm_sender *s, unsigned block, const uint64_t *bitmap,
 			   uint64_t first_page, uint64_t npages, GError **error)
 {
 	int r = check_open(s, error);
-	if (r < 0 || (r = check_block(s, block, error)) < 0)
+	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0 ||
+	    (r = check_block(s, block, error)) < 0)
 		return r;
 	const tm_wire_block *b = &s->hello.blocks[block];
 	if (first_page > b->npages || npages > b->npages - first_page) {
@@ -555,13 +558,15 @@ int tm_sender_sync(tm_sender *s, GError **error)
 	return r;
 }
 
-/* END (0, 0, 0) on the control connection, END_ACK (0, 0) back, then a clean TLS close. */
+/*
+ * The control connection's END_ACK (0, 0), then a clean TLS close. Its END (0, 0, 0) left with the
+ * data channels' ENDs: the receiver answers it only after every data channel's END_ACK, so the
+ * end of a session is one round trip, not one per kind of connection.
+ */
 static int end_control(tm_sender *s, GError **error)
 {
 	uint64_t pages, chunks;
-	int r = tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&s->ctl, TM_MSG_END_ACK, &pages, &chunks, error);
+	int r = tm_chan_recv_ctrl(&s->ctl, TM_MSG_END_ACK, &pages, &chunks, error);
 	if (r < 0)
 		return r;
 	if (pages != 0 || chunks != 0) {
@@ -576,11 +581,18 @@ static int end_control(tm_sender *s, GError **error)
 
 int tm_sender_finish(tm_sender *s, GError **error)
 {
+	g_autoptr(GError) ctl_err = NULL;
 	int r = check_open(s, error);
 	if (r < 0)
 		return r;
+	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
 	stage_marker(s, WORK_END, 0);
 	stage_commit(s);
+	/* Protocol 2: END on the control connection now, its answer after the data channels'. */
+	bool v2 = s->wire == TM_WIRE_VERSION_2;
+	int ctl = v2 ? tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, &ctl_err) : 0;
+	if (ctl >= 0 && v2)
+		ctl = tm_tls_close_notify(s->ctl.io, &ctl_err);
 
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)
@@ -588,10 +600,18 @@ int tm_sender_finish(tm_sender *s, GError **error)
 			g_cond_wait(&s->cond, &s->lock);
 	r = s->quit ? report_failure(s, error) : 0;
 	g_mutex_unlock(&s->lock);
-	/* Protocol 2: the control connection ends last, after every data channel's END_ACK. */
-	if (r >= 0 && s->wire == TM_WIRE_VERSION_2 && (r = end_control(s, error)) < 0) {
-		GError *copy = g_error_copy(*error);
-		tm_sender_fail(s, copy, s->ctl.peer_error);
+	/* Protocol 2: READY, then the control connection's END_ACK, after every data channel's
+	 * END_ACK (its END left before them: finish is one round trip). */
+	if (r >= 0 && v2) {
+		if (ctl >= 0)
+			ctl = tm_sender_await_ready(s, &ctl_err);
+		if (ctl >= 0)
+			ctl = end_control(s, &ctl_err);
+		if (ctl < 0) {
+			r = ctl;
+			tm_sender_fail(s, g_error_copy(ctl_err), s->ctl.peer_error);
+			g_propagate_error(error, g_steal_pointer(&ctl_err));
+		}
 	}
 	g_mutex_lock(&s->lock);
 	s->t_end = tm_now_us();
@@ -627,6 +647,7 @@ void tm_sender_free(tm_sender *s)
 		g_cond_clear(&c->wake);
 	}
 	tm_chan_close(&s->ctl);
+	tm_sender_state_free(s);
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);
 	g_free(s->io_note);

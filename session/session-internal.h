@@ -12,6 +12,7 @@
  *   rounds.c                the sender's rounds: their figures, advise, guest_stopped
  *   ratelimit.c, converge.c the rate limit's token bucket; the convergence estimator
  *   live-stats.c            tm_live_stats
+ *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
  */
 #pragma once
 
@@ -26,7 +27,39 @@
 #include "session/converge.h"
 #include "transport/tls/tls.h"
 
-enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END };
+/* WORK_RAM_END, WORK_STATE: protocol 2 device state (state.c); a STATE work item has the
+ * section index in block (TM_STATE_EOS_ITEM: END_OF_STATE), chunk g in first, offset in count. */
+enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END, WORK_RAM_END, WORK_STATE };
+#define TM_STATE_EOS_ITEM UINT32_MAX
+
+/* A device-state section of the sender (state.c): referenced, or copied with TM_STATE_COPY. */
+typedef struct state_section {
+	char *name;
+	const uint8_t *data;
+	uint64_t len;
+	uint8_t *owned; /* the copy, or NULL */
+} state_section;
+
+/* The sender's device state (state.c). */
+typedef struct send_state {
+	/* migration thread (the guest stopped: rounds.stopped_us) */
+	bool ram_closed;     /* RAM_END handed to every channel: queue_* and sync refuse */
+	bool ended;          /* END_OF_STATE handed over */
+	uint64_t next_chunk; /* g of the next chunk */
+	uint64_t total;      /* bytes of every section put */
+	uint64_t max_section, max_total; /* the receiver's limits (its HELLO_ACK) */
+	/* protected by s->lock (workers look sections up by index) */
+	GPtrArray *sections; /* of state_section */
+	/* atomic */
+	uint64_t downtime_us; /* guest_stopped -> READY; 0 before (tm_live_stats) */
+} send_state;
+
+/*
+ * Runs of guest RAM shorter than this are not populated with madvise(MADV_POPULATE_*) before
+ * they are read or written: for a few scattered pages the system call costs more than the page
+ * faults it saves (issue 16: a round of 5% random pages).
+ */
+#define TM_POPULATE_MIN (64u << 10)
 
 /* Failure bookkeeping shared by sender and receiver. */
 typedef struct tm_failure {
@@ -78,6 +111,7 @@ typedef struct send_chan {
 	uint64_t pages_sent;
 	uint64_t packets_sent;
 	tm_chan_round cr;
+	uint64_t state_chunks; /* STATE messages sent */
 } send_chan;
 
 /* Rounds and their figures (rounds.c). */
@@ -127,6 +161,7 @@ struct tm_sender {
 	enum sender_state state;
 	GArray **staging; /* per channel, work being split before hand-over */
 	uint64_t next_sync;
+	send_state st;
 
 	/* protected by lock */
 	GMutex lock;
@@ -151,7 +186,27 @@ typedef struct recv_chan {
 	uint64_t pages_applied;
 	uint64_t packets_applied;
 	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */
+	/* device state (state.c), worker-local unless said */
+	bool ram_ended;           /* RAM_END(FINAL) received */
+	uint64_t state_chunks;    /* STATE messages received */
+	uint64_t next_chunk;      /* the chunk this channel must carry next (id, then + N) */
+	uint8_t *state_buf;       /* the chunk's data (packet_size), read by the VMM in place */
+	tm_state_hdr state_hdr;   /* of the chunk held; read by the VMM under r->lock */
+	char state_name[TM_MAX_STATE_NAME + 1];
 } recv_chan;
+
+/* The receiver's device-state hand-over (state.c); protected by r->lock. */
+typedef struct recv_state {
+	char **names;             /* state_names, copied (NULL: any) */
+	unsigned ram_ended;       /* channels past RAM_END(FINAL): state flows once all are */
+	tm_state_order order;     /* chunks delivered so far */
+	recv_chan *held;          /* the channel whose chunk the VMM reads now, or NULL */
+	uint64_t consumed;        /* bytes of held's chunk read */
+	bool open;                /* a section returned by next_state and not read to its end */
+	uint64_t left;            /* its bytes not yet read */
+	uint32_t index;           /* its index */
+	bool eos;                 /* END_OF_STATE delivered (every section before it handed over) */
+} recv_state;
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
 
@@ -175,6 +230,7 @@ struct tm_receiver {
 	bool ctl_ended;            /* END / END_ACK done on it (migration thread) */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
+	recv_state st;             /* device state */
 
 	enum receiver_state state; /* migration-thread local */
 
@@ -236,6 +292,33 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 /* ---- recv-pages.c ---- */
 /* The worker thread of one receiver channel (data: its recv_chan). */
 gpointer tm_recv_worker(gpointer data);
+
+/* ---- state.c ---- */
+/* Sender, protocol 2 finish: RAM_END (if not yet) and END_OF_STATE handed to the channels. */
+void tm_sender_state_finish(tm_sender *s);
+/* Receiver, start(): the chunk order and each channel's first chunk number. */
+void tm_receiver_state_init(tm_receiver *r);
+/* Sender: whether RAM is closed (the first put_state or finish): queue_* and sync refuse. */
+int tm_sender_check_ram_open(tm_sender *s, GError **error);
+/* Sender, finish after every data END_ACK: READY on control; stops the downtime clock. */
+int tm_sender_await_ready(tm_sender *s, GError **error);
+/* Sender worker: a WORK_RAM_END or WORK_STATE item (the open packet already flushed). */
+int tm_send_state_work(send_chan *c, const work *w, GError **error);
+/* Sender worker: END with its three counts, END_ACK checked (protocol 2). */
+int tm_send_end_v2(send_chan *c, GError **error);
+void tm_sender_state_free(tm_sender *s);
+
+/* Receiver: state_names of a tm_live_config copied and checked (set_live). */
+int tm_receiver_load_state_names(tm_receiver *r, const tm_live_config *cfg, GError **error);
+/* Receiver worker: frames of the device-state part of a data channel (RAM_END, STATE) and the
+ * order rules around them for the others (DATA, SYNC, END). Returns 0 or -errno. */
+int tm_recv_state_frame(recv_chan *c, const tm_frame *f, GError **error);
+int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error);
+/* Receiver, under r->lock: the VMM has a state section (or the rest of one) to read. */
+bool tm_receiver_state_waiting(tm_receiver *r);
+/* Receiver, wait() once every data channel ended: END_OF_STATE reached, READY sent. */
+int tm_receiver_send_ready(tm_receiver *r, GError **error);
+void tm_receiver_state_free(tm_receiver *r);
 
 /* ---- handshake.c ---- */
 /* Sends the HELLO of connection ch: a data channel (its id is the channel number) or control. */

@@ -212,3 +212,35 @@ int cli_check_io(const char *cmd, const char *io)
 		return cli_usage_error(cmd, "--io '%s' is not io_uring, uring or sockets", io);
 	return 0;
 }
+
+int cli_parse_rate(const char *text, uint64_t *ret)
+{
+	g_autofree char *t = g_strdup(text ? text : "");
+
+	if (g_str_has_suffix(t, "/s"))
+		t[strlen(t) - 2] = '\0';
+	return cli_parse_size(t, ret);
+}
+
+int cli_parse_duration_us(const char *text, uint64_t *ret)
+{
+	char *end = NULL;
+	double v, unit = 1000.0; /* bare number: ms */
+
+	if (!text || !g_ascii_isdigit(text[0]))
+		return -EINVAL;
+	v = g_ascii_strtod(text, &end);
+	if (!strcmp(end, "us"))
+		unit = 1.0;
+	else if (!strcmp(end, "ms") || !*end)
+		unit = 1000.0;
+	else if (!strcmp(end, "s"))
+		unit = 1e6;
+	else
+		return -EINVAL;
+	v *= unit;
+	if (!(v >= 0) || v > 3600e6)
+		return -EINVAL;
+	*ret = (uint64_t)(v + 0.5);
+	return 0;
+}

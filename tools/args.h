@@ -25,6 +25,15 @@ int cli_parse_options(const char *cmd, const char *summary, const char *descript
  */
 int cli_parse_size(const char *text, uint64_t *ret);
 
+/* A rate: a size (cli_parse_size) per second, "/s" optional ("100M/s", "1G"). 0 or -EINVAL. */
+int cli_parse_rate(const char *text, uint64_t *ret);
+
+/*
+ * A duration in microseconds: a number with a unit us, ms or s ("50ms", "0.5s"); a bare number
+ * is milliseconds. At most one hour. Returns 0 or -EINVAL (untouched *ret).
+ */
+int cli_parse_duration_us(const char *text, uint64_t *ret);
+
 /* Parses an unsigned decimal in [min, max]. Returns 0 or -EINVAL. */
 int cli_parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t *ret);
 

@@ -15,6 +15,8 @@
 #include "args.h"
 #include "cli.h"
 #include "demo-creds.h"
+#include "demo-live.h"
+#include "demo-receiver.h"
 #include "map.h"
 #include "progress.h"
 #include "report.h"
@@ -185,29 +187,6 @@ static void generate(uint8_t *ram, uint8_t *tags, uint32_t page_size, uint64_t r
 }
 
 /* The receiver side runs in a thread of its own, as it would in the destination VMM. */
-typedef struct demo_receiver {
-	/* read-only after setup */
-	tm_receiver *receiver;
-	const tm_ram_layout *layout;
-	tm_tag_store *tags;
-	int listen_fd;
-	/* written by the thread, read after join */
-	int rc;
-	GError *error;
-} demo_receiver;
-
-static gpointer receiver_thread(gpointer data)
-{
-	demo_receiver *d = data;
-
-	d->rc = tm_receiver_accept(d->receiver, d->listen_fd, &d->error);
-	if (d->rc >= 0)
-		d->rc = tm_receiver_start(d->receiver, d->layout, d->tags, &d->error);
-	if (d->rc >= 0)
-		d->rc = tm_receiver_wait(d->receiver, &d->error);
-	return NULL;
-}
-
 typedef struct demo_progress {
 	tm_sender *sender;
 	uint32_t page_size;
@@ -258,6 +237,11 @@ typedef struct demo_opts {
 	char *io;
 	int timeout;
 	gboolean tls;
+	gboolean live;
+	char *dirty_rate;
+	char *max_downtime;
+	int max_rounds;
+	char *rate_limit;
 } demo_opts;
 
 static void demo_opts_clear(demo_opts *o)
@@ -265,6 +249,9 @@ static void demo_opts_clear(demo_opts *o)
 	g_free(o->size);
 	g_free(o->page_size);
 	g_free(o->io);
+	g_free(o->dirty_rate);
+	g_free(o->max_downtime);
+	g_free(o->rate_limit);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(demo_opts, demo_opts_clear)
@@ -310,7 +297,7 @@ static void print_human(const cli_summary *s, uint32_t page_size, uint64_t npage
 
 int cli_cmd_demo(int argc, char **argv)
 {
-	g_auto(demo_opts) o = { .channels = 4, .timeout = 60 };
+	g_auto(demo_opts) o = { .channels = 4, .timeout = 60, .max_rounds = 30 };
 	const GOptionEntry entries[] = {
 		{ "size", 's', 0, G_OPTION_ARG_STRING, &o.size,
 		  "Guest RAM size, suffixes K, M, G (default 1G)", "SIZE" },
@@ -326,6 +313,21 @@ int cli_cmd_demo(int argc, char **argv)
 		  "TLS 1.3 on every channel, with credentials created for the run", NULL },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object on stdout instead of the summary", NULL },
+		{ "live", 0, 0, G_OPTION_ARG_NONE, &o.live,
+		  "Migrate a running guest by precopy: writer threads dirty it while rounds run "
+		  "until the rest fits in --max-downtime, then it is paused for the final round", NULL },
+		{ "dirty-rate", 0, 0, G_OPTION_ARG_STRING, &o.dirty_rate,
+		  "With --live: bytes per second the guest writes, K/M/G suffixes (default 100M)",
+		  "RATE" },
+		{ "max-downtime", 0, 0, G_OPTION_ARG_STRING, &o.max_downtime,
+		  "With --live: switch over when the rest is expected to take this long, e.g. 50ms "
+		  "(default 50ms)", "TIME" },
+		{ "max-rounds", 0, 0, G_OPTION_ARG_INT, &o.max_rounds,
+		  "With --live: switch over after this many rounds even if not converged "
+		  "(default 30)", "N" },
+		{ "rate-limit", 0, 0, G_OPTION_ARG_STRING, &o.rate_limit,
+		  "With --live: bytes per second for all channels until the pause (default none)",
+		  "RATE" },
 		G_OPTION_ENTRY_NULL
 	};
 	uint64_t size = 1ull << 30, page_size = 4096;
@@ -334,8 +336,10 @@ int cli_cmd_demo(int argc, char **argv)
 	rc = cli_parse_options("demo",
 			       "Migrates a synthetic guest (random, zero and tagged pages) to a second "
 			       "copy over\nloopback TCP in this process, in two rounds, and verifies "
-			       "data and tags bit for bit.\nExits 0 if the copy is verified, 1 "
-			       "otherwise, 2 on a usage error.",
+			       "data and tags bit for bit.\nWith --live the guest keeps running "
+			       "(default 256M): precopy rounds until it converges,\nthen a pause "
+			       "and the final round; the measured downtime is printed.\nExits 0 if "
+			       "the copy is verified, 1 otherwise, 2 on a usage error.",
 			       NULL, entries, &argc, &argv);
 	if (rc)
 		return rc;
@@ -355,6 +359,31 @@ int cli_cmd_demo(int argc, char **argv)
 		return cli_usage_error("demo", "--channels must be 1..%u", TM_MAX_CHANNELS);
 	if (o.timeout < 0 || o.timeout > 86400)
 		return cli_usage_error("demo", "--timeout must be 0..86400 seconds");
+	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30))
+		return cli_usage_error("demo", "--dirty-rate, --max-downtime, --max-rounds and "
+				       "--rate-limit need --live");
+	if (o.live) {
+		demo_live_opts lo = { .size = o.size ? size : 256ull << 20,
+				      .channels = (unsigned)o.channels, .io = o.io,
+				      .timeout_s = (unsigned)o.timeout, .tls = o.tls, .json = o.json,
+				      .dirty_rate = 100ull << 20, .max_downtime_us = 50000,
+				      .max_rounds = (unsigned)o.max_rounds };
+		if (o.page_size && page_size != 4096)
+			return cli_usage_error("demo", "--live runs a guest of 4K pages");
+		if (o.dirty_rate && cli_parse_rate(o.dirty_rate, &lo.dirty_rate) < 0)
+			return cli_usage_error("demo", "--dirty-rate '%s' is not a size per second",
+					       o.dirty_rate);
+		if (o.max_downtime && (cli_parse_duration_us(o.max_downtime, &lo.max_downtime_us) < 0 ||
+				       lo.max_downtime_us == 0))
+			return cli_usage_error("demo", "--max-downtime '%s' is not a time like 50ms",
+					       o.max_downtime);
+		if (o.rate_limit && cli_parse_rate(o.rate_limit, &lo.rate_limit) < 0)
+			return cli_usage_error("demo", "--rate-limit '%s' is not a size per second",
+					       o.rate_limit);
+		if (o.max_rounds < 1 || o.max_rounds > 10000)
+			return cli_usage_error("demo", "--max-rounds must be 1..10000");
+		return cli_demo_live(&lo);
+	}
 
 	g_autoptr(GError) error = NULL;
 	g_autoptr(cli_map) src = NULL;
@@ -388,35 +417,15 @@ int cli_cmd_demo(int argc, char **argv)
 	uint64_t kinds[GEN_COUNT] = { 0 };
 	generate(src->addr, src_tag_array, (uint32_t)page_size, 0, NULL, npages, kinds);
 
-	/* --tls: credentials made for this run, removed at the end. */
+	/* --tls: credentials made for this run, removed at the end. The receiver listens before
+	 * the sender connects and runs in its own thread. */
 	g_autoptr(cli_tmpdir) creds = NULL;
-	if (o.tls) {
-		creds = g_dir_make_tmp("tagmig-demo-tls-XXXXXX", &error);
-		if (!creds || cli_make_tls_creds(creds, &error) < 0)
-			return cli_fail(error);
-	}
-
-	/* Receiver: listens before the sender connects, runs in its own thread. */
 	unsigned port = 0;
-	cli_autofd int listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
-	if (listen_fd < 0)
+	g_auto(demo_receiver) drecv = { .layout = dst_layout, .tags = dst_tags, .listen_fd = -1 };
+	if (cli_demo_creds(o.tls, &creds, &error) < 0 ||
+	    demo_receiver_open(&drecv, o.io, (unsigned)o.timeout, creds, &port, &error) < 0)
 		return cli_fail(error);
-	tm_receiver_config rcfg = {
-		.io_backend = o.io,
-		.timeout_ms = (unsigned)o.timeout * 1000u,
-		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
-		.tls_creds_dir = creds,
-	};
-	cli_env_receiver_config(&rcfg);
-	g_autoptr(tm_receiver) receiver = NULL;
-	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
-		return cli_fail(error);
-	demo_receiver drecv = {
-		.receiver = receiver,
-		.layout = dst_layout,
-		.tags = dst_tags,
-		.listen_fd = listen_fd,
-	};
+	tm_receiver *receiver = drecv.receiver;
 
 	tm_sender_config scfg = {
 		.channels = (unsigned)o.channels,
@@ -431,7 +440,7 @@ int cli_cmd_demo(int argc, char **argv)
 		return cli_fail(error);
 
 	double cpu0 = cli_cpu_seconds(), t0 = cli_now();
-	GThread *rthread = g_thread_new("demo-receiver", receiver_thread, &drecv);
+	GThread *rthread = g_thread_new("demo-receiver", demo_receiver_thread, &drecv);
 	g_autofree char *port_text = g_strdup_printf("%u", port);
 	demo_progress prog = { .sender = sender, .page_size = (uint32_t)page_size };
 	cli_progress *bar = NULL;
@@ -469,7 +478,7 @@ int cli_cmd_demo(int argc, char **argv)
 		rc = tm_sender_finish(sender, &error);
 	if (rc < 0) {
 		/* Wake a receiver still waiting in accept; a started one sees the channels close. */
-		shutdown(listen_fd, SHUT_RDWR);
+		shutdown(drecv.listen_fd, SHUT_RDWR);
 		tm_sender_free(g_steal_pointer(&sender));
 	}
 	g_thread_join(rthread);
@@ -481,7 +490,6 @@ int cli_cmd_demo(int argc, char **argv)
 			cli_failf("sender: %s", error->message);
 		if (drecv.rc < 0)
 			cli_failf("receiver: %s", drecv.error ? drecv.error->message : "failed");
-		g_clear_error(&drecv.error);
 		return CLI_EXIT_FAILED;
 	}
 

@@ -156,15 +156,9 @@ int cli_cmd_send(int argc, char **argv)
 				       packet_size ? packet_size : TM_PACKET_SIZE_DEFAULT);
 	if (o.timeout < 0 || o.timeout > 86400)
 		return cli_usage_error("send", "--timeout must be 0..86400 seconds");
-	if (o.rate_limit) {
-		/* "100M/s" or "100M": a size per second */
-		g_autofree char *r = g_strdup(o.rate_limit);
-		if (g_str_has_suffix(r, "/s"))
-			r[strlen(r) - 2] = '\0';
-		if (cli_parse_size(r, &rate_limit) < 0)
-			return cli_usage_error("send", "--rate-limit '%s' is not a size per second",
-					       o.rate_limit);
-	}
+	if (o.rate_limit && cli_parse_rate(o.rate_limit, &rate_limit) < 0)
+		return cli_usage_error("send", "--rate-limit '%s' is not a size per second",
+				       o.rate_limit);
 
 	g_autoptr(GPtrArray) ram_specs = NULL;
 	g_autoptr(GPtrArray) tag_specs = NULL;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <sys/resource.h>
 
+#include "json.h"
 #include "report.h"
 
 static double safe_div(double a, double b)
@@ -47,93 +48,11 @@ char *cli_format_bytes(uint64_t bytes)
 	return u ? g_strdup_printf("%.1f %s", v, units[u]) : g_strdup_printf("%" PRIu64 " bytes", bytes);
 }
 
-static void json_append_string(GString *out, const char *s)
-{
-	g_string_append_c(out, '"');
-	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		switch (*p) {
-		case '"':
-			g_string_append(out, "\\\"");
-			break;
-		case '\\':
-			g_string_append(out, "\\\\");
-			break;
-		case '\n':
-			g_string_append(out, "\\n");
-			break;
-		case '\r':
-			g_string_append(out, "\\r");
-			break;
-		case '\t':
-			g_string_append(out, "\\t");
-			break;
-		default:
-			if (*p < 0x20 || *p == 0x7f)
-				g_string_append_printf(out, "\\u%04x", *p);
-			else
-				g_string_append_c(out, (char)*p);
-		}
-	}
-	g_string_append_c(out, '"');
-}
-
-/*
- * A small JSON object writer: members are separated by commas as they come, objects nest with
- * jw_open/jw_close. Numbers are locale-independent and never NaN or infinity (not JSON).
- */
-typedef struct json_writer {
-	GString *out;
-	bool first; /* no member yet in the innermost open object */
-} json_writer;
-
-static void jw_key(json_writer *w, const char *key)
-{
-	if (!w->first)
-		g_string_append_c(w->out, ',');
-	w->first = false;
-	json_append_string(w->out, key);
-	g_string_append_c(w->out, ':');
-}
-
-static void jw_open(json_writer *w, const char *key)
-{
-	if (key)
-		jw_key(w, key);
-	g_string_append_c(w->out, '{');
-	w->first = true;
-}
-
-static void jw_close(json_writer *w)
-{
-	g_string_append_c(w->out, '}');
-	w->first = false;
-}
-
-static void jw_u64(json_writer *w, const char *key, uint64_t v)
-{
-	jw_key(w, key);
-	g_string_append_printf(w->out, "%" PRIu64, v);
-}
-
-static void jw_double(json_writer *w, const char *key, double v)
-{
-	char buf[G_ASCII_DTOSTR_BUF_SIZE];
-
-	jw_key(w, key);
-	g_string_append(w->out, g_ascii_formatd(buf, sizeof(buf), "%.6g", isfinite(v) ? v : 0));
-}
-
-static void jw_str(json_writer *w, const char *key, const char *v)
-{
-	jw_key(w, key);
-	json_append_string(w->out, v);
-}
-
 void cli_print_json(const cli_summary *s)
 {
 	const tm_stats *st = s->stats;
 	g_autoptr(GString) out = g_string_new(NULL);
-	json_writer w = { .out = out };
+	json_writer w = { .out = out, .first = true };
 
 	jw_open(&w, NULL);
 	jw_str(&w, "command", s->command);

@@ -145,5 +145,6 @@ void tm_io_add_counters(const tm_io *io, tm_io_counters *ret)
 		ret->io_completions += __atomic_load_n(&l->st.io_completions, __ATOMIC_RELAXED);
 		ret->zc_sends += __atomic_load_n(&l->st.zc_sends, __ATOMIC_RELAXED);
 		ret->zc_copied += __atomic_load_n(&l->st.zc_copied, __ATOMIC_RELAXED);
+		ret->io_waits += __atomic_load_n(&l->st.io_waits, __ATOMIC_RELAXED);
 	}
 }

@@ -73,7 +73,10 @@ typedef struct tm_transport_ops {
 	 * return before it is sent; until wait_slot() for that slot returns 0 the backend may
 	 * still read the buffers and the iov array. Messages leave in submission order. A short
 	 * send is resumed by the backend, never reported. An error of an earlier submission may be
-	 * returned by any later call. drain() waits for every slot. send() and recv() drain first.
+	 * returned by any later call. drain() waits until every submitted message has been handed
+	 * to the kernel in full, so that later bytes on the socket come after it; the buffers of a
+	 * slot may stay in use (zero-copy) until wait_slot(). send() drains first; neither send(),
+	 * drain() nor recv() waits for buffers to be released, only wait_slot() does.
 	 */
 	int (*submit)(tm_io *io, unsigned slot, const struct iovec *iov, unsigned n, size_t len);
 	int (*wait_slot)(tm_io *io, unsigned slot);
@@ -110,6 +113,7 @@ typedef struct tm_io_counters {
 	uint64_t io_completions;
 	uint64_t zc_sends;       /* zero-copy sends */
 	uint64_t zc_copied;      /* zero-copy sends the kernel completed by copying after all */
+	uint64_t io_waits;       /* waits for a completion that blocked (none was ready): io_uring */
 } tm_io_counters;
 
 static inline void tm_count(uint64_t *c, uint64_t v)

@@ -226,7 +226,9 @@ TM_EXPORT int tm_receiver_start(tm_receiver *receiver, const tm_ram_layout *layo
 TM_EXPORT int tm_receiver_abort(tm_receiver *receiver, int code, const char *message);
 
 /*
- * Waits until the sender finished on every channel (0) or the migration failed (-errno). After a
+ * Waits until the sender finished on every channel (0) or the migration failed (-errno); in
+ * protocol 2 it returns 1 when a device-state section waits to be read (tm_receiver_next_state()
+ * until it returns 0, then wait again), and sends READY once RAM and every section arrived. After a
  * failure the destination's guest RAM must not be run: a page being received when the channel
  * failed may hold bytes that were never verified (with TLS, the receiver decrypts into guest RAM
  * and checks each record's tag at its end), including pages marked present in an earlier round.
@@ -267,7 +269,8 @@ typedef struct tm_live_config {
 	uint64_t max_state_section; /* receiver: bytes per state section; 0 means 1 GiB (max 2^40) */
 	uint64_t max_state_total;   /* receiver: bytes of all sections; 0 means 4 GiB (max 2^42,
 	                             * at least max_state_section) */
-	const char *const *state_names; /* receiver: expected section names (not used yet) */
+	const char *const *state_names; /* receiver: optional NULL-terminated list: sections must
+	                                 * come with exactly these names in this order (copied) */
 } tm_live_config;
 
 /*
@@ -381,8 +384,10 @@ TM_EXPORT int tm_sender_set_rate_limit(tm_sender *sender, uint64_t bytes_per_sec
 /*
  * The VMM has paused the guest: starts the downtime clock and lifts the rate limit for the rest
  * of the migration (a later tm_sender_set_rate_limit() does not bring it back). Next: queue the
- * final dirty log, then tm_sender_finish(). Returns 0, -EBADFD (called twice, or the session is
- * not open), or the session's failure. Migration thread.
+ * final dirty log, tm_sender_put_state() per device-state section, then tm_sender_finish(),
+ * which waits until the destination has all RAM and state (READY: the downtime clock stops,
+ * tm_live_stats.downtime_us). Returns 0, -EBADFD (called twice, or the session is not open), or
+ * the session's failure. Migration thread.
  */
 TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
 
@@ -403,10 +408,11 @@ typedef struct tm_live_stats {
 	uint64_t expected_downtime_us; /* sender: for pending_bytes alone */
 	uint64_t max_downtime_us;
 	uint64_t rate_limit;        /* sender: bytes/s in force now; 0 = none (or lifted) */
-	uint64_t downtime_us;       /* sender: guest_stopped -> destination has everything; 0 before */
+	uint64_t downtime_us;       /* sender: guest_stopped -> READY (the destination has all RAM and
+	                             * read every state section); 0 before */
 	uint64_t rtt_us;            /* control connection round trip, smoothed (not yet measured) */
 	uint64_t keepalives;        /* PINGs sent (not yet) */
-	uint64_t state_sections, state_bytes;
+	uint64_t state_sections, state_bytes; /* put (sender) / delivered to the VMM (receiver) */
 	/* postcopy (not implemented yet: zero) */
 	uint64_t postcopy_pages;
 	uint64_t discarded_pages;
@@ -422,6 +428,47 @@ typedef struct tm_live_stats {
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */
 TM_EXPORT int tm_sender_get_live_stats(tm_sender *sender, tm_live_stats *ret);
 TM_EXPORT int tm_receiver_get_live_stats(tm_receiver *receiver, tm_live_stats *ret);
+
+/* ---- protocol 2: device state (symbol version TAGMIG_0.2; docs/api.md, "Device state") ---- */
+
+#define TM_STATE_COPY 1u /* put_state flag: copy data now (else it must stay valid until finish) */
+
+/*
+ * One device-state section: name (1..255 bytes of UTF-8, no control characters), len bytes of
+ * data (0 allowed). Protocol 2, after tm_sender_guest_stopped(); sections keep their call order
+ * and travel after all RAM. Queues at once (blocks only for TM_STATE_COPY's copy); the first call
+ * closes RAM: tm_sender_queue_*() and tm_sender_sync() then return -EBADFD. Without
+ * TM_STATE_COPY data is referenced until tm_sender_finish() returns. Returns 0, -EINVAL (name,
+ * flags), -EMSGSIZE (over the receiver's max_state_section / max_state_total, which the message
+ * quotes), -EBADFD (guest not stopped, session not open), -EOPNOTSUPP (protocol 1), or the
+ * session's failure. Migration thread.
+ */
+TM_EXPORT int tm_sender_put_state(tm_sender *sender, const char *name, const void *data,
+				  size_t len, unsigned flags, GError **error);
+
+typedef struct tm_state_info {
+	char name[256];  /* NUL-terminated, validated: 1..255 bytes, UTF-8, no control characters */
+	uint32_t index;  /* 0, 1, ... in the sender's put_state order */
+	uint64_t length; /* bytes; tm_receiver_read_state() delivers exactly this many */
+} tm_state_info;
+
+/*
+ * Blocks until the next device-state section can be read: returns 1 with *ret filled, 0 when
+ * the sender marked the end of device state (at once in protocol 1, which has none), -errno on
+ * failure. Sections are delivered in the sender's order, only once all RAM of the final round
+ * is applied, each checked (length, name, order, the state_names of tm_receiver_set_live()).
+ * A section not read to its end fails the session (-EPROTO). Migration thread (or any single
+ * thread).
+ */
+TM_EXPORT int tm_receiver_next_state(tm_receiver *receiver, tm_state_info *ret, GError **error);
+
+/*
+ * Reads exactly len bytes of the current section (blocking until they arrived): 0, -EINVAL (no
+ * section open, or len past its end: nothing read), -errno on failure. Same thread as
+ * tm_receiver_next_state().
+ */
+TM_EXPORT int tm_receiver_read_state(tm_receiver *receiver, void *buf, size_t len,
+				     GError **error);
 
 /*
  * Creates a listening TCP socket on host:port (host may be NULL for any address, port "0" picks

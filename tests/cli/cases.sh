@@ -622,6 +622,43 @@ demo-64k)
 	grep -q 'verified: *yes' "$T/demo.out" || fail "demo summary: $(cat "$T/demo.out")"
 	note "ok"
 	;;
+demo-live)
+	# A running guest by precopy: rounds until the advice says switch, the final round with the
+	# guest paused, the copy equal to the paused guest, the downtime measured.
+	timeout "$LIMIT" "$TAGMIG" demo --live --size 64M --dirty-rate 50M --max-downtime 20ms \
+		--channels 2 --json >"$T/demo.out" 2>"$T/demo.err"
+	rc=$?
+	expect_rc "demo --live" "$rc" 0
+	[ "$(wc -l <"$T/demo.out")" = 1 ] || fail "demo --live --json printed more than one line"
+	if [ "$PYTHON3" != none ]; then
+		"$PYTHON3" - "$T/demo.out" <<-'EOF' || fail "demo --live --json: $(cat "$T/demo.out")"
+			import json, sys
+			d = json.load(open(sys.argv[1]))
+			assert d["live"] is True and d["verified"] is True, d
+			assert d["rounds"] >= 1 and len(d["round_stats"]) == d["rounds"], d
+			assert d["round_stats"][0]["pages"] == 64 * 1024 * 1024 // 4096, d
+			assert d["converged"] is True, d
+			assert 0 < d["downtime_ms"] < 10000, d
+			assert d["guest_writes"] > 0 and d["dirty_log"], d
+			assert d["pages_sent"] >= 16384, d
+			assert d["state_sections"] == 2 and d["state_bytes"] == 4096 + 1048576, d
+		EOF
+	fi
+	# Human output: every round on stderr, the summary on stdout.
+	timeout "$LIMIT" "$TAGMIG" demo --live --size 32M --dirty-rate 20M >"$T/demo2.out" \
+		2>"$T/demo2.err"
+	expect_rc "demo --live" "$?" 0
+	grep -q 'verified: *yes' "$T/demo2.out" || fail "demo --live summary: $(cat "$T/demo2.out")"
+	grep -q '^tagmig demo: round 1: 8192 pages' "$T/demo2.err" || fail "no round line: $(cat "$T/demo2.err")"
+	grep -q 'downtime .* ms measured' "$T/demo2.out" || fail "no downtime: $(cat "$T/demo2.out")"
+	# The live options need --live; bad values are usage errors.
+	timeout 10 "$TAGMIG" demo --dirty-rate 5M >/dev/null 2>"$T/u1.err"
+	expect_rc "demo --dirty-rate without --live" "$?" 2
+	timeout 10 "$TAGMIG" demo --live --max-downtime fast >/dev/null 2>"$T/u2.err"
+	expect_rc "demo --live --max-downtime fast" "$?" 2
+	grep -q "max-downtime 'fast'" "$T/u2.err" || fail "usage message: $(cat "$T/u2.err")"
+	note "ok: $(cat "$T/demo.out")"
+	;;
 *)
 	echo "unknown case $CASE" >&2
 	exit 1

@@ -133,7 +133,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (make_guest(r, &layout, &tags, blocks) < 0)
 			tm_receiver_abort(r, EFBIG, "fuzz: no RAM for that");
 		else if (tm_receiver_start(r, layout, tags, NULL) == 0)
-			tm_receiver_wait(r, NULL);
+			/* device state is read as a VMM reads it, in pieces */
+			while (tm_receiver_wait(r, NULL) == 1) {
+				static uint8_t scratch[4096];
+				tm_state_info info;
+				int k;
+				while ((k = tm_receiver_next_state(r, &info, NULL)) == 1)
+					for (uint64_t off = 0; k >= 0 && off < info.length;
+					     off += sizeof(scratch))
+						k = tm_receiver_read_state(
+							r, scratch,
+							MIN(sizeof(scratch), info.length - off), NULL);
+				if (k < 0)
+					break;
+			}
 	}
 	tm_receiver_free(r);
 	pthread_join(writer, NULL);

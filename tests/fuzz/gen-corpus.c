@@ -2,7 +2,7 @@
 /*
  * Writes the seed corpora of the fuzz targets: valid messages made with the codec's own encoders,
  * and mutations of them that hit each class of rejection. Usage: gen-corpus OUT-DIR (normally
- * tests/fuzz/corpus); it writes OUT-DIR/{frame,hello,data,postcopy}/. The output is deterministic, so
+ * tests/fuzz/corpus); it writes OUT-DIR/{frame,hello,data,state,postcopy}/. The output is deterministic, so
  * rerunning it after a wire change shows up as a reviewable diff of the seeds.
  */
 #include <stdio.h>
@@ -10,6 +10,7 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
+#include "codec/compress.h"
 #include "fuzz.h"
 #include "postcopy-fuzz.h"
 
@@ -297,6 +298,149 @@ static void gen_data(void)
 	put("data", "valid-block-1-zero", bz, n);
 }
 
+/* ---- device state: a stream of frames, each on channel seq mod 2 (fuzz-state.c) ---- */
+typedef struct stream {
+	GByteArray *buf;
+	uint32_t seq[FUZZ_DATA_CHANNELS]; /* next seq per channel: channel, channel + 2, ... */
+} stream;
+
+static size_t stream_ram_end(stream *st, unsigned ch)
+{
+	uint8_t m[TM_FRAME_HDR_LEN + TM_RAM_END_LEN];
+	size_t at = st->buf->len;
+	size_t n = tm_ram_end_encode(m, st->seq[ch], TM_RAM_END_FINAL, 0, 0);
+
+	st->seq[ch] += FUZZ_DATA_CHANNELS;
+	g_byte_array_append(st->buf, m, (guint)n);
+	return at;
+}
+
+/* Appends one chunk (data: data_len bytes of a pattern); returns the offset of its frame. */
+static size_t stream_chunk(stream *st, const tm_state_hdr *h, const char *name)
+{
+	uint8_t m[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME];
+	unsigned ch = (unsigned)(h->chunk % FUZZ_DATA_CHANNELS);
+	size_t at = st->buf->len;
+	size_t n = tm_state_encode(m, st->seq[ch], h, name);
+
+	st->seq[ch] += FUZZ_DATA_CHANNELS;
+	g_byte_array_append(st->buf, m, (guint)n);
+	for (uint32_t i = 0; i < h->data_len; i++) {
+		uint8_t b = (uint8_t)(h->chunk * 31 + i);
+		g_byte_array_append(st->buf, &b, 1);
+	}
+	return at;
+}
+
+static void gen_state(void)
+{
+	stream st = { .buf = g_byte_array_new(), .seq = { 0, 1 } };
+	const uint32_t ps = FUZZ_DATA_PACKET_SIZE;
+
+	stream_ram_end(&st, 0);
+	stream_ram_end(&st, 1);
+	/* "cpu0" 100 bytes: chunk 0; "dev" ps + 1: chunks 1, 2; "empty": chunk 3; END: chunk 4. */
+	tm_state_hdr c0 = { 0, TM_STATE_FIRST | TM_STATE_LAST, 4, 0, 100, 0, 100 };
+	tm_state_hdr c1 = { 1, TM_STATE_FIRST, 3, 1, ps + 1u, 0, ps };
+	tm_state_hdr c2 = { 1, TM_STATE_LAST, 0, 2, ps + 1u, ps, 1 };
+	tm_state_hdr c3 = { 2, TM_STATE_FIRST | TM_STATE_LAST, 5, 3, 0, 0, 0 };
+	tm_state_hdr c4 = { 3, TM_STATE_END, 0, 4, 0, 0, 0 };
+	size_t o0 = stream_chunk(&st, &c0, "cpu0") + TM_FRAME_HDR_LEN;
+	size_t o1 = stream_chunk(&st, &c1, "dev") + TM_FRAME_HDR_LEN;
+	size_t o2 = stream_chunk(&st, &c2, NULL) + TM_FRAME_HDR_LEN;
+	size_t o3 = stream_chunk(&st, &c3, "empty") + TM_FRAME_HDR_LEN;
+	size_t o4 = stream_chunk(&st, &c4, NULL) + TM_FRAME_HDR_LEN;
+	const uint8_t *v = st.buf->data;
+	size_t n = st.buf->len;
+
+	put("state", "valid-3-sections", v, n);
+	/* Each mutation: one field of one chunk (body offsets as in docs/wire-format.md). */
+	put_mut("state", "wrong-channel", v, n, o1 - TM_FRAME_HDR_LEN + 12, 2); /* seq: channel 0 */
+	put_mut("state", "chunk-skipped", v, n, o2 + 8, 4);
+	put_mut("state", "section-out-of-order", v, n, o1 + 0, 2);
+	put_mut("state", "section-huge", v, n, o0 + 3, 1);
+	put_mut("state", "flags-unknown", v, n, o0 + 4, 0x0b);
+	put_mut("state", "first-missing", v, n, o1 + 4, 0);
+	put_mut("state", "name-len-0", v, n, o0 + 6, 0);
+	put_mut("state", "name-esc", v, n, o0 + TM_STATE_HDR_LEN + 1, 0x1b);
+	put_mut("state", "name-del", v, n, o0 + TM_STATE_HDR_LEN, 0x7f);
+	put_mut("state", "name-bad-utf8", v, n, o0 + TM_STATE_HDR_LEN + 3, 0xff);
+	put_mut("state", "name-unexpected", v, n, o1 + TM_STATE_HDR_LEN + 2, 'x');
+	put_mut("state", "section-len-over-limit", v, n, o1 + 16 + 3, 0x10);
+	put_mut("state", "section-len-changes", v, n, o2 + 16, 2);
+	put_mut("state", "offset-wrong", v, n, o2 + 24, 1);
+	put_mut("state", "last-missing", v, n, o0 + 4, TM_STATE_FIRST);
+	put_mut("state", "data-len-past-section", v, n, o2 + 32, 2);
+	put_mut("state", "reserved", v, n, o3 + 36, 1);
+	put_mut("state", "end-count", v, n, o4 + 0, 2);
+	put_mut("state", "end-with-data", v, n, o4 + 16, 1);
+	put_mut("state", "body-len", v, n, o3 - TM_FRAME_HDR_LEN + 8, 46);
+	put("state", "truncated", v, n - 1);
+	/* Without the RAM_END of channel 0: its first STATE comes before the end of RAM. */
+	size_t skip = TM_FRAME_HDR_LEN + TM_RAM_END_LEN;
+	put("state", "before-ram-end", v + skip, n - skip);
+	put_mut("state", "ram-end-postcopy", v, n, TM_FRAME_HDR_LEN, TM_RAM_END_POSTCOPY);
+	put_mut("state", "ram-end-reserved", v, n, TM_FRAME_HDR_LEN + 4, 1);
+
+	/* One more section after END_OF_STATE. */
+	tm_state_hdr c5 = { 3, TM_STATE_FIRST | TM_STATE_LAST, 2, 5, 1, 0, 1 };
+	stream_chunk(&st, &c5, "xx");
+	put("state", "after-end", st.buf->data, st.buf->len);
+	g_byte_array_unref(st.buf);
+
+	stream big = { .buf = g_byte_array_new(), .seq = { 0, 1 } };
+	stream_ram_end(&big, 0);
+	stream_ram_end(&big, 1);
+	/* Sections of 256 KiB, 256 KiB and 1 byte: over fuzz-state's max_state_total of 512 KiB. */
+	uint64_t g = 0;
+	for (uint32_t sec = 0; sec < 3; sec++) {
+		uint64_t len = sec < 2 ? 256u * 1024u : 1;
+		for (uint64_t off = 0; off < len; off += ps, g++) {
+			uint32_t dl = (uint32_t)MIN((uint64_t)ps, len - off);
+			tm_state_hdr h = { sec, (uint16_t)((off == 0 ? TM_STATE_FIRST : 0) |
+							  (off + dl == len ? TM_STATE_LAST : 0)),
+					   (uint16_t)(off == 0 ? 3 : 0), g, len, off, dl };
+			stream_chunk(&big, &h, "big");
+		}
+	}
+	put("state", "over-total", big.buf->data, big.buf->len);
+	g_byte_array_unref(big.buf);
+}
+
+/* fuzz-decompress: [codec/page size][pages] + a real stream of text-like pages, both codecs. */
+static void gen_decompress(void)
+{
+	g_autoptr(tm_zctx) z = NULL;
+	static const uint32_t sizes[] = { 4096, 16384, 65536 };
+
+	if (tm_zctx_new(16 * 65536, &z, NULL) < 0)
+		g_error("tm_zctx_new");
+	size_t cap = tm_zctx_bound(z);
+	g_autofree uint8_t *buf = g_malloc(cap + 2);
+	for (unsigned sel = 0; sel < 6; sel++) {
+		tm_zcodec c = sel & 1 ? TM_ZCODEC_LZ4 : TM_ZCODEC_ZSTD;
+		uint32_t ps = sizes[(sel >> 1) % 3];
+		unsigned n = sel + 1;
+		uint8_t *pages[16];
+		if (!(tm_zcodec_available() & (1u << c)))
+			continue;
+		for (unsigned i = 0; i < n; i++) {
+			pages[i] = g_malloc(ps);
+			for (uint32_t j = 0; j < ps; j++)
+				pages[i][j] = j % 97 < 50 ? (uint8_t)"page data "[j % 10] : (uint8_t)(j * i);
+		}
+		ssize_t len = tm_zcompress(z, c, 1, pages, n, ps, buf + 2, cap, NULL);
+		if (len <= 0)
+			g_error("gen_decompress: %s did not compress", tm_zcodec_name(c));
+		buf[0] = (uint8_t)sel;
+		buf[1] = (uint8_t)(n - 1);
+		g_autofree char *name = g_strdup_printf("%s-%u-%ux%u", tm_zcodec_name(c), sel, n, ps);
+		put("decompress", name, buf, (size_t)len + 2);
+		for (unsigned i = 0; i < n; i++)
+			g_free(pages[i]);
+	}
+}
+
 /* One URGENT of the postcopy fuzz session answering req_id (fuzz_urgent_request()). */
 static uint8_t *urgent_msg(uint64_t req_id, size_t *ret_len)
 {
@@ -413,6 +557,8 @@ int main(int argc, char **argv)
 	gen_frame();
 	gen_hello();
 	gen_data();
+	gen_state();
+	gen_decompress();
 	gen_postcopy();
 	return 0;
 }

@@ -107,8 +107,14 @@ static void *recv_thread(void *arg)
 			tm_tag_store_new(&tm_tag_store_soft, layout, NULL, &tags, NULL);
 		a->result = tm_receiver_start(r, layout, tags, &error);
 	}
-	if (!a->result)
-		a->result = tm_receiver_wait(r, &error);
+	while (!a->result && (a->result = tm_receiver_wait(r, &error)) == 1) {
+		tm_state_info info;
+		while ((a->result = tm_receiver_next_state(r, &info, &error)) == 1) {
+			g_autofree uint8_t *buf = g_malloc(info.length + 1);
+			if ((a->result = tm_receiver_read_state(r, buf, info.length, &error)) < 0)
+				break;
+		}
+	}
 	if (a->result)
 		g_printerr("gen-session: receiver: %s\n", error ? error->message : "failed");
 	tm_receiver_free(r);
@@ -194,7 +200,17 @@ static void record(const char *dir, const char *name, unsigned channels, unsigne
 	/* A second round: a few pages again, one of them changed. */
 	uint64_t again[] = { 1, 2, 9 };
 	((uint8_t *)host[0])[2 * 4096] ^= 0x5a;
-	if (tm_sender_queue_pages(s, 0, again, 3, &error) < 0 || tm_sender_finish(s, &error) < 0)
+	if (tm_sender_guest_stopped(s, &error) < 0 || tm_sender_queue_pages(s, 0, again, 3, &error) < 0)
+		g_error("sender: %s", error->message);
+	/* Protocol 2: device state, one section of two chunks (packet_size 64 KiB) and an empty one. */
+	static uint8_t dev[65536 + 100];
+	for (size_t i = 0; i < sizeof(dev); i++)
+		dev[i] = (uint8_t)(i * 7);
+	if (wire_version == 2 && (tm_sender_put_state(s, "cpu0", dev, 100, 0, &error) < 0 ||
+				  tm_sender_put_state(s, "dev", dev, sizeof(dev), 0, &error) < 0 ||
+				  tm_sender_put_state(s, "empty", NULL, 0, 0, &error) < 0))
+		g_error("sender: %s", error->message);
+	if (tm_sender_finish(s, &error) < 0)
 		g_error("sender: %s", error->message);
 	tm_sender_free(s);
 	pthread_join(rt, NULL);

@@ -660,9 +660,10 @@ static void test_hello_mix_refused(void)
 }
 
 /*
- * A hand-made protocol 2 sender with one data channel: a clean handshake and END on the data
- * channel, then whatever the case puts on the control connection. The receiver checks it as
- * every other peer byte: only END (0, 0, 0) in protocol 2 is accepted.
+ * A hand-made protocol 2 sender with one data channel: a clean handshake, RAM_END, the end of
+ * device state and END on the data channel, READY back on control, then whatever the case puts
+ * on the control connection. The receiver checks it as every other peer byte: only END (0, 0, 0)
+ * in protocol 2 is accepted.
  */
 static void test_control_end_checked(void)
 {
@@ -682,7 +683,9 @@ static void test_control_end_checked(void)
 	guest_init(&dst, a, 1, false);
 	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
 		peer p;
-		uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+		/* large enough for a STATE header (tm_state_encode) */
+		uint8_t buf[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME];
+		const size_t ack_len = TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN;
 		g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
 		int fd0 = raw_hello(port, 2, TM_ROLE_DATA, 0, 1);
 		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
@@ -690,16 +693,24 @@ static void test_control_end_checked(void)
 
 		for (int k = 0; k < 2; k++) {
 			int fd = k ? fdc : fd0;
-			g_assert_cmpint(recv(fd, buf, sizeof(buf), MSG_WAITALL), ==, sizeof(buf));
+			g_assert_cmpint(recv(fd, buf, ack_len, MSG_WAITALL), ==, (ssize_t)ack_len);
 			g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
 			g_assert_cmpuint(f.type, ==, TM_MSG_HELLO_ACK);
 		}
-		const uint64_t zero[3] = { 0, 0, 0 }, one[3] = { 1, 0, 0 };
-		size_t n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 1, zero);
+		const uint64_t zero[3] = { 0, 0, 0 }, one[3] = { 1, 0, 0 }, eos[3] = { 0, 0, 1 };
+		const tm_state_hdr end = { .flags = TM_STATE_END };
+		size_t n = tm_ram_end_encode(buf, 1, TM_RAM_END_FINAL, 0, 0);
+		g_assert_cmpint(write(fd0, buf, n), ==, (ssize_t)n);
+		n = tm_state_encode(buf, 2, &end, NULL);
+		g_assert_cmpint(write(fd0, buf, n), ==, (ssize_t)n);
+		n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 3, eos);
 		g_assert_cmpint(write(fd0, buf, n), ==, (ssize_t)n);
 		g_assert_cmpint(recv(fd0, buf, TM_FRAME_HDR_LEN + 16, MSG_WAITALL), ==,
 				TM_FRAME_HDR_LEN + 16);
 		g_assert_cmpuint(buf[5], ==, TM_MSG_END_ACK);
+		g_assert_cmpint(recv(fdc, buf, TM_FRAME_HDR_LEN + 8, MSG_WAITALL), ==,
+				TM_FRAME_HDR_LEN + 8);
+		g_assert_cmpuint(buf[5], ==, TM_MSG_READY);
 		if (i == 0)
 			n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 1, one);
 		else if (i == 1)

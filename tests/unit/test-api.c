@@ -4,6 +4,7 @@
  * the version script exports). Migrates a small tagged guest over loopback and checks it.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -208,6 +209,39 @@ static void test_rounds_before_connect(void)
 	g_aligned_free(ram);
 }
 
+/* Device state before any session: refused with words; bad state_names refused at set_live. */
+static void test_state_before_connect(void)
+{
+	g_autoptr(tm_ram_layout) l = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	g_autoptr(tm_receiver) r = NULL;
+	g_autoptr(GError) err = NULL;
+	uint8_t *ram = g_aligned_alloc0(1 << 20, 1, 65536);
+	static const char *const bad[] = { "cpu0", "dev\t1", NULL };
+	static const char *const good[] = { "cpu0", "dev", NULL };
+	tm_state_info info;
+	char buf[4];
+
+	g_assert_cmpint(tm_ram_layout_new(&l), ==, 0);
+	g_assert_cmpint(tm_ram_layout_add_block(l, "ram", ram, 1 << 20, 4096, 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_new(l, NULL, NULL, &s, &err), ==, 0);
+	expect_live(tm_sender_put_state(s, "cpu0", "x", 1, TM_STATE_COPY, &err), &err, EBADFD,
+		    "not open");
+	g_assert_cmpint(tm_receiver_new(NULL, &r, &err), ==, 0);
+	expect_live(tm_receiver_next_state(r, &info, &err), &err, EBADFD, "not running");
+	expect_live(tm_receiver_read_state(r, buf, 1, &err), &err, EBADFD, "not running");
+	tm_live_config lc = { .size = sizeof(lc), .state_names = bad };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL,
+		    "state_names[1]: state section name: control character 0x09 at byte 3");
+	lc.state_names = good;
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+	/* A caller built before state_names existed: the field is not read. */
+	lc.state_names = bad;
+	lc.size = offsetof(tm_live_config, state_names);
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+	g_aligned_free(ram);
+}
+
 /* tm_tag_buffer_check: the check `tagmig send` runs on a tag file before it connects. */
 static void test_tag_buffer_check(void)
 {
@@ -266,6 +300,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/api/tag-buffer-check", test_tag_buffer_check);
 	g_test_add_func("/api/live-config", test_live_config);
 	g_test_add_func("/api/rounds-before-connect", test_rounds_before_connect);
+	g_test_add_func("/api/state-before-connect", test_state_before_connect);
 	g_test_add_func("/api/version", test_version);
 	return g_test_run();
 }

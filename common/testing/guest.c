@@ -21,6 +21,7 @@ typedef struct gblock {
 	uint32_t *gen;           /* per page, written by its writer only (atomics for readers) */
 	dirty_log *ram_log, *tags_log;
 	uint64_t *scratch;       /* one bit per host page of RAM or tag array, for collect */
+	uint8_t *tags_seen;      /* the tags as the last collection saw them (see collect) */
 } gblock;
 
 typedef struct writer {
@@ -186,6 +187,7 @@ int test_guest_new(const test_guest_config *cfg, test_guest **ret, GError **erro
 			write_page(g, bi, p, 1);
 	for (unsigned bi = 0; bi < g->nblocks; bi++) {
 		gblock *b = &g->b[bi];
+		b->tags_seen = g_memdup2(b->tags, b->tags_len);
 		if ((r = dirty_log_new(b->ram, b->len, DIRTY_LOG_AUTO, &b->ram_log, error)) < 0 ||
 		    (r = dirty_log_new(b->tags, b->tags_len, DIRTY_LOG_AUTO, &b->tags_log, error)) < 0)
 			return r;
@@ -265,10 +267,24 @@ int64_t test_guest_collect(test_guest *g, uint64_t **bitmaps, GError **error)
 		for (uint64_t h = 0; h < (b->tags_len + g->host_page - 1) / g->host_page; h++) {
 			if (!(b->scratch[h / 64] & (1ull << (h % 64))))
 				continue;
+			/*
+			 * A tag-array page holds the tags of 16 (4 KiB) guest pages: only those whose
+			 * tags differ from what the last collection saw are dirty, as a VMM that
+			 * tracks tags per page would report (else one tag write would dirty 16
+			 * pages). The dirty log re-protected the page before this read, so a write
+			 * racing with it dirties the page again for the next collection.
+			 */
 			uint64_t first = h * covered / b->page_size;
 			uint64_t last = MIN(((h + 1) * covered + b->page_size - 1) / b->page_size, b->pages);
-			for (uint64_t p = first; p < last; p++)
+			size_t ntags = b->page_size / TM_TAG_GRANULE;
+			for (uint64_t p = first; p < last; p++) {
+				uint8_t *now = b->tags + p * ntags, *seen = b->tags_seen + p * ntags;
+
+				if (memcmp(now, seen, ntags) == 0)
+					continue;
+				memcpy(seen, now, ntags);
 				added += set_bit(bitmaps[bi], p);
+			}
 		}
 	}
 	return added;
@@ -340,6 +356,7 @@ void test_guest_free(test_guest *g)
 			munmap(b->tags_map, b->tags_map_len);
 		g_free(b->gen);
 		g_free(b->scratch);
+		g_free(b->tags_seen);
 	}
 	g_free(g->w);
 	g_free(g);

@@ -13,8 +13,9 @@
  *   a new generation g and a shape by (p + g) % 8: data and tags derived from (block, page, g);
  *   zero data with non-zero tags; zero data and zero tags; tags only (data kept); data only (tags
  *   kept). Data is written before tags.
- * - Dirty pages: one dirty log on each block's RAM and one on each tag array; a written tag-array
- *   page marks every guest page whose tags it holds (16 of "pc.ram", 1 of "vram").
+ * - Dirty pages: one dirty log on each block's RAM and one on each tag array; in a written tag-array
+ *   page, the guest pages whose tags differ from the last collection's copy (of 16 for "pc.ram", 1
+ *   for "vram") are dirty.
  *
  * Threads: test_guest_start/stop/collect/free from one thread (the "VMM"); the writers run
  * between start and stop.

@@ -1,0 +1,138 @@
+/* The MTE test guest's pass loop (docs/aarch64.md, "The reference VMM's guest").
+ *
+ * Pass N (N = 1, 2, ...): write the window with generation N (pattern.c), read every word back
+ * through tagged pointers, read every tag with LDG, report "pass N ok". The first mismatch or
+ * fault is reported and the guest stops. */
+#include "guest.h"
+
+#ifndef TM_GUEST_DEFAULT_SELFTEST
+#define TM_GUEST_DEFAULT_SELFTEST TM_GUEST_SELFTEST_NONE
+#endif
+
+/* Defaults for QEMU's virt machine with -m 128M: RAM at 0x40000000, the PL011 UART's data
+ * register as the report port, PSCI through HVC (virt without EL2). A loader overwrites them in
+ * its copy of the image, so the block is not const: the compiler must read it, not fold these
+ * initial values into the code. */
+__attribute__((section(".head.params"), used)) struct tm_guest_params tm_guest_params = {
+	.magic = TM_GUEST_MAGIC,
+	.version = TM_GUEST_VERSION,
+	.size = sizeof(struct tm_guest_params),
+	.ram_base = 0x40000000,
+	.ram_size = 128 << 20,
+	.port = 0x09000000,
+	.window_base = 0,
+	.window_size = 0,
+	.passes = 0,
+	.selftest = TM_GUEST_DEFAULT_SELFTEST,
+	.selftest_pass = 2,
+	/* page 1 of the window is a zero-data page: granule 3 of it */
+	.selftest_offset = 0x1030,
+	.stop = TM_GUEST_STOP_HVC,
+};
+
+uint64_t guest_pass;
+
+extern char __image_start[];
+extern char __image_end[];
+
+__attribute__((noreturn)) void guest_stop(void)
+{
+	/* PSCI SYSTEM_OFF, function ID 0x84000008 (PSCI 0.2+, SMC32 convention). */
+	register uint64_t x0 __asm__("x0") = 0x84000008;
+	if (tm_guest_params.stop == TM_GUEST_STOP_HVC)
+		__asm__ volatile("hvc #0" : "+r"(x0) : : "memory");
+	else if (tm_guest_params.stop == TM_GUEST_STOP_SMC)
+		__asm__ volatile("smc #0" : "+r"(x0) : : "memory");
+	for (;;)
+		__asm__ volatile("wfi");
+}
+
+static void say(const char *a, uint64_t v, const char *b)
+{
+	report_str(a);
+	report_hex(v);
+	report_str(b);
+}
+
+/* The damage a self-check run does: *when* is 0 after the write phase, 1 after the data sweep. */
+static void selftest(uint64_t base, uint64_t gen, int when)
+{
+	const struct tm_guest_params *p = &tm_guest_params;
+	uint64_t g = base + (p->selftest_offset & ~(GRANULE - 1));
+	if (gen != p->selftest_pass)
+		return;
+	uint64_t tag = mte_ldg(g);
+	uint64_t bad = (tag + 1) & 0xf; /* any tag but the right one */
+	switch (p->selftest) {
+	case TM_GUEST_SELFTEST_DATA:
+		if (when != 0)
+			return;
+		say("selftest: flipping bit 0 of the data at ", g, "\n");
+		*(volatile uint64_t *)tagged(g, tag) ^= 1;
+		break;
+	case TM_GUEST_SELFTEST_TAG:
+		if (when != 0)
+			return;
+		say("selftest: changing the tag at ", g, "\n");
+		mte_stg(tagged(g, bad));
+		break;
+	case TM_GUEST_SELFTEST_TAG_LDG:
+		if (when != 1)
+			return;
+		say("selftest: changing the tag at ", g, " after the data sweep\n");
+		mte_stg(tagged(g, bad));
+		break;
+	}
+}
+
+void guest_main(void)
+{
+	const struct tm_guest_params *p = &tm_guest_params;
+	uint64_t base = p->window_base ? p->window_base : p->ram_base + (4ULL << 20);
+	uint64_t size = p->window_size ? p->window_size : 1ULL << 20;
+	uint64_t img0 = (uint64_t)__image_start, img1 = (uint64_t)__image_end;
+
+	report_str("tmguest: ram ");
+	report_hex(p->ram_base);
+	say("+", p->ram_size, " window ");
+	report_hex(base);
+	say("+", size, " image ");
+	report_hex(img0);
+	say("-", img1, " port ");
+	report_hex(p->port);
+	report_str(" passes ");
+	report_dec(p->passes);
+	report_str(" selftest ");
+	report_dec(p->selftest);
+	report_line_end();
+
+	if ((base | size) & (PAGE - 1) || !size || size % (4 * PAGE) || base < p->ram_base ||
+	    base + size > p->ram_base + p->ram_size || base + size < base ||
+	    (base < img1 && img0 < base + size)) {
+		report_str("error: the window must be 16 KiB multiples inside RAM, clear of the image\n");
+		return;
+	}
+	if (p->selftest && (p->selftest_offset >= size || !p->selftest_pass)) {
+		report_str("error: selftest_offset outside the window or selftest_pass 0\n");
+		return;
+	}
+
+	for (;;) {
+		uint64_t gen = ++guest_pass;
+		pattern_write(base, size, gen);
+		selftest(base, gen, 0);
+		if (pattern_check_data(base, size, gen) < 0)
+			return;
+		selftest(base, gen, 1);
+		if (pattern_check_tags(base, size, gen) < 0)
+			return;
+		report_str("pass ");
+		report_dec(gen);
+		report_str(" ok\n");
+		if (p->passes && gen >= p->passes)
+			break;
+	}
+	report_str("done ");
+	report_dec(guest_pass);
+	report_str(" passes\n");
+}
