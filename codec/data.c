@@ -185,7 +185,7 @@ static int check_entry(const tm_data_hdr *hdr, const tm_hello *session, unsigned
 	/* page < 2^32 and page_size <= 2^16: the offset fits in 64 bits. */
 	unsigned want = tm_channel_of(b->chunk_base, (uint64_t)e->page * b->page_size,
 				      session->chunk_size, session->channel_count);
-	if (want != channel) {
+	if (channel != TM_CHANNEL_ANY && want != channel) {
 		label = block_label(b);
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "DATA entry %u: page %u of block %u '%s' arrived on channel %u, belongs to channel %u",
@@ -212,7 +212,7 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 			    session->packet_size / b->page_size);
 		return -EMSGSIZE;
 	}
-	if (channel >= session->channel_count) {
+	if (channel != TM_CHANNEL_ANY && channel >= session->channel_count) {
 		g_set_error(error, TM_ERROR, ERANGE, "DATA: channel %u out of range (%u channels)",
 			    channel, session->channel_count);
 		return -ERANGE;
