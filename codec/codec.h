@@ -11,6 +11,7 @@
  */
 #pragma once
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -171,10 +172,14 @@ static inline uint32_t tm_tag_payload_len(uint8_t tag_enc, uint32_t page_size)
 int tm_data_hdr_decode(const uint8_t *buf, size_t len, const tm_hello *session, tm_data_hdr *ret,
 		       GError **error);
 
+/* `channel` of tm_data_entries_decode() for a DATA body inside URGENT: no striping check. */
+#define TM_CHANNEL_ANY UINT_MAX
+
 /*
  * Decodes hdr->page_count entries from buf (len must be at least 8 * page_count, else truncated)
  * into out[]; checks every entry: page in range, kind and tag_enc valid and consistent with the
- * session's features, reserved zero, the page's chunk on `channel`, and that data_len and tag_len
+ * session's features, reserved zero, the page's chunk on `channel` (unless TM_CHANNEL_ANY: the
+ * body of an URGENT, which is off the striping), and that data_len and tag_len
  * of hdr equal what the entries imply, and that body_len == TM_DATA_HDR_LEN + entries + data + tags.
  */
 int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t len,
@@ -197,11 +202,16 @@ int tm_data_tags_expand(const tm_data_hdr *hdr, const tm_page_entry *entries, ui
  *   n = tm_recv_plan_begin(plan, session, body_len)   receive n bytes at plan->head
  *   n = tm_recv_plan_header(plan)                     receive n bytes at plan->head + 16
  *   tm_recv_plan_entries(plan, channel, block_host)   receive payload_len bytes into plan->iov
- *   tm_recv_plan_tags(plan)                           then apply the entries (zero pages),
- *                                                     plan->tags by runs (tm_recv_plan_run_end)
+ *   tm_recv_plan_tags(plan)                           then
+ *   tm_recv_plan_commit(plan)                         the staged data into guest RAM, then apply
+ *                                                     the entries (zero pages), plan->tags by
+ *                                                     runs (tm_recv_plan_run_end)
  *
  * Every step checks what it decodes (tm_data_hdr_decode, tm_data_entries_decode,
  * tm_data_tags_expand) before the next step's I/O, so no iovec ever points outside the block.
+ * No byte of page data reaches guest RAM before every field of the packet is checked: a packet
+ * whose tag payload (which follows the data) holds uniform tag bytes still to check has its data
+ * staged (plan->staged) and copied in by tm_recv_plan_commit() after tm_recv_plan_tags().
  * Errors as the decoders' (no channel named: the caller prefixes it).
  */
 typedef struct tm_recv_plan {
@@ -220,6 +230,10 @@ typedef struct tm_recv_plan {
 	unsigned data_iov_count; /* iov[0..data_iov_count): page data runs */
 	unsigned iov_count;      /* data runs plus the tag payload when there is one */
 	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
+	uint8_t *block_host;     /* the block's guest RAM (tm_recv_plan_entries) */
+	bool staged;             /* the page data goes to stage first (tm_recv_plan_commit) */
+	uint8_t *stage;          /* packet_size bytes, allocated at the first staged packet */
+	uint32_t packet_size;
 } tm_recv_plan;
 
 /* Allocates the buffers for packets of up to packet_size bytes (of 4 KiB pages at most). */
@@ -254,6 +268,12 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
  * (tm_data_tags_expand). A session without the tag feature has no tag payload: nothing to do.
  */
 int tm_recv_plan_tags(tm_recv_plan *plan, GError **error);
+
+/*
+ * After tm_recv_plan_tags() succeeded: copies a staged packet's page data into guest RAM (its
+ * NORMAL pages, in entry order). No-op for a packet received straight into guest RAM.
+ */
+void tm_recv_plan_commit(tm_recv_plan *plan);
 
 /* End of the run of consecutive pages that starts at entry i: the first entry after it. */
 uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i);
@@ -365,6 +385,119 @@ size_t tm_hello_ack_encode(uint8_t *out, uint32_t seq, const tm_hello_ack *ack);
 /* Decodes a protocol 2 HELLO_ACK body (exactly 32 bytes, reserved 0) and checks it. */
 int tm_hello_ack_decode(const uint8_t *buf, size_t len, uint32_t offered, tm_hello_ack *ret,
 			GError **error);
+
+/* ---- postcopy messages (protocol 2; codec/postcopy.c) ---- */
+/*
+ * DISCARD, POSTCOPY, PAGE_REQ, URGENT and REQ_END (docs/wire-format.md, "Postcopy messages").
+ * RAM_END and READY, which postcopy shares with precopy, are with STATE (codec/state.c).
+ * Checked here: every rule of one message given the session and what the caller passes in
+ * (the expected req_id, the outstanding count, the request an URGENT answers). Left to the
+ * session, which holds the state: "only in postcopy", "once", "after REQ_END", and a page
+ * requested twice in an epoch (the sender's answered bits).
+ */
+#define TM_POSTCOPY_LEN 8u
+#define TM_PAGE_REQ_LEN 24u
+#define TM_REQ_END_LEN 8u
+#define TM_URGENT_ID_LEN 8u /* the req_id in front of an URGENT's DATA body */
+
+/* One DISCARD range: pages [first_page, first_page + npages) of the message's block. */
+typedef struct tm_discard_range {
+	uint32_t first_page;
+	uint32_t npages;
+} tm_discard_range;
+
+/*
+ * Encodes frame (protocol 2) + DISCARD body for block and count ranges (1..TM_MAX_DISCARD_RANGES)
+ * into out, which holds TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8 * count bytes; returns that
+ * length. The ranges must be valid (the sender runs them past tm_discard_check() in its tests).
+ */
+size_t tm_discard_encode(uint8_t *out, uint32_t seq, uint32_t block, const tm_discard_range *ranges,
+			 uint32_t count);
+
+/*
+ * Decodes a DISCARD body of len bytes that arrived on data channel `channel` of session: block
+ * < block_count (-ERANGE); count 1..512 (0: -EBADMSG, more: -EMSGSIZE); len exactly
+ * 8 + 8 * count (-EBADMSG); each range npages >= 1 (-EBADMSG), inside the block (-ERANGE),
+ * inside one striping chunk of this channel (-EPROTO), ascending and disjoint (-EBADMSG).
+ * On success *ret_block, ret_ranges[0..count) (room for TM_MAX_DISCARD_RANGES) and *ret_count;
+ * nothing is written on failure.
+ */
+int tm_discard_decode(const uint8_t *buf, size_t len, const tm_hello *session, unsigned channel,
+		      uint32_t *ret_block, tm_discard_range *ret_ranges, uint32_t *ret_count,
+		      GError **error);
+
+/* POSTCOPY (control, s->r): frame + u64 pages_missing; returns the length. */
+size_t tm_postcopy_encode(uint8_t *out, uint32_t seq, uint64_t pages_missing);
+/*
+ * Decodes a POSTCOPY body: postcopy agreed (HELLO_ACK features) else -EPROTO; exactly 8 bytes
+ * (-EBADMSG); pages_missing <= the pages of the session's layout (-ERANGE).
+ */
+int tm_postcopy_decode(const uint8_t *buf, size_t len, const tm_hello *session, bool postcopy,
+		       uint64_t *ret_pages_missing, GError **error);
+
+/* A page request: count pages from page of block. */
+typedef struct tm_page_req {
+	uint64_t req_id;
+	uint32_t block;
+	uint32_t page;
+	uint16_t count;
+} tm_page_req;
+
+/* The request window of an urgent connection, as its sender (the reader of PAGE_REQ) keeps it. */
+typedef struct tm_req_window {
+	uint64_t next_id;         /* req_id the next PAGE_REQ must carry: 1, 2, ... */
+	uint32_t outstanding;     /* requests read and not yet answered */
+	uint32_t max_outstanding; /* agreed in HELLO_ACK, 1..TM_MAX_OUTSTANDING */
+} tm_req_window;
+
+/* Largest count of a PAGE_REQ for block b: min(TM_MAX_REQ_PAGES, packet_size / page_size). */
+uint32_t tm_page_req_max_pages(const tm_hello *session, uint32_t block);
+
+/* PAGE_REQ (urgent, r->s): frame + 24-byte body; returns TM_FRAME_HDR_LEN + TM_PAGE_REQ_LEN. */
+size_t tm_page_req_encode(uint8_t *out, uint32_t seq, const tm_page_req *req);
+/*
+ * Decodes a PAGE_REQ body: exactly 24 bytes and reserved 0 (-EBADMSG); req_id == win->next_id
+ * (-EPROTO); win->outstanding < win->max_outstanding (-EPROTO "request flood"); block in range
+ * (-ERANGE); count 1..tm_page_req_max_pages() (0: -EBADMSG, more: -EMSGSIZE); page + count
+ * within the block (-ERANGE). The caller advances the window (next_id++, outstanding++).
+ */
+int tm_page_req_decode(const uint8_t *buf, size_t len, const tm_hello *session,
+		       const tm_req_window *win, tm_page_req *ret, GError **error);
+
+/*
+ * URGENT (urgent, s->r) is u64 req_id and then a DATA body. The sender builds the DATA body with
+ * tm_packet_* as usual (block and pages of the request, in order), then, instead of
+ * tm_packet_finish(): writes frame header + req_id into prefix and returns the iovec count;
+ * the message is prefix (TM_FRAME_HDR_LEN + 8 bytes) followed by pkt->iov[0..count). *ret_len
+ * is the whole message's length.
+ */
+unsigned tm_urgent_finish(tm_packet *pkt, uint32_t seq, uint64_t req_id,
+			  uint8_t prefix[TM_FRAME_HDR_LEN + TM_URGENT_ID_LEN], size_t *ret_len);
+/*
+ * First step of decoding an URGENT body of body_len bytes: the req_id at buf (len >= 8), and a
+ * body long enough for req_id and a DATA header (-EBADMSG). The DATA body that follows
+ * (body_len - 8 bytes) is decoded with tm_data_hdr_decode(), tm_urgent_check(..., NULL) and
+ * tm_data_entries_decode(..., TM_CHANNEL_ANY, body_len - 8, ...), then held against its request
+ * by tm_urgent_check() with the entries.
+ */
+int tm_urgent_id_decode(const uint8_t *buf, size_t len, uint32_t body_len, uint64_t *ret_req_id,
+			GError **error);
+/*
+ * Checks a decoded URGENT against the request it names: req is the outstanding request with
+ * req_id (NULL: none is, -EPROTO "URGENT for request 9, which is not outstanding"); the DATA
+ * header's block and page_count equal the request's and the entries are its pages in order
+ * (-EPROTO); page_count <= TM_MAX_REQ_PAGES (-EMSGSIZE). Call it first with entries NULL, right
+ * after tm_data_hdr_decode() (checks the header alone: then entries fit a buffer of
+ * TM_MAX_REQ_PAGES), and again with the decoded entries.
+ */
+int tm_urgent_check(const tm_hello *session, uint64_t req_id, const tm_page_req *req,
+		    const tm_data_hdr *hdr, const tm_page_entry *entries, GError **error);
+
+/* REQ_END (urgent, r->s): frame + u64 requests_sent; returns the length. */
+size_t tm_req_end_encode(uint8_t *out, uint32_t seq, uint64_t requests_sent);
+/* Decodes a REQ_END body: exactly 8 bytes (-EBADMSG); requests_sent == requests_read (-EPROTO). */
+int tm_req_end_decode(const uint8_t *buf, size_t len, uint64_t requests_read,
+		      uint64_t *ret_requests_sent, GError **error);
 
 /* ERROR: encodes frame + body into out (at most TM_FRAME_HDR_LEN + 8 + 1024 bytes); returns length. */
 size_t tm_error_encode(uint8_t *out, uint32_t seq, int code, const char *message);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "common/escape.h"
 #include "tagmig/error.h"
 
 static const char *enc_name(uint8_t enc)
@@ -29,7 +30,7 @@ static const char *enc_name(uint8_t enc)
 /* Block names came through tm_hello_check(), but may still hold non-printable bytes. */
 static char *block_label(const tm_wire_block *b)
 {
-	return g_strescape(b->name, NULL);
+	return tm_escape_untrusted(b->name);
 }
 
 /*
@@ -184,7 +185,7 @@ static int check_entry(const tm_data_hdr *hdr, const tm_hello *session, unsigned
 	/* page < 2^32 and page_size <= 2^16: the offset fits in 64 bits. */
 	unsigned want = tm_channel_of(b->chunk_base, (uint64_t)e->page * b->page_size,
 				      session->chunk_size, session->channel_count);
-	if (want != channel) {
+	if (channel != TM_CHANNEL_ANY && want != channel) {
 		label = block_label(b);
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "DATA entry %u: page %u of block %u '%s' arrived on channel %u, belongs to channel %u",
@@ -211,7 +212,7 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 			    session->packet_size / b->page_size);
 		return -EMSGSIZE;
 	}
-	if (channel >= session->channel_count) {
+	if (channel != TM_CHANNEL_ANY && channel >= session->channel_count) {
 		g_set_error(error, TM_ERROR, ERANGE, "DATA: channel %u out of range (%u channels)",
 			    channel, session->channel_count);
 		return -ERANGE;
@@ -350,6 +351,7 @@ void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size)
 	plan->tags = g_malloc(packet_size / TM_TAG_GRANULE);
 	/* One run per page when no two pages are adjacent, and the tags. */
 	plan->iov = g_new(struct iovec, max_pages + 1);
+	plan->packet_size = packet_size;
 }
 
 void tm_recv_plan_fini(tm_recv_plan *plan)
@@ -361,6 +363,7 @@ void tm_recv_plan_fini(tm_recv_plan *plan)
 	g_free(plan->tag_payload);
 	g_free(plan->tags);
 	g_free(plan->iov);
+	g_free(plan->stage);
 	memset(plan, 0, sizeof(*plan));
 }
 
@@ -368,6 +371,7 @@ int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t bod
 		       GError **error)
 {
 	plan->session = NULL;
+	plan->staged = false;
 	plan->iov_count = plan->data_iov_count = 0;
 	plan->payload_len = 0;
 	if (body_len < TM_DATA_HDR_LEN) {
@@ -406,15 +410,27 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 	if (r < 0)
 		return r;
 
-	/* Every page is inside the block (checked above): page data goes straight into RAM. */
+	/*
+	 * Every page is inside the block (checked above): page data goes straight into RAM, unless
+	 * the tag payload that follows it still holds something to check (a uniform tag byte may
+	 * have its high nibble set): then the data waits in the stage until tm_recv_plan_tags()
+	 * accepted the tags, and tm_recv_plan_commit() copies it. Packed tags are valid whatever
+	 * their bytes, so most packets go straight in.
+	 */
+	plan->block_host = block_host;
+	plan->staged = false;
+	for (uint32_t i = 0; i < hdr->page_count && hdr->data_len; i++)
+		plan->staged = plan->staged || plan->entries[i].tag_enc == TM_TAGS_UNIFORM;
+	if (plan->staged && !plan->stage)
+		plan->stage = g_malloc(plan->packet_size);
 	const uint8_t *run_end = NULL;
 	unsigned n = 0;
-	for (uint32_t i = 0; i < hdr->page_count; i++) {
+	for (uint32_t i = 0, k = 0; i < hdr->page_count; i++) {
 		if (plan->entries[i].kind != TM_PAGE_NORMAL)
 			continue;
-		iov_append_run(plan->iov, &n, 0, &run_end,
-			       block_host + (uint64_t)plan->entries[i].page * plan->page_size,
-			       plan->page_size);
+		uint8_t *to = plan->staged ? plan->stage + (size_t)k++ * plan->page_size
+					   : block_host + (uint64_t)plan->entries[i].page * plan->page_size;
+		iov_append_run(plan->iov, &n, 0, &run_end, to, plan->page_size);
 	}
 	plan->data_iov_count = n;
 	if (hdr->tag_len) {
@@ -432,6 +448,20 @@ int tm_recv_plan_tags(tm_recv_plan *plan, GError **error)
 		return 0;
 	return tm_data_tags_expand(&plan->hdr, plan->entries, plan->page_size, plan->tag_payload,
 				   plan->hdr.tag_len, plan->tags, error);
+}
+
+void tm_recv_plan_commit(tm_recv_plan *plan)
+{
+	if (!plan->staged)
+		return;
+	const uint8_t *from = plan->stage;
+	for (uint32_t i = 0; i < plan->hdr.page_count; i++) {
+		if (plan->entries[i].kind != TM_PAGE_NORMAL)
+			continue;
+		memcpy(plan->block_host + (uint64_t)plan->entries[i].page * plan->page_size, from,
+		       plan->page_size);
+		from += plan->page_size;
+	}
 }
 
 uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i)

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "common/escape.h"
 #include "tagmig/error.h"
 
 /* A name from the peer may hold any bytes; error messages should stay printable UTF-8. */
@@ -16,7 +17,7 @@ static char *name_label(const char *name, size_t len)
 {
 	g_autofree char *copy = g_strndup(name, len);
 
-	return g_strescape(copy, NULL);
+	return tm_escape_untrusted(copy);
 }
 
 static bool is_pow2(uint64_t v)
@@ -216,7 +217,7 @@ int tm_hello_check(tm_hello *hello, GError **error)
 		gpointer first;
 
 		if (g_hash_table_lookup_extended(names, name, NULL, &first)) {
-			g_autofree char *label = g_strescape(name, NULL);
+			g_autofree char *label = tm_escape_untrusted(name);
 			g_set_error(error, TM_ERROR, EBADMSG,
 				    "HELLO block %u: name '%s' already used by block %u", i, label,
 				    GPOINTER_TO_UINT(first));
@@ -420,7 +421,7 @@ static int differ(GError **error, const char *what, const char *a, const char *b
 static int block_differs(GError **error, uint32_t i, const char *name, const char *field,
 			 const char *a, const char *b)
 {
-	g_autofree char *label = g_strescape(name, NULL);
+	g_autofree char *label = tm_escape_untrusted(name);
 	g_autofree char *what = g_strdup_printf("block %u '%s' %s", i, label, field);
 
 	return differ(error, what, a, b);
@@ -463,8 +464,8 @@ int tm_hello_same_session(const tm_hello *a, const tm_hello *b, GError **error)
 		const tm_wire_block *x = &a->blocks[i], *y = &b->blocks[i];
 
 		if (strcmp(x->name, y->name) != 0) {
-			g_autofree char *lx = g_strescape(x->name, NULL);
-			g_autofree char *ly = g_strescape(y->name, NULL);
+			g_autofree char *lx = tm_escape_untrusted(x->name);
+			g_autofree char *ly = tm_escape_untrusted(y->name);
 			g_autofree char *qx = g_strdup_printf("'%s'", lx);
 			g_autofree char *qy = g_strdup_printf("'%s'", ly);
 			g_autofree char *what = g_strdup_printf("block %u name", i);

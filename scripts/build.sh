@@ -7,8 +7,9 @@ kind=${2:-plain}
 top=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -f "$dir/build.ninja" ]; then
 	case $kind in
-	plain) meson setup "$dir" "$top" -Dwerror=true --buildtype=debugoptimized >"$dir.setup.log" 2>&1 ;;
-	sanitize) meson setup "$dir" "$top" -Dwerror=true --buildtype=debug \
+	plain) meson setup "$dir" "$top" -Dwerror=true --buildtype=debugoptimized -Dtest_hooks=true \
+		>"$dir.setup.log" 2>&1 ;;
+	sanitize) meson setup "$dir" "$top" -Dwerror=true --buildtype=debug -Dtest_hooks=true \
 		-Db_sanitize=address,undefined -Db_lundef=false \
 		-Dc_args=-fno-sanitize-recover=all >"$dir.setup.log" 2>&1 ;;
 	fuzz) CC=clang meson setup "$dir" "$top" -Dwerror=true --buildtype=debug -Dfuzzing=true \

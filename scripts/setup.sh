@@ -22,7 +22,7 @@ missing() {
 
 # The build, the tests and the TLS credentials script (openssl).
 need=$(missing build-essential meson ninja-build pkg-config libglib2.0-dev liburing-dev \
-	libssl-dev openssl python3 iproute2)
+	libssl-dev libzstd-dev liblz4-dev openssl python3 iproute2)
 if [ -n "$need" ]; then
 	echo "setup: installing$need" >&2
 	apt-get update -qq >/dev/null || echo "setup: apt-get update failed; trying the install anyway" >&2

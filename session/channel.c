@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <string.h>
 
+#include "common/escape.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "session/channel.h"
@@ -69,6 +70,15 @@ const char *tm_chan_io_reason(const tm_chan *ch, int err)
 	return tm_io_reason(ch->io, err);
 }
 
+const char *tm_chan_deadline_note(const tm_chan *ch, int err)
+{
+	if (err != ETIMEDOUT || !ch->io || !ch->io->deadline_us || tm_now_us() < ch->io->deadline_us)
+		return "";
+	if (ch->setup_deadline_us && ch->io->deadline_us >= ch->setup_deadline_us)
+		return " (the handshake's deadline passed)";
+	return " (a message body arrived slower than the minimum rate)";
+}
+
 int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error)
 {
 	int r = tm_io_send(ch->io, iov, n, len);
@@ -107,7 +117,8 @@ int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 	struct iovec v = { .iov_base = buf, .iov_len = len };
 	int r = tm_io_recv(ch->io, &v, 1, len);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "%s: receive: %s", ch->label, tm_chan_io_reason(ch, -r));
+		g_set_error(error, TM_ERROR, -r, "%s: receive: %s%s", ch->label,
+			    tm_chan_io_reason(ch, -r), tm_chan_deadline_note(ch, -r));
 		return r;
 	}
 	tm_count(&ch->st.wire_bytes, len);
@@ -123,11 +134,27 @@ int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t le
 	return 0;
 }
 
+/* The deadline of a body of len bytes whose header arrived now (TM_BODY_MIN_RATE). */
+static int64_t body_deadline(const tm_chan *ch, uint32_t len)
+{
+	int64_t d = tm_now_us() + (int64_t)TM_BODY_GRACE_MS * 1000 +
+		    (int64_t)len * G_USEC_PER_SEC / TM_BODY_MIN_RATE;
+	return ch->setup_deadline_us ? MIN(d, ch->setup_deadline_us) : d;
+}
+
 int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError **error)
 {
 	uint8_t hdr[TM_FRAME_HDR_LEN];
-	int r = tm_chan_recv(ch, hdr, sizeof(hdr), error);
+	/*
+	 * Between messages: no deadline but the handshake's. The first byte of a message starts
+	 * the deadline of the rest of its header, the complete header that of its body.
+	 */
+	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
+	int r = tm_chan_recv(ch, hdr, 1, error);
 	if (r < 0)
+		return r;
+	tm_io_set_deadline(ch->io, body_deadline(ch, 0));
+	if ((r = tm_chan_recv(ch, hdr + 1, sizeof(hdr) - 1, error)) < 0)
 		return r;
 	r = tm_frame_decode(hdr, sizeof(hdr), ch->version, packet_size, ret, error);
 	if (r < 0) {
@@ -143,6 +170,7 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 		return r;
 	}
 	ch->peer_version = ret->version;
+	tm_io_set_deadline(ch->io, body_deadline(ch, ret->body_len));
 	if (ret->seq != ch->rx_seq) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "%s: %s message has sequence number %u, expected %u", ch->label,
@@ -179,7 +207,8 @@ int tm_chan_recv_peer_error(tm_chan *ch, const tm_frame *f, const char *peer, GE
 	}
 	if (code <= 0 || code > 4095)
 		code = EPROTO;
-	g_set_error(error, TM_ERROR, code, "%s: %s: %s", ch->label, peer, msg);
+	g_autofree char *shown = tm_escape_untrusted(msg);
+	g_set_error(error, TM_ERROR, code, "%s: %s: %s", ch->label, peer, shown);
 	ch->peer_error = true;
 	return -code;
 }
@@ -238,6 +267,31 @@ int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)
 	if (tm_chan_recv_frame(ch, 0, &f, &local) < 0 || f.type != TM_MSG_ERROR)
 		return 0;
 	return tm_chan_recv_peer_error(ch, &f, peer, error);
+}
+
+int tm_chan_recv_unsolicited(tm_chan *ch, const char *peer, GError **error)
+{
+	g_autoptr(GError) local = NULL;
+	tm_frame f;
+
+	int r = tm_chan_recv_frame(ch, 0, &f, &local);
+	if (r == -ECONNRESET || r == -EPIPE) {
+		g_set_error(error, TM_ERROR, ECONNRESET, "%s: connection closed by the peer (the %s)",
+			    ch->label, peer);
+		return -ECONNRESET;
+	}
+	if (r < 0) {
+		g_propagate_error(error, g_steal_pointer(&local));
+		return r;
+	}
+	if (f.type == TM_MSG_ERROR) {
+		g_autofree char *failed = g_strdup_printf("%s failed", peer);
+		return tm_chan_recv_peer_error(ch, &f, failed, error);
+	}
+	g_set_error(error, TM_ERROR, EPROTO,
+		    "%s: the %s sent %s unsolicited: nothing this side sent asks for it", ch->label,
+		    peer, tm_msg_name(f.type));
+	return -EPROTO;
 }
 
 void tm_chan_sum(const tm_chan *ch, tm_stats *ret)

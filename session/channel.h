@@ -30,6 +30,15 @@ typedef struct tm_counters {
 /* Sums the protocol counters of a channel into ret (pages, bytes, ...); see tm_chan_sum. */
 void tm_counters_sum(const tm_counters *c, tm_stats *ret);
 
+/*
+ * Deadlines, not idle timers (docs/wire-format.md, "Deadlines"): once a frame header arrived, its
+ * body must be complete within TM_BODY_GRACE_MS plus body_len at TM_BODY_MIN_RATE bytes per
+ * second, however steadily it trickles; between messages no deadline applies but the
+ * handshake's (tm_chan.setup_deadline_us).
+ */
+#define TM_BODY_GRACE_MS 5000u
+#define TM_BODY_MIN_RATE (64u << 10)
+
 typedef struct tm_chan {
 	/* read-only after setup */
 	unsigned id;
@@ -43,6 +52,7 @@ typedef struct tm_chan {
 	uint32_t tx_seq;
 	uint32_t rx_seq;
 	bool peer_error; /* the failure at hand is the peer's ERROR message */
+	int64_t setup_deadline_us; /* 0, or when the connection's handshake must be done */
 	tm_counters st;
 	tm_io_counters io_closed; /* I/O counters of the handle once it is closed */
 } tm_chan;
@@ -107,6 +117,17 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message);
  * sent before closing and turns it into *error (returns -code), else returns 0.
  */
 int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error);
+
+/*
+ * The channel is readable where the peer has nothing to say (the sender between SYNCs): reads
+ * what came. Returns the peer's ERROR as -code ("<label>: <peer> failed: ..."), -ECONNRESET when
+ * it closed, -EPROTO naming any other message as unsolicited (a SYNC_ACK no SYNC asked for), or
+ * the frame's decode error. Never 0.
+ */
+int tm_chan_recv_unsolicited(tm_chan *ch, const char *peer, GError **error);
+
+/* " (the handshake's deadline passed)" and the like after an -ETIMEDOUT of a deadline, or "". */
+const char *tm_chan_deadline_note(const tm_chan *ch, int err);
 
 /* Words for a failed send or receive: the I/O handle's explanation, or the errno's. */
 const char *tm_chan_io_reason(const tm_chan *ch, int err);

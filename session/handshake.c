@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "common/escape.h"
 #include "ram/ram-internal.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
@@ -178,15 +179,20 @@ static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h,
 	return 0;
 }
 
-int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **error)
+int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
+			      GError **error)
 {
 	tm_chan tmp;
 	tm_frame f;
 	tm_hello h = { 0 };
-	tm_io_config ioc = { .timeout_ms = timeout_ms, .depth = 1, .zerocopy = r->cfg.tuning.zerocopy };
+	tm_io_config ioc = { .timeout_ms = r->cfg.timeout_ms, .depth = 1,
+			     .zerocopy = r->cfg.tuning.zerocopy };
+	*ret_stranger = true;
 	int ret = tm_chan_open(&tmp, fd, 0, r->io, &ioc, error);
 	if (ret < 0)
 		return ret;
+	tmp.setup_deadline_us = deadline_us;
+	tm_io_set_deadline(tmp.io, deadline_us);
 	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp.io, error)) < 0) {
 		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
 		tm_chan_close(&tmp);
@@ -211,8 +217,10 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 	}
 	if (ret >= 0)
 		ret = tm_hello_decode(body, f.body_len, f.version, &h, error);
-	if (ret >= 0)
+	if (ret >= 0) {
+		*ret_stranger = false;
 		ret = check_placement(r, &f, &h, error);
+	}
 	if (ret < 0) {
 		g_prefix_error(error, "handshake: ");
 		g_autofree char *msg = g_strdup((*error)->message);
@@ -221,6 +229,9 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GErro
 		tm_hello_clear(&h);
 		return ret;
 	}
+	/* The handshake is done: from here on only message bodies have deadlines. */
+	tmp.setup_deadline_us = 0;
+	tm_io_set_deadline(tmp.io, 0);
 	if (!r->chans) {
 		r->hello = h;
 		h.blocks = NULL;
@@ -277,22 +288,24 @@ int tm_receiver_compare_layout(tm_receiver *r, const tm_ram_layout *layout, tm_t
 	for (unsigned i = 0; i < n; i++) {
 		const tm_wire_block *w = &r->hello.blocks[i];
 		const tm_ram_block *b = tm_ram_layout_get(layout, i);
+		g_autofree char *wname = tm_escape_untrusted(w->name);
+		g_autofree char *bname = tm_escape_untrusted(b->name);
 		if (strcmp(w->name, b->name) != 0) {
 			g_set_error(error, TM_ERROR, EINVAL,
 				    "RAM layout differs: block %u is '%s' on the sender, '%s' on the receiver",
-				    i, w->name, b->name);
+				    i, wname, bname);
 			return -EINVAL;
 		}
 		if (w->length != b->length || w->page_size != b->page_size) {
 			g_set_error(error, TM_ERROR, EINVAL,
 				    "RAM block %u '%s' differs: sender length %" G_GUINT64_FORMAT
 				    " page size %u, receiver length %" G_GUINT64_FORMAT " page size %u",
-				    i, b->name, w->length, w->page_size, b->length, b->page_size);
+				    i, bname, w->length, w->page_size, b->length, b->page_size);
 			return -EINVAL;
 		}
 		if (!b->host) {
 			g_set_error(error, TM_ERROR, EINVAL, "RAM block '%s' has no host memory",
-				    b->name);
+				    bname);
 			return -EINVAL;
 		}
 	}

@@ -135,14 +135,13 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		g_set_error(error, TM_ERROR, EBUSY, "a session was accepted already");
 		return -EBUSY;
 	}
+	g_auto(tm_strangers) strangers = { 0 };
 	for (unsigned k = 0; fds ? k < n : (!r->chans || k < tm_receiver_connections(r)); k++) {
-		int64_t left_ms = (deadline - tm_now_us()) / 1000;
-		int fd = fds ? fds[k] : -1;
 		if (!fds) {
-			if (left_ms <= 0 ||
-			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, error)) < 0) {
-				if (left_ms <= 0 || fd == -ETIMEDOUT) {
-					g_clear_error(error);
+			/* Drops connections that fail their handshake (accept.c). */
+			int fd = tm_receiver_accept_one(r, listen_fd, deadline, &strangers, error);
+			if (fd < 0) {
+				if (fd == -ETIMEDOUT && !*error) {
 					if (r->nch && r->wire == TM_WIRE_VERSION_2)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
 							    "only %u of %u connections (%u channels and "
@@ -157,17 +156,19 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
 							    "no sender connected within %.1f s",
 							    r->cfg.timeout_ms / 1000.0);
+					tm_strangers_explain(&strangers, error);
 				}
 				return accept_fail(r, error);
 			}
+			continue;
 		}
-		/* The whole deadline bounds the arrival of the channels; each channel's own I/O,
-		 * its handshake included, gets the full timeout like any blocked I/O. */
-		int ret = tm_receiver_place_channel(r, fd, r->cfg.timeout_ms, error);
+		/* Sockets the VMM accepted: each handshake has its deadline, none is dropped. */
+		bool stranger;
+		int ret = tm_receiver_place_channel(r, fds[k], tm_receiver_handshake_deadline(r, 0),
+						    &stranger, error);
 		if (ret < 0) {
-			if (fds)
-				for (unsigned j = k + 1; j < n; j++)
-					close(fds[j]);
+			for (unsigned j = k + 1; j < n; j++)
+				close(fds[j]);
 			return accept_fail(r, error);
 		}
 	}
@@ -300,7 +301,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 /*
  * Protocol 2, once every data channel ended: the control connection's END (0, 0, 0), answered
  * by END_ACK (0, 0), then a clean TLS close. No control thread yet: the migration thread reads
- * the one message the connection carries (the sender sends it right after the last END_ACK).
+ * the one message the connection carries (the sender sends it with the data channels' ENDs: its
+ * END_ACK must follow theirs).
  */
 static int end_control(tm_receiver *r, GError **error)
 {
@@ -362,6 +364,16 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}
 	g_mutex_unlock(&r->lock);
+	g_autoptr(GError) incomplete = NULL;
+	if (ret == 0 && (ret = tm_receiver_check_complete(r, &incomplete)) < 0) {
+		/* Protocol 2: the sender waits for END_ACK on control and learns why instead. */
+		r->ctl_ended = true;
+		if (r->ctl.fd >= 0)
+			tm_chan_send_error(&r->ctl, -ret, incomplete->message);
+		if (error)
+			*error = g_error_copy(incomplete);
+		tm_receiver_fail(r, NULL, g_steal_pointer(&incomplete), false);
+	}
 	if (ret == 0 && r->wire == TM_WIRE_VERSION_2 && !r->ctl_ended) {
 		g_autoptr(GError) local = NULL;
 		r->ctl_ended = true;
@@ -412,6 +424,9 @@ void tm_receiver_free(tm_receiver *r)
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);
 	g_free(r->present);
+	for (unsigned i = 0; r->waived && i < r->hello.block_count; i++)
+		g_free(r->waived[i]);
+	g_free(r->waived);
 	g_free(r->chans);
 	tm_ram_layout_free(r->announced);
 	g_free(r->io_note);

@@ -35,7 +35,8 @@ static void populate(tm_receiver *r, const tm_recv_plan *p)
 	if (__atomic_load_n(&r->no_populate, __ATOMIC_RELAXED))
 		return;
 	for (unsigned i = 0; i < p->data_iov_count; i++)
-		if (madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
+		if (p->iov[i].iov_len >= TM_POPULATE_MIN &&
+		    madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
 		    errno == EINVAL)
 			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
 }
@@ -74,11 +75,13 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
 		if (ret < 0)
 			return tm_error_at(error, -ret, c->ch.id, b->name,
-					   (uint64_t)p->entries[0].page * ps, "receive page data: %s",
-					   tm_chan_io_reason(&c->ch, -ret));
+					   (uint64_t)p->entries[0].page * ps, "receive page data: %s%s",
+					   tm_chan_io_reason(&c->ch, -ret),
+					   tm_chan_deadline_note(&c->ch, -ret));
 	}
 	if ((ret = tm_recv_plan_tags(p, error)) < 0)
 		goto bad;
+	tm_recv_plan_commit(p); /* staged data: only now into guest RAM */
 	for (uint32_t i = 0; i < p->hdr.page_count; i++) {
 		const tm_page_entry *e = &p->entries[i];
 		if (e->kind != TM_PAGE_NORMAL &&
@@ -184,8 +187,8 @@ static int recv_loop(recv_chan *c, GError **error)
 					    c->ch.id, v[0], c->pages_applied);
 				return -EPROTO;
 			}
-			/* Protocol 2 checks every count END carries (protocol 1 never did). */
-			if (f.version == TM_WIRE_VERSION_2 && v[1] != c->packets_applied) {
+			/* Every count END carries (protocol 1's packets_sent too). */
+			if (v[1] != c->packets_applied) {
 				g_set_error(error, TM_ERROR, EPROTO,
 					    "channel %u: sender sent %" G_GUINT64_FORMAT
 					    " packets, %" G_GUINT64_FORMAT " arrived",

@@ -34,15 +34,8 @@ static int flush_packet(send_chan *c, GError **error)
 	 * instead of streaming the rest of a round into a channel nobody applies.
 	 */
 	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
-	if (poll(&pfd, 1, 0) > 0) {
-		r = tm_chan_peer_error(&c->ch, "receiver failed", error);
-		if (r == 0) {
-			g_set_error(error, TM_ERROR, ECONNRESET,
-				    "channel %u: connection closed by the peer (the receiver)", c->ch.id);
-			r = -ECONNRESET;
-		}
-		return r;
-	}
+	if (poll(&pfd, 1, 0) > 0)
+		return tm_chan_recv_unsolicited(&c->ch, "receiver", error);
 	c->cur = (c->cur + 1) % c->ch.depth;
 	c->pages_sent += pkt->page_count;
 	c->packets_sent++;
@@ -80,7 +73,7 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
 		/* Map the pages in with one call rather than one fault per page in the zero scan
 		 * (costly under virtualization). Before Linux 5.14: EINVAL, and pages fault as usual. */
-		if (!s->no_populate &&
+		if (!s->no_populate && n * ps >= TM_POPULATE_MIN &&
 		    madvise(rb->host + page * ps, n * ps, MADV_POPULATE_READ) < 0 && errno == EINVAL)
 			__atomic_store_n(&s->no_populate, true, __ATOMIC_RELAXED);
 		if (s->tags) {
@@ -140,12 +133,18 @@ static int send_end(send_chan *c, GError **error)
 {
 	uint64_t applied = c->pages_sent, unused;
 	int r = flush_packet(c, error);
-	/* Protocol 2: END's three counts, END_ACK's two checked in state.c. */
-	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2)
+	/* Protocol 2: END's three counts, END_ACK's two checked in state.c; TLS: our close_notify
+	 * right behind END, so that the receiver's close waits for nothing. */
+	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2) {
 		r = tm_send_end_v2(c, error);
-	else if (r >= 0 &&
-		 (r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error)) >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	} else {
+		if (r >= 0)
+			r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+		if (r >= 0)
+			r = tm_tls_close_notify(c->ch.io, error);
+		if (r >= 0)
+			r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	}
 	if (r < 0)
 		return r;
 	if (applied != c->pages_sent) {

@@ -222,10 +222,13 @@ static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 			     &ioc, error);
 	if (r >= 0 && control)
 		tm_chan_set_control(ch);
+	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
+		tm_io_set_deadline(ch->io, tm_handshake_deadline(s->cfg.timeout_ms));
 	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
 		tm_chan_close(ch);
 	if (r < 0)
 		return r;
+	tm_io_set_deadline(ch->io, 0);
 	ch->version = s->wire;
 	return tm_sender_send_hello(s, ch, control ? TM_ROLE_CONTROL : TM_ROLE_DATA, error);
 }
@@ -558,13 +561,15 @@ int tm_sender_sync(tm_sender *s, GError **error)
 	return r;
 }
 
-/* END (0, 0, 0) on the control connection, END_ACK (0, 0) back, then a clean TLS close. */
+/*
+ * The control connection's END_ACK (0, 0), then a clean TLS close. Its END (0, 0, 0) left with the
+ * data channels' ENDs: the receiver answers it only after every data channel's END_ACK, so the
+ * end of a session is one round trip, not one per kind of connection.
+ */
 static int end_control(tm_sender *s, GError **error)
 {
 	uint64_t pages, chunks;
-	int r = tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&s->ctl, TM_MSG_END_ACK, &pages, &chunks, error);
+	int r = tm_chan_recv_ctrl(&s->ctl, TM_MSG_END_ACK, &pages, &chunks, error);
 	if (r < 0)
 		return r;
 	if (pages != 0 || chunks != 0) {
@@ -579,12 +584,18 @@ static int end_control(tm_sender *s, GError **error)
 
 int tm_sender_finish(tm_sender *s, GError **error)
 {
+	g_autoptr(GError) ctl_err = NULL;
 	int r = check_open(s, error);
 	if (r < 0)
 		return r;
 	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
 	stage_marker(s, WORK_END, 0);
 	stage_commit(s);
+	/* Protocol 2: END on the control connection now, its answer after the data channels'. */
+	bool v2 = s->wire == TM_WIRE_VERSION_2;
+	int ctl = v2 ? tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, &ctl_err) : 0;
+	if (ctl >= 0 && v2)
+		ctl = tm_tls_close_notify(s->ctl.io, &ctl_err);
 
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)
@@ -592,11 +603,18 @@ int tm_sender_finish(tm_sender *s, GError **error)
 			g_cond_wait(&s->cond, &s->lock);
 	r = s->quit ? report_failure(s, error) : 0;
 	g_mutex_unlock(&s->lock);
-	/* Protocol 2: the control connection ends last, after every data channel's END_ACK. */
-	if (r >= 0 && s->wire == TM_WIRE_VERSION_2 &&
-	    ((r = tm_sender_await_ready(s, error)) < 0 || (r = end_control(s, error)) < 0)) {
-		GError *copy = g_error_copy(*error);
-		tm_sender_fail(s, copy, s->ctl.peer_error);
+	/* Protocol 2: READY, then the control connection's END_ACK, after every data channel's
+	 * END_ACK (its END left before them: finish is one round trip). */
+	if (r >= 0 && v2) {
+		if (ctl >= 0)
+			ctl = tm_sender_await_ready(s, &ctl_err);
+		if (ctl >= 0)
+			ctl = end_control(s, &ctl_err);
+		if (ctl < 0) {
+			r = ctl;
+			tm_sender_fail(s, g_error_copy(ctl_err), s->ctl.peer_error);
+			g_propagate_error(error, g_steal_pointer(&ctl_err));
+		}
 	}
 	g_mutex_lock(&s->lock);
 	s->t_end = tm_now_us();

@@ -5,6 +5,8 @@
  *
  *   sender.c / receiver.c   life cycle: new, connect/accept, queue, sync, finish, wait, free
  *   handshake.c             HELLO and HELLO_ACK on both sides, the receiver's layout check
+ *   accept.c                the receiver's listener: handshake deadlines, strangers dropped
+ *   complete.c              whether every announced page arrived (or was waived)
  *   send-pages.c            the sender's channel worker: DATA packets, SYNC, END
  *   recv-pages.c            the receiver's channel worker: DATA applied to guest RAM, SYNC, END
  *   channel.c               the protocol channel: framing, sequence numbers, control messages
@@ -53,6 +55,13 @@ typedef struct send_state {
 	/* atomic */
 	uint64_t downtime_us; /* guest_stopped -> READY; 0 before (tm_live_stats) */
 } send_state;
+
+/*
+ * Runs of guest RAM shorter than this are not populated with madvise(MADV_POPULATE_*) before
+ * they are read or written: for a few scattered pages the system call costs more than the page
+ * faults it saves (issue 16: a round of 5% random pages).
+ */
+#define TM_POPULATE_MIN (64u << 10)
 
 /* Failure bookkeeping shared by sender and receiver. */
 typedef struct tm_failure {
@@ -222,6 +231,7 @@ struct tm_receiver {
 	bool ctl_used;             /* placed during accept */
 	bool ctl_ended;            /* END / END_ACK done on it (migration thread) */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
+	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
 	recv_state st;             /* device state */
 
@@ -282,6 +292,41 @@ gpointer tm_send_worker(gpointer data);
 /* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */
 void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer);
 
+/* ---- accept.c ---- */
+/* A connection's handshake (TLS included, up to its HELLO) is done within this, or timeout_ms. */
+#define TM_HANDSHAKE_DEADLINE_MS 10000u
+/* Connections failing their handshake that one session's accept drops before it gives up. */
+#define TM_MAX_STRANGERS 64u
+
+/* What the listener dropped: a count and the first reason (O(1), however many). */
+typedef struct tm_strangers {
+	unsigned dropped;
+	char *first;
+} tm_strangers;
+void tm_strangers_clear(tm_strangers *st);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(tm_strangers, tm_strangers_clear)
+
+/* When a handshake starting now must be done: min(timeout_ms, TM_HANDSHAKE_DEADLINE_MS). */
+int64_t tm_handshake_deadline(unsigned timeout_ms);
+/* The same for a connection the receiver accepted, capped by the accept deadline (0: none). */
+int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_deadline_us);
+/*
+ * Accepts connections on listen_fd until one is placed (0), dropping strangers into st.
+ * -ETIMEDOUT without *error at deadline_us; another -errno with *error: a refused sender, a
+ * listener failure, or the TM_MAX_STRANGERS-th stranger.
+ */
+int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
+			   tm_strangers *st, GError **error);
+/* Appends "; N other connections dropped, the first: ..." to *error when there were some. */
+void tm_strangers_explain(const tm_strangers *st, GError **error);
+
+/* ---- complete.c ---- */
+/*
+ * 0 when every page of every announced block is present or waived, else -EPROTO with how many
+ * pages never arrived and where the first is (docs/wire-format.md, "Completeness").
+ */
+int tm_receiver_check_complete(tm_receiver *r, GError **error);
+
 /* ---- recv-pages.c ---- */
 /* The worker thread of one receiver channel (data: its recv_chan). */
 gpointer tm_recv_worker(gpointer data);
@@ -329,8 +374,14 @@ int tm_sender_await_acks(tm_sender *s, GError **error);
 int tm_sender_v1_refusal(const tm_chan *ch, const char *said, GError **error);
 /* Connections of the session being accepted: its channels, plus control in protocol 2. */
 unsigned tm_receiver_connections(const tm_receiver *r);
-/* Reads the HELLO of a fresh connection and places it by role and channel id. */
-int tm_receiver_place_channel(tm_receiver *r, int fd, unsigned timeout_ms, GError **error);
+/*
+ * Reads the HELLO of a fresh connection and places it by role and channel id. Its handshake
+ * (TLS included) must be complete by deadline_us. On failure *ret_stranger says whether the
+ * connection failed before a HELLO could be decoded (garbage, a close, a failed TLS
+ * authentication, the deadline): a stranger the listener drops, not a refused sender.
+ */
+int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
+			      GError **error);
 /* The layout the sender announced, built from its HELLO (host pointers NULL). */
 int tm_receiver_build_announced(tm_receiver *r, GError **error);
 /* Compares our RAM with the announced layout; the message says what differs. */

@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
-/* How a command says why it failed: one line on stderr and its exit status (cli.h). */
+/*
+ * How a command says why it failed: one line on stderr and its exit status (cli.h). Every line
+ * goes through tm_escape_untrusted(): messages quote the peer (its ERROR, its block names).
+ */
 #include <stdarg.h>
 #include <stdio.h>
 
 #include "cli.h"
+#include "common/escape.h"
 
 int cli_fail(const GError *error)
 {
-	fprintf(stderr, "tagmig: %s\n", error ? error->message : "unknown error");
+	g_autofree char *shown = tm_escape_untrusted(error ? error->message : "unknown error");
+	fprintf(stderr, "tagmig: %s\n", shown);
 	return CLI_EXIT_FAILED;
 }
 
@@ -18,7 +23,8 @@ int cli_failf(const char *fmt, ...)
 	va_start(ap, fmt);
 	g_autofree char *msg = g_strdup_vprintf(fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "tagmig: %s\n", msg);
+	g_autofree char *shown = tm_escape_untrusted(msg);
+	fprintf(stderr, "tagmig: %s\n", shown);
 	return CLI_EXIT_FAILED;
 }
 

@@ -6,7 +6,8 @@
  * (userfaultfd write-protect or soft-dirty) the way KVM_GET_DIRTY_LOG tracks a VM. Rounds run until
  * tm_sender_advise() says the rest fits in --max-downtime (or --max-rounds is reached); then the
  * writers are paused, the final dirty log is sent and the copy is compared with the paused guest,
- * data and tags of every page. Prints each round, the expected and the measured downtime.
+ * data and tags of every page, and device state (a vCPU, a device model) goes after the final
+ * round and must arrive intact. Prints each round, the expected and the measured downtime.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -132,6 +133,21 @@ static int live_queue(tm_sender *s, live_bitmaps *b, GError **error)
 	return 0;
 }
 
+/* The device state a VMM would send: vCPU registers and a device model. (The tests also send
+ * a hash of all RAM, which the destination recomputes on receipt; hashing 256 MiB twice inside
+ * the downtime would make the demo's downtime a measure of the hash.) */
+#define STATE_CPU_LEN 4096u
+#define STATE_DEV_LEN (1u << 20)
+static const char *const state_names[] = { "cpu0", "dev", NULL };
+
+static void state_fill(uint8_t *buf, size_t len, uint64_t seed)
+{
+	for (size_t i = 0; i < len; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		buf[i] = (uint8_t)(seed >> 56);
+	}
+}
+
 typedef struct live_result {
 	GArray *rounds; /* live_round */
 	bool converged;
@@ -144,6 +160,8 @@ typedef struct live_result {
 	const char *dirty_log;
 	bool verified;
 	char *why;
+	uint64_t state_bytes;
+	unsigned state_sections;
 } live_result;
 
 static void print_round(const live_round *r)
@@ -199,6 +217,8 @@ static void print_json(const demo_live_opts *o, const live_result *r)
 	jw_u64(&w, "wire_bytes", r->st.wire_bytes);
 	jw_u64(&w, "pages_sent", r->st.pages);
 	jw_u64(&w, "guest_writes", r->guest_writes);
+	jw_u64(&w, "state_sections", r->state_sections);
+	jw_u64(&w, "state_bytes", r->state_bytes);
 	jw_close(&w);
 	printf("%s\n", out->str);
 }
@@ -218,7 +238,7 @@ static void print_human(const demo_live_opts *o, const live_result *r)
 	       r->converged ? "converged" : "forced by --max-rounds (not converged)");
 	printf("  final round   %" PRIu64 " pages dirtied since the last round, sent with the guest "
 	       "paused\n", r->final_pages);
-	printf("  downtime      %.1f ms measured (pause to the last page acknowledged), %.1f ms "
+	printf("  downtime      %.1f ms measured (pause to the destination's READY), %.1f ms "
 	       "expected, %.1f ms allowed\n",
 	       r->downtime_us / 1e3, r->expected_us == UINT64_MAX ? -1.0 : r->expected_us / 1e3,
 	       o->max_downtime_us / 1e3);
@@ -226,10 +246,14 @@ static void print_human(const demo_live_opts *o, const live_result *r)
 	       " pages sent, %" PRIu64 " guest writes\n",
 	       r->seconds, wire, o->size ? (double)r->st.wire_bytes / o->size : 0, r->st.pages,
 	       r->guest_writes);
+	g_autofree char *state = cli_format_bytes(r->state_bytes);
+	printf("  device state  %u sections, %s (a vCPU, a device), after the final "
+	       "round\n", r->state_sections, state);
 	if (r->st.tls_cipher[0])
 		printf("  TLS           %s\n", r->st.tls_cipher);
 	printf("  verified:     %s%s%s\n", r->verified ? "yes" : "no",
-	       r->verified ? " (data and tags of every page equal the paused guest's)" : " - ",
+	       r->verified ? " (data and tags of every page equal the paused guest's, device state "
+			     "intact)" : " - ",
 	       r->verified ? "" : r->why);
 }
 
@@ -248,23 +272,15 @@ int cli_demo_live(const demo_live_opts *o)
 		return cli_fail(error);
 
 	g_autoptr(cli_tmpdir) creds = NULL;
-	if (o->tls) {
-		creds = g_dir_make_tmp("tagmig-demo-tls-XXXXXX", &error);
-		if (!creds || cli_make_tls_creds(creds, &error) < 0)
-			return cli_fail(error);
-	}
 	unsigned port = 0;
-	cli_autofd int listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
-	if (listen_fd < 0)
+	g_auto(demo_receiver) drecv = { .layout = dst.layout, .tags = dst.tags, .listen_fd = -1 };
+	if (cli_demo_creds(o->tls, &creds, &error) < 0 ||
+	    demo_receiver_open(&drecv, o->io, o->timeout_s, creds, &port, &error) < 0)
 		return cli_fail(error);
-	tm_receiver_config rcfg = { .io_backend = o->io, .timeout_ms = o->timeout_s * 1000u,
-				    .ram_zeroed = true, .tls_creds_dir = creds };
-	cli_env_receiver_config(&rcfg);
-	g_autoptr(tm_receiver) receiver = NULL;
-	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
+	tm_receiver *receiver = drecv.receiver;
+	tm_live_config rlc = { .size = sizeof(rlc), .state_names = state_names };
+	if (tm_receiver_set_live(receiver, &rlc, &error) < 0)
 		return cli_fail(error);
-	demo_receiver drecv = { .receiver = receiver, .layout = dst.layout, .tags = dst.tags,
-				.listen_fd = listen_fd };
 
 	tm_sender_config scfg = { .channels = o->channels, .io_backend = o->io,
 				  .timeout_ms = o->timeout_s * 1000u, .tls_creds_dir = creds,
@@ -283,6 +299,10 @@ int cli_demo_live(const demo_live_opts *o)
 	g_autoptr(GArray) rounds_owner = res.rounds;
 	g_auto(live_bitmaps) dirty = { 0 };
 	live_bitmaps_init(&dirty, layout);
+
+	g_autofree uint8_t *cpu_state = g_malloc(STATE_CPU_LEN);
+	g_autofree uint8_t *dev_state = g_malloc(STATE_DEV_LEN);
+	const uint64_t state_total = STATE_CPU_LEN + STATE_DEV_LEN;
 
 	double t0 = cli_now();
 	GThread *rthread = g_thread_new("demo-receiver", demo_receiver_thread, &drecv);
@@ -308,7 +328,7 @@ int cli_demo_live(const demo_live_opts *o)
 		}
 		lr.dirty_after = live_bitmaps_count(&dirty);
 		tm_sender_get_round(sender, k, &lr.rs);
-		if ((rc = tm_sender_advise(sender, lr.dirty_after, 0, &adv)) < 0) {
+		if ((rc = tm_sender_advise(sender, lr.dirty_after, state_total, &adv)) < 0) {
 			g_set_error(&error, TM_ERROR, -rc, "advise: %s", g_strerror(-rc));
 			break;
 		}
@@ -336,10 +356,18 @@ int cli_demo_live(const demo_live_opts *o)
 	}
 	if (rc >= 0)
 		rc = live_queue(sender, &dirty, &error);
+	/* Device state, read from the paused "devices" now: after the final dirty log, as a VMM
+	 * reads vCPU registers after the pause. */
+	if (rc >= 0) {
+		state_fill(cpu_state, STATE_CPU_LEN, LIVE_SEED);
+		state_fill(dev_state, STATE_DEV_LEN, LIVE_SEED ^ 1);
+		if ((rc = tm_sender_put_state(sender, "cpu0", cpu_state, STATE_CPU_LEN, 0, &error)) >= 0)
+			rc = tm_sender_put_state(sender, "dev", dev_state, STATE_DEV_LEN, 0, &error);
+	}
 	if (rc >= 0)
 		rc = tm_sender_finish(sender, &error);
 	if (rc < 0) {
-		shutdown(listen_fd, SHUT_RDWR);
+		shutdown(drecv.listen_fd, SHUT_RDWR);
 		tm_sender_free(g_steal_pointer(&sender));
 	}
 	g_thread_join(rthread);
@@ -349,7 +377,6 @@ int cli_demo_live(const demo_live_opts *o)
 			cli_failf("sender: %s", error ? error->message : g_strerror(-rc));
 		if (drecv.rc < 0)
 			cli_failf("receiver: %s", drecv.error ? drecv.error->message : "failed");
-		g_clear_error(&drecv.error);
 		return CLI_EXIT_FAILED;
 	}
 
@@ -361,6 +388,30 @@ int cli_demo_live(const demo_live_opts *o)
 	res.guest_writes = test_guest_writes(g);
 	g_autofree char *why = NULL;
 	res.verified = test_guest_same(g, dst.layout, dst.tags, &why);
+	/* The device state: every section, in order, byte for byte, and the RAM hash right. */
+	const struct { const char *name; const void *data; size_t len; } want[] = {
+		{ "cpu0", cpu_state, STATE_CPU_LEN },
+		{ "dev", dev_state, STATE_DEV_LEN },
+	};
+	if (res.verified && drecv.states->len != G_N_ELEMENTS(want)) {
+		res.verified = false;
+		why = g_strdup_printf("%u device-state sections arrived, %zu sent",
+				      drecv.states->len, G_N_ELEMENTS(want));
+	}
+	for (guint i = 0; res.verified && i < drecv.states->len; i++) {
+		const demo_state *ds = g_ptr_array_index(drecv.states, i);
+		size_t len;
+		const void *d = g_bytes_get_data(ds->data, &len);
+
+		res.state_bytes += len;
+		res.state_sections++;
+		if (strcmp(ds->name, want[i].name) || len != want[i].len ||
+		    memcmp(d, want[i].data, len)) {
+			res.verified = false;
+			why = g_strdup_printf("device-state section %u ('%s') differs from '%s'", i,
+					      ds->name, want[i].name);
+		}
+	}
 	res.why = why;
 	if (o->json)
 		print_json(o, &res);

@@ -417,35 +417,15 @@ int cli_cmd_demo(int argc, char **argv)
 	uint64_t kinds[GEN_COUNT] = { 0 };
 	generate(src->addr, src_tag_array, (uint32_t)page_size, 0, NULL, npages, kinds);
 
-	/* --tls: credentials made for this run, removed at the end. */
+	/* --tls: credentials made for this run, removed at the end. The receiver listens before
+	 * the sender connects and runs in its own thread. */
 	g_autoptr(cli_tmpdir) creds = NULL;
-	if (o.tls) {
-		creds = g_dir_make_tmp("tagmig-demo-tls-XXXXXX", &error);
-		if (!creds || cli_make_tls_creds(creds, &error) < 0)
-			return cli_fail(error);
-	}
-
-	/* Receiver: listens before the sender connects, runs in its own thread. */
 	unsigned port = 0;
-	cli_autofd int listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
-	if (listen_fd < 0)
+	g_auto(demo_receiver) drecv = { .layout = dst_layout, .tags = dst_tags, .listen_fd = -1 };
+	if (cli_demo_creds(o.tls, &creds, &error) < 0 ||
+	    demo_receiver_open(&drecv, o.io, (unsigned)o.timeout, creds, &port, &error) < 0)
 		return cli_fail(error);
-	tm_receiver_config rcfg = {
-		.io_backend = o.io,
-		.timeout_ms = (unsigned)o.timeout * 1000u,
-		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
-		.tls_creds_dir = creds,
-	};
-	cli_env_receiver_config(&rcfg);
-	g_autoptr(tm_receiver) receiver = NULL;
-	if (tm_receiver_new(&rcfg, &receiver, &error) < 0)
-		return cli_fail(error);
-	demo_receiver drecv = {
-		.receiver = receiver,
-		.layout = dst_layout,
-		.tags = dst_tags,
-		.listen_fd = listen_fd,
-	};
+	tm_receiver *receiver = drecv.receiver;
 
 	tm_sender_config scfg = {
 		.channels = (unsigned)o.channels,
@@ -498,7 +478,7 @@ int cli_cmd_demo(int argc, char **argv)
 		rc = tm_sender_finish(sender, &error);
 	if (rc < 0) {
 		/* Wake a receiver still waiting in accept; a started one sees the channels close. */
-		shutdown(listen_fd, SHUT_RDWR);
+		shutdown(drecv.listen_fd, SHUT_RDWR);
 		tm_sender_free(g_steal_pointer(&sender));
 	}
 	g_thread_join(rthread);
@@ -510,7 +490,6 @@ int cli_cmd_demo(int argc, char **argv)
 			cli_failf("sender: %s", error->message);
 		if (drecv.rc < 0)
 			cli_failf("receiver: %s", drecv.error ? drecv.error->message : "failed");
-		g_clear_error(&drecv.error);
 		return CLI_EXIT_FAILED;
 	}
 

@@ -4,13 +4,16 @@
  * The layout comes from the sender's HELLO: each announced block goes to the --ram of its name, or
  * to the unnamed --ram at its position; missing files are created at the announced size. Anything
  * that does not fit (a file of another size, tags on one side only, a block without a file) is
- * refused before a single byte is written, and the sender is told why.
+ * refused before a single byte is written, and the sender is told why. An announced size over
+ * --max-ram is refused before anything is created; files created for a session that is refused
+ * later (a block that cannot be created or mapped, a layout the library refuses) are removed.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "args.h"
 #include "cli.h"
@@ -29,6 +32,7 @@ typedef struct recv_opts {
 	int timeout;
 	char *tls_creds;
 	char **tls_authz;
+	char *max_ram;
 } recv_opts;
 
 static void recv_opts_clear(recv_opts *o)
@@ -40,6 +44,7 @@ static void recv_opts_clear(recv_opts *o)
 	g_free(o->io);
 	g_free(o->tls_creds);
 	g_strfreev(o->tls_authz);
+	g_free(o->max_ram);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(recv_opts, recv_opts_clear)
@@ -52,6 +57,45 @@ typedef struct recv_target {
 	bool ram_exists;
 	bool tags_exists;
 } recv_target;
+
+/*
+ * Files this run created: removed again when it goes out of scope unless the session started
+ * (a refused session leaves nothing behind; a failed migration keeps what it received).
+ */
+typedef struct created_files {
+	GPtrArray *paths;
+	bool keep;
+} created_files;
+
+static void created_files_clear(created_files *c)
+{
+	for (unsigned i = 0; c->paths && !c->keep && i < c->paths->len; i++)
+		unlink(g_ptr_array_index(c->paths, i));
+	if (c->paths)
+		g_ptr_array_free(c->paths, TRUE);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(created_files, created_files_clear)
+
+/* Creates path with size bytes (cli_file_create) and remembers it in c. */
+static int create_file(created_files *c, const char *path, uint64_t size, GError **error)
+{
+	int r = cli_file_create(path, size, error);
+	if (r == 0)
+		g_ptr_array_add(c->paths, g_strdup(path));
+	return r;
+}
+
+/*
+ * The most RAM a session may make this receiver create when --max-ram is not given: the host's
+ * physical memory (a guest larger than that cannot run here anyway). Existing files are bound by
+ * their own sizes, which must match exactly.
+ */
+static uint64_t default_max_ram(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+	return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : UINT64_C(1) << 40;
+}
 
 /*
  * Refuses the session: tells the sender (ERROR on every channel) and prints the same message.
@@ -87,7 +131,7 @@ static GString *announced_names(const tm_ram_layout *layout)
  * nothing. Returns 0 or CLI_EXIT_FAILED after refusing the session.
  */
 static int plan_targets(tm_receiver *receiver, GPtrArray *ram_specs, GPtrArray *tag_specs,
-			const int *tags_of, recv_target *targets)
+			const int *tags_of, uint64_t max_ram, bool max_ram_given, recv_target *targets)
 {
 	const tm_ram_layout *announced = tm_receiver_announced_layout(receiver);
 	unsigned nblocks = tm_ram_layout_block_count(announced);
@@ -162,6 +206,18 @@ static int plan_targets(tm_receiver *receiver, GPtrArray *ram_specs, GPtrArray *
 				      t->tags->path, size, t->info.name, t->info.length,
 				      t->info.length / TM_TAG_GRANULE);
 	}
+
+	/* What the session would make this receiver create, before anything is. */
+	uint64_t to_create = 0;
+	for (unsigned b = 0; b < nblocks; b++)
+		if (!targets[b].ram_exists)
+			to_create += targets[b].info.length; /* each < 2^48: no overflow */
+	if (to_create > max_ram)
+		return refuse(receiver, EFBIG,
+			      "the sender announces %" PRIu64 " bytes of RAM to create, more than the "
+			      "%" PRIu64 " bytes this receiver accepts (%s; raise it with --max-ram)",
+			      to_create, max_ram,
+			      max_ram_given ? "--max-ram" : "the host's physical memory");
 	return 0;
 }
 
@@ -203,7 +259,10 @@ int cli_cmd_recv(int argc, char **argv)
 		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
-		  "Give up when accepting or any single I/O blocks this long (default 60)", "SEC" },
+		  "Give up when accepting or any single I/O blocks this long (default 60); "
+		  "connections that fail their handshake (at most min(SEC, 10) s each) are dropped "
+		  "while listening goes on",
+		  "SEC" },
 		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_creds,
 		  "TLS 1.3 on every channel with ca-cert.pem, server-cert.pem and server-key.pem "
 		  "from DIR; the sender must present a certificate from that CA (docs/tls.md)",
@@ -213,6 +272,11 @@ int cli_cmd_recv(int argc, char **argv)
 		  "'openssl x509 -noout -subject -nameopt RFC2253' prints it; repeatable (with "
 		  "--tls-creds)",
 		  "SUBJECT" },
+		{ "max-ram", 0, 0, G_OPTION_ARG_STRING, &o.max_ram,
+		  "Refuse a session that would create more than SIZE bytes of RAM files (suffixes "
+		  "K, M, G, T; default: the host's physical memory); existing files must match the "
+		  "announced sizes anyway",
+		  "SIZE" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -223,7 +287,8 @@ int cli_cmd_recv(int argc, char **argv)
 	rc = cli_parse_options("recv",
 			       "Receives one migration from 'tagmig send' into RAM image files and "
 			       "tag files.\nExisting files must have the announced size; missing ones "
-			       "are created. Nothing is\nwritten when the session is refused.",
+			       "are created. Nothing is\nwritten when the session is refused: files created for it are removed "
+			       "again.",
 			       "Exit status: 0 success, 1 migration failed or refused, 2 usage error.",
 			       entries, &argc, &argv);
 	if (rc)
@@ -242,6 +307,9 @@ int cli_cmd_recv(int argc, char **argv)
 		return cli_usage_error("recv", "--timeout must be 0..86400 seconds");
 	if (o.tls_authz && !o.tls_creds)
 		return cli_usage_error("recv", "--tls-authz needs --tls-creds");
+	uint64_t max_ram = default_max_ram();
+	if (o.max_ram && cli_parse_size(o.max_ram, &max_ram) < 0)
+		return cli_usage_error("recv", "--max-ram '%s' is not a size", o.max_ram);
 	g_autoptr(GPtrArray) ram_specs = NULL;
 	g_autoptr(GPtrArray) tag_specs = NULL;
 	if (cli_parse_file_specs("--ram", o.ram, &ram_specs, &error) < 0 ||
@@ -276,6 +344,7 @@ int cli_cmd_recv(int argc, char **argv)
 	 * Declared before the receiver so they are freed after it: its workers write into the
 	 * mappings through the layout and the store until tm_receiver_free() stops them.
 	 */
+	g_auto(created_files) created = { .paths = g_ptr_array_new_with_free_func(g_free) };
 	g_autoptr(GPtrArray) maps = g_ptr_array_new_with_free_func((GDestroyNotify)cli_map_free);
 	g_autoptr(tm_ram_layout) layout = NULL;
 	g_autoptr(tm_tag_store) store = NULL;
@@ -305,7 +374,8 @@ int cli_cmd_recv(int argc, char **argv)
 	const tm_ram_layout *announced = tm_receiver_announced_layout(receiver);
 	unsigned nblocks = tm_ram_layout_block_count(announced);
 	g_autofree recv_target *targets = g_new0(recv_target, nblocks ? nblocks : 1);
-	rc = plan_targets(receiver, ram_specs, tag_specs, tags_of, targets);
+	rc = plan_targets(receiver, ram_specs, tag_specs, tags_of, max_ram, o.max_ram != NULL,
+			  targets);
 	if (rc)
 		return rc;
 
@@ -317,7 +387,7 @@ int cli_cmd_recv(int argc, char **argv)
 		recv_target *t = &targets[b];
 		cli_map *ram = NULL;
 
-		if (!t->ram_exists && cli_file_create(t->ram->path, t->info.length, &error) < 0)
+		if (!t->ram_exists && create_file(&created, t->ram->path, t->info.length, &error) < 0)
 			return refuse(receiver, error->code, "%s", error->message);
 		if (cli_map_open(t->ram->path, true, &ram, &error) < 0)
 			return refuse(receiver, error->code, "%s", error->message);
@@ -332,7 +402,7 @@ int cli_cmd_recv(int argc, char **argv)
 			cli_map *tags = NULL;
 			uint64_t want = t->info.length / TM_TAG_GRANULE;
 
-			if (!t->tags_exists && cli_file_create(t->tags->path, want, &error) < 0)
+			if (!t->tags_exists && create_file(&created, t->tags->path, want, &error) < 0)
 				return refuse(receiver, error->code, "%s", error->message);
 			if (cli_map_open(t->tags->path, true, &tags, &error) < 0)
 				return refuse(receiver, error->code, "%s", error->message);
@@ -356,6 +426,7 @@ int cli_cmd_recv(int argc, char **argv)
 	/* start() refuses by itself (and tells the sender) if the layout does not match. */
 	if (tm_receiver_start(receiver, layout, store, &error) < 0)
 		return cli_fail(error);
+	created.keep = true;
 	recv_progress prog = {
 		.receiver = receiver,
 		.total_pages = total_pages,

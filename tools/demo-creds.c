@@ -60,3 +60,20 @@ void cli_tmpdir_free(char *dir)
 	g_rmdir(dir);
 	g_free(dir);
 }
+
+int cli_demo_creds(bool tls, cli_tmpdir **ret, GError **error)
+{
+	g_autoptr(cli_tmpdir) dir = NULL;
+	int rc;
+
+	*ret = NULL;
+	if (!tls)
+		return 0;
+	dir = g_dir_make_tmp("tagmig-demo-tls-XXXXXX", error);
+	if (!dir)
+		return -EIO;
+	if ((rc = cli_make_tls_creds(dir, error)) < 0)
+		return rc;
+	*ret = g_steal_pointer(&dir);
+	return 0;
+}

@@ -5,6 +5,8 @@
  */
 #pragma once
 
+#include <stdbool.h>
+
 #include <glib.h>
 
 G_BEGIN_DECLS
@@ -19,5 +21,9 @@ int cli_make_tls_creds(const char *dir, GError **error);
 typedef char cli_tmpdir;
 void cli_tmpdir_free(char *dir);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(cli_tmpdir, cli_tmpdir_free)
+
+/* With tls: a new temporary directory holding throwaway credentials (cli_make_tls_creds) in
+ * *ret; without: *ret = NULL. Returns 0 or -errno (*error). */
+int cli_demo_creds(bool tls, cli_tmpdir **ret, GError **error);
 
 G_END_DECLS

@@ -39,6 +39,7 @@ int cli_file_create(const char *path, uint64_t size, GError **error)
 	}
 	if (ftruncate(fd, (off_t)size) < 0) {
 		int err = errno;
+		unlink(path); /* ours: O_EXCL */
 		g_set_error(error, TM_ERROR, err, "cannot size %s to %" PRIu64 " bytes: %s", path,
 			    size, g_strerror(err));
 		return -err;

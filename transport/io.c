@@ -6,6 +6,7 @@
  * the layers: each layer counts only what it moved itself).
  */
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -72,6 +73,7 @@ tm_io *tm_io_wrap(tm_io *inner, const tm_transport_ops *ops, void *priv)
 	io->fd = inner->fd;
 	io->id = inner->id;
 	io->timeout_ms = inner->timeout_ms;
+	io->deadline_us = inner->deadline_us;
 	io->depth = 1;
 	io->ops = ops;
 	io->priv = priv;
@@ -99,6 +101,25 @@ void tm_io_set_timeout(tm_io *io, unsigned timeout_ms)
 	for (tm_io *l = io; l; l = l->inner)
 		l->timeout_ms = timeout_ms;
 	set_timeouts(io->fd, timeout_ms, NULL);
+}
+
+void tm_io_set_deadline(tm_io *io, int64_t deadline_us)
+{
+	for (tm_io *l = io; l; l = l->inner)
+		l->deadline_us = deadline_us;
+}
+
+int tm_io_wait_ms(const tm_io *io)
+{
+	int ms = io->timeout_ms ? (int)MIN(io->timeout_ms, (unsigned)INT_MAX) : -1;
+	if (!io->deadline_us)
+		return ms;
+	int64_t left = io->deadline_us - tm_now_us();
+	if (left <= 0)
+		return 0;
+	/* Round up: a wait of 0 would mean "the deadline passed". */
+	int64_t left_ms = MIN((left + 999) / 1000, (int64_t)INT_MAX);
+	return ms < 0 ? (int)left_ms : (int)MIN((int64_t)ms, left_ms);
 }
 
 void tm_io_send_last(tm_io *io, const void *buf, size_t len)
@@ -145,5 +166,6 @@ void tm_io_add_counters(const tm_io *io, tm_io_counters *ret)
 		ret->io_completions += __atomic_load_n(&l->st.io_completions, __ATOMIC_RELAXED);
 		ret->zc_sends += __atomic_load_n(&l->st.zc_sends, __ATOMIC_RELAXED);
 		ret->zc_copied += __atomic_load_n(&l->st.zc_copied, __ATOMIC_RELAXED);
+		ret->io_waits += __atomic_load_n(&l->st.io_waits, __ATOMIC_RELAXED);
 	}
 }

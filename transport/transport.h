@@ -63,7 +63,10 @@ typedef struct tm_transport_ops {
 	int (*send)(tm_io *io, const struct iovec *iov, unsigned n, size_t len);
 	/*
 	 * Required. Fills exactly len bytes into iov[0..n). Returns 0 or -errno; the peer closing
-	 * before len bytes arrived is -ECONNRESET, a wait beyond io->timeout_ms -ETIMEDOUT.
+	 * before len bytes arrived is -ECONNRESET, a wait beyond io->timeout_ms -ETIMEDOUT. A byte
+	 * mover also returns -ETIMEDOUT once io->deadline_us passed, however steadily bytes trickle
+	 * in (tm_io_wait_ms() says how long it may still wait); a wrapper leaves that to its inner
+	 * handle.
 	 */
 	int (*recv)(tm_io *io, const struct iovec *iov, unsigned n, size_t len);
 
@@ -73,7 +76,10 @@ typedef struct tm_transport_ops {
 	 * return before it is sent; until wait_slot() for that slot returns 0 the backend may
 	 * still read the buffers and the iov array. Messages leave in submission order. A short
 	 * send is resumed by the backend, never reported. An error of an earlier submission may be
-	 * returned by any later call. drain() waits for every slot. send() and recv() drain first.
+	 * returned by any later call. drain() waits until every submitted message has been handed
+	 * to the kernel in full, so that later bytes on the socket come after it; the buffers of a
+	 * slot may stay in use (zero-copy) until wait_slot(). send() drains first; neither send(),
+	 * drain() nor recv() waits for buffers to be released, only wait_slot() does.
 	 */
 	int (*submit)(tm_io *io, unsigned slot, const struct iovec *iov, unsigned n, size_t len);
 	int (*wait_slot)(tm_io *io, unsigned slot);
@@ -110,6 +116,7 @@ typedef struct tm_io_counters {
 	uint64_t io_completions;
 	uint64_t zc_sends;       /* zero-copy sends */
 	uint64_t zc_copied;      /* zero-copy sends the kernel completed by copying after all */
+	uint64_t io_waits;       /* waits for a completion that blocked (none was ready): io_uring */
 } tm_io_counters;
 
 static inline void tm_count(uint64_t *c, uint64_t v)
@@ -137,6 +144,8 @@ struct tm_io {
 	const char *path;
 	/* worker-local (the thread that owns the channel at the time) */
 	tm_io_counters st;
+	/* 0 or the monotonic time (tm_now_us) receives must be done by: tm_io_set_deadline() */
+	int64_t deadline_us;
 };
 
 /*
@@ -160,6 +169,20 @@ void tm_io_free(tm_io *io);
 
 /* Changes how long a single blocked read or write may take, on io and every handle below it. */
 void tm_io_set_timeout(tm_io *io, unsigned timeout_ms);
+
+/*
+ * Sets (deadline_us > 0, monotonic microseconds) or clears (0) the time by which every receive
+ * on io and the handles below it must be complete: a total bound for a handshake or a message
+ * body, where the timeout only bounds each wait for the next byte.
+ */
+void tm_io_set_deadline(tm_io *io, int64_t deadline_us);
+
+/*
+ * How long a byte mover may wait for the next bytes of a receive now, in milliseconds:
+ * io->timeout_ms (0: unbounded, -1 here), capped by what is left until io->deadline_us; 0 once
+ * the deadline passed (the receive fails with -ETIMEDOUT).
+ */
+int tm_io_wait_ms(const tm_io *io);
 
 /* The hooks, for callers that hold a handle (see the contracts above). */
 static inline int tm_io_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)

@@ -4,18 +4,15 @@
  * userfaultfd MISSING fault together. UFFDIO_COPY with DONTWAKE makes the page present without
  * waking the faulter, KVM_ARM_MTE_COPY_TAGS sets its tags (the page is present now, so this
  * cannot fault), and only then UFFDIO_WAKE lets the vCPU run; its stage-2 fault then maps the
- * page with the tags already set.
+ * page with the tags already set. The userfaultfd ioctls and their retries are common/uffd.c's,
+ * shared with the session's placers (session/place.c).
  */
 #include <errno.h>
 #include <string.h>
-#include <linux/userfaultfd.h>
-#include <sys/ioctl.h>
 
+#include "common/uffd-internal.h"
 #include "kvm-mte-internal.h"
 #include "tagmig/error.h"
-
-/* UFFDIO_COPY answers EAGAIN while the address space changes under it; give up eventually. */
-#define COPY_RETRIES 1000
 
 int tm_kvm_mte_place(tm_tag_store *store, int uffd, unsigned block, uint64_t offset,
 		     uint64_t length, const void *data, const uint8_t *tags, GError **error)
@@ -43,31 +40,15 @@ int tm_kvm_mte_place(tm_tag_store *store, int uffd, unsigned block, uint64_t off
 
 	/* 1. The data: present, but the blocked faulters stay asleep. */
 	uint64_t done = 0;
-	for (unsigned tries = 0; done < length;) {
-		struct uffdio_copy c = {
-			.dst = (uint64_t)(uintptr_t)(b->host + offset + done),
-			.src = (uint64_t)(uintptr_t)((const uint8_t *)data + done),
-			.len = length - done,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE,
-		};
-		if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
-			done = length;
-			break;
-		}
-		int e = errno;
-		if (c.copy > 0)
-			done += (uint64_t)c.copy; /* partial: go on with the rest */
-		if ((e == EAGAIN || e == EINTR) && ++tries < COPY_RETRIES)
-			continue;
-		g_set_error(error, TM_ERROR, e,
-			    "place: block '%s', offset 0x%" G_GINT64_MODIFIER "x: UFFDIO_COPY: %s%s",
-			    b->name, offset + done, g_strerror(e),
-			    e == EEXIST ? " (page already present: its tags were not set)" : "");
-		return -e;
+	int r = tm_uffd_copy(uffd, b->host + offset, data, length, TM_UFFD_DONTWAKE, &done, error);
+	if (r < 0) {
+		g_prefix_error(error, "place: block '%s', offset 0x%" G_GINT64_MODIFIER "x: ", b->name,
+			       offset + done);
+		return r;
 	}
 
 	/* 2. The tags, before anyone can run on the page. */
-	int r = tm_kvm_mte_copy(p->vm_fd, ipa, length, (void *)tags, false, &done);
+	r = tm_kvm_mte_copy(p->vm_fd, ipa, length, (void *)tags, false, &done);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r,
 			    "place: block '%s', offset 0x%" G_GINT64_MODIFIER
@@ -77,13 +58,11 @@ int tm_kvm_mte_place(tm_tag_store *store, int uffd, unsigned block, uint64_t off
 	}
 
 	/* 3. Wake whoever faulted on the range. */
-	struct uffdio_range wake = { .start = (uint64_t)(uintptr_t)(b->host + offset), .len = length };
-	if (ioctl(uffd, UFFDIO_WAKE, &wake) < 0) {
-		int e = errno;
-		g_set_error(error, TM_ERROR, e,
-			    "place: block '%s', offset 0x%" G_GINT64_MODIFIER "x: UFFDIO_WAKE: %s",
-			    b->name, offset, g_strerror(e));
-		return -e;
+	r = tm_uffd_wake(uffd, b->host + offset, length, error);
+	if (r < 0) {
+		g_prefix_error(error, "place: block '%s', offset 0x%" G_GINT64_MODIFIER "x: ", b->name,
+			       offset);
+		return r;
 	}
 	return 0;
 }

@@ -235,6 +235,17 @@ TM_EXPORT int tm_receiver_abort(tm_receiver *receiver, int code, const char *mes
  */
 TM_EXPORT int tm_receiver_wait(tm_receiver *receiver, GError **error);
 
+/*
+ * Declares pages [first, first + count) of block as not needed (symbol version TAGMIG_0.2): the
+ * session completes without them; they keep what the destination's RAM held. Without it
+ * tm_receiver_wait() succeeds only when every page of every announced block was applied at least
+ * once (-EPROTO "incomplete migration" otherwise; protocol 2 tells the sender too). Call after
+ * accept and before wait returns; thread-safe. Returns 0, -ERANGE outside the announced layout,
+ * -EBADFD in another state.
+ */
+TM_EXPORT int tm_receiver_waive_pages(tm_receiver *receiver, unsigned block, uint64_t first,
+				      uint64_t count, GError **error);
+
 /* Whether the page is present (data and tags applied). Thread-safe; false for bad indexes. */
 TM_EXPORT bool tm_receiver_page_present(tm_receiver *receiver, unsigned block, uint64_t page);
 

@@ -57,7 +57,7 @@ LIMIT=120
 start_recv() {
 	rm -f "$T/port"
 	env ${RECV_IO:+TAGMIG_IO=$RECV_IO} \
-		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout 30 $RECV_TLS \
+		timeout "$LIMIT" "$TAGMIG" recv --listen 127.0.0.1:0 --port-file "$T/port" --timeout "${RECV_TIMEOUT:-30}" $RECV_TLS \
 		"$@" >"$T/recv.out" 2>"$T/recv.err" &
 	RECV_PID=$!
 	for _ in $(seq 1 200); do
@@ -155,6 +155,33 @@ corrupt() {
 	note "ok: receiver refused ($(cat "$T/recv.err")); client saw: $(cat "$T/client.out")"
 }
 
+# no_controls FILE: FILE holds no control character but its line ends, and no bidi override.
+no_controls() {
+	if LC_ALL=C tr -d '\n' <"$1" | LC_ALL=C grep -q '[[:cntrl:]]'; then
+		fail "$(basename "$1") holds control characters: $(od -c "$1" | head -5)"
+	fi
+	if LC_ALL=C grep -q $'\xe2\x80\xae' "$1"; then
+		fail "$(basename "$1") holds U+202E"
+	fi
+}
+
+# hostile MODE LENGTH PATTERN [recv args...]: corrupt-client.py MODE against a receiver into a new
+# out.img (unless the args say otherwise); recv exits 1 with one escaped line matching PATTERN.
+hostile() {
+	need_python
+	local mode=$1 length=$2 pattern=$3
+	shift 3
+	[ $# -gt 0 ] || set -- --ram "$T/out.img"
+	start_recv "$@"
+	timeout "$LIMIT" "$PYTHON3" "$(dirname "$0")/corrupt-client.py" "$PORT" "$mode" ram0 "$length" \
+		>"$T/client.out" 2>"$T/client.err" || fail "corrupt client failed"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	one_line "$T/recv.err" "$pattern"
+	no_controls "$T/recv.err"
+	note "ok: $(cat "$T/recv.err"); client saw: $(cat "$T/client.out")"
+}
+
 if [ "${TLS:-0}" = 1 ]; then
 	make_creds "$T/creds" localhost
 	RECV_TLS="--tls-creds $T/creds"
@@ -162,8 +189,11 @@ if [ "${TLS:-0}" = 1 ]; then
 fi
 
 # tls_refusal RECV_OPTS SEND_OPTS RECV_PATTERN SEND_PATTERN: a session refused during the
-# TLS handshake; both sides exit 1 with one line that says why, and nothing is written.
+# TLS handshake; both sides exit 1 with one line that says why, and nothing is written. The
+# receiver drops the failed connections and keeps listening (issue 14) until its accept deadline
+# (3 s here), then names the first one's reason.
 tls_refusal() {
+	RECV_TIMEOUT=3
 	size=$((1024 * 1024))
 	gen_ram "$size" 91 "$T/in.img"
 	RECV_TLS=$1
@@ -198,6 +228,7 @@ tls-authz)
 	gen_ram $((1024 * 1024)) 92 "$T/in.img"
 	RECV_TLS="--tls-creds $T/a"
 	SEND_TLS="--tls-creds $T/a"
+	RECV_TIMEOUT=3 # the refused sender is dropped; the receiver ends at its deadline
 	start_recv --ram "$T/out.img" --tls-authz "CN=somebody else"
 	run_send --ram "$T/in.img"
 	wait_recv
@@ -230,6 +261,7 @@ tls-s-client)
 	command -v openssl >/dev/null || { echo "no openssl command"; exit 77; }
 	make_creds "$T/a" localhost
 	RECV_TLS="--tls-creds $T/a"
+	RECV_TIMEOUT=3 # each connection is dropped; the receiver ends at its deadline
 	start_recv --ram "$T/out.img"
 	printf 'GET / HTTP/1.0\r\n\r\n' | timeout 20 openssl s_client -connect "127.0.0.1:$PORT" \
 		-CAfile "$T/a/ca-cert.pem" -cert "$T/a/client-cert.pem" -key "$T/a/client-key.pem" \
@@ -479,7 +511,9 @@ refuse-unknown-block)
 	note "ok: $(cat "$T/recv.err")"
 	;;
 corrupt-bad-magic)
-	corrupt bad-magic "magic|handshake"
+	# Dropped without ending the session (listener-survives): the receiver ends at its deadline.
+	RECV_TIMEOUT=3
+	corrupt bad-magic "no sender connected within 3.0 s; 1 other connection dropped, the first: .*bad magic"
 	;;
 corrupt-page-range)
 	corrupt page-range "page|range"
@@ -508,6 +542,97 @@ rate-limit)
 	ms=$(((t1 - t0) / 1000000))
 	[ "$ms" -ge 1600 ] || fail "8 MiB at --rate-limit 4M/s took $ms ms, expected about 2000"
 	note "ok: 8 MiB at --rate-limit 4M/s in $ms ms"
+	;;
+# Issue 14, defect 7: garbage, an immediate close and (with TLS) a sender that fails TLS
+# authentication are dropped; the real sender that comes next migrates as if nothing happened.
+listener-survives)
+	need_python
+	gen_ram $((1024 * 1024)) 51 "$T/in.img"
+	start_recv --ram "$T/out.img"
+	timeout "$LIMIT" "$PYTHON3" "$(dirname "$0")/corrupt-client.py" "$PORT" bad-magic ram0 0 \
+		>"$T/client.out" 2>"$T/client.err" || fail "garbage client failed"
+	(exec 3<>"/dev/tcp/127.0.0.1/$PORT" && exec 3<&-) || fail "could not connect"
+	if [ "${TLS:-0}" = 1 ]; then
+		make_creds "$T/other" localhost
+		good_tls=$SEND_TLS
+		SEND_TLS="--tls-creds $T/other"
+		run_send --ram "$T/in.img"
+		expect_rc "send with another CA" "$SEND_RC" 1
+		SEND_TLS=$good_tls
+	fi
+	kill -0 "$RECV_PID" 2>/dev/null || fail "recv ended after the hostile connections"
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	note "ok: the real sender got in after garbage, a close$([ "${TLS:-0}" = 1 ] && echo " and a failed TLS client")"
+	;;
+# Issue 14, defect 1: an END whose counts match what arrived is no success while pages are missing.
+incomplete-end-none)
+	hostile end-none $((1024 * 1024)) "incomplete migration: 256 pages never arrived"
+	;;
+incomplete-end-partial)
+	hostile end-partial $((1024 * 1024)) "incomplete migration: 240 pages never arrived.*offset 0x10000"
+	;;
+incomplete-end-packets)
+	hostile end-packets $((1024 * 1024)) "sender sent 5 packets, 1 arrived"
+	;;
+# Defect 2: text from the peer never reaches the terminal raw, on either side.
+escape-recv-error)
+	hostile error-escape $((1024 * 1024)) 'sender gave up: \\x1b\[2J.*\\x07\\x0d\\x0aforged line\\u\{202e\}evil'
+	;;
+escape-recv-name)
+	hostile name-escape $((1024 * 1024)) "block 0 'ram\\\\x1b" --ram other="$T/out.img"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	;;
+escape-send-error)
+	need_python
+	gen_ram $((1024 * 1024)) 31 "$T/in.img"
+	"$PYTHON3" "$(dirname "$0")/hostile-receiver.py" "$T/port" error-escape 2>"$T/hr.err" &
+	HR_PID=$!
+	for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
+	PORT=$(cat "$T/port")
+	run_send --ram "$T/in.img" --channels 1
+	wait "$HR_PID"
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/send.err" 'x1b\[2J.*forged line\\u\{202e\}evil'
+	no_controls "$T/send.err"
+	note "ok: $(cat "$T/send.err")"
+	;;
+# Defect 3: a session refused after a first file was created leaves no file behind.
+refuse-removes-created)
+	gen_ram $((1024 * 1024)) 41 "$T/a.img"
+	gen_ram $((1024 * 1024)) 42 "$T/b.img"
+	start_recv --ram a="$T/out-a.img" --ram b="$T/no-such-dir/out-b.img"
+	run_send --ram a="$T/a.img" --ram b="$T/b.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "no-such-dir"
+	[ ! -e "$T/out-a.img" ] || fail "the refused session left out-a.img behind"
+	note "ok: $(cat "$T/recv.err")"
+	;;
+# Defect 5: an announced size over the receiver's bound is refused before anything is created.
+max-ram-huge)
+	hostile hello-only $(((2 ** 32 - 1) * 4096)) "17592186040320 bytes of RAM.*--max-ram"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	;;
+max-ram-option)
+	gen_ram $((1024 * 1024)) 43 "$T/in.img"
+	start_recv --ram "$T/out.img" --max-ram 512K
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 1
+	expect_rc send "$SEND_RC" 1
+	one_line "$T/recv.err" "1048576 bytes of RAM to create, more than the 524288 bytes .*--max-ram"
+	[ ! -e "$T/out.img" ] || fail "a refused session created out.img"
+	start_recv --ram "$T/out.img" --max-ram 1M
+	run_send --ram "$T/in.img"
+	wait_recv
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	note "ok: --max-ram 512K refused, 1M let in"
 	;;
 usage)
 	u() { # WANT_RC ARGS...
@@ -641,6 +766,7 @@ demo-live)
 			assert 0 < d["downtime_ms"] < 10000, d
 			assert d["guest_writes"] > 0 and d["dirty_log"], d
 			assert d["pages_sent"] >= 16384, d
+			assert d["state_sections"] == 2 and d["state_bytes"] == 4096 + 1048576, d
 		EOF
 	fi
 	# Human output: every round on stderr, the summary on stdout.

@@ -10,6 +10,12 @@ Opens one channel to 127.0.0.1:PORT and sends:
   length-mismatch  a valid HELLO, then a DATA packet whose data_len disagrees with body_len
   bad-seq          a valid HELLO, then a DATA packet with a skipped sequence number
   bad-block        a valid HELLO, then a DATA packet for a block index that does not exist
+  end-none         a valid HELLO, then END (0 pages, 0 packets): nothing of the layout arrived
+  end-partial      a valid HELLO, 16 pages in one DATA packet, then a matching END (16, 1)
+  end-packets      a valid HELLO, 16 pages in one DATA packet, then END (16 pages, 5 packets)
+  error-escape     a valid HELLO, then an ERROR whose message holds ESC, CR, LF, BEL and U+202E
+  name-escape      a HELLO whose block name holds ESC, CR, LF, BEL and U+202E (BLOCK_NAME unused)
+  hello-only       a valid HELLO, nothing more (BLOCK_LENGTH may be huge: 16 TiB)
 Then it reads until the receiver closes the connection and prints what it got back.
 Exit 0 when the receiver answered (ERROR or close), 1 on a local problem.
 """
@@ -20,7 +26,8 @@ import sys
 
 PAGE = 4096
 MAGIC = b"TMIG"
-HELLO, HELLO_ACK, DATA, ERROR = 1, 2, 3, 8
+HELLO, HELLO_ACK, DATA, END, ERROR = 1, 2, 3, 6, 8
+NASTY = "\x1b[2J\x1b]0;owned\x07\r\nforged line\u202eevil"
 
 
 def frame(msg_type, body, seq, magic=MAGIC):
@@ -28,7 +35,7 @@ def frame(msg_type, body, seq, magic=MAGIC):
 
 
 def hello(name, length):
-    name = name.encode()
+    name = name.encode("utf-8")
     body = os.urandom(16)                                    # session_id
     body += struct.pack("<HHII", 0, 1, 0, 512 * 1024)        # channel 0 of 1, no tags
     body += struct.pack("<I", 0)                             # reserved
@@ -43,6 +50,19 @@ def data(block, page, data_len=PAGE):
     body += struct.pack("<IBBH", page, 0, 0, 0)              # NORMAL, TAGS_ZERO
     body += b"\xa5" * PAGE
     return body
+
+
+def data_run(npages):
+    """npages NORMAL pages from page 0 in one DATA packet."""
+    body = struct.pack("<IIII", 0, npages, npages * PAGE, 0)
+    for p in range(npages):
+        body += struct.pack("<IBBH", p, 0, 0, 0)
+    return body + b"\x5a" * (npages * PAGE)
+
+
+def error_msg(code, text):
+    msg = text.encode("utf-8")
+    return struct.pack("<IHH", code, len(msg), 0) + msg
 
 
 def recv_exact(sock, n):
@@ -63,8 +83,12 @@ def main():
     npages = length // PAGE
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
 
+    if mode == "name-escape":
+        name = "ram" + NASTY
     if mode == "bad-magic":
         sock.sendall(frame(HELLO, hello(name, length), 0, magic=b"XMIG"))
+    elif mode in ("name-escape", "hello-only"):
+        sock.sendall(frame(HELLO, hello(name, length), 0))
     else:
         sock.sendall(frame(HELLO, hello(name, length), 0))
         hdr = recv_exact(sock, 16)
@@ -81,6 +105,14 @@ def main():
             pkt = frame(DATA, data(0, 0), 7)
         elif mode == "bad-block":
             pkt = frame(DATA, data(3, 0), 1)
+        elif mode == "end-none":
+            pkt = frame(END, struct.pack("<QQ", 0, 0), 1)
+        elif mode == "end-partial":
+            pkt = frame(DATA, data_run(16), 1) + frame(END, struct.pack("<QQ", 16, 1), 2)
+        elif mode == "end-packets":
+            pkt = frame(DATA, data_run(16), 1) + frame(END, struct.pack("<QQ", 16, 5), 2)
+        elif mode == "error-escape":
+            pkt = frame(ERROR, error_msg(5, NASTY), 1)
         else:
             print("corrupt-client: unknown mode " + mode, file=sys.stderr)
             return 1

@@ -64,7 +64,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned i = 0; i < plan.iov_count; i++) {
 		const uint8_t *p = plan.iov[i].iov_base;
 		size_t len = plan.iov[i].iov_len;
-		if (i < plan.data_iov_count) {
+		if (i < plan.data_iov_count && plan.staged) {
+			/* Page data that waits for its tags' check: only inside the stage. */
+			g_assert_true(p >= plan.stage && len <= plan.packet_size &&
+				      (size_t)(p - plan.stage) <= plan.packet_size - len);
+		} else if (i < plan.data_iov_count) {
 			g_assert_true(p >= host && len <= b->length &&
 				      (size_t)(p - host) <= b->length - len);
 			g_assert_cmpuint((size_t)(p - host) % b->page_size, ==, 0);
@@ -81,6 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			return 0;
 	if (tm_recv_plan_tags(&plan, &error) < 0)
 		return 0;
+	tm_recv_plan_commit(&plan); /* staged data into guest RAM, at validated pages only */
 
 	/* Apply as the session does: zero pages, then tags in runs of consecutive pages. */
 	size_t granules = b->page_size / TM_TAG_GRANULE;

@@ -2,7 +2,7 @@
 /*
  * Writes the seed corpora of the fuzz targets: valid messages made with the codec's own encoders,
  * and mutations of them that hit each class of rejection. Usage: gen-corpus OUT-DIR (normally
- * tests/fuzz/corpus); it writes OUT-DIR/{frame,hello,data,state}/. The output is deterministic, so
+ * tests/fuzz/corpus); it writes OUT-DIR/{frame,hello,data,state,postcopy}/. The output is deterministic, so
  * rerunning it after a wire change shows up as a reviewable diff of the seeds.
  */
 #include <stdio.h>
@@ -10,7 +10,9 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
+#include "codec/compress.h"
 #include "fuzz.h"
+#include "postcopy-fuzz.h"
 
 static const char *out_root;
 
@@ -405,6 +407,146 @@ static void gen_state(void)
 	g_byte_array_unref(big.buf);
 }
 
+/* fuzz-decompress: [codec/page size][pages] + a real stream of text-like pages, both codecs. */
+static void gen_decompress(void)
+{
+	g_autoptr(tm_zctx) z = NULL;
+	static const uint32_t sizes[] = { 4096, 16384, 65536 };
+
+	if (tm_zctx_new(16 * 65536, &z, NULL) < 0)
+		g_error("tm_zctx_new");
+	size_t cap = tm_zctx_bound(z);
+	g_autofree uint8_t *buf = g_malloc(cap + 2);
+	for (unsigned sel = 0; sel < 6; sel++) {
+		tm_zcodec c = sel & 1 ? TM_ZCODEC_LZ4 : TM_ZCODEC_ZSTD;
+		uint32_t ps = sizes[(sel >> 1) % 3];
+		unsigned n = sel + 1;
+		uint8_t *pages[16];
+		if (!(tm_zcodec_available() & (1u << c)))
+			continue;
+		for (unsigned i = 0; i < n; i++) {
+			pages[i] = g_malloc(ps);
+			for (uint32_t j = 0; j < ps; j++)
+				pages[i][j] = j % 97 < 50 ? (uint8_t)"page data "[j % 10] : (uint8_t)(j * i);
+		}
+		ssize_t len = tm_zcompress(z, c, 1, pages, n, ps, buf + 2, cap, NULL);
+		if (len <= 0)
+			g_error("gen_decompress: %s did not compress", tm_zcodec_name(c));
+		buf[0] = (uint8_t)sel;
+		buf[1] = (uint8_t)(n - 1);
+		g_autofree char *name = g_strdup_printf("%s-%u-%ux%u", tm_zcodec_name(c), sel, n, ps);
+		put("decompress", name, buf, (size_t)len + 2);
+		for (unsigned i = 0; i < n; i++)
+			g_free(pages[i]);
+	}
+}
+
+/* One URGENT of the postcopy fuzz session answering req_id (fuzz_urgent_request()). */
+static uint8_t *urgent_msg(uint64_t req_id, size_t *ret_len)
+{
+	tm_hello s;
+	tm_page_req q;
+	tm_packet pkt;
+	uint8_t prefix[TM_FRAME_HDR_LEN + TM_URGENT_ID_LEN];
+
+	fuzz_postcopy_session(&s);
+	if (!fuzz_urgent_request(req_id, &q))
+		g_error("request %" G_GUINT64_FORMAT " is not outstanding", (guint64)req_id);
+	uint32_t ps = s.blocks[q.block].page_size, granules = ps / TM_TAG_GRANULE;
+	g_autofree uint8_t *ram = g_malloc0((size_t)q.count * ps);
+	g_autofree uint8_t *tags = g_malloc0((size_t)q.count * granules);
+	for (unsigned i = 0; i < q.count; i++) {
+		/* every third page zero, tags on every other one */
+		if (i % 3 != 1)
+			memset(ram + (size_t)i * ps, 0x61 + (int)i, ps);
+		if (i % 2)
+			for (unsigned j = 0; j < granules; j++)
+				tags[(size_t)i * granules + j] = (uint8_t)((i + j) % 16);
+	}
+	tm_packet_init(&pkt, s.packet_size);
+	pkt.version = TM_WIRE_VERSION_2;
+	tm_packet_begin(&pkt, q.block, ps, s.packet_size);
+	for (unsigned i = 0; i < q.count; i++) {
+		const uint8_t *d = ram + (size_t)i * ps;
+		tm_packet_add(&pkt, q.page + i, d, tm_buffer_is_zero(d, ps), tags + (size_t)i * granules,
+			      NULL);
+	}
+	unsigned iovcnt = tm_urgent_finish(&pkt, 0, req_id, prefix, ret_len);
+	uint8_t *msg = g_malloc(*ret_len), *p = msg;
+	memcpy(p, prefix, sizeof(prefix));
+	p += sizeof(prefix);
+	for (unsigned i = 0; i < iovcnt; i++) {
+		memcpy(p, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
+		p += pkt.iov[i].iov_len;
+	}
+	tm_packet_fini(&pkt);
+	tm_hello_clear(&s);
+	return msg;
+}
+
+static void gen_postcopy(void)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8 * TM_MAX_DISCARD_RANGES];
+	size_t n;
+
+	/*
+	 * DISCARD: the frame's seq picks the channel (seq % 2). "ram0" chunks 0-3 are pages 0-15,
+	 * 16-31, ... on channels 0 1 0 1; "ram1" chunk 4 + page on channel page % 2.
+	 */
+	const tm_discard_range r0[] = { { 0, 2 }, { 5, 11 }, { 32, 16 } };
+	n = tm_discard_encode(buf, 0, 0, r0, G_N_ELEMENTS(r0));
+	put("postcopy", "discard-valid", buf, n);
+	put_mut("postcopy", "discard-wrong-channel", buf, n, 12, 1);
+	put_mut("postcopy", "discard-block", buf, n, 16, 2);
+	put_mut("postcopy", "discard-count-0", buf, n, 20, 0);
+	put_mut("postcopy", "discard-count-513", buf, n, 21, 2);
+	put_mut("postcopy", "discard-npages-0", buf, n, 16 + 8 + 4, 0);
+	put_mut("postcopy", "discard-cross-chunk", buf, n, 16 + 8 + 8 + 4, 12);
+	put_mut("postcopy", "discard-overlap", buf, n, 16 + 8 + 8, 1);
+	put_mut("postcopy", "discard-out-of-block", buf, n, 16 + 8 + 16, 60);
+	put_mut("postcopy", "discard-body-len", buf, n, 8, (uint8_t)(buf[8] + 8));
+	const tm_discard_range r1[] = { { 1, 1 }, { 3, 1 } };
+	n = tm_discard_encode(buf, 1, 1, r1, G_N_ELEMENTS(r1));
+	put("postcopy", "discard-valid-ram1", buf, n);
+
+	n = tm_postcopy_encode(buf, 0, 68);
+	put("postcopy", "postcopy-valid", buf, n);
+	put_mut("postcopy", "postcopy-too-many", buf, n, 16, 69);
+	put_mut("postcopy", "postcopy-body-len", buf, n, 8, 9);
+
+	/* PAGE_REQ: seq 0 expects request 1 with nothing outstanding. */
+	n = tm_page_req_encode(buf, 0, &(tm_page_req){ 1, 0, 48, 16 });
+	put("postcopy", "page-req-valid", buf, n);
+	put_mut("postcopy", "page-req-id", buf, n, 16, 2);
+	put_mut("postcopy", "page-req-outstanding-255", buf, n, 14, 0xff); /* seq 0xff0000 */
+	put_mut("postcopy", "page-req-flood", buf, n, 15, 1); /* seq 1 << 24: 256 outstanding */
+	put_mut("postcopy", "page-req-block", buf, n, 16 + 8, 2);
+	put_mut("postcopy", "page-req-count-0", buf, n, 16 + 16, 0);
+	put_mut("postcopy", "page-req-count-17", buf, n, 16 + 16, 17);
+	put_mut("postcopy", "page-req-page", buf, n, 16 + 12, 49);
+	put_mut("postcopy", "page-req-reserved", buf, n, 16 + 23, 1);
+	n = tm_page_req_encode(buf, 0, &(tm_page_req){ 1, 1, 3, 1 });
+	put("postcopy", "page-req-valid-ram1", buf, n);
+	put_mut("postcopy", "page-req-ram1-count-2", buf, n, 16 + 16, 2);
+
+	/* URGENT: request 6 is 4 pages of ram0, request 7 one page of ram1. */
+	g_autofree uint8_t *u = urgent_msg(6, &n);
+	put("postcopy", "urgent-valid", u, n);
+	put_mut("postcopy", "urgent-not-outstanding", u, n, 16, 0);
+	put_mut("postcopy", "urgent-wrong-block", u, n, 16 + 8, 1);
+	put_mut("postcopy", "urgent-page-order", u, n, 16 + 8 + 16 + 8, 0x3f);
+	put_mut("postcopy", "urgent-page-count", u, n, 16 + 8 + 4, 3);
+	put_mut("postcopy", "urgent-body-len", u, n, 8, (uint8_t)(u[8] + 1));
+	put("postcopy", "urgent-truncated", u, n - 1);
+	g_autofree uint8_t *u1 = urgent_msg(7, &n);
+	put("postcopy", "urgent-valid-ram1", u1, n);
+
+	/* REQ_END: seq is the requests read. */
+	n = tm_req_end_encode(buf, 300, 300);
+	put("postcopy", "req-end-valid", buf, n);
+	put_mut("postcopy", "req-end-count", buf, n, 16, 0);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -416,5 +558,7 @@ int main(int argc, char **argv)
 	gen_hello();
 	gen_data();
 	gen_state();
+	gen_decompress();
+	gen_postcopy();
 	return 0;
 }

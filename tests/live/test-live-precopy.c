@@ -4,8 +4,10 @@
  * "precopy-converge" and "tags-only"): the test guest (tests/guest) dirties its RAM and tags at
  * 100 MB/s from four writer threads while the loop of docs/api.md runs it over the session:
  * rounds from the kernel's dirty log until tm_sender_advise() says switch (or 30 rounds), pause,
- * tm_sender_guest_stopped(), the final dirty log, finish. The destination must then hold exactly
- * the guest's data and tags, the tags-only writes included, and the downtime must be measured.
+ * tm_sender_guest_stopped(), the final dirty log, device state (a vCPU, a device, and a hash of
+ * all RAM that the destination recomputes when it reads it), finish. The destination must then
+ * hold exactly the guest's data and tags, the tags-only writes included, the state sections in
+ * order and intact, delivered after all RAM, and the downtime must be measured.
  * Runs on the sockets and io_uring pairs, plaintext and TLS (the other pairs skip: same code).
  */
 #include <errno.h>
@@ -55,6 +57,55 @@ static void queue_dirty(tm_sender *s, uint64_t **bm, const uint64_t *npages, uns
 	}
 }
 
+/* FNV-1a over every block's RAM and soft tags: the "ramhash" section (design 4.1), which the
+ * destination recomputes when it reads it: device state must come after all RAM. */
+static uint64_t ram_hash(const tm_ram_layout *layout, tm_tag_store *tags)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (unsigned b = 0; b < tm_ram_layout_block_count(layout); b++) {
+		tm_ram_block_info bi;
+		const uint8_t *t = tm_tag_store_soft_array(tags, b);
+
+		g_assert_cmpint(tm_ram_layout_block(layout, b, &bi), ==, 0);
+		const uint64_t *w = bi.host;
+		for (uint64_t i = 0; i < bi.length / 8; i++)
+			h = (h ^ w[i]) * 0x100000001b3ull;
+		for (uint64_t i = 0; i < bi.length / TM_TAG_GRANULE; i++)
+			h = (h ^ t[i]) * 0x100000001b3ull;
+	}
+	return h;
+}
+
+#define CPU_STATE 4096u
+#define DEV_STATE (1u << 20)
+
+typedef struct dest_state {
+	uint8_t cpu[CPU_STATE], *dev;
+	bool cpu_seen, dev_seen, ramhash_seen, ramhash_ok;
+	char order[64];
+} dest_state;
+
+static void on_state(peer *p, const char *name, const uint8_t *data, size_t len)
+{
+	dest_state *d = p->opaque;
+
+	g_strlcat(d->order, name, sizeof(d->order));
+	g_strlcat(d->order, ",", sizeof(d->order));
+	if (!strcmp(name, "cpu0") && len == CPU_STATE) {
+		memcpy(d->cpu, data, len);
+		d->cpu_seen = true;
+	} else if (!strcmp(name, "dev") && len == DEV_STATE) {
+		memcpy(d->dev, data, len);
+		d->dev_seen = true;
+	} else if (!strcmp(name, "ramhash") && len == sizeof(uint64_t)) {
+		uint64_t want;
+		memcpy(&want, data, sizeof(want));
+		d->ramhash_seen = true;
+		d->ramhash_ok = ram_hash(p->g->layout, p->g->tags) == want;
+	}
+}
+
 static void test_precopy_converge(void)
 {
 	if (!pair_runs())
@@ -93,7 +144,14 @@ static void test_precopy_converge(void)
 	guest dst;
 	guest_init(&dst, spec, nb, true);
 	peer p;
-	g_autofree char *port = peer_start_ex(&p, &dst, true, 30000);
+	dest_state ds = { .dev = g_malloc0(DEV_STATE) };
+	g_autofree uint8_t *cpu = g_malloc(CPU_STATE);
+	g_autofree uint8_t *dev = g_malloc(DEV_STATE);
+	for (unsigned i = 0; i < CPU_STATE; i++)
+		cpu[i] = (uint8_t)rnd();
+	for (unsigned i = 0; i < DEV_STATE; i++)
+		dev[i] = (uint8_t)rnd();
+	g_autofree char *port = peer_start_state(&p, &dst, true, 30000, on_state, &ds);
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 4,
 				 .timeout_ms = 30000 };
 	g_autoptr(tm_sender) s = NULL;
@@ -132,6 +190,13 @@ static void test_precopy_converge(void)
 	 * mutation "final round skipped" could not fail this test). */
 	g_assert_cmpuint(dirty + final, >, 0);
 	queue_dirty(s, bm, npages, nb);
+	/* Device state after the final round: vCPU registers, a device model, the RAM hash. */
+	uint64_t ramhash = ram_hash(layout, test_guest_tags(g));
+	g_assert_cmpint(tm_sender_advise(s, 0, CPU_STATE + DEV_STATE + 8, &adv), ==, 0);
+	g_assert_cmpint(tm_sender_put_state(s, "cpu0", cpu, CPU_STATE, 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_put_state(s, "dev", dev, DEV_STATE, TM_STATE_COPY, &err), ==, 0);
+	g_assert_cmpint(tm_sender_put_state(s, "ramhash", &ramhash, sizeof(ramhash), TM_STATE_COPY,
+					    &err), ==, 0);
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
 	g_assert_no_error(err);
 	peer_join(&p);
@@ -141,6 +206,11 @@ static void test_precopy_converge(void)
 	g_autofree char *why = NULL;
 	if (!test_guest_same(g, dst.layout, dst.tags, &why))
 		g_error("destination differs from the guest: %s", why);
+	g_assert_cmpstr(ds.order, ==, "cpu0,dev,ramhash,");
+	g_assert_true(ds.cpu_seen && ds.dev_seen && ds.ramhash_seen);
+	g_assert_true(memcmp(ds.cpu, cpu, CPU_STATE) == 0);
+	g_assert_true(memcmp(ds.dev, dev, DEV_STATE) == 0);
+	g_assert_true(ds.ramhash_ok); /* state after all RAM of the final round */
 	g_assert_cmpuint(test_guest_writes(g), >, 0);
 
 	tm_live_stats ls = { .size = sizeof(ls) };
@@ -151,6 +221,7 @@ static void test_precopy_converge(void)
 		       "downtime %.2f ms", ls.rounds, test_guest_writes(g), ls.downtime_us / 1e3);
 	peer_free(&p);
 	guest_fini(&dst);
+	g_free(ds.dev);
 	for (unsigned b = 0; b < nb; b++)
 		g_free(bm[b]);
 }

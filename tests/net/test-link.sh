@@ -18,32 +18,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=netns.sh
 . "$HERE/netns.sh"
 
-if ! why=$(tm_link_check 2>&1); then
-	echo "SKIP: $why"
-	exit 77
-fi
+# shellcheck source=migrate.sh
+. "$HERE/migrate.sh"
+net_test_begin ""
 if ! command -v python3 >/dev/null 2>&1; then
 	echo "SKIP: python3 not available (the round-trip probe)"
 	exit 77
 fi
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/tagmig-net.XXXXXX")
-RECV_PID=
-cleanup() {
-	[ -n "$RECV_PID" ] && kill "$RECV_PID" 2>/dev/null
-	tm_link_down
-	rm -rf "$T"
-}
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$T"/*.err; do
-		[ -s "$f" ] && { echo "--- $(basename "$f"):" >&2; head -c 4000 "$f" >&2; }
-	done
-	exit 1
-}
-note() { echo "# $*"; }
 
 # connect_ms: milliseconds of one TCP connect from A to a listener in B.
 connect_ms() {
@@ -62,34 +43,6 @@ print(int((time.monotonic() - t) * 1000)); s.close()' "$TM_ADDR_B" "$(cat "$T/pr
 	rm -f "$T/probe.port"
 }
 
-# migrate SIZE CHANNELS: tagmig recv in B, send from A; sets ELAPSED_MS; checks RAM and tags.
-migrate() {
-	local size=$1 ch=$2 start end rc
-	"$GEN" ram "$size" 31 "$T/in.img" || fail "tm-gen-image ram"
-	"$GEN" tags $((size / 16)) 32 "$T/in.tags" || fail "tm-gen-image tags"
-	rm -f "$T/out.img" "$T/out.tags" "$T/port"
-	tm_in_b timeout 120 "$TAGMIG" recv --listen "$TM_ADDR_B:0" --port-file "$T/port" --timeout 30 \
-		--ram "$T/out.img" --tags "$T/out.tags" >"$T/recv.out" 2>"$T/recv.err" &
-	RECV_PID=$!
-	for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
-	[ -s "$T/port" ] || fail "recv did not listen"
-	start=$(date +%s%N)
-	tm_in_a timeout 120 "$TAGMIG" send --connect "$TM_ADDR_B:$(cat "$T/port")" --timeout 30 \
-		--channels "$ch" --ram "$T/in.img" --tags "$T/in.tags" --json >"$T/send.out" 2>"$T/send.err"
-	rc=$?
-	end=$(date +%s%N)
-	[ "$rc" = 0 ] || fail "send exited $rc"
-	wait "$RECV_PID"
-	rc=$?
-	RECV_PID=
-	[ "$rc" = 0 ] || fail "recv exited $rc"
-	cmp -s "$T/in.img" "$T/out.img" || fail "RAM differs after the migration"
-	cmp -s "$T/in.tags" "$T/out.tags" || fail "tags differ after the migration"
-	ELAPSED_MS=$(((end - start) / 1000000))
-	WIRE_BYTES=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["wire_bytes"])' "$T/send.out") ||
-		fail "send --json: $(cat "$T/send.out")"
-}
-
 # 1. 200 Mbit/s, 5 ms each way.
 tm_link_up "200mbit,5ms" || fail "tm_link_up 200mbit,5ms"
 ms=$(connect_ms) || fail "round-trip probe"
@@ -97,7 +50,7 @@ note "connect across 200mbit,5ms: $ms ms"
 [ "$ms" -ge 9 ] || fail "connect took $ms ms: the link has no 5 ms delay each way"
 [ "$ms" -lt 500 ] || fail "connect took $ms ms: far beyond the 10 ms round trip"
 size=$((24 * 1024 * 1024))
-migrate "$size" 4
+net_migrate "$size" 4 120
 # What went over the wire, at 200 Mbit/s (5% off for the clocks); TCP/IP headers only add to it.
 floor=$((WIRE_BYTES * 8 / 200000 * 95 / 100))
 note "24 MiB + tags over 4 channels: $WIRE_BYTES bytes on the wire in $ELAPSED_MS ms (the link allows no less than $floor ms)"
@@ -107,9 +60,9 @@ note "link: $(tm_link_stats | tr '\n' ';')"
 
 # 2. 1 Gbit/s, 1 ms, 1% loss: TCP retransmits, the result is still exact.
 tm_link_up "1gbit,1ms,loss=1%" || fail "tm_link_up with loss"
-migrate $((32 * 1024 * 1024)) 2
+net_migrate $((32 * 1024 * 1024)) 2 120
 tm_link_down
-lost=$(tm_link_stats | awk '$1 == "a_to_b" {print $7}')
+lost=$(net_counter a_to_b lost)
 note "32 MiB over 1gbit,1ms,loss=1%: $ELAPSED_MS ms, $lost packets lost on the way"
 [ "${lost:-0}" -gt 0 ] || fail "no packet lost on a link with 1% loss: $(tm_link_stats)"
 

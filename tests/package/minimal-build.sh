@@ -1,7 +1,7 @@
 #!/bin/bash
 # TAP: the smallest library a VMM may want builds, installs and serves a consumer.
 #   minimal-build.sh SRCDIR WORKDIR
-# Configures SRCDIR with -Dtests=false -Dbench=false -Dtls=disabled -Dio_uring=disabled, builds,
+# Configures SRCDIR with -Dtests=false -Dbench=false -Dtls=disabled -Dio_uring=disabled -Dcompression=disabled, builds,
 # installs into WORKDIR/root (meson install --destdir), then from the installed files only:
 # the library needs neither OpenSSL nor liburing; examples/precopy.c builds with the installed
 # pkg-config file and migrates with the installed library; the installed tagmig runs a demo and
@@ -20,7 +20,7 @@ finish() { echo "1..$n"; [ "$fails" = 0 ]; exit; }
 
 rm -rf "$work"
 mkdir -p "$work"
-opts=(-Dtests=false -Dbench=false -Dtls=disabled -Dio_uring=disabled -Dwerror=true --prefix=/usr)
+opts=(-Dtests=false -Dbench=false -Dtls=disabled -Dio_uring=disabled -Dcompression=disabled -Dwerror=true --prefix=/usr)
 if meson setup "$work/build" "$src" "${opts[@]}" >"$work/setup.log" 2>&1; then
 	ok "meson setup ${opts[*]}"
 else

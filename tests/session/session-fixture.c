@@ -128,24 +128,63 @@ static gpointer receiver_thread(gpointer data)
 	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
 	if (p->ret >= 0)
 		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
+	for (unsigned b = 0; p->ret >= 0 && p->waive_all && b < p->g->nblocks; b++) {
+		tm_ram_block_info bi;
+		tm_ram_layout_block(p->g->layout, b, &bi);
+		p->ret = tm_receiver_waive_pages(p->r, b, 0, bi.length / bi.page_size, &p->error);
+	}
 	if (p->ret >= 0)
 		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
-	if (p->ret >= 0)
+	while (p->ret >= 0) {
 		p->ret = tm_receiver_wait(p->r, &p->error);
+		if (p->ret != 1)
+			break;
+		/* Device state waits: read every section, as a destination VMM loads devices. */
+		tm_state_info info;
+		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
+			g_autofree uint8_t *buf = g_malloc(info.length + 1);
+			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
+			if (p->ret < 0)
+				break;
+			p->states++;
+			if (p->on_state)
+				p->on_state(p, info.name, buf, info.length);
+		}
+	}
 	return NULL;
 }
 
-char *peer_start_ex(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms)
+static char *peer_launch(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms, bool waive_all,
+			peer_state_fn fn, void *opaque)
 {
 	unsigned port = 0;
 	memset(p, 0, sizeof(*p));
 	p->g = g;
+	p->waive_all = waive_all;
 	p->ram_zeroed = ram_zeroed;
 	p->timeout_ms = timeout_ms;
+	p->on_state = fn;
+	p->opaque = opaque;
 	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
 	g_assert_cmpint(p->listen_fd, >=, 0);
 	p->thread = g_thread_new("receiver", receiver_thread, p);
 	return g_strdup_printf("%u", port);
+}
+
+char *peer_start_state(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms, peer_state_fn fn,
+		       void *opaque)
+{
+	return peer_launch(p, g, ram_zeroed, timeout_ms, false, fn, opaque);
+}
+
+char *peer_start_ex(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms)
+{
+	return peer_launch(p, g, ram_zeroed, timeout_ms, false, NULL, NULL);
+}
+
+char *peer_start_waived(peer *p, guest *g, unsigned timeout_ms)
+{
+	return peer_launch(p, g, false, timeout_ms, true, NULL, NULL);
 }
 
 char *peer_start(peer *p, guest *g)

@@ -44,16 +44,25 @@ void guest_fill(guest *g);
 /* RAM, and tags where both have them, are equal. */
 void assert_same(guest *a, guest *b);
 
-/* A receiver run in its own thread: new, accept, start, wait. */
+struct peer;
+/* A device-state section the peer read whole (on the receiver's thread). */
+typedef void (*peer_state_fn)(struct peer *p, const char *name, const uint8_t *data, size_t len);
+
+/* A receiver run in its own thread: new, accept, start, wait (reading device state with
+ * on_state, if set, whenever wait asks for it). */
 typedef struct peer {
 	guest *g;
 	bool ram_zeroed;
 	unsigned timeout_ms; /* 0: 20 s */
+	bool waive_all;      /* tm_receiver_waive_pages() of every page: a partial migration may end */
 	int listen_fd;
 	tm_receiver *r;
 	GError *error;
 	int ret;
 	uint64_t presented; /* pages reported by on_present */
+	peer_state_fn on_state;
+	void *opaque;
+	unsigned states;    /* device-state sections read */
 	GThread *thread;
 } peer;
 
@@ -61,6 +70,11 @@ typedef struct peer {
 char *peer_start(peer *p, guest *g);
 /* The same, for a destination that starts zeroed, and a timeout other than 20 s (0: 20 s). */
 char *peer_start_ex(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms);
+/* The same, reading every device-state section whole and handing it to fn. */
+char *peer_start_state(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms, peer_state_fn fn,
+		       void *opaque);
+/* The same for a VMM that waives every page (tm_receiver_waive_pages): sending none completes. */
+char *peer_start_waived(peer *p, guest *g, unsigned timeout_ms);
 /* Waits for the receiver thread to end; p->ret and p->error say how it did. */
 void peer_join(peer *p);
 void peer_free(peer *p);

@@ -104,6 +104,14 @@ static int read_sections(dest *d)
 	return ret;
 }
 
+static uint64_t spec_page_size(guest *g, unsigned b)
+{
+	tm_ram_block_info bi;
+
+	g_assert_cmpint(tm_ram_layout_block(g->layout, b, &bi), ==, 0);
+	return bi.page_size;
+}
+
 static gpointer dest_thread(gpointer data)
 {
 	dest *d = data;
@@ -119,6 +127,11 @@ static gpointer dest_thread(gpointer data)
 		d->ret = tm_receiver_set_live(d->r, &d->lc, &d->error);
 	if (d->ret >= 0)
 		d->ret = tm_receiver_accept(d->r, d->listen_fd, &d->error);
+	/* These sessions move a few pages and the state: the VMM declares it needs no other page
+	 * (else the receiver rightly refuses an incomplete migration). */
+	for (unsigned b = 0; d->ret >= 0 && b < d->g->nblocks; b++)
+		d->ret = tm_receiver_waive_pages(d->r, b, 0, d->g->len[b] / spec_page_size(d->g, b),
+						 &d->error);
 	if (d->ret >= 0)
 		d->ret = tm_receiver_start(d->r, d->g->layout, d->g->tags, &d->error);
 	while (d->ret >= 0 && (d->ret = tm_receiver_wait(d->r, &d->error)) == 1) {

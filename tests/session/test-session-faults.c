@@ -137,6 +137,224 @@ static void expect_ack(int fd)
 	g_assert_cmpuint(ack[5], ==, TM_MSG_HELLO_ACK);
 }
 
+/* ---- issue 14: deadlines, not idle timers; the listener drops strangers ---- */
+
+typedef struct trickle {
+	int fd;
+	const uint8_t *buf;
+	size_t len;
+	size_t step;      /* bytes per write */
+	unsigned gap_ms;  /* between writes */
+	gint stop;
+} trickle;
+
+/* Writes t->buf in steps of t->step bytes every gap_ms until done, a failed write, or stop. */
+static gpointer trickle_thread(gpointer data)
+{
+	trickle *t = data;
+	for (size_t off = 0; off < t->len && !g_atomic_int_get(&t->stop);) {
+		ssize_t r = send(t->fd, t->buf + off, MIN(t->step, t->len - off), MSG_NOSIGNAL);
+		if (r <= 0)
+			break;
+		off += (size_t)r;
+		g_usleep(t->gap_ms * 1000);
+	}
+	return NULL;
+}
+
+/* The HELLO raw_connect sends, as bytes (*ret_len). */
+static uint8_t *hello_bytes(const block_spec *spec, size_t *ret_len)
+{
+	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
+	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
+	tm_hello h = { .channel_id = 0, .channel_count = 1, .packet_size = 512 * 1024,
+		       .chunk_size = 2 << 20, .block_count = 1, .blocks = &wb };
+	memset(h.session_id, 7, 16);
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t bl = tm_hello_body_len(&h);
+	uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
+	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)bl, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	*ret_len = TM_FRAME_HDR_LEN + bl;
+	return buf;
+}
+
+/*
+ * A HELLO at 10 bytes/s (with TLS: a ClientHello record of 512 bytes, 10 bytes/s): every byte
+ * comes well within the 3 s timeout, but the handshake, TLS included, has a total deadline
+ * (min(timeout, 10 s)); the connection is dropped and accept ends at its deadline.
+ */
+static void test_handshake_trickle(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	size_t len;
+
+	guest_init(&dst, a, 1, false);
+	g_autofree uint8_t *hello = hello_bytes(a, &len);
+	if (tls_dir) {
+		/* A handshake record header (ClientHello follows), then its body byte by byte. */
+		g_free(hello);
+		len = 5 + 512;
+		hello = g_malloc0(len);
+		memcpy(hello, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+	}
+	int64_t t0 = g_get_monotonic_time();
+	g_autofree char *port = peer_start_ex(&p, &dst, false, 3000);
+	trickle t = { .fd = tm_net_connect("127.0.0.1", port, 5000, NULL), .buf = hello, .len = len,
+		      .step = 1, .gap_ms = 100 };
+	g_assert_cmpint(t.fd, >=, 0);
+	GThread *th = g_thread_new("trickle", trickle_thread, &t);
+	peer_join(&p);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_atomic_int_set(&t.stop, 1);
+	g_thread_join(th);
+	close(t.fd);
+	g_test_message("receiver after %.1f s: %s", took / 1e6, p.error ? p.error->message : "ok");
+	g_assert_cmpint(p.ret, ==, -ETIMEDOUT);
+	g_assert_nonnull(strstr(p.error->message, "1 other connection dropped"));
+	if (!tls_dir)
+		g_assert_nonnull(strstr(p.error->message, "the handshake's deadline passed"));
+	g_assert_cmpint(took, <, 6 * G_USEC_PER_SEC);
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* A TLS server that answers a ClientHello with a ServerHello record at 10 bytes/s. */
+static gpointer tls_trickle_server(gpointer data)
+{
+	trickle *t = data;
+	int fd = accept(t->fd, NULL, NULL);
+	uint8_t buf[4096];
+	if (fd < 0)
+		return NULL;
+	(void)!recv(fd, buf, sizeof(buf), 0); /* the ClientHello (or its start) */
+	trickle w = { .fd = fd, .buf = t->buf, .len = t->len, .step = 1, .gap_ms = 100 };
+	for (size_t off = 0; off < w.len && !g_atomic_int_get(&t->stop); off++) {
+		if (send(fd, w.buf + off, 1, MSG_NOSIGNAL) <= 0)
+			break;
+		g_usleep(w.gap_ms * 1000);
+	}
+	close(fd);
+	return NULL;
+}
+
+/*
+ * The sender's TLS handshake has a total deadline too (min(timeout, 10 s)): a receiver that
+ * trickles its ServerHello fails the connect in about 3 s, though every byte comes in time.
+ */
+static void test_sender_tls_trickle(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	if (!tls_dir) {
+		g_test_skip("the sender's TLS handshake: TLS runs only");
+		return;
+	}
+	guest_init(&src, a, 1, false);
+	uint8_t rec[5 + 512] = { 0x16, 0x03, 0x03, 0x02, 0x00, 0x02, 0x00, 0x01, 0xfc, 0x03, 0x03 };
+	trickle t = { .buf = rec, .len = sizeof(rec) };
+	t.fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(t.fd, >=, 0);
+	GThread *th = g_thread_new("tls-trickle", tls_trickle_server, &t);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 1,
+				 .timeout_ms = 3000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", ports, &err);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_atomic_int_set(&t.stop, 1);
+	g_thread_join(th);
+	close(t.fd);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender after %.1f s: %s", took / 1e6, err->message);
+	g_assert_cmpint(took, <, 6 * G_USEC_PER_SEC);
+	guest_fini(&src);
+}
+
+/*
+ * A DATA packet of 16 pages (66 KiB of body) at 5 KiB/s after a clean handshake: the body must
+ * arrive within TM_BODY_GRACE_MS + body / TM_BODY_MIN_RATE (about 6 s), though no single wait
+ * comes near the 20 s timeout.
+ */
+static void test_body_trickle(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	const uint32_t n = 16;
+	size_t body = TM_DATA_HDR_LEN + 8 * n + 4096 * n;
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, false);
+	expect_ack(fd);
+	g_autofree uint8_t *msg = g_malloc0(TM_FRAME_HDR_LEN + body);
+	tm_frame_encode(msg, TM_MSG_DATA, (uint32_t)body, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);
+	tm_put32(d + 4, n);
+	tm_put32(d + 8, 4096 * n);
+	tm_put32(d + 12, 0);
+	for (uint32_t i = 0; i < n; i++)
+		tm_put32(d + 16 + 8 * i, i); /* NORMAL, TAGS_ZERO */
+	int64_t t0 = g_get_monotonic_time();
+	trickle t = { .fd = fd, .buf = msg, .len = TM_FRAME_HDR_LEN + body, .step = 1024,
+		      .gap_ms = 200 };
+	GThread *th = g_thread_new("trickle", trickle_thread, &t);
+	peer_join(&p);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_atomic_int_set(&t.stop, 1);
+	g_thread_join(th);
+	close(fd);
+	g_test_message("receiver after %.1f s: %s", took / 1e6, p.error ? p.error->message : "ok");
+	g_assert_cmpint(p.ret, ==, -ETIMEDOUT);
+	g_assert_nonnull(strstr(p.error->message, "slower than the minimum rate"));
+	g_assert_cmpint(took, <, 10 * G_USEC_PER_SEC);
+	g_assert_false(tm_receiver_page_present(p.r, 0, 0));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/*
+ * Garbage and immediate closes are dropped without ending the session, up to TM_MAX_STRANGERS
+ * (64): the 64th ends it, naming the first reason.
+ */
+static void test_strangers_bound(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = peer_start(&p, &dst);
+	for (unsigned i = 0; i < 64; i++) {
+		int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+		g_assert_cmpint(fd, >=, 0);
+		if (i % 2 == 0)
+			(void)!send(fd, "GET / HTTP/1.0\r\n\r\n", 18, MSG_NOSIGNAL);
+		close(fd);
+		if (i == 10) {
+			/* Still listening: the session did not end with the first strangers. */
+			g_usleep(100000);
+			g_assert_null(p.error);
+		}
+	}
+	peer_join(&p);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_cmpint(p.ret, <, 0);
+	g_assert_nonnull(strstr(p.error->message, "64 connections failed their handshake"));
+	g_assert_nonnull(strstr(p.error->message, "the first: handshake: channel 0: frame header: bad magic"));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
 /* A DATA packet whose page lies outside the block: refused before any byte reaches RAM. */
 static void test_corrupt_page_out_of_range(void)
 {
@@ -174,6 +392,49 @@ static void test_corrupt_page_out_of_range(void)
 	g_assert_nonnull(strstr(p.error->message, "256"));
 	g_assert_true(tm_buffer_is_zero(dst.ram[0], dst.len[0]));
 	g_assert_false(tm_receiver_page_present(p.r, 0, 0));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/*
+ * Issue 14, defect 6: a DATA packet of two NORMAL pages whose second uniform tag byte has its high
+ * nibble set. The tag payload follows the page data on the wire; still, no byte of the packet's
+ * data may reach guest RAM (it is staged until the tags are checked).
+ */
+static void test_bad_uniform_tag_before_ram(void)
+{
+	guest dst;
+	peer p;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, true);
+	g_autofree char *port = peer_start(&p, &dst);
+	int fd = raw_connect(port, a, 0, 1, true);
+	expect_ack(fd);
+	uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + 16 + 2 * 4096 + 2];
+	memset(msg, 0xee, sizeof(msg));
+	tm_frame_encode(msg, TM_MSG_DATA, sizeof(msg) - TM_FRAME_HDR_LEN, 1);
+	uint8_t *d = msg + TM_FRAME_HDR_LEN;
+	tm_put32(d, 0);
+	tm_put32(d + 4, 2);
+	tm_put32(d + 8, 2 * 4096);
+	tm_put32(d + 12, 2);
+	for (unsigned i = 0; i < 2; i++) {
+		tm_put32(d + 16 + 8 * i, 3 + i);
+		d[20 + 8 * i] = TM_PAGE_NORMAL;
+		d[21 + 8 * i] = TM_TAGS_UNIFORM;
+		tm_put16(d + 22 + 8 * i, 0);
+	}
+	msg[sizeof(msg) - 2] = 0x05; /* valid */
+	msg[sizeof(msg) - 1] = 0x35; /* high nibble set */
+	g_assert_cmpint(write(fd, msg, sizeof(msg)), ==, (ssize_t)sizeof(msg));
+	peer_join(&p);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_cmpint(p.ret, ==, -EBADMSG);
+	g_assert_nonnull(strstr(p.error->message, "high nibble"));
+	g_assert_true(tm_buffer_is_zero(dst.ram[0], dst.len[0]));
+	g_assert_false(tm_receiver_page_present(p.r, 0, 3));
+	close(fd);
 	peer_free(&p);
 	guest_fini(&dst);
 }
@@ -223,6 +484,7 @@ static void test_peer_vanishes(void)
 typedef struct half_receiver {
 	int listen_fd;
 	size_t read_before_close;
+	bool sync_ack_first; /* a SYNC_ACK nobody asked for right after HELLO_ACK */
 } half_receiver;
 
 /* Acknowledges the handshake, reads part of the stream and closes: a receiver that dies. */
@@ -238,6 +500,10 @@ static gpointer half_receiver_thread(gpointer data)
 	g_assert_cmpint(recv(fd, buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
 	size_t len = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
 	g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
+	if (h->sync_ack_first) {
+		len = tm_ctrl_encode(buf, TM_MSG_SYNC_ACK, 1, 7, 0);
+		g_assert_cmpint(send(fd, buf, len, 0), ==, (ssize_t)len);
+	}
 	size_t got = 0;
 	while (got < h->read_before_close) {
 		ssize_t r = recv(fd, buf, MIN(sizeof(buf), h->read_before_close - got), 0);
@@ -284,6 +550,44 @@ static void test_peer_closes_mid_packet(void)
 	g_assert_nonnull(strstr(err->message, "connection closed by the peer"));
 	/* Fails at once, not after the 10 s timeout. */
 	g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
+	close(h.listen_fd);
+	guest_fini(&src);
+}
+
+/*
+ * Issue 14, defect 8: a receiver that answers a SYNC the sender never sent. The sender says so
+ * instead of "connection closed by the peer" (the receiver reads on and closes later).
+ */
+static void test_unsolicited_sync_ack(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 16 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	for (uint64_t i = 0; i < (16 << 20) / 4096; i++)
+		fill_page(&src, 0, i, 0);
+	half_receiver h = { .read_before_close = 64 << 20, .sync_ack_first = true };
+	h.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	GThread *t = g_thread_new("half", half_receiver_thread, &h);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 10000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	tm_live_config lc = { .size = sizeof(lc), .wire_version = 1 };
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ports, &err), ==, 0);
+	uint64_t bm[64];
+	memset(bm, 0xff, sizeof(bm));
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, 4096, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	g_assert_cmpint(r, ==, -EPROTO);
+	g_test_message("sender: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "channel 0: the receiver sent SYNC_ACK unsolicited"));
+	tm_sender_free(g_steal_pointer(&s));
+	g_thread_join(t);
 	close(h.listen_fd);
 	guest_fini(&src);
 }
@@ -686,7 +990,8 @@ static void test_control_end_checked(void)
 		/* large enough for a STATE header (tm_state_encode) */
 		uint8_t buf[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME];
 		const size_t ack_len = TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN;
-		g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+		/* No DATA at all: only a VMM that waived the pages lets such a session end. */
+		g_autofree char *port = peer_start_waived(&p, &dst, 5000);
 		int fd0 = raw_hello(port, 2, TM_ROLE_DATA, 0, 1);
 		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
 		tm_frame f;
@@ -747,8 +1052,14 @@ int main(int argc, char **argv)
 		{ "sender-bad-tag", test_sender_bad_tag, false },
 		{ "corrupt-page-out-of-range", test_corrupt_page_out_of_range, true },
 		{ "corrupt-duplicate-channel", test_corrupt_duplicate_channel, true },
+		{ "bad-uniform-tag-before-ram", test_bad_uniform_tag_before_ram, true },
 		{ "peer-vanishes", test_peer_vanishes, true },
 		{ "peer-closes-mid-packet", test_peer_closes_mid_packet, true },
+		{ "unsolicited-sync-ack", test_unsolicited_sync_ack, true },
+		{ "handshake-trickle", test_handshake_trickle, false },
+		{ "body-trickle", test_body_trickle, true },
+		{ "sender-tls-trickle", test_sender_tls_trickle, false },
+		{ "strangers-bound", test_strangers_bound, true },
 		{ "tls-tampered", test_tls_tampered, false },
 		{ "late-sender", test_late_sender, false },
 		{ "receiver-reason-reaches-sender", test_receiver_reason_reaches_sender, false },

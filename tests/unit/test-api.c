@@ -25,8 +25,15 @@ static gpointer receiver(gpointer data)
 	g_autoptr(GError) err = NULL;
 
 	recv_ret = tm_receiver_new(NULL, &r, &err);
+	if (recv_ret >= 0) /* nothing to waive before a session is accepted */
+		g_assert_cmpint(tm_receiver_waive_pages(r, 0, 0, 1, NULL), ==, -EBADFD);
 	if (recv_ret >= 0)
 		recv_ret = tm_receiver_accept(r, listen_fd, &err);
+	if (recv_ret >= 0) { /* only pages of the announced layout (here: one block) */
+		g_assert_cmpint(tm_receiver_waive_pages(r, 1, 0, 1, NULL), ==, -ERANGE);
+		g_assert_cmpint(tm_receiver_waive_pages(r, 0, 1, LEN / 16384, NULL), ==, -ERANGE);
+		g_assert_cmpint(tm_receiver_waive_pages(r, 0, 0, 0, NULL), ==, 0);
+	}
 	if (recv_ret >= 0)
 		recv_ret = tm_receiver_start(r, dst_layout, dst_tags, &err);
 	if (recv_ret >= 0)

@@ -10,12 +10,24 @@
  * notification CQE arrives; the worker packs the next packets meanwhile. A slot is free for reuse
  * only when its send has completed in full and every notification of it has arrived.
  *
- * Zero-copy is used for packets wherever the kernel has IORING_OP_SENDMSG_ZC and it pays: a NIC
- * that transmits from our pages. On loopback (and with drivers that cannot) the kernel copies
+ * Nothing but a slot's reuse waits for a notification: the order of the stream only needs the
+ * earlier send to have completed, so a control message (send()), drain() and a receive go ahead
+ * while pages are still pinned. That matters: the kernel releases a zero-copy buffer when TCP has
+ * the peer's acknowledgement of it, and a peer that has nothing to answer yet delays its ACK (up
+ * to 40 ms), so a SYNC behind a notification would wait for a timer instead of for the peer.
+ *
+ * Zero-copy is used for packets of at least ZC_MIN_BYTES wherever the kernel has
+ * IORING_OP_SENDMSG_ZC and it pays: a NIC that transmits from our pages. Below that size (zero
+ * pages, a few scattered pages: mostly headers) pinning, the notification and its wait cost more
+ * than the copy, on any device. On loopback (and with drivers that cannot) the kernel copies
  * anyway and says so in each notification (IORING_NOTIF_USAGE_ZC_COPIED); then zero-copy only
  * adds pinning and notification completions (bench/README.md), so after ZC_COPIED_LIMIT such
  * reports in a row the channel switches to plain IORING_OP_SENDMSG. io->zerocopy (the sessions'
- * tm_tuning.zerocopy) -1 turns zero-copy off, 1 keeps it on regardless.
+ * tm_tuning.zerocopy) -1 turns zero-copy off, 1 keeps it on for large packets regardless.
+ *
+ * Waiting: a small send completes while it is submitted (the socket has room), so its completion
+ * is reaped without a second system call; a receive is submitted and waited for in one. io->st
+ * counts the waits that blocked (io_waits).
  *
  * A short send is resubmitted from where it stopped (MSG_WAITALL makes it rare).
  */
@@ -37,6 +49,8 @@
 #endif
 
 #define ZC_COPIED_LIMIT 8
+/* Smaller messages are copied: zero-copy pays for large sends only (MSG_ZEROCOPY: ~10 KiB up). */
+#define ZC_MIN_BYTES (64u << 10)
 #define UD_RECV UINT64_C(0xffffffff)
 #define UD_CANCEL UINT64_C(0xfffffffe)
 
@@ -66,6 +80,7 @@ typedef struct uring_priv {
 	unsigned rcap;
 	struct msghdr rmsg;
 	bool recv_pending;
+	bool in_recv;      /* uring_recv is waiting: io->deadline_us applies */
 	int recv_res;
 } uring_priv;
 
@@ -141,17 +156,41 @@ static int uring_open(tm_io *io, GError **error)
 	return 0;
 }
 
+/*
+ * Takes the next completion, waiting up to io->timeout_ms for it; submits what is queued in the
+ * same system call. A wait that blocks (nothing was ready) counts in io->st.io_waits.
+ */
 static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 {
 	uring_priv *p = io->priv;
-	struct __kernel_timespec ts = { .tv_sec = io->timeout_ms / 1000,
-					.tv_nsec = (long long)(io->timeout_ms % 1000) * 1000000 };
-	for (;;) {
-		int r = io_uring_wait_cqe_timeout(&p->ring, cqe, &ts);
-		if (r == -EINTR)
-			continue;
-		return r == -ETIME ? -ETIMEDOUT : r;
+	/* A receive's deadline (tm_io_set_deadline) caps the wait; sends keep the timeout. */
+	bool by_deadline = p->in_recv && io->deadline_us;
+	int ms = by_deadline ? tm_io_wait_ms(io) : (int)io->timeout_ms;
+	if (by_deadline && ms == 0)
+		return -ETIMEDOUT;
+	struct __kernel_timespec ts = { .tv_sec = ms / 1000,
+					.tv_nsec = (long long)(ms % 1000) * 1000000 };
+
+	if (io_uring_peek_cqe(&p->ring, cqe) == 0) {
+		/* Ready: what is queued still goes to the kernel now, without waiting. */
+		int r = io_uring_sq_ready(&p->ring) ? io_uring_submit(&p->ring) : 0;
+		return r < 0 ? r : 0;
 	}
+	tm_count(&io->st.io_waits, 1);
+	int64_t deadline = tm_now_us() + (int64_t)ms * 1000;
+	int r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
+	/* liburing 2.3 reports a wait that ended without a completion (its timeout, a signal)
+	 * after submitting as the count submitted with *cqe NULL: wait out the rest. */
+	while (r == -EINTR || (r >= 0 && !*cqe)) {
+		int64_t left = deadline - tm_now_us();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		ts = (struct __kernel_timespec){ .tv_sec = left / 1000000,
+						 .tv_nsec = (long long)(left % 1000000) * 1000 };
+		*cqe = NULL;
+		r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
+	}
+	return r == -ETIME ? -ETIMEDOUT : r < 0 ? r : 0;
 }
 
 static int issue_send(tm_io *io, unsigned slot)
@@ -159,7 +198,7 @@ static int issue_send(tm_io *io, unsigned slot)
 	uring_priv *p = io->priv;
 	uslot *s = &p->slots[slot];
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
-	bool zc = p->zc && slot + 1 < p->nslots;
+	bool zc = p->zc && slot + 1 < p->nslots && s->left >= ZC_MIN_BYTES;
 
 	if (!sqe)
 		return -EBUSY; /* cannot happen: the ring is sized for every slot */
@@ -294,21 +333,31 @@ static int uring_submit(tm_io *io, unsigned slot, const struct iovec *iov, unsig
 	return issue_send(io, slot);
 }
 
-static int uring_drain(tm_io *io)
+/* Until the send in the kernel (if any) has completed in full: what comes next is behind it. */
+static int wait_sent(tm_io *io)
 {
 	uring_priv *p = io->priv;
-	for (unsigned i = 0; i < p->nslots; i++) {
-		int r = wait_slot(io, i);
+
+	while (!p->error && p->active >= 0) {
+		int r = reap(io);
 		if (r < 0)
 			return r;
 	}
 	return p->error;
 }
 
+static int uring_drain(tm_io *io)
+{
+	/* The order of the stream is all a caller of drain needs: not the notifications. */
+	return wait_sent(io);
+}
+
 static int uring_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	uring_priv *p = io->priv;
-	int r = uring_drain(io);
+	/* A control message goes out as soon as the packets before it have: pinned pages of
+	 * earlier zero-copy sends are released by the peer's ACK, which a SYNC hastens. */
+	int r = wait_sent(io);
 	if (r < 0)
 		return r;
 	/* The extra slot: never zero-copy (small control messages), waited for at once. */
@@ -336,23 +385,25 @@ static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len
 		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, UD_RECV);
 		p->recv_pending = true;
-		int r = io_uring_submit(&p->ring);
-		if (r < 0) {
-			p->recv_pending = false;
-			return r;
-		}
 		tm_count(&io->st.io_submissions, 1);
+		/* Submitted and waited for in one system call (wait_cqe). */
+		p->in_recv = true;
 		while (p->recv_pending) {
-			r = reap(io);
-			if (r < 0)
+			int r = reap(io);
+			if (r < 0) {
+				p->in_recv = false;
 				return r;
+			}
 		}
+		p->in_recv = false;
 		if (p->recv_res < 0)
 			return p->recv_res == -EAGAIN ? -ETIMEDOUT : p->recv_res;
 		if (p->recv_res == 0)
 			return -ECONNRESET;
 		len -= (size_t)p->recv_res;
 		tm_iov_advance(&v, &n, (size_t)p->recv_res);
+		if (len && io->deadline_us && tm_now_us() >= io->deadline_us)
+			return -ETIMEDOUT;
 	}
 	return 0;
 }

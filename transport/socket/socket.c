@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The portable backend: blocking sendmsg/readv straight from and into guest RAM (no bounce copy).
- * Timeouts come from SO_SNDTIMEO/SO_RCVTIMEO, which the I/O handle sets up (tm_io_open).
+ * Timeouts come from SO_SNDTIMEO/SO_RCVTIMEO, which the I/O handle sets up (tm_io_open); a
+ * receive with a deadline (tm_io_set_deadline) reads what is there and polls for the rest.
  */
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -55,13 +57,47 @@ static int sock_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 	return 0;
 }
 
+/*
+ * With a deadline: SO_RCVTIMEO would restart with every byte of a trickle, so read without
+ * blocking and poll for at most what is left (tm_io_wait_ms); the extra poll only comes when the
+ * bytes are not there yet.
+ */
+static ssize_t recv_by_deadline(tm_io *io, struct iovec *v, unsigned n)
+{
+	for (;;) {
+		int ms = tm_io_wait_ms(io);
+		if (ms == 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
+		ssize_t r = recvmsg(io->fd, &msg, MSG_DONTWAIT);
+		tm_count(&io->st.io_submissions, 1);
+		if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+			return r;
+		struct pollfd p = { .fd = io->fd, .events = POLLIN };
+		int pr = poll(&p, 1, ms);
+		if (pr < 0 && errno != EINTR)
+			return -1;
+		if (pr == 0 && ms == (int)io->timeout_ms) {
+			errno = ETIMEDOUT; /* the timeout, not the deadline */
+			return -1;
+		}
+	}
+}
+
 static int sock_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	struct iovec *v = scratch_copy(io, iov, n);
 
 	while (len > 0) {
-		ssize_t r = readv(io->fd, v, (int)MIN(n, (unsigned)IOV_MAX));
-		tm_count(&io->st.io_submissions, 1);
+		ssize_t r;
+		if (io->deadline_us) {
+			r = recv_by_deadline(io, v, n);
+		} else {
+			r = readv(io->fd, v, (int)MIN(n, (unsigned)IOV_MAX));
+			tm_count(&io->st.io_submissions, 1);
+		}
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -69,6 +105,9 @@ static int sock_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 		}
 		if (r == 0)
 			return -ECONNRESET;
+		/* A trickle that keeps each read short still ends at the deadline. */
+		if (io->deadline_us && len > (size_t)r && tm_now_us() >= io->deadline_us)
+			return -ETIMEDOUT;
 		len -= (size_t)r;
 		tm_iov_advance(&v, &n, (size_t)r);
 	}

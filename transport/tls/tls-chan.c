@@ -284,6 +284,24 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 	return 0;
 }
 
+int tm_tls_close_notify(tm_io *io, GError **error)
+{
+	if (!io || io->ops != &tm_transport_tls)
+		return 0;
+	tls_chan *t = io->priv;
+	int r = io_begin(t);
+	if (r == 0) {
+		t->want = 0;
+		r = t->tx_engine->close_notify(t);
+	}
+	if (r < 0) {
+		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", io->id,
+			    t->err_msg ? t->err_msg : g_strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
 int tm_tls_shutdown(tm_io *io, GError **error)
 {
 	if (!io || io->ops != &tm_transport_tls)
@@ -296,6 +314,11 @@ int tm_tls_shutdown(tm_io *io, GError **error)
 		return r;
 	}
 	t->want = 0;
+	/*
+	 * The close is one short record each way: it gets a deadline of its own (5 s), not what is
+	 * left of the last message's (session/channel.h), nor none.
+	 */
+	tm_io_set_deadline(io, tm_now_us() + 5 * G_USEC_PER_SEC);
 	r = t->tx_engine->close_notify(t);
 	if (r == 0)
 		r = t->rx_engine->await_close(t);

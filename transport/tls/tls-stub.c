@@ -50,6 +50,11 @@ int tm_tls_shutdown(tm_io *io, GError **error)
 	return 0;
 }
 
+int tm_tls_close_notify(tm_io *io, GError **error)
+{
+	return 0;
+}
+
 void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_io *io, tm_stats *ret)
 {
 }

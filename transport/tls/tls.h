@@ -180,6 +180,14 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error);
  */
 int tm_tls_shutdown(tm_io *io, GError **error);
 
+/*
+ * Sends our close_notify now, ahead of tm_tls_shutdown() (which then only waits for the peer's):
+ * for a side whose last message is sent but whose peer still answers, so that the peer's own
+ * tm_tls_shutdown() does not wait a round trip for it. Receiving still works. Returns 0, or
+ * -errno in *error; 0 at once for a handle that is not a TLS handle (or NULL).
+ */
+int tm_tls_close_notify(tm_io *io, GError **error);
+
 /* Whether io is a TLS handle (tm_tls_wrap succeeded on it). false for NULL. */
 bool tm_tls_active(const tm_io *io);
 

@@ -106,11 +106,6 @@ void guest_main(void)
 	report_dec(p->selftest);
 	report_line_end();
 
-	if (p->magic != TM_GUEST_MAGIC || p->version != TM_GUEST_VERSION ||
-	    p->size != sizeof(*p) || p->reserved) {
-		report_str("error: bad parameter block (magic, version, size or reserved)\n");
-		return;
-	}
 	if ((base | size) & (PAGE - 1) || !size || size % (4 * PAGE) || base < p->ram_base ||
 	    base + size > p->ram_base + p->ram_size || base + size < base ||
 	    (base < img1 && img0 < base + size)) {

@@ -140,6 +140,12 @@ uint64_t mmu_prepare(void)
 {
 	const struct tm_guest_params *p = &tm_guest_params;
 
+	/* the first thing the guest reads: everything else depends on the block */
+	if (p->magic != TM_GUEST_MAGIC || p->version != TM_GUEST_VERSION ||
+	    p->size != sizeof(*p) || p->reserved)
+		return refuse("bad parameter block (magic, version, size or reserved): version",
+			      p->version);
+
 	/* ID_AA64PFR1_EL1.MTE [11:8]: 0b0010 or more is FEAT_MTE2 (tags in memory, tag checks);
 	 * 0b0001 is instructions only, where 0xF0 in MAIR is UNPREDICTABLE. */
 	uint64_t mte = (READ_SYSREG(id_aa64pfr1_el1) >> 8) & 0xf;

@@ -6,10 +6,12 @@
 # Each run gets a copy of guest.elf whose parameter block (guest-params.h) is patched the way a
 # loader would patch it (passes, window, RAM size, self-check mode), so the binary under test is
 # the one the VMM loads. Checks:
-#   1. passes: at least 3 consecutive "pass N ok" lines, then "done 4 passes";
-#   2. the loader's block is obeyed: another RAM size and window, reported back by the guest;
+#   1. passes: at least 3 consecutive "pass N ok" lines, then "done 4 passes" and a power-off;
+#   2. the loader's block is obeyed: another RAM size and window, reported back by the guest; a
+#      block without its magic is refused;
 #   3. the flat guest.bin, placed at its load address with QEMU's generic loader (as a VMM does);
-#   4. self-checks that must fail: a flipped data word ("mismatch ... data"), a changed tag (a
+#   4. a machine without tag memory: "error: no MTE ..." and a stop;
+#   5. self-checks that must fail: a flipped data word ("mismatch ... data"), a changed tag (a
 #      synchronous tag-check fault at that granule) and a tag changed after the data sweep
 #      ("mismatch ... tag", found by LDG), each at the granule the guest announced.
 #
@@ -35,7 +37,9 @@ mkdir -p "$cache"
 [ "$built" = built ] || skip "the guest is not built: $built"
 elf=$work/guest.elf
 bin=$work/guest.bin
-[ -f "$elf" ] && [ -f "$bin" ] || bail "guest.elf or guest.bin missing in $work"
+if [ ! -f "$elf" ] || [ ! -f "$bin" ]; then
+	bail "guest.elf or guest.bin missing in $work"
+fi
 command -v python3 >/dev/null || skip "python3 is not installed (it patches the parameter block)"
 
 # ---- QEMU ----
@@ -65,6 +69,7 @@ if [ -z "$qemu" ]; then
 			hostarch=$(dpkg --print-architecture 2>/dev/null) ||
 				skip "no QEMU >= 8.0 ($why_not) and no dpkg to fetch one: set TAGMIG_QEMU"
 			codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+			# shellcheck disable=SC2034 # read by apt_private
 			apt_archs=$hostarch
 			main=$(mirror_of "$codename")
 			[ -n "$main" ] || main=http://deb.debian.org/debian
@@ -141,16 +146,17 @@ notok() {
 	fails=$((fails + 1))
 	echo "not ok $n - $*"
 }
-# boot NAME MEM QEMU-ARGS...: runs the machine until the guest powers it off; the console in
-# $work/console-NAME.log, CR stripped
+# boot NAME MEM QEMU-ARGS...: runs the machine ($machine, default virt,mte=on) until the guest
+# powers it off; the console in $work/console-NAME.log, CR stripped
 boot() {
 	local name=$1 mem=$2 t0 rc
 	shift 2
 	t0=$(date +%s%N)
-	timeout -k 5 "${TAGMIG_GUEST_TIMEOUT:-60}" "$qemu" -M virt,mte=on -accel tcg -cpu max \
+	timeout -k 5 "${TAGMIG_GUEST_TIMEOUT:-60}" "$qemu" -M "${machine:-virt,mte=on}" -accel tcg -cpu max \
 		-m "$mem" -nographic -no-reboot -monitor none -serial stdio -nodefaults "$@" \
 		</dev/null 2>&1 | tr -d '\r' >"$work/console-$name.log"
 	rc=${PIPESTATUS[0]}
+	boot_rc=$rc
 	note "$name: QEMU exit $rc after $((($(date +%s%N) - t0) / 1000000)) ms"
 	[ "$rc" = 124 ] && note "$name: timed out"
 	return 0
@@ -170,8 +176,9 @@ passes_ok() {
 # 1. passes, with the QEMU defaults built into the image
 patch "$elf" "$work/run-passes.elf" passes=4 || bail "patching the parameter block failed"
 boot passes 128M -kernel "$work/run-passes.elf"
-if passes_ok 4 passes && ! grep -q '^mismatch\|^fault\|^error' "$work/console-passes.log"; then
-	ok "4 passes over the default window (1 MiB at 0x40400000), each 'pass N ok', then 'done 4 passes'"
+if passes_ok 4 passes && ! grep -q '^mismatch\|^fault\|^error' "$work/console-passes.log" &&
+	[ "$boot_rc" = 0 ]; then
+	ok "4 passes over the default window (1 MiB at 0x40400000), each 'pass N ok', then 'done 4 passes' and PSCI SYSTEM_OFF"
 else
 	notok "the guest did not report passes 1..4 ok and done"
 	console_tail passes
@@ -189,6 +196,17 @@ else
 	console_tail params
 fi
 
+# ... and a block without its magic is refused, not run
+patch "$elf" "$work/run-badblock.elf" magic=0 passes=3 || bail "patching the parameter block failed"
+boot badblock 128M -kernel "$work/run-badblock.elf"
+if grep -q '^error: bad parameter block' "$work/console-badblock.log" &&
+	! grep -q '^pass' "$work/console-badblock.log" && [ "$boot_rc" = 0 ]; then
+	ok "a parameter block without its magic is refused: '$(grep -m1 '^error' "$work/console-badblock.log")'"
+else
+	notok "a parameter block without its magic was not refused"
+	console_tail badblock
+fi
+
 # 3. the flat image at its load address, started there (what a VMM does with guest.bin)
 patch "$bin" "$work/run-flat.bin" passes=3 || bail "patching guest.bin failed"
 boot flat 128M -device loader,file="$work/run-flat.bin",addr=0x40200000,cpu-num=0
@@ -199,7 +217,18 @@ else
 	console_tail flat
 fi
 
-# 4. self-checks: each must stop pass 2 with the damage found at the announced granule
+# 4. a CPU without tag memory (virt without mte=on: ID_AA64PFR1_EL1.MTE = 1), like a KVM VM
+# without KVM_CAP_ARM_MTE: refused with the reason, and stopped (QEMU exits)
+machine=virt boot nomte 128M -kernel "$work/run-passes.elf"
+if grep -q '^error: no MTE with tag memory (FEAT_MTE2): ID_AA64PFR1_EL1.MTE = 0x[01]$' "$work/console-nomte.log" &&
+	! grep -q '^pass' "$work/console-nomte.log" && [ "$boot_rc" = 0 ]; then
+	ok "without tag memory the guest says so and stops: '$(grep -m1 '^error' "$work/console-nomte.log")'"
+else
+	notok "without mte=on the guest did not refuse"
+	console_tail nomte
+fi
+
+# 5. self-checks: each must stop pass 2 with the damage found at the announced granule
 # (the default: window + 0x1030, granule 3 of a zero-data page)
 want_addr=0x40401030
 selfcheck() { # NAME MODE PATTERN DESCRIPTION

@@ -1,0 +1,374 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Short rounds and small packets, io_uring against sockets, side by side over loopback: what a
+ * live migration is made of besides its first full round (issue 16). Both ends run in this
+ * process (the receiver in a thread), through the public API only.
+ *
+ *   rounds [--size 512M] [--channels 2] [--backend sockets|io_uring|all] [--iters 1000]
+ *          [--sessions 1000] [--dirty 5] [--zerocopy 0|1|-1] [--repeat 3]
+ *
+ * Per backend and repeat (the backends alternate, so a slow phase of a shared machine hits both):
+ * one session over a guest of --size random pages (anonymous memory, MADV_HUGEPAGE) runs
+ *   full-cold   a full sequential round into a fresh destination (tm_sender_queue_bitmap, sync)
+ *   full-warm   the same again: the destination is written now, as in every later round
+ *   scattered   a round of --dirty percent random pages (one bitmap, sync)
+ *   zero        a full round after the guest wrote zeros over all of its RAM
+ *   empty       --iters calls of tm_sender_sync() with nothing queued (the cost of a round)
+ * then --sessions sessions of one page each time tm_sender_finish() (END and its
+ * acknowledgement on every connection; nothing left to send).
+ *
+ * Output: CSV rows (host, kernel, backend, channels, page size, row, GiB/s or microseconds), the
+ * median of the repeats per row, io_uring / sockets per row, and the issue's goals. Rates count
+ * guest RAM covered by the round (pages x page size) per second of sender wall time.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "tagmig/tagmig.h"
+
+#define PAGE 4096u
+
+static uint64_t opt_size = 512ull << 20;
+static unsigned opt_channels = 2;
+static const char *opt_backend = "all";
+static unsigned opt_iters = 1000;
+static unsigned opt_sessions = 1000;
+static unsigned opt_dirty = 5;
+static unsigned opt_repeat = 3;
+static int opt_zerocopy; /* tm_tuning.zerocopy of the sender */
+
+typedef struct side {
+	tm_ram_layout *layout;
+	uint8_t *ram;
+	size_t len;
+} side;
+
+typedef struct recv_thread {
+	side *dst;
+	const char *io;
+	int listen_fd;
+	int ret;
+	GError *error;
+	GThread *th;
+	tm_receiver *r;
+} recv_thread;
+
+static void die(const char *what, GError *error)
+{
+	fprintf(stderr, "rounds: %s: %s\n", what, error ? error->message : g_strerror(errno));
+	exit(1);
+}
+
+static void side_init(side *s, size_t len)
+{
+	s->len = len;
+	s->ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (s->ram == MAP_FAILED)
+		die("mmap", NULL);
+	madvise(s->ram, len, MADV_HUGEPAGE);
+	tm_ram_layout_new(&s->layout);
+	GError *error = NULL;
+	if (tm_ram_layout_add_block(s->layout, "ram0", s->ram, len, PAGE, 0, &error) < 0)
+		die("layout", error);
+}
+
+static void side_fini(side *s)
+{
+	tm_ram_layout_free(s->layout);
+	munmap(s->ram, s->len);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static gpointer recv_fn(gpointer data)
+{
+	recv_thread *t = data;
+	tm_receiver_config cfg = { .io_backend = t->io, .timeout_ms = 30000 };
+
+	t->ret = tm_receiver_new(&cfg, &t->r, &t->error);
+	if (t->ret >= 0)
+		t->ret = tm_receiver_accept(t->r, t->listen_fd, &t->error);
+	if (t->ret >= 0)
+		t->ret = tm_receiver_start(t->r, t->dst->layout, NULL, &t->error);
+	if (t->ret >= 0)
+		t->ret = tm_receiver_wait(t->r, &t->error);
+	return NULL;
+}
+
+/* A connected session: a receiver thread into dst and a sender of src. */
+static tm_sender *session_open(recv_thread *t, side *src, side *dst, const char *io)
+{
+	unsigned port = 0;
+	GError *error = NULL;
+
+	memset(t, 0, sizeof(*t));
+	t->dst = dst;
+	t->io = io;
+	t->listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
+	if (t->listen_fd < 0)
+		die("listen", error);
+	t->th = g_thread_new("receiver", recv_fn, t);
+	tm_sender_config cfg = { .channels = opt_channels, .io_backend = io, .timeout_ms = 30000,
+				 .tuning.zerocopy = opt_zerocopy };
+	tm_sender *s = NULL;
+	char portstr[16];
+	g_snprintf(portstr, sizeof(portstr), "%u", port);
+	if (tm_sender_new(src->layout, NULL, &cfg, &s, &error) < 0 ||
+	    tm_sender_connect(s, "127.0.0.1", portstr, &error) < 0)
+		die("connect", error);
+	return s;
+}
+
+static void session_close(recv_thread *t, tm_sender *s)
+{
+	g_thread_join(t->th);
+	close(t->listen_fd);
+	if (t->ret < 0)
+		die("receiver", t->error);
+	tm_receiver_free(t->r);
+	tm_sender_free(s);
+}
+
+/* Queues the pages of bitmap and syncs; returns the seconds the round took. */
+static double round_of(tm_sender *s, const uint64_t *bitmap, uint64_t npages)
+{
+	GError *error = NULL;
+	int64_t t0 = g_get_monotonic_time();
+	if (tm_sender_queue_bitmap(s, 0, bitmap, 0, npages, &error) < 0 ||
+	    tm_sender_sync(s, &error) < 0)
+		die("round", error);
+	return (double)(g_get_monotonic_time() - t0) / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The q-quantile (0..1) of v[0..n), sorting v. */
+static double quantile(double *v, size_t n, double q)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+	return v[MIN(i, n - 1)];
+}
+
+enum { FULL_COLD, FULL_WARM, SCATTERED, ZERO, EMPTY_MED, EMPTY_P99, FINISH_MED, FINISH_P99, NROWS };
+static const char *const row_name[NROWS] = {
+	"full-cold GiB/s", "full-warm GiB/s", "scattered GiB/s", "zero GiB/s",
+	"empty round median us", "empty round p99 us", "finish median us", "finish p99 us",
+};
+
+static const char *host_line(void)
+{
+	static char buf[256];
+	struct utsname u;
+	char host[64] = "";
+	gethostname(host, sizeof(host) - 1);
+	uname(&u);
+	g_snprintf(buf, sizeof(buf), "%s,%s %s,%ld", host, u.sysname, u.release,
+		   sysconf(_SC_NPROCESSORS_ONLN));
+	return buf;
+}
+
+static void run_one(const char *io, double out[NROWS])
+{
+	side src, dst;
+	recv_thread t;
+	uint64_t npages = opt_size / PAGE;
+	size_t words = (size_t)(npages + 63) / 64;
+	g_autofree uint64_t *all = g_new(uint64_t, words);
+	g_autofree uint64_t *some = g_new0(uint64_t, words);
+	uint64_t dirty = 0;
+
+	side_init(&src, opt_size);
+	side_init(&dst, opt_size);
+	for (size_t i = 0; i < opt_size; i += 8) {
+		uint64_t v = rnd();
+		memcpy(src.ram + i, &v, 8);
+	}
+	memset(all, 0xff, words * 8);
+	if (npages % 64)
+		all[words - 1] = (1ull << (npages % 64)) - 1;
+	while (dirty < npages * opt_dirty / 100) {
+		uint64_t p = rnd() % npages;
+		if (!(some[p / 64] >> (p % 64) & 1)) {
+			some[p / 64] |= 1ull << (p % 64);
+			dirty++;
+		}
+	}
+
+	tm_sender *s = session_open(&t, &src, &dst, io);
+	double gib = (double)opt_size / (1u << 30);
+	out[FULL_COLD] = gib / round_of(s, all, npages);
+	out[FULL_WARM] = gib / round_of(s, all, npages);
+	out[SCATTERED] = (double)dirty * PAGE / (1u << 30) / round_of(s, some, npages);
+	memset(src.ram, 0, opt_size);
+	out[ZERO] = gib / round_of(s, all, npages);
+	g_autofree double *lat = g_new(double, MAX(opt_iters, opt_sessions));
+	for (unsigned i = 0; i < opt_iters; i++) {
+		GError *error = NULL;
+		int64_t t0 = g_get_monotonic_time();
+		if (tm_sender_sync(s, &error) < 0)
+			die("sync", error);
+		lat[i] = (double)(g_get_monotonic_time() - t0);
+	}
+	out[EMPTY_MED] = quantile(lat, opt_iters, 0.5);
+	out[EMPTY_P99] = quantile(lat, opt_iters, 0.99);
+	GError *error = NULL;
+	if (tm_sender_finish(s, &error) < 0)
+		die("finish", error);
+	session_close(&t, s);
+	side_fini(&src);
+	side_fini(&dst);
+
+	/* finish alone: sessions of one page, synced, so that END has nothing to wait for. */
+	side one_src, one_dst;
+	side_init(&one_src, PAGE * 64);
+	side_init(&one_dst, PAGE * 64);
+	uint64_t one = 1;
+	for (unsigned i = 0; i < opt_sessions; i++) {
+		s = session_open(&t, &one_src, &one_dst, io);
+		round_of(s, &one, 1);
+		int64_t t0 = g_get_monotonic_time();
+		if (tm_sender_finish(s, &error) < 0)
+			die("finish", error);
+		lat[i] = (double)(g_get_monotonic_time() - t0);
+		session_close(&t, s);
+	}
+	out[FINISH_MED] = quantile(lat, opt_sessions, 0.5);
+	out[FINISH_P99] = quantile(lat, opt_sessions, 0.99);
+	side_fini(&one_src);
+	side_fini(&one_dst);
+}
+
+int main(int argc, char **argv)
+{
+	g_autofree char *size = NULL;
+	GOptionEntry entries[] = {
+		{ "size", 0, 0, G_OPTION_ARG_STRING, &size, "guest RAM (default 512M)", "SIZE" },
+		{ "channels", 0, 0, G_OPTION_ARG_INT, &opt_channels, "channels (default 2)", "N" },
+		{ "backend", 0, 0, G_OPTION_ARG_STRING, &opt_backend,
+		  "sockets, io_uring or all (default)", "NAME" },
+		{ "iters", 0, 0, G_OPTION_ARG_INT, &opt_iters, "empty rounds (default 1000)", "N" },
+		{ "sessions", 0, 0, G_OPTION_ARG_INT, &opt_sessions,
+		  "sessions timed at finish (default 1000)", "N" },
+		{ "dirty", 0, 0, G_OPTION_ARG_INT, &opt_dirty,
+		  "percent of pages in the scattered round (default 5)", "P" },
+		{ "zerocopy", 0, 0, G_OPTION_ARG_INT, &opt_zerocopy,
+		  "io_uring zero-copy sends: 0 while they pay (default), 1 always, -1 never", "Z" },
+		{ "repeat", 0, 0, G_OPTION_ARG_INT, &opt_repeat,
+		  "runs per backend, median kept (default 3)", "N" },
+		{ NULL },
+	};
+	g_autoptr(GOptionContext) ctx = g_option_context_new("- short rounds, io_uring against sockets");
+	g_option_context_add_main_entries(ctx, entries, NULL);
+	GError *error = NULL;
+	if (!g_option_context_parse(ctx, &argc, &argv, &error))
+		die("options", error);
+	if (size) {
+		char *end;
+		opt_size = g_ascii_strtoull(size, &end, 10);
+		if (*end == 'K' || *end == 'k')
+			opt_size <<= 10;
+		else if (*end == 'M' || *end == 'm')
+			opt_size <<= 20;
+		else if (*end == 'G' || *end == 'g')
+			opt_size <<= 30;
+	}
+	opt_size = MAX(opt_size / PAGE * PAGE, 64 * PAGE);
+	opt_iters = MAX(opt_iters, 1);
+	opt_sessions = MAX(opt_sessions, 1);
+	opt_dirty = CLAMP(opt_dirty, 1, 100);
+	opt_repeat = MAX(opt_repeat, 1);
+
+	const char *all[] = { "sockets", "io_uring" };
+	const char *backends[2];
+	unsigned nb = 0;
+	for (unsigned i = 0; i < 2; i++) {
+		if (strcmp(opt_backend, "all") && strcmp(opt_backend, all[i]))
+			continue;
+		g_autoptr(GError) why = NULL;
+		if (tm_io_backend_probe(all[i], &why) < 0) {
+			printf("# %s skipped: %s\n", all[i], why->message);
+			continue;
+		}
+		backends[nb++] = all[i];
+	}
+	if (!nb) {
+		fprintf(stderr, "rounds: no backend to run\n");
+		return 77;
+	}
+
+	printf("# rounds: guest %" G_GUINT64_FORMAT " MiB, %u channels, %u%% scattered, %u empty "
+	       "rounds, %u finishes, %u repeats\n",
+	       opt_size >> 20, opt_channels, opt_dirty, opt_iters, opt_sessions, opt_repeat);
+	printf("host,kernel,cpus,backend,channels,page_size,repeat,row,value\n");
+	g_autofree double *res = g_new0(double, (size_t)nb * opt_repeat * NROWS);
+	for (unsigned k = 0; k < opt_repeat; k++) {
+		for (unsigned b = 0; b < nb; b++) {
+			double *out = res + ((size_t)b * opt_repeat + k) * NROWS;
+			run_one(backends[b], out);
+			for (unsigned r = 0; r < NROWS; r++)
+				printf("%s,%s,%u,%u,%u,%s,%.2f\n", host_line(), backends[b],
+				       opt_channels, PAGE, k + 1, row_name[r], out[r]);
+			fflush(stdout);
+		}
+	}
+
+	double med[2][NROWS];
+	for (unsigned b = 0; b < nb; b++) {
+		for (unsigned r = 0; r < NROWS; r++) {
+			double v[opt_repeat];
+			for (unsigned k = 0; k < opt_repeat; k++)
+				v[k] = res[((size_t)b * opt_repeat + k) * NROWS + r];
+			med[b][r] = quantile(v, opt_repeat, 0.5);
+		}
+	}
+	printf("\n# median of %u\n| row | %s%s%s |%s\n| --- | --- |%s%s\n", opt_repeat,
+	       backends[0], nb > 1 ? " | " : "", nb > 1 ? backends[1] : "",
+	       nb > 1 ? " io_uring / sockets |" : "", nb > 1 ? " --- |" : "",
+	       nb > 1 ? " --- |" : "");
+	for (unsigned r = 0; r < NROWS; r++) {
+		if (nb > 1) {
+			/* GiB/s: higher is better; microseconds: lower is, so the ratio is inverted. */
+			bool rate = r <= ZERO;
+			printf("| %s | %.2f | %.2f | %.2fx |\n", row_name[r], med[0][r], med[1][r],
+			       rate ? med[1][r] / med[0][r] : med[0][r] / med[1][r]);
+		} else {
+			printf("| %s | %.2f |\n", row_name[r], med[0][r]);
+		}
+	}
+	printf("\n# goals (issue 16)\n");
+	for (unsigned b = 0; b < nb; b++) {
+		const double *m = med[b];
+		printf("%-6s [%s] empty round p99 %.0f us (goal < 100)\n",
+		       m[EMPTY_P99] < 100 ? "MET" : "MISSED", backends[b], m[EMPTY_P99]);
+		printf("%-6s [%s] finish p99 %.0f us (goal < 200)\n",
+		       m[FINISH_P99] < 200 ? "MET" : "MISSED", backends[b], m[FINISH_P99]);
+		printf("%-6s [%s] scattered %u%% round %.2fx the full warm round (goal >= 0.8)\n",
+		       m[SCATTERED] >= 0.8 * m[FULL_WARM] ? "MET" : "MISSED", backends[b], opt_dirty,
+		       m[SCATTERED] / m[FULL_WARM]);
+	}
+	if (nb > 1) {
+		unsigned worse = 0;
+		for (unsigned r = 0; r < NROWS; r++)
+			worse += r <= ZERO ? med[1][r] < med[0][r] : med[1][r] > med[0][r];
+		printf("%-6s io_uring >= sockets on every row (%u of %u rows behind)\n",
+		       worse ? "MISSED" : "MET", worse, NROWS);
+	}
+	return 0;
+}

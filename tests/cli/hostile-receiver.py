@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""A hostile tagmig receiver for the integration tests (docs/wire-format.md).
+
+usage: hostile-receiver.py PORT_FILE MODE
+
+Listens on 127.0.0.1 (a free port, written to PORT_FILE) and answers the HELLO of every
+connection, in the protocol version of that HELLO's frame:
+  error-escape   an ERROR whose message holds ESC, CR, LF, BEL and U+202E, then a close
+Ends 3 s after the last connection (at most 30 s in all). Exit 0, or 1 on a local problem.
+"""
+import socket
+import struct
+import sys
+import time
+
+MAGIC = b"TMIG"
+ERROR = 8
+NASTY = "\x1b[2J\x1b]0;owned\x07\r\nforged line\u202eevil"
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[2] != "error-escape":
+        print(__doc__, file=sys.stderr)
+        return 1
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write("%d\n" % lsock.getsockname()[1])
+    import os
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    end = time.monotonic() + 30
+    lsock.settimeout(3)
+    while time.monotonic() < end:
+        try:
+            sock, _ = lsock.accept()
+        except socket.timeout:
+            break
+        sock.settimeout(5)
+        try:
+            hdr = recv_exact(sock, 16)
+            if hdr and hdr[:4] == MAGIC:
+                recv_exact(sock, struct.unpack("<I", hdr[8:12])[0])
+                msg = NASTY.encode("utf-8")
+                body = struct.pack("<IHH", 5, len(msg), 0) + msg
+                sock.sendall(MAGIC + struct.pack("<BBHII", hdr[4], ERROR, 0, len(body), 0) + body)
+        except OSError:
+            pass
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

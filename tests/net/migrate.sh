@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: MIT
+# shellcheck shell=bash
+#
+# What the tests across tests/net's link share (sourced after netns.sh, with TAGMIG and GEN set):
+#   net_test_begin LABEL     skips (exit 77, with the reason) where no link can be made; makes $T
+#                            and an EXIT trap that ends the receiver and removes link and files
+#   fail MSG / note MSG      end the test failed (with the processes' stderr) / a TAP comment
+#   net_use_tls              credentials for host B's address; later migrations run over TLS
+#   net_migrate SIZE CH BOUND_S
+#                            RAM and tags of SIZE bytes, tagmig recv in host B and send in host A
+#                            over CH channels (SEND_IO / RECV_IO choose the backends): both exit 0
+#                            within BOUND_S, RAM and tags byte-exact; sets ELAPSED_MS, WIRE_BYTES
+#   net_counter DIR NAME     one of the last link's counters (tm_link_stats), e.g. a_to_b lost
+
+NET_LABEL=
+RECV_PID=
+SEND_TLS=()
+RECV_TLS=()
+
+fail() {
+	echo "FAIL${NET_LABEL:+ [$NET_LABEL]}: $*" >&2
+	for f in "$T"/*.err; do
+		[ -s "$f" ] && { echo "--- $(basename "$f"):" >&2; head -c 4000 "$f" >&2; }
+	done
+	exit 1
+}
+note() { echo "#${NET_LABEL:+ [$NET_LABEL]} $*"; }
+
+net_cleanup() {
+	[ -n "$RECV_PID" ] && kill "$RECV_PID" 2>/dev/null
+	tm_link_down
+	rm -rf "$T"
+}
+
+net_test_begin() { # LABEL
+	local why
+	NET_LABEL=$1
+	if ! why=$(tm_link_check 2>&1); then
+		echo "SKIP: $why"
+		exit 77
+	fi
+	T=$(mktemp -d "${TMPDIR:-/tmp}/tagmig-net.XXXXXX")
+	trap net_cleanup EXIT
+}
+
+net_use_tls() {
+	local scripts
+	scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../scripts" && pwd)
+	"$scripts/make-tls-creds.sh" "$T/creds" "$TM_ADDR_B" >"$T/creds.log" 2>&1 ||
+		fail "make-tls-creds.sh: $(cat "$T/creds.log")"
+	SEND_TLS=(--tls-creds "$T/creds")
+	RECV_TLS=(--tls-creds "$T/creds")
+}
+
+net_migrate() { # SIZE CHANNELS BOUND_S
+	local size=$1 ch=$2 bound=$3 start end rc
+	"$GEN" ram "$size" 41 "$T/in.img" || fail "tm-gen-image ram"
+	"$GEN" tags $((size / 16)) 42 "$T/in.tags" || fail "tm-gen-image tags"
+	rm -f "$T/out.img" "$T/out.tags" "$T/port"
+	tm_in_b env ${RECV_IO:+TAGMIG_IO=$RECV_IO} timeout $((bound + 30)) "$TAGMIG" recv \
+		--listen "$TM_ADDR_B:0" --port-file "$T/port" --timeout 30 "${RECV_TLS[@]}" \
+		--ram "$T/out.img" --tags "$T/out.tags" >"$T/recv.out" 2>"$T/recv.err" &
+	RECV_PID=$!
+	for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
+	[ -s "$T/port" ] || fail "recv did not listen"
+	start=$(date +%s%N)
+	tm_in_a env ${SEND_IO:+TAGMIG_IO=$SEND_IO} timeout $((bound + 30)) "$TAGMIG" send \
+		--connect "$TM_ADDR_B:$(cat "$T/port")" --timeout 30 "${SEND_TLS[@]}" \
+		--channels "$ch" --ram "$T/in.img" --tags "$T/in.tags" --json \
+		>"$T/send.out" 2>"$T/send.err"
+	rc=$?
+	end=$(date +%s%N)
+	[ "$rc" = 0 ] || fail "send exited $rc"
+	wait "$RECV_PID"
+	rc=$?
+	RECV_PID=
+	[ "$rc" = 0 ] || fail "recv exited $rc"
+	cmp -s "$T/in.img" "$T/out.img" || fail "RAM differs after the migration"
+	cmp -s "$T/in.tags" "$T/out.tags" || fail "tags differ after the migration"
+	ELAPSED_MS=$(((end - start) / 1000000))
+	[ "$ELAPSED_MS" -le $((bound * 1000)) ] || fail "took $ELAPSED_MS ms, bound $bound s"
+	WIRE_BYTES=$(sed -n 's/.*"wire_bytes":\([0-9]*\).*/\1/p' "$T/send.out")
+	[ -n "$WIRE_BYTES" ] || fail "send --json has no wire_bytes: $(cat "$T/send.out")"
+}
+
+net_counter() { tm_link_stats | awk -v d="$1" -v n="$2" '$1 == d { for (i = 2; i < NF; i += 2) if ($i == n) print $(i + 1) }'; }
