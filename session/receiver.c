@@ -140,7 +140,7 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		int fd = fds ? fds[k] : -1;
 		if (!fds) {
 			if (left_ms <= 0 ||
-			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, error)) < 0) {
+			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, -1, error)) < 0) {
 				if (left_ms <= 0 || fd == -ETIMEDOUT) {
 					g_clear_error(error);
 					if (r->nch && r->wire == TM_WIRE_VERSION_2)

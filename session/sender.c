@@ -353,7 +353,7 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 	 */
 	for (unsigned k = 0; k < n; k++) {
 		unsigned i = setup_index(s, n, k);
-		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, error);
+		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, -1, error);
 		if (fd < 0) {
 			if (i == s->nch)
 				g_prefix_error(error, "control: ");

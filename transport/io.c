@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -99,6 +100,18 @@ void tm_io_set_timeout(tm_io *io, unsigned timeout_ms)
 	for (tm_io *l = io; l; l = l->inner)
 		l->timeout_ms = timeout_ms;
 	set_timeouts(io->fd, timeout_ms, NULL);
+}
+
+bool tm_io_readable(tm_io *io)
+{
+	if (io->ops->readable)
+		return io->ops->readable(io);
+	if (io->inner)
+		return tm_io_readable(io->inner);
+	/* A byte mover holds nothing back: its socket says. Hang-up and errors count: recv
+	 * returns at once with them. */
+	struct pollfd p = { .fd = io->fd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0;
 }
 
 void tm_io_send_last(tm_io *io, const void *buf, size_t len)

@@ -113,7 +113,7 @@ static void test_sender_bad_tag(void)
 static int raw_connect(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
 		       bool tags)
 {
-	int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
 	g_assert_cmpint(fd, >=, 0);
 	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
 	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
@@ -308,7 +308,7 @@ static gpointer flip_proxy_thread(gpointer data)
 	for (unsigned i = 0; i < fp->channels; i++) {
 		pfd[2 * i] = (struct pollfd){ .fd = accept(fp->listen_fd, NULL, NULL), .events = POLLIN };
 		pfd[2 * i + 1] = (struct pollfd){
-			.fd = tm_net_connect("127.0.0.1", fp->port, 5000, NULL), .events = POLLIN };
+			.fd = tm_net_connect("127.0.0.1", fp->port, 5000, -1, NULL), .events = POLLIN };
 	}
 	while (open > 0 && poll(pfd, 2 * fp->channels, 10000) > 0) {
 		for (unsigned k = 0; k < 2 * fp->channels; k++) {
@@ -589,7 +589,7 @@ static void test_v1_receiver_refuses(void)
 /* A hand-made HELLO of protocol version with role; returns the connected socket. */
 static int raw_hello(const char *port, uint8_t version, uint8_t role, uint16_t id, uint16_t count)
 {
-	int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
 	g_assert_cmpint(fd, >=, 0);
 	tm_wire_block wb = { .length = 2 << 20, .page_size = 4096 };
 	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));

@@ -147,7 +147,9 @@ static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 	struct __kernel_timespec ts = { .tv_sec = io->timeout_ms / 1000,
 					.tv_nsec = (long long)(io->timeout_ms % 1000) * 1000000 };
 	for (;;) {
-		int r = io_uring_wait_cqe_timeout(&p->ring, cqe, &ts);
+		/* timeout_ms 0: no limit (tm_io_set_timeout); a shutdown of the socket ends the wait */
+		int r = io->timeout_ms ? io_uring_wait_cqe_timeout(&p->ring, cqe, &ts)
+				       : io_uring_wait_cqe(&p->ring, cqe);
 		if (r == -EINTR)
 			continue;
 		return r == -ETIME ? -ETIMEDOUT : r;
