@@ -7,7 +7,7 @@
 
 bool tm_failure_record(tm_failure *f, GError *err, bool from_peer)
 {
-	if (!f->error || (from_peer && !f->from_peer)) {
+	if (!f->error || (from_peer && !f->from_peer && !f->cancelled)) {
 		g_clear_error(&f->error);
 		f->error = err;
 		f->from_peer = from_peer;

@@ -5,6 +5,7 @@
  * sets the tags through the tag store and only then marks the pages present.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,6 +14,24 @@
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
+
+static void control_fail(void *owner, GError *err, bool from_peer)
+{
+	tm_receiver_fail(owner, NULL, err, from_peer);
+}
+
+/* The control thread's END_ACK goes after every data channel's (design 2.4). */
+static int await_data_end(void *owner)
+{
+	tm_receiver *r = owner;
+
+	g_mutex_lock(&r->lock);
+	while (!r->quit && r->ended < r->nch)
+		g_cond_wait(&r->cond, &r->lock);
+	bool quit = r->quit;
+	g_mutex_unlock(&r->lock);
+	return quit ? -ECANCELED : 0;
+}
 
 int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **error)
 {
@@ -47,10 +66,21 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->cfg.tls_authz = NULL;     /* likewise (copied into tls) */
 	rc->io = io;
 	rc->ctl.fd = -1;
+	rc->setup_fd = -1;
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, false, &rc->live, NULL);
 	g_mutex_init(&rc->lock);
 	g_cond_init(&rc->cond);
+	rc->events.fd = rc->events.cancel_fd = -1;
+	rc->control = (tm_control){ .sender = false, .owner = rc, .lock = &rc->lock,
+				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
+				    .fail = control_fail, .await_data_end = await_data_end,
+				    .wake_fd = -1 };
+	if ((r = tm_events_init(&rc->events, error)) < 0 ||
+	    (r = tm_control_init(&rc->control, error)) < 0) {
+		tm_receiver_free(rc);
+		return r;
+	}
 	*ret = rc;
 	return 0;
 }
@@ -88,29 +118,24 @@ int tm_receiver_get_session_id(tm_receiver *r, uint8_t ret[16])
 /* Tells every connected channel why we give up (best effort) and closes it. */
 static void abort_channels(tm_receiver *r, int code, const char *message)
 {
-	for (unsigned i = 0; r->chans && i < r->nch; i++) {
-		if (r->chans[i].ch.fd < 0)
+	for (unsigned i = 0; r->chans && i <= r->nch; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+		if (ch->fd < 0)
 			continue;
-		tm_chan_send_error(&r->chans[i].ch, code, message);
-		tm_chan_close(&r->chans[i].ch);
+		tm_chan_send_error(ch, code, message);
+		/* Under the lock: a cancel shuts down what it sees open, never a closed fd. */
+		g_mutex_lock(&r->lock);
+		tm_chan_close(ch);
+		g_mutex_unlock(&r->lock);
 	}
-	if (r->ctl.fd >= 0) {
-		tm_chan_send_error(&r->ctl, code, message);
-		tm_chan_close(&r->ctl);
-	}
+	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
 }
 
 int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 {
 	if (r->state == R_RUNNING) {
-		/* Workers own the channels now: stop them instead. */
-		g_mutex_lock(&r->lock);
-		tm_failure_record(&r->failure, g_error_new_literal(TM_ERROR, code, message), false);
-		__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
-		g_cond_broadcast(&r->cond);
-		g_mutex_unlock(&r->lock);
-		for (unsigned i = 0; i < r->nch; i++)
-			shutdown(r->chans[i].ch.fd, SHUT_RD);
+		/* Workers and the control thread own the channels now: stop them instead. */
+		tm_receiver_fail(r, NULL, g_error_new_literal(TM_ERROR, code, message), false);
 		return 0;
 	}
 	abort_channels(r, code, message);
@@ -120,6 +145,14 @@ int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 
 static int accept_fail(tm_receiver *r, GError **error)
 {
+	/* A cancel made the setup fail: its reason is the one to report. */
+	g_mutex_lock(&r->lock);
+	if (r->failure.cancelled) {
+		g_clear_error(error);
+		*error = g_error_copy(r->failure.error);
+	}
+	r->quit = true;
+	g_mutex_unlock(&r->lock);
 	g_autofree char *msg = g_strdup(*error ? (*error)->message : "setup failed");
 	abort_channels(r, *error ? (*error)->code : EIO, msg);
 	r->state = R_DONE;
@@ -140,7 +173,8 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		int fd = fds ? fds[k] : -1;
 		if (!fds) {
 			if (left_ms <= 0 ||
-			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, -1, error)) < 0) {
+			    (fd = tm_net_accept(listen_fd, (unsigned)left_ms, r->events.cancel_fd,
+						error)) < 0) {
 				if (left_ms <= 0 || fd == -ETIMEDOUT) {
 					g_clear_error(error);
 					if (r->nch && r->wire == TM_WIRE_VERSION_2)
@@ -163,7 +197,25 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		}
 		/* The whole deadline bounds the arrival of the channels; each channel's own I/O,
 		 * its handshake included, gets the full timeout like any blocked I/O. */
-		int ret = tm_receiver_place_channel(r, fd, r->cfg.timeout_ms, error);
+		/*
+		 * A cancel shuts the connection down while its HELLO (TLS first) is awaited, through
+		 * a duplicate that only this function closes: the channel may close fd itself.
+		 */
+		g_mutex_lock(&r->lock);
+		bool cancelled = r->failure.cancelled;
+		r->setup_fd = cancelled ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		g_mutex_unlock(&r->lock);
+		int ret = cancelled ? -ECANCELED : tm_receiver_place_channel(r, fd, r->cfg.timeout_ms, error);
+		if (cancelled)
+			close(fd);
+		g_mutex_lock(&r->lock);
+		if (r->setup_fd >= 0)
+			close(r->setup_fd);
+		r->setup_fd = -1;
+		cancelled = r->failure.cancelled;
+		g_mutex_unlock(&r->lock);
+		if (ret >= 0 && cancelled)
+			ret = -ECANCELED;
 		if (ret < 0) {
 			if (fds)
 				for (unsigned j = k + 1; j < n; j++)
@@ -221,7 +273,10 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 		g_error_free(err);
 	__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
 	g_cond_broadcast(&r->cond);
+	tm_control_wake(&r->control);
+	tm_events_stop(&r->events);
 	g_mutex_unlock(&r->lock);
+	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
 	if (!was_quit)
 		for (unsigned i = 0; i < r->nch; i++)
 			if (&r->chans[i] != c)
@@ -245,7 +300,11 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		g_set_error(error, TM_ERROR, EBADFD, "tm_receiver_start() needs an accepted session");
 		return -EBADFD;
 	}
-	int ret = tm_receiver_compare_layout(r, layout, tags, error);
+	g_mutex_lock(&r->lock);
+	if (r->failure.cancelled)
+		*error = g_error_copy(r->failure.error);
+	g_mutex_unlock(&r->lock);
+	int ret = *error ? -ECANCELED : tm_receiver_compare_layout(r, layout, tags, error);
 	if (ret < 0) {
 		abort_channels(r, -ret, (*error)->message);
 		r->state = R_DONE;
@@ -285,6 +344,18 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			return ret;
 		}
 	}
+	if (r->wire == TM_WIRE_VERSION_2) {
+		tm_chan *data[TM_MAX_CHANNELS];
+		for (unsigned i = 0; i < r->nch; i++)
+			data[i] = &r->chans[i].ch;
+		if ((ret = tm_control_start(&r->control, &r->ctl, data, r->nch, r->cfg.timeout_ms,
+					    error)) < 0) {
+			g_autofree char *msg = g_strdup((*error)->message);
+			abort_channels(r, -ret, msg);
+			r->state = R_DONE;
+			return ret;
+		}
+	}
 	g_mutex_lock(&r->lock);
 	r->t_start = tm_now_us();
 	g_mutex_unlock(&r->lock);
@@ -293,47 +364,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		r->chans[i].thread = g_thread_new(name, tm_recv_worker, &r->chans[i]);
 	}
 	r->state = R_RUNNING;
+	tm_events_set_phase(&r->events, TM_PHASE_PRECOPY);
 	return 0;
-}
-
-/*
- * Protocol 2, once every data channel ended: the control connection's END (0, 0, 0), answered
- * by END_ACK (0, 0), then a clean TLS close. No control thread yet: the migration thread reads
- * the one message the connection carries (the sender sends it right after the last END_ACK).
- */
-static int end_control(tm_receiver *r, GError **error)
-{
-	tm_chan *ch = &r->ctl;
-	uint8_t body[TM_END2_LEN];
-	uint64_t v[TM_CTRL_MAX_FIELDS];
-	tm_frame f;
-
-	int ret = tm_chan_recv_frame(ch, 0, &f, error);
-	if (ret < 0)
-		return ret;
-	if (f.type == TM_MSG_ERROR)
-		return tm_chan_recv_peer_error(ch, &f, "sender gave up", error);
-	if (f.type != TM_MSG_END) {
-		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
-		return -EPROTO;
-	}
-	if ((ret = tm_chan_recv(ch, body, f.body_len, error)) < 0)
-		return ret;
-	if ((ret = tm_ctrl_decode_v(f.version, f.type, body, f.body_len, v, error)) < 0) {
-		tm_chan_prefix_error(ch, error);
-		return ret;
-	}
-	if (v[0] || v[1] || v[2]) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "control: END counts %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
-			    " packets, %" G_GUINT64_FORMAT
-			    " state chunks; the control connection carries none",
-			    v[0], v[1], v[2]);
-		return -EPROTO;
-	}
-	if ((ret = tm_chan_send_ctrl(ch, TM_MSG_END_ACK, 0, 0, error)) < 0)
-		return ret;
-	return tm_tls_shutdown(ch->io, error);
 }
 
 int tm_receiver_wait(tm_receiver *r, GError **error)
@@ -343,7 +375,8 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 		return -EBADFD;
 	}
 	g_mutex_lock(&r->lock);
-	while (!r->quit && r->ended < r->nch)
+	/* Protocol 2: complete once the control thread also ended control (END / END_ACK). */
+	while (!r->quit && (r->ended < r->nch || (r->control.started && !r->control.ended)))
 		g_cond_wait(&r->cond, &r->lock);
 	int ret = 0;
 	if (r->quit) {
@@ -351,24 +384,15 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 		for (unsigned i = 0; i < r->nch; i++)
 			while (!r->chans[i].exited)
 				g_cond_wait(&r->cond, &r->lock);
+		tm_control_await_exit_locked(&r->control);
 		ret = r->failure.error ? -r->failure.error->code : -EIO;
 		if (error)
 			*error = r->failure.error ? g_error_copy(r->failure.error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}
 	g_mutex_unlock(&r->lock);
-	if (ret == 0 && r->wire == TM_WIRE_VERSION_2 && !r->ctl_ended) {
-		g_autoptr(GError) local = NULL;
-		r->ctl_ended = true;
-		ret = end_control(r, &local);
-		if (ret < 0) {
-			if (!r->ctl.peer_error)
-				tm_chan_send_error(&r->ctl, -ret, local->message);
-			if (error)
-				*error = g_error_copy(local);
-			tm_receiver_fail(r, NULL, g_steal_pointer(&local), r->ctl.peer_error);
-		}
-	}
+	if (ret == 0)
+		tm_events_set_phase(&r->events, TM_PHASE_COMPLETE);
 	return ret;
 }
 
@@ -385,7 +409,11 @@ void tm_receiver_free(tm_receiver *r)
 		return;
 	g_mutex_lock(&r->lock);
 	r->quit = true;
+	g_cond_broadcast(&r->cond);
+	tm_control_wake(&r->control);
 	g_mutex_unlock(&r->lock);
+	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
+	tm_control_stop(&r->control);
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
 		if (c->thread) {
@@ -400,6 +428,7 @@ void tm_receiver_free(tm_receiver *r)
 		tm_recv_plan_fini(&c->plan);
 	}
 	tm_chan_close(&r->ctl);
+	tm_events_fini(&r->events);
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);
 	g_free(r->present);

@@ -128,6 +128,11 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	}
 	g_mutex_lock(&c->s->lock);
 	c->synced = id;
+	bool all = true;
+	for (unsigned i = 0; i < c->s->nch; i++)
+		all = all && c->s->chans[i].synced >= id;
+	if (all) /* the last channel to acknowledge the round raises it */
+		tm_events_raise(&c->s->events, TM_EVENT_ROUND);
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;

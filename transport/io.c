@@ -102,6 +102,12 @@ void tm_io_set_timeout(tm_io *io, unsigned timeout_ms)
 	set_timeouts(io->fd, timeout_ms, NULL);
 }
 
+void tm_io_cancel(tm_io *io)
+{
+	for (tm_io *l = io; l; l = l->inner)
+		__atomic_store_n(&l->cancelled, true, __ATOMIC_RELEASE);
+}
+
 bool tm_io_readable(tm_io *io)
 {
 	if (io->ops->readable)

@@ -145,6 +145,7 @@ struct tm_io {
 	 * tm_io_open or tm_io_wrap; a wrapper may change it before its start function returns.
 	 */
 	const char *path;
+	bool cancelled;       /* any thread, atomic: tm_io_cancel() was called */
 	/* worker-local (the thread that owns the channel at the time) */
 	tm_io_counters st;
 };
@@ -173,6 +174,14 @@ void tm_io_free(tm_io *io);
  * 0: no limit (a protocol 2 data channel after its handshake: liveness is the control thread's).
  */
 void tm_io_set_timeout(tm_io *io, unsigned timeout_ms);
+
+/*
+ * Any thread, with a shutdown of the socket: the session gave up. A byte mover that can wait for
+ * something a shutdown does not end (io_uring: zero-copy completions, which need the peer's
+ * acknowledgements) returns -ECANCELED from such a wait within a quarter of a second. Every
+ * layer of io is marked.
+ */
+void tm_io_cancel(tm_io *io);
 
 /* Whether a recv on io would progress now (ops->readable, see its contract). Never blocks. */
 bool tm_io_readable(tm_io *io);

@@ -709,9 +709,15 @@ static void test_control_end_checked(void)
 		else
 			n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 1, zero);
 		g_assert_cmpint(write(fdc, buf, n), ==, (ssize_t)n);
-		/* The answer on control: END_ACK, or an ERROR that says why. */
-		g_assert_cmpint(recv(fdc, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==, TM_FRAME_HDR_LEN);
-		g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+		/* The answer on control: END_ACK, or an ERROR that says why (after the receiver's
+		 * keepalive PINGs, which this peer leaves unanswered). */
+		do {
+			g_assert_cmpint(recv(fdc, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==,
+					TM_FRAME_HDR_LEN);
+			g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+			if (f.type == TM_MSG_PING)
+				g_assert_cmpint(recv(fdc, buf, 8, MSG_WAITALL), ==, 8);
+		} while (f.type == TM_MSG_PING);
 		g_assert_cmpuint(f.type, ==, cases[i].errnum ? TM_MSG_ERROR : TM_MSG_END_ACK);
 		peer_join(&p);
 		if (cases[i].errnum) {
@@ -722,6 +728,62 @@ static void test_control_end_checked(void)
 			g_assert_no_error(p.error);
 			g_assert_cmpint(p.ret, ==, 0);
 		}
+		close(fd0);
+		close(fdc);
+		peer_free(&p);
+	}
+	guest_fini(&dst);
+}
+
+/*
+ * A hand-made protocol 2 sender misusing the control connection's keepalive: a PONG that answers
+ * no PING, and a PING flood (more than 20 in a second bounds what control carries backwards).
+ * The receiver fails with the reason, also on control.
+ */
+static void test_control_keepalive_checked(void)
+{
+	static const struct {
+		const char *what;
+		unsigned pings;
+		const char *substr;
+	} cases[] = {
+		{ "pong-without-ping", 0, "control: PONG 0x1234 answers no PING" },
+		{ "ping-flood", 25, "control: PING flood: more than 20 PINGs in one second" },
+	};
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		peer p;
+		uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+		g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+		int fd0 = raw_hello(port, 2, TM_ROLE_DATA, 0, 1);
+		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
+		uint32_t seq = 1;
+
+		for (int k = 0; k < 2; k++)
+			g_assert_cmpint(recv(k ? fdc : fd0, buf, sizeof(buf), MSG_WAITALL), ==,
+					sizeof(buf));
+		const uint64_t nonce[3] = { 0x1234 };
+		for (unsigned k = 0; k < MAX(cases[i].pings, 1u); k++) {
+			size_t n = tm_ctrl_encode_v(buf, 2, cases[i].pings ? TM_MSG_PING : TM_MSG_PONG,
+						    seq++, nonce);
+			g_assert_cmpint(write(fdc, buf, n), ==, (ssize_t)n);
+		}
+		peer_join(&p);
+		g_test_message("%s: receiver: %s", cases[i].what, p.error->message);
+		g_assert_cmpint(p.ret, ==, -EPROTO);
+		g_assert_nonnull(strstr(p.error->message, cases[i].substr));
+		/* The reason reaches the sender on control, after the receiver's PINGs and PONGs. */
+		tm_frame f;
+		do {
+			g_assert_cmpint(recv(fdc, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==,
+					TM_FRAME_HDR_LEN);
+			g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+			if (f.type != TM_MSG_ERROR)
+				g_assert_cmpint(recv(fdc, buf, f.body_len, MSG_WAITALL), ==, f.body_len);
+		} while (f.type != TM_MSG_ERROR);
 		close(fd0);
 		close(fdc);
 		peer_free(&p);
@@ -745,6 +807,7 @@ int main(int argc, char **argv)
 		{ "v1-receiver-refuses", test_v1_receiver_refuses, false },
 		{ "hello-mix-refused", test_hello_mix_refused, true },
 		{ "control-end-checked", test_control_end_checked, true },
+		{ "control-keepalive-checked", test_control_keepalive_checked, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }

@@ -146,12 +146,21 @@ static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 	uring_priv *p = io->priv;
 	struct __kernel_timespec ts = { .tv_sec = io->timeout_ms / 1000,
 					.tv_nsec = (long long)(io->timeout_ms % 1000) * 1000000 };
+	/*
+	 * timeout_ms 0: no limit (tm_io_set_timeout). A shutdown of the socket ends a send or a
+	 * receive, but not the wait for a zero-copy completion, which needs the peer to acknowledge
+	 * the data: in slices, until tm_io_cancel().
+	 */
+	struct __kernel_timespec slice = { .tv_nsec = 250 * 1000 * 1000 };
 	for (;;) {
-		/* timeout_ms 0: no limit (tm_io_set_timeout); a shutdown of the socket ends the wait */
-		int r = io->timeout_ms ? io_uring_wait_cqe_timeout(&p->ring, cqe, &ts)
-				       : io_uring_wait_cqe(&p->ring, cqe);
+		int r = io_uring_wait_cqe_timeout(&p->ring, cqe, io->timeout_ms ? &ts : &slice);
 		if (r == -EINTR)
 			continue;
+		if (r == -ETIME && !io->timeout_ms) {
+			if (__atomic_load_n(&io->cancelled, __ATOMIC_ACQUIRE))
+				return -ECANCELED;
+			continue;
+		}
 		return r == -ETIME ? -ETIMEDOUT : r;
 	}
 }
