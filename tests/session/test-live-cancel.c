@@ -2,7 +2,7 @@
 /*
  * Cancel from another thread (docs/design/live-engine.md 1.5): in the connect (a receiver that
  * never accepts, or whose accept queue is full), in accept, in a round (pages in flight to a
- * slow destination) and in a sync wait; by the sender and by the receiver. Every blocked call
+ * slow destination), in a sync wait and in finish; by the sender and by the receiver. Every blocked call
  * of both sides returns -ECANCELED (the peer: the failure that names the canceller's reason)
  * within a second, and both sides are freed (ASan: no leak).
  */
@@ -233,8 +233,8 @@ static void test_cancel_round(void)
 	guest_fini(&dst);
 }
 
-/* Sync phase, either side cancels while the sender's migration thread is blocked in sync. */
-static void cancel_sync(bool by_receiver)
+/* Sync (or finish) phase: either side cancels while the sender's migration thread is blocked. */
+static void cancel_sync(bool by_receiver, bool finish)
 {
 	guest src, dst;
 	slow_peer p;
@@ -252,7 +252,7 @@ static void cancel_sync(bool by_receiver)
 	monitor m;
 	monitor_start(&m, by_receiver ? NULL : s, by_receiver ? p.r : NULL, 300,
 		      by_receiver ? "destination host going down" : "source host going down");
-	int r = tm_sender_sync(s, &err);
+	int r = finish ? tm_sender_finish(s, &err) : tm_sender_sync(s, &err);
 	monitor_join(&m, g_get_monotonic_time());
 	assert_cancelled(r, err, why);
 	slow_peer_join(&p);
@@ -270,12 +270,18 @@ static void cancel_sync(bool by_receiver)
 
 static void test_cancel_sync_sender(void)
 {
-	cancel_sync(false);
+	cancel_sync(false, false);
 }
 
 static void test_cancel_sync_receiver(void)
 {
-	cancel_sync(true);
+	cancel_sync(true, false);
+}
+
+static void test_cancel_finish(void)
+{
+	cancel_sync(false, true);
+	cancel_sync(true, true);
 }
 
 /*
@@ -367,6 +373,7 @@ int main(int argc, char **argv)
 		{ "round", test_cancel_round, false },
 		{ "sync-sender", test_cancel_sync_sender, false },
 		{ "sync-receiver", test_cancel_sync_receiver, false },
+		{ "finish", test_cancel_finish, false },
 		{ "stuck-destination", test_cancel_stuck_destination, false },
 		{ "after-end", test_cancel_after_end, false },
 	};
