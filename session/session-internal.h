@@ -35,8 +35,8 @@ typedef struct tm_failure {
 
 /*
  * Records err (taking ownership) if it explains more than what is recorded: the first failure
- * wins, except that a peer's own ERROR replaces a local one (not a cancel). Returns true if
- * recorded.
+ * wins, except that a peer's own ERROR replaces a local one (not a cancel, and not with a mere
+ * "connection closed": ECONNRESET, EPIPE). Returns true if recorded.
  */
 bool tm_failure_record(tm_failure *f, GError *err, bool from_peer);
 

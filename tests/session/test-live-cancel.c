@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "session-fixture.h"
+#include "session/session-internal.h"
+#include "tagmig/error.h"
 
 #define BLOCK (8u << 20)
 #define PAGES (BLOCK / 4096u)
@@ -365,6 +367,33 @@ static void test_cancel_after_end(void)
 	guest_fini(&dst);
 }
 
+/*
+ * Which failure a session reports (session/failure.c): a peer's ERROR replaces a local failure,
+ * unless it only says "connection closed" (the echo of this side's own shutdown, which a control
+ * thread can read after its workers failed) or the local failure is a cancel.
+ */
+static void test_failure_rules(void)
+{
+	tm_failure f = { 0 };
+
+	tm_failure_record(&f, g_error_new_literal(TM_ERROR, EINVAL, "bad tag"), false);
+	g_assert_false(tm_failure_record(
+		&f, g_error_new_literal(TM_ERROR, ECONNRESET, "receiver failed: closed"), true));
+	g_assert_false(tm_failure_record(&f, g_error_new_literal(TM_ERROR, EPIPE, "gone"), true));
+	g_assert_cmpint(f.error->code, ==, EINVAL);
+	g_assert_true(tm_failure_record(&f, g_error_new_literal(TM_ERROR, ENOSPC, "tags"), true));
+	g_assert_cmpint(f.error->code, ==, ENOSPC);
+	g_assert_false(tm_failure_record(&f, g_error_new_literal(TM_ERROR, EPROTO, "x"), true));
+	g_clear_error(&f.error);
+
+	f = (tm_failure){ 0 };
+	tm_failure_record(&f, g_error_new_literal(TM_ERROR, ECANCELED, "sender cancelled: x"), false);
+	f.cancelled = true;
+	g_assert_false(tm_failure_record(&f, g_error_new_literal(TM_ERROR, EPROTO, "echo"), true));
+	g_assert_cmpint(f.error->code, ==, ECANCELED);
+	g_clear_error(&f.error);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -376,6 +405,7 @@ int main(int argc, char **argv)
 		{ "finish", test_cancel_finish, false },
 		{ "stuck-destination", test_cancel_stuck_destination, false },
 		{ "after-end", test_cancel_after_end, false },
+		{ "failure-rules", test_failure_rules, true }, /* no I/O: plaintext pairs suffice */
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
