@@ -60,7 +60,7 @@ typedef struct tm_frame {
 uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size);
 /*
  * Body length of a control message type in version (protocol 1: HELLO_ACK, SYNC, SYNC_ACK, END,
- * END_ACK; protocol 2: SYNC, SYNC_ACK, END, END_ACK), else 0.
+ * END_ACK; protocol 2: SYNC, SYNC_ACK, END, END_ACK, PING, PONG), else 0.
  */
 uint32_t tm_ctrl_body_len(uint8_t version, uint8_t type);
 

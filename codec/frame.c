@@ -87,6 +87,9 @@ uint32_t tm_ctrl_body_len(uint8_t version, uint8_t type)
 		return TM_END2_LEN;
 	case TM_MSG_END_ACK:
 		return TM_END_ACK2_LEN;
+	case TM_MSG_PING:
+	case TM_MSG_PONG:
+		return 8;
 	default:
 		return 0;
 	}

@@ -36,7 +36,8 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 		int64_t left_ms = (deadline_us - tm_now_us()) / 1000;
 		if (left_ms <= 0)
 			return -ETIMEDOUT;
-		int fd = tm_net_accept(listen_fd, (unsigned)MIN(left_ms, (int64_t)G_MAXUINT), error);
+		int fd = tm_net_accept(listen_fd, (unsigned)MIN(left_ms, (int64_t)G_MAXUINT),
+				       r->events.cancel_fd, error);
 		if (fd < 0) {
 			if (fd == -ETIMEDOUT)
 				g_clear_error(error);
@@ -44,8 +45,9 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 		}
 		g_autoptr(GError) local = NULL;
 		bool stranger = false;
-		int ret = tm_receiver_place_channel(r, fd, tm_receiver_handshake_deadline(r, deadline_us),
-						    &stranger, &local);
+		int ret = tm_receiver_place_cancellable(r, fd,
+							tm_receiver_handshake_deadline(r, deadline_us),
+							&stranger, &local);
 		if (ret >= 0)
 			return 0;
 		if (!stranger) {

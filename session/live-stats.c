@@ -20,22 +20,6 @@ static int copy_out(const tm_live_stats *full, tm_live_stats *ret)
 	return 0;
 }
 
-/*
- * The sender's phase from what this step keeps: the session's failure, its end, the guest
- * stopped. s->lock held. (The phase machine of docs/design/live-engine.md 3.2 replaces it.)
- */
-static tm_phase sender_phase(const tm_sender *s)
-{
-	if (s->failure.error || (s->quit && !s->t_end))
-		return TM_PHASE_FAILED;
-	if (s->t_end)
-		return TM_PHASE_COMPLETE;
-	if (s->rounds.stopped_us)
-		return TM_PHASE_STOPPED;
-	return __atomic_load_n(&s->wire_done, __ATOMIC_ACQUIRE) ? TM_PHASE_PRECOPY
-								: TM_PHASE_SETUP;
-}
-
 int tm_sender_get_live_stats(tm_sender *s, tm_live_stats *ret)
 {
 	tm_live_stats st = { .size = sizeof(st) };
@@ -52,7 +36,9 @@ int tm_sender_get_live_stats(tm_sender *s, tm_live_stats *ret)
 	st.max_downtime_us = adv.max_downtime_us;
 	st.rate_limit = tm_ratelimit_rate(&s->rl);
 	g_mutex_lock(&s->lock);
-	st.phase = sender_phase(s);
+	st.phase = tm_events_phase(&s->events);
+	st.rtt_us = __atomic_load_n(&s->control.rtt_us, __ATOMIC_RELAXED);
+	st.keepalives = __atomic_load_n(&s->control.keepalives, __ATOMIC_RELAXED);
 	st.rounds = s->rounds.complete;
 	/* Protocol 1: the destination has everything when finish's END handshakes are done. */
 	if (s->rounds.stopped_us && s->t_end && !s->failure.error)
@@ -83,12 +69,9 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 			st.rounds = MIN(st.rounds, __atomic_load_n(&r->chans[i].syncs,
 								    __ATOMIC_RELAXED));
 	}
-	if (r->failure.error)
-		st.phase = TM_PHASE_FAILED;
-	else if (r->t_end)
-		st.phase = TM_PHASE_COMPLETE;
-	else
-		st.phase = st.wire_version ? TM_PHASE_PRECOPY : TM_PHASE_SETUP;
+	st.phase = tm_events_phase(&r->events);
+	st.rtt_us = __atomic_load_n(&r->control.rtt_us, __ATOMIC_RELAXED);
+	st.keepalives = __atomic_load_n(&r->control.keepalives, __ATOMIC_RELAXED);
 	st.state_sections = r->st.order.sections; /* handed to the VMM in order */
 	st.state_bytes = r->st.order.total;
 	g_mutex_unlock(&r->lock);

@@ -5,6 +5,7 @@
  * sets the tags through the tag store and only then marks the pages present.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,6 +14,32 @@
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
+
+static void control_fail(void *owner, GError *err, bool from_peer)
+{
+	tm_receiver_fail(owner, NULL, err, from_peer);
+}
+
+/*
+ * The control thread's END_ACK goes after every data channel's (design 2.4), and only for a
+ * complete session (complete.c): otherwise its ERROR tells the sender which pages are missing.
+ */
+static int data_end(void *owner, GError **error)
+{
+	tm_receiver *r = owner;
+
+	g_mutex_lock(&r->lock);
+	bool quit = r->quit, ended = r->ended == r->nch;
+	g_mutex_unlock(&r->lock);
+	if (quit) {
+		g_set_error(error, TM_ERROR, ECANCELED, "control: stopped");
+		return -ECANCELED;
+	}
+	if (!ended)
+		return 0;
+	int ret = tm_receiver_check_complete(r, error);
+	return ret < 0 ? ret : 1;
+}
 
 int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **error)
 {
@@ -47,10 +74,21 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->cfg.tls_authz = NULL;     /* likewise (copied into tls) */
 	rc->io = io;
 	rc->ctl.fd = -1;
+	rc->setup_fd = -1;
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, false, &rc->live, NULL);
 	g_mutex_init(&rc->lock);
 	g_cond_init(&rc->cond);
+	rc->events.fd = rc->events.cancel_fd = -1;
+	rc->control = (tm_control){ .sender = false, .owner = rc, .lock = &rc->lock,
+				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
+				    .fail = control_fail, .data_end = data_end,
+				    .ready = tm_receiver_send_ready, .wake_fd = -1 };
+	if ((r = tm_events_init(&rc->events, error)) < 0 ||
+	    (r = tm_control_init(&rc->control, error)) < 0) {
+		tm_receiver_free(rc);
+		return r;
+	}
 	*ret = rc;
 	return 0;
 }
@@ -88,29 +126,24 @@ int tm_receiver_get_session_id(tm_receiver *r, uint8_t ret[16])
 /* Tells every connected channel why we give up (best effort) and closes it. */
 static void abort_channels(tm_receiver *r, int code, const char *message)
 {
-	for (unsigned i = 0; r->chans && i < r->nch; i++) {
-		if (r->chans[i].ch.fd < 0)
+	for (unsigned i = 0; r->chans && i <= r->nch; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+		if (ch->fd < 0)
 			continue;
-		tm_chan_send_error(&r->chans[i].ch, code, message);
-		tm_chan_close(&r->chans[i].ch);
+		tm_chan_send_error(ch, code, message);
+		/* Under the lock: a cancel shuts down what it sees open, never a closed fd. */
+		g_mutex_lock(&r->lock);
+		tm_chan_close(ch);
+		g_mutex_unlock(&r->lock);
 	}
-	if (r->ctl.fd >= 0) {
-		tm_chan_send_error(&r->ctl, code, message);
-		tm_chan_close(&r->ctl);
-	}
+	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
 }
 
 int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 {
 	if (r->state == R_RUNNING) {
-		/* Workers own the channels now: stop them instead. */
-		g_mutex_lock(&r->lock);
-		tm_failure_record(&r->failure, g_error_new_literal(TM_ERROR, code, message), false);
-		__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
-		g_cond_broadcast(&r->cond);
-		g_mutex_unlock(&r->lock);
-		for (unsigned i = 0; i < r->nch; i++)
-			shutdown(r->chans[i].ch.fd, SHUT_RD);
+		/* Workers and the control thread own the channels now: stop them instead. */
+		tm_receiver_fail(r, NULL, g_error_new_literal(TM_ERROR, code, message), false);
 		return 0;
 	}
 	abort_channels(r, code, message);
@@ -118,8 +151,48 @@ int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 	return 0;
 }
 
+int tm_receiver_place_cancellable(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
+				  GError **error)
+{
+	/*
+	 * A cancel shuts the connection down while its HELLO (TLS first) is awaited, through a
+	 * duplicate that only this function closes: the channel may close fd itself.
+	 */
+	g_mutex_lock(&r->lock);
+	bool cancelled = r->failure.cancelled;
+	r->setup_fd = cancelled ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	g_mutex_unlock(&r->lock);
+	*ret_stranger = false;
+	int ret = cancelled ? -ECANCELED
+			    : tm_receiver_place_channel(r, fd, deadline_us, ret_stranger, error);
+	if (cancelled)
+		close(fd);
+	g_mutex_lock(&r->lock);
+	if (r->setup_fd >= 0)
+		close(r->setup_fd);
+	r->setup_fd = -1;
+	cancelled = r->failure.cancelled;
+	g_mutex_unlock(&r->lock);
+	if (cancelled && ret >= 0) {
+		g_clear_error(error);
+		g_set_error(error, TM_ERROR, ECANCELED, "cancelled");
+		ret = -ECANCELED;
+	}
+	if (cancelled)
+		*ret_stranger = false; /* the session is over, whatever the connection did */
+	return ret;
+}
+
 static int accept_fail(tm_receiver *r, GError **error)
 {
+	/* A cancel made the setup fail: its reason is the one to report. */
+	g_mutex_lock(&r->lock);
+	if (r->failure.cancelled) {
+		g_clear_error(error);
+		*error = g_error_copy(r->failure.error);
+	}
+	r->quit = true;
+	g_mutex_unlock(&r->lock);
 	g_autofree char *msg = g_strdup(*error ? (*error)->message : "setup failed");
 	abort_channels(r, *error ? (*error)->code : EIO, msg);
 	r->state = R_DONE;
@@ -164,8 +237,8 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		}
 		/* Sockets the VMM accepted: each handshake has its deadline, none is dropped. */
 		bool stranger;
-		int ret = tm_receiver_place_channel(r, fds[k], tm_receiver_handshake_deadline(r, 0),
-						    &stranger, error);
+		int ret = tm_receiver_place_cancellable(r, fds[k], tm_receiver_handshake_deadline(r, 0),
+							&stranger, error);
 		if (ret < 0) {
 			for (unsigned j = k + 1; j < n; j++)
 				close(fds[j]);
@@ -216,13 +289,13 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 {
 	g_mutex_lock(&r->lock);
 	bool was_quit = r->quit;
-	if (!was_quit || from_peer)
-		tm_failure_record(&r->failure, err, from_peer);
-	else
-		g_error_free(err);
+	tm_failure_record(&r->failure, err, from_peer); /* which one explains it: failure.c */
 	__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
 	g_cond_broadcast(&r->cond);
+	tm_control_wake(&r->control);
+	tm_events_stop(&r->events);
 	g_mutex_unlock(&r->lock);
+	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
 	if (!was_quit)
 		for (unsigned i = 0; i < r->nch; i++)
 			if (&r->chans[i] != c)
@@ -246,7 +319,11 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		g_set_error(error, TM_ERROR, EBADFD, "tm_receiver_start() needs an accepted session");
 		return -EBADFD;
 	}
-	int ret = tm_receiver_compare_layout(r, layout, tags, error);
+	g_mutex_lock(&r->lock);
+	if (r->failure.cancelled)
+		*error = g_error_copy(r->failure.error);
+	g_mutex_unlock(&r->lock);
+	int ret = *error ? -ECANCELED : tm_receiver_compare_layout(r, layout, tags, error);
 	if (ret < 0) {
 		abort_channels(r, -ret, (*error)->message);
 		r->state = R_DONE;
@@ -287,6 +364,18 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			return ret;
 		}
 	}
+	if (r->wire == TM_WIRE_VERSION_2) {
+		tm_chan *data[TM_MAX_CHANNELS];
+		for (unsigned i = 0; i < r->nch; i++)
+			data[i] = &r->chans[i].ch;
+		if ((ret = tm_control_start(&r->control, &r->ctl, data, r->nch, r->cfg.timeout_ms,
+					    error)) < 0) {
+			g_autofree char *msg = g_strdup((*error)->message);
+			abort_channels(r, -ret, msg);
+			r->state = R_DONE;
+			return ret;
+		}
+	}
 	g_mutex_lock(&r->lock);
 	r->t_start = tm_now_us();
 	g_mutex_unlock(&r->lock);
@@ -295,48 +384,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		r->chans[i].thread = g_thread_new(name, tm_recv_worker, &r->chans[i]);
 	}
 	r->state = R_RUNNING;
+	tm_events_set_phase(&r->events, TM_PHASE_PRECOPY);
 	return 0;
-}
-
-/*
- * Protocol 2, once every data channel ended: the control connection's END (0, 0, 0), answered
- * by END_ACK (0, 0), then a clean TLS close. No control thread yet: the migration thread reads
- * the one message the connection carries (the sender sends it with the data channels' ENDs: its
- * END_ACK must follow theirs).
- */
-static int end_control(tm_receiver *r, GError **error)
-{
-	tm_chan *ch = &r->ctl;
-	uint8_t body[TM_END2_LEN];
-	uint64_t v[TM_CTRL_MAX_FIELDS];
-	tm_frame f;
-
-	int ret = tm_chan_recv_frame(ch, 0, &f, error);
-	if (ret < 0)
-		return ret;
-	if (f.type == TM_MSG_ERROR)
-		return tm_chan_recv_peer_error(ch, &f, "sender gave up", error);
-	if (f.type != TM_MSG_END) {
-		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
-		return -EPROTO;
-	}
-	if ((ret = tm_chan_recv(ch, body, f.body_len, error)) < 0)
-		return ret;
-	if ((ret = tm_ctrl_decode_v(f.version, f.type, body, f.body_len, v, error)) < 0) {
-		tm_chan_prefix_error(ch, error);
-		return ret;
-	}
-	if (v[0] || v[1] || v[2]) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "control: END counts %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
-			    " packets, %" G_GUINT64_FORMAT
-			    " state chunks; the control connection carries none",
-			    v[0], v[1], v[2]);
-		return -EPROTO;
-	}
-	if ((ret = tm_chan_send_ctrl(ch, TM_MSG_END_ACK, 0, 0, error)) < 0)
-		return ret;
-	return tm_tls_shutdown(ch->io, error);
 }
 
 int tm_receiver_wait(tm_receiver *r, GError **error)
@@ -346,7 +395,10 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 		return -EBADFD;
 	}
 	g_mutex_lock(&r->lock);
-	while (!r->quit && r->ended < r->nch && !tm_receiver_state_waiting(r))
+	/* Protocol 2: complete once the control thread also ended control (READY, END / END_ACK,
+	 * after its check that every page is there); a state section for the VMM comes first. */
+	while (!r->quit && (r->ended < r->nch || (r->control.started && !r->control.ended)) &&
+	       !tm_receiver_state_waiting(r))
 		g_cond_wait(&r->cond, &r->lock);
 	if (!r->quit && r->ended < r->nch) {
 		g_mutex_unlock(&r->lock);
@@ -358,36 +410,23 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 		for (unsigned i = 0; i < r->nch; i++)
 			while (!r->chans[i].exited)
 				g_cond_wait(&r->cond, &r->lock);
+		tm_control_await_exit_locked(&r->control);
 		ret = r->failure.error ? -r->failure.error->code : -EIO;
 		if (error)
 			*error = r->failure.error ? g_error_copy(r->failure.error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}
 	g_mutex_unlock(&r->lock);
+	/* Protocol 1 has no control connection: the completeness check is here. */
 	g_autoptr(GError) incomplete = NULL;
-	if (ret == 0 && (ret = tm_receiver_check_complete(r, &incomplete)) < 0) {
-		/* Protocol 2: the sender waits for END_ACK on control and learns why instead. */
-		r->ctl_ended = true;
-		if (r->ctl.fd >= 0)
-			tm_chan_send_error(&r->ctl, -ret, incomplete->message);
+	if (ret == 0 && !r->control.started &&
+	    (ret = tm_receiver_check_complete(r, &incomplete)) < 0) {
 		if (error)
 			*error = g_error_copy(incomplete);
 		tm_receiver_fail(r, NULL, g_steal_pointer(&incomplete), false);
 	}
-	if (ret == 0 && r->wire == TM_WIRE_VERSION_2 && !r->ctl_ended) {
-		g_autoptr(GError) local = NULL;
-		r->ctl_ended = true;
-		ret = tm_receiver_send_ready(r, &local);
-		if (ret >= 0)
-			ret = end_control(r, &local);
-		if (ret < 0) {
-			if (!r->ctl.peer_error)
-				tm_chan_send_error(&r->ctl, -ret, local->message);
-			if (error)
-				*error = g_error_copy(local);
-			tm_receiver_fail(r, NULL, g_steal_pointer(&local), r->ctl.peer_error);
-		}
-	}
+	if (ret == 0)
+		tm_events_set_phase(&r->events, TM_PHASE_COMPLETE);
 	return ret;
 }
 
@@ -405,7 +444,10 @@ void tm_receiver_free(tm_receiver *r)
 	g_mutex_lock(&r->lock);
 	r->quit = true;
 	g_cond_broadcast(&r->cond); /* workers waiting to hand over device state */
+	tm_control_wake(&r->control);
 	g_mutex_unlock(&r->lock);
+	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
+	tm_control_stop(&r->control);
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
 		if (c->thread) {
@@ -421,6 +463,7 @@ void tm_receiver_free(tm_receiver *r)
 	}
 	tm_chan_close(&r->ctl);
 	tm_receiver_state_free(r);
+	tm_events_fini(&r->events);
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)
 		g_free(r->present[i]);
 	g_free(r->present);

@@ -282,5 +282,6 @@ gpointer tm_recv_worker(gpointer data)
 	c->exited = true;
 	g_cond_broadcast(&r->cond);
 	g_mutex_unlock(&r->lock);
+	tm_control_wake(&r->control); /* its END_ACK waits for every data channel (control.c) */
 	return NULL;
 }

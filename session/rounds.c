@@ -89,6 +89,7 @@ void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round)
 	rd->busy_mark = busy;
 	rd->complete = round;
 	tm_estimator_round(&rd->est, st);
+	tm_events_raise(&s->events, TM_EVENT_ROUND); /* the last channel to acknowledge raises it */
 }
 
 int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
@@ -220,5 +221,6 @@ int tm_sender_guest_stopped(tm_sender *s, GError **error)
 	}
 	/* What is left of precopy goes at full speed: it is downtime now. */
 	tm_sender_lift_rate_limit(s);
+	tm_events_set_phase(&s->events, TM_PHASE_STOPPED);
 	return 0;
 }

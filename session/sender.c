@@ -17,28 +17,35 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 
-static void wake_all(tm_sender *s)
+void tm_sender_wake_all(tm_sender *s)
 {
 	for (unsigned i = 0; i < s->nch; i++)
 		g_cond_signal(&s->chans[i].wake);
 	g_cond_broadcast(&s->cond);
+	tm_control_wake(&s->control);
+	tm_events_stop(&s->events);
 }
 
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
 {
 	g_mutex_lock(&s->lock);
 	bool was_quit = s->quit;
-	if (!was_quit || from_peer)
-		tm_failure_record(&s->failure, err, from_peer);
-	else
-		g_error_free(err);
+	tm_failure_record(&s->failure, err, from_peer); /* which one explains it: failure.c */
 	s->quit = true;
-	wake_all(s);
+	tm_sender_wake_all(s);
 	g_mutex_unlock(&s->lock);
+	tm_events_set_phase(&s->events, TM_PHASE_FAILED);
 	if (!was_quit)
 		for (unsigned i = 0; i < s->nch; i++)
-			if (s->chans[i].ch.fd >= 0)
+			if (s->chans[i].ch.fd >= 0) {
 				shutdown(s->chans[i].ch.fd, SHUT_RDWR);
+				tm_io_cancel(s->chans[i].ch.io);
+			}
+}
+
+static void control_fail(void *owner, GError *err, bool from_peer)
+{
+	tm_sender_fail(owner, err, from_peer);
 }
 
 static int config_error(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -137,6 +144,10 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->st.sections = g_ptr_array_new();
 	g_mutex_init(&s->lock);
 	g_cond_init(&s->cond);
+	s->events.fd = s->events.cancel_fd = -1;
+	s->control = (tm_control){ .sender = true, .owner = s, .lock = &s->lock, .cond = &s->cond,
+				   .quit = &s->quit, .failure = &s->failure, .fail = control_fail,
+				   .ready = tm_sender_take_ready, .wake_fd = -1 };
 	s->chans = g_new0(send_chan, s->nch);
 	s->staging = g_new0(GArray *, s->nch);
 	for (unsigned i = 0; i < s->nch; i++) {
@@ -147,6 +158,11 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 		ch->pending = g_array_new(FALSE, FALSE, sizeof(work));
 		ch->work = g_array_new(FALSE, FALSE, sizeof(work));
 		s->staging[i] = g_array_new(FALSE, FALSE, sizeof(work));
+	}
+	if ((r = tm_events_init(&s->events, error)) < 0 ||
+	    (r = tm_control_init(&s->control, error)) < 0) {
+		tm_sender_free(s);
+		return r;
 	}
 	*ret = s;
 	return 0;
@@ -196,14 +212,32 @@ static unsigned setup_index(const tm_sender *s, unsigned n, unsigned k)
 	return k == 1 ? n - 1 : k - 1;
 }
 
+/* A setup that failed: a cancel's reason explains it best (it made the I/O fail). */
 static int fail_setup(tm_sender *s, GError **error)
 {
 	s->state = S_DONE;
+	g_mutex_lock(&s->lock);
 	s->quit = true;
+	/* Under the lock: a cancel shuts down what it sees open, never a closed fd. */
 	for (unsigned i = 0; i < s->nch; i++)
 		tm_chan_close(&s->chans[i].ch);
 	tm_chan_close(&s->ctl);
+	if (s->failure.cancelled && error) {
+		g_clear_error(error);
+		*error = g_error_copy(s->failure.error);
+	}
+	g_mutex_unlock(&s->lock);
+	tm_events_set_phase(&s->events, TM_PHASE_FAILED);
 	return error && *error ? -(*error)->code : -EIO;
+}
+
+/* Setup: whether a cancel came (it saw the connections opened so far: see tm_sender_cancel). */
+static bool setup_cancelled(tm_sender *s)
+{
+	g_mutex_lock(&s->lock);
+	bool c = s->failure.cancelled;
+	g_mutex_unlock(&s->lock);
+	return c;
 }
 
 /*
@@ -220,6 +254,11 @@ static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 			     .zerocopy = control ? -1 : s->cfg.tuning.zerocopy };
 	int r = tm_chan_open(ch, fd, control ? 0 : id, control ? &tm_transport_socket : s->io,
 			     &ioc, error);
+	/* A cancel that came before it saw ch->fd under the lock must still stop the setup. */
+	if (r >= 0 && setup_cancelled(s)) {
+		g_set_error(error, TM_ERROR, ECANCELED, "cancelled");
+		return -ECANCELED;
+	}
 	if (r >= 0 && control)
 		tm_chan_set_control(ch);
 	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
@@ -310,7 +349,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	 */
 	for (unsigned k = 0; k < n; k++) {
 		unsigned idx = setup_index(s, n, k);
-		if (open_connection(s, fds[idx], idx, error) < 0) {
+		if (open_connection(s, fds[idx], idx, error) < 0 || setup_cancelled(s)) {
 			for (unsigned j = k + 1; j < n; j++)
 				close(fds[setup_index(s, n, j)]);
 			if (k > 0)
@@ -318,10 +357,17 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 			return fail_setup(s, error);
 		}
 	}
-	if (tm_sender_await_acks(s, error) < 0)
+	if (tm_sender_await_acks(s, error) < 0 || setup_cancelled(s))
 		return fail_setup(s, error);
 	for (unsigned i = 0; i < s->nch; i++)
 		s->chans[i].ch.version = s->wire;
+	if (s->wire == TM_WIRE_VERSION_2) {
+		tm_chan *data[TM_MAX_CHANNELS];
+		for (unsigned i = 0; i < s->nch; i++)
+			data[i] = &s->chans[i].ch;
+		if (tm_control_start(&s->control, &s->ctl, data, s->nch, s->cfg.timeout_ms, error) < 0)
+			return fail_setup(s, error);
+	}
 	__atomic_store_n(&s->wire_done, s->wire, __ATOMIC_RELEASE);
 
 	for (unsigned i = 0; i < s->nch; i++) {
@@ -339,6 +385,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	g_mutex_lock(&s->lock);
 	s->t_start = tm_now_us();
 	g_mutex_unlock(&s->lock);
+	tm_events_set_phase(&s->events, TM_PHASE_PRECOPY);
 	return 0;
 }
 
@@ -360,7 +407,7 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 	 */
 	for (unsigned k = 0; k < n; k++) {
 		unsigned i = setup_index(s, n, k);
-		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, error);
+		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, s->events.cancel_fd, error);
 		if (fd < 0) {
 			if (i == s->nch)
 				g_prefix_error(error, "control: ");
@@ -368,8 +415,7 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 				g_prefix_error(error, "channel %u: ", i);
 			for (unsigned j = 0; j < k; j++)
 				close(fds[setup_index(s, n, j)]);
-			s->state = S_DONE;
-			return fd;
+			return fail_setup(s, error);
 		}
 		fds[i] = fd;
 	}
@@ -390,6 +436,8 @@ static int report_failure(tm_sender *s, GError **error)
 			break;
 		g_cond_wait(&s->cond, &s->lock);
 	}
+	/* The control thread may still hear the peer's reason (at most a second). */
+	tm_control_await_exit_locked(&s->control);
 	int code = s->failure.error ? s->failure.error->code : EIO;
 	if (error)
 		*error = s->failure.error ? g_error_copy(s->failure.error)
@@ -561,65 +609,35 @@ int tm_sender_sync(tm_sender *s, GError **error)
 	return r;
 }
 
-/*
- * The control connection's END_ACK (0, 0), then a clean TLS close. Its END (0, 0, 0) left with the
- * data channels' ENDs: the receiver answers it only after every data channel's END_ACK, so the
- * end of a session is one round trip, not one per kind of connection.
- */
-static int end_control(tm_sender *s, GError **error)
-{
-	uint64_t pages, chunks;
-	int r = tm_chan_recv_ctrl(&s->ctl, TM_MSG_END_ACK, &pages, &chunks, error);
-	if (r < 0)
-		return r;
-	if (pages != 0 || chunks != 0) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "control: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
-			    " state chunks, the control connection carries none",
-			    pages, chunks);
-		return -EPROTO;
-	}
-	return tm_tls_shutdown(s->ctl.io, error);
-}
-
 int tm_sender_finish(tm_sender *s, GError **error)
 {
-	g_autoptr(GError) ctl_err = NULL;
 	int r = check_open(s, error);
 	if (r < 0)
 		return r;
 	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
 	stage_marker(s, WORK_END, 0);
 	stage_commit(s);
-	/* Protocol 2: END on the control connection now, its answer after the data channels'. */
-	bool v2 = s->wire == TM_WIRE_VERSION_2;
-	int ctl = v2 ? tm_chan_send_ctrl(&s->ctl, TM_MSG_END, 0, 0, &ctl_err) : 0;
-	if (ctl >= 0 && v2)
-		ctl = tm_tls_close_notify(s->ctl.io, &ctl_err);
 
 	g_mutex_lock(&s->lock);
+	/*
+	 * Protocol 2: the control thread sends END now, with the data channels' ENDs, so that the
+	 * end is one round trip: the receiver answers READY and END_ACK on control only after every
+	 * data channel's END_ACK, and both sides keep their keepalives until then.
+	 */
+	bool v2 = s->wire == TM_WIRE_VERSION_2;
+	if (v2 && !s->quit)
+		tm_control_request_end_locked(&s->control);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)
 		while (!s->quit && !s->chans[i].ended)
 			g_cond_wait(&s->cond, &s->lock);
+	if (v2 && !s->quit)
+		tm_control_await_end_locked(&s->control);
 	r = s->quit ? report_failure(s, error) : 0;
-	g_mutex_unlock(&s->lock);
-	/* Protocol 2: READY, then the control connection's END_ACK, after every data channel's
-	 * END_ACK (its END left before them: finish is one round trip). */
-	if (r >= 0 && v2) {
-		if (ctl >= 0)
-			ctl = tm_sender_await_ready(s, &ctl_err);
-		if (ctl >= 0)
-			ctl = end_control(s, &ctl_err);
-		if (ctl < 0) {
-			r = ctl;
-			tm_sender_fail(s, g_error_copy(ctl_err), s->ctl.peer_error);
-			g_propagate_error(error, g_steal_pointer(&ctl_err));
-		}
-	}
-	g_mutex_lock(&s->lock);
 	s->t_end = tm_now_us();
 	g_mutex_unlock(&s->lock);
 	s->state = S_DONE;
+	if (r == 0)
+		tm_events_set_phase(&s->events, TM_PHASE_COMPLETE);
 	return r;
 }
 
@@ -630,13 +648,17 @@ void tm_sender_free(tm_sender *s)
 	g_mutex_lock(&s->lock);
 	bool running = !s->quit;
 	s->quit = true;
-	wake_all(s);
+	tm_sender_wake_all(s);
 	g_mutex_unlock(&s->lock);
+	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
+	tm_control_stop(&s->control);
 	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
 		/* A migration abandoned midway: unblock workers stuck in send or receive. */
-		if (running && s->state == S_OPEN && c->ch.fd >= 0)
+		if (running && s->state == S_OPEN && c->ch.fd >= 0) {
 			shutdown(c->ch.fd, SHUT_RDWR);
+			tm_io_cancel(c->ch.io);
+		}
 		if (c->thread)
 			g_thread_join(c->thread);
 		tm_chan_close(&c->ch);
@@ -651,6 +673,7 @@ void tm_sender_free(tm_sender *s)
 	}
 	tm_chan_close(&s->ctl);
 	tm_sender_state_free(s);
+	tm_events_fini(&s->events);
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);
 	g_free(s->io_note);

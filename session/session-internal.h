@@ -15,6 +15,8 @@
  *   ratelimit.c, converge.c the rate limit's token bucket; the convergence estimator
  *   live-stats.c            tm_live_stats
  *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
+ *   control.c               protocol 2: the control thread (keepalive, liveness, END, ERROR)
+ *   cancel.c, events.c      cancel from any thread; phase, event bits and their eventfd
  */
 #pragma once
 
@@ -67,13 +69,112 @@ typedef struct send_state {
 typedef struct tm_failure {
 	GError *error;
 	bool from_peer; /* an ERROR message of the peer: the most useful explanation */
+	bool cancelled; /* tm_*_cancel(): explains everything after it, nothing replaces it */
 } tm_failure;
 
 /*
  * Records err (taking ownership) if it explains more than what is recorded: the first failure
- * wins, except that a peer's own ERROR replaces a local one. Returns true if recorded.
+ * wins, except that a peer's own ERROR replaces a local one (not a cancel, and not with a mere
+ * "connection closed": ECONNRESET, EPIPE). Returns true if recorded.
  */
 bool tm_failure_record(tm_failure *f, GError *err, bool from_peer);
+
+/* ---- events.c: phase, event bits and their eventfd (tm_*_phase, tm_*_take_events) ---- */
+typedef struct tm_events {
+	int fd;         /* eventfd, EFD_NONBLOCK; owned */
+	uint32_t bits;  /* atomic: raised, not yet taken */
+	int phase;      /* atomic tm_phase */
+	int cancel_fd;  /* eventfd, readable for good once the session stops (wakes connect/accept) */
+} tm_events;
+
+/* Makes both eventfds; phase SETUP. Returns 0 or -errno with *error set. */
+int tm_events_init(tm_events *e, GError **error);
+void tm_events_fini(tm_events *e);
+/* Sets bits, then writes the eventfd: a taker that read the eventfd finds them. Any thread. */
+void tm_events_raise(tm_events *e, uint32_t bits);
+/* Reads the eventfd, then takes the bits. Any thread. */
+uint32_t tm_events_take(tm_events *e);
+/* Moves to phase p and raises its event (FAILED, COMPLETE); COMPLETE and FAILED are final. */
+void tm_events_set_phase(tm_events *e, tm_phase p);
+tm_phase tm_events_phase(tm_events *e);
+/* Makes cancel_fd readable for good: a blocked connect or accept returns -ECANCELED. */
+void tm_events_stop(tm_events *e);
+
+/* ---- control.c: the control connection's thread (protocol 2) ---- */
+/*
+ * One per side, from the end of the handshake to the end of the session: it alone reads and
+ * writes the control connection. It sends a PING every ka_ms (docs/design/live-engine.md 3.5),
+ * answers the peer's at once, and fails the session when nothing arrived for timeout_ms ("peer
+ * unresponsive") or a data channel has had data unacknowledged by the peer's kernel that long.
+ * It ends the session on the control connection (END / END_ACK), and after a failure tells the
+ * peer why (ERROR) and looks for the peer's own explanation.
+ */
+typedef struct tm_control {
+	/* read-only after tm_control_start */
+	tm_chan *ch;
+	bool sender;
+	unsigned timeout_ms, ka_ms;
+	int wake_fd;           /* eventfd: quit or END requested; owned (init to stop) */
+	int *data_fds;         /* the data channels' sockets (TCP_INFO), valid until free */
+	unsigned ndata;
+	GThread *thread;
+	void *owner;           /* tm_sender or tm_receiver */
+	GMutex *lock;          /* the owner's lock, which protects the fields below and *quit */
+	GCond *cond;           /* the owner's condition: broadcast on every change below */
+	bool *quit;
+	tm_failure *failure;
+	/* records a failure and stops the owner's channels (tm_sender_fail, tm_receiver_fail) */
+	void (*fail)(void *owner, GError *err, bool from_peer);
+	/*
+	 * receiver, never blocking: 1 once every data channel ended and the session is complete
+	 * (every page arrived or waived: complete.c), 0 not yet, -errno with *error (incomplete,
+	 * or the session quit). Its END_ACK waits for this; the thread is woken when a channel ends.
+	 */
+	int (*data_end)(void *owner, GError **error);
+	/* receiver: sends READY before END_ACK (state.c); sender: takes the READY whose frame
+	 * header f was read (body, mode, the downtime clock). 0 or -errno with *error. */
+	int (*ready)(void *owner, const tm_frame *f, GError **error);
+
+	/* protected by *lock */
+	bool started;          /* the thread runs (or ran) */
+	bool end_requested;    /* sender: finish() asks for END */
+	bool ended;            /* END / END_ACK done and the connection closed cleanly */
+	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
+	bool exited;
+
+	/* relaxed atomics, for the statistics */
+	uint64_t rtt_us;       /* smoothed PING round trip, 0 before the first PONG */
+	uint64_t keepalives;   /* PINGs sent */
+} tm_control;
+
+/* Keepalive interval of a session with this timeout: clamp(timeout / 4, 100 ms, 5 s). */
+unsigned tm_control_interval(unsigned timeout_ms);
+/* At the owner's new: the wake eventfd. Returns 0 or -errno with *error set. */
+int tm_control_init(tm_control *c, GError **error);
+/*
+ * After the handshake: drops the per-I/O timeouts of the data channels, sets keepalive on every
+ * connection (TCP_USER_TIMEOUT on control, which keeps its per-I/O timeout: a read of a frozen
+ * peer's half message ends after timeout_ms) and starts the thread. c's owner fields are set by
+ * the caller. Returns 0 or -errno with *error set.
+ */
+int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned ndata,
+		     unsigned timeout_ms, GError **error);
+/* Wakes the thread (after *quit was set, or end_requested). Any thread. */
+void tm_control_wake(tm_control *c);
+/* Sender, migration thread, *lock held: asks the thread for END on control (without waiting). */
+void tm_control_request_end_locked(tm_control *c);
+/* Sender: waits until END_ACK arrived (after READY) and control closed cleanly: 0, or -ECANCELED
+ * when the session quit. Called with *lock held. */
+int tm_control_await_end_locked(tm_control *c);
+/* Under *lock: waits at most ms for the thread to send its ERROR after a quit. */
+void tm_control_await_error_locked(tm_control *c, unsigned ms);
+/* Under *lock: waits until the thread exited (no-op before start). */
+void tm_control_await_exit_locked(tm_control *c);
+/*
+ * At the owner's free, after *quit was set: joins the thread and closes wake_fd; the connection
+ * itself is the owner's. Idempotent.
+ */
+void tm_control_stop(tm_control *c);
 
 typedef struct work {
 	uint32_t kind;
@@ -158,6 +259,8 @@ struct tm_sender {
 	uint8_t wire;          /* protocol spoken: 2 unless set_live said 1 or attach got N sockets */
 	tm_chan ctl;           /* protocol 2: the control connection (fd -1 without) */
 	unsigned wire_done;    /* wire once the handshake completed, else 0 (atomic) */
+	tm_events events;      /* phase, event bits, eventfds (any thread) */
+	tm_control control;    /* protocol 2: the control thread */
 
 	/* migration-thread local */
 	enum sender_state state;
@@ -229,7 +332,9 @@ struct tm_receiver {
 	unsigned wire_done;        /* wire once accepted, else 0 (atomic) */
 	tm_chan ctl;               /* protocol 2: the control connection (fd -1 without) */
 	bool ctl_used;             /* placed during accept */
-	bool ctl_ended;            /* END / END_ACK done on it (migration thread) */
+	tm_events events;          /* phase, event bits, eventfds (any thread) */
+	tm_control control;        /* protocol 2: the control thread */
+	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
@@ -260,6 +365,9 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);
+/* Under s->lock, after s->quit was set: wakes every waiter (workers, migration thread, control
+ * thread, a blocked connect). */
+void tm_sender_wake_all(tm_sender *s);
 
 /* The open-session check of the queue calls: 0, -EBADFD, or the session's failure. */
 int tm_sender_check_open(tm_sender *s, GError **error);
@@ -291,6 +399,8 @@ gpointer tm_send_worker(gpointer data);
 /* ---- receiver.c ---- */
 /* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */
 void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer);
+/* Closes a connection being set up (accept's), so that a cancel never shuts down a closed fd. */
+void tm_receiver_close_setup(tm_receiver *r, tm_chan *ch);
 
 /* ---- accept.c ---- */
 /* A connection's handshake (TLS included, up to its HELLO) is done within this, or timeout_ms. */
@@ -338,8 +448,9 @@ void tm_sender_state_finish(tm_sender *s);
 void tm_receiver_state_init(tm_receiver *r);
 /* Sender: whether RAM is closed (the first put_state or finish): queue_* and sync refuse. */
 int tm_sender_check_ram_open(tm_sender *s, GError **error);
-/* Sender, finish after every data END_ACK: READY on control; stops the downtime clock. */
-int tm_sender_await_ready(tm_sender *s, GError **error);
+/* Sender's control thread (tm_control.ready): the READY whose frame header f it read: body,
+ * mode, and the downtime clock stops. */
+int tm_sender_take_ready(void *owner, const tm_frame *f, GError **error);
 /* Sender worker: a WORK_RAM_END or WORK_STATE item (the open packet already flushed). */
 int tm_send_state_work(send_chan *c, const work *w, GError **error);
 /* Sender worker: END with its three counts, END_ACK checked (protocol 2). */
@@ -354,8 +465,9 @@ int tm_recv_state_frame(recv_chan *c, const tm_frame *f, GError **error);
 int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error);
 /* Receiver, under r->lock: the VMM has a state section (or the rest of one) to read. */
 bool tm_receiver_state_waiting(tm_receiver *r);
-/* Receiver, wait() once every data channel ended: END_OF_STATE reached, READY sent. */
-int tm_receiver_send_ready(tm_receiver *r, GError **error);
+/* Receiver's control thread (tm_control.ready), once every data channel ended: END_OF_STATE
+ * reached, READY sent (f unused). */
+int tm_receiver_send_ready(void *owner, const tm_frame *f, GError **error);
 void tm_receiver_state_free(tm_receiver *r);
 
 /* ---- handshake.c ---- */
@@ -382,6 +494,9 @@ unsigned tm_receiver_connections(const tm_receiver *r);
  */
 int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
 			      GError **error);
+/* The same, ended at once by a cancel (tm_receiver_cancel shuts down r->setup_fd). */
+int tm_receiver_place_cancellable(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
+				  GError **error);
 /* The layout the sender announced, built from its HELLO (host pointers NULL). */
 int tm_receiver_build_announced(tm_receiver *r, GError **error);
 /* Compares our RAM with the announced layout; the message says what differs. */

@@ -214,22 +214,18 @@ int tm_send_end_v2(send_chan *c, GError **error)
 	return 0;
 }
 
-int tm_sender_await_ready(tm_sender *s, GError **error)
+int tm_sender_take_ready(void *owner, const tm_frame *fp, GError **error)
 {
+	tm_sender *s = owner;
 	tm_chan *ch = &s->ctl;
 	uint8_t body[TM_READY_LEN];
 	uint64_t mode;
-	tm_frame f;
+	tm_frame f = *fp;
+	int r;
 
-	int r = tm_chan_recv_frame(ch, 0, &f, error);
-	if (r < 0)
-		return r;
-	if (f.type == TM_MSG_ERROR)
-		return tm_chan_recv_peer_error(ch, &f, "receiver failed", error);
-	if (f.type != TM_MSG_READY) {
-		g_set_error(error, TM_ERROR, EPROTO, "control: expected READY, received %s",
-			    tm_msg_name(f.type));
-		return -EPROTO;
+	if (f.body_len > sizeof(body)) {
+		g_set_error(error, TM_ERROR, EBADMSG, "control: READY body of %u bytes", f.body_len);
+		return -EBADMSG;
 	}
 	if ((r = tm_chan_recv(ch, body, f.body_len, error)) < 0)
 		return r;
@@ -559,8 +555,9 @@ int tm_receiver_read_state(tm_receiver *r, void *buf, size_t len, GError **error
 	return rc;
 }
 
-int tm_receiver_send_ready(tm_receiver *r, GError **error)
+int tm_receiver_send_ready(void *owner, const tm_frame *unused, GError **error)
 {
+	tm_receiver *r = owner;
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_READY_LEN];
 
 	g_mutex_lock(&r->lock);

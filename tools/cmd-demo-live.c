@@ -294,9 +294,8 @@ int cli_demo_live(const demo_live_opts *o)
 	if (tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 
-	live_result res = { .rounds = g_array_new(false, true, sizeof(live_round)),
-			    .dirty_log = test_guest_dirty_method(g) };
-	g_autoptr(GArray) rounds_owner = res.rounds;
+	g_autoptr(GArray) rounds = g_array_new(false, true, sizeof(live_round));
+	live_result res = { .rounds = rounds, .dirty_log = test_guest_dirty_method(g) };
 	g_auto(live_bitmaps) dirty = { 0 };
 	live_bitmaps_init(&dirty, layout);
 

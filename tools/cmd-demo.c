@@ -308,7 +308,8 @@ int cli_cmd_demo(int argc, char **argv)
 		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
-		  "Give up when any single I/O blocks this long (default 60)", "SEC" },
+		  "Give up when the setup takes this long or the peer stops answering for this long "
+		  "(default 60; idle time between rounds is fine)", "SEC" },
 		{ "tls", 0, 0, G_OPTION_ARG_NONE, &o.tls,
 		  "TLS 1.3 on every channel, with credentials created for the run", NULL },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,

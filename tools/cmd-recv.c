@@ -259,9 +259,9 @@ int cli_cmd_recv(int argc, char **argv)
 		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
-		  "Give up when accepting or any single I/O blocks this long (default 60); "
-		  "connections that fail their handshake (at most min(SEC, 10) s each) are dropped "
-		  "while listening goes on",
+		  "Give up when the setup takes this long or the peer stops answering for this long "
+		  "(default 60; idle time between rounds is fine); connections that fail their "
+		  "handshake (at most min(SEC, 10) s each) are dropped while listening goes on",
 		  "SEC" },
 		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_creds,
 		  "TLS 1.3 on every channel with ca-cert.pem, server-cert.pem and server-key.pem "

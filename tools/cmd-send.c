@@ -89,7 +89,8 @@ int cli_cmd_send(int argc, char **argv)
 		{ "io", 0, 0, G_OPTION_ARG_STRING, &o.io, CLI_IO_HELP,
 		  "BACKEND" },
 		{ "timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout,
-		  "Give up when connecting or any single I/O blocks this long (default 60)", "SEC" },
+		  "Give up when the setup takes this long or the peer stops answering for this long "
+		  "(default 60; idle time between rounds is fine)", "SEC" },
 		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_creds,
 		  "TLS 1.3 on every channel with ca-cert.pem, client-cert.pem and client-key.pem "
 		  "from DIR (docs/tls.md)", "DIR" },

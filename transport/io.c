@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -120,6 +121,24 @@ int tm_io_wait_ms(const tm_io *io)
 	/* Round up: a wait of 0 would mean "the deadline passed". */
 	int64_t left_ms = MIN((left + 999) / 1000, (int64_t)INT_MAX);
 	return ms < 0 ? (int)left_ms : (int)MIN((int64_t)ms, left_ms);
+}
+
+void tm_io_cancel(tm_io *io)
+{
+	for (tm_io *l = io; l; l = l->inner)
+		__atomic_store_n(&l->cancelled, true, __ATOMIC_RELEASE);
+}
+
+bool tm_io_readable(tm_io *io)
+{
+	if (io->ops->readable)
+		return io->ops->readable(io);
+	if (io->inner)
+		return tm_io_readable(io->inner);
+	/* A byte mover holds nothing back: its socket says. Hang-up and errors count: recv
+	 * returns at once with them. */
+	struct pollfd p = { .fd = io->fd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0;
 }
 
 void tm_io_send_last(tm_io *io, const void *buf, size_t len)

@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,14 +58,19 @@ int tm_listen(const char *host, const char *port, unsigned *ret_port, GError **e
 	return fd;
 }
 
-static int wait_fd(int fd, short events, int64_t deadline_us)
+/* Waits for events on fd until the deadline, or until cancel_fd (if >= 0) is readable. */
+static int wait_fd(int fd, short events, int64_t deadline_us, int cancel_fd)
 {
 	for (;;) {
 		int64_t left = deadline_us - tm_now_us();
 		if (left <= 0)
 			return -ETIMEDOUT;
-		struct pollfd p = { .fd = fd, .events = events };
-		int r = poll(&p, 1, (int)MIN(left / 1000 + 1, INT32_MAX));
+		struct pollfd p[2] = { { .fd = fd, .events = events },
+				       { .fd = cancel_fd, .events = POLLIN } };
+		int r = poll(p, cancel_fd >= 0 ? 2 : 1, (int)MIN(left / 1000 + 1, INT32_MAX));
+		/* A cancel wins over a connection that completes at the same time. */
+		if (r > 0 && cancel_fd >= 0 && p[1].revents)
+			return -ECANCELED;
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno != EINTR)
@@ -71,7 +78,8 @@ static int wait_fd(int fd, short events, int64_t deadline_us)
 	}
 }
 
-int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, GError **error)
+int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, int cancel_fd,
+		   GError **error)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
 	struct addrinfo *res = NULL;
@@ -93,12 +101,17 @@ int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, GErr
 		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
 			break;
 		if (errno == EINPROGRESS) {
-			r = wait_fd(fd, POLLOUT, deadline);
+			r = wait_fd(fd, POLLOUT, deadline, cancel_fd);
 			socklen_t sl = sizeof(err);
 			if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0 && err == 0)
 				break;
 			if (r < 0)
 				err = -r;
+			if (r == -ECANCELED) {
+				close(fd);
+				fd = -1;
+				break; /* no other address either */
+			}
 		} else {
 			err = errno;
 		}
@@ -108,22 +121,22 @@ int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, GErr
 	freeaddrinfo(res);
 	if (fd < 0) {
 		g_set_error(error, TM_ERROR, err, "cannot connect to %s:%s: %s", host, port,
-			    g_strerror(err));
+			    err == ECANCELED ? "cancelled" : g_strerror(err));
 		return -err;
 	}
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	return fd;
 }
 
-int tm_net_accept(int listen_fd, unsigned timeout_ms, GError **error)
+int tm_net_accept(int listen_fd, unsigned timeout_ms, int cancel_fd, GError **error)
 {
 	int64_t deadline = tm_now_us() + (int64_t)timeout_ms * 1000;
 
 	for (;;) {
-		int r = wait_fd(listen_fd, POLLIN, deadline);
+		int r = wait_fd(listen_fd, POLLIN, deadline, cancel_fd);
 		if (r < 0) {
 			g_set_error(error, TM_ERROR, -r, "waiting for a channel to connect: %s",
-				    g_strerror(-r));
+				    r == -ECANCELED ? "cancelled" : g_strerror(-r));
 			return r;
 		}
 		int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -135,4 +148,37 @@ int tm_net_accept(int listen_fd, unsigned timeout_ms, GError **error)
 			return -e;
 		}
 	}
+}
+
+int tm_net_keepalive(int fd, unsigned keepalive_ms, unsigned user_timeout_ms)
+{
+	int one = 1, secs = (int)MAX((keepalive_ms + 999) / 1000, 1u), probes = 4;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof(secs)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof(secs)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes)) < 0)
+		return -errno;
+	/*
+	 * Linux applies TCP_USER_TIMEOUT to zero-window probing too: on a data channel that would
+	 * abort a flow whose destination VMM is merely slow. The caller sets it where the peer's
+	 * library always reads (docs/design/live-engine.md 3.5).
+	 */
+	unsigned ut = user_timeout_ms;
+	if (ut && setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut)) < 0)
+		return -errno;
+	return 0;
+}
+
+int tm_net_ack_age(int fd, uint32_t *ret_unacked, uint32_t *ret_ack_age_ms)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return -errno;
+	*ret_unacked = ti.tcpi_unacked;
+	*ret_ack_age_ms = ti.tcpi_last_ack_recv;
+	return 0;
 }

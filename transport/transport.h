@@ -97,6 +97,16 @@ typedef struct tm_transport_ops {
 	 * errno (TLS: which record failed to authenticate), or NULL. Valid until the next call on io.
 	 */
 	const char *(*last_error)(const tm_io *io);
+	/*
+	 * Optional. Whether recv would make progress now without waiting for a new write of the
+	 * peer: bytes (or the end of the stream, or an error) are already there. Must not block or
+	 * consume anything. A wrapper that buffers (TLS: plaintext or ciphertext read ahead) must
+	 * have it; without it tm_io_readable() asks the inner handle, and a byte mover is asked with
+	 * a poll of zero time on its socket. A "yes" may still block in recv, but only until the
+	 * rest of what the peer is writing arrives (half a TLS record). Used by the threads that
+	 * poll a connection (the control thread) before they call recv.
+	 */
+	bool (*readable)(tm_io *io);
 } tm_transport_ops;
 
 extern const tm_transport_ops tm_transport_socket;
@@ -142,6 +152,7 @@ struct tm_io {
 	 * tm_io_open or tm_io_wrap; a wrapper may change it before its start function returns.
 	 */
 	const char *path;
+	bool cancelled;       /* any thread, atomic: tm_io_cancel() was called */
 	/* worker-local (the thread that owns the channel at the time) */
 	tm_io_counters st;
 	/* 0 or the monotonic time (tm_now_us) receives must be done by: tm_io_set_deadline() */
@@ -167,7 +178,10 @@ tm_io *tm_io_wrap(tm_io *inner, const tm_transport_ops *ops, void *priv);
 /* Closes io: ops->close, then its inner handle (a byte mover closes the fd). NULL: no-op. */
 void tm_io_free(tm_io *io);
 
-/* Changes how long a single blocked read or write may take, on io and every handle below it. */
+/*
+ * Changes how long a single blocked read or write may take, on io and every handle below it;
+ * 0: no limit (a protocol 2 data channel after its handshake: liveness is the control thread's).
+ */
 void tm_io_set_timeout(tm_io *io, unsigned timeout_ms);
 
 /*
@@ -183,6 +197,17 @@ void tm_io_set_deadline(tm_io *io, int64_t deadline_us);
  * the deadline passed (the receive fails with -ETIMEDOUT).
  */
 int tm_io_wait_ms(const tm_io *io);
+
+/*
+ * Any thread, with a shutdown of the socket: the session gave up. A byte mover that can wait for
+ * something a shutdown does not end (io_uring: zero-copy completions, which need the peer's
+ * acknowledgements) returns -ECANCELED from such a wait within a quarter of a second. Every
+ * layer of io is marked.
+ */
+void tm_io_cancel(tm_io *io);
+
+/* Whether a recv on io would progress now (ops->readable, see its contract). Never blocks. */
+bool tm_io_readable(tm_io *io);
 
 /* The hooks, for callers that hold a handle (see the contracts above). */
 static inline int tm_io_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
@@ -211,10 +236,30 @@ bool tm_io_peer_speaks_tls(const tm_io *io, const uint8_t *buf, size_t len);
 void tm_io_add_counters(const tm_io *io, tm_io_counters *ret);
 
 /* ---- net.c ---- */
-/* Connects to host:port within timeout_ms; returns fd or -errno. */
-int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, GError **error);
-/* Accepts one connection within timeout_ms; returns fd or -errno (-ETIMEDOUT). */
-int tm_net_accept(int listen_fd, unsigned timeout_ms, GError **error);
+/*
+ * Connects to host:port within timeout_ms; returns fd or -errno. cancel_fd (an eventfd, or -1)
+ * readable ends the wait at once with -ECANCELED (tm_sender_cancel from another thread).
+ */
+int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, int cancel_fd,
+		   GError **error);
+/* Accepts one connection within timeout_ms; returns fd or -errno (-ETIMEDOUT, -ECANCELED). */
+int tm_net_accept(int listen_fd, unsigned timeout_ms, int cancel_fd, GError **error);
+
+/*
+ * Liveness of a connection once its handshake is done: SO_KEEPALIVE with idle time and probe
+ * interval keepalive_ms rounded up to seconds, 4 probes (a dead peer of an idle connection is
+ * found by the kernel); user_timeout_ms non-zero also sets TCP_USER_TIMEOUT (data unacknowledged,
+ * or a zero window, for that long aborts the connection: the control connection only, whose
+ * peer always reads). Returns 0 or -errno.
+ */
+int tm_net_keepalive(int fd, unsigned keepalive_ms, unsigned user_timeout_ms);
+
+/*
+ * From TCP_INFO: segments sent and not yet acknowledged by the peer's kernel
+ * (*ret_unacked) and milliseconds since the last acknowledgement arrived (*ret_ack_age_ms).
+ * Returns 0 or -errno (not a TCP socket).
+ */
+int tm_net_ack_age(int fd, uint32_t *ret_unacked, uint32_t *ret_ack_age_ms);
 
 /* Drops done bytes from the front of the iovec array *v of *n entries (after a partial transfer). */
 static inline void tm_iov_advance(struct iovec **v, unsigned *n, size_t done)

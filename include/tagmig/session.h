@@ -80,7 +80,9 @@ typedef struct tm_sender_config {
 	uint64_t chunk_size;  /* striping chunk (power of two >= packet_size); 0 means 2 MiB */
 	uint32_t packet_size; /* page data bytes per packet (power of two, 64 KiB..16 MiB); 0: 512 KiB */
 	const char *io_backend; /* NULL: tm_io_backend_default() */
-	unsigned timeout_ms;  /* connect, handshake and any single blocked I/O; 0 means 60000 */
+	unsigned timeout_ms;  /* connect and handshake; then protocol 2: peer unresponsive (no
+	                       * answer on the control connection) this long, never idle time;
+	                       * protocol 1: any single blocked I/O. 0 means 60000 */
 	unsigned queue_depth; /* packets in flight per channel (io_uring), 1..64; 0 means 4 */
 	/*
 	 * TLS 1.3 on every channel when set: a directory with ca-cert.pem, client-cert.pem and
@@ -161,7 +163,8 @@ typedef void (*tm_present_fn)(void *opaque, unsigned channel, unsigned block, ui
 
 typedef struct tm_receiver_config {
 	const char *io_backend; /* NULL: tm_io_backend_default() */
-	unsigned timeout_ms;    /* accept, handshake and any single blocked I/O; 0 means 60000 */
+	unsigned timeout_ms;    /* accept and handshake; then as the sender's (docs/api.md,
+	                         * "Timeouts and liveness"). 0 means 60000 */
 	tm_present_fn on_present; /* optional */
 	void *opaque;
 	/*
@@ -421,8 +424,9 @@ typedef struct tm_live_stats {
 	uint64_t rate_limit;        /* sender: bytes/s in force now; 0 = none (or lifted) */
 	uint64_t downtime_us;       /* sender: guest_stopped -> READY (the destination has all RAM and
 	                             * read every state section); 0 before */
-	uint64_t rtt_us;            /* control connection round trip, smoothed (not yet measured) */
-	uint64_t keepalives;        /* PINGs sent (not yet) */
+	uint64_t rtt_us;            /* control connection round trip (PING/PONG), smoothed; 0 before
+	                             * the first PONG */
+	uint64_t keepalives;        /* PINGs sent */
 	uint64_t state_sections, state_bytes; /* put (sender) / delivered to the VMM (receiver) */
 	/* postcopy (not implemented yet: zero) */
 	uint64_t postcopy_pages;
@@ -480,6 +484,51 @@ TM_EXPORT int tm_receiver_next_state(tm_receiver *receiver, tm_state_info *ret, 
  */
 TM_EXPORT int tm_receiver_read_state(tm_receiver *receiver, void *buf, size_t len,
 				     GError **error);
+
+/* ---- protocol 2: phases, cancel, events (symbol version TAGMIG_0.2) ---- */
+
+
+/* The current phase. Any thread. */
+TM_EXPORT tm_phase tm_sender_phase(tm_sender *sender);
+TM_EXPORT tm_phase tm_receiver_phase(tm_receiver *receiver);
+
+/*
+ * Gives up the migration, from any thread (a monitor's), at any time between new and free. The
+ * first reason wins: later calls, and calls once the session completed or failed, return
+ * -EALREADY. Every blocked call of this side (connect, accept, sync, finish, wait) returns
+ * -ECANCELED with "sender cancelled: <reason>" ("receiver cancelled: ..."), at once; protocol
+ * 2 tells the peer on the control connection (within 200 ms, then every socket is shut down),
+ * and the peer's blocked calls fail with that reason within a second. reason NULL: "cancelled".
+ * Both sides stay freeable (tm_*_free from the migration thread, after its calls returned).
+ * Returns 0 or -EALREADY.
+ */
+TM_EXPORT int tm_sender_cancel(tm_sender *sender, const char *reason);
+TM_EXPORT int tm_receiver_cancel(tm_receiver *receiver, const char *reason);
+
+/* Event bits, accumulated until taken (tm_*_take_events). */
+#define TM_EVENT_ROUND    (1u << 0) /* sender: a sync round was acknowledged on every channel */
+#define TM_EVENT_FAILED   (1u << 1) /* either: the session failed or was cancelled */
+#define TM_EVENT_PAUSED   (1u << 2) /* (postcopy, not used yet) */
+#define TM_EVENT_READY    (1u << 3) /* (device state, not used yet) */
+#define TM_EVENT_COMPLETE (1u << 4) /* either: TM_PHASE_COMPLETE */
+#define TM_EVENT_STATE    (1u << 5) /* (device state, not used yet) */
+#define TM_EVENT_POSTCOPY (1u << 6) /* (postcopy, not used yet) */
+#define TM_EVENT_FAULTS   (1u << 7) /* (postcopy, not used yet) */
+
+/*
+ * An eventfd (EFD_NONBLOCK | EFD_CLOEXEC) owned by the session, valid until free: readable when
+ * an event bit was set. Poll it in a main loop, then take the bits; the blocking calls stay.
+ * Any thread.
+ */
+TM_EXPORT int tm_sender_event_fd(tm_sender *sender);
+TM_EXPORT int tm_receiver_event_fd(tm_receiver *receiver);
+
+/*
+ * Reads the eventfd (without blocking) and returns and clears the accumulated bits: a bit is
+ * never lost, a wake may be spurious (then 0). Any thread.
+ */
+TM_EXPORT uint32_t tm_sender_take_events(tm_sender *sender);
+TM_EXPORT uint32_t tm_receiver_take_events(tm_receiver *receiver);
 
 /*
  * Creates a listening TCP socket on host:port (host may be NULL for any address, port "0" picks

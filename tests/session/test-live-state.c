@@ -455,7 +455,7 @@ typedef struct raw {
 
 static int raw_hello(const char *port, uint8_t role, uint16_t id)
 {
-	int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
+	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
 	g_assert_cmpint(fd, >=, 0);
 	tm_wire_block wb = { .length = 4 << 20, .page_size = 4096 };
 	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));

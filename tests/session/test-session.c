@@ -556,7 +556,7 @@ static void attach_once(unsigned channels, unsigned n, bool set_live, unsigned w
 	g_assert_cmpint(lfd, >=, 0);
 	g_autofree char *lports = g_strdup_printf("%u", lport);
 	for (unsigned i = 0; i < n; i++) {
-		sfds[i] = tm_net_connect("127.0.0.1", lports, 5000, NULL);
+		sfds[i] = tm_net_connect("127.0.0.1", lports, 5000, -1, NULL);
 		g_assert_cmpint(sfds[i], >=, 0);
 		ap.fds[i] = accept(lfd, NULL, NULL);
 		g_assert_cmpint(ap.fds[i], >=, 0);

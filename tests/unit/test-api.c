@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <tagmig/tagmig.h>
@@ -283,6 +284,45 @@ static void test_tag_buffer_check(void)
 }
 
 /* The headers' version macros and the library's version at run time agree (same build). */
+/* Phases, events and cancel through the exported symbols (TAGMIG_0.2), before any connection. */
+static void test_cancel_events(void)
+{
+	g_autoptr(tm_sender) s = NULL;
+	g_autoptr(tm_receiver) r = NULL;
+	g_autoptr(tm_ram_layout) l = NULL;
+	void *ram = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	g_assert_true(ram != MAP_FAILED);
+	g_assert_cmpint(tm_ram_layout_new(&l), ==, 0);
+	g_assert_cmpint(tm_ram_layout_add_block(l, "pc.ram", ram, LEN, 4096, 0, NULL), ==, 0);
+	g_assert_cmpint(tm_sender_new(l, NULL, NULL, &s, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_new(NULL, &r, NULL), ==, 0);
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_SETUP);
+	g_assert_cmpint(tm_receiver_phase(r), ==, TM_PHASE_SETUP);
+	g_assert_cmpint(tm_sender_event_fd(s), >=, 0);
+	g_assert_cmpint(tm_receiver_event_fd(r), >=, 0);
+	g_assert_cmpuint(tm_sender_take_events(s), ==, 0);
+	g_assert_cmpint(tm_sender_cancel(s, "not today"), ==, 0);
+	g_assert_cmpint(tm_sender_cancel(s, "twice"), ==, -EALREADY);
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_FAILED);
+	g_assert_cmpuint(tm_sender_take_events(s), ==, TM_EVENT_FAILED);
+	g_assert_cmpuint(tm_sender_take_events(s), ==, 0);
+	g_autoptr(GError) err = NULL;
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", "1", &err), ==, -ECANCELED);
+	g_assert_nonnull(strstr(err->message, "sender cancelled: not today"));
+	g_assert_cmpint(tm_receiver_cancel(r, NULL), ==, 0);
+	g_assert_cmpint(tm_receiver_phase(r), ==, TM_PHASE_FAILED);
+	g_clear_error(&err);
+	int lfd = tm_listen("127.0.0.1", "0", NULL, NULL);
+	g_assert_cmpint(lfd, >=, 0);
+	g_assert_cmpint(tm_receiver_accept(r, lfd, &err), ==, -ECANCELED);
+	g_assert_nonnull(strstr(err->message, "receiver cancelled: cancelled"));
+	close(lfd);
+	g_clear_pointer(&s, tm_sender_free);
+	g_clear_pointer(&l, tm_ram_layout_free);
+	munmap(ram, LEN);
+}
+
 static void test_version(void)
 {
 	g_autofree char *v = g_strdup_printf("%d.%d.%d", TAGMIG_VERSION_MAJOR, TAGMIG_VERSION_MINOR,
@@ -309,5 +349,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/api/rounds-before-connect", test_rounds_before_connect);
 	g_test_add_func("/api/state-before-connect", test_state_before_connect);
 	g_test_add_func("/api/version", test_version);
+	g_test_add_func("/api/cancel-events", test_cancel_events);
 	return g_test_run();
 }

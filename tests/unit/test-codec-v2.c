@@ -466,9 +466,19 @@ static void test_ctrl_v2(void)
 	/* Not control messages here: protocol 2 HELLO_ACK (tm_hello_ack_*), the later messages. */
 	check_err(tm_ctrl_decode_v(2, TM_MSG_HELLO_ACK, a + 16, 32, got, &err), &err, EINVAL,
 		  "HELLO_ACK (type 2) is not a control message of protocol 2");
-	check_err(tm_ctrl_decode_v(2, TM_MSG_PING, a + 16, 8, got, &err), &err, EINVAL, "PING");
+	check_err(tm_ctrl_decode_v(2, TM_MSG_READY, a + 16, 8, got, &err), &err, EINVAL, "READY");
 	check_err(tm_ctrl_decode_v(1, TM_MSG_PING, a + 16, 8, got, &err), &err, EINVAL,
 		  "protocol 1");
+	/* PING and PONG (the control connection's keepalive): one u64 nonce, exactly 8 bytes. */
+	const uint64_t nonce[TM_CTRL_MAX_FIELDS] = { 0x1234 };
+	for (uint8_t t = TM_MSG_PING; t <= TM_MSG_PONG; t++) {
+		na = tm_ctrl_encode_v(a, 2, t, 9, nonce);
+		g_assert_cmpuint(na, ==, 16 + 8);
+		check_ok(tm_ctrl_decode_v(2, t, a + 16, 8, got, &err), &err);
+		g_assert_cmpuint(got[0], ==, 0x1234);
+		check_err(tm_ctrl_decode_v(2, t, a + 16, 7, got, &err), &err, EBADMSG, "truncated");
+		check_err(tm_ctrl_decode_v(2, t, a + 16, 9, got, &err), &err, EBADMSG, "must be 8");
+	}
 }
 
 int main(int argc, char **argv)

@@ -673,9 +673,53 @@ static void test_premature_end(void)
 	tm_chan_close(&c);
 }
 
+/*
+ * tm_io_readable on a TLS handle: plaintext of a record read only in part is buffered above the
+ * socket (our record layer, OpenSSL, or in the socket for kernel TLS) and must count, or a
+ * thread that polls before it reads (the control thread) would sleep on data it already has.
+ */
+static void readable_case(bool own)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	uint8_t out[100], in[100];
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, own);
+	tm_tls_ctx_set_record_layer(sctx, own);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	fill_random(out, sizeof(out));
+	/* Both directions: the sender's may be ours or the kernel's, the receiver's is OpenSSL's. */
+	for (int dir = 0; dir < 2; dir++) {
+		tm_chan *tx = dir ? &s : &c, *rx = dir ? &c : &s;
+		struct iovec v = { .iov_base = out, .iov_len = sizeof(out) };
+		g_assert_false(tm_io_readable(rx->io));
+		g_assert_cmpint(tm_io_send(tx->io, &v, 1, sizeof(out)), ==, 0);
+		struct iovec w = { .iov_base = in, .iov_len = 10 };
+		g_assert_cmpint(tm_io_recv(rx->io, &w, 1, 10), ==, 0);
+		/* 90 bytes of the record are above the socket (or in it, with kernel TLS) */
+		g_assert_true(tm_io_readable(rx->io));
+		w = (struct iovec){ .iov_base = in + 10, .iov_len = 90 };
+		g_assert_cmpint(tm_io_recv(rx->io, &w, 1, 90), ==, 0);
+		g_assert_cmpmem(in, sizeof(in), out, sizeof(out));
+		g_assert_false(tm_io_readable(rx->io));
+	}
+	shutdown_both(&c, &s);
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+}
+
+static void test_readable(void)
+{
+	readable_case(true);
+	readable_case(false);
+}
+
 int main(int argc, char **argv)
 {
 	static const tls_test tests[] = {
+		{ "readable", test_readable },
 		{ "records-interop", test_records_interop },
 		{ "key-update", test_key_update },
 		{ "openssl-sender", test_openssl_sender },

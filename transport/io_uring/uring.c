@@ -163,13 +163,21 @@ static int uring_open(tm_io *io, GError **error)
 static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 {
 	uring_priv *p = io->priv;
-	/* A receive's deadline (tm_io_set_deadline) caps the wait; sends keep the timeout. */
+	/*
+	 * A receive's deadline (tm_io_set_deadline) caps the wait; otherwise the timeout, where 0
+	 * means no limit (tm_io_set_timeout). A shutdown of the socket ends a send or a receive,
+	 * but not the wait for a zero-copy completion, which needs the peer to acknowledge the
+	 * data: an unlimited wait goes in slices, until tm_io_cancel().
+	 */
 	bool by_deadline = p->in_recv && io->deadline_us;
 	int ms = by_deadline ? tm_io_wait_ms(io) : (int)io->timeout_ms;
 	if (by_deadline && ms == 0)
 		return -ETIMEDOUT;
-	struct __kernel_timespec ts = { .tv_sec = ms / 1000,
-					.tv_nsec = (long long)(ms % 1000) * 1000000 };
+	bool unbounded = ms <= 0;
+	const struct __kernel_timespec slice = { .tv_nsec = 250 * 1000 * 1000 };
+	struct __kernel_timespec ts = unbounded ? slice :
+		(struct __kernel_timespec){ .tv_sec = ms / 1000,
+					    .tv_nsec = (long long)(ms % 1000) * 1000000 };
 
 	if (io_uring_peek_cqe(&p->ring, cqe) == 0) {
 		/* Ready: what is queued still goes to the kernel now, without waiting. */
@@ -177,16 +185,22 @@ static int wait_cqe(tm_io *io, struct io_uring_cqe **cqe)
 		return r < 0 ? r : 0;
 	}
 	tm_count(&io->st.io_waits, 1);
-	int64_t deadline = tm_now_us() + (int64_t)ms * 1000;
+	int64_t deadline = unbounded ? 0 : tm_now_us() + (int64_t)ms * 1000;
 	int r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
 	/* liburing 2.3 reports a wait that ended without a completion (its timeout, a signal)
 	 * after submitting as the count submitted with *cqe NULL: wait out the rest. */
-	while (r == -EINTR || (r >= 0 && !*cqe)) {
-		int64_t left = deadline - tm_now_us();
-		if (left <= 0)
-			return -ETIMEDOUT;
-		ts = (struct __kernel_timespec){ .tv_sec = left / 1000000,
-						 .tv_nsec = (long long)(left % 1000000) * 1000 };
+	while (r == -EINTR || (r >= 0 && !*cqe) || (r == -ETIME && unbounded)) {
+		if (unbounded) {
+			if (__atomic_load_n(&io->cancelled, __ATOMIC_ACQUIRE))
+				return -ECANCELED;
+			ts = slice;
+		} else {
+			int64_t left = deadline - tm_now_us();
+			if (left <= 0)
+				return -ETIMEDOUT;
+			ts = (struct __kernel_timespec){ .tv_sec = left / 1000000,
+							 .tv_nsec = (long long)(left % 1000000) * 1000 };
+		}
 		*cqe = NULL;
 		r = io_uring_submit_and_wait_timeout(&p->ring, cqe, 1, &ts, NULL);
 	}

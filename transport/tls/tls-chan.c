@@ -108,6 +108,21 @@ static void tls_send_last(tm_io *io, const void *buf, size_t len)
 	(void)tls_send(io, &v, 1, len);
 }
 
+/*
+ * What a recv could take without a new write of the peer: plaintext opened ahead (our record
+ * layer), records OpenSSL decrypted ahead, ciphertext read ahead (possibly half a record: then
+ * recv waits only for the rest), or whatever the socket below holds (kernel TLS keeps its
+ * records in the socket, so a poll of it is the answer there too).
+ */
+static bool tls_readable(tm_io *io)
+{
+	tls_chan *t = io->priv;
+
+	if (t->broken || t->plain_len > 0 || t->in_len > 0 || (t->ssl && SSL_pending(t->ssl) > 0))
+		return true;
+	return tm_io_readable(t->inner);
+}
+
 static const char *tls_last_error(const tm_io *io)
 {
 	const tls_chan *t = io->priv;
@@ -119,6 +134,7 @@ const tm_transport_ops tm_transport_tls = {
 	.priv_size = sizeof(tls_chan),
 	.open = tls_open,
 	.close = tls_close,
+	.readable = tls_readable,
 	.send = tls_send,
 	.recv = tls_recv,
 	.send_last = tls_send_last,

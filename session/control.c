@@ -1,0 +1,436 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The control thread of a protocol 2 session, either side (docs/design/live-engine.md 3.1, 3.5):
+ * liveness without idle timers. Data channels wait as long as the session lives (a VMM may pause
+ * between rounds, or read its state slowly); what tells a dead or frozen peer from a quiet one is
+ * this thread: it PINGs every ka_ms and the peer's library answers whatever its VMM does, so
+ * nothing received for timeout_ms means the peer is unresponsive (a SIGSTOPped process: its kernel
+ * still acknowledges TCP, only an answer of the application tells). Every ka_ms it also asks
+ * TCP_INFO whether a data channel has data the peer's kernel has not acknowledged for timeout_ms
+ * (a dead path under load). It ends the session on control: the sender's END leaves with the
+ * data channels' ENDs; the receiver answers READY and END_ACK once every data channel ended and
+ * every page is there, keeping the keepalive going meanwhile; and when the session fails it
+ * tells the peer why and listens for the peer's reason.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "session/session-internal.h"
+#include "tagmig/error.h"
+
+/* More PINGs than this in one second from the peer: -EPROTO (design 2.5: bounds what the
+ * control connection carries backwards). Ours are at most 10 a second (ka >= 100 ms). */
+#define PING_FLOOD 20u
+
+unsigned tm_control_interval(unsigned timeout_ms)
+{
+	return CLAMP(timeout_ms / 4, 100u, 5000u);
+}
+
+int tm_control_init(tm_control *c, GError **error)
+{
+	c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->wake_fd < 0) {
+		int err = errno;
+		g_set_error(error, TM_ERROR, err, "eventfd: %s", g_strerror(err));
+		return -err;
+	}
+	return 0;
+}
+
+void tm_control_wake(tm_control *c)
+{
+	uint64_t one = 1;
+
+	if (c->wake_fd >= 0)
+		(void)!write(c->wake_fd, &one, sizeof(one));
+}
+
+/* Thread-local state of the loop. */
+typedef struct loop {
+	tm_control *c;
+	int64_t last_rx;   /* when the last message arrived (us) */
+	int64_t next_tick; /* next PING / TCP_INFO check */
+	uint64_t nonce;    /* of our last PING */
+	bool ping_out;     /* ... still unanswered: no other PING before its PONG */
+	int64_t ping_t;
+	int64_t flood_t;   /* start of the current second of the peer's PINGs */
+	unsigned flood_n;
+	bool end_sent;     /* sender: END is out; only PONGs (and the close) may follow from us */
+	bool end_seen;     /* receiver: END arrived; END_ACK goes once every data channel ended */
+	bool ready_seen;   /* sender: READY arrived; END_ACK may follow */
+	bool unresponsive; /* the failure is the peer's silence: no point waiting for its words */
+} loop;
+
+static int ctrl_body(tm_chan *ch, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS],
+		     GError **error)
+{
+	uint8_t body[8 * TM_CTRL_MAX_FIELDS];
+	int r;
+
+	if (f->body_len > sizeof(body)) {
+		g_set_error(error, TM_ERROR, EBADMSG, "control: %s body of %u bytes",
+			    tm_msg_name(f->type), f->body_len);
+		return -EBADMSG;
+	}
+	if ((r = tm_chan_recv(ch, body, f->body_len, error)) < 0)
+		return r;
+	if ((r = tm_ctrl_decode_v(f->version, f->type, body, f->body_len, v, error)) < 0)
+		tm_chan_prefix_error(ch, error);
+	return r;
+}
+
+static int peer_ping(loop *l, uint64_t nonce, GError **error)
+{
+	tm_control *c = l->c;
+	int64_t now = tm_now_us();
+
+	if (now - l->flood_t >= G_USEC_PER_SEC) {
+		l->flood_t = now;
+		l->flood_n = 0;
+	}
+	if (++l->flood_n > PING_FLOOD) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "control: PING flood: more than %u PINGs in one second from the %s",
+			    PING_FLOOD, c->sender ? "receiver" : "sender");
+		return -EPROTO;
+	}
+	/* Also after our END: the receiver keeps its keepalive while its data channels end. */
+	return tm_chan_send_ctrl(c->ch, TM_MSG_PONG, nonce, 0, error);
+}
+
+static int peer_pong(loop *l, uint64_t nonce, GError **error)
+{
+	tm_control *c = l->c;
+
+	if (!l->ping_out || nonce != l->nonce) {
+		g_set_error(error, TM_ERROR, EPROTO, "control: PONG 0x%" G_GINT64_MODIFIER "x answers no PING",
+			    (guint64)nonce);
+		return -EPROTO;
+	}
+	l->ping_out = false;
+	uint64_t sample = (uint64_t)(tm_now_us() - l->ping_t);
+	uint64_t rtt = __atomic_load_n(&c->rtt_us, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->rtt_us, rtt ? (7 * rtt + sample) / 8 : MAX(sample, 1), __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* A clean TLS close both ways: a control stream cut short is an error, not an end. */
+static int close_control(tm_control *c, GError **error)
+{
+	int r = tm_tls_shutdown(c->ch->io, error);
+
+	return r < 0 ? r : 1;
+}
+
+/* END (receiver) or END_ACK (sender): the connection carries no pages nor state chunks. */
+static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
+{
+	tm_control *c = l->c;
+
+	if (c->sender && (v[0] || v[1])) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "control: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
+			    " state chunks, the control connection carries none",
+			    (guint64)v[0], (guint64)v[1]);
+		return -EPROTO;
+	}
+	if (!c->sender && (v[0] || v[1] || v[2])) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "control: END counts %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
+			    " packets, %" G_GUINT64_FORMAT
+			    " state chunks; the control connection carries none",
+			    (guint64)v[0], (guint64)v[1], (guint64)v[2]);
+		return -EPROTO;
+	}
+	if (c->sender) {
+		if (!l->ready_seen) {
+			g_set_error(error, TM_ERROR, EPROTO, "control: END_ACK before READY");
+			return -EPROTO;
+		}
+		return close_control(c, error);
+	}
+	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
+	 * keeps answering and sending keepalives until then. */
+	l->end_seen = true;
+	return 0;
+}
+
+/* Receiver, after END: READY and END_ACK once every data channel ended and all is there. */
+static int try_end_ack(loop *l, GError **error)
+{
+	tm_control *c = l->c;
+	int r = c->data_end(c->owner, error);
+
+	if (r <= 0)
+		return r;
+	if ((r = c->ready(c->owner, NULL, error)) < 0 ||
+	    (r = tm_chan_send_ctrl(c->ch, TM_MSG_END_ACK, 0, 0, error)) < 0)
+		return r;
+	return close_control(c, error);
+}
+
+/* One message; returns 0, 1 when the connection ended cleanly, or -errno. */
+static int one_message(loop *l, GError **error)
+{
+	tm_control *c = l->c;
+	uint64_t v[TM_CTRL_MAX_FIELDS] = { 0 };
+	tm_frame f;
+
+	int r = tm_chan_recv_frame(c->ch, 0, &f, error);
+	if (r < 0)
+		return r;
+	l->last_rx = tm_now_us();
+	if (f.type == TM_MSG_ERROR)
+		return tm_chan_recv_peer_error(c->ch, &f, c->sender ? "receiver failed" : "sender gave up",
+					       error);
+	uint8_t end = c->sender ? TM_MSG_END_ACK : TM_MSG_END;
+	bool ready = c->sender && f.type == TM_MSG_READY;
+	if ((f.type != TM_MSG_PING && f.type != TM_MSG_PONG && f.type != end && !ready) ||
+	    (f.type == TM_MSG_END_ACK && !l->end_sent) || (f.type == TM_MSG_END && l->end_seen) ||
+	    (ready && (!l->end_sent || l->ready_seen))) {
+		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
+		return -EPROTO;
+	}
+	if (ready) {
+		/* The destination has all RAM and every state section (state.c). */
+		l->ready_seen = true;
+		return c->ready(c->owner, &f, error);
+	}
+	if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
+		return r;
+	if (f.type == TM_MSG_PING)
+		return peer_ping(l, v[0], error);
+	if (f.type == TM_MSG_PONG)
+		return peer_pong(l, v[0], error);
+	return peer_end(l, v, error);
+}
+
+/* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead. */
+static int check_links(loop *l, GError **error)
+{
+	tm_control *c = l->c;
+
+	for (unsigned i = 0; i < c->ndata; i++) {
+		uint32_t unacked, age;
+		if (tm_net_ack_age(c->data_fds[i], &unacked, &age) == 0 && unacked > 0 &&
+		    age > c->timeout_ms) {
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "channel %u: nothing acknowledged by the peer for %.1f s (timeout_ms)",
+				    i, age / 1000.0);
+			return -ETIMEDOUT;
+		}
+	}
+	return 0;
+}
+
+static int run(loop *l, GError **error)
+{
+	tm_control *c = l->c;
+	int r;
+
+	for (;;) {
+		g_mutex_lock(c->lock);
+		bool quit = *c->quit, want_end = c->end_requested;
+		g_mutex_unlock(c->lock);
+		if (quit)
+			return 0;
+		if (want_end && !l->end_sent) {
+			if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_END, 0, 0, error)) < 0)
+				return r;
+			l->end_sent = true;
+		}
+		if (tm_io_readable(c->ch->io)) {
+			if ((r = one_message(l, error)) != 0)
+				return r;
+			continue;
+		}
+		/* Not while our PING is out: its PONG after END_ACK would be data where the close
+		 * must come. */
+		if (l->end_seen && !l->ping_out && (r = try_end_ack(l, error)) != 0)
+			return r;
+		int64_t now = tm_now_us();
+		int64_t deadline = l->last_rx + (int64_t)c->timeout_ms * 1000;
+		if (now >= deadline) {
+			l->unresponsive = true;
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "control: peer unresponsive: nothing from the %s for %.1f s "
+				    "(timeout_ms)",
+				    c->sender ? "receiver" : "sender", (now - l->last_rx) / 1e6);
+			return -ETIMEDOUT;
+		}
+		if (now >= l->next_tick) {
+			if (!l->end_sent && !l->ping_out) {
+				if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_PING, ++l->nonce, 0, error)) < 0)
+					return r;
+				l->ping_out = true;
+				l->ping_t = now;
+				__atomic_fetch_add(&c->keepalives, 1, __ATOMIC_RELAXED);
+			}
+			if ((r = check_links(l, error)) < 0)
+				return r;
+			l->next_tick = now + (int64_t)c->ka_ms * 1000;
+		}
+		int64_t wake_at = MIN(deadline, l->next_tick);
+		struct pollfd p[2] = { { .fd = c->ch->fd, .events = POLLIN },
+				       { .fd = c->wake_fd, .events = POLLIN } };
+		if (poll(p, 2, (int)((wake_at - now + 999) / 1000)) > 0 && p[1].revents) {
+			uint64_t v;
+			(void)!read(c->wake_fd, &v, sizeof(v));
+		}
+	}
+}
+
+/*
+ * After this side failed: up to a second of what the peer still sends, for its ERROR (the
+ * best explanation when both sides fail at once). Ends at the end of the stream.
+ */
+static void drain(tm_control *c)
+{
+	int64_t deadline = tm_now_us() + G_USEC_PER_SEC;
+	tm_frame f;
+
+	tm_chan_set_timeout(c->ch, 250);
+	for (int64_t now; (now = tm_now_us()) < deadline;) {
+		g_autoptr(GError) local = NULL;
+		struct pollfd p = { .fd = c->ch->fd, .events = POLLIN };
+		if (!tm_io_readable(c->ch->io) && poll(&p, 1, (int)((deadline - now) / 1000) + 1) <= 0)
+			return;
+		if (tm_chan_recv_frame(c->ch, 0, &f, &local) < 0)
+			return;
+		if (f.type == TM_MSG_ERROR) {
+			GError *why = NULL;
+			if (tm_chan_recv_peer_error(c->ch, &f, c->sender ? "receiver failed"
+									 : "sender gave up",
+						    &why) < 0)
+				c->fail(c->owner, why, true);
+			return;
+		}
+		uint8_t skip[64];
+		if (f.body_len > sizeof(skip) || tm_chan_recv(c->ch, skip, f.body_len, &local) < 0)
+			return;
+	}
+}
+
+static gpointer control_thread(gpointer data)
+{
+	tm_control *c = data;
+	loop l = { .c = c, .last_rx = tm_now_us(), .next_tick = tm_now_us(),
+		   .flood_t = tm_now_us() };
+	g_autoptr(GError) err = NULL;
+
+	int r = run(&l, &err);
+	if (r == 1) {
+		g_mutex_lock(c->lock);
+		c->ended = c->exited = true;
+		g_cond_broadcast(c->cond);
+		g_mutex_unlock(c->lock);
+		return NULL;
+	}
+	if (r < 0)
+		c->fail(c->owner, g_steal_pointer(&err), c->ch->peer_error);
+
+	/* The session stopped: the peer learns why here even if a data channel could not say. */
+	g_mutex_lock(c->lock);
+	bool from_peer = c->failure->from_peer;
+	int code = c->failure->error ? c->failure->error->code : EIO;
+	g_autofree char *msg = g_strdup(c->failure->error ? c->failure->error->message
+							  : "migration aborted");
+	g_mutex_unlock(c->lock);
+	if (!from_peer)
+		tm_chan_send_error(c->ch, code, msg);
+	g_mutex_lock(c->lock);
+	c->error_sent = true;
+	g_cond_broadcast(c->cond);
+	g_mutex_unlock(c->lock);
+	/* No more from us: the peer's drain ends at once instead of after its second. */
+	shutdown(c->ch->fd, SHUT_WR);
+	/*
+	 * Only a connection that broke may hide the peer's reason: after any other failure of ours
+	 * (a cancel, a refused message, a silent peer) what the peer says is an echo of it.
+	 */
+	if (!from_peer && !l.unresponsive && (code == ECONNRESET || code == EPIPE))
+		drain(c);
+	g_mutex_lock(c->lock);
+	c->exited = true;
+	g_cond_broadcast(c->cond);
+	g_mutex_unlock(c->lock);
+	return NULL;
+}
+
+int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned ndata,
+		     unsigned timeout_ms, GError **error)
+{
+	c->ch = ctl;
+	c->timeout_ms = timeout_ms;
+	c->ka_ms = tm_control_interval(timeout_ms);
+	c->ndata = ndata;
+	c->data_fds = g_new(int, MAX(ndata, 1));
+	/*
+	 * No idle timer on data channels: a blocked read or write there waits as long as the
+	 * session lives. Keepalive finds a dead peer of an idle connection. Best effort: a socket
+	 * the VMM attached that is not TCP has no keepalive, and the PINGs still apply.
+	 */
+	for (unsigned i = 0; i < ndata; i++) {
+		c->data_fds[i] = data[i]->fd;
+		tm_chan_set_timeout(data[i], 0);
+		(void)tm_net_keepalive(data[i]->fd, c->ka_ms, 0);
+	}
+	(void)tm_net_keepalive(ctl->fd, c->ka_ms, timeout_ms);
+	g_mutex_lock(c->lock);
+	c->started = true;
+	g_mutex_unlock(c->lock);
+	c->thread = g_thread_try_new(c->sender ? "tm-send-ctl" : "tm-recv-ctl", control_thread, c,
+				     error);
+	if (!c->thread) {
+		g_mutex_lock(c->lock);
+		c->started = false;
+		g_mutex_unlock(c->lock);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+void tm_control_request_end_locked(tm_control *c)
+{
+	c->end_requested = true;
+	tm_control_wake(c);
+}
+
+int tm_control_await_end_locked(tm_control *c)
+{
+	while (!c->ended && !*c->quit)
+		g_cond_wait(c->cond, c->lock);
+	return c->ended ? 0 : -ECANCELED;
+}
+
+void tm_control_await_error_locked(tm_control *c, unsigned ms)
+{
+	int64_t end = g_get_monotonic_time() + (int64_t)ms * 1000;
+
+	while (c->started && !c->error_sent && !c->exited)
+		if (!g_cond_wait_until(c->cond, c->lock, end))
+			return;
+}
+
+void tm_control_await_exit_locked(tm_control *c)
+{
+	while (c->started && !c->exited)
+		g_cond_wait(c->cond, c->lock);
+}
+
+void tm_control_stop(tm_control *c)
+{
+	if (c->thread) {
+		tm_control_wake(c);
+		g_thread_join(c->thread);
+		c->thread = NULL;
+	}
+	if (c->wake_fd >= 0)
+		close(c->wake_fd);
+	c->wake_fd = -1;
+	g_clear_pointer(&c->data_fds, g_free);
+}
