@@ -53,6 +53,7 @@ typedef struct dest {
 	GPtrArray *data_read;  /* GBytes * */
 	unsigned wait_ones;    /* tm_receiver_wait() returned 1 */
 	int ramhash_ok;        /* 1 ok, 0 not seen, -1 mismatch */
+	gint done;             /* dest_thread returned (atomic) */
 } dest;
 
 static void slow_present(void *opaque, unsigned ch, unsigned block, uint64_t first, uint64_t n)
@@ -138,6 +139,7 @@ static gpointer dest_thread(gpointer data)
 		d->wait_ones++;
 		d->ret = read_sections(d);
 	}
+	g_atomic_int_set(&d->done, 1);
 	return NULL;
 }
 
@@ -510,6 +512,15 @@ static void raw_chunk(raw *w, unsigned ch, tm_state_hdr h, const char *name)
 	raw_write(w, ch, data, h.data_len);
 }
 
+/* END on channel ch with the counts given (a hostile sender picks them). */
+static void raw_end(raw *w, unsigned ch, uint64_t chunks)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_END2_LEN];
+	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { 0, 0, chunks };
+	size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, w->seq[ch]++, vals);
+	raw_write(w, ch, buf, n);
+}
+
 static void raw_close(raw *w)
 {
 	for (int k = 0; k < 3; k++)
@@ -583,6 +594,29 @@ static void hostile_send(raw *w, unsigned i)
 	case 9: /* RAM_END that does not count what arrived */
 		raw_ram_end(w, 1, 5);
 		break;
+	case 10: /* channel 1 ends while its chunk 1 (the rest of section 0) is due */
+		h.flags = TM_STATE_FIRST;
+		h.section_len = PS + 10;
+		h.data_len = PS;
+		raw_chunk(w, 0, h, "cpu0");
+		raw_end(w, 1, 0);
+		break;
+	case 11: { /* every channel ends, no END_OF_STATE */
+		raw_chunk(w, 0, h, "cpu0");
+		raw_end(w, 0, 1);
+		raw_end(w, 1, 0);
+		break;
+	}
+	case 12: { /* a chunk after END_OF_STATE on END_OF_STATE's channel, the other one ends */
+		tm_state_hdr end = { .section = 1, .flags = TM_STATE_END, .chunk = 1 };
+		raw_chunk(w, 0, h, "cpu0");
+		raw_chunk(w, 1, end, NULL);
+		h.chunk = 3;
+		h.section = 1;
+		raw_chunk(w, 1, h, "late");
+		raw_end(w, 0, 1);
+		break;
+	}
 	}
 }
 
@@ -606,6 +640,11 @@ static void test_hostile(void)
 		{ "ram-end-twice", EPROTO, "channel 0: RAM_END twice" },
 		{ "ram-end-count", EPROTO, "channel 1: RAM_END counts 5 pages in 0 packets, 0 in 0 "
 					   "arrived" },
+		{ "end-mid-section", EPROTO, "channel 1 ended before STATE chunk 1 (no "
+					     "END_OF_STATE)" },
+		{ "end-no-eos", EPROTO, "channel 1 ended before STATE chunk 1 (no END_OF_STATE)" },
+		{ "after-end-other", EPROTO, "channel 1: STATE chunk 3 (section 1): STATE after the "
+					     "end of device state" },
 	};
 	guest dst;
 	const block_spec a[] = { { "pc.ram", 4 << 20, 4096 } };
@@ -613,13 +652,18 @@ static void test_hostile(void)
 	guest_init(&dst, a, 1, false);
 	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
 		dest d = { .lc = { .max_state_section = 4096, .max_state_total = 6000 } };
-		if (i == 7) /* two chunks: a section over the packet size */
+		if (i == 7 || i == 10) /* two chunks: a section over the packet size */
 			d.lc = (tm_live_config){ 0 };
 		g_autofree char *port = dest_start(&d, &dst);
 		raw w;
 
 		raw_open(&w, port);
 		hostile_send(&w, i);
+		/* The sender keeps its connections open: the receiver must not wait for it. */
+		for (unsigned ms = 0; !g_atomic_int_get(&d.done) && ms < 10000; ms += 10)
+			g_usleep(10000);
+		if (!g_atomic_int_get(&d.done))
+			g_error("%s: the receiver hangs (10 s)", cases[i].what);
 		dest_join(&d);
 		g_test_message("%s: receiver: %s", cases[i].what, d.error ? d.error->message : "ok");
 		g_assert_cmpint(d.ret, ==, -cases[i].errnum);
