@@ -455,7 +455,14 @@ typedef struct raw {
 	uint32_t seq[3];
 } raw;
 
+static int raw_hello_sid(const char *port, uint8_t role, uint16_t id, uint8_t sid);
+
 static int raw_hello(const char *port, uint8_t role, uint16_t id)
+{
+	return raw_hello_sid(port, role, id, 7);
+}
+
+static int raw_hello_sid(const char *port, uint8_t role, uint16_t id, uint8_t sid)
 {
 	int fd = tm_net_connect("127.0.0.1", port, 5000, NULL);
 	g_assert_cmpint(fd, >=, 0);
@@ -463,7 +470,7 @@ static int raw_hello(const char *port, uint8_t role, uint16_t id)
 	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
 	tm_hello h = { .version = 2, .role = role, .channel_id = id, .channel_count = 2,
 		       .packet_size = PS, .chunk_size = PS, .block_count = 1, .blocks = &wb };
-	memset(h.session_id, 7, 16);
+	memset(h.session_id, sid, 16);
 	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
 	size_t bl = tm_hello_body_len(&h);
 	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
@@ -679,6 +686,45 @@ static void test_hostile(void)
 	guest_fini(&dst);
 }
 
+/*
+ * A stranger's well-formed HELLO of another session (its own session id) between the session's
+ * connections is dropped like garbage: it must not end the session it does not belong to.
+ */
+static void test_stranger_hello(void)
+{
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 4 << 20, 4096 } };
+	const tm_state_hdr eos = { .section = 0, .flags = TM_STATE_END, .chunk = 0 };
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+	dest d = { 0 };
+	raw w = { 0 };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = dest_start(&d, &dst);
+	w.fd[0] = raw_hello(port, TM_ROLE_DATA, 0);
+	int stranger = raw_hello_sid(port, TM_ROLE_DATA, 1, 9);
+	w.fd[2] = raw_hello(port, TM_ROLE_CONTROL, 0);
+	w.fd[1] = raw_hello(port, TM_ROLE_DATA, 1);
+	for (int k = 0; k < 3; k++) {
+		g_assert_cmpint(recv(w.fd[k], buf, sizeof(buf), MSG_WAITALL), ==, sizeof(buf));
+		g_assert_cmpuint(buf[5], ==, TM_MSG_HELLO_ACK);
+		w.seq[k] = 1;
+	}
+	raw_ram_end(&w, 0, 0);
+	raw_ram_end(&w, 1, 0);
+	raw_chunk(&w, 0, eos, NULL);
+	raw_end(&w, 0, 1);
+	raw_end(&w, 1, 0);
+	raw_end(&w, 2, 0);
+	dest_join(&d);
+	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
+	g_assert_cmpint(d.ret, ==, 0);
+	close(stranger);
+	raw_close(&w);
+	dest_free(&d);
+	guest_fini(&dst);
+}
+
 /* Every test over every backend pair, plaintext and TLS (the hand-made sender: plaintext). */
 int main(int argc, char **argv)
 {
@@ -690,6 +736,7 @@ int main(int argc, char **argv)
 		{ "state-api-errors", test_api_errors, false },
 		{ "state-v1", test_v1, false },
 		{ "state-hostile", test_hostile, true },
+		{ "state-stranger-hello", test_stranger_hello, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
