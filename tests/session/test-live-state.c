@@ -716,6 +716,15 @@ static void test_stranger_hello(void)
 	raw_end(&w, 0, 1);
 	raw_end(&w, 1, 0);
 	raw_end(&w, 2, 0);
+	/* The stranger is told no more than that: not this session's id (it would let it in). */
+	uint8_t back[512];
+	ssize_t n = recv(stranger, back, sizeof(back), MSG_WAITALL);
+	g_assert_cmpint(n, >, TM_FRAME_HDR_LEN);
+	g_assert_cmpuint(back[5], ==, TM_MSG_ERROR);
+	g_autofree char *told = g_strndup((const char *)back + 24, (gsize)n - 24);
+	g_test_message("stranger told: %s", told);
+	g_assert_nonnull(strstr(told, "a HELLO of another session"));
+	g_assert_null(strstr(told, "07070707"));
 	dest_join(&d);
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
 	g_assert_cmpint(d.ret, ==, 0);
