@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "common/escape.h"
 #include "tagmig/error.h"
 
 #define U64(x) ((guint64)(x))
@@ -35,6 +36,19 @@ int tm_state_name_check(const char *name, size_t len, GError **error)
 	if (!g_utf8_validate(name, (gssize)len, &end)) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "state section name: invalid UTF-8 at byte %zu", (size_t)(end - name));
+		return -EBADMSG;
+	}
+	/* Error messages quote the name: nothing in it may drive a terminal (C1 controls,
+	 * bidirectional overrides), which is what the escape would change. */
+	g_autofree char *copy = g_strndup(name, len);
+	g_autofree char *shown = tm_escape_untrusted(copy);
+	if (strcmp(copy, shown) != 0) {
+		size_t at = 0;
+		while (copy[at] == shown[at])
+			at++;
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "state section name: control character U+%04X at byte %zu",
+			    g_utf8_get_char(copy + at), at);
 		return -EBADMSG;
 	}
 	return 0;

@@ -218,8 +218,16 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool 
 	if (ret >= 0)
 		ret = tm_hello_decode(body, f.body_len, f.version, &h, error);
 	if (ret >= 0) {
-		*ret_stranger = false;
+		/* A HELLO of another session is a stranger's too: it must not end this one, and
+		 * it learns nothing of this session (its id would let it in). */
+		*ret_stranger = r->chans && memcmp(r->hello.session_id, h.session_id,
+						   sizeof(h.session_id)) != 0;
 		ret = check_placement(r, &f, &h, error);
+		if (ret < 0 && *ret_stranger) {
+			g_clear_error(error);
+			g_set_error(error, TM_ERROR, EPROTO, "a HELLO of another session");
+			ret = -EPROTO;
+		}
 	}
 	if (ret < 0) {
 		g_prefix_error(error, "handshake: ");

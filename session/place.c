@@ -131,7 +131,8 @@ static bool test_bit(_Atomic uint64_t *map, uint64_t i)
 
 void tm_placer_mark_present(tm_placer *p, unsigned block, uint64_t page, uint64_t npages)
 {
-	g_return_if_fail(block < p->count && page + npages <= p->blocks[block].npages);
+	g_return_if_fail(block < p->count && page <= p->blocks[block].npages &&
+			 npages <= p->blocks[block].npages - page);
 	set_bits(p->blocks[block].claimed, page, npages, memory_order_relaxed);
 	set_bits(p->blocks[block].present, page, npages, memory_order_release);
 }
@@ -239,7 +240,8 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 {
 	g_return_val_if_fail(run->block < p->count, -EINVAL);
 	place_block *b = &p->blocks[run->block];
-	g_return_val_if_fail(run->first_page + run->npages <= b->npages, -EINVAL);
+	g_return_val_if_fail(run->first_page <= b->npages &&
+			     run->npages <= b->npages - run->first_page, -EINVAL);
 	size_t granules = b->page_size / TM_TAG_GRANULE;
 	uint32_t placed = 0;
 

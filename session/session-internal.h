@@ -311,6 +311,7 @@ typedef struct recv_state {
 	uint64_t left;            /* its bytes not yet read */
 	uint32_t index;           /* its index */
 	bool eos;                 /* END_OF_STATE delivered (every section before it handed over) */
+	uint64_t cut;             /* lowest chunk due on a channel that ended (UINT64_MAX: none) */
 } recv_state;
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };

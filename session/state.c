@@ -295,6 +295,21 @@ void tm_receiver_state_init(tm_receiver *r)
 			    (const char *const *)r->st.names);
 	for (unsigned i = 0; i < r->nch; i++)
 		r->chans[i].next_chunk = i;
+	r->st.cut = UINT64_MAX;
+}
+
+/*
+ * Under r->lock: the device state can no longer end when the chunk due next was due on a
+ * channel that ended (its END came first): every later chunk waits for it forever.
+ */
+static int state_cut(tm_receiver *r, GError **error)
+{
+	if (r->st.order.ended || r->st.order.next_chunk < r->st.cut)
+		return 0;
+	g_set_error(error, TM_ERROR, EPROTO,
+		    "channel %u ended before STATE chunk %" G_GUINT64_FORMAT " (no END_OF_STATE)",
+		    (unsigned)(r->st.cut % r->nch), U64(r->st.cut));
+	return -EPROTO;
 }
 
 int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error)
@@ -309,6 +324,14 @@ int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error)
 	if (f->type == TM_MSG_END && !c->ram_ended) {
 		g_set_error(error, TM_ERROR, EPROTO, "channel %u: END before RAM_END", c->ch.id);
 		return -EPROTO;
+	}
+	if (f->type == TM_MSG_END) {
+		/* This channel carries no chunk from its next one on. */
+		g_mutex_lock(&c->r->lock);
+		c->r->st.cut = MIN(c->r->st.cut, c->next_chunk);
+		int ret = state_cut(c->r, error);
+		g_mutex_unlock(&c->r->lock);
+		return ret;
 	}
 	return 0;
 }
@@ -393,10 +416,11 @@ static int recv_chunk(recv_chan *c, const tm_frame *f, GError **error)
 	c->next_chunk += r->nch;
 	c->state_chunks++;
 
-	/* Its turn: all RAM of the final round applied, chunk g - 1 read by the VMM. */
+	/* Its turn: all RAM of the final round applied, chunk g - 1 read by the VMM; or, past
+	 * END_OF_STATE, at once (refused below: no turn comes). */
 	g_mutex_lock(&r->lock);
-	while (!r->quit && !(r->st.ram_ended == r->nch && r->st.order.next_chunk >= h.chunk &&
-			     !r->st.held))
+	while (!r->quit && !r->st.order.ended &&
+	       !(r->st.ram_ended == r->nch && r->st.order.next_chunk >= h.chunk && !r->st.held))
 		g_cond_wait(&r->cond, &r->lock);
 	if (r->quit) {
 		g_mutex_unlock(&r->lock);
@@ -405,6 +429,10 @@ static int recv_chunk(recv_chan *c, const tm_frame *f, GError **error)
 	if ((ret = tm_state_order_check(&r->st.order, &h, c->state_name, error)) < 0) {
 		g_mutex_unlock(&r->lock);
 		goto bad;
+	}
+	if ((ret = state_cut(r, error)) < 0) {
+		g_mutex_unlock(&r->lock);
+		return ret;
 	}
 	c->state_hdr = h;
 	if (h.flags & TM_STATE_END) {

@@ -578,6 +578,10 @@ incomplete-end-partial)
 incomplete-end-packets)
 	hostile end-packets $((1024 * 1024)) "sender sent 5 packets, 1 arrived"
 	;;
+# A device-state section to tagmig recv, which has no VMM to take it: refused, never "done".
+incomplete-state-section)
+	hostile state-section $((1024 * 1024)) "state section 0 is 'cpu0'; state_names expects only 0 sections"
+	;;
 # Defect 2: text from the peer never reaches the terminal raw, on either side.
 escape-recv-error)
 	hostile error-escape $((1024 * 1024)) 'sender gave up: \\x1b\[2J.*\\x07\\x0d\\x0aforged line\\u\{202e\}evil'

@@ -16,6 +16,8 @@ Opens one channel to 127.0.0.1:PORT and sends:
   error-escape     a valid HELLO, then an ERROR whose message holds ESC, CR, LF, BEL and U+202E
   name-escape      a HELLO whose block name holds ESC, CR, LF, BEL and U+202E (BLOCK_NAME unused)
   hello-only       a valid HELLO, nothing more (BLOCK_LENGTH may be huge: 16 TiB)
+  state-section    protocol 2: channel 0 of 1 and the control connection, then on channel 0
+                   RAM_END (no page sent) and one device-state section 'cpu0' of 10 bytes
 Then it reads until the receiver closes the connection and prints what it got back.
 Exit 0 when the receiver answered (ERROR or close), 1 on a local problem.
 """
@@ -27,6 +29,7 @@ import sys
 PAGE = 4096
 MAGIC = b"TMIG"
 HELLO, HELLO_ACK, DATA, END, ERROR = 1, 2, 3, 6, 8
+STATE, RAM_END = 9, 11
 NASTY = "\x1b[2J\x1b]0;owned\x07\r\nforged line\u202eevil"
 
 
@@ -43,6 +46,38 @@ def hello(name, length):
     body += struct.pack("<II", 1, 0)                         # block_count, reserved
     body += struct.pack("<QQIHH", length, 0, PAGE, len(name), 0) + name
     return body
+
+
+def frame2(msg_type, body, seq):
+    return MAGIC + struct.pack("<BBHII", 2, msg_type, 0, len(body), seq) + body
+
+
+def hello2(sid, role, name, length):
+    """Protocol 2 HELLO: channel 0 of 1, role at 28, epoch 0 at 44."""
+    name = name.encode("utf-8")
+    body = sid + struct.pack("<HHII", 0, 1, 0, 512 * 1024) + struct.pack("<I", role)
+    body += struct.pack("<Q", 2 * 1024 * 1024) + struct.pack("<II", 1, 0)
+    body += struct.pack("<QQIHH", length, 0, PAGE, len(name), 0) + name
+    return body
+
+
+def state_section(sock, name, length):
+    """Protocol 2: channel 0 and control connect; channel 0 sends RAM_END and one section."""
+    sid = os.urandom(16)
+    ctl = socket.create_connection(("127.0.0.1", sock.getpeername()[1]), timeout=30)
+    sock.sendall(frame2(HELLO, hello2(sid, 0, name, length), 0))
+    ctl.sendall(frame2(HELLO, hello2(sid, 1, name, length), 0))
+    for s in (sock, ctl):
+        hdr = recv_exact(s, 16)
+        if hdr is None or hdr[5] != HELLO_ACK:
+            print("corrupt-client: no HELLO_ACK (%r)" % (hdr,), file=sys.stderr)
+            return None
+        recv_exact(s, struct.unpack("<I", hdr[8:12])[0])
+    ram_end = struct.pack("<IIQQ", 1, 0, 0, 0)               # FINAL, 0 pages in 0 packets
+    sec = b"cpu0"
+    hdr = struct.pack("<IHHQQQII", 0, 3, len(sec), 0, 10, 0, 10, 0)  # FIRST|LAST, 10 bytes
+    sock.sendall(frame2(RAM_END, ram_end, 1) + frame2(STATE, hdr + sec + b"\x42" * 10, 2))
+    return ctl
 
 
 def data(block, page, data_len=PAGE):
@@ -85,7 +120,12 @@ def main():
 
     if mode == "name-escape":
         name = "ram" + NASTY
-    if mode == "bad-magic":
+    ctl = None
+    if mode == "state-section":
+        ctl = state_section(sock, name, length)
+        if ctl is None:
+            return 1
+    elif mode == "bad-magic":
         sock.sendall(frame(HELLO, hello(name, length), 0, magic=b"XMIG"))
     elif mode in ("name-escape", "hello-only"):
         sock.sendall(frame(HELLO, hello(name, length), 0))

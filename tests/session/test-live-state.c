@@ -53,6 +53,7 @@ typedef struct dest {
 	GPtrArray *data_read;  /* GBytes * */
 	unsigned wait_ones;    /* tm_receiver_wait() returned 1 */
 	int ramhash_ok;        /* 1 ok, 0 not seen, -1 mismatch */
+	gint done;             /* dest_thread returned (atomic) */
 } dest;
 
 static void slow_present(void *opaque, unsigned ch, unsigned block, uint64_t first, uint64_t n)
@@ -138,6 +139,7 @@ static gpointer dest_thread(gpointer data)
 		d->wait_ones++;
 		d->ret = read_sections(d);
 	}
+	g_atomic_int_set(&d->done, 1);
 	return NULL;
 }
 
@@ -453,7 +455,14 @@ typedef struct raw {
 	uint32_t seq[3];
 } raw;
 
+static int raw_hello_sid(const char *port, uint8_t role, uint16_t id, uint8_t sid);
+
 static int raw_hello(const char *port, uint8_t role, uint16_t id)
+{
+	return raw_hello_sid(port, role, id, 7);
+}
+
+static int raw_hello_sid(const char *port, uint8_t role, uint16_t id, uint8_t sid)
 {
 	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
 	g_assert_cmpint(fd, >=, 0);
@@ -461,7 +470,7 @@ static int raw_hello(const char *port, uint8_t role, uint16_t id)
 	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
 	tm_hello h = { .version = 2, .role = role, .channel_id = id, .channel_count = 2,
 		       .packet_size = PS, .chunk_size = PS, .block_count = 1, .blocks = &wb };
-	memset(h.session_id, 7, 16);
+	memset(h.session_id, sid, 16);
 	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
 	size_t bl = tm_hello_body_len(&h);
 	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
@@ -508,6 +517,47 @@ static void raw_chunk(raw *w, unsigned ch, tm_state_hdr h, const char *name)
 	g_autofree uint8_t *data = g_malloc0(h.data_len + 1);
 	raw_write(w, ch, buf, n);
 	raw_write(w, ch, data, h.data_len);
+}
+
+/* END on channel ch with the counts given (a hostile sender picks them). */
+static void raw_end(raw *w, unsigned ch, uint64_t chunks)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_END2_LEN];
+	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { 0, 0, chunks };
+	size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, w->seq[ch]++, vals);
+	raw_write(w, ch, buf, n);
+}
+
+/*
+ * After the control END: what a sender's library does until the end, answering the receiver's
+ * keepalive PINGs (the receiver ends control only with none of its PINGs out), then READY and
+ * END_ACK. Fails the test on anything else.
+ */
+static void raw_finish_control(raw *w)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + 16];
+	bool ready = false;
+	tm_frame f;
+
+	for (;;) {
+		g_assert_cmpint(recv(w->fd[2], buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==,
+				TM_FRAME_HDR_LEN);
+		g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+		g_assert_cmpuint(f.body_len, <=, 16);
+		g_assert_cmpint(recv(w->fd[2], buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
+		if (f.type == TM_MSG_PING) {
+			const uint64_t nonce[TM_CTRL_MAX_FIELDS] = { tm_get64(buf) };
+			size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_PONG, w->seq[2]++,
+						    nonce);
+			raw_write(w, 2, buf, n);
+		} else if (f.type == TM_MSG_READY) {
+			ready = true;
+		} else {
+			g_assert_cmpuint(f.type, ==, TM_MSG_END_ACK);
+			g_assert_true(ready);
+			return;
+		}
+	}
 }
 
 static void raw_close(raw *w)
@@ -583,6 +633,29 @@ static void hostile_send(raw *w, unsigned i)
 	case 9: /* RAM_END that does not count what arrived */
 		raw_ram_end(w, 1, 5);
 		break;
+	case 10: /* channel 1 ends while its chunk 1 (the rest of section 0) is due */
+		h.flags = TM_STATE_FIRST;
+		h.section_len = PS + 10;
+		h.data_len = PS;
+		raw_chunk(w, 0, h, "cpu0");
+		raw_end(w, 1, 0);
+		break;
+	case 11: { /* every channel ends, no END_OF_STATE */
+		raw_chunk(w, 0, h, "cpu0");
+		raw_end(w, 0, 1);
+		raw_end(w, 1, 0);
+		break;
+	}
+	case 12: { /* a chunk after END_OF_STATE on END_OF_STATE's channel, the other one ends */
+		tm_state_hdr end = { .section = 1, .flags = TM_STATE_END, .chunk = 1 };
+		raw_chunk(w, 0, h, "cpu0");
+		raw_chunk(w, 1, end, NULL);
+		h.chunk = 3;
+		h.section = 1;
+		raw_chunk(w, 1, h, "late");
+		raw_end(w, 0, 1);
+		break;
+	}
 	}
 }
 
@@ -606,6 +679,11 @@ static void test_hostile(void)
 		{ "ram-end-twice", EPROTO, "channel 0: RAM_END twice" },
 		{ "ram-end-count", EPROTO, "channel 1: RAM_END counts 5 pages in 0 packets, 0 in 0 "
 					   "arrived" },
+		{ "end-mid-section", EPROTO, "channel 1 ended before STATE chunk 1 (no "
+					     "END_OF_STATE)" },
+		{ "end-no-eos", EPROTO, "channel 1 ended before STATE chunk 1 (no END_OF_STATE)" },
+		{ "after-end-other", EPROTO, "channel 1: STATE chunk 3 (section 1): STATE after the "
+					     "end of device state" },
 	};
 	guest dst;
 	const block_spec a[] = { { "pc.ram", 4 << 20, 4096 } };
@@ -613,13 +691,18 @@ static void test_hostile(void)
 	guest_init(&dst, a, 1, false);
 	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
 		dest d = { .lc = { .max_state_section = 4096, .max_state_total = 6000 } };
-		if (i == 7) /* two chunks: a section over the packet size */
+		if (i == 7 || i == 10) /* two chunks: a section over the packet size */
 			d.lc = (tm_live_config){ 0 };
 		g_autofree char *port = dest_start(&d, &dst);
 		raw w;
 
 		raw_open(&w, port);
 		hostile_send(&w, i);
+		/* The sender keeps its connections open: the receiver must not wait for it. */
+		for (unsigned ms = 0; !g_atomic_int_get(&d.done) && ms < 10000; ms += 10)
+			g_usleep(10000);
+		if (!g_atomic_int_get(&d.done))
+			g_error("%s: the receiver hangs (10 s)", cases[i].what);
 		dest_join(&d);
 		g_test_message("%s: receiver: %s", cases[i].what, d.error ? d.error->message : "ok");
 		g_assert_cmpint(d.ret, ==, -cases[i].errnum);
@@ -635,6 +718,55 @@ static void test_hostile(void)
 	guest_fini(&dst);
 }
 
+/*
+ * A stranger's well-formed HELLO of another session (its own session id) between the session's
+ * connections is dropped like garbage: it must not end the session it does not belong to.
+ */
+static void test_stranger_hello(void)
+{
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 4 << 20, 4096 } };
+	const tm_state_hdr eos = { .section = 0, .flags = TM_STATE_END, .chunk = 0 };
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+	dest d = { 0 };
+	raw w = { 0 };
+
+	guest_init(&dst, a, 1, false);
+	g_autofree char *port = dest_start(&d, &dst);
+	w.fd[0] = raw_hello(port, TM_ROLE_DATA, 0);
+	int stranger = raw_hello_sid(port, TM_ROLE_DATA, 1, 9);
+	w.fd[2] = raw_hello(port, TM_ROLE_CONTROL, 0);
+	w.fd[1] = raw_hello(port, TM_ROLE_DATA, 1);
+	for (int k = 0; k < 3; k++) {
+		g_assert_cmpint(recv(w.fd[k], buf, sizeof(buf), MSG_WAITALL), ==, sizeof(buf));
+		g_assert_cmpuint(buf[5], ==, TM_MSG_HELLO_ACK);
+		w.seq[k] = 1;
+	}
+	raw_ram_end(&w, 0, 0);
+	raw_ram_end(&w, 1, 0);
+	raw_chunk(&w, 0, eos, NULL);
+	raw_end(&w, 0, 1);
+	raw_end(&w, 1, 0);
+	raw_end(&w, 2, 0);
+	raw_finish_control(&w);
+	/* The stranger is told no more than that: not this session's id (it would let it in). */
+	uint8_t back[512];
+	ssize_t n = recv(stranger, back, sizeof(back), MSG_WAITALL);
+	g_assert_cmpint(n, >, TM_FRAME_HDR_LEN);
+	g_assert_cmpuint(back[5], ==, TM_MSG_ERROR);
+	g_autofree char *told = g_strndup((const char *)back + 24, (gsize)n - 24);
+	g_test_message("stranger told: %s", told);
+	g_assert_nonnull(strstr(told, "a HELLO of another session"));
+	g_assert_null(strstr(told, "07070707"));
+	dest_join(&d);
+	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
+	g_assert_cmpint(d.ret, ==, 0);
+	close(stranger);
+	raw_close(&w);
+	dest_free(&d);
+	guest_fini(&dst);
+}
+
 /* Every test over every backend pair, plaintext and TLS (the hand-made sender: plaintext). */
 int main(int argc, char **argv)
 {
@@ -646,6 +778,7 @@ int main(int argc, char **argv)
 		{ "state-api-errors", test_api_errors, false },
 		{ "state-v1", test_v1, false },
 		{ "state-hostile", test_hostile, true },
+		{ "state-stranger-hello", test_stranger_hello, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }

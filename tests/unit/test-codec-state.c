@@ -25,6 +25,11 @@ static void test_name(void)
 	check_err(tm_state_name_check("a\n", 2, &err), &err, EBADMSG, "0x0a");
 	check_err(tm_state_name_check("ab\xff", 3, &err), &err, EBADMSG, "invalid UTF-8 at byte 2");
 	check_err(tm_state_name_check("a\0b", 3, &err), &err, EBADMSG, "0x00");
+	/* what error messages quote must not drive a terminal: C1 CSI, bidi override */
+	check_err(tm_state_name_check("ab\xc2\x9b" "2J", 6, &err), &err, EBADMSG,
+		  "control character U+009B at byte 2");
+	check_err(tm_state_name_check("x\xe2\x80\xae" "cba", 7, &err), &err, EBADMSG,
+		  "control character U+202E at byte 1");
 }
 
 static const tm_state_limits lim2 = { .packet_size = 65536, .max_section = 1 << 20,

@@ -529,6 +529,38 @@ static void test_zero_and_runs(void)
 	teardown(&fx);
 }
 
+/*
+ * A range that wraps past 2^64 (first page near UINT64_MAX) is refused by the guards, not taken
+ * for a short one: nothing is marked or placed outside the block. In a subprocess: a guard that
+ * lets it through writes far outside the bitmaps.
+ */
+static void test_wrap(void)
+{
+	if (!g_test_subprocess()) {
+		g_test_trap_subprocess(NULL, 0, G_TEST_SUBPROCESS_DEFAULT);
+		g_test_trap_assert_passed();
+		return;
+	}
+	g_autoptr(GError) err = NULL;
+	fixture fx;
+
+	if (!setup(&fx, false))
+		return;
+	g_test_expect_message(NULL, G_LOG_LEVEL_CRITICAL, "*assertion*failed*");
+	tm_placer_mark_present(fx.placer, 0, UINT64_MAX, 2);
+	g_test_assert_expected_messages();
+	tm_place_run run = { .block = 0, .first_page = UINT64_MAX - 1, .npages = 3,
+			     .data = fx.data };
+	uint32_t placed = 0;
+	g_test_expect_message(NULL, G_LOG_LEVEL_CRITICAL, "*assertion*failed*");
+	g_assert_cmpint(tm_placer_place(fx.placer, &run, &placed, &err), ==, -EINVAL);
+	g_test_assert_expected_messages();
+	g_assert_cmpuint(placed, ==, 0);
+	for (uint64_t pg = 0; pg < NPAGES; pg++)
+		g_assert_false(tm_placer_claimed(fx.placer, 0, pg));
+	teardown(&fx);
+}
+
 /* The latency histogram: a percentile is its bucket's upper bound, at most 12.5 % high. */
 static void test_histogram(void)
 {
@@ -603,6 +635,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/place/eexist", test_eexist);
 	g_test_add_func("/place/zero-and-runs", test_zero_and_runs);
 	g_test_add_func("/place/histogram", test_histogram);
+	g_test_add_func("/place/wrap", test_wrap);
 	g_test_add_func("/place/open-fallback", test_open_fallback);
 	return g_test_run();
 }
