@@ -66,28 +66,10 @@ if [ -z "$qemu" ]; then
 		exec 9>"$cache/lock"
 		flock 9
 		if [ ! -x "$ownq" ]; then
-			hostarch=$(dpkg --print-architecture 2>/dev/null) ||
-				skip "no QEMU >= 8.0 ($why_not) and no dpkg to fetch one: set TAGMIG_QEMU"
-			codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-			# shellcheck disable=SC2034 # read by apt_private
-			apt_archs=$hostarch
-			main=$(mirror_of "$codename")
-			[ -n "$main" ] || main=http://deb.debian.org/debian
-			mkdir -p "$cache/apt"
-			echo "deb [arch=$hostarch signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $main $codename-backports main" \
-				>"$cache/apt/sources.list"
-			note "fetching qemu-system-arm from $main $codename-backports (private apt state, not installed)"
-			apt_private apt-get update >"$cache/apt-update.log" 2>&1 ||
-				skip "no QEMU >= 8.0 ($why_not), and the private apt-get update failed ($(tail -1 "$cache/apt-update.log")): set TAGMIG_QEMU"
-			rm -rf "$cache/dl" "$cache/qemu" "$cache/qemu.tmp"
-			mkdir -p "$cache/dl"
-			(cd "$cache/dl" && apt_private apt-get download "qemu-system-arm/$codename-backports") \
-				>"$cache/download.log" 2>&1 ||
-				skip "no QEMU >= 8.0 ($why_not), and qemu-system-arm/$codename-backports cannot be downloaded ($(tail -1 "$cache/download.log"))"
-			dpkg-deb -x "$cache"/dl/qemu-system-arm_*.deb "$cache/qemu.tmp" ||
-				bail "dpkg-deb -x of the QEMU package failed"
-			mv "$cache/qemu.tmp" "$cache/qemu"
-			rm -rf "$cache/dl"
+			note "fetching qemu-system-arm from backports (private apt state, not installed)"
+			"$src/tests/vm/lib/fetch-backports.sh" "$cache" "$cache/qemu" qemu-system-arm \
+				2>"$cache/fetch.log" ||
+				skip "no QEMU >= 8.0 ($why_not), and qemu-system-arm could not be fetched ($(tail -1 "$cache/fetch.log")): set TAGMIG_QEMU"
 		fi
 		flock -u 9
 		qemu=$ownq
