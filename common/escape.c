@@ -4,11 +4,23 @@
 
 #include "common/escape.h"
 
-/* Code points that reorder or hide text on a terminal or in a log viewer (Trojan Source). */
-static gboolean is_bidi_control(gunichar c)
+/*
+ * Code points that reorder, hide or split text on a terminal or in a log viewer (Trojan Source):
+ * C1 controls, every format character (Cf: the bidirectional controls, zero-width space and
+ * joiners, the word joiner, U+FEFF, the soft hyphen, ...) and the line and paragraph separators
+ * U+2028 and U+2029, which a log viewer may break a line at.
+ */
+static gboolean is_hiding(gunichar c)
 {
-	return c == 0x061c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) ||
-	       (c >= 0x2066 && c <= 0x2069);
+	switch (g_unichar_type(c)) {
+	case G_UNICODE_CONTROL:
+	case G_UNICODE_FORMAT:
+	case G_UNICODE_LINE_SEPARATOR:
+	case G_UNICODE_PARAGRAPH_SEPARATOR:
+		return TRUE;
+	default:
+		return FALSE;
+	}
 }
 
 char *tm_escape_untrusted(const char *s)
@@ -35,7 +47,7 @@ char *tm_escape_untrusted(const char *s)
 			continue;
 		}
 		const char *next = g_utf8_next_char(p);
-		if ((c >= 0x80 && c <= 0x9f) || is_bidi_control(c))
+		if (is_hiding(c))
 			g_string_append_printf(out, "\\u{%04x}", c);
 		else
 			g_string_append_len(out, p, next - p);

@@ -29,6 +29,11 @@ static void test_unicode(void)
 	check("x\xe2\x80\xaey\xe2\x81\xa6z", "x\\u{202e}y\\u{2066}z");   /* bidi overrides */
 	check("\xe2\x80\xaa\xe2\x80\xad\xe2\x81\xa9\xe2\x80\x8f", "\\u{202a}\\u{202d}\\u{2069}\\u{200f}");
 	check("c1\xc2\x9b", "c1\\u{009b}");                       /* C1 CSI */
+	/* what splits or hides text in a log viewer: line and paragraph separators, zero-width
+	 * space and joiner, word joiner, BOM, soft hyphen */
+	check("a\xe2\x80\xa8" "b\xe2\x80\xa9" "c", "a\\u{2028}b\\u{2029}c");
+	check("z\xe2\x80\x8bw\xe2\x80\x8dj\xe2\x81\xa0\xef\xbb\xbf\xc2\xad",
+	      "z\\u{200b}w\\u{200d}j\\u{2060}\\u{feff}\\u{00ad}");
 	check("bad\xff\xc3", "bad\\xff\\xc3");                   /* not UTF-8 */
 }
 
