@@ -970,9 +970,9 @@ static void test_hello_mix_refused(void)
 
 /*
  * A hand-made protocol 2 sender with one data channel: a clean handshake, RAM_END, the end of
- * device state and END on the data channel, READY back on control, then whatever the case puts
- * on the control connection. The receiver checks it as every other peer byte: only END (0, 0, 0)
- * in protocol 2 is accepted.
+ * device state and END on the data channel, then whatever the case puts on the control
+ * connection. The receiver checks it as every other peer byte: only END (0, 0, 0) in protocol 2
+ * is accepted, answered by READY and END_ACK (the good case answers the keepalive PINGs).
  */
 static void test_control_end_checked(void)
 {
