@@ -26,15 +26,16 @@ import socket
 import struct
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import tmwire  # noqa: E402
+from tmwire import (DATA, END, ERROR, HELLO, HELLO_ACK, NASTY, RAM_END, STATE,  # noqa: E402
+                    error_body, parse_error, recv_frame)
+
 PAGE = 4096
-MAGIC = b"TMIG"
-HELLO, HELLO_ACK, DATA, END, ERROR = 1, 2, 3, 6, 8
-STATE, RAM_END = 9, 11
-NASTY = "\x1b[2J\x1b]0;owned\x07\r\nforged line\u202eevil"
 
 
-def frame(msg_type, body, seq, magic=MAGIC):
-    return magic + struct.pack("<BBHII", 1, msg_type, 0, len(body), seq) + body
+def frame(msg_type, body, seq, magic=tmwire.MAGIC):
+    return tmwire.frame(1, msg_type, body, seq, magic)
 
 
 def hello(name, length):
@@ -49,7 +50,7 @@ def hello(name, length):
 
 
 def frame2(msg_type, body, seq):
-    return MAGIC + struct.pack("<BBHII", 2, msg_type, 0, len(body), seq) + body
+    return tmwire.frame(2, msg_type, body, seq)
 
 
 def hello2(sid, role, name, length):
@@ -68,11 +69,10 @@ def state_section(sock, name, length):
     sock.sendall(frame2(HELLO, hello2(sid, 0, name, length), 0))
     ctl.sendall(frame2(HELLO, hello2(sid, 1, name, length), 0))
     for s in (sock, ctl):
-        hdr = recv_exact(s, 16)
+        hdr, _ = recv_frame(s)
         if hdr is None or hdr[5] != HELLO_ACK:
             print("corrupt-client: no HELLO_ACK (%r)" % (hdr,), file=sys.stderr)
             return None
-        recv_exact(s, struct.unpack("<I", hdr[8:12])[0])
     ram_end = struct.pack("<IIQQ", 1, 0, 0, 0)               # FINAL, 0 pages in 0 packets
     sec = b"cpu0"
     hdr = struct.pack("<IHHQQQII", 0, 3, len(sec), 0, 10, 0, 10, 0)  # FIRST|LAST, 10 bytes
@@ -93,21 +93,6 @@ def data_run(npages):
     for p in range(npages):
         body += struct.pack("<IBBH", p, 0, 0, 0)
     return body + b"\x5a" * (npages * PAGE)
-
-
-def error_msg(code, text):
-    msg = text.encode("utf-8")
-    return struct.pack("<IHH", code, len(msg), 0) + msg
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
 
 
 def main():
@@ -131,11 +116,10 @@ def main():
         sock.sendall(frame(HELLO, hello(name, length), 0))
     else:
         sock.sendall(frame(HELLO, hello(name, length), 0))
-        hdr = recv_exact(sock, 16)
+        hdr, _ = recv_frame(sock)
         if hdr is None or hdr[5] != HELLO_ACK:
             print("corrupt-client: no HELLO_ACK (%r)" % (hdr,), file=sys.stderr)
             return 1
-        recv_exact(sock, struct.unpack("<I", hdr[8:12])[0])
         if mode == "page-range":
             pkt = frame(DATA, data(0, npages + 5), 1)
         elif mode == "length-mismatch":
@@ -152,7 +136,7 @@ def main():
         elif mode == "end-packets":
             pkt = frame(DATA, data_run(16), 1) + frame(END, struct.pack("<QQ", 16, 5), 2)
         elif mode == "error-escape":
-            pkt = frame(ERROR, error_msg(5, NASTY), 1)
+            pkt = frame(ERROR, error_body(5, NASTY), 1)
         else:
             print("corrupt-client: unknown mode " + mode, file=sys.stderr)
             return 1
@@ -168,9 +152,9 @@ def main():
             got += chunk
     except (ConnectionResetError, socket.timeout):
         pass
-    if len(got) >= 16 and got[:4] == MAGIC and got[5] == ERROR and len(got) >= 24:
-        code, mlen = struct.unpack("<IH", got[16:22])
-        print("receiver ERROR %d: %s" % (code, got[24:24 + mlen].decode(errors="replace")))
+    err = parse_error(got)
+    if err:
+        print("receiver ERROR %d: %s" % err)
     else:
         print("receiver closed (%d bytes back)" % len(got))
     return 0

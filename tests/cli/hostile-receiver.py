@@ -9,24 +9,13 @@ connection, in the protocol version of that HELLO's frame:
   error-escape   an ERROR whose message holds ESC, CR, LF, BEL and U+202E, then a close
 Ends 3 s after the last connection (at most 30 s in all). Exit 0, or 1 on a local problem.
 """
+import os
 import socket
-import struct
 import sys
 import time
 
-MAGIC = b"TMIG"
-ERROR = 8
-NASTY = "\x1b[2J\x1b]0;owned\x07\r\nforged line\u202eevil"
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from tmwire import ERROR, MAGIC, NASTY, error_body, frame, recv_frame  # noqa: E402
 
 
 def main():
@@ -38,7 +27,6 @@ def main():
     lsock.listen(64)
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write("%d\n" % lsock.getsockname()[1])
-    import os
     os.rename(sys.argv[1] + ".tmp", sys.argv[1])
     end = time.monotonic() + 30
     lsock.settimeout(3)
@@ -49,12 +37,9 @@ def main():
             break
         sock.settimeout(5)
         try:
-            hdr = recv_exact(sock, 16)
+            hdr, _ = recv_frame(sock)
             if hdr and hdr[:4] == MAGIC:
-                recv_exact(sock, struct.unpack("<I", hdr[8:12])[0])
-                msg = NASTY.encode("utf-8")
-                body = struct.pack("<IHH", 5, len(msg), 0) + msg
-                sock.sendall(MAGIC + struct.pack("<BBHII", hdr[4], ERROR, 0, len(body), 0) + body)
+                sock.sendall(frame(hdr[4], ERROR, error_body(5, NASTY), 0))
         except OSError:
             pass
         sock.close()
