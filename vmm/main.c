@@ -6,15 +6,21 @@
  *   tagmig-vmm run --guest IMAGE --migrate-to HOST:PORT [--max-downtime MS] [--migrate-after N]
  *   tagmig-vmm incoming --listen HOST:PORT [--passes N]
  *
- * Exit status: 0 success, 1 failure (the reason on stderr), 2 usage.
+ * Exit status: 0 success, 1 failure (the reason on stderr), 2 usage, 3 (run --migrate-to) the
+ * migration failed before the destination had the whole guest: the reason on stderr, the guest
+ * resumed on the source and passed --passes more passes (default 3) there. A failure after the
+ * destination had everything (READY) is 1: the guest stays paused on the source.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vmm.h"
+
+#define EXIT_MIGRATION_FAILED 3 /* run --migrate-to: failed, the guest resumed on the source */
 
 static void usage_exit(const char *fmt, const char *arg)
 {
@@ -71,6 +77,38 @@ static int fail(const char *what, GError *err)
 	return 1;
 }
 
+/*
+ * The migration failed before the destination had the whole guest, which runs on here (resumed if
+ * the switchover had paused it): says what failed and shows the guest is still well, `passes`
+ * more passes numbered on from its own. EXIT_MIGRATION_FAILED if it is, 1 if it is not.
+ */
+static int after_failed_migration(vmm_runner *r, const vmm_out_result *res, GError *why,
+				  uint64_t passes)
+{
+	fprintf(stderr, "tagmig-vmm: migration failed: %s\n", why ? why->message : "failed");
+	g_mutex_lock(&r->lock);
+	uint64_t from = r->port.last_pass, seen = r->port.passes;
+	g_mutex_unlock(&r->lock);
+	printf("vmm: migration failed before the destination had the guest: %s on the source after "
+	       "pass %" PRIu64 "\n", res->resumed ? "resuming the guest" : "the guest keeps running",
+	       from);
+	g_autoptr(GError) err = NULL;
+	if (vmm_runner_wait_passes(r, seen + passes, &err) < 0)
+		return fail("the guest after the failed migration", err);
+	g_mutex_lock(&r->lock);
+	uint64_t now = r->port.last_pass;
+	g_mutex_unlock(&r->lock);
+	if (now != from + passes) {
+		fprintf(stderr, "tagmig-vmm: after the failed migration the guest's pass counter did "
+			"not continue: %" PRIu64 " passes after pass %" PRIu64 " it reports pass %"
+			PRIu64 "\n", passes, from, now);
+		return 1;
+	}
+	printf("vmm: after the failed migration the guest passed passes %" PRIu64 "..%" PRIu64
+	       " on the source, continuing from pass %" PRIu64 "\n", from + 1, now, from);
+	return EXIT_MIGRATION_FAILED;
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	g_autofree char *guest = NULL, *to = NULL, *tls = NULL;
@@ -80,7 +118,7 @@ static int cmd_run(int argc, char **argv)
 	GOptionEntry entries[] = {
 		{ "guest", 0, 0, G_OPTION_ARG_FILENAME, &guest, "flat guest image, loaded at 0x40200000", "IMAGE" },
 		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM at 0x40000000 (64..256, default 64)", "MIB" },
-		{ "passes", 0, 0, G_OPTION_ARG_INT, &passes, "without --migrate-to: run until the guest reported N passes (default 3)", "N" },
+		{ "passes", 0, 0, G_OPTION_ARG_INT, &passes, "without --migrate-to: run until the guest reported N passes; with it, after a failed migration: N more passes on the source, then exit 3 (default 3)", "N" },
 		{ "migrate-to", 0, 0, G_OPTION_ARG_STRING, &to, "live-migrate the running guest to tagmig-vmm incoming there", "HOST:PORT" },
 		{ "migrate-after", 0, 0, G_OPTION_ARG_INT, &after, "start migrating after N passes (default 1)", "N" },
 		{ "max-downtime", 0, 0, G_OPTION_ARG_INT, &max_downtime, "switchover target in ms (default 300)", "MS" },
@@ -90,7 +128,9 @@ static int cmd_run(int argc, char **argv)
 		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &tls, "TLS 1.3: ca-cert.pem, client-cert.pem and client-key.pem there (docs/tls.md)", "DIR" },
 		{ "tag-pattern", 0, 0, G_OPTION_ARG_NONE, &tag_pattern, "write a tag pattern into the upper half of RAM through KVM before the guest starts (incoming --check-tag-pattern checks it)", NULL },
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
+#if VMM_TEST_HOOKS
 		{ "test-skip-final-round", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &skip_final, "test mutation", NULL },
+#endif
 		{ NULL },
 	};
 	parse(entries, "Runs an arm64 KVM guest with MTE; optionally live-migrates it.", &argc, &argv);
@@ -132,8 +172,10 @@ static int cmd_run(int argc, char **argv)
 				      .channels = (unsigned)channels, .after_passes = (uint64_t)after,
 				      .max_rounds = (unsigned)rounds, .skip_final_round = skip_final,
 				      .tls_creds = tls };
-		if (vmm_migrate_out(&r, &oc, &err) < 0)
-			ret = fail("migration", err);
+		vmm_out_result res;
+		if (vmm_migrate_out(&r, &oc, &res, &err) < 0)
+			ret = res.running ? after_failed_migration(&r, &res, err, (uint64_t)passes)
+					  : fail("migration", err);
 	}
 	vmm_runner_clear(&r);
 	return ret;
@@ -143,7 +185,7 @@ static int cmd_incoming(int argc, char **argv)
 {
 	g_autofree char *listen = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64;
-	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE;
+	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE, die_at_state = FALSE;
 	GOptionEntry entries[] = {
 		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
 		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM, as on the source (default 64)", "MIB" },
@@ -152,6 +194,9 @@ static int cmd_incoming(int argc, char **argv)
 		{ "check-tag-pattern", 0, 0, G_OPTION_ARG_NONE, &check, "before resuming, check the tags run --tag-pattern wrote", NULL },
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
 		{ "test-no-tags", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &no_tags, "test mutation", NULL },
+#if VMM_TEST_HOOKS
+		{ "test-die-at-state", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &die_at_state, "test hook", NULL },
+#endif
 		{ NULL },
 	};
 	parse(entries, "Receives a live-migrated guest into a new VM and resumes it.", &argc, &argv);
@@ -163,7 +208,8 @@ static int cmd_incoming(int argc, char **argv)
 	split_hostport("--listen", listen, &host, &port);
 	vmm_in_config ic = { .host = host, .port = port, .ram_size = ram_bytes(ram_mib),
 			     .passes = (uint64_t)passes, .no_tags = no_tags,
-			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls };
+			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls,
+			     .die_at_state = die_at_state };
 	g_autoptr(GError) err = NULL;
 	if (vmm_migrate_in(&ic, &err) < 0)
 		return fail("incoming migration", err);
@@ -180,7 +226,9 @@ int main(int argc, char **argv)
 		printf("Usage: tagmig-vmm run --guest IMAGE [--passes N]\n"
 		       "       tagmig-vmm run --guest IMAGE --migrate-to HOST:PORT [--max-downtime MS]\n"
 		       "       tagmig-vmm incoming --listen HOST:PORT [--passes N]\n"
-		       "The reference arm64 KVM VMM of tagmig (docs/aarch64.md).\n");
+		       "The reference arm64 KVM VMM of tagmig (docs/aarch64.md).\n"
+		       "Exit status: 0 success, 1 failure, 2 usage, 3 run --migrate-to: the migration\n"
+		       "failed before the destination had the guest, which resumed on the source.\n");
 		return argc < 2 ? 2 : 0;
 	}
 	if (strcmp(argv[1], "run") == 0)

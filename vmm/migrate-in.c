@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -87,6 +88,10 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	unsigned got = 0;
 	/* RAM and tags, then (wait returns 1) the device-state sections, then READY (0) */
 	while ((ret = tm_receiver_wait(rcv, error)) == 1) {
+		if (VMM_TEST_HOOKS && cfg->die_at_state) {
+			printf("vmm: TEST HOOK: killed as the device state arrives\n");
+			raise(SIGKILL);
+		}
 		if ((ret = read_sections(rcv, &r, &got, error)) < 0)
 			break;
 	}

@@ -10,6 +10,8 @@
  *      --max-downtime;
  *   3. switchover: the vCPU paused out of KVM_RUN, tm_sender_guest_stopped(), the last dirty log,
  *      the vCPU's registers and the test port's state as device-state sections, tm_sender_finish().
+ *   4. a failure before the destination had everything (before READY): the session dropped,
+ *      dirty logging off, the vCPU resumed if step 3 had paused it; after READY it stays paused.
  *
  * The guest keeps running during the rounds: pages (and tags) it writes after a page was queued
  * go out again in the next round. Reading tags with KVM_ARM_MTE_COPY_TAGS while dirty logging is
@@ -41,15 +43,28 @@ static uint64_t last_pass(vmm_runner *r)
 	return n;
 }
 
-int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
+/* What one migration holds; the sender is freed first (it references the layout and the store). */
+typedef struct out_session {
+	tm_ram_layout *layout;
+	tm_tag_store *store;
+	tm_sender *s;
+	char stage[64]; /* where the migration is, for the error of a failure */
+} out_session;
+
+static void out_session_clear(out_session *o)
+{
+	tm_sender_free(o->s);
+	tm_tag_store_free(o->store);
+	tm_ram_layout_free(o->layout);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(out_session, out_session_clear)
+
+static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GError **error)
 {
 	vmm_vm *vm = r->vm;
 	uint64_t npages = vm->ram_size / VMM_PAGE;
 	size_t words = (size_t)((npages + 63) / 64);
 	g_autofree uint64_t *dirty = g_new0(uint64_t, words);
-	g_autoptr(tm_ram_layout) layout = NULL;
-	g_autoptr(tm_tag_store) store = NULL;
-	g_autoptr(tm_sender) s = NULL;
 	const tm_tag_store_ops *ops;
 	tm_kvm_mte_config kc = { .vm_fd = vm->vm_fd };
 	tm_sender_config sc = { .channels = cfg->channels, .timeout_ms = 600000,
@@ -64,15 +79,17 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	}
 	printf("vmm: migrating to %s:%s at guest pass %" PRIu64 "\n", cfg->host, cfg->port,
 	       last_pass(r));
-	if ((ret = tm_ram_layout_new(&layout)) < 0 ||
-	    (ret = tm_ram_layout_add_block(layout, VMM_BLOCK_NAME, vm->ram, vm->ram_size, VMM_PAGE,
-					   VMM_RAM_BASE, error)) < 0 ||
+	g_strlcpy(o->stage, "connecting", sizeof(o->stage));
+	if ((ret = tm_ram_layout_new(&o->layout)) < 0 ||
+	    (ret = tm_ram_layout_add_block(o->layout, VMM_BLOCK_NAME, vm->ram, vm->ram_size,
+					   VMM_PAGE, VMM_RAM_BASE, error)) < 0 ||
 	    (ret = tm_tag_store_lookup("kvm-mte", &ops, error)) < 0 ||
-	    (ret = tm_tag_store_new(ops, layout, &kc, &store, error)) < 0 ||
-	    (ret = tm_sender_new(layout, store, &sc, &s, error)) < 0 ||
-	    (ret = tm_sender_set_live(s, &lc, error)) < 0 ||
-	    (ret = tm_sender_connect(s, cfg->host, cfg->port, error)) < 0)
+	    (ret = tm_tag_store_new(ops, o->layout, &kc, &o->store, error)) < 0 ||
+	    (ret = tm_sender_new(o->layout, o->store, &sc, &o->s, error)) < 0 ||
+	    (ret = tm_sender_set_live(o->s, &lc, error)) < 0 ||
+	    (ret = tm_sender_connect(o->s, cfg->host, cfg->port, error)) < 0)
 		return ret;
+	tm_sender *s = o->s;
 	/* From here on every guest write marks its page; round 1 sends them all anyway. */
 	if ((ret = vmm_vm_set_dirty_log(vm, true, error)) < 0)
 		return ret;
@@ -82,6 +99,7 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 		dirty[words - 1] = (1ull << (npages % 64)) - 1;
 	unsigned round;
 	for (round = 1;; round++) {
+		g_snprintf(o->stage, sizeof(o->stage), "precopy round %u (guest running)", round);
 		if ((ret = tm_sender_queue_bitmap(s, 0, dirty, 0, npages, error)) < 0 ||
 		    (ret = tm_sender_sync(s, error)) < 0 ||
 		    (ret = vmm_vm_get_dirty_log(vm, dirty, error)) < 0)
@@ -109,6 +127,7 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	 * returns, so the two must be merged, not the first overwritten by the second.
 	 */
 	g_autofree uint64_t *last = g_new0(uint64_t, words);
+	g_snprintf(o->stage, sizeof(o->stage), "switchover after round %u (guest paused)", round);
 	if ((ret = vmm_runner_pause(r, error)) < 0 ||
 	    (ret = tm_sender_guest_stopped(s, error)) < 0 ||
 	    (ret = vmm_vm_get_dirty_log(vm, last, error)) < 0)
@@ -116,7 +135,7 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	for (size_t i = 0; i < words; i++)
 		dirty[i] |= last[i];
 	uint64_t final_dirty = popcount(dirty, words);
-	if (cfg->skip_final_round)
+	if (VMM_TEST_HOOKS && cfg->skip_final_round)
 		printf("vmm: TEST MUTATION: the final round's %" PRIu64 " pages stay behind\n",
 		       final_dirty);
 	else if ((ret = tm_sender_queue_bitmap(s, 0, dirty, 0, npages, error)) < 0)
@@ -149,4 +168,45 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error)
 	       st.tls_cipher[0] ? ", TLS " : "", st.tls_cipher);
 	vmm_runner_stop(r);
 	return 0;
+}
+
+/* Whether the destination has everything: READY came (tm_live_stats.downtime_us is set from then
+ * on), or the session completed. From that moment on the guest may run there and must never run
+ * here again, even if tm_sender_finish() failed after it. */
+static bool handed_over(tm_sender *s)
+{
+	tm_live_stats ls = { .size = sizeof(ls) };
+	if (!s || tm_sender_get_live_stats(s, &ls) < 0)
+		return false;
+	return ls.downtime_us != 0 || ls.phase == TM_PHASE_COMPLETE;
+}
+
+int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, vmm_out_result *ret_result,
+		    GError **error)
+{
+	g_auto(out_session) o = { 0 };
+	*ret_result = (vmm_out_result){ 0 };
+	int ret = migrate(r, cfg, &o, error);
+	if (ret >= 0)
+		return ret;
+	if (o.stage[0])
+		g_prefix_error(error, "%s: ", o.stage);
+	if (handed_over(o.s)) {
+		ret_result->handed_over = true; /* paused here for good: the destination has it */
+		return ret;
+	}
+	/*
+	 * Failed before the destination had everything: the guest is whole here (its RAM was only
+	 * read). Abandon the session (its channels closed: the destination cannot resume a guest
+	 * it did not get whole), stop logging, and let the vCPU go on from the pause, if it came.
+	 */
+	tm_sender_free(o.s);
+	o.s = NULL;
+	if (r->vm->dirty_log)
+		vmm_vm_set_dirty_log(r->vm, false, NULL); /* only costs write faults if it fails */
+	ret_result->resumed = vmm_runner_resume(r);
+	g_mutex_lock(&r->lock);
+	ret_result->running = !r->stopped;
+	g_mutex_unlock(&r->lock);
+	return ret;
 }

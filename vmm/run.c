@@ -200,6 +200,14 @@ int vmm_runner_wait_passes(vmm_runner *r, uint64_t passes, GError **error)
 		}
 		if (r->port.passes >= passes)
 			break;
+		if (r->paused && r->pause_req) {
+			/* no pass can come until something resumes it: say so now, not at the timeout */
+			g_set_error(error, TM_ERROR, EAGAIN, "the vCPU is paused after %" G_GUINT64_FORMAT
+				    " of %" G_GUINT64_FORMAT " passes: nothing resumed it", r->port.passes,
+				    passes);
+			ret = -EAGAIN;
+			break;
+		}
 		if (r->stopped) {
 			ret = r->error ? r->error : -EIO;
 			g_set_error(error, TM_ERROR, -ret, "the vCPU stopped after %" G_GUINT64_FORMAT
@@ -235,6 +243,16 @@ int vmm_runner_pause(vmm_runner *r, GError **error)
 	}
 	g_mutex_unlock(&r->lock);
 	return ret;
+}
+
+bool vmm_runner_resume(vmm_runner *r)
+{
+	g_mutex_lock(&r->lock);
+	bool was = r->pause_req;
+	r->pause_req = false; /* the thread leaves its wait and enters KVM_RUN again */
+	g_cond_broadcast(&r->cond);
+	g_mutex_unlock(&r->lock);
+	return was;
 }
 
 void vmm_runner_stop(vmm_runner *r)

@@ -21,6 +21,18 @@
 
 #include <glib.h>
 
+/*
+ * Test hooks (meson -Dtest_hooks=true, which scripts/build.sh and the aarch64 suite's cross build
+ * set; never in a package): hidden options that break a migration on purpose, so that the suite
+ * can show what the VMM does then. Without them neither the options nor
+ * what they do is compiled in.
+ */
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+#define VMM_TEST_HOOKS 1
+#else
+#define VMM_TEST_HOOKS 0
+#endif
+
 #define VMM_RAM_BASE 0x40000000ull  /* guest-physical base of RAM (QEMU virt's) */
 #define VMM_PORT_BASE 0x09000000ull /* the MMIO test port: one page, no memslot */
 #define VMM_PORT_SIZE 0x1000ull
@@ -92,10 +104,15 @@ void vmm_runner_init(vmm_runner *r, vmm_vm *vm);
 void vmm_runner_clear(vmm_runner *r);
 int vmm_runner_start(vmm_runner *r, GError **error);
 /* Waits until the guest has reported `passes` passes in total (0: returns at once), or the vCPU
- * thread ended: 0, or -errno with the reason (a failed pass, the guest off early, KVM_RUN). */
+ * thread ended: 0, or -errno with the reason (a failed pass, the guest off early, KVM_RUN; the
+ * vCPU paused and not resumed: -EAGAIN at once). */
 int vmm_runner_wait_passes(vmm_runner *r, uint64_t passes, GError **error);
 /* Stops the vCPU out of KVM_RUN (an MMIO access in flight completed) and waits until it is. */
 int vmm_runner_pause(vmm_runner *r, GError **error);
+/* Lets a paused vCPU run again (a migration that failed before the destination had everything):
+ * returns whether it was paused. The registers are the ones the pause left, so the guest goes
+ * on where it stopped. */
+bool vmm_runner_resume(vmm_runner *r);
 /* Ends the vCPU thread (after a pause, or at any time). */
 void vmm_runner_stop(vmm_runner *r);
 /* The port's state as bytes (a device-state section) and back. */
@@ -117,13 +134,25 @@ typedef struct vmm_out_config {
 	bool skip_final_round;  /* test mutation: the guest's last writes stay behind */
 	const char *tls_creds;  /* TLS 1.3 with the client credentials there (docs/tls.md), or NULL */
 } vmm_out_config;
-int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, GError **error);
+/* What a failed vmm_migrate_out() left. */
+typedef struct vmm_out_result {
+	bool handed_over; /* READY came: the destination has the guest; it stays paused here */
+	bool running;     /* the migration failed before that: the guest runs here again */
+	bool resumed;     /* ... and it had been paused for the switchover, and was resumed */
+} vmm_out_result;
+/* Migrates the running guest: 0, or -errno. On a failure before the destination had everything
+ * (before READY), the vCPU runs on here (resumed if the switchover had paused it); after READY
+ * it stays paused. *ret_result says which. */
+int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, vmm_out_result *ret_result,
+		    GError **error);
 
 typedef struct vmm_in_config {
 	const char *host, *port;
 	uint64_t ram_size;
 	uint64_t passes;       /* after resuming, run until this many more passes */
 	bool no_tags;          /* test mutation: receive without a tag store */
+	bool die_at_state;     /* test hook: SIGKILL itself when the device state arrives, after
+				* the source paused its guest (a destination lost mid-switchover) */
 	bool check_tag_pattern; /* compare the upper half of RAM's tags with vmm_tag_pattern() */
 	bool verbose;
 	const char *tls_creds;  /* TLS 1.3 with the server credentials there, or NULL */

@@ -13,7 +13,10 @@
  *   3. a destination without a tag store (hidden --test-no-tags) must refuse the migration and
  *      never resume the guest;
  *   4. a hostile source (the engine's fake peer) aims a page past guest RAM at a waiting
- *      destination: refused naming the page, the guest never resumed.
+ *      destination: refused naming the page, the guest never resumed;
+ *   5. a destination killed as the device state arrives (after the source paused its guest):
+ *      the source says why, resumes its guest, 3 more passes there, exit status 3 (also checked
+ *      in 3., where the guest was never paused).
  * The guest is the MTE test guest (/vmm/guest.bin: vmm/guest/, its own data and tag checks) when
  * the harness packed it, else a small guest of this file (data checks only: the tags are then
  * checked by --tag-pattern alone), said in an INFO line. On an arm64 host the native build runs
@@ -241,6 +244,60 @@ static void migration(const char *VMM, const char *guest, const char *port, cons
 		 "source's", how);
 }
 
+/*
+ * A source whose migration failed before the destination had the guest: exit status 3, the
+ * reason on stderr, "resuming the guest" if the switchover had paused it (else "keeps running"),
+ * then 3 more passes numbered on from its own (tagmig-vmm checks the numbers).
+ */
+static bool failed_on_source(const proc *p, const char *out, bool paused)
+{
+	return WIFEXITED(p->status) && WEXITSTATUS(p->status) == 3 &&
+	       strstr(out, "tagmig-vmm: migration failed: ") &&
+	       strstr(out, paused ? "resuming the guest on the source after pass"
+				  : "the guest keeps running on the source after pass") &&
+	       strstr(out, "after the failed migration the guest passed passes");
+}
+
+/*
+ * The destination dies (SIGKILL, hidden --test-die-at-state) as the device state arrives: the
+ * source has paused its guest by then and sent the final round. tm_sender_finish() fails; the
+ * source must say why, resume the guest from its pause, and see it pass on. Needs the test hooks
+ * (-Dtest_hooks=true: the suite's cross build has them).
+ */
+static void destination_dies(const char *VMM, const char *guest)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	proc dst = { .name = "destination-dies" }, src = { .name = "source-resumes" };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4714",
+				   "--test-die-at-state", NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4714",
+				   "--migrate-after", "1", "--max-downtime", "1", "--max-rounds",
+				   "2", "--passes", "3", NULL };
+	if (!spawn(&dst, dst_argv))
+		return;
+	g_usleep(500000);
+	if (!spawn(&src, src_argv)) {
+		kill(dst.pid, SIGKILL);
+		return;
+	}
+	proc *ps[] = { &src, &dst };
+	wait_all(ps, 2, TIMEOUT_S);
+	g_autofree char *so = show(&src), *dout = show(&dst);
+	TK_CHECK(WIFSIGNALED(dst.status) && WTERMSIG(dst.status) == SIGKILL &&
+			 strstr(dout, "killed as the device state arrives") &&
+			 !strstr(dout, "resuming the guest"),
+		 "a destination killed as the device state arrives never resumes the guest");
+	TK_CHECK(!strstr(so, "vmm: switchover after") && failed_on_source(&src, so, true),
+		 "the source reports the failed switchover, resumes its paused guest, which passes 3 "
+		 "more passes numbered on from its own, and exits 3");
+#else
+	(void)VMM;
+	(void)guest;
+	tk_info("skipped: a destination lost mid-switchover needs the test hooks "
+		"(meson -Dtest_hooks=true; the suite's cross build has them)");
+#endif
+}
+
 /* Throwaway CA, server (127.0.0.1) and client credentials in /tmp/tls, as `tagmig demo --tls`. */
 static char *make_creds(void)
 {
@@ -373,6 +430,9 @@ int main(void)
 					 !strstr(dout, "resuming the guest"),
 				 "a destination without a tag store: the migration is refused, the "
 				 "guest not resumed");
+			TK_CHECK(failed_on_source(&bad_src, so, false),
+				 "... and the source says why, its guest runs on and passes 3 more "
+				 "passes, exit status 3");
 		} else {
 			kill(bad_dst.pid, SIGKILL);
 		}
@@ -391,5 +451,7 @@ int main(void)
 			 "a hostile source aiming a page past guest RAM: accepted, then refused "
 			 "naming the page, the guest not resumed");
 	}
+	/* 5. a destination lost mid-switchover: the source resumes its guest */
+	destination_dies(VMM, guest);
 	return tk_finish();
 }
