@@ -15,6 +15,7 @@
 #include "args.h"
 #include "cli.h"
 #include "demo-creds.h"
+#include "demo-kvm.h"
 #include "demo-live.h"
 #include "demo-receiver.h"
 #include "map.h"
@@ -242,6 +243,8 @@ typedef struct demo_opts {
 	char *max_downtime;
 	int max_rounds;
 	char *rate_limit;
+	gboolean kvm_guest;
+	char *vmm, *guest_image;
 } demo_opts;
 
 static void demo_opts_clear(demo_opts *o)
@@ -252,6 +255,8 @@ static void demo_opts_clear(demo_opts *o)
 	g_free(o->dirty_rate);
 	g_free(o->max_downtime);
 	g_free(o->rate_limit);
+	g_free(o->vmm);
+	g_free(o->guest_image);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(demo_opts, demo_opts_clear)
@@ -314,6 +319,14 @@ int cli_cmd_demo(int argc, char **argv)
 		  "TLS 1.3 on every channel, with credentials created for the run", NULL },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object on stdout instead of the summary", NULL },
+		{ "kvm-guest", 0, 0, G_OPTION_ARG_NONE, &o.kvm_guest,
+		  "Migrate a running arm64 KVM guest with MTE with the reference VMM (tagmig-vmm) "
+		  "and print the guest's verdict; elsewhere say what to run instead", NULL },
+		{ "vmm", 0, 0, G_OPTION_ARG_FILENAME, &o.vmm,
+		  "With --kvm-guest: the tagmig-vmm to run (default: BUILD/vmm/tagmig-vmm beside "
+		  "this tagmig, else PATH)", "PATH" },
+		{ "guest-image", 0, 0, G_OPTION_ARG_FILENAME, &o.guest_image,
+		  "With --kvm-guest: the guest (default: guest/guest.bin beside the VMM)", "IMAGE" },
 		{ "live", 0, 0, G_OPTION_ARG_NONE, &o.live,
 		  "Migrate a running guest by precopy: writer threads dirty it while rounds run "
 		  "until the rest fits in --max-downtime, then it is paused for the final round", NULL },
@@ -340,10 +353,21 @@ int cli_cmd_demo(int argc, char **argv)
 			       "data and tags bit for bit.\nWith --live the guest keeps running "
 			       "(default 256M): precopy rounds until it converges,\nthen a pause "
 			       "and the final round; the measured downtime is printed.\nExits 0 if "
-			       "the copy is verified, 1 otherwise, 2 on a usage error.",
+			       "the copy is verified, 1 otherwise, 2 on a usage error.\nWith --kvm-guest "
+			       "a running arm64 KVM guest with MTE, migrated by the reference VMM.",
 			       NULL, entries, &argc, &argv);
 	if (rc)
 		return rc;
+	if (o.kvm_guest || o.vmm || o.guest_image) {
+		if (!o.kvm_guest || o.size || o.page_size || o.io || o.tls || o.json || o.live ||
+		    o.channels != 4 || o.timeout != 60 || o.max_rounds != 30 || o.dirty_rate ||
+		    o.max_downtime || o.rate_limit)
+			return cli_usage_error("demo", "--kvm-guest takes only --vmm and --guest-image, "
+					       "which need it");
+		return cli_demo_kvm(o.vmm, o.guest_image);
+	}
+	if (!o.json)
+		cli_demo_kvm_note();
 	if ((rc = cli_check_io("demo", o.io)) != 0)
 		return rc;
 	if (o.size && (cli_parse_size(o.size, &size) < 0 || size == 0))

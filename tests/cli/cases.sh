@@ -788,6 +788,42 @@ demo-live)
 	grep -q "max-downtime 'fast'" "$T/u2.err" || fail "usage message: $(cat "$T/u2.err")"
 	note "ok: $(cat "$T/demo.out")"
 	;;
+demo-kvm-guest)
+	# A running arm64 KVM guest with MTE by the reference VMM: its verdict where the host has
+	# arm64 KVM with MTE; elsewhere why not and what to run instead (exit 1, nothing run).
+	timeout 900 "$TAGMIG" demo --kvm-guest >"$T/demo.out" 2>"$T/demo.err"
+	rc=$?
+	if [ "$(uname -m)" != aarch64 ] || ! grep -q . "$T/demo.out"; then
+		expect_rc "demo --kvm-guest" "$rc" 1
+		[ -s "$T/demo.out" ] && fail "demo --kvm-guest ran something: $(cat "$T/demo.out")"
+		grep -q '^tagmig demo --kvm-guest: needs an arm64 host with KVM and MTE: ' "$T/demo.err" ||
+			fail "no reason: $(cat "$T/demo.err")"
+		if [ "$(uname -m)" != aarch64 ]; then
+			grep -q "this host is $(uname -m), not arm64" "$T/demo.err" ||
+				fail "the reason does not name the host: $(cat "$T/demo.err")"
+		fi
+		grep -q 'meson test -C BUILD vmm-migrate vmm-migrate-6.12' "$T/demo.err" &&
+			grep -q 'tagmig demo --live' "$T/demo.err" ||
+			fail "no word of what to run instead: $(cat "$T/demo.err")"
+		# The synthetic demo's human output says the same in one line.
+		timeout "$LIMIT" "$TAGMIG" demo --size 8M >/dev/null 2>"$T/demo2.err"
+		expect_rc demo "$?" 0
+		grep -q 'a running arm64 KVM guest with MTE needs arm64 KVM with MTE' "$T/demo2.err" ||
+			fail "demo says nothing of the MTE guest: $(cat "$T/demo2.err")"
+		note "ok (this host cannot run it): $(head -1 "$T/demo.err")"
+	else
+		expect_rc "demo --kvm-guest" "$rc" 0
+		grep -q '^verdict: ok' "$T/demo.out" &&
+			grep -q "continuing from the source's pass" "$T/demo.out" ||
+			fail "no verdict: $(cat "$T/demo.out")"
+		note "ok: $(grep -E 'continuing|^verdict' "$T/demo.out" | tr '\n' ' ')"
+	fi
+	# Its own options need it, and it takes no other.
+	timeout 10 "$TAGMIG" demo --vmm /bin/true >/dev/null 2>"$T/u1.err"
+	expect_rc "demo --vmm without --kvm-guest" "$?" 2
+	timeout 10 "$TAGMIG" demo --kvm-guest --live >/dev/null 2>"$T/u2.err"
+	expect_rc "demo --kvm-guest --live" "$?" 2
+	;;
 *)
 	echo "unknown case $CASE" >&2
 	exit 1
