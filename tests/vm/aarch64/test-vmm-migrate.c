@@ -14,9 +14,10 @@
  *      never resume the guest;
  *   4. a hostile source (the engine's fake peer) aims a page past guest RAM at a waiting
  *      destination: refused naming the page, the guest never resumed;
- *   5. a destination killed as the device state arrives (after the source paused its guest):
- *      the source says why, resumes its guest, 3 more passes there, exit status 3 (also checked
- *      in 3., where the guest was never paused).
+ *   5. a destination killed after the source's first precopy round, then one killed as the
+ *      device state arrives (after the source paused its guest): each time the source says why,
+ *      its guest runs on (resumed, the second time), 3 more passes there, exit status 3 (also
+ *      checked in 3., where the guest was never paused).
  * The guest is the MTE test guest (/vmm/guest.bin: vmm/guest/, its own data and tag checks) when
  * the harness packed it, else a small guest of this file (data checks only: the tags are then
  * checked by --tag-pattern alone), said in an INFO line. On an arm64 host the native build runs
@@ -259,6 +260,45 @@ static bool failed_on_source(const proc *p, const char *out, bool paused)
 }
 
 /*
+ * The destination is killed (SIGKILL from here) after the source's first precopy round, while
+ * the guest runs (a 1 ms downtime target is never met and 30 rounds are allowed, so precopy is
+ * still on): the source must say why, keep its guest running and see it pass on.
+ */
+static void destination_killed_in_precopy(const char *VMM, const char *guest)
+{
+	proc dst = { .name = "destination-killed" }, src = { .name = "source-keeps-running" };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4715", NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4715",
+				   "--migrate-after", "1", "--max-downtime", "1", "--max-rounds",
+				   "30", "--passes", "3", NULL };
+	if (!spawn(&dst, dst_argv))
+		return;
+	g_usleep(500000);
+	if (!spawn(&src, src_argv)) {
+		kill(dst.pid, SIGKILL);
+		return;
+	}
+	gint64 deadline = g_get_monotonic_time() + TIMEOUT_S * G_TIME_SPAN_SECOND;
+	bool round1 = false;
+	while (!round1 && g_get_monotonic_time() < deadline && waitpid(src.pid, NULL, WNOHANG) == 0) {
+		g_autofree char *text = NULL;
+		round1 = g_file_get_contents(src.log, &text, NULL, NULL) &&
+			 strstr(text, "vmm: round 1:");
+		if (!round1)
+			g_usleep(20000);
+	}
+	kill(dst.pid, SIGKILL);
+	proc *ps[] = { &src, &dst };
+	wait_all(ps, 2, TIMEOUT_S);
+	g_autofree char *so = show(&src), *dout = show(&dst);
+	TK_CHECK(round1 && !strstr(so, "vmm: switchover after") &&
+			 strstr(so, "migration failed: precopy round ") &&
+			 failed_on_source(&src, so, false) && !strstr(dout, "resuming the guest"),
+		 "a destination killed after precopy round 1: the source names the round that "
+		 "failed, its guest runs on and passes 3 more passes, exit status 3");
+}
+
+/*
  * The destination dies (SIGKILL, hidden --test-die-at-state) as the device state arrives: the
  * source has paused its guest by then and sent the final round. tm_sender_finish() fails; the
  * source must say why, resume the guest from its pause, and see it pass on. Needs the test hooks
@@ -451,7 +491,9 @@ int main(void)
 			 "a hostile source aiming a page past guest RAM: accepted, then refused "
 			 "naming the page, the guest not resumed");
 	}
-	/* 5. a destination lost mid-switchover: the source resumes its guest */
+	/* 5. a destination lost mid-precopy, then one lost mid-switchover: the source's guest runs
+	 *    on, resumed in the second case */
+	destination_killed_in_precopy(VMM, guest);
 	destination_dies(VMM, guest);
 	return tk_finish();
 }
