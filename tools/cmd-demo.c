@@ -243,7 +243,7 @@ typedef struct demo_opts {
 	char *max_downtime;
 	int max_rounds;
 	char *rate_limit;
-	gboolean kvm_guest;
+	gboolean kvm_guest, any_host;
 	char *vmm, *guest_image;
 } demo_opts;
 
@@ -327,6 +327,10 @@ int cli_cmd_demo(int argc, char **argv)
 		  "this tagmig, else PATH)", "PATH" },
 		{ "guest-image", 0, 0, G_OPTION_ARG_FILENAME, &o.guest_image,
 		  "With --kvm-guest: the guest (default: guest/guest.bin beside the VMM)", "IMAGE" },
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+		/* test hook: run --vmm (a stand-in) on any host (tests/cli demo-kvm-guest-run) */
+		{ "test-any-host", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &o.any_host, "", NULL },
+#endif
 		{ "live", 0, 0, G_OPTION_ARG_NONE, &o.live,
 		  "Migrate a running guest by precopy: writer threads dirty it while rounds run "
 		  "until the rest fits in --max-downtime, then it is paused for the final round", NULL },
@@ -358,13 +362,13 @@ int cli_cmd_demo(int argc, char **argv)
 			       NULL, entries, &argc, &argv);
 	if (rc)
 		return rc;
-	if (o.kvm_guest || o.vmm || o.guest_image) {
+	if (o.kvm_guest || o.vmm || o.guest_image || o.any_host) {
 		if (!o.kvm_guest || o.size || o.page_size || o.io || o.tls || o.json || o.live ||
 		    o.channels != 4 || o.timeout != 60 || o.max_rounds != 30 || o.dirty_rate ||
 		    o.max_downtime || o.rate_limit)
 			return cli_usage_error("demo", "--kvm-guest takes only --vmm and --guest-image, "
 					       "which need it");
-		return cli_demo_kvm(o.vmm, o.guest_image);
+		return cli_demo_kvm(o.vmm, o.guest_image, o.any_host);
 	}
 	if (!o.json)
 		cli_demo_kvm_note();

@@ -824,6 +824,40 @@ demo-kvm-guest)
 	timeout 10 "$TAGMIG" demo --kvm-guest --live >/dev/null 2>"$T/u2.err"
 	expect_rc "demo --kvm-guest --live" "$?" 2
 	;;
+demo-kvm-guest-run)
+	# What demo --kvm-guest does where it can run, with a stand-in VMM (fake-vmm.sh) on any host
+	# (hidden --test-any-host, a test hook): the destination's port handed to the source, their
+	# lines relayed, the verdict; a failed source ends the waiting destination and the demo.
+	FAKE=$(dirname "$0")/fake-vmm.sh
+	touch "$T/guest.bin"
+	run_fake() {
+		timeout 60 env FAKE_VMM_DIR="$T" "$TAGMIG" demo --kvm-guest --test-any-host --vmm "$FAKE" \
+			--guest-image "$T/guest.bin" >"$T/demo.out" 2>"$T/demo.err"
+	}
+	run_fake
+	rc=$?
+	if [ "$rc" = 2 ] && grep -q 'test-any-host' "$T/demo.err"; then
+		echo "tagmig is built without -Dtest_hooks=true: no --test-any-host"
+		exit 77
+	fi
+	expect_rc "demo --kvm-guest (stand-in VMM)" "$rc" 0
+	grep -q '^destination: vmm: waiting for the migration on 127.0.0.1:4999' "$T/demo.out" &&
+		grep -q '^source: vmm: switchover after 1 precopy rounds' "$T/demo.out" &&
+		grep -q "^destination: vmm: the migrated guest passed passes 7..9 on the destination, continuing from the source's pass 6" "$T/demo.out" &&
+		grep -q '^verdict: ok' "$T/demo.out" || fail "demo output: $(cat "$T/demo.out")"
+	grep -qx "run --guest $T/guest.bin --migrate-to 127.0.0.1:4999 --tag-pattern" "$T/argv" ||
+		fail "the source was not run at the destination's port: $(cat "$T/argv")"
+	rm -f "$T/migrated" "$T/argv"
+	export FAKE_VMM_FAIL=1
+	run_fake
+	rc=$?
+	unset FAKE_VMM_FAIL
+	expect_rc "demo --kvm-guest (failing stand-in)" "$rc" 1
+	grep -q '^source: tagmig-vmm: migration failed: ' "$T/demo.out" &&
+		grep -q '^verdict: FAILED: the source exited with status 3, the destination was killed by signal 15' "$T/demo.out" ||
+		fail "demo output: $(cat "$T/demo.out")"
+	note "ok"
+	;;
 *)
 	echo "unknown case $CASE" >&2
 	exit 1
