@@ -244,6 +244,12 @@ static void run_one(const char *io, double out[NROWS])
 	for (unsigned i = 0; i < opt_sessions; i++) {
 		s = session_open(&t, &one_src, &one_dst, io);
 		round_of(s, &one, 64);
+		/* An established session: both control threads run (a PING answered). A session
+		 * this young may still be starting them, which is connect's cost, not finish's: on
+		 * a loaded machine a new thread can wait a scheduler slice (ms) for its first run. */
+		for (tm_live_stats ls = { .size = sizeof(ls) };
+		     tm_sender_get_live_stats(s, &ls) >= 0 && !ls.rtt_us;)
+			g_usleep(20);
 		int64_t t0 = g_get_monotonic_time();
 		if (tm_sender_finish(s, &error) < 0)
 			die("finish", error);
