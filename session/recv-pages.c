@@ -273,15 +273,19 @@ gpointer tm_recv_worker(gpointer data)
 		}
 	}
 	g_mutex_lock(&r->lock);
+	bool last = ret < 0;
 	if (ret >= 0) {
 		c->ended = true;
 		r->ended++;
-		if (r->ended == r->nch)
+		if ((last = r->ended == r->nch))
 			r->t_end = tm_now_us();
 	}
 	c->exited = true;
 	g_cond_broadcast(&r->cond);
 	g_mutex_unlock(&r->lock);
-	tm_control_wake(&r->control); /* its END_ACK waits for every data channel (control.c) */
+	/* Its END_ACK waits for every data channel (control.c): only the last one's end (or a
+	 * failure) changes what it sees, so the others let it sleep. */
+	if (last)
+		tm_control_wake(&r->control);
 	return NULL;
 }

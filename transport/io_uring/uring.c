@@ -379,7 +379,8 @@ static int uring_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len
 	return r < 0 ? r : wait_slot(io, p->nslots - 1);
 }
 
-static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+/* Receives into iov[0..n): all len bytes, or (some) what the first completion brought. */
+static int recv_msg(tm_io *io, const struct iovec *iov, unsigned n, size_t len, bool some)
 {
 	uring_priv *p = io->priv;
 
@@ -395,7 +396,7 @@ static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len
 		if (!sqe)
 			return -EBUSY;
 		p->rmsg = (struct msghdr){ .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
-		io_uring_prep_recvmsg(sqe, 0, &p->rmsg, MSG_WAITALL);
+		io_uring_prep_recvmsg(sqe, 0, &p->rmsg, some ? 0 : MSG_WAITALL);
 		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, UD_RECV);
 		p->recv_pending = true;
@@ -414,12 +415,26 @@ static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len
 			return p->recv_res == -EAGAIN ? -ETIMEDOUT : p->recv_res;
 		if (p->recv_res == 0)
 			return -ECONNRESET;
+		if (some)
+			return p->recv_res;
 		len -= (size_t)p->recv_res;
 		tm_iov_advance(&v, &n, (size_t)p->recv_res);
 		if (len && io->deadline_us && tm_now_us() >= io->deadline_us)
 			return -ETIMEDOUT;
 	}
 	return 0;
+}
+
+static int uring_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+{
+	return recv_msg(io, iov, n, len, false);
+}
+
+static int uring_recv_some(tm_io *io, void *buf, size_t len)
+{
+	struct iovec v = { .iov_base = buf, .iov_len = MIN(len, (size_t)INT_MAX) };
+
+	return recv_msg(io, &v, 1, v.iov_len, true);
 }
 
 static void uring_close(tm_io *io)
@@ -462,6 +477,7 @@ const tm_transport_ops tm_transport_io_uring = {
 	.close = uring_close,
 	.send = uring_send,
 	.recv = uring_recv,
+	.recv_some = uring_recv_some,
 	.submit = uring_submit,
 	.wait_slot = wait_slot,
 	.drain = uring_drain,
