@@ -71,6 +71,8 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	/* Everything is validated: page data goes straight into guest RAM. */
 	uint32_t ps = p->page_size;
 	populate(r, p);
+	for (unsigned i = 0; i < p->data_iov_count; i++)
+		tm_prefetch_run(p->iov[i].iov_base, p->iov[i].iov_len, true);
 	if (p->payload_len) {
 		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
 		if (ret < 0)

@@ -25,6 +25,8 @@ static int flush_packet(send_chan *c, GError **error)
 	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
 	if (tm_sender_throttle(c->s, c, len))
 		c->cr.throttled = true;
+	for (unsigned i = 1; i < n; i++) /* iov[0] is the header */
+		tm_prefetch_run(pkt->iov[i].iov_base, pkt->iov[i].iov_len, false);
 	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
 	if (r < 0)
 		return r;
@@ -201,6 +203,7 @@ gpointer tm_send_worker(gpointer data)
 		tm_chan_cork(&c->ch);
 		for (guint i = 0; i < c->work->len && r >= 0; i++) {
 			const work *w = &g_array_index(c->work, work, i);
+			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
 			if (w->kind == WORK_PAGES)
 				r = send_pages(c, w, &err);
 			else if (w->kind == WORK_SYNC)
