@@ -110,6 +110,8 @@ int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, G
 		if (r < 0)
 			return r;
 		for (unsigned i = 0; i < n; i++) {
+			if (!iov[i].iov_len)
+				continue; /* its base may be NULL */
 			memcpy(ch->cork + ch->cork_len, iov[i].iov_base, iov[i].iov_len);
 			ch->cork_len += (uint16_t)iov[i].iov_len;
 		}
