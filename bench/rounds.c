@@ -14,7 +14,7 @@
  *   scattered   a round of --dirty percent random pages (one bitmap, sync)
  *   zero        a full round after the guest wrote zeros over all of its RAM
  *   empty       --iters calls of tm_sender_sync() with nothing queued (the cost of a round)
- * then --sessions sessions of one page each time tm_sender_finish() (END and its
+ * then --sessions sessions of 64 synced pages each time tm_sender_finish() (END and its
  * acknowledgement on every connection; nothing left to send).
  *
  * Output: CSV rows (host, kernel, backend, channels, page size, row, GiB/s or microseconds), the
@@ -235,14 +235,21 @@ static void run_one(const char *io, double out[NROWS])
 	side_fini(&src);
 	side_fini(&dst);
 
-	/* finish alone: sessions of one page, synced, so that END has nothing to wait for. */
+	/* finish alone: sessions of 64 pages, all synced, so that END has nothing to wait for
+	 * (and the session is complete: the receiver refuses an end with pages missing). */
 	side one_src, one_dst;
 	side_init(&one_src, PAGE * 64);
 	side_init(&one_dst, PAGE * 64);
-	uint64_t one = 1;
+	uint64_t one = ~0ull;
 	for (unsigned i = 0; i < opt_sessions; i++) {
 		s = session_open(&t, &one_src, &one_dst, io);
-		round_of(s, &one, 1);
+		round_of(s, &one, 64);
+		/* An established session: both control threads run (a PING answered). A session
+		 * this young may still be starting them, which is connect's cost, not finish's: on
+		 * a loaded machine a new thread can wait a scheduler slice (ms) for its first run. */
+		for (tm_live_stats ls = { .size = sizeof(ls) };
+		     tm_sender_get_live_stats(s, &ls) >= 0 && !ls.rtt_us;)
+			g_usleep(20);
 		int64_t t0 = g_get_monotonic_time();
 		if (tm_sender_finish(s, &error) < 0)
 			die("finish", error);

@@ -79,9 +79,49 @@ const char *tm_chan_deadline_note(const tm_chan *ch, int err)
 	return " (a message body arrived slower than the minimum rate)";
 }
 
+void tm_chan_cork(tm_chan *ch)
+{
+	ch->corked = true;
+}
+
+int tm_chan_flush(tm_chan *ch, GError **error)
+{
+	if (!ch->cork_len)
+		return 0;
+	struct iovec v = { .iov_base = ch->cork, .iov_len = ch->cork_len };
+	size_t len = ch->cork_len;
+	ch->cork_len = 0;
+	int r = tm_io_send(ch->io, &v, 1, len);
+	if (r < 0)
+		g_set_error(error, TM_ERROR, -r, "%s: send: %s", ch->label, tm_chan_io_reason(ch, -r));
+	return r;
+}
+
+int tm_chan_uncork(tm_chan *ch, GError **error)
+{
+	ch->corked = false;
+	return tm_chan_flush(ch, error);
+}
+
 int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error)
 {
-	int r = tm_io_send(ch->io, iov, n, len);
+	if (ch->corked && len <= sizeof(ch->cork)) {
+		int r = ch->cork_len + len > sizeof(ch->cork) ? tm_chan_flush(ch, error) : 0;
+		if (r < 0)
+			return r;
+		for (unsigned i = 0; i < n; i++) {
+			if (!iov[i].iov_len)
+				continue; /* its base may be NULL */
+			memcpy(ch->cork + ch->cork_len, iov[i].iov_base, iov[i].iov_len);
+			ch->cork_len += (uint16_t)iov[i].iov_len;
+		}
+		tm_count(&ch->st.wire_bytes, len);
+		return 0;
+	}
+	int r = tm_chan_flush(ch, error);
+	if (r < 0)
+		return r;
+	r = tm_io_send(ch->io, iov, n, len);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "%s: send: %s", ch->label, tm_chan_io_reason(ch, -r));
 		return r;
@@ -93,9 +133,12 @@ int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, G
 int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned n, size_t len,
 		   GError **error)
 {
-	if (!ch->io->ops->submit)
-		return tm_chan_send(ch, iov, n, len, error);
-	int r = ch->io->ops->submit(ch->io, slot, iov, n, len);
+	/* Packets are never held back: what is corked goes first, then the packet. */
+	int r = tm_chan_flush(ch, error);
+	if (r < 0)
+		return r;
+	r = ch->io->ops->submit ? ch->io->ops->submit(ch->io, slot, iov, n, len) :
+				  tm_io_send(ch->io, iov, n, len);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "%s: send: %s", ch->label, tm_chan_io_reason(ch, -r));
 		return r;
@@ -115,7 +158,11 @@ int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)
 int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 {
 	struct iovec v = { .iov_base = buf, .iov_len = len };
-	int r = tm_io_recv(ch->io, &v, 1, len);
+	/* The peer may be waiting for what we hold before it says anything. */
+	int r = tm_chan_flush(ch, error);
+	if (r < 0)
+		return r;
+	r = tm_io_recv(ch->io, &v, 1, len);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "%s: receive: %s%s", ch->label,
 			    tm_chan_io_reason(ch, -r), tm_chan_deadline_note(ch, -r));
@@ -127,7 +174,9 @@ int tm_chan_recv(tm_chan *ch, void *buf, size_t len, GError **error)
 
 int tm_chan_recv_iov(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len)
 {
-	int r = tm_io_recv(ch->io, iov, n, len);
+	int r = tm_chan_flush(ch, NULL);
+	if (r >= 0)
+		r = tm_io_recv(ch->io, iov, n, len);
 	if (r < 0)
 		return r;
 	tm_count(&ch->st.wire_bytes, len);
@@ -150,11 +199,20 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 	 * the deadline of the rest of its header, the complete header that of its body.
 	 */
 	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
-	int r = tm_chan_recv(ch, hdr, 1, error);
-	if (r < 0)
-		return r;
+	int got = tm_chan_flush(ch, error);
+	if (got < 0)
+		return got;
+	/* Usually the whole header, in one system call; never beyond it. */
+	if ((got = tm_io_recv_some(ch->io, hdr, sizeof(hdr))) < 0) {
+		g_set_error(error, TM_ERROR, -got, "%s: receive: %s%s", ch->label,
+			    tm_chan_io_reason(ch, -got), tm_chan_deadline_note(ch, -got));
+		return got;
+	}
+	tm_count(&ch->st.wire_bytes, (uint64_t)got);
 	tm_io_set_deadline(ch->io, body_deadline(ch, 0));
-	if ((r = tm_chan_recv(ch, hdr + 1, sizeof(hdr) - 1, error)) < 0)
+	int r = (size_t)got < sizeof(hdr) ? tm_chan_recv(ch, hdr + got, sizeof(hdr) - (size_t)got,
+							  error) : 0;
+	if (r < 0)
 		return r;
 	r = tm_frame_decode(hdr, sizeof(hdr), ch->version, packet_size, ret, error);
 	if (r < 0) {
@@ -248,11 +306,16 @@ int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_
 
 void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 {
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
-	size_t len = tm_error_encode_v(buf, ch->version ? ch->version : TM_WIRE_VERSION_1,
+	uint8_t buf[TM_CHAN_CORK_MAX + TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	/* What a corked channel held goes first: the ERROR's sequence number follows it. */
+	size_t held = ch->cork_len;
+	memcpy(buf, ch->cork, held);
+	ch->cork_len = 0;
+	ch->corked = false;
+	size_t len = tm_error_encode_v(buf + held, ch->version ? ch->version : TM_WIRE_VERSION_1,
 				       ch->tx_seq++, code, message);
 
-	tm_io_send_last(ch->io, buf, len);
+	tm_io_send_last(ch->io, buf, held + len);
 }
 
 int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)

@@ -39,6 +39,9 @@ void tm_counters_sum(const tm_counters *c, tm_stats *ret);
 #define TM_BODY_GRACE_MS 5000u
 #define TM_BODY_MIN_RATE (64u << 10)
 
+/* Bytes of small messages a corked channel holds back (tm_chan_cork): the ends of a session. */
+#define TM_CHAN_CORK_MAX 512u
+
 typedef struct tm_chan {
 	/* read-only after setup */
 	unsigned id;
@@ -55,6 +58,10 @@ typedef struct tm_chan {
 	int64_t setup_deadline_us; /* 0, or when the connection's handshake must be done */
 	tm_counters st;
 	tm_io_counters io_closed; /* I/O counters of the handle once it is closed */
+	/* worker-local: small messages held back while corked (tm_chan_cork) */
+	bool corked;
+	uint16_t cork_len;
+	uint8_t cork[TM_CHAN_CORK_MAX];
 } tm_chan;
 
 /*
@@ -83,6 +90,22 @@ int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned
 		   GError **error);
 /* Waits until the buffers of slot may be reused (no-op without submit). */
 int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error);
+
+/*
+ * Corking: while corked, tm_chan_send() copies a message that fits into ch->cork instead of
+ * sending it, so that messages that leave back to back (RAM_END, END_OF_STATE and END; READY and
+ * END_ACK) take one system call, one TCP segment and one wake-up of the peer instead of one each.
+ * Nothing waits behind a corked message: tm_chan_submit() and every receive send the held bytes
+ * first (a peer never waits for an answer to a message we still hold), and so does
+ * tm_chan_uncork(). Whoever writes to ch->io directly (a TLS close_notify) calls
+ * tm_chan_flush() first; tm_chan_send_error() sends what is held ahead of its ERROR.
+ * Worker-local, like the rest of the channel's sending state.
+ */
+void tm_chan_cork(tm_chan *ch);
+/* Sends what is held (if anything) in one send; stays corked. Returns 0 or -errno (*error). */
+int tm_chan_flush(tm_chan *ch, GError **error);
+/* tm_chan_flush(), then no longer corked. */
+int tm_chan_uncork(tm_chan *ch, GError **error);
 
 /* Send/receive with the channel named in *error; both count wire bytes. */
 int tm_chan_send(tm_chan *ch, const struct iovec *iov, unsigned n, size_t len, GError **error);

@@ -167,8 +167,11 @@ static int try_end_ack(loop *l, GError **error)
 
 	if (r <= 0)
 		return r;
+	/* READY and END_ACK in one segment: the sender's control thread wakes once for both. */
+	tm_chan_cork(c->ch);
 	if ((r = c->ready(c->owner, NULL, error)) < 0 ||
-	    (r = tm_chan_send_ctrl(c->ch, TM_MSG_END_ACK, 0, 0, error)) < 0)
+	    (r = tm_chan_send_ctrl(c->ch, TM_MSG_END_ACK, 0, 0, error)) < 0 ||
+	    (r = tm_chan_uncork(c->ch, error)) < 0)
 		return r;
 	return close_control(c, error);
 }

@@ -71,6 +71,8 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	/* Everything is validated: page data goes straight into guest RAM. */
 	uint32_t ps = p->page_size;
 	populate(r, p);
+	for (unsigned i = 0; i < p->data_iov_count; i++)
+		tm_prefetch_run(p->iov[i].iov_base, p->iov[i].iov_len, true);
 	if (p->payload_len) {
 		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
 		if (ret < 0)
@@ -273,15 +275,19 @@ gpointer tm_recv_worker(gpointer data)
 		}
 	}
 	g_mutex_lock(&r->lock);
+	bool last = ret < 0;
 	if (ret >= 0) {
 		c->ended = true;
 		r->ended++;
-		if (r->ended == r->nch)
+		if ((last = r->ended == r->nch))
 			r->t_end = tm_now_us();
 	}
 	c->exited = true;
 	g_cond_broadcast(&r->cond);
 	g_mutex_unlock(&r->lock);
-	tm_control_wake(&r->control); /* its END_ACK waits for every data channel (control.c) */
+	/* Its END_ACK waits for every data channel (control.c): only the last one's end (or a
+	 * failure) changes what it sees, so the others let it sleep. */
+	if (last)
+		tm_control_wake(&r->control);
 	return NULL;
 }

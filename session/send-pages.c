@@ -25,6 +25,8 @@ static int flush_packet(send_chan *c, GError **error)
 	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
 	if (tm_sender_throttle(c->s, c, len))
 		c->cr.throttled = true;
+	for (unsigned i = 1; i < n; i++) /* iov[0] is the header */
+		tm_prefetch_run(pkt->iov[i].iov_base, pkt->iov[i].iov_len, false);
 	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
 	if (r < 0)
 		return r;
@@ -141,6 +143,8 @@ static int send_end(send_chan *c, GError **error)
 		if (r >= 0)
 			r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
 		if (r >= 0)
+			r = tm_chan_flush(&c->ch, error);
+		if (r >= 0)
 			r = tm_tls_close_notify(c->ch.io, error);
 		if (r >= 0)
 			r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
@@ -195,8 +199,11 @@ gpointer tm_send_worker(gpointer data)
 		c->pending = t;
 		g_mutex_unlock(&s->lock);
 
+		/* The small messages of one batch leave together (RAM_END, END_OF_STATE, END). */
+		tm_chan_cork(&c->ch);
 		for (guint i = 0; i < c->work->len && r >= 0; i++) {
 			const work *w = &g_array_index(c->work, work, i);
+			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
 			if (w->kind == WORK_PAGES)
 				r = send_pages(c, w, &err);
 			else if (w->kind == WORK_SYNC)
@@ -207,6 +214,8 @@ gpointer tm_send_worker(gpointer data)
 				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
 		}
 		g_array_set_size(c->work, 0);
+		if (r >= 0)
+			r = tm_chan_uncork(&c->ch, &err);
 		if (r < 0)
 			break;
 	}

@@ -64,6 +64,8 @@ typedef struct send_state {
  * faults it saves (issue 16: a round of 5% random pages).
  */
 #define TM_POPULATE_MIN (64u << 10)
+/* Asks the CPU for the cache lines of a run shorter than TM_POPULATE_MIN (prefetch.c). */
+void tm_prefetch_run(const void *p, size_t len, bool for_write);
 
 /* Failure bookkeeping shared by sender and receiver. */
 typedef struct tm_failure {
@@ -216,6 +218,11 @@ typedef struct send_chan {
 	tm_chan_round cr;
 	uint64_t state_chunks; /* STATE messages sent */
 } send_chan;
+
+/* The sender worker asks for the pages of its work item this far ahead (prefetch.c). */
+#define TM_PREFETCH_AHEAD 8u
+/* Prefetches the pages of c->work item i if it is a short run (no-op past the end). */
+void tm_send_prefetch(send_chan *c, guint i);
 
 /* Rounds and their figures (rounds.c). */
 #define TM_ROUND_HISTORY 1024u

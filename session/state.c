@@ -197,6 +197,8 @@ int tm_send_end_v2(send_chan *c, GError **error)
 	struct iovec v = { .iov_base = buf, .iov_len = n };
 
 	int r = tm_chan_send(&c->ch, &v, 1, n, error);
+	if (r >= 0) /* END and what the channel held before it (tm_chan_cork) */
+		r = tm_chan_flush(&c->ch, error);
 	if (r >= 0) /* TLS: close_notify right behind END (send-pages.c) */
 		r = tm_tls_close_notify(c->ch.io, error);
 	if (r >= 0)

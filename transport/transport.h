@@ -69,6 +69,13 @@ typedef struct tm_transport_ops {
 	 * handle.
 	 */
 	int (*recv)(tm_io *io, const struct iovec *iov, unsigned n, size_t len);
+	/*
+	 * Optional. Like recv, but returns once at least one byte arrived: the count filled into
+	 * buf[0..len) (1..len, what was there; never waits for more), or -errno as recv. Lets a
+	 * frame header come in one system call where recv of its first byte and then of the rest
+	 * would take two. Without it tm_io_recv_some() receives exactly one byte with recv.
+	 */
+	int (*recv_some)(tm_io *io, void *buf, size_t len);
 
 	/*
 	 * Optional, all three or none: messages in flight. The sender keeps io->depth packet slots
@@ -217,6 +224,16 @@ static inline int tm_io_send(tm_io *io, const struct iovec *iov, unsigned n, siz
 static inline int tm_io_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	return io->ops->recv(io, iov, n, len);
+}
+
+/* Between 1 and len bytes (ops->recv_some, else exactly 1 with ops->recv): the count or -errno. */
+static inline int tm_io_recv_some(tm_io *io, void *buf, size_t len)
+{
+	if (io->ops->recv_some)
+		return io->ops->recv_some(io, buf, len);
+	struct iovec v = { .iov_base = buf, .iov_len = 1 };
+	int r = io->ops->recv(io, &v, 1, 1);
+	return r < 0 ? r : 1;
 }
 
 /* Best effort, never blocks longer than the timeout: ops->send_last, else drain + MSG_DONTWAIT. */

@@ -114,10 +114,31 @@ static int sock_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 	return 0;
 }
 
+static int sock_recv_some(tm_io *io, void *buf, size_t len)
+{
+	struct iovec v = { .iov_base = buf, .iov_len = MIN(len, (size_t)INT_MAX) };
+
+	for (;;) {
+		ssize_t r;
+		if (io->deadline_us) {
+			r = recv_by_deadline(io, &v, 1);
+		} else {
+			r = readv(io->fd, &v, 1);
+			tm_count(&io->st.io_submissions, 1);
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		return r == 0 ? -ECONNRESET : (int)r;
+	}
+}
+
 const tm_transport_ops tm_transport_socket = {
 	.name = "sockets",
 	.priv_size = sizeof(sock_priv),
 	.close = sock_close,
 	.send = sock_send,
 	.recv = sock_recv,
+	.recv_some = sock_recv_some,
 };
