@@ -27,15 +27,25 @@
 #define PAGE 4096u
 #define SOCKBUF (32 << 10)
 
-typedef struct rx {
+typedef struct rx rx;
+
+typedef struct conn {
+	rx *x;
+	unsigned i;
+	uint32_t seq;
+} conn;
+
+struct rx {
 	guest *src;
 	bool decline;          /* HELLO_ACK without POSTCOPY; the urgent connection is closed */
 	bool requests;         /* the urgent thread asks for two runs of pages */
 	bool round1;           /* precopy copies count only after the channel's SYNC */
+	int hostile;           /* HOSTILE_*: the urgent thread misbehaves, the sender must fail */
 	int listen_fd;
 	tm_hello hello;
 	int fd[NCH + 2];       /* data 0..NCH-1, control, urgent */
 	GThread *thread[NCH + 2];
+	conn conn[NCH + 2];
 
 	GMutex lock;
 	GCond cond;
@@ -52,17 +62,19 @@ typedef struct rx {
 	uint64_t state_chunks;
 	uint64_t discard_msgs;
 	uint64_t ready_mode;
-} rx;
+};
 
-typedef struct conn {
-	rx *x;
-	unsigned i;
-	uint32_t seq;
-} conn;
+enum { HOSTILE_NONE, HOSTILE_EARLY, HOSTILE_TWICE };
+
+/* false at the end of the stream (or a reset), which only a hostile case may meet */
+static bool rd_ok(int fd, void *p, size_t n)
+{
+	return recv(fd, p, n, MSG_WAITALL) == (ssize_t)n;
+}
 
 static void rd(int fd, void *p, size_t n)
 {
-	g_assert_cmpint(recv(fd, p, n, MSG_WAITALL), ==, (ssize_t)n);
+	g_assert_true(rd_ok(fd, p, n));
 }
 
 static void wr(int fd, const void *p, size_t n)
@@ -70,14 +82,21 @@ static void wr(int fd, const void *p, size_t n)
 	g_assert_cmpint(send(fd, p, n, MSG_NOSIGNAL), ==, (ssize_t)n);
 }
 
-/* The next frame and its body (g_free). */
-static uint8_t *next_frame(int fd, tm_frame *f)
+/* The next frame and its body (g_free); NULL at the end of the stream in a hostile case. */
+static uint8_t *next_frame_or_end(rx *x, int fd, tm_frame *f)
 {
 	uint8_t h[TM_FRAME_HDR_LEN];
-	rd(fd, h, sizeof(h));
+	if (!rd_ok(fd, h, sizeof(h))) {
+		g_assert_true(x->hostile);
+		return NULL;
+	}
 	g_assert_cmpint(tm_frame_decode(h, sizeof(h), 2, PKT, f, NULL), ==, 0);
 	uint8_t *body = g_malloc(f->body_len + 1);
-	rd(fd, body, f->body_len);
+	if (!rd_ok(fd, body, f->body_len)) {
+		g_assert_true(x->hostile); /* a DATA cut short by the sender's shutdown */
+		g_free(body);
+		return NULL;
+	}
 	return body;
 }
 
@@ -137,8 +156,10 @@ static gpointer data_thread(gpointer p)
 			g_cond_wait(&x->cond, &x->lock);
 		g_mutex_unlock(&x->lock);
 		tm_frame f;
-		g_autofree uint8_t *body = next_frame(fd, &f);
+		g_autofree uint8_t *body = next_frame_or_end(x, fd, &f);
 		uint64_t v[TM_CTRL_MAX_FIELDS];
+		if (!body || (x->hostile && f.type == TM_MSG_ERROR))
+			return NULL;
 		if (f.type == TM_MSG_DATA) {
 			g_assert_false(ram_end && x->ram_end_mode[c->i] == TM_RAM_END_FINAL);
 			tm_data_hdr h;
@@ -217,8 +238,10 @@ static gpointer control_thread(gpointer p)
 
 	for (;;) {
 		tm_frame f;
-		g_autofree uint8_t *body = next_frame(fd, &f);
+		g_autofree uint8_t *body = next_frame_or_end(x, fd, &f);
 		uint64_t v[TM_CTRL_MAX_FIELDS];
+		if (!body || (x->hostile && f.type == TM_MSG_ERROR))
+			return NULL;
 		if (f.type == TM_MSG_PING) {
 			g_assert_cmpint(tm_ctrl_decode_v(2, f.type, body, f.body_len, v, NULL), ==, 0);
 			ctrl(c, TM_MSG_PONG, v[0], 0);
@@ -247,8 +270,9 @@ static gpointer control_thread(gpointer p)
 	}
 }
 
-/* One PAGE_REQ and its URGENT, checked against the request and the source guest. */
-static void request(conn *c, uint64_t id, uint32_t page, uint16_t count)
+/* One PAGE_REQ and its URGENT, checked against the request and the source guest; false when
+ * the sender answered otherwise (a hostile case). */
+static bool request(conn *c, uint64_t id, uint32_t page, uint16_t count)
 {
 	rx *x = c->x;
 	int fd = x->fd[c->i];
@@ -258,7 +282,9 @@ static void request(conn *c, uint64_t id, uint32_t page, uint16_t count)
 	wr(fd, buf, n);
 
 	tm_frame f;
-	g_autofree uint8_t *body = next_frame(fd, &f);
+	g_autofree uint8_t *body = next_frame_or_end(x, fd, &f);
+	if (!body || (x->hostile && f.type != TM_MSG_URGENT))
+		return false;
 	g_assert_cmpuint(f.type, ==, TM_MSG_URGENT);
 	uint64_t rid;
 	g_assert_cmpint(tm_urgent_id_decode(body, f.body_len, f.body_len, &rid, NULL), ==, 0);
@@ -278,6 +304,7 @@ static void request(conn *c, uint64_t id, uint32_t page, uint16_t count)
 	for (uint16_t k = 0; k < count; k++)
 		x->urg[page + k]++;
 	g_mutex_unlock(&x->lock);
+	return true;
 }
 
 static gpointer urgent_thread(gpointer p)
@@ -287,10 +314,21 @@ static gpointer urgent_thread(gpointer p)
 	int fd = x->fd[c->i];
 	uint64_t sent = 0;
 
+	if (x->hostile == HOSTILE_EARLY) {
+		request(c, 1, 7, 1); /* in precopy */
+		return NULL;
+	}
 	g_mutex_lock(&x->lock);
 	while (!x->pc_seen)
 		g_cond_wait(&x->cond, &x->lock);
 	g_mutex_unlock(&x->lock);
+	if (x->hostile == HOSTILE_TWICE) {
+		g_assert_true(request(c, 1, 7, 1));
+		/* page 7 again: refused, never answered */
+		if (request(c, 2, 6, 2))
+			g_error("the sender answered a request for a page it answered before");
+		return NULL;
+	}
 	if (x->requests) {
 		/* a run across two chunks (two channels' stripes), and a single page */
 		request(c, ++sent, NPAGES - 20, 16);
@@ -308,7 +346,7 @@ static gpointer urgent_thread(gpointer p)
 	uint8_t peek;
 	if (recv(fd, &peek, 1, MSG_PEEK) != 1)
 		return NULL; /* the sender failed: the main thread says why */
-	g_autofree uint8_t *body = next_frame(fd, &f);
+	g_autofree uint8_t *body = next_frame_or_end(x, fd, &f);
 	g_assert_cmpuint(f.type, ==, TM_MSG_END_ACK);
 	g_assert_cmpuint(f.body_len, ==, 16);
 	g_assert_cmpuint(tm_get64(body) | tm_get64(body + 8), ==, 0);
@@ -358,10 +396,9 @@ static gpointer accept_thread(gpointer p)
 		wr(fd, buf, len);
 	}
 	for (unsigned i = 0; i < n; i++) {
-		conn *c = g_new0(conn, 1);
+		conn *c = &x->conn[i];
 		*c = (conn){ .x = x, .i = i, .seq = 1 };
 		if (i == NCH + 1 && x->decline) {
-			g_free(c);
 			close(x->fd[i]); /* declined: closed right after HELLO_ACK */
 			x->fd[i] = -1;
 			continue;
@@ -601,6 +638,53 @@ static void test_declined(void)
 	guest_fini(&src);
 }
 
+/* A receiver asking for pages it must not: the sender fails with -EPROTO saying why. */
+static void hostile(int how, const char *words)
+{
+	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
+	guest src;
+	rx x;
+	unsigned port;
+	g_autoptr(GError) err = NULL;
+	uint64_t all[NPAGES];
+
+	guest_init(&src, spec, 1, true);
+	guest_fill(&src);
+	rx_init(&x, &src, &port);
+	x.hostile = how;
+	x.gate = true;
+	tm_sender *s = sender_open(&x, port);
+	for (unsigned p = 0; p < NPAGES; p++)
+		all[p] = p;
+	if (how == HOSTILE_EARLY) {
+		/* the request comes right after the handshake */
+		for (int i = 0; i < 500 && tm_sender_phase(s) != TM_PHASE_FAILED; i++)
+			g_usleep(10000);
+	} else {
+		g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES / 2, &err), ==, 0);
+		g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
+	}
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, -EPROTO);
+	g_assert_error(err, TM_ERROR, EPROTO);
+	if (!strstr(err->message, words))
+		g_error("\"%s\" does not say \"%s\"", err->message, words);
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_FAILED);
+	tm_sender_free(s);
+	rx_fini(&x);
+	guest_fini(&src);
+}
+
+static void test_request_early(void)
+{
+	hostile(HOSTILE_EARLY, "urgent: PAGE_REQ before the switch to postcopy");
+}
+
+static void test_request_twice(void)
+{
+	hostile(HOSTILE_TWICE, "urgent: PAGE_REQ 2 asks again for block 0 'pc.ram' page 7 "
+			       "(offset 0x7000)");
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -608,5 +692,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/postcopy-send/round1", test_round1);
 	g_test_add_func("/postcopy-send/urgent", test_urgent);
 	g_test_add_func("/postcopy-send/declined", test_declined);
+	g_test_add_func("/postcopy-send/request-early", test_request_early);
+	g_test_add_func("/postcopy-send/request-twice", test_request_twice);
 	return g_test_run();
 }
