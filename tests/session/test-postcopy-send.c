@@ -41,6 +41,9 @@ struct rx {
 	bool requests;         /* the urgent thread asks for two runs of pages */
 	bool round1;           /* precopy copies count only after the channel's SYNC */
 	int hostile;           /* HOSTILE_*: the urgent thread misbehaves, the sender must fail */
+	bool ready_early;      /* READY(2) as soon as END_OF_STATE arrives (before or after the
+	                        * control END: the sender takes either) */
+	bool ready_sent;       /* under lock, with control writes */
 	int listen_fd;
 	tm_hello hello;
 	int fd[NCH + 2];       /* data 0..NCH-1, control, urgent */
@@ -104,8 +107,24 @@ static void ctrl(conn *c, uint8_t type, uint64_t a, uint64_t b)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + 24];
 	const uint64_t v[TM_CTRL_MAX_FIELDS] = { a, b, 0 };
+	g_mutex_lock(&c->x->lock); /* a data thread may write READY on control */
 	size_t n = tm_ctrl_encode_v(buf, 2, type, c->seq++, v);
 	wr(c->x->fd[c->i], buf, n);
+	g_mutex_unlock(&c->x->lock);
+}
+
+/* READY on control, once; under x->lock. */
+static void send_ready_locked(rx *x)
+{
+	conn *c = &x->conn[NCH];
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_READY_LEN];
+
+	if (x->ready_sent)
+		return;
+	x->ready_mode = x->pc_seen ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL;
+	size_t n = tm_ready_encode(buf, c->seq++, x->ready_mode);
+	wr(x->fd[NCH], buf, n);
+	x->ready_sent = true;
 }
 
 /* A DATA body (after an URGENT's req_id, or a whole DATA): every page equals the source's. */
@@ -212,6 +231,11 @@ static gpointer data_thread(gpointer p)
 		} else if (f.type == TM_MSG_STATE) {
 			g_assert_true(ram_end);
 			chunks++;
+			/* flags at offset 4: END_OF_STATE; the destination may run (postcopy) */
+			g_mutex_lock(&x->lock);
+			if (x->ready_early && (body[4] & TM_STATE_END))
+				send_ready_locked(x);
+			g_mutex_unlock(&x->lock);
 		} else {
 			g_assert_cmpuint(f.type, ==, TM_MSG_END);
 			g_assert_true(ram_end);
@@ -258,12 +282,9 @@ static gpointer control_thread(gpointer p)
 			g_mutex_unlock(&x->lock);
 		} else {
 			g_assert_cmpuint(f.type, ==, TM_MSG_END);
-			uint8_t buf[TM_FRAME_HDR_LEN + TM_READY_LEN];
 			g_mutex_lock(&x->lock);
-			x->ready_mode = x->pc_seen ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL;
+			send_ready_locked(x);
 			g_mutex_unlock(&x->lock);
-			size_t n = tm_ready_encode(buf, c->seq++, x->ready_mode);
-			wr(fd, buf, n);
 			ctrl(c, TM_MSG_END_ACK, 0, 0);
 			return NULL;
 		}
@@ -499,6 +520,7 @@ static void run(bool round1, bool requests)
 	rx_init(&x, &src, &port);
 	x.requests = requests;
 	x.round1 = round1;
+	x.ready_early = round1 && !requests; /* as a receiver whose RAM is registered does */
 	x.gate = round1; /* round 0: shut from the start */
 	tm_sender *s = sender_open(&x, port);
 
