@@ -454,11 +454,15 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 
 int tm_sender_pc_await_end_locked(tm_sender *s)
 {
-	if (!__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE))
+	/* Agreed, the urgent connection ends with REQ_END / END_ACK, in precopy too (REQ_END 0). */
+	if (!s->pc.agreed)
 		return 0;
-	while (!s->quit && !s->pc.urg_ended)
+	while (!s->quit && !s->pc.urg_ended && !s->pc.urg_exited)
 		g_cond_wait(&s->cond, &s->lock);
-	return s->pc.urg_ended ? 0 : -ECANCELED;
+	if (s->pc.urg_ended)
+		return 0;
+	/* In precopy a receiver that just closed its urgent connection lacks nothing. */
+	return __atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE) ? -ECANCELED : 0;
 }
 
 void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st)

@@ -474,6 +474,7 @@ static int report_failure(tm_sender *s, GError **error)
 	}
 	/* The control thread may still hear the peer's reason (at most a second). */
 	tm_control_await_exit_locked(&s->control);
+	tm_urgent_await_exit_locked(s); /* its failure, phase included, is complete */
 	int code = s->failure.error ? s->failure.error->code : EIO;
 	if (error)
 		*error = s->failure.error ? g_error_copy(s->failure.error)

@@ -425,7 +425,8 @@ void tm_send_pc_packed(send_chan *c, uint32_t block, uint64_t first, uint64_t n)
  * DISCARD, RAM_END(POSTCOPY)), then STATE and background pages until END. 0 or -errno.
  */
 int tm_send_postcopy(send_chan *c, guint from, GError **error);
-/* Postcopy's part of tm_sender_finish(), s->lock held: waits for REQ_END/END_ACK on urgent. */
+/* Postcopy's part of tm_sender_finish(), s->lock held: waits for REQ_END/END_ACK on urgent
+ * (postcopy agreed, switched or not). */
 int tm_sender_pc_await_end_locked(tm_sender *s);
 void tm_sender_pc_free(tm_sender *s);
 /* The sender's postcopy fields of tm_live_stats. Any thread. */
@@ -437,6 +438,8 @@ int tm_urgent_start(tm_sender *s, GError **error);
 /* After a failure or at free (s->quit set): wakes the return thread; with shut, also shuts
  * its connection down so a blocked send returns. Any thread. */
 void tm_urgent_wake(tm_sender *s, bool shut);
+/* s->lock held, after a failure: waits until the return thread (if any) exited. */
+void tm_urgent_await_exit_locked(tm_sender *s);
 /* At free: joins the return thread, closes the connection. */
 void tm_urgent_stop(tm_sender *s);
 

@@ -288,6 +288,12 @@ void tm_urgent_wake(tm_sender *s, bool shut)
 		shutdown(s->pc.urg.fd, SHUT_RDWR);
 }
 
+void tm_urgent_await_exit_locked(tm_sender *s)
+{
+	while (s->pc.thread && !s->pc.urg_exited)
+		g_cond_wait(&s->cond, &s->lock);
+}
+
 void tm_urgent_stop(tm_sender *s)
 {
 	if (s->pc.thread) {

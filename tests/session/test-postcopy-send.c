@@ -65,6 +65,7 @@ struct rx {
 	uint64_t state_chunks;
 	uint64_t discard_msgs;
 	uint64_t ready_mode;
+	bool req_end_acked;    /* the urgent connection ended with REQ_END / END_ACK */
 };
 
 enum { HOSTILE_NONE, HOSTILE_EARLY, HOSTILE_TWICE };
@@ -340,7 +341,7 @@ static gpointer urgent_thread(gpointer p)
 		return NULL;
 	}
 	g_mutex_lock(&x->lock);
-	while (!x->pc_seen)
+	while (!x->pc_seen && x->data_ended < NCH) /* (a precopy end: REQ_END 0 below) */
 		g_cond_wait(&x->cond, &x->lock);
 	g_mutex_unlock(&x->lock);
 	if (x->hostile == HOSTILE_TWICE) {
@@ -371,6 +372,7 @@ static gpointer urgent_thread(gpointer p)
 	g_assert_cmpuint(f.type, ==, TM_MSG_END_ACK);
 	g_assert_cmpuint(f.body_len, ==, 16);
 	g_assert_cmpuint(tm_get64(body) | tm_get64(body + 8), ==, 0);
+	x->req_end_acked = true; /* read after the join */
 	return NULL;
 }
 
@@ -558,6 +560,7 @@ static void run(bool round1, bool requests)
 
 	/* What the receiver saw. */
 	g_assert_true(x.pc_seen);
+	g_assert_true(x.req_end_acked);
 	g_assert_cmpuint(x.ready_mode, ==, TM_RAM_END_POSTCOPY);
 	for (unsigned i = 0; i < NCH; i++)
 		g_assert_cmpuint(x.ram_end_mode[i], ==, TM_RAM_END_POSTCOPY);
@@ -660,6 +663,39 @@ static void test_declined(void)
 	guest_fini(&src);
 }
 
+/* Postcopy agreed, never switched: a precopy end, the urgent connection closed by REQ_END(0). */
+static void test_agreed_precopy(void)
+{
+	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
+	guest src;
+	rx x;
+	unsigned port;
+	g_autoptr(GError) err = NULL;
+	uint64_t all[NPAGES];
+
+	guest_init(&src, spec, 1, true);
+	guest_fill(&src);
+	rx_init(&x, &src, &port);
+	x.gate = true;
+	tm_sender *s = sender_open(&x, port);
+	for (unsigned p = 0; p < NPAGES; p++)
+		all[p] = p;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_COMPLETE);
+	rx_fini(&x); /* its urgent thread got END_ACK for REQ_END(0) */
+	g_assert_false(x.pc_seen);
+	g_assert_true(x.req_end_acked);
+	g_assert_cmpuint(x.ready_mode, ==, TM_RAM_END_FINAL);
+	for (unsigned i = 0; i < NCH; i++)
+		g_assert_cmpuint(x.ram_end_mode[i], ==, TM_RAM_END_FINAL);
+	for (unsigned p = 0; p < NPAGES; p++)
+		g_assert_cmpuint(x.pre[p] + x.disc[p] * 10 + x.bg[p] * 10, ==, 1);
+	tm_sender_free(s);
+	guest_fini(&src);
+}
+
 /* A receiver asking for pages it must not: the sender fails with -EPROTO saying why. */
 static void hostile(int how, const char *words)
 {
@@ -714,6 +750,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/postcopy-send/round1", test_round1);
 	g_test_add_func("/postcopy-send/urgent", test_urgent);
 	g_test_add_func("/postcopy-send/declined", test_declined);
+	g_test_add_func("/postcopy-send/agreed-precopy", test_agreed_precopy);
 	g_test_add_func("/postcopy-send/request-early", test_request_early);
 	g_test_add_func("/postcopy-send/request-twice", test_request_twice);
 	return g_test_run();
