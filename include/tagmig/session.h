@@ -416,7 +416,10 @@ TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
  * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
  * receiver, which the message says), -EBADFD (in postcopy already, device state started, or the
  * session is not open), or the session's failure. After 0 the source guest must never run
- * again. Migration thread.
+ * again: a failure from then on (a connection, the peer's silence or ERROR, a bad message; not
+ * a cancel) pauses the session, TM_PHASE_POSTCOPY_PAUSED and TM_EVENT_PAUSED, and every call
+ * returns -ENOTCONN quoting the cause; the sender keeps all it knows until tm_sender_free();
+ * tm_sender_cancel() then gives the session up (FAILED). Migration thread.
  */
 TM_EXPORT int tm_sender_start_postcopy(tm_sender *sender, GError **error);
 
@@ -525,7 +528,7 @@ TM_EXPORT int tm_receiver_cancel(tm_receiver *receiver, const char *reason);
 /* Event bits, accumulated until taken (tm_*_take_events). */
 #define TM_EVENT_ROUND    (1u << 0) /* sender: a sync round was acknowledged on every channel */
 #define TM_EVENT_FAILED   (1u << 1) /* either: the session failed or was cancelled */
-#define TM_EVENT_PAUSED   (1u << 2) /* (postcopy, not used yet) */
+#define TM_EVENT_PAUSED   (1u << 2) /* sender: TM_PHASE_POSTCOPY_PAUSED (receiver: not yet) */
 #define TM_EVENT_READY    (1u << 3) /* (device state, not used yet) */
 #define TM_EVENT_COMPLETE (1u << 4) /* either: TM_PHASE_COMPLETE */
 #define TM_EVENT_STATE    (1u << 5) /* (device state, not used yet) */
