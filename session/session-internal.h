@@ -17,6 +17,8 @@
  *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
  *   control.c               protocol 2: the control thread (keepalive, liveness, END, ERROR)
  *   cancel.c, events.c      cancel from any thread; phase, event bits and their eventfd
+ *   postcopy-send.c         the sender's switch to postcopy, DISCARD, background pages
+ *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
  */
 #pragma once
 
@@ -29,11 +31,13 @@
 #include "tagmig/session.h"
 #include "session/channel.h"
 #include "session/converge.h"
+#include "session/postcopy-send.h"
 #include "transport/tls/tls.h"
 
 /* WORK_RAM_END, WORK_STATE: protocol 2 device state (state.c); a STATE work item has the
- * section index in block (TM_STATE_EOS_ITEM: END_OF_STATE), chunk g in first, offset in count. */
-enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END, WORK_RAM_END, WORK_STATE };
+ * section index in block (TM_STATE_EOS_ITEM: END_OF_STATE), chunk g in first, offset in count.
+ * WORK_SWITCH: wakes a worker for the switch to postcopy (postcopy-send.c). */
+enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END, WORK_RAM_END, WORK_STATE, WORK_SWITCH };
 #define TM_STATE_EOS_ITEM UINT32_MAX
 
 /* A device-state section of the sender (state.c): referenced, or copied with TM_STATE_COPY. */
@@ -140,6 +144,8 @@ typedef struct tm_control {
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
 	bool end_requested;    /* sender: finish() asks for END */
+	bool postcopy_requested; /* sender: start_postcopy() asks for POSTCOPY(postcopy_pages) */
+	uint64_t postcopy_pages;
 	bool ended;            /* END / END_ACK done and the connection closed cleanly */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
@@ -217,6 +223,7 @@ typedef struct send_chan {
 	uint64_t packets_sent;
 	tm_chan_round cr;
 	uint64_t state_chunks; /* STATE messages sent */
+	send_chan_pc pc;       /* postcopy (postcopy-send.c) */
 } send_chan;
 
 /* The sender worker asks for the pages of its work item this far ahead (prefetch.c). */
@@ -283,6 +290,7 @@ struct tm_sender {
 	int64_t t_start, t_end; /* also read by get_stats */
 	tm_rounds rounds;
 	tm_ratelimit rl;        /* rate and lifted are atomics; the bucket is under lock */
+	send_postcopy pc;       /* postcopy-send.c, urgent-send.c (its own rules inside) */
 };
 
 typedef struct recv_chan {
@@ -403,6 +411,53 @@ void tm_sender_lift_rate_limit(tm_sender *s);
 /* ---- send-pages.c ---- */
 /* The worker thread of one sender channel (data: its send_chan). */
 gpointer tm_send_worker(gpointer data);
+/* Worker: sends the open DATA packet, if any. */
+int tm_send_flush(send_chan *c, GError **error);
+/* Worker: packs a run of pages; 1 when a switch to postcopy took the rest of it (unsent). */
+int tm_send_pages(send_chan *c, const work *w, GError **error);
+/* Worker: END / END_ACK; the channel has ended. */
+int tm_send_end(send_chan *c, GError **error);
+
+/* ---- postcopy-send.c ---- */
+/* After the HELLO_ACKs: whether the receiver accepted postcopy; its bitmaps if it did. */
+void tm_sender_pc_agree(tm_sender *s, const tm_hello_ack *ack);
+/* Worker: whether it must switch to postcopy now (at a packet boundary). */
+bool tm_send_pc_switching(send_chan *c);
+/* Worker, at the switch: pages [first, first + n) of block are for the background. */
+void tm_send_pc_unsent(send_chan *c, uint32_t block, uint64_t first, uint64_t n);
+/* Worker: pages [first, first + n) of block were packed (ever_sent). */
+void tm_send_pc_packed(send_chan *c, uint32_t block, uint64_t first, uint64_t n);
+/*
+ * Worker: the switch (the rest of c->work from index `from` and its pending list into unsent,
+ * DISCARD, RAM_END(POSTCOPY)), then STATE and background pages until END. 0 or -errno.
+ */
+int tm_send_postcopy(send_chan *c, guint from, GError **error);
+/* Postcopy's part of tm_sender_finish(), s->lock held: waits for REQ_END/END_ACK on urgent
+ * (postcopy agreed, switched or not). */
+int tm_sender_pc_await_end_locked(tm_sender *s);
+void tm_sender_pc_free(tm_sender *s);
+/*
+ * Step 17 (design 3.4), s->lock held, after a failure was recorded: whether the session is
+ * paused rather than failed (switched to postcopy, not cancelled).
+ */
+bool tm_sender_pc_paused_locked(tm_sender *s);
+/* Phase POSTCOPY_PAUSED and TM_EVENT_PAUSED; every connection shut down. */
+void tm_sender_pc_pause(tm_sender *s);
+/* s->lock held: the paused session's error: -ENOTCONN "postcopy paused: <cause>; ...". */
+int tm_sender_pc_paused_error(tm_sender *s, GError **error);
+/* The sender's postcopy fields of tm_live_stats. Any thread. */
+void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st);
+
+/* ---- urgent-send.c ---- */
+/* Starts the return thread on the urgent connection (postcopy agreed). 0 or -errno. */
+int tm_urgent_start(tm_sender *s, GError **error);
+/* After a failure or at free (s->quit set): wakes the return thread; with shut, also shuts
+ * its connection down so a blocked send returns. Any thread. */
+void tm_urgent_wake(tm_sender *s, bool shut);
+/* s->lock held, after a failure: waits until the return thread (if any) exited. */
+void tm_urgent_await_exit_locked(tm_sender *s);
+/* At free (s->quit set): shuts the connection down, joins the return thread, closes. */
+void tm_urgent_stop(tm_sender *s);
 
 /* ---- receiver.c ---- */
 /* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */

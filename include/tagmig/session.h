@@ -274,8 +274,8 @@ typedef struct tm_live_config {
 	uint64_t rate_limit;        /* sender: bytes/s over all data channels until
 	                             * tm_sender_guest_stopped(); 0 = unlimited */
 	uint64_t switchover_bandwidth; /* sender: bytes/s tm_sender_advise() assumes; 0 = estimate */
-	bool postcopy;              /* offer (sender) / accept (receiver) postcopy: not implemented
-	                             * yet, refused with -EOPNOTSUPP */
+	bool postcopy;              /* offer (sender: protocol 2; one more connection, the urgent
+	                             * one) / accept (receiver: not implemented yet, -EOPNOTSUPP) */
 	bool uffd_user_mode_only;   /* receiver, postcopy: UFFD_USER_MODE_ONLY */
 	bool uffd_borrow;           /* receiver, postcopy: use uffd instead of opening one */
 	int uffd;                   /* receiver, with uffd_borrow: a userfaultfd after UFFDIO_API */
@@ -291,8 +291,8 @@ typedef struct tm_live_config {
  * Before tm_sender_connect()/attach(): the protocol and its live settings. Without this call a
  * sender speaks protocol 2 with defaults (tm_sender_attach() with exactly `channels` sockets
  * keeps the 0.1 meaning: protocol 1). Protocol 2 opens one more connection, the control
- * connection. Returns 0, -EINVAL (bad field, named in *error), -EOPNOTSUPP (postcopy), -EBUSY
- * after connect. Migration thread.
+ * connection, and with postcopy offered also the urgent connection. Returns 0, -EINVAL (bad
+ * field, named in *error; postcopy with wire_version 1), -EBUSY after connect. Migration thread.
  */
 TM_EXPORT int tm_sender_set_live(tm_sender *sender, const tm_live_config *cfg, GError **error);
 
@@ -406,6 +406,24 @@ TM_EXPORT int tm_sender_set_rate_limit(tm_sender *sender, uint64_t bytes_per_sec
 TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
 
 /*
+ * Switches to postcopy, at any round (also before the first): the guest must be paused and its
+ * final dirty log queued. Every page queued and not yet packed, and every page never sent, is
+ * then missing at the destination (a copy it got before is discarded) and comes in the
+ * background or on the destination's request; the rate limit applies again to the background.
+ * Calls tm_sender_guest_stopped() itself if the VMM did not. Device state may follow
+ * (tm_sender_put_state()), then tm_sender_finish(), which returns once every page is at the
+ * destination. Returns once every data channel has committed the switch (not waiting for the
+ * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
+ * receiver, which the message says), -EBADFD (in postcopy already, device state started, or the
+ * session is not open), or the session's failure. After 0 the source guest must never run
+ * again: a failure from then on (a connection, the peer's silence or ERROR, a bad message; not
+ * a cancel) pauses the session, TM_PHASE_POSTCOPY_PAUSED and TM_EVENT_PAUSED, and every call
+ * returns -ENOTCONN quoting the cause; the sender keeps all it knows until tm_sender_free();
+ * tm_sender_cancel() then gives the session up (FAILED). Migration thread.
+ */
+TM_EXPORT int tm_sender_start_postcopy(tm_sender *sender, GError **error);
+
+/*
  * Live statistics. The first field is the size of the struct as the caller compiled it; the
  * library fills min(size, sizeof(tm_live_stats)) bytes and sets size to that. Fields a side or
  * an implemented step does not have read zero.
@@ -428,16 +446,18 @@ typedef struct tm_live_stats {
 	                             * the first PONG */
 	uint64_t keepalives;        /* PINGs sent */
 	uint64_t state_sections, state_bytes; /* put (sender) / delivered to the VMM (receiver) */
-	/* postcopy (not implemented yet: zero) */
-	uint64_t postcopy_pages;
+	/* postcopy (receiver: not implemented yet, zero) */
+	uint64_t postcopy_pages;    /* pages the destination lacked at the switch */
 	uint64_t discarded_pages;
-	uint64_t requests;
-	uint64_t urgent_pages, background_pages;
+	uint64_t requests;          /* sender: page requests answered */
+	uint64_t urgent_pages, background_pages; /* sender: pages sent on request / in the background */
 	uint64_t duplicate_pages;
 	uint64_t faults;
 	uint64_t fault_p50_us, fault_p99_us, fault_max_us;
-	uint64_t service_p50_us, service_p99_us;
-	uint64_t inline_wait_p50_us, inline_wait_p99_us;
+	uint64_t service_p50_us, service_p99_us; /* sender: request read -> reply sent */
+	uint64_t inline_wait_p50_us, inline_wait_p99_us; /* sender: what a reply would have waited
+	                             * on its page's data channel (its socket's unsent bytes at that
+	                             * channel's throughput) */
 } tm_live_stats;
 
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */
@@ -508,7 +528,7 @@ TM_EXPORT int tm_receiver_cancel(tm_receiver *receiver, const char *reason);
 /* Event bits, accumulated until taken (tm_*_take_events). */
 #define TM_EVENT_ROUND    (1u << 0) /* sender: a sync round was acknowledged on every channel */
 #define TM_EVENT_FAILED   (1u << 1) /* either: the session failed or was cancelled */
-#define TM_EVENT_PAUSED   (1u << 2) /* (postcopy, not used yet) */
+#define TM_EVENT_PAUSED   (1u << 2) /* sender: TM_PHASE_POSTCOPY_PAUSED (receiver: not yet) */
 #define TM_EVENT_READY    (1u << 3) /* (device state, not used yet) */
 #define TM_EVENT_COMPLETE (1u << 4) /* either: TM_PHASE_COMPLETE */
 #define TM_EVENT_STATE    (1u << 5) /* (device state, not used yet) */
