@@ -253,6 +253,7 @@ class Bench:
             images.make_ram(self.src, self.size, data, self.guest_parts)
         except RuntimeError as e:  # no real guest image here: its rows say why
             log(f"bench: no {data} image: {e}")
+            images.remove(self.src)
             for kind, c in jobs:
                 m = {"error": f"no {data} image: {e}", "repeats": 0}
                 if kind == "qemu":
