@@ -24,7 +24,7 @@ if [ -d "$root" ]; then
 	show && exit 0
 	rm -rf "$root"
 fi
-# shellcheck source=../tests/vm/lib/harness.sh
+# shellcheck source-path=SCRIPTDIR source=../tests/vm/lib/harness.sh
 . "$here/../tests/vm/lib/harness.sh"
 skip() { echo "fetch-guest: $*" >&2; exit 1; }
 bail() { skip "$@"; }
