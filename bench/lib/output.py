@@ -91,6 +91,7 @@ def write_results(rows, goals, outdir, meta, t0):
                  | ({"send_stats": r["send_stats"], "recv_stats": r["recv_stats"]}
                     if "send_stats" in r else {}) for r in rows],
         "goals": goals,
+        "guest_images": meta.get("guest_images") or [],
     }
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(doc, f, indent=1)
@@ -106,6 +107,11 @@ def write_results(rows, goals, outdir, meta, t0):
         print(f"# {qemu_label}: {qemu.path} ({qemu.why})")
     if accel:
         print(f"# QEMU accel {accel_label}: {accel.why}")
+    g = meta.get("guest_images")
+    if g:
+        print(f"# guest image: {len(g)} boot(s) of {g[0]['ram_mib']} MiB, kernel {g[0]['kernel']}, "
+              f"made under {', '.join(sorted({x['accel'] for x in g}))} with QEMU {g[0]['qemu']} "
+              f"(bench/lib/guest.py); first: {g[0]['content']}")
     print(HEADER)
     for r in rows:
         print(row_line(r))

@@ -2,6 +2,7 @@
 results. All its state is in a Bench object, which bench/run makes from the command line."""
 
 import datetime
+import json
 import os
 import shutil
 import tempfile
@@ -51,6 +52,7 @@ class Bench:
         self.qemu_rows = {}  # (data, dest, channels, tls, compression) -> median QEMU row
         self.crypto_ceiling = None
         self.link = None
+        self.guest_images = []  # the .json of each real guest image this run used
 
     # ------------------------------------------------------------ life cycle
 
@@ -318,8 +320,13 @@ class Bench:
         base = max(96 * MIB, min(size, GIB))
         base -= base % MIB
         n = -(-size // base)
-        return [guest.make(q, self.guest_cache, base // MIB, seed, log,
-                           os.environ.get(accel_mod.VARIABLE)) for seed in range(1, n + 1)]
+        parts = [guest.make(q, self.guest_cache, base // MIB, seed, log,
+                            os.environ.get(accel_mod.VARIABLE)) for seed in range(1, n + 1)]
+        self.guest_images = []
+        for p in parts:  # how each was made, for results.json and the heading
+            with open(p + ".json") as f:
+                self.guest_images.append(dict(json.load(f), path=p))
+        return parts
 
     def run(self):
         self.setup()
@@ -356,5 +363,5 @@ class Bench:
                     accel=self.accel, qemu=self.qemu, link=self.link and self.link.spec,
                     tagmig=self.tagmig.binary, default_io=self.default_io,
                     notes=self.notes + [self.tls_note, self.compress_note], ossl1=ossl1,
-                    osslN=osslN)
+                    osslN=osslN, guest_images=self.guest_images)
         write_results(self.rows, g, self.outdir, meta, progress.t_begin)
