@@ -19,7 +19,7 @@ def write_chart(rows, out_png, machine, size, qemu_label="QEMU"):
             continue
         if r["tool"] == "iperf3":
             key = "iperf3 loopback (TCP ceiling)"
-            panels = ["random", "zero", "mixed"]
+            panels = ["random", "zero", "mixed", "guest"]
         else:
             parts = [r["tool"]]
             if r["tool"] == "tagmig":
@@ -28,11 +28,13 @@ def write_chart(rows, out_png, machine, size, qemu_label="QEMU"):
             if r["tool"] == "tagmig":
                 parts.append(f"tags={r['tags']}")
             parts.append(r["dest"])
+            if r.get("compress"):
+                parts.append(f"comp={r['compress']}")
             key = " ".join(parts)
             panels = [r["data"]]
         for p in panels:
             series.setdefault(p, {}).setdefault(key, []).append((r["channels"], r["gib_per_s"]))
-    panels = [p for p in ("random", "zero", "mixed") if p in series and
+    panels = [p for p in ("random", "zero", "mixed", "guest") if p in series and
               any(k != "iperf3 loopback (TCP ceiling)" for k in series[p])]
     if not panels:
         return

@@ -1,13 +1,79 @@
-"""The goals of issue 6, checked on the rows of this run (ratios measured side by side)."""
+"""The goals of issues 6 and 15, checked on the rows of this run (ratios measured side by side)."""
+
+import re
 
 from .output import fmt
 
 
-def goals(rows, backends, default_io):
-    """The goals table of issue 6, per I/O backend, from rows of this run."""
+def link_gbit(spec):
+    """The rate of a --link spec in Gbit/s ("1gbit,5ms" -> 1.0); None for loopback."""
+    if not spec:
+        return None
+    m = re.match(r"(\d+(?:\.\d+)?)([kmg]?)bit", spec.split(",")[0].strip().lower())
+    if not m:
+        return None
+    return float(m.group(1)) * {"k": 1e-6, "m": 1e-3, "g": 1.0, "": 1e-9}[m.group(2)]
+
+
+def compression_goals(rows, link, compress_modes):
+    """Issue 15's goals on the compression table's rows (4 channels, warm; --compress-table):
+    on 1 Gbit/s with the real guest image, tagmig auto >= 1.5x QEMU's best multifd-compression;
+    on loopback and 25 Gbit/s, auto within 5% of none on every data image. "not measured" when
+    tagmig has no --compress."""
+    def find(tool, data, comp):
+        for r in rows:
+            if (r["tool"] == tool and r.get("data") == data and r.get("compress") == comp and
+                    r.get("channels") == 4 and r.get("dest") == "warm" and not r.get("tls") and
+                    r.get("tags") in ("none", None) and not r.get("error")):
+                return r
+        return None
+
+    out = []
+    gbit = link_gbit(link)
+    where = link or "loopback"
+    has = compress_modes and compress_modes[0] is not None
+    if gbit is not None and 0.9 <= gbit <= 1.1:
+        qs = [r for r in (find("qemu", "guest", "zlib"), find("qemu", "guest", "zstd")) if r]
+        q = max(qs, key=lambda r: r["gib_per_s"]) if qs else None
+        t = find("tagmig", "guest", "auto") if has else None
+        x = t["gib_per_s"] / q["gib_per_s"] if t and q else None
+        out.append(dict(goal=f"real guest image over {where}: --compress auto against QEMU's "
+                             "best multifd-compression", io="-",
+                        qemu=q and f"{q['gib_per_s']:.2f} GiB/s ({q['compress']})",
+                        tagmig=(t and f"{t['gib_per_s']:.2f} GiB/s" or
+                                ("no auto row" if has else
+                                 "not measured (tagmig send has no --compress)")),
+                        target=">= 1.5x QEMU's best compression",
+                        measured=f"{fmt(x)}x", met=None if x is None else x >= 1.5))
+    elif gbit is None or gbit >= 25:
+        for data in ("random", "mixed", "guest"):
+            n = find("tagmig", data, "none") if has else None
+            a = find("tagmig", data, "auto") if has else None
+            if not has and not find("tagmig", data, None):
+                continue
+            x = a["gib_per_s"] / n["gib_per_s"] if a and n else None
+            out.append(dict(goal=f"{data} over {where}: --compress auto against none", io="-",
+                            qemu="-",
+                            tagmig=(f"auto {a['gib_per_s']:.2f}, none {n['gib_per_s']:.2f} GiB/s"
+                                    if a and n else
+                                    ("missing rows" if has else
+                                     "not measured (tagmig send has no --compress)")),
+                            target="auto >= 0.95x none", measured=f"{fmt(x)}x",
+                            met=None if x is None else x >= 0.95))
+    return out
+
+
+def goals(rows, backends, default_io, link=None, compress_modes=(None,), mode=None):
+    """The goals table of issue 6, per I/O backend, and issue 15's compression goals, from rows
+    of this run (link: the --link spec, None on loopback; mode "compress": issue 15's only)."""
+    if mode == "compress":
+        return compression_goals(rows, link, compress_modes)
+
     def find(tool, **k):
         for r in rows:
-            if r["tool"] == tool and not r.get("error") and all(r.get(a) == b for a, b in k.items()):
+            if (r["tool"] == tool and not r.get("error") and
+                    r.get("compress") in (None, "none") and
+                    all(r.get(a) == b for a, b in k.items())):
                 return r
         return None
 

@@ -1,4 +1,5 @@
-"""The guest images: a RAM file of random, zero or mixed data and its tag files, on tmpfs."""
+"""The guest images: a RAM file of random, zero, mixed or real guest data and its tag files, on
+tmpfs."""
 
 import os
 import subprocess
@@ -34,8 +35,29 @@ def write_zeros(path, size):
             left -= n
 
 
-def make_ram(path, size, data):
-    if data == "random":
+def concatenate(path, size, parts):
+    """parts (files) one after the other into path, cut at size bytes."""
+    left = size
+    with open(path, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while left:
+                    buf = f.read(min(left, 8 * MIB))
+                    if not buf:
+                        break
+                    out.write(buf)
+                    left -= len(buf)
+    if left:
+        raise RuntimeError(f"the guest images hold {size - left} bytes, not {size}")
+
+
+def make_ram(path, size, data, guest_parts=None):
+    """guest_parts(size): the real guest's RAM images that make up size bytes (data "guest")."""
+    if data == "guest":
+        # The physical memory of Debian kernels running a workload, saved by QEMU's pmemsave
+        # (guest.py); above 1 GiB several boots one after the other (runner.guest_parts).
+        concatenate(path, size, guest_parts(size))
+    elif data == "random":
         openssl_stream(path, size, 1)
     elif data == "zero":
         write_zeros(path, size)

@@ -11,7 +11,8 @@ from .chart import write_chart
 from .common import GIB, fmt_size, log
 
 
-COLUMNS = ["tool", "io", "tls", "tags", "data", "dest", "channels", "size_gib", "gib_per_s",
+COLUMNS = ["tool", "io", "tls", "tags", "data", "dest", "channels", "compress", "size_gib",
+           "gib_per_s",
            "seconds", "wire_bytes", "tag_pct_of_wire", "send_cpu_s_per_gib",
            "recv_cpu_s_per_gib", "send_proc_cpu_s_per_gib", "recv_proc_cpu_s_per_gib",
            "e2e_gib_per_s", "qemu_gib_per_s", "vs_qemu", "ceiling", "ceiling_gib_per_s",
@@ -29,7 +30,7 @@ def fmt(v, nd=2):
 def row_line(r):
     cfg = (f"{r['tool']:<6} {r.get('io') or '-':<8} {'tls' if r.get('tls') else 'plain':<5} "
            f"{r.get('tags') or '-':<7} {r.get('data') or '-':<6} {r.get('dest') or '-':<4} "
-           f"{fmt(r.get('channels')):>2}")
+           f"{fmt(r.get('channels')):>2} {r.get('compress') or '-':<4}")
     if r.get("error"):
         return f"{cfg}  ERROR {r['error']}"
     s = (f"{cfg} {fmt(r.get('gib_per_s')):>6} {fmt_bytes(r.get('wire_bytes')):>9} "
@@ -40,6 +41,7 @@ def row_line(r):
 
 
 HEADER = (f"{'tool':<6} {'io':<8} {'tls':<5} {'tags':<7} {'data':<6} {'dest':<4} {'ch':>2} "
+          f"{'comp':<4} "
           f"{'GiB/s':>6} {'wire':>9} {'tag%':>5} {'sCPU':>6} {'rCPU':>6} {'xQEMU':>6} {'xCeil':>6}")
 
 
@@ -89,6 +91,7 @@ def write_results(rows, goals, outdir, meta, t0):
                  | ({"send_stats": r["send_stats"], "recv_stats": r["recv_stats"]}
                     if "send_stats" in r else {}) for r in rows],
         "goals": goals,
+        "guest_images": meta.get("guest_images") or [],
     }
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(doc, f, indent=1)
@@ -104,11 +107,16 @@ def write_results(rows, goals, outdir, meta, t0):
         print(f"# {qemu_label}: {qemu.path} ({qemu.why})")
     if accel:
         print(f"# QEMU accel {accel_label}: {accel.why}")
+    g = meta.get("guest_images")
+    if g:
+        print(f"# guest image: {len(g)} boot(s) of {g[0]['ram_mib']} MiB, kernel {g[0]['kernel']}, "
+              f"made under {', '.join(sorted({x['accel'] for x in g}))} with QEMU {g[0]['qemu']} "
+              f"(bench/lib/guest.py); first: {g[0]['content']}")
     print(HEADER)
     for r in rows:
         print(row_line(r))
     print()
-    print("# goals (issue 6)")
+    print("# goals (issues 6 and 15)")
     for x in goals:
         met = {True: "MET", False: "MISSED", None: "n/a"}[x["met"]]
         print(f"{met:<6} [{x['io']}] {x['goal']}: tagmig {x['tagmig']}; QEMU {x['qemu']}; "

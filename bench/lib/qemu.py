@@ -13,9 +13,10 @@ from .qmp import QMP
 
 
 def run_qemu_pair(qemu, src_img, size, channels, dest, creds, timeout, accel, workdir, children,
-                  link=None):
+                  link=None, compression="none"):
     """One migration between two QEMUs (qemubin.Qemu) on 127.0.0.1 under accel (accel.Accel), or
-    across link (link.Link: the destination in its host B, the source in host A)."""
+    across link (link.Link: the destination in its host B, the source in host A). compression:
+    multifd-compression on both sides (none, zlib, zstd; their levels are QEMU's defaults, 1)."""
     work = tempfile.mkdtemp(prefix="qemu-", dir=workdir)
     dst_img = os.path.join(work, "dst.img")
     mb = size // MIB
@@ -45,6 +46,8 @@ def run_qemu_pair(qemu, src_img, size, channels, dest, creds, timeout, accel, wo
         qd = QMP(f"{work}/dst.qmp", timeout=60)  # prealloc of a warm destination takes a while
         qs = QMP(f"{work}/src.qmp", timeout=60)
         params = {"multifd-channels": channels}
+        if compression != "none":
+            params["multifd-compression"] = compression
         for q in (qs, qd):
             q.cmd("migrate-set-capabilities",
                   capabilities=[{"capability": "multifd", "state": True}])

@@ -2,13 +2,14 @@
 results. All its state is in a Bench object, which bench/run makes from the command line."""
 
 import datetime
+import json
 import os
 import shutil
 import tempfile
 import time
 
 from . import accel as accel_mod
-from . import host, images, qemubin
+from . import guest, host, images, qemubin
 from .baselines import run_iperf3, run_openssl_speed
 from .common import GIB, GRANULE, MIB, fmt_size, log
 from .creds import make_creds
@@ -48,9 +49,10 @@ class Bench:
         self.workdir = None
         self.rows = []
         self.ceilings = {}   # channels -> iperf3 GiB/s
-        self.qemu_rows = {}  # (data, dest, channels, tls) -> median QEMU row
+        self.qemu_rows = {}  # (data, dest, channels, tls, compression) -> median QEMU row
         self.crypto_ceiling = None
         self.link = None
+        self.guest_images = []  # the .json of each real guest image this run used
 
     # ------------------------------------------------------------ life cycle
 
@@ -132,6 +134,8 @@ class Bench:
         self.creds = make_creds(os.path.join(self.workdir, "creds"))
         self.tls_ok, self.tls_note = self.tagmig.detect_tls(self.creds)
         log("bench: " + self.tls_note)
+        self.compress_modes, self.compress_note = self.tagmig.detect_compress()
+        log("bench: " + self.compress_note)
         if not self.have_qemu:
             log("bench: QEMU rows skipped: " + ("--no-qemu" if a.no_qemu else
                                                  "no QEMU (neither 10 from backports nor "
@@ -143,8 +147,8 @@ class Bench:
         """Each data image is one group of jobs; a group's runs go round-robin (run 1 of every
         row, then run 2...), so slow phases of a shared machine hit every row alike and
         side-by-side ratios hold."""
-        matrix = build_matrix(self.mode, self.backends, self.tls_ok)
-        qcfgs = qemu_configs(matrix, self.creds is not None) if self.have_qemu else []
+        matrix = build_matrix(self.mode, self.backends, self.tls_ok, self.compress_modes)
+        qcfgs = qemu_configs(matrix, self.creds is not None, self.mode) if self.have_qemu else []
         channels_used = sorted({r["channels"] for r in matrix})
         order = []  # data kinds in matrix order
         for r in matrix:
@@ -173,7 +177,7 @@ class Bench:
         if r.get("error") or r["tool"] not in ("tagmig", "qemu"):
             return
         if r["tool"] == "tagmig":
-            q = self.qemu_rows.get((r["data"], r["dest"], r["channels"], r["tls"]))
+            q = self.qemu_rows.get((r["data"], r["dest"], r["channels"], r["tls"], "none"))
             if q and not q.get("error"):
                 r["qemu_gib_per_s"] = q["gib_per_s"]
                 r["vs_qemu"] = r["gib_per_s"] / q["gib_per_s"]
@@ -190,10 +194,12 @@ class Bench:
         if kind == "iperf3":
             return f"iperf3 -P {c}, {self.iperf_seconds} s"
         if kind == "qemu":
-            d, dest, ch, tls = c
-            return f"QEMU multifd {'tls' if tls else 'plain'} {d} {dest} {ch} ch"
+            d, dest, ch, tls, comp = c
+            return (f"QEMU multifd {'tls' if tls else 'plain'} {d} {dest} {ch} ch"
+                    f"{'' if comp == 'none' else ' multifd-compression ' + comp}")
         return (f"tagmig {c['io']} {'tls' if c['tls'] else 'plain'} tags={c['tags']} "
-                f"{c['data']} {c['dest']} {c['channels']} ch")
+                f"{c['data']} {c['dest']} {c['channels']} ch"
+                f"{' --compress ' + c['compress'] if c.get('compress') else ''}")
 
     def run_job(self, kind, c):
         size_gib = self.size / GIB
@@ -205,9 +211,10 @@ class Bench:
                 return res
             return dict(gib_per_s=res["gib_per_s"], seconds=self.iperf_seconds)
         if kind == "qemu":
-            d, dest, ch, tls = c
+            d, dest, ch, tls, comp = c
             res = run_qemu_pair(self.qemu, self.src, self.size, ch, dest, self.creds if tls else None,
-                                self.timeout, self.accel, self.workdir, self.children, self.link)
+                                self.timeout, self.accel, self.workdir, self.children, self.link,
+                                compression=comp)
             if res.get("error"):
                 return res
             return dict(gib_per_s=size_gib / res["seconds"], seconds=res["seconds"],
@@ -224,7 +231,8 @@ class Bench:
                 images.write_zeros(self.dst_tags, self.size // GRANULE)
         res = self.tagmig.pair(self.src, self.src_tags[c["tags"]] if tagged else None, self.dst,
                                self.dst_tags if tagged else None, c["channels"], c["io"],
-                               self.creds if c["tls"] else None, self.timeout, link=self.link)
+                               self.creds if c["tls"] else None, self.timeout, link=self.link,
+                               compress=c.get("compress"))
         images.remove(self.dst, self.dst_tags)
         if res.get("error"):
             return res
@@ -243,7 +251,23 @@ class Bench:
         """Writes the data image, runs every job of the group repeat times round-robin, emits
         the median rows (ceilings and QEMU first: the tagmig rows' ratios need them)."""
         log(f"bench: writing the {data} image ({fmt_size(self.size)}) and its tag files")
-        images.make_ram(self.src, self.size, data)
+        try:
+            images.make_ram(self.src, self.size, data, self.guest_parts)
+        except RuntimeError as e:  # no real guest image here: its rows say why
+            log(f"bench: no {data} image: {e}")
+            images.remove(self.src)
+            for kind, c in jobs:
+                m = {"error": f"no {data} image: {e}", "repeats": 0}
+                if kind == "qemu":
+                    m.update(tool="qemu", io="qemu", tls=c[3], tags="none", data=data, dest=c[1],
+                             channels=c[2], compress=c[4])
+                elif kind == "tagmig":
+                    m.update(tool="tagmig", **c)
+                else:
+                    continue
+                self.emit(m)
+                progress.done += self.repeat
+            return
         for k, path in self.src_tags.items():
             if any(j[0] == "tagmig" and j[1]["tags"] == k for j in jobs):
                 images.make_tags(path, self.size, k)
@@ -267,9 +291,10 @@ class Bench:
                 m.update(tool="iperf3", channels=c, tls=False)
                 self.ceilings[c] = m.get("gib_per_s")
             elif kind == "qemu":
-                d, dest, ch, tls = c
+                d, dest, ch, tls, comp = c
                 m.update(tool="qemu", io="qemu", tls=tls, tags="none", data=d, dest=dest,
-                         channels=ch, size_gib=self.size / GIB, tag_pct_of_wire=0.0)
+                         channels=ch, size_gib=self.size / GIB, tag_pct_of_wire=0.0,
+                         compress=comp)
                 self.qemu_rows[c] = m
             else:
                 m.update(tool="tagmig", size_gib=self.size / GIB, **c)
@@ -283,6 +308,25 @@ class Bench:
                 self.tagmig.perf_profile(self.outdir, self.src, self.dst, self.size, c)
                 self.perf_done.add(c["io"])
         images.remove(self.src, *self.src_tags.values())
+
+    def guest_parts(self, size):
+        """The real guest's RAM images (bench/lib/guest.py) that, concatenated, make size bytes:
+        one boot of size up to 1 GiB; above, boots of 1 GiB with seeds 1, 2, ... (each its own
+        boot: own files, own kernel placement), the last one cut. Cached in
+        build-bench/guest-cache; the first run boots them (TCG: minutes per GiB)."""
+        q = self.qemu or qemubin.system("--no-qemu: Debian's own for the guest image")
+        if q is None:
+            raise RuntimeError("no QEMU to boot a guest with")
+        base = max(96 * MIB, min(size, GIB))
+        base -= base % MIB
+        n = -(-size // base)
+        parts = [guest.make(q, self.guest_cache, base // MIB, seed, log,
+                            os.environ.get(accel_mod.VARIABLE)) for seed in range(1, n + 1)]
+        self.guest_images = []
+        for p in parts:  # how each was made, for results.json and the heading
+            with open(p + ".json") as f:
+                self.guest_images.append(dict(json.load(f), path=p))
+        return parts
 
     def run(self):
         self.setup()
@@ -302,6 +346,7 @@ class Bench:
         progress.done += 1
 
         self.iperf_seconds = 5 if self.mode in ("full", "cross") else 2
+        self.guest_cache = os.path.join(self.top, "build-bench", "guest-cache")
         self.src = os.path.join(self.workdir, "src.img")
         self.dst = os.path.join(self.workdir, "dst.img")
         self.src_tags = {k: os.path.join(self.workdir, f"src-{k}.tags")
@@ -312,9 +357,11 @@ class Bench:
         for data, jobs in groups.items():
             self.run_group(data, jobs, progress)
 
-        g = goals(self.rows, self.backends, self.default_io)
+        g = goals(self.rows, self.backends, self.default_io,
+                  self.link.spec if self.link else None, self.compress_modes, self.mode)
         meta = dict(mode=self.mode, size=self.size, repeat=self.repeat, machine=self.machine,
                     accel=self.accel, qemu=self.qemu, link=self.link and self.link.spec,
                     tagmig=self.tagmig.binary, default_io=self.default_io,
-                    notes=self.notes + [self.tls_note], ossl1=ossl1, osslN=osslN)
+                    notes=self.notes + [self.tls_note, self.compress_note], ossl1=ossl1,
+                    osslN=osslN, guest_images=self.guest_images)
         write_results(self.rows, g, self.outdir, meta, progress.t_begin)

@@ -70,10 +70,19 @@ class Tagmig:
             return False, f"TLS rows skipped: a 1 MiB migration with --tls-creds failed: {res['error']}"
         return True, "TLS rows run (--tls-creds found and a probe migration worked)"
 
+    def detect_compress(self):
+        """The compression table's tagmig rows (issue 15): none, lz4, zstd and auto when
+        `tagmig send --help` lists --compress, else one row without it. Returns (modes, why)."""
+        h = subprocess.run([self.binary, "send", "--help"], capture_output=True, text=True).stdout
+        if "--compress" not in h:
+            return [None], ("compression rows: 'tagmig send --help' has no --compress: tagmig "
+                            "rows run without it, its compression goals are not measured")
+        return ["none", "lz4", "zstd", "auto"], "compression rows: tagmig --compress none/lz4/zstd/auto"
+
     def pair(self, src, src_tags, dst, dst_tags, channels, io, creds, timeout, perf_dir=None,
-             link=None):
+             link=None, compress=None):
         """One migration: recv and send as separate processes over 127.0.0.1, or across link
-        (link.Link: recv in its host B, send in host A)."""
+        (link.Link: recv in its host B, send in host A); compress: send's --compress, if any."""
         work = tempfile.mkdtemp(prefix="pair-", dir=self.workdir)
         portfile = os.path.join(work, "port")
         common = []
@@ -107,6 +116,8 @@ class Tagmig:
                 "--channels", str(channels), "--json", "--timeout", "30"] + common
         if src_tags:
             send += ["--tags", src_tags]
+        if compress:
+            send += ["--compress", compress]
         t0 = time.monotonic()
         s = self.children.spawn(send, os.path.join(work, "s.out"), os.path.join(work, "s.err"),
                                 wrap_s)
