@@ -10,6 +10,7 @@
 
 #include "common/error-internal.h"
 #include "ram/ram-internal.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -173,11 +174,13 @@ gpointer tm_send_worker(gpointer data)
 	c->cr.wire_mark = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED); /* not the HELLO */
 	for (;;) {
 		g_mutex_lock(&s->lock);
-		while (!s->quit && c->pending->len == 0) {
+		while (!s->quit && c->pending->len == 0 && c->work->len == 0) {
 			if (c->pkt_open) {
 				/* Nothing more to pack for now: do not hold pages back. */
 				g_mutex_unlock(&s->lock);
 				r = flush_packet(c, &err);
+				if (r < 0 && tm_resume_send(c, 0, &err) == 0)
+					r = 0; /* reconnected: c->work has what to send again */
 				g_mutex_lock(&s->lock);
 				if (r < 0)
 					break;
@@ -190,13 +193,16 @@ gpointer tm_send_worker(gpointer data)
 			g_mutex_unlock(&s->lock);
 			break;
 		}
-		GArray *t = c->work;
-		c->work = c->pending;
-		c->pending = t;
+		if (c->work->len == 0) { /* else a reconnect's replay comes first */
+			GArray *t = c->work;
+			c->work = c->pending;
+			c->pending = t;
+		}
 		g_mutex_unlock(&s->lock);
 
 		for (guint i = 0; i < c->work->len && r >= 0; i++) {
 			const work *w = &g_array_index(c->work, work, i);
+			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
 			if (w->kind == WORK_PAGES)
 				r = send_pages(c, w, &err);
 			else if (w->kind == WORK_SYNC)
@@ -205,6 +211,10 @@ gpointer tm_send_worker(gpointer data)
 				r = send_end(c, &err);
 			else if ((r = flush_packet(c, &err)) >= 0)
 				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
+			if (r < 0 && tm_resume_send(c, i + 1, &err) == 0) {
+				r = 0; /* reconnected: c->work starts with what to send again */
+				i = G_MAXUINT; /* ++ wraps to 0 */
+			}
 		}
 		g_array_set_size(c->work, 0);
 		if (r < 0)

@@ -17,6 +17,7 @@
  *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
  *   control.c               protocol 2: the control thread (keepalive, liveness, END, ERROR)
  *   cancel.c, events.c      cancel from any thread; phase, event bits and their eventfd
+ *   resume-send.c/-recv.c   a broken data channel reconnects (resume.h)
  */
 #pragma once
 
@@ -261,6 +262,7 @@ struct tm_sender {
 	unsigned wire_done;    /* wire once the handshake completed, else 0 (atomic) */
 	tm_events events;      /* phase, event bits, eventfds (any thread) */
 	tm_control control;    /* protocol 2: the control thread */
+	struct tm_resume_tx *resume;  /* NULL: broken channels are not resumed (resume-send.c) */
 
 	/* migration-thread local */
 	enum sender_state state;
@@ -335,6 +337,7 @@ struct tm_receiver {
 	bool ctl_used;             /* placed during accept */
 	tm_events events;          /* phase, event bits, eventfds (any thread) */
 	tm_control control;        /* protocol 2: the control thread */
+	struct tm_resume_rx *resume;  /* NULL: broken channels are not resumed (resume-recv.c) */
 	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */

@@ -285,6 +285,12 @@ typedef struct tm_live_config {
 	                             * at least max_state_section) */
 	const char *const *state_names; /* receiver: optional NULL-terminated list: sections must
 	                                 * come with exactly these names in this order (copied) */
+	bool no_resume;             /* either side: a broken data channel fails the session; by
+	                             * default it reconnects and only the rest is re-sent (docs/api.md,
+	                             * "Resume"). Needs tm_sender_connect() and tm_receiver_accept() */
+	uint32_t resume_deadline_ms; /* either side: how long a broken data channel may take to come
+	                              * back (sender: all its attempts; receiver: its wait); 0 means
+	                              * 30000 */
 } tm_live_config;
 
 /*
@@ -438,6 +444,11 @@ typedef struct tm_live_stats {
 	uint64_t fault_p50_us, fault_p99_us, fault_max_us;
 	uint64_t service_p50_us, service_p99_us;
 	uint64_t inline_wait_p50_us, inline_wait_p99_us;
+	/* resume (docs/api.md, "Resume") */
+	uint64_t reconnects;        /* data channels that broke and were resumed */
+	uint64_t resent_bytes;      /* sender: page and state bytes sent again after a reconnect */
+	uint64_t resume_refused;    /* receiver: reconnects refused (another session, a wrong secret,
+	                             * a bad handshake): strangers, the session went on */
 } tm_live_stats;
 
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */
