@@ -1,0 +1,548 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Resume (docs/wire-format.md, "Resume"): a proxy between sender and receiver cuts one data
+ * connection (closes both of its sockets) during a round, between rounds or during device state;
+ * the migration still completes bit-exact on both sides and both count the reconnect. Also: a
+ * stranger with the session's id and a wrong secret is refused and counted while the session goes
+ * on; without resume the cut fails the session as before; a sender that cannot reconnect within
+ * its deadline fails with an error naming the channel. Every test runs for each backend pair,
+ * plaintext and TLS (session-fixture.c).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "session-fixture.h"
+#include "transport/transport.h"
+
+#define MAXP 32
+
+/* ---- a proxy that forwards every connection and cuts one when told ---- */
+typedef struct cut_proxy {
+	int listen_fd;       /* where the sender connects */
+	const char *port;    /* the receiver's */
+	GThread *thread;
+	GMutex lock;
+	/* protected by lock */
+	int cut_conn;        /* accept index to cut, -1: none (0 data 0, 1 control, k + 1 data k) */
+	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
+	bool refuse_after;   /* after the cut, new connections are closed at once */
+	bool stop;
+	unsigned cuts, accepted, refused;
+	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
+} cut_proxy;
+
+static void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->cut_at = p->fwd[conn] + more_bytes;
+	g_mutex_unlock(&p->lock);
+}
+
+static unsigned proxy_cuts(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	unsigned n = p->cuts;
+	g_mutex_unlock(&p->lock);
+	return n;
+}
+
+static gpointer proxy_thread(gpointer data)
+{
+	cut_proxy *p = data;
+	int sfd[MAXP], rfd[MAXP]; /* sender side, receiver side, per accepted connection */
+	uint8_t buf[65536];
+	unsigned n = 0;
+
+	for (;;) {
+		struct pollfd pfd[2 * MAXP + 1];
+		unsigned map[2 * MAXP + 1], np = 0;
+		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
+		for (unsigned i = 0; i < n; i++) {
+			if (sfd[i] >= 0) {
+				map[np] = 2 * i;
+				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
+			}
+			if (rfd[i] >= 0) {
+				map[np] = 2 * i + 1;
+				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
+			}
+		}
+		poll(pfd, np, 20);
+		g_mutex_lock(&p->lock);
+		bool stop = p->stop;
+		int cut = p->cut_conn;
+		bool due = cut >= 0 && (unsigned)cut < n && p->fwd[cut] >= p->cut_at;
+		g_mutex_unlock(&p->lock);
+		if (stop)
+			break;
+		if (due) {
+			/* The cut: both sockets of the connection close at once. */
+			if (sfd[cut] >= 0)
+				close(sfd[cut]);
+			if (rfd[cut] >= 0)
+				close(rfd[cut]);
+			sfd[cut] = rfd[cut] = -1;
+			g_mutex_lock(&p->lock);
+			p->cut_conn = -1;
+			p->cuts++;
+			g_mutex_unlock(&p->lock);
+			continue;
+		}
+		if (pfd[0].revents & POLLIN) {
+			int fd = accept(p->listen_fd, NULL, NULL);
+			g_mutex_lock(&p->lock);
+			bool refuse = p->refuse_after && p->cuts > 0;
+			p->refused += refuse;
+			g_mutex_unlock(&p->lock);
+			if (fd >= 0 && (refuse || n == MAXP)) {
+				close(fd);
+			} else if (fd >= 0) {
+				sfd[n] = fd;
+				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
+				n++;
+				g_mutex_lock(&p->lock);
+				p->accepted = n;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+		for (unsigned k = 1; k < np; k++) {
+			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			unsigned i = map[k] / 2;
+			bool from_sender = map[k] % 2 == 0;
+			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
+			if (from < 0)
+				continue;
+			size_t want = sizeof(buf);
+			g_mutex_lock(&p->lock);
+			if (from_sender && p->cut_conn == (int)i && p->cut_at > p->fwd[i])
+				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
+			g_mutex_unlock(&p->lock);
+			ssize_t got = recv(from, buf, want, 0);
+			if (got <= 0) {
+				/* One side closed: pass the close on, both ways. */
+				close(sfd[i]);
+				close(rfd[i]);
+				sfd[i] = rfd[i] = -1;
+				continue;
+			}
+			if (to >= 0)
+				(void)!send(to, buf, (size_t)got, MSG_NOSIGNAL);
+			if (from_sender) {
+				g_mutex_lock(&p->lock);
+				p->fwd[i] += (uint64_t)got;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if (sfd[i] >= 0)
+			close(sfd[i]);
+		if (rfd[i] >= 0)
+			close(rfd[i]);
+	}
+	return NULL;
+}
+
+/* Starts a proxy to the receiver at port; returns the proxy's port (g_free it). */
+static char *proxy_start(cut_proxy *p, const char *port)
+{
+	unsigned pport = 0;
+	memset(p, 0, sizeof(*p));
+	g_mutex_init(&p->lock);
+	p->cut_conn = -1;
+	p->port = port;
+	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
+	return g_strdup_printf("%u", pport);
+}
+
+static void proxy_stop(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	p->stop = true;
+	g_mutex_unlock(&p->lock);
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+	g_mutex_clear(&p->lock);
+}
+
+/* The proxy's accept index of data channel ch (data 0, control, data 1..). */
+static int conn_of(unsigned ch)
+{
+	return ch == 0 ? 0 : (int)ch + 1;
+}
+
+#define RAM (16u << 20)
+static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
+
+static tm_sender *sender_new(guest *src, unsigned channels, const tm_live_config *lc)
+{
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+	/* Small packets: many in flight, so that a cut loses some. */
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = channels, .timeout_ms = 20000,
+				 .packet_size = 64u << 10 };
+	g_assert_cmpint(tm_sender_new(src->layout, src->tags, &cfg, &s, &err), ==, 0);
+	if (lc)
+		g_assert_cmpint(tm_sender_set_live(s, lc, &err), ==, 0);
+	return s;
+}
+
+static void queue_all(tm_sender *s)
+{
+	g_autoptr(GError) err = NULL;
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, np, &err), ==, 0);
+}
+
+/*
+ * Both sides completed, the copy is exact, each counted the reconnect, and only what the receiver
+ * lacked was sent again: it applied each queued page exactly once (queued pages in all rounds).
+ */
+static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r, GError *err,
+			   bool lost_bytes, uint64_t queued)
+{
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	if (p->ret != 0)
+		g_test_message("receiver: %s", p->error->message);
+	g_assert_cmpint(p->ret, ==, 0);
+	assert_same(src, dst);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(p->r, &rs), ==, 0);
+	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
+		       "; re-sent %" G_GUINT64_FORMAT " bytes",
+		       ss.reconnects, rs.reconnects, ss.resent_bytes);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	g_assert_cmpuint(rs.reconnects, ==, 1);
+	g_assert_cmpuint(rs.resume_refused, ==, 0);
+	if (lost_bytes)
+		g_assert_cmpuint(ss.resent_bytes, >, 0);
+	g_assert_cmpuint(ss.phase, ==, TM_PHASE_COMPLETE);
+	tm_stats st;
+	tm_receiver_get_stats(p->r, &st);
+	g_assert_cmpuint(st.pages, ==, queued);
+	tm_sender_get_stats(s, &st);
+	g_assert_cmpuint(st.pages, ==, queued);
+}
+
+/* A cut of data channel ch 2 MiB into the first round: completes, the lost packets re-sent. */
+static void cut_in_round(unsigned ch)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	proxy_arm(&px, conn_of(ch), (2u << 20) / 3);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, true, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_cut_first_in_round(void)
+{
+	cut_in_round(0);
+}
+
+static void test_cut_later_in_round(void)
+{
+	cut_in_round(2);
+}
+
+/*
+ * Round 1 is acknowledged, then data channel 1 is cut while nobody sends; round 2 (every other
+ * page, changed) finds it broken, reconnects and completes.
+ */
+static void test_cut_between_rounds(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	proxy_arm(&px, conn_of(1), 0);
+	while (proxy_cuts(&px) == 0)
+		g_usleep(1000);
+	g_usleep(50000); /* the receiver sees the close first */
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0x55, sizeof(bm));
+	for (uint64_t i = 0; i < np; i += 2)
+		fill_page(&src, 0, i, (unsigned)i + 1);
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
+	if (r == 0)
+		r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096 * 3 / 2);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* The destination checks the 4 MiB section it reads against the source's. */
+static void check_state(peer *p, const char *name, const uint8_t *data, size_t len)
+{
+	const uint8_t *want = p->opaque;
+	g_assert_cmpstr(name, ==, "dev");
+	g_assert_cmpuint(len, ==, 4u << 20);
+	g_assert_true(memcmp(data, want, len) == 0);
+}
+
+/* Data channel 2 is cut 256 KiB into device state (RAM was acknowledged before). */
+static void test_cut_in_state(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+	g_autofree uint8_t *state = g_malloc(4u << 20);
+
+	for (size_t i = 0; i < (4u << 20) / 8; i++)
+		((uint64_t *)state)[i] = rnd();
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, check_state, state);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	proxy_arm(&px, conn_of(2), 256u << 10);
+	int r = tm_sender_put_state(s, "dev", state, 4u << 20, 0, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	g_assert_cmpuint(p.states, ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, true, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* Without resume (no_resume), a cut fails the session on both sides, naming the channel. */
+static void test_cut_without_resume(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
+	tm_sender *s = sender_new(&src, 3, &lc);
+	proxy_arm(&px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	/* The old failure: nobody tried to come back (3 channels and control, no fifth). */
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	g_mutex_lock(&px.lock);
+	g_assert_cmpuint(px.accepted, ==, 4);
+	g_mutex_unlock(&px.lock);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* The proxy refuses every reconnect: the sender gives up after its deadline, naming the channel. */
+static void test_resume_deadline(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.refuse_after = true;
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+	tm_sender *s = sender_new(&src, 3, &lc);
+	proxy_arm(&px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	peer_join(&p);
+	g_assert_cmpint(r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.1f s): %s", secs, err->message);
+	g_assert_nonnull(strstr(err->message, "channel 1: could not resume within"));
+	g_assert_cmpfloat(secs, <, 10.0);
+	g_assert_cmpuint(px.refused, >, 0);
+	/* The receiver learns why on the control connection. */
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "could not resume"));
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* HELLO (this session's id, epoch 1, data channel 0) and RESUME with token, by hand. */
+static int hijack(const char *port, const uint8_t id[16], guest *g, unsigned channels,
+		  uint64_t token)
+{
+	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
+	g_assert_cmpint(fd, >=, 0);
+	tm_hello h = { .version = 2, .channel_count = (uint16_t)channels,
+		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME,
+		       .epoch = 1, .packet_size = 64u << 10, .chunk_size = 2u << 20,
+		       .block_count = 1 };
+	memcpy(h.session_id, id, 16);
+	h.blocks = g_new0(tm_wire_block, 1);
+	g_strlcpy(h.blocks[0].name, "pc.ram", sizeof(h.blocks[0].name));
+	h.blocks[0].length = RAM;
+	h.blocks[0].page_size = 4096;
+	tm_ram_block_info bi;
+	tm_ram_layout_block(g->layout, 0, &bi);
+	h.blocks[0].guest_base = bi.guest_base;
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t blen = tm_hello_body_len(&h);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen + 64);
+	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)blen, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	size_t n = TM_FRAME_HDR_LEN + blen;
+	n += tm_resume_encode(buf + n, 1, token);
+	g_assert_cmpint(send(fd, buf, n, MSG_NOSIGNAL), ==, (ssize_t)n);
+	tm_hello_clear(&h);
+	return fd;
+}
+
+/*
+ * A stranger that knows the session id but not the secret connects mid-session as channel 0's
+ * reconnect: it gets an ERROR and nothing else, is counted, and the session completes.
+ */
+static void test_hijack_refused(void)
+{
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	uint8_t id[16];
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	tm_sender_get_session_id(s, id);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	int fd = hijack(port, id, &src, 3, 0x1234567890abcdefull);
+	struct timeval tv = { .tv_sec = 5 }; /* an answer other than the close must not hang us */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* The answer: one ERROR frame, then the close. */
+	uint8_t rb[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	size_t got = 0;
+	ssize_t k;
+	while ((k = recv(fd, rb + got, sizeof(rb) - got, 0)) > 0)
+		got += (size_t)k;
+	close(fd);
+	tm_frame f;
+	g_assert_cmpuint(got, >=, TM_FRAME_HDR_LEN);
+	g_assert_cmpint(tm_frame_decode(rb, got, 2, 0, &f, NULL), ==, 0);
+	g_assert_cmpuint(f.type, ==, TM_MSG_ERROR);
+	g_assert_cmpuint(got, ==, TM_FRAME_HDR_LEN + f.body_len);
+	int code;
+	g_autofree char *msg = NULL;
+	g_assert_cmpint(tm_error_decode(rb + TM_FRAME_HDR_LEN, f.body_len, &code, &msg, NULL), ==, 0);
+	g_test_message("stranger told: %s", msg);
+	g_assert_cmpint(code, ==, EACCES);
+	g_assert_nonnull(strstr(msg, "wrong secret"));
+	/* The session goes on, untouched. */
+	int r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	tm_live_stats rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_receiver_get_live_stats(p.r, &rs), ==, 0);
+	g_assert_cmpuint(rs.resume_refused, ==, 1);
+	g_assert_cmpuint(rs.reconnects, ==, 0);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "resume/cut-first-in-round", test_cut_first_in_round, false },
+		{ "resume/cut-later-in-round", test_cut_later_in_round, false },
+		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
+		{ "resume/cut-in-state", test_cut_in_state, false },
+		{ "resume/off", test_cut_without_resume, false },
+		{ "resume/deadline", test_resume_deadline, false },
+		{ "resume/hijack-refused", test_hijack_refused, true },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
