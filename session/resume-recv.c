@@ -296,6 +296,7 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 		return -EAGAIN;
 	ack->features |= TM_FEATURE_RESUME;
 	ack->resume_token = rr->token;
+	r->control.resume_agreed = true;
 	return 0;
 }
 

@@ -77,8 +77,10 @@ void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
 
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 {
-	if (s->resume && (ack->features & TM_FEATURE_RESUME))
+	if (s->resume && (ack->features & TM_FEATURE_RESUME)) {
 		s->resume->token = ack->resume_token;
+		s->control.resume_agreed = true;
+	}
 }
 
 static bool agreed(const tm_sender *s)

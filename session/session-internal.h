@@ -143,6 +143,8 @@ typedef struct tm_control {
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
 
+	bool resume_agreed;    /* data channels resume (resume.h): a broken control says it does not */
+
 	/* relaxed atomics, for the statistics */
 	uint64_t rtt_us;       /* smoothed PING round trip, 0 before the first PONG */
 	uint64_t keepalives;   /* PINGs sent */

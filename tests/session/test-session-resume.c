@@ -390,7 +390,9 @@ static void test_cut_without_resume(void)
 	g_test_message("sender: %s", err->message);
 	g_assert_cmpint(p.ret, <, 0);
 	g_test_message("receiver: %s", p.error->message);
-	/* The old failure: nobody tried to come back (3 channels and control, no fifth). */
+	/* The old failure, naming the channel; nobody tried to come back (3 channels and control,
+	 * no fifth connection). */
+	g_assert_nonnull(strstr(err->message, "channel 1"));
 	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
 	g_mutex_lock(&px.lock);
 	g_assert_cmpuint(px.accepted, ==, 4);
@@ -398,6 +400,40 @@ static void test_cut_without_resume(void)
 	tm_live_stats ss = { .size = sizeof(ss) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.reconnects, ==, 0);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* The control connection is not resumed: its cut fails both sides, which say so. */
+static void test_cut_control(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	proxy_arm(&px, 1, 0);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, <, 0);
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_true(strstr(err->message, "control connection is not resumed") ||
+		      strstr(p.error->message, "control connection is not resumed"));
 	tm_sender_free(s);
 	peer_free(&p);
 	proxy_stop(&px);
@@ -542,6 +578,7 @@ int main(int argc, char **argv)
 		{ "resume/cut-in-state", test_cut_in_state, false },
 		{ "resume/off", test_cut_without_resume, false },
 		{ "resume/deadline", test_resume_deadline, false },
+		{ "resume/control-cut", test_cut_control, false },
 		{ "resume/hijack-refused", test_hijack_refused, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
