@@ -36,6 +36,8 @@ struct tm_resume_tx {
 	unsigned deadline_ms;
 	/* worker-local: logs[i] belongs to channel i's worker */
 	chan_log *logs;
+	/* protected by s->lock */
+	int *busy_fds;         /* per channel: the connection of an attempt under way, or -1 */
 	/* atomics */
 	uint32_t epoch;        /* the last epoch a reconnect used (the session's, increasing) */
 	uint64_t reconnects;
@@ -69,8 +71,11 @@ void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
 	rs->port = g_strdup(port);
 	rs->deadline_ms = s->live.resume_deadline_ms;
 	rs->logs = g_new0(chan_log, s->nch);
-	for (unsigned i = 0; i < s->nch; i++)
+	rs->busy_fds = g_new(int, s->nch);
+	for (unsigned i = 0; i < s->nch; i++) {
 		rs->logs[i].items = g_array_new(FALSE, FALSE, sizeof(work));
+		rs->busy_fds[i] = -1;
+	}
 	s->resume = rs;
 	s->hello.features |= TM_FEATURE_RESUME;
 }
@@ -152,6 +157,17 @@ static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *p
 			     .zerocopy = s->cfg.tuning.zerocopy };
 	if ((r = tm_chan_open(ch, fd, c->ch.id, s->io, &ioc, error)) < 0)
 		return r;
+	/* A failure, cancel or free meanwhile shuts it down (tm_resume_send_wake). */
+	g_mutex_lock(&s->lock);
+	bool quit = s->quit;
+	if (!quit)
+		rs->busy_fds[c->ch.id] = ch->fd;
+	g_mutex_unlock(&s->lock);
+	if (quit) {
+		g_set_error_literal(error, TM_ERROR, ECANCELED, "stopped");
+		tm_chan_close(ch);
+		return -ECANCELED;
+	}
 	/* Connection, TLS and the receiver's answer: one handshake deadline, within ours. */
 	ch->setup_deadline_us = MIN(tm_handshake_deadline(s->cfg.timeout_ms), deadline);
 	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
@@ -191,8 +207,14 @@ static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *p
 	}
 	ch->setup_deadline_us = 0;
 	tm_io_set_deadline(ch->io, 0);
+	g_mutex_lock(&s->lock);
+	rs->busy_fds[c->ch.id] = -1;
+	g_mutex_unlock(&s->lock);
 	return 0;
 out:
+	g_mutex_lock(&s->lock);
+	rs->busy_fds[c->ch.id] = -1; /* before the close: never shut down a reused number */
+	g_mutex_unlock(&s->lock);
 	tm_chan_close(ch);
 	return r;
 }
@@ -434,6 +456,13 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	return 0;
 }
 
+void tm_resume_send_wake(tm_sender *s)
+{
+	for (unsigned i = 0; s->resume && i < s->nch; i++)
+		if (s->resume->busy_fds[i] >= 0)
+			shutdown(s->resume->busy_fds[i], SHUT_RDWR);
+}
+
 void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret)
 {
 	if (!s->resume)
@@ -451,6 +480,7 @@ void tm_resume_send_free(tm_sender *s)
 	for (unsigned i = 0; i < s->nch; i++)
 		g_array_unref(rs->logs[i].items);
 	g_free(rs->logs);
+	g_free(rs->busy_fds);
 	g_free(rs->host);
 	g_free(rs->port);
 	g_free(rs);

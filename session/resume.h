@@ -41,6 +41,8 @@ void tm_resume_log(send_chan *c, const work *w);
  * else why resuming failed, naming the channel). c->ch is closed after a failed attempt.
  */
 int tm_resume_send(send_chan *c, unsigned next, GError **error);
+/* s->lock held, the session quit: an attempt under way stops now (its handshake included). */
+void tm_resume_send_wake(tm_sender *s);
 void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret);
 void tm_resume_send_free(tm_sender *s);
 

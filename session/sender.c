@@ -25,6 +25,7 @@ void tm_sender_wake_all(tm_sender *s)
 	g_cond_broadcast(&s->cond);
 	tm_control_wake(&s->control);
 	tm_events_stop(&s->events);
+	tm_resume_send_wake(s); /* a reconnect under way (resume.h) */
 }
 
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)

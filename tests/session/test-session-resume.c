@@ -30,6 +30,7 @@ typedef struct cut_proxy {
 	int cut_conn;        /* accept index to cut, -1: none (0 data 0, 1 control, k + 1 data k) */
 	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
 	bool refuse_after;   /* after the cut, new connections are closed at once */
+	bool hold_after;     /* after the cut, new connections are held open, never answered */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
@@ -56,7 +57,8 @@ static gpointer proxy_thread(gpointer data)
 	cut_proxy *p = data;
 	int sfd[MAXP], rfd[MAXP]; /* sender side, receiver side, per accepted connection */
 	uint8_t buf[65536];
-	unsigned n = 0;
+	unsigned n = 0, nheld = 0;
+	int held[MAXP];
 
 	for (;;) {
 		struct pollfd pfd[2 * MAXP + 1];
@@ -97,9 +99,12 @@ static gpointer proxy_thread(gpointer data)
 			int fd = accept(p->listen_fd, NULL, NULL);
 			g_mutex_lock(&p->lock);
 			bool refuse = p->refuse_after && p->cuts > 0;
-			p->refused += refuse;
+			bool hold = p->hold_after && p->cuts > 0;
+			p->refused += refuse || hold;
 			g_mutex_unlock(&p->lock);
-			if (fd >= 0 && (refuse || n == MAXP)) {
+			if (fd >= 0 && hold && nheld < MAXP) {
+				held[nheld++] = fd;
+			} else if (fd >= 0 && (refuse || hold || n == MAXP)) {
 				close(fd);
 			} else if (fd >= 0) {
 				sfd[n] = fd;
@@ -146,6 +151,8 @@ static gpointer proxy_thread(gpointer data)
 		if (rfd[i] >= 0)
 			close(rfd[i]);
 	}
+	for (unsigned i = 0; i < nheld; i++)
+		close(held[i]);
 	return NULL;
 }
 
@@ -482,6 +489,72 @@ static void test_resume_deadline(void)
 	guest_fini(&dst);
 }
 
+typedef struct canceller {
+	tm_sender *s;
+	cut_proxy *px;
+} canceller;
+
+/* Once the sender's reconnect is held by the proxy, cancels the sender. */
+static gpointer cancel_thread(gpointer data)
+{
+	canceller *c = data;
+	for (;;) {
+		g_mutex_lock(&c->px->lock);
+		unsigned held = c->px->refused;
+		g_mutex_unlock(&c->px->lock);
+		if (held)
+			break;
+		g_usleep(1000);
+	}
+	g_usleep(200000);
+	g_assert_cmpint(tm_sender_cancel(c->s, "operator"), ==, 0);
+	return NULL;
+}
+
+/*
+ * A reconnect whose answer never comes (the proxy holds it) is ended by a cancel at once, not
+ * after the handshake deadline.
+ */
+static void test_cancel_while_resuming(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.hold_after = true;
+	tm_sender *s = sender_new(&src, 3, NULL);
+	proxy_arm(&px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	canceller cc = { s, &px };
+	GThread *t = g_thread_new("canceller", cancel_thread, &cc);
+	int64_t t_start = g_get_monotonic_time();
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	int64_t t_end = g_get_monotonic_time();
+	g_thread_join(t);
+	/* The attempt's handshake deadline is 10 s: the cancel ended it long before. */
+	g_test_message("sync returned after %.2f s", (double)(t_end - t_start) / 1e6);
+	g_assert_cmpint(t_end - t_start, <, 5 * G_USEC_PER_SEC);
+	g_assert_cmpint(r, ==, -ECANCELED);
+	g_test_message("sender: %s", err->message);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, <, 0);
+	int64_t t0 = g_get_monotonic_time();
+	tm_sender_free(s);
+	/* Cancelled 200 ms after the attempt began; the handshake deadline is 10 s. */
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, 2 * G_USEC_PER_SEC);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 /* HELLO (this session's id, epoch 1, data channel 0) and RESUME with token, by hand. */
 static int hijack(const char *port, const uint8_t id[16], guest *g, unsigned channels,
 		  uint64_t token)
@@ -579,6 +652,7 @@ int main(int argc, char **argv)
 		{ "resume/off", test_cut_without_resume, false },
 		{ "resume/deadline", test_resume_deadline, false },
 		{ "resume/control-cut", test_cut_control, false },
+		{ "resume/cancel-while-resuming", test_cancel_while_resuming, false },
 		{ "resume/hijack-refused", test_hijack_refused, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
