@@ -357,6 +357,15 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 
 	if (!agreed(s) || c->ch.peer_error || !tm_resume_broken(code))
 		return -code;
+	/* A receiver that gave up said why before it closed: no reconnect then (send-pages.c). */
+	GError *why = NULL;
+	if ((code == EPIPE || code == ECONNRESET) &&
+	    tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+		g_clear_error(error);
+		*error = why;
+		c->ch.peer_error = true;
+		return -why->code;
+	}
 	int64_t t0 = tm_now_us(), deadline = t0 + (int64_t)rs->deadline_ms * 1000;
 	g_autofree char *cause = g_strdup((*error)->message);
 

@@ -288,9 +288,9 @@ typedef struct tm_live_config {
 	bool no_resume;             /* either side: a broken data channel fails the session; by
 	                             * default it reconnects and only the rest is re-sent (docs/api.md,
 	                             * "Resume"). Needs tm_sender_connect() and tm_receiver_accept() */
-	uint32_t resume_deadline_ms; /* either side: how long a broken data channel may take to come
-	                              * back (sender: all its attempts; receiver: its wait); 0 means
-	                              * 30000 */
+	uint32_t resume_deadline_ms; /* sender: how long a broken data channel may take to come back
+	                              * (all its attempts); 0 means 30000. A receiver waits as long as
+	                              * the session lives (the control connection's liveness) */
 } tm_live_config;
 
 /*
