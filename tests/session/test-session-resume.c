@@ -31,6 +31,7 @@ typedef struct cut_proxy {
 	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
 	bool refuse_after;   /* after the cut, new connections are closed at once */
 	bool hold_after;     /* after the cut, new connections are held open, never answered */
+	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
@@ -84,11 +85,17 @@ static gpointer proxy_thread(gpointer data)
 			break;
 		if (due) {
 			/* The cut: both sockets of the connection close at once. */
+			g_mutex_lock(&p->lock);
+			bool half = p->half;
+			g_mutex_unlock(&p->lock);
 			if (sfd[cut] >= 0)
 				close(sfd[cut]);
-			if (rfd[cut] >= 0)
+			if (rfd[cut] >= 0 && !half)
 				close(rfd[cut]);
-			sfd[cut] = rfd[cut] = -1;
+			sfd[cut] = -1;
+			if (half && rfd[cut] >= 0 && nheld < MAXP)
+				held[nheld++] = rfd[cut]; /* open and silent: a dead path */
+			rfd[cut] = -1;
 			g_mutex_lock(&p->lock);
 			p->cut_conn = -1;
 			p->cuts++;
@@ -282,6 +289,46 @@ static void test_cut_first_in_round(void)
 static void test_cut_later_in_round(void)
 {
 	cut_in_round(2);
+}
+
+/*
+ * Only the sender's side of data channel 1 closes; the receiver's connection stays open and
+ * silent (a path that died without a reset): the sender's reconnect shuts the old one down so
+ * that the receiver's worker, still waiting on it, takes the new one.
+ */
+static void test_cut_sender_side(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.half = true;
+	tm_sender *s = sender_new(&src, 3, NULL);
+	proxy_arm(&px, conn_of(1), (2u << 20) / 3);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	/* At once, not when the half packet's body deadline (5 s grace) ends the old read. */
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_test_message("completed in %.2f s", secs);
+	g_assert_cmpfloat(secs, <, 4.0);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
 }
 
 /*
@@ -659,6 +706,7 @@ int main(int argc, char **argv)
 	static const session_test tests[] = {
 		{ "resume/cut-first-in-round", test_cut_first_in_round, false },
 		{ "resume/cut-later-in-round", test_cut_later_in_round, false },
+		{ "resume/cut-sender-side", test_cut_sender_side, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
 		{ "resume/off", test_cut_without_resume, false },
