@@ -32,6 +32,8 @@ typedef struct cut_proxy {
 	bool refuse_after;   /* after the cut, new connections are closed at once */
 	bool hold_after;     /* after the cut, new connections are held open, never answered */
 	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
+	uint8_t cut_before;  /* plaintext: cut cut_conn instead of passing on the receiver's first
+	                      * frame of this type (cut_at unused), 0: by bytes */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
@@ -79,7 +81,7 @@ static gpointer proxy_thread(gpointer data)
 		g_mutex_lock(&p->lock);
 		bool stop = p->stop;
 		int cut = p->cut_conn;
-		bool due = cut >= 0 && (unsigned)cut < n && p->fwd[cut] >= p->cut_at;
+		bool due = cut >= 0 && (unsigned)cut < n && p->fwd[cut] >= p->cut_at && !p->cut_before;
 		g_mutex_unlock(&p->lock);
 		if (stop)
 			break;
@@ -136,6 +138,21 @@ static gpointer proxy_thread(gpointer data)
 				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
 			g_mutex_unlock(&p->lock);
 			ssize_t got = recv(from, buf, want, 0);
+			g_mutex_lock(&p->lock);
+			/* The receiver's small answers come whole: a header at the start of what we read. */
+			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
+					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
+			if (cut_frame) {
+				p->cut_conn = -1;
+				p->cuts++;
+			}
+			g_mutex_unlock(&p->lock);
+			if (cut_frame) {
+				close(sfd[i]);
+				close(rfd[i]);
+				sfd[i] = rfd[i] = -1;
+				continue;
+			}
 			if (got <= 0) {
 				/* One side closed: pass the close on, both ways. */
 				close(sfd[i]);
@@ -371,6 +388,61 @@ static void test_cut_between_rounds(void)
 	proxy_stop(&px);
 	guest_fini(&src);
 	guest_fini(&dst);
+}
+
+/*
+ * The receiver's answer is lost with the connection: its SYNC_ACK of round 1 (the reconnect's
+ * RESUME_ACK says the SYNC was answered: not sent again) or its END_ACK (the channel had ended:
+ * the listener answers for it).
+ */
+static void answer_lost(uint8_t type)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	if (tls_dir) {
+		g_test_skip("the proxy reads the receiver's frames: plaintext only");
+		return;
+	}
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_mutex_lock(&px.lock);
+	px.cut_conn = conn_of(1);
+	px.cut_before = type;
+	g_mutex_unlock(&px.lock);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
+	g_assert_cmpuint(ss.rounds, ==, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_sync_ack_lost(void)
+{
+	answer_lost(TM_MSG_SYNC_ACK);
+}
+
+static void test_end_ack_lost(void)
+{
+	answer_lost(TM_MSG_END_ACK);
 }
 
 /* The destination checks the 4 MiB section it reads against the source's. */
@@ -707,6 +779,8 @@ int main(int argc, char **argv)
 		{ "resume/cut-first-in-round", test_cut_first_in_round, false },
 		{ "resume/cut-later-in-round", test_cut_later_in_round, false },
 		{ "resume/cut-sender-side", test_cut_sender_side, false },
+		{ "resume/sync-ack-lost", test_sync_ack_lost, false },
+		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
 		{ "resume/off", test_cut_without_resume, false },
