@@ -226,8 +226,9 @@ static void take_connection(tm_receiver *r, int fd)
 		/* Its END was answered and the worker is done: the END_ACK was what got lost. */
 		tm_resume_pos pos = position(c);
 		g_mutex_unlock(&r->lock);
-		if (send_ack(&ch, &pos, NULL) == 0)
-			__atomic_add_fetch(&rr->reconnects, 1, __ATOMIC_RELAXED);
+		/* Counted first: the sender may finish, and its VMM read our figures, right after. */
+		__atomic_add_fetch(&rr->reconnects, 1, __ATOMIC_RELAXED);
+		(void)send_ack(&ch, &pos, NULL);
 		tm_chan_close(&ch);
 		return;
 	}

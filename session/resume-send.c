@@ -432,6 +432,8 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 			    last ? last->message : "none", cause);
 		return -ETIMEDOUT;
 	}
+	/* Counted before the replay: it may end the channel, and finish() return at once. */
+	__atomic_add_fetch(&rs->reconnects, 1, __ATOMIC_RELAXED);
 	tm_chan_set_timeout(&c->ch, 0); /* as tm_control_start left the data channels */
 	(void)tm_net_keepalive(c->ch.fd, s->control.ka_ms ? s->control.ka_ms : 5000, 0);
 
@@ -460,7 +462,6 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 		g_array_append_vals(replay, &g_array_index(c->work, work, next), c->work->len - next);
 	g_array_set_size(c->work, 0);
 	g_array_append_vals(c->work, replay->data, replay->len);
-	__atomic_add_fetch(&rs->reconnects, 1, __ATOMIC_RELAXED);
 	g_clear_error(error);
 	return 0;
 }
