@@ -105,7 +105,7 @@ typedef struct tm_hello {
 	uint16_t channel_count;
 	uint32_t features;
 	uint8_t role;          /* protocol 2: tm_conn_role; protocol 1: 0 (data) */
-	uint32_t epoch;        /* protocol 2: 0 (reconnects are issue 14's) */
+	uint32_t epoch;        /* protocol 2: 0, or a data channel's reconnect (with RESUME) */
 	uint32_t packet_size;
 	uint64_t chunk_size;
 	uint32_t block_count;
@@ -120,8 +120,8 @@ size_t tm_hello_body_len(const tm_hello *hello);
 /*
  * Validates hello as a decoder would (so a sender cannot announce what a receiver refuses) and
  * fills the derived block fields. Protocol 2 adds: role 0..2 (-EBADMSG), a control or urgent
- * connection has channel_id 0 (-EBADMSG), urgent only with TM_FEATURE_POSTCOPY (-EPROTO), epoch 0
- * (-EOPNOTSUPP). Protocol 1: role and epoch must be 0 (they are reserved bytes there). Returns 0
+ * connection has channel_id 0 (-EBADMSG), urgent only with TM_FEATURE_POSTCOPY (-EPROTO), epoch
+ * non-zero only on a data connection (-EOPNOTSUPP) with TM_FEATURE_RESUME (-EPROTO). Protocol 1: role and epoch must be 0 (they are reserved bytes there). Returns 0
  * or -errno with *error.
  */
 int tm_hello_check(tm_hello *hello, GError **error);
@@ -372,6 +372,7 @@ typedef struct tm_hello_ack {
 	uint32_t max_outstanding;   /* 1..TM_MAX_OUTSTANDING with POSTCOPY, else 0 */
 	uint64_t max_state_section; /* 0..TM_STATE_SECTION_MAX */
 	uint64_t max_state_total;   /* max_state_section..TM_STATE_TOTAL_MAX */
+	uint64_t resume_token;      /* with RESUME: the session's secret (non-zero), else 0 */
 } tm_hello_ack;
 
 /*
@@ -382,9 +383,35 @@ typedef struct tm_hello_ack {
 int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error);
 /* Encodes frame (protocol 2) + 32-byte body; returns TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN. */
 size_t tm_hello_ack_encode(uint8_t *out, uint32_t seq, const tm_hello_ack *ack);
-/* Decodes a protocol 2 HELLO_ACK body (exactly 32 bytes, reserved 0) and checks it. */
+/* Decodes a protocol 2 HELLO_ACK body (exactly 32 bytes) and checks it. */
 int tm_hello_ack_decode(const uint8_t *buf, size_t len, uint32_t offered, tm_hello_ack *ret,
 			GError **error);
+
+/* ---- resume (protocol 2; codec/resume.c, docs/wire-format.md "Resume") ---- */
+/* What a receiver applied on one data channel (RESUME_ACK). */
+typedef struct tm_resume_pos {
+	uint64_t pages_applied;   /* DATA pages applied on the channel since the session began */
+	uint64_t packets_applied; /* DATA packets applied */
+	uint64_t state_chunks;    /* STATE messages received */
+	uint64_t syncs;           /* id of the last SYNC answered (SYNCs are numbered from 1) */
+	uint32_t flags;           /* TM_RESUME_RAM_ENDED, TM_RESUME_ENDED */
+} tm_resume_pos;
+#define TM_RESUME_RAM_ENDED 1u /* RAM_END(FINAL) received */
+#define TM_RESUME_ENDED 2u     /* END answered: the channel is done */
+
+/* RESUME (s->r, right after a reconnect's HELLO): frame + u64 token; returns the length. */
+size_t tm_resume_encode(uint8_t *out, uint32_t seq, uint64_t token);
+/* Decodes a RESUME body: exactly 8 bytes, token non-zero (-EBADMSG). */
+int tm_resume_decode(const uint8_t *buf, size_t len, uint64_t *ret_token, GError **error);
+/* Whether two tokens are equal, in time independent of where they differ. */
+bool tm_resume_token_equal(uint64_t a, uint64_t b);
+/* RESUME_ACK (r->s): frame + 40-byte body; returns the length. */
+size_t tm_resume_ack_encode(uint8_t *out, uint32_t seq, const tm_resume_pos *pos);
+/*
+ * Decodes a RESUME_ACK body: exactly 40 bytes, known flags, reserved 0, ENDED only with
+ * RAM_ENDED, packets <= pages (-EBADMSG).
+ */
+int tm_resume_ack_decode(const uint8_t *buf, size_t len, tm_resume_pos *ret, GError **error);
 
 /* ---- postcopy messages (protocol 2; codec/postcopy.c) ---- */
 /*

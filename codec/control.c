@@ -112,6 +112,20 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->features, offered);
 		return -EPROTO;
 	}
+	if ((ack->features & TM_FEATURE_RESUME) && !(offered & TM_FEATURE_RESUME)) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO_ACK: features 0x%08x accept RESUME, which was not offered "
+			    "(offered 0x%08x)",
+			    ack->features, offered);
+		return -EPROTO;
+	}
+	/* The session's secret for reconnects: there exactly when RESUME is agreed. */
+	if (!(ack->features & TM_FEATURE_RESUME) != !ack->resume_token) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: resume token %s RESUME (features 0x%08x)",
+			    ack->resume_token ? "set without" : "0 with", ack->features);
+		return -EBADMSG;
+	}
 	if ((ack->features ^ offered) & TM_FEATURE_TAGS_MTE4) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "HELLO_ACK: features 0x%08x change TAGS_MTE4 (offered 0x%08x)",
@@ -158,7 +172,7 @@ size_t tm_hello_ack_encode(uint8_t *out, uint32_t seq, const tm_hello_ack *ack)
 	tm_put32(p + 4, ack->max_outstanding);
 	tm_put64(p + 8, ack->max_state_section);
 	tm_put64(p + 16, ack->max_state_total);
-	tm_put64(p + 24, 0);
+	tm_put64(p + 24, ack->resume_token);
 	return TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN;
 }
 
@@ -170,19 +184,12 @@ int tm_hello_ack_decode(const uint8_t *buf, size_t len, uint32_t offered, tm_hel
 			    len, TM_HELLO_ACK2_LEN, len < TM_HELLO_ACK2_LEN ? " (truncated)" : "");
 		return -EBADMSG;
 	}
-	uint64_t reserved = tm_get64(buf + 24);
-	if (reserved != 0) {
-		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO_ACK: reserved field at offset 24 is 0x%016" G_GINT64_MODIFIER
-			    "x, must be 0",
-			    (guint64)reserved);
-		return -EBADMSG;
-	}
 	tm_hello_ack a = {
 		.features = tm_get32(buf),
 		.max_outstanding = tm_get32(buf + 4),
 		.max_state_section = tm_get64(buf + 8),
 		.max_state_total = tm_get64(buf + 16),
+		.resume_token = tm_get64(buf + 24),
 	};
 	int r = tm_hello_ack_check(&a, offered, error);
 	if (r < 0)

@@ -51,6 +51,10 @@ const char *tm_msg_name(uint8_t type)
 		return "URGENT";
 	case TM_MSG_REQ_END:
 		return "REQ_END";
+	case TM_MSG_RESUME:
+		return "RESUME";
+	case TM_MSG_RESUME_ACK:
+		return "RESUME_ACK";
 	default:
 		return "unknown";
 	}
@@ -152,6 +156,10 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 	case TM_MSG_READY:
 	case TM_MSG_REQ_END:
 		return 8;
+	case TM_MSG_RESUME:
+		return TM_RESUME_LEN;
+	case TM_MSG_RESUME_ACK:
+		return TM_RESUME_ACK_LEN;
 	default:
 		return 0;
 	}

@@ -144,10 +144,18 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 			    hello->features);
 		return -EPROTO;
 	}
-	if (hello->epoch != 0) {
+	/* A reconnect (docs/wire-format.md, "Resume"): only a data channel, only with RESUME. */
+	if (hello->epoch != 0 && hello->role != TM_ROLE_DATA) {
 		g_set_error(error, TM_ERROR, EOPNOTSUPP,
-			    "HELLO: epoch %u: resume is not supported (epoch must be 0)", hello->epoch);
+			    "HELLO: epoch %u on the %s connection: only data channels resume",
+			    hello->epoch, hello->role == TM_ROLE_CONTROL ? "control" : "urgent");
 		return -EOPNOTSUPP;
+	}
+	if (hello->epoch != 0 && !(hello->features & TM_FEATURE_RESUME)) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO: epoch %u without the RESUME feature (features 0x%08x)",
+			    hello->epoch, hello->features);
+		return -EPROTO;
 	}
 	return 0;
 }

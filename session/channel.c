@@ -48,7 +48,8 @@ void tm_chan_set_control(tm_chan *ch)
 
 void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms)
 {
-	tm_io_set_timeout(ch->io, timeout_ms);
+	if (ch->io) /* a channel closed for a reconnect that did not come (resume-*.c) */
+		tm_io_set_timeout(ch->io, timeout_ms);
 }
 
 void tm_chan_close(tm_chan *ch)
@@ -194,6 +195,10 @@ static int64_t body_deadline(const tm_chan *ch, uint32_t len)
 int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError **error)
 {
 	uint8_t hdr[TM_FRAME_HDR_LEN];
+	if (!ch->io) { /* closed for a reconnect that did not come (resume-*.c) */
+		g_set_error(error, TM_ERROR, ENOTCONN, "%s: closed", ch->label);
+		return -ENOTCONN;
+	}
 	/*
 	 * Between messages: no deadline but the handshake's. The first byte of a message starts
 	 * the deadline of the rest of its header, the complete header that of its body.
@@ -307,6 +312,8 @@ int tm_chan_recv_ctrl(tm_chan *ch, uint8_t type, uint64_t *ret_a, uint64_t *ret_
 void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 {
 	uint8_t buf[TM_CHAN_CORK_MAX + TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	if (!ch->io)
+		return;
 	/* What a corked channel held goes first: the ERROR's sequence number follows it. */
 	size_t held = ch->cork_len;
 	memcpy(buf, ch->cork, held);
@@ -323,7 +330,7 @@ int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)
 	struct pollfd p = { .fd = ch->fd, .events = POLLIN };
 	tm_frame f;
 
-	if (poll(&p, 1, 1000) <= 0)
+	if (!ch->io || poll(&p, 1, 1000) <= 0)
 		return 0;
 	/* A TCP reset does not discard what already arrived: the peer's ERROR is still readable. */
 	g_autoptr(GError) local = NULL;

@@ -343,6 +343,12 @@ static gpointer control_thread(gpointer data)
 	g_autoptr(GError) err = NULL;
 
 	int r = run(&l, &err);
+	if (r < 0 && c->resume_agreed && !c->ch->peer_error &&
+	    (err->code == ECONNRESET || err->code == EPIPE || err->code == ECONNABORTED)) {
+		g_autofree char *m = err->message;
+		err->message = g_strdup_printf("%s (the control connection is not resumed, unlike "
+					       "data channels)", m);
+	}
 	if (r == 1) {
 		g_mutex_lock(c->lock);
 		c->ended = c->exited = true;

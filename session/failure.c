@@ -23,8 +23,14 @@ bool tm_failure_record(tm_failure *f, GError *err, bool from_peer)
 	 */
 	bool had_echo = f->error && !f->cancelled &&
 			(f->error->code == ECONNRESET || f->error->code == EPIPE);
+	/*
+	 * But not by "channel 2: stopped": a worker that stopped because the session had quit
+	 * (ECANCELED) says nothing of why. A cancel is never recorded after another failure (the
+	 * session has quit then: tm_*_cancel() returns -EALREADY), so this is no cancel.
+	 */
+	bool stopped = err->code == ECANCELED && !from_peer;
 	if (!f->error || (from_peer && !echo && !f->from_peer && !f->cancelled) ||
-	    (had_echo && !echo)) {
+	    (had_echo && !echo && !stopped)) {
 		g_clear_error(&f->error);
 		f->error = err;
 		f->from_peer = from_peer;

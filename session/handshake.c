@@ -10,6 +10,7 @@
 
 #include "common/escape.h"
 #include "ram/ram-internal.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -132,6 +133,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 			return r;
 		}
 	}
+	tm_resume_send_agreed(s, &first); /* its secret, for reconnects */
 	/* The receiver's device-state limits: put_state refuses what it would. */
 	s->st.max_section = first.max_state_section;
 	s->st.max_total = first.max_state_total;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "session/converge.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 
 #define LIVE_STATS_MIN_SIZE 8u
@@ -51,6 +52,7 @@ int tm_sender_get_live_stats(tm_sender *s, tm_live_stats *ret)
 	st.state_bytes = s->st.total;
 	g_mutex_unlock(&s->lock);
 	tm_sender_pc_stats(s, &st);
+	tm_resume_send_stats(s, &st);
 	return copy_out(&st, ret);
 }
 
@@ -75,6 +77,7 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 	st.keepalives = __atomic_load_n(&r->control.keepalives, __ATOMIC_RELAXED);
 	st.state_sections = r->st.order.sections; /* handed to the VMM in order */
 	st.state_bytes = r->st.order.total;
+	tm_resume_recv_stats(r, &st); /* r->resume goes at free only */
 	g_mutex_unlock(&r->lock);
 	return copy_out(&st, ret);
 }

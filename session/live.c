@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -79,6 +80,8 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    (guint64)c.max_state_total, (guint64)c.max_state_section);
 		return -EINVAL;
 	}
+	if (!c.resume_deadline_ms)
+		c.resume_deadline_ms = TM_RESUME_DEADLINE_DEFAULT_MS;
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	c.uffd = -1;
 	*ret = c;

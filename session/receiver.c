@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ram/ram-internal.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -266,7 +267,10 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 int tm_receiver_accept(tm_receiver *r, int listen_fd, GError **error)
 {
 	g_autoptr(GError) local = NULL;
-	return accept_common(r, listen_fd, NULL, 0, error ? error : &local);
+	int ret = accept_common(r, listen_fd, NULL, 0, error ? error : &local);
+	if (ret == 0)
+		tm_resume_recv_listen(r, listen_fd); /* reconnects come here (resume.h) */
+	return ret;
 }
 
 int tm_receiver_attach(tm_receiver *r, const int *fds, unsigned n, GError **error)
@@ -343,6 +347,12 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		.max_state_section = r->live.max_state_section,
 		.max_state_total = r->live.max_state_total,
 	};
+	if (r->wire == TM_WIRE_VERSION_2 && (ret = tm_resume_recv_agree(r, &ack, error)) < 0) {
+		g_autofree char *msg = g_strdup((*error)->message);
+		abort_channels(r, -ret, msg);
+		r->state = R_DONE;
+		return ret;
+	}
 	uint8_t ackbuf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
 	for (unsigned i = 0; i <= r->nch; i++) {
 		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
@@ -461,6 +471,7 @@ void tm_receiver_free(tm_receiver *r)
 		tm_chan_close(&c->ch);
 		tm_recv_plan_fini(&c->plan);
 	}
+	tm_resume_recv_free(r); /* after the workers, which may wait for a reconnect */
 	tm_chan_close(&r->ctl);
 	tm_receiver_state_free(r);
 	tm_events_fini(&r->events);

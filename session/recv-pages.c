@@ -11,6 +11,7 @@
 
 #include "common/error-internal.h"
 #include "ram/ram-internal.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -255,6 +256,8 @@ gpointer tm_recv_worker(gpointer data)
 	g_autoptr(GError) err = NULL;
 
 	int ret = recv_loop(c, &err);
+	while (ret < 0 && tm_resume_recv(c, &err) == 0) /* the sender reconnected (resume.h) */
+		ret = recv_loop(c, &err);
 	if (ret < 0) {
 		bool from_peer = c->ch.peer_error;
 		/* Record our reason before telling the sender: it reacts by closing every channel,

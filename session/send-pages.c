@@ -10,6 +10,7 @@
 
 #include "common/error-internal.h"
 #include "ram/ram-internal.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -184,11 +185,13 @@ gpointer tm_send_worker(gpointer data)
 	c->cr.wire_mark = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED); /* not the HELLO */
 	for (;;) {
 		g_mutex_lock(&s->lock);
-		while (!s->quit && c->pending->len == 0) {
+		while (!s->quit && c->pending->len == 0 && c->work->len == 0) {
 			if (c->pkt_open) {
 				/* Nothing more to pack for now: do not hold pages back. */
 				g_mutex_unlock(&s->lock);
 				r = tm_send_flush(c, &err);
+				if (r < 0 && tm_resume_send(c, 0, &err) == 0)
+					r = 0; /* reconnected: c->work has what to send again */
 				g_mutex_lock(&s->lock);
 				if (r < 0)
 					break;
@@ -201,9 +204,11 @@ gpointer tm_send_worker(gpointer data)
 			g_mutex_unlock(&s->lock);
 			break;
 		}
-		GArray *t = c->work;
-		c->work = c->pending;
-		c->pending = t;
+		if (c->work->len == 0) { /* else a reconnect's replay comes first */
+			GArray *t = c->work;
+			c->work = c->pending;
+			c->pending = t;
+		}
 		g_mutex_unlock(&s->lock);
 
 		/* The small messages of one batch leave together (RAM_END, END_OF_STATE, END). */
@@ -211,6 +216,7 @@ gpointer tm_send_worker(gpointer data)
 		for (guint i = 0; i < c->work->len && r >= 0; i++) {
 			const work *w = &g_array_index(c->work, work, i);
 			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
+			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
 			if (w->kind == WORK_PAGES)
 				r = tm_send_pages(c, w, &err);
 			else if (w->kind == WORK_SWITCH)
@@ -221,6 +227,12 @@ gpointer tm_send_worker(gpointer data)
 				r = tm_send_end(c, &err);
 			else if ((r = tm_send_flush(c, &err)) >= 0)
 				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
+			if (r < 0 && tm_resume_send(c, i + 1, &err) == 0) {
+				/* Reconnected (a new, uncorked connection: what the old one held is
+				 * in the replay): c->work starts with what to send again. */
+				r = 0;
+				i = G_MAXUINT; /* ++ wraps to 0 */
+			}
 			if (r >= 0 && tm_send_pc_switching(c)) {
 				/* Postcopy from here on: the worker's rest is postcopy-send.c's. */
 				r = tm_send_postcopy(c, i + 1, &err);
@@ -228,8 +240,11 @@ gpointer tm_send_worker(gpointer data)
 			}
 		}
 		g_array_set_size(c->work, 0);
-		if (r >= 0)
-			r = tm_chan_uncork(&c->ch, &err);
+		if (r >= 0 && (r = tm_chan_uncork(&c->ch, &err)) < 0 &&
+		    tm_resume_send(c, 0, &err) == 0) {
+			r = 0; /* what the corked batch held is in the replay (c->work) */
+			continue;
+		}
 		if (r < 0)
 			break;
 	}

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "ram/ram-internal.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -25,6 +26,7 @@ void tm_sender_wake_all(tm_sender *s)
 	tm_control_wake(&s->control);
 	tm_urgent_wake(s, false);
 	tm_events_stop(&s->events);
+	tm_resume_send_wake(s); /* a reconnect under way (resume.h) */
 }
 
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
@@ -461,6 +463,7 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 	}
 	/* attach() would take N sockets without set_live() for protocol 1: say which it is. */
 	s->live_set = true;
+	tm_resume_send_offer(s, host, port); /* where a broken channel reconnects (resume.h) */
 	return tm_sender_attach(s, fds, n, error);
 }
 
@@ -718,6 +721,7 @@ void tm_sender_free(tm_sender *s)
 		g_cond_clear(&c->wake);
 	}
 	tm_chan_close(&s->ctl);
+	tm_resume_send_free(s);
 	tm_sender_state_free(s);
 	tm_sender_pc_free(s);
 	tm_events_fini(&s->events);

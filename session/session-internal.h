@@ -19,6 +19,7 @@
  *   cancel.c, events.c      cancel from any thread; phase, event bits and their eventfd
  *   postcopy-send.c         the sender's switch to postcopy, DISCARD, background pages
  *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
+ *   resume-send.c/-recv.c   a broken data channel reconnects (resume.h)
  */
 #pragma once
 
@@ -150,6 +151,8 @@ typedef struct tm_control {
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
 
+	bool resume_agreed;    /* data channels resume (resume.h): a broken control says it does not */
+
 	/* relaxed atomics, for the statistics */
 	uint64_t rtt_us;       /* smoothed PING round trip, 0 before the first PONG */
 	uint64_t keepalives;   /* PINGs sent */
@@ -275,6 +278,7 @@ struct tm_sender {
 	unsigned wire_done;    /* wire once the handshake completed, else 0 (atomic) */
 	tm_events events;      /* phase, event bits, eventfds (any thread) */
 	tm_control control;    /* protocol 2: the control thread */
+	struct tm_resume_tx *resume;  /* NULL: broken channels are not resumed (resume-send.c) */
 
 	/* migration-thread local */
 	enum sender_state state;
@@ -350,6 +354,7 @@ struct tm_receiver {
 	bool ctl_used;             /* placed during accept */
 	tm_events events;          /* phase, event bits, eventfds (any thread) */
 	tm_control control;        /* protocol 2: the control thread */
+	struct tm_resume_rx *resume;  /* NULL: broken channels are not resumed (resume-recv.c) */
 	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */

@@ -28,6 +28,7 @@ typedef struct recv_opts {
 	char **tags;
 	char *port_file;
 	gboolean json;
+	gboolean no_resume;
 	char *io;
 	int timeout;
 	char *tls_creds;
@@ -277,6 +278,9 @@ int cli_cmd_recv(int argc, char **argv)
 		  "K, M, G, T; default: the host's physical memory); existing files must match the "
 		  "announced sizes anyway",
 		  "SIZE" },
+		{ "no-resume", 0, 0, G_OPTION_ARG_NONE, &o.no_resume,
+		  "Fail when a data connection breaks instead of taking the sender's reconnect "
+		  "(the default: the listening socket stays open for it until the end)", NULL },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -369,7 +373,8 @@ int cli_cmd_recv(int argc, char **argv)
 	/* No VMM takes device state here: no section is expected, any one fails the session
 	 * (tm_receiver_wait() would return 1 for it, not a finished migration). */
 	static const char *const no_state[] = { NULL };
-	tm_live_config live = { .size = sizeof(live), .state_names = no_state };
+	tm_live_config live = { .size = sizeof(live), .state_names = no_state,
+				.no_resume = o.no_resume };
 	if (tm_receiver_new(&cfg, &receiver, &error) < 0 ||
 	    tm_receiver_set_live(receiver, &live, &error) < 0 ||
 	    tm_receiver_accept(receiver, listen_fd, &error) < 0)
@@ -449,6 +454,8 @@ int cli_cmd_recv(int argc, char **argv)
 
 	tm_stats st;
 	tm_receiver_get_stats(receiver, &st);
-	cli_report("recv", &st, total_bytes, t0, cpu0, nblocks, o.json);
+	tm_live_stats ls = { .size = sizeof(ls) };
+	tm_receiver_get_live_stats(receiver, &ls);
+	cli_report("recv", &st, &ls, total_bytes, t0, cpu0, nblocks, o.json);
 	return CLI_EXIT_OK;
 }

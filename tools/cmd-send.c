@@ -25,6 +25,7 @@ typedef struct send_opts {
 	char *chunk_size;
 	char *packet_size;
 	gboolean json;
+	gboolean no_resume;
 	char *io;
 	int timeout;
 	char *tls_creds;
@@ -100,6 +101,9 @@ int cli_cmd_send(int argc, char **argv)
 		{ "rate-limit", 0, 0, G_OPTION_ARG_STRING, &o.rate_limit,
 		  "At most this many bytes per second over all channels, as QEMU's "
 		  "max-bandwidth (e.g. 100M/s; default 0: no limit)", "BYTES/s" },
+		{ "no-resume", 0, 0, G_OPTION_ARG_NONE, &o.no_resume,
+		  "Fail when a data connection breaks instead of reconnecting it within 30 s and "
+		  "sending only what the receiver lacks (the default)", NULL },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -250,8 +254,9 @@ int cli_cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "%s", error->message);
 	if (rc < 0)
 		return cli_fail(error);
-	tm_live_config live = { .size = sizeof(live), .rate_limit = rate_limit };
-	if (rate_limit && tm_sender_set_live(sender, &live, &error) < 0)
+	tm_live_config live = { .size = sizeof(live), .rate_limit = rate_limit,
+				.no_resume = o.no_resume };
+	if ((rate_limit || o.no_resume) && tm_sender_set_live(sender, &live, &error) < 0)
 		return cli_fail(error);
 
 	uint64_t nwords = (max_pages + 63) / 64;
@@ -282,6 +287,8 @@ int cli_cmd_send(int argc, char **argv)
 
 	tm_stats st;
 	tm_sender_get_stats(sender, &st);
-	cli_report("send", &st, total_bytes, t0, cpu0, nblocks, o.json);
+	tm_live_stats ls = { .size = sizeof(ls) };
+	tm_sender_get_live_stats(sender, &ls);
+	cli_report("send", &st, &ls, total_bytes, t0, cpu0, nblocks, o.json);
 	return CLI_EXIT_OK;
 }

@@ -35,6 +35,7 @@ typedef struct cli_summary {
 	double cpu_seconds;   /* process CPU time spent on the migration */
 	int verified;         /* 1 yes, 0 no, -1 not checked (left out of the output) */
 	unsigned blocks;
+	const tm_live_stats *live; /* protocol 2 figures (resume), or NULL: left out */
 } cli_summary;
 
 /* Writes the summary as one JSON object and a newline to stdout. */
@@ -50,7 +51,7 @@ void cli_print_io_note(const tm_stats *st);
  * The end of a send or recv: the io note, then the JSON object (json) or the human line, for
  * bytes of RAM moved since t0 (cli_now()) with cpu0 (cli_cpu_seconds()) at that time.
  */
-void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, double cpu0,
-		unsigned blocks, bool json);
+void cli_report(const char *cmd, const tm_stats *st, const tm_live_stats *live, uint64_t bytes,
+		double t0, double cpu0, unsigned blocks, bool json);
 
 G_END_DECLS

@@ -285,6 +285,12 @@ typedef struct tm_live_config {
 	                             * at least max_state_section) */
 	const char *const *state_names; /* receiver: optional NULL-terminated list: sections must
 	                                 * come with exactly these names in this order (copied) */
+	bool no_resume;             /* either side: a broken data channel fails the session; by
+	                             * default it reconnects and only the rest is re-sent (docs/api.md,
+	                             * "Resume"). Needs tm_sender_connect() and tm_receiver_accept() */
+	uint32_t resume_deadline_ms; /* sender: how long a broken data channel may take to come back
+	                              * (all its attempts); 0 means 30000. A receiver waits as long as
+	                              * the session lives (the control connection's liveness) */
 } tm_live_config;
 
 /*
@@ -458,6 +464,11 @@ typedef struct tm_live_stats {
 	uint64_t inline_wait_p50_us, inline_wait_p99_us; /* sender: what a reply would have waited
 	                             * on its page's data channel (its socket's unsent bytes at that
 	                             * channel's throughput) */
+	/* resume (docs/api.md, "Resume") */
+	uint64_t reconnects;        /* data channels that broke and were resumed */
+	uint64_t resent_bytes;      /* sender: page and state bytes sent again after a reconnect */
+	uint64_t resume_refused;    /* receiver: reconnects refused (another session, a wrong secret,
+	                             * a bad handshake): strangers, the session went on */
 } tm_live_stats;
 
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */

@@ -27,6 +27,8 @@
 #define TM_END_ACK2_LEN 16u
 #define TM_STATE_HDR_LEN 40u
 #define TM_DISCARD_HDR_LEN 8u
+#define TM_RESUME_LEN 8u
+#define TM_RESUME_ACK_LEN 40u
 
 #define TM_MAX_CHANNELS 64u
 #define TM_MAX_BLOCKS 1024u
@@ -57,8 +59,9 @@
 /* Feature bits agreed in HELLO, once for the whole migration. */
 #define TM_FEATURE_TAGS_MTE4 (1u << 0)
 #define TM_FEATURE_POSTCOPY (1u << 1) /* protocol 2 only: offered by the sender */
+#define TM_FEATURE_RESUME (1u << 2)   /* protocol 2 only: broken data channels reconnect */
 #define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)                        /* protocol 1 */
-#define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY) /* protocol 2 */
+#define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY | TM_FEATURE_RESUME)
 
 /* Protocol 2: what a connection carries, named by its HELLO. */
 typedef enum tm_conn_role {
@@ -88,10 +91,12 @@ typedef enum tm_msg_type {
 	TM_MSG_PAGE_REQ = 16,
 	TM_MSG_URGENT = 17,
 	TM_MSG_REQ_END = 18,
+	TM_MSG_RESUME = 19,     /* a reconnected data channel: the session's secret */
+	TM_MSG_RESUME_ACK = 20, /* what the receiver applied on that channel */
 } tm_msg_type;
 
 #define TM_MSG_LAST_V1 TM_MSG_ERROR
-#define TM_MSG_LAST_V2 TM_MSG_REQ_END
+#define TM_MSG_LAST_V2 TM_MSG_RESUME_ACK
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

@@ -2,7 +2,7 @@
 /*
  * Fuzzes what a channel does with any message: the frame header (before and after the
  * handshake, as a protocol 1 peer, a protocol 2 session and a handshake serving both), then the
- * body of the control, HELLO_ACK and ERROR messages in the frame's protocol. HELLO and DATA
+ * body of the control, HELLO_ACK, RESUME, RESUME_ACK and ERROR messages in the frame's protocol. HELLO and DATA
  * bodies have targets of their own.
  */
 #include <glib.h>
@@ -44,6 +44,22 @@ static void decode_body(const tm_frame *f, const uint8_t *body)
 		    tm_ctrl_decode(f->type, body, f->body_len, &a, &b, &error) < 0)
 			g_assert_nonnull(error);
 		break;
+	case TM_MSG_RESUME: {
+		uint64_t token = 0;
+		if (tm_resume_decode(body, f->body_len, &token, &error) < 0)
+			g_assert_nonnull(error);
+		else
+			g_assert_cmpuint(token, !=, 0);
+		break;
+	}
+	case TM_MSG_RESUME_ACK: {
+		tm_resume_pos pos;
+		if (tm_resume_ack_decode(body, f->body_len, &pos, &error) < 0)
+			g_assert_nonnull(error);
+		else
+			g_assert_cmpuint(pos.packets_applied, <=, pos.pages_applied);
+		break;
+	}
 	case TM_MSG_ERROR:
 		if (tm_error_decode(body, f->body_len, &code, &message, &error) == 0) {
 			g_assert_cmpint(code, >, 0);

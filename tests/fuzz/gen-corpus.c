@@ -179,7 +179,7 @@ static void gen_frame(void)
 	n = tm_ctrl_encode(buf, TM_MSG_SYNC, 0, 1, 0);
 	put_mut("frame", "v1-type-9", buf, n, 5, TM_MSG_STATE);
 	const tm_hello_ack ack = { TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY, 256, 1ull << 30,
-				   4ull << 30 };
+				   4ull << 30, 0 };
 	n = tm_hello_ack_encode(buf, 0, &ack);
 	put("frame", "v2-valid-HELLO_ACK", buf, n);
 	put_mut("frame", "v2-hello-ack-features", buf, n, 16, 0x7);
@@ -188,7 +188,18 @@ static void gen_frame(void)
 	put_mut("frame", "v2-hello-ack-section", buf, n, 16 + 13, 0x01);
 	put_mut("frame", "v2-hello-ack-total", buf, n, 16 + 19, 0);
 	put_mut("frame", "v2-hello-ack-reserved", buf, n, 16 + 24, 1);
-	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0 };
+	/* Resume: RESUME and RESUME_ACK, valid and not. */
+	n = tm_resume_encode(buf, 1, 0x0123456789abcdefull);
+	put("frame", "v2-valid-RESUME", buf, n);
+	put_mut("frame", "v2-resume-seq-2", buf, n, 12, 2);
+	n = tm_resume_encode(buf, 1, 0);
+	put("frame", "v2-resume-token-0", buf, n);
+	const tm_resume_pos rpos = { 4096, 8, 2, 3, TM_RESUME_RAM_ENDED };
+	n = tm_resume_ack_encode(buf, 0, &rpos);
+	put("frame", "v2-valid-RESUME_ACK", buf, n);
+	put_mut("frame", "v2-resume-ack-flags", buf, n, 16 + 32, 2);
+	put_mut("frame", "v2-resume-ack-reserved", buf, n, 16 + 36, 1);
+	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0, 0 };
 	n = tm_hello_ack_encode(buf, 0, &ack1);
 	put("frame", "v2-valid-HELLO_ACK-no-postcopy", buf, n);
 	h.version = TM_WIRE_VERSION_2;

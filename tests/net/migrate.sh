@@ -11,11 +11,15 @@
 #                            over CH channels (SEND_IO / RECV_IO choose the backends): both exit 0
 #                            within BOUND_S, RAM and tags byte-exact; sets ELAPSED_MS, WIRE_BYTES
 #   net_counter DIR NAME     one of the last link's counters (tm_link_stats), e.g. a_to_b lost
+#   NET_SEND_ARGS=(...)      more options for tagmig send (e.g. --rate-limit)
+#   NET_DURING=FUNC          run in the background while tagmig send runs (e.g. a cut)
 
 NET_LABEL=
 RECV_PID=
 SEND_TLS=()
 RECV_TLS=()
+NET_SEND_ARGS=()
+NET_DURING=
 
 fail() {
 	echo "FAIL${NET_LABEL:+ [$NET_LABEL]}: $*" >&2
@@ -64,11 +68,17 @@ net_migrate() { # SIZE CHANNELS BOUND_S
 	for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
 	[ -s "$T/port" ] || fail "recv did not listen"
 	start=$(date +%s%N)
+	local during=
+	if [ -n "$NET_DURING" ]; then
+		"$NET_DURING" "$(cat "$T/port")" &
+		during=$!
+	fi
 	tm_in_a env ${SEND_IO:+TAGMIG_IO=$SEND_IO} timeout $((bound + 30)) "$TAGMIG" send \
 		--connect "$TM_ADDR_B:$(cat "$T/port")" --timeout 30 "${SEND_TLS[@]}" \
-		--channels "$ch" --ram "$T/in.img" --tags "$T/in.tags" --json \
+		--channels "$ch" --ram "$T/in.img" --tags "$T/in.tags" --json "${NET_SEND_ARGS[@]}" \
 		>"$T/send.out" 2>"$T/send.err"
 	rc=$?
+	[ -z "$during" ] || wait "$during" || fail "$NET_DURING failed: $(cat "$T/during.err" 2>/dev/null)"
 	end=$(date +%s%N)
 	[ "$rc" = 0 ] || fail "send exited $rc"
 	wait "$RECV_PID"

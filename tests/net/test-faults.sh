@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 #
-# Migrations across a bad network (issue 14's fault tests, the parts that need no resume): each CASE
+# Migrations across a bad network (issue 14's fault tests; the cut cases need resume): each CASE
 # brings up a link of tests/net/netns.sh, migrates RAM and tags from host A to host B with the CLI
 # and checks both exit 0 and the output is byte-exact, within the case's bound. The link's counters
 # prove the fault happened (packets lost, reordered).
@@ -12,6 +12,10 @@
 #   loss-tls       the same over TLS 1.3
 #   reorder        1gbit, 2 ms, jitter 1 ms that reorders packets, 4 channels
 #   reorder-tls    the same over TLS (the record layer sees TCP's reassembled stream)
+#   cut            1gbit, 2 ms, 64 MiB at 32 MiB/s over 4 channels; after 0.7 s the data connection
+#                  that moved the most is destroyed in host A (ss -K: the sender sees ECONNABORTED,
+#                  the receiver a reset): resumed, both exit 0, byte-exact, --json counts it
+#   cut-tls        the same over TLS
 # SEND_IO / RECV_IO (environment) choose the I/O backends as in tests/cli/cases.sh.
 set -u
 TAGMIG=$1
@@ -46,6 +50,32 @@ reorder | reorder-tls)
 	net_migrate $((16 << 20)) 4 60
 	tm_link_down
 	[ "$(net_counter a_to_b reordered)" -gt 0 ] || fail "no packet reordered: $(tm_link_stats)"
+	;;
+cut | cut-tls)
+	# The sender's busiest connection to the receiver's port: a data channel, never control.
+	cut_busiest() { # PORT
+		sleep 0.7
+		local sport
+		sport=$(tm_in_a ss -tni "dport = :$1" | awk '
+			/^ESTAB/ { split($4, a, ":"); port = a[length(a)] }
+			/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/)) {
+				n = substr($0, RSTART + 12, RLENGTH - 12) + 0
+				if (n > best) { best = n; bp = port } } }
+			END { print bp }')
+		[ -n "$sport" ] || { echo "no connection to cut" >"$T/during.err"; return 1; }
+		tm_in_a ss -K "dport = :$1" "sport = :$sport" >/dev/null 2>"$T/during.err"
+		echo "$sport" >"$T/cut"
+	}
+	command -v ss >/dev/null || { echo "SKIP: no ss"; exit 77; }
+	tm_link_up "1gbit,2ms" || fail "link"
+	[ "$CASE" = cut-tls ] && net_use_tls
+	NET_SEND_ARGS=(--rate-limit 32M/s)
+	NET_DURING=cut_busiest
+	net_migrate $((64 << 20)) 4 60
+	tm_link_down
+	[ -s "$T/cut" ] || fail "nothing was cut"
+	grep -q '"reconnects":1' "$T/send.out" || fail "send --json counts no reconnect: $(cat "$T/send.out")"
+	note "connection from port $(cat "$T/cut") cut and resumed: $(grep -o '"resume":{[^}]*}' "$T/send.out")"
 	;;
 *)
 	fail "unknown case"

@@ -41,10 +41,12 @@ static void test_frame_v2_max_body(void)
 	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_URGENT, 65536), ==,
 			 8 + 16 + 16 * (8 + 65536 + 2048));
 	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_REQ_END, 0), ==, 8);
-	g_assert_cmpuint(tm_frame_max_body(v2, 19, 65536), ==, 0);
+	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_RESUME, 0), ==, 8);
+	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_RESUME_ACK, 0), ==, 40);
+	g_assert_cmpuint(tm_frame_max_body(v2, 21, 65536), ==, 0);
 	g_assert_cmpuint(tm_frame_max_body(v2, 0, 65536), ==, 0);
 	/* Protocol 1 knows none of them; no other version exists. */
-	for (uint8_t t = TM_MSG_STATE; t <= TM_MSG_REQ_END; t++)
+	for (uint8_t t = TM_MSG_STATE; t <= TM_MSG_LAST_V2; t++)
 		g_assert_cmpuint(tm_frame_max_body(TM_WIRE_VERSION_1, t, 65536), ==, 0);
 	g_assert_cmpuint(tm_frame_max_body(3, TM_MSG_SYNC, 0), ==, 0);
 	g_assert_cmpuint(tm_frame_max_body(0, TM_MSG_SYNC, 0), ==, 0);
@@ -52,7 +54,8 @@ static void test_frame_v2_max_body(void)
 	g_assert_cmpstr(tm_msg_name(TM_MSG_STATE), ==, "STATE");
 	g_assert_cmpstr(tm_msg_name(TM_MSG_PAGE_REQ), ==, "PAGE_REQ");
 	g_assert_cmpstr(tm_msg_name(TM_MSG_REQ_END), ==, "REQ_END");
-	g_assert_cmpstr(tm_msg_name(19), ==, "unknown");
+	g_assert_cmpstr(tm_msg_name(TM_MSG_RESUME_ACK), ==, "RESUME_ACK");
+	g_assert_cmpstr(tm_msg_name(21), ==, "unknown");
 }
 
 static void test_frame_v2_round_trip(void)
@@ -129,7 +132,7 @@ static void test_frame_v2_malformed(void)
 	buf[5] = TM_MSG_PING;
 	check_err(tm_frame_decode(buf, sizeof(buf), 0, 65536, &f, &err), &err, EBADMSG,
 		  "unknown message type 12 in protocol 1");
-	static const uint8_t v2_unknown[] = { 0, 19, 0x80, 0xff };
+	static const uint8_t v2_unknown[] = { 0, 21, 0x80, 0xff };
 	for (unsigned i = 0; i < G_N_ELEMENTS(v2_unknown); i++) {
 		memcpy(buf, v2, sizeof(buf));
 		buf[5] = v2_unknown[i];
@@ -225,9 +228,10 @@ static const hello_mutation hello_v2_mutations[] = {
 	{ 28, 1, 0xff, EBADMSG, "role 255" },
 	{ 29, 1, 1, EBADMSG, "reserved bytes at offset 29 are 0x000001" },
 	{ 31, 1, 0x80, EBADMSG, "reserved bytes at offset 29 are 0x800000" },
-	{ 44, 4, 1, EOPNOTSUPP, "epoch 1: resume is not supported" },
-	{ 44, 4, 0x80000000u, EOPNOTSUPP, "resume is not supported" },
-	{ 20, 4, 0x7, EBADMSG, "reserved bits 0x00000004" },
+	{ 44, 4, 1, EPROTO, "epoch 1 without the RESUME feature" },
+	{ 44, 4, 0x80000000u, EPROTO, "without the RESUME feature" },
+	{ 20, 4, 0xb, EBADMSG, "reserved bits 0x00000008" },
+	{ 20, 4, 0x7, 0, "" },  /* RESUME, epoch 0: a session's first connection */
 	{ 20, 4, 0x80000003u, EBADMSG, "reserved bits 0x80000000" },
 	{ 16, 2, 4, ERANGE, "channel_id 4 out of range" },
 	{ 20, 4, 0x3, 0, "" },  /* POSTCOPY is a protocol 2 feature */
@@ -286,7 +290,13 @@ static void test_hello_v2_malformed(void)
 
 	/* Sender side: what the decoder refuses cannot be announced either. */
 	h.epoch = 7;
-	check_err(tm_hello_check(&h, &err), &err, EOPNOTSUPP, "resume");
+	check_err(tm_hello_check(&h, &err), &err, EPROTO, "epoch 7 without the RESUME feature");
+	h.features |= TM_FEATURE_RESUME;
+	check_ok(tm_hello_check(&h, &err), &err); /* a data channel's reconnect */
+	h.role = TM_ROLE_CONTROL;
+	h.channel_id = 0;
+	check_err(tm_hello_check(&h, &err), &err, EOPNOTSUPP,
+		  "epoch 7 on the control connection: only data channels resume");
 	h.epoch = 0;
 	h.role = 3;
 	check_err(tm_hello_check(&h, &err), &err, EBADMSG, "role 3");
@@ -335,9 +345,9 @@ static void test_hello_ack_v2(void)
 	g_assert_cmpuint(tm_get64(buf + 24), ==, 1ull << 30);
 	g_assert_cmpuint(tm_get64(buf + 32), ==, 4ull << 30);
 	/* A receiver that declines postcopy, and the limits' extremes. */
-	tm_hello_ack no_pc = { TM_FEATURE_TAGS_MTE4, 0, 0, 0 };
+	tm_hello_ack no_pc = { TM_FEATURE_TAGS_MTE4, 0, 0, 0, 0 };
 	check_ok(tm_hello_ack_check(&no_pc, offered, &err), &err);
-	tm_hello_ack ext = { TM_FEATURE_POSTCOPY, 512, 1ull << 40, 1ull << 42 };
+	tm_hello_ack ext = { TM_FEATURE_POSTCOPY, 512, 1ull << 40, 1ull << 42, 0 };
 	check_ok(tm_hello_ack_check(&ext, TM_FEATURE_POSTCOPY, &err), &err);
 
 	static const struct {
@@ -348,7 +358,8 @@ static void test_hello_ack_v2(void)
 		int errnum;
 		const char *substr;
 	} bad[] = {
-		{ 0, 4, 0x7, 3, EBADMSG, "HELLO_ACK: features 0x00000007 has reserved bits 0x00000004" },
+		{ 0, 4, 0xb, 3, EBADMSG, "HELLO_ACK: features 0x0000000b has reserved bits 0x00000008" },
+		{ 0, 4, 0x7, 3, EPROTO, "accept RESUME, which was not offered (offered 0x00000003)" },
 		{ 0, 4, 0x80000003u, 3, EBADMSG, "reserved bits 0x80000000" },
 		{ 0, 4, 0x3, 1, EPROTO, "accept POSTCOPY, which was not offered (offered 0x00000001)" },
 		{ 0, 4, 0x2, 3, EPROTO, "change TAGS_MTE4 (offered 0x00000003)" },
@@ -359,8 +370,8 @@ static void test_hello_ack_v2(void)
 		{ 8, 8, (1ull << 40) + 1, 3, EBADMSG, "max_state_section 1099511627777 over the maximum" },
 		{ 16, 8, (1ull << 30) - 1, 3, EBADMSG, "max_state_total 1073741823 invalid" },
 		{ 16, 8, (1ull << 42) + 1, 3, EBADMSG, "max_state_total 4398046511105" },
-		{ 24, 8, 1, 3, EBADMSG, "reserved field at offset 24" },
-		{ 31, 1, 0x80, 3, EBADMSG, "0x8000000000000000, must be 0" },
+		{ 24, 8, 1, 3, EBADMSG, "resume token set without RESUME" },
+		{ 31, 1, 0x80, 3, EBADMSG, "resume token set without RESUME" },
 	};
 	for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
 		uint8_t body[32];
@@ -384,6 +395,73 @@ static void test_hello_ack_v2(void)
 	n = tm_ctrl_encode(buf, TM_MSG_HELLO_ACK, 0, 0, 0);
 	check_err(tm_hello_ack_decode(buf + 16, n - 16, offered, &d, &err), &err, EBADMSG,
 		  "body of 8 bytes, must be 32 (truncated)");
+}
+
+/* RESUME, RESUME_ACK and the HELLO_ACK's resume token (docs/wire-format.md, "Resume"). */
+static void test_resume_v2(void)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_RESUME_ACK_LEN];
+	GError *err = NULL;
+	tm_frame f;
+	uint64_t token = 0;
+
+	size_t n = tm_resume_encode(buf, 1, 0x1122334455667788ull);
+	g_assert_cmpuint(n, ==, 16 + 8);
+	check_ok(tm_frame_decode(buf, n, 2, 0, &f, &err), &err);
+	g_assert_cmpuint(f.type, ==, TM_MSG_RESUME);
+	check_ok(tm_resume_decode(buf + 16, 8, &token, &err), &err);
+	g_assert_cmpuint(token, ==, 0x1122334455667788ull);
+	g_assert_true(tm_resume_token_equal(token, 0x1122334455667788ull));
+	g_assert_false(tm_resume_token_equal(token, 0x1122334455667789ull));
+	g_assert_false(tm_resume_token_equal(token, 0x9122334455667788ull));
+	check_err(tm_resume_decode(buf + 16, 7, &token, &err), &err, EBADMSG, "body of 7 bytes");
+	memset(buf + 16, 0, 8);
+	check_err(tm_resume_decode(buf + 16, 8, &token, &err), &err, EBADMSG, "RESUME: token 0");
+
+	tm_resume_pos pos = { 300, 7, 2, 5, TM_RESUME_RAM_ENDED }, d = { 0 };
+	n = tm_resume_ack_encode(buf, 0, &pos);
+	g_assert_cmpuint(n, ==, 16 + 40);
+	check_ok(tm_frame_decode(buf, n, 2, 0, &f, &err), &err);
+	g_assert_cmpuint(f.type, ==, TM_MSG_RESUME_ACK);
+	check_ok(tm_resume_ack_decode(buf + 16, 40, &d, &err), &err);
+	g_assert_true(d.pages_applied == 300 && d.packets_applied == 7 && d.state_chunks == 2 &&
+		      d.syncs == 5 && d.flags == TM_RESUME_RAM_ENDED);
+	g_assert_cmpuint(tm_get64(buf + 16), ==, 300);
+	g_assert_cmpuint(tm_get64(buf + 40), ==, 5);
+	g_assert_cmpuint(tm_get32(buf + 48), ==, 1);
+	static const struct {
+		size_t off;
+		unsigned width;
+		uint64_t value;
+		const char *substr;
+	} bad[] = {
+		{ 32, 4, 4, "flags 0x00000004" },
+		{ 36, 4, 1, "reserved 0x00000001" },
+		{ 32, 4, 2, "channel ended without RAM_END" },
+		{ 8, 8, 301, "301 packets applied with 300 pages" },
+	};
+	for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
+		uint8_t body[40];
+		memcpy(body, buf + 16, 40);
+		put_le(body + bad[i].off, bad[i].width, bad[i].value);
+		check_err(tm_resume_ack_decode(body, 40, &d, &err), &err, EBADMSG, bad[i].substr);
+	}
+	check_err(tm_resume_ack_decode(buf + 16, 39, &d, &err), &err, EBADMSG, "body of 39 bytes");
+
+	/* HELLO_ACK: the token is there exactly with RESUME, which only an offer allows. */
+	tm_hello_ack ack = { TM_FEATURE_RESUME, 0, 1 << 20, 1 << 20, 42 };
+	uint8_t hb[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+	tm_hello_ack da;
+	n = tm_hello_ack_encode(hb, 0, &ack);
+	check_ok(tm_hello_ack_decode(hb + 16, 32, TM_FEATURE_RESUME, &da, &err), &err);
+	g_assert_cmpuint(da.resume_token, ==, 42);
+	g_assert_cmpuint(tm_get64(hb + 16 + 24), ==, 42);
+	check_err(tm_hello_ack_decode(hb + 16, 32, 0, &da, &err), &err, EPROTO,
+		  "accept RESUME, which was not offered");
+	ack.resume_token = 0;
+	n = tm_hello_ack_encode(hb, 0, &ack);
+	check_err(tm_hello_ack_decode(hb + 16, 32, TM_FEATURE_RESUME, &da, &err), &err, EBADMSG,
+		  "resume token 0 with RESUME");
 }
 
 /* ERROR is the same body in both protocols; only the frame's version differs. */
@@ -492,5 +570,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/codec/v2/hello-ack", test_hello_ack_v2);
 	g_test_add_func("/codec/v2/ctrl", test_ctrl_v2);
 	g_test_add_func("/codec/v2/error", test_error_v2);
+	g_test_add_func("/codec/v2/resume", test_resume_v2);
 	return g_test_run();
 }

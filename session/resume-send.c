@@ -1,0 +1,498 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Resume, the sender's side (resume.h; docs/wire-format.md, "Resume").
+ *
+ * Each channel keeps a log of the work it was handed since its last acknowledged SYNC (runs of
+ * pages, SYNC, RAM_END, STATE, END): a SYNC_ACK says the receiver applied everything before it,
+ * so the log starts over there. When the connection breaks, the worker reconnects (backoff
+ * doubling from TM_RESUME_BACKOFF_FIRST_MS to TM_RESUME_BACKOFF_MAX_MS, all within
+ * resume_deadline_ms), proves the session (HELLO with a new epoch, RESUME with the secret of the
+ * HELLO_ACK), and the receiver's RESUME_ACK says how many pages, packets and state chunks it
+ * applied on the channel and which SYNC it answered last. A channel is one ordered stream and
+ * the worker sends pages in the order of its work, so "the first A pages of the channel" is a
+ * position in the log: everything after it is sent again, pages re-read from guest RAM with
+ * their tags (in precopy a page the guest changed since is queued again by the VMM anyway;
+ * after guest_stopped nothing changes), chunks from the sections the sender keeps until free.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "session/resume.h"
+#include "tagmig/error.h"
+
+typedef struct chan_log {
+	GArray *items;         /* of work, in the order the worker took them */
+	uint64_t base_pages;   /* the channel's counts before items[0] */
+	uint64_t base_packets;
+	uint64_t base_chunks;
+} chan_log;
+
+typedef struct tm_resume_tx tm_resume_tx;
+struct tm_resume_tx {
+	/* read-only after the handshake */
+	char *host, *port;
+	uint64_t token;        /* the receiver's secret; 0 until HELLO_ACK agreed RESUME */
+	unsigned deadline_ms;
+	/* worker-local: logs[i] belongs to channel i's worker */
+	chan_log *logs;
+	/* protected by s->lock */
+	int *busy_fds;         /* per channel: the connection of an attempt under way, or -1 */
+	/* atomics */
+	uint32_t epoch;        /* the last epoch a reconnect used (the session's, increasing) */
+	uint64_t reconnects;
+	uint64_t resent_bytes;
+};
+
+bool tm_resume_broken(int code)
+{
+	switch (code) {
+	case ECONNRESET:
+	case EPIPE:
+	case ECONNABORTED:
+	case ENOTCONN:
+	case ETIMEDOUT:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+	case ENETDOWN:
+	case ENETRESET:
+		return true;
+	default:
+		return false;
+	}
+}
+
+void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
+{
+	if (s->wire != TM_WIRE_VERSION_2 || s->live.no_resume || s->resume)
+		return;
+	tm_resume_tx *rs = g_new0(tm_resume_tx, 1);
+	rs->host = g_strdup(host);
+	rs->port = g_strdup(port);
+	rs->deadline_ms = s->live.resume_deadline_ms;
+	rs->logs = g_new0(chan_log, s->nch);
+	rs->busy_fds = g_new(int, s->nch);
+	for (unsigned i = 0; i < s->nch; i++) {
+		rs->logs[i].items = g_array_new(FALSE, FALSE, sizeof(work));
+		rs->busy_fds[i] = -1;
+	}
+	s->resume = rs;
+	s->hello.features |= TM_FEATURE_RESUME;
+}
+
+void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
+{
+	if (s->resume && (ack->features & TM_FEATURE_RESUME)) {
+		s->resume->token = ack->resume_token;
+		s->control.resume_agreed = true;
+	}
+}
+
+static bool agreed(const tm_sender *s)
+{
+	return s->resume && s->resume->token;
+}
+
+void tm_resume_log(send_chan *c, const work *w)
+{
+	tm_sender *s = c->s;
+
+	if (!agreed(s))
+		return;
+	chan_log *l = &s->resume->logs[c->ch.id];
+	if (l->items->len) {
+		const work *last = &g_array_index(l->items, work, l->items->len - 1);
+		/* Its SYNC_ACK said the receiver applied all this channel sent before it. c->synced
+		 * is written by this worker only (under s->lock, for the readers). */
+		if (last->kind == WORK_SYNC && c->synced >= last->first) {
+			g_array_set_size(l->items, 0);
+			l->base_pages = c->pages_sent;
+			l->base_packets = c->packets_sent;
+			l->base_chunks = c->state_chunks;
+		}
+	}
+	g_array_append_vals(l->items, w, 1);
+}
+
+/* A HELLO of the session for channel id with epoch, then RESUME with the secret. */
+static int send_resume(tm_sender *s, tm_chan *ch, uint32_t epoch, GError **error)
+{
+	tm_hello h = s->hello; /* shallow: the blocks are only read */
+	h.version = TM_WIRE_VERSION_2;
+	h.role = TM_ROLE_DATA;
+	h.channel_id = (uint16_t)ch->id;
+	h.epoch = epoch;
+	size_t blen = tm_hello_body_len(&h);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen + TM_FRAME_HDR_LEN + TM_RESUME_LEN);
+	tm_frame_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_HELLO, (uint32_t)blen, ch->tx_seq++);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	size_t n = TM_FRAME_HDR_LEN + blen;
+	n += tm_resume_encode(buf + n, ch->tx_seq++, s->resume->token);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	return tm_chan_send(ch, &v, 1, n, error);
+}
+
+/*
+ * One attempt: connect, TLS, HELLO + RESUME, RESUME_ACK into *pos. On failure ch is closed;
+ * *final says the receiver refused (its ERROR, or an answer that no retry changes).
+ */
+static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *pos, bool *final,
+		   GError **error)
+{
+	tm_sender *s = c->s;
+	tm_resume_tx *rs = s->resume;
+	int64_t left_ms = (deadline - tm_now_us()) / 1000;
+	tm_frame f;
+	int r;
+
+	if (left_ms <= 0) {
+		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
+		return -ETIMEDOUT;
+	}
+	int fd = tm_net_connect(rs->host, rs->port, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
+				s->events.cancel_fd, error);
+	if (fd < 0)
+		return fd;
+	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,
+			     .zerocopy = s->cfg.tuning.zerocopy };
+	if ((r = tm_chan_open(ch, fd, c->ch.id, s->io, &ioc, error)) < 0)
+		return r;
+	/* A failure, cancel or free meanwhile shuts it down (tm_resume_send_wake). */
+	g_mutex_lock(&s->lock);
+	bool quit = s->quit;
+	if (!quit)
+		rs->busy_fds[c->ch.id] = ch->fd;
+	g_mutex_unlock(&s->lock);
+	if (quit) {
+		g_set_error_literal(error, TM_ERROR, ECANCELED, "stopped");
+		tm_chan_close(ch);
+		return -ECANCELED;
+	}
+	/* Connection, TLS and the receiver's answer: one handshake deadline, within ours. */
+	ch->setup_deadline_us = MIN(tm_handshake_deadline(s->cfg.timeout_ms), deadline);
+	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
+	if (s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
+		goto out;
+	ch->version = TM_WIRE_VERSION_2;
+	uint32_t epoch = __atomic_add_fetch(&rs->epoch, 1, __ATOMIC_RELAXED);
+	if ((r = send_resume(s, ch, epoch, error)) < 0 ||
+	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0)
+		goto out;
+	if (f.type == TM_MSG_ERROR) {
+		*final = true;
+		r = tm_chan_recv_peer_error(ch, &f, "receiver refused the reconnect", error);
+		goto out;
+	}
+	uint8_t body[TM_RESUME_ACK_LEN];
+	if (f.type != TM_MSG_RESUME_ACK) {
+		*final = true;
+		g_set_error(error, TM_ERROR, EPROTO, "%s: expected RESUME_ACK, received %s", ch->label,
+			    tm_msg_name(f.type));
+		r = -EPROTO;
+		goto out;
+	}
+	if ((r = tm_chan_recv(ch, body, f.body_len, error)) < 0)
+		goto out;
+	if ((r = tm_resume_ack_decode(body, f.body_len, pos, error)) < 0) {
+		*final = true;
+		tm_chan_prefix_error(ch, error);
+		goto out;
+	}
+	if (ch->depth != c->ch.depth) { /* the packet slots were made for the first connection */
+		*final = true;
+		g_set_error(error, TM_ERROR, EIO, "%s: the new connection has %u packet slots, not %u",
+			    ch->label, ch->depth, c->ch.depth);
+		r = -EIO;
+		goto out;
+	}
+	ch->setup_deadline_us = 0;
+	tm_io_set_deadline(ch->io, 0);
+	g_mutex_lock(&s->lock);
+	rs->busy_fds[c->ch.id] = -1;
+	g_mutex_unlock(&s->lock);
+	return 0;
+out:
+	g_mutex_lock(&s->lock);
+	rs->busy_fds[c->ch.id] = -1; /* before the close: never shut down a reused number */
+	g_mutex_unlock(&s->lock);
+	tm_chan_close(ch);
+	return r;
+}
+
+/* Marks SYNC id acknowledged (its SYNC_ACK was lost with the connection). */
+static void ack_sync(send_chan *c, uint64_t id)
+{
+	g_mutex_lock(&c->s->lock);
+	if (c->synced < id) {
+		c->synced = id;
+		tm_rounds_chan_acked(c->s, c, id);
+	}
+	g_cond_broadcast(&c->s->cond);
+	g_mutex_unlock(&c->s->lock);
+}
+
+/* Bytes of data STATE item w carries. */
+static uint64_t chunk_bytes(tm_sender *s, const work *w)
+{
+	if (w->block == TM_STATE_EOS_ITEM)
+		return 0;
+	g_mutex_lock(&s->lock);
+	const state_section *sec = g_ptr_array_index(s->st.sections, w->block);
+	uint64_t n = MIN((uint64_t)s->hello.packet_size, sec->len - w->count);
+	g_mutex_unlock(&s->lock);
+	return n;
+}
+
+/*
+ * The receiver's position against the log: what it lacks, in order, into *ret. Items it has
+ * are dropped (a SYNC it answered is acknowledged here, an END it answered ends the channel).
+ */
+static int replay_list(send_chan *c, const tm_resume_pos *pos, GArray *ret, GError **error)
+{
+	tm_sender *s = c->s;
+	chan_log *l = &s->resume->logs[c->ch.id];
+	uint64_t skip_pages = pos->pages_applied - l->base_pages;
+	uint64_t skip_chunks = pos->state_chunks - l->base_chunks;
+	uint64_t resend_pages = c->pages_sent - pos->pages_applied; /* sent and lost */
+	uint64_t resend_chunks = c->state_chunks - pos->state_chunks;
+	uint64_t resent = 0;
+	bool keep = false;
+
+	for (guint i = 0; i < l->items->len; i++) {
+		work w = g_array_index(l->items, work, i);
+		if (!keep) {
+			if (w.kind == WORK_PAGES && skip_pages >= w.count) {
+				skip_pages -= w.count;
+				continue;
+			}
+			/* The receiver reads in order: what it answered, it had all before. */
+			if (w.kind == WORK_SYNC && pos->syncs >= w.first) {
+				ack_sync(c, w.first);
+				continue;
+			}
+			if (w.kind == WORK_RAM_END && (pos->flags & TM_RESUME_RAM_ENDED))
+				continue;
+			if (w.kind == WORK_STATE && skip_chunks) {
+				skip_chunks--;
+				continue;
+			}
+			if (w.kind == WORK_END && (pos->flags & TM_RESUME_ENDED)) {
+				g_mutex_lock(&s->lock);
+				c->ended = true;
+				g_cond_broadcast(&s->cond);
+				g_mutex_unlock(&s->lock);
+				continue;
+			}
+			if (w.kind == WORK_PAGES) { /* the receiver has the first skip_pages of it */
+				w.first += skip_pages;
+				w.count -= skip_pages;
+				skip_pages = 0;
+			}
+			/* Nothing of the channel after a message the receiver lacks can be there. */
+			if (skip_pages || skip_chunks)
+				break;
+			keep = true;
+		}
+		if (w.kind == WORK_PAGES && resend_pages) {
+			uint64_t n = MIN(resend_pages, w.count);
+			resent += n * s->hello.blocks[w.block].page_size;
+			resend_pages -= n;
+		} else if (w.kind == WORK_STATE && resend_chunks) {
+			resent += chunk_bytes(s, &w);
+			resend_chunks--;
+		}
+		g_array_append_val(ret, w);
+	}
+	if (skip_pages || skip_chunks) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "channel %u: RESUME_ACK: %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT
+			    " state chunks, SYNC %" G_GUINT64_FORMAT
+			    " do not match what the channel sent (from %" G_GUINT64_FORMAT " pages, %"
+			    G_GUINT64_FORMAT " chunks)",
+			    c->ch.id, (guint64)pos->pages_applied, (guint64)pos->state_chunks,
+			    (guint64)pos->syncs, (guint64)l->base_pages, (guint64)l->base_chunks);
+		return -EPROTO;
+	}
+	__atomic_add_fetch(&s->resume->resent_bytes, resent, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* The position is within what the log covers: base <= applied <= sent. */
+static int check_pos(send_chan *c, const tm_resume_pos *pos, GError **error)
+{
+	const chan_log *l = &c->s->resume->logs[c->ch.id];
+
+	if (pos->pages_applied >= l->base_pages && pos->pages_applied <= c->pages_sent &&
+	    pos->packets_applied >= l->base_packets && pos->packets_applied <= c->packets_sent &&
+	    pos->state_chunks >= l->base_chunks && pos->state_chunks <= c->state_chunks)
+		return 0;
+	g_set_error(error, TM_ERROR, EPROTO,
+		    "channel %u: RESUME_ACK says %" G_GUINT64_FORMAT " pages in %" G_GUINT64_FORMAT
+		    " packets and %" G_GUINT64_FORMAT " state chunks applied; the channel sent %"
+		    G_GUINT64_FORMAT " in %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT
+		    ", of which %" G_GUINT64_FORMAT ", %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT
+		    " were acknowledged",
+		    c->ch.id, (guint64)pos->pages_applied, (guint64)pos->packets_applied,
+		    (guint64)pos->state_chunks, (guint64)c->pages_sent, (guint64)c->packets_sent,
+		    (guint64)c->state_chunks, (guint64)l->base_pages, (guint64)l->base_packets,
+		    (guint64)l->base_chunks);
+	return -EPROTO;
+}
+
+/* Waits ms or until the session quits (s->lock held). Returns whether it quit. */
+static bool backoff_wait(tm_sender *s, unsigned ms)
+{
+	int64_t end = g_get_monotonic_time() + (int64_t)ms * 1000;
+	while (!s->quit)
+		if (!g_cond_wait_until(&s->cond, &s->lock, end))
+			break;
+	return s->quit;
+}
+
+int tm_resume_send(send_chan *c, unsigned next, GError **error)
+{
+	tm_sender *s = c->s;
+	tm_resume_tx *rs = s->resume;
+	int code = (*error)->code;
+
+	if (!agreed(s) || c->ch.peer_error || !tm_resume_broken(code))
+		return -code;
+	/* A receiver that gave up said why before it closed: no reconnect then (send-pages.c). */
+	GError *why = NULL;
+	if ((code == EPIPE || code == ECONNRESET) &&
+	    tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+		g_clear_error(error);
+		*error = why;
+		c->ch.peer_error = true;
+		return -why->code;
+	}
+	int64_t t0 = tm_now_us(), deadline = t0 + (int64_t)rs->deadline_ms * 1000;
+	g_autofree char *cause = g_strdup((*error)->message);
+
+	/* The broken connection goes: under the lock, as a cancel shuts down what it sees. */
+	g_mutex_lock(&s->lock);
+	if (s->quit) {
+		g_mutex_unlock(&s->lock);
+		return -code;
+	}
+	tm_counters st = c->ch.st;
+	shutdown(c->ch.fd, SHUT_RDWR);
+	tm_chan_close(&c->ch);
+	tm_io_counters io_closed = c->ch.io_closed;
+	g_mutex_unlock(&s->lock);
+
+	g_autoptr(GError) last = NULL;
+	tm_resume_pos pos;
+	tm_chan ch = { .fd = -1 };
+	unsigned attempts = 0, backoff = TM_RESUME_BACKOFF_FIRST_MS;
+	bool final = false, quit = false;
+	for (;;) {
+		g_clear_error(&last);
+		attempts++;
+		int r = attempt(c, &ch, deadline, &pos, &final, &last);
+		g_mutex_lock(&s->lock);
+		quit = s->quit;
+		if (r == 0 && !quit) {
+			/* The new connection is the channel's, with its counters. */
+			c->ch = ch;
+			c->ch.st = st;
+			c->ch.io_closed = io_closed;
+			if (s->control.data_fds) /* its TCP_INFO watch (control.c) */
+				__atomic_store_n(&s->control.data_fds[c->ch.id], c->ch.fd,
+						 __ATOMIC_RELAXED);
+			g_mutex_unlock(&s->lock);
+			break;
+		}
+		if (r == 0) /* quit meanwhile: nobody will use it */
+			tm_chan_close(&ch);
+		if (quit || final || tm_now_us() + (int64_t)backoff * 1000 >= deadline ||
+		    backoff_wait(s, backoff)) {
+			quit = s->quit;
+			g_mutex_unlock(&s->lock);
+			break;
+		}
+		g_mutex_unlock(&s->lock);
+		backoff = MIN(backoff * 2, TM_RESUME_BACKOFF_MAX_MS);
+	}
+	if (quit) /* another failure or a cancel explains the end: keep the break as ours */
+		return -code;
+	if (c->ch.io == NULL) {
+		int lcode = last ? last->code : ETIMEDOUT;
+		g_clear_error(error);
+		if (final) {
+			g_propagate_error(error, g_steal_pointer(&last));
+			g_prefix_error(error, "channel %u: resume: ", c->ch.id);
+			c->ch.peer_error = ch.peer_error; /* the receiver's ERROR: its words */
+			return -lcode;
+		}
+		g_set_error(error, TM_ERROR, ETIMEDOUT,
+			    "channel %u: could not resume within %.1f s (resume_deadline_ms; %u attempt%s, "
+			    "the last: %s) after: %s",
+			    c->ch.id, (double)(tm_now_us() - t0) / 1e6, attempts, attempts == 1 ? "" : "s",
+			    last ? last->message : "none", cause);
+		return -ETIMEDOUT;
+	}
+	/* Counted before the replay: it may end the channel, and finish() return at once. */
+	__atomic_add_fetch(&rs->reconnects, 1, __ATOMIC_RELAXED);
+	tm_chan_set_timeout(&c->ch, 0); /* as tm_control_start left the data channels */
+	(void)tm_net_keepalive(c->ch.fd, s->control.ka_ms ? s->control.ka_ms : 5000, 0);
+
+	g_autoptr(GArray) replay = g_array_new(FALSE, FALSE, sizeof(work));
+	int r = check_pos(c, &pos, error);
+	if (r == 0)
+		r = replay_list(c, &pos, replay, error);
+	if (r < 0) {
+		g_prefix_error(error, "after a reconnect: ");
+		return r;
+	}
+	/* From here the channel's counts are the receiver's; the packet being packed is gone. */
+	__atomic_sub_fetch(&c->ch.st.pages, c->pages_sent - pos.pages_applied, __ATOMIC_RELAXED);
+	__atomic_sub_fetch(&c->ch.st.packets, c->packets_sent - pos.packets_applied,
+			   __ATOMIC_RELAXED);
+	c->pages_sent = pos.pages_applied;
+	c->packets_sent = pos.packets_applied;
+	c->state_chunks = pos.state_chunks;
+	c->pkt_open = false;
+	chan_log *l = &rs->logs[c->ch.id];
+	g_array_set_size(l->items, 0);
+	l->base_pages = pos.pages_applied;
+	l->base_packets = pos.packets_applied;
+	l->base_chunks = pos.state_chunks;
+	if (next < c->work->len)
+		g_array_append_vals(replay, &g_array_index(c->work, work, next), c->work->len - next);
+	g_array_set_size(c->work, 0);
+	g_array_append_vals(c->work, replay->data, replay->len);
+	g_clear_error(error);
+	return 0;
+}
+
+void tm_resume_send_wake(tm_sender *s)
+{
+	for (unsigned i = 0; s->resume && i < s->nch; i++)
+		if (s->resume->busy_fds[i] >= 0)
+			shutdown(s->resume->busy_fds[i], SHUT_RDWR);
+}
+
+void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret)
+{
+	if (!s->resume)
+		return;
+	ret->reconnects = __atomic_load_n(&s->resume->reconnects, __ATOMIC_RELAXED);
+	ret->resent_bytes = __atomic_load_n(&s->resume->resent_bytes, __ATOMIC_RELAXED);
+}
+
+void tm_resume_send_free(tm_sender *s)
+{
+	tm_resume_tx *rs = s->resume;
+
+	if (!rs)
+		return;
+	for (unsigned i = 0; i < s->nch; i++)
+		g_array_unref(rs->logs[i].items);
+	g_free(rs->logs);
+	g_free(rs->busy_fds);
+	g_free(rs->host);
+	g_free(rs->port);
+	g_free(rs);
+	s->resume = NULL;
+}

@@ -1,0 +1,812 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Resume (docs/wire-format.md, "Resume"): a proxy between sender and receiver cuts one data
+ * connection (closes both of its sockets) during a round, between rounds or during device state;
+ * the migration still completes bit-exact on both sides and both count the reconnect. Also: a
+ * stranger with the session's id and a wrong secret is refused and counted while the session goes
+ * on; without resume the cut fails the session as before; a sender that cannot reconnect within
+ * its deadline fails with an error naming the channel. Every test runs for each backend pair,
+ * plaintext and TLS (session-fixture.c).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "session-fixture.h"
+#include "transport/tls/tls.h"
+#include "transport/transport.h"
+
+#define MAXP 32
+
+/* ---- a proxy that forwards every connection and cuts one when told ---- */
+typedef struct cut_proxy {
+	int listen_fd;       /* where the sender connects */
+	const char *port;    /* the receiver's */
+	GThread *thread;
+	GMutex lock;
+	/* protected by lock */
+	int cut_conn;        /* accept index to cut, -1: none (0 data 0, 1 control, k + 1 data k) */
+	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
+	bool refuse_after;   /* after the cut, new connections are closed at once */
+	bool hold_after;     /* after the cut, new connections are held open, never answered */
+	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
+	uint8_t cut_before;  /* plaintext: cut cut_conn instead of passing on the receiver's first
+	                      * frame of this type (cut_at unused), 0: by bytes */
+	bool stop;
+	unsigned cuts, accepted, refused;
+	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
+} cut_proxy;
+
+static void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->cut_at = p->fwd[conn] + more_bytes;
+	g_mutex_unlock(&p->lock);
+}
+
+static unsigned proxy_cuts(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	unsigned n = p->cuts;
+	g_mutex_unlock(&p->lock);
+	return n;
+}
+
+static gpointer proxy_thread(gpointer data)
+{
+	cut_proxy *p = data;
+	int sfd[MAXP], rfd[MAXP]; /* sender side, receiver side, per accepted connection */
+	uint8_t buf[65536];
+	unsigned n = 0, nheld = 0;
+	int held[MAXP];
+
+	for (;;) {
+		struct pollfd pfd[2 * MAXP + 1];
+		unsigned map[2 * MAXP + 1], np = 0;
+		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
+		for (unsigned i = 0; i < n; i++) {
+			if (sfd[i] >= 0) {
+				map[np] = 2 * i;
+				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
+			}
+			if (rfd[i] >= 0) {
+				map[np] = 2 * i + 1;
+				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
+			}
+		}
+		poll(pfd, np, 20);
+		g_mutex_lock(&p->lock);
+		bool stop = p->stop;
+		int cut = p->cut_conn;
+		bool due = cut >= 0 && (unsigned)cut < n && p->fwd[cut] >= p->cut_at && !p->cut_before;
+		g_mutex_unlock(&p->lock);
+		if (stop)
+			break;
+		if (due) {
+			/* The cut: both sockets of the connection close at once. */
+			g_mutex_lock(&p->lock);
+			bool half = p->half;
+			g_mutex_unlock(&p->lock);
+			if (sfd[cut] >= 0)
+				close(sfd[cut]);
+			if (rfd[cut] >= 0 && !half)
+				close(rfd[cut]);
+			sfd[cut] = -1;
+			if (half && rfd[cut] >= 0 && nheld < MAXP)
+				held[nheld++] = rfd[cut]; /* open and silent: a dead path */
+			rfd[cut] = -1;
+			g_mutex_lock(&p->lock);
+			p->cut_conn = -1;
+			p->cuts++;
+			g_mutex_unlock(&p->lock);
+			continue;
+		}
+		if (pfd[0].revents & POLLIN) {
+			int fd = accept(p->listen_fd, NULL, NULL);
+			g_mutex_lock(&p->lock);
+			bool refuse = p->refuse_after && p->cuts > 0;
+			bool hold = p->hold_after && p->cuts > 0;
+			p->refused += refuse || hold;
+			g_mutex_unlock(&p->lock);
+			if (fd >= 0 && hold && nheld < MAXP) {
+				held[nheld++] = fd;
+			} else if (fd >= 0 && (refuse || hold || n == MAXP)) {
+				close(fd);
+			} else if (fd >= 0) {
+				sfd[n] = fd;
+				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
+				n++;
+				g_mutex_lock(&p->lock);
+				p->accepted = n;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+		for (unsigned k = 1; k < np; k++) {
+			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			unsigned i = map[k] / 2;
+			bool from_sender = map[k] % 2 == 0;
+			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
+			if (from < 0)
+				continue;
+			size_t want = sizeof(buf);
+			g_mutex_lock(&p->lock);
+			if (from_sender && p->cut_conn == (int)i && p->cut_at > p->fwd[i])
+				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
+			g_mutex_unlock(&p->lock);
+			ssize_t got = recv(from, buf, want, 0);
+			g_mutex_lock(&p->lock);
+			/* The receiver's small answers come whole: a header at the start of what we read. */
+			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
+					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
+			if (cut_frame) {
+				p->cut_conn = -1;
+				p->cuts++;
+			}
+			g_mutex_unlock(&p->lock);
+			if (cut_frame) {
+				close(sfd[i]);
+				close(rfd[i]);
+				sfd[i] = rfd[i] = -1;
+				continue;
+			}
+			if (got <= 0) {
+				/* One side closed: pass the close on, both ways. */
+				close(sfd[i]);
+				close(rfd[i]);
+				sfd[i] = rfd[i] = -1;
+				continue;
+			}
+			if (to >= 0)
+				(void)!send(to, buf, (size_t)got, MSG_NOSIGNAL);
+			if (from_sender) {
+				g_mutex_lock(&p->lock);
+				p->fwd[i] += (uint64_t)got;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if (sfd[i] >= 0)
+			close(sfd[i]);
+		if (rfd[i] >= 0)
+			close(rfd[i]);
+	}
+	for (unsigned i = 0; i < nheld; i++)
+		close(held[i]);
+	return NULL;
+}
+
+/* Starts a proxy to the receiver at port; returns the proxy's port (g_free it). */
+static char *proxy_start(cut_proxy *p, const char *port)
+{
+	unsigned pport = 0;
+	memset(p, 0, sizeof(*p));
+	g_mutex_init(&p->lock);
+	p->cut_conn = -1;
+	p->port = port;
+	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
+	return g_strdup_printf("%u", pport);
+}
+
+static void proxy_stop(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	p->stop = true;
+	g_mutex_unlock(&p->lock);
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+	g_mutex_clear(&p->lock);
+}
+
+/* The proxy's accept index of data channel ch (data 0, control, data 1..). */
+static int conn_of(unsigned ch)
+{
+	return ch == 0 ? 0 : (int)ch + 1;
+}
+
+#define RAM (16u << 20)
+static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
+
+static tm_sender *sender_new(guest *src, unsigned channels, const tm_live_config *lc)
+{
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+	/* Small packets: many in flight, so that a cut loses some. */
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = channels, .timeout_ms = 20000,
+				 .packet_size = 64u << 10 };
+	g_assert_cmpint(tm_sender_new(src->layout, src->tags, &cfg, &s, &err), ==, 0);
+	if (lc)
+		g_assert_cmpint(tm_sender_set_live(s, lc, &err), ==, 0);
+	return s;
+}
+
+static void queue_all(tm_sender *s)
+{
+	g_autoptr(GError) err = NULL;
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, np, &err), ==, 0);
+}
+
+/*
+ * Both sides completed, the copy is exact, each counted the reconnect, and only what the receiver
+ * lacked was sent again: it applied each queued page exactly once (queued pages in all rounds).
+ */
+static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r, GError *err,
+			   bool lost_bytes, uint64_t queued)
+{
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	if (p->ret != 0)
+		g_test_message("receiver: %s", p->error->message);
+	g_assert_cmpint(p->ret, ==, 0);
+	assert_same(src, dst);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(p->r, &rs), ==, 0);
+	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
+		       "; re-sent %" G_GUINT64_FORMAT " bytes",
+		       ss.reconnects, rs.reconnects, ss.resent_bytes);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	g_assert_cmpuint(rs.reconnects, ==, 1);
+	g_assert_cmpuint(rs.resume_refused, ==, 0);
+	if (lost_bytes)
+		g_assert_cmpuint(ss.resent_bytes, >, 0);
+	g_assert_cmpuint(ss.phase, ==, TM_PHASE_COMPLETE);
+	tm_stats st;
+	tm_receiver_get_stats(p->r, &st);
+	g_assert_cmpuint(st.pages, ==, queued);
+	tm_sender_get_stats(s, &st);
+	g_assert_cmpuint(st.pages, ==, queued);
+}
+
+/* A cut of data channel ch 2 MiB into the first round: completes, the lost packets re-sent. */
+static void cut_in_round(unsigned ch)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	proxy_arm(&px, conn_of(ch), (2u << 20) / 3);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, true, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_cut_first_in_round(void)
+{
+	cut_in_round(0);
+}
+
+static void test_cut_later_in_round(void)
+{
+	cut_in_round(2);
+}
+
+/*
+ * Only the sender's side of data channel 1 closes; the receiver's connection stays open and
+ * silent (a path that died without a reset): the sender's reconnect shuts the old one down so
+ * that the receiver's worker, still waiting on it, takes the new one.
+ */
+static void test_cut_sender_side(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.half = true;
+	tm_sender *s = sender_new(&src, 3, NULL);
+	proxy_arm(&px, conn_of(1), (2u << 20) / 3);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	/* At once, not when the half packet's body deadline (5 s grace) ends the old read. */
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_test_message("completed in %.2f s", secs);
+	g_assert_cmpfloat(secs, <, 4.0);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * Round 1 is acknowledged, then data channel 1 is cut while nobody sends; round 2 (every other
+ * page, changed) finds it broken, reconnects and completes.
+ */
+static void test_cut_between_rounds(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	proxy_arm(&px, conn_of(1), 0);
+	while (proxy_cuts(&px) == 0)
+		g_usleep(1000);
+	g_usleep(50000); /* the receiver sees the close first */
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0x55, sizeof(bm));
+	for (uint64_t i = 0; i < np; i += 2)
+		fill_page(&src, 0, i, (unsigned)i + 1);
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
+	if (r == 0)
+		r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096 * 3 / 2);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * The receiver's answer is lost with the connection: its SYNC_ACK of round 1 (the reconnect's
+ * RESUME_ACK says the SYNC was answered: not sent again) or its END_ACK (the channel had ended:
+ * the listener answers for it).
+ */
+static void answer_lost(uint8_t type)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	if (tls_dir) {
+		g_test_skip("the proxy reads the receiver's frames: plaintext only");
+		return;
+	}
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_mutex_lock(&px.lock);
+	px.cut_conn = conn_of(1);
+	px.cut_before = type;
+	g_mutex_unlock(&px.lock);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
+	g_assert_cmpuint(ss.rounds, ==, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_sync_ack_lost(void)
+{
+	answer_lost(TM_MSG_SYNC_ACK);
+}
+
+static void test_end_ack_lost(void)
+{
+	answer_lost(TM_MSG_END_ACK);
+}
+
+/* The destination checks the 4 MiB section it reads against the source's. */
+static void check_state(peer *p, const char *name, const uint8_t *data, size_t len)
+{
+	const uint8_t *want = p->opaque;
+	g_assert_cmpstr(name, ==, "dev");
+	g_assert_cmpuint(len, ==, 4u << 20);
+	g_assert_true(memcmp(data, want, len) == 0);
+}
+
+/* Data channel 2 is cut 256 KiB into device state (RAM was acknowledged before). */
+static void test_cut_in_state(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+	g_autofree uint8_t *state = g_malloc(4u << 20);
+
+	for (size_t i = 0; i < (4u << 20) / 8; i++)
+		((uint64_t *)state)[i] = rnd();
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, check_state, state);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	proxy_arm(&px, conn_of(2), 256u << 10);
+	int r = tm_sender_put_state(s, "dev", state, 4u << 20, 0, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	g_assert_cmpuint(p.states, ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, true, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* Without resume (no_resume), a cut fails the session on both sides, naming the channel. */
+static void test_cut_without_resume(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
+	tm_sender *s = sender_new(&src, 3, &lc);
+	proxy_arm(&px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	/* The old failure, naming the channel; nobody tried to come back (3 channels and control,
+	 * no fifth connection). */
+	g_assert_nonnull(strstr(err->message, "channel 1"));
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	g_mutex_lock(&px.lock);
+	g_assert_cmpuint(px.accepted, ==, 4);
+	g_mutex_unlock(&px.lock);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* The control connection is not resumed: its cut fails both sides, which say so. */
+static void test_cut_control(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	proxy_arm(&px, 1, 0);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, <, 0);
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_true(strstr(err->message, "control connection is not resumed") ||
+		      strstr(p.error->message, "control connection is not resumed"));
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/* The proxy refuses every reconnect: the sender gives up after its deadline, naming the channel. */
+static void test_resume_deadline(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.refuse_after = true;
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+	tm_sender *s = sender_new(&src, 3, &lc);
+	proxy_arm(&px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	peer_join(&p);
+	g_assert_cmpint(r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.1f s): %s", secs, err->message);
+	g_assert_nonnull(strstr(err->message, "channel 1: could not resume within"));
+	g_assert_cmpfloat(secs, <, 10.0);
+	g_assert_cmpuint(px.refused, >, 0);
+	/* The receiver learns why on the control connection. */
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "could not resume"));
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+typedef struct canceller {
+	tm_sender *s;
+	cut_proxy *px;
+} canceller;
+
+/* Once the sender's reconnect is held by the proxy, cancels the sender. */
+static gpointer cancel_thread(gpointer data)
+{
+	canceller *c = data;
+	for (;;) {
+		g_mutex_lock(&c->px->lock);
+		unsigned held = c->px->refused;
+		g_mutex_unlock(&c->px->lock);
+		if (held)
+			break;
+		g_usleep(1000);
+	}
+	g_usleep(200000);
+	g_assert_cmpint(tm_sender_cancel(c->s, "operator"), ==, 0);
+	return NULL;
+}
+
+/*
+ * A reconnect whose answer never comes (the proxy holds it) is ended by a cancel at once, not
+ * after the handshake deadline.
+ */
+static void test_cancel_while_resuming(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.hold_after = true;
+	tm_sender *s = sender_new(&src, 3, NULL);
+	proxy_arm(&px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	canceller cc = { s, &px };
+	GThread *t = g_thread_new("canceller", cancel_thread, &cc);
+	int64_t t_start = g_get_monotonic_time();
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	int64_t t_end = g_get_monotonic_time();
+	g_thread_join(t);
+	/* The attempt's handshake deadline is 10 s: the cancel ended it long before. */
+	g_test_message("sync returned after %.2f s", (double)(t_end - t_start) / 1e6);
+	g_assert_cmpint(t_end - t_start, <, 5 * G_USEC_PER_SEC);
+	g_assert_cmpint(r, ==, -ECANCELED);
+	g_test_message("sender: %s", err->message);
+	peer_join(&p);
+	g_assert_cmpint(p.ret, <, 0);
+	int64_t t0 = g_get_monotonic_time();
+	tm_sender_free(s);
+	/* Cancelled 200 ms after the attempt began; the handshake deadline is 10 s. */
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, 2 * G_USEC_PER_SEC);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * A stranger's reconnect as data channel 0 of this session (its id, epoch 1) with token: HELLO
+ * and RESUME, inside TLS when the session uses it (the stranger then has a certificate of the
+ * CA: only the secret stops it). Returns what came back before the close (at most one frame).
+ */
+static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned channels,
+		     uint64_t token, uint8_t *ret, size_t cap, int *ret_err)
+{
+	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
+	g_assert_cmpint(fd, >=, 0);
+	tm_io *io = NULL;
+	g_autoptr(tm_tls_ctx) tls = NULL;
+	tm_io_config ioc = { .timeout_ms = 5000, .depth = 1 }; /* no answer must not hang us */
+	g_assert_cmpint(tm_io_open(fd, 0, &tm_transport_socket, &ioc, &io, NULL), ==, 0);
+	if (tls_dir) {
+		g_assert_cmpint(tm_tls_ctx_new(TM_TLS_CLIENT, tls_dir, "127.0.0.1", &tls, NULL), ==, 0);
+		g_assert_cmpint(tm_tls_wrap(tls, &io, NULL), ==, 0);
+	}
+	tm_hello h = { .version = 2, .channel_count = (uint16_t)channels,
+		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME,
+		       .epoch = 1, .packet_size = 64u << 10, .chunk_size = 2u << 20,
+		       .block_count = 1 };
+	memcpy(h.session_id, id, 16);
+	h.blocks = g_new0(tm_wire_block, 1);
+	g_strlcpy(h.blocks[0].name, "pc.ram", sizeof(h.blocks[0].name));
+	h.blocks[0].length = RAM;
+	h.blocks[0].page_size = 4096;
+	tm_ram_block_info bi;
+	tm_ram_layout_block(g->layout, 0, &bi);
+	h.blocks[0].guest_base = bi.guest_base;
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t blen = tm_hello_body_len(&h);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen + 64);
+	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)blen, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	size_t n = TM_FRAME_HDR_LEN + blen;
+	n += tm_resume_encode(buf + n, 1, token);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	g_assert_cmpint(tm_io_send(io, &v, 1, n), ==, 0);
+	tm_hello_clear(&h);
+	/* The answer: a frame header, then its body (an ERROR is at most cap bytes). */
+	size_t got = 0;
+	tm_frame f;
+	struct iovec hv = { .iov_base = ret, .iov_len = TM_FRAME_HDR_LEN };
+	*ret_err = -tm_io_recv(io, &hv, 1, TM_FRAME_HDR_LEN);
+	if (*ret_err == 0) {
+		got = TM_FRAME_HDR_LEN;
+		if (tm_frame_decode(ret, got, 2, 0, &f, NULL) == 0 && got + f.body_len <= cap) {
+			struct iovec bv = { .iov_base = ret + got, .iov_len = f.body_len };
+			if ((*ret_err = -tm_io_recv(io, &bv, 1, f.body_len)) == 0)
+				got += f.body_len;
+		}
+	}
+	tm_io_free(io);
+	return got;
+}
+
+/*
+ * A stranger that knows the session id (and, with TLS, has a certificate of the CA) but not the
+ * secret connects mid-session as channel 0's reconnect: it gets an ERROR and nothing else, is
+ * counted, and the session completes.
+ */
+static void test_hijack_refused(void)
+{
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	uint8_t id[16];
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	tm_sender_get_session_id(s, id);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	uint8_t rb[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	int rerr = 0;
+	size_t got = hijack(port, id, &src, 3, 0x1234567890abcdefull, rb, sizeof(rb), &rerr);
+	tm_frame f;
+	if (got == 0) {
+		/*
+		 * Closed without an answer: a refusal too (seen once in a loaded full-suite run,
+		 * not reproduced: the receiver's I/O handle for the connection could not be made,
+		 * e.g. io_uring out of memory). The count and the session's end below still hold.
+		 */
+		g_test_message("stranger: closed without an answer (%s)", g_strerror(rerr));
+	} else {
+		g_assert_cmpint(tm_frame_decode(rb, got, 2, 0, &f, NULL), ==, 0);
+		g_assert_cmpuint(f.type, ==, TM_MSG_ERROR);
+		g_assert_cmpuint(got, ==, TM_FRAME_HDR_LEN + f.body_len);
+		int code;
+		g_autofree char *msg = NULL;
+		g_assert_cmpint(tm_error_decode(rb + TM_FRAME_HDR_LEN, f.body_len, &code, &msg, NULL),
+				==, 0);
+		g_test_message("stranger told: %s", msg);
+		g_assert_cmpint(code, ==, EACCES);
+		g_assert_nonnull(strstr(msg, "wrong secret"));
+	}
+	/* The session goes on, untouched. */
+	int r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	tm_live_stats rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_receiver_get_live_stats(p.r, &rs), ==, 0);
+	g_assert_cmpuint(rs.resume_refused, ==, 1);
+	g_assert_cmpuint(rs.reconnects, ==, 0);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "resume/cut-first-in-round", test_cut_first_in_round, false },
+		{ "resume/cut-later-in-round", test_cut_later_in_round, false },
+		{ "resume/cut-sender-side", test_cut_sender_side, false },
+		{ "resume/sync-ack-lost", test_sync_ack_lost, false },
+		{ "resume/end-ack-lost", test_end_ack_lost, false },
+		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
+		{ "resume/cut-in-state", test_cut_in_state, false },
+		{ "resume/off", test_cut_without_resume, false },
+		{ "resume/deadline", test_resume_deadline, false },
+		{ "resume/control-cut", test_cut_control, false },
+		{ "resume/cancel-while-resuming", test_cancel_while_resuming, false },
+		{ "resume/hijack-refused", test_hijack_refused, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
