@@ -135,6 +135,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	/* The receiver's device-state limits: put_state refuses what it would. */
 	s->st.max_section = first.max_state_section;
 	s->st.max_total = first.max_state_total;
+	s->zagreed = first.features & TM_FEATURES_COMPRESS;
 	return 0;
 }
 

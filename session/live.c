@@ -79,6 +79,9 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    (guint64)c.max_state_total, (guint64)c.max_state_section);
 		return -EINVAL;
 	}
+	int r = sender ? tm_compress_config_check(&c, error) : 0;
+	if (r < 0)
+		return r;
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	c.uffd = -1;
 	*ret = c;
