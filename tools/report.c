@@ -96,6 +96,8 @@ void cli_print_json(const cli_summary *s)
 	jw_u64(&w, "zc_copied", st->zc_copied);
 	jw_u64(&w, "channels", st->channels);
 	jw_u64(&w, "blocks", s->blocks);
+	if (s->compress)
+		cli_compress_json(&w, s->compress);
 	if (s->verified >= 0) {
 		jw_key(&w, "verified");
 		g_string_append(out, s->verified ? "true" : "false");
@@ -111,22 +113,23 @@ void cli_print_human_line(const cli_summary *s)
 	const tm_stats *st = s->stats;
 	g_autofree char *size = cli_format_bytes(s->bytes);
 	g_autofree char *tags = cli_format_bytes(st->tag_bytes);
+	g_autofree char *z = s->compress ? cli_compress_human(s->compress) : g_strdup("");
 
 	fprintf(stderr,
 		"tagmig %s: %s in %.2f s, %.2f GiB/s, %u channel%s (%s), %" PRIu64
 		" pages (normal %" PRIu64 ", zero %" PRIu64 ", zero-tagged %" PRIu64
-		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB%s%s\n",
+		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB%s%s%s\n",
 		s->command, size, s->wall_seconds, cli_gib_per_s(s->bytes, s->wall_seconds),
 		st->channels, st->channels == 1 ? "" : "s", st->io_backend[0] ? st->io_backend : "?",
 		st->pages, st->pages_by_kind[TM_PAGE_NORMAL], st->pages_by_kind[TM_PAGE_ZERO],
 		st->pages_by_kind[TM_PAGE_ZERO_TAGGED], tags,
 		safe_div(100.0 * st->tag_bytes, st->wire_bytes),
 		safe_div(s->cpu_seconds, s->bytes / GIB), st->tls_cipher[0] ? ", TLS " : "",
-		st->tls_cipher);
+		st->tls_cipher, z);
 }
 
 void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, double cpu0,
-		unsigned blocks, bool json)
+		unsigned blocks, const cli_compress *compress, bool json)
 {
 	cli_summary sum = {
 		.command = cmd,
@@ -136,6 +139,7 @@ void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, 
 		.cpu_seconds = cli_cpu_seconds() - cpu0,
 		.verified = -1,
 		.blocks = blocks,
+		.compress = compress,
 	};
 
 	cli_print_io_note(st);

@@ -27,6 +27,20 @@ double cli_gib_per_s(uint64_t bytes, double seconds);
 char *cli_format_bytes(uint64_t bytes);
 
 /* What a command reports at its end; shared by the JSON and the human output. */
+/* Compression statistics of every channel of one side (report-compress.c). */
+typedef struct cli_compress {
+	bool sender;
+	unsigned channels;
+	tm_compress_stats stats[TM_MAX_CHANNELS];
+} cli_compress;
+
+/* Reads them from the sender s or the receiver r (the other NULL) after the migration. */
+void cli_compress_collect(cli_compress *z, tm_sender *s, tm_receiver *r, unsigned channels);
+/* Sums of all channels (mode and ratio of the whole). */
+void cli_compress_totals(const cli_compress *z, tm_compress_stats *ret);
+/* ", compression auto: 0.31 of the page data (...)" or "" when nothing was agreed. */
+char *cli_compress_human(const cli_compress *z);
+
 typedef struct cli_summary {
 	const char *command;  /* "demo", "send", "recv" */
 	const tm_stats *stats;
@@ -35,6 +49,7 @@ typedef struct cli_summary {
 	double cpu_seconds;   /* process CPU time spent on the migration */
 	int verified;         /* 1 yes, 0 no, -1 not checked (left out of the output) */
 	unsigned blocks;
+	const cli_compress *compress; /* NULL: left out */
 } cli_summary;
 
 /* Writes the summary as one JSON object and a newline to stdout. */
@@ -51,6 +66,6 @@ void cli_print_io_note(const tm_stats *st);
  * bytes of RAM moved since t0 (cli_now()) with cpu0 (cli_cpu_seconds()) at that time.
  */
 void cli_report(const char *cmd, const tm_stats *st, uint64_t bytes, double t0, double cpu0,
-		unsigned blocks, bool json);
+		unsigned blocks, const cli_compress *compress, bool json);
 
 G_END_DECLS
