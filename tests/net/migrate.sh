@@ -9,13 +9,16 @@
 #   net_migrate SIZE CH BOUND_S
 #                            RAM and tags of SIZE bytes, tagmig recv in host B and send in host A
 #                            over CH channels (SEND_IO / RECV_IO choose the backends): both exit 0
-#                            within BOUND_S, RAM and tags byte-exact; sets ELAPSED_MS, WIRE_BYTES
+#                            within BOUND_S, RAM and tags byte-exact; sets ELAPSED_MS, WIRE_BYTES;
+#                            NET_IMAGE (default ram) is the tm-gen-image kind of the RAM, SEND_ARGS
+#                            (an array) more options of tagmig send; send's JSON is $T/send.out
 #   net_counter DIR NAME     one of the last link's counters (tm_link_stats), e.g. a_to_b lost
 
 NET_LABEL=
 RECV_PID=
 SEND_TLS=()
 RECV_TLS=()
+SEND_ARGS=()
 
 fail() {
 	echo "FAIL${NET_LABEL:+ [$NET_LABEL]}: $*" >&2
@@ -54,7 +57,7 @@ net_use_tls() {
 
 net_migrate() { # SIZE CHANNELS BOUND_S
 	local size=$1 ch=$2 bound=$3 start end rc
-	"$GEN" ram "$size" 41 "$T/in.img" || fail "tm-gen-image ram"
+	"$GEN" "${NET_IMAGE:-ram}" "$size" 41 "$T/in.img" || fail "tm-gen-image ${NET_IMAGE:-ram}"
 	"$GEN" tags $((size / 16)) 42 "$T/in.tags" || fail "tm-gen-image tags"
 	rm -f "$T/out.img" "$T/out.tags" "$T/port"
 	tm_in_b env ${RECV_IO:+TAGMIG_IO=$RECV_IO} timeout $((bound + 30)) "$TAGMIG" recv \
@@ -66,7 +69,7 @@ net_migrate() { # SIZE CHANNELS BOUND_S
 	start=$(date +%s%N)
 	tm_in_a env ${SEND_IO:+TAGMIG_IO=$SEND_IO} timeout $((bound + 30)) "$TAGMIG" send \
 		--connect "$TM_ADDR_B:$(cat "$T/port")" --timeout 30 "${SEND_TLS[@]}" \
-		--channels "$ch" --ram "$T/in.img" --tags "$T/in.tags" --json \
+		--channels "$ch" --ram "$T/in.img" --tags "$T/in.tags" --json "${SEND_ARGS[@]}" \
 		>"$T/send.out" 2>"$T/send.err"
 	rc=$?
 	end=$(date +%s%N)
