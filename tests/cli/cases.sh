@@ -700,6 +700,7 @@ usage)
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" stray-argument
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --compress gzip
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --compress zstd:20
+	u 2 demo --compress gzip
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --bogus
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --rate-limit fast
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --rate-limit 10M/h
