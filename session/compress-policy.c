@@ -39,6 +39,14 @@ void tm_zpolicy_idle(tm_zpolicy *p)
 	p->win_wire = 0;
 }
 
+/* What the channel can put on the wire: the link as measured, or less under a rate limit. */
+static double link_of(const tm_zpolicy *p)
+{
+	if (p->cap > 0 && (p->link <= 0 || p->cap < p->link))
+		return p->cap;
+	return p->link;
+}
+
 int tm_zpolicy_sample_due(tm_zpolicy *p)
 {
 	if (p->ncand < 2)
@@ -57,7 +65,7 @@ int tm_zpolicy_sample_due(tm_zpolicy *p)
 	for (unsigned k = 1; k < p->ncand; k++)
 		if (p->known[k] && (cheapest == 0 || p->cpu[k] < cheapest))
 			cheapest = p->cpu[k];
-	if (p->link > 0 && cheapest > 0 && cheapest > 1.0 / p->link)
+	if (link_of(p) > 0 && cheapest > 0 && cheapest > 1.0 / link_of(p))
 		return -1;
 	for (unsigned i = 0; i < p->ncand - 1; i++) {
 		unsigned k = 1 + (p->next_sample - 1 + i) % (p->ncand - 1);
@@ -96,14 +104,14 @@ static double cost(const tm_zpolicy *p, unsigned k)
 {
 	if (!p->known[k])
 		return UNKNOWN_COST;
-	return p->cpu[k] + p->ratio[k] / p->link;
+	return p->cpu[k] + p->ratio[k] / link_of(p);
 }
 
 static void decide(tm_zpolicy *p)
 {
 	unsigned best = 0;
 
-	if (p->link <= 0) {
+	if (link_of(p) <= 0) {
 		p->cur = 0;
 		return;
 	}
@@ -116,6 +124,14 @@ static void decide(tm_zpolicy *p)
 		}
 	}
 	p->cur = best;
+}
+
+void tm_zpolicy_cap(tm_zpolicy *p, double cap)
+{
+	if (cap == p->cap)
+		return;
+	p->cap = cap;
+	decide(p);
 }
 
 void tm_zpolicy_link(tm_zpolicy *p, bool have_rate, uint64_t rate, bool app_limited)

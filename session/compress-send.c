@@ -143,6 +143,8 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 			tm_zpolicy_link(&z->pol, false, 0, false);
 		if (!rate && !z->no_tcp_info && z->pol.packets > 8)
 			z->no_tcp_info = true; /* not TCP, or an old kernel: judge by windows */
+		/* A rate limit (max-bandwidth) is a slower link: each channel gets its share. */
+		tm_zpolicy_cap(&z->pol, (double)tm_ratelimit_rate(&c->s->rl) / c->s->nch);
 		__atomic_store_n(&z->link_bps, (uint64_t)z->pol.link, __ATOMIC_RELAXED);
 		z->last_cpu_ns = cpu_now;
 	}

@@ -62,6 +62,7 @@ typedef struct tm_zpolicy {
 	bool known[TM_ZPOLICY_CANDIDATES];
 	unsigned cur;           /* index into cand */
 	double link;            /* bytes/s, 0: not known yet */
+	double cap;             /* the channel's share of a rate limit, bytes/s; 0: none */
 	uint64_t packets;
 	unsigned next_sample;   /* round-robin position */
 	/* the window being measured */
@@ -95,6 +96,11 @@ bool tm_zpolicy_packet(tm_zpolicy *p, uint64_t raw, uint64_t wire, int64_t zcpu_
 void tm_zpolicy_link(tm_zpolicy *p, bool have_rate, uint64_t rate, bool app_limited);
 /* The channel was idle: the window so far is dropped (its time would not be the link's). */
 void tm_zpolicy_idle(tm_zpolicy *p);
+/*
+ * The channel's share of the sender's rate limit (bytes/s on the wire; 0: none): the link is
+ * then at most that fast, whatever TCP says, and compression pays sooner. Changes the choice.
+ */
+void tm_zpolicy_cap(tm_zpolicy *p, double cap);
 
 /* ---- configuration ---- */
 /* Checks (and normalizes) compress / compress_level of a sender's tm_live_config. */

@@ -163,6 +163,62 @@ static void test_roundtrip_none_auto(void)
 	migrate_mode(TM_COMPRESS_DEFAULT, 0, 0, 16384);
 }
 
+/*
+ * A rate limit (QEMU's max-bandwidth) makes the link slow whatever loopback could do: auto
+ * compresses then, and the migration takes less than its raw bytes at the limit would.
+ */
+static void test_auto_under_rate_limit(void)
+{
+	const block_spec spec[] = { { "pc.ram", 4 << 20, 4096 } };
+	const uint64_t rate = 4 << 20;
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	if (!have(TM_ZCODEC_LZ4) && !have(TM_ZCODEC_ZSTD)) {
+		g_test_skip("no codec is built into this tagmig");
+		return;
+	}
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	/* Compressible pages only (patterns, uniform tags; no zero page, no random one). */
+	for (uint64_t i = 0; i < spec[0].len / 4096; i++)
+		fill_page(&src, 0, i, i % 2 ? 3 : 4);
+	g_autofree char *port = peer_start_ex(&p, &dst, true, 0);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .packet_size = 256 << 10, .timeout_ms = 20000 };
+	tm_live_config live = { .size = sizeof(live), .rate_limit = rate,
+				.compress = TM_COMPRESS_AUTO };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	uint64_t np = spec[0].len / 4096;
+	g_autofree uint64_t *pages = g_new(uint64_t, np);
+	for (uint64_t i = 0; i < np; i++)
+		pages[i] = i;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, pages, np, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	assert_same(&src, &dst);
+	tm_compress_stats ss;
+	sum_stats(s, NULL, 2, &ss);
+	g_test_message("4 MiB at 4 MiB/s with auto: %.2f s, packets raw %" G_GUINT64_FORMAT
+		       ", lz4 %" G_GUINT64_FORMAT ", zstd %" G_GUINT64_FORMAT ", ratio %.3f", secs,
+		       ss.packets_by_codec[0], ss.packets_by_codec[1], ss.packets_by_codec[2],
+		       (double)ss.wire_data_bytes / (double)ss.data_bytes);
+	g_assert_cmpuint(ss.packets_by_codec[1] + ss.packets_by_codec[2], >, 0);
+	g_assert_cmpuint(ss.wire_data_bytes * 2, <, ss.data_bytes);
+	/* Raw, 4 MiB at 4 MiB/s takes about 1 s (less the bucket's burst). */
+	g_assert_cmpfloat(secs, <, 0.75);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 /* Protocol 1 has no ZDATA: a sender configured for lz4 sends everything raw, and it works. */
 static void test_protocol1_never(void)
 {
@@ -417,6 +473,7 @@ int main(int argc, char **argv)
 		{ "compress/roundtrip-zstd", test_roundtrip_zstd, false },
 		{ "compress/roundtrip-none-auto", test_roundtrip_none_auto, false },
 		{ "compress/protocol1-never", test_protocol1_never, false },
+		{ "compress/auto-rate-limit", test_auto_under_rate_limit, false },
 		{ "compress/config-refused", test_config_refused, true },
 		{ "compress/hostile-zdata", test_hostile_zdata, true },
 	};
