@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "common/error-internal.h"
@@ -79,6 +80,31 @@ static int64_t cpu_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/*
+ * The decoder writes the pages from user space: fault each run of consecutive NORMAL pages in
+ * with one call first, as the raw path does for its socket copy (recv-pages.c, populate()).
+ */
+static void populate_pages(tm_receiver *r, const tm_recv_plan *p)
+{
+	for (uint32_t i = 0; i < p->hdr.page_count && !__atomic_load_n(&r->no_populate,
+									 __ATOMIC_RELAXED);) {
+		uint32_t j = i;
+		while (j < p->hdr.page_count && p->entries[j].kind == TM_PAGE_NORMAL &&
+		       (j == i || p->entries[j].page == p->entries[j - 1].page + 1))
+			j++;
+		if (j == i) {
+			i++;
+			continue;
+		}
+		size_t len = (size_t)(j - i) * p->page_size;
+		if (len >= TM_POPULATE_MIN &&
+		    madvise(p->block_host + (uint64_t)p->entries[i].page * p->page_size, len,
+			    MADV_POPULATE_WRITE) < 0 && errno == EINVAL)
+			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
+		i = j;
+	}
+}
+
 int tm_zrecv_decode(recv_chan *c, const char *block_name, GError **error)
 {
 	tm_recv_plan *p = &c->plan;
@@ -93,6 +119,7 @@ int tm_zrecv_decode(recv_chan *c, const char *block_name, GError **error)
 	}
 	tm_count(&z->wire_data_bytes, p->zlen);
 	g_autoptr(GError) why = NULL;
+	populate_pages(c->r, p);
 	int64_t t0 = cpu_ns();
 	int ret = z->z ? tm_recv_plan_decompress(p, z->z, &why) : -EPROTO;
 	tm_count(&z->cpu_ns, (uint64_t)(cpu_ns() - t0));
