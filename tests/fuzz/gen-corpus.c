@@ -289,9 +289,10 @@ static void gen_zdata(void)
 		g_autofree char *name = g_strdup_printf("zdata-%s-mixed", tm_zcodec_name(c));
 		put("data", name, m, n);
 		/* Block 1, 64 KiB page 2 (chunk 6: channel 0), packed tags. */
-		g_autofree uint8_t *b = data_msg_z(1, big, G_N_ELEMENTS(big), 0, c, &n);
+		size_t bn;
+		g_autofree uint8_t *b = data_msg_z(1, big, G_N_ELEMENTS(big), 0, c, &bn);
 		g_autofree char *bname = g_strdup_printf("zdata-%s-64k", tm_zcodec_name(c));
-		put("data", bname, b, n);
+		put("data", bname, b, bn);
 		const char *cn = tm_zcodec_name(c);
 		g_autofree char *n1 = g_strdup_printf("zdata-%s-codec-3", cn);
 		put_mut("data", n1, m, n, 16, 3);
