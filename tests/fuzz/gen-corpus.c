@@ -11,6 +11,7 @@
 #include <glib/gstdio.h>
 
 #include "codec/compress.h"
+#include "codec/delta.h"
 #include "fuzz.h"
 #include "postcopy-fuzz.h"
 
@@ -493,6 +494,41 @@ static void gen_decompress(void)
 	}
 }
 
+/* fuzz-delta: [page size] + real deltas against fuzz-delta's base, and broken ones. */
+static void gen_delta(void)
+{
+	static const uint32_t sizes[] = { 4096, 16384, 65536 };
+
+	for (unsigned sel = 0; sel < 3; sel++) {
+		uint32_t ps = sizes[sel];
+		g_autofree uint8_t *base = g_malloc(ps);
+		for (uint32_t i = 0; i < ps; i++)
+			base[i] = (uint8_t)(i * 7 + (i >> 9));
+		g_autofree uint8_t *page = g_memdup2(base, ps);
+		/* 5% rewritten in 16-byte records, and the page's first and last bytes. */
+		for (uint32_t k = 0; k < ps / 20 / 16; k++)
+			memset(page + ((k * 2654435761u) % (ps / 16)) * 16, (int)(k | 1), 16);
+		page[0] ^= 0xff;
+		page[ps - 1] ^= 0x01;
+		size_t cap = (size_t)ps + 1;
+		g_autofree uint8_t *buf = g_malloc(cap);
+		buf[0] = (uint8_t)sel;
+		ssize_t n = tm_delta_encode(page, base, ps, buf + 1, cap - 1);
+		if (n <= 0)
+			g_error("gen_delta: no delta");
+		g_autofree char *name = g_strdup_printf("delta-%u", ps);
+		put("delta", name, buf, (size_t)n + 1);
+		g_autofree char *cut = g_strdup_printf("delta-%u-cut", ps);
+		put("delta", cut, buf, (size_t)n);
+		g_autofree char *big = g_strdup_printf("delta-%u-skip-past", ps);
+		put_mut("delta", big, buf, (size_t)n + 1, 2, 0xff);
+	}
+	static const uint8_t empty[] = { 0 };
+	put("delta", "equal-page", empty, sizeof(empty));
+	static const uint8_t overlong[] = { 0, 0x80, 0x80, 0x80, 0x01, 0x00 };
+	put("delta", "overlong-varint", overlong, sizeof(overlong));
+}
+
 /* One URGENT of the postcopy fuzz session answering req_id (fuzz_urgent_request()). */
 static uint8_t *urgent_msg(uint64_t req_id, size_t *ret_len)
 {
@@ -612,6 +648,7 @@ int main(int argc, char **argv)
 	gen_state();
 	gen_decompress();
 	gen_zdata();
+	gen_delta();
 	gen_postcopy();
 	return 0;
 }
