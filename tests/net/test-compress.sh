@@ -5,11 +5,12 @@
 #   slow       100mbit,2ms; 24 MiB of compressible RAM (tm-gen-image text) and tags over 4
 #              channels: --compress auto is at least 1.5x as fast as --compress none, byte-exact,
 #              and its JSON shows compressed packets and a ratio below 0.6
-#   loss       1gbit,5ms,loss=0.1%: lz4, zstd:3 and auto each migrate 16 MiB byte-exact, and the
-#              link counted lost packets
+#   loss       1gbit,5ms,loss=0.1%: lz4, zstd:3 and auto each migrate 32 MiB byte-exact, and the
+#              link counted lost packets (both directions: about 7 expected)
 #   loopback   127.0.0.1 (no link): auto is not measurably slower than none: of 7 alternating
-#              runs of 64 MiB each, auto's median within 15% (+30 ms) of none's, and auto sent
-#              (nearly) nothing compressed: the link is faster than any codec
+#              runs of 64 MiB each, auto's fastest within 15% (+30 ms) of none's fastest (the
+#              fastest, not the median: on a shared machine the others measure the neighbours),
+#              and auto sent (nearly) nothing compressed: the link is faster than any codec
 #
 # usage: test-compress.sh TAGMIG GEN_IMAGE TM_WIRE CASE     Exit 0 pass, 1 fail, 77 skip.
 set -u
@@ -59,16 +60,16 @@ loss)
 	tm_link_up "1gbit,5ms,loss=0.1%" || fail "link"
 	for m in lz4 zstd:3 auto; do
 		SEND_ARGS=(--compress "$m")
-		net_migrate $((16 << 20)) 4 90
-		note "16 MiB with --compress $m across 1gbit,5ms,loss=0.1%: $ELAPSED_MS ms, exact (ratio $(compress_ratio), $(compressed_packets) packets compressed)"
+		net_migrate $((32 << 20)) 4 90
+		note "32 MiB with --compress $m across 1gbit,5ms,loss=0.1%: $ELAPSED_MS ms, exact (ratio $(compress_ratio), $(compressed_packets) packets compressed)"
 		if [ "$m" != auto ] && [ "$(compressed_packets)" -eq 0 ]; then
 			fail "--compress $m sent no compressed packet"
 		fi
 	done
 	tm_link_down
-	lost=$(net_counter a_to_b lost)
+	lost=$(($(net_counter a_to_b lost) + $(net_counter b_to_a lost)))
 	note "link: $(tm_link_stats | tr '\n' ';')"
-	[ "${lost:-0}" -gt 0 ] || fail "the link lost no packet: the loss was not there"
+	[ "$lost" -gt 0 ] || fail "the link lost no packet: the loss was not there"
 	;;
 loopback)
 	# No link: both ends on 127.0.0.1 of this host.
@@ -96,13 +97,13 @@ loopback)
 		run none && none+=("$MS")
 		run auto && auto+=("$MS") && zpackets=$((zpackets + $(compressed_packets)))
 	done
-	med() { printf '%s\n' "$@" | sort -n | sed -n 4p; }
-	n=$(med "${none[@]}") a=$(med "${auto[@]}")
-	note "64 MiB of text on loopback, 7 runs each: none ${none[*]} ms (median $n), auto ${auto[*]} ms (median $a); auto compressed $zpackets of $((7 * 128)) packets"
+	fastest() { printf '%s\n' "$@" | sort -n | head -1; }
+	n=$(fastest "${none[@]}") a=$(fastest "${auto[@]}")
+	note "64 MiB of text on loopback, 7 runs each: none ${none[*]} ms (fastest $n), auto ${auto[*]} ms (fastest $a); auto compressed $zpackets of $((7 * 128)) packets"
 	[ "$zpackets" -le $((7 * 128 / 10)) ] ||
 		fail "auto compressed $zpackets of $((7 * 128)) packets on loopback"
 	[ "$a" -le $((n * 115 / 100 + 30)) ] ||
-		fail "auto's median $a ms is more than 15% (+30 ms) over none's $n ms on loopback"
+		fail "auto's fastest run $a ms is more than 15% (+30 ms) over none's $n ms on loopback"
 	;;
 *)
 	echo "test-compress.sh: unknown case $CASE" >&2
