@@ -234,6 +234,13 @@ typedef struct tm_recv_plan {
 	bool staged;             /* the page data goes to stage first (tm_recv_plan_commit) */
 	uint8_t *stage;          /* packet_size bytes, allocated at the first staged packet */
 	uint32_t packet_size;
+	/* ZDATA (codec/zdata.c): the compressed page data lands in zbuf, not in guest RAM */
+	uint32_t features;       /* the agreed features (HELLO_ACK): which codecs may come */
+	uint8_t zhdr[TM_ZDATA_HDR_LEN];
+	uint8_t zcodec;          /* tm_zcodec of this packet; 0 (none) for a DATA packet */
+	uint32_t zlen;           /* compressed bytes, < hdr.data_len */
+	uint8_t *zbuf;           /* packet_size bytes, allocated at the first ZDATA */
+	uint8_t **zpages;        /* max_entries page pointers for the decoder */
 } tm_recv_plan;
 
 /* Allocates the buffers for packets of up to packet_size bytes (of 4 KiB pages at most). */
@@ -297,6 +304,12 @@ typedef struct tm_packet {
 	uint32_t tag_len;
 	unsigned iov_count;
 	const uint8_t *run_end; /* end of the last data iovec, to merge adjacent pages */
+	/* ZDATA (codec/zdata.c): set up at the first compressed packet of the slot */
+	uint8_t *zbuf;          /* the compressed page data */
+	size_t zcap;
+	uint8_t **zpages;       /* page pointers for the compressor */
+	uint8_t zhdr[TM_FRAME_HDR_LEN + TM_ZDATA_HDR_LEN];
+	struct iovec ziov[4];   /* frame + ZDATA header, DATA header + entries, zbuf, tags */
 } tm_packet;
 
 /*
@@ -324,6 +337,46 @@ tm_page_kind tm_packet_add(tm_packet *pkt, uint32_t page, const uint8_t *data, b
  * whole message, wire length in *ret_len.
  */
 unsigned tm_packet_finish(tm_packet *pkt, uint32_t seq, size_t *ret_len);
+
+/* ---- ZDATA: a DATA packet with compressed page data (codec/zdata.c) ---- */
+/*
+ * Receiver: instead of tm_recv_plan_begin() for a ZDATA frame. features: the agreed ones
+ * (HELLO_ACK), which say the codecs the sender may use. Returns the bytes of ZDATA header to
+ * receive into plan->zhdr (TM_ZDATA_HDR_LEN), or -EBADMSG for a body too short.
+ */
+int tm_recv_plan_begin_z(tm_recv_plan *plan, const tm_hello *session, uint32_t features,
+			 uint32_t body_len, GError **error);
+/*
+ * Decodes plan->zhdr: codec agreed (-EPROTO, unknown codec -EBADMSG), reserved 0 (-EBADMSG),
+ * zlen >= 1 and within the body (-EBADMSG). Returns TM_DATA_HDR_LEN: then as a DATA packet
+ * (tm_recv_plan_header, tm_recv_plan_entries, which also checks 1 <= zlen < data_len and plans
+ * the compressed bytes into plan->zbuf, tm_recv_plan_tags).
+ */
+int tm_recv_plan_zheader(tm_recv_plan *plan, GError **error);
+/* For tm_recv_plan_entries(): zlen against data_len; *body_len becomes the DATA body's. */
+int tm_recv_plan_zcheck(tm_recv_plan *plan, uint32_t *body_len, GError **error);
+
+/*
+ * After tm_recv_plan_tags(): decodes plan->zbuf into the packet's NORMAL pages in guest RAM
+ * (block_host), nothing outside them. z: the channel's context (tm_zctx_new for packet_size).
+ * Returns 0 or -EBADMSG (the message names the page within the packet), -EOPNOTSUPP.
+ */
+struct tm_zctx;
+int tm_recv_plan_decompress(tm_recv_plan *plan, struct tm_zctx *z, GError **error);
+
+/*
+ * Sender, after tm_packet_finish(): compresses the packet's page data with codec (1 lz4,
+ * 2 zstd) at level into the slot's buffer; max_pages 0: every page, else only the first
+ * max_pages (a sample, never sent). Returns the compressed length, 0 when the packet has no
+ * page data or compression would not make it smaller (send it as it is), or -errno.
+ */
+ssize_t tm_packet_compress(tm_packet *pkt, struct tm_zctx *z, uint8_t codec, int level,
+			   uint32_t max_pages, GError **error);
+/*
+ * Then, for a compressed length zlen > 0: the ZDATA message in pkt->ziov (same seq as the
+ * DATA tm_packet_finish() wrote); returns the iovec count, wire length in *ret_len.
+ */
+unsigned tm_packet_finish_z(tm_packet *pkt, uint8_t codec, size_t zlen, size_t *ret_len);
 
 /* ---- tags ---- */
 /* Classifies n tag bytes (one per granule): TM_TAGS_ZERO, _UNIFORM (value in *ret_value), _PACKED. */

@@ -126,6 +126,13 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->resume_token ? "set without" : "0 with", ack->features);
 		return -EBADMSG;
 	}
+	if (ack->features & TM_FEATURES_COMPRESS & ~offered) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO_ACK: features 0x%08x accept a compression codec that was not "
+			    "offered (offered 0x%08x)",
+			    ack->features, offered);
+		return -EPROTO;
+	}
 	if ((ack->features ^ offered) & TM_FEATURE_TAGS_MTE4) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "HELLO_ACK: features 0x%08x change TAGS_MTE4 (offered 0x%08x)",

@@ -364,6 +364,8 @@ void tm_recv_plan_fini(tm_recv_plan *plan)
 	g_free(plan->tags);
 	g_free(plan->iov);
 	g_free(plan->stage);
+	g_free(plan->zbuf);
+	g_free(plan->zpages);
 	memset(plan, 0, sizeof(*plan));
 }
 
@@ -372,6 +374,8 @@ int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t bod
 {
 	plan->session = NULL;
 	plan->staged = false;
+	plan->zcodec = 0;
+	plan->zlen = 0;
 	plan->iov_count = plan->data_iov_count = 0;
 	plan->payload_len = 0;
 	if (body_len < TM_DATA_HDR_LEN) {
@@ -404,11 +408,32 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 			 GError **error)
 {
 	const tm_data_hdr *hdr = &plan->hdr;
-	int r = tm_data_entries_decode(hdr, plan->head + TM_DATA_HDR_LEN,
-				       (size_t)hdr->page_count * TM_PAGE_ENTRY_LEN, plan->session,
-				       channel, plan->body_len, plan->entries, error);
+	uint32_t body_len = plan->body_len;
+	int r = plan->zcodec ? tm_recv_plan_zcheck(plan, &body_len, error) : 0;
 	if (r < 0)
 		return r;
+	r = tm_data_entries_decode(hdr, plan->head + TM_DATA_HDR_LEN,
+				   (size_t)hdr->page_count * TM_PAGE_ENTRY_LEN, plan->session,
+				   channel, body_len, plan->entries, error);
+	if (r < 0)
+		return r;
+	plan->block_host = block_host;
+	if (plan->zcodec) {
+		/* The compressed bytes go to zbuf; tm_recv_plan_decompress() fills the pages once
+		 * the tags are checked. */
+		unsigned n = 0;
+		plan->staged = false;
+		plan->iov[n].iov_base = plan->zbuf;
+		plan->iov[n++].iov_len = plan->zlen;
+		plan->data_iov_count = 0; /* nothing of guest RAM to populate for the socket */
+		if (hdr->tag_len) {
+			plan->iov[n].iov_base = plan->tag_payload;
+			plan->iov[n++].iov_len = hdr->tag_len;
+		}
+		plan->iov_count = n;
+		plan->payload_len = (size_t)plan->zlen + hdr->tag_len;
+		return 0;
+	}
 
 	/*
 	 * Every page is inside the block (checked above): page data goes straight into RAM, unless
@@ -417,7 +442,6 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 	 * accepted the tags, and tm_recv_plan_commit() copies it. Packed tags are valid whatever
 	 * their bytes, so most packets go straight in.
 	 */
-	plan->block_host = block_host;
 	plan->staged = false;
 	for (uint32_t i = 0; i < hdr->page_count && hdr->data_len; i++)
 		plan->staged = plan->staged || plan->entries[i].tag_enc == TM_TAGS_UNIFORM;
@@ -497,6 +521,8 @@ void tm_packet_fini(tm_packet *pkt)
 	g_free(pkt->hdr);
 	g_free(pkt->tagbuf);
 	g_free(pkt->iov);
+	g_free(pkt->zbuf);
+	g_free(pkt->zpages);
 	memset(pkt, 0, sizeof(*pkt));
 }
 

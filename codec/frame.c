@@ -49,6 +49,8 @@ const char *tm_msg_name(uint8_t type)
 		return "PAGE_REQ";
 	case TM_MSG_URGENT:
 		return "URGENT";
+	case TM_MSG_ZDATA:
+		return "ZDATA";
 	case TM_MSG_REQ_END:
 		return "REQ_END";
 	case TM_MSG_RESUME:
@@ -136,6 +138,9 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 	 */
 	case TM_MSG_DATA:
 		return packet_size == 0 ? 0 : clamp32(data_max(packet_size));
+	case TM_MSG_ZDATA:
+		/* The compressed data is shorter than the pages it replaces (docs/wire-format.md). */
+		return packet_size == 0 ? 0 : clamp32(TM_ZDATA_HDR_LEN + data_max(packet_size));
 	case TM_MSG_STATE:
 		return packet_size == 0 ? 0 :
 					  clamp32((uint64_t)TM_STATE_HDR_LEN + TM_MAX_STATE_NAME + packet_size);
@@ -231,7 +236,8 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint8_t version, uint32_t pa
 			    reserved);
 		return -EBADMSG;
 	}
-	if ((type == TM_MSG_DATA || type == TM_MSG_STATE || type == TM_MSG_URGENT) &&
+	if ((type == TM_MSG_DATA || type == TM_MSG_ZDATA || type == TM_MSG_STATE ||
+	     type == TM_MSG_URGENT) &&
 	    packet_size == 0) {
 		g_set_error(error, TM_ERROR, EPROTO, "frame header: %s before the handshake",
 			    tm_msg_name(type));

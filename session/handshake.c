@@ -139,6 +139,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	s->st.max_total = first.max_state_total;
 	if (s->wire == TM_WIRE_VERSION_2)
 		tm_sender_pc_agree(s, &first); /* postcopy accepted or declined */
+	s->zagreed = first.features & TM_FEATURES_COMPRESS;
 	return 0;
 }
 

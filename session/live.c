@@ -82,6 +82,9 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 	}
 	if (!c.resume_deadline_ms)
 		c.resume_deadline_ms = TM_RESUME_DEADLINE_DEFAULT_MS;
+	int r = sender ? tm_compress_config_check(&c, error) : 0;
+	if (r < 0)
+		return r;
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	c.uffd = -1;
 	*ret = c;

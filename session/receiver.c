@@ -343,7 +343,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 
 	/* Protocol 2: the same HELLO_ACK on every connection, with what this receiver accepts. */
 	tm_hello_ack ack = {
-		.features = r->hello.features & ~TM_FEATURE_POSTCOPY,
+		.features = (r->hello.features & ~(TM_FEATURE_POSTCOPY | TM_FEATURES_COMPRESS)) |
+			    tm_zrecv_accept(r->hello.features),
 		.max_state_section = r->live.max_state_section,
 		.max_state_total = r->live.max_state_total,
 	};
@@ -356,11 +357,16 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	uint8_t ackbuf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
 	for (unsigned i = 0; i <= r->nch; i++) {
 		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
-		if (i < r->nch)
+		ret = 0;
+		if (i < r->nch) {
 			tm_recv_plan_init(&r->chans[i].plan, r->hello.packet_size);
-		if (ch->fd < 0)
+			ret = tm_zrecv_setup(&r->chans[i], ack.features, r->hello.packet_size, error);
+		}
+		if (ret >= 0 && ch->fd < 0)
 			continue; /* protocol 1: no control connection */
-		if (r->wire == TM_WIRE_VERSION_2) {
+		if (ret < 0) {
+			/* no context for the codecs: the failure below */
+		} else if (r->wire == TM_WIRE_VERSION_2) {
 			size_t len = tm_hello_ack_encode(ackbuf, ch->tx_seq++, &ack);
 			struct iovec v = { .iov_base = ackbuf, .iov_len = len };
 			ret = tm_chan_send(ch, &v, 1, len, error);
@@ -470,6 +476,7 @@ void tm_receiver_free(tm_receiver *r)
 		}
 		tm_chan_close(&c->ch);
 		tm_recv_plan_fini(&c->plan);
+		tm_zrecv_free(c->z);
 	}
 	tm_resume_recv_free(r); /* after the workers, which may wait for a reconnect */
 	tm_chan_close(&r->ctl);

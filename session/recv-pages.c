@@ -57,9 +57,11 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	 * Frame header, DATA header and entries arrive in separate receives: the frame may be a
 	 * control message as short as 24 bytes, and the entries' count is in the DATA header.
 	 */
-	if ((ret = tm_recv_plan_begin(p, &r->hello, f->body_len, error)) < 0)
+	if (f->type == TM_MSG_ZDATA)
+		ret = tm_zrecv_begin(c, f->body_len, error); /* compress-recv.c */
+	else if ((ret = tm_recv_plan_begin(p, &r->hello, f->body_len, error)) < 0)
 		goto bad;
-	if ((ret = tm_chan_recv(&c->ch, p->head, (size_t)ret, error)) < 0)
+	if (ret < 0 || (ret = tm_chan_recv(&c->ch, p->head, (size_t)ret, error)) < 0)
 		return ret;
 	if ((ret = tm_recv_plan_header(p, error)) < 0)
 		goto bad;
@@ -85,6 +87,8 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	if ((ret = tm_recv_plan_tags(p, error)) < 0)
 		goto bad;
 	tm_recv_plan_commit(p); /* staged data: only now into guest RAM */
+	if ((ret = tm_zrecv_decode(c, b->name, error)) < 0) /* ZDATA: decoded into its pages */
+		return ret;
 	for (uint32_t i = 0; i < p->hdr.page_count; i++) {
 		const tm_page_entry *e = &p->entries[i];
 		if (e->kind != TM_PAGE_NORMAL &&
@@ -115,7 +119,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	c->packets_applied++;
 	tm_count(&c->ch.st.pages, p->hdr.page_count);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, p->hdr.data_len);
+	tm_count(&c->ch.st.data_bytes, p->zcodec ? p->zlen : p->hdr.data_len); /* on the wire */
 	tm_count(&c->ch.st.tag_bytes, p->hdr.tag_len);
 	return 0;
 bad:
@@ -168,6 +172,7 @@ static int recv_loop(recv_chan *c, GError **error)
 				return ret;
 			break;
 		case TM_MSG_DATA:
+		case TM_MSG_ZDATA:
 			if ((ret = apply_data(c, &f, error)) < 0)
 				return ret;
 			break;

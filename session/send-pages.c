@@ -24,13 +24,18 @@ int tm_send_flush(send_chan *c, GError **error)
 		return 0;
 	c->pkt_open = false;
 	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
+	struct iovec *iov = pkt->iov;
+	/* ZDATA when it pays; r: the page data bytes on the wire */
+	int64_t r = tm_zsend_packet(c, pkt, &iov, &n, &len, error), wire_data = r;
+	if (r < 0)
+		return (int)r;
 	if (tm_sender_throttle(c->s, c, len))
 		c->cr.throttled = true;
 	for (unsigned i = 1; i < n; i++) /* iov[0] is the header */
-		tm_prefetch_run(pkt->iov[i].iov_base, pkt->iov[i].iov_len, false);
-	int r = tm_chan_submit(&c->ch, c->cur, pkt->iov, n, len, error);
+		tm_prefetch_run(iov[i].iov_base, iov[i].iov_len, false);
+	r = tm_chan_submit(&c->ch, c->cur, iov, n, len, error);
 	if (r < 0)
-		return r;
+		return (int)r;
 	/*
 	 * The receiver never speaks between SYNCs unless it gives up: a readable channel means
 	 * its ERROR (or its close) is here. One poll per packet lets the sender stop at once
@@ -44,7 +49,7 @@ int tm_send_flush(send_chan *c, GError **error)
 	c->packets_sent++;
 	tm_count(&c->ch.st.pages, pkt->page_count);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, pkt->data_len);
+	tm_count(&c->ch.st.data_bytes, (uint64_t)wire_data);
 	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
 	return 0;
 }
@@ -198,6 +203,7 @@ gpointer tm_send_worker(gpointer data)
 				continue;
 			}
 			tm_rounds_chan_idle(s, c);
+			tm_zsend_idle(c);
 			g_cond_wait(&c->wake, &s->lock);
 		}
 		if (r < 0 || s->quit) {

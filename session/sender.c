@@ -360,6 +360,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		return -EINVAL;
 	}
 	s->hello.version = s->wire;
+	s->hello.features = (s->hello.features & ~TM_FEATURES_COMPRESS) |
+			    tm_zsend_offer(&s->live, s->wire);
 	if (s->tls_creds_dir && !s->tls) {
 		if (!s->tls_hostname) {
 			for (unsigned i = 0; i < n; i++)
@@ -418,6 +420,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 			c->pkts[k].version = s->wire;
 		}
 		c->tagraw = g_malloc(s->hello.packet_size / TM_TAG_GRANULE);
+		__atomic_store_n(&c->z, tm_zsend_new(&s->live, s->zagreed, s->hello.packet_size),
+				 __ATOMIC_RELEASE);
 		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
 		c->thread = g_thread_new(name, tm_send_worker, c);
 	}
@@ -715,6 +719,7 @@ void tm_sender_free(tm_sender *s)
 			tm_packet_fini(&c->pkts[k]);
 		g_free(c->pkts);
 		g_free(c->tagraw);
+		tm_zsend_free(c->z);
 		g_array_unref(c->pending);
 		g_array_unref(c->work);
 		g_array_unref(s->staging[i]);

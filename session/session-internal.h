@@ -31,6 +31,7 @@
 #include "codec/codec.h"
 #include "tagmig/session.h"
 #include "session/channel.h"
+#include "session/compress.h"
 #include "session/converge.h"
 #include "session/postcopy-send.h"
 #include "transport/tls/tls.h"
@@ -227,6 +228,7 @@ typedef struct send_chan {
 	tm_chan_round cr;
 	uint64_t state_chunks; /* STATE messages sent */
 	send_chan_pc pc;       /* postcopy (postcopy-send.c) */
+	tm_zsend *z;           /* compression (compress-send.c); set before the worker starts */
 } send_chan;
 
 /* The sender worker asks for the pages of its work item this far ahead (prefetch.c). */
@@ -269,6 +271,7 @@ struct tm_sender {
 	tm_tls_ctx *tls; /* created at connect/attach, NULL without TLS */
 	bool no_populate; /* the kernel lacks MADV_POPULATE_READ (written once, racy is fine) */
 	tm_hello hello;
+	uint32_t zagreed;      /* compression codecs the HELLO_ACKs accepted */
 	unsigned nch;
 	send_chan *chans;
 	tm_live_config live;   /* defaults filled in (tm_live_config_load) */
@@ -307,6 +310,7 @@ typedef struct recv_chan {
 
 	/* worker-local, allocated once in start() */
 	tm_recv_plan plan;        /* the DATA packet being received */
+	tm_zrecv *z;              /* compression (compress-recv.c); set in start() */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
 	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */

@@ -321,7 +321,8 @@ int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error)
 {
 	if (f->version != TM_WIRE_VERSION_2)
 		return 0;
-	if ((f->type == TM_MSG_DATA || f->type == TM_MSG_SYNC) && c->ram_ended) {
+	if ((f->type == TM_MSG_DATA || f->type == TM_MSG_ZDATA || f->type == TM_MSG_SYNC) &&
+	    c->ram_ended) {
 		g_set_error(error, TM_ERROR, EPROTO, "channel %u: %s after RAM_END", c->ch.id,
 			    tm_msg_name(f->type));
 		return -EPROTO;

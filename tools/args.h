@@ -73,4 +73,8 @@ int cli_check_io(const char *cmd, const char *io);
 	"I/O backend: io_uring (or uring) or sockets; default io_uring where the kernel allows it, " \
 	"else sockets (also $TAGMIG_IO)"
 
+#define CLI_COMPRESS_HELP                                                                         \
+	"Page data compression: auto (default: per channel whatever moves data fastest), none, "   \
+	"lz4, zstd or zstd:LEVEL (-7..19); agreed with the receiver, protocol 2 only"
+
 G_END_DECLS

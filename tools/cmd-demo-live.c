@@ -290,7 +290,8 @@ int cli_demo_live(const demo_live_opts *o)
 	if (tm_sender_new(layout, test_guest_tags(g), &scfg, &sender, &error) < 0)
 		return cli_fail(error);
 	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = o->max_downtime_us,
-			      .rate_limit = o->rate_limit };
+			      .rate_limit = o->rate_limit, .compress = o->compress,
+			      .compress_level = o->compress_level };
 	if (tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 

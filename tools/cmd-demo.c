@@ -245,6 +245,7 @@ typedef struct demo_opts {
 	char *rate_limit;
 	gboolean kvm_guest, any_host;
 	char *vmm, *guest_image;
+	char *compress;
 } demo_opts;
 
 static void demo_opts_clear(demo_opts *o)
@@ -257,6 +258,7 @@ static void demo_opts_clear(demo_opts *o)
 	g_free(o->rate_limit);
 	g_free(o->vmm);
 	g_free(o->guest_image);
+	g_free(o->compress);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(demo_opts, demo_opts_clear)
@@ -346,6 +348,7 @@ int cli_cmd_demo(int argc, char **argv)
 		{ "rate-limit", 0, 0, G_OPTION_ARG_STRING, &o.rate_limit,
 		  "With --live: bytes per second for all channels until the pause (default none)",
 		  "RATE" },
+		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		G_OPTION_ENTRY_NULL
 	};
 	uint64_t size = 1ull << 30, page_size = 4096;
@@ -388,6 +391,12 @@ int cli_cmd_demo(int argc, char **argv)
 		return cli_usage_error("demo", "--channels must be 1..%u", TM_MAX_CHANNELS);
 	if (o.timeout < 0 || o.timeout > 86400)
 		return cli_usage_error("demo", "--timeout must be 0..86400 seconds");
+	uint32_t zmode = TM_COMPRESS_DEFAULT;
+	int32_t zlevel = 0;
+	g_autoptr(GError) zerr = NULL;
+	if (o.compress && (rc = tm_compress_parse(o.compress, &zmode, &zlevel, &zerr)) < 0)
+		return rc == -EOPNOTSUPP ? cli_fail(zerr)
+					 : cli_usage_error("demo", "--compress: %s", zerr->message);
 	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30))
 		return cli_usage_error("demo", "--dirty-rate, --max-downtime, --max-rounds and "
 				       "--rate-limit need --live");
@@ -396,7 +405,8 @@ int cli_cmd_demo(int argc, char **argv)
 				      .channels = (unsigned)o.channels, .io = o.io,
 				      .timeout_s = (unsigned)o.timeout, .tls = o.tls, .json = o.json,
 				      .dirty_rate = 100ull << 20, .max_downtime_us = 50000,
-				      .max_rounds = (unsigned)o.max_rounds };
+				      .max_rounds = (unsigned)o.max_rounds, .compress = zmode,
+				      .compress_level = zlevel };
 		if (o.page_size && page_size != 4096)
 			return cli_usage_error("demo", "--live runs a guest of 4K pages");
 		if (o.dirty_rate && cli_parse_rate(o.dirty_rate, &lo.dirty_rate) < 0)
@@ -466,6 +476,9 @@ int cli_cmd_demo(int argc, char **argv)
 	cli_env_sender_config(&scfg);
 	g_autoptr(tm_sender) sender = NULL;
 	if (tm_sender_new(src_layout, src_tags, &scfg, &sender, &error) < 0)
+		return cli_fail(error);
+	tm_live_config lc = { .size = sizeof(lc), .compress = zmode, .compress_level = zlevel };
+	if (o.compress && tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 
 	double cpu0 = cli_cpu_seconds(), t0 = cli_now();
@@ -539,6 +552,9 @@ int cli_cmd_demo(int argc, char **argv)
 		.verified = bad == 0,
 		.blocks = 1,
 	};
+	g_autofree cli_compress *z = g_new0(cli_compress, 1);
+	cli_compress_collect(z, sender, NULL, st.channels);
+	sum.compress = z;
 	if (o.json)
 		cli_print_json(&sum);
 	else

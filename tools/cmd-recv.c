@@ -456,6 +456,8 @@ int cli_cmd_recv(int argc, char **argv)
 	tm_receiver_get_stats(receiver, &st);
 	tm_live_stats ls = { .size = sizeof(ls) };
 	tm_receiver_get_live_stats(receiver, &ls);
-	cli_report("recv", &st, &ls, total_bytes, t0, cpu0, nblocks, o.json);
+	g_autofree cli_compress *z = g_new0(cli_compress, 1);
+	cli_compress_collect(z, NULL, receiver, st.channels);
+	cli_report("recv", &st, &ls, total_bytes, t0, cpu0, nblocks, z, o.json);
 	return CLI_EXIT_OK;
 }

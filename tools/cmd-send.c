@@ -31,6 +31,7 @@ typedef struct send_opts {
 	char *tls_creds;
 	char *tls_hostname;
 	char *rate_limit;
+	char *compress;
 } send_opts;
 
 static void send_opts_clear(send_opts *o)
@@ -45,6 +46,7 @@ static void send_opts_clear(send_opts *o)
 	g_free(o->tls_creds);
 	g_free(o->tls_hostname);
 	g_free(o->rate_limit);
+	g_free(o->compress);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(send_opts, send_opts_clear)
@@ -104,6 +106,7 @@ int cli_cmd_send(int argc, char **argv)
 		{ "no-resume", 0, 0, G_OPTION_ARG_NONE, &o.no_resume,
 		  "Fail when a data connection breaks instead of reconnecting it within 30 s and "
 		  "sending only what the receiver lacks (the default)", NULL },
+		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -164,6 +167,14 @@ int cli_cmd_send(int argc, char **argv)
 	if (o.rate_limit && cli_parse_rate(o.rate_limit, &rate_limit) < 0)
 		return cli_usage_error("send", "--rate-limit '%s' is not a size per second",
 				       o.rate_limit);
+	uint32_t compress = TM_COMPRESS_DEFAULT;
+	int32_t compress_level = 0;
+	if (o.compress && (rc = tm_compress_parse(o.compress, &compress, &compress_level,
+						  &error)) < 0) {
+		if (rc == -EOPNOTSUPP)
+			return cli_fail(error);
+		return cli_usage_error("send", "--compress: %s", error->message);
+	}
 
 	g_autoptr(GPtrArray) ram_specs = NULL;
 	g_autoptr(GPtrArray) tag_specs = NULL;
@@ -255,8 +266,9 @@ int cli_cmd_send(int argc, char **argv)
 	if (rc < 0)
 		return cli_fail(error);
 	tm_live_config live = { .size = sizeof(live), .rate_limit = rate_limit,
-				.no_resume = o.no_resume };
-	if ((rate_limit || o.no_resume) && tm_sender_set_live(sender, &live, &error) < 0)
+				.no_resume = o.no_resume, .compress = compress,
+				.compress_level = compress_level };
+	if ((rate_limit || o.no_resume || o.compress) && tm_sender_set_live(sender, &live, &error) < 0)
 		return cli_fail(error);
 
 	uint64_t nwords = (max_pages + 63) / 64;
@@ -289,6 +301,8 @@ int cli_cmd_send(int argc, char **argv)
 	tm_sender_get_stats(sender, &st);
 	tm_live_stats ls = { .size = sizeof(ls) };
 	tm_sender_get_live_stats(sender, &ls);
-	cli_report("send", &st, &ls, total_bytes, t0, cpu0, nblocks, o.json);
+	g_autofree cli_compress *z = g_new0(cli_compress, 1);
+	cli_compress_collect(z, sender, NULL, st.channels);
+	cli_report("send", &st, &ls, total_bytes, t0, cpu0, nblocks, z, o.json);
 	return CLI_EXIT_OK;
 }

@@ -19,6 +19,8 @@ typedef struct demo_live_opts {
 	uint64_t max_downtime_us; /* the switchover target */
 	unsigned max_rounds;      /* precopy rounds before the switch is forced */
 	uint64_t rate_limit;      /* bytes/s, 0: none */
+	uint32_t compress;        /* tm_compress_mode */
+	int32_t compress_level;
 } demo_live_opts;
 
 /* Runs it; returns the tool's exit status (cli.h). */

@@ -27,3 +27,7 @@ void jw_u64(json_writer *w, const char *key, uint64_t v);
 void jw_double(json_writer *w, const char *key, double v);
 void jw_str(json_writer *w, const char *key, const char *v);
 void jw_bool(json_writer *w, const char *key, bool v);
+
+typedef struct cli_compress cli_compress;
+/* The "compression" object of a summary (report-compress.c). */
+void cli_compress_json(json_writer *w, const cli_compress *z);

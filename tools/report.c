@@ -104,6 +104,8 @@ void cli_print_json(const cli_summary *s)
 		jw_u64(&w, "refused", s->live->resume_refused);
 		jw_close(&w);
 	}
+	if (s->compress)
+		cli_compress_json(&w, s->compress);
 	if (s->verified >= 0) {
 		jw_key(&w, "verified");
 		g_string_append(out, s->verified ? "true" : "false");
@@ -120,6 +122,7 @@ void cli_print_human_line(const cli_summary *s)
 	g_autofree char *size = cli_format_bytes(s->bytes);
 	g_autofree char *tags = cli_format_bytes(st->tag_bytes);
 	g_autofree char *resumed = NULL;
+	g_autofree char *z = s->compress ? cli_compress_human(s->compress) : g_strdup("");
 
 	if (s->live && s->live->reconnects) {
 		g_autofree char *again = cli_format_bytes(s->live->resent_bytes);
@@ -130,18 +133,18 @@ void cli_print_human_line(const cli_summary *s)
 	fprintf(stderr,
 		"tagmig %s: %s in %.2f s, %.2f GiB/s, %u channel%s (%s), %" PRIu64
 		" pages (normal %" PRIu64 ", zero %" PRIu64 ", zero-tagged %" PRIu64
-		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB%s%s%s\n",
+		"), tags %s (%.1f%% of wire), %.2f CPU s/GiB%s%s%s%s\n",
 		s->command, size, s->wall_seconds, cli_gib_per_s(s->bytes, s->wall_seconds),
 		st->channels, st->channels == 1 ? "" : "s", st->io_backend[0] ? st->io_backend : "?",
 		st->pages, st->pages_by_kind[TM_PAGE_NORMAL], st->pages_by_kind[TM_PAGE_ZERO],
 		st->pages_by_kind[TM_PAGE_ZERO_TAGGED], tags,
 		safe_div(100.0 * st->tag_bytes, st->wire_bytes),
 		safe_div(s->cpu_seconds, s->bytes / GIB), st->tls_cipher[0] ? ", TLS " : "",
-		st->tls_cipher, resumed ? resumed : "");
+		st->tls_cipher, resumed ? resumed : "", z);
 }
 
 void cli_report(const char *cmd, const tm_stats *st, const tm_live_stats *live, uint64_t bytes,
-		double t0, double cpu0, unsigned blocks, bool json)
+		double t0, double cpu0, unsigned blocks, const cli_compress *compress, bool json)
 {
 	cli_summary sum = {
 		.command = cmd,
@@ -152,6 +155,7 @@ void cli_report(const char *cmd, const tm_stats *st, const tm_live_stats *live, 
 		.verified = -1,
 		.blocks = blocks,
 		.live = live,
+		.compress = compress,
 	};
 
 	cli_print_io_note(st);

@@ -27,6 +27,20 @@ double cli_gib_per_s(uint64_t bytes, double seconds);
 char *cli_format_bytes(uint64_t bytes);
 
 /* What a command reports at its end; shared by the JSON and the human output. */
+/* Compression statistics of every channel of one side (report-compress.c). */
+typedef struct cli_compress {
+	bool sender;
+	unsigned channels;
+	tm_compress_stats stats[TM_MAX_CHANNELS];
+} cli_compress;
+
+/* Reads them from the sender s or the receiver r (the other NULL) after the migration. */
+void cli_compress_collect(cli_compress *z, tm_sender *s, tm_receiver *r, unsigned channels);
+/* Sums of all channels (mode and ratio of the whole). */
+void cli_compress_totals(const cli_compress *z, tm_compress_stats *ret);
+/* ", compression auto: 0.31 of the page data (...)" or "" when nothing was agreed. */
+char *cli_compress_human(const cli_compress *z);
+
 typedef struct cli_summary {
 	const char *command;  /* "demo", "send", "recv" */
 	const tm_stats *stats;
@@ -36,6 +50,7 @@ typedef struct cli_summary {
 	int verified;         /* 1 yes, 0 no, -1 not checked (left out of the output) */
 	unsigned blocks;
 	const tm_live_stats *live; /* protocol 2 figures (resume), or NULL: left out */
+	const cli_compress *compress; /* NULL: left out */
 } cli_summary;
 
 /* Writes the summary as one JSON object and a newline to stdout. */
@@ -52,6 +67,6 @@ void cli_print_io_note(const tm_stats *st);
  * bytes of RAM moved since t0 (cli_now()) with cpu0 (cli_cpu_seconds()) at that time.
  */
 void cli_report(const char *cmd, const tm_stats *st, const tm_live_stats *live, uint64_t bytes,
-		double t0, double cpu0, unsigned blocks, bool json);
+		double t0, double cpu0, unsigned blocks, const cli_compress *compress, bool json);
 
 G_END_DECLS

@@ -278,6 +278,13 @@ int tm_net_keepalive(int fd, unsigned keepalive_ms, unsigned user_timeout_ms);
  */
 int tm_net_ack_age(int fd, uint32_t *ret_unacked, uint32_t *ret_ack_age_ms);
 
+/*
+ * From TCP_INFO (transport/net-rate.c): the kernel's recent delivery rate of the connection in
+ * bytes/s and whether the application, not the network, limited it. Returns 0 or -errno (not
+ * a TCP socket, or a kernel before 4.18 that does not report it: -EOPNOTSUPP).
+ */
+int tm_net_delivery_rate(int fd, uint64_t *ret_bytes_per_sec, bool *ret_app_limited);
+
 /* Drops done bytes from the front of the iovec array *v of *n entries (after a partial transfer). */
 static inline void tm_iov_advance(struct iovec **v, unsigned *n, size_t done)
 {

@@ -291,6 +291,10 @@ typedef struct tm_live_config {
 	uint32_t resume_deadline_ms; /* sender: how long a broken data channel may take to come back
 	                              * (all its attempts); 0 means 30000. A receiver waits as long as
 	                              * the session lives (the control connection's liveness) */
+	uint32_t compress;          /* sender: tm_compress_mode of the page data; 0 = the default
+	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
+	                             * it was built with) */
+	int32_t compress_level;     /* sender, TM_COMPRESS_ZSTD: -7..19; 0 = zstd's default (3) */
 } tm_live_config;
 
 /*
@@ -474,6 +478,63 @@ typedef struct tm_live_stats {
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */
 TM_EXPORT int tm_sender_get_live_stats(tm_sender *sender, tm_live_stats *ret);
 TM_EXPORT int tm_receiver_get_live_stats(tm_receiver *receiver, tm_live_stats *ret);
+
+/* ---- protocol 2: compression of page data (symbol version TAGMIG_0.2; docs/api.md) ---- */
+
+/*
+ * How the sender compresses page data (tm_live_config.compress). Protocol 2 only: the sender
+ * offers the codecs the mode may use in its HELLO, the receiver accepts those it was built with,
+ * and each packet then goes raw or compressed with one of them (docs/wire-format.md, ZDATA). A
+ * packet that would not get smaller always goes raw. Protocol 1 never compresses.
+ */
+typedef enum tm_compress_mode {
+	TM_COMPRESS_DEFAULT = 0, /* TM_COMPRESS_AUTO */
+	TM_COMPRESS_NONE = 1,    /* never: nothing offered */
+	TM_COMPRESS_AUTO = 2,    /* per channel, what moves page data fastest: none, lz4 or zstd
+	                          * levels 1 and 3, measured on the link as it goes */
+	TM_COMPRESS_LZ4 = 3,     /* every packet lz4 */
+	TM_COMPRESS_ZSTD = 4,    /* every packet zstd at compress_level */
+} tm_compress_mode;
+
+/* "none", "auto", "lz4", "zstd"; NULL for an unknown mode (DEFAULT: "auto"). */
+TM_EXPORT const char *tm_compress_mode_name(uint32_t mode);
+
+/*
+ * Parses "auto", "none", "lz4", "zstd" or "zstd:LEVEL" (-7..19) into *ret_mode and
+ * *ret_level: 0, -EINVAL (the message says what is wrong), -EOPNOTSUPP (the codec is not built
+ * into this library). Any thread.
+ */
+TM_EXPORT int tm_compress_parse(const char *text, uint32_t *ret_mode, int32_t *ret_level,
+				GError **error);
+
+/* What one channel's compression did. First field: the size as the caller compiled it. */
+typedef struct tm_compress_stats {
+	uint32_t size;              /* in: sizeof(tm_compress_stats) */
+	uint32_t mode;              /* sender: tm_compress_mode in force (NONE when nothing was
+	                             * agreed); receiver: 0 */
+	uint32_t codecs;            /* agreed in the handshake: TM_FEATURE_LZ4 | TM_FEATURE_ZSTD */
+	uint32_t last_codec;        /* the last packet's: 0 raw, 1 lz4, 2 zstd */
+	int32_t last_level;         /* its zstd level (0 otherwise) */
+	uint32_t reserved;
+	uint64_t packets_by_codec[3]; /* DATA packets raw, ZDATA lz4, ZDATA zstd */
+	uint64_t data_bytes;        /* page data of all packets, uncompressed */
+	uint64_t wire_data_bytes;   /* what of it went on the wire: raw data plus compressed
+	                             * sections */
+	double ratio;               /* wire_data_bytes / data_bytes; 0 before any page data */
+	double cpu_seconds;         /* thread CPU time spent compressing / decompressing */
+	uint64_t link_bytes_per_sec; /* sender, auto: wire bytes per second the channel achieved
+	                              * in its last measured window; 0 otherwise */
+} tm_compress_stats;
+
+/*
+ * Copies channel's compression statistics (channel < channels): 0, -ERANGE (no such channel),
+ * -EBADFD (before the handshake), -EINVAL (ret->size < 8). The library fills min(size,
+ * sizeof(tm_compress_stats)) bytes and sets size to that. Any thread.
+ */
+TM_EXPORT int tm_sender_get_compress_stats(tm_sender *sender, unsigned channel,
+					   tm_compress_stats *ret);
+TM_EXPORT int tm_receiver_get_compress_stats(tm_receiver *receiver, unsigned channel,
+					     tm_compress_stats *ret);
 
 /* ---- protocol 2: device state (symbol version TAGMIG_0.2; docs/api.md, "Device state") ---- */
 

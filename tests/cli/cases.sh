@@ -396,6 +396,36 @@ json-output)
 	same "$T/in.tags" "$T/out.tags"
 	note "ok: JSON of both sides"
 	;;
+# Issue 15: --compress zstd:3 on compressible RAM with tags, byte-exact, and both sides' JSON
+# say what was agreed and achieved, channel by channel.
+compress)
+	need_python
+	size=$((8 * 1024 * 1024))
+	"$GEN" text "$size" 61 "$T/in.img" || fail "tm-gen-image text failed"
+	gen_tags $((size / 16)) 62 "$T/in.tags"
+	start_recv --ram "$T/out.img" --tags "$T/out.tags" --json
+	run_send --ram "$T/in.img" --tags "$T/in.tags" --channels 2 --compress zstd:3 --json
+	wait_recv
+	expect_rc send "$SEND_RC" 0
+	expect_rc recv "$RECV_RC" 0
+	same "$T/in.img" "$T/out.img"
+	same "$T/in.tags" "$T/out.tags"
+	"$PYTHON3" - "$T/send.out" "$T/recv.out" <<-'EOF' || fail "--json: $(cat "$T/send.out" "$T/recv.out")"
+		import json, sys
+		s, r = (json.load(open(p)) for p in sys.argv[1:3])
+		zs, zr = s["compression"], r["compression"]
+		assert zs["mode"] == "zstd" and zs["codecs"] == "zstd" == zr["codecs"], (zs, zr)
+		assert zs["data_bytes"] == zr["data_bytes"] == 8 * 1024 * 1024, (zs, zr)
+		assert zs["wire_data_bytes"] == zr["wire_data_bytes"] == s["data_bytes"], (zs, s)
+		assert 0 < zs["ratio"] < 0.5, zs
+		assert len(zs["channels"]) == len(zr["channels"]) == 2, (zs, zr)
+		for a, b in zip(zs["channels"], zr["channels"]):
+		    assert a["last"] == "zstd:3" and a["packets_zstd"] > 0 and a["packets_lz4"] == 0, a
+		    assert (a["packets_raw"], a["packets_zstd"]) == (b["packets_raw"], b["packets_zstd"]), (a, b)
+		assert s["wire_bytes"] < 8 * 1024 * 1024 * 0.6, s
+	EOF
+	note "ok: --compress zstd:3 across 2 channels, exact, JSON of both sides"
+	;;
 refuse-high-nibble)
 	size=$((1024 * 1024))
 	gen_ram "$size" 61 "$T/in.img"
@@ -668,6 +698,9 @@ usage)
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --tags nosuch="$T/x.tags"
 	u 2 send --connect 127.0.0.1:1234 --ram a="$T/x.img" --ram a="$T/x.img"
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" stray-argument
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --compress gzip
+	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --compress zstd:20
+	u 2 demo --compress gzip
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --bogus
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --rate-limit fast
 	u 2 send --connect 127.0.0.1:1234 --ram "$T/x.img" --rate-limit 10M/h

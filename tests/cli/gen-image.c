@@ -4,6 +4,8 @@
  *
  *   tm-gen-image ram  BYTES SEED PATH    guest RAM image: random, zero and patterned regions
  *   tm-gen-image tags BYTES SEED PATH    tag file: bytes 0..15 in runs of random, uniform and zero
+ *   tm-gen-image text BYTES SEED PATH    compressible RAM: lines of words and numbers, no zero
+ *                                        page (lz4 makes about half of it, zstd less)
  *   tm-gen-image poke PATH OFFSET BYTE   overwrite one byte (BYTE decimal or 0x..)
  *
  * The same BYTES and SEED always give the same file. Exit 0, or 1 with a message.
@@ -87,6 +89,26 @@ static void gen_tags(uint8_t *buf, uint64_t len, uint64_t seed)
 	}
 }
 
+/* Compressible like a guest's page cache of logs and text: words and decimal numbers. */
+static void gen_text(uint8_t *buf, uint64_t len, uint64_t seed)
+{
+	static const char *const words[] = { "kernel", "page", "migrate", "tag", "granule", "qemu",
+					     "virtio", "block", "alpha", "request", "memory",
+					     "device", "state", "round", "the", "of" };
+	uint64_t st = seed ^ 0x7e47;
+	uint64_t off = 0;
+
+	while (off < len) {
+		uint64_t r = splitmix64(&st);
+		char tmp[32];
+		int n = (r & 7) == 0 ? snprintf(tmp, sizeof(tmp), "%u ", (unsigned)(r >> 40) % 100000)
+				     : snprintf(tmp, sizeof(tmp), "%s%s", words[(r >> 8) % 16],
+						(r >> 16) % 12 == 0 ? "\n" : " ");
+		for (int i = 0; i < n && off < len; i++)
+			buf[off++] = (uint8_t)tmp[i];
+	}
+}
+
 static int write_file(const char *path, const uint8_t *buf, uint64_t len)
 {
 	FILE *f = fopen(path, "wb");
@@ -131,6 +153,8 @@ int main(int argc, char **argv)
 		gen_ram(buf, a, b);
 	else if (strcmp(argv[1], "tags") == 0)
 		gen_tags(buf, a, b);
+	else if (strcmp(argv[1], "text") == 0)
+		gen_text(buf, a, b);
 	else {
 		free(buf);
 		goto usage;
@@ -139,7 +163,7 @@ int main(int argc, char **argv)
 	free(buf);
 	return rc;
 usage:
-	fprintf(stderr, "usage: tm-gen-image ram|tags BYTES SEED PATH\n"
+	fprintf(stderr, "usage: tm-gen-image ram|tags|text BYTES SEED PATH\n"
 			"       tm-gen-image poke PATH OFFSET BYTE\n");
 	return 1;
 }

@@ -1,23 +1,28 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Fuzzes the receiver's DATA path as the session runs it: the receive plan (tm_recv_plan_*) of a
- * DATA frame against the fixed session of fuzz-data.c, with the transport's part played by
- * copying the input into the plan's buffers and iovecs. Every iovec must lie inside the block's
- * RAM (exactly the session's size, so ASan sees any stray byte) or the plan's tag buffer; the
- * applied packet must leave only valid tags. Replays the corpus of fuzz-data (same input).
+ * DATA or ZDATA frame (both codecs agreed) against the fixed session of fuzz-data.c, with the
+ * transport's part played by copying the input into the plan's buffers and iovecs. Every iovec
+ * must lie inside the block's RAM (exactly the session's size, so ASan sees any stray byte), the
+ * plan's tag buffer or, for ZDATA, its compressed-data buffer; a ZDATA decodes into the block's
+ * RAM only; the applied packet must leave only valid tags. Replays the corpus of fuzz-data.
  */
 #include <glib.h>
 
+#include "codec/compress.h"
 #include "fuzz.h"
 
 static tm_hello session;
 static tm_recv_plan plan;
+static tm_zctx *zctx;
 static uint8_t *ram[2], *ram_tags[2];
 
 static void setup(void)
 {
 	fuzz_data_guest(&session, ram, ram_tags);
 	tm_recv_plan_init(&plan, session.packet_size);
+	if (tm_zctx_new(session.packet_size, &zctx, NULL) < 0)
+		g_error("tm_zctx_new");
 }
 
 /* The transport's part: takes n bytes from the input, or fails like a peer that closed. */
@@ -38,8 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!session.blocks)
 		setup();
-	if (tm_frame_decode(data, size, TM_WIRE_VERSION_1, session.packet_size, &f, &error) < 0 ||
-	    f.type != TM_MSG_DATA)
+	/* Either protocol's frames: DATA in both, ZDATA in protocol 2. */
+	if (tm_frame_decode(data, size, 0, session.packet_size, &f, &error) < 0 ||
+	    (f.type != TM_MSG_DATA && f.type != TM_MSG_ZDATA))
 		return 0;
 	unsigned channel = f.seq % session.channel_count;
 	size_t left = MIN(size - TM_FRAME_HDR_LEN, f.body_len);
@@ -47,7 +53,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	g_autofree uint8_t *body = g_memdup2(data + TM_FRAME_HDR_LEN, left);
 	const uint8_t *in = body;
 
-	int n = tm_recv_plan_begin(&plan, &session, f.body_len, &error);
+	int n;
+	if (f.type == TM_MSG_ZDATA) {
+		n = tm_recv_plan_begin_z(&plan, &session,
+					 session.features | TM_FEATURE_LZ4 | TM_FEATURE_ZSTD,
+					 f.body_len, &error);
+		if (n < 0 || !take(&in, &left, plan.zhdr, (size_t)n))
+			return 0;
+		n = tm_recv_plan_zheader(&plan, &error);
+	} else {
+		n = tm_recv_plan_begin(&plan, &session, f.body_len, &error);
+	}
 	if (n < 0 || !take(&in, &left, plan.head, (size_t)n))
 		return 0;
 	n = tm_recv_plan_header(&plan, &error);
@@ -64,7 +80,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned i = 0; i < plan.iov_count; i++) {
 		const uint8_t *p = plan.iov[i].iov_base;
 		size_t len = plan.iov[i].iov_len;
-		if (i < plan.data_iov_count && plan.staged) {
+		if (plan.zcodec && i == 0) {
+			/* Compressed data: only into its own buffer, shorter than the pages. */
+			g_assert_true(p == plan.zbuf && len == plan.zlen && len < hdr->data_len);
+		} else if (i < plan.data_iov_count && plan.staged) {
 			/* Page data that waits for its tags' check: only inside the stage. */
 			g_assert_true(p >= plan.stage && len <= plan.packet_size &&
 				      (size_t)(p - plan.stage) <= plan.packet_size - len);
@@ -78,14 +97,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		covered += len;
 	}
 	g_assert_cmpuint(covered, ==, plan.payload_len);
-	g_assert_cmpuint(TM_DATA_HDR_LEN + (size_t)TM_PAGE_ENTRY_LEN * hdr->page_count + covered, ==,
-			 f.body_len);
+	g_assert_cmpuint((plan.zcodec ? TM_ZDATA_HDR_LEN : 0) + TM_DATA_HDR_LEN +
+				 (size_t)TM_PAGE_ENTRY_LEN * hdr->page_count + covered, ==, f.body_len);
 	for (unsigned i = 0; i < plan.iov_count; i++)
 		if (!take(&in, &left, plan.iov[i].iov_base, plan.iov[i].iov_len))
 			return 0;
 	if (tm_recv_plan_tags(&plan, &error) < 0)
 		return 0;
 	tm_recv_plan_commit(&plan); /* staged data into guest RAM, at validated pages only */
+	if (tm_recv_plan_decompress(&plan, zctx, &error) < 0)
+		return 0; /* the session fails here: nothing is marked present */
 
 	/* Apply as the session does: zero pages, then tags in runs of consecutive pages. */
 	size_t granules = b->page_size / TM_TAG_GRANULE;

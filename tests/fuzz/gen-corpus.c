@@ -11,6 +11,7 @@
 #include <glib/gstdio.h>
 
 #include "codec/compress.h"
+#include "codec/delta.h"
 #include "fuzz.h"
 #include "postcopy-fuzz.h"
 
@@ -174,7 +175,7 @@ static void gen_frame(void)
 	}
 	n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, 0, vals);
 	put_mut("frame", "v2-end-as-v1", buf, n, 4, 1);
-	put_mut("frame", "v2-bad-type", buf, n, 5, 19);
+	put_mut("frame", "v2-bad-type", buf, n, 5, 20);
 	put_mut("frame", "v2-bad-version", buf, n, 4, 3);
 	n = tm_ctrl_encode(buf, TM_MSG_SYNC, 0, 1, 0);
 	put_mut("frame", "v1-type-9", buf, n, 5, TM_MSG_STATE);
@@ -220,9 +221,10 @@ static void gen_frame(void)
 	tm_hello_clear(&h);
 }
 
-/* One DATA message of the fuzz session for pages of block, sent with seq. */
-static uint8_t *data_msg(uint32_t block, const uint32_t *pages, unsigned n, uint32_t seq,
-			 size_t *ret_len)
+/* One DATA message of the fuzz session for pages of block, sent with seq; codec 1 lz4, 2 zstd:
+ * a protocol 2 ZDATA instead. */
+static uint8_t *data_msg_z(uint32_t block, const uint32_t *pages, unsigned n, uint32_t seq,
+			   uint8_t codec, size_t *ret_len)
 {
 	tm_hello s;
 	tm_packet pkt;
@@ -255,15 +257,66 @@ static uint8_t *data_msg(uint32_t block, const uint32_t *pages, unsigned n, uint
 		tm_packet_add(&pkt, pages[i], d, tm_buffer_is_zero(d, ps), tags + (size_t)i * granules,
 			      NULL);
 	}
+	if (codec)
+		pkt.version = TM_WIRE_VERSION_2;
 	unsigned iovcnt = tm_packet_finish(&pkt, seq, ret_len);
+	const struct iovec *iov = pkt.iov;
+	if (codec) {
+		g_autoptr(tm_zctx) z = NULL;
+		if (tm_zctx_new(s.packet_size, &z, NULL) < 0)
+			g_error("tm_zctx_new");
+		ssize_t zlen = tm_packet_compress(&pkt, z, codec, 1, 0, NULL);
+		if (zlen <= 0)
+			g_error("data_msg_z: %s did not compress", tm_zcodec_name(codec));
+		iovcnt = tm_packet_finish_z(&pkt, codec, (size_t)zlen, ret_len);
+		iov = pkt.ziov;
+	}
 	uint8_t *msg = g_malloc(*ret_len), *p = msg;
 	for (unsigned i = 0; i < iovcnt; i++) {
-		memcpy(p, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
-		p += pkt.iov[i].iov_len;
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		p += iov[i].iov_len;
 	}
 	tm_packet_fini(&pkt);
 	tm_hello_clear(&s);
 	return msg;
+}
+
+static uint8_t *data_msg(uint32_t block, const uint32_t *pages, unsigned n, uint32_t seq,
+			 size_t *ret_len)
+{
+	return data_msg_z(block, pages, n, seq, 0, ret_len);
+}
+
+/* ZDATA seeds (fuzz-data's corpus, read by fuzz-recv-plan): each codec, then broken ones. */
+static void gen_zdata(void)
+{
+	static const uint32_t mixed[] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+	static const uint32_t big[] = { 2 };
+
+	for (uint8_t c = TM_ZCODEC_LZ4; c <= TM_ZCODEC_ZSTD; c++) {
+		size_t n;
+		if (!(tm_zcodec_available() & (1u << c)))
+			continue;
+		g_autofree uint8_t *m = data_msg_z(0, mixed, G_N_ELEMENTS(mixed), 0, c, &n);
+		g_autofree char *name = g_strdup_printf("zdata-%s-mixed", tm_zcodec_name(c));
+		put("data", name, m, n);
+		/* Block 1, 64 KiB page 2 (chunk 6: channel 0), packed tags. */
+		size_t bn;
+		g_autofree uint8_t *b = data_msg_z(1, big, G_N_ELEMENTS(big), 0, c, &bn);
+		g_autofree char *bname = g_strdup_printf("zdata-%s-64k", tm_zcodec_name(c));
+		put("data", bname, b, bn);
+		const char *cn = tm_zcodec_name(c);
+		g_autofree char *n1 = g_strdup_printf("zdata-%s-codec-3", cn);
+		put_mut("data", n1, m, n, 16, 3);
+		g_autofree char *n2 = g_strdup_printf("zdata-%s-reserved", cn);
+		put_mut("data", n2, m, n, 17, 1);
+		g_autofree char *n3 = g_strdup_printf("zdata-%s-zlen-huge", cn);
+		put_mut("data", n3, m, n, 23, 0x7f);
+		g_autofree char *n4 = g_strdup_printf("zdata-%s-zlen-short", cn);
+		put_mut("data", n4, m, n, 20, (uint8_t)(m[20] - 1));
+		g_autofree char *n5 = g_strdup_printf("zdata-%s-corrupt", cn);
+		put_mut("data", n5, m, n, 16 + 8 + 16 + 8 * 8 + 6, 0xff);
+	}
 }
 
 static void gen_data(void)
@@ -452,6 +505,41 @@ static void gen_decompress(void)
 	}
 }
 
+/* fuzz-delta: [page size] + real deltas against fuzz-delta's base, and broken ones. */
+static void gen_delta(void)
+{
+	static const uint32_t sizes[] = { 4096, 16384, 65536 };
+
+	for (unsigned sel = 0; sel < 3; sel++) {
+		uint32_t ps = sizes[sel];
+		g_autofree uint8_t *base = g_malloc(ps);
+		for (uint32_t i = 0; i < ps; i++)
+			base[i] = (uint8_t)(i * 7 + (i >> 9));
+		g_autofree uint8_t *page = g_memdup2(base, ps);
+		/* 5% rewritten in 16-byte records, and the page's first and last bytes. */
+		for (uint32_t k = 0; k < ps / 20 / 16; k++)
+			memset(page + ((k * 2654435761u) % (ps / 16)) * 16, (int)(k | 1), 16);
+		page[0] ^= 0xff;
+		page[ps - 1] ^= 0x01;
+		size_t cap = (size_t)ps + 1;
+		g_autofree uint8_t *buf = g_malloc(cap);
+		buf[0] = (uint8_t)sel;
+		ssize_t n = tm_delta_encode(page, base, ps, buf + 1, cap - 1);
+		if (n <= 0)
+			g_error("gen_delta: no delta");
+		g_autofree char *name = g_strdup_printf("delta-%u", ps);
+		put("delta", name, buf, (size_t)n + 1);
+		g_autofree char *cut = g_strdup_printf("delta-%u-cut", ps);
+		put("delta", cut, buf, (size_t)n);
+		g_autofree char *big = g_strdup_printf("delta-%u-skip-past", ps);
+		put_mut("delta", big, buf, (size_t)n + 1, 2, 0xff);
+	}
+	static const uint8_t empty[] = { 0 };
+	put("delta", "equal-page", empty, sizeof(empty));
+	static const uint8_t overlong[] = { 0, 0x80, 0x80, 0x80, 0x01, 0x00 };
+	put("delta", "overlong-varint", overlong, sizeof(overlong));
+}
+
 /* One URGENT of the postcopy fuzz session answering req_id (fuzz_urgent_request()). */
 static uint8_t *urgent_msg(uint64_t req_id, size_t *ret_len)
 {
@@ -570,6 +658,8 @@ int main(int argc, char **argv)
 	gen_data();
 	gen_state();
 	gen_decompress();
+	gen_zdata();
+	gen_delta();
 	gen_postcopy();
 	return 0;
 }

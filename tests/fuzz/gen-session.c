@@ -17,6 +17,7 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
+#include "codec/compress.h"
 #include "common/testing/tcp-pair.h"
 #include "tagmig/ram.h"
 #include "tagmig/session.h"
@@ -136,8 +137,9 @@ static void fill(uint8_t *ram, size_t len, uint32_t page_size, uint8_t *tags, un
 			tags[g] = (uint8_t)((g / 7 + seed) & 0xf);
 }
 
+/* compress: tm_compress_mode of a protocol 2 sender (0: the default, auto, raw on loopback). */
 static void record(const char *dir, const char *name, unsigned channels, unsigned wire_version,
-		   bool with_tags)
+		   bool with_tags, uint32_t compress)
 {
 	recording rec = { .out = g_byte_array_new() };
 	pipe_arg pipes[2 * MAX_CONNS];
@@ -186,8 +188,9 @@ static void record(const char *dir, const char *name, unsigned channels, unsigne
 
 	if (tm_sender_new(layout, tags, &cfg, &s, &error) < 0)
 		g_error("%s", error->message);
-	if (wire_version == 1) {
-		tm_live_config live = { .size = sizeof(live), .wire_version = 1 };
+	if (wire_version == 1 || compress) {
+		tm_live_config live = { .size = sizeof(live), .wire_version = wire_version,
+					.compress = compress };
 
 		if (tm_sender_set_live(s, &live, &error) < 0)
 			g_error("%s", error->message);
@@ -244,8 +247,13 @@ int main(int argc, char **argv)
 	g_autofree char *dir = g_build_filename(argv[1], "session", NULL);
 	if (g_mkdir_with_parents(dir, 0755) < 0)
 		g_error("cannot create %s", dir);
-	record(dir, "v1-1ch-tags", 1, 1, true);
-	record(dir, "v2-2ch-tags", 2, 2, true);
-	record(dir, "v2-1ch-notags", 1, 2, false);
+	record(dir, "v1-1ch-tags", 1, 1, true, 0);
+	record(dir, "v2-2ch-tags", 2, 2, true, 0);
+	record(dir, "v2-1ch-notags", 1, 2, false, 0);
+	/* ZDATA through the whole receiver: each codec where it is built. */
+	if (tm_zcodec_available() & (1u << TM_ZCODEC_LZ4))
+		record(dir, "v2-2ch-tags-lz4", 2, 2, true, TM_COMPRESS_LZ4);
+	if (tm_zcodec_available() & (1u << TM_ZCODEC_ZSTD))
+		record(dir, "v2-1ch-tags-zstd", 1, 2, true, TM_COMPRESS_ZSTD);
 	return 0;
 }

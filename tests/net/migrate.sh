@@ -9,7 +9,9 @@
 #   net_migrate SIZE CH BOUND_S
 #                            RAM and tags of SIZE bytes, tagmig recv in host B and send in host A
 #                            over CH channels (SEND_IO / RECV_IO choose the backends): both exit 0
-#                            within BOUND_S, RAM and tags byte-exact; sets ELAPSED_MS, WIRE_BYTES
+#                            within BOUND_S, RAM and tags byte-exact; sets ELAPSED_MS, WIRE_BYTES;
+#                            NET_IMAGE (default ram) is the tm-gen-image kind of the RAM, NET_SEND_ARGS
+#                            (an array) more options of tagmig send; send's JSON is $T/send.out
 #   net_counter DIR NAME     one of the last link's counters (tm_link_stats), e.g. a_to_b lost
 #   NET_SEND_ARGS=(...)      more options for tagmig send (e.g. --rate-limit)
 #   NET_DURING=FUNC          run in the background while tagmig send runs (e.g. a cut)
@@ -58,7 +60,7 @@ net_use_tls() {
 
 net_migrate() { # SIZE CHANNELS BOUND_S
 	local size=$1 ch=$2 bound=$3 start end rc
-	"$GEN" ram "$size" 41 "$T/in.img" || fail "tm-gen-image ram"
+	"$GEN" "${NET_IMAGE:-ram}" "$size" 41 "$T/in.img" || fail "tm-gen-image ${NET_IMAGE:-ram}"
 	"$GEN" tags $((size / 16)) 42 "$T/in.tags" || fail "tm-gen-image tags"
 	rm -f "$T/out.img" "$T/out.tags" "$T/port"
 	tm_in_b env ${RECV_IO:+TAGMIG_IO=$RECV_IO} timeout $((bound + 30)) "$TAGMIG" recv \

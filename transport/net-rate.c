@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The delivery rate of a TCP connection (transport.h), apart from net.c: it needs the kernel's
+ * struct tcp_info (linux/tcp.h), whose newer fields glibc's netinet/tcp.h lacks, and the two
+ * headers do not mix.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
+
+#include "transport/transport.h"
+
+int tm_net_delivery_rate(int fd, uint64_t *ret_bytes_per_sec, bool *ret_app_limited)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return -errno;
+	if (len < offsetof(struct tcp_info, tcpi_delivery_rate) + sizeof(ti.tcpi_delivery_rate))
+		return -EOPNOTSUPP;
+	*ret_bytes_per_sec = ti.tcpi_delivery_rate;
+	*ret_app_limited = ti.tcpi_delivery_rate_app_limited;
+	return 0;
+}
