@@ -33,6 +33,7 @@ typedef struct cut_proxy {
 	bool refuse_after;   /* after the cut, new connections are closed at once */
 	bool hold_after;     /* after the cut, new connections are held open, never answered */
 	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
+	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
 	uint8_t cut_before;  /* plaintext: cut cut_conn instead of passing on the receiver's first
 	                      * frame of this type (cut_at unused), 0: by bytes */
 	bool stop;
@@ -89,8 +90,11 @@ static gpointer proxy_thread(gpointer data)
 		if (due) {
 			/* The cut: both sockets of the connection close at once. */
 			g_mutex_lock(&p->lock);
-			bool half = p->half;
+			bool half = p->half, reset = p->reset;
 			g_mutex_unlock(&p->lock);
+			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+			if (sfd[cut] >= 0 && reset)
+				(void)setsockopt(sfd[cut], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 			if (sfd[cut] >= 0)
 				close(sfd[cut]);
 			if (rfd[cut] >= 0 && !half)
@@ -384,6 +388,49 @@ static void test_cut_between_rounds(void)
 		r = tm_sender_finish(s, &err);
 	peer_join(&p);
 	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096 * 3 / 2);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * RAM is acknowledged, then data channel 0 is reset while idle. Its next batch (put_state's
+ * RAM_END) is held in the channel's cork (tm_chan_cork), so the first send that fails is the
+ * batch's uncork, after the worker emptied its work list: the reconnect must send it again from
+ * its log, on the new connection's sequence numbers, before the STATE chunk behind it.
+ */
+static void test_cut_corked(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+	uint8_t state[100];
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	memset(state, 0x5a, sizeof(state));
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, NULL, NULL);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.reset = true;
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	proxy_arm(&px, conn_of(0), 0);
+	while (proxy_cuts(&px) == 0)
+		g_usleep(1000);
+	g_usleep(50000); /* the reset arrived; the receiver saw its close */
+	int r = tm_sender_put_state(s, "dev", state, sizeof(state), 0, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(p.states, ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096);
 	tm_sender_free(s);
 	peer_free(&p);
 	proxy_stop(&px);
@@ -802,6 +849,7 @@ int main(int argc, char **argv)
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
+		{ "resume/cut-corked", test_cut_corked, false },
 		{ "resume/off", test_cut_without_resume, false },
 		{ "resume/deadline", test_resume_deadline, false },
 		{ "resume/control-cut", test_cut_control, false },
