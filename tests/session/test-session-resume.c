@@ -728,7 +728,7 @@ static void test_cancel_while_resuming(void)
  * CA: only the secret stops it). Returns what came back before the close (at most one frame).
  */
 static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned channels,
-		     uint64_t token, uint8_t *ret, size_t cap, int *ret_err)
+		     uint8_t role, uint64_t token, uint8_t *ret, size_t cap, int *ret_err)
 {
 	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
 	g_assert_cmpint(fd, >=, 0);
@@ -740,10 +740,13 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
 		g_assert_cmpint(tm_tls_ctx_new(TM_TLS_CLIENT, tls_dir, "127.0.0.1", &tls, NULL), ==, 0);
 		g_assert_cmpint(tm_tls_wrap(tls, &io, NULL), ==, 0);
 	}
+	/* An urgent connection: postcopy offered, epoch 0 (the codec allows no other) */
+	bool urgent = role == TM_ROLE_URGENT;
 	tm_hello h = { .version = 2, .channel_count = (uint16_t)channels,
-		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME,
-		       .epoch = 1, .packet_size = 64u << 10, .chunk_size = 2u << 20,
-		       .block_count = 1 };
+		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
+				   (urgent ? TM_FEATURE_POSTCOPY : 0),
+		       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
+		       .chunk_size = 2u << 20, .block_count = 1 };
 	memcpy(h.session_id, id, 16);
 	h.blocks = g_new0(tm_wire_block, 1);
 	g_strlcpy(h.blocks[0].name, "pc.ram", sizeof(h.blocks[0].name));
@@ -784,7 +787,7 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
  * secret connects mid-session as channel 0's reconnect: it gets an ERROR and nothing else, is
  * counted, and the session completes.
  */
-static void test_hijack_refused(void)
+static void hijack_refused(bool urgent)
 {
 	guest src, dst;
 	peer p;
@@ -802,7 +805,8 @@ static void test_hijack_refused(void)
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	uint8_t rb[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
 	int rerr = 0;
-	size_t got = hijack(port, id, &src, 3, 0x1234567890abcdefull, rb, sizeof(rb), &rerr);
+	size_t got = hijack(port, id, &src, 3, urgent ? TM_ROLE_URGENT : TM_ROLE_DATA,
+			    0x1234567890abcdefull, rb, sizeof(rb), &rerr);
 	tm_frame f;
 	if (got == 0) {
 		/*
@@ -820,8 +824,14 @@ static void test_hijack_refused(void)
 		g_assert_cmpint(tm_error_decode(rb + TM_FRAME_HDR_LEN, f.body_len, &code, &msg, NULL),
 				==, 0);
 		g_test_message("stranger told: %s", msg);
-		g_assert_cmpint(code, ==, EACCES);
-		g_assert_nonnull(strstr(msg, "wrong secret"));
+		if (urgent) {
+			/* an urgent connection (postcopy's, role 2) is never reconnected */
+			g_assert_cmpint(code, ==, EPROTO);
+			g_assert_nonnull(strstr(msg, "not an urgent connection of epoch 0"));
+		} else {
+			g_assert_cmpint(code, ==, EACCES);
+			g_assert_nonnull(strstr(msg, "wrong secret"));
+		}
 	}
 	/* The session goes on, untouched. */
 	int r = tm_sender_finish(s, &err);
@@ -837,6 +847,16 @@ static void test_hijack_refused(void)
 	peer_free(&p);
 	guest_fini(&src);
 	guest_fini(&dst);
+}
+
+static void test_hijack_refused(void)
+{
+	hijack_refused(false);
+}
+
+static void test_urgent_reconnect_refused(void)
+{
+	hijack_refused(true);
 }
 
 int main(int argc, char **argv)
@@ -855,6 +875,7 @@ int main(int argc, char **argv)
 		{ "resume/control-cut", test_cut_control, false },
 		{ "resume/cancel-while-resuming", test_cancel_while_resuming, false },
 		{ "resume/hijack-refused", test_hijack_refused, false },
+		{ "resume/urgent-refused", test_urgent_reconnect_refused, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
