@@ -396,7 +396,10 @@ int tm_send_postcopy(send_chan *c, guint from, GError **error)
 			break;
 		if (r == 0 && c->pc.end_wanted)
 			return tm_send_end(c, error);
-		if (r == 0 && (r = tm_send_flush(c, error)) < 0)
+		/* Idle: nothing may stay behind, neither the open packet nor what the cork holds
+		 * (DISCARD, RAM_END(POSTCOPY), small STATE: the destination waits for them). */
+		if (r == 0 && ((r = tm_send_flush(c, error)) < 0 ||
+			       (r = tm_chan_flush(&c->ch, error)) < 0))
 			break;
 		g_mutex_lock(&s->lock);
 		while (r == 0 && !s->quit && c->pending->len == 0) {

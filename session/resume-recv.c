@@ -153,8 +153,12 @@ static int check_hello(tm_receiver *r, tm_chan *ch, tm_hello *h, GError **error)
 	if (h->epoch == 0 || h->role != TM_ROLE_DATA) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "the session runs already: only a data channel's reconnect (epoch >= 1) "
-			    "may come, not a %s connection of epoch %u",
-			    h->role == TM_ROLE_DATA ? "data" : "control", h->epoch);
+			    "may come, not %s connection of epoch %u",
+			    h->role == TM_ROLE_DATA	 ? "a data"
+			    : h->role == TM_ROLE_CONTROL ? "a control"
+			    : h->role == TM_ROLE_URGENT	 ? "an urgent"
+							 : "an unknown",
+			    h->epoch);
 		return -EPROTO;
 	}
 	uint32_t epoch = h->epoch;

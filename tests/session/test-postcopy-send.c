@@ -783,6 +783,58 @@ static void test_request_twice(void)
 			       "(offset 0x7000)");
 }
 
+/*
+ * Every page was delivered before the switch: no channel has background pages, so nothing is
+ * sent after RAM_END(POSTCOPY) until END. The switch must still leave at once (the destination's
+ * registration barrier waits for RAM_END(POSTCOPY) on every channel), not sit in the channel's
+ * cork (tm_chan_cork) until finish().
+ */
+static void test_switch_idle(void)
+{
+	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
+	guest src;
+	rx x;
+	unsigned port;
+	g_autoptr(GError) err = NULL;
+	uint64_t all[NPAGES];
+
+	guest_init(&src, spec, 1, true);
+	guest_fill(&src);
+	rx_init(&x, &src, &port);
+	x.gate = true;
+	tm_sender *s = sender_open(&x, port);
+	for (unsigned p = 0; p < NPAGES; p++)
+		all[p] = p;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0); /* all applied: nothing is missing */
+	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
+	unsigned seen = 0;
+	for (int t = 0; t < 300 && seen < NCH; t++) {
+		g_usleep(10000);
+		g_mutex_lock(&x.lock);
+		seen = 0;
+		for (unsigned i = 0; i < NCH; i++)
+			seen += x.ram_end_mode[i] == TM_RAM_END_POSTCOPY;
+		g_mutex_unlock(&x.lock);
+	}
+	if (seen < NCH)
+		g_error("3 s after start_postcopy() only %u of %u channels delivered "
+			"RAM_END(POSTCOPY)", seen, NCH);
+	uint8_t state[100];
+	memset(state, 0x5a, sizeof(state));
+	g_assert_cmpint(tm_sender_put_state(s, "cpu0", state, sizeof(state), 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	rx_fini(&x);
+	g_assert_true(x.pc_seen);
+	g_assert_cmpuint(x.pc_missing, ==, 0);
+	g_assert_cmpuint(x.discard_msgs, ==, 0);
+	for (unsigned p = 0; p < NPAGES; p++)
+		g_assert_cmpuint(x.pre[p] + x.bg[p], ==, 1);
+	tm_sender_free(s);
+	guest_fini(&src);
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -794,5 +846,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/postcopy-send/request-early", test_request_early);
 	g_test_add_func("/postcopy-send/request-twice", test_request_twice);
 	g_test_add_func("/postcopy-send/cut-paused", test_cut_paused);
+	g_test_add_func("/postcopy-send/switch-idle", test_switch_idle);
 	return g_test_run();
 }

@@ -33,6 +33,7 @@ typedef struct cut_proxy {
 	bool refuse_after;   /* after the cut, new connections are closed at once */
 	bool hold_after;     /* after the cut, new connections are held open, never answered */
 	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
+	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
 	uint8_t cut_before;  /* plaintext: cut cut_conn instead of passing on the receiver's first
 	                      * frame of this type (cut_at unused), 0: by bytes */
 	bool stop;
@@ -89,8 +90,11 @@ static gpointer proxy_thread(gpointer data)
 		if (due) {
 			/* The cut: both sockets of the connection close at once. */
 			g_mutex_lock(&p->lock);
-			bool half = p->half;
+			bool half = p->half, reset = p->reset;
 			g_mutex_unlock(&p->lock);
+			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+			if (sfd[cut] >= 0 && reset)
+				(void)setsockopt(sfd[cut], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 			if (sfd[cut] >= 0)
 				close(sfd[cut]);
 			if (rfd[cut] >= 0 && !half)
@@ -392,6 +396,49 @@ static void test_cut_between_rounds(void)
 }
 
 /*
+ * RAM is acknowledged, then data channel 0 is reset while idle. Its next batch (put_state's
+ * RAM_END) is held in the channel's cork (tm_chan_cork), so the first send that fails is the
+ * batch's uncork, after the worker emptied its work list: the reconnect must send it again from
+ * its log, on the new connection's sequence numbers, before the STATE chunk behind it.
+ */
+static void test_cut_corked(void)
+{
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	g_autoptr(GError) err = NULL;
+	uint8_t state[100];
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	memset(state, 0x5a, sizeof(state));
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, NULL, NULL);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.reset = true;
+	tm_sender *s = sender_new(&src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	proxy_arm(&px, conn_of(0), 0);
+	while (proxy_cuts(&px) == 0)
+		g_usleep(1000);
+	g_usleep(50000); /* the reset arrived; the receiver saw its close */
+	int r = tm_sender_put_state(s, "dev", state, sizeof(state), 0, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	g_assert_cmpuint(p.states, ==, 1);
+	assert_resumed(s, &p, &src, &dst, r, err, false, RAM / 4096);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
  * The receiver's answer is lost with the connection: its SYNC_ACK of round 1 (the reconnect's
  * RESUME_ACK says the SYNC was answered: not sent again) or its END_ACK (the channel had ended:
  * the listener answers for it).
@@ -681,7 +728,7 @@ static void test_cancel_while_resuming(void)
  * CA: only the secret stops it). Returns what came back before the close (at most one frame).
  */
 static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned channels,
-		     uint64_t token, uint8_t *ret, size_t cap, int *ret_err)
+		     uint8_t role, uint64_t token, uint8_t *ret, size_t cap, int *ret_err)
 {
 	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
 	g_assert_cmpint(fd, >=, 0);
@@ -693,10 +740,13 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
 		g_assert_cmpint(tm_tls_ctx_new(TM_TLS_CLIENT, tls_dir, "127.0.0.1", &tls, NULL), ==, 0);
 		g_assert_cmpint(tm_tls_wrap(tls, &io, NULL), ==, 0);
 	}
+	/* An urgent connection: postcopy offered, epoch 0 (the codec allows no other) */
+	bool urgent = role == TM_ROLE_URGENT;
 	tm_hello h = { .version = 2, .channel_count = (uint16_t)channels,
-		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME,
-		       .epoch = 1, .packet_size = 64u << 10, .chunk_size = 2u << 20,
-		       .block_count = 1 };
+		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
+				   (urgent ? TM_FEATURE_POSTCOPY : 0),
+		       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
+		       .chunk_size = 2u << 20, .block_count = 1 };
 	memcpy(h.session_id, id, 16);
 	h.blocks = g_new0(tm_wire_block, 1);
 	g_strlcpy(h.blocks[0].name, "pc.ram", sizeof(h.blocks[0].name));
@@ -737,7 +787,7 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
  * secret connects mid-session as channel 0's reconnect: it gets an ERROR and nothing else, is
  * counted, and the session completes.
  */
-static void test_hijack_refused(void)
+static void hijack_refused(bool urgent)
 {
 	guest src, dst;
 	peer p;
@@ -758,7 +808,8 @@ static void test_hijack_refused(void)
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	uint8_t rb[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
 	int rerr = 0;
-	size_t got = hijack(port, id, &src, 3, 0x1234567890abcdefull, rb, sizeof(rb), &rerr);
+	size_t got = hijack(port, id, &src, 3, urgent ? TM_ROLE_URGENT : TM_ROLE_DATA,
+			    0x1234567890abcdefull, rb, sizeof(rb), &rerr);
 	tm_frame f;
 	if (got == 0) {
 		/*
@@ -776,8 +827,14 @@ static void test_hijack_refused(void)
 		g_assert_cmpint(tm_error_decode(rb + TM_FRAME_HDR_LEN, f.body_len, &code, &msg, NULL),
 				==, 0);
 		g_test_message("stranger told: %s", msg);
-		g_assert_cmpint(code, ==, EACCES);
-		g_assert_nonnull(strstr(msg, "wrong secret"));
+		if (urgent) {
+			/* an urgent connection (postcopy's, role 2) is never reconnected */
+			g_assert_cmpint(code, ==, EPROTO);
+			g_assert_nonnull(strstr(msg, "not an urgent connection of epoch 0"));
+		} else {
+			g_assert_cmpint(code, ==, EACCES);
+			g_assert_nonnull(strstr(msg, "wrong secret"));
+		}
 	}
 	/* The session goes on, untouched. */
 	int r = tm_sender_finish(s, &err);
@@ -795,6 +852,16 @@ static void test_hijack_refused(void)
 	guest_fini(&dst);
 }
 
+static void test_hijack_refused(void)
+{
+	hijack_refused(false);
+}
+
+static void test_urgent_reconnect_refused(void)
+{
+	hijack_refused(true);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -805,11 +872,13 @@ int main(int argc, char **argv)
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
+		{ "resume/cut-corked", test_cut_corked, false },
 		{ "resume/off", test_cut_without_resume, false },
 		{ "resume/deadline", test_resume_deadline, false },
 		{ "resume/control-cut", test_cut_control, false },
 		{ "resume/cancel-while-resuming", test_cancel_while_resuming, false },
 		{ "resume/hijack-refused", test_hijack_refused, false },
+		{ "resume/urgent-refused", test_urgent_reconnect_refused, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
