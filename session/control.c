@@ -189,6 +189,8 @@ static int one_message(loop *l, GError **error)
 					       error);
 	uint8_t end = c->sender ? TM_MSG_END_ACK : TM_MSG_END;
 	bool ready = c->sender && f.type == TM_MSG_READY;
+	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen)
+		return c->postcopy(c->owner, &f, error);
 	if ((f.type != TM_MSG_PING && f.type != TM_MSG_PONG && f.type != end && !ready) ||
 	    (f.type == TM_MSG_END_ACK && !l->end_sent) || (f.type == TM_MSG_END && l->end_seen) ||
 	    (ready && (!l->end_sent || l->ready_seen))) {
@@ -248,6 +250,8 @@ static int run(loop *l, GError **error)
 				return r;
 			continue;
 		}
+		if (c->tick && (r = c->tick(c->owner, error)) < 0)
+			return r;
 		/* Not while our PING is out: its PONG after END_ACK would be data where the close
 		 * must come. */
 		if (l->end_seen && !l->ping_out && (r = try_end_ack(l, error)) != 0)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "session/converge.h"
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 
 #define LIVE_STATS_MIN_SIZE 8u
@@ -75,5 +76,6 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 	st.state_sections = r->st.order.sections; /* handed to the VMM in order */
 	st.state_bytes = r->st.order.total;
 	g_mutex_unlock(&r->lock);
+	tm_pc_recv_stats(r, &st);
 	return copy_out(&st, ret);
 }

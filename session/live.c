@@ -37,7 +37,7 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    c.wire_version);
 		return -EINVAL;
 	}
-	if (c.postcopy) {
+	if (c.postcopy && sender) {
 		g_set_error(error, TM_ERROR, EOPNOTSUPP,
 			    "live config: postcopy is not implemented yet");
 		return -EOPNOTSUPP;

@@ -11,9 +11,15 @@
 #include <unistd.h>
 
 #include "ram/ram-internal.h"
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
+
+static int control_tick(void *owner, GError **error)
+{
+	return tm_pc_recv_control_tick(owner, error);
+}
 
 static void control_fail(void *owner, GError *err, bool from_peer)
 {
@@ -35,6 +41,8 @@ static int data_end(void *owner, GError **error)
 		g_set_error(error, TM_ERROR, ECANCELED, "control: stopped");
 		return -ECANCELED;
 	}
+	if (tm_pc_recv_agreed(r))
+		return tm_pc_recv_data_end(r, ended, error);
 	if (!ended)
 		return 0;
 	int ret = tm_receiver_check_complete(r, error);
@@ -83,7 +91,9 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->control = (tm_control){ .sender = false, .owner = rc, .lock = &rc->lock,
 				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
 				    .fail = control_fail, .data_end = data_end,
-				    .ready = tm_receiver_send_ready, .wake_fd = -1 };
+				    .ready = tm_receiver_send_ready, .wake_fd = -1,
+				    .postcopy = tm_pc_recv_postcopy_msg, .tick = control_tick };
+	rc->urg.fd = -1;
 	if ((r = tm_events_init(&rc->events, error)) < 0 ||
 	    (r = tm_control_init(&rc->control, error)) < 0) {
 		tm_receiver_free(rc);
@@ -105,6 +115,11 @@ int tm_receiver_set_live(tm_receiver *r, const tm_live_config *cfg, GError **err
 	int ret = tm_live_config_load(cfg, false, &c, error);
 	if (ret < 0 || (ret = tm_receiver_load_state_names(r, cfg, error)) < 0)
 		return ret;
+	/* Postcopy: the userfaultfd now, so that a refusal comes with its reason before accept. */
+	if (c.postcopy && (ret = tm_pc_recv_setup(r, &c, error)) < 0)
+		return ret;
+	if (!c.postcopy)
+		tm_pc_recv_free(r);
 	r->live = c;
 	return 0;
 }
@@ -126,8 +141,8 @@ int tm_receiver_get_session_id(tm_receiver *r, uint8_t ret[16])
 /* Tells every connected channel why we give up (best effort) and closes it. */
 static void abort_channels(tm_receiver *r, int code, const char *message)
 {
-	for (unsigned i = 0; r->chans && i <= r->nch; i++) {
-		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+	for (unsigned i = 0; r->chans && i <= r->nch + 1; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : i == r->nch ? &r->ctl : &r->urg;
 		if (ch->fd < 0)
 			continue;
 		tm_chan_send_error(ch, code, message);
@@ -254,6 +269,7 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 	for (unsigned i = 0; i < r->nch; i++)
 		r->chans[i].ch.version = r->wire;
 	r->ctl.version = r->wire;
+	r->urg.version = r->wire;
 	int ret = tm_receiver_build_announced(r, error);
 	if (ret < 0)
 		return accept_fail(r, error);
@@ -296,10 +312,12 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 	tm_events_stop(&r->events);
 	g_mutex_unlock(&r->lock);
 	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
-	if (!was_quit)
+	if (!was_quit) {
 		for (unsigned i = 0; i < r->nch; i++)
 			if (&r->chans[i] != c)
 				shutdown(r->chans[i].ch.fd, SHUT_RD); /* wakes its worker */
+		tm_pc_recv_quit(r);
+	}
 }
 
 static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
@@ -338,14 +356,18 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		r->present[i] = g_new0(uint64_t, (r->hello.blocks[i].npages + 63) / 64);
 
 	/* Protocol 2: the same HELLO_ACK on every connection, with what this receiver accepts. */
+	bool postcopy = (r->hello.features & TM_FEATURE_POSTCOPY) && tm_pc_recv_accepts(r);
+	if (postcopy)
+		tm_pc_recv_start(r);
 	tm_hello_ack ack = {
-		.features = r->hello.features & ~TM_FEATURE_POSTCOPY,
+		.features = r->hello.features & (postcopy ? ~0u : ~TM_FEATURE_POSTCOPY),
+		.max_outstanding = postcopy ? r->live.max_outstanding : 0,
 		.max_state_section = r->live.max_state_section,
 		.max_state_total = r->live.max_state_total,
 	};
 	uint8_t ackbuf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
-	for (unsigned i = 0; i <= r->nch; i++) {
-		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+	for (unsigned i = 0; i <= r->nch + 1; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : i == r->nch ? &r->ctl : &r->urg;
 		if (i < r->nch)
 			tm_recv_plan_init(&r->chans[i].plan, r->hello.packet_size);
 		if (ch->fd < 0)
@@ -364,6 +386,9 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			return ret;
 		}
 	}
+	/* Postcopy declined: the urgent connection closes right after its HELLO_ACK (2.2). */
+	if (!postcopy)
+		tm_chan_close(&r->urg);
 	if (r->wire == TM_WIRE_VERSION_2) {
 		tm_chan *data[TM_MAX_CHANNELS];
 		for (unsigned i = 0; i < r->nch; i++)
@@ -396,10 +421,16 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 	}
 	g_mutex_lock(&r->lock);
 	/* Protocol 2: complete once the control thread also ended control (READY, END / END_ACK,
-	 * after its check that every page is there); a state section for the VMM comes first. */
+	 * after its check that every page is there); a state section for the VMM comes first,
+	 * and in postcopy the end of device state once (the guest may start). */
+	bool start_guest = false;
 	while (!r->quit && (r->ended < r->nch || (r->control.started && !r->control.ended)) &&
-	       !tm_receiver_state_waiting(r))
+	       !tm_receiver_state_waiting(r) && !(start_guest = tm_pc_recv_wait_one_locked(r)))
 		g_cond_wait(&r->cond, &r->lock);
+	if (start_guest) {
+		g_mutex_unlock(&r->lock);
+		return 1;
+	}
 	if (!r->quit && r->ended < r->nch) {
 		g_mutex_unlock(&r->lock);
 		return 1; /* a device-state section waits for the VMM */
@@ -448,6 +479,7 @@ void tm_receiver_free(tm_receiver *r)
 	g_mutex_unlock(&r->lock);
 	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
 	tm_control_stop(&r->control);
+	tm_pc_recv_stop(r); /* the fault and urgent threads */
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
 		if (c->thread) {
@@ -460,8 +492,11 @@ void tm_receiver_free(tm_receiver *r)
 		}
 		tm_chan_close(&c->ch);
 		tm_recv_plan_fini(&c->plan);
+		tm_pc_bounce_free(c->pc_bounce);
 	}
 	tm_chan_close(&r->ctl);
+	tm_chan_close(&r->urg);
+	tm_pc_recv_free(r);
 	tm_receiver_state_free(r);
 	tm_events_fini(&r->events);
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)

@@ -17,6 +17,7 @@
  *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
  *   control.c               protocol 2: the control thread (keepalive, liveness, END, ERROR)
  *   cancel.c, events.c      cancel from any thread; phase, event bits and their eventfd
+ *   postcopy-recv.c, fault.c, urgent-recv.c  postcopy at the destination (postcopy-recv.h)
  */
 #pragma once
 
@@ -134,6 +135,10 @@ typedef struct tm_control {
 	/* receiver: sends READY before END_ACK (state.c); sender: takes the READY whose frame
 	 * header f was read (body, mode, the downtime clock). 0 or -errno with *error. */
 	int (*ready)(void *owner, const tm_frame *f, GError **error);
+	/* receiver, optional (postcopy-recv.c): takes the POSTCOPY whose header f was read; and a
+	 * turn of the loop, never blocking (READY(2) when due). 0 or -errno with *error. */
+	int (*postcopy)(void *owner, const tm_frame *f, GError **error);
+	int (*tick)(void *owner, GError **error);
 
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
@@ -298,6 +303,9 @@ typedef struct recv_chan {
 	uint8_t *state_buf;       /* the chunk's data (packet_size), read by the VMM in place */
 	tm_state_hdr state_hdr;   /* of the chunk held; read by the VMM under r->lock */
 	char state_name[TM_MAX_STATE_NAME + 1];
+	/* postcopy (postcopy-recv.c), worker-local */
+	bool postcopy;                    /* RAM_END(POSTCOPY) received: DATA is background */
+	struct pc_bounce *pc_bounce;      /* background pages before placement */
 } recv_chan;
 
 /* The receiver's device-state hand-over (state.c); protected by r->lock. */
@@ -335,6 +343,9 @@ struct tm_receiver {
 	bool ctl_used;             /* placed during accept */
 	tm_events events;          /* phase, event bits, eventfds (any thread) */
 	tm_control control;        /* protocol 2: the control thread */
+	tm_chan urg;               /* postcopy offered: the urgent connection (fd -1 without) */
+	bool urg_used;             /* placed during accept */
+	struct tm_pc_recv *pc;     /* postcopy accepted in set_live (postcopy-recv.h), or NULL */
 	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
@@ -360,7 +371,8 @@ struct tm_receiver {
  */
 int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *ret,
 			GError **error);
-/* Connections a protocol 2 session has beyond its data channels (the control connection). */
+/* Connections a protocol 2 session has beyond its data channels (the control connection; the
+ * urgent connection comes on top when postcopy is offered). */
 #define TM_V2_EXTRA_CONNECTIONS 1u
 
 /* ---- sender.c ---- */

@@ -139,7 +139,14 @@ static void test_live_config(void)
 	expect_live(tm_sender_set_live(s, &lc, &err), &err, EINVAL, "wire_version 3");
 	lc = (tm_live_config){ .size = sizeof(lc), .postcopy = true };
 	expect_live(tm_sender_set_live(s, &lc, &err), &err, EOPNOTSUPP, "postcopy");
-	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EOPNOTSUPP, "postcopy");
+	/* The receiver opens its userfaultfd in set_live: it works, or says why not. */
+	lc.uffd_user_mode_only = true;
+	int pr = tm_receiver_set_live(r, &lc, &err);
+	if (pr < 0)
+		expect_live(pr, &err, -pr, "userfaultfd");
+	lc = (tm_live_config){ .size = sizeof(lc), .postcopy = true, .uffd_borrow = true,
+			       .uffd = -1 };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EBADF, "uffd_borrow with uffd -1");
 	lc = (tm_live_config){ .size = sizeof(lc), .max_outstanding = 513 };
 	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL, "max_outstanding 513");
 	lc = (tm_live_config){ .size = sizeof(lc), .max_state_section = (1ull << 40) + 1 };
