@@ -298,8 +298,11 @@ TM_EXPORT int tm_sender_set_live(tm_sender *sender, const tm_live_config *cfg, G
 
 /*
  * Before tm_receiver_accept()/attach(): the limits this receiver announces in protocol 2. A
- * receiver serves protocol 1 and 2 senders alike, with or without this call. Returns 0, -EINVAL,
- * -EOPNOTSUPP (postcopy), -EBUSY after accept. Migration thread.
+ * receiver serves protocol 1 and 2 senders alike, with or without this call. With postcopy it
+ * opens its userfaultfd now (uffd_user_mode_only: UFFD_USER_MODE_ONLY) or takes the borrowed
+ * one, and accepts a sender's offer; without, it declines offers. Returns 0, -EINVAL, -EPERM /
+ * -ENOSYS (userfaultfd refused: the message says how to be allowed), -EBADF (uffd_borrow with
+ * a closed fd), -EBUSY after accept. Migration thread.
  */
 TM_EXPORT int tm_receiver_set_live(tm_receiver *receiver, const tm_live_config *cfg,
 				   GError **error);
@@ -512,8 +515,8 @@ TM_EXPORT int tm_receiver_cancel(tm_receiver *receiver, const char *reason);
 #define TM_EVENT_READY    (1u << 3) /* (device state, not used yet) */
 #define TM_EVENT_COMPLETE (1u << 4) /* either: TM_PHASE_COMPLETE */
 #define TM_EVENT_STATE    (1u << 5) /* (device state, not used yet) */
-#define TM_EVENT_POSTCOPY (1u << 6) /* (postcopy, not used yet) */
-#define TM_EVENT_FAULTS   (1u << 7) /* (postcopy, not used yet) */
+#define TM_EVENT_POSTCOPY (1u << 6) /* receiver: the sender switched, guest RAM is registered */
+#define TM_EVENT_FAULTS   (1u << 7) /* receiver: threads wait on missing pages (at most 10/s) */
 
 /*
  * An eventfd (EFD_NONBLOCK | EFD_CLOEXEC) owned by the session, valid until free: readable when
