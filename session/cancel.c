@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -83,6 +84,7 @@ int tm_receiver_cancel(tm_receiver *r, const char *reason)
 	for (unsigned i = 0; r->chans && i < r->nch; i++)
 		shut(r->chans[i].ch.fd);
 	shut(r->ctl.fd);
+	tm_pc_recv_quit(r); /* postcopy: the fault and urgent threads, the urgent connection */
 	g_mutex_unlock(&r->lock);
 	return 0;
 }

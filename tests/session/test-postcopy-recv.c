@@ -700,6 +700,31 @@ static void test_max_outstanding(void)
 	dest_free(&d);
 }
 
+/* A cancel in postcopy ends every thread of the receiver within a second (-ECANCELED). */
+static void test_cancel(void)
+{
+	dest d = { 0 };
+	raw w;
+
+	if (!uffd_usable())
+		return;
+	g_autofree char *port = dest_start(&d);
+	raw_open(&w, port, true);
+	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
+	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
+	wait_phase(&d, TM_PHASE_POSTCOPY);
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_receiver_cancel(d.r, "test"), ==, 0);
+	dest_join(&d, "cancel");
+	g_test_message("receiver: %s after %.0f ms", d.error ? d.error->message : "ok",
+		       (g_get_monotonic_time() - t0) / 1e3);
+	g_assert_cmpint(d.ret, ==, -ECANCELED);
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, G_USEC_PER_SEC);
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
+	raw_close(&w);
+	dest_free(&d);
+}
+
 /* A receiver without postcopy declines the offer: HELLO_ACK without POSTCOPY, urgent closed. */
 static void test_declined(void)
 {
@@ -891,6 +916,7 @@ int main(int argc, char **argv)
 		{ "postcopy-declined", test_declined, true },
 		{ "postcopy-zero-known", test_zero_known, true },
 		{ "postcopy-max-outstanding", test_max_outstanding, true },
+		{ "postcopy-cancel", test_cancel, true },
 		{ "postcopy-hostile", test_hostile, true },
 		{ "postcopy-discard-unagreed", test_discard_unagreed, true },
 		{ "postcopy-urgent-mismatch", test_urgent_mismatch, true },
