@@ -58,6 +58,7 @@ int tm_sender_cancel(tm_sender *s, const char *reason)
 			tm_io_cancel(s->chans[i].ch.io);
 	}
 	shut(s->ctl.fd);
+	shut(s->pc.urg.fd); /* the return thread may be blocked in a send */
 	g_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -60,6 +60,7 @@ typedef struct loop {
 	int64_t flood_t;   /* start of the current second of the peer's PINGs */
 	unsigned flood_n;
 	bool end_sent;     /* sender: END is out; only PONGs (and the close) may follow from us */
+	bool postcopy_sent; /* sender: POSTCOPY is out */
 	bool end_seen;     /* receiver: END arrived; END_ACK goes once every data channel ended */
 	bool ready_seen;   /* sender: READY arrived; END_ACK may follow */
 	bool unresponsive; /* the failure is the peer's silence: no point waiting for its words */
@@ -191,9 +192,14 @@ static int one_message(loop *l, GError **error)
 	bool ready = c->sender && f.type == TM_MSG_READY;
 	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen)
 		return c->postcopy(c->owner, &f, error);
+	/* Postcopy: READY comes once the destination may run, usually before our END. Asked for
+	 * (not only sent): READY follows device state, which only follows start_postcopy. */
+	g_mutex_lock(c->lock);
+	bool pc = c->postcopy_requested;
+	g_mutex_unlock(c->lock);
 	if ((f.type != TM_MSG_PING && f.type != TM_MSG_PONG && f.type != end && !ready) ||
 	    (f.type == TM_MSG_END_ACK && !l->end_sent) || (f.type == TM_MSG_END && l->end_seen) ||
-	    (ready && (!l->end_sent || l->ready_seen))) {
+	    (ready && ((!l->end_sent && !pc) || l->ready_seen))) {
 		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
 		return -EPROTO;
 	}
@@ -237,9 +243,20 @@ static int run(loop *l, GError **error)
 	for (;;) {
 		g_mutex_lock(c->lock);
 		bool quit = *c->quit, want_end = c->end_requested;
+		bool want_pc = c->postcopy_requested;
+		uint64_t pc_pages = c->postcopy_pages;
 		g_mutex_unlock(c->lock);
 		if (quit)
 			return 0;
+		if (want_pc && !l->postcopy_sent) {
+			/* Before the data channels' END: the switch precedes the end (design 2.4). */
+			uint8_t buf[TM_FRAME_HDR_LEN + TM_POSTCOPY_LEN];
+			size_t n = tm_postcopy_encode(buf, c->ch->tx_seq++, pc_pages);
+			struct iovec v = { .iov_base = buf, .iov_len = n };
+			if ((r = tm_chan_send(c->ch, &v, 1, n, error)) < 0)
+				return r;
+			l->postcopy_sent = true;
+		}
 		if (want_end && !l->end_sent) {
 			if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_END, 0, 0, error)) < 0)
 				return r;

@@ -113,11 +113,11 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 {
 	tm_hello_ack first = { 0 };
 	bool have_first = false;
-	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? 1 : 0);
+	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? 1 + (s->pc.offered ? 1 : 0) : 0);
 
 	/* Data 0 first: a protocol 1 receiver refuses there and gives up the rest. */
 	for (unsigned i = 0; i < n; i++) {
-		tm_chan *ch = i == s->nch ? &s->ctl : &s->chans[i].ch;
+		tm_chan *ch = i == s->nch + 1 ? &s->pc.urg : i == s->nch ? &s->ctl : &s->chans[i].ch;
 		bool v1 = false;
 		int r = await_ack(s, ch, &first, &have_first, &v1, error);
 		if (r < 0 && v1)
@@ -135,6 +135,8 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	/* The receiver's device-state limits: put_state refuses what it would. */
 	s->st.max_section = first.max_state_section;
 	s->st.max_total = first.max_state_total;
+	if (s->wire == TM_WIRE_VERSION_2)
+		tm_sender_pc_agree(s, &first); /* postcopy accepted or declined */
 	return 0;
 }
 

@@ -51,6 +51,7 @@ int tm_sender_get_live_stats(tm_sender *s, tm_live_stats *ret)
 	st.state_sections = s->st.sections->len;
 	st.state_bytes = s->st.total;
 	g_mutex_unlock(&s->lock);
+	tm_sender_pc_stats(s, &st);
 	return copy_out(&st, ret);
 }
 

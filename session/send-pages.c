@@ -14,7 +14,7 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 
-static int flush_packet(send_chan *c, GError **error)
+int tm_send_flush(send_chan *c, GError **error)
 {
 	tm_packet *pkt = &c->pkts[c->cur];
 	size_t len;
@@ -46,7 +46,7 @@ static int flush_packet(send_chan *c, GError **error)
 	return 0;
 }
 
-static int send_pages(send_chan *c, const work *w, GError **error)
+int tm_send_pages(send_chan *c, const work *w, GError **error)
 {
 	tm_sender *s = c->s;
 	const tm_wire_block *b = &s->hello.blocks[w->block];
@@ -57,10 +57,15 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 	while (left) {
 		tm_packet *pkt = &c->pkts[c->cur];
 		if (c->pkt_open && (pkt->block != w->block || tm_packet_full(pkt))) {
-			int r = flush_packet(c, error);
+			int r = tm_send_flush(c, error);
 			if (r < 0)
 				return r;
 			pkt = &c->pkts[c->cur];
+		}
+		if (!c->pkt_open && tm_send_pc_switching(c)) {
+			/* Postcopy: the rest of the run is for the background (postcopy-send.c). */
+			tm_send_pc_unsent(c, w->block, page, left);
+			return 1;
 		}
 		if (!c->pkt_open) {
 			/* The slot's buffers may still be on their way out: wait until they are not. */
@@ -98,6 +103,7 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 			tm_count(&c->ch.st.by_kind[kind], 1);
 			tm_count(&c->ch.st.by_enc[enc], 1);
 		}
+		tm_send_pc_packed(c, w->block, page, n);
 		page += n;
 		left -= n;
 	}
@@ -107,7 +113,7 @@ static int send_pages(send_chan *c, const work *w, GError **error)
 static int send_sync(send_chan *c, uint64_t id, GError **error)
 {
 	uint64_t ack, applied;
-	int r = flush_packet(c, error);
+	int r = tm_send_flush(c, error);
 	if (r >= 0)
 		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
 	if (r >= 0)
@@ -129,10 +135,11 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	return 0;
 }
 
-static int send_end(send_chan *c, GError **error)
+int tm_send_end(send_chan *c, GError **error)
 {
-	uint64_t applied = c->pages_sent, unused;
-	int r = flush_packet(c, error);
+	uint64_t unused;
+	int r = tm_send_flush(c, error);
+	uint64_t applied = c->pages_sent; /* the flushed packet's pages included */
 	/* Protocol 2: END's three counts, END_ACK's two checked in state.c; TLS: our close_notify
 	 * right behind END, so that the receiver's close waits for nothing. */
 	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2) {
@@ -177,7 +184,7 @@ gpointer tm_send_worker(gpointer data)
 			if (c->pkt_open) {
 				/* Nothing more to pack for now: do not hold pages back. */
 				g_mutex_unlock(&s->lock);
-				r = flush_packet(c, &err);
+				r = tm_send_flush(c, &err);
 				g_mutex_lock(&s->lock);
 				if (r < 0)
 					break;
@@ -198,13 +205,20 @@ gpointer tm_send_worker(gpointer data)
 		for (guint i = 0; i < c->work->len && r >= 0; i++) {
 			const work *w = &g_array_index(c->work, work, i);
 			if (w->kind == WORK_PAGES)
-				r = send_pages(c, w, &err);
+				r = tm_send_pages(c, w, &err);
+			else if (w->kind == WORK_SWITCH)
+				r = 0; /* below */
 			else if (w->kind == WORK_SYNC)
 				r = send_sync(c, w->first, &err);
 			else if (w->kind == WORK_END)
-				r = send_end(c, &err);
-			else if ((r = flush_packet(c, &err)) >= 0)
+				r = tm_send_end(c, &err);
+			else if ((r = tm_send_flush(c, &err)) >= 0)
 				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
+			if (r >= 0 && tm_send_pc_switching(c)) {
+				/* Postcopy from here on: the worker's rest is postcopy-send.c's. */
+				r = tm_send_postcopy(c, i + 1, &err);
+				break;
+			}
 		}
 		g_array_set_size(c->work, 0);
 		if (r < 0)

@@ -23,6 +23,7 @@ void tm_sender_wake_all(tm_sender *s)
 		g_cond_signal(&s->chans[i].wake);
 	g_cond_broadcast(&s->cond);
 	tm_control_wake(&s->control);
+	tm_urgent_wake(s, false);
 	tm_events_stop(&s->events);
 }
 
@@ -41,6 +42,8 @@ void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
 				shutdown(s->chans[i].ch.fd, SHUT_RDWR);
 				tm_io_cancel(s->chans[i].ch.io);
 			}
+	if (!was_quit)
+		tm_urgent_wake(s, true);
 }
 
 static void control_fail(void *owner, GError *err, bool from_peer)
@@ -137,6 +140,8 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->hello = h;
 	s->nch = c.channels;
 	s->ctl.fd = -1;
+	s->pc.urg.fd = -1;
+	s->pc.wake_fd = -1;
 	/* Protocol 2 with defaults unless tm_sender_set_live() says otherwise. */
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, true, &s->live, NULL);
@@ -180,12 +185,21 @@ int tm_sender_set_live(tm_sender *s, const tm_live_config *cfg, GError **error)
 	int r = tm_live_config_load(cfg, true, &c, error);
 	if (r < 0)
 		return r;
+	if (c.postcopy && c.wire_version != TM_WIRE_VERSION_2) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "live config: postcopy needs protocol 2 (wire_version = 1 is set)");
+		return -EINVAL;
+	}
 	g_mutex_lock(&s->lock); /* read by the any-thread getters (rounds.c) */
 	s->live = c;
 	tm_ratelimit_set(&s->rl, c.rate_limit);
 	g_mutex_unlock(&s->lock);
 	s->live_set = true;
 	s->wire = (uint8_t)c.wire_version;
+	/* Offered in every HELLO; the urgent connection joins the setup (design 2.2). */
+	s->pc.offered = c.postcopy;
+	s->hello.features = (s->hello.features & ~TM_FEATURE_POSTCOPY) |
+			    (c.postcopy ? TM_FEATURE_POSTCOPY : 0);
 	return 0;
 }
 
@@ -202,14 +216,24 @@ int tm_sender_get_session_id(tm_sender *s, uint8_t ret[16])
 }
 
 /*
- * Index into fds[] (data channels 0..N-1, then control) of the k-th connection to set up:
- * data 0 (the full TLS handshake), control, data 1..N-1 (docs/design/live-engine.md 2.2).
+ * Index into fds[] (data channels 0..N-1, then control, then urgent) of the k-th connection to
+ * set up: data 0 (the full TLS handshake), control, data 1..N-1, urgent (design 2.2).
  */
 static unsigned setup_index(const tm_sender *s, unsigned n, unsigned k)
 {
 	if (n == s->nch || k == 0)
 		return k;
-	return k == 1 ? n - 1 : k - 1;
+	if (k == 1)
+		return s->nch;
+	return k <= s->nch ? k - 1 : k;
+}
+
+/* Connections of the session: data channels, control (protocol 2), urgent (postcopy offered). */
+static unsigned connections(const tm_sender *s)
+{
+	if (s->wire != TM_WIRE_VERSION_2)
+		return s->nch;
+	return s->nch + TM_V2_EXTRA_CONNECTIONS + (s->pc.offered ? 1u : 0u);
 }
 
 /* A setup that failed: a cancel's reason explains it best (it made the I/O fail). */
@@ -218,6 +242,9 @@ static int fail_setup(tm_sender *s, GError **error)
 	s->state = S_DONE;
 	g_mutex_lock(&s->lock);
 	s->quit = true;
+	g_mutex_unlock(&s->lock);
+	tm_urgent_stop(s); /* its return thread, if it started, before its connection closes */
+	g_mutex_lock(&s->lock);
 	/* Under the lock: a cancel shuts down what it sees open, never a closed fd. */
 	for (unsigned i = 0; i < s->nch; i++)
 		tm_chan_close(&s->chans[i].ch);
@@ -241,14 +268,16 @@ static bool setup_cancelled(tm_sender *s)
 }
 
 /*
- * Opens connection fd as data channel id, or as the control connection (id == nch): TLS, then
- * its HELLO. Returns 0 or -errno (fd is closed either way on failure).
+ * Opens connection fd as data channel id, as the control connection (id == nch) or the urgent
+ * one (id == nch + 1): TLS, then its HELLO. Returns 0 or -errno (fd is closed either way on
+ * failure).
  */
 static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 {
-	bool control = id == s->nch;
-	tm_chan *ch = control ? &s->ctl : &s->chans[id].ch;
-	/* Control messages are small and latency-bound: always the sockets byte mover. */
+	bool urgent = id == s->nch + 1;
+	bool control = id == s->nch || urgent;
+	tm_chan *ch = urgent ? &s->pc.urg : id == s->nch ? &s->ctl : &s->chans[id].ch;
+	/* Control and urgent messages are latency-bound: always the sockets byte mover. */
 	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms,
 			     .depth = control ? 1 : s->cfg.queue_depth,
 			     .zerocopy = control ? -1 : s->cfg.tuning.zerocopy };
@@ -261,6 +290,8 @@ static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 	}
 	if (r >= 0 && control)
 		tm_chan_set_control(ch);
+	if (r >= 0 && urgent)
+		g_strlcpy(ch->label, "urgent", sizeof(ch->label));
 	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
 		tm_io_set_deadline(ch->io, tm_handshake_deadline(s->cfg.timeout_ms));
 	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
@@ -269,7 +300,8 @@ static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 		return r;
 	tm_io_set_deadline(ch->io, 0);
 	ch->version = s->wire;
-	return tm_sender_send_hello(s, ch, control ? TM_ROLE_CONTROL : TM_ROLE_DATA, error);
+	tm_conn_role role = urgent ? TM_ROLE_URGENT : control ? TM_ROLE_CONTROL : TM_ROLE_DATA;
+	return tm_sender_send_hello(s, ch, role, error);
 }
 
 /*
@@ -306,15 +338,16 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	/* tagmig 0.1's contract for this call: one socket per channel is protocol 1. */
 	if (!s->live_set && n == s->nch)
 		s->wire = TM_WIRE_VERSION_1;
-	unsigned conns = s->nch + (s->wire == TM_WIRE_VERSION_2 ? TM_V2_EXTRA_CONNECTIONS : 0);
+	unsigned conns = connections(s);
 	if (n != conns) {
 		for (unsigned i = 0; i < n; i++)
 			close(fds[i]);
 		if (s->wire == TM_WIRE_VERSION_2)
 			g_set_error(error, TM_ERROR, EINVAL,
 				    "%u sockets given for %u channels: protocol 2 needs %u (the data "
-				    "channels, then the control connection)",
-				    n, s->nch, conns);
+				    "channels, then the control connection%s)",
+				    n, s->nch, conns,
+				    s->pc.offered ? ", then the urgent one (postcopy)" : "");
 		else
 			g_set_error(error, TM_ERROR, EINVAL, "%u sockets given for %u channels", n,
 				    s->nch);
@@ -365,7 +398,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		tm_chan *data[TM_MAX_CHANNELS];
 		for (unsigned i = 0; i < s->nch; i++)
 			data[i] = &s->chans[i].ch;
-		if (tm_control_start(&s->control, &s->ctl, data, s->nch, s->cfg.timeout_ms, error) < 0)
+		if (tm_control_start(&s->control, &s->ctl, data, s->nch, s->cfg.timeout_ms, error) < 0 ||
+		    tm_urgent_start(s, error) < 0)
 			return fail_setup(s, error);
 	}
 	__atomic_store_n(&s->wire_done, s->wire, __ATOMIC_RELEASE);
@@ -391,8 +425,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 
 int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError **error)
 {
-	int fds[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS];
-	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? TM_V2_EXTRA_CONNECTIONS : 0);
+	int fds[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];
+	unsigned n = connections(s);
 
 	if (s->state != S_NEW) {
 		g_set_error(error, TM_ERROR, EBUSY, "the session is already open");
@@ -409,7 +443,9 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 		unsigned i = setup_index(s, n, k);
 		int fd = tm_net_connect(host, port, s->cfg.timeout_ms, s->events.cancel_fd, error);
 		if (fd < 0) {
-			if (i == s->nch)
+			if (i == s->nch + 1)
+				g_prefix_error(error, "urgent: ");
+			else if (i == s->nch)
 				g_prefix_error(error, "control: ");
 			else
 				g_prefix_error(error, "channel %u: ", i);
@@ -438,6 +474,7 @@ static int report_failure(tm_sender *s, GError **error)
 	}
 	/* The control thread may still hear the peer's reason (at most a second). */
 	tm_control_await_exit_locked(&s->control);
+	tm_urgent_await_exit_locked(s); /* its failure, phase included, is complete */
 	int code = s->failure.error ? s->failure.error->code : EIO;
 	if (error)
 		*error = s->failure.error ? g_error_copy(s->failure.error)
@@ -632,6 +669,8 @@ int tm_sender_finish(tm_sender *s, GError **error)
 			g_cond_wait(&s->cond, &s->lock);
 	if (v2 && !s->quit)
 		tm_control_await_end_locked(&s->control);
+	if (v2 && !s->quit)
+		tm_sender_pc_await_end_locked(s); /* postcopy: REQ_END / END_ACK on urgent */
 	r = s->quit ? report_failure(s, error) : 0;
 	s->t_end = tm_now_us();
 	g_mutex_unlock(&s->lock);
@@ -652,6 +691,7 @@ void tm_sender_free(tm_sender *s)
 	g_mutex_unlock(&s->lock);
 	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
 	tm_control_stop(&s->control);
+	tm_urgent_stop(s);
 	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
 		/* A migration abandoned midway: unblock workers stuck in send or receive. */
@@ -673,6 +713,7 @@ void tm_sender_free(tm_sender *s)
 	}
 	tm_chan_close(&s->ctl);
 	tm_sender_state_free(s);
+	tm_sender_pc_free(s);
 	tm_events_fini(&s->events);
 	g_clear_error(&s->failure.error);
 	tm_hello_clear(&s->hello);

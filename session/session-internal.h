@@ -17,6 +17,8 @@
  *   state.c                 device state: put_state, RAM_END, STATE, READY, next/read_state
  *   control.c               protocol 2: the control thread (keepalive, liveness, END, ERROR)
  *   cancel.c, events.c      cancel from any thread; phase, event bits and their eventfd
+ *   postcopy-send.c         the sender's switch to postcopy, DISCARD, background pages
+ *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
  *   postcopy-recv.c, fault.c, urgent-recv.c  postcopy at the destination (postcopy-recv.h)
  */
 #pragma once
@@ -30,11 +32,13 @@
 #include "tagmig/session.h"
 #include "session/channel.h"
 #include "session/converge.h"
+#include "session/postcopy-send.h"
 #include "transport/tls/tls.h"
 
 /* WORK_RAM_END, WORK_STATE: protocol 2 device state (state.c); a STATE work item has the
- * section index in block (TM_STATE_EOS_ITEM: END_OF_STATE), chunk g in first, offset in count. */
-enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END, WORK_RAM_END, WORK_STATE };
+ * section index in block (TM_STATE_EOS_ITEM: END_OF_STATE), chunk g in first, offset in count.
+ * WORK_SWITCH: wakes a worker for the switch to postcopy (postcopy-send.c). */
+enum work_kind { WORK_PAGES, WORK_SYNC, WORK_END, WORK_RAM_END, WORK_STATE, WORK_SWITCH };
 #define TM_STATE_EOS_ITEM UINT32_MAX
 
 /* A device-state section of the sender (state.c): referenced, or copied with TM_STATE_COPY. */
@@ -143,6 +147,8 @@ typedef struct tm_control {
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
 	bool end_requested;    /* sender: finish() asks for END */
+	bool postcopy_requested; /* sender: start_postcopy() asks for POSTCOPY(postcopy_pages) */
+	uint64_t postcopy_pages;
 	bool ended;            /* END / END_ACK done and the connection closed cleanly */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
@@ -220,6 +226,7 @@ typedef struct send_chan {
 	uint64_t packets_sent;
 	tm_chan_round cr;
 	uint64_t state_chunks; /* STATE messages sent */
+	send_chan_pc pc;       /* postcopy (postcopy-send.c) */
 } send_chan;
 
 /* Rounds and their figures (rounds.c). */
@@ -281,6 +288,7 @@ struct tm_sender {
 	int64_t t_start, t_end; /* also read by get_stats */
 	tm_rounds rounds;
 	tm_ratelimit rl;        /* rate and lifted are atomics; the bucket is under lock */
+	send_postcopy pc;       /* postcopy-send.c, urgent-send.c (its own rules inside) */
 };
 
 typedef struct recv_chan {
@@ -408,6 +416,44 @@ void tm_sender_lift_rate_limit(tm_sender *s);
 /* ---- send-pages.c ---- */
 /* The worker thread of one sender channel (data: its send_chan). */
 gpointer tm_send_worker(gpointer data);
+/* Worker: sends the open DATA packet, if any. */
+int tm_send_flush(send_chan *c, GError **error);
+/* Worker: packs a run of pages; 1 when a switch to postcopy took the rest of it (unsent). */
+int tm_send_pages(send_chan *c, const work *w, GError **error);
+/* Worker: END / END_ACK; the channel has ended. */
+int tm_send_end(send_chan *c, GError **error);
+
+/* ---- postcopy-send.c ---- */
+/* After the HELLO_ACKs: whether the receiver accepted postcopy; its bitmaps if it did. */
+void tm_sender_pc_agree(tm_sender *s, const tm_hello_ack *ack);
+/* Worker: whether it must switch to postcopy now (at a packet boundary). */
+bool tm_send_pc_switching(send_chan *c);
+/* Worker, at the switch: pages [first, first + n) of block are for the background. */
+void tm_send_pc_unsent(send_chan *c, uint32_t block, uint64_t first, uint64_t n);
+/* Worker: pages [first, first + n) of block were packed (ever_sent). */
+void tm_send_pc_packed(send_chan *c, uint32_t block, uint64_t first, uint64_t n);
+/*
+ * Worker: the switch (the rest of c->work from index `from` and its pending list into unsent,
+ * DISCARD, RAM_END(POSTCOPY)), then STATE and background pages until END. 0 or -errno.
+ */
+int tm_send_postcopy(send_chan *c, guint from, GError **error);
+/* Postcopy's part of tm_sender_finish(), s->lock held: waits for REQ_END/END_ACK on urgent
+ * (postcopy agreed, switched or not). */
+int tm_sender_pc_await_end_locked(tm_sender *s);
+void tm_sender_pc_free(tm_sender *s);
+/* The sender's postcopy fields of tm_live_stats. Any thread. */
+void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st);
+
+/* ---- urgent-send.c ---- */
+/* Starts the return thread on the urgent connection (postcopy agreed). 0 or -errno. */
+int tm_urgent_start(tm_sender *s, GError **error);
+/* After a failure or at free (s->quit set): wakes the return thread; with shut, also shuts
+ * its connection down so a blocked send returns. Any thread. */
+void tm_urgent_wake(tm_sender *s, bool shut);
+/* s->lock held, after a failure: waits until the return thread (if any) exited. */
+void tm_urgent_await_exit_locked(tm_sender *s);
+/* At free: joins the return thread, closes the connection. */
+void tm_urgent_stop(tm_sender *s);
 
 /* ---- receiver.c ---- */
 /* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */

@@ -234,10 +234,13 @@ int tm_sender_take_ready(void *owner, const tm_frame *fp, GError **error)
 		tm_chan_prefix_error(ch, error);
 		return r;
 	}
-	if (mode != TM_RAM_END_FINAL) {
+	/* postcopy-send.c sets started before it asks the control thread for POSTCOPY */
+	bool postcopy = __atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE);
+	if (mode != (postcopy ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL)) {
 		g_set_error(error, TM_ERROR, EPROTO,
-			    "control: READY for postcopy (mode %" G_GUINT64_FORMAT ") in precopy",
-			    U64(mode));
+			    "control: READY for %s (mode %" G_GUINT64_FORMAT ") in %s",
+			    postcopy ? "precopy" : "postcopy", U64(mode),
+			    postcopy ? "postcopy" : "precopy");
 		return -EPROTO;
 	}
 	/* The destination has all RAM and every section: the downtime clock stops here. */

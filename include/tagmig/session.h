@@ -274,8 +274,8 @@ typedef struct tm_live_config {
 	uint64_t rate_limit;        /* sender: bytes/s over all data channels until
 	                             * tm_sender_guest_stopped(); 0 = unlimited */
 	uint64_t switchover_bandwidth; /* sender: bytes/s tm_sender_advise() assumes; 0 = estimate */
-	bool postcopy;              /* offer (sender) / accept (receiver) postcopy: not implemented
-	                             * yet, refused with -EOPNOTSUPP */
+	bool postcopy;              /* offer (sender: protocol 2; one more connection, the urgent
+	                             * one) / accept (receiver: opens its userfaultfd in set_live) */
 	bool uffd_user_mode_only;   /* receiver, postcopy: UFFD_USER_MODE_ONLY */
 	bool uffd_borrow;           /* receiver, postcopy: use uffd instead of opening one */
 	int uffd;                   /* receiver, with uffd_borrow: a userfaultfd after UFFDIO_API */
@@ -291,8 +291,8 @@ typedef struct tm_live_config {
  * Before tm_sender_connect()/attach(): the protocol and its live settings. Without this call a
  * sender speaks protocol 2 with defaults (tm_sender_attach() with exactly `channels` sockets
  * keeps the 0.1 meaning: protocol 1). Protocol 2 opens one more connection, the control
- * connection. Returns 0, -EINVAL (bad field, named in *error), -EOPNOTSUPP (postcopy), -EBUSY
- * after connect. Migration thread.
+ * connection, and with postcopy offered also the urgent connection. Returns 0, -EINVAL (bad
+ * field, named in *error; postcopy with wire_version 1), -EBUSY after connect. Migration thread.
  */
 TM_EXPORT int tm_sender_set_live(tm_sender *sender, const tm_live_config *cfg, GError **error);
 
@@ -409,6 +409,21 @@ TM_EXPORT int tm_sender_set_rate_limit(tm_sender *sender, uint64_t bytes_per_sec
 TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
 
 /*
+ * Switches to postcopy, at any round (also before the first): the guest must be paused and its
+ * final dirty log queued. Every page queued and not yet packed, and every page never sent, is
+ * then missing at the destination (a copy it got before is discarded) and comes in the
+ * background or on the destination's request; the rate limit applies again to the background.
+ * Calls tm_sender_guest_stopped() itself if the VMM did not. Device state may follow
+ * (tm_sender_put_state()), then tm_sender_finish(), which returns once every page is at the
+ * destination. Returns once every data channel has committed the switch (not waiting for the
+ * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
+ * receiver, which the message says), -EBADFD (in postcopy already, device state started, or the
+ * session is not open), or the session's failure. After 0 the source guest must never run
+ * again. Migration thread.
+ */
+TM_EXPORT int tm_sender_start_postcopy(tm_sender *sender, GError **error);
+
+/*
  * Live statistics. The first field is the size of the struct as the caller compiled it; the
  * library fills min(size, sizeof(tm_live_stats)) bytes and sets size to that. Fields a side or
  * an implemented step does not have read zero.
@@ -431,16 +446,19 @@ typedef struct tm_live_stats {
 	                             * the first PONG */
 	uint64_t keepalives;        /* PINGs sent */
 	uint64_t state_sections, state_bytes; /* put (sender) / delivered to the VMM (receiver) */
-	/* postcopy (not implemented yet: zero) */
-	uint64_t postcopy_pages;
-	uint64_t discarded_pages;
-	uint64_t requests;
-	uint64_t urgent_pages, background_pages;
-	uint64_t duplicate_pages;
-	uint64_t faults;
-	uint64_t fault_p50_us, fault_p99_us, fault_max_us;
-	uint64_t service_p50_us, service_p99_us;
-	uint64_t inline_wait_p50_us, inline_wait_p99_us;
+	/* postcopy */
+	uint64_t postcopy_pages;    /* pages the destination lacked at the switch */
+	uint64_t discarded_pages;   /* receiver: pages dropped by DISCARD */
+	uint64_t requests;          /* sender: page requests answered; receiver: sent */
+	uint64_t urgent_pages, background_pages; /* pages sent (received) on request / in the
+	                             * background */
+	uint64_t duplicate_pages;   /* receiver: copies skipped, the page was placed already */
+	uint64_t faults;            /* receiver: userfaults read */
+	uint64_t fault_p50_us, fault_p99_us, fault_max_us; /* receiver: fault read -> woken */
+	uint64_t service_p50_us, service_p99_us; /* sender: request read -> reply sent */
+	uint64_t inline_wait_p50_us, inline_wait_p99_us; /* sender: what a reply would have waited
+	                             * on its page's data channel (its socket's unsent bytes at that
+	                             * channel's throughput) */
 } tm_live_stats;
 
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */

@@ -1,0 +1,478 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source side of the switch to postcopy (docs/design/live-engine.md 1.3, 2.4, 3.2).
+ *
+ * Two bitmaps per block say what the destination lacks: ever_sent (a copy of the page was packed,
+ * set at pack time) and unsent (the destination must still get the page: set at the switch for
+ * what was queued and not packed, and for every page never sent). The migration thread sets
+ * `switching`, moves what is still in the workers' pending lists into unsent and waits until
+ * every worker has switched: each, at its next packet boundary, flushes its packet, moves the rest
+ * of its work into unsent, ORs in its stripes' never-sent pages and counts them; then, on its
+ * channel, DISCARD for its stripes' pages that are unsent and were sent before (only those can be
+ * stale at the destination; every range inside one striping chunk, so a DISCARD travels behind
+ * every precopy copy of its pages), and RAM_END(POSTCOPY). From then on the worker sends STATE
+ * chunks as they are handed over and, between them, background pages: ascending over its stripes
+ * from a cursor, each run taken with an atomic test-and-clear of unsent bits (the return thread,
+ * urgent-send.c, clears them too: whoever clears a page sends it), through the rate limit like
+ * any packet. Its END waits until none of its stripes' pages is unsent.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "session/session-internal.h"
+#include "tagmig/error.h"
+
+#define U64(x) ((guint64)(x))
+
+/* Bits [lo, hi) of a word, 0 <= lo < hi <= 64. */
+static uint64_t word_mask(unsigned lo, unsigned hi)
+{
+	uint64_t m = hi >= 64 ? ~0ULL : (1ULL << hi) - 1;
+	return m & ~((1ULL << lo) - 1);
+}
+
+/* Sets bits [first, first + n) atomically (words may be shared with other channels' chunks). */
+static void bits_set(uint64_t *bm, uint64_t first, uint64_t n)
+{
+	uint64_t end = first + n;
+
+	while (first < end) {
+		unsigned lo = (unsigned)(first % 64);
+		unsigned hi = (unsigned)MIN(64u, lo + (end - first));
+		__atomic_fetch_or(&bm[first / 64], word_mask(lo, hi), __ATOMIC_RELAXED);
+		first += hi - lo;
+	}
+}
+
+/* The first run of set bits of *v: its start, its length in *ret_len; clears it from *v. */
+static unsigned take_run(uint64_t *v, unsigned *ret_len)
+{
+	unsigned s0 = (unsigned)__builtin_ctzll(*v);
+	uint64_t rest = ~(*v >> s0);
+	unsigned len = rest ? (unsigned)__builtin_ctzll(rest) : 64 - s0;
+
+	*v = s0 + len >= 64 ? 0 : *v & (~0ULL << (s0 + len));
+	*ret_len = len;
+	return s0;
+}
+
+static uint64_t per_chunk(const tm_sender *s, const tm_wire_block *b)
+{
+	return s->hello.chunk_size / b->page_size;
+}
+
+/* The first page >= page of block b in a chunk of channel id (b->npages when none is). */
+static uint64_t next_mine(const tm_sender *s, unsigned id, const tm_wire_block *b, uint64_t page)
+{
+	uint64_t per = per_chunk(s, b), k = page / per;
+	unsigned owner = (unsigned)((b->chunk_base + k) % s->nch);
+
+	if (page >= b->npages || owner == id)
+		return MIN(page, b->npages);
+	return MIN((k + (id + s->nch - owner) % s->nch) * per, b->npages);
+}
+
+/* The end of page's striping chunk (within the block). */
+static uint64_t chunk_end(const tm_sender *s, const tm_wire_block *b, uint64_t page)
+{
+	uint64_t per = per_chunk(s, b);
+	return MIN((page / per + 1) * per, b->npages);
+}
+
+void tm_sender_pc_agree(tm_sender *s, const tm_hello_ack *ack)
+{
+	if (!s->pc.offered)
+		return;
+	s->pc.agreed = (ack->features & TM_FEATURE_POSTCOPY) != 0;
+	s->pc.max_outstanding = ack->max_outstanding;
+	if (!s->pc.agreed) {
+		/* Declined: both sides close the urgent connection right after HELLO_ACK (2.2). */
+		tm_chan_close(&s->pc.urg);
+		return;
+	}
+	unsigned n = s->hello.block_count;
+	s->pc.ever_sent = g_new0(uint64_t *, n);
+	s->pc.unsent = g_new0(uint64_t *, n);
+	s->pc.answered = g_new0(uint64_t *, n);
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t words = (s->hello.blocks[i].npages + 63) / 64;
+		s->pc.ever_sent[i] = g_new0(uint64_t, words);
+		s->pc.unsent[i] = g_new0(uint64_t, words);
+		s->pc.answered[i] = g_new0(uint64_t, words);
+	}
+}
+
+void tm_sender_pc_free(tm_sender *s)
+{
+	for (unsigned i = 0; s->pc.unsent && i < s->hello.block_count; i++) {
+		g_free(s->pc.ever_sent[i]);
+		g_free(s->pc.unsent[i]);
+		g_free(s->pc.answered[i]);
+	}
+	g_clear_pointer(&s->pc.ever_sent, g_free);
+	g_clear_pointer(&s->pc.unsent, g_free);
+	g_clear_pointer(&s->pc.answered, g_free);
+}
+
+bool tm_send_pc_switching(send_chan *c)
+{
+	return c->s->pc.agreed && !c->pc.switched &&
+	       __atomic_load_n(&c->s->pc.switching, __ATOMIC_ACQUIRE);
+}
+
+void tm_send_pc_unsent(send_chan *c, uint32_t block, uint64_t first, uint64_t n)
+{
+	bits_set(c->s->pc.unsent[block], first, n);
+}
+
+void tm_send_pc_packed(send_chan *c, uint32_t block, uint64_t first, uint64_t n)
+{
+	if (c->s->pc.agreed)
+		bits_set(c->s->pc.ever_sent[block], first, n);
+}
+
+/*
+ * Work items at the switch: pages into unsent, SYNCs dropped (no SYNC after RAM_END), STATE and
+ * END kept in q for after the switch.
+ */
+static void take_items(tm_sender *s, const work *items, guint n, GArray *q)
+{
+	for (guint i = 0; i < n; i++) {
+		const work *w = &items[i];
+		if (w->kind == WORK_PAGES)
+			bits_set(s->pc.unsent[w->block], w->first, w->count);
+		else if (w->kind == WORK_STATE || w->kind == WORK_END)
+			g_array_append_vals(q, w, 1);
+	}
+}
+
+/* Worker c at the switch: unsent |= ~ever_sent over its stripes; returns its unsent pages. */
+static uint64_t fill_unsent(send_chan *c)
+{
+	tm_sender *s = c->s;
+	uint64_t missing = 0;
+
+	for (unsigned b = 0; b < s->hello.block_count; b++) {
+		const tm_wire_block *wb = &s->hello.blocks[b];
+		uint64_t *un = s->pc.unsent[b], *ev = s->pc.ever_sent[b];
+		for (uint64_t p = next_mine(s, c->ch.id, wb, 0); p < wb->npages;
+		     p = next_mine(s, c->ch.id, wb, chunk_end(s, wb, p))) {
+			uint64_t e = chunk_end(s, wb, p);
+			while (p < e) {
+				unsigned lo = (unsigned)(p % 64);
+				unsigned hi = (unsigned)MIN(64u, lo + (e - p));
+				uint64_t m = word_mask(lo, hi);
+				uint64_t add = ~__atomic_load_n(&ev[p / 64], __ATOMIC_RELAXED) & m;
+				uint64_t old = __atomic_fetch_or(&un[p / 64], add, __ATOMIC_RELAXED);
+				missing += (uint64_t)__builtin_popcountll((old | add) & m);
+				p += hi - lo;
+			}
+		}
+	}
+	return missing;
+}
+
+static int send_discard(send_chan *c, uint32_t block, const tm_discard_range *r, uint32_t n,
+			GError **error)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8 * TM_MAX_DISCARD_RANGES];
+	size_t len = tm_discard_encode(buf, c->ch.tx_seq++, block, r, n);
+	struct iovec v = { .iov_base = buf, .iov_len = len };
+
+	return tm_chan_send(&c->ch, &v, 1, len, error);
+}
+
+/* Worker c at the switch: DISCARD for its stripes' pages that are unsent and were sent. */
+static int send_discards(send_chan *c, GError **error)
+{
+	tm_sender *s = c->s;
+	tm_discard_range r[TM_MAX_DISCARD_RANGES];
+
+	for (unsigned b = 0; b < s->hello.block_count; b++) {
+		const tm_wire_block *wb = &s->hello.blocks[b];
+		const uint64_t *un = s->pc.unsent[b], *ev = s->pc.ever_sent[b];
+		uint32_t n = 0;
+		for (uint64_t p = next_mine(s, c->ch.id, wb, 0); p < wb->npages;
+		     p = next_mine(s, c->ch.id, wb, chunk_end(s, wb, p))) {
+			uint64_t e = chunk_end(s, wb, p);
+			bool open = false; /* r[n - 1] may grow: it ends where the next run starts */
+			while (p < e) {
+				unsigned lo = (unsigned)(p % 64);
+				unsigned hi = (unsigned)MIN(64u, lo + (e - p));
+				uint64_t base = p - lo;
+				uint64_t v = __atomic_load_n(&un[p / 64], __ATOMIC_RELAXED) &
+					     __atomic_load_n(&ev[p / 64], __ATOMIC_RELAXED) &
+					     word_mask(lo, hi);
+				while (v) {
+					unsigned len, at = take_run(&v, &len);
+					uint64_t first = base + at;
+					if (open && r[n - 1].first_page + r[n - 1].npages == first) {
+						r[n - 1].npages += len;
+						continue;
+					}
+					if (n == TM_MAX_DISCARD_RANGES) {
+						int ret = send_discard(c, b, r, n, error);
+						if (ret < 0)
+							return ret;
+						n = 0;
+					}
+					r[n++] = (tm_discard_range){ (uint32_t)first, len };
+					open = true;
+				}
+				p += hi - lo;
+			}
+		}
+		if (n) {
+			int ret = send_discard(c, b, r, n, error);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return 0;
+}
+
+/* Scans bits [p, e) of bm for a set one. */
+static bool scan(const uint64_t *bm, uint64_t p, uint64_t e, uint64_t *ret)
+{
+	while (p < e) {
+		unsigned lo = (unsigned)(p % 64);
+		unsigned hi = (unsigned)MIN(64u, lo + (e - p));
+		uint64_t v = __atomic_load_n(&bm[p / 64], __ATOMIC_RELAXED) & word_mask(lo, hi);
+		if (v) {
+			*ret = p - lo + (uint64_t)__builtin_ctzll(v);
+			return true;
+		}
+		p += hi - lo;
+	}
+	return false;
+}
+
+/* The first unsent page of c's stripes of block b in [from, to). */
+static bool find_in(send_chan *c, unsigned b, uint64_t from, uint64_t to, uint64_t *ret)
+{
+	tm_sender *s = c->s;
+	const tm_wire_block *wb = &s->hello.blocks[b];
+
+	for (uint64_t p = next_mine(s, c->ch.id, wb, from); p < to;
+	     p = next_mine(s, c->ch.id, wb, chunk_end(s, wb, p)))
+		if (scan(s->pc.unsent[b], p, MIN(chunk_end(s, wb, p), to), ret))
+			return true;
+	return false;
+}
+
+/* The next unsent page of c's stripes from its cursor on, wrapping around once. */
+static bool find_unsent(send_chan *c, unsigned *ret_block, uint64_t *ret_page)
+{
+	tm_sender *s = c->s;
+	unsigned nb = s->hello.block_count;
+
+	for (unsigned i = 0; i <= nb; i++) {
+		unsigned b = (c->pc.cur_block + i) % nb;
+		uint64_t from = i == 0 ? c->pc.cur_page : 0;
+		uint64_t to = i == nb ? c->pc.cur_page : s->hello.blocks[b].npages;
+		if (find_in(c, b, from, to, ret_page)) {
+			*ret_block = b;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* One packet's worth of background pages: 1 when some were taken, 0 when none is left. */
+static int background(send_chan *c, GError **error)
+{
+	tm_sender *s = c->s;
+	uint64_t hint = __atomic_exchange_n(&c->pc.hint, 0, __ATOMIC_RELAXED);
+	unsigned b;
+	uint64_t p;
+
+	if (hint && (uint32_t)((hint - 1) >> 40) < s->hello.block_count) {
+		/* A requested page: the pages after it are likely next (urgent-send.c). */
+		c->pc.cur_block = (uint32_t)((hint - 1) >> 40);
+		c->pc.cur_page = (hint - 1) & ((1ULL << 40) - 1);
+	}
+	if (!find_unsent(c, &b, &p))
+		return 0;
+	const tm_wire_block *wb = &s->hello.blocks[b];
+	uint64_t e = chunk_end(s, wb, p), want = s->hello.packet_size / wb->page_size, got = 0;
+	uint64_t *bm = s->pc.unsent[b];
+	while (p < e && got < want) {
+		unsigned lo = (unsigned)(p % 64);
+		unsigned hi = (unsigned)MIN(64u, lo + MIN(e - p, want - got));
+		uint64_t base = p - lo, m = word_mask(lo, hi);
+		/* Whoever clears a bit sends the page: this worker or the return thread. */
+		uint64_t v = __atomic_fetch_and(&bm[p / 64], ~m, __ATOMIC_ACQ_REL) & m;
+		while (v) {
+			unsigned len, at = take_run(&v, &len);
+			work w = { .kind = WORK_PAGES, .block = b, .first = base + at, .count = len };
+			int r = tm_send_pages(c, &w, error);
+			if (r < 0)
+				return r;
+			got += len;
+			__atomic_fetch_add(&s->pc.background_pages, len, __ATOMIC_RELAXED);
+		}
+		p = base + hi;
+	}
+	c->pc.cur_block = b;
+	c->pc.cur_page = p;
+	return 1;
+}
+
+/* The switch of worker c: its part of unsent, then DISCARD and RAM_END(POSTCOPY). */
+static int switch_channel(send_chan *c, guint from, GArray *q, GError **error)
+{
+	tm_sender *s = c->s;
+	int r = tm_send_flush(c, error);
+
+	if (r < 0)
+		return r;
+	if (from < c->work->len)
+		take_items(s, &g_array_index(c->work, work, from), c->work->len - from, q);
+	g_array_set_size(c->work, 0);
+	g_mutex_lock(&s->lock);
+	take_items(s, (const work *)(void *)c->pending->data, c->pending->len, q);
+	g_array_set_size(c->pending, 0);
+	g_mutex_unlock(&s->lock);
+
+	uint64_t missing = fill_unsent(c);
+	/* Committed: start_postcopy() may return once every worker is here. */
+	g_mutex_lock(&s->lock);
+	s->pc.switched++;
+	s->pc.missing += missing;
+	g_cond_broadcast(&s->cond);
+	g_mutex_unlock(&s->lock);
+
+	if ((r = send_discards(c, error)) < 0)
+		return r;
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_RAM_END_LEN];
+	size_t n = tm_ram_end_encode(buf, c->ch.tx_seq++, TM_RAM_END_POSTCOPY, c->pages_sent,
+				     c->packets_sent);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	if ((r = tm_chan_send(&c->ch, &v, 1, n, error)) < 0)
+		return r;
+	c->pc.switched = true;
+	return 0;
+}
+
+int tm_send_postcopy(send_chan *c, guint from, GError **error)
+{
+	tm_sender *s = c->s;
+	g_autoptr(GArray) q = g_array_new(FALSE, FALSE, sizeof(work));
+	int r = switch_channel(c, from, q, error);
+
+	while (r >= 0) {
+		/* STATE chunks first, in their order; END once the stripes are done. */
+		for (guint i = 0; i < q->len && r >= 0; i++) {
+			const work *w = &g_array_index(q, work, i);
+			if (w->kind == WORK_END)
+				c->pc.end_wanted = true;
+			else if ((r = tm_send_flush(c, error)) >= 0)
+				r = tm_send_state_work(c, w, error);
+		}
+		g_array_set_size(q, 0);
+		if (r < 0 || (r = background(c, error)) < 0)
+			break;
+		if (r == 0 && c->pc.end_wanted)
+			return tm_send_end(c, error);
+		if (r == 0 && (r = tm_send_flush(c, error)) < 0)
+			break;
+		g_mutex_lock(&s->lock);
+		while (r == 0 && !s->quit && c->pending->len == 0) {
+			tm_rounds_chan_idle(s, c);
+			g_cond_wait(&c->wake, &s->lock);
+		}
+		if (s->quit) {
+			g_mutex_unlock(&s->lock);
+			return 0; /* the failure is recorded; the worker's loop ends */
+		}
+		g_array_append_vals(q, c->pending->data, c->pending->len);
+		g_array_set_size(c->pending, 0);
+		g_mutex_unlock(&s->lock);
+		r = 0;
+	}
+	return r;
+}
+
+int tm_sender_start_postcopy(tm_sender *s, GError **error)
+{
+	int r = tm_sender_check_open(s, error);
+
+	if (r < 0)
+		return r;
+	if (s->wire != TM_WIRE_VERSION_2 || !s->pc.agreed) {
+		g_set_error(error, TM_ERROR, EOPNOTSUPP, "tm_sender_start_postcopy(): %s",
+			    s->wire != TM_WIRE_VERSION_2 ? "protocol 1 has no postcopy (wire_version = 1)"
+			    : !s->pc.offered ? "postcopy was not offered (tm_live_config.postcopy)"
+					     : "the receiver declined postcopy in its HELLO_ACK (it "
+					       "did not set tm_live_config.postcopy, or it cannot "
+					       "use userfaultfd)");
+		return -EOPNOTSUPP;
+	}
+	if (s->pc.started || s->st.ram_closed) {
+		g_set_error(error, TM_ERROR, EBADFD, "tm_sender_start_postcopy(): %s",
+			    s->pc.started ? "the session is in postcopy already"
+					  : "device state has started (tm_sender_put_state or finish)");
+		return -EBADFD;
+	}
+	if (!s->rounds.stopped_us && (r = tm_sender_guest_stopped(s, error)) < 0)
+		return r;
+
+	/* Background pages share the link with urgent ones: the rate limit applies again (3.2). */
+	__atomic_store_n(&s->rl.lifted, false, __ATOMIC_RELAXED);
+	g_mutex_lock(&s->lock);
+	/* Set under the lock: a worker that sees it takes its pending list only after ours. */
+	__atomic_store_n(&s->pc.switching, true, __ATOMIC_RELEASE);
+	for (unsigned i = 0; i < s->nch; i++) {
+		send_chan *c = &s->chans[i];
+		g_autoptr(GArray) keep = g_array_new(FALSE, FALSE, sizeof(work));
+		take_items(s, (const work *)(void *)c->pending->data, c->pending->len, keep);
+		g_array_set_size(c->pending, 0);
+		g_array_append_vals(c->pending, keep->data, keep->len);
+		work w = { .kind = WORK_SWITCH };
+		g_array_append_val(c->pending, w);
+		tm_rounds_chan_busy(s, c);
+		g_cond_signal(&c->wake);
+	}
+	while (!s->quit && s->pc.switched < s->nch)
+		g_cond_wait(&s->cond, &s->lock);
+	bool quit = s->quit;
+	if (!quit) {
+		__atomic_store_n(&s->pc.started, true, __ATOMIC_RELEASE);
+		__atomic_store_n(&s->pc.postcopy_pages, s->pc.missing, __ATOMIC_RELAXED);
+		s->control.postcopy_pages = s->pc.missing;
+		s->control.postcopy_requested = true;
+		tm_control_wake(&s->control);
+	}
+	g_mutex_unlock(&s->lock);
+	if (quit)
+		return tm_sender_check_open(s, error);
+	/* RAM is closed: queue_* refuse, put_state sends no RAM_END(FINAL). */
+	s->st.ram_closed = true;
+	tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY);
+	return 0;
+}
+
+int tm_sender_pc_await_end_locked(tm_sender *s)
+{
+	/* Agreed, the urgent connection ends with REQ_END / END_ACK, in precopy too (REQ_END 0). */
+	if (!s->pc.agreed)
+		return 0;
+	while (!s->quit && !s->pc.urg_ended && !s->pc.urg_exited)
+		g_cond_wait(&s->cond, &s->lock);
+	if (s->pc.urg_ended)
+		return 0;
+	/* In precopy a receiver that just closed its urgent connection lacks nothing. */
+	return __atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE) ? -ECANCELED : 0;
+}
+
+void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st)
+{
+	st->postcopy_pages = __atomic_load_n(&s->pc.postcopy_pages, __ATOMIC_RELAXED);
+	st->requests = __atomic_load_n(&s->pc.requests, __ATOMIC_RELAXED);
+	st->urgent_pages = __atomic_load_n(&s->pc.urgent_pages, __ATOMIC_RELAXED);
+	st->background_pages = __atomic_load_n(&s->pc.background_pages, __ATOMIC_RELAXED);
+	st->service_p50_us = tm_histogram_percentile(&s->pc.service, 0.5);
+	st->service_p99_us = tm_histogram_percentile(&s->pc.service, 0.99);
+	st->inline_wait_p50_us = tm_histogram_percentile(&s->pc.inline_wait, 0.5);
+	st->inline_wait_p99_us = tm_histogram_percentile(&s->pc.inline_wait, 0.99);
+}

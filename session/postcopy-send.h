@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source side of postcopy (docs/design/live-engine.md 3.2, steps 14 and 16): what the sender
+ * keeps for it. postcopy-send.c has the switch and the background pages of a data worker,
+ * urgent-send.c the urgent connection's return thread. Not part of the API.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "session/channel.h"
+#include "session/histogram.h"
+
+typedef struct send_postcopy {
+	/* read-only after the handshake */
+	bool offered;              /* tm_live_config.postcopy: POSTCOPY in HELLO, urgent connection */
+	bool agreed;               /* the receiver's HELLO_ACK accepted it */
+	uint32_t max_outstanding;  /* agreed in HELLO_ACK */
+	uint64_t **ever_sent;      /* per block bitmap (agreed only): a copy left at pack time */
+	uint64_t **unsent;         /* per block bitmap (agreed only): the destination lacks it */
+	uint64_t **answered;       /* per block bitmap (agreed only): an URGENT carried it */
+
+	/* migration thread */
+	bool started;              /* tm_sender_start_postcopy() succeeded */
+
+	/* atomic */
+	bool switching;            /* workers switch at their next packet boundary */
+
+	/* protected by s->lock */
+	unsigned switched;         /* workers whose stripes are in unsent */
+	uint64_t missing;          /* their pages the destination lacks at the switch */
+
+	/* relaxed atomics, for tm_live_stats */
+	uint64_t postcopy_pages, background_pages, urgent_pages, requests;
+	tm_histogram service;      /* PAGE_REQ read -> URGENT sent */
+	tm_histogram inline_wait;  /* what the reply would have waited on its data channel */
+
+	/* the urgent connection (role 2) and its return thread (urgent-send.c) */
+	tm_chan urg;               /* fd -1 without */
+	GThread *thread;
+	int wake_fd;               /* eventfd: quit; owned */
+	bool urg_ended;            /* protected by s->lock: REQ_END answered, closed cleanly */
+	bool urg_exited;           /* protected by s->lock */
+} send_postcopy;
+
+/* Per data channel: the worker's postcopy part (worker-local unless said). */
+typedef struct send_chan_pc {
+	bool switched;             /* DISCARD and RAM_END(POSTCOPY) are out */
+	bool end_wanted;           /* END was handed over: sent once the stripes have no unsent page */
+	uint32_t cur_block;        /* background cursor */
+	uint64_t cur_page;
+	uint64_t hint;             /* atomic: return thread's hint, (block << 40 | page) + 1, 0: none */
+} send_chan_pc;
