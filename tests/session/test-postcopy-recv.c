@@ -700,6 +700,53 @@ static void test_max_outstanding(void)
 	dest_free(&d);
 }
 
+/*
+ * Coalescing: sixteen vCPUs fault on the sixteen pages of one chunk while the only request the
+ * receiver may have out (max_outstanding 1) is unanswered; the faults that queued meanwhile go
+ * in one PAGE_REQ (adjacent pages, at most 16 and one DATA body).
+ */
+static void test_coalesce(void)
+{
+	dest d = { .max_outstanding = 1 };
+	raw w;
+	responder rs = { .wrong_page = -1, .delay_ms = 100 };
+
+	if (!uffd_usable())
+		return;
+	g_autofree char *port = dest_start(&d);
+	raw_open(&w, port, true);
+	responder_start(&rs, &w, 0);
+	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
+	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
+	raw_eos(&w);
+	wait_phase(&d, TM_PHASE_POSTCOPY);
+	vcpu v[16];
+	for (unsigned i = 0; i < 16; i++) {
+		v[i] = (vcpu){ .d = &d, .first = 48 + i, .step = 1, .count = 1, .gen = 0 };
+		v[i].thread = g_thread_new("vcpu", vcpu_thread, &v[i]);
+	}
+	for (unsigned i = 0; i < 16; i++) {
+		g_thread_join(v[i].thread);
+		g_assert_cmpuint(v[i].bad, ==, 0);
+	}
+	for (unsigned p = 0; p < 48; p += 16)
+		raw_data(&w, p, 16, 0);
+	raw_end(&w, CH_DATA0);
+	raw_end(&w, CH_DATA1);
+	g_thread_join(rs.thread);
+	raw_finish_control(&w, TM_RAM_END_POSTCOPY);
+	dest_join(&d, "coalesce");
+	g_test_message("receiver: %s; %u requests, the largest %u pages",
+		       d.error ? d.error->message : "ok", rs.requests, rs.max_count);
+	g_assert_cmpint(d.ret, ==, 0);
+	g_assert_cmpuint(rs.over, ==, 0);
+	g_assert_cmpuint(rs.max_count, >=, 8);
+	g_assert_cmpuint(rs.requests, <=, 8);
+	check_pages(&d, 0, 0, 0);
+	raw_close(&w);
+	dest_free(&d);
+}
+
 /* A cancel in postcopy ends every thread of the receiver within a second (-ECANCELED). */
 static void test_cancel(void)
 {
@@ -917,6 +964,7 @@ int main(int argc, char **argv)
 		{ "postcopy-zero-known", test_zero_known, true },
 		{ "postcopy-max-outstanding", test_max_outstanding, true },
 		{ "postcopy-cancel", test_cancel, true },
+		{ "postcopy-coalesce", test_coalesce, true },
 		{ "postcopy-hostile", test_hostile, true },
 		{ "postcopy-discard-unagreed", test_discard_unagreed, true },
 		{ "postcopy-urgent-mismatch", test_urgent_mismatch, true },
