@@ -66,7 +66,9 @@ int tm_sender_cancel(tm_sender *s, const char *reason)
 int tm_receiver_cancel(tm_receiver *r, const char *reason)
 {
 	g_mutex_lock(&r->lock);
-	if (r->quit || terminal(&r->events)) {
+	/* Postcopy paused: a cancel gives the VM up (3.4: FAILED). */
+	bool paused = tm_events_phase(&r->events) == TM_PHASE_POSTCOPY_PAUSED;
+	if ((r->quit && !paused) || terminal(&r->events)) {
 		g_mutex_unlock(&r->lock);
 		return -EALREADY;
 	}

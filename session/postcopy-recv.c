@@ -645,6 +645,20 @@ void tm_pc_recv_stats(tm_receiver *r, tm_live_stats *st)
 	}
 }
 
+bool tm_pc_recv_pauses_locked(tm_receiver *r)
+{
+	return tm_pc_recv_agreed(r) && r->pc->registered && !r->pc->unregistered &&
+	       !r->failure.cancelled;
+}
+
+int tm_pc_recv_paused_error_locked(tm_receiver *r, GError **error)
+{
+	g_set_error(error, TM_ERROR, ENOTCONN,
+		    "postcopy paused: %s; the source must stay paused and keep its RAM",
+		    r->failure.error ? r->failure.error->message : "a connection failed");
+	return -ENOTCONN;
+}
+
 void tm_pc_recv_quit(tm_receiver *r)
 {
 	tm_pc_recv *pc = r->pc;

@@ -67,6 +67,14 @@ void tm_pc_recv_state_progress(tm_receiver *r);
 const uint64_t *tm_pc_recv_zero_known(tm_receiver *r, unsigned block);
 /* Postcopy fields of the live statistics. */
 void tm_pc_recv_stats(tm_receiver *r, tm_live_stats *st);
+/*
+ * Under r->lock, after a failure was recorded: whether it pauses postcopy (3.4) instead of
+ * failing the session: guest RAM is registered and not yet complete, and it was no cancel.
+ * Nothing is lost then: threads on missing pages stay blocked, the userfaultfd stays open.
+ */
+bool tm_pc_recv_pauses_locked(tm_receiver *r);
+/* Under r->lock, paused: -ENOTCONN with the cause in *error (may be NULL). */
+int tm_pc_recv_paused_error_locked(tm_receiver *r, GError **error);
 /* The session failed: wakes the postcopy threads (never blocks). Any thread. */
 void tm_pc_recv_quit(tm_receiver *r);
 /* After the session stopped (quit set): joins the postcopy threads. Idempotent. */

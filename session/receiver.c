@@ -307,11 +307,14 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 	bool was_quit = r->quit;
 	tm_failure_record(&r->failure, err, from_peer); /* which one explains it: failure.c */
 	__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
+	bool paused = tm_pc_recv_pauses_locked(r); /* postcopy: nothing is lost (3.4) */
 	g_cond_broadcast(&r->cond);
 	tm_control_wake(&r->control);
 	tm_events_stop(&r->events);
 	g_mutex_unlock(&r->lock);
-	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
+	if (paused)
+		tm_events_raise(&r->events, TM_EVENT_PAUSED);
+	tm_events_set_phase(&r->events, paused ? TM_PHASE_POSTCOPY_PAUSED : TM_PHASE_FAILED);
 	if (!was_quit) {
 		for (unsigned i = 0; i < r->nch; i++)
 			if (&r->chans[i] != c)
@@ -443,7 +446,9 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 				g_cond_wait(&r->cond, &r->lock);
 		tm_control_await_exit_locked(&r->control);
 		ret = r->failure.error ? -r->failure.error->code : -EIO;
-		if (error)
+		if (tm_pc_recv_pauses_locked(r))
+			ret = tm_pc_recv_paused_error_locked(r, error);
+		else if (error)
 			*error = r->failure.error ? g_error_copy(r->failure.error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}

@@ -478,6 +478,8 @@ bool tm_receiver_state_waiting(tm_receiver *r)
 /* The session's failure as the VMM's error (under r->lock). */
 static int state_failure(tm_receiver *r, GError **error)
 {
+	if (tm_pc_recv_pauses_locked(r))
+		return tm_pc_recv_paused_error_locked(r, error);
 	int code = r->failure.error ? r->failure.error->code : EIO;
 	if (error)
 		*error = r->failure.error ? g_error_copy(r->failure.error)

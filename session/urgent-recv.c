@@ -301,12 +301,8 @@ static int run(urg *u, GError **error)
 			g_set_error(error, TM_ERROR, e, "urgent: poll: %s", g_strerror(e));
 			return -e;
 		}
-		if (p[0].revents) {
-			if (u->conn_done)
-				return 0; /* free after completion */
-			g_set_error(error, TM_ERROR, ECANCELED, "urgent: stopped");
-			return -ECANCELED;
-		}
+		if (p[0].revents)
+			return 0; /* the session stopped (its cause is recorded) or is freed */
 		if (p[1].revents) {
 			uint64_t v;
 			(void)!read(pc->req_fd, &v, sizeof(v));

@@ -235,6 +235,10 @@ TM_EXPORT int tm_receiver_abort(tm_receiver *receiver, int code, const char *mes
  * failure the destination's guest RAM must not be run: a page being received when the channel
  * failed may hold bytes that were never verified (with TLS, the receiver decrypts into guest RAM
  * and checks each record's tag at its end), including pages marked present in an earlier round.
+ * Postcopy: it returns 1 once more when the end of device state is reached (READY went: the guest
+ * may start); a failure after the switch pauses postcopy instead (TM_PHASE_POSTCOPY_PAUSED,
+ * TM_EVENT_PAUSED): -ENOTCONN with the cause, threads on missing pages stay blocked, placed pages
+ * stay valid; then only cancel (FAILED), statistics and free remain.
  */
 TM_EXPORT int tm_receiver_wait(tm_receiver *receiver, GError **error);
 
@@ -529,7 +533,7 @@ TM_EXPORT int tm_receiver_cancel(tm_receiver *receiver, const char *reason);
 /* Event bits, accumulated until taken (tm_*_take_events). */
 #define TM_EVENT_ROUND    (1u << 0) /* sender: a sync round was acknowledged on every channel */
 #define TM_EVENT_FAILED   (1u << 1) /* either: the session failed or was cancelled */
-#define TM_EVENT_PAUSED   (1u << 2) /* (postcopy, not used yet) */
+#define TM_EVENT_PAUSED   (1u << 2) /* either: TM_PHASE_POSTCOPY_PAUSED */
 #define TM_EVENT_READY    (1u << 3) /* (device state, not used yet) */
 #define TM_EVENT_COMPLETE (1u << 4) /* either: TM_PHASE_COMPLETE */
 #define TM_EVENT_STATE    (1u << 5) /* (device state, not used yet) */

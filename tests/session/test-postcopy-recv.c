@@ -747,6 +747,53 @@ static void test_coalesce(void)
 	dest_free(&d);
 }
 
+/*
+ * A connection lost after the switch pauses postcopy (3.4): wait() says -ENOTCONN with the
+ * cause, TM_EVENT_PAUSED, phase POSTCOPY_PAUSED; a vCPU on a missing page stays blocked (the
+ * library never places what it did not receive); a cancel then gives up (FAILED).
+ */
+static void test_paused(void)
+{
+	dest d = { 0 };
+	raw w;
+
+	if (!uffd_usable())
+		return;
+	g_autofree char *port = dest_start(&d);
+	raw_open(&w, port, true);
+	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
+	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
+	raw_eos(&w);
+	wait_phase(&d, TM_PHASE_POSTCOPY);
+	vcpu v = { .d = &d, .first = 20, .step = 1, .count = 1, .gen = 0 };
+	v.thread = g_thread_new("vcpu", vcpu_thread, &v);
+	g_usleep(50000);
+	close(w.fd[CH_DATA1]); /* the path to the source breaks */
+	w.fd[CH_DATA1] = -1;
+	dest_join(&d, "paused");
+	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
+	g_assert_cmpint(d.ret, ==, -ENOTCONN);
+	g_assert_nonnull(strstr(d.error->message, "postcopy paused: channel 1: "));
+	g_assert_nonnull(strstr(d.error->message, "the source must stay paused"));
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_POSTCOPY_PAUSED);
+	g_assert_cmpuint(tm_receiver_take_events(d.r) & TM_EVENT_PAUSED, ==, TM_EVENT_PAUSED);
+	tm_live_stats st = { .size = sizeof(st) };
+	g_assert_cmpint(tm_receiver_get_live_stats(d.r, &st), ==, 0);
+	g_assert_cmpuint(st.phase, ==, TM_PHASE_POSTCOPY_PAUSED);
+	g_usleep(200000);
+	g_assert_false(tm_receiver_page_present(d.r, 0, 20));
+	g_assert_cmpuint(v.max_wait_us, ==, 0); /* still inside its first load */
+	g_assert_cmpint(tm_receiver_cancel(d.r, "giving up"), ==, 0);
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
+	/* Free closes the userfaultfd: the blocked vCPU's fault resolves (no poison here). */
+	tm_receiver_free(d.r);
+	d.r = NULL;
+	g_thread_join(v.thread);
+	raw_close(&w);
+	g_clear_error(&d.error);
+	guest_fini(&d.g);
+}
+
 /* A cancel in postcopy ends every thread of the receiver within a second (-ECANCELED). */
 static void test_cancel(void)
 {
@@ -795,6 +842,7 @@ typedef struct hostile_case {
 	const char *what;
 	int errnum;
 	const char *words; /* in the receiver's error */
+	bool paused;       /* after the switch: POSTCOPY_PAUSED, -ENOTCONN with the cause */
 } hostile_case;
 
 static void hostile_send(raw *w, unsigned i)
@@ -865,19 +913,20 @@ static void hostile_send(raw *w, unsigned i)
 static void test_hostile(void)
 {
 	static const hostile_case cases[] = {
-		{ "discard-range", ERANGE, "channel 0: DISCARD range 0: block 0 'pc.ram' pages 60+10" },
-		{ "discard-channel", EPROTO, "channel 0: DISCARD range 0: block 0 'pc.ram' pages 16+2" },
-		{ "discard-after-ram-end", EPROTO, "channel 0: DISCARD after RAM_END" },
+		{ "discard-range", ERANGE, "channel 0: DISCARD range 0: block 0 'pc.ram' pages 60+10", false },
+		{ "discard-channel", EPROTO, "channel 0: DISCARD range 0: block 0 'pc.ram' pages 16+2", false },
+		{ "discard-after-ram-end", EPROTO, "channel 0: DISCARD after RAM_END", true },
 		{ "ram-end-count", EPROTO, "channel 1: RAM_END counts 5 pages in 0 packets, 0 in 0 "
-					   "arrived" },
+					   "arrived", false },
 		/* either channel's RAM_END may be read first */
-		{ "ram-end-mixed", EPROTO, "RAM_END(FINAL)" },
-		{ "postcopy-twice", EPROTO, "control: POSTCOPY twice" },
+		{ "ram-end-mixed", EPROTO, "RAM_END(FINAL)", false },
+		{ "postcopy-twice", EPROTO, "control: POSTCOPY twice", false },
 		{ "urgent-unsolicited", EPROTO, "urgent: URGENT for request 9, which is not "
-						"outstanding" },
-		{ "sync-after-switch", EPROTO, "channel 0: SYNC after RAM_END" },
-		{ "urgent-end-ack", EPROTO, "urgent: END_ACK before REQ_END" },
-		{ "background-channel", EPROTO, "channel 0" },
+						"outstanding", true },
+		{ "sync-after-switch", EPROTO, "channel 0: SYNC after RAM_END", true },
+		{ "urgent-end-ack", EPROTO, "urgent: END_ACK before REQ_END", true },
+		{ "background-channel", EPROTO, "channel 0: DATA entry 0: page 20 of block 0 "
+						"'pc.ram' arrived on channel 0", true },
 	};
 
 	if (!uffd_usable())
@@ -891,7 +940,9 @@ static void test_hostile(void)
 		hostile_send(&w, i);
 		dest_join(&d, cases[i].what);
 		g_test_message("%s: receiver: %s", cases[i].what, d.error ? d.error->message : "ok");
-		g_assert_cmpint(d.ret, ==, -cases[i].errnum);
+		g_assert_cmpint(d.ret, ==, cases[i].paused ? -ENOTCONN : -cases[i].errnum);
+		g_assert_cmpint(tm_receiver_phase(d.r), ==,
+				cases[i].paused ? TM_PHASE_POSTCOPY_PAUSED : TM_PHASE_FAILED);
 		if (!strstr(d.error->message, cases[i].words))
 			g_error("%s: \"%s\" does not say \"%s\"", cases[i].what, d.error->message,
 				cases[i].words);
@@ -941,8 +992,8 @@ static void test_urgent_mismatch(void)
 	v.thread = g_thread_new("vcpu", vcpu_thread, &v);
 	dest_join(&d, "urgent-mismatch");
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
-	g_assert_cmpint(d.ret, ==, -EPROTO);
-	g_assert_nonnull(strstr(d.error->message, "urgent:"));
+	g_assert_cmpint(d.ret, ==, -ENOTCONN); /* after the switch: paused, nothing lost */
+	g_assert_nonnull(strstr(d.error->message, "postcopy paused: urgent: URGENT for request 1"));
 	g_assert_false(tm_receiver_page_present(d.r, 0, 40));
 	g_assert_false(tm_receiver_page_present(d.r, 0, 50));
 	/* Free closes the userfaultfd: the blocked vCPU's fault resolves (a zero page). */
@@ -965,6 +1016,7 @@ int main(int argc, char **argv)
 		{ "postcopy-max-outstanding", test_max_outstanding, true },
 		{ "postcopy-cancel", test_cancel, true },
 		{ "postcopy-coalesce", test_coalesce, true },
+		{ "postcopy-paused", test_paused, true },
 		{ "postcopy-hostile", test_hostile, true },
 		{ "postcopy-discard-unagreed", test_discard_unagreed, true },
 		{ "postcopy-urgent-mismatch", test_urgent_mismatch, true },
