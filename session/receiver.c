@@ -157,7 +157,11 @@ static void abort_channels(tm_receiver *r, int code, const char *message)
 int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 {
 	if (r->state == R_RUNNING) {
-		/* Workers and the control thread own the channels now: stop them instead. */
+		/* Workers and the control thread own the channels now: stop them instead. Like a
+		 * cancel (1.7), the VMM's decision: FAILED, never POSTCOPY_PAUSED. */
+		g_mutex_lock(&r->lock);
+		r->failure.cancelled = r->failure.cancelled || !r->failure.error;
+		g_mutex_unlock(&r->lock);
 		tm_receiver_fail(r, NULL, g_error_new_literal(TM_ERROR, code, message), false);
 		return 0;
 	}

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ram/ram-internal.h"
@@ -346,6 +347,10 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error)
 	u->zero_flag = 1;
 	/* Only messages are timed from here on: the thread polls before it reads. */
 	tm_chan_set_timeout(u->ch, 0);
+	/* Room for every unanswered PAGE_REQ: this thread never blocks in a send (2.2). */
+	int buf = 64 << 10;
+	(void)setsockopt(u->ch->fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+	(void)setsockopt(u->ch->fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
 	r->pc->urgent_thread = g_thread_try_new("tm-recv-urgent", urgent_thread, u, error);
 	if (!r->pc->urgent_thread) {
 		tm_pc_bounce_free(u->bounce);
