@@ -62,7 +62,7 @@ static void bitmaps_free(uint64_t **m, unsigned n)
 int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 {
 	int fd = -1, ret;
-	bool owned = false;
+	bool owned = false, poison = false;
 
 	if (cfg->uffd_borrow) {
 		fd = cfg->uffd;
@@ -72,8 +72,13 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 			return -EBADF;
 		}
 	} else {
-		/* Non-blocking: the fault thread polls it with the stop eventfd. */
-		if ((ret = tm_uffd_open(cfg->uffd_user_mode_only, true, 0, &fd, NULL, error)) < 0) {
+		/* Non-blocking: the fault thread polls it with the stop eventfd. With poison where
+		 * the kernel has it (6.6): a paused receiver's free leaves no page silently zero. */
+		uint64_t got = 0;
+		poison = tm_uffd_open(cfg->uffd_user_mode_only, true, TM_UFFD_FEATURE_POISON, &fd,
+				      &got, NULL) == 0;
+		if (!poison &&
+		    (ret = tm_uffd_open(cfg->uffd_user_mode_only, true, 0, &fd, NULL, error)) < 0) {
 			g_prefix_error(error, "live config: postcopy: ");
 			return ret;
 		}
@@ -82,6 +87,7 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 	tm_pc_recv *pc = g_new0(tm_pc_recv, 1);
 	pc->uffd = fd;
 	pc->uffd_owned = owned;
+	pc->poison = poison;
 	pc->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	pc->req_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (pc->stop_fd < 0 || pc->req_fd < 0) {
@@ -685,6 +691,37 @@ void tm_pc_recv_stop(tm_receiver *r)
 	pc->fault_thread = pc->urgent_thread = NULL;
 }
 
+/*
+ * At free of a session that switched and never completed (paused or failed): the pages still
+ * missing are poisoned before the userfaultfd closes, so that a thread the VMM failed to stop
+ * gets SIGBUS instead of a zero page it would take for guest data (1.7). Without poison (before
+ * Linux 6.6, or a borrowed fd without the feature) closing releases them to zero pages.
+ */
+static void poison_missing(tm_receiver *r)
+{
+	tm_pc_recv *pc = r->pc;
+
+	if (!pc->poison || !pc->registered || pc->unregistered)
+		return;
+	for (unsigned b = 0; b < r->hello.block_count; b++) {
+		const tm_ram_block *blk = tm_ram_layout_get(r->layout, b);
+		uint64_t np = r->hello.blocks[b].npages;
+		for (uint64_t p = 0; p < np;) {
+			if (tm_placer_claimed(pc->placer, b, p) || test_bit(pc->zero_known[b], p)) {
+				p++;
+				continue;
+			}
+			uint64_t q = p + 1;
+			while (q < np && !tm_placer_claimed(pc->placer, b, q) &&
+			       !test_bit(pc->zero_known[b], q))
+				q++;
+			(void)tm_uffd_poison(pc->uffd, blk->host + p * blk->page_size,
+					     (q - p) * blk->page_size, NULL);
+			p = q;
+		}
+	}
+}
+
 void tm_pc_recv_free(tm_receiver *r)
 {
 	tm_pc_recv *pc = r->pc;
@@ -692,6 +729,7 @@ void tm_pc_recv_free(tm_receiver *r)
 	if (!pc)
 		return;
 	tm_pc_recv_stop(r);
+	poison_missing(r);
 	tm_placer_free(pc->placer);
 	bitmaps_free(pc->zero_skipped, pc->nblocks);
 	bitmaps_free(pc->zero_known, pc->nblocks);

@@ -96,6 +96,7 @@ struct tm_pc_recv {
 	/* read-only after set_live / start */
 	int uffd;
 	bool uffd_owned;
+	bool poison;               /* the fd has UFFD_FEATURE_POISON: free poisons missing pages */
 	bool agreed;               /* HELLO_ACK accepted POSTCOPY */
 	uint32_t max_outstanding;
 	unsigned nblocks;

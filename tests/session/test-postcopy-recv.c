@@ -10,11 +10,14 @@
  * Without userfaultfd every case skips with the kernel's reason.
  */
 #include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "common/uffd-internal.h"
 #include "session-fixture.h"
 #include "transport/transport.h"
 
@@ -454,6 +457,42 @@ static gpointer vcpu_thread(gpointer data)
 	return NULL;
 }
 
+/* A vCPU that touches a poisoned page gets SIGBUS: caught here, for the thread that armed it. */
+static __thread sigjmp_buf *bus_jmp;
+
+static void on_sigbus(int sig)
+{
+	if (bus_jmp)
+		siglongjmp(*bus_jmp, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+typedef struct bus_vcpu {
+	const volatile uint8_t *page;
+	GThread *thread;
+	gint started;
+	bool sigbus;
+	uint8_t seen;
+} bus_vcpu;
+
+static gpointer bus_vcpu_thread(gpointer data)
+{
+	bus_vcpu *v = data;
+	sigjmp_buf env;
+
+	if (sigsetjmp(env, 1)) {
+		v->sigbus = true;
+		bus_jmp = NULL;
+		return NULL;
+	}
+	bus_jmp = &env;
+	g_atomic_int_set(&v->started, 1);
+	v->seen = v->page[0]; /* blocks: the page is missing */
+	bus_jmp = NULL;
+	return NULL;
+}
+
 /* RAM and tags of the destination equal generation gen_of(p) of every page. */
 static void check_pages(dest *d, unsigned gen_low, unsigned gen_high, unsigned split)
 {
@@ -765,8 +804,12 @@ static void test_paused(void)
 	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
 	raw_eos(&w);
 	wait_phase(&d, TM_PHASE_POSTCOPY);
-	vcpu v = { .d = &d, .first = 20, .step = 1, .count = 1, .gen = 0 };
-	v.thread = g_thread_new("vcpu", vcpu_thread, &v);
+	struct sigaction sa = { .sa_handler = on_sigbus }, old;
+	sigaction(SIGBUS, &sa, &old);
+	bus_vcpu v = { .page = d.g.ram[0] + 20 * PAGE };
+	v.thread = g_thread_new("vcpu", bus_vcpu_thread, &v);
+	while (!g_atomic_int_get(&v.started))
+		g_usleep(1000);
 	g_usleep(50000);
 	close(w.fd[CH_DATA1]); /* the path to the source breaks */
 	w.fd[CH_DATA1] = -1;
@@ -782,13 +825,21 @@ static void test_paused(void)
 	g_assert_cmpuint(st.phase, ==, TM_PHASE_POSTCOPY_PAUSED);
 	g_usleep(200000);
 	g_assert_false(tm_receiver_page_present(d.r, 0, 20));
-	g_assert_cmpuint(v.max_wait_us, ==, 0); /* still inside its first load */
+	g_assert_false(v.sigbus); /* still inside its load */
 	g_assert_cmpint(tm_receiver_cancel(d.r, "giving up"), ==, 0);
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
-	/* Free closes the userfaultfd: the blocked vCPU's fault resolves (no poison here). */
+	/* Free poisons what is missing before it closes the userfaultfd: the straggler gets SIGBUS,
+	 * not a zero page it would take for guest data (design 1.7), where the kernel has poison. */
+	int probe;
+	bool poison = tm_uffd_open(true, true, TM_UFFD_FEATURE_POISON, &probe, NULL, NULL) == 0;
+	if (poison)
+		close(probe);
 	tm_receiver_free(d.r);
 	d.r = NULL;
 	g_thread_join(v.thread);
+	sigaction(SIGBUS, &old, NULL);
+	g_test_message("vCPU after free: %s", v.sigbus ? "SIGBUS" : "a zero page");
+	g_assert_true(v.sigbus == poison);
 	raw_close(&w);
 	g_clear_error(&d.error);
 	guest_fini(&d.g);
@@ -986,20 +1037,22 @@ static void test_urgent_mismatch(void)
 	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
 	wait_phase(&d, TM_PHASE_POSTCOPY);
 	/* A vCPU touches page 50: requested, answered with page 40. The thread stays blocked
-	 * (3.4: the library never places what it did not receive), so it is not joined; the
-	 * page is made present by the test itself afterwards through the still-open fd. */
-	vcpu v = { .d = &d, .first = 50, .step = 1, .count = 1, .gen = 1 };
-	v.thread = g_thread_new("vcpu", vcpu_thread, &v);
+	 * (3.4: the library never places what it did not receive) until free. */
+	struct sigaction sa = { .sa_handler = on_sigbus }, old;
+	sigaction(SIGBUS, &sa, &old);
+	bus_vcpu v = { .page = d.g.ram[0] + 50 * PAGE };
+	v.thread = g_thread_new("vcpu", bus_vcpu_thread, &v);
 	dest_join(&d, "urgent-mismatch");
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
 	g_assert_cmpint(d.ret, ==, -ENOTCONN); /* after the switch: paused, nothing lost */
 	g_assert_nonnull(strstr(d.error->message, "postcopy paused: urgent: URGENT for request 1"));
 	g_assert_false(tm_receiver_page_present(d.r, 0, 40));
 	g_assert_false(tm_receiver_page_present(d.r, 0, 50));
-	/* Free closes the userfaultfd: the blocked vCPU's fault resolves (a zero page). */
+	/* Free poisons page 50 (or, without poison, closing the fd gives it a zero page). */
 	tm_receiver_free(d.r);
 	d.r = NULL;
 	g_thread_join(v.thread);
+	sigaction(SIGBUS, &old, NULL);
 	g_thread_join(rs.thread);
 	raw_close(&w);
 	g_clear_error(&d.error);
