@@ -870,6 +870,42 @@ static void test_cancel(void)
 	dest_free(&d);
 }
 
+/*
+ * Postcopy agreed, never switched: the session completes in precopy (READY mode 1) and the
+ * receiver ends the unused urgent connection with REQ_END(0) / END_ACK before its control
+ * END_ACK; no userfaultfd registration ever happened.
+ */
+static void test_agreed_precopy(void)
+{
+	dest d = { 0 };
+	raw w;
+	responder rs = { .wrong_page = -1 };
+
+	if (!uffd_usable())
+		return;
+	g_autofree char *port = dest_start(&d);
+	raw_open(&w, port, true);
+	responder_start(&rs, &w, 0);
+	for (unsigned p = 0; p < NPAGES; p += 16)
+		raw_data(&w, p, 16, 0);
+	raw_ram_end(&w, CH_DATA0, TM_RAM_END_FINAL);
+	raw_ram_end(&w, CH_DATA1, TM_RAM_END_FINAL);
+	raw_eos(&w);
+	raw_end(&w, CH_DATA0);
+	raw_end(&w, CH_DATA1);
+	raw_finish_control(&w, TM_RAM_END_FINAL);
+	g_thread_join(rs.thread);
+	dest_join(&d, "agreed-precopy");
+	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
+	g_assert_cmpint(d.ret, ==, 0);
+	g_assert_true(rs.req_end_seen);
+	g_assert_cmpuint(rs.req_end, ==, 0);
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_COMPLETE);
+	check_pages(&d, 0, 0, 0);
+	raw_close(&w);
+	dest_free(&d);
+}
+
 /* A receiver without postcopy declines the offer: HELLO_ACK without POSTCOPY, urgent closed. */
 static void test_declined(void)
 {
@@ -1070,6 +1106,7 @@ int main(int argc, char **argv)
 		{ "postcopy-cancel", test_cancel, true },
 		{ "postcopy-coalesce", test_coalesce, true },
 		{ "postcopy-paused", test_paused, true },
+		{ "postcopy-agreed-precopy", test_agreed_precopy, true },
 		{ "postcopy-hostile", test_hostile, true },
 		{ "postcopy-discard-unagreed", test_discard_unagreed, true },
 		{ "postcopy-urgent-mismatch", test_urgent_mismatch, true },
