@@ -411,12 +411,13 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	g_mutex_lock(&r->lock);
 	r->t_start = tm_now_us();
 	g_mutex_unlock(&r->lock);
+	/* Before the workers run: one of them may move the phase on at once (postcopy). */
+	tm_events_set_phase(&r->events, TM_PHASE_PRECOPY);
 	for (unsigned i = 0; i < r->nch; i++) {
 		g_autofree char *name = g_strdup_printf("tm-recv-%u", i);
 		r->chans[i].thread = g_thread_new(name, tm_recv_worker, &r->chans[i]);
 	}
 	r->state = R_RUNNING;
-	tm_events_set_phase(&r->events, TM_PHASE_PRECOPY);
 	return 0;
 }
 

@@ -140,7 +140,9 @@ static void wait_phase(dest *d, tm_phase p)
 			return;
 		g_usleep(1000);
 	}
-	g_error("the receiver never reached phase %d", p);
+	g_error("the receiver never reached phase %d (phase %d, %s)", p,
+		d->r ? (int)tm_receiver_phase(d->r) : -1,
+		g_atomic_int_get(&d->done) ? (d->error ? d->error->message : "ended") : "running");
 }
 
 /* ---- the hand-made sender ---- */
