@@ -38,7 +38,9 @@ static void shut(int fd)
 int tm_sender_cancel(tm_sender *s, const char *reason)
 {
 	g_mutex_lock(&s->lock);
-	if (s->quit || terminal(&s->events)) {
+	/* A paused postcopy has quit already; cancel is what gives it up (FAILED). */
+	bool paused = tm_events_phase(&s->events) == TM_PHASE_POSTCOPY_PAUSED;
+	if ((s->quit && !paused) || terminal(&s->events)) {
 		g_mutex_unlock(&s->lock);
 		return -EALREADY;
 	}

@@ -172,18 +172,29 @@ static uint64_t fill_unsent(send_chan *c)
 	return missing;
 }
 
-static int send_discard(send_chan *c, uint32_t block, const tm_discard_range *r, uint32_t n,
-			GError **error)
-{
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8 * TM_MAX_DISCARD_RANGES];
-	size_t len = tm_discard_encode(buf, c->ch.tx_seq++, block, r, n);
-	struct iovec v = { .iov_base = buf, .iov_len = len };
+/* One DISCARD message's worth: ranges of one block. */
+typedef struct discard_msg {
+	uint32_t block;
+	uint32_t n;
+	tm_discard_range r[TM_MAX_DISCARD_RANGES];
+} discard_msg;
 
-	return tm_chan_send(&c->ch, &v, 1, len, error);
+static void discard_add(GPtrArray *msgs, uint32_t block, uint32_t n,
+			const tm_discard_range *r)
+{
+	discard_msg *m = g_new(discard_msg, 1);
+	m->block = block;
+	m->n = n;
+	memcpy(m->r, r, n * sizeof(*r));
+	g_ptr_array_add(msgs, m);
 }
 
-/* Worker c at the switch: DISCARD for its stripes' pages that are unsent and were sent. */
-static int send_discards(send_chan *c, GError **error)
+/*
+ * Worker c at the switch, before it is published: the DISCARDs for its stripes' pages that are
+ * unsent and were sent. Taken now, as messages to send after: once the switch is published the
+ * return thread may clear unsent bits of pages whose stale copy must still be dropped.
+ */
+static void plan_discards(send_chan *c, GPtrArray *msgs)
 {
 	tm_sender *s = c->s;
 	tm_discard_range r[TM_MAX_DISCARD_RANGES];
@@ -211,9 +222,7 @@ static int send_discards(send_chan *c, GError **error)
 						continue;
 					}
 					if (n == TM_MAX_DISCARD_RANGES) {
-						int ret = send_discard(c, b, r, n, error);
-						if (ret < 0)
-							return ret;
+						discard_add(msgs, b, n, r);
 						n = 0;
 					}
 					r[n++] = (tm_discard_range){ (uint32_t)first, len };
@@ -222,11 +231,22 @@ static int send_discards(send_chan *c, GError **error)
 				p += hi - lo;
 			}
 		}
-		if (n) {
-			int ret = send_discard(c, b, r, n, error);
-			if (ret < 0)
-				return ret;
-		}
+		if (n)
+			discard_add(msgs, b, n, r);
+	}
+}
+
+static int send_discards(send_chan *c, GPtrArray *msgs, GError **error)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8 * TM_MAX_DISCARD_RANGES];
+
+	for (guint i = 0; i < msgs->len; i++) {
+		const discard_msg *m = g_ptr_array_index(msgs, i);
+		size_t len = tm_discard_encode(buf, c->ch.tx_seq++, m->block, m->r, m->n);
+		struct iovec v = { .iov_base = buf, .iov_len = len };
+		int r = tm_chan_send(&c->ch, &v, 1, len, error);
+		if (r < 0)
+			return r;
 	}
 	return 0;
 }
@@ -335,6 +355,8 @@ static int switch_channel(send_chan *c, guint from, GArray *q, GError **error)
 	g_mutex_unlock(&s->lock);
 
 	uint64_t missing = fill_unsent(c);
+	g_autoptr(GPtrArray) discards = g_ptr_array_new_with_free_func(g_free);
+	plan_discards(c, discards);
 	/* Committed: start_postcopy() may return once every worker is here. */
 	g_mutex_lock(&s->lock);
 	s->pc.switched++;
@@ -342,7 +364,7 @@ static int switch_channel(send_chan *c, guint from, GArray *q, GError **error)
 	g_cond_broadcast(&s->cond);
 	g_mutex_unlock(&s->lock);
 
-	if ((r = send_discards(c, error)) < 0)
+	if ((r = send_discards(c, discards, error)) < 0)
 		return r;
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_RAM_END_LEN];
 	size_t n = tm_ram_end_encode(buf, c->ch.tx_seq++, TM_RAM_END_POSTCOPY, c->pages_sent,
@@ -437,7 +459,9 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 		g_cond_wait(&s->cond, &s->lock);
 	bool quit = s->quit;
 	if (!quit) {
+		/* Both under the lock: a failure from now on pauses (tm_sender_pc_paused_locked). */
 		__atomic_store_n(&s->pc.started, true, __ATOMIC_RELEASE);
+		tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY);
 		__atomic_store_n(&s->pc.postcopy_pages, s->pc.missing, __ATOMIC_RELAXED);
 		s->control.postcopy_pages = s->pc.missing;
 		s->control.postcopy_requested = true;
@@ -448,7 +472,6 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 		return tm_sender_check_open(s, error);
 	/* RAM is closed: queue_* refuse, put_state sends no RAM_END(FINAL). */
 	s->st.ram_closed = true;
-	tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY);
 	return 0;
 }
 
@@ -475,4 +498,35 @@ void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st)
 	st->service_p99_us = tm_histogram_percentile(&s->pc.service, 0.99);
 	st->inline_wait_p50_us = tm_histogram_percentile(&s->pc.inline_wait, 0.5);
 	st->inline_wait_p99_us = tm_histogram_percentile(&s->pc.inline_wait, 0.99);
+}
+
+/* ---- a failure after the switch (design 3.4): paused, never lost ---- */
+
+bool tm_sender_pc_paused_locked(tm_sender *s)
+{
+	/*
+	 * From the committed switch on (started, set under the lock with phase POSTCOPY). A
+	 * failure while the workers switch is FAILED: the destination cannot run before it has
+	 * END_OF_STATE, which only follows a successful start_postcopy, so the source may resume.
+	 */
+	return s->pc.started && s->failure.error && !s->failure.cancelled;
+}
+
+void tm_sender_pc_pause(tm_sender *s)
+{
+	/*
+	 * The destination may run and lacks pages only this side has. tm_sender_fail() shuts
+	 * every connection down (issue 14 reconnects them all); nothing is freed before
+	 * tm_sender_free() (unsent, answered, ever_sent, the state sections, the counts).
+	 */
+	tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY_PAUSED);
+	tm_events_raise(&s->events, TM_EVENT_PAUSED);
+}
+
+int tm_sender_pc_paused_error(tm_sender *s, GError **error)
+{
+	g_set_error(error, TM_ERROR, ENOTCONN,
+		    "postcopy paused: %s; the source must stay paused and keep its RAM",
+		    s->failure.error->message);
+	return -ENOTCONN;
 }

@@ -34,8 +34,12 @@ void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
 	tm_failure_record(&s->failure, err, from_peer); /* which one explains it: failure.c */
 	s->quit = true;
 	tm_sender_wake_all(s);
+	bool paused = tm_sender_pc_paused_locked(s); /* after the switch: postcopy-send.c */
 	g_mutex_unlock(&s->lock);
-	tm_events_set_phase(&s->events, TM_PHASE_FAILED);
+	if (paused)
+		tm_sender_pc_pause(s);
+	else
+		tm_events_set_phase(&s->events, TM_PHASE_FAILED);
 	if (!was_quit)
 		for (unsigned i = 0; i < s->nch; i++)
 			if (s->chans[i].ch.fd >= 0) {
@@ -476,6 +480,8 @@ static int report_failure(tm_sender *s, GError **error)
 	tm_control_await_exit_locked(&s->control);
 	tm_urgent_await_exit_locked(s); /* its failure, phase included, is complete */
 	int code = s->failure.error ? s->failure.error->code : EIO;
+	if (tm_sender_pc_paused_locked(s))
+		return tm_sender_pc_paused_error(s, error); /* -ENOTCONN with the cause */
 	if (error)
 		*error = s->failure.error ? g_error_copy(s->failure.error)
 					  : g_error_new(TM_ERROR, EIO, "migration aborted");

@@ -441,6 +441,15 @@ int tm_send_postcopy(send_chan *c, guint from, GError **error);
  * (postcopy agreed, switched or not). */
 int tm_sender_pc_await_end_locked(tm_sender *s);
 void tm_sender_pc_free(tm_sender *s);
+/*
+ * Step 17 (design 3.4), s->lock held, after a failure was recorded: whether the session is
+ * paused rather than failed (switched to postcopy, not cancelled).
+ */
+bool tm_sender_pc_paused_locked(tm_sender *s);
+/* Phase POSTCOPY_PAUSED and TM_EVENT_PAUSED; every connection shut down. */
+void tm_sender_pc_pause(tm_sender *s);
+/* s->lock held: the paused session's error: -ENOTCONN "postcopy paused: <cause>; ...". */
+int tm_sender_pc_paused_error(tm_sender *s, GError **error);
 /* The sender's postcopy fields of tm_live_stats. Any thread. */
 void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st);
 

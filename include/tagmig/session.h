@@ -423,7 +423,10 @@ TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
  * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
  * receiver, which the message says), -EBADFD (in postcopy already, device state started, or the
  * session is not open), or the session's failure. After 0 the source guest must never run
- * again. Migration thread.
+ * again: a failure from then on (a connection, the peer's silence or ERROR, a bad message; not
+ * a cancel) pauses the session, TM_PHASE_POSTCOPY_PAUSED and TM_EVENT_PAUSED, and every call
+ * returns -ENOTCONN quoting the cause; the sender keeps all it knows until tm_sender_free();
+ * tm_sender_cancel() then gives the session up (FAILED). Migration thread.
  */
 TM_EXPORT int tm_sender_start_postcopy(tm_sender *sender, GError **error);
 

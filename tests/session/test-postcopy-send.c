@@ -68,7 +68,7 @@ struct rx {
 	bool req_end_acked;    /* the urgent connection ended with REQ_END / END_ACK */
 };
 
-enum { HOSTILE_NONE, HOSTILE_EARLY, HOSTILE_TWICE };
+enum { HOSTILE_NONE, HOSTILE_EARLY, HOSTILE_TWICE, HOSTILE_CUT };
 
 /* false at the end of the stream (or a reset), which only a hostile case may meet */
 static bool rd_ok(int fd, void *p, size_t n)
@@ -122,7 +122,12 @@ static void send_ready_locked(rx *x)
 
 	if (x->ready_sent)
 		return;
-	x->ready_mode = x->pc_seen ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL;
+	/* the channel that carries END_OF_STATE had its RAM_END first (POSTCOPY may still be
+	 * on its way on control) */
+	bool pc = x->pc_seen;
+	for (unsigned i = 0; i < NCH; i++)
+		pc = pc || x->ram_end_mode[i] == TM_RAM_END_POSTCOPY;
+	x->ready_mode = pc ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL;
 	size_t n = tm_ready_encode(buf, c->seq++, x->ready_mode);
 	wr(x->fd[NCH], buf, n);
 	x->ready_sent = true;
@@ -227,8 +232,22 @@ static gpointer data_thread(gpointer p)
 					==, 0);
 			g_assert_cmpuint(rp, ==, pages);
 			g_assert_cmpuint(rk, ==, packets);
+			g_mutex_lock(&x->lock);
 			x->ram_end_mode[c->i] = mode;
+			g_mutex_unlock(&x->lock);
 			ram_end = true;
+			if (x->hostile == HOSTILE_CUT && c->i == 0) {
+				/* after the switch committed (POSTCOPY follows it), before this
+				 * channel could end */
+				g_mutex_lock(&x->lock);
+				while (!x->pc_seen)
+					g_cond_wait(&x->cond, &x->lock);
+				/* a close with unread data: a reset, as a dying receiver's */
+				x->fd[0] = -1;
+				g_mutex_unlock(&x->lock);
+				close(fd);
+				return NULL;
+			}
 		} else if (f.type == TM_MSG_STATE) {
 			g_assert_true(ram_end);
 			chunks++;
@@ -340,6 +359,8 @@ static gpointer urgent_thread(gpointer p)
 		request(c, 1, 7, 1); /* in precopy */
 		return NULL;
 	}
+	if (x->hostile == HOSTILE_CUT)
+		return NULL; /* data channel 0 breaks instead (data_thread) */
 	g_mutex_lock(&x->lock);
 	while (!x->pc_seen && x->data_ended < NCH) /* (a precopy end: REQ_END 0 below) */
 		g_cond_wait(&x->cond, &x->lock);
@@ -696,7 +717,11 @@ static void test_agreed_precopy(void)
 	guest_fini(&src);
 }
 
-/* A receiver asking for pages it must not: the sender fails with -EPROTO saying why. */
+/*
+ * A receiver asking for pages it must not, or a connection cut: before the switch the sender
+ * fails (FAILED, the error); after it the session is paused (POSTCOPY_PAUSED, -ENOTCONN quoting
+ * the cause, TM_EVENT_PAUSED), and only a cancel makes it FAILED.
+ */
 static void hostile(int how, const char *words)
 {
 	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
@@ -722,11 +747,21 @@ static void hostile(int how, const char *words)
 		g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES / 2, &err), ==, 0);
 		g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
 	}
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, -EPROTO);
-	g_assert_error(err, TM_ERROR, EPROTO);
+	int code = how == HOSTILE_EARLY ? EPROTO : ENOTCONN;
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, -code);
+	g_assert_error(err, TM_ERROR, code);
 	if (!strstr(err->message, words))
 		g_error("\"%s\" does not say \"%s\"", err->message, words);
-	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_FAILED);
+	if (how == HOSTILE_EARLY) {
+		g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_FAILED);
+	} else {
+		g_assert_true(g_str_has_prefix(err->message, "postcopy paused: "));
+		g_assert_nonnull(strstr(err->message, "the source must stay paused and keep its RAM"));
+		g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_POSTCOPY_PAUSED);
+		g_assert_true(tm_sender_take_events(s) & TM_EVENT_PAUSED);
+		g_assert_cmpint(tm_sender_cancel(s, "giving up"), ==, 0);
+		g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_FAILED);
+	}
 	tm_sender_free(s);
 	rx_fini(&x);
 	guest_fini(&src);
@@ -735,6 +770,11 @@ static void hostile(int how, const char *words)
 static void test_request_early(void)
 {
 	hostile(HOSTILE_EARLY, "urgent: PAGE_REQ before the switch to postcopy");
+}
+
+static void test_cut_paused(void)
+{
+	hostile(HOSTILE_CUT, "channel 0: ");
 }
 
 static void test_request_twice(void)
@@ -753,5 +793,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/postcopy-send/agreed-precopy", test_agreed_precopy);
 	g_test_add_func("/postcopy-send/request-early", test_request_early);
 	g_test_add_func("/postcopy-send/request-twice", test_request_twice);
+	g_test_add_func("/postcopy-send/cut-paused", test_cut_paused);
 	return g_test_run();
 }
