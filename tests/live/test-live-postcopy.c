@@ -15,11 +15,15 @@
  * tracking) it skips with the reason.
  */
 #include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "guest.h"
 #include "session-fixture.h"
+#include "tcp-pair.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define GUEST_RAM (8u << 20)
@@ -50,7 +54,19 @@ typedef struct vcpu {
 	GThread *thread;
 	uint64_t touched, bad, blocked; /* pages; wrong data or tags; loads that took > 1 ms */
 	char *first_bad;
+	bool sigbus;                    /* a poisoned page (free after a pause) */
 } vcpu;
+
+/* SIGBUS of a vCPU touching a page poisoned at free: caught for the thread that armed it. */
+static __thread sigjmp_buf *bus_jmp;
+
+static void on_sigbus(int sig)
+{
+	if (bus_jmp)
+		siglongjmp(*bus_jmp, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
 
 typedef struct dest {
 	guest g;
@@ -64,6 +80,8 @@ typedef struct dest {
 	bool cpu_seen;
 	vcpu v[VCPUS];
 	bool running;
+	const int *fds;       /* attach these instead of accepting (VCPUS + 2 of them) */
+	unsigned touch_us;    /* vCPUs pause this long between pages */
 } dest;
 
 /* vCPU t touches the pages p % VCPUS == t of each block, from both ends towards the middle. */
@@ -71,6 +89,14 @@ static gpointer vcpu_thread(gpointer data)
 {
 	vcpu *v = data;
 	dest *d = v->d;
+	sigjmp_buf env;
+
+	if (sigsetjmp(env, 1)) {
+		bus_jmp = NULL;
+		v->sigbus = true;
+		return NULL;
+	}
+	bus_jmp = &env;
 	const tm_ram_layout *sl = test_guest_layout(d->src);
 	tm_tag_store *st = test_guest_tags(d->src);
 
@@ -97,8 +123,11 @@ static gpointer vcpu_thread(gpointer data)
 			if ((!same || !tags) && !v->bad++)
 				v->first_bad = g_strdup_printf("block %u page %" G_GUINT64_FORMAT ": %s", b,
 							       p, !same ? "data differ" : "tags differ");
+			if (d->touch_us)
+				g_usleep(d->touch_us);
 		}
 	}
+	bus_jmp = NULL;
 	return NULL;
 }
 
@@ -114,7 +143,8 @@ static gpointer dest_thread(gpointer data)
 	if (d->ret >= 0)
 		d->ret = tm_receiver_set_live(d->r, &lc, &d->error);
 	if (d->ret >= 0)
-		d->ret = tm_receiver_accept(d->r, d->listen_fd, &d->error);
+		d->ret = d->fds ? tm_receiver_attach(d->r, d->fds, 4, &d->error)
+				: tm_receiver_accept(d->r, d->listen_fd, &d->error);
 	if (d->ret >= 0)
 		d->ret = tm_receiver_start(d->r, d->g.layout, d->g.tags, &d->error);
 	while (d->ret >= 0 && (d->ret = tm_receiver_wait(d->r, &d->error)) == 1) {
@@ -318,6 +348,131 @@ static void run_postcopy(unsigned precopy_rounds)
 		g_free(bm[b]);
 }
 
+typedef struct finisher {
+	tm_sender *s;
+	GThread *thread;
+	int ret;
+	GError *error;
+} finisher;
+
+static gpointer finish_thread(gpointer data)
+{
+	finisher *f = data;
+	f->ret = tm_sender_finish(f->s, &f->error);
+	return NULL;
+}
+
+/*
+ * A data connection cut while the destination runs (3.4): both sides pause (-ENOTCONN, phase
+ * POSTCOPY_PAUSED, TM_EVENT_PAUSED), no vCPU saw a wrong page, the ones on missing pages stay
+ * blocked; both sides are then cancelled (FAILED) and the destination's free poisons what is
+ * still missing, so a blocked vCPU gets SIGBUS instead of a zero page.
+ */
+static void test_postcopy_paused(void)
+{
+	if (!pair_runs() || !uffd_usable())
+		return;
+	if (tls_dir) {
+		g_test_skip("the cut is the same under TLS; the plaintext pairs run it");
+		return;
+	}
+	g_autoptr(GError) err = NULL;
+	g_autoptr(test_guest) g = NULL;
+	test_guest_config gc = { .ram_len = GUEST_RAM, .vram_len = GUEST_VRAM, .writers = 2,
+				 .rate = DIRTY_RATE, .seed = 31 };
+	if (test_guest_new(&gc, &g, &err) < 0) {
+		if (g_error_matches(err, TM_ERROR, EOPNOTSUPP)) {
+			g_test_skip(err->message);
+			return;
+		}
+		g_assert_no_error(err);
+	}
+	const tm_ram_layout *layout = test_guest_layout(g);
+	unsigned nb = tm_ram_layout_block_count(layout);
+	block_spec spec[2];
+	for (unsigned b = 0; b < nb; b++) {
+		tm_ram_block_info bi;
+		g_assert_cmpint(tm_ram_layout_block(layout, b, &bi), ==, 0);
+		spec[b] = (block_spec){ bi.name, bi.length, bi.page_size };
+	}
+	/* data 0, data 1, control, urgent: the sender's order; the receiver takes any. */
+	int sfd[4], rfd[4];
+	for (unsigned i = 0; i < 4; i++)
+		g_assert_cmpint(tcp_pair(&sfd[i], &rfd[i], &err), ==, 0);
+
+	struct sigaction sa = { .sa_handler = on_sigbus }, old;
+	sigaction(SIGBUS, &sa, &old);
+	dest d = { .src = g, .fds = rfd, .touch_us = 1000, .listen_fd = -1 };
+	guest_init(&d.g, spec, nb, true);
+	d.thread = g_thread_new("dest", dest_thread, &d);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 2, .timeout_ms = 30000 };
+	g_autoptr(tm_sender) s = NULL;
+	g_assert_cmpint(tm_sender_new(layout, test_guest_tags(g), &cfg, &s, &err), ==, 0);
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	g_assert_cmpint(tm_sender_attach(s, sfd, 4, &err), ==, 0);
+	g_assert_no_error(err);
+
+	/* Round 0: everything queued, the switch at once, the background slow. */
+	for (unsigned b = 0; b < nb; b++) {
+		tm_ram_block_info bi;
+		g_assert_cmpint(tm_ram_layout_block(layout, b, &bi), ==, 0);
+		uint64_t n = bi.length / bi.page_size;
+		g_autofree uint64_t *all = g_new0(uint64_t, (n + 63) / 64);
+		for (uint64_t p = 0; p < n; p++)
+			all[p / 64] |= 1ull << (p % 64);
+		g_assert_cmpint(tm_sender_queue_bitmap(s, b, all, 0, n, &err), ==, 0);
+	}
+	g_assert_cmpint(tm_sender_set_rate_limit(s, BACKGROUND_RATE / 4), ==, 0);
+	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
+	finisher f = { .s = s };
+	f.thread = g_thread_new("finish", finish_thread, &f);
+	for (unsigned ms = 0; !d.running && ms < 10000; ms++)
+		g_usleep(1000);
+	g_assert_true(d.running);
+	g_usleep(300000); /* the vCPUs are busy, pages are missing */
+	shutdown(rfd[1], SHUT_RDWR); /* data channel 1 breaks */
+	g_thread_join(f.thread);
+	g_thread_join(d.thread);
+	g_test_message("sender: %s; receiver: %s", f.error ? f.error->message : "ok",
+		       d.error ? d.error->message : "ok");
+	g_assert_cmpint(f.ret, ==, -ENOTCONN);
+	g_assert_nonnull(strstr(f.error->message, "postcopy paused"));
+	g_assert_cmpint(d.ret, ==, -ENOTCONN);
+	g_assert_nonnull(strstr(d.error->message, "postcopy paused"));
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_POSTCOPY_PAUSED);
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_POSTCOPY_PAUSED);
+	g_assert_cmpuint(tm_sender_take_events(s) & TM_EVENT_PAUSED, ==, TM_EVENT_PAUSED);
+	g_assert_cmpuint(tm_receiver_take_events(d.r) & TM_EVENT_PAUSED, ==, TM_EVENT_PAUSED);
+	g_usleep(100000);
+	unsigned running = 0;
+	for (unsigned i = 0; i < VCPUS; i++)
+		running += !d.v[i].sigbus && d.v[i].touched < (spec[0].len / spec[0].page_size +
+							      spec[1].len / spec[1].page_size) / VCPUS;
+	/* The library never places what it did not receive: the vCPUs wait. */
+	g_assert_cmpuint(running, >, 0);
+	g_assert_cmpint(tm_sender_cancel(s, "the operator gives up"), ==, 0);
+	g_assert_cmpint(tm_receiver_cancel(d.r, "the operator gives up"), ==, 0);
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_FAILED);
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
+	tm_receiver_free(d.r); /* poisons what is missing: the blocked vCPUs get SIGBUS */
+	unsigned sigbus = 0;
+	for (unsigned i = 0; i < VCPUS; i++) {
+		g_thread_join(d.v[i].thread);
+		if (d.v[i].bad)
+			g_error("vCPU %u: %" G_GUINT64_FORMAT " pages wrong when touched, the first: %s",
+				i, d.v[i].bad, d.v[i].first_bad);
+		sigbus += d.v[i].sigbus;
+		g_free(d.v[i].first_bad);
+	}
+	sigaction(SIGBUS, &old, NULL);
+	g_test_message("%u of %u vCPUs got SIGBUS at free", sigbus, VCPUS);
+	g_assert_cmpuint(sigbus, >, 0);
+	g_clear_error(&f.error);
+	g_clear_error(&d.error);
+	guest_fini(&d.g);
+}
+
 static void test_postcopy_round0(void)
 {
 	run_postcopy(0);
@@ -333,6 +488,7 @@ int main(int argc, char **argv)
 	static const session_test tests[] = {
 		{ "postcopy-round0", test_postcopy_round0, false },
 		{ "postcopy-round1", test_postcopy_round1, false },
+		{ "postcopy-paused", test_postcopy_paused, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
