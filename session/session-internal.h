@@ -461,7 +461,7 @@ int tm_urgent_start(tm_sender *s, GError **error);
 void tm_urgent_wake(tm_sender *s, bool shut);
 /* s->lock held, after a failure: waits until the return thread (if any) exited. */
 void tm_urgent_await_exit_locked(tm_sender *s);
-/* At free: joins the return thread, closes the connection. */
+/* At free (s->quit set): shuts the connection down, joins the return thread, closes. */
 void tm_urgent_stop(tm_sender *s);
 
 /* ---- receiver.c ---- */

@@ -297,7 +297,8 @@ void tm_urgent_await_exit_locked(tm_sender *s)
 void tm_urgent_stop(tm_sender *s)
 {
 	if (s->pc.thread) {
-		tm_urgent_wake(s, false);
+		/* also out of a send to a receiver that stopped reading (free mid-migration) */
+		tm_urgent_wake(s, true);
 		g_thread_join(s->pc.thread);
 		s->pc.thread = NULL;
 	}
