@@ -366,14 +366,41 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error)
 int tm_pc_urgent_end_unused(tm_receiver *r, GError **error)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
-	uint64_t a, b;
 
 	if (r->urg.fd < 0)
 		return 0;
 	size_t n = tm_req_end_encode(buf, r->urg.tx_seq++, 0);
 	struct iovec v = { .iov_base = buf, .iov_len = n };
 	int ret = tm_chan_send(&r->urg, &v, 1, n, error);
-	if (ret < 0 || (ret = tm_chan_recv_ctrl(&r->urg, TM_MSG_END_ACK, &a, &b, error)) < 0)
+	tm_frame f;
+	if (ret < 0 || (ret = tm_chan_recv_frame(&r->urg, r->hello.packet_size, &f, error)) < 0)
 		return ret;
+	if (f.type == TM_MSG_ERROR)
+		return tm_chan_recv_peer_error(&r->urg, &f, "sender gave up", error);
+	if (f.type != TM_MSG_END_ACK) {
+		/* Nothing was ever asked: an URGENT here answers no request. */
+		g_set_error(error, TM_ERROR, EPROTO, "urgent: %s, but the session never switched to "
+			    "postcopy", tm_msg_name(f.type));
+		return -EPROTO;
+	}
+	uint8_t body[8 * TM_CTRL_MAX_FIELDS];
+	uint64_t vals[TM_CTRL_MAX_FIELDS];
+	if (f.body_len > sizeof(body)) {
+		g_set_error(error, TM_ERROR, EBADMSG, "urgent: END_ACK body of %u bytes", f.body_len);
+		return -EBADMSG;
+	}
+	if ((ret = tm_chan_recv(&r->urg, body, f.body_len, error)) < 0)
+		return ret;
+	if ((ret = tm_ctrl_decode_v(f.version, f.type, body, f.body_len, vals, error)) < 0) {
+		tm_chan_prefix_error(&r->urg, error);
+		return ret;
+	}
+	if (vals[0] || vals[1]) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "urgent: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
+			    " state chunks, the urgent connection acknowledges none",
+			    (guint64)vals[0], (guint64)vals[1]);
+		return -EPROTO;
+	}
 	return tm_tls_shutdown(r->urg.io, error);
 }

@@ -908,6 +908,47 @@ static void test_agreed_precopy(void)
 	dest_free(&d);
 }
 
+/* An URGENT in precopy (postcopy agreed, never switched): refused, the session fails. */
+static void test_urgent_in_precopy(void)
+{
+	dest d = { 0 };
+	raw w;
+	size_t n;
+
+	if (!uffd_usable())
+		return;
+	g_autofree char *port = dest_start(&d);
+	raw_open(&w, port, true);
+	g_autofree uint8_t *m = data_msg(w.seq[CH_URG]++, true, 1, 0, 1, 0, &n);
+	raw_write(&w, CH_URG, m, n);
+	for (unsigned p = 0; p < NPAGES; p += 16)
+		raw_data(&w, p, 16, 0);
+	raw_ram_end(&w, CH_DATA0, TM_RAM_END_FINAL);
+	raw_ram_end(&w, CH_DATA1, TM_RAM_END_FINAL);
+	raw_eos(&w);
+	raw_end(&w, CH_DATA0);
+	raw_end(&w, CH_DATA1);
+	raw_end(&w, CH_CTL);
+	/* Control: PONGs for the receiver's PINGs until it says why it fails. */
+	uint8_t buf[2048];
+	tm_frame f;
+	while (raw_read(&w, CH_CTL, &f, buf, sizeof(buf)) && f.type == TM_MSG_PING) {
+		const uint64_t nonce[TM_CTRL_MAX_FIELDS] = { tm_get64(buf) };
+		uint8_t out[TM_FRAME_HDR_LEN + 8];
+		size_t k = tm_ctrl_encode_v(out, TM_WIRE_VERSION_2, TM_MSG_PONG, w.seq[CH_CTL]++,
+					    nonce);
+		raw_write(&w, CH_CTL, out, k);
+	}
+	dest_join(&d, "urgent-in-precopy");
+	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
+	g_assert_cmpint(d.ret, ==, -EPROTO);
+	g_assert_nonnull(strstr(d.error->message, "urgent"));
+	g_assert_nonnull(strstr(d.error->message, "URGENT"));
+	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
+	raw_close(&w);
+	dest_free(&d);
+}
+
 /* A receiver without postcopy declines the offer: HELLO_ACK without POSTCOPY, urgent closed. */
 static void test_declined(void)
 {
@@ -1109,6 +1150,7 @@ int main(int argc, char **argv)
 		{ "postcopy-coalesce", test_coalesce, true },
 		{ "postcopy-paused", test_paused, true },
 		{ "postcopy-agreed-precopy", test_agreed_precopy, true },
+		{ "postcopy-urgent-in-precopy", test_urgent_in_precopy, true },
 		{ "postcopy-hostile", test_hostile, true },
 		{ "postcopy-discard-unagreed", test_discard_unagreed, true },
 		{ "postcopy-urgent-mismatch", test_urgent_mismatch, true },
