@@ -60,4 +60,14 @@ int tm_uffd_zeropage(int uffd, void *dst, uint64_t len, unsigned flags, uint64_t
 /* UFFDIO_WAKE of [addr, addr + len): threads blocked on a fault in the range resume. */
 int tm_uffd_wake(int uffd, void *addr, uint64_t len, GError **error);
 
+/* UFFD_FEATURE_POISON of UFFDIO_API (Linux 6.6), whatever the headers know. */
+#define TM_UFFD_FEATURE_POISON (1ull << 14)
+
+/*
+ * UFFDIO_POISON of [addr, addr + len) (registered, missing): a thread touching a page of it gets
+ * SIGBUS instead of waiting (threads waiting now are woken to get it). Needs the fd opened with
+ * TM_UFFD_FEATURE_POISON; -EINVAL otherwise (or before Linux 6.6).
+ */
+int tm_uffd_poison(int uffd, void *addr, uint64_t len, GError **error);
+
 G_END_DECLS

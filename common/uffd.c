@@ -188,3 +188,39 @@ int tm_uffd_wake(int uffd, void *addr, uint64_t len, GError **error)
 	}
 	return 0;
 }
+
+/* Linux 6.6 (include/uapi/linux/userfaultfd.h); older headers lack them. */
+#ifndef UFFDIO_POISON
+struct uffdio_poison {
+	struct uffdio_range range;
+	__u64 mode;
+	__s64 updated;
+};
+#define _UFFDIO_POISON (0x08)
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+int tm_uffd_poison(int uffd, void *addr, uint64_t len, GError **error)
+{
+	uint64_t done = 0;
+	int r = 0;
+
+	for (unsigned tries = 0; done < len;) {
+		struct uffdio_poison p = {
+			.range = { .start = (uint64_t)(uintptr_t)addr + done, .len = len - done },
+		};
+		r = ioctl(uffd, UFFDIO_POISON, &p) < 0 ? -errno : 0;
+		if (r == 0)
+			break;
+		if (p.updated > 0)
+			done += (uint64_t)p.updated;
+		if ((r == -EAGAIN || r == -EINTR) && ++tries < UFFD_RETRIES)
+			continue;
+		break;
+	}
+	if (r < 0)
+		g_set_error(error, TM_ERROR, -r, "UFFDIO_POISON: %s%s", g_strerror(-r),
+			    r == -EINVAL || r == -ENOTTY ? " (needs Linux 6.6 and UFFD_FEATURE_POISON)"
+							 : "");
+	return r;
+}

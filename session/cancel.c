@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -67,7 +68,9 @@ int tm_sender_cancel(tm_sender *s, const char *reason)
 int tm_receiver_cancel(tm_receiver *r, const char *reason)
 {
 	g_mutex_lock(&r->lock);
-	if (r->quit || terminal(&r->events)) {
+	/* Postcopy paused: a cancel gives the VM up (3.4: FAILED). */
+	bool paused = tm_events_phase(&r->events) == TM_PHASE_POSTCOPY_PAUSED;
+	if ((r->quit && !paused) || terminal(&r->events)) {
 		g_mutex_unlock(&r->lock);
 		return -EALREADY;
 	}
@@ -86,6 +89,7 @@ int tm_receiver_cancel(tm_receiver *r, const char *reason)
 	for (unsigned i = 0; r->chans && i < r->nch; i++)
 		shut(r->chans[i].ch.fd);
 	shut(r->ctl.fd);
+	tm_pc_recv_quit(r); /* postcopy: the fault and urgent threads, the urgent connection */
 	g_mutex_unlock(&r->lock);
 	return 0;
 }

@@ -7,6 +7,7 @@
 #include <errno.h>
 
 #include "common/escape.h"
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -46,13 +47,14 @@ int tm_receiver_check_complete(tm_receiver *r, GError **error)
 	g_mutex_lock(&r->lock);
 	for (unsigned b = 0; r->present && b < r->hello.block_count; b++) {
 		const uint64_t *w = r->waived ? r->waived[b] : NULL;
+		const uint64_t *zk = tm_pc_recv_zero_known(r, b); /* postcopy: known zero */
 		uint64_t np = r->hello.blocks[b].npages;
 		for (uint64_t i = 0; i < (np + 63) / 64; i++) {
 			uint64_t want = i + 1 < (np + 63) / 64 || np % 64 == 0
 						? ~0ull
 						: (1ull << (np % 64)) - 1;
 			uint64_t have = __atomic_load_n(&r->present[b][i], __ATOMIC_ACQUIRE) |
-					(w ? w[i] : 0);
+					(w ? w[i] : 0) | (zk ? zk[i] : 0);
 			uint64_t lack = want & ~have;
 			if (!lack)
 				continue;

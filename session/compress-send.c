@@ -91,6 +91,12 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 	ssize_t zlen = 0;
 
 	int k = z->mode == TM_COMPRESS_AUTO && pkt->data_len ? tm_zpolicy_sample_due(&z->pol) : -1;
+	if (c->pc.switched) {
+		/* Postcopy background pages go raw: the destination places them from a bounce
+		 * buffer, and refuses ZDATA after RAM_END(POSTCOPY) (docs/wire-format.md). */
+		ch.codec = TM_ZCODEC_NONE;
+		k = -1;
+	}
 	if (k > 0) {
 		/* A codec not in use, tried on the packet's first pages (the output is dropped). */
 		tm_zchoice s = z->pol.cand[k];

@@ -193,6 +193,8 @@ static int one_message(loop *l, GError **error)
 					       error);
 	uint8_t end = c->sender ? TM_MSG_END_ACK : TM_MSG_END;
 	bool ready = c->sender && f.type == TM_MSG_READY;
+	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen)
+		return c->postcopy(c->owner, &f, error);
 	/* Postcopy: READY comes once the destination may run, usually before our END. Asked for
 	 * (not only sent): READY follows device state, which only follows start_postcopy. */
 	g_mutex_lock(c->lock);
@@ -268,6 +270,8 @@ static int run(loop *l, GError **error)
 				return r;
 			continue;
 		}
+		if (c->tick && (r = c->tick(c->owner, error)) < 0)
+			return r;
 		/* Not while our PING is out: its PONG after END_ACK would be data where the close
 		 * must come. */
 		if (l->end_seen && !l->ping_out && (r = try_end_ack(l, error)) != 0)

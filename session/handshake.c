@@ -147,15 +147,19 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 
 unsigned tm_receiver_connections(const tm_receiver *r)
 {
-	return r->nch + (r->wire == TM_WIRE_VERSION_2 ? TM_V2_EXTRA_CONNECTIONS : 0);
+	if (r->wire != TM_WIRE_VERSION_2)
+		return r->nch;
+	/* A postcopy offer comes with the urgent connection, accepted or not (2.2). */
+	return r->nch + TM_V2_EXTRA_CONNECTIONS + !!(r->hello.features & TM_FEATURE_POSTCOPY);
 }
 
 /* Checks a decoded HELLO against the session so far; the words name the connection. */
 static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h, GError **error)
 {
 	bool first = !r->chans;
-	g_autofree char *what = h->role == TM_ROLE_CONTROL ? g_strdup("the control connection")
-							   : g_strdup_printf("channel %u", h->channel_id);
+	g_autofree char *what = h->role == TM_ROLE_CONTROL  ? g_strdup("the control connection")
+				: h->role == TM_ROLE_URGENT ? g_strdup("the urgent connection")
+							    : g_strdup_printf("channel %u", h->channel_id);
 
 	/* The first HELLO chose the protocol for every connection of the session. */
 	if (!first && f->version != r->wire) {
@@ -168,10 +172,9 @@ static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h,
 		if (ret < 0)
 			return ret;
 	}
-	if (h->features & TM_FEATURE_POSTCOPY) {
-		g_set_error(error, TM_ERROR, EOPNOTSUPP,
-			    "the sender offers postcopy, which this receiver does not support yet");
-		return -EOPNOTSUPP;
+	if (h->role == TM_ROLE_URGENT && r->urg_used) {
+		g_set_error(error, TM_ERROR, EPROTO, "urgent connection connected twice");
+		return -EPROTO;
 	}
 	if (h->role == TM_ROLE_CONTROL && r->ctl_used) {
 		g_set_error(error, TM_ERROR, EPROTO, "control connection connected twice");
@@ -263,6 +266,15 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool 
 		tm_chan_set_control(&tmp);
 		r->ctl = tmp;
 		r->ctl_used = true;
+		return 0;
+	}
+	if (h.role == TM_ROLE_URGENT) {
+		/* Postcopy offered; whether it is accepted, HELLO_ACK says (start). */
+		tm_hello_clear(&h);
+		tm_chan_set_control(&tmp);
+		g_strlcpy(tmp.label, "urgent", sizeof(tmp.label));
+		r->urg = tmp;
+		r->urg_used = true;
 		return 0;
 	}
 	unsigned id = h.channel_id;

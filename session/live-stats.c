@@ -8,6 +8,7 @@
 
 #include "session/converge.h"
 #include "session/resume.h"
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 
 #define LIVE_STATS_MIN_SIZE 8u
@@ -79,5 +80,6 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 	st.state_bytes = r->st.order.total;
 	tm_resume_recv_stats(r, &st); /* r->resume goes at free only */
 	g_mutex_unlock(&r->lock);
+	tm_pc_recv_stats(r, &st);
 	return copy_out(&st, ret);
 }

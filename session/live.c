@@ -38,11 +38,6 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    c.wire_version);
 		return -EINVAL;
 	}
-	if (c.postcopy && !sender) {
-		g_set_error(error, TM_ERROR, EOPNOTSUPP,
-			    "live config: postcopy is not implemented yet");
-		return -EOPNOTSUPP;
-	}
 	if (c.max_outstanding > TM_MAX_OUTSTANDING) {
 		g_set_error(error, TM_ERROR, EINVAL,
 			    "live config: max_outstanding %u over the maximum %u", c.max_outstanding,

@@ -12,9 +12,15 @@
 
 #include "ram/ram-internal.h"
 #include "session/resume.h"
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
+
+static int control_tick(void *owner, GError **error)
+{
+	return tm_pc_recv_control_tick(owner, error);
+}
 
 static void control_fail(void *owner, GError *err, bool from_peer)
 {
@@ -36,6 +42,8 @@ static int data_end(void *owner, GError **error)
 		g_set_error(error, TM_ERROR, ECANCELED, "control: stopped");
 		return -ECANCELED;
 	}
+	if (tm_pc_recv_agreed(r))
+		return tm_pc_recv_data_end(r, ended, error);
 	if (!ended)
 		return 0;
 	int ret = tm_receiver_check_complete(r, error);
@@ -84,7 +92,9 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->control = (tm_control){ .sender = false, .owner = rc, .lock = &rc->lock,
 				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
 				    .fail = control_fail, .data_end = data_end,
-				    .ready = tm_receiver_send_ready, .wake_fd = -1 };
+				    .ready = tm_receiver_send_ready, .wake_fd = -1,
+				    .postcopy = tm_pc_recv_postcopy_msg, .tick = control_tick };
+	rc->urg.fd = -1;
 	if ((r = tm_events_init(&rc->events, error)) < 0 ||
 	    (r = tm_control_init(&rc->control, error)) < 0) {
 		tm_receiver_free(rc);
@@ -106,6 +116,11 @@ int tm_receiver_set_live(tm_receiver *r, const tm_live_config *cfg, GError **err
 	int ret = tm_live_config_load(cfg, false, &c, error);
 	if (ret < 0 || (ret = tm_receiver_load_state_names(r, cfg, error)) < 0)
 		return ret;
+	/* Postcopy: the userfaultfd now, so that a refusal comes with its reason before accept. */
+	if (c.postcopy && (ret = tm_pc_recv_setup(r, &c, error)) < 0)
+		return ret;
+	if (!c.postcopy)
+		tm_pc_recv_free(r);
 	r->live = c;
 	return 0;
 }
@@ -127,8 +142,8 @@ int tm_receiver_get_session_id(tm_receiver *r, uint8_t ret[16])
 /* Tells every connected channel why we give up (best effort) and closes it. */
 static void abort_channels(tm_receiver *r, int code, const char *message)
 {
-	for (unsigned i = 0; r->chans && i <= r->nch; i++) {
-		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+	for (unsigned i = 0; r->chans && i <= r->nch + 1; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : i == r->nch ? &r->ctl : &r->urg;
 		if (ch->fd < 0)
 			continue;
 		tm_chan_send_error(ch, code, message);
@@ -143,7 +158,11 @@ static void abort_channels(tm_receiver *r, int code, const char *message)
 int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 {
 	if (r->state == R_RUNNING) {
-		/* Workers and the control thread own the channels now: stop them instead. */
+		/* Workers and the control thread own the channels now: stop them instead. Like a
+		 * cancel (1.7), the VMM's decision: FAILED, never POSTCOPY_PAUSED. */
+		g_mutex_lock(&r->lock);
+		r->failure.cancelled = r->failure.cancelled || !r->failure.error;
+		g_mutex_unlock(&r->lock);
 		tm_receiver_fail(r, NULL, g_error_new_literal(TM_ERROR, code, message), false);
 		return 0;
 	}
@@ -255,6 +274,7 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 	for (unsigned i = 0; i < r->nch; i++)
 		r->chans[i].ch.version = r->wire;
 	r->ctl.version = r->wire;
+	r->urg.version = r->wire;
 	int ret = tm_receiver_build_announced(r, error);
 	if (ret < 0)
 		return accept_fail(r, error);
@@ -295,15 +315,20 @@ void tm_receiver_fail(tm_receiver *r, recv_chan *c, GError *err, bool from_peer)
 	bool was_quit = r->quit;
 	tm_failure_record(&r->failure, err, from_peer); /* which one explains it: failure.c */
 	__atomic_store_n(&r->quit, true, __ATOMIC_RELAXED);
+	bool paused = tm_pc_recv_pauses_locked(r); /* postcopy: nothing is lost (3.4) */
 	g_cond_broadcast(&r->cond);
 	tm_control_wake(&r->control);
 	tm_events_stop(&r->events);
 	g_mutex_unlock(&r->lock);
-	tm_events_set_phase(&r->events, TM_PHASE_FAILED);
-	if (!was_quit)
+	if (paused)
+		tm_events_raise(&r->events, TM_EVENT_PAUSED);
+	tm_events_set_phase(&r->events, paused ? TM_PHASE_POSTCOPY_PAUSED : TM_PHASE_FAILED);
+	if (!was_quit) {
 		for (unsigned i = 0; i < r->nch; i++)
 			if (&r->chans[i] != c)
 				shutdown(r->chans[i].ch.fd, SHUT_RD); /* wakes its worker */
+		tm_pc_recv_quit(r);
+	}
 }
 
 static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_store *tags,
@@ -342,9 +367,14 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		r->present[i] = g_new0(uint64_t, (r->hello.blocks[i].npages + 63) / 64);
 
 	/* Protocol 2: the same HELLO_ACK on every connection, with what this receiver accepts. */
+	bool postcopy = (r->hello.features & TM_FEATURE_POSTCOPY) && tm_pc_recv_accepts(r);
+	if (postcopy)
+		tm_pc_recv_start(r);
 	tm_hello_ack ack = {
-		.features = (r->hello.features & ~(TM_FEATURE_POSTCOPY | TM_FEATURES_COMPRESS)) |
+		.features = (r->hello.features &
+			     ~(TM_FEATURES_COMPRESS | (postcopy ? 0u : TM_FEATURE_POSTCOPY))) |
 			    tm_zrecv_accept(r->hello.features),
+		.max_outstanding = postcopy ? r->live.max_outstanding : 0,
 		.max_state_section = r->live.max_state_section,
 		.max_state_total = r->live.max_state_total,
 	};
@@ -355,8 +385,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		return ret;
 	}
 	uint8_t ackbuf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
-	for (unsigned i = 0; i <= r->nch; i++) {
-		tm_chan *ch = i < r->nch ? &r->chans[i].ch : &r->ctl;
+	for (unsigned i = 0; i <= r->nch + 1; i++) {
+		tm_chan *ch = i < r->nch ? &r->chans[i].ch : i == r->nch ? &r->ctl : &r->urg;
 		ret = 0;
 		if (i < r->nch) {
 			tm_recv_plan_init(&r->chans[i].plan, r->hello.packet_size);
@@ -380,6 +410,9 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			return ret;
 		}
 	}
+	/* Postcopy declined: the urgent connection closes right after its HELLO_ACK (2.2). */
+	if (!postcopy)
+		tm_chan_close(&r->urg);
 	if (r->wire == TM_WIRE_VERSION_2) {
 		tm_chan *data[TM_MAX_CHANNELS];
 		for (unsigned i = 0; i < r->nch; i++)
@@ -395,12 +428,13 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 	g_mutex_lock(&r->lock);
 	r->t_start = tm_now_us();
 	g_mutex_unlock(&r->lock);
+	/* Before the workers run: one of them may move the phase on at once (postcopy). */
+	tm_events_set_phase(&r->events, TM_PHASE_PRECOPY);
 	for (unsigned i = 0; i < r->nch; i++) {
 		g_autofree char *name = g_strdup_printf("tm-recv-%u", i);
 		r->chans[i].thread = g_thread_new(name, tm_recv_worker, &r->chans[i]);
 	}
 	r->state = R_RUNNING;
-	tm_events_set_phase(&r->events, TM_PHASE_PRECOPY);
 	return 0;
 }
 
@@ -412,10 +446,16 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 	}
 	g_mutex_lock(&r->lock);
 	/* Protocol 2: complete once the control thread also ended control (READY, END / END_ACK,
-	 * after its check that every page is there); a state section for the VMM comes first. */
+	 * after its check that every page is there); a state section for the VMM comes first,
+	 * and in postcopy the end of device state once (the guest may start). */
+	bool start_guest = false;
 	while (!r->quit && (r->ended < r->nch || (r->control.started && !r->control.ended)) &&
-	       !tm_receiver_state_waiting(r))
+	       !tm_receiver_state_waiting(r) && !(start_guest = tm_pc_recv_wait_one_locked(r)))
 		g_cond_wait(&r->cond, &r->lock);
+	if (start_guest) {
+		g_mutex_unlock(&r->lock);
+		return 1;
+	}
 	if (!r->quit && r->ended < r->nch) {
 		g_mutex_unlock(&r->lock);
 		return 1; /* a device-state section waits for the VMM */
@@ -428,7 +468,9 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 				g_cond_wait(&r->cond, &r->lock);
 		tm_control_await_exit_locked(&r->control);
 		ret = r->failure.error ? -r->failure.error->code : -EIO;
-		if (error)
+		if (tm_pc_recv_pauses_locked(r))
+			ret = tm_pc_recv_paused_error_locked(r, error);
+		else if (error)
 			*error = r->failure.error ? g_error_copy(r->failure.error)
 						  : g_error_new(TM_ERROR, EIO, "migration aborted");
 	}
@@ -464,6 +506,7 @@ void tm_receiver_free(tm_receiver *r)
 	g_mutex_unlock(&r->lock);
 	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
 	tm_control_stop(&r->control);
+	tm_pc_recv_stop(r); /* the fault and urgent threads */
 	for (unsigned i = 0; i < r->nch; i++) {
 		recv_chan *c = &r->chans[i];
 		if (c->thread) {
@@ -477,9 +520,12 @@ void tm_receiver_free(tm_receiver *r)
 		tm_chan_close(&c->ch);
 		tm_recv_plan_fini(&c->plan);
 		tm_zrecv_free(c->z);
+		tm_pc_bounce_free(c->pc_bounce);
 	}
 	tm_resume_recv_free(r); /* after the workers, which may wait for a reconnect */
 	tm_chan_close(&r->ctl);
+	tm_chan_close(&r->urg);
+	tm_pc_recv_free(r);
 	tm_receiver_state_free(r);
 	tm_events_fini(&r->events);
 	for (unsigned i = 0; r->present && i < r->hello.block_count; i++)

@@ -12,6 +12,7 @@
 #include "common/error-internal.h"
 #include "ram/ram-internal.h"
 #include "session/resume.h"
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -91,13 +92,16 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 		return ret;
 	for (uint32_t i = 0; i < p->hdr.page_count; i++) {
 		const tm_page_entry *e = &p->entries[i];
-		if (e->kind != TM_PAGE_NORMAL &&
-		    !(r->cfg.ram_zeroed && !tm_receiver_page_present(r, p->hdr.block, e->page))) {
+		bool skip = e->kind != TM_PAGE_NORMAL && r->cfg.ram_zeroed &&
+			    !tm_receiver_page_present(r, p->hdr.block, e->page);
+		if (e->kind != TM_PAGE_NORMAL && !skip) {
 			/* Only write when needed: fresh destination memory stays untouched. */
 			uint8_t *page = b->host + (uint64_t)e->page * ps;
 			if (!tm_buffer_is_zero(page, ps))
 				memset(page, 0, ps);
 		}
+		/* Postcopy: a page never written may not be mapped; the barrier must know. */
+		tm_pc_recv_zero_skipped(r, p->hdr.block, e->page, skip);
 		tm_count(&c->ch.st.by_kind[e->kind], 1);
 		tm_count(&c->ch.st.by_enc[e->tag_enc], 1);
 	}
@@ -172,8 +176,23 @@ static int recv_loop(recv_chan *c, GError **error)
 				return ret;
 			break;
 		case TM_MSG_DATA:
+			if ((ret = c->postcopy ? tm_pc_recv_data(c, &f, error)
+					       : apply_data(c, &f, error)) < 0)
+				return ret;
+			break;
 		case TM_MSG_ZDATA:
+			if (c->postcopy) {
+				/* Background pages are placed from a bounce buffer: raw DATA only. */
+				g_set_error(error, TM_ERROR, EPROTO,
+					    "channel %u: ZDATA after RAM_END(POSTCOPY): background pages "
+					    "travel as DATA", c->ch.id);
+				return -EPROTO;
+			}
 			if ((ret = apply_data(c, &f, error)) < 0)
+				return ret;
+			break;
+		case TM_MSG_DISCARD:
+			if ((ret = tm_pc_recv_discard(c, &f, error)) < 0)
 				return ret;
 			break;
 		case TM_MSG_SYNC:

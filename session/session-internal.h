@@ -20,6 +20,7 @@
  *   postcopy-send.c         the sender's switch to postcopy, DISCARD, background pages
  *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
  *   resume-send.c/-recv.c   a broken data channel reconnects (resume.h)
+ *   postcopy-recv.c, fault.c, urgent-recv.c  postcopy at the destination (postcopy-recv.h)
  */
 #pragma once
 
@@ -142,6 +143,10 @@ typedef struct tm_control {
 	/* receiver: sends READY before END_ACK (state.c); sender: takes the READY whose frame
 	 * header f was read (body, mode, the downtime clock). 0 or -errno with *error. */
 	int (*ready)(void *owner, const tm_frame *f, GError **error);
+	/* receiver, optional (postcopy-recv.c): takes the POSTCOPY whose header f was read; and a
+	 * turn of the loop, never blocking (READY(2) when due). 0 or -errno with *error. */
+	int (*postcopy)(void *owner, const tm_frame *f, GError **error);
+	int (*tick)(void *owner, GError **error);
 
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
@@ -321,6 +326,9 @@ typedef struct recv_chan {
 	uint8_t *state_buf;       /* the chunk's data (packet_size), read by the VMM in place */
 	tm_state_hdr state_hdr;   /* of the chunk held; read by the VMM under r->lock */
 	char state_name[TM_MAX_STATE_NAME + 1];
+	/* postcopy (postcopy-recv.c), worker-local */
+	bool postcopy;                    /* RAM_END(POSTCOPY) received: DATA is background */
+	struct pc_bounce *pc_bounce;      /* background pages before placement */
 } recv_chan;
 
 /* The receiver's device-state hand-over (state.c); protected by r->lock. */
@@ -359,6 +367,9 @@ struct tm_receiver {
 	tm_events events;          /* phase, event bits, eventfds (any thread) */
 	tm_control control;        /* protocol 2: the control thread */
 	struct tm_resume_rx *resume;  /* NULL: broken channels are not resumed (resume-recv.c) */
+	tm_chan urg;               /* postcopy offered: the urgent connection (fd -1 without) */
+	bool urg_used;             /* placed during accept */
+	struct tm_pc_recv *pc;     /* postcopy accepted in set_live (postcopy-recv.h), or NULL */
 	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
@@ -384,7 +395,8 @@ struct tm_receiver {
  */
 int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *ret,
 			GError **error);
-/* Connections a protocol 2 session has beyond its data channels (the control connection). */
+/* Connections a protocol 2 session has beyond its data channels (the control connection; the
+ * urgent connection comes on top when postcopy is offered). */
 #define TM_V2_EXTRA_CONNECTIONS 1u
 
 /* ---- sender.c ---- */

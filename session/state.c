@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "session/postcopy-recv.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -321,7 +322,9 @@ int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error)
 {
 	if (f->version != TM_WIRE_VERSION_2)
 		return 0;
-	if ((f->type == TM_MSG_DATA || f->type == TM_MSG_ZDATA || f->type == TM_MSG_SYNC) &&
+	/* After RAM_END(POSTCOPY) DATA is background pages (postcopy-recv.c). */
+	if ((f->type == TM_MSG_SYNC || f->type == TM_MSG_ZDATA ||
+	     (f->type == TM_MSG_DATA && !c->postcopy)) &&
 	    c->ram_ended) {
 		g_set_error(error, TM_ERROR, EPROTO, "channel %u: %s after RAM_END", c->ch.id,
 			    tm_msg_name(f->type));
@@ -353,8 +356,8 @@ static int recv_ram_end(recv_chan *c, const tm_frame *f, GError **error)
 	/* tm_frame_decode bounds RAM_END's body_len by 24 */
 	if ((ret = tm_chan_recv(&c->ch, body, f->body_len, error)) < 0)
 		return ret;
-	if ((ret = tm_ram_end_decode(body, f->body_len, false, &mode, &pages, &packets, error)) <
-	    0) {
+	if ((ret = tm_ram_end_decode(body, f->body_len, tm_pc_recv_agreed(r), &mode, &pages,
+				     &packets, error)) < 0) {
 		tm_chan_prefix_error(&c->ch, error);
 		return ret;
 	}
@@ -370,6 +373,9 @@ static int recv_ram_end(recv_chan *c, const tm_frame *f, GError **error)
 			    U64(c->packets_applied));
 		return -EPROTO;
 	}
+	/* Postcopy: SWITCHING, and the registration barrier (returns once RAM is registered). */
+	if ((ret = tm_pc_recv_ram_end(c, mode, error)) < 0)
+		return ret;
 	c->ram_ended = true;
 	g_mutex_lock(&r->lock);
 	r->st.ram_ended++;
@@ -445,6 +451,7 @@ static int recv_chunk(recv_chan *c, const tm_frame *f, GError **error)
 		r->st.eos = true;
 		g_cond_broadcast(&r->cond);
 		g_mutex_unlock(&r->lock);
+		tm_pc_recv_state_progress(r); /* READY(2) may be due */
 		return 0;
 	}
 	r->st.held = c;
@@ -475,6 +482,8 @@ bool tm_receiver_state_waiting(tm_receiver *r)
 /* The session's failure as the VMM's error (under r->lock). */
 static int state_failure(tm_receiver *r, GError **error)
 {
+	if (tm_pc_recv_pauses_locked(r))
+		return tm_pc_recv_paused_error_locked(r, error);
 	int code = r->failure.error ? r->failure.error->code : EIO;
 	if (error)
 		*error = r->failure.error ? g_error_copy(r->failure.error)
@@ -586,6 +595,7 @@ int tm_receiver_read_state(tm_receiver *r, void *buf, size_t len, GError **error
 	if (rc == 0 && r->st.left == 0)
 		r->st.open = false;
 	g_mutex_unlock(&r->lock);
+	tm_pc_recv_state_progress(r);
 	return rc;
 }
 
@@ -595,14 +605,22 @@ int tm_receiver_send_ready(void *owner, const tm_frame *unused, GError **error)
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_READY_LEN];
 
 	g_mutex_lock(&r->lock);
-	bool eos = r->st.eos;
+	bool eos = r->st.eos, sent = tm_pc_recv_ready_sent_locked(r);
 	g_mutex_unlock(&r->lock);
+	if (sent)
+		return 0; /* postcopy: READY(2) went when the destination could run */
 	if (!eos) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "every channel ended without the end of device state (END_OF_STATE)");
 		return -EPROTO;
 	}
-	size_t n = tm_ready_encode(buf, r->ctl.tx_seq++, TM_RAM_END_FINAL);
+	g_mutex_lock(&r->lock);
+	bool postcopy = tm_pc_recv_agreed(r) && r->pc->registered;
+	if (postcopy)
+		r->pc->ready_sent = true;
+	g_mutex_unlock(&r->lock);
+	size_t n = tm_ready_encode(buf, r->ctl.tx_seq++,
+				   postcopy ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL);
 	struct iovec v = { .iov_base = buf, .iov_len = n };
 	return tm_chan_send(&r->ctl, &v, 1, n, error);
 }

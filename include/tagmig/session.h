@@ -235,6 +235,10 @@ TM_EXPORT int tm_receiver_abort(tm_receiver *receiver, int code, const char *mes
  * failure the destination's guest RAM must not be run: a page being received when the channel
  * failed may hold bytes that were never verified (with TLS, the receiver decrypts into guest RAM
  * and checks each record's tag at its end), including pages marked present in an earlier round.
+ * Postcopy: it returns 1 once more when the end of device state is reached (READY went: the guest
+ * may start); a failure after the switch pauses postcopy instead (TM_PHASE_POSTCOPY_PAUSED,
+ * TM_EVENT_PAUSED): -ENOTCONN with the cause, threads on missing pages stay blocked, placed pages
+ * stay valid; then only cancel (FAILED), statistics and free remain.
  */
 TM_EXPORT int tm_receiver_wait(tm_receiver *receiver, GError **error);
 
@@ -275,7 +279,7 @@ typedef struct tm_live_config {
 	                             * tm_sender_guest_stopped(); 0 = unlimited */
 	uint64_t switchover_bandwidth; /* sender: bytes/s tm_sender_advise() assumes; 0 = estimate */
 	bool postcopy;              /* offer (sender: protocol 2; one more connection, the urgent
-	                             * one) / accept (receiver: not implemented yet, -EOPNOTSUPP) */
+	                             * one) / accept (receiver: opens its userfaultfd in set_live) */
 	bool uffd_user_mode_only;   /* receiver, postcopy: UFFD_USER_MODE_ONLY */
 	bool uffd_borrow;           /* receiver, postcopy: use uffd instead of opening one */
 	int uffd;                   /* receiver, with uffd_borrow: a userfaultfd after UFFDIO_API */
@@ -308,8 +312,11 @@ TM_EXPORT int tm_sender_set_live(tm_sender *sender, const tm_live_config *cfg, G
 
 /*
  * Before tm_receiver_accept()/attach(): the limits this receiver announces in protocol 2. A
- * receiver serves protocol 1 and 2 senders alike, with or without this call. Returns 0, -EINVAL,
- * -EOPNOTSUPP (postcopy), -EBUSY after accept. Migration thread.
+ * receiver serves protocol 1 and 2 senders alike, with or without this call. With postcopy it
+ * opens its userfaultfd now (uffd_user_mode_only: UFFD_USER_MODE_ONLY) or takes the borrowed
+ * one, and accepts a sender's offer; without, it declines offers. Returns 0, -EINVAL, -EPERM /
+ * -ENOSYS (userfaultfd refused: the message says how to be allowed), -EBADF (uffd_borrow with
+ * a closed fd), -EBUSY after accept. Migration thread.
  */
 TM_EXPORT int tm_receiver_set_live(tm_receiver *receiver, const tm_live_config *cfg,
 				   GError **error);
@@ -456,14 +463,15 @@ typedef struct tm_live_stats {
 	                             * the first PONG */
 	uint64_t keepalives;        /* PINGs sent */
 	uint64_t state_sections, state_bytes; /* put (sender) / delivered to the VMM (receiver) */
-	/* postcopy (receiver: not implemented yet, zero) */
+	/* postcopy */
 	uint64_t postcopy_pages;    /* pages the destination lacked at the switch */
-	uint64_t discarded_pages;
-	uint64_t requests;          /* sender: page requests answered */
-	uint64_t urgent_pages, background_pages; /* sender: pages sent on request / in the background */
-	uint64_t duplicate_pages;
-	uint64_t faults;
-	uint64_t fault_p50_us, fault_p99_us, fault_max_us;
+	uint64_t discarded_pages;   /* receiver: pages dropped by DISCARD */
+	uint64_t requests;          /* sender: page requests answered; receiver: sent */
+	uint64_t urgent_pages, background_pages; /* pages sent (received) on request / in the
+	                             * background */
+	uint64_t duplicate_pages;   /* receiver: copies skipped, the page was placed already */
+	uint64_t faults;            /* receiver: userfaults read */
+	uint64_t fault_p50_us, fault_p99_us, fault_max_us; /* receiver: fault read -> woken */
 	uint64_t service_p50_us, service_p99_us; /* sender: request read -> reply sent */
 	uint64_t inline_wait_p50_us, inline_wait_p99_us; /* sender: what a reply would have waited
 	                             * on its page's data channel (its socket's unsent bytes at that
@@ -600,12 +608,12 @@ TM_EXPORT int tm_receiver_cancel(tm_receiver *receiver, const char *reason);
 /* Event bits, accumulated until taken (tm_*_take_events). */
 #define TM_EVENT_ROUND    (1u << 0) /* sender: a sync round was acknowledged on every channel */
 #define TM_EVENT_FAILED   (1u << 1) /* either: the session failed or was cancelled */
-#define TM_EVENT_PAUSED   (1u << 2) /* sender: TM_PHASE_POSTCOPY_PAUSED (receiver: not yet) */
+#define TM_EVENT_PAUSED   (1u << 2) /* either: TM_PHASE_POSTCOPY_PAUSED */
 #define TM_EVENT_READY    (1u << 3) /* (device state, not used yet) */
 #define TM_EVENT_COMPLETE (1u << 4) /* either: TM_PHASE_COMPLETE */
 #define TM_EVENT_STATE    (1u << 5) /* (device state, not used yet) */
-#define TM_EVENT_POSTCOPY (1u << 6) /* (postcopy, not used yet) */
-#define TM_EVENT_FAULTS   (1u << 7) /* (postcopy, not used yet) */
+#define TM_EVENT_POSTCOPY (1u << 6) /* receiver: the sender switched, guest RAM is registered */
+#define TM_EVENT_FAULTS   (1u << 7) /* receiver: threads wait on missing pages (at most 10/s) */
 
 /*
  * An eventfd (EFD_NONBLOCK | EFD_CLOEXEC) owned by the session, valid until free: readable when

@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The urgent thread of a postcopy destination (docs/design/live-engine.md 2.3, 3.3): it owns the
+ * urgent connection from the registration barrier on. It turns the pages the fault thread queued
+ * into PAGE_REQs (adjacent pages merged, at most 16 and what one DATA body holds), keeps at most
+ * max_outstanding of them unanswered (the rest wait in its queue), reads each URGENT into its
+ * bounce buffer, checks it against its request and places it. Pages known to be zero at the
+ * barrier (zero_known) are placed here as zero pages without a request. Once every page is
+ * present (or every data channel ended) and nothing is outstanding it sends REQ_END and takes
+ * the sender's END_ACK: the urgent connection is done.
+ *
+ * The thread never blocks in a send: at most max_outstanding PAGE_REQs of 40 bytes are unread
+ * by the sender, far below the socket buffer (2.2), so it always returns to reading.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ram/ram-internal.h"
+#include "session/postcopy-recv.h"
+#include "session/session-internal.h"
+#include "tagmig/error.h"
+
+#define U64(x) ((guint64)(x))
+
+/* A request sent and not yet answered. */
+typedef struct pending_req {
+	tm_page_req req;
+} pending_req;
+
+typedef struct urg {
+	tm_receiver *r;
+	tm_pc_recv *pc;
+	tm_chan *ch;
+	pc_bounce *bounce;
+	GArray *waiting;         /* of pc_fault: queued, not requested yet */
+	GHashTable *outstanding; /* req_id -> pending_req */
+	uint64_t next_id;        /* of the next PAGE_REQ: 1, 2, ... */
+	bool req_end_sent;
+	bool conn_done;          /* END_ACK after REQ_END: the connection is closed cleanly */
+	uint8_t *zero_tags;      /* tags of one zero page of the largest page size */
+	uint8_t zero_flag;
+} urg;
+
+void tm_pc_urgent_wake(tm_pc_recv *pc)
+{
+	uint64_t one = 1;
+	(void)!write(pc->req_fd, &one, sizeof(one));
+}
+
+static int cmp_fault(const void *a, const void *b)
+{
+	const pc_fault *x = a, *y = b;
+	if (x->block != y->block)
+		return x->block < y->block ? -1 : 1;
+	return x->page < y->page ? -1 : x->page > y->page;
+}
+
+/* A zero_known page a thread faulted on: a zero page with zero tags, placed here. */
+static int place_zero(urg *u, unsigned block, uint64_t page, GError **error)
+{
+	tm_place_run run = { .block = block, .first_page = page, .npages = 1, .data = NULL,
+			     .zero = &u->zero_flag, .tags = u->r->tags ? u->zero_tags : NULL };
+	int ret = tm_placer_place(u->pc->placer, &run, NULL, error);
+	if (ret < 0) {
+		g_prefix_error(error, "urgent: ");
+		return ret;
+	}
+	tm_pc_recv_placed(u->r, 0, block, page, 1);
+	return 0;
+}
+
+static int send_req(urg *u, const tm_page_req *req, GError **error)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_PAGE_REQ_LEN];
+	size_t n = tm_page_req_encode(buf, u->ch->tx_seq++, req);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	int ret = tm_chan_send(u->ch, &v, 1, n, error);
+	if (ret < 0)
+		return ret;
+	pending_req *p = g_new(pending_req, 1);
+	p->req = *req;
+	g_hash_table_insert(u->outstanding, &p->req.req_id, p);
+	__atomic_add_fetch(&u->pc->requests, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* Takes the fault thread's queue and requests what it can (max_outstanding). */
+static int drain_queue(urg *u, GError **error)
+{
+	tm_pc_recv *pc = u->pc;
+	int ret;
+
+	g_mutex_lock(&pc->qlock);
+	if (pc->queue->len)
+		g_array_append_vals(u->waiting, pc->queue->data, pc->queue->len);
+	g_array_set_size(pc->queue, 0);
+	g_mutex_unlock(&pc->qlock);
+	if (!u->waiting->len)
+		return 0;
+	g_array_sort(u->waiting, cmp_fault);
+	GArray *left = g_array_new(false, false, sizeof(pc_fault));
+	for (guint i = 0; i < u->waiting->len;) {
+		const pc_fault *f = &g_array_index(u->waiting, pc_fault, i);
+		/* Placed meanwhile, or being placed (background): nothing to ask. */
+		if (tm_placer_claimed(pc->placer, f->block, f->page)) {
+			i++;
+			continue;
+		}
+		if (pc->zero_known[f->block][f->page / 64] & (1ull << (f->page % 64))) {
+			if ((ret = place_zero(u, f->block, f->page, error)) < 0)
+				goto out;
+			i++;
+			continue;
+		}
+		if (u->req_end_sent) {
+			/* Nothing can be asked any more: only a page that will never come (the
+			 * session is incomplete and the control END_ACK's check says so). */
+			i++;
+			continue;
+		}
+		if (g_hash_table_size(u->outstanding) >= pc->max_outstanding) {
+			g_array_append_val(left, *f);
+			i++;
+			continue;
+		}
+		/* Adjacent faulted pages, unclaimed, in one request (one DATA body). */
+		uint32_t max = tm_page_req_max_pages(&u->r->hello, f->block);
+		tm_page_req req = { .req_id = u->next_id, .block = f->block,
+				    .page = (uint32_t)f->page, .count = 1 };
+		guint j = i + 1;
+		for (; j < u->waiting->len && req.count < max; j++) {
+			const pc_fault *g = &g_array_index(u->waiting, pc_fault, j);
+			if (g->block == f->block && g->page == f->page + req.count - 1)
+				continue; /* the same page twice */
+			if (g->block != f->block || g->page != f->page + req.count ||
+			    tm_placer_claimed(pc->placer, g->block, g->page) ||
+			    (pc->zero_known[g->block][g->page / 64] & (1ull << (g->page % 64))))
+				break;
+			req.count++;
+		}
+		if ((ret = send_req(u, &req, error)) < 0)
+			goto out;
+		u->next_id++;
+		i = j;
+	}
+	ret = 0;
+out:
+	g_array_unref(u->waiting);
+	u->waiting = left;
+	return ret;
+}
+
+static int recv_urgent(urg *u, const tm_frame *f, GError **error)
+{
+	uint8_t idb[TM_URGENT_ID_LEN];
+	uint64_t id;
+	uint32_t pages = 0;
+	int ret;
+
+	if (f->body_len < TM_URGENT_ID_LEN) {
+		g_set_error(error, TM_ERROR, EBADMSG, "urgent: URGENT body of %u bytes is truncated",
+			    f->body_len);
+		return -EBADMSG;
+	}
+	if ((ret = tm_chan_recv(u->ch, idb, sizeof(idb), error)) < 0)
+		return ret;
+	if ((ret = tm_urgent_id_decode(idb, sizeof(idb), f->body_len, &id, error)) < 0) {
+		tm_chan_prefix_error(u->ch, error);
+		return ret;
+	}
+	pending_req *p = g_hash_table_lookup(u->outstanding, &id);
+	if (!p || u->req_end_sent) {
+		g_set_error(error, TM_ERROR, EPROTO, "urgent: URGENT for request %" G_GUINT64_FORMAT
+			    ", which is not outstanding", U64(id));
+		return -EPROTO;
+	}
+	ret = tm_pc_recv_body(u->r, u->ch, u->bounce, f->body_len - TM_URGENT_ID_LEN,
+			      TM_CHANNEL_ANY, id, &p->req, &pages, error);
+	if (ret < 0)
+		return ret;
+	g_hash_table_remove(u->outstanding, &id); /* frees p */
+	__atomic_add_fetch(&u->pc->urgent_pages, pages, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* END_ACK after our REQ_END: the urgent connection ends cleanly. Returns 1. */
+static int recv_end_ack(urg *u, const tm_frame *f, GError **error)
+{
+	uint8_t body[8 * TM_CTRL_MAX_FIELDS];
+	uint64_t v[TM_CTRL_MAX_FIELDS];
+	int ret;
+
+	if (!u->req_end_sent || f->body_len > sizeof(body)) {
+		g_set_error(error, TM_ERROR, EPROTO, "urgent: END_ACK before REQ_END");
+		return -EPROTO;
+	}
+	if ((ret = tm_chan_recv(u->ch, body, f->body_len, error)) < 0)
+		return ret;
+	if ((ret = tm_ctrl_decode_v(f->version, f->type, body, f->body_len, v, error)) < 0) {
+		tm_chan_prefix_error(u->ch, error);
+		return ret;
+	}
+	if (v[0] || v[1]) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "urgent: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
+			    " state chunks, the urgent connection acknowledges none",
+			    U64(v[0]), U64(v[1]));
+		return -EPROTO;
+	}
+	if ((ret = tm_tls_shutdown(u->ch->io, error)) < 0)
+		return ret;
+	return 1;
+}
+
+/* One message from the sender: 0, 1 (the connection ended cleanly) or -errno. */
+static int one_message(urg *u, GError **error)
+{
+	tm_frame f;
+	int ret = tm_chan_recv_frame(u->ch, u->r->hello.packet_size, &f, error);
+
+	if (ret < 0)
+		return ret;
+	switch (f.type) {
+	case TM_MSG_URGENT:
+		return recv_urgent(u, &f, error);
+	case TM_MSG_END_ACK:
+		return recv_end_ack(u, &f, error);
+	case TM_MSG_ERROR:
+		return tm_chan_recv_peer_error(u->ch, &f, "sender gave up", error);
+	default:
+		g_set_error(error, TM_ERROR, EPROTO, "urgent: unexpected %s", tm_msg_name(f.type));
+		return -EPROTO;
+	}
+}
+
+/* REQ_END once nothing more can be asked: every page present, or every data channel ended. */
+static int maybe_end(urg *u, GError **error)
+{
+	tm_receiver *r = u->r;
+
+	if (u->req_end_sent || g_hash_table_size(u->outstanding) || u->waiting->len)
+		return 0;
+	g_mutex_lock(&u->pc->qlock);
+	bool queued = u->pc->queue->len > 0;
+	g_mutex_unlock(&u->pc->qlock);
+	g_mutex_lock(&r->lock);
+	bool ended = r->ended == r->nch;
+	g_mutex_unlock(&r->lock);
+	if (queued || (__atomic_load_n(&u->pc->missing, __ATOMIC_ACQUIRE) && !ended))
+		return 0;
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
+	size_t n = tm_req_end_encode(buf, u->ch->tx_seq++, u->next_id - 1);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	int ret = tm_chan_send(u->ch, &v, 1, n, error);
+	if (ret == 0)
+		u->req_end_sent = true;
+	return ret;
+}
+
+/* The urgent connection ended cleanly: completion may go on (control's END_ACK waits). */
+static void conn_done(urg *u)
+{
+	tm_receiver *r = u->r;
+
+	u->conn_done = true;
+	g_mutex_lock(&r->lock);
+	u->pc->urgent_done = true;
+	g_cond_broadcast(&r->cond);
+	g_mutex_unlock(&r->lock);
+	tm_control_wake(&r->control); /* its END_ACK waits for this */
+}
+
+/*
+ * Until the session stops: requests and their answers while the connection lasts, and local
+ * zero pages until RAM is unregistered (a zero_known page may fault after REQ_END: it needs
+ * no request, so REQ_END does not wait for it).
+ */
+static int run(urg *u, GError **error)
+{
+	tm_pc_recv *pc = u->pc;
+	int ret;
+
+	for (;;) {
+		if ((ret = drain_queue(u, error)) < 0 || (ret = maybe_end(u, error)) < 0)
+			return ret;
+		if (!u->conn_done && tm_io_readable(u->ch->io)) {
+			if ((ret = one_message(u, error)) < 0)
+				return ret;
+			if (ret == 1)
+				conn_done(u);
+			continue;
+		}
+		/* Progress elsewhere (a data channel ending) wakes nobody here: look again soon. */
+		struct pollfd p[3] = { { .fd = pc->stop_fd, .events = POLLIN },
+				       { .fd = pc->req_fd, .events = POLLIN },
+				       { .fd = u->ch->fd, .events = POLLIN } };
+		if (poll(p, u->conn_done ? 2 : 3, 50) < 0 && errno != EINTR) {
+			int e = errno;
+			g_set_error(error, TM_ERROR, e, "urgent: poll: %s", g_strerror(e));
+			return -e;
+		}
+		if (p[0].revents)
+			return 0; /* the session stopped (its cause is recorded) or is freed */
+		if (p[1].revents) {
+			uint64_t v;
+			(void)!read(pc->req_fd, &v, sizeof(v));
+		}
+	}
+}
+
+static gpointer urgent_thread(gpointer data)
+{
+	urg *u = data;
+	tm_receiver *r = u->r;
+	g_autoptr(GError) err = NULL;
+
+	int ret = run(u, &err);
+	if (ret < 0) {
+		tm_receiver_fail(r, NULL, g_steal_pointer(&err), u->ch->peer_error);
+	}
+	tm_pc_bounce_free(u->bounce);
+	g_array_unref(u->waiting);
+	g_hash_table_unref(u->outstanding);
+	g_free(u->zero_tags);
+	g_free(u);
+	return NULL;
+}
+
+int tm_pc_urgent_start(tm_receiver *r, GError **error)
+{
+	if (r->urg.fd < 0) {
+		g_set_error(error, TM_ERROR, EPROTO, "postcopy: no urgent connection");
+		return -EPROTO;
+	}
+	urg *u = g_new0(urg, 1);
+	u->r = r;
+	u->pc = r->pc;
+	u->ch = &r->urg;
+	u->bounce = tm_pc_bounce_new(r->hello.packet_size);
+	u->waiting = g_array_new(false, false, sizeof(pc_fault));
+	u->outstanding = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
+	u->next_id = 1;
+	u->zero_tags = g_malloc0(65536 / TM_TAG_GRANULE) /* the largest page size of the wire */;
+	u->zero_flag = 1;
+	/* Only messages are timed from here on: the thread polls before it reads. */
+	tm_chan_set_timeout(u->ch, 0);
+	/* Room for every unanswered PAGE_REQ: this thread never blocks in a send (2.2). */
+	int buf = 64 << 10;
+	(void)setsockopt(u->ch->fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+	(void)setsockopt(u->ch->fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+	r->pc->urgent_thread = g_thread_try_new("tm-recv-urgent", urgent_thread, u, error);
+	if (!r->pc->urgent_thread) {
+		tm_pc_bounce_free(u->bounce);
+		g_array_unref(u->waiting);
+		g_hash_table_unref(u->outstanding);
+		g_free(u->zero_tags);
+		g_free(u);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+int tm_pc_urgent_end_unused(tm_receiver *r, GError **error)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
+
+	if (r->urg.fd < 0)
+		return 0;
+	size_t n = tm_req_end_encode(buf, r->urg.tx_seq++, 0);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	int ret = tm_chan_send(&r->urg, &v, 1, n, error);
+	tm_frame f;
+	if (ret < 0 || (ret = tm_chan_recv_frame(&r->urg, r->hello.packet_size, &f, error)) < 0)
+		return ret;
+	if (f.type == TM_MSG_ERROR)
+		return tm_chan_recv_peer_error(&r->urg, &f, "sender gave up", error);
+	if (f.type != TM_MSG_END_ACK) {
+		/* Nothing was ever asked: an URGENT here answers no request. */
+		g_set_error(error, TM_ERROR, EPROTO, "urgent: %s, but the session never switched to "
+			    "postcopy", tm_msg_name(f.type));
+		return -EPROTO;
+	}
+	uint8_t body[8 * TM_CTRL_MAX_FIELDS];
+	uint64_t vals[TM_CTRL_MAX_FIELDS];
+	if (f.body_len > sizeof(body)) {
+		g_set_error(error, TM_ERROR, EBADMSG, "urgent: END_ACK body of %u bytes", f.body_len);
+		return -EBADMSG;
+	}
+	if ((ret = tm_chan_recv(&r->urg, body, f.body_len, error)) < 0)
+		return ret;
+	if ((ret = tm_ctrl_decode_v(f.version, f.type, body, f.body_len, vals, error)) < 0) {
+		tm_chan_prefix_error(&r->urg, error);
+		return ret;
+	}
+	if (vals[0] || vals[1]) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "urgent: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
+			    " state chunks, the urgent connection acknowledges none",
+			    (guint64)vals[0], (guint64)vals[1]);
+		return -EPROTO;
+	}
+	return tm_tls_shutdown(r->urg.io, error);
+}
