@@ -81,22 +81,34 @@ int tm_tls_dir_init(tm_tls_dir *d, const SSL *ssl, const uint8_t *secret, size_t
 	const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
 
 	memset(d, 0, sizeof(*d));
-	if (!c || secret_len == 0 || secret_len > sizeof(d->secret))
+	if (!c)
 		return -EPROTO;
-	switch (SSL_CIPHER_get_protocol_id(c)) {
+	return tm_tls_dir_init_suite(d, SSL_CIPHER_get_protocol_id(c), secret, secret_len, encrypt);
+}
+
+int tm_tls_dir_init_suite(tm_tls_dir *d, uint16_t suite, const uint8_t *secret,
+			  size_t secret_len, bool encrypt)
+{
+	memset(d, 0, sizeof(*d));
+	if (secret_len == 0 || secret_len > sizeof(d->secret))
+		return -EPROTO;
+	/* The suite's AEAD and its handshake hash (SSL_CIPHER_get_handshake_digest). */
+	switch (suite) {
 	case 0x1301: /* TLS_AES_128_GCM_SHA256 */
 		d->cipher = EVP_aes_128_gcm();
+		d->md = EVP_sha256();
 		break;
 	case 0x1302: /* TLS_AES_256_GCM_SHA384 */
 		d->cipher = EVP_aes_256_gcm();
+		d->md = EVP_sha384();
 		break;
 	case 0x1303: /* TLS_CHACHA20_POLY1305_SHA256 */
 		d->cipher = EVP_chacha20_poly1305();
+		d->md = EVP_sha256();
 		break;
 	default:
 		return -EPROTONOSUPPORT;
 	}
-	d->md = SSL_CIPHER_get_handshake_digest(c);
 	d->aead = EVP_CIPHER_CTX_new();
 	if (!d->md || !d->cipher || !d->aead) {
 		tm_tls_dir_free(d);

@@ -44,6 +44,12 @@ typedef struct tm_tls_dir {
  */
 int tm_tls_dir_init(tm_tls_dir *d, const SSL *ssl, const uint8_t *secret, size_t secret_len,
 		    bool encrypt);
+/*
+ * The same for the suite with TLS protocol id `suite` (0x1301-0x1303) without an SSL object: the
+ * fuzz target and its seed generator (tests/fuzz/fuzz-tls-records.c) set up fixed keys with it.
+ */
+int tm_tls_dir_init_suite(tm_tls_dir *d, uint16_t suite, const uint8_t *secret,
+			  size_t secret_len, bool encrypt);
 /* Wipes the keys; d may be zeroed or half set up. */
 void tm_tls_dir_free(tm_tls_dir *d);
 /* Moves to the next traffic secret (KeyUpdate, RFC 8446 7.2); sequence number back to 0. */
