@@ -10,7 +10,8 @@ set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-3600}
 [ $# -gt 0 ] && shift
-targets=${*:-frame hello data recv-plan session}
+# Default: every tests/fuzz/fuzz-*.c (the targets of tests/fuzz/meson.build).
+targets=${*:-$(cd "$top/tests/fuzz" && ls fuzz-*.c | sed 's/^fuzz-//; s/\.c$//')}
 build="$top/build-fuzz"
 "$top/scripts/build.sh" "$build" fuzz || exit 1
 status=0
