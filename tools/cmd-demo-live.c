@@ -8,18 +8,25 @@
  * writers are paused, the final dirty log is sent and the copy is compared with the paused guest,
  * data and tags of every page, and device state (a vCPU, a device model) goes after the final
  * round and must arrive intact. Prints each round, the expected and the measured downtime.
+ *
+ * With --postcopy-after N: N precopy rounds, then the pause, tm_sender_start_postcopy() and the
+ * device state; the destination's "vCPUs" (demo-vcpus.c) touch every page from the end of device
+ * state on, faulting the missing ones in through the engine's userfaultfd, while the rest comes
+ * in the background. The same verdict, and the postcopy figures of both sides.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "args.h"
 #include "cli.h"
 #include "demo-creds.h"
 #include "demo-live.h"
 #include "demo-receiver.h"
+#include "demo-vcpus.h"
 #include "env.h"
 #include "guest.h"
 #include "json.h"
@@ -29,6 +36,7 @@
 #define LIVE_SEED 0x6c697665646d6f21ull /* "livedmo!" */
 #define LIVE_WRITERS 4u
 #define LIVE_MAX_BLOCKS 4u
+#define LIVE_VCPUS 2u
 
 typedef struct live_round {
 	tm_round_stats rs;
@@ -55,7 +63,7 @@ static void live_dest_clear(live_dest *d)
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(live_dest, live_dest_clear)
 
-static int live_dest_make(live_dest *d, const tm_ram_layout *src, GError **error)
+static int live_dest_make(live_dest *d, const tm_ram_layout *src, bool populate, GError **error)
 {
 	unsigned n = tm_ram_layout_block_count(src);
 
@@ -69,7 +77,7 @@ static int live_dest_make(live_dest *d, const tm_ram_layout *src, GError **error
 		tm_ram_block_info bi;
 		int rc = tm_ram_layout_block(src, b, &bi);
 
-		if (rc < 0 || (rc = cli_map_anon(bi.length, true, &d->maps[b], error)) < 0)
+		if (rc < 0 || (rc = cli_map_anon(bi.length, populate, &d->maps[b], error)) < 0)
 			return rc;
 		d->n = b + 1;
 		if ((rc = tm_ram_layout_add_block(d->layout, bi.name, d->maps[b]->addr, bi.length,
@@ -162,7 +170,80 @@ typedef struct live_result {
 	char *why;
 	uint64_t state_bytes;
 	unsigned state_sections;
+	bool postcopy;
+	tm_live_stats src_ls, dst_ls;  /* with postcopy */
+	uint64_t vcpu_pages, vcpu_blocked;
 } live_result;
+
+/* The destination VMM in postcopy: its vCPUs run from the end of device state on. */
+typedef struct live_vcpus {
+	live_dest *dst;
+	test_guest *src;
+	demo_vcpus *running;
+} live_vcpus;
+
+static void live_start_vcpus(void *opaque, tm_receiver *r)
+{
+	live_vcpus *lv = opaque;
+
+	if (lv->running || tm_receiver_phase(r) != TM_PHASE_POSTCOPY)
+		return;
+	lv->running = demo_vcpus_start(LIVE_VCPUS, lv->dst->layout, lv->dst->tags,
+				       test_guest_layout(lv->src), test_guest_tags(lv->src));
+}
+
+static void json_postcopy(json_writer *w, const live_result *r)
+{
+	const tm_live_stats *s = &r->src_ls, *d = &r->dst_ls;
+
+	jw_open(w, "postcopy");
+	jw_u64(w, "after_rounds", r->rounds->len);
+	jw_u64(w, "vcpus", LIVE_VCPUS);
+	jw_u64(w, "vcpu_pages_touched", r->vcpu_pages);
+	jw_u64(w, "vcpu_loads_blocked", r->vcpu_blocked);
+	jw_open(w, "source");
+	jw_u64(w, "postcopy_pages", s->postcopy_pages);
+	jw_u64(w, "background_pages", s->background_pages);
+	jw_u64(w, "urgent_pages", s->urgent_pages);
+	jw_u64(w, "requests", s->requests);
+	jw_u64(w, "service_p50_us", s->service_p50_us);
+	jw_u64(w, "service_p99_us", s->service_p99_us);
+	jw_double(w, "downtime_ms", s->downtime_us / 1e3);
+	jw_close(w);
+	jw_open(w, "destination");
+	jw_u64(w, "postcopy_pages", d->postcopy_pages);
+	jw_u64(w, "discarded_pages", d->discarded_pages);
+	jw_u64(w, "background_pages", d->background_pages);
+	jw_u64(w, "urgent_pages", d->urgent_pages);
+	jw_u64(w, "duplicate_pages", d->duplicate_pages);
+	jw_u64(w, "requests", d->requests);
+	jw_u64(w, "faults", d->faults);
+	jw_u64(w, "fault_p50_us", d->fault_p50_us);
+	jw_u64(w, "fault_p99_us", d->fault_p99_us);
+	jw_u64(w, "fault_max_us", d->fault_max_us);
+	jw_close(w);
+	jw_close(w);
+}
+
+static void print_postcopy(const live_result *r)
+{
+	const tm_live_stats *s = &r->src_ls, *d = &r->dst_ls;
+
+	printf("  postcopy      after %u precopy round%s; %" PRIu64 " pages missing at the switch "
+	       "(%" PRIu64 " discarded at the destination)\n", r->rounds->len,
+	       r->rounds->len == 1 ? "" : "s", s->postcopy_pages, d->discarded_pages);
+	printf("  source        %" PRIu64 " background + %" PRIu64 " urgent pages, %" PRIu64
+	       " requests answered, service p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
+	       s->background_pages, s->urgent_pages, s->requests, s->service_p50_us,
+	       s->service_p99_us);
+	printf("  destination   %u vCPUs touched %" PRIu64 " pages (%" PRIu64 " loads blocked > 1 ms); "
+	       "%" PRIu64 " faults, %" PRIu64 " requests, fault p50 %" PRIu64 " us p99 %" PRIu64
+	       " us max %" PRIu64 " us; %" PRIu64 " background + %" PRIu64 " urgent pages, %"
+	       PRIu64 " duplicates\n",
+	       LIVE_VCPUS, r->vcpu_pages, r->vcpu_blocked, d->faults, d->requests, d->fault_p50_us,
+	       d->fault_p99_us, d->fault_max_us, d->background_pages, d->urgent_pages,
+	       d->duplicate_pages);
+}
 
 static void print_round(const live_round *r)
 {
@@ -219,6 +300,8 @@ static void print_json(const demo_live_opts *o, const live_result *r)
 	jw_u64(&w, "guest_writes", r->guest_writes);
 	jw_u64(&w, "state_sections", r->state_sections);
 	jw_u64(&w, "state_bytes", r->state_bytes);
+	if (r->postcopy)
+		json_postcopy(&w, r);
 	jw_close(&w);
 	printf("%s\n", out->str);
 }
@@ -233,11 +316,20 @@ static void print_human(const demo_live_opts *o, const live_result *r)
 	       "%u channel%s, I/O backend %s\n",
 	       size, LIVE_WRITERS, rate, r->dirty_log, r->st.channels,
 	       r->st.channels == 1 ? "" : "s", r->st.io_backend);
-	printf("  rounds        %u precopy round%s, then the final one: %s\n", r->rounds->len,
-	       r->rounds->len == 1 ? "" : "s",
-	       r->converged ? "converged" : "forced by --max-rounds (not converged)");
-	printf("  final round   %" PRIu64 " pages dirtied since the last round, sent with the guest "
-	       "paused\n", r->final_pages);
+	if (r->postcopy) {
+		printf("  rounds        %u precopy round%s, then the pause and the switch to postcopy "
+		       "(--postcopy-after)\n", r->rounds->len, r->rounds->len == 1 ? "" : "s");
+		printf("  final log     %" PRIu64 " pages dirtied since the last round, postcopy's\n",
+		       r->final_pages);
+	} else {
+		printf("  rounds        %u precopy round%s, then the final one: %s\n", r->rounds->len,
+		       r->rounds->len == 1 ? "" : "s",
+		       r->converged ? "converged" : "forced by --max-rounds (not converged)");
+		printf("  final round   %" PRIu64 " pages dirtied since the last round, sent with the "
+		       "guest paused\n", r->final_pages);
+	}
+	if (r->postcopy)
+		print_postcopy(r);
 	printf("  downtime      %.1f ms measured (pause to the destination's READY), %.1f ms "
 	       "expected, %.1f ms allowed\n",
 	       r->downtime_us / 1e3, r->expected_us == UINT64_MAX ? -1.0 : r->expected_us / 1e3,
@@ -257,10 +349,34 @@ static void print_human(const demo_live_opts *o, const live_result *r)
 	       r->verified ? "" : r->why);
 }
 
+/* Postcopy needs a userfaultfd at the destination: asks for one as the demo's receiver will,
+ * before anything else (the test guest's dirty log may want one too, and would say less). */
+static int postcopy_probe(void)
+{
+	g_autoptr(GError) error = NULL;
+	tm_receiver *r = NULL;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
+	int rc = tm_receiver_new(NULL, &r, &error);
+
+	if (rc >= 0)
+		rc = tm_receiver_set_live(r, &lc, &error);
+	tm_receiver_free(r);
+	if (rc < 0)
+		return cli_failf("demo --live --postcopy-after: postcopy needs userfaultfd at the "
+				 "destination, and it is unavailable here: %s. Allow it as that "
+				 "says, or run without --postcopy-after (precopy only)",
+				 error ? error->message : g_strerror(-rc));
+	return CLI_EXIT_OK;
+}
+
 int cli_demo_live(const demo_live_opts *o)
 {
 	g_autoptr(GError) error = NULL;
 	g_autoptr(test_guest) g = NULL;
+	const bool postcopy = o->postcopy_after >= 0;
+	int prc;
+	if (postcopy && (prc = postcopy_probe()) != CLI_EXIT_OK)
+		return prc;
 	test_guest_config gc = { .ram_len = o->size, .writers = LIVE_WRITERS,
 				 .rate = o->dirty_rate, .seed = LIVE_SEED };
 
@@ -268,7 +384,7 @@ int cli_demo_live(const demo_live_opts *o)
 		return cli_failf("demo --live: the guest: %s", error->message);
 	const tm_ram_layout *layout = test_guest_layout(g);
 	g_auto(live_dest) dst = { 0 };
-	if (live_dest_make(&dst, layout, &error) < 0)
+	if (live_dest_make(&dst, layout, !postcopy, &error) < 0)
 		return cli_fail(error);
 
 	g_autoptr(cli_tmpdir) creds = NULL;
@@ -278,9 +394,15 @@ int cli_demo_live(const demo_live_opts *o)
 	    demo_receiver_open(&drecv, o->io, o->timeout_s, creds, &port, &error) < 0)
 		return cli_fail(error);
 	tm_receiver *receiver = drecv.receiver;
-	tm_live_config rlc = { .size = sizeof(rlc), .state_names = state_names };
+	tm_live_config rlc = { .size = sizeof(rlc), .state_names = state_names,
+			       .postcopy = postcopy, .uffd_user_mode_only = postcopy };
 	if (tm_receiver_set_live(receiver, &rlc, &error) < 0)
 		return cli_fail(error);
+	live_vcpus lv = { .dst = &dst, .src = g };
+	if (postcopy) {
+		drecv.on_sections_read = live_start_vcpus;
+		drecv.opaque = &lv;
+	}
 
 	tm_sender_config scfg = { .channels = o->channels, .io_backend = o->io,
 				  .timeout_ms = o->timeout_s * 1000u, .tls_creds_dir = creds,
@@ -291,12 +413,14 @@ int cli_demo_live(const demo_live_opts *o)
 		return cli_fail(error);
 	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = o->max_downtime_us,
 			      .rate_limit = o->rate_limit, .compress = o->compress,
-			      .compress_level = o->compress_level };
+			      .compress_level = o->compress_level, .postcopy = postcopy };
 	if (tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 
 	g_autoptr(GArray) rounds = g_array_new(false, true, sizeof(live_round));
-	live_result res = { .rounds = rounds, .dirty_log = test_guest_dirty_method(g) };
+	live_result res = { .rounds = rounds, .dirty_log = test_guest_dirty_method(g),
+			    .postcopy = postcopy };
+	const unsigned max_rounds = postcopy ? (unsigned)o->postcopy_after : o->max_rounds;
 	g_auto(live_bitmaps) dirty = { 0 };
 	live_bitmaps_init(&dirty, layout);
 
@@ -314,7 +438,7 @@ int cli_demo_live(const demo_live_opts *o)
 		running = true;
 	}
 	/* Precopy: a round, then the dirty log, then the advice. */
-	for (unsigned k = 1; rc >= 0 && k <= o->max_rounds; k++) {
+	for (unsigned k = 1; rc >= 0 && k <= max_rounds; k++) {
 		live_round lr = { 0 };
 		tm_switch_advice adv;
 		int64_t n;
@@ -338,7 +462,7 @@ int cli_demo_live(const demo_live_opts *o)
 		if (!o->json)
 			print_round(&lr);
 		res.expected_us = adv.expected_downtime_us;
-		if (adv.switch_now) {
+		if (adv.switch_now && !postcopy) {
 			res.converged = true;
 			break;
 		}
@@ -346,7 +470,7 @@ int cli_demo_live(const demo_live_opts *o)
 	/* Switchover: pause the guest, send what it wrote since the last collection. */
 	if (running)
 		test_guest_stop(g);
-	if (rc >= 0)
+	if (rc >= 0 && !postcopy)
 		rc = tm_sender_guest_stopped(sender, &error);
 	if (rc >= 0) {
 		int64_t n = test_guest_collect(g, dirty.bm, &error);
@@ -356,6 +480,10 @@ int cli_demo_live(const demo_live_opts *o)
 	}
 	if (rc >= 0)
 		rc = live_queue(sender, &dirty, &error);
+	/* Postcopy: whatever is still queued or never went is missing at the destination now, and
+	 * comes in the background (--rate-limit applies again) or when a vCPU faults on it. */
+	if (rc >= 0 && postcopy)
+		rc = tm_sender_start_postcopy(sender, &error);
 	/* Device state, read from the paused "devices" now: after the final dirty log, as a VMM
 	 * reads vCPU registers after the pause. */
 	if (rc >= 0) {
@@ -377,8 +505,17 @@ int cli_demo_live(const demo_live_opts *o)
 			cli_failf("sender: %s", error ? error->message : g_strerror(-rc));
 		if (drecv.rc < 0)
 			cli_failf("receiver: %s", drecv.error ? drecv.error->message : "failed");
+		if (lv.running) {
+			/* The vCPUs may wait on pages that will never come, and freeing the
+			 * receiver poisons them (SIGBUS): leave without joining or freeing. */
+			fflush(NULL);
+			_exit(CLI_EXIT_FAILED);
+		}
 		return CLI_EXIT_FAILED;
 	}
+	g_autofree char *vcpu_bad = NULL;
+	if (lv.running)
+		demo_vcpus_join(lv.running, &res.vcpu_pages, &res.vcpu_blocked, &vcpu_bad);
 
 	tm_live_stats ls = { .size = sizeof(ls) };
 	tm_sender_get_live_stats(sender, &ls);
@@ -388,6 +525,22 @@ int cli_demo_live(const demo_live_opts *o)
 	res.guest_writes = test_guest_writes(g);
 	g_autofree char *why = NULL;
 	res.verified = test_guest_same(g, dst.layout, dst.tags, &why);
+	if (postcopy) {
+		res.src_ls = ls;
+		res.dst_ls = (tm_live_stats){ .size = sizeof(res.dst_ls) };
+		tm_receiver_get_live_stats(receiver, &res.dst_ls);
+		uint64_t npages = 0;
+		for (unsigned b = 0; b < dirty.n; b++)
+			npages += dirty.npages[b];
+		if (res.verified && vcpu_bad) {
+			res.verified = false;
+			why = g_steal_pointer(&vcpu_bad);
+		} else if (res.verified && res.vcpu_pages != npages) {
+			res.verified = false;
+			why = g_strdup_printf("the vCPUs touched %" PRIu64 " of %" PRIu64 " pages",
+					      res.vcpu_pages, npages);
+		}
+	}
 	/* The device state: every section, in order, byte for byte, and the RAM hash right. */
 	const struct { const char *name; const void *data; size_t len; } want[] = {
 		{ "cpu0", cpu_state, STATE_CPU_LEN },

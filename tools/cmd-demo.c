@@ -242,6 +242,7 @@ typedef struct demo_opts {
 	char *dirty_rate;
 	char *max_downtime;
 	int max_rounds;
+	int postcopy_after;
 	char *rate_limit;
 	gboolean kvm_guest, any_host;
 	char *vmm, *guest_image;
@@ -304,7 +305,8 @@ static void print_human(const cli_summary *s, uint32_t page_size, uint64_t npage
 
 int cli_cmd_demo(int argc, char **argv)
 {
-	g_auto(demo_opts) o = { .channels = 4, .timeout = 60, .max_rounds = 30 };
+	g_auto(demo_opts) o = { .channels = 4, .timeout = 60, .max_rounds = 30,
+				.postcopy_after = -1 };
 	const GOptionEntry entries[] = {
 		{ "size", 's', 0, G_OPTION_ARG_STRING, &o.size,
 		  "Guest RAM size, suffixes K, M, G (default 1G)", "SIZE" },
@@ -346,8 +348,12 @@ int cli_cmd_demo(int argc, char **argv)
 		  "With --live: switch over after this many rounds even if not converged "
 		  "(default 30)", "N" },
 		{ "rate-limit", 0, 0, G_OPTION_ARG_STRING, &o.rate_limit,
-		  "With --live: bytes per second for all channels until the pause (default none)",
-		  "RATE" },
+		  "With --live: bytes per second for all channels until the pause, and for the "
+		  "background pages after a switch to postcopy (default none)", "RATE" },
+		{ "postcopy-after", 0, 0, G_OPTION_ARG_INT, &o.postcopy_after,
+		  "With --live: run N precopy rounds (0 allowed), then pause the guest and switch "
+		  "to postcopy; the destination's vCPU threads fault missing pages in through "
+		  "userfaultfd while the rest comes in the background", "N" },
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		G_OPTION_ENTRY_NULL
 	};
@@ -368,7 +374,7 @@ int cli_cmd_demo(int argc, char **argv)
 	if (o.kvm_guest || o.vmm || o.guest_image || o.any_host) {
 		if (!o.kvm_guest || o.size || o.page_size || o.io || o.tls || o.json || o.live ||
 		    o.channels != 4 || o.timeout != 60 || o.max_rounds != 30 || o.dirty_rate ||
-		    o.max_downtime || o.rate_limit)
+		    o.max_downtime || o.rate_limit || o.postcopy_after != -1)
 			return cli_usage_error("demo", "--kvm-guest takes only --vmm and --guest-image, "
 					       "which need it");
 		return cli_demo_kvm(o.vmm, o.guest_image, o.any_host);
@@ -397,16 +403,17 @@ int cli_cmd_demo(int argc, char **argv)
 	if (o.compress && (rc = tm_compress_parse(o.compress, &zmode, &zlevel, &zerr)) < 0)
 		return rc == -EOPNOTSUPP ? cli_fail(zerr)
 					 : cli_usage_error("demo", "--compress: %s", zerr->message);
-	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30))
-		return cli_usage_error("demo", "--dirty-rate, --max-downtime, --max-rounds and "
-				       "--rate-limit need --live");
+	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30 ||
+			o.postcopy_after != -1))
+		return cli_usage_error("demo", "--dirty-rate, --max-downtime, --max-rounds, "
+				       "--rate-limit and --postcopy-after need --live");
 	if (o.live) {
 		demo_live_opts lo = { .size = o.size ? size : 256ull << 20,
 				      .channels = (unsigned)o.channels, .io = o.io,
 				      .timeout_s = (unsigned)o.timeout, .tls = o.tls, .json = o.json,
 				      .dirty_rate = 100ull << 20, .max_downtime_us = 50000,
 				      .max_rounds = (unsigned)o.max_rounds, .compress = zmode,
-				      .compress_level = zlevel };
+				      .compress_level = zlevel, .postcopy_after = o.postcopy_after };
 		if (o.page_size && page_size != 4096)
 			return cli_usage_error("demo", "--live runs a guest of 4K pages");
 		if (o.dirty_rate && cli_parse_rate(o.dirty_rate, &lo.dirty_rate) < 0)
@@ -421,6 +428,11 @@ int cli_cmd_demo(int argc, char **argv)
 					       o.rate_limit);
 		if (o.max_rounds < 1 || o.max_rounds > 10000)
 			return cli_usage_error("demo", "--max-rounds must be 1..10000");
+		if (o.postcopy_after < -1 || o.postcopy_after > 10000)
+			return cli_usage_error("demo", "--postcopy-after must be 0..10000");
+		if (o.postcopy_after >= 0 && o.max_rounds != 30)
+			return cli_usage_error("demo", "--postcopy-after N sets the rounds; drop "
+					       "--max-rounds");
 		return cli_demo_live(&lo);
 	}
 

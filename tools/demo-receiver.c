@@ -70,6 +70,8 @@ gpointer demo_receiver_thread(gpointer data)
 		if (d->rc != 1)
 			break;
 		d->rc = read_sections(d);
+		if (d->rc == 0 && d->on_sections_read)
+			d->on_sections_read(d->opaque, d->receiver);
 	}
 	return NULL;
 }

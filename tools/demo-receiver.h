@@ -26,6 +26,10 @@ typedef struct demo_receiver {
 	 * returns whether it is right. */
 	bool (*on_state)(void *opaque, const char *name, const void *data, size_t len);
 	void *opaque;
+	/* Optional: called on the receiver's thread each time the sections that waited are read;
+	 * in postcopy the first call with phase TM_PHASE_POSTCOPY is the end of device state (the
+	 * guest may run). */
+	void (*on_sections_read)(void *opaque, tm_receiver *r);
 	/* written by the thread, read after join */
 	int rc;
 	GError *error;
