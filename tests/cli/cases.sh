@@ -821,6 +821,58 @@ demo-live)
 	grep -q "max-downtime 'fast'" "$T/u2.err" || fail "usage message: $(cat "$T/u2.err")"
 	note "ok: $(cat "$T/demo.out")"
 	;;
+demo-postcopy)
+	# A running guest by precopy then postcopy: one round, the pause, the switch; the
+	# destination's vCPU threads fault the missing pages in through userfaultfd while the
+	# rest comes in the background (rate-limited so that they find pages missing).
+	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 1 --size 16M --dirty-rate 50M \
+		--rate-limit 32M --channels 2 --json >"$T/demo.out" 2>"$T/demo.err"
+	rc=$?
+	if [ "$rc" = 1 ] && grep -q 'postcopy needs userfaultfd' "$T/demo.err"; then
+		echo "skip: $(cat "$T/demo.err")"
+		exit 77
+	fi
+	expect_rc "demo --live --postcopy-after 1" "$rc" 0
+	[ "$(wc -l <"$T/demo.out")" = 1 ] || fail "demo --postcopy-after --json printed more than one line"
+	if [ "$PYTHON3" != none ]; then
+		"$PYTHON3" - "$T/demo.out" <<-'EOF' || fail "demo --postcopy-after --json: $(cat "$T/demo.out")"
+			import json, sys
+			d = json.load(open(sys.argv[1]))
+			assert d["live"] is True and d["verified"] is True, d
+			assert d["rounds"] == 1 and d["round_stats"][0]["pages"] == 4096, d
+			p = d["postcopy"]
+			s, r = p["source"], p["destination"]
+			assert p["after_rounds"] == 1 and p["vcpu_pages_touched"] == 4096, d
+			assert r["faults"] > 0 and r["requests"] > 0, d
+			assert s["requests"] == r["requests"] and s["urgent_pages"] == r["urgent_pages"], d
+			assert 0 < s["postcopy_pages"] == r["postcopy_pages"] <= 4096, d
+			assert s["background_pages"] == r["background_pages"], d
+			assert r["urgent_pages"] + r["background_pages"] - r["duplicate_pages"] \
+				== r["postcopy_pages"], d
+			assert r["fault_p50_us"] <= r["fault_p99_us"] <= r["fault_max_us"], d
+			assert s["service_p50_us"] <= s["service_p99_us"], d
+			assert 0 < s["downtime_ms"] == d["downtime_ms"] < 10000, d
+			assert d["state_sections"] == 2, d
+		EOF
+	fi
+	# Round 0: postcopy from the start; the summary names the figures.
+	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 0 --size 8M --rate-limit 16M \
+		>"$T/demo2.out" 2>"$T/demo2.err"
+	expect_rc "demo --live --postcopy-after 0" "$?" 0
+	grep -q 'verified: *yes' "$T/demo2.out" || fail "summary: $(cat "$T/demo2.out")"
+	grep -q 'postcopy *after 0 precopy rounds; 2048 pages missing' "$T/demo2.out" ||
+		fail "no postcopy line: $(cat "$T/demo2.out")"
+	grep -Eq 'destination .* [1-9][0-9]* faults, [1-9][0-9]* requests, fault p50' "$T/demo2.out" ||
+		fail "no faults: $(cat "$T/demo2.out")"
+	# Usage errors.
+	timeout 10 "$TAGMIG" demo --postcopy-after 1 >/dev/null 2>"$T/u1.err"
+	expect_rc "demo --postcopy-after without --live" "$?" 2
+	timeout 10 "$TAGMIG" demo --live --postcopy-after -2 >/dev/null 2>"$T/u2.err"
+	expect_rc "demo --live --postcopy-after -2" "$?" 2
+	timeout 10 "$TAGMIG" demo --live --postcopy-after 1 --max-rounds 3 >/dev/null 2>"$T/u3.err"
+	expect_rc "demo --live --postcopy-after with --max-rounds" "$?" 2
+	note "ok: $(cat "$T/demo.out")"
+	;;
 demo-kvm-guest)
 	# A running arm64 KVM guest with MTE by the reference VMM: its verdict where the host has
 	# arm64 KVM with MTE; elsewhere why not and what to run instead (exit 1, nothing run).
