@@ -826,7 +826,7 @@ demo-postcopy)
 	# destination's vCPU threads fault the missing pages in through userfaultfd while the
 	# rest comes in the background (rate-limited so that they find pages missing).
 	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 1 --size 16M --dirty-rate 50M \
-		--rate-limit 32M --channels 2 --json >"$T/demo.out" 2>"$T/demo.err"
+		--rate-limit 16M --channels 2 --json >"$T/demo.out" 2>"$T/demo.err"
 	rc=$?
 	if [ "$rc" = 1 ] && grep -q 'postcopy needs userfaultfd' "$T/demo.err"; then
 		echo "skip: $(cat "$T/demo.err")"
@@ -856,11 +856,11 @@ demo-postcopy)
 		EOF
 	fi
 	# Round 0: postcopy from the start; the summary names the figures.
-	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 0 --size 8M --rate-limit 16M \
+	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 0 --size 8M --rate-limit 8M \
 		>"$T/demo2.out" 2>"$T/demo2.err"
 	expect_rc "demo --live --postcopy-after 0" "$?" 0
 	grep -q 'verified: *yes' "$T/demo2.out" || fail "summary: $(cat "$T/demo2.out")"
-	grep -q 'postcopy *after 0 precopy rounds; 2048 pages missing' "$T/demo2.out" ||
+	grep -Eq 'postcopy +after 0 precopy rounds; [1-9][0-9]* pages missing' "$T/demo2.out" ||
 		fail "no postcopy line: $(cat "$T/demo2.out")"
 	grep -Eq 'destination .* [1-9][0-9]* faults, [1-9][0-9]* requests, fault p50' "$T/demo2.out" ||
 		fail "no faults: $(cat "$T/demo2.out")"
