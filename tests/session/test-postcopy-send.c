@@ -429,8 +429,10 @@ static gpointer accept_thread(gpointer p)
 		else
 			tm_hello_clear(&hello);
 		x->fd[slot] = fd;
-		tm_hello_ack ack = { .features = x->hello.features, .max_outstanding = 4,
-				     .max_state_section = 1 << 20, .max_state_total = 1 << 22 };
+		/* This receiver reads DATA only: it decodes no codec (no ZDATA). */
+		tm_hello_ack ack = { .features = x->hello.features & ~TM_FEATURES_COMPRESS,
+				     .max_outstanding = 4, .max_state_section = 1 << 20,
+				     .max_state_total = 1 << 22 };
 		if (x->decline) {
 			ack.features &= ~TM_FEATURE_POSTCOPY;
 			ack.max_outstanding = 0;
