@@ -40,7 +40,6 @@ typedef struct urg {
 	uint64_t next_id;        /* of the next PAGE_REQ: 1, 2, ... */
 	bool req_end_sent;
 	bool conn_done;          /* END_ACK after REQ_END: the connection is closed cleanly */
-	uint8_t *zero_tags;      /* tags of one zero page of the largest page size */
 	uint8_t zero_flag;
 } urg;
 
@@ -58,11 +57,16 @@ static int cmp_fault(const void *a, const void *b)
 	return x->page < y->page ? -1 : x->page > y->page;
 }
 
-/* A zero_known page a thread faulted on: a zero page with zero tags, placed here. */
+/*
+ * A zero_known page a thread faulted on: a zero page, placed here, with the tags it has. Its
+ * tags came in precopy (a zero page may carry non-zero tags) and are not touched: a side-array
+ * store holds them already; a page-resident store could not have them, since writing them
+ * would have mapped the page and it would not fault (fresh pages have zero tags).
+ */
 static int place_zero(urg *u, unsigned block, uint64_t page, GError **error)
 {
 	tm_place_run run = { .block = block, .first_page = page, .npages = 1, .data = NULL,
-			     .zero = &u->zero_flag, .tags = u->r->tags ? u->zero_tags : NULL };
+			     .zero = &u->zero_flag, .tags = NULL };
 	int ret = tm_placer_place(u->pc->placer, &run, NULL, error);
 	if (ret < 0) {
 		g_prefix_error(error, "urgent: ");
@@ -324,7 +328,6 @@ static gpointer urgent_thread(gpointer data)
 	tm_pc_bounce_free(u->bounce);
 	g_array_unref(u->waiting);
 	g_hash_table_unref(u->outstanding);
-	g_free(u->zero_tags);
 	g_free(u);
 	return NULL;
 }
@@ -343,7 +346,6 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error)
 	u->waiting = g_array_new(false, false, sizeof(pc_fault));
 	u->outstanding = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
 	u->next_id = 1;
-	u->zero_tags = g_malloc0(65536 / TM_TAG_GRANULE) /* the largest page size of the wire */;
 	u->zero_flag = 1;
 	/* Only messages are timed from here on: the thread polls before it reads. */
 	tm_chan_set_timeout(u->ch, 0);
@@ -356,7 +358,6 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error)
 		tm_pc_bounce_free(u->bounce);
 		g_array_unref(u->waiting);
 		g_hash_table_unref(u->outstanding);
-		g_free(u->zero_tags);
 		g_free(u);
 		return -EAGAIN;
 	}

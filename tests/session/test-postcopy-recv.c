@@ -252,25 +252,34 @@ static void raw_data(raw *w, unsigned first, unsigned n, unsigned gen)
 }
 
 /* ZERO pages (zero data, zero tags) [first, first + n) on their channel (one chunk). */
-static void raw_zero(raw *w, unsigned first, unsigned n)
+/* ZERO pages (tag 0) or, with tag != 0, ZERO_TAGGED pages: zero data, every granule tagged. */
+static void raw_zero_tagged(raw *w, unsigned first, unsigned n, uint8_t tag)
 {
 	unsigned ch = channel_of(first);
-	static const uint8_t zero[PAGE], ztags[PAGE / 16];
+	static const uint8_t zero[PAGE];
+	uint8_t ztags[PAGE / 16];
 	tm_packet pkt;
 	size_t len;
+
+	memset(ztags, tag, sizeof(ztags));
 
 	tm_packet_init(&pkt, PS);
 	pkt.version = TM_WIRE_VERSION_2;
 	tm_packet_begin(&pkt, 0, PAGE, PS);
 	for (unsigned i = 0; i < n; i++)
 		g_assert_cmpint(tm_packet_add(&pkt, first + i, zero, true, ztags, NULL), ==,
-				TM_PAGE_ZERO);
+				tag ? TM_PAGE_ZERO_TAGGED : TM_PAGE_ZERO);
 	unsigned cnt = tm_packet_finish(&pkt, w->seq[ch]++, &len);
 	for (unsigned i = 0; i < cnt; i++)
 		raw_write(w, ch, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
 	tm_packet_fini(&pkt);
 	w->pages[ch] += n;
 	w->packets[ch]++;
+}
+
+static void raw_zero(raw *w, unsigned first, unsigned n)
+{
+	raw_zero_tagged(w, first, n, 0);
 }
 
 static void raw_discard(raw *w, unsigned ch, unsigned first, unsigned n)
@@ -663,7 +672,8 @@ static void test_zero_known(void)
 	g_autofree char *port = dest_start(&d);
 	raw_open(&w, port, true);
 	responder_start(&rs, &w, 0);
-	raw_zero(&w, 0, 16);
+	raw_zero(&w, 0, 8);
+	raw_zero_tagged(&w, 8, 8, 0x9); /* zero data, non-zero tags: they must survive the fault */
 	for (unsigned p = 16; p < NPAGES; p += 16)
 		raw_data(&w, p, 16, 0);
 	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
@@ -674,6 +684,9 @@ static void test_zero_known(void)
 	/* Page 5 is zero, its tags too: a vCPU touching it must come back. */
 	const volatile uint8_t *page = d.g.ram[0] + 5 * PAGE;
 	g_assert_cmpuint(page[100], ==, 0);
+	/* Page 10 is zero with tags 0x9: the local zero page keeps them. */
+	const volatile uint8_t *tagged = d.g.ram[0] + 10 * PAGE;
+	g_assert_cmpuint(tagged[200], ==, 0);
 	raw_end(&w, CH_DATA0);
 	raw_end(&w, CH_DATA1);
 	g_thread_join(rs.thread);
@@ -690,6 +703,9 @@ static void test_zero_known(void)
 		g_assert_cmpint(memcmp(d.g.ram[0] + (size_t)p * PAGE, want, PAGE), ==, 0);
 	}
 	g_assert_true(tm_buffer_is_zero(d.g.ram[0], 16 * PAGE));
+	const uint8_t *tagarr = tm_tag_store_soft_array(d.g.tags, 0);
+	for (unsigned i = 0; i < 16 * PAGE / 16; i++)
+		g_assert_cmpuint(tagarr[i], ==, i >= 8 * PAGE / 16 ? 0x9 : 0);
 	raw_close(&w);
 	dest_free(&d);
 }
