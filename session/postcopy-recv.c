@@ -225,6 +225,40 @@ int tm_pc_recv_discard(recv_chan *c, const tm_frame *f, GError **error)
 }
 
 /*
+ * Pages never received may sit under a transparent huge page that a neighbour's precopy write
+ * mapped (MADV_NOHUGEPAGE at the switch is too late for those): they would never fault, and
+ * their later UFFDIO_COPY would find them present (EEXIST). Dropped here, before the
+ * registration, so that every one of them faults until it is placed.
+ */
+static int drop_missing(tm_receiver *r, unsigned block, GError **error)
+{
+	const tm_ram_block *b = tm_ram_layout_get(r->layout, block);
+	const uint64_t *have = r->present[block], *zk = r->pc->zero_known[block];
+	uint64_t np = r->hello.blocks[block].npages, ps = b->page_size;
+
+	for (uint64_t p = 0; p < np;) {
+		if (test_bit(have, p) || test_bit(zk, p)) {
+			p++;
+			continue;
+		}
+		uint64_t q = p + 1;
+		while (q < np && !test_bit(have, q) && !test_bit(zk, q))
+			q++;
+		if (madvise(b->host + p * ps, (q - p) * ps, MADV_DONTNEED) < 0) {
+			int err = errno;
+			g_autofree char *name = tm_escape_untrusted(b->name);
+			g_set_error(error, TM_ERROR, err,
+				    "postcopy: block '%s', offset 0x%" G_GINT64_MODIFIER "x: dropping %"
+				    G_GUINT64_FORMAT " missing pages: madvise: %s",
+				    name, p * ps, q - p, g_strerror(err));
+			return -err;
+		}
+		p = q;
+	}
+	return 0;
+}
+
+/*
  * Under r->lock, by the last channel at the barrier: claimed := present (minus the pages
  * ram_zeroed never wrote: zero_known), guest RAM registered for MISSING faults, phase POSTCOPY.
  */
@@ -260,6 +294,9 @@ static int register_locked(tm_receiver *r, GError **error)
 			}
 		}
 	}
+	for (unsigned b = 0; b < r->hello.block_count; b++)
+		if ((ret = drop_missing(r, b, error)) < 0)
+			return ret;
 	for (unsigned b = 0; b < r->hello.block_count; b++) {
 		const tm_ram_block *blk = tm_ram_layout_get(r->layout, b);
 		if ((ret = tm_uffd_register_missing(pc->uffd, blk->host, blk->length, error)) < 0) {
