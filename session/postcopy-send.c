@@ -311,6 +311,13 @@ static int background(send_chan *c, GError **error)
 		c->pc.cur_block = (uint32_t)((hint - 1) >> 40);
 		c->pc.cur_page = (hint - 1) & ((1ULL << 40) - 1);
 	}
+	/*
+	 * Device state first: the destination starts its vCPUs only once it has all of it, so a
+	 * background page before the end of device state (tm_sender_finish) only adds to the
+	 * downtime. Requested pages (the return thread) are not held back.
+	 */
+	if (!__atomic_load_n(&s->st.ended, __ATOMIC_ACQUIRE))
+		return 0;
 	if (!find_unsent(c, &b, &p))
 		return 0;
 	const tm_wire_block *wb = &s->hello.blocks[b];

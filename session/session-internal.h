@@ -55,7 +55,7 @@ typedef struct state_section {
 typedef struct send_state {
 	/* migration thread (the guest stopped: rounds.stopped_us) */
 	bool ram_closed;     /* RAM_END handed to every channel: queue_* and sync refuse */
-	bool ended;          /* END_OF_STATE handed over */
+	bool ended;          /* END_OF_STATE handed over (atomic: postcopy workers read it) */
 	uint64_t next_chunk; /* g of the next chunk */
 	uint64_t total;      /* bytes of every section put */
 	uint64_t max_section, max_total; /* the receiver's limits (its HELLO_ACK) */

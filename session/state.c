@@ -140,9 +140,13 @@ void tm_sender_state_finish(tm_sender *s)
 	g_mutex_lock(&s->lock);
 	work w = { .kind = WORK_STATE, .block = TM_STATE_EOS_ITEM, .first = s->st.next_chunk++,
 		   .count = s->st.sections->len };
+	/* Postcopy's background pages wait for this (postcopy-send.c): set before the hand-over,
+	 * and every worker woken. */
+	__atomic_store_n(&s->st.ended, true, __ATOMIC_RELEASE);
 	hand_over(s, (unsigned)(w.first % s->nch), &w);
+	for (unsigned i = 0; i < s->nch; i++)
+		g_cond_signal(&s->chans[i].wake);
 	g_mutex_unlock(&s->lock);
-	s->st.ended = true;
 }
 
 int tm_send_state_work(send_chan *c, const work *w, GError **error)

@@ -18,7 +18,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -64,9 +63,8 @@ static void live_dest_clear(live_dest *d)
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(live_dest, live_dest_clear)
 
-/* postcopy: not populated (the library registers the RAM for missing faults) and no huge pages:
- * a page written before the switch would map the 2 MiB around it, pages the engine still
- * counts missing among them (the library's MADV_NOHUGEPAGE at the switch comes too late). */
+/* postcopy: not populated (the library registers the RAM for missing faults); huge pages are
+ * the library's business (it drops what a huge page mapped over missing pages). */
 static int live_dest_make(live_dest *d, const tm_ram_layout *src, bool postcopy, GError **error)
 {
 	unsigned n = tm_ram_layout_block_count(src);
@@ -84,12 +82,6 @@ static int live_dest_make(live_dest *d, const tm_ram_layout *src, bool postcopy,
 		if (rc < 0 || (rc = cli_map_anon(bi.length, !postcopy, &d->maps[b], error)) < 0)
 			return rc;
 		d->n = b + 1;
-		if (postcopy && madvise(d->maps[b]->addr, bi.length, MADV_NOHUGEPAGE) < 0) {
-			rc = -errno;
-			g_set_error(error, TM_ERROR, -rc, "RAM block '%s': madvise(MADV_NOHUGEPAGE): %s",
-				    bi.name, g_strerror(-rc));
-			return rc;
-		}
 		if ((rc = tm_ram_layout_add_block(d->layout, bi.name, d->maps[b]->addr, bi.length,
 						  bi.page_size, bi.guest_base, error)) < 0)
 			return rc;
@@ -399,8 +391,7 @@ int cli_demo_live(const demo_live_opts *o)
 
 	g_autoptr(cli_tmpdir) creds = NULL;
 	unsigned port = 0;
-	g_auto(demo_receiver) drecv = { .layout = dst.layout, .tags = dst.tags, .listen_fd = -1,
-					.ram_not_zeroed = postcopy };
+	g_auto(demo_receiver) drecv = { .layout = dst.layout, .tags = dst.tags, .listen_fd = -1 };
 	if (cli_demo_creds(o->tls, &creds, &error) < 0 ||
 	    demo_receiver_open(&drecv, o->io, o->timeout_s, creds, &port, &error) < 0)
 		return cli_fail(error);

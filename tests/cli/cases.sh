@@ -856,13 +856,15 @@ demo-postcopy)
 		EOF
 	fi
 	# Round 0: postcopy from the start; the summary names the figures.
-	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 0 --size 8M --rate-limit 8M \
+	timeout "$LIMIT" "$TAGMIG" demo --live --postcopy-after 0 --size 8M --rate-limit 2M \
 		>"$T/demo2.out" 2>"$T/demo2.err"
 	expect_rc "demo --live --postcopy-after 0" "$?" 0
 	grep -q 'verified: *yes' "$T/demo2.out" || fail "summary: $(cat "$T/demo2.out")"
 	grep -Eq 'postcopy +after 0 precopy rounds; [1-9][0-9]* pages missing' "$T/demo2.out" ||
 		fail "no postcopy line: $(cat "$T/demo2.out")"
-	grep -Eq 'destination .* [1-9][0-9]* faults, [1-9][0-9]* requests, fault p50' "$T/demo2.out" ||
+	# (Requests depend on timing here: a fault on a page the background has in flight, or on a
+	# zero page placed locally, asks for nothing; the run above checks requests.)
+	grep -Eq 'destination .* [1-9][0-9]* faults, [0-9]+ requests, fault p50' "$T/demo2.out" ||
 		fail "no faults: $(cat "$T/demo2.out")"
 	# Usage errors.
 	timeout 10 "$TAGMIG" demo --postcopy-after 1 >/dev/null 2>"$T/u1.err"
