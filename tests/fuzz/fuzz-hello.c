@@ -20,7 +20,10 @@ static void one(const uint8_t *data, size_t size, uint8_t version)
 	if (version == TM_WIRE_VERSION_1)
 		g_assert_true(h.role == 0 && h.epoch == 0);
 	else
-		g_assert_true(h.role < TM_ROLE_COUNT && h.epoch == 0);
+		/* A non-zero epoch is a data channel's reconnect, with RESUME agreed (resume). */
+		g_assert_true(h.role < TM_ROLE_COUNT &&
+			      (h.epoch == 0 ||
+			       (h.role == TM_ROLE_DATA && (h.features & TM_FEATURE_RESUME))));
 	g_assert_cmpuint(tm_hello_body_len(&h), ==, size);
 	g_autofree uint8_t *again = g_malloc(size);
 	tm_hello_encode(&h, again);
