@@ -420,18 +420,36 @@ int tm_ctrl_decode_v(uint8_t version, uint8_t type, const uint8_t *buf, size_t l
 		     uint64_t ret[TM_CTRL_MAX_FIELDS], GError **error);
 
 /* ---- HELLO_ACK, protocol 2 ---- */
+
+/*
+ * Why a receiver declined a POSTCOPY offer (HELLO_ACK byte 6, docs/wire-format.md). 0 is "none
+ * given"; a sender takes any other value, also one it does not know, and quotes it.
+ */
+enum {
+	TM_PC_DECLINE_NONE = 0,           /* accepted, not offered, or no reason given */
+	TM_PC_DECLINE_NOT_CONFIGURED = 1, /* its VMM did not ask for postcopy */
+	TM_PC_DECLINE_UFFD_DENIED = 2,    /* userfaultfd not permitted (EPERM, EACCES) */
+	TM_PC_DECLINE_UFFD_UNSUPPORTED = 3, /* the kernel lacks userfaultfd or a feature of it */
+	TM_PC_DECLINE_UFFD_FAILED = 4,    /* userfaultfd failed otherwise (a borrowed fd, ...) */
+};
+
+/* The decline reason's words, for "the destination declined postcopy: <text>". Never NULL. */
+const char *tm_pc_decline_text(uint8_t code);
+
 typedef struct tm_hello_ack {
 	uint32_t features;          /* accepted: TAGS_MTE4 as offered, POSTCOPY only if offered */
-	uint32_t max_outstanding;   /* 1..TM_MAX_OUTSTANDING with POSTCOPY, else 0 */
+	uint32_t max_outstanding;   /* 1..TM_MAX_OUTSTANDING with POSTCOPY, else 0 (a u16 on the
+	                             * wire) */
 	uint64_t max_state_section; /* 0..TM_STATE_SECTION_MAX */
 	uint64_t max_state_total;   /* max_state_section..TM_STATE_TOTAL_MAX */
 	uint64_t resume_token;      /* with RESUME: the session's secret (non-zero), else 0 */
+	uint8_t pc_decline;         /* POSTCOPY offered and declined: TM_PC_DECLINE_*; else 0 */
 } tm_hello_ack;
 
 /*
  * Checks an acknowledgement against the features the sender offered (its HELLO's): -EBADMSG
- * (reserved feature bit, a limit out of its range), -EPROTO (accepts what was not offered, or
- * changes TAGS_MTE4). A receiver runs it before sending, the sender after decoding.
+ * (reserved feature bit, a limit out of its range, a decline reason where nothing was
+ * declined), -EPROTO (accepts what was not offered, or changes TAGS_MTE4). A receiver runs it before sending, the sender after decoding.
  */
 int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error);
 /* Encodes frame (protocol 2) + 32-byte body; returns TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN. */

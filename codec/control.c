@@ -152,6 +152,15 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->max_outstanding);
 		return -EBADMSG;
 	}
+	/* A reason only where an offer was declined; any value then (0: none given). */
+	if (ack->pc_decline &&
+	    ((ack->features & TM_FEATURE_POSTCOPY) || !(offered & TM_FEATURE_POSTCOPY))) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: postcopy decline reason %u, but %s", ack->pc_decline,
+			    (ack->features & TM_FEATURE_POSTCOPY) ? "POSTCOPY is accepted"
+								 : "POSTCOPY was not offered");
+		return -EBADMSG;
+	}
 	if (ack->max_state_section > TM_STATE_SECTION_MAX) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "HELLO_ACK: max_state_section %" G_GUINT64_FORMAT " over the maximum %llu",
@@ -170,13 +179,33 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 	return 0;
 }
 
+const char *tm_pc_decline_text(uint8_t code)
+{
+	switch (code) {
+	case TM_PC_DECLINE_NONE:
+		return "no reason given";
+	case TM_PC_DECLINE_NOT_CONFIGURED:
+		return "its VMM did not ask for postcopy (tm_live_config.postcopy)";
+	case TM_PC_DECLINE_UFFD_DENIED:
+		return "userfaultfd is not permitted there";
+	case TM_PC_DECLINE_UFFD_UNSUPPORTED:
+		return "its kernel has no userfaultfd, or lacks a feature postcopy needs";
+	case TM_PC_DECLINE_UFFD_FAILED:
+		return "its userfaultfd could not be set up";
+	default:
+		return "a reason this sender does not know";
+	}
+}
+
 size_t tm_hello_ack_encode(uint8_t *out, uint32_t seq, const tm_hello_ack *ack)
 {
 	uint8_t *p = out + TM_FRAME_HDR_LEN;
 
 	tm_frame_encode_v(out, TM_WIRE_VERSION_2, TM_MSG_HELLO_ACK, TM_HELLO_ACK2_LEN, seq);
 	tm_put32(p, ack->features);
-	tm_put32(p + 4, ack->max_outstanding);
+	tm_put16(p + 4, (uint16_t)ack->max_outstanding);
+	p[6] = ack->pc_decline;
+	p[7] = 0;
 	tm_put64(p + 8, ack->max_state_section);
 	tm_put64(p + 16, ack->max_state_total);
 	tm_put64(p + 24, ack->resume_token);
@@ -191,9 +220,15 @@ int tm_hello_ack_decode(const uint8_t *buf, size_t len, uint32_t offered, tm_hel
 			    len, TM_HELLO_ACK2_LEN, len < TM_HELLO_ACK2_LEN ? " (truncated)" : "");
 		return -EBADMSG;
 	}
+	if (buf[7] != 0) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: reserved byte at offset 7 is 0x%02x, must be 0", buf[7]);
+		return -EBADMSG;
+	}
 	tm_hello_ack a = {
 		.features = tm_get32(buf),
-		.max_outstanding = tm_get32(buf + 4),
+		.max_outstanding = tm_get16(buf + 4),
+		.pc_decline = buf[6],
 		.max_state_section = tm_get64(buf + 8),
 		.max_state_total = tm_get64(buf + 16),
 		.resume_token = tm_get64(buf + 24),

@@ -69,6 +69,7 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 		if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
 			g_set_error(error, TM_ERROR, EBADF,
 				    "live config: uffd_borrow with uffd %d, which is not open", fd);
+			r->pc_refused = EBADF;
 			return -EBADF;
 		}
 	} else {
@@ -80,6 +81,7 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 		if (!poison &&
 		    (ret = tm_uffd_open(cfg->uffd_user_mode_only, true, 0, &fd, NULL, error)) < 0) {
 			g_prefix_error(error, "live config: postcopy: ");
+			r->pc_refused = -ret; /* a sender's offer is declined with this reason */
 			return ret;
 		}
 		owned = true;
@@ -113,6 +115,23 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 bool tm_pc_recv_accepts(const tm_receiver *r)
 {
 	return r->pc != NULL;
+}
+
+uint8_t tm_pc_recv_decline_reason(const tm_receiver *r)
+{
+	switch (r->pc ? 0 : r->pc_refused) {
+	case 0:
+		return r->pc ? TM_PC_DECLINE_NONE : TM_PC_DECLINE_NOT_CONFIGURED;
+	case EPERM:
+	case EACCES:
+		return TM_PC_DECLINE_UFFD_DENIED;
+	case ENOSYS:
+	case EINVAL:
+	case EOPNOTSUPP:
+		return TM_PC_DECLINE_UFFD_UNSUPPORTED; /* no syscall, or UFFDIO_API refused */
+	default:
+		return TM_PC_DECLINE_UFFD_FAILED;
+	}
 }
 
 bool tm_pc_recv_agreed(const tm_receiver *r)

@@ -36,6 +36,8 @@ typedef struct tm_pc_recv tm_pc_recv;
 int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error);
 /* Whether this receiver accepts the sender's POSTCOPY offer (set_live asked for it). */
 bool tm_pc_recv_accepts(const tm_receiver *r);
+/* Why it declines one: TM_PC_DECLINE_* for HELLO_ACK (not configured, or set_live's failure). */
+uint8_t tm_pc_recv_decline_reason(const tm_receiver *r);
 /* start(): the offer was accepted (HELLO_ACK goes out with POSTCOPY). Allocates bitmaps. */
 void tm_pc_recv_start(tm_receiver *r);
 /* Whether postcopy was agreed in this session. Any thread. */

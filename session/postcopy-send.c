@@ -85,6 +85,7 @@ void tm_sender_pc_agree(tm_sender *s, const tm_hello_ack *ack)
 		return;
 	s->pc.agreed = (ack->features & TM_FEATURE_POSTCOPY) != 0;
 	s->pc.max_outstanding = ack->max_outstanding;
+	s->pc.decline = ack->pc_decline;
 	if (!s->pc.agreed) {
 		/* Declined: both sides close the urgent connection right after HELLO_ACK (2.2). */
 		tm_chan_close(&s->pc.urg);
@@ -432,12 +433,19 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 	if (r < 0)
 		return r;
 	if (s->wire != TM_WIRE_VERSION_2 || !s->pc.agreed) {
-		g_set_error(error, TM_ERROR, EOPNOTSUPP, "tm_sender_start_postcopy(): %s",
-			    s->wire != TM_WIRE_VERSION_2 ? "protocol 1 has no postcopy (wire_version = 1)"
-			    : !s->pc.offered ? "postcopy was not offered (tm_live_config.postcopy)"
-					     : "the receiver declined postcopy in its HELLO_ACK (it "
-					       "did not set tm_live_config.postcopy, or it cannot "
-					       "use userfaultfd)");
+		char code[16] = "";
+		if (s->pc.decline > TM_PC_DECLINE_UFFD_FAILED)
+			g_snprintf(code, sizeof(code), " (code %u)", s->pc.decline);
+		if (s->wire == TM_WIRE_VERSION_2 && s->pc.offered)
+			g_set_error(error, TM_ERROR, EOPNOTSUPP,
+				    "tm_sender_start_postcopy(): the destination declined postcopy: "
+				    "%s%s",
+				    tm_pc_decline_text(s->pc.decline), code);
+		else
+			g_set_error(error, TM_ERROR, EOPNOTSUPP, "tm_sender_start_postcopy(): %s",
+				    s->wire != TM_WIRE_VERSION_2
+					    ? "protocol 1 has no postcopy (wire_version = 1)"
+					    : "postcopy was not offered (tm_live_config.postcopy)");
 		return -EOPNOTSUPP;
 	}
 	if (s->pc.started || s->st.ram_closed) {

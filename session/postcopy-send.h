@@ -19,6 +19,7 @@ typedef struct send_postcopy {
 	bool offered;              /* tm_live_config.postcopy: POSTCOPY in HELLO, urgent connection */
 	bool agreed;               /* the receiver's HELLO_ACK accepted it */
 	uint32_t max_outstanding;  /* agreed in HELLO_ACK */
+	uint8_t decline;           /* declined: the receiver's TM_PC_DECLINE_* reason */
 	uint64_t **ever_sent;      /* per block bitmap (agreed only): a copy left at pack time */
 	uint64_t **unsent;         /* per block bitmap (agreed only): the destination lacks it */
 	uint64_t **answered;       /* per block bitmap (agreed only): an URGENT carried it */

@@ -117,6 +117,7 @@ int tm_receiver_set_live(tm_receiver *r, const tm_live_config *cfg, GError **err
 	if (ret < 0 || (ret = tm_receiver_load_state_names(r, cfg, error)) < 0)
 		return ret;
 	/* Postcopy: the userfaultfd now, so that a refusal comes with its reason before accept. */
+	r->pc_refused = 0;
 	if (c.postcopy && (ret = tm_pc_recv_setup(r, &c, error)) < 0)
 		return ret;
 	if (!c.postcopy)
@@ -375,6 +376,9 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			     ~(TM_FEATURES_COMPRESS | (postcopy ? 0u : TM_FEATURE_POSTCOPY))) |
 			    tm_zrecv_accept(r->hello.features),
 		.max_outstanding = postcopy ? r->live.max_outstanding : 0,
+		.pc_decline = (r->hello.features & TM_FEATURE_POSTCOPY) && !postcopy
+				      ? tm_pc_recv_decline_reason(r)
+				      : 0,
 		.max_state_section = r->live.max_state_section,
 		.max_state_total = r->live.max_state_total,
 	};

@@ -370,6 +370,7 @@ struct tm_receiver {
 	tm_chan urg;               /* postcopy offered: the urgent connection (fd -1 without) */
 	bool urg_used;             /* placed during accept */
 	struct tm_pc_recv *pc;     /* postcopy accepted in set_live (postcopy-recv.h), or NULL */
+	int pc_refused;            /* the errno of set_live's failed userfaultfd, or 0 */
 	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */

@@ -180,7 +180,7 @@ static void gen_frame(void)
 	n = tm_ctrl_encode(buf, TM_MSG_SYNC, 0, 1, 0);
 	put_mut("frame", "v1-type-9", buf, n, 5, TM_MSG_STATE);
 	const tm_hello_ack ack = { TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY, 256, 1ull << 30,
-				   4ull << 30, 0 };
+				   4ull << 30, 0, 0 };
 	n = tm_hello_ack_encode(buf, 0, &ack);
 	put("frame", "v2-valid-HELLO_ACK", buf, n);
 	put_mut("frame", "v2-hello-ack-features", buf, n, 16, 0x7);
@@ -200,9 +200,16 @@ static void gen_frame(void)
 	put("frame", "v2-valid-RESUME_ACK", buf, n);
 	put_mut("frame", "v2-resume-ack-flags", buf, n, 16 + 32, 2);
 	put_mut("frame", "v2-resume-ack-reserved", buf, n, 16 + 36, 1);
-	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0, 0 };
+	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0, 0, 0 };
 	n = tm_hello_ack_encode(buf, 0, &ack1);
 	put("frame", "v2-valid-HELLO_ACK-no-postcopy", buf, n);
+	/* Postcopy declined with a reason (byte 6); the reserved byte 7; a reason with POSTCOPY. */
+	const tm_hello_ack ack2 = { TM_FEATURE_TAGS_MTE4, 0, 1ull << 30, 4ull << 30, 0,
+				    TM_PC_DECLINE_UFFD_DENIED };
+	n = tm_hello_ack_encode(buf, 0, &ack2);
+	put("frame", "v2-valid-HELLO_ACK-declined", buf, n);
+	put_mut("frame", "v2-hello-ack-decline-reserved", buf, n, 16 + 7, 1);
+	put_mut("frame", "v2-hello-ack-decline-with-postcopy", buf, n, 16, 0x3);
 	h.version = TM_WIRE_VERSION_2;
 	h.role = TM_ROLE_CONTROL;
 	h.channel_id = 0;

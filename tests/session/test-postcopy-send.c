@@ -672,7 +672,7 @@ static void test_declined(void)
 	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, -EOPNOTSUPP);
 	g_assert_error(err, TM_ERROR, EOPNOTSUPP);
-	g_assert_nonnull(strstr(err->message, "the receiver declined postcopy"));
+	g_assert_nonnull(strstr(err->message, "the destination declined postcopy"));
 	g_clear_error(&err);
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
