@@ -81,7 +81,8 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 	if (r < 0)
 		return r;
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
-	c.uffd = -1;
+	if (!c.uffd_borrow)
+		c.uffd = -1; /* meaningful only when borrowed (tm_pc_recv_setup() takes it) */
 	*ret = c;
 	return 0;
 }
