@@ -12,9 +12,9 @@
  * Asserted: the library's fault histogram (tm_live_stats.fault_p99_us, fault read -> placed
  * and woken) and the vCPUs' own p99 (touch -> load returned) stay under FAULT_P99_BOUND_US,
  * a bound chosen for a loaded 2-core CI machine (where a fault takes about 0.1-1 ms unloaded
- * and a scheduling hiccup tens of ms) that is still over 15 times shorter than the median
- * time the background would need to reach the touched pages (computed per page and asserted
- * too, so the test cannot pass by the background being fast). Every touched page is checked
+ * and a scheduling hiccup tens of ms) that is still over 10 times shorter than the median
+ * time the background would need to reach the touched pages (about 4 s; computed per page and
+ * asserted too, so the test cannot pass by the background being fast). Every touched page is checked
  * against the source, data and tags.
  *
  * Runs on the same-backend plaintext pairs (TLS adds its own cost; bench/ measures it); without
@@ -194,7 +194,7 @@ static void test_fault_latency(void)
 	}
 	uint64_t eta_median = percentile(eta, G_N_ELEMENTS(eta), 50);
 	/* The bound is meaningful only if the background is far slower than it. */
-	g_assert_cmpuint(eta_median, >=, 15ull * FAULT_P99_BOUND_US);
+	g_assert_cmpuint(eta_median, >=, 10ull * FAULT_P99_BOUND_US);
 
 	unsigned port = 0;
 	d.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
