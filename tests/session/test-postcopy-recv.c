@@ -18,16 +18,17 @@
 
 #include "codec/codec.h"
 #include "common/uffd-internal.h"
+#include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/transport.h"
 
 #define PS (64u * 1024u) /* packet_size and chunk_size: 16 pages per chunk */
 #define PAGE 4096u
 #define NPAGES 64u       /* one block "pc.ram" of 256 KiB: chunks 0..3, channel = chunk % 2 */
-#define CH_DATA0 0
-#define CH_DATA1 1
-#define CH_CTL 2
-#define CH_URG 3
+#define CH_DATA0 FAKE_DATA0
+#define CH_DATA1 FAKE_DATA1
+#define CH_CTL FAKE_CTL
+#define CH_URG FAKE_URG
 
 static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
 
@@ -147,58 +148,17 @@ static void wait_phase(dest *d, tm_phase p)
 
 /* ---- the hand-made sender ---- */
 
-typedef struct raw {
-	int fd[4]; /* data 0, data 1, control, urgent */
-	uint32_t seq[4];
-	uint64_t pages[2], packets[2], chunks[2]; /* per data channel */
-	tm_hello_ack ack;
-} raw;
-
-static int raw_hello(const char *port, uint32_t features, uint8_t role, uint16_t id)
-{
-	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
-	g_assert_cmpint(fd, >=, 0);
-	tm_wire_block wb = { .length = NPAGES * PAGE, .page_size = PAGE };
-	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
-	tm_hello h = { .version = 2, .role = role, .channel_id = id, .channel_count = 2,
-		       .packet_size = PS, .chunk_size = PS, .block_count = 1, .blocks = &wb,
-		       .features = features };
-	memset(h.session_id, 7, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
-	return fd;
-}
+static const fake_hello hello = { .version = 2, .channel_count = 2, .packet_size = PS,
+				  .chunk_size = PS, .block = { "pc.ram", NPAGES * PAGE, PAGE },
+				  .features = TM_FEATURE_TAGS_MTE4, .sid = 7 };
 
 /* Connects as a sender does (data 0, control, data 1, urgent) and reads every HELLO_ACK. */
-static void raw_open(raw *w, const char *port, bool postcopy)
+static void raw_open(fake_sender *w, const char *port, bool postcopy)
 {
-	uint32_t feat = TM_FEATURE_TAGS_MTE4 | (postcopy ? TM_FEATURE_POSTCOPY : 0);
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+	fake_hello h = hello;
 
-	memset(w, 0, sizeof(*w));
-	w->fd[CH_DATA0] = raw_hello(port, feat, TM_ROLE_DATA, 0);
-	w->fd[CH_CTL] = raw_hello(port, feat, TM_ROLE_CONTROL, 0);
-	w->fd[CH_DATA1] = raw_hello(port, feat, TM_ROLE_DATA, 1);
-	w->fd[CH_URG] = postcopy ? raw_hello(port, feat, TM_ROLE_URGENT, 0) : -1;
-	for (int k = 0; k < 4; k++) {
-		if (w->fd[k] < 0)
-			continue;
-		g_assert_cmpint(recv(w->fd[k], buf, sizeof(buf), MSG_WAITALL), ==, sizeof(buf));
-		g_assert_cmpuint(buf[5], ==, TM_MSG_HELLO_ACK);
-		g_assert_cmpint(tm_hello_ack_decode(buf + TM_FRAME_HDR_LEN, TM_HELLO_ACK2_LEN, feat,
-						    &w->ack, NULL), ==, 0);
-		w->seq[k] = 1;
-	}
-}
-
-static void raw_write(raw *w, unsigned ch, const void *p, size_t n)
-{
-	/* The receiver may have given up already: a refused write is part of a hostile case. */
-	(void)!send(w->fd[ch], p, n, MSG_NOSIGNAL);
+	h.features |= postcopy ? TM_FEATURE_POSTCOPY : 0;
+	fake_sender_open(w, port, &h);
 }
 
 /* Builds a DATA body (URGENT with req_id) of pages [first, first + n) of gen into a message. */
@@ -241,19 +201,19 @@ static uint8_t *data_msg(uint32_t seq, bool urgent, uint64_t req_id, unsigned fi
 }
 
 /* DATA of pages [first, first + n) of gen on their channel (one chunk). */
-static void raw_data(raw *w, unsigned first, unsigned n, unsigned gen)
+static void raw_data(fake_sender *w, unsigned first, unsigned n, unsigned gen)
 {
 	unsigned ch = channel_of(first);
 	size_t len;
 	g_autofree uint8_t *msg = data_msg(w->seq[ch]++, false, 0, first, n, gen, &len);
-	raw_write(w, ch, msg, len);
+	fake_send(w, ch, msg, len);
 	w->pages[ch] += n;
 	w->packets[ch]++;
 }
 
 /* ZERO pages (zero data, zero tags) [first, first + n) on their channel (one chunk). */
 /* ZERO pages (tag 0) or, with tag != 0, ZERO_TAGGED pages: zero data, every granule tagged. */
-static void raw_zero_tagged(raw *w, unsigned first, unsigned n, uint8_t tag)
+static void raw_zero_tagged(fake_sender *w, unsigned first, unsigned n, uint8_t tag)
 {
 	unsigned ch = channel_of(first);
 	static const uint8_t zero[PAGE];
@@ -271,108 +231,66 @@ static void raw_zero_tagged(raw *w, unsigned first, unsigned n, uint8_t tag)
 				tag ? TM_PAGE_ZERO_TAGGED : TM_PAGE_ZERO);
 	unsigned cnt = tm_packet_finish(&pkt, w->seq[ch]++, &len);
 	for (unsigned i = 0; i < cnt; i++)
-		raw_write(w, ch, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
+		fake_send(w, ch, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
 	tm_packet_fini(&pkt);
 	w->pages[ch] += n;
 	w->packets[ch]++;
 }
 
-static void raw_zero(raw *w, unsigned first, unsigned n)
+static void raw_zero(fake_sender *w, unsigned first, unsigned n)
 {
 	raw_zero_tagged(w, first, n, 0);
 }
 
-static void raw_discard(raw *w, unsigned ch, unsigned first, unsigned n)
+static void raw_discard(fake_sender *w, unsigned ch, unsigned first, unsigned n)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8];
 	const tm_discard_range range = { first, n };
 	size_t len = tm_discard_encode(buf, w->seq[ch]++, 0, &range, 1);
-	raw_write(w, ch, buf, len);
+	fake_send(w, ch, buf, len);
 }
 
-static void raw_ram_end(raw *w, unsigned ch, uint32_t mode)
+static void raw_ram_end(fake_sender *w, unsigned ch, uint32_t mode)
 {
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_RAM_END_LEN];
-	size_t n = tm_ram_end_encode(buf, w->seq[ch]++, mode, w->pages[ch], w->packets[ch]);
-	raw_write(w, ch, buf, n);
+	fake_ram_end(w, ch, mode, w->pages[ch], w->packets[ch]);
 }
 
-static void raw_postcopy(raw *w, uint64_t missing)
+static void raw_postcopy(fake_sender *w, uint64_t missing)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_POSTCOPY_LEN];
 	size_t n = tm_postcopy_encode(buf, w->seq[CH_CTL]++, missing);
-	raw_write(w, CH_CTL, buf, n);
+	fake_send(w, CH_CTL, buf, n);
 }
 
 /* END_OF_STATE without sections: chunk 0, on channel 0. */
-static void raw_eos(raw *w)
+static void raw_eos(fake_sender *w)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN];
 	const tm_state_hdr h = { .section = 0, .flags = TM_STATE_END, .chunk = 0 };
 	size_t n = tm_state_encode(buf, w->seq[CH_DATA0]++, &h, NULL);
-	raw_write(w, CH_DATA0, buf, n);
+	fake_send(w, CH_DATA0, buf, n);
 	w->chunks[CH_DATA0]++;
 }
 
-static void raw_end(raw *w, unsigned ch)
+static void raw_end(fake_sender *w, unsigned ch)
 {
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_END2_LEN];
-	const uint64_t v[TM_CTRL_MAX_FIELDS] = { ch < 2 ? w->pages[ch] : 0,
-						 ch < 2 ? w->packets[ch] : 0,
-						 ch < 2 ? w->chunks[ch] : 0 };
-	size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, w->seq[ch]++, v);
-	raw_write(w, ch, buf, n);
-}
-
-/* Reads one whole message of connection ch into buf (at most cap bytes of body). */
-static bool raw_read(raw *w, unsigned ch, tm_frame *f, uint8_t *body, size_t cap)
-{
-	uint8_t hdr[TM_FRAME_HDR_LEN];
-	if (recv(w->fd[ch], hdr, sizeof(hdr), MSG_WAITALL) != sizeof(hdr))
-		return false;
-	g_assert_cmpint(tm_frame_decode(hdr, sizeof(hdr), 2, 0, f, NULL), ==, 0);
-	g_assert_cmpuint(f->body_len, <=, cap);
-	return recv(w->fd[ch], body, f->body_len, MSG_WAITALL) == (ssize_t)f->body_len;
+	if (ch < 2)
+		fake_end(w, ch, w->pages[ch], w->packets[ch], w->chunks[ch]);
+	else
+		fake_end(w, ch, 0, 0, 0);
 }
 
 /* Control after its END: PONGs for the receiver's PINGs; READY (mode 2) then END_ACK. */
-static void raw_finish_control(raw *w, uint64_t want_mode)
+static void raw_finish_control(fake_sender *w, uint64_t want_mode)
 {
-	uint8_t buf[64];
-	bool ready = false;
-	tm_frame f;
-
 	raw_end(w, CH_CTL);
-	for (;;) {
-		g_assert_true(raw_read(w, CH_CTL, &f, buf, sizeof(buf)));
-		if (f.type == TM_MSG_PING) {
-			const uint64_t nonce[TM_CTRL_MAX_FIELDS] = { tm_get64(buf) };
-			uint8_t out[TM_FRAME_HDR_LEN + 8];
-			size_t n = tm_ctrl_encode_v(out, TM_WIRE_VERSION_2, TM_MSG_PONG,
-						    w->seq[CH_CTL]++, nonce);
-			raw_write(w, CH_CTL, out, n);
-		} else if (f.type == TM_MSG_READY) {
-			g_assert_cmpuint(tm_get64(buf), ==, want_mode);
-			ready = true;
-		} else {
-			g_assert_cmpuint(f.type, ==, TM_MSG_END_ACK);
-			g_assert_true(ready);
-			return;
-		}
-	}
-}
-
-static void raw_close(raw *w)
-{
-	for (int k = 0; k < 4; k++)
-		if (w->fd[k] >= 0)
-			close(w->fd[k]);
+	fake_finish_control(w, want_mode);
 }
 
 /* ---- the fake's return path: answers PAGE_REQ with URGENT, REQ_END with END_ACK ---- */
 
 typedef struct responder {
-	raw *w;
+	fake_sender *w;
 	unsigned gen;       /* generation of the pages it answers with */
 	int wrong_page;     /* hostile: answer the first request with this page (-1: honest) */
 	unsigned delay_ms;  /* wait this long before each answer, watching for more requests */
@@ -387,7 +305,7 @@ typedef struct responder {
 static gpointer responder_thread(gpointer data)
 {
 	responder *rs = data;
-	raw *w = rs->w;
+	fake_sender *w = rs->w;
 	uint8_t body[64];
 	tm_frame f;
 	tm_req_window win = { .next_id = 1, .max_outstanding = w->ack.max_outstanding };
@@ -395,7 +313,7 @@ static gpointer responder_thread(gpointer data)
 	tm_hello s = { .version = 2, .channel_count = 2, .packet_size = PS, .chunk_size = PS,
 		       .block_count = 1, .blocks = &wb };
 
-	while (raw_read(w, CH_URG, &f, body, sizeof(body))) {
+	while (fake_read(w, CH_URG, &f, body, sizeof(body))) {
 		if (f.type == TM_MSG_REQ_END) {
 			rs->req_end = tm_get64(body);
 			rs->req_end_seen = true;
@@ -403,7 +321,7 @@ static gpointer responder_thread(gpointer data)
 			const uint64_t v[TM_CTRL_MAX_FIELDS] = { 0 };
 			size_t n = tm_ctrl_encode_v(out, TM_WIRE_VERSION_2, TM_MSG_END_ACK,
 						    w->seq[CH_URG]++, v);
-			raw_write(w, CH_URG, out, n);
+			fake_send(w, CH_URG, out, n);
 			break;
 		}
 		g_assert_cmpuint(f.type, ==, TM_MSG_PAGE_REQ);
@@ -425,12 +343,12 @@ static gpointer responder_thread(gpointer data)
 		size_t len;
 		g_autofree uint8_t *msg = data_msg(w->seq[CH_URG]++, true, req.req_id, first,
 						   req.count, rs->gen, &len);
-		raw_write(w, CH_URG, msg, len);
+		fake_send(w, CH_URG, msg, len);
 	}
 	return NULL;
 }
 
-static void responder_start(responder *rs, raw *w, unsigned gen)
+static void responder_start(responder *rs, fake_sender *w, unsigned gen)
 {
 	rs->w = w;
 	rs->gen = gen;
@@ -531,7 +449,7 @@ static void check_pages(dest *d, unsigned gen_low, unsigned gen_high, unsigned s
 static void test_round0(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
 	if (!uffd_usable())
@@ -592,7 +510,7 @@ static void test_round0(void)
 	g_assert_cmpuint(st.faults, >, 0);
 	g_assert_cmpuint(st.fault_p50_us, <=, st.fault_max_us);
 	g_assert_cmpuint(st.fault_max_us, >, 0);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -605,7 +523,7 @@ static void test_round0(void)
 static void test_round1(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
 	if (!uffd_usable())
@@ -651,7 +569,7 @@ static void test_round1(void)
 	g_assert_cmpuint(st.discarded_pages, ==, 2);
 	g_assert_cmpuint(st.postcopy_pages, ==, 2);
 	g_assert_cmpuint(st.background_pages, ==, 2);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -664,7 +582,7 @@ static void test_round1(void)
 static void test_zero_known(void)
 {
 	dest d = { .ram_zeroed = true };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
 	if (!uffd_usable())
@@ -706,7 +624,7 @@ static void test_zero_known(void)
 	const uint8_t *tagarr = tm_tag_store_soft_array(d.g.tags, 0);
 	for (unsigned i = 0; i < 16 * PAGE / 16; i++)
 		g_assert_cmpuint(tagarr[i], ==, i >= 8 * PAGE / 16 ? 0x9 : 0);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -717,7 +635,7 @@ static void test_zero_known(void)
 static void test_max_outstanding(void)
 {
 	dest d = { .max_outstanding = 1 };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = -1, .delay_ms = 30 };
 
 	if (!uffd_usable())
@@ -753,7 +671,7 @@ static void test_max_outstanding(void)
 	g_assert_cmpuint(rs.requests, ==, 4);
 	g_assert_cmpuint(rs.over, ==, 0);
 	check_pages(&d, 0, 0, 0);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -765,7 +683,7 @@ static void test_max_outstanding(void)
 static void test_coalesce(void)
 {
 	dest d = { .max_outstanding = 1 };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = -1, .delay_ms = 100 };
 
 	if (!uffd_usable())
@@ -800,7 +718,7 @@ static void test_coalesce(void)
 	g_assert_cmpuint(rs.max_count, >=, 8);
 	g_assert_cmpuint(rs.requests, <=, 8);
 	check_pages(&d, 0, 0, 0);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -812,7 +730,7 @@ static void test_coalesce(void)
 static void test_paused(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 
 	if (!uffd_usable())
 		return;
@@ -858,7 +776,7 @@ static void test_paused(void)
 	sigaction(SIGBUS, &old, NULL);
 	g_test_message("vCPU after free: %s", v.sigbus ? "SIGBUS" : "a zero page");
 	g_assert_true(v.sigbus == poison);
-	raw_close(&w);
+	fake_sender_close(&w);
 	g_clear_error(&d.error);
 	guest_fini(&d.g);
 }
@@ -867,7 +785,7 @@ static void test_paused(void)
 static void test_cancel(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 
 	if (!uffd_usable())
 		return;
@@ -884,7 +802,7 @@ static void test_cancel(void)
 	g_assert_cmpint(d.ret, ==, -ECANCELED);
 	g_assert_cmpint(g_get_monotonic_time() - t0, <, G_USEC_PER_SEC);
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -896,7 +814,7 @@ static void test_cancel(void)
 static void test_agreed_precopy(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
 	if (!uffd_usable())
@@ -920,7 +838,7 @@ static void test_agreed_precopy(void)
 	g_assert_cmpuint(rs.req_end, ==, 0);
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_COMPLETE);
 	check_pages(&d, 0, 0, 0);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -928,7 +846,7 @@ static void test_agreed_precopy(void)
 static void test_urgent_in_precopy(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 	size_t n;
 
 	if (!uffd_usable())
@@ -936,7 +854,7 @@ static void test_urgent_in_precopy(void)
 	g_autofree char *port = dest_start(&d);
 	raw_open(&w, port, true);
 	g_autofree uint8_t *m = data_msg(w.seq[CH_URG]++, true, 1, 0, 1, 0, &n);
-	raw_write(&w, CH_URG, m, n);
+	fake_send(&w, CH_URG, m, n);
 	for (unsigned p = 0; p < NPAGES; p += 16)
 		raw_data(&w, p, 16, 0);
 	raw_ram_end(&w, CH_DATA0, TM_RAM_END_FINAL);
@@ -948,12 +866,12 @@ static void test_urgent_in_precopy(void)
 	/* Control: PONGs for the receiver's PINGs until it says why it fails. */
 	uint8_t buf[2048];
 	tm_frame f;
-	while (raw_read(&w, CH_CTL, &f, buf, sizeof(buf)) && f.type == TM_MSG_PING) {
+	while (fake_read(&w, CH_CTL, &f, buf, sizeof(buf)) && f.type == TM_MSG_PING) {
 		const uint64_t nonce[TM_CTRL_MAX_FIELDS] = { tm_get64(buf) };
 		uint8_t out[TM_FRAME_HDR_LEN + 8];
 		size_t k = tm_ctrl_encode_v(out, TM_WIRE_VERSION_2, TM_MSG_PONG, w.seq[CH_CTL]++,
 					    nonce);
-		raw_write(&w, CH_CTL, out, k);
+		fake_send(&w, CH_CTL, out, k);
 	}
 	dest_join(&d, "urgent-in-precopy");
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
@@ -961,7 +879,7 @@ static void test_urgent_in_precopy(void)
 	g_assert_nonnull(strstr(d.error->message, "urgent"));
 	g_assert_nonnull(strstr(d.error->message, "URGENT"));
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -969,7 +887,7 @@ static void test_urgent_in_precopy(void)
 static void test_declined(void)
 {
 	dest d = { .no_postcopy = true };
-	raw w;
+	fake_sender w;
 	uint8_t b;
 
 	g_autofree char *port = dest_start(&d);
@@ -979,7 +897,7 @@ static void test_declined(void)
 	g_assert_cmpint(recv(w.fd[CH_URG], &b, 1, 0), ==, 0); /* closed at once */
 	raw_ram_end(&w, CH_DATA0, TM_RAM_END_FINAL);
 	raw_ram_end(&w, CH_DATA1, TM_RAM_END_FINAL);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_join(&d, "declined");
 	dest_free(&d);
 }
@@ -991,7 +909,7 @@ typedef struct hostile_case {
 	bool paused;       /* after the switch: POSTCOPY_PAUSED, -ENOTCONN with the cause */
 } hostile_case;
 
-static void hostile_send(raw *w, unsigned i)
+static void hostile_send(fake_sender *w, unsigned i)
 {
 	uint8_t buf[256];
 	size_t n;
@@ -1000,7 +918,7 @@ static void hostile_send(raw *w, unsigned i)
 	case 0: { /* DISCARD outside the block */
 		const tm_discard_range r = { 60, 10 };
 		n = tm_discard_encode(buf, w->seq[0]++, 0, &r, 1);
-		raw_write(w, 0, buf, n);
+		fake_send(w, 0, buf, n);
 		break;
 	}
 	case 1: /* DISCARD of channel 1's pages on channel 0 */
@@ -1027,7 +945,7 @@ static void hostile_send(raw *w, unsigned i)
 		raw_ram_end(w, CH_DATA0, TM_RAM_END_POSTCOPY);
 		raw_ram_end(w, CH_DATA1, TM_RAM_END_POSTCOPY);
 		g_autofree uint8_t *m = data_msg(w->seq[CH_URG]++, true, 9, 0, 1, 0, &n);
-		raw_write(w, CH_URG, m, n);
+		fake_send(w, CH_URG, m, n);
 		break;
 	}
 	case 7: { /* SYNC after RAM_END(POSTCOPY) */
@@ -1035,7 +953,7 @@ static void hostile_send(raw *w, unsigned i)
 		raw_ram_end(w, CH_DATA1, TM_RAM_END_POSTCOPY);
 		const uint64_t v[TM_CTRL_MAX_FIELDS] = { 1 };
 		n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_SYNC, w->seq[0]++, v);
-		raw_write(w, 0, buf, n);
+		fake_send(w, 0, buf, n);
 		break;
 	}
 	case 8: { /* END_ACK on urgent before any REQ_END */
@@ -1043,14 +961,14 @@ static void hostile_send(raw *w, unsigned i)
 		raw_ram_end(w, CH_DATA1, TM_RAM_END_POSTCOPY);
 		const uint64_t v[TM_CTRL_MAX_FIELDS] = { 0 };
 		n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END_ACK, w->seq[CH_URG]++, v);
-		raw_write(w, CH_URG, buf, n);
+		fake_send(w, CH_URG, buf, n);
 		break;
 	}
 	case 9: { /* background DATA of a page of channel 1 on channel 0 */
 		raw_ram_end(w, CH_DATA0, TM_RAM_END_POSTCOPY);
 		raw_ram_end(w, CH_DATA1, TM_RAM_END_POSTCOPY);
 		g_autofree uint8_t *m = data_msg(w->seq[0]++, false, 0, 20, 1, 0, &n);
-		raw_write(w, 0, m, n);
+		fake_send(w, 0, m, n);
 		break;
 	}
 	}
@@ -1079,7 +997,7 @@ static void test_hostile(void)
 		return;
 	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
 		dest d = { 0 };
-		raw w;
+		fake_sender w;
 		g_autofree char *port = dest_start(&d);
 
 		raw_open(&w, port, true);
@@ -1092,7 +1010,7 @@ static void test_hostile(void)
 		if (!strstr(d.error->message, cases[i].words))
 			g_error("%s: \"%s\" does not say \"%s\"", cases[i].what, d.error->message,
 				cases[i].words);
-		raw_close(&w);
+		fake_sender_close(&w);
 		dest_free(&d);
 	}
 }
@@ -1101,7 +1019,7 @@ static void test_hostile(void)
 static void test_discard_unagreed(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 
 	if (!uffd_usable())
 		return;
@@ -1112,7 +1030,7 @@ static void test_discard_unagreed(void)
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
 	g_assert_cmpint(d.ret, ==, -EPROTO);
 	g_assert_nonnull(strstr(d.error->message, "channel 0: DISCARD without postcopy agreed"));
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 }
 
@@ -1120,7 +1038,7 @@ static void test_discard_unagreed(void)
 static void test_urgent_mismatch(void)
 {
 	dest d = { 0 };
-	raw w;
+	fake_sender w;
 	responder rs = { .wrong_page = 40 };
 
 	if (!uffd_usable())
@@ -1149,7 +1067,7 @@ static void test_urgent_mismatch(void)
 	g_thread_join(v.thread);
 	sigaction(SIGBUS, &old, NULL);
 	g_thread_join(rs.thread);
-	raw_close(&w);
+	fake_sender_close(&w);
 	g_clear_error(&d.error);
 	guest_fini(&d.g);
 }

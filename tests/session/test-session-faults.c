@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/transport.h"
 #include "transport/tls/tls.h"
@@ -110,31 +111,24 @@ static void test_sender_bad_tag(void)
 }
 
 /* ---- a hand-made hostile sender: valid HELLO, then whatever the test wants ---- */
+static fake_hello raw_hello_of(const block_spec *spec, uint16_t id, uint16_t count, bool tags)
+{
+	return (fake_hello){ .channel_id = id, .channel_count = count,
+			     .features = tags ? TM_FEATURE_TAGS_MTE4 : 0, .packet_size = 512 * 1024,
+			     .chunk_size = 2 << 20, .block = *spec, .sid = 7 };
+}
+
 static int raw_connect(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
 		       bool tags)
 {
-	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
-	g_assert_cmpint(fd, >=, 0);
-	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
-	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
-	tm_hello h = { .channel_id = id, .channel_count = count,
-		       .features = tags ? TM_FEATURE_TAGS_MTE4 : 0, .packet_size = 512 * 1024,
-		       .chunk_size = 2 << 20, .block_count = 1, .blocks = &wb };
-	memset(h.session_id, 7, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
-	return fd;
+	fake_hello h = raw_hello_of(spec, id, count, tags);
+
+	return fake_connect(port, &h);
 }
 
 static void expect_ack(int fd)
 {
-	uint8_t ack[TM_FRAME_HDR_LEN + 8];
-	g_assert_cmpint(recv(fd, ack, sizeof(ack), MSG_WAITALL), ==, sizeof(ack));
-	g_assert_cmpuint(ack[5], ==, TM_MSG_HELLO_ACK);
+	fake_expect_ack(fd, TM_WIRE_VERSION_1, 0, NULL);
 }
 
 /* ---- issue 14: deadlines, not idle timers; the listener drops strangers ---- */
@@ -165,18 +159,9 @@ static gpointer trickle_thread(gpointer data)
 /* The HELLO raw_connect sends, as bytes (*ret_len). */
 static uint8_t *hello_bytes(const block_spec *spec, size_t *ret_len)
 {
-	tm_wire_block wb = { .length = spec->len, .page_size = spec->page_size };
-	g_strlcpy(wb.name, spec->name, sizeof(wb.name));
-	tm_hello h = { .channel_id = 0, .channel_count = 1, .packet_size = 512 * 1024,
-		       .chunk_size = 2 << 20, .block_count = 1, .blocks = &wb };
-	memset(h.session_id, 7, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode(buf, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	*ret_len = TM_FRAME_HDR_LEN + bl;
-	return buf;
+	fake_hello h = raw_hello_of(spec, 0, 1, false);
+
+	return fake_hello_bytes(&h, 0, ret_len);
 }
 
 /*
@@ -898,21 +883,12 @@ static void test_v1_receiver_refuses(void)
 /* A hand-made HELLO of protocol version with role; returns the connected socket. */
 static int raw_hello(const char *port, uint8_t version, uint8_t role, uint16_t id, uint16_t count)
 {
-	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
-	g_assert_cmpint(fd, >=, 0);
-	tm_wire_block wb = { .length = 2 << 20, .page_size = 4096 };
-	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
-	tm_hello h = { .version = version, .role = role, .channel_id = id, .channel_count = count,
-		       .packet_size = 512 * 1024, .chunk_size = 2 << 20, .block_count = 1,
-		       .blocks = &wb };
-	memset(h.session_id, 9, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode_v(buf, version, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
-	return fd;
+	const fake_hello h = { .version = version, .role = role, .channel_id = id,
+			       .channel_count = count, .packet_size = 512 * 1024,
+			       .chunk_size = 2 << 20, .block = { "pc.ram", 2 << 20, 4096 },
+			       .sid = 9 };
+
+	return fake_connect(port, &h);
 }
 
 /* Reads what the receiver answered a refused connection: a frame of `version` with ERROR. */
@@ -994,19 +970,14 @@ static void test_control_end_checked(void)
 		peer p;
 		/* large enough for a STATE header (tm_state_encode) */
 		uint8_t buf[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME];
-		const size_t ack_len = TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN;
 		/* No DATA at all: only a VMM that waived the pages lets such a session end. */
 		g_autofree char *port = peer_start_waived(&p, &dst, 5000);
 		int fd0 = raw_hello(port, 2, TM_ROLE_DATA, 0, 1);
 		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
 		tm_frame f;
 
-		for (int k = 0; k < 2; k++) {
-			int fd = k ? fdc : fd0;
-			g_assert_cmpint(recv(fd, buf, ack_len, MSG_WAITALL), ==, (ssize_t)ack_len);
-			g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
-			g_assert_cmpuint(f.type, ==, TM_MSG_HELLO_ACK);
-		}
+		fake_expect_ack(fd0, TM_WIRE_VERSION_2, 0, NULL);
+		fake_expect_ack(fdc, TM_WIRE_VERSION_2, 0, NULL);
 		const uint64_t zero[3] = { 0, 0, 0 }, one[3] = { 1, 0, 0 }, eos[3] = { 0, 0, 1 };
 		const tm_state_hdr end = { .flags = TM_STATE_END };
 		size_t n = tm_ram_end_encode(buf, 1, TM_RAM_END_FINAL, 0, 0);
@@ -1092,9 +1063,8 @@ static void test_control_keepalive_checked(void)
 		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
 		uint32_t seq = 1;
 
-		for (int k = 0; k < 2; k++)
-			g_assert_cmpint(recv(k ? fdc : fd0, buf, sizeof(buf), MSG_WAITALL), ==,
-					sizeof(buf));
+		fake_expect_ack(fd0, TM_WIRE_VERSION_2, 0, NULL);
+		fake_expect_ack(fdc, TM_WIRE_VERSION_2, 0, NULL);
 		const uint64_t nonce[3] = { 0x1234 };
 		for (unsigned k = 0; k < MAX(cases[i].pings, 1u); k++) {
 			size_t n = tm_ctrl_encode_v(buf, 2, cases[i].pings ? TM_MSG_PING : TM_MSG_PONG,

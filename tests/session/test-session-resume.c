@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
@@ -743,29 +744,19 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
 	}
 	/* An urgent connection: postcopy offered, epoch 0 (the codec allows no other) */
 	bool urgent = role == TM_ROLE_URGENT;
-	tm_hello h = { .version = 2, .channel_count = (uint16_t)channels,
-		       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
-				   (urgent ? TM_FEATURE_POSTCOPY : 0),
-		       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
-		       .chunk_size = 2u << 20, .block_count = 1 };
-	memcpy(h.session_id, id, 16);
-	h.blocks = g_new0(tm_wire_block, 1);
-	g_strlcpy(h.blocks[0].name, "pc.ram", sizeof(h.blocks[0].name));
-	h.blocks[0].length = RAM;
-	h.blocks[0].page_size = 4096;
 	tm_ram_block_info bi;
 	tm_ram_layout_block(g->layout, 0, &bi);
-	h.blocks[0].guest_base = bi.guest_base;
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t blen = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + blen + 64);
-	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)blen, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	size_t n = TM_FRAME_HDR_LEN + blen;
+	const fake_hello h = { .version = 2, .channel_count = (uint16_t)channels,
+			       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
+					   (urgent ? TM_FEATURE_POSTCOPY : 0),
+			       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
+			       .chunk_size = 2u << 20, .block = { "pc.ram", RAM, 4096 },
+			       .guest_base = bi.guest_base, .id = id };
+	size_t n;
+	g_autofree uint8_t *buf = fake_hello_bytes(&h, 64, &n);
 	n += tm_resume_encode(buf + n, 1, token);
 	struct iovec v = { .iov_base = buf, .iov_len = n };
 	g_assert_cmpint(tm_io_send(io, &v, 1, n), ==, 0);
-	tm_hello_clear(&h);
 	/* The answer: a frame header, then its body (an ERROR is at most cap bytes). */
 	size_t got = 0;
 	tm_frame f;
