@@ -42,6 +42,21 @@ int fake_connect(const char *port, const fake_hello *h)
 	return fd;
 }
 
+fake_hello fake_hello_v1(const block_spec *spec, uint16_t id, uint16_t count, bool tags)
+{
+	return (fake_hello){ .channel_id = id, .channel_count = count,
+			     .features = tags ? TM_FEATURE_TAGS_MTE4 : 0, .packet_size = 512 * 1024,
+			     .chunk_size = 2 << 20, .block = *spec, .sid = 7 };
+}
+
+int fake_connect_v1(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
+		    bool tags)
+{
+	fake_hello h = fake_hello_v1(spec, id, count, tags);
+
+	return fake_connect(port, &h);
+}
+
 void fake_expect_ack(int fd, uint8_t version, uint32_t offered, tm_hello_ack *ret)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];

@@ -36,6 +36,13 @@ uint8_t *fake_hello_bytes(const fake_hello *h, size_t room, size_t *ret_len);
 /* Connects to 127.0.0.1:port and writes h's HELLO; returns the socket. */
 int fake_connect(const char *port, const fake_hello *h);
 
+/* The HELLO of a hand-made protocol 1 sender: one block as spec says, packets of 512 KiB,
+ * chunks of 2 MiB, session id 0x07..., channel id of count, MTE tags if tags. */
+fake_hello fake_hello_v1(const block_spec *spec, uint16_t id, uint16_t count, bool tags);
+/* fake_connect() with that HELLO. */
+int fake_connect_v1(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
+		    bool tags);
+
 /* Reads the HELLO_ACK of protocol version (1 or 2) from fd; with ret, a protocol 2 one is
  * decoded and checked against the features offered. */
 void fake_expect_ack(int fd, uint8_t version, uint32_t offered, tm_hello_ack *ret);
