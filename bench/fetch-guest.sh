@@ -29,9 +29,7 @@ fi
 . "$here/../tests/vm/lib/harness.sh"
 # shellcheck source-path=SCRIPTDIR source=../tests/vm/lib/fetch-debs.sh
 . "$here/../tests/vm/lib/fetch-debs.sh"
-skip() { echo "fetch-guest: $*" >&2; exit 1; }
-bail() { skip "$@"; }
-note() { echo "fetch-guest: $*" >&2; }
+debs_standalone fetch-guest
 
 debs_host
 [ "$hostarch" = amd64 ] || skip "the guest kernel is linux-image-amd64; this host is $hostarch"

@@ -18,9 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=fetch-debs.sh
 . "$here/fetch-debs.sh"
 # After harness.sh, whose skip/bail/note speak TAP: here a failure is exit 1 with the reason.
-skip() { echo "fetch-backports: $*" >&2; exit 1; }
-bail() { skip "$@"; }
-note() { echo "fetch-backports: $*" >&2; }
+debs_standalone fetch-backports
 
 debs_host
 debs_update -backports "$*"

@@ -3,6 +3,8 @@
 # (fetch-backports.sh, bench/fetch-guest.sh): one suite of the system's Debian release, the
 # host's architecture, a private apt state under "$cache/apt" (harness.sh's apt_private). A
 # failure ends the script through its skip, with the reason.
+#   debs_standalone NAME         for a script of its own (not a TAP harness): skip and bail print
+#                                "NAME: reason" on stderr and exit 1, note prints on stderr
 #   debs_host                    sets hostarch (dpkg's) and codename (the system's release,
 #                                bookworm if it names none)
 #   debs_update SUITE WHAT       after debs_host: SUITE is "" (the release) or "-backports"; writes
@@ -11,6 +13,16 @@
 #                                WHAT names the packages in the note
 #   debs_unpack DEST PACKAGE...  downloads PACKAGE... (name or name/suite) and unpacks them into
 #                                DEST.tmp, then renames it DEST
+
+debs_standalone() { # $1: the script's name in its messages
+	debs_name=$1
+	# shellcheck disable=SC2317 # called by the sourcing script and by the functions below
+	skip() { echo "$debs_name: $*" >&2; exit 1; }
+	# shellcheck disable=SC2317
+	bail() { skip "$@"; }
+	# shellcheck disable=SC2317
+	note() { echo "$debs_name: $*" >&2; }
+}
 
 debs_host() {
 	hostarch=$(dpkg --print-architecture 2>/dev/null) || skip "no dpkg to fetch packages with"
