@@ -167,24 +167,6 @@ static gpointer dest_thread(gpointer data)
 
 /* ---- the source ---- */
 
-/* Probes userfaultfd as the destination will; false: the test is skipped with the reason. */
-static bool uffd_usable(void)
-{
-	g_autoptr(GError) err = NULL;
-	tm_receiver *r = NULL;
-	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
-
-	g_assert_cmpint(tm_receiver_new(NULL, &r, NULL), ==, 0);
-	int ret = tm_receiver_set_live(r, &lc, &err);
-	tm_receiver_free(r);
-	if (ret < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd: %s", err->message);
-		g_test_skip(why);
-		return false;
-	}
-	return true;
-}
-
 /* The destination equals the paused source but for the vCPUs' marks (postcopy-running). */
 static void check_marked(dest *d)
 {

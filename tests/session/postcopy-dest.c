@@ -51,24 +51,6 @@ gpointer dest_thread(gpointer data)
 	return NULL;
 }
 
-/* Probes userfaultfd as the receiver will; false: the test is skipped with the reason. */
-bool uffd_usable(void)
-{
-	g_autoptr(GError) err = NULL;
-	tm_receiver *r = NULL;
-	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
-
-	g_assert_cmpint(tm_receiver_new(NULL, &r, NULL), ==, 0);
-	int ret = tm_receiver_set_live(r, &lc, &err);
-	tm_receiver_free(r);
-	if (ret < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd: %s", err->message);
-		g_test_skip(why);
-		return false;
-	}
-	return true;
-}
-
 char *dest_start(dest *d)
 {
 	unsigned port = 0;
@@ -78,6 +60,15 @@ char *dest_start(dest *d)
 	g_assert_cmpint(d->listen_fd, >=, 0);
 	d->thread = g_thread_new("dest", dest_thread, d);
 	return g_strdup_printf("%u", port);
+}
+
+bool dest_open(dest *d, fake_sender *w)
+{
+	if (!uffd_usable())
+		return false;
+	g_autofree char *port = dest_start(d);
+	raw_open(w, port, true);
+	return true;
 }
 
 /* Waits (10 s at most) for the receiver to end. */
@@ -241,6 +232,15 @@ void raw_end(fake_sender *w, unsigned ch)
 		fake_end(w, ch, w->pages[ch], w->packets[ch], w->chunks[ch]);
 	else
 		fake_end(w, ch, 0, 0, 0);
+}
+
+void raw_switch_round0(dest *d, fake_sender *w, bool eos)
+{
+	raw_ram_end(w, CH_DATA0, TM_RAM_END_POSTCOPY);
+	raw_ram_end(w, CH_DATA1, TM_RAM_END_POSTCOPY);
+	if (eos)
+		raw_eos(w);
+	wait_phase(d, TM_PHASE_POSTCOPY);
 }
 
 /* Control after its END: PONGs for the receiver's PINGs; READY (mode 2) then END_ACK. */

@@ -85,12 +85,13 @@ unsigned channel_of(unsigned p);
  * start, wait (reading no state) until the end; then done. */
 gpointer dest_thread(gpointer data);
 
-/* Probes userfaultfd as the receiver will; false: the test is skipped with the reason. */
-bool uffd_usable(void);
-
 /* guest_init of spec, a listener on 127.0.0.1 and the receiver thread; returns the port
  * (g_free). */
 char *dest_start(dest *d);
+
+/* With userfaultfd: dest_start(d) and w connected to it, postcopy offered (raw_open); true.
+ * Without: false, the test skipped with the reason. */
+bool dest_open(dest *d, fake_sender *w);
 
 /* Waits (10 s at most) for the receiver to end. */
 void dest_join(dest *d, const char *what);
@@ -131,6 +132,10 @@ void raw_eos(fake_sender *w);
 
 /* END on connection ch, counting what the fake sent on it (control: zeros). */
 void raw_end(fake_sender *w, unsigned ch);
+
+/* The switch before any page (round 0): RAM_END(POSTCOPY) on both data channels, the end of
+ * device state if eos, then waits for the receiver's phase POSTCOPY. */
+void raw_switch_round0(dest *d, fake_sender *w, bool eos);
 
 /* Control after its END: PONGs for the receiver's PINGs; READY (mode 2) then END_ACK. */
 void raw_finish_control(fake_sender *w, uint64_t want_mode);

@@ -154,14 +154,10 @@ static void test_urgent_mismatch(void)
 	fake_sender w;
 	responder rs = { .wrong_page = 40 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	responder_start(&rs, &w, 1);
-	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
-	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
-	wait_phase(&d, TM_PHASE_POSTCOPY);
+	raw_switch_round0(&d, &w, false);
 	/* A vCPU touches page 50: requested, answered with page 40. The thread stays blocked
 	 * (3.4: the library never places what it did not receive) until free. */
 	struct sigaction sa = { .sa_handler = on_sigbus }, old;

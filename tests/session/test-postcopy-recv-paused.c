@@ -22,13 +22,9 @@ static void test_cancel(void)
 	dest d = { 0 };
 	fake_sender w;
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
-	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
-	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
-	wait_phase(&d, TM_PHASE_POSTCOPY);
+	raw_switch_round0(&d, &w, false);
 	int64_t t0 = g_get_monotonic_time();
 	g_assert_cmpint(tm_receiver_cancel(d.r, "test"), ==, 0);
 	dest_join(&d, "cancel");
@@ -51,14 +47,9 @@ static void test_paused(void)
 	dest d = { 0 };
 	fake_sender w;
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
-	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
-	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
-	raw_eos(&w);
-	wait_phase(&d, TM_PHASE_POSTCOPY);
+	raw_switch_round0(&d, &w, true);
 	struct sigaction sa = { .sa_handler = on_sigbus }, old;
 	sigaction(SIGBUS, &sa, &old);
 	bus_vcpu v = { .page = d.g.ram[0] + 20 * PAGE };

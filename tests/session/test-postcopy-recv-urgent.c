@@ -26,16 +26,11 @@ static void test_max_outstanding(void)
 	fake_sender w;
 	responder rs = { .wrong_page = -1, .delay_ms = 30 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	g_assert_cmpuint(w.ack.max_outstanding, ==, 1);
 	responder_start(&rs, &w, 0);
-	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
-	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
-	raw_eos(&w);
-	wait_phase(&d, TM_PHASE_POSTCOPY);
+	raw_switch_round0(&d, &w, true);
 	vcpu v[4];
 	for (unsigned i = 0; i < 4; i++) {
 		v[i] = (vcpu){ .d = &d, .first = 1 + 16 * i, .step = 1, .count = 1, .gen = 0 };
@@ -74,15 +69,10 @@ static void test_coalesce(void)
 	fake_sender w;
 	responder rs = { .wrong_page = -1, .delay_ms = 100 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	responder_start(&rs, &w, 0);
-	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
-	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
-	raw_eos(&w);
-	wait_phase(&d, TM_PHASE_POSTCOPY);
+	raw_switch_round0(&d, &w, true);
 	vcpu v[16];
 	for (unsigned i = 0; i < 16; i++) {
 		v[i] = (vcpu){ .d = &d, .first = 48 + i, .step = 1, .count = 1, .gen = 0 };
@@ -117,10 +107,8 @@ static void test_urgent_in_precopy(void)
 	fake_sender w;
 	size_t n;
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	g_autofree uint8_t *m = data_msg(w.seq[CH_URG]++, true, 1, 0, 1, 0, &n);
 	fake_send(&w, CH_URG, m, n);
 	for (unsigned p = 0; p < NPAGES; p += 16)

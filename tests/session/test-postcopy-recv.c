@@ -31,18 +31,13 @@ static void test_round0(void)
 	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	g_assert_cmpuint(w.ack.features & TM_FEATURE_POSTCOPY, ==, TM_FEATURE_POSTCOPY);
 	g_assert_cmpuint(w.ack.max_outstanding, ==, TM_MAX_OUTSTANDING_DEFAULT);
 	responder_start(&rs, &w, 1);
 	raw_postcopy(&w, NPAGES);
-	raw_ram_end(&w, CH_DATA0, TM_RAM_END_POSTCOPY);
-	raw_ram_end(&w, CH_DATA1, TM_RAM_END_POSTCOPY);
-	raw_eos(&w);
-	wait_phase(&d, TM_PHASE_POSTCOPY);
+	raw_switch_round0(&d, &w, true);
 	g_assert_cmpuint(tm_receiver_take_events(d.r) & TM_EVENT_POSTCOPY, ==, TM_EVENT_POSTCOPY);
 
 	vcpu v[4];
@@ -105,10 +100,8 @@ static void test_round1(void)
 	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	responder_start(&rs, &w, 1);
 	for (unsigned p = 0; p < NPAGES; p += 16)
 		raw_data(&w, p, 16, 0);
@@ -183,10 +176,8 @@ static void test_zero_known(void)
 	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	responder_start(&rs, &w, 0);
 	raw_zero(&w, 0, 8);
 	raw_zero_tagged(&w, 8, 8, 0x9); /* zero data, non-zero tags: they must survive the fault */
@@ -237,10 +228,8 @@ static void test_agreed_precopy(void)
 	fake_sender w;
 	responder rs = { .wrong_page = -1 };
 
-	if (!uffd_usable())
+	if (!dest_open(&d, &w))
 		return;
-	g_autofree char *port = dest_start(&d);
-	raw_open(&w, port, true);
 	responder_start(&rs, &w, 0);
 	for (unsigned p = 0; p < NPAGES; p += 16)
 		raw_data(&w, p, 16, 0);
