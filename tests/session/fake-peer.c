@@ -57,6 +57,17 @@ int fake_connect_v1(const char *port, const block_spec *spec, uint16_t id, uint1
 	return fake_connect(port, &h);
 }
 
+int fake_v1_start(peer *p, guest *dst, bool tags)
+{
+	static const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+
+	guest_init(dst, a, 1, tags);
+	g_autofree char *port = peer_start(p, dst);
+	int fd = fake_connect_v1(port, a, 0, 1, tags);
+	fake_expect_ack(fd, TM_WIRE_VERSION_1, 0, NULL);
+	return fd;
+}
+
 void fake_expect_ack(int fd, uint8_t version, uint32_t offered, tm_hello_ack *ret)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];

@@ -43,6 +43,11 @@ fake_hello fake_hello_v1(const block_spec *spec, uint16_t id, uint16_t count, bo
 int fake_connect_v1(const char *port, const block_spec *spec, uint16_t id, uint16_t count,
 		    bool tags);
 
+/* A receiver (peer_start) into *dst, a guest of one 1 MiB block "pc.ram" (soft tags if tags),
+ * and a hand-made protocol 1 sender connected to it as channel 0 of 1, its HELLO acknowledged;
+ * returns the sender's socket. Then peer_join, peer_free and guest_fini as usual. */
+int fake_v1_start(peer *p, guest *dst, bool tags);
+
 /* Reads the HELLO_ACK of protocol version (1 or 2) from fd; with ret, a protocol 2 one is
  * decoded and checked against the features offered. */
 void fake_expect_ack(int fd, uint8_t version, uint32_t offered, tm_hello_ack *ret);

@@ -89,6 +89,12 @@ void dest_free(dest *d)
 	guest_fini(&d->g);
 }
 
+void dest_close(dest *d, fake_sender *w)
+{
+	fake_sender_close(w);
+	dest_free(d);
+}
+
 void wait_phase(dest *d, tm_phase p)
 {
 	for (unsigned ms = 0; ms < 10000; ms++) {

@@ -99,6 +99,9 @@ void dest_join(dest *d, const char *what);
 /* Frees the receiver, its error and the guest. */
 void dest_free(dest *d);
 
+/* Closes w's connections, then dest_free(d): the end of a test. */
+void dest_close(dest *d, fake_sender *w);
+
 /* Waits (10 s at most) for the receiver to reach phase p; fails the test otherwise. */
 void wait_phase(dest *d, tm_phase p);
 

@@ -123,8 +123,7 @@ static void test_hostile(void)
 		if (!strstr(d.error->message, cases[i].words))
 			g_error("%s: \"%s\" does not say \"%s\"", cases[i].what, d.error->message,
 				cases[i].words);
-		fake_sender_close(&w);
-		dest_free(&d);
+		dest_close(&d, &w);
 	}
 }
 
@@ -143,8 +142,7 @@ static void test_discard_unagreed(void)
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
 	g_assert_cmpint(d.ret, ==, -EPROTO);
 	g_assert_nonnull(strstr(d.error->message, "channel 0: DISCARD without postcopy agreed"));
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /* An URGENT whose pages are not those of its request: refused, nothing placed. */

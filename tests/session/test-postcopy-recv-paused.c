@@ -33,8 +33,7 @@ static void test_cancel(void)
 	g_assert_cmpint(d.ret, ==, -ECANCELED);
 	g_assert_cmpint(g_get_monotonic_time() - t0, <, G_USEC_PER_SEC);
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /*

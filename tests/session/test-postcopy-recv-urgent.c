@@ -54,8 +54,7 @@ static void test_max_outstanding(void)
 	g_assert_cmpuint(rs.requests, ==, 4);
 	g_assert_cmpuint(rs.over, ==, 0);
 	check_pages(&d, 0, 0, 0);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /*
@@ -96,8 +95,7 @@ static void test_coalesce(void)
 	g_assert_cmpuint(rs.max_count, >=, 8);
 	g_assert_cmpuint(rs.requests, <=, 8);
 	check_pages(&d, 0, 0, 0);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /* An URGENT in precopy (postcopy agreed, never switched): refused, the session fails. */
@@ -135,8 +133,7 @@ static void test_urgent_in_precopy(void)
 	g_assert_nonnull(strstr(d.error->message, "urgent"));
 	g_assert_nonnull(strstr(d.error->message, "URGENT"));
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_FAILED);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 int main(int argc, char **argv)

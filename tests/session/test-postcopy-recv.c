@@ -84,8 +84,7 @@ static void test_round0(void)
 	g_assert_cmpuint(st.faults, >, 0);
 	g_assert_cmpuint(st.fault_p50_us, <=, st.fault_max_us);
 	g_assert_cmpuint(st.fault_max_us, >, 0);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /*
@@ -141,8 +140,7 @@ static void test_round1(void)
 	g_assert_cmpuint(st.discarded_pages, ==, 2);
 	g_assert_cmpuint(st.postcopy_pages, ==, 2);
 	g_assert_cmpuint(st.background_pages, ==, 2);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /* A receiver without postcopy declines the offer: HELLO_ACK without POSTCOPY, urgent closed. */
@@ -213,8 +211,7 @@ static void test_zero_known(void)
 	const uint8_t *tagarr = tm_tag_store_soft_array(d.g.tags, 0);
 	for (unsigned i = 0; i < 16 * PAGE / 16; i++)
 		g_assert_cmpuint(tagarr[i], ==, i >= 8 * PAGE / 16 ? 0x9 : 0);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 /*
@@ -247,8 +244,7 @@ static void test_agreed_precopy(void)
 	g_assert_cmpuint(rs.req_end, ==, 0);
 	g_assert_cmpint(tm_receiver_phase(d.r), ==, TM_PHASE_COMPLETE);
 	check_pages(&d, 0, 0, 0);
-	fake_sender_close(&w);
-	dest_free(&d);
+	dest_close(&d, &w);
 }
 
 int main(int argc, char **argv)

@@ -23,12 +23,8 @@ static void test_corrupt_page_out_of_range(void)
 {
 	guest dst;
 	peer p;
-	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
 
-	guest_init(&dst, a, 1, false);
-	g_autofree char *port = peer_start(&p, &dst);
-	int fd = fake_connect_v1(port, a, 0, 1, false);
-	fake_expect_ack(fd, TM_WIRE_VERSION_1, 0, NULL);
+	int fd = fake_v1_start(&p, &dst, false);
 	/* DATA: one NORMAL page at index 256 (the block has 256 pages), then 4 KiB of 0xee. */
 	uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + 8 + 4096];
 	memset(msg, 0xee, sizeof(msg));
@@ -68,12 +64,8 @@ static void test_bad_uniform_tag_before_ram(void)
 {
 	guest dst;
 	peer p;
-	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
 
-	guest_init(&dst, a, 1, true);
-	g_autofree char *port = peer_start(&p, &dst);
-	int fd = fake_connect_v1(port, a, 0, 1, true);
-	fake_expect_ack(fd, TM_WIRE_VERSION_1, 0, NULL);
+	int fd = fake_v1_start(&p, &dst, true);
 	uint8_t msg[TM_FRAME_HDR_LEN + TM_DATA_HDR_LEN + 16 + 2 * 4096 + 2];
 	memset(msg, 0xee, sizeof(msg));
 	tm_frame_encode(msg, TM_MSG_DATA, sizeof(msg) - TM_FRAME_HDR_LEN, 1);

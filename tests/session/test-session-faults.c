@@ -117,12 +117,8 @@ static void test_peer_vanishes(void)
 {
 	guest dst;
 	peer p;
-	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
 
-	guest_init(&dst, a, 1, false);
-	g_autofree char *port = peer_start(&p, &dst);
-	int fd = fake_connect_v1(port, a, 0, 1, false);
-	fake_expect_ack(fd, TM_WIRE_VERSION_1, 0, NULL);
+	int fd = fake_v1_start(&p, &dst, false);
 	uint8_t half[TM_FRAME_HDR_LEN / 2] = { 'T', 'M', 'I', 'G' };
 	(void)!write(fd, half, sizeof(half));
 	close(fd);
