@@ -3,9 +3,10 @@
 # A Debian kernel and a static busybox for the real-guest RAM images (bench/make-guest-ram),
 # unpacked privately: bench/fetch-guest.sh CACHE-DIR
 # Downloads the kernel linux-image-amd64 currently depends on and busybox-static from the
-# system's Debian release (not backports) through a private apt state under CACHE-DIR/apt (the
-# system's sources and state are untouched, nothing is installed; as bench/fetch-qemu.sh), unpacks
-# them into CACHE-DIR/root once and prints two lines: the kernel (vmlinuz) and busybox paths.
+# system's Debian release (not backports) through a private apt state under CACHE-DIR/apt
+# (tests/vm/lib/fetch-debs.sh: the system's sources and state are untouched, nothing is
+# installed), unpacks them into CACHE-DIR/root once and prints two lines: the kernel (vmlinuz)
+# and busybox paths.
 # Exits 1 with the reason on stderr when the packages cannot be had.
 set -u
 cache=$(mkdir -p "$1" && cd "$1" && pwd) || exit 1
@@ -26,34 +27,16 @@ if [ -d "$root" ]; then
 fi
 # shellcheck source-path=SCRIPTDIR source=../tests/vm/lib/harness.sh
 . "$here/../tests/vm/lib/harness.sh"
-skip() { echo "fetch-guest: $*" >&2; exit 1; }
-bail() { skip "$@"; }
-note() { echo "fetch-guest: $*" >&2; }
+# shellcheck source-path=SCRIPTDIR source=../tests/vm/lib/fetch-debs.sh
+. "$here/../tests/vm/lib/fetch-debs.sh"
+debs_standalone fetch-guest
 
-hostarch=$(dpkg --print-architecture 2>/dev/null) || skip "no dpkg to fetch packages with"
+debs_host
 [ "$hostarch" = amd64 ] || skip "the guest kernel is linux-image-amd64; this host is $hostarch"
-codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-# shellcheck disable=SC2034 # read by apt_private
-apt_archs=$hostarch
-main=$(mirror_of "$codename")
-[ -n "$main" ] || main=http://deb.debian.org/debian
-mkdir -p "$cache/apt"
-echo "deb [arch=$hostarch signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $main $codename main" \
-	>"$cache/apt/sources.list"
-note "fetching linux-image-amd64's kernel and busybox-static from $main $codename (private apt state, not installed)"
-apt_private apt-get update >"$cache/apt-update.log" 2>&1 ||
-	skip "private apt-get update failed: $(tail -1 "$cache/apt-update.log")"
+debs_update "" "linux-image-amd64's kernel and busybox-static"
 # The metapackage holds no kernel: take the versioned package it depends on.
 kernel=$(apt_private apt-cache depends linux-image-amd64 2>/dev/null |
 	awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
 [ -n "$kernel" ] || skip "linux-image-amd64 names no kernel package in $codename"
-rm -rf "$cache/dl" "$root.tmp"
-mkdir -p "$cache/dl"
-(cd "$cache/dl" && apt_private apt-get download "$kernel" busybox-static) >"$cache/download.log" 2>&1 ||
-	skip "cannot download $kernel busybox-static: $(tail -1 "$cache/download.log")"
-for deb in "$cache"/dl/*.deb; do
-	dpkg-deb -x "$deb" "$root.tmp" || skip "dpkg-deb -x $deb failed"
-done
-mv "$root.tmp" "$root"
-rm -rf "$cache/dl"
+debs_unpack "$root" "$kernel" busybox-static
 show || skip "no vmlinuz or busybox in the unpacked packages"

@@ -46,7 +46,7 @@ int demo_receiver_open(demo_receiver *d, const char *io, unsigned timeout_s, con
 	tm_receiver_config rcfg = {
 		.io_backend = io,
 		.timeout_ms = timeout_s * 1000u,
-		.ram_zeroed = !d->ram_not_zeroed, /* fresh anonymous memory, like a VMM's new guest */
+		.ram_zeroed = true, /* fresh anonymous memory, like a VMM's new guest */
 		.tls_creds_dir = creds,
 	};
 

@@ -22,10 +22,6 @@ typedef struct demo_receiver {
 	const tm_ram_layout *layout;
 	tm_tag_store *tags;
 	int listen_fd;         /* owned */
-	/* Set before open: the RAM is not declared zeroed (ram_zeroed). The postcopy demo's
-	 * choice: with ram_zeroed, a zero-tagged page skipped before the switch lost its tags when
-	 * faulted in after it (library issue, reported with issue 12 step 18). */
-	bool ram_not_zeroed;
 	/* Optional: called on the receiver's thread for each section once it is read whole;
 	 * returns whether it is right. */
 	bool (*on_state)(void *opaque, const char *name, const void *data, size_t len);

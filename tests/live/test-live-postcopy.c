@@ -21,8 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "guest.h"
-#include "session-fixture.h"
+#include "live-fixture.h"
 #include "tcp-pair.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -35,16 +34,6 @@
 #define BACKGROUND_RATE (16u * 1000 * 1000) /* the background takes about a second */
 #define CPU_STATE 4096u
 #define VCPUS 2u
-
-static bool pair_runs(void)
-{
-	if (strcmp(send_io, recv_io) != 0) {
-		g_test_skip("postcopy end to end runs on same-backend pairs (the byte movers are "
-			    "covered pair by pair elsewhere)");
-		return false;
-	}
-	return true;
-}
 
 /* ---- the destination ---- */
 
@@ -178,44 +167,6 @@ static gpointer dest_thread(gpointer data)
 
 /* ---- the source ---- */
 
-static uint64_t popcount_all(uint64_t **bm, const uint64_t *npages, unsigned n)
-{
-	uint64_t c = 0;
-
-	for (unsigned b = 0; b < n; b++)
-		for (uint64_t i = 0; i < (npages[b] + 63) / 64; i++)
-			c += (uint64_t)__builtin_popcountll(bm[b][i]);
-	return c;
-}
-
-static void queue_dirty(tm_sender *s, uint64_t **bm, const uint64_t *npages, unsigned n)
-{
-	g_autoptr(GError) err = NULL;
-
-	for (unsigned b = 0; b < n; b++) {
-		g_assert_cmpint(tm_sender_queue_bitmap(s, b, bm[b], 0, npages[b], &err), ==, 0);
-		memset(bm[b], 0, (npages[b] + 63) / 64 * sizeof(uint64_t));
-	}
-}
-
-/* Probes userfaultfd as the destination will; false: the test is skipped with the reason. */
-static bool uffd_usable(void)
-{
-	g_autoptr(GError) err = NULL;
-	tm_receiver *r = NULL;
-	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
-
-	g_assert_cmpint(tm_receiver_new(NULL, &r, NULL), ==, 0);
-	int ret = tm_receiver_set_live(r, &lc, &err);
-	tm_receiver_free(r);
-	if (ret < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd: %s", err->message);
-		g_test_skip(why);
-		return false;
-	}
-	return true;
-}
-
 /* The destination equals the paused source but for the vCPUs' marks (postcopy-running). */
 static void check_marked(dest *d)
 {
@@ -244,32 +195,18 @@ static void check_marked(dest *d)
 
 static void run_postcopy(unsigned precopy_rounds, bool writes)
 {
-	if (!pair_runs() || !uffd_usable())
+	if (!live_pair_runs("postcopy") || !uffd_usable())
 		return;
 	g_autoptr(GError) err = NULL;
 	g_autoptr(test_guest) g = NULL;
 	test_guest_config gc = { .ram_len = GUEST_RAM, .vram_len = GUEST_VRAM, .writers = 2,
 				 .rate = DIRTY_RATE, .seed = 21 + precopy_rounds };
-	if (test_guest_new(&gc, &g, &err) < 0) {
-		if (g_error_matches(err, TM_ERROR, EOPNOTSUPP)) {
-			g_test_skip(err->message);
-			return;
-		}
-		g_assert_no_error(err);
-	}
+	if (!live_guest_new(&gc, &g))
+		return;
 	const tm_ram_layout *layout = test_guest_layout(g);
-	unsigned nb = tm_ram_layout_block_count(layout);
-	block_spec spec[2];
-	uint64_t npages[2], *bm[2];
-	for (unsigned b = 0; b < nb; b++) {
-		tm_ram_block_info bi;
-		g_assert_cmpint(tm_ram_layout_block(layout, b, &bi), ==, 0);
-		spec[b] = (block_spec){ bi.name, bi.length, bi.page_size };
-		npages[b] = bi.length / bi.page_size;
-		bm[b] = g_new0(uint64_t, (npages[b] + 63) / 64);
-		for (uint64_t p = 0; p < npages[b]; p++)
-			bm[b][p / 64] |= 1ull << (p % 64); /* the first round: every page */
-	}
+	block_spec spec[LIVE_BLOCKS];
+	uint64_t npages[LIVE_BLOCKS], *bm[LIVE_BLOCKS]; /* the first round: every page */
+	unsigned nb = live_guest_blocks(g, spec, npages, bm);
 
 	dest d = { .src = g, .writes = writes };
 	guest_init(&d.g, spec, nb, true);
@@ -293,18 +230,18 @@ static void run_postcopy(unsigned precopy_rounds, bool writes)
 
 	test_guest_start(g);
 	for (unsigned r = 0; r < precopy_rounds; r++) {
-		queue_dirty(s, bm, npages, nb);
+		live_queue_dirty(s, bm, npages, nb);
 		g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 		g_assert_cmpint(test_guest_collect(g, bm, &err), >=, 0);
 	}
 	g_usleep(250000); /* the guest writes more: a final log of most of its pages */
 	test_guest_stop(g);
 	g_assert_cmpint(test_guest_collect(g, bm, &err), >=, 0);
-	uint64_t final = popcount_all(bm, npages, nb);
+	uint64_t final = live_dirty_count(bm, npages, nb);
 	/* The final log mostly stays queued until the switch (then it is postcopy's), and the
 	 * background is slow enough for the vCPUs to find pages missing. */
 	g_assert_cmpint(tm_sender_set_rate_limit(s, BACKGROUND_RATE), ==, 0);
-	queue_dirty(s, bm, npages, nb);
+	live_queue_dirty(s, bm, npages, nb);
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
 	g_assert_no_error(err);
 	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_POSTCOPY);
@@ -405,7 +342,7 @@ static gpointer finish_thread(gpointer data)
  */
 static void test_postcopy_paused(void)
 {
-	if (!pair_runs() || !uffd_usable())
+	if (!live_pair_runs("postcopy") || !uffd_usable())
 		return;
 	if (tls_dir) {
 		g_test_skip("the cut is the same under TLS; the plaintext pairs run it");
@@ -415,21 +352,11 @@ static void test_postcopy_paused(void)
 	g_autoptr(test_guest) g = NULL;
 	test_guest_config gc = { .ram_len = GUEST_RAM, .vram_len = GUEST_VRAM, .writers = 2,
 				 .rate = DIRTY_RATE, .seed = 31 };
-	if (test_guest_new(&gc, &g, &err) < 0) {
-		if (g_error_matches(err, TM_ERROR, EOPNOTSUPP)) {
-			g_test_skip(err->message);
-			return;
-		}
-		g_assert_no_error(err);
-	}
+	if (!live_guest_new(&gc, &g))
+		return;
 	const tm_ram_layout *layout = test_guest_layout(g);
-	unsigned nb = tm_ram_layout_block_count(layout);
-	block_spec spec[2];
-	for (unsigned b = 0; b < nb; b++) {
-		tm_ram_block_info bi;
-		g_assert_cmpint(tm_ram_layout_block(layout, b, &bi), ==, 0);
-		spec[b] = (block_spec){ bi.name, bi.length, bi.page_size };
-	}
+	block_spec spec[LIVE_BLOCKS];
+	unsigned nb = live_guest_blocks(g, spec, NULL, NULL);
 	/* data 0, data 1, control, urgent: the sender's order; the receiver takes any. */
 	int sfd[4], rfd[4];
 	for (unsigned i = 0; i < 4; i++)

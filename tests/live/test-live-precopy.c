@@ -13,8 +13,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "guest.h"
-#include "session-fixture.h"
+#include "live-fixture.h"
 
 /* Under the sanitizers everything is slower: a smaller guest keeps the rounds short. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -25,37 +24,6 @@
 #define GUEST_VRAM (4u << 20)
 #define DIRTY_RATE (100u * 1000 * 1000)
 #define MAX_ROUNDS 30
-
-static bool pair_runs(void)
-{
-	if (strcmp(send_io, recv_io) != 0) {
-		g_test_skip("precopy end to end runs on same-backend pairs (the byte movers are "
-			    "covered pair by pair elsewhere)");
-		return false;
-	}
-	return true;
-}
-
-static uint64_t popcount_all(uint64_t **bm, const uint64_t *npages, unsigned n)
-{
-	uint64_t c = 0;
-
-	for (unsigned b = 0; b < n; b++)
-		for (uint64_t i = 0; i < (npages[b] + 63) / 64; i++)
-			c += (uint64_t)__builtin_popcountll(bm[b][i]);
-	return c;
-}
-
-/* Queues every set bit and clears the bitmaps (the pages now belong to the session). */
-static void queue_dirty(tm_sender *s, uint64_t **bm, const uint64_t *npages, unsigned n)
-{
-	g_autoptr(GError) err = NULL;
-
-	for (unsigned b = 0; b < n; b++) {
-		g_assert_cmpint(tm_sender_queue_bitmap(s, b, bm[b], 0, npages[b], &err), ==, 0);
-		memset(bm[b], 0, (npages[b] + 63) / 64 * sizeof(uint64_t));
-	}
-}
 
 /* FNV-1a over every block's RAM and soft tags: the "ramhash" section (design 4.1), which the
  * destination recomputes when it reads it: device state must come after all RAM. */
@@ -108,35 +76,19 @@ static void on_state(peer *p, const char *name, const uint8_t *data, size_t len)
 
 static void test_precopy_converge(void)
 {
-	if (!pair_runs())
+	if (!live_pair_runs("precopy"))
 		return;
 	g_autoptr(GError) err = NULL;
 	g_autoptr(test_guest) g = NULL;
 	test_guest_config gc = { .ram_len = GUEST_RAM, .vram_len = GUEST_VRAM, .writers = 4,
 				 .rate = DIRTY_RATE, .seed = 12 };
-	if (test_guest_new(&gc, &g, &err) < 0) {
-		if (g_error_matches(err, TM_ERROR, EOPNOTSUPP)) {
-			g_test_skip(err->message); /* no dirty-page tracking in this kernel */
-			return;
-		}
-		g_assert_no_error(err);
-	}
+	if (!live_guest_new(&gc, &g))
+		return;
 	const tm_ram_layout *layout = test_guest_layout(g);
-	unsigned nb = tm_ram_layout_block_count(layout);
+	block_spec spec[LIVE_BLOCKS];
+	uint64_t npages[LIVE_BLOCKS], *bm[LIVE_BLOCKS]; /* round 1: all */
+	unsigned nb = live_guest_blocks(g, spec, npages, bm);
 	g_assert_cmpuint(nb, ==, 2);
-	block_spec spec[2];
-	uint64_t npages[2];
-	uint64_t *bm[2];
-	for (unsigned b = 0; b < nb; b++) {
-		tm_ram_block_info bi;
-		g_assert_cmpint(tm_ram_layout_block(layout, b, &bi), ==, 0);
-		spec[b] = (block_spec){ bi.name, bi.length, bi.page_size };
-		npages[b] = bi.length / bi.page_size;
-		bm[b] = g_new(uint64_t, (npages[b] + 63) / 64);
-		memset(bm[b], 0xff, (npages[b] + 63) / 64 * sizeof(uint64_t)); /* round 1: all */
-		if (npages[b] % 64)
-			bm[b][npages[b] / 64] = (1ull << (npages[b] % 64)) - 1;
-	}
 	g_test_message("dirty log: %s; guest %u MiB + %u MiB vram, 4 writers at %u MB/s",
 		       test_guest_dirty_method(g), GUEST_RAM >> 20, GUEST_VRAM >> 20,
 		       DIRTY_RATE / 1000000);
@@ -165,11 +117,11 @@ static void test_precopy_converge(void)
 	tm_switch_advice adv = { 0 };
 	uint64_t dirty = 0;
 	for (rounds = 1; rounds <= MAX_ROUNDS; rounds++) {
-		queue_dirty(s, bm, npages, nb);
+		live_queue_dirty(s, bm, npages, nb);
 		g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 		g_assert_no_error(err);
 		g_assert_cmpint(test_guest_collect(g, bm, &err), >=, 0);
-		dirty = popcount_all(bm, npages, nb);
+		dirty = live_dirty_count(bm, npages, nb);
 		g_assert_cmpint(tm_sender_advise(s, dirty, 0, &adv), ==, 0);
 		g_test_message("round %u: %" G_GUINT64_FORMAT " pages dirty, bandwidth %.1f MB/s, "
 			       "expected downtime %.1f ms%s", rounds, dirty, adv.bandwidth / 1e6,
@@ -184,12 +136,12 @@ static void test_precopy_converge(void)
 	test_guest_stop(g);
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
 	g_assert_cmpint(test_guest_collect(g, bm, &err), >=, 0);
-	uint64_t final = popcount_all(bm, npages, nb);
+	uint64_t final = live_dirty_count(bm, npages, nb);
 	g_test_message("final round: %" G_GUINT64_FORMAT " pages", final);
 	/* The guest kept writing during the last round: the final dirty log matters (else the
 	 * mutation "final round skipped" could not fail this test). */
 	g_assert_cmpuint(dirty + final, >, 0);
-	queue_dirty(s, bm, npages, nb);
+	live_queue_dirty(s, bm, npages, nb);
 	/* Device state after the final round: vCPU registers, a device model, the RAM hash. */
 	uint64_t ramhash = ram_hash(layout, test_guest_tags(g));
 	g_assert_cmpint(tm_sender_advise(s, 0, CPU_STATE + DEV_STATE + 8, &adv), ==, 0);

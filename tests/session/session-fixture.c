@@ -20,6 +20,23 @@ uint64_t rnd(void)
 	return z ^ (z >> 31);
 }
 
+bool uffd_usable(void)
+{
+	g_autoptr(GError) err = NULL;
+	tm_receiver *r = NULL;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
+
+	g_assert_cmpint(tm_receiver_new(NULL, &r, NULL), ==, 0);
+	int ret = tm_receiver_set_live(r, &lc, &err);
+	tm_receiver_free(r);
+	if (ret < 0) {
+		g_autofree char *why = g_strdup_printf("no userfaultfd: %s", err->message);
+		g_test_skip(why);
+		return false;
+	}
+	return true;
+}
+
 void guest_init(guest *g, const block_spec *spec, unsigned n, bool with_tags)
 {
 	memset(g, 0, sizeof(*g));

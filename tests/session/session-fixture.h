@@ -34,6 +34,10 @@ typedef struct block_spec {
 /* Deterministic test data (splitmix64). */
 uint64_t rnd(void);
 
+/* Probes userfaultfd as a postcopy receiver does (user-mode faults only); false: the test is
+ * skipped with the reason. */
+bool uffd_usable(void);
+
 /* n blocks of zeroed RAM as spec says, with a soft tag store if with_tags. */
 void guest_init(guest *g, const block_spec *spec, unsigned n, bool with_tags);
 void guest_fini(guest *g);

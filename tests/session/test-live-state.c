@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/transport.h"
 
@@ -448,122 +449,21 @@ static void test_v1(void)
 	guest_fini(&dst);
 }
 
-/* ---- a hand-made protocol 2 sender: 2 data channels and control, one 2 MiB block ---- */
+/* ---- a hand-made protocol 2 sender (fake-peer.h): 2 data channels and control, one block ---- */
 
-typedef struct raw {
-	int fd[3]; /* data 0, data 1, control */
-	uint32_t seq[3];
-} raw;
-
-static int raw_hello_sid(const char *port, uint8_t role, uint16_t id, uint8_t sid);
-
-static int raw_hello(const char *port, uint8_t role, uint16_t id)
-{
-	return raw_hello_sid(port, role, id, 7);
-}
-
-static int raw_hello_sid(const char *port, uint8_t role, uint16_t id, uint8_t sid)
-{
-	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
-	g_assert_cmpint(fd, >=, 0);
-	tm_wire_block wb = { .length = 4 << 20, .page_size = 4096 };
-	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
-	tm_hello h = { .version = 2, .role = role, .channel_id = id, .channel_count = 2,
-		       .packet_size = PS, .chunk_size = PS, .block_count = 1, .blocks = &wb };
-	memset(h.session_id, sid, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
-	return fd;
-}
-
-static void raw_open(raw *w, const char *port)
-{
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
-
-	memset(w, 0, sizeof(*w));
-	w->fd[0] = raw_hello(port, TM_ROLE_DATA, 0);
-	w->fd[2] = raw_hello(port, TM_ROLE_CONTROL, 0);
-	w->fd[1] = raw_hello(port, TM_ROLE_DATA, 1);
-	for (int k = 0; k < 3; k++) {
-		g_assert_cmpint(recv(w->fd[k], buf, sizeof(buf), MSG_WAITALL), ==, sizeof(buf));
-		g_assert_cmpuint(buf[5], ==, TM_MSG_HELLO_ACK);
-		w->seq[k] = 1;
-	}
-}
-
-static void raw_write(raw *w, unsigned ch, const void *p, size_t n)
-{
-	/* The receiver may have given up already: a refused write is part of the case. */
-	(void)!send(w->fd[ch], p, n, MSG_NOSIGNAL);
-}
-
-static void raw_ram_end(raw *w, unsigned ch, uint64_t pages)
-{
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_RAM_END_LEN];
-	size_t n = tm_ram_end_encode(buf, w->seq[ch]++, TM_RAM_END_FINAL, pages, 0);
-	raw_write(w, ch, buf, n);
-}
+static const fake_hello hello = { .version = 2, .channel_count = 2, .packet_size = PS,
+				  .chunk_size = PS, .block = { "pc.ram", 4 << 20, 4096 },
+				  .sid = 7 };
 
 /* One STATE chunk on channel ch (whatever its number says), data a pattern. */
-static void raw_chunk(raw *w, unsigned ch, tm_state_hdr h, const char *name)
+static void raw_chunk(fake_sender *w, unsigned ch, tm_state_hdr h, const char *name)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME];
 	h.name_len = name ? (uint16_t)strlen(name) : 0;
 	size_t n = tm_state_encode(buf, w->seq[ch]++, &h, name);
 	g_autofree uint8_t *data = g_malloc0(h.data_len + 1);
-	raw_write(w, ch, buf, n);
-	raw_write(w, ch, data, h.data_len);
-}
-
-/* END on channel ch with the counts given (a hostile sender picks them). */
-static void raw_end(raw *w, unsigned ch, uint64_t chunks)
-{
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_END2_LEN];
-	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { 0, 0, chunks };
-	size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, w->seq[ch]++, vals);
-	raw_write(w, ch, buf, n);
-}
-
-/*
- * After the control END: what a sender's library does until the end, answering the receiver's
- * keepalive PINGs (the receiver ends control only with none of its PINGs out), then READY and
- * END_ACK. Fails the test on anything else.
- */
-static void raw_finish_control(raw *w)
-{
-	uint8_t buf[TM_FRAME_HDR_LEN + 16];
-	bool ready = false;
-	tm_frame f;
-
-	for (;;) {
-		g_assert_cmpint(recv(w->fd[2], buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==,
-				TM_FRAME_HDR_LEN);
-		g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
-		g_assert_cmpuint(f.body_len, <=, 16);
-		g_assert_cmpint(recv(w->fd[2], buf, f.body_len, MSG_WAITALL), ==, (ssize_t)f.body_len);
-		if (f.type == TM_MSG_PING) {
-			const uint64_t nonce[TM_CTRL_MAX_FIELDS] = { tm_get64(buf) };
-			size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_PONG, w->seq[2]++,
-						    nonce);
-			raw_write(w, 2, buf, n);
-		} else if (f.type == TM_MSG_READY) {
-			ready = true;
-		} else {
-			g_assert_cmpuint(f.type, ==, TM_MSG_END_ACK);
-			g_assert_true(ready);
-			return;
-		}
-	}
-}
-
-static void raw_close(raw *w)
-{
-	for (int k = 0; k < 3; k++)
-		close(w->fd[k]);
+	fake_send(w, ch, buf, n);
+	fake_send(w, ch, data, h.data_len);
 }
 
 typedef struct hostile_case {
@@ -572,14 +472,14 @@ typedef struct hostile_case {
 	const char *words; /* in the receiver's error */
 } hostile_case;
 
-static void hostile_send(raw *w, unsigned i)
+static void hostile_send(fake_sender *w, unsigned i)
 {
 	const tm_state_hdr one = { 0, TM_STATE_FIRST | TM_STATE_LAST, 0, 0, 10, 0, 10 };
 	tm_state_hdr h = one;
 
 	if (i != 5 && i != 9) { /* case 5: STATE before RAM_END; 9: its own RAM_END */
-		raw_ram_end(w, 0, 0);
-		raw_ram_end(w, 1, 0);
+		fake_ram_end(w, 0, TM_RAM_END_FINAL, 0, 0);
+		fake_ram_end(w, 1, TM_RAM_END_FINAL, 0, 0);
 	}
 	switch (i) {
 	case 0: /* over max_state_section (4096) */
@@ -628,22 +528,22 @@ static void hostile_send(raw *w, unsigned i)
 		raw_chunk(w, 1, h, NULL);
 		break;
 	case 8: /* RAM_END twice */
-		raw_ram_end(w, 0, 0);
+		fake_ram_end(w, 0, TM_RAM_END_FINAL, 0, 0);
 		break;
 	case 9: /* RAM_END that does not count what arrived */
-		raw_ram_end(w, 1, 5);
+		fake_ram_end(w, 1, TM_RAM_END_FINAL, 5, 0);
 		break;
 	case 10: /* channel 1 ends while its chunk 1 (the rest of section 0) is due */
 		h.flags = TM_STATE_FIRST;
 		h.section_len = PS + 10;
 		h.data_len = PS;
 		raw_chunk(w, 0, h, "cpu0");
-		raw_end(w, 1, 0);
+		fake_end(w, 1, 0, 0, 0);
 		break;
 	case 11: { /* every channel ends, no END_OF_STATE */
 		raw_chunk(w, 0, h, "cpu0");
-		raw_end(w, 0, 1);
-		raw_end(w, 1, 0);
+		fake_end(w, 0, 0, 0, 1);
+		fake_end(w, 1, 0, 0, 0);
 		break;
 	}
 	case 12: { /* a chunk after END_OF_STATE on END_OF_STATE's channel, the other one ends */
@@ -653,7 +553,7 @@ static void hostile_send(raw *w, unsigned i)
 		h.chunk = 3;
 		h.section = 1;
 		raw_chunk(w, 1, h, "late");
-		raw_end(w, 0, 1);
+		fake_end(w, 0, 0, 0, 1);
 		break;
 	}
 	}
@@ -694,9 +594,9 @@ static void test_hostile(void)
 		if (i == 7 || i == 10) /* two chunks: a section over the packet size */
 			d.lc = (tm_live_config){ 0 };
 		g_autofree char *port = dest_start(&d, &dst);
-		raw w;
+		fake_sender w;
 
-		raw_open(&w, port);
+		fake_sender_open(&w, port, &hello);
 		hostile_send(&w, i);
 		/* The sender keeps its connections open: the receiver must not wait for it. */
 		for (unsigned ms = 0; !g_atomic_int_get(&d.done) && ms < 10000; ms += 10)
@@ -712,7 +612,7 @@ static void test_hostile(void)
 		/* what was refused never reached the VMM */
 		for (guint k = 0; k < d.names_read->len; k++)
 			g_assert_cmpstr(g_ptr_array_index(d.names_read, k), ==, "cpu0");
-		raw_close(&w);
+		fake_sender_close(&w);
 		dest_free(&d);
 	}
 	guest_fini(&dst);
@@ -727,28 +627,31 @@ static void test_stranger_hello(void)
 	guest dst;
 	const block_spec a[] = { { "pc.ram", 4 << 20, 4096 } };
 	const tm_state_hdr eos = { .section = 0, .flags = TM_STATE_END, .chunk = 0 };
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
 	dest d = { 0 };
-	raw w = { 0 };
+	fake_sender w = { .fd = { -1, -1, -1, -1 } };
+	fake_hello stranger_hello = hello;
 
 	guest_init(&dst, a, 1, false);
 	g_autofree char *port = dest_start(&d, &dst);
-	w.fd[0] = raw_hello(port, TM_ROLE_DATA, 0);
-	int stranger = raw_hello_sid(port, TM_ROLE_DATA, 1, 9);
-	w.fd[2] = raw_hello(port, TM_ROLE_CONTROL, 0);
-	w.fd[1] = raw_hello(port, TM_ROLE_DATA, 1);
-	for (int k = 0; k < 3; k++) {
-		g_assert_cmpint(recv(w.fd[k], buf, sizeof(buf), MSG_WAITALL), ==, sizeof(buf));
-		g_assert_cmpuint(buf[5], ==, TM_MSG_HELLO_ACK);
-		w.seq[k] = 1;
-	}
-	raw_ram_end(&w, 0, 0);
-	raw_ram_end(&w, 1, 0);
+	fake_hello c = hello;
+	c.role = TM_ROLE_DATA;
+	w.fd[FAKE_DATA0] = fake_connect(port, &c);
+	stranger_hello.channel_id = 1;
+	stranger_hello.sid = 9;
+	int stranger = fake_connect(port, &stranger_hello);
+	c.role = TM_ROLE_CONTROL;
+	w.fd[FAKE_CTL] = fake_connect(port, &c);
+	c.role = TM_ROLE_DATA;
+	c.channel_id = 1;
+	w.fd[FAKE_DATA1] = fake_connect(port, &c);
+	fake_sender_acks(&w, &hello);
+	fake_ram_end(&w, 0, TM_RAM_END_FINAL, 0, 0);
+	fake_ram_end(&w, 1, TM_RAM_END_FINAL, 0, 0);
 	raw_chunk(&w, 0, eos, NULL);
-	raw_end(&w, 0, 1);
-	raw_end(&w, 1, 0);
-	raw_end(&w, 2, 0);
-	raw_finish_control(&w);
+	fake_end(&w, 0, 0, 0, 1);
+	fake_end(&w, 1, 0, 0, 0);
+	fake_end(&w, 2, 0, 0, 0);
+	fake_finish_control(&w, 0);
 	/* The stranger is told no more than that: not this session's id (it would let it in). */
 	uint8_t back[512];
 	ssize_t n = recv(stranger, back, sizeof(back), MSG_WAITALL);
@@ -762,7 +665,7 @@ static void test_stranger_hello(void)
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
 	g_assert_cmpint(d.ret, ==, 0);
 	close(stranger);
-	raw_close(&w);
+	fake_sender_close(&w);
 	dest_free(&d);
 	guest_fini(&dst);
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/transport.h"
 
@@ -74,11 +75,6 @@ enum { HOSTILE_NONE, HOSTILE_EARLY, HOSTILE_TWICE, HOSTILE_CUT };
 static bool rd_ok(int fd, void *p, size_t n)
 {
 	return recv(fd, p, n, MSG_WAITALL) == (ssize_t)n;
-}
-
-static void rd(int fd, void *p, size_t n)
-{
-	g_assert_true(rd_ok(fd, p, n));
 }
 
 static void wr(int fd, const void *p, size_t n)
@@ -406,16 +402,8 @@ static gpointer accept_thread(gpointer p)
 	for (unsigned k = 0; k < n; k++) {
 		int fd = accept(x->listen_fd, NULL, NULL);
 		g_assert_cmpint(fd, >=, 0);
-		tm_frame f;
-		g_autofree uint8_t *body = NULL;
-		uint8_t h[TM_FRAME_HDR_LEN];
-		rd(fd, h, sizeof(h));
-		g_assert_cmpint(tm_frame_decode(h, sizeof(h), 2, 0, &f, NULL), ==, 0);
-		g_assert_cmpuint(f.type, ==, TM_MSG_HELLO);
-		body = g_malloc(f.body_len);
-		rd(fd, body, f.body_len);
 		tm_hello hello;
-		g_assert_cmpint(tm_hello_decode(body, f.body_len, 2, &hello, NULL), ==, 0);
+		fake_read_hello(fd, TM_WIRE_VERSION_2, &hello);
 		/* the connect order of design 2.2: data 0, control, data 1..N-1, urgent */
 		unsigned want_role = k == 0 ? TM_ROLE_DATA : k == 1 ? TM_ROLE_CONTROL
 					    : k <= NCH	    ? TM_ROLE_DATA

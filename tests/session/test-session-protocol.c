@@ -1,0 +1,317 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Protocol versions and the control connection: a tagmig 0.1 receiver refuses a protocol 2
+ * sender, senders that mix what they speak are refused, and a hand-made protocol 2 sender
+ * (fake-peer.h) misusing control (END counts, SYNC, PONG without PING, a PING flood) is
+ * refused with the reason.
+ * Every test runs for each backend pair, plaintext and TLS (session-fixture.c).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "fake-peer.h"
+#include "session-fixture.h"
+#include "transport/transport.h"
+#include "transport/tls/tls.h"
+
+/* ---- protocol versions: a tagmig 0.1 receiver, and senders that mix what they speak ---- */
+
+/*
+ * A tagmig 0.1 receiver as a protocol 2 sender sees it: its channel code decodes the frame
+ * header in protocol 1 only, refuses with its own words in a protocol 1 ERROR ("handshake:"
+ * and the channel prefixed, as 0.1 does) and gives up the session.
+ */
+typedef struct v1_receiver {
+	int listen_fd;
+} v1_receiver;
+
+static gpointer v1_receiver_thread(gpointer data)
+{
+	v1_receiver *v = data;
+	int fd = accept(v->listen_fd, NULL, NULL);
+	uint8_t hdr[TM_FRAME_HDR_LEN];
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_ERROR_FIXED_LEN + TM_MAX_ERROR_MESSAGE];
+	g_autoptr(GError) why = NULL;
+	g_autoptr(tm_tls_ctx) tls = NULL;
+	tm_io *io = NULL;
+	tm_io_config ioc = { .timeout_ms = 10000, .depth = 1 };
+	tm_frame f;
+
+	g_assert_cmpint(fd, >=, 0);
+	g_assert_cmpint(tm_io_open(fd, 0, &tm_transport_socket, &ioc, &io, NULL), ==, 0);
+	/* With TLS, as 0.1 did: the handshake, then the stream inside it. */
+	if (tls_dir) {
+		g_assert_cmpint(tm_tls_ctx_new(TM_TLS_SERVER, tls_dir, NULL, &tls, NULL), ==, 0);
+		g_assert_cmpint(tm_tls_wrap(tls, &io, NULL), ==, 0);
+	}
+	struct iovec hv = { .iov_base = hdr, .iov_len = sizeof(hdr) };
+	g_assert_cmpint(tm_io_recv(io, &hv, 1, sizeof(hdr)), ==, 0);
+	g_assert_cmpint(tm_frame_decode(hdr, sizeof(hdr), TM_WIRE_VERSION_1, 0, &f, &why), ==,
+			-EPROTONOSUPPORT);
+	g_autofree char *msg = g_strdup_printf("handshake: channel 0: %s", why->message);
+	size_t n = tm_error_encode(buf, 0, EPROTONOSUPPORT, msg);
+	tm_io_send_last(io, buf, n);
+	/* 0.1's tool exits: its listening socket goes, and the connections waiting in it. */
+	close(v->listen_fd);
+	tm_io_free(io);
+	return NULL;
+}
+
+static void test_v1_receiver_refuses(void)
+{
+	guest src;
+	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	guest_init(&src, a, 1, false);
+	v1_receiver v = { .listen_fd = tm_listen("127.0.0.1", "0", &port, NULL) };
+	g_assert_cmpint(v.listen_fd, >=, 0);
+	GThread *t = g_thread_new("v1-receiver", v1_receiver_thread, &v);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 10000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", ports, &err);
+	g_thread_join(t);
+	g_assert_cmpint(r, ==, -EPROTONOSUPPORT);
+	g_test_message("sender: %s", err->message);
+	g_assert_error(err, TM_ERROR, EPROTONOSUPPORT);
+	g_assert_nonnull(strstr(err->message, "channel 0: handshake: the receiver speaks tagmig "
+					      "protocol 1 only"));
+	g_assert_nonnull(strstr(err->message, "it said: handshake: channel 0: frame header: "
+					      "unsupported protocol version 2 (supported: 1)"));
+	g_assert_nonnull(strstr(err->message, "set wire_version = 1 in tm_live_config"));
+	/* At once, not after the timeout: channel 0's answer is there. */
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
+	g_assert_cmpuint(tm_sender_wire_version(s), ==, 0);
+	guest_fini(&src);
+}
+
+/* A hand-made HELLO of protocol version with role; returns the connected socket. */
+static int raw_hello(const char *port, uint8_t version, uint8_t role, uint16_t id, uint16_t count)
+{
+	const fake_hello h = { .version = version, .role = role, .channel_id = id,
+			       .channel_count = count, .packet_size = 512 * 1024,
+			       .chunk_size = 2 << 20, .block = { "pc.ram", 2 << 20, 4096 },
+			       .sid = 9 };
+
+	return fake_connect(port, &h);
+}
+
+/* Reads what the receiver answered a refused connection: a frame of `version` with ERROR. */
+static void expect_error_frame(int fd, uint8_t version)
+{
+	uint8_t hdr[TM_FRAME_HDR_LEN];
+	tm_frame f;
+
+	g_assert_cmpint(recv(fd, hdr, sizeof(hdr), MSG_WAITALL), ==, sizeof(hdr));
+	g_assert_cmpint(tm_frame_decode(hdr, sizeof(hdr), 0, 0, &f, NULL), ==, 0);
+	g_assert_cmpuint(f.type, ==, TM_MSG_ERROR);
+	g_assert_cmpuint(f.version, ==, version);
+}
+
+typedef struct raw_case {
+	uint8_t v[2], role[2];
+	uint16_t id[2];
+	int errnum;
+	const char *substr;
+} raw_case;
+
+/* Two connections the receiver must not put into one session; it refuses the second. */
+static void test_hello_mix_refused(void)
+{
+	static const raw_case cases[] = {
+		{ { 2, 1 }, { 0, 0 }, { 0, 1 }, EPROTO,
+		  "channel 1 speaks protocol 1, the session speaks 2" },
+		{ { 1, 2 }, { 0, 1 }, { 0, 0 }, EPROTO,
+		  "the control connection speaks protocol 2, the session speaks 1" },
+		{ { 2, 2 }, { 1, 1 }, { 0, 0 }, EPROTO, "control connection connected twice" },
+		{ { 2, 2 }, { 0, 0 }, { 1, 1 }, EPROTO, "channel id 1 connected twice" },
+	};
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		const raw_case *c = &cases[i];
+		peer p;
+		g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+		int fd0 = raw_hello(port, c->v[0], c->role[0], c->id[0], 2);
+		int fd1 = raw_hello(port, c->v[1], c->role[1], c->id[1], 2);
+		/* The refusal goes back in the protocol the refused connection spoke. */
+		expect_error_frame(fd1, c->v[1]);
+		peer_join(&p);
+		g_test_message("case %u: receiver: %s", i, p.error->message);
+		g_assert_cmpint(p.ret, ==, -c->errnum);
+		g_assert_nonnull(strstr(p.error->message, c->substr));
+		close(fd0);
+		close(fd1);
+		peer_free(&p);
+	}
+	guest_fini(&dst);
+}
+
+/*
+ * A hand-made protocol 2 sender with one data channel: a clean handshake, RAM_END, the end of
+ * device state and END on the data channel, then whatever the case puts on the control
+ * connection. The receiver checks it as every other peer byte: only END (0, 0, 0) in protocol 2
+ * is accepted, answered by READY and END_ACK (the good case answers the keepalive PINGs).
+ */
+static void test_control_end_checked(void)
+{
+	static const struct {
+		const char *what;
+		int errnum;
+		const char *substr;
+	} cases[] = {
+		{ "end-counts", EPROTO, "control: END counts 1 pages, 0 packets, 0 state chunks" },
+		{ "sync", EPROTO, "control: unexpected SYNC" },
+		{ "v1-end", EPROTO, "control: frame header: protocol 1 frame in a protocol 2 session" },
+		{ "good", 0, NULL },
+	};
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		peer p;
+		/* large enough for a STATE header (tm_state_encode) */
+		uint8_t buf[TM_FRAME_HDR_LEN + TM_STATE_HDR_LEN + TM_MAX_STATE_NAME];
+		/* No DATA at all: only a VMM that waived the pages lets such a session end. */
+		g_autofree char *port = peer_start_waived(&p, &dst, 5000);
+		int fd0 = raw_hello(port, 2, TM_ROLE_DATA, 0, 1);
+		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
+		tm_frame f;
+
+		fake_expect_ack(fd0, TM_WIRE_VERSION_2, 0, NULL);
+		fake_expect_ack(fdc, TM_WIRE_VERSION_2, 0, NULL);
+		const uint64_t zero[3] = { 0, 0, 0 }, one[3] = { 1, 0, 0 }, eos[3] = { 0, 0, 1 };
+		const tm_state_hdr end = { .flags = TM_STATE_END };
+		size_t n = tm_ram_end_encode(buf, 1, TM_RAM_END_FINAL, 0, 0);
+		g_assert_cmpint(write(fd0, buf, n), ==, (ssize_t)n);
+		n = tm_state_encode(buf, 2, &end, NULL);
+		g_assert_cmpint(write(fd0, buf, n), ==, (ssize_t)n);
+		n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 3, eos);
+		g_assert_cmpint(write(fd0, buf, n), ==, (ssize_t)n);
+		g_assert_cmpint(recv(fd0, buf, TM_FRAME_HDR_LEN + 16, MSG_WAITALL), ==,
+				TM_FRAME_HDR_LEN + 16);
+		g_assert_cmpuint(buf[5], ==, TM_MSG_END_ACK);
+		if (i == 0)
+			n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 1, one);
+		else if (i == 1)
+			n = tm_ctrl_encode_v(buf, 2, TM_MSG_SYNC, 1, one);
+		else if (i == 2)
+			n = tm_ctrl_encode(buf, TM_MSG_END, 1, 0, 0);
+		else
+			n = tm_ctrl_encode_v(buf, 2, TM_MSG_END, 1, zero);
+		g_assert_cmpint(write(fdc, buf, n), ==, (ssize_t)n);
+		/* The answer on control: READY then END_ACK, or an ERROR that says why; the
+		 * receiver's keepalive PINGs meanwhile are answered, as a sender's library does (the
+		 * receiver ends control only with no PING of its out). */
+		bool ready = false;
+		uint64_t seq = 2;
+		for (;;) {
+			g_assert_cmpint(recv(fdc, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==,
+					TM_FRAME_HDR_LEN);
+			g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+			if (f.type != TM_MSG_PING && f.type != TM_MSG_READY)
+				break;
+			g_assert_false(ready); /* nothing between READY and END_ACK */
+			ready = f.type == TM_MSG_READY;
+			g_assert_cmpint(recv(fdc, buf, 8, MSG_WAITALL), ==, 8);
+			if (f.type == TM_MSG_PING && i == G_N_ELEMENTS(cases) - 1) {
+				const uint64_t nonce[3] = { tm_get64(buf), 0, 0 };
+				n = tm_ctrl_encode_v(buf, 2, TM_MSG_PONG, seq++, nonce);
+				g_assert_cmpint(write(fdc, buf, n), ==, (ssize_t)n);
+			}
+		}
+		g_assert_cmpuint(f.type, ==, cases[i].errnum ? TM_MSG_ERROR : TM_MSG_END_ACK);
+		g_assert_true(ready == !cases[i].errnum);
+		peer_join(&p);
+		if (cases[i].errnum) {
+			g_test_message("%s: receiver: %s", cases[i].what, p.error->message);
+			g_assert_cmpint(p.ret, ==, -cases[i].errnum);
+			g_assert_nonnull(strstr(p.error->message, cases[i].substr));
+		} else {
+			g_assert_no_error(p.error);
+			g_assert_cmpint(p.ret, ==, 0);
+		}
+		close(fd0);
+		close(fdc);
+		peer_free(&p);
+	}
+	guest_fini(&dst);
+}
+
+/*
+ * A hand-made protocol 2 sender misusing the control connection's keepalive: a PONG that answers
+ * no PING, and a PING flood (more than 20 in a second bounds what control carries backwards).
+ * The receiver fails with the reason, also on control.
+ */
+static void test_control_keepalive_checked(void)
+{
+	static const struct {
+		const char *what;
+		unsigned pings;
+		const char *substr;
+	} cases[] = {
+		{ "pong-without-ping", 0, "control: PONG 0x1234 answers no PING" },
+		{ "ping-flood", 25, "control: PING flood: more than 20 PINGs in one second" },
+	};
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		peer p;
+		uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+		g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+		int fd0 = raw_hello(port, 2, TM_ROLE_DATA, 0, 1);
+		int fdc = raw_hello(port, 2, TM_ROLE_CONTROL, 0, 1);
+		uint32_t seq = 1;
+
+		fake_expect_ack(fd0, TM_WIRE_VERSION_2, 0, NULL);
+		fake_expect_ack(fdc, TM_WIRE_VERSION_2, 0, NULL);
+		const uint64_t nonce[3] = { 0x1234 };
+		for (unsigned k = 0; k < MAX(cases[i].pings, 1u); k++) {
+			size_t n = tm_ctrl_encode_v(buf, 2, cases[i].pings ? TM_MSG_PING : TM_MSG_PONG,
+						    seq++, nonce);
+			g_assert_cmpint(write(fdc, buf, n), ==, (ssize_t)n);
+		}
+		peer_join(&p);
+		g_test_message("%s: receiver: %s", cases[i].what, p.error->message);
+		g_assert_cmpint(p.ret, ==, -EPROTO);
+		g_assert_nonnull(strstr(p.error->message, cases[i].substr));
+		/* The reason reaches the sender on control, after the receiver's PINGs and PONGs. */
+		tm_frame f;
+		do {
+			g_assert_cmpint(recv(fdc, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==,
+					TM_FRAME_HDR_LEN);
+			g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+			if (f.type != TM_MSG_ERROR)
+				g_assert_cmpint(recv(fdc, buf, f.body_len, MSG_WAITALL), ==, f.body_len);
+		} while (f.type != TM_MSG_ERROR);
+		close(fd0);
+		close(fdc);
+		peer_free(&p);
+	}
+	guest_fini(&dst);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "v1-receiver-refuses", test_v1_receiver_refuses, false },
+		{ "hello-mix-refused", test_hello_mix_refused, true },
+		{ "control-end-checked", test_control_end_checked, true },
+		{ "control-keepalive-checked", test_control_keepalive_checked, true },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
