@@ -115,23 +115,6 @@ static gpointer finish_thread(gpointer data)
 	return NULL;
 }
 
-static bool uffd_usable(void)
-{
-	g_autoptr(GError) err = NULL;
-	tm_receiver *r = NULL;
-	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
-
-	g_assert_cmpint(tm_receiver_new(NULL, &r, NULL), ==, 0);
-	int ret = tm_receiver_set_live(r, &lc, &err);
-	tm_receiver_free(r);
-	if (ret < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd: %s", err->message);
-		g_test_skip(why);
-		return false;
-	}
-	return true;
-}
-
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
