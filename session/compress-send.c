@@ -6,8 +6,12 @@
  * statistics (tm_sender_get_compress_stats).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/error-internal.h"
 #include "session/compress.h"
@@ -23,7 +27,9 @@ struct tm_zsend {
 	/* worker-local */
 	tm_zpolicy pol;
 	int64_t last_ns;     /* the previous packet, 0 after idle */
-	int64_t last_cpu_ns; /* the thread's CPU time then */
+	int64_t win_cpu_ns;  /* the worker's CPU time when the window began */
+	int64_t win_wait_ns; /* its time waiting for a CPU then (-1: not known) */
+	int sched_fd;        /* the worker's schedstat; -1 not open yet, -2 none */
 	bool no_tcp_info;    /* the channel has no TCP delivery rate */
 	/* statistics: relaxed atomics (any thread reads) */
 	uint64_t packets[TM_ZCODEC_COUNT];
@@ -53,6 +59,7 @@ tm_zsend *tm_zsend_new(const tm_live_config *live, uint32_t agreed, uint32_t pac
 	if (z->agreed && tm_zctx_new(packet_size, &z->z, NULL) < 0)
 		z->mode = TM_COMPRESS_NONE; /* out of memory for it: send raw */
 	tm_zpolicy_init(&z->pol, z->agreed);
+	z->sched_fd = -1;
 	return z;
 }
 
@@ -61,6 +68,8 @@ void tm_zsend_free(tm_zsend *z)
 	if (!z)
 		return;
 	tm_zctx_free(z->z);
+	if (z->sched_fd >= 0)
+		close(z->sched_fd);
 	g_free(z);
 }
 
@@ -70,6 +79,72 @@ void tm_zsend_idle(send_chan *c)
 		c->z->last_ns = 0;
 		tm_zpolicy_idle(&c->z->pol);
 	}
+}
+
+/*
+ * The worker's CPU time and its time spent runnable but waiting for a CPU (ns), read once per
+ * window: the scheduler's per-thread statistics (/proc/thread-self/schedstat: "on-CPU waiting
+ * timeslices"), opened by the worker itself on its first packet. Where that file is missing
+ * (no CONFIG_SCHED_INFO), the thread's CPU clock and an unknown wait (-1).
+ */
+static void sched_now(tm_zsend *z, int64_t *ret_cpu, int64_t *ret_wait)
+{
+	char buf[96];
+
+	if (z->sched_fd == -1) {
+		z->sched_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+		if (z->sched_fd < 0)
+			z->sched_fd = -2;
+	}
+	if (z->sched_fd >= 0) {
+		ssize_t n = pread(z->sched_fd, buf, sizeof(buf) - 1, 0);
+		uint64_t run, wait;
+		if (n > 0) {
+			buf[n] = '\0';
+			if (sscanf(buf, "%" SCNu64 " %" SCNu64, &run, &wait) == 2) {
+				*ret_cpu = (int64_t)run;
+				*ret_wait = (int64_t)wait;
+				return;
+			}
+		}
+		close(z->sched_fd); /* gone (another thread's, ended) or unreadable: the clock */
+		z->sched_fd = -2;
+	}
+	*ret_cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	*ret_wait = -1;
+}
+
+/*
+ * The auto policy's bookkeeping after a packet: per packet only the wall clock (vDSO) and the
+ * CPU the compression took; per window the worker's CPU and wait (sched_now) and TCP's
+ * delivery rate (one getsockopt).
+ */
+static void account(send_chan *c, tm_zsend *z, const tm_packet *pkt, uint64_t wire,
+		    int64_t zcpu, int64_t now)
+{
+	if (!z->last_ns)
+		sched_now(z, &z->win_cpu_ns, &z->win_wait_ns); /* a window begins */
+	if (tm_zpolicy_packet(&z->pol, pkt->data_len, wire, zcpu,
+			      z->last_ns ? now - z->last_ns : 0, 0)) {
+		int64_t cpu, wait;
+		sched_now(z, &cpu, &wait);
+		tm_zpolicy_sched(&z->pol, cpu - z->win_cpu_ns,
+				 wait >= 0 && z->win_wait_ns >= 0 ? wait - z->win_wait_ns : -1);
+		z->win_cpu_ns = cpu;
+		z->win_wait_ns = wait;
+		/* TCP's own figure; without it (not TCP, an old kernel) the window's. */
+		uint64_t rate = 0;
+		bool app_limited = false;
+		if (!z->no_tcp_info && tm_net_delivery_rate(c->ch.fd, &rate, &app_limited) < 0)
+			z->no_tcp_info = true;
+		if (rate > 0)
+			tm_zpolicy_link(&z->pol, true, rate, app_limited);
+		else
+			tm_zpolicy_link(&z->pol, false, 0, false);
+		__atomic_store_n(&z->link_bps, (uint64_t)z->pol.link, __ATOMIC_RELAXED);
+	}
+	/* A rate limit (max-bandwidth) is a slower link: each channel gets its share. */
+	tm_zpolicy_cap(&z->pol, (double)tm_ratelimit_rate(&c->s->rl) / c->s->nch);
 }
 
 static tm_zchoice choose(const tm_zsend *z)
@@ -134,26 +209,8 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 	tm_count(&z->wire_data_bytes, wire);
 	__atomic_store_n(&z->last_codec, used, __ATOMIC_RELAXED);
 	__atomic_store_n(&z->last_level, used == TM_ZCODEC_ZSTD ? ch.level : 0, __ATOMIC_RELAXED);
-	if (z->mode == TM_COMPRESS_AUTO) {
-		int64_t cpu_now = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-		bool window = tm_zpolicy_packet(&z->pol, pkt->data_len, wire, zcpu,
-						z->last_ns ? now - z->last_ns : 0,
-						z->last_ns ? cpu_now - z->last_cpu_ns : 0);
-		/* TCP's own figure, every packet (one getsockopt); else the window's. */
-		uint64_t rate = 0;
-		bool app_limited = false;
-		if (!z->no_tcp_info &&
-		    tm_net_delivery_rate(c->ch.fd, &rate, &app_limited) == 0 && rate > 0)
-			tm_zpolicy_link(&z->pol, true, rate, app_limited);
-		else if (window)
-			tm_zpolicy_link(&z->pol, false, 0, false);
-		if (!rate && !z->no_tcp_info && z->pol.packets > 8)
-			z->no_tcp_info = true; /* not TCP, or an old kernel: judge by windows */
-		/* A rate limit (max-bandwidth) is a slower link: each channel gets its share. */
-		tm_zpolicy_cap(&z->pol, (double)tm_ratelimit_rate(&c->s->rl) / c->s->nch);
-		__atomic_store_n(&z->link_bps, (uint64_t)z->pol.link, __ATOMIC_RELAXED);
-		z->last_cpu_ns = cpu_now;
-	}
+	if (z->mode == TM_COMPRESS_AUTO)
+		account(c, z, pkt, wire, zcpu, now);
 	z->last_ns = now;
 	return (int64_t)wire;
 }

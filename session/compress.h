@@ -31,25 +31,34 @@ typedef struct tm_zchoice {
 #define TM_ZPOLICY_CANDIDATES 4u /* none, lz4, zstd 1, zstd 3 */
 
 /*
- * A channel's auto policy. Per packet of R bytes of page data, a choice c costs about
- * R * (cpu_c + ratio_c / L): its compression CPU time per byte, then its bytes on a link of L
- * bytes/s; raw costs R / L. The policy keeps the cheapest, raw unless a codec is clearly (by
- * TM_ZPOLICY_MARGIN) cheaper, from three measurements:
+ * A channel's auto policy. Per raw byte of page data, choice c takes about
+ *     max(k * (cpu_c + ratio_c * s), ratio_c / L)
+ * seconds: the worker's CPU (compressing, cpu_c, then handing ratio_c bytes to the kernel, s per
+ * wire byte), stretched by k when the worker waits for a CPU it shares, overlapped with the
+ * link carrying the packets already handed over (ratio_c / L on a link of L bytes/s: packets
+ * in flight keep it busy while the next one is compressed). Raw takes max(k * s, 1 / L). On
+ * loopback, where sending is the worker's own CPU (s ~ 1 / L), this is the sum of both; across
+ * a slow link the larger. The policy keeps the cheapest, raw unless a codec is clearly (by
+ * TM_ZPOLICY_MARGIN) cheaper, from these measurements:
  *  - cpu_c and ratio_c: from every packet sent with c, and for the others from a sample (the
  *    first TM_ZPOLICY_SAMPLE_PAGES pages of every TM_ZPOLICY_SAMPLE_EVERY-th packet, one codec
  *    at a time), so that a codec not in use is known without sending with it;
- *  - L: after every packet, the kernel's delivery rate of the channel's TCP connection
- *    (TCP_INFO): when it was not limited by the application, that is what the link carries;
- *    when it was, the link carries at least that. Without TCP_INFO (not a TCP socket): at the
- *    end of each window (TM_ZPOLICY_WINDOW_PACKETS packets and TM_ZPOLICY_WINDOW_NS of busy
- *    time) the window's wire bytes per second, taken as the link's when the worker waited more
- *    than it computed (its thread CPU time below TM_ZPOLICY_LINK_BOUND of the wall time), else
- *    as a lower bound.
+ *  - per window (TM_ZPOLICY_WINDOW_PACKETS packets and TM_ZPOLICY_WINDOW_NS of busy time): the
+ *    worker's thread CPU time and the time it waited for a CPU (tm_zpolicy_sched(); the
+ *    kernel's schedstat): k = (CPU + wait) / CPU, and, from windows sent raw, s = CPU outside
+ *    compression per wire byte;
+ *  - L: at the end of each window, the kernel's delivery rate of the channel's TCP connection
+ *    (TCP_INFO): the link's when the window was limited by the link, only a lower bound when it
+ *    was limited by the sender: TCP says so (app-limited), or the worker wanted a CPU (ran or
+ *    waited for one) for TM_ZPOLICY_LINK_BOUND of the window or more (a worker busy
+ *    compressing leaves the congestion window small, and TCP's samples then measure the
+ *    worker, not the link). Without TCP_INFO (not a TCP socket): the window's wire bytes per
+ *    second, judged the same way.
  * Until the link is known, packets go raw. Idle time (no work) is never measured.
  */
 #define TM_ZPOLICY_WINDOW_PACKETS 4u
 #define TM_ZPOLICY_WINDOW_NS (20 * 1000 * 1000)
-#define TM_ZPOLICY_SAMPLE_EVERY 32u
+#define TM_ZPOLICY_SAMPLE_EVERY 8u
 #define TM_ZPOLICY_SAMPLE_PAGES 8u
 #define TM_ZPOLICY_LINK_BOUND 0.8
 #define TM_ZPOLICY_MARGIN 0.9
@@ -63,14 +72,21 @@ typedef struct tm_zpolicy {
 	unsigned cur;           /* index into cand */
 	double link;            /* bytes/s, 0: not known yet */
 	double cap;             /* the channel's share of a rate limit, bytes/s; 0: none */
+	double stretch;         /* k: wall seconds per CPU second the worker gets (>= 1) */
+	double send_cpu;        /* s: worker CPU seconds per wire byte outside compression */
 	uint64_t packets;
 	unsigned next_sample;   /* round-robin position */
 	/* the window being measured */
-	int64_t win_ns, win_cpu_ns;
+	int64_t win_ns, win_cpu_ns, win_zcpu_ns;
 	unsigned win_packets;
 	uint64_t win_wire;
-	double last_wire_rate;  /* wire bytes/s of the last window */
-	double last_busy;       /* thread CPU / wall time of the last window */
+	bool win_raw;           /* every packet of the window went raw */
+	/* the last window that ended */
+	double last_wire_rate;  /* wire bytes/s */
+	double last_busy;       /* (thread CPU + wait for a CPU) / wall time */
+	int64_t last_ns, last_zcpu_ns;
+	uint64_t last_wire;
+	bool last_raw;
 } tm_zpolicy;
 
 /* Candidates for the agreed features (none always, lz4 and zstd when agreed). */
@@ -83,12 +99,20 @@ int tm_zpolicy_sample_due(tm_zpolicy *p);
 void tm_zpolicy_sample(tm_zpolicy *p, unsigned k, uint64_t raw, uint64_t out, int64_t cpu_ns);
 /*
  * A packet went out with the current choice: raw page data bytes, wire bytes of its page data
- * (compressed or raw), CPU ns spent compressing it, busy wall ns and thread CPU ns of the
- * worker since the previous packet (0 after idle). Returns true when this ended a window: then
- * the caller reports the link with tm_zpolicy_link(), which may change the choice.
+ * (compressed or raw), CPU ns spent compressing it (samples included), busy wall ns of the
+ * worker since the previous packet (0 after idle) and its thread CPU ns then (0: the caller
+ * measures per window instead, with tm_zpolicy_sched()). Returns true when this ended a
+ * window: then the caller may report the window's CPU with tm_zpolicy_sched() and reports the
+ * link with tm_zpolicy_link(), which may change the choice.
  */
 bool tm_zpolicy_packet(tm_zpolicy *p, uint64_t raw, uint64_t wire, int64_t zcpu_ns,
 		       int64_t busy_ns, int64_t thread_ns);
+/*
+ * The window that just ended, as the scheduler saw the worker: thread CPU ns, and ns it waited
+ * for a CPU while runnable (-1: not known). Sets k and, for a raw window, s; replaces the
+ * thread CPU tm_zpolicy_packet() added up. Call before tm_zpolicy_link().
+ */
+void tm_zpolicy_sched(tm_zpolicy *p, int64_t cpu_ns, int64_t wait_ns);
 /*
  * The link at the end of a window: have_rate false (no TCP_INFO): judge by the window; else the
  * kernel's delivery rate (bytes/s) and whether it was limited by the application.
