@@ -192,7 +192,7 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 	vmm_runner_init(r, vm);
 	r->verbose = cfg->verbose;
 	unsigned got = 0, nread;
-	bool started = false;
+	bool started = false, complete = false;
 	uint64_t from = 0, seen = 0; /* the port as it arrived: the pass the source paused after */
 	/*
 	 * Precopy: RAM and tags, then (wait returns 1) the device-state sections, then READY (0).
@@ -224,6 +224,7 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 			break;
 		started = true;
 	}
+	complete = ret == 0; /* every page in place: no vCPU can wait on one any more */
 	if (ret == 0 && got != 3)
 		ret = missing_sections(got, error);
 	if (ret == 0 && cfg->check_tag_pattern) {
@@ -232,7 +233,7 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 		if (ret == 0)
 			printf("vmm: the tag pattern of the upper half of RAM arrived intact\n");
 	}
-	if (ret < 0 && started) {
+	if (ret < 0 && started && !complete) {
 		/*
 		 * Postcopy failed (paused) with the guest running here: its vCPU may wait on a page
 		 * that never comes. The engine keeps what was placed; this VMM gives up, and the

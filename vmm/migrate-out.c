@@ -10,8 +10,13 @@
  *      --max-downtime;
  *   3. switchover: the vCPU paused out of KVM_RUN, tm_sender_guest_stopped(), the last dirty log,
  *      the vCPU's registers and the test port's state as device-state sections, tm_sender_finish().
- *   4. a failure before the destination had everything (before READY): the session dropped,
- *      dirty logging off, the vCPU resumed if step 3 had paused it; after READY it stays paused.
+ *   3'. or postcopy (--postcopy-after N, after N rounds; switch_postcopy()): the vCPU paused at
+ *      the end of a guest pass, the last dirty log queued, tm_sender_start_postcopy(), the
+ *      sections, tm_sender_finish() answering the destination's requests until every page is
+ *      there;
+ *   4. a failure before the destination had everything (before READY, before the switch to
+ *      postcopy): the session dropped, dirty logging off, the vCPU resumed if step 3 had paused
+ *      it; after READY or the switch it stays paused ("postcopy paused": RAM intact here).
  *
  * The guest keeps running during the rounds: pages (and tags) it writes after a page was queued
  * go out again in the next round. Reading tags with KVM_ARM_MTE_COPY_TAGS while dirty logging is
