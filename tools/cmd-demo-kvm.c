@@ -162,7 +162,7 @@ static bool exited_ok(const vmm_proc *p)
 	return WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0;
 }
 
-int cli_demo_kvm(const char *vmm_opt, const char *image_opt, bool any_host)
+int cli_demo_kvm(const char *vmm_opt, const char *image_opt, bool any_host, int postcopy_after)
 {
 	g_autofree char *why = any_host ? NULL : kvm_mte_missing();
 	if (why)
@@ -192,7 +192,9 @@ int cli_demo_kvm(const char *vmm_opt, const char *image_opt, bool any_host)
 	}
 	g_autofree char *to = g_strdup_printf("127.0.0.1:%u",
 					      (unsigned)strtoul(port_line + strlen(PORT_LINE), NULL, 10));
-	char *src_argv[] = { vmm, "run", "--guest", image, "--migrate-to", to, "--tag-pattern", NULL };
+	g_autofree char *after = g_strdup_printf("%d", postcopy_after);
+	char *src_argv[] = { vmm, "run", "--guest", image, "--migrate-to", to, "--tag-pattern",
+			     postcopy_after >= 0 ? "--postcopy-after" : NULL, after, NULL };
 	if (!start(&src, src_argv, &err)) {
 		kill(dst.pid, SIGTERM);
 		finish(&dst);

@@ -353,7 +353,8 @@ int cli_cmd_demo(int argc, char **argv)
 		{ "postcopy-after", 0, 0, G_OPTION_ARG_INT, &o.postcopy_after,
 		  "With --live: run N precopy rounds (0 allowed), then pause the guest and switch "
 		  "to postcopy; the destination's vCPU threads fault missing pages in through "
-		  "userfaultfd while the rest comes in the background", "N" },
+		  "userfaultfd while the rest comes in the background. With --kvm-guest: the "
+		  "reference VMM's source switches to postcopy after N rounds", "N" },
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		G_OPTION_ENTRY_NULL
 	};
@@ -374,10 +375,11 @@ int cli_cmd_demo(int argc, char **argv)
 	if (o.kvm_guest || o.vmm || o.guest_image || o.any_host) {
 		if (!o.kvm_guest || o.size || o.page_size || o.io || o.tls || o.json || o.live ||
 		    o.channels != 4 || o.timeout != 60 || o.max_rounds != 30 || o.dirty_rate ||
-		    o.max_downtime || o.rate_limit || o.postcopy_after != -1)
-			return cli_usage_error("demo", "--kvm-guest takes only --vmm and --guest-image, "
-					       "which need it");
-		return cli_demo_kvm(o.vmm, o.guest_image, o.any_host);
+		    o.max_downtime || o.rate_limit || o.postcopy_after < -1 ||
+		    o.postcopy_after > 10000)
+			return cli_usage_error("demo", "--kvm-guest takes only --vmm, --guest-image "
+					       "(which need it) and --postcopy-after 0..10000");
+		return cli_demo_kvm(o.vmm, o.guest_image, o.any_host, o.postcopy_after);
 	}
 	if (!o.json)
 		cli_demo_kvm_note();
@@ -406,7 +408,8 @@ int cli_cmd_demo(int argc, char **argv)
 	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30 ||
 			o.postcopy_after != -1))
 		return cli_usage_error("demo", "--dirty-rate, --max-downtime, --max-rounds, "
-				       "--rate-limit and --postcopy-after need --live");
+				       "--rate-limit and --postcopy-after need --live "
+				       "(--postcopy-after also goes with --kvm-guest)");
 	if (o.live) {
 		demo_live_opts lo = { .size = o.size ? size : 256ull << 20,
 				      .channels = (unsigned)o.channels, .io = o.io,

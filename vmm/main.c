@@ -4,12 +4,14 @@
  *
  *   tagmig-vmm run --guest IMAGE [--passes N]
  *   tagmig-vmm run --guest IMAGE --migrate-to HOST:PORT [--max-downtime MS] [--migrate-after N]
+ *                  [--postcopy-after N]
  *   tagmig-vmm incoming --listen HOST:PORT [--passes N]
  *
  * Exit status: 0 success, 1 failure (the reason on stderr), 2 usage, 3 (run --migrate-to) the
  * migration failed before the destination had the whole guest: the reason on stderr, the guest
  * resumed on the source and passed --passes more passes (default 3) there. A failure after the
- * destination had everything (READY) is 1: the guest stays paused on the source.
+ * destination had everything (READY), or after the switch to postcopy ("postcopy paused"), is 1:
+ * the guest stays paused on the source.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vmm.h"
 
@@ -113,7 +116,7 @@ static int cmd_run(int argc, char **argv)
 {
 	g_autofree char *guest = NULL, *to = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64, max_downtime = 300, after = 1, channels = 2, rounds = 30;
-	gint postcopy_after = -1;
+	gint postcopy_after = -1, max_bandwidth = 0;
 	gboolean tag_pattern = FALSE, verbose = FALSE, skip_final = FALSE;
 	GOptionEntry entries[] = {
 		{ "guest", 0, 0, G_OPTION_ARG_FILENAME, &guest, "flat guest image, loaded at 0x40200000", "IMAGE" },
@@ -124,7 +127,8 @@ static int cmd_run(int argc, char **argv)
 		{ "max-downtime", 0, 0, G_OPTION_ARG_INT, &max_downtime, "switchover target in ms (default 300)", "MS" },
 		{ "max-rounds", 0, 0, G_OPTION_ARG_INT, &rounds, "switch over after N precopy rounds at the latest (default 30)", "N" },
 		{ "channels", 0, 0, G_OPTION_ARG_INT, &channels, "data channels (default 2)", "N" },
-		{ "postcopy-after", 0, 0, G_OPTION_ARG_INT, &postcopy_after, "not yet: refused", "N" },
+		{ "max-bandwidth", 0, 0, G_OPTION_ARG_INT, &max_bandwidth, "rate limit of the RAM pages in KiB/s: precopy rounds and postcopy's background pages, never the pages the destination asks for (default 0: none)", "KIB" },
+		{ "postcopy-after", 0, 0, G_OPTION_ARG_INT, &postcopy_after, "switch to postcopy after N precopy rounds (0: at once), at the end of a guest pass; the destination resumes the guest then and faults the missing pages in", "N" },
 		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &tls, "TLS 1.3: ca-cert.pem, client-cert.pem and client-key.pem there (docs/tls.md)", "DIR" },
 		{ "tag-pattern", 0, 0, G_OPTION_ARG_NONE, &tag_pattern, "write a tag pattern into the upper half of RAM through KVM before the guest starts (incoming --check-tag-pattern checks it)", NULL },
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
@@ -136,12 +140,12 @@ static int cmd_run(int argc, char **argv)
 	parse(entries, "Runs an arm64 KVM guest with MTE; optionally live-migrates it.", &argc, &argv);
 	if (!guest)
 		usage_exit("%s", "run needs --guest IMAGE");
-	if (postcopy_after >= 0)
-		usage_exit("%s", "--postcopy-after: postcopy is not implemented in the engine yet; "
-				 "migrate with precopy (leave the option out)");
-	if (passes < 1 || after < 0 || max_downtime < 1 || channels < 1 || channels > 64 || rounds < 1)
+	if (postcopy_after >= 0 && !to)
+		usage_exit("%s", "--postcopy-after needs --migrate-to");
+	if (passes < 1 || after < 0 || max_downtime < 1 || channels < 1 || channels > 64 || rounds < 1 ||
+	    max_bandwidth < 0)
 		usage_exit("%s", "--passes, --max-rounds and --max-downtime must be at least 1, "
-				 "--migrate-after at least 0, --channels 1..64");
+				 "--migrate-after and --max-bandwidth at least 0, --channels 1..64");
 
 	g_autoptr(GError) err = NULL;
 	g_autoptr(vmm_vm) vm = NULL;
@@ -171,11 +175,16 @@ static int cmd_run(int argc, char **argv)
 		vmm_out_config oc = { .host = host, .port = port, .max_downtime_ms = (uint64_t)max_downtime,
 				      .channels = (unsigned)channels, .after_passes = (uint64_t)after,
 				      .max_rounds = (unsigned)rounds, .skip_final_round = skip_final,
-				      .tls_creds = tls };
+				      .tls_creds = tls, .postcopy_after = postcopy_after,
+				      .rate_limit = (uint64_t)max_bandwidth * 1024 };
 		vmm_out_result res;
-		if (vmm_migrate_out(&r, &oc, &res, &err) < 0)
+		if (vmm_migrate_out(&r, &oc, &res, &err) < 0) {
+			if (res.postcopy)
+				printf("vmm: postcopy paused: the guest stays paused here with its RAM "
+				       "intact (the destination may be running it); not resumed\n");
 			ret = res.running ? after_failed_migration(&r, &res, err, (uint64_t)passes)
-					  : fail("migration", err);
+					  : fail(res.postcopy ? "postcopy paused" : "migration", err);
+		}
 	}
 	vmm_runner_clear(&r);
 	return ret;
@@ -186,33 +195,46 @@ static int cmd_incoming(int argc, char **argv)
 	g_autofree char *listen = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64;
 	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE, die_at_state = FALSE;
+	gboolean no_postcopy = FALSE;
+	gint place_delay = 0;
 	GOptionEntry entries[] = {
 		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
 		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM, as on the source (default 64)", "MIB" },
 		{ "passes", 0, 0, G_OPTION_ARG_INT, &passes, "after resuming, run until the guest reported N more passes (default 3)", "N" },
 		{ "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &tls, "TLS 1.3: ca-cert.pem, server-cert.pem and server-key.pem there (docs/tls.md)", "DIR" },
 		{ "check-tag-pattern", 0, 0, G_OPTION_ARG_NONE, &check, "before resuming, check the tags run --tag-pattern wrote", NULL },
+		{ "no-postcopy", 0, 0, G_OPTION_ARG_NONE, &no_postcopy, "decline postcopy (by default accepted where userfaultfd is allowed)", NULL },
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
 		{ "test-no-tags", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &no_tags, "test mutation", NULL },
 #if VMM_TEST_HOOKS
 		{ "test-die-at-state", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &die_at_state, "test hook", NULL },
+		{ "test-place-delay-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay, "test hook", "MS" },
 #endif
 		{ NULL },
 	};
 	parse(entries, "Receives a live-migrated guest into a new VM and resumes it.", &argc, &argv);
 	if (!listen)
 		usage_exit("%s", "incoming needs --listen HOST:PORT");
-	if (passes < 1)
-		usage_exit("%s", "--passes must be at least 1");
+	if (passes < 1 || place_delay < 0 || place_delay > 1000)
+		usage_exit("%s", "--passes must be at least 1, --test-place-delay-ms 0..1000");
 	g_autofree char *host = NULL, *port = NULL;
 	split_hostport("--listen", listen, &host, &port);
 	vmm_in_config ic = { .host = host, .port = port, .ram_size = ram_bytes(ram_mib),
 			     .passes = (uint64_t)passes, .no_tags = no_tags,
 			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls,
-			     .die_at_state = die_at_state };
+			     .die_at_state = die_at_state, .no_postcopy = no_postcopy,
+			     .place_delay_ms = (unsigned)place_delay };
 	g_autoptr(GError) err = NULL;
-	if (vmm_migrate_in(&ic, &err) < 0)
-		return fail("incoming migration", err);
+	bool stuck;
+	if (vmm_migrate_in(&ic, &stuck, &err) < 0) {
+		fail("incoming migration", err);
+		if (stuck) {
+			/* a vCPU may wait on a page that never comes: leave without joining it */
+			fflush(NULL);
+			_exit(1);
+		}
+		return 1;
+	}
 	return 0;
 }
 
@@ -225,6 +247,7 @@ int main(int argc, char **argv)
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		printf("Usage: tagmig-vmm run --guest IMAGE [--passes N]\n"
 		       "       tagmig-vmm run --guest IMAGE --migrate-to HOST:PORT [--max-downtime MS]\n"
+		       "                      [--postcopy-after N]\n"
 		       "       tagmig-vmm incoming --listen HOST:PORT [--passes N]\n"
 		       "The reference arm64 KVM VMM of tagmig (docs/aarch64.md).\n"
 		       "Exit status: 0 success, 1 failure, 2 usage, 3 run --migrate-to: the migration\n"

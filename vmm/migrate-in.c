@@ -4,7 +4,10 @@
  * RAM, its memslot WITHOUT dirty logging (Linux 6.12 refuses tag writes with EBUSY while any
  * memslot logs), a kvm-mte tag store on its fd and a tm_receiver. RAM and tags arrive; then the
  * device-state sections: the vCPU's registers go into the vCPU (vcpu-state.c), the port's state
- * into the port; only then does the vCPU run. The guest's pass counter must continue from the
+ * into the port; only then does the vCPU run. In postcopy (the source switched) the vCPU runs
+ * from the end of device state on, while the missing pages still come: a page it touches faults
+ * (KVM's stage-2 fault reaches the engine's userfaultfd) and is placed data, tags, then wake
+ * (the engine's placer, tm_kvm_mte_place semantics), so the guest never sees it before its tags. The guest's pass counter must continue from the
  * source's: this VMM checks that the guest's next pass numbers follow the last one the source saw.
  */
 #include <errno.h>
@@ -17,10 +20,14 @@
 #include "tagmig/tagmig.h"
 #include "vmm.h"
 
-static int read_sections(tm_receiver *rcv, vmm_runner *r, unsigned *got, GError **error)
+/* The device-state sections waiting now: *got gains bit 0 for the registers, bit 1 for the port;
+ * *ret_read counts the sections read. */
+static int read_sections(tm_receiver *rcv, vmm_runner *r, unsigned *got, unsigned *ret_read,
+			 GError **error)
 {
 	tm_state_info si;
 	int ret;
+	*ret_read = 0;
 	while ((ret = tm_receiver_next_state(rcv, &si, error)) == 1) {
 		g_autofree uint8_t *buf = g_malloc(si.length ? si.length : 1);
 		if ((ret = tm_receiver_read_state(rcv, buf, si.length, error)) < 0)
@@ -37,22 +44,124 @@ static int read_sections(tm_receiver *rcv, vmm_runner *r, unsigned *got, GError 
 		if (ret < 0)
 			return ret;
 		*got |= strcmp(si.name, "arm64.vcpu0") == 0 ? 1u : 2u;
+		(*ret_read)++;
 	}
 	return ret;
 }
 
-int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
+static int missing_sections(unsigned got, GError **error)
+{
+	g_set_error(error, TM_ERROR, EPROTO,
+		    "the source sent no %s state section: the guest cannot be resumed",
+		    got & 1 ? "'tagmig-vmm.port'" : "'arm64.vcpu0'");
+	return -EPROTO;
+}
+
+#if VMM_TEST_HOOKS && defined(VMM_CORE_HOOKS)
+#include <sys/prctl.h>
+#include "session/place.h"
+/*
+ * incoming --test-place-delay-ms: a requested page's data is in RAM, its tags not yet, and the
+ * vCPU that faulted on it must still be asleep. A placer that woke it already (a bug) lets the
+ * guest read the page now, and the guest sees the missing tags. Only on the urgent connection's
+ * thread, whose pages the (one) vCPU waits for: a background page the running vCPU touches
+ * while it is being placed is the window docs/aarch64.md describes, which a delay there would
+ * only widen.
+ */
+static void place_delay(tm_place_point point, unsigned block, uint64_t page, uint32_t npages,
+			void *opaque)
+{
+	char name[16] = "";
+	(void)block;
+	(void)page;
+	(void)npages;
+	if (point == TM_PLACE_COPIED && prctl(PR_GET_NAME, name) == 0 &&
+	    strcmp(name, "tm-recv-urgent") == 0)
+		g_usleep((gulong)GPOINTER_TO_UINT(opaque) * 1000);
+}
+#endif
+
+static void set_place_delay(unsigned ms)
+{
+	if (!ms)
+		return;
+#if VMM_TEST_HOOKS && defined(VMM_CORE_HOOKS)
+	printf("vmm: TEST HOOK: %u ms between a requested page's data and its tags\n", ms);
+	tm_place_set_test_hook(place_delay, GUINT_TO_POINTER(ms));
+#else
+	printf("vmm: --test-place-delay-ms needs the static core with test hooks: ignored\n");
+#endif
+}
+
+/* The receiver with the live limits; postcopy accepted unless declined or userfaultfd is refused
+ * here (then precopy only, and said why). KVM's faults on guest RAM are kernel-mode faults, so
+ * the userfaultfd must not be UFFD_USER_MODE_ONLY. */
+static int receiver_new(const vmm_in_config *cfg, tm_receiver **ret, GError **error)
+{
+	tm_receiver_config rc = { .ram_zeroed = true, .timeout_ms = 600000,
+				  .tls_creds_dir = cfg->tls_creds };
+	/* The engine checks the sections against what this VMM has: two, named, small. */
+	static const char *const names[] = { "arm64.vcpu0", "tagmig-vmm.port", NULL };
+	tm_live_config lc = { .size = sizeof(lc), .max_state_section = 1 << 20,
+			      .max_state_total = 2 << 20, .state_names = names,
+			      .postcopy = !cfg->no_postcopy };
+	g_autoptr(tm_receiver) rcv = NULL;
+	g_autoptr(GError) why = NULL;
+	int r = tm_receiver_new(&rc, &rcv, error);
+	if (r < 0)
+		return r;
+	if (lc.postcopy && (r = tm_receiver_set_live(rcv, &lc, &why)) < 0) {
+		if (r != -EPERM && r != -ENOSYS && r != -EOPNOTSUPP) {
+			g_propagate_error(error, g_steal_pointer(&why));
+			return r;
+		}
+		printf("vmm: postcopy declined (precopy only): %s\n", why->message);
+		tm_receiver_free(rcv);
+		if ((r = tm_receiver_new(&rc, &rcv, error)) < 0)
+			return r;
+		lc.postcopy = false;
+	}
+	if (!lc.postcopy && (r = tm_receiver_set_live(rcv, &lc, error)) < 0)
+		return r;
+	*ret = g_steal_pointer(&rcv);
+	return 0;
+}
+
+static void print_received(tm_receiver *rcv, bool postcopy, uint64_t from)
+{
+	tm_live_stats ls = { .size = sizeof(ls) };
+	tm_stats st;
+	tm_receiver_get_live_stats(rcv, &ls);
+	tm_receiver_get_stats(rcv, &st);
+	printf("vmm: received %" PRIu64 " pages (%" PRIu64 " zero with tags) in %" PRIu64
+	       " rounds and %" PRIu64 " state bytes%s%s; %s after pass %" PRIu64 "\n",
+	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], ls.rounds, ls.state_bytes,
+	       st.tls_cipher[0] ? " over TLS " : "", st.tls_cipher,
+	       postcopy ? "the guest had been resumed at the switchover" : "resuming the guest",
+	       from);
+	if (postcopy)
+		printf("vmm: postcopy: %" PRIu64 " pages missing at the switch (%" PRIu64
+		       " discarded); %" PRIu64 " faults, %" PRIu64 " requests, fault latency p50 %"
+		       PRIu64 " us p99 %" PRIu64 " us max %" PRIu64 " us; %" PRIu64 " urgent + %"
+		       PRIu64 " background pages, %" PRIu64 " duplicates\n",
+		       ls.postcopy_pages, ls.discarded_pages, ls.faults, ls.requests, ls.fault_p50_us,
+		       ls.fault_p99_us, ls.fault_max_us, ls.urgent_pages, ls.background_pages,
+		       ls.duplicate_pages);
+}
+
+int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 {
 	g_autoptr(vmm_vm) vm = NULL;
 	g_autoptr(tm_ram_layout) layout = NULL;
 	g_autoptr(tm_tag_store) store = NULL;
 	g_autoptr(tm_receiver) rcv = NULL;
 	const tm_tag_store_ops *ops;
-	tm_receiver_config rc = { .ram_zeroed = true, .timeout_ms = 600000,
-				  .tls_creds_dir = cfg->tls_creds };
 	int ret, lfd;
 	unsigned port;
 
+	*ret_stuck = false;
+	/* Fresh anonymous memory, never touched here: in postcopy the engine registers it with
+	 * userfaultfd (MISSING) at the switch, and a page the vCPU touches then faults in. */
 	if ((ret = vmm_vm_new(cfg->ram_size, &vm, error)) < 0)
 		return ret;
 	tm_kvm_mte_config kc = { .vm_fd = vm->vm_fd };
@@ -65,13 +174,9 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	else if ((ret = tm_tag_store_lookup("kvm-mte", &ops, error)) < 0 ||
 		 (ret = tm_tag_store_new(ops, layout, &kc, &store, error)) < 0)
 		return ret;
-	/* The engine checks the sections against what this VMM has: two, named, small. */
-	static const char *const names[] = { "arm64.vcpu0", "tagmig-vmm.port", NULL };
-	tm_live_config lc = { .size = sizeof(lc), .max_state_section = 1 << 20,
-			      .max_state_total = 2 << 20, .state_names = names };
-	if ((ret = tm_receiver_new(&rc, &rcv, error)) < 0 ||
-	    (ret = tm_receiver_set_live(rcv, &lc, error)) < 0)
+	if ((ret = receiver_new(cfg, &rcv, error)) < 0)
 		return ret;
+	set_place_delay(cfg->place_delay_ms);
 	lfd = tm_listen(cfg->host, cfg->port, &port, error);
 	if (lfd < 0)
 		return lfd;
@@ -82,54 +187,96 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 	if (ret < 0 || (ret = tm_receiver_start(rcv, layout, store, error)) < 0)
 		return ret;
 
-	vmm_runner r;
-	vmm_runner_init(&r, vm);
-	r.verbose = cfg->verbose;
-	unsigned got = 0;
-	/* RAM and tags, then (wait returns 1) the device-state sections, then READY (0) */
+	/* on the heap: a vCPU left blocked in postcopy (below) keeps using it */
+	vmm_runner *r = g_new0(vmm_runner, 1);
+	vmm_runner_init(r, vm);
+	r->verbose = cfg->verbose;
+	unsigned got = 0, nread;
+	bool started = false, complete = false;
+	uint64_t from = 0, seen = 0; /* the port as it arrived: the pass the source paused after */
+	/*
+	 * Precopy: RAM and tags, then (wait returns 1) the device-state sections, then READY (0).
+	 * Postcopy: after the switch the sections come, then wait returns 1 once more with none
+	 * (the end of device state: READY went): the vCPU starts there while the missing pages
+	 * still come (faulted in, or in the background); 0 once every page is in place.
+	 */
 	while ((ret = tm_receiver_wait(rcv, error)) == 1) {
 		if (VMM_TEST_HOOKS && cfg->die_at_state) {
 			printf("vmm: TEST HOOK: killed as the device state arrives\n");
 			raise(SIGKILL);
 		}
-		if ((ret = read_sections(rcv, &r, &got, error)) < 0)
+		if ((ret = read_sections(rcv, r, &got, &nread, error)) < 0)
 			break;
+		if (started || nread || tm_receiver_phase(rcv) != TM_PHASE_POSTCOPY)
+			continue;
+		if (got != 3) {
+			ret = missing_sections(got, error);
+			break;
+		}
+		tm_live_stats ls = { .size = sizeof(ls) };
+		tm_receiver_get_live_stats(rcv, &ls);
+		from = r->port.last_pass; /* the vCPU thread is not started yet */
+		seen = r->port.passes;
+		printf("vmm: postcopy: resuming the guest at the switchover after pass %" PRIu64
+		       " (%" PRIu64 " pages missing, coming on demand and in the background)\n",
+		       from, ls.postcopy_pages);
+		if ((ret = vmm_runner_start(r, error)) < 0)
+			break;
+		started = true;
 	}
-	if (ret == 0 && got != 3) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "the source sent no %s state section: the guest cannot be resumed",
-			    got & 1 ? "'tagmig-vmm.port'" : "'arm64.vcpu0'");
-		ret = -EPROTO;
-	}
+	complete = ret == 0; /* every page in place: no vCPU can wait on one any more */
+	if (ret == 0 && got != 3)
+		ret = missing_sections(got, error);
 	if (ret == 0 && cfg->check_tag_pattern) {
+		/* postcopy: now that every page is in place (the guest never touches that half) */
 		ret = vmm_tag_pattern_check(vm, error);
 		if (ret == 0)
 			printf("vmm: the tag pattern of the upper half of RAM arrived intact\n");
 	}
+	if (ret < 0 && started && !complete) {
+		/*
+		 * Postcopy failed (paused) with the guest running here: its vCPU may wait on a page
+		 * that never comes. The engine keeps what was placed; this VMM gives up, and the
+		 * caller leaves without freeing (see vmm.h).
+		 */
+		*ret_stuck = true;
+		g_prefix_error(error, "postcopy failed with the guest running here after the source's "
+			       "pass %" PRIu64 ": ", from);
+		(void)g_steal_pointer(&rcv);
+		(void)g_steal_pointer(&store);
+		(void)g_steal_pointer(&layout);
+		(void)g_steal_pointer(&vm);
+		return ret;
+	}
 	if (ret < 0) {
-		vmm_runner_clear(&r);
+		vmm_runner_clear(r);
+		g_free(r);
 		return ret; /* the guest is never resumed on a failed migration */
 	}
-	tm_live_stats ls = { .size = sizeof(ls) };
-	tm_stats st;
-	tm_receiver_get_live_stats(rcv, &ls);
-	tm_receiver_get_stats(rcv, &st);
-	uint64_t from = r.port.last_pass, seen = r.port.passes;
-	printf("vmm: received %" PRIu64 " pages (%" PRIu64 " zero with tags) in %" PRIu64
-	       " rounds and %" PRIu64 " state bytes%s%s; resuming the guest after pass %" PRIu64 "\n",
-	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], ls.rounds, ls.state_bytes,
-	       st.tls_cipher[0] ? " over TLS " : "", st.tls_cipher, from);
-
-	if ((ret = vmm_runner_start(&r, error)) == 0 &&
-	    (ret = vmm_runner_wait_passes(&r, seen + cfg->passes, error)) == 0) {
-		g_mutex_lock(&r.lock);
-		uint64_t now = r.port.last_pass;
-		g_mutex_unlock(&r.lock);
-		if (now != from + cfg->passes) {
+	if (!started) {
+		from = r->port.last_pass;
+		seen = r->port.passes;
+	}
+	print_received(rcv, started, from);
+	if (started) {
+		g_mutex_lock(&r->lock);
+		uint64_t now = r->port.last_pass;
+		g_mutex_unlock(&r->lock);
+		printf("vmm: postcopy: every page in place after the guest's pass %" PRIu64 " here\n",
+		       now);
+	}
+	if ((started || (ret = vmm_runner_start(r, error)) == 0) &&
+	    (ret = vmm_runner_wait_passes(r, seen + cfg->passes, error)) == 0) {
+		/* at least cfg->passes here (more in postcopy, where the guest ran while the last
+		 * pages came), each numbered on from the last: the same guest, not a restart */
+		g_mutex_lock(&r->lock);
+		uint64_t now = r->port.last_pass, here = r->port.passes - seen;
+		g_mutex_unlock(&r->lock);
+		if (now != from + here) {
 			g_set_error(error, TM_ERROR, EIO,
 				    "the guest's pass counter did not continue: %" PRIu64 " passes after "
 				    "pass %" PRIu64 " it reports pass %" PRIu64 " (a restart?)",
-				    cfg->passes, from, now);
+				    here, from, now);
 			ret = -EIO;
 		} else {
 			printf("vmm: the migrated guest passed passes %" PRIu64 "..%" PRIu64
@@ -137,6 +284,7 @@ int vmm_migrate_in(const vmm_in_config *cfg, GError **error)
 			       from + 1, now, from);
 		}
 	}
-	vmm_runner_clear(&r);
+	vmm_runner_clear(r);
+	g_free(r);
 	return ret;
 }

@@ -10,8 +10,13 @@
  *      --max-downtime;
  *   3. switchover: the vCPU paused out of KVM_RUN, tm_sender_guest_stopped(), the last dirty log,
  *      the vCPU's registers and the test port's state as device-state sections, tm_sender_finish().
- *   4. a failure before the destination had everything (before READY): the session dropped,
- *      dirty logging off, the vCPU resumed if step 3 had paused it; after READY it stays paused.
+ *   3'. or postcopy (--postcopy-after N, after N rounds; switch_postcopy()): the vCPU paused at
+ *      the end of a guest pass, the last dirty log queued, tm_sender_start_postcopy(), the
+ *      sections, tm_sender_finish() answering the destination's requests until every page is
+ *      there;
+ *   4. a failure before the destination had everything (before READY, before the switch to
+ *      postcopy): the session dropped, dirty logging off, the vCPU resumed if step 3 had paused
+ *      it; after READY or the switch it stays paused ("postcopy paused": RAM intact here).
  *
  * The guest keeps running during the rounds: pages (and tags) it writes after a page was queued
  * go out again in the next round. Reading tags with KVM_ARM_MTE_COPY_TAGS while dirty logging is
@@ -48,7 +53,8 @@ typedef struct out_session {
 	tm_ram_layout *layout;
 	tm_tag_store *store;
 	tm_sender *s;
-	char stage[64]; /* where the migration is, for the error of a failure */
+	bool switched;  /* tm_sender_start_postcopy() returned 0: the guest never runs here again */
+	char stage[80]; /* where the migration is, for the error of a failure */
 } out_session;
 
 static void out_session_clear(out_session *o)
@@ -58,6 +64,96 @@ static void out_session_clear(out_session *o)
 	tm_ram_layout_free(o->layout);
 }
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(out_session, out_session_clear)
+
+/* The vCPU's registers and the port as the two device-state sections, then tm_sender_finish().
+ * *ret_at_pass and *ret_passes: the guest's pass counter as the pause left it. */
+static int send_state(vmm_runner *r, tm_sender *s, uint64_t *ret_at_pass, uint64_t *ret_passes,
+		      size_t *ret_bytes, GError **error)
+{
+	g_autoptr(GBytes) regs = NULL, port = NULL;
+	int ret;
+	if ((ret = vmm_vcpu_state_save(r->vm, &regs, error)) < 0)
+		return ret;
+	g_mutex_lock(&r->lock); /* the vCPU thread is paused: the port is still */
+	port = vmm_port_save(&r->port);
+	*ret_at_pass = r->port.last_pass;
+	*ret_passes = r->port.passes;
+	g_mutex_unlock(&r->lock);
+	gsize rlen, plen;
+	const void *rdata = g_bytes_get_data(regs, &rlen), *pdata = g_bytes_get_data(port, &plen);
+	*ret_bytes = rlen + plen;
+	/* after all RAM; referenced (no TM_STATE_COPY) until finish returns */
+	if ((ret = tm_sender_put_state(s, "arm64.vcpu0", rdata, rlen, 0, error)) < 0 ||
+	    (ret = tm_sender_put_state(s, "tagmig-vmm.port", pdata, plen, 0, error)) < 0 ||
+	    (ret = tm_sender_finish(s, error)) < 0)
+		return ret;
+	return 0;
+}
+
+/*
+ * Postcopy after `rounds` precopy rounds (0: none; dirty logging was never on then): the vCPU is
+ * paused at the end of its next pass (so that on the destination it starts with the check of
+ * the whole window the source wrote: every page is read, faulted in with its tags, before it is
+ * written again), the pages the guest wrote since the last log read are queued, then
+ * tm_sender_start_postcopy() (it calls tm_sender_guest_stopped()): every page queued and not
+ * yet packed, and every page never sent, is missing at the destination from now on and comes
+ * in the background or when the destination's vCPU faults on it. The device state follows at
+ * once (the destination resumes the guest with it); tm_sender_finish() serves the destination's
+ * requests and the background pages until every page is there. This side's RAM is only read
+ * and stays intact; from the switch on, the guest never runs here again (o->switched).
+ */
+static int switch_postcopy(vmm_runner *r, out_session *o, uint64_t *dirty, size_t words,
+			   unsigned rounds, GError **error)
+{
+	vmm_vm *vm = r->vm;
+	uint64_t npages = vm->ram_size / VMM_PAGE, final_dirty = 0;
+	int ret;
+	g_snprintf(o->stage, sizeof(o->stage), "switch to postcopy after round %u (guest paused)",
+		   rounds);
+	if ((ret = vmm_runner_pause_at_pass(r, error)) < 0)
+		return ret;
+	if (rounds > 0) {
+		g_autofree uint64_t *last = g_new0(uint64_t, words);
+		if ((ret = vmm_vm_get_dirty_log(vm, last, error)) < 0)
+			return ret;
+		for (size_t i = 0; i < words; i++)
+			dirty[i] |= last[i];
+		final_dirty = popcount(dirty, words);
+		if ((ret = tm_sender_queue_bitmap(o->s, 0, dirty, 0, npages, error)) < 0)
+			return ret;
+	}
+	ret = tm_sender_start_postcopy(o->s, error);
+	if (ret < 0)
+		return ret;
+	o->switched = true;
+	printf("vmm: switched to postcopy after %u precopy round%s at guest pass %" PRIu64
+	       " (paused at the pass's end), %" PRIu64 " pages dirty since the last round\n",
+	       rounds, rounds == 1 ? "" : "s", last_pass(r), final_dirty);
+	g_strlcpy(o->stage, "postcopy (guest paused here, running on the destination)",
+		  sizeof(o->stage));
+	uint64_t at_pass, passes;
+	size_t state_bytes;
+	if ((ret = send_state(r, o->s, &at_pass, &passes, &state_bytes, error)) < 0)
+		return ret;
+
+	tm_live_stats ls = { .size = sizeof(ls) };
+	tm_stats st;
+	tm_sender_get_live_stats(o->s, &ls);
+	tm_sender_get_stats(o->s, &st);
+	printf("vmm: postcopy done: switchover at guest pass %" PRIu64 " (%" PRIu64 " passes "
+	       "reported here), %u precopy round%s, device state %zu bytes, downtime %.1f ms; %"
+	       PRIu64 " pages missing at the switch: %" PRIu64 " requests answered (%" PRIu64
+	       " urgent pages), %" PRIu64 " background pages, service p50 %" PRIu64 " us p99 %"
+	       PRIu64 " us; %" PRIu64 " pages (%" PRIu64 " zero with tags) in %.3f s over %u "
+	       "channels%s%s\n",
+	       at_pass, passes, rounds, rounds == 1 ? "" : "s", state_bytes, ls.downtime_us / 1e3,
+	       ls.postcopy_pages, ls.requests, ls.urgent_pages, ls.background_pages,
+	       ls.service_p50_us, ls.service_p99_us, st.pages,
+	       st.pages_by_kind[TM_PAGE_ZERO_TAGGED], st.seconds, st.channels,
+	       st.tls_cipher[0] ? ", TLS " : "", st.tls_cipher);
+	vmm_runner_stop(r);
+	return 0;
+}
 
 static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GError **error)
 {
@@ -69,7 +165,9 @@ static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GEr
 	tm_kvm_mte_config kc = { .vm_fd = vm->vm_fd };
 	tm_sender_config sc = { .channels = cfg->channels, .timeout_ms = 600000,
 				.tls_creds_dir = cfg->tls_creds };
-	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = cfg->max_downtime_ms * 1000 };
+	const bool postcopy = cfg->postcopy_after >= 0;
+	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = cfg->max_downtime_ms * 1000,
+			      .postcopy = postcopy, .rate_limit = cfg->rate_limit };
 	int ret;
 
 	if (cfg->after_passes) {
@@ -90,6 +188,9 @@ static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GEr
 	    (ret = tm_sender_connect(o->s, cfg->host, cfg->port, error)) < 0)
 		return ret;
 	tm_sender *s = o->s;
+	/* Postcopy at once: every page is missing at the destination, no log needed. */
+	if (postcopy && cfg->postcopy_after == 0)
+		return switch_postcopy(r, o, dirty, words, 0, error);
 	/* From here on every guest write marks its page; round 1 sends them all anyway. */
 	if ((ret = vmm_vm_set_dirty_log(vm, true, error)) < 0)
 		return ret;
@@ -117,7 +218,9 @@ static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GEr
 		       round, rs.pages_sent, rs.wire_bytes, rs.seconds, ndirty,
 		       adv.expected_downtime_us == UINT64_MAX ? -1.0 : adv.expected_downtime_us / 1e3,
 		       last_pass(r));
-		if (adv.switch_now || round >= cfg->max_rounds)
+		if (postcopy && round >= (unsigned)cfg->postcopy_after)
+			return switch_postcopy(r, o, dirty, words, round, error);
+		if (!postcopy && (adv.switch_now || round >= cfg->max_rounds))
 			break;
 	}
 
@@ -140,19 +243,9 @@ static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GEr
 		       final_dirty);
 	else if ((ret = tm_sender_queue_bitmap(s, 0, dirty, 0, npages, error)) < 0)
 		return ret;
-	g_autoptr(GBytes) regs = NULL, port = NULL;
-	if ((ret = vmm_vcpu_state_save(vm, &regs, error)) < 0)
-		return ret;
-	g_mutex_lock(&r->lock); /* the vCPU thread is paused: the port is still */
-	port = vmm_port_save(&r->port);
-	uint64_t at_pass = r->port.last_pass, passes = r->port.passes;
-	g_mutex_unlock(&r->lock);
-	gsize rlen, plen;
-	const void *rdata = g_bytes_get_data(regs, &rlen), *pdata = g_bytes_get_data(port, &plen);
-	/* after all RAM; referenced (no TM_STATE_COPY) until finish returns */
-	if ((ret = tm_sender_put_state(s, "arm64.vcpu0", rdata, rlen, 0, error)) < 0 ||
-	    (ret = tm_sender_put_state(s, "tagmig-vmm.port", pdata, plen, 0, error)) < 0 ||
-	    (ret = tm_sender_finish(s, error)) < 0)
+	uint64_t at_pass, passes;
+	size_t state_bytes;
+	if ((ret = send_state(r, s, &at_pass, &passes, &state_bytes, error)) < 0)
 		return ret;
 
 	tm_live_stats ls = { .size = sizeof(ls) };
@@ -160,10 +253,10 @@ static int migrate(vmm_runner *r, const vmm_out_config *cfg, out_session *o, GEr
 	tm_sender_get_live_stats(s, &ls);
 	tm_sender_get_stats(s, &st);
 	printf("vmm: switchover after %u precopy rounds at guest pass %" PRIu64 " (%" PRIu64
-	       " passes reported here): final round %" PRIu64 " pages, device state %zu + %zu bytes; "
+	       " passes reported here): final round %" PRIu64 " pages, device state %zu bytes; "
 	       "downtime %.1f ms; %" PRIu64 " pages (%" PRIu64 " zero with tags) in %.3f s over %u "
 	       "channels%s%s\n",
-	       round, at_pass, passes, final_dirty, (size_t)rlen, (size_t)plen, ls.downtime_us / 1e3,
+	       round, at_pass, passes, final_dirty, state_bytes, ls.downtime_us / 1e3,
 	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], st.seconds, st.channels,
 	       st.tls_cipher[0] ? ", TLS " : "", st.tls_cipher);
 	vmm_runner_stop(r);
@@ -181,6 +274,15 @@ static bool handed_over(tm_sender *s)
 	return ls.downtime_us != 0 || ls.phase == TM_PHASE_COMPLETE;
 }
 
+/* Whether the sender is past the switch to postcopy (also when start_postcopy() failed late). */
+static bool after_switch(tm_sender *s)
+{
+	if (!s)
+		return false;
+	tm_phase ph = tm_sender_phase(s);
+	return ph == TM_PHASE_POSTCOPY || ph == TM_PHASE_POSTCOPY_PAUSED;
+}
+
 int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, vmm_out_result *ret_result,
 		    GError **error)
 {
@@ -191,6 +293,12 @@ int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, vmm_out_result *re
 		return ret;
 	if (o.stage[0])
 		g_prefix_error(error, "%s: ", o.stage);
+	if (o.switched || after_switch(o.s)) {
+		/* postcopy: the destination may run the guest; this side keeps it paused, RAM and
+		 * session (which knows what the destination lacks) intact until the process ends */
+		ret_result->handed_over = ret_result->postcopy = true;
+		return ret;
+	}
 	if (handed_over(o.s)) {
 		ret_result->handed_over = true; /* paused here for good: the destination has it */
 		return ret;

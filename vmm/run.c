@@ -55,6 +55,8 @@ static void port_line(vmm_runner *r, const char *line)
 		p->last_pass = n;
 		if (r->verbose)
 			printf("guest: %s\n", line);
+		if (r->pause_at_pass)
+			r->pause_req = true; /* the loop parks the thread before the next KVM_RUN */
 		return;
 	}
 	printf("guest: %s\n", line);
@@ -241,6 +243,23 @@ int vmm_runner_pause(vmm_runner *r, GError **error)
 		ret = r->error ? r->error : -EIO;
 		g_set_error(error, TM_ERROR, -ret, "pausing the vCPU: it had stopped: %s", r->why);
 	}
+	g_mutex_unlock(&r->lock);
+	return ret;
+}
+
+int vmm_runner_pause_at_pass(vmm_runner *r, GError **error)
+{
+	int ret = 0;
+	g_mutex_lock(&r->lock);
+	r->pause_at_pass = true;
+	while (!r->paused && !r->stopped && !r->port.failed)
+		g_cond_wait(&r->cond, &r->lock);
+	if (!r->paused) {
+		ret = r->error ? r->error : -EIO;
+		g_set_error(error, TM_ERROR, -ret, "pausing the vCPU at the end of a pass: %s",
+			    r->port.failed ? r->port.failure : r->why);
+	}
+	r->pause_at_pass = false;
 	g_mutex_unlock(&r->lock);
 	return ret;
 }

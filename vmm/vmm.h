@@ -73,6 +73,8 @@ typedef struct vmm_runner {
 	 * also without the lock once the vCPU is paused or not started) */
 	vmm_port port;
 	bool pause_req;  /* the migration thread wants the vCPU out of KVM_RUN */
+	bool pause_at_pass; /* ... as soon as the guest reported its next pass (the vCPU thread
+			     * sets pause_req then) */
 	bool paused;     /* the vCPU thread is out of KVM_RUN and waits */
 	bool stopped;    /* the vCPU thread ended (guest off, failure, or asked to) */
 	bool quit;       /* end the thread */
@@ -109,6 +111,10 @@ int vmm_runner_start(vmm_runner *r, GError **error);
 int vmm_runner_wait_passes(vmm_runner *r, uint64_t passes, GError **error);
 /* Stops the vCPU out of KVM_RUN (an MMIO access in flight completed) and waits until it is. */
 int vmm_runner_pause(vmm_runner *r, GError **error);
+/* Stops the vCPU right after the guest's next "pass N ok" line (the newline's store completed),
+ * so that the first thing it does on resuming is the next pass, and waits until it is: 0, or
+ * -errno if the guest failed or the thread ended first. */
+int vmm_runner_pause_at_pass(vmm_runner *r, GError **error);
 /* Lets a paused vCPU run again (a migration that failed before the destination had everything):
  * returns whether it was paused. The registers are the ones the pause left, so the guest goes
  * on where it stopped. */
@@ -131,6 +137,9 @@ typedef struct vmm_out_config {
 	unsigned channels;
 	uint64_t after_passes;  /* migrate once the guest reported this many passes */
 	unsigned max_rounds;
+	int postcopy_after;     /* >= 0: that many precopy rounds, then postcopy; -1: precopy */
+	uint64_t rate_limit;    /* bytes/s of RAM pages (precopy rounds, postcopy's background);
+				 * 0: unlimited */
 	bool skip_final_round;  /* test mutation: the guest's last writes stay behind */
 	const char *tls_creds;  /* TLS 1.3 with the client credentials there (docs/tls.md), or NULL */
 } vmm_out_config;
@@ -139,10 +148,12 @@ typedef struct vmm_out_result {
 	bool handed_over; /* READY came: the destination has the guest; it stays paused here */
 	bool running;     /* the migration failed before that: the guest runs here again */
 	bool resumed;     /* ... and it had been paused for the switchover, and was resumed */
+	bool postcopy;    /* the failure came after the switch to postcopy: the destination may
+			   * run the guest; paused here for good, its RAM intact */
 } vmm_out_result;
 /* Migrates the running guest: 0, or -errno. On a failure before the destination had everything
- * (before READY), the vCPU runs on here (resumed if the switchover had paused it); after READY
- * it stays paused. *ret_result says which. */
+ * (before READY, and before the switch to postcopy), the vCPU runs on here (resumed if the
+ * switchover had paused it); after READY or the switch it stays paused. *ret_result says which. */
 int vmm_migrate_out(vmm_runner *r, const vmm_out_config *cfg, vmm_out_result *ret_result,
 		    GError **error);
 
@@ -156,8 +167,14 @@ typedef struct vmm_in_config {
 	bool check_tag_pattern; /* compare the upper half of RAM's tags with vmm_tag_pattern() */
 	bool verbose;
 	const char *tls_creds;  /* TLS 1.3 with the server credentials there, or NULL */
+	bool no_postcopy;       /* decline postcopy (else accepted where userfaultfd is allowed) */
+	unsigned place_delay_ms; /* test hook: sleep between a page's data and its tags */
 } vmm_in_config;
-int vmm_migrate_in(const vmm_in_config *cfg, GError **error);
+/* Receives the guest and runs it: 0, or -errno. *ret_stuck (on a failure): the vCPU was started in
+ * postcopy and may wait on a page that never comes; the caller must leave with _exit(), without
+ * freeing anything (a blocked vCPU cannot be joined, and dropping the userfaultfd under it would
+ * give it SIGBUS). */
+int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error);
 
 /* The VMM's own tag check (main.c's --tag-pattern, docs/aarch64.md): tags it writes through KVM
  * into the upper half of guest RAM, which the guests never touch, before the guest starts; the

@@ -935,6 +935,14 @@ demo-kvm-guest-run)
 	grep -qx "run --guest $T/guest.bin --migrate-to 127.0.0.1:4999 --tag-pattern" "$T/argv" ||
 		fail "the source was not run at the destination's port: $(cat "$T/argv")"
 	rm -f "$T/migrated" "$T/argv"
+	# --postcopy-after goes to the source
+	timeout 60 env FAKE_VMM_DIR="$T" "$TAGMIG" demo --kvm-guest --test-any-host --vmm "$FAKE" \
+		--guest-image "$T/guest.bin" --postcopy-after 1 >"$T/demo.out" 2>"$T/demo.err"
+	expect_rc "demo --kvm-guest --postcopy-after 1 (stand-in VMM)" "$?" 0
+	grep -qx "run --guest $T/guest.bin --migrate-to 127.0.0.1:4999 --tag-pattern --postcopy-after 1" "$T/argv" &&
+		grep -q '^source: vmm: switched to postcopy after 1 precopy round' "$T/demo.out" ||
+		fail "--postcopy-after not passed to the source: $(cat "$T/argv") $(cat "$T/demo.out")"
+	rm -f "$T/migrated" "$T/argv"
 	export FAKE_VMM_FAIL=1
 	run_fake
 	rc=$?

@@ -5,7 +5,7 @@
 #   fake-vmm.sh incoming --listen 127.0.0.1:0 --check-tag-pattern
 #       says it listens on port 4999, waits for the source's mark in $FAKE_VMM_DIR, then reports
 #       the guest's passes continuing from the source's
-#   fake-vmm.sh run --guest IMAGE --migrate-to 127.0.0.1:4999 --tag-pattern
+#   fake-vmm.sh run --guest IMAGE --migrate-to 127.0.0.1:4999 --tag-pattern [--postcopy-after N]
 #       checks its arguments, marks $FAKE_VMM_DIR/migrated, prints a round and the switchover;
 #       with FAKE_VMM_FAIL=1 it fails as the real one does (exit 3) and marks nothing
 set -u
@@ -36,6 +36,10 @@ run)
 	fi
 	echo "vmm: round 1: 16384 pages, 991344 bytes in 0.810 s; 258 pages dirty since, expected downtime 40.8 ms; guest at pass 5"
 	touch "$dir/migrated"
+	if [ "${7:-}" = --postcopy-after ]; then
+		echo "vmm: switched to postcopy after $8 precopy round at guest pass 6 (paused at the pass's end), 258 pages dirty since the last round"
+		exit 0
+	fi
 	echo "vmm: switchover after 1 precopy rounds at guest pass 6 (6 passes reported here): downtime 50.0 ms"
 	exit 0
 	;;

@@ -43,6 +43,8 @@ void pattern_write(uint64_t base, uint64_t size, uint64_t gen);
 /* Both return 0, or report the first mismatch and return -1. */
 int pattern_check_data(uint64_t base, uint64_t size, uint64_t gen);
 int pattern_check_tags(uint64_t base, uint64_t size, uint64_t gen);
+/* Both checks, page by page from the window's last page down to its first. */
+int pattern_check_down(uint64_t base, uint64_t size, uint64_t gen);
 uint64_t pattern_tag(uint64_t granule_addr, uint64_t gen);
 uint64_t pattern_word(uint64_t addr, uint64_t gen);
 

@@ -1,7 +1,8 @@
 /* The MTE test guest's pass loop (docs/aarch64.md, "The reference VMM's guest").
  *
- * Pass N (N = 1, 2, ...): write the window with generation N (pattern.c), read every word back
- * through tagged pointers, read every tag with LDG, report "pass N ok". The first mismatch or
+ * Pass N (N = 1, 2, ...): check that the window still holds generation N - 1 (from pass 2 on),
+ * write it with generation N (pattern.c), read every word back through tagged pointers, read
+ * every tag with LDG, report "pass N ok". The first mismatch or
  * fault is reported and the guest stops. */
 #include "guest.h"
 
@@ -119,6 +120,15 @@ void guest_main(void)
 
 	for (;;) {
 		uint64_t gen = ++guest_pass;
+		/*
+		 * First, what the last pass left, before anything overwrites it: a guest migrated
+		 * at a pass boundary reads every page of the window (and with postcopy faults each
+		 * in) with the tags the source gave it, so a tag lost on the way is seen here, not
+		 * hidden under this pass's writes. From the last page down: a migration streams
+		 * pages upwards, so the guest meets it once, and faults on the pages above.
+		 */
+		if (gen > 1 && pattern_check_down(base, size, gen - 1) < 0)
+			return;
 		pattern_write(base, size, gen);
 		selftest(base, gen, 0);
 		if (pattern_check_data(base, size, gen) < 0)

@@ -127,11 +127,12 @@ static void mismatch(const char *what, uint64_t gen, uint64_t addr, uint64_t wan
 	report_line_end();
 }
 
-/* Sweep 1: every word through a pointer carrying the expected tag. A granule whose tag was lost
- * or is stale faults here (synchronous Tag Check Fault, reported by exception.c). */
-int pattern_check_data(uint64_t base, uint64_t size, uint64_t gen)
+/* Sweep 1 over [lo, hi) of the window at base: every word through a pointer carrying the
+ * expected tag. A granule whose tag was lost or is stale faults here (synchronous Tag Check
+ * Fault, reported by exception.c). */
+static int check_data(uint64_t base, uint64_t lo, uint64_t hi, uint64_t gen)
 {
-	for (uint64_t g = base; g < base + size; g += GRANULE) {
+	for (uint64_t g = lo; g < hi; g += GRANULE) {
 		volatile uint64_t *p = (volatile uint64_t *)tagged(g, granule_tag(base, g, gen));
 		for (unsigned w = 0; w < 2; w++) {
 			uint64_t want = expected_word(base, g + 8 * w, gen);
@@ -145,11 +146,11 @@ int pattern_check_data(uint64_t base, uint64_t size, uint64_t gen)
 	return 0;
 }
 
-/* Sweep 2: every granule's Allocation Tag read with LDG, including those whose expected tag is
- * 0 (a 0-tagged pointer matches a lost tag, so sweep 1 cannot tell). */
-int pattern_check_tags(uint64_t base, uint64_t size, uint64_t gen)
+/* Sweep 2 over [lo, hi): every granule's Allocation Tag read with LDG, including those whose
+ * expected tag is 0 (a 0-tagged pointer matches a lost tag, so sweep 1 cannot tell). */
+static int check_tags(uint64_t base, uint64_t lo, uint64_t hi, uint64_t gen)
 {
-	for (uint64_t g = base; g < base + size; g += GRANULE) {
+	for (uint64_t g = lo; g < hi; g += GRANULE) {
 		uint64_t want = granule_tag(base, g, gen);
 		uint64_t got = mte_ldg(g);
 		if (got != want) {
@@ -157,5 +158,26 @@ int pattern_check_tags(uint64_t base, uint64_t size, uint64_t gen)
 			return -1;
 		}
 	}
+	return 0;
+}
+
+int pattern_check_data(uint64_t base, uint64_t size, uint64_t gen)
+{
+	return check_data(base, base, base + size, gen);
+}
+
+int pattern_check_tags(uint64_t base, uint64_t size, uint64_t gen)
+{
+	return check_tags(base, base, base + size, gen);
+}
+
+/* Both sweeps page by page from the last page down: a migrated guest touches the end of the
+ * window first, where a migration streaming pages upwards arrives last, so that it faults. */
+int pattern_check_down(uint64_t base, uint64_t size, uint64_t gen)
+{
+	for (uint64_t page = base + size; page > base; page -= PAGE)
+		if (check_data(base, page - PAGE, page, gen) < 0 ||
+		    check_tags(base, page - PAGE, page, gen) < 0)
+			return -1;
 	return 0;
 }

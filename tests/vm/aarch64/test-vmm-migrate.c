@@ -14,6 +14,10 @@
  *      never resume the guest;
  *   4. a hostile source (the engine's fake peer) aims a page past guest RAM at a waiting
  *      destination: refused naming the page, the guest never resumed;
+ *   2b. postcopy: after 1 precopy round, after none (the destination widening the gap between a
+ *      requested page's data and its tags to 20 ms, so that a vCPU woken too early would be
+ *      seen, and the source's background stream slowed to 256 KiB/s), and after 1 over TLS; the guest resumes at the switchover and faults pages in; then a
+ *      destination lost after the switch: the source says "postcopy paused", never resumes;
  *   5. a destination killed after the source's first precopy round, then one killed as the
  *      device state arrives (after the source paused its guest): each time the source says why,
  *      its guest runs on (resumed, the second time), 3 more passes there, exit status 3 (also
@@ -245,6 +249,114 @@ static void migration(const char *VMM, const char *guest, const char *port, cons
 		 "source's", how);
 }
 
+/* The destination's "N faults" of its postcopy line, or -1. */
+static long postcopy_faults(const char *dout)
+{
+	const char *l = strstr(dout, "pages missing at the switch (");
+	const char *f = l ? strstr(l, "); ") : NULL;
+	long n;
+	return f && sscanf(f, "); %ld faults", &n) == 1 ? n : -1;
+}
+
+/*
+ * A live migration through postcopy after `after` precopy rounds (0: at once): the source pauses
+ * the guest at the end of a pass, switches, sends the vCPU state and serves the destination's
+ * requests; the destination resumes the guest at the switchover, so its next pass first checks
+ * the window the source wrote (every page faulted in or placed in the background, data and tags
+ * before the vCPU sees it; the window from its last page down, against the background stream
+ * going up), and must pass 3 passes numbered on from the source's. place_delay: the destination
+ * sleeps that many ms between a requested page's data and its tags (a wake before the tags would
+ * let the guest see the page without them). kib_s: the source's pages go at that rate
+ * (--max-bandwidth: precopy and the background stream, never the requested pages), so that the
+ * guest faults in most of the window (0: unlimited).
+ */
+static void postcopy_migration(const char *VMM, const char *guest, const char *port,
+			       unsigned after, const char *creds, unsigned place_delay,
+			       unsigned kib_s)
+{
+	g_autofree char *what = g_strdup_printf("postcopy after %u round%s%s", after,
+						after == 1 ? "" : "s", creds ? " (TLS)" : "");
+	g_autofree char *at = g_strdup_printf("127.0.0.1:%s", port);
+	g_autofree char *after_s = g_strdup_printf("%u", after);
+	g_autofree char *delay_s = g_strdup_printf("%u", place_delay);
+	g_autofree char *kib_str = g_strdup_printf("%u", kib_s);
+	g_autofree char *dname = g_strdup_printf("destination-pc%u%s", after, creds ? "-tls" : "");
+	g_autofree char *sname = g_strdup_printf("source-pc%u%s", after, creds ? "-tls" : "");
+	proc dst = { .name = dname }, src = { .name = sname };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", at, "--passes", "3",
+				   "--check-tag-pattern", "--test-place-delay-ms", delay_s,
+				   creds ? "--tls-creds" : NULL, creds, NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", at,
+				   "--migrate-after", "1", "--tag-pattern", "--postcopy-after",
+				   after_s, "--max-bandwidth", kib_str, creds ? "--tls-creds" : NULL,
+				   creds, NULL };
+	if (!spawn(&dst, dst_argv))
+		return;
+	g_usleep(500000); /* listening */
+	if (!spawn(&src, src_argv)) {
+		kill(dst.pid, SIGKILL);
+		return;
+	}
+	proc *ps[] = { &src, &dst };
+	wait_all(ps, 2, TIMEOUT_S);
+	g_autofree char *so = show(&src), *dout = show(&dst);
+	g_autofree char *switched = g_strdup_printf("switched to postcopy after %u precopy round",
+						    after);
+	TK_CHECK(exited_ok(&src) && strstr(so, switched) && strstr(so, "vmm: postcopy done:") &&
+			 (after == 0 || strstr(so, "vmm: round 1:")) && (!creds || strstr(so, "TLS ")),
+		 "%s: source: %u precopy round%s, pause at a pass's end, switch, device state, "
+		 "requests and background pages served", what, after, after == 1 ? "" : "s");
+	long faults = postcopy_faults(dout);
+	tk_info("%s: the destination's vCPU faulted %ld times", what, faults);
+	/* After 0 rounds every page is missing when the guest resumes, its code too: it faults.
+	 * After 1, whether it reaches a missing page before the background stream is timing. */
+	TK_CHECK(strstr(dout, "postcopy: resuming the guest at the switchover after pass") &&
+			 faults >= (after == 0 ? 1 : 0),
+		 "%s: destination: the guest resumed at the switchover%s", what,
+		 after == 0 ? " and faulted missing pages in" : " (faults printed above)");
+	TK_CHECK(strstr(dout, "tag pattern of the upper half of RAM arrived intact"),
+		 "%s: destination: the tags the source set through KVM arrived (background pages)",
+		 what);
+	TK_CHECK(exited_ok(&dst) && strstr(dout, "continuing from the source's pass"),
+		 "%s: destination: 3 more passes (each first checking the source's last pass), "
+		 "numbered on from the source's", what);
+}
+
+/*
+ * The destination dies as the device state arrives, after the source switched to postcopy:
+ * the source must say "postcopy paused", keep the guest paused (the destination might run it)
+ * and exit 1, never resume it.
+ */
+static void postcopy_destination_dies(const char *VMM, const char *guest)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	proc dst = { .name = "destination-pc-dies" }, src = { .name = "source-pc-paused" };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4719",
+				   "--test-die-at-state", NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4719",
+				   "--migrate-after", "1", "--postcopy-after", "0", NULL };
+	if (!spawn(&dst, dst_argv))
+		return;
+	g_usleep(500000);
+	if (!spawn(&src, src_argv)) {
+		kill(dst.pid, SIGKILL);
+		return;
+	}
+	proc *ps[] = { &src, &dst };
+	wait_all(ps, 2, TIMEOUT_S);
+	g_autofree char *so = show(&src), *dout = show(&dst);
+	TK_CHECK(WIFEXITED(src.status) && WEXITSTATUS(src.status) == 1 &&
+			 strstr(so, "switched to postcopy") && strstr(so, "postcopy paused") &&
+			 !strstr(so, "resuming the guest") && !strstr(so, "after the failed migration"),
+		 "a destination lost after the switch to postcopy: the source says postcopy "
+		 "paused, keeps the guest paused (never resumed), exit status 1");
+#else
+	(void)VMM;
+	(void)guest;
+	tk_info("skipped: a destination lost in postcopy needs the test hooks");
+#endif
+}
+
 /*
  * A source whose migration failed before the destination had the guest: exit status 3, the
  * reason on stderr, "resuming the guest" if the switchover had paused it (else "keeps running"),
@@ -453,6 +565,14 @@ int main(void)
 	g_autofree char *creds = make_creds();
 	if (creds)
 		migration(VMM, guest, "4712", creds);
+
+	/* 2b. postcopy: after 1 precopy round, at once (with the placement widened so that a wake
+	 *     before the tags is seen), over TLS; then a destination lost after the switch */
+	postcopy_migration(VMM, guest, "4716", 1, NULL, 0, 0);
+	postcopy_migration(VMM, guest, "4717", 0, NULL, 20, 256);
+	if (creds)
+		postcopy_migration(VMM, guest, "4718", 1, creds, 0, 0);
+	postcopy_destination_dies(VMM, guest);
 
 	/* 3. a destination without tags refuses, and never resumes the guest */
 	proc bad_dst = { .name = "destination-no-tags" }, bad_src = { .name = "source-2" };
