@@ -72,6 +72,18 @@ void tm_zsend_idle(send_chan *c)
 	}
 }
 
+double tm_zsend_ratio(const send_chan *c)
+{
+	const tm_zsend *z = c->z;
+
+	if (!z || z->mode == TM_COMPRESS_NONE)
+		return 1.0;
+	if (z->mode == TM_COMPRESS_AUTO)
+		return z->pol.known[z->pol.cur] ? MIN(z->pol.ratio[z->pol.cur], 1.0) : 1.0;
+	uint64_t raw = z->data_bytes, wire = z->wire_data_bytes; /* this worker writes them */
+	return raw ? MIN((double)wire / (double)raw, 1.0) : 1.0;
+}
+
 static tm_zchoice choose(const tm_zsend *z)
 {
 	switch (z->mode) {

@@ -12,6 +12,7 @@
 
 #include "codec/delta-wire.h"
 #include "common/error-internal.h"
+#include "session/compress.h"
 #include "session/delta-cache.h"
 #include "session/delta.h"
 #include "session/resume.h"
@@ -236,13 +237,17 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 {
 	tm_dsend *d = c->ds;
 	uint32_t ps = c->s->hello.blocks[block].page_size;
-	uint32_t max = ps / TM_DELTA_MAX_SHARE_DEN * TM_DELTA_MAX_SHARE_NUM - TM_DELTA_ENTRY_LEN;
+	/* At most 3/4 of the page, and 10% less than the page is expected to compress to. */
+	double share = MIN((double)TM_DELTA_MAX_SHARE_NUM / TM_DELTA_MAX_SHARE_DEN,
+			   TM_DELTA_VS_COMPRESS * tm_zsend_ratio(c));
+	uint32_t max = (uint32_t)(share * ps);
 	int r;
 
 	/* A zero page goes as DATA's 8-byte ZERO entry, cheaper than any delta. */
-	if (c->pc.switched || !tm_delta_cache_get(d->cache, block, page, ps) ||
-	    tm_buffer_is_zero(data, ps))
+	if (c->pc.switched || max <= TM_DELTA_ENTRY_LEN ||
+	    !tm_delta_cache_get(d->cache, block, page, ps) || tm_buffer_is_zero(data, ps))
 		goto whole;
+	max -= TM_DELTA_ENTRY_LEN;
 	/* Page order: the DATA being packed leaves first. Hearing a refusal there may drop the
 	 * copy, so it is looked up again after. */
 	if (c->pkt_open && c->pkts[c->cur].page_count > 0 && (r = tm_send_flush(c, error)) < 0)

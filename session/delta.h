@@ -30,6 +30,9 @@ typedef struct tm_drecv tm_drecv;
  */
 #define TM_DELTA_MAX_SHARE_NUM 3u
 #define TM_DELTA_MAX_SHARE_DEN 4u
+/* With compression, a delta must also take at most this share of what the channel's page data
+ * compresses to (tm_zsend_ratio()): else the page goes whole and compressed. */
+#define TM_DELTA_VS_COMPRESS 0.9
 
 /* The cache size tm_live_config.delta_cache_bytes may ask for: 0 (off) or 1 MiB..1 TiB. */
 #define TM_DELTA_CACHE_MIN (1ull << 20)

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "codec/compress.h"
 #include "codec/delta-wire.h"
 #include "codec/delta.h"
 #include "session-fixture.h"
@@ -59,6 +60,15 @@ static void rewrite_5pct(guest *g, unsigned b, uint64_t p, uint32_t ps)
 	}
 }
 
+/* Text-like data that compresses to a few percent (the same line over and over). */
+static void fill_text(guest *g, const block_spec *spec, unsigned n)
+{
+	static const char line[] = "tagmig delta encoding of re-sent pages, page ";
+	for (unsigned b = 0; b < n; b++)
+		for (size_t i = 0; i < spec[b].len; i++)
+			g->ram[b][i] = (uint8_t)line[i % (sizeof(line) - 1)];
+}
+
 /* Random data in every page of every block (no zero page: each one has a base worth a delta). */
 static void fill_random(guest *g, const block_spec *spec, unsigned n)
 {
@@ -83,7 +93,8 @@ static void queue_all(tm_sender *s, const block_spec *spec, unsigned n)
  * 5% and re-sent. scribble: before round 1 (synced) and before the final round (not synced:
  * the barrier before RAM_END hears the refusals), the destination's copy of some pages changes.
  */
-static void migrate(unsigned rounds, bool scribble, tm_delta_stats *ret_s, tm_delta_stats *ret_r)
+static void migrate_ex(unsigned rounds, bool scribble, uint32_t compress, bool text,
+		       tm_delta_stats *ret_s, tm_delta_stats *ret_r)
 {
 	const block_spec spec[] = { { "pc.ram", 2 << 20, 4096 }, { "vram", 1 << 20, 16384 } };
 	guest src, dst;
@@ -94,12 +105,15 @@ static void migrate(unsigned rounds, bool scribble, tm_delta_stats *ret_s, tm_de
 
 	guest_init(&src, spec, 2, true);
 	guest_init(&dst, spec, 2, true);
-	fill_random(&src, spec, 2);
+	if (text)
+		fill_text(&src, spec, 2);
+	else
+		fill_random(&src, spec, 2);
 	g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
 				 .channels = CHANNELS, .packet_size = 256 << 10,
 				 .timeout_ms = 20000 };
-	tm_live_config live = { .size = sizeof(live), .compress = TM_COMPRESS_NONE,
+	tm_live_config live = { .size = sizeof(live), .compress = compress,
 				.delta_cache_bytes = 8 << 20 };
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
@@ -144,6 +158,30 @@ static void migrate(unsigned rounds, bool scribble, tm_delta_stats *ret_s, tm_de
 	peer_free(&p);
 	guest_fini(&src);
 	guest_fini(&dst);
+}
+
+static void migrate(unsigned rounds, bool scribble, tm_delta_stats *ret_s, tm_delta_stats *ret_r)
+{
+	migrate_ex(rounds, scribble, TM_COMPRESS_NONE, false, ret_s, ret_r);
+}
+
+/*
+ * With compression the delta must also beat what the page is expected to compress to: text
+ * that zstd shrinks to a few percent goes whole (compressed), random pages as deltas.
+ */
+static void test_vs_compression(void)
+{
+	tm_delta_stats ss, rs;
+
+	if (!(tm_zcodec_available() & (1u << TM_ZCODEC_ZSTD))) {
+		g_test_skip("zstd is not built in");
+		return;
+	}
+	migrate_ex(2, false, TM_COMPRESS_ZSTD, true, &ss, &rs);
+	g_assert_cmpuint(ss.agreed, ==, 1);
+	g_assert_cmpuint(ss.pages, ==, 0);
+	migrate_ex(2, false, TM_COMPRESS_ZSTD, false, &ss, &rs);
+	g_assert_cmpuint(ss.pages, ==, 512 + 64);
 }
 
 static void test_roundtrip(void)
@@ -446,6 +484,7 @@ int main(int argc, char **argv)
 	static const session_test tests[] = {
 		{ "delta/roundtrip", test_roundtrip, false },
 		{ "delta/base-refused", test_base_refused, false },
+		{ "delta/vs-compression", test_vs_compression, false },
 		{ "delta/off-by-default", test_off_by_default, false },
 		{ "delta/config-refused", test_config_refused, true },
 		{ "delta/hostile-delta", test_hostile_delta, true },
