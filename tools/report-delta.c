@@ -29,7 +29,7 @@ void cli_delta_json(struct json_writer *w, const tm_delta_stats *d)
 	jw_u64(w, "cache_bytes", d->cache_bytes);
 	jw_u64(w, "pages", d->pages);
 	jw_u64(w, "page_bytes", d->page_bytes);
-	jw_u64(w, "wire_bytes", d->wire_bytes);
+	jw_u64(w, "delta_bytes", d->wire_bytes);
 	jw_double(w, "ratio", d->page_bytes ? (double)d->wire_bytes / (double)d->page_bytes : 0);
 	jw_u64(w, "refused", d->refused);
 	jw_close(w);

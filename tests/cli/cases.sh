@@ -444,7 +444,7 @@ delta)
 			d = on["delta"]
 			assert d["agreed"] is True and d["cache_bytes"] == 2 * 64 * 1024 * 1024, d
 			assert d["pages"] > 0 and d["page_bytes"] == 4096 * d["pages"], d
-			assert 0 < d["wire_bytes"] < 0.2 * d["page_bytes"], d
+			assert 0 < d["delta_bytes"] < 0.2 * d["page_bytes"], d
 			assert d["refused"] == 0, d
 			assert off["delta"]["agreed"] is False and off["delta"]["pages"] == 0, off
 		EOF
