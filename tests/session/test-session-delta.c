@@ -8,7 +8,8 @@
  * whole; and a hand-made protocol 2 sender's hostile DELTA packets (a bad base hash, a page never
  * sent, overlong runs, a run past the page, lengths that lie, DELTA not agreed, a page count or
  * page outside the block, a bad tag) are refused with the channel, block and offset named and
- * nothing written. Every session test runs for each backend pair (session-fixture.c).
+ * nothing written; and a hand-made receiver's DELTA_NACK for a DELTA never sent ends the sender
+ * with -EPROTO. Every session test runs for each backend pair (session-fixture.c).
  */
 #include <errno.h>
 #include <string.h>
@@ -479,6 +480,92 @@ static void test_hostile_delta(void)
 	}
 }
 
+/* ---- a hand-made receiver: it accepts DELTA, then refuses a DELTA that was never sent ---- */
+
+typedef struct fake_recv {
+	int listen_fd;
+	bool sent_nack;
+} fake_recv;
+
+static bool read_all(int fd, uint8_t *buf, size_t len)
+{
+	return recv(fd, buf, len, MSG_WAITALL) == (ssize_t)len;
+}
+
+static gpointer fake_recv_fn(gpointer data)
+{
+	fake_recv *f = data;
+	int fds[2], data_fd = -1;
+	uint8_t hdr[TM_FRAME_HDR_LEN], body[4096];
+
+	for (unsigned i = 0; i < 2; i++) {
+		fds[i] = accept(f->listen_fd, NULL, NULL);
+		g_assert_cmpint(fds[i], >=, 0);
+		g_assert_true(read_all(fds[i], hdr, sizeof(hdr)));
+		uint32_t len = tm_get32(hdr + 8);
+		g_assert_cmpuint(len, <=, sizeof(body));
+		g_assert_true(read_all(fds[i], body, len));
+		uint32_t offered = tm_get32(body + 20);
+		g_assert_cmpuint(offered & TM_FEATURE_DELTA, ==, TM_FEATURE_DELTA);
+		if (body[28] == TM_ROLE_DATA)
+			data_fd = fds[i];
+		tm_hello_ack ack = { .features = offered & (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_DELTA),
+				     .max_state_section = 1 << 20, .max_state_total = 1 << 20 };
+		uint8_t out[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+		size_t n = tm_hello_ack_encode(out, 0, &ack);
+		g_assert_cmpint(send(fds[i], out, n, MSG_NOSIGNAL), ==, (ssize_t)n);
+	}
+	g_assert_cmpint(data_fd, >=, 0);
+	/* The first DATA is on its way: refuse page 0 of a DELTA that never came. */
+	g_assert_true(read_all(data_fd, hdr, sizeof(hdr)));
+	g_assert_cmpuint(hdr[5], ==, TM_MSG_DATA);
+	static const uint32_t page = 0, why = TM_DELTA_REFUSED_BASE;
+	uint8_t nack[TM_FRAME_HDR_LEN + 16];
+	size_t n = tm_delta_nack_encode(nack, 2, 1, 0, &page, &why, 1);
+	g_assert_cmpint(send(data_fd, nack, n, MSG_NOSIGNAL), ==, (ssize_t)n);
+	f->sent_nack = true;
+	/* Read on until the sender gives up, so that it never blocks on a full socket. */
+	while (recv(data_fd, body, sizeof(body), 0) > 0)
+		;
+	close(fds[0]);
+	close(fds[1]);
+	return NULL;
+}
+
+static void test_hostile_nack(void)
+{
+	const block_spec spec[] = { { "pc.ram", 4 << 20, 4096 } };
+	guest src;
+	fake_recv f = { 0 };
+	unsigned port = 0;
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, spec, 1, false);
+	fill_random(&src, spec, 1);
+	f.listen_fd = tm_listen("127.0.0.1", "0", &port, &err);
+	g_assert_cmpint(f.listen_fd, >=, 0);
+	GThread *th = g_thread_new("fake-recv", fake_recv_fn, &f);
+	tm_sender_config cfg = { .io_backend = "sockets", .channels = 1, .timeout_ms = 5000,
+				 .packet_size = 64 << 10 };
+	tm_live_config live = { .size = sizeof(live), .compress = TM_COMPRESS_NONE,
+				.delta_cache_bytes = 8 << 20, .no_resume = true };
+	g_autofree char *portstr = g_strdup_printf("%u", port);
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", portstr, &err), ==, 0);
+	queue_all(s, spec, 1);
+	int r = tm_sender_sync(s, &err);
+	g_test_message("sender: %s", err ? err->message : "(none)");
+	g_assert_cmpint(r, ==, -EPROTO);
+	g_assert_nonnull(strstr(err->message, "channel 0: DELTA_NACK answers no DELTA (block 0, page 0)"));
+	g_assert_true(f.sent_nack);
+	g_clear_pointer(&s, tm_sender_free); /* closes the connections: the fake receiver ends */
+	g_thread_join(th);
+	close(f.listen_fd);
+	guest_fini(&src);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -488,6 +575,7 @@ int main(int argc, char **argv)
 		{ "delta/off-by-default", test_off_by_default, false },
 		{ "delta/config-refused", test_config_refused, true },
 		{ "delta/hostile-delta", test_hostile_delta, true },
+		{ "delta/hostile-nack", test_hostile_nack, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
