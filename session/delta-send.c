@@ -107,10 +107,11 @@ static int take_nack(send_chan *c, const tm_frame *f, GError **error)
 		return r;
 	}
 	if (d->unanswered == 0) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "channel %u: DELTA_NACK answers no DELTA (block %u, page %u)", c->ch.id,
-			    block, d->nack_pages[0]);
-		return -EPROTO;
+		const tm_wire_block *b = &c->s->hello.blocks[block];
+		return tm_error_at(error, EPROTO, c->ch.id, b->name,
+				   (uint64_t)d->nack_pages[0] * b->page_size,
+				   "DELTA_NACK answers no DELTA (%u page%s refused)", count,
+				   count == 1 ? "" : "s");
 	}
 	d->unanswered--;
 	for (uint32_t i = 0; i < count; i++) {

@@ -558,7 +558,8 @@ static void test_hostile_nack(void)
 	int r = tm_sender_sync(s, &err);
 	g_test_message("sender: %s", err ? err->message : "(none)");
 	g_assert_cmpint(r, ==, -EPROTO);
-	g_assert_nonnull(strstr(err->message, "channel 0: DELTA_NACK answers no DELTA (block 0, page 0)"));
+	g_assert_nonnull(strstr(err->message, "channel 0, block 'pc.ram', offset 0x0: DELTA_NACK "
+					      "answers no DELTA (1 page refused)"));
 	g_assert_true(f.sent_nack);
 	g_clear_pointer(&s, tm_sender_free); /* closes the connections: the fake receiver ends */
 	g_thread_join(th);
