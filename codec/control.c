@@ -133,6 +133,13 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->features, offered);
 		return -EPROTO;
 	}
+	if ((ack->features & TM_FEATURE_DELTA) && !(offered & TM_FEATURE_DELTA)) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO_ACK: features 0x%08x accept DELTA, which was not offered "
+			    "(offered 0x%08x)",
+			    ack->features, offered);
+		return -EPROTO;
+	}
 	if ((ack->features ^ offered) & TM_FEATURE_TAGS_MTE4) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "HELLO_ACK: features 0x%08x change TAGS_MTE4 (offered 0x%08x)",

@@ -114,46 +114,55 @@ static int get_varint(const uint8_t *in, size_t len, size_t *at, uint32_t max, u
 	return -1;
 }
 
-int tm_delta_apply(uint8_t *page, uint32_t page_size, const uint8_t *in, size_t len,
-		   GError **error)
+/* Walks the token stream: checks every token, and XORs it into page when page is not NULL. */
+static int walk(uint8_t *page, uint32_t page_size, const uint8_t *in, size_t len, GError **error)
+{
+	size_t at = 0;
+	uint32_t pos = 0;
+
+	for (unsigned t = 0; at < len; t++) {
+		uint32_t skip, n;
+		size_t tok = at;
+		if (get_varint(in, len, &at, page_size, &skip) < 0 ||
+		    get_varint(in, len, &at, page_size, &n) < 0) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "delta token %u (input byte %zu): bad or truncated length", t, tok);
+			return -EBADMSG;
+		}
+		if (skip > page_size - pos || n > page_size - pos - skip) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "delta token %u: %u + %u bytes at page offset %u, past the page's %u",
+				    t, skip, n, pos, page_size);
+			return -EBADMSG;
+		}
+		if (n > len - at) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "delta token %u: %u bytes, %zu left in the input", t, n, len - at);
+			return -EBADMSG;
+		}
+		pos += skip;
+		if (page)
+			for (uint32_t i = 0; i < n; i++)
+				page[pos + i] ^= in[at + i];
+		pos += n;
+		at += n;
+	}
+	return 0;
+}
+
+int tm_delta_check(uint32_t page_size, const uint8_t *in, size_t len, GError **error)
 {
 	if (!size_ok(page_size)) {
 		g_set_error(error, TM_ERROR, EINVAL, "delta: page size %u", page_size);
 		return -EINVAL;
 	}
+	return walk(NULL, page_size, in, len, error);
+}
+
+int tm_delta_apply(uint8_t *page, uint32_t page_size, const uint8_t *in, size_t len,
+		   GError **error)
+{
 	/* First pass: every token inside the page and the input, so a bad stream changes nothing. */
-	for (int pass = 0; pass < 2; pass++) {
-		size_t at = 0;
-		uint32_t pos = 0;
-		for (unsigned t = 0; at < len; t++) {
-			uint32_t skip, n;
-			size_t tok = at;
-			if (get_varint(in, len, &at, page_size, &skip) < 0 ||
-			    get_varint(in, len, &at, page_size, &n) < 0) {
-				g_set_error(error, TM_ERROR, EBADMSG,
-					    "delta token %u (input byte %zu): bad or truncated length",
-					    t, tok);
-				return -EBADMSG;
-			}
-			if (skip > page_size - pos || n > page_size - pos - skip) {
-				g_set_error(error, TM_ERROR, EBADMSG,
-					    "delta token %u: %u + %u bytes at page offset %u, past the "
-					    "page's %u", t, skip, n, pos, page_size);
-				return -EBADMSG;
-			}
-			if (n > len - at) {
-				g_set_error(error, TM_ERROR, EBADMSG,
-					    "delta token %u: %u bytes, %zu left in the input", t, n,
-					    len - at);
-				return -EBADMSG;
-			}
-			pos += skip;
-			if (pass == 1)
-				for (uint32_t i = 0; i < n; i++)
-					page[pos + i] ^= in[at + i];
-			pos += n;
-			at += n;
-		}
-	}
-	return 0;
+	int r = tm_delta_check(page_size, in, len, error);
+	return r < 0 ? r : walk(page, page_size, in, len, error);
 }

@@ -41,4 +41,7 @@ ssize_t tm_delta_encode(const uint8_t *page, const uint8_t *base, uint32_t page_
 int tm_delta_apply(uint8_t *page, uint32_t page_size, const uint8_t *in, size_t len,
 		   GError **error);
 
+/* The check tm_delta_apply() makes first, alone: 0, -EBADMSG (named in *error), -EINVAL. */
+int tm_delta_check(uint32_t page_size, const uint8_t *in, size_t len, GError **error);
+
 G_END_DECLS

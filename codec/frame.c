@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "codec/delta-wire.h"
 #include "tagmig/error.h"
 
 static const uint8_t frame_magic[4] = { 'T', 'M', 'I', 'G' };
@@ -51,6 +52,10 @@ const char *tm_msg_name(uint8_t type)
 		return "URGENT";
 	case TM_MSG_ZDATA:
 		return "ZDATA";
+	case TM_MSG_DELTA:
+		return "DELTA";
+	case TM_MSG_DELTA_NACK:
+		return "DELTA_NACK";
 	case TM_MSG_REQ_END:
 		return "REQ_END";
 	case TM_MSG_RESUME:
@@ -141,6 +146,10 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 	case TM_MSG_ZDATA:
 		/* The compressed data is shorter than the pages it replaces (docs/wire-format.md). */
 		return packet_size == 0 ? 0 : clamp32(TM_ZDATA_HDR_LEN + data_max(packet_size));
+	case TM_MSG_DELTA:
+		return tm_delta_max_body(packet_size);
+	case TM_MSG_DELTA_NACK:
+		return tm_delta_nack_max_body(packet_size);
 	case TM_MSG_STATE:
 		return packet_size == 0 ? 0 :
 					  clamp32((uint64_t)TM_STATE_HDR_LEN + TM_MAX_STATE_NAME + packet_size);
@@ -237,7 +246,7 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint8_t version, uint32_t pa
 		return -EBADMSG;
 	}
 	if ((type == TM_MSG_DATA || type == TM_MSG_ZDATA || type == TM_MSG_STATE ||
-	     type == TM_MSG_URGENT) &&
+	     type == TM_MSG_URGENT || type == TM_MSG_DELTA || type == TM_MSG_DELTA_NACK) &&
 	    packet_size == 0) {
 		g_set_error(error, TM_ERROR, EPROTO, "frame header: %s before the handshake",
 			    tm_msg_name(type));

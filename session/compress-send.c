@@ -147,6 +147,18 @@ static void account(send_chan *c, tm_zsend *z, const tm_packet *pkt, uint64_t wi
 	tm_zpolicy_cap(&z->pol, (double)tm_ratelimit_rate(&c->s->rl) / c->s->nch);
 }
 
+double tm_zsend_ratio(const send_chan *c)
+{
+	const tm_zsend *z = c->z;
+
+	if (!z || z->mode == TM_COMPRESS_NONE)
+		return 1.0;
+	if (z->mode == TM_COMPRESS_AUTO)
+		return z->pol.known[z->pol.cur] ? MIN(z->pol.ratio[z->pol.cur], 1.0) : 1.0;
+	uint64_t raw = z->data_bytes, wire = z->wire_data_bytes; /* this worker writes them */
+	return raw ? MIN((double)wire / (double)raw, 1.0) : 1.0;
+}
+
 static tm_zchoice choose(const tm_zsend *z)
 {
 	switch (z->mode) {

@@ -150,6 +150,9 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 			size_t *len, GError **error);
 /* The worker goes idle (no work queued): the policy's window must not count the wait. */
 void tm_zsend_idle(send_chan *c);
+/* What the channel's page data is expected to shrink to (wire / raw, 1 when it goes raw or
+ * nothing is measured yet): a delta must beat it (delta-send.c). Worker-local. */
+double tm_zsend_ratio(const send_chan *c);
 
 /* Statistics (compress-send.c): a snapshot from relaxed-atomic counters (pointers may be NULL
  * for last_codec, last_level, link_bps), and the size-aware copy to the caller's struct. */

@@ -140,6 +140,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	if (s->wire == TM_WIRE_VERSION_2)
 		tm_sender_pc_agree(s, &first); /* postcopy accepted or declined */
 	s->zagreed = first.features & TM_FEATURES_COMPRESS;
+	s->dagreed = first.features & TM_FEATURE_DELTA;
 	return 0;
 }
 

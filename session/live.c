@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "session/resume.h"
+#include "session/delta.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -80,6 +81,14 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 	int r = sender ? tm_compress_config_check(&c, error) : 0;
 	if (r < 0)
 		return r;
+	if (sender && c.delta_cache_bytes &&
+	    (c.delta_cache_bytes < TM_DELTA_CACHE_MIN || c.delta_cache_bytes > TM_DELTA_CACHE_MAX)) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "live config: delta_cache_bytes %" G_GUINT64_FORMAT
+			    " outside 1 MiB..1 TiB (0: off)",
+			    (guint64)c.delta_cache_bytes);
+		return -EINVAL;
+	}
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	if (!c.uffd_borrow)
 		c.uffd = -1; /* meaningful only when borrowed (tm_pc_recv_setup() takes it) */

@@ -13,6 +13,7 @@
 #include "ram/ram-internal.h"
 #include "session/resume.h"
 #include "session/postcopy-recv.h"
+#include "session/delta.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -373,8 +374,12 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		tm_pc_recv_start(r);
 	tm_hello_ack ack = {
 		.features = (r->hello.features &
-			     ~(TM_FEATURES_COMPRESS | (postcopy ? 0u : TM_FEATURE_POSTCOPY))) |
-			    tm_zrecv_accept(r->hello.features),
+			     ~(TM_FEATURES_COMPRESS | TM_FEATURE_DELTA |
+			       (postcopy ? 0u : TM_FEATURE_POSTCOPY))) |
+			    tm_zrecv_accept(r->hello.features) |
+			    /* deltas when offered, never with postcopy (wire-format.md, DELTA) */
+			    ((r->hello.features & TM_FEATURE_POSTCOPY) ? 0u
+								       : r->hello.features & TM_FEATURE_DELTA),
 		.max_outstanding = postcopy ? r->live.max_outstanding : 0,
 		.pc_decline = (r->hello.features & TM_FEATURE_POSTCOPY) && !postcopy
 				      ? tm_pc_recv_decline_reason(r)
@@ -395,6 +400,7 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		if (i < r->nch) {
 			tm_recv_plan_init(&r->chans[i].plan, r->hello.packet_size);
 			ret = tm_zrecv_setup(&r->chans[i], ack.features, r->hello.packet_size, error);
+			tm_drecv_setup(&r->chans[i], ack.features, r->hello.packet_size);
 		}
 		if (ret >= 0 && ch->fd < 0)
 			continue; /* protocol 1: no control connection */
@@ -524,6 +530,7 @@ void tm_receiver_free(tm_receiver *r)
 		tm_chan_close(&c->ch);
 		tm_recv_plan_fini(&c->plan);
 		tm_zrecv_free(c->z);
+		tm_drecv_free(c->dr);
 		tm_pc_bounce_free(c->pc_bounce);
 	}
 	tm_resume_recv_free(r); /* after the workers, which may wait for a reconnect */

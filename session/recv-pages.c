@@ -13,6 +13,7 @@
 #include "ram/ram-internal.h"
 #include "session/resume.h"
 #include "session/postcopy-recv.h"
+#include "session/delta.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -189,6 +190,10 @@ static int recv_loop(recv_chan *c, GError **error)
 				return -EPROTO;
 			}
 			if ((ret = apply_data(c, &f, error)) < 0)
+				return ret;
+			break;
+		case TM_MSG_DELTA:
+			if ((ret = tm_drecv_apply(c, &f, error)) < 0) /* delta-recv.c */
 				return ret;
 			break;
 		case TM_MSG_DISCARD:

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "session/delta.h"
 #include "session/resume.h"
 #include "tagmig/error.h"
 
@@ -453,6 +454,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	c->packets_sent = pos.packets_applied;
 	c->state_chunks = pos.state_chunks;
 	c->pkt_open = false;
+	tm_dsend_reconnected(c); /* its cache starts empty (delta-send.c) */
 	chan_log *l = &rs->logs[c->ch.id];
 	g_array_set_size(l->items, 0);
 	l->base_pages = pos.pages_applied;

@@ -11,6 +11,7 @@
 #include "common/error-internal.h"
 #include "ram/ram-internal.h"
 #include "session/resume.h"
+#include "session/delta.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -20,15 +21,18 @@ int tm_send_flush(send_chan *c, GError **error)
 	tm_packet *pkt = &c->pkts[c->cur];
 	size_t len;
 
-	if (!c->pkt_open)
-		return 0;
+	int r = tm_dsend_flush(c, error); /* an open DELTA: pages in order (delta-send.c) */
+	if (r < 0 || !c->pkt_open)
+		return r;
 	c->pkt_open = false;
+	if (pkt->page_count == 0)
+		return 0; /* opened, but every page went as a delta */
 	unsigned n = tm_packet_finish(pkt, c->ch.tx_seq++, &len);
 	struct iovec *iov = pkt->iov;
 	/* ZDATA when it pays; r: the page data bytes on the wire */
-	int64_t r = tm_zsend_packet(c, pkt, &iov, &n, &len, error), wire_data = r;
-	if (r < 0)
-		return (int)r;
+	int64_t wire_data = tm_zsend_packet(c, pkt, &iov, &n, &len, error);
+	if (wire_data < 0)
+		return (int)wire_data;
 	if (tm_sender_throttle(c->s, c, len))
 		c->cr.throttled = true;
 	for (unsigned i = 1; i < n; i++) /* iov[0] is the header */
@@ -42,8 +46,8 @@ int tm_send_flush(send_chan *c, GError **error)
 	 * instead of streaming the rest of a round into a channel nobody applies.
 	 */
 	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
-	if (poll(&pfd, 1, 0) > 0)
-		return tm_chan_recv_unsolicited(&c->ch, "receiver", error);
+	if (poll(&pfd, 1, 0) > 0 && (r = tm_dsend_readable(c, error)) < 0)
+		return r; /* a DELTA_NACK is taken (delta-send.c), anything else ends here */
 	c->cur = (c->cur + 1) % c->ch.depth;
 	c->pages_sent += pkt->page_count;
 	c->packets_sent++;
@@ -51,6 +55,17 @@ int tm_send_flush(send_chan *c, GError **error)
 	tm_count(&c->ch.st.packets, 1);
 	tm_count(&c->ch.st.data_bytes, (uint64_t)wire_data);
 	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
+	return 0;
+}
+
+static int open_packet(send_chan *c, uint32_t block, uint32_t ps, GError **error)
+{
+	/* The slot's buffers may still be on their way out: wait until they are not. */
+	int r = tm_chan_wait_slot(&c->ch, c->cur, error);
+	if (r < 0)
+		return r;
+	tm_packet_begin(&c->pkts[c->cur], block, ps, c->s->hello.packet_size);
+	c->pkt_open = true;
 	return 0;
 }
 
@@ -76,12 +91,9 @@ int tm_send_pages(send_chan *c, const work *w, GError **error)
 			return 1;
 		}
 		if (!c->pkt_open) {
-			/* The slot's buffers may still be on their way out: wait until they are not. */
-			int r = tm_chan_wait_slot(&c->ch, c->cur, error);
+			int r = open_packet(c, w->block, ps, error);
 			if (r < 0)
 				return r;
-			tm_packet_begin(pkt, w->block, ps, s->hello.packet_size);
-			c->pkt_open = true;
 		}
 		uint64_t n = MIN(left, (uint64_t)(pkt->max_pages - pkt->page_count));
 		/* Map the pages in with one call rather than one fault per page in the zero scan
@@ -104,10 +116,21 @@ int tm_send_pages(send_chan *c, const work *w, GError **error)
 		}
 		for (uint64_t i = 0; i < n; i++) {
 			const uint8_t *data = rb->host + (page + i) * ps;
+			const uint8_t *tags = s->tags ? c->tagraw + i * (ps / TM_TAG_GRANULE) : NULL;
 			tm_tag_enc enc;
-			tm_page_kind kind = tm_packet_add(
-				pkt, (uint32_t)(page + i), data, tm_buffer_is_zero(data, ps),
-				s->tags ? c->tagraw + i * (ps / TM_TAG_GRANULE) : NULL, &enc);
+			if (c->ds) {
+				/* A delta when it pays (delta-send.c); else whole, in page order. */
+				int r = tm_dsend_page(c, w->block, (uint32_t)(page + i), data, tags, error);
+				if (r < 0)
+					return r;
+				if (r > 0)
+					continue;
+				if (!c->pkt_open && (r = open_packet(c, w->block, ps, error)) < 0)
+					return r;
+				pkt = &c->pkts[c->cur];
+			}
+			tm_page_kind kind = tm_packet_add(pkt, (uint32_t)(page + i), data,
+							  tm_buffer_is_zero(data, ps), tags, &enc);
 			tm_count(&c->ch.st.by_kind[kind], 1);
 			tm_count(&c->ch.st.by_enc[enc], 1);
 		}
@@ -115,7 +138,7 @@ int tm_send_pages(send_chan *c, const work *w, GError **error)
 		page += n;
 		left -= n;
 	}
-	return 0;
+	return tm_dsend_resend(c, error); /* pages whose delta the receiver refused, whole */
 }
 
 static int send_sync(send_chan *c, uint64_t id, GError **error)
@@ -125,7 +148,7 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	if (r >= 0)
 		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
 	if (r >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_SYNC_ACK, &ack, &applied, error);
+		r = tm_dsend_recv_ctrl(c, TM_MSG_SYNC_ACK, &ack, &applied, error); /* + DELTA_NACKs */
 	if (r < 0)
 		return r;
 	if (ack != id || applied != c->pages_sent) {
@@ -135,6 +158,9 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 			    c->ch.id, id, ack, applied, c->pages_sent);
 		return -EPROTO;
 	}
+	/* Refused deltas: their pages whole, and the SYNC again (delta-send.c). */
+	if ((r = tm_dsend_settle(c, id, error)) < 0)
+		return r;
 	g_mutex_lock(&c->s->lock);
 	c->synced = id;
 	tm_rounds_chan_acked(c->s, c, id);

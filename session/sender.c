@@ -14,6 +14,7 @@
 
 #include "ram/ram-internal.h"
 #include "session/resume.h"
+#include "session/delta.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -361,7 +362,7 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	}
 	s->hello.version = s->wire;
 	s->hello.features = (s->hello.features & ~TM_FEATURES_COMPRESS) |
-			    tm_zsend_offer(&s->live, s->wire);
+			    tm_zsend_offer(&s->live, s->wire) | tm_dsend_offer(&s->live, s->wire);
 	if (s->tls_creds_dir && !s->tls) {
 		if (!s->tls_hostname) {
 			for (unsigned i = 0; i < n; i++)
@@ -422,6 +423,10 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		c->tagraw = g_malloc(s->hello.packet_size / TM_TAG_GRANULE);
 		__atomic_store_n(&c->z, tm_zsend_new(&s->live, s->zagreed, s->hello.packet_size),
 				 __ATOMIC_RELEASE);
+		if (s->dagreed)
+			__atomic_store_n(&c->ds,
+					 tm_dsend_new(s->live.delta_cache_bytes, s->hello.packet_size),
+					 __ATOMIC_RELEASE);
 		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
 		c->thread = g_thread_new(name, tm_send_worker, c);
 	}
@@ -720,6 +725,7 @@ void tm_sender_free(tm_sender *s)
 		g_free(c->pkts);
 		g_free(c->tagraw);
 		tm_zsend_free(c->z);
+		tm_dsend_free(c->ds);
 		g_array_unref(c->pending);
 		g_array_unref(c->work);
 		g_array_unref(s->staging[i]);

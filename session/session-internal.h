@@ -234,6 +234,7 @@ typedef struct send_chan {
 	uint64_t state_chunks; /* STATE messages sent */
 	send_chan_pc pc;       /* postcopy (postcopy-send.c) */
 	tm_zsend *z;           /* compression (compress-send.c); set before the worker starts */
+	struct tm_dsend *ds;   /* DELTA (delta-send.c): NULL unless agreed; set with z */
 } send_chan;
 
 /* The sender worker asks for the pages of its work item this far ahead (prefetch.c). */
@@ -277,6 +278,7 @@ struct tm_sender {
 	bool no_populate; /* the kernel lacks MADV_POPULATE_READ (written once, racy is fine) */
 	tm_hello hello;
 	uint32_t zagreed;      /* compression codecs the HELLO_ACKs accepted */
+	bool dagreed;          /* DELTA accepted (delta-send.c) */
 	unsigned nch;
 	send_chan *chans;
 	tm_live_config live;   /* defaults filled in (tm_live_config_load) */
@@ -316,6 +318,7 @@ typedef struct recv_chan {
 	/* worker-local, allocated once in start() */
 	tm_recv_plan plan;        /* the DATA packet being received */
 	tm_zrecv *z;              /* compression (compress-recv.c); set in start() */
+	struct tm_drecv *dr;      /* DELTA (delta-recv.c): NULL unless agreed; set in start() */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
 	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */

@@ -244,3 +244,14 @@ int cli_parse_duration_us(const char *text, uint64_t *ret)
 	*ret = (uint64_t)(v + 0.5);
 	return 0;
 }
+
+int cli_parse_delta_cache(const char *cmd, const char *text, uint64_t *ret)
+{
+	uint64_t v;
+
+	if (cli_parse_size(text, &v) < 0 || (v && (v < (1ull << 20) || v > (1ull << 40))))
+		return cli_usage_error(cmd, "--delta-cache '%s' is not 0 (off) or a size of 1M..1T",
+				       text);
+	*ret = v;
+	return 0;
+}

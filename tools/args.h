@@ -77,4 +77,15 @@ int cli_check_io(const char *cmd, const char *io);
 	"Page data compression: auto (default: per channel whatever moves data fastest), none, "   \
 	"lz4, zstd or zstd:LEVEL (-7..19); agreed with the receiver, protocol 2 only"
 
+#define CLI_DELTA_CACHE_HELP                                                                      \
+	"Bytes of last-sent page copies kept per channel, so that a page sent again goes as a "   \
+	"delta against its last copy when that is much smaller (protocol 2, not with postcopy; "  \
+	"0: off; else 1M..1T)"
+
+/*
+ * --delta-cache SIZE of command cmd: 0 (off) or 1 MiB..1 TiB into *ret. Returns 0, or the usage
+ * error's exit status.
+ */
+int cli_parse_delta_cache(const char *cmd, const char *text, uint64_t *ret);
+
 G_END_DECLS

@@ -166,6 +166,7 @@ typedef struct live_result {
 	uint64_t expected_us; /* at the switch */
 	double seconds;
 	tm_stats st;
+	tm_delta_stats delta;  /* the sender's, all channels */
 	uint64_t guest_writes;
 	const char *dirty_log;
 	bool verified;
@@ -299,6 +300,7 @@ static void print_json(const demo_live_opts *o, const live_result *r)
 	jw_double(&w, "seconds", r->seconds);
 	jw_u64(&w, "wire_bytes", r->st.wire_bytes);
 	jw_u64(&w, "pages_sent", r->st.pages);
+	cli_delta_json(&w, &r->delta);
 	jw_u64(&w, "guest_writes", r->guest_writes);
 	jw_u64(&w, "state_sections", r->state_sections);
 	jw_u64(&w, "state_bytes", r->state_bytes);
@@ -415,7 +417,8 @@ int cli_demo_live(const demo_live_opts *o)
 		return cli_fail(error);
 	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = o->max_downtime_us,
 			      .rate_limit = o->rate_limit, .compress = o->compress,
-			      .compress_level = o->compress_level, .postcopy = postcopy };
+			      .compress_level = o->compress_level, .postcopy = postcopy,
+			      .delta_cache_bytes = postcopy ? 0 : o->delta_cache };
 	if (tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 
@@ -522,6 +525,7 @@ int cli_demo_live(const demo_live_opts *o)
 	tm_live_stats ls = { .size = sizeof(ls) };
 	tm_sender_get_live_stats(sender, &ls);
 	tm_sender_get_stats(sender, &res.st);
+	cli_delta_collect(&res.delta, sender, NULL, res.st.channels);
 	cli_print_io_note(&res.st);
 	res.downtime_us = ls.downtime_us;
 	res.guest_writes = test_guest_writes(g);

@@ -247,6 +247,7 @@ typedef struct demo_opts {
 	gboolean kvm_guest, any_host;
 	char *vmm, *guest_image;
 	char *compress;
+	char *delta_cache;
 } demo_opts;
 
 static void demo_opts_clear(demo_opts *o)
@@ -260,6 +261,7 @@ static void demo_opts_clear(demo_opts *o)
 	g_free(o->vmm);
 	g_free(o->guest_image);
 	g_free(o->compress);
+	g_free(o->delta_cache);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(demo_opts, demo_opts_clear)
@@ -356,6 +358,8 @@ int cli_cmd_demo(int argc, char **argv)
 		  "userfaultfd while the rest comes in the background. With --kvm-guest: the "
 		  "reference VMM's source switches to postcopy after N rounds", "N" },
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
+		{ "delta-cache", 0, 0, G_OPTION_ARG_STRING, &o.delta_cache,
+		  CLI_DELTA_CACHE_HELP "; default 64M: the demo's later rounds re-send pages", "SIZE" },
 		G_OPTION_ENTRY_NULL
 	};
 	uint64_t size = 1ull << 30, page_size = 4096;
@@ -405,6 +409,9 @@ int cli_cmd_demo(int argc, char **argv)
 	if (o.compress && (rc = tm_compress_parse(o.compress, &zmode, &zlevel, &zerr)) < 0)
 		return rc == -EOPNOTSUPP ? cli_fail(zerr)
 					 : cli_usage_error("demo", "--compress: %s", zerr->message);
+	uint64_t delta_cache = 64ull << 20;
+	if (o.delta_cache && (rc = cli_parse_delta_cache("demo", o.delta_cache, &delta_cache)))
+		return rc;
 	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30 ||
 			o.postcopy_after != -1))
 		return cli_usage_error("demo", "--dirty-rate, --max-downtime, --max-rounds, "
@@ -416,7 +423,8 @@ int cli_cmd_demo(int argc, char **argv)
 				      .timeout_s = (unsigned)o.timeout, .tls = o.tls, .json = o.json,
 				      .dirty_rate = 100ull << 20, .max_downtime_us = 50000,
 				      .max_rounds = (unsigned)o.max_rounds, .compress = zmode,
-				      .compress_level = zlevel, .postcopy_after = o.postcopy_after };
+				      .compress_level = zlevel, .postcopy_after = o.postcopy_after,
+				      .delta_cache = delta_cache };
 		if (o.page_size && page_size != 4096)
 			return cli_usage_error("demo", "--live runs a guest of 4K pages");
 		if (o.dirty_rate && cli_parse_rate(o.dirty_rate, &lo.dirty_rate) < 0)
@@ -492,8 +500,9 @@ int cli_cmd_demo(int argc, char **argv)
 	g_autoptr(tm_sender) sender = NULL;
 	if (tm_sender_new(src_layout, src_tags, &scfg, &sender, &error) < 0)
 		return cli_fail(error);
-	tm_live_config lc = { .size = sizeof(lc), .compress = zmode, .compress_level = zlevel };
-	if (o.compress && tm_sender_set_live(sender, &lc, &error) < 0)
+	tm_live_config lc = { .size = sizeof(lc), .compress = zmode, .compress_level = zlevel,
+			      .delta_cache_bytes = delta_cache };
+	if ((o.compress || delta_cache) && tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 
 	double cpu0 = cli_cpu_seconds(), t0 = cli_now();

@@ -32,6 +32,7 @@ typedef struct send_opts {
 	char *tls_hostname;
 	char *rate_limit;
 	char *compress;
+	char *delta_cache;
 } send_opts;
 
 static void send_opts_clear(send_opts *o)
@@ -47,6 +48,7 @@ static void send_opts_clear(send_opts *o)
 	g_free(o->tls_hostname);
 	g_free(o->rate_limit);
 	g_free(o->compress);
+	g_free(o->delta_cache);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(send_opts, send_opts_clear)
@@ -107,6 +109,8 @@ int cli_cmd_send(int argc, char **argv)
 		  "Fail when a data connection breaks instead of reconnecting it within 30 s and "
 		  "sending only what the receiver lacks (the default)", NULL },
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
+		{ "delta-cache", 0, 0, G_OPTION_ARG_STRING, &o.delta_cache,
+		  CLI_DELTA_CACHE_HELP "; default 0: send sends every page once", "SIZE" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -175,6 +179,10 @@ int cli_cmd_send(int argc, char **argv)
 			return cli_fail(error);
 		return cli_usage_error("send", "--compress: %s", error->message);
 	}
+
+	uint64_t delta_cache = 0;
+	if (o.delta_cache && (rc = cli_parse_delta_cache("send", o.delta_cache, &delta_cache)))
+		return rc;
 
 	g_autoptr(GPtrArray) ram_specs = NULL;
 	g_autoptr(GPtrArray) tag_specs = NULL;
@@ -267,8 +275,9 @@ int cli_cmd_send(int argc, char **argv)
 		return cli_fail(error);
 	tm_live_config live = { .size = sizeof(live), .rate_limit = rate_limit,
 				.no_resume = o.no_resume, .compress = compress,
-				.compress_level = compress_level };
-	if ((rate_limit || o.no_resume || o.compress) && tm_sender_set_live(sender, &live, &error) < 0)
+				.compress_level = compress_level, .delta_cache_bytes = delta_cache };
+	if ((rate_limit || o.no_resume || o.compress || delta_cache) &&
+	    tm_sender_set_live(sender, &live, &error) < 0)
 		return cli_fail(error);
 
 	uint64_t nwords = (max_pages + 63) / 64;

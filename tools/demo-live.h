@@ -21,6 +21,7 @@ typedef struct demo_live_opts {
 	uint64_t rate_limit;      /* bytes/s, 0: none */
 	uint32_t compress;        /* tm_compress_mode */
 	int32_t compress_level;
+	uint64_t delta_cache;     /* tm_live_config.delta_cache_bytes */
 	int postcopy_after;       /* precopy rounds (0 allowed) before the switch to postcopy;
 				   * -1: precopy only */
 } demo_live_opts;

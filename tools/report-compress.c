@@ -88,6 +88,7 @@ char *cli_compress_human(const cli_compress *z)
 
 void cli_compress_collect(cli_compress *z, tm_sender *s, tm_receiver *r, unsigned channels)
 {
+	cli_delta_collect(&z->delta, s, r, MIN(channels, TM_MAX_CHANNELS));
 	z->sender = s != NULL;
 	z->channels = MIN(channels, TM_MAX_CHANNELS);
 	for (unsigned i = 0; i < z->channels; i++) {

@@ -104,8 +104,10 @@ void cli_print_json(const cli_summary *s)
 		jw_u64(&w, "refused", s->live->resume_refused);
 		jw_close(&w);
 	}
-	if (s->compress)
+	if (s->compress) {
 		cli_compress_json(&w, s->compress);
+		cli_delta_json(&w, &s->compress->delta);
+	}
 	if (s->verified >= 0) {
 		jw_key(&w, "verified");
 		g_string_append(out, s->verified ? "true" : "false");
@@ -122,7 +124,9 @@ void cli_print_human_line(const cli_summary *s)
 	g_autofree char *size = cli_format_bytes(s->bytes);
 	g_autofree char *tags = cli_format_bytes(st->tag_bytes);
 	g_autofree char *resumed = NULL;
-	g_autofree char *z = s->compress ? cli_compress_human(s->compress) : g_strdup("");
+	g_autofree char *zc = s->compress ? cli_compress_human(s->compress) : g_strdup("");
+	g_autofree char *zd = s->compress ? cli_delta_human(&s->compress->delta) : g_strdup("");
+	g_autofree char *z = g_strconcat(zc, zd, NULL);
 
 	if (s->live && s->live->reconnects) {
 		g_autofree char *again = cli_format_bytes(s->live->resent_bytes);

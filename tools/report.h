@@ -32,10 +32,18 @@ typedef struct cli_compress {
 	bool sender;
 	unsigned channels;
 	tm_compress_stats stats[TM_MAX_CHANNELS];
+	tm_delta_stats delta; /* delta encoding, all channels summed (report-delta.c) */
 } cli_compress;
 
 /* Reads them from the sender s or the receiver r (the other NULL) after the migration. */
 void cli_compress_collect(cli_compress *z, tm_sender *s, tm_receiver *r, unsigned channels);
+/* Delta statistics of all channels of the sender s or the receiver r, summed (report-delta.c). */
+void cli_delta_collect(tm_delta_stats *ret, tm_sender *s, tm_receiver *r, unsigned channels);
+/* The "delta" object of --json. */
+struct json_writer;
+void cli_delta_json(struct json_writer *w, const tm_delta_stats *d);
+/* ", N pages as deltas (0.07 of their size), M refused and re-sent whole" or "". */
+char *cli_delta_human(const tm_delta_stats *d);
 /* Sums of all channels (mode and ratio of the whole). */
 void cli_compress_totals(const cli_compress *z, tm_compress_stats *ret);
 /* ", compression auto: 0.31 of the page data (...)" or "" when nothing was agreed. */

@@ -299,6 +299,10 @@ typedef struct tm_live_config {
 	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
 	                             * it was built with) */
 	int32_t compress_level;     /* sender, TM_COMPRESS_ZSTD: -7..19; 0 = zstd's default (3) */
+	uint64_t delta_cache_bytes; /* sender: bytes of last-sent page copies kept per channel for
+	                             * delta encoding of re-sent pages (DELTA, protocol 2, not with
+	                             * postcopy); 0 = off, else 1 MiB..1 TiB. Receiver: ignored (it
+	                             * accepts deltas when offered) */
 } tm_live_config;
 
 /*
@@ -543,6 +547,30 @@ TM_EXPORT int tm_sender_get_compress_stats(tm_sender *sender, unsigned channel,
 					   tm_compress_stats *ret);
 TM_EXPORT int tm_receiver_get_compress_stats(tm_receiver *receiver, unsigned channel,
 					     tm_compress_stats *ret);
+
+/* ---- protocol 2: delta encoding of re-sent pages (symbol version TAGMIG_0.2; docs/api.md) ---- */
+
+/* What one channel's delta encoding did. First field: the size as the caller compiled it. */
+typedef struct tm_delta_stats {
+	uint32_t size;              /* in: sizeof(tm_delta_stats) */
+	uint32_t agreed;            /* 1 when DELTA was agreed in the handshake */
+	uint64_t cache_bytes;       /* sender: the cache's budget (delta_cache_bytes); receiver: 0 */
+	uint64_t pages;             /* pages sent (receiver: applied) as deltas */
+	uint64_t page_bytes;        /* their whole size: what they would have taken as pages */
+	uint64_t wire_bytes;        /* what they took: deltas and their 24-byte entries */
+	uint64_t refused;           /* pages whose base the receiver refused (DELTA_NACK); the
+	                             * sender re-sent each whole */
+} tm_delta_stats;
+
+/*
+ * Copies channel's delta statistics (channel < channels): 0, -ERANGE (no such channel), -EBADFD
+ * (sender, before the handshake), -EINVAL (ret->size < 8). The library fills min(size,
+ * sizeof(tm_delta_stats)) bytes and sets size to that. Any thread.
+ */
+TM_EXPORT int tm_sender_get_delta_stats(tm_sender *sender, unsigned channel,
+					tm_delta_stats *ret);
+TM_EXPORT int tm_receiver_get_delta_stats(tm_receiver *receiver, unsigned channel,
+					  tm_delta_stats *ret);
 
 /* ---- protocol 2: device state (symbol version TAGMIG_0.2; docs/api.md, "Device state") ---- */
 

@@ -66,9 +66,11 @@
 #define TM_FEATURE_LZ4 (1u << 8)
 #define TM_FEATURE_ZSTD (1u << 9)
 #define TM_FEATURES_COMPRESS (TM_FEATURE_LZ4 | TM_FEATURE_ZSTD)
+/* Protocol 2 only: re-sent pages may go as deltas against the copy sent last (DELTA). */
+#define TM_FEATURE_DELTA (1u << 10)
 #define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)                        /* protocol 1 */
 #define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY | TM_FEATURE_RESUME | \
-			      TM_FEATURES_COMPRESS)                     /* protocol 2 */
+			      TM_FEATURES_COMPRESS | TM_FEATURE_DELTA)                     /* protocol 2 */
 
 /* Protocol 2: what a connection carries, named by its HELLO. */
 typedef enum tm_conn_role {
@@ -101,10 +103,12 @@ typedef enum tm_msg_type {
 	TM_MSG_RESUME = 19,     /* a reconnected data channel: the session's secret */
 	TM_MSG_RESUME_ACK = 20, /* what the receiver applied on that channel */
 	TM_MSG_ZDATA = 21,      /* a DATA packet with compressed page data (compression agreed) */
+	TM_MSG_DELTA = 22,      /* re-sent pages as deltas against the copy sent last */
+	TM_MSG_DELTA_NACK = 23, /* r->s: pages of a DELTA whose base the receiver refused */
 } tm_msg_type;
 
 #define TM_MSG_LAST_V1 TM_MSG_ERROR
-#define TM_MSG_LAST_V2 TM_MSG_ZDATA
+#define TM_MSG_LAST_V2 TM_MSG_DELTA_NACK
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

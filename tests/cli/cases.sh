@@ -426,6 +426,34 @@ compress)
 	EOF
 	note "ok: --compress zstd:3 across 2 channels, exact, JSON of both sides"
 	;;
+delta)
+	# Re-sent pages as deltas: demo --live's later rounds (a cache of 64M per channel by
+	# default) send the pages its guest changed a little as deltas, bit-exact; --delta-cache 0
+	# turns it off; a size outside 1M..1T is a usage error.
+	timeout "$LIMIT" "$TAGMIG" demo --live --size 32M --dirty-rate 20M --channels 2 --json \
+		>"$T/d1.out" 2>"$T/d1.err"
+	expect_rc "demo --live" "$?" 0
+	timeout "$LIMIT" "$TAGMIG" demo --live --size 32M --dirty-rate 20M --channels 2 \
+		--delta-cache 0 --json >"$T/d0.out" 2>"$T/d0.err"
+	expect_rc "demo --live --delta-cache 0" "$?" 0
+	if [ "$PYTHON3" != none ]; then
+		"$PYTHON3" - "$T/d1.out" "$T/d0.out" <<-'EOF' || fail "--json: $(cat "$T/d1.out" "$T/d0.out")"
+			import json, sys
+			on, off = (json.load(open(p)) for p in sys.argv[1:3])
+			assert on["verified"] is True and off["verified"] is True, (on, off)
+			d = on["delta"]
+			assert d["agreed"] is True and d["cache_bytes"] == 2 * 64 * 1024 * 1024, d
+			assert d["pages"] > 0 and d["page_bytes"] == 4096 * d["pages"], d
+			assert 0 < d["delta_bytes"] < 0.2 * d["page_bytes"], d
+			assert d["refused"] == 0, d
+			assert off["delta"]["agreed"] is False and off["delta"]["pages"] == 0, off
+		EOF
+	fi
+	timeout 10 "$TAGMIG" demo --delta-cache 5 >/dev/null 2>"$T/u.err"
+	expect_rc "demo --delta-cache 5" "$?" 2
+	grep -q "delta-cache '5' is not 0 (off) or a size of 1M..1T" "$T/u.err" || fail "$(cat "$T/u.err")"
+	note "ok: demo --live sends re-sent pages as deltas (JSON), --delta-cache 0 off, 5 refused"
+	;;
 refuse-high-nibble)
 	size=$((1024 * 1024))
 	gen_ram "$size" 61 "$T/in.img"

@@ -2,11 +2,12 @@
 /*
  * Fuzzes what a channel does with any message: the frame header (before and after the
  * handshake, as a protocol 1 peer, a protocol 2 session and a handshake serving both), then the
- * body of the control, HELLO_ACK, RESUME, RESUME_ACK and ERROR messages in the frame's protocol. HELLO and DATA
+ * body of the control, HELLO_ACK, RESUME, RESUME_ACK, DELTA_NACK and ERROR messages in the frame's protocol. HELLO and DATA
  * bodies have targets of their own.
  */
 #include <glib.h>
 
+#include "codec/delta-wire.h"
 #include "fuzz.h"
 
 static void decode_body(const tm_frame *f, const uint8_t *body)
@@ -58,6 +59,27 @@ static void decode_body(const tm_frame *f, const uint8_t *body)
 			g_assert_nonnull(error);
 		else
 			g_assert_cmpuint(pos.packets_applied, <=, pos.pages_applied);
+		break;
+	}
+	case TM_MSG_DELTA_NACK: {
+		/* Against fuzz-data's session, as the channel's sender hears it. */
+		static tm_hello s;
+		uint32_t pages[FUZZ_DATA_PACKET_SIZE / 4096], block = 0, count = 0;
+		if (!s.blocks)
+			fuzz_data_session(&s);
+		for (unsigned ch = 0; ch < FUZZ_DATA_CHANNELS; ch++) {
+			g_clear_error(&error);
+			if (tm_delta_nack_decode(body, f->body_len, &s, ch, pages, &block, &count,
+						 &error) < 0) {
+				g_assert_nonnull(error);
+				continue;
+			}
+			g_assert_cmpuint(block, <, s.block_count);
+			g_assert_cmpuint(count, >=, 1);
+			g_assert_cmpuint(count, <=, s.packet_size / s.blocks[block].page_size);
+			for (uint32_t i = 0; i < count; i++)
+				g_assert_cmpuint(pages[i], <, s.blocks[block].npages);
+		}
 		break;
 	}
 	case TM_MSG_ERROR:

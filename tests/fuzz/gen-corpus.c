@@ -12,6 +12,7 @@
 
 #include "codec/compress.h"
 #include "codec/delta.h"
+#include "codec/delta-wire.h"
 #include "fuzz.h"
 #include "postcopy-fuzz.h"
 
@@ -324,6 +325,59 @@ static void gen_zdata(void)
 		g_autofree char *n5 = g_strdup_printf("zdata-%s-corrupt", cn);
 		put_mut("data", n5, m, n, 16 + 8 + 16 + 8 * 8 + 6, 0xff);
 	}
+}
+
+/* DELTA seeds (fuzz-data's corpus, read by fuzz-recv-plan) and DELTA_NACK (frame). */
+static void gen_delta_wire(void)
+{
+	tm_delta_pkt pkt;
+	size_t len;
+	uint8_t base[65536], page[65536], tags[65536 / TM_TAG_GRANULE];
+
+	tm_delta_pkt_init(&pkt, FUZZ_DATA_PACKET_SIZE);
+	for (unsigned b = 0; b < 2; b++) {
+		uint32_t ps = b ? 65536 : 4096;
+		tm_delta_pkt_begin(&pkt, b, ps);
+		/* Pages of channel 0: 0..3 of ram0 (chunk 0), ram1's page 0 (chunk 4). */
+		for (uint32_t p = 0; p < (b ? 1u : 4u); p++) {
+			for (uint32_t i = 0; i < ps; i++)
+				base[i] = page[i] = (uint8_t)(i * 13 + p);
+			for (uint32_t i = 64 * p; i < ps; i += 97)
+				page[i] ^= (uint8_t)(0x11 + p);
+			memset(tags, p % 2 ? 0x7 : (int)(p & 0xf), ps / TM_TAG_GRANULE);
+			tags[3] = 0x2;
+			if (tm_delta_pkt_add(&pkt, p, page, base, p == 1 ? NULL : tags, ps - 1) < 0)
+				g_error("delta seed");
+		}
+		unsigned n = tm_delta_pkt_finish(&pkt, TM_WIRE_VERSION_2, 0, &len);
+		g_autofree uint8_t *m = g_malloc(len);
+		size_t at = 0;
+		for (unsigned i = 0; i < n; i++) {
+			memcpy(m + at, pkt.iov[i].iov_base, pkt.iov[i].iov_len);
+			at += pkt.iov[i].iov_len;
+		}
+		put("data", b ? "delta-64k" : "delta-4k", m, len);
+		if (b)
+			continue;
+		/* Broken: reserved byte, a page on the other channel, dlen past the deltas, a
+		 * varint of 4 bytes, a bad tag encoding. */
+		size_t e0 = TM_FRAME_HDR_LEN + TM_DELTA_HDR_LEN;
+		size_t d0 = e0 + 4 * TM_DELTA_ENTRY_LEN;
+		put_mut("data", "delta-reserved", m, len, e0 + 20, 1);
+		put_mut("data", "delta-channel", m, len, e0, 16);
+		put_mut("data", "delta-dlen", m, len, e0 + 5, 0x7f);
+		put_mut("data", "delta-varint", m, len, d0, 0xff);
+		put_mut("data", "delta-tag-enc", m, len, e0 + 16, 7);
+	}
+	tm_delta_pkt_fini(&pkt);
+
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_DELTA_NACK_HDR_LEN + 4 * TM_DELTA_NACK_ENTRY_LEN];
+	static const uint32_t pages[] = { 0, 3, 32, 35 }, why[] = { 1, 2, 1, 2 };
+	len = tm_delta_nack_encode(buf, TM_WIRE_VERSION_2, 1, 0, pages, why, 4);
+	put("frame", "v2-valid-DELTA_NACK", buf, len);
+	put_mut("frame", "v2-DELTA_NACK-reason", buf, len, TM_FRAME_HDR_LEN + 12, 9);
+	put_mut("frame", "v2-DELTA_NACK-count", buf, len, TM_FRAME_HDR_LEN + 4, 0);
+	put_mut("frame", "v2-DELTA_NACK-page", buf, len, TM_FRAME_HDR_LEN + 9, 1);
 }
 
 static void gen_data(void)
@@ -666,6 +720,7 @@ int main(int argc, char **argv)
 	gen_state();
 	gen_decompress();
 	gen_zdata();
+	gen_delta_wire();
 	gen_delta();
 	gen_postcopy();
 	return 0;

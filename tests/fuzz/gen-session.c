@@ -137,9 +137,10 @@ static void fill(uint8_t *ram, size_t len, uint32_t page_size, uint8_t *tags, un
 			tags[g] = (uint8_t)((g / 7 + seed) & 0xf);
 }
 
-/* compress: tm_compress_mode of a protocol 2 sender (0: the default, auto, raw on loopback). */
+/* compress: tm_compress_mode of a protocol 2 sender (0: the default, auto, raw on loopback);
+ * delta: with a delta cache, so the second round's pages go as DELTA. */
 static void record(const char *dir, const char *name, unsigned channels, unsigned wire_version,
-		   bool with_tags, uint32_t compress)
+		   bool with_tags, uint32_t compress, bool delta)
 {
 	recording rec = { .out = g_byte_array_new() };
 	pipe_arg pipes[2 * MAX_CONNS];
@@ -188,9 +189,10 @@ static void record(const char *dir, const char *name, unsigned channels, unsigne
 
 	if (tm_sender_new(layout, tags, &cfg, &s, &error) < 0)
 		g_error("%s", error->message);
-	if (wire_version == 1 || compress) {
+	if (wire_version == 1 || compress || delta) {
 		tm_live_config live = { .size = sizeof(live), .wire_version = wire_version,
-					.compress = compress };
+					.compress = compress,
+					.delta_cache_bytes = delta ? 1u << 20 : 0 };
 
 		if (tm_sender_set_live(s, &live, &error) < 0)
 			g_error("%s", error->message);
@@ -247,13 +249,15 @@ int main(int argc, char **argv)
 	g_autofree char *dir = g_build_filename(argv[1], "session", NULL);
 	if (g_mkdir_with_parents(dir, 0755) < 0)
 		g_error("cannot create %s", dir);
-	record(dir, "v1-1ch-tags", 1, 1, true, 0);
-	record(dir, "v2-2ch-tags", 2, 2, true, 0);
-	record(dir, "v2-1ch-notags", 1, 2, false, 0);
+	record(dir, "v1-1ch-tags", 1, 1, true, 0, false);
+	record(dir, "v2-2ch-tags", 2, 2, true, 0, false);
+	record(dir, "v2-1ch-notags", 1, 2, false, 0, false);
 	/* ZDATA through the whole receiver: each codec where it is built. */
 	if (tm_zcodec_available() & (1u << TM_ZCODEC_LZ4))
-		record(dir, "v2-2ch-tags-lz4", 2, 2, true, TM_COMPRESS_LZ4);
+		record(dir, "v2-2ch-tags-lz4", 2, 2, true, TM_COMPRESS_LZ4, false);
 	if (tm_zcodec_available() & (1u << TM_ZCODEC_ZSTD))
-		record(dir, "v2-1ch-tags-zstd", 1, 2, true, TM_COMPRESS_ZSTD);
+		record(dir, "v2-1ch-tags-zstd", 1, 2, true, TM_COMPRESS_ZSTD, false);
+	/* DELTA (and a refusal-free DELTA_NACK path) through the whole receiver. */
+	record(dir, "v2-2ch-tags-delta", 2, 2, true, TM_COMPRESS_NONE, true);
 	return 0;
 }

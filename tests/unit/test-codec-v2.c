@@ -47,7 +47,7 @@ static void test_frame_v2_max_body(void)
 	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_ZDATA, 65536), ==,
 			 8 + tm_frame_max_body(v2, TM_MSG_DATA, 65536));
 	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_ZDATA, 0), ==, 0);
-	g_assert_cmpuint(tm_frame_max_body(v2, 22, 65536), ==, 0);
+	g_assert_cmpuint(tm_frame_max_body(v2, 24, 65536), ==, 0);
 	g_assert_cmpuint(tm_frame_max_body(v2, 0, 65536), ==, 0);
 	/* Protocol 1 knows none of them; no other version exists. */
 	for (uint8_t t = TM_MSG_STATE; t <= TM_MSG_LAST_V2; t++)
@@ -59,7 +59,7 @@ static void test_frame_v2_max_body(void)
 	g_assert_cmpstr(tm_msg_name(TM_MSG_PAGE_REQ), ==, "PAGE_REQ");
 	g_assert_cmpstr(tm_msg_name(TM_MSG_REQ_END), ==, "REQ_END");
 	g_assert_cmpstr(tm_msg_name(TM_MSG_RESUME_ACK), ==, "RESUME_ACK");
-	g_assert_cmpstr(tm_msg_name(22), ==, "unknown");
+	g_assert_cmpstr(tm_msg_name(24), ==, "unknown");
 }
 
 static void test_frame_v2_round_trip(void)
@@ -136,7 +136,7 @@ static void test_frame_v2_malformed(void)
 	buf[5] = TM_MSG_PING;
 	check_err(tm_frame_decode(buf, sizeof(buf), 0, 65536, &f, &err), &err, EBADMSG,
 		  "unknown message type 12 in protocol 1");
-	static const uint8_t v2_unknown[] = { 0, 22, 0x80, 0xff };
+	static const uint8_t v2_unknown[] = { 0, 24, 0x80, 0xff };
 	for (unsigned i = 0; i < G_N_ELEMENTS(v2_unknown); i++) {
 		memcpy(buf, v2, sizeof(buf));
 		buf[5] = v2_unknown[i];
@@ -150,7 +150,8 @@ static void test_frame_v2_malformed(void)
 			  "reserved field is");
 	}
 	/* Guest-data bodies before the handshake. */
-	static const uint8_t data_types[] = { TM_MSG_DATA, TM_MSG_STATE, TM_MSG_URGENT };
+	static const uint8_t data_types[] = { TM_MSG_DATA, TM_MSG_STATE, TM_MSG_URGENT,
+						TM_MSG_DELTA, TM_MSG_DELTA_NACK };
 	for (unsigned i = 0; i < G_N_ELEMENTS(data_types); i++) {
 		tm_frame_encode_v(buf, TM_WIRE_VERSION_2, data_types[i], 0, 1);
 		g_autofree char *want = g_strdup_printf("%s before the handshake",

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Delta encoding of re-sent pages in a session (issue 15; docs/wire-format.md "DELTA"):
+ * the sender's side (delta-send.c: per channel a cache of last-sent copies, the choice per page,
+ * DELTA packets in page order with DATA, DELTA_NACK heard and its pages re-sent whole) and the
+ * receiver's (delta-recv.c: a DELTA read whole, checked, its bases checked page by page, refused
+ * pages answered). The wire messages are the codec's (codec/delta-wire.c).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "codec/codec.h"
+#include "tagmig/session.h"
+
+G_BEGIN_DECLS
+
+typedef struct send_chan send_chan;
+typedef struct recv_chan recv_chan;
+typedef struct tm_dsend tm_dsend;
+typedef struct tm_drecv tm_drecv;
+
+/*
+ * A delta goes instead of the whole page when it takes at most this share of the page (entry
+ * included): below it, a DELTA saves at least a quarter of the page's bytes, more than the CPU
+ * and the risk of a refusal cost; above it the page goes whole (and may be compressed).
+ */
+#define TM_DELTA_MAX_SHARE_NUM 3u
+#define TM_DELTA_MAX_SHARE_DEN 4u
+/* With compression, a delta must also take at most this share of what the channel's page data
+ * compresses to (tm_zsend_ratio()): else the page goes whole and compressed. */
+#define TM_DELTA_VS_COMPRESS 0.9
+
+/* The cache size tm_live_config.delta_cache_bytes may ask for: 0 (off) or 1 MiB..1 TiB. */
+#define TM_DELTA_CACHE_MIN (1ull << 20)
+#define TM_DELTA_CACHE_MAX (1ull << 40)
+
+/* ---- sender (delta-send.c); every hook is worker-local unless it says otherwise ---- */
+
+/* HELLO: TM_FEATURE_DELTA when live asks for a cache, the protocol is 2 and postcopy is not
+ * offered; else 0. */
+uint32_t tm_dsend_offer(const tm_live_config *live, uint8_t wire);
+/* After the handshake, per channel, when DELTA was agreed. */
+tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t packet_size);
+void tm_dsend_free(tm_dsend *d);
+
+/*
+ * tm_send_pages' hook for every page (data in guest RAM, tags one byte per granule or NULL):
+ * returns 1 when the page went into the channel's DELTA packet (the caller does nothing more
+ * with it), 0 when it goes whole (the open DELTA was sent first, so the caller's DATA keeps page
+ * order, and its copy is cached), or -errno naming channel, block and offset.
+ */
+int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *data,
+		  const uint8_t *tags, GError **error);
+/* Sends the open DELTA packet, if any (tm_send_flush calls it first). */
+int tm_dsend_flush(send_chan *c, GError **error);
+/*
+ * The data connection is readable between packets: a DELTA_NACK is taken (its pages re-sent
+ * later, tm_dsend_resend) and 0 returned; anything else is what tm_chan_recv_unsolicited says.
+ * Without DELTA agreed: tm_chan_recv_unsolicited.
+ */
+int tm_dsend_readable(send_chan *c, GError **error);
+/* tm_chan_recv_ctrl() for SYNC_ACK, taking the DELTA_NACKs that come before it. */
+int tm_dsend_recv_ctrl(send_chan *c, uint8_t type, uint64_t *ret_a, uint64_t *ret_b,
+		       GError **error);
+/* Re-sends the refused pages whole (at the end of tm_send_pages and after a SYNC_ACK). */
+int tm_dsend_resend(send_chan *c, GError **error);
+/*
+ * After the SYNC_ACK of sync id: until no DELTA is unanswered and no refused page waits, re-sends
+ * the refused pages whole and repeats SYNC id, so that a SYNC still means every page before it
+ * is applied (tm_sender_sync) and no refusal comes later.
+ */
+int tm_dsend_settle(send_chan *c, uint64_t id, GError **error);
+/* Before RAM_END: tm_dsend_settle() with the last acknowledged id (0 before the first). */
+int tm_dsend_barrier(send_chan *c, GError **error);
+/* A reconnected data connection (resume): the cache starts empty, no DELTA is answerable. */
+void tm_dsend_reconnected(send_chan *c);
+
+/* ---- receiver (delta-recv.c) ---- */
+/* At start, per channel: a context when DELTA was agreed (else c->dr stays NULL). */
+void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size);
+void tm_drecv_free(tm_drecv *d);
+/*
+ * A DELTA frame on c: reads the body whole, checks it (codec), checks each page's base, applies
+ * the deltas and tags of the pages that pass and marks them present, and answers the refused ones
+ * with one DELTA_NACK. Errors name channel, block and offset; nothing of a bad packet is applied.
+ */
+int tm_drecv_apply(recv_chan *c, const tm_frame *f, GError **error);
+
+G_END_DECLS

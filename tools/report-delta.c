@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/* The delta-encoding part of a command's summary (report.h): re-sent pages sent as deltas. */
+#include <inttypes.h>
+
+#include "json.h"
+#include "tagmig/session.h"
+#include "report.h"
+
+void cli_delta_collect(tm_delta_stats *ret, tm_sender *s, tm_receiver *r, unsigned channels)
+{
+	*ret = (tm_delta_stats){ .size = sizeof(*ret) };
+	for (unsigned i = 0; i < channels; i++) {
+		tm_delta_stats c = { .size = sizeof(c) };
+		if ((s ? tm_sender_get_delta_stats(s, i, &c) : tm_receiver_get_delta_stats(r, i, &c)) < 0)
+			break;
+		ret->agreed |= c.agreed;
+		ret->cache_bytes += c.cache_bytes;
+		ret->pages += c.pages;
+		ret->page_bytes += c.page_bytes;
+		ret->wire_bytes += c.wire_bytes;
+		ret->refused += c.refused;
+	}
+}
+
+void cli_delta_json(struct json_writer *w, const tm_delta_stats *d)
+{
+	jw_open(w, "delta");
+	jw_bool(w, "agreed", d->agreed != 0);
+	jw_u64(w, "cache_bytes", d->cache_bytes);
+	jw_u64(w, "pages", d->pages);
+	jw_u64(w, "page_bytes", d->page_bytes);
+	jw_u64(w, "delta_bytes", d->wire_bytes);
+	jw_double(w, "ratio", d->page_bytes ? (double)d->wire_bytes / (double)d->page_bytes : 0);
+	jw_u64(w, "refused", d->refused);
+	jw_close(w);
+}
+
+char *cli_delta_human(const tm_delta_stats *d)
+{
+	if (!d->pages && !d->refused)
+		return g_strdup("");
+	return g_strdup_printf(", %" PRIu64 " pages as deltas (%.2f of their size), %" PRIu64
+			       " refused and re-sent whole",
+			       d->pages, d->page_bytes ? (double)d->wire_bytes / d->page_bytes : 0,
+			       d->refused);
+}
