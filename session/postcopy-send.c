@@ -337,12 +337,18 @@ static int background(send_chan *c, GError **error)
 		while (v) {
 			unsigned len, at = take_run(&v, &len);
 			work w = { .kind = WORK_PAGES, .block = b, .first = base + at, .count = len };
-			tm_pcresume_log(c, &w); /* before: a break loses what it packed */
-			int r = tm_send_pages(c, &w, error);
-			if (r < 0)
-				return r;
-			got += len;
+			/* Both before: a break loses what it packed, and the resume takes back what
+			 * the receiver lacks (resume-postcopy.c). */
+			tm_pcresume_log(c, &w);
 			__atomic_fetch_add(&s->pc.background_pages, len, __ATOMIC_RELAXED);
+			int r = tm_send_pages(c, &w, error);
+			if (r < 0) {
+				/* The word's other runs were taken and never sent: a reconnect
+				 * finds them unsent again (resume-postcopy.c). */
+				__atomic_fetch_or(&bm[p / 64], v, __ATOMIC_ACQ_REL);
+				return r;
+			}
+			got += len;
 		}
 		p = base + hi;
 	}
