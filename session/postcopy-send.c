@@ -547,7 +547,8 @@ void tm_sender_pc_pause(tm_sender *s)
 {
 	/*
 	 * The destination may run and lacks pages only this side has. tm_sender_fail() shuts
-	 * every connection down (issue 14 reconnects them all); nothing is freed before
+	 * every connection down (a broken data or urgent connection was resumed before it came
+	 * to this, when resume was agreed: resume-postcopy.c); nothing is freed before
 	 * tm_sender_free() (unsent, answered, ever_sent, the state sections, the counts).
 	 */
 	tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY_PAUSED);
