@@ -152,8 +152,9 @@ static int check_hello(tm_receiver *r, tm_chan *ch, tm_hello *h, GError **error)
 		g_set_error_literal(error, TM_ERROR, EPROTO, "a HELLO of another session");
 		return -EPROTO;
 	}
-	if (h->epoch == 0 ||
-	    (h->role != TM_ROLE_DATA && !(h->role == TM_ROLE_URGENT && tm_pcresume_recv_urgent_ok(r)))) {
+	/* The urgent connection too, after the switch to postcopy (resume-postcopy.c). */
+	bool urgent_ok = h->role == TM_ROLE_URGENT && tm_pcresume_recv_urgent_ok(r);
+	if (h->epoch == 0 || (h->role != TM_ROLE_DATA && !urgent_ok)) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "the session runs already: only a data channel's reconnect (epoch >= 1) "
 			    "may come, not %s connection of epoch %u",
