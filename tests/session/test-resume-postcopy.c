@@ -378,10 +378,8 @@ static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpu
 	for (unsigned ms = 0; !__atomic_load_n(&x->d.running, __ATOMIC_ACQUIRE) && ms < 10000; ms++)
 		g_usleep(1000);
 	g_assert_true(__atomic_load_n(&x->d.running, __ATOMIC_ACQUIRE));
-	g_mutex_lock(&x->px.lock);
-	g_test_message("running %.3f s after the switch; data 2 forwarded %" G_GUINT64_FORMAT,
-		       (double)(g_get_monotonic_time() - t0) / 1e6, x->px.fwd[3]);
-	g_mutex_unlock(&x->px.lock);
+	g_test_message("the destination runs %.3f s after the switch",
+		       (double)(g_get_monotonic_time() - t0) / 1e6);
 }
 
 /* Both sides ended; the vCPUs (if any) are joined, and none saw a wrong page. */
