@@ -144,11 +144,13 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 			    hello->features);
 		return -EPROTO;
 	}
-	/* A reconnect (docs/wire-format.md, "Resume"): only a data channel, only with RESUME. */
-	if (hello->epoch != 0 && hello->role != TM_ROLE_DATA) {
+	/* A reconnect (docs/wire-format.md, "Resume"): a data channel, or the urgent connection
+	 * (POSTCOPY, checked above: "Resume in postcopy"), only with RESUME. */
+	if (hello->epoch != 0 && hello->role == TM_ROLE_CONTROL) {
 		g_set_error(error, TM_ERROR, EOPNOTSUPP,
-			    "HELLO: epoch %u on the %s connection: only data channels resume",
-			    hello->epoch, hello->role == TM_ROLE_CONTROL ? "control" : "urgent");
+			    "HELLO: epoch %u on the control connection: only data channels and the "
+			    "urgent connection resume",
+			    hello->epoch);
 		return -EOPNOTSUPP;
 	}
 	if (hello->epoch != 0 && !(hello->features & TM_FEATURE_RESUME)) {

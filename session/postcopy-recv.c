@@ -20,6 +20,7 @@
 #include "common/uffd-internal.h"
 #include "ram/ram-internal.h"
 #include "session/postcopy-recv.h"
+#include "session/resume-postcopy.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -785,6 +786,7 @@ void tm_pc_recv_free(tm_receiver *r)
 	if (!pc)
 		return;
 	tm_pc_recv_stop(r);
+	tm_pcresume_recv_free(r); /* a reconnect nobody took */
 	poison_missing(r);
 	tm_placer_free(pc->placer);
 	bitmaps_free(pc->zero_skipped, pc->nblocks);

@@ -130,6 +130,10 @@ struct tm_pc_recv {
 	int64_t faults_event_us;   /* when TM_EVENT_FAULTS was last raised */
 	/* threads */
 	GThread *fault_thread, *urgent_thread;
+	/* protected by r->lock: an urgent reconnect for the urgent thread (resume-postcopy.c) */
+	tm_chan urg_pending;
+	bool urg_ready;
+	uint32_t urg_epoch;        /* the highest epoch accepted for it */
 };
 
 /* postcopy-recv.c: a placed run's pages become the session's present pages (on_present, the

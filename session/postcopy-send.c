@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "session/resume-postcopy.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -105,6 +106,7 @@ void tm_sender_pc_agree(tm_sender *s, const tm_hello_ack *ack)
 
 void tm_sender_pc_free(tm_sender *s)
 {
+	tm_pcresume_send_free(s);
 	for (unsigned i = 0; s->pc.unsent && i < s->hello.block_count; i++) {
 		g_free(s->pc.ever_sent[i]);
 		g_free(s->pc.unsent[i]);
@@ -237,19 +239,22 @@ static void plan_discards(send_chan *c, GPtrArray *msgs)
 	}
 }
 
-static int send_discards(send_chan *c, GPtrArray *msgs, GError **error)
+int tm_send_pc_announce(send_chan *c, GPtrArray *msgs, GError **error)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_DISCARD_HDR_LEN + 8 * TM_MAX_DISCARD_RANGES];
+	int r;
 
 	for (guint i = 0; i < msgs->len; i++) {
 		const discard_msg *m = g_ptr_array_index(msgs, i);
 		size_t len = tm_discard_encode(buf, c->ch.tx_seq++, m->block, m->r, m->n);
 		struct iovec v = { .iov_base = buf, .iov_len = len };
-		int r = tm_chan_send(&c->ch, &v, 1, len, error);
-		if (r < 0)
+		if ((r = tm_chan_send(&c->ch, &v, 1, len, error)) < 0)
 			return r;
 	}
-	return 0;
+	size_t n = tm_ram_end_encode(buf, c->ch.tx_seq++, TM_RAM_END_POSTCOPY, c->pages_sent,
+				     c->packets_sent);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	return tm_chan_send(&c->ch, &v, 1, n, error);
 }
 
 /* Scans bits [p, e) of bm for a set one. */
@@ -333,11 +338,18 @@ static int background(send_chan *c, GError **error)
 		while (v) {
 			unsigned len, at = take_run(&v, &len);
 			work w = { .kind = WORK_PAGES, .block = b, .first = base + at, .count = len };
-			int r = tm_send_pages(c, &w, error);
-			if (r < 0)
-				return r;
-			got += len;
+			/* Both before: a break loses what it packed, and the resume takes back what
+			 * the receiver lacks (resume-postcopy.c). */
+			tm_pcresume_log(c, &w);
 			__atomic_fetch_add(&s->pc.background_pages, len, __ATOMIC_RELAXED);
+			int r = tm_send_pages(c, &w, error);
+			if (r < 0) {
+				/* The word's other runs were taken and never sent: a reconnect
+				 * finds them unsent again (resume-postcopy.c). */
+				__atomic_fetch_or(&bm[p / 64], v, __ATOMIC_ACQ_REL);
+				return r;
+			}
+			got += len;
 		}
 		p = base + hi;
 	}
@@ -366,22 +378,14 @@ static int switch_channel(send_chan *c, guint from, GArray *q, GError **error)
 	g_autoptr(GPtrArray) discards = g_ptr_array_new_with_free_func(g_free);
 	plan_discards(c, discards);
 	/* Committed: start_postcopy() may return once every worker is here. */
+	tm_pcresume_switch(c, discards); /* a broken connection replays from here */
+	c->pc.switched = true;
 	g_mutex_lock(&s->lock);
 	s->pc.switched++;
 	s->pc.missing += missing;
 	g_cond_broadcast(&s->cond);
 	g_mutex_unlock(&s->lock);
-
-	if ((r = send_discards(c, discards, error)) < 0)
-		return r;
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_RAM_END_LEN];
-	size_t n = tm_ram_end_encode(buf, c->ch.tx_seq++, TM_RAM_END_POSTCOPY, c->pages_sent,
-				     c->packets_sent);
-	struct iovec v = { .iov_base = buf, .iov_len = n };
-	if ((r = tm_chan_send(&c->ch, &v, 1, n, error)) < 0)
-		return r;
-	c->pc.switched = true;
-	return 0;
+	return tm_send_pc_announce(c, discards, error);
 }
 
 int tm_send_postcopy(send_chan *c, guint from, GError **error)
@@ -390,25 +394,42 @@ int tm_send_postcopy(send_chan *c, guint from, GError **error)
 	g_autoptr(GArray) q = g_array_new(FALSE, FALSE, sizeof(work));
 	int r = switch_channel(c, from, q, error);
 
-	while (r >= 0) {
-		/* STATE chunks first, in their order; END once the stripes are done. */
-		for (guint i = 0; i < q->len && r >= 0; i++) {
-			const work *w = &g_array_index(q, work, i);
-			if (w->kind == WORK_END)
-				c->pc.end_wanted = true;
-			else if ((r = tm_send_flush(c, error)) >= 0)
-				r = tm_send_state_work(c, w, error);
+	for (;;) {
+		/* A broken connection comes back with q starting with what the receiver lacks
+		 * (resume-postcopy.c); otherwise the failure stands. */
+		if (r < 0) {
+			if ((r = tm_pcresume_send(c, q, error)) < 0)
+				break;
+			if (r == 1)
+				return 0; /* its END was answered: the END_ACK was what got lost */
 		}
-		g_array_set_size(q, 0);
+		/* STATE chunks first, in their order; END once the stripes are done. Each item
+		 * leaves q as it is taken: after a break q holds only what was not sent. */
+		while (q->len && r >= 0) {
+			work w = g_array_index(q, work, 0);
+			g_array_remove_index(q, 0);
+			if (w.kind == WORK_END) {
+				c->pc.end_wanted = true;
+			} else if (w.kind == WORK_PAGES || w.kind == WORK_SWITCH) {
+				r = tm_pcresume_send_item(c, &w, error); /* a reconnect's replay */
+			} else if ((r = tm_send_flush(c, error)) >= 0) {
+				tm_pcresume_log(c, &w);
+				r = tm_send_state_work(c, &w, error);
+			}
+		}
 		if (r < 0 || (r = background(c, error)) < 0)
-			break;
-		if (r == 0 && c->pc.end_wanted)
-			return tm_send_end(c, error);
+			continue;
+		if (r == 0 && c->pc.end_wanted) {
+			tm_pcresume_log(c, &(work){ .kind = WORK_END });
+			if ((r = tm_send_end(c, error)) < 0)
+				continue;
+			return 0;
+		}
 		/* Idle: nothing may stay behind, neither the open packet nor what the cork holds
 		 * (DISCARD, RAM_END(POSTCOPY), small STATE: the destination waits for them). */
 		if (r == 0 && ((r = tm_send_flush(c, error)) < 0 ||
 			       (r = tm_chan_flush(&c->ch, error)) < 0))
-			break;
+			continue;
 		g_mutex_lock(&s->lock);
 		while (r == 0 && !s->quit && c->pending->len == 0) {
 			tm_rounds_chan_idle(s, c);
@@ -534,7 +555,8 @@ void tm_sender_pc_pause(tm_sender *s)
 {
 	/*
 	 * The destination may run and lacks pages only this side has. tm_sender_fail() shuts
-	 * every connection down (issue 14 reconnects them all); nothing is freed before
+	 * every connection down (a broken data or urgent connection was resumed before it came
+	 * to this, when resume was agreed: resume-postcopy.c); nothing is freed before
 	 * tm_sender_free() (unsent, answered, ever_sent, the state sections, the counts).
 	 */
 	tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY_PAUSED);

@@ -45,13 +45,16 @@ typedef struct send_postcopy {
 	int wake_fd;               /* eventfd: quit; owned */
 	bool urg_ended;            /* protected by s->lock: REQ_END answered, closed cleanly */
 	bool urg_exited;           /* protected by s->lock */
+	int urg_busy;              /* protected by s->lock: fd + 1 of an urgent reconnect under way
+				    * (a failure shuts it down: resume-postcopy.c), 0: none */
 } send_postcopy;
 
 /* Per data channel: the worker's postcopy part (worker-local unless said). */
 typedef struct send_chan_pc {
-	bool switched;             /* DISCARD and RAM_END(POSTCOPY) are out */
+	bool switched;             /* its stripes are in unsent: DISCARD, RAM_END(POSTCOPY) follow */
 	bool end_wanted;           /* END was handed over: sent once the stripes have no unsent page */
 	uint32_t cur_block;        /* background cursor */
 	uint64_t cur_page;
 	uint64_t hint;             /* atomic: return thread's hint, (block << 40 | page) + 1, 0: none */
+	struct pcr_chan *resume;   /* what a reconnect replays after the switch (resume-postcopy.c) */
 } send_chan_pc;

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "session/resume-postcopy.h"
 #include "session/resume.h"
 #include "tagmig/error.h"
 
@@ -100,7 +101,8 @@ static int check_reconnect(tm_receiver *r, tm_chan *ch, uint32_t *ret_epoch, GEr
 	tm_hello h = { 0 };
 	int ret = check_hello(r, ch, &h, error);
 	uint32_t epoch = h.epoch;
-	unsigned id = h.channel_id;
+	/* Postcopy's urgent connection is no channel (resume-postcopy.c). */
+	int id = h.role == TM_ROLE_URGENT ? TM_PCRESUME_URGENT_ID : h.channel_id;
 
 	tm_hello_clear(&h);
 	if (ret < 0)
@@ -125,7 +127,7 @@ static int check_reconnect(tm_receiver *r, tm_chan *ch, uint32_t *ret_epoch, GEr
 		return -EACCES;
 	}
 	*ret_epoch = epoch;
-	return (int)id;
+	return id;
 }
 
 /* The reconnect's HELLO: this session's, a data channel, a new epoch (in *h). */
@@ -150,7 +152,9 @@ static int check_hello(tm_receiver *r, tm_chan *ch, tm_hello *h, GError **error)
 		g_set_error_literal(error, TM_ERROR, EPROTO, "a HELLO of another session");
 		return -EPROTO;
 	}
-	if (h->epoch == 0 || h->role != TM_ROLE_DATA) {
+	/* The urgent connection too, after the switch to postcopy (resume-postcopy.c). */
+	bool urgent_ok = h->role == TM_ROLE_URGENT && tm_pcresume_recv_urgent_ok(r);
+	if (h->epoch == 0 || (h->role != TM_ROLE_DATA && !urgent_ok)) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "the session runs already: only a data channel's reconnect (epoch >= 1) "
 			    "may come, not %s connection of epoch %u",
@@ -201,6 +205,10 @@ static void take_connection(tm_receiver *r, int fd)
 		__atomic_add_fetch(&rr->refused, 1, __ATOMIC_RELAXED);
 		g_prefix_error(&err, "reconnect: ");
 		refuse(&ch, -id, err->message);
+		return;
+	}
+	if (id == TM_PCRESUME_URGENT_ID) { /* for the urgent thread (resume-postcopy.c) */
+		tm_pcresume_recv_take_urgent(r, &ch, epoch);
 		return;
 	}
 	tm_chan_set_id(&ch, (unsigned)id);
@@ -393,4 +401,9 @@ void tm_resume_recv_free(tm_receiver *r)
 	close(rr->listen_fd);
 	g_free(rr);
 	r->resume = NULL;
+}
+
+void tm_resume_recv_count(tm_receiver *r)
+{
+	__atomic_add_fetch(&r->resume->reconnects, 1, __ATOMIC_RELAXED);
 }

@@ -20,6 +20,7 @@
 
 #include "session/delta.h"
 #include "session/resume.h"
+#include "session/resume-postcopy.h"
 #include "tagmig/error.h"
 
 typedef struct chan_log {
@@ -437,6 +438,8 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	__atomic_add_fetch(&rs->reconnects, 1, __ATOMIC_RELAXED);
 	tm_chan_set_timeout(&c->ch, 0); /* as tm_control_start left the data channels */
 	(void)tm_net_keepalive(c->ch.fd, s->control.ka_ms ? s->control.ka_ms : 5000, 0);
+	if (tm_pcresume_owns(c)) /* after the switch to postcopy: resume-postcopy.c replays */
+		return tm_pcresume_replay(c, &pos, error);
 
 	g_autoptr(GArray) replay = g_array_new(FALSE, FALSE, sizeof(work));
 	int r = check_pos(c, &pos, error);
@@ -497,4 +500,43 @@ void tm_resume_send_free(tm_sender *s)
 	g_free(rs->port);
 	g_free(rs);
 	s->resume = NULL;
+}
+
+/* ---- for the resume after the switch to postcopy (resume-postcopy.c) ---- */
+
+bool tm_resume_send_target(tm_sender *s, const char **ret_host, const char **ret_port,
+			   uint64_t *ret_token, unsigned *ret_deadline_ms)
+{
+	if (!agreed(s))
+		return false;
+	*ret_host = s->resume->host;
+	*ret_port = s->resume->port;
+	*ret_token = s->resume->token;
+	*ret_deadline_ms = s->resume->deadline_ms;
+	return true;
+}
+
+uint32_t tm_resume_send_epoch(tm_sender *s)
+{
+	return __atomic_add_fetch(&s->resume->epoch, 1, __ATOMIC_RELAXED);
+}
+
+void tm_resume_send_count(tm_sender *s, uint64_t reconnects, uint64_t resent_bytes)
+{
+	__atomic_add_fetch(&s->resume->reconnects, reconnects, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&s->resume->resent_bytes, resent_bytes, __ATOMIC_RELAXED);
+}
+
+void tm_resume_log_pages(send_chan *c, GArray *ret, uint64_t *ret_base_pages,
+			 uint64_t *ret_base_packets)
+{
+	const chan_log *l = &c->s->resume->logs[c->ch.id];
+
+	for (guint i = 0; i < l->items->len; i++) {
+		const work *w = &g_array_index(l->items, work, i);
+		if (w->kind == WORK_PAGES)
+			g_array_append_vals(ret, w, 1);
+	}
+	*ret_base_pages = l->base_pages;
+	*ret_base_packets = l->base_packets;
 }

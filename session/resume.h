@@ -45,6 +45,18 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error);
 void tm_resume_send_wake(tm_sender *s);
 void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret);
 void tm_resume_send_free(tm_sender *s);
+/*
+ * For resume-postcopy.c (the reconnects after the switch to postcopy): where to reconnect, the
+ * secret and the deadline (false: resume not agreed); the next epoch of the session; counting
+ * reconnects and re-sent bytes; the pages of channel c's log (sent since the last acknowledged
+ * SYNC, the last run perhaps in part) appended to ret, and the channel's counts before them.
+ */
+bool tm_resume_send_target(tm_sender *s, const char **ret_host, const char **ret_port,
+			   uint64_t *ret_token, unsigned *ret_deadline_ms);
+uint32_t tm_resume_send_epoch(tm_sender *s);
+void tm_resume_send_count(tm_sender *s, uint64_t reconnects, uint64_t resent_bytes);
+void tm_resume_log_pages(send_chan *c, GArray *ret, uint64_t *ret_base_pages,
+			 uint64_t *ret_base_packets);
 
 /* ---- receiver (resume-recv.c) ---- */
 /* tm_receiver_accept() succeeded: keeps a duplicate of the listener for reconnects. */
@@ -62,5 +74,7 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error);
  */
 int tm_resume_recv(recv_chan *c, GError **error);
 void tm_resume_recv_stats(tm_receiver *r, tm_live_stats *ret);
+/* A reconnect of the urgent connection was taken (resume-postcopy.c): counted. */
+void tm_resume_recv_count(tm_receiver *r);
 /* At free, after quit was set: stops the accepting thread, closes the listener. Idempotent. */
 void tm_resume_recv_free(tm_receiver *r);

@@ -15,6 +15,7 @@
 #include "ram/ram-internal.h"
 #include "session/resume.h"
 #include "session/delta.h"
+#include "session/resume-postcopy.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -28,6 +29,7 @@ void tm_sender_wake_all(tm_sender *s)
 	tm_urgent_wake(s, false);
 	tm_events_stop(&s->events);
 	tm_resume_send_wake(s); /* a reconnect under way (resume.h) */
+	tm_pcresume_urgent_wake(s); /* ... of the urgent connection (resume-postcopy.h) */
 }
 
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)

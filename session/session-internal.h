@@ -20,6 +20,7 @@
  *   postcopy-send.c         the sender's switch to postcopy, DISCARD, background pages
  *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
  *   resume-send.c/-recv.c   a broken data channel reconnects (resume.h)
+ *   resume-postcopy.c       ... and the urgent connection, after the switch (resume-postcopy.h)
  *   postcopy-recv.c, fault.c, urgent-recv.c  postcopy at the destination (postcopy-recv.h)
  */
 #pragma once

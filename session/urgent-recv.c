@@ -20,6 +20,7 @@
 
 #include "ram/ram-internal.h"
 #include "session/postcopy-recv.h"
+#include "session/resume-postcopy.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -278,6 +279,31 @@ static void conn_done(urg *u)
 }
 
 /*
+ * The connection broke (*error): if the sender reconnects it (resume-postcopy.c), every request
+ * not answered on the old one is asked again on the new one, whose request ids start at 1.
+ * Returns 0 then, else ret with *error.
+ */
+static int resumed(urg *u, int ret, GError **error)
+{
+	if (tm_pcresume_recv_urgent(u->r, error) < 0)
+		return ret;
+	GHashTableIter it;
+	gpointer v;
+	g_hash_table_iter_init(&it, u->outstanding);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		const tm_page_req *q = &((pending_req *)v)->req;
+		for (uint32_t i = 0; i < q->count; i++) {
+			pc_fault f = { .block = q->block, .page = (uint64_t)q->page + i };
+			g_array_append_val(u->waiting, f);
+		}
+	}
+	g_hash_table_remove_all(u->outstanding);
+	u->next_id = 1;
+	u->req_end_sent = false;
+	return 0;
+}
+
+/*
  * Until the session stops: requests and their answers while the connection lasts, and local
  * zero pages until RAM is unregistered (a zero_known page may fault after REQ_END: it needs
  * no request, so REQ_END does not wait for it).
@@ -288,10 +314,11 @@ static int run(urg *u, GError **error)
 	int ret;
 
 	for (;;) {
-		if ((ret = drain_queue(u, error)) < 0 || (ret = maybe_end(u, error)) < 0)
+		if (((ret = drain_queue(u, error)) < 0 || (ret = maybe_end(u, error)) < 0) &&
+		    (ret = resumed(u, ret, error)) < 0)
 			return ret;
 		if (!u->conn_done && tm_io_readable(u->ch->io)) {
-			if ((ret = one_message(u, error)) < 0)
+			if ((ret = one_message(u, error)) < 0 && (ret = resumed(u, ret, error)) < 0)
 				return ret;
 			if (ret == 1)
 				conn_done(u);

@@ -21,6 +21,7 @@
 
 #include "common/error-internal.h"
 #include "ram/ram-internal.h"
+#include "session/resume-postcopy.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
@@ -199,6 +200,9 @@ static int run(ret_loop *l, GError **error)
 			return 0;
 		if (tm_io_readable(ch->io)) {
 			int r = one_message(l, error);
+			/* Broken after the switch: reconnected, and asked again (resume-postcopy.c). */
+			if (r < 0 && tm_pcresume_urgent_send(s, &l->win, error) == 0)
+				continue;
 			if (r != 0)
 				return r;
 			continue;

@@ -301,7 +301,11 @@ static void test_hello_v2_malformed(void)
 	h.role = TM_ROLE_CONTROL;
 	h.channel_id = 0;
 	check_err(tm_hello_check(&h, &err), &err, EOPNOTSUPP,
-		  "epoch 7 on the control connection: only data channels resume");
+		  "epoch 7 on the control connection: only data channels");
+	h.role = TM_ROLE_URGENT; /* postcopy's urgent connection resumes too */
+	h.features |= TM_FEATURE_POSTCOPY;
+	check_ok(tm_hello_check(&h, &err), &err);
+	h.features &= ~TM_FEATURE_POSTCOPY;
 	h.epoch = 0;
 	h.role = 3;
 	check_err(tm_hello_check(&h, &err), &err, EBADMSG, "role 3");

@@ -1,0 +1,576 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Resume after the switch to postcopy (docs/wire-format.md, "Resume in postcopy"): a proxy
+ * between sender and receiver cuts data channel 0, data channel 2 or the urgent connection
+ * while the destination runs: two "vCPU" threads touch pages, each touch of a missing page
+ * blocks in its userfault until the page is placed, and the thread then checks the page's data
+ * and tags against the source (which never changes). The migration completes bit-exact, both
+ * sides count the reconnect, and no vCPU ever saw a wrong page. The urgent cut comes while
+ * requests are outstanding (plaintext: the proxy drops a PAGE_REQ and cuts; TLS: it cuts in the
+ * middle of an URGENT) with the background held back, so the pages only come because the
+ * receiver asks again. Without resume, or when the reconnect cannot come within the deadline,
+ * the session pauses (TM_PHASE_POSTCOPY_PAUSED) naming the cause, as before resume.
+ *
+ * Every test runs for each backend pair, plaintext and TLS (session-fixture.c); without
+ * userfaultfd it skips with the reason.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "session-fixture.h"
+#include "transport/transport.h"
+
+#define MAXP 32
+#define NCH 3u
+#define RAM (4u << 20)
+#define PAGE 4096u
+#define NPAGES (RAM / PAGE)
+#define VCPUS 2u
+#define CPU_STATE 4096u
+#define URGENT_CONN (NCH + 1) /* the proxy's accept index: data 0, control, data 1.., urgent */
+
+/* ---- a proxy that forwards every connection and cuts one when told ---- */
+typedef struct cut_proxy {
+	int listen_fd;
+	const char *port;     /* the receiver's */
+	GThread *thread;
+	GMutex lock;
+	/* protected by lock */
+	int cut_conn;         /* accept index to cut, -1: none */
+	uint64_t cut_at;      /* ... once this many sender-to-receiver bytes went through it */
+	uint8_t cut_before;   /* plaintext: cut instead of passing on the receiver's first frame
+	                       * of this type, 0: by bytes */
+	bool refuse_after;    /* after the cut, new connections are closed at once */
+	bool stop;
+	unsigned cuts, accepted, refused;
+	uint64_t fwd[MAXP];   /* sender-to-receiver bytes per connection */
+} cut_proxy;
+
+static void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes, uint8_t before)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->cut_at = p->fwd[conn] + more_bytes;
+	p->cut_before = before;
+	g_mutex_unlock(&p->lock);
+}
+
+static unsigned proxy_get(cut_proxy *p, const unsigned *field)
+{
+	g_mutex_lock(&p->lock);
+	unsigned n = *field;
+	g_mutex_unlock(&p->lock);
+	return n;
+}
+
+static void close_pair(int *sfd, int *rfd)
+{
+	if (*sfd >= 0)
+		close(*sfd);
+	if (*rfd >= 0)
+		close(*rfd);
+	*sfd = *rfd = -1;
+}
+
+static gpointer proxy_thread(gpointer data)
+{
+	cut_proxy *p = data;
+	int sfd[MAXP], rfd[MAXP];
+	static uint8_t buf[65536];
+	unsigned n = 0;
+
+	for (;;) {
+		struct pollfd pfd[2 * MAXP + 1];
+		unsigned map[2 * MAXP + 1], np = 0;
+		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
+		for (unsigned i = 0; i < n; i++) {
+			if (sfd[i] >= 0) {
+				map[np] = 2 * i;
+				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
+			}
+			if (rfd[i] >= 0) {
+				map[np] = 2 * i + 1;
+				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
+			}
+		}
+		poll(pfd, np, 20);
+		g_mutex_lock(&p->lock);
+		bool stop = p->stop;
+		int cut = p->cut_conn;
+		bool due = cut >= 0 && (unsigned)cut < n && !p->cut_before && p->fwd[cut] >= p->cut_at;
+		if (due) {
+			p->cut_conn = -1;
+			p->cuts++;
+		}
+		g_mutex_unlock(&p->lock);
+		if (stop)
+			break;
+		if (due) { /* both sockets of the connection close at once */
+			close_pair(&sfd[cut], &rfd[cut]);
+			continue;
+		}
+		if (pfd[0].revents & POLLIN) {
+			int fd = accept(p->listen_fd, NULL, NULL);
+			g_mutex_lock(&p->lock);
+			bool refuse = p->refuse_after && p->cuts > 0;
+			p->refused += refuse;
+			g_mutex_unlock(&p->lock);
+			if (fd >= 0 && (refuse || n == MAXP)) {
+				close(fd);
+			} else if (fd >= 0) {
+				sfd[n] = fd;
+				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
+				n++;
+				g_mutex_lock(&p->lock);
+				p->accepted = n;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+		for (unsigned k = 1; k < np; k++) {
+			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			unsigned i = map[k] / 2;
+			bool from_sender = map[k] % 2 == 0;
+			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
+			if (from < 0)
+				continue;
+			size_t want = sizeof(buf);
+			g_mutex_lock(&p->lock);
+			if (from_sender && p->cut_conn == (int)i && !p->cut_before &&
+			    p->cut_at > p->fwd[i])
+				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
+			g_mutex_unlock(&p->lock);
+			ssize_t got = recv(from, buf, want, 0);
+			g_mutex_lock(&p->lock);
+			/* The receiver's PAGE_REQs are small: a header at the start of what we read. */
+			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
+					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
+			if (cut_frame) {
+				p->cut_conn = -1;
+				p->cuts++;
+			}
+			g_mutex_unlock(&p->lock);
+			if (cut_frame || got <= 0) { /* the cut, or one side closed: both ways */
+				close_pair(&sfd[i], &rfd[i]);
+				continue;
+			}
+			if (to >= 0)
+				(void)!send(to, buf, (size_t)got, MSG_NOSIGNAL);
+			if (from_sender) {
+				g_mutex_lock(&p->lock);
+				p->fwd[i] += (uint64_t)got;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+	}
+	for (unsigned i = 0; i < n; i++)
+		close_pair(&sfd[i], &rfd[i]);
+	return NULL;
+}
+
+static char *proxy_start(cut_proxy *p, const char *port)
+{
+	unsigned pport = 0;
+	memset(p, 0, sizeof(*p));
+	g_mutex_init(&p->lock);
+	p->cut_conn = -1;
+	p->port = port;
+	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
+	return g_strdup_printf("%u", pport);
+}
+
+static void proxy_stop(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	p->stop = true;
+	g_mutex_unlock(&p->lock);
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+	g_mutex_clear(&p->lock);
+}
+
+/* ---- the destination: a receiver in postcopy and its vCPUs ---- */
+
+typedef struct dest dest;
+
+typedef struct vcpu {
+	dest *d;
+	unsigned index;
+	GThread *thread;
+	uint64_t touched, bad;
+	int64_t max_block_us; /* the longest a touch waited for its page */
+	bool done;            /* atomic */
+} vcpu;
+
+struct dest {
+	guest g;
+	guest *src;
+	int listen_fd;
+	tm_receiver *r;
+	GThread *thread;
+	int ret;
+	GError *error;
+	bool vcpus;          /* start vCPUs once the end of device state is reached */
+	unsigned stride;     /* a vCPU touches the pages p % stride == its index */
+	bool running;        /* atomic: the guest runs (its vCPUs if vcpus) */
+	uint8_t cpu[CPU_STATE];
+	bool cpu_seen;
+	vcpu v[VCPUS];
+};
+
+static gpointer vcpu_thread(gpointer data)
+{
+	vcpu *v = data;
+	dest *d = v->d;
+	const uint8_t *dt = tm_tag_store_soft_array(d->g.tags, 0);
+	const uint8_t *st = tm_tag_store_soft_array(d->src->tags, 0);
+	const uint64_t gran = PAGE / TM_TAG_GRANULE;
+
+	/* From both ends towards the middle, as a guest that is not a linear scan. */
+	for (uint64_t k = 0; k < NPAGES; k++) {
+		uint64_t p = k % 2 ? NPAGES - 1 - k / 2 : k / 2;
+		if (p % d->stride != v->index)
+			continue;
+		const volatile uint8_t *page = d->g.ram[0] + p * PAGE;
+		int64_t t0 = g_get_monotonic_time();
+		(void)page[PAGE / 2]; /* blocks until the page is placed with its tags */
+		v->max_block_us = MAX(v->max_block_us, g_get_monotonic_time() - t0);
+		v->touched++;
+		/* Checked from the faulting thread: data and tags were both there when it woke. */
+		if (memcmp((const void *)page, d->src->ram[0] + p * PAGE, PAGE) != 0 ||
+		    memcmp(dt + p * gran, st + p * gran, gran) != 0)
+			v->bad++;
+		g_usleep(500);
+	}
+	__atomic_store_n(&v->done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static gpointer dest_thread(gpointer data)
+{
+	dest *d = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = 20000 };
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
+	tm_state_info info;
+
+	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
+	if (d->ret >= 0)
+		d->ret = tm_receiver_set_live(d->r, &lc, &d->error);
+	if (d->ret >= 0)
+		d->ret = tm_receiver_accept(d->r, d->listen_fd, &d->error);
+	if (d->ret >= 0)
+		d->ret = tm_receiver_start(d->r, d->g.layout, d->g.tags, &d->error);
+	while (d->ret >= 0 && (d->ret = tm_receiver_wait(d->r, &d->error)) == 1) {
+		while ((d->ret = tm_receiver_next_state(d->r, &info, &d->error)) == 1) {
+			g_autofree uint8_t *buf = g_malloc(info.length + 1);
+			if ((d->ret = tm_receiver_read_state(d->r, buf, info.length, &d->error)) < 0)
+				break;
+			if (!strcmp(info.name, "cpu0") && info.length == CPU_STATE) {
+				memcpy(d->cpu, buf, CPU_STATE);
+				d->cpu_seen = true;
+			}
+		}
+		/* The end of device state in postcopy: the guest may run. */
+		if (d->ret == 0 && tm_receiver_phase(d->r) == TM_PHASE_POSTCOPY &&
+		    !__atomic_load_n(&d->running, __ATOMIC_ACQUIRE)) {
+			for (unsigned i = 0; d->vcpus && i < VCPUS; i++) {
+				d->v[i] = (vcpu){ .d = d, .index = i };
+				d->v[i].thread = g_thread_new("vcpu", vcpu_thread, &d->v[i]);
+			}
+			__atomic_store_n(&d->running, true, __ATOMIC_RELEASE);
+		}
+	}
+	return NULL;
+}
+
+/* ---- one migration through the proxy, switched to postcopy at round 0 ---- */
+
+typedef struct run {
+	guest src;
+	dest d;
+	cut_proxy px;
+	tm_sender *s;
+	GThread *finisher;
+	int ret;              /* tm_sender_finish() */
+	GError *error;
+	uint8_t cpu[CPU_STATE];
+	char *port;           /* the receiver's (the proxy connects there) */
+} run;
+
+static gpointer finish_thread(gpointer data)
+{
+	run *x = data;
+	x->ret = tm_sender_finish(x->s, &x->error);
+	return NULL;
+}
+
+static const block_spec spec[] = { { "pc.ram", RAM, PAGE } };
+
+/*
+ * Up to the switch and beyond: every page queued, the switch at once, the background at rate
+ * bytes/s, device state, finish() in its own thread. Returns once the destination runs.
+ */
+static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpus,
+		      unsigned stride)
+{
+	g_autoptr(GError) err = NULL;
+
+	memset(x, 0, sizeof(*x));
+	guest_init(&x->src, spec, 1, true);
+	guest_fill(&x->src);
+	guest_init(&x->d.g, spec, 1, true);
+	x->d.src = &x->src;
+	x->d.vcpus = vcpus;
+	x->d.stride = stride;
+	unsigned port = 0;
+	x->d.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(x->d.listen_fd, >=, 0);
+	x->port = g_strdup_printf("%u", port);
+	x->d.thread = g_thread_new("dest", dest_thread, &x->d);
+	g_autofree char *pport = proxy_start(&x->px, x->port);
+
+	/* Small packets: many in flight, so that a cut loses some. */
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = NCH,
+				 .timeout_ms = 20000, .packet_size = 64u << 10,
+				 .chunk_size = 64u << 10 };
+	g_assert_cmpint(tm_sender_new(x->src.layout, x->src.tags, &cfg, &x->s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(x->s, lc, &err), ==, 0);
+	if (tm_sender_connect(x->s, "127.0.0.1", pport, &err) < 0)
+		g_error("connect: %s", err->message);
+	/* Slow from the start: little goes before the switch, the background lasts. */
+	g_assert_cmpint(tm_sender_set_rate_limit(x->s, rate), ==, 0);
+	uint64_t bm[NPAGES / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(x->s, 0, bm, 0, NPAGES, &err), ==, 0);
+	g_assert_cmpint(tm_sender_start_postcopy(x->s, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	for (unsigned i = 0; i < CPU_STATE; i++)
+		x->cpu[i] = (uint8_t)rnd();
+	g_assert_cmpint(tm_sender_put_state(x->s, "cpu0", x->cpu, CPU_STATE, TM_STATE_COPY, &err),
+			==, 0);
+	x->finisher = g_thread_new("finish", finish_thread, x);
+	/* The destination may run: guest RAM is registered, device state read. */
+	for (unsigned ms = 0; !__atomic_load_n(&x->d.running, __ATOMIC_ACQUIRE) && ms < 10000; ms++)
+		g_usleep(1000);
+	g_assert_true(__atomic_load_n(&x->d.running, __ATOMIC_ACQUIRE));
+	g_test_message("the destination runs %.3f s after the switch",
+		       (double)(g_get_monotonic_time() - t0) / 1e6);
+}
+
+/* Both sides ended; the vCPUs (if any) are joined, and none saw a wrong page. */
+static void run_join(run *x)
+{
+	g_thread_join(x->finisher);
+	g_thread_join(x->d.thread);
+	g_test_message("sender: %s; receiver: %s", x->error ? x->error->message : "ok",
+		       x->d.error ? x->d.error->message : "ok");
+	for (unsigned i = 0; x->d.vcpus && i < VCPUS; i++) {
+		g_thread_join(x->d.v[i].thread);
+		g_test_message("vCPU %u: %" G_GUINT64_FORMAT " pages, the longest wait %.1f ms", i,
+			       x->d.v[i].touched, (double)x->d.v[i].max_block_us / 1000);
+		g_assert_cmpuint(x->d.v[i].bad, ==, 0);
+	}
+}
+
+static void run_free(run *x)
+{
+	tm_sender_free(x->s);
+	tm_receiver_free(x->d.r);
+	close(x->d.listen_fd);
+	proxy_stop(&x->px);
+	g_free(x->port);
+	g_clear_error(&x->error);
+	g_clear_error(&x->d.error);
+	guest_fini(&x->src);
+	guest_fini(&x->d.g);
+}
+
+/* Completed bit-exact, one reconnect on each side, the vCPUs touched what they should. */
+static void assert_resumed(run *x)
+{
+	g_assert_cmpint(x->ret, ==, 0);
+	g_assert_cmpint(x->d.ret, ==, 0);
+	assert_same(&x->src, &x->d.g);
+	g_assert_true(x->d.cpu_seen);
+	g_assert_true(memcmp(x->d.cpu, x->cpu, CPU_STATE) == 0);
+	g_assert_cmpint(tm_sender_phase(x->s), ==, TM_PHASE_COMPLETE);
+	g_assert_cmpint(tm_receiver_phase(x->d.r), ==, TM_PHASE_COMPLETE);
+	g_mutex_lock(&x->px.lock);
+	g_test_message("forwarded to the receiver: data 0 %" G_GUINT64_FORMAT ", control %"
+		       G_GUINT64_FORMAT ", data 1 %" G_GUINT64_FORMAT ", data 2 %" G_GUINT64_FORMAT
+		       ", urgent %" G_GUINT64_FORMAT " bytes", x->px.fwd[0], x->px.fwd[1],
+		       x->px.fwd[2], x->px.fwd[3], x->px.fwd[4]);
+	g_mutex_unlock(&x->px.lock);
+	g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
+	uint64_t touched = 0;
+	for (unsigned i = 0; i < VCPUS; i++)
+		touched += x->d.v[i].touched;
+	g_assert_cmpuint(touched, ==, NPAGES / x->d.stride * VCPUS);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(x->s, &ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(x->d.r, &rs), ==, 0);
+	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
+		       "; re-sent %" G_GUINT64_FORMAT " bytes; requests: receiver %" G_GUINT64_FORMAT
+		       ", sender %" G_GUINT64_FORMAT "; background: receiver %" G_GUINT64_FORMAT
+		       ", sender %" G_GUINT64_FORMAT "; duplicates %" G_GUINT64_FORMAT,
+		       (guint64)ss.reconnects, (guint64)rs.reconnects, (guint64)ss.resent_bytes,
+		       (guint64)rs.requests, (guint64)ss.requests, (guint64)rs.background_pages,
+		       (guint64)ss.background_pages, (guint64)rs.duplicate_pages);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	g_assert_cmpuint(rs.reconnects, ==, 1);
+	g_assert_cmpuint(rs.resume_refused, ==, 0);
+	g_assert_cmpuint(rs.faults, >, 0);
+	/* Every missing page placed exactly once, whichever copy came first; a lost background
+	 * page is counted by the sender only when it goes again. */
+	g_assert_cmpuint(rs.background_pages, ==, ss.background_pages);
+	g_assert_cmpuint(rs.urgent_pages + rs.background_pages - rs.duplicate_pages, ==,
+			 rs.postcopy_pages);
+}
+
+/*
+ * Data channel ch is cut 32 KiB into the background, the vCPUs touching half the pages: the
+ * other half only the background brings, so a lost background page that is never sent again
+ * leaves the migration incomplete.
+ */
+static void cut_data(unsigned ch)
+{
+	if (!uffd_usable())
+		return;
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
+	run_start(&x, &lc, 1u << 20, true, 2 * VCPUS);
+	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10, 0);
+	run_join(&x);
+	assert_resumed(&x);
+	run_free(&x);
+}
+
+static void test_cut_data0(void)
+{
+	cut_data(0);
+}
+
+static void test_cut_data2(void)
+{
+	cut_data(2);
+}
+
+/*
+ * The urgent connection is cut while requests are outstanding (plaintext: instead of passing on
+ * a PAGE_REQ; TLS: in the middle of an URGENT). Once the destination runs the background is
+ * held back (a debt of hours) until every vCPU touched every page: a page it lacks comes
+ * through a request, and the ones outstanding at the cut only because the receiver asks again
+ * on the new connection.
+ */
+static void test_cut_urgent(void)
+{
+	if (!uffd_usable())
+		return;
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
+	run_start(&x, &lc, 256u << 10, true, VCPUS);
+	/* Device state went (a DATA packet behind it in the throttle would hold it in the
+	 * channel's cork): from now on the next background packet waits for hours. */
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0);
+	if (tls_dir)
+		proxy_arm(&x.px, URGENT_CONN, 40u << 10, 0);
+	else
+		proxy_arm(&x.px, URGENT_CONN, 0, TM_MSG_PAGE_REQ);
+	bool done = false;
+	for (unsigned ms = 0; !done && ms < 20000; ms += 10) {
+		done = true;
+		for (unsigned i = 0; i < VCPUS; i++)
+			done &= __atomic_load_n(&x.d.v[i].done, __ATOMIC_ACQUIRE);
+		if (!done)
+			g_usleep(10000);
+	}
+	if (!done)
+		g_error("the vCPUs are still blocked 20 s after the urgent cut (sender: %s; "
+			"receiver: %s)", x.error ? x.error->message : "running",
+			x.d.error ? x.d.error->message : "running");
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
+	run_join(&x);
+	assert_resumed(&x);
+	run_free(&x);
+}
+
+/*
+ * Resume off, or a reconnect that cannot come within the deadline: the session pauses as it
+ * did before resume (both sides -ENOTCONN "postcopy paused: <cause>", TM_PHASE_POSTCOPY_PAUSED),
+ * and can only be cancelled.
+ */
+static void cut_paused(bool no_resume)
+{
+	if (!uffd_usable())
+		return;
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .no_resume = no_resume,
+			      .resume_deadline_ms = 1000 };
+	run_start(&x, &lc, 512u << 10, false, VCPUS);
+	g_mutex_lock(&x.px.lock);
+	x.px.refuse_after = true; /* once the cut happened, no reconnect gets through */
+	g_mutex_unlock(&x.px.lock);
+	proxy_arm(&x.px, 2, 32u << 10, 0); /* data channel 1 */
+	int64_t t0 = g_get_monotonic_time();
+	g_thread_join(x.finisher);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_test_message("sender (%.1f s): %s", secs, x.error ? x.error->message : "ok");
+	g_assert_cmpint(x.ret, ==, -ENOTCONN);
+	g_assert_nonnull(strstr(x.error->message, "postcopy paused"));
+	if (no_resume) {
+		/* Nobody came back: the cause is the cut (or the receiver's word on it, or its
+		 * urgent connection closed as it paused: whichever the sender saw first). */
+		g_assert_cmpuint(proxy_get(&x.px, &x.px.refused), ==, 0);
+		g_assert_cmpuint(proxy_get(&x.px, &x.px.accepted), ==, NCH + 2);
+	} else {
+		g_assert_nonnull(strstr(x.error->message, "channel 1: could not resume within"));
+		g_assert_cmpuint(proxy_get(&x.px, &x.px.refused), >, 0);
+		g_assert_cmpfloat(secs, <, 10.0);
+	}
+	g_assert_cmpint(tm_sender_phase(x.s), ==, TM_PHASE_POSTCOPY_PAUSED);
+	g_assert_cmpuint(tm_sender_take_events(x.s) & TM_EVENT_PAUSED, ==, TM_EVENT_PAUSED);
+	/* The destination learns it on control, paused too. */
+	for (unsigned ms = 0; tm_receiver_phase(x.d.r) != TM_PHASE_POSTCOPY_PAUSED && ms < 10000;
+	     ms++)
+		g_usleep(1000);
+	g_assert_cmpint(tm_receiver_phase(x.d.r), ==, TM_PHASE_POSTCOPY_PAUSED);
+	g_thread_join(x.d.thread); /* its wait() returned: paused */
+	g_test_message("receiver: %s", x.d.error ? x.d.error->message : "ok");
+	g_assert_cmpint(x.d.ret, ==, -ENOTCONN);
+	g_assert_nonnull(strstr(x.d.error->message, "postcopy paused"));
+	g_assert_cmpint(tm_receiver_cancel(x.d.r, "the operator gives up"), ==, 0);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(x.s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	g_assert_cmpint(tm_sender_cancel(x.s, "the operator gives up"), ==, 0);
+	run_free(&x);
+}
+
+static void test_deadline_pauses(void)
+{
+	cut_paused(false);
+}
+
+static void test_off_pauses(void)
+{
+	cut_paused(true);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "resume-postcopy/cut-data0", test_cut_data0, false },
+		{ "resume-postcopy/cut-data2", test_cut_data2, false },
+		{ "resume-postcopy/cut-urgent", test_cut_urgent, false },
+		{ "resume-postcopy/deadline-pauses", test_deadline_pauses, false },
+		{ "resume-postcopy/off-pauses", test_off_pauses, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
