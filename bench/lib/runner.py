@@ -339,8 +339,8 @@ class Bench:
         # the live rows run once each in quick and full (--repeat in --live), never over --link
         live_cfgs = [] if self.link else live.live_configs(self.mode)
         live_repeat = self.repeat if self.mode == "live" else 1
-        progress = Progress(sum(len(j) for j in groups.values()) * self.repeat + 1 +
-                            2 * len(live_cfgs) * live_repeat)
+        progress = Progress(sum(len(j) for j in groups.values()) * self.repeat +
+                            (self.mode != "live") + 2 * len(live_cfgs) * live_repeat)
         self.guest_cache = os.path.join(self.top, "build-bench", "guest-cache")
         if self.mode == "live":
             rows, why = live.run_rows(self, progress, live_repeat)
