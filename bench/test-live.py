@@ -142,6 +142,9 @@ class Goals(unittest.TestCase):
         runs = [dict(tool="tagmig", mode="postcopy", rate=GIB, total_s=1.0, downtime_ms=10.0),
                 dict(tool="tagmig", mode="postcopy", rate=GIB, error="receiver: timed out")]
         self.assertIs(self.goal([live.median_live(runs)], "postcopy: downtime")["met"], False)
+        # every run failed: no downtime at all, still missed (not "n/a")
+        runs = [dict(tool="tagmig", mode="postcopy", rate=GIB, error="receiver: timed out")]
+        self.assertIs(self.goal([live.median_live(runs)], "postcopy: downtime")["met"], False)
 
     def test_time_against_qemu(self):
         t = t_row("precopy", GIB, 0.69, [10.0])

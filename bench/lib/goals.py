@@ -162,7 +162,7 @@ def live_goals(rows, max_downtime_ms=50, gib=1 << 30):
                         tagmig=(f"downtime {', '.join(fmt(d, 1) for d in downs)} ms" +
                                 (f" ({t.get('failed_runs') or 1} run(s) failed)" if bad else "")),
                         target=f"<= {max_downtime_ms} ms", measured=f"worst {fmt(worst, 1)} ms",
-                        met=None if worst is None else (worst <= max_downtime_ms and not bad)))
+                        met=False if bad else None if worst is None else worst <= max_downtime_ms))
         q = find("qemu", gib, mode)
         x = (t["total_s"] / q["total_s"] if q and not q.get("error") and q.get("total_s") and
              not t.get("error") else None)
