@@ -438,7 +438,8 @@ int cli_demo_live(const demo_live_opts *o)
 	g_autofree char *port_text = g_strdup_printf("%u", port);
 	int rc = tm_sender_connect(sender, "127.0.0.1", port_text, &error);
 	bool running = false;
-	if (rc >= 0) {
+	/* --dirty-rate 0 is an idle guest: the test guest's writers take 0 as "no limit" */
+	if (rc >= 0 && o->dirty_rate) {
 		test_guest_start(g);
 		running = true;
 	}

@@ -341,7 +341,8 @@ int cli_cmd_demo(int argc, char **argv)
 		  "Migrate a running guest by precopy: writer threads dirty it while rounds run "
 		  "until the rest fits in --max-downtime, then it is paused for the final round", NULL },
 		{ "dirty-rate", 0, 0, G_OPTION_ARG_STRING, &o.dirty_rate,
-		  "With --live: bytes per second the guest writes, K/M/G suffixes (default 100M)",
+		  "With --live: bytes per second the guest writes, K/M/G suffixes (default 100M; 0: "
+		  "an idle guest)",
 		  "RATE" },
 		{ "max-downtime", 0, 0, G_OPTION_ARG_STRING, &o.max_downtime,
 		  "With --live: switch over when the rest is expected to take this long, e.g. 50ms "

@@ -9,11 +9,11 @@ import tempfile
 import time
 
 from . import accel as accel_mod
-from . import guest, host, images, qemubin
+from . import guest, host, images, live, qemubin
 from .baselines import run_iperf3, run_openssl_speed
 from .common import GIB, GRANULE, MIB, fmt_size, log
 from .creds import make_creds
-from .goals import goals
+from .goals import goals, live_goals
 from .link import Link
 from .matrix import build_matrix, qemu_configs
 from .output import HEADER, median_row, row_line, write_results
@@ -71,8 +71,8 @@ class Bench:
     def setup(self):
         a = self.args
         self.mode = a.mode or "quick"
-        self.size = a.size or (512 * MIB if self.mode == "quick" else 4 * GIB)
-        self.repeat = a.repeat or 3
+        self.size = a.size or {"quick": 512 * MIB, "live": GIB}.get(self.mode, 4 * GIB)
+        self.repeat = a.repeat or (1 if self.mode == "live" else 3)
         self.outdir = os.path.abspath(a.out or os.path.join(self.top, "bench", "results",
                                                             self.mode))
         os.makedirs(self.outdir, exist_ok=True)
@@ -117,6 +117,11 @@ class Bench:
             need = 2 * (size + size // GRANULE) + GIB
         size -= size % (2 * MIB)
         self.size = size
+        # live rows (live.py): the run's guest in --live, at most 1 GiB in the other modes
+        self.live_size = size if self.mode == "live" else min(size, GIB)
+        if a.link and self.mode == "live":
+            raise SystemExit("bench: --live runs over loopback only (tagmig demo --live is one "
+                             "process); drop --link")
 
         m = self.machine
         log(f"bench: {self.mode} mode, guest {fmt_size(size)}, {self.repeat} run(s) per row, "
@@ -331,7 +336,16 @@ class Bench:
     def run(self):
         self.setup()
         groups = self.groups()
-        progress = Progress(sum(len(j) for j in groups.values()) * self.repeat + 1)
+        # the live rows run once each in quick and full (--repeat in --live), never over --link
+        live_cfgs = [] if self.link else live.live_configs(self.mode)
+        live_repeat = self.repeat if self.mode == "live" else 1
+        progress = Progress(sum(len(j) for j in groups.values()) * self.repeat +
+                            (self.mode != "live") + 2 * len(live_cfgs) * live_repeat)
+        self.guest_cache = os.path.join(self.top, "build-bench", "guest-cache")
+        if self.mode == "live":
+            rows, why = live.run_rows(self, progress, live_repeat)
+            live.write(self, rows, live_goals(rows), why, self.outdir)
+            return
         print(HEADER, flush=True)
 
         progress.say("openssl speed -evp aes-128-gcm -bytes 16384 (1 core, all cores)")
@@ -346,7 +360,6 @@ class Bench:
         progress.done += 1
 
         self.iperf_seconds = 5 if self.mode in ("full", "cross") else 2
-        self.guest_cache = os.path.join(self.top, "build-bench", "guest-cache")
         self.src = os.path.join(self.workdir, "src.img")
         self.dst = os.path.join(self.workdir, "dst.img")
         self.src_tags = {k: os.path.join(self.workdir, f"src-{k}.tags")
@@ -365,3 +378,6 @@ class Bench:
                     notes=self.notes + [self.tls_note, self.compress_note], ossl1=ossl1,
                     osslN=osslN, guest_images=self.guest_images)
         write_results(self.rows, g, self.outdir, meta, progress.t_begin)
+        if live_cfgs:
+            rows, why = live.run_rows(self, progress, live_repeat)
+            live.write(self, rows, live_goals(rows), why, self.outdir)
