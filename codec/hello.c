@@ -127,6 +127,12 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 		}
 		return 0;
 	}
+	if ((hello->features & TM_FEATURE_RESUME_CONTROL) && !(hello->features & TM_FEATURE_RESUME)) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO: features 0x%08x offer RESUME_CONTROL without RESUME",
+			    hello->features);
+		return -EBADMSG;
+	}
 	if (hello->role >= TM_ROLE_COUNT) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "HELLO: role %u invalid (0 data, 1 control, 2 urgent)", hello->role);
@@ -144,11 +150,14 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 			    hello->features);
 		return -EPROTO;
 	}
-	/* A reconnect (docs/wire-format.md, "Resume"): only a data channel, only with RESUME. */
-	if (hello->epoch != 0 && hello->role != TM_ROLE_DATA) {
+	/* A reconnect (docs/wire-format.md, "Resume"): a data channel with RESUME, the control
+	 * connection only with RESUME_CONTROL, never the urgent one. */
+	if (hello->epoch != 0 && hello->role != TM_ROLE_DATA &&
+	    (hello->role != TM_ROLE_CONTROL || !(hello->features & TM_FEATURE_RESUME_CONTROL))) {
 		g_set_error(error, TM_ERROR, EOPNOTSUPP,
-			    "HELLO: epoch %u on the %s connection: only data channels resume",
-			    hello->epoch, hello->role == TM_ROLE_CONTROL ? "control" : "urgent");
+			    "HELLO: epoch %u on the %s connection: only data channels resume%s",
+			    hello->epoch, hello->role == TM_ROLE_CONTROL ? "control" : "urgent",
+			    hello->role == TM_ROLE_CONTROL ? " (without RESUME_CONTROL)" : "");
 		return -EOPNOTSUPP;
 	}
 	if (hello->epoch != 0 && !(hello->features & TM_FEATURE_RESUME)) {

@@ -77,7 +77,7 @@ void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
 		rs->busy_fds[i] = -1;
 	}
 	s->resume = rs;
-	s->hello.features |= TM_FEATURE_RESUME;
+	s->hello.features |= TM_FEATURE_RESUME | tm_ctl_resume_offer(); /* resume-control.c */
 }
 
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
@@ -85,7 +85,20 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 	if (s->resume && (ack->features & TM_FEATURE_RESUME)) {
 		s->resume->token = ack->resume_token;
 		s->control.resume_agreed = true;
+		if (ack->features & TM_FEATURE_RESUME_CONTROL)
+			tm_ctl_resume_enable(&s->control);
 	}
+}
+
+void tm_resume_send_target(tm_sender *s, const char **ret_host, const char **ret_port,
+			   uint64_t *ret_token, uint32_t *ret_epoch)
+{
+	tm_resume_tx *rs = s->resume;
+
+	*ret_host = rs->host;
+	*ret_port = rs->port;
+	*ret_token = rs->token;
+	*ret_epoch = __atomic_add_fetch(&rs->epoch, 1, __ATOMIC_RELAXED);
 }
 
 static bool agreed(const tm_sender *s)
@@ -468,6 +481,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 
 void tm_resume_send_wake(tm_sender *s)
 {
+	tm_ctl_resume_send_wake(s);
 	for (unsigned i = 0; s->resume && i < s->nch; i++)
 		if (s->resume->busy_fds[i] >= 0)
 			shutdown(s->resume->busy_fds[i], SHUT_RDWR);
@@ -477,7 +491,8 @@ void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret)
 {
 	if (!s->resume)
 		return;
-	ret->reconnects = __atomic_load_n(&s->resume->reconnects, __ATOMIC_RELAXED);
+	ret->reconnects = __atomic_load_n(&s->resume->reconnects, __ATOMIC_RELAXED) +
+			  tm_ctl_resume_reconnects(&s->control);
 	ret->resent_bytes = __atomic_load_n(&s->resume->resent_bytes, __ATOMIC_RELAXED);
 }
 
@@ -485,6 +500,7 @@ void tm_resume_send_free(tm_sender *s)
 {
 	tm_resume_tx *rs = s->resume;
 
+	tm_ctl_resume_free(&s->control);
 	if (!rs)
 		return;
 	for (unsigned i = 0; i < s->nch; i++)

@@ -20,6 +20,7 @@
  *   postcopy-send.c         the sender's switch to postcopy, DISCARD, background pages
  *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
  *   resume-send.c/-recv.c   a broken data channel reconnects (resume.h)
+ *   resume-control.c        ... and a broken control connection (RESUME_CONTROL)
  *   postcopy-recv.c, fault.c, urgent-recv.c  postcopy at the destination (postcopy-recv.h)
  */
 #pragma once
@@ -158,6 +159,8 @@ typedef struct tm_control {
 	bool exited;
 
 	bool resume_agreed;    /* data channels resume (resume.h): a broken control says it does not */
+	struct tm_ctl_resume *resume; /* RESUME_CONTROL agreed: the control connection resumes too
+	                               * (resume-control.c), else NULL */
 
 	/* relaxed atomics, for the statistics */
 	uint64_t rtt_us;       /* smoothed PING round trip, 0 before the first PONG */

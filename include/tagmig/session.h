@@ -292,9 +292,10 @@ typedef struct tm_live_config {
 	bool no_resume;             /* either side: a broken data channel fails the session; by
 	                             * default it reconnects and only the rest is re-sent (docs/api.md,
 	                             * "Resume"). Needs tm_sender_connect() and tm_receiver_accept() */
-	uint32_t resume_deadline_ms; /* sender: how long a broken data channel may take to come back
-	                              * (all its attempts); 0 means 30000. A receiver waits as long as
-	                              * the session lives (the control connection's liveness) */
+	uint32_t resume_deadline_ms; /* sender: how long a broken connection may take to come back
+	                              * (all its attempts); 0 means 30000. Receiver: how long it waits
+	                              * for a broken control connection (RESUME_CONTROL) to come back;
+	                              * a data channel waits as long as the session lives */
 	uint32_t compress;          /* sender: tm_compress_mode of the page data; 0 = the default
 	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
 	                             * it was built with) */
@@ -477,7 +478,8 @@ typedef struct tm_live_stats {
 	                             * on its page's data channel (its socket's unsent bytes at that
 	                             * channel's throughput) */
 	/* resume (docs/api.md, "Resume") */
-	uint64_t reconnects;        /* data channels that broke and were resumed */
+	uint64_t reconnects;        /* connections (data channels, control) that broke and were
+	                             * resumed */
 	uint64_t resent_bytes;      /* sender: page and state bytes sent again after a reconnect */
 	uint64_t resume_refused;    /* receiver: reconnects refused (another session, a wrong secret,
 	                             * a bad handshake): strangers, the session went on */
