@@ -296,7 +296,10 @@ int tm_receiver_accept(tm_receiver *r, int listen_fd, GError **error)
 int tm_receiver_attach(tm_receiver *r, const int *fds, unsigned n, GError **error)
 {
 	g_autoptr(GError) local = NULL;
-	return accept_common(r, -1, fds, n, error ? error : &local);
+	int ret = accept_common(r, -1, fds, n, error ? error : &local);
+	if (ret == 0 && r->live.reconnect)
+		tm_resume_recv_listen(r, -1); /* the VMM's hook takes reconnects (resume.h) */
+	return ret;
 }
 
 const tm_ram_layout *tm_receiver_announced_layout(tm_receiver *r)

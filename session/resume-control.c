@@ -250,9 +250,9 @@ static int send_attempt(tm_control *c, tm_chan *ch, int64_t deadline, uint64_t *
 		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
 		return -ETIMEDOUT;
 	}
-	tm_resume_send_target(s, &host, &port, &token, &epoch);
-	int fd = tm_net_connect(host, port, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
-				s->events.cancel_fd, error);
+	tm_resume_send_target(s, &host, &port, &token, &epoch); /* host NULL: attach mode */
+	int fd = tm_resume_send_dial(s, TM_RECONNECT_CONTROL,
+				     (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms), error);
 	if (fd < 0)
 		return fd;
 	/* Control messages are latency-bound: the sockets byte mover, as at setup (sender.c). */

@@ -51,10 +51,10 @@ void tm_resume_recv_listen(tm_receiver *r, int listen_fd)
 	if (r->wire != TM_WIRE_VERSION_2 || r->resume)
 		return;
 	tm_resume_rx *rr = g_new0(tm_resume_rx, 1);
-	rr->listen_fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+	rr->listen_fd = listen_fd < 0 ? -1 : fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
 	rr->stop_fd = -1;
 	rr->busy_fd = -1;
-	if (rr->listen_fd < 0) {
+	if (rr->listen_fd < 0 && !(listen_fd < 0 && r->live.reconnect)) {
 		g_free(rr);
 		return; /* no reconnects then: a broken channel fails the session */
 	}
@@ -269,6 +269,19 @@ static gpointer accept_thread(gpointer data)
 	tm_resume_rx *rr = r->resume;
 
 	for (;;) {
+		if (rr->listen_fd < 0) {
+			/* Attach mode: the VMM's hook accepts, a quarter second at a time so that
+			 * free need not wait for long (tm_live_config.reconnect). */
+			struct pollfd stop = { .fd = rr->stop_fd, .events = POLLIN };
+			if (poll(&stop, 1, 0) > 0)
+				break;
+			int fd = r->live.reconnect(r->live.reconnect_opaque, TM_RECONNECT_ANY, 250);
+			if (fd >= 0)
+				take_connection(r, fd);
+			if (__atomic_load_n(&rr->refused, __ATOMIC_RELAXED) >= TM_MAX_STRANGERS)
+				break;
+			continue;
+		}
 		struct pollfd p[2] = { { .fd = rr->listen_fd, .events = POLLIN },
 				       { .fd = rr->stop_fd, .events = POLLIN } };
 		if (poll(p, 2, -1) < 0 && errno != EINTR)
@@ -414,7 +427,8 @@ void tm_resume_recv_free(tm_receiver *r)
 	g_free(rr->pending);
 	if (rr->stop_fd >= 0)
 		close(rr->stop_fd);
-	close(rr->listen_fd);
+	if (rr->listen_fd >= 0)
+		close(rr->listen_fd);
 	g_free(rr);
 	r->resume = NULL;
 }

@@ -90,6 +90,21 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 	}
 }
 
+int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error)
+{
+	tm_resume_tx *rs = s->resume;
+
+	if (rs->host)
+		return tm_net_connect(rs->host, rs->port, timeout_ms, s->events.cancel_fd, error);
+	/* Attach mode: the VMM's hook connects (tm_live_config.reconnect). */
+	int fd = s->live.reconnect(s->live.reconnect_opaque, connection, timeout_ms);
+	if (fd < 0) {
+		g_set_error(error, TM_ERROR, -fd, "the VMM's reconnect hook: %s", g_strerror(-fd));
+		return fd;
+	}
+	return fd;
+}
+
 void tm_resume_send_target(tm_sender *s, const char **ret_host, const char **ret_port,
 			   uint64_t *ret_token, uint32_t *ret_epoch)
 {
@@ -162,8 +177,8 @@ static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *p
 		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
 		return -ETIMEDOUT;
 	}
-	int fd = tm_net_connect(rs->host, rs->port, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
-				s->events.cancel_fd, error);
+	int fd = tm_resume_send_dial(s, c->ch.id, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
+				     error);
 	if (fd < 0)
 		return fd;
 	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,

@@ -26,11 +26,18 @@ bool tm_resume_broken(int code);
 /* ---- sender (resume-send.c) ---- */
 /*
  * tm_sender_connect(), before the HELLOs: protocol 2 without no_resume offers RESUME and keeps
- * where to reconnect. A sender given sockets (attach) has nowhere to reconnect: no offer.
+ * where to reconnect. A sender given sockets (attach) offers it only with the VMM's reconnect
+ * hook (tm_live_config.reconnect; host and port NULL).
  */
 void tm_resume_send_offer(tm_sender *s, const char *host, const char *port);
 /* The HELLO_ACKs agreed (handshake.c): with RESUME, their token is the session's secret. */
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack);
+/*
+ * A new connection for connection (a data channel's index, TM_RECONNECT_CONTROL): to the host and
+ * port of tm_sender_connect(), or from the VMM's hook in attach mode. Returns the socket or
+ * -errno with *error.
+ */
+int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error);
 /* The control connection's reconnect (resume-control.c): where to, the secret, the next epoch. */
 void tm_resume_send_target(tm_sender *s, const char **ret_host, const char **ret_port,
 			   uint64_t *ret_token, uint32_t *ret_epoch);
@@ -50,7 +57,8 @@ void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret);
 void tm_resume_send_free(tm_sender *s);
 
 /* ---- receiver (resume-recv.c) ---- */
-/* tm_receiver_accept() succeeded: keeps a duplicate of the listener for reconnects. */
+/* tm_receiver_accept() succeeded: keeps a duplicate of the listener for reconnects. After
+ * tm_receiver_attach() with the VMM's reconnect hook: listen_fd -1, the hook accepts. */
 void tm_resume_recv_listen(tm_receiver *r, int listen_fd);
 /*
  * start(), before the HELLO_ACKs: agrees RESUME (the sender offered it, the receiver has a

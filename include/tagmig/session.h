@@ -300,7 +300,28 @@ typedef struct tm_live_config {
 	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
 	                             * it was built with) */
 	int32_t compress_level;     /* sender, TM_COMPRESS_ZSTD: -7..19; 0 = zstd's default (3) */
+	/*
+	 * Resume in attach mode (tm_*_attach(); docs/api.md, "Resume"): sockets the VMM connected
+	 * give the library nowhere to reconnect, so without this hook such a session does not
+	 * resume. Optional; ignored with tm_*_connect()/accept() and in protocol 1.
+	 * Sender: called when connection `connection` (a data channel's index, or
+	 * TM_RECONNECT_CONTROL) broke, once per attempt (backoff, resume_deadline_ms), on the thread
+	 * of that connection: several may call at once. Returns a new socket connected to where
+	 * the receiver's hook takes connections, which the library owns from then on (closed on
+	 * failure too), or -errno: that attempt failed.
+	 * Receiver: called again and again by the library's reconnect thread (connection
+	 * TM_RECONNECT_ANY) from the end of tm_receiver_start()'s handshake until
+	 * tm_receiver_free(): returns the next incoming connection (owned by the library from then
+	 * on), or -errno (-ETIMEDOUT, -EAGAIN: none within timeout_ms; it is called again).
+	 * Either side: may block at most timeout_ms and must not call the session.
+	 */
+	int (*reconnect)(void *opaque, unsigned connection, unsigned timeout_ms);
+	void *reconnect_opaque;
 } tm_live_config;
+
+/* tm_live_config.reconnect's connection: the control connection / any (the receiver). */
+#define TM_RECONNECT_CONTROL 0xffffu
+#define TM_RECONNECT_ANY 0xfffeu
 
 /*
  * Before tm_sender_connect()/attach(): the protocol and its live settings. Without this call a
