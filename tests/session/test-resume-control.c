@@ -393,6 +393,34 @@ static void test_deadline(void)
 	run_end(&t);
 }
 
+/*
+ * A cut during setup (docs/wire-format.md, "Setup"): data channel 2 breaks right before its
+ * HELLO_ACK, after the receiver agreed the session (the other connections' HELLO_ACKs carry the
+ * secret). tm_sender_connect() succeeds; the channel's worker resumes it at its first I/O.
+ */
+static void test_setup_cut(void)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the message by its frame header: plaintext only");
+		return;
+	}
+	run_start(&t, NULL, 0);
+	proxy_arm_frame(&t.px, 3, TM_MSG_HELLO_ACK, false); /* data 0, control, data 1, data 2 */
+	t.r = run_connect(&t);
+	if (t.r == 0)
+		t.r = queue_all(&t);
+	if (t.r == 0)
+		t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(&t, 1);
+	run_end(&t);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -405,6 +433,7 @@ int main(int argc, char **argv)
 		{ "resume-control/receiver-without", test_receiver_without, false },
 		{ "resume-control/sender-without", test_sender_without, false },
 		{ "resume-control/deadline", test_deadline, false },
+		{ "resume-setup/hello-ack-lost", test_setup_cut, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
