@@ -466,6 +466,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	(void)tm_net_keepalive(c->ch.fd, s->control.ka_ms ? s->control.ka_ms : 5000, 0);
 
 	g_autoptr(GArray) replay = g_array_new(FALSE, FALSE, sizeof(work));
+	g_clear_error(error); /* the break is over: what follows reports its own failure */
 	int r = check_pos(c, &pos, error);
 	if (r == 0)
 		r = replay_list(c, &pos, replay, error);
