@@ -105,7 +105,7 @@ typedef struct tm_hello {
 	uint16_t channel_count;
 	uint32_t features;
 	uint8_t role;          /* protocol 2: tm_conn_role; protocol 1: 0 (data) */
-	uint32_t epoch;        /* protocol 2: 0, or a data channel's reconnect (with RESUME) */
+	uint32_t epoch;        /* protocol 2: 0, or a reconnect (data: RESUME; control: RESUME_CONTROL) */
 	uint32_t packet_size;
 	uint64_t chunk_size;
 	uint32_t block_count;
@@ -121,7 +121,9 @@ size_t tm_hello_body_len(const tm_hello *hello);
  * Validates hello as a decoder would (so a sender cannot announce what a receiver refuses) and
  * fills the derived block fields. Protocol 2 adds: role 0..2 (-EBADMSG), a control or urgent
  * connection has channel_id 0 (-EBADMSG), urgent only with TM_FEATURE_POSTCOPY (-EPROTO), epoch
- * non-zero only on a data connection (-EOPNOTSUPP) with TM_FEATURE_RESUME (-EPROTO). Protocol 1: role and epoch must be 0 (they are reserved bytes there). Returns 0
+ * non-zero only with TM_FEATURE_RESUME (-EPROTO), on a data connection or, with
+ * TM_FEATURE_RESUME_CONTROL (only with RESUME: -EBADMSG), the control one (else -EOPNOTSUPP).
+ * Protocol 1: role and epoch must be 0 (they are reserved bytes there). Returns 0
  * or -errno with *error.
  */
 int tm_hello_check(tm_hello *hello, GError **error);
@@ -483,6 +485,18 @@ size_t tm_resume_ack_encode(uint8_t *out, uint32_t seq, const tm_resume_pos *pos
  * RAM_ENDED, packets <= pages (-EBADMSG).
  */
 int tm_resume_ack_decode(const uint8_t *buf, size_t len, tm_resume_pos *ret, GError **error);
+
+/* ---- resume of the control connection (codec/resume-control.c; "Resume of the control
+ * connection") ---- */
+/* CTL_RESUME (s->r, right after a control reconnect's HELLO): frame + u64 token + u64 received. */
+size_t tm_ctl_resume_encode(uint8_t *out, uint32_t seq, uint64_t token, uint64_t received);
+/* Decodes a CTL_RESUME body: exactly 16 bytes, token non-zero (-EBADMSG). */
+int tm_ctl_resume_decode(const uint8_t *buf, size_t len, uint64_t *ret_token,
+			 uint64_t *ret_received, GError **error);
+/* CTL_POS (either way on control): frame + u64 received; returns the length. */
+size_t tm_ctl_pos_encode(uint8_t *out, uint32_t seq, uint64_t received);
+/* Decodes a CTL_POS body: exactly 8 bytes (-EBADMSG). */
+int tm_ctl_pos_decode(const uint8_t *buf, size_t len, uint64_t *ret_received, GError **error);
 
 /* ---- postcopy messages (protocol 2; codec/postcopy.c) ---- */
 /*

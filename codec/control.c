@@ -119,6 +119,19 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->features, offered);
 		return -EPROTO;
 	}
+	if ((ack->features & TM_FEATURE_RESUME_CONTROL) && !(offered & TM_FEATURE_RESUME_CONTROL)) {
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "HELLO_ACK: features 0x%08x accept RESUME_CONTROL, which was not offered "
+			    "(offered 0x%08x)",
+			    ack->features, offered);
+		return -EPROTO;
+	}
+	if ((ack->features & TM_FEATURE_RESUME_CONTROL) && !(ack->features & TM_FEATURE_RESUME)) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO_ACK: features 0x%08x accept RESUME_CONTROL without RESUME",
+			    ack->features);
+		return -EBADMSG;
+	}
 	/* The session's secret for reconnects: there exactly when RESUME is agreed. */
 	if (!(ack->features & TM_FEATURE_RESUME) != !ack->resume_token) {
 		g_set_error(error, TM_ERROR, EBADMSG,

@@ -62,6 +62,10 @@ const char *tm_msg_name(uint8_t type)
 		return "RESUME";
 	case TM_MSG_RESUME_ACK:
 		return "RESUME_ACK";
+	case TM_MSG_CTL_RESUME:
+		return "CTL_RESUME";
+	case TM_MSG_CTL_POS:
+		return "CTL_POS";
 	default:
 		return "unknown";
 	}
@@ -174,6 +178,10 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 		return TM_RESUME_LEN;
 	case TM_MSG_RESUME_ACK:
 		return TM_RESUME_ACK_LEN;
+	case TM_MSG_CTL_RESUME:
+		return TM_CTL_RESUME_LEN;
+	case TM_MSG_CTL_POS:
+		return TM_CTL_POS_LEN;
 	default:
 		return 0;
 	}
@@ -233,7 +241,8 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint8_t version, uint32_t pa
 	}
 	uint8_t type = buf[5];
 	uint8_t last = v == TM_WIRE_VERSION_1 ? TM_MSG_LAST_V1 : TM_MSG_LAST_V2;
-	if (type < TM_MSG_HELLO || type > last) {
+	/* 22 and 23 are gaps in the version 2 table (docs/wire-format.md). */
+	if (type < TM_MSG_HELLO || type > last || type == 22 || type == 23) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "frame header: unknown message type %u in protocol %u", type, v);
 		return -EBADMSG;

@@ -127,6 +127,12 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 		}
 		return 0;
 	}
+	if ((hello->features & TM_FEATURE_RESUME_CONTROL) && !(hello->features & TM_FEATURE_RESUME)) {
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "HELLO: features 0x%08x offer RESUME_CONTROL without RESUME",
+			    hello->features);
+		return -EBADMSG;
+	}
 	if (hello->role >= TM_ROLE_COUNT) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "HELLO: role %u invalid (0 data, 1 control, 2 urgent)", hello->role);
@@ -144,12 +150,14 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 			    hello->features);
 		return -EPROTO;
 	}
-	/* A reconnect (docs/wire-format.md, "Resume"): a data channel, or the urgent connection
-	 * (POSTCOPY, checked above: "Resume in postcopy"), only with RESUME. */
-	if (hello->epoch != 0 && hello->role == TM_ROLE_CONTROL) {
+	/* A reconnect (docs/wire-format.md, "Resume"): a data channel with RESUME, the urgent
+	 * connection (POSTCOPY, checked above: "Resume in postcopy"), the control connection only
+	 * with RESUME_CONTROL. */
+	if (hello->epoch != 0 && hello->role == TM_ROLE_CONTROL &&
+	    !(hello->features & TM_FEATURE_RESUME_CONTROL)) {
 		g_set_error(error, TM_ERROR, EOPNOTSUPP,
 			    "HELLO: epoch %u on the control connection: only data channels and the "
-			    "urgent connection resume",
+			    "urgent connection resume (without RESUME_CONTROL)",
 			    hello->epoch);
 		return -EOPNOTSUPP;
 	}

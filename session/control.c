@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -64,6 +65,9 @@ typedef struct loop {
 	bool end_seen;     /* receiver: END arrived; END_ACK goes once every data channel ended */
 	bool ready_seen;   /* sender: READY arrived; END_ACK may follow */
 	bool unresponsive; /* the failure is the peer's silence: no point waiting for its words */
+	/* RESUME_CONTROL (resume-control.c): where a reconnect takes the end up again */
+	bool end_ack_seen; /* sender: END_ACK arrived; CTL_POS and the close follow */
+	bool end_ack_sent; /* receiver: END_ACK is out; the sender's CTL_POS and the close follow */
 } loop;
 
 static int ctrl_body(tm_chan *ch, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS],
@@ -127,6 +131,45 @@ static int close_control(tm_control *c, GError **error)
 	return r < 0 ? r : 1;
 }
 
+/*
+ * The end with RESUME_CONTROL: the sender acknowledges END_ACK with CTL_POS, the receiver waits
+ * for it. That CTL_POS (TLS: authenticated) says the sender has its END_ACK, so a close that
+ * fails afterwards costs nothing; a break before it is resumed like any other.
+ */
+static int sender_close(loop *l, GError **error)
+{
+	tm_control *c = l->c;
+	g_autoptr(GError) ignored = NULL;
+	int r;
+
+	if (!c->resume)
+		return close_control(c, error);
+	if ((r = tm_ctl_pos_send(c, error)) < 0)
+		return r;
+	(void)close_control(c, &ignored);
+	return 1;
+}
+
+static int receiver_close(loop *l, GError **error)
+{
+	tm_control *c = l->c;
+	g_autoptr(GError) ignored = NULL;
+	uint64_t n;
+	tm_frame f;
+	int r;
+
+	if (!c->resume)
+		return close_control(c, error);
+	if ((r = tm_chan_recv_frame(c->ch, 0, &f, error)) < 0)
+		return r;
+	if (f.type == TM_MSG_ERROR)
+		return tm_chan_recv_peer_error(c->ch, &f, "sender gave up", error);
+	if ((r = tm_ctl_pos_recv(c, c->ch, &f, &n, error)) < 0)
+		return r;
+	(void)close_control(c, &ignored);
+	return 1;
+}
+
 /* END (receiver) or END_ACK (sender): the connection carries no pages nor state chunks. */
 static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
 {
@@ -152,10 +195,13 @@ static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **erro
 			g_set_error(error, TM_ERROR, EPROTO, "control: END_ACK before READY");
 			return -EPROTO;
 		}
-		return close_control(c, error);
+		tm_ctl_resume_received(c);
+		l->end_ack_seen = true;
+		return sender_close(l, error);
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
 	 * keeps answering and sending keepalives until then. */
+	tm_ctl_resume_received(c);
 	l->end_seen = true;
 	return 0;
 }
@@ -170,11 +216,14 @@ static int try_end_ack(loop *l, GError **error)
 		return r;
 	/* READY and END_ACK in one segment: the sender's control thread wakes once for both. */
 	tm_chan_cork(c->ch);
-	if ((r = c->ready(c->owner, NULL, error)) < 0 ||
-	    (r = tm_chan_send_ctrl(c->ch, TM_MSG_END_ACK, 0, 0, error)) < 0 ||
+	if ((r = c->ready(c->owner, NULL, error)) < 0)
+		return r;
+	/* Kept and counted as sent before the send: a break now is resumed (resume-control.c). */
+	l->end_ack_sent = true;
+	if ((r = tm_control_send_ordered(c, TM_MSG_END_ACK, 0, error)) < 0 ||
 	    (r = tm_chan_uncork(c->ch, error)) < 0)
 		return r;
-	return close_control(c, error);
+	return receiver_close(l, error);
 }
 
 /* One message; returns 0, 1 when the connection ended cleanly, or -errno. */
@@ -193,8 +242,11 @@ static int one_message(loop *l, GError **error)
 					       error);
 	uint8_t end = c->sender ? TM_MSG_END_ACK : TM_MSG_END;
 	bool ready = c->sender && f.type == TM_MSG_READY;
-	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen)
-		return c->postcopy(c->owner, &f, error);
+	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen) {
+		if ((r = c->postcopy(c->owner, &f, error)) == 0)
+			tm_ctl_resume_received(c);
+		return r;
+	}
 	/* Postcopy: READY comes once the destination may run, usually before our END. Asked for
 	 * (not only sent): READY follows device state, which only follows start_postcopy. */
 	g_mutex_lock(c->lock);
@@ -209,7 +261,9 @@ static int one_message(loop *l, GError **error)
 	if (ready) {
 		/* The destination has all RAM and every state section (state.c). */
 		l->ready_seen = true;
-		return c->ready(c->owner, &f, error);
+		if ((r = c->ready(c->owner, &f, error)) == 0)
+			tm_ctl_resume_received(c);
+		return r;
 	}
 	if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
 		return r;
@@ -243,6 +297,11 @@ static int run(loop *l, GError **error)
 	tm_control *c = l->c;
 	int r;
 
+	/* After a reconnect (resume-control.c): the end goes on where it broke. */
+	if (l->end_ack_seen)
+		return sender_close(l, error);
+	if (l->end_ack_sent)
+		return receiver_close(l, error);
 	for (;;) {
 		g_mutex_lock(c->lock);
 		bool quit = *c->quit, want_end = c->end_requested;
@@ -253,17 +312,14 @@ static int run(loop *l, GError **error)
 			return 0;
 		if (want_pc && !l->postcopy_sent) {
 			/* Before the data channels' END: the switch precedes the end (design 2.4). */
-			uint8_t buf[TM_FRAME_HDR_LEN + TM_POSTCOPY_LEN];
-			size_t n = tm_postcopy_encode(buf, c->ch->tx_seq++, pc_pages);
-			struct iovec v = { .iov_base = buf, .iov_len = n };
-			if ((r = tm_chan_send(c->ch, &v, 1, n, error)) < 0)
+			l->postcopy_sent = true; /* kept: a break now is resumed */
+			if ((r = tm_control_send_ordered(c, TM_MSG_POSTCOPY, pc_pages, error)) < 0)
 				return r;
-			l->postcopy_sent = true;
 		}
 		if (want_end && !l->end_sent) {
-			if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_END, 0, 0, error)) < 0)
+			l->end_sent = true; /* kept: a break now is resumed */
+			if ((r = tm_control_send_ordered(c, TM_MSG_END, 0, error)) < 0)
 				return r;
-			l->end_sent = true;
 		}
 		if (tm_io_readable(c->ch->io)) {
 			if ((r = one_message(l, error)) != 0)
@@ -317,6 +373,8 @@ static void drain(tm_control *c)
 	int64_t deadline = tm_now_us() + G_USEC_PER_SEC;
 	tm_frame f;
 
+	if (!c->ch->io) /* closed for a reconnect that did not come (resume-control.c) */
+		return;
 	tm_chan_set_timeout(c->ch, 250);
 	for (int64_t now; (now = tm_now_us()) < deadline;) {
 		g_autoptr(GError) local = NULL;
@@ -346,13 +404,37 @@ static gpointer control_thread(gpointer data)
 		   .flood_t = tm_now_us() };
 	g_autoptr(GError) err = NULL;
 
-	int r = run(&l, &err);
-	if (r < 0 && c->resume_agreed && !c->ch->peer_error &&
+	int r;
+	while ((r = run(&l, &err)) < 0 && tm_ctl_resume_wanted(c, err, l.unresponsive)) {
+		/* RESUME_CONTROL: the sender reconnects, the receiver waits (resume-control.c). */
+		g_autoptr(GError) why = NULL;
+		int rr = tm_ctl_resume_reconnect(c, &why);
+		if (rr == -ECANCELED && !why)
+			break; /* the session failed meanwhile: that failure explains it */
+		if (rr < 0 && (l.end_ack_seen || l.end_ack_sent)) {
+			/* END_ACK was sent after everything was applied; the sender, which may lack
+			 * it, is the one that fails. */
+			r = 1;
+			break;
+		}
+		g_clear_error(&err);
+		if (rr < 0) {
+			err = g_steal_pointer(&why);
+			r = rr;
+			break;
+		}
+		int64_t now = tm_now_us();
+		l.last_rx = l.next_tick = l.flood_t = now;
+		l.ping_out = false; /* its PONG went with the old connection */
+		l.flood_n = 0;
+	}
+	if (r < 0 && c->resume_agreed && !c->resume && !c->ch->peer_error &&
 	    (err->code == ECONNRESET || err->code == EPIPE || err->code == ECONNABORTED)) {
 		g_autofree char *m = err->message;
-		err->message = g_strdup_printf("%s (the control connection is not resumed, unlike "
-					       "data channels)", m);
+		err->message = g_strdup_printf("%s (the control connection is not resumed: "
+					       "RESUME_CONTROL was not agreed)", m);
 	}
+	tm_ctl_resume_exited(c);
 	if (r == 1) {
 		g_mutex_lock(c->lock);
 		c->ended = c->exited = true;

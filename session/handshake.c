@@ -116,6 +116,8 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	bool have_first = false;
 	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? 1 + (s->pc.offered ? 1 : 0) : 0);
 
+	g_autoptr(GError) lost = NULL; /* a data channel that broke before its HELLO_ACK */
+
 	/* Data 0 first: a protocol 1 receiver refuses there and gives up the rest. */
 	for (unsigned i = 0; i < n; i++) {
 		tm_chan *ch = i == s->nch + 1 ? &s->pc.urg : i == s->nch ? &s->ctl : &s->chans[i].ch;
@@ -123,6 +125,13 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 		int r = await_ack(s, ch, &first, &have_first, &v1, error);
 		if (r < 0 && v1)
 			return r; /* a complete explanation already */
+		/* Resume may cover it, if another connection's HELLO_ACK agrees it (below). */
+		if (r < 0 && i < s->nch && s->resume && tm_resume_broken(-r)) {
+			if (!lost)
+				lost = g_steal_pointer(error);
+			g_clear_error(error);
+			continue;
+		}
 		if (r < 0) {
 			g_prefix_error(error, "handshake: ");
 			if (r == -ECONNRESET && !s->tls)
@@ -133,6 +142,14 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 			return r;
 		}
 	}
+	if (lost && !(have_first && (first.features & TM_FEATURE_RESUME))) {
+		int code = lost->code;
+		g_propagate_error(error, g_steal_pointer(&lost));
+		g_prefix_error(error, "handshake: ");
+		return -code;
+	}
+	/* A data channel that broke after the receiver agreed the session: its worker's first
+	 * I/O fails and resumes it like any broken channel (docs/wire-format.md, "Setup"). */
 	tm_resume_send_agreed(s, &first); /* its secret, for reconnects */
 	/* The receiver's device-state limits: put_state refuses what it would. */
 	s->st.max_section = first.max_state_section;

@@ -21,6 +21,7 @@
 #include "ram/ram-internal.h"
 #include "session/postcopy-recv.h"
 #include "session/resume-postcopy.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -616,10 +617,8 @@ int tm_pc_recv_control_tick(tm_receiver *r, GError **error)
 	g_mutex_unlock(&r->lock);
 	if (!due)
 		return 0;
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_READY_LEN];
-	size_t n = tm_ready_encode(buf, r->ctl.tx_seq++, TM_RAM_END_POSTCOPY);
-	struct iovec v = { .iov_base = buf, .iov_len = n };
-	return tm_chan_send(&r->ctl, &v, 1, n, error);
+	/* Kept for a control reconnect (resume-control.c). */
+	return tm_control_send_ordered(&r->control, TM_MSG_READY, TM_RAM_END_POSTCOPY, error);
 }
 
 bool tm_pc_recv_ready_sent_locked(tm_receiver *r)

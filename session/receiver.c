@@ -298,7 +298,10 @@ int tm_receiver_accept(tm_receiver *r, int listen_fd, GError **error)
 int tm_receiver_attach(tm_receiver *r, const int *fds, unsigned n, GError **error)
 {
 	g_autoptr(GError) local = NULL;
-	return accept_common(r, -1, fds, n, error ? error : &local);
+	int ret = accept_common(r, -1, fds, n, error ? error : &local);
+	if (ret == 0 && r->live.reconnect)
+		tm_resume_recv_listen(r, -1); /* the VMM's hook takes reconnects (resume.h) */
+	return ret;
 }
 
 const tm_ram_layout *tm_receiver_announced_layout(tm_receiver *r)
@@ -410,6 +413,12 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			size_t len = tm_hello_ack_encode(ackbuf, ch->tx_seq++, &ack);
 			struct iovec v = { .iov_base = ackbuf, .iov_len = len };
 			ret = tm_chan_send(ch, &v, 1, len, error);
+			/* A data channel broken now is resumed: its worker waits (resume.h). */
+			if (ret < 0 && i < r->nch && (ack.features & TM_FEATURE_RESUME) &&
+			    tm_resume_broken(-ret)) {
+				g_clear_error(error);
+				ret = 0;
+			}
 		} else {
 			ret = tm_chan_send_ctrl(ch, TM_MSG_HELLO_ACK, 0, 0, error);
 		}

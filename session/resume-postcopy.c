@@ -327,8 +327,9 @@ static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, bool *fin
 		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
 		return -ETIMEDOUT;
 	}
-	int fd = tm_net_connect(host, port, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
-				s->events.cancel_fd, error);
+	/* To tm_sender_connect()'s address, or through the VMM's hook in attach mode. */
+	int fd = tm_resume_send_dial(s, TM_RECONNECT_URGENT,
+				     (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms), error);
 	if (fd < 0)
 		return fd;
 	/* As open_connection(): latency-bound, always the sockets byte mover. */

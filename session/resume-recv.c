@@ -52,10 +52,10 @@ void tm_resume_recv_listen(tm_receiver *r, int listen_fd)
 	if (r->wire != TM_WIRE_VERSION_2 || r->resume)
 		return;
 	tm_resume_rx *rr = g_new0(tm_resume_rx, 1);
-	rr->listen_fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+	rr->listen_fd = listen_fd < 0 ? -1 : fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
 	rr->stop_fd = -1;
 	rr->busy_fd = -1;
-	if (rr->listen_fd < 0) {
+	if (rr->listen_fd < 0 && !(listen_fd < 0 && r->live.reconnect)) {
 		g_free(rr);
 		return; /* no reconnects then: a broken channel fails the session */
 	}
@@ -96,18 +96,25 @@ static int send_ack(tm_chan *ch, const tm_resume_pos *pos, GError **error)
  */
 static int check_hello(tm_receiver *r, tm_chan *ch, tm_hello *h, GError **error);
 
-static int check_reconnect(tm_receiver *r, tm_chan *ch, uint32_t *ret_epoch, GError **error)
+static int check_reconnect(tm_receiver *r, tm_chan *ch, uint32_t *ret_epoch,
+			   uint64_t *ret_received, GError **error)
 {
 	tm_hello h = { 0 };
 	int ret = check_hello(r, ch, &h, error);
 	uint32_t epoch = h.epoch;
 	/* Postcopy's urgent connection is no channel (resume-postcopy.c). */
-	int id = h.role == TM_ROLE_URGENT ? TM_PCRESUME_URGENT_ID : h.channel_id;
+	int id = h.role == TM_ROLE_URGENT ? TM_PCRESUME_URGENT_ID : (int)h.channel_id;
+	bool control = h.role == TM_ROLE_CONTROL;
 
 	tm_hello_clear(&h);
 	if (ret < 0)
 		return ret;
 	tm_resume_rx *rr = r->resume;
+	if (control) { /* resume-control.c: CTL_RESUME, not RESUME */
+		*ret_epoch = epoch;
+		ret = tm_ctl_resume_recv_check(r, ch, rr->token, ret_received, error);
+		return ret < 0 ? ret : TM_CTL_RESUME_ID;
+	}
 	tm_frame f;
 	uint64_t token = 0;
 	uint8_t rb[TM_RESUME_LEN];
@@ -152,9 +159,11 @@ static int check_hello(tm_receiver *r, tm_chan *ch, tm_hello *h, GError **error)
 		g_set_error_literal(error, TM_ERROR, EPROTO, "a HELLO of another session");
 		return -EPROTO;
 	}
-	/* The urgent connection too, after the switch to postcopy (resume-postcopy.c). */
+	/* The urgent connection too, after the switch to postcopy (resume-postcopy.c); the
+	 * control connection with RESUME_CONTROL (resume-control.c). */
 	bool urgent_ok = h->role == TM_ROLE_URGENT && tm_pcresume_recv_urgent_ok(r);
-	if (h->epoch == 0 || (h->role != TM_ROLE_DATA && !urgent_ok)) {
+	bool control = h->role == TM_ROLE_CONTROL && r->control.resume;
+	if (h->epoch == 0 || (h->role != TM_ROLE_DATA && !urgent_ok && !control)) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "the session runs already: only a data channel's reconnect (epoch >= 1) "
 			    "may come, not %s connection of epoch %u",
@@ -181,6 +190,7 @@ static void take_connection(tm_receiver *r, int fd)
 	g_autoptr(GError) err = NULL;
 	tm_chan ch;
 	uint32_t epoch = 0;
+	uint64_t received = 0; /* a control reconnect's count (resume-control.c) */
 
 	if (tm_chan_open(&ch, fd, 0, r->io, &ioc, &err) < 0) {
 		__atomic_add_fetch(&rr->refused, 1, __ATOMIC_RELAXED);
@@ -193,7 +203,7 @@ static void take_connection(tm_receiver *r, int fd)
 	g_mutex_unlock(&r->lock);
 	int id = rr->busy_fd < 0 ? -ECANCELED : r->tls ? tm_tls_wrap(r->tls, &ch.io, &err) : 0;
 	if (id >= 0)
-		id = check_reconnect(r, &ch, &epoch, &err);
+		id = check_reconnect(r, &ch, &epoch, &received, &err);
 	g_mutex_lock(&r->lock);
 	rr->busy_fd = -1;
 	g_mutex_unlock(&r->lock);
@@ -211,9 +221,16 @@ static void take_connection(tm_receiver *r, int fd)
 		tm_pcresume_recv_take_urgent(r, &ch, epoch);
 		return;
 	}
-	tm_chan_set_id(&ch, (unsigned)id);
 	ch.setup_deadline_us = 0;
 	tm_io_set_deadline(ch.io, 0);
+	if (id == TM_CTL_RESUME_ID) {
+		if (tm_ctl_resume_recv_take(r, &ch, epoch, received, &err) < 0) {
+			g_prefix_error(&err, "reconnect: ");
+			refuse(&ch, err->code, err->message);
+		}
+		return;
+	}
+	tm_chan_set_id(&ch, (unsigned)id);
 
 	g_mutex_lock(&r->lock);
 	recv_chan *c = &r->chans[id];
@@ -261,6 +278,19 @@ static gpointer accept_thread(gpointer data)
 	tm_resume_rx *rr = r->resume;
 
 	for (;;) {
+		if (rr->listen_fd < 0) {
+			/* Attach mode: the VMM's hook accepts, a quarter second at a time so that
+			 * free need not wait for long (tm_live_config.reconnect). */
+			struct pollfd stop = { .fd = rr->stop_fd, .events = POLLIN };
+			if (poll(&stop, 1, 0) > 0)
+				break;
+			int fd = r->live.reconnect(r->live.reconnect_opaque, TM_RECONNECT_ANY, 250);
+			if (fd >= 0)
+				take_connection(r, fd);
+			if (__atomic_load_n(&rr->refused, __ATOMIC_RELAXED) >= TM_MAX_STRANGERS)
+				break;
+			continue;
+		}
 		struct pollfd p[2] = { { .fd = rr->listen_fd, .events = POLLIN },
 				       { .fd = rr->stop_fd, .events = POLLIN } };
 		if (poll(p, 2, -1) < 0 && errno != EINTR)
@@ -285,7 +315,7 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 	tm_resume_rx *rr = r->resume;
 
 	if (!rr || !(r->hello.features & TM_FEATURE_RESUME) || r->live.no_resume) {
-		ack->features &= ~TM_FEATURE_RESUME;
+		ack->features &= ~(TM_FEATURE_RESUME | TM_FEATURE_RESUME_CONTROL);
 		ack->resume_token = 0;
 		tm_resume_recv_free(r);
 		return 0;
@@ -304,6 +334,12 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 		int e = errno;
 		g_set_error(error, TM_ERROR, e, "eventfd: %s", g_strerror(e));
 		return -e;
+	}
+	/* Before the thread, which hands control reconnects over (resume-control.c). */
+	ack->features &= ~TM_FEATURE_RESUME_CONTROL;
+	if (tm_ctl_resume_accepts(r->hello.features)) {
+		ack->features |= TM_FEATURE_RESUME_CONTROL;
+		tm_ctl_resume_enable(&r->control);
 	}
 	rr->thread = g_thread_try_new("tm-recv-resume", accept_thread, r, error);
 	if (!rr->thread)
@@ -373,7 +409,8 @@ void tm_resume_recv_stats(tm_receiver *r, tm_live_stats *ret)
 {
 	if (!r->resume)
 		return;
-	ret->reconnects = __atomic_load_n(&r->resume->reconnects, __ATOMIC_RELAXED);
+	ret->reconnects = __atomic_load_n(&r->resume->reconnects, __ATOMIC_RELAXED) +
+			  tm_ctl_resume_reconnects(&r->control);
 	ret->resume_refused = __atomic_load_n(&r->resume->refused, __ATOMIC_RELAXED);
 }
 
@@ -392,13 +429,15 @@ void tm_resume_recv_free(tm_receiver *r)
 		(void)!write(rr->stop_fd, &one, sizeof(one));
 		g_thread_join(rr->thread);
 	}
+	tm_ctl_resume_free(&r->control); /* the thread handed control reconnects over */
 	for (unsigned i = 0; rr->pending && i < r->nch; i++)
 		if (rr->pending[i].ready)
 			tm_chan_close(&rr->pending[i].ch);
 	g_free(rr->pending);
 	if (rr->stop_fd >= 0)
 		close(rr->stop_fd);
-	close(rr->listen_fd);
+	if (rr->listen_fd >= 0)
+		close(rr->listen_fd);
 	g_free(rr);
 	r->resume = NULL;
 }

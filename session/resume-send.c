@@ -79,7 +79,7 @@ void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
 		rs->busy_fds[i] = -1;
 	}
 	s->resume = rs;
-	s->hello.features |= TM_FEATURE_RESUME;
+	s->hello.features |= TM_FEATURE_RESUME | tm_ctl_resume_offer(); /* resume-control.c */
 }
 
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
@@ -87,7 +87,35 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 	if (s->resume && (ack->features & TM_FEATURE_RESUME)) {
 		s->resume->token = ack->resume_token;
 		s->control.resume_agreed = true;
+		if (ack->features & TM_FEATURE_RESUME_CONTROL)
+			tm_ctl_resume_enable(&s->control);
 	}
+}
+
+int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error)
+{
+	tm_resume_tx *rs = s->resume;
+
+	if (rs->host)
+		return tm_net_connect(rs->host, rs->port, timeout_ms, s->events.cancel_fd, error);
+	/* Attach mode: the VMM's hook connects (tm_live_config.reconnect). */
+	int fd = s->live.reconnect(s->live.reconnect_opaque, connection, timeout_ms);
+	if (fd < 0) {
+		g_set_error(error, TM_ERROR, -fd, "the VMM's reconnect hook: %s", g_strerror(-fd));
+		return fd;
+	}
+	return fd;
+}
+
+void tm_resume_send_ctl_target(tm_sender *s, const char **ret_host, const char **ret_port,
+			   uint64_t *ret_token, uint32_t *ret_epoch)
+{
+	tm_resume_tx *rs = s->resume;
+
+	*ret_host = rs->host;
+	*ret_port = rs->port;
+	*ret_token = rs->token;
+	*ret_epoch = __atomic_add_fetch(&rs->epoch, 1, __ATOMIC_RELAXED);
 }
 
 static bool agreed(const tm_sender *s)
@@ -151,8 +179,8 @@ static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *p
 		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
 		return -ETIMEDOUT;
 	}
-	int fd = tm_net_connect(rs->host, rs->port, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
-				s->events.cancel_fd, error);
+	int fd = tm_resume_send_dial(s, c->ch.id, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
+				     error);
 	if (fd < 0)
 		return fd;
 	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,
@@ -442,6 +470,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 		return tm_pcresume_replay(c, &pos, error);
 
 	g_autoptr(GArray) replay = g_array_new(FALSE, FALSE, sizeof(work));
+	g_clear_error(error); /* the break is over: what follows reports its own failure */
 	int r = check_pos(c, &pos, error);
 	if (r == 0)
 		r = replay_list(c, &pos, replay, error);
@@ -473,6 +502,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 
 void tm_resume_send_wake(tm_sender *s)
 {
+	tm_ctl_resume_send_wake(s);
 	for (unsigned i = 0; s->resume && i < s->nch; i++)
 		if (s->resume->busy_fds[i] >= 0)
 			shutdown(s->resume->busy_fds[i], SHUT_RDWR);
@@ -482,7 +512,8 @@ void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret)
 {
 	if (!s->resume)
 		return;
-	ret->reconnects = __atomic_load_n(&s->resume->reconnects, __ATOMIC_RELAXED);
+	ret->reconnects = __atomic_load_n(&s->resume->reconnects, __ATOMIC_RELAXED) +
+			  tm_ctl_resume_reconnects(&s->control);
 	ret->resent_bytes = __atomic_load_n(&s->resume->resent_bytes, __ATOMIC_RELAXED);
 }
 
@@ -490,6 +521,7 @@ void tm_resume_send_free(tm_sender *s)
 {
 	tm_resume_tx *rs = s->resume;
 
+	tm_ctl_resume_free(&s->control);
 	if (!rs)
 		return;
 	for (unsigned i = 0; i < s->nch; i++)

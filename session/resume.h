@@ -26,11 +26,21 @@ bool tm_resume_broken(int code);
 /* ---- sender (resume-send.c) ---- */
 /*
  * tm_sender_connect(), before the HELLOs: protocol 2 without no_resume offers RESUME and keeps
- * where to reconnect. A sender given sockets (attach) has nowhere to reconnect: no offer.
+ * where to reconnect. A sender given sockets (attach) offers it only with the VMM's reconnect
+ * hook (tm_live_config.reconnect; host and port NULL).
  */
 void tm_resume_send_offer(tm_sender *s, const char *host, const char *port);
 /* The HELLO_ACKs agreed (handshake.c): with RESUME, their token is the session's secret. */
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack);
+/*
+ * A new connection for connection (a data channel's index, TM_RECONNECT_CONTROL): to the host and
+ * port of tm_sender_connect(), or from the VMM's hook in attach mode. Returns the socket or
+ * -errno with *error.
+ */
+int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error);
+/* The control connection's reconnect (resume-control.c): where to, the secret, the next epoch. */
+void tm_resume_send_ctl_target(tm_sender *s, const char **ret_host, const char **ret_port,
+			       uint64_t *ret_token, uint32_t *ret_epoch);
 /* Worker c, before it handles w: keeps w until a SYNC acknowledgement covers it. */
 void tm_resume_log(send_chan *c, const work *w);
 /*
@@ -59,7 +69,8 @@ void tm_resume_log_pages(send_chan *c, GArray *ret, uint64_t *ret_base_pages,
 			 uint64_t *ret_base_packets);
 
 /* ---- receiver (resume-recv.c) ---- */
-/* tm_receiver_accept() succeeded: keeps a duplicate of the listener for reconnects. */
+/* tm_receiver_accept() succeeded: keeps a duplicate of the listener for reconnects. After
+ * tm_receiver_attach() with the VMM's reconnect hook: listen_fd -1, the hook accepts. */
 void tm_resume_recv_listen(tm_receiver *r, int listen_fd);
 /*
  * start(), before the HELLO_ACKs: agrees RESUME (the sender offered it, the receiver has a
@@ -78,3 +89,61 @@ void tm_resume_recv_stats(tm_receiver *r, tm_live_stats *ret);
 void tm_resume_recv_count(tm_receiver *r);
 /* At free, after quit was set: stops the accepting thread, closes the listener. Idempotent. */
 void tm_resume_recv_free(tm_receiver *r);
+
+/* ---- the control connection (resume-control.c; "Resume of the control connection") ---- */
+/* The feature bit a sender offers with RESUME (0 under the test hook below). */
+uint32_t tm_ctl_resume_offer(void);
+/* Whether a receiver accepts RESUME_CONTROL from these offered features. */
+bool tm_ctl_resume_accepts(uint32_t offered);
+/* RESUME_CONTROL was agreed (the HELLO_ACKs, either side): c keeps what it sends. Before
+ * tm_control_start. Idempotent. */
+void tm_ctl_resume_enable(tm_control *c);
+/* At the owner's free, after the control thread was joined. */
+void tm_ctl_resume_free(tm_control *c);
+uint64_t tm_ctl_resume_reconnects(const tm_control *c);
+/*
+ * Control thread: sends an ordered control message (END, END_ACK, READY with mode value,
+ * POSTCOPY with pages_missing value) on c->ch and, with RESUME_CONTROL, keeps it for a replay.
+ * Returns 0 or -errno with *error.
+ */
+int tm_control_send_ordered(tm_control *c, uint8_t type, uint64_t value, GError **error);
+/* Control thread: an ordered message from the peer was taken in full. */
+void tm_ctl_resume_received(tm_control *c);
+/* Ordered messages received so far (0 without RESUME_CONTROL). */
+uint64_t tm_ctl_resume_count(const tm_control *c);
+/* Whether the control thread's failure err is a break worth a reconnect (agreed, not the
+ * peer's ERROR, not the peer's silence). */
+bool tm_ctl_resume_wanted(const tm_control *c, const GError *err, bool unresponsive);
+/*
+ * Control thread, after such a break: the sender reconnects (backoff within
+ * resume_deadline_ms), the receiver waits for that (as long, from now); then both exchange
+ * counts and send again what the peer lacks. Returns 0 (c->ch is the new connection), -ECANCELED
+ * when the session quit meanwhile (*error untouched), or -errno with *error (naming control).
+ */
+int tm_ctl_resume_reconnect(tm_control *c, GError **error);
+/* CTL_POS with our count on c->ch (the sender's last message after END_ACK). */
+int tm_ctl_pos_send(tm_control *c, GError **error);
+/* Reads the body of the CTL_POS whose header f came on ch, checked against what c sent. */
+int tm_ctl_pos_recv(tm_control *c, tm_chan *ch, const tm_frame *f, uint64_t *ret_received,
+		    GError **error);
+/* The control thread ends: later reconnects are refused. */
+void tm_ctl_resume_exited(tm_control *c);
+/* Sender, s->lock held, the session quit: an attempt under way stops now. */
+void tm_ctl_resume_send_wake(tm_sender *s);
+/* Receiver's accepting thread: reads a control reconnect's CTL_RESUME (after its HELLO) and
+ * checks the secret: 0 with the sender's count, or -errno with *error (words for the peer). */
+int tm_ctl_resume_recv_check(tm_receiver *r, tm_chan *ch, uint64_t token, uint64_t *ret_received,
+			     GError **error);
+/* ... and hands the proven connection (taken on success) to the control thread: 0, or -errno
+ * with *error (the session is over, an old epoch): the caller refuses ch. */
+int tm_ctl_resume_recv_take(tm_receiver *r, tm_chan *ch, uint32_t epoch, uint64_t received,
+			    GError **error);
+/* The pseudo channel id check_reconnect() gives a control reconnect. */
+#define TM_CTL_RESUME_ID ((int)TM_MAX_CHANNELS)
+
+#define TM_CTL_RESUME_TEST_NO_OFFER 1  /* senders do not offer RESUME_CONTROL */
+#define TM_CTL_RESUME_TEST_NO_ACCEPT 2 /* receivers do not accept it */
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/* Test hook (-Dtest_hooks=true): 0, or a peer of an earlier version (the values above). Global. */
+void tm_ctl_resume_test_without(int which);
+#endif

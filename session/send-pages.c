@@ -40,6 +40,15 @@ int tm_send_flush(send_chan *c, GError **error)
 	r = tm_chan_submit(&c->ch, c->cur, iov, n, len, error);
 	if (r < 0)
 		return (int)r;
+	/* Counted once submitted: it may be applied even if the channel breaks now (resume
+	 * compares the receiver's position with these counts). */
+	c->cur = (c->cur + 1) % c->ch.depth;
+	c->pages_sent += pkt->page_count;
+	c->packets_sent++;
+	tm_count(&c->ch.st.pages, pkt->page_count);
+	tm_count(&c->ch.st.packets, 1);
+	tm_count(&c->ch.st.data_bytes, (uint64_t)wire_data);
+	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
 	/*
 	 * The receiver never speaks between SYNCs unless it gives up: a readable channel means
 	 * its ERROR (or its close) is here. One poll per packet lets the sender stop at once
@@ -48,13 +57,6 @@ int tm_send_flush(send_chan *c, GError **error)
 	struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN };
 	if (poll(&pfd, 1, 0) > 0 && (r = tm_dsend_readable(c, error)) < 0)
 		return r; /* a DELTA_NACK is taken (delta-send.c), anything else ends here */
-	c->cur = (c->cur + 1) % c->ch.depth;
-	c->pages_sent += pkt->page_count;
-	c->packets_sent++;
-	tm_count(&c->ch.st.pages, pkt->page_count);
-	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, (uint64_t)wire_data);
-	tm_count(&c->ch.st.tag_bytes, pkt->tag_len);
 	return 0;
 }
 

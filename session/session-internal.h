@@ -21,6 +21,7 @@
  *   urgent-send.c           the sender's urgent connection: PAGE_REQ answered by URGENT
  *   resume-send.c/-recv.c   a broken data channel reconnects (resume.h)
  *   resume-postcopy.c       ... and the urgent connection, after the switch (resume-postcopy.h)
+ *   resume-control.c        ... and a broken control connection (RESUME_CONTROL)
  *   postcopy-recv.c, fault.c, urgent-recv.c  postcopy at the destination (postcopy-recv.h)
  */
 #pragma once
@@ -159,6 +160,8 @@ typedef struct tm_control {
 	bool exited;
 
 	bool resume_agreed;    /* data channels resume (resume.h): a broken control says it does not */
+	struct tm_ctl_resume *resume; /* RESUME_CONTROL agreed: the control connection resumes too
+	                               * (resume-control.c), else NULL */
 
 	/* relaxed atomics, for the statistics */
 	uint64_t rtt_us;       /* smoothed PING round trip, 0 before the first PONG */

@@ -20,6 +20,7 @@
 
 #include "session/postcopy-recv.h"
 #include "session/delta.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -611,7 +612,6 @@ int tm_receiver_read_state(tm_receiver *r, void *buf, size_t len, GError **error
 int tm_receiver_send_ready(void *owner, const tm_frame *unused, GError **error)
 {
 	tm_receiver *r = owner;
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_READY_LEN];
 
 	g_mutex_lock(&r->lock);
 	bool eos = r->st.eos, sent = tm_pc_recv_ready_sent_locked(r);
@@ -628,10 +628,9 @@ int tm_receiver_send_ready(void *owner, const tm_frame *unused, GError **error)
 	if (postcopy)
 		r->pc->ready_sent = true;
 	g_mutex_unlock(&r->lock);
-	size_t n = tm_ready_encode(buf, r->ctl.tx_seq++,
-				   postcopy ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL);
-	struct iovec v = { .iov_base = buf, .iov_len = n };
-	return tm_chan_send(&r->ctl, &v, 1, n, error);
+	/* Kept for a control reconnect (resume-control.c). */
+	return tm_control_send_ordered(&r->control, TM_MSG_READY,
+				       postcopy ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL, error);
 }
 
 void tm_receiver_state_free(tm_receiver *r)

@@ -292,9 +292,10 @@ typedef struct tm_live_config {
 	bool no_resume;             /* either side: a broken data channel fails the session; by
 	                             * default it reconnects and only the rest is re-sent (docs/api.md,
 	                             * "Resume"). Needs tm_sender_connect() and tm_receiver_accept() */
-	uint32_t resume_deadline_ms; /* sender: how long a broken data channel may take to come back
-	                              * (all its attempts); 0 means 30000. A receiver waits as long as
-	                              * the session lives (the control connection's liveness) */
+	uint32_t resume_deadline_ms; /* sender: how long a broken connection may take to come back
+	                              * (all its attempts); 0 means 30000. Receiver: how long it waits
+	                              * for a broken control connection (RESUME_CONTROL) to come back;
+	                              * a data channel waits as long as the session lives */
 	uint32_t compress;          /* sender: tm_compress_mode of the page data; 0 = the default
 	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
 	                             * it was built with) */
@@ -303,7 +304,30 @@ typedef struct tm_live_config {
 	                             * delta encoding of re-sent pages (DELTA, protocol 2, not with
 	                             * postcopy); 0 = off, else 1 MiB..1 TiB. Receiver: ignored (it
 	                             * accepts deltas when offered) */
+	/*
+	 * Resume in attach mode (tm_*_attach(); docs/api.md, "Resume"): sockets the VMM connected
+	 * give the library nowhere to reconnect, so without this hook such a session does not
+	 * resume. Optional; ignored with tm_*_connect()/accept() and in protocol 1.
+	 * Sender: called when connection `connection` (a data channel's index,
+	 * TM_RECONNECT_CONTROL, or TM_RECONNECT_URGENT after the switch to postcopy) broke, once per attempt (backoff, resume_deadline_ms), on the thread
+	 * of that connection: several may call at once. Returns a new socket connected to where
+	 * the receiver's hook takes connections, which the library owns from then on (closed on
+	 * failure too), or -errno: that attempt failed.
+	 * Receiver: called again and again by the library's reconnect thread (connection
+	 * TM_RECONNECT_ANY) from the end of tm_receiver_start()'s handshake until
+	 * tm_receiver_free(): returns the next incoming connection (owned by the library from then
+	 * on), or -errno (-ETIMEDOUT, -EAGAIN: none within timeout_ms; it is called again).
+	 * Either side: may block at most timeout_ms and must not call the session.
+	 */
+	int (*reconnect)(void *opaque, unsigned connection, unsigned timeout_ms);
+	void *reconnect_opaque;
 } tm_live_config;
+
+/* tm_live_config.reconnect's connection: the control connection / any (the receiver) / the
+ * urgent connection of postcopy. */
+#define TM_RECONNECT_CONTROL 0xffffu
+#define TM_RECONNECT_ANY 0xfffeu
+#define TM_RECONNECT_URGENT 0xfffdu
 
 /*
  * Before tm_sender_connect()/attach(): the protocol and its live settings. Without this call a
@@ -481,7 +505,8 @@ typedef struct tm_live_stats {
 	                             * on its page's data channel (its socket's unsent bytes at that
 	                             * channel's throughput) */
 	/* resume (docs/api.md, "Resume") */
-	uint64_t reconnects;        /* data channels that broke and were resumed */
+	uint64_t reconnects;        /* connections (data channels, control) that broke and were
+	                             * resumed */
 	uint64_t resent_bytes;      /* sender: page and state bytes sent again after a reconnect */
 	uint64_t resume_refused;    /* receiver: reconnects refused (another session, a wrong secret,
 	                             * a bad handshake): strangers, the session went on */

@@ -29,6 +29,8 @@
 #define TM_DISCARD_HDR_LEN 8u
 #define TM_RESUME_LEN 8u
 #define TM_RESUME_ACK_LEN 40u
+#define TM_CTL_RESUME_LEN 16u
+#define TM_CTL_POS_LEN 8u
 #define TM_ZDATA_HDR_LEN 8u /* codec, reserved, zlen: in front of a ZDATA's DATA body */
 
 #define TM_MAX_CHANNELS 64u
@@ -61,6 +63,8 @@
 #define TM_FEATURE_TAGS_MTE4 (1u << 0)
 #define TM_FEATURE_POSTCOPY (1u << 1) /* protocol 2 only: offered by the sender */
 #define TM_FEATURE_RESUME (1u << 2)   /* protocol 2 only: broken data channels reconnect */
+/* Protocol 2 only, with RESUME: a broken control connection reconnects too. */
+#define TM_FEATURE_RESUME_CONTROL (1u << 3)
 /* Protocol 2 only: page data may travel compressed (ZDATA) with this codec; the sender offers
  * the codecs it may use, the receiver's HELLO_ACK keeps those it decodes (issue 15). */
 #define TM_FEATURE_LZ4 (1u << 8)
@@ -70,7 +74,7 @@
 #define TM_FEATURE_DELTA (1u << 10)
 #define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)                        /* protocol 1 */
 #define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY | TM_FEATURE_RESUME | \
-			      TM_FEATURES_COMPRESS | TM_FEATURE_DELTA)                     /* protocol 2 */
+			      TM_FEATURE_RESUME_CONTROL | TM_FEATURES_COMPRESS | TM_FEATURE_DELTA) /* protocol 2 */
 
 /* Protocol 2: what a connection carries, named by its HELLO. */
 typedef enum tm_conn_role {
@@ -105,10 +109,12 @@ typedef enum tm_msg_type {
 	TM_MSG_ZDATA = 21,      /* a DATA packet with compressed page data (compression agreed) */
 	TM_MSG_DELTA = 22,      /* re-sent pages as deltas against the copy sent last */
 	TM_MSG_DELTA_NACK = 23, /* r->s: pages of a DELTA whose base the receiver refused */
+	TM_MSG_CTL_RESUME = 24, /* a reconnected control connection: secret, messages received */
+	TM_MSG_CTL_POS = 25,    /* control: the ordered control messages this side received */
 } tm_msg_type;
 
 #define TM_MSG_LAST_V1 TM_MSG_ERROR
-#define TM_MSG_LAST_V2 TM_MSG_DELTA_NACK
+#define TM_MSG_LAST_V2 TM_MSG_CTL_POS
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

@@ -2,8 +2,8 @@
 /*
  * Fuzzes what a channel does with any message: the frame header (before and after the
  * handshake, as a protocol 1 peer, a protocol 2 session and a handshake serving both), then the
- * body of the control, HELLO_ACK, RESUME, RESUME_ACK, DELTA_NACK and ERROR messages in the frame's protocol. HELLO and DATA
- * bodies have targets of their own.
+ * body of the control, HELLO_ACK, RESUME, RESUME_ACK, CTL_RESUME, CTL_POS, DELTA_NACK and ERROR
+ * messages in the frame's protocol. HELLO and DATA bodies have targets of their own.
  */
 #include <glib.h>
 
@@ -80,6 +80,20 @@ static void decode_body(const tm_frame *f, const uint8_t *body)
 			for (uint32_t i = 0; i < count; i++)
 				g_assert_cmpuint(pages[i], <, s.blocks[block].npages);
 		}
+		break;
+	}
+	case TM_MSG_CTL_RESUME: {
+		uint64_t token = 0, received = 0;
+		if (tm_ctl_resume_decode(body, f->body_len, &token, &received, &error) < 0)
+			g_assert_nonnull(error);
+		else
+			g_assert_cmpuint(token, !=, 0);
+		break;
+	}
+	case TM_MSG_CTL_POS: {
+		uint64_t received = 0;
+		if (tm_ctl_pos_decode(body, f->body_len, &received, &error) < 0)
+			g_assert_nonnull(error);
 		break;
 	}
 	case TM_MSG_ERROR:

@@ -20,10 +20,14 @@ static void one(const uint8_t *data, size_t size, uint8_t version)
 	if (version == TM_WIRE_VERSION_1)
 		g_assert_true(h.role == 0 && h.epoch == 0);
 	else
-		/* A non-zero epoch is a data channel's reconnect, with RESUME agreed (resume). */
+		/* A non-zero epoch is a reconnect, with RESUME agreed: a data channel's, or the
+		 * control connection's with RESUME_CONTROL too (resume). */
 		g_assert_true(h.role < TM_ROLE_COUNT &&
 			      (h.epoch == 0 ||
-			       (h.role == TM_ROLE_DATA && (h.features & TM_FEATURE_RESUME))));
+			       (h.role == TM_ROLE_DATA && (h.features & TM_FEATURE_RESUME)) ||
+			       (h.role == TM_ROLE_CONTROL &&
+				(h.features & TM_FEATURE_RESUME_CONTROL) &&
+				(h.features & TM_FEATURE_RESUME))));
 	g_assert_cmpuint(tm_hello_body_len(&h), ==, size);
 	g_autofree uint8_t *again = g_malloc(size);
 	tm_hello_encode(&h, again);

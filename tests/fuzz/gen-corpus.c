@@ -111,6 +111,17 @@ static void gen_hello(void)
 	h.role = TM_ROLE_CONTROL;
 	g_autofree uint8_t *ctl = hello_body(&h, &len);
 	put("hello", "v2-valid-control", ctl, len);
+	/* A control reconnect (RESUME_CONTROL): epoch 1; without the feature bit it is refused. */
+	h.features |= TM_FEATURE_RESUME | TM_FEATURE_RESUME_CONTROL;
+	h.epoch = 1;
+	if (tm_hello_check(&h, NULL) < 0)
+		g_error("v2 control reconnect hello invalid");
+	g_autofree uint8_t *ctl_re = hello_body(&h, &len);
+	put("hello", "v2-valid-control-reconnect", ctl_re, len);
+	put_mut("hello", "v2-control-reconnect-no-feature", ctl_re, len, 20,
+		(uint8_t)(h.features & ~TM_FEATURE_RESUME_CONTROL));
+	h.features &= ~(TM_FEATURE_RESUME | TM_FEATURE_RESUME_CONTROL);
+	h.epoch = 0;
 	h.role = TM_ROLE_URGENT;
 	g_autofree uint8_t *urg = hello_body(&h, &len);
 	put("hello", "v2-valid-urgent", urg, len);
@@ -201,6 +212,14 @@ static void gen_frame(void)
 	put("frame", "v2-valid-RESUME_ACK", buf, n);
 	put_mut("frame", "v2-resume-ack-flags", buf, n, 16 + 32, 2);
 	put_mut("frame", "v2-resume-ack-reserved", buf, n, 16 + 36, 1);
+	/* Resume of the control connection: CTL_RESUME and CTL_POS, valid and not. */
+	n = tm_ctl_resume_encode(buf, 1, 0x0123456789abcdefull, 2);
+	put("frame", "v2-valid-CTL_RESUME", buf, n);
+	n = tm_ctl_resume_encode(buf, 1, 0, 2);
+	put("frame", "v2-ctl-resume-token-0", buf, n);
+	n = tm_ctl_pos_encode(buf, 0, 1);
+	put("frame", "v2-valid-CTL_POS", buf, n);
+	put_mut("frame", "v2-ctl-pos-type-26", buf, n, 5, 26);
 	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0, 0, 0 };
 	n = tm_hello_ack_encode(buf, 0, &ack1);
 	put("frame", "v2-valid-HELLO_ACK-no-postcopy", buf, n);

@@ -583,40 +583,6 @@ static void test_cut_without_resume(void)
 	guest_fini(&dst);
 }
 
-/* The control connection is not resumed: its cut fails both sides, which say so. */
-static void test_cut_control(void)
-{
-	guest src, dst;
-	peer p;
-	cut_proxy px;
-	g_autoptr(GError) err = NULL;
-
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	tm_sender *s = sender_new(&src, 3, NULL);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
-	queue_all(s);
-	proxy_arm(&px, 1, 0);
-	int r = tm_sender_sync(s, &err);
-	if (r == 0)
-		r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	g_assert_cmpint(r, <, 0);
-	g_assert_cmpint(p.ret, <, 0);
-	g_test_message("sender: %s", err->message);
-	g_test_message("receiver: %s", p.error->message);
-	g_assert_true(strstr(err->message, "control connection is not resumed") ||
-		      strstr(p.error->message, "control connection is not resumed"));
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
-}
-
 /* The proxy refuses every reconnect: the sender gives up after its deadline, naming the channel. */
 static void test_resume_deadline(void)
 {
@@ -748,7 +714,7 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
 	tm_ram_layout_block(g->layout, 0, &bi);
 	const fake_hello h = { .version = 2, .channel_count = (uint16_t)channels,
 			       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
-					   (urgent ? TM_FEATURE_POSTCOPY : 0),
+					   TM_FEATURE_RESUME_CONTROL | (urgent ? TM_FEATURE_POSTCOPY : 0),
 			       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
 			       .chunk_size = 2u << 20, .block = { "pc.ram", RAM, 4096 },
 			       .guest_base = bi.guest_base, .id = id };
@@ -867,7 +833,6 @@ int main(int argc, char **argv)
 		{ "resume/cut-corked", test_cut_corked, false },
 		{ "resume/off", test_cut_without_resume, false },
 		{ "resume/deadline", test_resume_deadline, false },
-		{ "resume/control-cut", test_cut_control, false },
 		{ "resume/cancel-while-resuming", test_cancel_while_resuming, false },
 		{ "resume/hijack-refused", test_hijack_refused, false },
 		{ "resume/urgent-refused", test_urgent_reconnect_refused, false },

@@ -65,6 +65,8 @@ static void test_frame_v2_max_body(void)
 static void test_frame_v2_round_trip(void)
 {
 	for (uint8_t type = TM_MSG_HELLO; type <= TM_MSG_LAST_V2; type++) {
+		if (type == 22 || type == 23) /* gaps in the table */
+			continue;
 		uint8_t buf[TM_FRAME_HDR_LEN];
 		uint32_t max = tm_frame_max_body(TM_WIRE_VERSION_2, type, TM_PACKET_SIZE_DEFAULT);
 		tm_frame f;
@@ -235,7 +237,7 @@ static const hello_mutation hello_v2_mutations[] = {
 	{ 31, 1, 0x80, EBADMSG, "reserved bytes at offset 29 are 0x800000" },
 	{ 44, 4, 1, EPROTO, "epoch 1 without the RESUME feature" },
 	{ 44, 4, 0x80000000u, EPROTO, "without the RESUME feature" },
-	{ 20, 4, 0xb, EBADMSG, "reserved bits 0x00000008" },
+	{ 20, 4, 0x17, EBADMSG, "reserved bits 0x00000010" },
 	{ 20, 4, 0x7, 0, "" },  /* RESUME, epoch 0: a session's first connection */
 	{ 20, 4, 0x80000003u, EBADMSG, "reserved bits 0x80000000" },
 	{ 16, 2, 4, ERANGE, "channel_id 4 out of range" },
@@ -373,7 +375,7 @@ static void test_hello_ack_v2(void)
 		int errnum;
 		const char *substr;
 	} bad[] = {
-		{ 0, 4, 0xb, 3, EBADMSG, "HELLO_ACK: features 0x0000000b has reserved bits 0x00000008" },
+		{ 0, 4, 0x17, 3, EBADMSG, "HELLO_ACK: features 0x00000017 has reserved bits 0x00000010" },
 		{ 0, 4, 0x7, 3, EPROTO, "accept RESUME, which was not offered (offered 0x00000003)" },
 		{ 0, 4, 0x80000003u, 3, EBADMSG, "reserved bits 0x80000000" },
 		{ 0, 4, 0x3, 1, EPROTO, "accept POSTCOPY, which was not offered (offered 0x00000001)" },

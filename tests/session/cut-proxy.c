@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: MIT */
+/* The resume tests' cutting proxy (cut-proxy.h). */
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "cut-proxy.h"
+#include "transport/transport.h"
+
+/* Where frames start in one direction of a forwarded connection (plaintext). */
+typedef struct fparse {
+	uint8_t hdr[TM_FRAME_HDR_LEN];
+	unsigned hlen;
+	uint64_t left; /* body bytes of the current frame still to pass */
+} fparse;
+
+/*
+ * Moves fp over buf[0..n): the offset at which a frame of type starts (its header wholly in
+ * buf), or -1 when none does.
+ */
+static ssize_t find_frame(fparse *fp, const uint8_t *buf, size_t n, uint8_t type)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		if (fp->left) {
+			size_t k = MIN(fp->left, (uint64_t)(n - i));
+			fp->left -= k;
+			i += k;
+			continue;
+		}
+		bool whole = fp->hlen == 0;
+		size_t k = MIN(TM_FRAME_HDR_LEN - fp->hlen, n - i);
+		memcpy(fp->hdr + fp->hlen, buf + i, k);
+		fp->hlen += (unsigned)k;
+		i += k;
+		if (fp->hlen < TM_FRAME_HDR_LEN)
+			break;
+		fp->hlen = 0;
+		fp->left = (uint64_t)fp->hdr[8] | (uint64_t)fp->hdr[9] << 8 |
+			   (uint64_t)fp->hdr[10] << 16 | (uint64_t)fp->hdr[11] << 24;
+		if (type && whole && fp->hdr[5] == type)
+			return (ssize_t)(i - TM_FRAME_HDR_LEN);
+	}
+	return -1;
+}
+
+
+void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->cut_at = p->fwd[conn] + more_bytes;
+	g_mutex_unlock(&p->lock);
+}
+
+void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->cut_before = type;
+	p->from_sender = from_sender;
+	g_mutex_unlock(&p->lock);
+}
+
+unsigned proxy_cuts(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	unsigned n = p->cuts;
+	g_mutex_unlock(&p->lock);
+	return n;
+}
+
+static void cut(cut_proxy *p, int *sfd, int *rfd)
+{
+	if (*sfd >= 0)
+		close(*sfd);
+	if (*rfd >= 0)
+		close(*rfd);
+	*sfd = *rfd = -1;
+	g_mutex_lock(&p->lock);
+	p->cut_conn = -1;
+	p->cut_before = 0;
+	p->cuts++;
+	g_mutex_unlock(&p->lock);
+}
+
+static gpointer proxy_thread(gpointer data)
+{
+	cut_proxy *p = data;
+	int sfd[MAXP], rfd[MAXP];
+	fparse fp[MAXP][2];
+	uint8_t buf[65536];
+	unsigned n = 0;
+
+	for (;;) {
+		struct pollfd pfd[2 * MAXP + 1];
+		unsigned map[2 * MAXP + 1], np = 0;
+		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
+		for (unsigned i = 0; i < n; i++) {
+			if (sfd[i] >= 0) {
+				map[np] = 2 * i;
+				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
+			}
+			if (rfd[i] >= 0) {
+				map[np] = 2 * i + 1;
+				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
+			}
+		}
+		poll(pfd, np, 20);
+		g_mutex_lock(&p->lock);
+		bool stop = p->stop;
+		int c = p->cut_conn;
+		bool due = c >= 0 && (unsigned)c < n && !p->cut_before && p->fwd[c] >= p->cut_at;
+		g_mutex_unlock(&p->lock);
+		if (stop)
+			break;
+		if (due) {
+			cut(p, &sfd[c], &rfd[c]);
+			continue;
+		}
+		if (pfd[0].revents & POLLIN) {
+			int fd = accept(p->listen_fd, NULL, NULL);
+			g_mutex_lock(&p->lock);
+			bool refuse = p->refuse_after && p->cuts > 0;
+			p->refused += refuse;
+			g_mutex_unlock(&p->lock);
+			if (fd >= 0 && (refuse || n == MAXP)) {
+				close(fd);
+			} else if (fd >= 0) {
+				sfd[n] = fd;
+				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
+				memset(fp[n], 0, sizeof(fp[n]));
+				n++;
+				g_mutex_lock(&p->lock);
+				p->accepted = n;
+				g_mutex_unlock(&p->lock);
+			}
+		}
+		for (unsigned k = 1; k < np; k++) {
+			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			unsigned i = map[k] / 2;
+			bool from_sender = map[k] % 2 == 0;
+			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
+			if (from < 0)
+				continue;
+			ssize_t got = recv(from, buf, sizeof(buf), 0);
+			if (got <= 0) {
+				/* One side closed: pass the close on, both ways. */
+				close(sfd[i]);
+				close(rfd[i]);
+				sfd[i] = rfd[i] = -1;
+				continue;
+			}
+			g_mutex_lock(&p->lock);
+			uint8_t type = p->cut_conn == (int)i && p->from_sender == from_sender
+					       ? p->cut_before : 0;
+			g_mutex_unlock(&p->lock);
+			ssize_t at = find_frame(&fp[i][!from_sender], buf, (size_t)got, type);
+			size_t pass = at >= 0 ? (size_t)at : (size_t)got;
+			if (to >= 0 && pass)
+				(void)!send(to, buf, pass, MSG_NOSIGNAL);
+			if (from_sender) {
+				g_mutex_lock(&p->lock);
+				p->fwd[i] += pass;
+				g_mutex_unlock(&p->lock);
+			}
+			if (at >= 0)
+				cut(p, &sfd[i], &rfd[i]);
+		}
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if (sfd[i] >= 0)
+			close(sfd[i]);
+		if (rfd[i] >= 0)
+			close(rfd[i]);
+	}
+	return NULL;
+}
+
+char *proxy_start(cut_proxy *p, const char *port)
+{
+	unsigned pport = 0;
+	memset(p, 0, sizeof(*p));
+	g_mutex_init(&p->lock);
+	p->cut_conn = -1;
+	p->port = port;
+	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
+	return g_strdup_printf("%u", pport);
+}
+
+void proxy_stop(cut_proxy *p)
+{
+	g_mutex_lock(&p->lock);
+	p->stop = true;
+	g_mutex_unlock(&p->lock);
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+	g_mutex_clear(&p->lock);
+}
+

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A TCP proxy for resume tests: forwards every connection between a sender and a receiver and
+ * cuts one (closes both of its sockets) once a number of bytes went through it, or right before
+ * a frame of a given type (plaintext only: it reads frame headers), and can refuse every
+ * connection after the cut. Shared by test-resume-control.c and test-resume-attach.c.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <glib.h>
+
+#define MAXP 32
+
+typedef struct cut_proxy {
+	int listen_fd;
+	const char *port;
+	GThread *thread;
+	GMutex lock;
+	/* protected by lock */
+	int cut_conn;        /* accept index to cut, -1: none (tm_sender_connect(): 0 data 0,
+	                      * 1 control, k + 1 data k) */
+	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
+	uint8_t cut_before;  /* plaintext: ... instead, right before a frame of this type */
+	bool from_sender;    /* ... sent by the sender (else by the receiver) */
+	bool refuse_after;   /* after the cut, new connections are closed at once */
+	bool stop;
+	unsigned cuts, accepted, refused;
+	uint64_t fwd[MAXP];
+} cut_proxy;
+
+/* Starts a proxy to the receiver at 127.0.0.1:port; returns the proxy's port (g_free it). */
+char *proxy_start(cut_proxy *p, const char *port);
+void proxy_stop(cut_proxy *p);
+/* Cuts connection conn (accept index) once more_bytes more went from the sender through it. */
+void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes);
+/* Cuts connection conn right before a frame of type from the sender (or the receiver). */
+void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender);
+unsigned proxy_cuts(cut_proxy *p);

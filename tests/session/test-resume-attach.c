@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Resume in attach mode (docs/api.md, "Resume"; tm_live_config.reconnect): sender and receiver
+ * run on sockets the "VMM" (this test) connected and accepted itself, through a proxy that cuts
+ * one connection. With the reconnect hook on both sides (the sender's connects to the proxy, the
+ * receiver's accepts on its own listener) a cut data channel and a cut control connection are
+ * resumed: both complete bit-exact and count the reconnect. Without the hook the cut fails the
+ * session as before. Every backend pair, plaintext and TLS.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cut-proxy.h"
+#include "session-fixture.h"
+#include "transport/transport.h"
+
+#define RAM (16u << 20)
+#define CHANNELS 3u
+#define CONTROL_CONN 1 /* the proxy's index of the control connection (setup order) */
+static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
+
+typedef struct vmm {
+	const char *proxy_port; /* the sender's side dials here */
+	int listen_fd;          /* the receiver's side accepts here */
+	unsigned dialed, accepted; /* reconnects the hooks handed over (atomics) */
+} vmm;
+
+static int sender_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	vmm *v = opaque;
+	g_autoptr(GError) err = NULL;
+	int fd = tm_net_connect("127.0.0.1", v->proxy_port, timeout_ms, -1, &err);
+	if (fd >= 0)
+		__atomic_add_fetch(&v->dialed, 1, __ATOMIC_RELAXED);
+	return fd;
+}
+
+static int receiver_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	vmm *v = opaque;
+	struct pollfd p = { .fd = v->listen_fd, .events = POLLIN };
+	g_assert_cmpuint(connection, ==, TM_RECONNECT_ANY);
+	if (poll(&p, 1, (int)timeout_ms) <= 0)
+		return -ETIMEDOUT;
+	int fd = accept4(v->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	__atomic_add_fetch(&v->accepted, 1, __ATOMIC_RELAXED);
+	return fd;
+}
+
+typedef struct rside {
+	guest *g;
+	vmm *v;
+	bool hook;
+	tm_receiver *r;
+	GError *error;
+	int ret;
+	GThread *thread;
+} rside;
+
+/* The destination VMM: accepts the session's connections itself, then attach, start, wait. */
+static gpointer receiver_thread(gpointer data)
+{
+	rside *p = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = 20000 };
+	tm_live_config lc = { .size = sizeof(lc) };
+	if (p->hook) {
+		lc.reconnect = receiver_hook;
+		lc.reconnect_opaque = p->v;
+	}
+	int fds[CHANNELS + 1];
+	for (unsigned i = 0; i <= CHANNELS; i++) {
+		fds[i] = accept4(p->v->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		g_assert_cmpint(fds[i], >=, 0);
+	}
+	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_set_live(p->r, &lc, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_attach(p->r, fds, CHANNELS + 1, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
+	while (p->ret >= 0) {
+		p->ret = tm_receiver_wait(p->r, &p->error);
+		if (p->ret != 1)
+			break;
+		tm_state_info info;
+		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
+			g_autofree uint8_t *buf = g_malloc(info.length + 1);
+			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
+			if (p->ret < 0)
+				break;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * One migration in attach mode, connection conn cut 1 MiB into the round (data) or at once
+ * (control). hook: both sides have the reconnect hook. Returns the sender's result.
+ */
+static void attach_cut(int conn, bool hook)
+{
+	guest src, dst;
+	cut_proxy px;
+	vmm v = { 0 };
+	rside p = { 0 };
+	g_autoptr(GError) err = NULL;
+	unsigned port = 0;
+	int r;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	v.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(v.listen_fd, >=, 0);
+	g_autofree char *rport = g_strdup_printf("%u", port);
+	g_autofree char *pport = proxy_start(&px, rport);
+	v.proxy_port = pport;
+	p.g = &dst;
+	p.v = &v;
+	p.hook = hook;
+	p.thread = g_thread_new("receiver", receiver_thread, &p);
+
+	tm_sender *s = NULL;
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .tls_hostname = "127.0.0.1", .channels = CHANNELS,
+				 .timeout_ms = 20000, .packet_size = 64u << 10 };
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 5000 };
+	if (hook) {
+		lc.reconnect = sender_hook;
+		lc.reconnect_opaque = &v;
+	}
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	int fds[CHANNELS + 1];
+	/* In the order the sender sets them up (data 0, control, data 1..: the receiver takes
+	 * them in the order they come, one TLS handshake at a time). */
+	for (unsigned i = 0; i <= CHANNELS; i++) {
+		unsigned idx = i == 0 ? 0 : i == 1 ? CHANNELS : i - 1;
+		fds[idx] = tm_net_connect("127.0.0.1", pport, 5000, -1, NULL);
+		g_assert_cmpint(fds[idx], >=, 0);
+		/* The proxy numbers connections as it accepts them: one at a time, in order. */
+		for (int k = 0; k < 1000; k++) {
+			g_mutex_lock(&px.lock);
+			unsigned n = px.accepted;
+			g_mutex_unlock(&px.lock);
+			if (n > i)
+				break;
+			g_usleep(1000);
+		}
+	}
+	r = tm_sender_attach(s, fds, CHANNELS + 1, &err);
+	if (r < 0)
+		g_test_message("attach: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	proxy_arm(&px, conn, conn == CONTROL_CONN ? 0 : 1u << 20);
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
+	if (r == 0)
+		r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	g_thread_join(p.thread);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	if (hook) {
+		if (r != 0)
+			g_test_message("sender: %s", err->message);
+		g_assert_cmpint(r, ==, 0);
+		if (p.ret != 0)
+			g_test_message("receiver: %s", p.error->message);
+		g_assert_cmpint(p.ret, ==, 0);
+		assert_same(&src, &dst);
+		g_assert_cmpint(tm_receiver_get_live_stats(p.r, &rs), ==, 0);
+		g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
+			       "; hooks: dialed %u, accepted %u",
+			       ss.reconnects, rs.reconnects, v.dialed, v.accepted);
+		g_assert_cmpuint(ss.reconnects, ==, 1);
+		g_assert_cmpuint(rs.reconnects, ==, 1);
+		g_assert_cmpuint(v.dialed, >=, 1);
+		g_assert_cmpuint(v.accepted, >=, 1);
+	} else {
+		/* The old behaviour: nowhere to reconnect, the cut fails the session. */
+		g_assert_cmpint(r, <, 0);
+		g_test_message("sender: %s", err->message);
+		g_assert_cmpint(p.ret, <, 0);
+		g_assert_cmpuint(ss.reconnects, ==, 0);
+	}
+	tm_sender_free(s);
+	tm_receiver_free(p.r);
+	g_clear_error(&p.error);
+	proxy_stop(&px);
+	close(v.listen_fd);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_data_cut(void)
+{
+	attach_cut(3, true); /* data channel 2 */
+}
+
+static void test_control_cut(void)
+{
+	attach_cut(CONTROL_CONN, true);
+}
+
+static void test_without_hook(void)
+{
+	attach_cut(3, false);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "resume-attach/data-cut", test_data_cut, false },
+		{ "resume-attach/control-cut", test_control_cut, false },
+		{ "resume-attach/without-hook", test_without_hook, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}

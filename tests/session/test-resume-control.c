@@ -1,0 +1,439 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Resume of the control connection (docs/wire-format.md, "Resume of the control connection"): a
+ * proxy between sender and receiver cuts the control connection during a round, during a SYNC
+ * wait, during device state, or right before a given control message (END, READY + END_ACK, the
+ * sender's last CTL_POS); the migration completes bit-exact on both sides and both count the
+ * reconnect. A peer without RESUME_CONTROL fails as before and says so; a sender that cannot
+ * come back fails within its deadline, and so does the receiver waiting for it. Every test runs
+ * for each backend pair, plaintext and TLS (session-fixture.c); those that find a message by its
+ * frame header are plaintext only.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "cut-proxy.h"
+#include "session-fixture.h"
+#include "session/resume.h"
+#include "transport/transport.h"
+
+#define CONTROL 1 /* the proxy's accept index of the first control connection */
+
+/* ---- a receiver with live settings, in its own thread ---- */
+typedef struct rpeer {
+	guest *g;
+	tm_live_config live;
+	int listen_fd;
+	tm_receiver *r;
+	GError *error;
+	int ret;
+	const uint8_t *state; /* the device-state section it must read (4 MiB), or NULL */
+	unsigned states;
+	double secs;          /* accept to the end of wait */
+	GThread *thread;
+} rpeer;
+
+#define STATE_LEN (4u << 20)
+
+static gpointer rpeer_thread(gpointer data)
+{
+	rpeer *p = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = 20000 };
+
+	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_set_live(p->r, &p->live, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
+	int64_t t0 = g_get_monotonic_time();
+	if (p->ret >= 0)
+		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
+	while (p->ret >= 0) {
+		p->ret = tm_receiver_wait(p->r, &p->error);
+		if (p->ret != 1)
+			break;
+		tm_state_info info;
+		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
+			g_autofree uint8_t *buf = g_malloc(info.length + 1);
+			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
+			if (p->ret < 0)
+				break;
+			p->states++;
+			g_assert_nonnull(p->state);
+			g_assert_cmpuint(info.length, ==, STATE_LEN);
+			g_assert_true(memcmp(buf, p->state, STATE_LEN) == 0);
+		}
+	}
+	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	return NULL;
+}
+
+static char *rpeer_start(rpeer *p, guest *g, uint32_t resume_deadline_ms)
+{
+	unsigned port = 0;
+	memset(p, 0, sizeof(*p));
+	p->g = g;
+	p->live = (tm_live_config){ .size = sizeof(p->live),
+				    .resume_deadline_ms = resume_deadline_ms };
+	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("receiver", rpeer_thread, p);
+	return g_strdup_printf("%u", port);
+}
+
+static void rpeer_join(rpeer *p)
+{
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+}
+
+static void rpeer_free(rpeer *p)
+{
+	tm_receiver_free(p->r);
+	g_clear_error(&p->error);
+}
+
+/* ---- the migration ---- */
+#define RAM (16u << 20)
+static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
+
+typedef struct run {
+	guest src, dst;
+	rpeer p;
+	cut_proxy px;
+	char *port, *pport;
+	tm_sender *s;
+	GError *err;
+	int r;
+	uint8_t *state;
+} run;
+
+static void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms)
+{
+	g_autoptr(GError) err = NULL;
+
+	memset(t, 0, sizeof(*t));
+	guest_init(&t->src, spec, 1, true);
+	guest_init(&t->dst, spec, 1, true);
+	guest_fill(&t->src);
+	t->port = rpeer_start(&t->p, &t->dst, recv_deadline_ms);
+	t->pport = proxy_start(&t->px, t->port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000, .packet_size = 64u << 10 };
+	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
+	if (lc)
+		g_assert_cmpint(tm_sender_set_live(t->s, lc, &err), ==, 0);
+}
+
+static int run_connect(run *t)
+{
+	return tm_sender_connect(t->s, "127.0.0.1", t->pport, &t->err);
+}
+
+static int queue_all(run *t)
+{
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	return tm_sender_queue_bitmap(t->s, 0, bm, 0, np, &t->err);
+}
+
+static void run_end(run *t)
+{
+	tm_sender_free(t->s);
+	rpeer_free(&t->p);
+	proxy_stop(&t->px);
+	guest_fini(&t->src);
+	guest_fini(&t->dst);
+	g_free(t->port);
+	g_free(t->pport);
+	g_free(t->state);
+	g_clear_error(&t->err);
+}
+
+/* Both sides completed, the copy is exact, each counted `reconnects` control reconnects (the
+ * data channels had none) and every page was applied exactly once. */
+static void assert_resumed(run *t, uint64_t reconnects)
+{
+	if (t->r != 0)
+		g_test_message("sender: %s", t->err->message);
+	g_assert_cmpint(t->r, ==, 0);
+	if (t->p.ret != 0)
+		g_test_message("receiver: %s", t->p.error->message);
+	g_assert_cmpint(t->p.ret, ==, 0);
+	assert_same(&t->src, &t->dst);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(t->s, &ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(t->p.r, &rs), ==, 0);
+	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT,
+		       ss.reconnects, rs.reconnects);
+	g_assert_cmpuint(ss.reconnects, ==, reconnects);
+	g_assert_cmpuint(rs.reconnects, ==, reconnects);
+	g_assert_cmpuint(rs.resume_refused, ==, 0);
+	g_assert_cmpuint(ss.phase, ==, TM_PHASE_COMPLETE);
+	tm_stats st;
+	tm_receiver_get_stats(t->p.r, &st);
+	g_assert_cmpuint(st.pages, ==, RAM / 4096);
+}
+
+/* The control connection is cut while the first round is sent; sync and finish complete. */
+static void test_cut_in_round(void)
+{
+	run t;
+
+	run_start(&t, NULL, 0);
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	proxy_arm(&t.px, CONTROL, 0);
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(&t, 1);
+	run_end(&t);
+}
+
+static gpointer arm_later(gpointer data)
+{
+	cut_proxy *px = data;
+	g_usleep(300000);
+	proxy_arm(px, CONTROL, 0);
+	return NULL;
+}
+
+/*
+ * A round at 8 MiB/s takes 2 s; 300 ms into tm_sender_sync() the control connection is cut. The
+ * SYNC wait survives it: the round is acknowledged, then the migration finishes.
+ */
+static void test_cut_in_sync_wait(void)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .rate_limit = 8u << 20 };
+
+	run_start(&t, &lc, 0);
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	GThread *th = g_thread_new("arm", arm_later, &t.px);
+	t.r = tm_sender_sync(t.s, &t.err);
+	g_thread_join(th);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1); /* during the wait, not after it */
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	assert_resumed(&t, 1);
+	run_end(&t);
+}
+
+/* RAM acknowledged, guest stopped; the control connection is cut as 4 MiB of device state go. */
+static void test_cut_in_state(void)
+{
+	run t;
+
+	run_start(&t, NULL, 0);
+	t.state = g_malloc(STATE_LEN);
+	for (size_t i = 0; i < STATE_LEN / 8; i++)
+		((uint64_t *)t.state)[i] = rnd();
+	t.p.state = t.state;
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(tm_sender_sync(t.s, &t.err), ==, 0);
+	g_assert_cmpint(tm_sender_guest_stopped(t.s, &t.err), ==, 0);
+	proxy_arm(&t.px, CONTROL, 0);
+	t.r = tm_sender_put_state(t.s, "dev", t.state, STATE_LEN, 0, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	assert_resumed(&t, 1);
+	run_end(&t);
+}
+
+/*
+ * The control connection breaks right before a control message at the end, which is lost with
+ * it: the sender's END, or the receiver's READY and END_ACK (one segment). The reconnect's
+ * counts say what is missing, and only that is sent again.
+ */
+static void message_lost(uint8_t type, bool from_sender)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the message by its frame header: plaintext only");
+		return;
+	}
+	run_start(&t, NULL, 0);
+	proxy_arm_frame(&t.px, CONTROL, type, from_sender);
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(&t, 1);
+	run_end(&t);
+}
+
+static void test_end_lost(void)
+{
+	message_lost(TM_MSG_END, true);
+}
+
+static void test_end_ack_lost(void)
+{
+	message_lost(TM_MSG_READY, false);
+}
+
+/*
+ * The sender's CTL_POS after END_ACK is lost: the sender has its END_ACK and is done; the
+ * receiver waits its resume deadline (1.5 s) for a reconnect that does not come, then ends with
+ * success anyway (everything was applied and checked before its END_ACK).
+ */
+static void test_last_pos_lost(void)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the message by its frame header: plaintext only");
+		return;
+	}
+	run_start(&t, NULL, 1500);
+	proxy_arm_frame(&t.px, CONTROL, TM_MSG_CTL_POS, true);
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	g_test_message("receiver ended after %.2f s", t.p.secs);
+	g_assert_cmpfloat(t.p.secs, >=, 1.5);
+	assert_resumed(&t, 0);
+	run_end(&t);
+}
+
+/*
+ * A peer without RESUME_CONTROL (an earlier version: the test hook stands for it): the control
+ * cut fails both sides as before, and the error says the control connection is not resumed.
+ */
+static void without_feature(int which)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	run t;
+
+	tm_ctl_resume_test_without(which);
+	run_start(&t, NULL, 0);
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	proxy_arm(&t.px, CONTROL, 0);
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	tm_ctl_resume_test_without(0);
+	g_assert_cmpint(t.r, <, 0);
+	g_assert_cmpint(t.p.ret, <, 0);
+	g_test_message("sender: %s", t.err->message);
+	g_test_message("receiver: %s", t.p.error->message);
+	g_assert_true(strstr(t.err->message, "control connection is not resumed") ||
+		      strstr(t.p.error->message, "control connection is not resumed"));
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(t.s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	run_end(&t);
+#else
+	g_test_skip("needs -Dtest_hooks=true (a peer without RESUME_CONTROL)");
+#endif
+}
+
+static void test_receiver_without(void)
+{
+	without_feature(TM_CTL_RESUME_TEST_NO_ACCEPT);
+}
+
+static void test_sender_without(void)
+{
+	without_feature(TM_CTL_RESUME_TEST_NO_OFFER);
+}
+
+/*
+ * The proxy refuses every connection after the cut: the sender gives up after its deadline
+ * (1 s), naming the control connection; the receiver after its own (3 s).
+ */
+static void test_deadline(void)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+
+	run_start(&t, &lc, 3000);
+	t.px.refuse_after = true;
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(queue_all(&t), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	proxy_arm(&t.px, CONTROL, 0);
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rpeer_join(&t.p);
+	g_assert_cmpint(t.r, <, 0);
+	g_test_message("sender (%.1f s): %s", secs, t.err->message);
+	g_assert_nonnull(strstr(t.err->message, "control: could not resume within"));
+	g_assert_cmpfloat(secs, <, 10.0);
+	g_assert_cmpuint(t.px.refused, >, 0);
+	g_assert_cmpint(t.p.ret, <, 0);
+	g_test_message("receiver (%.1f s): %s", t.p.secs, t.p.error->message);
+	g_assert_cmpfloat(t.p.secs, <, 15.0);
+	run_end(&t);
+}
+
+/*
+ * A cut during setup (docs/wire-format.md, "Setup"): data channel 2 breaks right before its
+ * HELLO_ACK, after the receiver agreed the session (the other connections' HELLO_ACKs carry the
+ * secret). tm_sender_connect() succeeds; the channel's worker resumes it at its first I/O.
+ */
+static void test_setup_cut(void)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the message by its frame header: plaintext only");
+		return;
+	}
+	run_start(&t, NULL, 0);
+	proxy_arm_frame(&t.px, 3, TM_MSG_HELLO_ACK, false); /* data 0, control, data 1, data 2 */
+	t.r = run_connect(&t);
+	if (t.r == 0)
+		t.r = queue_all(&t);
+	if (t.r == 0)
+		t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(&t, 1);
+	run_end(&t);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "resume-control/cut-in-round", test_cut_in_round, false },
+		{ "resume-control/cut-in-sync-wait", test_cut_in_sync_wait, false },
+		{ "resume-control/cut-in-state", test_cut_in_state, false },
+		{ "resume-control/end-lost", test_end_lost, false },
+		{ "resume-control/end-ack-lost", test_end_ack_lost, false },
+		{ "resume-control/last-pos-lost", test_last_pos_lost, false },
+		{ "resume-control/receiver-without", test_receiver_without, false },
+		{ "resume-control/sender-without", test_sender_without, false },
+		{ "resume-control/deadline", test_deadline, false },
+		{ "resume-setup/hello-ack-lost", test_setup_cut, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
