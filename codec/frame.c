@@ -241,8 +241,7 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint8_t version, uint32_t pa
 	}
 	uint8_t type = buf[5];
 	uint8_t last = v == TM_WIRE_VERSION_1 ? TM_MSG_LAST_V1 : TM_MSG_LAST_V2;
-	/* 22 and 23 are gaps in the version 2 table (docs/wire-format.md). */
-	if (type < TM_MSG_HELLO || type > last || type == 22 || type == 23) {
+	if (type < TM_MSG_HELLO || type > last) {
 		g_set_error(error, TM_ERROR, EBADMSG,
 			    "frame header: unknown message type %u in protocol %u", type, v);
 		return -EBADMSG;
