@@ -221,7 +221,9 @@ static void test_round_trips(void)
 	g_assert_cmpint(sync_us[SYNCS / 2], <, rtt * 3 / 2);
 	g_assert_cmpint(finish_us, >=, rtt);
 	/* TLS too: the sender's close_notify follows END, so the receiver's close waits for nothing. */
-	g_assert_cmpint(finish_us, <, rtt + MAX(rtt / 2, sync_us[SYNCS / 2] / 2));
+	/* A second round trip takes finish to 2 rtt; 3/4 rtt of slack absorbs a loaded machine's
+	 * scheduling (one failed at rtt + rtt / 2 under load 17). */
+	g_assert_cmpint(finish_us, <, rtt + MAX(rtt * 3 / 4, sync_us[SYNCS / 2] / 2));
 	guest_fini(&src);
 	guest_fini(&dst);
 }
