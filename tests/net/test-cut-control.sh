@@ -27,8 +27,8 @@ net_test_begin "cut-control-$CASE"
 cut_quietest() { # PORT
 	# Once all five connections stream (the busiest past 1 MiB), retried until a kill took:
 	# `ss -K` exits 0 when its filter matched nothing.
-	local sport try killed
-	for try in $(seq 1 30); do
+	local sport killed
+	for _ in $(seq 1 30); do
 		sleep 0.2
 		sport=$(tm_in_a ss -tni "dport = :$1" | awk '
 			/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++ }

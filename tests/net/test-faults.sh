@@ -56,8 +56,8 @@ cut | cut-tls)
 	cut_busiest() { # PORT
 		# Retried until a kill took: under load the sender may not be streaming yet at the
 		# first look, and `ss -K` exits 0 when its filter matched nothing (or the socket went).
-		local sport try killed
-		for try in $(seq 1 30); do
+		local sport killed
+		for _ in $(seq 1 30); do
 			sleep 0.2
 			sport=$(tm_in_a ss -tni "dport = :$1" | awk '
 				/^ESTAB/ { split($4, a, ":"); port = a[length(a)] }
