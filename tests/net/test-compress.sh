@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 #
 # Compression on the wire (issue 15) across tests/net's link and on loopback, with the CLI:
-#   slow       100mbit,2ms; 24 MiB of compressible RAM (tm-gen-image text) and tags over 4
+#   slow       100mbit,2ms; 48 MiB of compressible RAM (tm-gen-image text) and tags over 4
 #              channels: --compress auto is at least 1.5x as fast as --compress none, byte-exact,
 #              and its JSON shows compressed packets and a ratio below 0.6
 #   loss       1gbit,5ms,loss=0.1%: lz4, zstd:3 and auto each migrate 32 MiB byte-exact, and the
@@ -40,15 +40,15 @@ slow)
 	NET_IMAGE=text
 	tm_link_up "100mbit,2ms" || fail "link"
 	NET_SEND_ARGS=(--compress none)
-	net_migrate $((24 << 20)) 4 120
+	net_migrate $((48 << 20)) 4 120
 	none_ms=$ELAPSED_MS
 	NET_SEND_ARGS=(--compress auto)
-	net_migrate $((24 << 20)) 4 120
+	net_migrate $((48 << 20)) 4 120
 	auto_ms=$ELAPSED_MS
 	ratio=$(compress_ratio)
 	packets=$(compressed_packets)
 	tm_link_down
-	note "24 MiB of text over 100mbit: none $none_ms ms, auto $auto_ms ms (page data ratio $ratio, $packets packets compressed)"
+	note "48 MiB of text over 100mbit: none $none_ms ms, auto $auto_ms ms (page data ratio $ratio, $packets packets compressed)"
 	[ "$packets" -gt 0 ] || fail "auto compressed no packet on a 100 Mbit/s link: $(cat "$T/send.out")"
 	awk -v r="$ratio" 'BEGIN { exit !(r > 0 && r < 0.6) }' || fail "auto's ratio $ratio, expected below 0.6"
 	[ $((auto_ms * 3)) -le $((none_ms * 2)) ] ||
