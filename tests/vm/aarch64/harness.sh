@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs one test program of tests/vm/aarch64/ inside an emulated arm64 machine with real KVM and MTE,
 # and prints its PASS/FAIL lines as TAP for meson:
-#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate, kvm-uffd, kvm-tag-dirty
+#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate, kvm-uffd, kvm-uffd-move, kvm-tag-dirty
 #                                        or vmm-migrate)
 #
 # 1. Obtains, once, into WORKDIR/cache (kept across runs):
@@ -36,7 +36,7 @@ t_start=$(date +%s)
 . "$src/tests/vm/lib/accel.sh"
 
 case $test in
-kvm-tagstore | kvm-migrate | kvm-uffd | kvm-tag-dirty | vmm-migrate) ;;
+kvm-tagstore | kvm-migrate | kvm-uffd | kvm-uffd-move | kvm-tag-dirty | vmm-migrate) ;;
 *) bail "unknown test '$test'" ;;
 esac
 
