@@ -75,4 +75,38 @@ TM_EXPORT int tm_kvm_mte_place(tm_tag_store *store, int uffd, unsigned block, ui
 			       uint64_t length, const void *data, const uint8_t *tags,
 			       GError **error);
 
+/* UFFD_FEATURE_MOVE of UFFDIO_API (Linux 6.8), whatever the headers know: ask for it when opening
+ * the userfaultfd that tm_kvm_mte_place_move() will use; a kernel without it refuses (EINVAL). */
+#define TM_KVM_MTE_UFFD_FEATURE_MOVE (1ull << 16)
+
+/*
+ * Fills a staging range for tm_kvm_mte_place_move(): copies length bytes of data to staging, then
+ * sets the allocation tag of each 16-byte granule i to the low nibble of tags[i] (STG). staging
+ * must lie in the caller's anonymous private mapping made with PROT_READ | PROT_WRITE | PROT_MTE
+ * (the same protection as guest RAM, which must then be PROT_MTE too), with MADV_NOHUGEPAGE, not
+ * registered with io_uring and not shared with a child process. Thread-safe for disjoint ranges.
+ * Returns 0 or -EINVAL (NULL or not 16-byte aligned); -EOPNOTSUPP without the kvm-mte backend.
+ */
+TM_EXPORT int tm_kvm_mte_stage(void *staging, const void *data, const uint8_t *tags,
+			       uint64_t length, GError **error);
+
+/*
+ * Places [offset, offset + length) of block like tm_kvm_mte_place(), but atomically for every
+ * vCPU, running ones too: the pages prepared at staging (tm_kvm_mte_stage) are moved into guest
+ * RAM with UFFDIO_MOVE, which makes each one present with its data and tags in one step and wakes
+ * the threads blocked on the range. Afterwards the staging range is a hole (writing it again
+ * faults in fresh pages). Needs Linux 6.8+, uffd opened with TM_KVM_MTE_UFFD_FEATURE_MOVE, and
+ * guest RAM mapped PROT_MTE in the VMM (docs/design/postcopy-move.md gives the kernel's rules).
+ *
+ * Same threads rule as tm_kvm_mte_place. Returns 0, or -errno with *error naming block, offset
+ * and the likely reason: -ERANGE (range outside the block), -EINVAL (not a kvm-mte store, staging
+ * misaligned, or the kernel's refusal: no UFFD_FEATURE_MOVE, or the two mappings differ in
+ * protection), -EEXIST (a page already present), -EBUSY (a staging page pinned or shared),
+ * -ENOENT (a staging page never written), -ENOTTY (no UFFDIO_MOVE). Pages before the failing one
+ * are placed. -EOPNOTSUPP on builds without the kvm-mte backend.
+ */
+TM_EXPORT int tm_kvm_mte_place_move(tm_tag_store *store, int uffd, unsigned block,
+				    uint64_t offset, uint64_t length, void *staging,
+				    GError **error);
+
 G_END_DECLS

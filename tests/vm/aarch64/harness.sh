@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs one test program of tests/vm/aarch64/ inside an emulated arm64 machine with real KVM and MTE,
-# and prints its PASS/FAIL lines as TAP for meson:
-#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate, kvm-uffd, kvm-tag-dirty
+# and prints its PASS/FAIL lines as TAP for meson (a program that says "SKIP: why" and exits 77
+# before any check becomes a TAP skip with that reason):
+#   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate, kvm-uffd, kvm-uffd-move, kvm-tag-dirty
 #                                        or vmm-migrate)
 #
 # 1. Obtains, once, into WORKDIR/cache (kept across runs):
@@ -36,7 +37,7 @@ t_start=$(date +%s)
 . "$src/tests/vm/lib/accel.sh"
 
 case $test in
-kvm-tagstore | kvm-migrate | kvm-uffd | kvm-tag-dirty | vmm-migrate) ;;
+kvm-tagstore | kvm-migrate | kvm-uffd | kvm-uffd-move | kvm-tag-dirty | vmm-migrate) ;;
 *) bail "unknown test '$test'" ;;
 esac
 
@@ -216,15 +217,23 @@ note "QEMU $qver ($qemu, $vm_accel), kernel $(basename "$kernel"), packages $((t
 n=0
 fails=0
 result=
+skipped=
 while IFS= read -r l; do
 	case $l in
 	PASS:*) n=$((n + 1)); echo "ok $n - ${l#PASS: }" ;;
 	FAIL:*) n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - ${l#FAIL: }" ;;
 	INFO:*) echo "# ${l#INFO: }" ;;
+	SKIP:*) skipped=${l#SKIP: } ;;
 	"RUNNER: test-$test exit="*) result=${l#RUNNER: test-$test exit=} ;;
 	RUNNER:*) echo "# $l" ;;
 	esac
 done < <(tr -d '\r' <"$console")
+# A program that cannot run on this kernel says "SKIP: why" and exits 77, before any check.
+if [ "${result%% *}" = 77 ] && [ -n "$skipped" ] && [ $n -eq 0 ]; then
+	echo "1..0 # SKIP $skipped"
+	note "total $(($(date +%s) - t_start)) s"
+	exit 0
+fi
 if [ -z "$result" ]; then
 	n=$((n + 1))
 	echo "not ok $n - test-$test gave no result (QEMU exit $qrc: timeout, panic or crash); console tail:"

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Builds without the kvm-mte backend: both entry points refuse with -EOPNOTSUPP and say why. */
+/* Builds without the kvm-mte backend: every entry point refuses with -EOPNOTSUPP and says why. */
 #include <errno.h>
 #include <string.h>
 
@@ -21,6 +21,17 @@ static void test_stub(void)
 			-EOPNOTSUPP);
 	g_assert_error(err, TM_ERROR, EOPNOTSUPP);
 	g_assert_nonnull(strstr(err->message, "KVM_ARM_MTE_COPY_TAGS"));
+	g_clear_error(&err);
+
+	uint8_t staging[4096];
+	g_assert_cmpint(tm_kvm_mte_stage(staging, page, tags, sizeof(page), &err), ==, -EOPNOTSUPP);
+	g_assert_error(err, TM_ERROR, EOPNOTSUPP);
+	g_assert_nonnull(strstr(err->message, "arm64"));
+	g_clear_error(&err);
+	g_assert_cmpint(tm_kvm_mte_place_move(NULL, -1, 0, 0, sizeof(page), staging, &err), ==,
+			-EOPNOTSUPP);
+	g_assert_error(err, TM_ERROR, EOPNOTSUPP);
+	g_assert_nonnull(strstr(err->message, "arm64"));
 }
 
 int main(int argc, char **argv)
