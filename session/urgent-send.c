@@ -42,12 +42,19 @@ typedef struct ret_loop {
 static void sample_inline_wait(tm_sender *s, send_chan *c)
 {
 	int outq = 0;
+	/*
+	 * Under s->lock: a data channel that resumes (resume-send.c) closes its connection and
+	 * puts the new one in c->ch under it, so the fd read here is the channel's, open, and not
+	 * a number reused meanwhile. A channel between the two has fd -1: no sample. The workers
+	 * never take the lock for this; only this thread, once per request.
+	 */
 	g_mutex_lock(&s->lock);
 	int64_t dt = tm_now_us() - s->t_start; /* the channel's throughput over the session */
-	g_mutex_unlock(&s->lock);
 	uint64_t bytes = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED);
+	bool ok = c->ch.fd >= 0 && ioctl(c->ch.fd, SIOCOUTQ, &outq) == 0;
+	g_mutex_unlock(&s->lock);
 
-	if (c->ch.fd < 0 || ioctl(c->ch.fd, SIOCOUTQ, &outq) < 0 || dt <= 0 || bytes == 0)
+	if (!ok || dt <= 0 || bytes == 0)
 		return;
 	tm_histogram_record(&s->pc.inline_wait, (uint64_t)outq * (uint64_t)dt / bytes);
 }
