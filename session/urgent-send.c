@@ -207,8 +207,9 @@ static int run(ret_loop *l, GError **error)
 			return 0;
 		if (tm_io_readable(ch->io)) {
 			int r = one_message(l, error);
-			/* Broken after the switch: reconnected, and asked again (resume-postcopy.c). */
-			if (r < 0 && tm_pcresume_urgent_send(s, &l->win, error) == 0)
+			/* Broken after the switch, before REQ_END was answered: reconnected, and asked
+			 * again, or ended by control's END_ACK (resume-postcopy.c). */
+			if (r < 0 && (r = tm_pcresume_urgent_send(s, &l->win, error)) == 0)
 				continue;
 			if (r != 0)
 				return r;
