@@ -408,16 +408,21 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		g_mutex_unlock(&s->lock);
 		return -code;
 	}
+	bool ended = s->control.ended; /* see the loop */
 	tm_counters st = s->pc.urg.st;
 	shutdown(s->pc.urg.fd, SHUT_RDWR);
 	tm_chan_close(&s->pc.urg);
 	tm_io_counters io_closed = s->pc.urg.io_closed;
 	g_mutex_unlock(&s->lock);
+	if (ended) {
+		g_clear_error(error);
+		return 1;
+	}
 
 	g_autoptr(GError) last = NULL;
 	tm_chan ch = { .fd = -1 };
 	unsigned attempts = 0, backoff = TM_RESUME_BACKOFF_FIRST_MS;
-	bool final = false, done = false, quit = false, ended = false;
+	bool final = false, done = false, quit = false;
 	for (;;) {
 		g_clear_error(&last);
 		attempts++;
