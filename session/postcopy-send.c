@@ -519,6 +519,9 @@ int tm_sender_pc_await_end_locked(tm_sender *s)
 	/* Agreed, the urgent connection ends with REQ_END / END_ACK, in precopy too (REQ_END 0). */
 	if (!s->pc.agreed)
 		return 0;
+	/* Control ended: a reconnect of the urgent connection under way ends now (its REQ_END
+	 * was lost in the break; resume-postcopy.c). */
+	tm_pcresume_urgent_wake(s);
 	while (!s->quit && !s->pc.urg_ended && !s->pc.urg_exited)
 		g_cond_wait(&s->cond, &s->lock);
 	if (s->pc.urg_ended)

@@ -19,7 +19,9 @@
  * new epoch, RESUME, RESUME_ACK of zeros) and starts over: request ids from 1, no page answered
  * yet on this connection. The receiver's urgent thread waits for it while its vCPUs stay blocked
  * on their faults (nothing is placed without its data and tags), then asks again for every page
- * it had requested and not received.
+ * it had requested and not received. Its end (REQ_END / END_ACK) survives a break without a
+ * hang: after REQ_END the receiver takes a break as the end and answers a later reconnect with
+ * REQ_END at once; the sender stops reconnecting once control's END_ACK came.
  */
 #include <errno.h>
 #include <poll.h>
@@ -407,11 +409,16 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		g_mutex_unlock(&s->lock);
 		return -code;
 	}
+	bool ended = s->control.ended; /* see the loop */
 	tm_counters st = s->pc.urg.st;
 	shutdown(s->pc.urg.fd, SHUT_RDWR);
 	tm_chan_close(&s->pc.urg);
 	tm_io_counters io_closed = s->pc.urg.io_closed;
 	g_mutex_unlock(&s->lock);
+	if (ended) {
+		g_clear_error(error);
+		return 1;
+	}
 
 	g_autoptr(GError) last = NULL;
 	tm_chan ch = { .fd = -1 };
@@ -423,7 +430,10 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		int r = urgent_attempt(s, &ch, deadline, &final, &last);
 		g_mutex_lock(&s->lock);
 		quit = s->quit;
-		if (r == 0 && !quit) {
+		/* The receiver's control END_ACK says its urgent connection ended: it saw REQ_END
+		 * go and asks nothing more (the REQ_END we missed). */
+		ended = s->control.ended;
+		if (r == 0 && !quit && !ended) {
 			s->pc.urg = ch; /* the session's urgent connection, with its counters */
 			s->pc.urg.st = st;
 			s->pc.urg.io_closed = io_closed;
@@ -431,21 +441,27 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		} else if (r == 0) {
 			tm_chan_close(&ch);
 		}
-		if (done || quit || final || tm_now_us() + (int64_t)backoff * 1000 >= deadline) {
+		if (done || quit || ended || final ||
+		    tm_now_us() + (int64_t)backoff * 1000 >= deadline) {
 			g_mutex_unlock(&s->lock);
 			break;
 		}
 		int64_t end = g_get_monotonic_time() + (int64_t)backoff * 1000;
-		while (!s->quit && g_cond_wait_until(&s->cond, &s->lock, end))
+		while (!s->quit && !s->control.ended && g_cond_wait_until(&s->cond, &s->lock, end))
 			;
 		quit = s->quit;
+		ended = s->control.ended;
 		g_mutex_unlock(&s->lock);
-		if (quit)
+		if (quit || ended)
 			break;
 		backoff = MIN(backoff * 2, TM_RESUME_BACKOFF_MAX_MS);
 	}
 	if (quit)
 		return -code; /* another failure or a cancel explains the end */
+	if (ended) {
+		g_clear_error(error);
+		return 1;
+	}
 	if (!done) {
 		int lcode = last ? last->code : ETIMEDOUT;
 		g_clear_error(error);
@@ -535,6 +551,44 @@ static bool stopping(tm_receiver *r)
 	return r->quit || poll(&p, 1, 0) > 0;
 }
 
+/*
+ * r->lock held, pc->urg_ready: the reconnect becomes r->urg (with the counters st, io_closed of
+ * the connections before it) and is answered RESUME_ACK. Returns with r->lock released: 0, or
+ * -errno when that one broke too (closed again, its counters back in *st, *io_closed).
+ */
+static int take_pending(tm_receiver *r, tm_counters *st, tm_io_counters *io_closed)
+{
+	tm_pc_recv *pc = r->pc;
+
+	r->urg = pc->urg_pending;
+	r->urg.st = *st;
+	r->urg.io_closed = *io_closed;
+	pc->urg_ready = false;
+	g_mutex_unlock(&r->lock);
+
+	tm_resume_pos pos = { 0 }; /* the urgent connection applies nothing in order */
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_RESUME_ACK_LEN];
+	size_t n = tm_resume_ack_encode(buf, r->urg.tx_seq++, &pos);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	g_autoptr(GError) local = NULL;
+	int ret = tm_chan_send(&r->urg, &v, 1, n, &local);
+	if (ret < 0) {
+		g_mutex_lock(&r->lock);
+		*st = r->urg.st;
+		tm_chan_close(&r->urg);
+		*io_closed = r->urg.io_closed;
+		g_mutex_unlock(&r->lock);
+		return ret;
+	}
+	tm_chan_set_timeout(&r->urg, 0); /* as tm_pc_urgent_start: only messages are timed */
+	int sz = URGENT_SOCKBUF;
+	(void)setsockopt(r->urg.fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+	(void)setsockopt(r->urg.fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	(void)tm_net_keepalive(r->urg.fd, r->control.ka_ms ? r->control.ka_ms : 5000, 0);
+	tm_resume_recv_count(r);
+	return 0;
+}
+
 int tm_pcresume_recv_urgent(tm_receiver *r, GError **error)
 {
 	tm_pc_recv *pc = r->pc;
@@ -560,32 +614,39 @@ int tm_pcresume_recv_urgent(tm_receiver *r, GError **error)
 			g_mutex_unlock(&r->lock);
 			return -code;
 		}
-		r->urg = pc->urg_pending;
-		r->urg.st = st;
-		r->urg.io_closed = io_closed;
-		pc->urg_ready = false;
-		g_mutex_unlock(&r->lock);
-
-		tm_resume_pos pos = { 0 }; /* the urgent connection applies nothing in order */
-		uint8_t buf[TM_FRAME_HDR_LEN + TM_RESUME_ACK_LEN];
-		size_t n = tm_resume_ack_encode(buf, r->urg.tx_seq++, &pos);
-		struct iovec v = { .iov_base = buf, .iov_len = n };
-		g_autoptr(GError) local = NULL;
-		if (tm_chan_send(&r->urg, &v, 1, n, &local) == 0)
+		if (take_pending(r, &st, &io_closed) == 0)
 			break;
 		g_mutex_lock(&r->lock); /* that one broke too: wait for the next */
-		st = r->urg.st;
-		tm_chan_close(&r->urg);
-		io_closed = r->urg.io_closed;
 	}
-	tm_chan_set_timeout(&r->urg, 0); /* as tm_pc_urgent_start: only messages are timed */
-	int sz = URGENT_SOCKBUF;
-	(void)setsockopt(r->urg.fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-	(void)setsockopt(r->urg.fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-	(void)tm_net_keepalive(r->urg.fd, r->control.ka_ms ? r->control.ka_ms : 5000, 0);
-	tm_resume_recv_count(r);
 	g_clear_error(error);
 	return 0;
+}
+
+bool tm_pcresume_recv_urgent_ends(tm_receiver *r, const GError *error)
+{
+	return tm_pcresume_recv_urgent_ok(r) && !r->urg.peer_error &&
+	       tm_resume_broken(error->code);
+}
+
+bool tm_pcresume_recv_urgent_late(tm_receiver *r)
+{
+	tm_pc_recv *pc = r->pc;
+
+	g_mutex_lock(&r->lock);
+	if (!pc->urg_ready || stopping(r)) {
+		g_mutex_unlock(&r->lock);
+		return false;
+	}
+	tm_counters st = r->urg.st;
+	if (r->urg.fd >= 0)
+		shutdown(r->urg.fd, SHUT_RDWR);
+	tm_chan_close(&r->urg);
+	tm_io_counters io_closed = r->urg.io_closed;
+	if (take_pending(r, &st, &io_closed) == 0)
+		return true;
+	/* Broke before RESUME_ACK went: the sender tries again (or its control END_ACK ends it);
+	 * r->urg stays closed meanwhile, nothing is read from it. */
+	return false;
 }
 
 void tm_pcresume_recv_free(tm_receiver *r)

@@ -44,10 +44,12 @@ void tm_pcresume_send_free(tm_sender *s);
  * Return thread, its connection failed with *error after the switch: reconnects it (HELLO
  * role urgent with a new epoch, RESUME, RESUME_ACK), resets win (request ids start at 1 on each
  * connection) and forgets which pages were answered: the receiver asks again for what it
- * lacks, each page at most once per connection. 0 (*error cleared) or -errno with *error.
+ * lacks, each page at most once per connection. 0 (*error cleared), 1 (*error cleared) when
+ * the receiver's control END_ACK came meanwhile: its urgent connection ended (it sent REQ_END,
+ * lost in the break), so this one ends too; or -errno with *error.
  */
 int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error);
-/* s->lock held, the session quit: an urgent reconnect under way stops now. */
+/* s->lock held, the session quit or control ended: an urgent reconnect under way stops now. */
 void tm_pcresume_urgent_wake(tm_sender *s);
 
 /* ---- receiver ---- */
@@ -64,4 +66,17 @@ void tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch);
  * -errno with *error.
  */
 int tm_pcresume_recv_urgent(tm_receiver *r, GError **error);
+/*
+ * Urgent thread, its connection failed with *error after it sent REQ_END (nothing outstanding,
+ * nothing more will be asked): whether that ends the connection as END_ACK would. The sender
+ * either read REQ_END (then it answered and will not come back) or it reconnects, and
+ * tm_pcresume_recv_urgent_late() hands that over (docs/wire-format.md, "Resume in postcopy").
+ */
+bool tm_pcresume_recv_urgent_ends(tm_receiver *r, const GError *error);
+/*
+ * Urgent thread, its connection already ended: a reconnect waiting (the sender did not see
+ * REQ_END) becomes r->urg, answered RESUME_ACK; true when so (the caller sends REQ_END(0) on
+ * it at once and takes END_ACK). Never blocks beyond one small send.
+ */
+bool tm_pcresume_recv_urgent_late(tm_receiver *r);
 void tm_pcresume_recv_free(tm_receiver *r);

@@ -7,7 +7,9 @@
  * bounce buffer, checks it against its request and places it. Pages known to be zero at the
  * barrier (zero_known) are placed here as zero pages without a request. Once every page is
  * present (or every data channel ended) and nothing is outstanding it sends REQ_END and takes
- * the sender's END_ACK: the urgent connection is done.
+ * the sender's END_ACK: the urgent connection is done. With resume, a break after REQ_END ends
+ * it too, and a reconnect after the end is answered with REQ_END at once (docs/wire-format.md,
+ * "The end of the urgent connection").
  *
  * The thread never blocks in a send: at most max_outstanding PAGE_REQs of 40 bytes are unread
  * by the sender, far below the socket buffer (2.2), so it always returns to reading.
@@ -259,10 +261,10 @@ static int maybe_end(urg *u, GError **error)
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
 	size_t n = tm_req_end_encode(buf, u->ch->tx_seq++, u->next_id - 1);
 	struct iovec v = { .iov_base = buf, .iov_len = n };
-	int ret = tm_chan_send(u->ch, &v, 1, n, error);
-	if (ret == 0)
-		u->req_end_sent = true;
-	return ret;
+	/* Sent from here on, even if the send breaks: nothing is asked after it, and a sender
+	 * that lacks it reconnects and gets it again (late()). */
+	u->req_end_sent = true;
+	return tm_chan_send(u->ch, &v, 1, n, error);
 }
 
 /* The urgent connection ended cleanly: completion may go on (control's END_ACK waits). */
@@ -285,6 +287,18 @@ static void conn_done(urg *u)
  */
 static int resumed(urg *u, int ret, GError **error)
 {
+	/*
+	 * After REQ_END nothing is outstanding and nothing more is asked: a break ends the
+	 * connection as END_ACK would. Whether the sender read REQ_END is unknowable here: if it
+	 * did, it answered and will not come back (waiting for it would hang the session); if
+	 * not, it reconnects and late() answers with REQ_END at once.
+	 */
+	if (u->req_end_sent && !g_hash_table_size(u->outstanding) &&
+	    tm_pcresume_recv_urgent_ends(u->r, *error)) {
+		g_clear_error(error);
+		conn_done(u);
+		return 0;
+	}
 	if (tm_pcresume_recv_urgent(u->r, error) < 0)
 		return ret;
 	GHashTableIter it;
@@ -304,6 +318,23 @@ static int resumed(urg *u, int ret, GError **error)
 }
 
 /*
+ * The connection ended (END_ACK, or a break after REQ_END) and the sender reconnected: it
+ * did not see REQ_END. REQ_END(0) on the new connection at once (no request on it), and its
+ * END_ACK ends the connection again. Returns 0 or -errno with *error.
+ */
+static int late(urg *u, GError **error)
+{
+	if (!tm_pcresume_recv_urgent_late(u->r))
+		return 0;
+	u->conn_done = false;
+	u->next_id = 1;
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
+	size_t n = tm_req_end_encode(buf, u->ch->tx_seq++, 0);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	return tm_chan_send(u->ch, &v, 1, n, error);
+}
+
+/*
  * Until the session stops: requests and their answers while the connection lasts, and local
  * zero pages until RAM is unregistered (a zero_known page may fault after REQ_END: it needs
  * no request, so REQ_END does not wait for it).
@@ -314,7 +345,8 @@ static int run(urg *u, GError **error)
 	int ret;
 
 	for (;;) {
-		if (((ret = drain_queue(u, error)) < 0 || (ret = maybe_end(u, error)) < 0) &&
+		if (((ret = drain_queue(u, error)) < 0 || (ret = maybe_end(u, error)) < 0 ||
+		     (u->conn_done && (ret = late(u, error)) < 0)) &&
 		    (ret = resumed(u, ret, error)) < 0)
 			return ret;
 		if (!u->conn_done && tm_io_readable(u->ch->io)) {

@@ -42,12 +42,19 @@ typedef struct ret_loop {
 static void sample_inline_wait(tm_sender *s, send_chan *c)
 {
 	int outq = 0;
+	/*
+	 * Under s->lock: a data channel that resumes (resume-send.c) closes its connection and
+	 * puts the new one in c->ch under it, so the fd read here is the channel's, open, and not
+	 * a number reused meanwhile. A channel between the two has fd -1: no sample. The workers
+	 * never take the lock for this; only this thread, once per request.
+	 */
 	g_mutex_lock(&s->lock);
 	int64_t dt = tm_now_us() - s->t_start; /* the channel's throughput over the session */
-	g_mutex_unlock(&s->lock);
 	uint64_t bytes = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED);
+	bool ok = c->ch.fd >= 0 && ioctl(c->ch.fd, SIOCOUTQ, &outq) == 0;
+	g_mutex_unlock(&s->lock);
 
-	if (c->ch.fd < 0 || ioctl(c->ch.fd, SIOCOUTQ, &outq) < 0 || dt <= 0 || bytes == 0)
+	if (!ok || dt <= 0 || bytes == 0)
 		return;
 	tm_histogram_record(&s->pc.inline_wait, (uint64_t)outq * (uint64_t)dt / bytes);
 }
@@ -200,8 +207,9 @@ static int run(ret_loop *l, GError **error)
 			return 0;
 		if (tm_io_readable(ch->io)) {
 			int r = one_message(l, error);
-			/* Broken after the switch: reconnected, and asked again (resume-postcopy.c). */
-			if (r < 0 && tm_pcresume_urgent_send(s, &l->win, error) == 0)
+			/* Broken after the switch, before REQ_END was answered: reconnected, and asked
+			 * again, or ended by control's END_ACK (resume-postcopy.c). */
+			if (r < 0 && (r = tm_pcresume_urgent_send(s, &l->win, error)) == 0)
 				continue;
 			if (r != 0)
 				return r;

@@ -9,7 +9,9 @@
  * requests are outstanding (plaintext: the proxy drops a PAGE_REQ and cuts; TLS: it cuts in the
  * middle of an URGENT) with the background held back, so the pages only come because the
  * receiver asks again. Without resume, or when the reconnect cannot come within the deadline,
- * the session pauses (TM_PHASE_POSTCOPY_PAUSED) naming the cause, as before resume.
+ * the session pauses (TM_PHASE_POSTCOPY_PAUSED) naming the cause, as before resume. The urgent
+ * connection's end is cut too (REQ_END lost, END_ACK lost, and REQ_END lost with no reconnect
+ * getting through): the session completes without a hang.
  *
  * Every test runs for each backend pair, plaintext and TLS (session-fixture.c); without
  * userfaultfd it skips with the reason.
@@ -44,6 +46,9 @@ typedef struct cut_proxy {
 	uint64_t cut_at;      /* ... once this many sender-to-receiver bytes went through it */
 	uint8_t cut_before;   /* plaintext: cut instead of passing on the receiver's first frame
 	                       * of this type, 0: by bytes */
+	uint8_t cut_reply_to; /* plaintext: pass on the receiver's first frame of this type,
+	                       * then cut instead of passing on the sender's next bytes */
+	bool reply_due;       /* that frame went: the next sender bytes are the cut */
 	bool refuse_after;    /* after the cut, new connections are closed at once */
 	bool stop;
 	unsigned cuts, accepted, refused;
@@ -101,7 +106,8 @@ static gpointer proxy_thread(gpointer data)
 		g_mutex_lock(&p->lock);
 		bool stop = p->stop;
 		int cut = p->cut_conn;
-		bool due = cut >= 0 && (unsigned)cut < n && !p->cut_before && p->fwd[cut] >= p->cut_at;
+		bool due = cut >= 0 && (unsigned)cut < n && !p->cut_before && !p->cut_reply_to &&
+			   p->fwd[cut] >= p->cut_at;
 		if (due) {
 			p->cut_conn = -1;
 			p->cuts++;
@@ -141,7 +147,7 @@ static gpointer proxy_thread(gpointer data)
 			size_t want = sizeof(buf);
 			g_mutex_lock(&p->lock);
 			if (from_sender && p->cut_conn == (int)i && !p->cut_before &&
-			    p->cut_at > p->fwd[i])
+			    !p->cut_reply_to && p->cut_at > p->fwd[i])
 				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
 			g_mutex_unlock(&p->lock);
 			ssize_t got = recv(from, buf, want, 0);
@@ -149,6 +155,13 @@ static gpointer proxy_thread(gpointer data)
 			/* The receiver's PAGE_REQs are small: a header at the start of what we read. */
 			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
 					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
+			if (got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender && p->cut_reply_to &&
+			    p->cut_conn == (int)i && buf[5] == p->cut_reply_to)
+				p->reply_due = true;
+			if (got > 0 && from_sender && p->reply_due && p->cut_conn == (int)i) {
+				p->reply_due = false;
+				cut_frame = true;
+			}
 			if (cut_frame) {
 				p->cut_conn = -1;
 				p->cuts++;
@@ -302,12 +315,14 @@ typedef struct run {
 	GError *error;
 	uint8_t cpu[CPU_STATE];
 	char *port;           /* the receiver's (the proxy connects there) */
+	bool finished;        /* atomic: tm_sender_finish() returned */
 } run;
 
 static gpointer finish_thread(gpointer data)
 {
 	run *x = data;
 	x->ret = tm_sender_finish(x->s, &x->error);
+	__atomic_store_n(&x->finished, true, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -501,6 +516,125 @@ static void test_cut_urgent(void)
 	run_free(&x);
 }
 
+/* Waits (bounded) until every vCPU touched every page of its share. */
+static void await_vcpus(run *x, const char *after)
+{
+	bool done = false;
+	for (unsigned ms = 0; !done && ms < 20000; ms += 10) {
+		done = true;
+		for (unsigned i = 0; i < VCPUS; i++)
+			done &= __atomic_load_n(&x->d.v[i].done, __ATOMIC_ACQUIRE);
+		if (!done)
+			g_usleep(10000);
+	}
+	if (!done)
+		g_error("the vCPUs are still blocked 20 s after %s", after);
+}
+
+static uint64_t reconnects(run *x, bool sender)
+{
+	tm_live_stats st = { .size = sizeof(st) };
+	if (sender)
+		g_assert_cmpint(tm_sender_get_live_stats(x->s, &st), ==, 0);
+	else
+		g_assert_cmpint(tm_receiver_get_live_stats(x->d.r, &st), ==, 0);
+	return st.reconnects;
+}
+
+/* The session completes (bounded: a hang is a failure, not a timeout of the suite). */
+static void await_complete(run *x)
+{
+	for (unsigned ms = 0; !__atomic_load_n(&x->finished, __ATOMIC_ACQUIRE) && ms < 20000;
+	     ms += 10)
+		g_usleep(10000);
+	if (!__atomic_load_n(&x->finished, __ATOMIC_ACQUIRE))
+		g_error("the session hangs 20 s after the urgent cut at its end (receiver: %s)",
+			x->d.error ? x->d.error->message : "running");
+	run_join(x);
+	g_assert_cmpint(x->ret, ==, 0);
+	g_assert_cmpint(x->d.ret, ==, 0);
+	assert_same(&x->src, &x->d.g);
+	g_assert_cmpint(tm_sender_phase(x->s), ==, TM_PHASE_COMPLETE);
+	g_assert_cmpint(tm_receiver_phase(x->d.r), ==, TM_PHASE_COMPLETE);
+	g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
+}
+
+/*
+ * The urgent connection is cut at its end, REQ_END / END_ACK (docs/wire-format.md, "Resume in
+ * postcopy"): the vCPUs request every page (the background held back), so the receiver sends
+ * REQ_END once the last one is placed, and the proxy cuts
+ *  - end_ack: instead of passing on the sender's END_ACK: the sender is done with the
+ *    connection and never comes back, so the receiver must take the break as the end;
+ *  - req_end: instead of passing on REQ_END: the sender reconnects and the receiver, done
+ *    already, answers it with REQ_END at once; with refuse, no reconnect gets through and the
+ *    sender's urgent connection ends with control's END_ACK, long before the resume deadline.
+ * Plaintext only: the proxy finds the messages by their frame headers.
+ */
+static void cut_end(bool end_ack, bool refuse)
+{
+	if (!uffd_usable())
+		return;
+	if (tls_dir) {
+		g_test_skip("the proxy finds REQ_END / END_ACK by their plaintext frame headers");
+		return;
+	}
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true,
+			      .resume_deadline_ms = refuse ? 60000 : 0 };
+	run_start(&x, &lc, 256u << 10, true, VCPUS);
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0); /* as test_cut_urgent */
+	g_mutex_lock(&x.px.lock);
+	x.px.cut_conn = URGENT_CONN;
+	if (end_ack)
+		x.px.cut_reply_to = TM_MSG_REQ_END;
+	else
+		x.px.cut_before = TM_MSG_REQ_END;
+	x.px.refuse_after = refuse;
+	g_mutex_unlock(&x.px.lock);
+	await_vcpus(&x, "the switch");
+	for (unsigned ms = 0; proxy_get(&x.px, &x.px.cuts) == 0 && ms < 10000; ms += 10)
+		g_usleep(10000);
+	g_assert_cmpuint(proxy_get(&x.px, &x.px.cuts), ==, 1);
+	if (!end_ack && !refuse) {
+		/* The background is still held: only the urgent reconnect can end the sender's
+		 * urgent connection now, and both count it. */
+		for (unsigned ms = 0; (reconnects(&x, true) == 0 || reconnects(&x, false) == 0) &&
+		     ms < 10000; ms += 10)
+			g_usleep(10000);
+		g_assert_cmpuint(reconnects(&x, true), ==, 1);
+		g_assert_cmpuint(reconnects(&x, false), ==, 1);
+	}
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
+	await_complete(&x);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_test_message("completed %.2f s after the background was released", secs);
+	g_assert_cmpuint(reconnects(&x, true), ==, !end_ack && !refuse);
+	g_assert_cmpuint(reconnects(&x, false), ==, !end_ack && !refuse);
+	if (refuse) {
+		g_assert_cmpuint(proxy_get(&x.px, &x.px.refused), >, 0);
+		g_assert_cmpfloat(secs, <, 20.0); /* not the 60 s resume deadline */
+	} else if (end_ack) {
+		g_assert_cmpuint(proxy_get(&x.px, &x.px.accepted), ==, NCH + 2);
+	}
+	run_free(&x);
+}
+
+static void test_end_ack_lost(void)
+{
+	cut_end(true, false);
+}
+
+static void test_req_end_lost(void)
+{
+	cut_end(false, false);
+}
+
+static void test_req_end_lost_refused(void)
+{
+	cut_end(false, true);
+}
+
 /*
  * Resume off, or a reconnect that cannot come within the deadline: the session pauses as it
  * did before resume (both sides -ENOTCONN "postcopy paused: <cause>", TM_PHASE_POSTCOPY_PAUSED),
@@ -569,6 +703,9 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/cut-data0", test_cut_data0, false },
 		{ "resume-postcopy/cut-data2", test_cut_data2, false },
 		{ "resume-postcopy/cut-urgent", test_cut_urgent, false },
+		{ "resume-postcopy/end-ack-lost", test_end_ack_lost, false },
+		{ "resume-postcopy/req-end-lost", test_req_end_lost, false },
+		{ "resume-postcopy/req-end-lost-refused", test_req_end_lost_refused, false },
 		{ "resume-postcopy/deadline-pauses", test_deadline_pauses, false },
 		{ "resume-postcopy/off-pauses", test_off_pauses, false },
 	};
