@@ -19,13 +19,12 @@
 #include "common/escape.h"
 #include "common/uffd-internal.h"
 #include "ram/ram-internal.h"
+#include "session/drop-pages.h"
 #include "session/postcopy-recv.h"
 #include "session/resume-postcopy.h"
 #include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
-
-#define U64(x) ((guint64)(x))
 
 static bool test_and_set(uint64_t *map, uint64_t i)
 {
@@ -151,6 +150,7 @@ void tm_pc_recv_start(tm_receiver *r)
 	pc->zero_skipped = bitmaps_new(r);
 	pc->zero_known = bitmaps_new(r);
 	pc->requested = bitmaps_new(r);
+	pc->dropped = bitmaps_new(r);
 }
 
 void tm_pc_recv_zero_skipped(tm_receiver *r, unsigned block, uint64_t page, bool skipped)
@@ -228,19 +228,30 @@ int tm_pc_recv_discard(recv_chan *c, const tm_frame *f, GError **error)
 	const tm_ram_block *b = tm_ram_layout_get(r->layout, block);
 	uint32_t ps = b->page_size;
 	uint64_t dropped = 0;
-	for (uint32_t k = 0; k < count; k++) {
+	tm_drop drop;
+	void *bad = NULL;
+	tm_drop_init(&drop);
+	for (uint32_t k = 0; k < count && ret >= 0; k++) {
 		uint64_t first = ranges[k].first_page, n = ranges[k].npages;
 		for (uint64_t p = first; p < first + n; p++) {
 			dropped += test_and_clear(r->present[block], p);
 			test_and_clear(r->pc->zero_skipped[block], p);
 		}
-		if (madvise(b->host + first * ps, n * ps, MADV_DONTNEED) < 0) {
-			int err = errno;
-			return tm_error_at(error, err, c->ch.id, b->name, first * ps,
-					   "DISCARD of %" G_GUINT64_FORMAT " pages: madvise: %s",
-					   U64(n), g_strerror(err));
-		}
+		ret = tm_drop_add(&drop, b->host + first * ps, n * ps, &bad);
 	}
+	if (ret >= 0)
+		ret = tm_drop_flush(&drop, &bad); /* the message's ranges in one system call */
+	tm_drop_done(&drop);
+	if (ret < 0)
+		return tm_error_at(error, -ret, c->ch.id, b->name, (uint64_t)((uint8_t *)bad - b->host),
+				   "DISCARD of %u ranges: madvise: %s", count, g_strerror(-ret));
+	/* Absent now and until the registration: only this channel writes them, and its precopy
+	 * copies came before this DISCARD; no huge page forms over them from now on (switching).
+	 * The barrier need not drop them again (drop_missing). */
+	for (uint32_t k = 0; k < count; k++)
+		for (uint64_t p = ranges[k].first_page; p < ranges[k].first_page + ranges[k].npages;
+		     p++)
+			test_and_set(r->pc->dropped[block], p);
 	__atomic_add_fetch(&r->pc->discarded, dropped, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -249,34 +260,43 @@ int tm_pc_recv_discard(recv_chan *c, const tm_frame *f, GError **error)
  * Pages never received may sit under a transparent huge page that a neighbour's precopy write
  * mapped (MADV_NOHUGEPAGE at the switch is too late for those): they would never fault, and
  * their later UFFDIO_COPY would find them present (EEXIST). Dropped here, before the
- * registration, so that every one of them faults until it is placed.
+ * registration, so that every one of them faults until it is placed. Those a DISCARD dropped
+ * are absent already (->dropped); the rest go in batches of coalesced ranges (drop-pages.h):
+ * a switch with 50,000 missing runs made as many madvise(2) calls here before.
  */
-static int drop_missing(tm_receiver *r, unsigned block, GError **error)
+static int drop_missing(tm_receiver *r, unsigned block, tm_drop *drop, GError **error)
 {
 	const tm_ram_block *b = tm_ram_layout_get(r->layout, block);
-	const uint64_t *have = r->present[block], *zk = r->pc->zero_known[block];
-	uint64_t np = r->hello.blocks[block].npages, ps = b->page_size;
+	const uint64_t *have = r->present[block], *zk = r->pc->zero_known[block],
+		       *gone = r->pc->dropped[block];
+	uint64_t np = r->hello.blocks[block].npages, ps = b->page_size, words = (np + 63) / 64;
+	void *bad = NULL;
+	int ret = 0;
 
-	for (uint64_t p = 0; p < np;) {
-		if (test_bit(have, p) || test_bit(zk, p)) {
-			p++;
-			continue;
+	/* By words: runs of missing bits, joined across words by the batch. */
+	for (uint64_t w = 0; w < words && ret >= 0; w++) {
+		uint64_t valid = w + 1 < words || np % 64 == 0 ? ~0ull : (1ull << (np % 64)) - 1;
+		uint64_t miss = ~(__atomic_load_n(&have[w], __ATOMIC_ACQUIRE) | zk[w] |
+				  __atomic_load_n(&gone[w], __ATOMIC_ACQUIRE)) &
+				valid;
+		while (miss && ret >= 0) {
+			unsigned lo = (unsigned)__builtin_ctzll(miss);
+			uint64_t rest = ~(miss >> lo);
+			unsigned len = rest ? (unsigned)__builtin_ctzll(rest) : 64 - lo;
+			miss = lo + len >= 64 ? 0 : miss & (~0ull << (lo + len));
+			ret = tm_drop_add(drop, b->host + (w * 64 + lo) * ps, (uint64_t)len * ps, &bad);
 		}
-		uint64_t q = p + 1;
-		while (q < np && !test_bit(have, q) && !test_bit(zk, q))
-			q++;
-		if (madvise(b->host + p * ps, (q - p) * ps, MADV_DONTNEED) < 0) {
-			int err = errno;
-			g_autofree char *name = tm_escape_untrusted(b->name);
-			g_set_error(error, TM_ERROR, err,
-				    "postcopy: block '%s', offset 0x%" G_GINT64_MODIFIER "x: dropping %"
-				    G_GUINT64_FORMAT " missing pages: madvise: %s",
-				    name, p * ps, q - p, g_strerror(err));
-			return -err;
-		}
-		p = q;
 	}
-	return 0;
+	if (ret >= 0)
+		ret = tm_drop_flush(drop, &bad); /* the next block's ranges never touch these */
+	if (ret < 0) {
+		g_autofree char *name = tm_escape_untrusted(b->name);
+		g_set_error(error, TM_ERROR, -ret,
+			    "postcopy: block '%s', offset 0x%" G_GINT64_MODIFIER "x: dropping "
+			    "missing pages: madvise: %s",
+			    name, (uint64_t)((uint8_t *)bad - b->host), g_strerror(-ret));
+	}
+	return ret;
 }
 
 /*
@@ -315,9 +335,13 @@ static int register_locked(tm_receiver *r, GError **error)
 			}
 		}
 	}
-	for (unsigned b = 0; b < r->hello.block_count; b++)
-		if ((ret = drop_missing(r, b, error)) < 0)
-			return ret;
+	tm_drop drop;
+	tm_drop_init(&drop);
+	for (unsigned b = 0; b < r->hello.block_count && ret >= 0; b++)
+		ret = drop_missing(r, b, &drop, error);
+	tm_drop_done(&drop);
+	if (ret < 0)
+		return ret;
 	for (unsigned b = 0; b < r->hello.block_count; b++) {
 		const tm_ram_block *blk = tm_ram_layout_get(r->layout, b);
 		if ((ret = tm_uffd_register_missing(pc->uffd, blk->host, blk->length, error)) < 0) {
@@ -791,6 +815,7 @@ void tm_pc_recv_free(tm_receiver *r)
 	bitmaps_free(pc->zero_skipped, pc->nblocks);
 	bitmaps_free(pc->zero_known, pc->nblocks);
 	bitmaps_free(pc->requested, pc->nblocks);
+	bitmaps_free(pc->dropped, pc->nblocks);
 	if (pc->open) {
 		GHashTableIter it;
 		gpointer k, v;

@@ -108,6 +108,7 @@ struct tm_pc_recv {
 	uint64_t **zero_skipped;   /* ram_zeroed: a ZERO page applied without a write */
 	uint64_t **zero_known;     /* at the barrier: zero_skipped pages still present */
 	uint64_t **requested;      /* a fault on the page is open (a record in ->open) */
+	uint64_t **dropped;        /* a DISCARD dropped it: absent until registered (drop-pages.h) */
 	/* set at the barrier (under r->lock), read-only after */
 	tm_placer *placer;
 	/* protected by r->lock */
