@@ -47,14 +47,12 @@ int tm_drop_flush(tm_drop *d, void **ret_bad);
 /* Closes what tm_drop_init() and the flushes opened; the batch must be flushed (or abandoned). */
 void tm_drop_done(tm_drop *d);
 
-#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 /*
- * Test hooks: the system calls made so far by every batch (madvise(2), process_madvise(2),
+ * For tests (internal, every build): the system calls made so far by every batch (madvise(2), process_madvise(2),
  * pidfd_open(2): the cost of a switch in calls, not in time) and the ranges flushed (after
  * coalescing).
  */
 uint64_t tm_drop_test_syscalls(void);
 uint64_t tm_drop_test_ranges(void);
-#endif
 
 #endif
