@@ -242,39 +242,21 @@ static int send_attempt(tm_control *c, tm_chan *ch, int64_t deadline, uint64_t *
 	const char *host, *port;
 	uint64_t token;
 	uint32_t epoch;
-	int64_t left_ms = (deadline - g_get_monotonic_time()) / 1000;
+	/* Control messages are latency-bound: the sockets byte mover, as at setup (sender.c). */
+	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = 1, .zerocopy = -1 };
 	tm_frame f;
 	int r;
 
-	if (left_ms <= 0) {
-		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
-		return -ETIMEDOUT;
-	}
 	tm_resume_send_ctl_target(s, &host, &port, &token, &epoch); /* host NULL: attach mode */
-	int fd = tm_resume_send_dial(s, TM_RECONNECT_CONTROL,
-				     (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms), error);
-	if (fd < 0)
-		return fd;
-	/* Control messages are latency-bound: the sockets byte mover, as at setup (sender.c). */
-	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = 1, .zerocopy = -1 };
-	if ((r = tm_chan_open(ch, fd, 0, &tm_transport_socket, &ioc, error)) < 0)
+	if ((r = tm_resume_attempt_open(s, TM_RECONNECT_CONTROL, deadline, ch, 0,
+					&tm_transport_socket, &ioc, error)) < 0)
 		return r;
 	tm_chan_set_control(ch);
-	g_mutex_lock(c->lock);
-	bool quit = *c->quit;
-	if (!quit)
-		cr->busy_fd = ch->fd; /* a failure or cancel meanwhile shuts it down */
-	g_mutex_unlock(c->lock);
-	if (quit) {
-		g_set_error_literal(error, TM_ERROR, ECANCELED, "stopped");
-		tm_chan_close(ch);
-		return -ECANCELED;
-	}
-	ch->setup_deadline_us = MIN(tm_handshake_deadline(s->cfg.timeout_ms), deadline);
-	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
-	if (s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
+	/* A failure or cancel meanwhile shuts it down. */
+	if ((r = tm_resume_attempt_claim(ch, c->lock, c->quit, &cr->busy_fd, ch->fd, error)) < 0)
+		return r;
+	if ((r = tm_resume_attempt_secure(s, ch, deadline, error)) < 0)
 		goto out;
-	ch->version = TM_WIRE_VERSION_2;
 	if ((r = send_hello(s, c, ch, epoch, token, error)) < 0 ||
 	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0)
 		goto out;

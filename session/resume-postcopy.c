@@ -320,65 +320,28 @@ static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, bool *fin
 	const char *host, *port;
 	uint64_t token;
 	unsigned deadline_ms;
-	int64_t left_ms = (deadline - tm_now_us()) / 1000;
+	/* As open_connection(): latency-bound, always the sockets byte mover. */
+	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = 1, .zerocopy = -1 };
+	tm_resume_pos pos;
 	tm_frame f;
 	int r;
 
 	(void)tm_resume_send_target(s, &host, &port, &token, &deadline_ms);
-	if (left_ms <= 0) {
-		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
-		return -ETIMEDOUT;
-	}
 	/* To tm_sender_connect()'s address, or through the VMM's hook in attach mode. */
-	int fd = tm_resume_send_dial(s, TM_RECONNECT_URGENT,
-				     (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms), error);
-	if (fd < 0)
-		return fd;
-	/* As open_connection(): latency-bound, always the sockets byte mover. */
-	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = 1, .zerocopy = -1 };
-	if ((r = tm_chan_open(ch, fd, 0, &tm_transport_socket, &ioc, error)) < 0)
+	if ((r = tm_resume_attempt_open(s, TM_RECONNECT_URGENT, deadline, ch, 0,
+					&tm_transport_socket, &ioc, error)) < 0)
 		return r;
 	tm_chan_set_control(ch);
 	g_strlcpy(ch->label, "urgent", sizeof(ch->label));
-	g_mutex_lock(&s->lock);
-	bool quit = s->quit;
-	if (!quit)
-		s->pc.urg_busy = ch->fd + 1; /* a failure or cancel shuts it down */
-	g_mutex_unlock(&s->lock);
-	if (quit) {
-		g_set_error_literal(error, TM_ERROR, ECANCELED, "stopped");
-		tm_chan_close(ch);
-		return -ECANCELED;
-	}
-	ch->setup_deadline_us = MIN(tm_handshake_deadline(s->cfg.timeout_ms), deadline);
-	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
-	if (s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
+	/* A failure or cancel shuts it down (urg_busy is the fd + 1). */
+	if ((r = tm_resume_attempt_claim(ch, &s->lock, &s->quit, &s->pc.urg_busy, ch->fd + 1,
+					 error)) < 0)
+		return r;
+	if ((r = tm_resume_attempt_secure(s, ch, deadline, error)) < 0 ||
+	    (r = send_resume(s, ch, tm_resume_send_epoch(s), token, error)) < 0 ||
+	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0 ||
+	    (r = tm_resume_attempt_ack(ch, &f, &pos, final, error)) < 0)
 		goto out;
-	ch->version = TM_WIRE_VERSION_2;
-	if ((r = send_resume(s, ch, tm_resume_send_epoch(s), token, error)) < 0 ||
-	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0)
-		goto out;
-	if (f.type == TM_MSG_ERROR) {
-		*final = true;
-		r = tm_chan_recv_peer_error(ch, &f, "receiver refused the reconnect", error);
-		goto out;
-	}
-	uint8_t body[TM_RESUME_ACK_LEN];
-	tm_resume_pos pos;
-	if (f.type != TM_MSG_RESUME_ACK) {
-		*final = true;
-		g_set_error(error, TM_ERROR, EPROTO, "urgent: expected RESUME_ACK, received %s",
-			    tm_msg_name(f.type));
-		r = -EPROTO;
-		goto out;
-	}
-	if ((r = tm_chan_recv(ch, body, f.body_len, error)) < 0)
-		goto out;
-	if ((r = tm_resume_ack_decode(body, f.body_len, &pos, error)) < 0) {
-		*final = true;
-		tm_chan_prefix_error(ch, error);
-		goto out;
-	}
 	ch->setup_deadline_us = 0;
 	tm_io_set_deadline(ch->io, 0);
 	set_busy(s, -1);

@@ -162,6 +162,75 @@ static int send_resume(tm_sender *s, tm_chan *ch, uint32_t epoch, GError **error
 	return tm_chan_send(ch, &v, 1, n, error);
 }
 
+
+int tm_resume_attempt_open(tm_sender *s, unsigned connection, int64_t deadline, tm_chan *ch,
+			   unsigned id, const tm_transport_ops *ops, const tm_io_config *ioc,
+			   GError **error)
+{
+	int64_t left_ms = (deadline - tm_now_us()) / 1000;
+
+	if (left_ms <= 0) {
+		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
+		return -ETIMEDOUT;
+	}
+	int fd = tm_resume_send_dial(s, connection,
+				     (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms), error);
+	if (fd < 0)
+		return fd;
+	return tm_chan_open(ch, fd, id, ops, ioc, error);
+}
+
+int tm_resume_attempt_claim(tm_chan *ch, GMutex *lock, const bool *quit, int *busy, int value,
+			    GError **error)
+{
+	g_mutex_lock(lock);
+	bool stopped = *quit;
+	if (!stopped)
+		*busy = value;
+	g_mutex_unlock(lock);
+	if (stopped) {
+		g_set_error_literal(error, TM_ERROR, ECANCELED, "stopped");
+		tm_chan_close(ch);
+		return -ECANCELED;
+	}
+	return 0;
+}
+
+int tm_resume_attempt_secure(tm_sender *s, tm_chan *ch, int64_t deadline, GError **error)
+{
+	/* Connection, TLS and the receiver's answer: one handshake deadline, within ours. */
+	ch->setup_deadline_us = MIN(tm_handshake_deadline(s->cfg.timeout_ms), deadline);
+	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
+	int r = s->tls ? tm_tls_wrap(s->tls, &ch->io, error) : 0;
+	ch->version = TM_WIRE_VERSION_2;
+	return r;
+}
+
+int tm_resume_attempt_ack(tm_chan *ch, const tm_frame *f, tm_resume_pos *pos, bool *final,
+			  GError **error)
+{
+	uint8_t body[TM_RESUME_ACK_LEN];
+	int r;
+
+	if (f->type == TM_MSG_ERROR) {
+		*final = true;
+		return tm_chan_recv_peer_error(ch, f, "receiver refused the reconnect", error);
+	}
+	if (f->type != TM_MSG_RESUME_ACK) {
+		*final = true;
+		g_set_error(error, TM_ERROR, EPROTO, "%s: expected RESUME_ACK, received %s", ch->label,
+			    tm_msg_name(f->type));
+		return -EPROTO;
+	}
+	if ((r = tm_chan_recv(ch, body, f->body_len, error)) < 0)
+		return r;
+	if ((r = tm_resume_ack_decode(body, f->body_len, pos, error)) < 0) {
+		*final = true;
+		tm_chan_prefix_error(ch, error);
+	}
+	return r;
+}
+
 /*
  * One attempt: connect, TLS, HELLO + RESUME, RESUME_ACK into *pos. On failure ch is closed;
  * *final says the receiver refused (its ERROR, or an answer that no retry changes).
@@ -171,63 +240,22 @@ static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *p
 {
 	tm_sender *s = c->s;
 	tm_resume_tx *rs = s->resume;
-	int64_t left_ms = (deadline - tm_now_us()) / 1000;
+	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,
+			     .zerocopy = s->cfg.tuning.zerocopy };
 	tm_frame f;
 	int r;
 
-	if (left_ms <= 0) {
-		g_set_error_literal(error, TM_ERROR, ETIMEDOUT, "no time left");
-		return -ETIMEDOUT;
-	}
-	int fd = tm_resume_send_dial(s, c->ch.id, (unsigned)MIN(left_ms, (int64_t)s->cfg.timeout_ms),
-				     error);
-	if (fd < 0)
-		return fd;
-	tm_io_config ioc = { .timeout_ms = s->cfg.timeout_ms, .depth = s->cfg.queue_depth,
-			     .zerocopy = s->cfg.tuning.zerocopy };
-	if ((r = tm_chan_open(ch, fd, c->ch.id, s->io, &ioc, error)) < 0)
-		return r;
-	/* A failure, cancel or free meanwhile shuts it down (tm_resume_send_wake). */
-	g_mutex_lock(&s->lock);
-	bool quit = s->quit;
-	if (!quit)
-		rs->busy_fds[c->ch.id] = ch->fd;
-	g_mutex_unlock(&s->lock);
-	if (quit) {
-		g_set_error_literal(error, TM_ERROR, ECANCELED, "stopped");
-		tm_chan_close(ch);
-		return -ECANCELED;
-	}
-	/* Connection, TLS and the receiver's answer: one handshake deadline, within ours. */
-	ch->setup_deadline_us = MIN(tm_handshake_deadline(s->cfg.timeout_ms), deadline);
-	tm_io_set_deadline(ch->io, ch->setup_deadline_us);
-	if (s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
+	if ((r = tm_resume_attempt_open(s, c->ch.id, deadline, ch, c->ch.id, s->io, &ioc, error)) < 0 ||
+	    (r = tm_resume_attempt_claim(ch, &s->lock, &s->quit, &rs->busy_fds[c->ch.id], ch->fd,
+					 error)) < 0)
+		return r; /* tm_resume_send_wake() shuts a claimed one down */
+	if ((r = tm_resume_attempt_secure(s, ch, deadline, error)) < 0)
 		goto out;
-	ch->version = TM_WIRE_VERSION_2;
 	uint32_t epoch = __atomic_add_fetch(&rs->epoch, 1, __ATOMIC_RELAXED);
 	if ((r = send_resume(s, ch, epoch, error)) < 0 ||
-	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0)
+	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0 ||
+	    (r = tm_resume_attempt_ack(ch, &f, pos, final, error)) < 0)
 		goto out;
-	if (f.type == TM_MSG_ERROR) {
-		*final = true;
-		r = tm_chan_recv_peer_error(ch, &f, "receiver refused the reconnect", error);
-		goto out;
-	}
-	uint8_t body[TM_RESUME_ACK_LEN];
-	if (f.type != TM_MSG_RESUME_ACK) {
-		*final = true;
-		g_set_error(error, TM_ERROR, EPROTO, "%s: expected RESUME_ACK, received %s", ch->label,
-			    tm_msg_name(f.type));
-		r = -EPROTO;
-		goto out;
-	}
-	if ((r = tm_chan_recv(ch, body, f.body_len, error)) < 0)
-		goto out;
-	if ((r = tm_resume_ack_decode(body, f.body_len, pos, error)) < 0) {
-		*final = true;
-		tm_chan_prefix_error(ch, error);
-		goto out;
-	}
 	if (ch->depth != c->ch.depth) { /* the packet slots were made for the first connection */
 		*final = true;
 		g_set_error(error, TM_ERROR, EIO, "%s: the new connection has %u packet slots, not %u",

@@ -38,6 +38,27 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack);
  * -errno with *error.
  */
 int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error);
+/*
+ * The steps every reconnect attempt of the sender shares (a data channel's, control's, the
+ * urgent connection's):
+ * attempt_open: within deadline (monotonic us), a new connection for `connection` opened as ch
+ * (channel id `id`, byte mover ops with ioc); -errno with *error, ch not open.
+ * attempt_claim: unless *quit (read under lock), *busy := value so that a failure, cancel or free
+ * shuts the connection down meanwhile; else ch is closed and -ECANCELED.
+ * attempt_secure: the handshake deadline (within deadline), TLS when the session uses it,
+ * protocol 2; -errno with *error (ch still open and claimed: the caller undoes both).
+ * attempt_ack: the receiver's answer in f after the caller's HELLO + RESUME: RESUME_ACK decoded
+ * into *pos, or -errno with *final set when no retry can change it (an ERROR, another message,
+ * a malformed RESUME_ACK).
+ */
+int tm_resume_attempt_open(tm_sender *s, unsigned connection, int64_t deadline, tm_chan *ch,
+			   unsigned id, const tm_transport_ops *ops, const tm_io_config *ioc,
+			   GError **error);
+int tm_resume_attempt_claim(tm_chan *ch, GMutex *lock, const bool *quit, int *busy, int value,
+			    GError **error);
+int tm_resume_attempt_secure(tm_sender *s, tm_chan *ch, int64_t deadline, GError **error);
+int tm_resume_attempt_ack(tm_chan *ch, const tm_frame *f, tm_resume_pos *pos, bool *final,
+			  GError **error);
 /* The control connection's reconnect (resume-control.c): where to, the secret, the next epoch. */
 void tm_resume_send_ctl_target(tm_sender *s, const char **ret_host, const char **ret_port,
 			       uint64_t *ret_token, uint32_t *ret_epoch);
