@@ -15,6 +15,9 @@
 #   net_counter DIR NAME     one of the last link's counters (tm_link_stats), e.g. a_to_b lost
 #   NET_SEND_ARGS=(...)      more options for tagmig send (e.g. --rate-limit)
 #   NET_DURING=FUNC          run in the background while tagmig send runs (e.g. a cut)
+#   net_cut PORT WHICH [N]   (as a NET_DURING body) destroys in host A the sender's busiest or
+#                            quietest (WHICH) connection to PORT once N connections (default 1)
+#                            stream and the busiest passed 1 MiB; its port goes to $T/cut
 
 NET_LABEL=
 RECV_PID=
@@ -96,3 +99,27 @@ net_migrate() { # SIZE CHANNELS BOUND_S
 }
 
 net_counter() { tm_link_stats | awk -v d="$1" -v n="$2" '$1 == d { for (i = 2; i < NF; i += 2) if ($i == n) print $(i + 1) }'; }
+
+net_cut() { # PORT busiest|quietest [CONNECTIONS]
+	# Retried until a kill took: under load the sender may not stream yet at the first look,
+	# and `ss -K` exits 0 when its filter matched nothing (or the socket went meanwhile).
+	local sport killed
+	for _ in $(seq 1 30); do
+		sleep 0.2
+		sport=$(tm_in_a ss -tni "dport = :$1" | awk -v which="$2" -v need="${3:-1}" '
+			/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++ }
+			/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/)) {
+				n = substr($0, RSTART + 12, RLENGTH - 12) + 0
+				if (n > most) { most = n; busiest = port }
+				if (quietest == "" || n < least) { least = n; quietest = port } } }
+			END { if (conns >= need && most >= 1048576) print (which == "busiest" ? busiest : quietest) }')
+		[ -n "$sport" ] || continue
+		killed=$(tm_in_a ss -H -K "dport = :$1" "sport = :$sport" 2>>"$T/during.err")
+		if [ -n "$killed" ]; then
+			echo "$sport" >"$T/cut"
+			return 0
+		fi
+	done
+	echo "no $2 streaming connection could be cut in 6 s" >>"$T/during.err"
+	return 1
+}

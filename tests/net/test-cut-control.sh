@@ -24,29 +24,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 net_test_begin "cut-control-$CASE"
 
 # The quietest of the sender's connections to the receiver's port: the control connection.
-cut_quietest() { # PORT
-	# Once all five connections stream (the busiest past 1 MiB), retried until a kill took:
-	# `ss -K` exits 0 when its filter matched nothing.
-	local sport killed
-	for _ in $(seq 1 30); do
-		sleep 0.2
-		sport=$(tm_in_a ss -tni "dport = :$1" | awk '
-			/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++ }
-			/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/)) {
-				n = substr($0, RSTART + 12, RLENGTH - 12) + 0
-				if (n > most) most = n
-				if (bp == "" || n < least) { least = n; bp = port } } }
-			END { if (conns >= 5 && most >= 1048576) print bp }')
-		[ -n "$sport" ] || continue
-		killed=$(tm_in_a ss -H -K "dport = :$1" "sport = :$sport" 2>>"$T/during.err")
-		if [ -n "$killed" ]; then
-			echo "$sport" >"$T/cut"
-			return 0
-		fi
-	done
-	echo "no control connection could be cut in 6 s" >>"$T/during.err"
-	return 1
-}
+cut_quietest() { net_cut "$1" quietest 5; } # 4 data channels + control
 
 command -v ss >/dev/null || { echo "SKIP: no ss"; exit 77; }
 case $CASE in

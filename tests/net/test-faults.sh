@@ -53,28 +53,7 @@ reorder | reorder-tls)
 	;;
 cut | cut-tls)
 	# The sender's busiest connection to the receiver's port: a data channel, never control.
-	cut_busiest() { # PORT
-		# Retried until a kill took: under load the sender may not be streaming yet at the
-		# first look, and `ss -K` exits 0 when its filter matched nothing (or the socket went).
-		local sport killed
-		for _ in $(seq 1 30); do
-			sleep 0.2
-			sport=$(tm_in_a ss -tni "dport = :$1" | awk '
-				/^ESTAB/ { split($4, a, ":"); port = a[length(a)] }
-				/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/)) {
-					n = substr($0, RSTART + 12, RLENGTH - 12) + 0
-					if (n > best) { best = n; bp = port } } }
-				END { if (best >= 1048576) print bp }')
-			[ -n "$sport" ] || continue
-			killed=$(tm_in_a ss -H -K "dport = :$1" "sport = :$sport" 2>>"$T/during.err")
-			if [ -n "$killed" ]; then
-				echo "$sport" >"$T/cut"
-				return 0
-			fi
-		done
-		echo "no streaming connection could be cut in 6 s" >>"$T/during.err"
-		return 1
-	}
+	cut_busiest() { net_cut "$1" busiest; }
 	command -v ss >/dev/null || { echo "SKIP: no ss"; exit 77; }
 	tm_link_up "1gbit,2ms" || fail "link"
 	[ "$CASE" = cut-tls ] && net_use_tls
