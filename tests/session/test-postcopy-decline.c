@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "session-fixture.h"
@@ -39,9 +40,11 @@ static gpointer dest_thread(gpointer data)
 	if (d->ret < 0)
 		return NULL;
 	if (d->how == UFFD_FAILED || d->how == UFFD_FAILED_THEN_WITHOUT) {
-		/* A borrowed userfaultfd that is not open: set_live refuses, the VMM goes on. */
-		int closed = open("/dev/null", O_RDONLY | O_CLOEXEC);
-		close(closed);
+		/* A borrowed userfaultfd that is not open: set_live refuses, the VMM goes on. A number
+		 * past the open-files limit (a closed one could be reused by another thread at once). */
+		struct rlimit rl;
+		g_assert_cmpint(getrlimit(RLIMIT_NOFILE, &rl), ==, 0);
+		int closed = rl.rlim_cur < (rlim_t)G_MAXINT - 8 ? (int)rl.rlim_cur + 7 : G_MAXINT - 1;
 		tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_borrow = true,
 				      .uffd = closed };
 		GError *err = NULL;
