@@ -786,7 +786,7 @@ static void hijack_refused(bool urgent)
 				==, 0);
 		g_test_message("stranger told: %s", msg);
 		if (urgent) {
-			/* an urgent connection (postcopy's, role 2) is never reconnected */
+			/* an urgent connection of epoch 0 mid-session (a reconnect needs an epoch) */
 			g_assert_cmpint(code, ==, EPROTO);
 			g_assert_nonnull(strstr(msg, "not an urgent connection of epoch 0"));
 		} else {
