@@ -360,7 +360,8 @@ int cli_cmd_demo(int argc, char **argv)
 		  "reference VMM's source switches to postcopy after N rounds", "N" },
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		{ "delta-cache", 0, 0, G_OPTION_ARG_STRING, &o.delta_cache,
-		  CLI_DELTA_CACHE_HELP "; default 64M: the demo's later rounds re-send pages", "SIZE" },
+		  CLI_DELTA_CACHE_HELP "; default 0: on loopback a delta costs more CPU than it saves",
+		  "SIZE" },
 		G_OPTION_ENTRY_NULL
 	};
 	uint64_t size = 1ull << 30, page_size = 4096;
@@ -410,7 +411,7 @@ int cli_cmd_demo(int argc, char **argv)
 	if (o.compress && (rc = tm_compress_parse(o.compress, &zmode, &zlevel, &zerr)) < 0)
 		return rc == -EOPNOTSUPP ? cli_fail(zerr)
 					 : cli_usage_error("demo", "--compress: %s", zerr->message);
-	uint64_t delta_cache = 64ull << 20;
+	uint64_t delta_cache = 0; /* off: on loopback it costs more CPU than the bytes it saves */
 	if (o.delta_cache && (rc = cli_parse_delta_cache("demo", o.delta_cache, &delta_cache)))
 		return rc;
 	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30 ||
