@@ -19,7 +19,12 @@ static uint64_t sat_add(uint64_t a, uint64_t b)
 	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
-void tm_estimator_round(tm_estimator *e, const tm_round_stats *rs)
+static void ewma(double *bw, double sample)
+{
+	*bw = *bw > 0 ? EWMA_ALPHA * sample + (1 - EWMA_ALPHA) * *bw : sample;
+}
+
+void tm_estimator_round(tm_estimator *e, const tm_round_stats *rs, uint64_t runs)
 {
 	/*
 	 * Busy time, not wall time: a VMM that reads its dirty log for a second between rounds
@@ -28,8 +33,14 @@ void tm_estimator_round(tm_estimator *e, const tm_round_stats *rs)
 	 */
 	if (rs->wire_bytes >= TM_EST_MIN_BYTES && rs->busy_seconds * 1e6 >= TM_EST_MIN_US) {
 		double sample = (double)rs->wire_bytes / rs->busy_seconds;
-		double *bw = rs->throttled ? &e->bw_throttled : &e->bw_free;
-		*bw = *bw > 0 ? EWMA_ALPHA * sample + (1 - EWMA_ALPHA) * *bw : sample;
+		bool first = e->bw_free == 0;
+		ewma(rs->throttled ? &e->bw_throttled : &e->bw_free, sample);
+		if (!rs->throttled) {
+			bool scattered = runs && rs->pages_queued < (uint64_t)TM_EST_DENSE_RUN * runs;
+			if (scattered)
+				ewma(&e->bw_scattered, sample);
+			e->dense_only = (first || e->dense_only) && runs && !scattered;
+		}
 	}
 	e->have_last = true;
 	e->last_pages_queued = rs->pages_queued;
@@ -46,6 +57,18 @@ uint64_t tm_estimator_bandwidth(const tm_estimator *e, uint64_t override)
 	/* A throttled round measures the limit, not the link: only when nothing else is known
 	 * (and then it is the conservative figure). */
 	double bw = e->bw_free > 0 ? e->bw_free : e->bw_throttled;
+	return bw >= (double)UINT64_MAX ? UINT64_MAX : (uint64_t)(bw + 0.5);
+}
+
+uint64_t tm_estimator_switch_bandwidth(const tm_estimator *e, uint64_t override)
+{
+	if (override)
+		return override;
+	double bw = e->bw_scattered;
+	if (bw <= 0 && e->dense_only)
+		bw = e->bw_free * TM_EST_SCATTER_PRIOR;
+	if (bw <= 0)
+		return tm_estimator_bandwidth(e, 0);
 	return bw >= (double)UINT64_MAX ? UINT64_MAX : (uint64_t)(bw + 0.5);
 }
 
@@ -71,10 +94,10 @@ uint64_t tm_transfer_us(uint64_t bytes, uint64_t bw)
 
 void tm_estimator_advise(const tm_estimator *e, const tm_advise_in *in, tm_switch_advice *ret)
 {
-	uint64_t bw = tm_estimator_bandwidth(e, in->switchover_bw);
+	uint64_t bw = tm_estimator_switch_bandwidth(e, in->switchover_bw);
 	uint64_t bpp = tm_estimator_bytes_per_page(e, in->page_size);
 	tm_switch_advice a = {
-		.bandwidth = bw,
+		.bandwidth = tm_estimator_bandwidth(e, in->switchover_bw),
 		.pending_bytes = sat_mul(in->pending_pages, bpp),
 		.dirty_bytes = sat_mul(in->dirty_pages, bpp),
 		.max_downtime_us = in->max_downtime_us,

@@ -18,10 +18,21 @@
 /* Rounds that say nothing about the link: too small or too short to time. */
 #define TM_EST_MIN_BYTES (1u << 20)
 #define TM_EST_MIN_US 5000
+/*
+ * A round whose runs (contiguous pages handed over together) average fewer pages than this is
+ * "scattered": a dirty log's pages, each its own cache and TLB miss on both sides. Such rounds
+ * move 0.55-0.85x the bytes per second of a sequential one (bench/README.md, short rounds), and
+ * a final round is one of them: until a scattered round has been timed, the switchover assumes
+ * TM_EST_SCATTER_PRIOR of the sequential rounds' bandwidth.
+ */
+#define TM_EST_DENSE_RUN 16u
+#define TM_EST_SCATTER_PRIOR 0.5
 
 typedef struct tm_estimator {
 	double bw_free;       /* EWMA (alpha 0.5) of unthrottled rounds, bytes/s; 0: none yet */
 	double bw_throttled;  /* the same of rounds the rate limit held back */
+	double bw_scattered;  /* EWMA of unthrottled scattered rounds (TM_EST_DENSE_RUN); 0: none */
+	bool dense_only;      /* every round in bw_free was a timed sequential one (runs known) */
 	/* the last completed round, whatever its size */
 	bool have_last;
 	uint64_t last_pages_queued;
@@ -29,11 +40,21 @@ typedef struct tm_estimator {
 	uint64_t bytes_per_page; /* of the last round that sent pages; 0: none yet */
 } tm_estimator;
 
-/* Takes a completed round's figures into the estimate. */
-void tm_estimator_round(tm_estimator *e, const tm_round_stats *rs);
+/*
+ * Takes a completed round's figures into the estimate; runs: how many runs its pages were
+ * queued in (0: not known, the round counts as neither sequential nor scattered).
+ */
+void tm_estimator_round(tm_estimator *e, const tm_round_stats *rs, uint64_t runs);
 
-/* The bandwidth the switchover would see: override if set, else unthrottled, else throttled. */
+/* The link's bandwidth: override if set, else unthrottled, else throttled. */
 uint64_t tm_estimator_bandwidth(const tm_estimator *e, uint64_t override);
+
+/*
+ * What the final round of a dirty log will see: override if set; else the scattered rounds'
+ * estimate; else, when only sequential rounds were timed, TM_EST_SCATTER_PRIOR of theirs; else
+ * tm_estimator_bandwidth().
+ */
+uint64_t tm_estimator_switch_bandwidth(const tm_estimator *e, uint64_t override);
 
 /* Wire bytes one page costs: the average of the last round that sent pages, else page_size. */
 uint64_t tm_estimator_bytes_per_page(const tm_estimator *e, uint32_t page_size);

@@ -40,14 +40,17 @@ void tm_rounds_chan_idle(tm_sender *s, send_chan *c)
 
 void tm_rounds_committed(tm_sender *s)
 {
-	uint64_t pages = 0;
+	uint64_t pages = 0, runs = 0;
 	for (unsigned i = 0; i < s->nch; i++)
 		for (guint k = 0; k < s->staging[i]->len; k++) {
 			const work *w = &g_array_index(s->staging[i], work, k);
-			if (w->kind == WORK_PAGES)
+			if (w->kind == WORK_PAGES) {
 				pages += w->count;
+				runs++;
+			}
 		}
 	s->rounds.queued_round += pages;
+	s->rounds.runs_round += runs;
 	__atomic_add_fetch(&s->rounds.queued_total, pages, __ATOMIC_RELAXED);
 }
 
@@ -88,7 +91,7 @@ void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round)
 	rd->done_us = now;
 	rd->busy_mark = busy;
 	rd->complete = round;
-	tm_estimator_round(&rd->est, st);
+	tm_estimator_round(&rd->est, st, rd->runs[slot]);
 	tm_events_raise(&s->events, TM_EVENT_ROUND); /* the last channel to acknowledge raises it */
 }
 
@@ -110,8 +113,10 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	unsigned slot = id % TM_ROUND_HISTORY;
 	s->rounds.ring[slot] = (tm_round_stats){ .round = id, .pages_queued = s->rounds.queued_round };
 	s->rounds.acks[slot] = 0;
+	s->rounds.runs[slot] = s->rounds.runs_round;
 	g_mutex_unlock(&s->lock);
 	s->rounds.queued_round = 0;
+	s->rounds.runs_round = 0;
 	__atomic_store_n(&s->next_sync, id, __ATOMIC_RELAXED);
 	tm_sender_stage_sync(s, id);
 	if (ret_round)

@@ -251,12 +251,14 @@ void tm_send_prefetch(send_chan *c, guint i);
 typedef struct tm_rounds {
 	/* migration-thread local */
 	uint64_t queued_round;     /* pages handed to the workers since the last end_round */
+	uint64_t runs_round;       /* ... in so many runs (work items) */
 	/* relaxed atomics */
 	uint64_t queued_total;     /* pages handed to the workers in all */
 	uint64_t max_downtime_us;  /* tm_sender_set_max_downtime(); 0: the live config's */
 	/* protected by s->lock */
 	tm_round_stats ring[TM_ROUND_HISTORY]; /* round k in slot k % TM_ROUND_HISTORY */
 	unsigned acks[TM_ROUND_HISTORY];       /* channels that acknowledged the slot's round */
+	uint64_t runs[TM_ROUND_HISTORY];       /* the slot's round's runs (runs_round) */
 	uint64_t complete;         /* the last round acknowledged on every channel */
 	int64_t done_us;           /* when it was (0: none yet) */
 	unsigned active;           /* channels with work */

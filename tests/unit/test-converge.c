@@ -25,17 +25,17 @@ static void test_bandwidth_ewma(void)
 
 	/* 100 MB in 1 s busy out of 3 s: 100 MB/s, not 33. */
 	tm_round_stats r = round_of(1000, 1000, 100000000, 3.0, 1.0, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 100000000);
 	/* 200 MB/s next: the average of the two. */
 	r = round_of(1000, 1000, 200000000, 1.0, 1.0, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 150000000);
 	/* Under 1 MiB, or under 5 ms busy: ignored, whatever rate they suggest. */
 	r = round_of(1, 1, TM_EST_MIN_BYTES - 1, 0.001, 0.0001, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	r = round_of(1000, 1000, 50 * TM_EST_MIN_BYTES, 0.004, 0.004, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 150000000);
 	/* The override wins. */
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 42), ==, 42);
@@ -46,14 +46,14 @@ static void test_bandwidth_throttled(void)
 {
 	tm_estimator e = { 0 };
 	tm_round_stats r = round_of(1000, 1000, 20000000, 1.0, 1.0, true);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 20000000);
 	r = round_of(1000, 1000, 1000000000, 1.0, 1.0, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 1000000000);
 	/* More throttled rounds do not drag the unthrottled estimate down. */
 	r = round_of(1000, 1000, 20000000, 1.0, 1.0, true);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 1000000000);
 }
 
@@ -81,7 +81,7 @@ static void test_advise(void)
 	/* 1000 pages at 2000 wire bytes each (half of them zero pages, say) in 1 s busy,
 	 * 2 s wall: 2 MB/s; 1000 pages dirtied in 2 s at 2000 bytes = 1 MB/s: converging. */
 	tm_round_stats r = round_of(1000, 1000, 2000000, 2.0, 1.0, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bytes_per_page(&e, 4096), ==, 2000);
 	in.state_bytes = 100000;
 	tm_estimator_advise(&e, &in, &a);
@@ -107,12 +107,12 @@ static void test_advise(void)
 
 	/* A round of barriers alone keeps the last known cost of a page. */
 	r = round_of(0, 0, 200, 0.001, 0.001, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	g_assert_cmpuint(tm_estimator_bytes_per_page(&e, 4096), ==, 2000);
 
 	/* The guest dirtied 3000 pages in 2 s: 3 MB/s against 2 MB/s: not converging. */
 	r = round_of(3000, 1000, 2000000, 2.0, 1.0, false);
-	tm_estimator_round(&e, &r);
+	tm_estimator_round(&e, &r, 0);
 	tm_estimator_advise(&e, &in, &a);
 	g_assert_false(a.converging);
 
@@ -122,6 +122,52 @@ static void test_advise(void)
 	tm_estimator_advise(&e, &huge, &a);
 	g_assert_cmpuint(a.dirty_bytes, ==, UINT64_MAX);
 	g_assert_false(a.switch_now);
+}
+
+/*
+ * A final round is a scattered dirty log: after sequential rounds alone the switchover expects
+ * TM_EST_SCATTER_PRIOR of their bandwidth; once a scattered round is timed, its bandwidth.
+ * Rounds whose runs are not known change nothing (the behaviour before runs were counted).
+ */
+static void test_scattered(void)
+{
+	tm_estimator e = { 0 };
+	tm_switch_advice a;
+	tm_advise_in in = { .dirty_pages = 1000, .page_size = 4096, .max_downtime_us = 50000 };
+
+	/* Round 1: 262144 pages in 512 runs (one per chunk), 1 GB in 0.5 s: 2 GB/s. */
+	tm_round_stats r = round_of(262144, 262144, 1000000000, 0.5, 0.5, false);
+	tm_estimator_round(&e, &r, 512);
+	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 2000000000);
+	g_assert_cmpuint(tm_estimator_switch_bandwidth(&e, 0), ==, 1000000000);
+	tm_estimator_advise(&e, &in, &a);
+	g_assert_cmpuint(a.bandwidth, ==, 2000000000); /* the link, as before */
+	/* 1000 pages at 3814 bytes (1e9 / 262144, truncated) at 1 GB/s */
+	g_assert_cmpuint(a.expected_downtime_us, ==, 3814);
+	/* The override wins over both. */
+	g_assert_cmpuint(tm_estimator_switch_bandwidth(&e, 42), ==, 42);
+
+	/* Round 2: 20000 pages in 19000 runs, 80 MB in 0.05 s: 1.6 GB/s, scattered. */
+	r = round_of(20000, 20000, 80000000, 0.06, 0.05, false);
+	tm_estimator_round(&e, &r, 19000);
+	g_assert_cmpuint(tm_estimator_switch_bandwidth(&e, 0), ==, 1600000000);
+	g_assert_cmpuint(tm_estimator_bandwidth(&e, 0), ==, 1800000000);
+	/* A later sequential round does not bring the prior back. */
+	r = round_of(262144, 262144, 1000000000, 0.5, 0.5, false);
+	tm_estimator_round(&e, &r, 512);
+	g_assert_cmpuint(tm_estimator_switch_bandwidth(&e, 0), ==, 1600000000);
+
+	/* Runs not known: no class, no prior (the estimate is the link's). */
+	tm_estimator u = { 0 };
+	r = round_of(262144, 262144, 1000000000, 0.5, 0.5, false);
+	tm_estimator_round(&u, &r, 0);
+	g_assert_cmpuint(tm_estimator_switch_bandwidth(&u, 0), ==, 2000000000);
+	/* A throttled scattered round measures the limit, not the link's scattered rate. */
+	tm_estimator t = { 0 };
+	tm_estimator_round(&t, &r, 512);
+	r = round_of(20000, 20000, 20000000, 1.0, 1.0, true);
+	tm_estimator_round(&t, &r, 19000);
+	g_assert_cmpuint(tm_estimator_switch_bandwidth(&t, 0), ==, 1000000000);
 }
 
 /*
@@ -215,6 +261,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/converge/bandwidth-ewma", test_bandwidth_ewma);
 	g_test_add_func("/converge/bandwidth-throttled", test_bandwidth_throttled);
 	g_test_add_func("/converge/advise", test_advise);
+	g_test_add_func("/converge/scattered", test_scattered);
 	g_test_add_func("/ratelimit/bucket", test_ratelimit);
 	g_test_add_func("/ratelimit/wait-bounds", test_ratelimit_wait_bounds);
 	return g_test_run();
