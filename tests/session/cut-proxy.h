@@ -2,8 +2,8 @@
 /*
  * A TCP proxy for resume tests: forwards every connection between a sender and a receiver and
  * cuts one (closes both of its sockets) once a number of bytes went through it, or right before
- * a frame of a given type (plaintext only: it reads frame headers), and can refuse every
- * connection after the cut. Shared by test-resume-control.c and test-resume-attach.c.
+ * a frame of a given type (plaintext only: it reads frame headers); after the cut it can refuse or
+ * hold every new connection. Shared by every resume test (grep -l cut_proxy tests/session).
  */
 #pragma once
 
@@ -24,7 +24,14 @@ typedef struct cut_proxy {
 	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
 	uint8_t cut_before;  /* plaintext: ... instead, right before a frame of this type */
 	bool from_sender;    /* ... sent by the sender (else by the receiver) */
+	bool exact;          /* a cut by bytes falls exactly at cut_at (else up to one 64 KiB read
+	                      * past it) */
+	bool half;           /* the cut closes only the sender's side: the receiver's stays open
+	                      * and silent (a dead path) */
+	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
 	bool refuse_after;   /* after the cut, new connections are closed at once */
+	bool hold_after;     /* after the cut, new connections are held open, never answered
+	                      * (counted in refused) */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];

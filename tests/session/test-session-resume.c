@@ -9,205 +9,24 @@
  * plaintext and TLS (session-fixture.c).
  */
 #include <errno.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "cut-proxy.h"
 #include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
 
-#define MAXP 32
-
-/* ---- a proxy that forwards every connection and cuts one when told ---- */
-typedef struct cut_proxy {
-	int listen_fd;       /* where the sender connects */
-	const char *port;    /* the receiver's */
-	GThread *thread;
-	GMutex lock;
-	/* protected by lock */
-	int cut_conn;        /* accept index to cut, -1: none (0 data 0, 1 control, k + 1 data k) */
-	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
-	bool refuse_after;   /* after the cut, new connections are closed at once */
-	bool hold_after;     /* after the cut, new connections are held open, never answered */
-	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
-	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
-	uint8_t cut_before;  /* plaintext: cut cut_conn instead of passing on the receiver's first
-	                      * frame of this type (cut_at unused), 0: by bytes */
-	bool stop;
-	unsigned cuts, accepted, refused;
-	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
-} cut_proxy;
-
-static void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes)
+/* The proxy, its cuts by bytes exact: a cut n bytes into a channel falls there, not a read later. */
+static char *start_proxy(cut_proxy *px, const char *port)
 {
-	g_mutex_lock(&p->lock);
-	p->cut_conn = conn;
-	p->cut_at = p->fwd[conn] + more_bytes;
-	g_mutex_unlock(&p->lock);
-}
-
-static unsigned proxy_cuts(cut_proxy *p)
-{
-	g_mutex_lock(&p->lock);
-	unsigned n = p->cuts;
-	g_mutex_unlock(&p->lock);
-	return n;
-}
-
-static gpointer proxy_thread(gpointer data)
-{
-	cut_proxy *p = data;
-	int sfd[MAXP], rfd[MAXP]; /* sender side, receiver side, per accepted connection */
-	uint8_t buf[65536];
-	unsigned n = 0, nheld = 0;
-	int held[MAXP];
-
-	for (;;) {
-		struct pollfd pfd[2 * MAXP + 1];
-		unsigned map[2 * MAXP + 1], np = 0;
-		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
-		for (unsigned i = 0; i < n; i++) {
-			if (sfd[i] >= 0) {
-				map[np] = 2 * i;
-				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
-			}
-			if (rfd[i] >= 0) {
-				map[np] = 2 * i + 1;
-				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
-			}
-		}
-		poll(pfd, np, 20);
-		g_mutex_lock(&p->lock);
-		bool stop = p->stop;
-		int cut = p->cut_conn;
-		bool due = cut >= 0 && (unsigned)cut < n && p->fwd[cut] >= p->cut_at && !p->cut_before;
-		g_mutex_unlock(&p->lock);
-		if (stop)
-			break;
-		if (due) {
-			/* The cut: both sockets of the connection close at once. */
-			g_mutex_lock(&p->lock);
-			bool half = p->half, reset = p->reset;
-			g_mutex_unlock(&p->lock);
-			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-			if (sfd[cut] >= 0 && reset)
-				(void)setsockopt(sfd[cut], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-			if (sfd[cut] >= 0)
-				close(sfd[cut]);
-			if (rfd[cut] >= 0 && !half)
-				close(rfd[cut]);
-			sfd[cut] = -1;
-			if (half && rfd[cut] >= 0 && nheld < MAXP)
-				held[nheld++] = rfd[cut]; /* open and silent: a dead path */
-			rfd[cut] = -1;
-			g_mutex_lock(&p->lock);
-			p->cut_conn = -1;
-			p->cuts++;
-			g_mutex_unlock(&p->lock);
-			continue;
-		}
-		if (pfd[0].revents & POLLIN) {
-			int fd = accept(p->listen_fd, NULL, NULL);
-			g_mutex_lock(&p->lock);
-			bool refuse = p->refuse_after && p->cuts > 0;
-			bool hold = p->hold_after && p->cuts > 0;
-			p->refused += refuse || hold;
-			g_mutex_unlock(&p->lock);
-			if (fd >= 0 && hold && nheld < MAXP) {
-				held[nheld++] = fd;
-			} else if (fd >= 0 && (refuse || hold || n == MAXP)) {
-				close(fd);
-			} else if (fd >= 0) {
-				sfd[n] = fd;
-				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
-				n++;
-				g_mutex_lock(&p->lock);
-				p->accepted = n;
-				g_mutex_unlock(&p->lock);
-			}
-		}
-		for (unsigned k = 1; k < np; k++) {
-			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
-				continue;
-			unsigned i = map[k] / 2;
-			bool from_sender = map[k] % 2 == 0;
-			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
-			if (from < 0)
-				continue;
-			size_t want = sizeof(buf);
-			g_mutex_lock(&p->lock);
-			if (from_sender && p->cut_conn == (int)i && p->cut_at > p->fwd[i])
-				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
-			g_mutex_unlock(&p->lock);
-			ssize_t got = recv(from, buf, want, 0);
-			g_mutex_lock(&p->lock);
-			/* The receiver's small answers come whole: a header at the start of what we read. */
-			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
-					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
-			if (cut_frame) {
-				p->cut_conn = -1;
-				p->cuts++;
-			}
-			g_mutex_unlock(&p->lock);
-			if (cut_frame) {
-				close(sfd[i]);
-				close(rfd[i]);
-				sfd[i] = rfd[i] = -1;
-				continue;
-			}
-			if (got <= 0) {
-				/* One side closed: pass the close on, both ways. */
-				close(sfd[i]);
-				close(rfd[i]);
-				sfd[i] = rfd[i] = -1;
-				continue;
-			}
-			if (to >= 0)
-				(void)!send(to, buf, (size_t)got, MSG_NOSIGNAL);
-			if (from_sender) {
-				g_mutex_lock(&p->lock);
-				p->fwd[i] += (uint64_t)got;
-				g_mutex_unlock(&p->lock);
-			}
-		}
-	}
-	for (unsigned i = 0; i < n; i++) {
-		if (sfd[i] >= 0)
-			close(sfd[i]);
-		if (rfd[i] >= 0)
-			close(rfd[i]);
-	}
-	for (unsigned i = 0; i < nheld; i++)
-		close(held[i]);
-	return NULL;
-}
-
-/* Starts a proxy to the receiver at port; returns the proxy's port (g_free it). */
-static char *proxy_start(cut_proxy *p, const char *port)
-{
-	unsigned pport = 0;
-	memset(p, 0, sizeof(*p));
-	g_mutex_init(&p->lock);
-	p->cut_conn = -1;
-	p->port = port;
-	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
-	g_assert_cmpint(p->listen_fd, >=, 0);
-	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
-	return g_strdup_printf("%u", pport);
-}
-
-static void proxy_stop(cut_proxy *p)
-{
-	g_mutex_lock(&p->lock);
-	p->stop = true;
-	g_mutex_unlock(&p->lock);
-	g_thread_join(p->thread);
-	close(p->listen_fd);
-	g_mutex_clear(&p->lock);
+	char *pport = proxy_start(px, port);
+	g_mutex_lock(&px->lock);
+	px->exact = true;
+	g_mutex_unlock(&px->lock);
+	return pport;
 }
 
 /* The proxy's accept index of data channel ch (data 0, control, data 1..). */
@@ -287,7 +106,7 @@ static void cut_in_round(unsigned ch)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	tm_sender *s = sender_new(&src, 3, NULL);
 	proxy_arm(&px, conn_of(ch), (2u << 20) / 3);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
@@ -331,7 +150,7 @@ static void test_cut_sender_side(void)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	px.half = true;
 	tm_sender *s = sender_new(&src, 3, NULL);
 	proxy_arm(&px, conn_of(1), (2u << 20) / 3);
@@ -370,7 +189,7 @@ static void test_cut_between_rounds(void)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	tm_sender *s = sender_new(&src, 3, NULL);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
 	queue_all(s);
@@ -416,7 +235,7 @@ static void test_cut_corked(void)
 	guest_fill(&src);
 	memset(state, 0x5a, sizeof(state));
 	g_autofree char *port = peer_start_state(&p, &dst, false, 0, NULL, NULL);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	px.reset = true;
 	tm_sender *s = sender_new(&src, 3, NULL);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
@@ -460,12 +279,9 @@ static void answer_lost(uint8_t type)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	tm_sender *s = sender_new(&src, 3, NULL);
-	g_mutex_lock(&px.lock);
-	px.cut_conn = conn_of(1);
-	px.cut_before = type;
-	g_mutex_unlock(&px.lock);
+	proxy_arm_frame(&px, conn_of(1), type, false);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
@@ -519,7 +335,7 @@ static void test_cut_in_state(void)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start_state(&p, &dst, false, 0, check_state, state);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	tm_sender *s = sender_new(&src, 3, NULL);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
 	queue_all(s);
@@ -552,7 +368,7 @@ static void test_cut_without_resume(void)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
 	tm_sender *s = sender_new(&src, 3, &lc);
 	proxy_arm(&px, conn_of(1), 1u << 20);
@@ -595,7 +411,7 @@ static void test_resume_deadline(void)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	px.refuse_after = true;
 	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
 	tm_sender *s = sender_new(&src, 3, &lc);
@@ -661,7 +477,7 @@ static void test_cancel_while_resuming(void)
 	guest_init(&dst, spec, 1, true);
 	guest_fill(&src);
 	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	g_autofree char *pport = start_proxy(&px, port);
 	px.hold_after = true;
 	tm_sender *s = sender_new(&src, 3, NULL);
 	proxy_arm(&px, conn_of(1), 1u << 20);
