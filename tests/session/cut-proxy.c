@@ -67,8 +67,13 @@ void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender)
 
 unsigned proxy_cuts(cut_proxy *p)
 {
+	return proxy_get(p, &p->cuts);
+}
+
+unsigned proxy_get(cut_proxy *p, const unsigned *field)
+{
 	g_mutex_lock(&p->lock);
-	unsigned n = p->cuts;
+	unsigned n = *field;
 	g_mutex_unlock(&p->lock);
 	return n;
 }
@@ -93,6 +98,8 @@ static void cut(cut_proxy *p, int *sfd, int *rfd, int *held, unsigned *nheld)
 	g_mutex_lock(&p->lock);
 	p->cut_conn = -1;
 	p->cut_before = 0;
+	p->cut_reply_to = 0;
+	p->reply_due = false;
 	p->cuts++;
 	g_mutex_unlock(&p->lock);
 }
@@ -124,7 +131,8 @@ static gpointer proxy_thread(gpointer data)
 		g_mutex_lock(&p->lock);
 		bool stop = p->stop;
 		int c = p->cut_conn;
-		bool due = c >= 0 && (unsigned)c < n && !p->cut_before && p->fwd[c] >= p->cut_at;
+		bool due = c >= 0 && (unsigned)c < n && !p->cut_before && !p->cut_reply_to &&
+			   p->fwd[c] >= p->cut_at;
 		g_mutex_unlock(&p->lock);
 		if (stop)
 			break;
@@ -164,7 +172,7 @@ static gpointer proxy_thread(gpointer data)
 			size_t want = sizeof(buf);
 			g_mutex_lock(&p->lock);
 			if (p->exact && from_sender && p->cut_conn == (int)i && !p->cut_before &&
-			    p->cut_at > p->fwd[i])
+			    !p->cut_reply_to && p->cut_at > p->fwd[i])
 				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
 			g_mutex_unlock(&p->lock);
 			ssize_t got = recv(from, buf, want, 0);
@@ -176,10 +184,25 @@ static gpointer proxy_thread(gpointer data)
 				continue;
 			}
 			g_mutex_lock(&p->lock);
-			uint8_t type = p->cut_conn == (int)i && p->from_sender == from_sender
-					       ? p->cut_before : 0;
+			bool mine = p->cut_conn == (int)i;
+			uint8_t type = mine && p->from_sender == from_sender ? p->cut_before : 0;
+			uint8_t reply = mine && !from_sender && !p->reply_due ? p->cut_reply_to : 0;
+			bool answer = mine && from_sender && p->reply_due; /* cut, not passed on */
 			g_mutex_unlock(&p->lock);
-			ssize_t at = find_frame(&fp[i][!from_sender], buf, (size_t)got, type);
+			fparse *f = &fp[i][!from_sender];
+			ssize_t at = -1, r;
+			if (answer) {
+				at = 0;
+			} else if (!reply) {
+				at = find_frame(f, buf, (size_t)got, type);
+			} else if ((r = find_frame(f, buf, (size_t)got, reply)) >= 0) {
+				/* That frame passes on whole: the parser goes on past its header. */
+				size_t past = (size_t)r + TM_FRAME_HDR_LEN;
+				(void)find_frame(f, buf + past, (size_t)got - past, 0);
+				g_mutex_lock(&p->lock);
+				p->reply_due = true;
+				g_mutex_unlock(&p->lock);
+			}
 			size_t pass = at >= 0 ? (size_t)at : (size_t)got;
 			if (to >= 0 && pass)
 				(void)!send(to, buf, pass, MSG_NOSIGNAL);
