@@ -127,13 +127,22 @@ static gpointer vcpu_thread(gpointer data)
 	return NULL;
 }
 
+/* The vCPU state the sender put, kept to compare. */
+static void keep_cpu(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	dest *d = opaque;
+	if (!strcmp(name, "cpu0") && len == CPU_STATE) {
+		memcpy(d->cpu, data, CPU_STATE);
+		d->cpu_seen = true;
+	}
+}
+
 static gpointer dest_thread(gpointer data)
 {
 	dest *d = data;
 	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
 				   .timeout_ms = 30000 };
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
-	tm_state_info info;
 
 	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
 	if (d->ret >= 0)
@@ -144,15 +153,7 @@ static gpointer dest_thread(gpointer data)
 	if (d->ret >= 0)
 		d->ret = tm_receiver_start(d->r, d->g.layout, d->g.tags, &d->error);
 	while (d->ret >= 0 && (d->ret = tm_receiver_wait(d->r, &d->error)) == 1) {
-		while ((d->ret = tm_receiver_next_state(d->r, &info, &d->error)) == 1) {
-			g_autofree uint8_t *buf = g_malloc(info.length + 1);
-			if ((d->ret = tm_receiver_read_state(d->r, buf, info.length, &d->error)) < 0)
-				break;
-			if (!strcmp(info.name, "cpu0") && info.length == CPU_STATE) {
-				memcpy(d->cpu, buf, CPU_STATE);
-				d->cpu_seen = true;
-			}
-		}
+		d->ret = receiver_read_states(d->r, keep_cpu, d, &d->error);
 		/* The end of device state in postcopy: READY went, the guest may run. */
 		if (d->ret == 0 && tm_receiver_phase(d->r) == TM_PHASE_POSTCOPY && !d->running) {
 			d->running = true;

@@ -67,22 +67,39 @@ void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender)
 
 unsigned proxy_cuts(cut_proxy *p)
 {
+	return proxy_get(p, &p->cuts);
+}
+
+unsigned proxy_get(cut_proxy *p, const unsigned *field)
+{
 	g_mutex_lock(&p->lock);
-	unsigned n = p->cuts;
+	unsigned n = *field;
 	g_mutex_unlock(&p->lock);
 	return n;
 }
 
-static void cut(cut_proxy *p, int *sfd, int *rfd)
+/* The cut: both sockets close at once, or (half) the sender's alone, the receiver's kept in held;
+ * reset sends the sender an RST instead of a FIN. */
+static void cut(cut_proxy *p, int *sfd, int *rfd, int *held, unsigned *nheld)
 {
+	g_mutex_lock(&p->lock);
+	bool half = p->half, reset = p->reset;
+	g_mutex_unlock(&p->lock);
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	if (*sfd >= 0 && reset)
+		(void)setsockopt(*sfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	if (*sfd >= 0)
 		close(*sfd);
-	if (*rfd >= 0)
+	if (*rfd >= 0 && half && *nheld < MAXP)
+		held[(*nheld)++] = *rfd; /* open and silent: a dead path */
+	else if (*rfd >= 0)
 		close(*rfd);
 	*sfd = *rfd = -1;
 	g_mutex_lock(&p->lock);
 	p->cut_conn = -1;
 	p->cut_before = 0;
+	p->cut_reply_to = 0;
+	p->reply_due = false;
 	p->cuts++;
 	g_mutex_unlock(&p->lock);
 }
@@ -92,8 +109,9 @@ static gpointer proxy_thread(gpointer data)
 	cut_proxy *p = data;
 	int sfd[MAXP], rfd[MAXP];
 	fparse fp[MAXP][2];
+	int held[MAXP]; /* half cuts' receiver sides and held connections, closed at the end */
 	uint8_t buf[65536];
-	unsigned n = 0;
+	unsigned n = 0, nheld = 0;
 
 	for (;;) {
 		struct pollfd pfd[2 * MAXP + 1];
@@ -113,21 +131,25 @@ static gpointer proxy_thread(gpointer data)
 		g_mutex_lock(&p->lock);
 		bool stop = p->stop;
 		int c = p->cut_conn;
-		bool due = c >= 0 && (unsigned)c < n && !p->cut_before && p->fwd[c] >= p->cut_at;
+		bool due = c >= 0 && (unsigned)c < n && !p->cut_before && !p->cut_reply_to &&
+			   p->fwd[c] >= p->cut_at;
 		g_mutex_unlock(&p->lock);
 		if (stop)
 			break;
 		if (due) {
-			cut(p, &sfd[c], &rfd[c]);
+			cut(p, &sfd[c], &rfd[c], held, &nheld);
 			continue;
 		}
 		if (pfd[0].revents & POLLIN) {
 			int fd = accept(p->listen_fd, NULL, NULL);
 			g_mutex_lock(&p->lock);
 			bool refuse = p->refuse_after && p->cuts > 0;
-			p->refused += refuse;
+			bool hold = p->hold_after && p->cuts > 0;
+			p->refused += refuse || hold;
 			g_mutex_unlock(&p->lock);
-			if (fd >= 0 && (refuse || n == MAXP)) {
+			if (fd >= 0 && hold && nheld < MAXP) {
+				held[nheld++] = fd;
+			} else if (fd >= 0 && (refuse || hold || n == MAXP)) {
 				close(fd);
 			} else if (fd >= 0) {
 				sfd[n] = fd;
@@ -147,7 +169,13 @@ static gpointer proxy_thread(gpointer data)
 			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
 			if (from < 0)
 				continue;
-			ssize_t got = recv(from, buf, sizeof(buf), 0);
+			size_t want = sizeof(buf);
+			g_mutex_lock(&p->lock);
+			if (p->exact && from_sender && p->cut_conn == (int)i && !p->cut_before &&
+			    !p->cut_reply_to && p->cut_at > p->fwd[i])
+				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
+			g_mutex_unlock(&p->lock);
+			ssize_t got = recv(from, buf, want, 0);
 			if (got <= 0) {
 				/* One side closed: pass the close on, both ways. */
 				close(sfd[i]);
@@ -156,10 +184,25 @@ static gpointer proxy_thread(gpointer data)
 				continue;
 			}
 			g_mutex_lock(&p->lock);
-			uint8_t type = p->cut_conn == (int)i && p->from_sender == from_sender
-					       ? p->cut_before : 0;
+			bool mine = p->cut_conn == (int)i;
+			uint8_t type = mine && p->from_sender == from_sender ? p->cut_before : 0;
+			uint8_t reply = mine && !from_sender && !p->reply_due ? p->cut_reply_to : 0;
+			bool answer = mine && from_sender && p->reply_due; /* cut, not passed on */
 			g_mutex_unlock(&p->lock);
-			ssize_t at = find_frame(&fp[i][!from_sender], buf, (size_t)got, type);
+			fparse *f = &fp[i][!from_sender];
+			ssize_t at = -1, r;
+			if (answer) {
+				at = 0;
+			} else if (!reply) {
+				at = find_frame(f, buf, (size_t)got, type);
+			} else if ((r = find_frame(f, buf, (size_t)got, reply)) >= 0) {
+				/* That frame passes on whole: the parser goes on past its header. */
+				size_t past = (size_t)r + TM_FRAME_HDR_LEN;
+				(void)find_frame(f, buf + past, (size_t)got - past, 0);
+				g_mutex_lock(&p->lock);
+				p->reply_due = true;
+				g_mutex_unlock(&p->lock);
+			}
 			size_t pass = at >= 0 ? (size_t)at : (size_t)got;
 			if (to >= 0 && pass)
 				(void)!send(to, buf, pass, MSG_NOSIGNAL);
@@ -169,7 +212,7 @@ static gpointer proxy_thread(gpointer data)
 				g_mutex_unlock(&p->lock);
 			}
 			if (at >= 0)
-				cut(p, &sfd[i], &rfd[i]);
+				cut(p, &sfd[i], &rfd[i], held, &nheld);
 		}
 	}
 	for (unsigned i = 0; i < n; i++) {
@@ -178,6 +221,8 @@ static gpointer proxy_thread(gpointer data)
 		if (rfd[i] >= 0)
 			close(rfd[i]);
 	}
+	for (unsigned i = 0; i < nheld; i++)
+		close(held[i]);
 	return NULL;
 }
 

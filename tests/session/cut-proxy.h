@@ -2,8 +2,9 @@
 /*
  * A TCP proxy for resume tests: forwards every connection between a sender and a receiver and
  * cuts one (closes both of its sockets) once a number of bytes went through it, or right before
- * a frame of a given type (plaintext only: it reads frame headers), and can refuse every
- * connection after the cut. Shared by test-resume-control.c and test-resume-attach.c.
+ * a frame of a given type (plaintext only: it reads frame headers), or right after a receiver's
+ * frame of a given type, before the sender's answer; after the cut it can refuse or hold every
+ * new connection. Shared by every resume test (grep -l cut_proxy tests/session).
  */
 #pragma once
 
@@ -24,7 +25,17 @@ typedef struct cut_proxy {
 	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
 	uint8_t cut_before;  /* plaintext: ... instead, right before a frame of this type */
 	bool from_sender;    /* ... sent by the sender (else by the receiver) */
+	uint8_t cut_reply_to; /* plaintext: pass on the receiver's first frame of this type, then
+	                       * cut instead of passing on the sender's next bytes */
+	bool reply_due;      /* that frame went: the sender's next bytes are the cut */
+	bool exact;          /* a cut by bytes falls exactly at cut_at (else up to one 64 KiB read
+	                      * past it) */
+	bool half;           /* the cut closes only the sender's side: the receiver's stays open
+	                      * and silent (a dead path) */
+	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
 	bool refuse_after;   /* after the cut, new connections are closed at once */
+	bool hold_after;     /* after the cut, new connections are held open, never answered
+	                      * (counted in refused) */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];
@@ -38,3 +49,5 @@ void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes);
 /* Cuts connection conn right before a frame of type from the sender (or the receiver). */
 void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender);
 unsigned proxy_cuts(cut_proxy *p);
+/* One of p's counters (&p->cuts, &p->accepted, &p->refused), read under the lock. */
+unsigned proxy_get(cut_proxy *p, const unsigned *field);

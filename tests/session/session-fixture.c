@@ -132,6 +132,30 @@ static void count_present(void *opaque, unsigned ch, unsigned block, uint64_t fi
 	__atomic_fetch_add(&p->presented, n, __ATOMIC_RELAXED);
 }
 
+int receiver_read_states(tm_receiver *r, state_section_fn fn, void *opaque, GError **error)
+{
+	tm_state_info info;
+	int ret;
+
+	while ((ret = tm_receiver_next_state(r, &info, error)) == 1) {
+		g_autofree uint8_t *buf = g_malloc(info.length + 1);
+		ret = tm_receiver_read_state(r, buf, info.length, error);
+		if (ret < 0)
+			break;
+		if (fn)
+			fn(opaque, info.name, buf, info.length);
+	}
+	return ret;
+}
+
+static void peer_section(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	peer *p = opaque;
+	p->states++;
+	if (p->on_state)
+		p->on_state(p, name, data, len);
+}
+
 static gpointer receiver_thread(gpointer data)
 {
 	peer *p = data;
@@ -157,16 +181,7 @@ static gpointer receiver_thread(gpointer data)
 		if (p->ret != 1)
 			break;
 		/* Device state waits: read every section, as a destination VMM loads devices. */
-		tm_state_info info;
-		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
-			g_autofree uint8_t *buf = g_malloc(info.length + 1);
-			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
-			if (p->ret < 0)
-				break;
-			p->states++;
-			if (p->on_state)
-				p->on_state(p, info.name, buf, info.length);
-		}
+		p->ret = receiver_read_states(p->r, peer_section, p, &p->error);
 	}
 	return NULL;
 }

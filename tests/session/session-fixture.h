@@ -83,6 +83,16 @@ char *peer_start_waived(peer *p, guest *g, unsigned timeout_ms);
 void peer_join(peer *p);
 void peer_free(peer *p);
 
+/* A device-state section read whole by receiver_read_states() (on the receiver's thread). */
+typedef void (*state_section_fn)(void *opaque, const char *name, const uint8_t *data, size_t len);
+
+/*
+ * What a destination does each time tm_receiver_wait() returns 1: reads every device-state
+ * section r has ready, whole, and hands each to fn (if set). Returns 0 once none is left, or the
+ * negative errno of tm_receiver_next_state() / tm_receiver_read_state() with *error set.
+ */
+int receiver_read_states(tm_receiver *r, state_section_fn fn, void *opaque, GError **error);
+
 typedef struct session_test {
 	const char *path;
 	void (*fn)(void);

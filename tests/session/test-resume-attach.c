@@ -89,13 +89,7 @@ static gpointer receiver_thread(gpointer data)
 		p->ret = tm_receiver_wait(p->r, &p->error);
 		if (p->ret != 1)
 			break;
-		tm_state_info info;
-		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
-			g_autofree uint8_t *buf = g_malloc(info.length + 1);
-			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
-			if (p->ret < 0)
-				break;
-		}
+		p->ret = receiver_read_states(p->r, NULL, NULL, &p->error);
 	}
 	return NULL;
 }

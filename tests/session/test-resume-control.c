@@ -39,6 +39,16 @@ typedef struct rpeer {
 
 #define STATE_LEN (4u << 20)
 
+/* Each section the receiver reads is the sender's 4 MiB of device state. */
+static void check_section(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	rpeer *p = opaque;
+	p->states++;
+	g_assert_nonnull(p->state);
+	g_assert_cmpuint(len, ==, STATE_LEN);
+	g_assert_true(memcmp(data, p->state, STATE_LEN) == 0);
+}
+
 static gpointer rpeer_thread(gpointer data)
 {
 	rpeer *p = data;
@@ -57,17 +67,7 @@ static gpointer rpeer_thread(gpointer data)
 		p->ret = tm_receiver_wait(p->r, &p->error);
 		if (p->ret != 1)
 			break;
-		tm_state_info info;
-		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
-			g_autofree uint8_t *buf = g_malloc(info.length + 1);
-			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
-			if (p->ret < 0)
-				break;
-			p->states++;
-			g_assert_nonnull(p->state);
-			g_assert_cmpuint(info.length, ==, STATE_LEN);
-			g_assert_true(memcmp(buf, p->state, STATE_LEN) == 0);
-		}
+		p->ret = receiver_read_states(p->r, check_section, p, &p->error);
 	}
 	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	return NULL;

@@ -17,16 +17,14 @@
  * userfaultfd it skips with the reason.
  */
 #include <errno.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "cut-proxy.h"
 #include "session-fixture.h"
 #include "transport/transport.h"
 
-#define MAXP 32
 #define NCH 3u
 #define RAM (4u << 20)
 #define PAGE 4096u
@@ -34,179 +32,6 @@
 #define VCPUS 2u
 #define CPU_STATE 4096u
 #define URGENT_CONN (NCH + 1) /* the proxy's accept index: data 0, control, data 1.., urgent */
-
-/* ---- a proxy that forwards every connection and cuts one when told ---- */
-typedef struct cut_proxy {
-	int listen_fd;
-	const char *port;     /* the receiver's */
-	GThread *thread;
-	GMutex lock;
-	/* protected by lock */
-	int cut_conn;         /* accept index to cut, -1: none */
-	uint64_t cut_at;      /* ... once this many sender-to-receiver bytes went through it */
-	uint8_t cut_before;   /* plaintext: cut instead of passing on the receiver's first frame
-	                       * of this type, 0: by bytes */
-	uint8_t cut_reply_to; /* plaintext: pass on the receiver's first frame of this type,
-	                       * then cut instead of passing on the sender's next bytes */
-	bool reply_due;       /* that frame went: the next sender bytes are the cut */
-	bool refuse_after;    /* after the cut, new connections are closed at once */
-	bool stop;
-	unsigned cuts, accepted, refused;
-	uint64_t fwd[MAXP];   /* sender-to-receiver bytes per connection */
-} cut_proxy;
-
-static void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes, uint8_t before)
-{
-	g_mutex_lock(&p->lock);
-	p->cut_conn = conn;
-	p->cut_at = p->fwd[conn] + more_bytes;
-	p->cut_before = before;
-	g_mutex_unlock(&p->lock);
-}
-
-static unsigned proxy_get(cut_proxy *p, const unsigned *field)
-{
-	g_mutex_lock(&p->lock);
-	unsigned n = *field;
-	g_mutex_unlock(&p->lock);
-	return n;
-}
-
-static void close_pair(int *sfd, int *rfd)
-{
-	if (*sfd >= 0)
-		close(*sfd);
-	if (*rfd >= 0)
-		close(*rfd);
-	*sfd = *rfd = -1;
-}
-
-static gpointer proxy_thread(gpointer data)
-{
-	cut_proxy *p = data;
-	int sfd[MAXP], rfd[MAXP];
-	static uint8_t buf[65536];
-	unsigned n = 0;
-
-	for (;;) {
-		struct pollfd pfd[2 * MAXP + 1];
-		unsigned map[2 * MAXP + 1], np = 0;
-		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
-		for (unsigned i = 0; i < n; i++) {
-			if (sfd[i] >= 0) {
-				map[np] = 2 * i;
-				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
-			}
-			if (rfd[i] >= 0) {
-				map[np] = 2 * i + 1;
-				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
-			}
-		}
-		poll(pfd, np, 20);
-		g_mutex_lock(&p->lock);
-		bool stop = p->stop;
-		int cut = p->cut_conn;
-		bool due = cut >= 0 && (unsigned)cut < n && !p->cut_before && !p->cut_reply_to &&
-			   p->fwd[cut] >= p->cut_at;
-		if (due) {
-			p->cut_conn = -1;
-			p->cuts++;
-		}
-		g_mutex_unlock(&p->lock);
-		if (stop)
-			break;
-		if (due) { /* both sockets of the connection close at once */
-			close_pair(&sfd[cut], &rfd[cut]);
-			continue;
-		}
-		if (pfd[0].revents & POLLIN) {
-			int fd = accept(p->listen_fd, NULL, NULL);
-			g_mutex_lock(&p->lock);
-			bool refuse = p->refuse_after && p->cuts > 0;
-			p->refused += refuse;
-			g_mutex_unlock(&p->lock);
-			if (fd >= 0 && (refuse || n == MAXP)) {
-				close(fd);
-			} else if (fd >= 0) {
-				sfd[n] = fd;
-				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
-				n++;
-				g_mutex_lock(&p->lock);
-				p->accepted = n;
-				g_mutex_unlock(&p->lock);
-			}
-		}
-		for (unsigned k = 1; k < np; k++) {
-			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
-				continue;
-			unsigned i = map[k] / 2;
-			bool from_sender = map[k] % 2 == 0;
-			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
-			if (from < 0)
-				continue;
-			size_t want = sizeof(buf);
-			g_mutex_lock(&p->lock);
-			if (from_sender && p->cut_conn == (int)i && !p->cut_before &&
-			    !p->cut_reply_to && p->cut_at > p->fwd[i])
-				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
-			g_mutex_unlock(&p->lock);
-			ssize_t got = recv(from, buf, want, 0);
-			g_mutex_lock(&p->lock);
-			/* The receiver's PAGE_REQs are small: a header at the start of what we read. */
-			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
-					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
-			if (got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender && p->cut_reply_to &&
-			    p->cut_conn == (int)i && buf[5] == p->cut_reply_to)
-				p->reply_due = true;
-			if (got > 0 && from_sender && p->reply_due && p->cut_conn == (int)i) {
-				p->reply_due = false;
-				cut_frame = true;
-			}
-			if (cut_frame) {
-				p->cut_conn = -1;
-				p->cuts++;
-			}
-			g_mutex_unlock(&p->lock);
-			if (cut_frame || got <= 0) { /* the cut, or one side closed: both ways */
-				close_pair(&sfd[i], &rfd[i]);
-				continue;
-			}
-			if (to >= 0)
-				(void)!send(to, buf, (size_t)got, MSG_NOSIGNAL);
-			if (from_sender) {
-				g_mutex_lock(&p->lock);
-				p->fwd[i] += (uint64_t)got;
-				g_mutex_unlock(&p->lock);
-			}
-		}
-	}
-	for (unsigned i = 0; i < n; i++)
-		close_pair(&sfd[i], &rfd[i]);
-	return NULL;
-}
-
-static char *proxy_start(cut_proxy *p, const char *port)
-{
-	unsigned pport = 0;
-	memset(p, 0, sizeof(*p));
-	g_mutex_init(&p->lock);
-	p->cut_conn = -1;
-	p->port = port;
-	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
-	g_assert_cmpint(p->listen_fd, >=, 0);
-	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
-	return g_strdup_printf("%u", pport);
-}
-
-static void proxy_stop(cut_proxy *p)
-{
-	g_mutex_lock(&p->lock);
-	p->stop = true;
-	g_mutex_unlock(&p->lock);
-	g_thread_join(p->thread);
-	close(p->listen_fd);
-	g_mutex_clear(&p->lock);
-}
 
 /* ---- the destination: a receiver in postcopy and its vCPUs ---- */
 
@@ -265,13 +90,22 @@ static gpointer vcpu_thread(gpointer data)
 	return NULL;
 }
 
+/* The vCPU state the sender put, kept to compare. */
+static void keep_cpu(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	dest *d = opaque;
+	if (!strcmp(name, "cpu0") && len == CPU_STATE) {
+		memcpy(d->cpu, data, CPU_STATE);
+		d->cpu_seen = true;
+	}
+}
+
 static gpointer dest_thread(gpointer data)
 {
 	dest *d = data;
 	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
 				   .timeout_ms = 20000 };
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
-	tm_state_info info;
 
 	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
 	if (d->ret >= 0)
@@ -281,15 +115,7 @@ static gpointer dest_thread(gpointer data)
 	if (d->ret >= 0)
 		d->ret = tm_receiver_start(d->r, d->g.layout, d->g.tags, &d->error);
 	while (d->ret >= 0 && (d->ret = tm_receiver_wait(d->r, &d->error)) == 1) {
-		while ((d->ret = tm_receiver_next_state(d->r, &info, &d->error)) == 1) {
-			g_autofree uint8_t *buf = g_malloc(info.length + 1);
-			if ((d->ret = tm_receiver_read_state(d->r, buf, info.length, &d->error)) < 0)
-				break;
-			if (!strcmp(info.name, "cpu0") && info.length == CPU_STATE) {
-				memcpy(d->cpu, buf, CPU_STATE);
-				d->cpu_seen = true;
-			}
-		}
+		d->ret = receiver_read_states(d->r, keep_cpu, d, &d->error);
 		/* The end of device state in postcopy: the guest may run. */
 		if (d->ret == 0 && tm_receiver_phase(d->r) == TM_PHASE_POSTCOPY &&
 		    !__atomic_load_n(&d->running, __ATOMIC_ACQUIRE)) {
@@ -350,6 +176,9 @@ static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpu
 	x->port = g_strdup_printf("%u", port);
 	x->d.thread = g_thread_new("dest", dest_thread, &x->d);
 	g_autofree char *pport = proxy_start(&x->px, x->port);
+	g_mutex_lock(&x->px.lock);
+	x->px.exact = true; /* a cut n bytes into a connection falls there, not a read later */
+	g_mutex_unlock(&x->px.lock);
 
 	/* Small packets: many in flight, so that a cut loses some. */
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = NCH,
@@ -461,7 +290,7 @@ static void cut_data(unsigned ch)
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
 	run_start(&x, &lc, 1u << 20, true, 2 * VCPUS);
-	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10, 0);
+	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10);
 	run_join(&x);
 	assert_resumed(&x);
 	run_free(&x);
@@ -495,9 +324,9 @@ static void test_cut_urgent(void)
 	 * channel's cork): from now on the next background packet waits for hours. */
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0);
 	if (tls_dir)
-		proxy_arm(&x.px, URGENT_CONN, 40u << 10, 0);
+		proxy_arm(&x.px, URGENT_CONN, 40u << 10);
 	else
-		proxy_arm(&x.px, URGENT_CONN, 0, TM_MSG_PAGE_REQ);
+		proxy_arm_frame(&x.px, URGENT_CONN, TM_MSG_PAGE_REQ, false);
 	bool done = false;
 	for (unsigned ms = 0; !done && ms < 20000; ms += 10) {
 		done = true;
@@ -651,7 +480,7 @@ static void cut_paused(bool no_resume)
 	g_mutex_lock(&x.px.lock);
 	x.px.refuse_after = true; /* once the cut happened, no reconnect gets through */
 	g_mutex_unlock(&x.px.lock);
-	proxy_arm(&x.px, 2, 32u << 10, 0); /* data channel 1 */
+	proxy_arm(&x.px, 2, 32u << 10); /* data channel 1 */
 	int64_t t0 = g_get_monotonic_time();
 	g_thread_join(x.finisher);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;

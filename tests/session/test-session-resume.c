@@ -9,206 +9,15 @@
  * plaintext and TLS (session-fixture.c).
  */
 #include <errno.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "cut-proxy.h"
 #include "fake-peer.h"
 #include "session-fixture.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
-
-#define MAXP 32
-
-/* ---- a proxy that forwards every connection and cuts one when told ---- */
-typedef struct cut_proxy {
-	int listen_fd;       /* where the sender connects */
-	const char *port;    /* the receiver's */
-	GThread *thread;
-	GMutex lock;
-	/* protected by lock */
-	int cut_conn;        /* accept index to cut, -1: none (0 data 0, 1 control, k + 1 data k) */
-	uint64_t cut_at;     /* ... once this many sender-to-receiver bytes went through it */
-	bool refuse_after;   /* after the cut, new connections are closed at once */
-	bool hold_after;     /* after the cut, new connections are held open, never answered */
-	bool half;           /* the cut closes only the sender's side: the receiver's stays open */
-	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
-	uint8_t cut_before;  /* plaintext: cut cut_conn instead of passing on the receiver's first
-	                      * frame of this type (cut_at unused), 0: by bytes */
-	bool stop;
-	unsigned cuts, accepted, refused;
-	uint64_t fwd[MAXP];  /* sender-to-receiver bytes per connection */
-} cut_proxy;
-
-static void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes)
-{
-	g_mutex_lock(&p->lock);
-	p->cut_conn = conn;
-	p->cut_at = p->fwd[conn] + more_bytes;
-	g_mutex_unlock(&p->lock);
-}
-
-static unsigned proxy_cuts(cut_proxy *p)
-{
-	g_mutex_lock(&p->lock);
-	unsigned n = p->cuts;
-	g_mutex_unlock(&p->lock);
-	return n;
-}
-
-static gpointer proxy_thread(gpointer data)
-{
-	cut_proxy *p = data;
-	int sfd[MAXP], rfd[MAXP]; /* sender side, receiver side, per accepted connection */
-	uint8_t buf[65536];
-	unsigned n = 0, nheld = 0;
-	int held[MAXP];
-
-	for (;;) {
-		struct pollfd pfd[2 * MAXP + 1];
-		unsigned map[2 * MAXP + 1], np = 0;
-		pfd[np++] = (struct pollfd){ .fd = p->listen_fd, .events = POLLIN };
-		for (unsigned i = 0; i < n; i++) {
-			if (sfd[i] >= 0) {
-				map[np] = 2 * i;
-				pfd[np++] = (struct pollfd){ .fd = sfd[i], .events = POLLIN };
-			}
-			if (rfd[i] >= 0) {
-				map[np] = 2 * i + 1;
-				pfd[np++] = (struct pollfd){ .fd = rfd[i], .events = POLLIN };
-			}
-		}
-		poll(pfd, np, 20);
-		g_mutex_lock(&p->lock);
-		bool stop = p->stop;
-		int cut = p->cut_conn;
-		bool due = cut >= 0 && (unsigned)cut < n && p->fwd[cut] >= p->cut_at && !p->cut_before;
-		g_mutex_unlock(&p->lock);
-		if (stop)
-			break;
-		if (due) {
-			/* The cut: both sockets of the connection close at once. */
-			g_mutex_lock(&p->lock);
-			bool half = p->half, reset = p->reset;
-			g_mutex_unlock(&p->lock);
-			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-			if (sfd[cut] >= 0 && reset)
-				(void)setsockopt(sfd[cut], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-			if (sfd[cut] >= 0)
-				close(sfd[cut]);
-			if (rfd[cut] >= 0 && !half)
-				close(rfd[cut]);
-			sfd[cut] = -1;
-			if (half && rfd[cut] >= 0 && nheld < MAXP)
-				held[nheld++] = rfd[cut]; /* open and silent: a dead path */
-			rfd[cut] = -1;
-			g_mutex_lock(&p->lock);
-			p->cut_conn = -1;
-			p->cuts++;
-			g_mutex_unlock(&p->lock);
-			continue;
-		}
-		if (pfd[0].revents & POLLIN) {
-			int fd = accept(p->listen_fd, NULL, NULL);
-			g_mutex_lock(&p->lock);
-			bool refuse = p->refuse_after && p->cuts > 0;
-			bool hold = p->hold_after && p->cuts > 0;
-			p->refused += refuse || hold;
-			g_mutex_unlock(&p->lock);
-			if (fd >= 0 && hold && nheld < MAXP) {
-				held[nheld++] = fd;
-			} else if (fd >= 0 && (refuse || hold || n == MAXP)) {
-				close(fd);
-			} else if (fd >= 0) {
-				sfd[n] = fd;
-				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
-				n++;
-				g_mutex_lock(&p->lock);
-				p->accepted = n;
-				g_mutex_unlock(&p->lock);
-			}
-		}
-		for (unsigned k = 1; k < np; k++) {
-			if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
-				continue;
-			unsigned i = map[k] / 2;
-			bool from_sender = map[k] % 2 == 0;
-			int from = from_sender ? sfd[i] : rfd[i], to = from_sender ? rfd[i] : sfd[i];
-			if (from < 0)
-				continue;
-			size_t want = sizeof(buf);
-			g_mutex_lock(&p->lock);
-			if (from_sender && p->cut_conn == (int)i && p->cut_at > p->fwd[i])
-				want = MIN(want, p->cut_at - p->fwd[i]); /* stop exactly at the cut */
-			g_mutex_unlock(&p->lock);
-			ssize_t got = recv(from, buf, want, 0);
-			g_mutex_lock(&p->lock);
-			/* The receiver's small answers come whole: a header at the start of what we read. */
-			bool cut_frame = got >= (ssize_t)TM_FRAME_HDR_LEN && !from_sender &&
-					 p->cut_before && p->cut_conn == (int)i && buf[5] == p->cut_before;
-			if (cut_frame) {
-				p->cut_conn = -1;
-				p->cuts++;
-			}
-			g_mutex_unlock(&p->lock);
-			if (cut_frame) {
-				close(sfd[i]);
-				close(rfd[i]);
-				sfd[i] = rfd[i] = -1;
-				continue;
-			}
-			if (got <= 0) {
-				/* One side closed: pass the close on, both ways. */
-				close(sfd[i]);
-				close(rfd[i]);
-				sfd[i] = rfd[i] = -1;
-				continue;
-			}
-			if (to >= 0)
-				(void)!send(to, buf, (size_t)got, MSG_NOSIGNAL);
-			if (from_sender) {
-				g_mutex_lock(&p->lock);
-				p->fwd[i] += (uint64_t)got;
-				g_mutex_unlock(&p->lock);
-			}
-		}
-	}
-	for (unsigned i = 0; i < n; i++) {
-		if (sfd[i] >= 0)
-			close(sfd[i]);
-		if (rfd[i] >= 0)
-			close(rfd[i]);
-	}
-	for (unsigned i = 0; i < nheld; i++)
-		close(held[i]);
-	return NULL;
-}
-
-/* Starts a proxy to the receiver at port; returns the proxy's port (g_free it). */
-static char *proxy_start(cut_proxy *p, const char *port)
-{
-	unsigned pport = 0;
-	memset(p, 0, sizeof(*p));
-	g_mutex_init(&p->lock);
-	p->cut_conn = -1;
-	p->port = port;
-	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
-	g_assert_cmpint(p->listen_fd, >=, 0);
-	p->thread = g_thread_new("cut-proxy", proxy_thread, p);
-	return g_strdup_printf("%u", pport);
-}
-
-static void proxy_stop(cut_proxy *p)
-{
-	g_mutex_lock(&p->lock);
-	p->stop = true;
-	g_mutex_unlock(&p->lock);
-	g_thread_join(p->thread);
-	close(p->listen_fd);
-	g_mutex_clear(&p->lock);
-}
 
 /* The proxy's accept index of data channel ch (data 0, control, data 1..). */
 static int conn_of(unsigned ch)
@@ -218,6 +27,42 @@ static int conn_of(unsigned ch)
 
 #define RAM (16u << 20)
 static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
+
+/* One migration through the proxy: the guests, the receiver and the proxy between them. */
+typedef struct rig {
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+	char *port, *pport; /* the receiver's, the proxy's (the sender connects there) */
+} rig;
+
+/*
+ * The source filled, the receiver (handing each device-state section to fn, if set) and the
+ * proxy, its cuts by bytes exact: a cut n bytes into a channel falls there, not a read later.
+ */
+static void rig_start(rig *t, peer_state_fn fn, void *opaque)
+{
+	guest_init(&t->src, spec, 1, true);
+	guest_init(&t->dst, spec, 1, true);
+	guest_fill(&t->src);
+	t->port = peer_start_state(&t->p, &t->dst, false, 0, fn, opaque);
+	t->pport = proxy_start(&t->px, t->port);
+	g_mutex_lock(&t->px.lock);
+	t->px.exact = true;
+	g_mutex_unlock(&t->px.lock);
+}
+
+/* Frees the sender s, then the rig. */
+static void rig_free(rig *t, tm_sender *s)
+{
+	tm_sender_free(s);
+	peer_free(&t->p);
+	proxy_stop(&t->px);
+	guest_fini(&t->src);
+	guest_fini(&t->dst);
+	g_free(t->port);
+	g_free(t->pport);
+}
 
 static tm_sender *sender_new(guest *src, unsigned channels, const tm_live_config *lc)
 {
@@ -278,31 +123,21 @@ static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r,
 /* A cut of data channel ch 2 MiB into the first round: completes, the lost packets re-sent. */
 static void cut_in_round(unsigned ch)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	tm_sender *s = sender_new(&src, 3, NULL);
-	proxy_arm(&px, conn_of(ch), (2u << 20) / 3);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	rig_start(&t, NULL, NULL);
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	proxy_arm(&t.px, conn_of(ch), (2u << 20) / 3);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
-	assert_resumed(s, &p, &src, &dst, r, err, RAM / 4096);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	peer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
+	rig_free(&t, s);
 }
 
 static void test_cut_first_in_round(void)
@@ -322,37 +157,27 @@ static void test_cut_later_in_round(void)
  */
 static void test_cut_sender_side(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	px.half = true;
-	tm_sender *s = sender_new(&src, 3, NULL);
-	proxy_arm(&px, conn_of(1), (2u << 20) / 3);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	rig_start(&t, NULL, NULL);
+	t.px.half = true;
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	proxy_arm(&t.px, conn_of(1), (2u << 20) / 3);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	int64_t t0 = g_get_monotonic_time();
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
+	peer_join(&t.p);
 	/* At once, not when the half packet's body deadline (5 s grace) ends the old read. */
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_test_message("completed in %.2f s", secs);
 	g_assert_cmpfloat(secs, <, 4.0);
-	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
-	assert_resumed(s, &p, &src, &dst, r, err, RAM / 4096);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
+	rig_free(&t, s);
 }
 
 /*
@@ -361,40 +186,30 @@ static void test_cut_sender_side(void)
  */
 static void test_cut_between_rounds(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	tm_sender *s = sender_new(&src, 3, NULL);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	rig_start(&t, NULL, NULL);
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
-	proxy_arm(&px, conn_of(1), 0);
-	while (proxy_cuts(&px) == 0)
+	proxy_arm(&t.px, conn_of(1), 0);
+	while (proxy_cuts(&t.px) == 0)
 		g_usleep(1000);
 	g_usleep(50000); /* the receiver sees the close first */
 	uint64_t np = RAM / 4096, bm[np / 64];
 	memset(bm, 0x55, sizeof(bm));
 	for (uint64_t i = 0; i < np; i += 2)
-		fill_page(&src, 0, i, (unsigned)i + 1);
+		fill_page(&t.src, 0, i, (unsigned)i + 1);
 	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
 	if (r == 0)
 		r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	assert_resumed(s, &p, &src, &dst, r, err, RAM / 4096 * 3 / 2);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	peer_join(&t.p);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096 * 3 / 2);
+	rig_free(&t, s);
 }
 
 /*
@@ -405,39 +220,29 @@ static void test_cut_between_rounds(void)
  */
 static void test_cut_corked(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 	uint8_t state[100];
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
 	memset(state, 0x5a, sizeof(state));
-	g_autofree char *port = peer_start_state(&p, &dst, false, 0, NULL, NULL);
-	g_autofree char *pport = proxy_start(&px, port);
-	px.reset = true;
-	tm_sender *s = sender_new(&src, 3, NULL);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	rig_start(&t, NULL, NULL);
+	t.px.reset = true;
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
-	proxy_arm(&px, conn_of(0), 0);
-	while (proxy_cuts(&px) == 0)
+	proxy_arm(&t.px, conn_of(0), 0);
+	while (proxy_cuts(&t.px) == 0)
 		g_usleep(1000);
 	g_usleep(50000); /* the reset arrived; the receiver saw its close */
 	int r = tm_sender_put_state(s, "dev", state, sizeof(state), 0, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	g_assert_cmpuint(p.states, ==, 1);
-	assert_resumed(s, &p, &src, &dst, r, err, RAM / 4096);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	peer_join(&t.p);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
+	rig_free(&t, s);
 }
 
 /*
@@ -447,42 +252,29 @@ static void test_cut_corked(void)
  */
 static void answer_lost(uint8_t type)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
 	if (tls_dir) {
 		g_test_skip("the proxy reads the receiver's frames: plaintext only");
 		return;
 	}
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	tm_sender *s = sender_new(&src, 3, NULL);
-	g_mutex_lock(&px.lock);
-	px.cut_conn = conn_of(1);
-	px.cut_before = type;
-	g_mutex_unlock(&px.lock);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	rig_start(&t, NULL, NULL);
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	proxy_arm_frame(&t.px, conn_of(1), type, false);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
-	assert_resumed(s, &p, &src, &dst, r, err, RAM / 4096);
+	peer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
 	tm_live_stats ss = { .size = sizeof(ss) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
 	g_assert_cmpuint(ss.rounds, ==, 1);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	rig_free(&t, s);
 }
 
 static void test_sync_ack_lost(void)
@@ -507,121 +299,91 @@ static void check_state(peer *p, const char *name, const uint8_t *data, size_t l
 /* Data channel 2 is cut 256 KiB into device state (RAM was acknowledged before). */
 static void test_cut_in_state(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 	g_autofree uint8_t *state = g_malloc(4u << 20);
 
 	for (size_t i = 0; i < (4u << 20) / 8; i++)
 		((uint64_t *)state)[i] = rnd();
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start_state(&p, &dst, false, 0, check_state, state);
-	g_autofree char *pport = proxy_start(&px, port);
-	tm_sender *s = sender_new(&src, 3, NULL);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	rig_start(&t, check_state, state);
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
-	proxy_arm(&px, conn_of(2), 256u << 10);
+	proxy_arm(&t.px, conn_of(2), 256u << 10);
 	int r = tm_sender_put_state(s, "dev", state, 4u << 20, 0, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
-	g_assert_cmpuint(p.states, ==, 1);
-	assert_resumed(s, &p, &src, &dst, r, err, RAM / 4096);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	peer_join(&t.p);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
+	rig_free(&t, s);
 }
 
 /* Without resume (no_resume), a cut fails the session on both sides, naming the channel. */
 static void test_cut_without_resume(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
+	rig_start(&t, NULL, NULL);
 	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
-	tm_sender *s = sender_new(&src, 3, &lc);
-	proxy_arm(&px, conn_of(1), 1u << 20);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	tm_sender *s = sender_new(&t.src, 3, &lc);
+	proxy_arm(&t.px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
-	peer_join(&p);
+	peer_join(&t.p);
 	g_assert_cmpint(r, <, 0);
 	g_test_message("sender: %s", err->message);
-	g_assert_cmpint(p.ret, <, 0);
-	g_test_message("receiver: %s", p.error->message);
+	g_assert_cmpint(t.p.ret, <, 0);
+	g_test_message("receiver: %s", t.p.error->message);
 	/* The old failure, naming the channel; nobody tried to come back (3 channels and control,
 	 * no fifth connection). */
 	g_assert_nonnull(strstr(err->message, "channel 1"));
-	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
-	g_mutex_lock(&px.lock);
-	g_assert_cmpuint(px.accepted, ==, 4);
-	g_mutex_unlock(&px.lock);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	g_mutex_lock(&t.px.lock);
+	g_assert_cmpuint(t.px.accepted, ==, 4);
+	g_mutex_unlock(&t.px.lock);
 	tm_live_stats ss = { .size = sizeof(ss) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.reconnects, ==, 0);
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	rig_free(&t, s);
 }
 
 /* The proxy refuses every reconnect: the sender gives up after its deadline, naming the channel. */
 static void test_resume_deadline(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	px.refuse_after = true;
+	rig_start(&t, NULL, NULL);
+	t.px.refuse_after = true;
 	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
-	tm_sender *s = sender_new(&src, 3, &lc);
-	proxy_arm(&px, conn_of(1), 1u << 20);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
+	tm_sender *s = sender_new(&t.src, 3, &lc);
+	proxy_arm(&t.px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	int64_t t0 = g_get_monotonic_time();
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
-	peer_join(&p);
+	peer_join(&t.p);
 	g_assert_cmpint(r, ==, -ETIMEDOUT);
 	g_test_message("sender (%.1f s): %s", secs, err->message);
 	g_assert_nonnull(strstr(err->message, "channel 1: could not resume within"));
 	g_assert_cmpfloat(secs, <, 10.0);
-	g_assert_cmpuint(px.refused, >, 0);
+	g_assert_cmpuint(t.px.refused, >, 0);
 	/* The receiver learns why on the control connection. */
-	g_assert_cmpint(p.ret, <, 0);
-	g_test_message("receiver: %s", p.error->message);
-	g_assert_nonnull(strstr(p.error->message, "could not resume"));
-	tm_sender_free(s);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	g_assert_cmpint(t.p.ret, <, 0);
+	g_test_message("receiver: %s", t.p.error->message);
+	g_assert_nonnull(strstr(t.p.error->message, "could not resume"));
+	rig_free(&t, s);
 }
 
 typedef struct canceller {
@@ -652,42 +414,33 @@ static gpointer cancel_thread(gpointer data)
  */
 static void test_cancel_while_resuming(void)
 {
-	guest src, dst;
-	peer p;
-	cut_proxy px;
+	rig t;
 	g_autoptr(GError) err = NULL;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	g_autofree char *pport = proxy_start(&px, port);
-	px.hold_after = true;
-	tm_sender *s = sender_new(&src, 3, NULL);
-	proxy_arm(&px, conn_of(1), 1u << 20);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", pport, &err), ==, 0);
-	canceller cc = { s, &px };
-	GThread *t = g_thread_new("canceller", cancel_thread, &cc);
+	rig_start(&t, NULL, NULL);
+	t.px.hold_after = true;
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	proxy_arm(&t.px, conn_of(1), 1u << 20);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
+	canceller cc = { s, &t.px };
+	GThread *th = g_thread_new("canceller", cancel_thread, &cc);
 	int64_t t_start = g_get_monotonic_time();
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	int64_t t_end = g_get_monotonic_time();
-	g_thread_join(t);
+	g_thread_join(th);
 	/* The attempt's handshake deadline is 10 s: the cancel ended it long before. */
 	g_test_message("sync returned after %.2f s", (double)(t_end - t_start) / 1e6);
 	g_assert_cmpint(t_end - t_start, <, 5 * G_USEC_PER_SEC);
 	g_assert_cmpint(r, ==, -ECANCELED);
 	g_test_message("sender: %s", err->message);
-	peer_join(&p);
-	g_assert_cmpint(p.ret, <, 0);
+	peer_join(&t.p);
+	g_assert_cmpint(t.p.ret, <, 0);
 	int64_t t0 = g_get_monotonic_time();
 	tm_sender_free(s);
 	/* Cancelled 200 ms after the attempt began; the handshake deadline is 10 s. */
 	g_assert_cmpint(g_get_monotonic_time() - t0, <, 2 * G_USEC_PER_SEC);
-	peer_free(&p);
-	proxy_stop(&px);
-	guest_fini(&src);
-	guest_fini(&dst);
+	rig_free(&t, NULL); /* the sender went above, timed */
 }
 
 /*

@@ -30,90 +30,12 @@
 #define PROT_MTE 0x20
 #endif
 
-#define CODE_IPA 0x80000000ull
-#define DATA_IPA 0x80100000ull
-#define DATA_LEN (64 * 1024ull)
-#define MMIO_IPA 0x90000000ull
-#define PAGE 4096ull
-
-/*
- * Guest code, run with the MMU off at EL1: load from data page 1 (a userfault), report the value
- * with an MMIO write, then the same for page 3 at offset 8, then spin.
- */
-extern const unsigned char tk_guest_code[], tk_guest_code_end[];
-__asm__(".pushsection .rodata\n"
-	".balign 4\n"
-	/* global symbols: a GOT reference to a local label plus an offset loses the offset */
-	".global tk_guest_code, tk_guest_code_end\n"
-	".hidden tk_guest_code, tk_guest_code_end\n"
-	"tk_guest_code:\n"
-	"  movz x1, #0x8010, lsl #16\n" /* x1 = DATA_IPA */
-	"  movz x2, #0x9000, lsl #16\n" /* x2 = MMIO_IPA (no memslot) */
-	"  ldr  x0, [x1, #0x1000]\n"
-	"  str  x0, [x2]\n"
-	"  ldr  x3, [x1, #0x3008]\n"
-	"  str  x3, [x2, #8]\n"
-	"1: b 1b\n"
-	"tk_guest_code_end:\n"
-	".popsection\n");
-
-typedef struct vcpu {
-	int fd;
-	struct kvm_run *run;
-	/* written by the vCPU thread, read by main once `exits` says so */
-	uint64_t mmio_addr[2], mmio_val[2];
-	int exits; /* atomic */
-	int error; /* atomic: errno of a failed KVM_RUN or 1 for an unexpected exit */
-	pthread_t thread;
-} vcpu;
-
-static void kick(int sig)
-{
-	(void)sig;
-}
-
-static gpointer vcpu_thread(gpointer data)
-{
-	vcpu *v = data;
-	v->thread = pthread_self();
-	while (__atomic_load_n(&v->exits, __ATOMIC_ACQUIRE) < 2) {
-		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
-			if (errno == EINTR || errno == EAGAIN) {
-				uint64_t pc = 0;
-				struct kvm_one_reg o = {
-					.id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE |
-					      KVM_REG_ARM_CORE_REG(regs.pc),
-					.addr = (uint64_t)(uintptr_t)&pc,
-				};
-				ioctl(v->fd, KVM_GET_ONE_REG, &o);
-				uint64_t elr = 0, esr = 0, far = 0;
-				o.id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE |
-				       KVM_REG_ARM_CORE_REG(elr_el1);
-				o.addr = (uint64_t)(uintptr_t)&elr;
-				ioctl(v->fd, KVM_GET_ONE_REG, &o);
-				o.id = ARM64_SYS_REG(3, 0, 5, 2, 0);
-				o.addr = (uint64_t)(uintptr_t)&esr;
-				ioctl(v->fd, KVM_GET_ONE_REG, &o);
-				o.id = ARM64_SYS_REG(3, 0, 6, 0, 0);
-				o.addr = (uint64_t)(uintptr_t)&far;
-				ioctl(v->fd, KVM_GET_ONE_REG, &o);
-				tk_info("vCPU interrupted at pc 0x%" G_GINT64_MODIFIER "x, elr 0x%" G_GINT64_MODIFIER "x esr 0x%" G_GINT64_MODIFIER "x far 0x%" G_GINT64_MODIFIER "x", pc, elr, esr, far);
-				continue;
-			}
-			__atomic_store_n(&v->error, errno, __ATOMIC_RELEASE);
-			return NULL;
-		}
-		if (v->run->exit_reason != KVM_EXIT_MMIO || !v->run->mmio.is_write) {
-			__atomic_store_n(&v->error, 1, __ATOMIC_RELEASE);
-			return NULL;
-		}
-		int i = __atomic_load_n(&v->exits, __ATOMIC_RELAXED);
-		v->mmio_addr[i] = v->run->mmio.phys_addr;
-		memcpy(&v->mmio_val[i], v->run->mmio.data, 8);
-		__atomic_store_n(&v->exits, i + 1, __ATOMIC_RELEASE);
-	}
-	return NULL;
-}
+/* The demand-fault guest's addresses (kvm-test.h). */
+#define CODE_IPA TK_CODE_IPA
+#define DATA_IPA TK_DATA_IPA
+#define DATA_LEN TK_DATA_LEN
+#define MMIO_IPA TK_MMIO_IPA
+#define PAGE TK_PAGE
 
 /* The placer: never the thread that serves faults. Stages, then moves. */
 typedef struct place_req {
@@ -143,34 +65,6 @@ static gpointer placer_thread(gpointer data)
 	return NULL;
 }
 
-/* Waits for a userfault; returns the faulting address or 0. */
-static uint64_t wait_fault(int uffd, int ms)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	struct uffd_msg m;
-	if (poll(&p, 1, ms) <= 0 || read(uffd, &m, sizeof(m)) != sizeof(m) ||
-	    m.event != UFFD_EVENT_PAGEFAULT)
-		return 0;
-	return m.arg.pagefault.address;
-}
-
-static bool wait_for(int *what, int value, int ms)
-{
-	for (int i = 0; i < ms / 10; i++) {
-		if (__atomic_load_n(what, __ATOMIC_ACQUIRE) == value)
-			return true;
-		g_usleep(10000);
-	}
-	return false;
-}
-
-static bool tags_are(int vm, uint64_t ipa, uint64_t len, const uint8_t *want)
-{
-	g_autofree uint8_t *back = g_malloc(len / 16);
-	return tk_copy_tags(vm, ipa, len, back, true) == (long)len &&
-	       tk_first_diff(want, back, len / 16) == -1;
-}
-
 static uint8_t *mte_map(size_t len, bool mte)
 {
 	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE | (mte ? PROT_MTE : 0),
@@ -182,11 +76,11 @@ static uint8_t *mte_map(size_t len, bool mte)
 }
 
 /* One demand fault: the vCPU blocks on `page`, the placer stages and moves [page, page + npages). */
-static void fault_round(vcpu *v, int vm, int uffd, uint8_t *data, uint8_t *staging,
+static void fault_round(tk_vcpu *v, int vm, int uffd, uint8_t *data, uint8_t *staging,
 			GAsyncQueue *q, tm_tag_store *store, const uint8_t *src, const uint8_t *tags,
 			uint64_t page, uint64_t npages, uint64_t load_off, int round)
 {
-	uint64_t addr = wait_fault(uffd, 30000);
+	uint64_t addr = tk_wait_fault(uffd, 30000);
 	TK_CHECK(addr == (uint64_t)(uintptr_t)(data + page * PAGE),
 		 "round %d: the vCPU's load from data page %" G_GUINT64_FORMAT
 		 " raised a userfault (0x%" G_GINT64_MODIFIER "x)",
@@ -203,14 +97,14 @@ static void fault_round(vcpu *v, int vm, int uffd, uint8_t *data, uint8_t *stagi
 			  .staging = staging, .data = src + page * PAGE,
 			  .tags = tags + page * PAGE / 16 };
 	g_async_queue_push(q, &req);
-	bool done = wait_for(&req.uffd, -1, 60000);
+	bool done = tk_wait_for(&req.uffd, -1, 60000);
 	TK_CHECK(done && req.ret == 0,
 		 "round %d: stage + tm_kvm_mte_place_move of %" G_GUINT64_FORMAT
 		 " page(s) on the placer thread: %d %s",
 		 round, npages, req.ret, req.msg ? req.msg : "");
 	g_free(req.msg);
 
-	bool ran = wait_for(&v->exits, round, 60000);
+	bool ran = tk_wait_for(&v->exits, round, 60000);
 	uint64_t want;
 	memcpy(&want, src + load_off, 8);
 	TK_CHECK(ran && v->mmio_addr[round - 1] == MMIO_IPA + (uint64_t)(round - 1) * 8 &&
@@ -218,7 +112,7 @@ static void fault_round(vcpu *v, int vm, int uffd, uint8_t *data, uint8_t *stagi
 		 "round %d: the vCPU woke from the move and loaded the staged data (0x%" G_GINT64_MODIFIER
 		 "x, want 0x%" G_GINT64_MODIFIER "x, error %d)",
 		 round, ran ? v->mmio_val[round - 1] : 0, want, v->error);
-	TK_CHECK(tags_are(vm, DATA_IPA + page * PAGE, npages * PAGE, tags + page * PAGE / 16),
+	TK_CHECK(tk_tags_are(vm, DATA_IPA + page * PAGE, npages * PAGE, tags + page * PAGE / 16),
 		 "round %d: tags read back through KVM after the vCPU's stage-2 fault are the staged "
 		 "ones",
 		 round);
@@ -254,9 +148,7 @@ int main(void)
 		tk_fail("mmap of guest RAM / staging with PROT_MTE: %s", strerror(errno));
 		return tk_finish();
 	}
-	memcpy(code, tk_guest_code, (size_t)(tk_guest_code_end - tk_guest_code));
-	for (unsigned i = 0x800; i < 0x1000; i += 4)
-		memcpy(code + i, &(uint32_t){ 0x14000000 }, 4); /* b . */
+	tk_fault_guest_write(code);
 	struct uffdio_register reg = {
 		.range = { .start = (uint64_t)(uintptr_t)data, .len = DATA_LEN },
 		.mode = UFFDIO_REGISTER_MODE_MISSING,
@@ -268,39 +160,12 @@ int main(void)
 		 "memslots: code page, PROT_MTE uffd-registered data (an MTE VM accepts it)");
 
 	g_autoptr(tm_ram_layout) layout = NULL;
-	tm_ram_layout_new(&layout);
-	tm_ram_layout_add_block(layout, "ram", data, DATA_LEN, 4096, DATA_IPA, NULL);
-	const tm_tag_store_ops *ops = NULL;
 	g_autoptr(tm_tag_store) store = NULL;
-	tm_kvm_mte_config cfg = { .vm_fd = vm };
-	int r = tm_tag_store_lookup("kvm-mte", &ops, &err);
-	if (r == 0)
-		r = tm_tag_store_new(ops, layout, &cfg, &store, &err);
-	TK_CHECK(r == 0, "kvm-mte store over the uffd-registered block: %s", err ? err->message : "ok");
+	int r = tk_fault_store_new(vm, data, &layout, &store);
 	if (r < 0)
 		return tk_finish();
-
-	vcpu v = { .fd = ioctl(vm, KVM_CREATE_VCPU, 0) };
-	struct kvm_vcpu_init init;
-	memset(&init, 0, sizeof(init));
-	ioctl(vm, KVM_ARM_PREFERRED_TARGET, &init);
-	uint64_t pc = CODE_IPA;
-	struct kvm_one_reg oreg = {
-		.id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | KVM_REG_ARM_CORE_REG(regs.pc),
-		.addr = (uint64_t)(uintptr_t)&pc,
-	};
-	uint64_t vbar = CODE_IPA + 0x800;
-	struct kvm_one_reg vreg = { .id = ARM64_SYS_REG(3, 0, 12, 0, 0), .addr = (uint64_t)(uintptr_t)&vbar };
-	long msz = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-	bool ok = v.fd >= 0 && ioctl(v.fd, KVM_ARM_VCPU_INIT, &init) == 0 &&
-		  ioctl(v.fd, KVM_SET_ONE_REG, &oreg) == 0 && ioctl(v.fd, KVM_SET_ONE_REG, &vreg) == 0 &&
-		  msz > 0;
-	if (ok) {
-		v.run = mmap(NULL, (size_t)msz, PROT_READ | PROT_WRITE, MAP_SHARED, v.fd, 0);
-		ok = v.run != MAP_FAILED;
-	}
-	TK_CHECK(ok, "vCPU created, initialised, PC at the guest code");
-	if (!ok)
+	tk_vcpu v;
+	if (!tk_vcpu_new(kvm, vm, &v))
 		return tk_finish();
 
 	g_autofree uint8_t *src = g_malloc(DATA_LEN), *tags = g_malloc(DATA_LEN / 16);
@@ -312,9 +177,7 @@ int main(void)
 
 	GAsyncQueue *q = g_async_queue_new();
 	GThread *placer = g_thread_new("placer", placer_thread, q);
-	struct sigaction sa = { .sa_handler = kick };
-	sigaction(SIGUSR1, &sa, NULL);
-	GThread *vt = g_thread_new("vcpu", vcpu_thread, &v);
+	GThread *vt = tk_vcpu_start(&v);
 
 	fault_round(&v, vm, uffd, data, staging, q, store, src, tags, 1, 1, 0x1000, 1);
 	fault_round(&v, vm, uffd, data, staging + 2 * PAGE, q, store, src, tags, 3, 2, 0x3008, 2);
@@ -324,9 +187,9 @@ int main(void)
 			  .staging = staging + 8 * PAGE, .data = src + 8 * PAGE,
 			  .tags = tags + 8 * PAGE / 16 };
 	g_async_queue_push(q, &req);
-	bool done = wait_for(&req.uffd, -1, 60000);
+	bool done = tk_wait_for(&req.uffd, -1, 60000);
 	TK_CHECK(done && req.ret == 0 && memcmp(data + 8 * PAGE, src + 8 * PAGE, 4 * PAGE) == 0 &&
-			 tags_are(vm, DATA_IPA + 8 * PAGE, 4 * PAGE, tags + 8 * PAGE / 16),
+			 tk_tags_are(vm, DATA_IPA + 8 * PAGE, 4 * PAGE, tags + 8 * PAGE / 16),
 		 "move of four pages without a fault: data and tags in place (%d %s)", req.ret,
 		 req.msg ? req.msg : "");
 	g_free(req.msg);
@@ -342,7 +205,7 @@ int main(void)
 	g_clear_error(&err);
 	r = tm_kvm_mte_stage(staging + 5 * PAGE, src, tags, PAGE, NULL);
 	r = r == 0 ? tm_kvm_mte_place_move(store, uffd, 0, 1 * PAGE, PAGE, staging + 5 * PAGE, &err) : r;
-	TK_CHECK(r == -EEXIST && tags_are(vm, DATA_IPA + PAGE, PAGE, tags + PAGE / 16),
+	TK_CHECK(r == -EEXIST && tk_tags_are(vm, DATA_IPA + PAGE, PAGE, tags + PAGE / 16),
 		 "moving onto an already present page is -EEXIST, its tags untouched: %s",
 		 err ? err->message : "?");
 	g_clear_error(&err);
