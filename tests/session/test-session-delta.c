@@ -115,7 +115,8 @@ static void migrate_ex(unsigned rounds, bool scribble, uint32_t compress, bool t
 				 .channels = CHANNELS, .packet_size = 256 << 10,
 				 .timeout_ms = 20000 };
 	tm_live_config live = { .size = sizeof(live), .compress = compress,
-				.delta_cache_bytes = 8 << 20 };
+				.delta_cache_bytes = 8 << 20,
+				.delta_policy = TM_DELTA_ALWAYS }; /* the encoding, on any link */
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
 	tm_delta_stats early = { .size = sizeof(early) };
