@@ -6,11 +6,13 @@
  *
  *   delta [--size 256M] [--channels 2] [--backend sockets|io_uring] [--rewrite 5] [--repeat 3]
  *
- * Per repeat, the two modes alternate (so a slow phase of a shared machine hits both): one
+ * Per repeat, the three modes alternate (so a slow phase of a shared machine hits all): one
  * session over a guest of --size random pages (4 KiB), compression off (so the bytes are the
  * encoding's alone); round 1 sends every page; then the guest rewrites --rewrite percent of
  * each page (one 8-byte word in every 8 * 100 / rewrite bytes, at random within them) and
- * round 2 sends every page again. The destination is checked equal to the source.
+ * round 2 sends every page again. The destination is checked equal to the source. Modes:
+ * whole (no cache), delta (DELTA), delta+zstd (zstd agreed too, so a DELTA whose deltas shrink
+ * goes as a ZDELTA; whole pages go zstd-compressed where that pays, random ones raw).
  *
  * Output: CSV rows (host, kernel, cpus, backend, channels, page size, mode, round-2 wire bytes,
  * their share of the guest's bytes, round-2 seconds, GiB/s of guest RAM covered), the median of
@@ -109,7 +111,7 @@ static double round_of(tm_sender *s, const uint64_t *all, uint64_t npages)
 }
 
 /* One session; returns round 2's wire bytes and seconds. */
-static void run_one(bool delta, uint64_t *ret_bytes, double *ret_seconds)
+static void run_one(bool delta, bool zstd, uint64_t *ret_bytes, double *ret_seconds)
 {
 	side src, dst;
 	recv_thread t = { 0 };
@@ -137,7 +139,8 @@ static void run_one(bool delta, uint64_t *ret_bytes, double *ret_seconds)
 	uint64_t cache = MAX(1ull << 20, opt_size / opt_channels + (opt_size / opt_channels) / 8);
 	/* TM_DELTA_ALWAYS: the encoding's bytes; auto would send whole pages on loopback, where
 	 * the CPU, not the link, is the bottleneck (tests/net/test-delta.sh). */
-	tm_live_config live = { .size = sizeof(live), .compress = TM_COMPRESS_NONE,
+	tm_live_config live = { .size = sizeof(live),
+				.compress = zstd ? TM_COMPRESS_ZSTD : TM_COMPRESS_NONE,
 				.delta_cache_bytes = delta ? cache : 0,
 				.delta_policy = TM_DELTA_ALWAYS };
 	tm_sender *s = NULL;
@@ -228,33 +231,36 @@ int main(int argc, char **argv)
 	uname(&u);
 	printf("host,kernel,cpus,backend,channels,page_size,mode,round2_wire_bytes,share_of_guest,"
 	       "round2_seconds,round2_gib_per_s\n");
-	uint64_t bytes[2][64];
-	double secs[2][64];
+	static const char *const modes[3] = { "whole", "delta", "delta+zstd" };
+	uint64_t bytes[3][64];
+	double secs[3][64];
 	opt_repeat = MIN(opt_repeat, 64u);
 	for (unsigned r = 0; r < opt_repeat; r++)
-		for (unsigned m = 0; m < 2; m++) {
-			run_one(m == 1, &bytes[m][r], &secs[m][r]);
+		for (unsigned m = 0; m < 3; m++) {
+			run_one(m >= 1, m == 2, &bytes[m][r], &secs[m][r]);
 			printf("%s,%s %s,%ld,%s,%u,%u,%s,%" G_GUINT64_FORMAT ",%.4f,%.3f,%.3f\n", host,
 			       u.sysname, u.release, sysconf(_SC_NPROCESSORS_ONLN), opt_backend,
-			       opt_channels, PAGE, m ? "delta" : "whole", bytes[m][r],
+			       opt_channels, PAGE, modes[m], bytes[m][r],
 			       (double)bytes[m][r] / (double)opt_size, secs[m][r],
 			       (double)opt_size / (1 << 30) / secs[m][r]);
 			fflush(stdout);
 		}
-	uint64_t med[2];
-	double smed[2];
-	for (unsigned m = 0; m < 2; m++) {
+	uint64_t med[3];
+	double smed[3];
+	for (unsigned m = 0; m < 3; m++) {
 		qsort(bytes[m], opt_repeat, sizeof(uint64_t), cmp_u64);
 		qsort(secs[m], opt_repeat, sizeof(double), cmp_double);
 		med[m] = bytes[m][opt_repeat / 2];
 		smed[m] = secs[m][opt_repeat / 2];
 		printf("# median %s: round 2 %" G_GUINT64_FORMAT " wire bytes (%.4f of the guest), "
-		       "%.3f s\n", m ? "delta" : "whole", med[m], (double)med[m] / (double)opt_size,
+		       "%.3f s\n", modes[m], med[m], (double)med[m] / (double)opt_size,
 		       smed[m]);
 	}
 	double ratio = (double)med[1] / (double)med[0];
 	printf("%s round 2 of a guest that rewrote %u%% of each page: delta sends %.3f of the bytes "
 	       "of whole pages (goal <= 0.20); %.2fx the time of whole pages\n",
 	       ratio <= 0.20 ? "MET" : "MISSED", opt_rewrite, ratio, smed[1] / smed[0]);
+	printf("# delta+zstd: %.3f of the bytes of whole pages, %.3f of delta's\n",
+	       (double)med[2] / (double)med[0], (double)med[2] / (double)med[1]);
 	return 0;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec/compress.h"
 #include "codec/delta-wire.h"
 #include "codec/delta.h"
 #include "common/error-internal.h"
@@ -42,9 +43,13 @@ struct tm_dsend {
 	uint32_t packet_size;
 	tm_dpolicy pol;        /* deltas or whole pages, per window (delta-policy.c) */
 	uint8_t *scratch;      /* a sample's delta encoded aside (64 KiB) */
+	tm_zctx *z;            /* ZDELTA: NULL unless DELTA and ZSTD were agreed */
+	uint8_t *zbuf;         /* the deltas' zstd frame */
+	uint8_t zhead[TM_FRAME_HDR_LEN + TM_ZDELTA_HDR_LEN];
+	struct iovec ziov[4];
 	/* statistics: relaxed atomics (any thread reads) */
 	uint64_t pages, page_bytes, wire_bytes, refused_pages;
-	uint64_t windows_delta, windows_whole, skipped;
+	uint64_t windows_delta, windows_whole, skipped, zpackets;
 	uint32_t reason;
 };
 
@@ -55,9 +60,13 @@ uint32_t tm_dsend_offer(const tm_live_config *live, uint8_t wire)
 		       : 0;
 }
 
-tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t policy, uint32_t packet_size)
+tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t policy, bool zstd, uint32_t packet_size)
 {
 	tm_dsend *d = g_new0(tm_dsend, 1);
+
+	/* packet_size was checked by the HELLO; out of memory for a context: plain DELTAs. */
+	if (zstd && tm_zctx_new(packet_size, &d->z, NULL) == 0)
+		d->zbuf = g_malloc(tm_zctx_bound(d->z));
 
 	tm_dpolicy_init(&d->pol, policy);
 	d->reason = d->pol.reason;
@@ -81,6 +90,8 @@ void tm_dsend_free(tm_dsend *d)
 	tm_delta_pkt_fini(&d->pkt);
 	g_free(d->copy);
 	g_free(d->scratch);
+	tm_zctx_free(d->z);
+	g_free(d->zbuf);
 	g_free(d->nack_body);
 	g_free(d->nack_pages);
 	g_array_unref(d->resend);
@@ -223,10 +234,33 @@ int tm_dsend_flush(send_chan *c, GError **error)
 	d->open = false;
 	if (d->pkt.page_count == 0)
 		return 0;
-	unsigned n = tm_delta_pkt_finish(&d->pkt, c->ch.version, c->ch.tx_seq++, &len);
+	uint32_t seq = c->ch.tx_seq++;
+	unsigned n = tm_delta_pkt_finish(&d->pkt, c->ch.version, seq, &len);
+	struct iovec *iov = d->pkt.iov;
+	uint64_t data_wire = d->pkt.data_len;
+	if (d->z && d->pkt.data_len >= TM_ZDELTA_MIN) {
+		/* ZDELTA when zstd makes the deltas shorter (wire-format.md). */
+		g_autoptr(GError) why = NULL;
+		ssize_t zlen = tm_zcompress_buf(d->z, TM_ZDELTA_LEVEL, d->pkt.data, d->pkt.data_len,
+						d->zbuf, tm_zctx_bound(d->z), &why);
+		if (zlen < 0) {
+			const tm_wire_block *b = &c->s->hello.blocks[d->pkt.block];
+			return tm_error_at(error, (int)-zlen, c->ch.id, b->name,
+					   (uint64_t)tm_get32(d->pkt.head + TM_FRAME_HDR_LEN +
+							      TM_DELTA_HDR_LEN) * b->page_size,
+					   "compressing the deltas failed: %s", why->message);
+		}
+		if (zlen > 0) {
+			n = tm_zdelta_finish(&d->pkt, d->zhead, c->ch.version, seq, d->zbuf,
+					     (uint32_t)zlen, d->ziov, &len);
+			iov = d->ziov;
+			data_wire = TM_ZDELTA_HDR_LEN + (uint64_t)zlen;
+			tm_count(&d->zpackets, 1);
+		}
+	}
 	if (tm_sender_throttle(c->s, c, len))
 		c->cr.throttled = true;
-	int r = tm_chan_send(&c->ch, d->pkt.iov, n, len, error);
+	int r = tm_chan_send(&c->ch, iov, n, len, error);
 	if (r < 0)
 		return r;
 	uint32_t pages = d->pkt.page_count;
@@ -235,11 +269,11 @@ int tm_dsend_flush(send_chan *c, GError **error)
 	d->unanswered++;
 	tm_count(&c->ch.st.pages, pages);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, d->pkt.data_len);
+	tm_count(&c->ch.st.data_bytes, data_wire);
 	tm_count(&c->ch.st.tag_bytes, d->pkt.tag_len);
 	tm_count(&d->pages, pages);
 	tm_count(&d->page_bytes, (uint64_t)pages * d->pkt.page_size);
-	tm_count(&d->wire_bytes, d->pkt.data_len + (uint64_t)pages * TM_DELTA_ENTRY_LEN);
+	tm_count(&d->wire_bytes, data_wire + (uint64_t)pages * TM_DELTA_ENTRY_LEN);
 	tm_zsend_other(c, len); /* the link is measured while deltas go too */
 	return drain(c, error);
 }
@@ -428,6 +462,7 @@ int tm_sender_get_delta_stats(tm_sender *s, unsigned channel, tm_delta_stats *re
 		full.skipped = __atomic_load_n(&d->skipped, __ATOMIC_RELAXED);
 		full.policy = d->pol.always ? TM_DELTA_ALWAYS : TM_DELTA_AUTO;
 		full.reason = __atomic_load_n(&d->reason, __ATOMIC_RELAXED);
+		full.zdelta_packets = __atomic_load_n(&d->zpackets, __ATOMIC_RELAXED);
 	}
 	uint32_t n = MIN(ret->size, (uint32_t)sizeof(full));
 	memcpy(ret, &full, n);

@@ -23,6 +23,12 @@ typedef struct recv_chan recv_chan;
 typedef struct tm_dsend tm_dsend;
 typedef struct tm_drecv tm_drecv;
 
+/* ZDELTA (DELTA + ZSTD agreed): the deltas of a DELTA of at least TM_ZDELTA_MIN bytes are
+ * compressed with zstd at TM_ZDELTA_LEVEL, and the packet goes as a ZDELTA when that is
+ * shorter (random data's XOR runs do not shrink and go as DELTA). */
+#define TM_ZDELTA_MIN 128u
+#define TM_ZDELTA_LEVEL 1
+
 /*
  * A delta goes instead of the whole page when it takes at most this share of the page (entry
  * included): below it, a DELTA saves at least a quarter of the page's bytes, more than the CPU
@@ -96,7 +102,8 @@ bool tm_dpolicy_decide(tm_dpolicy *p, const tm_zpolicy *z, double zratio);
  * offered; else 0. */
 uint32_t tm_dsend_offer(const tm_live_config *live, uint8_t wire);
 /* After the handshake, per channel, when DELTA was agreed. */
-tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t policy, uint32_t packet_size);
+/* zstd: ZSTD was agreed too, so a DELTA whose deltas shrink under zstd goes as a ZDELTA. */
+tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t policy, bool zstd, uint32_t packet_size);
 /* compress-send.c, at the end of each window of its measurements (z): the delta choice for the
  * next window (TM_DELTA_AUTO). No-op without DELTA. */
 void tm_dsend_window(send_chan *c, const tm_zpolicy *z);
@@ -139,7 +146,8 @@ void tm_dsend_reconnected(send_chan *c);
 void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size);
 void tm_drecv_free(tm_drecv *d);
 /*
- * A DELTA frame on c: reads the body whole, checks it (codec), checks each page's base, applies
+ * A DELTA or ZDELTA frame on c: reads the body whole (a ZDELTA's deltas decoded into the
+ * channel's DELTA buffer, every size checked first), checks it (codec), checks each page's base, applies
  * the deltas and tags of the pages that pass and marks them present, and answers the refused ones
  * with one DELTA_NACK. Errors name channel, block and offset; nothing of a bad packet is applied.
  */

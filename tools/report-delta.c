@@ -22,6 +22,7 @@ void cli_delta_collect(tm_delta_stats *ret, tm_sender *s, tm_receiver *r, unsign
 		ret->windows_delta += c.windows_delta;
 		ret->windows_whole += c.windows_whole;
 		ret->skipped += c.skipped;
+		ret->zdelta_packets += c.zdelta_packets;
 		ret->policy = c.policy;
 		/* The channels' last reasons: the link when any chose deltas last. */
 		if (c.reason == TM_DELTA_REASON_LINK || ret->reason == 0 ||
@@ -55,6 +56,7 @@ void cli_delta_json(struct json_writer *w, const tm_delta_stats *d)
 	jw_u64(w, "windows_delta", d->windows_delta);
 	jw_u64(w, "windows_whole", d->windows_whole);
 	jw_u64(w, "skipped", d->skipped);
+	jw_u64(w, "zdelta_packets", d->zdelta_packets);
 	jw_str(w, "reason", cli_delta_reason_name(d->reason));
 	jw_close(w);
 }

@@ -594,6 +594,9 @@ typedef struct tm_delta_stats {
 	uint64_t skipped;           /* pages with a copy to diff against sent whole by that choice */
 	uint32_t policy;            /* tm_delta_policy in force */
 	uint32_t reason;            /* tm_delta_reason of the last choice */
+	uint64_t zdelta_packets;    /* packets of deltas sent (received) as ZDELTA: zstd-compressed,
+	                             * with DELTA and ZSTD agreed (the sender's wire_bytes counts
+	                             * them compressed, the receiver's the deltas it decoded) */
 } tm_delta_stats;
 
 /* How the sender chooses between a delta and the whole page (tm_live_config.delta_policy). */
