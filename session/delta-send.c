@@ -368,7 +368,8 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 			tm_dpolicy_sample(&d->pol, ps, n >= 0 ? (uint64_t)n + TM_DELTA_ENTRY_LEN : ps,
 					  thread_ns() - t0);
 		if (n >= 0) {
-			tm_delta_cache_put(d->cache, block, page, d->copy, ps);
+			if (d->pol.keep)
+				tm_delta_cache_put(d->cache, block, page, d->copy, ps);
 			return 1;
 		}
 		if (n != -ENOBUFS)
@@ -381,7 +382,10 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 whole:
 	if ((r = tm_dsend_flush(c, error)) < 0)
 		return r;
-	tm_delta_cache_put(d->cache, block, page, data, ps);
+	/* A window that ended in a flush above may have stopped the copies (delta-policy.c): a
+	 * copy kept now would go stale, as none is updated while they are stopped. */
+	if (d->pol.keep)
+		tm_delta_cache_put(d->cache, block, page, data, ps);
 	return 0;
 }
 
