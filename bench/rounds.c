@@ -29,9 +29,9 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include "tagmig/tagmig.h"
+#include "bench-session.h"
 
-#define PAGE 4096u
+#define PAGE BENCH_PAGE
 
 static uint64_t opt_size = 512ull << 20;
 static unsigned opt_channels = 2;
@@ -42,103 +42,12 @@ static unsigned opt_dirty = 5;
 static unsigned opt_repeat = 3;
 static int opt_zerocopy; /* tm_tuning.zerocopy of the sender */
 
-typedef struct side {
-	tm_ram_layout *layout;
-	uint8_t *ram;
-	size_t len;
-} side;
-
-typedef struct recv_thread {
-	side *dst;
-	const char *io;
-	int listen_fd;
-	int ret;
-	GError *error;
-	GThread *th;
-	tm_receiver *r;
-} recv_thread;
-
-static void die(const char *what, GError *error)
+/* A connected session of the backend io (bench-session.c). */
+static tm_sender *session_open(bench_recv *t, bench_side *src, bench_side *dst, const char *io)
 {
-	fprintf(stderr, "rounds: %s: %s\n", what, error ? error->message : g_strerror(errno));
-	exit(1);
-}
-
-static void side_init(side *s, size_t len)
-{
-	s->len = len;
-	s->ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (s->ram == MAP_FAILED)
-		die("mmap", NULL);
-	madvise(s->ram, len, MADV_HUGEPAGE);
-	tm_ram_layout_new(&s->layout);
-	GError *error = NULL;
-	if (tm_ram_layout_add_block(s->layout, "ram0", s->ram, len, PAGE, 0, &error) < 0)
-		die("layout", error);
-}
-
-static void side_fini(side *s)
-{
-	tm_ram_layout_free(s->layout);
-	munmap(s->ram, s->len);
-}
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void)
-{
-	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static gpointer recv_fn(gpointer data)
-{
-	recv_thread *t = data;
-	tm_receiver_config cfg = { .io_backend = t->io, .timeout_ms = 30000 };
-
-	t->ret = tm_receiver_new(&cfg, &t->r, &t->error);
-	if (t->ret >= 0)
-		t->ret = tm_receiver_accept(t->r, t->listen_fd, &t->error);
-	if (t->ret >= 0)
-		t->ret = tm_receiver_start(t->r, t->dst->layout, NULL, &t->error);
-	if (t->ret >= 0)
-		t->ret = tm_receiver_wait(t->r, &t->error);
-	return NULL;
-}
-
-/* A connected session: a receiver thread into dst and a sender of src. */
-static tm_sender *session_open(recv_thread *t, side *src, side *dst, const char *io)
-{
-	unsigned port = 0;
-	GError *error = NULL;
-
-	memset(t, 0, sizeof(*t));
-	t->dst = dst;
-	t->io = io;
-	t->listen_fd = tm_listen("127.0.0.1", "0", &port, &error);
-	if (t->listen_fd < 0)
-		die("listen", error);
-	t->th = g_thread_new("receiver", recv_fn, t);
 	tm_sender_config cfg = { .channels = opt_channels, .io_backend = io, .timeout_ms = 30000,
 				 .tuning.zerocopy = opt_zerocopy };
-	tm_sender *s = NULL;
-	char portstr[16];
-	g_snprintf(portstr, sizeof(portstr), "%u", port);
-	if (tm_sender_new(src->layout, NULL, &cfg, &s, &error) < 0 ||
-	    tm_sender_connect(s, "127.0.0.1", portstr, &error) < 0)
-		die("connect", error);
-	return s;
-}
-
-static void session_close(recv_thread *t, tm_sender *s)
-{
-	g_thread_join(t->th);
-	close(t->listen_fd);
-	if (t->ret < 0)
-		die("receiver", t->error);
-	tm_receiver_free(t->r);
-	tm_sender_free(s);
+	return bench_session_open(t, src, dst, &cfg, NULL);
 }
 
 /* Queues the pages of bitmap and syncs; returns the seconds the round took. */
@@ -148,7 +57,7 @@ static double round_of(tm_sender *s, const uint64_t *bitmap, uint64_t npages)
 	int64_t t0 = g_get_monotonic_time();
 	if (tm_sender_queue_bitmap(s, 0, bitmap, 0, npages, &error) < 0 ||
 	    tm_sender_sync(s, &error) < 0)
-		die("round", error);
+		bench_die("round", error);
 	return (double)(g_get_monotonic_time() - t0) / 1e6;
 }
 
@@ -186,25 +95,25 @@ static const char *host_line(void)
 
 static void run_one(const char *io, double out[NROWS])
 {
-	side src, dst;
-	recv_thread t;
+	bench_side src, dst;
+	bench_recv t;
 	uint64_t npages = opt_size / PAGE;
 	size_t words = (size_t)(npages + 63) / 64;
 	g_autofree uint64_t *all = g_new(uint64_t, words);
 	g_autofree uint64_t *some = g_new0(uint64_t, words);
 	uint64_t dirty = 0;
 
-	side_init(&src, opt_size);
-	side_init(&dst, opt_size);
+	bench_side_init(&src, opt_size, true);
+	bench_side_init(&dst, opt_size, true);
 	for (size_t i = 0; i < opt_size; i += 8) {
-		uint64_t v = rnd();
+		uint64_t v = bench_rnd();
 		memcpy(src.ram + i, &v, 8);
 	}
 	memset(all, 0xff, words * 8);
 	if (npages % 64)
 		all[words - 1] = (1ull << (npages % 64)) - 1;
 	while (dirty < npages * opt_dirty / 100) {
-		uint64_t p = rnd() % npages;
+		uint64_t p = bench_rnd() % npages;
 		if (!(some[p / 64] >> (p % 64) & 1)) {
 			some[p / 64] |= 1ull << (p % 64);
 			dirty++;
@@ -223,23 +132,23 @@ static void run_one(const char *io, double out[NROWS])
 		GError *error = NULL;
 		int64_t t0 = g_get_monotonic_time();
 		if (tm_sender_sync(s, &error) < 0)
-			die("sync", error);
+			bench_die("sync", error);
 		lat[i] = (double)(g_get_monotonic_time() - t0);
 	}
 	out[EMPTY_MED] = quantile(lat, opt_iters, 0.5);
 	out[EMPTY_P99] = quantile(lat, opt_iters, 0.99);
 	GError *error = NULL;
 	if (tm_sender_finish(s, &error) < 0)
-		die("finish", error);
-	session_close(&t, s);
-	side_fini(&src);
-	side_fini(&dst);
+		bench_die("finish", error);
+	bench_session_close(&t, s);
+	bench_side_fini(&src);
+	bench_side_fini(&dst);
 
 	/* finish alone: sessions of 64 pages, all synced, so that END has nothing to wait for
 	 * (and the session is complete: the receiver refuses an end with pages missing). */
-	side one_src, one_dst;
-	side_init(&one_src, PAGE * 64);
-	side_init(&one_dst, PAGE * 64);
+	bench_side one_src, one_dst;
+	bench_side_init(&one_src, PAGE * 64, true);
+	bench_side_init(&one_dst, PAGE * 64, true);
 	uint64_t one = ~0ull;
 	for (unsigned i = 0; i < opt_sessions; i++) {
 		s = session_open(&t, &one_src, &one_dst, io);
@@ -252,18 +161,19 @@ static void run_one(const char *io, double out[NROWS])
 			g_usleep(20);
 		int64_t t0 = g_get_monotonic_time();
 		if (tm_sender_finish(s, &error) < 0)
-			die("finish", error);
+			bench_die("finish", error);
 		lat[i] = (double)(g_get_monotonic_time() - t0);
-		session_close(&t, s);
+		bench_session_close(&t, s);
 	}
 	out[FINISH_MED] = quantile(lat, opt_sessions, 0.5);
 	out[FINISH_P99] = quantile(lat, opt_sessions, 0.99);
-	side_fini(&one_src);
-	side_fini(&one_dst);
+	bench_side_fini(&one_src);
+	bench_side_fini(&one_dst);
 }
 
 int main(int argc, char **argv)
 {
+	bench_prog = "rounds";
 	g_autofree char *size = NULL;
 	GOptionEntry entries[] = {
 		{ "size", 0, 0, G_OPTION_ARG_STRING, &size, "guest RAM (default 512M)", "SIZE" },
@@ -285,7 +195,7 @@ int main(int argc, char **argv)
 	g_option_context_add_main_entries(ctx, entries, NULL);
 	GError *error = NULL;
 	if (!g_option_context_parse(ctx, &argc, &argv, &error))
-		die("options", error);
+		bench_die("options", error);
 	if (size) {
 		char *end;
 		opt_size = g_ascii_strtoull(size, &end, 10);

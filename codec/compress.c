@@ -333,3 +333,68 @@ int tm_zdecompress(tm_zctx *z, tm_zcodec c, const uint8_t *in, size_t len, uint8
 		return not_built(c, error);
 	}
 }
+
+ssize_t tm_zcompress_buf(tm_zctx *z, int level, const uint8_t *in, size_t len, uint8_t *out,
+			 size_t cap, GError **error)
+{
+	if (len == 0 || len > z->max_data || cap < tm_zctx_bound(z) || level < TM_ZSTD_LEVEL_MIN ||
+	    level > TM_ZSTD_LEVEL_MAX) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "compression: %zu bytes (1..%zu), output %zu, level %d", len,
+			    z->max_data, cap, level);
+		return -EINVAL;
+	}
+#if TM_HAVE_ZSTD
+	uint8_t *const one[1] = { (uint8_t *)in };
+	return zstd_compress(z, level, one, 1, (uint32_t)len, out, cap, error);
+#else
+	(void)in;
+	(void)out;
+	return not_built(TM_ZCODEC_ZSTD, error);
+#endif
+}
+
+int tm_zdecompress_buf(tm_zctx *z, const uint8_t *in, size_t len, uint8_t *out, size_t want,
+		       GError **error)
+{
+	if (want == 0 || want > z->max_data) {
+		g_set_error(error, TM_ERROR, EINVAL, "decompression: %zu bytes wanted (1..%zu)", want,
+			    z->max_data);
+		return -EINVAL;
+	}
+#if TM_HAVE_ZSTD
+	unsigned long long stated = ZSTD_getFrameContentSize(in, len);
+	if (stated != want) {
+		/* Before a byte is decoded: a frame that claims more (a bomb), less or nothing. */
+		g_set_error(error, TM_ERROR, EBADMSG,
+			    "zstd data: the frame states %s, %zu bytes expected",
+			    stated == ZSTD_CONTENTSIZE_UNKNOWN ? "no content size" :
+			    stated == ZSTD_CONTENTSIZE_ERROR ? "no valid header" : "another size",
+			    want);
+		return -EBADMSG;
+	}
+	size_t flen = ZSTD_findFrameCompressedSize(in, len);
+	if (ZSTD_isError(flen) || flen != len) {
+		g_set_error(error, TM_ERROR, EBADMSG, "zstd data: %s",
+			    ZSTD_isError(flen) ? ZSTD_getErrorName(flen) : "bytes after the frame");
+		return -EBADMSG;
+	}
+	ZSTD_DCtx_reset(z->dctx, ZSTD_reset_session_only);
+	ZSTD_inBuffer i = { in, len, 0 };
+	ZSTD_outBuffer o = { out, want, 0 };
+	size_t r = ZSTD_decompressStream(z->dctx, &o, &i);
+	if (ZSTD_isError(r) || r != 0 || o.pos != want || i.pos != len) {
+		g_set_error(error, TM_ERROR, EBADMSG, "zstd data: %s (%zu of %zu bytes decoded)",
+			    ZSTD_isError(r) ? ZSTD_getErrorName(r) :
+			    o.pos < want ? "the frame ends short" : "the frame does not end there",
+			    o.pos, want);
+		return -EBADMSG;
+	}
+	return 0;
+#else
+	(void)in;
+	(void)len;
+	(void)out;
+	return not_built(TM_ZCODEC_ZSTD, error);
+#endif
+}

@@ -72,4 +72,21 @@ ssize_t tm_zcompress(tm_zctx *z, tm_zcodec c, int level, uint8_t *const *pages, 
 int tm_zdecompress(tm_zctx *z, tm_zcodec c, const uint8_t *in, size_t len, uint8_t *const *pages,
 		   unsigned n, uint32_t page_size, GError **error);
 
+/*
+ * zstd over one buffer (ZDELTA's deltas, codec/zdelta.c): compresses in[0..len) (1..max_data
+ * bytes of z) as one frame that states its content size into out (cap >= tm_zctx_bound(z)).
+ * Returns the frame's length when it is shorter than len, 0 when it is not (send it raw), or
+ * -EINVAL / -EOPNOTSUPP (zstd not built) / -EIO.
+ */
+ssize_t tm_zcompress_buf(tm_zctx *z, int level, const uint8_t *in, size_t len, uint8_t *out,
+			 size_t cap, GError **error);
+/*
+ * Decodes in[0..len), from the peer, into out: exactly want bytes (1..max_data of z). The frame
+ * must state want as its content size (a bomb, or none: refused before decoding), decode to
+ * exactly want bytes and end with the input. Returns 0, -EBADMSG naming what was wrong (out may
+ * hold partial output: the caller's own buffer, never guest RAM), -EINVAL, -EOPNOTSUPP.
+ */
+int tm_zdecompress_buf(tm_zctx *z, const uint8_t *in, size_t len, uint8_t *out, size_t want,
+		       GError **error);
+
 G_END_DECLS

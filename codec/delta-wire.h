@@ -115,4 +115,35 @@ int tm_delta_nack_decode(const uint8_t *body, size_t len, const tm_hello *sessio
 			 unsigned channel, uint32_t *pages, uint32_t *ret_block,
 			 uint32_t *ret_count, GError **error);
 
+/* ---- ZDELTA (codec/zdelta.c): a DELTA whose deltas are one zstd frame ---- */
+
+#define TM_ZDELTA_HDR_LEN 8u /* codec, reserved, zlen */
+
+typedef struct tm_zctx tm_zctx;
+
+/* Body limit for the frame header: 8 + DELTA's (the frame is shorter than the deltas). */
+uint32_t tm_zdelta_max_body(uint32_t packet_size);
+/*
+ * After tm_delta_pkt_finish(): the same packet as a ZDELTA whose deltas are zdata[0..zlen), a
+ * zstd frame of the pkt->data_len bytes of deltas (0 < zlen < data_len). zhead holds the frame
+ * and ZDELTA headers (TM_FRAME_HDR_LEN + TM_ZDELTA_HDR_LEN bytes, the caller's). Fills iov (at
+ * most 4) and returns their count, the wire length in *ret_len.
+ */
+unsigned tm_zdelta_finish(const tm_delta_pkt *pkt, uint8_t *zhead, uint8_t version, uint32_t seq,
+			  const uint8_t *zdata, uint32_t zlen, struct iovec *iov, size_t *ret_len);
+/*
+ * A ZDELTA body from the peer, in[0..body_len): checks the ZDELTA header (codec zstd, agreed
+ * in features, reserved 0), the sizes (zlen 1..data_len - 1, data_len at most packet_size, the
+ * body exactly 8 + 16 + 24 x page_count + zlen + tag_len, the DELTA it makes within DELTA's
+ * limit) before a byte is decoded, then writes the DELTA body it stands for into out
+ * (tm_delta_max_body(packet_size) bytes: rx->body, the caller's buffer, never guest RAM) with
+ * the frame decoded to exactly data_len bytes (z: a context of packet_size). Sets *ret_len to
+ * that body's length for tm_delta_decode(), which checks the rest. Returns 0, -EBADMSG (a bad
+ * field, a frame that states another size, decodes short or long, is corrupt or has bytes
+ * after it), -EPROTO (zstd not agreed), -EOPNOTSUPP (zstd not built).
+ */
+int tm_zdelta_unpack(const uint8_t *in, uint32_t body_len, const tm_hello *session,
+		     uint32_t agreed, tm_zctx *z, uint8_t *out, uint32_t *ret_len,
+		     GError **error);
+
 G_END_DECLS

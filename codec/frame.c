@@ -66,6 +66,8 @@ const char *tm_msg_name(uint8_t type)
 		return "CTL_RESUME";
 	case TM_MSG_CTL_POS:
 		return "CTL_POS";
+	case TM_MSG_ZDELTA:
+		return "ZDELTA";
 	default:
 		return "unknown";
 	}
@@ -154,6 +156,8 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 		return tm_delta_max_body(packet_size);
 	case TM_MSG_DELTA_NACK:
 		return tm_delta_nack_max_body(packet_size);
+	case TM_MSG_ZDELTA:
+		return tm_zdelta_max_body(packet_size);
 	case TM_MSG_STATE:
 		return packet_size == 0 ? 0 :
 					  clamp32((uint64_t)TM_STATE_HDR_LEN + TM_MAX_STATE_NAME + packet_size);
@@ -254,7 +258,8 @@ int tm_frame_decode(const uint8_t *buf, size_t len, uint8_t version, uint32_t pa
 		return -EBADMSG;
 	}
 	if ((type == TM_MSG_DATA || type == TM_MSG_ZDATA || type == TM_MSG_STATE ||
-	     type == TM_MSG_URGENT || type == TM_MSG_DELTA || type == TM_MSG_DELTA_NACK) &&
+	     type == TM_MSG_URGENT || type == TM_MSG_DELTA || type == TM_MSG_DELTA_NACK ||
+	     type == TM_MSG_ZDELTA) &&
 	    packet_size == 0) {
 		g_set_error(error, TM_ERROR, EPROTO, "frame header: %s before the handshake",
 			    tm_msg_name(type));

@@ -50,6 +50,11 @@ static double link_of(const tm_zpolicy *p)
 	return p->link;
 }
 
+double tm_zpolicy_link_rate(const tm_zpolicy *p)
+{
+	return link_of(p);
+}
+
 /* Seconds per raw byte sent raw: the worker's own sending, or the link, whichever is slower. */
 static double raw_cost(const tm_zpolicy *p)
 {
@@ -181,12 +186,10 @@ void tm_zpolicy_link(tm_zpolicy *p, bool have_rate, uint64_t rate, bool app_limi
 	decide(p);
 }
 
-bool tm_zpolicy_packet(tm_zpolicy *p, uint64_t raw, uint64_t wire, int64_t zcpu_ns,
-		       int64_t busy_ns, int64_t thread_ns)
+/* A packet's share of the window; true when the window ended. */
+static bool window_add(tm_zpolicy *p, bool raw, uint64_t wire, int64_t zcpu_ns, int64_t busy_ns,
+		       int64_t thread_ns)
 {
-	p->packets++;
-	if (p->cur > 0)
-		update(p, p->cur, raw, wire, zcpu_ns);
 	if (busy_ns <= 0)
 		return false; /* the first packet after idle: no time to credit */
 	p->win_ns += busy_ns;
@@ -194,7 +197,7 @@ bool tm_zpolicy_packet(tm_zpolicy *p, uint64_t raw, uint64_t wire, int64_t zcpu_
 	p->win_zcpu_ns += zcpu_ns > 0 ? zcpu_ns : 0;
 	p->win_packets++;
 	p->win_wire += wire;
-	p->win_raw = p->win_raw && wire == raw;
+	p->win_raw = p->win_raw && raw;
 	if (p->win_packets < TM_ZPOLICY_WINDOW_PACKETS || p->win_ns < TM_ZPOLICY_WINDOW_NS)
 		return false;
 	p->last_wire_rate = (double)p->win_wire * 1e9 / (double)p->win_ns;
@@ -205,4 +208,18 @@ bool tm_zpolicy_packet(tm_zpolicy *p, uint64_t raw, uint64_t wire, int64_t zcpu_
 	p->last_raw = p->win_raw;
 	tm_zpolicy_idle(p);
 	return true;
+}
+
+bool tm_zpolicy_packet(tm_zpolicy *p, uint64_t raw, uint64_t wire, int64_t zcpu_ns,
+		       int64_t busy_ns, int64_t thread_ns)
+{
+	p->packets++;
+	if (p->cur > 0)
+		update(p, p->cur, raw, wire, zcpu_ns);
+	return window_add(p, wire == raw, wire, zcpu_ns, busy_ns, thread_ns);
+}
+
+bool tm_zpolicy_other(tm_zpolicy *p, uint64_t wire, int64_t busy_ns)
+{
+	return window_add(p, false, wire, 0, busy_ns, 0);
 }

@@ -15,6 +15,7 @@
 
 #include "common/error-internal.h"
 #include "session/compress.h"
+#include "session/delta.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -124,8 +125,9 @@ static void account(send_chan *c, tm_zsend *z, const tm_packet *pkt, uint64_t wi
 {
 	if (!z->last_ns)
 		sched_now(z, &z->win_cpu_ns, &z->win_wait_ns); /* a window begins */
-	if (tm_zpolicy_packet(&z->pol, pkt->data_len, wire, zcpu,
-			      z->last_ns ? now - z->last_ns : 0, 0)) {
+	int64_t busy = z->last_ns ? now - z->last_ns : 0;
+	if (pkt ? tm_zpolicy_packet(&z->pol, pkt->data_len, wire, zcpu, busy, 0)
+		: tm_zpolicy_other(&z->pol, wire, busy)) {
 		int64_t cpu, wait;
 		sched_now(z, &cpu, &wait);
 		tm_zpolicy_sched(&z->pol, cpu - z->win_cpu_ns,
@@ -142,6 +144,7 @@ static void account(send_chan *c, tm_zsend *z, const tm_packet *pkt, uint64_t wi
 		else
 			tm_zpolicy_link(&z->pol, false, 0, false);
 		__atomic_store_n(&z->link_bps, (uint64_t)z->pol.link, __ATOMIC_RELAXED);
+		tm_dsend_window(c, &z->pol); /* the delta choice, once per window (delta-send.c) */
 	}
 	/* A rate limit (max-bandwidth) is a slower link: each channel gets its share. */
 	tm_zpolicy_cap(&z->pol, (double)tm_ratelimit_rate(&c->s->rl) / c->s->nch);
@@ -221,10 +224,27 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 	tm_count(&z->wire_data_bytes, wire);
 	__atomic_store_n(&z->last_codec, used, __ATOMIC_RELAXED);
 	__atomic_store_n(&z->last_level, used == TM_ZCODEC_ZSTD ? ch.level : 0, __ATOMIC_RELAXED);
-	if (z->mode == TM_COMPRESS_AUTO)
+	/* Measured in auto mode, and for the delta choice whenever DELTA was agreed. */
+	if (z->mode == TM_COMPRESS_AUTO || c->ds)
 		account(c, z, pkt, wire, zcpu, now);
 	z->last_ns = now;
 	return (int64_t)wire;
+}
+
+const tm_zpolicy *tm_zsend_policy(const send_chan *c)
+{
+	return &c->z->pol;
+}
+
+void tm_zsend_other(send_chan *c, uint64_t wire)
+{
+	tm_zsend *z = c->z;
+	int64_t now = clock_ns(CLOCK_MONOTONIC);
+
+	if (!z)
+		return;
+	account(c, z, NULL, wire, 0, now);
+	z->last_ns = now;
 }
 
 static void fill_stats(tm_compress_stats *out, uint32_t mode, uint32_t agreed,

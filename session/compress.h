@@ -118,6 +118,15 @@ void tm_zpolicy_sched(tm_zpolicy *p, int64_t cpu_ns, int64_t wait_ns);
  * kernel's delivery rate (bytes/s) and whether it was limited by the application.
  */
 void tm_zpolicy_link(tm_zpolicy *p, bool have_rate, uint64_t rate, bool app_limited);
+/*
+ * A packet the codecs did not choose went out (a DELTA, delta-send.c): its wire bytes and the
+ * worker's busy wall ns since the previous packet count in the window (never as raw), no
+ * codec's ratio. Returns true when it ended a window, as tm_zpolicy_packet().
+ */
+bool tm_zpolicy_other(tm_zpolicy *p, uint64_t wire, int64_t busy_ns);
+/* What the channel can put on the wire (bytes/s: the link as measured, or its share of a rate
+ * limit when that is slower); 0 while not known. */
+double tm_zpolicy_link_rate(const tm_zpolicy *p);
 /* The channel was idle: the window so far is dropped (its time would not be the link's). */
 void tm_zpolicy_idle(tm_zpolicy *p);
 /*
@@ -153,6 +162,11 @@ void tm_zsend_idle(send_chan *c);
 /* What the channel's page data is expected to shrink to (wire / raw, 1 when it goes raw or
  * nothing is measured yet): a delta must beat it (delta-send.c). Worker-local. */
 double tm_zsend_ratio(const send_chan *c);
+/* The channel's policy (its measurements; read by delta-send.c). Worker-local. */
+const tm_zpolicy *tm_zsend_policy(const send_chan *c);
+/* delta-send.c's DELTA of wire bytes went out: it counts in the policy's window (the link is
+ * measured while deltas go too). Worker-local. */
+void tm_zsend_other(send_chan *c, uint64_t wire);
 
 /* Statistics (compress-send.c): a snapshot from relaxed-atomic counters (pointers may be NULL
  * for last_codec, last_level, link_bps), and the size-aware copy to the caller's struct. */

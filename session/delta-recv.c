@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "codec/compress.h"
 #include "codec/delta-wire.h"
 #include "codec/delta.h"
 #include "common/error-internal.h"
@@ -23,8 +24,11 @@ struct tm_drecv {
 	tm_delta_rx rx;
 	uint32_t *nack_pages, *nack_why;
 	uint8_t *nack_buf;     /* a whole DELTA_NACK frame */
+	uint32_t agreed;       /* the session's features */
+	tm_zctx *z;            /* ZDELTA: a context when ZSTD was agreed too */
+	uint8_t *zbody;        /* a ZDELTA body as received */
 	/* statistics: relaxed atomics (any thread reads) */
-	uint64_t pages, page_bytes, wire_bytes, refused_pages;
+	uint64_t pages, page_bytes, wire_bytes, refused_pages, zpackets;
 };
 
 void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size)
@@ -37,6 +41,10 @@ void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size)
 	d->nack_pages = g_new(uint32_t, n);
 	d->nack_why = g_new(uint32_t, n);
 	d->nack_buf = g_malloc(TM_FRAME_HDR_LEN + tm_delta_nack_max_body(packet_size));
+	d->agreed = agreed;
+	/* Out of memory for a context: a ZDELTA is then refused as zstd not agreed would be. */
+	if ((agreed & TM_FEATURE_ZSTD) && tm_zctx_new(packet_size, &d->z, NULL) == 0)
+		d->zbody = g_malloc(tm_zdelta_max_body(packet_size));
 	__atomic_store_n(&c->dr, d, __ATOMIC_RELEASE);
 }
 
@@ -48,6 +56,8 @@ void tm_drecv_free(tm_drecv *d)
 	g_free(d->nack_pages);
 	g_free(d->nack_why);
 	g_free(d->nack_buf);
+	tm_zctx_free(d->z);
+	g_free(d->zbody);
 	g_free(d);
 }
 
@@ -57,19 +67,41 @@ int tm_drecv_apply(recv_chan *c, const tm_frame *f, GError **error)
 	tm_drecv *d = c->dr;
 	int ret;
 
-	if (!d || c->postcopy || c->ram_ended) {
-		g_set_error(error, TM_ERROR, EPROTO, "channel %u: DELTA %s", c->ch.id,
-			    !d ? "without DELTA agreed in the handshake" : "after RAM_END");
+	bool zd = f->type == TM_MSG_ZDELTA;
+	if (!d || c->postcopy || c->ram_ended || (zd && !(d->agreed & TM_FEATURE_ZSTD))) {
+		g_set_error(error, TM_ERROR, EPROTO, "channel %u: %s %s", c->ch.id,
+			    tm_msg_name(f->type),
+			    !d ? "without DELTA agreed in the handshake"
+			       : c->postcopy || c->ram_ended ? "after RAM_END"
+							     : "without ZSTD agreed in the handshake");
 		return -EPROTO;
 	}
-	if ((ret = tm_chan_recv(&c->ch, d->rx.body, f->body_len, error)) < 0)
+	/* A ZDELTA's body is read aside; what it stands for is decoded into the DELTA buffer. */
+	if ((ret = tm_chan_recv(&c->ch, zd ? d->zbody : d->rx.body, f->body_len, error)) < 0)
 		return ret;
 
 	g_autoptr(GError) why = NULL;
-	uint32_t first = 0;
-	ret = tm_delta_decode(&d->rx, f->body_len, &r->hello, c->ch.id, &first, &why);
+	uint32_t first = 0, body_len = f->body_len;
+	const uint8_t *hdr = d->rx.body; /* the DELTA header, for the error's block and page */
+	if (zd) {
+		hdr = d->zbody + TM_ZDELTA_HDR_LEN;
+		if (!d->z) {
+			g_set_error(&why, TM_ERROR, ENOMEM, "ZDELTA: no zstd context (out of memory)");
+			ret = -ENOMEM;
+		} else {
+			ret = tm_zdelta_unpack(d->zbody, f->body_len, &r->hello, d->agreed, d->z,
+					       d->rx.body, &body_len, &why);
+		}
+		if (ret < 0 && f->body_len >= TM_ZDELTA_HDR_LEN + TM_DELTA_HDR_LEN + 4)
+			first = tm_get32(hdr + TM_DELTA_HDR_LEN);
+	}
+	if (ret >= 0) {
+		hdr = d->rx.body;
+		ret = tm_delta_decode(&d->rx, body_len, &r->hello, c->ch.id, &first, &why);
+	}
 	if (ret < 0) {
-		uint32_t block = f->body_len >= 4 ? tm_get32(d->rx.body) : UINT32_MAX;
+		uint32_t block = body_len >= 4 && (!zd || f->body_len >= TM_ZDELTA_HDR_LEN + 4)
+					 ? tm_get32(hdr) : UINT32_MAX;
 		if (block >= r->hello.block_count) {
 			g_set_error(error, TM_ERROR, -ret, "channel %u: %s; nothing of it applied",
 				    c->ch.id, why->message);
@@ -118,12 +150,18 @@ int tm_drecv_apply(recv_chan *c, const tm_frame *f, GError **error)
 		tm_count(&d->page_bytes, ps);
 		tm_count(&d->wire_bytes, e->dlen + (uint64_t)TM_DELTA_ENTRY_LEN);
 	}
+	uint64_t data_wire = rx->data_len;
+	if (zd) {
+		/* As the sender counts a ZDELTA: its frame in place of the deltas' bytes. */
+		data_wire = f->body_len - (body_len - rx->data_len);
+		tm_count(&d->zpackets, 1);
+	}
 	/* Refused pages count as answered: SYNC_ACK, RAM_END and END counts hold (wire-format). */
 	c->pages_applied += rx->page_count;
 	c->packets_applied++;
 	tm_count(&c->ch.st.pages, rx->page_count);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, rx->data_len);
+	tm_count(&c->ch.st.data_bytes, data_wire);
 	tm_count(&c->ch.st.tag_bytes, rx->tag_len);
 	if (nref == 0)
 		return 0;
@@ -148,6 +186,7 @@ int tm_receiver_get_delta_stats(tm_receiver *r, unsigned channel, tm_delta_stats
 		full.page_bytes = __atomic_load_n(&d->page_bytes, __ATOMIC_RELAXED);
 		full.wire_bytes = __atomic_load_n(&d->wire_bytes, __ATOMIC_RELAXED);
 		full.refused = __atomic_load_n(&d->refused_pages, __ATOMIC_RELAXED);
+		full.zdelta_packets = __atomic_load_n(&d->zpackets, __ATOMIC_RELAXED);
 	}
 	uint32_t n = MIN(ret->size, (uint32_t)sizeof(full));
 	memcpy(ret, &full, n);

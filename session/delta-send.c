@@ -9,8 +9,11 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <time.h>
 
+#include "codec/compress.h"
 #include "codec/delta-wire.h"
+#include "codec/delta.h"
 #include "common/error-internal.h"
 #include "session/compress.h"
 #include "session/delta-cache.h"
@@ -38,8 +41,16 @@ struct tm_dsend {
 	bool resent;           /* pages re-sent since the last SYNC_ACK */
 	uint64_t unanswered;   /* DELTAs on this connection since the last SYNC_ACK */
 	uint32_t packet_size;
+	tm_dpolicy pol;        /* deltas or whole pages, per window (delta-policy.c) */
+	uint8_t *scratch;      /* a sample's delta encoded aside (64 KiB) */
+	tm_zctx *z;            /* ZDELTA: NULL unless DELTA and ZSTD were agreed */
+	uint8_t *zbuf;         /* the deltas' zstd frame */
+	uint8_t zhead[TM_FRAME_HDR_LEN + TM_ZDELTA_HDR_LEN];
+	struct iovec ziov[4];
 	/* statistics: relaxed atomics (any thread reads) */
 	uint64_t pages, page_bytes, wire_bytes, refused_pages;
+	uint64_t windows_delta, windows_whole, skipped, zpackets;
+	uint32_t reason;
 };
 
 uint32_t tm_dsend_offer(const tm_live_config *live, uint8_t wire)
@@ -49,10 +60,17 @@ uint32_t tm_dsend_offer(const tm_live_config *live, uint8_t wire)
 		       : 0;
 }
 
-tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t packet_size)
+tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t policy, bool zstd, uint32_t packet_size)
 {
 	tm_dsend *d = g_new0(tm_dsend, 1);
 
+	/* packet_size was checked by the HELLO; out of memory for a context: plain DELTAs. */
+	if (zstd && tm_zctx_new(packet_size, &d->z, NULL) == 0)
+		d->zbuf = g_malloc(tm_zctx_bound(d->z));
+
+	tm_dpolicy_init(&d->pol, policy);
+	d->reason = d->pol.reason;
+	d->scratch = g_malloc(65536);
 	d->cache_bytes = cache_bytes;
 	d->packet_size = packet_size;
 	d->cache = tm_delta_cache_new(cache_bytes);
@@ -71,6 +89,9 @@ void tm_dsend_free(tm_dsend *d)
 	tm_delta_cache_free(d->cache);
 	tm_delta_pkt_fini(&d->pkt);
 	g_free(d->copy);
+	g_free(d->scratch);
+	tm_zctx_free(d->z);
+	g_free(d->zbuf);
 	g_free(d->nack_body);
 	g_free(d->nack_pages);
 	g_array_unref(d->resend);
@@ -213,10 +234,33 @@ int tm_dsend_flush(send_chan *c, GError **error)
 	d->open = false;
 	if (d->pkt.page_count == 0)
 		return 0;
-	unsigned n = tm_delta_pkt_finish(&d->pkt, c->ch.version, c->ch.tx_seq++, &len);
+	uint32_t seq = c->ch.tx_seq++;
+	unsigned n = tm_delta_pkt_finish(&d->pkt, c->ch.version, seq, &len);
+	struct iovec *iov = d->pkt.iov;
+	uint64_t data_wire = d->pkt.data_len;
+	if (d->z && d->pkt.data_len >= TM_ZDELTA_MIN) {
+		/* ZDELTA when zstd makes the deltas shorter (wire-format.md). */
+		g_autoptr(GError) why = NULL;
+		ssize_t zlen = tm_zcompress_buf(d->z, TM_ZDELTA_LEVEL, d->pkt.data, d->pkt.data_len,
+						d->zbuf, tm_zctx_bound(d->z), &why);
+		if (zlen < 0) {
+			const tm_wire_block *b = &c->s->hello.blocks[d->pkt.block];
+			return tm_error_at(error, (int)-zlen, c->ch.id, b->name,
+					   (uint64_t)tm_get32(d->pkt.head + TM_FRAME_HDR_LEN +
+							      TM_DELTA_HDR_LEN) * b->page_size,
+					   "compressing the deltas failed: %s", why->message);
+		}
+		if (zlen > 0) {
+			n = tm_zdelta_finish(&d->pkt, d->zhead, c->ch.version, seq, d->zbuf,
+					     (uint32_t)zlen, d->ziov, &len);
+			iov = d->ziov;
+			data_wire = TM_ZDELTA_HDR_LEN + (uint64_t)zlen;
+			tm_count(&d->zpackets, 1);
+		}
+	}
 	if (tm_sender_throttle(c->s, c, len))
 		c->cr.throttled = true;
-	int r = tm_chan_send(&c->ch, d->pkt.iov, n, len, error);
+	int r = tm_chan_send(&c->ch, iov, n, len, error);
 	if (r < 0)
 		return r;
 	uint32_t pages = d->pkt.page_count;
@@ -225,12 +269,37 @@ int tm_dsend_flush(send_chan *c, GError **error)
 	d->unanswered++;
 	tm_count(&c->ch.st.pages, pages);
 	tm_count(&c->ch.st.packets, 1);
-	tm_count(&c->ch.st.data_bytes, d->pkt.data_len);
+	tm_count(&c->ch.st.data_bytes, data_wire);
 	tm_count(&c->ch.st.tag_bytes, d->pkt.tag_len);
 	tm_count(&d->pages, pages);
 	tm_count(&d->page_bytes, (uint64_t)pages * d->pkt.page_size);
-	tm_count(&d->wire_bytes, d->pkt.data_len + (uint64_t)pages * TM_DELTA_ENTRY_LEN);
+	tm_count(&d->wire_bytes, data_wire + (uint64_t)pages * TM_DELTA_ENTRY_LEN);
+	tm_zsend_other(c, len); /* the link is measured while deltas go too */
 	return drain(c, error);
+}
+
+static int64_t thread_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void tm_dsend_window(send_chan *c, const tm_zpolicy *z)
+{
+	tm_dsend *d = c->ds;
+
+	if (!d || d->pol.always)
+		return;
+	bool use = tm_dpolicy_decide(&d->pol, z, tm_zsend_ratio(c));
+	tm_count(use ? &d->windows_delta : &d->windows_whole, 1);
+	if (!d->pol.keep && tm_delta_cache_count(d->cache) > 0) {
+		/* Copies not kept from now on would be stale bases: none at all. */
+		tm_delta_cache_free(d->cache);
+		d->cache = tm_delta_cache_new(d->cache_bytes);
+	}
+	__atomic_store_n(&d->reason, d->pol.reason, __ATOMIC_RELAXED);
 }
 
 int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *data,
@@ -244,11 +313,37 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 	uint32_t max = (uint32_t)(share * ps);
 	int r;
 
+	if (!d->pol.keep) /* the CPU bounds this channel: no copies, no deltas (delta.h) */
+		return tm_dsend_flush(c, error);
+
 	/* A zero page goes as DATA's 8-byte ZERO entry, cheaper than any delta. */
 	if (c->pc.switched || max <= TM_DELTA_ENTRY_LEN ||
 	    !tm_delta_cache_get(d->cache, block, page, ps) || tm_buffer_is_zero(data, ps))
 		goto whole;
 	max -= TM_DELTA_ENTRY_LEN;
+	bool sample = tm_dpolicy_sample_due(&d->pol);
+	int64_t t0 = 0;
+	if (!d->pol.use) {
+		/* Whole by the policy's choice: only a sample's delta is made, aside. */
+		if (sample) {
+			t0 = thread_ns();
+			memcpy(d->copy, data, ps);
+			ssize_t n = tm_delta_encode(d->copy, tm_delta_cache_get(d->cache, block, page, ps),
+						    ps, d->scratch, max);
+			bool first = !d->pol.known;
+			tm_dpolicy_sample(&d->pol, ps, n >= 0 ? (uint64_t)n + TM_DELTA_ENTRY_LEN : ps,
+					  thread_ns() - t0);
+			/* The first sample: the link was measured in the windows before (round
+			 * 1), so the choice need not wait for the next window's end. */
+			if (first)
+				tm_dsend_window(c, tm_zsend_policy(c));
+			sample = false;
+		}
+		if (!d->pol.use) {
+			tm_count(&d->skipped, 1);
+			goto whole;
+		}
+	}
 	/* Page order: the DATA being packed leaves first. Hearing a refusal there may drop the
 	 * copy, so it is looked up again after. */
 	if (c->pkt_open && c->pkts[c->cur].page_count > 0 && (r = tm_send_flush(c, error)) < 0)
@@ -257,6 +352,8 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 			page <= d->pkt.last_page) &&
 	    (r = tm_dsend_flush(c, error)) < 0)
 		return r;
+	if (sample)
+		t0 = thread_ns(); /* copying and encoding, not the flushes above */
 	memcpy(d->copy, data, ps); /* the guest may write it while we encode */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		const uint8_t *base = tm_delta_cache_get(d->cache, block, page, ps);
@@ -267,19 +364,28 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 			d->open = true;
 		}
 		ssize_t n = tm_delta_pkt_add(&d->pkt, page, d->copy, base, tags, max);
+		if (sample && n != -ENOBUFS)
+			tm_dpolicy_sample(&d->pol, ps, n >= 0 ? (uint64_t)n + TM_DELTA_ENTRY_LEN : ps,
+					  thread_ns() - t0);
 		if (n >= 0) {
-			tm_delta_cache_put(d->cache, block, page, d->copy, ps);
+			if (d->pol.keep)
+				tm_delta_cache_put(d->cache, block, page, d->copy, ps);
 			return 1;
 		}
 		if (n != -ENOBUFS)
 			goto whole; /* -ENOSPC: the delta would not pay */
 		if ((r = tm_dsend_flush(c, error)) < 0)
 			return r;
+		if (sample)
+			t0 = thread_ns(); /* the sample is the encoding, not the flush */
 	}
 whole:
 	if ((r = tm_dsend_flush(c, error)) < 0)
 		return r;
-	tm_delta_cache_put(d->cache, block, page, data, ps);
+	/* A window that ended in a flush above may have stopped the copies (delta-policy.c): a
+	 * copy kept now would go stale, as none is updated while they are stopped. */
+	if (d->pol.keep)
+		tm_delta_cache_put(d->cache, block, page, data, ps);
 	return 0;
 }
 
@@ -355,6 +461,12 @@ int tm_sender_get_delta_stats(tm_sender *s, unsigned channel, tm_delta_stats *re
 		full.page_bytes = __atomic_load_n(&d->page_bytes, __ATOMIC_RELAXED);
 		full.wire_bytes = __atomic_load_n(&d->wire_bytes, __ATOMIC_RELAXED);
 		full.refused = __atomic_load_n(&d->refused_pages, __ATOMIC_RELAXED);
+		full.windows_delta = __atomic_load_n(&d->windows_delta, __ATOMIC_RELAXED);
+		full.windows_whole = __atomic_load_n(&d->windows_whole, __ATOMIC_RELAXED);
+		full.skipped = __atomic_load_n(&d->skipped, __ATOMIC_RELAXED);
+		full.policy = d->pol.always ? TM_DELTA_ALWAYS : TM_DELTA_AUTO;
+		full.reason = __atomic_load_n(&d->reason, __ATOMIC_RELAXED);
+		full.zdelta_packets = __atomic_load_n(&d->zpackets, __ATOMIC_RELAXED);
 	}
 	uint32_t n = MIN(ret->size, (uint32_t)sizeof(full));
 	memcpy(ret, &full, n);

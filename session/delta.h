@@ -23,6 +23,12 @@ typedef struct recv_chan recv_chan;
 typedef struct tm_dsend tm_dsend;
 typedef struct tm_drecv tm_drecv;
 
+/* ZDELTA (DELTA + ZSTD agreed): the deltas of a DELTA of at least TM_ZDELTA_MIN bytes are
+ * compressed with zstd at TM_ZDELTA_LEVEL, and the packet goes as a ZDELTA when that is
+ * shorter (random data's XOR runs do not shrink and go as DELTA). */
+#define TM_ZDELTA_MIN 128u
+#define TM_ZDELTA_LEVEL 1
+
 /*
  * A delta goes instead of the whole page when it takes at most this share of the page (entry
  * included): below it, a DELTA saves at least a quarter of the page's bytes, more than the CPU
@@ -38,13 +44,69 @@ typedef struct tm_drecv tm_drecv;
 #define TM_DELTA_CACHE_MIN (1ull << 20)
 #define TM_DELTA_CACHE_MAX (1ull << 40)
 
+/* ---- the sender's choice (delta-policy.c): no clock, no I/O; the caller measures ---- */
+
+/*
+ * TM_DELTA_AUTO, per channel: a page with a cached copy goes as a delta only while that moves
+ * re-sent pages faster than sending them whole, on the compression policy's cost model
+ * (compress.h, tm_zpolicy: k the worker's wall seconds per CPU second, s its CPU per wire byte
+ * for sending, L the link's bytes/s). Per raw byte of a page:
+ *     whole  max(k * (cpu_z + ratio_z * s), ratio_z / L)   (the channel's compression choice,
+ *                                                           cpu_z 0 and ratio_z 1 when raw)
+ *     delta  max(k * (cpu_d + ratio_d * s), ratio_d / L)
+ * with cpu_d (copying the page and encoding its delta) and ratio_d (the delta and its entry per
+ * page byte; a page whose delta does not pay counts whole) measured on a sample: every
+ * TM_DPOLICY_SAMPLE_EVERY-th page with a copy, encoded aside while deltas are off. Deltas when
+ * the link bounds whole pages (its term is the larger) and a delta's cost is below
+ * TM_DPOLICY_MARGIN of whole's: a link slower than the sender's CPU. While the CPU bounds whole
+ * pages the channel keeps no copies either (the cache is emptied; a copy per page sent costs a
+ * hash lookup and a memcpy, ~20% of a loaded sender's CPU on loopback): it starts keeping them
+ * again at the first window the link bounds, and deltas follow when those pages come again.
+ * On loopback, where
+ * sending is the worker's own CPU (the link term is a fraction of k s), pages go whole: the XOR
+ * costs the sender about what sending costs (1-1.5 ns per byte each, measured), and the
+ * receiver's check and apply, which the sender cannot see, come on top. Decided at the end of every
+ * window of the compression policy (tm_dsend_window()), never per page; whole until the link
+ * and a sample are measured.
+ */
+#define TM_DPOLICY_SAMPLE_EVERY 32u
+#define TM_DPOLICY_MARGIN 0.9
+#define TM_DPOLICY_EWMA 0.25
+
+typedef struct tm_zpolicy tm_zpolicy;
+
+typedef struct tm_dpolicy {
+	bool always;    /* TM_DELTA_ALWAYS: never measured, deltas whenever they pay in bytes */
+	bool use;       /* the current choice */
+	bool keep;      /* keep copies of the pages sent (false while the CPU bounds them) */
+	uint32_t reason; /* tm_delta_reason of it */
+	double cpu;     /* cpu_d: seconds per page byte */
+	double ratio;   /* ratio_d: wire bytes per page byte */
+	bool known;
+	unsigned since; /* pages with a copy since the last sample */
+} tm_dpolicy;
+
+void tm_dpolicy_init(tm_dpolicy *p, uint32_t policy);
+/* A page with a cached copy: true when it is to be measured (tm_dpolicy_sample()). */
+bool tm_dpolicy_sample_due(tm_dpolicy *p);
+/* A measured page: page_size bytes, out the wire bytes its delta took with its entry
+ * (page_size when it did not pay), cpu_ns for copying and encoding it. */
+void tm_dpolicy_sample(tm_dpolicy *p, uint32_t page_size, uint64_t out, int64_t cpu_ns);
+/* At the end of a window: the choice from z's measurements and the ratio the channel's page
+ * data is sent at (tm_zsend_ratio()). Returns the choice. */
+bool tm_dpolicy_decide(tm_dpolicy *p, const tm_zpolicy *z, double zratio);
+
 /* ---- sender (delta-send.c); every hook is worker-local unless it says otherwise ---- */
 
 /* HELLO: TM_FEATURE_DELTA when live asks for a cache, the protocol is 2 and postcopy is not
  * offered; else 0. */
 uint32_t tm_dsend_offer(const tm_live_config *live, uint8_t wire);
 /* After the handshake, per channel, when DELTA was agreed. */
-tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t packet_size);
+/* zstd: ZSTD was agreed too, so a DELTA whose deltas shrink under zstd goes as a ZDELTA. */
+tm_dsend *tm_dsend_new(uint64_t cache_bytes, uint32_t policy, bool zstd, uint32_t packet_size);
+/* compress-send.c, at the end of each window of its measurements (z): the delta choice for the
+ * next window (TM_DELTA_AUTO). No-op without DELTA. */
+void tm_dsend_window(send_chan *c, const tm_zpolicy *z);
 void tm_dsend_free(tm_dsend *d);
 
 /*
@@ -84,7 +146,8 @@ void tm_dsend_reconnected(send_chan *c);
 void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size);
 void tm_drecv_free(tm_drecv *d);
 /*
- * A DELTA frame on c: reads the body whole, checks it (codec), checks each page's base, applies
+ * A DELTA or ZDELTA frame on c: reads the body whole (a ZDELTA's deltas decoded into the
+ * channel's DELTA buffer, every size checked first), checks it (codec), checks each page's base, applies
  * the deltas and tags of the pages that pass and marks them present, and answers the refused ones
  * with one DELTA_NACK. Errors name channel, block and offset; nothing of a bad packet is applied.
  */

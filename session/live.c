@@ -89,6 +89,11 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    (guint64)c.delta_cache_bytes);
 		return -EINVAL;
 	}
+	if (sender && c.delta_policy > TM_DELTA_ALWAYS) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "live config: delta_policy %u (0 auto, 1 always)", c.delta_policy);
+		return -EINVAL;
+	}
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	if (!c.uffd_borrow)
 		c.uffd = -1; /* meaningful only when borrowed (tm_pc_recv_setup() takes it) */

@@ -193,6 +193,7 @@ static int recv_loop(recv_chan *c, GError **error)
 				return ret;
 			break;
 		case TM_MSG_DELTA:
+		case TM_MSG_ZDELTA:
 			if ((ret = tm_drecv_apply(c, &f, error)) < 0) /* delta-recv.c */
 				return ret;
 			break;

@@ -429,7 +429,9 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 				 __ATOMIC_RELEASE);
 		if (s->dagreed)
 			__atomic_store_n(&c->ds,
-					 tm_dsend_new(s->live.delta_cache_bytes, s->hello.packet_size),
+					 tm_dsend_new(s->live.delta_cache_bytes, s->live.delta_policy,
+						      (s->zagreed & TM_FEATURE_ZSTD) != 0,
+						      s->hello.packet_size),
 					 __ATOMIC_RELEASE);
 		g_autofree char *name = g_strdup_printf("tm-send-%u", i);
 		c->thread = g_thread_new(name, tm_send_worker, c);

@@ -245,6 +245,17 @@ int cli_parse_duration_us(const char *text, uint64_t *ret)
 	return 0;
 }
 
+int cli_parse_delta_policy(const char *cmd, const char *text, uint32_t *ret)
+{
+	if (strcmp(text, "auto") == 0)
+		*ret = TM_DELTA_AUTO;
+	else if (strcmp(text, "always") == 0)
+		*ret = TM_DELTA_ALWAYS;
+	else
+		return cli_usage_error(cmd, "--delta-policy '%s' is not auto or always", text);
+	return 0;
+}
+
 int cli_parse_delta_cache(const char *cmd, const char *text, uint64_t *ret)
 {
 	uint64_t v;

@@ -88,4 +88,12 @@ int cli_check_io(const char *cmd, const char *io);
  */
 int cli_parse_delta_cache(const char *cmd, const char *text, uint64_t *ret);
 
+#define CLI_DELTA_POLICY_HELP                                                                     \
+	"When a re-sent page goes as a delta: auto (default: per channel, only while the link, "  \
+	"not this host's CPU, is the bottleneck) or always (whenever the delta is small enough)"
+
+/* --delta-policy auto|always of command cmd into *ret (TM_DELTA_*). Returns 0, or the usage
+ * error's exit status. */
+int cli_parse_delta_policy(const char *cmd, const char *text, uint32_t *ret);
+
 G_END_DECLS

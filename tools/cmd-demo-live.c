@@ -418,7 +418,8 @@ int cli_demo_live(const demo_live_opts *o)
 	tm_live_config lc = { .size = sizeof(lc), .max_downtime_us = o->max_downtime_us,
 			      .rate_limit = o->rate_limit, .compress = o->compress,
 			      .compress_level = o->compress_level, .postcopy = postcopy,
-			      .delta_cache_bytes = postcopy ? 0 : o->delta_cache };
+			      .delta_cache_bytes = postcopy ? 0 : o->delta_cache,
+			      .delta_policy = o->delta_policy };
 	if (tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 

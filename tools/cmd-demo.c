@@ -248,6 +248,7 @@ typedef struct demo_opts {
 	char *vmm, *guest_image;
 	char *compress;
 	char *delta_cache;
+	char *delta_policy;
 } demo_opts;
 
 static void demo_opts_clear(demo_opts *o)
@@ -262,6 +263,7 @@ static void demo_opts_clear(demo_opts *o)
 	g_free(o->guest_image);
 	g_free(o->compress);
 	g_free(o->delta_cache);
+	g_free(o->delta_policy);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(demo_opts, demo_opts_clear)
@@ -360,8 +362,11 @@ int cli_cmd_demo(int argc, char **argv)
 		  "reference VMM's source switches to postcopy after N rounds", "N" },
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		{ "delta-cache", 0, 0, G_OPTION_ARG_STRING, &o.delta_cache,
-		  CLI_DELTA_CACHE_HELP "; default 0: on loopback a delta costs more CPU than it saves",
-		  "SIZE" },
+		  CLI_DELTA_CACHE_HELP "; default with --live 32M (--delta-policy auto sends deltas "
+		  "only where the link is the bottleneck, and keeps no copies where the CPU is), "
+		  "else 0", "SIZE" },
+		{ "delta-policy", 0, 0, G_OPTION_ARG_STRING, &o.delta_policy, CLI_DELTA_POLICY_HELP,
+		  "POLICY" },
 		G_OPTION_ENTRY_NULL
 	};
 	uint64_t size = 1ull << 30, page_size = 4096;
@@ -411,8 +416,14 @@ int cli_cmd_demo(int argc, char **argv)
 	if (o.compress && (rc = tm_compress_parse(o.compress, &zmode, &zlevel, &zerr)) < 0)
 		return rc == -EOPNOTSUPP ? cli_fail(zerr)
 					 : cli_usage_error("demo", "--compress: %s", zerr->message);
-	uint64_t delta_cache = 0; /* off: on loopback it costs more CPU than the bytes it saves */
+	/* --live: a modest cache. Its auto policy costs nothing where the CPU is the bottleneck
+	 * (loopback: no copies kept, the live demo converges as without it) and sends deltas
+	 * where the link is. One round (no --live) never re-sends a page: none. */
+	uint64_t delta_cache = o.live && o.postcopy_after < 0 ? 32ull << 20 : 0;
 	if (o.delta_cache && (rc = cli_parse_delta_cache("demo", o.delta_cache, &delta_cache)))
+		return rc;
+	uint32_t delta_policy = TM_DELTA_AUTO;
+	if (o.delta_policy && (rc = cli_parse_delta_policy("demo", o.delta_policy, &delta_policy)))
 		return rc;
 	if (!o.live && (o.dirty_rate || o.max_downtime || o.rate_limit || o.max_rounds != 30 ||
 			o.postcopy_after != -1))
@@ -426,7 +437,7 @@ int cli_cmd_demo(int argc, char **argv)
 				      .dirty_rate = 100ull << 20, .max_downtime_us = 50000,
 				      .max_rounds = (unsigned)o.max_rounds, .compress = zmode,
 				      .compress_level = zlevel, .postcopy_after = o.postcopy_after,
-				      .delta_cache = delta_cache };
+				      .delta_cache = delta_cache, .delta_policy = delta_policy };
 		if (o.page_size && page_size != 4096)
 			return cli_usage_error("demo", "--live runs a guest of 4K pages");
 		if (o.dirty_rate && cli_parse_rate(o.dirty_rate, &lo.dirty_rate) < 0)
@@ -503,7 +514,7 @@ int cli_cmd_demo(int argc, char **argv)
 	if (tm_sender_new(src_layout, src_tags, &scfg, &sender, &error) < 0)
 		return cli_fail(error);
 	tm_live_config lc = { .size = sizeof(lc), .compress = zmode, .compress_level = zlevel,
-			      .delta_cache_bytes = delta_cache };
+			      .delta_cache_bytes = delta_cache, .delta_policy = delta_policy };
 	if ((o.compress || delta_cache) && tm_sender_set_live(sender, &lc, &error) < 0)
 		return cli_fail(error);
 

@@ -33,6 +33,7 @@ typedef struct send_opts {
 	char *rate_limit;
 	char *compress;
 	char *delta_cache;
+	char *delta_policy;
 } send_opts;
 
 static void send_opts_clear(send_opts *o)
@@ -49,6 +50,7 @@ static void send_opts_clear(send_opts *o)
 	g_free(o->rate_limit);
 	g_free(o->compress);
 	g_free(o->delta_cache);
+	g_free(o->delta_policy);
 }
 
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(send_opts, send_opts_clear)
@@ -111,6 +113,8 @@ int cli_cmd_send(int argc, char **argv)
 		{ "compress", 0, 0, G_OPTION_ARG_STRING, &o.compress, CLI_COMPRESS_HELP, "MODE" },
 		{ "delta-cache", 0, 0, G_OPTION_ARG_STRING, &o.delta_cache,
 		  CLI_DELTA_CACHE_HELP "; default 0: send sends every page once", "SIZE" },
+		{ "delta-policy", 0, 0, G_OPTION_ARG_STRING, &o.delta_policy, CLI_DELTA_POLICY_HELP,
+		  "POLICY" },
 		{ "json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
 		  "Print one JSON object with the statistics on stdout", NULL },
 		G_OPTION_ENTRY_NULL
@@ -182,6 +186,9 @@ int cli_cmd_send(int argc, char **argv)
 
 	uint64_t delta_cache = 0;
 	if (o.delta_cache && (rc = cli_parse_delta_cache("send", o.delta_cache, &delta_cache)))
+		return rc;
+	uint32_t delta_policy = TM_DELTA_AUTO;
+	if (o.delta_policy && (rc = cli_parse_delta_policy("send", o.delta_policy, &delta_policy)))
 		return rc;
 
 	g_autoptr(GPtrArray) ram_specs = NULL;
@@ -275,7 +282,8 @@ int cli_cmd_send(int argc, char **argv)
 		return cli_fail(error);
 	tm_live_config live = { .size = sizeof(live), .rate_limit = rate_limit,
 				.no_resume = o.no_resume, .compress = compress,
-				.compress_level = compress_level, .delta_cache_bytes = delta_cache };
+				.compress_level = compress_level, .delta_cache_bytes = delta_cache,
+				.delta_policy = delta_policy };
 	if ((rate_limit || o.no_resume || o.compress || delta_cache) &&
 	    tm_sender_set_live(sender, &live, &error) < 0)
 		return cli_fail(error);

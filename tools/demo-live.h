@@ -22,6 +22,7 @@ typedef struct demo_live_opts {
 	uint32_t compress;        /* tm_compress_mode */
 	int32_t compress_level;
 	uint64_t delta_cache;     /* tm_live_config.delta_cache_bytes */
+	uint32_t delta_policy;    /* tm_live_config.delta_policy */
 	int postcopy_after;       /* precopy rounds (0 allowed) before the switch to postcopy;
 				   * -1: precopy only */
 } demo_live_opts;

@@ -19,6 +19,26 @@ void cli_delta_collect(tm_delta_stats *ret, tm_sender *s, tm_receiver *r, unsign
 		ret->page_bytes += c.page_bytes;
 		ret->wire_bytes += c.wire_bytes;
 		ret->refused += c.refused;
+		ret->windows_delta += c.windows_delta;
+		ret->windows_whole += c.windows_whole;
+		ret->skipped += c.skipped;
+		ret->zdelta_packets += c.zdelta_packets;
+		ret->policy = c.policy;
+		/* The channels' last reasons: the link when any chose deltas last. */
+		if (c.reason == TM_DELTA_REASON_LINK || ret->reason == 0 ||
+		    (ret->reason != TM_DELTA_REASON_LINK && c.reason > ret->reason))
+			ret->reason = c.reason;
+	}
+}
+
+const char *cli_delta_reason_name(uint32_t reason)
+{
+	switch (reason) {
+	case TM_DELTA_REASON_ALWAYS: return "always";
+	case TM_DELTA_REASON_UNMEASURED: return "unmeasured";
+	case TM_DELTA_REASON_LINK: return "link";
+	case TM_DELTA_REASON_CPU: return "cpu";
+	default: return "none";
 	}
 }
 
@@ -32,6 +52,12 @@ void cli_delta_json(struct json_writer *w, const tm_delta_stats *d)
 	jw_u64(w, "delta_bytes", d->wire_bytes);
 	jw_double(w, "ratio", d->page_bytes ? (double)d->wire_bytes / (double)d->page_bytes : 0);
 	jw_u64(w, "refused", d->refused);
+	jw_str(w, "policy", d->policy == TM_DELTA_ALWAYS ? "always" : "auto");
+	jw_u64(w, "windows_delta", d->windows_delta);
+	jw_u64(w, "windows_whole", d->windows_whole);
+	jw_u64(w, "skipped", d->skipped);
+	jw_u64(w, "zdelta_packets", d->zdelta_packets);
+	jw_str(w, "reason", cli_delta_reason_name(d->reason));
 	jw_close(w);
 }
 

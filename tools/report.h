@@ -42,6 +42,8 @@ void cli_delta_collect(tm_delta_stats *ret, tm_sender *s, tm_receiver *r, unsign
 /* The "delta" object of --json. */
 struct json_writer;
 void cli_delta_json(struct json_writer *w, const tm_delta_stats *d);
+/* tm_delta_reason as --json says it: none, always, unmeasured, link, cpu. */
+const char *cli_delta_reason_name(uint32_t reason);
 /* ", N pages as deltas (0.07 of their size), M refused and re-sent whole" or "". */
 char *cli_delta_human(const tm_delta_stats *d);
 /* Sums of all channels (mode and ratio of the whole). */

@@ -321,6 +321,9 @@ typedef struct tm_live_config {
 	 */
 	int (*reconnect)(void *opaque, unsigned connection, unsigned timeout_ms);
 	void *reconnect_opaque;
+	uint32_t delta_policy;      /* sender, with delta_cache_bytes: tm_delta_policy, 0 =
+	                             * TM_DELTA_AUTO (deltas only while the link, not the sender's
+	                             * CPU, is the bottleneck); receiver: ignored */
 } tm_live_config;
 
 /* tm_live_config.reconnect's connection: the control connection / any (the receiver) / the
@@ -585,7 +588,34 @@ typedef struct tm_delta_stats {
 	uint64_t wire_bytes;        /* what they took: deltas and their 24-byte entries */
 	uint64_t refused;           /* pages whose base the receiver refused (DELTA_NACK); the
 	                             * sender re-sent each whole */
+	/* sender, TM_DELTA_AUTO (receiver: 0): the policy's windows (docs/api.md) */
+	uint64_t windows_delta;     /* windows that ended choosing deltas */
+	uint64_t windows_whole;     /* windows that ended choosing whole pages */
+	uint64_t skipped;           /* pages with a copy to diff against sent whole by that choice */
+	uint32_t policy;            /* tm_delta_policy in force */
+	uint32_t reason;            /* tm_delta_reason of the last choice */
+	uint64_t zdelta_packets;    /* packets of deltas sent (received) as ZDELTA: zstd-compressed,
+	                             * with DELTA and ZSTD agreed (the sender's wire_bytes counts
+	                             * them compressed, the receiver's the deltas it decoded) */
 } tm_delta_stats;
+
+/* How the sender chooses between a delta and the whole page (tm_live_config.delta_policy). */
+typedef enum tm_delta_policy {
+	TM_DELTA_AUTO = 0,   /* per channel, once per window of the compression policy's
+	                      * measurements: deltas while they move re-sent pages faster than
+	                      * whole pages on this link and this CPU (docs/api.md) */
+	TM_DELTA_ALWAYS = 1, /* every re-sent page whose delta is small enough (bytes only) */
+} tm_delta_policy;
+
+/* Why the sender's last choice was what it was (tm_delta_stats.reason). */
+typedef enum tm_delta_reason {
+	TM_DELTA_REASON_NONE = 0,       /* no choice made yet (or DELTA not agreed) */
+	TM_DELTA_REASON_ALWAYS = 1,     /* TM_DELTA_ALWAYS: deltas */
+	TM_DELTA_REASON_UNMEASURED = 2, /* the link or a delta's cost not measured yet: whole */
+	TM_DELTA_REASON_LINK = 3,       /* the link is the bottleneck: deltas */
+	TM_DELTA_REASON_CPU = 4,        /* the sender's CPU is: a delta costs more time than its
+	                                 * bytes save, whole */
+} tm_delta_reason;
 
 /*
  * Copies channel's delta statistics (channel < channels): 0, -ERANGE (no such channel), -EBADFD

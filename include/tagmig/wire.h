@@ -111,10 +111,11 @@ typedef enum tm_msg_type {
 	TM_MSG_DELTA_NACK = 23, /* r->s: pages of a DELTA whose base the receiver refused */
 	TM_MSG_CTL_RESUME = 24, /* a reconnected control connection: secret, messages received */
 	TM_MSG_CTL_POS = 25,    /* control: the ordered control messages this side received */
+	TM_MSG_ZDELTA = 26,     /* a DELTA whose deltas are zstd-compressed (DELTA + ZSTD agreed) */
 } tm_msg_type;
 
 #define TM_MSG_LAST_V1 TM_MSG_ERROR
-#define TM_MSG_LAST_V2 TM_MSG_CTL_POS
+#define TM_MSG_LAST_V2 TM_MSG_ZDELTA
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

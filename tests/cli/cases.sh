@@ -427,32 +427,46 @@ compress)
 	note "ok: --compress zstd:3 across 2 channels, exact, JSON of both sides"
 	;;
 delta)
-	# Re-sent pages as deltas: with --delta-cache 64M demo --live's later rounds send the
-	# pages its guest changed a little as deltas, bit-exact; off by default (on loopback a
-	# delta costs more CPU than it saves); a size outside 1M..1T is a usage error.
+	# Re-sent pages as deltas: with --delta-policy always demo --live's later rounds send the
+	# pages its guest changed a little as deltas, bit-exact; by default demo --live has a 32M
+	# cache whose auto policy keeps to whole pages on loopback (the CPU, not the link, is the
+	# bottleneck: windows chose whole, no delta); --delta-cache 0 is off; a size outside 1M..1T
+	# and a policy other than auto or always are usage errors.
 	timeout "$LIMIT" "$TAGMIG" demo --live --size 32M --dirty-rate 20M --channels 2 \
-		--delta-cache 64M --json >"$T/d1.out" 2>"$T/d1.err"
-	expect_rc "demo --live --delta-cache 64M" "$?" 0
+		--delta-cache 64M --delta-policy always --json >"$T/d1.out" 2>"$T/d1.err"
+	expect_rc "demo --live --delta-cache 64M --delta-policy always" "$?" 0
 	timeout "$LIMIT" "$TAGMIG" demo --live --size 32M --dirty-rate 20M --channels 2 --json \
 		>"$T/d0.out" 2>"$T/d0.err"
 	expect_rc "demo --live" "$?" 0
+	timeout "$LIMIT" "$TAGMIG" demo --live --size 32M --dirty-rate 20M --channels 2 \
+		--delta-cache 0 --json >"$T/dz.out" 2>"$T/dz.err"
+	expect_rc "demo --live --delta-cache 0" "$?" 0
 	if [ "$PYTHON3" != none ]; then
-		"$PYTHON3" - "$T/d1.out" "$T/d0.out" <<-'EOF' || fail "--json: $(cat "$T/d1.out" "$T/d0.out")"
+		"$PYTHON3" - "$T/d1.out" "$T/d0.out" "$T/dz.out" <<-'EOF' || fail "--json: $(cat "$T/d1.out" "$T/d0.out" "$T/dz.out")"
 			import json, sys
-			on, off = (json.load(open(p)) for p in sys.argv[1:3])
-			assert on["verified"] is True and off["verified"] is True, (on, off)
+			on, auto, off = (json.load(open(p)) for p in sys.argv[1:4])
+			for r in on, auto, off:
+			    assert r["verified"] is True, r
 			d = on["delta"]
 			assert d["agreed"] is True and d["cache_bytes"] == 2 * 64 * 1024 * 1024, d
+			assert d["policy"] == "always" and d["reason"] == "always", d
 			assert d["pages"] > 0 and d["page_bytes"] == 4096 * d["pages"], d
 			assert 0 < d["delta_bytes"] < 0.2 * d["page_bytes"], d
 			assert d["refused"] == 0, d
+			a = auto["delta"]
+			assert a["agreed"] is True and a["cache_bytes"] == 2 * 32 * 1024 * 1024, a
+			assert a["policy"] == "auto" and a["windows_whole"] > 0, a
+			assert a["pages"] == 0 and a["reason"] in ("cpu", "unmeasured"), a
 			assert off["delta"]["agreed"] is False and off["delta"]["pages"] == 0, off
 		EOF
 	fi
 	timeout 10 "$TAGMIG" demo --delta-cache 5 >/dev/null 2>"$T/u.err"
 	expect_rc "demo --delta-cache 5" "$?" 2
 	grep -q "delta-cache '5' is not 0 (off) or a size of 1M..1T" "$T/u.err" || fail "$(cat "$T/u.err")"
-	note "ok: demo --live --delta-cache 64M sends re-sent pages as deltas (JSON), off by default, 5 refused"
+	timeout 10 "$TAGMIG" demo --delta-policy often >/dev/null 2>"$T/p.err"
+	expect_rc "demo --delta-policy often" "$?" 2
+	grep -q "delta-policy 'often' is not auto or always" "$T/p.err" || fail "$(cat "$T/p.err")"
+	note "ok: demo --live --delta-policy always sends re-sent pages as deltas (JSON); by default auto sends none on loopback; --delta-cache 0 off; 5 and 'often' refused"
 	;;
 refuse-high-nibble)
 	size=$((1024 * 1024))

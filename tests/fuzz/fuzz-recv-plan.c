@@ -6,7 +6,9 @@
  * must lie inside the block's RAM (exactly the session's size, so ASan sees any stray byte), the
  * plan's tag buffer or, for ZDATA, its compressed-data buffer; a ZDATA decodes into the block's
  * RAM only; the applied packet must leave only valid tags. DELTA frames go through the codec's
- * whole-body check (tm_delta_decode) and are applied to that RAM. Replays fuzz-data's corpus.
+ * whole-body check (tm_delta_decode) and are applied to that RAM; ZDELTA frames are first
+ * unpacked (tm_zdelta_unpack: sizes checked, the zstd frame decoded into an exact-size DELTA
+ * buffer) and then go the same way. Replays fuzz-data's corpus.
  */
 #include <glib.h>
 
@@ -47,7 +49,7 @@ static bool take(const uint8_t **in, size_t *left, void *dst, size_t n)
 static int delta_frame(const tm_frame *f, const uint8_t *data, size_t size)
 {
 	g_autoptr(GError) error = NULL;
-	uint32_t first;
+	uint32_t first, body_len = f->body_len;
 
 	if (!drx.body)
 		tm_delta_rx_init(&drx, session.packet_size);
@@ -55,8 +57,22 @@ static int delta_frame(const tm_frame *f, const uint8_t *data, size_t size)
 		return 0; /* the transport would wait for the rest */
 	uint8_t *own = drx.body;
 	g_autofree uint8_t *body = g_memdup2(data + TM_FRAME_HDR_LEN, f->body_len);
+	if (f->type == TM_MSG_ZDELTA) {
+		/* Exact-size input; the output buffer exactly DELTA's limit. */
+		g_autofree uint8_t *out = g_malloc(tm_delta_max_body(session.packet_size));
+		int r = tm_zdelta_unpack(body, f->body_len, &session,
+					 TM_FEATURE_LZ4 | TM_FEATURE_ZSTD, zctx, out, &body_len,
+					 &error);
+		if (r < 0) {
+			g_assert_nonnull(error);
+			return 0;
+		}
+		g_assert_cmpuint(body_len, <=, tm_delta_max_body(session.packet_size));
+		g_free(body);
+		body = g_memdup2(out, body_len);
+	}
 	drx.body = body;
-	int r = tm_delta_decode(&drx, f->body_len, &session, f->seq % session.channel_count, &first,
+	int r = tm_delta_decode(&drx, body_len, &session, f->seq % session.channel_count, &first,
 				&error);
 	if (r < 0) {
 		g_assert_nonnull(error);
@@ -69,7 +85,7 @@ static int delta_frame(const tm_frame *f, const uint8_t *data, size_t size)
 		const tm_delta_entry *e = &drx.entries[i];
 		g_assert_cmpuint(e->page, <, b->npages);
 		g_assert_cmpuint(e->dlen, <, b->page_size);
-		g_assert_cmpuint((uint64_t)e->off + e->dlen, <=, f->body_len);
+		g_assert_cmpuint((uint64_t)e->off + e->dlen, <=, body_len);
 		g_assert_cmpint(tm_delta_apply(ram[drx.block] + (size_t)e->page * b->page_size,
 					       b->page_size, body + e->off, e->dlen, NULL), ==, 0);
 		memcpy(ram_tags[drx.block] + (size_t)e->page * granules, drx.tags + i * granules,
@@ -90,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Either protocol's frames: DATA in both, ZDATA in protocol 2. */
 	if (tm_frame_decode(data, size, 0, session.packet_size, &f, &error) < 0)
 		return 0;
-	if (f.type == TM_MSG_DELTA)
+	if (f.type == TM_MSG_DELTA || f.type == TM_MSG_ZDELTA)
 		return delta_frame(&f, data, size);
 	if (f.type != TM_MSG_DATA && f.type != TM_MSG_ZDATA)
 		return 0;

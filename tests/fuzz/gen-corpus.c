@@ -219,7 +219,7 @@ static void gen_frame(void)
 	put("frame", "v2-ctl-resume-token-0", buf, n);
 	n = tm_ctl_pos_encode(buf, 0, 1);
 	put("frame", "v2-valid-CTL_POS", buf, n);
-	put_mut("frame", "v2-ctl-pos-type-26", buf, n, 5, 26);
+	put_mut("frame", "v2-ctl-pos-type-27", buf, n, 5, 27);
 	const tm_hello_ack ack1 = { TM_FEATURE_TAGS_MTE4, 0, 0, 0, 0, 0 };
 	n = tm_hello_ack_encode(buf, 0, &ack1);
 	put("frame", "v2-valid-HELLO_ACK-no-postcopy", buf, n);
@@ -346,6 +346,49 @@ static void gen_zdata(void)
 	}
 }
 
+/*
+ * ZDELTA seeds from the finished DELTA pkt (its wire form m): the same packet with its deltas
+ * as a zstd frame, and broken: codec lz4, reserved byte, zlen not the frame's, a frame that
+ * states 256 bytes more than the deltas (a bomb), one that states a byte less (decodes long), a
+ * corrupt frame.
+ */
+static void gen_zdelta(const tm_delta_pkt *pkt, const uint8_t *delta, size_t delta_len)
+{
+	g_autoptr(tm_zctx) z = NULL;
+	uint8_t zhead[TM_FRAME_HDR_LEN + TM_ZDELTA_HDR_LEN];
+	struct iovec iov[4];
+	size_t len;
+
+	if (tm_zctx_new(FUZZ_DATA_PACKET_SIZE, &z, NULL) < 0)
+		g_error("tm_zctx_new");
+	g_autofree uint8_t *frame = g_malloc(tm_zctx_bound(z));
+	ssize_t zlen = tm_zcompress_buf(z, 1, pkt->data, pkt->data_len, frame, tm_zctx_bound(z),
+					NULL);
+	if (zlen <= 0)
+		return; /* zstd not built (or no gain): no ZDELTA seeds */
+	unsigned n = tm_zdelta_finish(pkt, zhead, TM_WIRE_VERSION_2, 0, frame, (uint32_t)zlen, iov,
+				      &len);
+	g_autofree uint8_t *m = g_malloc(len);
+	size_t at = 0;
+	for (unsigned i = 0; i < n; i++) {
+		memcpy(m + at, iov[i].iov_base, iov[i].iov_len);
+		at += iov[i].iov_len;
+	}
+	put("data", "zdelta-4k", m, len);
+	size_t z0 = TM_FRAME_HDR_LEN, f0 = z0 + TM_ZDELTA_HDR_LEN + TM_DELTA_HDR_LEN +
+					  (size_t)pkt->page_count * TM_DELTA_ENTRY_LEN;
+	put_mut("data", "zdelta-codec-lz4", m, len, z0, 1);
+	put_mut("data", "zdelta-reserved", m, len, z0 + 2, 1);
+	put_mut("data", "zdelta-zlen", m, len, z0 + 4, (uint8_t)(m[z0 + 4] - 1));
+	put_mut("data", "zdelta-corrupt", m, len, f0 + (size_t)zlen / 2, 0xff);
+	/* The frame's content size (a 2-byte field after magic and descriptor for these sizes,
+	 * + 256): zstd's single-segment header stores it in the bytes after the descriptor. */
+	put_mut("data", "zdelta-bomb", m, len, f0 + 6, (uint8_t)(m[f0 + 6] + 1));
+	put_mut("data", "zdelta-short", m, len, f0 + 5, (uint8_t)(m[f0 + 5] - 1));
+	(void)delta;
+	(void)delta_len;
+}
+
 /* DELTA seeds (fuzz-data's corpus, read by fuzz-recv-plan) and DELTA_NACK (frame). */
 static void gen_delta_wire(void)
 {
@@ -378,6 +421,7 @@ static void gen_delta_wire(void)
 		put("data", b ? "delta-64k" : "delta-4k", m, len);
 		if (b)
 			continue;
+		gen_zdelta(&pkt, m, len);
 		/* Broken: reserved byte, a page on the other channel, dlen past the deltas, a
 		 * varint of 4 bytes, a bad tag encoding. */
 		size_t e0 = TM_FRAME_HDR_LEN + TM_DELTA_HDR_LEN;

@@ -4,7 +4,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "codec/codec.h"
 #include "session-fixture.h"
+#include "transport/transport.h"
 
 /* Set by run_pair before each test; the tests read them when they configure a session. */
 const char *send_io = "sockets";
@@ -327,4 +329,23 @@ int session_tests_run(int *argc, char ***argv, const session_test *tests, size_t
 		g_clear_pointer(&creds_dir, g_free);
 	}
 	return rc;
+}
+
+int raw_hello2(const char *port, uint8_t role, uint32_t features, uint8_t session_byte)
+{
+	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
+	g_assert_cmpint(fd, >=, 0);
+	tm_wire_block wb = { .length = 1 << 20, .page_size = 4096 };
+	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
+	tm_hello h = { .version = 2, .role = role, .channel_count = 1, .features = features,
+		       .packet_size = 512 * 1024, .chunk_size = 2 << 20, .block_count = 1,
+		       .blocks = &wb };
+	memset(h.session_id, session_byte, 16);
+	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
+	size_t bl = tm_hello_body_len(&h);
+	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
+	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)bl, 0);
+	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
+	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
+	return fd;
 }

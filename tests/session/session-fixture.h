@@ -93,6 +93,14 @@ typedef void (*state_section_fn)(void *opaque, const char *name, const uint8_t *
  */
 int receiver_read_states(tm_receiver *r, state_section_fn fn, void *opaque, GError **error);
 
+/*
+ * A hand-made protocol 2 peer's first words (test-session-compress.c, test-session-delta.c):
+ * connects to 127.0.0.1:port and sends a HELLO of role with features, one 1 MiB block
+ * "pc.ram" of 4 KiB pages, packets of 512 KiB, one channel, every session id byte
+ * session_byte. Returns the socket (the test closes it).
+ */
+int raw_hello2(const char *port, uint8_t role, uint32_t features, uint8_t session_byte);
+
 typedef struct session_test {
 	const char *path;
 	void (*fn)(void);

@@ -276,25 +276,6 @@ static void test_config_refused(void)
 
 /* ---- a hand-made protocol 2 sender: HELLO with the features it wants, then one ZDATA ---- */
 
-static int raw_hello2(const char *port, uint8_t role, uint32_t features)
-{
-	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
-	g_assert_cmpint(fd, >=, 0);
-	tm_wire_block wb = { .length = 1 << 20, .page_size = 4096 };
-	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
-	tm_hello h = { .version = 2, .role = role, .channel_count = 1, .features = features,
-		       .packet_size = 512 * 1024, .chunk_size = 2 << 20, .block_count = 1,
-		       .blocks = &wb };
-	memset(h.session_id, 5, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
-	return fd;
-}
-
 #define NPAGES 4u
 #define FIRST_PAGE 8u
 
@@ -364,8 +345,8 @@ static void run_zcase(const zcase *zc)
 	guest_init(&dst, a, 1, tags);
 	g_autofree char *port = peer_start(&p, &dst);
 	uint32_t features = zc->features | (tags ? TM_FEATURE_TAGS_MTE4 : 0);
-	int fd0 = raw_hello2(port, TM_ROLE_DATA, features);
-	int fdc = raw_hello2(port, TM_ROLE_CONTROL, features);
+	int fd0 = raw_hello2(port, TM_ROLE_DATA, features, 5);
+	int fdc = raw_hello2(port, TM_ROLE_CONTROL, features, 5);
 	uint8_t ack[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
 	for (int k = 0; k < 2; k++) {
 		g_assert_cmpint(recv(k ? fdc : fd0, ack, sizeof(ack), MSG_WAITALL), ==, sizeof(ack));

@@ -115,7 +115,8 @@ static void migrate_ex(unsigned rounds, bool scribble, uint32_t compress, bool t
 				 .channels = CHANNELS, .packet_size = 256 << 10,
 				 .timeout_ms = 20000 };
 	tm_live_config live = { .size = sizeof(live), .compress = compress,
-				.delta_cache_bytes = 8 << 20 };
+				.delta_cache_bytes = 8 << 20,
+				.delta_policy = TM_DELTA_ALWAYS }; /* the encoding, on any link */
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
 	tm_delta_stats early = { .size = sizeof(early) };
@@ -269,25 +270,6 @@ static void test_config_refused(void)
 #define NPAGES 4u
 #define FIRST_PAGE 8u
 
-static int raw_hello2(const char *port, uint8_t role, uint32_t features)
-{
-	int fd = tm_net_connect("127.0.0.1", port, 5000, -1, NULL);
-	g_assert_cmpint(fd, >=, 0);
-	tm_wire_block wb = { .length = 1 << 20, .page_size = 4096 };
-	g_strlcpy(wb.name, "pc.ram", sizeof(wb.name));
-	tm_hello h = { .version = 2, .role = role, .channel_count = 1, .features = features,
-		       .packet_size = 512 * 1024, .chunk_size = 2 << 20, .block_count = 1,
-		       .blocks = &wb };
-	memset(h.session_id, 6, 16);
-	g_assert_cmpint(tm_hello_check(&h, NULL), ==, 0);
-	size_t bl = tm_hello_body_len(&h);
-	g_autofree uint8_t *buf = g_malloc(TM_FRAME_HDR_LEN + bl);
-	tm_frame_encode_v(buf, 2, TM_MSG_HELLO, (uint32_t)bl, 0);
-	tm_hello_encode(&h, buf + TM_FRAME_HDR_LEN);
-	g_assert_cmpint(write(fd, buf, TM_FRAME_HDR_LEN + bl), ==, (ssize_t)(TM_FRAME_HDR_LEN + bl));
-	return fd;
-}
-
 typedef struct dcase {
 	const char *what;
 	int errnum;        /* 0: not an error but a refusal (DELTA_NACK) */
@@ -312,8 +294,8 @@ static void run_dcase(const dcase *dc)
 	g_autofree char *port = peer_start(&p, &dst);
 	uint32_t features = (strcmp(w, "not-agreed") ? TM_FEATURE_DELTA : 0) |
 			    (tags ? TM_FEATURE_TAGS_MTE4 : 0);
-	int fd0 = raw_hello2(port, TM_ROLE_DATA, features);
-	int fdc = raw_hello2(port, TM_ROLE_CONTROL, features);
+	int fd0 = raw_hello2(port, TM_ROLE_DATA, features, 6);
+	int fdc = raw_hello2(port, TM_ROLE_CONTROL, features, 6);
 	uint8_t ack[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
 	for (int k = 0; k < 2; k++) {
 		g_assert_cmpint(recv(k ? fdc : fd0, ack, sizeof(ack), MSG_WAITALL), ==, sizeof(ack));

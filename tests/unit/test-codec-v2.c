@@ -47,7 +47,11 @@ static void test_frame_v2_max_body(void)
 	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_ZDATA, 65536), ==,
 			 8 + tm_frame_max_body(v2, TM_MSG_DATA, 65536));
 	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_ZDATA, 0), ==, 0);
-	g_assert_cmpuint(tm_frame_max_body(v2, 26, 65536), ==, 0);
+	/* ZDELTA: a DELTA body and its 8-byte ZDELTA header; nothing before the handshake */
+	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_ZDELTA, 65536), ==,
+			 8 + tm_frame_max_body(v2, TM_MSG_DELTA, 65536));
+	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_ZDELTA, 0), ==, 0);
+	g_assert_cmpuint(tm_frame_max_body(v2, TM_MSG_LAST_V2 + 1, 65536), ==, 0);
 	g_assert_cmpuint(tm_frame_max_body(v2, 0, 65536), ==, 0);
 	/* Protocol 1 knows none of them; no other version exists. */
 	for (uint8_t t = TM_MSG_STATE; t <= TM_MSG_LAST_V2; t++)
@@ -59,7 +63,8 @@ static void test_frame_v2_max_body(void)
 	g_assert_cmpstr(tm_msg_name(TM_MSG_PAGE_REQ), ==, "PAGE_REQ");
 	g_assert_cmpstr(tm_msg_name(TM_MSG_REQ_END), ==, "REQ_END");
 	g_assert_cmpstr(tm_msg_name(TM_MSG_RESUME_ACK), ==, "RESUME_ACK");
-	g_assert_cmpstr(tm_msg_name(26), ==, "unknown");
+	g_assert_cmpstr(tm_msg_name(TM_MSG_ZDELTA), ==, "ZDELTA");
+	g_assert_cmpstr(tm_msg_name(TM_MSG_LAST_V2 + 1), ==, "unknown");
 }
 
 static void test_frame_v2_round_trip(void)
@@ -136,7 +141,7 @@ static void test_frame_v2_malformed(void)
 	buf[5] = TM_MSG_PING;
 	check_err(tm_frame_decode(buf, sizeof(buf), 0, 65536, &f, &err), &err, EBADMSG,
 		  "unknown message type 12 in protocol 1");
-	static const uint8_t v2_unknown[] = { 0, 26, 0x80, 0xff };
+	static const uint8_t v2_unknown[] = { 0, TM_MSG_LAST_V2 + 1, 0x80, 0xff };
 	for (unsigned i = 0; i < G_N_ELEMENTS(v2_unknown); i++) {
 		memcpy(buf, v2, sizeof(buf));
 		buf[5] = v2_unknown[i];
