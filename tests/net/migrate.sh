@@ -106,13 +106,23 @@ net_cut() { # PORT busiest|quietest [CONNECTIONS]
 	local sport killed
 	for _ in $(seq 1 30); do
 		sleep 0.2
+		# quietest: only once every other connection streams (passed 1 MiB) while it has
+		# not (64 KiB), so that a data channel still starting is never taken for it.
 		sport=$(tm_in_a ss -tni "dport = :$1" | awk -v which="$2" -v need="${3:-1}" '
-			/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++ }
-			/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/)) {
-				n = substr($0, RSTART + 12, RLENGTH - 12) + 0
-				if (n > most) { most = n; busiest = port }
-				if (quietest == "" || n < least) { least = n; quietest = port } } }
-			END { if (conns >= need && most >= 1048576) print (which == "busiest" ? busiest : quietest) }')
+			/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++; acked[port] = 0 }
+			/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/))
+				acked[port] = substr($0, RSTART + 12, RLENGTH - 12) + 0 }
+			END {
+				for (p in acked) {
+					n = acked[p]
+					if (n > most) { most = n; busiest = p }
+					if (quietest == "" || n < least) { second = least; least = n; quietest = p }
+					else if (second == "" || n < second) second = n
+				}
+				if (conns < need || most < 1048576) exit
+				if (which == "busiest") print busiest
+				else if (least < 65536 && (conns == 1 || second >= 1048576)) print quietest
+			}')
 		[ -n "$sport" ] || continue
 		killed=$(tm_in_a ss -H -K "dport = :$1" "sport = :$sport" 2>>"$T/during.err")
 		if [ -n "$killed" ]; then

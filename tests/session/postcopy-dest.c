@@ -286,6 +286,13 @@ gpointer responder_thread(gpointer data)
 		win.next_id++;
 		rs->requests++;
 		rs->max_count = MAX(rs->max_count, req.count);
+		for (int64_t until = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+		     rs->watch && rs->requests == 1 && g_get_monotonic_time() < until;) {
+			tm_live_stats ls = { .size = sizeof(ls) };
+			if (tm_receiver_get_live_stats(rs->watch, &ls) < 0 || ls.faults >= rs->hold_faults)
+				break;
+			g_usleep(1000);
+		}
 		if (rs->delay_ms) {
 			/* The receiver agreed to max_outstanding unanswered requests: no more. */
 			g_usleep(rs->delay_ms * 1000);

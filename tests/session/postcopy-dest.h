@@ -48,6 +48,10 @@ typedef struct responder {
 	unsigned gen;       /* generation of the pages it answers with */
 	int wrong_page;     /* hostile: answer the first request with this page (-1: honest) */
 	unsigned delay_ms;  /* wait this long before each answer, watching for more requests */
+	/* hold the first answer until the watched receiver has read this many faults (5 s at most):
+	 * what queues behind an unanswered request, however slowly the vCPU threads start */
+	tm_receiver *watch;
+	unsigned hold_faults;
 	GThread *thread;
 	/* results */
 	unsigned requests, max_count;

@@ -70,6 +70,8 @@ static void test_coalesce(void)
 
 	if (!dest_open(&d, &w))
 		return;
+	rs.watch = d.r;
+	rs.hold_faults = 16; /* all sixteen queued before the first answer, however loaded */
 	responder_start(&rs, &w, 0);
 	raw_switch_round0(&d, &w, true);
 	vcpu v[16];

@@ -153,7 +153,8 @@ static void attach_cut(int conn, bool hook)
 	if (r < 0)
 		g_test_message("attach: %s", err->message);
 	g_assert_cmpint(r, ==, 0);
-	proxy_arm(&px, conn, conn == CONTROL_CONN ? 0 : 1u << 20);
+	/* 256 KiB into the channel: it carries 1-2 MiB, less when auto compresses its pages */
+	proxy_arm(&px, conn, conn == CONTROL_CONN ? 0 : 256u << 10);
 	uint64_t np = RAM / 4096, bm[np / 64];
 	memset(bm, 0xff, sizeof(bm));
 	r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
