@@ -312,7 +312,7 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 		int r = place_sub(p, run->block, run->first_page + i, j - i,
 				  run->data + (size_t)i * b->page_size, zero,
 				  run->tags ? run->tags + (size_t)i * granules : NULL,
-				  run->t_fault_us == 0, error);
+				  !run->requested && run->t_fault_us == 0, error);
 		if (r < 0)
 			return r;
 		placed += j - i;

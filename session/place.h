@@ -73,6 +73,8 @@ typedef struct tm_place_run {
 	const uint8_t *tags;
 	/* g_get_monotonic_time() of the first fault waiting on the run; 0: none (background). */
 	int64_t t_fault_us;
+	/* Placed for a page request (urgent connection): not a background page (statistics). */
+	bool requested;
 } tm_place_run;
 
 /*
@@ -82,6 +84,9 @@ typedef struct tm_place_run {
  *   side-array store: tags -> UFFDIO_COPY (UFFDIO_ZEROPAGE for zero data), both DONTWAKE;
  *   page-resident store: UFFDIO_COPY (zero data from a zero buffer: the shared zero page cannot
  *   hold tags) DONTWAKE -> tags;
+ *   page-resident store in move mode (tm_placer_probe_atomic): the store's place_atomic (data
+ *   and tags present in one step), zero pages without tags UFFDIO_ZEROPAGE; what it could not
+ *   place (turned off by a refusal) as above;
  * then the present bits (release) and UFFDIO_WAKE. With run->t_fault_us the time from it to the
  * wake goes into the fault-latency histogram, once per call that placed at least one page.
  *
@@ -132,7 +137,8 @@ void tm_placer_get_stats(tm_placer *p, tm_place_stats *ret);
  */
 typedef enum tm_place_point {
 	TM_PLACE_CLAIMED,   /* a sub-run is claimed, nothing done yet */
-	TM_PLACE_COPIED,    /* UFFDIO_COPY/ZEROPAGE done (side-array store: tags already set) */
+	TM_PLACE_COPIED,    /* UFFDIO_COPY/ZEROPAGE (or place_atomic) done (side-array store or
+	                     * move mode: tags already set) */
 	TM_PLACE_PRESENT,   /* tags set and present bits set, not woken yet */
 	TM_PLACE_WOKEN,     /* UFFDIO_WAKE done */
 } tm_place_point;

@@ -610,7 +610,8 @@ int tm_pc_recv_body(tm_receiver *r, tm_chan *ch, pc_bounce *b, uint32_t body_len
 				     .npages = j - i,
 				     .data = b->data + (size_t)i * ps,
 				     .zero = b->zero + i,
-				     .tags = r->tags ? b->tags + (size_t)i * granules : NULL };
+				     .tags = r->tags ? b->tags + (size_t)i * granules : NULL,
+				     .requested = req != NULL };
 		if ((ret = tm_placer_place(r->pc->placer, &run, NULL, error)) < 0) {
 			g_prefix_error(error, "%s: ", ch->label);
 			return ret;

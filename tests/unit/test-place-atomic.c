@@ -176,7 +176,7 @@ static void teardown(fixture *fx)
  * One background run of 12 pages from first: kinds by index, 0-5 NORMAL, 6-8 ZERO_TAGGED, 9-11
  * ZERO without tags (the codec sends zero tags for them). Returns the pages placed.
  */
-static uint32_t place_mixed(fixture *fx, uint64_t first)
+static uint32_t place_mixed_as(fixture *fx, uint64_t first, bool requested)
 {
 	static uint8_t data[12 * PS], tags[12 * GRANULES], zero[12];
 	memset(data, 0, sizeof(data));
@@ -189,13 +189,18 @@ static uint32_t place_mixed(fixture *fx, uint64_t first)
 			tags_of(first + i, tags + i * GRANULES);
 	}
 	tm_place_run run = { .block = 0, .first_page = first, .npages = 12, .data = data,
-			     .zero = zero, .tags = tags };
+			     .zero = zero, .tags = tags, .requested = requested };
 	g_autoptr(GError) err = NULL;
 	uint32_t placed = 0;
 	int r = tm_placer_place(fx->placer, &run, &placed, &err);
 	g_assert_no_error(err);
 	g_assert_cmpint(r, ==, 0);
 	return placed;
+}
+
+static uint32_t place_mixed(fixture *fx, uint64_t first)
+{
+	return place_mixed_as(fx, first, false);
 }
 
 /* Data and tags of place_mixed's pages are in place. */
@@ -249,14 +254,16 @@ static void test_copy_without_feature(void)
 		return;
 	g_assert_cmpint(atomic_load(&fx.stagings), ==, 0);
 	g_assert_cmpuint(place_mixed(&fx, 30), ==, 12);
+	g_assert_cmpuint(place_mixed_as(&fx, 44, true), ==, 12); /* requested: a vCPU waits */
 	check_mixed(&fx, 30);
+	check_mixed(&fx, 44);
 	tm_place_stats st;
 	tm_placer_get_stats(fx.placer, &st);
 	g_assert_false(st.move);
 	g_assert_nonnull(strstr(st.reason, "UFFD_FEATURE_MOVE"));
 	g_assert_cmpuint(st.moved_pages, ==, 0);
-	g_assert_cmpuint(st.copied_pages, ==, 12);
-	g_assert_cmpuint(st.background_nonatomic_pages, ==, 12);
+	g_assert_cmpuint(st.copied_pages, ==, 24);
+	g_assert_cmpuint(st.background_nonatomic_pages, ==, 12); /* not the requested ones */
 	g_assert_cmpint(atomic_load(&fx.atomics), ==, 0);
 	teardown(&fx);
 }
