@@ -60,6 +60,9 @@ int tm_uffd_zeropage(int uffd, void *dst, uint64_t len, unsigned flags, uint64_t
 /* UFFDIO_WAKE of [addr, addr + len): threads blocked on a fault in the range resume. */
 int tm_uffd_wake(int uffd, void *addr, uint64_t len, GError **error);
 
+/* UFFD_FEATURE_MOVE of UFFDIO_API (Linux 6.8): UFFDIO_MOVE, for atomic placement (place.h). */
+#define TM_UFFD_FEATURE_MOVE (1ull << 16)
+
 /* UFFD_FEATURE_POISON of UFFDIO_API (Linux 6.6), whatever the headers know. */
 #define TM_UFFD_FEATURE_POISON (1ull << 14)
 

@@ -35,8 +35,10 @@ struct tm_placer {
 	unsigned count;
 	place_block *blocks;
 	uint8_t *zero_buf; /* ZERO_BUF_LEN zero bytes, page-resident stores only */
+	tm_place_atomic *atomic; /* place-atomic.c: NULL, placement by copy */
+	char copy_reason[192];   /* why copy when atomic is NULL */
 	/* statistics, relaxed atomics */
-	_Atomic uint64_t placed, zeropage, duplicates;
+	_Atomic uint64_t placed, zeropage, duplicates, copied, nonatomic;
 	tm_histogram faults;
 };
 
@@ -93,6 +95,11 @@ int tm_placer_new(const tm_ram_layout *layout, tm_tag_store *tags, int uffd, tm_
 	p->tags_first = !p->tags || ops == &tm_tag_store_soft || ops == &tm_tag_store_none;
 	if (!p->tags_first)
 		p->zero_buf = g_malloc0(ZERO_BUF_LEN);
+	g_strlcpy(p->copy_reason,
+		  !p->tags ? "no tags: a page is complete once present"
+		  : p->tags_first ? "the tag store sets tags before the page exists: copy is atomic"
+				  : "atomic placement not probed: tags after the copy",
+		  sizeof(p->copy_reason));
 	p->uffd = uffd;
 	p->count = n;
 	p->blocks = g_steal_pointer(&blocks);
@@ -110,7 +117,15 @@ void tm_placer_free(tm_placer *p)
 	}
 	g_free(p->blocks);
 	g_free(p->zero_buf);
+	tm_place_atomic_free(p->atomic);
 	g_free(p);
+}
+
+void tm_placer_probe_atomic(tm_placer *p, uint64_t uffd_features, unsigned threads)
+{
+	if (p->tags && !p->tags_first && !p->atomic)
+		p->atomic = tm_place_atomic_new(p->tags, p->uffd, uffd_features, threads,
+						p->copy_reason, sizeof(p->copy_reason));
 }
 
 bool tm_placer_tags_first(const tm_placer *p)
@@ -184,11 +199,12 @@ static int copy_zero(tm_placer *p, uint8_t *dst, uint64_t len, uint64_t *ret_don
 
 /* Places pages [page, page + n) of block bi, all claimed by this call, all zero or none. */
 static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const uint8_t *data,
-		     bool zero, const uint8_t *tags, GError **error)
+		     bool zero, const uint8_t *tags, bool background, GError **error)
 {
 	place_block *b = &p->blocks[bi];
 	uint64_t off = page * b->page_size, len = (uint64_t)n * b->page_size, done = 0;
 	uint8_t *dst = b->host + off;
+	uint32_t moved = 0;
 	int r;
 
 	HOOK(TM_PLACE_CLAIMED, bi, page, n);
@@ -197,12 +213,26 @@ static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const
 		return r;
 	if (!zero && !data)
 		return -EINVAL; /* a caller's bug: place.h says data holds every non-zero page */
-	if (!zero)
-		r = tm_uffd_copy(p->uffd, dst, data, len, TM_UFFD_DONTWAKE, &done, error);
+	/* Page-resident store: data and tags in one step where the store and kernel can. */
+	if (p->atomic && (r = tm_place_atomic_sub(p->atomic, bi, b->host, page, n, b->page_size,
+						  data, zero, tags, &moved, error)) < 0) {
+		g_prefix_error(error, "place: block '%s', offset 0x%" PRIx64 ": ", b->name, off);
+		return r;
+	}
+	/* The rest by copy (all of it unless atomic). */
+	uint64_t cut = (uint64_t)moved * b->page_size;
+	uint8_t *cdst = dst + cut;
+	uint32_t cn = n - moved;
+	const uint8_t *ctags = tags && moved ? tags + cut / TM_TAG_GRANULE : tags;
+	if (!cn)
+		r = 0;
+	else if (!zero)
+		r = tm_uffd_copy(p->uffd, cdst, data + cut, len - cut, TM_UFFD_DONTWAKE, &done, error);
 	else if (p->tags_first)
-		r = tm_uffd_zeropage(p->uffd, dst, len, TM_UFFD_DONTWAKE, &done, error);
+		r = tm_uffd_zeropage(p->uffd, cdst, len - cut, TM_UFFD_DONTWAKE, &done, error);
 	else
-		r = copy_zero(p, dst, len, &done, error);
+		r = copy_zero(p, cdst, len - cut, &done, error);
+	done += cut;
 	if (r < 0) {
 		g_prefix_error(error, "place: block '%s', offset 0x%" PRIx64 ": ", b->name, off + done);
 		if (r == -EEXIST && error && *error) {
@@ -218,9 +248,16 @@ static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const
 	}
 	if (zero && p->tags_first)
 		atomic_fetch_add_explicit(&p->zeropage, n, memory_order_relaxed);
+	if (cn) {
+		atomic_fetch_add_explicit(&p->copied, cn, memory_order_relaxed);
+		/* A running vCPU may meet these between the copy and the tags (the window). */
+		if (background && p->tags && !p->tags_first)
+			atomic_fetch_add_explicit(&p->nonatomic, cn, memory_order_relaxed);
+	}
 	HOOK(TM_PLACE_COPIED, bi, page, n);
 	/* Page-resident store: the page is present now, so setting its tags cannot fault. */
-	if (p->tags && tags && !p->tags_first && (r = set_tags(p, bi, page, n, tags, error)) < 0)
+	if (p->tags && ctags && cn && !p->tags_first &&
+	    (r = set_tags(p, bi, page + moved, cn, ctags, error)) < 0)
 		return r;
 	set_bits(b->present, page, n, memory_order_release);
 	atomic_fetch_add_explicit(&p->placed, n, memory_order_relaxed);
@@ -274,7 +311,8 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 			j++;
 		int r = place_sub(p, run->block, run->first_page + i, j - i,
 				  run->data + (size_t)i * b->page_size, zero,
-				  run->tags ? run->tags + (size_t)i * granules : NULL, error);
+				  run->tags ? run->tags + (size_t)i * granules : NULL,
+				  !run->requested && run->t_fault_us == 0, error);
 		if (r < 0)
 			return r;
 		placed += j - i;
@@ -305,5 +343,17 @@ void tm_placer_get_stats(tm_placer *p, tm_place_stats *ret)
 		.fault_p50_us = tm_histogram_percentile(&p->faults, 0.5),
 		.fault_p99_us = tm_histogram_percentile(&p->faults, 0.99),
 		.fault_max_us = tm_histogram_max(&p->faults),
+		.copied_pages = atomic_load_explicit(&p->copied, memory_order_relaxed),
+		.background_nonatomic_pages = atomic_load_explicit(&p->nonatomic,
+								   memory_order_relaxed),
 	};
+	uint64_t zp;
+	tm_place_atomic_counts(p->atomic, &ret->moved_pages, &zp);
+	ret->zeropage_pages += zp;
+	ret->move = tm_place_atomic_on(p->atomic, ret->reason, sizeof(ret->reason));
+	if (!p->atomic)
+		g_strlcpy(ret->reason, p->copy_reason, sizeof(ret->reason));
+	else if (ret->move)
+		g_strlcpy(ret->reason, "UFFDIO_MOVE of staged pages: data and tags in one step",
+			  sizeof(ret->reason));
 }

@@ -73,6 +73,8 @@ typedef struct tm_place_run {
 	const uint8_t *tags;
 	/* g_get_monotonic_time() of the first fault waiting on the run; 0: none (background). */
 	int64_t t_fault_us;
+	/* Placed for a page request (urgent connection): not a background page (statistics). */
+	bool requested;
 } tm_place_run;
 
 /*
@@ -82,6 +84,9 @@ typedef struct tm_place_run {
  *   side-array store: tags -> UFFDIO_COPY (UFFDIO_ZEROPAGE for zero data), both DONTWAKE;
  *   page-resident store: UFFDIO_COPY (zero data from a zero buffer: the shared zero page cannot
  *   hold tags) DONTWAKE -> tags;
+ *   page-resident store in move mode (tm_placer_probe_atomic): the store's place_atomic (data
+ *   and tags present in one step), zero pages without tags UFFDIO_ZEROPAGE; what it could not
+ *   place (turned off by a refusal) as above;
  * then the present bits (release) and UFFDIO_WAKE. With run->t_fault_us the time from it to the
  * wake goes into the fault-latency histogram, once per call that placed at least one page.
  *
@@ -94,6 +99,18 @@ typedef struct tm_place_run {
 int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 		    GError **error);
 
+/*
+ * At the registration barrier, after tm_placer_new(): whether placement can be atomic for
+ * running threads too (docs/design/postcopy-move.md): the tag store offers place_atomic and
+ * uffd_features (what UFFDIO_API granted) has UFFD_FEATURE_MOVE. Then one staging area per
+ * placer thread (threads: how many call tm_placer_place() at once) is allocated now, and every
+ * sub-run with tags is placed through the store's place_atomic, zero pages without tags by
+ * UFFDIO_ZEROPAGE; the first "not here" (-EINVAL, -EOPNOTSUPP) turns it off for the session.
+ * Otherwise, or without this call, placement is by copy; the stats say which and why. Call
+ * once, before any placer runs.
+ */
+void tm_placer_probe_atomic(tm_placer *p, uint64_t uffd_features, unsigned threads);
+
 /* Records a fault latency closed elsewhere (e.g. by the fault thread's present -> WAKE path). */
 void tm_placer_record_latency(tm_placer *p, uint64_t us);
 
@@ -103,6 +120,12 @@ typedef struct tm_place_stats {
 	uint64_t duplicate_pages; /* pages skipped because another placer had claimed them */
 	uint64_t faults;          /* latency samples */
 	uint64_t fault_p50_us, fault_p99_us, fault_max_us;
+	bool move;                /* placing by place_atomic (UFFDIO_MOVE) now; else by copy */
+	char reason[192];         /* why that mode */
+	uint64_t moved_pages;     /* placed by place_atomic */
+	uint64_t copied_pages;    /* placed by UFFDIO_COPY (or ZEROPAGE in copy mode) */
+	uint64_t background_nonatomic_pages; /* of those, background pages of a page-resident
+	                                      * store: present before their tags while vCPUs run */
 } tm_place_stats;
 
 /* A snapshot of the counters. Any thread. */
@@ -114,10 +137,29 @@ void tm_placer_get_stats(tm_placer *p, tm_place_stats *ret);
  */
 typedef enum tm_place_point {
 	TM_PLACE_CLAIMED,   /* a sub-run is claimed, nothing done yet */
-	TM_PLACE_COPIED,    /* UFFDIO_COPY/ZEROPAGE done (side-array store: tags already set) */
+	TM_PLACE_COPIED,    /* UFFDIO_COPY/ZEROPAGE (or place_atomic) done (side-array store or
+	                     * move mode: tags already set) */
 	TM_PLACE_PRESENT,   /* tags set and present bits set, not woken yet */
 	TM_PLACE_WOKEN,     /* UFFDIO_WAKE done */
 } tm_place_point;
+
+/* place-atomic.c, for place.c: the atomic mode's state; NULL when placement is by copy. */
+typedef struct tm_place_atomic tm_place_atomic;
+tm_place_atomic *tm_place_atomic_new(tm_tag_store *store, int uffd, uint64_t uffd_features,
+				     unsigned threads, char *reason, size_t reason_len);
+void tm_place_atomic_free(tm_place_atomic *a);
+/* true while on; false (NULL too) with the reason it was turned off copied to reason. */
+bool tm_place_atomic_on(tm_place_atomic *a, char *reason, size_t reason_len);
+void tm_place_atomic_counts(tm_place_atomic *a, uint64_t *ret_moved, uint64_t *ret_zeropage);
+/*
+ * Places the first *ret_done pages of the claimed sub-run [page, page + n) of block bi (host:
+ * the block's mapping) atomically and returns 0; the caller copies the rest (all of it when the
+ * mode is off, the run has no tags, or a "not here" just turned it off). -errno with *error
+ * (no block name) when a placement failed: the session fails.
+ */
+int tm_place_atomic_sub(tm_place_atomic *a, unsigned bi, uint8_t *host, uint64_t page,
+			uint32_t n, uint32_t ps, const uint8_t *data, bool zero, const uint8_t *tags,
+			uint32_t *ret_done, GError **error);
 
 typedef void (*tm_place_hook)(tm_place_point point, unsigned block, uint64_t page,
 			      uint32_t npages, void *opaque);

@@ -64,6 +64,7 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 {
 	int fd = -1, ret;
 	bool owned = false, poison = false;
+	uint64_t features = cfg->uffd_borrow ? cfg->uffd_features : 0;
 
 	if (cfg->uffd_borrow) {
 		fd = cfg->uffd;
@@ -76,21 +77,34 @@ int tm_pc_recv_setup(tm_receiver *r, const tm_live_config *cfg, GError **error)
 	} else {
 		/* Non-blocking: the fault thread polls it with the stop eventfd. With poison where
 		 * the kernel has it (6.6): a paused receiver's free leaves no page silently zero. */
-		uint64_t got = 0;
-		poison = tm_uffd_open(cfg->uffd_user_mode_only, true, TM_UFFD_FEATURE_POISON, &fd,
-				      &got, NULL) == 0;
-		if (!poison &&
-		    (ret = tm_uffd_open(cfg->uffd_user_mode_only, true, 0, &fd, NULL, error)) < 0) {
+		static const uint64_t tries[] = {
+#if defined(TAGMIG_HAVE_KVM_MTE) && TAGMIG_HAVE_KVM_MTE
+			/* arm64: and UFFDIO_MOVE where the kernel has it (6.8), for atomic placement
+			 * of tagged pages (session/place.h) */
+			TM_UFFD_FEATURE_POISON | TM_UFFD_FEATURE_MOVE,
+#endif
+			TM_UFFD_FEATURE_POISON, 0
+		};
+		ret = -EINVAL;
+		for (size_t i = 0; i < G_N_ELEMENTS(tries) && ret < 0; i++) {
+			bool last = i + 1 == G_N_ELEMENTS(tries);
+			ret = tm_uffd_open(cfg->uffd_user_mode_only, true, tries[i], &fd, NULL,
+					   last ? error : NULL);
+			features = ret == 0 ? tries[i] : 0;
+		}
+		if (ret < 0) {
 			g_prefix_error(error, "live config: postcopy: ");
 			r->pc_refused = -ret; /* a sender's offer is declined with this reason */
 			return ret;
 		}
+		poison = features & TM_UFFD_FEATURE_POISON;
 		owned = true;
 	}
 	tm_pc_recv *pc = g_new0(tm_pc_recv, 1);
 	pc->uffd = fd;
 	pc->uffd_owned = owned;
 	pc->poison = poison;
+	pc->uffd_features = features;
 	pc->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	pc->req_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (pc->stop_fd < 0 || pc->req_fd < 0) {
@@ -312,6 +326,8 @@ static int register_locked(tm_receiver *r, GError **error)
 
 	if ((ret = tm_placer_new(r->layout, r->tags, pc->uffd, &placer, error)) < 0)
 		return ret;
+	/* Placer threads: the data channels' workers and the urgent connection's. */
+	tm_placer_probe_atomic(placer, pc->uffd_features, r->nch + 1);
 	for (unsigned b = 0; b < r->hello.block_count; b++) {
 		uint64_t np = r->hello.blocks[b].npages;
 		for (uint64_t w = 0; w < (np + 63) / 64; w++) {
@@ -594,7 +610,8 @@ int tm_pc_recv_body(tm_receiver *r, tm_chan *ch, pc_bounce *b, uint32_t body_len
 				     .npages = j - i,
 				     .data = b->data + (size_t)i * ps,
 				     .zero = b->zero + i,
-				     .tags = r->tags ? b->tags + (size_t)i * granules : NULL };
+				     .tags = r->tags ? b->tags + (size_t)i * granules : NULL,
+				     .requested = req != NULL };
 		if ((ret = tm_placer_place(r->pc->placer, &run, NULL, error)) < 0) {
 			g_prefix_error(error, "%s: ", ch->label);
 			return ret;
@@ -728,6 +745,11 @@ void tm_pc_recv_stats(tm_receiver *r, tm_live_stats *st)
 		st->fault_p50_us = ps.fault_p50_us;
 		st->fault_p99_us = ps.fault_p99_us;
 		st->fault_max_us = ps.fault_max_us;
+		st->placement = ps.move ? TM_PLACEMENT_MOVE : TM_PLACEMENT_COPY;
+		st->moved_pages = ps.moved_pages;
+		st->copied_pages = ps.copied_pages;
+		st->background_nonatomic_pages = ps.background_nonatomic_pages;
+		g_strlcpy(st->placement_reason, ps.reason, sizeof(st->placement_reason));
 	}
 }
 

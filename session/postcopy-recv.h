@@ -99,6 +99,7 @@ struct tm_pc_recv {
 	int uffd;
 	bool uffd_owned;
 	bool poison;               /* the fd has UFFD_FEATURE_POISON: free poisons missing pages */
+	uint64_t uffd_features;    /* what UFFDIO_API granted (borrowed: as the VMM says) */
 	bool agreed;               /* HELLO_ACK accepted POSTCOPY */
 	uint32_t max_outstanding;
 	unsigned nblocks;

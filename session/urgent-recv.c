@@ -69,7 +69,7 @@ static int cmp_fault(const void *a, const void *b)
 static int place_zero(urg *u, unsigned block, uint64_t page, GError **error)
 {
 	tm_place_run run = { .block = block, .first_page = page, .npages = 1, .data = NULL,
-			     .zero = &u->zero_flag, .tags = NULL };
+			     .zero = &u->zero_flag, .tags = NULL, .requested = true };
 	int ret = tm_placer_place(u->pc->placer, &run, NULL, error);
 	if (ret < 0) {
 		g_prefix_error(error, "urgent: ");

@@ -17,6 +17,14 @@ int tm_tag_store_new(const tm_tag_store_ops *ops, const tm_ram_layout *layout, v
 		g_set_error(error, TM_ERROR, EINVAL, "tag store '%s' lacks get or set", ops->name);
 		return -EINVAL;
 	}
+	if (!!ops->staging_new != !!ops->place_atomic || !!ops->staging_free != !!ops->place_atomic ||
+	    (ops->place_atomic && !ops->has_tags)) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "tag store '%s': place_atomic, staging_new and staging_free come together, "
+			    "in a store with tags",
+			    ops->name);
+		return -EINVAL;
+	}
 	tm_tag_store *s = g_malloc0(sizeof(*s) + ops->priv_size);
 	s->ops = ops;
 	s->layout = layout;

@@ -196,7 +196,7 @@ static int cmd_incoming(int argc, char **argv)
 	gint passes = 3, ram_mib = 64;
 	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE, die_at_state = FALSE;
 	gboolean no_postcopy = FALSE;
-	gint place_delay = 0;
+	gint place_delay = 0, place_delay_bg = 0;
 	GOptionEntry entries[] = {
 		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
 		{ "ram-mib", 0, 0, G_OPTION_ARG_INT, &ram_mib, "guest RAM, as on the source (default 64)", "MIB" },
@@ -209,21 +209,24 @@ static int cmd_incoming(int argc, char **argv)
 #if VMM_TEST_HOOKS
 		{ "test-die-at-state", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &die_at_state, "test hook", NULL },
 		{ "test-place-delay-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay, "test hook", "MS" },
+		{ "test-place-delay-bg-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay_bg, "test hook", "MS" },
 #endif
 		{ NULL },
 	};
 	parse(entries, "Receives a live-migrated guest into a new VM and resumes it.", &argc, &argv);
 	if (!listen)
 		usage_exit("%s", "incoming needs --listen HOST:PORT");
-	if (passes < 1 || place_delay < 0 || place_delay > 1000)
-		usage_exit("%s", "--passes must be at least 1, --test-place-delay-ms 0..1000");
+	if (passes < 1 || place_delay < 0 || place_delay > 1000 || place_delay_bg < 0 ||
+	    place_delay_bg > 1000)
+		usage_exit("%s", "--passes must be at least 1, --test-place-delay-[bg-]ms 0..1000");
 	g_autofree char *host = NULL, *port = NULL;
 	split_hostport("--listen", listen, &host, &port);
 	vmm_in_config ic = { .host = host, .port = port, .ram_size = ram_bytes(ram_mib),
 			     .passes = (uint64_t)passes, .no_tags = no_tags,
 			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls,
 			     .die_at_state = die_at_state, .no_postcopy = no_postcopy,
-			     .place_delay_ms = (unsigned)place_delay };
+			     .place_delay_ms = (unsigned)place_delay,
+			     .place_delay_bg_ms = (unsigned)place_delay_bg };
 	g_autoptr(GError) err = NULL;
 	bool stuck;
 	if (vmm_migrate_in(&ic, &stuck, &err) < 0) {

@@ -64,10 +64,14 @@ static int missing_sections(unsigned got, GError **error)
  * incoming --test-place-delay-ms: a requested page's data is in RAM, its tags not yet, and the
  * vCPU that faulted on it must still be asleep. A placer that woke it already (a bug) lets the
  * guest read the page now, and the guest sees the missing tags. Only on the urgent connection's
- * thread, whose pages the (one) vCPU waits for: a background page the running vCPU touches
- * while it is being placed is the window docs/aarch64.md describes, which a delay there would
- * only widen.
+ * thread, whose pages the (one) vCPU waits for.
+ * --test-place-delay-bg-ms: the same point on the data channels' threads, whose background
+ * pages the RUNNING vCPU may touch: with copy placement the page is present there and its tags
+ * are not set yet (the window docs/aarch64.md describes, widened so that the guest meets it);
+ * with move placement the page became present with its tags, and the delay changes nothing.
  */
+static unsigned delay_urgent_ms, delay_bg_ms;
+
 static void place_delay(tm_place_point point, unsigned block, uint64_t page, uint32_t npages,
 			void *opaque)
 {
@@ -75,19 +79,29 @@ static void place_delay(tm_place_point point, unsigned block, uint64_t page, uin
 	(void)block;
 	(void)page;
 	(void)npages;
-	if (point == TM_PLACE_COPIED && prctl(PR_GET_NAME, name) == 0 &&
-	    strcmp(name, "tm-recv-urgent") == 0)
-		g_usleep((gulong)GPOINTER_TO_UINT(opaque) * 1000);
+	(void)opaque;
+	if (point != TM_PLACE_COPIED || prctl(PR_GET_NAME, name) != 0)
+		return;
+	if (strcmp(name, "tm-recv-urgent") == 0)
+		g_usleep((gulong)delay_urgent_ms * 1000);
+	else if (g_str_has_prefix(name, "tm-recv-") && g_ascii_isdigit(name[8]))
+		g_usleep((gulong)delay_bg_ms * 1000);
 }
 #endif
 
-static void set_place_delay(unsigned ms)
+static void set_place_delay(unsigned ms, unsigned bg_ms)
 {
-	if (!ms)
+	if (!ms && !bg_ms)
 		return;
 #if VMM_TEST_HOOKS && defined(VMM_CORE_HOOKS)
-	printf("vmm: TEST HOOK: %u ms between a requested page's data and its tags\n", ms);
-	tm_place_set_test_hook(place_delay, GUINT_TO_POINTER(ms));
+	if (ms)
+		printf("vmm: TEST HOOK: %u ms between a requested page's data and its tags\n", ms);
+	if (bg_ms)
+		printf("vmm: TEST HOOK: %u ms after a background page's placement (copy: before its "
+		       "tags) while the guest runs\n", bg_ms);
+	delay_urgent_ms = ms;
+	delay_bg_ms = bg_ms;
+	tm_place_set_test_hook(place_delay, NULL);
 #else
 	printf("vmm: --test-place-delay-ms needs the static core with test hooks: ignored\n");
 #endif
@@ -147,6 +161,12 @@ static void print_received(tm_receiver *rcv, bool postcopy, uint64_t from)
 		       ls.postcopy_pages, ls.discarded_pages, ls.faults, ls.requests, ls.fault_p50_us,
 		       ls.fault_p99_us, ls.fault_max_us, ls.urgent_pages, ls.background_pages,
 		       ls.duplicate_pages);
+	if (postcopy)
+		printf("vmm: postcopy placement: %s (%s); %" PRIu64 " pages moved, %" PRIu64
+		       " copied, %" PRIu64 " background pages placed non-atomically while the guest "
+		       "ran\n",
+		       ls.placement == TM_PLACEMENT_MOVE ? "move" : "copy", ls.placement_reason,
+		       ls.moved_pages, ls.copied_pages, ls.background_nonatomic_pages);
 }
 
 int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
@@ -176,7 +196,7 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 		return ret;
 	if ((ret = receiver_new(cfg, &rcv, error)) < 0)
 		return ret;
-	set_place_delay(cfg->place_delay_ms);
+	set_place_delay(cfg->place_delay_ms, cfg->place_delay_bg_ms);
 	lfd = tm_listen(cfg->host, cfg->port, &port, error);
 	if (lfd < 0)
 		return lfd;
@@ -220,6 +240,8 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 		printf("vmm: postcopy: resuming the guest at the switchover after pass %" PRIu64
 		       " (%" PRIu64 " pages missing, coming on demand and in the background)\n",
 		       from, ls.postcopy_pages);
+		printf("vmm: postcopy placement: %s (%s)\n",
+		       ls.placement == TM_PLACEMENT_MOVE ? "move" : "copy", ls.placement_reason);
 		if ((ret = vmm_runner_start(r, error)) < 0)
 			break;
 		started = true;

@@ -16,6 +16,10 @@
 #include "tagmig/error.h"
 #include "vmm.h"
 
+#ifndef PROT_MTE
+#define PROT_MTE 0x20 /* arm64 uapi asm/mman.h */
+#endif
+
 static int ioctl_err(GError **error, const char *what, const char *detail)
 {
 	int e = errno;
@@ -64,7 +68,13 @@ int vmm_vm_new(uint64_t ram_size, vmm_vm **ret, GError **error)
 	if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) < 0)
 		return ioctl_err(error, "KVM_ENABLE_CAP", "(KVM_CAP_ARM_MTE)");
 
-	vm->ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
+	/*
+	 * PROT_MTE: postcopy's atomic placement moves staged PROT_MTE pages into guest RAM with
+	 * UFFDIO_MOVE, which needs both mappings to have the same protection
+	 * (docs/design/postcopy-move.md, fact 4). This VMM's own accesses use untagged pointers and
+	 * its threads keep the default PR_MTE_TCF_NONE, so they are never tag-checked.
+	 */
+	vm->ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE | PROT_MTE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (vm->ram == MAP_FAILED)
 		return ioctl_err(error, "mmap", "of guest RAM");

@@ -169,6 +169,8 @@ typedef struct vmm_in_config {
 	const char *tls_creds;  /* TLS 1.3 with the server credentials there, or NULL */
 	bool no_postcopy;       /* decline postcopy (else accepted where userfaultfd is allowed) */
 	unsigned place_delay_ms; /* test hook: sleep between a page's data and its tags */
+	unsigned place_delay_bg_ms; /* test hook: the same for background pages (the data
+	                             * channels' placers), while the guest runs */
 } vmm_in_config;
 /* Receives the guest and runs it: 0, or -errno. *ret_stuck (on a failure): the vCPU was started in
  * postcopy and may wait on a page that never comes; the caller must leave with _exit(), without

@@ -43,3 +43,10 @@ int tm_kvm_mte_range(const kvm_mte_priv *p, unsigned block, uint64_t offset, uin
  */
 int tm_kvm_mte_copy(int vm_fd, uint64_t ipa, uint64_t length, void *buf, bool from_guest,
 		    uint64_t *ret_done);
+
+/* The store's place_atomic hooks (place-atomic.c; contracts in tagstore.h). */
+void *tm_kvm_mte_staging_new(tm_tag_store *store, uint64_t length, GError **error);
+void tm_kvm_mte_staging_free(tm_tag_store *store, void *staging, uint64_t length);
+int tm_kvm_mte_place_atomic(tm_tag_store *store, int uffd, unsigned block, uint64_t offset,
+			    uint64_t length, const void *data, const uint8_t *tags, void *staging,
+			    GError **error);

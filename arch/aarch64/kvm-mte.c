@@ -199,4 +199,7 @@ const tm_tag_store_ops tm_tag_store_kvm_mte = {
 	.get = kvm_mte_get,
 	.set = kvm_mte_set,
 	.has_tags = 1,
+	.staging_new = tm_kvm_mte_staging_new,
+	.staging_free = tm_kvm_mte_staging_free,
+	.place_atomic = tm_kvm_mte_place_atomic,
 };

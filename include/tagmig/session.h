@@ -324,6 +324,11 @@ typedef struct tm_live_config {
 	uint32_t delta_policy;      /* sender, with delta_cache_bytes: tm_delta_policy, 0 =
 	                             * TM_DELTA_AUTO (deltas only while the link, not the sender's
 	                             * CPU, is the bottleneck); receiver: ignored */
+	uint64_t uffd_features;     /* receiver, with uffd_borrow: the UFFD_FEATURE_* bits UFFDIO_API
+	                             * granted that fd. With UFFD_FEATURE_MOVE (1 << 16) and a tag
+	                             * store that places atomically (kvm-mte), postcopy places pages
+	                             * by UFFDIO_MOVE (docs/api.md, "Postcopy placement"); 0: by copy.
+	                             * Without uffd_borrow the library asks for it itself (arm64) */
 } tm_live_config;
 
 /* tm_live_config.reconnect's connection: the control connection / any (the receiver) / the
@@ -513,7 +518,24 @@ typedef struct tm_live_stats {
 	uint64_t resent_bytes;      /* sender: page and state bytes sent again after a reconnect */
 	uint64_t resume_refused;    /* receiver: reconnects refused (another session, a wrong secret,
 	                             * a bad handshake): strangers, the session went on */
+	/* receiver, postcopy placement (docs/api.md, "Postcopy placement"); zero before the switch */
+	uint32_t placement;         /* tm_placement: how pages are placed now */
+	uint32_t reserved2;
+	uint64_t moved_pages;       /* placed with data and tags in one step (UFFDIO_MOVE) */
+	uint64_t copied_pages;      /* placed by UFFDIO_COPY / UFFDIO_ZEROPAGE, tags after or before */
+	uint64_t background_nonatomic_pages; /* of copied_pages, background pages whose tags came
+	                             * after the page was present while the guest may run (the
+	                             * window of a page-resident tag store; 0 with move placement) */
+	char placement_reason[192]; /* why that mode, e.g. "the userfaultfd has no
+	                             * UFFD_FEATURE_MOVE (Linux 6.8+ ...)" */
 } tm_live_stats;
+
+/* tm_live_stats.placement */
+typedef enum tm_placement {
+	TM_PLACEMENT_NONE = 0, /* no postcopy placement (yet) */
+	TM_PLACEMENT_COPY = 1, /* UFFDIO_COPY, tags, UFFDIO_WAKE */
+	TM_PLACEMENT_MOVE = 2, /* stage + UFFDIO_MOVE: atomic for running vCPUs too */
+} tm_placement;
 
 /* Copies the live statistics: 0, or -EINVAL when ret->size < 8. Any thread. */
 TM_EXPORT int tm_sender_get_live_stats(tm_sender *sender, tm_live_stats *ret);

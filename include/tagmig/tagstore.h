@@ -58,6 +58,35 @@ typedef struct tm_tag_store_ops {
 		   const uint8_t *buf);
 	/* 1 if the store carries tags (get and set non-NULL), 0 for "none". */
 	int has_tags;
+	/*
+	 * Atomic postcopy placement (docs/design/postcopy-move.md), optional, for page-resident
+	 * stores (tags live with the page, so the usual order is data, tags, wake, and a running
+	 * thread can meet the page between the first two). staging_new, staging_free and
+	 * place_atomic come together or not at all (tm_tag_store_new() refuses one alone); the
+	 * "soft" and "none" stores have none of them (they set tags before the page exists).
+	 *
+	 * staging_new: called at postcopy's start, once per placer thread (never per page):
+	 * returns a staging area of length bytes (a multiple of the host page size) that
+	 * place_atomic may use, or NULL with the reason in *error. staging_free releases it
+	 * (called once, after the last place_atomic with it).
+	 *
+	 * place_atomic: the range [offset, offset + length) of block (page aligned, inside the block,
+	 * length at most the staging area's, checked by the core), registered with userfaultfd uffd
+	 * for MISSING faults and missing, becomes present with data (length bytes) and tags (length
+	 * / 16 bytes) in one step: no thread, running or blocked, can see a page of it without its
+	 * tags; threads blocked on the range may be woken. staging is one area from staging_new,
+	 * used by one thread at a time; its contents afterwards are undefined. Data and tags are
+	 * only read. Returns 0, or -errno with *error naming block and offset; after a failure the
+	 * pages before the failing one may be placed (the core then fails the session, unless:)
+	 * -EOPNOTSUPP or -EINVAL mean "not here, use copy" (the kernel or the mappings cannot do
+	 * it) and must leave the whole range missing; the core then places by copy for the rest of
+	 * the session and records the message as the reason.
+	 */
+	void *(*staging_new)(tm_tag_store *store, uint64_t length, GError **error);
+	void (*staging_free)(tm_tag_store *store, void *staging, uint64_t length);
+	int (*place_atomic)(tm_tag_store *store, int uffd, unsigned block, uint64_t offset,
+			    uint64_t length, const void *data, const uint8_t *tags, void *staging,
+			    GError **error);
 } tm_tag_store_ops;
 
 /*

@@ -18,6 +18,10 @@
  *      requested page's data and its tags to 20 ms, so that a vCPU woken too early would be
  *      seen, and the source's background stream slowed to 256 KiB/s), and after 1 over TLS; the guest resumes at the switchover and faults pages in; then a
  *      destination lost after the switch: the source says "postcopy paused", never resumes;
+ *   2c. the background window: postcopy at once, the destination sleeping 20 ms after every
+ *      background placement while the guest runs: on 6.8+ it must place by move (guest RAM
+ *      PROT_MTE, UFFDIO_MOVE) with no background page placed non-atomically, and the guest
+ *      passes on; without UFFDIO_MOVE (6.1) not widened, and it must say it places by copy;
  *   5. a destination killed after the source's first precopy round, then one killed as the
  *      device state arrives (after the source paused its guest): each time the source says why,
  *      its guest runs on (resumed, the second time), 3 more passes there, exit status 3 (also
@@ -35,6 +39,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 
 #include "codec/codec.h"
@@ -322,6 +327,70 @@ static void postcopy_migration(const char *VMM, const char *guest, const char *p
 		 "numbered on from the source's", what);
 }
 
+/* Whether the running kernel has UFFDIO_MOVE (Linux 6.8+). */
+static bool kernel_has_move(void)
+{
+	struct utsname u;
+	unsigned major = 0, minor = 0;
+	if (uname(&u) != 0 || sscanf(u.release, "%u.%u", &major, &minor) != 2)
+		return false;
+	return major > 6 || (major == 6 && minor >= 8);
+}
+
+/*
+ * 2c. The background window (docs/design/postcopy-move.md): postcopy at once, background pages
+ * slowed to 256 KiB/s, and the destination sleeping 20 ms after each placement's UFFDIO_COPY or
+ * MOVE, on the BACKGROUND path too (as 2b does on the urgent path), while the guest runs and
+ * sweeps its window. With copy placement a background page is present without its tags for
+ * those 20 ms (a guest touching it then takes a tag-check fault: seen once on 6.1); with move
+ * placement (6.8+: UFFDIO_MOVE, guest RAM PROT_MTE) it became present with its tags. The
+ * destination's counts say which: no background page placed non-atomically with move. On a
+ * kernel without UFFDIO_MOVE the background is not widened and the run must say that it places
+ * by copy, and why.
+ */
+static void postcopy_background_window(const char *VMM, const char *guest)
+{
+	const bool move = kernel_has_move();
+	proc dst = { .name = "destination-bgwin" }, src = { .name = "source-bgwin" };
+	const char *dst_argv[] = { VMM, "incoming", "--listen", "127.0.0.1:4720", "--passes", "3",
+				   "--check-tag-pattern", "--test-place-delay-ms", "20",
+				   move ? "--test-place-delay-bg-ms" : NULL, "20", NULL };
+	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4720",
+				   "--migrate-after", "1", "--tag-pattern", "--postcopy-after", "0",
+				   "--max-bandwidth", "256", NULL };
+	tk_info("background window: kernel %s UFFDIO_MOVE: %s", move ? "has" : "lacks",
+		move ? "20 ms after every background placement" : "not widened");
+	if (!spawn(&dst, dst_argv))
+		return;
+	g_usleep(500000); /* listening */
+	if (!spawn(&src, src_argv)) {
+		kill(dst.pid, SIGKILL);
+		return;
+	}
+	proc *ps[] = { &src, &dst };
+	wait_all(ps, 2, TIMEOUT_S);
+	g_autofree char *so = show(&src), *dout = show(&dst);
+	if (move) {
+		TK_CHECK(strstr(dout, "vmm: postcopy placement: move (") &&
+				 strstr(dout, " 0 background pages placed non-atomically"),
+			 "background window: the destination places by UFFDIO_MOVE (data and tags "
+			 "in one step), no background page non-atomically");
+		TK_CHECK(exited_ok(&dst) && !strstr(dout, "tag-check") &&
+				 strstr(dout, "continuing from the source's pass") && exited_ok(&src),
+			 "background window widened to 20 ms: no tag-check fault, the guest passed 3 "
+			 "more passes numbered on from the source's");
+	} else {
+		TK_CHECK(strstr(dout, "vmm: postcopy placement: copy (") &&
+				 strstr(dout, "UFFD_FEATURE_MOVE"),
+			 "background window: without UFFDIO_MOVE the destination says it places by "
+			 "copy, and why");
+		TK_CHECK(exited_ok(&dst) && strstr(dout, "continuing from the source's pass") &&
+				 exited_ok(&src),
+			 "background window (not widened): the guest passed 3 more passes numbered on "
+			 "from the source's");
+	}
+}
+
 /*
  * The destination dies as the device state arrives, after the source switched to postcopy:
  * the source must say "postcopy paused", keep the guest paused (the destination might run it)
@@ -573,6 +642,8 @@ int main(void)
 	if (creds)
 		postcopy_migration(VMM, guest, "4718", 1, creds, 0, 0);
 	postcopy_destination_dies(VMM, guest);
+	/* 2c. the background window, widened where placement can be atomic */
+	postcopy_background_window(VMM, guest);
 
 	/* 3. a destination without tags refuses, and never resumes the guest */
 	proc bad_dst = { .name = "destination-no-tags" }, bad_src = { .name = "source-2" };
