@@ -220,6 +220,34 @@ static bool exited_ok(const proc *p)
 	return WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0;
 }
 
+/* The destination, half a second to listen, then the source; false (both gone) if either could
+ * not start. */
+static bool start_pair(proc *dst, const char *const *dst_argv, proc *src,
+		       const char *const *src_argv)
+{
+	if (!spawn(dst, dst_argv))
+		return false;
+	g_usleep(500000); /* listening */
+	if (!spawn(src, src_argv)) {
+		kill(dst->pid, SIGKILL);
+		return false;
+	}
+	return true;
+}
+
+/* start_pair, both to their end, their output shown: *so the source's, *dout the destination's. */
+static bool run_pair(proc *dst, const char *const *dst_argv, proc *src,
+		     const char *const *src_argv, char **so, char **dout)
+{
+	if (!start_pair(dst, dst_argv, src, src_argv))
+		return false;
+	proc *ps[] = { src, dst };
+	wait_all(ps, 2, TIMEOUT_S);
+	*so = show(src);
+	*dout = show(dst);
+	return true;
+}
+
 /* One live migration between two VMM processes over 127.0.0.1:port, with TLS if creds. */
 static void migration(const char *VMM, const char *guest, const char *port, const char *creds)
 {
@@ -232,16 +260,9 @@ static void migration(const char *VMM, const char *guest, const char *port, cons
 	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", at,
 				   "--migrate-after", "1", "--tag-pattern", "--max-downtime", "1",
 				   "--max-rounds", "3", creds ? "--tls-creds" : NULL, creds, NULL };
-	if (!spawn(&dst, dst_argv))
+	g_autofree char *so = NULL, *dout = NULL;
+	if (!run_pair(&dst, dst_argv, &src, src_argv, &so, &dout))
 		return;
-	g_usleep(500000); /* listening */
-	if (!spawn(&src, src_argv)) {
-		kill(dst.pid, SIGKILL);
-		return;
-	}
-	proc *ps[] = { &src, &dst };
-	wait_all(ps, 2, TIMEOUT_S);
-	g_autofree char *so = show(&src), *dout = show(&dst);
 	TK_CHECK(exited_ok(&src) && strstr(so, "switchover after 3 precopy rounds") &&
 			 (!creds || strstr(so, "TLS ")),
 		 "source%s: 3 precopy rounds while the guest ran, pause, final round and device "
@@ -295,16 +316,9 @@ static void postcopy_migration(const char *VMM, const char *guest, const char *p
 				   "--migrate-after", "1", "--tag-pattern", "--postcopy-after",
 				   after_s, "--max-bandwidth", kib_str, creds ? "--tls-creds" : NULL,
 				   creds, NULL };
-	if (!spawn(&dst, dst_argv))
+	g_autofree char *so = NULL, *dout = NULL;
+	if (!run_pair(&dst, dst_argv, &src, src_argv, &so, &dout))
 		return;
-	g_usleep(500000); /* listening */
-	if (!spawn(&src, src_argv)) {
-		kill(dst.pid, SIGKILL);
-		return;
-	}
-	proc *ps[] = { &src, &dst };
-	wait_all(ps, 2, TIMEOUT_S);
-	g_autofree char *so = show(&src), *dout = show(&dst);
 	g_autofree char *switched = g_strdup_printf("switched to postcopy after %u precopy round",
 						    after);
 	TK_CHECK(exited_ok(&src) && strstr(so, switched) && strstr(so, "vmm: postcopy done:") &&
@@ -360,16 +374,9 @@ static void postcopy_background_window(const char *VMM, const char *guest)
 				   "--max-bandwidth", "256", NULL };
 	tk_info("background window: kernel %s UFFDIO_MOVE: %s", move ? "has" : "lacks",
 		move ? "20 ms after every background placement" : "not widened");
-	if (!spawn(&dst, dst_argv))
+	g_autofree char *so = NULL, *dout = NULL;
+	if (!run_pair(&dst, dst_argv, &src, src_argv, &so, &dout))
 		return;
-	g_usleep(500000); /* listening */
-	if (!spawn(&src, src_argv)) {
-		kill(dst.pid, SIGKILL);
-		return;
-	}
-	proc *ps[] = { &src, &dst };
-	wait_all(ps, 2, TIMEOUT_S);
-	g_autofree char *so = show(&src), *dout = show(&dst);
 	if (move) {
 		TK_CHECK(strstr(dout, "vmm: postcopy placement: move (") &&
 				 strstr(dout, " 0 background pages placed non-atomically"),
@@ -404,16 +411,9 @@ static void postcopy_destination_dies(const char *VMM, const char *guest)
 				   "--test-die-at-state", NULL };
 	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4719",
 				   "--migrate-after", "1", "--postcopy-after", "0", NULL };
-	if (!spawn(&dst, dst_argv))
+	g_autofree char *so = NULL, *dout = NULL;
+	if (!run_pair(&dst, dst_argv, &src, src_argv, &so, &dout))
 		return;
-	g_usleep(500000);
-	if (!spawn(&src, src_argv)) {
-		kill(dst.pid, SIGKILL);
-		return;
-	}
-	proc *ps[] = { &src, &dst };
-	wait_all(ps, 2, TIMEOUT_S);
-	g_autofree char *so = show(&src), *dout = show(&dst);
 	TK_CHECK(WIFEXITED(src.status) && WEXITSTATUS(src.status) == 1 &&
 			 strstr(so, "switched to postcopy") && strstr(so, "postcopy paused") &&
 			 !strstr(so, "resuming the guest") && !strstr(so, "after the failed migration"),
@@ -452,13 +452,8 @@ static void destination_killed_in_precopy(const char *VMM, const char *guest)
 	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4715",
 				   "--migrate-after", "1", "--max-downtime", "1", "--max-rounds",
 				   "30", "--passes", "3", NULL };
-	if (!spawn(&dst, dst_argv))
+	if (!start_pair(&dst, dst_argv, &src, src_argv))
 		return;
-	g_usleep(500000);
-	if (!spawn(&src, src_argv)) {
-		kill(dst.pid, SIGKILL);
-		return;
-	}
 	gint64 deadline = g_get_monotonic_time() + TIMEOUT_S * G_TIME_SPAN_SECOND;
 	bool round1 = false;
 	while (!round1 && g_get_monotonic_time() < deadline && waitpid(src.pid, NULL, WNOHANG) == 0) {
@@ -494,16 +489,9 @@ static void destination_dies(const char *VMM, const char *guest)
 	const char *src_argv[] = { VMM, "run", "--guest", guest, "--migrate-to", "127.0.0.1:4714",
 				   "--migrate-after", "1", "--max-downtime", "1", "--max-rounds",
 				   "2", "--passes", "3", NULL };
-	if (!spawn(&dst, dst_argv))
+	g_autofree char *so = NULL, *dout = NULL;
+	if (!run_pair(&dst, dst_argv, &src, src_argv, &so, &dout))
 		return;
-	g_usleep(500000);
-	if (!spawn(&src, src_argv)) {
-		kill(dst.pid, SIGKILL);
-		return;
-	}
-	proc *ps[] = { &src, &dst };
-	wait_all(ps, 2, TIMEOUT_S);
-	g_autofree char *so = show(&src), *dout = show(&dst);
 	TK_CHECK(WIFSIGNALED(dst.status) && WTERMSIG(dst.status) == SIGKILL &&
 			 strstr(dout, "killed as the device state arrives") &&
 			 !strstr(dout, "resuming the guest"),
