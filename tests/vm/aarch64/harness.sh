@@ -161,7 +161,7 @@ ninja -C "$cross" tests/vm/aarch64/init "tests/vm/aarch64/test-$test" >"$work/cr
 # reconfigured the cross build if meson files changed.
 extra=()
 if [ "$test" = vmm-migrate ]; then
-	extra=(vmm/tagmig-vmm)
+	extra=(vmm/tagmig-vmm tools/tagmig-static)
 	# (grep reads all: grep -q would end the pipe early, which pipefail counts as a failure)
 	ninja -C "$cross" -t targets all 2>/dev/null | grep -c '^vmm/guest/guest.bin:' >/dev/null &&
 		extra+=(vmm/guest/guest.bin)
