@@ -136,8 +136,6 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 		/* Cut before any HELLO_ACK came: its HELLO may never have arrived, and the receiver
 		 * may wait for it; dialled again (resume-setup.c, docs/wire-format.md "Setup"). */
 		if (r < 0 && !have_first && tm_setup_redial_wanted(s, -r)) {
-			if (!lost)
-				lost = g_error_copy(*error);
 			r = tm_setup_redial(s, i, error);
 			if (r < 0)
 				return r;

@@ -342,7 +342,11 @@ static void explain_by_channel0(tm_sender *s, GError **error)
 
 int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 {
+	g_autoptr(GError) local = NULL;
 	int r;
+
+	if (!error)
+		error = &local; /* a setup redial quotes its cause (resume-setup.c) */
 
 	if (s->state != S_NEW) {
 		for (unsigned i = 0; i < n; i++)
