@@ -48,9 +48,12 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 		int ret = tm_receiver_place_cancellable(r, fd,
 							tm_receiver_handshake_deadline(r, deadline_us),
 							&stranger, &local);
-		if (ret >= 0)
+		if (ret == 0)
 			return 0;
-		if (!stranger) {
+		if (ret > 0) /* a setup redial replaced a broken connection: counted (resume.h) */
+			g_set_error_literal(&local, TM_ERROR, ECONNRESET,
+					    "a connection broke during setup and was dialled again");
+		else if (!stranger) {
 			g_propagate_error(error, g_steal_pointer(&local));
 			return ret;
 		}
@@ -59,11 +62,11 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 		if (!st->dropped++)
 			st->first = g_strdup(local->message);
 		if (st->dropped >= TM_MAX_STRANGERS) {
-			g_set_error(error, TM_ERROR, -ret,
+			g_set_error(error, TM_ERROR, ret > 0 ? ECONNRESET : -ret,
 				    "%u connections failed their handshake, the most a session "
 				    "tolerates (the first: %s)",
 				    st->dropped, st->first);
-			return ret;
+			return ret > 0 ? -ECONNRESET : ret;
 		}
 	}
 }

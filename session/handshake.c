@@ -116,20 +116,40 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	bool have_first = false;
 	unsigned n = s->nch + (s->wire == TM_WIRE_VERSION_2 ? 1 + (s->pc.offered ? 1 : 0) : 0);
 
-	g_autoptr(GError) lost = NULL; /* a data channel that broke before its HELLO_ACK */
+	g_autoptr(GError) lost = NULL; /* a connection that broke before its HELLO_ACK */
+	bool gone[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { false };
+	bool redialled[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { false };
 
 	/* Data 0 first: a protocol 1 receiver refuses there and gives up the rest. */
 	for (unsigned i = 0; i < n; i++) {
 		tm_chan *ch = i == s->nch + 1 ? &s->pc.urg : i == s->nch ? &s->ctl : &s->chans[i].ch;
 		bool v1 = false;
-		int r = await_ack(s, ch, &first, &have_first, &v1, error);
+		int r = 0;
+		/* Before any HELLO_ACK: a later connection may break meanwhile (resume-setup.c). */
+		if (!have_first && s->wire == TM_WIRE_VERSION_2)
+			r = tm_setup_watch(s, i, n, redialled, error);
+		if (r < 0)
+			return r;
+		r = await_ack(s, ch, &first, &have_first, &v1, error);
 		if (r < 0 && v1)
 			return r; /* a complete explanation already */
-		/* Resume may cover it, if another connection's HELLO_ACK agrees it (below). */
-		if (r < 0 && i < s->nch && s->resume && tm_resume_broken(-r)) {
+		/* Cut before any HELLO_ACK came: its HELLO may never have arrived, and the receiver
+		 * may wait for it; dialled again (resume-setup.c, docs/wire-format.md "Setup"). */
+		if (r < 0 && !have_first && tm_setup_redial_wanted(s, -r)) {
+			r = tm_setup_redial(s, i, error);
+			if (r < 0)
+				return r;
+			redialled[i] = true;
+			i--; /* its HELLO_ACK, again */
+			continue;
+		}
+		/* Resume may cover it, if another connection's HELLO_ACK agrees it (below); a
+		 * redial the receiver refused came after it had placed the first connection. */
+		if (r < 0 && s->resume && (tm_resume_broken(-r) || redialled[i])) {
 			if (!lost)
 				lost = g_steal_pointer(error);
 			g_clear_error(error);
+			gone[i] = true;
 			continue;
 		}
 		if (r < 0) {
@@ -142,11 +162,21 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 			return r;
 		}
 	}
-	if (lost && !(have_first && (first.features & TM_FEATURE_RESUME))) {
-		int code = lost->code;
-		g_propagate_error(error, g_steal_pointer(&lost));
-		g_prefix_error(error, "handshake: ");
-		return -code;
+	for (unsigned i = 0; i < n && lost; i++) {
+		if (!gone[i])
+			continue;
+		bool ok = have_first && (first.features & TM_FEATURE_RESUME);
+		if (i == s->nch) /* control: only with RESUME_CONTROL */
+			ok = ok && (first.features & TM_FEATURE_RESUME_CONTROL);
+		else if (i == s->nch + 1) /* urgent: only when postcopy was declined (it closes) */
+			ok = have_first && !(first.features & TM_FEATURE_POSTCOPY);
+		if (!ok) {
+			int code = lost->code;
+			g_propagate_error(error, g_steal_pointer(&lost));
+			g_prefix_error(error, "handshake: ");
+			return -code;
+		}
+		tm_setup_lost(tm_setup_chan(s, i));
 	}
 	/* A data channel that broke after the receiver agreed the session: its worker's first
 	 * I/O fails and resumes it like any broken channel (docs/wire-format.md, "Setup"). */
@@ -213,6 +243,7 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool 
 	tm_hello h = { 0 };
 	tm_io_config ioc = { .timeout_ms = r->cfg.timeout_ms, .depth = 1,
 			     .zerocopy = r->cfg.tuning.zerocopy };
+	bool replaced = false; /* a setup redial took an earlier connection's place */
 	*ret_stranger = true;
 	int ret = tm_chan_open(&tmp, fd, 0, r->io, &ioc, error);
 	if (ret < 0)
@@ -248,6 +279,7 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool 
 		 * it learns nothing of this session (its id would let it in). */
 		*ret_stranger = r->chans && memcmp(r->hello.session_id, h.session_id,
 						   sizeof(h.session_id)) != 0;
+		replaced = !*ret_stranger && tm_setup_replace(r, &f, &h); /* resume-setup.c */
 		ret = check_placement(r, &f, &h, error);
 		if (ret < 0 && *ret_stranger) {
 			g_clear_error(error);
@@ -284,7 +316,7 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool 
 		tm_chan_set_control(&tmp);
 		r->ctl = tmp;
 		r->ctl_used = true;
-		return 0;
+		return replaced;
 	}
 	if (h.role == TM_ROLE_URGENT) {
 		/* Postcopy offered; whether it is accepted, HELLO_ACK says (start). */
@@ -293,14 +325,14 @@ int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool 
 		g_strlcpy(tmp.label, "urgent", sizeof(tmp.label));
 		r->urg = tmp;
 		r->urg_used = true;
-		return 0;
+		return replaced;
 	}
 	unsigned id = h.channel_id;
 	tm_hello_clear(&h);
 	tm_chan_set_id(&tmp, id);
 	r->chans[id].ch = tmp;
 	r->chans[id].used = true;
-	return 0;
+	return replaced;
 }
 
 int tm_receiver_build_announced(tm_receiver *r, GError **error)

@@ -231,6 +231,7 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		return -EBUSY;
 	}
 	g_auto(tm_strangers) strangers = { 0 };
+	r->setup_redial_ok = !fds; /* a listener's redials may replace (resume-setup.c) */
 	for (unsigned k = 0; fds ? k < n : (!r->chans || k < tm_receiver_connections(r)); k++) {
 		if (!fds) {
 			/* Drops connections that fail their handshake (accept.c). */
@@ -413,9 +414,12 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			size_t len = tm_hello_ack_encode(ackbuf, ch->tx_seq++, &ack);
 			struct iovec v = { .iov_base = ackbuf, .iov_len = len };
 			ret = tm_chan_send(ch, &v, 1, len, error);
-			/* A data channel broken now is resumed: its worker waits (resume.h). */
-			if (ret < 0 && i < r->nch && (ack.features & TM_FEATURE_RESUME) &&
-			    tm_resume_broken(-ret)) {
+			/* A data channel broken now is resumed: its worker waits (resume.h); control
+			 * too with RESUME_CONTROL; a declined urgent connection closes anyway. */
+			if (ret < 0 && tm_resume_broken(-ret) &&
+			    (i < r->nch ? (ack.features & TM_FEATURE_RESUME)
+			     : i == r->nch ? (ack.features & TM_FEATURE_RESUME_CONTROL)
+					    : !postcopy)) {
 				g_clear_error(error);
 				ret = 0;
 			}

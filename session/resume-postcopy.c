@@ -469,7 +469,7 @@ bool tm_pcresume_recv_urgent_ok(tm_receiver *r)
 	return tm_pc_recv_agreed(r) && r->control.resume_agreed;
 }
 
-void tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch)
+int tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch)
 {
 	tm_pc_recv *pc = r->pc;
 	const char *why = NULL;
@@ -502,9 +502,10 @@ void tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch)
 	if (why) {
 		tm_chan_send_error(ch, code, why);
 		tm_chan_close(ch);
-		return;
+		return -code;
 	}
 	tm_pc_urgent_wake(pc);
+	return 0;
 }
 
 /* Under r->lock: whether the session stops (quit, or the postcopy threads must end). */

@@ -57,8 +57,9 @@ void tm_pcresume_urgent_wake(tm_sender *s);
 bool tm_pcresume_recv_urgent_ok(tm_receiver *r);
 /* What check_reconnect() returns for a proven urgent reconnect (above every channel id). */
 #define TM_PCRESUME_URGENT_ID 0x10000
-/* Accept thread: a proven urgent reconnect of epoch, for the urgent thread (takes ch). */
-void tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch);
+/* Accept thread: a proven urgent reconnect of epoch, for the urgent thread (takes ch): 0, or
+ * -errno when refused (an old epoch, the session over; ch closed after an ERROR). */
+int tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch);
 /*
  * Urgent thread, its connection failed with *error: if resume was agreed and it broke, waits
  * (as long as the session lives) for the sender's reconnect, answers RESUME_ACK (zeros) and

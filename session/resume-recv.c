@@ -218,13 +218,16 @@ static void take_connection(tm_receiver *r, int fd)
 		return;
 	}
 	if (id == TM_PCRESUME_URGENT_ID) { /* for the urgent thread (resume-postcopy.c) */
-		tm_pcresume_recv_take_urgent(r, &ch, epoch);
+		/* Refused (an old epoch, the session over): counted as any refused reconnect. */
+		if (tm_pcresume_recv_take_urgent(r, &ch, epoch) < 0)
+			__atomic_add_fetch(&rr->refused, 1, __ATOMIC_RELAXED);
 		return;
 	}
 	ch.setup_deadline_us = 0;
 	tm_io_set_deadline(ch.io, 0);
 	if (id == TM_CTL_RESUME_ID) {
 		if (tm_ctl_resume_recv_take(r, &ch, epoch, received, &err) < 0) {
+			__atomic_add_fetch(&rr->refused, 1, __ATOMIC_RELAXED);
 			g_prefix_error(&err, "reconnect: ");
 			refuse(&ch, err->code, err->message);
 		}

@@ -162,6 +162,40 @@ int tm_ctl_resume_recv_take(tm_receiver *r, tm_chan *ch, uint32_t epoch, uint64_
 /* The pseudo channel id check_reconnect() gives a control reconnect. */
 #define TM_CTL_RESUME_ID ((int)TM_MAX_CHANNELS)
 
+/* ---- cuts during setup (resume-setup.c; docs/wire-format.md, "Setup") ---- */
+/*
+ * Receiver, placing a connection during accept: whether HELLO h (frame f) is the sender's
+ * redial of a connection placed already (same session, epoch 0, RESUME offered and not
+ * refused here, accepting on a listener); if so the old connection is closed and its role free.
+ */
+bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h);
+/* Sender: whether a setup failure with this errno is dialled again (RESUME offered, broken,
+ * not a handshake past its deadline). */
+bool tm_setup_redial_wanted(const tm_sender *s, int code);
+/*
+ * Sender, setup: connection idx (data i, control nch, urgent nch + 1) failed with *error: closes
+ * it and dials it again (the same HELLO, epoch 0) with the resume backoff, all redials of the setup
+ * within resume_deadline_ms of the first. 0: open again, *error cleared, counted as a reconnect;
+ * -errno with *error naming the connection and the first cause.
+ */
+int tm_setup_redial(tm_sender *s, unsigned idx, GError **error);
+/* Sender, after opening the others: tm_setup_redial() of every connection idx < n with a
+ * cause in broke[idx] (each freed; all freed, nothing dialled, when error is NULL). */
+int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error);
+/* Sender: connection idx (data i, control nch, urgent nch + 1). */
+tm_chan *tm_setup_chan(tm_sender *s, unsigned idx);
+/*
+ * Sender, before any HELLO_ACK came: waits (at most timeout_ms) until connection i has
+ * something to read, and meanwhile dials again any later connection (i + 1 .. n - 1) that
+ * breaks without a HELLO_ACK (its HELLO may be lost, and the receiver wait for it), marking it
+ * in redialled[]; without resume such a break fails the setup at once. 0, or -errno with
+ * *error when such a redial failed or was not allowed.
+ */
+int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError **error);
+/* Sender: a connection whose HELLO_ACK was lost after another agreed resume: shut down, so its
+ * first I/O breaks and resumes it at position 0. */
+void tm_setup_lost(tm_chan *ch);
+
 #define TM_CTL_RESUME_TEST_NO_OFFER 1  /* senders do not offer RESUME_CONTROL */
 #define TM_CTL_RESUME_TEST_NO_ACCEPT 2 /* receivers do not accept it */
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS

@@ -281,7 +281,7 @@ static bool setup_cancelled(tm_sender *s)
  * one (id == nch + 1): TLS, then its HELLO. Returns 0 or -errno (fd is closed either way on
  * failure).
  */
-static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
+int tm_sender_open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 {
 	bool urgent = id == s->nch + 1;
 	bool control = id == s->nch || urgent;
@@ -303,8 +303,14 @@ static int open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 		g_strlcpy(ch->label, "urgent", sizeof(ch->label));
 	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
 		tm_io_set_deadline(ch->io, tm_handshake_deadline(s->cfg.timeout_ms));
-	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
+	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0) {
+		/* The byte mover knows control and urgent as id 0: name them. */
+		if (control && g_str_has_prefix((*error)->message, "channel 0: ")) {
+			g_autofree char *m = (*error)->message;
+			(*error)->message = g_strdup_printf("%s: %s", ch->label, m + strlen("channel 0: "));
+		}
 		tm_chan_close(ch);
+	}
 	if (r < 0)
 		return r;
 	tm_io_set_deadline(ch->io, 0);
@@ -336,7 +342,11 @@ static void explain_by_channel0(tm_sender *s, GError **error)
 
 int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 {
+	g_autoptr(GError) local = NULL;
 	int r;
+
+	if (!error)
+		error = &local; /* a setup redial quotes its cause (resume-setup.c) */
 
 	if (s->state != S_NEW) {
 		for (unsigned i = 0; i < n; i++)
@@ -393,9 +403,19 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	 * Protocol 2 order: data 0 (the full TLS handshake), control, data 1..N-1; fds[] has the
 	 * control connection last. A receiver accepts them in any order.
 	 */
+	GError *broke[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { NULL };
 	for (unsigned k = 0; k < n; k++) {
 		unsigned idx = setup_index(s, n, k);
-		if (open_connection(s, fds[idx], idx, error) < 0 || setup_cancelled(s)) {
+		r = tm_sender_open_connection(s, fds[idx], idx, error);
+		/* Cut before any HELLO_ACK: dialled again once the others are open, as the receiver
+		 * handshakes connections in arrival order (resume-setup.c). */
+		if (r < 0 && !setup_cancelled(s) && tm_setup_redial_wanted(s, -r) &&
+		    !(k > 0 && s->chans[0].ch.io && tm_io_readable(s->chans[0].ch.io))) {
+			broke[idx] = g_steal_pointer(error);
+			continue;
+		}
+		if (r < 0 || setup_cancelled(s)) {
+			tm_setup_redial_all(s, broke, n, NULL); /* frees them */
 			for (unsigned j = k + 1; j < n; j++)
 				close(fds[setup_index(s, n, j)]);
 			if (k > 0)
@@ -403,7 +423,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 			return fail_setup(s, error);
 		}
 	}
-	if (tm_sender_await_acks(s, error) < 0 || setup_cancelled(s))
+	if (tm_setup_redial_all(s, broke, n, error) < 0 || tm_sender_await_acks(s, error) < 0 ||
+	    setup_cancelled(s))
 		return fail_setup(s, error);
 	for (unsigned i = 0; i < s->nch; i++)
 		s->chans[i].ch.version = s->wire;

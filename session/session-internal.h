@@ -298,6 +298,11 @@ struct tm_sender {
 
 	/* migration-thread local */
 	enum sender_state state;
+	struct {
+		int64_t deadline_us; /* 0 until the first redial */
+		unsigned attempts;
+		unsigned backoff_ms;
+	} setup_redial; /* cuts during setup (resume-setup.c) */
 	GArray **staging; /* per channel, work being split before hand-over */
 	uint64_t next_sync;
 	send_state st;
@@ -373,6 +378,7 @@ struct tm_receiver {
 	unsigned wire_done;        /* wire once accepted, else 0 (atomic) */
 	tm_chan ctl;               /* protocol 2: the control connection (fd -1 without) */
 	bool ctl_used;             /* placed during accept */
+	bool setup_redial_ok;      /* accepting on a listener: a redial may replace (resume.h) */
 	tm_events events;          /* phase, event bits, eventfds (any thread) */
 	tm_control control;        /* protocol 2: the control thread */
 	struct tm_resume_rx *resume;  /* NULL: broken channels are not resumed (resume-recv.c) */
@@ -572,6 +578,8 @@ int tm_sender_send_hello(tm_sender *s, tm_chan *ch, tm_conn_role role, GError **
  * instead. Protocol 2: every HELLO_ACK is checked against the offer and must be identical.
  */
 int tm_sender_await_acks(tm_sender *s, GError **error);
+/* Opens fd as connection id (data i, control nch, urgent nch + 1): TLS, then HELLO (sender.c). */
+int tm_sender_open_connection(tm_sender *s, int fd, unsigned id, GError **error);
 /*
  * The refusal of a protocol 1 receiver (its ERROR as tm_chan_recv_peer_error() words it: `said`)
  * as the error of a protocol 2 sender: -EPROTONOSUPPORT, quoting the receiver's own words and

@@ -1,0 +1,233 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Cuts during setup (docs/wire-format.md, "Setup"; resume.h).
+ *
+ * Before the receiver sent its HELLO_ACKs nothing is agreed and nothing was sent, so there is
+ * nothing to resume: a connection that breaks then is simply dialled again, the same HELLO
+ * (epoch 0), by the sender, within resume_deadline_ms. The receiver, still accepting the
+ * session's connections, takes such a HELLO in place of the connection it placed for that role
+ * (which broke: its HELLO_ACK would go nowhere) and counts it with the strangers, so a peer
+ * that keeps redialling ends the accept after TM_MAX_STRANGERS. Once a HELLO_ACK gave the
+ * secret, a connection whose own HELLO_ACK was lost is resumed at position 0 as any broken one
+ * (data channels by their worker, control by the control thread); a redial that comes after
+ * the receiver finished accepting is refused by its reconnect thread (epoch 0), and that
+ * connection is then resumed the same way.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "session/resume.h"
+#include "tagmig/error.h"
+
+bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h)
+{
+	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered
+	 * RESUME and this receiver would agree it, only an epoch 0 HELLO of this session. */
+	if (!r->setup_redial_ok || !r->chans || r->live.no_resume || f->version != r->wire ||
+	    !(r->hello.features & TM_FEATURE_RESUME) || h->epoch != 0 ||
+	    memcmp(r->hello.session_id, h->session_id, sizeof(h->session_id)) != 0)
+		return false;
+	tm_chan *old;
+	bool *used;
+	if (h->role == TM_ROLE_CONTROL) {
+		old = &r->ctl;
+		used = &r->ctl_used;
+	} else if (h->role == TM_ROLE_URGENT) {
+		old = &r->urg;
+		used = &r->urg_used;
+	} else if (h->role == TM_ROLE_DATA && h->channel_id < r->nch) {
+		old = &r->chans[h->channel_id].ch;
+		used = &r->chans[h->channel_id].used;
+	} else {
+		return false;
+	}
+	if (!*used)
+		return false;
+	g_autoptr(GError) err = NULL;
+	if (tm_hello_same_session(&r->hello, h, &err) < 0)
+		return false; /* check_placement says why */
+	/* Nothing was sent on it yet: the new connection takes its place, O(1) as before. */
+	tm_chan_close(old);
+	*used = false;
+	return true;
+}
+
+tm_chan *tm_setup_chan(tm_sender *s, unsigned idx)
+{
+	return idx == s->nch + 1 ? &s->pc.urg : idx == s->nch ? &s->ctl : &s->chans[idx].ch;
+}
+
+static unsigned hook_connection(const tm_sender *s, unsigned idx)
+{
+	return idx == s->nch + 1 ? TM_RECONNECT_URGENT : idx == s->nch ? TM_RECONNECT_CONTROL : idx;
+}
+
+static const char *conn_name(const tm_sender *s, unsigned idx, char *buf, size_t len)
+{
+	if (idx == s->nch + 1)
+		return "urgent";
+	if (idx == s->nch)
+		return "control";
+	g_snprintf(buf, len, "channel %u", idx);
+	return buf;
+}
+
+bool tm_setup_redial_wanted(const tm_sender *s, int code)
+{
+	/* A cut closes or resets; a handshake past its deadline is a receiver that does not
+	 * answer (or trickles), and dialling it again would only hide that. */
+	return s->resume && s->wire == TM_WIRE_VERSION_2 && tm_resume_broken(code) &&
+	       code != ETIMEDOUT;
+}
+
+int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
+{
+	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
+						 : TM_RESUME_DEADLINE_DEFAULT_MS;
+	g_autofree char *cause = g_strdup(*error ? (*error)->message : "broken");
+	int code = *error ? (*error)->code : ECONNRESET;
+	tm_chan *ch = tm_setup_chan(s, idx);
+	int64_t *deadline = &s->setup_redial.deadline_us; /* one budget for the whole setup */
+	g_autoptr(GError) last = NULL;
+	char nb[32];
+
+	if (!*deadline)
+		*deadline = tm_now_us() + (int64_t)ms * 1000;
+	g_clear_error(error);
+	for (;;) {
+		/* The broken connection goes, under the lock: a cancel shuts down what it sees. */
+		g_mutex_lock(&s->lock);
+		bool quit = s->quit || s->failure.cancelled;
+		if (ch->fd >= 0) {
+			shutdown(ch->fd, SHUT_RDWR);
+			tm_chan_close(ch);
+		}
+		g_mutex_unlock(&s->lock);
+		if (quit) {
+			g_set_error(error, TM_ERROR, ECANCELED, "cancelled");
+			return -ECANCELED;
+		}
+		int64_t left = (*deadline - tm_now_us()) / 1000;
+		if (left <= 0)
+			break;
+		/* The backoff spans the setup: a redial may open and then break again. */
+		if (s->setup_redial.attempts) {
+			unsigned *backoff = &s->setup_redial.backoff_ms;
+			*backoff = *backoff ? MIN(*backoff * 2, TM_RESUME_BACKOFF_MAX_MS)
+					    : TM_RESUME_BACKOFF_FIRST_MS;
+			g_usleep(1000 * (gulong)MIN((int64_t)*backoff, left));
+			left = (*deadline - tm_now_us()) / 1000;
+			if (left <= 0)
+				break;
+		}
+		s->setup_redial.attempts++;
+		g_clear_error(&last);
+		int fd = tm_resume_send_dial(s, hook_connection(s, idx),
+					     (unsigned)MIN(left, (int64_t)G_MAXUINT), &last);
+		int r = fd < 0 ? fd : tm_sender_open_connection(s, fd, idx, &last);
+		if (r >= 0) {
+			tm_resume_send_count(s, 1, 0); /* a reconnect of its kind */
+			return 0;
+		}
+		if (!tm_resume_broken(-r) && r != -ECONNREFUSED) {
+			g_propagate_error(error, g_steal_pointer(&last));
+			g_prefix_error(error, "%s: setup: ", conn_name(s, idx, nb, sizeof(nb)));
+			return r;
+		}
+	}
+	g_set_error(error, TM_ERROR, code ? code : ETIMEDOUT,
+		    "%s: setup: could not connect again within %.1f s (resume_deadline_ms; %u "
+		    "attempt%s during setup, the last: %s) after: %s",
+		    conn_name(s, idx, nb, sizeof(nb)), ms / 1000.0, s->setup_redial.attempts,
+		    s->setup_redial.attempts == 1 ? "" : "s",
+		    last ? last->message : "none", cause);
+	return -(code ? code : ETIMEDOUT);
+}
+
+int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error)
+{
+	int r = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (!broke[i])
+			continue;
+		if (r < 0 || !error) {
+			g_clear_error(&broke[i]);
+			continue;
+		}
+		*error = g_steal_pointer(&broke[i]);
+		r = tm_setup_redial(s, i, error);
+	}
+	return r;
+}
+
+void tm_setup_lost(tm_chan *ch)
+{
+	/* Its first I/O fails as a broken connection and resumes it (at position 0). */
+	if (ch->fd >= 0)
+		shutdown(ch->fd, SHUT_RDWR);
+	ch->peer_error = false;
+}
+
+/* Whether connection ch broke (its peer closed or reset it) without a byte to read. */
+static bool broke(tm_chan *ch)
+{
+	uint8_t b;
+	ssize_t got = recv(ch->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError **error)
+{
+	unsigned ms = s->cfg.timeout_ms ? s->cfg.timeout_ms : 20000;
+	int64_t until = tm_now_us() + (int64_t)ms * 1000;
+	bool quiet[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { false };
+
+	while (tm_now_us() < until) {
+		tm_chan *chi = tm_setup_chan(s, i);
+		if (chi->fd < 0 || tm_io_readable(chi->io))
+			return 0;
+		struct pollfd p[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];
+		unsigned np = 0;
+		for (unsigned j = i; j < n; j++) {
+			tm_chan *ch = tm_setup_chan(s, j);
+			if (j != i && !quiet[j] && ch->fd >= 0 && tm_io_readable(ch->io)) {
+				if (!broke(ch))
+					return 0; /* its HELLO_ACK: the receiver is past its accept */
+				/* Its HELLO may never have arrived: the receiver would wait for it. */
+				g_set_error(error, TM_ERROR, ECONNRESET, "%s: connection closed by the peer",
+					    ch->label);
+				if (!tm_setup_redial_wanted(s, ECONNRESET)) {
+					/* A refusal on i (a receiver that gave up) explains more. */
+					struct pollfd pi = { .fd = chi->fd, .events = POLLIN };
+					if (poll(&pi, 1, 200) > 0 || tm_io_readable(chi->io)) {
+						g_clear_error(error);
+						return 0;
+					}
+					g_clear_error(error);
+					g_set_error(error, TM_ERROR, ECONNRESET,
+						    "handshake: %s: connection closed by the peer before its "
+						    "HELLO_ACK; not dialled again: %s",
+						    ch->label,
+						    s->live.no_resume ? "resume is off (no_resume)"
+								      : "resume is not offered");
+					return -ECONNRESET;
+				}
+				int r = tm_setup_redial(s, j, error);
+				if (r < 0)
+					return r;
+				redialled[j] = true;
+			}
+			if (ch->fd >= 0 && (j == i || !quiet[j]))
+				p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLIN };
+		}
+		g_mutex_lock(&s->lock);
+		bool cancelled = s->failure.cancelled;
+		g_mutex_unlock(&s->lock);
+		if (cancelled)
+			return 0; /* the await fails with the cancel's reason */
+		(void)poll(p, np, 100); /* also TLS data buffered above the socket: readable above */
+	}
+	return 0; /* the await times out on its own */
+}

@@ -1,0 +1,389 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Cuts during setup (docs/wire-format.md, "Setup"): a proxy between sender and receiver cuts one
+ * connection of the session's setup (data 0, control, a later data channel, the urgent
+ * connection when postcopy is offered) before its HELLO, between its HELLO and its HELLO_ACK,
+ * or in the middle of its TLS handshake. tm_sender_connect() succeeds, the migration completes
+ * bit-exact on both sides and the sender counts the reconnect. With resume off the same cut
+ * fails the setup with a clear error. Every test runs for each backend pair, plaintext and TLS
+ * (session-fixture.c); the cut between HELLO and HELLO_ACK finds the HELLO_ACK by its frame
+ * header (plaintext only), the mid-handshake cut is TLS only.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "cut-proxy.h"
+#include "fake-peer.h"
+#include "session-fixture.h"
+#include "transport/transport.h"
+
+/* The proxy's accept indexes with 3 channels: data 0, control, data 1, data 2, urgent. */
+#define DATA0 0
+#define CONTROL 1
+#define DATA2 3
+#define URGENT 4
+
+/* ---- a receiver with live settings, in its own thread ---- */
+static unsigned recv_timeout_ms = 20000; /* its accept deadline, among others */
+
+typedef struct rpeer {
+	guest *g;
+	tm_live_config live;
+	int listen_fd;
+	tm_receiver *r;
+	GError *error;
+	int ret;
+	const uint8_t *state; /* the device-state section it must read (4 MiB), or NULL */
+	unsigned states;
+	double secs;          /* accept to the end of wait */
+	GThread *thread;
+} rpeer;
+
+#define STATE_LEN (4u << 20)
+
+static gpointer rpeer_thread(gpointer data)
+{
+	rpeer *p = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = recv_timeout_ms };
+
+	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_set_live(p->r, &p->live, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
+	int64_t t0 = g_get_monotonic_time();
+	if (p->ret >= 0)
+		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
+	while (p->ret >= 0) {
+		p->ret = tm_receiver_wait(p->r, &p->error);
+		if (p->ret != 1)
+			break;
+		tm_state_info info;
+		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
+			g_autofree uint8_t *buf = g_malloc(info.length + 1);
+			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
+			if (p->ret < 0)
+				break;
+			p->states++;
+			g_assert_nonnull(p->state);
+			g_assert_cmpuint(info.length, ==, STATE_LEN);
+			g_assert_true(memcmp(buf, p->state, STATE_LEN) == 0);
+		}
+	}
+	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	return NULL;
+}
+
+static char *rpeer_start(rpeer *p, guest *g, uint32_t resume_deadline_ms)
+{
+	unsigned port = 0;
+	memset(p, 0, sizeof(*p));
+	p->g = g;
+	p->live = (tm_live_config){ .size = sizeof(p->live),
+				    .resume_deadline_ms = resume_deadline_ms };
+	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("receiver", rpeer_thread, p);
+	return g_strdup_printf("%u", port);
+}
+
+static void rpeer_join(rpeer *p)
+{
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+}
+
+static void rpeer_free(rpeer *p)
+{
+	tm_receiver_free(p->r);
+	g_clear_error(&p->error);
+}
+
+/* ---- the migration ---- */
+#define RAM (16u << 20)
+static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
+
+typedef struct run {
+	guest src, dst;
+	rpeer p;
+	cut_proxy px;
+	char *port, *pport;
+	tm_sender *s;
+	GError *err;
+	int r;
+	uint8_t *state;
+} run;
+
+static void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms)
+{
+	g_autoptr(GError) err = NULL;
+
+	memset(t, 0, sizeof(*t));
+	guest_init(&t->src, spec, 1, true);
+	guest_init(&t->dst, spec, 1, true);
+	guest_fill(&t->src);
+	t->port = rpeer_start(&t->p, &t->dst, recv_deadline_ms);
+	t->pport = proxy_start(&t->px, t->port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000, .packet_size = 64u << 10 };
+	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
+	if (lc)
+		g_assert_cmpint(tm_sender_set_live(t->s, lc, &err), ==, 0);
+}
+
+static int run_connect(run *t)
+{
+	return tm_sender_connect(t->s, "127.0.0.1", t->pport, &t->err);
+}
+
+static int queue_all(run *t)
+{
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	return tm_sender_queue_bitmap(t->s, 0, bm, 0, np, &t->err);
+}
+
+static void run_end(run *t)
+{
+	tm_sender_free(t->s);
+	rpeer_free(&t->p);
+	proxy_stop(&t->px);
+	guest_fini(&t->src);
+	guest_fini(&t->dst);
+	g_free(t->port);
+	g_free(t->pport);
+	g_free(t->state);
+	g_clear_error(&t->err);
+}
+
+/* Both sides completed, the copy is exact, the sender counted at least min reconnects. */
+static void assert_done(run *t, uint64_t min)
+{
+	if (t->r != 0)
+		g_test_message("sender: %s", t->err->message);
+	g_assert_cmpint(t->r, ==, 0);
+	if (t->p.ret != 0)
+		g_test_message("receiver: %s", t->p.error->message);
+	g_assert_cmpint(t->p.ret, ==, 0);
+	assert_same(&t->src, &t->dst);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(t->s, &ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(t->p.r, &rs), ==, 0);
+	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
+		       " (refused %" G_GUINT64_FORMAT ")",
+		       ss.reconnects, rs.reconnects, rs.resume_refused);
+	g_assert_cmpuint(ss.reconnects, >=, min);
+	g_assert_cmpuint(ss.phase, ==, TM_PHASE_COMPLETE);
+	tm_stats st;
+	tm_receiver_get_stats(t->p.r, &st);
+	g_assert_cmpuint(st.pages, ==, RAM / 4096);
+}
+
+typedef enum { BEFORE_HELLO, BEFORE_ACK, MID_TLS } cut_point;
+
+static void migrate(run *t)
+{
+	t->r = run_connect(t);
+	if (t->r == 0)
+		t->r = queue_all(t);
+	if (t->r == 0)
+		t->r = tm_sender_sync(t->s, &t->err);
+	if (t->r == 0)
+		t->r = tm_sender_finish(t->s, &t->err);
+	rpeer_join(&t->p);
+}
+
+/* Connection conn (accept index) is cut at point; postcopy: the sender offers it (the receiver
+ * declines: its VMM did not ask), so the urgent connection is part of the setup. */
+static void setup_cut(int conn, cut_point point, bool postcopy)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = postcopy };
+
+	if (point == BEFORE_ACK && tls_dir) {
+		g_test_skip("the proxy finds the HELLO_ACK by its frame header: plaintext only");
+		return;
+	}
+	if (point == MID_TLS && !tls_dir) {
+		g_test_skip("a cut in the TLS handshake: TLS only");
+		return;
+	}
+	run_start(&t, &lc, 0);
+	if (point == BEFORE_ACK)
+		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO_ACK, false);
+	else /* before a byte went through; in TLS once the ClientHello did */
+		proxy_arm(&t.px, conn, point == MID_TLS ? 1 : 0);
+	migrate(&t);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	/* A declined urgent connection whose HELLO_ACK is lost closes as it would have. */
+	assert_done(&t, conn == URGENT && point == BEFORE_ACK ? 0 : 1);
+	run_end(&t);
+}
+
+static void test_data0_before_hello(void) { setup_cut(DATA0, BEFORE_HELLO, false); }
+static void test_data0_before_ack(void) { setup_cut(DATA0, BEFORE_ACK, false); }
+static void test_data0_mid_tls(void) { setup_cut(DATA0, MID_TLS, false); }
+static void test_control_before_hello(void) { setup_cut(CONTROL, BEFORE_HELLO, false); }
+static void test_control_before_ack(void) { setup_cut(CONTROL, BEFORE_ACK, false); }
+static void test_control_mid_tls(void) { setup_cut(CONTROL, MID_TLS, false); }
+static void test_data2_before_hello(void) { setup_cut(DATA2, BEFORE_HELLO, false); }
+static void test_data2_mid_tls(void) { setup_cut(DATA2, MID_TLS, false); }
+static void test_urgent_before_hello(void) { setup_cut(URGENT, BEFORE_HELLO, true); }
+static void test_urgent_before_ack(void) { setup_cut(URGENT, BEFORE_ACK, true); }
+static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
+
+/* Resume off on the sender: a cut before HELLO fails the setup, naming the connection. */
+static void test_no_resume(void)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
+
+	recv_timeout_ms = 3000; /* it waits for the connection that never comes */
+	run_start(&t, &lc, 0);
+	proxy_arm(&t.px, CONTROL, 0);
+	t.r = run_connect(&t);
+	g_assert_cmpint(t.r, <, 0);
+	g_test_message("sender: %s", t.err->message);
+	tm_sender_free(t.s);
+	t.s = NULL;
+	rpeer_join(&t.p);
+	recv_timeout_ms = 20000;
+	g_assert_cmpint(t.p.ret, <, 0);
+	g_test_message("receiver: %s", t.p.error->message);
+	/* At once, naming the control connection; not the receiver's accept deadline later. */
+	g_assert_true(g_str_has_prefix(t.err->message, "handshake: control: ") ||
+		      g_str_has_prefix(t.err->message, "control: TLS handshake: "));
+	run_end(&t);
+}
+
+/* The proxy refuses every connection after the cut: the sender gives up within its deadline
+ * (1 s) and says it could not connect again. */
+static void test_deadline(void)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+
+	recv_timeout_ms = 3000;
+	run_start(&t, &lc, 0);
+	t.px.refuse_after = true;
+	proxy_arm(&t.px, DATA2, 0);
+	int64_t t0 = g_get_monotonic_time();
+	t.r = run_connect(&t);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_assert_cmpint(t.r, <, 0);
+	g_test_message("sender (%.1f s): %s", secs, t.err->message);
+	g_assert_nonnull(strstr(t.err->message, "could not connect again within"));
+	g_assert_cmpfloat(secs, <, 10.0);
+	tm_sender_free(t.s);
+	t.s = NULL;
+	rpeer_join(&t.p);
+	recv_timeout_ms = 20000;
+	g_assert_cmpint(t.p.ret, <, 0);
+	run_end(&t);
+}
+
+/* ---- the receiver's side, by hand (plaintext) ---- */
+static const block_spec raw_block = { "pc.ram", 4 << 20, 4096 };
+static const fake_hello raw_hello = { .version = 2, .channel_count = 2, .packet_size = 64 << 10,
+				      .chunk_size = 64 << 10, .block = { "pc.ram", 4 << 20, 4096 },
+				      .sid = 7, .features = TM_FEATURE_RESUME };
+
+/*
+ * Data 0's first connection sends its HELLO and breaks; the sender dials it again with the
+ * same HELLO (epoch 0): the receiver, still accepting, takes it in place of the first, and every
+ * connection of the session gets its HELLO_ACK (not "channel id 0 connected twice").
+ */
+static void test_replace(void)
+{
+	guest dst;
+	peer p;
+
+	guest_init(&dst, &raw_block, 1, false);
+	g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+	fake_hello h = raw_hello;
+	h.role = TM_ROLE_DATA;
+	close(fake_connect(port, &h)); /* its HELLO arrives, then the close */
+	fake_sender w;
+	fake_sender_open(&w, port, &h); /* data 0 again, control, data 1; their HELLO_ACKs */
+	g_assert_cmpuint(w.ack.features & TM_FEATURE_RESUME, !=, 0);
+	for (int k = 0; k < FAKE_CONNS; k++)
+		if (w.fd[k] >= 0)
+			close(w.fd[k]);
+	peer_join(&p);
+	g_test_message("receiver, after the fake sender left: %s",
+		       p.error ? p.error->message : "ok");
+	g_assert_cmpint(p.ret, <, 0);
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* A redial replaces at most TM_MAX_STRANGERS times: the 64th ends the accept, with the reason. */
+static void test_replace_bounded(void)
+{
+	guest dst;
+	peer p;
+
+	guest_init(&dst, &raw_block, 1, false);
+	g_autofree char *port = peer_start_ex(&p, &dst, false, 10000);
+	fake_hello h = raw_hello;
+	h.role = TM_ROLE_DATA;
+	for (unsigned i = 0; i < 1 + 64; i++)
+		close(fake_connect(port, &h));
+	peer_join(&p);
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "the most a session tolerates"));
+	g_assert_nonnull(strstr(p.error->message, "dialled again"));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+/* A second HELLO of another epoch is no setup redial: it ends the session as before, and
+ * nothing is replaced. */
+static void test_replace_epoch(void)
+{
+	guest dst;
+	peer p;
+
+	guest_init(&dst, &raw_block, 1, false);
+	g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+	fake_hello h = raw_hello;
+	h.role = TM_ROLE_DATA;
+	int first = fake_connect(port, &h);
+	h.epoch = 1;
+	int second = fake_connect(port, &h);
+	peer_join(&p);
+	close(first);
+	close(second);
+	g_assert_cmpint(p.ret, <, 0);
+	g_test_message("receiver: %s", p.error->message);
+	g_assert_nonnull(strstr(p.error->message, "epoch differs"));
+	peer_free(&p);
+	guest_fini(&dst);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "resume-setup/data0-before-hello", test_data0_before_hello, false },
+		{ "resume-setup/data0-before-ack", test_data0_before_ack, false },
+		{ "resume-setup/data0-mid-tls", test_data0_mid_tls, false },
+		{ "resume-setup/control-before-hello", test_control_before_hello, false },
+		{ "resume-setup/control-before-ack", test_control_before_ack, false },
+		{ "resume-setup/control-mid-tls", test_control_mid_tls, false },
+		{ "resume-setup/data2-before-hello", test_data2_before_hello, false },
+		{ "resume-setup/data2-mid-tls", test_data2_mid_tls, false },
+		{ "resume-setup/urgent-before-hello", test_urgent_before_hello, false },
+		{ "resume-setup/urgent-before-ack", test_urgent_before_ack, false },
+		{ "resume-setup/urgent-mid-tls", test_urgent_mid_tls, false },
+		{ "resume-setup/no-resume", test_no_resume, false },
+		{ "resume-setup/deadline", test_deadline, false },
+		{ "resume-setup/replace", test_replace, true },
+		{ "resume-setup/replace-bounded", test_replace_bounded, true },
+		{ "resume-setup/replace-epoch", test_replace_epoch, true },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
