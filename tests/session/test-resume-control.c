@@ -16,168 +16,21 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
-#include "cut-proxy.h"
-#include "session-fixture.h"
+#include "resume-rig.h"
 #include "session/resume.h"
 #include "transport/transport.h"
 
 #define CONTROL 1 /* the proxy's accept index of the first control connection */
 
-/* ---- a receiver with live settings, in its own thread ---- */
-typedef struct rpeer {
-	guest *g;
-	tm_live_config live;
-	int listen_fd;
-	tm_receiver *r;
-	GError *error;
-	int ret;
-	const uint8_t *state; /* the device-state section it must read (4 MiB), or NULL */
-	unsigned states;
-	double secs;          /* accept to the end of wait */
-	GThread *thread;
-} rpeer;
-
-#define STATE_LEN (4u << 20)
-
-/* Each section the receiver reads is the sender's 4 MiB of device state. */
-static void check_section(void *opaque, const char *name, const uint8_t *data, size_t len)
-{
-	rpeer *p = opaque;
-	p->states++;
-	g_assert_nonnull(p->state);
-	g_assert_cmpuint(len, ==, STATE_LEN);
-	g_assert_true(memcmp(data, p->state, STATE_LEN) == 0);
-}
-
-static gpointer rpeer_thread(gpointer data)
-{
-	rpeer *p = data;
-	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
-				   .timeout_ms = 20000 };
-
-	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
-	if (p->ret >= 0)
-		p->ret = tm_receiver_set_live(p->r, &p->live, &p->error);
-	if (p->ret >= 0)
-		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
-	int64_t t0 = g_get_monotonic_time();
-	if (p->ret >= 0)
-		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
-	while (p->ret >= 0) {
-		p->ret = tm_receiver_wait(p->r, &p->error);
-		if (p->ret != 1)
-			break;
-		p->ret = receiver_read_states(p->r, check_section, p, &p->error);
-	}
-	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
-	return NULL;
-}
-
-static char *rpeer_start(rpeer *p, guest *g, uint32_t resume_deadline_ms)
-{
-	unsigned port = 0;
-	memset(p, 0, sizeof(*p));
-	p->g = g;
-	p->live = (tm_live_config){ .size = sizeof(p->live),
-				    .resume_deadline_ms = resume_deadline_ms };
-	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
-	g_assert_cmpint(p->listen_fd, >=, 0);
-	p->thread = g_thread_new("receiver", rpeer_thread, p);
-	return g_strdup_printf("%u", port);
-}
-
-static void rpeer_join(rpeer *p)
-{
-	g_thread_join(p->thread);
-	close(p->listen_fd);
-}
-
-static void rpeer_free(rpeer *p)
-{
-	tm_receiver_free(p->r);
-	g_clear_error(&p->error);
-}
-
-/* ---- the migration ---- */
-#define RAM (16u << 20)
-static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
-
-typedef struct run {
-	guest src, dst;
-	rpeer p;
-	cut_proxy px;
-	char *port, *pport;
-	tm_sender *s;
-	GError *err;
-	int r;
-	uint8_t *state;
-} run;
-
-static void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms)
-{
-	g_autoptr(GError) err = NULL;
-
-	memset(t, 0, sizeof(*t));
-	guest_init(&t->src, spec, 1, true);
-	guest_init(&t->dst, spec, 1, true);
-	guest_fill(&t->src);
-	t->port = rpeer_start(&t->p, &t->dst, recv_deadline_ms);
-	t->pport = proxy_start(&t->px, t->port);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
-				 .timeout_ms = 20000, .packet_size = 64u << 10 };
-	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
-	if (lc)
-		g_assert_cmpint(tm_sender_set_live(t->s, lc, &err), ==, 0);
-}
-
-static int run_connect(run *t)
-{
-	return tm_sender_connect(t->s, "127.0.0.1", t->pport, &t->err);
-}
-
-static int queue_all(run *t)
-{
-	uint64_t np = RAM / 4096, bm[np / 64];
-	memset(bm, 0xff, sizeof(bm));
-	return tm_sender_queue_bitmap(t->s, 0, bm, 0, np, &t->err);
-}
-
-static void run_end(run *t)
-{
-	tm_sender_free(t->s);
-	rpeer_free(&t->p);
-	proxy_stop(&t->px);
-	guest_fini(&t->src);
-	guest_fini(&t->dst);
-	g_free(t->port);
-	g_free(t->pport);
-	g_free(t->state);
-	g_clear_error(&t->err);
-}
-
 /* Both sides completed, the copy is exact, each counted `reconnects` control reconnects (the
  * data channels had none) and every page was applied exactly once. */
 static void assert_resumed(run *t, uint64_t reconnects)
 {
-	if (t->r != 0)
-		g_test_message("sender: %s", t->err->message);
-	g_assert_cmpint(t->r, ==, 0);
-	if (t->p.ret != 0)
-		g_test_message("receiver: %s", t->p.error->message);
-	g_assert_cmpint(t->p.ret, ==, 0);
-	assert_same(&t->src, &t->dst);
-	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
-	g_assert_cmpint(tm_sender_get_live_stats(t->s, &ss), ==, 0);
-	g_assert_cmpint(tm_receiver_get_live_stats(t->p.r, &rs), ==, 0);
-	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT,
-		       ss.reconnects, rs.reconnects);
+	tm_live_stats ss, rs;
+	run_assert_complete(t, &ss, &rs);
 	g_assert_cmpuint(ss.reconnects, ==, reconnects);
 	g_assert_cmpuint(rs.reconnects, ==, reconnects);
 	g_assert_cmpuint(rs.resume_refused, ==, 0);
-	g_assert_cmpuint(ss.phase, ==, TM_PHASE_COMPLETE);
-	tm_stats st;
-	tm_receiver_get_stats(t->p.r, &st);
-	g_assert_cmpuint(st.pages, ==, RAM / 4096);
 }
 
 /* The control connection is cut while the first round is sent; sync and finish complete. */
@@ -187,7 +40,7 @@ static void test_cut_in_round(void)
 
 	run_start(&t, NULL, 0);
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	proxy_arm(&t.px, CONTROL, 0);
 	t.r = tm_sender_sync(t.s, &t.err);
 	if (t.r == 0)
@@ -217,7 +70,7 @@ static void test_cut_in_sync_wait(void)
 
 	run_start(&t, &lc, 0);
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	GThread *th = g_thread_new("arm", arm_later, &t.px);
 	t.r = tm_sender_sync(t.s, &t.err);
 	g_thread_join(th);
@@ -235,16 +88,16 @@ static void test_cut_in_state(void)
 	run t;
 
 	run_start(&t, NULL, 0);
-	t.state = g_malloc(STATE_LEN);
-	for (size_t i = 0; i < STATE_LEN / 8; i++)
+	t.state = g_malloc(RIG_STATE_LEN);
+	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
 		((uint64_t *)t.state)[i] = rnd();
 	t.p.state = t.state;
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	g_assert_cmpint(tm_sender_sync(t.s, &t.err), ==, 0);
 	g_assert_cmpint(tm_sender_guest_stopped(t.s, &t.err), ==, 0);
 	proxy_arm(&t.px, CONTROL, 0);
-	t.r = tm_sender_put_state(t.s, "dev", t.state, STATE_LEN, 0, &t.err);
+	t.r = tm_sender_put_state(t.s, "dev", t.state, RIG_STATE_LEN, 0, &t.err);
 	if (t.r == 0)
 		t.r = tm_sender_finish(t.s, &t.err);
 	rpeer_join(&t.p);
@@ -270,7 +123,7 @@ static void message_lost(uint8_t type, bool from_sender)
 	run_start(&t, NULL, 0);
 	proxy_arm_frame(&t.px, CONTROL, type, from_sender);
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	t.r = tm_sender_sync(t.s, &t.err);
 	if (t.r == 0)
 		t.r = tm_sender_finish(t.s, &t.err);
@@ -306,7 +159,7 @@ static void test_last_pos_lost(void)
 	run_start(&t, NULL, 1500);
 	proxy_arm_frame(&t.px, CONTROL, TM_MSG_CTL_POS, true);
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	t.r = tm_sender_sync(t.s, &t.err);
 	if (t.r == 0)
 		t.r = tm_sender_finish(t.s, &t.err);
@@ -330,7 +183,7 @@ static void without_feature(int which)
 	tm_ctl_resume_test_without(which);
 	run_start(&t, NULL, 0);
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	proxy_arm(&t.px, CONTROL, 0);
 	t.r = tm_sender_sync(t.s, &t.err);
 	if (t.r == 0)
@@ -374,7 +227,7 @@ static void test_deadline(void)
 	run_start(&t, &lc, 3000);
 	t.px.refuse_after = true;
 	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(queue_all(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	int64_t t0 = g_get_monotonic_time();
 	proxy_arm(&t.px, CONTROL, 0);
 	t.r = tm_sender_sync(t.s, &t.err);
@@ -410,7 +263,7 @@ static void test_setup_cut(void)
 	proxy_arm_frame(&t.px, 3, TM_MSG_HELLO_ACK, false); /* data 0, control, data 1, data 2 */
 	t.r = run_connect(&t);
 	if (t.r == 0)
-		t.r = queue_all(&t);
+		t.r = run_queue_all(&t);
 	if (t.r == 0)
 		t.r = tm_sender_sync(t.s, &t.err);
 	if (t.r == 0)

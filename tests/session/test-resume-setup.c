@@ -14,9 +14,8 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
-#include "cut-proxy.h"
 #include "fake-peer.h"
-#include "session-fixture.h"
+#include "resume-rig.h"
 #include "transport/transport.h"
 
 /* The proxy's accept indexes with 3 channels: data 0, control, data 1, data 2, urgent. */
@@ -26,160 +25,12 @@
 #define URGENT 4
 
 /* ---- a receiver with live settings, in its own thread ---- */
-static unsigned recv_timeout_ms = 20000; /* its accept deadline, among others */
-
-typedef struct rpeer {
-	guest *g;
-	tm_live_config live;
-	int listen_fd;
-	tm_receiver *r;
-	GError *error;
-	int ret;
-	const uint8_t *state; /* the device-state section it must read (4 MiB), or NULL */
-	unsigned states;
-	double secs;          /* accept to the end of wait */
-	GThread *thread;
-} rpeer;
-
-#define STATE_LEN (4u << 20)
-
-static gpointer rpeer_thread(gpointer data)
-{
-	rpeer *p = data;
-	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
-				   .timeout_ms = recv_timeout_ms };
-
-	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
-	if (p->ret >= 0)
-		p->ret = tm_receiver_set_live(p->r, &p->live, &p->error);
-	if (p->ret >= 0)
-		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
-	int64_t t0 = g_get_monotonic_time();
-	if (p->ret >= 0)
-		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
-	while (p->ret >= 0) {
-		p->ret = tm_receiver_wait(p->r, &p->error);
-		if (p->ret != 1)
-			break;
-		tm_state_info info;
-		while ((p->ret = tm_receiver_next_state(p->r, &info, &p->error)) == 1) {
-			g_autofree uint8_t *buf = g_malloc(info.length + 1);
-			p->ret = tm_receiver_read_state(p->r, buf, info.length, &p->error);
-			if (p->ret < 0)
-				break;
-			p->states++;
-			g_assert_nonnull(p->state);
-			g_assert_cmpuint(info.length, ==, STATE_LEN);
-			g_assert_true(memcmp(buf, p->state, STATE_LEN) == 0);
-		}
-	}
-	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
-	return NULL;
-}
-
-static char *rpeer_start(rpeer *p, guest *g, uint32_t resume_deadline_ms)
-{
-	unsigned port = 0;
-	memset(p, 0, sizeof(*p));
-	p->g = g;
-	p->live = (tm_live_config){ .size = sizeof(p->live),
-				    .resume_deadline_ms = resume_deadline_ms };
-	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
-	g_assert_cmpint(p->listen_fd, >=, 0);
-	p->thread = g_thread_new("receiver", rpeer_thread, p);
-	return g_strdup_printf("%u", port);
-}
-
-static void rpeer_join(rpeer *p)
-{
-	g_thread_join(p->thread);
-	close(p->listen_fd);
-}
-
-static void rpeer_free(rpeer *p)
-{
-	tm_receiver_free(p->r);
-	g_clear_error(&p->error);
-}
-
-/* ---- the migration ---- */
-#define RAM (16u << 20)
-static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
-
-typedef struct run {
-	guest src, dst;
-	rpeer p;
-	cut_proxy px;
-	char *port, *pport;
-	tm_sender *s;
-	GError *err;
-	int r;
-	uint8_t *state;
-} run;
-
-static void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms)
-{
-	g_autoptr(GError) err = NULL;
-
-	memset(t, 0, sizeof(*t));
-	guest_init(&t->src, spec, 1, true);
-	guest_init(&t->dst, spec, 1, true);
-	guest_fill(&t->src);
-	t->port = rpeer_start(&t->p, &t->dst, recv_deadline_ms);
-	t->pport = proxy_start(&t->px, t->port);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
-				 .timeout_ms = 20000, .packet_size = 64u << 10 };
-	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
-	if (lc)
-		g_assert_cmpint(tm_sender_set_live(t->s, lc, &err), ==, 0);
-}
-
-static int run_connect(run *t)
-{
-	return tm_sender_connect(t->s, "127.0.0.1", t->pport, &t->err);
-}
-
-static int queue_all(run *t)
-{
-	uint64_t np = RAM / 4096, bm[np / 64];
-	memset(bm, 0xff, sizeof(bm));
-	return tm_sender_queue_bitmap(t->s, 0, bm, 0, np, &t->err);
-}
-
-static void run_end(run *t)
-{
-	tm_sender_free(t->s);
-	rpeer_free(&t->p);
-	proxy_stop(&t->px);
-	guest_fini(&t->src);
-	guest_fini(&t->dst);
-	g_free(t->port);
-	g_free(t->pport);
-	g_free(t->state);
-	g_clear_error(&t->err);
-}
-
 /* Both sides completed, the copy is exact, the sender counted at least min reconnects. */
 static void assert_done(run *t, uint64_t min)
 {
-	if (t->r != 0)
-		g_test_message("sender: %s", t->err->message);
-	g_assert_cmpint(t->r, ==, 0);
-	if (t->p.ret != 0)
-		g_test_message("receiver: %s", t->p.error->message);
-	g_assert_cmpint(t->p.ret, ==, 0);
-	assert_same(&t->src, &t->dst);
-	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
-	g_assert_cmpint(tm_sender_get_live_stats(t->s, &ss), ==, 0);
-	g_assert_cmpint(tm_receiver_get_live_stats(t->p.r, &rs), ==, 0);
-	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
-		       " (refused %" G_GUINT64_FORMAT ")",
-		       ss.reconnects, rs.reconnects, rs.resume_refused);
+	tm_live_stats ss, rs;
+	run_assert_complete(t, &ss, &rs);
 	g_assert_cmpuint(ss.reconnects, >=, min);
-	g_assert_cmpuint(ss.phase, ==, TM_PHASE_COMPLETE);
-	tm_stats st;
-	tm_receiver_get_stats(t->p.r, &st);
-	g_assert_cmpuint(st.pages, ==, RAM / 4096);
 }
 
 typedef enum { BEFORE_HELLO, BEFORE_ACK, MID_TLS } cut_point;
@@ -188,7 +39,7 @@ static void migrate(run *t)
 {
 	t->r = run_connect(t);
 	if (t->r == 0)
-		t->r = queue_all(t);
+		t->r = run_queue_all(t);
 	if (t->r == 0)
 		t->r = tm_sender_sync(t->s, &t->err);
 	if (t->r == 0)
@@ -241,7 +92,7 @@ static void test_no_resume(void)
 	run t;
 	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
 
-	recv_timeout_ms = 3000; /* it waits for the connection that never comes */
+	rig_recv_timeout_ms = 3000; /* it waits for the connection that never comes */
 	run_start(&t, &lc, 0);
 	proxy_arm(&t.px, CONTROL, 0);
 	t.r = run_connect(&t);
@@ -250,7 +101,7 @@ static void test_no_resume(void)
 	tm_sender_free(t.s);
 	t.s = NULL;
 	rpeer_join(&t.p);
-	recv_timeout_ms = 20000;
+	rig_recv_timeout_ms = 20000;
 	g_assert_cmpint(t.p.ret, <, 0);
 	g_test_message("receiver: %s", t.p.error->message);
 	/* At once, naming the control connection; not the receiver's accept deadline later. */
@@ -266,7 +117,7 @@ static void test_deadline(void)
 	run t;
 	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
 
-	recv_timeout_ms = 3000;
+	rig_recv_timeout_ms = 3000;
 	run_start(&t, &lc, 0);
 	t.px.refuse_after = true;
 	proxy_arm(&t.px, DATA2, 0);
@@ -280,7 +131,7 @@ static void test_deadline(void)
 	tm_sender_free(t.s);
 	t.s = NULL;
 	rpeer_join(&t.p);
-	recv_timeout_ms = 20000;
+	rig_recv_timeout_ms = 20000;
 	g_assert_cmpint(t.p.ret, <, 0);
 	run_end(&t);
 }

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/* The resume tests' migration through a cutting proxy (resume-rig.h). */
+#include "resume-rig.h"
+
+#include <string.h>
+#include <unistd.h>
+
+#include "transport/transport.h"
+
+unsigned rig_recv_timeout_ms = 20000;
+
+static const block_spec spec[] = { { "pc.ram", RIG_RAM, 4096 } };
+
+/* Each section the receiver reads is the sender's device state. */
+static void check_section(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	rpeer *p = opaque;
+	(void)name;
+	p->states++;
+	g_assert_nonnull(p->state);
+	g_assert_cmpuint(len, ==, RIG_STATE_LEN);
+	g_assert_true(memcmp(data, p->state, RIG_STATE_LEN) == 0);
+}
+
+static gpointer rpeer_thread(gpointer data)
+{
+	rpeer *p = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = rig_recv_timeout_ms };
+
+	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_set_live(p->r, &p->live, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_accept(p->r, p->listen_fd, &p->error);
+	int64_t t0 = g_get_monotonic_time();
+	if (p->ret >= 0)
+		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
+	while (p->ret >= 0) {
+		p->ret = tm_receiver_wait(p->r, &p->error);
+		if (p->ret != 1)
+			break;
+		p->ret = receiver_read_states(p->r, check_section, p, &p->error);
+	}
+	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	return NULL;
+}
+
+char *rpeer_start(rpeer *p, guest *g, uint32_t resume_deadline_ms)
+{
+	unsigned port = 0;
+	memset(p, 0, sizeof(*p));
+	p->g = g;
+	p->live = (tm_live_config){ .size = sizeof(p->live),
+				    .resume_deadline_ms = resume_deadline_ms };
+	p->listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(p->listen_fd, >=, 0);
+	p->thread = g_thread_new("receiver", rpeer_thread, p);
+	return g_strdup_printf("%u", port);
+}
+
+void rpeer_join(rpeer *p)
+{
+	g_thread_join(p->thread);
+	close(p->listen_fd);
+}
+
+void rpeer_free(rpeer *p)
+{
+	tm_receiver_free(p->r);
+	g_clear_error(&p->error);
+}
+
+void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms)
+{
+	g_autoptr(GError) err = NULL;
+
+	memset(t, 0, sizeof(*t));
+	guest_init(&t->src, spec, 1, true);
+	guest_init(&t->dst, spec, 1, true);
+	guest_fill(&t->src);
+	t->port = rpeer_start(&t->p, &t->dst, recv_deadline_ms);
+	t->pport = proxy_start(&t->px, t->port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000, .packet_size = 64u << 10 };
+	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
+	if (lc)
+		g_assert_cmpint(tm_sender_set_live(t->s, lc, &err), ==, 0);
+}
+
+int run_connect(run *t)
+{
+	return tm_sender_connect(t->s, "127.0.0.1", t->pport, &t->err);
+}
+
+int run_queue_all(run *t)
+{
+	uint64_t np = RIG_RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	return tm_sender_queue_bitmap(t->s, 0, bm, 0, np, &t->err);
+}
+
+void run_end(run *t)
+{
+	tm_sender_free(t->s);
+	rpeer_free(&t->p);
+	proxy_stop(&t->px);
+	guest_fini(&t->src);
+	guest_fini(&t->dst);
+	g_free(t->port);
+	g_free(t->pport);
+	g_free(t->state);
+	g_clear_error(&t->err);
+}
+
+void run_assert_complete(run *t, tm_live_stats *ss, tm_live_stats *rs)
+{
+	if (t->r != 0)
+		g_test_message("sender: %s", t->err->message);
+	g_assert_cmpint(t->r, ==, 0);
+	if (t->p.ret != 0)
+		g_test_message("receiver: %s", t->p.error->message);
+	g_assert_cmpint(t->p.ret, ==, 0);
+	assert_same(&t->src, &t->dst);
+	*ss = (tm_live_stats){ .size = sizeof(*ss) };
+	*rs = (tm_live_stats){ .size = sizeof(*rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(t->s, ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(t->p.r, rs), ==, 0);
+	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
+		       " (refused %" G_GUINT64_FORMAT ")",
+		       (guint64)ss->reconnects, (guint64)rs->reconnects, (guint64)rs->resume_refused);
+	g_assert_cmpuint(ss->phase, ==, TM_PHASE_COMPLETE);
+	tm_stats st;
+	tm_receiver_get_stats(t->p.r, &st);
+	g_assert_cmpuint(st.pages, ==, RIG_RAM / 4096);
+}

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The resume tests' migration through a cutting proxy (test-resume-control.c,
+ * test-resume-setup.c): a receiver with live settings in its own thread (rpeer) that checks each
+ * device-state section it reads against the sender's, and a sender of 3 channels, packets of
+ * 64 KiB, to it through cut-proxy.c (run); 16 MiB of RAM in one block "pc.ram".
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "cut-proxy.h"
+#include "session-fixture.h"
+
+#define RIG_RAM (16u << 20)
+#define RIG_STATE_LEN (4u << 20) /* the one device-state section a test may send */
+
+/* The receivers' timeout_ms (their accept deadline among others): 20000 unless a test says. */
+extern unsigned rig_recv_timeout_ms;
+
+typedef struct rpeer {
+	guest *g;
+	tm_live_config live;
+	int listen_fd;
+	tm_receiver *r;
+	GError *error;
+	int ret;
+	const uint8_t *state; /* the device-state section it must read (RIG_STATE_LEN), or NULL */
+	unsigned states;
+	double secs;          /* accept to the end of wait */
+	GThread *thread;
+} rpeer;
+
+/* Listens on 127.0.0.1 and receives into g in a thread; returns the port (g_free). */
+char *rpeer_start(rpeer *p, guest *g, uint32_t resume_deadline_ms);
+void rpeer_join(rpeer *p);
+void rpeer_free(rpeer *p);
+
+typedef struct run {
+	guest src, dst;
+	rpeer p;
+	cut_proxy px;
+	char *port, *pport;
+	tm_sender *s;
+	GError *err;
+	int r;
+	uint8_t *state;
+} run;
+
+/* Guests, the receiver (recv_deadline_ms: its resume_deadline_ms), the proxy, the sender with
+ * lc (NULL: none set). */
+void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms);
+int run_connect(run *t);            /* through the proxy; the error in t->err */
+int run_queue_all(run *t);          /* every page of the block, one bitmap */
+void run_end(run *t);
+
+/* Both sides returned 0, the copy is exact, the sender's phase is complete and the receiver
+ * applied every page once; *ss and *rs: the live statistics, for the caller's own checks. */
+void run_assert_complete(run *t, tm_live_stats *ss, tm_live_stats *rs);
