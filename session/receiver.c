@@ -405,6 +405,8 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 			tm_recv_plan_init(&r->chans[i].plan, r->hello.packet_size);
 			ret = tm_zrecv_setup(&r->chans[i], ack.features, r->hello.packet_size, error);
 			tm_drecv_setup(&r->chans[i], ack.features, r->hello.packet_size);
+			if (r->wire == TM_WIRE_VERSION_2)
+				tm_recv_state_setup(&r->chans[i], r->hello.packet_size);
 		}
 		if (ret >= 0 && ch->fd < 0)
 			continue; /* protocol 1: no control connection */

@@ -561,6 +561,8 @@ void tm_sender_state_free(tm_sender *s);
 int tm_receiver_load_state_names(tm_receiver *r, const tm_live_config *cfg, GError **error);
 /* Receiver worker: frames of the device-state part of a data channel (RAM_END, STATE) and the
  * order rules around them for the others (DATA, SYNC, END). Returns 0 or -errno. */
+/* The channel's device-state chunk buffer (packet_size), allocated once, at setup. */
+void tm_recv_state_setup(recv_chan *c, uint32_t packet_size);
 int tm_recv_state_frame(recv_chan *c, const tm_frame *f, GError **error);
 int tm_recv_state_gate(recv_chan *c, const tm_frame *f, GError **error);
 /* Receiver, under r->lock: the VMM has a state section (or the rest of one) to read. */

@@ -400,6 +400,16 @@ static int stopped(recv_chan *c, GError **error)
 	return -ECANCELED;
 }
 
+void tm_recv_state_setup(recv_chan *c, uint32_t packet_size)
+{
+	if (c->state_buf)
+		return;
+	/* Touched now, at setup: the chunks arrive inside the guest's downtime, and a fresh
+	 * buffer's first-touch page faults would be paid there (packet_size / 4096 of them). */
+	c->state_buf = g_malloc(packet_size);
+	memset(c->state_buf, 0, packet_size);
+}
+
 static int recv_chunk(recv_chan *c, const tm_frame *f, GError **error)
 {
 	tm_receiver *r = c->r;
@@ -431,8 +441,7 @@ static int recv_chunk(recv_chan *c, const tm_frame *f, GError **error)
 			       U64(h.chunk), h.section);
 		goto bad;
 	}
-	if (!c->state_buf)
-		c->state_buf = g_malloc(r->hello.packet_size);
+	tm_recv_state_setup(c, r->hello.packet_size); /* normally done at setup already */
 	if ((ret = tm_chan_recv(&c->ch, c->state_buf, h.data_len, error)) < 0)
 		return ret;
 	c->next_chunk += r->nch;
