@@ -152,9 +152,9 @@ static const char *const state_names[] = { "cpu0", "dev", NULL };
 
 static void state_fill(uint8_t *buf, size_t len, uint64_t seed)
 {
-	for (size_t i = 0; i < len; i++) {
+	for (size_t i = 0; i < len; i += sizeof(seed)) {
 		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		buf[i] = (uint8_t)(seed >> 56);
+		memcpy(buf + i, &seed, MIN(sizeof(seed), len - i));
 	}
 }
 
@@ -398,6 +398,7 @@ int cli_demo_live(const demo_live_opts *o)
 	    demo_receiver_open(&drecv, o->io, o->timeout_s, creds, &port, &error) < 0)
 		return cli_fail(error);
 	tm_receiver *receiver = drecv.receiver;
+	drecv.state_reserve = STATE_CPU_LEN + STATE_DEV_LEN;
 	tm_live_config rlc = { .size = sizeof(rlc), .state_names = state_names,
 			       .postcopy = postcopy, .uffd_user_mode_only = postcopy };
 	if (tm_receiver_set_live(receiver, &rlc, &error) < 0)
@@ -432,6 +433,10 @@ int cli_demo_live(const demo_live_opts *o)
 
 	g_autofree uint8_t *cpu_state = g_malloc(STATE_CPU_LEN);
 	g_autofree uint8_t *dev_state = g_malloc(STATE_DEV_LEN);
+	/* A VMM's device models live in memory it touched long before the pause: fault the
+	 * buffers in now, not inside the downtime. */
+	memset(cpu_state, 0, STATE_CPU_LEN);
+	memset(dev_state, 0, STATE_DEV_LEN);
 	const uint64_t state_total = STATE_CPU_LEN + STATE_DEV_LEN;
 
 	double t0 = cli_now();

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The demos' receiver thread (demo-receiver.h). */
+#include <string.h>
 #include <unistd.h>
 
 #include "demo-receiver.h"
@@ -21,20 +22,29 @@ static int read_sections(demo_receiver *d)
 	int rc;
 
 	while ((rc = tm_receiver_next_state(d->receiver, &info, &d->error)) == 1) {
-		g_autofree uint8_t *buf = g_malloc(info.length ? info.length : 1);
+		const bool in_arena = d->arena && info.length <= d->state_reserve - d->arena_used;
+		uint8_t *buf = in_arena ? d->arena + d->arena_used : g_malloc(info.length ? info.length : 1);
 
 		/* In pieces, as a device model would take them. */
 		for (uint64_t off = 0; off < info.length;) {
 			size_t n = (size_t)MIN(info.length - off, (uint64_t)(256 * 1024));
 
-			if ((rc = tm_receiver_read_state(d->receiver, buf + off, n, &d->error)) < 0)
+			if ((rc = tm_receiver_read_state(d->receiver, buf + off, n, &d->error)) < 0) {
+				if (!in_arena)
+					g_free(buf);
 				return rc;
+			}
 			off += n;
 		}
 		demo_state *s = g_new0(demo_state, 1);
 		s->name = g_strdup(info.name);
 		s->ok = !d->on_state || d->on_state(d->opaque, info.name, buf, info.length);
-		s->data = g_bytes_new_take(g_steal_pointer(&buf), info.length);
+		if (in_arena) {
+			s->data = g_bytes_new_static(buf, info.length); /* the arena outlives states */
+			d->arena_used += info.length;
+		} else {
+			s->data = g_bytes_new_take(buf, info.length);
+		}
 		g_ptr_array_add(d->states, s);
 	}
 	return rc;
@@ -62,6 +72,10 @@ gpointer demo_receiver_thread(gpointer data)
 	demo_receiver *d = data;
 
 	d->states = g_ptr_array_new_with_free_func(state_free);
+	if (d->state_reserve) {
+		d->arena = g_malloc(d->state_reserve);
+		memset(d->arena, 0, d->state_reserve);
+	}
 	d->rc = tm_receiver_accept(d->receiver, d->listen_fd, &d->error);
 	if (d->rc >= 0)
 		d->rc = tm_receiver_start(d->receiver, d->layout, d->tags, &d->error);
@@ -83,5 +97,6 @@ void demo_receiver_clear(demo_receiver *d)
 		close(d->listen_fd);
 	d->listen_fd = -1;
 	g_clear_pointer(&d->states, g_ptr_array_unref);
+	g_clear_pointer(&d->arena, g_free);
 	g_clear_error(&d->error);
 }

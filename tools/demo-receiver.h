@@ -30,6 +30,12 @@ typedef struct demo_receiver {
 	 * in postcopy the first call with phase TM_PHASE_POSTCOPY is the end of device state (the
 	 * guest may run). */
 	void (*on_sections_read)(void *opaque, tm_receiver *r);
+	/* Optional: bytes of device state to keep room for, touched before the migration (as a
+	 * destination VMM's device models are), so that reading it in the downtime does not pay
+	 * fresh memory's page faults; sections past it get memory of their own. */
+	size_t state_reserve;
+	uint8_t *arena;    /* state_reserve bytes (the thread's) */
+	size_t arena_used;
 	/* written by the thread, read after join */
 	int rc;
 	GError *error;
