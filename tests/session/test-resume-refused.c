@@ -78,6 +78,10 @@ static void old_epoch(uint8_t role)
 	g_test_message("resume_refused %" G_GUINT64_FORMAT, refused(&d));
 	g_assert_cmpuint(refused(&d), ==, 1);
 	close(taken);
+	/* Its thread may still be in tm_receiver_wait (the session is only paused): end it before
+	 * freeing the receiver under it. */
+	tm_receiver_cancel(d.r, "the test is over");
+	dest_join(&d, "old-epoch");
 	dest_close(&d, &w);
 }
 
