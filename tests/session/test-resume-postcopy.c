@@ -25,6 +25,7 @@
 #include "codec/codec.h"
 #include "cut-proxy.h"
 #include "session-fixture.h"
+#include "session/resume.h"
 #include "transport/transport.h"
 
 #define NCH 3u
@@ -161,6 +162,7 @@ typedef enum {
 	URG_NONE,
 	URG_SETUP_ACK, /* its HELLO_ACK is lost at setup (plaintext: found by its frame header) */
 	URG_IDLE,      /* while idle in precopy, between two rounds */
+	URG_SETUP_SEND, /* the receiver's send of its HELLO_ACK fails (test hook: TLS too) */
 } urg_cut;
 
 static int run_open(run *x, const tm_live_config *lc, bool vcpus, unsigned stride,
@@ -224,7 +226,14 @@ static int run_open(run *x, const tm_live_config *lc, bool vcpus, unsigned strid
 	g_assert_cmpint(tm_sender_set_live(x->s, lc, &err), ==, 0);
 	if (cut == URG_SETUP_ACK)
 		proxy_arm_frame(&x->px, URGENT_CONN, TM_MSG_HELLO_ACK, false);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	if (cut == URG_SETUP_SEND)
+		tm_setup_test_fail_ack(TM_SETUP_TEST_ACK_URGENT);
+#endif
 	x->ret = tm_sender_connect(x->s, "127.0.0.1", pport, &x->error);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	tm_setup_test_fail_ack(0); /* the receiver sent its HELLO_ACKs: connect() saw them */
+#endif
 	if (cut == URG_SETUP_ACK)
 		g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
 	if (x->ret < 0 || cut == URG_NONE)
@@ -294,8 +303,9 @@ static void run_free(run *x)
 	guest_fini(&x->d.g);
 }
 
-/* Completed bit-exact, one reconnect on each side, the vCPUs touched what they should. */
-static void assert_resumed(run *x)
+/* Completed bit-exact, one reconnect on each side, the vCPUs touched what they should; the
+ * proxy cut `cuts` times. */
+static void assert_resumed(run *x, unsigned cuts)
 {
 	g_assert_cmpint(x->ret, ==, 0);
 	g_assert_cmpint(x->d.ret, ==, 0);
@@ -310,7 +320,7 @@ static void assert_resumed(run *x)
 		       ", urgent %" G_GUINT64_FORMAT " bytes", x->px.fwd[0], x->px.fwd[1],
 		       x->px.fwd[2], x->px.fwd[3], x->px.fwd[4]);
 	g_mutex_unlock(&x->px.lock);
-	g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
+	g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, cuts);
 	uint64_t touched = 0;
 	for (unsigned i = 0; i < VCPUS; i++)
 		touched += x->d.v[i].touched;
@@ -350,7 +360,7 @@ static void cut_data(unsigned ch)
 	run_start(&x, &lc, 1u << 20, true, 2 * VCPUS);
 	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10);
 	run_join(&x);
-	assert_resumed(&x);
+	assert_resumed(&x, 1);
 	run_free(&x);
 }
 
@@ -399,7 +409,7 @@ static void test_cut_urgent(void)
 			x.d.error ? x.d.error->message : "running");
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
 	run_join(&x);
-	assert_resumed(&x);
+	assert_resumed(&x, 1);
 	run_free(&x);
 }
 
@@ -538,6 +548,12 @@ static void cut_before_switch(urg_cut cut)
 		g_test_skip("the proxy finds the HELLO_ACK by its plaintext frame header");
 		return;
 	}
+#if !(defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS)
+	if (cut == URG_SETUP_SEND) {
+		g_test_skip("needs -Dtest_hooks=true (a HELLO_ACK send that fails)");
+		return;
+	}
+#endif
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
 	if (run_open(&x, &lc, true, VCPUS, cut) < 0)
@@ -547,8 +563,14 @@ static void cut_before_switch(urg_cut cut)
 	await_vcpus(&x, "the switch (the urgent connection was cut before it)");
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
 	run_join(&x);
-	assert_resumed(&x);
+	assert_resumed(&x, cut == URG_SETUP_SEND ? 0 : 1); /* the hook cuts, not the proxy */
 	run_free(&x);
+}
+
+/* The receiver's send of the urgent HELLO_ACK fails (postcopy accepted): it goes on. */
+static void test_urgent_ack_send_fails(void)
+{
+	cut_before_switch(URG_SETUP_SEND);
 }
 
 static void test_urgent_setup_ack_lost(void)
@@ -693,6 +715,7 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/req-end-lost-refused", test_req_end_lost_refused, false },
 		{ "resume-postcopy/urgent-setup-ack-lost", test_urgent_setup_ack_lost, false },
 		{ "resume-postcopy/urgent-idle-cut", test_urgent_idle_cut, false },
+		{ "resume-postcopy/urgent-ack-send-fails", test_urgent_ack_send_fails, false },
 		{ "resume-postcopy/urgent-setup-ack-lost-off", test_urgent_setup_ack_lost_off, false },
 		{ "resume-postcopy/urgent-idle-cut-off", test_urgent_idle_cut_off, false },
 		{ "resume-postcopy/deadline-pauses", test_deadline_pauses, false },
