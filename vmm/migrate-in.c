@@ -69,41 +69,87 @@ static int missing_sections(unsigned got, GError **error)
  * pages the RUNNING vCPU may touch: with copy placement the page is present there and its tags
  * are not set yet (the window docs/aarch64.md describes, widened so that the guest meets it);
  * with move placement the page became present with its tags, and the delay changes nothing.
+ * --test-hold-bg: the guest (run --test-guest-hold-ms) leaves the lower half of its window
+ * alone until the port's hold register says go; this hook says go at the first background
+ * placement there, with the page's address, and only such placements are delayed: the guest's
+ * first access to that half lands on a page inside the widened window, unless the placement
+ * kept the vCPU out (the pause hook) or was atomic (move).
  */
 static unsigned delay_urgent_ms, delay_bg_ms;
+static vmm_runner *hold_runner;
+/* The lower half of the MTE guest's default window (vmm/guest: RAM + 4 MiB, 1 MiB). */
+#define HOLD_LO (VMM_RAM_BASE + (4ull << 20))
+#define HOLD_HI (HOLD_LO + (512ull << 10))
+
+/*
+ * The placement that released the hold stays open (present, its tags not set) until the guest
+ * has read the go, so that its next access, to this placement's first page, comes while it is
+ * open. At most 30 s. Says which.
+ */
+static const char *hold_open(vmm_runner *r)
+{
+	gint64 end = g_get_monotonic_time() + 30 * G_TIME_SPAN_SECOND;
+	while (g_get_monotonic_time() < end) {
+		if (__atomic_load_n(&r->hold_seen, __ATOMIC_ACQUIRE))
+			return "the guest read the go while the placement is open";
+		g_usleep(1000);
+	}
+	return "the guest did not read the go within 30 s";
+}
 
 static void place_delay(tm_place_point point, unsigned block, uint64_t page, uint32_t npages,
 			void *opaque)
 {
 	char name[16] = "";
 	(void)block;
-	(void)page;
-	(void)npages;
 	(void)opaque;
 	if (point != TM_PLACE_COPIED || prctl(PR_GET_NAME, name) != 0)
 		return;
-	if (strcmp(name, "tm-recv-urgent") == 0)
+	if (strcmp(name, "tm-recv-urgent") == 0) {
 		g_usleep((gulong)delay_urgent_ms * 1000);
-	else if (g_str_has_prefix(name, "tm-recv-") && g_ascii_isdigit(name[8]))
+	} else if (g_str_has_prefix(name, "tm-recv-") && g_ascii_isdigit(name[8])) {
+		uint64_t ipa0 = VMM_RAM_BASE + page * VMM_PAGE, ipa1 = ipa0 + npages * VMM_PAGE;
+		if (hold_runner) {
+			if (ipa1 <= HOLD_LO || ipa0 >= HOLD_HI)
+				return; /* only the held half's placements are widened */
+			uint64_t at = MAX(ipa0, HOLD_LO), none = 0;
+			if (__atomic_compare_exchange_n(&hold_runner->hold_reg, &none, at, false,
+							__ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+				printf("vmm: TEST HOOK: background placement of 0x%" PRIx64 "..0x%" PRIx64
+				       " (%s): the guest's hold released at 0x%" PRIx64 "\n", ipa0,
+				       ipa1, name, at);
+				printf("vmm: TEST HOOK: %s\n", hold_open(hold_runner));
+			}
+		}
 		g_usleep((gulong)delay_bg_ms * 1000);
+	}
 }
 #endif
 
-static void set_place_delay(unsigned ms, unsigned bg_ms)
+static void set_place_delay(unsigned ms, unsigned bg_ms, vmm_runner *hold)
 {
-	if (!ms && !bg_ms)
+	if (!ms && !bg_ms && !hold)
 		return;
 #if VMM_TEST_HOOKS && defined(VMM_CORE_HOOKS)
 	if (ms)
 		printf("vmm: TEST HOOK: %u ms between a requested page's data and its tags\n", ms);
 	if (bg_ms)
-		printf("vmm: TEST HOOK: %u ms after a background page's placement (copy: before its "
-		       "tags) while the guest runs\n", bg_ms);
+		printf("vmm: TEST HOOK: %u ms after a%s background page's placement (copy: before "
+		       "its tags) while the guest runs\n", bg_ms,
+		       hold ? " held-half" : "");
+	if (hold) {
+		printf("vmm: TEST HOOK: the guest's hold register says go at the first background "
+		       "placement in 0x%llx..0x%llx\n", HOLD_LO, HOLD_HI);
+		__atomic_store_n(&hold->hold_reg, 0, __ATOMIC_RELEASE);
+	}
 	delay_urgent_ms = ms;
 	delay_bg_ms = bg_ms;
+	hold_runner = hold;
 	tm_place_set_test_hook(place_delay, NULL);
 #else
-	printf("vmm: --test-place-delay-ms needs the static core with test hooks: ignored\n");
+	(void)hold;
+	printf("vmm: --test-place-delay-ms and --test-hold-bg need the static core with test "
+	       "hooks: ignored\n");
 #endif
 }
 
@@ -169,9 +215,21 @@ static void print_received(tm_receiver *rcv, bool postcopy, uint64_t from)
 		       ls.moved_pages, ls.copied_pages, ls.background_nonatomic_pages);
 }
 
+/* The runner lives on the heap: a vCPU left blocked in postcopy keeps using it (vmm.h). */
+static void runner_free(vmm_runner *r)
+{
+	if (!r)
+		return;
+	vmm_runner_clear(r);
+	g_free(r);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(vmm_runner, runner_free)
+
 int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 {
 	g_autoptr(vmm_vm) vm = NULL;
+	/* declared before the receiver: freed after it, whose placers' test hook may use it */
+	g_autoptr(vmm_runner) r = NULL;
 	g_autoptr(tm_ram_layout) layout = NULL;
 	g_autoptr(tm_tag_store) store = NULL;
 	g_autoptr(tm_receiver) rcv = NULL;
@@ -184,6 +242,9 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 	 * userfaultfd (MISSING) at the switch, and a page the vCPU touches then faults in. */
 	if ((ret = vmm_vm_new(cfg->ram_size, &vm, error)) < 0)
 		return ret;
+	r = g_new0(vmm_runner, 1);
+	vmm_runner_init(r, vm);
+	r->verbose = cfg->verbose;
 	tm_kvm_mte_config kc = { .vm_fd = vm->vm_fd };
 	if ((ret = tm_ram_layout_new(&layout)) < 0 ||
 	    (ret = tm_ram_layout_add_block(layout, VMM_BLOCK_NAME, vm->ram, vm->ram_size, VMM_PAGE,
@@ -196,7 +257,7 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 		return ret;
 	if ((ret = receiver_new(cfg, &rcv, error)) < 0)
 		return ret;
-	set_place_delay(cfg->place_delay_ms, cfg->place_delay_bg_ms);
+	set_place_delay(cfg->place_delay_ms, cfg->place_delay_bg_ms, cfg->hold_bg ? r : NULL);
 	lfd = tm_listen(cfg->host, cfg->port, &port, error);
 	if (lfd < 0)
 		return lfd;
@@ -207,10 +268,6 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 	if (ret < 0 || (ret = tm_receiver_start(rcv, layout, store, error)) < 0)
 		return ret;
 
-	/* on the heap: a vCPU left blocked in postcopy (below) keeps using it */
-	vmm_runner *r = g_new0(vmm_runner, 1);
-	vmm_runner_init(r, vm);
-	r->verbose = cfg->verbose;
 	unsigned got = 0, nread;
 	bool started = false, complete = false;
 	uint64_t from = 0, seen = 0; /* the port as it arrived: the pass the source paused after */
@@ -267,14 +324,12 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 		(void)g_steal_pointer(&rcv);
 		(void)g_steal_pointer(&store);
 		(void)g_steal_pointer(&layout);
+		(void)g_steal_pointer(&r);
 		(void)g_steal_pointer(&vm);
 		return ret;
 	}
-	if (ret < 0) {
-		vmm_runner_clear(r);
-		g_free(r);
+	if (ret < 0)
 		return ret; /* the guest is never resumed on a failed migration */
-	}
 	if (!started) {
 		from = r->port.last_pass;
 		seen = r->port.passes;
@@ -306,7 +361,5 @@ int vmm_migrate_in(const vmm_in_config *cfg, bool *ret_stuck, GError **error)
 			       from + 1, now, from);
 		}
 	}
-	vmm_runner_clear(r);
-	g_free(r);
 	return ret;
 }

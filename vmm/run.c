@@ -12,6 +12,9 @@
  * returns EINTR. Before it waits, the thread completes an MMIO access the guest had in flight
  * (on arm64 the PC moves past a store only at the next KVM_RUN) with one more KVM_RUN under
  * immediate_exit, so the registers read after the pause are the ones to resume from.
+ *
+ * Reads of the port: the hold register at +8 (VMM_PORT_HOLD; the MTE guest's hold_ms) answers
+ * ->hold_reg, everything else 0.
  */
 #include <errno.h>
 #include <signal.h>
@@ -30,6 +33,7 @@ void vmm_runner_init(vmm_runner *r, vmm_vm *vm)
 	memset(r, 0, sizeof(*r));
 	r->vm = vm;
 	r->port.line = g_string_new(NULL);
+	r->hold_reg = 1;
 	g_mutex_init(&r->lock);
 	g_cond_init(&r->cond);
 }
@@ -61,7 +65,7 @@ static void port_line(vmm_runner *r, const char *line)
 	}
 	printf("guest: %s\n", line);
 	if (g_str_has_prefix(line, "tmguest:") || g_str_has_prefix(line, "selftest:") ||
-	    g_str_has_prefix(line, "done "))
+	    g_str_has_prefix(line, "hold:") || g_str_has_prefix(line, "done "))
 		return;
 	if (!p->failed) {
 		p->failed = true;
@@ -97,10 +101,18 @@ static int handle_exit(vmm_runner *r)
 						 (unsigned long long)run->mmio.phys_addr);
 			return -EFAULT;
 		}
-		if (run->mmio.is_write)
+		if (run->mmio.is_write) {
 			port_write(r, run->mmio.data[0]);
-		else
+		} else if (run->mmio.phys_addr == VMM_PORT_BASE + VMM_PORT_HOLD) {
+			/* the hold register (hold_ms of the MTE guest), little-endian */
+			uint64_t v = __atomic_load_n(&r->hold_reg, __ATOMIC_ACQUIRE);
+			if (v)
+				__atomic_fetch_add(&r->hold_seen, 1, __ATOMIC_RELEASE);
+			for (unsigned i = 0; i < sizeof(run->mmio.data); i++)
+				run->mmio.data[i] = i < run->mmio.len ? (uint8_t)(v >> (8 * i)) : 0;
+		} else {
 			memset(run->mmio.data, 0, sizeof(run->mmio.data));
+		}
 		return 0;
 	case KVM_EXIT_SYSTEM_EVENT:
 		if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN) {

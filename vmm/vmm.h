@@ -36,6 +36,7 @@
 #define VMM_RAM_BASE 0x40000000ull  /* guest-physical base of RAM (QEMU virt's) */
 #define VMM_PORT_BASE 0x09000000ull /* the MMIO test port: one page, no memslot */
 #define VMM_PORT_SIZE 0x1000ull
+#define VMM_PORT_HOLD 8ull         /* the port's hold register (vmm/guest/guest-params.h) */
 #define VMM_LOAD_ADDR 0x40200000ull /* where the flat guest image goes */
 #define VMM_BLOCK_NAME "mach-virt.ram"
 #define VMM_PAGE 4096ull
@@ -80,6 +81,10 @@ typedef struct vmm_runner {
 	bool quit;       /* end the thread */
 	int error;       /* -errno of a failed KVM_RUN or an unexpected exit */
 	char *why;       /* how the vCPU thread ended */
+	/* any thread, atomic: the test port's hold register (port + 8, the MTE guest's hold_ms):
+	 * 0 holds the guest, anything else lets it go; 1 unless a test hook holds it */
+	uint64_t hold_reg;
+	uint64_t hold_seen; /* reads of it that answered go (atomic) */
 } vmm_runner;
 
 /* vm.c */
@@ -97,9 +102,10 @@ size_t vmm_reg_size(uint64_t id);
 int vmm_vm_copy_tags(vmm_vm *vm, uint64_t ipa, uint64_t len, uint8_t *tags, bool from_guest,
 		     GError **error);
 
-/* image.c: copies the image to VMM_LOAD_ADDR, fills its parameter block if it has one, and sets
- * PC, PSTATE (EL1h, interrupts masked) and X0 (the parameter block's IPA). */
-int vmm_image_load(vmm_vm *vm, const char *path, GError **error);
+/* image.c: copies the image to VMM_LOAD_ADDR, fills its parameter block if it has one (hold_ms:
+ * the MTE guest's field of that name, 0 normally), and sets PC, PSTATE (EL1h, interrupts masked)
+ * and X0 (the parameter block's IPA). */
+int vmm_image_load(vmm_vm *vm, const char *path, uint32_t hold_ms, GError **error);
 
 /* run.c */
 void vmm_runner_init(vmm_runner *r, vmm_vm *vm);
@@ -171,6 +177,9 @@ typedef struct vmm_in_config {
 	unsigned place_delay_ms; /* test hook: sleep between a page's data and its tags */
 	unsigned place_delay_bg_ms; /* test hook: the same for background pages (the data
 	                             * channels' placers), while the guest runs */
+	bool hold_bg;           /* test hook: the guest's hold register (run --test-guest-hold-ms)
+	                         * says go at the first background placement in the lower half of
+	                         * its window, and only those are delayed (place_delay_bg_ms) */
 } vmm_in_config;
 /* Receives the guest and runs it: 0, or -errno. *ret_stuck (on a failure): the vCPU was started in
  * postcopy and may wait on a page that never comes; the caller must leave with _exit(), without
