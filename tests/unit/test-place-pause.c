@@ -47,7 +47,7 @@ typedef struct fixture {
 	_Atomic bool vcpu_woken;
 	_Atomic int woken_at_resume;  /* resumes that found the vCPU already running */
 	int pause_ret;                /* what the pause hook returns */
-	unsigned pause_sleep_us, resume_sleep_us;
+	unsigned pause_sleep_us, resume_sleep_us, set_sleep_us;
 } fixture;
 
 /* ---- the page-resident stand-in: tags beside the page, set once the page is present ---- */
@@ -77,6 +77,7 @@ static int r_set(tm_tag_store *store, unsigned block, uint64_t offset, uint64_t 
 	if (!atomic_load(&fx->paused))
 		atomic_fetch_add(&fx->sets_unpaused, 1);
 	memcpy(fx->tags + offset / TM_TAG_GRANULE, buf, length / TM_TAG_GRANULE);
+	g_usleep(fx->set_sleep_us); /* a placement that takes a while, as KVM's does */
 	return 0;
 }
 
@@ -305,6 +306,7 @@ static void test_threads(void)
 	if (!setup(&fx, false, true))
 		return;
 	fx.pause_sleep_us = 30000; /* the others arrive while the first pause is under way */
+	fx.set_sleep_us = 50000;   /* and join it while the first batch places */
 	for (unsigned round = 0; round < 3; round++) {
 		pthread_barrier_t start;
 		pthread_barrier_init(&start, NULL, 4);
