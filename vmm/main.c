@@ -196,7 +196,7 @@ static int cmd_incoming(int argc, char **argv)
 	g_autofree char *listen = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64;
 	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE, die_at_state = FALSE;
-	gboolean no_postcopy = FALSE, hold_bg = FALSE;
+	gboolean no_postcopy = FALSE, hold_bg = FALSE, no_pause = FALSE, force_copy = FALSE;
 	gint place_delay = 0, place_delay_bg = 0;
 	GOptionEntry entries[] = {
 		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
@@ -212,6 +212,8 @@ static int cmd_incoming(int argc, char **argv)
 		{ "test-place-delay-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay, "test hook", "MS" },
 		{ "test-place-delay-bg-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay_bg, "test hook", "MS" },
 		{ "test-hold-bg", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &hold_bg, "test hook", NULL },
+		{ "test-no-pause", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &no_pause, "test mutation", NULL },
+		{ "test-force-copy", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &force_copy, "test hook", NULL },
 #endif
 		{ NULL },
 	};
@@ -228,7 +230,8 @@ static int cmd_incoming(int argc, char **argv)
 			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls,
 			     .die_at_state = die_at_state, .no_postcopy = no_postcopy,
 			     .place_delay_ms = (unsigned)place_delay,
-			     .place_delay_bg_ms = (unsigned)place_delay_bg, .hold_bg = hold_bg };
+			     .place_delay_bg_ms = (unsigned)place_delay_bg, .hold_bg = hold_bg,
+			     .no_pause = no_pause, .force_copy = force_copy };
 	g_autoptr(GError) err = NULL;
 	bool stuck;
 	if (vmm_migrate_in(&ic, &stuck, &err) < 0) {

@@ -76,6 +76,10 @@ typedef struct vmm_runner {
 	bool pause_req;  /* the migration thread wants the vCPU out of KVM_RUN */
 	bool pause_at_pass; /* ... as soon as the guest reported its next pass (the vCPU thread
 			     * sets pause_req then) */
+	bool hold;       /* a postcopy placement wants the vCPU out of KVM_RUN (vmm_runner_hold) */
+	bool launched;   /* the thread was created (set under the lock with it) */
+	int tid;         /* the vCPU thread's id, once it runs (0 before) */
+	uint64_t holds, holds_blocked; /* vmm_runner_hold() calls; of those, bound expired */
 	bool paused;     /* the vCPU thread is out of KVM_RUN and waits */
 	bool stopped;    /* the vCPU thread ended (guest off, failure, or asked to) */
 	bool quit;       /* end the thread */
@@ -121,6 +125,18 @@ int vmm_runner_pause(vmm_runner *r, GError **error);
  * so that the first thing it does on resuming is the next pass, and waits until it is: 0, or
  * -errno if the guest failed or the thread ended first. */
 int vmm_runner_pause_at_pass(vmm_runner *r, GError **error);
+/*
+ * Postcopy's pause hook (tm_live_config.vcpu_pause, migrate-in.c): asks the vCPU out of KVM_RUN
+ * (immediate_exit and SIGUSR1) and waits until it is parked or stopped, or it is blocked in a
+ * userfault: its thread sleeps in handle_userfault (/proc/self/task/TID/wchan) or bound_ms
+ * passed (it cannot leave KVM_RUN before its page is woken, which comes after
+ * vmm_runner_unhold()); it stays asked, so it parks when it leaves. A vCPU not
+ * started yet parks when it starts. Returns whether the bound expired. Any thread, one at a
+ * time (the engine calls pause and resume alternately).
+ */
+bool vmm_runner_hold(vmm_runner *r, unsigned bound_ms);
+/* Ends a hold: the vCPU runs again. */
+void vmm_runner_unhold(vmm_runner *r);
 /* Lets a paused vCPU run again (a migration that failed before the destination had everything):
  * returns whether it was paused. The registers are the ones the pause left, so the guest goes
  * on where it stopped. */
@@ -177,6 +193,9 @@ typedef struct vmm_in_config {
 	unsigned place_delay_ms; /* test hook: sleep between a page's data and its tags */
 	unsigned place_delay_bg_ms; /* test hook: the same for background pages (the data
 	                             * channels' placers), while the guest runs */
+	bool no_pause;          /* test mutation: no vCPU pause around background copies */
+	bool force_copy;        /* test hook: lend the engine a userfaultfd without
+	                         * UFFD_FEATURE_MOVE (placement by copy on 6.8+ too) */
 	bool hold_bg;           /* test hook: the guest's hold register (run --test-guest-hold-ms)
 	                         * says go at the first background placement in the lower half of
 	                         * its window, and only those are delayed (place_delay_bg_ms) */
