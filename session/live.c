@@ -94,6 +94,11 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 			    "live config: delta_policy %u (0 auto, 1 always)", c.delta_policy);
 		return -EINVAL;
 	}
+	if (!c.vcpu_pause != !c.vcpu_resume) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "live config: vcpu_pause and vcpu_resume go together (one is NULL)");
+		return -EINVAL;
+	}
 	c.state_names = NULL; /* the receiver copies them (state.c); never kept borrowed */
 	if (!c.uffd_borrow)
 		c.uffd = -1; /* meaningful only when borrowed (tm_pc_recv_setup() takes it) */

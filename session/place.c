@@ -36,6 +36,7 @@ struct tm_placer {
 	place_block *blocks;
 	uint8_t *zero_buf; /* ZERO_BUF_LEN zero bytes, page-resident stores only */
 	tm_place_atomic *atomic; /* place-atomic.c: NULL, placement by copy */
+	tm_place_pause *pause;   /* place-pause.c: NULL, background copies never pause */
 	char copy_reason[192];   /* why copy when atomic is NULL */
 	/* statistics, relaxed atomics */
 	_Atomic uint64_t placed, zeropage, duplicates, copied, nonatomic;
@@ -118,7 +119,16 @@ void tm_placer_free(tm_placer *p)
 	g_free(p->blocks);
 	g_free(p->zero_buf);
 	tm_place_atomic_free(p->atomic);
+	tm_place_pause_free(p->pause);
 	g_free(p);
+}
+
+void tm_placer_set_pause(tm_placer *p, int (*pause)(void *opaque), void (*resume)(void *opaque),
+			 void *opaque)
+{
+	/* only where a copy exposes a page before its tags: a page-resident store with tags */
+	if (pause && resume && p->tags && !p->tags_first && !p->pause)
+		p->pause = tm_place_pause_new(pause, resume, opaque);
 }
 
 void tm_placer_probe_atomic(tm_placer *p, uint64_t uffd_features, unsigned threads)
@@ -197,9 +207,27 @@ static int copy_zero(tm_placer *p, uint8_t *dst, uint64_t len, uint64_t *ret_don
 	return 0;
 }
 
-/* Places pages [page, page + n) of block bi, all claimed by this call, all zero or none. */
+/* Wakes the threads blocked on pages [page, page + n) of block bi (their data and tags set). */
+static int wake_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, GError **error)
+{
+	place_block *b = &p->blocks[bi];
+	uint64_t off = page * b->page_size;
+	int r = tm_uffd_wake(p->uffd, b->host + off, (uint64_t)n * b->page_size, error);
+	if (r < 0) {
+		g_prefix_error(error, "place: block '%s', offset 0x%" PRIx64 ": ", b->name, off);
+		return r;
+	}
+	HOOK(TM_PLACE_WOKEN, bi, page, n);
+	return 0;
+}
+
+/*
+ * Places pages [page, page + n) of block bi, all claimed by this call, all zero or none, and
+ * wakes their waiters unless !wake (the caller wakes them: after a pause's resume). exposed:
+ * background pages a running vCPU may meet before their tags if placed by copy (statistics).
+ */
 static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const uint8_t *data,
-		     bool zero, const uint8_t *tags, bool background, GError **error)
+		     bool zero, const uint8_t *tags, bool exposed, bool wake, GError **error)
 {
 	place_block *b = &p->blocks[bi];
 	uint64_t off = page * b->page_size, len = (uint64_t)n * b->page_size, done = 0;
@@ -251,7 +279,7 @@ static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const
 	if (cn) {
 		atomic_fetch_add_explicit(&p->copied, cn, memory_order_relaxed);
 		/* A running vCPU may meet these between the copy and the tags (the window). */
-		if (background && p->tags && !p->tags_first)
+		if (exposed && p->tags && !p->tags_first)
 			atomic_fetch_add_explicit(&p->nonatomic, cn, memory_order_relaxed);
 	}
 	HOOK(TM_PLACE_COPIED, bi, page, n);
@@ -263,13 +291,7 @@ static int place_sub(tm_placer *p, unsigned bi, uint64_t page, uint32_t n, const
 	atomic_fetch_add_explicit(&p->placed, n, memory_order_relaxed);
 	HOOK(TM_PLACE_PRESENT, bi, page, n);
 	/* Only now may a thread blocked on the range run: data and tags are both there. */
-	r = tm_uffd_wake(p->uffd, dst, len, error);
-	if (r < 0) {
-		g_prefix_error(error, "place: block '%s', offset 0x%" PRIx64 ": ", b->name, off);
-		return r;
-	}
-	HOOK(TM_PLACE_WOKEN, bi, page, n);
-	return 0;
+	return wake ? wake_sub(p, bi, page, n, error) : 0;
 }
 
 int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
@@ -300,6 +322,21 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 	if (dups)
 		atomic_fetch_add_explicit(&p->duplicates, dups, memory_order_relaxed);
 
+	/*
+	 * A background run placed by copy into a page-resident store is present before its tags:
+	 * with the VMM's pause hook the vCPUs stay out for the whole run, and its waiters are woken
+	 * only after the resume (a woken vCPU could otherwise run into a page of the run that has
+	 * no tags yet). Never for a run a vCPU waits on by request: its own page must not wait for
+	 * a pause, which may be waiting for that very vCPU.
+	 */
+	bool background = !run->requested && run->t_fault_us == 0;
+	bool pausing = background && p->pause && run->tags && dups < run->npages &&
+		       !tm_place_atomic_on(p->atomic, NULL, 0);
+	bool paused = pausing && tm_place_pause_begin(p->pause);
+	g_autofree uint32_t *woken = paused ? g_new(uint32_t, 2 * (size_t)run->npages) : NULL;
+	uint32_t nsubs = 0;
+	int ret = 0;
+
 	for (uint32_t i = 0; i < run->npages;) {
 		if (!mine[i]) {
 			i++;
@@ -309,15 +346,30 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
 		uint32_t j = i + 1;
 		while (j < run->npages && mine[j] && (run->zero && run->zero[j]) == zero)
 			j++;
-		int r = place_sub(p, run->block, run->first_page + i, j - i,
-				  run->data + (size_t)i * b->page_size, zero,
-				  run->tags ? run->tags + (size_t)i * granules : NULL,
-				  !run->requested && run->t_fault_us == 0, error);
-		if (r < 0)
-			return r;
+		ret = place_sub(p, run->block, run->first_page + i, j - i,
+				run->data + (size_t)i * b->page_size, zero,
+				run->tags ? run->tags + (size_t)i * granules : NULL,
+				background && !paused, !paused, error);
+		if (ret < 0)
+			break;
+		if (paused) {
+			woken[2 * nsubs] = i;
+			woken[2 * nsubs++ + 1] = j - i;
+		}
 		placed += j - i;
 		i = j;
 	}
+	if (pausing)
+		tm_place_pause_end(p->pause);
+	/* After the resume: the sub-runs placed (also when a later one failed: they are whole). */
+	for (uint32_t k = 0; k < nsubs; k++) {
+		int w = wake_sub(p, run->block, run->first_page + woken[2 * k], woken[2 * k + 1],
+				 ret < 0 ? NULL : error);
+		if (w < 0 && ret == 0)
+			ret = w;
+	}
+	if (ret < 0)
+		return ret;
 	/* The fault is closed by the call that placed pages of it, not by one that found them taken. */
 	if (run->t_fault_us > 0 && placed > 0) {
 		int64_t dt = g_get_monotonic_time() - run->t_fault_us;
@@ -347,6 +399,8 @@ void tm_placer_get_stats(tm_placer *p, tm_place_stats *ret)
 		.background_nonatomic_pages = atomic_load_explicit(&p->nonatomic,
 								   memory_order_relaxed),
 	};
+	tm_place_pause_stats(p->pause, &ret->paused_batches, &ret->pause_us,
+			     &ret->pause_failures);
 	uint64_t zp;
 	tm_place_atomic_counts(p->atomic, &ret->moved_pages, &zp);
 	ret->zeropage_pages += zp;

@@ -111,6 +111,17 @@ int tm_placer_place(tm_placer *p, const tm_place_run *run, uint32_t *ret_placed,
  */
 void tm_placer_probe_atomic(tm_placer *p, uint64_t uffd_features, unsigned threads);
 
+/*
+ * At the registration barrier, optional: tm_live_config.vcpu_pause / vcpu_resume (opaque) around
+ * background placement by copy into a page-resident store (docs/design/postcopy-move.md): a
+ * tm_placer_place() of a background run (neither requested nor with t_fault_us) that places by
+ * copy calls pause first (place-pause.c: counted across placer threads), sets data and tags,
+ * calls resume, and only then wakes the run's waiters. Runs placed by move, requested runs, and
+ * side-array or tag-less placers never pause. Call once, before any placer runs.
+ */
+void tm_placer_set_pause(tm_placer *p, int (*pause)(void *opaque), void (*resume)(void *opaque),
+			 void *opaque);
+
 /* Records a fault latency closed elsewhere (e.g. by the fault thread's present -> WAKE path). */
 void tm_placer_record_latency(tm_placer *p, uint64_t us);
 
@@ -126,6 +137,9 @@ typedef struct tm_place_stats {
 	uint64_t copied_pages;    /* placed by UFFDIO_COPY (or ZEROPAGE in copy mode) */
 	uint64_t background_nonatomic_pages; /* of those, background pages of a page-resident
 	                                      * store: present before their tags while vCPUs run */
+	uint64_t paused_batches;  /* background runs placed by copy with the vCPUs paused */
+	uint64_t pause_us;        /* pause called -> resume returned, summed */
+	uint64_t pause_failures;  /* pause calls that failed (their runs placed unpaused) */
 } tm_place_stats;
 
 /* A snapshot of the counters. Any thread. */
@@ -160,6 +174,21 @@ void tm_place_atomic_counts(tm_place_atomic *a, uint64_t *ret_moved, uint64_t *r
 int tm_place_atomic_sub(tm_place_atomic *a, unsigned bi, uint8_t *host, uint64_t page,
 			uint32_t n, uint32_t ps, const uint8_t *data, bool zero, const uint8_t *tags,
 			uint32_t *ret_done, GError **error);
+
+/* place-pause.c, for place.c: the refcounted pause around background batches. */
+typedef struct tm_place_pause tm_place_pause;
+tm_place_pause *tm_place_pause_new(int (*pause)(void *opaque), void (*resume)(void *opaque),
+				   void *opaque);
+void tm_place_pause_free(tm_place_pause *pp);
+/* A batch begins: the first of those in flight calls pause (others wait until it returned).
+ * true: the vCPUs are paused for it; false: that pause failed, place it unpaused. Then always
+ * tm_place_pause_end(). Any placer thread. */
+bool tm_place_pause_begin(tm_place_pause *pp);
+/* The batch ended (its data and tags set, its waiters not woken yet): the last of those in
+ * flight calls resume, if its pause succeeded. */
+void tm_place_pause_end(tm_place_pause *pp);
+void tm_place_pause_stats(tm_place_pause *pp, uint64_t *ret_batches, uint64_t *ret_us,
+			  uint64_t *ret_failures);
 
 typedef void (*tm_place_hook)(tm_place_point point, unsigned block, uint64_t page,
 			      uint32_t npages, void *opaque);

@@ -328,6 +328,9 @@ static int register_locked(tm_receiver *r, GError **error)
 		return ret;
 	/* Placer threads: the data channels' workers and the urgent connection's. */
 	tm_placer_probe_atomic(placer, pc->uffd_features, r->nch + 1);
+	/* The VMM's vCPU pause around background copies (used only where placement is by copy). */
+	tm_placer_set_pause(placer, r->live.vcpu_pause, r->live.vcpu_resume,
+			    r->live.vcpu_pause_opaque);
 	for (unsigned b = 0; b < r->hello.block_count; b++) {
 		uint64_t np = r->hello.blocks[b].npages;
 		for (uint64_t w = 0; w < (np + 63) / 64; w++) {
@@ -749,6 +752,9 @@ void tm_pc_recv_stats(tm_receiver *r, tm_live_stats *st)
 		st->moved_pages = ps.moved_pages;
 		st->copied_pages = ps.copied_pages;
 		st->background_nonatomic_pages = ps.background_nonatomic_pages;
+		st->paused_batches = ps.paused_batches;
+		st->pause_us = ps.pause_us;
+		st->pause_failures = ps.pause_failures;
 		g_strlcpy(st->placement_reason, ps.reason, sizeof(st->placement_reason));
 	}
 }

@@ -2,7 +2,9 @@
 /*
  * Loading a flat guest image: copied to VMM_LOAD_ADDR in guest RAM; when it carries the MTE test
  * guest's parameter block (vmm/guest/guest-params.h: magic "TMGUEST1" at offset 8), the VMM fills
- * in where RAM and the report port are and that the guest powers off through PSCI HVC. The vCPU
+ * in where RAM and the report port are and that the guest powers off through PSCI HVC (and, for
+ * a test, hold_ms: the guest holds off part of its window until the port's hold register says
+ * go, run.c). The vCPU
  * then starts at the image's first byte at EL1h, interrupts masked, X0 = the block's address.
  */
 #include <errno.h>
@@ -22,6 +24,7 @@
 #define P_PORT 32
 #define P_PASSES 56
 #define P_STOP 80
+#define P_HOLD_MS 84
 #define P_MIN_SIZE 88
 #define STOP_HVC 1
 
@@ -41,7 +44,7 @@ static uint64_t get64(const uint8_t *p)
 	return v;
 }
 
-int vmm_image_load(vmm_vm *vm, const char *path, GError **error)
+int vmm_image_load(vmm_vm *vm, const char *path, uint32_t hold_ms, GError **error)
 {
 	g_autofree char *img = NULL;
 	gsize len = 0;
@@ -76,6 +79,13 @@ int vmm_image_load(vmm_vm *vm, const char *path, GError **error)
 		put64(p + P_PASSES, 0); /* forever: the VMM decides when to stop */
 		p[P_STOP] = STOP_HVC;
 		p[P_STOP + 1] = p[P_STOP + 2] = p[P_STOP + 3] = 0;
+		for (int i = 0; i < 4; i++)
+			p[P_HOLD_MS + i] = (uint8_t)(hold_ms >> (8 * i));
+	} else if (hold_ms) {
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "guest image %s: no parameter block of the MTE test guest, which a hold "
+			    "needs", path);
+		return -EINVAL;
 	}
 	uint64_t pc = VMM_LOAD_ADDR, x0 = VMM_LOAD_ADDR + PARAMS_OFFSET;
 	uint64_t pstate = 0x3c5; /* EL1h, D, A, I and F masked */

@@ -116,7 +116,7 @@ static int cmd_run(int argc, char **argv)
 {
 	g_autofree char *guest = NULL, *to = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64, max_downtime = 300, after = 1, channels = 2, rounds = 30;
-	gint postcopy_after = -1, max_bandwidth = 0;
+	gint postcopy_after = -1, max_bandwidth = 0, hold_ms = 0;
 	gboolean tag_pattern = FALSE, verbose = FALSE, skip_final = FALSE;
 	GOptionEntry entries[] = {
 		{ "guest", 0, 0, G_OPTION_ARG_FILENAME, &guest, "flat guest image, loaded at 0x40200000", "IMAGE" },
@@ -134,6 +134,7 @@ static int cmd_run(int argc, char **argv)
 		{ "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "print every guest line, passes too", NULL },
 #if VMM_TEST_HOOKS
 		{ "test-skip-final-round", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &skip_final, "test mutation", NULL },
+		{ "test-guest-hold-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &hold_ms, "test hook: the MTE guest's hold_ms", "MS" },
 #endif
 		{ NULL },
 	};
@@ -143,7 +144,7 @@ static int cmd_run(int argc, char **argv)
 	if (postcopy_after >= 0 && !to)
 		usage_exit("%s", "--postcopy-after needs --migrate-to");
 	if (passes < 1 || after < 0 || max_downtime < 1 || channels < 1 || channels > 64 || rounds < 1 ||
-	    max_bandwidth < 0)
+	    max_bandwidth < 0 || hold_ms < 0)
 		usage_exit("%s", "--passes, --max-rounds and --max-downtime must be at least 1, "
 				 "--migrate-after and --max-bandwidth at least 0, --channels 1..64");
 
@@ -151,7 +152,7 @@ static int cmd_run(int argc, char **argv)
 	g_autoptr(vmm_vm) vm = NULL;
 	if (vmm_vm_new(ram_bytes(ram_mib), &vm, &err) < 0)
 		return fail("creating the VM", err);
-	if (vmm_image_load(vm, guest, &err) < 0)
+	if (vmm_image_load(vm, guest, (uint32_t)hold_ms, &err) < 0)
 		return fail("loading the guest", err);
 	if (tag_pattern && vmm_tag_pattern_write(vm, &err) < 0)
 		return fail("--tag-pattern", err);
@@ -195,7 +196,7 @@ static int cmd_incoming(int argc, char **argv)
 	g_autofree char *listen = NULL, *tls = NULL;
 	gint passes = 3, ram_mib = 64;
 	gboolean check = FALSE, verbose = FALSE, no_tags = FALSE, die_at_state = FALSE;
-	gboolean no_postcopy = FALSE;
+	gboolean no_postcopy = FALSE, hold_bg = FALSE, no_pause = FALSE, force_copy = FALSE;
 	gint place_delay = 0, place_delay_bg = 0;
 	GOptionEntry entries[] = {
 		{ "listen", 0, 0, G_OPTION_ARG_STRING, &listen, "where tagmig-vmm run --migrate-to connects", "HOST:PORT" },
@@ -210,6 +211,9 @@ static int cmd_incoming(int argc, char **argv)
 		{ "test-die-at-state", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &die_at_state, "test hook", NULL },
 		{ "test-place-delay-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay, "test hook", "MS" },
 		{ "test-place-delay-bg-ms", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &place_delay_bg, "test hook", "MS" },
+		{ "test-hold-bg", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &hold_bg, "test hook", NULL },
+		{ "test-no-pause", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &no_pause, "test mutation", NULL },
+		{ "test-force-copy", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &force_copy, "test hook", NULL },
 #endif
 		{ NULL },
 	};
@@ -226,7 +230,8 @@ static int cmd_incoming(int argc, char **argv)
 			     .check_tag_pattern = check, .verbose = verbose, .tls_creds = tls,
 			     .die_at_state = die_at_state, .no_postcopy = no_postcopy,
 			     .place_delay_ms = (unsigned)place_delay,
-			     .place_delay_bg_ms = (unsigned)place_delay_bg };
+			     .place_delay_bg_ms = (unsigned)place_delay_bg, .hold_bg = hold_bg,
+			     .no_pause = no_pause, .force_copy = force_copy };
 	g_autoptr(GError) err = NULL;
 	bool stuck;
 	if (vmm_migrate_in(&ic, &stuck, &err) < 0) {

@@ -12,13 +12,19 @@
  * returns EINTR. Before it waits, the thread completes an MMIO access the guest had in flight
  * (on arm64 the PC moves past a store only at the next KVM_RUN) with one more KVM_RUN under
  * immediate_exit, so the registers read after the pause are the ones to resume from.
+ * Postcopy's pause hook (vmm_runner_hold) parks the thread the same way.
+ *
+ * Reads of the port: the hold register at +8 (VMM_PORT_HOLD; the MTE guest's hold_ms) answers
+ * ->hold_reg, everything else 0.
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 
 #include "tagmig/error.h"
 #include "vmm.h"
@@ -30,6 +36,7 @@ void vmm_runner_init(vmm_runner *r, vmm_vm *vm)
 	memset(r, 0, sizeof(*r));
 	r->vm = vm;
 	r->port.line = g_string_new(NULL);
+	r->hold_reg = 1;
 	g_mutex_init(&r->lock);
 	g_cond_init(&r->cond);
 }
@@ -61,7 +68,7 @@ static void port_line(vmm_runner *r, const char *line)
 	}
 	printf("guest: %s\n", line);
 	if (g_str_has_prefix(line, "tmguest:") || g_str_has_prefix(line, "selftest:") ||
-	    g_str_has_prefix(line, "done "))
+	    g_str_has_prefix(line, "hold:") || g_str_has_prefix(line, "done "))
 		return;
 	if (!p->failed) {
 		p->failed = true;
@@ -97,10 +104,18 @@ static int handle_exit(vmm_runner *r)
 						 (unsigned long long)run->mmio.phys_addr);
 			return -EFAULT;
 		}
-		if (run->mmio.is_write)
+		if (run->mmio.is_write) {
 			port_write(r, run->mmio.data[0]);
-		else
+		} else if (run->mmio.phys_addr == VMM_PORT_BASE + VMM_PORT_HOLD) {
+			/* the hold register (hold_ms of the MTE guest), little-endian */
+			uint64_t v = __atomic_load_n(&r->hold_reg, __ATOMIC_ACQUIRE);
+			if (v)
+				__atomic_fetch_add(&r->hold_seen, 1, __ATOMIC_RELEASE);
+			for (unsigned i = 0; i < sizeof(run->mmio.data); i++)
+				run->mmio.data[i] = i < run->mmio.len ? (uint8_t)(v >> (8 * i)) : 0;
+		} else {
 			memset(run->mmio.data, 0, sizeof(run->mmio.data));
+		}
 		return 0;
 	case KVM_EXIT_SYSTEM_EVENT:
 		if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN) {
@@ -121,9 +136,12 @@ static void *vcpu_thread(void *arg)
 	vmm_runner *r = arg;
 	struct kvm_run *run = r->vm->run;
 	int ret = 0;
+	g_mutex_lock(&r->lock);
+	r->tid = (int)syscall(SYS_gettid);
+	g_mutex_unlock(&r->lock);
 	for (;;) {
 		g_mutex_lock(&r->lock);
-		if (r->pause_req && !r->quit) {
+		if ((r->pause_req || r->hold) && !r->quit) {
 			/*
 			 * The last exit may be an MMIO store this thread has handled but KVM has
 			 * not completed: arm64 KVM moves the PC past it only in the next KVM_RUN.
@@ -143,7 +161,7 @@ static void *vcpu_thread(void *arg)
 			__atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELAXED);
 			g_mutex_lock(&r->lock);
 		}
-		while (r->pause_req && !r->quit) {
+		while ((r->pause_req || r->hold) && !r->quit) {
 			r->paused = true;
 			g_cond_broadcast(&r->cond);
 			g_cond_wait(&r->cond, &r->lock);
@@ -179,7 +197,11 @@ static void *vcpu_thread(void *arg)
 
 int vmm_runner_start(vmm_runner *r, GError **error)
 {
+	/* under the lock: a hold (another thread) signals the thread only once it exists */
+	g_mutex_lock(&r->lock);
 	int e = pthread_create(&r->thread, NULL, vcpu_thread, r);
+	r->launched = e == 0;
+	g_mutex_unlock(&r->lock);
 	if (e) {
 		g_set_error(error, TM_ERROR, e, "pthread_create (vCPU 0): %s", g_strerror(e));
 		return -e;
@@ -262,6 +284,55 @@ int vmm_runner_pause_at_pass(vmm_runner *r, GError **error)
 	r->pause_at_pass = false;
 	g_mutex_unlock(&r->lock);
 	return ret;
+}
+
+/* Whether thread tid sleeps in a userfault (its wchan; false where the kernel does not say). */
+static bool in_userfault(int tid)
+{
+	char path[64], wchan[64] = "";
+	g_autofree char *text = NULL;
+	snprintf(path, sizeof(path), "/proc/self/task/%d/wchan", tid);
+	if (tid <= 0 || !g_file_get_contents(path, &text, NULL, NULL))
+		return false;
+	g_strlcpy(wchan, text, sizeof(wchan));
+	return strcmp(wchan, "handle_userfault") == 0;
+}
+
+bool vmm_runner_hold(vmm_runner *r, unsigned bound_ms)
+{
+	gint64 deadline = g_get_monotonic_time() + (gint64)bound_ms * 1000;
+	bool blocked = false;
+	g_mutex_lock(&r->lock);
+	r->hold = true;
+	if (r->launched && !r->stopped && !r->paused) {
+		__atomic_store_n(&r->vm->run->immediate_exit, 1, __ATOMIC_RELAXED);
+		pthread_kill(r->thread, SIGUSR1);
+		/*
+		 * A vCPU blocked in a userfault (on a page of the very batch, say) cannot leave
+		 * KVM_RUN before the placer wakes it, after the resume: the trap of
+		 * docs/design/postcopy-move.md. It counts as stopped; the signal stays pending, so
+		 * once woken it leaves KVM_RUN before it enters the guest again.
+		 */
+		while (!r->paused && !r->stopped && !blocked) {
+			gint64 now = g_get_monotonic_time();
+			if (now >= deadline || in_userfault(r->tid))
+				blocked = true;
+			else
+				g_cond_wait_until(&r->cond, &r->lock, MIN(deadline, now + 1000));
+		}
+	}
+	r->holds++;
+	r->holds_blocked += blocked;
+	g_mutex_unlock(&r->lock);
+	return blocked;
+}
+
+void vmm_runner_unhold(vmm_runner *r)
+{
+	g_mutex_lock(&r->lock);
+	r->hold = false;
+	g_cond_broadcast(&r->cond);
+	g_mutex_unlock(&r->lock);
 }
 
 bool vmm_runner_resume(vmm_runner *r)

@@ -36,6 +36,7 @@
 #define VMM_RAM_BASE 0x40000000ull  /* guest-physical base of RAM (QEMU virt's) */
 #define VMM_PORT_BASE 0x09000000ull /* the MMIO test port: one page, no memslot */
 #define VMM_PORT_SIZE 0x1000ull
+#define VMM_PORT_HOLD 8ull         /* the port's hold register (vmm/guest/guest-params.h) */
 #define VMM_LOAD_ADDR 0x40200000ull /* where the flat guest image goes */
 #define VMM_BLOCK_NAME "mach-virt.ram"
 #define VMM_PAGE 4096ull
@@ -75,11 +76,19 @@ typedef struct vmm_runner {
 	bool pause_req;  /* the migration thread wants the vCPU out of KVM_RUN */
 	bool pause_at_pass; /* ... as soon as the guest reported its next pass (the vCPU thread
 			     * sets pause_req then) */
+	bool hold;       /* a postcopy placement wants the vCPU out of KVM_RUN (vmm_runner_hold) */
+	bool launched;   /* the thread was created (set under the lock with it) */
+	int tid;         /* the vCPU thread's id, once it runs (0 before) */
+	uint64_t holds, holds_blocked; /* vmm_runner_hold() calls; of those, bound expired */
 	bool paused;     /* the vCPU thread is out of KVM_RUN and waits */
 	bool stopped;    /* the vCPU thread ended (guest off, failure, or asked to) */
 	bool quit;       /* end the thread */
 	int error;       /* -errno of a failed KVM_RUN or an unexpected exit */
 	char *why;       /* how the vCPU thread ended */
+	/* any thread, atomic: the test port's hold register (port + 8, the MTE guest's hold_ms):
+	 * 0 holds the guest, anything else lets it go; 1 unless a test hook holds it */
+	uint64_t hold_reg;
+	uint64_t hold_seen; /* reads of it that answered go (atomic) */
 } vmm_runner;
 
 /* vm.c */
@@ -97,9 +106,10 @@ size_t vmm_reg_size(uint64_t id);
 int vmm_vm_copy_tags(vmm_vm *vm, uint64_t ipa, uint64_t len, uint8_t *tags, bool from_guest,
 		     GError **error);
 
-/* image.c: copies the image to VMM_LOAD_ADDR, fills its parameter block if it has one, and sets
- * PC, PSTATE (EL1h, interrupts masked) and X0 (the parameter block's IPA). */
-int vmm_image_load(vmm_vm *vm, const char *path, GError **error);
+/* image.c: copies the image to VMM_LOAD_ADDR, fills its parameter block if it has one (hold_ms:
+ * the MTE guest's field of that name, 0 normally), and sets PC, PSTATE (EL1h, interrupts masked)
+ * and X0 (the parameter block's IPA). */
+int vmm_image_load(vmm_vm *vm, const char *path, uint32_t hold_ms, GError **error);
 
 /* run.c */
 void vmm_runner_init(vmm_runner *r, vmm_vm *vm);
@@ -115,6 +125,18 @@ int vmm_runner_pause(vmm_runner *r, GError **error);
  * so that the first thing it does on resuming is the next pass, and waits until it is: 0, or
  * -errno if the guest failed or the thread ended first. */
 int vmm_runner_pause_at_pass(vmm_runner *r, GError **error);
+/*
+ * Postcopy's pause hook (tm_live_config.vcpu_pause, migrate-in.c): asks the vCPU out of KVM_RUN
+ * (immediate_exit and SIGUSR1) and waits until it is parked or stopped, or it is blocked in a
+ * userfault: its thread sleeps in handle_userfault (/proc/self/task/TID/wchan) or bound_ms
+ * passed (it cannot leave KVM_RUN before its page is woken, which comes after
+ * vmm_runner_unhold()); it stays asked, so it parks when it leaves. A vCPU not
+ * started yet parks when it starts. Returns whether the bound expired. Any thread, one at a
+ * time (the engine calls pause and resume alternately).
+ */
+bool vmm_runner_hold(vmm_runner *r, unsigned bound_ms);
+/* Ends a hold: the vCPU runs again. */
+void vmm_runner_unhold(vmm_runner *r);
 /* Lets a paused vCPU run again (a migration that failed before the destination had everything):
  * returns whether it was paused. The registers are the ones the pause left, so the guest goes
  * on where it stopped. */
@@ -171,6 +193,12 @@ typedef struct vmm_in_config {
 	unsigned place_delay_ms; /* test hook: sleep between a page's data and its tags */
 	unsigned place_delay_bg_ms; /* test hook: the same for background pages (the data
 	                             * channels' placers), while the guest runs */
+	bool no_pause;          /* test mutation: no vCPU pause around background copies */
+	bool force_copy;        /* test hook: lend the engine a userfaultfd without
+	                         * UFFD_FEATURE_MOVE (placement by copy on 6.8+ too) */
+	bool hold_bg;           /* test hook: the guest's hold register (run --test-guest-hold-ms)
+	                         * says go at the first background placement in the lower half of
+	                         * its window, and only those are delayed (place_delay_bg_ms) */
 } vmm_in_config;
 /* Receives the guest and runs it: 0, or -errno. *ret_stuck (on a failure): the vCPU was started in
  * postcopy and may wait on a page that never comes; the caller must leave with _exit(), without

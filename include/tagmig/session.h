@@ -329,6 +329,34 @@ typedef struct tm_live_config {
 	                             * store that places atomically (kvm-mte), postcopy places pages
 	                             * by UFFDIO_MOVE (docs/api.md, "Postcopy placement"); 0: by copy.
 	                             * Without uffd_borrow the library asks for it itself (arm64) */
+	/*
+	 * Receiver, postcopy, optional: vCPUs paused around background placement by copy
+	 * (docs/api.md, "Postcopy placement: move or copy"). A page placed by copy into a
+	 * page-resident tag store (kvm-mte without UFFDIO_MOVE: Linux before 6.8, or guest RAM not
+	 * PROT_MTE) is present one ioctl before its tags; a vCPU that runs, not blocked in a fault
+	 * on it, may touch it then and see zero tags. With these hooks the library calls
+	 * vcpu_pause before it places such a batch (a run of consecutive background pages of one
+	 * DATA packet: at most packet_size bytes) and vcpu_resume once the batch's tags are set;
+	 * threads blocked on the batch's pages are woken only after vcpu_resume. Never called for
+	 * pages a vCPU asked for (the urgent connection's), with move placement, or with a
+	 * side-array store (soft, none: tags before the page), nor when the session has no tags.
+	 * Data channels place batches at once: the library counts them, the first batch calls
+	 * vcpu_pause, the last to end calls vcpu_resume, so the two alternate (pause, resume,
+	 * pause, ...), one call at a time, from any data channel's thread.
+	 * vcpu_pause(opaque): returns once no vCPU can touch guest RAM before vcpu_resume: each is
+	 * out of guest mode and held there (KVM: kvm_run.immediate_exit and a signal out of
+	 * KVM_RUN), or blocked in a userfault. A vCPU blocked on a page of the very batch cannot
+	 * leave KVM_RUN before that page is woken, which comes after vcpu_resume: it must count
+	 * as stopped, not be waited for (e.g. a vCPU that does not leave KVM_RUN within a bound
+	 * counts as blocked). Returns 0, or -errno: the batch is placed anyway, unpaused (counted
+	 * in background_nonatomic_pages and pause_failures), and no vcpu_resume follows for it.
+	 * vcpu_resume(opaque): lets them run again.
+	 * Neither may call the session or wait for a page to be placed. Both or neither
+	 * (-EINVAL). Statistics: tm_live_stats.paused_batches, pause_us, pause_failures.
+	 */
+	int (*vcpu_pause)(void *opaque);
+	void (*vcpu_resume)(void *opaque);
+	void *vcpu_pause_opaque;
 } tm_live_config;
 
 /* tm_live_config.reconnect's connection: the control connection / any (the receiver) / the
@@ -530,6 +558,11 @@ typedef struct tm_live_stats {
 	                             * window of a page-resident tag store; 0 with move placement) */
 	char placement_reason[192]; /* why that mode, e.g. "the userfaultfd has no
 	                             * UFFD_FEATURE_MOVE (Linux 6.8+ ...)" */
+	/* receiver, tm_live_config.vcpu_pause: background batches placed by copy */
+	uint64_t paused_batches;    /* placed with the vCPUs paused (vcpu_pause returned 0) */
+	uint64_t pause_us;          /* time they were paused for them: vcpu_pause called ->
+	                             * vcpu_resume returned, summed */
+	uint64_t pause_failures;    /* vcpu_pause returned an error: placed unpaused */
 } tm_live_stats;
 
 /* tm_live_stats.placement */

@@ -118,6 +118,17 @@ static void expect_live(int r, GError **err, int errnum, const char *substr)
 	g_clear_error(err);
 }
 
+static int fake_pause(void *opaque)
+{
+	(void)opaque;
+	return 0;
+}
+
+static void fake_resume(void *opaque)
+{
+	(void)opaque;
+}
+
 static void test_live_config(void)
 {
 	g_autoptr(tm_ram_layout) l = NULL;
@@ -160,6 +171,14 @@ static void test_live_config(void)
 			       .max_state_total = 1 << 19 };
 	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL,
 		    "max_state_total 524288 below max_state_section 1048576");
+	/* The vCPU pause hooks go in pairs: a pause nobody resumes would stop the guest for good. */
+	lc = (tm_live_config){ .size = sizeof(lc), .vcpu_pause = fake_pause };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL, "vcpu_pause and vcpu_resume");
+	lc = (tm_live_config){ .size = sizeof(lc), .vcpu_resume = fake_resume };
+	expect_live(tm_receiver_set_live(r, &lc, &err), &err, EINVAL, "vcpu_pause and vcpu_resume");
+	lc = (tm_live_config){ .size = sizeof(lc), .vcpu_pause = fake_pause,
+			       .vcpu_resume = fake_resume };
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
 
 	/* A caller built against a shorter struct: only its bytes are read, the rest is zero
 	 * (postcopy set beyond `size` does not count). */

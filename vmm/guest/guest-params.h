@@ -47,7 +47,15 @@ struct tm_guest_params {
 	uint32_t selftest_pass;  /* the pass that damages its window (>= 1) */
 	uint64_t selftest_offset;/* offset of the damaged granule in the window (16-byte aligned) */
 	uint32_t stop;           /* TM_GUEST_STOP_* */
-	uint32_t reserved;       /* must be 0 */
+	uint32_t hold_ms;        /* 0: none. Else each pass's first check (pass 2 on) checks the
+	                          * window's upper half first (last page down), then leaves the
+	                          * lower half untouched until the report port's hold register
+	                          * (TM_GUEST_HOLD_REG) reads non-zero, at most hold_ms ms; a value
+	                          * inside the lower half is the address its check starts at */
 };
+
+/* The hold register: a 64-bit read at port + 8 (hold_ms). 0: hold; anything else: go, and a
+ * page address inside the window's lower half says where to look first. */
+#define TM_GUEST_HOLD_REG 8
 
 #endif

@@ -45,6 +45,9 @@ int pattern_check_data(uint64_t base, uint64_t size, uint64_t gen);
 int pattern_check_tags(uint64_t base, uint64_t size, uint64_t gen);
 /* Both checks, page by page from the window's last page down to its first. */
 int pattern_check_down(uint64_t base, uint64_t size, uint64_t gen);
+/* Both checks page by page over [lo, hi) (page-aligned, inside the window at base): from the
+ * last page down when down, else from the first page up. */
+int pattern_check_range(uint64_t base, uint64_t lo, uint64_t hi, uint64_t gen, int down);
 uint64_t pattern_tag(uint64_t granule_addr, uint64_t gen);
 uint64_t pattern_word(uint64_t addr, uint64_t gen);
 

@@ -29,6 +29,7 @@ __attribute__((section(".head.params"), used)) struct tm_guest_params tm_guest_p
 	/* page 1 of the window is a zero-data page: granule 3 of it */
 	.selftest_offset = 0x1030,
 	.stop = TM_GUEST_STOP_HVC,
+	.hold_ms = 0,
 };
 
 uint64_t guest_pass;
@@ -86,6 +87,58 @@ static void selftest(uint64_t base, uint64_t gen, int when)
 	}
 }
 
+/* hold_ms: reads the hold register until it is non-zero, at most ms milliseconds of the virtual
+ * counter, a millisecond between reads (each is an exit to the VMM): its value, or 0. */
+static uint64_t hold_wait(uint32_t ms)
+{
+	uint64_t reg = tm_guest_params.port + TM_GUEST_HOLD_REG;
+	uint64_t frq = READ_SYSREG(cntfrq_el0);
+	if (!frq)
+		frq = 62500000; /* not programmed: QEMU virt's and KVM's usual 62.5 MHz */
+	uint64_t t0 = READ_SYSREG(cntvct_el0), tick = frq / 1000;
+	for (;;) {
+		uint64_t v;
+		/* a plain LDR (no writeback): KVM can decode it as an MMIO read */
+		__asm__ volatile("ldr %0, [%1]" : "=r"(v) : "r"(reg) : "memory");
+		if (v)
+			return v;
+		uint64_t now = READ_SYSREG(cntvct_el0);
+		if (now - t0 >= tick * ms)
+			return 0;
+		while (READ_SYSREG(cntvct_el0) - now < tick)
+			;
+	}
+}
+
+/*
+ * The first check of a pass with hold_ms (docs/aarch64.md, "The parameter block"): the upper
+ * half from its last page down, then nothing of the lower half until the VMM says go through
+ * the hold register, then the lower half from the page it names (or its first) up, then the
+ * rest of it. A destination VMM that says go once the postcopy background placed a page of the
+ * lower half, while that placement is held open between the page's data and its tags, makes
+ * the guest's first access land in that window: a tag-check fault unless the placement kept
+ * the vCPU out of it (docs/design/postcopy-move.md).
+ */
+static int check_held(uint64_t base, uint64_t size, uint64_t gen)
+{
+	uint64_t mid = base + size / 2; /* size is a multiple of 16 KiB: mid is page-aligned */
+	if (pattern_check_range(base, mid, base + size, gen, 1) < 0)
+		return -1;
+	uint64_t at = hold_wait(tm_guest_params.hold_ms);
+	if (!at) {
+		report_str("hold: not released in ");
+		report_dec(tm_guest_params.hold_ms);
+		report_str(" ms, checking the lower half anyway\n");
+	}
+	at &= ~(PAGE - 1);
+	if (at < base || at >= mid)
+		at = base;
+	if (pattern_check_range(base, at, mid, gen, 0) < 0 ||
+	    pattern_check_range(base, base, at, gen, 0) < 0)
+		return -1;
+	return 0;
+}
+
 void guest_main(void)
 {
 	const struct tm_guest_params *p = &tm_guest_params;
@@ -105,6 +158,10 @@ void guest_main(void)
 	report_dec(p->passes);
 	report_str(" selftest ");
 	report_dec(p->selftest);
+	if (p->hold_ms) {
+		report_str(" hold ");
+		report_dec(p->hold_ms);
+	}
 	report_line_end();
 
 	if ((base | size) & (PAGE - 1) || !size || size % (4 * PAGE) || base < p->ram_base ||
@@ -127,7 +184,8 @@ void guest_main(void)
 		 * hidden under this pass's writes. From the last page down: a migration streams
 		 * pages upwards, so the guest meets it once, and faults on the pages above.
 		 */
-		if (gen > 1 && pattern_check_down(base, size, gen - 1) < 0)
+		if (gen > 1 && (p->hold_ms ? check_held(base, size, gen - 1)
+					   : pattern_check_down(base, size, gen - 1)) < 0)
 			return;
 		pattern_write(base, size, gen);
 		selftest(base, gen, 0);

@@ -142,8 +142,8 @@ uint64_t mmu_prepare(void)
 
 	/* the first thing the guest reads: everything else depends on the block */
 	if (p->magic != TM_GUEST_MAGIC || p->version != TM_GUEST_VERSION ||
-	    p->size != sizeof(*p) || p->reserved)
-		return refuse("bad parameter block (magic, version, size or reserved): version",
+	    p->size != sizeof(*p))
+		return refuse("bad parameter block (magic, version or size): version",
 			      p->version);
 
 	/* ID_AA64PFR1_EL1.MTE [11:8]: 0b0010 or more is FEAT_MTE2 (tags in memory, tag checks);

@@ -171,13 +171,22 @@ int pattern_check_tags(uint64_t base, uint64_t size, uint64_t gen)
 	return check_tags(base, base, base + size, gen);
 }
 
+/* Both sweeps page by page over [lo, hi) of the window at base: from the last page down (down),
+ * else from the first page up. */
+int pattern_check_range(uint64_t base, uint64_t lo, uint64_t hi, uint64_t gen, int down)
+{
+	for (uint64_t i = 0; i < (hi - lo) / PAGE; i++) {
+		uint64_t page = down ? hi - (i + 1) * PAGE : lo + i * PAGE;
+		if (check_data(base, page, page + PAGE, gen) < 0 ||
+		    check_tags(base, page, page + PAGE, gen) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* Both sweeps page by page from the last page down: a migrated guest touches the end of the
  * window first, where a migration streaming pages upwards arrives last, so that it faults. */
 int pattern_check_down(uint64_t base, uint64_t size, uint64_t gen)
 {
-	for (uint64_t page = base + size; page > base; page -= PAGE)
-		if (check_data(base, page - PAGE, page, gen) < 0 ||
-		    check_tags(base, page - PAGE, page, gen) < 0)
-			return -1;
-	return 0;
+	return pattern_check_range(base, base, base + size, gen, 1);
 }

@@ -106,7 +106,7 @@ fields = {'magic': (0, 'Q'), 'version': (8, 'I'), 'size': (12, 'I'), 'ram_base':
           'ram_size': (24, 'Q'), 'port': (32, 'Q'), 'window_base': (40, 'Q'),
           'window_size': (48, 'Q'), 'passes': (56, 'Q'), 'selftest': (64, 'I'),
           'selftest_pass': (68, 'I'), 'selftest_offset': (72, 'Q'), 'stop': (80, 'I'),
-          'reserved': (84, 'I')}
+          'hold_ms': (84, 'I')}
 if img[off:off + 8] != b'TMGUEST1':
     sys.exit('no parameter block (magic TMGUEST1) at file offset %#x' % off)
 for s in sets:

@@ -3,7 +3,8 @@
 # and prints its PASS/FAIL lines as TAP for meson (a program that says "SKIP: why" and exits 77
 # before any check becomes a TAP skip with that reason):
 #   harness.sh SRCDIR WORKDIR TEST      (TEST: kvm-tagstore, kvm-migrate, kvm-uffd, kvm-uffd-move, kvm-tag-dirty
-#                                        or vmm-migrate)
+#                                        or vmm-migrate; TAGMIG_VMM_CASES=2e,... runs only those
+#                                        cases of vmm-migrate)
 #
 # 1. Obtains, once, into WORKDIR/cache (kept across runs):
 #    - QEMU >= 8.0 (Debian 12's 7.2 loses per-granule tags under emulation, QEMU issue 1416):
@@ -192,11 +193,20 @@ tcg_words="-accel tcg,thread=multi -cpu max,pauth-impdef=on"
 vm_accel_decide "$qemu" aarch64 "$kernel" "$cache" "$tcg_words" -- "${machine[@]}" ||
 	bail "bad TAGMIG_VM_ACCEL"
 console=$work/console-$test.log
+# TAGMIG_VMM_CASES (vmm-migrate only: the cases to run, e.g. 2e or 2b,2c) goes to the program as
+# an environment variable: the kernel hands a command-line word NAME=VALUE it does not know (and
+# without a dot) to init's environment, which init passes on.
+cmdline="console=ttyAMA0 rdinit=/init panic=-1 quiet"
+if [ "$test" = vmm-migrate ] && [ -n "${TAGMIG_VMM_CASES:-}" ]; then
+	[[ $TAGMIG_VMM_CASES =~ ^[0-9a-z,]+$ ]] || bail "TAGMIG_VMM_CASES: a comma-separated list of cases (1,2,2b,...,5)"
+	cmdline+=" TAGMIG_VMM_CASES=$TAGMIG_VMM_CASES"
+	note "only the cases $TAGMIG_VMM_CASES (TAGMIG_VMM_CASES)"
+fi
 boot() {
 	timeout -k 10 "${TAGMIG_AARCH64_TIMEOUT:-600}" "$qemu" "${machine[@]}" "$@" -smp 2 -m 1G \
 		-nographic -no-reboot -monitor none -serial stdio -nodefaults \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyAMA0 rdinit=/init panic=-1 quiet" </dev/null >"$console" 2>&1
+		-append "$cmdline" </dev/null >"$console" 2>&1
 }
 boot "${vm_accel_args[@]}"
 qrc=$?
