@@ -20,11 +20,13 @@ static void one(const uint8_t *data, size_t size, uint8_t version)
 	if (version == TM_WIRE_VERSION_1)
 		g_assert_true(h.role == 0 && h.epoch == 0);
 	else
-		/* A non-zero epoch is a reconnect, with RESUME agreed: a data channel's, or the
-		 * control connection's with RESUME_CONTROL too (resume). */
+		/* A non-zero epoch is a reconnect, with RESUME agreed: a data channel's, the urgent
+		 * connection's (with POSTCOPY), or the control connection's with RESUME_CONTROL too (resume). */
 		g_assert_true(h.role < TM_ROLE_COUNT &&
 			      (h.epoch == 0 ||
 			       (h.role == TM_ROLE_DATA && (h.features & TM_FEATURE_RESUME)) ||
+			       (h.role == TM_ROLE_URGENT && (h.features & TM_FEATURE_POSTCOPY) &&
+				(h.features & TM_FEATURE_RESUME)) ||
 			       (h.role == TM_ROLE_CONTROL &&
 				(h.features & TM_FEATURE_RESUME_CONTROL) &&
 				(h.features & TM_FEATURE_RESUME))));
