@@ -20,13 +20,11 @@
 #include <glib.h>
 
 #include "common/uffd-internal.h"
+#include "placer-rig.h"
 #include "session/place.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
 
-#define PS 4096u
-#define NPAGES 64u
-#define GRANULES (PS / TM_TAG_GRANULE)
 #define SLOT (256u * 1024u)
 
 struct t_uffdio_move {
@@ -36,10 +34,8 @@ struct t_uffdio_move {
 #define T_UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct t_uffdio_move)
 
 typedef struct fixture {
-	uint8_t *ram;
-	tm_ram_layout *layout;
+	placer_rig rig; /* RAM, its layout, the userfaultfd */
 	tm_tag_store *store;
-	int uffd;
 	tm_placer *placer;
 	bool staging_exec; /* staging areas PROT_EXEC: the kernel refuses the move (EINVAL) */
 	_Atomic int stagings, stagings_freed, atomics, sets;
@@ -97,7 +93,7 @@ static int r_place_atomic(tm_tag_store *store, int uffd, unsigned block, uint64_
 	g_assert_cmpuint(length, <=, SLOT);
 	memcpy(staging, data, length);
 	memcpy(fx->tags + offset / TM_TAG_GRANULE, tags, length / TM_TAG_GRANULE);
-	struct t_uffdio_move m = { .dst = (uintptr_t)(fx->ram + offset), .src = (uintptr_t)staging,
+	struct t_uffdio_move m = { .dst = (uintptr_t)(fx->rig.ram + offset), .src = (uintptr_t)staging,
 				   .len = length };
 	if (ioctl(uffd, T_UFFDIO_MOVE, &m) < 0) {
 		int e = errno;
@@ -120,45 +116,23 @@ static const tm_tag_store_ops resident_ops = {
 	.place_atomic = r_place_atomic,
 };
 
-static void data_of(uint64_t page, uint8_t *out)
-{
-	for (unsigned i = 0; i < PS; i++)
-		out[i] = (uint8_t)(page * 7 + i / 64 + 1);
-}
-
-static void tags_of(uint64_t page, uint8_t *out)
-{
-	for (unsigned i = 0; i < GRANULES; i++)
-		out[i] = (uint8_t)((page + i) % 15 + 1);
-}
-
 /* RAM, store and placer with uffd_features as the receiver would pass them; false: skipped. */
 static bool setup(fixture *fx, bool soft, uint64_t features, unsigned threads, bool exec)
 {
 	g_autoptr(GError) err = NULL;
 	memset(fx, 0, sizeof(*fx));
 	fx->staging_exec = exec;
-	int r = tm_uffd_open(true, true, TM_UFFD_FEATURE_MOVE, &fx->uffd, NULL, &err);
-	if (r < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd with UFFD_FEATURE_MOVE here "
-						       "(Linux 6.8+): %s", err->message);
-		g_test_skip(why);
+	if (!placer_rig_open(&fx->rig, TM_UFFD_FEATURE_MOVE,
+			     "no userfaultfd with UFFD_FEATURE_MOVE here (Linux 6.8+)"))
 		return false;
-	}
-	fx->ram = mmap(NULL, NPAGES * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	g_assert_true(fx->ram != MAP_FAILED);
-	madvise(fx->ram, NPAGES * PS, MADV_NOHUGEPAGE);
-	g_assert_cmpint(tm_ram_layout_new(&fx->layout), ==, 0);
-	g_assert_cmpint(tm_ram_layout_add_block(fx->layout, "pc.ram", fx->ram, NPAGES * PS, PS, 0,
-						&err), ==, 0);
 	if (soft)
-		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, fx->layout, NULL, &fx->store,
+		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, fx->rig.layout, NULL, &fx->store,
 						 &err), ==, 0);
 	else
-		g_assert_cmpint(tm_tag_store_new(&resident_ops, fx->layout, fx, &fx->store, &err), ==,
+		g_assert_cmpint(tm_tag_store_new(&resident_ops, fx->rig.layout, fx, &fx->store, &err), ==,
 				0);
-	g_assert_cmpint(tm_uffd_register_missing(fx->uffd, fx->ram, NPAGES * PS, &err), ==, 0);
-	g_assert_cmpint(tm_placer_new(fx->layout, fx->store, fx->uffd, &fx->placer, &err), ==, 0);
+	placer_rig_register(&fx->rig);
+	g_assert_cmpint(tm_placer_new(fx->rig.layout, fx->store, fx->rig.uffd, &fx->placer, &err), ==, 0);
 	tm_placer_probe_atomic(fx->placer, features, threads);
 	return true;
 }
@@ -167,9 +141,7 @@ static void teardown(fixture *fx)
 {
 	tm_placer_free(fx->placer);
 	tm_tag_store_free(fx->store);
-	tm_ram_layout_free(fx->layout);
-	munmap(fx->ram, NPAGES * PS);
-	close(fx->uffd);
+	placer_rig_close(&fx->rig);
 }
 
 /*
@@ -184,9 +156,9 @@ static uint32_t place_mixed_as(fixture *fx, uint64_t first, bool requested)
 	for (unsigned i = 0; i < 12; i++) {
 		zero[i] = i >= 6;
 		if (i < 6)
-			data_of(first + i, data + i * PS);
+			placer_rig_data(first + i, data + i * PS);
 		if (i < 9)
-			tags_of(first + i, tags + i * GRANULES);
+			placer_rig_tags(first + i, tags + i * GRANULES);
 	}
 	tm_place_run run = { .block = 0, .first_page = first, .npages = 12, .data = data,
 			     .zero = zero, .tags = tags, .requested = requested };
@@ -211,10 +183,10 @@ static void check_mixed(fixture *fx, uint64_t first)
 		memset(want, 0, sizeof(want));
 		memset(wtags, 0, sizeof(wtags));
 		if (i < 6)
-			data_of(first + i, want);
+			placer_rig_data(first + i, want);
 		if (i < 9)
-			tags_of(first + i, wtags);
-		g_assert_cmpmem(fx->ram + (first + i) * PS, PS, want, PS);
+			placer_rig_tags(first + i, wtags);
+		g_assert_cmpmem(fx->rig.ram + (first + i) * PS, PS, want, PS);
 		g_assert_cmpmem(fx->tags + (first + i) * GRANULES, GRANULES, wtags, GRANULES);
 		g_assert_true(tm_placer_present(fx->placer, 0, first + i));
 	}

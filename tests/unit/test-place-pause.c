@@ -23,19 +23,14 @@
 #include <glib.h>
 
 #include "common/uffd-internal.h"
+#include "placer-rig.h"
 #include "session/place.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
 
-#define PS 4096u
-#define NPAGES 64u
-#define GRANULES (PS / TM_TAG_GRANULE)
-
 typedef struct fixture {
-	uint8_t *ram;
-	tm_ram_layout *layout;
+	placer_rig rig; /* RAM, its layout, the userfaultfd */
 	tm_tag_store *store;
-	int uffd;
 	tm_placer *placer;
 	uint8_t tags[NPAGES * GRANULES]; /* the stand-in store's tags */
 	/* what the hooks saw */
@@ -118,43 +113,21 @@ static void fake_resume(void *opaque)
 	atomic_fetch_sub(&fx->in_call, 1);
 }
 
-static void data_of(uint64_t page, uint8_t *out)
-{
-	for (unsigned i = 0; i < PS; i++)
-		out[i] = (uint8_t)(page * 7 + i / 64 + 1);
-}
-
-static void tags_of(uint64_t page, uint8_t *out)
-{
-	for (unsigned i = 0; i < GRANULES; i++)
-		out[i] = (uint8_t)((page + i) % 15 + 1);
-}
-
 /* RAM, store and placer (copy placement: never probed for move); false: skipped. */
 static bool setup(fixture *fx, bool soft, bool hooks)
 {
 	g_autoptr(GError) err = NULL;
 	memset(fx, 0, sizeof(*fx));
-	int r = tm_uffd_open(true, true, 0, &fx->uffd, NULL, &err);
-	if (r < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd here: %s", err->message);
-		g_test_skip(why);
+	if (!placer_rig_open(&fx->rig, 0, "no userfaultfd here"))
 		return false;
-	}
-	fx->ram = mmap(NULL, NPAGES * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	g_assert_true(fx->ram != MAP_FAILED);
-	madvise(fx->ram, NPAGES * PS, MADV_NOHUGEPAGE);
-	g_assert_cmpint(tm_ram_layout_new(&fx->layout), ==, 0);
-	g_assert_cmpint(tm_ram_layout_add_block(fx->layout, "pc.ram", fx->ram, NPAGES * PS, PS, 0,
-						&err), ==, 0);
 	if (soft)
-		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, fx->layout, NULL, &fx->store,
+		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, fx->rig.layout, NULL, &fx->store,
 						 &err), ==, 0);
 	else
-		g_assert_cmpint(tm_tag_store_new(&resident_ops, fx->layout, fx, &fx->store, &err), ==,
+		g_assert_cmpint(tm_tag_store_new(&resident_ops, fx->rig.layout, fx, &fx->store, &err), ==,
 				0);
-	g_assert_cmpint(tm_uffd_register_missing(fx->uffd, fx->ram, NPAGES * PS, &err), ==, 0);
-	g_assert_cmpint(tm_placer_new(fx->layout, fx->store, fx->uffd, &fx->placer, &err), ==, 0);
+	placer_rig_register(&fx->rig);
+	g_assert_cmpint(tm_placer_new(fx->rig.layout, fx->store, fx->rig.uffd, &fx->placer, &err), ==, 0);
 	if (hooks)
 		tm_placer_set_pause(fx->placer, fake_pause, fake_resume, fx);
 	return true;
@@ -164,9 +137,7 @@ static void teardown(fixture *fx)
 {
 	tm_placer_free(fx->placer);
 	tm_tag_store_free(fx->store);
-	tm_ram_layout_free(fx->layout);
-	munmap(fx->ram, NPAGES * PS);
-	close(fx->uffd);
+	placer_rig_close(&fx->rig);
 }
 
 /* Places pages [first, first + n) as one run; kind: 0 background, 1 requested, 2 faulted. */
@@ -175,8 +146,8 @@ static void place(fixture *fx, uint64_t first, uint32_t n, int kind, bool with_t
 	g_autofree uint8_t *data = g_malloc(n * PS), *tags = g_malloc(n * GRANULES);
 	g_autofree uint8_t *zero = g_malloc0(n);
 	for (uint32_t i = 0; i < n; i++) {
-		data_of(first + i, data + i * PS);
-		tags_of(first + i, tags + i * GRANULES);
+		placer_rig_data(first + i, data + i * PS);
+		placer_rig_tags(first + i, tags + i * GRANULES);
 	}
 	tm_place_run run = { .block = 0, .first_page = first, .npages = n, .data = data,
 			     .zero = zero, .tags = with_tags ? tags : NULL,
@@ -201,25 +172,14 @@ static void *vcpu_run(void *arg)
 {
 	vcpu *v = arg;
 	uint8_t want[PS], want_tags[GRANULES];
-	volatile uint8_t *p = v->fx->ram + v->page * PS;
+	volatile uint8_t *p = v->fx->rig.ram + v->page * PS;
 	(void)p[0]; /* blocks until the placer wakes it */
 	atomic_store(&v->fx->vcpu_woken, true);
-	tags_of(v->page, want_tags);
+	placer_rig_tags(v->page, want_tags);
 	v->tags_ok = memcmp(v->fx->tags + v->page * GRANULES, want_tags, GRANULES) == 0;
-	data_of(v->page, want);
+	placer_rig_data(v->page, want);
 	v->data_ok = memcmp((const void *)p, want, PS) == 0;
 	return NULL;
-}
-
-static void read_fault(fixture *fx, uint64_t page)
-{
-	struct pollfd pfd = { .fd = fx->uffd, .events = POLLIN };
-	struct uffd_msg msg;
-	g_assert_cmpint(poll(&pfd, 1, 10000), ==, 1);
-	g_assert_cmpint(read(fx->uffd, &msg, sizeof(msg)), ==, sizeof(msg));
-	g_assert_cmpuint(msg.event, ==, UFFD_EVENT_PAGEFAULT);
-	g_assert_cmpuint(msg.arg.pagefault.address / PS * PS, ==,
-			 (uint64_t)(uintptr_t)(fx->ram + page * PS));
 }
 
 /*
@@ -235,7 +195,7 @@ static void test_background(void)
 	fx.resume_sleep_us = 20000;
 	vcpu v = { .fx = &fx, .page = 13 };
 	g_assert_cmpint(pthread_create(&v.thread, NULL, vcpu_run, &v), ==, 0);
-	read_fault(&fx, 13);
+	placer_rig_read_fault(&fx.rig, 13);
 	place(&fx, 10, 8, 0, true);
 	pthread_join(v.thread, NULL);
 	g_assert_cmpint(fx.pauses, ==, 1);
@@ -268,7 +228,7 @@ static void test_urgent_never_pauses(void)
 		return;
 	vcpu v = { .fx = &fx, .page = 5 };
 	g_assert_cmpint(pthread_create(&v.thread, NULL, vcpu_run, &v), ==, 0);
-	read_fault(&fx, 5);
+	placer_rig_read_fault(&fx.rig, 5);
 	place(&fx, 5, 1, 1, true);
 	pthread_join(v.thread, NULL);
 	g_assert_true(v.data_ok && v.tags_ok);

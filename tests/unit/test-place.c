@@ -25,39 +25,22 @@
 #include <glib.h>
 
 #include "common/uffd-internal.h"
+#include "placer-rig.h"
 #include "session/histogram.h"
 #include "session/place.h"
 #include "tagmig/error.h"
 #include "tagmig/wire.h"
 
-#define PS 4096u
-#define NPAGES 64u
-#define GRANULES (PS / TM_TAG_GRANULE)
-
 typedef struct fixture {
-	uint8_t *ram;
+	placer_rig rig; /* RAM, its layout, the userfaultfd */
 	uint8_t *soft_tags;              /* the soft store's array (caller-owned) */
-	tm_ram_layout *layout;
 	tm_tag_store *store;
-	int uffd;
 	tm_placer *placer;
 	/* bounce buffer and tags of what is placed */
 	uint8_t data[16 * PS];
 	uint8_t tags[16 * GRANULES];
 	uint8_t zero[16];
 } fixture;
-
-static void data_of(uint64_t page, uint8_t *out)
-{
-	for (unsigned i = 0; i < PS; i++)
-		out[i] = (uint8_t)(page * 7 + i / 64 + 1);
-}
-
-static void tags_of(uint64_t page, uint8_t *out)
-{
-	for (unsigned i = 0; i < GRANULES; i++)
-		out[i] = (uint8_t)((page + i) % 15 + 1);
-}
 
 /* ---- a page-resident stand-in: a store the placer does not know, with its own array ---- */
 typedef struct resident_priv {
@@ -100,7 +83,7 @@ static int resident_set(tm_tag_store *store, unsigned block, uint64_t offset, ui
 
 	/* Tags live with the page: it must be present, and no faulter may have run yet. */
 	g_assert_cmpuint(length / PS, <=, sizeof(vec));
-	g_assert_cmpint(mincore(p->fx->ram + offset, length, vec), ==, 0);
+	g_assert_cmpint(mincore(p->fx->rig.ram + offset, length, vec), ==, 0);
 	bool present = true;
 	for (unsigned i = 0; i < length / PS; i++)
 		present = present && (vec[i] & 1);
@@ -135,31 +118,18 @@ static bool setup(fixture *fx, bool resident)
 	g_autoptr(GError) err = NULL;
 
 	memset(fx, 0, sizeof(*fx));
-	fx->uffd = -1;
-	int r = tm_uffd_open(true, true, 0, &fx->uffd, NULL, &err);
-	if (r < 0) {
-		g_autofree char *why = g_strdup_printf("no userfaultfd here: %s", err->message);
-		g_test_skip(why);
+	if (!placer_rig_open(&fx->rig, 0, "no userfaultfd here"))
 		return false;
-	}
-	fx->ram = mmap(NULL, NPAGES * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	g_assert_true(fx->ram != MAP_FAILED);
-	madvise(fx->ram, NPAGES * PS, MADV_NOHUGEPAGE);
 	fx->soft_tags = g_malloc0(NPAGES * GRANULES);
-	g_assert_cmpint(tm_ram_layout_new(&fx->layout), ==, 0);
-	g_assert_cmpint(tm_ram_layout_add_block(fx->layout, "pc.ram", fx->ram, NPAGES * PS, PS, 0,
-						&err), ==, 0);
 	if (resident) {
-		g_assert_cmpint(tm_tag_store_new(&resident_ops, fx->layout, fx, &fx->store, &err), ==, 0);
+		g_assert_cmpint(tm_tag_store_new(&resident_ops, fx->rig.layout, fx, &fx->store, &err), ==, 0);
 	} else {
 		uint8_t *arrays[1] = { fx->soft_tags };
-		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, fx->layout, arrays, &fx->store,
+		g_assert_cmpint(tm_tag_store_new(&tm_tag_store_soft, fx->rig.layout, arrays, &fx->store,
 						 &err), ==, 0);
 	}
-	r = tm_uffd_register_missing(fx->uffd, fx->ram, NPAGES * PS, &err);
-	g_assert_no_error(err);
-	g_assert_cmpint(r, ==, 0);
-	g_assert_cmpint(tm_placer_new(fx->layout, fx->store, fx->uffd, &fx->placer, &err), ==, 0);
+	placer_rig_register(&fx->rig);
+	g_assert_cmpint(tm_placer_new(fx->rig.layout, fx->store, fx->rig.uffd, &fx->placer, &err), ==, 0);
 	g_assert_true(tm_placer_tags_first(fx->placer) == !resident);
 	atomic_store(&vcpu_woken, false);
 	return true;
@@ -169,10 +139,8 @@ static void teardown(fixture *fx)
 {
 	tm_placer_free(fx->placer);
 	tm_tag_store_free(fx->store);
-	tm_ram_layout_free(fx->layout);
-	munmap(fx->ram, NPAGES * PS);
+	placer_rig_close(&fx->rig);
 	g_free(fx->soft_tags);
-	close(fx->uffd);
 }
 
 /* ---- the vCPU: faults on a page, then checks data and tags from its own thread ---- */
@@ -188,32 +156,19 @@ static void *vcpu_run(void *arg)
 {
 	vcpu *v = arg;
 	uint8_t want[PS], want_tags[GRANULES];
-	volatile uint8_t *p = v->fx->ram + v->page * PS;
+	volatile uint8_t *p = v->fx->rig.ram + v->page * PS;
 
 	(void)p[0]; /* blocks in the userfault until a placer wakes it */
 	atomic_store(&vcpu_woken, true);
 	/* Right after the access returns: the tags must already be there. */
-	tags_of(v->page, want_tags);
+	placer_rig_tags(v->page, want_tags);
 	v->tags_ok = memcmp(store_tags(v->fx, v->page), want_tags, GRANULES) == 0;
 	if (v->zero)
 		memset(want, 0, PS);
 	else
-		data_of(v->page, want);
+		placer_rig_data(v->page, want);
 	v->data_ok = memcmp((const void *)p, want, PS) == 0;
 	return NULL;
-}
-
-/* Reads one fault from the uffd as the fault thread would: it must be on page. */
-static void read_fault(fixture *fx, uint64_t page)
-{
-	struct pollfd pfd = { .fd = fx->uffd, .events = POLLIN };
-	struct uffd_msg msg;
-
-	g_assert_cmpint(poll(&pfd, 1, 10000), ==, 1);
-	g_assert_cmpint(read(fx->uffd, &msg, sizeof(msg)), ==, sizeof(msg));
-	g_assert_cmpuint(msg.event, ==, UFFD_EVENT_PAGEFAULT);
-	g_assert_cmpuint(msg.arg.pagefault.address / PS * PS, ==,
-			 (uint64_t)(uintptr_t)(fx->ram + page * PS));
 }
 
 /* ---- placers ---- */
@@ -263,7 +218,7 @@ static void hook(tm_place_point point, unsigned block, uint64_t page, uint32_t n
 		break;
 	case TM_PLACE_COPIED:
 		atomic_fetch_add(&h->copied, 1);
-		tags_of(page, want);
+		placer_rig_tags(page, want);
 		if (tm_placer_tags_first(h->fx->placer) &&
 		    memcmp(h->fx->soft_tags + page * GRANULES, want, GRANULES) != 0)
 			atomic_fetch_add(&h->tags_late, 1);
@@ -305,11 +260,11 @@ static void race_once(fixture *fx, void *hs, uint64_t page, bool zero)
 	uint8_t *data = g_malloc(PS), *tags = g_malloc(GRANULES);
 	uint8_t zflag = zero;
 
-	data_of(page, data);
-	tags_of(page, tags);
+	placer_rig_data(page, data);
+	placer_rig_tags(page, tags);
 	atomic_store(&vcpu_woken, false);
 	g_assert_cmpint(pthread_create(&v.thread, NULL, vcpu_run, &v), ==, 0);
-	read_fault(fx, page);
+	placer_rig_read_fault(&fx->rig, page);
 	g_assert_false(tm_placer_present(fx->placer, 0, page));
 
 	pthread_barrier_init(&start, NULL, 2);
@@ -408,12 +363,14 @@ static void test_eexist(void)
 
 	if (!setup(&fx, false))
 		return;
-	data_of(5, fx.data);
-	tags_of(5, fx.tags);
-	g_assert_cmpint(tm_uffd_copy(fx.uffd, fx.ram + 5 * PS, fx.data, PS, 0, &done, &err), ==, 0);
+	placer_rig_data(5, fx.data);
+	placer_rig_tags(5, fx.tags);
+	g_assert_cmpint(tm_uffd_copy(fx.rig.uffd, fx.rig.ram + 5 * PS, fx.data, PS, 0, &done, &err),
+			==, 0);
 	g_assert_cmpuint(done, ==, PS);
 	/* common/uffd.c itself */
-	int r = tm_uffd_copy(fx.uffd, fx.ram + 4 * PS, fx.data, 2 * PS, TM_UFFD_DONTWAKE, &done, &err);
+	int r = tm_uffd_copy(fx.rig.uffd, fx.rig.ram + 4 * PS, fx.data, 2 * PS, TM_UFFD_DONTWAKE,
+			     &done, &err);
 	g_assert_cmpint(r, ==, -EEXIST);
 	g_assert_error(err, TM_ERROR, EEXIST);
 	g_assert_nonnull(strstr(err->message, "UFFDIO_COPY"));
@@ -434,8 +391,8 @@ static void test_eexist(void)
 	g_assert_false(tm_placer_present(fx.placer, 0, 5));
 	/* pages marked present at the barrier are never copied again: no EEXIST for them */
 	tm_placer_mark_present(fx.placer, 0, 4, 2);
-	data_of(4, fx.data);
-	data_of(5, fx.data + PS);
+	placer_rig_data(4, fx.data);
+	placer_rig_data(5, fx.data + PS);
 	run = (tm_place_run){ .block = 0, .first_page = 4, .npages = 2, .data = fx.data };
 	g_assert_cmpint(tm_placer_place(fx.placer, &run, &placed, &err), ==, 0);
 	g_assert_no_error(err);
@@ -474,13 +431,15 @@ static void test_zero_and_runs(void)
 	tm_placer_mark_present(fx.placer, 0, 20, 1);
 	uint8_t zero[8] = { 0, 0, 1, 1, 0, 0, 1, 0 };
 	for (unsigned i = 0; i < 8; i++) {
-		data_of(16 + i, fx.data + i * PS);
-		tags_of(16 + i, fx.tags + i * GRANULES);
+		placer_rig_data(16 + i, fx.data + i * PS);
+		placer_rig_tags(16 + i, fx.tags + i * GRANULES);
 	}
 	/* the precopy pages' contents: written before registration in a session; here by copy */
 	uint64_t done;
-	g_assert_cmpint(tm_uffd_copy(fx.uffd, fx.ram + 17 * PS, fx.data + PS, PS, 0, &done, &err), ==, 0);
-	g_assert_cmpint(tm_uffd_copy(fx.uffd, fx.ram + 20 * PS, fx.data + 4 * PS, PS, 0, &done, &err), ==, 0);
+	g_assert_cmpint(tm_uffd_copy(fx.rig.uffd, fx.rig.ram + 17 * PS, fx.data + PS, PS, 0, &done,
+				     &err), ==, 0);
+	g_assert_cmpint(tm_uffd_copy(fx.rig.uffd, fx.rig.ram + 20 * PS, fx.data + 4 * PS, PS, 0, &done,
+				     &err), ==, 0);
 
 	tm_place_run run = { .block = 0, .first_page = 16, .npages = 8, .data = fx.data,
 			     .zero = zero, .tags = fx.tags,
@@ -506,10 +465,10 @@ static void test_zero_and_runs(void)
 		if (zero[i])
 			memset(want, 0, PS);
 		else
-			data_of(pg, want);
-		g_assert_cmpmem(fx.ram + pg * PS, PS, want, PS);
+			placer_rig_data(pg, want);
+		g_assert_cmpmem(fx.rig.ram + pg * PS, PS, want, PS);
 		uint8_t wt[GRANULES];
-		tags_of(pg, wt);
+		placer_rig_tags(pg, wt);
 		if (pg == 17 || pg == 20)
 			memset(wt, 0, GRANULES); /* not placed again: its tags untouched */
 		g_assert_cmpmem(fx.soft_tags + pg * GRANULES, GRANULES, wt, GRANULES);
@@ -523,8 +482,8 @@ static void test_zero_and_runs(void)
 	(void)*(volatile uint8_t *)fresh;
 	(void)*(volatile uint8_t *)(fresh + PS);
 	uint64_t f0 = pfn_of(fresh), f1 = pfn_of(fresh + PS);
-	uint64_t z18 = pfn_of(fx.ram + 18 * PS), z19 = pfn_of(fx.ram + 19 * PS),
-		 z22 = pfn_of(fx.ram + 22 * PS), d16 = pfn_of(fx.ram + 16 * PS);
+	uint64_t z18 = pfn_of(fx.rig.ram + 18 * PS), z19 = pfn_of(fx.rig.ram + 19 * PS),
+		 z22 = pfn_of(fx.rig.ram + 22 * PS), d16 = pfn_of(fx.rig.ram + 16 * PS);
 	if (f0 && f0 == f1) {
 		g_assert_cmpuint(z18, ==, f0);
 		g_assert_cmpuint(d16, !=, f0);
