@@ -317,8 +317,11 @@ static void test_names_order(void)
 	tm_sender *s = source(&src, port, 3);
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_put_state(s, "dev", "x", 1, 0, &err), ==, 0);
-	g_assert_cmpint(tm_sender_put_state(s, "cpu0", "y", 1, 0, &err), ==, 0);
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, -EPROTO);
+	/* The receiver may have refused section 0 before the next put: it reports the failure. */
+	int r = tm_sender_put_state(s, "cpu0", "y", 1, 0, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	g_assert_cmpint(r, ==, -EPROTO);
 	g_test_message("sender: %s", err->message);
 	g_assert_nonnull(strstr(err->message, "state section 0 is 'dev', expected 'cpu0'"));
 	dest_join(&d);
