@@ -258,10 +258,12 @@ int tm_dsend_flush(send_chan *c, GError **error)
 			tm_count(&d->zpackets, 1);
 		}
 	}
-	if (tm_sender_throttle(c->s, c, len))
-		c->cr.throttled = true;
-	int r = tm_chan_send(&c->ch, iov, n, len, error);
+	int r = tm_sender_throttle(c->s, c, len, error);
 	if (r < 0)
+		return r;
+	if (r)
+		c->cr.throttled = true;
+	if ((r = tm_chan_send(&c->ch, iov, n, len, error)) < 0)
 		return r;
 	uint32_t pages = d->pkt.page_count;
 	c->pages_sent += pages;

@@ -324,6 +324,16 @@ static int background(send_chan *c, GError **error)
 	 */
 	if (!__atomic_load_n(&s->st.ended, __ATOMIC_ACQUIRE))
 		return 0;
+	/*
+	 * Nor before this channel's own STATE chunks: the end was marked with the last of them
+	 * handed over (state.c, under the lock), but a worker may not have taken them yet. A page
+	 * packet ahead of one would hold it behind the rate limit.
+	 */
+	g_mutex_lock(&s->lock);
+	bool state_due = c->pending->len > 0;
+	g_mutex_unlock(&s->lock);
+	if (state_due)
+		return 0;
 	if (!find_unsent(c, &b, &p))
 		return 0;
 	const tm_wire_block *wb = &s->hello.blocks[b];

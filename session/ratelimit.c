@@ -59,18 +59,28 @@ uint64_t tm_ratelimit_rate(const tm_ratelimit *rl)
 		       : __atomic_load_n(&rl->rate, __ATOMIC_RELAXED);
 }
 
-bool tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes)
+int tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes, GError **error)
 {
 	bool waited = false;
 
 	if (!tm_ratelimit_active(&s->rl))
-		return false;
+		return 0;
 	g_mutex_lock(&s->lock);
 	while (!s->quit) {
 		int64_t now = tm_now_us();
 		int64_t wait = tm_ratelimit_debit(&s->rl, now, bytes);
 		if (!wait)
 			break;
+		if (c->ch.cork_len) {
+			/* Nothing waits behind a corked message (channel.h), nor behind the bucket:
+			 * the small messages held back (device state, RAM_END, DISCARD) go now. */
+			g_mutex_unlock(&s->lock);
+			int r = tm_chan_flush(&c->ch, error);
+			if (r < 0)
+				return r;
+			g_mutex_lock(&s->lock);
+			continue;
+		}
 		waited = true;
 		/* c->wake: a new rate, the guest stopping, a failure or free wake us early. */
 		g_cond_wait_until(&c->wake, &s->lock, now + wait);

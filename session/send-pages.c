@@ -33,7 +33,9 @@ int tm_send_flush(send_chan *c, GError **error)
 	int64_t wire_data = tm_zsend_packet(c, pkt, &iov, &n, &len, error);
 	if (wire_data < 0)
 		return (int)wire_data;
-	if (tm_sender_throttle(c->s, c, len))
+	if ((r = tm_sender_throttle(c->s, c, len, error)) < 0)
+		return r;
+	if (r)
 		c->cr.throttled = true;
 	for (unsigned i = 1; i < n; i++) /* iov[0] is the header */
 		tm_prefetch_run(iov[i].iov_base, iov[i].iov_len, false);

@@ -440,8 +440,11 @@ void tm_rounds_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
 		      tm_switch_advice *ret);
 
 /* ---- ratelimit.c ---- */
-/* Worker c, before submitting a packet of bytes: waits for the bucket; true if it had to. */
-bool tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes);
+/*
+ * Worker c, before submitting a packet of bytes: waits for the bucket, after sending what its
+ * channel holds corked. 1 if it had to wait, 0 if not, -errno (*error) if that send failed.
+ */
+int tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes, GError **error);
 /* The guest stopped: no rate limit from now on; waiting workers go at once. */
 void tm_sender_lift_rate_limit(tm_sender *s);
 

@@ -156,10 +156,14 @@ static const block_spec spec[] = { { "pc.ram", RAM, PAGE } };
 
 /*
  * Up to the switch and beyond: every page queued, the switch at once, the background at rate
- * bytes/s, device state, finish() in its own thread. Returns once the destination runs.
+ * bytes/s, device state, finish() in its own thread. Returns once the destination runs. With
+ * hold, no background page goes (the rate limit at 1 B/s from before device state, the only
+ * thing that lets the background start) until the caller sets a rate: a test that arms a cut
+ * some bytes into the background then finds the background still there, however long the
+ * destination took to start on a loaded machine.
  */
 static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpus,
-		      unsigned stride)
+		      unsigned stride, bool hold)
 {
 	g_autoptr(GError) err = NULL;
 
@@ -195,6 +199,8 @@ static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpu
 	g_assert_cmpint(tm_sender_queue_bitmap(x->s, 0, bm, 0, NPAGES, &err), ==, 0);
 	g_assert_cmpint(tm_sender_start_postcopy(x->s, &err), ==, 0);
 	int64_t t0 = g_get_monotonic_time();
+	if (hold)
+		g_assert_cmpint(tm_sender_set_rate_limit(x->s, 1), ==, 0);
 	for (unsigned i = 0; i < CPU_STATE; i++)
 		x->cpu[i] = (uint8_t)rnd();
 	g_assert_cmpint(tm_sender_put_state(x->s, "cpu0", x->cpu, CPU_STATE, TM_STATE_COPY, &err),
@@ -289,8 +295,9 @@ static void cut_data(unsigned ch)
 		return;
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
-	run_start(&x, &lc, 1u << 20, true, 2 * VCPUS);
+	run_start(&x, &lc, 1u << 20, true, 2 * VCPUS, true);
 	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10);
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1u << 20), ==, 0);
 	run_join(&x);
 	assert_resumed(&x);
 	run_free(&x);
@@ -319,7 +326,7 @@ static void test_cut_urgent(void)
 		return;
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
-	run_start(&x, &lc, 256u << 10, true, VCPUS);
+	run_start(&x, &lc, 256u << 10, true, VCPUS, false);
 	/* Device state went (a DATA packet behind it in the throttle would hold it in the
 	 * channel's cork): from now on the next background packet waits for hours. */
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0);
@@ -410,7 +417,7 @@ static void cut_end(bool end_ack, bool refuse)
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true,
 			      .resume_deadline_ms = refuse ? 60000 : 0 };
-	run_start(&x, &lc, 256u << 10, true, VCPUS);
+	run_start(&x, &lc, 256u << 10, true, VCPUS, false);
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0); /* as test_cut_urgent */
 	g_mutex_lock(&x.px.lock);
 	x.px.cut_conn = URGENT_CONN;
@@ -476,15 +483,22 @@ static void cut_paused(bool no_resume)
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .no_resume = no_resume,
 			      .resume_deadline_ms = 1000 };
-	run_start(&x, &lc, 512u << 10, false, VCPUS);
+	run_start(&x, &lc, 512u << 10, false, VCPUS, true);
 	g_mutex_lock(&x.px.lock);
 	x.px.refuse_after = true; /* once the cut happened, no reconnect gets through */
 	g_mutex_unlock(&x.px.lock);
 	proxy_arm(&x.px, 2, 32u << 10); /* data channel 1 */
 	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 512u << 10), ==, 0);
 	g_thread_join(x.finisher);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_test_message("sender (%.1f s): %s", secs, x.error ? x.error->message : "ok");
+	g_mutex_lock(&x.px.lock);
+	if (x.px.cuts != 1)
+		g_error("the cut %" G_GUINT64_FORMAT " bytes into data channel 1 never came: %"
+			G_GUINT64_FORMAT " forwarded (sender: %s)", x.px.cut_at, x.px.fwd[2],
+			x.error ? x.error->message : "ok");
+	g_mutex_unlock(&x.px.lock);
 	g_assert_cmpint(x.ret, ==, -ENOTCONN);
 	g_assert_nonnull(strstr(x.error->message, "postcopy paused"));
 	if (no_resume) {
