@@ -194,6 +194,34 @@ static void check_marked(dest *d)
 	}
 }
 
+/*
+ * Holds the background (1 B/s from the switch) until the running destination's vCPUs have
+ * faulted, then lets it go at BACKGROUND_RATE: the fault path is taken however long the
+ * destination took to start on a loaded machine (else a small postcopy set could all come in
+ * the background first).
+ */
+typedef struct releaser {
+	tm_sender *s;
+	dest *d;
+	GThread *thread;
+	uint64_t waited_ms;
+} releaser;
+
+static gpointer release_thread(gpointer data)
+{
+	releaser *rl = data;
+	for (; rl->waited_ms < 20000; rl->waited_ms++) {
+		tm_receiver *r = __atomic_load_n(&rl->d->r, __ATOMIC_ACQUIRE);
+		tm_live_stats rs = { .size = sizeof(rs) };
+		if (r && tm_receiver_get_live_stats(r, &rs) == 0 && rs.faults > 0)
+			break;
+		g_usleep(1000);
+	}
+	int r = tm_sender_set_rate_limit(rl->s, BACKGROUND_RATE);
+	g_assert_true(r == 0 || r == -EBADFD); /* -EBADFD: the vCPUs asked for every page */
+	return NULL;
+}
+
 static void run_postcopy(unsigned precopy_rounds, bool writes)
 {
 	if (!live_pair_runs("postcopy") || !uffd_usable())
@@ -251,12 +279,18 @@ static void run_postcopy(unsigned precopy_rounds, bool writes)
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
 	g_assert_no_error(err);
 	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_POSTCOPY);
+	g_assert_cmpint(tm_sender_set_rate_limit(s, 1), ==, 0);
+	releaser rl = { .s = s, .d = &d };
+	rl.thread = g_thread_new("release", release_thread, &rl);
 	uint8_t cpu[CPU_STATE];
 	for (unsigned i = 0; i < CPU_STATE; i++)
 		cpu[i] = (uint8_t)rnd();
 	g_assert_cmpint(tm_sender_put_state(s, "cpu0", cpu, CPU_STATE, TM_STATE_COPY, &err), ==, 0);
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
 	g_assert_no_error(err);
+	g_thread_join(rl.thread);
+	g_test_message("the background was held %" G_GUINT64_FORMAT " ms, until the first fault",
+		       (guint64)rl.waited_ms);
 	g_thread_join(d.thread);
 	close(d.listen_fd);
 	g_test_message("receiver: %s", d.error ? d.error->message : "ok");
