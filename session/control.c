@@ -10,7 +10,9 @@
  * (a dead path under load). It ends the session on control: the sender's END leaves with the
  * data channels' ENDs; the receiver answers READY and END_ACK once every data channel ended and
  * every page is there, keeping the keepalive going meanwhile; and when the session fails it
- * tells the peer why and listens for the peer's reason.
+ * tells the peer why and listens for the peer's reason. The end may be sent by a thread that is
+ * awake anyway instead (tm_control_send_end, tm_control_answer_end: one wake-up less inside the
+ * downtime); io_lock keeps the connection one thread's at a time.
  */
 #include <errno.h>
 #include <poll.h>

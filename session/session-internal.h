@@ -113,8 +113,8 @@ void tm_events_stop(tm_events *e);
 
 /* ---- control.c: the control connection's thread (protocol 2) ---- */
 /*
- * One per side, from the end of the handshake to the end of the session: it alone reads and
- * writes the control connection. It sends a PING every ka_ms (docs/design/live-engine.md 3.5),
+ * One per side, from the end of the handshake to the end of the session: it reads and writes the
+ * control connection, but for the end, which another thread may send under io_lock (below). It sends a PING every ka_ms (docs/design/live-engine.md 3.5),
  * answers the peer's at once, and fails the session when nothing arrived for timeout_ms ("peer
  * unresponsive") or a data channel has had data unacknowledged by the peer's kernel that long.
  * It ends the session on the control connection (END / END_ACK), and after a failure tells the
