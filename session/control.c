@@ -609,13 +609,16 @@ void tm_control_stop(tm_control *c)
 		g_thread_join(c->thread);
 		c->thread = NULL;
 	}
-	if (c->wake_fd >= 0) {
+	if (c->wake_fd >= 0)
 		close(c->wake_fd);
-		g_mutex_clear(&c->io_lock);
-	}
 	c->wake_fd = -1;
 	g_clear_pointer(&c->data_fds, g_free);
+}
+
+void tm_control_clear(tm_control *c)
+{
 	g_clear_error(&c->end_error);
+	g_mutex_clear(&c->io_lock);
 }
 
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS

@@ -797,6 +797,7 @@ void tm_sender_free(tm_sender *s)
 	tm_tls_ctx_free(s->tls);
 	g_free(s->chans);
 	g_free(s->staging);
+	tm_control_clear(&s->control);
 	g_mutex_clear(&s->lock);
 	g_cond_clear(&s->cond);
 	g_free(s);

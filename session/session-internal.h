@@ -226,6 +226,9 @@ void tm_control_await_exit_locked(tm_control *c);
  * itself is the owner's. Idempotent.
  */
 void tm_control_stop(tm_control *c);
+/* At the owner's free, once every thread that may end the session on it (tm_control_send_end,
+ * tm_control_answer_end) was joined: frees what tm_control_init made besides wake_fd. */
+void tm_control_clear(tm_control *c);
 
 typedef struct work {
 	uint32_t kind;
