@@ -97,8 +97,9 @@ void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round)
 
 int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 {
-	int r = tm_sender_check_open(s, error);
-	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0)
+	/* The caller's misuse first: the same answer whatever the peer did meanwhile. */
+	int r = tm_sender_check_ram_open(s, error);
+	if (r < 0 || (r = tm_sender_check_open(s, error)) < 0)
 		return r;
 	uint64_t id = __atomic_load_n(&s->next_sync, __ATOMIC_RELAXED) + 1;
 	g_mutex_lock(&s->lock);

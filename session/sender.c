@@ -606,9 +606,9 @@ static int check_block(tm_sender *s, unsigned block, GError **error)
 int tm_sender_queue_pages(tm_sender *s, unsigned block, const uint64_t *pages, size_t count,
 			  GError **error)
 {
-	int r = check_open(s, error);
-	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0 ||
-	    (r = check_block(s, block, error)) < 0)
+	/* The caller's misuse first: the same answer whatever the peer did meanwhile. */
+	int r = tm_sender_check_ram_open(s, error);
+	if (r < 0 || (r = check_open(s, error)) < 0 || (r = check_block(s, block, error)) < 0)
 		return r;
 	const tm_wire_block *b = &s->hello.blocks[block];
 	for (size_t i = 0; i < count; i++) {
@@ -630,9 +630,9 @@ int tm_sender_queue_pages(tm_sender *s, unsigned block, const uint64_t *pages, s
 int tm_sender_queue_bitmap(tm_sender *s, unsigned block, const uint64_t *bitmap,
 			   uint64_t first_page, uint64_t npages, GError **error)
 {
-	int r = check_open(s, error);
-	if (r < 0 || (r = tm_sender_check_ram_open(s, error)) < 0 ||
-	    (r = check_block(s, block, error)) < 0)
+	/* The caller's misuse first: the same answer whatever the peer did meanwhile. */
+	int r = tm_sender_check_ram_open(s, error);
+	if (r < 0 || (r = check_open(s, error)) < 0 || (r = check_block(s, block, error)) < 0)
 		return r;
 	const tm_wire_block *b = &s->hello.blocks[block];
 	if (first_page > b->npages || npages > b->npages - first_page) {
