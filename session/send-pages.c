@@ -210,6 +210,11 @@ static int end_ack(send_chan *c, uint64_t applied, GError **error)
 	}
 	if ((r = tm_tls_shutdown(c->ch.io, error)) < 0)
 		return r;
+	/* Every packet buffer released (zero-copy: the kernel's notification reaped), whichever
+	 * thread ended the channel: nothing of guest RAM is still the kernel's when finish returns. */
+	for (unsigned k = 0; k < c->ch.depth; k++)
+		if ((r = tm_chan_wait_slot(&c->ch, k, error)) < 0)
+			return r;
 	g_mutex_lock(&c->s->lock);
 	c->ended = true;
 	g_cond_broadcast(&c->s->cond);
