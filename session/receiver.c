@@ -566,7 +566,6 @@ void tm_receiver_free(tm_receiver *r)
 	tm_tls_ctx_free(r->tls);
 	tm_hello_clear(&r->hello);
 	g_clear_error(&r->failure.error);
-	tm_control_clear(&r->control); /* after the data workers: the last one may end control */
 	g_mutex_clear(&r->lock);
 	g_cond_clear(&r->cond);
 	g_free(r);

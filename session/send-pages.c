@@ -173,33 +173,26 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	return 0;
 }
 
-/* END (and the cork's content before it); protocol 1 also waits for its END_ACK here. */
-static int end_post(send_chan *c, uint64_t *applied, GError **error)
+int tm_send_end(send_chan *c, GError **error)
 {
 	uint64_t unused;
 	int r = tm_send_flush(c, error);
-	*applied = c->pages_sent; /* the flushed packet's pages included */
+	uint64_t applied = c->pages_sent; /* the flushed packet's pages included */
 	/* Protocol 2: END's three counts, END_ACK's two checked in state.c; TLS: our close_notify
 	 * right behind END, so that the receiver's close waits for nothing. */
-	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2)
-		return tm_send_end_v2_post(c, error);
-	if (r >= 0)
-		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
-	if (r >= 0)
-		r = tm_chan_flush(&c->ch, error);
-	if (r >= 0)
-		r = tm_tls_close_notify(c->ch.io, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, applied, &unused, error);
-	return r < 0 ? r : 0;
-}
-
-/* After end_post: protocol 2's END_ACK, the counts checked, the close; the channel has ended. */
-static int end_ack(send_chan *c, uint64_t applied, GError **error)
-{
-	int r = 0;
-
-	if (c->ch.version == TM_WIRE_VERSION_2 && (r = tm_send_end_v2_ack(c, error)) < 0)
+	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2) {
+		r = tm_send_end_v2(c, error);
+	} else {
+		if (r >= 0)
+			r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+		if (r >= 0)
+			r = tm_chan_flush(&c->ch, error);
+		if (r >= 0)
+			r = tm_tls_close_notify(c->ch.io, error);
+		if (r >= 0)
+			r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
+	}
+	if (r < 0)
 		return r;
 	if (applied != c->pages_sent) {
 		g_set_error(error, TM_ERROR, EPROTO,
@@ -210,8 +203,8 @@ static int end_ack(send_chan *c, uint64_t applied, GError **error)
 	}
 	if ((r = tm_tls_shutdown(c->ch.io, error)) < 0)
 		return r;
-	/* Every packet buffer released (zero-copy: the kernel's notification reaped), whichever
-	 * thread ended the channel: nothing of guest RAM is still the kernel's when finish returns. */
+	/* Every packet buffer released (zero-copy: the kernel's notification reaped): nothing of
+	 * guest RAM is still the kernel's when finish returns. */
 	for (unsigned k = 0; k < c->ch.depth; k++)
 		if ((r = tm_chan_wait_slot(&c->ch, k, error)) < 0)
 			return r;
@@ -220,132 +213,6 @@ static int end_ack(send_chan *c, uint64_t applied, GError **error)
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;
-}
-
-int tm_send_end(send_chan *c, GError **error)
-{
-	uint64_t applied;
-	int r = end_post(c, &applied, error);
-
-	return r < 0 ? r : end_ack(c, applied, error);
-}
-
-/*
- * Sends c->work from its first item on, corked, and empties it; a broken connection is resumed
- * and its replay sent. defer_end: END leaves without waiting for its END_ACK (protocol 2 only:
- * tm_send_direct_ack reads it). Returns 0 or -errno with *err.
- */
-static int send_batch(send_chan *c, bool defer_end, GError **err)
-{
-	int r = 0;
-
-	for (;;) {
-		/* The small messages of one batch leave together (RAM_END, END_OF_STATE, END). */
-		tm_chan_cork(&c->ch);
-		for (guint i = 0; i < c->work->len && r >= 0; i++) {
-			const work *w = &g_array_index(c->work, work, i);
-			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
-			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
-			if (w->kind == WORK_PAGES)
-				r = tm_send_pages(c, w, err);
-			else if (w->kind == WORK_SWITCH)
-				r = 0; /* below */
-			else if (w->kind == WORK_SYNC)
-				r = send_sync(c, w->first, err);
-			else if (w->kind == WORK_END && defer_end)
-				r = (r = tm_send_flush(c, err)) < 0 ? r : tm_send_end_v2_post(c, err);
-			else if (w->kind == WORK_END)
-				r = tm_send_end(c, err);
-			else if ((r = tm_send_flush(c, err)) >= 0)
-				r = tm_send_state_work(c, w, err); /* RAM_END, STATE */
-			if (r < 0 && tm_resume_send(c, i + 1, err) == 0) {
-				/* Reconnected (a new, uncorked connection: what the old one held is
-				 * in the replay): c->work starts with what to send again. */
-				r = 0;
-				i = G_MAXUINT; /* ++ wraps to 0 */
-			}
-			if (r >= 0 && tm_send_pc_switching(c)) {
-				/* Postcopy from here on: the worker's rest is postcopy-send.c's. */
-				r = tm_send_postcopy(c, i + 1, err);
-				break;
-			}
-		}
-		g_array_set_size(c->work, 0);
-		if (r >= 0 && (r = tm_chan_uncork(&c->ch, err)) < 0 && tm_resume_send(c, 0, err) == 0) {
-			r = 0; /* what the corked batch held is in the replay (c->work) */
-			continue;
-		}
-		return r;
-	}
-}
-
-/* The channel failed with err: the session fails, with the peer's words if it left some. */
-static void chan_failed(send_chan *c, GError *err)
-{
-	bool from_peer = c->ch.peer_error;
-	int code = err->code;
-
-	if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
-		/* The receiver went away: it may have said why before it closed. */
-		GError *why = NULL;
-		if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
-			g_clear_error(&err);
-			err = why;
-			from_peer = true;
-		}
-	} else if (!from_peer) {
-		tm_chan_send_error(&c->ch, code, err->message);
-	}
-	tm_sender_fail(c->s, err, from_peer);
-}
-
-bool tm_send_direct_claim_locked(send_chan *c)
-{
-	/* Parked: the worker flushed its packet and sleeps; nothing it holds is unsent. */
-	if (!c->parked || c->direct || c->pending->len || c->work->len || c->pkt_open)
-		return false;
-	c->direct = true;
-	return true;
-}
-
-int tm_send_direct_post(send_chan *c)
-{
-	tm_sender *s = c->s;
-	g_autoptr(GError) err = NULL;
-
-	/* The worker sleeps (c->direct): its lists and packets are ours, as they were its own. */
-	g_mutex_lock(&s->lock);
-	GArray *t = c->work;
-	c->work = c->pending;
-	c->pending = t;
-	g_mutex_unlock(&s->lock);
-	int r = send_batch(c, true, &err);
-	if (r < 0)
-		chan_failed(c, g_steal_pointer(&err));
-	return r;
-}
-
-int tm_send_direct_ack(send_chan *c)
-{
-	tm_sender *s = c->s;
-	g_autoptr(GError) err = NULL;
-
-	g_mutex_lock(&s->lock);
-	bool done = c->ended || s->quit; /* a replay found END answered, or the session failed */
-	g_mutex_unlock(&s->lock);
-	if (done)
-		return 0;
-	int r = end_ack(c, c->pages_sent, &err);
-	/* Broken before END_ACK: the receiver's position decides (an END it answered ends the
-	 * channel in the replay, else END goes again and is awaited). */
-	while (r < 0 && tm_resume_send(c, 0, &err) == 0)
-		r = send_batch(c, false, &err);
-	g_mutex_lock(&s->lock);
-	tm_rounds_chan_idle(s, c);
-	g_mutex_unlock(&s->lock);
-	if (r < 0)
-		chan_failed(c, g_steal_pointer(&err));
-	return r;
 }
 
 gpointer tm_send_worker(gpointer data)
@@ -358,9 +225,8 @@ gpointer tm_send_worker(gpointer data)
 	c->cr.wire_mark = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED); /* not the HELLO */
 	for (;;) {
 		g_mutex_lock(&s->lock);
-		/* A channel finish took (c->direct) is not ours any more: sleep until the end. */
-		while (!s->quit && (c->direct || (c->pending->len == 0 && c->work->len == 0))) {
-			if (!c->direct && c->pkt_open) {
+		while (!s->quit && c->pending->len == 0 && c->work->len == 0) {
+			if (c->pkt_open) {
 				/* Nothing more to pack for now: do not hold pages back. */
 				g_mutex_unlock(&s->lock);
 				r = tm_send_flush(c, &err);
@@ -371,13 +237,9 @@ gpointer tm_send_worker(gpointer data)
 					break;
 				continue;
 			}
-			if (!c->direct) {
-				tm_rounds_chan_idle(s, c);
-				tm_zsend_idle(c);
-			}
-			c->parked = true;
+			tm_rounds_chan_idle(s, c);
+			tm_zsend_idle(c);
 			g_cond_wait(&c->wake, &s->lock);
-			c->parked = false;
 		}
 		if (r < 0 || s->quit) {
 			g_mutex_unlock(&s->lock);
@@ -390,12 +252,60 @@ gpointer tm_send_worker(gpointer data)
 		}
 		g_mutex_unlock(&s->lock);
 
-		if ((r = send_batch(c, false, &err)) < 0)
+		/* The small messages of one batch leave together (RAM_END, END_OF_STATE, END). */
+		tm_chan_cork(&c->ch);
+		for (guint i = 0; i < c->work->len && r >= 0; i++) {
+			const work *w = &g_array_index(c->work, work, i);
+			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
+			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
+			if (w->kind == WORK_PAGES)
+				r = tm_send_pages(c, w, &err);
+			else if (w->kind == WORK_SWITCH)
+				r = 0; /* below */
+			else if (w->kind == WORK_SYNC)
+				r = send_sync(c, w->first, &err);
+			else if (w->kind == WORK_END)
+				r = tm_send_end(c, &err);
+			else if ((r = tm_send_flush(c, &err)) >= 0)
+				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
+			if (r < 0 && tm_resume_send(c, i + 1, &err) == 0) {
+				/* Reconnected (a new, uncorked connection: what the old one held is
+				 * in the replay): c->work starts with what to send again. */
+				r = 0;
+				i = G_MAXUINT; /* ++ wraps to 0 */
+			}
+			if (r >= 0 && tm_send_pc_switching(c)) {
+				/* Postcopy from here on: the worker's rest is postcopy-send.c's. */
+				r = tm_send_postcopy(c, i + 1, &err);
+				break;
+			}
+		}
+		g_array_set_size(c->work, 0);
+		if (r >= 0 && (r = tm_chan_uncork(&c->ch, &err)) < 0 &&
+		    tm_resume_send(c, 0, &err) == 0) {
+			r = 0; /* what the corked batch held is in the replay (c->work) */
+			continue;
+		}
+		if (r < 0)
 			break;
 	}
 
-	if (r < 0)
-		chan_failed(c, g_steal_pointer(&err));
+	if (r < 0) {
+		bool from_peer = c->ch.peer_error;
+		int code = err->code;
+		if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
+			/* The receiver went away: it may have said why before it closed. */
+			GError *why = NULL;
+			if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+				g_clear_error(&err);
+				err = why;
+				from_peer = true;
+			}
+		} else if (!from_peer) {
+			tm_chan_send_error(&c->ch, code, err->message);
+		}
+		tm_sender_fail(s, g_steal_pointer(&err), from_peer);
+	}
 	g_mutex_lock(&s->lock);
 	c->exited = true;
 	g_cond_broadcast(&s->cond);
