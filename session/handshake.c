@@ -154,11 +154,19 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 		}
 		if (r < 0) {
 			g_prefix_error(error, "handshake: ");
-			if (r == -ECONNRESET && !s->tls)
+			if (r == -ECONNRESET && !s->tls && !have_first)
 				/* What a TLS receiver does with a plaintext HELLO. */
 				g_prefix_error(error, "the receiver closed the connection at once (does "
 						      "it expect TLS? then give both sides TLS "
 						      "credentials): ");
+			else if (tm_resume_broken(-r) && !s->resume && s->wire == TM_WIRE_VERSION_2) {
+				/* Another connection's HELLO_ACK came: this one broke on the way. */
+				g_autofree char *m = (*error)->message;
+				(*error)->message = g_strdup_printf(
+					"%s (before its HELLO_ACK; not dialled again: %s)", m,
+					s->live.no_resume ? "resume is off (no_resume)"
+							  : "resume is not offered");
+			}
 			return r;
 		}
 	}
@@ -168,8 +176,10 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 		bool ok = have_first && (first.features & TM_FEATURE_RESUME);
 		if (i == s->nch) /* control: only with RESUME_CONTROL */
 			ok = ok && (first.features & TM_FEATURE_RESUME_CONTROL);
-		else if (i == s->nch + 1) /* urgent: only when postcopy was declined (it closes) */
-			ok = have_first && !(first.features & TM_FEATURE_POSTCOPY);
+		else if (i == s->nch + 1) /* urgent: declined, it closes anyway; accepted, its
+					   * return thread reconnects it at the switch */
+			ok = have_first && (!(first.features & TM_FEATURE_POSTCOPY) ||
+					    (first.features & TM_FEATURE_RESUME));
 		if (!ok) {
 			int code = lost->code;
 			g_propagate_error(error, g_steal_pointer(&lost));

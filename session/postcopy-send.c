@@ -485,6 +485,8 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 					  : "device state has started (tm_sender_put_state or finish)");
 		return -EBADFD;
 	}
+	if ((r = tm_urgent_switch_check(s, error)) < 0)
+		return r;
 	if (!s->rounds.stopped_us && (r = tm_sender_guest_stopped(s, error)) < 0)
 		return r;
 
@@ -510,6 +512,7 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 	if (!quit) {
 		/* Both under the lock: a failure from now on pauses (tm_sender_pc_paused_locked). */
 		__atomic_store_n(&s->pc.started, true, __ATOMIC_RELEASE);
+		g_cond_broadcast(&s->cond); /* a return thread waits for it to reconnect */
 		tm_events_set_phase(&s->events, TM_PHASE_POSTCOPY);
 		__atomic_store_n(&s->pc.postcopy_pages, s->pc.missing, __ATOMIC_RELAXED);
 		s->control.postcopy_pages = s->pc.missing;

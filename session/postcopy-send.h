@@ -47,6 +47,8 @@ typedef struct send_postcopy {
 	bool urg_exited;           /* protected by s->lock */
 	int urg_busy;              /* protected by s->lock: fd + 1 of an urgent reconnect under way
 				    * (a failure shuts it down: resume-postcopy.c), 0: none */
+	GError *urg_lost;          /* protected by s->lock: why the connection broke before the
+				    * switch when nothing reconnects it (no resume), or NULL */
 } send_postcopy;
 
 /* Per data channel: the worker's postcopy part (worker-local unless said). */

@@ -415,13 +415,15 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		} else if (r->wire == TM_WIRE_VERSION_2) {
 			size_t len = tm_hello_ack_encode(ackbuf, ch->tx_seq++, &ack);
 			struct iovec v = { .iov_base = ackbuf, .iov_len = len };
+			tm_setup_test_ack_hook(r, i, ch); /* resume.h: only with test hooks */
 			ret = tm_chan_send(ch, &v, 1, len, error);
 			/* A data channel broken now is resumed: its worker waits (resume.h); control
-			 * too with RESUME_CONTROL; a declined urgent connection closes anyway. */
+			 * too with RESUME_CONTROL; a declined urgent connection closes anyway, an
+			 * accepted one is reconnected at the switch with RESUME (resume-postcopy.c). */
 			if (ret < 0 && tm_resume_broken(-ret) &&
 			    (i < r->nch ? (ack.features & TM_FEATURE_RESUME)
 			     : i == r->nch ? (ack.features & TM_FEATURE_RESUME_CONTROL)
-					    : !postcopy)) {
+					    : !postcopy || (ack.features & TM_FEATURE_RESUME))) {
 				g_clear_error(error);
 				ret = 0;
 			}

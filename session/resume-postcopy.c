@@ -21,7 +21,12 @@
  * on their faults (nothing is placed without its data and tags), then asks again for every page
  * it had requested and not received. Its end (REQ_END / END_ACK) survives a break without a
  * hang: after REQ_END the receiver takes a break as the end and answers a later reconnect with
- * REQ_END at once; the sender stops reconnecting once control's END_ACK came.
+ * REQ_END at once; the sender stops reconnecting once control's END_ACK came. A connection
+ * that breaks before the switch (its HELLO_ACK lost at setup, or cut while idle in precopy)
+ * carries nothing until then: the return thread waits for the committed switch and reconnects
+ * it then, the same way; the receiver's accept thread keeps that reconnect for the urgent
+ * thread, which finds its first connection broken when it starts at the registration barrier
+ * and answers it. A session that ends in precopy never reconnects it.
  */
 #include <errno.h>
 #include <poll.h>
@@ -359,11 +364,9 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 	unsigned deadline_ms;
 	int code = (*error)->code;
 
-	if (!__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE) || s->pc.urg.peer_error ||
-	    !tm_resume_broken(code) ||
+	if (s->pc.urg.peer_error || !tm_resume_broken(code) ||
 	    !tm_resume_send_target(s, &host, &port, &token, &deadline_ms))
 		return -code;
-	int64_t t0 = tm_now_us(), deadline = t0 + (int64_t)deadline_ms * 1000;
 	g_autofree char *cause = g_strdup((*error)->message);
 
 	/* The broken connection goes, under the lock: a cancel shuts down what it sees there. */
@@ -372,21 +375,33 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		g_mutex_unlock(&s->lock);
 		return -code;
 	}
-	bool ended = s->control.ended; /* see the loop */
 	tm_counters st = s->pc.urg.st;
 	shutdown(s->pc.urg.fd, SHUT_RDWR);
 	tm_chan_close(&s->pc.urg);
 	tm_io_counters io_closed = s->pc.urg.io_closed;
+	/*
+	 * Broken before the switch (in setup after the HELLO_ACKs, or idle in precopy): nothing is
+	 * asked before it, so the reconnect waits for the switch (tm_sender_start_postcopy()
+	 * broadcasts it), and never comes when the session ends in precopy (the receiver takes
+	 * the idle connection's break as its end: urgent-recv.c). The deadline runs from then.
+	 */
+	while (!s->quit && !s->control.ended && !__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE))
+		g_cond_wait(&s->cond, &s->lock);
+	bool quit = s->quit;
+	bool ended = s->control.ended; /* see the loop */
 	g_mutex_unlock(&s->lock);
+	if (quit)
+		return -code;
 	if (ended) {
 		g_clear_error(error);
 		return 1;
 	}
+	int64_t t0 = tm_now_us(), deadline = t0 + (int64_t)deadline_ms * 1000;
 
 	g_autoptr(GError) last = NULL;
 	tm_chan ch = { .fd = -1 };
 	unsigned attempts = 0, backoff = TM_RESUME_BACKOFF_FIRST_MS;
-	bool final = false, done = false, quit = false;
+	bool final = false, done = false;
 	for (;;) {
 		g_clear_error(&last);
 		attempts++;

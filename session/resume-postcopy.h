@@ -41,7 +41,9 @@ void tm_pcresume_send_free(tm_sender *s);
 
 /* ---- sender, the urgent connection ---- */
 /*
- * Return thread, its connection failed with *error after the switch: reconnects it (HELLO
+ * Return thread, its connection failed with *error: before the switch it first waits (on
+ * s->cond) for the switch to be committed, the session's quit or control's end. Then it
+ * reconnects it (HELLO
  * role urgent with a new epoch, RESUME, RESUME_ACK), resets win (request ids start at 1 on each
  * connection) and forgets which pages were answered: the receiver asks again for what it
  * lacks, each page at most once per connection. 0 (*error cleared), 1 (*error cleared) when

@@ -21,6 +21,30 @@
 #include "session/resume.h"
 #include "tagmig/error.h"
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static int test_fail_ack;
+
+void tm_setup_test_fail_ack(int which)
+{
+	__atomic_store_n(&test_fail_ack, which, __ATOMIC_RELAXED);
+}
+#endif
+
+void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	int which = __atomic_load_n(&test_fail_ack, __ATOMIC_RELAXED);
+	/* A send after our own shutdown fails with EPIPE, and the sender sees the close. */
+	if (ch->fd >= 0 && ((which == TM_SETUP_TEST_ACK_CONTROL && i == r->nch) ||
+			    (which == TM_SETUP_TEST_ACK_URGENT && i == r->nch + 1)))
+		shutdown(ch->fd, SHUT_RDWR);
+#else
+	(void)r;
+	(void)i;
+	(void)ch;
+#endif
+}
+
 bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h)
 {
 	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered

@@ -196,6 +196,20 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
  * first I/O breaks and resumes it at position 0. */
 void tm_setup_lost(tm_chan *ch);
 
+/*
+ * Receiver, start(): connection i (data i < nch, control nch, urgent nch + 1) before its
+ * HELLO_ACK is sent: under the test hook below it is shut down first, so that the send fails
+ * as into a dead socket; nothing otherwise.
+ */
+void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch);
+#define TM_SETUP_TEST_ACK_CONTROL 1 /* the receiver's HELLO_ACK send on control fails */
+#define TM_SETUP_TEST_ACK_URGENT 2  /* ... on the urgent connection */
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/* Test hook (-Dtest_hooks=true): 0, or the connection (the values above) whose HELLO_ACK send
+ * fails in the next receivers' start(). Global. */
+void tm_setup_test_fail_ack(int which);
+#endif
+
 #define TM_CTL_RESUME_TEST_NO_OFFER 1  /* senders do not offer RESUME_CONTROL */
 #define TM_CTL_RESUME_TEST_NO_ACCEPT 2 /* receivers do not accept it */
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS

@@ -496,8 +496,16 @@ int tm_urgent_start(tm_sender *s, GError **error);
 void tm_urgent_wake(tm_sender *s, bool shut);
 /* s->lock held, after a failure: waits until the return thread (if any) exited. */
 void tm_urgent_await_exit_locked(tm_sender *s);
-/* At free (s->quit set): shuts the connection down, joins the return thread, closes. */
+/* At free or a failed setup (s->quit set): shuts the connection down, joins the return
+ * thread, closes. */
 void tm_urgent_stop(tm_sender *s);
+/*
+ * tm_sender_start_postcopy(), before the switch: 0 when the urgent connection can serve
+ * postcopy (open, or broken and reconnected by the return thread once the switch is committed,
+ * with resume); -ENOTCONN with *error naming it when it broke before and nothing reconnects it
+ * (no resume): the session goes on in precopy.
+ */
+int tm_urgent_switch_check(tm_sender *s, GError **error);
 
 /* ---- receiver.c ---- */
 /* Records a failure of channel c (or of the VMM) and wakes the other channels' workers. */

@@ -9,7 +9,9 @@
  * present (or every data channel ended) and nothing is outstanding it sends REQ_END and takes
  * the sender's END_ACK: the urgent connection is done. With resume, a break after REQ_END ends
  * it too, and a reconnect after the end is answered with REQ_END at once (docs/wire-format.md,
- * "The end of the urgent connection").
+ * "The end of the urgent connection"). A connection that broke before the switch (its
+ * HELLO_ACK lost, or cut while idle in precopy) is found broken when the thread starts, and
+ * resumed as any: the sender reconnects it once its switch is committed.
  *
  * The thread never blocks in a send: at most max_outstanding PAGE_REQs of 40 bytes are unread
  * by the sender, far below the socket buffer (2.2), so it always returns to reading.
@@ -423,7 +425,27 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error)
 	return 0;
 }
 
+/*
+ * Agreed, never switched: REQ_END(0) / END_ACK. The connection carried nothing, so a break of
+ * it (the sender's side closed or reset it before the switch, or now) ends it as END_ACK
+ * would: the sender takes the same break as the end (urgent-send.c), with or without resume,
+ * and reconnects only at a switch, which never came. The control END_ACK still says whether
+ * everything arrived.
+ */
+static int end_unused(tm_receiver *r, GError **error);
+
 int tm_pc_urgent_end_unused(tm_receiver *r, GError **error)
+{
+	int ret = end_unused(r, error);
+
+	if (ret < 0 && !r->urg.peer_error && tm_resume_broken(-ret) && ret != -ETIMEDOUT) {
+		g_clear_error(error);
+		return 0;
+	}
+	return ret;
+}
+
+static int end_unused(tm_receiver *r, GError **error)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
 

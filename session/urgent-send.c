@@ -207,8 +207,8 @@ static int run(ret_loop *l, GError **error)
 			return 0;
 		if (tm_io_readable(ch->io)) {
 			int r = one_message(l, error);
-			/* Broken after the switch, before REQ_END was answered: reconnected, and asked
-			 * again, or ended by control's END_ACK (resume-postcopy.c). */
+			/* Broken before REQ_END was answered: reconnected (at the switch if it broke
+			 * before), and asked again, or ended by control's END_ACK (resume-postcopy.c). */
 			if (r < 0 && (r = tm_pcresume_urgent_send(s, &l->win, error)) == 0)
 				continue;
 			if (r != 0)
@@ -241,6 +241,9 @@ static gpointer return_thread(gpointer data)
 	 */
 	bool idle_close = (r == -ECONNRESET || r == -EPIPE) &&
 			  !__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE);
+	/* Without resume nothing reconnects it: tm_sender_start_postcopy() says why it cannot. */
+	if (idle_close && !s->pc.urg_lost)
+		s->pc.urg_lost = g_steal_pointer(&err);
 	g_mutex_unlock(&s->lock);
 	if (r < 0 && !idle_close) {
 		if (!s->pc.urg.peer_error)
@@ -306,8 +309,45 @@ void tm_urgent_await_exit_locked(tm_sender *s)
 		g_cond_wait(&s->cond, &s->lock);
 }
 
+/* Whether connection ch shows its peer's close or a reset, without a byte to read. */
+static bool broke(const tm_chan *ch)
+{
+	uint8_t b;
+	ssize_t got = ch->fd < 0 ? 0 : recv(ch->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+int tm_urgent_switch_check(tm_sender *s, GError **error)
+{
+	const char *host, *port;
+	uint64_t token;
+	unsigned deadline_ms;
+
+	/* With resume the return thread reconnects a broken connection once the switch is
+	 * committed (resume-postcopy.c): the switch goes on. */
+	if (tm_resume_send_target(s, &host, &port, &token, &deadline_ms))
+		return 0;
+	g_mutex_lock(&s->lock);
+	/* A break the return thread has not read yet: it ends on it at once (no resume). */
+	if (s->pc.thread && !s->pc.urg_exited && broke(&s->pc.urg))
+		tm_urgent_await_exit_locked(s);
+	int code = s->pc.urg_lost ? s->pc.urg_lost->code : 0;
+	if (code)
+		g_set_error(error, TM_ERROR, ENOTCONN,
+			    "tm_sender_start_postcopy(): the urgent connection broke before the switch "
+			    "and is not reconnected (%s): %s; the session goes on in precopy",
+			    s->live.no_resume ? "resume is off (no_resume)" : "resume was not agreed",
+			    s->pc.urg_lost->message);
+	g_mutex_unlock(&s->lock);
+	return code ? -ENOTCONN : 0;
+}
+
 void tm_urgent_stop(tm_sender *s)
 {
+	/* A return thread that waits for the switch to reconnect sees quit (resume-postcopy.c). */
+	g_mutex_lock(&s->lock);
+	g_cond_broadcast(&s->cond);
+	g_mutex_unlock(&s->lock);
 	if (s->pc.thread) {
 		/* also out of a send to a receiver that stopped reading (free mid-migration) */
 		tm_urgent_wake(s, true);
@@ -318,4 +358,5 @@ void tm_urgent_stop(tm_sender *s)
 		close(s->pc.wake_fd);
 	s->pc.wake_fd = -1;
 	tm_chan_close(&s->pc.urg);
+	g_clear_error(&s->pc.urg_lost);
 }

@@ -495,8 +495,10 @@ TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
  * (tm_sender_put_state()), then tm_sender_finish(), which returns once every page is at the
  * destination. Returns once every data channel has committed the switch (not waiting for the
  * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
- * receiver, which the message says), -EBADFD (in postcopy already, device state started, or the
- * session is not open), or the session's failure. After 0 the source guest must never run
+ * receiver, which the message says), -ENOTCONN (the urgent connection broke before the switch
+ * and resume is off: nothing would reconnect it; the session is unchanged and may end in
+ * precopy), -EBADFD (in postcopy already, device state started, or the session is not open), or
+ * the session's failure. After 0 the source guest must never run
  * again: a failure from then on (a connection, the peer's silence or ERROR, a bad message; not
  * a cancel) pauses the session, TM_PHASE_POSTCOPY_PAUSED and TM_EVENT_PAUSED, and every call
  * returns -ENOTCONN quoting the cause; the sender keeps all it knows until tm_sender_free();

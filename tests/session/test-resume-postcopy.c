@@ -11,7 +11,9 @@
  * receiver asks again. Without resume, or when the reconnect cannot come within the deadline,
  * the session pauses (TM_PHASE_POSTCOPY_PAUSED) naming the cause, as before resume. The urgent
  * connection's end is cut too (REQ_END lost, END_ACK lost, and REQ_END lost with no reconnect
- * getting through): the session completes without a hang.
+ * getting through): the session completes without a hang. And the urgent connection cut before
+ * the switch (its HELLO_ACK lost at setup, or idle between precopy rounds): reconnected at the
+ * switch, or, without resume, refused there with a clear error (the session ends in precopy).
  *
  * Every test runs for each backend pair, plaintext and TLS (session-fixture.c); without
  * userfaultfd it skips with the reason.
@@ -23,6 +25,7 @@
 #include "codec/codec.h"
 #include "cut-proxy.h"
 #include "session-fixture.h"
+#include "session/resume.h"
 #include "transport/transport.h"
 
 #define NCH 3u
@@ -154,6 +157,18 @@ static gpointer finish_thread(gpointer data)
 
 static const block_spec spec[] = { { "pc.ram", RAM, PAGE } };
 
+/* Where the urgent connection is cut before the switch (run_open). */
+typedef enum {
+	URG_NONE,
+	URG_SETUP_ACK, /* its HELLO_ACK is lost at setup (plaintext: found by its frame header) */
+	URG_IDLE,      /* while idle in precopy, between two rounds */
+	URG_SETUP_SEND, /* the receiver's send of its HELLO_ACK fails (test hook: TLS too) */
+} urg_cut;
+
+static int run_open(run *x, const tm_live_config *lc, bool vcpus, unsigned stride,
+		    urg_cut cut);
+static void run_switch(run *x, uint64_t rate, bool hold);
+
 /*
  * Up to the switch and beyond: every page queued, the switch at once, the background at rate
  * bytes/s, device state, finish() in its own thread. Returns once the destination runs. With
@@ -164,6 +179,29 @@ static const block_spec spec[] = { { "pc.ram", RAM, PAGE } };
  */
 static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpus,
 		      unsigned stride, bool hold)
+{
+	if (run_open(x, lc, vcpus, stride, URG_NONE) < 0)
+		g_error("connect: %s", x->error->message);
+	run_switch(x, rate, hold);
+}
+
+/* One precopy round of every page at full speed, acknowledged (tm_sender_sync()). */
+static void run_round(run *x)
+{
+	g_autoptr(GError) err = NULL;
+	uint64_t bm[NPAGES / 64];
+	memset(bm, 0xff, sizeof(bm));
+	g_assert_cmpint(tm_sender_queue_bitmap(x->s, 0, bm, 0, NPAGES, &err), ==, 0);
+	if (tm_sender_sync(x->s, &err) < 0)
+		g_error("round: %s", err->message);
+}
+
+/*
+ * The guests, the destination, the proxy and the connected sender; with cut, the urgent
+ * connection is cut before the switch: at setup (its HELLO_ACK lost), or between two precopy
+ * rounds. Returns 0, or tm_sender_connect()'s failure (x->error).
+ */
+static int run_open(run *x, const tm_live_config *lc, bool vcpus, unsigned stride, urg_cut cut)
 {
 	g_autoptr(GError) err = NULL;
 
@@ -190,9 +228,39 @@ static void run_start(run *x, const tm_live_config *lc, uint64_t rate, bool vcpu
 				 .chunk_size = 64u << 10 };
 	g_assert_cmpint(tm_sender_new(x->src.layout, x->src.tags, &cfg, &x->s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_set_live(x->s, lc, &err), ==, 0);
-	if (tm_sender_connect(x->s, "127.0.0.1", pport, &err) < 0)
-		g_error("connect: %s", err->message);
-	/* Slow from the start: little goes before the switch, the background lasts. */
+	if (cut == URG_SETUP_ACK)
+		proxy_arm_frame(&x->px, URGENT_CONN, TM_MSG_HELLO_ACK, false);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	if (cut == URG_SETUP_SEND)
+		tm_setup_test_fail_ack(TM_SETUP_TEST_ACK_URGENT);
+#endif
+	x->ret = tm_sender_connect(x->s, "127.0.0.1", pport, &x->error);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	tm_setup_test_fail_ack(0); /* the receiver sent its HELLO_ACKs: connect() saw them */
+#endif
+	if (cut == URG_SETUP_ACK)
+		g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
+	if (x->ret < 0 || cut == URG_NONE)
+		return x->ret;
+	run_round(x);
+	if (cut == URG_IDLE) {
+		proxy_arm(&x->px, URGENT_CONN, 0); /* nothing flows on it: cut at once */
+		for (unsigned ms = 0; proxy_get(&x->px, &x->px.cuts) == 0 && ms < 10000; ms += 10)
+			g_usleep(10000);
+		g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
+	}
+	run_round(x);
+	return 0;
+}
+
+/* The final dirty log (every page) at rate bytes/s, the switch, device state (with hold, the
+ * background held from before it: run_start), finish() in its own thread; returns once the
+ * destination runs. */
+static void run_switch(run *x, uint64_t rate, bool hold)
+{
+	g_autoptr(GError) err = NULL;
+
+	/* Slow from here: little goes before the switch, the background lasts. */
 	g_assert_cmpint(tm_sender_set_rate_limit(x->s, rate), ==, 0);
 	uint64_t bm[NPAGES / 64];
 	memset(bm, 0xff, sizeof(bm));
@@ -242,8 +310,9 @@ static void run_free(run *x)
 	guest_fini(&x->d.g);
 }
 
-/* Completed bit-exact, one reconnect on each side, the vCPUs touched what they should. */
-static void assert_resumed(run *x)
+/* Completed bit-exact, one reconnect on each side, the vCPUs touched what they should; the
+ * proxy cut `cuts` times. */
+static void assert_resumed(run *x, unsigned cuts)
 {
 	g_assert_cmpint(x->ret, ==, 0);
 	g_assert_cmpint(x->d.ret, ==, 0);
@@ -258,7 +327,7 @@ static void assert_resumed(run *x)
 		       ", urgent %" G_GUINT64_FORMAT " bytes", x->px.fwd[0], x->px.fwd[1],
 		       x->px.fwd[2], x->px.fwd[3], x->px.fwd[4]);
 	g_mutex_unlock(&x->px.lock);
-	g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, 1);
+	g_assert_cmpuint(proxy_get(&x->px, &x->px.cuts), ==, cuts);
 	uint64_t touched = 0;
 	for (unsigned i = 0; i < VCPUS; i++)
 		touched += x->d.v[i].touched;
@@ -299,7 +368,7 @@ static void cut_data(unsigned ch)
 	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10);
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1u << 20), ==, 0);
 	run_join(&x);
-	assert_resumed(&x);
+	assert_resumed(&x, 1);
 	run_free(&x);
 }
 
@@ -348,7 +417,7 @@ static void test_cut_urgent(void)
 			x.d.error ? x.d.error->message : "running");
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
 	run_join(&x);
-	assert_resumed(&x);
+	assert_resumed(&x, 1);
 	run_free(&x);
 }
 
@@ -472,6 +541,145 @@ static void test_req_end_lost_refused(void)
 }
 
 /*
+ * The urgent connection breaks before the switch (docs/wire-format.md, "Resume in postcopy":
+ * "An urgent connection that breaks before the switch"): its HELLO_ACK is lost at setup
+ * (postcopy accepted; plaintext: the proxy finds it by its frame header), or it is cut while
+ * idle between two precopy rounds. Neither side fails; the sender reconnects it at the switch.
+ * The background is then held back, so every page the vCPUs touch comes through a request on
+ * the new connection, and both sides count that one reconnect.
+ */
+static void cut_before_switch(urg_cut cut)
+{
+	if (!uffd_usable())
+		return;
+	if (cut == URG_SETUP_ACK && tls_dir) {
+		g_test_skip("the proxy finds the HELLO_ACK by its plaintext frame header");
+		return;
+	}
+#if !(defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS)
+	if (cut == URG_SETUP_SEND) {
+		g_test_skip("needs -Dtest_hooks=true (a HELLO_ACK send that fails)");
+		return;
+	}
+#endif
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
+	if (run_open(&x, &lc, true, VCPUS, cut) < 0)
+		g_error("connect: %s", x.error->message);
+	run_switch(&x, 256u << 10, false);
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0); /* as test_cut_urgent */
+	await_vcpus(&x, "the switch (the urgent connection was cut before it)");
+	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
+	run_join(&x);
+	assert_resumed(&x, cut == URG_SETUP_SEND ? 0 : 1); /* the hook cuts, not the proxy */
+	run_free(&x);
+}
+
+/* The receiver's send of the urgent HELLO_ACK fails (postcopy accepted): it goes on. */
+static void test_urgent_ack_send_fails(void)
+{
+	cut_before_switch(URG_SETUP_SEND);
+}
+
+static void test_urgent_setup_ack_lost(void)
+{
+	cut_before_switch(URG_SETUP_ACK);
+}
+
+static void test_urgent_idle_cut(void)
+{
+	cut_before_switch(URG_IDLE);
+}
+
+/*
+ * Resume off (no_resume on the sender): the same cuts end with a clear error naming the urgent
+ * connection, without a hang. At setup tm_sender_connect() fails and the receiver ends too;
+ * while idle in precopy tm_sender_start_postcopy() refuses the switch (-ENOTCONN), and the
+ * session, untouched, still ends in precopy, bit-exact.
+ */
+static void test_urgent_setup_ack_lost_off(void)
+{
+	if (!uffd_usable())
+		return;
+	if (tls_dir) {
+		g_test_skip("the proxy finds the HELLO_ACK by its plaintext frame header");
+		return;
+	}
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .no_resume = true };
+	g_assert_cmpint(run_open(&x, &lc, false, VCPUS, URG_SETUP_ACK), <, 0);
+	g_test_message("sender: %s", x.error->message);
+	g_assert_true(g_str_has_prefix(x.error->message, "handshake: urgent: "));
+	g_assert_nonnull(strstr(x.error->message, "resume is off (no_resume)"));
+	g_thread_join(x.d.thread); /* its control connection closed: it ends */
+	g_test_message("receiver: %s", x.d.error ? x.d.error->message : "ok");
+	g_assert_cmpint(x.d.ret, <, 0);
+	run_free(&x);
+}
+
+/*
+ * The urgent connection cut while idle in precopy, and the session ends in precopy: without
+ * resume tm_sender_start_postcopy() refused the switch first; with resume nothing asks for the
+ * switch. Either way nothing reconnects the urgent connection, and both sides take its break
+ * as its end (REQ_END(0) meets a closed connection): bit-exact, no reconnect counted.
+ */
+static void idle_cut_precopy(bool no_resume)
+{
+	if (!uffd_usable())
+		return;
+	run x;
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .no_resume = no_resume };
+	g_autoptr(GError) err = NULL;
+	g_assert_cmpint(run_open(&x, &lc, false, VCPUS, URG_IDLE), ==, 0);
+	if (no_resume) {
+		g_assert_cmpint(tm_sender_start_postcopy(x.s, &err), ==, -ENOTCONN);
+		g_test_message("tm_sender_start_postcopy(): %s", err->message);
+		g_assert_nonnull(strstr(err->message, "the urgent connection broke before the switch"));
+		g_assert_nonnull(strstr(err->message, "resume is off (no_resume)"));
+		g_assert_cmpint(tm_sender_phase(x.s), ==, TM_PHASE_PRECOPY);
+	}
+	/* It goes on in precopy: the guest stopped, its device state, the end. */
+	g_assert_cmpint(tm_sender_guest_stopped(x.s, &err), ==, 0);
+	for (unsigned i = 0; i < CPU_STATE; i++)
+		x.cpu[i] = (uint8_t)rnd();
+	g_assert_cmpint(tm_sender_put_state(x.s, "cpu0", x.cpu, CPU_STATE, TM_STATE_COPY, &err),
+			==, 0);
+	x.finisher = g_thread_new("finish", finish_thread, &x);
+	for (unsigned ms = 0; !__atomic_load_n(&x.finished, __ATOMIC_ACQUIRE) && ms < 20000; ms += 10)
+		g_usleep(10000);
+	if (!__atomic_load_n(&x.finished, __ATOMIC_ACQUIRE))
+		g_error("the session hangs 20 s after tm_sender_finish() (receiver: %s)",
+			x.d.error ? x.d.error->message : "running");
+	g_thread_join(x.finisher);
+	g_thread_join(x.d.thread);
+	g_test_message("sender: %s; receiver: %s", x.error ? x.error->message : "ok",
+		       x.d.error ? x.d.error->message : "ok");
+	g_assert_cmpint(x.ret, ==, 0);
+	g_assert_cmpint(x.d.ret, ==, 0);
+	assert_same(&x.src, &x.d.g);
+	g_assert_true(x.d.cpu_seen);
+	g_assert_true(memcmp(x.d.cpu, x.cpu, CPU_STATE) == 0);
+	g_assert_cmpint(tm_sender_phase(x.s), ==, TM_PHASE_COMPLETE);
+	g_assert_cmpint(tm_receiver_phase(x.d.r), ==, TM_PHASE_COMPLETE);
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_sender_get_live_stats(x.s, &ss), ==, 0);
+	g_assert_cmpint(tm_receiver_get_live_stats(x.d.r, &rs), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	g_assert_cmpuint(rs.reconnects, ==, 0);
+	run_free(&x);
+}
+
+static void test_urgent_idle_cut_off(void)
+{
+	idle_cut_precopy(true);
+}
+
+static void test_urgent_idle_cut_precopy(void)
+{
+	idle_cut_precopy(false);
+}
+
+/*
  * Resume off, or a reconnect that cannot come within the deadline: the session pauses as it
  * did before resume (both sides -ENOTCONN "postcopy paused: <cause>", TM_PHASE_POSTCOPY_PAUSED),
  * and can only be cancelled.
@@ -549,6 +757,12 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/end-ack-lost", test_end_ack_lost, false },
 		{ "resume-postcopy/req-end-lost", test_req_end_lost, false },
 		{ "resume-postcopy/req-end-lost-refused", test_req_end_lost_refused, false },
+		{ "resume-postcopy/urgent-setup-ack-lost", test_urgent_setup_ack_lost, false },
+		{ "resume-postcopy/urgent-idle-cut", test_urgent_idle_cut, false },
+		{ "resume-postcopy/urgent-ack-send-fails", test_urgent_ack_send_fails, false },
+		{ "resume-postcopy/urgent-setup-ack-lost-off", test_urgent_setup_ack_lost_off, false },
+		{ "resume-postcopy/urgent-idle-cut-off", test_urgent_idle_cut_off, false },
+		{ "resume-postcopy/urgent-idle-cut-precopy", test_urgent_idle_cut_precopy, false },
 		{ "resume-postcopy/deadline-pauses", test_deadline_pauses, false },
 		{ "resume-postcopy/off-pauses", test_off_pauses, false },
 	};

@@ -16,6 +16,7 @@
 #include "codec/codec.h"
 #include "fake-peer.h"
 #include "resume-rig.h"
+#include "session/resume.h"
 #include "transport/transport.h"
 
 /* The proxy's accept indexes with 3 channels: data 0, control, data 1, data 2, urgent. */
@@ -85,6 +86,33 @@ static void test_data2_mid_tls(void) { setup_cut(DATA2, MID_TLS, false); }
 static void test_urgent_before_hello(void) { setup_cut(URGENT, BEFORE_HELLO, true); }
 static void test_urgent_before_ack(void) { setup_cut(URGENT, BEFORE_ACK, true); }
 static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
+
+/*
+ * The receiver's send of the control connection's HELLO_ACK fails (the test hook shuts the
+ * connection down first: a send into a dead socket would succeed, and the failure path never
+ * run). The receiver goes on, the sender sees control close before its HELLO_ACK and resumes
+ * it at position 0 (RESUME_CONTROL): the migration completes bit-exact, both sides counting
+ * the reconnect.
+ */
+static void test_control_ack_send_fails(void)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	run t;
+
+	tm_setup_test_fail_ack(TM_SETUP_TEST_ACK_CONTROL);
+	run_start(&t, NULL, 0);
+	migrate(&t);
+	tm_setup_test_fail_ack(0);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 0);
+	tm_live_stats ss, rs;
+	run_assert_complete(&t, &ss, &rs);
+	g_assert_cmpuint(ss.reconnects, >=, 1);
+	g_assert_cmpuint(rs.reconnects, >=, 1);
+	run_end(&t);
+#else
+	g_test_skip("needs -Dtest_hooks=true (a HELLO_ACK send that fails)");
+#endif
+}
 
 /* Resume off on the sender: a cut before HELLO fails the setup, naming the connection. */
 static void test_no_resume(void)
@@ -230,6 +258,7 @@ int main(int argc, char **argv)
 		{ "resume-setup/urgent-before-hello", test_urgent_before_hello, false },
 		{ "resume-setup/urgent-before-ack", test_urgent_before_ack, false },
 		{ "resume-setup/urgent-mid-tls", test_urgent_mid_tls, false },
+		{ "resume-setup/control-ack-send-fails", test_control_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
 		{ "resume-setup/deadline", test_deadline, false },
 		{ "resume-setup/replace", test_replace, true },
