@@ -314,6 +314,52 @@ static void run_free(run *x)
 	guest_fini(&x->d.g);
 }
 
+/*
+ * What a session that stopped serving says: both phases, and both errors once the sender's
+ * finish() and the receiver's wait() returned (given 2 s: a paused session returns at once).
+ */
+static char *run_state(run *x)
+{
+	for (unsigned ms = 0; !__atomic_load_n(&x->finished, __ATOMIC_ACQUIRE) && ms < 2000;
+	     ms += 10)
+		g_usleep(10000);
+	bool fin = __atomic_load_n(&x->finished, __ATOMIC_ACQUIRE);
+	return g_strdup_printf("sender phase %d, %s; receiver phase %d, %s", tm_sender_phase(x->s),
+			       !fin ? "running" : x->error ? x->error->message : "ok",
+			       tm_receiver_phase(x->d.r),
+			       x->d.error ? x->d.error->message : "running");
+}
+
+/*
+ * The background held back (a debt of hours). Returns true; false when the session completed
+ * already (a test thread starved under load while the vCPUs fetched every page): the caller
+ * says whether its test still holds. A session that failed is a failure.
+ */
+static bool hold_background(run *x)
+{
+	if (tm_sender_set_rate_limit(x->s, 1) == 0)
+		return true;
+	g_autofree char *state = run_state(x);
+	if (!__atomic_load_n(&x->finished, __ATOMIC_ACQUIRE) || x->ret < 0)
+		g_error("the session stopped before the background was held: %s", state);
+	g_test_message("the session completed before the background was held");
+	return false;
+}
+
+/*
+ * The background may end. With every page touched by the vCPUs, every page may have come
+ * through requests already, and then the session ended: -EBADFD is no failure here (run_join()
+ * and the asserts after it say whether it completed).
+ */
+static void release_background(run *x)
+{
+	int r = tm_sender_set_rate_limit(x->s, 0);
+
+	g_assert_true(r == 0 || r == -EBADFD);
+	if (r < 0)
+		g_test_message("the session ended before the background was released");
+}
+
 /* Completed bit-exact, one reconnect on each side, the vCPUs touched what they should; the
  * proxy cut `cuts` times. */
 static void assert_resumed(run *x, unsigned cuts)
@@ -402,7 +448,13 @@ static void test_cut_urgent(void)
 	run_start(&x, &lc, 256u << 10, true, VCPUS, false);
 	/* Device state went (a DATA packet behind it in the throttle would hold it in the
 	 * channel's cork): from now on the next background packet waits for hours. */
-	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0);
+	if (!hold_background(&x)) {
+		g_test_skip("the session completed before the cut could come (a starved test "
+			    "thread)");
+		run_join(&x);
+		run_free(&x);
+		return;
+	}
 	if (tls_dir)
 		proxy_arm(&x.px, URGENT_CONN, 40u << 10);
 	else
@@ -419,7 +471,7 @@ static void test_cut_urgent(void)
 		g_error("the vCPUs are still blocked 20 s after the urgent cut (sender: %s; "
 			"receiver: %s)", x.error ? x.error->message : "running",
 			x.d.error ? x.d.error->message : "running");
-	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
+	release_background(&x);
 	run_join(&x);
 	assert_resumed(&x, 1);
 	run_free(&x);
@@ -437,7 +489,7 @@ static void await_vcpus(run *x, const char *after)
 			g_usleep(10000);
 	}
 	if (!done)
-		g_error("the vCPUs are still blocked 20 s after %s", after);
+		g_error("the vCPUs are still blocked 20 s after %s (%s)", after, run_state(x));
 }
 
 static uint64_t reconnects(run *x, bool sender)
@@ -491,7 +543,13 @@ static void cut_end(bool end_ack, bool refuse)
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true,
 			      .resume_deadline_ms = refuse ? 60000 : 0 };
 	run_start(&x, &lc, 256u << 10, true, VCPUS, false);
-	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0); /* as test_cut_urgent */
+	if (!hold_background(&x)) { /* as test_cut_urgent */
+		g_test_skip("the session completed before the cut could come (a starved test "
+			    "thread)");
+		run_join(&x);
+		run_free(&x);
+		return;
+	}
 	g_mutex_lock(&x.px.lock);
 	x.px.cut_conn = URGENT_CONN;
 	if (end_ack)
@@ -514,7 +572,7 @@ static void cut_end(bool end_ack, bool refuse)
 		g_assert_cmpuint(reconnects(&x, false), ==, 1);
 	}
 	int64_t t0 = g_get_monotonic_time();
-	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
+	release_background(&x);
 	await_complete(&x);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_test_message("completed %.2f s after the background was released", secs);
@@ -570,10 +628,12 @@ static void cut_before_switch(urg_cut cut)
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
 	if (run_open(&x, &lc, true, VCPUS, cut) < 0)
 		g_error("connect: %s", x.error->message);
-	run_switch(&x, 256u << 10, false);
-	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1), ==, 0); /* as test_cut_urgent */
+	/* The background held from before device state (as test_cut_urgent, but the session
+	 * cannot complete before the hold): every page the vCPUs touch comes through a request
+	 * on the reconnected connection. */
+	run_switch(&x, 256u << 10, true);
 	await_vcpus(&x, "the switch (the urgent connection was cut before it)");
-	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 0), ==, 0); /* the background may end */
+	release_background(&x);
 	run_join(&x);
 	assert_resumed(&x, cut == URG_SETUP_SEND ? 0 : 1); /* the hook cuts, not the proxy */
 	run_free(&x);
