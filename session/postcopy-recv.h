@@ -161,3 +161,12 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error);
 int tm_pc_urgent_end_unused(tm_receiver *r, GError **error);
 /* Wakes the urgent thread (a queued fault, progress towards completion). */
 void tm_pc_urgent_wake(tm_pc_recv *pc);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/*
+ * Test hook (-Dtest_hooks=true; global, for the next urgent threads): with late, an urgent
+ * thread begins only once a reconnect of its connection is kept and a fault is queued (or the
+ * session stops; at most 10 s), as one scheduled late under load: its first PAGE_REQ then goes
+ * to the old connection, which the reconnect shut down.
+ */
+void tm_pc_test_urgent_late(bool late);
+#endif

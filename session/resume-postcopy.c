@@ -19,14 +19,15 @@
  * new epoch, RESUME, RESUME_ACK of zeros) and starts over: request ids from 1, no page answered
  * yet on this connection. The receiver's urgent thread waits for it while its vCPUs stay blocked
  * on their faults (nothing is placed without its data and tags), then asks again for every page
- * it had requested and not received. Its end (REQ_END / END_ACK) survives a break without a
- * hang: after REQ_END the receiver takes a break as the end and answers a later reconnect with
- * REQ_END at once; the sender stops reconnecting once control's END_ACK came. A connection
- * that breaks before the switch (its HELLO_ACK lost at setup, or cut while idle in precopy)
- * carries nothing until then: the return thread waits for the committed switch and reconnects
- * it then, the same way; the receiver's accept thread keeps that reconnect for the urgent
- * thread, which finds its first connection broken when it starts at the registration barrier
- * and answers it. A session that ends in precopy never reconnects it.
+ * it had requested and not received, and for every fault it could not ask for on the old one.
+ * Its end (REQ_END / END_ACK) survives a break without a hang: after REQ_END the receiver takes
+ * a break as the end and answers a later reconnect with REQ_END at once; the sender stops
+ * reconnecting once control's END_ACK came. A connection that breaks before the switch (its
+ * HELLO_ACK lost at setup, or cut while idle in precopy) carries nothing until then: the
+ * return thread waits for the committed switch and reconnects it then, the same way; the
+ * receiver's accept thread keeps that reconnect for the urgent thread, which finds its first
+ * connection broken when it starts at the registration barrier and answers it. A session that
+ * ends in precopy never reconnects it.
  */
 #include <errno.h>
 #include <poll.h>

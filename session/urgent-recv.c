@@ -111,7 +111,8 @@ static int drain_queue(urg *u, GError **error)
 		return 0;
 	g_array_sort(u->waiting, cmp_fault);
 	GArray *left = g_array_new(false, false, sizeof(pc_fault));
-	for (guint i = 0; i < u->waiting->len;) {
+	guint i = 0;
+	while (i < u->waiting->len) {
 		const pc_fault *f = &g_array_index(u->waiting, pc_fault, i);
 		/* Placed meanwhile, or being placed (background): nothing to ask. */
 		if (tm_placer_claimed(pc->placer, f->block, f->page)) {
@@ -157,6 +158,14 @@ static int drain_queue(urg *u, GError **error)
 	}
 	ret = 0;
 out:
+	/*
+	 * A failed send (the connection broke: resumed() may reconnect it) leaves the faults from
+	 * i on unrequested: they stay waiting. A vCPU faults once, so a fault dropped here would
+	 * block it for good.
+	 */
+	if (ret < 0 && i < u->waiting->len)
+		g_array_append_vals(left, &g_array_index(u->waiting, pc_fault, i),
+				    u->waiting->len - i);
 	g_array_unref(u->waiting);
 	u->waiting = left;
 	return ret;
@@ -376,12 +385,46 @@ static int run(urg *u, GError **error)
 	}
 }
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool test_late;
+
+void tm_pc_test_urgent_late(bool late)
+{
+	__atomic_store_n(&test_late, late, __ATOMIC_RELAXED);
+}
+
+/* Under the hook: waits for a kept reconnect and a queued fault (postcopy-recv.h). */
+static void test_start_late(urg *u)
+{
+	if (!__atomic_load_n(&test_late, __ATOMIC_RELAXED))
+		return;
+	for (unsigned ms = 0; ms < 10000; ms++) {
+		g_mutex_lock(&u->r->lock);
+		bool kept = u->pc->urg_ready;
+		g_mutex_unlock(&u->r->lock);
+		g_mutex_lock(&u->pc->qlock);
+		bool faulted = u->pc->queue->len > 0;
+		g_mutex_unlock(&u->pc->qlock);
+		struct pollfd p = { .fd = u->pc->stop_fd, .events = POLLIN };
+		if ((kept && faulted) || poll(&p, 1, 0) > 0)
+			return;
+		g_usleep(1000);
+	}
+}
+#else
+static void test_start_late(urg *u)
+{
+	(void)u;
+}
+#endif
+
 static gpointer urgent_thread(gpointer data)
 {
 	urg *u = data;
 	tm_receiver *r = u->r;
 	g_autoptr(GError) err = NULL;
 
+	test_start_late(u);
 	int ret = run(u, &err);
 	if (ret < 0) {
 		tm_receiver_fail(r, NULL, g_steal_pointer(&err), u->ch->peer_error);

@@ -13,7 +13,9 @@
  * connection's end is cut too (REQ_END lost, END_ACK lost, and REQ_END lost with no reconnect
  * getting through): the session completes without a hang. And the urgent connection cut before
  * the switch (its HELLO_ACK lost at setup, or idle between precopy rounds): reconnected at the
- * switch, or, without resume, refused there with a clear error (the session ends in precopy).
+ * switch, or, without resume, refused there with a clear error (the session ends in precopy);
+ * and reconnected with the destination's urgent thread starting late, its first requests
+ * failing on the old connection (test hook): asked again on the new one.
  *
  * Every test runs for each backend pair, plaintext and TLS (session-fixture.c); without
  * userfaultfd it skips with the reason.
@@ -25,6 +27,7 @@
 #include "codec/codec.h"
 #include "cut-proxy.h"
 #include "session-fixture.h"
+#include "session/postcopy-recv.h"
 #include "session/resume.h"
 #include "transport/transport.h"
 
@@ -656,6 +659,23 @@ static void test_urgent_idle_cut(void)
 }
 
 /*
+ * The same cut with the destination's urgent thread starting late, as under load: the sender's
+ * reconnect came and the vCPUs faulted before it runs, so its first PAGE_REQs go to the old
+ * connection, which that reconnect shut down. The send fails; those faults must be asked again
+ * on the new connection (a vCPU faults once: a fault dropped there blocks it for good).
+ */
+static void test_urgent_idle_cut_late(void)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	tm_pc_test_urgent_late(true);
+	cut_before_switch(URG_IDLE);
+	tm_pc_test_urgent_late(false);
+#else
+	g_test_skip("needs -Dtest_hooks=true (an urgent thread that starts late)");
+#endif
+}
+
+/*
  * Resume off (no_resume on the sender): the same cuts end with a clear error naming the urgent
  * connection, without a hang. At setup tm_sender_connect() fails and the receiver ends too;
  * while idle in precopy tm_sender_start_postcopy() refuses the switch (-ENOTCONN), and the
@@ -823,6 +843,7 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/req-end-lost-refused", test_req_end_lost_refused, false },
 		{ "resume-postcopy/urgent-setup-ack-lost", test_urgent_setup_ack_lost, false },
 		{ "resume-postcopy/urgent-idle-cut", test_urgent_idle_cut, false },
+		{ "resume-postcopy/urgent-idle-cut-late", test_urgent_idle_cut_late, false },
 		{ "resume-postcopy/urgent-ack-send-fails", test_urgent_ack_send_fails, false },
 		{ "resume-postcopy/urgent-setup-ack-lost-off", test_urgent_setup_ack_lost_off, false },
 		{ "resume-postcopy/urgent-idle-cut-off", test_urgent_idle_cut_off, false },
