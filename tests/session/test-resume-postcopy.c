@@ -582,7 +582,11 @@ static void cut_end(bool end_ack, bool refuse)
 	g_assert_cmpuint(reconnects(&x, true), ==, !end_ack && !refuse);
 	g_assert_cmpuint(reconnects(&x, false), ==, !end_ack && !refuse);
 	if (refuse) {
-		g_assert_cmpuint(proxy_get(&x.px, &x.px.refused), >, 0);
+		/* Every page is present once REQ_END goes, so control's END_ACK may come before the
+		 * sender's return thread tried a reconnect at all (a starved thread under load):
+		 * what must hold is that no attempt waits for the resume deadline. */
+		g_test_message("reconnects refused by the proxy: %u",
+			       proxy_get(&x.px, &x.px.refused));
 		g_assert_cmpfloat(secs, <, 20.0); /* not the 60 s resume deadline */
 	} else if (end_ack) {
 		g_assert_cmpuint(proxy_get(&x.px, &x.px.accepted), ==, NCH + 2);
