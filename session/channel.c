@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "common/escape.h"
 #include "session/session-internal.h"
@@ -146,6 +147,13 @@ int tm_chan_submit(tm_chan *ch, unsigned slot, const struct iovec *iov, unsigned
 	}
 	tm_count(&ch->st.wire_bytes, len);
 	return 0;
+}
+
+bool tm_chan_broke(const tm_chan *ch)
+{
+	uint8_t b;
+	ssize_t got = ch->fd < 0 ? 0 : recv(ch->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 int tm_chan_wait_slot(tm_chan *ch, unsigned slot, GError **error)

@@ -135,6 +135,10 @@ int tm_chan_recv_peer_error(tm_chan *ch, const tm_frame *f, const char *peer, GE
 /* Best effort, never blocks: tells the peer why we give up. */
 void tm_chan_send_error(tm_chan *ch, int code, const char *message);
 
+/* Whether the peer closed or reset ch's connection, with nothing left to read; never blocks
+ * nor consumes (a peek at the socket). true for a closed handle. */
+bool tm_chan_broke(const tm_chan *ch);
+
 /*
  * After a send failed because the peer went away: waits up to a second for an ERROR the peer
  * sent before closing and turns it into *error (returns -code), else returns 0.

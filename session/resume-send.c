@@ -564,6 +564,11 @@ void tm_resume_send_free(tm_sender *s)
 
 /* ---- for the resume after the switch to postcopy (resume-postcopy.c) ---- */
 
+bool tm_resume_send_on(const tm_sender *s)
+{
+	return agreed(s);
+}
+
 bool tm_resume_send_target(tm_sender *s, const char **ret_host, const char **ret_port,
 			   uint64_t *ret_token, unsigned *ret_deadline_ms)
 {

@@ -194,14 +194,6 @@ void tm_setup_lost(tm_chan *ch)
 	ch->peer_error = false;
 }
 
-/* Whether connection ch broke (its peer closed or reset it) without a byte to read. */
-static bool broke(tm_chan *ch)
-{
-	uint8_t b;
-	ssize_t got = recv(ch->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-	return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
 int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError **error)
 {
 	unsigned ms = s->cfg.timeout_ms ? s->cfg.timeout_ms : 20000;
@@ -217,7 +209,7 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
 		for (unsigned j = i; j < n; j++) {
 			tm_chan *ch = tm_setup_chan(s, j);
 			if (j != i && !quiet[j] && ch->fd >= 0 && tm_io_readable(ch->io)) {
-				if (!broke(ch))
+				if (!tm_chan_broke(ch))
 					return 0; /* its HELLO_ACK: the receiver is past its accept */
 				/* Its HELLO may never have arrived: the receiver would wait for it. */
 				g_set_error(error, TM_ERROR, ECONNRESET, "%s: connection closed by the peer",

@@ -76,6 +76,8 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error);
 void tm_resume_send_wake(tm_sender *s);
 void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret);
 void tm_resume_send_free(tm_sender *s);
+/* Sender: whether resume was agreed (a broken connection is reconnected). */
+bool tm_resume_send_on(const tm_sender *s);
 /*
  * For resume-postcopy.c (the reconnects after the switch to postcopy): where to reconnect, the
  * secret and the deadline (false: resume not agreed); the next epoch of the session; counting

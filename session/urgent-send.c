@@ -309,27 +309,15 @@ void tm_urgent_await_exit_locked(tm_sender *s)
 		g_cond_wait(&s->cond, &s->lock);
 }
 
-/* Whether connection ch shows its peer's close or a reset, without a byte to read. */
-static bool broke(const tm_chan *ch)
-{
-	uint8_t b;
-	ssize_t got = ch->fd < 0 ? 0 : recv(ch->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-	return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
 int tm_urgent_switch_check(tm_sender *s, GError **error)
 {
-	const char *host, *port;
-	uint64_t token;
-	unsigned deadline_ms;
-
 	/* With resume the return thread reconnects a broken connection once the switch is
 	 * committed (resume-postcopy.c): the switch goes on. */
-	if (tm_resume_send_target(s, &host, &port, &token, &deadline_ms))
+	if (tm_resume_send_on(s))
 		return 0;
 	g_mutex_lock(&s->lock);
 	/* A break the return thread has not read yet: it ends on it at once (no resume). */
-	if (s->pc.thread && !s->pc.urg_exited && broke(&s->pc.urg))
+	if (s->pc.thread && !s->pc.urg_exited && tm_chan_broke(&s->pc.urg))
 		tm_urgent_await_exit_locked(s);
 	int code = s->pc.urg_lost ? s->pc.urg_lost->code : 0;
 	if (code)
