@@ -122,6 +122,8 @@ struct tm_pc_recv {
 	bool wait_told;            /* wait() returned 1 for the end of device state */
 	bool unregistered;         /* complete: UFFDIO_UNREGISTER done */
 	bool urgent_done;          /* REQ_END / END_ACK on urgent done (or no urgent connection) */
+	bool unused_ack_due;       /* REQ_END(0) went on the unused urgent connection, its END_ACK
+	                            * is read at the end (tm_pc_urgent_close_unused) */
 	/* protected by qlock */
 	GMutex qlock;
 	GArray *queue;             /* of pc_fault: for the urgent thread */
@@ -156,9 +158,20 @@ int tm_pc_recv_body(tm_receiver *r, tm_chan *ch, pc_bounce *b, uint32_t body_len
 int tm_pc_fault_start(tm_receiver *r, GError **error);
 /* urgent-recv.c */
 int tm_pc_urgent_start(tm_receiver *r, GError **error);
-/* A session that agreed to postcopy and completed in precopy: REQ_END(0) / END_ACK on urgent
- * (control thread, the urgent thread never ran). 0 or -errno. */
+/*
+ * A session that agreed to postcopy and completed in precopy: REQ_END(0) on urgent (control
+ * thread, the urgent thread never ran), and the sender's answer judged if it is already there.
+ * Never waits for the peer: a dead path on the unused connection must not hold control's
+ * END_ACK. 0 or -errno.
+ */
 int tm_pc_urgent_end_unused(tm_receiver *r, GError **error);
+/*
+ * After control ended (tm_receiver_wait): END_ACK for that REQ_END(0), waited for up to
+ * TM_URGENT_UNUSED_GRACE_MS; a break or no answer in time ends the connection as END_ACK
+ * would (the sender takes the same break as the end). 0 or -errno (a message that is not
+ * END_ACK, the sender's ERROR).
+ */
+int tm_pc_urgent_close_unused(tm_receiver *r, GError **error);
 /* Wakes the urgent thread (a queued fault, progress towards completion). */
 void tm_pc_urgent_wake(tm_pc_recv *pc);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS

@@ -535,8 +535,20 @@ int tm_sender_pc_await_end_locked(tm_sender *s)
 	/* Control ended: a reconnect of the urgent connection under way ends now (its REQ_END
 	 * was lost in the break; resume-postcopy.c). */
 	tm_pcresume_urgent_wake(s);
-	while (!s->quit && !s->pc.urg_ended && !s->pc.urg_exited)
-		g_cond_wait(&s->cond, &s->lock);
+	/*
+	 * Never switched: the connection carried nothing and control's END_ACK said everything
+	 * arrived, so REQ_END(0) only closes it cleanly. A path that died silently (nothing breaks
+	 * it, no REQ_END comes) costs TM_URGENT_UNUSED_GRACE_MS, not the session.
+	 */
+	int64_t until = g_get_monotonic_time() + (int64_t)TM_URGENT_UNUSED_GRACE_MS * 1000;
+	while (!s->quit && !s->pc.urg_ended && !s->pc.urg_exited) {
+		if (__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE) || s->pc.urg_unused_over) {
+			g_cond_wait(&s->cond, &s->lock);
+		} else if (!g_cond_wait_until(&s->cond, &s->lock, until)) {
+			s->pc.urg_unused_over = true;
+			tm_urgent_wake(s, false);
+		}
+	}
 	if (s->pc.urg_ended)
 		return 0;
 	/* In precopy a receiver that just closed its urgent connection lacks nothing. */

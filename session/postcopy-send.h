@@ -45,6 +45,9 @@ typedef struct send_postcopy {
 	int wake_fd;               /* eventfd: quit; owned */
 	bool urg_ended;            /* protected by s->lock: REQ_END answered, closed cleanly */
 	bool urg_exited;           /* protected by s->lock */
+	bool urg_unused_over;      /* protected by s->lock: never switched, control ended and the
+				    * receiver's REQ_END(0) did not come in time: the return thread
+				    * ends as if it had (TM_URGENT_UNUSED_GRACE_MS) */
 	int urg_busy;              /* protected by s->lock: fd + 1 of an urgent reconnect under way
 				    * (a failure shuts it down: resume-postcopy.c), 0: none */
 	GError *urg_lost;          /* protected by s->lock: why the connection broke before the

@@ -510,6 +510,13 @@ int tm_receiver_wait(tm_receiver *r, GError **error)
 			*error = g_error_copy(incomplete);
 		tm_receiver_fail(r, NULL, g_steal_pointer(&incomplete), false);
 	}
+	/* Agreed to postcopy, ended in precopy: the unused urgent connection's END_ACK. */
+	g_autoptr(GError) urgent = NULL;
+	if (ret == 0 && r->control.started && (ret = tm_pc_urgent_close_unused(r, &urgent)) < 0) {
+		if (error)
+			*error = g_error_copy(urgent);
+		tm_receiver_fail(r, NULL, g_steal_pointer(&urgent), r->urg.peer_error);
+	}
 	if (ret == 0)
 		tm_events_set_phase(&r->events, TM_PHASE_COMPLETE);
 	return ret;

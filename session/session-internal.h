@@ -415,6 +415,14 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
  * urgent connection comes on top when postcopy is offered). */
 #define TM_V2_EXTRA_CONNECTIONS 1u
 
+/*
+ * How long each side waits at the end of a session that agreed to postcopy and never switched
+ * for the other's REQ_END(0) / END_ACK on the unused urgent connection once control ended. That
+ * exchange only closes the connection cleanly (control's END_ACK said everything arrived): a
+ * dead path there costs this long, never the session.
+ */
+#define TM_URGENT_UNUSED_GRACE_MS 1000u
+
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);

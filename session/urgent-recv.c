@@ -473,32 +473,22 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error)
  * it (the sender's side closed or reset it before the switch, or now) ends it as END_ACK
  * would: the sender takes the same break as the end (urgent-send.c), with or without resume,
  * and reconnects only at a switch, which never came. The control END_ACK still says whether
- * everything arrived.
+ * everything arrived, and goes without waiting for the answer here: a path that died silently
+ * (nothing ever breaks it) must not hold the end of the session; the answer is read once
+ * control ended, for a bounded time (tm_pc_urgent_close_unused).
  */
-static int end_unused(tm_receiver *r, GError **error);
-
-int tm_pc_urgent_end_unused(tm_receiver *r, GError **error)
+static bool tolerated(tm_receiver *r, int ret)
 {
-	int ret = end_unused(r, error);
-
-	if (ret < 0 && !r->urg.peer_error && tm_resume_broken(-ret) && ret != -ETIMEDOUT) {
-		g_clear_error(error);
-		return 0;
-	}
-	return ret;
+	return !r->urg.peer_error && tm_resume_broken(-ret) && ret != -ETIMEDOUT;
 }
 
-static int end_unused(tm_receiver *r, GError **error)
+/* The sender's answer to REQ_END(0): END_ACK (then the TLS close), or its ERROR. */
+static int unused_answer(tm_receiver *r, GError **error)
 {
-	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
-
-	if (r->urg.fd < 0)
-		return 0;
-	size_t n = tm_req_end_encode(buf, r->urg.tx_seq++, 0);
-	struct iovec v = { .iov_base = buf, .iov_len = n };
-	int ret = tm_chan_send(&r->urg, &v, 1, n, error);
 	tm_frame f;
-	if (ret < 0 || (ret = tm_chan_recv_frame(&r->urg, r->hello.packet_size, &f, error)) < 0)
+	int ret = tm_chan_recv_frame(&r->urg, r->hello.packet_size, &f, error);
+
+	if (ret < 0)
 		return ret;
 	if (f.type == TM_MSG_ERROR)
 		return tm_chan_recv_peer_error(&r->urg, &f, "sender gave up", error);
@@ -528,4 +518,44 @@ static int end_unused(tm_receiver *r, GError **error)
 		return -EPROTO;
 	}
 	return tm_tls_shutdown(r->urg.io, error);
+}
+
+int tm_pc_urgent_end_unused(tm_receiver *r, GError **error)
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_REQ_END_LEN];
+
+	if (r->urg.fd < 0)
+		return 0;
+	size_t n = tm_req_end_encode(buf, r->urg.tx_seq++, 0);
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	/* Nothing else ever went on it: the socket has room, the send does not wait. */
+	int ret = tm_chan_send(&r->urg, &v, 1, n, error);
+	/* What the sender sent before (an URGENT, its ERROR) is judged before control ends. */
+	if (ret == 0 && tm_io_readable(r->urg.io))
+		ret = unused_answer(r, error);
+	else if (ret == 0)
+		r->pc->unused_ack_due = true;
+	if (ret < 0 && tolerated(r, ret)) {
+		g_clear_error(error);
+		return 0;
+	}
+	return ret;
+}
+
+int tm_pc_urgent_close_unused(tm_receiver *r, GError **error)
+{
+	if (!r->pc || !r->pc->unused_ack_due)
+		return 0;
+	r->pc->unused_ack_due = false;
+	if (!tm_io_readable(r->urg.io)) {
+		struct pollfd p = { .fd = r->urg.fd, .events = POLLIN };
+		if (poll(&p, 1, TM_URGENT_UNUSED_GRACE_MS) <= 0)
+			return 0; /* no answer in time: closed as a break */
+	}
+	int ret = unused_answer(r, error);
+	if (ret < 0 && tolerated(r, ret)) {
+		g_clear_error(error);
+		return 0;
+	}
+	return ret;
 }

@@ -78,17 +78,20 @@ unsigned proxy_get(cut_proxy *p, const unsigned *field)
 	return n;
 }
 
-/* The cut: both sockets close at once, or (half) the sender's alone, the receiver's kept in held;
- * reset sends the sender an RST instead of a FIN. */
+/* The cut: both sockets close at once, or (half) the sender's alone, the receiver's kept in held,
+ * or (half_recv) the receiver's alone, the sender's kept; reset sends the sender an RST instead
+ * of a FIN. */
 static void cut(cut_proxy *p, int *sfd, int *rfd, int *held, unsigned *nheld)
 {
 	g_mutex_lock(&p->lock);
-	bool half = p->half, reset = p->reset;
+	bool half = p->half, half_recv = p->half_recv, reset = p->reset;
 	g_mutex_unlock(&p->lock);
 	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 	if (*sfd >= 0 && reset)
 		(void)setsockopt(*sfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	if (*sfd >= 0)
+	if (*sfd >= 0 && half_recv && *nheld < MAXP)
+		held[(*nheld)++] = *sfd; /* open and silent: a dead path */
+	else if (*sfd >= 0)
 		close(*sfd);
 	if (*rfd >= 0 && half && *nheld < MAXP)
 		held[(*nheld)++] = *rfd; /* open and silent: a dead path */

@@ -32,6 +32,8 @@ typedef struct cut_proxy {
 	                      * past it) */
 	bool half;           /* the cut closes only the sender's side: the receiver's stays open
 	                      * and silent (a dead path) */
+	bool half_recv;      /* the cut closes only the receiver's side: the sender's stays open
+	                      * and silent */
 	bool reset;          /* the cut resets the sender's side (its next send fails at once) */
 	bool refuse_after;   /* after the cut, new connections are closed at once */
 	bool hold_after;     /* after the cut, new connections are held open, never answered

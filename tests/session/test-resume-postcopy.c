@@ -165,6 +165,8 @@ typedef enum {
 	URG_NONE,
 	URG_SETUP_ACK, /* its HELLO_ACK is lost at setup (plaintext: found by its frame header) */
 	URG_IDLE,      /* while idle in precopy, between two rounds */
+	URG_IDLE_HALF, /* ... only the sender's side: the receiver's stays open and silent */
+	URG_IDLE_HALF_RECV, /* ... only the receiver's side: the sender's stays open and silent */
 	URG_SETUP_SEND, /* the receiver's send of its HELLO_ACK fails (test hook: TLS too) */
 } urg_cut;
 
@@ -250,7 +252,11 @@ static int run_open(run *x, const tm_live_config *lc, bool vcpus, unsigned strid
 	if (x->ret < 0 || cut == URG_NONE)
 		return x->ret;
 	run_round(x);
-	if (cut == URG_IDLE) {
+	if (cut == URG_IDLE || cut == URG_IDLE_HALF || cut == URG_IDLE_HALF_RECV) {
+		g_mutex_lock(&x->px.lock);
+		x->px.half = cut == URG_IDLE_HALF;
+		x->px.half_recv = cut == URG_IDLE_HALF_RECV;
+		g_mutex_unlock(&x->px.lock);
 		proxy_arm(&x->px, URGENT_CONN, 0); /* nothing flows on it: cut at once */
 		for (unsigned ms = 0; proxy_get(&x->px, &x->px.cuts) == 0 && ms < 10000; ms += 10)
 			g_usleep(10000);
@@ -709,16 +715,19 @@ static void test_urgent_setup_ack_lost_off(void)
  * The urgent connection cut while idle in precopy, and the session ends in precopy: without
  * resume tm_sender_start_postcopy() refused the switch first; with resume nothing asks for the
  * switch. Either way nothing reconnects the urgent connection, and both sides take its break
- * as its end (REQ_END(0) meets a closed connection): bit-exact, no reconnect counted.
+ * as its end (REQ_END(0) meets a closed connection): bit-exact, no reconnect counted. Cut on
+ * one side only (URG_IDLE_HALF*), the other side's end of the connection stays open and
+ * silent, and neither REQ_END(0) nor its END_ACK ever comes: each side waits for it a bounded
+ * time (TM_URGENT_UNUSED_GRACE_MS), and control's END_ACK never waits for it at all.
  */
-static void idle_cut_precopy(bool no_resume)
+static void idle_cut_precopy(bool no_resume, urg_cut cut)
 {
 	if (!uffd_usable())
 		return;
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .no_resume = no_resume };
 	g_autoptr(GError) err = NULL;
-	g_assert_cmpint(run_open(&x, &lc, false, VCPUS, URG_IDLE), ==, 0);
+	g_assert_cmpint(run_open(&x, &lc, false, VCPUS, cut), ==, 0);
 	if (no_resume) {
 		g_assert_cmpint(tm_sender_start_postcopy(x.s, &err), ==, -ENOTCONN);
 		g_test_message("tm_sender_start_postcopy(): %s", err->message);
@@ -732,18 +741,25 @@ static void idle_cut_precopy(bool no_resume)
 		x.cpu[i] = (uint8_t)rnd();
 	g_assert_cmpint(tm_sender_put_state(x.s, "cpu0", x.cpu, CPU_STATE, TM_STATE_COPY, &err),
 			==, 0);
+	int64_t t0 = g_get_monotonic_time();
 	x.finisher = g_thread_new("finish", finish_thread, &x);
 	for (unsigned ms = 0; !__atomic_load_n(&x.finished, __ATOMIC_ACQUIRE) && ms < 20000; ms += 10)
 		g_usleep(10000);
+	g_test_message("finish() returned after %.3f s",
+		       (double)(g_get_monotonic_time() - t0) / 1e6);
 	if (!__atomic_load_n(&x.finished, __ATOMIC_ACQUIRE))
 		g_error("the session hangs 20 s after tm_sender_finish() (receiver: %s)",
 			x.d.error ? x.d.error->message : "running");
 	g_thread_join(x.finisher);
 	g_thread_join(x.d.thread);
-	g_test_message("sender: %s; receiver: %s", x.error ? x.error->message : "ok",
-		       x.d.error ? x.d.error->message : "ok");
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_test_message("sender: %s; receiver: %s; both ended %.3f s after finish()",
+		       x.error ? x.error->message : "ok", x.d.error ? x.d.error->message : "ok",
+		       secs);
 	g_assert_cmpint(x.ret, ==, 0);
 	g_assert_cmpint(x.d.ret, ==, 0);
+	/* A dead path on the unused connection costs its grace (1 s), never timeout_ms (20 s). */
+	g_assert_cmpfloat(secs, <, 10.0);
 	assert_same(&x.src, &x.d.g);
 	g_assert_true(x.d.cpu_seen);
 	g_assert_true(memcmp(x.d.cpu, x.cpu, CPU_STATE) == 0);
@@ -759,12 +775,22 @@ static void idle_cut_precopy(bool no_resume)
 
 static void test_urgent_idle_cut_off(void)
 {
-	idle_cut_precopy(true);
+	idle_cut_precopy(true, URG_IDLE);
 }
 
 static void test_urgent_idle_cut_precopy(void)
 {
-	idle_cut_precopy(false);
+	idle_cut_precopy(false, URG_IDLE);
+}
+
+static void test_urgent_idle_half_precopy(void)
+{
+	idle_cut_precopy(false, URG_IDLE_HALF);
+}
+
+static void test_urgent_idle_half_recv_precopy(void)
+{
+	idle_cut_precopy(false, URG_IDLE_HALF_RECV);
 }
 
 /*
@@ -852,6 +878,9 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/urgent-setup-ack-lost-off", test_urgent_setup_ack_lost_off, false },
 		{ "resume-postcopy/urgent-idle-cut-off", test_urgent_idle_cut_off, false },
 		{ "resume-postcopy/urgent-idle-cut-precopy", test_urgent_idle_cut_precopy, false },
+		{ "resume-postcopy/urgent-idle-half-precopy", test_urgent_idle_half_precopy, false },
+		{ "resume-postcopy/urgent-idle-half-recv-precopy", test_urgent_idle_half_recv_precopy,
+		  false },
 		{ "resume-postcopy/deadline-pauses", test_deadline_pauses, false },
 		{ "resume-postcopy/off-pauses", test_off_pauses, false },
 	};
