@@ -36,7 +36,8 @@ void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
 	int which = __atomic_load_n(&test_fail_ack, __ATOMIC_RELAXED);
 	/* A send after our own shutdown fails with EPIPE, and the sender sees the close. */
 	if (ch->fd >= 0 && ((which == TM_SETUP_TEST_ACK_CONTROL && i == r->nch) ||
-			    (which == TM_SETUP_TEST_ACK_URGENT && i == r->nch + 1)))
+			    (which == TM_SETUP_TEST_ACK_URGENT && i == r->nch + 1) ||
+			    (which == TM_SETUP_TEST_ACK_DATA && i + 1 == r->nch)))
 		shutdown(ch->fd, SHUT_RDWR);
 #else
 	(void)r;

@@ -206,6 +206,7 @@ void tm_setup_lost(tm_chan *ch);
 void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch);
 #define TM_SETUP_TEST_ACK_CONTROL 1 /* the receiver's HELLO_ACK send on control fails */
 #define TM_SETUP_TEST_ACK_URGENT 2  /* ... on the urgent connection */
+#define TM_SETUP_TEST_ACK_DATA 3    /* ... on the last data channel */
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 /* Test hook (-Dtest_hooks=true): 0, or the connection (the values above) whose HELLO_ACK send
  * fails in the next receivers' start(). Global. */

@@ -88,18 +88,18 @@ static void test_urgent_before_ack(void) { setup_cut(URGENT, BEFORE_ACK, true); 
 static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
 
 /*
- * The receiver's send of the control connection's HELLO_ACK fails (the test hook shuts the
- * connection down first: a send into a dead socket would succeed, and the failure path never
- * run). The receiver goes on, the sender sees control close before its HELLO_ACK and resumes
- * it at position 0 (RESUME_CONTROL): the migration completes bit-exact, both sides counting
- * the reconnect.
+ * The receiver's send of a connection's HELLO_ACK fails (the test hook shuts the connection
+ * down first: a send into a dead socket would succeed, and the failure path never run). The
+ * receiver goes on, the sender sees the connection close before its HELLO_ACK and resumes it
+ * at position 0 (control: with RESUME_CONTROL; a data channel: as any broken one, by its
+ * worker): the migration completes bit-exact, both sides counting the reconnect.
  */
-static void test_control_ack_send_fails(void)
+static void ack_send_fails(int which)
 {
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 	run t;
 
-	tm_setup_test_fail_ack(TM_SETUP_TEST_ACK_CONTROL);
+	tm_setup_test_fail_ack(which);
 	run_start(&t, NULL, 0);
 	migrate(&t);
 	tm_setup_test_fail_ack(0);
@@ -110,9 +110,13 @@ static void test_control_ack_send_fails(void)
 	g_assert_cmpuint(rs.reconnects, >=, 1);
 	run_end(&t);
 #else
+	(void)which;
 	g_test_skip("needs -Dtest_hooks=true (a HELLO_ACK send that fails)");
 #endif
 }
+
+static void test_control_ack_send_fails(void) { ack_send_fails(TM_SETUP_TEST_ACK_CONTROL); }
+static void test_data_ack_send_fails(void) { ack_send_fails(TM_SETUP_TEST_ACK_DATA); }
 
 /* Resume off on the sender: a cut before HELLO fails the setup, naming the connection. */
 static void test_no_resume(void)
@@ -259,6 +263,7 @@ int main(int argc, char **argv)
 		{ "resume-setup/urgent-before-ack", test_urgent_before_ack, false },
 		{ "resume-setup/urgent-mid-tls", test_urgent_mid_tls, false },
 		{ "resume-setup/control-ack-send-fails", test_control_ack_send_fails, false },
+		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
 		{ "resume-setup/deadline", test_deadline, false },
 		{ "resume-setup/replace", test_replace, true },
