@@ -123,19 +123,39 @@ static uint64_t chunk_bytes(tm_sender *s, const work *w)
 }
 
 /* A logged item after RAM_END(POSTCOPY) the receiver lacks: into the replay, or unsent again. */
-static uint64_t lacks(send_chan *c, const work *w, GArray *out)
+static void lacks(send_chan *c, const work *w, GArray *out)
 {
 	tm_sender *s = c->s;
 
 	if (w->kind != WORK_PAGES) {
 		g_array_append_vals(out, w, 1);
-		return w->kind == WORK_STATE ? chunk_bytes(s, w) : 0;
+		return;
 	}
 	/* Whoever clears its unsent bit sends it: the background, or the return thread. */
 	tm_send_pc_unsent(c, w->block, w->first, w->count);
 	/* Counted as background when they are sent again. */
 	__atomic_sub_fetch(&s->pc.background_pages, w->count, __ATOMIC_RELAXED);
-	return w->count * s->hello.blocks[w->block].page_size;
+}
+
+/*
+ * What the channel sent and the receiver lacks, in log order (resent_bytes): up to the pages and
+ * chunks the channel handed to the kernel past the receiver's position; what was only taken
+ * (an open packet, the packet the kernel never took in full) goes for the first time.
+ */
+typedef struct lost {
+	uint64_t pages, chunks, bytes;
+} lost;
+
+static void count_lost(send_chan *c, lost *l, const work *w)
+{
+	if (w->kind == WORK_PAGES) {
+		uint64_t n = MIN(l->pages, w->count);
+		l->bytes += n * c->s->hello.blocks[w->block].page_size;
+		l->pages -= n;
+	} else if (w->kind == WORK_STATE && l->chunks) {
+		l->bytes += chunk_bytes(c->s, w);
+		l->chunks--;
+	}
 }
 
 static int bad_pos(send_chan *c, const tm_resume_pos *pos, const char *why, GError **error)
@@ -153,16 +173,18 @@ static int bad_pos(send_chan *c, const tm_resume_pos *pos, const char *why, GErr
 	return -EPROTO;
 }
 
-int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, GError **error)
+int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, GError **error)
 {
 	tm_sender *s = c->s;
 	pcr_chan *p = c->pc.resume;
 	GArray *out = p->replay;
-	uint64_t resent = 0;
 
 	if (pos->pages_applied > c->pages_sent || pos->packets_applied > c->packets_sent ||
 	    pos->state_chunks > c->state_chunks)
 		return bad_pos(c, pos, "more than it sent", error);
+	uint64_t gone = c->pages_sent - pos->pages_applied;
+	lost lo = { .pages = gone - MIN(gone, unsent),
+		    .chunks = c->state_chunks - pos->state_chunks };
 	if (!(pos->flags & TM_RESUME_RAM_ENDED)) {
 		/* Before RAM_END(POSTCOPY): the precopy pages after the position, the switch, and
 		 * everything after it again. */
@@ -181,12 +203,14 @@ int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, GError **error)
 			w.count -= skip;
 			skip = 0;
 			g_array_append_val(pre, w);
-			resent += w.count * s->hello.blocks[w.block].page_size;
+			count_lost(c, &lo, &w);
 		}
 		g_array_append_vals(out, pre->data, pre->len);
 		g_array_append_val(out, ((work){ .kind = WORK_SWITCH }));
-		for (guint i = 0; i < p->post->len; i++)
-			resent += lacks(c, &g_array_index(p->post, work, i), out);
+		for (guint i = 0; i < p->post->len; i++) {
+			count_lost(c, &lo, &g_array_index(p->post, work, i));
+			lacks(c, &g_array_index(p->post, work, i), out);
+		}
 		g_array_unref(p->pre);
 		p->pre = pre;
 		p->pre_pages = pos->pages_applied;
@@ -223,7 +247,8 @@ int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, GError **error)
 					break;
 				keep = true;
 			}
-			resent += lacks(c, &w, out);
+			count_lost(c, &lo, &w);
+			lacks(c, &w, out);
 		}
 		if (skip_pages || skip_chunks)
 			return bad_pos(c, pos, "not a position in what the channel sent", error);
@@ -239,7 +264,7 @@ int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, GError **error)
 	c->packets_sent = pos->packets_applied;
 	c->state_chunks = pos->state_chunks;
 	c->pkt_open = false;
-	tm_resume_send_count(s, 0, resent);
+	tm_resume_send_count(s, 0, lo.bytes);
 	if (p->ended) {
 		g_mutex_lock(&s->lock);
 		c->ended = true;

@@ -30,9 +30,10 @@ void tm_pcresume_log(send_chan *c, const work *w);
  */
 int tm_pcresume_send(send_chan *c, GArray *q, GError **error);
 /* tm_resume_send(), reconnected: whether the replay is resume-postcopy.c's, and the replay
- * itself from the receiver's position (0 with *error cleared, or -EPROTO). */
+ * itself from the receiver's position (0 with *error cleared, or -EPROTO); unsent: pages of
+ * the packet the kernel never took in full (tm_resume_unsent_pages()). */
 bool tm_pcresume_owns(send_chan *c);
-int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, GError **error);
+int tm_pcresume_replay(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, GError **error);
 /* Worker c: a replayed item: WORK_PAGES (precopy pages again), WORK_SWITCH. 0 or -errno. */
 int tm_pcresume_send_item(send_chan *c, const work *w, GError **error);
 /* postcopy-send.c: DISCARD msgs, then RAM_END(POSTCOPY) with the channel's counts. */

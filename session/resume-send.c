@@ -305,13 +305,16 @@ static uint64_t chunk_bytes(tm_sender *s, const work *w)
  * The receiver's position against the log: what it lacks, in order, into *ret. Items it has
  * are dropped (a SYNC it answered is acknowledged here, an END it answered ends the channel).
  */
-static int replay_list(send_chan *c, const tm_resume_pos *pos, GArray *ret, GError **error)
+static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, GArray *ret,
+		       GError **error)
 {
 	tm_sender *s = c->s;
 	chan_log *l = &s->resume->logs[c->ch.id];
 	uint64_t skip_pages = pos->pages_applied - l->base_pages;
 	uint64_t skip_chunks = pos->state_chunks - l->base_chunks;
-	uint64_t resend_pages = c->pages_sent - pos->pages_applied; /* sent and lost */
+	/* sent and lost: not the pages of a packet the kernel never took in full */
+	uint64_t lost = c->pages_sent - pos->pages_applied;
+	uint64_t resend_pages = lost - MIN(lost, unsent);
 	uint64_t resend_chunks = c->state_chunks - pos->state_chunks;
 	uint64_t resent = 0;
 	bool keep = false;
@@ -375,6 +378,14 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, GArray *ret, GErr
 	return 0;
 }
 
+uint64_t tm_resume_unsent_pages(const send_chan *c)
+{
+	int slot = tm_io_unsent_slot(c->ch.io);
+
+	/* The slot past the packets is the backend's own (synchronous sends): no pages. */
+	return slot >= 0 && (unsigned)slot < c->ch.depth ? c->pkts[slot].page_count : 0;
+}
+
 /* The position is within what the log covers: base <= applied <= sent. */
 static int check_pos(send_chan *c, const tm_resume_pos *pos, GError **error)
 {
@@ -434,6 +445,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 		return -code;
 	}
 	tm_counters st = c->ch.st;
+	uint64_t unsent = tm_resume_unsent_pages(c);
 	shutdown(c->ch.fd, SHUT_RDWR);
 	tm_chan_close(&c->ch);
 	tm_io_counters io_closed = c->ch.io_closed;
@@ -495,13 +507,13 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	tm_chan_set_timeout(&c->ch, 0); /* as tm_control_start left the data channels */
 	(void)tm_net_keepalive(c->ch.fd, s->control.ka_ms ? s->control.ka_ms : 5000, 0);
 	if (tm_pcresume_owns(c)) /* after the switch to postcopy: resume-postcopy.c replays */
-		return tm_pcresume_replay(c, &pos, error);
+		return tm_pcresume_replay(c, &pos, unsent, error);
 
 	g_autoptr(GArray) replay = g_array_new(FALSE, FALSE, sizeof(work));
 	g_clear_error(error); /* the break is over: what follows reports its own failure */
 	int r = check_pos(c, &pos, error);
 	if (r == 0)
-		r = replay_list(c, &pos, replay, error);
+		r = replay_list(c, &pos, unsent, replay, error);
 	if (r < 0) {
 		g_prefix_error(error, "after a reconnect: ");
 		return r;

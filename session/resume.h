@@ -64,6 +64,9 @@ void tm_resume_send_ctl_target(tm_sender *s, const char **ret_host, const char *
 			       uint64_t *ret_token, uint32_t *ret_epoch);
 /* Worker c, before it handles w: keeps w until a SYNC acknowledgement covers it. */
 void tm_resume_log(send_chan *c, const work *w);
+/* On a broken connection, before it is closed: the pages of the packet its I/O handle never
+ * handed to the kernel in full (tm_io_unsent_slot()), which resent_bytes does not count. */
+uint64_t tm_resume_unsent_pages(const send_chan *c);
 /*
  * Worker c, after its connection failed with *error while handling c->work up to (not
  * including) item `next`: if the failure is a broken connection and resume was agreed,

@@ -141,6 +141,11 @@ bool tm_io_readable(tm_io *io)
 	return poll(&p, 1, 0) > 0;
 }
 
+int tm_io_unsent_slot(const tm_io *io)
+{
+	return io && io->ops->unsent_slot ? io->ops->unsent_slot(io) : -1;
+}
+
 void tm_io_send_last(tm_io *io, const void *buf, size_t len)
 {
 	if (io->ops->send_last) {

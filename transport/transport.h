@@ -91,6 +91,14 @@ typedef struct tm_transport_ops {
 	int (*submit)(tm_io *io, unsigned slot, const struct iovec *iov, unsigned n, size_t len);
 	int (*wait_slot)(tm_io *io, unsigned slot);
 	int (*drain)(tm_io *io);
+	/*
+	 * Optional, with submit. The packet slot whose submitted message the kernel has not taken
+	 * in full: its send failed, or it is still in the kernel (a wait that timed out); -1 when
+	 * every submitted message was taken. The peer cannot have applied that message. Never
+	 * blocks, reads only the handle's own state (called on a broken connection, before close).
+	 * Without it every message submit() accepted counts as sent.
+	 */
+	int (*unsent_slot)(const tm_io *io);
 
 	/*
 	 * Optional. A last message before giving up (an ERROR), best effort: sends len bytes without
@@ -215,6 +223,8 @@ void tm_io_cancel(tm_io *io);
 
 /* Whether a recv on io would progress now (ops->readable, see its contract). Never blocks. */
 bool tm_io_readable(tm_io *io);
+/* ops->unsent_slot, or -1 without it. */
+int tm_io_unsent_slot(const tm_io *io);
 
 /* The hooks, for callers that hold a handle (see the contracts above). */
 static inline int tm_io_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)

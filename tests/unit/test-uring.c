@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <liburing.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/testing/tcp-pair.h"
@@ -126,9 +127,56 @@ static void test_zerocopy_threshold(void)
 	g_assert_cmpuint(k.sum, ==, sum);
 }
 
+/*
+ * The peer resets the connection: the send that fails is reported by a later call, and
+ * unsent_slot() names the slot of that message (the last one submit() accepted: the kernel never
+ * took it in full, so resume does not count it as sent and lost); -1 while every submitted
+ * message was taken.
+ */
+static void test_unsent_slot(void)
+{
+	g_autoptr(GError) err = NULL;
+	int a, b;
+
+	if (tm_io_backend_probe("io_uring", &err) < 0) {
+		g_test_skip(err->message);
+		return;
+	}
+	g_assert_cmpint(tcp_pair(&a, &b, &err), ==, 0);
+	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = -1 };
+	tm_io *io = NULL;
+	g_assert_cmpint(tm_io_open(a, 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	g_autofree uint8_t *buf = g_malloc0((size_t)DEPTH * LARGE);
+	struct iovec v = { buf, SMALL };
+	g_assert_cmpint(io->ops->submit(io, 0, &v, 1, SMALL), ==, 0);
+	g_assert_cmpint(io->ops->wait_slot(io, 0), ==, 0);
+	g_assert_cmpint(tm_io_unsent_slot(io), ==, -1);
+
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	g_assert_cmpint(setsockopt(b, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), ==, 0);
+	close(b); /* an RST: the next sends fail */
+	int last = -1, r = 0;
+	for (unsigned i = 1; i < 4096 && r == 0; i++) {
+		unsigned slot = i % io->depth;
+		r = io->ops->wait_slot(io, slot);
+		struct iovec w = { buf + (size_t)slot * LARGE, LARGE };
+		if (r == 0 && (r = io->ops->submit(io, slot, &w, 1, LARGE)) == 0)
+			last = (int)slot;
+	}
+	if (r == 0)
+		r = io->ops->drain(io);
+	g_test_message("after the reset: %s; the last message submit() accepted: slot %d",
+		       g_strerror(-r), last);
+	g_assert_cmpint(r, <, 0);
+	g_assert_cmpint(last, >=, 0);
+	g_assert_cmpint(tm_io_unsent_slot(io), ==, last);
+	tm_io_free(io);
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/uring/zerocopy-threshold", test_zerocopy_threshold);
+	g_test_add_func("/uring/unsent-slot", test_unsent_slot);
 	return g_test_run();
 }

@@ -83,6 +83,7 @@ typedef struct uring_priv {
 	unsigned nslots;
 	int active;    /* slot whose send is in the kernel, or -1 */
 	int error;     /* first failure of an asynchronous send (negative errno), sticky */
+	int failed;    /* the slot whose send failed with it, or -1 */
 	bool zc;       /* use zero-copy sends for packets */
 	bool zc_forced; /* zerocopy > 0: even when the kernel copies */
 	unsigned zc_copied_run; /* copied notifications in a row */
@@ -162,6 +163,7 @@ static int uring_open(tm_io *io, GError **error)
 	p->nslots = depth + 1;
 	p->slots = g_new0(uslot, p->nslots);
 	p->active = -1;
+	p->failed = -1;
 	p->zc = __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && io->zerocopy >= 0;
 	p->zc_forced = p->zc && io->zerocopy > 0;
 	return 0;
@@ -294,8 +296,10 @@ static int reap(tm_io *io)
 	if (res < 0) {
 		s->sending = false;
 		p->active = -1;
-		if (!p->error)
+		if (!p->error) {
 			p->error = res == -EAGAIN ? -ETIMEDOUT : res;
+			p->failed = (int)ud;
+		}
 		return 0;
 	}
 	if ((size_t)res < s->left) {
@@ -307,8 +311,10 @@ static int reap(tm_io *io)
 		memmove(s->iov, v, n * sizeof(*v));
 		s->n = n;
 		r = issue_send(io, (unsigned)ud);
-		if (r < 0 && !p->error)
+		if (r < 0 && !p->error) {
 			p->error = r;
+			p->failed = (int)ud;
+		}
 		return 0;
 	}
 	s->left = 0;
@@ -369,6 +375,13 @@ static int wait_sent(tm_io *io)
 			return r;
 	}
 	return p->error;
+}
+
+static int unsent_slot(const tm_io *io)
+{
+	const uring_priv *p = io->priv;
+
+	return p->failed >= 0 ? p->failed : p->active;
 }
 
 static int uring_drain(tm_io *io)
@@ -546,4 +559,5 @@ const tm_transport_ops tm_transport_io_uring = {
 	.submit = uring_submit,
 	.wait_slot = wait_slot,
 	.drain = uring_drain,
+	.unsent_slot = unsent_slot,
 };
