@@ -50,6 +50,14 @@ void tm_control_wake(tm_control *c)
 		(void)!write(c->wake_fd, &one, sizeof(one));
 }
 
+void tm_control_urgent_lost_locked(tm_control *c, uint32_t epoch)
+{
+	if (!c->urgent_lost)
+		return;
+	c->urgent_lost_epoch = (uint64_t)epoch + 1;
+	tm_control_wake(c);
+}
+
 /* Thread-local state of the loop. */
 typedef struct loop {
 	tm_control *c;
@@ -68,6 +76,7 @@ typedef struct loop {
 	/* RESUME_CONTROL (resume-control.c): where a reconnect takes the end up again */
 	bool end_ack_seen; /* sender: END_ACK arrived; CTL_POS and the close follow */
 	bool end_ack_sent; /* receiver: END_ACK is out; the sender's CTL_POS and the close follow */
+	uint64_t urgent_lost_sent; /* receiver: the urgent_lost_epoch last sent on this connection */
 } loop;
 
 static int ctrl_body(tm_chan *ch, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS],
@@ -242,6 +251,20 @@ static int one_message(loop *l, GError **error)
 					       error);
 	uint8_t end = c->sender ? TM_MSG_END_ACK : TM_MSG_END;
 	bool ready = c->sender && f.type == TM_MSG_READY;
+	if (c->sender && c->urgent_lost && f.type == TM_MSG_URGENT_LOST) {
+		/* Not ordered: it belongs to the urgent connection of its epoch (a stale one is
+		 * ignored there), and comes again after a control reconnect. */
+		if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
+			return r;
+		if (v[0] > UINT32_MAX) {
+			g_set_error(error, TM_ERROR, EBADMSG, "control: URGENT_LOST epoch %" G_GUINT64_FORMAT
+				    " does not fit a HELLO's", (guint64)v[0]);
+			return -EBADMSG;
+		}
+		if (c->urgent_lost_msg)
+			c->urgent_lost_msg(c->owner, v[0]);
+		return 0;
+	}
 	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen) {
 		if ((r = c->postcopy(c->owner, &f, error)) == 0)
 			tm_ctl_resume_received(c);
@@ -307,9 +330,15 @@ static int run(loop *l, GError **error)
 		bool quit = *c->quit, want_end = c->end_requested;
 		bool want_pc = c->postcopy_requested;
 		uint64_t pc_pages = c->postcopy_pages;
+		uint64_t lost = c->urgent_lost_epoch;
 		g_mutex_unlock(c->lock);
 		if (quit)
 			return 0;
+		if (lost && lost != l->urgent_lost_sent && !l->end_ack_sent) {
+			l->urgent_lost_sent = lost;
+			if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_URGENT_LOST, lost - 1, 0, error)) < 0)
+				return r;
+		}
 		if (want_pc && !l->postcopy_sent) {
 			/* Before the data channels' END: the switch precedes the end (design 2.4). */
 			l->postcopy_sent = true; /* kept: a break now is resumed */
@@ -426,6 +455,7 @@ static gpointer control_thread(gpointer data)
 		int64_t now = tm_now_us();
 		l.last_rx = l.next_tick = l.flood_t = now;
 		l.ping_out = false; /* its PONG went with the old connection */
+		l.urgent_lost_sent = 0; /* said again: it may have gone with the old one */
 		l.flood_n = 0;
 	}
 	if (r < 0 && c->resume_agreed && !c->resume && !c->ch->peer_error &&

@@ -345,8 +345,8 @@ static void set_busy(tm_sender *s, int fd)
 }
 
 /* One attempt into ch; *final: the receiver refused (no retry changes that). */
-static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, bool *final,
-			  GError **error)
+static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, uint32_t *ret_epoch,
+			  bool *final, GError **error)
 {
 	const char *host, *port;
 	uint64_t token;
@@ -369,7 +369,7 @@ static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, bool *fin
 					 error)) < 0)
 		return r;
 	if ((r = tm_resume_attempt_secure(s, ch, deadline, error)) < 0 ||
-	    (r = send_resume(s, ch, tm_resume_send_epoch(s), token, error)) < 0 ||
+	    (r = send_resume(s, ch, *ret_epoch = tm_resume_send_epoch(s), token, error)) < 0 ||
 	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0 ||
 	    (r = tm_resume_attempt_ack(ch, &f, &pos, final, error)) < 0)
 		goto out;
@@ -431,7 +431,8 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 	for (;;) {
 		g_clear_error(&last);
 		attempts++;
-		int r = urgent_attempt(s, &ch, deadline, &final, &last);
+		uint32_t epoch = 0;
+		int r = urgent_attempt(s, &ch, deadline, &epoch, &final, &last);
 		g_mutex_lock(&s->lock);
 		quit = s->quit;
 		/* The receiver's control END_ACK says its urgent connection ended: it saw REQ_END
@@ -439,6 +440,7 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		ended = s->control.ended;
 		if (r == 0 && !quit && !ended) {
 			s->pc.urg = ch; /* the session's urgent connection, with its counters */
+			s->pc.urg_epoch = epoch;
 			s->pc.urg.st = st;
 			s->pc.urg.io_closed = io_closed;
 			done = true;
@@ -495,6 +497,20 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 	tm_resume_send_count(s, 1, 0);
 	g_clear_error(error);
 	return 0;
+}
+
+void tm_pcresume_urgent_lost(void *sender, uint64_t epoch)
+{
+	tm_sender *s = sender;
+
+	/* A path dead on the receiver's side only (a middlebox that keeps ours open) breaks
+	 * nothing here: nothing else would ever tell the return thread. A stale epoch (we
+	 * reconnected already) or a reconnect under way: nothing to do. */
+	g_mutex_lock(&s->lock);
+	if (s->pc.thread && !s->pc.urg_exited && s->pc.urg.fd >= 0 && s->pc.urg_busy == 0 &&
+	    s->pc.urg_epoch == epoch)
+		shutdown(s->pc.urg.fd, SHUT_RDWR);
+	g_mutex_unlock(&s->lock);
 }
 
 void tm_pcresume_urgent_wake(tm_sender *s)
@@ -610,6 +626,10 @@ int tm_pcresume_recv_urgent(tm_receiver *r, GError **error)
 	shutdown(r->urg.fd, SHUT_RDWR);
 	tm_chan_close(&r->urg);
 	tm_io_counters io_closed = r->urg.io_closed;
+	/* The sender may not see this break (its end of the path still open): it learns it on
+	 * control, unless a newer connection is here already. */
+	if (!pc->urg_ready)
+		tm_control_urgent_lost_locked(&r->control, pc->urg_epoch);
 	for (;;) {
 		/* As long as the session lives: the sender's deadline bounds its attempts, and
 		 * its failure comes on control. */

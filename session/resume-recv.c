@@ -318,7 +318,8 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 	tm_resume_rx *rr = r->resume;
 
 	if (!rr || !(r->hello.features & TM_FEATURE_RESUME) || r->live.no_resume) {
-		ack->features &= ~(TM_FEATURE_RESUME | TM_FEATURE_RESUME_CONTROL);
+		ack->features &= ~(TM_FEATURE_RESUME | TM_FEATURE_RESUME_CONTROL |
+				   TM_FEATURE_URGENT_LOST);
 		ack->resume_token = 0;
 		tm_resume_recv_free(r);
 		return 0;
@@ -350,6 +351,10 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 	ack->features |= TM_FEATURE_RESUME;
 	ack->resume_token = rr->token;
 	r->control.resume_agreed = true;
+	/* An accepted postcopy's urgent connection: a break of it goes on control too. */
+	if (!(ack->features & TM_FEATURE_POSTCOPY))
+		ack->features &= ~TM_FEATURE_URGENT_LOST;
+	r->control.urgent_lost = (ack->features & TM_FEATURE_URGENT_LOST) != 0;
 	return 0;
 }
 

@@ -80,6 +80,9 @@ void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
 	}
 	s->resume = rs;
 	s->hello.features |= TM_FEATURE_RESUME | tm_ctl_resume_offer(); /* resume-control.c */
+	/* The receiver says when its urgent connection broke (resume-postcopy.c). */
+	if (s->hello.features & TM_FEATURE_POSTCOPY)
+		s->hello.features |= TM_FEATURE_URGENT_LOST;
 }
 
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
@@ -87,6 +90,8 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 	if (s->resume && (ack->features & TM_FEATURE_RESUME)) {
 		s->resume->token = ack->resume_token;
 		s->control.resume_agreed = true;
+		s->pc.urgent_lost = (ack->features & TM_FEATURE_URGENT_LOST) != 0;
+		s->control.urgent_lost = s->pc.urgent_lost;
 		if (ack->features & TM_FEATURE_RESUME_CONTROL)
 			tm_ctl_resume_enable(&s->control);
 	}

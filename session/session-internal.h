@@ -149,12 +149,19 @@ typedef struct tm_control {
 	 * turn of the loop, never blocking (READY(2) when due). 0 or -errno with *error. */
 	int (*postcopy)(void *owner, const tm_frame *f, GError **error);
 	int (*tick)(void *owner, GError **error);
+	/* sender, optional (resume-postcopy.c): the receiver's URGENT_LOST for the urgent
+	 * connection of this epoch. Never blocks. */
+	void (*urgent_lost_msg)(void *owner, uint64_t epoch);
+	/* URGENT_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
+	bool urgent_lost;
 
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
 	bool end_requested;    /* sender: finish() asks for END */
 	bool postcopy_requested; /* sender: start_postcopy() asks for POSTCOPY(postcopy_pages) */
 	uint64_t postcopy_pages;
+	uint64_t urgent_lost_epoch; /* receiver: 1 + the epoch of an urgent connection that broke,
+				     * for URGENT_LOST (tm_control_urgent_lost), or 0 */
 	bool ended;            /* END / END_ACK done and the connection closed cleanly */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
@@ -182,6 +189,8 @@ int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned
 		     unsigned timeout_ms, GError **error);
 /* Wakes the thread (after *quit was set, or end_requested). Any thread. */
 void tm_control_wake(tm_control *c);
+/* Receiver, *lock held: asks the thread to send URGENT_LOST(epoch) (no-op unless agreed). */
+void tm_control_urgent_lost_locked(tm_control *c, uint32_t epoch);
 /* Sender, migration thread, *lock held: asks the thread for END on control (without waiting). */
 void tm_control_request_end_locked(tm_control *c);
 /* Sender: waits until END_ACK arrived (after READY) and control closed cleanly: 0, or -ECANCELED

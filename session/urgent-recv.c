@@ -46,6 +46,7 @@ typedef struct urg {
 	bool req_end_sent;
 	bool conn_done;          /* END_ACK after REQ_END: the connection is closed cleanly */
 	uint8_t zero_flag;
+	int64_t quiet_since;     /* the last message received, or the first request since (us) */
 } urg;
 
 void tm_pc_urgent_wake(tm_pc_recv *pc)
@@ -91,6 +92,8 @@ static int send_req(urg *u, const tm_page_req *req, GError **error)
 		return ret;
 	pending_req *p = g_new(pending_req, 1);
 	p->req = *req;
+	if (!g_hash_table_size(u->outstanding))
+		u->quiet_since = tm_now_us(); /* an answer is due from now */
 	g_hash_table_insert(u->outstanding, &p->req.req_id, p);
 	__atomic_add_fetch(&u->pc->requests, 1, __ATOMIC_RELAXED);
 	return 0;
@@ -241,6 +244,7 @@ static int one_message(urg *u, GError **error)
 
 	if (ret < 0)
 		return ret;
+	u->quiet_since = tm_now_us();
 	switch (f.type) {
 	case TM_MSG_URGENT:
 		return recv_urgent(u, &f, error);
@@ -350,6 +354,25 @@ static int late(urg *u, GError **error)
  * zero pages until RAM is unregistered (a zero_known page may fault after REQ_END: it needs
  * no request, so REQ_END does not wait for it).
  */
+/*
+ * Requests outstanding and nothing from the sender for timeout_ms: the path is dead even if
+ * neither end of the connection saw it break (a frozen middlebox). Taken as a break (-ETIMEDOUT):
+ * with resume the sender learns it on control (URGENT_LOST) and reconnects.
+ */
+static int check_silent(urg *u, GError **error)
+{
+	unsigned n = g_hash_table_size(u->outstanding);
+	int64_t quiet = tm_now_us() - u->quiet_since;
+
+	if (!n || u->conn_done || quiet < (int64_t)u->r->cfg.timeout_ms * 1000)
+		return 0;
+	g_set_error(error, TM_ERROR, ETIMEDOUT,
+		    "urgent: peer unresponsive: %u request%s unanswered, nothing from the sender "
+		    "for %.1f s (timeout_ms)",
+		    n, n == 1 ? "" : "s", quiet / 1e6);
+	return -ETIMEDOUT;
+}
+
 static int run(urg *u, GError **error)
 {
 	tm_pc_recv *pc = u->pc;
@@ -357,7 +380,8 @@ static int run(urg *u, GError **error)
 
 	for (;;) {
 		if (((ret = drain_queue(u, error)) < 0 || (ret = maybe_end(u, error)) < 0 ||
-		     (u->conn_done && (ret = late(u, error)) < 0)) &&
+		     (u->conn_done && (ret = late(u, error)) < 0) ||
+		     (ret = check_silent(u, error)) < 0) &&
 		    (ret = resumed(u, ret, error)) < 0)
 			return ret;
 		if (!u->conn_done && tm_io_readable(u->ch->io)) {

@@ -106,11 +106,14 @@ static void keep_cpu(void *opaque, const char *name, const uint8_t *data, size_t
 	}
 }
 
+/* The destination's timeout_ms (a test of a silent path lowers it). */
+static unsigned dest_timeout_ms = 20000;
+
 static gpointer dest_thread(gpointer data)
 {
 	dest *d = data;
 	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
-				   .timeout_ms = 20000 };
+				   .timeout_ms = dest_timeout_ms };
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true };
 
 	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
@@ -432,15 +435,26 @@ static void test_cut_data2(void)
  * through a request, and the ones outstanding at the cut only because the receiver asks again
  * on the new connection.
  */
-static void test_cut_urgent(void)
+/* How cut_urgent() cuts: both ends closed, one of them kept open and silent, or both kept
+ * (a frozen path: neither end ever sees a break). */
+enum { CUT_BOTH, CUT_HALF, CUT_HALF_RECV, CUT_FREEZE };
+
+static void cut_urgent(int how)
 {
 	if (!uffd_usable())
 		return;
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true };
+	/* Frozen: only the destination's silence rule (timeout_ms) can find it. */
+	dest_timeout_ms = how == CUT_FREEZE ? 2000 : 20000;
 	/* The background held from before device state: every page the vCPUs lack comes
 	 * through a request, however long the destination took to start. */
 	run_start(&x, &lc, 256u << 10, true, VCPUS, true);
+	dest_timeout_ms = 20000;
+	g_mutex_lock(&x.px.lock);
+	x.px.half = how == CUT_HALF || how == CUT_FREEZE;
+	x.px.half_recv = how == CUT_HALF_RECV || how == CUT_FREEZE;
+	g_mutex_unlock(&x.px.lock);
 	if (tls_dir)
 		proxy_arm(&x.px, URGENT_CONN, 40u << 10);
 	else
@@ -461,6 +475,31 @@ static void test_cut_urgent(void)
 	run_join(&x);
 	assert_resumed(&x, 1);
 	run_free(&x);
+}
+
+static void test_cut_urgent(void)
+{
+	cut_urgent(CUT_BOTH);
+}
+
+/* The sender's end closed, the destination's open and silent: the sender reconnects. */
+static void test_cut_urgent_half(void)
+{
+	cut_urgent(CUT_HALF);
+}
+
+/* The destination's end closed, the sender's open and silent: the sender sees nothing; the
+ * destination's URGENT_LOST on control tells it. */
+static void test_cut_urgent_half_recv(void)
+{
+	cut_urgent(CUT_HALF_RECV);
+}
+
+/* Both ends open and silent: the destination's requests go unanswered for its timeout_ms
+ * (2 s here); it takes that as a break and says URGENT_LOST. */
+static void test_cut_urgent_freeze(void)
+{
+	cut_urgent(CUT_FREEZE);
 }
 
 /* Waits (bounded) until every vCPU touched every page of its share. */
@@ -636,6 +675,21 @@ static void test_urgent_setup_ack_lost(void)
 static void test_urgent_idle_cut(void)
 {
 	cut_before_switch(URG_IDLE);
+}
+
+/*
+ * Cut on the receiver's side only (the sender's end stays open and silent): the sender never
+ * sees the break; the destination's URGENT_LOST on control tells it, and it reconnects. Cut on
+ * the sender's side only, it sees the break and reconnects at the switch as after any.
+ */
+static void test_urgent_idle_half_recv(void)
+{
+	cut_before_switch(URG_IDLE_HALF_RECV);
+}
+
+static void test_urgent_idle_half(void)
+{
+	cut_before_switch(URG_IDLE_HALF);
 }
 
 /*
@@ -838,11 +892,16 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/cut-data0", test_cut_data0, false },
 		{ "resume-postcopy/cut-data2", test_cut_data2, false },
 		{ "resume-postcopy/cut-urgent", test_cut_urgent, false },
+		{ "resume-postcopy/cut-urgent-half", test_cut_urgent_half, false },
+		{ "resume-postcopy/cut-urgent-half-recv", test_cut_urgent_half_recv, false },
+		{ "resume-postcopy/cut-urgent-freeze", test_cut_urgent_freeze, false },
 		{ "resume-postcopy/end-ack-lost", test_end_ack_lost, false },
 		{ "resume-postcopy/req-end-lost", test_req_end_lost, false },
 		{ "resume-postcopy/req-end-lost-refused", test_req_end_lost_refused, false },
 		{ "resume-postcopy/urgent-setup-ack-lost", test_urgent_setup_ack_lost, false },
 		{ "resume-postcopy/urgent-idle-cut", test_urgent_idle_cut, false },
+		{ "resume-postcopy/urgent-idle-half", test_urgent_idle_half, false },
+		{ "resume-postcopy/urgent-idle-half-recv", test_urgent_idle_half_recv, false },
 		{ "resume-postcopy/urgent-idle-cut-late", test_urgent_idle_cut_late, false },
 		{ "resume-postcopy/urgent-ack-send-fails", test_urgent_ack_send_fails, false },
 		{ "resume-postcopy/urgent-setup-ack-lost-off", test_urgent_setup_ack_lost_off, false },
