@@ -132,19 +132,16 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->features);
 		return -EBADMSG;
 	}
-	if ((ack->features & TM_FEATURE_URGENT_LOST) && !(offered & TM_FEATURE_URGENT_LOST)) {
+	if ((ack->features & TM_FEATURE_CONN_LOST) && !(offered & TM_FEATURE_CONN_LOST)) {
 		g_set_error(error, TM_ERROR, EPROTO,
-			    "HELLO_ACK: features 0x%08x accept URGENT_LOST, which was not offered "
+			    "HELLO_ACK: features 0x%08x accept CONN_LOST, which was not offered "
 			    "(offered 0x%08x)",
 			    ack->features, offered);
 		return -EPROTO;
 	}
-	if ((ack->features & TM_FEATURE_URGENT_LOST) &&
-	    (ack->features & (TM_FEATURE_RESUME | TM_FEATURE_POSTCOPY)) !=
-		    (TM_FEATURE_RESUME | TM_FEATURE_POSTCOPY)) {
+	if ((ack->features & TM_FEATURE_CONN_LOST) && !(ack->features & TM_FEATURE_RESUME)) {
 		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO_ACK: features 0x%08x accept URGENT_LOST without POSTCOPY and RESUME",
-			    ack->features);
+			    "HELLO_ACK: features 0x%08x accept CONN_LOST without RESUME", ack->features);
 		return -EBADMSG;
 	}
 	/* The session's secret for reconnects: there exactly when RESUME is agreed. */

@@ -68,8 +68,8 @@ const char *tm_msg_name(uint8_t type)
 		return "CTL_POS";
 	case TM_MSG_ZDELTA:
 		return "ZDELTA";
-	case TM_MSG_URGENT_LOST:
-		return "URGENT_LOST";
+	case TM_MSG_CONN_LOST:
+		return "CONN_LOST";
 	default:
 		return "unknown";
 	}
@@ -108,8 +108,9 @@ uint32_t tm_ctrl_body_len(uint8_t version, uint8_t type)
 		return TM_END_ACK2_LEN;
 	case TM_MSG_PING:
 	case TM_MSG_PONG:
-	case TM_MSG_URGENT_LOST:
 		return 8;
+	case TM_MSG_CONN_LOST:
+		return 16;
 	default:
 		return 0;
 	}
@@ -180,8 +181,9 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 	case TM_MSG_POSTCOPY:
 	case TM_MSG_READY:
 	case TM_MSG_REQ_END:
-	case TM_MSG_URGENT_LOST:
 		return 8;
+	case TM_MSG_CONN_LOST:
+		return 16;
 	case TM_MSG_RESUME:
 		return TM_RESUME_LEN;
 	case TM_MSG_RESUME_ACK:

@@ -133,12 +133,9 @@ static int check_v2_fields(const tm_hello *hello, GError **error)
 			    hello->features);
 		return -EBADMSG;
 	}
-	if ((hello->features & TM_FEATURE_URGENT_LOST) &&
-	    (hello->features & (TM_FEATURE_RESUME | TM_FEATURE_POSTCOPY)) !=
-		    (TM_FEATURE_RESUME | TM_FEATURE_POSTCOPY)) {
+	if ((hello->features & TM_FEATURE_CONN_LOST) && !(hello->features & TM_FEATURE_RESUME)) {
 		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO: features 0x%08x offer URGENT_LOST without POSTCOPY and RESUME",
-			    hello->features);
+			    "HELLO: features 0x%08x offer CONN_LOST without RESUME", hello->features);
 		return -EBADMSG;
 	}
 	if (hello->role >= TM_ROLE_COUNT) {

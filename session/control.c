@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -50,11 +51,13 @@ void tm_control_wake(tm_control *c)
 		(void)!write(c->wake_fd, &one, sizeof(one));
 }
 
-void tm_control_urgent_lost_locked(tm_control *c, uint32_t epoch)
+void tm_control_conn_lost_locked(tm_control *c, uint32_t conn, uint32_t epoch)
 {
-	if (!c->urgent_lost)
+	unsigned i = conn == TM_CONN_LOST_URGENT ? TM_MAX_CHANNELS : conn;
+
+	if (!c->conn_lost || i > TM_MAX_CHANNELS)
 		return;
-	c->urgent_lost_epoch = (uint64_t)epoch + 1;
+	c->lost[i] = (uint64_t)epoch + 1;
 	tm_control_wake(c);
 }
 
@@ -76,7 +79,7 @@ typedef struct loop {
 	/* RESUME_CONTROL (resume-control.c): where a reconnect takes the end up again */
 	bool end_ack_seen; /* sender: END_ACK arrived; CTL_POS and the close follow */
 	bool end_ack_sent; /* receiver: END_ACK is out; the sender's CTL_POS and the close follow */
-	uint64_t urgent_lost_sent; /* receiver: the urgent_lost_epoch last sent on this connection */
+	uint64_t lost_sent[TM_MAX_CHANNELS + 1]; /* receiver: c->lost as last sent on this connection */
 } loop;
 
 static int ctrl_body(tm_chan *ch, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS],
@@ -251,18 +254,26 @@ static int one_message(loop *l, GError **error)
 					       error);
 	uint8_t end = c->sender ? TM_MSG_END_ACK : TM_MSG_END;
 	bool ready = c->sender && f.type == TM_MSG_READY;
-	if (c->sender && c->urgent_lost && f.type == TM_MSG_URGENT_LOST) {
-		/* Not ordered: it belongs to the urgent connection of its epoch (a stale one is
-		 * ignored there), and comes again after a control reconnect. */
+	if (c->sender && c->conn_lost && f.type == TM_MSG_CONN_LOST) {
+		/* Not ordered: it belongs to the connection of its epoch (a stale one is ignored
+		 * there), and comes again after a control reconnect. */
 		if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
 			return r;
-		if (v[0] > UINT32_MAX) {
-			g_set_error(error, TM_ERROR, EBADMSG, "control: URGENT_LOST epoch %" G_GUINT64_FORMAT
-				    " does not fit a HELLO's", (guint64)v[0]);
+		if (v[0] >= c->ndata && v[0] != TM_CONN_LOST_URGENT) {
+			g_set_error(error, TM_ERROR, ERANGE,
+				    "control: CONN_LOST for connection %" G_GUINT64_FORMAT
+				    ", the session has %u data channels",
+				    (guint64)v[0], c->ndata);
+			return -ERANGE;
+		}
+		if (v[1] > UINT32_MAX) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "control: CONN_LOST epoch %" G_GUINT64_FORMAT " does not fit a HELLO's",
+				    (guint64)v[1]);
 			return -EBADMSG;
 		}
-		if (c->urgent_lost_msg)
-			c->urgent_lost_msg(c->owner, v[0]);
+		if (c->conn_lost_msg)
+			c->conn_lost_msg(c->owner, (uint32_t)v[0], (uint32_t)v[1]);
 		return 0;
 	}
 	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen) {
@@ -295,6 +306,32 @@ static int one_message(loop *l, GError **error)
 	if (f.type == TM_MSG_PONG)
 		return peer_pong(l, v[0], error);
 	return peer_end(l, v, error);
+}
+
+/* Receiver: CONN_LOST for each connection in lost (c->lost) not said yet on this connection. */
+static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError **error)
+{
+	tm_control *c = l->c;
+
+	for (unsigned i = 0; i <= TM_MAX_CHANNELS && !l->end_ack_sent; i++) {
+		if (!lost[i] || lost[i] == l->lost_sent[i])
+			continue;
+		l->lost_sent[i] = lost[i];
+		uint64_t conn = i == TM_MAX_CHANNELS ? TM_CONN_LOST_URGENT : i;
+		int r = tm_chan_send_ctrl(c->ch, TM_MSG_CONN_LOST, conn, lost[i] - 1, error);
+		if (r < 0) {
+			/* The peer's ERROR may have come just before its close. */
+			GError *why = NULL;
+			if ((r == -EPIPE || r == -ECONNRESET) &&
+			    tm_chan_peer_error(c->ch, "sender gave up", &why) < 0) {
+				g_clear_error(error);
+				*error = why;
+				return -why->code;
+			}
+			return r;
+		}
+	}
+	return 0;
 }
 
 /* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead. */
@@ -330,15 +367,11 @@ static int run(loop *l, GError **error)
 		bool quit = *c->quit, want_end = c->end_requested;
 		bool want_pc = c->postcopy_requested;
 		uint64_t pc_pages = c->postcopy_pages;
-		uint64_t lost = c->urgent_lost_epoch;
+		uint64_t lost[TM_MAX_CHANNELS + 1];
+		memcpy(lost, c->lost, sizeof(lost));
 		g_mutex_unlock(c->lock);
 		if (quit)
 			return 0;
-		if (lost && lost != l->urgent_lost_sent && !l->end_ack_sent) {
-			l->urgent_lost_sent = lost;
-			if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_URGENT_LOST, lost - 1, 0, error)) < 0)
-				return r;
-		}
 		if (want_pc && !l->postcopy_sent) {
 			/* Before the data channels' END: the switch precedes the end (design 2.4). */
 			l->postcopy_sent = true; /* kept: a break now is resumed */
@@ -355,6 +388,10 @@ static int run(loop *l, GError **error)
 				return r;
 			continue;
 		}
+		/* After what the peer said: a sender that paused or failed closes every connection
+		 * (ours too) after its ERROR, which must not be lost to our send's failure. */
+		if ((r = send_lost(l, lost, error)) < 0)
+			return r;
 		if (c->tick && (r = c->tick(c->owner, error)) < 0)
 			return r;
 		/* Not while our PING is out: its PONG after END_ACK would be data where the close
@@ -455,7 +492,7 @@ static gpointer control_thread(gpointer data)
 		int64_t now = tm_now_us();
 		l.last_rx = l.next_tick = l.flood_t = now;
 		l.ping_out = false; /* its PONG went with the old connection */
-		l.urgent_lost_sent = 0; /* said again: it may have gone with the old one */
+		memset(l.lost_sent, 0, sizeof(l.lost_sent)); /* said again: it may have gone with it */
 		l.flood_n = 0;
 	}
 	if (r < 0 && c->resume_agreed && !c->resume && !c->ch->peer_error &&

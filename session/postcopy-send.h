@@ -47,7 +47,6 @@ typedef struct send_postcopy {
 	bool urg_exited;           /* protected by s->lock */
 	uint32_t urg_epoch;        /* protected by s->lock: the HELLO epoch of the urgent
 				    * connection (0: the first; a reconnect's after) */
-	bool urgent_lost;          /* URGENT_LOST agreed (read-only after the handshake) */
 	bool urg_unused_over;      /* protected by s->lock: never switched, control ended and the
 				    * receiver's REQ_END(0) did not come in time: the return thread
 				    * ends as if it had (TM_URGENT_UNUSED_GRACE_MS) */

@@ -499,10 +499,8 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 	return 0;
 }
 
-void tm_pcresume_urgent_lost(void *sender, uint64_t epoch)
+void tm_pcresume_urgent_lost(tm_sender *s, uint32_t epoch)
 {
-	tm_sender *s = sender;
-
 	/* A path dead on the receiver's side only (a middlebox that keeps ours open) breaks
 	 * nothing here: nothing else would ever tell the return thread. A stale epoch (we
 	 * reconnected already) or a reconnect under way: nothing to do. */
@@ -629,7 +627,7 @@ int tm_pcresume_recv_urgent(tm_receiver *r, GError **error)
 	/* The sender may not see this break (its end of the path still open): it learns it on
 	 * control, unless a newer connection is here already. */
 	if (!pc->urg_ready)
-		tm_control_urgent_lost_locked(&r->control, pc->urg_epoch);
+		tm_control_conn_lost_locked(&r->control, TM_CONN_LOST_URGENT, pc->urg_epoch);
 	for (;;) {
 		/* As long as the session lives: the sender's deadline bounds its attempts, and
 		 * its failure comes on control. */

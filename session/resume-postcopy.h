@@ -39,10 +39,10 @@ int tm_pcresume_send_item(send_chan *c, const work *w, GError **error);
 /* postcopy-send.c: DISCARD msgs, then RAM_END(POSTCOPY) with the channel's counts. */
 int tm_send_pc_announce(send_chan *c, GPtrArray *msgs, GError **error);
 void tm_pcresume_send_free(tm_sender *s);
-/* Control thread (tm_control.urgent_lost_msg): the receiver's urgent connection of epoch broke.
+/* Control thread (tm_resume_conn_lost): the receiver's urgent connection of epoch broke.
  * If it is still ours, its socket is shut down: the return thread sees the break and
  * reconnects (after the switch at once, before it at the switch). Never blocks. */
-void tm_pcresume_urgent_lost(void *sender, uint64_t epoch);
+void tm_pcresume_urgent_lost(tm_sender *s, uint32_t epoch);
 
 /* ---- sender, the urgent connection ---- */
 /*

@@ -319,7 +319,7 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 
 	if (!rr || !(r->hello.features & TM_FEATURE_RESUME) || r->live.no_resume) {
 		ack->features &= ~(TM_FEATURE_RESUME | TM_FEATURE_RESUME_CONTROL |
-				   TM_FEATURE_URGENT_LOST);
+				   TM_FEATURE_CONN_LOST);
 		ack->resume_token = 0;
 		tm_resume_recv_free(r);
 		return 0;
@@ -351,10 +351,8 @@ int tm_resume_recv_agree(tm_receiver *r, tm_hello_ack *ack, GError **error)
 	ack->features |= TM_FEATURE_RESUME;
 	ack->resume_token = rr->token;
 	r->control.resume_agreed = true;
-	/* An accepted postcopy's urgent connection: a break of it goes on control too. */
-	if (!(ack->features & TM_FEATURE_POSTCOPY))
-		ack->features &= ~TM_FEATURE_URGENT_LOST;
-	r->control.urgent_lost = (ack->features & TM_FEATURE_URGENT_LOST) != 0;
+	/* A break we see and the sender may not: said on control (kept when offered). */
+	r->control.conn_lost = (ack->features & TM_FEATURE_CONN_LOST) != 0;
 	return 0;
 }
 
@@ -377,6 +375,10 @@ int tm_resume_recv(recv_chan *c, GError **error)
 	tm_chan_close(&c->ch);
 	tm_io_counters io_closed = c->ch.io_closed;
 	pending_conn *p = &rr->pending[c->ch.id];
+	/* The sender may not see this break (its end of the path still open): it learns it on
+	 * control, unless a newer connection is here already. */
+	if (!p->ready)
+		tm_control_conn_lost_locked(&r->control, c->ch.id, p->epoch);
 	for (;;) {
 		while (!r->quit && !p->ready)
 			g_cond_wait(&r->cond, &r->lock);

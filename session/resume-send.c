@@ -79,10 +79,9 @@ void tm_resume_send_offer(tm_sender *s, const char *host, const char *port)
 		rs->busy_fds[i] = -1;
 	}
 	s->resume = rs;
-	s->hello.features |= TM_FEATURE_RESUME | tm_ctl_resume_offer(); /* resume-control.c */
-	/* The receiver says when its urgent connection broke (resume-postcopy.c). */
-	if (s->hello.features & TM_FEATURE_POSTCOPY)
-		s->hello.features |= TM_FEATURE_URGENT_LOST;
+	/* ... and the receiver says when a connection broke that we may not see broken. */
+	s->hello.features |= TM_FEATURE_RESUME | tm_ctl_resume_offer() | /* resume-control.c */
+			     TM_FEATURE_CONN_LOST;
 }
 
 void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
@@ -90,11 +89,31 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 	if (s->resume && (ack->features & TM_FEATURE_RESUME)) {
 		s->resume->token = ack->resume_token;
 		s->control.resume_agreed = true;
-		s->pc.urgent_lost = (ack->features & TM_FEATURE_URGENT_LOST) != 0;
-		s->control.urgent_lost = s->pc.urgent_lost;
+		s->control.conn_lost = (ack->features & TM_FEATURE_CONN_LOST) != 0;
 		if (ack->features & TM_FEATURE_RESUME_CONTROL)
 			tm_ctl_resume_enable(&s->control);
 	}
+}
+
+void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch)
+{
+	tm_sender *s = sender;
+
+	if (conn == TM_CONN_LOST_URGENT) {
+		tm_pcresume_urgent_lost(s, epoch);
+		return;
+	}
+	/*
+	 * A path dead on the receiver's side only (a middlebox that keeps ours open and reads no
+	 * more) breaks nothing here: the worker would wait for an answer or a send for good. A
+	 * stale epoch (reconnected already) or a reconnect under way: nothing to do. Else the
+	 * worker's next or current I/O fails and it resumes the channel as after any break.
+	 */
+	g_mutex_lock(&s->lock);
+	send_chan *c = conn < s->nch ? &s->chans[conn] : NULL;
+	if (c && s->resume && c->epoch == epoch && c->ch.fd >= 0 && s->resume->busy_fds[conn] < 0)
+		shutdown(c->ch.fd, SHUT_RDWR);
+	g_mutex_unlock(&s->lock);
 }
 
 int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error)
@@ -240,8 +259,8 @@ int tm_resume_attempt_ack(tm_chan *ch, const tm_frame *f, tm_resume_pos *pos, bo
  * One attempt: connect, TLS, HELLO + RESUME, RESUME_ACK into *pos. On failure ch is closed;
  * *final says the receiver refused (its ERROR, or an answer that no retry changes).
  */
-static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *pos, bool *final,
-		   GError **error)
+static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *pos,
+		   uint32_t *ret_epoch, bool *final, GError **error)
 {
 	tm_sender *s = c->s;
 	tm_resume_tx *rs = s->resume;
@@ -257,6 +276,7 @@ static int attempt(send_chan *c, tm_chan *ch, int64_t deadline, tm_resume_pos *p
 	if ((r = tm_resume_attempt_secure(s, ch, deadline, error)) < 0)
 		goto out;
 	uint32_t epoch = __atomic_add_fetch(&rs->epoch, 1, __ATOMIC_RELAXED);
+	*ret_epoch = epoch;
 	if ((r = send_resume(s, ch, epoch, error)) < 0 ||
 	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0 ||
 	    (r = tm_resume_attempt_ack(ch, &f, pos, final, error)) < 0)
@@ -464,12 +484,14 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	for (;;) {
 		g_clear_error(&last);
 		attempts++;
-		int r = attempt(c, &ch, deadline, &pos, &final, &last);
+		uint32_t epoch = 0;
+		int r = attempt(c, &ch, deadline, &pos, &epoch, &final, &last);
 		g_mutex_lock(&s->lock);
 		quit = s->quit;
 		if (r == 0 && !quit) {
 			/* The new connection is the channel's, with its counters. */
 			c->ch = ch;
+			c->epoch = epoch;
 			c->ch.st = st;
 			c->ch.io_closed = io_closed;
 			if (s->control.data_fds) /* its TCP_INFO watch (control.c) */

@@ -67,6 +67,10 @@ void tm_resume_log(send_chan *c, const work *w);
 /* On a broken connection, before it is closed: the pages of the packet its I/O handle never
  * handed to the kernel in full (tm_io_unsent_slot()), which resent_bytes does not count. */
 uint64_t tm_resume_unsent_pages(const send_chan *c);
+/* Control thread (tm_control.conn_lost_msg): the receiver's connection conn (a data channel, or
+ * TM_CONN_LOST_URGENT) of epoch broke. If it is still ours, its socket is shut down: its owner
+ * sees the break and reconnects (the urgent one: resume-postcopy.c). Never blocks. */
+void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch);
 /*
  * Worker c, after its connection failed with *error while handling c->work up to (not
  * including) item `next`: if the failure is a broken connection and resume was agreed,

@@ -149,19 +149,20 @@ typedef struct tm_control {
 	 * turn of the loop, never blocking (READY(2) when due). 0 or -errno with *error. */
 	int (*postcopy)(void *owner, const tm_frame *f, GError **error);
 	int (*tick)(void *owner, GError **error);
-	/* sender, optional (resume-postcopy.c): the receiver's URGENT_LOST for the urgent
-	 * connection of this epoch. Never blocks. */
-	void (*urgent_lost_msg)(void *owner, uint64_t epoch);
-	/* URGENT_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
-	bool urgent_lost;
+	/* sender, optional (resume-send.c): the receiver's CONN_LOST for data channel conn (or
+	 * TM_CONN_LOST_URGENT) of this epoch, checked against the session's channels. Never blocks. */
+	void (*conn_lost_msg)(void *owner, uint32_t conn, uint32_t epoch);
+	/* CONN_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
+	bool conn_lost;
 
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
 	bool end_requested;    /* sender: finish() asks for END */
 	bool postcopy_requested; /* sender: start_postcopy() asks for POSTCOPY(postcopy_pages) */
 	uint64_t postcopy_pages;
-	uint64_t urgent_lost_epoch; /* receiver: 1 + the epoch of an urgent connection that broke,
-				     * for URGENT_LOST (tm_control_urgent_lost), or 0 */
+	/* receiver: per data channel (and the urgent connection last) 1 + the epoch of a
+	 * connection that broke, for CONN_LOST (tm_control_conn_lost_locked), or 0 */
+	uint64_t lost[TM_MAX_CHANNELS + 1];
 	bool ended;            /* END / END_ACK done and the connection closed cleanly */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
@@ -189,8 +190,9 @@ int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned
 		     unsigned timeout_ms, GError **error);
 /* Wakes the thread (after *quit was set, or end_requested). Any thread. */
 void tm_control_wake(tm_control *c);
-/* Receiver, *lock held: asks the thread to send URGENT_LOST(epoch) (no-op unless agreed). */
-void tm_control_urgent_lost_locked(tm_control *c, uint32_t epoch);
+/* Receiver, *lock held: asks the thread to send CONN_LOST for data channel conn (or
+ * TM_CONN_LOST_URGENT) of epoch. No-op unless agreed. */
+void tm_control_conn_lost_locked(tm_control *c, uint32_t conn, uint32_t epoch);
 /* Sender, migration thread, *lock held: asks the thread for END on control (without waiting). */
 void tm_control_request_end_locked(tm_control *c);
 /* Sender: waits until END_ACK arrived (after READY) and control closed cleanly: 0, or -ECANCELED
@@ -232,6 +234,7 @@ typedef struct send_chan {
 	/* protected by s->lock */
 	GArray *pending;  /* of work, handed to the worker by swapping with ->work */
 	uint64_t synced;  /* highest sync id acknowledged by the receiver */
+	uint32_t epoch;   /* the HELLO epoch of the channel's connection (0: the first) */
 	bool ended;       /* END acknowledged */
 	bool exited;
 

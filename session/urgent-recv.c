@@ -279,6 +279,7 @@ static int maybe_end(urg *u, GError **error)
 	/* Sent from here on, even if the send breaks: nothing is asked after it, and a sender
 	 * that lacks it reconnects and gets it again (late()). */
 	u->req_end_sent = true;
+	u->quiet_since = tm_now_us(); /* END_ACK is due from now */
 	return tm_chan_send(u->ch, &v, 1, n, error);
 }
 
@@ -355,21 +356,29 @@ static int late(urg *u, GError **error)
  * no request, so REQ_END does not wait for it).
  */
 /*
- * Requests outstanding and nothing from the sender for timeout_ms: the path is dead even if
- * neither end of the connection saw it break (a frozen middlebox). Taken as a break (-ETIMEDOUT):
- * with resume the sender learns it on control (URGENT_LOST) and reconnects.
+ * Requests (or REQ_END) outstanding and nothing from the sender for timeout_ms: the path is
+ * dead even if neither end of the connection saw it break (a frozen middlebox). Taken as a
+ * break (-ETIMEDOUT): with resume the sender learns it on control (CONN_LOST) and reconnects;
+ * after REQ_END such a break ends the connection (resumed()).
  */
 static int check_silent(urg *u, GError **error)
 {
 	unsigned n = g_hash_table_size(u->outstanding);
 	int64_t quiet = tm_now_us() - u->quiet_since;
 
-	if (!n || u->conn_done || quiet < (int64_t)u->r->cfg.timeout_ms * 1000)
+	if ((!n && !u->req_end_sent) || u->conn_done ||
+	    quiet < (int64_t)u->r->cfg.timeout_ms * 1000)
 		return 0;
-	g_set_error(error, TM_ERROR, ETIMEDOUT,
-		    "urgent: peer unresponsive: %u request%s unanswered, nothing from the sender "
-		    "for %.1f s (timeout_ms)",
-		    n, n == 1 ? "" : "s", quiet / 1e6);
+	if (n)
+		g_set_error(error, TM_ERROR, ETIMEDOUT,
+			    "urgent: peer unresponsive: %u request%s unanswered, nothing from the "
+			    "sender for %.1f s (timeout_ms)",
+			    n, n == 1 ? "" : "s", quiet / 1e6);
+	else
+		g_set_error(error, TM_ERROR, ETIMEDOUT,
+			    "urgent: peer unresponsive: no END_ACK for REQ_END, nothing from the "
+			    "sender for %.1f s (timeout_ms)",
+			    quiet / 1e6);
 	return -ETIMEDOUT;
 }
 

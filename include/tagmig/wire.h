@@ -65,9 +65,9 @@
 #define TM_FEATURE_RESUME (1u << 2)   /* protocol 2 only: broken data channels reconnect */
 /* Protocol 2 only, with RESUME: a broken control connection reconnects too. */
 #define TM_FEATURE_RESUME_CONTROL (1u << 3)
-/* Protocol 2 only, with POSTCOPY and RESUME: the receiver tells the sender on control when its
- * urgent connection broke (URGENT_LOST), which the sender may not see itself. */
-#define TM_FEATURE_URGENT_LOST (1u << 4)
+/* Protocol 2 only, with RESUME: the receiver tells the sender on control when one of its data
+ * or urgent connections broke (CONN_LOST), which the sender may not see itself. */
+#define TM_FEATURE_CONN_LOST (1u << 4)
 /* Protocol 2 only: page data may travel compressed (ZDATA) with this codec; the sender offers
  * the codecs it may use, the receiver's HELLO_ACK keeps those it decodes (issue 15). */
 #define TM_FEATURE_LZ4 (1u << 8)
@@ -77,7 +77,7 @@
 #define TM_FEATURE_DELTA (1u << 10)
 #define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)                        /* protocol 1 */
 #define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY | TM_FEATURE_RESUME | \
-			      TM_FEATURE_RESUME_CONTROL | TM_FEATURE_URGENT_LOST | \
+			      TM_FEATURE_RESUME_CONTROL | TM_FEATURE_CONN_LOST | \
 			      TM_FEATURES_COMPRESS | TM_FEATURE_DELTA) /* protocol 2 */
 
 /* Protocol 2: what a connection carries, named by its HELLO. */
@@ -116,11 +116,13 @@ typedef enum tm_msg_type {
 	TM_MSG_CTL_RESUME = 24, /* a reconnected control connection: secret, messages received */
 	TM_MSG_CTL_POS = 25,    /* control: the ordered control messages this side received */
 	TM_MSG_ZDELTA = 26,     /* a DELTA whose deltas are zstd-compressed (DELTA + ZSTD agreed) */
-	TM_MSG_URGENT_LOST = 27, /* control, r->s: the urgent connection of this epoch broke */
+	TM_MSG_CONN_LOST = 27,  /* control, r->s: this data or urgent connection (epoch) broke */
 } tm_msg_type;
 
 #define TM_MSG_LAST_V1 TM_MSG_ERROR
-#define TM_MSG_LAST_V2 TM_MSG_URGENT_LOST
+#define TM_MSG_LAST_V2 TM_MSG_CONN_LOST
+/* CONN_LOST's connection field for the urgent connection (else a data channel's number). */
+#define TM_CONN_LOST_URGENT UINT32_MAX
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

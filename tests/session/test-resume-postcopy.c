@@ -556,7 +556,7 @@ static void await_complete(run *x)
  *    sender's urgent connection ends with control's END_ACK, long before the resume deadline.
  * Plaintext only: the proxy finds the messages by their frame headers.
  */
-static void cut_end(bool end_ack, bool refuse)
+static void cut_end_how(bool end_ack, bool refuse, bool half)
 {
 	if (!uffd_usable())
 		return;
@@ -567,8 +567,12 @@ static void cut_end(bool end_ack, bool refuse)
 	run x;
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true,
 			      .resume_deadline_ms = refuse ? 60000 : 0 };
+	/* Half: only the destination's silence rule (timeout_ms) ends its wait for END_ACK. */
+	dest_timeout_ms = half ? 2000 : 20000;
 	run_start(&x, &lc, 256u << 10, true, VCPUS, true); /* held, as test_cut_urgent */
+	dest_timeout_ms = 20000;
 	g_mutex_lock(&x.px.lock);
+	x.px.half = half;
 	x.px.cut_conn = URGENT_CONN;
 	if (end_ack)
 		x.px.cut_reply_to = TM_MSG_REQ_END;
@@ -609,9 +613,21 @@ static void cut_end(bool end_ack, bool refuse)
 	run_free(&x);
 }
 
+static void cut_end(bool end_ack, bool refuse)
+{
+	cut_end_how(end_ack, refuse, false);
+}
+
 static void test_end_ack_lost(void)
 {
 	cut_end(true, false);
+}
+
+/* END_ACK lost on a path whose destination end stays open and silent: no break ever comes
+ * there; its silence rule (timeout_ms, 2 s here) ends the connection after REQ_END. */
+static void test_end_ack_lost_half(void)
+{
+	cut_end_how(true, false, true);
 }
 
 static void test_req_end_lost(void)
@@ -896,6 +912,7 @@ int main(int argc, char **argv)
 		{ "resume-postcopy/cut-urgent-half-recv", test_cut_urgent_half_recv, false },
 		{ "resume-postcopy/cut-urgent-freeze", test_cut_urgent_freeze, false },
 		{ "resume-postcopy/end-ack-lost", test_end_ack_lost, false },
+		{ "resume-postcopy/end-ack-lost-half", test_end_ack_lost_half, false },
 		{ "resume-postcopy/req-end-lost", test_req_end_lost, false },
 		{ "resume-postcopy/req-end-lost-refused", test_req_end_lost_refused, false },
 		{ "resume-postcopy/urgent-setup-ack-lost", test_urgent_setup_ack_lost, false },

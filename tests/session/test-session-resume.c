@@ -40,12 +40,15 @@ typedef struct rig {
  * The source filled, the receiver (handing each device-state section to fn, if set) and the
  * proxy, its cuts by bytes exact: a cut n bytes into a channel falls there, not a read later.
  */
+/* Both sides' timeout_ms, 0 for the receiver's default (a test of a frozen path lowers it). */
+static unsigned send_timeout_ms = 20000, recv_timeout_ms;
+
 static void rig_start(rig *t, peer_state_fn fn, void *opaque)
 {
 	guest_init(&t->src, spec, 1, true);
 	guest_init(&t->dst, spec, 1, true);
 	guest_fill(&t->src);
-	t->port = peer_start_state(&t->p, &t->dst, false, 0, fn, opaque);
+	t->port = peer_start_state(&t->p, &t->dst, false, recv_timeout_ms, fn, opaque);
 	t->pport = proxy_start(&t->px, t->port);
 	g_mutex_lock(&t->px.lock);
 	t->px.exact = true;
@@ -70,7 +73,7 @@ static tm_sender *sender_new(guest *src, unsigned channels, const tm_live_config
 	tm_sender *s = NULL;
 	/* Small packets: many in flight, so that a cut loses some. */
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-				 .channels = channels, .timeout_ms = 20000,
+				 .channels = channels, .timeout_ms = send_timeout_ms,
 				 .packet_size = 64u << 10 };
 	g_assert_cmpint(tm_sender_new(src->layout, src->tags, &cfg, &s, &err), ==, 0);
 	if (lc)
@@ -155,14 +158,24 @@ static void test_cut_later_in_round(void)
  * silent (a path that died without a reset): the sender's reconnect shuts the old one down so
  * that the receiver's worker, still waiting on it, takes the new one.
  */
-static void test_cut_sender_side(void)
+enum { SENDER_SIDE, RECEIVER_SIDE, FROZEN };
+
+static void cut_one_side(int how)
 {
 	rig t;
 	g_autoptr(GError) err = NULL;
 
+	/* Frozen mid-packet: the receiver's body deadline finds it; the sender, which sees nothing,
+	 * learns it through CONN_LOST. */
+	bool frozen = how == FROZEN;
+	recv_timeout_ms = frozen ? 2000 : 0;
+	send_timeout_ms = frozen ? 2000 : 20000;
 	rig_start(&t, NULL, NULL);
-	t.px.half = true;
+	t.px.half = how != RECEIVER_SIDE;
+	t.px.half_recv = how != SENDER_SIDE;
 	tm_sender *s = sender_new(&t.src, 3, NULL);
+	recv_timeout_ms = 0;
+	send_timeout_ms = 20000;
 	proxy_arm(&t.px, conn_of(1), (2u << 20) / 3);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	int64_t t0 = g_get_monotonic_time();
@@ -171,14 +184,37 @@ static void test_cut_sender_side(void)
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
 	peer_join(&t.p);
-	/* At once, not when the half packet's body deadline (5 s grace) ends the old read. */
+	/* At once, not when the half packet's body deadline (5 s grace) ends the old read; frozen,
+	 * once that deadline ended it. */
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_test_message("completed in %.2f s", secs);
-	g_assert_cmpfloat(secs, <, 4.0);
+	g_assert_cmpfloat(secs, <, frozen ? 15.0 : 4.0);
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
 	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
 	rig_free(&t, s);
 }
+
+static void test_cut_sender_side(void)
+{
+	cut_one_side(SENDER_SIDE);
+}
+
+/*
+ * Only the receiver's side of data channel 1 closes; the sender's stays open and silent (the
+ * proxy reads nothing more from it): the sender, which sees no break, must still learn it.
+ */
+static void test_cut_receiver_side(void)
+{
+	cut_one_side(RECEIVER_SIDE);
+}
+
+/* Both ends kept open, nothing forwarded any more, in the middle of a packet: the receiver's
+ * body deadline ends its read, and the sender, which sees no break, learns it on control. */
+static void test_cut_frozen(void)
+{
+	cut_one_side(FROZEN);
+}
+
 
 /*
  * Round 1 is acknowledged, then data channel 1 is cut while nobody sends; round 2 (every other
@@ -579,6 +615,8 @@ int main(int argc, char **argv)
 		{ "resume/cut-first-in-round", test_cut_first_in_round, false },
 		{ "resume/cut-later-in-round", test_cut_later_in_round, false },
 		{ "resume/cut-sender-side", test_cut_sender_side, false },
+		{ "resume/cut-receiver-side", test_cut_receiver_side, false },
+		{ "resume/cut-frozen", test_cut_frozen, false },
 		{ "resume/sync-ack-lost", test_sync_ack_lost, false },
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },

@@ -242,9 +242,9 @@ static const hello_mutation hello_v2_mutations[] = {
 	{ 44, 4, 0x80000000u, EPROTO, "without the RESUME feature" },
 	{ 20, 4, 0x27, EBADMSG, "reserved bits 0x00000020" },
 	{ 20, 4, 0x7, 0, "" },  /* RESUME, epoch 0: a session's first connection */
-	{ 20, 4, 0x17, 0, "" }, /* ... and URGENT_LOST */
-	{ 20, 4, 0x13, EBADMSG, "features 0x00000013 offer URGENT_LOST without POSTCOPY and RESUME" },
-	{ 20, 4, 0x15, EBADMSG, "offer URGENT_LOST without POSTCOPY and RESUME" },
+	{ 20, 4, 0x17, 0, "" }, /* ... and CONN_LOST */
+	{ 20, 4, 0x15, 0, "" }, /* CONN_LOST without POSTCOPY: data channels */
+	{ 20, 4, 0x13, EBADMSG, "features 0x00000013 offer CONN_LOST without RESUME" },
 	{ 20, 4, 0x80000003u, EBADMSG, "reserved bits 0x80000000" },
 	{ 16, 2, 4, ERANGE, "channel_id 4 out of range" },
 	{ 20, 4, 0x3, 0, "" },  /* POSTCOPY is a protocol 2 feature */
@@ -382,8 +382,8 @@ static void test_hello_ack_v2(void)
 		const char *substr;
 	} bad[] = {
 		{ 0, 4, 0x27, 3, EBADMSG, "HELLO_ACK: features 0x00000027 has reserved bits 0x00000020" },
-		{ 0, 4, 0x13, 3, EPROTO, "accept URGENT_LOST, which was not offered (offered 0x00000003)" },
-		{ 0, 4, 0x13, 0x17, EBADMSG, "accept URGENT_LOST without POSTCOPY and RESUME" },
+		{ 0, 4, 0x13, 3, EPROTO, "accept CONN_LOST, which was not offered (offered 0x00000003)" },
+		{ 0, 4, 0x13, 0x17, EBADMSG, "accept CONN_LOST without RESUME" },
 		{ 0, 4, 0x7, 3, EPROTO, "accept RESUME, which was not offered (offered 0x00000003)" },
 		{ 0, 4, 0x80000003u, 3, EBADMSG, "reserved bits 0x80000000" },
 		{ 0, 4, 0x3, 1, EPROTO, "accept POSTCOPY, which was not offered (offered 0x00000001)" },
