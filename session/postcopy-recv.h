@@ -167,7 +167,7 @@ int tm_pc_urgent_start(tm_receiver *r, GError **error);
 int tm_pc_urgent_end_unused(tm_receiver *r, GError **error);
 /*
  * After control ended (tm_receiver_wait): END_ACK for that REQ_END(0), waited for up to
- * TM_URGENT_UNUSED_GRACE_MS; a break or no answer in time ends the connection as END_ACK
+ * TM_URGENT_END_GRACE_MS; a break or no answer in time ends the connection as END_ACK
  * would (the sender takes the same break as the end). 0 or -errno (a message that is not
  * END_ACK, the sender's ERROR).
  */

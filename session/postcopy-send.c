@@ -536,16 +536,17 @@ int tm_sender_pc_await_end_locked(tm_sender *s)
 	 * was lost in the break; resume-postcopy.c). */
 	tm_pcresume_urgent_wake(s);
 	/*
-	 * Never switched: the connection carried nothing and control's END_ACK said everything
-	 * arrived, so REQ_END(0) only closes it cleanly. A path that died silently (nothing breaks
-	 * it, no REQ_END comes) costs TM_URGENT_UNUSED_GRACE_MS, not the session.
+	 * Control's END_ACK came after the receiver's urgent connection ended (with every page
+	 * present, or never switched: it carried nothing), so REQ_END only closes it cleanly here.
+	 * A path that died where we cannot see it (nothing breaks it, no REQ_END comes) costs
+	 * TM_URGENT_END_GRACE_MS, not the session.
 	 */
-	int64_t until = g_get_monotonic_time() + (int64_t)TM_URGENT_UNUSED_GRACE_MS * 1000;
+	int64_t until = g_get_monotonic_time() + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
 	while (!s->quit && !s->pc.urg_ended && !s->pc.urg_exited) {
-		if (__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE) || s->pc.urg_unused_over) {
+		if (s->pc.urg_end_over) {
 			g_cond_wait(&s->cond, &s->lock);
 		} else if (!g_cond_wait_until(&s->cond, &s->lock, until)) {
-			s->pc.urg_unused_over = true;
+			s->pc.urg_end_over = true;
 			tm_urgent_wake(s, false);
 		}
 	}

@@ -47,9 +47,9 @@ typedef struct send_postcopy {
 	bool urg_exited;           /* protected by s->lock */
 	uint32_t urg_epoch;        /* protected by s->lock: the HELLO epoch of the urgent
 				    * connection (0: the first; a reconnect's after) */
-	bool urg_unused_over;      /* protected by s->lock: never switched, control ended and the
-				    * receiver's REQ_END(0) did not come in time: the return thread
-				    * ends as if it had (TM_URGENT_UNUSED_GRACE_MS) */
+	bool urg_end_over;         /* protected by s->lock: control ended and the receiver's
+				    * REQ_END did not come in time: the return thread ends as if it
+				    * had (TM_URGENT_END_GRACE_MS) */
 	int urg_busy;              /* protected by s->lock: fd + 1 of an urgent reconnect under way
 				    * (a failure shuts it down: resume-postcopy.c), 0: none */
 	GError *urg_lost;          /* protected by s->lock: why the connection broke before the

@@ -428,12 +428,13 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 #define TM_V2_EXTRA_CONNECTIONS 1u
 
 /*
- * How long each side waits at the end of a session that agreed to postcopy and never switched
- * for the other's REQ_END(0) / END_ACK on the unused urgent connection once control ended. That
- * exchange only closes the connection cleanly (control's END_ACK said everything arrived): a
- * dead path there costs this long, never the session.
+ * How long, once control ended, the sender waits for the receiver's REQ_END on the urgent
+ * connection, and the receiver of a session that never switched for the sender's END_ACK of
+ * REQ_END(0). Control's END_ACK said everything arrived and came after the receiver's urgent
+ * connection ended: that exchange only closes it cleanly, and a path dead where one side cannot
+ * see it costs this long, never the session.
  */
-#define TM_URGENT_UNUSED_GRACE_MS 1000u
+#define TM_URGENT_END_GRACE_MS 1000u
 
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */

@@ -582,7 +582,7 @@ int tm_pc_urgent_close_unused(tm_receiver *r, GError **error)
 	r->pc->unused_ack_due = false;
 	if (!tm_io_readable(r->urg.io)) {
 		struct pollfd p = { .fd = r->urg.fd, .events = POLLIN };
-		if (poll(&p, 1, TM_URGENT_UNUSED_GRACE_MS) <= 0)
+		if (poll(&p, 1, TM_URGENT_END_GRACE_MS) <= 0)
 			return 0; /* no answer in time: closed as a break */
 	}
 	int ret = unused_answer(r, error);

@@ -201,12 +201,12 @@ static int run(ret_loop *l, GError **error)
 
 	for (;;) {
 		g_mutex_lock(&s->lock);
-		bool quit = s->quit, over = s->pc.urg_unused_over;
+		bool quit = s->quit, over = s->pc.urg_end_over;
 		g_mutex_unlock(&s->lock);
 		if (quit)
 			return 0;
 		if (over)
-			return 1; /* the unused connection's end did not come: it ends anyway */
+			return 1; /* its end did not come after control's: it ends anyway */
 		if (tm_io_readable(ch->io)) {
 			int r = one_message(l, error);
 			/* Broken before REQ_END was answered: reconnected (at the switch if it broke
