@@ -710,8 +710,13 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	bool v2 = s->wire == TM_WIRE_VERSION_2;
 	if (v2 && !s->quit)
 		tm_control_request_end_locked(&s->control);
+	/*
+	 * Control's END_ACK comes only after the receiver applied every data channel's END: it
+	 * ends the wait for a data channel's END_ACK too (one lost where we cannot see it: a path
+	 * that broke at the receiver's end after it answered; free() stops that worker).
+	 */
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)
-		while (!s->quit && !s->chans[i].ended)
+		while (!s->quit && !s->chans[i].ended && !(v2 && s->control.ended))
 			g_cond_wait(&s->cond, &s->lock);
 	if (v2 && !s->quit)
 		tm_control_await_end_locked(&s->control);
@@ -740,11 +745,15 @@ void tm_sender_free(tm_sender *s)
 	tm_urgent_stop(s);
 	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
-		/* A migration abandoned midway: unblock workers stuck in send or receive. */
-		if (running && s->state == S_OPEN && c->ch.fd >= 0) {
+		/* A migration abandoned midway: unblock workers stuck in send or receive. So is one
+		 * still waiting for an END_ACK that control's END_ACK made needless (finish()). */
+		g_mutex_lock(&s->lock);
+		bool stuck = (running && s->state == S_OPEN) || (c->thread && !c->exited);
+		if (stuck && c->ch.fd >= 0) {
 			shutdown(c->ch.fd, SHUT_RDWR);
 			tm_io_cancel(c->ch.io);
 		}
+		g_mutex_unlock(&s->lock);
 		if (c->thread)
 			g_thread_join(c->thread);
 		tm_chan_close(&c->ch);

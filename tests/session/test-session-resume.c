@@ -286,7 +286,7 @@ static void test_cut_corked(void)
  * RESUME_ACK says the SYNC was answered: not sent again) or its END_ACK (the channel had ended:
  * the listener answers for it).
  */
-static void answer_lost(uint8_t type)
+static void answer_lost_how(uint8_t type, bool half_recv)
 {
 	rig t;
 	g_autoptr(GError) err = NULL;
@@ -296,6 +296,7 @@ static void answer_lost(uint8_t type)
 		return;
 	}
 	rig_start(&t, NULL, NULL);
+	t.px.half_recv = half_recv;
 	tm_sender *s = sender_new(&t.src, 3, NULL);
 	proxy_arm_frame(&t.px, conn_of(1), type, false);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
@@ -305,6 +306,17 @@ static void answer_lost(uint8_t type)
 		r = tm_sender_finish(s, &err);
 	peer_join(&t.p);
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	if (half_recv) {
+		/* The receiver's end broke after its END_ACK went: it had ended the channel and
+		 * says nothing; the sender never sees the break, and control's END_ACK ends its
+		 * wait. Nothing is reconnected. */
+		g_assert_cmpint(r, ==, 0);
+		g_assert_cmpint(t.p.ret, ==, 0);
+		assert_same(&t.src, &t.dst);
+		g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_COMPLETE);
+		rig_free(&t, s);
+		return;
+	}
 	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
 	tm_live_stats ss = { .size = sizeof(ss) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
@@ -315,12 +327,18 @@ static void answer_lost(uint8_t type)
 
 static void test_sync_ack_lost(void)
 {
-	answer_lost(TM_MSG_SYNC_ACK);
+	answer_lost_how(TM_MSG_SYNC_ACK, false);
 }
 
 static void test_end_ack_lost(void)
 {
-	answer_lost(TM_MSG_END_ACK);
+	answer_lost_how(TM_MSG_END_ACK, false);
+}
+
+/* The same END_ACK lost where only the receiver's end of the path broke. */
+static void test_end_ack_lost_half_recv(void)
+{
+	answer_lost_how(TM_MSG_END_ACK, true);
 }
 
 /* The destination checks the 4 MiB section it reads against the source's. */
@@ -503,7 +521,8 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
 	tm_ram_layout_block(g->layout, 0, &bi);
 	const fake_hello h = { .version = 2, .channel_count = (uint16_t)channels,
 			       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
-					   TM_FEATURE_RESUME_CONTROL | (urgent ? TM_FEATURE_POSTCOPY : 0),
+					   TM_FEATURE_RESUME_CONTROL | TM_FEATURE_CONN_LOST |
+					   (urgent ? TM_FEATURE_POSTCOPY : 0),
 			       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
 			       .chunk_size = 2u << 20, .block = { "pc.ram", RAM, 4096 },
 			       .guest_base = bi.guest_base, .id = id };
@@ -619,6 +638,7 @@ int main(int argc, char **argv)
 		{ "resume/cut-frozen", test_cut_frozen, false },
 		{ "resume/sync-ack-lost", test_sync_ack_lost, false },
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
+		{ "resume/end-ack-lost-half-recv", test_end_ack_lost_half_recv, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
 		{ "resume/cut-corked", test_cut_corked, false },
