@@ -711,13 +711,25 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	if (v2 && !s->quit)
 		tm_control_request_end_locked(&s->control);
 	/*
-	 * Control's END_ACK comes only after the receiver applied every data channel's END: it
-	 * ends the wait for a data channel's END_ACK too (one lost where we cannot see it: a path
-	 * that broke at the receiver's end after it answered; free() stops that worker).
+	 * Control's END_ACK comes only after the receiver applied every data channel's END: a
+	 * data channel's END_ACK still missing TM_URGENT_END_GRACE_MS after it (one lost where we
+	 * cannot see it: a path that broke at the receiver's end after it answered) is not waited
+	 * for any longer; free() stops that worker. Normally each arrives around control's.
 	 */
-	for (unsigned i = 0; i < s->nch && !s->quit; i++)
-		while (!s->quit && !s->chans[i].ended && !(v2 && s->control.ended))
-			g_cond_wait(&s->cond, &s->lock);
+	int64_t grace_end = 0;
+	for (unsigned i = 0; i < s->nch && !s->quit; i++) {
+		while (!s->quit && !s->chans[i].ended) {
+			if (!(v2 && s->control.ended)) {
+				g_cond_wait(&s->cond, &s->lock);
+				continue;
+			}
+			if (!grace_end)
+				grace_end = g_get_monotonic_time() +
+					    (int64_t)TM_URGENT_END_GRACE_MS * 1000;
+			if (!g_cond_wait_until(&s->cond, &s->lock, grace_end))
+				break;
+		}
+	}
 	if (v2 && !s->quit)
 		tm_control_await_end_locked(&s->control);
 	if (v2 && !s->quit)
