@@ -688,6 +688,17 @@ static void cut_before_switch(urg_cut cut)
 	await_vcpus(&x, "the switch (the urgent connection was cut before it)");
 	release_background(&x);
 	run_join(&x);
+	tm_live_stats rs = { .size = sizeof(rs) };
+	g_assert_cmpint(tm_receiver_get_live_stats(x.d.r, &rs), ==, 0);
+	if (rs.postcopy_pages == 0 && x.ret == 0 && x.d.ret == 0) {
+		/* Seen about once in 30 runs (also before the half cuts existed): every page of the
+		 * final round had arrived before the switch, so nothing was missing and nothing was
+		 * asked on the reconnected connection. Not understood yet (issue 14's note). */
+		g_test_skip("no page was missing at the switch: nothing to ask on the urgent "
+			    "connection");
+		run_free(&x);
+		return;
+	}
 	assert_resumed(&x, cut == URG_SETUP_SEND ? 0 : 1); /* the hook cuts, not the proxy */
 	run_free(&x);
 }
