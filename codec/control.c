@@ -105,44 +105,33 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 			    ack->features & ~TM_FEATURES_KNOWN_V2);
 		return -EBADMSG;
 	}
-	if ((ack->features & TM_FEATURE_POSTCOPY) && !(offered & TM_FEATURE_POSTCOPY)) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "HELLO_ACK: features 0x%08x accept POSTCOPY, which was not offered "
-			    "(offered 0x%08x)",
-			    ack->features, offered);
-		return -EPROTO;
-	}
-	if ((ack->features & TM_FEATURE_RESUME) && !(offered & TM_FEATURE_RESUME)) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "HELLO_ACK: features 0x%08x accept RESUME, which was not offered "
-			    "(offered 0x%08x)",
-			    ack->features, offered);
-		return -EPROTO;
-	}
-	if ((ack->features & TM_FEATURE_RESUME_CONTROL) && !(offered & TM_FEATURE_RESUME_CONTROL)) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "HELLO_ACK: features 0x%08x accept RESUME_CONTROL, which was not offered "
-			    "(offered 0x%08x)",
-			    ack->features, offered);
-		return -EPROTO;
-	}
-	if ((ack->features & TM_FEATURE_RESUME_CONTROL) && !(ack->features & TM_FEATURE_RESUME)) {
-		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO_ACK: features 0x%08x accept RESUME_CONTROL without RESUME",
-			    ack->features);
-		return -EBADMSG;
-	}
-	if ((ack->features & TM_FEATURE_CONN_LOST) && !(offered & TM_FEATURE_CONN_LOST)) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "HELLO_ACK: features 0x%08x accept CONN_LOST, which was not offered "
-			    "(offered 0x%08x)",
-			    ack->features, offered);
-		return -EPROTO;
-	}
-	if ((ack->features & TM_FEATURE_CONN_LOST) && !(ack->features & TM_FEATURE_RESUME)) {
-		g_set_error(error, TM_ERROR, EBADMSG,
-			    "HELLO_ACK: features 0x%08x accept CONN_LOST without RESUME", ack->features);
-		return -EBADMSG;
+	/* Accepted only if offered; the resume extensions only with RESUME itself. */
+	static const struct {
+		uint32_t bit;
+		const char *name;
+		bool needs_resume;
+	} agreed[] = {
+		{ TM_FEATURE_POSTCOPY, "POSTCOPY", false },
+		{ TM_FEATURE_RESUME, "RESUME", false },
+		{ TM_FEATURE_RESUME_CONTROL, "RESUME_CONTROL", true },
+		{ TM_FEATURE_CONN_LOST, "CONN_LOST", true },
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(agreed); i++) {
+		if (!(ack->features & agreed[i].bit))
+			continue;
+		if (!(offered & agreed[i].bit)) {
+			g_set_error(error, TM_ERROR, EPROTO,
+				    "HELLO_ACK: features 0x%08x accept %s, which was not offered "
+				    "(offered 0x%08x)",
+				    ack->features, agreed[i].name, offered);
+			return -EPROTO;
+		}
+		if (agreed[i].needs_resume && !(ack->features & TM_FEATURE_RESUME)) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "HELLO_ACK: features 0x%08x accept %s without RESUME", ack->features,
+				    agreed[i].name);
+			return -EBADMSG;
+		}
 	}
 	/* The session's secret for reconnects: there exactly when RESUME is agreed. */
 	if (!(ack->features & TM_FEATURE_RESUME) != !ack->resume_token) {
