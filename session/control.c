@@ -473,8 +473,10 @@ static gpointer control_thread(gpointer data)
 	int r;
 	while ((r = run(&l, &err)) < 0 && tm_ctl_resume_wanted(c, err, l.unresponsive)) {
 		/* RESUME_CONTROL: the sender reconnects, the receiver waits (resume-control.c). */
+		/* After a silence too: the peer may be frozen, or only this connection's path dead
+		 * (cut at one end, the other left open): a new connection tells them apart. */
 		g_autoptr(GError) why = NULL;
-		int rr = tm_ctl_resume_reconnect(c, &why);
+		int rr = tm_ctl_resume_reconnect(c, l.unresponsive, &why);
 		if (rr == -ECANCELED && !why)
 			break; /* the session failed meanwhile: that failure explains it */
 		if (rr < 0 && (l.end_ack_seen || l.end_ack_sent)) {
@@ -483,12 +485,18 @@ static gpointer control_thread(gpointer data)
 			r = 1;
 			break;
 		}
+		if (rr < 0 && l.unresponsive) {
+			g_autofree char *m = err->message;
+			err->message = g_strdup_printf("%s; %s", m, why ? why->message : "stopped");
+			break;
+		}
 		g_clear_error(&err);
 		if (rr < 0) {
 			err = g_steal_pointer(&why);
 			r = rr;
 			break;
 		}
+		l.unresponsive = false;
 		int64_t now = tm_now_us();
 		l.last_rx = l.next_tick = l.flood_t = now;
 		l.ping_out = false; /* its PONG went with the old connection */

@@ -132,8 +132,13 @@ uint64_t tm_ctl_resume_count(const tm_control *c)
 
 bool tm_ctl_resume_wanted(const tm_control *c, const GError *err, bool unresponsive)
 {
-	return c->resume && err && !c->ch->peer_error && !unresponsive &&
-	       tm_resume_broken(err->code);
+	return c->resume && err && !c->ch->peer_error &&
+	       (unresponsive || tm_resume_broken(err->code));
+}
+
+unsigned tm_ctl_resume_answer_ms(unsigned timeout_ms)
+{
+	return CLAMP(timeout_ms / 2, 100u, 5000u);
 }
 
 int tm_ctl_pos_send(tm_control *c, GError **error)
@@ -234,8 +239,8 @@ static int send_hello(tm_sender *s, tm_control *c, tm_chan *ch, uint32_t epoch, 
  * One attempt: connect, TLS, HELLO + CTL_RESUME, the receiver's CTL_POS into *ret_received. On
  * failure ch is closed; *final says the receiver refused (no retry changes its answer).
  */
-static int send_attempt(tm_control *c, tm_chan *ch, int64_t deadline, uint64_t *ret_received,
-			bool *final, GError **error)
+static int send_attempt(tm_control *c, tm_chan *ch, int64_t deadline, unsigned answer_ms,
+			uint64_t *ret_received, bool *final, bool *unanswered, GError **error)
 {
 	tm_sender *s = c->owner;
 	tm_ctl_resume *cr = c->resume;
@@ -255,11 +260,16 @@ static int send_attempt(tm_control *c, tm_chan *ch, int64_t deadline, uint64_t *
 	/* A failure or cancel meanwhile shuts it down. */
 	if ((r = tm_resume_attempt_claim(ch, c->lock, c->quit, &cr->busy_fd, ch->fd, error)) < 0)
 		return r;
-	if ((r = tm_resume_attempt_secure(s, ch, deadline, error)) < 0)
+	/* After a silence: a receiver alive enough to answer has answered within answer_ms. */
+	int64_t answer_by = answer_ms ? MIN(deadline, tm_now_us() + (int64_t)answer_ms * 1000)
+				      : deadline;
+	if ((r = tm_resume_attempt_secure(s, ch, answer_by, error)) < 0 ||
+	    (r = send_hello(s, c, ch, epoch, token, error)) < 0 ||
+	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0) {
+		if (answer_ms && r == -ETIMEDOUT)
+			*final = *unanswered = true;
 		goto out;
-	if ((r = send_hello(s, c, ch, epoch, token, error)) < 0 ||
-	    (r = tm_chan_recv_frame(ch, 0, &f, error)) < 0)
-		goto out;
+	}
 	if (f.type == TM_MSG_ERROR) {
 		*final = true;
 		r = tm_chan_recv_peer_error(ch, &f, "receiver refused the reconnect", error);
@@ -283,7 +293,7 @@ out:
 	return r;
 }
 
-static int send_reconnect(tm_control *c, uint64_t *ret_received, GError **error)
+static int send_reconnect(tm_control *c, bool silent, uint64_t *ret_received, GError **error)
 {
 	tm_sender *s = c->owner;
 	int64_t t0 = g_get_monotonic_time();
@@ -302,11 +312,13 @@ static int send_reconnect(tm_control *c, uint64_t *ret_received, GError **error)
 	g_autoptr(GError) last = NULL;
 	tm_chan ch = { .fd = -1 };
 	unsigned attempts = 0, backoff = TM_RESUME_BACKOFF_FIRST_MS;
-	bool final = false;
+	bool final = false, unanswered = false;
+	unsigned answer_ms = silent ? tm_ctl_resume_answer_ms(c->timeout_ms) : 0;
 	for (;;) {
 		g_clear_error(&last);
 		attempts++;
-		int r = send_attempt(c, &ch, deadline, ret_received, &final, &last);
+		int r = send_attempt(c, &ch, deadline, answer_ms, ret_received, &final, &unanswered,
+				     &last);
 		g_mutex_lock(c->lock);
 		if (r == 0 && !*c->quit) {
 			adopt(c, &ch, &st, &io_closed);
@@ -331,6 +343,13 @@ static int send_reconnect(tm_control *c, uint64_t *ret_received, GError **error)
 		backoff = MIN(backoff * 2, TM_RESUME_BACKOFF_MAX_MS);
 	}
 	int code = last ? last->code : ETIMEDOUT;
+	if (unanswered) {
+		/* Connected, and nobody answered: the receiver itself is frozen, not the path. */
+		g_set_error(error, TM_ERROR, ETIMEDOUT,
+			    "a new control connection got no answer within %.1f s either",
+			    answer_ms / 1000.0);
+		return -ETIMEDOUT;
+	}
 	if (final) {
 		g_propagate_error(error, g_steal_pointer(&last));
 		g_prefix_error(error, "control: resume: ");
@@ -417,12 +436,25 @@ int tm_ctl_resume_recv_take(tm_receiver *r, tm_chan *ch, uint32_t epoch, uint64_
 	return 0;
 }
 
-static int recv_reconnect(tm_control *c, uint64_t *ret_received, GError **error)
+/*
+ * How long the receiver waits for the sender to come back. After a break: the sender may not
+ * see it (a path cut at our end only leaves its end open and silent), and only reconnects
+ * after timeout_ms of silence, then within resume_deadline_ms. After a silence: the sender's
+ * silence began up to one keepalive interval after ours, then it has answer_ms to reconnect.
+ */
+static int64_t recv_wait_us(const tm_control *c, const tm_receiver *r, bool silent)
+{
+	if (silent)
+		return ((int64_t)c->ka_ms + tm_ctl_resume_answer_ms(c->timeout_ms)) * 1000;
+	return ((int64_t)r->live.resume_deadline_ms + c->timeout_ms) * 1000;
+}
+
+static int recv_reconnect(tm_control *c, bool silent, uint64_t *ret_received, GError **error)
 {
 	tm_receiver *r = c->owner;
 	tm_ctl_resume *cr = c->resume;
 	int64_t t0 = g_get_monotonic_time();
-	int64_t deadline = t0 + (int64_t)r->live.resume_deadline_ms * 1000;
+	int64_t deadline = t0 + recv_wait_us(c, r, silent);
 	tm_counters st;
 	tm_io_counters io_closed;
 
@@ -437,10 +469,15 @@ static int recv_reconnect(tm_control *c, uint64_t *ret_received, GError **error)
 	}
 	if (!cr->pending_ready) {
 		g_mutex_unlock(c->lock);
-		g_set_error(error, TM_ERROR, ETIMEDOUT,
-			    "control: the connection broke and the sender did not come back within "
-			    "%.1f s (resume_deadline_ms)",
-			    (double)(g_get_monotonic_time() - t0) / 1e6);
+		if (silent)
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "no new control connection came within %.1f s either",
+				    (double)(g_get_monotonic_time() - t0) / 1e6);
+		else
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "control: the connection broke and the sender did not come back "
+				    "within %.1f s (timeout_ms + resume_deadline_ms)",
+				    (double)(g_get_monotonic_time() - t0) / 1e6);
 		return -ETIMEDOUT;
 	}
 	adopt(c, &cr->pending, &st, &io_closed);
@@ -462,12 +499,12 @@ static int recv_reconnect(tm_control *c, uint64_t *ret_received, GError **error)
 
 /* ---- both ---- */
 
-int tm_ctl_resume_reconnect(tm_control *c, GError **error)
+int tm_ctl_resume_reconnect(tm_control *c, bool silent, GError **error)
 {
 	tm_ctl_resume *cr = c->resume;
 	uint64_t peer_received = 0;
-	int r = c->sender ? send_reconnect(c, &peer_received, error)
-			  : recv_reconnect(c, &peer_received, error);
+	int r = c->sender ? send_reconnect(c, silent, &peer_received, error)
+			  : recv_reconnect(c, silent, &peer_received, error);
 	if (r < 0)
 		return r;
 	(void)tm_net_keepalive(c->ch->fd, c->ka_ms, c->timeout_ms); /* as tm_control_start */

@@ -141,16 +141,22 @@ int tm_control_send_ordered(tm_control *c, uint8_t type, uint64_t value, GError 
 void tm_ctl_resume_received(tm_control *c);
 /* Ordered messages received so far (0 without RESUME_CONTROL). */
 uint64_t tm_ctl_resume_count(const tm_control *c);
-/* Whether the control thread's failure err is a break worth a reconnect (agreed, not the
- * peer's ERROR, not the peer's silence). */
+/* Whether the control thread's failure err is worth a reconnect (agreed, not the peer's
+ * ERROR): a break, or the peer's silence (unresponsive), which may be a dead path. */
 bool tm_ctl_resume_wanted(const tm_control *c, const GError *err, bool unresponsive);
+/* After timeout_ms of silence: how long a new control connection may take to be answered. */
+unsigned tm_ctl_resume_answer_ms(unsigned timeout_ms);
 /*
- * Control thread, after such a break: the sender reconnects (backoff within
- * resume_deadline_ms), the receiver waits for that (as long, from now); then both exchange
- * counts and send again what the peer lacks. Returns 0 (c->ch is the new connection), -ECANCELED
- * when the session quit meanwhile (*error untouched), or -errno with *error (naming control).
+ * Control thread, after such a failure: the sender reconnects (backoff within
+ * resume_deadline_ms), the receiver waits for that (timeout_ms + resume_deadline_ms: the
+ * sender may only see the break as silence); then both exchange counts and send again what the
+ * peer lacks. After the peer's silence (silent): the sender gives up when a new connection is
+ * not answered within tm_ctl_resume_answer_ms() (a frozen peer, not a dead path), the receiver
+ * waits one keepalive interval longer than that. Returns 0 (c->ch is the new connection),
+ * -ECANCELED when the session quit meanwhile (*error untouched), or -errno with *error (naming
+ * control; after a silence, words to add to the silence's error).
  */
-int tm_ctl_resume_reconnect(tm_control *c, GError **error);
+int tm_ctl_resume_reconnect(tm_control *c, bool silent, GError **error);
 /* CTL_POS with our count on c->ch (the sender's last message after END_ACK). */
 int tm_ctl_pos_send(tm_control *c, GError **error);
 /* Reads the body of the CTL_POS whose header f came on ch, checked against what c sent. */

@@ -293,9 +293,11 @@ typedef struct tm_live_config {
 	                             * default it reconnects and only the rest is re-sent (docs/api.md,
 	                             * "Resume"). Needs tm_sender_connect() and tm_receiver_accept() */
 	uint32_t resume_deadline_ms; /* sender: how long a broken connection may take to come back
-	                              * (all its attempts); 0 means 30000. Receiver: how long it waits
-	                              * for a broken control connection (RESUME_CONTROL) to come back;
-	                              * a data channel waits as long as the session lives */
+	                              * (all its attempts); 0 means 30000. Receiver: with timeout_ms, how
+	                              * long it waits for a broken control connection (RESUME_CONTROL)
+	                              * to come back (timeout_ms + this: the sender may see the break
+	                              * only as silence); a data channel waits as long as the session
+	                              * lives */
 	uint32_t compress;          /* sender: tm_compress_mode of the page data; 0 = the default
 	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
 	                             * it was built with) */

@@ -17,6 +17,8 @@
 
 /* The receivers' timeout_ms (their accept deadline among others): 20000 unless a test says. */
 extern unsigned rig_recv_timeout_ms;
+/* The sender's timeout_ms: 20000 unless a test says. */
+extern unsigned rig_send_timeout_ms;
 
 typedef struct rpeer {
 	guest *g;

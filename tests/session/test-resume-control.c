@@ -145,8 +145,9 @@ static void test_end_ack_lost(void)
 
 /*
  * The sender's CTL_POS after END_ACK is lost: the sender has its END_ACK and is done; the
- * receiver waits its resume deadline (1.5 s) for a reconnect that does not come, then ends with
- * success anyway (everything was applied and checked before its END_ACK).
+ * receiver waits for a reconnect that does not come (timeout_ms 2 s, as the sender may see the
+ * break only as silence, + resume_deadline_ms 1.5 s), then ends with success anyway
+ * (everything was applied and checked before its END_ACK).
  */
 static void test_last_pos_lost(void)
 {
@@ -156,6 +157,7 @@ static void test_last_pos_lost(void)
 		g_test_skip("the proxy finds the message by its frame header: plaintext only");
 		return;
 	}
+	rig_recv_timeout_ms = 2000; /* read by the receiver's thread: reset after the join */
 	run_start(&t, NULL, 1500);
 	proxy_arm_frame(&t.px, CONTROL, TM_MSG_CTL_POS, true);
 	g_assert_cmpint(run_connect(&t), ==, 0);
@@ -164,10 +166,108 @@ static void test_last_pos_lost(void)
 	if (t.r == 0)
 		t.r = tm_sender_finish(t.s, &t.err);
 	rpeer_join(&t.p);
+	rig_recv_timeout_ms = 20000;
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
 	g_test_message("receiver ended after %.2f s", t.p.secs);
-	g_assert_cmpfloat(t.p.secs, >=, 1.5);
+	g_assert_cmpfloat(t.p.secs, >=, 3.5);
 	assert_resumed(&t, 0);
+	run_end(&t);
+}
+
+/*
+ * A cut only one end sees (K2 of issue 14): the proxy closes the receiver's side of the control
+ * connection and keeps the sender's open and silent (half_recv), or freezes both sides (freeze).
+ * The sender sees nothing but silence, like a frozen receiver's; after timeout_ms (2 s here) it
+ * tries a new control connection, which the receiver answers: the path was dead, not the peer.
+ * The receiver waits timeout_ms + resume_deadline_ms for it. before: cut right before that frame
+ * of the receiver's (plaintext), else at the sender's next control bytes during the round.
+ */
+static void one_sided(bool freeze, uint8_t before)
+{
+	run t;
+
+	if (before && tls_dir) {
+		g_test_skip("the proxy finds the message by its frame header: plaintext only");
+		return;
+	}
+	rig_send_timeout_ms = rig_recv_timeout_ms = 2000;
+	run_start(&t, NULL, 1000);
+	t.px.half_recv = true;
+	t.px.half = freeze;
+	if (before)
+		proxy_arm_frame(&t.px, CONTROL, before, false);
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
+	if (!before)
+		proxy_arm(&t.px, CONTROL, 0);
+	int64_t t0 = g_get_monotonic_time();
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	rpeer_join(&t.p);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	g_test_message("sender after %.2f s: %s", secs, t.err ? t.err->message : "done");
+	g_test_message("receiver: %s", t.p.error ? t.p.error->message : "done");
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_resumed(&t, 1);
+	g_assert_cmpfloat(secs, <, 10.0);
+	run_end(&t);
+}
+
+static void test_half_recv(void)
+{
+	one_sided(false, 0);
+}
+
+static void test_freeze(void)
+{
+	one_sided(true, 0);
+}
+
+static void test_end_ack_lost_half_recv(void)
+{
+	one_sided(false, TM_MSG_READY);
+}
+
+/*
+ * The control path freezes and every new connection is held unanswered, as a frozen receiver's
+ * listener would (its kernel completes the TCP handshake): the sender gives up as "peer
+ * unresponsive" once its new connection went unanswered (tm_ctl_resume_answer_ms: 1 s here),
+ * the receiver after waiting a keepalive interval more for it; no reconnect is counted.
+ */
+static void test_freeze_unanswered(void)
+{
+	run t;
+
+	rig_send_timeout_ms = rig_recv_timeout_ms = 2000;
+	run_start(&t, NULL, 1000);
+	t.px.half_recv = t.px.half = true;
+	t.px.hold_after = true;
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
+	proxy_arm(&t.px, CONTROL, 0);
+	int64_t t0 = g_get_monotonic_time();
+	t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rpeer_join(&t.p);
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	g_assert_cmpint(t.r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.2f s): %s", secs, t.err->message);
+	g_assert_nonnull(strstr(t.err->message, "control: peer unresponsive: nothing from the "
+						"receiver for"));
+	g_assert_nonnull(strstr(t.err->message, "a new control connection got no answer"));
+	g_assert_cmpuint(proxy_get(&t.px, &t.px.refused), >=, 1);
+	/* timeout_ms, up to one keepalive interval to notice, then answer_ms: 2 + 0.5 + 1 s */
+	g_assert_cmpfloat(secs, <, 3.5 + 2.0);
+	g_assert_cmpint(t.p.ret, ==, -ETIMEDOUT);
+	g_test_message("receiver (%.2f s): %s", t.p.secs, t.p.error->message);
+	g_assert_nonnull(strstr(t.p.error->message, "control: peer unresponsive"));
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(t.s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
 	run_end(&t);
 }
 
@@ -217,13 +317,14 @@ static void test_sender_without(void)
 
 /*
  * The proxy refuses every connection after the cut: the sender gives up after its deadline
- * (1 s), naming the control connection; the receiver after its own (3 s).
+ * (1 s), naming the control connection; the receiver after its own (3 s) + its timeout_ms (2 s).
  */
 static void test_deadline(void)
 {
 	run t;
 	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
 
+	rig_recv_timeout_ms = 2000; /* read by the receiver's thread: reset after the join */
 	run_start(&t, &lc, 3000);
 	t.px.refuse_after = true;
 	g_assert_cmpint(run_connect(&t), ==, 0);
@@ -235,6 +336,7 @@ static void test_deadline(void)
 		t.r = tm_sender_finish(t.s, &t.err);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	rpeer_join(&t.p);
+	rig_recv_timeout_ms = 20000;
 	g_assert_cmpint(t.r, <, 0);
 	g_test_message("sender (%.1f s): %s", secs, t.err->message);
 	g_assert_nonnull(strstr(t.err->message, "control: could not resume within"));
@@ -283,6 +385,10 @@ int main(int argc, char **argv)
 		{ "resume-control/end-lost", test_end_lost, false },
 		{ "resume-control/end-ack-lost", test_end_ack_lost, false },
 		{ "resume-control/last-pos-lost", test_last_pos_lost, false },
+		{ "resume-control/half-recv", test_half_recv, false },
+		{ "resume-control/freeze", test_freeze, false },
+		{ "resume-control/end-ack-lost-half-recv", test_end_ack_lost_half_recv, false },
+		{ "resume-control/freeze-unanswered", test_freeze_unanswered, false },
 		{ "resume-control/receiver-without", test_receiver_without, false },
 		{ "resume-control/sender-without", test_sender_without, false },
 		{ "resume-control/deadline", test_deadline, false },

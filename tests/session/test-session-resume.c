@@ -93,8 +93,8 @@ static void queue_all(tm_sender *s)
  * Both sides completed, the copy is exact, each counted the reconnect, and only what the receiver
  * lacked was sent again: it applied each queued page exactly once (queued pages in all rounds).
  */
-static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r, GError *err,
-			   uint64_t queued)
+static void assert_resumed_n(tm_sender *s, peer *p, guest *src, guest *dst, int r, GError *err,
+			     uint64_t queued, uint64_t min_reconnects)
 {
 	if (r != 0)
 		g_test_message("sender: %s", err->message);
@@ -109,8 +109,9 @@ static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r,
 	g_test_message("reconnects: sender %" G_GUINT64_FORMAT ", receiver %" G_GUINT64_FORMAT
 		       "; re-sent %" G_GUINT64_FORMAT " bytes",
 		       ss.reconnects, rs.reconnects, ss.resent_bytes);
-	g_assert_cmpuint(ss.reconnects, ==, 1);
-	g_assert_cmpuint(rs.reconnects, ==, 1);
+	g_assert_cmpuint(ss.reconnects, >=, min_reconnects);
+	g_assert_cmpuint(ss.reconnects, <=, 1);
+	g_assert_cmpuint(rs.reconnects, ==, ss.reconnects);
 	g_assert_cmpuint(rs.resume_refused, ==, 0);
 	/* Whether the cut caught bytes in flight depends on timing (a slow, sanitized sender may
 	 * have sent nothing past the cut point yet), so re-sent bytes are only reported: what must
@@ -121,6 +122,12 @@ static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r,
 	g_assert_cmpuint(st.pages, ==, queued);
 	tm_sender_get_stats(s, &st);
 	g_assert_cmpuint(st.pages, ==, queued);
+}
+
+static void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r, GError *err,
+			   uint64_t queued)
+{
+	assert_resumed_n(s, p, src, dst, r, err, queued, 1);
 }
 
 /* A cut of data channel ch 2 MiB into the first round: completes, the lost packets re-sent. */
@@ -317,7 +324,12 @@ static void answer_lost_how(uint8_t type, bool half_recv)
 		rig_free(&t, s);
 		return;
 	}
-	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
+	/* A lost END_ACK: control's END_ACK (sent once every data channel's END was applied)
+	 * ends the sender's wait for it 1 s later (docs/wire-format.md), which on a loaded machine
+	 * may come before the channel's reconnect: then nothing was reconnected, and the session
+	 * still completes. A lost SYNC_ACK is always reconnected. */
+	assert_resumed_n(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096,
+			 type == TM_MSG_END_ACK ? 0 : 1);
 	tm_live_stats ss = { .size = sizeof(ss) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
