@@ -334,15 +334,20 @@ static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError *
 	return 0;
 }
 
-/* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead. */
+/* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead:
+ * resumed when resume was agreed, else the session fails. */
 static int check_links(loop *l, GError **error)
 {
 	tm_control *c = l->c;
 
 	for (unsigned i = 0; i < c->ndata; i++) {
 		uint32_t unacked, age;
-		if (tm_net_ack_age(c->data_fds[i], &unacked, &age) == 0 && unacked > 0 &&
+		int fd = __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED);
+		if (tm_net_ack_age(fd, &unacked, &age) == 0 && unacked > 0 &&
 		    age > c->timeout_ms) {
+			/* With resume that connection goes, not the session: its owner resumes it. */
+			if (c->link_dead && c->link_dead(c->owner, i, fd))
+				continue;
 			g_set_error(error, TM_ERROR, ETIMEDOUT,
 				    "channel %u: nothing acknowledged by the peer for %.1f s (timeout_ms)",
 				    i, age / 1000.0);

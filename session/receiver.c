@@ -94,7 +94,8 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
 				    .fail = control_fail, .data_end = data_end,
 				    .ready = tm_receiver_send_ready, .wake_fd = -1,
-				    .postcopy = tm_pc_recv_postcopy_msg, .tick = control_tick };
+				    .postcopy = tm_pc_recv_postcopy_msg, .tick = control_tick,
+				    .link_dead = tm_resume_recv_link_dead };
 	rc->urg.fd = -1;
 	if ((r = tm_events_init(&rc->events, error)) < 0 ||
 	    (r = tm_control_init(&rc->control, error)) < 0) {

@@ -415,6 +415,22 @@ int tm_resume_recv(recv_chan *c, GError **error)
 	return 0;
 }
 
+bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd)
+{
+	tm_receiver *r = receiver;
+	bool resumed = false;
+
+	/* Our end goes: the worker's read fails, it says CONN_LOST and waits for the sender. */
+	g_mutex_lock(&r->lock);
+	if (r->control.resume_agreed && chan < r->nch) {
+		resumed = true;
+		if (r->chans[chan].ch.fd == fd)
+			shutdown(fd, SHUT_RDWR);
+	}
+	g_mutex_unlock(&r->lock);
+	return resumed;
+}
+
 void tm_resume_recv_stats(tm_receiver *r, tm_live_stats *ret)
 {
 	if (!r->resume)

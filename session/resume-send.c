@@ -112,8 +112,24 @@ void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch)
 	g_mutex_lock(&s->lock);
 	send_chan *c = conn < s->nch ? &s->chans[conn] : NULL;
 	if (c && s->resume && c->epoch == epoch && c->ch.fd >= 0 && s->resume->busy_fds[conn] < 0)
-		shutdown(c->ch.fd, SHUT_RDWR);
+		tm_net_abort(c->ch.fd); /* our end's path may be dead too: drop what it holds */
 	g_mutex_unlock(&s->lock);
+}
+
+bool tm_resume_link_dead(void *sender, unsigned chan, int fd)
+{
+	tm_sender *s = sender;
+	bool resumed = false;
+
+	g_mutex_lock(&s->lock);
+	if (s->resume && s->control.resume_agreed && chan < s->nch) {
+		send_chan *c = &s->chans[chan];
+		resumed = true;
+		if (c->ch.fd == fd && s->resume->busy_fds[chan] < 0)
+			tm_net_abort(fd); /* zero-copy sends wait for the data it holds */
+	}
+	g_mutex_unlock(&s->lock);
+	return resumed;
 }
 
 int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error)

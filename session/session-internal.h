@@ -152,6 +152,13 @@ typedef struct tm_control {
 	/* sender, optional (resume-send.c): the receiver's CONN_LOST for data channel conn (or
 	 * TM_CONN_LOST_URGENT) of this epoch, checked against the session's channels. Never blocks. */
 	void (*conn_lost_msg)(void *owner, uint32_t conn, uint32_t epoch);
+	/* optional (resume-send.c, resume-recv.c): data channel chan's connection fd has had data
+	 * its peer's kernel did not acknowledge for timeout_ms (a path that drops everything).
+	 * With resume agreed: shuts fd down if it is still the channel's and no reconnect is under
+	 * way, so that the channel is resumed as after any break, and returns true (also when a
+	 * reconnect is under way or fd is no longer the channel's); false: the session fails.
+	 * Takes the owner's lock; never blocks. */
+	bool (*link_dead)(void *owner, unsigned chan, int fd);
 	/* CONN_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
 	bool conn_lost;
 

@@ -170,6 +170,15 @@ int tm_net_keepalive(int fd, unsigned keepalive_ms, unsigned user_timeout_ms)
 	return 0;
 }
 
+void tm_net_abort(int fd)
+{
+	/* connect() to AF_UNSPEC disconnects a TCP socket: tcp_disconnect() purges its queues. */
+	struct sockaddr sa = { .sa_family = AF_UNSPEC };
+
+	(void)connect(fd, &sa, sizeof(sa));
+	shutdown(fd, SHUT_RDWR); /* where that was refused: at least wake the blocked */
+}
+
 int tm_net_ack_age(int fd, uint32_t *ret_unacked, uint32_t *ret_ack_age_ms)
 {
 	struct tcp_info ti;

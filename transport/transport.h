@@ -289,6 +289,14 @@ int tm_net_keepalive(int fd, unsigned keepalive_ms, unsigned user_timeout_ms);
 int tm_net_ack_age(int fd, uint32_t *ret_unacked, uint32_t *ret_ack_age_ms);
 
 /*
+ * Ends a connection whose path is dead, at once: what it still holds unacknowledged is dropped
+ * (a reset goes out), so that zero-copy sends waiting for their data's release complete and
+ * every blocked reader or writer of fd fails; fd stays open for its owner to close. A shutdown
+ * alone would keep that data queued for retransmission for as long as TCP retries (minutes).
+ */
+void tm_net_abort(int fd);
+
+/*
  * From TCP_INFO (transport/net-rate.c): the kernel's recent delivery rate of the connection in
  * bytes/s and whether the application, not the network, limited it. Returns 0 or -errno (not
  * a TCP socket, or a kernel before 4.18 that does not report it: -EOPNOTSUPP).

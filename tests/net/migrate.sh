@@ -18,12 +18,16 @@
 #   net_cut PORT WHICH [N]   (as a NET_DURING body) destroys in host A the sender's busiest or
 #                            quietest (WHICH) connection to PORT once N connections (default 1)
 #                            stream and the busiest passed 1 MiB; its port goes to $T/cut
+#   net_blackhole PORT WHICH [N]  the same connection, but the link drops its packets from then
+#                            on, both ways, silently (no reset: a dead path)
+#   NET_RECV_ARGS=(...)      more options for tagmig recv
 
 NET_LABEL=
 RECV_PID=
 SEND_TLS=()
 RECV_TLS=()
 NET_SEND_ARGS=()
+NET_RECV_ARGS=()
 NET_DURING=
 
 fail() {
@@ -68,7 +72,8 @@ net_migrate() { # SIZE CHANNELS BOUND_S
 	rm -f "$T/out.img" "$T/out.tags" "$T/port"
 	tm_in_b env ${RECV_IO:+TAGMIG_IO=$RECV_IO} timeout $((bound + 30)) "$TAGMIG" recv \
 		--listen "$TM_ADDR_B:0" --port-file "$T/port" --timeout 30 "${RECV_TLS[@]}" \
-		--ram "$T/out.img" --tags "$T/out.tags" >"$T/recv.out" 2>"$T/recv.err" &
+		--ram "$T/out.img" --tags "$T/out.tags" "${NET_RECV_ARGS[@]}" \
+		>"$T/recv.out" 2>"$T/recv.err" &
 	RECV_PID=$!
 	for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
 	[ -s "$T/port" ] || fail "recv did not listen"
@@ -100,29 +105,34 @@ net_migrate() { # SIZE CHANNELS BOUND_S
 
 net_counter() { tm_link_stats | awk -v d="$1" -v n="$2" '$1 == d { for (i = 2; i < NF; i += 2) if ($i == n) print $(i + 1) }'; }
 
+# The local port of the sender's busiest or quietest connection to PORT, if one qualifies now.
+net_pick() { # PORT busiest|quietest [CONNECTIONS]
+	# quietest: only once every other connection streams (passed 1 MiB) while it has
+	# not (64 KiB), so that a data channel still starting is never taken for it.
+	tm_in_a ss -tni "dport = :$1" | awk -v which="$2" -v need="${3:-1}" '
+		/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++; acked[port] = 0 }
+		/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/))
+			acked[port] = substr($0, RSTART + 12, RLENGTH - 12) + 0 }
+		END {
+			for (p in acked) {
+				n = acked[p]
+				if (n > most) { most = n; busiest = p }
+				if (quietest == "" || n < least) { second = least; least = n; quietest = p }
+				else if (second == "" || n < second) second = n
+			}
+			if (conns < need || most < 1048576) exit
+			if (which == "busiest") print busiest
+			else if (least < 65536 && (conns == 1 || second >= 1048576)) print quietest
+		}'
+}
+
 net_cut() { # PORT busiest|quietest [CONNECTIONS]
 	# Retried until a kill took: under load the sender may not stream yet at the first look,
 	# and `ss -K` exits 0 when its filter matched nothing (or the socket went meanwhile).
 	local sport killed
 	for _ in $(seq 1 30); do
 		sleep 0.2
-		# quietest: only once every other connection streams (passed 1 MiB) while it has
-		# not (64 KiB), so that a data channel still starting is never taken for it.
-		sport=$(tm_in_a ss -tni "dport = :$1" | awk -v which="$2" -v need="${3:-1}" '
-			/^ESTAB/ { split($4, a, ":"); port = a[length(a)]; conns++; acked[port] = 0 }
-			/bytes_acked:/ { if (match($0, /bytes_acked:[0-9]+/))
-				acked[port] = substr($0, RSTART + 12, RLENGTH - 12) + 0 }
-			END {
-				for (p in acked) {
-					n = acked[p]
-					if (n > most) { most = n; busiest = p }
-					if (quietest == "" || n < least) { second = least; least = n; quietest = p }
-					else if (second == "" || n < second) second = n
-				}
-				if (conns < need || most < 1048576) exit
-				if (which == "busiest") print busiest
-				else if (least < 65536 && (conns == 1 || second >= 1048576)) print quietest
-			}')
+		sport=$(net_pick "$@")
 		[ -n "$sport" ] || continue
 		killed=$(tm_in_a ss -H -K "dport = :$1" "sport = :$sport" 2>>"$T/during.err")
 		if [ -n "$killed" ]; then
@@ -131,5 +141,19 @@ net_cut() { # PORT busiest|quietest [CONNECTIONS]
 		fi
 	done
 	echo "no $2 streaming connection could be cut in 6 s" >>"$T/during.err"
+	return 1
+}
+
+net_blackhole() { # PORT busiest|quietest [CONNECTIONS]
+	local sport
+	for _ in $(seq 1 30); do
+		sleep 0.2
+		sport=$(net_pick "$@")
+		[ -n "$sport" ] || continue
+		tm_link_blackhole "$sport" || break
+		echo "$sport" >"$T/cut"
+		return 0
+	done
+	echo "no $2 streaming connection could be blackholed in 6 s" >>"$T/during.err"
 	return 1
 }

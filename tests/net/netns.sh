@@ -81,7 +81,8 @@ tm_link_up() { # SPEC
 	ip netns add "$TM_LINK_B" || { tm_link_down; return 1; }
 	ip -n "$TM_LINK_A" link set lo up && ip -n "$TM_LINK_B" link set lo up || { tm_link_down; return 1; }
 	"$TM_WIRE" --ns-a "$TM_LINK_A" --ns-b "$TM_LINK_B" --link "$spec" \
-		--ready "$TM_LINK_DIR/ready" --stats "$TM_LINK_DIR/stats" 2>"$TM_LINK_DIR/wire.err" &
+		--ready "$TM_LINK_DIR/ready" --stats "$TM_LINK_DIR/stats" \
+		--blackhole "$TM_LINK_DIR/blackhole" 2>"$TM_LINK_DIR/wire.err" &
 	TM_WIRE_PID=$!
 	for i in $(seq 1 100); do
 		[ -s "$TM_LINK_DIR/ready" ] && break
@@ -107,6 +108,11 @@ tm_in_a() { ip netns exec "$TM_LINK_A" "$@"; }
 tm_in_b() { ip netns exec "$TM_LINK_B" "$@"; }
 
 tm_link_stats() { printf '%s\n' "$TM_LINK_LAST_STATS"; }
+
+# From now on the link drops every packet to or from TCP port PORT, both ways, silently.
+tm_link_blackhole() { # PORT
+	echo "$1" >"$TM_LINK_DIR/blackhole" && kill -USR1 "$TM_WIRE_PID"
+}
 
 tm_link_down() {
 	local ns

@@ -12,6 +12,7 @@
  * gone.
  *
  * usage: tm-wire --ns-a NAME --ns-b NAME --link SPEC [--ready FILE] [--stats FILE] [--seed N]
+ *               [--blackhole FILE]
  *   SPEC    RATE,DELAY[,jitter=TIME][,reorder][,loss=PERCENT%][,limit=BYTES][,mtu=BYTES]
  *           RATE: bits/s with k/m/g suffix and "bit" (200mbit, 1gbit) or 0/unlimited;
  *           DELAY/TIME: one-way, per direction, with us/ms/s (5ms; the round trip is twice);
@@ -20,7 +21,11 @@
  *           mtu: of both TUN devices (default 9000; what netns.sh configures).
  *   --ready FILE   written ("mtu N") once both devices exist
  *   --stats FILE   written at exit: one line per direction with packets and bytes forwarded,
- *                  packets lost (random loss), dropped (queue full) and the largest queue.
+ *                  packets lost (random loss), dropped (queue full), the largest queue, and
+ *                  packets blackholed.
+ *   --blackhole FILE  on SIGUSR1, FILE names a TCP port: from then on every packet to or from
+ *                  that port is dropped, both ways, without a word (a path that died under one
+ *                  connection; a TCP_INFO check, not a reset, finds it).
  * Ends on SIGTERM/SIGINT or when its parent dies.
  */
 #include <errno.h>
@@ -68,15 +73,47 @@ struct direction {
 	struct packet *head, *tail;
 	uint64_t busy_until_ns; /* when the link finishes serialising what is queued */
 	uint64_t last_due_ns;
-	uint64_t packets, bytes, lost, dropped, max_backlog, reordered;
+	uint64_t packets, bytes, lost, dropped, max_backlog, reordered, blackholed;
 };
 
-static volatile sig_atomic_t stop;
+static volatile sig_atomic_t stop, blackhole_due;
+static unsigned blackhole_port; /* 0: none */
 
 static void on_signal(int sig)
 {
 	(void)sig;
 	stop = 1;
+}
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	blackhole_due = 1;
+}
+
+/* The TCP ports of an IPv4 or IPv6 packet (no extension headers), or false. */
+static bool tcp_ports(const unsigned char *p, uint32_t len, unsigned *sport, unsigned *dport)
+{
+	uint32_t off;
+
+	if (len < 20)
+		return false;
+	if (p[0] >> 4 == 4) {
+		if (p[9] != 6)
+			return false;
+		off = (uint32_t)(p[0] & 0xf) * 4;
+	} else if (p[0] >> 4 == 6) {
+		if (len < 40 || p[6] != 6)
+			return false;
+		off = 40;
+	} else {
+		return false;
+	}
+	if (len < off + 4)
+		return false;
+	*sport = (unsigned)p[off] << 8 | p[off + 1];
+	*dport = (unsigned)p[off + 2] << 8 | p[off + 3];
+	return true;
 }
 
 static uint64_t now_ns(void)
@@ -263,6 +300,12 @@ static void enqueue(struct direction *d, const struct link_spec *ls, const unsig
 	struct packet *p;
 	uint64_t start, due, q;
 
+	unsigned sport, dport;
+	if (blackhole_port && tcp_ports(buf, len, &sport, &dport) &&
+	    (sport == blackhole_port || dport == blackhole_port)) {
+		d->blackholed++;
+		return;
+	}
 	if (ls->loss_ppm && rng_next() % 1000000u < ls->loss_ppm) {
 		d->lost++;
 		return;
@@ -355,11 +398,11 @@ static void write_stats(const char *path, struct direction *dirs)
 		die(path);
 	for (int i = 0; i < 2; i++)
 		fprintf(f, "%s packets %llu bytes %llu lost %llu dropped %llu max_backlog %llu "
-			"reordered %llu\n",
+			"reordered %llu blackholed %llu\n",
 			dirs[i].name, (unsigned long long)dirs[i].packets,
 			(unsigned long long)dirs[i].bytes, (unsigned long long)dirs[i].lost,
 			(unsigned long long)dirs[i].dropped, (unsigned long long)dirs[i].max_backlog,
-			(unsigned long long)dirs[i].reordered);
+			(unsigned long long)dirs[i].reordered, (unsigned long long)dirs[i].blackholed);
 	fclose(f);
 }
 
@@ -369,9 +412,11 @@ int main(int argc, char **argv)
 		{ "ns-a", required_argument, NULL, 'a' }, { "ns-b", required_argument, NULL, 'b' },
 		{ "link", required_argument, NULL, 'l' }, { "ready", required_argument, NULL, 'r' },
 		{ "stats", required_argument, NULL, 's' }, { "seed", required_argument, NULL, 'S' },
-		{ NULL, 0, NULL, 0 },
+		{ "blackhole", required_argument, NULL, 'B' }, { NULL, 0, NULL, 0 },
 	};
 	const char *ns_a = NULL, *ns_b = NULL, *spec = NULL, *ready = NULL, *stats = NULL;
+	const char *blackhole = NULL;
+	struct sigaction su = { .sa_handler = on_usr1 };
 	struct link_spec ls;
 	struct direction dirs[2];
 	struct sigaction sa = { .sa_handler = on_signal };
@@ -387,16 +432,18 @@ int main(int argc, char **argv)
 		case 'r': ready = optarg; break;
 		case 's': stats = optarg; break;
 		case 'S': rng_state = strtoull(optarg, NULL, 0) | 1; break;
-		default: usage_error("usage: tm-wire --ns-a NS --ns-b NS --link SPEC [--ready F] [--stats F] [--seed N]", NULL);
+		case 'B': blackhole = optarg; break;
+		default: usage_error("usage: tm-wire --ns-a NS --ns-b NS --link SPEC [--ready F] [--stats F] [--seed N] [--blackhole F]", NULL);
 		}
 	}
 	if (!ns_a || !ns_b || !spec || optind != argc)
-		usage_error("usage: tm-wire --ns-a NS --ns-b NS --link SPEC [--ready F] [--stats F] [--seed N]", NULL);
+		usage_error("usage: tm-wire --ns-a NS --ns-b NS --link SPEC [--ready F] [--stats F] [--seed N] [--blackhole F]", NULL);
 	parse_spec(spec, &ls);
 
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGUSR1, &su, NULL);
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 	if (getppid() != parent) /* the parent died before the line above */
 		return 0;
@@ -432,6 +479,14 @@ int main(int argc, char **argv)
 		}
 		if (ppoll(pfd, 2, tp, NULL) < 0 && errno != EINTR)
 			die("ppoll");
+		if (blackhole_due) {
+			FILE *f = blackhole ? fopen(blackhole, "r") : NULL;
+
+			blackhole_due = 0;
+			if (!f || fscanf(f, "%u", &blackhole_port) != 1 || blackhole_port > 65535)
+				usage_error("SIGUSR1: --blackhole FILE names no TCP port", blackhole);
+			fclose(f);
+		}
 		for (int i = 0; i < 2; i++)
 			if (pfd[i].revents & POLLIN)
 				drain_input(&dirs[i], &ls, buf);
