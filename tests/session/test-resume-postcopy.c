@@ -882,11 +882,27 @@ static void cut_paused(bool no_resume)
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_test_message("sender (%.1f s): %s", secs, x.error ? x.error->message : "ok");
 	g_mutex_lock(&x.px.lock);
-	if (x.px.cuts != 1)
-		g_error("the cut %" G_GUINT64_FORMAT " bytes into data channel 1 never came: %"
-			G_GUINT64_FORMAT " forwarded (sender: %s)", x.px.cut_at, x.px.fwd[2],
-			x.error ? x.error->message : "ok");
+	unsigned cuts = x.px.cuts;
+	uint64_t cut_at = x.px.cut_at, fwd = x.px.fwd[2];
 	g_mutex_unlock(&x.px.lock);
+	if (cuts != 1 && x.ret == 0) {
+		/* On a loaded machine the vCPUs may fetch every page over the urgent connection
+		 * before channel 1's background reaches the cut: then the session completed. */
+		g_thread_join(x.d.thread);
+		for (unsigned i = 0; x.d.vcpus && i < VCPUS; i++) {
+			g_thread_join(x.d.v[i].thread);
+			g_assert_cmpuint(x.d.v[i].bad, ==, 0);
+		}
+		g_assert_cmpint(x.d.ret, ==, 0);
+		g_test_skip("the session completed before the cut: the vCPUs fetched every page "
+			    "before channel 1's background reached it");
+		run_free(&x);
+		return;
+	}
+	if (cuts != 1)
+		g_error("the cut %" G_GUINT64_FORMAT " bytes into data channel 1 never came: %"
+			G_GUINT64_FORMAT " forwarded (sender: %s)", cut_at, fwd,
+			x.error ? x.error->message : "ok");
 	g_assert_cmpint(x.ret, ==, -ENOTCONN);
 	g_assert_nonnull(strstr(x.error->message, "postcopy paused"));
 	if (no_resume) {
