@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "cut-proxy.h"
 #include "session-fixture.h"
 #include "session/session-internal.h"
 
@@ -293,12 +294,114 @@ static void test_incomplete_fails(void)
 	guest_fini(&dst);
 }
 
+typedef struct watchdog {
+	tm_sender *s;
+	peer *p;
+	GMutex lock;
+	GCond cond;
+	bool done, fired;
+} watchdog;
+
+/* Unless the test is done within 15 s, cancels both sides: a hung finish fails, not hangs. */
+static gpointer watchdog_thread(gpointer data)
+{
+	watchdog *w = data;
+	int64_t end = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+
+	g_mutex_lock(&w->lock);
+	while (!w->done)
+		if (!g_cond_wait_until(&w->cond, &w->lock, end))
+			break;
+	w->fired = !w->done;
+	g_mutex_unlock(&w->lock);
+	if (w->fired) {
+		(void)tm_sender_cancel(w->s, "finish hung 15 s after the cut");
+		(void)tm_receiver_cancel(w->p->r, "finish hung 15 s after the cut");
+	}
+	return NULL;
+}
+
+/*
+ * Every channel parked, device state in four chunks (one per channel) put before finish, and
+ * data channel 1's bytes held by the proxy from then on until its END went by: what came before
+ * the STATE chunk passes, then the connection is cut. finish's thread has sent every END and
+ * waits for the END_ACKs; the receiver holds channel 0's until device state is complete, which
+ * needs the chunk lost on channel 1. Only a wait that watches every channel at once sees that
+ * break and resumes channel 1 (a read of channel 0's END_ACK first never returns).
+ */
+static void test_cut_while_ending(void)
+{
+	if (!have_hooks())
+		return;
+	if (tls_dir) {
+		g_test_skip("the proxy reads the sender's frames: plaintext only");
+		return;
+	}
+	g_autoptr(GError) err = NULL;
+	state_seen st = { 0 };
+	guest src, dst;
+	peer p = { .opaque = &st };
+	cut_proxy px;
+	uint8_t dev[3 * CHUNK + 5];
+
+	for (size_t i = 0; i < sizeof(dev); i++)
+		dev[i] = (uint8_t)(i * 7 + 1);
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, on_state, &st);
+	g_autofree char *pport = proxy_start(&px, port);
+	tm_sender *s = source(&src, pport);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	proxy_arm_hold_to_end(&px, 2); /* data channel 1: accept index 2 (data 0, control, 1..) */
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_put_state(s, "dev0", dev, sizeof(dev), 0, &err), ==, 0);
+	await_parked(s, CHANNELS);
+	watchdog w = { .s = s, .p = &p };
+	g_mutex_init(&w.lock);
+	g_cond_init(&w.cond);
+	GThread *wt = g_thread_new("watchdog", watchdog_thread, &w);
+	int r = tm_sender_finish(s, &err);
+	g_mutex_lock(&w.lock);
+	w.done = true;
+	g_cond_signal(&w.cond);
+	g_mutex_unlock(&w.lock);
+	g_thread_join(wt);
+	peer_join(&p);
+	if (r != 0)
+		g_test_message("finish: %s", err->message);
+	g_assert_false(w.fired);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE);
+	g_assert_cmpuint(st.sections, ==, 1);
+	g_assert_cmpuint(st.bytes, ==, sizeof(dev));
+	unsigned data, control, answered;
+	ends(s, &p, &data, &control, &answered);
+	g_assert_cmpuint(data, ==, CHANNELS);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	g_mutex_clear(&w.lock);
+	g_cond_clear(&w.cond);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
 		{ "finish/parked-and-busy", test_parked_and_busy, false },
 		{ "finish/all-parked-with-state", test_all_parked_with_state, false },
 		{ "finish/incomplete-fails", test_incomplete_fails, false },
+		{ "finish/cut-while-ending", test_cut_while_ending, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
