@@ -328,8 +328,11 @@ static gpointer watchdog_thread(gpointer data)
  * waits for the END_ACKs; the receiver holds channel 0's until device state is complete, which
  * needs the chunk lost on channel 1. Only a wait that watches every channel at once sees that
  * break and resumes channel 1 (a read of channel 0's END_ACK first never returns).
+ * half_recv: only the receiver's side is closed, the sender's kept open and silent; the sender
+ * sees no break and learns it from the receiver's CONN_LOST on control, whose handler shuts the
+ * connection down: that must wake the same wait.
  */
-static void test_cut_while_ending(void)
+static void cut_while_ending(bool half_recv)
 {
 	if (!have_hooks())
 		return;
@@ -351,6 +354,7 @@ static void test_cut_while_ending(void)
 	guest_fill(&src);
 	g_autofree char *port = peer_start_state(&p, &dst, false, 0, on_state, &st);
 	g_autofree char *pport = proxy_start(&px, port);
+	px.half_recv = half_recv; /* before any connection: read by the proxy under its lock */
 	tm_sender *s = source(&src, pport);
 	full_round(s);
 	await_parked(s, CHANNELS);
@@ -395,6 +399,16 @@ static void test_cut_while_ending(void)
 	guest_fini(&dst);
 }
 
+static void test_cut_while_ending(void)
+{
+	cut_while_ending(false);
+}
+
+static void test_cut_recv_side_while_ending(void)
+{
+	cut_while_ending(true);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -402,6 +416,7 @@ int main(int argc, char **argv)
 		{ "finish/all-parked-with-state", test_all_parked_with_state, false },
 		{ "finish/incomplete-fails", test_incomplete_fails, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
+		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
