@@ -173,13 +173,20 @@ static void test_parked_and_busy(void)
 
 	unsigned data, control, answered;
 	ends(s, &p, &data, &control, &answered);
-	g_assert_cmpuint(data, ==, 2);
+	/* The parked two at least; on a loaded machine a busy worker may have sent its whole
+	 * round and parked before finish was called (seen once at load 6: 3), and then the
+	 * receiver's control thread may read END before the last data channel ends. */
+	g_assert_cmpuint(data, >=, 2);
+	g_assert_cmpuint(data, <=, CHANNELS);
 	g_assert_cmpuint(control, ==, 1);
-	g_assert_cmpuint(answered, ==, 1);
+	g_assert_cmpuint(answered, <=, 1);
+	if (data == 2)
+		g_assert_cmpuint(answered, ==, 1);
 	/* Once, per session: a second finish is refused and sends nothing. */
+	unsigned first = data;
 	g_assert_cmpint(tm_sender_finish(s, NULL), ==, -EBADFD);
 	sender_ends(s, &data, &control);
-	g_assert_cmpuint(data, ==, 2);
+	g_assert_cmpuint(data, ==, first);
 	g_assert_cmpuint(control, ==, 1);
 	tm_sender_free(s);
 	peer_free(&p);
