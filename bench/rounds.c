@@ -6,16 +6,19 @@
  *
  *   rounds [--size 512M] [--channels 2] [--backend sockets|io_uring|all] [--iters 1000]
  *          [--sessions 1000] [--dirty 5] [--zerocopy 0|1|-1] [--repeat 3]
+ *          [--scattered-rounds 1] [--session-gap 0]
  *
  * Per backend and repeat (the backends alternate, so a slow phase of a shared machine hits both):
  * one session over a guest of --size random pages (anonymous memory, MADV_HUGEPAGE) runs
  *   full-cold   a full sequential round into a fresh destination (tm_sender_queue_bitmap, sync)
  *   full-warm   the same again: the destination is written now, as in every later round
- *   scattered   a round of --dirty percent random pages (one bitmap, sync)
+ *   scattered   a round of --dirty percent random pages (one bitmap, sync); with
+ *               --scattered-rounds N, N such rounds (a new draw each) and their median
  *   zero        a full round after the guest wrote zeros over all of its RAM
  *   empty       --iters calls of tm_sender_sync() with nothing queued (the cost of a round)
  * then --sessions sessions of 64 synced pages each time tm_sender_finish() (END and its
- * acknowledgement on every connection; nothing left to send).
+ * acknowledgement on every connection; nothing left to send), --session-gap ms apart (the
+ * previous session's teardown, kernel work included, out of the next one's finish).
  *
  * Output: CSV rows (host, kernel, backend, channels, page size, row, GiB/s or microseconds), the
  * median of the repeats per row, io_uring / sockets per row, and the issue's goals. Rates count
@@ -41,6 +44,8 @@ static unsigned opt_sessions = 1000;
 static unsigned opt_dirty = 5;
 static unsigned opt_repeat = 3;
 static int opt_zerocopy; /* tm_tuning.zerocopy of the sender */
+static unsigned opt_scattered = 1; /* scattered rounds per run, median kept */
+static unsigned opt_gap_ms;        /* pause before each timed finish's session */
 
 /* A connected session of the backend io (bench-session.c). */
 static tm_sender *session_open(bench_recv *t, bench_side *src, bench_side *dst, const char *io)
@@ -112,19 +117,25 @@ static void run_one(const char *io, double out[NROWS])
 	memset(all, 0xff, words * 8);
 	if (npages % 64)
 		all[words - 1] = (1ull << (npages % 64)) - 1;
-	while (dirty < npages * opt_dirty / 100) {
-		uint64_t p = bench_rnd() % npages;
-		if (!(some[p / 64] >> (p % 64) & 1)) {
-			some[p / 64] |= 1ull << (p % 64);
-			dirty++;
-		}
-	}
 
 	tm_sender *s = session_open(&t, &src, &dst, io);
 	double gib = (double)opt_size / (1u << 30);
 	out[FULL_COLD] = gib / round_of(s, all, npages);
 	out[FULL_WARM] = gib / round_of(s, all, npages);
-	out[SCATTERED] = (double)dirty * PAGE / (1u << 30) / round_of(s, some, npages);
+	g_autofree double *scat = g_new(double, opt_scattered);
+	for (unsigned k = 0; k < opt_scattered; k++) {
+		/* A new draw each round: the destination's pages are not the last round's. */
+		memset(some, 0, words * 8);
+		for (dirty = 0; dirty < npages * opt_dirty / 100;) {
+			uint64_t p = bench_rnd() % npages;
+			if (!(some[p / 64] >> (p % 64) & 1)) {
+				some[p / 64] |= 1ull << (p % 64);
+				dirty++;
+			}
+		}
+		scat[k] = (double)dirty * PAGE / (1u << 30) / round_of(s, some, npages);
+	}
+	out[SCATTERED] = quantile(scat, opt_scattered, 0.5);
 	memset(src.ram, 0, opt_size);
 	out[ZERO] = gib / round_of(s, all, npages);
 	g_autofree double *lat = g_new(double, MAX(opt_iters, opt_sessions));
@@ -151,6 +162,8 @@ static void run_one(const char *io, double out[NROWS])
 	bench_side_init(&one_dst, PAGE * 64, true);
 	uint64_t one = ~0ull;
 	for (unsigned i = 0; i < opt_sessions; i++) {
+		if (opt_gap_ms)
+			g_usleep(opt_gap_ms * 1000ul);
 		s = session_open(&t, &one_src, &one_dst, io);
 		round_of(s, &one, 64);
 		/* An established session: both control threads run (a PING answered). A session
@@ -189,6 +202,10 @@ int main(int argc, char **argv)
 		  "io_uring zero-copy sends: 0 while they pay (default), 1 always, -1 never", "Z" },
 		{ "repeat", 0, 0, G_OPTION_ARG_INT, &opt_repeat,
 		  "runs per backend, median kept (default 3)", "N" },
+		{ "scattered-rounds", 0, 0, G_OPTION_ARG_INT, &opt_scattered,
+		  "scattered rounds per run, median kept (default 1)", "N" },
+		{ "session-gap", 0, 0, G_OPTION_ARG_INT, &opt_gap_ms,
+		  "pause before each session timed at finish, ms (default 0)", "MS" },
 		{ NULL },
 	};
 	g_autoptr(GOptionContext) ctx = g_option_context_new("- short rounds, io_uring against sockets");
@@ -211,6 +228,7 @@ int main(int argc, char **argv)
 	opt_sessions = MAX(opt_sessions, 1);
 	opt_dirty = CLAMP(opt_dirty, 1, 100);
 	opt_repeat = MAX(opt_repeat, 1);
+	opt_scattered = MAX(opt_scattered, 1);
 
 	const char *all[] = { "sockets", "io_uring" };
 	const char *backends[2];
@@ -230,9 +248,10 @@ int main(int argc, char **argv)
 		return 77;
 	}
 
-	printf("# rounds: guest %" G_GUINT64_FORMAT " MiB, %u channels, %u%% scattered, %u empty "
-	       "rounds, %u finishes, %u repeats\n",
-	       opt_size >> 20, opt_channels, opt_dirty, opt_iters, opt_sessions, opt_repeat);
+	printf("# rounds: guest %" G_GUINT64_FORMAT " MiB, %u channels, %u x %u%% scattered, %u "
+	       "empty rounds, %u finishes %u ms apart, %u repeats\n",
+	       opt_size >> 20, opt_channels, opt_scattered, opt_dirty, opt_iters, opt_sessions,
+	       opt_gap_ms, opt_repeat);
 	printf("host,kernel,cpus,backend,channels,page_size,repeat,row,value\n");
 	g_autofree double *res = g_new0(double, (size_t)nb * opt_repeat * NROWS);
 	for (unsigned k = 0; k < opt_repeat; k++) {

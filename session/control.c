@@ -10,7 +10,9 @@
  * (a dead path under load). It ends the session on control: the sender's END leaves with the
  * data channels' ENDs; the receiver answers READY and END_ACK once every data channel ended and
  * every page is there, keeping the keepalive going meanwhile; and when the session fails it
- * tells the peer why and listens for the peer's reason.
+ * tells the peer why and listens for the peer's reason. The end may be sent by a thread that is
+ * awake anyway instead (tm_control_send_end, tm_control_answer_end: one wake-up less inside the
+ * downtime); io_lock keeps the connection one thread's at a time.
  */
 #include <errno.h>
 #include <poll.h>
@@ -34,8 +36,10 @@ unsigned tm_control_interval(unsigned timeout_ms)
 
 int tm_control_init(tm_control *c, GError **error)
 {
+	g_mutex_init(&c->io_lock);
 	c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->wake_fd < 0) {
+	c->end_fd = c->wake_fd < 0 ? -1 : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->end_fd < 0) {
 		int err = errno;
 		g_set_error(error, TM_ERROR, err, "eventfd: %s", g_strerror(err));
 		return -err;
@@ -67,18 +71,14 @@ typedef struct loop {
 	int64_t last_rx;   /* when the last message arrived (us) */
 	int64_t next_tick; /* next PING / TCP_INFO check */
 	uint64_t nonce;    /* of our last PING */
-	bool ping_out;     /* ... still unanswered: no other PING before its PONG */
 	int64_t ping_t;
 	int64_t flood_t;   /* start of the current second of the peer's PINGs */
 	unsigned flood_n;
-	bool end_sent;     /* sender: END is out; only PONGs (and the close) may follow from us */
 	bool postcopy_sent; /* sender: POSTCOPY is out */
-	bool end_seen;     /* receiver: END arrived; END_ACK goes once every data channel ended */
 	bool ready_seen;   /* sender: READY arrived; END_ACK may follow */
 	bool unresponsive; /* the failure is the peer's silence: no point waiting for its words */
 	/* RESUME_CONTROL (resume-control.c): where a reconnect takes the end up again */
 	bool end_ack_seen; /* sender: END_ACK arrived; CTL_POS and the close follow */
-	bool end_ack_sent; /* receiver: END_ACK is out; the sender's CTL_POS and the close follow */
 	uint64_t lost_sent[TM_MAX_CHANNELS + 1]; /* receiver: c->lost as last sent on this connection */
 } loop;
 
@@ -123,12 +123,12 @@ static int peer_pong(loop *l, uint64_t nonce, GError **error)
 {
 	tm_control *c = l->c;
 
-	if (!l->ping_out || nonce != l->nonce) {
+	if (!c->ping_out || nonce != l->nonce) {
 		g_set_error(error, TM_ERROR, EPROTO, "control: PONG 0x%" G_GINT64_MODIFIER "x answers no PING",
 			    (guint64)nonce);
 		return -EPROTO;
 	}
-	l->ping_out = false;
+	c->ping_out = false;
 	uint64_t sample = (uint64_t)(tm_now_us() - l->ping_t);
 	uint64_t rtt = __atomic_load_n(&c->rtt_us, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->rtt_us, rtt ? (7 * rtt + sample) / 8 : MAX(sample, 1), __ATOMIC_RELAXED);
@@ -148,9 +148,8 @@ static int close_control(tm_control *c, GError **error)
  * for it. That CTL_POS (TLS: authenticated) says the sender has its END_ACK, so a close that
  * fails afterwards costs nothing; a break before it is resumed like any other.
  */
-static int sender_close(loop *l, GError **error)
+static int sender_close(tm_control *c, GError **error)
 {
-	tm_control *c = l->c;
 	g_autoptr(GError) ignored = NULL;
 	int r;
 
@@ -162,9 +161,8 @@ static int sender_close(loop *l, GError **error)
 	return 1;
 }
 
-static int receiver_close(loop *l, GError **error)
+static int receiver_close(tm_control *c, GError **error)
 {
-	tm_control *c = l->c;
 	g_autoptr(GError) ignored = NULL;
 	uint64_t n;
 	tm_frame f;
@@ -209,19 +207,22 @@ static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **erro
 		}
 		tm_ctl_resume_received(c);
 		l->end_ack_seen = true;
-		return sender_close(l, error);
+		return sender_close(c, error);
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
 	 * keeps answering and sending keepalives until then. */
 	tm_ctl_resume_received(c);
-	l->end_seen = true;
+	c->end_seen = true;
 	return 0;
 }
 
-/* Receiver, after END: READY and END_ACK once every data channel ended and all is there. */
-static int try_end_ack(loop *l, GError **error)
+/*
+ * Receiver, after END, io_lock held (the control thread, or the last data worker to end):
+ * READY and END_ACK once every data channel ended and all is there, then the close. 0 (not
+ * yet), 1 (ended) or -errno.
+ */
+static int answer_end(tm_control *c, GError **error)
 {
-	tm_control *c = l->c;
 	int r = c->data_end(c->owner, error);
 
 	if (r <= 0)
@@ -231,11 +232,11 @@ static int try_end_ack(loop *l, GError **error)
 	if ((r = c->ready(c->owner, NULL, error)) < 0)
 		return r;
 	/* Kept and counted as sent before the send: a break now is resumed (resume-control.c). */
-	l->end_ack_sent = true;
+	c->end_ack_sent = true;
 	if ((r = tm_control_send_ordered(c, TM_MSG_END_ACK, 0, error)) < 0 ||
 	    (r = tm_chan_uncork(c->ch, error)) < 0)
 		return r;
-	return receiver_close(l, error);
+	return receiver_close(c, error);
 }
 
 /* One message; returns 0, 1 when the connection ended cleanly, or -errno. */
@@ -276,7 +277,7 @@ static int one_message(loop *l, GError **error)
 			c->conn_lost_msg(c->owner, (uint32_t)v[0], (uint32_t)v[1]);
 		return 0;
 	}
-	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !l->end_seen) {
+	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !c->end_seen) {
 		if ((r = c->postcopy(c->owner, &f, error)) == 0)
 			tm_ctl_resume_received(c);
 		return r;
@@ -287,8 +288,8 @@ static int one_message(loop *l, GError **error)
 	bool pc = c->postcopy_requested;
 	g_mutex_unlock(c->lock);
 	if ((f.type != TM_MSG_PING && f.type != TM_MSG_PONG && f.type != end && !ready) ||
-	    (f.type == TM_MSG_END_ACK && !l->end_sent) || (f.type == TM_MSG_END && l->end_seen) ||
-	    (ready && ((!l->end_sent && !pc) || l->ready_seen))) {
+	    (f.type == TM_MSG_END_ACK && !c->end_sent) || (f.type == TM_MSG_END && c->end_seen) ||
+	    (ready && ((!c->end_sent && !pc) || l->ready_seen))) {
 		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
 		return -EPROTO;
 	}
@@ -313,7 +314,7 @@ static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError *
 {
 	tm_control *c = l->c;
 
-	for (unsigned i = 0; i <= TM_MAX_CHANNELS && !l->end_ack_sent; i++) {
+	for (unsigned i = 0; i <= TM_MAX_CHANNELS && !c->end_ack_sent; i++) {
 		if (!lost[i] || lost[i] == l->lost_sent[i])
 			continue;
 		l->lost_sent[i] = lost[i];
@@ -364,10 +365,22 @@ static int run(loop *l, GError **error)
 
 	/* After a reconnect (resume-control.c): the end goes on where it broke. */
 	if (l->end_ack_seen)
-		return sender_close(l, error);
-	if (l->end_ack_sent)
-		return receiver_close(l, error);
+		return sender_close(c, error);
+	if (c->end_answered && c->end_result == 1)
+		return 1;
+	if (c->end_ack_sent)
+		return receiver_close(c, error);
 	for (;;) {
+		if (c->end_answered) {
+			/* The last data worker answered END and closed (tm_control_answer_end), or
+			 * its answer broke: taken once, as the thread's own (a reconnect then goes
+			 * on from end_ack_sent, above). */
+			if (c->end_result == 1)
+				return 1;
+			c->end_answered = false;
+			g_propagate_error(error, g_steal_pointer(&c->end_error));
+			return c->end_result;
+		}
 		g_mutex_lock(c->lock);
 		bool quit = *c->quit, want_end = c->end_requested;
 		bool want_pc = c->postcopy_requested;
@@ -383,8 +396,8 @@ static int run(loop *l, GError **error)
 			if ((r = tm_control_send_ordered(c, TM_MSG_POSTCOPY, pc_pages, error)) < 0)
 				return r;
 		}
-		if (want_end && !l->end_sent) {
-			l->end_sent = true; /* kept: a break now is resumed */
+		if (want_end && !c->end_sent) {
+			c->end_sent = true; /* kept: a break now is resumed */
 			if ((r = tm_control_send_ordered(c, TM_MSG_END, 0, error)) < 0)
 				return r;
 		}
@@ -401,7 +414,7 @@ static int run(loop *l, GError **error)
 			return r;
 		/* Not while our PING is out: its PONG after END_ACK would be data where the close
 		 * must come. */
-		if (l->end_seen && !l->ping_out && (r = try_end_ack(l, error)) != 0)
+		if (c->end_seen && !c->ping_out && (r = answer_end(c, error)) != 0)
 			return r;
 		int64_t now = tm_now_us();
 		int64_t deadline = l->last_rx + (int64_t)c->timeout_ms * 1000;
@@ -414,10 +427,10 @@ static int run(loop *l, GError **error)
 			return -ETIMEDOUT;
 		}
 		if (now >= l->next_tick) {
-			if (!l->end_sent && !l->ping_out) {
+			if (!c->end_sent && !c->ping_out) {
 				if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_PING, ++l->nonce, 0, error)) < 0)
 					return r;
-				l->ping_out = true;
+				c->ping_out = true;
 				l->ping_t = now;
 				__atomic_fetch_add(&c->keepalives, 1, __ATOMIC_RELAXED);
 			}
@@ -428,10 +441,13 @@ static int run(loop *l, GError **error)
 		int64_t wake_at = MIN(deadline, l->next_tick);
 		struct pollfd p[2] = { { .fd = c->ch->fd, .events = POLLIN },
 				       { .fd = c->wake_fd, .events = POLLIN } };
+		/* The connection is another thread's to end while this one sleeps (io_lock). */
+		g_mutex_unlock(&c->io_lock);
 		if (poll(p, 2, (int)((wake_at - now + 999) / 1000)) > 0 && p[1].revents) {
 			uint64_t v;
 			(void)!read(c->wake_fd, &v, sizeof(v));
 		}
+		g_mutex_lock(&c->io_lock);
 	}
 }
 
@@ -476,6 +492,8 @@ static gpointer control_thread(gpointer data)
 	g_autoptr(GError) err = NULL;
 
 	int r;
+	/* Held but in run()'s poll: a reconnect replaces the connection under it. */
+	g_mutex_lock(&c->io_lock);
 	while ((r = run(&l, &err)) < 0 && tm_ctl_resume_wanted(c, err, l.unresponsive)) {
 		/* RESUME_CONTROL: the sender reconnects, the receiver waits (resume-control.c). */
 		/* After a silence too: the peer may be frozen, or only this connection's path dead
@@ -484,7 +502,7 @@ static gpointer control_thread(gpointer data)
 		int rr = tm_ctl_resume_reconnect(c, l.unresponsive, &why);
 		if (rr == -ECANCELED && !why)
 			break; /* the session failed meanwhile: that failure explains it */
-		if (rr < 0 && (l.end_ack_seen || l.end_ack_sent)) {
+		if (rr < 0 && (l.end_ack_seen || c->end_ack_sent)) {
 			/* END_ACK was sent after everything was applied; the sender, which may lack
 			 * it, is the one that fails. */
 			r = 1;
@@ -504,7 +522,7 @@ static gpointer control_thread(gpointer data)
 		l.unresponsive = false;
 		int64_t now = tm_now_us();
 		l.last_rx = l.next_tick = l.flood_t = now;
-		l.ping_out = false; /* its PONG went with the old connection */
+		c->ping_out = false; /* its PONG went with the old connection */
 		memset(l.lost_sent, 0, sizeof(l.lost_sent)); /* said again: it may have gone with it */
 		l.flood_n = 0;
 	}
@@ -516,14 +534,19 @@ static gpointer control_thread(gpointer data)
 	}
 	tm_ctl_resume_exited(c);
 	if (r == 1) {
+		uint64_t one = 1;
 		g_mutex_lock(c->lock);
 		c->ended = c->exited = true;
 		g_cond_broadcast(c->cond);
+		(void)!write(c->end_fd, &one, sizeof(one)); /* a thread in poll (tm_send_direct_await) */
 		g_mutex_unlock(c->lock);
+		g_mutex_unlock(&c->io_lock);
 		return NULL;
 	}
 	if (r < 0)
 		c->fail(c->owner, g_steal_pointer(&err), c->ch->peer_error);
+	/* *quit is set: no other thread sends on the connection from here on. */
+	g_mutex_unlock(&c->io_lock);
 
 	/* The session stopped: the peer learns why here even if a data channel could not say. */
 	g_mutex_lock(c->lock);
@@ -592,6 +615,54 @@ void tm_control_request_end_locked(tm_control *c)
 	tm_control_wake(c);
 }
 
+void tm_control_send_end(tm_control *c)
+{
+	g_autoptr(GError) ignored = NULL;
+	int r = 0;
+
+	g_mutex_lock(&c->io_lock);
+	g_mutex_lock(c->lock);
+	/* After POSTCOPY, never before it: the thread orders those two (postcopy sessions). */
+	bool go = c->started && !c->exited && !*c->quit && !c->postcopy_requested && !c->end_sent;
+	c->end_requested = true;
+	g_mutex_unlock(c->lock);
+	if (go) {
+		c->end_sent = true; /* kept: a break now is resumed, as the thread's own END */
+		r = tm_control_send_ordered(c, TM_MSG_END, 0, &ignored);
+		if (r >= 0)
+			__atomic_add_fetch(&c->direct_ends, 1, __ATOMIC_RELAXED);
+		else /* the thread's next read breaks too: it resumes or fails, with its words */
+			shutdown(c->ch->fd, SHUT_RDWR);
+	}
+	g_mutex_unlock(&c->io_lock);
+	if (r < 0)
+		tm_control_wake(c);
+}
+
+void tm_control_answer_end(tm_control *c)
+{
+	g_autoptr(GError) err = NULL;
+
+	g_mutex_lock(&c->io_lock);
+	g_mutex_lock(c->lock);
+	bool go = c->started && !c->exited && !*c->quit;
+	g_mutex_unlock(c->lock);
+	/* END in and no PING of ours out (its PONG would come where the close must): else the
+	 * thread answers once both hold. */
+	if (go && c->end_seen && !c->ping_out && !c->end_ack_sent && !c->end_answered) {
+		int r = answer_end(c, &err);
+		if (r != 0) {
+			c->end_answered = true;
+			c->end_result = r;
+			c->end_error = g_steal_pointer(&err);
+			if (r == 1)
+				__atomic_add_fetch(&c->direct_ends, 1, __ATOMIC_RELAXED);
+		}
+	}
+	g_mutex_unlock(&c->io_lock);
+	tm_control_wake(c); /* it ends, or answers itself */
+}
+
 int tm_control_await_end_locked(tm_control *c)
 {
 	while (!c->ended && !*c->quit)
@@ -623,6 +694,38 @@ void tm_control_stop(tm_control *c)
 	}
 	if (c->wake_fd >= 0)
 		close(c->wake_fd);
-	c->wake_fd = -1;
+	if (c->end_fd >= 0)
+		close(c->end_fd);
+	c->wake_fd = c->end_fd = -1;
 	g_clear_pointer(&c->data_fds, g_free);
 }
+
+void tm_control_clear(tm_control *c)
+{
+	g_clear_error(&c->end_error);
+	g_mutex_clear(&c->io_lock);
+}
+
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_control)
+{
+	*ret_data = (unsigned)__atomic_load_n(&s->direct_ends, __ATOMIC_RELAXED);
+	*ret_control = (unsigned)__atomic_load_n(&s->control.direct_ends, __ATOMIC_RELAXED);
+}
+
+unsigned tm_sender_test_parked(tm_sender *s)
+{
+	unsigned n = 0;
+
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->nch; i++)
+		n += s->chans[i].parked && !s->chans[i].pending->len;
+	g_mutex_unlock(&s->lock);
+	return n;
+}
+
+unsigned tm_receiver_test_direct_end(tm_receiver *r)
+{
+	return (unsigned)__atomic_load_n(&r->control.direct_ends, __ATOMIC_RELAXED);
+}
+#endif

@@ -93,7 +93,7 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->control = (tm_control){ .sender = false, .owner = rc, .lock = &rc->lock,
 				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
 				    .fail = control_fail, .data_end = data_end,
-				    .ready = tm_receiver_send_ready, .wake_fd = -1,
+				    .ready = tm_receiver_send_ready, .wake_fd = -1, .end_fd = -1,
 				    .postcopy = tm_pc_recv_postcopy_msg, .tick = control_tick,
 				    .link_dead = tm_resume_recv_link_dead };
 	rc->urg.fd = -1;
@@ -576,6 +576,7 @@ void tm_receiver_free(tm_receiver *r)
 	tm_tls_ctx_free(r->tls);
 	tm_hello_clear(&r->hello);
 	g_clear_error(&r->failure.error);
+	tm_control_clear(&r->control); /* after the data workers: the last one may end control */
 	g_mutex_clear(&r->lock);
 	g_cond_clear(&r->cond);
 	g_free(r);

@@ -319,8 +319,11 @@ gpointer tm_recv_worker(gpointer data)
 	g_cond_broadcast(&r->cond);
 	g_mutex_unlock(&r->lock);
 	/* Its END_ACK waits for every data channel (control.c): only the last one's end (or a
-	 * failure) changes what it sees, so the others let it sleep. */
-	if (last)
+	 * failure) changes what it sees, so the others let it sleep. The last one answers the
+	 * control END itself when it can: the control thread's wake-up is not on the way. */
+	if (last && ret >= 0)
+		tm_control_answer_end(&r->control);
+	else if (last)
 		tm_control_wake(&r->control);
 	return NULL;
 }

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "common/error-internal.h"
@@ -173,26 +174,33 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	return 0;
 }
 
-int tm_send_end(send_chan *c, GError **error)
+/* END (and the cork's content before it); protocol 1 also waits for its END_ACK here. */
+static int end_post(send_chan *c, uint64_t *applied, GError **error)
 {
 	uint64_t unused;
 	int r = tm_send_flush(c, error);
-	uint64_t applied = c->pages_sent; /* the flushed packet's pages included */
+	*applied = c->pages_sent; /* the flushed packet's pages included */
 	/* Protocol 2: END's three counts, END_ACK's two checked in state.c; TLS: our close_notify
 	 * right behind END, so that the receiver's close waits for nothing. */
-	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2) {
-		r = tm_send_end_v2(c, error);
-	} else {
-		if (r >= 0)
-			r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
-		if (r >= 0)
-			r = tm_chan_flush(&c->ch, error);
-		if (r >= 0)
-			r = tm_tls_close_notify(c->ch.io, error);
-		if (r >= 0)
-			r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &unused, error);
-	}
-	if (r < 0)
+	if (r >= 0 && c->ch.version == TM_WIRE_VERSION_2)
+		return tm_send_end_v2_post(c, error);
+	if (r >= 0)
+		r = tm_chan_send_ctrl(&c->ch, TM_MSG_END, c->pages_sent, c->packets_sent, error);
+	if (r >= 0)
+		r = tm_chan_flush(&c->ch, error);
+	if (r >= 0)
+		r = tm_tls_close_notify(c->ch.io, error);
+	if (r >= 0)
+		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, applied, &unused, error);
+	return r < 0 ? r : 0;
+}
+
+/* After end_post: protocol 2's END_ACK, the counts checked, the close; the channel has ended. */
+static int end_ack(send_chan *c, uint64_t applied, GError **error)
+{
+	int r = 0;
+
+	if (c->ch.version == TM_WIRE_VERSION_2 && (r = tm_send_end_v2_ack(c, error)) < 0)
 		return r;
 	if (applied != c->pages_sent) {
 		g_set_error(error, TM_ERROR, EPROTO,
@@ -203,8 +211,8 @@ int tm_send_end(send_chan *c, GError **error)
 	}
 	if ((r = tm_tls_shutdown(c->ch.io, error)) < 0)
 		return r;
-	/* Every packet buffer released (zero-copy: the kernel's notification reaped): nothing of
-	 * guest RAM is still the kernel's when finish returns. */
+	/* Every packet buffer released (zero-copy: the kernel's notification reaped), whichever
+	 * thread ended the channel: nothing of guest RAM is still the kernel's when finish returns. */
 	for (unsigned k = 0; k < c->ch.depth; k++)
 		if ((r = tm_chan_wait_slot(&c->ch, k, error)) < 0)
 			return r;
@@ -213,6 +221,191 @@ int tm_send_end(send_chan *c, GError **error)
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;
+}
+
+int tm_send_end(send_chan *c, GError **error)
+{
+	uint64_t applied;
+	int r = end_post(c, &applied, error);
+
+	return r < 0 ? r : end_ack(c, applied, error);
+}
+
+/*
+ * Sends c->work from its first item on, corked, and empties it; a broken connection is resumed
+ * and its replay sent. defer_end: END leaves without waiting for its END_ACK (protocol 2 only:
+ * tm_send_direct_await reads it). Returns 0 or -errno with *err.
+ */
+static int send_batch(send_chan *c, bool defer_end, GError **err)
+{
+	int r = 0;
+
+	for (;;) {
+		/* The small messages of one batch leave together (RAM_END, END_OF_STATE, END). */
+		tm_chan_cork(&c->ch);
+		for (guint i = 0; i < c->work->len && r >= 0; i++) {
+			const work *w = &g_array_index(c->work, work, i);
+			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
+			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
+			if (w->kind == WORK_PAGES)
+				r = tm_send_pages(c, w, err);
+			else if (w->kind == WORK_SWITCH)
+				r = 0; /* below */
+			else if (w->kind == WORK_SYNC)
+				r = send_sync(c, w->first, err);
+			else if (w->kind == WORK_END && defer_end)
+				r = (r = tm_send_flush(c, err)) < 0 ? r : tm_send_end_v2_post(c, err);
+			else if (w->kind == WORK_END)
+				r = tm_send_end(c, err);
+			else if ((r = tm_send_flush(c, err)) >= 0)
+				r = tm_send_state_work(c, w, err); /* RAM_END, STATE */
+			if (r < 0 && tm_resume_send(c, i + 1, err) == 0) {
+				/* Reconnected (a new, uncorked connection: what the old one held is
+				 * in the replay): c->work starts with what to send again. */
+				r = 0;
+				i = G_MAXUINT; /* ++ wraps to 0 */
+			}
+			if (r >= 0 && tm_send_pc_switching(c)) {
+				/* Postcopy from here on: the worker's rest is postcopy-send.c's. */
+				r = tm_send_postcopy(c, i + 1, err);
+				break;
+			}
+		}
+		g_array_set_size(c->work, 0);
+		if (r >= 0 && (r = tm_chan_uncork(&c->ch, err)) < 0 && tm_resume_send(c, 0, err) == 0) {
+			r = 0; /* what the corked batch held is in the replay (c->work) */
+			continue;
+		}
+		return r;
+	}
+}
+
+/* The channel failed with err: the session fails, with the peer's words if it left some. */
+static void chan_failed(send_chan *c, GError *err)
+{
+	bool from_peer = c->ch.peer_error;
+	int code = err->code;
+
+	if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
+		/* The receiver went away: it may have said why before it closed. */
+		GError *why = NULL;
+		if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+			g_clear_error(&err);
+			err = why;
+			from_peer = true;
+		}
+	} else if (!from_peer) {
+		tm_chan_send_error(&c->ch, code, err->message);
+	}
+	tm_sender_fail(c->s, err, from_peer);
+}
+
+bool tm_send_direct_claim_locked(send_chan *c)
+{
+	/* Parked: the worker flushed its packet and sleeps; nothing it holds is unsent. */
+	if (!c->parked || c->direct || c->pending->len || c->work->len || c->pkt_open)
+		return false;
+	c->direct = true;
+	return true;
+}
+
+int tm_send_direct_post(send_chan *c)
+{
+	tm_sender *s = c->s;
+	g_autoptr(GError) err = NULL;
+
+	/* The worker sleeps (c->direct): its lists and packets are ours, as they were its own. */
+	g_mutex_lock(&s->lock);
+	GArray *t = c->work;
+	c->work = c->pending;
+	c->pending = t;
+	g_mutex_unlock(&s->lock);
+	int r = send_batch(c, true, &err);
+	if (r < 0)
+		chan_failed(c, g_steal_pointer(&err));
+	return r;
+}
+
+/*
+ * Channel c's END_ACK is readable (or its connection broke): read and checked, the channel
+ * ended; or the break resumed as a worker would, the replay sent behind the new connection's
+ * RESUME_ACK with END again deferred (an END the receiver answered ends the channel there).
+ * 0 (ended, or resumed and still awaited) or -errno, the session failed.
+ */
+static int direct_answer(send_chan *c)
+{
+	g_autoptr(GError) err = NULL;
+	int r = end_ack(c, c->pages_sent, &err);
+
+	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
+		r = send_batch(c, true, &err);
+	if (r < 0)
+		chan_failed(c, g_steal_pointer(&err));
+	return r;
+}
+
+void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end)
+{
+	bool left[TM_MAX_CHANNELS];
+	struct pollfd p[TM_MAX_CHANNELS + 2];
+	unsigned idx[TM_MAX_CHANNELS];
+
+	memcpy(left, direct, sizeof(left[0]) * s->nch);
+	for (;;) {
+		unsigned n = 0;
+		g_mutex_lock(&s->lock);
+		bool quit = s->quit, ctl_ended = s->control.ended;
+		for (unsigned i = 0; i < s->nch; i++) {
+			/* Ended: its END_ACK read, or a replay found END answered. */
+			if (left[i] && s->chans[i].ended)
+				left[i] = false;
+			if (left[i])
+				idx[n++] = i;
+		}
+		g_mutex_unlock(&s->lock);
+		if (quit || n == 0)
+			break; /* the caller reports the failure */
+		int64_t now = g_get_monotonic_time();
+		if (ctl_ended && !*grace_end)
+			*grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
+		if (ctl_ended && now >= *grace_end)
+			break; /* END_ACKs lost where we cannot see them; free() stops the rest */
+		/* What a TLS layer holds already is read without a poll. */
+		bool took = false;
+		for (unsigned k = 0; k < n && !took; k++) {
+			send_chan *c = &s->chans[idx[k]];
+			if (tm_io_readable(c->ch.io)) {
+				took = true;
+				if (direct_answer(c) < 0)
+					goto out;
+			}
+		}
+		if (took)
+			continue;
+		/*
+		 * Every channel at once: the receiver holds a channel's END_ACK until device state is
+		 * complete, and the chunk it lacks may be on another channel whose connection broke;
+		 * that break must be seen (and resumed) here, nobody else touches the channel. A
+		 * CONN_LOST for one of them shuts it down (tm_resume_conn_lost): readable too.
+		 */
+		for (unsigned k = 0; k < n; k++)
+			p[k] = (struct pollfd){ .fd = s->chans[idx[k]].ch.fd, .events = POLLIN };
+		p[n] = (struct pollfd){ .fd = s->events.cancel_fd, .events = POLLIN };
+		p[n + 1] = (struct pollfd){ .fd = ctl_ended ? -1 : s->control.end_fd, .events = POLLIN };
+		int wait = ctl_ended ? (int)((*grace_end - now + 999) / 1000) : -1;
+		if (poll(p, n + 2, wait) <= 0)
+			continue;
+		for (unsigned k = 0; k < n; k++)
+			if (p[k].revents && direct_answer(&s->chans[idx[k]]) < 0)
+				goto out;
+	}
+out:
+	/* The channels' part in the round is over, answered or not. */
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->nch; i++)
+		if (direct[i])
+			tm_rounds_chan_idle(s, &s->chans[i]);
+	g_mutex_unlock(&s->lock);
 }
 
 gpointer tm_send_worker(gpointer data)
@@ -225,8 +418,9 @@ gpointer tm_send_worker(gpointer data)
 	c->cr.wire_mark = __atomic_load_n(&c->ch.st.wire_bytes, __ATOMIC_RELAXED); /* not the HELLO */
 	for (;;) {
 		g_mutex_lock(&s->lock);
-		while (!s->quit && c->pending->len == 0 && c->work->len == 0) {
-			if (c->pkt_open) {
+		/* A channel finish took (c->direct) is not ours any more: sleep until the end. */
+		while (!s->quit && (c->direct || (c->pending->len == 0 && c->work->len == 0))) {
+			if (!c->direct && c->pkt_open) {
 				/* Nothing more to pack for now: do not hold pages back. */
 				g_mutex_unlock(&s->lock);
 				r = tm_send_flush(c, &err);
@@ -237,9 +431,13 @@ gpointer tm_send_worker(gpointer data)
 					break;
 				continue;
 			}
-			tm_rounds_chan_idle(s, c);
-			tm_zsend_idle(c);
+			if (!c->direct) {
+				tm_rounds_chan_idle(s, c);
+				tm_zsend_idle(c);
+			}
+			c->parked = true;
 			g_cond_wait(&c->wake, &s->lock);
+			c->parked = false;
 		}
 		if (r < 0 || s->quit) {
 			g_mutex_unlock(&s->lock);
@@ -252,60 +450,12 @@ gpointer tm_send_worker(gpointer data)
 		}
 		g_mutex_unlock(&s->lock);
 
-		/* The small messages of one batch leave together (RAM_END, END_OF_STATE, END). */
-		tm_chan_cork(&c->ch);
-		for (guint i = 0; i < c->work->len && r >= 0; i++) {
-			const work *w = &g_array_index(c->work, work, i);
-			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
-			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
-			if (w->kind == WORK_PAGES)
-				r = tm_send_pages(c, w, &err);
-			else if (w->kind == WORK_SWITCH)
-				r = 0; /* below */
-			else if (w->kind == WORK_SYNC)
-				r = send_sync(c, w->first, &err);
-			else if (w->kind == WORK_END)
-				r = tm_send_end(c, &err);
-			else if ((r = tm_send_flush(c, &err)) >= 0)
-				r = tm_send_state_work(c, w, &err); /* RAM_END, STATE */
-			if (r < 0 && tm_resume_send(c, i + 1, &err) == 0) {
-				/* Reconnected (a new, uncorked connection: what the old one held is
-				 * in the replay): c->work starts with what to send again. */
-				r = 0;
-				i = G_MAXUINT; /* ++ wraps to 0 */
-			}
-			if (r >= 0 && tm_send_pc_switching(c)) {
-				/* Postcopy from here on: the worker's rest is postcopy-send.c's. */
-				r = tm_send_postcopy(c, i + 1, &err);
-				break;
-			}
-		}
-		g_array_set_size(c->work, 0);
-		if (r >= 0 && (r = tm_chan_uncork(&c->ch, &err)) < 0 &&
-		    tm_resume_send(c, 0, &err) == 0) {
-			r = 0; /* what the corked batch held is in the replay (c->work) */
-			continue;
-		}
-		if (r < 0)
+		if ((r = send_batch(c, false, &err)) < 0)
 			break;
 	}
 
-	if (r < 0) {
-		bool from_peer = c->ch.peer_error;
-		int code = err->code;
-		if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
-			/* The receiver went away: it may have said why before it closed. */
-			GError *why = NULL;
-			if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
-				g_clear_error(&err);
-				err = why;
-				from_peer = true;
-			}
-		} else if (!from_peer) {
-			tm_chan_send_error(&c->ch, code, err->message);
-		}
-		tm_sender_fail(s, g_steal_pointer(&err), from_peer);
-	}
+	if (r < 0)
+		chan_failed(c, g_steal_pointer(&err));
 	g_mutex_lock(&s->lock);
 	c->exited = true;
 	g_cond_broadcast(&s->cond);

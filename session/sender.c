@@ -161,7 +161,7 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->events.fd = s->events.cancel_fd = -1;
 	s->control = (tm_control){ .sender = true, .owner = s, .lock = &s->lock, .cond = &s->cond,
 				   .quit = &s->quit, .failure = &s->failure, .fail = control_fail,
-				   .ready = tm_sender_take_ready, .wake_fd = -1,
+				   .ready = tm_sender_take_ready, .wake_fd = -1, .end_fd = -1,
 				   .conn_lost_msg = tm_resume_conn_lost,
 				   .link_dead = tm_resume_link_dead };
 	s->chans = g_new0(send_chan, s->nch);
@@ -590,7 +590,8 @@ static void stage_commit(tm_sender *s)
 			g_array_set_size(s->staging[i], 0);
 		}
 		tm_rounds_chan_busy(s, c);
-		g_cond_signal(&c->wake);
+		if (!c->direct) /* finish sends it itself: its worker must not wake */
+			g_cond_signal(&c->wake);
 	}
 	g_mutex_unlock(&s->lock);
 }
@@ -698,19 +699,43 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	int r = check_open(s, error);
 	if (r < 0)
 		return r;
+	/*
+	 * Protocol 2 without postcopy: the channels whose workers are parked (nothing queued, the
+	 * usual case after a last SYNC) are ended from this thread, and the control END too, so
+	 * that every END is out before anything is awaited and no thread has to be woken for it:
+	 * on a busy host each wake-up of another thread is a scheduler's delay inside the guest's
+	 * downtime. A busy channel's worker ends it behind its work, as before.
+	 */
+	bool v2 = s->wire == TM_WIRE_VERSION_2;
+	bool direct[TM_MAX_CHANNELS] = { false };
+	unsigned ndirect = 0;
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; v2 && !s->pc.agreed && !s->quit && i < s->nch; i++)
+		if ((direct[i] = tm_send_direct_claim_locked(&s->chans[i])))
+			ndirect++;
+	g_mutex_unlock(&s->lock);
+	__atomic_add_fetch(&s->direct_ends, ndirect, __ATOMIC_RELAXED);
+
 	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
 	stage_marker(s, WORK_END, 0);
 	stage_commit(s);
 
-	g_mutex_lock(&s->lock);
 	/*
-	 * Protocol 2: the control thread sends END now, with the data channels' ENDs, so that the
-	 * end is one round trip: the receiver answers READY and END_ACK on control only after every
-	 * data channel's END_ACK, and both sides keep their keepalives until then.
+	 * Protocol 2: END on control leaves now, with the data channels' ENDs, so that the end is
+	 * one round trip: the receiver answers READY and END_ACK on control only after every data
+	 * channel's END_ACK, and both sides keep their keepalives until then.
 	 */
-	bool v2 = s->wire == TM_WIRE_VERSION_2;
-	if (v2 && !s->quit)
-		tm_control_request_end_locked(&s->control);
+	if (v2 && !s->pc.agreed) {
+		tm_control_send_end(&s->control); /* from this thread: no wake-up of control's */
+	} else if (v2) {
+		g_mutex_lock(&s->lock);
+		if (!s->quit)
+			tm_control_request_end_locked(&s->control); /* after POSTCOPY: the thread's */
+		g_mutex_unlock(&s->lock);
+	}
+	for (unsigned i = 0; i < s->nch; i++)
+		if (direct[i] && tm_send_direct_post(&s->chans[i]) < 0)
+			break;
 	/*
 	 * Control's END_ACK comes only after the receiver applied every data channel's END: a
 	 * data channel's END_ACK still missing TM_URGENT_END_GRACE_MS after it (one lost where we
@@ -718,8 +743,13 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	 * for any longer; free() stops that worker. Normally each arrives around control's.
 	 */
 	int64_t grace_end = 0;
+	if (ndirect)
+		tm_send_direct_await(s, direct, &grace_end);
+
+	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++) {
-		while (!s->quit && !s->chans[i].ended) {
+		/* The channels finish ended itself were awaited above. */
+		while (!direct[i] && !s->quit && !s->chans[i].ended) {
 			if (!(v2 && s->control.ended)) {
 				g_cond_wait(&s->cond, &s->lock);
 				continue;
@@ -794,6 +824,7 @@ void tm_sender_free(tm_sender *s)
 	tm_tls_ctx_free(s->tls);
 	g_free(s->chans);
 	g_free(s->staging);
+	tm_control_clear(&s->control);
 	g_mutex_clear(&s->lock);
 	g_cond_clear(&s->cond);
 	g_free(s);

@@ -113,8 +113,8 @@ void tm_events_stop(tm_events *e);
 
 /* ---- control.c: the control connection's thread (protocol 2) ---- */
 /*
- * One per side, from the end of the handshake to the end of the session: it alone reads and
- * writes the control connection. It sends a PING every ka_ms (docs/design/live-engine.md 3.5),
+ * One per side, from the end of the handshake to the end of the session: it reads and writes the
+ * control connection, but for the end, which another thread may send under io_lock (below). It sends a PING every ka_ms (docs/design/live-engine.md 3.5),
  * answers the peer's at once, and fails the session when nothing arrived for timeout_ms ("peer
  * unresponsive") or a data channel has had data unacknowledged by the peer's kernel that long.
  * It ends the session on the control connection (END / END_ACK), and after a failure tells the
@@ -126,6 +126,7 @@ typedef struct tm_control {
 	bool sender;
 	unsigned timeout_ms, ka_ms;
 	int wake_fd;           /* eventfd: quit or END requested; owned (init to stop) */
+	int end_fd;            /* eventfd, readable once ended is set (for a poll); owned likewise */
 	int *data_fds;         /* the data channels' sockets (TCP_INFO), valid until free */
 	unsigned ndata;
 	GThread *thread;
@@ -174,6 +175,22 @@ typedef struct tm_control {
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
 
+	/*
+	 * The connection's I/O: the thread holds io_lock whenever it reads or writes (all but its
+	 * poll), and so does another thread that ends the session on it itself: the sender's
+	 * migration thread (tm_control_send_end), the receiver's last data worker
+	 * (tm_control_answer_end). Taken before *lock, never under it.
+	 */
+	GMutex io_lock;
+	/* protected by io_lock */
+	bool end_sent;         /* sender: END is out; only PONGs (and the close) may follow from us */
+	bool end_seen;         /* receiver: END arrived; END_ACK goes once every data channel ended */
+	bool ping_out;         /* our PING is unanswered: no other PING before its PONG, no END_ACK */
+	bool end_ack_sent;     /* receiver: END_ACK is out; the sender's CTL_POS and the close follow */
+	bool end_answered;     /* receiver: a data worker answered END (and closed): end_result */
+	int end_result;        /* ... 1, or -errno with end_error, which the thread reports */
+	GError *end_error;
+
 	bool resume_agreed;    /* data channels resume (resume.h): a broken control says it does not */
 	struct tm_ctl_resume *resume; /* RESUME_CONTROL agreed: the control connection resumes too
 	                               * (resume-control.c), else NULL */
@@ -181,6 +198,8 @@ typedef struct tm_control {
 	/* relaxed atomics, for the statistics */
 	uint64_t rtt_us;       /* smoothed PING round trip, 0 before the first PONG */
 	uint64_t keepalives;   /* PINGs sent */
+	uint64_t direct_ends;  /* sender: control ENDs sent by the migration thread; receiver:
+	                        * END_ACKs sent by the last data worker (tests: one hand-over less) */
 } tm_control;
 
 /* Keepalive interval of a session with this timeout: clamp(timeout / 4, 100 ms, 5 s). */
@@ -202,6 +221,18 @@ void tm_control_wake(tm_control *c);
 void tm_control_conn_lost_locked(tm_control *c, uint32_t conn, uint32_t epoch);
 /* Sender, migration thread, *lock held: asks the thread for END on control (without waiting). */
 void tm_control_request_end_locked(tm_control *c);
+/*
+ * Sender, migration thread, no lock held: END on control from this thread (no wake-up of the
+ * control thread on the way out), unless the thread sent it or the session quit. A failed send
+ * breaks the connection for the thread to resume or report. end_requested is set either way.
+ */
+void tm_control_send_end(tm_control *c);
+/*
+ * Receiver, the last data worker to end (after its END_ACK): READY and END_ACK on control from
+ * this thread if END is in and nothing forbids it yet (a PING of ours out, or data_end() says
+ * not yet); else the thread does it. Wakes the thread either way. No lock held.
+ */
+void tm_control_answer_end(tm_control *c);
 /* Sender: waits until END_ACK arrived (after READY) and control closed cleanly: 0, or -ECANCELED
  * when the session quit. Called with *lock held. */
 int tm_control_await_end_locked(tm_control *c);
@@ -214,6 +245,9 @@ void tm_control_await_exit_locked(tm_control *c);
  * itself is the owner's. Idempotent.
  */
 void tm_control_stop(tm_control *c);
+/* At the owner's free, once every thread that may end the session on it (tm_control_send_end,
+ * tm_control_answer_end) was joined: frees what tm_control_init made besides wake_fd. */
+void tm_control_clear(tm_control *c);
 
 typedef struct work {
 	uint32_t kind;
@@ -244,6 +278,10 @@ typedef struct send_chan {
 	uint32_t epoch;   /* the HELLO epoch of the channel's connection (0: the first) */
 	bool ended;       /* END acknowledged */
 	bool exited;
+	bool parked;      /* the worker waits for work with nothing queued, open or unsent */
+	/* finish's caller sends this channel's end itself (tm_send_direct_*): from then on the
+	 * channel, its work list and packets are the caller's, and the worker sleeps until quit */
+	bool direct;
 
 	/* worker-local */
 	GArray *work;
@@ -335,6 +373,9 @@ struct tm_sender {
 	tm_rounds rounds;
 	tm_ratelimit rl;        /* rate and lifted are atomics; the bucket is under lock */
 	send_postcopy pc;       /* postcopy-send.c, urgent-send.c (its own rules inside) */
+
+	/* relaxed atomic */
+	uint64_t direct_ends;   /* data channels finish ended from its own thread (tests) */
 };
 
 typedef struct recv_chan {
@@ -485,6 +526,27 @@ int tm_send_flush(send_chan *c, GError **error);
 int tm_send_pages(send_chan *c, const work *w, GError **error);
 /* Worker: END / END_ACK; the channel has ended. */
 int tm_send_end(send_chan *c, GError **error);
+/*
+ * The end of a channel whose worker is parked, sent by finish's caller in its own thread (one
+ * hand-over less per channel on the path that is the guest's downtime; wire unchanged):
+ * - claim, s->lock held: true when the worker is parked with nothing queued; the channel is the
+ *   caller's from then on (c->direct), and hand-overs to it no longer wake the worker.
+ * - post: what was handed over since (RAM_END, STATE, END) leaves in one corked batch, END's
+ *   END_ACK not awaited, so that every connection's END is out before any answer is read.
+ *   0 or -errno.
+ * - await: the END_ACKs of every channel direct[] names, read in whichever order they come
+ *   (one poll on all of them, the session's cancel_fd and control's end_fd), until each
+ *   channel ended, the session quit, or *grace_end passed: once control ended it is set (if 0)
+ *   to TM_URGENT_END_GRACE_MS from then. The receiver holds a channel's END_ACK until device
+ *   state is complete, and the chunk it lacks may be on another of these channels: a channel
+ *   whose connection breaks meanwhile (or that CONN_LOST shuts down) is resumed at once, its
+ *   replay sent, its END_ACK awaited with the others.
+ * A broken connection is resumed as the worker would (resume.h). On failure the session has
+ * failed (tm_sender_fail) and the caller reports it.
+ */
+bool tm_send_direct_claim_locked(send_chan *c);
+int tm_send_direct_post(send_chan *c);
+void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end);
 
 /* ---- postcopy-send.c ---- */
 /* After the HELLO_ACKs: whether the receiver accepted postcopy; its bitmaps if it did. */
@@ -576,6 +638,18 @@ void tm_strangers_explain(const tm_strangers *st, GError **error);
  */
 int tm_receiver_check_complete(tm_receiver *r, GError **error);
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/*
+ * Test hooks (-Dtest_hooks=true): how a finished session ended. Sender: data channels ended by
+ * finish's own thread, and whether it sent the control END itself (0 or 1). Receiver: 1 when the
+ * last data worker answered the control END (READY, END_ACK), 0 when the control thread did.
+ */
+void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_control);
+/* Sender: workers parked now (waiting for work with nothing queued). */
+unsigned tm_sender_test_parked(tm_sender *s);
+unsigned tm_receiver_test_direct_end(tm_receiver *r);
+#endif
+
 /* ---- recv-pages.c ---- */
 /* The worker thread of one receiver channel (data: its recv_chan). */
 gpointer tm_recv_worker(gpointer data);
@@ -592,8 +666,10 @@ int tm_sender_check_ram_open(tm_sender *s, GError **error);
 int tm_sender_take_ready(void *owner, const tm_frame *f, GError **error);
 /* Sender worker: a WORK_RAM_END or WORK_STATE item (the open packet already flushed). */
 int tm_send_state_work(send_chan *c, const work *w, GError **error);
-/* Sender worker: END with its three counts, END_ACK checked (protocol 2). */
-int tm_send_end_v2(send_chan *c, GError **error);
+/* Sender worker: END with its three counts (protocol 2), and what the cork held before it. */
+int tm_send_end_v2_post(send_chan *c, GError **error);
+/* Sender worker: END_ACK read and checked against what END said (protocol 2). */
+int tm_send_end_v2_ack(send_chan *c, GError **error);
 void tm_sender_state_free(tm_sender *s);
 
 /* Receiver: state_names of a tm_live_config copied and checked (set_live). */

@@ -42,10 +42,12 @@ static int sender_usable(tm_sender *s, const char *what, GError **error)
 }
 
 /* Appends w to channel i's work list (under s->lock) and wakes its worker. */
+/* s->lock held. A channel finish sends itself (direct) has a worker that must not wake. */
 static void hand_over(tm_sender *s, unsigned i, const work *w)
 {
 	g_array_append_vals(s->chans[i].pending, w, 1);
-	g_cond_signal(&s->chans[i].wake);
+	if (!s->chans[i].direct)
+		g_cond_signal(&s->chans[i].wake);
 }
 
 /* RAM_END(FINAL) to every channel, behind everything queued so far (migration thread). */
@@ -147,7 +149,8 @@ void tm_sender_state_finish(tm_sender *s)
 	__atomic_store_n(&s->st.ended, true, __ATOMIC_RELEASE);
 	hand_over(s, (unsigned)(w.first % s->nch), &w);
 	for (unsigned i = 0; i < s->nch; i++)
-		g_cond_signal(&s->chans[i].wake);
+		if (!s->chans[i].direct)
+			g_cond_signal(&s->chans[i].wake);
 	g_mutex_unlock(&s->lock);
 }
 
@@ -198,12 +201,11 @@ int tm_send_state_work(send_chan *c, const work *w, GError **error)
 	return r;
 }
 
-int tm_send_end_v2(send_chan *c, GError **error)
+int tm_send_end_v2_post(send_chan *c, GError **error)
 {
 	uint8_t buf[TM_FRAME_HDR_LEN + TM_END2_LEN];
 	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { c->pages_sent, c->packets_sent,
 						    c->state_chunks };
-	uint64_t applied, chunks;
 	size_t n = tm_ctrl_encode_v(buf, TM_WIRE_VERSION_2, TM_MSG_END, c->ch.tx_seq++, vals);
 	struct iovec v = { .iov_base = buf, .iov_len = n };
 
@@ -212,8 +214,13 @@ int tm_send_end_v2(send_chan *c, GError **error)
 		r = tm_chan_flush(&c->ch, error);
 	if (r >= 0) /* TLS: close_notify right behind END (send-pages.c) */
 		r = tm_tls_close_notify(c->ch.io, error);
-	if (r >= 0)
-		r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &chunks, error);
+	return r < 0 ? r : 0;
+}
+
+int tm_send_end_v2_ack(send_chan *c, GError **error)
+{
+	uint64_t applied, chunks;
+	int r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &chunks, error);
 	if (r < 0)
 		return r;
 	if (applied != c->pages_sent || chunks != c->state_chunks) {

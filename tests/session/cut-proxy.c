@@ -65,6 +65,29 @@ void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender)
 	g_mutex_unlock(&p->lock);
 }
 
+void proxy_arm_hold_to_end(cut_proxy *p, int conn)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->hold_to_end = true;
+	g_mutex_unlock(&p->lock);
+}
+
+/*
+ * hold_to_end: buf[0..n) held so far; once it holds a whole END header, *ret_pass is how much of
+ * it precedes the first STATE frame (all of it without one) and true is returned.
+ */
+static bool held_end(const uint8_t *buf, size_t n, size_t *ret_pass)
+{
+	fparse f = { 0 };
+	ssize_t st = find_frame(&f, buf, n, TM_MSG_STATE);
+	memset(&f, 0, sizeof(f));
+	if (find_frame(&f, buf, n, TM_MSG_END) < 0)
+		return false;
+	*ret_pass = st >= 0 ? (size_t)st : n;
+	return true;
+}
+
 unsigned proxy_cuts(cut_proxy *p)
 {
 	return proxy_get(p, &p->cuts);
@@ -103,6 +126,7 @@ static void cut(cut_proxy *p, int *sfd, int *rfd, int *held, unsigned *nheld)
 	p->cut_before = 0;
 	p->cut_reply_to = 0;
 	p->reply_due = false;
+	p->hold_to_end = false;
 	p->cuts++;
 	g_mutex_unlock(&p->lock);
 }
@@ -115,6 +139,7 @@ static gpointer proxy_thread(gpointer data)
 	int held[MAXP]; /* half cuts' receiver sides and held connections, closed at the end */
 	uint8_t buf[65536];
 	unsigned n = 0, nheld = 0;
+	GByteArray *withheld = g_byte_array_new(); /* hold_to_end: the bytes held back */
 
 	for (;;) {
 		struct pollfd pfd[2 * MAXP + 1];
@@ -135,7 +160,7 @@ static gpointer proxy_thread(gpointer data)
 		bool stop = p->stop;
 		int c = p->cut_conn;
 		bool due = c >= 0 && (unsigned)c < n && !p->cut_before && !p->cut_reply_to &&
-			   p->fwd[c] >= p->cut_at;
+			   !p->hold_to_end && p->fwd[c] >= p->cut_at;
 		g_mutex_unlock(&p->lock);
 		if (stop)
 			break;
@@ -188,6 +213,20 @@ static gpointer proxy_thread(gpointer data)
 			}
 			g_mutex_lock(&p->lock);
 			bool mine = p->cut_conn == (int)i;
+			bool holding = mine && from_sender && p->hold_to_end;
+			g_mutex_unlock(&p->lock);
+			if (holding) {
+				g_byte_array_append(withheld, buf, (guint)got);
+				size_t pass;
+				if (!held_end(withheld->data, withheld->len, &pass))
+					continue;
+				if (to >= 0 && pass)
+					(void)!send(to, withheld->data, pass, MSG_NOSIGNAL);
+				g_byte_array_set_size(withheld, 0);
+				cut(p, &sfd[i], &rfd[i], held, &nheld);
+				continue;
+			}
+			g_mutex_lock(&p->lock);
 			uint8_t type = mine && p->from_sender == from_sender ? p->cut_before : 0;
 			uint8_t reply = mine && !from_sender && !p->reply_due ? p->cut_reply_to : 0;
 			bool answer = mine && from_sender && p->reply_due; /* cut, not passed on */
@@ -226,6 +265,7 @@ static gpointer proxy_thread(gpointer data)
 	}
 	for (unsigned i = 0; i < nheld; i++)
 		close(held[i]);
+	g_byte_array_unref(withheld);
 	return NULL;
 }
 

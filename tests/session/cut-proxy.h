@@ -38,6 +38,10 @@ typedef struct cut_proxy {
 	bool refuse_after;   /* after the cut, new connections are closed at once */
 	bool hold_after;     /* after the cut, new connections are held open, never answered
 	                      * (counted in refused) */
+	bool hold_to_end;    /* plaintext: cut_conn's sender bytes are held, not passed on, until
+	                      * the sender's END went by; then what came before the first STATE
+	                      * frame passes and the connection is cut (a chunk lost in flight
+	                      * while the sender already waits for END_ACKs) */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];
@@ -50,6 +54,8 @@ void proxy_stop(cut_proxy *p);
 void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes);
 /* Cuts connection conn right before a frame of type from the sender (or the receiver). */
 void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender);
+/* From now on holds conn's sender bytes until END, then cuts before the first STATE (above). */
+void proxy_arm_hold_to_end(cut_proxy *p, int conn);
 unsigned proxy_cuts(cut_proxy *p);
 /* One of p's counters (&p->cuts, &p->accepted, &p->refused), read under the lock. */
 unsigned proxy_get(cut_proxy *p, const unsigned *field);

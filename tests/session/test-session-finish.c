@@ -1,0 +1,429 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The end of a session (tm_sender_finish, issue 16): the migration thread ends the data channels
+ * whose workers are parked and sends the control END itself, all before it reads any answer;
+ * a busy channel's worker ends its own behind its work; the receiver's last data worker answers
+ * the control END (READY, END_ACK) without handing over to its control thread. Every test runs
+ * for each backend pair, plaintext and TLS (session-fixture.c). Which thread ended what is read
+ * through test hooks (-Dtest_hooks=true); the round trips themselves are timed by
+ * test-session-rtt.c through a delaying relay.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "cut-proxy.h"
+#include "session-fixture.h"
+#include "session/session-internal.h"
+
+#define PAGE 4096u
+#define CHANNELS 4u
+#define CHUNK (64u * 1024u) /* striping chunk: 16 pages, channel = chunk % CHANNELS */
+#define GUEST (32u << 20)
+
+/* Which thread ended what: test hooks of the library (-Dtest_hooks=true), else skipped. */
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+#define HOOKS 1
+static unsigned parked(tm_sender *s)
+{
+	return tm_sender_test_parked(s);
+}
+
+static void sender_ends(tm_sender *s, unsigned *data, unsigned *control)
+{
+	tm_sender_test_direct_ends(s, data, control);
+}
+
+static unsigned receiver_end(tm_receiver *r)
+{
+	return tm_receiver_test_direct_end(r);
+}
+#else
+#define HOOKS 0
+static unsigned parked(tm_sender *s)
+{
+	(void)s;
+	return 0;
+}
+
+static void sender_ends(tm_sender *s, unsigned *data, unsigned *control)
+{
+	(void)s;
+	*data = *control = 0;
+}
+
+static unsigned receiver_end(tm_receiver *r)
+{
+	(void)r;
+	return 0;
+}
+#endif
+
+/* false (the test skipped) in a library built without its test hooks */
+static bool have_hooks(void)
+{
+	if (!HOOKS)
+		g_test_skip("needs the library's test hooks (meson -Dtest_hooks=true)");
+	return HOOKS;
+}
+
+static const block_spec spec[] = { { "pc.ram", GUEST, PAGE } };
+
+static tm_sender *source(guest *g, const char *port)
+{
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = CHANNELS, .timeout_ms = 20000,
+				 .packet_size = CHUNK, .chunk_size = CHUNK };
+
+	g_assert_cmpint(tm_sender_new(g->layout, g->tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	return s;
+}
+
+/* Every page, then a SYNC: each channel's worker parks once it has the SYNC_ACK. */
+static void full_round(tm_sender *s)
+{
+	g_autoptr(GError) err = NULL;
+	const uint64_t np = GUEST / PAGE;
+	g_autofree uint64_t *bm = g_new0(uint64_t, np / 64);
+
+	memset(bm, 0xff, np / 64 * sizeof(uint64_t));
+	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, np, &err), ==, 0);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+}
+
+/* The sync returns on the last SYNC_ACK, a moment before the workers park: wait for them. */
+static void await_parked(tm_sender *s, unsigned n)
+{
+	for (int i = 0; i < 20000 && parked(s) < n; i++)
+		g_usleep(1000);
+	g_assert_cmpuint(parked(s), ==, n);
+}
+
+/* Every page of the channels in busy[] dirtied and queued, nothing synced. */
+static uint64_t dirty_channels(guest *g, tm_sender *s, const bool busy[CHANNELS])
+{
+	g_autoptr(GError) err = NULL;
+	g_autoptr(GArray) pages = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+
+	for (uint64_t p = 0; p < GUEST / PAGE; p++) {
+		if (!busy[p * PAGE / CHUNK % CHANNELS])
+			continue;
+		fill_page(g, 0, p, (unsigned)rnd());
+		g_array_append_val(pages, p);
+	}
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, (uint64_t *)pages->data, pages->len, &err), ==,
+			0);
+	return pages->len;
+}
+
+/* How the session ended: data channels and the control END of the sender, and the receiver. */
+static void ends(tm_sender *s, peer *p, unsigned *data, unsigned *control, unsigned *answered)
+{
+	sender_ends(s, data, control);
+	*answered = receiver_end(p->r);
+	g_test_message("ended by finish's thread: %u data channels, control END %u; END_ACK by "
+		       "the receiver's last data worker: %u",
+		       *data, *control, *answered);
+}
+
+/* The pages both sides counted: sent, applied, and what the test queued. */
+static void assert_counts(tm_sender *s, peer *p, uint64_t queued)
+{
+	tm_stats a, b;
+
+	tm_sender_get_stats(s, &a);
+	tm_receiver_get_stats(p->r, &b);
+	g_assert_cmpuint(a.pages, ==, queued);
+	g_assert_cmpuint(b.pages, ==, queued);
+	g_assert_cmpuint(a.syncs, >=, 1);
+}
+
+/*
+ * Channels 0 and 1 have a large final round queued when finish is called, 2 and 3 are parked:
+ * finish ends 2 and 3 itself, 0 and 1 end behind their pages, and the destination is the source
+ * bit for bit. The control END reaches the receiver long before the busy channels end there,
+ * so the last of them answers it.
+ */
+static void test_parked_and_busy(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	const bool busy[CHANNELS] = { true, true, false, false };
+	guest src, dst;
+	peer p;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = source(&src, port);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	uint64_t again = dirty_channels(&src, s, busy);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE + again);
+
+	unsigned data, control, answered;
+	ends(s, &p, &data, &control, &answered);
+	/* The parked two at least; on a loaded machine a busy worker may have sent its whole
+	 * round and parked before finish was called (seen once at load 6: 3), and then the
+	 * receiver's control thread may read END before the last data channel ends. */
+	g_assert_cmpuint(data, >=, 2);
+	g_assert_cmpuint(data, <=, CHANNELS);
+	g_assert_cmpuint(control, ==, 1);
+	g_assert_cmpuint(answered, <=, 1);
+	if (data == 2)
+		g_assert_cmpuint(answered, ==, 1);
+	/* Once, per session: a second finish is refused and sends nothing. */
+	unsigned first = data;
+	g_assert_cmpint(tm_sender_finish(s, NULL), ==, -EBADFD);
+	sender_ends(s, &data, &control);
+	g_assert_cmpuint(data, ==, first);
+	g_assert_cmpuint(control, ==, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+typedef struct state_seen {
+	unsigned sections;
+	size_t bytes;
+	uint8_t first;
+} state_seen;
+
+static void on_state(peer *p, const char *name, const uint8_t *data, size_t len)
+{
+	state_seen *st = p->opaque;
+
+	g_assert_true(g_str_has_prefix(name, "dev"));
+	if (st->sections++ == 0 && len)
+		st->first = data[0];
+	st->bytes += len;
+}
+
+/*
+ * Every channel parked, device state put before finish (its chunks and END_OF_STATE go in the
+ * batches finish sends itself, behind RAM_END): finish ends all four channels and control, and
+ * the destination has the RAM and every section.
+ */
+static void test_all_parked_with_state(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	state_seen st = { 0 };
+	guest src, dst;
+	peer p = { .opaque = &st };
+	uint8_t dev[3 * CHUNK + 5];
+
+	for (size_t i = 0; i < sizeof(dev); i++)
+		dev[i] = (uint8_t)(i * 7 + 1);
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, on_state, &st);
+	tm_sender *s = source(&src, port);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	/* put_state hands its chunks to the workers, which wake and park again */
+	g_assert_cmpint(tm_sender_put_state(s, "dev0", dev, sizeof(dev), 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_put_state(s, "dev1", dev, 1, TM_STATE_COPY, &err), ==, 0);
+	await_parked(s, CHANNELS);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE);
+	g_assert_cmpuint(st.sections, ==, 2);
+	g_assert_cmpuint(st.bytes, ==, sizeof(dev) + 1);
+	g_assert_cmpuint(st.first, ==, 1);
+
+	unsigned data, control, answered;
+	ends(s, &p, &data, &control, &answered);
+	g_assert_cmpuint(data, ==, CHANNELS);
+	g_assert_cmpuint(control, ==, 1);
+	/* Which side of the receiver answers depends on whether its control thread read END
+	 * before the last data channel ended: both are correct, the session completed. */
+	g_assert_cmpuint(answered, <=, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * A session whose receiver fails at the end (a page it never got: incomplete) still fails on
+ * the sender when finish ended the channels itself: the receiver's ERROR on control is the
+ * answer, and finish reports it.
+ */
+static void test_incomplete_fails(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = source(&src, port);
+	uint64_t one = 0;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, &one, 1, &err), ==, 0);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	await_parked(s, CHANNELS);
+	int r = tm_sender_finish(s, &err);
+	g_assert_cmpint(r, <, 0);
+	g_assert_nonnull(err);
+	g_test_message("finish: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "incomplete"));
+	peer_join(&p);
+	g_assert_cmpint(p.ret, <, 0);
+	unsigned data, control;
+	sender_ends(s, &data, &control);
+	g_assert_cmpuint(data, ==, CHANNELS);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+typedef struct watchdog {
+	tm_sender *s;
+	peer *p;
+	GMutex lock;
+	GCond cond;
+	bool done, fired;
+} watchdog;
+
+/* Unless the test is done within 15 s, cancels both sides: a hung finish fails, not hangs. */
+static gpointer watchdog_thread(gpointer data)
+{
+	watchdog *w = data;
+	int64_t end = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+
+	g_mutex_lock(&w->lock);
+	while (!w->done)
+		if (!g_cond_wait_until(&w->cond, &w->lock, end))
+			break;
+	w->fired = !w->done;
+	g_mutex_unlock(&w->lock);
+	if (w->fired) {
+		(void)tm_sender_cancel(w->s, "finish hung 15 s after the cut");
+		(void)tm_receiver_cancel(w->p->r, "finish hung 15 s after the cut");
+	}
+	return NULL;
+}
+
+/*
+ * Every channel parked, device state in four chunks (one per channel) put before finish, and
+ * data channel 1's bytes held by the proxy from then on until its END went by: what came before
+ * the STATE chunk passes, then the connection is cut. finish's thread has sent every END and
+ * waits for the END_ACKs; the receiver holds channel 0's until device state is complete, which
+ * needs the chunk lost on channel 1. Only a wait that watches every channel at once sees that
+ * break and resumes channel 1 (a read of channel 0's END_ACK first never returns).
+ * half_recv: only the receiver's side is closed, the sender's kept open and silent; the sender
+ * sees no break and learns it from the receiver's CONN_LOST on control, whose handler shuts the
+ * connection down: that must wake the same wait.
+ */
+static void cut_while_ending(bool half_recv)
+{
+	if (!have_hooks())
+		return;
+	if (tls_dir) {
+		g_test_skip("the proxy reads the sender's frames: plaintext only");
+		return;
+	}
+	g_autoptr(GError) err = NULL;
+	state_seen st = { 0 };
+	guest src, dst;
+	peer p = { .opaque = &st };
+	cut_proxy px;
+	uint8_t dev[3 * CHUNK + 5];
+
+	for (size_t i = 0; i < sizeof(dev); i++)
+		dev[i] = (uint8_t)(i * 7 + 1);
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start_state(&p, &dst, false, 0, on_state, &st);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.half_recv = half_recv; /* before any connection: read by the proxy under its lock */
+	tm_sender *s = source(&src, pport);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	proxy_arm_hold_to_end(&px, 2); /* data channel 1: accept index 2 (data 0, control, 1..) */
+	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_put_state(s, "dev0", dev, sizeof(dev), 0, &err), ==, 0);
+	await_parked(s, CHANNELS);
+	watchdog w = { .s = s, .p = &p };
+	g_mutex_init(&w.lock);
+	g_cond_init(&w.cond);
+	GThread *wt = g_thread_new("watchdog", watchdog_thread, &w);
+	int r = tm_sender_finish(s, &err);
+	g_mutex_lock(&w.lock);
+	w.done = true;
+	g_cond_signal(&w.cond);
+	g_mutex_unlock(&w.lock);
+	g_thread_join(wt);
+	peer_join(&p);
+	if (r != 0)
+		g_test_message("finish: %s", err->message);
+	g_assert_false(w.fired);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE);
+	g_assert_cmpuint(st.sections, ==, 1);
+	g_assert_cmpuint(st.bytes, ==, sizeof(dev));
+	unsigned data, control, answered;
+	ends(s, &p, &data, &control, &answered);
+	g_assert_cmpuint(data, ==, CHANNELS);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	g_mutex_clear(&w.lock);
+	g_cond_clear(&w.cond);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_cut_while_ending(void)
+{
+	cut_while_ending(false);
+}
+
+static void test_cut_recv_side_while_ending(void)
+{
+	cut_while_ending(true);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "finish/parked-and-busy", test_parked_and_busy, false },
+		{ "finish/all-parked-with-state", test_all_parked_with_state, false },
+		{ "finish/incomplete-fails", test_incomplete_fails, false },
+		{ "finish/cut-while-ending", test_cut_while_ending, false },
+		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
