@@ -101,25 +101,43 @@ static const char *conn_name(const tm_sender *s, unsigned idx, char *buf, size_t
 
 bool tm_setup_redial_wanted(const tm_sender *s, int code)
 {
-	/* A cut closes or resets; a handshake past its deadline is a receiver that does not
-	 * answer (or trickles), and dialling it again would only hide that. */
-	return s->resume && s->wire == TM_WIRE_VERSION_2 && tm_resume_broken(code) &&
-	       code != ETIMEDOUT;
+	/* A cut closes or resets, or (cut on the receiver's side only) leaves a connection open
+	 * and silent: its handshake runs past its deadline. Either is dialled again; a receiver
+	 * that does not answer at all (frozen) fails every redial the same way, and the setup
+	 * then ends at resume_deadline_ms, saying so. */
+	return s->resume && s->wire == TM_WIRE_VERSION_2 && tm_resume_broken(code);
 }
 
-int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
+void tm_setup_budget_start(tm_sender *s)
+{
+	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
+						 : TM_RESUME_DEADLINE_DEFAULT_MS;
+	/* One budget for the whole setup, from its first break. */
+	if (!s->setup_redial.deadline_us)
+		s->setup_redial.deadline_us = tm_now_us() + (int64_t)ms * 1000;
+}
+
+int64_t tm_setup_handshake_deadline(const tm_sender *s)
+{
+	int64_t d = tm_handshake_deadline(s->cfg.timeout_ms);
+	/* A redial's handshake ends with the setup's budget for redials, not after it. */
+	return s->setup_redial.deadline_us ? MIN(d, s->setup_redial.deadline_us) : d;
+}
+
+/* at_once: its first attempt comes without the backoff (a round of redials of connections
+ * that got no answer, spaced by the round's interval: nothing failed to connect). */
+static int redial(tm_sender *s, unsigned idx, bool at_once, GError **error)
 {
 	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
 						 : TM_RESUME_DEADLINE_DEFAULT_MS;
 	g_autofree char *cause = g_strdup(*error ? (*error)->message : "broken");
 	int code = *error ? (*error)->code : ECONNRESET;
 	tm_chan *ch = tm_setup_chan(s, idx);
-	int64_t *deadline = &s->setup_redial.deadline_us; /* one budget for the whole setup */
+	int64_t *deadline = &s->setup_redial.deadline_us;
 	g_autoptr(GError) last = NULL;
 	char nb[32];
 
-	if (!*deadline)
-		*deadline = tm_now_us() + (int64_t)ms * 1000;
+	tm_setup_budget_start(s);
 	g_clear_error(error);
 	for (;;) {
 		/* The broken connection goes, under the lock: a cancel shuts down what it sees. */
@@ -138,7 +156,7 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 		if (left <= 0)
 			break;
 		/* The backoff spans the setup: a redial may open and then break again. */
-		if (s->setup_redial.attempts) {
+		if (s->setup_redial.attempts && !at_once) {
 			unsigned *backoff = &s->setup_redial.backoff_ms;
 			*backoff = *backoff ? MIN(*backoff * 2, TM_RESUME_BACKOFF_MAX_MS)
 					    : TM_RESUME_BACKOFF_FIRST_MS;
@@ -148,6 +166,7 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 				break;
 		}
 		s->setup_redial.attempts++;
+		at_once = false;
 		g_clear_error(&last);
 		int fd = tm_resume_send_dial(s, hook_connection(s, idx),
 					     (unsigned)MIN(left, (int64_t)G_MAXUINT), &last);
@@ -169,6 +188,11 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 		    s->setup_redial.attempts == 1 ? "" : "s",
 		    last ? last->message : "none", cause);
 	return -(code ? code : ETIMEDOUT);
+}
+
+int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
+{
+	return redial(s, idx, false, error);
 }
 
 int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error)
@@ -195,16 +219,87 @@ void tm_setup_lost(tm_chan *ch)
 	ch->peer_error = false;
 }
 
+/* Sender, before any HELLO_ACK: whether one of connections i .. n - 1 has something to read. */
+static bool any_readable(tm_sender *s, unsigned i, unsigned n)
+{
+	for (unsigned j = i; j < n; j++) {
+		tm_chan *ch = tm_setup_chan(s, j);
+		if (ch->fd >= 0 && tm_io_readable(ch->io))
+			return true;
+	}
+	return false;
+}
+
+/* Waits at most ms for one of connections i .. n - 1 to have something to read. */
+static void wait_readable(tm_sender *s, unsigned i, unsigned n, int ms)
+{
+	struct pollfd p[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];
+	unsigned np = 0;
+
+	if (any_readable(s, i, n))
+		return; /* also TLS data buffered above the socket */
+	for (unsigned j = i; j < n; j++) {
+		tm_chan *ch = tm_setup_chan(s, j);
+		if (ch->fd >= 0)
+			p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLIN };
+	}
+	(void)poll(p, np, ms);
+}
+
+/*
+ * No connection answered for a whole handshake deadline: the receiver handshakes every
+ * connection within it, so one of ours was cut on its side only (its HELLO went nowhere, and
+ * the receiver waits for that role) or the receiver is frozen. We cannot tell which connection,
+ * so every one without an answer is dialled again, in the setup order; the receiver takes each
+ * in place of the one it placed (resume-setup.c), and once it has them all it answers on every
+ * connection: then the rest is left as it is (a redial that comes after that is refused, and
+ * the connection is resumed). Frozen, the redials fail at resume_deadline_ms.
+ */
+static int redial_quiet(tm_sender *s, unsigned i, unsigned n, double quiet_s, bool *redialled,
+			GError **error)
+{
+	for (unsigned j = i; j < n; j++) {
+		tm_chan *ch = tm_setup_chan(s, j);
+		if (any_readable(s, i, n))
+			return 0; /* the receiver is past its accept: await_acks reads the answers */
+		if (ch->fd < 0)
+			continue;
+		g_set_error(error, TM_ERROR, ETIMEDOUT, "%s: no answer to its HELLO within %.1f s",
+			    ch->label, quiet_s);
+		int r = redial(s, j, true, error);
+		if (r < 0)
+			return r;
+		redialled[j] = true;
+		/* Its HELLO may be the one the receiver waited for: its answers come at once. */
+		wait_readable(s, i, n, 20);
+	}
+	return 0;
+}
+
 int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError **error)
 {
 	unsigned ms = s->cfg.timeout_ms ? s->cfg.timeout_ms : 20000;
 	int64_t until = tm_now_us() + (int64_t)ms * 1000;
 	bool quiet[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { false };
+	/* How long silence means a lost HELLO: one handshake deadline, doubled after each round
+	 * of redials (a slow receiver is not redialled into the ground). */
+	int64_t quiet_us = tm_handshake_deadline(s->cfg.timeout_ms) - tm_now_us();
+	int64_t next = tm_now_us() + quiet_us;
+	bool rounds = tm_setup_redial_wanted(s, ETIMEDOUT);
 
-	while (tm_now_us() < until) {
+	/* With rounds of redials, the redials' deadline ends the watch (a round past it fails). */
+	while (rounds || tm_now_us() < until) {
 		tm_chan *chi = tm_setup_chan(s, i);
 		if (chi->fd < 0 || tm_io_readable(chi->io))
 			return 0;
+		if (rounds && tm_now_us() >= next) {
+			int r = redial_quiet(s, i, n, (double)quiet_us / 1e6, redialled, error);
+			if (r < 0)
+				return r;
+			quiet_us *= 2;
+			next = MIN(tm_now_us() + quiet_us, s->setup_redial.deadline_us);
+			continue;
+		}
 		struct pollfd p[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];
 		unsigned np = 0;
 		for (unsigned j = i; j < n; j++) {

@@ -304,7 +304,7 @@ int tm_sender_open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 	if (r >= 0 && urgent)
 		g_strlcpy(ch->label, "urgent", sizeof(ch->label));
 	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
-		tm_io_set_deadline(ch->io, tm_handshake_deadline(s->cfg.timeout_ms));
+		tm_io_set_deadline(ch->io, tm_setup_handshake_deadline(s));
 	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0) {
 		/* The byte mover knows control and urgent as id 0: name them. */
 		if (control && g_str_has_prefix((*error)->message, "channel 0: ")) {
@@ -413,6 +413,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 		 * handshakes connections in arrival order (resume-setup.c). */
 		if (r < 0 && !setup_cancelled(s) && tm_setup_redial_wanted(s, -r) &&
 		    !(k > 0 && s->chans[0].ch.io && tm_io_readable(s->chans[0].ch.io))) {
+			/* The rest opens within the budget: a receiver that answers none ends it. */
+			tm_setup_budget_start(s);
 			broke[idx] = g_steal_pointer(error);
 			continue;
 		}

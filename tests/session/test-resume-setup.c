@@ -88,6 +88,60 @@ static void test_urgent_before_ack(void) { setup_cut(URGENT, BEFORE_ACK, true); 
 static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
 
 /*
+ * A one-sided cut (the proxy's half_recv): the receiver's side of connection conn closes at
+ * point, the sender's stays open and silent, so the sender hears nothing more on it: its TLS
+ * handshake (MID_TLS) or its wait for a HELLO_ACK (BEFORE_HELLO: the receiver never got the
+ * HELLO and waits for that role; BEFORE_ACK: only the HELLO_ACK was lost) would last until its
+ * deadline. The sender dials the connection again (or resumes it, once a HELLO_ACK agreed the
+ * session): both sides return 0, bit-exact, within a few handshake deadlines of the sender
+ * (2 s here), long before the receiver's accept deadline (10 s).
+ */
+static void silent_cut(int conn, cut_point point)
+{
+	run t;
+
+	if (point != MID_TLS && tls_dir) {
+		g_test_skip("the proxy finds HELLO and HELLO_ACK by their frame headers: plaintext only");
+		return;
+	}
+	if (point == MID_TLS && !tls_dir) {
+		g_test_skip("a cut in the TLS handshake: TLS only");
+		return;
+	}
+	rig_send_timeout_ms = 2000;
+	rig_recv_timeout_ms = 10000;
+	run_start(&t, NULL, 0);
+	t.px.half_recv = true;
+	if (point == BEFORE_HELLO)
+		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO, true);
+	else if (point == BEFORE_ACK)
+		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO_ACK, false);
+	else /* once the ClientHello went through */
+		proxy_arm(&t.px, conn, 1);
+	int64_t t0 = g_get_monotonic_time();
+	migrate(&t);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rig_send_timeout_ms = 20000;
+	rig_recv_timeout_ms = 20000;
+	g_test_message("%.1f s; sender: %s; receiver: %s", secs, t.err ? t.err->message : "ok",
+		       t.p.error ? t.p.error->message : "ok");
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_done(&t, 1);
+	g_assert_cmpfloat(secs, <, 9.0);
+	run_end(&t);
+}
+
+static void test_data2_silent_tls(void) { silent_cut(DATA2, MID_TLS); }
+static void test_control_silent_tls(void) { silent_cut(CONTROL, MID_TLS); }
+static void test_data0_silent_tls(void) { silent_cut(DATA0, MID_TLS); }
+static void test_data2_silent_hello(void) { silent_cut(DATA2, BEFORE_HELLO); }
+static void test_control_silent_hello(void) { silent_cut(CONTROL, BEFORE_HELLO); }
+static void test_data0_silent_hello(void) { silent_cut(DATA0, BEFORE_HELLO); }
+static void test_data2_silent_ack(void) { silent_cut(DATA2, BEFORE_ACK); }
+static void test_control_silent_ack(void) { silent_cut(CONTROL, BEFORE_ACK); }
+static void test_data0_silent_ack(void) { silent_cut(DATA0, BEFORE_ACK); }
+
+/*
  * The receiver's send of a connection's HELLO_ACK fails (the test hook shuts the connection
  * down first: a send into a dead socket would succeed, and the failure path never run). The
  * receiver goes on, the sender sees the connection close before its HELLO_ACK and resumes it
@@ -262,6 +316,15 @@ int main(int argc, char **argv)
 		{ "resume-setup/urgent-before-hello", test_urgent_before_hello, false },
 		{ "resume-setup/urgent-before-ack", test_urgent_before_ack, false },
 		{ "resume-setup/urgent-mid-tls", test_urgent_mid_tls, false },
+		{ "resume-setup/data2-silent-tls", test_data2_silent_tls, false },
+		{ "resume-setup/control-silent-tls", test_control_silent_tls, false },
+		{ "resume-setup/data0-silent-tls", test_data0_silent_tls, false },
+		{ "resume-setup/data2-silent-hello", test_data2_silent_hello, false },
+		{ "resume-setup/control-silent-hello", test_control_silent_hello, false },
+		{ "resume-setup/data0-silent-hello", test_data0_silent_hello, false },
+		{ "resume-setup/data2-silent-ack", test_data2_silent_ack, false },
+		{ "resume-setup/control-silent-ack", test_control_silent_ack, false },
+		{ "resume-setup/data0-silent-ack", test_data0_silent_ack, false },
 		{ "resume-setup/control-ack-send-fails", test_control_ack_send_fails, false },
 		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
