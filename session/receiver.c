@@ -85,6 +85,8 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->io = io;
 	rc->ctl.fd = -1;
 	rc->setup_fd = -1;
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
+		rc->setup_fds[k] = -1;
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, false, &rc->live, NULL);
 	g_mutex_init(&rc->lock);

@@ -96,7 +96,7 @@ static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
  * session): both sides return 0, bit-exact, within a few handshake deadlines of the sender
  * (2 s here), long before the receiver's accept deadline (10 s).
  */
-static void silent_cut(int conn, cut_point point)
+static void silent_cut_ex(int conn, cut_point point, bool freeze)
 {
 	run t;
 
@@ -112,6 +112,7 @@ static void silent_cut(int conn, cut_point point)
 	rig_recv_timeout_ms = 10000;
 	run_start(&t, NULL, 0);
 	t.px.half_recv = true;
+	t.px.half = freeze; /* the receiver's side too is kept open and silent */
 	if (point == BEFORE_HELLO)
 		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO, true);
 	else if (point == BEFORE_ACK)
@@ -131,6 +132,8 @@ static void silent_cut(int conn, cut_point point)
 	run_end(&t);
 }
 
+static void silent_cut(int conn, cut_point point) { silent_cut_ex(conn, point, false); }
+
 static void test_data2_silent_tls(void) { silent_cut(DATA2, MID_TLS); }
 static void test_control_silent_tls(void) { silent_cut(CONTROL, MID_TLS); }
 static void test_data0_silent_tls(void) { silent_cut(DATA0, MID_TLS); }
@@ -140,6 +143,17 @@ static void test_data0_silent_hello(void) { silent_cut(DATA0, BEFORE_HELLO); }
 static void test_data2_silent_ack(void) { silent_cut(DATA2, BEFORE_ACK); }
 static void test_control_silent_ack(void) { silent_cut(CONTROL, BEFORE_ACK); }
 static void test_data0_silent_ack(void) { silent_cut(DATA0, BEFORE_ACK); }
+
+/*
+ * Frozen: both sides of the connection are kept open and silent (a dead path, or a peer that
+ * stopped in the middle of its handshake). The receiver handshakes other connections while it
+ * waits for that one (its deadline is 10 s here, the whole accept), so the sender's redial of it
+ * gets through: both sides return 0, bit-exact, within a few of the sender's handshake deadlines.
+ */
+static void test_data2_frozen_tls(void) { silent_cut_ex(DATA2, MID_TLS, true); }
+static void test_control_frozen_tls(void) { silent_cut_ex(CONTROL, MID_TLS, true); }
+static void test_data2_frozen_hello(void) { silent_cut_ex(DATA2, BEFORE_HELLO, true); }
+static void test_control_frozen_hello(void) { silent_cut_ex(CONTROL, BEFORE_HELLO, true); }
 
 /*
  * The receiver's send of a connection's HELLO_ACK fails (the test hook shuts the connection
@@ -325,6 +339,10 @@ int main(int argc, char **argv)
 		{ "resume-setup/data2-silent-ack", test_data2_silent_ack, false },
 		{ "resume-setup/control-silent-ack", test_control_silent_ack, false },
 		{ "resume-setup/data0-silent-ack", test_data0_silent_ack, false },
+		{ "resume-setup/data2-frozen-tls", test_data2_frozen_tls, false },
+		{ "resume-setup/control-frozen-tls", test_control_frozen_tls, false },
+		{ "resume-setup/data2-frozen-hello", test_data2_frozen_hello, false },
+		{ "resume-setup/control-frozen-hello", test_control_frozen_hello, false },
 		{ "resume-setup/control-ack-send-fails", test_control_ack_send_fails, false },
 		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
