@@ -3,11 +3,14 @@
  * Cuts during setup (docs/wire-format.md, "Setup"; resume.h).
  *
  * Before the receiver sent its HELLO_ACKs nothing is agreed and nothing was sent, so there is
- * nothing to resume: a connection that breaks then is simply dialled again, the same HELLO
- * (epoch 0), by the sender, within resume_deadline_ms. The receiver, still accepting the
- * session's connections, takes such a HELLO in place of the connection it placed for that role
- * (which broke: its HELLO_ACK would go nowhere) and counts it with the strangers, so a peer
- * that keeps redialling ends the accept after TM_MAX_STRANGERS. Once a HELLO_ACK gave the
+ * nothing to resume: a connection that breaks then (or whose TLS handshake gets no answer in
+ * time, or, when no connection got an answer for a handshake deadline, every unanswered one:
+ * a HELLO may be lost on a connection cut on the receiver's side only) is simply dialled again,
+ * the same HELLO (epoch 0), by the sender, within resume_deadline_ms of the first break. The
+ * receiver, still accepting the session's connections, takes such a HELLO in place of the
+ * connection it placed for that role (which broke, or is healthy but unanswered: its
+ * HELLO_ACK would go nowhere) and counts it with the strangers, so a peer that keeps
+ * redialling ends the accept after TM_MAX_STRANGERS. Once a HELLO_ACK gave the
  * secret, a connection whose own HELLO_ACK was lost is resumed at position 0 as any broken one
  * (data channels by their worker, control by the control thread); a redial that comes after
  * the receiver finished accepting is refused by its reconnect thread (epoch 0), and that
@@ -186,7 +189,7 @@ static int redial(tm_sender *s, unsigned idx, bool at_once, GError **error)
 		    "attempt%s during setup, the last: %s) after: %s",
 		    conn_name(s, idx, nb, sizeof(nb)), ms / 1000.0, s->setup_redial.attempts,
 		    s->setup_redial.attempts == 1 ? "" : "s",
-		    last ? last->message : "none", cause);
+		    last ? last->message : s->setup_redial.attempts ? "it opened" : "none", cause);
 	return -(code ? code : ETIMEDOUT);
 }
 
@@ -284,7 +287,7 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
 	/* How long silence means a lost HELLO: one handshake deadline, doubled after each round
 	 * of redials (a slow receiver is not redialled into the ground). */
 	int64_t quiet_us = tm_handshake_deadline(s->cfg.timeout_ms) - tm_now_us();
-	int64_t next = tm_now_us() + quiet_us;
+	int64_t since = tm_now_us(), next = since + quiet_us;
 	bool rounds = tm_setup_redial_wanted(s, ETIMEDOUT);
 
 	/* With rounds of redials, the redials' deadline ends the watch (a round past it fails). */
@@ -293,11 +296,13 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
 		if (chi->fd < 0 || tm_io_readable(chi->io))
 			return 0;
 		if (rounds && tm_now_us() >= next) {
-			int r = redial_quiet(s, i, n, (double)quiet_us / 1e6, redialled, error);
+			int r = redial_quiet(s, i, n, (double)(tm_now_us() - since) / 1e6, redialled,
+					     error);
 			if (r < 0)
 				return r;
 			quiet_us *= 2;
-			next = MIN(tm_now_us() + quiet_us, s->setup_redial.deadline_us);
+			since = tm_now_us();
+			next = MIN(since + quiet_us, s->setup_redial.deadline_us);
 			continue;
 		}
 		struct pollfd p[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];

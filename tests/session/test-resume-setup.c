@@ -237,6 +237,42 @@ static void test_deadline(void)
 }
 
 /* ---- the receiver's side, by hand (plaintext) ---- */
+/*
+ * A frozen receiver (as SIGSTOPped: its kernel completes every TCP connect, nothing answers):
+ * the sender dials its unanswered connections again, and fails when resume_deadline_ms (1.5 s)
+ * has passed since the first redial, saying so, within a handshake deadline (1 s) more.
+ */
+static void test_frozen_receiver(void)
+{
+	guest src;
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	const block_spec a = { "pc.ram", 1 << 20, 4096 };
+	guest_init(&src, &a, 1, false);
+	int lfd = tm_listen("127.0.0.1", "0", &port, NULL); /* never accepted */
+	g_assert_cmpint(lfd, >=, 0);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 1000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1500 };
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", ports, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	close(lfd);
+	g_assert_cmpint(r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.1f s): %s", secs, err->message);
+	g_assert_nonnull(strstr(err->message, "could not connect again within 1.5 s"));
+	g_assert_nonnull(strstr(err->message, tls_dir ? "TLS handshake" : "no answer to its HELLO"));
+	g_assert_cmpfloat(secs, >=, 1.5);
+	g_assert_cmpfloat(secs, <, 5.0);
+	guest_fini(&src);
+}
+
+
 static const block_spec raw_block = { "pc.ram", 4 << 20, 4096 };
 static const fake_hello raw_hello = { .version = 2, .channel_count = 2, .packet_size = 64 << 10,
 				      .chunk_size = 64 << 10, .block = { "pc.ram", 4 << 20, 4096 },
@@ -347,6 +383,7 @@ int main(int argc, char **argv)
 		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
 		{ "resume-setup/deadline", test_deadline, false },
+		{ "resume-setup/frozen-receiver", test_frozen_receiver, false },
 		{ "resume-setup/replace", test_replace, true },
 		{ "resume-setup/replace-bounded", test_replace_bounded, true },
 		{ "resume-setup/replace-epoch", test_replace_epoch, true },
