@@ -39,6 +39,7 @@ typedef struct hs_slot {
 	unsigned k;          /* its index: r->setup_fds[k] */
 	GThread *thread;     /* NULL: free */
 	int fd;
+	uint64_t seq;        /* the order it was accepted in */
 	int64_t deadline_us;
 	/* written by the thread before done; read by the accepting thread after */
 	int ret;
@@ -51,6 +52,7 @@ struct tm_hs_pool {
 	tm_receiver *r;
 	int wake_fd;         /* eventfd: a handshake finished */
 	unsigned busy;
+	uint64_t accepted;
 	hs_slot slot[TM_HANDSHAKES_AT_ONCE];
 };
 
@@ -135,6 +137,7 @@ static void hs_start(struct tm_hs_pool *pool, int fd, int64_t deadline_us)
 		sl->pool = pool;
 		sl->k = k;
 		sl->fd = fd;
+		sl->seq = ++pool->accepted;
 		sl->deadline_us = deadline_us;
 		sl->ret = 0;
 		sl->err = NULL;
@@ -249,6 +252,7 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			tm_chan_close(&sl->res.ch);
 			tm_hello_clear(&sl->res.h);
 		} else if (ret >= 0) {
+			sl->res.ch.setup_seq = sl->seq; /* a redial replaces only older ones */
 			ret = tm_receiver_place_hello(r, &sl->res, &stranger, &local);
 		}
 		if (cancelled) {
@@ -276,6 +280,39 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 				    st->dropped, st->first);
 			return ret > 0 ? -ECONNRESET : ret;
 		}
+	}
+}
+
+void tm_receiver_accept_drain(tm_receiver *r, tm_strangers *st)
+{
+	struct tm_hs_pool *pool = st->pool;
+	int64_t until = tm_now_us() + (int64_t)TM_ACCEPT_DRAIN_MS * 1000;
+
+	while (pool && pool->busy) {
+		g_mutex_lock(&r->lock);
+		bool cancelled = r->failure.cancelled;
+		g_mutex_unlock(&r->lock);
+		if (cancelled)
+			return;
+		hs_slot *sl = hs_finished(pool);
+		if (!sl) {
+			struct pollfd p = { .fd = pool->wake_fd, .events = POLLIN };
+			int64_t left_ms = (until - tm_now_us() + 999) / 1000;
+			if (left_ms <= 0 || poll(&p, 1, (int)left_ms) <= 0)
+				return; /* the rest are ended by tm_strangers_clear() */
+			uint64_t v;
+			(void)!read(pool->wake_fd, &v, sizeof(v));
+			continue;
+		}
+		hs_join(pool, sl);
+		g_autoptr(GError) local = g_steal_pointer(&sl->err);
+		bool stranger;
+		if (sl->ret < 0)
+			continue;
+		/* Only a redial replaces now; any other HELLO is refused, without ending a session
+		 * that has all of its connections (as its reconnect thread would refuse it). */
+		sl->res.ch.setup_seq = sl->seq;
+		(void)tm_receiver_place_hello(r, &sl->res, &stranger, &local);
 	}
 }
 

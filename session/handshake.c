@@ -307,19 +307,29 @@ int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_strange
 	tm_chan tmp = res->ch;
 	tm_frame f = res->f;
 	tm_hello h = res->h;
-	bool replaced = false; /* a setup redial took an earlier connection's place */
+	int replaced = 0; /* a setup redial took an earlier connection's place */
+	int ret;
 
 	memset(res, 0, sizeof(*res)); /* owned here now */
 	/* A HELLO of another session is a stranger's too: it must not end this one, and it learns
 	 * nothing of this session (its id would let it in). */
 	*ret_stranger = r->chans && memcmp(r->hello.session_id, h.session_id,
 					   sizeof(h.session_id)) != 0;
-	replaced = !*ret_stranger && tm_setup_replace(r, &f, &h); /* resume-setup.c */
-	int ret = check_placement(r, &f, &h, error);
-	if (ret < 0 && *ret_stranger) {
-		g_clear_error(error);
-		g_set_error(error, TM_ERROR, EPROTO, "a HELLO of another session");
-		ret = -EPROTO;
+	if (!*ret_stranger)
+		replaced = tm_setup_replace(r, &tmp, &f, &h); /* resume-setup.c */
+	if (replaced < 0) {
+		/* Superseded by the sender's redial, placed already: dropped as a stranger. */
+		*ret_stranger = true;
+		g_set_error(error, TM_ERROR, ECONNRESET,
+			    "a connection superseded by its redial during setup");
+		ret = -ECONNRESET;
+	} else {
+		ret = check_placement(r, &f, &h, error);
+		if (ret < 0 && *ret_stranger) {
+			g_clear_error(error);
+			g_set_error(error, TM_ERROR, EPROTO, "a HELLO of another session");
+			ret = -EPROTO;
+		}
 	}
 	if (ret < 0) {
 		g_prefix_error(error, "handshake: ");

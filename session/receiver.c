@@ -271,6 +271,8 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			return accept_fail(r, error);
 		}
 	}
+	if (!fds)
+		tm_receiver_accept_drain(r, &strangers); /* a redial that finished late (accept.c) */
 	if (fds && n != tm_receiver_connections(r)) {
 		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels%s",
 			    n, r->nch,

@@ -49,7 +49,7 @@ void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
 #endif
 }
 
-bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h)
+int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h)
 {
 	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered
 	 * RESUME and this receiver would agree it, only an epoch 0 HELLO of this session. */
@@ -76,6 +76,10 @@ bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h)
 	g_autoptr(GError) err = NULL;
 	if (tm_hello_same_session(&r->hello, h, &err) < 0)
 		return false; /* check_placement says why */
+	/* Handshakes run at once and finish in any order (accept.c): the one accepted later is the
+	 * sender's redial, whichever finished first. */
+	if (old->setup_seq > ch->setup_seq)
+		return -ESTALE;
 	/* Nothing was sent on it yet: the new connection takes its place, O(1) as before. */
 	tm_chan_close(old);
 	*used = false;

@@ -185,9 +185,11 @@ int tm_ctl_resume_recv_take(tm_receiver *r, tm_chan *ch, uint32_t epoch, uint64_
 /*
  * Receiver, placing a connection during accept: whether HELLO h (frame f) is the sender's
  * redial of a connection placed already (same session, epoch 0, RESUME offered and not
- * refused here, accepting on a listener); if so the old connection is closed and its role free.
+ * refused here, accepting on a listener); if so the old connection is closed and its role free
+ * (1), unless it was accepted after ch (the connection of h): then ch is the stale one
+ * (-ESTALE). 0: not such a redial.
  */
-bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h);
+int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h);
 /* Sender: whether a setup failure with this errno is dialled again (RESUME offered, broken:
  * a handshake past its deadline too). */
 bool tm_setup_redial_wanted(const tm_sender *s, int code);

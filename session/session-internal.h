@@ -573,6 +573,13 @@ int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_dead
  */
 int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			   tm_strangers *st, GError **error);
+/*
+ * Once the session has all of its connections: handshakes still under way that finish within
+ * TM_ACCEPT_DRAIN_MS are placed if they are setup redials of a placed connection (accepted
+ * after it, finished before it: handshakes finish in any order), refused otherwise.
+ */
+#define TM_ACCEPT_DRAIN_MS 250u
+void tm_receiver_accept_drain(tm_receiver *r, tm_strangers *st);
 /* Appends "; N other connections dropped, the first: ..." to *error when there were some. */
 void tm_strangers_explain(const tm_strangers *st, GError **error);
 
