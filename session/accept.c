@@ -125,6 +125,7 @@ void tm_strangers_clear(tm_strangers *st)
 	}
 	g_clear_pointer(&st->first, g_free);
 	st->dropped = 0;
+	st->first_seq = 0;
 }
 
 /* Starts the handshake of connection fd in a free slot (there is one). */
@@ -269,10 +270,14 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			g_propagate_error(error, g_steal_pointer(&local));
 			return ret;
 		}
-		/* The first reason explains the most: a sender refused by TLS closes its other
-		 * channels, and those closes come after. */
-		if (!st->dropped++)
+		/* The first connection's reason explains the most: a sender refused by TLS closes
+		 * its other channels, and those closes may finish their handshakes first. */
+		st->dropped++;
+		if (!st->first || sl->seq < st->first_seq) {
+			g_free(st->first);
 			st->first = g_strdup(local->message);
+			st->first_seq = sl->seq;
+		}
 		if (st->dropped >= TM_MAX_STRANGERS) {
 			g_set_error(error, TM_ERROR, ret > 0 ? ECONNRESET : -ret,
 				    "%u connections failed their handshake, the most a session "

@@ -556,7 +556,8 @@ void tm_receiver_close_setup(tm_receiver *r, tm_chan *ch);
  * handshakes under way (accept.c), ended and joined by tm_strangers_clear(). */
 typedef struct tm_strangers {
 	unsigned dropped;
-	char *first;
+	char *first;         /* the reason of the first accepted of them */
+	uint64_t first_seq;
 	struct tm_hs_pool *pool;
 } tm_strangers;
 void tm_strangers_clear(tm_strangers *st);
