@@ -321,7 +321,8 @@ int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_strange
 		/* Superseded by the sender's redial, placed already: dropped as a stranger. */
 		*ret_stranger = true;
 		g_set_error(error, TM_ERROR, ECONNRESET,
-			    "a connection superseded by its redial during setup");
+			    "a connection broke during setup and was dialled again (the redial "
+			    "was placed first)");
 		ret = -ECONNRESET;
 	} else {
 		ret = check_placement(r, &f, &h, error);
