@@ -53,6 +53,7 @@ struct tm_hs_pool {
 	int wake_fd;         /* eventfd: a handshake finished */
 	unsigned busy;
 	uint64_t accepted;
+	bool stop;           /* protected by r->lock: the accept ended, handshakes end at once */
 	hs_slot slot[TM_HANDSHAKES_AT_ONCE];
 };
 
@@ -66,7 +67,7 @@ static gpointer hs_thread(gpointer data)
 	 * through a duplicate that only this thread closes: the channel may close fd itself.
 	 */
 	g_mutex_lock(&r->lock);
-	bool cancelled = r->failure.cancelled;
+	bool cancelled = r->failure.cancelled || sl->pool->stop;
 	r->setup_fds[sl->k] = cancelled ? -1 : fcntl(sl->fd, F_DUPFD_CLOEXEC, 0);
 	g_mutex_unlock(&r->lock);
 	if (cancelled) {
@@ -104,6 +105,7 @@ void tm_strangers_clear(tm_strangers *st)
 		/* The handshakes still under way are not the session's (it has all of its
 		 * connections, or failed): ended at once. */
 		g_mutex_lock(&pool->r->lock);
+		pool->stop = true; /* one that did not start yet ends at once too */
 		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
 			if (pool->r->setup_fds[k] >= 0)
 				shutdown(pool->r->setup_fds[k], SHUT_RDWR);

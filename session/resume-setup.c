@@ -254,9 +254,9 @@ static void wait_readable(tm_sender *s, unsigned i, unsigned n, int ms)
 }
 
 /*
- * No connection answered for a whole handshake deadline: the receiver handshakes every
- * connection within it, so one of ours was cut on its side only (its HELLO went nowhere, and
- * the receiver waits for that role) or the receiver is frozen. We cannot tell which connection,
+ * No connection answered for timeout_ms: the receiver handshakes every connection within its
+ * handshake deadline, so one of ours was cut on its side only (its HELLO went nowhere, and
+ * the receiver waits for that role), the receiver is frozen, or its VMM is slow to start. We cannot tell which connection,
  * so every one without an answer is dialled again, in the setup order; the receiver takes each
  * in place of the one it placed (resume-setup.c), and once it has them all it answers on every
  * connection: then the rest is left as it is (a redial that comes after that is refused, and
@@ -288,9 +288,10 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
 	unsigned ms = s->cfg.timeout_ms ? s->cfg.timeout_ms : 20000;
 	int64_t until = tm_now_us() + (int64_t)ms * 1000;
 	bool quiet[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { false };
-	/* How long silence means a lost HELLO: one handshake deadline, doubled after each round
-	 * of redials (a slow receiver is not redialled into the ground). */
-	int64_t quiet_us = tm_handshake_deadline(s->cfg.timeout_ms) - tm_now_us();
+	/* How long silence means a lost HELLO: timeout_ms, doubled after each round of redials.
+	 * The receiver answers at its VMM's start(), after its accept: one that starts within
+	 * timeout_ms is never redialled (a redial after its accept is refused, and resumed). */
+	int64_t quiet_us = (int64_t)ms * 1000;
 	int64_t since = tm_now_us(), next = since + quiet_us;
 	bool rounds = tm_setup_redial_wanted(s, ETIMEDOUT);
 

@@ -216,7 +216,7 @@ tm_chan *tm_setup_chan(tm_sender *s, unsigned idx);
  * something to read, and meanwhile dials again any later connection (i + 1 .. n - 1) that
  * breaks without a HELLO_ACK (its HELLO may be lost, and the receiver wait for it), marking it
  * in redialled[]; without resume such a break fails the setup at once. With resume, when no
- * connection answered for a handshake deadline (doubled after each round), every one of
+ * connection answered for timeout_ms (doubled after each round), every one of
  * i .. n - 1 is dialled again (a HELLO lost on a connection cut on the receiver's side only),
  * until the receiver answers or the redials' deadline passes. 0, or -errno with *error when
  * such a redial failed or was not allowed.
