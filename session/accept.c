@@ -3,10 +3,20 @@
  * The receiver's listener: connections arrive until the session has all of its own, and any
  * other connection (a port scan, garbage, an immediate close, a failed TLS authentication, a
  * handshake that trickles past its deadline) is dropped without ending the session, up to
- * TM_MAX_STRANGERS of them and within the accept deadline. Connections are handshaken one at a
- * time and the dropped ones leave a count and the first reason: O(1) memory however many come.
+ * TM_MAX_STRANGERS of them and within the accept deadline. Up to TM_HANDSHAKES_AT_ONCE
+ * connections are handshaken at once (TLS, then their HELLO read and decoded), each in a thread
+ * of its own, so one that went silent (a connection cut on one side only, a stalled peer) holds
+ * one of them until its deadline and not the session's other connections; the listener takes no
+ * more while all are busy (the kernel's backlog holds the rest). HELLOs are placed one at a time,
+ * on the accepting thread, in the order their handshakes finish. The dropped ones leave a count
+ * and the first reason: O(1) memory however many come.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "session/session-internal.h"
 #include "tagmig/error.h"
@@ -23,31 +33,236 @@ int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_dead
 	return accept_deadline_us ? MIN(d, accept_deadline_us) : d;
 }
 
+/* One handshake under way: its thread owns fd and res until it set done. */
+typedef struct hs_slot {
+	struct tm_hs_pool *pool;
+	unsigned k;          /* its index: r->setup_fds[k] */
+	GThread *thread;     /* NULL: free */
+	int fd;
+	uint64_t seq;        /* the order it was accepted in */
+	int64_t deadline_us;
+	/* written by the thread before done; read by the accepting thread after */
+	int ret;
+	GError *err;
+	tm_hs_result res;
+	bool done;           /* atomic */
+} hs_slot;
+
+struct tm_hs_pool {
+	tm_receiver *r;
+	int wake_fd;         /* eventfd: a handshake finished */
+	unsigned busy;
+	uint64_t accepted;
+	bool stop;           /* protected by r->lock: the accept ended, handshakes end at once */
+	hs_slot slot[TM_HANDSHAKES_AT_ONCE];
+};
+
+static gpointer hs_thread(gpointer data)
+{
+	hs_slot *sl = data;
+	tm_receiver *r = sl->pool->r;
+
+	/*
+	 * A cancel (or the end of the accept) shuts the connection down while its handshake runs,
+	 * through a duplicate that only this thread closes: the channel may close fd itself.
+	 */
+	g_mutex_lock(&r->lock);
+	bool cancelled = r->failure.cancelled || sl->pool->stop;
+	r->setup_fds[sl->k] = cancelled ? -1 : fcntl(sl->fd, F_DUPFD_CLOEXEC, 0);
+	g_mutex_unlock(&r->lock);
+	if (cancelled) {
+		close(sl->fd);
+		g_set_error_literal(&sl->err, TM_ERROR, ECANCELED, "cancelled");
+		sl->ret = -ECANCELED;
+	} else {
+		sl->ret = tm_receiver_read_hello(r, sl->fd, sl->deadline_us, &sl->res, &sl->err);
+	}
+	g_mutex_lock(&r->lock);
+	if (r->setup_fds[sl->k] >= 0)
+		close(r->setup_fds[sl->k]);
+	r->setup_fds[sl->k] = -1;
+	g_mutex_unlock(&r->lock);
+	__atomic_store_n(&sl->done, true, __ATOMIC_RELEASE);
+	uint64_t one = 1;
+	(void)!write(sl->pool->wake_fd, &one, sizeof(one));
+	return NULL;
+}
+
+/* Joins a finished handshake's thread; the slot is free again, its result left in it. */
+static void hs_join(struct tm_hs_pool *pool, hs_slot *sl)
+{
+	g_thread_join(sl->thread);
+	sl->thread = NULL;
+	sl->done = false;
+	pool->busy--;
+}
+
 void tm_strangers_clear(tm_strangers *st)
 {
+	struct tm_hs_pool *pool = st->pool;
+
+	if (pool) {
+		/* The handshakes still under way are not the session's (it has all of its
+		 * connections, or failed): ended at once. */
+		g_mutex_lock(&pool->r->lock);
+		pool->stop = true; /* one that did not start yet ends at once too */
+		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
+			if (pool->r->setup_fds[k] >= 0)
+				shutdown(pool->r->setup_fds[k], SHUT_RDWR);
+		g_mutex_unlock(&pool->r->lock);
+		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+			hs_slot *sl = &pool->slot[k];
+			if (!sl->thread)
+				continue;
+			hs_join(pool, sl);
+			if (sl->ret >= 0) {
+				tm_chan_close(&sl->res.ch);
+				tm_hello_clear(&sl->res.h);
+			}
+			g_clear_error(&sl->err);
+		}
+		close(pool->wake_fd);
+		g_free(pool);
+		st->pool = NULL;
+	}
 	g_clear_pointer(&st->first, g_free);
 	st->dropped = 0;
+	st->first_seq = 0;
+}
+
+/* Starts the handshake of connection fd in a free slot (there is one). */
+static void hs_start(struct tm_hs_pool *pool, int fd, int64_t deadline_us)
+{
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+		hs_slot *sl = &pool->slot[k];
+		if (sl->thread)
+			continue;
+		sl->pool = pool;
+		sl->k = k;
+		sl->fd = fd;
+		sl->seq = ++pool->accepted;
+		sl->deadline_us = deadline_us;
+		sl->ret = 0;
+		sl->err = NULL;
+		sl->done = false;
+		pool->busy++;
+		sl->thread = g_thread_new("tm-handshake", hs_thread, sl);
+		return;
+	}
+	g_assert_not_reached();
+}
+
+/* A finished handshake's slot, or NULL. */
+static hs_slot *hs_finished(struct tm_hs_pool *pool)
+{
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+		hs_slot *sl = &pool->slot[k];
+		if (sl->thread && __atomic_load_n(&sl->done, __ATOMIC_ACQUIRE))
+			return sl;
+	}
+	return NULL;
+}
+
+/*
+ * Waits until deadline_us for a finished handshake, a cancel or (while a slot is free) a
+ * connection on the listener: 0 (*ret_listener: the latter), -ETIMEDOUT, -ECANCELED or another
+ * -errno of poll.
+ */
+static int hs_wait(tm_receiver *r, struct tm_hs_pool *pool, int listen_fd, int64_t deadline_us,
+		   bool *ret_listener)
+{
+	struct pollfd p[3] = { { .fd = pool->wake_fd, .events = POLLIN },
+			       { .fd = r->events.cancel_fd, .events = POLLIN },
+			       { .fd = listen_fd, .events = POLLIN } };
+	unsigned np = pool->busy < TM_HANDSHAKES_AT_ONCE ? 3 : 2;
+
+	*ret_listener = false;
+	for (;;) {
+		int64_t left_ms = (deadline_us - tm_now_us() + 999) / 1000;
+		if (left_ms <= 0)
+			return -ETIMEDOUT;
+		int n = poll(p, np, (int)MIN(left_ms, (int64_t)G_MAXINT));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			continue;
+		if (p[1].revents)
+			return -ECANCELED;
+		if (p[0].revents) {
+			uint64_t v;
+			(void)!read(pool->wake_fd, &v, sizeof(v));
+		}
+		*ret_listener = np == 3 && p[2].revents;
+		return 0;
+	}
+}
+
+static int pool_new(tm_receiver *r, tm_strangers *st, GError **error)
+{
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (fd < 0) {
+		int e = errno;
+		g_set_error(error, TM_ERROR, e, "eventfd: %s", g_strerror(e));
+		return -e;
+	}
+	st->pool = g_new0(struct tm_hs_pool, 1);
+	st->pool->r = r;
+	st->pool->wake_fd = fd;
+	return 0;
 }
 
 int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			   tm_strangers *st, GError **error)
 {
+	int ret;
+
+	if (!st->pool && (ret = pool_new(r, st, error)) < 0)
+		return ret;
+	struct tm_hs_pool *pool = st->pool;
 	for (;;) {
-		int64_t left_ms = (deadline_us - tm_now_us()) / 1000;
-		if (left_ms <= 0)
-			return -ETIMEDOUT;
-		int fd = tm_net_accept(listen_fd, (unsigned)MIN(left_ms, (int64_t)G_MAXUINT),
-				       r->events.cancel_fd, error);
-		if (fd < 0) {
-			if (fd == -ETIMEDOUT)
-				g_clear_error(error);
-			return fd;
+		hs_slot *sl = hs_finished(pool);
+		if (!sl) {
+			bool listener;
+			ret = hs_wait(r, pool, listen_fd, deadline_us, &listener);
+			if (ret == -ECANCELED)
+				g_set_error(error, TM_ERROR, ECANCELED,
+					    "waiting for a channel to connect: cancelled");
+			else if (ret < 0 && ret != -ETIMEDOUT)
+				g_set_error(error, TM_ERROR, -ret, "poll: %s", g_strerror(-ret));
+			if (ret < 0)
+				return ret;
+			int fd = listener ? accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
+			if (listener && fd < 0 && errno != EINTR && errno != EAGAIN &&
+			    errno != ECONNABORTED) {
+				int e = errno;
+				g_set_error(error, TM_ERROR, e, "accept: %s", g_strerror(e));
+				return -e;
+			}
+			if (fd >= 0)
+				hs_start(pool, fd, tm_receiver_handshake_deadline(r, deadline_us));
+			continue;
 		}
-		g_autoptr(GError) local = NULL;
-		bool stranger = false;
-		int ret = tm_receiver_place_cancellable(r, fd,
-							tm_receiver_handshake_deadline(r, deadline_us),
-							&stranger, &local);
+		hs_join(pool, sl);
+		g_autoptr(GError) local = g_steal_pointer(&sl->err);
+		bool stranger = true; /* a connection whose handshake failed */
+		ret = sl->ret;
+		g_mutex_lock(&r->lock);
+		bool cancelled = r->failure.cancelled;
+		g_mutex_unlock(&r->lock);
+		if (ret >= 0 && cancelled) {
+			tm_chan_close(&sl->res.ch);
+			tm_hello_clear(&sl->res.h);
+		} else if (ret >= 0) {
+			sl->res.ch.setup_seq = sl->seq; /* a redial replaces only older ones */
+			ret = tm_receiver_place_hello(r, &sl->res, &stranger, &local);
+		}
+		if (cancelled) {
+			/* The session is over, whatever the connection did. */
+			g_set_error(error, TM_ERROR, ECANCELED, "cancelled");
+			return -ECANCELED;
+		}
 		if (ret == 0)
 			return 0;
 		if (ret > 0) /* a setup redial replaced a broken connection: counted (resume.h) */
@@ -57,10 +272,14 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			g_propagate_error(error, g_steal_pointer(&local));
 			return ret;
 		}
-		/* The first reason explains the most: a sender refused by TLS closes its other
-		 * channels, and those closes come after. */
-		if (!st->dropped++)
+		/* The first connection's reason explains the most: a sender refused by TLS closes
+		 * its other channels, and those closes may finish their handshakes first. */
+		st->dropped++;
+		if (!st->first || sl->seq < st->first_seq) {
+			g_free(st->first);
 			st->first = g_strdup(local->message);
+			st->first_seq = sl->seq;
+		}
 		if (st->dropped >= TM_MAX_STRANGERS) {
 			g_set_error(error, TM_ERROR, ret > 0 ? ECONNRESET : -ret,
 				    "%u connections failed their handshake, the most a session "
@@ -68,6 +287,39 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 				    st->dropped, st->first);
 			return ret > 0 ? -ECONNRESET : ret;
 		}
+	}
+}
+
+void tm_receiver_accept_drain(tm_receiver *r, tm_strangers *st)
+{
+	struct tm_hs_pool *pool = st->pool;
+	int64_t until = tm_now_us() + (int64_t)TM_ACCEPT_DRAIN_MS * 1000;
+
+	while (pool && pool->busy) {
+		g_mutex_lock(&r->lock);
+		bool cancelled = r->failure.cancelled;
+		g_mutex_unlock(&r->lock);
+		if (cancelled)
+			return;
+		hs_slot *sl = hs_finished(pool);
+		if (!sl) {
+			struct pollfd p = { .fd = pool->wake_fd, .events = POLLIN };
+			int64_t left_ms = (until - tm_now_us() + 999) / 1000;
+			if (left_ms <= 0 || poll(&p, 1, (int)left_ms) <= 0)
+				return; /* the rest are ended by tm_strangers_clear() */
+			uint64_t v;
+			(void)!read(pool->wake_fd, &v, sizeof(v));
+			continue;
+		}
+		hs_join(pool, sl);
+		g_autoptr(GError) local = g_steal_pointer(&sl->err);
+		bool stranger;
+		if (sl->ret < 0)
+			continue;
+		/* Only a redial replaces now; any other HELLO is refused, without ending a session
+		 * that has all of its connections (as its reconnect thread would refuse it). */
+		sl->res.ch.setup_seq = sl->seq;
+		(void)tm_receiver_place_hello(r, &sl->res, &stranger, &local);
 	}
 }
 

@@ -56,6 +56,7 @@ typedef struct tm_chan {
 	uint32_t rx_seq;
 	bool peer_error; /* the failure at hand is the peer's ERROR message */
 	int64_t setup_deadline_us; /* 0, or when the connection's handshake must be done */
+	uint64_t setup_seq; /* a listener's accept: the order it was accepted in (1, 2, ...) */
 	tm_counters st;
 	tm_io_counters io_closed; /* I/O counters of the handle once it is closed */
 	/* worker-local: small messages held back while corked (tm_chan_cork) */

@@ -245,51 +245,86 @@ static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h,
 	return 0;
 }
 
-int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
-			      GError **error)
+int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm_hs_result *res,
+			   GError **error)
 {
-	tm_chan tmp;
-	tm_frame f;
-	tm_hello h = { 0 };
+	tm_chan *tmp = &res->ch;
+	tm_frame *f = &res->f;
 	tm_io_config ioc = { .timeout_ms = r->cfg.timeout_ms, .depth = 1,
 			     .zerocopy = r->cfg.tuning.zerocopy };
-	bool replaced = false; /* a setup redial took an earlier connection's place */
-	*ret_stranger = true;
-	int ret = tm_chan_open(&tmp, fd, 0, r->io, &ioc, error);
+	memset(res, 0, sizeof(*res));
+	int ret = tm_chan_open(tmp, fd, 0, r->io, &ioc, error);
 	if (ret < 0)
 		return ret;
-	tmp.setup_deadline_us = deadline_us;
-	tm_io_set_deadline(tmp.io, deadline_us);
-	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp.io, error)) < 0) {
+	tmp->setup_deadline_us = deadline_us;
+	tm_io_set_deadline(tmp->io, deadline_us);
+	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp->io, error)) < 0) {
 		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
-		tm_chan_close(&tmp);
+		tm_chan_close(tmp);
 		return ret;
 	}
 	/* Before its HELLO a connection may speak either protocol; the session's first decides. */
-	tmp.version = 0;
-	ret = tm_chan_recv_frame(&tmp, 0, &f, error);
+	tmp->version = 0;
+	ret = tm_chan_recv_frame(tmp, 0, f, error);
 	if (ret >= 0) {
 		/* Refusals go back in the version the peer spoke. */
-		tmp.version = f.version;
-		if (f.type != TM_MSG_HELLO) {
+		tmp->version = f->version;
+		if (f->type != TM_MSG_HELLO) {
 			g_set_error(error, TM_ERROR, EPROTO, "expected HELLO, received %s",
-				    tm_msg_name(f.type));
+				    tm_msg_name(f->type));
 			ret = -EPROTO;
 		}
 	}
 	g_autofree uint8_t *body = NULL;
 	if (ret >= 0) {
-		body = g_malloc(f.body_len ? f.body_len : 1);
-		ret = tm_chan_recv(&tmp, body, f.body_len, error);
+		body = g_malloc(f->body_len ? f->body_len : 1);
+		ret = tm_chan_recv(tmp, body, f->body_len, error);
 	}
 	if (ret >= 0)
-		ret = tm_hello_decode(body, f.body_len, f.version, &h, error);
-	if (ret >= 0) {
-		/* A HELLO of another session is a stranger's too: it must not end this one, and
-		 * it learns nothing of this session (its id would let it in). */
-		*ret_stranger = r->chans && memcmp(r->hello.session_id, h.session_id,
-						   sizeof(h.session_id)) != 0;
-		replaced = !*ret_stranger && tm_setup_replace(r, &f, &h); /* resume-setup.c */
+		ret = tm_hello_decode(body, f->body_len, f->version, &res->h, error);
+	if (ret < 0) {
+		g_prefix_error(error, "handshake: ");
+		g_autofree char *msg = g_strdup((*error)->message);
+		tm_chan_send_error(tmp, -ret, msg);
+		tm_chan_close(tmp);
+		tm_hello_clear(&res->h);
+	}
+	return ret;
+}
+
+int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
+			      GError **error)
+{
+	tm_hs_result res;
+
+	*ret_stranger = true;
+	int ret = tm_receiver_read_hello(r, fd, deadline_us, &res, error);
+	return ret < 0 ? ret : tm_receiver_place_hello(r, &res, ret_stranger, error);
+}
+
+int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_stranger, GError **error)
+{
+	tm_chan tmp = res->ch;
+	tm_frame f = res->f;
+	tm_hello h = res->h;
+	int replaced = 0; /* a setup redial took an earlier connection's place */
+	int ret;
+
+	memset(res, 0, sizeof(*res)); /* owned here now */
+	/* A HELLO of another session is a stranger's too: it must not end this one, and it learns
+	 * nothing of this session (its id would let it in). */
+	*ret_stranger = r->chans && memcmp(r->hello.session_id, h.session_id,
+					   sizeof(h.session_id)) != 0;
+	if (!*ret_stranger)
+		replaced = tm_setup_replace(r, &tmp, &f, &h); /* resume-setup.c */
+	if (replaced < 0) {
+		/* Superseded by the sender's redial, placed already: dropped as a stranger. */
+		*ret_stranger = true;
+		g_set_error(error, TM_ERROR, ECONNRESET,
+			    "a connection broke during setup and was dialled again (the redial "
+			    "was placed first)");
+		ret = -ECONNRESET;
+	} else {
 		ret = check_placement(r, &f, &h, error);
 		if (ret < 0 && *ret_stranger) {
 			g_clear_error(error);

@@ -85,6 +85,8 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->io = io;
 	rc->ctl.fd = -1;
 	rc->setup_fd = -1;
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
+		rc->setup_fds[k] = -1;
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, false, &rc->live, NULL);
 	g_mutex_init(&rc->lock);
@@ -269,6 +271,8 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			return accept_fail(r, error);
 		}
 	}
+	if (!fds)
+		tm_receiver_accept_drain(r, &strangers); /* a redial that finished late (accept.c) */
 	if (fds && n != tm_receiver_connections(r)) {
 		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels%s",
 			    n, r->nch,

@@ -3,11 +3,14 @@
  * Cuts during setup (docs/wire-format.md, "Setup"; resume.h).
  *
  * Before the receiver sent its HELLO_ACKs nothing is agreed and nothing was sent, so there is
- * nothing to resume: a connection that breaks then is simply dialled again, the same HELLO
- * (epoch 0), by the sender, within resume_deadline_ms. The receiver, still accepting the
- * session's connections, takes such a HELLO in place of the connection it placed for that role
- * (which broke: its HELLO_ACK would go nowhere) and counts it with the strangers, so a peer
- * that keeps redialling ends the accept after TM_MAX_STRANGERS. Once a HELLO_ACK gave the
+ * nothing to resume: a connection that breaks then (or whose TLS handshake gets no answer in
+ * time, or, when no connection got an answer for a handshake deadline, every unanswered one:
+ * a HELLO may be lost on a connection cut on the receiver's side only) is simply dialled again,
+ * the same HELLO (epoch 0), by the sender, within resume_deadline_ms of the first break. The
+ * receiver, still accepting the session's connections, takes such a HELLO in place of the
+ * connection it placed for that role (which broke, or is healthy but unanswered: its
+ * HELLO_ACK would go nowhere) and counts it with the strangers, so a peer that keeps
+ * redialling ends the accept after TM_MAX_STRANGERS. Once a HELLO_ACK gave the
  * secret, a connection whose own HELLO_ACK was lost is resumed at position 0 as any broken one
  * (data channels by their worker, control by the control thread); a redial that comes after
  * the receiver finished accepting is refused by its reconnect thread (epoch 0), and that
@@ -46,7 +49,7 @@ void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
 #endif
 }
 
-bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h)
+int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h)
 {
 	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered
 	 * RESUME and this receiver would agree it, only an epoch 0 HELLO of this session. */
@@ -73,6 +76,10 @@ bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h)
 	g_autoptr(GError) err = NULL;
 	if (tm_hello_same_session(&r->hello, h, &err) < 0)
 		return false; /* check_placement says why */
+	/* Handshakes run at once and finish in any order (accept.c): the one accepted later is the
+	 * sender's redial, whichever finished first. */
+	if (old->setup_seq > ch->setup_seq)
+		return -ESTALE;
 	/* Nothing was sent on it yet: the new connection takes its place, O(1) as before. */
 	tm_chan_close(old);
 	*used = false;
@@ -101,25 +108,43 @@ static const char *conn_name(const tm_sender *s, unsigned idx, char *buf, size_t
 
 bool tm_setup_redial_wanted(const tm_sender *s, int code)
 {
-	/* A cut closes or resets; a handshake past its deadline is a receiver that does not
-	 * answer (or trickles), and dialling it again would only hide that. */
-	return s->resume && s->wire == TM_WIRE_VERSION_2 && tm_resume_broken(code) &&
-	       code != ETIMEDOUT;
+	/* A cut closes or resets, or (cut on the receiver's side only) leaves a connection open
+	 * and silent: its handshake runs past its deadline. Either is dialled again; a receiver
+	 * that does not answer at all (frozen) fails every redial the same way, and the setup
+	 * then ends at resume_deadline_ms, saying so. */
+	return s->resume && s->wire == TM_WIRE_VERSION_2 && tm_resume_broken(code);
 }
 
-int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
+void tm_setup_budget_start(tm_sender *s)
+{
+	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
+						 : TM_RESUME_DEADLINE_DEFAULT_MS;
+	/* One budget for the whole setup, from its first break. */
+	if (!s->setup_redial.deadline_us)
+		s->setup_redial.deadline_us = tm_now_us() + (int64_t)ms * 1000;
+}
+
+int64_t tm_setup_handshake_deadline(const tm_sender *s)
+{
+	int64_t d = tm_handshake_deadline(s->cfg.timeout_ms);
+	/* A redial's handshake ends with the setup's budget for redials, not after it. */
+	return s->setup_redial.deadline_us ? MIN(d, s->setup_redial.deadline_us) : d;
+}
+
+/* at_once: its first attempt comes without the backoff (a round of redials of connections
+ * that got no answer, spaced by the round's interval: nothing failed to connect). */
+static int redial(tm_sender *s, unsigned idx, bool at_once, GError **error)
 {
 	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
 						 : TM_RESUME_DEADLINE_DEFAULT_MS;
 	g_autofree char *cause = g_strdup(*error ? (*error)->message : "broken");
 	int code = *error ? (*error)->code : ECONNRESET;
 	tm_chan *ch = tm_setup_chan(s, idx);
-	int64_t *deadline = &s->setup_redial.deadline_us; /* one budget for the whole setup */
+	int64_t *deadline = &s->setup_redial.deadline_us;
 	g_autoptr(GError) last = NULL;
 	char nb[32];
 
-	if (!*deadline)
-		*deadline = tm_now_us() + (int64_t)ms * 1000;
+	tm_setup_budget_start(s);
 	g_clear_error(error);
 	for (;;) {
 		/* The broken connection goes, under the lock: a cancel shuts down what it sees. */
@@ -138,7 +163,7 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 		if (left <= 0)
 			break;
 		/* The backoff spans the setup: a redial may open and then break again. */
-		if (s->setup_redial.attempts) {
+		if (s->setup_redial.attempts && !at_once) {
 			unsigned *backoff = &s->setup_redial.backoff_ms;
 			*backoff = *backoff ? MIN(*backoff * 2, TM_RESUME_BACKOFF_MAX_MS)
 					    : TM_RESUME_BACKOFF_FIRST_MS;
@@ -148,6 +173,7 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 				break;
 		}
 		s->setup_redial.attempts++;
+		at_once = false;
 		g_clear_error(&last);
 		int fd = tm_resume_send_dial(s, hook_connection(s, idx),
 					     (unsigned)MIN(left, (int64_t)G_MAXUINT), &last);
@@ -167,8 +193,13 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 		    "attempt%s during setup, the last: %s) after: %s",
 		    conn_name(s, idx, nb, sizeof(nb)), ms / 1000.0, s->setup_redial.attempts,
 		    s->setup_redial.attempts == 1 ? "" : "s",
-		    last ? last->message : "none", cause);
+		    last ? last->message : s->setup_redial.attempts ? "it opened" : "none", cause);
 	return -(code ? code : ETIMEDOUT);
+}
+
+int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
+{
+	return redial(s, idx, false, error);
 }
 
 int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error)
@@ -195,16 +226,90 @@ void tm_setup_lost(tm_chan *ch)
 	ch->peer_error = false;
 }
 
+/* Sender, before any HELLO_ACK: whether one of connections i .. n - 1 has something to read. */
+static bool any_readable(tm_sender *s, unsigned i, unsigned n)
+{
+	for (unsigned j = i; j < n; j++) {
+		tm_chan *ch = tm_setup_chan(s, j);
+		if (ch->fd >= 0 && tm_io_readable(ch->io))
+			return true;
+	}
+	return false;
+}
+
+/* Waits at most ms for one of connections i .. n - 1 to have something to read. */
+static void wait_readable(tm_sender *s, unsigned i, unsigned n, int ms)
+{
+	struct pollfd p[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];
+	unsigned np = 0;
+
+	if (any_readable(s, i, n))
+		return; /* also TLS data buffered above the socket */
+	for (unsigned j = i; j < n; j++) {
+		tm_chan *ch = tm_setup_chan(s, j);
+		if (ch->fd >= 0)
+			p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLIN };
+	}
+	(void)poll(p, np, ms);
+}
+
+/*
+ * No connection answered for timeout_ms: the receiver handshakes every connection within its
+ * handshake deadline, so one of ours was cut on its side only (its HELLO went nowhere, and
+ * the receiver waits for that role), the receiver is frozen, or its VMM is slow to start. We cannot tell which connection,
+ * so every one without an answer is dialled again, in the setup order; the receiver takes each
+ * in place of the one it placed (resume-setup.c), and once it has them all it answers on every
+ * connection: then the rest is left as it is (a redial that comes after that is refused, and
+ * the connection is resumed). Frozen, the redials fail at resume_deadline_ms.
+ */
+static int redial_quiet(tm_sender *s, unsigned i, unsigned n, double quiet_s, bool *redialled,
+			GError **error)
+{
+	for (unsigned j = i; j < n; j++) {
+		tm_chan *ch = tm_setup_chan(s, j);
+		if (any_readable(s, i, n))
+			return 0; /* the receiver is past its accept: await_acks reads the answers */
+		if (ch->fd < 0)
+			continue;
+		g_set_error(error, TM_ERROR, ETIMEDOUT, "%s: no answer to its HELLO within %.1f s",
+			    ch->label, quiet_s);
+		int r = redial(s, j, true, error);
+		if (r < 0)
+			return r;
+		redialled[j] = true;
+		/* Its HELLO may be the one the receiver waited for: its answers come at once. */
+		wait_readable(s, i, n, 20);
+	}
+	return 0;
+}
+
 int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError **error)
 {
 	unsigned ms = s->cfg.timeout_ms ? s->cfg.timeout_ms : 20000;
 	int64_t until = tm_now_us() + (int64_t)ms * 1000;
 	bool quiet[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1] = { false };
+	/* How long silence means a lost HELLO: timeout_ms, doubled after each round of redials.
+	 * The receiver answers at its VMM's start(), after its accept: one that starts within
+	 * timeout_ms is never redialled (a redial after its accept is refused, and resumed). */
+	int64_t quiet_us = (int64_t)ms * 1000;
+	int64_t since = tm_now_us(), next = since + quiet_us;
+	bool rounds = tm_setup_redial_wanted(s, ETIMEDOUT);
 
-	while (tm_now_us() < until) {
+	/* With rounds of redials, the redials' deadline ends the watch (a round past it fails). */
+	while (rounds || tm_now_us() < until) {
 		tm_chan *chi = tm_setup_chan(s, i);
 		if (chi->fd < 0 || tm_io_readable(chi->io))
 			return 0;
+		if (rounds && tm_now_us() >= next) {
+			int r = redial_quiet(s, i, n, (double)(tm_now_us() - since) / 1e6, redialled,
+					     error);
+			if (r < 0)
+				return r;
+			quiet_us *= 2;
+			since = tm_now_us();
+			next = MIN(since + quiet_us, s->setup_redial.deadline_us);
+			continue;
+		}
 		struct pollfd p[TM_MAX_CHANNELS + TM_V2_EXTRA_CONNECTIONS + 1];
 		unsigned np = 0;
 		for (unsigned j = i; j < n; j++) {

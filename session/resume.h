@@ -185,12 +185,20 @@ int tm_ctl_resume_recv_take(tm_receiver *r, tm_chan *ch, uint32_t epoch, uint64_
 /*
  * Receiver, placing a connection during accept: whether HELLO h (frame f) is the sender's
  * redial of a connection placed already (same session, epoch 0, RESUME offered and not
- * refused here, accepting on a listener); if so the old connection is closed and its role free.
+ * refused here, accepting on a listener); if so the old connection is closed and its role free
+ * (1), unless it was accepted after ch (the connection of h): then ch is the stale one
+ * (-ESTALE). 0: not such a redial.
  */
-bool tm_setup_replace(tm_receiver *r, const tm_frame *f, const tm_hello *h);
-/* Sender: whether a setup failure with this errno is dialled again (RESUME offered, broken,
- * not a handshake past its deadline). */
+int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h);
+/* Sender: whether a setup failure with this errno is dialled again (RESUME offered, broken:
+ * a handshake past its deadline too). */
 bool tm_setup_redial_wanted(const tm_sender *s, int code);
+/* Sender: starts the setup's one budget for redials (resume_deadline_ms) at its first break;
+ * later calls keep it. */
+void tm_setup_budget_start(tm_sender *s);
+/* Sender: when a connection's handshake (TLS) starting now must be done: min(timeout_ms,
+ * TM_HANDSHAKE_DEADLINE_MS), and within the budget once it started. */
+int64_t tm_setup_handshake_deadline(const tm_sender *s);
 /*
  * Sender, setup: connection idx (data i, control nch, urgent nch + 1) failed with *error: closes
  * it and dials it again (the same HELLO, epoch 0) with the resume backoff, all redials of the setup
@@ -207,8 +215,11 @@ tm_chan *tm_setup_chan(tm_sender *s, unsigned idx);
  * Sender, before any HELLO_ACK came: waits (at most timeout_ms) until connection i has
  * something to read, and meanwhile dials again any later connection (i + 1 .. n - 1) that
  * breaks without a HELLO_ACK (its HELLO may be lost, and the receiver wait for it), marking it
- * in redialled[]; without resume such a break fails the setup at once. 0, or -errno with
- * *error when such a redial failed or was not allowed.
+ * in redialled[]; without resume such a break fails the setup at once. With resume, when no
+ * connection answered for timeout_ms (doubled after each round), every one of
+ * i .. n - 1 is dialled again (a HELLO lost on a connection cut on the receiver's side only),
+ * until the receiver answers or the redials' deadline passes. 0, or -errno with *error when
+ * such a redial failed or was not allowed.
  */
 int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError **error);
 /* Sender: a connection whose HELLO_ACK was lost after another agreed resume: shut down, so its

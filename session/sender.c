@@ -304,7 +304,7 @@ int tm_sender_open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 	if (r >= 0 && urgent)
 		g_strlcpy(ch->label, "urgent", sizeof(ch->label));
 	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
-		tm_io_set_deadline(ch->io, tm_handshake_deadline(s->cfg.timeout_ms));
+		tm_io_set_deadline(ch->io, tm_setup_handshake_deadline(s));
 	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0) {
 		/* The byte mover knows control and urgent as id 0: name them. */
 		if (control && g_str_has_prefix((*error)->message, "channel 0: ")) {
@@ -397,9 +397,9 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	}
 	/*
 	 * Channel by channel: connect-level setup, TLS (channel 0 first: it does the full
-	 * handshake, the others resume its session), then HELLO. The receiver takes the channels
-	 * one at a time in the same way, so nothing waits for a step the peer has not reached.
-	 * The answers are collected after every HELLO is out.
+	 * handshake, the others resume its session), then HELLO. A receiver's attach takes the
+	 * channels one at a time in the same way (its accept several at once), so nothing waits for
+	 * a step the peer has not reached. The answers are collected after every HELLO is out.
 	 */
 	/*
 	 * Protocol 2 order: data 0 (the full TLS handshake), control, data 1..N-1; fds[] has the
@@ -409,10 +409,12 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	for (unsigned k = 0; k < n; k++) {
 		unsigned idx = setup_index(s, n, k);
 		r = tm_sender_open_connection(s, fds[idx], idx, error);
-		/* Cut before any HELLO_ACK: dialled again once the others are open, as the receiver
-		 * handshakes connections in arrival order (resume-setup.c). */
+		/* Cut before any HELLO_ACK (or silent past its handshake deadline): dialled again
+		 * once the others are open, so they are not held behind it (resume-setup.c). */
 		if (r < 0 && !setup_cancelled(s) && tm_setup_redial_wanted(s, -r) &&
 		    !(k > 0 && s->chans[0].ch.io && tm_io_readable(s->chans[0].ch.io))) {
+			/* The rest opens within the budget: a receiver that answers none ends it. */
+			tm_setup_budget_start(s);
 			broke[idx] = g_steal_pointer(error);
 			continue;
 		}
@@ -480,8 +482,9 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 		s->tls_hostname = g_strdup(host); /* the name we connect to is the name to check */
 	/*
 	 * Connected in the order attach() sets them up (data 0, control, data 1..N-1; fds[] has
-	 * control last): the receiver takes connections in arrival order, one TLS handshake at a
-	 * time, so any other order would have each side wait for a different connection.
+	 * control last): a receiver's attach takes connections in arrival order, one TLS handshake
+	 * at a time, so any other order would have each side wait for a different connection (its
+	 * accept handshakes several at once, accept.c).
 	 */
 	for (unsigned k = 0; k < n; k++) {
 		unsigned i = setup_index(s, n, k);

@@ -421,6 +421,10 @@ typedef struct recv_state {
 
 enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
 
+/* Connections whose handshake (TLS, HELLO) the receiver's accept runs at once (accept.c): a
+ * silent one holds one of them until its deadline, not the others; each costs O(1). */
+#define TM_HANDSHAKES_AT_ONCE 8u
+
 struct tm_receiver {
 	/* read-only after setup */
 	tm_receiver_config cfg;
@@ -446,7 +450,8 @@ struct tm_receiver {
 	bool urg_used;             /* placed during accept */
 	struct tm_pc_recv *pc;     /* postcopy accepted in set_live (postcopy-recv.h), or NULL */
 	int pc_refused;            /* the errno of set_live's failed userfaultfd, or 0 */
-	int setup_fd;              /* protected by lock: the connection accept is reading, or -1 */
+	int setup_fd;              /* protected by lock: the connection attach is reading, or -1 */
+	int setup_fds[TM_HANDSHAKES_AT_ONCE]; /* protected by lock: those accept reads, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
@@ -609,10 +614,13 @@ void tm_receiver_close_setup(tm_receiver *r, tm_chan *ch);
 /* Connections failing their handshake that one session's accept drops before it gives up. */
 #define TM_MAX_STRANGERS 64u
 
-/* What the listener dropped: a count and the first reason (O(1), however many). */
+/* What the listener dropped: a count and the first reason (O(1), however many); and the
+ * handshakes under way (accept.c), ended and joined by tm_strangers_clear(). */
 typedef struct tm_strangers {
 	unsigned dropped;
-	char *first;
+	char *first;         /* the reason of the first accepted of them */
+	uint64_t first_seq;
+	struct tm_hs_pool *pool;
 } tm_strangers;
 void tm_strangers_clear(tm_strangers *st);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(tm_strangers, tm_strangers_clear)
@@ -628,6 +636,13 @@ int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_dead
  */
 int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			   tm_strangers *st, GError **error);
+/*
+ * Once the session has all of its connections: handshakes still under way that finish within
+ * TM_ACCEPT_DRAIN_MS are placed if they are setup redials of a placed connection (accepted
+ * after it, finished before it: handshakes finish in any order), refused otherwise.
+ */
+#define TM_ACCEPT_DRAIN_MS 250u
+void tm_receiver_accept_drain(tm_receiver *r, tm_strangers *st);
 /* Appends "; N other connections dropped, the first: ..." to *error when there were some. */
 void tm_strangers_explain(const tm_strangers *st, GError **error);
 
@@ -713,6 +728,22 @@ unsigned tm_receiver_connections(const tm_receiver *r);
  */
 int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
 			      GError **error);
+/* A fresh connection whose HELLO was read and decoded, not yet placed. */
+typedef struct tm_hs_result {
+	tm_chan ch;
+	tm_frame f;
+	tm_hello h;
+} tm_hs_result;
+/*
+ * The first half of tm_receiver_place_channel(), which touches no state of r but its read-only
+ * configuration: any thread, several at once. fd's TLS handshake and HELLO, decoded into *res.
+ * On failure (a stranger's: see above) the connection is closed, after an ERROR when one can
+ * reach the peer.
+ */
+int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm_hs_result *res,
+			   GError **error);
+/* The second half, on the accepting thread: places res (taken over, cleared) or refuses it. */
+int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_stranger, GError **error);
 /* The same, ended at once by a cancel (tm_receiver_cancel shuts down r->setup_fd). */
 int tm_receiver_place_cancellable(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
 				  GError **error);

@@ -88,6 +88,74 @@ static void test_urgent_before_ack(void) { setup_cut(URGENT, BEFORE_ACK, true); 
 static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
 
 /*
+ * A one-sided cut (the proxy's half_recv): the receiver's side of connection conn closes at
+ * point, the sender's stays open and silent, so the sender hears nothing more on it: its TLS
+ * handshake (MID_TLS) or its wait for a HELLO_ACK (BEFORE_HELLO: the receiver never got the
+ * HELLO and waits for that role; BEFORE_ACK: only the HELLO_ACK was lost) would last until its
+ * deadline. The sender dials the connection again (or resumes it, once a HELLO_ACK agreed the
+ * session): both sides return 0, bit-exact, within a few handshake deadlines of the sender
+ * (2 s here), long before the receiver's accept deadline (10 s).
+ */
+static void silent_cut_ex(int conn, cut_point point, bool freeze)
+{
+	run t;
+
+	if (point != MID_TLS && tls_dir) {
+		g_test_skip("the proxy finds HELLO and HELLO_ACK by their frame headers: plaintext only");
+		return;
+	}
+	if (point == MID_TLS && !tls_dir) {
+		g_test_skip("a cut in the TLS handshake: TLS only");
+		return;
+	}
+	rig_send_timeout_ms = 2000;
+	rig_recv_timeout_ms = 10000;
+	run_start(&t, NULL, 0);
+	t.px.half_recv = true;
+	t.px.half = freeze; /* the receiver's side too is kept open and silent */
+	if (point == BEFORE_HELLO)
+		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO, true);
+	else if (point == BEFORE_ACK)
+		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO_ACK, false);
+	else /* once the ClientHello went through */
+		proxy_arm(&t.px, conn, 1);
+	int64_t t0 = g_get_monotonic_time();
+	migrate(&t);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rig_send_timeout_ms = 20000;
+	rig_recv_timeout_ms = 20000;
+	g_test_message("%.1f s; sender: %s; receiver: %s", secs, t.err ? t.err->message : "ok",
+		       t.p.error ? t.p.error->message : "ok");
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	assert_done(&t, 1);
+	g_assert_cmpfloat(secs, <, 9.0);
+	run_end(&t);
+}
+
+static void silent_cut(int conn, cut_point point) { silent_cut_ex(conn, point, false); }
+
+static void test_data2_silent_tls(void) { silent_cut(DATA2, MID_TLS); }
+static void test_control_silent_tls(void) { silent_cut(CONTROL, MID_TLS); }
+static void test_data0_silent_tls(void) { silent_cut(DATA0, MID_TLS); }
+static void test_data2_silent_hello(void) { silent_cut(DATA2, BEFORE_HELLO); }
+static void test_control_silent_hello(void) { silent_cut(CONTROL, BEFORE_HELLO); }
+static void test_data0_silent_hello(void) { silent_cut(DATA0, BEFORE_HELLO); }
+static void test_data2_silent_ack(void) { silent_cut(DATA2, BEFORE_ACK); }
+static void test_control_silent_ack(void) { silent_cut(CONTROL, BEFORE_ACK); }
+static void test_data0_silent_ack(void) { silent_cut(DATA0, BEFORE_ACK); }
+
+/*
+ * Frozen: both sides of the connection are kept open and silent (a dead path, or a peer that
+ * stopped in the middle of its handshake). The receiver handshakes other connections while it
+ * waits for that one (its deadline is 10 s here, the whole accept), so the sender's redial of it
+ * gets through: both sides return 0, bit-exact, within a few of the sender's handshake deadlines.
+ */
+static void test_data2_frozen_tls(void) { silent_cut_ex(DATA2, MID_TLS, true); }
+static void test_control_frozen_tls(void) { silent_cut_ex(CONTROL, MID_TLS, true); }
+static void test_data2_frozen_hello(void) { silent_cut_ex(DATA2, BEFORE_HELLO, true); }
+static void test_control_frozen_hello(void) { silent_cut_ex(CONTROL, BEFORE_HELLO, true); }
+
+/*
  * The receiver's send of a connection's HELLO_ACK fails (the test hook shuts the connection
  * down first: a send into a dead socket would succeed, and the failure path never run). The
  * receiver goes on, the sender sees the connection close before its HELLO_ACK and resumes it
@@ -169,6 +237,42 @@ static void test_deadline(void)
 }
 
 /* ---- the receiver's side, by hand (plaintext) ---- */
+/*
+ * A frozen receiver (as SIGSTOPped: its kernel completes every TCP connect, nothing answers):
+ * the sender dials its unanswered connections again, and fails when resume_deadline_ms (1.5 s)
+ * has passed since the first redial, saying so, within a handshake deadline (1 s) more.
+ */
+static void test_frozen_receiver(void)
+{
+	guest src;
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	unsigned port;
+
+	const block_spec a = { "pc.ram", 1 << 20, 4096 };
+	guest_init(&src, &a, 1, false);
+	int lfd = tm_listen("127.0.0.1", "0", &port, NULL); /* never accepted */
+	g_assert_cmpint(lfd, >=, 0);
+	g_autofree char *ports = g_strdup_printf("%u", port);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
+				 .timeout_ms = 1000 };
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1500 };
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", ports, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	close(lfd);
+	g_assert_cmpint(r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.1f s): %s", secs, err->message);
+	g_assert_nonnull(strstr(err->message, "could not connect again within 1.5 s"));
+	g_assert_nonnull(strstr(err->message, tls_dir ? "TLS handshake" : "no answer to its HELLO"));
+	g_assert_cmpfloat(secs, >=, 1.5);
+	g_assert_cmpfloat(secs, <, 5.0);
+	guest_fini(&src);
+}
+
+
 static const block_spec raw_block = { "pc.ram", 4 << 20, 4096 };
 static const fake_hello raw_hello = { .version = 2, .channel_count = 2, .packet_size = 64 << 10,
 				      .chunk_size = 64 << 10, .block = { "pc.ram", 4 << 20, 4096 },
@@ -262,10 +366,24 @@ int main(int argc, char **argv)
 		{ "resume-setup/urgent-before-hello", test_urgent_before_hello, false },
 		{ "resume-setup/urgent-before-ack", test_urgent_before_ack, false },
 		{ "resume-setup/urgent-mid-tls", test_urgent_mid_tls, false },
+		{ "resume-setup/data2-silent-tls", test_data2_silent_tls, false },
+		{ "resume-setup/control-silent-tls", test_control_silent_tls, false },
+		{ "resume-setup/data0-silent-tls", test_data0_silent_tls, false },
+		{ "resume-setup/data2-silent-hello", test_data2_silent_hello, false },
+		{ "resume-setup/control-silent-hello", test_control_silent_hello, false },
+		{ "resume-setup/data0-silent-hello", test_data0_silent_hello, false },
+		{ "resume-setup/data2-silent-ack", test_data2_silent_ack, false },
+		{ "resume-setup/control-silent-ack", test_control_silent_ack, false },
+		{ "resume-setup/data0-silent-ack", test_data0_silent_ack, false },
+		{ "resume-setup/data2-frozen-tls", test_data2_frozen_tls, false },
+		{ "resume-setup/control-frozen-tls", test_control_frozen_tls, false },
+		{ "resume-setup/data2-frozen-hello", test_data2_frozen_hello, false },
+		{ "resume-setup/control-frozen-hello", test_control_frozen_hello, false },
 		{ "resume-setup/control-ack-send-fails", test_control_ack_send_fails, false },
 		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
 		{ "resume-setup/deadline", test_deadline, false },
+		{ "resume-setup/frozen-receiver", test_frozen_receiver, false },
 		{ "resume-setup/replace", test_replace, true },
 		{ "resume-setup/replace-bounded", test_replace_bounded, true },
 		{ "resume-setup/replace-epoch", test_replace_epoch, true },
