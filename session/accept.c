@@ -164,6 +164,25 @@ static hs_slot *hs_finished(struct tm_hs_pool *pool)
 }
 
 /*
+ * The next handshake to place: before the session's first HELLO was placed, only the one
+ * accepted first (the first HELLO defines the session, and that stays the first connection's,
+ * as when connections were handshaken one at a time: a stranger that finishes first must not
+ * take its place); after that, any that finished. NULL: none yet.
+ */
+static hs_slot *hs_next(tm_receiver *r, struct tm_hs_pool *pool)
+{
+	if (r->chans)
+		return hs_finished(pool);
+	hs_slot *first = NULL;
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+		hs_slot *sl = &pool->slot[k];
+		if (sl->thread && (!first || sl->seq < first->seq))
+			first = sl;
+	}
+	return first && __atomic_load_n(&first->done, __ATOMIC_ACQUIRE) ? first : NULL;
+}
+
+/*
  * Waits until deadline_us for a finished handshake, a cancel or (while a slot is free) a
  * connection on the listener: 0 (*ret_listener: the latter), -ETIMEDOUT, -ECANCELED or another
  * -errno of poll.
@@ -221,11 +240,21 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 	if (!st->pool && (ret = pool_new(r, st, error)) < 0)
 		return ret;
 	struct tm_hs_pool *pool = st->pool;
+	int64_t grace_until = 0; /* past the deadline: handshakes under way end (by theirs) */
 	for (;;) {
-		hs_slot *sl = hs_finished(pool);
+		hs_slot *sl = hs_next(r, pool);
 		if (!sl) {
 			bool listener;
-			ret = hs_wait(r, pool, listen_fd, deadline_us, &listener);
+			if (grace_until && (!pool->busy || tm_now_us() >= grace_until))
+				return -ETIMEDOUT;
+			ret = hs_wait(r, pool, grace_until ? -1 : listen_fd,
+				      grace_until ? grace_until : deadline_us, &listener);
+			if (ret == -ETIMEDOUT && !grace_until && pool->busy) {
+				/* Their deadlines are ours at the latest: what they fail with (a
+				 * trickle, a silence) explains the wait, as it did one at a time. */
+				grace_until = tm_now_us() + (int64_t)TM_ACCEPT_DRAIN_MS * 1000;
+				continue;
+			}
 			if (ret == -ECANCELED)
 				g_set_error(error, TM_ERROR, ECANCELED,
 					    "waiting for a channel to connect: cancelled");

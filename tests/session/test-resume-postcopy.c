@@ -414,6 +414,15 @@ static void cut_data(unsigned ch)
 	proxy_arm(&x.px, ch == 0 ? 0 : (int)ch + 1, 32u << 10);
 	g_assert_cmpint(tm_sender_set_rate_limit(x.s, 1u << 20), ==, 0);
 	run_join(&x);
+	if (proxy_get(&x.px, &x.px.cuts) == 0 && x.ret == 0 && x.d.ret == 0) {
+		/* Seen under load: the vCPUs fetched every page over the urgent connection
+		 * before the channel's background went 32 KiB further. */
+		assert_same(&x.src, &x.d.g);
+		g_test_skip("the session completed before the cut: the vCPUs fetched every page "
+			    "before the channel's background reached it");
+		run_free(&x);
+		return;
+	}
 	assert_resumed(&x, 1);
 	run_free(&x);
 }
