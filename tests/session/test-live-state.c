@@ -399,9 +399,11 @@ static void test_api_errors(void)
 	g_clear_error(&err);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, -EBADFD);
 	g_clear_error(&err);
-	g_assert_cmpint(tm_sender_put_state(s, "dev", "abc", 3, TM_STATE_COPY, &err), ==, 0);
-	/* the destination reads 2 of "cpu0"'s 3 bytes, then asks for the next section */
-	int r = tm_sender_finish(s, &err);
+	/* the destination reads 2 of "cpu0"'s 3 bytes, then asks for the next section: its
+	 * failure may already have come back (a loaded machine), and then this says it */
+	int r = tm_sender_put_state(s, "dev", "abc", 3, TM_STATE_COPY, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
 	dest_join(&d);
 	g_test_message("receiver: %s", d.error->message);
 	g_assert_cmpint(d.ret, ==, -EPROTO);
