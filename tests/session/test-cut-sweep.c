@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * An adversarial sweep of issue 14's acceptance ("a cut of any one channel at any point completes
+ * bit-exact with both sides exiting 0"): many migrations through cut-proxy.c (resume-rig.h), each
+ * cutting ONE connection (data channel 0, a later data channel, control) in one way (close,
+ * half: the sender's side closed, half_recv: the receiver's side closed, freeze: both held
+ * silent, reset) at one point (a byte offset from setup to mid-stream, or right before a frame of
+ * a given type: plaintext only). A point passes when both sides return 0 within a bound and the
+ * copy is exact, or counts apart when the cut was never reached (the session ended first).
+ *
+ * Too long for CI: skipped unless CUT_SWEEP=1. CUT_SWEEP_ONLY=<glob> runs only the points whose
+ * name matches (e.g. 'ctl/before-END*'). By default only the io_uring pairs (plaintext and TLS)
+ * sweep; CUT_SWEEP_ALL_PAIRS=1 sweeps every backend pair. A summary (passed, not reached,
+ * failed with both sides' errors) ends each run, which fails if any point failed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "resume-rig.h"
+#include "transport/transport.h"
+
+#define POINT_BOUND_S 15.0 /* a point that takes longer fails, even if it completed */
+#define POINT_ABORT_S 90   /* a point still running then aborts the test (a hang) */
+
+typedef enum mode { M_CLOSE, M_HALF, M_HALF_RECV, M_FREEZE, M_RESET, M_COUNT } mode;
+static const char *const mode_name[M_COUNT] = { "close", "half", "half_recv", "freeze", "reset" };
+
+typedef struct role {
+	const char *name;
+	int conn; /* the proxy's accept index: 0 data 0, 1 control, k + 1 data k */
+} role;
+static const role roles[] = { { "data0", 0 }, { "ctl", 1 }, { "data2", 3 } };
+
+typedef struct position {
+	const char *name;
+	uint64_t bytes; /* a cut by bytes: this many sender bytes passed (0: at setup) */
+	uint8_t frame;  /* else right before a frame of this type (plaintext only) */
+	bool from_sender;
+} position;
+static const position positions[] = {
+	{ "at-setup", 0, 0, false },
+	{ "byte-1", 1, 0, false },
+	{ "byte-13", 13, 0, false },
+	{ "byte-200", 200, 0, false },
+	{ "byte-4k", 4096, 0, false },
+	{ "byte-70k", 70000, 0, false },
+	{ "byte-1m", 1u << 20, 0, false },
+	{ "byte-6m", 6u << 20, 0, false },
+	{ "before-HELLO", 0, TM_MSG_HELLO, true },
+	{ "before-HELLO_ACK", 0, TM_MSG_HELLO_ACK, false },
+	{ "before-DATA", 0, TM_MSG_DATA, true },
+	{ "before-SYNC", 0, TM_MSG_SYNC, true },
+	{ "before-SYNC_ACK", 0, TM_MSG_SYNC_ACK, false },
+	{ "before-RAM_END", 0, TM_MSG_RAM_END, true },
+	{ "before-STATE", 0, TM_MSG_STATE, true },
+	{ "before-END", 0, TM_MSG_END, true },
+	{ "before-READY", 0, TM_MSG_READY, false },
+	{ "before-END_ACK", 0, TM_MSG_END_ACK, false },
+	{ "before-CTL_POS", 0, TM_MSG_CTL_POS, true },
+	{ "before-PONG", 0, TM_MSG_PONG, false },
+};
+
+typedef enum outcome { O_PASS, O_NOT_REACHED, O_FAIL } outcome;
+
+typedef struct tally {
+	unsigned n[3];
+	unsigned skipped; /* frame points under TLS, or not selected */
+	GString *failures;
+} tally;
+
+/* The copy is exact: RAM and soft tags. */
+static bool same(guest *a, guest *b)
+{
+	for (unsigned i = 0; i < a->nblocks; i++) {
+		if (memcmp(a->ram[i], b->ram[i], a->len[i]) != 0)
+			return false;
+		if (a->tags && b->tags &&
+		    memcmp(tm_tag_store_soft_array(a->tags, i), tm_tag_store_soft_array(b->tags, i),
+			   a->len[i] / 16) != 0)
+			return false;
+	}
+	return true;
+}
+
+static gint point_running;   /* the watchdog's view: 1 while a point runs */
+static gint64 point_t0;      /* when it began (under point_lock) */
+static char point_now[128];  /* its name (under point_lock) */
+static GMutex point_lock;
+
+/* A point that hangs aborts the test with its name, instead of leaving meson to time out. */
+static gpointer watchdog(gpointer data)
+{
+	(void)data;
+	for (;;) {
+		g_usleep(500000);
+		if (!g_atomic_int_get(&point_running))
+			continue;
+		g_mutex_lock(&point_lock);
+		gint64 secs = (g_get_monotonic_time() - point_t0) / 1000000;
+		if (secs > POINT_ABORT_S) {
+			fprintf(stderr, "cut-sweep: point %s still running after %d s: aborting\n",
+				point_now, POINT_ABORT_S);
+			abort();
+		}
+		g_mutex_unlock(&point_lock);
+	}
+	return NULL;
+}
+
+/* One migration with one cut; the outcome, and why in *why when it failed. */
+static outcome run_point(const role *ro, mode m, const position *pos, GString *why)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 2000 };
+
+	rig_send_timeout_ms = rig_recv_timeout_ms = 2000;
+	run_start(&t, &lc, 2000);
+	t.state = g_malloc(RIG_STATE_LEN);
+	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
+		((uint64_t *)t.state)[i] = rnd();
+	t.p.state = t.state;
+	g_mutex_lock(&t.px.lock);
+	t.px.exact = true;
+	t.px.half = m == M_HALF || m == M_FREEZE;
+	t.px.half_recv = m == M_HALF_RECV || m == M_FREEZE;
+	t.px.reset = m == M_RESET;
+	g_mutex_unlock(&t.px.lock);
+	if (pos->frame)
+		proxy_arm_frame(&t.px, ro->conn, pos->frame, pos->from_sender);
+	else
+		proxy_arm(&t.px, ro->conn, pos->bytes);
+
+	int64_t t0 = g_get_monotonic_time();
+	t.r = run_connect(&t);
+	if (t.r == 0)
+		t.r = run_queue_all(&t);
+	if (t.r == 0)
+		t.r = tm_sender_sync(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_guest_stopped(t.s, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_put_state(t.s, "dev", t.state, RIG_STATE_LEN, 0, &t.err);
+	if (t.r == 0)
+		t.r = tm_sender_finish(t.s, &t.err);
+	double ssecs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rpeer_join(&t.p);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	unsigned cuts = proxy_cuts(&t.px);
+
+	bool ok = t.r == 0 && t.p.ret == 0 && secs <= POINT_BOUND_S;
+	if (ok)
+		ok = same(&t.src, &t.dst) && t.p.states == 1;
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	tm_stats st = { 0 };
+	if (ok && t.s && t.p.r) {
+		ok = tm_sender_get_live_stats(t.s, &ss) == 0 &&
+		     tm_receiver_get_live_stats(t.p.r, &rs) == 0 && ss.phase == TM_PHASE_COMPLETE;
+		tm_receiver_get_stats(t.p.r, &st);
+		ok = ok && st.pages == RIG_RAM / 4096;
+	}
+	if (!ok) {
+		g_string_append_printf(why,
+				       "cuts %u, sender %d after %.2f s (%s), receiver %d after "
+				       "%.2f s (%s), states %u, exact %s",
+				       cuts, t.r, ssecs, t.err ? t.err->message : "done", t.p.ret,
+				       t.p.secs, t.p.error ? t.p.error->message : "done", t.p.states,
+				       t.r == 0 && t.p.ret == 0 ? (same(&t.src, &t.dst) ? "yes" : "NO")
+								 : "-");
+	} else {
+		g_string_append_printf(why, "cuts %u, %.2f s, reconnects %" G_GUINT64_FORMAT "/%"
+					    G_GUINT64_FORMAT,
+				       cuts, secs, (guint64)ss.reconnects, (guint64)rs.reconnects);
+	}
+	run_end(&t);
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	if (!ok)
+		return O_FAIL;
+	return cuts ? O_PASS : O_NOT_REACHED;
+}
+
+static void test_sweep(void)
+{
+	const char *only = g_getenv("CUT_SWEEP_ONLY");
+	g_autoptr(GPatternSpec) pat = only && *only ? g_pattern_spec_new(only) : NULL;
+	tally tl = { .failures = g_string_new(NULL) };
+	g_autoptr(GString) line = g_string_new(NULL);
+
+	if (g_strcmp0(g_getenv("CUT_SWEEP"), "1") != 0) {
+		g_test_skip("the cut sweep is long: set CUT_SWEEP=1 (CUT_SWEEP_ONLY=<glob> to select "
+			    "points)");
+		g_string_free(tl.failures, TRUE);
+		return;
+	}
+	if (g_strcmp0(g_getenv("CUT_SWEEP_ALL_PAIRS"), "1") != 0 &&
+	    (strcmp(send_io, "io_uring") != 0 || strcmp(recv_io, "io_uring") != 0)) {
+		g_test_skip("sweeps the io_uring pairs only unless CUT_SWEEP_ALL_PAIRS=1");
+		g_string_free(tl.failures, TRUE);
+		return;
+	}
+	static GThread *dog;
+	if (!dog)
+		dog = g_thread_new("cut-sweep-watchdog", watchdog, NULL);
+
+	int64_t t0 = g_get_monotonic_time();
+	for (size_t ri = 0; ri < G_N_ELEMENTS(roles); ri++) {
+		for (size_t pi = 0; pi < G_N_ELEMENTS(positions); pi++) {
+			for (int m = 0; m < M_COUNT; m++) {
+				const position *pos = &positions[pi];
+				g_autofree char *name = g_strdup_printf(
+					"%s/%s/%s", roles[ri].name, pos->name, mode_name[m]);
+				if ((pat && !g_pattern_spec_match_string(pat, name)) ||
+				    (pos->frame && tls_dir)) {
+					tl.skipped++;
+					continue;
+				}
+				g_mutex_lock(&point_lock);
+				g_strlcpy(point_now, name, sizeof(point_now));
+				point_t0 = g_get_monotonic_time();
+				g_mutex_unlock(&point_lock);
+				g_atomic_int_set(&point_running, 1);
+				g_string_truncate(line, 0);
+				outcome o = run_point(&roles[ri], (mode)m, pos, line);
+				g_atomic_int_set(&point_running, 0);
+				tl.n[o]++;
+				static const char *const oname[] = { "pass", "not-reached",
+								     "FAIL" };
+				g_test_message("%-36s %-11s %s", name, oname[o], line->str);
+				if (o == O_FAIL)
+					g_string_append_printf(tl.failures, "  %s%s: %s\n",
+							       tls_dir ? "tls " : "", name,
+							       line->str);
+			}
+		}
+	}
+	g_test_message("cut sweep (%s%s-to-%s, %.0f s): %u passed, %u not reached (completed "
+		       "before the cut), %u failed, %u skipped",
+		       tls_dir ? "tls-" : "", send_io, recv_io,
+		       (double)(g_get_monotonic_time() - t0) / 1e6, tl.n[O_PASS],
+		       tl.n[O_NOT_REACHED], tl.n[O_FAIL], tl.skipped);
+	if (tl.n[O_FAIL]) {
+		g_test_message("failed points:\n%s", tl.failures->str);
+		g_test_fail_printf("%u cut points failed", tl.n[O_FAIL]);
+	}
+	g_string_free(tl.failures, TRUE);
+}
+
+int main(int argc, char **argv)
+{
+	static const session_test tests[] = {
+		{ "cut-sweep/precopy", test_sweep, false },
+	};
+	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
+}
