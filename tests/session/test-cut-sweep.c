@@ -10,18 +10,25 @@
  *
  * Too long for CI: skipped unless CUT_SWEEP=1. CUT_SWEEP_ONLY=<glob> runs only the points whose
  * name matches (e.g. 'ctl/before-END*'). By default only the io_uring pairs (plaintext and TLS)
- * sweep; CUT_SWEEP_ALL_PAIRS=1 sweeps every backend pair. A summary (passed, not reached,
- * failed with both sides' errors) ends each run, which fails if any point failed.
+ * sweep; CUT_SWEEP_ALL_PAIRS=1 sweeps every backend pair. The sender's and the receiver's
+ * timeout_ms and both resume_deadline_ms are 2000 unless CUT_SWEEP_SEND_MS, CUT_SWEEP_RECV_MS,
+ * CUT_SWEEP_RESUME_MS say. Each point runs in a child process, killed if it hangs. A summary
+ * (passed, not reached, failed with both sides' errors) ends each run, which fails if any point
+ * failed.
  */
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "resume-rig.h"
 #include "transport/transport.h"
 
 #define POINT_BOUND_S 15.0 /* a point that takes longer fails, even if it completed */
-#define POINT_ABORT_S 90   /* a point still running then aborts the test (a hang) */
+#define POINT_KILL_S 25    /* a point still running then is killed and fails (a hang) */
 
 typedef enum mode { M_CLOSE, M_HALF, M_HALF_RECV, M_FREEZE, M_RESET, M_COUNT } mode;
 static const char *const mode_name[M_COUNT] = { "close", "half", "half_recv", "freeze", "reset" };
@@ -83,39 +90,23 @@ static bool same(guest *a, guest *b)
 	return true;
 }
 
-static gint point_running;   /* the watchdog's view: 1 while a point runs */
-static gint64 point_t0;      /* when it began (under point_lock) */
-static char point_now[128];  /* its name (under point_lock) */
-static GMutex point_lock;
-
-/* A point that hangs aborts the test with its name, instead of leaving meson to time out. */
-static gpointer watchdog(gpointer data)
+/* A timeout the environment may set for the sweep: 2000 ms unless it says. */
+static unsigned env_ms(const char *name)
 {
-	(void)data;
-	for (;;) {
-		g_usleep(500000);
-		if (!g_atomic_int_get(&point_running))
-			continue;
-		g_mutex_lock(&point_lock);
-		gint64 secs = (g_get_monotonic_time() - point_t0) / 1000000;
-		if (secs > POINT_ABORT_S) {
-			fprintf(stderr, "cut-sweep: point %s still running after %d s: aborting\n",
-				point_now, POINT_ABORT_S);
-			abort();
-		}
-		g_mutex_unlock(&point_lock);
-	}
-	return NULL;
+	const char *v = g_getenv(name);
+	return v && *v ? (unsigned)g_ascii_strtoull(v, NULL, 10) : 2000;
 }
 
 /* One migration with one cut; the outcome, and why in *why when it failed. */
 static outcome run_point(const role *ro, mode m, const position *pos, GString *why)
 {
 	run t;
-	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 2000 };
+	tm_live_config lc = { .size = sizeof(lc),
+			      .resume_deadline_ms = env_ms("CUT_SWEEP_RESUME_MS") };
 
-	rig_send_timeout_ms = rig_recv_timeout_ms = 2000;
-	run_start(&t, &lc, 2000);
+	rig_send_timeout_ms = env_ms("CUT_SWEEP_SEND_MS");
+	rig_recv_timeout_ms = env_ms("CUT_SWEEP_RECV_MS");
+	run_start(&t, &lc, env_ms("CUT_SWEEP_RESUME_MS"));
 	t.state = g_malloc(RIG_STATE_LEN);
 	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
 		((uint64_t *)t.state)[i] = rnd();
@@ -179,6 +170,63 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 	return cuts ? O_PASS : O_NOT_REACHED;
 }
 
+/*
+ * run_point() in a child process: a point that hangs (or aborts) fails with what it said so far
+ * instead of ending the sweep; the child is killed after POINT_KILL_S.
+ */
+static outcome run_isolated(const role *ro, mode m, const position *pos, GString *why)
+{
+	int fds[2];
+	g_assert_cmpint(pipe(fds), ==, 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	g_assert_cmpint(pid, >=, 0);
+	if (pid == 0) {
+		close(fds[0]);
+		g_autoptr(GString) line = g_string_new(NULL);
+		outcome o = run_point(ro, m, pos, line);
+		char c = (char)('0' + o);
+		(void)!write(fds[1], &c, 1);
+		(void)!write(fds[1], line->str, line->len);
+		_exit(0);
+	}
+	close(fds[1]);
+	GString *got = g_string_new(NULL);
+	int64_t until = g_get_monotonic_time() + (int64_t)POINT_KILL_S * 1000000;
+	bool killed = false;
+	for (;;) {
+		int64_t left = until - g_get_monotonic_time();
+		if (left <= 0) {
+			kill(pid, SIGKILL);
+			killed = true;
+			break;
+		}
+		struct pollfd pf = { .fd = fds[0], .events = POLLIN };
+		if (poll(&pf, 1, (int)(left / 1000) + 1) <= 0)
+			continue;
+		char buf[4096];
+		ssize_t n = read(fds[0], buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		g_string_append_len(got, buf, n);
+	}
+	close(fds[0]);
+	int status = 0;
+	(void)waitpid(pid, &status, 0);
+	outcome o = O_FAIL;
+	if (killed)
+		g_string_append_printf(why, "HUNG: killed after %d s", POINT_KILL_S);
+	else if (got->len == 0)
+		g_string_append_printf(why, "CRASHED: the point's process ended (status 0x%x)",
+				       status);
+	else {
+		o = (outcome)(got->str[0] - '0');
+		g_string_append(why, got->str + 1);
+	}
+	g_string_free(got, TRUE);
+	return o;
+}
+
 static void test_sweep(void)
 {
 	const char *only = g_getenv("CUT_SWEEP_ONLY");
@@ -198,10 +246,6 @@ static void test_sweep(void)
 		g_string_free(tl.failures, TRUE);
 		return;
 	}
-	static GThread *dog;
-	if (!dog)
-		dog = g_thread_new("cut-sweep-watchdog", watchdog, NULL);
-
 	int64_t t0 = g_get_monotonic_time();
 	for (size_t ri = 0; ri < G_N_ELEMENTS(roles); ri++) {
 		for (size_t pi = 0; pi < G_N_ELEMENTS(positions); pi++) {
@@ -214,14 +258,8 @@ static void test_sweep(void)
 					tl.skipped++;
 					continue;
 				}
-				g_mutex_lock(&point_lock);
-				g_strlcpy(point_now, name, sizeof(point_now));
-				point_t0 = g_get_monotonic_time();
-				g_mutex_unlock(&point_lock);
-				g_atomic_int_set(&point_running, 1);
 				g_string_truncate(line, 0);
-				outcome o = run_point(&roles[ri], (mode)m, pos, line);
-				g_atomic_int_set(&point_running, 0);
+				outcome o = run_isolated(&roles[ri], (mode)m, pos, line);
 				tl.n[o]++;
 				static const char *const oname[] = { "pass", "not-reached",
 								     "FAIL" };
