@@ -9,7 +9,7 @@
  * copy is exact, or counts apart when the cut was never reached (the session ended first).
  *
  * Too long for CI: skipped unless CUT_SWEEP=1. CUT_SWEEP_ONLY=<glob> runs only the points whose
- * name matches (e.g. 'ctl/before-END*'). By default only the io_uring pairs (plaintext and TLS)
+ * name matches (e.g. 'postcopy/urgent/before-*'). By default only the io_uring pairs (plaintext and TLS)
  * sweep; CUT_SWEEP_ALL_PAIRS=1 sweeps every backend pair. The sender's and the receiver's
  * timeout_ms and both resume_deadline_ms are 2000 unless CUT_SWEEP_SEND_MS, CUT_SWEEP_RECV_MS,
  * CUT_SWEEP_RESUME_MS say. Each point runs in a child process, killed if it hangs. A summary
@@ -38,6 +38,7 @@ typedef struct role {
 	int conn; /* the proxy's accept index: 0 data 0, 1 control, k + 1 data k */
 } role;
 static const role roles[] = { { "data0", 0 }, { "ctl", 1 }, { "data2", 3 } };
+static const role pc_roles[] = { { "data0", 0 }, { "ctl", 1 }, { "data2", 3 }, { "urgent", 4 } };
 
 typedef struct position {
 	const char *name;
@@ -66,6 +67,30 @@ static const position positions[] = {
 	{ "before-END_ACK", 0, TM_MSG_END_ACK, false },
 	{ "before-CTL_POS", 0, TM_MSG_CTL_POS, true },
 	{ "before-PONG", 0, TM_MSG_PONG, false },
+};
+/* Postcopy: the same byte offsets, and the frames of postcopy's end and its urgent traffic. */
+static const position pc_positions[] = {
+	{ "at-setup", 0, 0, false },
+	{ "byte-1", 1, 0, false },
+	{ "byte-13", 13, 0, false },
+	{ "byte-200", 200, 0, false },
+	{ "byte-4k", 4096, 0, false },
+	{ "byte-70k", 70000, 0, false },
+	{ "byte-1m", 1u << 20, 0, false },
+	{ "byte-5m", 5u << 20, 0, false },
+	{ "before-HELLO", 0, TM_MSG_HELLO, true },
+	{ "before-HELLO_ACK", 0, TM_MSG_HELLO_ACK, false },
+	{ "before-SYNC_ACK", 0, TM_MSG_SYNC_ACK, false },
+	{ "before-POSTCOPY", 0, TM_MSG_POSTCOPY, true },
+	{ "before-STATE", 0, TM_MSG_STATE, true },
+	{ "before-PAGE_REQ", 0, TM_MSG_PAGE_REQ, false },
+	{ "before-URGENT", 0, TM_MSG_URGENT, true },
+	{ "before-RAM_END", 0, TM_MSG_RAM_END, true },
+	{ "before-REQ_END", 0, TM_MSG_REQ_END, true },
+	{ "before-END", 0, TM_MSG_END, true },
+	{ "before-READY", 0, TM_MSG_READY, false },
+	{ "before-END_ACK", 0, TM_MSG_END_ACK, false },
+	{ "before-CTL_POS", 0, TM_MSG_CTL_POS, true },
 };
 
 typedef enum outcome { O_PASS, O_NOT_REACHED, O_FAIL } outcome;
@@ -170,11 +195,187 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 	return cuts ? O_PASS : O_NOT_REACHED;
 }
 
+/* ---- postcopy: switched after one precopy round, a vCPU touching pages at the destination ---- */
+
+#define PC_RAM (4u << 20)
+#define PC_PAGE 4096u
+#define PC_NPAGES (PC_RAM / PC_PAGE)
+#define PC_STATE 4096u
+#define PC_STRIDE 3u /* the vCPU touches every third page: the rest only the background brings */
+
+static const block_spec pc_spec[] = { { "pc.ram", PC_RAM, PC_PAGE } };
+
+typedef struct pdest {
+	guest g;
+	guest *src;
+	int listen_fd;
+	tm_receiver *r;
+	GThread *thread, *vcpu;
+	int ret;
+	GError *error;
+	double secs;
+	uint8_t state[PC_STATE];
+	unsigned states;
+	uint64_t touched, bad;
+} pdest;
+
+static void pc_keep_state(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	pdest *d = opaque;
+	if (!strcmp(name, "cpu0") && len == PC_STATE) {
+		memcpy(d->state, data, PC_STATE);
+		d->states++;
+	}
+}
+
+/* The guest runs: each touch of a missing page blocks in its userfault until it is placed. */
+static gpointer pc_vcpu(gpointer data)
+{
+	pdest *d = data;
+	for (uint64_t p = 0; p < PC_NPAGES; p += PC_STRIDE) {
+		const volatile uint8_t *page = d->g.ram[0] + p * PC_PAGE;
+		(void)page[PC_PAGE / 2];
+		d->touched++;
+		if (memcmp((const void *)page, d->src->ram[0] + p * PC_PAGE, PC_PAGE) != 0)
+			d->bad++;
+	}
+	return NULL;
+}
+
+static gpointer pc_dest_thread(gpointer data)
+{
+	pdest *d = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = env_ms("CUT_SWEEP_RECV_MS") };
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true,
+			      .resume_deadline_ms = env_ms("CUT_SWEEP_RESUME_MS") };
+
+	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
+	if (d->ret >= 0)
+		d->ret = tm_receiver_set_live(d->r, &lc, &d->error);
+	if (d->ret >= 0)
+		d->ret = tm_receiver_accept(d->r, d->listen_fd, &d->error);
+	int64_t t0 = g_get_monotonic_time();
+	if (d->ret >= 0)
+		d->ret = tm_receiver_start(d->r, d->g.layout, d->g.tags, &d->error);
+	while (d->ret >= 0 && (d->ret = tm_receiver_wait(d->r, &d->error)) == 1) {
+		d->ret = receiver_read_states(d->r, pc_keep_state, d, &d->error);
+		if (d->ret == 0 && !d->vcpu && tm_receiver_phase(d->r) == TM_PHASE_POSTCOPY)
+			d->vcpu = g_thread_new("vcpu", pc_vcpu, d);
+	}
+	d->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	return NULL;
+}
+
+/* One postcopy migration with one cut (the urgent connection is the proxy's accept index 4). */
+static outcome run_point_postcopy(const role *ro, mode m, const position *pos, GString *why)
+{
+	g_autoptr(GError) err = NULL;
+	guest src;
+	pdest d = { 0 };
+	cut_proxy px;
+	tm_sender *s = NULL;
+	uint8_t state[PC_STATE];
+
+	guest_init(&src, pc_spec, 1, true);
+	guest_fill(&src);
+	guest_init(&d.g, pc_spec, 1, true);
+	d.src = &src;
+	unsigned port = 0;
+	d.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(d.listen_fd, >=, 0);
+	g_autofree char *rport = g_strdup_printf("%u", port);
+	d.thread = g_thread_new("dest", pc_dest_thread, &d);
+	g_autofree char *pport = proxy_start(&px, rport);
+	g_mutex_lock(&px.lock);
+	px.exact = true;
+	px.half = m == M_HALF || m == M_FREEZE;
+	px.half_recv = m == M_HALF_RECV || m == M_FREEZE;
+	px.reset = m == M_RESET;
+	g_mutex_unlock(&px.lock);
+	if (pos->frame)
+		proxy_arm_frame(&px, ro->conn, pos->frame, pos->from_sender);
+	else
+		proxy_arm(&px, ro->conn, pos->bytes);
+
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = env_ms("CUT_SWEEP_SEND_MS"),
+				 .packet_size = 64u << 10, .chunk_size = 64u << 10 };
+	tm_live_config lc = { .size = sizeof(lc), .postcopy = true,
+			      .resume_deadline_ms = env_ms("CUT_SWEEP_RESUME_MS") };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	for (unsigned i = 0; i < PC_STATE; i++)
+		state[i] = (uint8_t)rnd();
+	uint64_t bm[PC_NPAGES / 64];
+	memset(bm, 0xff, sizeof(bm));
+
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", pport, &err);
+	if (r == 0)
+		r = tm_sender_queue_bitmap(s, 0, bm, 0, PC_NPAGES, &err);
+	if (r == 0)
+		r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_queue_bitmap(s, 0, bm, 0, PC_NPAGES, &err);
+	if (r == 0)
+		r = tm_sender_set_rate_limit(s, 8u << 20); /* the background lasts ~0.5 s */
+	if (r == 0)
+		r = tm_sender_start_postcopy(s, &err);
+	if (r == 0)
+		r = tm_sender_put_state(s, "cpu0", state, PC_STATE, TM_STATE_COPY, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	double ssecs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_thread_join(d.thread);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	unsigned cuts = proxy_cuts(&px);
+	bool ok = r == 0 && d.ret == 0 && secs <= POINT_BOUND_S;
+	if (ok && d.vcpu) {
+		g_thread_join(d.vcpu); /* every page is placed: it cannot block */
+		d.vcpu = NULL;
+	}
+	ok = ok && d.bad == 0 && same(&src, &d.g) && d.states == 1 &&
+	     memcmp(d.state, state, PC_STATE) == 0 && tm_sender_phase(s) == TM_PHASE_COMPLETE &&
+	     tm_receiver_phase(d.r) == TM_PHASE_COMPLETE;
+	if (!ok) {
+		g_string_append_printf(why,
+				       "cuts %u, sender %d after %.2f s phase %d (%s), receiver %d "
+				       "after %.2f s phase %d (%s), states %u, vcpu touched %"
+				       G_GUINT64_FORMAT " bad %" G_GUINT64_FORMAT ", exact %s",
+				       cuts, r, ssecs, tm_sender_phase(s), err ? err->message : "done",
+				       d.ret, d.secs, d.r ? (int)tm_receiver_phase(d.r) : -1,
+				       d.error ? d.error->message : "done", d.states,
+				       (guint64)d.touched, (guint64)d.bad,
+				       r == 0 && d.ret == 0 ? (same(&src, &d.g) ? "yes" : "NO") : "-");
+		/* A vCPU may be blocked on a page that never came: the child process ends here. */
+		proxy_stop(&px);
+		return O_FAIL;
+	}
+	tm_live_stats ss = { .size = sizeof(ss) }, rs = { .size = sizeof(rs) };
+	(void)tm_sender_get_live_stats(s, &ss);
+	(void)tm_receiver_get_live_stats(d.r, &rs);
+	g_string_append_printf(why,
+			       "cuts %u, %.2f s, reconnects %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT
+			       ", requests %" G_GUINT64_FORMAT,
+			       cuts, secs, (guint64)ss.reconnects, (guint64)rs.reconnects,
+			       (guint64)rs.requests);
+	tm_sender_free(s);
+	tm_receiver_free(d.r);
+	close(d.listen_fd);
+	proxy_stop(&px);
+	g_clear_error(&d.error);
+	guest_fini(&src);
+	guest_fini(&d.g);
+	return cuts ? O_PASS : O_NOT_REACHED;
+}
+
 /*
  * run_point() in a child process: a point that hangs (or aborts) fails with what it said so far
  * instead of ending the sweep; the child is killed after POINT_KILL_S.
  */
-static outcome run_isolated(const role *ro, mode m, const position *pos, GString *why)
+static outcome run_isolated(bool postcopy, const role *ro, mode m, const position *pos,
+				GString *why)
 {
 	int fds[2];
 	g_assert_cmpint(pipe(fds), ==, 0);
@@ -184,7 +385,8 @@ static outcome run_isolated(const role *ro, mode m, const position *pos, GString
 	if (pid == 0) {
 		close(fds[0]);
 		g_autoptr(GString) line = g_string_new(NULL);
-		outcome o = run_point(ro, m, pos, line);
+		outcome o = postcopy ? run_point_postcopy(ro, m, pos, line)
+				     : run_point(ro, m, pos, line);
 		char c = (char)('0' + o);
 		(void)!write(fds[1], &c, 1);
 		(void)!write(fds[1], line->str, line->len);
@@ -227,7 +429,7 @@ static outcome run_isolated(const role *ro, mode m, const position *pos, GString
 	return o;
 }
 
-static void test_sweep(void)
+static void sweep(bool postcopy)
 {
 	const char *only = g_getenv("CUT_SWEEP_ONLY");
 	g_autoptr(GPatternSpec) pat = only && *only ? g_pattern_spec_new(only) : NULL;
@@ -247,19 +449,27 @@ static void test_sweep(void)
 		return;
 	}
 	int64_t t0 = g_get_monotonic_time();
-	for (size_t ri = 0; ri < G_N_ELEMENTS(roles); ri++) {
-		for (size_t pi = 0; pi < G_N_ELEMENTS(positions); pi++) {
+	if (postcopy && !uffd_usable()) {
+		g_string_free(tl.failures, TRUE);
+		return; /* skipped with the reason */
+	}
+	const role *rl = postcopy ? pc_roles : roles;
+	size_t nr = postcopy ? G_N_ELEMENTS(pc_roles) : G_N_ELEMENTS(roles);
+	const position *ps = postcopy ? pc_positions : positions;
+	size_t npos = postcopy ? G_N_ELEMENTS(pc_positions) : G_N_ELEMENTS(positions);
+	for (size_t ri = 0; ri < nr; ri++) {
+		for (size_t pi = 0; pi < npos; pi++) {
 			for (int m = 0; m < M_COUNT; m++) {
-				const position *pos = &positions[pi];
+				const position *pos = &ps[pi];
 				g_autofree char *name = g_strdup_printf(
-					"%s/%s/%s", roles[ri].name, pos->name, mode_name[m]);
+					"%s/%s/%s/%s", postcopy ? "postcopy" : "precopy", rl[ri].name, pos->name, mode_name[m]);
 				if ((pat && !g_pattern_spec_match_string(pat, name)) ||
 				    (pos->frame && tls_dir)) {
 					tl.skipped++;
 					continue;
 				}
 				g_string_truncate(line, 0);
-				outcome o = run_isolated(&roles[ri], (mode)m, pos, line);
+				outcome o = run_isolated(postcopy, &rl[ri], (mode)m, pos, line);
 				tl.n[o]++;
 				static const char *const oname[] = { "pass", "not-reached",
 								     "FAIL" };
@@ -271,9 +481,9 @@ static void test_sweep(void)
 			}
 		}
 	}
-	g_test_message("cut sweep (%s%s-to-%s, %.0f s): %u passed, %u not reached (completed "
+	g_test_message("cut sweep (%s, %s%s-to-%s, %.0f s): %u passed, %u not reached (completed "
 		       "before the cut), %u failed, %u skipped",
-		       tls_dir ? "tls-" : "", send_io, recv_io,
+		       postcopy ? "postcopy" : "precopy", tls_dir ? "tls-" : "", send_io, recv_io,
 		       (double)(g_get_monotonic_time() - t0) / 1e6, tl.n[O_PASS],
 		       tl.n[O_NOT_REACHED], tl.n[O_FAIL], tl.skipped);
 	if (tl.n[O_FAIL]) {
@@ -283,10 +493,21 @@ static void test_sweep(void)
 	g_string_free(tl.failures, TRUE);
 }
 
+static void test_sweep_precopy(void)
+{
+	sweep(false);
+}
+
+static void test_sweep_postcopy(void)
+{
+	sweep(true);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
-		{ "cut-sweep/precopy", test_sweep, false },
+		{ "cut-sweep/precopy", test_sweep_precopy, false },
+		{ "cut-sweep/postcopy", test_sweep_postcopy, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
