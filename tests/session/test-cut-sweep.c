@@ -86,7 +86,7 @@ static const position pc_positions[] = {
 	{ "before-PAGE_REQ", 0, TM_MSG_PAGE_REQ, false },
 	{ "before-URGENT", 0, TM_MSG_URGENT, true },
 	{ "before-RAM_END", 0, TM_MSG_RAM_END, true },
-	{ "before-REQ_END", 0, TM_MSG_REQ_END, true },
+	{ "before-REQ_END", 0, TM_MSG_REQ_END, false },
 	{ "before-END", 0, TM_MSG_END, true },
 	{ "before-READY", 0, TM_MSG_READY, false },
 	{ "before-END_ACK", 0, TM_MSG_END_ACK, false },
