@@ -300,7 +300,9 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
 		tm_chan *chi = tm_setup_chan(s, i);
 		if (chi->fd < 0 || tm_io_readable(chi->io))
 			return 0;
-		if (rounds && tm_now_us() >= next) {
+		/* A readable one first (an answer, or a break to dial again: below); redial_quiet()
+		 * would only return at once, and past the redials' deadline spin. */
+		if (rounds && tm_now_us() >= next && !any_readable(s, i, n)) {
 			int r = redial_quiet(s, i, n, (double)(tm_now_us() - since) / 1e6, redialled,
 					     error);
 			if (r < 0)
