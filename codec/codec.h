@@ -402,8 +402,8 @@ size_t tm_ctrl_encode(uint8_t *out, uint8_t type, uint32_t seq, uint64_t a, uint
 int tm_ctrl_decode(uint8_t type, const uint8_t *buf, size_t len, uint64_t *ret_a, uint64_t *ret_b,
 		   GError **error);
 
-/* The u64 fields of a control body, in wire order (at most 3: END v2). */
-#define TM_CTRL_MAX_FIELDS 3u
+/* The u64 fields of a control body, in wire order (at most 5: LINK_A). */
+#define TM_CTRL_MAX_FIELDS 5u
 
 /*
  * Any protocol: encodes frame + body of a control message (tm_ctrl_body_len(version, type) != 0)

@@ -115,6 +115,7 @@ int tm_hello_ack_check(const tm_hello_ack *ack, uint32_t offered, GError **error
 		{ TM_FEATURE_RESUME, "RESUME", false },
 		{ TM_FEATURE_RESUME_CONTROL, "RESUME_CONTROL", true },
 		{ TM_FEATURE_CONN_LOST, "CONN_LOST", true },
+		{ TM_FEATURE_LINK_CHECK, "LINK_CHECK", false },
 	};
 	for (size_t i = 0; i < G_N_ELEMENTS(agreed); i++) {
 		if (!(ack->features & agreed[i].bit))

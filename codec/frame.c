@@ -70,6 +70,10 @@ const char *tm_msg_name(uint8_t type)
 		return "ZDELTA";
 	case TM_MSG_CONN_LOST:
 		return "CONN_LOST";
+	case TM_MSG_LINK_Q:
+		return "LINK_Q";
+	case TM_MSG_LINK_A:
+		return "LINK_A";
 	default:
 		return "unknown";
 	}
@@ -110,7 +114,10 @@ uint32_t tm_ctrl_body_len(uint8_t version, uint8_t type)
 	case TM_MSG_PONG:
 		return 8;
 	case TM_MSG_CONN_LOST:
+	case TM_MSG_LINK_Q:
 		return 16;
+	case TM_MSG_LINK_A:
+		return 40;
 	default:
 		return 0;
 	}
@@ -183,7 +190,10 @@ uint32_t tm_frame_max_body(uint8_t version, uint8_t type, uint32_t packet_size)
 	case TM_MSG_REQ_END:
 		return 8;
 	case TM_MSG_CONN_LOST:
+	case TM_MSG_LINK_Q:
 		return 16;
+	case TM_MSG_LINK_A:
+		return 40;
 	case TM_MSG_RESUME:
 		return TM_RESUME_LEN;
 	case TM_MSG_RESUME_ACK:

@@ -255,7 +255,14 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 int tm_chan_send_ctrl(tm_chan *ch, uint8_t type, uint64_t a, uint64_t b, GError **error)
 {
 	/* protocol 2 END: state_chunks 0 (no device state yet, design step 9) */
-	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { a, b, 0 };
+	const uint64_t vals[TM_CTRL_MAX_FIELDS] = { a, b };
+
+	return tm_chan_send_ctrl_v(ch, type, vals, error);
+}
+
+int tm_chan_send_ctrl_v(tm_chan *ch, uint8_t type, const uint64_t vals[TM_CTRL_MAX_FIELDS],
+			GError **error)
+{
 	uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
 	size_t len = tm_ctrl_encode_v(buf, ch->version, type, ch->tx_seq++, vals);
 	struct iovec v = { .iov_base = buf, .iov_len = len };

@@ -122,6 +122,9 @@ int tm_chan_recv_frame(tm_chan *ch, uint32_t packet_size, tm_frame *ret, GError 
 
 /* Sends a control message (tm_ctrl_encode_v) of ch->version; protocol 2 END's third field is 0. */
 int tm_chan_send_ctrl(tm_chan *ch, uint8_t type, uint64_t a, uint64_t b, GError **error);
+/* The same with every field (tm_ctrl_body_len(ch->version, type) / 8 of vals are sent). */
+int tm_chan_send_ctrl_v(tm_chan *ch, uint8_t type, const uint64_t vals[TM_CTRL_MAX_FIELDS],
+			GError **error);
 
 /*
  * Receives the next message, which must be a control message of type `type`; an ERROR from the

@@ -170,8 +170,16 @@ static int receiver_close(tm_control *c, GError **error)
 
 	if (!c->resume)
 		return close_control(c, error);
-	if ((r = tm_chan_recv_frame(c->ch, 0, &f, error)) < 0)
-		return r;
+	for (;;) {
+		if ((r = tm_chan_recv_frame(c->ch, 0, &f, error)) < 0)
+			return r;
+		if (f.type != TM_MSG_LINK_Q || !c->lw)
+			break;
+		/* A question that crossed our END_ACK: the session needs no answer any more. */
+		uint64_t v[TM_CTRL_MAX_FIELDS];
+		if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
+			return r;
+	}
 	if (f.type == TM_MSG_ERROR)
 		return tm_chan_recv_peer_error(c->ch, &f, "sender gave up", error);
 	if ((r = tm_ctl_pos_recv(c, c->ch, &f, &n, error)) < 0)
@@ -276,6 +284,12 @@ static int one_message(loop *l, GError **error)
 		if (c->conn_lost_msg)
 			c->conn_lost_msg(c->owner, (uint32_t)v[0], (uint32_t)v[1]);
 		return 0;
+	}
+	if (c->lw && f.type == (c->sender ? TM_MSG_LINK_A : TM_MSG_LINK_Q)) {
+		/* LINK_CHECK (link-check.c): not ordered, belongs to this connection. */
+		if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
+			return r;
+		return c->sender ? tm_link_watch_answer(c, v, error) : tm_link_watch_query(c, v, error);
 	}
 	if (!c->sender && f.type == TM_MSG_POSTCOPY && c->postcopy && !c->end_seen) {
 		if ((r = c->postcopy(c->owner, &f, error)) == 0)
@@ -436,6 +450,11 @@ static int run(loop *l, GError **error)
 			}
 			if ((r = check_links(l, error)) < 0)
 				return r;
+			/* Until END: after it the receiver's END_ACK and close may cross a question,
+			 * except with RESUME_CONTROL, whose close skips them (receiver_close). */
+			if (c->sender && (!c->end_sent || c->resume) &&
+			    (r = tm_link_watch_tick(c, error)) < 0)
+				return r;
 			l->next_tick = now + (int64_t)c->ka_ms * 1000;
 		}
 		int64_t wake_at = MIN(deadline, l->next_tick);
@@ -523,6 +542,7 @@ static gpointer control_thread(gpointer data)
 		int64_t now = tm_now_us();
 		l.last_rx = l.next_tick = l.flood_t = now;
 		c->ping_out = false; /* its PONG went with the old connection */
+		tm_link_watch_reset(c); /* so did the LINK_As */
 		memset(l.lost_sent, 0, sizeof(l.lost_sent)); /* said again: it may have gone with it */
 		l.flood_n = 0;
 	}
@@ -584,6 +604,8 @@ int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned
 	c->ka_ms = tm_control_interval(timeout_ms);
 	c->ndata = ndata;
 	c->data_fds = g_new(int, MAX(ndata, 1));
+	c->data_epochs = g_new0(uint32_t, MAX(ndata, 1));
+	tm_link_watch_alloc(c);
 	/*
 	 * No idle timer on data channels: a blocked read or write there waits as long as the
 	 * session lives. Keepalive finds a dead peer of an idle connection. Best effort: a socket
@@ -698,6 +720,8 @@ void tm_control_stop(tm_control *c)
 		close(c->end_fd);
 	c->wake_fd = c->end_fd = -1;
 	g_clear_pointer(&c->data_fds, g_free);
+	g_clear_pointer(&c->data_epochs, g_free);
+	tm_link_watch_free(c);
 }
 
 void tm_control_clear(tm_control *c)

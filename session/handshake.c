@@ -191,6 +191,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	/* A data channel that broke after the receiver agreed the session: its worker's first
 	 * I/O fails and resumes it like any broken channel (docs/wire-format.md, "Setup"). */
 	tm_resume_send_agreed(s, &first); /* its secret, for reconnects */
+	s->control.link_check = (first.features & TM_FEATURE_LINK_CHECK) != 0;
 	/* The receiver's device-state limits: put_state refuses what it would. */
 	s->st.max_section = first.max_state_section;
 	s->st.max_total = first.max_state_total;

@@ -376,7 +376,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	}
 	s->hello.version = s->wire;
 	s->hello.features = (s->hello.features & ~TM_FEATURES_COMPRESS) |
-			    tm_zsend_offer(&s->live, s->wire) | tm_dsend_offer(&s->live, s->wire);
+			    tm_zsend_offer(&s->live, s->wire) | tm_dsend_offer(&s->live, s->wire) |
+			    (s->wire == TM_WIRE_VERSION_2 ? TM_FEATURE_LINK_CHECK : 0u);
 	if (s->live.reconnect)
 		tm_resume_send_offer(s, NULL, NULL); /* the VMM's hook reconnects (resume.h) */
 	if (s->tls_creds_dir && !s->tls) {

@@ -127,7 +127,9 @@ typedef struct tm_control {
 	unsigned timeout_ms, ka_ms;
 	int wake_fd;           /* eventfd: quit or END requested; owned (init to stop) */
 	int end_fd;            /* eventfd, readable once ended is set (for a poll); owned likewise */
-	int *data_fds;         /* the data channels' sockets (TCP_INFO), valid until free */
+	int *data_fds;         /* the data channels' sockets (TCP_INFO), valid until free; -1
+	                        * while a channel's connection is closed for a reconnect */
+	uint32_t *data_epochs; /* the HELLO epoch of each data_fds[i]'s connection (LINK_CHECK) */
 	unsigned ndata;
 	GThread *thread;
 	void *owner;           /* tm_sender or tm_receiver */
@@ -162,6 +164,10 @@ typedef struct tm_control {
 	bool (*link_dead)(void *owner, unsigned chan, int fd);
 	/* CONN_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
 	bool conn_lost;
+	/* LINK_CHECK agreed (likewise): the sender's watch of what its data connections delivered,
+	 * the thread's own (link-check.c; allocated by tm_control_start) */
+	bool link_check;
+	struct tm_link_watch *lw;
 
 	/* protected by *lock */
 	bool started;          /* the thread runs (or ran) */
@@ -201,6 +207,24 @@ typedef struct tm_control {
 	uint64_t direct_ends;  /* sender: control ENDs sent by the migration thread; receiver:
 	                        * END_ACKs sent by the last data worker (tests: one hand-over less) */
 } tm_control;
+
+/*
+ * LINK_CHECK (link-check.c), the control thread's, io_lock held: a data connection whose path
+ * acknowledged what it did not deliver (a middlebox holding the bytes: TCP_INFO's counts at
+ * both ends differ and stay so). Sender: tm_link_watch_tick() every keepalive asks (LINK_Q)
+ * about each quiet connection and, after timeout_ms of such a gap, hands the connection to
+ * link_dead() (resumed) or fails with -ETIMEDOUT; tm_link_watch_answer() takes the LINK_A
+ * whose fields were decoded. Receiver: tm_link_watch_query() answers a LINK_Q. All return 0 or
+ * -errno with *error; reset() forgets questions that went with a broken control connection.
+ */
+void tm_link_watch_alloc(tm_control *c);
+void tm_link_watch_free(tm_control *c);
+void tm_link_watch_reset(tm_control *c);
+int tm_link_watch_tick(tm_control *c, GError **error);
+int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error);
+int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error);
+/* The owner, its lock held: data channel i's connection is now fd (-1: closed), of epoch. */
+void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch);
 
 /* Keepalive interval of a session with this timeout: clamp(timeout / 4, 100 ms, 5 s). */
 unsigned tm_control_interval(unsigned timeout_ms);

@@ -303,6 +303,16 @@ void tm_net_abort(int fd);
  */
 int tm_net_delivery_rate(int fd, uint64_t *ret_bytes_per_sec, bool *ret_app_limited);
 
+/*
+ * From TCP_INFO (transport/net-rate.c): the bytes of the stream this end sent that its peer's
+ * kernel acknowledged (*ret_acked; the connecting end counts its SYN too, both count a FIN),
+ * those it received (*ret_received; a FIN counts), whatever the application read, and those
+ * received that the application has not read yet (*ret_unread). Through a proxy the peer is
+ * the proxy. Returns 0 or -errno (-EBADF for fd < 0; not a TCP socket, or a kernel without
+ * these counts: -EOPNOTSUPP).
+ */
+int tm_net_stream_bytes(int fd, uint64_t *ret_acked, uint64_t *ret_received, uint64_t *ret_unread);
+
 /* Drops done bytes from the front of the iovec array *v of *n entries (after a partial transfer). */
 static inline void tm_iov_advance(struct iovec **v, unsigned *n, size_t done)
 {

@@ -68,6 +68,10 @@
 /* Protocol 2 only, with RESUME: the receiver tells the sender on control when one of its data
  * or urgent connections broke (CONN_LOST), which the sender may not see itself. */
 #define TM_FEATURE_CONN_LOST (1u << 4)
+/* Protocol 2 only: the sender asks on control what the receiver's kernel received and had
+ * acknowledged on a quiet data connection (LINK_Q, LINK_A), to find a path that acknowledges
+ * but does not deliver (a middlebox holding the bytes). */
+#define TM_FEATURE_LINK_CHECK (1u << 5)
 /* Protocol 2 only: page data may travel compressed (ZDATA) with this codec; the sender offers
  * the codecs it may use, the receiver's HELLO_ACK keeps those it decodes (issue 15). */
 #define TM_FEATURE_LZ4 (1u << 8)
@@ -78,7 +82,7 @@
 #define TM_FEATURES_KNOWN (TM_FEATURE_TAGS_MTE4)                        /* protocol 1 */
 #define TM_FEATURES_KNOWN_V2 (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_POSTCOPY | TM_FEATURE_RESUME | \
 			      TM_FEATURE_RESUME_CONTROL | TM_FEATURE_CONN_LOST | \
-			      TM_FEATURES_COMPRESS | TM_FEATURE_DELTA) /* protocol 2 */
+			      TM_FEATURE_LINK_CHECK | TM_FEATURES_COMPRESS | TM_FEATURE_DELTA) /* protocol 2 */
 
 /* Protocol 2: what a connection carries, named by its HELLO. */
 typedef enum tm_conn_role {
@@ -117,12 +121,16 @@ typedef enum tm_msg_type {
 	TM_MSG_CTL_POS = 25,    /* control: the ordered control messages this side received */
 	TM_MSG_ZDELTA = 26,     /* a DELTA whose deltas are zstd-compressed (DELTA + ZSTD agreed) */
 	TM_MSG_CONN_LOST = 27,  /* control, r->s: this data or urgent connection (epoch) broke */
+	TM_MSG_LINK_Q = 28,     /* control, s->r: what did a data connection deliver (LINK_CHECK) */
+	TM_MSG_LINK_A = 29,     /* control, r->s: its byte counts there (LINK_CHECK) */
 } tm_msg_type;
 
 #define TM_MSG_LAST_V1 TM_MSG_ERROR
-#define TM_MSG_LAST_V2 TM_MSG_CONN_LOST
+#define TM_MSG_LAST_V2 TM_MSG_LINK_A
 /* CONN_LOST's connection field for the urgent connection (else a data channel's number). */
 #define TM_CONN_LOST_URGENT UINT32_MAX
+/* LINK_A's byte counts when the receiver cannot tell (not a TCP socket, no connection now). */
+#define TM_LINK_UNKNOWN UINT64_MAX
 
 typedef enum tm_page_kind {
 	TM_PAGE_NORMAL = 0,      /* page_size bytes of data follow */

@@ -41,6 +41,8 @@ static gpointer rpeer_thread(gpointer data)
 		p->ret = tm_receiver_wait(p->r, &p->error);
 		if (p->ret != 1)
 			break;
+		if (p->state_delay_ms)
+			g_usleep((gulong)p->state_delay_ms * 1000);
 		p->ret = receiver_read_states(p->r, check_section, p, &p->error);
 	}
 	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;

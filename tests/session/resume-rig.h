@@ -28,6 +28,7 @@ typedef struct rpeer {
 	GError *error;
 	int ret;
 	const uint8_t *state; /* the device-state section it must read (RIG_STATE_LEN), or NULL */
+	unsigned state_delay_ms; /* a slow VMM: waits this long before it reads device state */
 	unsigned states;
 	double secs;          /* accept to the end of wait */
 	GThread *thread;

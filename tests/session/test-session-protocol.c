@@ -305,6 +305,102 @@ static void test_control_keepalive_checked(void)
 	guest_fini(&dst);
 }
 
+static int raw_hello_link(const char *port, uint8_t role, bool link_check)
+{
+	const fake_hello h = { .version = 2, .role = role, .channel_count = 1,
+			       .features = link_check ? TM_FEATURE_LINK_CHECK : 0,
+			       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
+			       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
+
+	return fake_connect(port, &h);
+}
+
+/* Control frames until one of type; its body's fields in v. */
+static void read_until(int fd, uint8_t type, uint64_t v[TM_CTRL_MAX_FIELDS])
+{
+	uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
+	tm_frame f;
+
+	do {
+		g_assert_cmpint(recv(fd, buf, TM_FRAME_HDR_LEN, MSG_WAITALL), ==, TM_FRAME_HDR_LEN);
+		g_assert_cmpint(tm_frame_decode(buf, TM_FRAME_HDR_LEN, 2, 0, &f, NULL), ==, 0);
+		g_assert_cmpuint(f.body_len, <=, sizeof(buf));
+		g_assert_cmpint(recv(fd, buf, f.body_len, MSG_WAITALL), ==, f.body_len);
+	} while (f.type != type);
+	g_assert_cmpint(tm_ctrl_decode_v(2, type, buf, f.body_len, v, NULL), ==, 0);
+}
+
+/*
+ * LINK_CHECK's question from a hand-made sender: answered with the receiver's kernel's counts of
+ * its connection (what the sender's kernel sees from its side: its own acknowledged bytes less
+ * its SYN, and what it received); misused (unagreed, a channel the session lacks, a flood), the
+ * receiver fails with the reason.
+ */
+static void test_link_check_checked(void)
+{
+	static const struct {
+		const char *what;
+		bool agreed;
+		uint64_t chan;
+		unsigned n;
+		int errnum;
+		const char *substr;
+	} cases[] = {
+		{ "answered", true, 0, 1, 0, NULL },
+		{ "unagreed", false, 0, 1, EPROTO, "control: unexpected LINK_Q" },
+		{ "range", true, 5, 1, ERANGE, "LINK_Q for channel 5, the session has 1 data channels" },
+		{ "flood", true, 0, 25, EPROTO, "control: LINK_Q flood: more than 20 in one second" },
+	};
+	guest dst;
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+
+	guest_init(&dst, a, 1, false);
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		peer p;
+		uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
+		g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
+		int fd0 = raw_hello_link(port, TM_ROLE_DATA, cases[i].agreed);
+		int fdc = raw_hello_link(port, TM_ROLE_CONTROL, cases[i].agreed);
+		uint32_t seq = 1;
+
+		fake_expect_ack(fd0, TM_WIRE_VERSION_2, 0, NULL);
+		fake_expect_ack(fdc, TM_WIRE_VERSION_2, 0, NULL);
+		const uint64_t q[TM_CTRL_MAX_FIELDS] = { cases[i].chan, 0 };
+		for (unsigned k = 0; k < cases[i].n; k++) {
+			size_t n = tm_ctrl_encode_v(buf, 2, TM_MSG_LINK_Q, seq++, q);
+			g_assert_cmpint(write(fdc, buf, n), ==, (ssize_t)n);
+		}
+		if (!cases[i].errnum) {
+			uint64_t v[TM_CTRL_MAX_FIELDS], acked, received, unread;
+			read_until(fdc, TM_MSG_LINK_A, v);
+			g_assert_cmpint(tm_net_stream_bytes(fd0, &acked, &received, &unread), ==, 0);
+			g_test_message("answered: received %" G_GUINT64_FORMAT ", acked %"
+				       G_GUINT64_FORMAT ", unread %" G_GUINT64_FORMAT
+				       "; here acked %" G_GUINT64_FORMAT ", received %" G_GUINT64_FORMAT,
+				       (guint64)v[2], (guint64)v[3], (guint64)v[4], (guint64)acked,
+				       (guint64)received);
+			g_assert_cmpuint(v[0], ==, 0);
+			g_assert_cmpuint(v[1], ==, 0);
+			g_assert_cmpuint(v[2], ==, acked - 1); /* our SYN */
+			g_assert_cmpuint(v[3], ==, received);
+			g_assert_cmpuint(v[4], ==, 0);
+			close(fd0);
+			close(fdc);
+			peer_join(&p);
+			peer_free(&p);
+			continue;
+		}
+		peer_join(&p);
+		g_test_message("%s: receiver: %s", cases[i].what, p.error->message);
+		g_assert_cmpint(p.ret, ==, -cases[i].errnum);
+		g_assert_nonnull(strstr(p.error->message, cases[i].substr));
+		close(fd0);
+		close(fdc);
+		peer_free(&p);
+	}
+	guest_fini(&dst);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -312,6 +408,7 @@ int main(int argc, char **argv)
 		{ "hello-mix-refused", test_hello_mix_refused, true },
 		{ "control-end-checked", test_control_end_checked, true },
 		{ "control-keepalive-checked", test_control_keepalive_checked, true },
+		{ "link-check-checked", test_link_check_checked, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }

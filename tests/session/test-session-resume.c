@@ -534,7 +534,7 @@ static size_t hijack(const char *port, const uint8_t id[16], guest *g, unsigned 
 	const fake_hello h = { .version = 2, .channel_count = (uint16_t)channels,
 			       .features = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_RESUME |
 					   TM_FEATURE_RESUME_CONTROL | TM_FEATURE_CONN_LOST |
-					   (urgent ? TM_FEATURE_POSTCOPY : 0),
+					   TM_FEATURE_LINK_CHECK | (urgent ? TM_FEATURE_POSTCOPY : 0),
 			       .role = role, .epoch = urgent ? 0 : 1, .packet_size = 64u << 10,
 			       .chunk_size = 2u << 20, .block = { "pc.ram", RAM, 4096 },
 			       .guest_base = bi.guest_base, .id = id };

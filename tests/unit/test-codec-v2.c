@@ -240,7 +240,8 @@ static const hello_mutation hello_v2_mutations[] = {
 	{ 31, 1, 0x80, EBADMSG, "reserved bytes at offset 29 are 0x800000" },
 	{ 44, 4, 1, EPROTO, "epoch 1 without the RESUME feature" },
 	{ 44, 4, 0x80000000u, EPROTO, "without the RESUME feature" },
-	{ 20, 4, 0x27, EBADMSG, "reserved bits 0x00000020" },
+	{ 20, 4, 0x87, EBADMSG, "reserved bits 0x00000080" },
+	{ 20, 4, 0x23, 0, "" }, /* LINK_CHECK, without RESUME too */
 	{ 20, 4, 0x7, 0, "" },  /* RESUME, epoch 0: a session's first connection */
 	{ 20, 4, 0x17, 0, "" }, /* ... and CONN_LOST */
 	{ 20, 4, 0x15, 0, "" }, /* CONN_LOST without POSTCOPY: data channels */
@@ -381,7 +382,8 @@ static void test_hello_ack_v2(void)
 		int errnum;
 		const char *substr;
 	} bad[] = {
-		{ 0, 4, 0x27, 3, EBADMSG, "HELLO_ACK: features 0x00000027 has reserved bits 0x00000020" },
+		{ 0, 4, 0x87, 3, EBADMSG, "HELLO_ACK: features 0x00000087 has reserved bits 0x00000080" },
+		{ 0, 4, 0x23, 3, EPROTO, "accept LINK_CHECK, which was not offered (offered 0x00000003)" },
 		{ 0, 4, 0x13, 3, EPROTO, "accept CONN_LOST, which was not offered (offered 0x00000003)" },
 		{ 0, 4, 0x13, 0x17, EBADMSG, "accept CONN_LOST without RESUME" },
 		{ 0, 4, 0x7, 3, EPROTO, "accept RESUME, which was not offered (offered 0x00000003)" },
