@@ -177,7 +177,7 @@ static int receiver_close(tm_control *c, GError **error)
 			break;
 		/* A question that crossed our END_ACK: the session needs no answer any more. */
 		uint64_t v[TM_CTRL_MAX_FIELDS];
-		if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
+		if ((r = ctrl_body(c->ch, &f, v, error)) < 0 || (r = tm_link_watch_count(c, error)) < 0)
 			return r;
 	}
 	if (f.type == TM_MSG_ERROR)
@@ -357,11 +357,12 @@ static int check_links(loop *l, GError **error)
 
 	for (unsigned i = 0; i < c->ndata; i++) {
 		uint32_t unacked, age;
+		uint32_t epoch = __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED);
 		int fd = __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED);
 		if (tm_net_ack_age(fd, &unacked, &age) == 0 && unacked > 0 &&
 		    age > c->timeout_ms) {
 			/* With resume that connection goes, not the session: its owner resumes it. */
-			if (c->link_dead && c->link_dead(c->owner, i, fd))
+			if (c->link_dead && c->link_dead(c->owner, i, fd, epoch))
 				continue;
 			g_set_error(error, TM_ERROR, ETIMEDOUT,
 				    "channel %u: nothing acknowledged by the peer for %.1f s (timeout_ms)",
@@ -719,8 +720,13 @@ void tm_control_stop(tm_control *c)
 	if (c->end_fd >= 0)
 		close(c->end_fd);
 	c->wake_fd = c->end_fd = -1;
+	/* Under the owner's lock, which tm_control_data_conn() is called with. */
+	if (c->lock)
+		g_mutex_lock(c->lock);
 	g_clear_pointer(&c->data_fds, g_free);
 	g_clear_pointer(&c->data_epochs, g_free);
+	if (c->lock)
+		g_mutex_unlock(c->lock);
 	tm_link_watch_free(c);
 }
 

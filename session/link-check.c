@@ -40,7 +40,10 @@ typedef struct watch_chan {
 	int q_fd;           /* ... about this connection, */
 	uint32_t q_epoch;
 	uint64_t q_acked;   /* ... when our kernel had this acknowledged */
-	int64_t gap_since;  /* the first of the answers showing a gap (us), 0: none */
+	int64_t gap_since;  /* the first of the answers showing a gap, the far end's counts still
+	                     * since (us), 0: none */
+	int64_t gap_seen;   /* the last answer showing it (us) */
+	uint64_t a_received, a_acked; /* the far end's counts in that answer */
 	uint64_t gap_tx, gap_rx; /* the last gap: our bytes not there, theirs not here */
 } watch_chan;
 
@@ -80,7 +83,7 @@ void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch)
 
 static int dead(tm_control *c, unsigned i, watch_chan *w, int64_t now, GError **error)
 {
-	if (c->link_dead && c->link_dead(c->owner, i, w->fd)) {
+	if (c->link_dead && c->link_dead(c->owner, i, w->fd, w->epoch)) {
 		w->gap_since = 0;
 		return 0;
 	}
@@ -118,7 +121,9 @@ int tm_link_watch_tick(tm_control *c, GError **error)
 					   .q_epoch = w->q_epoch, .q_acked = w->q_acked };
 			continue;
 		}
-		if (w->gap_since && now - w->gap_since >= (int64_t)c->timeout_ms * 1000) {
+		/* Every answer for timeout_ms showed it, the last one recent (two questions). */
+		if (w->gap_since && now - w->gap_since >= (int64_t)c->timeout_ms * 1000 &&
+		    now - w->gap_seen <= 2 * (int64_t)c->ka_ms * 1000) {
 			int r = dead(c, i, w, now, error);
 			if (r < 0)
 				return r;
@@ -159,9 +164,11 @@ int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GE
 	}
 	w->asked = false;
 	/* About another connection than ours now (one end reconnected meanwhile), or unknown. */
-	if (v[1] != w->q_epoch || w->q_fd != w->fd || w->q_epoch != w->epoch || w->fd < 0)
-		return 0;
-	if (v[2] == TM_LINK_UNKNOWN || v[3] == TM_LINK_UNKNOWN || v[4] == TM_LINK_UNKNOWN) {
+	unsigned i = (unsigned)v[0];
+	if (v[1] != w->q_epoch || w->q_fd != w->fd || w->q_epoch != w->epoch || w->fd < 0 ||
+	    w->fd != __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED) ||
+	    w->epoch != __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED) ||
+	    v[2] == TM_LINK_UNKNOWN || v[3] == TM_LINK_UNKNOWN || v[4] == TM_LINK_UNKNOWN) {
 		w->gap_since = 0;
 		return 0;
 	}
@@ -176,14 +183,21 @@ int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GE
 	w->gap_rx = unread == 0 && v[3] > received && v[3] - received > LINK_SLACK
 			    ? v[3] - received
 			    : 0;
-	if (!w->gap_tx && !w->gap_rx)
+	int64_t now = tm_now_us();
+	if (!w->gap_tx && !w->gap_rx) {
 		w->gap_since = 0;
-	else if (!w->gap_since)
-		w->gap_since = tm_now_us();
+	} else if (!w->gap_since || v[2] != w->a_received || v[3] != w->a_acked) {
+		/* New, or the far end's counts moved: a buffer on the path that drains slowly (a
+		 * tunnel before a slower link) is no dead path. The clock starts again. */
+		w->gap_since = now;
+	}
+	w->gap_seen = now;
+	w->a_received = v[2];
+	w->a_acked = v[3];
 	return 0;
 }
 
-int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
+int tm_link_watch_count(tm_control *c, GError **error)
 {
 	struct tm_link_watch *lw = c->lw;
 	int64_t now = tm_now_us();
@@ -198,6 +212,15 @@ int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GEr
 			    LINK_Q_FLOOD * MAX(c->ndata, 1u));
 		return -EPROTO;
 	}
+	return 0;
+}
+
+int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
+{
+	int r = tm_link_watch_count(c, error);
+
+	if (r < 0)
+		return r;
 	if (v[0] >= c->ndata) {
 		g_set_error(error, TM_ERROR, ERANGE,
 			    "control: LINK_Q for channel %" PRIu64 ", the session has %u data channels",

@@ -416,11 +416,12 @@ int tm_resume_recv(recv_chan *c, GError **error)
 	return 0;
 }
 
-bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd)
+bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd, uint32_t epoch)
 {
 	tm_receiver *r = receiver;
 	bool resumed = false;
 
+	(void)epoch; /* a closed connection's number is -1 in data_fds until the next is taken */
 	/* Our end goes: the worker's read fails, it says CONN_LOST and waits for the sender. */
 	g_mutex_lock(&r->lock);
 	if (r->control.resume_agreed && chan < r->nch) {

@@ -95,6 +95,21 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 	}
 }
 
+/*
+ * s->lock held: ends channel chan's connection when it is still fd (and of epoch, unless
+ * any_epoch) and no reconnect of it is under way, with a reset: our end's path may be dead too,
+ * and zero-copy sends wait for the release of what it holds. The worker's next or current I/O
+ * fails and it resumes the channel as after any break.
+ */
+static void end_conn_locked(tm_sender *s, unsigned chan, int fd, uint32_t epoch, bool any_epoch)
+{
+	send_chan *c = chan < s->nch ? &s->chans[chan] : NULL;
+
+	if (c && s->resume && c->ch.fd >= 0 && c->ch.fd == fd &&
+	    (any_epoch || c->epoch == epoch) && s->resume->busy_fds[chan] < 0)
+		tm_net_abort(fd);
+}
+
 void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch)
 {
 	tm_sender *s = sender;
@@ -106,27 +121,23 @@ void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch)
 	/*
 	 * A path dead on the receiver's side only (a middlebox that keeps ours open and reads no
 	 * more) breaks nothing here: the worker would wait for an answer or a send for good. A
-	 * stale epoch (reconnected already) or a reconnect under way: nothing to do. Else the
-	 * worker's next or current I/O fails and it resumes the channel as after any break.
+	 * stale epoch (reconnected already) or a reconnect under way: nothing to do.
 	 */
 	g_mutex_lock(&s->lock);
-	send_chan *c = conn < s->nch ? &s->chans[conn] : NULL;
-	if (c && s->resume && c->epoch == epoch && c->ch.fd >= 0 && s->resume->busy_fds[conn] < 0)
-		tm_net_abort(c->ch.fd); /* our end's path may be dead too: drop what it holds */
+	if (conn < s->nch)
+		end_conn_locked(s, conn, s->chans[conn].ch.fd, epoch, false);
 	g_mutex_unlock(&s->lock);
 }
 
-bool tm_resume_link_dead(void *sender, unsigned chan, int fd)
+bool tm_resume_link_dead(void *sender, unsigned chan, int fd, uint32_t epoch)
 {
 	tm_sender *s = sender;
 	bool resumed = false;
 
 	g_mutex_lock(&s->lock);
 	if (s->resume && s->control.resume_agreed && chan < s->nch) {
-		send_chan *c = &s->chans[chan];
 		resumed = true;
-		if (c->ch.fd == fd && s->resume->busy_fds[chan] < 0)
-			tm_net_abort(fd); /* zero-copy sends wait for the data it holds */
+		end_conn_locked(s, chan, fd, epoch, false); /* not a new one with a reused number */
 	}
 	g_mutex_unlock(&s->lock);
 	return resumed;

@@ -72,9 +72,9 @@ uint64_t tm_resume_unsent_pages(const send_chan *c);
  * sees the break and reconnects (the urgent one: resume-postcopy.c). Never blocks. */
 void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch);
 /* Control thread (tm_control.link_dead): the sender's side. */
-bool tm_resume_link_dead(void *sender, unsigned chan, int fd);
+bool tm_resume_link_dead(void *sender, unsigned chan, int fd, uint32_t epoch);
 /* Control thread (tm_control.link_dead): the receiver's side. */
-bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd);
+bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd, uint32_t epoch);
 /*
  * Worker c, after its connection failed with *error while handling c->work up to (not
  * including) item `next`: if the failure is a broken connection and resume was agreed,

@@ -156,12 +156,13 @@ typedef struct tm_control {
 	 * TM_CONN_LOST_URGENT) of this epoch, checked against the session's channels. Never blocks. */
 	void (*conn_lost_msg)(void *owner, uint32_t conn, uint32_t epoch);
 	/* optional (resume-send.c, resume-recv.c): data channel chan's connection fd has had data
-	 * its peer's kernel did not acknowledge for timeout_ms (a path that drops everything).
+	 * its peer's kernel did not acknowledge for timeout_ms (a path that drops everything), or
+	 * that connection (of that epoch) holds a gap (link-check.c).
 	 * With resume agreed: shuts fd down if it is still the channel's and no reconnect is under
 	 * way, so that the channel is resumed as after any break, and returns true (also when a
 	 * reconnect is under way or fd is no longer the channel's); false: the session fails.
 	 * Takes the owner's lock; never blocks. */
-	bool (*link_dead)(void *owner, unsigned chan, int fd);
+	bool (*link_dead)(void *owner, unsigned chan, int fd, uint32_t epoch);
 	/* CONN_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
 	bool conn_lost;
 	/* LINK_CHECK agreed (likewise): the sender's watch of what its data connections delivered,
@@ -223,6 +224,8 @@ void tm_link_watch_reset(tm_control *c);
 int tm_link_watch_tick(tm_control *c, GError **error);
 int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error);
 int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error);
+/* Receiver: counts one more LINK_Q against the flood bound (also one it drops unanswered). */
+int tm_link_watch_count(tm_control *c, GError **error);
 /* The owner, its lock held: data channel i's connection is now fd (-1: closed), of epoch. */
 void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch);
 
@@ -370,6 +373,7 @@ struct tm_sender {
 	send_chan *chans;
 	tm_live_config live;   /* defaults filled in (tm_live_config_load) */
 	bool live_set;         /* tm_sender_set_live() was called */
+	bool dialled;          /* tm_sender_connect(): the library made the sockets (LINK_CHECK) */
 	uint8_t wire;          /* protocol spoken: 2 unless set_live said 1 or attach got N sockets */
 	tm_chan ctl;           /* protocol 2: the control connection (fd -1 without) */
 	unsigned wire_done;    /* wire once the handshake completed, else 0 (atomic) */
