@@ -49,12 +49,18 @@ void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
 #endif
 }
 
-int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h)
+bool tm_setup_redial_possible(const tm_receiver *r)
 {
 	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered
-	 * RESUME and this receiver would agree it, only an epoch 0 HELLO of this session. */
-	if (!r->setup_redial_ok || !r->chans || r->live.no_resume || f->version != r->wire ||
-	    !(r->hello.features & TM_FEATURE_RESUME) || h->epoch != 0 ||
+	 * RESUME and this receiver would agree it. */
+	return r->setup_redial_ok && r->chans && !r->live.no_resume &&
+	       (r->hello.features & TM_FEATURE_RESUME);
+}
+
+int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h)
+{
+	/* ... and only an epoch 0 HELLO of this session. */
+	if (!tm_setup_redial_possible(r) || f->version != r->wire || h->epoch != 0 ||
 	    memcmp(r->hello.session_id, h->session_id, sizeof(h->session_id)) != 0)
 		return false;
 	tm_chan *old;
@@ -126,7 +132,12 @@ void tm_setup_budget_start(tm_sender *s)
 
 int64_t tm_setup_handshake_deadline(const tm_sender *s)
 {
-	int64_t d = tm_handshake_deadline(s->cfg.timeout_ms);
+	/* Half the receiver's (min(timeout_ms, TM_HANDSHAKE_DEADLINE_MS) from its accept): the
+	 * connections after a silent one are opened one at a time behind it, and their handshakes
+	 * must still end within the receiver's deadlines (accepted at the start, the TCP connects
+	 * come first), and so must a redial of it. */
+	unsigned ms = MIN(s->cfg.timeout_ms / 2, TM_HANDSHAKE_DEADLINE_MS);
+	int64_t d = tm_now_us() + (int64_t)MAX(ms, 1u) * 1000;
 	/* A redial's handshake ends with the setup's budget for redials, not after it. */
 	return s->setup_redial.deadline_us ? MIN(d, s->setup_redial.deadline_us) : d;
 }
