@@ -359,6 +359,7 @@ struct tm_sender {
 		int64_t deadline_us; /* 0 until the first redial */
 		unsigned attempts;
 		unsigned backoff_ms;
+		double quiet_s;      /* > 0: no connection answered for this long (a round) */
 	} setup_redial; /* cuts during setup (resume-setup.c) */
 	GArray **staging; /* per channel, work being split before hand-over */
 	uint64_t next_sync;
