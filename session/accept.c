@@ -3,7 +3,8 @@
  * The receiver's listener: connections arrive until the session has all of its own, and any
  * other connection (a port scan, garbage, an immediate close, a failed TLS authentication, a
  * handshake that trickles past its deadline) is dropped without ending the session, up to
- * TM_MAX_STRANGERS of them and within the accept deadline. Up to TM_HANDSHAKES_AT_ONCE
+ * TM_MAX_STRANGERS of them and within the accept deadline (tm_accept_clock: moved on by the
+ * session's progress while a setup redial may come). Up to TM_HANDSHAKES_AT_ONCE
  * connections are handshaken at once (TLS, then their HELLO read and decoded), each in a thread
  * of its own, so one that went silent (a connection cut on one side only, a stalled peer) holds
  * one of them until its deadline and not the session's other connections; the listener takes no
