@@ -231,6 +231,44 @@ static void test_no_resume(void)
 	run_end(&t);
 }
 
+/*
+ * A receiver with a shorter timeout than the sender's (1 s and 3 s) gives up before the
+ * sender's redials of a control connection cut on the receiver's side only: it refuses the
+ * connections it placed, naming the one it lacked, and the sender fails at once quoting that,
+ * not after resume_deadline_ms of redials that blame channel 0.
+ */
+static void test_receiver_gave_up(void)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the HELLO by its frame header: plaintext only");
+		return;
+	}
+	rig_send_timeout_ms = 3000;
+	rig_recv_timeout_ms = 1000;
+	run_start(&t, NULL, 0);
+	t.px.half_recv = true;
+	proxy_arm_frame(&t.px, CONTROL, TM_MSG_HELLO, true);
+	int64_t t0 = g_get_monotonic_time();
+	t.r = run_connect(&t);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	tm_sender_free(t.s);
+	t.s = NULL;
+	rpeer_join(&t.p);
+	rig_send_timeout_ms = 20000;
+	rig_recv_timeout_ms = 20000;
+	g_assert_cmpint(t.r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.1f s): %s", secs, t.err->message);
+	g_test_message("receiver: %s", t.p.error->message);
+	g_assert_cmpint(t.p.ret, ==, -ETIMEDOUT);
+	g_assert_nonnull(strstr(t.p.error->message, "(missing: control)"));
+	g_assert_true(g_str_has_prefix(t.err->message, "handshake: channel 0: receiver refused: "));
+	g_assert_nonnull(strstr(t.err->message, "(missing: control)"));
+	g_assert_cmpfloat(secs, <, 3.0); /* before the sender's own silence (3 s) */
+	run_end(&t);
+}
+
 /* The proxy refuses every connection after the cut: the sender gives up within its deadline
  * (1 s) and says it could not connect again. */
 static void test_deadline(void)
@@ -409,6 +447,7 @@ int main(int argc, char **argv)
 		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
 		{ "resume-setup/deadline", test_deadline, false },
+		{ "resume-setup/receiver-gave-up", test_receiver_gave_up, false },
 		{ "resume-setup/frozen-receiver", test_frozen_receiver, false },
 		{ "resume-setup/replace", test_replace, true },
 		{ "resume-setup/replace-bounded", test_replace_bounded, true },
