@@ -268,11 +268,11 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 					g_autofree char *miss = missing_connections(r);
 					if (r->nch && r->wire == TM_WIRE_VERSION_2)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
-							    "only %u of %u connections (%u channels and "
-							    "control%s) connected within %.1f s (missing: %s)",
+							    "only %u of %u connections (%u channels%s) "
+							    "connected within %.1f s (missing: %s)",
 							    k, tm_receiver_connections(r), r->nch,
 							    tm_receiver_connections(r) > r->nch + 1
-								    ? " and urgent" : "",
+								    ? ", control and urgent" : " and control",
 							    waited, miss);
 					else if (r->nch)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
