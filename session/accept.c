@@ -3,7 +3,8 @@
  * The receiver's listener: connections arrive until the session has all of its own, and any
  * other connection (a port scan, garbage, an immediate close, a failed TLS authentication, a
  * handshake that trickles past its deadline) is dropped without ending the session, up to
- * TM_MAX_STRANGERS of them and within the accept deadline. Up to TM_HANDSHAKES_AT_ONCE
+ * TM_MAX_STRANGERS of them and within the accept deadline (tm_accept_clock: moved on by the
+ * session's progress while a setup redial may come). Up to TM_HANDSHAKES_AT_ONCE
  * connections are handshaken at once (TLS, then their HELLO read and decoded), each in a thread
  * of its own, so one that went silent (a connection cut on one side only, a stalled peer) holds
  * one of them until its deadline and not the session's other connections; the listener takes no
@@ -18,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -25,6 +27,25 @@ int64_t tm_handshake_deadline(unsigned timeout_ms)
 {
 	unsigned ms = timeout_ms ? MIN(timeout_ms, TM_HANDSHAKE_DEADLINE_MS) : TM_HANDSHAKE_DEADLINE_MS;
 	return tm_now_us() + (int64_t)ms * 1000;
+}
+
+void tm_accept_clock_start(const tm_receiver *r, tm_accept_clock *clk)
+{
+	clk->start_us = tm_now_us();
+	clk->deadline_us = clk->start_us + (int64_t)r->cfg.timeout_ms * 1000;
+}
+
+void tm_accept_clock_progress(const tm_receiver *r, tm_accept_clock *clk)
+{
+	if (!tm_setup_redial_possible(r))
+		return; /* nothing dials again: the first deadline stays */
+	int64_t t = (int64_t)r->cfg.timeout_ms * 1000;
+	unsigned rms = r->live.resume_deadline_ms ? r->live.resume_deadline_ms
+						  : TM_RESUME_DEADLINE_DEFAULT_MS;
+	/* The sender redials after timeout_ms of silence since its last HELLO (about our last
+	 * progress); half as much again lets its round of redials come in. */
+	int64_t d = MIN(tm_now_us() + t + t / 2, clk->start_us + t + (int64_t)rms * 1000);
+	clk->deadline_us = MAX(clk->deadline_us, d);
 }
 
 int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_deadline_us)
@@ -232,7 +253,7 @@ static int pool_new(tm_receiver *r, tm_strangers *st, GError **error)
 	return 0;
 }
 
-int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
+int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 			   tm_strangers *st, GError **error)
 {
 	int ret;
@@ -243,12 +264,14 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 	int64_t grace_until = 0; /* past the deadline: handshakes under way end (by theirs) */
 	for (;;) {
 		hs_slot *sl = hs_next(r, pool);
+		if (grace_until && tm_now_us() < clk->deadline_us)
+			grace_until = 0; /* a replacement moved the deadline on */
 		if (!sl) {
 			bool listener;
 			if (grace_until && (!pool->busy || tm_now_us() >= grace_until))
 				return -ETIMEDOUT;
 			ret = hs_wait(r, pool, grace_until ? -1 : listen_fd,
-				      grace_until ? grace_until : deadline_us, &listener);
+				      grace_until ? grace_until : clk->deadline_us, &listener);
 			if (ret == -ETIMEDOUT && !grace_until && pool->busy) {
 				/* Their deadlines are ours at the latest: what they fail with (a
 				 * trickle, a silence) explains the wait, as it did one at a time. */
@@ -270,7 +293,7 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 				return -e;
 			}
 			if (fd >= 0)
-				hs_start(pool, fd, tm_receiver_handshake_deadline(r, deadline_us));
+				hs_start(pool, fd, tm_receiver_handshake_deadline(r, clk->deadline_us));
 			continue;
 		}
 		hs_join(pool, sl);
@@ -292,6 +315,8 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
 			g_set_error(error, TM_ERROR, ECANCELED, "cancelled");
 			return -ECANCELED;
 		}
+		if (ret >= 0) /* the session's: its sender is at work (tm_accept_clock) */
+			tm_accept_clock_progress(r, clk);
 		if (ret == 0)
 			return 0;
 		if (ret > 0) /* a setup redial replaced a broken connection: counted (resume.h) */

@@ -135,7 +135,9 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 			return r; /* a complete explanation already */
 		/* Cut before any HELLO_ACK came: its HELLO may never have arrived, and the receiver
 		 * may wait for it; dialled again (resume-setup.c, docs/wire-format.md "Setup"). */
-		if (r < 0 && !have_first && tm_setup_redial_wanted(s, -r)) {
+		/* Not a refusal, whatever its code (a receiver whose accept timed out says
+		 * ETIMEDOUT): that one gave up the session, and says which connection it lacked. */
+		if (r < 0 && !have_first && !ch->peer_error && tm_setup_redial_wanted(s, -r)) {
 			r = tm_setup_redial(s, i, error);
 			if (r < 0)
 				return r;
@@ -145,7 +147,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 		}
 		/* Resume may cover it, if another connection's HELLO_ACK agrees it (below); a
 		 * redial the receiver refused came after it had placed the first connection. */
-		if (r < 0 && s->resume && (tm_resume_broken(-r) || redialled[i])) {
+		if (r < 0 && s->resume && ((!ch->peer_error && tm_resume_broken(-r)) || redialled[i])) {
 			if (!lost)
 				lost = g_steal_pointer(error);
 			g_clear_error(error);

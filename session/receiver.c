@@ -224,10 +224,31 @@ static int accept_fail(tm_receiver *r, GError **error)
 	return *error ? -(*error)->code : -EIO;
 }
 
+/* The connections of the session not placed yet, for the accept's timeout: "channel 2,
+ * control". Strangers, a HELLO lost on the way: the sender cannot tell which one it was. */
+static char *missing_connections(const tm_receiver *r)
+{
+	GString *m = g_string_new(NULL);
+	unsigned n = tm_receiver_connections(r);
+
+	for (unsigned i = 0; r->chans && i < n; i++) {
+		bool used = i < r->nch ? r->chans[i].used : i == r->nch ? r->ctl_used : r->urg_used;
+		if (used)
+			continue;
+		if (m->len)
+			g_string_append(m, ", ");
+		if (i < r->nch)
+			g_string_append_printf(m, "channel %u", i);
+		else
+			g_string_append(m, i == r->nch ? "control" : "urgent");
+	}
+	return g_string_free(m, FALSE);
+}
+
 static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned n,
 			 GError **error)
 {
-	int64_t deadline = tm_now_us() + (int64_t)r->cfg.timeout_ms * 1000;
+	tm_accept_clock clk;
 
 	if (r->state != R_NEW) {
 		g_set_error(error, TM_ERROR, EBUSY, "a session was accepted already");
@@ -235,22 +256,29 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 	}
 	g_auto(tm_strangers) strangers = { 0 };
 	r->setup_redial_ok = !fds; /* a listener's redials may replace (resume-setup.c) */
+	tm_accept_clock_start(r, &clk);
 	for (unsigned k = 0; fds ? k < n : (!r->chans || k < tm_receiver_connections(r)); k++) {
 		if (!fds) {
 			/* Drops connections that fail their handshake (accept.c). */
-			int fd = tm_receiver_accept_one(r, listen_fd, deadline, &strangers, error);
+			int fd = tm_receiver_accept_one(r, listen_fd, &clk, &strangers, error);
 			if (fd < 0) {
 				if (fd == -ETIMEDOUT && !*error) {
+					/* timeout_ms, or more when the sender was at work (accept.c) */
+					double waited = (double)(clk.deadline_us - clk.start_us) / 1e6;
+					g_autofree char *miss = missing_connections(r);
 					if (r->nch && r->wire == TM_WIRE_VERSION_2)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
-							    "only %u of %u connections (%u channels and "
-							    "control) connected within %.1f s",
+							    "only %u of %u connections (%u channels%s) "
+							    "connected within %.1f s (missing: %s)",
 							    k, tm_receiver_connections(r), r->nch,
-							    r->cfg.timeout_ms / 1000.0);
+							    tm_receiver_connections(r) > r->nch + 1
+								    ? ", control and urgent" : " and control",
+							    waited, miss);
 					else if (r->nch)
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
-							    "only %u of %u channels connected within %.1f s",
-							    k, r->nch, r->cfg.timeout_ms / 1000.0);
+							    "only %u of %u channels connected within %.1f s "
+							    "(missing: %s)",
+							    k, r->nch, waited, miss);
 					else
 						g_set_error(error, TM_ERROR, ETIMEDOUT,
 							    "no sender connected within %.1f s",

@@ -49,12 +49,18 @@ void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
 #endif
 }
 
-int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h)
+bool tm_setup_redial_possible(const tm_receiver *r)
 {
 	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered
-	 * RESUME and this receiver would agree it, only an epoch 0 HELLO of this session. */
-	if (!r->setup_redial_ok || !r->chans || r->live.no_resume || f->version != r->wire ||
-	    !(r->hello.features & TM_FEATURE_RESUME) || h->epoch != 0 ||
+	 * RESUME and this receiver would agree it. */
+	return r->setup_redial_ok && r->chans && !r->live.no_resume &&
+	       (r->hello.features & TM_FEATURE_RESUME);
+}
+
+int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h)
+{
+	/* ... and only an epoch 0 HELLO of this session. */
+	if (!tm_setup_redial_possible(r) || f->version != r->wire || h->epoch != 0 ||
 	    memcmp(r->hello.session_id, h->session_id, sizeof(h->session_id)) != 0)
 		return false;
 	tm_chan *old;
@@ -126,14 +132,20 @@ void tm_setup_budget_start(tm_sender *s)
 
 int64_t tm_setup_handshake_deadline(const tm_sender *s)
 {
-	int64_t d = tm_handshake_deadline(s->cfg.timeout_ms);
+	/* Half the receiver's (min(timeout_ms, TM_HANDSHAKE_DEADLINE_MS) from its accept): the
+	 * connections after a silent one are opened one at a time behind it, and their handshakes
+	 * must still end within the receiver's deadlines (accepted at the start, the TCP connects
+	 * come first), and so must a redial of it. */
+	unsigned ms = MIN(s->cfg.timeout_ms / 2, TM_HANDSHAKE_DEADLINE_MS);
+	int64_t d = tm_now_us() + (int64_t)MAX(ms, 1u) * 1000;
 	/* A redial's handshake ends with the setup's budget for redials, not after it. */
 	return s->setup_redial.deadline_us ? MIN(d, s->setup_redial.deadline_us) : d;
 }
 
 /* at_once: its first attempt comes without the backoff (a round of redials of connections
- * that got no answer, spaced by the round's interval: nothing failed to connect). */
-static int redial(tm_sender *s, unsigned idx, bool at_once, GError **error)
+ * that got no answer, spaced by the round's interval: nothing failed to connect). silent: it
+ * is dialled again because no connection was answered, not for a failure of its own. */
+static int redial(tm_sender *s, unsigned idx, bool at_once, bool silent, GError **error)
 {
 	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
 						 : TM_RESUME_DEADLINE_DEFAULT_MS;
@@ -188,6 +200,22 @@ static int redial(tm_sender *s, unsigned idx, bool at_once, GError **error)
 			return r;
 		}
 	}
+	if (silent) {
+		/* Which connection lost its HELLO the sender cannot tell (its side of the cut one
+		 * stays open and silent like every other): naming the one whose redial was the
+		 * last would blame the wrong one. */
+		g_set_error(error, TM_ERROR, ETIMEDOUT,
+			    "setup: could not connect again within %.1f s (resume_deadline_ms; %u "
+			    "attempt%s during setup, the last: %s%s) after: no answer to its HELLO "
+			    "on any connection within %.1f s (a HELLO lost on a connection cut on the "
+			    "receiver's side only, or a receiver that stopped: every unanswered "
+			    "connection was dialled again)",
+			    ms / 1000.0, s->setup_redial.attempts,
+			    s->setup_redial.attempts == 1 ? "" : "s",
+			    last ? last->message : conn_name(s, idx, nb, sizeof(nb)),
+			    last ? "" : " opened", s->setup_redial.quiet_s);
+		return -ETIMEDOUT;
+	}
 	g_set_error(error, TM_ERROR, code ? code : ETIMEDOUT,
 		    "%s: setup: could not connect again within %.1f s (resume_deadline_ms; %u "
 		    "attempt%s during setup, the last: %s) after: %s",
@@ -199,7 +227,9 @@ static int redial(tm_sender *s, unsigned idx, bool at_once, GError **error)
 
 int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 {
-	return redial(s, idx, false, error);
+	/* A wait for its HELLO_ACK that timed out after a round: the silence again, not its own. */
+	bool silent = s->setup_redial.quiet_s > 0 && *error && (*error)->code == ETIMEDOUT;
+	return redial(s, idx, false, silent, error);
 }
 
 int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error)
@@ -273,7 +303,9 @@ static int redial_quiet(tm_sender *s, unsigned i, unsigned n, double quiet_s, bo
 			continue;
 		g_set_error(error, TM_ERROR, ETIMEDOUT, "%s: no answer to its HELLO within %.1f s",
 			    ch->label, quiet_s);
-		int r = redial(s, j, true, error);
+		if (!s->setup_redial.quiet_s)
+			s->setup_redial.quiet_s = quiet_s;
+		int r = redial(s, j, true, true, error);
 		if (r < 0)
 			return r;
 		redialled[j] = true;

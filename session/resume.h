@@ -190,14 +190,17 @@ int tm_ctl_resume_recv_take(tm_receiver *r, tm_chan *ch, uint32_t epoch, uint64_
  * (-ESTALE). 0: not such a redial.
  */
 int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const tm_hello *h);
+/* Receiver, accepting: whether a setup redial may still replace a placed connection (a
+ * listener's accept, RESUME offered by the session's first HELLO and not refused here). */
+bool tm_setup_redial_possible(const tm_receiver *r);
 /* Sender: whether a setup failure with this errno is dialled again (RESUME offered, broken:
  * a handshake past its deadline too). */
 bool tm_setup_redial_wanted(const tm_sender *s, int code);
 /* Sender: starts the setup's one budget for redials (resume_deadline_ms) at its first break;
  * later calls keep it. */
 void tm_setup_budget_start(tm_sender *s);
-/* Sender: when a connection's handshake (TLS) starting now must be done: min(timeout_ms,
- * TM_HANDSHAKE_DEADLINE_MS), and within the budget once it started. */
+/* Sender: when a connection's setup handshake (TLS) starting now must be done: min(timeout_ms
+ * / 2, TM_HANDSHAKE_DEADLINE_MS), half the receiver's, and within the budget once it started. */
 int64_t tm_setup_handshake_deadline(const tm_sender *s);
 /*
  * Sender, setup: connection idx (data i, control nch, urgent nch + 1) failed with *error: closes

@@ -387,6 +387,7 @@ struct tm_sender {
 		int64_t deadline_us; /* 0 until the first redial */
 		unsigned attempts;
 		unsigned backoff_ms;
+		double quiet_s;      /* > 0: no connection answered for this long (a round) */
 	} setup_redial; /* cuts during setup (resume-setup.c) */
 	GArray **staging; /* per channel, work being split before hand-over */
 	uint64_t next_sync;
@@ -653,16 +654,33 @@ typedef struct tm_strangers {
 void tm_strangers_clear(tm_strangers *st);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(tm_strangers, tm_strangers_clear)
 
+/*
+ * The accept's deadline: timeout_ms from its start. Once the session's first HELLO offered
+ * RESUME (a setup redial may come: tm_setup_redial_possible()), every connection of the session
+ * placed, or replaced by a redial, moves it to timeout_ms and a half after that progress, but
+ * never past timeout_ms + resume_deadline_ms from the start: the sender sees a HELLO lost on a
+ * connection cut on our side only as timeout_ms of silence, and its redials must still find us
+ * accepting (docs/wire-format.md, "Setup").
+ */
+typedef struct tm_accept_clock {
+	int64_t start_us;
+	int64_t deadline_us;
+} tm_accept_clock;
+void tm_accept_clock_start(const tm_receiver *r, tm_accept_clock *clk);
+/* A connection of the session was placed or replaced just now. */
+void tm_accept_clock_progress(const tm_receiver *r, tm_accept_clock *clk);
+
 /* When a handshake starting now must be done: min(timeout_ms, TM_HANDSHAKE_DEADLINE_MS). */
 int64_t tm_handshake_deadline(unsigned timeout_ms);
 /* The same for a connection the receiver accepted, capped by the accept deadline (0: none). */
 int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_deadline_us);
 /*
  * Accepts connections on listen_fd until one is placed (0), dropping strangers into st.
- * -ETIMEDOUT without *error at deadline_us; another -errno with *error: a refused sender, a
- * listener failure, or the TM_MAX_STRANGERS-th stranger.
+ * -ETIMEDOUT without *error at clk's deadline (moved on by each placement and replacement);
+ * another -errno with *error: a refused sender, a listener failure, or the
+ * TM_MAX_STRANGERS-th stranger.
  */
-int tm_receiver_accept_one(tm_receiver *r, int listen_fd, int64_t deadline_us,
+int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 			   tm_strangers *st, GError **error);
 /*
  * Once the session has all of its connections: handshakes still under way that finish within

@@ -296,8 +296,9 @@ typedef struct tm_live_config {
 	                              * (all its attempts); 0 means 30000. Receiver: with timeout_ms, how
 	                              * long it waits for a broken control connection (RESUME_CONTROL)
 	                              * to come back (timeout_ms + this: the sender may see the break
-	                              * only as silence); a data channel waits as long as the session
-	                              * lives */
+	                              * only as silence), and the most its accept's deadline moves on
+	                              * past timeout_ms while the sender redials at setup; a data
+	                              * channel waits as long as the session lives */
 	uint32_t compress;          /* sender: tm_compress_mode of the page data; 0 = the default
 	                             * (TM_COMPRESS_AUTO). Receiver: ignored (it accepts every codec
 	                             * it was built with) */

@@ -96,7 +96,7 @@ static void test_urgent_mid_tls(void) { setup_cut(URGENT, MID_TLS, true); }
  * session): both sides return 0, bit-exact, within a few handshake deadlines of the sender
  * (2 s here), long before the receiver's accept deadline (10 s).
  */
-static void silent_cut_ex(int conn, cut_point point, bool freeze)
+static void silent_cut_ex2(int conn, cut_point point, bool freeze, unsigned recv_ms)
 {
 	run t;
 
@@ -109,7 +109,7 @@ static void silent_cut_ex(int conn, cut_point point, bool freeze)
 		return;
 	}
 	rig_send_timeout_ms = 2000;
-	rig_recv_timeout_ms = 10000;
+	rig_recv_timeout_ms = recv_ms;
 	run_start(&t, NULL, 0);
 	t.px.half_recv = true;
 	t.px.half = freeze; /* the receiver's side too is kept open and silent */
@@ -132,6 +132,10 @@ static void silent_cut_ex(int conn, cut_point point, bool freeze)
 	run_end(&t);
 }
 
+static void silent_cut_ex(int conn, cut_point point, bool freeze)
+{
+	silent_cut_ex2(conn, point, freeze, 10000);
+}
 static void silent_cut(int conn, cut_point point) { silent_cut_ex(conn, point, false); }
 
 static void test_data2_silent_tls(void) { silent_cut(DATA2, MID_TLS); }
@@ -154,6 +158,23 @@ static void test_data2_frozen_tls(void) { silent_cut_ex(DATA2, MID_TLS, true); }
 static void test_control_frozen_tls(void) { silent_cut_ex(CONTROL, MID_TLS, true); }
 static void test_data2_frozen_hello(void) { silent_cut_ex(DATA2, BEFORE_HELLO, true); }
 static void test_control_frozen_hello(void) { silent_cut_ex(CONTROL, BEFORE_HELLO, true); }
+
+/*
+ * The same cuts with equal timeouts on both sides (2 s, the default is equal too): the sender
+ * hears nothing for its timeout_ms, about when the receiver's first accept deadline ends, so
+ * that receiver keeps accepting while the sender is at work (each connection placed or
+ * replaced moves its deadline to 1.5 timeouts later), and the sender's TLS handshakes at setup
+ * end within half the receiver's handshake deadline. Both sides return 0, bit-exact (issue 14's
+ * cut sweep).
+ */
+static void test_data2_silent_hello_equal(void) { silent_cut_ex2(DATA2, BEFORE_HELLO, false, 2000); }
+static void test_control_silent_hello_equal(void)
+{
+	silent_cut_ex2(CONTROL, BEFORE_HELLO, false, 2000);
+}
+static void test_data0_frozen_hello_equal(void) { silent_cut_ex2(DATA0, BEFORE_HELLO, true, 2000); }
+static void test_data0_silent_tls_equal(void) { silent_cut_ex2(DATA0, MID_TLS, false, 2000); }
+static void test_control_frozen_tls_equal(void) { silent_cut_ex2(CONTROL, MID_TLS, true, 2000); }
 
 /*
  * The receiver's send of a connection's HELLO_ACK fails (the test hook shuts the connection
@@ -207,6 +228,44 @@ static void test_no_resume(void)
 	/* At once, naming the control connection; not the receiver's accept deadline later. */
 	g_assert_true(g_str_has_prefix(t.err->message, "handshake: control: ") ||
 		      g_str_has_prefix(t.err->message, "control: TLS handshake: "));
+	run_end(&t);
+}
+
+/*
+ * A receiver with a shorter timeout than the sender's (1 s and 3 s) gives up before the
+ * sender's redials of a control connection cut on the receiver's side only: it refuses the
+ * connections it placed, naming the one it lacked, and the sender fails at once quoting that,
+ * not after resume_deadline_ms of redials that blame channel 0.
+ */
+static void test_receiver_gave_up(void)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the HELLO by its frame header: plaintext only");
+		return;
+	}
+	rig_send_timeout_ms = 3000;
+	rig_recv_timeout_ms = 1000;
+	run_start(&t, NULL, 0);
+	t.px.half_recv = true;
+	proxy_arm_frame(&t.px, CONTROL, TM_MSG_HELLO, true);
+	int64_t t0 = g_get_monotonic_time();
+	t.r = run_connect(&t);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	tm_sender_free(t.s);
+	t.s = NULL;
+	rpeer_join(&t.p);
+	rig_send_timeout_ms = 20000;
+	rig_recv_timeout_ms = 20000;
+	g_assert_cmpint(t.r, ==, -ETIMEDOUT);
+	g_test_message("sender (%.1f s): %s", secs, t.err->message);
+	g_test_message("receiver: %s", t.p.error->message);
+	g_assert_cmpint(t.p.ret, ==, -ETIMEDOUT);
+	g_assert_nonnull(strstr(t.p.error->message, "(missing: control)"));
+	g_assert_true(g_str_has_prefix(t.err->message, "handshake: channel 0: receiver refused: "));
+	g_assert_nonnull(strstr(t.err->message, "(missing: control)"));
+	g_assert_cmpfloat(secs, <, 3.0); /* before the sender's own silence (3 s) */
 	run_end(&t);
 }
 
@@ -379,10 +438,16 @@ int main(int argc, char **argv)
 		{ "resume-setup/control-frozen-tls", test_control_frozen_tls, false },
 		{ "resume-setup/data2-frozen-hello", test_data2_frozen_hello, false },
 		{ "resume-setup/control-frozen-hello", test_control_frozen_hello, false },
+		{ "resume-setup/data2-silent-hello-equal", test_data2_silent_hello_equal, false },
+		{ "resume-setup/control-silent-hello-equal", test_control_silent_hello_equal, false },
+		{ "resume-setup/data0-frozen-hello-equal", test_data0_frozen_hello_equal, false },
+		{ "resume-setup/data0-silent-tls-equal", test_data0_silent_tls_equal, false },
+		{ "resume-setup/control-frozen-tls-equal", test_control_frozen_tls_equal, false },
 		{ "resume-setup/control-ack-send-fails", test_control_ack_send_fails, false },
 		{ "resume-setup/data-ack-send-fails", test_data_ack_send_fails, false },
 		{ "resume-setup/no-resume", test_no_resume, false },
 		{ "resume-setup/deadline", test_deadline, false },
+		{ "resume-setup/receiver-gave-up", test_receiver_gave_up, false },
 		{ "resume-setup/frozen-receiver", test_frozen_receiver, false },
 		{ "resume-setup/replace", test_replace, true },
 		{ "resume-setup/replace-bounded", test_replace_bounded, true },
