@@ -401,6 +401,86 @@ static void test_link_check_checked(void)
 	guest_fini(&dst);
 }
 
+typedef struct fake_rx {
+	int listen_fd;
+	int fd[2]; /* data channel 0, control */
+	uint32_t offered;
+} fake_rx;
+
+/* A hand-made receiver: accepts a one-channel sender's two connections, agrees LINK_CHECK. */
+static gpointer fake_rx_thread(gpointer data)
+{
+	fake_rx *x = data;
+
+	for (unsigned k = 0; k < 2; k++) {
+		int fd = accept(x->listen_fd, NULL, NULL);
+		g_assert_cmpint(fd, >=, 0);
+		tm_hello h;
+		fake_read_hello(fd, TM_WIRE_VERSION_2, &h);
+		x->offered = h.features;
+		x->fd[h.role == TM_ROLE_CONTROL] = fd;
+		tm_hello_ack ack = { .features = h.features & (TM_FEATURE_TAGS_MTE4 |
+							       TM_FEATURE_LINK_CHECK),
+				     .max_state_section = 1 << 20, .max_state_total = 1 << 22 };
+		tm_hello_clear(&h);
+		uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+		size_t len = tm_hello_ack_encode(buf, 0, &ack);
+		g_assert_cmpint(write(fd, buf, len), ==, (ssize_t)len);
+	}
+	return NULL;
+}
+
+/*
+ * LINK_CHECK's answer to a sender from a hand-made receiver: one nobody asked for, or for a
+ * channel the session lacks, fails the sender with the reason (a receiver cannot make the sender
+ * reset connections at will by answering questions that were never asked).
+ */
+static void test_link_answer_checked(void)
+{
+	static const struct {
+		uint64_t chan;
+		int errnum;
+		const char *substr;
+	} cases[] = {
+		{ 0, EPROTO, "control: LINK_A for channel 0 answers no LINK_Q" },
+		{ 5, ERANGE, "control: LINK_A for channel 5, the session has 1 data channels" },
+	};
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	guest src;
+
+	guest_init(&src, a, 1, false);
+	guest_fill(&src);
+	for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+		fake_rx x = { .fd = { -1, -1 } };
+		unsigned port = 0;
+		x.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+		g_assert_cmpint(x.listen_fd, >=, 0);
+		g_autofree char *ps = g_strdup_printf("%u", port);
+		GThread *t = g_thread_new("fake-rx", fake_rx_thread, &x);
+		tm_sender_config cfg = { .io_backend = send_io, .channels = 1,
+					 .packet_size = 64u << 10, .timeout_ms = 5000 };
+		tm_sender *s = NULL;
+		g_autoptr(GError) err = NULL;
+		g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+		g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", ps, &err), ==, 0);
+		g_thread_join(t);
+		g_assert_true(x.offered & TM_FEATURE_LINK_CHECK); /* the library dialled */
+		uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
+		const uint64_t v[TM_CTRL_MAX_FIELDS] = { cases[i].chan, 0, 10, 10, 0 };
+		size_t n = tm_ctrl_encode_v(buf, 2, TM_MSG_LINK_A, 1, v);
+		g_assert_cmpint(write(x.fd[1], buf, n), ==, (ssize_t)n);
+		int r = tm_sender_finish(s, &err);
+		g_test_message("sender: %s", err ? err->message : "done");
+		g_assert_cmpint(r, ==, -cases[i].errnum);
+		g_assert_nonnull(strstr(err->message, cases[i].substr));
+		tm_sender_free(s);
+		close(x.fd[0]);
+		close(x.fd[1]);
+		close(x.listen_fd);
+	}
+	guest_fini(&src);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -409,6 +489,7 @@ int main(int argc, char **argv)
 		{ "control-end-checked", test_control_end_checked, true },
 		{ "control-keepalive-checked", test_control_keepalive_checked, true },
 		{ "link-check-checked", test_link_check_checked, true },
+		{ "link-answer-checked", test_link_answer_checked, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
