@@ -103,6 +103,30 @@ int run_queue_all(run *t)
 	return tm_sender_queue_bitmap(t->s, 0, bm, 0, np, &t->err);
 }
 
+void run_fill_state(run *t)
+{
+	t->state = g_malloc(RIG_STATE_LEN);
+	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
+		((uint64_t *)t->state)[i] = rnd();
+	t->p.state = t->state;
+}
+
+int run_migrate(run *t)
+{
+	int r = run_connect(t);
+	if (r == 0)
+		r = run_queue_all(t);
+	if (r == 0)
+		r = tm_sender_sync(t->s, &t->err);
+	if (r == 0)
+		r = tm_sender_guest_stopped(t->s, &t->err);
+	if (r == 0)
+		r = tm_sender_put_state(t->s, "dev", t->state, RIG_STATE_LEN, 0, &t->err);
+	if (r == 0)
+		r = tm_sender_finish(t->s, &t->err);
+	return r;
+}
+
 void run_end(run *t)
 {
 	tm_sender_free(t->s);

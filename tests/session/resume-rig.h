@@ -56,6 +56,11 @@ void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms);
 int run_connect(run *t);            /* through the proxy; the error in t->err */
 int run_queue_all(run *t);          /* every page of the block, one bitmap */
 void run_end(run *t);
+/* A random device-state section of RIG_STATE_LEN in t->state, which the receiver must read. */
+void run_fill_state(run *t);
+/* The whole migration through the proxy: connect, every page, sync, the guest stopped, the
+ * state section (run_fill_state first), finish. The sender's result; its error in t->err. */
+int run_migrate(run *t);
 
 /* Both sides returned 0, the copy is exact, the sender's phase is complete and the receiver
  * applied every page once; *ss and *rs: the live statistics, for the caller's own checks. */

@@ -132,10 +132,7 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 	rig_send_timeout_ms = env_ms("CUT_SWEEP_SEND_MS");
 	rig_recv_timeout_ms = env_ms("CUT_SWEEP_RECV_MS");
 	run_start(&t, &lc, env_ms("CUT_SWEEP_RESUME_MS"));
-	t.state = g_malloc(RIG_STATE_LEN);
-	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
-		((uint64_t *)t.state)[i] = rnd();
-	t.p.state = t.state;
+	run_fill_state(&t);
 	g_mutex_lock(&t.px.lock);
 	t.px.exact = true;
 	t.px.half = m == M_HALF || m == M_FREEZE;
@@ -148,17 +145,7 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 		proxy_arm(&t.px, ro->conn, pos->bytes);
 
 	int64_t t0 = g_get_monotonic_time();
-	t.r = run_connect(&t);
-	if (t.r == 0)
-		t.r = run_queue_all(&t);
-	if (t.r == 0)
-		t.r = tm_sender_sync(t.s, &t.err);
-	if (t.r == 0)
-		t.r = tm_sender_guest_stopped(t.s, &t.err);
-	if (t.r == 0)
-		t.r = tm_sender_put_state(t.s, "dev", t.state, RIG_STATE_LEN, 0, &t.err);
-	if (t.r == 0)
-		t.r = tm_sender_finish(t.s, &t.err);
+	t.r = run_migrate(&t);
 	double ssecs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	rpeer_join(&t.p);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;

@@ -17,31 +17,6 @@
 #define DATA2 3 /* the proxy's accept index of data channel 2 (0 data 0, 1 control, k + 1 data k) */
 #define TIMEOUT_MS 1000u
 
-static void fill_state(run *t)
-{
-	t->state = g_malloc(RIG_STATE_LEN);
-	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
-		((uint64_t *)t->state)[i] = rnd();
-	t->p.state = t->state;
-}
-
-/* precopy round, device state, end: the sender's result (its error in t->err) */
-static int migrate(run *t)
-{
-	int r = run_connect(t);
-	if (r == 0)
-		r = run_queue_all(t);
-	if (r == 0)
-		r = tm_sender_sync(t->s, &t->err);
-	if (r == 0)
-		r = tm_sender_guest_stopped(t->s, &t->err);
-	if (r == 0)
-		r = tm_sender_put_state(t->s, "dev", t->state, RIG_STATE_LEN, 0, &t->err);
-	if (r == 0)
-		r = tm_sender_finish(t->s, &t->err);
-	return r;
-}
-
 /* Data channel 2's path freezes right before a frame of type (from the sender or not). */
 static void held(uint8_t type, bool from_sender)
 {
@@ -53,12 +28,12 @@ static void held(uint8_t type, bool from_sender)
 	}
 	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
 	run_start(&t, NULL, 5000);
-	fill_state(&t);
+	run_fill_state(&t);
 	t.px.exact = true;
 	t.px.half = t.px.half_recv = true; /* both sides kept open and silent */
 	proxy_arm_frame(&t.px, DATA2, type, from_sender);
 	int64_t t0 = g_get_monotonic_time();
-	t.r = migrate(&t);
+	t.r = run_migrate(&t);
 	rpeer_join(&t.p);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
@@ -114,12 +89,12 @@ static void test_held_no_resume(void)
 	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
 	tm_live_config lc = { .size = sizeof(lc), .no_resume = true };
 	run_start(&t, &lc, 0);
-	fill_state(&t);
+	run_fill_state(&t);
 	t.px.exact = true;
 	t.px.half = t.px.half_recv = true;
 	proxy_arm_frame(&t.px, DATA2, TM_MSG_SYNC, true);
 	int64_t t0 = g_get_monotonic_time();
-	t.r = migrate(&t);
+	t.r = run_migrate(&t);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	rpeer_join(&t.p);
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
@@ -150,9 +125,9 @@ static void test_slow_vmm(void)
 
 	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
 	run_start(&t, NULL, 5000);
-	fill_state(&t);
+	run_fill_state(&t);
 	t.p.state_delay_ms = 3 * TIMEOUT_MS;
-	t.r = migrate(&t);
+	t.r = run_migrate(&t);
 	rpeer_join(&t.p);
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 0);

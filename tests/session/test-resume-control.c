@@ -88,10 +88,7 @@ static void test_cut_in_state(void)
 	run t;
 
 	run_start(&t, NULL, 0);
-	t.state = g_malloc(RIG_STATE_LEN);
-	for (size_t i = 0; i < RIG_STATE_LEN / 8; i++)
-		((uint64_t *)t.state)[i] = rnd();
-	t.p.state = t.state;
+	run_fill_state(&t);
 	g_assert_cmpint(run_connect(&t), ==, 0);
 	g_assert_cmpint(run_queue_all(&t), ==, 0);
 	g_assert_cmpint(tm_sender_sync(t.s, &t.err), ==, 0);
