@@ -40,8 +40,7 @@ void tm_accept_clock_progress(const tm_receiver *r, tm_accept_clock *clk)
 	if (!tm_setup_redial_possible(r))
 		return; /* nothing dials again: the first deadline stays */
 	int64_t t = (int64_t)r->cfg.timeout_ms * 1000;
-	unsigned rms = r->live.resume_deadline_ms ? r->live.resume_deadline_ms
-						  : TM_RESUME_DEADLINE_DEFAULT_MS;
+	unsigned rms = r->live.resume_deadline_ms; /* tm_live_config_load() set the default */
 	/* The sender redials after timeout_ms of silence since its last HELLO (about our last
 	 * progress); half as much again lets its round of redials come in. */
 	int64_t d = MIN(tm_now_us() + t + t / 2, clk->start_us + t + (int64_t)rms * 1000);

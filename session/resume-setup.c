@@ -123,8 +123,7 @@ bool tm_setup_redial_wanted(const tm_sender *s, int code)
 
 void tm_setup_budget_start(tm_sender *s)
 {
-	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
-						 : TM_RESUME_DEADLINE_DEFAULT_MS;
+	unsigned ms = s->live.resume_deadline_ms; /* tm_live_config_load() set the default */
 	/* One budget for the whole setup, from its first break. */
 	if (!s->setup_redial.deadline_us)
 		s->setup_redial.deadline_us = tm_now_us() + (int64_t)ms * 1000;
@@ -147,8 +146,7 @@ int64_t tm_setup_handshake_deadline(const tm_sender *s)
  * is dialled again because no connection was answered, not for a failure of its own. */
 static int redial(tm_sender *s, unsigned idx, bool at_once, bool silent, GError **error)
 {
-	unsigned ms = s->live.resume_deadline_ms ? s->live.resume_deadline_ms
-						 : TM_RESUME_DEADLINE_DEFAULT_MS;
+	unsigned ms = s->live.resume_deadline_ms; /* tm_live_config_load() set the default */
 	g_autofree char *cause = g_strdup(*error ? (*error)->message : "broken");
 	int code = *error ? (*error)->code : ECONNRESET;
 	tm_chan *ch = tm_setup_chan(s, idx);
