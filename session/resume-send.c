@@ -96,17 +96,17 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 }
 
 /*
- * s->lock held: ends channel chan's connection when it is still fd (and of epoch, unless
- * any_epoch) and no reconnect of it is under way, with a reset: our end's path may be dead too,
- * and zero-copy sends wait for the release of what it holds. The worker's next or current I/O
- * fails and it resumes the channel as after any break.
+ * s->lock held: ends channel chan's connection when it is still fd of epoch (not a new one
+ * with a reused number) and no reconnect of it is under way, with a reset: our end's path may
+ * be dead too, and zero-copy sends wait for the release of what it holds. The worker's next or
+ * current I/O fails and it resumes the channel as after any break.
  */
-static void end_conn_locked(tm_sender *s, unsigned chan, int fd, uint32_t epoch, bool any_epoch)
+static void end_conn_locked(tm_sender *s, unsigned chan, int fd, uint32_t epoch)
 {
 	send_chan *c = chan < s->nch ? &s->chans[chan] : NULL;
 
 	if (c && s->resume && c->ch.fd >= 0 && c->ch.fd == fd &&
-	    (any_epoch || c->epoch == epoch) && s->resume->busy_fds[chan] < 0)
+	    c->epoch == epoch && s->resume->busy_fds[chan] < 0)
 		tm_net_abort(fd);
 }
 
@@ -125,7 +125,7 @@ void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch)
 	 */
 	g_mutex_lock(&s->lock);
 	if (conn < s->nch)
-		end_conn_locked(s, conn, s->chans[conn].ch.fd, epoch, false);
+		end_conn_locked(s, conn, s->chans[conn].ch.fd, epoch);
 	g_mutex_unlock(&s->lock);
 }
 
@@ -137,7 +137,7 @@ bool tm_resume_link_dead(void *sender, unsigned chan, int fd, uint32_t epoch)
 	g_mutex_lock(&s->lock);
 	if (s->resume && s->control.resume_agreed && chan < s->nch) {
 		resumed = true;
-		end_conn_locked(s, chan, fd, epoch, false); /* not a new one with a reused number */
+		end_conn_locked(s, chan, fd, epoch);
 	}
 	g_mutex_unlock(&s->lock);
 	return resumed;
