@@ -248,9 +248,24 @@ static int check_placement(tm_receiver *r, const tm_frame *f, const tm_hello *h,
 	return 0;
 }
 
+/*
+ * Before its HELLO a connection is no channel yet (its I/O handle says "channel 0"): its errors
+ * name where it came from instead, for the operator and for the peer told why.
+ */
+static void name_newcomer(const char *peer, GError *error)
+{
+	static const char chan0[] = "channel 0: ";
+
+	if (!error || !g_str_has_prefix(error->message, chan0))
+		return;
+	g_autofree char *msg = error->message;
+	error->message = g_strdup_printf("connection from %s: %s", peer, msg + strlen(chan0));
+}
+
 int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm_hs_result *res,
 			   GError **error)
 {
+	g_autofree char *peer = tm_net_peer_name(fd);
 	tm_chan *tmp = &res->ch;
 	tm_frame *f = &res->f;
 	tm_io_config ioc = { .timeout_ms = r->cfg.timeout_ms, .depth = 1,
@@ -263,6 +278,7 @@ int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm
 	tm_io_set_deadline(tmp->io, deadline_us);
 	if (r->tls && (ret = tm_tls_wrap(r->tls, &tmp->io, error)) < 0) {
 		/* The TLS layer told the peer already (an alert); nothing else can reach it. */
+		name_newcomer(peer, *error);
 		tm_chan_close(tmp);
 		return ret;
 	}
@@ -286,6 +302,7 @@ int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm
 	if (ret >= 0)
 		ret = tm_hello_decode(body, f->body_len, f->version, &res->h, error);
 	if (ret < 0) {
+		name_newcomer(peer, *error);
 		g_prefix_error(error, "handshake: ");
 		g_autofree char *msg = g_strdup((*error)->message);
 		tm_chan_send_error(tmp, -ret, msg);

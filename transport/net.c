@@ -58,6 +58,24 @@ int tm_listen(const char *host, const char *port, unsigned *ret_port, GError **e
 	return fd;
 }
 
+char *tm_net_peer_name(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[NI_MAXHOST], serv[NI_MAXSERV];
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0)
+		return g_strdup("an unknown peer");
+	if (ss.ss_family == AF_UNIX)
+		return g_strdup("a unix socket");
+	if ((ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+	    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), serv, sizeof(serv),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		return g_strdup("an unknown peer");
+	return ss.ss_family == AF_INET6 ? g_strdup_printf("[%s]:%s", host, serv)
+					: g_strdup_printf("%s:%s", host, serv);
+}
+
 /* Waits for events on fd until the deadline, or until cancel_fd (if >= 0) is readable. */
 static int wait_fd(int fd, short events, int64_t deadline_us, int cancel_fd)
 {

@@ -271,6 +271,11 @@ int tm_net_connect(const char *host, const char *port, unsigned timeout_ms, int 
 		   GError **error);
 /* Accepts one connection within timeout_ms; returns fd or -errno (-ETIMEDOUT, -ECANCELED). */
 int tm_net_accept(int listen_fd, unsigned timeout_ms, int cancel_fd, GError **error);
+/*
+ * Where a connected socket's peer is, for a message: "192.0.2.1:4444", "[2001:db8::1]:4444",
+ * "a unix socket", or "an unknown peer" (g_free it).
+ */
+char *tm_net_peer_name(int fd);
 
 /*
  * Liveness of a connection once its handshake is done: SO_KEEPALIVE with idle time and probe
