@@ -3,7 +3,7 @@
  * The receiver's listener: connections arrive until the session has all of its own, and any
  * other connection (a port scan, garbage, an immediate close, a failed TLS authentication, a
  * handshake that trickles past its deadline) is dropped without ending the session, up to
- * TM_MAX_STRANGERS of them and within the accept deadline (tm_accept_clock: moved on by the
+ * tm_strangers_bound() of them and within the accept deadline (tm_accept_clock: moved on by the
  * session's progress while a setup redial may come). Up to TM_HANDSHAKES_AT_ONCE
  * connections are handshaken at once (TLS, then their HELLO read and decoded), each in a thread
  * of its own, so one that went silent (a connection cut on one side only, a stalled peer) holds
@@ -148,6 +148,11 @@ void tm_strangers_clear(tm_strangers *st)
 	g_clear_pointer(&st->first, g_free);
 	st->dropped = 0;
 	st->first_seq = 0;
+}
+
+unsigned tm_strangers_bound(const tm_receiver *r)
+{
+	return TM_MAX_STRANGERS + (r->chans ? 2 * tm_receiver_connections(r) : 0);
 }
 
 /* Starts the handshake of connection fd in a free slot (there is one). */
@@ -333,7 +338,7 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 			st->first = g_strdup(local->message);
 			st->first_seq = sl->seq;
 		}
-		if (st->dropped >= TM_MAX_STRANGERS) {
+		if (st->dropped >= tm_strangers_bound(r)) {
 			g_set_error(error, TM_ERROR, ret > 0 ? ECONNRESET : -ret,
 				    "%u connections failed their handshake, the most a session "
 				    "tolerates (the first: %s)",

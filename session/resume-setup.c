@@ -10,7 +10,7 @@
  * receiver, still accepting the session's connections, takes such a HELLO in place of the
  * connection it placed for that role (which broke, or is healthy but unanswered: its
  * HELLO_ACK would go nowhere) and counts it with the strangers, so a peer that keeps
- * redialling ends the accept after TM_MAX_STRANGERS. Once a HELLO_ACK gave the
+ * redialling ends the accept after tm_strangers_bound(). Once a HELLO_ACK gave the
  * secret, a connection whose own HELLO_ACK was lost is resumed at position 0 as any broken one
  * (data channels by their worker, control by the control thread); a redial that comes after
  * the receiver finished accepting is refused by its reconnect thread (epoch 0), and that

@@ -640,7 +640,10 @@ void tm_receiver_close_setup(tm_receiver *r, tm_chan *ch);
 /* ---- accept.c ---- */
 /* A connection's handshake (TLS included, up to its HELLO) is done within this, or timeout_ms. */
 #define TM_HANDSHAKE_DEADLINE_MS 10000u
-/* Connections failing their handshake that one session's accept drops before it gives up. */
+/* Connections failing their handshake that one session's accept drops before it gives up;
+ * once the session's first HELLO is in, two more per connection of the session
+ * (tm_strangers_bound()): a round of setup redials replaces each placed connection once, and
+ * the connections it closed while still in the backlog fail their handshake. */
 #define TM_MAX_STRANGERS 64u
 
 /* What the listener dropped: a count and the first reason (O(1), however many); and the
@@ -652,6 +655,8 @@ typedef struct tm_strangers {
 	struct tm_hs_pool *pool;
 } tm_strangers;
 void tm_strangers_clear(tm_strangers *st);
+/* How many strangers (replacements included) r's accept drops before it gives up. */
+unsigned tm_strangers_bound(const tm_receiver *r);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(tm_strangers, tm_strangers_clear)
 
 /*

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <glib.h>
 
-#define MAXP 32
+#define MAXP 160 /* connections, redials included (64 channels set up twice) */
 
 typedef struct cut_proxy {
 	int listen_fd;

@@ -9,6 +9,7 @@
 
 unsigned rig_recv_timeout_ms = 20000;
 unsigned rig_send_timeout_ms = 20000;
+unsigned rig_channels = 3;
 
 static const block_spec spec[] = { { "pc.ram", RIG_RAM, 4096 } };
 
@@ -84,7 +85,7 @@ void run_start(run *t, const tm_live_config *lc, uint32_t recv_deadline_ms)
 	guest_fill(&t->src);
 	t->port = rpeer_start(&t->p, &t->dst, recv_deadline_ms);
 	t->pport = proxy_start(&t->px, t->port);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = rig_channels,
 				 .timeout_ms = rig_send_timeout_ms, .packet_size = 64u << 10 };
 	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
 	if (lc)

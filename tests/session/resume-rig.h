@@ -19,6 +19,8 @@
 extern unsigned rig_recv_timeout_ms;
 /* The sender's timeout_ms: 20000 unless a test says. */
 extern unsigned rig_send_timeout_ms;
+/* The sender's channels: 3 unless a test says. */
+extern unsigned rig_channels;
 
 typedef struct rpeer {
 	guest *g;

@@ -174,6 +174,20 @@ static void test_control_silent_hello_equal(void)
 }
 static void test_data0_frozen_hello_equal(void) { silent_cut_ex2(DATA0, BEFORE_HELLO, true, 2000); }
 static void test_data0_silent_tls_equal(void) { silent_cut_ex2(DATA0, MID_TLS, false, 2000); }
+
+/*
+ * The most channels (64): the last data channel (the last connection the sender sets up)
+ * cut on the receiver's side before its HELLO (TLS: in its handshake), so the receiver waits
+ * for it and answers no connection; the sender then dials every connection again in the setup
+ * order, and the receiver replaces the 64 it had before the lost one comes: a redial round of a
+ * large session is no stranger flood, and the migration completes.
+ */
+static void test_many_channels_redial(void)
+{
+	rig_channels = TM_MAX_CHANNELS;
+	silent_cut((int)TM_MAX_CHANNELS, tls_dir ? MID_TLS : BEFORE_HELLO); /* data 63 */
+	rig_channels = 3;
+}
 static void test_control_frozen_tls_equal(void) { silent_cut_ex2(CONTROL, MID_TLS, true, 2000); }
 
 /*
@@ -366,7 +380,8 @@ static void test_replace(void)
 	guest_fini(&dst);
 }
 
-/* A redial replaces at most TM_MAX_STRANGERS times: the 64th ends the accept, with the reason. */
+/* Redials replace at most 64 + 2 per connection of the session times (tm_strangers_bound(): 70
+ * for this one of 2 channels and control): the 70th ends the accept, with the reason. */
 static void test_replace_bounded(void)
 {
 	guest dst;
@@ -376,7 +391,7 @@ static void test_replace_bounded(void)
 	g_autofree char *port = peer_start_ex(&p, &dst, false, 10000);
 	fake_hello h = raw_hello;
 	h.role = TM_ROLE_DATA;
-	for (unsigned i = 0; i < 1 + 64; i++)
+	for (unsigned i = 0; i < 1 + 64 + 2 * 3; i++)
 		close(fake_connect(port, &h));
 	peer_join(&p);
 	g_assert_cmpint(p.ret, <, 0);
@@ -415,6 +430,7 @@ int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
 		{ "resume-setup/data0-before-hello", test_data0_before_hello, false },
+		{ "resume-setup/many-channels-redial", test_many_channels_redial, false },
 		{ "resume-setup/data0-before-ack", test_data0_before_ack, false },
 		{ "resume-setup/data0-mid-tls", test_data0_mid_tls, false },
 		{ "resume-setup/control-before-hello", test_control_before_hello, false },
