@@ -270,6 +270,13 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		g_set_error(error, TM_ERROR, EINVAL, "no sockets given");
 		return accept_fail(r, error);
 	}
+	if (fds && n == tm_receiver_connections(r) && k < n) {
+		/* Not without the hook (a failed one ends it at once), but never a session short. */
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "only %u of the %u attached sockets carried a connection of the session",
+			    k, n);
+		return accept_fail(r, error);
+	}
 	if (fds && n != tm_receiver_connections(r)) {
 		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels%s",
 			    n, r->nch,

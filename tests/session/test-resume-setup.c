@@ -411,10 +411,45 @@ static void test_replace_epoch(void)
 	guest_fini(&dst);
 }
 
+/*
+ * The same cuts in attach mode (resume-rig.h, rig_attach): the VMMs' own sockets, the reconnect
+ * hook on both sides. The sender dials again through its hook, the receiver takes the redial
+ * through its own while it still handshakes the attached sockets, in place of the one it
+ * placed where there is one (silent cuts: every unanswered connection is dialled again).
+ */
+static void in_attach_mode(void (*fn)(void))
+{
+	rig_attach = true;
+	fn();
+	rig_attach = false;
+}
+
+static void test_attach_data0_before_hello(void) { in_attach_mode(test_data0_before_hello); }
+static void test_attach_control_before_hello(void) { in_attach_mode(test_control_before_hello); }
+static void test_attach_data2_before_hello(void) { in_attach_mode(test_data2_before_hello); }
+static void test_attach_data0_mid_tls(void) { in_attach_mode(test_data0_mid_tls); }
+static void test_attach_data2_silent_hello(void) { in_attach_mode(test_data2_silent_hello); }
+static void test_attach_control_silent_hello_equal(void)
+{
+	in_attach_mode(test_control_silent_hello_equal);
+}
+static void test_attach_data0_silent_tls(void) { in_attach_mode(test_data0_silent_tls); }
+static void test_attach_data2_frozen_hello(void) { in_attach_mode(test_data2_frozen_hello); }
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
 		{ "resume-setup/data0-before-hello", test_data0_before_hello, false },
+		{ "resume-setup/attach/data0-before-hello", test_attach_data0_before_hello, false },
+		{ "resume-setup/attach/control-before-hello", test_attach_control_before_hello,
+		  false },
+		{ "resume-setup/attach/data2-before-hello", test_attach_data2_before_hello, false },
+		{ "resume-setup/attach/data0-mid-tls", test_attach_data0_mid_tls, false },
+		{ "resume-setup/attach/data2-silent-hello", test_attach_data2_silent_hello, false },
+		{ "resume-setup/attach/control-silent-hello-equal",
+		  test_attach_control_silent_hello_equal, false },
+		{ "resume-setup/attach/data0-silent-tls", test_attach_data0_silent_tls, false },
+		{ "resume-setup/attach/data2-frozen-hello", test_attach_data2_frozen_hello, false },
 		{ "resume-setup/data0-before-ack", test_data0_before_ack, false },
 		{ "resume-setup/data0-mid-tls", test_data0_mid_tls, false },
 		{ "resume-setup/control-before-hello", test_control_before_hello, false },
