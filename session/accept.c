@@ -241,12 +241,19 @@ static hs_slot *hs_finished(struct tm_hs_pool *pool)
  * The next handshake to place: before the session's first HELLO was placed, only the one
  * accepted first (the first HELLO defines the session, and that stays the first connection's,
  * as when connections were handshaken one at a time: a stranger that finishes first must not
- * take its place); after that, any that finished. NULL: none yet.
+ * take its place), or any attached socket that finished (the VMM handed each over as the
+ * session's: one that went silent must not hold the others, nor the sender's redial of it,
+ * until its deadline); after that, any that finished. NULL: none yet.
  */
 static hs_slot *hs_next(tm_receiver *r, struct tm_hs_pool *pool)
 {
 	if (r->chans)
 		return hs_finished(pool);
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+		hs_slot *sl = &pool->slot[k];
+		if (sl->thread && sl->attached >= 0 && __atomic_load_n(&sl->done, __ATOMIC_ACQUIRE))
+			return sl;
+	}
 	hs_slot *first = NULL;
 	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
 		hs_slot *sl = &pool->slot[k];
