@@ -409,6 +409,15 @@ int tm_receiver_accept_one(tm_receiver *r, tm_accept_src *src, tm_accept_clock *
 		}
 		if (ret >= 0) /* the session's: its sender is at work (tm_accept_clock) */
 			tm_accept_clock_progress(r, clk);
+		if (ret >= 0 && src->lost && !tm_setup_redial_possible(r)) {
+			/* An attached socket failed before the session was known, and its sender
+			 * will not dial it again: the oldest dropped is an attached one (fed first). */
+			g_set_error(error, TM_ERROR, ECONNRESET,
+				    "%s; not replaced: the sender offered no RESUME (its reconnect hook "
+				    "or resume is off)",
+				    st->first);
+			return -ECONNRESET;
+		}
 		if (ret == 0)
 			return 0;
 		if (ret > 0) /* a setup redial replaced a broken connection: counted (resume.h) */
@@ -416,11 +425,15 @@ int tm_receiver_accept_one(tm_receiver *r, tm_accept_src *src, tm_accept_clock *
 					    "a connection broke during setup and was dialled again");
 		else if (sl->attached >= 0)
 			g_prefix_error(&local, "attached socket fds[%d]: ", sl->attached);
-		/* The VMM's own socket is no stranger: without its hook nothing replaces it. */
-		if (ret < 0 && (!stranger || (sl->attached >= 0 && !src->hook))) {
+		/* The VMM's own socket is no stranger: only the sender's redial through the hooks
+		 * replaces it, and only in a session that offered RESUME. */
+		if (ret < 0 && (!stranger || (sl->attached >= 0 &&
+					      (!src->hook || (r->chans && !tm_setup_redial_possible(r)))))) {
 			g_propagate_error(error, g_steal_pointer(&local));
 			return ret;
 		}
+		if (ret < 0 && sl->attached >= 0)
+			src->lost++; /* its redial is awaited */
 		/* The first connection's reason explains the most: a sender refused by TLS closes
 		 * its other channels, and those closes may finish their handshakes first. */
 		st->dropped++;

@@ -680,9 +680,10 @@ int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_dead
  * thread of the accept calls while it runs (the reconnect thread only after it). Attached
  * sockets are handshaken at once like a listener's connections (up to TM_HANDSHAKES_AT_ONCE).
  * One whose handshake fails (or whose HELLO is refused) ends the session, named by its index
- * in fds, unless the hook is there: then it is dropped like a listener's stranger (counted,
- * its reason kept) and its replacement, the sender's setup redial, awaited through the hook
- * until the accept's deadline.
+ * in fds, unless the hook is there and the session offered RESUME (its sender redials): then
+ * it is dropped like a listener's stranger (counted, its reason kept) and its replacement, the
+ * sender's setup redial, awaited through the hook until the accept's deadline (a session whose
+ * first HELLO then comes without RESUME ends at once, quoting it).
  */
 typedef struct tm_accept_src {
 	int listen_fd;       /* a listener, or -1 */
@@ -690,6 +691,7 @@ typedef struct tm_accept_src {
 	unsigned nfds;
 	unsigned next;       /* fds[next..] are not handshaken yet (ours: closed when it fails) */
 	bool hook;           /* the VMM's reconnect hook (attach mode) */
+	unsigned lost;       /* attached sockets dropped (with the hook), their redials awaited */
 } tm_accept_src;
 /*
  * Accepts connections from src until one is placed (0), dropping strangers into st.
