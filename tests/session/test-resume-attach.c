@@ -294,6 +294,75 @@ static void test_dead_socket_hook(void)
 	attach_run(&(opts){ .conn = -1, .hook = true, .dead = 2 });
 }
 
+/* A hook with nothing to hand over: it waits out its timeout. */
+static int idle_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	(void)opaque;
+	(void)connection;
+	g_usleep((gulong)timeout_ms * 1000);
+	return -ETIMEDOUT;
+}
+
+typedef struct canceller {
+	tm_receiver *r;
+	int64_t at; /* when it cancelled */
+} canceller;
+
+static gpointer cancel_later(gpointer data)
+{
+	canceller *c = data;
+	g_usleep(300 * 1000);
+	c->at = g_get_monotonic_time();
+	g_assert_cmpint(tm_receiver_cancel(c->r, "no sender today"), ==, 0);
+	return NULL;
+}
+
+/*
+ * A cancel while attach handshakes sockets that stay silent (and, with hook, while its hook
+ * thread waits in the hook): attach returns -ECANCELED at once, not at the sockets' deadline.
+ */
+static void cancel_silent(bool hook)
+{
+	tm_receiver *r = NULL;
+	g_autoptr(GError) err = NULL;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = 20000 };
+	tm_live_config lc = { .size = sizeof(lc), .reconnect = hook ? idle_hook : NULL };
+	int fds[CHANNELS + 1], peers[CHANNELS + 1];
+
+	for (unsigned i = 0; i <= CHANNELS; i++) {
+		int sv[2];
+		g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+		fds[i] = sv[0];
+		peers[i] = sv[1]; /* held open and silent */
+	}
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+	canceller c = { .r = r };
+	GThread *t = g_thread_new("cancel", cancel_later, &c);
+	int ret = tm_receiver_attach(r, fds, CHANNELS + 1, &err);
+	int64_t now = g_get_monotonic_time();
+	g_thread_join(t);
+	g_assert_cmpint(ret, ==, -ECANCELED);
+	g_test_message("attach: %s, %.2f s after the cancel", err->message,
+		       (double)(now - c.at) / 1e6);
+	g_assert_nonnull(strstr(err->message, "no sender today"));
+	g_assert_cmpint(now - c.at, <, 1000000);
+	tm_receiver_free(r);
+	for (unsigned i = 0; i <= CHANNELS; i++)
+		close(peers[i]);
+}
+
+static void test_cancel_silent(void)
+{
+	cancel_silent(false);
+}
+
+static void test_cancel_silent_hook(void)
+{
+	cancel_silent(true);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -304,6 +373,8 @@ int main(int argc, char **argv)
 		{ "resume-attach/dead-socket", test_dead_socket, false },
 		{ "resume-attach/dead-socket-hook", test_dead_socket_hook, false },
 		{ "resume-attach/dead-socket-receiver-hook", test_dead_socket_receiver_hook, false },
+		{ "resume-attach/cancel-silent", test_cancel_silent, false },
+		{ "resume-attach/cancel-silent-hook", test_cancel_silent_hook, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
