@@ -11,6 +11,11 @@
  * more while all are busy (the kernel's backlog holds the rest). HELLOs are placed one at a time,
  * on the accepting thread, in the order their handshakes finish. The dropped ones leave a count
  * and the first reason: O(1) memory however many come.
+ *
+ * tm_receiver_attach() feeds the same pool from the VMM's sockets (all at once, as slots allow)
+ * and, with the reconnect hook, from a thread that calls the hook while the accept runs and
+ * hands one connection at a time over (the hook's own backlog holds the rest), so that a setup
+ * redial finds the receiver accepting as on a listener (tm_accept_src in session-internal.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +27,9 @@
 #include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
+
+/* The hook's timeout per call during the accept: the most its end waits for the hook's thread. */
+#define ACCEPT_HOOK_MS 100u
 
 int64_t tm_handshake_deadline(unsigned timeout_ms)
 {
@@ -59,6 +67,7 @@ typedef struct hs_slot {
 	unsigned k;          /* its index: r->setup_fds[k] */
 	GThread *thread;     /* NULL: free */
 	int fd;
+	int attached;        /* its index in the attached sockets, or -1 */
 	uint64_t seq;        /* the order it was accepted in */
 	int64_t deadline_us;
 	/* written by the thread before done; read by the accepting thread after */
@@ -75,7 +84,45 @@ struct tm_hs_pool {
 	uint64_t accepted;
 	bool stop;           /* protected by r->lock: the accept ended, handshakes end at once */
 	hs_slot slot[TM_HANDSHAKES_AT_ONCE];
+	/* attach mode with the reconnect hook */
+	GThread *hook_thread; /* calls the hook while the accept runs, or NULL */
+	int hook_fd;         /* protected by r->lock: its connection not taken yet, or -1 (the
+	                      * thread waits on r->cond for it to be taken) */
 };
+
+/* Attach mode: the VMM's hook, called until the accept ends (tm_live_config.reconnect). */
+static gpointer hook_thread(gpointer data)
+{
+	struct tm_hs_pool *pool = data;
+	tm_receiver *r = pool->r;
+
+	g_mutex_lock(&r->lock);
+	for (;;) {
+		while (!pool->stop && !r->failure.cancelled && pool->hook_fd >= 0)
+			g_cond_wait(&r->cond, &r->lock);
+		if (pool->stop || r->failure.cancelled)
+			break;
+		g_mutex_unlock(&r->lock);
+		int64_t t0 = tm_now_us();
+		int fd = r->live.reconnect(r->live.reconnect_opaque, TM_RECONNECT_ANY,
+					   ACCEPT_HOOK_MS);
+		/* A hook that fails at once is not called in a busy loop. */
+		if (fd < 0 && tm_now_us() - t0 < ACCEPT_HOOK_MS * 100)
+			g_usleep(ACCEPT_HOOK_MS * 1000 / 10);
+		g_mutex_lock(&r->lock);
+		if (fd < 0)
+			continue;
+		if (pool->stop || r->failure.cancelled) {
+			close(fd); /* the accept is over: the sender dials again, after it */
+			break;
+		}
+		pool->hook_fd = fd;
+		uint64_t one = 1;
+		(void)!write(pool->wake_fd, &one, sizeof(one));
+	}
+	g_mutex_unlock(&r->lock);
+	return NULL;
+}
 
 static gpointer hs_thread(gpointer data)
 {
@@ -129,7 +176,12 @@ void tm_strangers_clear(tm_strangers *st)
 		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
 			if (pool->r->setup_fds[k] >= 0)
 				shutdown(pool->r->setup_fds[k], SHUT_RDWR);
+		g_cond_broadcast(&pool->r->cond); /* the hook's thread, waiting for a taker */
 		g_mutex_unlock(&pool->r->lock);
+		if (pool->hook_thread)
+			g_thread_join(pool->hook_thread); /* within ACCEPT_HOOK_MS */
+		if (pool->hook_fd >= 0)
+			close(pool->hook_fd); /* never handshaken: the sender dials it again */
 		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
 			hs_slot *sl = &pool->slot[k];
 			if (!sl->thread)
@@ -155,8 +207,9 @@ unsigned tm_strangers_bound(const tm_receiver *r)
 	return TM_MAX_STRANGERS + (r->chans ? 2 * tm_receiver_connections(r) : 0);
 }
 
-/* Starts the handshake of connection fd in a free slot (there is one). */
-static void hs_start(struct tm_hs_pool *pool, int fd, int64_t deadline_us)
+/* Starts the handshake of connection fd (attached: its index in fds, or -1) in a free slot
+ * (there is one). */
+static void hs_start(struct tm_hs_pool *pool, int fd, int attached, int64_t deadline_us)
 {
 	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
 		hs_slot *sl = &pool->slot[k];
@@ -165,6 +218,7 @@ static void hs_start(struct tm_hs_pool *pool, int fd, int64_t deadline_us)
 		sl->pool = pool;
 		sl->k = k;
 		sl->fd = fd;
+		sl->attached = attached;
 		sl->seq = ++pool->accepted;
 		sl->deadline_us = deadline_us;
 		sl->ret = 0;
@@ -192,12 +246,19 @@ static hs_slot *hs_finished(struct tm_hs_pool *pool)
  * The next handshake to place: before the session's first HELLO was placed, only the one
  * accepted first (the first HELLO defines the session, and that stays the first connection's,
  * as when connections were handshaken one at a time: a stranger that finishes first must not
- * take its place); after that, any that finished. NULL: none yet.
+ * take its place), or any attached socket that finished (the VMM handed each over as the
+ * session's: one that went silent must not hold the others, nor the sender's redial of it,
+ * until its deadline); after that, any that finished. NULL: none yet.
  */
 static hs_slot *hs_next(tm_receiver *r, struct tm_hs_pool *pool)
 {
 	if (r->chans)
 		return hs_finished(pool);
+	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+		hs_slot *sl = &pool->slot[k];
+		if (sl->thread && sl->attached >= 0 && __atomic_load_n(&sl->done, __ATOMIC_ACQUIRE))
+			return sl;
+	}
 	hs_slot *first = NULL;
 	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
 		hs_slot *sl = &pool->slot[k];
@@ -243,7 +304,7 @@ static int hs_wait(tm_receiver *r, struct tm_hs_pool *pool, int listen_fd, int64
 	}
 }
 
-static int pool_new(tm_receiver *r, tm_strangers *st, GError **error)
+static int pool_new(tm_receiver *r, tm_strangers *st, bool hook, GError **error)
 {
 	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (fd < 0) {
@@ -254,19 +315,46 @@ static int pool_new(tm_receiver *r, tm_strangers *st, GError **error)
 	st->pool = g_new0(struct tm_hs_pool, 1);
 	st->pool->r = r;
 	st->pool->wake_fd = fd;
+	st->pool->hook_fd = -1;
+	if (hook)
+		st->pool->hook_thread = g_thread_new("tm-accept-hook", hook_thread, st->pool);
 	return 0;
 }
 
-int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
+/* Attached sockets, then the hook's connection, into the free slots (none past the deadline). */
+static void hs_feed(tm_receiver *r, struct tm_hs_pool *pool, tm_accept_src *src,
+		    const tm_accept_clock *clk)
+{
+	while (pool->busy < TM_HANDSHAKES_AT_ONCE && tm_now_us() < clk->deadline_us) {
+		int fd = -1, attached = -1;
+		if (src->fds && src->next < src->nfds) {
+			attached = (int)src->next;
+			fd = src->fds[src->next++];
+		} else if (src->hook) {
+			g_mutex_lock(&r->lock);
+			fd = pool->hook_fd;
+			pool->hook_fd = -1;
+			if (fd >= 0)
+				g_cond_broadcast(&r->cond); /* the hook's thread calls it again */
+			g_mutex_unlock(&r->lock);
+		}
+		if (fd < 0)
+			return;
+		hs_start(pool, fd, attached, tm_receiver_handshake_deadline(r, clk->deadline_us));
+	}
+}
+
+int tm_receiver_accept_one(tm_receiver *r, tm_accept_src *src, tm_accept_clock *clk,
 			   tm_strangers *st, GError **error)
 {
 	int ret;
 
-	if (!st->pool && (ret = pool_new(r, st, error)) < 0)
+	if (!st->pool && (ret = pool_new(r, st, src->hook, error)) < 0)
 		return ret;
 	struct tm_hs_pool *pool = st->pool;
 	int64_t grace_until = 0; /* past the deadline: handshakes under way end (by theirs) */
 	for (;;) {
+		hs_feed(r, pool, src, clk);
 		hs_slot *sl = hs_next(r, pool);
 		if (grace_until && tm_now_us() < clk->deadline_us)
 			grace_until = 0; /* a replacement moved the deadline on */
@@ -274,7 +362,11 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 			bool listener;
 			if (grace_until && (!pool->busy || tm_now_us() >= grace_until))
 				return -ETIMEDOUT;
-			ret = hs_wait(r, pool, grace_until ? -1 : listen_fd,
+			/* Every attached socket tried, none under way, nothing else to come. */
+			if (src->listen_fd < 0 && !src->hook && src->next >= src->nfds &&
+			    !pool->busy)
+				return -ENODATA;
+			ret = hs_wait(r, pool, grace_until ? -1 : src->listen_fd,
 				      grace_until ? grace_until : clk->deadline_us, &listener);
 			if (ret == -ETIMEDOUT && !grace_until && pool->busy) {
 				/* Their deadlines are ours at the latest: what they fail with (a
@@ -289,7 +381,7 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 				g_set_error(error, TM_ERROR, -ret, "poll: %s", g_strerror(-ret));
 			if (ret < 0)
 				return ret;
-			int fd = listener ? accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
+			int fd = listener ? accept4(src->listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
 			if (listener && fd < 0 && errno != EINTR && errno != EAGAIN &&
 			    errno != ECONNABORTED) {
 				int e = errno;
@@ -297,7 +389,8 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 				return -e;
 			}
 			if (fd >= 0)
-				hs_start(pool, fd, tm_receiver_handshake_deadline(r, clk->deadline_us));
+				hs_start(pool, fd, -1,
+					 tm_receiver_handshake_deadline(r, clk->deadline_us));
 			continue;
 		}
 		hs_join(pool, sl);
@@ -321,15 +414,31 @@ int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
 		}
 		if (ret >= 0) /* the session's: its sender is at work (tm_accept_clock) */
 			tm_accept_clock_progress(r, clk);
+		if (ret >= 0 && src->lost && !tm_setup_redial_possible(r)) {
+			/* An attached socket failed before the session was known, and its sender
+			 * will not dial it again: the oldest dropped is an attached one (fed first). */
+			g_set_error(error, TM_ERROR, ECONNRESET,
+				    "%s; not replaced: the sender offered no RESUME (its reconnect hook "
+				    "or resume is off)",
+				    st->first);
+			return -ECONNRESET;
+		}
 		if (ret == 0)
 			return 0;
 		if (ret > 0) /* a setup redial replaced a broken connection: counted (resume.h) */
 			g_set_error_literal(&local, TM_ERROR, ECONNRESET,
 					    "a connection broke during setup and was dialled again");
-		else if (!stranger) {
+		else if (sl->attached >= 0)
+			g_prefix_error(&local, "attached socket fds[%d]: ", sl->attached);
+		/* The VMM's own socket is no stranger: only the sender's redial through the hooks
+		 * replaces it, and only in a session that offered RESUME. */
+		if (ret < 0 && (!stranger || (sl->attached >= 0 &&
+					      (!src->hook || (r->chans && !tm_setup_redial_possible(r)))))) {
 			g_propagate_error(error, g_steal_pointer(&local));
 			return ret;
 		}
+		if (ret < 0 && sl->attached >= 0)
+			src->lost++; /* its redial is awaited */
 		/* The first connection's reason explains the most: a sender refused by TLS closes
 		 * its other channels, and those closes may finish their handshakes first. */
 		st->dropped++;

@@ -85,9 +85,8 @@ int tm_receiver_cancel(tm_receiver *r, const char *reason)
 
 	g_mutex_lock(&r->lock);
 	tm_control_await_error_locked(&r->control, CANCEL_GRACE_MS);
-	shut(r->setup_fd); /* a connection whose HELLO attach awaits */
 	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
-		shut(r->setup_fds[k]); /* those whose HELLO accept awaits */
+		shut(r->setup_fds[k]); /* those whose HELLO accept or attach awaits */
 	for (unsigned i = 0; r->chans && i < r->nch; i++)
 		shut(r->chans[i].ch.fd);
 	shut(r->ctl.fd);

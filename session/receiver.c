@@ -84,7 +84,6 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->cfg.tls_authz = NULL;     /* likewise (copied into tls) */
 	rc->io = io;
 	rc->ctl.fd = -1;
-	rc->setup_fd = -1;
 	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
 		rc->setup_fds[k] = -1;
 	tm_live_config dflt = { .size = sizeof(dflt) };
@@ -176,38 +175,6 @@ int tm_receiver_abort(tm_receiver *r, int code, const char *message)
 	return 0;
 }
 
-int tm_receiver_place_cancellable(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
-				  GError **error)
-{
-	/*
-	 * A cancel shuts the connection down while its HELLO (TLS first) is awaited, through a
-	 * duplicate that only this function closes: the channel may close fd itself.
-	 */
-	g_mutex_lock(&r->lock);
-	bool cancelled = r->failure.cancelled;
-	r->setup_fd = cancelled ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	g_mutex_unlock(&r->lock);
-	*ret_stranger = false;
-	int ret = cancelled ? -ECANCELED
-			    : tm_receiver_place_channel(r, fd, deadline_us, ret_stranger, error);
-	if (cancelled)
-		close(fd);
-	g_mutex_lock(&r->lock);
-	if (r->setup_fd >= 0)
-		close(r->setup_fd);
-	r->setup_fd = -1;
-	cancelled = r->failure.cancelled;
-	g_mutex_unlock(&r->lock);
-	if (cancelled && ret >= 0) {
-		g_clear_error(error);
-		g_set_error(error, TM_ERROR, ECANCELED, "cancelled");
-		ret = -ECANCELED;
-	}
-	if (cancelled)
-		*ret_stranger = false; /* the session is over, whatever the connection did */
-	return ret;
-}
-
 static int accept_fail(tm_receiver *r, GError **error)
 {
 	/* A cancel made the setup fail: its reason is the one to report. */
@@ -249,6 +216,9 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 			 GError **error)
 {
 	tm_accept_clock clk;
+	/* The hook during setup only where a redial may come (no_resume: none ever does). */
+	tm_accept_src src = { .listen_fd = listen_fd, .fds = fds, .nfds = fds ? n : 0,
+			      .hook = fds && r->live.reconnect && !r->live.no_resume };
 
 	if (r->state != R_NEW) {
 		g_set_error(error, TM_ERROR, EBUSY, "a session was accepted already");
@@ -256,51 +226,57 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 	}
 	g_auto(tm_strangers) strangers = { 0 };
 	r->setup_redial_ok = !fds; /* a listener's redials may replace (resume-setup.c) */
+	r->setup_redial_hook = src.hook; /* and those the VMM's hook hands over */
 	tm_accept_clock_start(r, &clk);
-	for (unsigned k = 0; fds ? k < n : (!r->chans || k < tm_receiver_connections(r)); k++) {
-		if (!fds) {
-			/* Drops connections that fail their handshake (accept.c). */
-			int fd = tm_receiver_accept_one(r, listen_fd, &clk, &strangers, error);
-			if (fd < 0) {
-				if (fd == -ETIMEDOUT && !*error) {
-					/* timeout_ms, or more when the sender was at work (accept.c) */
-					double waited = (double)(clk.deadline_us - clk.start_us) / 1e6;
-					g_autofree char *miss = missing_connections(r);
-					if (r->nch && r->wire == TM_WIRE_VERSION_2)
-						g_set_error(error, TM_ERROR, ETIMEDOUT,
-							    "only %u of %u connections (%u channels%s) "
-							    "connected within %.1f s (missing: %s)",
-							    k, tm_receiver_connections(r), r->nch,
-							    tm_receiver_connections(r) > r->nch + 1
-								    ? ", control and urgent" : " and control",
-							    waited, miss);
-					else if (r->nch)
-						g_set_error(error, TM_ERROR, ETIMEDOUT,
-							    "only %u of %u channels connected within %.1f s "
-							    "(missing: %s)",
-							    k, r->nch, waited, miss);
-					else
-						g_set_error(error, TM_ERROR, ETIMEDOUT,
-							    "no sender connected within %.1f s",
-							    r->cfg.timeout_ms / 1000.0);
-					tm_strangers_explain(&strangers, error);
-				}
-				return accept_fail(r, error);
-			}
-			continue;
-		}
-		/* Sockets the VMM accepted: each handshake has its deadline, none is dropped. */
-		bool stranger;
-		int ret = tm_receiver_place_cancellable(r, fds[k], tm_receiver_handshake_deadline(r, 0),
-							&stranger, error);
-		if (ret < 0) {
-			for (unsigned j = k + 1; j < n; j++)
-				close(fds[j]);
-			return accept_fail(r, error);
-		}
+	int ret = 0;
+	unsigned k;
+	/* Drops connections that fail their handshake (accept.c); the VMM's own only with a hook. */
+	for (k = 0; !r->chans || k < tm_receiver_connections(r); k++) {
+		ret = tm_receiver_accept_one(r, &src, &clk, &strangers, error);
+		if (ret < 0 || (fds && n != tm_receiver_connections(r)))
+			break; /* -ENODATA: every attached socket tried, the count said below */
 	}
-	if (!fds)
-		tm_receiver_accept_drain(r, &strangers); /* a redial that finished late (accept.c) */
+	for (unsigned j = src.next; j < src.nfds; j++)
+		close(fds[j]); /* ours, never handshaken */
+	if (ret == -ETIMEDOUT && !*error) {
+		/* timeout_ms, or more when the sender was at work (accept.c) */
+		double waited = (double)(clk.deadline_us - clk.start_us) / 1e6;
+		g_autofree char *miss = missing_connections(r);
+		if (r->nch && r->wire == TM_WIRE_VERSION_2)
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "only %u of %u connections (%u channels%s) connected within %.1f s "
+				    "(missing: %s)",
+				    k, tm_receiver_connections(r), r->nch,
+				    tm_receiver_connections(r) > r->nch + 1 ? ", control and urgent"
+									    : " and control",
+				    waited, miss);
+		else if (r->nch)
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "only %u of %u channels connected within %.1f s (missing: %s)", k,
+				    r->nch, waited, miss);
+		else if (fds)
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "no HELLO on the %u attached sockets within %.1f s", n,
+				    r->cfg.timeout_ms / 1000.0);
+		else
+			g_set_error(error, TM_ERROR, ETIMEDOUT, "no sender connected within %.1f s",
+				    r->cfg.timeout_ms / 1000.0);
+		tm_strangers_explain(&strangers, error);
+	}
+	if (ret < 0 && ret != -ENODATA)
+		return accept_fail(r, error);
+	tm_receiver_accept_drain(r, &strangers); /* a redial that finished late (accept.c) */
+	if (fds && !r->chans) {
+		g_set_error(error, TM_ERROR, EINVAL, "no sockets given");
+		return accept_fail(r, error);
+	}
+	if (fds && n == tm_receiver_connections(r) && k < n) {
+		/* Not without the hook (a failed one ends it at once), but never a session short. */
+		g_set_error(error, TM_ERROR, EPROTO,
+			    "only %u of the %u attached sockets carried a connection of the session",
+			    k, n);
+		return accept_fail(r, error);
+	}
 	if (fds && n != tm_receiver_connections(r)) {
 		g_set_error(error, TM_ERROR, EPROTO, "%u sockets given, the session has %u channels%s",
 			    n, r->nch,
@@ -311,7 +287,7 @@ static int accept_common(tm_receiver *r, int listen_fd, const int *fds, unsigned
 		r->chans[i].ch.version = r->wire;
 	r->ctl.version = r->wire;
 	r->urg.version = r->wire;
-	int ret = tm_receiver_build_announced(r, error);
+	ret = tm_receiver_build_announced(r, error);
 	if (ret < 0)
 		return accept_fail(r, error);
 	r->state = R_ACCEPTED;

@@ -51,9 +51,9 @@ void tm_setup_test_ack_hook(const tm_receiver *r, unsigned i, tm_chan *ch)
 
 bool tm_setup_redial_possible(const tm_receiver *r)
 {
-	/* Only a listener's accept (attached sockets are the VMM's), only while the sender offered
-	 * RESUME and this receiver would agree it. */
-	return r->setup_redial_ok && r->chans && !r->live.no_resume &&
+	/* Only a listener's accept, or an attach with the VMM's reconnect hook (where else would a
+	 * redial come?), only while the sender offered RESUME and this receiver would agree it. */
+	return (r->setup_redial_ok || r->setup_redial_hook) && r->chans && !r->live.no_resume &&
 	       (r->hello.features & TM_FEATURE_RESUME);
 }
 

@@ -400,9 +400,9 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	}
 	/*
 	 * Channel by channel: connect-level setup, TLS (channel 0 first: it does the full
-	 * handshake, the others resume its session), then HELLO. A receiver's attach takes the
-	 * channels one at a time in the same way (its accept several at once), so nothing waits for
-	 * a step the peer has not reached. The answers are collected after every HELLO is out.
+	 * handshake, the others resume its session), then HELLO. A receiver's accept and attach
+	 * handshake several at once, so nothing waits for a step the peer has not reached. The
+	 * answers are collected after every HELLO is out.
 	 */
 	/*
 	 * Protocol 2 order: data 0 (the full TLS handshake), control, data 1..N-1; fds[] has the
@@ -485,9 +485,8 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 		s->tls_hostname = g_strdup(host); /* the name we connect to is the name to check */
 	/*
 	 * Connected in the order attach() sets them up (data 0, control, data 1..N-1; fds[] has
-	 * control last): a receiver's attach takes connections in arrival order, one TLS handshake
-	 * at a time, so any other order would have each side wait for a different connection (its
-	 * accept handshakes several at once, accept.c).
+	 * control last): a receiver handshakes several at once (accept.c), but one of an older
+	 * version took attached sockets one TLS handshake at a time, in arrival order.
 	 */
 	for (unsigned k = 0; k < n; k++) {
 		unsigned i = setup_index(s, n, k);

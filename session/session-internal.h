@@ -472,6 +472,7 @@ struct tm_receiver {
 	tm_chan ctl;               /* protocol 2: the control connection (fd -1 without) */
 	bool ctl_used;             /* placed during accept */
 	bool setup_redial_ok;      /* accepting on a listener: a redial may replace (resume.h) */
+	bool setup_redial_hook;    /* attach with the reconnect hook: likewise, through the hook */
 	tm_events events;          /* phase, event bits, eventfds (any thread) */
 	tm_control control;        /* protocol 2: the control thread */
 	struct tm_resume_rx *resume;  /* NULL: broken channels are not resumed (resume-recv.c) */
@@ -479,7 +480,6 @@ struct tm_receiver {
 	bool urg_used;             /* placed during accept */
 	struct tm_pc_recv *pc;     /* postcopy accepted in set_live (postcopy-recv.h), or NULL */
 	int pc_refused;            /* the errno of set_live's failed userfaultfd, or 0 */
-	int setup_fd;              /* protected by lock: the connection attach is reading, or -1 */
 	int setup_fds[TM_HANDSHAKES_AT_ONCE]; /* protected by lock: those accept reads, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
@@ -680,12 +680,32 @@ int64_t tm_handshake_deadline(unsigned timeout_ms);
 /* The same for a connection the receiver accepted, capped by the accept deadline (0: none). */
 int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_deadline_us);
 /*
- * Accepts connections on listen_fd until one is placed (0), dropping strangers into st.
- * -ETIMEDOUT without *error at clk's deadline (moved on by each placement and replacement);
- * another -errno with *error: a refused sender, a listener failure, or the
- * TM_MAX_STRANGERS-th stranger.
+ * Where the accept's connections come from: a listener (tm_receiver_accept), or the VMM's
+ * attached sockets (tm_receiver_attach) and, with tm_live_config.reconnect, its hook, which a
+ * thread of the accept calls while it runs (the reconnect thread only after it). Attached
+ * sockets are handshaken at once like a listener's connections (up to TM_HANDSHAKES_AT_ONCE).
+ * One whose handshake fails (or whose HELLO is refused) ends the session, named by its index
+ * in fds, unless the hook is there and the session offered RESUME (its sender redials): then
+ * it is dropped like a listener's stranger (counted, its reason kept) and its replacement, the
+ * sender's setup redial, awaited through the hook until the accept's deadline (a session whose
+ * first HELLO then comes without RESUME ends at once, quoting it).
  */
-int tm_receiver_accept_one(tm_receiver *r, int listen_fd, tm_accept_clock *clk,
+typedef struct tm_accept_src {
+	int listen_fd;       /* a listener, or -1 */
+	const int *fds;      /* the attached sockets, or NULL */
+	unsigned nfds;
+	unsigned next;       /* fds[next..] are not handshaken yet (ours: closed when it fails) */
+	bool hook;           /* the VMM's reconnect hook (attach mode) */
+	unsigned lost;       /* attached sockets dropped (with the hook), their redials awaited */
+} tm_accept_src;
+/*
+ * Accepts connections from src until one is placed (0), dropping strangers into st.
+ * -ETIMEDOUT without *error at clk's deadline (moved on by each placement and replacement);
+ * -ENODATA without *error: attached sockets only, all of them tried; another -errno with
+ * *error: a refused sender, a listener failure, an attached socket that failed without a hook,
+ * or the TM_MAX_STRANGERS-th stranger.
+ */
+int tm_receiver_accept_one(tm_receiver *r, tm_accept_src *src, tm_accept_clock *clk,
 			   tm_strangers *st, GError **error);
 /*
  * Once the session has all of its connections: handshakes still under way that finish within
@@ -795,9 +815,6 @@ int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm
 			   GError **error);
 /* The second half, on the accepting thread: places res (taken over, cleared) or refuses it. */
 int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_stranger, GError **error);
-/* The same, ended at once by a cancel (tm_receiver_cancel shuts down r->setup_fd). */
-int tm_receiver_place_cancellable(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
-				  GError **error);
 /* The layout the sender announced, built from its HELLO (host pointers NULL). */
 int tm_receiver_build_announced(tm_receiver *r, GError **error);
 /* Compares our RAM with the announced layout; the message says what differs. */

@@ -202,7 +202,9 @@ TM_EXPORT int tm_receiver_accept(tm_receiver *receiver, int listen_fd, GError **
 
 /*
  * Same on sockets the VMM accepted itself (in any order; protocol 2: channels + 1 of them); the
- * receiver owns them from the call on.
+ * receiver owns them from the call on. They are handshaken at once; the first that fails its
+ * handshake fails the call, named by its index in fds, unless tm_live_config.reconnect is set
+ * (then the sender's redial of it is awaited through the hook: docs/api.md, "Resume").
  */
 TM_EXPORT int tm_receiver_attach(tm_receiver *receiver, const int *fds, unsigned n, GError **error);
 
@@ -316,10 +318,13 @@ typedef struct tm_live_config {
 	 * of that connection: several may call at once. Returns a new socket connected to where
 	 * the receiver's hook takes connections, which the library owns from then on (closed on
 	 * failure too), or -errno: that attempt failed.
-	 * Receiver: called again and again by the library's reconnect thread (connection
-	 * TM_RECONNECT_ANY) from the end of tm_receiver_start()'s handshake until
-	 * tm_receiver_free(): returns the next incoming connection (owned by the library from then
-	 * on), or -errno (-ETIMEDOUT, -EAGAIN: none within timeout_ms; it is called again).
+	 * Receiver: called again and again (connection TM_RECONNECT_ANY) by a thread of
+	 * tm_receiver_attach() while it handshakes the attached sockets (setup redials: an
+	 * attached socket that fails its handshake is then dropped and its redial awaited instead
+	 * of failing the session), then by the library's reconnect thread from the end of
+	 * tm_receiver_start()'s handshake until tm_receiver_free(), never by two at once: returns
+	 * the next incoming connection (owned by the library from then on), or -errno
+	 * (-ETIMEDOUT, -EAGAIN: none within timeout_ms; it is called again).
 	 * Either side: may block at most timeout_ms and must not call the session.
 	 */
 	int (*reconnect)(void *opaque, unsigned connection, unsigned timeout_ms);

@@ -21,6 +21,15 @@ extern unsigned rig_recv_timeout_ms;
 extern unsigned rig_send_timeout_ms;
 /* The sender's channels: 3 unless a test says. */
 extern unsigned rig_channels;
+/*
+ * Attach mode (set before run_start(); docs/api.md, "Resume"): the "VMMs" dial (through the
+ * proxy, in the sender's setup order, so the proxy's accept indices are the same as
+ * tm_sender_connect()'s) and accept the session's RIG_CONNECTIONS sockets themselves, hand them
+ * to tm_sender_attach() / tm_receiver_attach(), and give both sides the reconnect hook: the
+ * sender's dials the proxy, the receiver's accepts on the receiver's listener.
+ */
+extern bool rig_attach;
+#define RIG_CONNECTIONS (rig_channels + 1) /* the data channels and control */
 
 typedef struct rpeer {
 	guest *g;
@@ -33,6 +42,8 @@ typedef struct rpeer {
 	unsigned state_delay_ms; /* a slow VMM: waits this long before it reads device state */
 	unsigned states;
 	double secs;          /* accept to the end of wait */
+	bool attach;          /* rig_attach when started */
+	unsigned hooked;      /* attach: connections its reconnect hook handed over (atomic) */
 	GThread *thread;
 } rpeer;
 
@@ -50,6 +61,7 @@ typedef struct run {
 	GError *err;
 	int r;
 	uint8_t *state;
+	unsigned dialled;     /* attach: connections the sender's reconnect hook dialled (atomic) */
 } run;
 
 /* Guests, the receiver (recv_deadline_ms: its resume_deadline_ms), the proxy, the sender with

@@ -8,6 +8,11 @@
  * a given type: plaintext only). A point passes when both sides return 0 within a bound and the
  * copy is exact, or counts apart when the cut was never reached (the session ended first).
  *
+ * cut-sweep/precopy-attach sweeps the precopy points in attach mode (resume-rig.h, rig_attach): the
+ * test dials and accepts the sockets itself through the proxy, tm_sender_attach() and
+ * tm_receiver_attach() with the reconnect hook on both sides; its points are named
+ * 'precopy-attach/...'.
+ *
  * Too long for CI: skipped unless CUT_SWEEP=1. CUT_SWEEP_ONLY=<glob> runs only the points whose
  * name matches (e.g. 'postcopy/urgent/before-*'). By default only the io_uring pairs (plaintext and TLS)
  * sweep; CUT_SWEEP_ALL_PAIRS=1 sweeps every backend pair. The sender's and the receiver's
@@ -416,7 +421,7 @@ static outcome run_isolated(bool postcopy, const role *ro, mode m, const positio
 	return o;
 }
 
-static void sweep(bool postcopy)
+static void sweep(bool postcopy, bool attach)
 {
 	const char *only = g_getenv("CUT_SWEEP_ONLY");
 	g_autoptr(GPatternSpec) pat = only && *only ? g_pattern_spec_new(only) : NULL;
@@ -440,6 +445,8 @@ static void sweep(bool postcopy)
 		g_string_free(tl.failures, TRUE);
 		return; /* skipped with the reason */
 	}
+	rig_attach = attach; /* read by run_start() in each point's process */
+	const char *kind = postcopy ? "postcopy" : attach ? "precopy-attach" : "precopy";
 	const role *rl = postcopy ? pc_roles : roles;
 	size_t nr = postcopy ? G_N_ELEMENTS(pc_roles) : G_N_ELEMENTS(roles);
 	const position *ps = postcopy ? pc_positions : positions;
@@ -449,7 +456,7 @@ static void sweep(bool postcopy)
 			for (int m = 0; m < M_COUNT; m++) {
 				const position *pos = &ps[pi];
 				g_autofree char *name = g_strdup_printf(
-					"%s/%s/%s/%s", postcopy ? "postcopy" : "precopy", rl[ri].name, pos->name, mode_name[m]);
+					"%s/%s/%s/%s", kind, rl[ri].name, pos->name, mode_name[m]);
 				if ((pat && !g_pattern_spec_match_string(pat, name)) ||
 				    (pos->frame && tls_dir)) {
 					tl.skipped++;
@@ -470,7 +477,7 @@ static void sweep(bool postcopy)
 	}
 	g_test_message("cut sweep (%s, %s%s-to-%s, %.0f s): %u passed, %u not reached (completed "
 		       "before the cut), %u failed, %u skipped",
-		       postcopy ? "postcopy" : "precopy", tls_dir ? "tls-" : "", send_io, recv_io,
+		       kind, tls_dir ? "tls-" : "", send_io, recv_io,
 		       (double)(g_get_monotonic_time() - t0) / 1e6, tl.n[O_PASS],
 		       tl.n[O_NOT_REACHED], tl.n[O_FAIL], tl.skipped);
 	if (tl.n[O_FAIL]) {
@@ -478,22 +485,29 @@ static void sweep(bool postcopy)
 		g_test_fail_printf("%u cut points failed", tl.n[O_FAIL]);
 	}
 	g_string_free(tl.failures, TRUE);
+	rig_attach = false;
 }
 
 static void test_sweep_precopy(void)
 {
-	sweep(false);
+	sweep(false, false);
+}
+
+static void test_sweep_precopy_attach(void)
+{
+	sweep(false, true);
 }
 
 static void test_sweep_postcopy(void)
 {
-	sweep(true);
+	sweep(true, false);
 }
 
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
 		{ "cut-sweep/precopy", test_sweep_precopy, false },
+		{ "cut-sweep/precopy-attach", test_sweep_precopy_attach, false },
 		{ "cut-sweep/postcopy", test_sweep_postcopy, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
