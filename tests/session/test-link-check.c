@@ -100,7 +100,7 @@ static void test_held_no_resume(void)
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
 	g_assert_cmpint(t.r, ==, -ETIMEDOUT);
 	g_test_message("sender (%.2f s): %s", secs, t.err->message);
-	g_assert_nonnull(strstr(t.err->message, "channel 2: the receiver got 25 bytes fewer than "
+	g_assert_nonnull(strstr(t.err->message, "channel 2: the receiver got 24 bytes fewer than "
 						"this end's path acknowledged"));
 	g_assert_nonnull(strstr(t.err->message, "something on the path holds them"));
 	g_assert_cmpfloat(secs, <, 1.0 + 0.5 + 4.0);
