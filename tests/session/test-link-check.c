@@ -349,6 +349,51 @@ static int attach_migrate(run *t, unsigned idle_ms)
 	return r;
 }
 
+/* Cancels the sender unless stopped within 20 s: a held connection never found fails the test
+ * with a reason instead of hanging it. */
+typedef struct watchdog {
+	GMutex lock;
+	GCond cond;
+	bool done;
+	tm_sender *s;
+	GThread *thread;
+} watchdog;
+
+static gpointer watchdog_thread(gpointer data)
+{
+	watchdog *w = data;
+	int64_t end = g_get_monotonic_time() + 20 * G_TIME_SPAN_SECOND;
+
+	g_mutex_lock(&w->lock);
+	while (!w->done && g_cond_wait_until(&w->cond, &w->lock, end))
+		;
+	bool fire = !w->done;
+	g_mutex_unlock(&w->lock);
+	if (fire)
+		(void)tm_sender_cancel(w->s, "test: the held connection was not found in 20 s");
+	return NULL;
+}
+
+static void watchdog_start(watchdog *w, tm_sender *s)
+{
+	memset(w, 0, sizeof(*w));
+	g_mutex_init(&w->lock);
+	g_cond_init(&w->cond);
+	w->s = s;
+	w->thread = g_thread_new("watchdog", watchdog_thread, w);
+}
+
+static void watchdog_stop(watchdog *w)
+{
+	g_mutex_lock(&w->lock);
+	w->done = true;
+	g_cond_signal(&w->cond);
+	g_mutex_unlock(&w->lock);
+	g_thread_join(w->thread);
+	g_mutex_clear(&w->lock);
+	g_cond_clear(&w->cond);
+}
+
 /* held() on a VMM's own sockets with a preamble: found and resumed through the hooks. */
 static void held_attach(uint8_t type, bool from_sender)
 {
@@ -364,7 +409,10 @@ static void held_attach(uint8_t type, bool from_sender)
 	t.px.half = t.px.half_recv = true;
 	proxy_arm_frame(&t.px, DATA2, type, from_sender);
 	int64_t t0 = g_get_monotonic_time();
+	watchdog wd;
+	watchdog_start(&wd, t.s);
 	t.r = attach_migrate(&t, 0);
+	watchdog_stop(&wd);
 	rpeer_join(&t.p);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
