@@ -115,6 +115,8 @@ TM_EXPORT int tm_sender_connect(tm_sender *sender, const char *host, const char 
  * sender owns the fds from the call on, also on failure. Protocol 2: n is the configured
  * channels + 1, the last one being the control connection. Without tm_sender_set_live(), n equal
  * to the configured channels means protocol 1 (what a VMM built against tagmig 0.1 does).
+ * A socket may have carried bytes of the VMM's own before (a preamble, a proxy's handshake) if
+ * the VMM read all the peer sent of them: the session's byte counts (LINK_CHECK) start here.
  */
 TM_EXPORT int tm_sender_attach(tm_sender *sender, const int *fds, unsigned n, GError **error);
 
@@ -202,7 +204,8 @@ TM_EXPORT int tm_receiver_accept(tm_receiver *receiver, int listen_fd, GError **
 
 /*
  * Same on sockets the VMM accepted itself (in any order; protocol 2: channels + 1 of them); the
- * receiver owns them from the call on.
+ * receiver owns them from the call on. Bytes of the VMM's own before are allowed as with
+ * tm_sender_attach().
  */
 TM_EXPORT int tm_receiver_attach(tm_receiver *receiver, const int *fds, unsigned n, GError **error);
 
@@ -320,7 +323,8 @@ typedef struct tm_live_config {
 	 * TM_RECONNECT_ANY) from the end of tm_receiver_start()'s handshake until
 	 * tm_receiver_free(): returns the next incoming connection (owned by the library from then
 	 * on), or -errno (-ETIMEDOUT, -EAGAIN: none within timeout_ms; it is called again).
-	 * Either side: may block at most timeout_ms and must not call the session.
+	 * Either side: may block at most timeout_ms and must not call the session. The socket may
+	 * have carried bytes of the VMM's own first, as with tm_*_attach().
 	 */
 	int (*reconnect)(void *opaque, unsigned connection, unsigned timeout_ms);
 	void *reconnect_opaque;
