@@ -70,8 +70,8 @@ typedef struct tm_chan {
 /*
  * Takes fd (closed on failure too) and opens the channel's I/O handle on it with backend ops as
  * cfg says (tm_io_open), after it took fd's stream base (ch->base: what a VMM's socket carried
- * before is not the session's). ch->io is NULL on failure and after tm_chan_close. The channel speaks
- * protocol 1 until the caller sets ch->version.
+ * before is not the session's). ch->io is NULL on failure and after tm_chan_close. The channel
+ * speaks protocol 1 until the caller sets ch->version.
  */
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 const tm_io_config *cfg, GError **error);

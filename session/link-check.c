@@ -9,15 +9,15 @@
  * the same stream tell: what the sender's kernel had acknowledged against what the receiver's
  * kernel received, and the other way round.
  *
- * The sender asks (LINK_Q) about a connection that was quiet for a keepalive interval (its
- * counts did not move: a busy connection costs nothing), at most one question per connection
- * out; the receiver answers (LINK_A) with its kernel's counts of its current connection for
- * that channel (from its base, below), what of it its application has not read, and the connection's epoch. A gap of
- * more than LINK_SLACK bytes one way while the end that should have them has read everything it
- * got (its window open: a working path would deliver), shown by every answer for timeout_ms with
- * the sender's counts still, is a dead path: the connection goes to link_dead() (resumed like
- * any break) or the session fails. A proxy on a working path holds bytes too, but only while the
- * next end's window is closed: its application has not read what it has (a slow VMM).
+ * The sender asks (LINK_Q) about a connection that was quiet for a keepalive interval (its counts
+ * did not move: a busy connection costs nothing), at most one question per connection out; the
+ * receiver answers (LINK_A) with its kernel's counts of its current connection for that channel
+ * (from its base, below), what of it its application has not read, and the connection's epoch. A
+ * gap of more than LINK_SLACK bytes one way while the end that should have them has read everything
+ * it got (its window open: a working path would deliver), shown by every answer for timeout_ms with
+ * the sender's counts still, is a dead path: the connection goes to link_dead() (resumed like any
+ * break) or the session fails. A proxy on a working path holds bytes too, but only while the next
+ * end's window is closed: its application has not read what it has (a slow VMM).
  *
  * Every count is of the session's bytes alone: each end subtracts the stream base it took when
  * it took the socket (tm_chan.base, tm_net_stream_base()), so a socket a VMM attached, or its
