@@ -485,8 +485,8 @@ static void test_attach_preamble(void)
 /*
  * A VMM's own unix socketpairs: LINK_CHECK is agreed (session-protocol's link-check-attach)
  * and no connection is checked (no TCP counts): with the source idle 3 timeouts after the round
- * and the destination VMM 3 timeouts late to read device state, no dead path is found (without
- * a reconnect hook it would fail the session) and nothing is an error.
+ * (every connection quiet), no dead path is found (without a reconnect hook it would fail the
+ * session) and nothing is an error.
  */
 static void test_attach_unix(void)
 {
@@ -502,14 +502,13 @@ static void test_attach_unix(void)
 		theirs[k] = pair[order[k]][1];
 	}
 	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
-	attach_start(&t, false, 3 * TIMEOUT_MS, theirs);
+	attach_start(&t, false, 0, theirs);
 	t.r = migrate_on(&t, fds, 3 * TIMEOUT_MS);
 	rpeer_join(&t.p);
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
 	tm_live_stats ss, rs;
 	run_assert_complete(&t, &ss, &rs);
 	g_assert_cmpuint(t.p.states, ==, 1);
-	g_assert_cmpfloat(t.p.secs, >=, 3.0);
 	g_assert_cmpuint(ss.reconnects, ==, 0);
 	g_assert_cmpuint(rs.reconnects, ==, 0);
 	run_end(&t);
