@@ -115,8 +115,9 @@ TM_EXPORT int tm_sender_connect(tm_sender *sender, const char *host, const char 
  * sender owns the fds from the call on, also on failure. Protocol 2: n is the configured
  * channels + 1, the last one being the control connection. Without tm_sender_set_live(), n equal
  * to the configured channels means protocol 1 (what a VMM built against tagmig 0.1 does).
- * A socket may have carried bytes of the VMM's own before (a preamble, a proxy's handshake) if
- * the VMM read all the peer sent of them: the session's byte counts (LINK_CHECK) start here.
+ * A socket (here and in tm_receiver_attach()) may have carried bytes of the VMM's own before (a
+ * preamble, a proxy's handshake) if the VMM read all the peer sent of them and leaves it alone
+ * from the call on: the session's byte counts (LINK_CHECK) start here.
  */
 TM_EXPORT int tm_sender_attach(tm_sender *sender, const int *fds, unsigned n, GError **error);
 
@@ -204,8 +205,7 @@ TM_EXPORT int tm_receiver_accept(tm_receiver *receiver, int listen_fd, GError **
 
 /*
  * Same on sockets the VMM accepted itself (in any order; protocol 2: channels + 1 of them); the
- * receiver owns them from the call on. Bytes of the VMM's own before are allowed as with
- * tm_sender_attach().
+ * receiver owns them from the call on.
  */
 TM_EXPORT int tm_receiver_attach(tm_receiver *receiver, const int *fds, unsigned n, GError **error);
 
