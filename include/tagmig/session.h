@@ -313,7 +313,8 @@ typedef struct tm_live_config {
 	/*
 	 * Resume in attach mode (tm_*_attach(); docs/api.md, "Resume"): sockets the VMM connected
 	 * give the library nowhere to reconnect, so without this hook such a session does not
-	 * resume. Optional; ignored with tm_*_connect()/accept() and in protocol 1.
+	 * resume. Optional; ignored with tm_*_connect()/accept() and in protocol 1. A socket it
+	 * returns may have carried bytes of the VMM's own first, as with tm_sender_attach().
 	 * Sender: called when connection `connection` (a data channel's index,
 	 * TM_RECONNECT_CONTROL, or TM_RECONNECT_URGENT after the switch to postcopy) broke, once per attempt (backoff, resume_deadline_ms), on the thread
 	 * of that connection: several may call at once. Returns a new socket connected to where
@@ -323,8 +324,7 @@ typedef struct tm_live_config {
 	 * TM_RECONNECT_ANY) from the end of tm_receiver_start()'s handshake until
 	 * tm_receiver_free(): returns the next incoming connection (owned by the library from then
 	 * on), or -errno (-ETIMEDOUT, -EAGAIN: none within timeout_ms; it is called again).
-	 * Either side: may block at most timeout_ms and must not call the session. The socket may
-	 * have carried bytes of the VMM's own first, as with tm_*_attach().
+	 * Either side: may block at most timeout_ms and must not call the session.
 	 */
 	int (*reconnect)(void *opaque, unsigned connection, unsigned timeout_ms);
 	void *reconnect_opaque;
