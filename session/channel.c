@@ -23,6 +23,8 @@ int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 	ch->version = TM_WIRE_VERSION_1;
 	g_snprintf(ch->label, sizeof(ch->label), "channel %u", id);
 	ch->fd = -1;
+	/* Before any I/O of ours; not TCP, or unreadable: that connection is not checked. */
+	(void)tm_net_stream_base(fd, &ch->base);
 	int r = tm_io_open(fd, id, ops, cfg, &ch->io, error);
 	if (r < 0)
 		return r;

@@ -47,6 +47,8 @@ typedef struct tm_chan {
 	unsigned id;
 	tm_io *io;      /* the I/O handle (owned); a wrapper may replace it at setup (tm_tls_wrap) */
 	int fd;         /* io's socket, -1 when closed: for the session's poll and shutdown, not I/O */
+	tm_net_base base; /* where the session's bytes begin in fd's stream, taken at open, before
+	                   * the library's first byte (LINK_CHECK; not ok: not TCP) */
 	unsigned depth; /* packet slots the handle took at open (io->depth); 1 without submit */
 	uint8_t version; /* protocol of the session: 1 or 2; 0 while a handshake accepts either */
 	char label[16];  /* what messages call it: "channel 3", "control" */
@@ -67,8 +69,9 @@ typedef struct tm_chan {
 
 /*
  * Takes fd (closed on failure too) and opens the channel's I/O handle on it with backend ops as
- * cfg says (tm_io_open). ch->io is NULL on failure and after tm_chan_close. The channel speaks
- * protocol 1 until the caller sets ch->version.
+ * cfg says (tm_io_open), after it took fd's stream base (ch->base: what a VMM's socket carried
+ * before is not the session's). ch->io is NULL on failure and after tm_chan_close. The channel
+ * speaks protocol 1 until the caller sets ch->version.
  */
 int tm_chan_open(tm_chan *ch, int fd, unsigned id, const tm_transport_ops *ops,
 		 const tm_io_config *cfg, GError **error);

@@ -606,6 +606,7 @@ int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned
 	c->ndata = ndata;
 	c->data_fds = g_new(int, MAX(ndata, 1));
 	c->data_epochs = g_new0(uint32_t, MAX(ndata, 1));
+	c->data_bases = g_new0(tm_net_base, MAX(ndata, 1));
 	tm_link_watch_alloc(c);
 	/*
 	 * No idle timer on data channels: a blocked read or write there waits as long as the
@@ -614,6 +615,7 @@ int tm_control_start(tm_control *c, tm_chan *ctl, tm_chan *const *data, unsigned
 	 */
 	for (unsigned i = 0; i < ndata; i++) {
 		c->data_fds[i] = data[i]->fd;
+		c->data_bases[i] = data[i]->base;
 		tm_chan_set_timeout(data[i], 0);
 		(void)tm_net_keepalive(data[i]->fd, c->ka_ms, 0);
 	}
@@ -725,6 +727,7 @@ void tm_control_stop(tm_control *c)
 		g_mutex_lock(c->lock);
 	g_clear_pointer(&c->data_fds, g_free);
 	g_clear_pointer(&c->data_epochs, g_free);
+	g_clear_pointer(&c->data_bases, g_free);
 	if (c->lock)
 		g_mutex_unlock(c->lock);
 	tm_link_watch_free(c);

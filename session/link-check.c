@@ -9,15 +9,25 @@
  * the same stream tell: what the sender's kernel had acknowledged against what the receiver's
  * kernel received, and the other way round.
  *
- * The sender asks (LINK_Q) about a connection that was quiet for a keepalive interval (its
- * counts did not move: a busy connection costs nothing), at most one question per connection
- * out; the receiver answers (LINK_A) with its kernel's counts of its current connection for
- * that channel, what of it its application has not read, and the connection's epoch. A gap of
- * more than LINK_SLACK bytes one way while the end that should have them has read everything it
- * got (its window open: a working path would deliver), shown by every answer for timeout_ms with
- * the sender's counts still, is a dead path: the connection goes to link_dead() (resumed like
- * any break) or the session fails. A proxy on a working path holds bytes too, but only while the
- * next end's window is closed: its application has not read what it has (a slow VMM).
+ * The sender asks (LINK_Q) about a connection that was quiet for a keepalive interval (its counts
+ * did not move: a busy connection costs nothing), at most one question per connection out; the
+ * receiver answers (LINK_A) with its kernel's counts of its current connection for that channel
+ * (from its base, below), what of it its application has not read, and the connection's epoch. A
+ * gap of more than LINK_SLACK bytes one way while the end that should have them has read everything
+ * it got (its window open: a working path would deliver), shown by every answer for timeout_ms with
+ * the sender's counts still, is a dead path: the connection goes to link_dead() (resumed like any
+ * break) or the session fails. A proxy on a working path holds bytes too, but only while the next
+ * end's window is closed: its application has not read what it has (a slow VMM).
+ *
+ * Every count is of the session's bytes alone: each end subtracts the stream base it took when
+ * it took the socket (tm_chan.base, tm_net_stream_base()), so a socket a VMM attached, or its
+ * reconnect hook handed over, may have carried bytes before (a preamble of the VMMs', a proxy's
+ * handshake only one end's kernel counted) and the two ends still count the same stream. For a
+ * connection the library made itself the base is the connecting end's SYN and nothing else: a
+ * peer of the version before bases, which offers and keeps LINK_CHECK only there and sends its
+ * kernel's own counts, counts the same bytes but that SYN (within LINK_SLACK). A connection
+ * whose base could not be taken (not TCP: a unix socket) is never asked about, and answered
+ * with unknown counts.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -26,7 +36,8 @@
 #include "tagmig/error.h"
 #include "transport/transport.h"
 
-/* The connecting end counts its SYN as acknowledged, each end a FIN: no message is this short. */
+/* Each end counts a FIN (and a peer of the version before bases the connecting end's SYN as
+ * acknowledged): no message is this short. */
 #define LINK_SLACK 2u
 /* More LINK_Qs than this per data channel in one second from the sender: -EPROTO. Ours are at
  * most one per keepalive (>= 100 ms) per channel. */
@@ -73,12 +84,29 @@ void tm_link_watch_reset(tm_control *c)
 		c->lw->ch[i].asked = false; /* asked on a connection that is gone */
 }
 
-void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch)
+void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch,
+			  const tm_net_base *base)
 {
 	if (!c->data_fds || i >= c->ndata)
 		return;
+	c->data_bases[i] = base ? *base : (tm_net_base){ .ok = false };
 	__atomic_store_n(&c->data_epochs[i], epoch, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->data_fds[i], fd, __ATOMIC_RELAXED);
+}
+
+/*
+ * Data channel i's connection as its owner last set it: its fd (-1: none), epoch and stream
+ * base, all of one connection (read under the owner's lock, which tm_control_data_conn() is
+ * called with; the control thread holds io_lock, which comes first).
+ */
+static int conn_now(tm_control *c, unsigned i, uint32_t *ret_epoch, tm_net_base *ret_base)
+{
+	g_mutex_lock(c->lock);
+	int fd = c->data_fds[i];
+	*ret_epoch = c->data_epochs[i];
+	*ret_base = c->data_bases[i];
+	g_mutex_unlock(c->lock);
+	return fd;
 }
 
 static int dead(tm_control *c, unsigned i, watch_chan *w, int64_t now, GError **error)
@@ -108,11 +136,13 @@ int tm_link_watch_tick(tm_control *c, GError **error)
 
 	for (unsigned i = 0; c->lw && i < c->ndata; i++) {
 		watch_chan *w = &c->lw->ch[i];
-		int fd = __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED);
-		uint32_t epoch = __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED);
-		uint64_t acked, received, unread;
-		if (tm_net_stream_bytes(fd, &acked, &received, &unread) < 0)
-			fd = -1; /* closed for a reconnect, or not TCP: nothing to tell */
+		uint32_t epoch;
+		tm_net_base base;
+		int fd = conn_now(c, i, &epoch, &base);
+		uint64_t acked = 0, received = 0, unread;
+		/* Closed for a reconnect, not TCP, or counts that cannot be read: nothing to tell. */
+		if (tm_net_session_bytes(fd, &base, &acked, &received, &unread) < 0)
+			fd = -1;
 		if (fd < 0 || fd != w->fd || epoch != w->epoch || acked != w->acked ||
 		    received != w->received) {
 			/* Another connection, or the stream moved: nothing is held for now. */
@@ -164,19 +194,21 @@ int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GE
 	}
 	w->asked = false;
 	/* About another connection than ours now (one end reconnected meanwhile), or unknown. */
-	unsigned i = (unsigned)v[0];
+	uint32_t epoch;
+	tm_net_base base;
+	int fd = conn_now(c, (unsigned)v[0], &epoch, &base);
 	if (v[1] != w->q_epoch || w->q_fd != w->fd || w->q_epoch != w->epoch || w->fd < 0 ||
-	    w->fd != __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED) ||
-	    w->epoch != __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED) ||
-	    v[2] == TM_LINK_UNKNOWN || v[3] == TM_LINK_UNKNOWN || v[4] == TM_LINK_UNKNOWN) {
+	    w->fd != fd || w->epoch != epoch || v[2] == TM_LINK_UNKNOWN ||
+	    v[3] == TM_LINK_UNKNOWN || v[4] == TM_LINK_UNKNOWN) {
 		w->gap_since = 0;
 		return 0;
 	}
 	uint64_t acked, received, unread;
-	if (tm_net_stream_bytes(w->fd, &acked, &received, &unread) < 0)
+	if (tm_net_session_bytes(fd, &base, &acked, &received, &unread) < 0)
 		return 0;
-	/* v[2]: what the receiver's kernel received, v[4] of it unread; v[3]: what our side of
-	 * the path acknowledged of what the receiver sent. */
+	/* v[2]: what the receiver's kernel received of the session's bytes, v[4] unread; v[3]:
+	 * what our side of the path acknowledged of the session's bytes the receiver sent. All
+	 * counts are the session's alone, from each end's base (tm_chan.base). */
 	w->gap_tx = v[4] == 0 && w->q_acked > v[2] && w->q_acked - v[2] > LINK_SLACK
 			    ? w->q_acked - v[2]
 			    : 0;
@@ -233,11 +265,13 @@ int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GEr
 		return -EBADMSG;
 	}
 	unsigned i = (unsigned)v[0];
-	int fd = __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED);
-	uint64_t a[TM_CTRL_MAX_FIELDS] = { i, __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED),
-					   TM_LINK_UNKNOWN, TM_LINK_UNKNOWN, TM_LINK_UNKNOWN };
+	uint32_t epoch;
+	tm_net_base base;
+	int fd = conn_now(c, i, &epoch, &base);
+	uint64_t a[TM_CTRL_MAX_FIELDS] = { i, epoch, TM_LINK_UNKNOWN, TM_LINK_UNKNOWN,
+					   TM_LINK_UNKNOWN };
 	uint64_t acked, received, unread;
-	if (tm_net_stream_bytes(fd, &acked, &received, &unread) == 0) {
+	if (tm_net_session_bytes(fd, &base, &acked, &received, &unread) == 0) {
 		a[2] = received;
 		a[3] = acked;
 		a[4] = unread;

@@ -406,10 +406,7 @@ static int start_common(tm_receiver *r, const tm_ram_layout *layout, tm_tag_stor
 		r->state = R_DONE;
 		return ret;
 	}
-	/* Only on the connections this receiver accepted itself (link-check.c): a VMM's own may have
-	 * carried bytes of its own first, which only one end counted. */
-	if (!r->setup_redial_ok)
-		ack.features &= ~TM_FEATURE_LINK_CHECK;
+	/* Also on a VMM's own sockets: counts start at their bases (tm_chan.base, link-check.c). */
 	r->control.link_check = (ack.features & TM_FEATURE_LINK_CHECK) != 0;
 	uint8_t ackbuf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
 	for (unsigned i = 0; i <= r->nch + 1; i++) {

@@ -372,7 +372,7 @@ int tm_resume_recv(recv_chan *c, GError **error)
 	/* Under the lock: a failure elsewhere shuts down what it sees, never a closed fd. */
 	tm_counters st = c->ch.st;
 	shutdown(c->ch.fd, SHUT_RDWR);
-	tm_control_data_conn(&r->control, c->ch.id, -1, 0); /* its number may be reused */
+	tm_control_data_conn(&r->control, c->ch.id, -1, 0, NULL); /* its number may be reused */
 	tm_chan_close(&c->ch);
 	tm_io_counters io_closed = c->ch.io_closed;
 	pending_conn *p = &rr->pending[c->ch.id];
@@ -395,7 +395,7 @@ int tm_resume_recv(recv_chan *c, GError **error)
 		p->ready = false;
 		p->ch.fd = -1;
 		p->ch.io = NULL;
-		tm_control_data_conn(&r->control, id, c->ch.fd, p->epoch);
+		tm_control_data_conn(&r->control, id, c->ch.fd, p->epoch, &c->ch.base);
 		g_mutex_unlock(&r->lock);
 
 		tm_chan_set_timeout(&c->ch, 0); /* as tm_control_start left the data channels */
@@ -407,7 +407,7 @@ int tm_resume_recv(recv_chan *c, GError **error)
 		/* That one broke too: wait for the next. */
 		g_mutex_lock(&r->lock);
 		st = c->ch.st;
-		tm_control_data_conn(&r->control, c->ch.id, -1, 0);
+		tm_control_data_conn(&r->control, c->ch.id, -1, 0, NULL);
 		tm_chan_close(&c->ch);
 		io_closed = c->ch.io_closed;
 	}

@@ -499,7 +499,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	tm_counters st = c->ch.st;
 	uint64_t unsent = tm_resume_unsent_pages(c);
 	shutdown(c->ch.fd, SHUT_RDWR);
-	tm_control_data_conn(&s->control, c->ch.id, -1, c->epoch); /* its number may be reused */
+	tm_control_data_conn(&s->control, c->ch.id, -1, c->epoch, NULL); /* its number may be reused */
 	tm_chan_close(&c->ch);
 	tm_io_counters io_closed = c->ch.io_closed;
 	g_mutex_unlock(&s->lock);
@@ -523,7 +523,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 			c->ch.st = st;
 			c->ch.io_closed = io_closed;
 			/* control's TCP_INFO watch (control.c, link-check.c) */
-			tm_control_data_conn(&s->control, c->ch.id, c->ch.fd, epoch);
+			tm_control_data_conn(&s->control, c->ch.id, c->ch.fd, epoch, &c->ch.base);
 			g_mutex_unlock(&s->lock);
 			break;
 		}

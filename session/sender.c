@@ -377,9 +377,8 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	s->hello.version = s->wire;
 	s->hello.features = (s->hello.features & ~TM_FEATURES_COMPRESS) |
 			    tm_zsend_offer(&s->live, s->wire) | tm_dsend_offer(&s->live, s->wire) |
-			    /* A VMM's own sockets may have carried bytes of its own first, which
-			     * only one end counted (link-check.c). */
-			    (s->wire == TM_WIRE_VERSION_2 && s->dialled ? TM_FEATURE_LINK_CHECK : 0u);
+			    /* A VMM's own sockets too: counts start at their bases (tm_chan.base). */
+			    (s->wire == TM_WIRE_VERSION_2 ? TM_FEATURE_LINK_CHECK : 0u);
 	if (s->live.reconnect)
 		tm_resume_send_offer(s, NULL, NULL); /* the VMM's hook reconnects (resume.h) */
 	if (s->tls_creds_dir && !s->tls) {
@@ -507,7 +506,6 @@ int tm_sender_connect(tm_sender *s, const char *host, const char *port, GError *
 	/* attach() would take N sockets without set_live() for protocol 1: say which it is. */
 	s->live_set = true;
 	tm_resume_send_offer(s, host, port); /* where a broken channel reconnects (resume.h) */
-	s->dialled = true;
 	return tm_sender_attach(s, fds, n, error);
 }
 

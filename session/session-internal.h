@@ -130,6 +130,8 @@ typedef struct tm_control {
 	int *data_fds;         /* the data channels' sockets (TCP_INFO), valid until free; -1
 	                        * while a channel's connection is closed for a reconnect */
 	uint32_t *data_epochs; /* the HELLO epoch of each data_fds[i]'s connection (LINK_CHECK) */
+	tm_net_base *data_bases; /* each data_fds[i]'s stream base (LINK_CHECK), written under
+	                          * *lock with data_fds[i] (tm_control_data_conn) */
 	unsigned ndata;
 	GThread *thread;
 	void *owner;           /* tm_sender or tm_receiver */
@@ -226,8 +228,10 @@ int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GE
 int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error);
 /* Receiver: counts one more LINK_Q against the flood bound (also one it drops unanswered). */
 int tm_link_watch_count(tm_control *c, GError **error);
-/* The owner, its lock held: data channel i's connection is now fd (-1: closed), of epoch. */
-void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch);
+/* The owner, its lock held: data channel i's connection is now fd (-1: closed), of epoch,
+ * its stream base *base (tm_chan.base; NULL with fd -1). */
+void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch,
+			  const tm_net_base *base);
 
 /* Keepalive interval of a session with this timeout: clamp(timeout / 4, 100 ms, 5 s). */
 unsigned tm_control_interval(unsigned timeout_ms);
@@ -373,7 +377,6 @@ struct tm_sender {
 	send_chan *chans;
 	tm_live_config live;   /* defaults filled in (tm_live_config_load) */
 	bool live_set;         /* tm_sender_set_live() was called */
-	bool dialled;          /* tm_sender_connect(): the library made the sockets (LINK_CHECK) */
 	uint8_t wire;          /* protocol spoken: 2 unless set_live said 1 or attach got N sockets */
 	tm_chan ctl;           /* protocol 2: the control connection (fd -1 without) */
 	unsigned wire_done;    /* wire once the handshake completed, else 0 (atomic) */

@@ -318,6 +318,36 @@ int tm_net_delivery_rate(int fd, uint64_t *ret_bytes_per_sec, bool *ret_app_limi
  */
 int tm_net_stream_bytes(int fd, uint64_t *ret_acked, uint64_t *ret_received, uint64_t *ret_unread);
 
+/*
+ * Where the library's own bytes begin in a TCP connection's stream, taken when the library
+ * takes the socket (tm_chan_open), before it reads or writes any: a socket a VMM attached, or
+ * its reconnect hook handed over, may have carried bytes first (a preamble of its own, a proxy's
+ * handshake that only this end's kernel counted). tx: the bytes written before, acknowledged or
+ * still queued (the connecting end's SYN among them); rx: the bytes read before (what is
+ * received and unread is the library's). ok false: not TCP, or the counts could not be read:
+ * the connection's counts are never compared (LINK_CHECK skips it).
+ */
+typedef struct tm_net_base {
+	uint64_t tx, rx;
+	bool ok;
+} tm_net_base;
+
+/*
+ * Takes fd's base (above; transport/net-rate.c): *ret_base, or -errno (not a TCP socket, a
+ * kernel without the counts: -EOPNOTSUPP; counts that kept moving while read: -EAGAIN) with
+ * *ret_base untouched. Nobody may read or write fd meanwhile.
+ */
+int tm_net_stream_base(int fd, tm_net_base *ret_base);
+
+/*
+ * tm_net_stream_bytes() of the library's bytes alone: each count less base's. Returns 0 or
+ * -errno: as tm_net_stream_bytes(); -EOPNOTSUPP for a base that is not ok; -EAGAIN for counts
+ * below the base (bytes written before it not all acknowledged yet, or fd is not the connection
+ * the base was taken of).
+ */
+int tm_net_session_bytes(int fd, const tm_net_base *base, uint64_t *ret_acked,
+			 uint64_t *ret_received, uint64_t *ret_unread);
+
 /* Drops done bytes from the front of the iovec array *v of *n entries (after a partial transfer). */
 static inline void tm_iov_advance(struct iovec **v, unsigned *n, size_t done)
 {

@@ -115,6 +115,9 @@ TM_EXPORT int tm_sender_connect(tm_sender *sender, const char *host, const char 
  * sender owns the fds from the call on, also on failure. Protocol 2: n is the configured
  * channels + 1, the last one being the control connection. Without tm_sender_set_live(), n equal
  * to the configured channels means protocol 1 (what a VMM built against tagmig 0.1 does).
+ * A socket (here and in tm_receiver_attach()) may have carried bytes of the VMM's own before (a
+ * preamble, a proxy's handshake) if the VMM read all the peer sent of them and leaves it alone
+ * from the call on: the session's byte counts (LINK_CHECK) start here.
  */
 TM_EXPORT int tm_sender_attach(tm_sender *sender, const int *fds, unsigned n, GError **error);
 
@@ -312,7 +315,8 @@ typedef struct tm_live_config {
 	/*
 	 * Resume in attach mode (tm_*_attach(); docs/api.md, "Resume"): sockets the VMM connected
 	 * give the library nowhere to reconnect, so without this hook such a session does not
-	 * resume. Optional; ignored with tm_*_connect()/accept() and in protocol 1.
+	 * resume. Optional; ignored with tm_*_connect()/accept() and in protocol 1. A socket it
+	 * returns may have carried bytes of the VMM's own first, as with tm_sender_attach().
 	 * Sender: called when connection `connection` (a data channel's index,
 	 * TM_RECONNECT_CONTROL, or TM_RECONNECT_URGENT after the switch to postcopy) broke, once per attempt (backoff, resume_deadline_ms), on the thread
 	 * of that connection: several may call at once. Returns a new socket connected to where

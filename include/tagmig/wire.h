@@ -69,8 +69,9 @@
  * or urgent connections broke (CONN_LOST), which the sender may not see itself. */
 #define TM_FEATURE_CONN_LOST (1u << 4)
 /* Protocol 2 only: the sender asks on control what the receiver's kernel received and had
- * acknowledged on a quiet data connection (LINK_Q, LINK_A), to find a path that acknowledges
- * but does not deliver (a middlebox holding the bytes). */
+ * acknowledged of the session's bytes on a quiet data connection (LINK_Q, LINK_A; each end
+ * counts from where its library took the socket, so a VMM's own sockets too), to find a path
+ * that acknowledges but does not deliver (a middlebox holding the bytes). */
 #define TM_FEATURE_LINK_CHECK (1u << 5)
 /* Protocol 2 only: page data may travel compressed (ZDATA) with this codec; the sender offers
  * the codecs it may use, the receiver's HELLO_ACK keeps those it decodes (issue 15). */
@@ -129,7 +130,8 @@ typedef enum tm_msg_type {
 #define TM_MSG_LAST_V2 TM_MSG_LINK_A
 /* CONN_LOST's connection field for the urgent connection (else a data channel's number). */
 #define TM_CONN_LOST_URGENT UINT32_MAX
-/* LINK_A's byte counts when the receiver cannot tell (not a TCP socket, no connection now). */
+/* LINK_A's byte counts when the receiver cannot tell (not a TCP socket, no connection now, its
+ * counts unreadable when it took the socket). */
 #define TM_LINK_UNKNOWN UINT64_MAX
 
 typedef enum tm_page_kind {

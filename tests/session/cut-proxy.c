@@ -131,6 +131,19 @@ static void cut(cut_proxy *p, int *sfd, int *rfd, int *held, unsigned *nheld)
 	g_mutex_unlock(&p->lock);
 }
 
+/* greet_in: reads n bytes of fd's (within 5 s) and answers m bytes. */
+static bool greet(int fd, unsigned n, unsigned m)
+{
+	uint8_t buf[256];
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+
+	g_assert_cmpuint(MAX(n, m), <=, sizeof(buf));
+	if (poll(&pf, 1, 5000) != 1 || recv(fd, buf, n, MSG_WAITALL) != (ssize_t)n)
+		return false;
+	memset(buf, 'G', m);
+	return send(fd, buf, m, MSG_NOSIGNAL) == (ssize_t)m;
+}
+
 static gpointer proxy_thread(gpointer data)
 {
 	cut_proxy *p = data;
@@ -180,9 +193,19 @@ static gpointer proxy_thread(gpointer data)
 			} else if (fd >= 0 && (refuse || hold || n == MAXP)) {
 				close(fd);
 			} else if (fd >= 0) {
+				g_mutex_lock(&p->lock);
+				unsigned gin = p->greet_in, gout = p->greet_out;
+				uint64_t pre_s = p->pre_s, pre_r = p->pre_r;
+				g_mutex_unlock(&p->lock);
+				if (gin && !greet(fd, gin, gout)) {
+					close(fd);
+					continue;
+				}
 				sfd[n] = fd;
 				rfd[n] = tm_net_connect("127.0.0.1", p->port, 5000, -1, NULL);
 				memset(fp[n], 0, sizeof(fp[n]));
+				fp[n][0].left = pre_s; /* not frames */
+				fp[n][1].left = pre_r;
 				n++;
 				g_mutex_lock(&p->lock);
 				p->accepted = n;

@@ -42,6 +42,12 @@ typedef struct cut_proxy {
 	                      * the sender's END went by; then what came before the first STATE
 	                      * frame passes and the connection is cut (a chunk lost in flight
 	                      * while the sender already waits for END_ACKs) */
+	/* Set before the first connection (attach mode, a VMM's own sockets): */
+	unsigned greet_in;   /* a handshake with the proxy itself before it forwards (an HTTP
+	                      * CONNECT): it reads greet_in bytes from the sender's side ... */
+	unsigned greet_out;  /* ... and answers this many, neither of which the receiver sees */
+	unsigned pre_s, pre_r; /* bytes each way ahead of the session's frames on every connection
+	                        * (the VMMs' own preamble): the frame parser passes over them */
 	bool stop;
 	unsigned cuts, accepted, refused;
 	uint64_t fwd[MAXP];

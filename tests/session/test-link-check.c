@@ -10,9 +10,13 @@
  * the same proxy (the proxy holds bytes then too, the receiver's window closed) is no gap.
  */
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "resume-rig.h"
+#include "transport/transport.h"
 
 #define DATA2 3 /* the proxy's accept index of data channel 2 (0 data 0, 1 control, k + 1 data k) */
 #define TIMEOUT_MS 1000u
@@ -100,7 +104,7 @@ static void test_held_no_resume(void)
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
 	g_assert_cmpint(t.r, ==, -ETIMEDOUT);
 	g_test_message("sender (%.2f s): %s", secs, t.err->message);
-	g_assert_nonnull(strstr(t.err->message, "channel 2: the receiver got 25 bytes fewer than "
+	g_assert_nonnull(strstr(t.err->message, "channel 2: the receiver got 24 bytes fewer than "
 						"this end's path acknowledged"));
 	g_assert_nonnull(strstr(t.err->message, "something on the path holds them"));
 	g_assert_cmpfloat(secs, <, 1.0 + 0.5 + 4.0);
@@ -140,6 +144,376 @@ static void test_slow_vmm(void)
 	run_end(&t);
 }
 
+/*
+ * Attach mode: the "VMMs" (this test) dial and accept the session's sockets themselves and hand
+ * them over, and their reconnect hooks hand over each new one. With a preamble every socket
+ * first carries bytes that are not the session's, as a VMM's may: the source VMM's request to
+ * the proxy and the proxy's answer (an HTTP CONNECT: only the source's kernel counts them),
+ * then a preamble each way between the VMMs (PRE_S, PRE_R), which both kernels count. LINK_CHECK
+ * counts from where each end took the socket (tm_chan.base), so none of it is a gap.
+ */
+#define GREET_IN 64
+#define GREET_OUT 19
+#define PRE_S 100
+#define PRE_R 37
+
+static struct {
+	run *t;
+	bool preamble;
+	unsigned dialled, accepted; /* connections the hooks handed over (atomics) */
+	int unix_fds[4];            /* attach-unix: the destination's ends, else -1 */
+} vmm;
+
+static bool put(int fd, char c, size_t n)
+{
+	char buf[256];
+	memset(buf, c, n);
+	return send(fd, buf, n, MSG_NOSIGNAL) == (ssize_t)n;
+}
+
+/* n bytes of c from fd within timeout_ms (the peer wrote them before it waits for ours). */
+static bool get(int fd, char c, size_t n, unsigned timeout_ms)
+{
+	char buf[256];
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+	if (poll(&pf, 1, (int)timeout_ms) != 1 || recv(fd, buf, n, MSG_WAITALL) != (ssize_t)n)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (buf[i] != c)
+			return false;
+	return true;
+}
+
+/* The source VMM's connection through the proxy, its preamble exchanged. */
+static int vmm_dial(unsigned timeout_ms)
+{
+	int fd = tm_net_connect("127.0.0.1", vmm.t->pport, timeout_ms, -1, NULL);
+	if (fd < 0 || !vmm.preamble)
+		return fd;
+	if (!put(fd, 'C', GREET_IN) || !get(fd, 'G', GREET_OUT, timeout_ms) ||
+	    !put(fd, 'S', PRE_S) || !get(fd, 'R', PRE_R, timeout_ms)) {
+		close(fd);
+		return -EIO;
+	}
+	return fd;
+}
+
+/* The destination VMM's next connection on its listener within timeout_ms, its preamble
+ * exchanged. */
+static int vmm_accept(int listen_fd, unsigned timeout_ms)
+{
+	struct pollfd pf = { .fd = listen_fd, .events = POLLIN };
+	if (poll(&pf, 1, (int)timeout_ms) != 1)
+		return -ETIMEDOUT;
+	int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0 || !vmm.preamble)
+		return fd < 0 ? -errno : fd;
+	if (!put(fd, 'R', PRE_R) || !get(fd, 'S', PRE_S, 5000)) {
+		close(fd);
+		return -EIO;
+	}
+	return fd;
+}
+
+static int sender_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	(void)opaque;
+	(void)connection;
+	int fd = vmm_dial(timeout_ms);
+	if (fd >= 0)
+		__atomic_add_fetch(&vmm.dialled, 1, __ATOMIC_RELAXED);
+	return fd;
+}
+
+static int receiver_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	rpeer *p = opaque;
+	g_assert_cmpuint(connection, ==, TM_RECONNECT_ANY);
+	int fd = vmm_accept(p->listen_fd, timeout_ms);
+	if (fd >= 0)
+		__atomic_add_fetch(&vmm.accepted, 1, __ATOMIC_RELAXED);
+	return fd;
+}
+
+static void check_state(void *opaque, const char *name, const uint8_t *data, size_t len)
+{
+	rpeer *p = opaque;
+	(void)name;
+	p->states++;
+	g_assert_cmpuint(len, ==, RIG_STATE_LEN);
+	g_assert_true(memcmp(data, p->state, RIG_STATE_LEN) == 0);
+}
+
+/* The destination VMM: accepts the session's 4 connections itself, then attach, as rpeer. */
+static gpointer vmm_receiver(gpointer data)
+{
+	rpeer *p = data;
+	tm_receiver_config cfg = { .io_backend = recv_io, .tls_creds_dir = tls_dir,
+				   .timeout_ms = rig_recv_timeout_ms };
+	int fds[4];
+
+	for (unsigned i = 0; i < 4; i++) {
+		fds[i] = vmm.unix_fds[i] >= 0 ? vmm.unix_fds[i] : vmm_accept(p->listen_fd, 20000);
+		g_assert_cmpint(fds[i], >=, 0);
+	}
+	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_set_live(p->r, &p->live, &p->error);
+	if (p->ret >= 0)
+		p->ret = tm_receiver_attach(p->r, fds, 4, &p->error);
+	else
+		for (unsigned i = 0; i < 4; i++)
+			close(fds[i]);
+	int64_t t0 = g_get_monotonic_time();
+	if (p->ret >= 0)
+		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
+	while (p->ret >= 0) {
+		p->ret = tm_receiver_wait(p->r, &p->error);
+		if (p->ret != 1)
+			break;
+		if (p->state_delay_ms)
+			g_usleep((gulong)p->state_delay_ms * 1000);
+		p->ret = receiver_read_states(p->r, check_state, p, &p->error);
+	}
+	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	return NULL;
+}
+
+/* run_start() in attach mode, both sides with the reconnect hook, or (unix_fds: the
+ * destination's ends of socketpairs in the sender's setup order) without; the state to send
+ * filled. */
+static void attach_start(run *t, bool preamble, unsigned state_delay_ms, const int *unix_fds)
+{
+	static const block_spec spec[] = { { "pc.ram", RIG_RAM, 4096 } };
+	g_autoptr(GError) err = NULL;
+	unsigned port = 0;
+
+	memset(t, 0, sizeof(*t));
+	vmm.t = t;
+	vmm.preamble = preamble;
+	vmm.dialled = vmm.accepted = 0;
+	for (unsigned i = 0; i < 4; i++)
+		vmm.unix_fds[i] = unix_fds ? unix_fds[i] : -1;
+	guest_init(&t->src, spec, 1, true);
+	guest_init(&t->dst, spec, 1, true);
+	guest_fill(&t->src);
+	t->p.g = &t->dst;
+	t->p.live = (tm_live_config){ .size = sizeof(t->p.live), .resume_deadline_ms = 5000,
+				      .reconnect = unix_fds ? NULL : receiver_hook,
+				      .reconnect_opaque = &t->p };
+	t->p.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(t->p.listen_fd, >=, 0);
+	t->port = g_strdup_printf("%u", port);
+	t->pport = proxy_start(&t->px, t->port);
+	if (preamble) {
+		g_mutex_lock(&t->px.lock);
+		t->px.greet_in = GREET_IN;
+		t->px.greet_out = GREET_OUT;
+		t->px.pre_s = PRE_S;
+		t->px.pre_r = PRE_R;
+		g_mutex_unlock(&t->px.lock);
+	}
+	run_fill_state(t);
+	t->p.state_delay_ms = state_delay_ms;
+	t->p.thread = g_thread_new("receiver", vmm_receiver, &t->p);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .tls_hostname = "127.0.0.1", .channels = 3,
+				 .timeout_ms = rig_send_timeout_ms, .packet_size = 64u << 10 };
+	/* io_uring's zero-copy send is TCP's: on a unix socket it fails (-EOPNOTSUPP). */
+	if (unix_fds)
+		cfg.tuning.zerocopy = -1;
+	tm_live_config lc = { .size = sizeof(lc), .reconnect = unix_fds ? NULL : sender_hook };
+	g_assert_cmpint(tm_sender_new(t->src.layout, t->src.tags, &cfg, &t->s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(t->s, &lc, &err), ==, 0);
+}
+
+/* run_migrate() on sockets fds[] (the sender's order: data channels, control last); idle_ms
+ * after the round's sync before it stops the guest (every connection quiet, everything read). */
+static int migrate_on(run *t, int fds[4], unsigned idle_ms)
+{
+	int r = tm_sender_attach(t->s, fds, 4, &t->err);
+	if (r == 0)
+		r = run_queue_all(t);
+	if (r == 0)
+		r = tm_sender_sync(t->s, &t->err);
+	if (r == 0 && idle_ms)
+		g_usleep((gulong)idle_ms * 1000);
+	if (r == 0)
+		r = tm_sender_guest_stopped(t->s, &t->err);
+	if (r == 0)
+		r = tm_sender_put_state(t->s, "dev", t->state, RIG_STATE_LEN, 0, &t->err);
+	if (r == 0)
+		r = tm_sender_finish(t->s, &t->err);
+	return r;
+}
+
+/* migrate_on() in attach mode: the source VMM dials in the sender's setup order (data 0,
+ * control, data 1..: the proxy's indices are tm_sender_connect()'s), each once the proxy took
+ * the one before. */
+static int attach_migrate(run *t, unsigned idle_ms)
+{
+	int fds[4];
+	for (unsigned k = 0; k < 4; k++) {
+		unsigned idx = k == 0 ? 0 : k == 1 ? 3 : k - 1;
+		unsigned before = proxy_get(&t->px, &t->px.accepted);
+		fds[idx] = vmm_dial(5000);
+		g_assert_cmpint(fds[idx], >=, 0);
+		for (int w = 0; w < 5000 && proxy_get(&t->px, &t->px.accepted) == before; w++)
+			g_usleep(1000);
+	}
+	return migrate_on(t, fds, idle_ms);
+}
+
+/* Cancels the sender unless stopped within 20 s: a held connection never found fails the test
+ * with a reason instead of hanging it. */
+typedef struct watchdog {
+	GMutex lock;
+	GCond cond;
+	bool done;
+	tm_sender *s;
+	GThread *thread;
+} watchdog;
+
+static gpointer watchdog_thread(gpointer data)
+{
+	watchdog *w = data;
+	int64_t end = g_get_monotonic_time() + 20 * G_TIME_SPAN_SECOND;
+
+	g_mutex_lock(&w->lock);
+	while (!w->done && g_cond_wait_until(&w->cond, &w->lock, end))
+		;
+	bool fire = !w->done;
+	g_mutex_unlock(&w->lock);
+	if (fire)
+		(void)tm_sender_cancel(w->s, "test: the held connection was not found in 20 s");
+	return NULL;
+}
+
+static void watchdog_start(watchdog *w, tm_sender *s)
+{
+	memset(w, 0, sizeof(*w));
+	g_mutex_init(&w->lock);
+	g_cond_init(&w->cond);
+	w->s = s;
+	w->thread = g_thread_new("watchdog", watchdog_thread, w);
+}
+
+static void watchdog_stop(watchdog *w)
+{
+	g_mutex_lock(&w->lock);
+	w->done = true;
+	g_cond_signal(&w->cond);
+	g_mutex_unlock(&w->lock);
+	g_thread_join(w->thread);
+	g_mutex_clear(&w->lock);
+	g_cond_clear(&w->cond);
+}
+
+/* held() on a VMM's own sockets with a preamble: found and resumed through the hooks. */
+static void held_attach(uint8_t type, bool from_sender)
+{
+	run t;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the message by its frame header: plaintext only");
+		return;
+	}
+	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
+	attach_start(&t, true, 0, NULL);
+	t.px.exact = true;
+	t.px.half = t.px.half_recv = true;
+	proxy_arm_frame(&t.px, DATA2, type, from_sender);
+	int64_t t0 = g_get_monotonic_time();
+	watchdog wd;
+	watchdog_start(&wd, t.s);
+	t.r = attach_migrate(&t, 0);
+	watchdog_stop(&wd);
+	rpeer_join(&t.p);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	tm_live_stats ss, rs;
+	run_assert_complete(&t, &ss, &rs);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	g_test_message("%.2f s, reconnects %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT
+		       "; hooks: dialled %u, accepted %u",
+		       secs, (guint64)ss.reconnects, (guint64)rs.reconnects, vmm.dialled,
+		       vmm.accepted);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	g_assert_cmpuint(rs.reconnects, ==, 1);
+	g_assert_cmpuint(vmm.dialled, >=, 1);
+	g_assert_cmpuint(vmm.accepted, >=, 1);
+	g_assert_cmpfloat(secs, <, 1.0 + 0.5 + 4.0);
+	run_end(&t);
+}
+
+static void test_attach_held_data(void)
+{
+	held_attach(TM_MSG_DATA, true);
+}
+
+static void test_attach_held_sync_ack(void)
+{
+	held_attach(TM_MSG_SYNC_ACK, false);
+}
+
+/*
+ * slow-vmm on a VMM's own sockets with a preamble: the bytes before the session's (64 only the
+ * source's kernel counts) are no gap, neither while the source VMM idles after the round (every
+ * connection quiet and read: checked for 3 timeouts) nor while the destination VMM does not
+ * read and the proxy holds bytes: no reconnect.
+ */
+static void test_attach_preamble(void)
+{
+	run t;
+
+	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
+	attach_start(&t, true, 3 * TIMEOUT_MS, NULL);
+	t.r = attach_migrate(&t, 3 * TIMEOUT_MS);
+	rpeer_join(&t.p);
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 0);
+	tm_live_stats ss, rs;
+	run_assert_complete(&t, &ss, &rs);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	g_assert_cmpfloat(t.p.secs, >=, 3.0);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	g_assert_cmpuint(rs.reconnects, ==, 0);
+	run_end(&t);
+}
+
+/*
+ * A VMM's own unix socketpairs: LINK_CHECK is agreed (session-protocol's link-check-attach)
+ * and no connection is checked (no TCP counts): with the source idle 3 timeouts after the round
+ * (every connection quiet), no dead path is found (without a reconnect hook it would fail the
+ * session) and nothing is an error.
+ */
+static void test_attach_unix(void)
+{
+	run t;
+	int pair[4][2], fds[4], theirs[4];
+
+	for (unsigned k = 0; k < 4; k++)
+		g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair[k]), ==, 0);
+	/* The destination takes them in the sender's setup order: data 0, control, data 1, 2. */
+	const unsigned order[4] = { 0, 3, 1, 2 };
+	for (unsigned k = 0; k < 4; k++) {
+		fds[k] = pair[k][0];
+		theirs[k] = pair[order[k]][1];
+	}
+	rig_send_timeout_ms = rig_recv_timeout_ms = TIMEOUT_MS;
+	attach_start(&t, false, 0, theirs);
+	t.r = migrate_on(&t, fds, 3 * TIMEOUT_MS);
+	rpeer_join(&t.p);
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	tm_live_stats ss, rs;
+	run_assert_complete(&t, &ss, &rs);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	g_assert_cmpuint(rs.reconnects, ==, 0);
+	run_end(&t);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -150,6 +524,10 @@ int main(int argc, char **argv)
 		{ "link-check/held-end", test_held_end, false },
 		{ "link-check/held-no-resume", test_held_no_resume, false },
 		{ "link-check/slow-vmm", test_slow_vmm, false },
+		{ "link-check/attach-held-data", test_attach_held_data, false },
+		{ "link-check/attach-held-sync-ack", test_attach_held_sync_ack, false },
+		{ "link-check/attach-preamble", test_attach_preamble, false },
+		{ "link-check/attach-unix", test_attach_unix, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }

@@ -481,6 +481,141 @@ static void test_link_answer_checked(void)
 	guest_fini(&src);
 }
 
+/* A connected pair: TCP over loopback (ret[0] connected, ret[1] accepted) or a unix socketpair. */
+static void conn_pair(bool unix_pair, int ret[2])
+{
+	if (unix_pair) {
+		g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ret), ==, 0);
+		return;
+	}
+	unsigned port = 0;
+	int l = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(l, >=, 0);
+	g_autofree char *ps = g_strdup_printf("%u", port);
+	ret[0] = tm_net_connect("127.0.0.1", ps, 5000, -1, NULL);
+	g_assert_cmpint(ret[0], >=, 0);
+	ret[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	g_assert_cmpint(ret[1], >=, 0);
+	close(l);
+}
+
+#define PRE_S 100 /* the hand-made sender's preamble, which the receiving VMM reads */
+#define PRE_R 37  /* and the receiving VMM's, which the sender reads */
+
+/*
+ * LINK_CHECK on a VMM's own sockets (attach mode): a receiver attached on sockets that carried a
+ * preamble each way keeps LINK_CHECK, and its LINK_A counts the session's bytes alone (what the
+ * hand-made sender's kernel counts less the preamble and its SYN); on a unix socketpair it
+ * keeps it too and answers "unknown" (never an error). A sender attached offers it.
+ */
+static void test_link_check_attach(void)
+{
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	guest g;
+
+	guest_init(&g, a, 1, false);
+	for (int unix_pair = 0; unix_pair < 2; unix_pair++) {
+		int d[2], c[2]; /* [0] the hand-made sender's, [1] the receiving VMM's */
+		char pre[PRE_S];
+		conn_pair(unix_pair, d);
+		conn_pair(unix_pair, c);
+		memset(pre, 'S', PRE_S);
+		g_assert_cmpint(write(d[0], pre, PRE_S), ==, PRE_S);
+		g_assert_cmpint(recv(d[1], pre, PRE_S, MSG_WAITALL), ==, PRE_S);
+		memset(pre, 'R', PRE_R);
+		g_assert_cmpint(write(d[1], pre, PRE_R), ==, PRE_R);
+		g_assert_cmpint(recv(d[0], pre, PRE_R, MSG_WAITALL), ==, PRE_R);
+		size_t hlen = 0;
+		for (unsigned k = 0; k < 2; k++) {
+			const fake_hello h = { .version = 2, .role = k ? TM_ROLE_CONTROL : TM_ROLE_DATA,
+					       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
+					       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
+					       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
+			g_autofree uint8_t *b = fake_hello_bytes(&h, 0, &hlen);
+			g_assert_cmpint(write(k ? c[0] : d[0], b, hlen), ==, (ssize_t)hlen);
+		}
+		tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 5000 };
+		tm_live_config lc = { .size = sizeof(lc) };
+		tm_receiver *r = NULL;
+		g_autoptr(GError) err = NULL;
+		int fds[2] = { d[1], c[1] };
+		g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
+		g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+		g_assert_cmpint(tm_receiver_attach(r, fds, 2, &err), ==, 0);
+		g_assert_cmpint(tm_receiver_start(r, g.layout, g.tags, &err), ==, 0);
+		tm_hello_ack ack;
+		fake_expect_ack(d[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
+		g_assert_true(ack.features & TM_FEATURE_LINK_CHECK);
+		fake_expect_ack(c[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
+		g_assert_true(ack.features & TM_FEATURE_LINK_CHECK);
+		uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
+		const uint64_t q[TM_CTRL_MAX_FIELDS] = { 0, 0 };
+		uint64_t v[TM_CTRL_MAX_FIELDS], acked, received, unread;
+		/* Asked again until our kernel's acknowledgement of the HELLO_ACK (delayed) is in
+		 * the receiver's count, 10 times a second (below the flood bound). */
+		for (uint32_t seq = 1; seq <= 20; seq++) {
+			size_t n = tm_ctrl_encode_v(buf, 2, TM_MSG_LINK_Q, seq, q);
+			g_assert_cmpint(write(c[0], buf, n), ==, (ssize_t)n);
+			read_until(c[0], TM_MSG_LINK_A, v);
+			if (unix_pair || v[3] == TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN)
+				break;
+			g_usleep(100 * 1000);
+		}
+		g_test_message("%s: received %" G_GUINT64_FORMAT ", acked %" G_GUINT64_FORMAT
+			       ", unread %" G_GUINT64_FORMAT, unix_pair ? "unix" : "tcp",
+			       (guint64)v[2], (guint64)v[3], (guint64)v[4]);
+		g_assert_cmpuint(v[0], ==, 0);
+		if (unix_pair) {
+			g_assert_cmpuint(v[2], ==, TM_LINK_UNKNOWN);
+			g_assert_cmpuint(v[3], ==, TM_LINK_UNKNOWN);
+			g_assert_cmpuint(v[4], ==, TM_LINK_UNKNOWN);
+		} else {
+			/* The session's bytes: our HELLO one way, its HELLO_ACK the other. */
+			g_assert_cmpint(tm_net_stream_bytes(d[0], &acked, &received, &unread), ==, 0);
+			g_assert_cmpuint(v[2], ==, hlen);
+			g_assert_cmpuint(v[2], ==, acked - 1 - PRE_S);
+			g_assert_cmpuint(v[3], ==, TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN);
+			g_assert_cmpuint(v[3], ==, received - PRE_R);
+			g_assert_cmpuint(v[4], ==, 0);
+		}
+		close(d[0]);
+		close(c[0]);
+		tm_receiver_free(r);
+	}
+	guest_fini(&g);
+
+	/* The sending side attached: its HELLO offers LINK_CHECK. */
+	guest src;
+	guest_init(&src, a, 1, false);
+	guest_fill(&src);
+	fake_rx x = { .fd = { -1, -1 } };
+	unsigned port = 0;
+	x.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(x.listen_fd, >=, 0);
+	g_autofree char *ps = g_strdup_printf("%u", port);
+	GThread *t = g_thread_new("fake-rx", fake_rx_thread, &x);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .packet_size = 64u << 10,
+				 .timeout_ms = 5000 };
+	tm_live_config lc = { .size = sizeof(lc) };
+	tm_sender *s = NULL;
+	g_autoptr(GError) err = NULL;
+	int fds[2];
+	for (unsigned k = 0; k < 2; k++) {
+		fds[k] = tm_net_connect("127.0.0.1", ps, 5000, -1, NULL);
+		g_assert_cmpint(fds[k], >=, 0);
+	}
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	g_assert_cmpint(tm_sender_attach(s, fds, 2, &err), ==, 0);
+	g_thread_join(t);
+	g_assert_true(x.offered & TM_FEATURE_LINK_CHECK);
+	tm_sender_free(s);
+	close(x.fd[0]);
+	close(x.fd[1]);
+	close(x.listen_fd);
+	guest_fini(&src);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -490,6 +625,7 @@ int main(int argc, char **argv)
 		{ "control-keepalive-checked", test_control_keepalive_checked, true },
 		{ "link-check-checked", test_link_check_checked, true },
 		{ "link-answer-checked", test_link_answer_checked, true },
+		{ "link-check-attach", test_link_check_attach, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
