@@ -4,6 +4,7 @@
  * (io->zerocopy 1): small packets are copied all the same (a notification costs more than the
  * copy, and waits for the peer's ACK), large ones go zero-copy where the kernel can; the counters
  * add up (one completion per submission, one more per zero-copy send); the bytes arrive in order.
+ * On a unix socketpair the same large packets go as plain sends.
  * Skips where io_uring cannot run.
  */
 #include <errno.h>
@@ -138,6 +139,37 @@ static void test_zerocopy_threshold(void)
 }
 
 /*
+ * A VMM's unix socketpair (an attached socket that is not TCP): zero-copy forced on, large
+ * packets still go, as plain sends (the kernel refuses a zero-copy send there: -EOPNOTSUPP).
+ */
+static void test_unix_socket(void)
+{
+	g_autoptr(GError) err = NULL;
+	int sv[2];
+
+	if (tm_io_backend_probe("io_uring", &err) < 0) {
+		g_test_skip(err->message);
+		return;
+	}
+	g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+	sink k = { .fd = sv[1] };
+	k.th = g_thread_new("sink", sink_fn, &k);
+	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = 1 };
+	tm_io *io = NULL;
+	g_assert_cmpint(tm_io_open(sv[0], 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	g_autofree uint8_t *buf = g_malloc((size_t)DEPTH * LARGE);
+	uint64_t sent = 0, sum = 0;
+	send_packets(io, buf, 8, LARGE, &sent, &sum);
+	g_assert_cmpint(io->ops->drain(io), ==, 0);
+	g_assert_cmpuint(io->st.zc_sends, ==, 0);
+	tm_io_free(io);
+	g_thread_join(k.th);
+	close(sv[1]);
+	g_assert_cmpuint(k.bytes, ==, sent);
+	g_assert_cmpuint(k.sum, ==, sum);
+}
+
+/*
  * The peer resets the connection: the send that fails is reported by a later call, and
  * unsent_slot() names the slot of that message (the last one submit() accepted: the kernel never
  * took it in full, so resume does not count it as sent and lost); -1 while every submitted
@@ -185,5 +217,6 @@ int main(int argc, char **argv)
 	g_test_init(&argc, &argv, NULL);
 	g_test_add_func("/uring/zerocopy-threshold", test_zerocopy_threshold);
 	g_test_add_func("/uring/unsent-slot", test_unsent_slot);
+	g_test_add_func("/uring/unix-socket", test_unix_socket);
 	return g_test_run();
 }

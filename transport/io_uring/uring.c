@@ -23,7 +23,8 @@
  * anyway and says so in each notification (IORING_NOTIF_USAGE_ZC_COPIED); then zero-copy only
  * adds pinning and notification completions (bench/README.md), so after ZC_COPIED_LIMIT such
  * reports in a row the channel switches to plain IORING_OP_SENDMSG. io->zerocopy (the sessions'
- * tm_tuning.zerocopy) -1 turns zero-copy off, 1 keeps it on for large packets regardless.
+ * tm_tuning.zerocopy) -1 turns zero-copy off, 1 keeps it on for large packets regardless; a
+ * socket that is not TCP (a VMM's unix socket) never sends zero-copy.
  *
  * Waiting: a small send completes while it is submitted (the socket has room), so its completion
  * is reaped without a second system call; a receive is submitted and waited for in one. io->st
@@ -164,7 +165,13 @@ static int uring_open(tm_io *io, GError **error)
 	p->slots = g_new0(uslot, p->nslots);
 	p->active = -1;
 	p->failed = -1;
-	p->zc = __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && io->zerocopy >= 0;
+	/* Zero-copy sends are TCP's: a socket of another family (a VMM's unix socketpair) refuses
+	 * them with -EOPNOTSUPP, so it gets plain sends, whatever io->zerocopy says. */
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	bool inet = getsockname(io->fd, (struct sockaddr *)&ss, &sl) == 0 &&
+		    (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+	p->zc = inet && __atomic_load_n(&zc_supported, __ATOMIC_RELAXED) && io->zerocopy >= 0;
 	p->zc_forced = p->zc && io->zerocopy > 0;
 	return 0;
 }
