@@ -312,16 +312,6 @@ int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm
 	return ret;
 }
 
-int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
-			      GError **error)
-{
-	tm_hs_result res;
-
-	*ret_stranger = true;
-	int ret = tm_receiver_read_hello(r, fd, deadline_us, &res, error);
-	return ret < 0 ? ret : tm_receiver_place_hello(r, &res, ret_stranger, error);
-}
-
 int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_stranger, GError **error)
 {
 	tm_chan tmp = res->ch;

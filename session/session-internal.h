@@ -794,29 +794,23 @@ int tm_sender_open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 int tm_sender_v1_refusal(const tm_chan *ch, const char *said, GError **error);
 /* Connections of the session being accepted: its channels, plus control in protocol 2. */
 unsigned tm_receiver_connections(const tm_receiver *r);
-/*
- * Reads the HELLO of a fresh connection and places it by role and channel id. Its handshake
- * (TLS included) must be complete by deadline_us. On failure *ret_stranger says whether the
- * connection failed before a HELLO could be decoded (garbage, a close, a failed TLS
- * authentication, the deadline): a stranger the listener drops, not a refused sender.
- */
-int tm_receiver_place_channel(tm_receiver *r, int fd, int64_t deadline_us, bool *ret_stranger,
-			      GError **error);
-/* A fresh connection whose HELLO was read and decoded, not yet placed. */
+/* A fresh connection whose HELLO was read and decoded, not yet placed (accept.c). */
 typedef struct tm_hs_result {
 	tm_chan ch;
 	tm_frame f;
 	tm_hello h;
 } tm_hs_result;
 /*
- * The first half of tm_receiver_place_channel(), which touches no state of r but its read-only
- * configuration: any thread, several at once. fd's TLS handshake and HELLO, decoded into *res.
- * On failure (a stranger's: see above) the connection is closed, after an ERROR when one can
- * reach the peer.
+ * A fresh connection's handshake, which touches no state of r but its read-only configuration:
+ * any thread, several at once. fd's TLS handshake and HELLO (complete by deadline_us), decoded
+ * into *res. On failure (before a HELLO could be decoded: garbage, a close, a failed TLS
+ * authentication, the deadline; a stranger the accept drops) the connection is closed, after
+ * an ERROR when one can reach the peer.
  */
 int tm_receiver_read_hello(const tm_receiver *r, int fd, int64_t deadline_us, tm_hs_result *res,
 			   GError **error);
-/* The second half, on the accepting thread: places res (taken over, cleared) or refuses it. */
+/* Then, on the accepting thread: places res (taken over, cleared) by role and channel id, or
+ * refuses it; on failure *ret_stranger says whether the accept drops it and goes on. */
 int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_stranger, GError **error);
 /* The layout the sender announced, built from its HELLO (host pointers NULL). */
 int tm_receiver_build_announced(tm_receiver *r, GError **error);
