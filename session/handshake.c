@@ -353,40 +353,47 @@ int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_strange
 	/* The handshake is done: from here on only message bodies have deadlines. */
 	tmp.setup_deadline_us = 0;
 	tm_io_set_deadline(tmp.io, 0);
+	/* Published under the lock: a cancel shuts the placed connections down (cancel.c). */
+	recv_chan *chans = NULL;
 	if (!r->chans) {
+		chans = g_new0(recv_chan, h.channel_count);
+		for (unsigned i = 0; i < h.channel_count; i++) {
+			chans[i].ch.fd = -1;
+			chans[i].r = r;
+		}
+	}
+	unsigned id = h.channel_id;
+	if (h.role == TM_ROLE_CONTROL) {
+		/* Control messages are small: the sockets byte mover would do, but the
+		 * connection is open already on the configured one; it is only read once. */
+		tm_chan_set_control(&tmp);
+	} else if (h.role == TM_ROLE_URGENT) {
+		/* Postcopy offered; whether it is accepted, HELLO_ACK says (start). */
+		tm_chan_set_control(&tmp);
+		g_strlcpy(tmp.label, "urgent", sizeof(tmp.label));
+	} else {
+		tm_chan_set_id(&tmp, id);
+	}
+	g_mutex_lock(&r->lock);
+	if (chans) {
 		r->hello = h;
 		h.blocks = NULL;
 		r->wire = f.version;
 		r->nch = r->hello.channel_count;
-		r->chans = g_new0(recv_chan, r->nch);
-		for (unsigned i = 0; i < r->nch; i++) {
-			r->chans[i].ch.fd = -1;
-			r->chans[i].r = r;
-		}
+		r->chans = chans;
 	}
 	if (h.role == TM_ROLE_CONTROL) {
-		/* Control messages are small: the sockets byte mover would do, but the
-		 * connection is open already on the configured one; it is only read once. */
-		tm_hello_clear(&h);
-		tm_chan_set_control(&tmp);
 		r->ctl = tmp;
 		r->ctl_used = true;
-		return replaced;
-	}
-	if (h.role == TM_ROLE_URGENT) {
-		/* Postcopy offered; whether it is accepted, HELLO_ACK says (start). */
-		tm_hello_clear(&h);
-		tm_chan_set_control(&tmp);
-		g_strlcpy(tmp.label, "urgent", sizeof(tmp.label));
+	} else if (h.role == TM_ROLE_URGENT) {
 		r->urg = tmp;
 		r->urg_used = true;
-		return replaced;
+	} else {
+		r->chans[id].ch = tmp;
+		r->chans[id].used = true;
 	}
-	unsigned id = h.channel_id;
+	g_mutex_unlock(&r->lock);
 	tm_hello_clear(&h);
-	tm_chan_set_id(&tmp, id);
-	r->chans[id].ch = tmp;
-	r->chans[id].used = true;
 	return replaced;
 }
 

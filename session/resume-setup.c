@@ -86,9 +86,13 @@ int tm_setup_replace(tm_receiver *r, const tm_chan *ch, const tm_frame *f, const
 	 * sender's redial, whichever finished first. */
 	if (old->setup_seq > ch->setup_seq)
 		return -ESTALE;
-	/* Nothing was sent on it yet: the new connection takes its place, O(1) as before. */
+	/* Nothing was sent on it yet: the new connection takes its place, O(1) as before. Closed
+	 * under the lock: a cancel shuts the placed connections down (cancel.c), never a closed
+	 * fd whose number another thread may have taken again. */
+	g_mutex_lock(&r->lock);
 	tm_chan_close(old);
 	*used = false;
+	g_mutex_unlock(&r->lock);
 	return true;
 }
 
