@@ -12,8 +12,10 @@
  * on the accepting thread, in the order their handshakes finish. The dropped ones leave a count
  * and the first reason: O(1) memory however many come.
  *
- * tm_receiver_attach() feeds the same pool from the VMM's sockets (all at once, as slots allow)
- * and, with the reconnect hook, from a thread that calls the hook while the accept runs and
+ * tm_receiver_attach() feeds the same pool from the VMM's sockets (every one at once, each in a
+ * slot of its own beyond those TM_HANDSHAKES_AT_ONCE: the sender sets its connections up one at
+ * a time in its own order, so an attached socket waiting for a slot could hold the one the
+ * sender's handshake waits for) and, with the reconnect hook, from a thread that calls the hook while the accept runs and
  * hands one connection at a time over (the hook's own backlog holds the rest), so that a setup
  * redial finds the receiver accepting as on a listener (tm_accept_src in session-internal.h).
  */
@@ -81,9 +83,11 @@ struct tm_hs_pool {
 	tm_receiver *r;
 	int wake_fd;         /* eventfd: a handshake finished */
 	unsigned busy;
+	unsigned busy_attached; /* of them, the VMM's attached sockets */
 	uint64_t accepted;
 	bool stop;           /* protected by r->lock: the accept ended, handshakes end at once */
-	hs_slot slot[TM_HANDSHAKES_AT_ONCE];
+	bool hook_off;       /* protected by r->lock: no redial can come, the hook is not called */
+	hs_slot slot[TM_HS_SLOTS];
 	/* attach mode with the reconnect hook */
 	GThread *hook_thread; /* calls the hook while the accept runs, or NULL */
 	int hook_fd;         /* protected by r->lock: its connection not taken yet, or -1 (the
@@ -98,9 +102,9 @@ static gpointer hook_thread(gpointer data)
 
 	g_mutex_lock(&r->lock);
 	for (;;) {
-		while (!pool->stop && !r->failure.cancelled && pool->hook_fd >= 0)
+		while (!pool->stop && !pool->hook_off && !r->failure.cancelled && pool->hook_fd >= 0)
 			g_cond_wait(&r->cond, &r->lock);
-		if (pool->stop || r->failure.cancelled)
+		if (pool->stop || pool->hook_off || r->failure.cancelled)
 			break;
 		g_mutex_unlock(&r->lock);
 		int64_t t0 = tm_now_us();
@@ -112,7 +116,7 @@ static gpointer hook_thread(gpointer data)
 		g_mutex_lock(&r->lock);
 		if (fd < 0)
 			continue;
-		if (pool->stop || r->failure.cancelled) {
+		if (pool->stop || pool->hook_off || r->failure.cancelled) {
 			close(fd); /* the accept is over: the sender dials again, after it */
 			break;
 		}
@@ -155,6 +159,12 @@ static gpointer hs_thread(gpointer data)
 	return NULL;
 }
 
+/* Handshakes under way of connections other than the VMM's attached sockets. */
+static unsigned busy_others(const struct tm_hs_pool *pool)
+{
+	return pool->busy - pool->busy_attached;
+}
+
 /* Joins a finished handshake's thread; the slot is free again, its result left in it. */
 static void hs_join(struct tm_hs_pool *pool, hs_slot *sl)
 {
@@ -162,6 +172,7 @@ static void hs_join(struct tm_hs_pool *pool, hs_slot *sl)
 	sl->thread = NULL;
 	sl->done = false;
 	pool->busy--;
+	pool->busy_attached -= sl->attached >= 0;
 }
 
 void tm_strangers_clear(tm_strangers *st)
@@ -173,7 +184,7 @@ void tm_strangers_clear(tm_strangers *st)
 		 * connections, or failed): ended at once. */
 		g_mutex_lock(&pool->r->lock);
 		pool->stop = true; /* one that did not start yet ends at once too */
-		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
+		for (unsigned k = 0; k < TM_HS_SLOTS; k++)
 			if (pool->r->setup_fds[k] >= 0)
 				shutdown(pool->r->setup_fds[k], SHUT_RDWR);
 		g_cond_broadcast(&pool->r->cond); /* the hook's thread, waiting for a taker */
@@ -182,7 +193,7 @@ void tm_strangers_clear(tm_strangers *st)
 			g_thread_join(pool->hook_thread); /* within ACCEPT_HOOK_MS */
 		if (pool->hook_fd >= 0)
 			close(pool->hook_fd); /* never handshaken: the sender dials it again */
-		for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+		for (unsigned k = 0; k < TM_HS_SLOTS; k++) {
 			hs_slot *sl = &pool->slot[k];
 			if (!sl->thread)
 				continue;
@@ -211,7 +222,7 @@ unsigned tm_strangers_bound(const tm_receiver *r)
  * (there is one). */
 static void hs_start(struct tm_hs_pool *pool, int fd, int attached, int64_t deadline_us)
 {
-	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+	for (unsigned k = 0; k < TM_HS_SLOTS; k++) {
 		hs_slot *sl = &pool->slot[k];
 		if (sl->thread)
 			continue;
@@ -225,6 +236,7 @@ static void hs_start(struct tm_hs_pool *pool, int fd, int attached, int64_t dead
 		sl->err = NULL;
 		sl->done = false;
 		pool->busy++;
+		pool->busy_attached += attached >= 0;
 		sl->thread = g_thread_new("tm-handshake", hs_thread, sl);
 		return;
 	}
@@ -234,7 +246,7 @@ static void hs_start(struct tm_hs_pool *pool, int fd, int attached, int64_t dead
 /* A finished handshake's slot, or NULL. */
 static hs_slot *hs_finished(struct tm_hs_pool *pool)
 {
-	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+	for (unsigned k = 0; k < TM_HS_SLOTS; k++) {
 		hs_slot *sl = &pool->slot[k];
 		if (sl->thread && __atomic_load_n(&sl->done, __ATOMIC_ACQUIRE))
 			return sl;
@@ -254,13 +266,13 @@ static hs_slot *hs_next(tm_receiver *r, struct tm_hs_pool *pool)
 {
 	if (r->chans)
 		return hs_finished(pool);
-	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+	for (unsigned k = 0; k < TM_HS_SLOTS; k++) {
 		hs_slot *sl = &pool->slot[k];
 		if (sl->thread && sl->attached >= 0 && __atomic_load_n(&sl->done, __ATOMIC_ACQUIRE))
 			return sl;
 	}
 	hs_slot *first = NULL;
-	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++) {
+	for (unsigned k = 0; k < TM_HS_SLOTS; k++) {
 		hs_slot *sl = &pool->slot[k];
 		if (sl->thread && (!first || sl->seq < first->seq))
 			first = sl;
@@ -279,7 +291,7 @@ static int hs_wait(tm_receiver *r, struct tm_hs_pool *pool, int listen_fd, int64
 	struct pollfd p[3] = { { .fd = pool->wake_fd, .events = POLLIN },
 			       { .fd = r->events.cancel_fd, .events = POLLIN },
 			       { .fd = listen_fd, .events = POLLIN } };
-	unsigned np = pool->busy < TM_HANDSHAKES_AT_ONCE ? 3 : 2;
+	unsigned np = busy_others(pool) < TM_HANDSHAKES_AT_ONCE ? 3 : 2;
 
 	*ret_listener = false;
 	for (;;) {
@@ -321,16 +333,19 @@ static int pool_new(tm_receiver *r, tm_strangers *st, bool hook, GError **error)
 	return 0;
 }
 
-/* Attached sockets, then the hook's connection, into the free slots (none past the deadline). */
+/*
+ * Every attached socket at once (each has a slot: at most TM_MAX_CONNECTIONS of them), then the
+ * hook's connection while fewer than TM_HANDSHAKES_AT_ONCE others run (none past the deadline).
+ */
 static void hs_feed(tm_receiver *r, struct tm_hs_pool *pool, tm_accept_src *src,
 		    const tm_accept_clock *clk)
 {
-	while (pool->busy < TM_HANDSHAKES_AT_ONCE && tm_now_us() < clk->deadline_us) {
+	while (tm_now_us() < clk->deadline_us) {
 		int fd = -1, attached = -1;
 		if (src->fds && src->next < src->nfds) {
 			attached = (int)src->next;
 			fd = src->fds[src->next++];
-		} else if (src->hook) {
+		} else if (src->hook && busy_others(pool) < TM_HANDSHAKES_AT_ONCE) {
 			g_mutex_lock(&r->lock);
 			fd = pool->hook_fd;
 			pool->hook_fd = -1;
@@ -414,6 +429,14 @@ int tm_receiver_accept_one(tm_receiver *r, tm_accept_src *src, tm_accept_clock *
 		}
 		if (ret >= 0) /* the session's: its sender is at work (tm_accept_clock) */
 			tm_accept_clock_progress(r, clk);
+		if (ret >= 0 && src->hook && !tm_setup_redial_possible(r)) {
+			/* Protocol 1, or no RESUME: no redial will come, the hook rests (session.h). */
+			g_mutex_lock(&r->lock);
+			pool->hook_off = true;
+			g_cond_broadcast(&r->cond);
+			g_mutex_unlock(&r->lock);
+			src->hook = false;
+		}
 		if (ret >= 0 && src->lost && !tm_setup_redial_possible(r)) {
 			/* An attached socket failed before the session was known, and its sender
 			 * will not dial it again: the oldest dropped is an attached one (fed first). */

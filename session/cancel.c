@@ -85,7 +85,7 @@ int tm_receiver_cancel(tm_receiver *r, const char *reason)
 
 	g_mutex_lock(&r->lock);
 	tm_control_await_error_locked(&r->control, CANCEL_GRACE_MS);
-	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
+	for (unsigned k = 0; k < TM_HS_SLOTS; k++)
 		shut(r->setup_fds[k]); /* those whose HELLO accept or attach awaits */
 	for (unsigned i = 0; r->chans && i < r->nch; i++)
 		shut(r->chans[i].ch.fd);

@@ -84,7 +84,7 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	rc->cfg.tls_authz = NULL;     /* likewise (copied into tls) */
 	rc->io = io;
 	rc->ctl.fd = -1;
-	for (unsigned k = 0; k < TM_HANDSHAKES_AT_ONCE; k++)
+	for (unsigned k = 0; k < TM_HS_SLOTS; k++)
 		rc->setup_fds[k] = -1;
 	tm_live_config dflt = { .size = sizeof(dflt) };
 	tm_live_config_load(&dflt, false, &rc->live, NULL);
@@ -308,6 +308,15 @@ int tm_receiver_accept(tm_receiver *r, int listen_fd, GError **error)
 int tm_receiver_attach(tm_receiver *r, const int *fds, unsigned n, GError **error)
 {
 	g_autoptr(GError) local = NULL;
+
+	if (n > TM_MAX_CONNECTIONS) { /* each is handshaken at once (accept.c) */
+		for (unsigned i = 0; i < n; i++)
+			close(fds[i]);
+		g_set_error(error, TM_ERROR, EINVAL,
+			    "%u sockets given: a session has at most %u connections (%u channels, "
+			    "control, urgent)", n, TM_MAX_CONNECTIONS, TM_MAX_CHANNELS);
+		return -EINVAL;
+	}
 	int ret = accept_common(r, -1, fds, n, error ? error : &local);
 	if (ret == 0 && r->live.reconnect)
 		tm_resume_recv_listen(r, -1); /* the VMM's hook takes reconnects (resume.h) */

@@ -456,6 +456,12 @@ enum receiver_state { R_NEW, R_ACCEPTED, R_RUNNING, R_DONE };
 /* Connections whose handshake (TLS, HELLO) the receiver's accept runs at once (accept.c): a
  * silent one holds one of them until its deadline, not the others; each costs O(1). */
 #define TM_HANDSHAKES_AT_ONCE 8u
+/* The most connections a session has: its data channels, control, urgent. */
+#define TM_MAX_CONNECTIONS (TM_MAX_CHANNELS + 2u)
+/* Handshake slots: a VMM's attached sockets all at once (tm_receiver_attach() takes at most
+ * TM_MAX_CONNECTIONS; the sender sets its connections up one at a time in its own order, so
+ * none may wait for a slot), and TM_HANDSHAKES_AT_ONCE others (a listener's, the hook's). */
+#define TM_HS_SLOTS (TM_HANDSHAKES_AT_ONCE + TM_MAX_CONNECTIONS)
 
 struct tm_receiver {
 	/* read-only after setup */
@@ -483,7 +489,7 @@ struct tm_receiver {
 	bool urg_used;             /* placed during accept */
 	struct tm_pc_recv *pc;     /* postcopy accepted in set_live (postcopy-recv.h), or NULL */
 	int pc_refused;            /* the errno of set_live's failed userfaultfd, or 0 */
-	int setup_fds[TM_HANDSHAKES_AT_ONCE]; /* protected by lock: those accept reads, or -1 */
+	int setup_fds[TM_HS_SLOTS]; /* protected by lock: those accept reads, or -1 */
 	uint64_t **present;        /* per block bitmap, atomic bit ops */
 	uint64_t **waived;         /* per block bitmap or NULL, protected by lock (complete.c) */
 	bool no_populate;          /* the kernel lacks MADV_POPULATE_WRITE */
@@ -686,7 +692,8 @@ int64_t tm_receiver_handshake_deadline(const tm_receiver *r, int64_t accept_dead
  * Where the accept's connections come from: a listener (tm_receiver_accept), or the VMM's
  * attached sockets (tm_receiver_attach) and, with tm_live_config.reconnect, its hook, which a
  * thread of the accept calls while it runs (the reconnect thread only after it). Attached
- * sockets are handshaken at once like a listener's connections (up to TM_HANDSHAKES_AT_ONCE).
+ * sockets are handshaken at once, all of them (TM_HS_SLOTS), the hook's connections like a
+ * listener's (up to TM_HANDSHAKES_AT_ONCE).
  * One whose handshake fails (or whose HELLO is refused) ends the session, named by its index
  * in fds, unless the hook is there and the session offered RESUME (its sender redials): then
  * it is dropped like a listener's stranger (counted, its reason kept) and its replacement, the

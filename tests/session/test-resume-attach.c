@@ -24,7 +24,8 @@
 #include "transport/transport.h"
 
 #define RAM (16u << 20)
-#define CHANNELS 3u
+#define CHANNELS 3u      /* unless a test says (opts.channels) */
+#define MAX_CHANNELS 10u
 #define CONTROL_CONN 1 /* the proxy's index of the control connection (setup order) */
 static const block_spec spec[] = { { "pc.ram", RAM, 4096 } };
 
@@ -64,6 +65,7 @@ typedef struct rside {
 	bool hook;
 	bool reversed;  /* the sockets handed over in the reverse of their arrival */
 	int dead;       /* >= 0: the socket handed over at this index is shut down first */
+	unsigned nch;   /* the session's data channels */
 	double secs;    /* attach's time */
 	tm_receiver *r;
 	GError *error;
@@ -82,16 +84,17 @@ static gpointer receiver_thread(gpointer data)
 		lc.reconnect = receiver_hook;
 		lc.reconnect_opaque = p->v;
 	}
-	int fds[CHANNELS + 1];
-	for (unsigned i = 0; i <= CHANNELS; i++) {
+	int fds[MAX_CHANNELS + 1];
+	unsigned n = p->nch + 1;
+	for (unsigned i = 0; i < n; i++) {
 		fds[i] = accept4(p->v->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		g_assert_cmpint(fds[i], >=, 0);
 	}
 	if (p->reversed)
-		for (unsigned i = 0; i < (CHANNELS + 1) / 2; i++) {
+		for (unsigned i = 0; i < n / 2; i++) {
 			int t = fds[i];
-			fds[i] = fds[CHANNELS - i];
-			fds[CHANNELS - i] = t;
+			fds[i] = fds[n - 1 - i];
+			fds[n - 1 - i] = t;
 		}
 	if (p->dead >= 0)
 		shutdown(fds[p->dead], SHUT_RDWR);
@@ -100,7 +103,7 @@ static gpointer receiver_thread(gpointer data)
 		p->ret = tm_receiver_set_live(p->r, &lc, &p->error);
 	int64_t t0 = g_get_monotonic_time();
 	if (p->ret >= 0)
-		p->ret = tm_receiver_attach(p->r, fds, CHANNELS + 1, &p->error);
+		p->ret = tm_receiver_attach(p->r, fds, n, &p->error);
 	p->secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	if (p->ret >= 0)
 		p->ret = tm_receiver_start(p->r, p->g->layout, p->g->tags, &p->error);
@@ -119,6 +122,7 @@ typedef struct opts {
 	bool rhook;    /* the receiver has it (the sender only with hook) */
 	bool reversed; /* rside.reversed */
 	int dead;      /* rside.dead */
+	unsigned channels; /* 0: CHANNELS */
 } opts;
 
 /*
@@ -130,7 +134,9 @@ static void attach_run(const opts *o)
 	guest src, dst;
 	cut_proxy px;
 	vmm v = { 0 };
-	rside p = { .reversed = o->reversed, .dead = o->dead, .hook = o->hook || o->rhook };
+	unsigned nch = o->channels ? o->channels : CHANNELS;
+	rside p = { .reversed = o->reversed, .dead = o->dead, .hook = o->hook || o->rhook,
+		    .nch = nch };
 	int conn = o->conn;
 	bool hook = o->hook;
 	g_autoptr(GError) err = NULL;
@@ -151,7 +157,7 @@ static void attach_run(const opts *o)
 
 	tm_sender *s = NULL;
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-				 .tls_hostname = "127.0.0.1", .channels = CHANNELS,
+				 .tls_hostname = "127.0.0.1", .channels = nch,
 				 .timeout_ms = 20000, .packet_size = 64u << 10 };
 	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 5000 };
 	if (hook) {
@@ -160,11 +166,11 @@ static void attach_run(const opts *o)
 	}
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
-	int fds[CHANNELS + 1];
+	int fds[MAX_CHANNELS + 1];
 	/* In the order the sender sets them up (data 0, control, data 1..: the receiver takes
 	 * them in the order they come, one TLS handshake at a time). */
-	for (unsigned i = 0; i <= CHANNELS; i++) {
-		unsigned idx = i == 0 ? 0 : i == 1 ? CHANNELS : i - 1;
+	for (unsigned i = 0; i <= nch; i++) {
+		unsigned idx = i == 0 ? 0 : i == 1 ? nch : i - 1;
 		fds[idx] = tm_net_connect("127.0.0.1", pport, 5000, -1, NULL);
 		g_assert_cmpint(fds[idx], >=, 0);
 		/* The proxy numbers connections as it accepts them: one at a time, in order. */
@@ -177,7 +183,7 @@ static void attach_run(const opts *o)
 			g_usleep(1000);
 		}
 	}
-	r = tm_sender_attach(s, fds, CHANNELS + 1, &err);
+	r = tm_sender_attach(s, fds, nch + 1, &err);
 	if (r < 0)
 		g_test_message("attach: %s", err->message);
 	if (o->dead >= 0 && !hook) {
@@ -218,6 +224,10 @@ static void attach_run(const opts *o)
 		g_test_message("reconnects: sender %" G_GUINT64_FORMAT "; hooks: dialed %u, "
 			       "accepted %u", ss.reconnects, v.dialed, v.accepted);
 		g_assert_cmpuint(ss.reconnects, ==, o->dead >= 0 ? 1 : 0);
+		/* Nothing waited for a handshake's deadline (10 s). */
+		g_test_message("attach took %.2f s", p.secs);
+		if (o->dead < 0)
+			g_assert_cmpfloat(p.secs, <, 5.0);
 	} else if (hook) {
 		if (r != 0)
 			g_test_message("sender: %s", err->message);
@@ -271,6 +281,16 @@ static void test_without_hook(void)
 static void test_any_order(void)
 {
 	attach_run(&(opts){ .conn = -1, .reversed = true, .dead = -1 });
+}
+
+/*
+ * The same with more sockets than a listener handshakes at once (8): data 0, whose TLS handshake
+ * the sender does first, is handed over last. Every attached socket is handshaken at once, or
+ * the first 8 wait for ClientHellos the sender sends only after data 0's handshake (10 s).
+ */
+static void test_any_order_many(void)
+{
+	attach_run(&(opts){ .conn = -1, .reversed = true, .dead = -1, .channels = 9 });
 }
 
 /* The third socket handed over is dead before its HELLO: without the hook, attach fails at
@@ -370,6 +390,7 @@ int main(int argc, char **argv)
 		{ "resume-attach/control-cut", test_control_cut, false },
 		{ "resume-attach/without-hook", test_without_hook, false },
 		{ "resume-attach/any-order", test_any_order, false },
+		{ "resume-attach/any-order-many", test_any_order_many, false },
 		{ "resume-attach/dead-socket", test_dead_socket, false },
 		{ "resume-attach/dead-socket-hook", test_dead_socket_hook, false },
 		{ "resume-attach/dead-socket-receiver-hook", test_dead_socket_receiver_hook, false },
