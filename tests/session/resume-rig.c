@@ -28,8 +28,7 @@ static void check_section(void *opaque, const char *name, const uint8_t *data, s
 	g_assert_true(memcmp(data, p->state, RIG_STATE_LEN) == 0);
 }
 
-/* The next connection on listen_fd within timeout_ms, or -errno. */
-static int accept_within(int listen_fd, unsigned timeout_ms)
+int rig_accept_within(int listen_fd, unsigned timeout_ms)
 {
 	struct pollfd pf = { .fd = listen_fd, .events = POLLIN };
 	int n = poll(&pf, 1, (int)timeout_ms);
@@ -44,7 +43,7 @@ static int receiver_hook(void *opaque, unsigned connection, unsigned timeout_ms)
 {
 	rpeer *p = opaque;
 	g_assert_cmpuint(connection, ==, TM_RECONNECT_ANY);
-	int fd = accept_within(p->listen_fd, timeout_ms);
+	int fd = rig_accept_within(p->listen_fd, timeout_ms);
 	if (fd >= 0)
 		__atomic_add_fetch(&p->hooked, 1, __ATOMIC_RELAXED);
 	return fd;
@@ -56,7 +55,7 @@ static int rpeer_attach(rpeer *p)
 {
 	int fds[TM_MAX_CHANNELS + 1];
 	for (unsigned i = 0; i < RIG_CONNECTIONS; i++) {
-		fds[i] = accept_within(p->listen_fd, rig_recv_timeout_ms);
+		fds[i] = rig_accept_within(p->listen_fd, rig_recv_timeout_ms);
 		if (fds[i] < 0) {
 			g_set_error(&p->error, TM_ERROR, -fds[i],
 				    "the VMM accepted only %u of %u connections", i, RIG_CONNECTIONS);

@@ -31,6 +31,9 @@ extern unsigned rig_channels;
 extern bool rig_attach;
 #define RIG_CONNECTIONS (rig_channels + 1) /* the data channels and control */
 
+/* The next connection on listen_fd within timeout_ms, or -errno. */
+int rig_accept_within(int listen_fd, unsigned timeout_ms);
+
 typedef struct rpeer {
 	guest *g;
 	tm_live_config live;

@@ -11,7 +11,8 @@
  * cut-sweep/precopy-attach sweeps the precopy points in attach mode (resume-rig.h, rig_attach): the
  * test dials and accepts the sockets itself through the proxy, tm_sender_attach() and
  * tm_receiver_attach() with the reconnect hook on both sides; its points are named
- * 'precopy-attach/...'.
+ * 'precopy-attach/...'. cut-sweep/postcopy-attach does the same for the postcopy points (the
+ * urgent connection is one of the VMM's sockets too).
  *
  * Too long for CI: skipped unless CUT_SWEEP=1. CUT_SWEEP_ONLY=<glob> runs only the points whose
  * name matches (e.g. 'postcopy/urgent/before-*'). By default only the io_uring pairs (plaintext and TLS)
@@ -211,6 +212,65 @@ typedef struct pdest {
 	uint64_t touched, bad;
 } pdest;
 
+/*
+ * postcopy-attach: the VMMs' own sockets, as in precopy-attach. Both "VMMs" take the session's
+ * PC_CONNECTIONS sockets themselves and give both sides the reconnect hook: the sender's dials
+ * the proxy, the receiver's accepts on its listener.
+ */
+static bool pc_attach;
+#define PC_CHANNELS 3u
+#define PC_CONNECTIONS (PC_CHANNELS + 2) /* the data channels, control, urgent */
+
+static int pc_receiver_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	pdest *d = opaque;
+	(void)connection;
+	return rig_accept_within(d->listen_fd, timeout_ms);
+}
+
+/* The destination VMM accepts the session's sockets (in any order) and hands them over. */
+static int pc_dest_attach(pdest *d, unsigned timeout_ms)
+{
+	int fds[PC_CONNECTIONS];
+	for (unsigned i = 0; i < PC_CONNECTIONS; i++) {
+		fds[i] = rig_accept_within(d->listen_fd, timeout_ms);
+		if (fds[i] < 0) {
+			g_set_error(&d->error, TM_ERROR, -fds[i],
+				    "the VMM accepted only %u of %u connections", i, PC_CONNECTIONS);
+			for (unsigned j = 0; j < i; j++)
+				close(fds[j]);
+			return fds[i];
+		}
+	}
+	return tm_receiver_attach(d->r, fds, PC_CONNECTIONS, &d->error);
+}
+
+static int pc_sender_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	const char *pport = opaque;
+	(void)connection;
+	return tm_net_connect("127.0.0.1", pport, timeout_ms, -1, NULL);
+}
+
+/*
+ * The source VMM dials in tm_sender_connect()'s order (data 0, control, data 1, data 2, urgent),
+ * each once the proxy took the one before, so the proxy's indices are connect mode's; fds[]
+ * holds the data channels, then control, then urgent.
+ */
+static int pc_sender_attach(tm_sender *s, cut_proxy *px, const char *pport, GError **err)
+{
+	static const unsigned order[PC_CONNECTIONS] = { 0, PC_CHANNELS, 1, 2, PC_CHANNELS + 1 };
+	int fds[PC_CONNECTIONS];
+	for (unsigned k = 0; k < PC_CONNECTIONS; k++) {
+		unsigned before = proxy_get(px, &px->accepted);
+		fds[order[k]] = tm_net_connect("127.0.0.1", pport, 5000, -1, err);
+		g_assert_cmpint(fds[order[k]], >=, 0);
+		for (int w = 0; w < 5000 && proxy_get(px, &px->accepted) == before; w++)
+			g_usleep(1000);
+	}
+	return tm_sender_attach(s, fds, PC_CONNECTIONS, err);
+}
+
 static void pc_keep_state(void *opaque, const char *name, const uint8_t *data, size_t len)
 {
 	pdest *d = opaque;
@@ -242,11 +302,16 @@ static gpointer pc_dest_thread(gpointer data)
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true, .uffd_user_mode_only = true,
 			      .resume_deadline_ms = env_ms("CUT_SWEEP_RESUME_MS") };
 
+	if (pc_attach) {
+		lc.reconnect = pc_receiver_hook;
+		lc.reconnect_opaque = d;
+	}
 	d->ret = tm_receiver_new(&cfg, &d->r, &d->error);
 	if (d->ret >= 0)
 		d->ret = tm_receiver_set_live(d->r, &lc, &d->error);
 	if (d->ret >= 0)
-		d->ret = tm_receiver_accept(d->r, d->listen_fd, &d->error);
+		d->ret = pc_attach ? pc_dest_attach(d, cfg.timeout_ms ? cfg.timeout_ms : 20000)
+				   : tm_receiver_accept(d->r, d->listen_fd, &d->error);
 	int64_t t0 = g_get_monotonic_time();
 	if (d->ret >= 0)
 		d->ret = tm_receiver_start(d->r, d->g.layout, d->g.tags, &d->error);
@@ -290,11 +355,16 @@ static outcome run_point_postcopy(const role *ro, mode m, const position *pos, G
 	else
 		proxy_arm(&px, ro->conn, pos->bytes);
 
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .tls_hostname = pc_attach ? "127.0.0.1" : NULL, .channels = PC_CHANNELS,
 				 .timeout_ms = env_ms("CUT_SWEEP_SEND_MS"),
 				 .packet_size = 64u << 10, .chunk_size = 64u << 10 };
 	tm_live_config lc = { .size = sizeof(lc), .postcopy = true,
 			      .resume_deadline_ms = env_ms("CUT_SWEEP_RESUME_MS") };
+	if (pc_attach) {
+		lc.reconnect = pc_sender_hook;
+		lc.reconnect_opaque = pport;
+	}
 	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
 	for (unsigned i = 0; i < PC_STATE; i++)
@@ -303,7 +373,8 @@ static outcome run_point_postcopy(const role *ro, mode m, const position *pos, G
 	memset(bm, 0xff, sizeof(bm));
 
 	int64_t t0 = g_get_monotonic_time();
-	int r = tm_sender_connect(s, "127.0.0.1", pport, &err);
+	int r = pc_attach ? pc_sender_attach(s, &px, pport, &err)
+			  : tm_sender_connect(s, "127.0.0.1", pport, &err);
 	if (r == 0)
 		r = tm_sender_queue_bitmap(s, 0, bm, 0, PC_NPAGES, &err);
 	if (r == 0)
@@ -446,7 +517,9 @@ static void sweep(bool postcopy, bool attach)
 		return; /* skipped with the reason */
 	}
 	rig_attach = attach; /* read by run_start() in each point's process */
-	const char *kind = postcopy ? "postcopy" : attach ? "precopy-attach" : "precopy";
+	pc_attach = attach;
+	const char *kind = postcopy ? (attach ? "postcopy-attach" : "postcopy")
+				    : attach ? "precopy-attach" : "precopy";
 	const role *rl = postcopy ? pc_roles : roles;
 	size_t nr = postcopy ? G_N_ELEMENTS(pc_roles) : G_N_ELEMENTS(roles);
 	const position *ps = postcopy ? pc_positions : positions;
@@ -486,6 +559,7 @@ static void sweep(bool postcopy, bool attach)
 	}
 	g_string_free(tl.failures, TRUE);
 	rig_attach = false;
+	pc_attach = false;
 }
 
 static void test_sweep_precopy(void)
@@ -503,12 +577,18 @@ static void test_sweep_postcopy(void)
 	sweep(true, false);
 }
 
+static void test_sweep_postcopy_attach(void)
+{
+	sweep(true, true);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
 		{ "cut-sweep/precopy", test_sweep_precopy, false },
 		{ "cut-sweep/precopy-attach", test_sweep_precopy_attach, false },
 		{ "cut-sweep/postcopy", test_sweep_postcopy, false },
+		{ "cut-sweep/postcopy-attach", test_sweep_postcopy_attach, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
