@@ -385,6 +385,14 @@ int tm_hello_decode(const uint8_t *buf, size_t len, uint8_t version, tm_hello *r
 	h.channel_id = tm_get16(buf + 16);
 	h.channel_count = tm_get16(buf + 18);
 	h.features = tm_get32(buf + 20);
+	/*
+	 * Protocol 2's feature bits are offers: one this build does not know is declined (never
+	 * in HELLO_ACK, which the sender needs before it uses a feature), so a newer sender is met
+	 * with what both know, not refused. Protocol 1 has no offers: its reserved bits stay
+	 * errors (check_v2_fields).
+	 */
+	if (version == TM_WIRE_VERSION_2)
+		h.features &= TM_FEATURES_KNOWN_V2;
 	h.packet_size = tm_get32(buf + 24);
 	h.chunk_size = tm_get64(buf + 32);
 	h.block_count = tm_get32(buf + 40);

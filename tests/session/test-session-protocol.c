@@ -616,6 +616,52 @@ static void test_link_check_attach(void)
 	guest_fini(&src);
 }
 
+/*
+ * A newer sender's offer this receiver does not know (bit 30) is declined, not refused: the
+ * session opens with what both know, HELLO_ACK accepting LINK_CHECK alone on both connections.
+ */
+static void test_unknown_offer_declined(void)
+{
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	guest g;
+	int d[2], c[2]; /* [0] the hand-made sender's, [1] the receiving VMM's */
+
+	guest_init(&g, a, 1, false);
+	conn_pair(true, d);
+	conn_pair(true, c);
+	for (unsigned k = 0; k < 2; k++) {
+		const fake_hello h = { .version = 2, .role = k ? TM_ROLE_CONTROL : TM_ROLE_DATA,
+				       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
+				       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
+				       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
+		size_t hlen = 0;
+		g_autofree uint8_t *b = fake_hello_bytes(&h, 0, &hlen);
+		b[TM_FRAME_HDR_LEN + 20 + 3] |= 0x40; /* features bit 30: no feature of ours */
+		g_assert_cmpint(write(k ? c[0] : d[0], b, hlen), ==, (ssize_t)hlen);
+	}
+	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 5000 };
+	tm_live_config lc = { .size = sizeof(lc) };
+	tm_receiver *r = NULL;
+	g_autoptr(GError) err = NULL;
+	int fds[2] = { d[1], c[1] };
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+	int ret = tm_receiver_attach(r, fds, 2, &err);
+	if (ret < 0)
+		g_test_message("attach: %s", err->message);
+	g_assert_cmpint(ret, ==, 0);
+	g_assert_cmpint(tm_receiver_start(r, g.layout, g.tags, &err), ==, 0);
+	tm_hello_ack ack;
+	fake_expect_ack(d[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
+	g_assert_cmphex(ack.features, ==, TM_FEATURE_LINK_CHECK);
+	fake_expect_ack(c[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
+	g_assert_cmphex(ack.features, ==, TM_FEATURE_LINK_CHECK);
+	close(d[0]);
+	close(c[0]);
+	tm_receiver_free(r);
+	guest_fini(&g);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -626,6 +672,7 @@ int main(int argc, char **argv)
 		{ "link-check-checked", test_link_check_checked, true },
 		{ "link-answer-checked", test_link_answer_checked, true },
 		{ "link-check-attach", test_link_check_attach, true },
+		{ "unknown-offer-declined", test_unknown_offer_declined, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
