@@ -374,6 +374,10 @@ static int one_message(loop *l, GError **error)
 	if (ready) {
 		/* The destination has all RAM and every state section (state.c). */
 		l->ready_seen = true;
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+		if ((r = tm_link_watch_test_ready(c, error)) < 0)
+			return r;
+#endif
 		if ((r = c->ready(c->owner, &f, error)) == 0)
 			tm_ctl_resume_received(c);
 		return r;

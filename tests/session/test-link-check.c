@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "resume-rig.h"
+#include "session/session-internal.h"
 #include "transport/transport.h"
 
 #define DATA2 3 /* the proxy's accept index of data channel 2 (0 data 0, 1 control, k + 1 data k) */
@@ -187,6 +188,44 @@ static void test_held_no_resume(void)
 static void test_held_end_no_resume(void)
 {
 	held_no_resume(TM_MSG_END);
+}
+
+/*
+ * The sender asks until END_ACK, so a question may cross it: here always (the hook asks about
+ * channel 0 as READY arrives, which leaves the receiver with END_ACK). The receiver's close
+ * reads past it to the sender's close (TLS: close_notify, plaintext: FIN) and both ends
+ * complete; without that a TLS receiver took the question for data where close_notify must
+ * come, a plaintext one could reset the connection under the sender's unread END_ACK.
+ */
+static void cross_end(bool no_resume)
+{
+	run t;
+
+	tm_live_config lc = { .size = sizeof(lc), .no_resume = no_resume };
+	run_start(&t, &lc, no_resume ? 0 : 5000);
+	run_fill_state(&t);
+	unsigned before = tm_link_watch_test_crossed();
+	tm_link_watch_test_cross(true);
+	t.r = run_migrate(&t);
+	tm_link_watch_test_cross(false);
+	rpeer_join(&t.p);
+	g_assert_cmpuint(tm_link_watch_test_crossed(), >, before);
+	tm_live_stats ss, rs;
+	run_assert_complete(&t, &ss, &rs);
+	g_assert_cmpuint(t.p.states, ==, 1);
+	g_assert_cmpuint(ss.reconnects, ==, 0);
+	g_assert_cmpuint(rs.reconnects, ==, 0);
+	run_end(&t);
+}
+
+static void test_cross_end_no_resume(void)
+{
+	cross_end(true);
+}
+
+static void test_cross_end(void)
+{
+	cross_end(false);
 }
 
 /*
@@ -550,6 +589,8 @@ int main(int argc, char **argv)
 		{ "link-check/held-end", test_held_end, false },
 		{ "link-check/held-no-resume", test_held_no_resume, false },
 		{ "link-check/held-end-no-resume", test_held_end_no_resume, false },
+		{ "link-check/cross-end", test_cross_end, false },
+		{ "link-check/cross-end-no-resume", test_cross_end_no_resume, false },
 		{ "link-check/slow-vmm", test_slow_vmm, false },
 		{ "link-check/attach-held-data", test_attach_held_data, false },
 		{ "link-check/attach-held-sync-ack", test_attach_held_sync_ack, false },
