@@ -143,6 +143,64 @@ static int close_control(tm_control *c, GError **error)
 	return r < 0 ? r : 1;
 }
 
+/* How long the receiver waits for the sender's end of the control stream after END_ACK. */
+#define CLOSE_WAIT_MS 5000
+
+/*
+ * Receiver, without RESUME_CONTROL, with LINK_CHECK: the sender asks until END_ACK arrives, so
+ * a LINK_Q may cross our END_ACK. Our end of the stream goes first (TLS: close_notify), then
+ * we read up to the sender's (TLS: its close_notify; plaintext: its FIN, which sender_close
+ * sends once END_ACK is in), dropping such questions (counted against the flood bound). Closed
+ * with a question unread, or getting one after the close, our kernel would answer with a
+ * reset: that discards END_ACK if it still waits to be sent, or to be sent again after a
+ * loss, and a sender that meets the reset sending its next question fails before it reads
+ * END_ACK. 1 (ended), or -errno: TLS without the sender's close_notify within CLOSE_WAIT_MS
+ * (as tm_tls_shutdown), the sender's ERROR, anything but LINK_Q. A plaintext sender that keeps
+ * its stream open that long is no failure: nothing is owed after END_ACK.
+ */
+static int receiver_close_reading(tm_control *c, GError **error)
+{
+	int64_t deadline = tm_now_us() + (int64_t)CLOSE_WAIT_MS * 1000;
+	bool tls = tm_tls_active(c->ch->io);
+	tm_frame f;
+	int r;
+
+	if ((r = tm_tls_close_notify(c->ch->io, error)) < 0)
+		return r;
+	for (;;) {
+		struct pollfd p = { .fd = c->ch->fd, .events = POLLIN };
+		int64_t now = tm_now_us();
+		if (!tm_io_readable(c->ch->io) &&
+		    (now >= deadline || poll(&p, 1, (int)((deadline - now + 999) / 1000)) <= 0)) {
+			if (!tls)
+				return 1;
+			g_set_error(error, TM_ERROR, ETIMEDOUT,
+				    "control: TLS close: no close_notify from the sender within "
+				    "%.1f s of END_ACK", CLOSE_WAIT_MS / 1000.0);
+			return -ETIMEDOUT;
+		}
+		g_autoptr(GError) local = NULL;
+		if ((r = tm_chan_recv_frame(c->ch, 0, &f, &local)) < 0) {
+			if (tm_io_peer_ended(c->ch->io, -r))
+				return 1;
+			g_propagate_error(error, g_steal_pointer(&local));
+			return r;
+		}
+		if (f.type == TM_MSG_ERROR)
+			return tm_chan_recv_peer_error(c->ch, &f, "sender gave up", error);
+		if (f.type != TM_MSG_LINK_Q) {
+			g_set_error(error, TM_ERROR, EPROTO,
+				    "control: %s after END_ACK, where the sender's close must come",
+				    tm_msg_name(f.type));
+			return -EPROTO;
+		}
+		/* A question that crossed our END_ACK: the session needs no answer any more. */
+		uint64_t v[TM_CTRL_MAX_FIELDS];
+		if ((r = ctrl_body(c->ch, &f, v, error)) < 0 || (r = tm_link_watch_count(c, error)) < 0)
+			return r;
+	}
+}
+
 /*
  * The end with RESUME_CONTROL: the sender acknowledges END_ACK with CTL_POS, the receiver waits
  * for it. That CTL_POS (TLS: authenticated) says the sender has its END_ACK, so a close that
@@ -153,8 +211,14 @@ static int sender_close(tm_control *c, GError **error)
 	g_autoptr(GError) ignored = NULL;
 	int r;
 
-	if (!c->resume)
-		return close_control(c, error);
+	if (!c->resume) {
+		r = close_control(c, error);
+		/* The receiver reads past the questions that crossed END_ACK up to our end of the
+		 * stream (receiver_close_reading): plaintext has no close_notify to say it. */
+		if (c->lw)
+			shutdown(c->ch->fd, SHUT_WR);
+		return r;
+	}
 	if ((r = tm_ctl_pos_send(c, error)) < 0)
 		return r;
 	(void)close_control(c, &ignored);
@@ -169,7 +233,7 @@ static int receiver_close(tm_control *c, GError **error)
 	int r;
 
 	if (!c->resume)
-		return close_control(c, error);
+		return c->lw ? receiver_close_reading(c, error) : close_control(c, error);
 	for (;;) {
 		if ((r = tm_chan_recv_frame(c->ch, 0, &f, error)) < 0)
 			return r;
@@ -310,6 +374,10 @@ static int one_message(loop *l, GError **error)
 	if (ready) {
 		/* The destination has all RAM and every state section (state.c). */
 		l->ready_seen = true;
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+		if ((r = tm_link_watch_test_ready(c, error)) < 0)
+			return r;
+#endif
 		if ((r = c->ready(c->owner, &f, error)) == 0)
 			tm_ctl_resume_received(c);
 		return r;
@@ -451,10 +519,10 @@ static int run(loop *l, GError **error)
 			}
 			if ((r = check_links(l, error)) < 0)
 				return r;
-			/* Until END: after it the receiver's END_ACK and close may cross a question,
-			 * except with RESUME_CONTROL, whose close skips them (receiver_close). */
-			if (c->sender && (!c->end_sent || c->resume) &&
-			    (r = tm_link_watch_tick(c, error)) < 0)
+			/* Until END_ACK: a data connection may be held after our END too (its
+			 * channel's END). A question may then cross END_ACK: the receiver's close
+			 * reads past it (receiver_close). */
+			if (c->sender && (r = tm_link_watch_tick(c, error)) < 0)
 				return r;
 			l->next_tick = now + (int64_t)c->ka_ms * 1000;
 		}

@@ -278,3 +278,38 @@ int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GEr
 	}
 	return tm_chan_send_ctrl_v(c->ch, TM_MSG_LINK_A, a, error);
 }
+
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool test_cross;
+static unsigned test_crossed;
+
+void tm_link_watch_test_cross(bool on)
+{
+	__atomic_store_n(&test_cross, on, __ATOMIC_RELAXED);
+}
+
+unsigned tm_link_watch_test_crossed(void)
+{
+	return __atomic_load_n(&test_crossed, __ATOMIC_RELAXED);
+}
+
+int tm_link_watch_test_ready(tm_control *c, GError **error)
+{
+	if (!__atomic_load_n(&test_cross, __ATOMIC_RELAXED) || !c->lw || !c->end_sent ||
+	    c->ndata == 0 || c->lw->ch[0].asked)
+		return 0;
+	watch_chan *w = &c->lw->ch[0];
+	uint32_t epoch;
+	tm_net_base base;
+	int fd = conn_now(c, 0, &epoch, &base);
+	const uint64_t q[TM_CTRL_MAX_FIELDS] = { 0, epoch };
+	int r = tm_chan_send_ctrl_v(c->ch, TM_MSG_LINK_Q, q, error);
+	if (r < 0)
+		return r;
+	w->asked = true;
+	w->q_fd = fd;
+	w->q_epoch = epoch;
+	__atomic_fetch_add(&test_crossed, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+#endif

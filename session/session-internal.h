@@ -228,6 +228,18 @@ int tm_link_watch_answer(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GE
 int tm_link_watch_query(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error);
 /* Receiver: counts one more LINK_Q against the flood bound (also one it drops unanswered). */
 int tm_link_watch_count(tm_control *c, GError **error);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/*
+ * Test hooks (-Dtest_hooks=true). tm_link_watch_test_cross(true): senders with LINK_CHECK that
+ * receive READY after their END (READY and END_ACK leave the receiver together) ask about data
+ * channel 0 right then, a question that crosses END_ACK. Global. tm_link_watch_test_crossed():
+ * how many such questions were sent so far. tm_link_watch_test_ready(): the control thread's,
+ * at READY.
+ */
+void tm_link_watch_test_cross(bool on);
+unsigned tm_link_watch_test_crossed(void);
+int tm_link_watch_test_ready(tm_control *c, GError **error);
+#endif
 /* The owner, its lock held: data channel i's connection is now fd (-1: closed), of epoch,
  * its stream base *base (tm_chan.base; NULL with fd -1). */
 void tm_control_data_conn(tm_control *c, unsigned i, int fd, uint32_t epoch,

@@ -141,6 +141,13 @@ bool tm_io_readable(tm_io *io)
 	return poll(&p, 1, 0) > 0;
 }
 
+bool tm_io_peer_ended(const tm_io *io, int err)
+{
+	if (io->ops->peer_ended)
+		return err == ECONNRESET && io->ops->peer_ended(io);
+	return err == ECONNRESET || err == EPIPE;
+}
+
 int tm_io_unsent_slot(const tm_io *io)
 {
 	return io && io->ops->unsent_slot ? io->ops->unsent_slot(io) : -1;

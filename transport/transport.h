@@ -122,6 +122,13 @@ typedef struct tm_transport_ops {
 	 * poll a connection (the control thread) before they call recv.
 	 */
 	bool (*readable)(tm_io *io);
+	/*
+	 * Optional. After a recv that failed with -ECONNRESET: whether the peer ended its stream on
+	 * purpose, in a way only it can (TLS: its authenticated close_notify came), rather than the
+	 * connection breaking. Without it a byte stream's end and a reset are all one can tell
+	 * (tm_io_peer_ended()). Must not block or consume anything.
+	 */
+	bool (*peer_ended)(const tm_io *io);
 } tm_transport_ops;
 
 extern const tm_transport_ops tm_transport_socket;
@@ -223,6 +230,12 @@ void tm_io_cancel(tm_io *io);
 
 /* Whether a recv on io would progress now (ops->readable, see its contract). Never blocks. */
 bool tm_io_readable(tm_io *io);
+/*
+ * After a recv of io failed with -err: whether that was the peer's end of its stream (TLS: its
+ * close_notify, ops->peer_ended), not a break. A handle without the hook cannot tell its peer's
+ * end from a reset: then any -ECONNRESET or -EPIPE. Never blocks.
+ */
+bool tm_io_peer_ended(const tm_io *io, int err);
 /* ops->unsent_slot, or -1 without it. */
 int tm_io_unsent_slot(const tm_io *io);
 

@@ -129,6 +129,13 @@ static const char *tls_last_error(const tm_io *io)
 	return t->err_msg;
 }
 
+/* The peer's close_notify came: tagmig's records and kernel TLS note it, OpenSSL's its SSL. */
+static bool tls_peer_ended(const tm_io *io)
+{
+	const tls_chan *t = io->priv;
+	return t->rx_closed || (SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN);
+}
+
 const tm_transport_ops tm_transport_tls = {
 	.name = "tls",
 	.priv_size = sizeof(tls_chan),
@@ -139,6 +146,7 @@ const tm_transport_ops tm_transport_tls = {
 	.recv = tls_recv,
 	.send_last = tls_send_last,
 	.last_error = tls_last_error,
+	.peer_ended = tls_peer_ended,
 };
 
 /* ---- handshake and close ---- */

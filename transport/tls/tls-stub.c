@@ -55,6 +55,11 @@ int tm_tls_close_notify(tm_io *io, GError **error)
 	return 0;
 }
 
+bool tm_tls_active(const tm_io *io)
+{
+	return false;
+}
+
 void tm_tls_fill_stats(const tm_tls_ctx *ctx, const tm_io *io, tm_stats *ret)
 {
 }
