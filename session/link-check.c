@@ -130,6 +130,19 @@ static int dead(tm_control *c, unsigned i, watch_chan *w, int64_t now, GError **
 	return -ETIMEDOUT;
 }
 
+/* Sends LINK_Q about data channel i, whose connection is fd of epoch now. */
+static int ask(tm_control *c, unsigned i, watch_chan *w, int fd, uint32_t epoch, GError **error)
+{
+	const uint64_t q[TM_CTRL_MAX_FIELDS] = { i, epoch };
+	int r = tm_chan_send_ctrl_v(c->ch, TM_MSG_LINK_Q, q, error);
+	if (r < 0)
+		return r;
+	w->asked = true;
+	w->q_fd = fd;
+	w->q_epoch = epoch;
+	return 0;
+}
+
 int tm_link_watch_tick(tm_control *c, GError **error)
 {
 	int64_t now = tm_now_us();
@@ -161,13 +174,9 @@ int tm_link_watch_tick(tm_control *c, GError **error)
 		}
 		if (w->asked)
 			continue;
-		const uint64_t q[TM_CTRL_MAX_FIELDS] = { i, epoch };
-		int r = tm_chan_send_ctrl_v(c->ch, TM_MSG_LINK_Q, q, error);
+		int r = ask(c, i, w, fd, epoch, error);
 		if (r < 0)
 			return r;
-		w->asked = true;
-		w->q_fd = fd;
-		w->q_epoch = epoch;
 		w->q_acked = acked;
 	}
 	return 0;
@@ -298,17 +307,12 @@ int tm_link_watch_test_ready(tm_control *c, GError **error)
 	if (!__atomic_load_n(&test_cross, __ATOMIC_RELAXED) || !c->lw || !c->end_sent ||
 	    c->ndata == 0 || c->lw->ch[0].asked)
 		return 0;
-	watch_chan *w = &c->lw->ch[0];
 	uint32_t epoch;
 	tm_net_base base;
 	int fd = conn_now(c, 0, &epoch, &base);
-	const uint64_t q[TM_CTRL_MAX_FIELDS] = { 0, epoch };
-	int r = tm_chan_send_ctrl_v(c->ch, TM_MSG_LINK_Q, q, error);
+	int r = ask(c, 0, &c->lw->ch[0], fd, epoch, error);
 	if (r < 0)
 		return r;
-	w->asked = true;
-	w->q_fd = fd;
-	w->q_epoch = epoch;
 	__atomic_fetch_add(&test_crossed, 1, __ATOMIC_RELAXED);
 	return 0;
 }

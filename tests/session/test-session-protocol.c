@@ -499,6 +499,27 @@ static void conn_pair(bool unix_pair, int ret[2])
 	close(l);
 }
 
+/*
+ * A one-channel session's two HELLOs (data 0 on data_fd, control on ctl_fd) offering LINK_CHECK
+ * and the raw bits extra (which the encoder would refuse). Returns a HELLO's length.
+ */
+static size_t write_hellos(int data_fd, int ctl_fd, uint32_t extra)
+{
+	size_t hlen = 0;
+	for (unsigned k = 0; k < 2; k++) {
+		const fake_hello h = { .version = 2, .role = k ? TM_ROLE_CONTROL : TM_ROLE_DATA,
+				       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
+				       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
+				       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
+		g_autofree uint8_t *b = fake_hello_bytes(&h, 0, &hlen);
+		uint8_t *features = b + TM_FRAME_HDR_LEN + 20; /* little-endian */
+		for (unsigned i = 0; i < 4; i++)
+			features[i] |= (uint8_t)(extra >> (8 * i));
+		g_assert_cmpint(write(k ? ctl_fd : data_fd, b, hlen), ==, (ssize_t)hlen);
+	}
+	return hlen;
+}
+
 #define PRE_S 100 /* the hand-made sender's preamble, which the receiving VMM reads */
 #define PRE_R 37  /* and the receiving VMM's, which the sender reads */
 
@@ -525,15 +546,7 @@ static void test_link_check_attach(void)
 		memset(pre, 'R', PRE_R);
 		g_assert_cmpint(write(d[1], pre, PRE_R), ==, PRE_R);
 		g_assert_cmpint(recv(d[0], pre, PRE_R, MSG_WAITALL), ==, PRE_R);
-		size_t hlen = 0;
-		for (unsigned k = 0; k < 2; k++) {
-			const fake_hello h = { .version = 2, .role = k ? TM_ROLE_CONTROL : TM_ROLE_DATA,
-					       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
-					       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
-					       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
-			g_autofree uint8_t *b = fake_hello_bytes(&h, 0, &hlen);
-			g_assert_cmpint(write(k ? c[0] : d[0], b, hlen), ==, (ssize_t)hlen);
-		}
+		size_t hlen = write_hellos(d[0], c[0], 0);
 		tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 5000 };
 		tm_live_config lc = { .size = sizeof(lc) };
 		tm_receiver *r = NULL;
@@ -629,16 +642,7 @@ static void test_unknown_offer_declined(void)
 	guest_init(&g, a, 1, false);
 	conn_pair(true, d);
 	conn_pair(true, c);
-	for (unsigned k = 0; k < 2; k++) {
-		const fake_hello h = { .version = 2, .role = k ? TM_ROLE_CONTROL : TM_ROLE_DATA,
-				       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
-				       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
-				       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
-		size_t hlen = 0;
-		g_autofree uint8_t *b = fake_hello_bytes(&h, 0, &hlen);
-		b[TM_FRAME_HDR_LEN + 20 + 3] |= 0x40; /* features bit 30: no feature of ours */
-		g_assert_cmpint(write(k ? c[0] : d[0], b, hlen), ==, (ssize_t)hlen);
-	}
+	(void)write_hellos(d[0], c[0], 1u << 30); /* bit 30: no feature of ours */
 	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 5000 };
 	tm_live_config lc = { .size = sizeof(lc) };
 	tm_receiver *r = NULL;
