@@ -87,6 +87,7 @@ struct tm_hs_pool {
 	uint64_t accepted;
 	bool stop;           /* protected by r->lock: the accept ended, handshakes end at once */
 	bool hook_off;       /* protected by r->lock: no redial can come, the hook is not called */
+	int64_t accept_deadline_us; /* the accept's deadline as it moves (atomic) */
 	hs_slot slot[TM_HS_SLOTS];
 	/* attach mode with the reconnect hook */
 	GThread *hook_thread; /* calls the hook while the accept runs, or NULL */
@@ -128,6 +129,29 @@ static gpointer hook_thread(gpointer data)
 	return NULL;
 }
 
+/*
+ * An attached socket: the VMM connected it before the sender began, and the sender sets its
+ * connections up one at a time, so its handshake's clock starts with its first byte (or an end,
+ * or a cancel's shutdown), awaited until the accept's deadline (which the session's progress
+ * moves on). The deadline for the handshake from then on, as for a listener's connection.
+ */
+static int64_t attached_deadline(hs_slot *sl)
+{
+	struct tm_hs_pool *pool = sl->pool;
+	for (;;) {
+		int64_t until = __atomic_load_n(&pool->accept_deadline_us, __ATOMIC_RELAXED);
+		int64_t now = tm_now_us();
+		if (now >= until)
+			return until; /* silent: the handshake ends at once, saying so */
+		struct pollfd p = { .fd = sl->fd, .events = POLLIN };
+		/* In steps: the accept's deadline may have moved meanwhile. */
+		int n = poll(&p, 1, (int)MIN((until - now + 999) / 1000, (int64_t)ACCEPT_HOOK_MS));
+		if (n > 0 || (n < 0 && errno != EINTR))
+			return tm_receiver_handshake_deadline(
+				pool->r, __atomic_load_n(&pool->accept_deadline_us, __ATOMIC_RELAXED));
+	}
+}
+
 static gpointer hs_thread(gpointer data)
 {
 	hs_slot *sl = data;
@@ -146,6 +170,8 @@ static gpointer hs_thread(gpointer data)
 		g_set_error_literal(&sl->err, TM_ERROR, ECANCELED, "cancelled");
 		sl->ret = -ECANCELED;
 	} else {
+		if (sl->attached >= 0)
+			sl->deadline_us = attached_deadline(sl);
 		sl->ret = tm_receiver_read_hello(r, sl->fd, sl->deadline_us, &sl->res, &sl->err);
 	}
 	g_mutex_lock(&r->lock);
@@ -369,6 +395,8 @@ int tm_receiver_accept_one(tm_receiver *r, tm_accept_src *src, tm_accept_clock *
 	struct tm_hs_pool *pool = st->pool;
 	int64_t grace_until = 0; /* past the deadline: handshakes under way end (by theirs) */
 	for (;;) {
+		/* For attached sockets still waiting for their sender (attached_deadline). */
+		__atomic_store_n(&pool->accept_deadline_us, clk->deadline_us, __ATOMIC_RELAXED);
 		hs_feed(r, pool, src, clk);
 		hs_slot *sl = hs_next(r, pool);
 		if (grace_until && tm_now_us() < clk->deadline_us)

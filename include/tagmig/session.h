@@ -205,7 +205,8 @@ TM_EXPORT int tm_receiver_accept(tm_receiver *receiver, int listen_fd, GError **
 
 /*
  * Same on sockets the VMM accepted itself (in any order; protocol 2: channels + 1 of them); the
- * receiver owns them from the call on. They are handshaken at once; the first that fails its
+ * receiver owns them from the call on. They are handshaken at once (each one's handshake
+ * deadline from its first byte: the sender reaches them one at a time); the first that fails its
  * handshake fails the call, named by its index in fds, unless tm_live_config.reconnect is set
  * (then the sender's redial of it is awaited through the hook: docs/api.md, "Resume").
  */

@@ -500,24 +500,36 @@ static void conn_pair(bool unix_pair, int ret[2])
 }
 
 /*
- * A one-channel session's two HELLOs (data 0 on data_fd, control on ctl_fd) offering LINK_CHECK
- * and the raw bits extra (which the encoder would refuse). Returns a HELLO's length.
+ * A one-channel session's HELLO (data 0, or control) offering LINK_CHECK and the raw bits extra
+ * (which the encoder would refuse), as one message (g_free); *ret_len its length.
  */
-static size_t write_hellos(int data_fd, int ctl_fd, uint32_t extra)
+static uint8_t *hello_bytes(bool control, uint32_t extra, size_t *ret_len)
+{
+	const fake_hello h = { .version = 2, .role = control ? TM_ROLE_CONTROL : TM_ROLE_DATA,
+			       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
+			       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
+			       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
+	uint8_t *b = fake_hello_bytes(&h, 0, ret_len);
+	uint8_t *features = b + TM_FRAME_HDR_LEN + 20; /* little-endian */
+	for (unsigned i = 0; i < 4; i++)
+		features[i] |= (uint8_t)(extra >> (8 * i));
+	return b;
+}
+
+/* hello_bytes() written on fd; returns its length. */
+static size_t write_hello(int fd, bool control, uint32_t extra)
 {
 	size_t hlen = 0;
-	for (unsigned k = 0; k < 2; k++) {
-		const fake_hello h = { .version = 2, .role = k ? TM_ROLE_CONTROL : TM_ROLE_DATA,
-				       .channel_count = 1, .features = TM_FEATURE_LINK_CHECK,
-				       .packet_size = 512 * 1024, .chunk_size = 2 << 20,
-				       .block = { "pc.ram", 2 << 20, 4096 }, .sid = 9 };
-		g_autofree uint8_t *b = fake_hello_bytes(&h, 0, &hlen);
-		uint8_t *features = b + TM_FRAME_HDR_LEN + 20; /* little-endian */
-		for (unsigned i = 0; i < 4; i++)
-			features[i] |= (uint8_t)(extra >> (8 * i));
-		g_assert_cmpint(write(k ? ctl_fd : data_fd, b, hlen), ==, (ssize_t)hlen);
-	}
+	g_autofree uint8_t *b = hello_bytes(control, extra, &hlen);
+	g_assert_cmpint(write(fd, b, hlen), ==, (ssize_t)hlen);
 	return hlen;
+}
+
+/* Both HELLOs: data 0 on data_fd, control on ctl_fd. */
+static size_t write_hellos(int data_fd, int ctl_fd, uint32_t extra)
+{
+	(void)write_hello(data_fd, false, extra);
+	return write_hello(ctl_fd, true, extra);
 }
 
 #define PRE_S 100 /* the hand-made sender's preamble, which the receiving VMM reads */
@@ -666,6 +678,75 @@ static void test_unknown_offer_declined(void)
 	guest_fini(&g);
 }
 
+/* The receiving VMM's hook: no connection to hand over. */
+static int idle_hook(void *opaque, unsigned connection, unsigned timeout_ms)
+{
+	(void)opaque;
+	(void)connection;
+	g_usleep(MIN(timeout_ms, 50u) * 1000);
+	return -ETIMEDOUT;
+}
+
+typedef struct late_sender {
+	int data_fd, ctl_fd;
+	unsigned delay_ms;
+} late_sender;
+
+/* A sender that reaches its control connection delay_ms after data 0 (a slow path, many
+ * connections before it). */
+static gpointer late_sender_thread(gpointer data)
+{
+	late_sender *ls = data;
+	(void)write_hello(ls->data_fd, false, TM_FEATURE_RESUME);
+	g_usleep(ls->delay_ms * 1000);
+	size_t hlen = 0;
+	g_autofree uint8_t *b = hello_bytes(true, TM_FEATURE_RESUME, &hlen);
+	/* The receiver may have given the socket up (the test says so): no SIGPIPE. */
+	(void)!send(ls->ctl_fd, b, hlen, MSG_NOSIGNAL);
+	return NULL;
+}
+
+/*
+ * Attached sockets wait for their sender: a VMM connected them all before the sender began, and
+ * the sender sets them up one at a time. The control connection's HELLO comes 1.3 s after data
+ * 0's, past the handshake deadline (timeout_ms 1 s) counted from the attach, within the accept
+ * deadline data 0's progress moved on (1.5 x timeout_ms with RESUME): the attach completes.
+ */
+static void test_attach_late_connection(void)
+{
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	guest g;
+	int d[2], c[2]; /* [0] the hand-made sender's, [1] the receiving VMM's */
+
+	guest_init(&g, a, 1, false);
+	conn_pair(true, d);
+	conn_pair(true, c);
+	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 1000 };
+	tm_live_config lc = { .size = sizeof(lc), .reconnect = idle_hook };
+	tm_receiver *r = NULL;
+	g_autoptr(GError) err = NULL;
+	int fds[2] = { d[1], c[1] };
+	g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
+	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
+	late_sender ls = { .data_fd = d[0], .ctl_fd = c[0], .delay_ms = 1300 };
+	int64_t t0 = g_get_monotonic_time();
+	GThread *t = g_thread_new("late-sender", late_sender_thread, &ls);
+	int ret = tm_receiver_attach(r, fds, 2, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_thread_join(t);
+	g_test_message("attach after %.2f s: %s", secs, ret < 0 ? err->message : "done");
+	g_assert_cmpint(ret, ==, 0);
+	g_assert_cmpfloat(secs, >=, 1.2);
+	g_assert_cmpint(tm_receiver_start(r, g.layout, g.tags, &err), ==, 0);
+	tm_hello_ack ack;
+	fake_expect_ack(d[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK | TM_FEATURE_RESUME, &ack);
+	fake_expect_ack(c[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK | TM_FEATURE_RESUME, &ack);
+	close(d[0]);
+	close(c[0]);
+	tm_receiver_free(r);
+	guest_fini(&g);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -677,6 +758,7 @@ int main(int argc, char **argv)
 		{ "link-answer-checked", test_link_answer_checked, true },
 		{ "link-check-attach", test_link_check_attach, true },
 		{ "unknown-offer-declined", test_unknown_offer_declined, true },
+		{ "attach-late-connection", test_attach_late_connection, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
