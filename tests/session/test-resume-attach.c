@@ -65,6 +65,7 @@ typedef struct rside {
 	bool hook;
 	bool reversed;  /* the sockets handed over in the reverse of their arrival */
 	int dead;       /* >= 0: the socket handed over at this index is shut down first */
+	bool shut;      /* that was done (atomic): the sender starts after it */
 	unsigned nch;   /* the session's data channels */
 	double secs;    /* attach's time */
 	tm_receiver *r;
@@ -98,6 +99,7 @@ static gpointer receiver_thread(gpointer data)
 		}
 	if (p->dead >= 0)
 		shutdown(fds[p->dead], SHUT_RDWR);
+	__atomic_store_n(&p->shut, true, __ATOMIC_RELEASE);
 	p->ret = tm_receiver_new(&cfg, &p->r, &p->error);
 	if (p->ret >= 0)
 		p->ret = tm_receiver_set_live(p->r, &lc, &p->error);
@@ -183,6 +185,10 @@ static void attach_run(const opts *o)
 			g_usleep(1000);
 		}
 	}
+	/* Not before the dead socket is shut down: a HELLO that came first would be read (after,
+	 * its arrival resets the connection). */
+	while (!__atomic_load_n(&p.shut, __ATOMIC_ACQUIRE))
+		g_usleep(1000);
 	r = tm_sender_attach(s, fds, nch + 1, &err);
 	if (r < 0)
 		g_test_message("attach: %s", err->message);
