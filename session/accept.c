@@ -15,9 +15,11 @@
  * tm_receiver_attach() feeds the same pool from the VMM's sockets (every one at once, each in a
  * slot of its own beyond those TM_HANDSHAKES_AT_ONCE: the sender sets its connections up one at
  * a time in its own order, so an attached socket waiting for a slot could hold the one the
- * sender's handshake waits for) and, with the reconnect hook, from a thread that calls the hook while the accept runs and
- * hands one connection at a time over (the hook's own backlog holds the rest), so that a setup
- * redial finds the receiver accepting as on a listener (tm_accept_src in session-internal.h).
+ * sender's handshake waits for) and, with the reconnect hook, from a thread that calls the hook
+ * while the accept runs and hands one connection at a time over (the hook's own backlog holds
+ * the rest), so that a setup redial finds the receiver accepting as on a listener (tm_accept_src
+ * in session-internal.h). An attached socket's handshake deadline starts with its first byte
+ * (attached_deadline()).
  */
 #include <errno.h>
 #include <fcntl.h>
