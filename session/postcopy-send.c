@@ -18,8 +18,10 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "session/resume-postcopy.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
 
@@ -368,12 +370,50 @@ static int background(send_chan *c, GError **error)
 	return 1;
 }
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool test_break_at_switch;
+static unsigned test_broken_at_switch;
+
+void tm_send_pc_test_break_at_switch(bool on)
+{
+	__atomic_store_n(&test_break_at_switch, on, __ATOMIC_RELAXED);
+}
+
+unsigned tm_send_pc_test_broken_at_switch(void)
+{
+	return __atomic_load_n(&test_broken_at_switch, __ATOMIC_RELAXED);
+}
+
+/* The first worker to switch finds its connection broken as it flushes its last packet. */
+static int flush_at_switch(send_chan *c, GError **error)
+{
+	if (!__atomic_exchange_n(&test_break_at_switch, false, __ATOMIC_RELAXED))
+		return tm_send_flush(c, error);
+	__atomic_fetch_add(&test_broken_at_switch, 1, __ATOMIC_RELAXED);
+	shutdown(c->ch.fd, SHUT_RDWR);
+	g_set_error(error, TM_ERROR, ECONNRESET, "%s: broken at the switch (test hook)",
+		    c->ch.label);
+	return -ECONNRESET;
+}
+#else
+#define flush_at_switch tm_send_flush
+#endif
+
 /* The switch of worker c: its part of unsent, then DISCARD and RAM_END(POSTCOPY). */
 static int switch_channel(send_chan *c, guint from, GArray *q, GError **error)
 {
 	tm_sender *s = c->s;
-	int r = tm_send_flush(c, error);
+	int r = flush_at_switch(c, error);
 
+	/*
+	 * Broken before the switch, with precopy's last packet: resumed as precopy is (the
+	 * replay of what the receiver lacks is c->work then, all of it taken below); after
+	 * tm_pcresume_switch() a break is postcopy's to resume.
+	 */
+	if (r < 0 && tm_resume_send(c, from, error) == 0) {
+		r = 0;
+		from = 0;
+	}
 	if (r < 0)
 		return r;
 	if (from < c->work->len)

@@ -65,3 +65,14 @@ typedef struct send_chan_pc {
 	uint64_t hint;             /* atomic: return thread's hint, (block << 40 | page) + 1, 0: none */
 	struct pcr_chan *resume;   /* what a reconnect replays after the switch (resume-postcopy.c) */
 } send_chan_pc;
+
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/*
+ * Test hooks (-Dtest_hooks=true). tm_send_pc_test_break_at_switch(true): the next worker to
+ * switch to postcopy finds its connection broken (shut down, -ECONNRESET) as it flushes
+ * precopy's last packet, before the switch is committed. Global, once.
+ * tm_send_pc_test_broken_at_switch(): how many times that was done.
+ */
+void tm_send_pc_test_break_at_switch(bool on);
+unsigned tm_send_pc_test_broken_at_switch(void);
+#endif
