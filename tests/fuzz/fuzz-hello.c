@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Fuzzes tm_hello_decode() on a HELLO body, as protocol 1 and as protocol 2. What it accepts must
- * pass tm_hello_check(), encode back to the same bytes, and be the same session as itself.
+ * pass tm_hello_check(), encode back to the same bytes (protocol 2: less the feature bits this
+ * build does not know, which the decoder declines), and be the same session as itself.
  */
 #include <glib.h>
 
@@ -32,8 +33,12 @@ static void one(const uint8_t *data, size_t size, uint8_t version)
 				(h.features & TM_FEATURE_RESUME))));
 	g_assert_cmpuint(tm_hello_body_len(&h), ==, size);
 	g_autofree uint8_t *again = g_malloc(size);
+	g_autofree uint8_t *want = g_memdup2(data, size);
 	tm_hello_encode(&h, again);
-	g_assert_cmpmem(again, size, data, size);
+	if (version == TM_WIRE_VERSION_2) /* features: 4 bytes at 20, little-endian */
+		for (unsigned i = 0; i < 4; i++)
+			want[20 + i] &= (uint8_t)(TM_FEATURES_KNOWN_V2 >> (8 * i));
+	g_assert_cmpmem(again, size, want, size);
 
 	g_assert_cmpint(tm_hello_check(&h, &error), ==, 0);
 	g_assert_cmpint(tm_hello_same_session(&h, &h, &error), ==, 0);
