@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The resume tests' migration through a cutting proxy (test-resume-control.c,
- * test-resume-setup.c): a receiver with live settings in its own thread (rpeer) that checks each
- * device-state section it reads against the sender's, and a sender of 3 channels, packets of
- * 64 KiB, to it through cut-proxy.c (run); 16 MiB of RAM in one block "pc.ram".
+ * The resume tests' migration through a cutting proxy (test-resume-control.c, setup-cuts.c):
+ * a receiver with live settings in its own thread (rpeer) that checks each device-state
+ * section it reads against the sender's, and a sender of 3 channels, packets of 64 KiB, to it
+ * through cut-proxy.c (run); 16 MiB of RAM in one block "pc.ram".
  */
 #pragma once
 
