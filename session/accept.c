@@ -247,7 +247,7 @@ unsigned tm_strangers_bound(const tm_receiver *r)
 }
 
 /* Starts the handshake of connection fd (attached: its index in fds, or -1) in a free slot
- * (there is one). */
+ * (there is one); deadline_us: its end (attached: 0, attached_deadline() sets it). */
 static void hs_start(struct tm_hs_pool *pool, int fd, int attached, int64_t deadline_us)
 {
 	for (unsigned k = 0; k < TM_HS_SLOTS; k++) {
@@ -383,7 +383,9 @@ static void hs_feed(tm_receiver *r, struct tm_hs_pool *pool, tm_accept_src *src,
 		}
 		if (fd < 0)
 			return;
-		hs_start(pool, fd, attached, tm_receiver_handshake_deadline(r, clk->deadline_us));
+		/* An attached socket's deadline is set once its first byte comes. */
+		hs_start(pool, fd, attached,
+			 attached >= 0 ? 0 : tm_receiver_handshake_deadline(r, clk->deadline_us));
 	}
 }
 

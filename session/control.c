@@ -146,6 +146,18 @@ static int close_control(tm_control *c, GError **error)
 /* How long the receiver waits for the sender's end of the control stream after END_ACK. */
 #define CLOSE_WAIT_MS 5000
 
+/* A LINK_Q that crossed our END_ACK: read and counted against the flood bound, never
+ * answered (the session needs no answer any more). 0, or -errno. */
+static int drop_crossed_question(tm_control *c, const tm_frame *f, GError **error)
+{
+	uint64_t v[TM_CTRL_MAX_FIELDS];
+	int r;
+
+	if ((r = ctrl_body(c->ch, f, v, error)) < 0)
+		return r;
+	return tm_link_watch_count(c, error);
+}
+
 /*
  * Receiver, without RESUME_CONTROL, with LINK_CHECK: the sender asks until END_ACK arrives, so
  * a LINK_Q may cross our END_ACK. Our end of the stream goes first (TLS: close_notify), then
@@ -194,9 +206,7 @@ static int receiver_close_reading(tm_control *c, GError **error)
 				    tm_msg_name(f.type));
 			return -EPROTO;
 		}
-		/* A question that crossed our END_ACK: the session needs no answer any more. */
-		uint64_t v[TM_CTRL_MAX_FIELDS];
-		if ((r = ctrl_body(c->ch, &f, v, error)) < 0 || (r = tm_link_watch_count(c, error)) < 0)
+		if ((r = drop_crossed_question(c, &f, error)) < 0)
 			return r;
 	}
 }
@@ -239,9 +249,7 @@ static int receiver_close(tm_control *c, GError **error)
 			return r;
 		if (f.type != TM_MSG_LINK_Q || !c->lw)
 			break;
-		/* A question that crossed our END_ACK: the session needs no answer any more. */
-		uint64_t v[TM_CTRL_MAX_FIELDS];
-		if ((r = ctrl_body(c->ch, &f, v, error)) < 0 || (r = tm_link_watch_count(c, error)) < 0)
+		if ((r = drop_crossed_question(c, &f, error)) < 0)
 			return r;
 	}
 	if (f.type == TM_MSG_ERROR)
