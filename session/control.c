@@ -640,8 +640,24 @@ static gpointer control_thread(gpointer data)
 		g_mutex_unlock(&c->io_lock);
 		return NULL;
 	}
-	if (r < 0)
+	bool told = false;
+	if (r < 0) {
+		/*
+		 * Our own reason, when it is the session's first, goes to the peer before the failure
+		 * closes the data channels: their ends must not reach it first and be taken for the
+		 * cause (a path that passes a half-close on as a close, as some proxies do, would
+		 * lose an ERROR sent after the peer's reply to them). io_lock is held: no other
+		 * thread sends on the connection.
+		 */
+		g_mutex_lock(c->lock);
+		bool first = !*c->quit;
+		g_mutex_unlock(c->lock);
+		if (first && !c->ch->peer_error) {
+			tm_chan_send_error(c->ch, err->code, err->message);
+			told = true;
+		}
 		c->fail(c->owner, g_steal_pointer(&err), c->ch->peer_error);
+	}
 	/* *quit is set: no other thread sends on the connection from here on. */
 	g_mutex_unlock(&c->io_lock);
 
@@ -652,7 +668,7 @@ static gpointer control_thread(gpointer data)
 	g_autofree char *msg = g_strdup(c->failure->error ? c->failure->error->message
 							  : "migration aborted");
 	g_mutex_unlock(c->lock);
-	if (!from_peer)
+	if (!from_peer && !told)
 		tm_chan_send_error(c->ch, code, msg);
 	g_mutex_lock(c->lock);
 	c->error_sent = true;
