@@ -191,79 +191,85 @@ static const fake_hello raw_hello = { .version = 2, .channel_count = 2, .packet_
 				      .chunk_size = 64 << 10, .block = { "pc.ram", 4 << 20, 4096 },
 				      .sid = 7, .features = TM_FEATURE_RESUME };
 
+/* A receiver of raw_block (accept deadline timeout_ms) and data 0's HELLO for it, to send by
+ * hand. */
+typedef struct raw_rig {
+	guest dst;
+	peer p;
+	char *port;
+	fake_hello h;
+} raw_rig;
+
+static void raw_start(raw_rig *x, unsigned timeout_ms)
+{
+	guest_init(&x->dst, &raw_block, 1, false);
+	x->port = peer_start_ex(&x->p, &x->dst, false, timeout_ms);
+	x->h = raw_hello;
+	x->h.role = TM_ROLE_DATA;
+}
+
+/* The receiver (joined) failed; its error must contain each of the NULL-ended wants. */
+static void raw_end_failed(raw_rig *x, const char *const *wants)
+{
+	g_test_message("receiver: %s", x->p.error ? x->p.error->message : "ok");
+	g_assert_cmpint(x->p.ret, <, 0);
+	for (; *wants; wants++)
+		g_assert_nonnull(strstr(x->p.error->message, *wants));
+	peer_free(&x->p);
+	guest_fini(&x->dst);
+	g_free(x->port);
+}
+
 /*
  * Data 0's first connection sends its HELLO and breaks; the sender dials it again with the
  * same HELLO (epoch 0): the receiver, still accepting, takes it in place of the first, and every
- * connection of the session gets its HELLO_ACK (not "channel id 0 connected twice").
+ * connection of the session gets its HELLO_ACK (not "channel id 0 connected twice"); the
+ * session then fails when the fake sender leaves.
  */
 static void test_replace(void)
 {
-	guest dst;
-	peer p;
+	raw_rig x;
 
-	guest_init(&dst, &raw_block, 1, false);
-	g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
-	fake_hello h = raw_hello;
-	h.role = TM_ROLE_DATA;
-	close(fake_connect(port, &h)); /* its HELLO arrives, then the close */
+	raw_start(&x, 5000);
+	close(fake_connect(x.port, &x.h)); /* its HELLO arrives, then the close */
 	fake_sender w;
-	fake_sender_open(&w, port, &h); /* data 0 again, control, data 1; their HELLO_ACKs */
+	fake_sender_open(&w, x.port, &x.h); /* data 0 again, control, data 1; their HELLO_ACKs */
 	g_assert_cmpuint(w.ack.features & TM_FEATURE_RESUME, !=, 0);
 	for (int k = 0; k < FAKE_CONNS; k++)
 		if (w.fd[k] >= 0)
 			close(w.fd[k]);
-	peer_join(&p);
-	g_test_message("receiver, after the fake sender left: %s",
-		       p.error ? p.error->message : "ok");
-	g_assert_cmpint(p.ret, <, 0);
-	peer_free(&p);
-	guest_fini(&dst);
+	peer_join(&x.p);
+	raw_end_failed(&x, (const char *const[]){ NULL });
 }
 
 /* Redials replace at most 64 + 2 per connection of the session times (tm_strangers_bound(): 70
  * for this one of 2 channels and control): the 70th ends the accept, with the reason. */
 static void test_replace_bounded(void)
 {
-	guest dst;
-	peer p;
+	raw_rig x;
 
-	guest_init(&dst, &raw_block, 1, false);
-	g_autofree char *port = peer_start_ex(&p, &dst, false, 10000);
-	fake_hello h = raw_hello;
-	h.role = TM_ROLE_DATA;
+	raw_start(&x, 10000);
 	for (unsigned i = 0; i < 1 + 64 + 2 * 3; i++)
-		close(fake_connect(port, &h));
-	peer_join(&p);
-	g_assert_cmpint(p.ret, <, 0);
-	g_test_message("receiver: %s", p.error->message);
-	g_assert_nonnull(strstr(p.error->message, "the most a session tolerates"));
-	g_assert_nonnull(strstr(p.error->message, "dialled again"));
-	peer_free(&p);
-	guest_fini(&dst);
+		close(fake_connect(x.port, &x.h));
+	peer_join(&x.p);
+	raw_end_failed(&x, (const char *const[]){ "the most a session tolerates", "dialled again",
+						  NULL });
 }
 
 /* A second HELLO of another epoch is no setup redial: it ends the session as before, and
  * nothing is replaced. */
 static void test_replace_epoch(void)
 {
-	guest dst;
-	peer p;
+	raw_rig x;
 
-	guest_init(&dst, &raw_block, 1, false);
-	g_autofree char *port = peer_start_ex(&p, &dst, false, 5000);
-	fake_hello h = raw_hello;
-	h.role = TM_ROLE_DATA;
-	int first = fake_connect(port, &h);
-	h.epoch = 1;
-	int second = fake_connect(port, &h);
-	peer_join(&p);
+	raw_start(&x, 5000);
+	int first = fake_connect(x.port, &x.h);
+	x.h.epoch = 1;
+	int second = fake_connect(x.port, &x.h);
+	peer_join(&x.p);
 	close(first);
 	close(second);
-	g_assert_cmpint(p.ret, <, 0);
-	g_test_message("receiver: %s", p.error->message);
-	g_assert_nonnull(strstr(p.error->message, "epoch differs"));
-	peer_free(&p);
-	guest_fini(&dst);
+	raw_end_failed(&x, (const char *const[]){ "epoch differs", NULL });
 }
 
 int main(int argc, char **argv)

@@ -532,6 +532,61 @@ static size_t write_hellos(int data_fd, int ctl_fd, uint32_t extra)
 	return write_hello(ctl_fd, true, extra);
 }
 
+/*
+ * The receiving VMM of the attach tests: two connections, data 0 and control, each a pair whose
+ * [0] the hand-made sender holds and [1] the receiver is given, and a receiver with live
+ * settings (timeout_ms, the reconnect hook or none) that has not attached them yet.
+ */
+typedef struct attached_rx {
+	int d[2], c[2];
+	tm_receiver *r;
+	GError *err;
+} attached_rx;
+
+static void arx_new(attached_rx *x, bool unix_pair, unsigned timeout_ms,
+		    int (*hook)(void *, unsigned, unsigned))
+{
+	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = timeout_ms };
+	tm_live_config lc = { .size = sizeof(lc), .reconnect = hook };
+
+	conn_pair(unix_pair, x->d);
+	conn_pair(unix_pair, x->c);
+	x->r = NULL;
+	x->err = NULL;
+	g_assert_cmpint(tm_receiver_new(&cfg, &x->r, &x->err), ==, 0);
+	g_assert_cmpint(tm_receiver_set_live(x->r, &lc, &x->err), ==, 0);
+}
+
+/* tm_receiver_attach() of both; its error logged. */
+static int arx_attach(attached_rx *x)
+{
+	int fds[2] = { x->d[1], x->c[1] };
+	int ret = tm_receiver_attach(x->r, fds, 2, &x->err);
+	if (ret < 0)
+		g_test_message("attach: %s", x->err->message);
+	return ret;
+}
+
+/* Started on g: both connections' HELLO_ACKs (protocol 2) accept exactly features. */
+static void arx_start_expect(attached_rx *x, guest *g, uint32_t features)
+{
+	tm_hello_ack ack;
+
+	g_assert_cmpint(tm_receiver_start(x->r, g->layout, g->tags, &x->err), ==, 0);
+	fake_expect_ack(x->d[0], TM_WIRE_VERSION_2, features, &ack);
+	g_assert_cmphex(ack.features, ==, features);
+	fake_expect_ack(x->c[0], TM_WIRE_VERSION_2, features, &ack);
+	g_assert_cmphex(ack.features, ==, features);
+}
+
+static void arx_free(attached_rx *x)
+{
+	close(x->d[0]);
+	close(x->c[0]);
+	tm_receiver_free(x->r);
+	g_clear_error(&x->err);
+}
+
 #define PRE_S 100 /* the hand-made sender's preamble, which the receiving VMM reads */
 #define PRE_R 37  /* and the receiving VMM's, which the sender reads */
 
@@ -548,10 +603,10 @@ static void test_link_check_attach(void)
 
 	guest_init(&g, a, 1, false);
 	for (int unix_pair = 0; unix_pair < 2; unix_pair++) {
-		int d[2], c[2]; /* [0] the hand-made sender's, [1] the receiving VMM's */
+		attached_rx x;
 		char pre[PRE_S];
-		conn_pair(unix_pair, d);
-		conn_pair(unix_pair, c);
+		arx_new(&x, unix_pair, 5000, NULL);
+		int *d = x.d, *c = x.c; /* [0] the hand-made sender's, [1] the receiving VMM's */
 		memset(pre, 'S', PRE_S);
 		g_assert_cmpint(write(d[0], pre, PRE_S), ==, PRE_S);
 		g_assert_cmpint(recv(d[1], pre, PRE_S, MSG_WAITALL), ==, PRE_S);
@@ -559,20 +614,8 @@ static void test_link_check_attach(void)
 		g_assert_cmpint(write(d[1], pre, PRE_R), ==, PRE_R);
 		g_assert_cmpint(recv(d[0], pre, PRE_R, MSG_WAITALL), ==, PRE_R);
 		size_t hlen = write_hellos(d[0], c[0], 0);
-		tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 5000 };
-		tm_live_config lc = { .size = sizeof(lc) };
-		tm_receiver *r = NULL;
-		g_autoptr(GError) err = NULL;
-		int fds[2] = { d[1], c[1] };
-		g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
-		g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
-		g_assert_cmpint(tm_receiver_attach(r, fds, 2, &err), ==, 0);
-		g_assert_cmpint(tm_receiver_start(r, g.layout, g.tags, &err), ==, 0);
-		tm_hello_ack ack;
-		fake_expect_ack(d[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
-		g_assert_true(ack.features & TM_FEATURE_LINK_CHECK);
-		fake_expect_ack(c[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
-		g_assert_true(ack.features & TM_FEATURE_LINK_CHECK);
+		g_assert_cmpint(arx_attach(&x), ==, 0);
+		arx_start_expect(&x, &g, TM_FEATURE_LINK_CHECK);
 		uint8_t buf[TM_FRAME_HDR_LEN + 8 * TM_CTRL_MAX_FIELDS];
 		const uint64_t q[TM_CTRL_MAX_FIELDS] = { 0, 0 };
 		uint64_t v[TM_CTRL_MAX_FIELDS], acked, received, unread;
@@ -603,9 +646,7 @@ static void test_link_check_attach(void)
 			g_assert_cmpuint(v[3], ==, received - PRE_R);
 			g_assert_cmpuint(v[4], ==, 0);
 		}
-		close(d[0]);
-		close(c[0]);
-		tm_receiver_free(r);
+		arx_free(&x);
 	}
 	guest_fini(&g);
 
@@ -649,32 +690,14 @@ static void test_unknown_offer_declined(void)
 {
 	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
 	guest g;
-	int d[2], c[2]; /* [0] the hand-made sender's, [1] the receiving VMM's */
+	attached_rx x;
 
 	guest_init(&g, a, 1, false);
-	conn_pair(true, d);
-	conn_pair(true, c);
-	(void)write_hellos(d[0], c[0], 1u << 30); /* bit 30: no feature of ours */
-	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 5000 };
-	tm_live_config lc = { .size = sizeof(lc) };
-	tm_receiver *r = NULL;
-	g_autoptr(GError) err = NULL;
-	int fds[2] = { d[1], c[1] };
-	g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
-	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
-	int ret = tm_receiver_attach(r, fds, 2, &err);
-	if (ret < 0)
-		g_test_message("attach: %s", err->message);
-	g_assert_cmpint(ret, ==, 0);
-	g_assert_cmpint(tm_receiver_start(r, g.layout, g.tags, &err), ==, 0);
-	tm_hello_ack ack;
-	fake_expect_ack(d[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
-	g_assert_cmphex(ack.features, ==, TM_FEATURE_LINK_CHECK);
-	fake_expect_ack(c[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK, &ack);
-	g_assert_cmphex(ack.features, ==, TM_FEATURE_LINK_CHECK);
-	close(d[0]);
-	close(c[0]);
-	tm_receiver_free(r);
+	arx_new(&x, true, 5000, NULL);
+	(void)write_hellos(x.d[0], x.c[0], 1u << 30); /* bit 30: no feature of ours */
+	g_assert_cmpint(arx_attach(&x), ==, 0);
+	arx_start_expect(&x, &g, TM_FEATURE_LINK_CHECK);
+	arx_free(&x);
 	guest_fini(&g);
 }
 
@@ -716,34 +739,21 @@ static void test_attach_late_connection(void)
 {
 	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
 	guest g;
-	int d[2], c[2]; /* [0] the hand-made sender's, [1] the receiving VMM's */
+	attached_rx x;
 
 	guest_init(&g, a, 1, false);
-	conn_pair(true, d);
-	conn_pair(true, c);
-	tm_receiver_config cfg = { .io_backend = recv_io, .timeout_ms = 1000 };
-	tm_live_config lc = { .size = sizeof(lc), .reconnect = idle_hook };
-	tm_receiver *r = NULL;
-	g_autoptr(GError) err = NULL;
-	int fds[2] = { d[1], c[1] };
-	g_assert_cmpint(tm_receiver_new(&cfg, &r, &err), ==, 0);
-	g_assert_cmpint(tm_receiver_set_live(r, &lc, &err), ==, 0);
-	late_sender ls = { .data_fd = d[0], .ctl_fd = c[0], .delay_ms = 1300 };
+	arx_new(&x, true, 1000, idle_hook);
+	late_sender ls = { .data_fd = x.d[0], .ctl_fd = x.c[0], .delay_ms = 1300 };
 	int64_t t0 = g_get_monotonic_time();
 	GThread *t = g_thread_new("late-sender", late_sender_thread, &ls);
-	int ret = tm_receiver_attach(r, fds, 2, &err);
+	int ret = arx_attach(&x);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_thread_join(t);
-	g_test_message("attach after %.2f s: %s", secs, ret < 0 ? err->message : "done");
+	g_test_message("attach after %.2f s", secs);
 	g_assert_cmpint(ret, ==, 0);
 	g_assert_cmpfloat(secs, >=, 1.2);
-	g_assert_cmpint(tm_receiver_start(r, g.layout, g.tags, &err), ==, 0);
-	tm_hello_ack ack;
-	fake_expect_ack(d[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK | TM_FEATURE_RESUME, &ack);
-	fake_expect_ack(c[0], TM_WIRE_VERSION_2, TM_FEATURE_LINK_CHECK | TM_FEATURE_RESUME, &ack);
-	close(d[0]);
-	close(c[0]);
-	tm_receiver_free(r);
+	arx_start_expect(&x, &g, TM_FEATURE_LINK_CHECK | TM_FEATURE_RESUME);
+	arx_free(&x);
 	guest_fini(&g);
 }
 
