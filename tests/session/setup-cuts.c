@@ -23,6 +23,17 @@ void setup_migrate(run *t)
 	rpeer_join(&t->p);
 }
 
+double setup_migrate_timed(run *t)
+{
+	int64_t t0 = g_get_monotonic_time();
+	setup_migrate(t);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
+	g_test_message("%.2f s; sender: %s; receiver: %s", secs, t->err ? t->err->message : "ok",
+		       t->p.error ? t->p.error->message : "ok");
+	return secs;
+}
+
 void setup_cut(int conn, cut_point point, bool postcopy)
 {
 	run t;
@@ -80,13 +91,7 @@ void setup_silent_cut(int conn, cut_point point, bool freeze, unsigned recv_ms)
 		proxy_arm_frame(&t.px, conn, TM_MSG_HELLO_ACK, false);
 	else /* once the ClientHello went through */
 		proxy_arm(&t.px, conn, 1);
-	int64_t t0 = g_get_monotonic_time();
-	setup_migrate(&t);
-	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
-	rig_send_timeout_ms = 20000;
-	rig_recv_timeout_ms = 20000;
-	g_test_message("%.1f s; sender: %s; receiver: %s", secs, t.err ? t.err->message : "ok",
-		       t.p.error ? t.p.error->message : "ok");
+	double secs = setup_migrate_timed(&t);
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
 	setup_assert_done(&t, 1);
 	g_assert_cmpfloat(secs, <, 9.0);

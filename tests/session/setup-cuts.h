@@ -23,6 +23,8 @@ typedef enum { BEFORE_HELLO, BEFORE_ACK, MID_TLS } cut_point;
 void setup_assert_done(run *t, uint64_t min);
 /* Connect, every page, sync, finish; the receiver joined. The sender's result in t->r. */
 void setup_migrate(run *t);
+/* setup_migrate(), timed and logged; the rig's timeouts back to 20 s. Its seconds. */
+double setup_migrate_timed(run *t);
 /* Connection conn (accept index) is cut at point (both ways); postcopy: the sender offers it
  * (the receiver declines: its VMM did not ask), so the urgent connection is part of the setup.
  * The migration completes; the test skips where the point does not exist (plaintext/TLS). */

@@ -62,13 +62,8 @@ static void test_attach_data0_half_equal(void)
 	run_start(&t, &lc, 2000);
 	t.px.half = true;
 	proxy_arm(&t.px, DATA0, 0);
-	int64_t t0 = g_get_monotonic_time();
-	setup_migrate(&t);
-	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	double secs = setup_migrate_timed(&t);
 	rig_attach = false;
-	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
-	g_test_message("%.2f s; sender: %s; receiver: %s", secs, t.err ? t.err->message : "ok",
-		       t.p.error ? t.p.error->message : "ok");
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
 	setup_assert_done(&t, 1);
 	g_assert_cmpfloat(secs, <, 1.5);
