@@ -652,7 +652,9 @@ static gpointer control_thread(gpointer data)
 		g_mutex_lock(c->lock);
 		bool first = !*c->quit;
 		g_mutex_unlock(c->lock);
-		if (first && !c->ch->peer_error) {
+		/* Not to a peer that stopped reading: the send could wait out the channel's timeout
+		 * on a full buffer, with the data channels still open; it goes after them, below. */
+		if (first && !c->ch->peer_error && !l.unresponsive) {
 			tm_chan_send_error(c->ch, err->code, err->message);
 			told = true;
 		}
