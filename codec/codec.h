@@ -368,12 +368,14 @@ int tm_recv_plan_decompress(tm_recv_plan *plan, struct tm_zctx *z, GError **erro
 
 /*
  * Sender, after tm_packet_finish(): compresses the packet's page data with codec (1 lz4,
- * 2 zstd) at level into the slot's buffer; max_pages 0: every page, else only the first
- * max_pages (a sample, never sent). Returns the compressed length, 0 when the packet has no
- * page data or compression would not make it smaller (send it as it is), or -errno.
+ * 2 zstd) at level into the slot's buffer; max_pages 0: every page, else a sample, never sent:
+ * max_pages consecutive pages of the packet's data from page at % (the places it can start),
+ * so that samples at different at cover the whole packet, not only its first pages. Returns
+ * the compressed length, 0 when the packet has no page data or compression would not make it
+ * smaller (send it as it is), or -errno.
  */
 ssize_t tm_packet_compress(tm_packet *pkt, struct tm_zctx *z, uint8_t codec, int level,
-			   uint32_t max_pages, GError **error);
+			   uint32_t max_pages, uint32_t at, GError **error);
 /*
  * Then, for a compressed length zlen > 0: the ZDATA message in pkt->ziov (same seq as the
  * DATA tm_packet_finish() wrote); returns the iovec count, wire length in *ret_len.

@@ -121,7 +121,7 @@ int tm_recv_plan_decompress(tm_recv_plan *plan, tm_zctx *z, GError **error)
 /* ---- sender ---- */
 
 ssize_t tm_packet_compress(tm_packet *pkt, tm_zctx *z, uint8_t codec, int level,
-			   uint32_t max_pages, GError **error)
+			   uint32_t max_pages, uint32_t at, GError **error)
 {
 	if (pkt->data_len == 0)
 		return 0;
@@ -136,9 +136,12 @@ ssize_t tm_packet_compress(tm_packet *pkt, tm_zctx *z, uint8_t codec, int level,
 		for (size_t off = 0; off < pkt->iov[i].iov_len; off += pkt->page_size)
 			pkt->zpages[n++] = (uint8_t *)pkt->iov[i].iov_base + off;
 	g_assert((uint64_t)n * pkt->page_size == pkt->data_len);
-	if (max_pages && max_pages < n)
+	uint8_t **pages = pkt->zpages;
+	if (max_pages && max_pages < n) {
+		pages += at % (n - max_pages + 1);
 		n = max_pages;
-	ssize_t r = tm_zcompress(z, codec, level, pkt->zpages, n, pkt->page_size, pkt->zbuf,
+	}
+	ssize_t r = tm_zcompress(z, codec, level, pages, n, pkt->page_size, pkt->zbuf,
 				 pkt->zcap, error);
 	/* Not smaller than the pages: raw. (tm_zcompress says 0 then; be strict about equal.) */
 	if (r >= (ssize_t)((uint64_t)n * pkt->page_size))

@@ -32,6 +32,7 @@ struct tm_zsend {
 	int64_t win_wait_ns; /* its time waiting for a CPU then (-1: not known) */
 	int sched_fd;        /* the worker's schedstat; -1 not open yet, -2 none */
 	bool no_tcp_info;    /* the channel has no TCP delivery rate */
+	uint32_t samples;    /* taken so far: where in its packet the next one starts */
 	/* statistics: relaxed atomics (any thread reads) */
 	uint64_t packets[TM_ZCODEC_COUNT];
 	uint64_t data_bytes, wire_data_bytes, cpu_ns, link_bps;
@@ -188,11 +189,18 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 		k = -1;
 	}
 	if (k > 0) {
-		/* A codec not in use, tried on the packet's first pages (the output is dropped). */
+		/*
+		 * A codec not in use, tried on some of the packet's pages (the output is dropped).
+		 * Not always its first ones: data laid out in a pattern (an allocator's, or the
+		 * bench's mixed image: ten random pages, then two of one byte) would be judged by
+		 * one part of it only. Each sample starts 7 windows further on, modulo the places
+		 * a window can start in the packet: over a few samples, all of it.
+		 */
 		tm_zchoice s = z->pol.cand[k];
 		int64_t t0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		uint32_t n = MIN(TM_ZPOLICY_SAMPLE_PAGES, pkt->data_len / pkt->page_size);
-		ssize_t out = tm_packet_compress(pkt, z->z, s.codec, s.level, n, NULL);
+		uint32_t at = z->samples++ * 7 * TM_ZPOLICY_SAMPLE_PAGES;
+		ssize_t out = tm_packet_compress(pkt, z->z, s.codec, s.level, n, at, NULL);
 		int64_t t = clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
 		__atomic_add_fetch(&z->cpu_ns, (uint64_t)t, __ATOMIC_RELAXED);
 		uint64_t raw = (uint64_t)n * pkt->page_size;
@@ -202,7 +210,7 @@ int64_t tm_zsend_packet(send_chan *c, tm_packet *pkt, struct iovec **iov, unsign
 	if (ch.codec != TM_ZCODEC_NONE && pkt->data_len > 0) {
 		g_autoptr(GError) why = NULL;
 		int64_t t0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-		zlen = tm_packet_compress(pkt, z->z, ch.codec, ch.level, 0, &why);
+		zlen = tm_packet_compress(pkt, z->z, ch.codec, ch.level, 0, 0, &why);
 		zcpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
 		__atomic_add_fetch(&z->cpu_ns, (uint64_t)zcpu, __ATOMIC_RELAXED);
 		if (zlen < 0) {

@@ -292,7 +292,7 @@ static uint8_t *data_msg_z(uint32_t block, const uint32_t *pages, unsigned n, ui
 		g_autoptr(tm_zctx) z = NULL;
 		if (tm_zctx_new(s.packet_size, &z, NULL) < 0)
 			g_error("tm_zctx_new");
-		ssize_t zlen = tm_packet_compress(&pkt, z, codec, 1, 0, NULL);
+		ssize_t zlen = tm_packet_compress(&pkt, z, codec, 1, 0, 0, NULL);
 		if (zlen <= 0)
 			g_error("data_msg_z: %s did not compress", tm_zcodec_name(codec));
 		iovcnt = tm_packet_finish_z(&pkt, codec, (size_t)zlen, ret_len);

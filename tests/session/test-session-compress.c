@@ -166,10 +166,12 @@ static void test_roundtrip_none_auto(void)
 /*
  * A rate limit (QEMU's max-bandwidth) makes the link slow whatever loopback could do: auto
  * compresses then, and the migration takes less than its raw bytes at the limit would.
+ * random_head: that many random pages at the start of every packet (64 pages of 4 KiB), the
+ * rest compressible, so that a codec judged by a packet's first pages only would look useless.
  */
-static void test_auto_under_rate_limit(void)
+static void auto_rate_limited(uint64_t len, unsigned random_head)
 {
-	const block_spec spec[] = { { "pc.ram", 4 << 20, 4096 } };
+	const block_spec spec[] = { { "pc.ram", len, 4096 } };
 	const uint64_t rate = 4 << 20;
 	guest src, dst;
 	peer p;
@@ -182,9 +184,9 @@ static void test_auto_under_rate_limit(void)
 	}
 	guest_init(&src, spec, 1, true);
 	guest_init(&dst, spec, 1, true);
-	/* Compressible pages only (patterns, uniform tags; no zero page, no random one). */
+	/* Compressible pages (patterns, uniform tags; no zero page) behind the random head. */
 	for (uint64_t i = 0; i < spec[0].len / 4096; i++)
-		fill_page(&src, 0, i, i % 2 ? 3 : 4);
+		fill_page(&src, 0, i, i % 64 < random_head ? 0 : i % 2 ? 3 : 4);
 	g_autofree char *port = peer_start_ex(&p, &dst, true, 0);
 	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
 				 .packet_size = 256 << 10, .timeout_ms = 20000 };
@@ -206,17 +208,31 @@ static void test_auto_under_rate_limit(void)
 	assert_same(&src, &dst);
 	tm_compress_stats ss;
 	sum_stats(s, NULL, 2, &ss);
-	g_test_message("4 MiB at 4 MiB/s with auto: %.2f s, packets raw %" G_GUINT64_FORMAT
-		       ", lz4 %" G_GUINT64_FORMAT ", zstd %" G_GUINT64_FORMAT ", ratio %.3f", secs,
+	g_test_message("%" G_GUINT64_FORMAT " MiB (%u random pages in 64) at 4 MiB/s with auto: "
+		       "%.2f s, packets raw %" G_GUINT64_FORMAT ", lz4 %" G_GUINT64_FORMAT
+		       ", zstd %" G_GUINT64_FORMAT ", ratio %.3f", len >> 20, random_head, secs,
 		       ss.packets_by_codec[0], ss.packets_by_codec[1], ss.packets_by_codec[2],
 		       (double)ss.wire_data_bytes / (double)ss.data_bytes);
-	g_assert_cmpuint(ss.packets_by_codec[1] + ss.packets_by_codec[2], >, 0);
-	g_assert_cmpuint(ss.wire_data_bytes * 2, <, ss.data_bytes);
-	/* Raw, 4 MiB at 4 MiB/s takes about 1 s (less the bucket's burst). */
-	g_assert_cmpfloat(secs, <, 0.75);
+	g_assert_cmpuint(ss.packets_by_codec[1] + ss.packets_by_codec[2], >, ss.packets_by_codec[0]);
+	/* All compressible: under half; a random quarter: under three quarters (raw: 1). */
+	g_assert_cmpfloat((double)ss.wire_data_bytes, <,
+			  (random_head ? 0.75 : 0.5) * (double)ss.data_bytes);
+	/* Raw, len at 4 MiB/s takes len / rate seconds (less the bucket's burst). */
+	g_assert_cmpfloat(secs, <, 0.75 * (double)len / (double)rate);
 	peer_free(&p);
 	guest_fini(&src);
 	guest_fini(&dst);
+}
+
+static void test_auto_under_rate_limit(void)
+{
+	auto_rate_limited(4 << 20, 0);
+}
+
+/* Random pages at the start of every packet: auto's samples must see the rest of it too. */
+static void test_auto_samples_whole_packet(void)
+{
+	auto_rate_limited(8 << 20, 16);
 }
 
 /* Protocol 1 has no ZDATA: a sender configured for lz4 sends everything raw, and it works. */
@@ -455,6 +471,7 @@ int main(int argc, char **argv)
 		{ "compress/roundtrip-none-auto", test_roundtrip_none_auto, false },
 		{ "compress/protocol1-never", test_protocol1_never, false },
 		{ "compress/auto-rate-limit", test_auto_under_rate_limit, false },
+		{ "compress/auto-samples-whole-packet", test_auto_samples_whole_packet, false },
 		{ "compress/config-refused", test_config_refused, true },
 		{ "compress/hostile-zdata", test_hostile_zdata, true },
 	};
