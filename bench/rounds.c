@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -78,6 +79,59 @@ static double quantile(double *v, size_t n, double q)
 	qsort(v, n, sizeof(*v), cmp_double);
 	size_t i = (size_t)(q * (double)(n - 1) + 0.5);
 	return v[MIN(i, n - 1)];
+}
+
+/*
+ * The host's floor under every hand-over: a byte sent back and forth between two threads over a
+ * socketpair, each blocking in read() (the shape of a round: the peer sleeps until the message
+ * comes). On a VM whose idle vCPUs halt, waking the other CPU is an exit to the hypervisor, and
+ * that, not the session, can be most of a round; the header says what this host costs.
+ */
+#define FLOOR_ITERS 2000
+static int floor_fd[2];
+
+static gpointer floor_echo(gpointer unused)
+{
+	char c;
+	for (unsigned i = 0; i < FLOOR_ITERS; i++)
+		if (read(floor_fd[1], &c, 1) != 1 || write(floor_fd[1], &c, 1) != 1)
+			break;
+	return unused;
+}
+
+static void host_floor(double *median, double *p99)
+{
+	*median = *p99 = 0;
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, floor_fd) < 0)
+		return;
+	g_autofree double *t = g_new(double, FLOOR_ITERS);
+	GThread *th = g_thread_new("floor", floor_echo, NULL);
+	unsigned n = 0;
+	for (char c = 'x'; n < FLOOR_ITERS; n++) {
+		int64_t t0 = g_get_monotonic_time();
+		if (write(floor_fd[0], &c, 1) != 1 || read(floor_fd[0], &c, 1) != 1)
+			break;
+		t[n] = (double)(g_get_monotonic_time() - t0);
+	}
+	close(floor_fd[0]); /* the echo's read ends if the loop broke early */
+	g_thread_join(th);
+	close(floor_fd[1]);
+	if (n) {
+		*median = quantile(t, n, 0.5);
+		*p99 = quantile(t, n, 0.99);
+	}
+}
+
+/* The guest kernel's idle driver and its halt-polling window, where it has them ("" if not). */
+static const char *idle_line(void)
+{
+	static char buf[160];
+	g_autofree char *drv = NULL, *poll = NULL;
+	g_file_get_contents("/sys/devices/system/cpu/cpuidle/current_driver", &drv, NULL, NULL);
+	g_file_get_contents("/sys/module/haltpoll/parameters/guest_halt_poll_ns", &poll, NULL, NULL);
+	g_snprintf(buf, sizeof(buf), "cpuidle driver %s%s%s", drv ? g_strstrip(drv) : "none",
+		   poll ? ", guest_halt_poll_ns " : "", poll ? g_strstrip(poll) : "");
+	return buf;
 }
 
 enum { FULL_COLD, FULL_WARM, SCATTERED, ZERO, EMPTY_MED, EMPTY_P99, FINISH_MED, FINISH_P99, NROWS };
@@ -252,6 +306,10 @@ int main(int argc, char **argv)
 	       "empty rounds, %u finishes %u ms apart, %u repeats\n",
 	       opt_size >> 20, opt_channels, opt_scattered, opt_dirty, opt_iters, opt_sessions,
 	       opt_gap_ms, opt_repeat);
+	double floor_med, floor_p99;
+	host_floor(&floor_med, &floor_p99);
+	printf("# host: thread round trip %.0f us median, %.0f us p99 (socketpair ping-pong, %u); "
+	       "%s\n", floor_med, floor_p99, FLOOR_ITERS, idle_line());
 	printf("host,kernel,cpus,backend,channels,page_size,repeat,row,value\n");
 	g_autofree double *res = g_new0(double, (size_t)nb * opt_repeat * NROWS);
 	for (unsigned k = 0; k < opt_repeat; k++) {
