@@ -88,41 +88,42 @@ static double quantile(double *v, size_t n, double q)
  * that, not the session, can be most of a round; the header says what this host costs.
  */
 #define FLOOR_ITERS 2000
-static int floor_fd[2];
 
-static gpointer floor_echo(gpointer unused)
+static gpointer floor_echo(gpointer data)
 {
+	int fd = GPOINTER_TO_INT(data);
 	char c;
 	for (unsigned i = 0; i < FLOOR_ITERS; i++)
-		if (read(floor_fd[1], &c, 1) != 1 || write(floor_fd[1], &c, 1) != 1)
+		if (read(fd, &c, 1) != 1 || write(fd, &c, 1) != 1)
 			break;
-	return unused;
+	return NULL;
 }
 
 static void host_floor(double *median, double *p99)
 {
+	int fd[2];
 	*median = *p99 = 0;
-	if (socketpair(AF_UNIX, SOCK_STREAM, 0, floor_fd) < 0)
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, fd) < 0)
 		return;
 	g_autofree double *t = g_new(double, FLOOR_ITERS);
-	GThread *th = g_thread_new("floor", floor_echo, NULL);
+	GThread *th = g_thread_new("floor", floor_echo, GINT_TO_POINTER(fd[1]));
 	unsigned n = 0;
 	for (char c = 'x'; n < FLOOR_ITERS; n++) {
 		int64_t t0 = g_get_monotonic_time();
-		if (write(floor_fd[0], &c, 1) != 1 || read(floor_fd[0], &c, 1) != 1)
+		if (write(fd[0], &c, 1) != 1 || read(fd[0], &c, 1) != 1)
 			break;
 		t[n] = (double)(g_get_monotonic_time() - t0);
 	}
-	close(floor_fd[0]); /* the echo's read ends if the loop broke early */
+	close(fd[0]); /* the echo's read ends if the loop broke early */
 	g_thread_join(th);
-	close(floor_fd[1]);
+	close(fd[1]);
 	if (n) {
 		*median = quantile(t, n, 0.5);
 		*p99 = quantile(t, n, 0.99);
 	}
 }
 
-/* The guest kernel's idle driver and its halt-polling window, where it has them ("" if not). */
+/* The kernel's idle driver ("none" without one) and, with the haltpoll module, its window. */
 static const char *idle_line(void)
 {
 	static char buf[160];
