@@ -115,8 +115,11 @@ static void cut_urgent(int how)
 	dest_timeout_ms = how == CUT_FREEZE ? 2000 : 20000;
 	/* The background held from before device state: every page the vCPUs lack comes
 	 * through a request, however long the destination took to start. */
-	run_start(&x, &lc, 256u << 10, true, VCPUS, true);
+	if (run_open(&x, &lc, true, VCPUS, URG_NONE) < 0)
+		g_error("connect: %s", x.error->message);
 	dest_timeout_ms = 20000;
+	/* Armed before the switch, as cut_end_how(): nothing but the HELLO went on the urgent
+	 * connection yet, and the vCPUs may be done soon after the destination runs. */
 	g_mutex_lock(&x.px.lock);
 	x.px.half = how == CUT_HALF || how == CUT_FREEZE;
 	x.px.half_recv = how == CUT_HALF_RECV || how == CUT_FREEZE;
@@ -125,6 +128,7 @@ static void cut_urgent(int how)
 		proxy_arm(&x.px, URGENT_CONN, 40u << 10);
 	else
 		proxy_arm_frame(&x.px, URGENT_CONN, TM_MSG_PAGE_REQ, false);
+	run_switch(&x, 256u << 10, true);
 	bool done = false;
 	for (unsigned ms = 0; !done && ms < 20000; ms += 10) {
 		done = true;
@@ -195,8 +199,11 @@ static void cut_end_how(bool end_ack, bool refuse, int how)
 			      .resume_deadline_ms = refuse ? 60000 : 0 };
 	/* Half: only the destination's silence rule (timeout_ms) ends its wait for END_ACK. */
 	dest_timeout_ms = half ? 2000 : 20000;
-	run_start(&x, &lc, 256u << 10, true, VCPUS, true); /* held, as test_cut_urgent */
+	if (run_open(&x, &lc, true, VCPUS, URG_NONE) < 0)
+		g_error("connect: %s", x.error->message);
 	dest_timeout_ms = 20000;
+	/* Armed before the switch: the vCPUs may fetch every page, and the receiver send REQ_END,
+	 * before this thread runs again once the destination runs (seen in CI). */
 	g_mutex_lock(&x.px.lock);
 	x.px.half = half;
 	x.px.half_recv = half_recv;
@@ -207,6 +214,7 @@ static void cut_end_how(bool end_ack, bool refuse, int how)
 		x.px.cut_before = TM_MSG_REQ_END;
 	x.px.refuse_after = refuse;
 	g_mutex_unlock(&x.px.lock);
+	run_switch(&x, 256u << 10, true); /* held, as test_cut_urgent */
 	await_vcpus(&x, "the switch");
 	for (unsigned ms = 0; proxy_get(&x.px, &x.px.cuts) == 0 && ms < 10000; ms += 10)
 		g_usleep(10000);
