@@ -73,6 +73,14 @@ void proxy_arm_hold_to_end(cut_proxy *p, int conn)
 	g_mutex_unlock(&p->lock);
 }
 
+void proxy_arm_next(cut_proxy *p, int conn, uint64_t more_bytes)
+{
+	g_mutex_lock(&p->lock);
+	p->next_conn = conn;
+	p->next_bytes = more_bytes;
+	g_mutex_unlock(&p->lock);
+}
+
 /*
  * hold_to_end: buf[0..n) held so far; once it holds a whole END header, *ret_pass is how much of
  * it precedes the first STATE frame (all of it without one) and true is returned.
@@ -128,6 +136,12 @@ static void cut(cut_proxy *p, int *sfd, int *rfd, int *held, unsigned *nheld)
 	p->reply_due = false;
 	p->hold_to_end = false;
 	p->cuts++;
+	if (p->next_conn >= 0) {
+		/* Counted from now: before anything more of that connection went through. */
+		p->cut_conn = p->next_conn;
+		p->cut_at = p->fwd[p->next_conn] + p->next_bytes;
+		p->next_conn = -1;
+	}
 	g_mutex_unlock(&p->lock);
 }
 
@@ -298,6 +312,7 @@ char *proxy_start(cut_proxy *p, const char *port)
 	memset(p, 0, sizeof(*p));
 	g_mutex_init(&p->lock);
 	p->cut_conn = -1;
+	p->next_conn = -1;
 	p->port = port;
 	p->listen_fd = tm_listen("127.0.0.1", "0", &pport, NULL);
 	g_assert_cmpint(p->listen_fd, >=, 0);

@@ -42,6 +42,9 @@ typedef struct cut_proxy {
 	                      * the sender's END went by; then what came before the first STATE
 	                      * frame passes and the connection is cut (a chunk lost in flight
 	                      * while the sender already waits for END_ACKs) */
+	int next_conn;       /* once a cut came, the next is armed at once: this connection
+	                      * (accept index, -1: none) ... */
+	uint64_t next_bytes; /* ... once this many more sender bytes went through it */
 	/* Set before the first connection (attach mode, a VMM's own sockets): */
 	unsigned greet_in;   /* a handshake with the proxy itself before it forwards (an HTTP
 	                      * CONNECT): it reads greet_in bytes from the sender's side ... */
@@ -62,6 +65,9 @@ void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes);
 void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender);
 /* From now on holds conn's sender bytes until END, then cuts before the first STATE (above). */
 void proxy_arm_hold_to_end(cut_proxy *p, int conn);
+/* Once the armed cut came, cuts connection conn (accept index; a reconnect's may not exist yet)
+ * more_bytes after it, armed by the proxy itself: a starved test thread cannot arm it too late. */
+void proxy_arm_next(cut_proxy *p, int conn, uint64_t more_bytes);
 unsigned proxy_cuts(cut_proxy *p);
 /* One of p's counters (&p->cuts, &p->accepted, &p->refused), read under the lock. */
 unsigned proxy_get(cut_proxy *p, const unsigned *field);
