@@ -505,10 +505,25 @@ static void set_gate(rx *x, bool open)
 	g_mutex_unlock(&x->lock);
 }
 
+typedef struct gate_opener {
+	rx *x;
+	tm_sender *s;
+} gate_opener;
+
+/*
+ * Opens the gate 200 ms after the switch began: tm_sender_start_postcopy() stops the guest
+ * (TM_PHASE_STOPPED) right before it takes what is still queued, and then waits for the data
+ * channels, which only the open gate lets go on. Timed from the call instead, a test thread
+ * starved before the call let every queued page through first (nothing missing at the switch).
+ */
 static gpointer open_gate_later(gpointer p)
 {
+	gate_opener *o = p;
+
+	for (int ms = 0; ms < 10000 && tm_sender_phase(o->s) == TM_PHASE_PRECOPY; ms++)
+		g_usleep(1000);
 	g_usleep(200 * 1000);
-	set_gate(p, true);
+	set_gate(o->x, true);
 	return NULL;
 }
 
@@ -553,7 +568,8 @@ static void run(bool round1, bool requests)
 		/* round 0: half of the pages queued, the rest never */
 		g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES / 2, &err), ==, 0);
 	}
-	GThread *opener = g_thread_new("gate", open_gate_later, &x);
+	gate_opener op = { &x, s };
+	GThread *opener = g_thread_new("gate", open_gate_later, &op);
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_POSTCOPY);
 	g_thread_join(opener);
