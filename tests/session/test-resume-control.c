@@ -51,17 +51,23 @@ static void test_cut_in_round(void)
 	run_end(&t);
 }
 
+/* 300 ms on, cuts the control connection, then lets the round go at 8 MiB/s. */
 static gpointer arm_later(gpointer data)
 {
-	cut_proxy *px = data;
+	run *t = data;
 	g_usleep(300000);
-	proxy_arm(px, CONTROL, 0);
+	proxy_arm(&t->px, CONTROL, 0);
+	for (unsigned ms = 0; proxy_cuts(&t->px) == 0 && ms < 10000; ms += 10)
+		g_usleep(10000);
+	g_assert_cmpint(tm_sender_set_rate_limit(t->s, 8u << 20), ==, 0);
 	return NULL;
 }
 
 /*
  * A round at 8 MiB/s takes 2 s; 300 ms into tm_sender_sync() the control connection is cut. The
- * SYNC wait survives it: the round is acknowledged, then the migration finishes.
+ * SYNC wait survives it: the round is acknowledged, then the migration finishes. The round is
+ * held (1 B/s) until the cut came: timed alone, a thread that armed it late (starved 2 s) found
+ * the round acknowledged already and cut nothing during the wait.
  */
 static void test_cut_in_sync_wait(void)
 {
@@ -70,8 +76,9 @@ static void test_cut_in_sync_wait(void)
 
 	run_start(&t, &lc, 0);
 	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(tm_sender_set_rate_limit(t.s, 1), ==, 0);
 	g_assert_cmpint(run_queue_all(&t), ==, 0);
-	GThread *th = g_thread_new("arm", arm_later, &t.px);
+	GThread *th = g_thread_new("arm", arm_later, &t);
 	t.r = tm_sender_sync(t.s, &t.err);
 	g_thread_join(th);
 	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1); /* during the wait, not after it */
