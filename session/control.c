@@ -840,6 +840,11 @@ void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_
 	*ret_control = (unsigned)__atomic_load_n(&s->control.direct_ends, __ATOMIC_RELAXED);
 }
 
+uint64_t tm_sender_test_direct_syncs(tm_sender *s)
+{
+	return __atomic_load_n(&s->direct_syncs, __ATOMIC_RELAXED);
+}
+
 unsigned tm_sender_test_parked(tm_sender *s)
 {
 	unsigned n = 0;

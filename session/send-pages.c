@@ -146,14 +146,20 @@ int tm_send_pages(send_chan *c, const work *w, GError **error)
 	return tm_dsend_resend(c, error); /* pages whose delta the receiver refused, whole */
 }
 
-static int send_sync(send_chan *c, uint64_t id, GError **error)
+/* SYNC id, its SYNC_ACK not awaited (sync_ack reads it). */
+static int sync_post(send_chan *c, uint64_t id, GError **error)
 {
-	uint64_t ack, applied;
 	int r = tm_send_flush(c, error);
 	if (r >= 0)
 		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
-	if (r >= 0)
-		r = tm_dsend_recv_ctrl(c, TM_MSG_SYNC_ACK, &ack, &applied, error); /* + DELTA_NACKs */
+	return r < 0 ? r : 0;
+}
+
+/* SYNC id's SYNC_ACK, checked; the channel's synced is id from then on. */
+static int sync_ack(send_chan *c, uint64_t id, GError **error)
+{
+	uint64_t ack, applied;
+	int r = tm_dsend_recv_ctrl(c, TM_MSG_SYNC_ACK, &ack, &applied, error); /* + DELTA_NACKs */
 	if (r < 0)
 		return r;
 	if (ack != id || applied != c->pages_sent) {
@@ -172,6 +178,12 @@ static int send_sync(send_chan *c, uint64_t id, GError **error)
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;
+}
+
+static int send_sync(send_chan *c, uint64_t id, GError **error)
+{
+	int r = sync_post(c, id, error);
+	return r < 0 ? r : sync_ack(c, id, error);
 }
 
 /* END (and the cork's content before it); protocol 1 also waits for its END_ACK here. */
@@ -231,13 +243,21 @@ int tm_send_end(send_chan *c, GError **error)
 	return r < 0 ? r : end_ack(c, applied, error);
 }
 
+/* Who sends a batch, and what it leaves unanswered (send_batch). */
+typedef enum {
+	BATCH_WORKER,    /* the worker: every answer awaited in line */
+	BATCH_END,       /* finish's caller: END's END_ACK (tm_send_direct_await reads it) */
+	BATCH_SYNC,      /* sync's caller: the last item's SYNC_ACK, when it is a SYNC */
+} batch_mode;
+
 /*
  * Sends c->work from its first item on, corked, and empties it; a broken connection is resumed
- * and its replay sent. defer_end: END leaves without waiting for its END_ACK (protocol 2 only:
- * tm_send_direct_await reads it). Returns 0 or -errno with *err.
+ * and its replay sent. A SYNC left unanswered is c->sync_due. Returns 0 or -errno with *err.
  */
-static int send_batch(send_chan *c, bool defer_end, GError **err)
+static int send_batch(send_chan *c, batch_mode mode, GError **err)
 {
+	bool defer_end = mode == BATCH_END; /* protocol 2 only */
+
 	int r = 0;
 
 	for (;;) {
@@ -251,7 +271,10 @@ static int send_batch(send_chan *c, bool defer_end, GError **err)
 				r = tm_send_pages(c, w, err);
 			else if (w->kind == WORK_SWITCH)
 				r = 0; /* below */
-			else if (w->kind == WORK_SYNC)
+			else if (w->kind == WORK_SYNC && mode == BATCH_SYNC && i + 1 == c->work->len) {
+				c->sync_due = w->first;
+				r = sync_post(c, w->first, err);
+			} else if (w->kind == WORK_SYNC)
 				r = send_sync(c, w->first, err);
 			else if (w->kind == WORK_END && defer_end)
 				r = (r = tm_send_flush(c, err)) < 0 ? r : tm_send_end_v2_post(c, err);
@@ -320,7 +343,7 @@ int tm_send_direct_post(send_chan *c)
 	c->work = c->pending;
 	c->pending = t;
 	g_mutex_unlock(&s->lock);
-	int r = send_batch(c, true, &err);
+	int r = send_batch(c, BATCH_END, &err);
 	if (r < 0)
 		chan_failed(c, g_steal_pointer(&err));
 	return r;
@@ -338,7 +361,7 @@ static int direct_answer(send_chan *c)
 	int r = end_ack(c, c->pages_sent, &err);
 
 	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
-		r = send_batch(c, true, &err);
+		r = send_batch(c, BATCH_END, &err);
 	if (r < 0)
 		chan_failed(c, g_steal_pointer(&err));
 	return r;
@@ -408,6 +431,101 @@ out:
 	g_mutex_unlock(&s->lock);
 }
 
+int tm_send_direct_sync_post(send_chan *c)
+{
+	tm_sender *s = c->s;
+	g_autoptr(GError) err = NULL;
+
+	/* As tm_send_direct_post: the worker sleeps, its lists and packets are ours. */
+	g_mutex_lock(&s->lock);
+	GArray *t = c->work;
+	c->work = c->pending;
+	c->pending = t;
+	g_mutex_unlock(&s->lock);
+	int r = send_batch(c, BATCH_SYNC, &err);
+	if (r < 0)
+		chan_failed(c, g_steal_pointer(&err));
+	return r;
+}
+
+/*
+ * Channel c's SYNC_ACK is readable (or its connection broke): read and checked; or the break
+ * resumed as a worker would, the replay sent with its last SYNC again unanswered (a SYNC the
+ * receiver answered before the break is acknowledged by the replay itself). 0 or -errno, the
+ * session failed.
+ */
+static int direct_sync_answer(send_chan *c)
+{
+	g_autoptr(GError) err = NULL;
+	int r = sync_ack(c, c->sync_due, &err);
+
+	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
+		r = send_batch(c, BATCH_SYNC, &err);
+	if (r < 0)
+		chan_failed(c, g_steal_pointer(&err));
+	return r;
+}
+
+void tm_send_direct_sync_await(tm_sender *s, const bool *direct, uint64_t id)
+{
+	struct pollfd p[TM_MAX_CHANNELS + 1];
+	unsigned idx[TM_MAX_CHANNELS];
+
+	for (;;) {
+		unsigned n = 0;
+		g_mutex_lock(&s->lock);
+		bool quit = s->quit;
+		for (unsigned i = 0; i < s->nch; i++)
+			if (direct[i] && s->chans[i].synced < id)
+				idx[n++] = i;
+		g_mutex_unlock(&s->lock);
+		if (quit || n == 0)
+			break; /* the caller reports the failure */
+		/* What a TLS layer holds already is read without a poll. */
+		bool took = false;
+		for (unsigned k = 0; k < n && !took; k++) {
+			send_chan *c = &s->chans[idx[k]];
+			if (tm_io_readable(c->ch.io)) {
+				took = true;
+				if (direct_sync_answer(c) < 0)
+					goto out;
+			}
+		}
+		if (took)
+			continue;
+		/* A session that fails shuts its connections down: readable too. */
+		for (unsigned k = 0; k < n; k++)
+			p[k] = (struct pollfd){ .fd = s->chans[idx[k]].ch.fd, .events = POLLIN };
+		p[n] = (struct pollfd){ .fd = s->events.cancel_fd, .events = POLLIN };
+		if (poll(p, n + 1, -1) <= 0)
+			continue;
+		for (unsigned k = 0; k < n; k++)
+			if (p[k].revents && direct_sync_answer(&s->chans[idx[k]]) < 0)
+				goto out;
+	}
+out:
+	tm_send_direct_release(s, direct);
+}
+
+void tm_send_direct_release(tm_sender *s, const bool *direct)
+{
+	/* The channels go back to their workers, idle, or woken for what came meanwhile. */
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->nch; i++) {
+		send_chan *c = &s->chans[i];
+		if (!direct[i])
+			continue;
+		c->direct = false;
+		if (c->pending->len || c->work->len) {
+			g_cond_signal(&c->wake);
+		} else {
+			tm_rounds_chan_idle(s, c);
+			tm_zsend_idle(c);
+		}
+	}
+	g_mutex_unlock(&s->lock);
+}
+
 gpointer tm_send_worker(gpointer data)
 {
 	send_chan *c = data;
@@ -450,7 +568,7 @@ gpointer tm_send_worker(gpointer data)
 		}
 		g_mutex_unlock(&s->lock);
 
-		if ((r = send_batch(c, false, &err)) < 0)
+		if ((r = send_batch(c, BATCH_WORKER, &err)) < 0)
 			break;
 	}
 

@@ -684,10 +684,34 @@ void tm_sender_stage_sync(tm_sender *s, uint64_t id)
 
 int tm_sender_sync(tm_sender *s, GError **error)
 {
+	/*
+	 * Protocol 2 before postcopy: the channels whose workers are parked (the round's pages all
+	 * went, the usual case) get their SYNC from this thread, which reads the SYNC_ACKs too:
+	 * the round ends after the network round trip, without a wake-up of each worker to send
+	 * and of this thread by the worker that read the answer (on a busy host each is a
+	 * scheduler's delay). A busy channel's worker syncs it behind its work, as before.
+	 */
+	bool v2 = s->wire == TM_WIRE_VERSION_2;
+	bool direct[TM_MAX_CHANNELS] = { false };
+	unsigned ndirect = 0;
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; v2 && !s->pc.agreed && !s->quit && i < s->nch; i++)
+		if ((direct[i] = tm_send_direct_claim_locked(&s->chans[i])))
+			ndirect++;
+	g_mutex_unlock(&s->lock);
+
 	uint64_t id;
 	int r = tm_sender_end_round(s, &id, error);
-	if (r < 0)
+	if (r < 0) {
+		tm_send_direct_release(s, direct);
 		return r;
+	}
+	__atomic_add_fetch(&s->direct_syncs, ndirect, __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < s->nch; i++)
+		if (direct[i] && tm_send_direct_sync_post(&s->chans[i]) < 0)
+			break;
+	if (ndirect)
+		tm_send_direct_sync_await(s, direct, id);
 
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch && !s->quit; i++)

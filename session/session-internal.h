@@ -323,8 +323,10 @@ typedef struct send_chan {
 	bool exited;
 	bool parked;      /* the worker waits for work with nothing queued, open or unsent */
 	/* finish's caller sends this channel's end itself (tm_send_direct_*): from then on the
-	 * channel, its work list and packets are the caller's, and the worker sleeps until quit */
+	 * channel, its work list and packets are the caller's, and the worker sleeps until quit;
+	 * sync's caller its SYNC, until tm_send_direct_release() */
 	bool direct;
+	uint64_t sync_due; /* the SYNC whose SYNC_ACK direct sync's caller awaits */
 
 	/* worker-local */
 	GArray *work;
@@ -420,6 +422,7 @@ struct tm_sender {
 
 	/* relaxed atomic */
 	uint64_t direct_ends;   /* data channels finish ended from its own thread (tests) */
+	uint64_t direct_syncs;  /* SYNCs sync sent and had answered in its own thread (tests) */
 };
 
 typedef struct recv_chan {
@@ -602,6 +605,22 @@ int tm_send_end(send_chan *c, GError **error);
 bool tm_send_direct_claim_locked(send_chan *c);
 int tm_send_direct_post(send_chan *c);
 void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end);
+/*
+ * A SYNC on channels whose workers are parked, sent and answered in sync's caller's thread
+ * (claimed as above, protocol 2 before postcopy): the round's end costs the network round trip
+ * and no hand-over to a worker and back. Wire unchanged.
+ * - post: what was handed over since (the SYNC) leaves, its SYNC_ACK not awaited, so that
+ *   every connection's SYNC is out before any answer is read. 0 or -errno.
+ * - await: the SYNC_ACKs of every channel direct[] names, read in whichever order they come
+ *   (one poll on all of them and the session's cancel_fd) until each channel's synced is id or
+ *   the session quit; a broken connection is resumed as the worker would (resume.h), its
+ *   replay sent. Then the channels are released.
+ * - release: the channels go back to their workers (woken if work came meanwhile).
+ * On failure the session has failed (tm_sender_fail) and the caller reports it.
+ */
+int tm_send_direct_sync_post(send_chan *c);
+void tm_send_direct_sync_await(tm_sender *s, const bool *direct, uint64_t id);
+void tm_send_direct_release(tm_sender *s, const bool *direct);
 
 /* ---- postcopy-send.c ---- */
 /* After the HELLO_ACKs: whether the receiver accepted postcopy; its bitmaps if it did. */
@@ -753,6 +772,8 @@ int tm_receiver_check_complete(tm_receiver *r, GError **error);
  * last data worker answered the control END (READY, END_ACK), 0 when the control thread did.
  */
 void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_control);
+/* Tests: SYNCs tm_sender_sync() sent and had answered in its caller's thread. */
+uint64_t tm_sender_test_direct_syncs(tm_sender *s);
 /* Sender: workers parked now (waiting for work with nothing queued). */
 unsigned tm_sender_test_parked(tm_sender *s);
 unsigned tm_receiver_test_direct_end(tm_receiver *r);

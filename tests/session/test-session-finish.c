@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The end of a session (tm_sender_finish, issue 16): the migration thread ends the data channels
- * whose workers are parked and sends the control END itself, all before it reads any answer;
- * a busy channel's worker ends its own behind its work; the receiver's last data worker answers
- * the control END (READY, END_ACK) without handing over to its control thread. Every test runs
- * for each backend pair, plaintext and TLS (session-fixture.c). Which thread ended what is read
- * through test hooks (-Dtest_hooks=true); the round trips themselves are timed by
- * test-session-rtt.c through a delaying relay.
+ * The end of a round and of a session (issue 16). A round (tm_sender_sync) on parked channels:
+ * the caller sends the SYNCs and reads the SYNC_ACKs itself. A session (tm_sender_finish): the
+ * migration thread ends the data channels whose workers are parked and sends the control END
+ * itself, all before it reads any answer; a busy channel's worker ends its own behind its
+ * work; the receiver's last data worker answers the control END (READY, END_ACK) without
+ * handing over to its control thread. Every test runs for each backend pair, plaintext and TLS
+ * (session-fixture.c). Which thread did what is read through test hooks (-Dtest_hooks=true);
+ * the round trips themselves are timed by test-session-rtt.c through a delaying relay.
  */
 #include <errno.h>
 #include <string.h>
@@ -37,6 +38,11 @@ static unsigned receiver_end(tm_receiver *r)
 {
 	return tm_receiver_test_direct_end(r);
 }
+
+static uint64_t direct_syncs(tm_sender *s)
+{
+	return tm_sender_test_direct_syncs(s);
+}
 #else
 #define HOOKS 0
 static unsigned parked(tm_sender *s)
@@ -54,6 +60,12 @@ static void sender_ends(tm_sender *s, unsigned *data, unsigned *control)
 static unsigned receiver_end(tm_receiver *r)
 {
 	(void)r;
+	return 0;
+}
+
+static uint64_t direct_syncs(tm_sender *s)
+{
+	(void)s;
 	return 0;
 }
 #endif
@@ -416,6 +428,152 @@ static void test_cut_recv_side_while_ending(void)
 	cut_while_ending(true);
 }
 
+/* Round round's figures: pages sent in it, and bytes moved (its SYNCs at least). */
+static void assert_round(tm_sender *s, uint64_t round, uint64_t pages)
+{
+	tm_round_stats rs;
+
+	g_assert_cmpint(tm_sender_get_round(s, round, &rs), ==, 0);
+	g_assert_cmpuint(rs.round, ==, round);
+	g_assert_cmpuint(rs.pages_queued, ==, pages);
+	g_assert_cmpuint(rs.pages_sent, ==, pages);
+	g_assert_cmpuint(rs.wire_bytes, >, 0);
+}
+
+/*
+ * The end of a round (tm_sender_sync) on parked channels: the caller sends the SYNCs and reads
+ * the SYNC_ACKs itself, and the channels go back to their workers. An empty round goes so on
+ * every channel; a round with pages on channels 0 and 1 only on the parked two (the busy
+ * workers sync theirs behind their pages, or had parked already); the next round's pages still
+ * go (the workers took their channels back), and the session completes bit for bit.
+ */
+static void test_sync_direct(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	const bool busy[CHANNELS] = { true, true, false, false };
+	const bool all[CHANNELS] = { true, true, true, true };
+	guest src, dst;
+	peer p;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = source(&src, port);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	uint64_t before = direct_syncs(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	g_assert_cmpuint(direct_syncs(s) - before, ==, CHANNELS);
+	assert_round(s, 2, 0);
+
+	await_parked(s, CHANNELS);
+	before = direct_syncs(s);
+	uint64_t again = dirty_channels(&src, s, busy);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	uint64_t n = direct_syncs(s) - before;
+	g_test_message("a round with pages on 2 channels: %" G_GUINT64_FORMAT " synced directly",
+		       n);
+	g_assert_cmpuint(n, >=, 2);
+	g_assert_cmpuint(n, <=, CHANNELS);
+	assert_round(s, 3, again);
+
+	/* Every channel's worker sends again after a direct sync. */
+	await_parked(s, CHANNELS);
+	uint64_t last = dirty_channels(&src, s, all);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	assert_round(s, 4, last);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE + again + last);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * A direct sync whose SYNC_ACK on data channel 1 is lost with the connection: the caller's
+ * wait sees the break, resumes the channel (the reconnect's RESUME_ACK says the SYNC was
+ * answered) and returns. half_recv: only the receiver's side is closed; the sender learns it
+ * from the receiver's CONN_LOST on control, whose shutdown must wake the same wait.
+ */
+static void sync_ack_lost(bool half_recv)
+{
+	if (!have_hooks())
+		return;
+	if (tls_dir) {
+		g_test_skip("the proxy reads the receiver's frames: plaintext only");
+		return;
+	}
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	guest_fill(&src);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.half_recv = half_recv; /* before any connection: read by the proxy under its lock */
+	tm_sender *s = source(&src, pport);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	proxy_arm_frame(&px, 2, TM_MSG_SYNC_ACK, false); /* data channel 1: accept index 2 */
+	uint64_t before = direct_syncs(s);
+	watchdog w = { .s = s, .p = &p };
+	g_mutex_init(&w.lock);
+	g_cond_init(&w.cond);
+	GThread *wt = g_thread_new("watchdog", watchdog_thread, &w);
+	int r = tm_sender_sync(s, &err);
+	g_mutex_lock(&w.lock);
+	w.done = true;
+	g_cond_signal(&w.cond);
+	g_mutex_unlock(&w.lock);
+	g_thread_join(wt);
+	if (r != 0)
+		g_test_message("sync: %s", err->message);
+	g_assert_false(w.fired);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpuint(direct_syncs(s) - before, ==, CHANNELS);
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE);
+	tm_sender_free(s);
+	peer_free(&p);
+	proxy_stop(&px);
+	g_mutex_clear(&w.lock);
+	g_cond_clear(&w.cond);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+static void test_sync_ack_lost(void)
+{
+	sync_ack_lost(false);
+}
+
+static void test_sync_ack_lost_recv_side(void)
+{
+	sync_ack_lost(true);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -424,6 +582,9 @@ int main(int argc, char **argv)
 		{ "finish/incomplete-fails", test_incomplete_fails, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
 		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
+		{ "sync/direct", test_sync_direct, false },
+		{ "sync/direct-ack-lost", test_sync_ack_lost, false },
+		{ "sync/direct-ack-lost-recv-side", test_sync_ack_lost_recv_side, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
