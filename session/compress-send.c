@@ -124,6 +124,11 @@ static void sched_now(tm_zsend *z, int64_t *ret_cpu, int64_t *ret_wait)
 static void account(send_chan *c, tm_zsend *z, const tm_packet *pkt, uint64_t wire,
 		    int64_t zcpu, int64_t now)
 {
+	/* Sent by sync's or finish's caller (tm_send_direct_*): a SYNC, or pages again after a
+	 * reconnect or a refused delta. The window is the worker's CPU and wait, and
+	 * /proc/thread-self is whichever thread opens it first: not measured. */
+	if (c->direct)
+		return;
 	if (!z->last_ns)
 		sched_now(z, &z->win_cpu_ns, &z->win_wait_ns); /* a window begins */
 	int64_t busy = z->last_ns ? now - z->last_ns : 0;

@@ -89,11 +89,13 @@ int tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes, GError **erro
 	return waited;
 }
 
-/* Wakes the workers waiting on the bucket, so a new rate counts for their next packet. */
+/* Wakes the workers waiting on the bucket, so a new rate counts for their next packet; a
+ * broadcast: a caller that claimed a channel (tm_send_direct_*) may wait there instead, next to
+ * the channel's parked worker, and a signal could wake only the worker. */
 static void rewake(tm_sender *s)
 {
 	for (unsigned i = 0; i < s->nch; i++)
-		g_cond_signal(&s->chans[i].wake);
+		g_cond_broadcast(&s->chans[i].wake);
 }
 
 int tm_sender_set_rate_limit(tm_sender *s, uint64_t bytes_per_sec)

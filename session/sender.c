@@ -22,8 +22,10 @@
 
 void tm_sender_wake_all(tm_sender *s)
 {
+	/* Broadcast: a caller that claimed a channel (tm_send_direct_*) may wait on its wake in
+	 * the rate limit's bucket, next to the channel's parked worker. */
 	for (unsigned i = 0; i < s->nch; i++)
-		g_cond_signal(&s->chans[i].wake);
+		g_cond_broadcast(&s->chans[i].wake);
 	g_cond_broadcast(&s->cond);
 	tm_control_wake(&s->control);
 	tm_urgent_wake(s, false);
