@@ -257,7 +257,6 @@ typedef enum {
 static int send_batch(send_chan *c, batch_mode mode, GError **err)
 {
 	bool defer_end = mode == BATCH_END; /* protocol 2 only */
-
 	int r = 0;
 
 	for (;;) {
@@ -332,7 +331,9 @@ bool tm_send_direct_claim_locked(send_chan *c)
 	return true;
 }
 
-int tm_send_direct_post(send_chan *c)
+/* What was handed over to claimed channel c since the claim leaves, in mode; 0 or -errno, the
+ * session failed. */
+static int direct_post(send_chan *c, batch_mode mode)
 {
 	tm_sender *s = c->s;
 	g_autoptr(GError) err = NULL;
@@ -343,46 +344,57 @@ int tm_send_direct_post(send_chan *c)
 	c->work = c->pending;
 	c->pending = t;
 	g_mutex_unlock(&s->lock);
-	int r = send_batch(c, BATCH_END, &err);
+	int r = send_batch(c, mode, &err);
+	if (r < 0)
+		chan_failed(c, g_steal_pointer(&err));
+	return r;
+}
+
+int tm_send_direct_post(send_chan *c)
+{
+	return direct_post(c, BATCH_END);
+}
+
+/*
+ * Claimed channel c's answer is readable (or its connection broke): BATCH_END's END_ACK, the
+ * channel ended, or BATCH_SYNC's SYNC_ACK (c->sync_due), read and checked; or the break resumed
+ * as a worker would, the replay sent behind the new connection's RESUME_ACK with its END or
+ * last SYNC again unanswered (what the receiver answered before the break, the replay itself
+ * takes as answered). 0 (answered, or resumed and still awaited) or -errno, the session failed.
+ */
+static int direct_answer(send_chan *c, batch_mode mode)
+{
+	g_autoptr(GError) err = NULL;
+	int r = mode == BATCH_END ? end_ack(c, c->pages_sent, &err)
+				  : sync_ack(c, c->sync_due, &err);
+
+	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
+		r = send_batch(c, mode, &err);
 	if (r < 0)
 		chan_failed(c, g_steal_pointer(&err));
 	return r;
 }
 
 /*
- * Channel c's END_ACK is readable (or its connection broke): read and checked, the channel
- * ended; or the break resumed as a worker would, the replay sent behind the new connection's
- * RESUME_ACK with END again deferred (an END the receiver answered ends the channel there).
- * 0 (ended, or resumed and still awaited) or -errno, the session failed.
+ * The answers of every claimed channel direct[] names, read in whichever order they come, until
+ * each is answered (BATCH_END: the channel ended; BATCH_SYNC: its synced is id) or the session
+ * quit; BATCH_END also until *grace_end (tm_send_direct_await).
  */
-static int direct_answer(send_chan *c)
+static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint64_t id,
+			 int64_t *grace_end)
 {
-	g_autoptr(GError) err = NULL;
-	int r = end_ack(c, c->pages_sent, &err);
-
-	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
-		r = send_batch(c, BATCH_END, &err);
-	if (r < 0)
-		chan_failed(c, g_steal_pointer(&err));
-	return r;
-}
-
-void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end)
-{
-	bool left[TM_MAX_CHANNELS];
 	struct pollfd p[TM_MAX_CHANNELS + 2];
 	unsigned idx[TM_MAX_CHANNELS];
+	bool end = mode == BATCH_END;
 
-	memcpy(left, direct, sizeof(left[0]) * s->nch);
 	for (;;) {
 		unsigned n = 0;
 		g_mutex_lock(&s->lock);
-		bool quit = s->quit, ctl_ended = s->control.ended;
+		bool quit = s->quit, ctl_ended = end && s->control.ended;
 		for (unsigned i = 0; i < s->nch; i++) {
-			/* Ended: its END_ACK read, or a replay found END answered. */
-			if (left[i] && s->chans[i].ended)
-				left[i] = false;
-			if (left[i])
+			/* Answered: read, or a replay found it answered before the break. */
+			const send_chan *c = &s->chans[i];
+			if (direct[i] && (end ? !c->ended : c->synced < id))
 				idx[n++] = i;
 		}
 		g_mutex_unlock(&s->lock);
@@ -399,8 +411,8 @@ void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end)
 			send_chan *c = &s->chans[idx[k]];
 			if (tm_io_readable(c->ch.io)) {
 				took = true;
-				if (direct_answer(c) < 0)
-					goto out;
+				if (direct_answer(c, mode) < 0)
+					return;
 			}
 		}
 		if (took)
@@ -409,20 +421,26 @@ void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end)
 		 * Every channel at once: the receiver holds a channel's END_ACK until device state is
 		 * complete, and the chunk it lacks may be on another channel whose connection broke;
 		 * that break must be seen (and resumed) here, nobody else touches the channel. A
-		 * CONN_LOST for one of them shuts it down (tm_resume_conn_lost): readable too.
+		 * CONN_LOST for one of them shuts it down (tm_resume_conn_lost), and so does a
+		 * session that fails: readable too.
 		 */
 		for (unsigned k = 0; k < n; k++)
 			p[k] = (struct pollfd){ .fd = s->chans[idx[k]].ch.fd, .events = POLLIN };
 		p[n] = (struct pollfd){ .fd = s->events.cancel_fd, .events = POLLIN };
-		p[n + 1] = (struct pollfd){ .fd = ctl_ended ? -1 : s->control.end_fd, .events = POLLIN };
+		p[n + 1] = (struct pollfd){ .fd = end && !ctl_ended ? s->control.end_fd : -1,
+					    .events = POLLIN };
 		int wait = ctl_ended ? (int)((*grace_end - now + 999) / 1000) : -1;
 		if (poll(p, n + 2, wait) <= 0)
 			continue;
 		for (unsigned k = 0; k < n; k++)
-			if (p[k].revents && direct_answer(&s->chans[idx[k]]) < 0)
-				goto out;
+			if (p[k].revents && direct_answer(&s->chans[idx[k]], mode) < 0)
+				return;
 	}
-out:
+}
+
+void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end)
+{
+	direct_await(s, direct, BATCH_END, 0, grace_end);
 	/* The channels' part in the round is over, answered or not. */
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch; i++)
@@ -433,77 +451,12 @@ out:
 
 int tm_send_direct_sync_post(send_chan *c)
 {
-	tm_sender *s = c->s;
-	g_autoptr(GError) err = NULL;
-
-	/* As tm_send_direct_post: the worker sleeps, its lists and packets are ours. */
-	g_mutex_lock(&s->lock);
-	GArray *t = c->work;
-	c->work = c->pending;
-	c->pending = t;
-	g_mutex_unlock(&s->lock);
-	int r = send_batch(c, BATCH_SYNC, &err);
-	if (r < 0)
-		chan_failed(c, g_steal_pointer(&err));
-	return r;
-}
-
-/*
- * Channel c's SYNC_ACK is readable (or its connection broke): read and checked; or the break
- * resumed as a worker would, the replay sent with its last SYNC again unanswered (a SYNC the
- * receiver answered before the break is acknowledged by the replay itself). 0 or -errno, the
- * session failed.
- */
-static int direct_sync_answer(send_chan *c)
-{
-	g_autoptr(GError) err = NULL;
-	int r = sync_ack(c, c->sync_due, &err);
-
-	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
-		r = send_batch(c, BATCH_SYNC, &err);
-	if (r < 0)
-		chan_failed(c, g_steal_pointer(&err));
-	return r;
+	return direct_post(c, BATCH_SYNC);
 }
 
 void tm_send_direct_sync_await(tm_sender *s, const bool *direct, uint64_t id)
 {
-	struct pollfd p[TM_MAX_CHANNELS + 1];
-	unsigned idx[TM_MAX_CHANNELS];
-
-	for (;;) {
-		unsigned n = 0;
-		g_mutex_lock(&s->lock);
-		bool quit = s->quit;
-		for (unsigned i = 0; i < s->nch; i++)
-			if (direct[i] && s->chans[i].synced < id)
-				idx[n++] = i;
-		g_mutex_unlock(&s->lock);
-		if (quit || n == 0)
-			break; /* the caller reports the failure */
-		/* What a TLS layer holds already is read without a poll. */
-		bool took = false;
-		for (unsigned k = 0; k < n && !took; k++) {
-			send_chan *c = &s->chans[idx[k]];
-			if (tm_io_readable(c->ch.io)) {
-				took = true;
-				if (direct_sync_answer(c) < 0)
-					goto out;
-			}
-		}
-		if (took)
-			continue;
-		/* A session that fails shuts its connections down: readable too. */
-		for (unsigned k = 0; k < n; k++)
-			p[k] = (struct pollfd){ .fd = s->chans[idx[k]].ch.fd, .events = POLLIN };
-		p[n] = (struct pollfd){ .fd = s->events.cancel_fd, .events = POLLIN };
-		if (poll(p, n + 1, -1) <= 0)
-			continue;
-		for (unsigned k = 0; k < n; k++)
-			if (p[k].revents && direct_sync_answer(&s->chans[idx[k]]) < 0)
-				goto out;
-	}
-out:
+	direct_await(s, direct, BATCH_SYNC, id, NULL);
 	tm_send_direct_release(s, direct);
 }
 

@@ -684,6 +684,21 @@ void tm_sender_stage_sync(tm_sender *s, uint64_t id)
 	stage_commit(s);
 }
 
+/* Protocol 2 before postcopy: claims every channel whose worker is parked (direct[i]) for
+ * this thread (tm_send_direct_*); how many. */
+static unsigned claim_parked(tm_sender *s, bool direct[TM_MAX_CHANNELS])
+{
+	bool v2 = s->wire == TM_WIRE_VERSION_2;
+	unsigned n = 0;
+
+	g_mutex_lock(&s->lock);
+	for (unsigned i = 0; v2 && !s->pc.agreed && !s->quit && i < s->nch; i++)
+		if ((direct[i] = tm_send_direct_claim_locked(&s->chans[i])))
+			n++;
+	g_mutex_unlock(&s->lock);
+	return n;
+}
+
 int tm_sender_sync(tm_sender *s, GError **error)
 {
 	/*
@@ -693,14 +708,8 @@ int tm_sender_sync(tm_sender *s, GError **error)
 	 * and of this thread by the worker that read the answer (on a busy host each is a
 	 * scheduler's delay). A busy channel's worker syncs it behind its work, as before.
 	 */
-	bool v2 = s->wire == TM_WIRE_VERSION_2;
 	bool direct[TM_MAX_CHANNELS] = { false };
-	unsigned ndirect = 0;
-	g_mutex_lock(&s->lock);
-	for (unsigned i = 0; v2 && !s->pc.agreed && !s->quit && i < s->nch; i++)
-		if ((direct[i] = tm_send_direct_claim_locked(&s->chans[i])))
-			ndirect++;
-	g_mutex_unlock(&s->lock);
+	unsigned ndirect = claim_parked(s, direct);
 
 	uint64_t id;
 	int r = tm_sender_end_round(s, &id, error);
@@ -738,12 +747,7 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	 */
 	bool v2 = s->wire == TM_WIRE_VERSION_2;
 	bool direct[TM_MAX_CHANNELS] = { false };
-	unsigned ndirect = 0;
-	g_mutex_lock(&s->lock);
-	for (unsigned i = 0; v2 && !s->pc.agreed && !s->quit && i < s->nch; i++)
-		if ((direct[i] = tm_send_direct_claim_locked(&s->chans[i])))
-			ndirect++;
-	g_mutex_unlock(&s->lock);
+	unsigned ndirect = claim_parked(s, direct);
 	__atomic_add_fetch(&s->direct_ends, ndirect, __ATOMIC_RELAXED);
 
 	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */

@@ -188,6 +188,45 @@ static gpointer receiver_thread(gpointer data)
 	return NULL;
 }
 
+static gpointer watchdog_thread(gpointer data)
+{
+	watchdog *w = data;
+	int64_t end = g_get_monotonic_time() + (int64_t)w->secs * G_TIME_SPAN_SECOND;
+
+	g_mutex_lock(&w->lock);
+	while (!w->done && g_cond_wait_until(&w->cond, &w->lock, end))
+		;
+	w->fired = !w->done;
+	g_mutex_unlock(&w->lock);
+	if (w->fired) {
+		(void)tm_sender_cancel(w->s, w->why);
+		if (w->r && *w->r)
+			(void)tm_receiver_cancel(*w->r, w->why);
+	}
+	return NULL;
+}
+
+void watchdog_start(watchdog *w, tm_sender *s, tm_receiver *const *r, unsigned secs,
+		    const char *why)
+{
+	*w = (watchdog){ .s = s, .r = r, .secs = secs, .why = why };
+	g_mutex_init(&w->lock);
+	g_cond_init(&w->cond);
+	w->thread = g_thread_new("watchdog", watchdog_thread, w);
+}
+
+bool watchdog_stop(watchdog *w)
+{
+	g_mutex_lock(&w->lock);
+	w->done = true;
+	g_cond_signal(&w->cond);
+	g_mutex_unlock(&w->lock);
+	g_thread_join(w->thread);
+	g_mutex_clear(&w->lock);
+	g_cond_clear(&w->cond);
+	return w->fired;
+}
+
 static char *peer_launch(peer *p, guest *g, bool ram_zeroed, unsigned timeout_ms, bool waive_all,
 			peer_state_fn fn, void *opaque)
 {

@@ -101,6 +101,25 @@ int receiver_read_states(tm_receiver *r, state_section_fn fn, void *opaque, GErr
  */
 int raw_hello2(const char *port, uint8_t role, uint32_t features, uint8_t session_byte);
 
+/*
+ * Cancels the sender, and the receiver *r if r, unless stopped within secs: a call that hangs
+ * fails its test with why (the cancel's reason) instead of hanging the suite.
+ */
+typedef struct watchdog {
+	GMutex lock;
+	GCond cond;
+	bool done, fired;
+	tm_sender *s;
+	tm_receiver *const *r; /* read when it fires: a peer's receiver may come later */
+	unsigned secs;
+	const char *why;
+	GThread *thread;
+} watchdog;
+void watchdog_start(watchdog *w, tm_sender *s, tm_receiver *const *r, unsigned secs,
+		    const char *why);
+/* The watched call returned: the watchdog stops. Whether it had to cancel. */
+bool watchdog_stop(watchdog *w);
+
 typedef struct session_test {
 	const char *path;
 	void (*fn)(void);

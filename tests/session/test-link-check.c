@@ -22,51 +22,6 @@
 #define DATA2 3 /* the proxy's accept index of data channel 2 (0 data 0, 1 control, k + 1 data k) */
 #define TIMEOUT_MS 1000u
 
-/* Cancels the sender unless stopped within 20 s: a held connection never found fails the test
- * with a reason instead of hanging it. */
-typedef struct watchdog {
-	GMutex lock;
-	GCond cond;
-	bool done;
-	tm_sender *s;
-	GThread *thread;
-} watchdog;
-
-static gpointer watchdog_thread(gpointer data)
-{
-	watchdog *w = data;
-	int64_t end = g_get_monotonic_time() + 20 * G_TIME_SPAN_SECOND;
-
-	g_mutex_lock(&w->lock);
-	while (!w->done && g_cond_wait_until(&w->cond, &w->lock, end))
-		;
-	bool fire = !w->done;
-	g_mutex_unlock(&w->lock);
-	if (fire)
-		(void)tm_sender_cancel(w->s, "test: the held connection was not found in 20 s");
-	return NULL;
-}
-
-static void watchdog_start(watchdog *w, tm_sender *s)
-{
-	memset(w, 0, sizeof(*w));
-	g_mutex_init(&w->lock);
-	g_cond_init(&w->cond);
-	w->s = s;
-	w->thread = g_thread_new("watchdog", watchdog_thread, w);
-}
-
-static void watchdog_stop(watchdog *w)
-{
-	g_mutex_lock(&w->lock);
-	w->done = true;
-	g_cond_signal(&w->cond);
-	g_mutex_unlock(&w->lock);
-	g_thread_join(w->thread);
-	g_mutex_clear(&w->lock);
-	g_cond_clear(&w->cond);
-}
-
 /* Both sides completed bit-exact, with the one device-state section, no reconnect on either
  * side, the receiver's wait at least min_secs long; the run ended. */
 static void assert_done_whole(run *t, double min_secs)
@@ -162,7 +117,7 @@ static void held_no_resume(uint8_t type)
 	proxy_arm_frame(&t.px, DATA2, type, true);
 	int64_t t0 = g_get_monotonic_time();
 	watchdog wd;
-	watchdog_start(&wd, t.s);
+	watchdog_start(&wd, t.s, NULL, 20, "test: the held connection was not found in 20 s");
 	t.r = run_migrate(&t);
 	watchdog_stop(&wd);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
@@ -496,7 +451,7 @@ static void held_attach(uint8_t type, bool from_sender)
 	proxy_arm_frame(&t.px, DATA2, type, from_sender);
 	int64_t t0 = g_get_monotonic_time();
 	watchdog wd;
-	watchdog_start(&wd, t.s);
+	watchdog_start(&wd, t.s, NULL, 20, "test: the held connection was not found in 20 s");
 	t.r = attach_migrate(&t, 0);
 	watchdog_stop(&wd);
 	rpeer_join(&t.p);

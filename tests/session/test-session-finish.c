@@ -93,6 +93,14 @@ static tm_sender *source(guest *g, const char *port)
 	return s;
 }
 
+/* The source filled, the destination empty. */
+static void guests_init(guest *src, guest *dst)
+{
+	guest_init(src, spec, 1, true);
+	guest_init(dst, spec, 1, true);
+	guest_fill(src);
+}
+
 /* Every page, then a SYNC: each channel's worker parks once it has the SYNC_ACK. */
 static void full_round(tm_sender *s)
 {
@@ -167,9 +175,7 @@ static void test_parked_and_busy(void)
 	guest src, dst;
 	peer p;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
+	guests_init(&src, &dst);
 	g_autofree char *port = peer_start(&p, &dst);
 	tm_sender *s = source(&src, port);
 	full_round(s);
@@ -239,9 +245,7 @@ static void test_all_parked_with_state(void)
 
 	for (size_t i = 0; i < sizeof(dev); i++)
 		dev[i] = (uint8_t)(i * 7 + 1);
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
+	guests_init(&src, &dst);
 	g_autofree char *port = peer_start_state(&p, &dst, false, 0, on_state, &st);
 	tm_sender *s = source(&src, port);
 	full_round(s);
@@ -288,9 +292,7 @@ static void test_incomplete_fails(void)
 	guest src, dst;
 	peer p;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
+	guests_init(&src, &dst);
 	g_autofree char *port = peer_start(&p, &dst);
 	tm_sender *s = source(&src, port);
 	uint64_t one = 0;
@@ -311,33 +313,6 @@ static void test_incomplete_fails(void)
 	peer_free(&p);
 	guest_fini(&src);
 	guest_fini(&dst);
-}
-
-typedef struct watchdog {
-	tm_sender *s;
-	peer *p;
-	GMutex lock;
-	GCond cond;
-	bool done, fired;
-} watchdog;
-
-/* Unless the test is done within 15 s, cancels both sides: a hung finish fails, not hangs. */
-static gpointer watchdog_thread(gpointer data)
-{
-	watchdog *w = data;
-	int64_t end = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
-
-	g_mutex_lock(&w->lock);
-	while (!w->done)
-		if (!g_cond_wait_until(&w->cond, &w->lock, end))
-			break;
-	w->fired = !w->done;
-	g_mutex_unlock(&w->lock);
-	if (w->fired) {
-		(void)tm_sender_cancel(w->s, "finish hung 15 s after the cut");
-		(void)tm_receiver_cancel(w->p->r, "finish hung 15 s after the cut");
-	}
-	return NULL;
 }
 
 /*
@@ -368,9 +343,7 @@ static void cut_while_ending(bool half_recv)
 
 	for (size_t i = 0; i < sizeof(dev); i++)
 		dev[i] = (uint8_t)(i * 7 + 1);
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
+	guests_init(&src, &dst);
 	g_autofree char *port = peer_start_state(&p, &dst, false, 0, on_state, &st);
 	g_autofree char *pport = proxy_start(&px, port);
 	px.half_recv = half_recv; /* before any connection: read by the proxy under its lock */
@@ -381,20 +354,14 @@ static void cut_while_ending(bool half_recv)
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_put_state(s, "dev0", dev, sizeof(dev), 0, &err), ==, 0);
 	await_parked(s, CHANNELS);
-	watchdog w = { .s = s, .p = &p };
-	g_mutex_init(&w.lock);
-	g_cond_init(&w.cond);
-	GThread *wt = g_thread_new("watchdog", watchdog_thread, &w);
+	watchdog w;
+	watchdog_start(&w, s, &p.r, 15, "hung 15 s after the cut");
 	int r = tm_sender_finish(s, &err);
-	g_mutex_lock(&w.lock);
-	w.done = true;
-	g_cond_signal(&w.cond);
-	g_mutex_unlock(&w.lock);
-	g_thread_join(wt);
+	bool fired = watchdog_stop(&w);
 	peer_join(&p);
 	if (r != 0)
 		g_test_message("finish: %s", err->message);
-	g_assert_false(w.fired);
+	g_assert_false(fired);
 	g_assert_cmpint(r, ==, 0);
 	g_assert_no_error(p.error);
 	g_assert_cmpint(p.ret, ==, 0);
@@ -412,8 +379,6 @@ static void cut_while_ending(bool half_recv)
 	tm_sender_free(s);
 	peer_free(&p);
 	proxy_stop(&px);
-	g_mutex_clear(&w.lock);
-	g_cond_clear(&w.cond);
 	guest_fini(&src);
 	guest_fini(&dst);
 }
@@ -426,6 +391,24 @@ static void test_cut_while_ending(void)
 static void test_cut_recv_side_while_ending(void)
 {
 	cut_while_ending(true);
+}
+
+/* finish completes bit for bit with pages sent and applied; then everything is freed. */
+static void finish_complete(tm_sender *s, peer *p, guest *src, guest *dst, uint64_t pages)
+{
+	g_autoptr(GError) err = NULL;
+
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(p);
+	g_assert_no_error(p->error);
+	g_assert_cmpint(p->ret, ==, 0);
+	assert_same(src, dst);
+	assert_counts(s, p, pages);
+	tm_sender_free(s);
+	peer_free(p);
+	guest_fini(src);
+	guest_fini(dst);
 }
 
 /* Round round's figures: pages sent in it, and bytes moved (its SYNCs at least). */
@@ -457,9 +440,7 @@ static void test_sync_direct(void)
 	guest src, dst;
 	peer p;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
+	guests_init(&src, &dst);
 	g_autofree char *port = peer_start(&p, &dst);
 	tm_sender *s = source(&src, port);
 	full_round(s);
@@ -485,17 +466,7 @@ static void test_sync_direct(void)
 	uint64_t last = dirty_channels(&src, s, all);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	assert_round(s, 4, last);
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
-	g_assert_no_error(err);
-	peer_join(&p);
-	g_assert_no_error(p.error);
-	g_assert_cmpint(p.ret, ==, 0);
-	assert_same(&src, &dst);
-	assert_counts(s, &p, GUEST / PAGE + again + last);
-	tm_sender_free(s);
-	peer_free(&p);
-	guest_fini(&src);
-	guest_fini(&dst);
+	finish_complete(s, &p, &src, &dst, GUEST / PAGE + again + last);
 }
 
 /*
@@ -517,9 +488,7 @@ static void sync_ack_lost(bool half_recv)
 	peer p;
 	cut_proxy px;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
+	guests_init(&src, &dst);
 	g_autofree char *port = peer_start(&p, &dst);
 	g_autofree char *pport = proxy_start(&px, port);
 	px.half_recv = half_recv; /* before any connection: read by the proxy under its lock */
@@ -528,19 +497,13 @@ static void sync_ack_lost(bool half_recv)
 	await_parked(s, CHANNELS);
 	proxy_arm_frame(&px, 2, TM_MSG_SYNC_ACK, false); /* data channel 1: accept index 2 */
 	uint64_t before = direct_syncs(s);
-	watchdog w = { .s = s, .p = &p };
-	g_mutex_init(&w.lock);
-	g_cond_init(&w.cond);
-	GThread *wt = g_thread_new("watchdog", watchdog_thread, &w);
+	watchdog w;
+	watchdog_start(&w, s, &p.r, 15, "hung 15 s after the cut");
 	int r = tm_sender_sync(s, &err);
-	g_mutex_lock(&w.lock);
-	w.done = true;
-	g_cond_signal(&w.cond);
-	g_mutex_unlock(&w.lock);
-	g_thread_join(wt);
+	bool fired = watchdog_stop(&w);
 	if (r != 0)
 		g_test_message("sync: %s", err->message);
-	g_assert_false(w.fired);
+	g_assert_false(fired);
 	g_assert_cmpint(r, ==, 0);
 	g_assert_cmpuint(direct_syncs(s) - before, ==, CHANNELS);
 	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
@@ -548,20 +511,8 @@ static void sync_ack_lost(bool half_recv)
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.reconnects, ==, 1);
 	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
-	g_assert_no_error(err);
-	peer_join(&p);
-	g_assert_no_error(p.error);
-	g_assert_cmpint(p.ret, ==, 0);
-	assert_same(&src, &dst);
-	assert_counts(s, &p, GUEST / PAGE);
-	tm_sender_free(s);
-	peer_free(&p);
+	finish_complete(s, &p, &src, &dst, GUEST / PAGE);
 	proxy_stop(&px);
-	g_mutex_clear(&w.lock);
-	g_cond_clear(&w.cond);
-	guest_fini(&src);
-	guest_fini(&dst);
 }
 
 static void test_sync_ack_lost(void)
