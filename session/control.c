@@ -260,6 +260,22 @@ static int receiver_close(tm_control *c, GError **error)
 	return 1;
 }
 
+/*
+ * c->ended: the end is acknowledged (sender: END_ACK is in; either side: the thread ended
+ * cleanly). Broadcast, and end_fd for a thread in poll (tm_send_direct_await).
+ */
+static void set_ended(tm_control *c, bool exited)
+{
+	uint64_t one = 1;
+
+	g_mutex_lock(c->lock);
+	c->ended = true;
+	c->exited |= exited;
+	g_cond_broadcast(c->cond);
+	(void)!write(c->end_fd, &one, sizeof(one));
+	g_mutex_unlock(c->lock);
+}
+
 /* END (receiver) or END_ACK (sender): the connection carries no pages nor state chunks. */
 static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
 {
@@ -287,6 +303,12 @@ static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **erro
 		}
 		tm_ctl_resume_received(c);
 		l->end_ack_seen = true;
+		/*
+		 * The destination has everything: finish() returns now, not after the close below
+		 * (CTL_POS, TLS close_notify and the peer's), whose sends wake the receiver's threads
+		 * and, on a busy host, take the CPU before finish's thread would be woken.
+		 */
+		set_ended(c, false);
 		return sender_close(c, error);
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
@@ -629,14 +651,18 @@ static gpointer control_thread(gpointer data)
 		err->message = g_strdup_printf("%s (the control connection is not resumed: "
 					       "RESUME_CONTROL was not agreed)", m);
 	}
+	/*
+	 * The sender with END_ACK in: the end was acknowledged (finish() may have returned already),
+	 * so a close that fails after it loses nothing; with RESUME_CONTROL a reconnect has tried
+	 * to say CTL_POS again (above), and a receiver without it ends when its read ends.
+	 */
+	if (r < 0 && l.end_ack_seen) {
+		g_clear_error(&err);
+		r = 1;
+	}
 	tm_ctl_resume_exited(c);
 	if (r == 1) {
-		uint64_t one = 1;
-		g_mutex_lock(c->lock);
-		c->ended = c->exited = true;
-		g_cond_broadcast(c->cond);
-		(void)!write(c->end_fd, &one, sizeof(one)); /* a thread in poll (tm_send_direct_await) */
-		g_mutex_unlock(c->lock);
+		set_ended(c, true);
 		g_mutex_unlock(&c->io_lock);
 		return NULL;
 	}

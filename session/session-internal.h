@@ -180,7 +180,8 @@ typedef struct tm_control {
 	/* receiver: per data channel (and the urgent connection last) 1 + the epoch of a
 	 * connection that broke, for CONN_LOST (tm_control_conn_lost_locked), or 0 */
 	uint64_t lost[TM_MAX_CHANNELS + 1];
-	bool ended;            /* END / END_ACK done and the connection closed cleanly */
+	bool ended;            /* the end acknowledged: the sender has END_ACK (its close may go on), or
+				* the thread ended cleanly */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
 
