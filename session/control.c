@@ -276,6 +276,26 @@ static void set_ended(tm_control *c, bool exited)
 	g_mutex_unlock(c->lock);
 }
 
+/*
+ * After a clean end: the thread exits in tm_control_stop() (free: *quit set, then a wake), not
+ * now, where its exit (tens of us of a CPU) would delay the threads that end the session, on a
+ * host that has few.
+ */
+static void linger(tm_control *c)
+{
+	for (;;) {
+		g_mutex_lock(c->lock);
+		bool quit = *c->quit;
+		g_mutex_unlock(c->lock);
+		if (quit)
+			return;
+		struct pollfd p = { .fd = c->wake_fd, .events = POLLIN };
+		uint64_t v;
+		if (poll(&p, 1, -1) > 0)
+			(void)!read(c->wake_fd, &v, sizeof(v));
+	}
+}
+
 /* END (receiver) or END_ACK (sender): the connection carries no pages nor state chunks. */
 static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
 {
@@ -664,6 +684,7 @@ static gpointer control_thread(gpointer data)
 	if (r == 1) {
 		set_ended(c, true);
 		g_mutex_unlock(&c->io_lock);
+		linger(c);
 		return NULL;
 	}
 	bool told = false;

@@ -90,6 +90,7 @@ int tm_receiver_new(const tm_receiver_config *cfg, tm_receiver **ret, GError **e
 	tm_live_config_load(&dflt, false, &rc->live, NULL);
 	g_mutex_init(&rc->lock);
 	g_cond_init(&rc->cond);
+	g_cond_init(&rc->stop);
 	rc->events.fd = rc->events.cancel_fd = -1;
 	rc->control = (tm_control){ .sender = false, .owner = rc, .lock = &rc->lock,
 				    .cond = &rc->cond, .quit = &rc->quit, .failure = &rc->failure,
@@ -556,6 +557,7 @@ void tm_receiver_free(tm_receiver *r)
 	g_mutex_lock(&r->lock);
 	r->quit = true;
 	g_cond_broadcast(&r->cond); /* workers waiting to hand over device state */
+	g_cond_broadcast(&r->stop); /* and those that ended */
 	tm_control_wake(&r->control);
 	g_mutex_unlock(&r->lock);
 	/* First: it reads the data channels' sockets (TCP_INFO) until it exits. */
@@ -598,5 +600,6 @@ void tm_receiver_free(tm_receiver *r)
 	tm_control_clear(&r->control); /* after the data workers: the last one may end control */
 	g_mutex_clear(&r->lock);
 	g_cond_clear(&r->cond);
+	g_cond_clear(&r->stop);
 	g_free(r);
 }

@@ -325,5 +325,11 @@ gpointer tm_recv_worker(gpointer data)
 		tm_control_answer_end(&r->control);
 	else if (last)
 		tm_control_wake(&r->control);
+	/* Ended cleanly: the thread exits in free(), not now, where its exit (tens of us of a
+	 * CPU) would delay the threads that end the session, on a host that has few. */
+	g_mutex_lock(&r->lock);
+	while (ret >= 0 && !r->quit)
+		g_cond_wait(&r->stop, &r->lock);
+	g_mutex_unlock(&r->lock);
 	return NULL;
 }

@@ -516,6 +516,7 @@ struct tm_receiver {
 	/* protected by lock */
 	GMutex lock;
 	GCond cond;
+	GCond stop; /* free() -> a data worker that ended cleanly and waits for quit to exit */
 	tm_failure failure;
 	bool quit;
 	unsigned ended;

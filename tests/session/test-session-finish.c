@@ -279,6 +279,62 @@ static void test_all_parked_with_state(void)
 	guest_fini(&dst);
 }
 
+/* Threads of this process named exactly name, or prefix followed by a digit (data workers). */
+static unsigned threads_named(const char *name, const char *prefix)
+{
+	g_autoptr(GDir) dir = g_dir_open("/proc/self/task", 0, NULL);
+	const char *tid;
+	unsigned n = 0;
+
+	g_assert_nonnull(dir);
+	while ((tid = g_dir_read_name(dir))) {
+		g_autofree char *path = g_strdup_printf("/proc/self/task/%s/comm", tid);
+		g_autofree char *comm = NULL;
+		if (!g_file_get_contents(path, &comm, NULL, NULL))
+			continue; /* it exited meanwhile */
+		g_strchomp(comm);
+		if (g_str_equal(comm, name) ||
+		    (g_str_has_prefix(comm, prefix) && g_ascii_isdigit(comm[strlen(prefix)])))
+			n++;
+	}
+	return n;
+}
+
+/*
+ * The threads that end a session exit in free(), not at the end: a thread's exit costs tens of
+ * microseconds of a CPU, which on a host with few would delay the threads still ending it (the
+ * sender's finish, the receiver's last data worker). After finish and the receiver's wait both
+ * returned 0, the sender's control thread, the receiver's and its data workers are all still
+ * there; each side's free() ends its own.
+ */
+static void test_threads_exit_in_free(void)
+{
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p = { 0 };
+
+	guests_init(&src, &dst);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = source(&src, port);
+	full_round(s);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	/* Time for an exit that would come at the end to be over. */
+	g_usleep(200 * 1000);
+	g_assert_cmpuint(threads_named("tm-send-ctl", "tm-send-"), ==, 1 + CHANNELS);
+	g_assert_cmpuint(threads_named("tm-recv-ctl", "tm-recv-"), ==, 1 + CHANNELS);
+	tm_sender_free(s);
+	g_assert_cmpuint(threads_named("tm-send-ctl", "tm-send-"), ==, 0);
+	g_assert_cmpuint(threads_named("tm-recv-ctl", "tm-recv-"), ==, 1 + CHANNELS);
+	peer_free(&p);
+	g_assert_cmpuint(threads_named("tm-recv-ctl", "tm-recv-"), ==, 0);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 /*
  * A session whose receiver fails at the end (a page it never got: incomplete) still fails on
  * the sender when finish ended the channels itself: the receiver's ERROR on control is the
@@ -531,6 +587,7 @@ int main(int argc, char **argv)
 		{ "finish/parked-and-busy", test_parked_and_busy, false },
 		{ "finish/all-parked-with-state", test_all_parked_with_state, false },
 		{ "finish/incomplete-fails", test_incomplete_fails, false },
+		{ "finish/threads-exit-in-free", test_threads_exit_in_free, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
 		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
 		{ "sync/direct", test_sync_direct, false },
