@@ -38,6 +38,14 @@
  * slower than sockets, the end of a session 1.2x, until this). With a send or a zero-copy
  * notification outstanding the ring waits, reaping them meanwhile.
  *
+ * A small control message (send(): SYNC, END, a control connection's messages, up to
+ * DIRECT_SEND_MAX) goes by a plain sendmsg too, once the packet before it has completed. Besides a
+ * wake-up, that keeps the threads that only end rounds and sessions (tm_sender_sync() and
+ * tm_sender_finish() send those themselves) off the ring: a thread that ever submitted to a ring
+ * is interrupted by the ring's teardown, a kernel worker that runs well after close() and asks
+ * every such thread still alive to run a task (TWA_SIGNAL): bench/rounds saw the next session's
+ * finish woken several times over 200 us by the previous session's rings.
+ *
  * A short send is resubmitted from where it stopped (MSG_WAITALL makes it rare).
  */
 #include <errno.h>
@@ -63,6 +71,8 @@
 #define ZC_MIN_BYTES (64u << 10)
 /* Receives up to this size go by a plain system call (recv_direct, top of file). */
 #define DIRECT_RECV_MAX (4u << 10)
+/* And sends of control messages up to this size (send_direct, top of file). */
+#define DIRECT_SEND_MAX (4u << 10)
 #define UD_RECV UINT64_C(0xffffffff)
 #define UD_CANCEL UINT64_C(0xfffffffe)
 
@@ -397,6 +407,38 @@ static int uring_drain(tm_io *io)
 	return wait_sent(io);
 }
 
+/*
+ * A small message by a plain system call, the stream's order kept (nothing of the ring's is in
+ * the kernel): blocking, with the socket's SO_SNDTIMEO (the I/O handle's timeout), as the
+ * sockets backend sends. The extra slot's iov is the private copy advanced after a short send.
+ */
+static int send_direct(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
+{
+	uring_priv *p = io->priv;
+	uslot *s = &p->slots[p->nslots - 1];
+
+	if (n > s->cap) {
+		s->iov = g_renew(struct iovec, s->iov, n);
+		s->cap = n;
+	}
+	memcpy(s->iov, iov, n * sizeof(*iov));
+	struct iovec *v = s->iov;
+	while (len > 0) {
+		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
+		ssize_t r = sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+		/* A system call is a submission that completes at once (the counters' invariant). */
+		tm_count(&io->st.io_submissions, 1);
+		tm_count(&io->st.io_completions, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		len -= (size_t)r;
+		tm_iov_advance(&v, &n, (size_t)r);
+	}
+	return 0;
+}
+
 static int uring_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	uring_priv *p = io->priv;
@@ -405,6 +447,8 @@ static int uring_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len
 	int r = wait_sent(io);
 	if (r < 0)
 		return r;
+	if (len <= DIRECT_SEND_MAX)
+		return send_direct(io, iov, n, len);
 	/* The extra slot: never zero-copy (small control messages), waited for at once. */
 	r = uring_submit(io, p->nslots - 1, iov, n, len);
 	return r < 0 ? r : wait_slot(io, p->nslots - 1);
@@ -546,6 +590,14 @@ static void uring_close(tm_io *io)
 			}
 			io->timeout_ms = saved;
 		}
+		/*
+		 * The ring's reference to the socket goes now, in this thread: left to the ring's
+		 * teardown, a kernel worker that runs after close(), the socket's last reference and
+		 * so its TCP close (100-450 us of a CPU each, bench/rounds) would fall at some moment
+		 * after free() returned, into whatever runs next (the next session's end), and the
+		 * peer would see the connection close only then.
+		 */
+		(void)io_uring_unregister_files(&p->ring);
 		io_uring_queue_exit(&p->ring);
 	}
 	for (unsigned i = 0; i < p->nslots; i++)
