@@ -324,11 +324,14 @@ static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **erro
 		tm_ctl_resume_received(c);
 		l->end_ack_seen = true;
 		/*
-		 * The destination has everything: finish() returns now, not after the close below
-		 * (CTL_POS, TLS close_notify and the peer's), whose sends wake the receiver's threads
-		 * and, on a busy host, take the CPU before finish's thread would be woken.
+		 * RESUME_CONTROL: the destination has everything and ends with success whatever
+		 * becomes of the close below (CTL_POS, then TLS close_notify each way), so finish()
+		 * returns now, not after it: its sends wake the receiver's threads, which on a busy
+		 * host take the CPU before finish's thread would be woken. Without it the receiver
+		 * insists on a clean close (TLS: our close_notify), so the end is the close's.
 		 */
-		set_ended(c, false);
+		if (c->resume)
+			set_ended(c, false);
 		return sender_close(c, error);
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
@@ -672,11 +675,12 @@ static gpointer control_thread(gpointer data)
 					       "RESUME_CONTROL was not agreed)", m);
 	}
 	/*
-	 * The sender with END_ACK in: the end was acknowledged (finish() may have returned already),
-	 * so a close that fails after it loses nothing; with RESUME_CONTROL a reconnect has tried
-	 * to say CTL_POS again (above), and a receiver without it ends when its read ends.
+	 * The sender with END_ACK in and RESUME_CONTROL: the end was acknowledged and finish() may
+	 * have returned already; the receiver ends with success without our CTL_POS (after its
+	 * wait), so a close that fails now (a cancel or free() during a reconnect that was to say
+	 * it again) loses nothing.
 	 */
-	if (r < 0 && l.end_ack_seen) {
+	if (r < 0 && l.end_ack_seen && c->resume) {
 		g_clear_error(&err);
 		r = 1;
 	}

@@ -595,9 +595,12 @@ static void uring_close(tm_io *io)
 		 * teardown, a kernel worker that runs after close(), the socket's last reference and
 		 * so its TCP close (100-450 us of a CPU each, bench/rounds) would fall at some moment
 		 * after free() returned, into whatever runs next (the next session's end), and the
-		 * peer would see the connection close only then.
+		 * peer would see the connection close only then. Not with requests still in the
+		 * kernel (the cancel gave up after a second): kernels before 6.4 would wait for them
+		 * here (zero-copy notifications need the peer's ACK), where the teardown does not block.
 		 */
-		(void)io_uring_unregister_files(&p->ring);
+		if (!busy)
+			(void)io_uring_unregister_files(&p->ring);
 		io_uring_queue_exit(&p->ring);
 	}
 	for (unsigned i = 0; i < p->nslots; i++)
