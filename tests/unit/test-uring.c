@@ -90,18 +90,36 @@ static bool uring_pair(int *a, int *b)
 	return true;
 }
 
-static void test_zerocopy_threshold(void)
+/* An io_uring mover on fd, DEPTH packet slots, zero-copy as zerocopy says (tm_io_config). */
+static tm_io *mover(int fd, int zerocopy)
 {
 	g_autoptr(GError) err = NULL;
+	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = zerocopy };
+	tm_io *io = NULL;
+
+	g_assert_cmpint(tm_io_open(fd, 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	return io;
+}
+
+/* Frees io (its end of the stream), waits for k to read to the end and checks what came. */
+static void sink_check(sink *k, tm_io *io, int peer_fd, uint64_t sent, uint64_t sum)
+{
+	tm_io_free(io);
+	g_thread_join(k->th);
+	close(peer_fd);
+	g_assert_cmpuint(k->bytes, ==, sent);
+	g_assert_cmpuint(k->sum, ==, sum);
+}
+
+static void test_zerocopy_threshold(void)
+{
 	int a, b;
 
 	if (!uring_pair(&a, &b))
 		return;
 	sink k = { .fd = b };
 	k.th = g_thread_new("sink", sink_fn, &k);
-	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = 1 };
-	tm_io *io = NULL;
-	g_assert_cmpint(tm_io_open(a, 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	tm_io *io = mover(a, 1);
 	g_assert_cmpuint(io->depth, ==, DEPTH);
 	g_autofree uint8_t *buf = g_malloc((size_t)DEPTH * LARGE);
 	uint64_t sent = 0, sum = 0;
@@ -133,11 +151,7 @@ static void test_zerocopy_threshold(void)
 		sum += ctl[j] * ((sent + j) % 251 + 1);
 	sent += sizeof(ctl);
 
-	tm_io_free(io);
-	g_thread_join(k.th);
-	close(b);
-	g_assert_cmpuint(k.bytes, ==, sent);
-	g_assert_cmpuint(k.sum, ==, sum);
+	sink_check(&k, io, b, sent, sum);
 }
 
 /*
@@ -156,19 +170,13 @@ static void test_unix_socket(void)
 	g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
 	sink k = { .fd = sv[1] };
 	k.th = g_thread_new("sink", sink_fn, &k);
-	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = 1 };
-	tm_io *io = NULL;
-	g_assert_cmpint(tm_io_open(sv[0], 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	tm_io *io = mover(sv[0], 1);
 	g_autofree uint8_t *buf = g_malloc((size_t)DEPTH * LARGE);
 	uint64_t sent = 0, sum = 0;
 	send_packets(io, buf, 8, LARGE, &sent, &sum);
 	g_assert_cmpint(io->ops->drain(io), ==, 0);
 	g_assert_cmpuint(io->st.zc_sends, ==, 0);
-	tm_io_free(io);
-	g_thread_join(k.th);
-	close(sv[1]);
-	g_assert_cmpuint(k.bytes, ==, sent);
-	g_assert_cmpuint(k.sum, ==, sum);
+	sink_check(&k, io, sv[1], sent, sum);
 }
 
 /*
@@ -179,14 +187,11 @@ static void test_unix_socket(void)
  */
 static void test_unsent_slot(void)
 {
-	g_autoptr(GError) err = NULL;
 	int a, b;
 
 	if (!uring_pair(&a, &b))
 		return;
-	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = -1 };
-	tm_io *io = NULL;
-	g_assert_cmpint(tm_io_open(a, 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	tm_io *io = mover(a, -1);
 	g_autofree uint8_t *buf = g_malloc0((size_t)DEPTH * LARGE);
 	struct iovec v = { buf, SMALL };
 	g_assert_cmpint(io->ops->submit(io, 0, &v, 1, SMALL), ==, 0);
@@ -248,16 +253,13 @@ static long ring_sq_tail(void)
  */
 static void test_small_send_plain(void)
 {
-	g_autoptr(GError) err = NULL;
 	int a, b;
 
 	if (!uring_pair(&a, &b))
 		return;
 	sink k = { .fd = b };
 	k.th = g_thread_new("sink", sink_fn, &k);
-	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = -1 };
-	tm_io *io = NULL;
-	g_assert_cmpint(tm_io_open(a, 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	tm_io *io = mover(a, -1);
 	uint64_t sent = 0, sum = 0;
 	uint8_t ctl[SMALL];
 	for (unsigned i = 0; i < 10; i++) {
@@ -277,11 +279,7 @@ static void test_small_send_plain(void)
 	g_assert_cmpint(ring_sq_tail(), ==, 1);
 	/* The counters' invariant holds for the plain sends too. */
 	g_assert_cmpuint(io->st.io_completions, ==, io->st.io_submissions);
-	tm_io_free(io);
-	g_thread_join(k.th);
-	close(b);
-	g_assert_cmpuint(k.bytes, ==, sent);
-	g_assert_cmpuint(k.sum, ==, sum);
+	sink_check(&k, io, b, sent, sum);
 }
 
 /*
@@ -290,14 +288,11 @@ static void test_small_send_plain(void)
  */
 static void test_close_at_free(void)
 {
-	g_autoptr(GError) err = NULL;
 	int a, b;
 
 	if (!uring_pair(&a, &b))
 		return;
-	tm_io_config cfg = { .timeout_ms = 10000, .depth = DEPTH, .zerocopy = -1 };
-	tm_io *io = NULL;
-	g_assert_cmpint(tm_io_open(a, 0, &tm_transport_io_uring, &cfg, &io, &err), ==, 0);
+	tm_io *io = mover(a, -1);
 	g_autofree uint8_t *buf = g_malloc0((size_t)DEPTH * SMALL);
 	uint64_t sent = 0, sum = 0;
 	send_packets(io, buf, DEPTH, SMALL, &sent, &sum);
