@@ -97,6 +97,24 @@ void tm_io_free(tm_io *io)
 	g_free(io);
 }
 
+int tm_io_sendmsg_all(tm_io *io, struct iovec *v, unsigned n, size_t len, bool completions)
+{
+	while (len > 0) {
+		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
+		ssize_t r = sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+		tm_count(&io->st.io_submissions, 1);
+		if (completions)
+			tm_count(&io->st.io_completions, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		len -= (size_t)r;
+		tm_iov_advance(&v, &n, (size_t)r);
+	}
+	return 0;
+}
+
 void tm_io_set_timeout(tm_io *io, unsigned timeout_ms)
 {
 	for (tm_io *l = io; l; l = l->inner)

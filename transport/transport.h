@@ -375,6 +375,14 @@ static inline void tm_iov_advance(struct iovec **v, unsigned *n, size_t done)
 	}
 }
 
+/*
+ * Sends len bytes of v[0..n) (a private copy: advanced after a partial send) on io's socket by
+ * blocking sendmsg, with the socket's SO_SNDTIMEO (tm_io_open): 0, -ETIMEDOUT or -errno. Each
+ * call counts a submission, and a completion too when completions is set (a backend whose
+ * counters pair them, io_uring).
+ */
+int tm_io_sendmsg_all(tm_io *io, struct iovec *v, unsigned n, size_t len, bool completions);
+
 /* Monotonic microseconds. */
 static inline int64_t tm_now_us(void)
 {

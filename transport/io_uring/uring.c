@@ -422,21 +422,8 @@ static int send_direct(tm_io *io, const struct iovec *iov, unsigned n, size_t le
 		s->cap = n;
 	}
 	memcpy(s->iov, iov, n * sizeof(*iov));
-	struct iovec *v = s->iov;
-	while (len > 0) {
-		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
-		ssize_t r = sendmsg(io->fd, &msg, MSG_NOSIGNAL);
-		/* A system call is a submission that completes at once (the counters' invariant). */
-		tm_count(&io->st.io_submissions, 1);
-		tm_count(&io->st.io_completions, 1);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return errno == EAGAIN ? -ETIMEDOUT : -errno;
-		len -= (size_t)r;
-		tm_iov_advance(&v, &n, (size_t)r);
-	}
-	return 0;
+	/* A system call is a submission that completes at once (the counters' invariant). */
+	return tm_io_sendmsg_all(io, s->iov, n, len, true);
 }
 
 static int uring_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)

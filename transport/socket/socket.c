@@ -40,21 +40,7 @@ static struct iovec *scratch_copy(tm_io *io, const struct iovec *iov, unsigned n
 
 static int sock_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
-	struct iovec *v = scratch_copy(io, iov, n);
-
-	while (len > 0) {
-		struct msghdr msg = { .msg_iov = v, .msg_iovlen = MIN(n, (unsigned)IOV_MAX) };
-		ssize_t r = sendmsg(io->fd, &msg, MSG_NOSIGNAL);
-		tm_count(&io->st.io_submissions, 1);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno == EAGAIN ? -ETIMEDOUT : -errno;
-		}
-		len -= (size_t)r;
-		tm_iov_advance(&v, &n, (size_t)r);
-	}
-	return 0;
+	return tm_io_sendmsg_all(io, scratch_copy(io, iov, n), n, len, false);
 }
 
 /*
