@@ -212,10 +212,24 @@ int tm_data_tags_expand(const tm_data_hdr *hdr, const tm_page_entry *entries, ui
  * Every step checks what it decodes (tm_data_hdr_decode, tm_data_entries_decode,
  * tm_data_tags_expand) before the next step's I/O, so no iovec ever points outside the block.
  * No byte of page data reaches guest RAM before every field of the packet is checked: a packet
- * whose tag payload (which follows the data) holds uniform tag bytes still to check has its data
- * staged (plan->staged) and copied in by tm_recv_plan_commit() after tm_recv_plan_tags().
- * Errors as the decoders' (no channel named: the caller prefixes it).
+ * whose tag payload (which follows the data) holds uniform tag bytes still to check has all its
+ * data staged and copied in by tm_recv_plan_commit() after tm_recv_plan_tags().
+ * Runs shorter than TM_STAGE_RUN_MAX go through the stage too, whatever the tags: the stage is
+ * one contiguous buffer the channel reuses, so the socket's copy lands in cache, and the commit
+ * writes the scattered pages by non-temporal stores (common/stream-copy.h), which do not read
+ * each destination line from memory first. Long runs go straight into guest RAM (the hardware
+ * prefetchers stream those). Errors as the decoders' (no channel named: the caller prefixes it).
  */
+/* Page runs shorter than this are received into the plan's stage (see above). */
+#define TM_STAGE_RUN_MAX (64u << 10)
+
+/* A staged run: len bytes at stage + off belong at to, in guest RAM. */
+typedef struct tm_stage_run {
+	uint8_t *to;
+	uint32_t off;
+	uint32_t len;
+} tm_stage_run;
+
 typedef struct tm_recv_plan {
 	/* set once by tm_recv_plan_init: buffers owned by the channel, allocated once */
 	uint8_t *head;           /* DATA header, then the raw entries, as received */
@@ -233,8 +247,10 @@ typedef struct tm_recv_plan {
 	unsigned iov_count;      /* data runs plus the tag payload when there is one */
 	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
 	uint8_t *block_host;     /* the block's guest RAM (tm_recv_plan_entries) */
-	bool staged;             /* the page data goes to stage first (tm_recv_plan_commit) */
-	uint8_t *stage;          /* packet_size bytes, allocated at the first staged packet */
+	bool staged;             /* some page data goes to stage first (tm_recv_plan_commit) */
+	uint8_t *stage;          /* packet_size bytes (tm_recv_plan_init) */
+	tm_stage_run *stage_runs; /* [stage_run_count]: where each staged run goes */
+	unsigned stage_run_count;
 	uint32_t packet_size;
 	/* ZDATA (codec/zdata.c): the compressed page data lands in zbuf, not in guest RAM */
 	uint32_t features;       /* the agreed features (HELLO_ACK): which codecs may come */
@@ -279,8 +295,8 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 int tm_recv_plan_tags(tm_recv_plan *plan, GError **error);
 
 /*
- * After tm_recv_plan_tags() succeeded: copies a staged packet's page data into guest RAM (its
- * NORMAL pages, in entry order). No-op for a packet received straight into guest RAM.
+ * After tm_recv_plan_tags() succeeded: copies the staged runs into guest RAM (non-temporal
+ * stores, fenced before it returns). No-op for a packet received straight into guest RAM.
  */
 void tm_recv_plan_commit(tm_recv_plan *plan);
 

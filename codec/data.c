@@ -11,6 +11,7 @@
 
 #include "codec/codec.h"
 #include "common/escape.h"
+#include "common/stream-copy.h"
 #include "tagmig/error.h"
 
 static const char *enc_name(uint8_t enc)
@@ -351,6 +352,8 @@ void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size)
 	plan->tags = g_malloc(packet_size / TM_TAG_GRANULE);
 	/* One run per page when no two pages are adjacent, and the tags. */
 	plan->iov = g_new(struct iovec, max_pages + 1);
+	plan->stage = g_malloc(packet_size);
+	plan->stage_runs = g_new(tm_stage_run, max_pages);
 	plan->packet_size = packet_size;
 }
 
@@ -364,6 +367,7 @@ void tm_recv_plan_fini(tm_recv_plan *plan)
 	g_free(plan->tags);
 	g_free(plan->iov);
 	g_free(plan->stage);
+	g_free(plan->stage_runs);
 	g_free(plan->zbuf);
 	g_free(plan->zpages);
 	memset(plan, 0, sizeof(*plan));
@@ -374,6 +378,7 @@ int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t bod
 {
 	plan->session = NULL;
 	plan->staged = false;
+	plan->stage_run_count = 0;
 	plan->zcodec = 0;
 	plan->zlen = 0;
 	plan->iov_count = plan->data_iov_count = 0;
@@ -436,26 +441,41 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 	}
 
 	/*
-	 * Every page is inside the block (checked above): page data goes straight into RAM, unless
-	 * the tag payload that follows it still holds something to check (a uniform tag byte may
-	 * have its high nibble set): then the data waits in the stage until tm_recv_plan_tags()
-	 * accepted the tags, and tm_recv_plan_commit() copies it. Packed tags are valid whatever
-	 * their bytes, so most packets go straight in.
+	 * Every page is inside the block (checked above). A run of NORMAL pages (adjacent in RAM
+	 * and on the wire) goes straight into RAM when it is long; a short one goes to the stage
+	 * (see codec.h). Every run is staged when the tag payload that follows the data still holds
+	 * something to check (a uniform tag byte may have its high nibble set): the data then waits
+	 * until tm_recv_plan_tags() accepted the tags. Packed tags are valid whatever their bytes.
 	 */
-	plan->staged = false;
+	bool stage_all = false;
 	for (uint32_t i = 0; i < hdr->page_count && hdr->data_len; i++)
-		plan->staged = plan->staged || plan->entries[i].tag_enc == TM_TAGS_UNIFORM;
-	if (plan->staged && !plan->stage)
-		plan->stage = g_malloc(plan->packet_size);
+		stage_all = stage_all || plan->entries[i].tag_enc == TM_TAGS_UNIFORM;
 	const uint8_t *run_end = NULL;
 	unsigned n = 0;
-	for (uint32_t i = 0, k = 0; i < hdr->page_count; i++) {
-		if (plan->entries[i].kind != TM_PAGE_NORMAL)
+	uint32_t staged = 0; /* bytes of the stage used */
+	for (uint32_t i = 0; i < hdr->page_count;) {
+		if (plan->entries[i].kind != TM_PAGE_NORMAL) {
+			i++;
 			continue;
-		uint8_t *to = plan->staged ? plan->stage + (size_t)k++ * plan->page_size
-					   : block_host + (uint64_t)plan->entries[i].page * plan->page_size;
-		iov_append_run(plan->iov, &n, 0, &run_end, to, plan->page_size);
+		}
+		uint32_t j = i + 1;
+		while (j < hdr->page_count && plan->entries[j].kind == TM_PAGE_NORMAL &&
+		       plan->entries[j].page == plan->entries[j - 1].page + 1)
+			j++;
+		/* NORMAL pages x page_size = data_len <= packet_size (the decoders): fits the stage */
+		uint32_t len = (j - i) * plan->page_size;
+		uint8_t *ram = block_host + (uint64_t)plan->entries[i].page * plan->page_size;
+		if (stage_all || len < TM_STAGE_RUN_MAX) {
+			plan->stage_runs[plan->stage_run_count++] =
+				(tm_stage_run){ .to = ram, .off = staged, .len = len };
+			iov_append_run(plan->iov, &n, 0, &run_end, plan->stage + staged, len);
+			staged += len;
+		} else {
+			iov_append_run(plan->iov, &n, 0, &run_end, ram, len);
+		}
+		i = j;
 	}
+	plan->staged = plan->stage_run_count > 0;
 	plan->data_iov_count = n;
 	if (hdr->tag_len) {
 		plan->iov[n].iov_base = plan->tag_payload;
@@ -476,16 +496,13 @@ int tm_recv_plan_tags(tm_recv_plan *plan, GError **error)
 
 void tm_recv_plan_commit(tm_recv_plan *plan)
 {
-	if (!plan->staged)
+	if (!plan->stage_run_count)
 		return;
-	const uint8_t *from = plan->stage;
-	for (uint32_t i = 0; i < plan->hdr.page_count; i++) {
-		if (plan->entries[i].kind != TM_PAGE_NORMAL)
-			continue;
-		memcpy(plan->block_host + (uint64_t)plan->entries[i].page * plan->page_size, from,
-		       plan->page_size);
-		from += plan->page_size;
+	for (unsigned i = 0; i < plan->stage_run_count; i++) {
+		const tm_stage_run *r = &plan->stage_runs[i];
+		tm_stream_copy(r->to, plan->stage + r->off, r->len);
 	}
+	tm_stream_copy_fence(); /* before the presence bits say these pages are in */
 }
 
 uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i)

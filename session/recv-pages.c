@@ -39,6 +39,8 @@ static void populate(tm_receiver *r, const tm_recv_plan *p)
 		return;
 	for (unsigned i = 0; i < p->data_iov_count; i++)
 		if (p->iov[i].iov_len >= TM_POPULATE_MIN &&
+		    !((uint8_t *)p->iov[i].iov_base >= p->stage &&
+		      (uint8_t *)p->iov[i].iov_base < p->stage + p->packet_size) && /* RAM only */
 		    madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
 		    errno == EINVAL)
 			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);
@@ -75,9 +77,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 
 	/* Everything is validated: page data goes straight into guest RAM. */
 	uint32_t ps = p->page_size;
-	populate(r, p);
-	for (unsigned i = 0; i < p->data_iov_count; i++)
-		tm_prefetch_run(p->iov[i].iov_base, p->iov[i].iov_len, true);
+	populate(r, p); /* short runs go to the stage (codec.h): nothing of them to fetch */
 	if (p->payload_len) {
 		ret = tm_chan_recv_iov(&c->ch, p->iov, p->iov_count, p->payload_len);
 		if (ret < 0)
@@ -88,7 +88,7 @@ static int apply_data(recv_chan *c, const tm_frame *f, GError **error)
 	}
 	if ((ret = tm_recv_plan_tags(p, error)) < 0)
 		goto bad;
-	tm_recv_plan_commit(p); /* staged data: only now into guest RAM */
+	tm_recv_plan_commit(p); /* staged runs: only now into guest RAM */
 	if ((ret = tm_zrecv_decode(c, b->name, error)) < 0) /* ZDATA: decoded into its pages */
 		return ret;
 	for (uint32_t i = 0; i < p->hdr.page_count; i++) {

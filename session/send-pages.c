@@ -39,7 +39,7 @@ int tm_send_flush(send_chan *c, GError **error)
 	if (r)
 		c->cr.throttled = true;
 	for (unsigned i = 1; i < n; i++) /* iov[0] is the header */
-		tm_prefetch_run(iov[i].iov_base, iov[i].iov_len, false);
+		tm_prefetch_run(iov[i].iov_base, iov[i].iov_len);
 	r = tm_chan_submit(&c->ch, c->cur, iov, n, len, error);
 	if (r < 0)
 		return (int)r;

@@ -74,7 +74,7 @@ typedef struct send_state {
  */
 #define TM_POPULATE_MIN (64u << 10)
 /* Asks the CPU for the cache lines of a run shorter than TM_POPULATE_MIN (prefetch.c). */
-void tm_prefetch_run(const void *p, size_t len, bool for_write);
+void tm_prefetch_run(const void *p, size_t len);
 
 /* Failure bookkeeping shared by sender and receiver. */
 typedef struct tm_failure {

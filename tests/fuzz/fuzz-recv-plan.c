@@ -146,9 +146,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (plan.zcodec && i == 0) {
 			/* Compressed data: only into its own buffer, shorter than the pages. */
 			g_assert_true(p == plan.zbuf && len == plan.zlen && len < hdr->data_len);
-		} else if (i < plan.data_iov_count && plan.staged) {
-			/* Page data that waits for its tags' check: only inside the stage. */
-			g_assert_true(p >= plan.stage && len <= plan.packet_size &&
+		} else if (i < plan.data_iov_count && p >= plan.stage &&
+			   p < plan.stage + plan.packet_size) {
+			/* Page data staged (short runs, or waiting for its tags' check): only
+			 * inside the stage. */
+			g_assert_true(plan.staged && len <= plan.packet_size &&
 				      (size_t)(p - plan.stage) <= plan.packet_size - len);
 		} else if (i < plan.data_iov_count) {
 			g_assert_true(p >= host && len <= b->length &&
@@ -160,6 +162,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		covered += len;
 	}
 	g_assert_cmpuint(covered, ==, plan.payload_len);
+	/* Where the commit will write the staged runs: only guest RAM, whole pages. */
+	for (unsigned i = 0; i < plan.stage_run_count; i++) {
+		const tm_stage_run *sr = &plan.stage_runs[i];
+		g_assert_true(sr->to >= host && sr->len <= b->length &&
+			      (size_t)(sr->to - host) <= b->length - sr->len);
+		g_assert_cmpuint((size_t)(sr->to - host) % b->page_size, ==, 0);
+		g_assert_cmpuint(sr->len % b->page_size, ==, 0);
+		g_assert_cmpuint((size_t)sr->off + sr->len, <=, plan.packet_size);
+	}
 	g_assert_cmpuint((plan.zcodec ? TM_ZDATA_HDR_LEN : 0) + TM_DATA_HDR_LEN +
 				 (size_t)TM_PAGE_ENTRY_LEN * hdr->page_count + covered, ==, f.body_len);
 	for (unsigned i = 0; i < plan.iov_count; i++)

@@ -12,6 +12,7 @@
 #include <glib.h>
 
 #include "codec/codec.h"
+#include "common/stream-copy.h"
 #include "codec-test.h"
 #include "tagmig/error.h"
 #include "tagmig/session.h"
@@ -361,7 +362,10 @@ static void test_data_recv_plan(void)
 	tm_recv_plan_fini(&plan);
 	tm_hello_clear(&s);
 
-	/* Without tags nothing is left to check after the data: straight into RAM, in runs. */
+	/*
+	 * Without tags nothing is left to check after the data, but pages 0 and 3 are short runs:
+	 * both into the stage, back to back (one iovec), then into RAM at the commit.
+	 */
 	make_data_session(&s, 0);
 	g_autofree uint8_t *plain = make_data_packet(false, &len);
 	memset(ram, 0, s.blocks[0].length);
@@ -373,13 +377,114 @@ static void test_data_recv_plan(void)
 	in += TM_DATA_HDR_LEN;
 	g_assert_cmpint(tm_recv_plan_header(&plan, &err), ==, 4 * TM_PAGE_ENTRY_LEN);
 	memcpy(plan.head + TM_DATA_HDR_LEN, in, 4 * TM_PAGE_ENTRY_LEN);
+	in += 4 * TM_PAGE_ENTRY_LEN;
 	check_ok(tm_recv_plan_entries(&plan, 0, ram, &err), &err);
-	g_assert_false(plan.staged);
-	g_assert_cmpuint(plan.data_iov_count, ==, 2); /* pages 0 and 3: not adjacent */
-	g_assert_true(plan.iov[0].iov_base == ram && plan.iov[0].iov_len == 4096);
-	g_assert_true(plan.iov[1].iov_base == ram + 3 * 4096 && plan.iov[1].iov_len == 4096);
+	g_assert_true(plan.staged);
+	g_assert_cmpuint(plan.stage_run_count, ==, 2); /* pages 0 and 3: not adjacent */
+	g_assert_cmpuint(plan.data_iov_count, ==, 1);
+	g_assert_true(plan.iov[0].iov_base == plan.stage && plan.iov[0].iov_len == 8192);
+	memcpy(plan.stage, in, 8192);
+	check_ok(tm_recv_plan_tags(&plan, &err), &err);
+	g_assert_true(tm_buffer_is_zero(ram, s.blocks[0].length));
+	tm_recv_plan_commit(&plan);
+	g_assert_cmpuint(ram[4095], ==, 0x11);
+	g_assert_cmpuint(ram[3 * 4096], ==, 0x33);
+	g_assert_true(in + 8192 == plain + len);
+	g_assert_true(tm_buffer_is_zero(ram + 4096, 2 * 4096));
 	tm_recv_plan_fini(&plan);
 	tm_hello_clear(&s);
+}
+
+/*
+ * Which runs go through the stage: short ones (< TM_STAGE_RUN_MAX) do, long ones go straight
+ * into guest RAM, in one packet. Pages 0 (1 page), 2-17 (16 pages: 64 KiB), 20-21 (2 pages),
+ * 23 a zero page; a session without tags, 256 KiB packets, all of it on channel 0.
+ */
+static void test_data_recv_stage(void)
+{
+	static const blk_spec blocks[] = { { "pc.ram", 1u << 20, 4096, 0 } };
+	g_autoptr(GError) err = NULL;
+	tm_hello s;
+	tm_recv_plan plan;
+	tm_packet pkt;
+	size_t len;
+
+	make_session(&s, 0, 2, 256 * 1024, 1u << 20, blocks, 1);
+	g_autofree uint8_t *src = g_malloc0(1u << 20);
+	for (size_t i = 0; i < (1u << 20); i++)
+		src[i] = (uint8_t)(i / 4096 + 1 + i % 7);
+	memset(src + 23 * 4096, 0, 4096);
+	static const uint32_t pages[] = { 0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+					  20, 21, 23 };
+	tm_packet_init(&pkt, s.packet_size);
+	tm_packet_begin(&pkt, 0, 4096, s.packet_size);
+	for (unsigned i = 0; i < G_N_ELEMENTS(pages); i++) {
+		const uint8_t *pg = src + (size_t)pages[i] * 4096;
+		tm_packet_add(&pkt, pages[i], pg, tm_buffer_is_zero(pg, 4096), NULL, NULL);
+	}
+	unsigned n = tm_packet_finish(&pkt, 0, &len);
+	g_autofree uint8_t *msg = flatten(pkt.iov, n, len);
+	tm_packet_fini(&pkt);
+
+	g_autofree uint8_t *ram = g_malloc0(1u << 20);
+	const uint8_t *in = msg + TM_FRAME_HDR_LEN;
+	tm_recv_plan_init(&plan, s.packet_size);
+	int k = tm_recv_plan_begin(&plan, &s, (uint32_t)(len - TM_FRAME_HDR_LEN), &err);
+	g_assert_cmpint(k, ==, TM_DATA_HDR_LEN);
+	memcpy(plan.head, in, (size_t)k);
+	in += k;
+	k = tm_recv_plan_header(&plan, &err);
+	g_assert_cmpint(k, ==, (int)G_N_ELEMENTS(pages) * TM_PAGE_ENTRY_LEN);
+	memcpy(plan.head + TM_DATA_HDR_LEN, in, (size_t)k);
+	in += k;
+	check_ok(tm_recv_plan_entries(&plan, 0, ram, &err), &err);
+
+	g_assert_true(plan.staged);
+	g_assert_cmpuint(plan.stage_run_count, ==, 2);
+	g_assert_cmpuint(plan.data_iov_count, ==, 3);
+	g_assert_true(plan.iov[0].iov_base == plan.stage && plan.iov[0].iov_len == 4096);
+	g_assert_true(plan.iov[1].iov_base == ram + 2 * 4096 && plan.iov[1].iov_len == 65536);
+	g_assert_true(plan.iov[2].iov_base == plan.stage + 4096 && plan.iov[2].iov_len == 8192);
+	g_assert_cmpuint(plan.payload_len, ==, 19 * 4096);
+	for (unsigned i = 0; i < plan.iov_count; i++) {
+		memcpy(plan.iov[i].iov_base, in, plan.iov[i].iov_len);
+		in += plan.iov[i].iov_len;
+	}
+	g_assert_true(in == msg + len);
+	/* The long run is in; the short ones wait for the commit. */
+	g_assert_cmpmem(ram + 2 * 4096, 65536, src + 2 * 4096, 65536);
+	g_assert_true(tm_buffer_is_zero(ram, 4096));
+	g_assert_true(tm_buffer_is_zero(ram + 20 * 4096, 2 * 4096));
+	check_ok(tm_recv_plan_tags(&plan, &err), &err);
+	tm_recv_plan_commit(&plan);
+	memset(src + 1 * 4096, 0, 4096); /* pages not in the packet stay as they were: zero */
+	memset(src + 18 * 4096, 0, 2 * 4096);
+	memset(src + 22 * 4096, 0, 4096);
+	g_assert_cmpmem(ram, 24 * 4096, src, 24 * 4096);
+	g_assert_true(tm_buffer_is_zero(ram + 24 * 4096, (1u << 20) - 24 * 4096));
+	tm_recv_plan_fini(&plan);
+	tm_hello_clear(&s);
+}
+
+/* The non-temporal copy copies exactly len bytes, aligned or not (memcpy's path). */
+static void test_stream_copy(void)
+{
+	g_autofree uint8_t *src = g_malloc(3 * 4096), *dst = g_malloc(3 * 4096 + 64);
+	for (size_t i = 0; i < 3 * 4096; i++)
+		src[i] = (uint8_t)(i * 31 + 7);
+	static const struct { size_t doff, soff, len; } cases[] = {
+		{ 0, 0, 4096 }, { 0, 0, 3 * 4096 }, { 0, 0, 64 }, { 16, 32, 4096 - 64 },
+		{ 1, 0, 4096 }, { 0, 3, 100 }, { 0, 0, 4096 - 16 }, { 0, 0, 0 },
+	};
+	for (unsigned c = 0; c < G_N_ELEMENTS(cases); c++) {
+		memset(dst, 0xee, 3 * 4096 + 64);
+		tm_stream_copy(dst + cases[c].doff, src + cases[c].soff, cases[c].len);
+		tm_stream_copy_fence();
+		g_assert_cmpmem(dst + cases[c].doff, cases[c].len, src + cases[c].soff, cases[c].len);
+		for (size_t i = 0; i < 3 * 4096 + 64; i++)
+			if (i < cases[c].doff || i >= cases[c].doff + cases[c].len)
+				g_assert_cmpuint(dst[i], ==, 0xee);
+	}
 }
 
 typedef struct data_mutation {
@@ -639,6 +744,8 @@ int main(int argc, char **argv)
 	g_test_add_data_func("/codec/data/round-trip/16k", GUINT_TO_POINTER(16384), test_data_round_trip);
 	g_test_add_data_func("/codec/data/round-trip/64k", GUINT_TO_POINTER(65536), test_data_round_trip);
 	g_test_add_func("/codec/data/recv-plan", test_data_recv_plan);
+	g_test_add_func("/codec/data/recv-stage", test_data_recv_stage);
+	g_test_add_func("/codec/stream-copy", test_stream_copy);
 	g_test_add_func("/codec/data/malformed", test_data_malformed);
 	g_test_add_func("/codec/data/no-tag-feature", test_data_no_tag_feature);
 	g_test_add_func("/codec/tags", test_tags);
