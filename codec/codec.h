@@ -247,7 +247,6 @@ typedef struct tm_recv_plan {
 	unsigned iov_count;      /* data runs plus the tag payload when there is one */
 	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
 	uint8_t *block_host;     /* the block's guest RAM (tm_recv_plan_entries) */
-	bool staged;             /* some page data goes to stage first (tm_recv_plan_commit) */
 	uint8_t *stage;          /* packet_size bytes (tm_recv_plan_init) */
 	tm_stage_run *stage_runs; /* [stage_run_count]: where each staged run goes */
 	unsigned stage_run_count;
@@ -299,6 +298,12 @@ int tm_recv_plan_tags(tm_recv_plan *plan, GError **error);
  * stores, fenced before it returns). No-op for a packet received straight into guest RAM.
  */
 void tm_recv_plan_commit(tm_recv_plan *plan);
+
+/*
+ * Whether page-data iovec i (< data_iov_count) points into the stage rather than guest RAM:
+ * what the session must not fault in or madvise as guest memory.
+ */
+bool tm_recv_plan_iov_staged(const tm_recv_plan *plan, unsigned i);
 
 /* End of the run of consecutive pages that starts at entry i: the first entry after it. */
 uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i);

@@ -377,7 +377,6 @@ int tm_recv_plan_begin(tm_recv_plan *plan, const tm_hello *session, uint32_t bod
 		       GError **error)
 {
 	plan->session = NULL;
-	plan->staged = false;
 	plan->stage_run_count = 0;
 	plan->zcodec = 0;
 	plan->zlen = 0;
@@ -427,7 +426,6 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 		/* The compressed bytes go to zbuf; tm_recv_plan_decompress() fills the pages once
 		 * the tags are checked. */
 		unsigned n = 0;
-		plan->staged = false;
 		plan->iov[n].iov_base = plan->zbuf;
 		plan->iov[n++].iov_len = plan->zlen;
 		plan->data_iov_count = 0; /* nothing of guest RAM to populate for the socket */
@@ -475,7 +473,6 @@ int tm_recv_plan_entries(tm_recv_plan *plan, unsigned channel, uint8_t *block_ho
 		}
 		i = j;
 	}
-	plan->staged = plan->stage_run_count > 0;
 	plan->data_iov_count = n;
 	if (hdr->tag_len) {
 		plan->iov[n].iov_base = plan->tag_payload;
@@ -503,6 +500,12 @@ void tm_recv_plan_commit(tm_recv_plan *plan)
 		tm_stream_copy(r->to, plan->stage + r->off, r->len);
 	}
 	tm_stream_copy_fence(); /* before the presence bits say these pages are in */
+}
+
+bool tm_recv_plan_iov_staged(const tm_recv_plan *plan, unsigned i)
+{
+	const uint8_t *p = plan->iov[i].iov_base;
+	return i < plan->data_iov_count && p >= plan->stage && p < plan->stage + plan->packet_size;
 }
 
 uint32_t tm_recv_plan_run_end(const tm_recv_plan *plan, uint32_t i)

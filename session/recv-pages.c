@@ -38,9 +38,7 @@ static void populate(tm_receiver *r, const tm_recv_plan *p)
 	if (__atomic_load_n(&r->no_populate, __ATOMIC_RELAXED))
 		return;
 	for (unsigned i = 0; i < p->data_iov_count; i++)
-		if (p->iov[i].iov_len >= TM_POPULATE_MIN &&
-		    !((uint8_t *)p->iov[i].iov_base >= p->stage &&
-		      (uint8_t *)p->iov[i].iov_base < p->stage + p->packet_size) && /* RAM only */
+		if (p->iov[i].iov_len >= TM_POPULATE_MIN && !tm_recv_plan_iov_staged(p, i) &&
 		    madvise(p->iov[i].iov_base, p->iov[i].iov_len, MADV_POPULATE_WRITE) < 0 &&
 		    errno == EINVAL)
 			__atomic_store_n(&r->no_populate, true, __ATOMIC_RELAXED);

@@ -146,11 +146,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (plan.zcodec && i == 0) {
 			/* Compressed data: only into its own buffer, shorter than the pages. */
 			g_assert_true(p == plan.zbuf && len == plan.zlen && len < hdr->data_len);
-		} else if (i < plan.data_iov_count && p >= plan.stage &&
-			   p < plan.stage + plan.packet_size) {
+		} else if (tm_recv_plan_iov_staged(&plan, i)) {
 			/* Page data staged (short runs, or waiting for its tags' check): only
 			 * inside the stage. */
-			g_assert_true(plan.staged && len <= plan.packet_size &&
+			g_assert_true(plan.stage_run_count && len <= plan.packet_size &&
 				      (size_t)(p - plan.stage) <= plan.packet_size - len);
 		} else if (i < plan.data_iov_count) {
 			g_assert_true(p >= host && len <= b->length &&

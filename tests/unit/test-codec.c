@@ -293,6 +293,30 @@ static uint8_t *make_data_packet(bool tags, size_t *ret_len)
 }
 
 /*
+ * Receives a DATA frame's DATA header and entries into plan as the session's channel does (they
+ * arrive in separate receives), plans the entries on channel 0 into ram, and returns where the
+ * payload starts in msg. page_count: what the header must announce.
+ */
+static const uint8_t *plan_headers(tm_recv_plan *plan, const tm_hello *s, const uint8_t *msg,
+				   size_t len, uint32_t page_count, uint8_t *ram)
+{
+	g_autoptr(GError) err = NULL;
+	const uint8_t *in = msg + TM_FRAME_HDR_LEN;
+	int n = tm_recv_plan_begin(plan, s, (uint32_t)(len - TM_FRAME_HDR_LEN), &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(n, ==, TM_DATA_HDR_LEN);
+	memcpy(plan->head, in, (size_t)n);
+	in += n;
+	n = tm_recv_plan_header(plan, &err);
+	g_assert_no_error(err);
+	g_assert_cmpint(n, ==, (int)(page_count * TM_PAGE_ENTRY_LEN));
+	memcpy(plan->head + TM_DATA_HDR_LEN, in, (size_t)n);
+	in += n;
+	check_ok(tm_recv_plan_entries(plan, 0, ram, &err), &err);
+	return in;
+}
+
+/*
  * The receiver's plan of the same packet: header, entries, then the payload straight into the
  * destination RAM through the plan's iovecs (what the session's channel does), then the tags.
  */
@@ -306,26 +330,15 @@ static void test_data_recv_plan(void)
 	make_data_session(&s, TM_FEATURE_TAGS_MTE4);
 	g_autofree uint8_t *msg = make_data_packet(true, &len);
 	g_autofree uint8_t *ram = g_malloc0(s.blocks[0].length);
-	const uint8_t *in = msg + TM_FRAME_HDR_LEN;
 	uint32_t body_len = (uint32_t)(len - TM_FRAME_HDR_LEN);
 
 	tm_recv_plan_init(&plan, s.packet_size);
-	int n = tm_recv_plan_begin(&plan, &s, body_len, &err);
-	g_assert_no_error(err);
-	g_assert_cmpint(n, ==, TM_DATA_HDR_LEN);
-	memcpy(plan.head, in, (size_t)n);
-	in += n;
-	n = tm_recv_plan_header(&plan, &err);
-	g_assert_no_error(err);
-	g_assert_cmpint(n, ==, 4 * TM_PAGE_ENTRY_LEN);
-	memcpy(plan.head + TM_DATA_HDR_LEN, in, (size_t)n);
-	in += n;
-	check_ok(tm_recv_plan_entries(&plan, 0, ram, &err), &err);
+	const uint8_t *in = plan_headers(&plan, &s, msg, len, 4, ram);
 	/*
 	 * Pages 0 and 3 carry data, then the tag payload. Page 3's uniform tag byte can only be
-	 * checked after the data, so the data waits in the stage (one run) until the tags passed.
+	 * checked after the data, so the data waits in the stage (one iovec) until the tags passed.
 	 */
-	g_assert_true(plan.staged);
+	g_assert_cmpuint(plan.stage_run_count, ==, 2);
 	g_assert_cmpuint(plan.data_iov_count, ==, 1);
 	g_assert_cmpuint(plan.iov_count, ==, 2);
 	g_assert_true(plan.iov[0].iov_base == plan.stage && plan.iov[0].iov_len == 8192);
@@ -369,17 +382,8 @@ static void test_data_recv_plan(void)
 	make_data_session(&s, 0);
 	g_autofree uint8_t *plain = make_data_packet(false, &len);
 	memset(ram, 0, s.blocks[0].length);
-	in = plain + TM_FRAME_HDR_LEN;
 	tm_recv_plan_init(&plan, s.packet_size);
-	g_assert_cmpint(tm_recv_plan_begin(&plan, &s, (uint32_t)(len - TM_FRAME_HDR_LEN), &err), ==,
-			TM_DATA_HDR_LEN);
-	memcpy(plan.head, in, TM_DATA_HDR_LEN);
-	in += TM_DATA_HDR_LEN;
-	g_assert_cmpint(tm_recv_plan_header(&plan, &err), ==, 4 * TM_PAGE_ENTRY_LEN);
-	memcpy(plan.head + TM_DATA_HDR_LEN, in, 4 * TM_PAGE_ENTRY_LEN);
-	in += 4 * TM_PAGE_ENTRY_LEN;
-	check_ok(tm_recv_plan_entries(&plan, 0, ram, &err), &err);
-	g_assert_true(plan.staged);
+	in = plan_headers(&plan, &s, plain, len, 4, ram);
 	g_assert_cmpuint(plan.stage_run_count, ==, 2); /* pages 0 and 3: not adjacent */
 	g_assert_cmpuint(plan.data_iov_count, ==, 1);
 	g_assert_true(plan.iov[0].iov_base == plan.stage && plan.iov[0].iov_len == 8192);
@@ -427,24 +431,16 @@ static void test_data_recv_stage(void)
 	tm_packet_fini(&pkt);
 
 	g_autofree uint8_t *ram = g_malloc0(1u << 20);
-	const uint8_t *in = msg + TM_FRAME_HDR_LEN;
 	tm_recv_plan_init(&plan, s.packet_size);
-	int k = tm_recv_plan_begin(&plan, &s, (uint32_t)(len - TM_FRAME_HDR_LEN), &err);
-	g_assert_cmpint(k, ==, TM_DATA_HDR_LEN);
-	memcpy(plan.head, in, (size_t)k);
-	in += k;
-	k = tm_recv_plan_header(&plan, &err);
-	g_assert_cmpint(k, ==, (int)G_N_ELEMENTS(pages) * TM_PAGE_ENTRY_LEN);
-	memcpy(plan.head + TM_DATA_HDR_LEN, in, (size_t)k);
-	in += k;
-	check_ok(tm_recv_plan_entries(&plan, 0, ram, &err), &err);
+	const uint8_t *in = plan_headers(&plan, &s, msg, len, G_N_ELEMENTS(pages), ram);
 
-	g_assert_true(plan.staged);
 	g_assert_cmpuint(plan.stage_run_count, ==, 2);
 	g_assert_cmpuint(plan.data_iov_count, ==, 3);
 	g_assert_true(plan.iov[0].iov_base == plan.stage && plan.iov[0].iov_len == 4096);
 	g_assert_true(plan.iov[1].iov_base == ram + 2 * 4096 && plan.iov[1].iov_len == 65536);
 	g_assert_true(plan.iov[2].iov_base == plan.stage + 4096 && plan.iov[2].iov_len == 8192);
+	g_assert_true(tm_recv_plan_iov_staged(&plan, 0) && !tm_recv_plan_iov_staged(&plan, 1) &&
+		      tm_recv_plan_iov_staged(&plan, 2));
 	g_assert_cmpuint(plan.payload_len, ==, 19 * 4096);
 	for (unsigned i = 0; i < plan.iov_count; i++) {
 		memcpy(plan.iov[i].iov_base, in, plan.iov[i].iov_len);
