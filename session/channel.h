@@ -29,6 +29,8 @@ typedef struct tm_counters {
 
 /* Sums the protocol counters of a channel into ret (pages, bytes, ...); see tm_chan_sum. */
 void tm_counters_sum(const tm_counters *c, tm_stats *ret);
+/* Copies the counters (each read atomically: they are counted while this runs). */
+void tm_counters_load(tm_counters *dst, const tm_counters *src);
 
 /*
  * Deadlines, not idle timers (docs/wire-format.md, "Deadlines"): once a frame header arrived, its

@@ -262,13 +262,16 @@ static int receiver_close(tm_control *c, GError **error)
 
 /*
  * c->ended: the end is acknowledged (sender: END_ACK is in; either side: the thread ended
- * cleanly). Broadcast, and end_fd for a thread in poll (tm_send_direct_await).
+ * cleanly); the connection's counts as they are now are its statistics from here on (at_end).
+ * Broadcast, and end_fd for a thread in poll (tm_send_direct_await).
  */
 static void set_ended(tm_control *c, bool exited)
 {
 	uint64_t one = 1;
 
 	g_mutex_lock(c->lock);
+	if (!c->ended)
+		tm_counters_load(&c->at_end, &c->ch->st);
 	c->ended = true;
 	c->exited |= exited;
 	g_cond_broadcast(c->cond);

@@ -20,6 +20,19 @@ void tm_counters_sum(const tm_counters *c, tm_stats *ret)
 	ret->tag_bytes += __atomic_load_n(&c->tag_bytes, __ATOMIC_RELAXED);
 }
 
+void tm_counters_load(tm_counters *dst, const tm_counters *src)
+{
+	dst->pages = __atomic_load_n(&src->pages, __ATOMIC_RELAXED);
+	for (int k = 0; k < TM_PAGE_KIND_COUNT; k++)
+		dst->by_kind[k] = __atomic_load_n(&src->by_kind[k], __ATOMIC_RELAXED);
+	for (int k = 0; k < TM_TAG_ENC_COUNT; k++)
+		dst->by_enc[k] = __atomic_load_n(&src->by_enc[k], __ATOMIC_RELAXED);
+	dst->packets = __atomic_load_n(&src->packets, __ATOMIC_RELAXED);
+	dst->wire_bytes = __atomic_load_n(&src->wire_bytes, __ATOMIC_RELAXED);
+	dst->data_bytes = __atomic_load_n(&src->data_bytes, __ATOMIC_RELAXED);
+	dst->tag_bytes = __atomic_load_n(&src->tag_bytes, __ATOMIC_RELAXED);
+}
+
 void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));
@@ -38,9 +51,10 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 		for (unsigned i = 0; i < s->nch; i++)
 			tm_chan_sum(&s->chans[i].ch, ret);
 		tm_tls_fill_stats(s->tls, s->chans[0].ch.io, ret);
-		/* every connection counts in wire_bytes, the control connection too; the io_*
-		 * counters stay those of the data channels' backend */
-		tm_counters_sum(&s->ctl.st, ret);
+		/* every connection counts in wire_bytes, the control connection too (up to its
+		 * end: what its close sends after END_ACK, when finish may have returned, is not
+		 * the migration's); the io_* counters stay those of the data channels' backend */
+		tm_counters_sum(s->control.ended ? &s->control.at_end : &s->ctl.st, ret);
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
 	}
 	g_mutex_unlock(&s->lock);

@@ -153,7 +153,7 @@ TM_EXPORT int tm_sender_finish(tm_sender *sender, GError **error);
 /*
  * Copies the current statistics; thread-safe, also while connect or attach runs in another
  * thread (the channels' counters read zero until the session has started, and stay zero after a
- * failed setup).
+ * failed setup). Final once tm_sender_finish() returned.
  */
 TM_EXPORT void tm_sender_get_stats(tm_sender *sender, tm_stats *ret);
 
