@@ -262,16 +262,20 @@ static int receiver_close(tm_control *c, GError **error)
 
 /*
  * c->ended: the end is acknowledged (sender: END_ACK is in; either side: the thread ended
- * cleanly); the connection's counts as they are now are its statistics from here on (at_end).
- * Broadcast, and end_fd for a thread in poll (tm_send_direct_await).
+ * cleanly); the connection's counts as they are now, with closing_bytes about to be sent (the
+ * sender's CTL_POS), are its statistics from here on (at_end): final when finish() returns, and
+ * equal to what the receiver counts. Broadcast, and end_fd for a thread in poll
+ * (tm_send_direct_await).
  */
-static void set_ended(tm_control *c, bool exited)
+static void set_ended(tm_control *c, bool exited, uint64_t closing_bytes)
 {
 	uint64_t one = 1;
 
 	g_mutex_lock(c->lock);
-	if (!c->ended)
+	if (!c->ended) {
 		tm_counters_load(&c->at_end, &c->ch->st);
+		c->at_end.wire_bytes += closing_bytes;
+	}
 	c->ended = true;
 	c->exited |= exited;
 	g_cond_broadcast(c->cond);
@@ -334,7 +338,7 @@ static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **erro
 		 * insists on a clean close (TLS: our close_notify), so the end is the close's.
 		 */
 		if (c->resume)
-			set_ended(c, false);
+			set_ended(c, false, TM_FRAME_HDR_LEN + TM_CTL_POS_LEN);
 		return sender_close(c, error);
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
@@ -689,7 +693,7 @@ static gpointer control_thread(gpointer data)
 	}
 	tm_ctl_resume_exited(c);
 	if (r == 1) {
-		set_ended(c, true);
+		set_ended(c, true, 0);
 		g_mutex_unlock(&c->io_lock);
 		linger(c);
 		return NULL;

@@ -182,8 +182,8 @@ typedef struct tm_control {
 	uint64_t lost[TM_MAX_CHANNELS + 1];
 	bool ended;            /* the end acknowledged: the sender has END_ACK (its close may go on), or
 				* the thread ended cleanly */
-	tm_counters at_end;    /* the connection's counts when ended was set: the statistics stop
-				* there (the sender's close after END_ACK is not the migration's) */
+	tm_counters at_end;    /* the connection's counts when ended was set, the sender's CTL_POS
+				* included: the statistics stop there (set_ended) */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
 	bool exited;
 

@@ -52,8 +52,8 @@ void tm_sender_get_stats(tm_sender *s, tm_stats *ret)
 			tm_chan_sum(&s->chans[i].ch, ret);
 		tm_tls_fill_stats(s->tls, s->chans[0].ch.io, ret);
 		/* every connection counts in wire_bytes, the control connection too (up to its
-		 * end: what its close sends after END_ACK, when finish may have returned, is not
-		 * the migration's); the io_* counters stay those of the data channels' backend */
+		 * end, CTL_POS included: final once finish returned, though the close may still
+		 * be sending it); the io_* counters stay those of the data channels' backend */
 		tm_counters_sum(s->control.ended ? &s->control.at_end : &s->ctl.st, ret);
 		ret->seconds = (double)((s->t_end ? s->t_end : tm_now_us()) - s->t_start) / 1e6;
 	}
