@@ -327,6 +327,7 @@ typedef struct tm_packet {
 	uint32_t tag_len;
 	unsigned iov_count;
 	const uint8_t *run_end; /* end of the last data iovec, to merge adjacent pages */
+	uint32_t last_page;     /* the last page added (when page_count > 0) */
 	/* ZDATA (codec/zdata.c): set up at the first compressed packet of the slot */
 	uint8_t *zbuf;          /* the compressed page data */
 	size_t zcap;
@@ -347,8 +348,15 @@ void tm_packet_begin(tm_packet *pkt, uint32_t block, uint32_t page_size, uint32_
 
 static inline bool tm_packet_full(const tm_packet *pkt) { return pkt->page_count >= pkt->max_pages; }
 
+/* Whether page may be added next: a packet's pages ascend (tm_data_entries_decode). */
+static inline bool tm_packet_takes(const tm_packet *pkt, uint32_t page)
+{
+	return pkt->page_count == 0 || page > pkt->last_page;
+}
+
 /*
- * Adds a page. data: the page in guest RAM (referenced, not copied; only for NORMAL). tags: the
+ * Adds a page, above the last one added (tm_packet_takes). data: the page in guest RAM
+ * (referenced, not copied; only for NORMAL). tags: the
  * page's tags, one byte per granule (page_size / 16 bytes), or NULL without the tag feature.
  * Chooses the kind (ZERO / ZERO_TAGGED if data_is_zero) and tag encoding. Returns the kind.
  */

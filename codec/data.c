@@ -228,6 +228,7 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 
 	/* First pass checks everything, so out[] is only written for a valid packet. */
 	uint64_t data_len = 0, tag_len = 0;
+	uint32_t prev = 0;
 	for (uint32_t i = 0; i < hdr->page_count; i++) {
 		tm_page_entry e;
 		uint16_t reserved;
@@ -236,6 +237,16 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 		int r = check_entry(hdr, session, channel, i, &e, reserved, error);
 		if (r < 0)
 			return r;
+		/* Ascending: no page twice, so the order in which the receiver writes a packet's
+		 * runs (long ones while receiving, short ones at the commit) cannot matter. */
+		if (i > 0 && e.page <= prev) {
+			g_set_error(error, TM_ERROR, EBADMSG,
+				    "DATA block %u entry %u: page %u after page %u (a packet's pages "
+				    "ascend)",
+				    hdr->block, i, e.page, prev);
+			return -EBADMSG;
+		}
+		prev = e.page;
 		if (e.kind == TM_PAGE_NORMAL)
 			data_len += b->page_size;
 		tag_len += tm_tag_payload_len(e.tag_enc, b->page_size);
@@ -564,7 +575,8 @@ void tm_packet_begin(tm_packet *pkt, uint32_t block, uint32_t page_size, uint32_
 tm_page_kind tm_packet_add(tm_packet *pkt, uint32_t page, const uint8_t *data, bool data_is_zero,
 			   const uint8_t *tags, tm_tag_enc *ret_enc)
 {
-	g_assert(pkt->page_count < pkt->max_pages);
+	g_assert(pkt->page_count < pkt->max_pages && tm_packet_takes(pkt, page));
+	pkt->last_page = page;
 
 	uint32_t granules = pkt->page_size / TM_TAG_GRANULE;
 	uint8_t value = 0;

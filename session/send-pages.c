@@ -84,7 +84,8 @@ int tm_send_pages(send_chan *c, const work *w, GError **error)
 
 	while (left) {
 		tm_packet *pkt = &c->pkts[c->cur];
-		if (c->pkt_open && (pkt->block != w->block || tm_packet_full(pkt))) {
+		if (c->pkt_open && (pkt->block != w->block || tm_packet_full(pkt) ||
+				    !tm_packet_takes(pkt, (uint32_t)page))) {
 			int r = tm_send_flush(c, error);
 			if (r < 0)
 				return r;

@@ -234,7 +234,7 @@ static void round_trip_page_size(uint32_t ps, bool with_tags)
 	/* A full packet. */
 	tm_packet_begin(&pkt, 1, ps, packet_size);
 	for (uint32_t p = 0; p < pkt.max_pages; p++)
-		tm_packet_add(&pkt, p % npages, ram + (size_t)(p % npages) * ps, false, NULL, NULL);
+		tm_packet_add(&pkt, p, ram + (size_t)(p % npages) * ps, false, NULL, NULL);
 	g_assert_true(tm_packet_full(&pkt));
 	tm_packet_fini(&pkt);
 	tm_packet_fini(NULL);
@@ -518,7 +518,9 @@ static const data_mutation data_mutations[] = {
 	{ E(1), 4, 256, ERANGE, "DATA entry 1: page 256 out of range for block 0 'pc.ram' (256 pages)" },
 	{ E(3), 4, UINT32_MAX, ERANGE, "DATA entry 3: page 4294967295 out of range" },
 	{ E(1), 4, 16, EPROTO, "DATA entry 1: page 16 of block 0 'pc.ram' arrived on channel 0, belongs to channel 1" },
-	{ E(1), 4, 32, 0, NULL }, /* chunk 2 is channel 0 again: valid */
+	{ E(3), 4, 32, 0, NULL }, /* chunk 2 is channel 0 again: valid */
+	{ E(1), 4, 0, EBADMSG, "DATA block 0 entry 1: page 0 after page 0 (a packet's pages ascend)" },
+	{ E(3), 4, 1, EBADMSG, "DATA block 0 entry 3: page 1 after page 2" },
 	{ E(2) + 6, 1, 1, EBADMSG, "DATA entry 2: reserved field is 0x0001" },
 	{ E(0) + 7, 1, 0x80, EBADMSG, "DATA entry 0: reserved field is 0x8000" },
 	{ E(0) + 4, 1, 3, EBADMSG, "DATA entry 0 (page 0): invalid kind 3" },
