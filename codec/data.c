@@ -377,6 +377,11 @@ void tm_recv_plan_fini(tm_recv_plan *plan)
 	g_free(plan->tag_payload);
 	g_free(plan->tags);
 	g_free(plan->iov);
+	/* Guest memory (with TLS: decrypted) does not outlive the channel in our buffers. */
+	if (plan->stage)
+		explicit_bzero(plan->stage, plan->packet_size);
+	if (plan->zbuf)
+		explicit_bzero(plan->zbuf, plan->packet_size);
 	g_free(plan->stage);
 	g_free(plan->stage_runs);
 	g_free(plan->zbuf);
@@ -552,6 +557,8 @@ void tm_packet_fini(tm_packet *pkt)
 	g_free(pkt->hdr);
 	g_free(pkt->tagbuf);
 	g_free(pkt->iov);
+	if (pkt->zbuf) /* compressed guest memory: as tm_recv_plan_fini */
+		explicit_bzero(pkt->zbuf, pkt->zcap);
 	g_free(pkt->zbuf);
 	g_free(pkt->zpages);
 	memset(pkt, 0, sizeof(*pkt));
