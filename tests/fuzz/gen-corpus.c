@@ -446,7 +446,7 @@ static void gen_delta_wire(void)
 static void gen_data(void)
 {
 	static const uint32_t mixed[] = { 0, 1, 2, 3, 4, 5, 6, 7 };
-	static const uint32_t small[] = { 3, 4, 5, 0 };
+	static const uint32_t small[] = { 9, 10, 11, 12 }; /* ascending; % 6 picks the kinds */
 	static const uint32_t ch1[] = { 16, 17, 31 };
 	static const uint32_t big_packed[] = { 2 }, big_zero[] = { 3 };
 	size_t n;
@@ -468,6 +468,7 @@ static void gen_data(void)
 	put_mut("data", "data-len", s, n, 25, 0x20);
 	put_mut("data", "tag-len", s, n, 28, 0x80);
 	put_mut("data", "page-range", s, n, 32 + 8, 64);
+	put_mut("data", "pages-descending", s, n, 32 + 16, 9); /* entry 2: page 9 after 10 */
 	put_mut("data", "kind", s, n, 32 + 8 + 4, 3);
 	put_mut("data", "tag-enc", s, n, 32 + 8 + 5, 3);
 	put_mut("data", "zero-with-tags", s, n, 32 + 5, 1);
