@@ -140,6 +140,12 @@ int tm_dsend_settle(send_chan *c, uint64_t id, GError **error);
 int tm_dsend_barrier(send_chan *c, GError **error);
 /* A reconnected data connection (resume): the cache starts empty, no DELTA is answerable. */
 void tm_dsend_reconnected(send_chan *c);
+/*
+ * Before tm_dsend_reconnected(): whether DELTAs were still unanswered when the connection
+ * broke, so that a refusal (DELTA_NACK) may have gone with it (the receiver counts a refused
+ * page as applied, and only the NACK says it is not).
+ */
+bool tm_dsend_unanswered(const send_chan *c);
 
 /* ---- receiver (delta-recv.c) ---- */
 /* At start, per channel: a context when DELTA was agreed (else c->dr stays NULL). */

@@ -370,10 +370,25 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 	uint64_t resend_chunks = c->state_chunks - pos->state_chunks;
 	uint64_t resent = 0;
 	bool keep = false;
+	/*
+	 * DELTAs unanswered at the break: a refusal may have gone with the connection, and the
+	 * receiver counts refused pages as applied. So every page since the last acknowledged SYNC
+	 * goes again (whole: the cache starts empty), and the SYNCs among them are asked again,
+	 * so that a SYNC_ACK still means every page before it is there. No RAM_END is among them:
+	 * one goes only once every DELTA was answered (tm_dsend_barrier).
+	 */
+	bool redo = tm_dsend_unanswered(c);
 
 	for (guint i = 0; i < l->items->len; i++) {
 		work w = g_array_index(l->items, work, i);
-		if (!keep) {
+		if (!keep && redo && (w.kind == WORK_PAGES || w.kind == WORK_SYNC)) {
+			if (w.kind == WORK_PAGES) {
+				uint64_t n = MIN(skip_pages, w.count);
+				skip_pages -= n;
+				resend_pages += n; /* counted as re-sent too */
+			}
+			/* the receiver's count of applied pages covers them: from the log's start */
+		} else if (!keep) {
 			if (w.kind == WORK_PAGES && skip_pages >= w.count) {
 				skip_pages -= w.count;
 				continue;
