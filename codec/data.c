@@ -241,8 +241,8 @@ int tm_data_entries_decode(const tm_data_hdr *hdr, const uint8_t *buf, size_t le
 		 * runs (long ones while receiving, short ones at the commit) cannot matter. */
 		if (i > 0 && e.page <= prev) {
 			g_set_error(error, TM_ERROR, EBADMSG,
-				    "DATA block %u entry %u: page %u after page %u (a packet's pages "
-				    "ascend)",
+				    "DATA block %u entry %u: page %u after page %u "
+				    "(a packet's pages ascend)",
 				    hdr->block, i, e.page, prev);
 			return -EBADMSG;
 		}
