@@ -68,19 +68,41 @@ void tm_control_conn_lost_locked(tm_control *c, uint32_t conn, uint32_t epoch)
 /* Thread-local state of the loop. */
 typedef struct loop {
 	tm_control *c;
-	int64_t last_rx;   /* when the last message arrived (us) */
 	int64_t next_tick; /* next PING / TCP_INFO check */
-	uint64_t nonce;    /* of our last PING */
-	int64_t ping_t;
 	int64_t flood_t;   /* start of the current second of the peer's PINGs */
 	unsigned flood_n;
 	bool postcopy_sent; /* sender: POSTCOPY is out */
-	bool ready_seen;   /* sender: READY arrived; END_ACK may follow */
 	bool unresponsive; /* the failure is the peer's silence: no point waiting for its words */
-	/* RESUME_CONTROL (resume-control.c): where a reconnect takes the end up again */
-	bool end_ack_seen; /* sender: END_ACK arrived; CTL_POS and the close follow */
 	uint64_t lost_sent[TM_MAX_CHANNELS + 1]; /* receiver: c->lost as last sent on this connection */
 } loop;
+
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool test_ping_before_end;
+
+void tm_control_test_ping_before_end(bool on)
+{
+	__atomic_store_n(&test_ping_before_end, on, __ATOMIC_RELAXED);
+}
+#endif
+
+/* direct_read is written under io_lock, and read there or atomically (tm_control_direct_fd). */
+static void set_direct_read(tm_control *c, bool on)
+{
+	__atomic_store_n(&c->direct_read, on, __ATOMIC_RELEASE);
+}
+
+/* Our PING, io_lock held, none out. 0 or -errno. */
+static int send_ping(tm_control *c, GError **error)
+{
+	int r = tm_chan_send_ctrl(c->ch, TM_MSG_PING, ++c->ping_nonce, 0, error);
+
+	if (r < 0)
+		return r;
+	c->ping_out = true;
+	c->ping_t = tm_now_us();
+	__atomic_fetch_add(&c->keepalives, 1, __ATOMIC_RELAXED);
+	return 0;
+}
 
 static int ctrl_body(tm_chan *ch, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS],
 		     GError **error)
@@ -119,17 +141,15 @@ static int peer_ping(loop *l, uint64_t nonce, GError **error)
 	return tm_chan_send_ctrl(c->ch, TM_MSG_PONG, nonce, 0, error);
 }
 
-static int peer_pong(loop *l, uint64_t nonce, GError **error)
+static int peer_pong(tm_control *c, uint64_t nonce, GError **error)
 {
-	tm_control *c = l->c;
-
-	if (!c->ping_out || nonce != l->nonce) {
+	if (!c->ping_out || nonce != c->ping_nonce) {
 		g_set_error(error, TM_ERROR, EPROTO, "control: PONG 0x%" G_GINT64_MODIFIER "x answers no PING",
 			    (guint64)nonce);
 		return -EPROTO;
 	}
 	c->ping_out = false;
-	uint64_t sample = (uint64_t)(tm_now_us() - l->ping_t);
+	uint64_t sample = (uint64_t)(tm_now_us() - c->ping_t);
 	uint64_t rtt = __atomic_load_n(&c->rtt_us, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->rtt_us, rtt ? (7 * rtt + sample) / 8 : MAX(sample, 1), __ATOMIC_RELAXED);
 	return 0;
@@ -303,11 +323,10 @@ static void linger(tm_control *c)
 	}
 }
 
-/* END (receiver) or END_ACK (sender): the connection carries no pages nor state chunks. */
-static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
+/* END (receiver) or END_ACK (sender): the connection carries no pages nor state chunks. The
+ * sender's close (sender_close) is its caller's. 0 or -errno. */
+static int peer_end(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **error)
 {
-	tm_control *c = l->c;
-
 	if (c->sender && (v[0] || v[1])) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "control: END_ACK counts %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
@@ -324,22 +343,22 @@ static int peer_end(loop *l, const uint64_t v[TM_CTRL_MAX_FIELDS], GError **erro
 		return -EPROTO;
 	}
 	if (c->sender) {
-		if (!l->ready_seen) {
+		if (!c->ready_seen) {
 			g_set_error(error, TM_ERROR, EPROTO, "control: END_ACK before READY");
 			return -EPROTO;
 		}
 		tm_ctl_resume_received(c);
-		l->end_ack_seen = true;
+		c->end_ack_seen = true;
 		/*
 		 * RESUME_CONTROL: the destination has everything and ends with success whatever
-		 * becomes of the close below (CTL_POS, then TLS close_notify each way), so finish()
-		 * returns now, not after it: its sends wake the receiver's threads, which on a busy
-		 * host take the CPU before finish's thread would be woken. Without it the receiver
-		 * insists on a clean close (TLS: our close_notify), so the end is the close's.
+		 * becomes of the close that follows (CTL_POS, then TLS close_notify each way, a
+		 * round trip), so finish() returns now, not after it: the control thread closes.
+		 * Without it the receiver insists on a clean close (TLS: our close_notify), so the
+		 * end is the close's.
 		 */
 		if (c->resume)
 			set_ended(c, false, TM_FRAME_HDR_LEN + TM_CTL_POS_LEN);
-		return sender_close(c, error);
+		return 0;
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
 	 * keeps answering and sending keepalives until then. */
@@ -371,17 +390,37 @@ static int answer_end(tm_control *c, GError **error)
 	return receiver_close(c, error);
 }
 
-/* One message; returns 0, 1 when the connection ended cleanly, or -errno. */
-static int one_message(loop *l, GError **error)
+/* Sender, io_lock held (the thread, or finish's: tm_control_direct_read): the READY whose
+ * header f was read, after our END or POSTCOPY. 0 or -errno. */
+static int take_ready(tm_control *c, const tm_frame *f, GError **error)
+{
+	int r;
+
+	/* The destination has all RAM and every state section (state.c). */
+	c->ready_seen = true;
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	if ((r = tm_link_watch_test_ready(c, error)) < 0)
+		return r;
+#endif
+	if ((r = c->ready(c->owner, f, error)) == 0)
+		tm_ctl_resume_received(c);
+	return r;
+}
+
+/* One message (its header read already when held is not NULL); returns 0, 1 when the
+ * connection ended cleanly, or -errno. */
+static int one_message(loop *l, const tm_frame *held, GError **error)
 {
 	tm_control *c = l->c;
 	uint64_t v[TM_CTRL_MAX_FIELDS] = { 0 };
 	tm_frame f;
+	int r;
 
-	int r = tm_chan_recv_frame(c->ch, 0, &f, error);
-	if (r < 0)
+	if (held)
+		f = *held;
+	else if ((r = tm_chan_recv_frame(c->ch, 0, &f, error)) < 0)
 		return r;
-	l->last_rx = tm_now_us();
+	c->last_rx = tm_now_us();
 	if (f.type == TM_MSG_ERROR)
 		return tm_chan_recv_peer_error(c->ch, &f, c->sender ? "receiver failed" : "sender gave up",
 					       error);
@@ -427,28 +466,21 @@ static int one_message(loop *l, GError **error)
 	g_mutex_unlock(c->lock);
 	if ((f.type != TM_MSG_PING && f.type != TM_MSG_PONG && f.type != end && !ready) ||
 	    (f.type == TM_MSG_END_ACK && !c->end_sent) || (f.type == TM_MSG_END && c->end_seen) ||
-	    (ready && ((!c->end_sent && !pc) || l->ready_seen))) {
+	    (ready && ((!c->end_sent && !pc) || c->ready_seen))) {
 		g_set_error(error, TM_ERROR, EPROTO, "control: unexpected %s", tm_msg_name(f.type));
 		return -EPROTO;
 	}
-	if (ready) {
-		/* The destination has all RAM and every state section (state.c). */
-		l->ready_seen = true;
-#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
-		if ((r = tm_link_watch_test_ready(c, error)) < 0)
-			return r;
-#endif
-		if ((r = c->ready(c->owner, &f, error)) == 0)
-			tm_ctl_resume_received(c);
-		return r;
-	}
+	if (ready)
+		return take_ready(c, &f, error);
 	if ((r = ctrl_body(c->ch, &f, v, error)) < 0)
 		return r;
 	if (f.type == TM_MSG_PING)
 		return peer_ping(l, v[0], error);
 	if (f.type == TM_MSG_PONG)
-		return peer_pong(l, v[0], error);
-	return peer_end(l, v, error);
+		return peer_pong(c, v[0], error);
+	if ((r = peer_end(c, v, error)) != 0 || !c->sender)
+		return r;
+	return sender_close(c, error);
 }
 
 /* Receiver: CONN_LOST for each connection in lost (c->lost) not said yet on this connection. */
@@ -506,9 +538,6 @@ static int run(loop *l, GError **error)
 	tm_control *c = l->c;
 	int r;
 
-	/* After a reconnect (resume-control.c): the end goes on where it broke. */
-	if (l->end_ack_seen)
-		return sender_close(c, error);
 	if (c->end_answered && c->end_result == 1)
 		return 1;
 	if (c->end_ack_sent)
@@ -516,14 +545,19 @@ static int run(loop *l, GError **error)
 	for (;;) {
 		if (c->end_answered) {
 			/* The last data worker answered END and closed (tm_control_answer_end), or
-			 * its answer broke: taken once, as the thread's own (a reconnect then goes
-			 * on from end_ack_sent, above). */
+			 * finish's thread read END_ACK and closed (tm_control_direct_read), or that
+			 * broke: taken once, as the thread's own (a reconnect then goes on from
+			 * end_ack_sent or end_ack_seen, above). */
 			if (c->end_result == 1)
 				return 1;
 			c->end_answered = false;
 			g_propagate_error(error, g_steal_pointer(&c->end_error));
 			return c->end_result;
 		}
+		/* END_ACK in: the close, ours after finish's thread read it with RESUME_CONTROL
+		 * (tm_control_direct_read), or after a reconnect where the end broke. */
+		if (c->end_ack_seen)
+			return sender_close(c, error);
 		g_mutex_lock(c->lock);
 		bool quit = *c->quit, want_end = c->end_requested;
 		bool want_pc = c->postcopy_requested;
@@ -544,8 +578,15 @@ static int run(loop *l, GError **error)
 			if ((r = tm_control_send_ordered(c, TM_MSG_END, 0, error)) < 0)
 				return r;
 		}
-		if (tm_io_readable(c->ch->io)) {
-			if ((r = one_message(l, error)) != 0)
+		if (c->held) {
+			/* What finish's thread read but leaves to us (tm_control_direct_read). */
+			c->held = false;
+			if ((r = one_message(l, &c->held_frame, error)) != 0)
+				return r;
+			continue;
+		}
+		if (!c->direct_read && tm_io_readable(c->ch->io)) {
+			if ((r = one_message(l, NULL, error)) != 0)
 				return r;
 			continue;
 		}
@@ -560,23 +601,18 @@ static int run(loop *l, GError **error)
 		if (c->end_seen && !c->ping_out && (r = answer_end(c, error)) != 0)
 			return r;
 		int64_t now = tm_now_us();
-		int64_t deadline = l->last_rx + (int64_t)c->timeout_ms * 1000;
+		int64_t deadline = c->last_rx + (int64_t)c->timeout_ms * 1000;
 		if (now >= deadline) {
 			l->unresponsive = true;
 			g_set_error(error, TM_ERROR, ETIMEDOUT,
 				    "control: peer unresponsive: nothing from the %s for %.1f s "
 				    "(timeout_ms)",
-				    c->sender ? "receiver" : "sender", (now - l->last_rx) / 1e6);
+				    c->sender ? "receiver" : "sender", (now - c->last_rx) / 1e6);
 			return -ETIMEDOUT;
 		}
 		if (now >= l->next_tick) {
-			if (!c->end_sent && !c->ping_out) {
-				if ((r = tm_chan_send_ctrl(c->ch, TM_MSG_PING, ++l->nonce, 0, error)) < 0)
-					return r;
-				c->ping_out = true;
-				l->ping_t = now;
-				__atomic_fetch_add(&c->keepalives, 1, __ATOMIC_RELAXED);
-			}
+			if (!c->end_sent && !c->ping_out && (r = send_ping(c, error)) < 0)
+				return r;
 			if ((r = check_links(l, error)) < 0)
 				return r;
 			/* Until END_ACK: a data connection may be held after our END too (its
@@ -587,7 +623,8 @@ static int run(loop *l, GError **error)
 			l->next_tick = now + (int64_t)c->ka_ms * 1000;
 		}
 		int64_t wake_at = MIN(deadline, l->next_tick);
-		struct pollfd p[2] = { { .fd = c->ch->fd, .events = POLLIN },
+		/* While finish's thread reads the connection, only a wake-up or a tick. */
+		struct pollfd p[2] = { { .fd = c->direct_read ? -1 : c->ch->fd, .events = POLLIN },
 				       { .fd = c->wake_fd, .events = POLLIN } };
 		/* The connection is another thread's to end while this one sleeps (io_lock). */
 		g_mutex_unlock(&c->io_lock);
@@ -635,14 +672,16 @@ static void drain(tm_control *c)
 static gpointer control_thread(gpointer data)
 {
 	tm_control *c = data;
-	loop l = { .c = c, .last_rx = tm_now_us(), .next_tick = tm_now_us(),
-		   .flood_t = tm_now_us() };
+	loop l = { .c = c, .next_tick = tm_now_us(), .flood_t = tm_now_us() };
 	g_autoptr(GError) err = NULL;
 
 	int r;
 	/* Held but in run()'s poll: a reconnect replaces the connection under it. */
 	g_mutex_lock(&c->io_lock);
+	c->last_rx = tm_now_us();
 	while ((r = run(&l, &err)) < 0 && tm_ctl_resume_wanted(c, err, l.unresponsive)) {
+		/* Finish's thread stops reading the connection; it waits for the end (end_fd). */
+		set_direct_read(c, false);
 		/* RESUME_CONTROL: the sender reconnects, the receiver waits (resume-control.c). */
 		/* After a silence too: the peer may be frozen, or only this connection's path dead
 		 * (cut at one end, the other left open): a new connection tells them apart. */
@@ -650,7 +689,7 @@ static gpointer control_thread(gpointer data)
 		int rr = tm_ctl_resume_reconnect(c, l.unresponsive, &why);
 		if (rr == -ECANCELED && !why)
 			break; /* the session failed meanwhile: that failure explains it */
-		if (rr < 0 && (l.end_ack_seen || c->end_ack_sent)) {
+		if (rr < 0 && (c->end_ack_seen || c->end_ack_sent)) {
 			/* END_ACK was sent after everything was applied; the sender, which may lack
 			 * it, is the one that fails. */
 			r = 1;
@@ -669,7 +708,7 @@ static gpointer control_thread(gpointer data)
 		}
 		l.unresponsive = false;
 		int64_t now = tm_now_us();
-		l.last_rx = l.next_tick = l.flood_t = now;
+		c->last_rx = l.next_tick = l.flood_t = now;
 		c->ping_out = false; /* its PONG went with the old connection */
 		tm_link_watch_reset(c); /* so did the LINK_As */
 		memset(l.lost_sent, 0, sizeof(l.lost_sent)); /* said again: it may have gone with it */
@@ -687,10 +726,11 @@ static gpointer control_thread(gpointer data)
 	 * wait), so a close that fails now (a cancel or free() during a reconnect that was to say
 	 * it again) loses nothing.
 	 */
-	if (r < 0 && l.end_ack_seen && c->resume) {
+	if (r < 0 && c->end_ack_seen && c->resume) {
 		g_clear_error(&err);
 		r = 1;
 	}
+	set_direct_read(c, false);
 	tm_ctl_resume_exited(c);
 	if (r == 1) {
 		set_ended(c, true, 0);
@@ -792,7 +832,7 @@ void tm_control_request_end_locked(tm_control *c)
 	tm_control_wake(c);
 }
 
-void tm_control_send_end(tm_control *c)
+void tm_control_send_end(tm_control *c, bool read)
 {
 	g_autoptr(GError) ignored = NULL;
 	int r = 0;
@@ -803,16 +843,93 @@ void tm_control_send_end(tm_control *c)
 	bool go = c->started && !c->exited && !*c->quit && !c->postcopy_requested && !c->end_sent;
 	c->end_requested = true;
 	g_mutex_unlock(c->lock);
-	if (go) {
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	if (go && !c->ping_out && __atomic_load_n(&test_ping_before_end, __ATOMIC_RELAXED))
+		r = send_ping(c, &ignored);
+#endif
+	if (go && r >= 0) {
 		c->end_sent = true; /* kept: a break now is resumed, as the thread's own END */
 		r = tm_control_send_ordered(c, TM_MSG_END, 0, &ignored);
-		if (r >= 0)
-			__atomic_add_fetch(&c->direct_ends, 1, __ATOMIC_RELAXED);
-		else /* the thread's next read breaks too: it resumes or fails, with its words */
-			shutdown(c->ch->fd, SHUT_RDWR);
+	}
+	if (go && r >= 0) {
+		__atomic_add_fetch(&c->direct_ends, 1, __ATOMIC_RELAXED);
+		/*
+		 * The answers come to this thread too: the control thread, woken now to poll
+		 * without the connection (while END is on its way), is not the last hand-over
+		 * at the end, where each costs a wake-up inside the guest's downtime.
+		 */
+		set_direct_read(c, read);
+	} else if (r < 0) { /* the thread's next read breaks too: it resumes or fails, with its words */
+		shutdown(c->ch->fd, SHUT_RDWR);
 	}
 	g_mutex_unlock(&c->io_lock);
-	if (r < 0)
+	if (r < 0 || (go && read))
+		tm_control_wake(c);
+}
+
+int tm_control_direct_fd(tm_control *c, bool *buffered)
+{
+	/* Not the lock once it is over: the control thread may hold it for a round trip then (the
+	 * close after RESUME_CONTROL's END_ACK). */
+	*buffered = false;
+	if (!__atomic_load_n(&c->direct_read, __ATOMIC_ACQUIRE))
+		return -1;
+	g_mutex_lock(&c->io_lock);
+	int fd = c->direct_read ? c->ch->fd : -1;
+	*buffered = fd >= 0 && (c->held || tm_io_readable(c->ch->io));
+	g_mutex_unlock(&c->io_lock);
+	return fd;
+}
+
+void tm_control_direct_read(tm_control *c)
+{
+	g_autoptr(GError) err = NULL;
+	uint64_t v[TM_CTRL_MAX_FIELDS] = { 0 };
+	bool hand_back = false;
+	tm_frame f;
+	int r;
+
+	g_mutex_lock(&c->io_lock);
+	if (!c->direct_read || c->held) {
+		g_mutex_unlock(&c->io_lock);
+		return;
+	}
+	if ((r = tm_chan_recv_frame(c->ch, 0, &f, &err)) >= 0) {
+		c->last_rx = tm_now_us();
+		if (f.type == TM_MSG_READY && !c->ready_seen) {
+			r = take_ready(c, &f, &err);
+		} else if (f.type == TM_MSG_END_ACK && c->ready_seen) {
+			if ((r = ctrl_body(c->ch, &f, v, &err)) >= 0 &&
+			    (r = peer_end(c, v, &err)) == 0 && !c->resume)
+				r = sender_close(c, &err); /* it waits for nothing: 1 */
+		} else { /* a PING, a PONG, LINK_A, CONN_LOST, ERROR, or what the thread refuses */
+			hand_back = true;
+		}
+	}
+	if (hand_back) {
+		c->held = true;
+		c->held_frame = f;
+		set_direct_read(c, false);
+	} else if (r == 0 && c->end_ack_seen) {
+		/* RESUME_CONTROL: ended (peer_end); its close is a round trip, the thread's. */
+		set_direct_read(c, false);
+		hand_back = true;
+		__atomic_add_fetch(&c->direct_reads, 1, __ATOMIC_RELAXED);
+	} else if (r != 0) {
+		/* Ended (the close done), or a break or refusal for the thread to resume or report
+		 * as its own (run(): end_answered). */
+		set_direct_read(c, false);
+		c->end_answered = true;
+		c->end_result = r;
+		c->end_error = g_steal_pointer(&err);
+		if (r == 1) {
+			set_ended(c, false, 0);
+			__atomic_add_fetch(&c->direct_reads, 1, __ATOMIC_RELAXED);
+		}
+	}
+	g_mutex_unlock(&c->io_lock);
+	/* Not after the end: the thread finds it at its next turn (it lingers till free anyway). */
+	if (hand_back || r < 0)
 		tm_control_wake(c);
 }
 
@@ -896,6 +1013,11 @@ void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_
 {
 	*ret_data = (unsigned)__atomic_load_n(&s->direct_ends, __ATOMIC_RELAXED);
 	*ret_control = (unsigned)__atomic_load_n(&s->control.direct_ends, __ATOMIC_RELAXED);
+}
+
+unsigned tm_sender_test_direct_read(tm_sender *s)
+{
+	return (unsigned)__atomic_load_n(&s->control.direct_reads, __ATOMIC_RELAXED);
 }
 
 uint64_t tm_sender_test_direct_syncs(tm_sender *s)

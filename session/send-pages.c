@@ -384,7 +384,7 @@ static int direct_answer(send_chan *c, batch_mode mode)
 static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint64_t id,
 			 int64_t *grace_end)
 {
-	struct pollfd p[TM_MAX_CHANNELS + 2];
+	struct pollfd p[TM_MAX_CHANNELS + 3];
 	unsigned idx[TM_MAX_CHANNELS];
 	bool end = mode == BATCH_END;
 
@@ -399,7 +399,10 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 				idx[n++] = i;
 		}
 		g_mutex_unlock(&s->lock);
-		if (quit || n == 0)
+		/* BATCH_END: control's READY and END_ACK too, while this thread reads them. */
+		bool ctl_buffered = false;
+		int ctl_fd = end ? tm_control_direct_fd(&s->control, &ctl_buffered) : -1;
+		if (quit || (n == 0 && ctl_fd < 0))
 			break; /* the caller reports the failure */
 		int64_t now = g_get_monotonic_time();
 		if (ctl_ended && !*grace_end)
@@ -407,7 +410,9 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		if (ctl_ended && now >= *grace_end)
 			break; /* END_ACKs lost where we cannot see them; free() stops the rest */
 		/* What a TLS layer holds already is read without a poll. */
-		bool took = false;
+		bool took = ctl_buffered;
+		if (ctl_buffered)
+			tm_control_direct_read(&s->control);
 		for (unsigned k = 0; k < n && !took; k++) {
 			send_chan *c = &s->chans[idx[k]];
 			if (tm_io_readable(c->ch.io)) {
@@ -430,12 +435,17 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		p[n] = (struct pollfd){ .fd = s->events.cancel_fd, .events = POLLIN };
 		p[n + 1] = (struct pollfd){ .fd = end && !ctl_ended ? s->control.end_fd : -1,
 					    .events = POLLIN };
+		/* Its fd may be closed by a reconnect of the control thread meanwhile: end_fd or
+		 * cancel_fd still tells how the end went. */
+		p[n + 2] = (struct pollfd){ .fd = ctl_fd, .events = POLLIN };
 		int wait = ctl_ended ? (int)((*grace_end - now + 999) / 1000) : -1;
-		if (poll(p, n + 2, wait) <= 0)
+		if (poll(p, n + 3, wait) <= 0)
 			continue;
 		for (unsigned k = 0; k < n; k++)
 			if (p[k].revents && direct_answer(&s->chans[idx[k]], mode) < 0)
 				return;
+		if (p[n + 2].revents)
+			tm_control_direct_read(&s->control);
 	}
 }
 

@@ -760,7 +760,9 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	 * channel's END_ACK, and both sides keep their keepalives until then.
 	 */
 	if (v2 && !s->pc.agreed) {
-		tm_control_send_end(&s->control); /* from this thread: no wake-up of control's */
+		/* From this thread, which reads the answers too when it waits for the data
+		 * channels' (direct): no wake-up of control's thread either way. */
+		tm_control_send_end(&s->control, ndirect > 0);
 	} else if (v2) {
 		g_mutex_lock(&s->lock);
 		if (!s->quit)

@@ -198,8 +198,26 @@ typedef struct tm_control {
 	bool end_sent;         /* sender: END is out; only PONGs (and the close) may follow from us */
 	bool end_seen;         /* receiver: END arrived; END_ACK goes once every data channel ended */
 	bool ping_out;         /* our PING is unanswered: no other PING before its PONG, no END_ACK */
+	uint64_t ping_nonce;   /* ... of our last PING */
+	int64_t ping_t;        /* ... when it left (us) */
+	int64_t last_rx;       /* when the last message arrived (us): the peer's silence */
+	bool ready_seen;       /* sender: READY arrived; END_ACK may follow */
+	bool end_ack_seen;     /* sender: END_ACK arrived; CTL_POS and the close follow (a reconnect
+	                        * takes the end up there: resume-control.c) */
 	bool end_ack_sent;     /* receiver: END_ACK is out; the sender's CTL_POS and the close follow */
-	bool end_answered;     /* receiver: a data worker answered END (and closed): end_result */
+	/*
+	 * Sender: finish's thread reads the answers to END (READY, END_ACK) itself, from the poll
+	 * it waits in for the data channels' (tm_control_direct_read); the thread polls without
+	 * the connection meanwhile. Cleared when finish's thread ended the connection, its read
+	 * broke, or it read something else: that frame's header is held for the thread. Written
+	 * under io_lock, atomically: finish's thread reads it without the lock.
+	 */
+	bool direct_read;
+	bool held;
+	tm_frame held_frame;
+	/* receiver: a data worker answered END (and closed); sender: finish's thread read END_ACK
+	 * (and closed), or its read broke: end_result */
+	bool end_answered;
 	int end_result;        /* ... 1, or -errno with end_error, which the thread reports */
 	GError *end_error;
 
@@ -212,6 +230,7 @@ typedef struct tm_control {
 	uint64_t keepalives;   /* PINGs sent */
 	uint64_t direct_ends;  /* sender: control ENDs sent by the migration thread; receiver:
 	                        * END_ACKs sent by the last data worker (tests: one hand-over less) */
+	uint64_t direct_reads; /* sender: END_ACKs read by the migration thread */
 } tm_control;
 
 /*
@@ -271,8 +290,24 @@ void tm_control_request_end_locked(tm_control *c);
  * Sender, migration thread, no lock held: END on control from this thread (no wake-up of the
  * control thread on the way out), unless the thread sent it or the session quit. A failed send
  * breaks the connection for the thread to resume or report. end_requested is set either way.
+ * With read, and END sent: this thread reads the answers too (direct_read), and the control
+ * thread is woken to poll without the connection.
  */
-void tm_control_send_end(tm_control *c);
+void tm_control_send_end(tm_control *c, bool read);
+/*
+ * Sender, migration thread, no lock held, after tm_control_send_end(c, true): the control
+ * connection's fd while this thread reads it (*buffered: a message is readable without a poll),
+ * else -1 (it ended, or went back to the control thread). tm_control_direct_read(), when it is
+ * readable: one message; READY and END_ACK are taken (END_ACK: the close too, then ended is
+ * set), anything else and a break go back to the control thread, which reports or resumes it.
+ */
+int tm_control_direct_fd(tm_control *c, bool *buffered);
+void tm_control_direct_read(tm_control *c);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/* Test hook (-Dtest_hooks=true), global: senders send a PING just before their control END,
+ * so that its PONG comes where finish's thread reads (and hands it back). */
+void tm_control_test_ping_before_end(bool on);
+#endif
 /*
  * Receiver, the last data worker to end (after its END_ACK): READY and END_ACK on control from
  * this thread if END is in and nothing forbids it yet (a PING of ours out, or data_end() says
@@ -597,7 +632,8 @@ int tm_send_end(send_chan *c, GError **error);
  *   END_ACK not awaited, so that every connection's END is out before any answer is read.
  *   0 or -errno.
  * - await: the END_ACKs of every channel direct[] names, read in whichever order they come
- *   (one poll on all of them, the session's cancel_fd and control's end_fd), until each
+ *   (one poll on all of them, the session's cancel_fd and control's end_fd), and control's
+ *   READY and END_ACK while this thread reads them (tm_control_direct_fd), until each such
  *   channel ended, the session quit, or *grace_end passed: once control ended it is set (if 0)
  *   to TM_URGENT_END_GRACE_MS from then. The receiver holds a channel's END_ACK until device
  *   state is complete, and the chunk it lacks may be on another of these channels: a channel
@@ -776,6 +812,8 @@ int tm_receiver_check_complete(tm_receiver *r, GError **error);
  * last data worker answered the control END (READY, END_ACK), 0 when the control thread did.
  */
 void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_control);
+/* Sender: 1 when finish's own thread read the control END_ACK, 0 when the control thread did. */
+unsigned tm_sender_test_direct_read(tm_sender *s);
 /* Tests: SYNCs tm_sender_sync() sent and had answered in its caller's thread. */
 uint64_t tm_sender_test_direct_syncs(tm_sender *s);
 /* Sender: workers parked now (waiting for work with nothing queued). */

@@ -34,6 +34,16 @@ static void sender_ends(tm_sender *s, unsigned *data, unsigned *control)
 	tm_sender_test_direct_ends(s, data, control);
 }
 
+static unsigned sender_read_end(tm_sender *s)
+{
+	return tm_sender_test_direct_read(s);
+}
+
+static void ping_before_end(bool on)
+{
+	tm_control_test_ping_before_end(on);
+}
+
 static unsigned receiver_end(tm_receiver *r)
 {
 	return tm_receiver_test_direct_end(r);
@@ -55,6 +65,17 @@ static void sender_ends(tm_sender *s, unsigned *data, unsigned *control)
 {
 	(void)s;
 	*data = *control = 0;
+}
+
+static unsigned sender_read_end(tm_sender *s)
+{
+	(void)s;
+	return 0;
+}
+
+static void ping_before_end(bool on)
+{
+	(void)on;
 }
 
 static unsigned receiver_end(tm_receiver *r)
@@ -138,14 +159,18 @@ static uint64_t dirty_channels(guest *g, tm_sender *s, const bool busy[CHANNELS]
 	return pages->len;
 }
 
-/* How the session ended: data channels and the control END of the sender, and the receiver. */
-static void ends(tm_sender *s, peer *p, unsigned *data, unsigned *control, unsigned *answered)
+/* How the session ended: data channels and the control END of the sender, and the receiver;
+ * returns whether finish's thread read the control END_ACK itself. */
+static unsigned ends(tm_sender *s, peer *p, unsigned *data, unsigned *control, unsigned *answered)
 {
+	unsigned read = sender_read_end(s);
+
 	sender_ends(s, data, control);
 	*answered = receiver_end(p->r);
-	g_test_message("ended by finish's thread: %u data channels, control END %u; END_ACK by "
-		       "the receiver's last data worker: %u",
-		       *data, *control, *answered);
+	g_test_message("ended by finish's thread: %u data channels, control END %u, its END_ACK "
+		       "read %u; END_ACK by the receiver's last data worker: %u",
+		       *data, *control, read, *answered);
+	return read;
 }
 
 /* The pages both sides counted: sent, applied, and what the test queued. */
@@ -190,7 +215,8 @@ static void test_parked_and_busy(void)
 	assert_counts(s, &p, GUEST / PAGE + again);
 
 	unsigned data, control, answered;
-	ends(s, &p, &data, &control, &answered);
+	/* Finish's thread waits for the parked two: it reads control's answers as well. */
+	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 1);
 	/* The parked two at least; on a loaded machine a busy worker may have sent its whole
 	 * round and parked before finish was called (seen once at load 6: 3), and then the
 	 * receiver's control thread may read END before the last data channel ends. */
@@ -267,12 +293,56 @@ static void test_all_parked_with_state(void)
 	g_assert_cmpuint(st.first, ==, 1);
 
 	unsigned data, control, answered;
-	ends(s, &p, &data, &control, &answered);
+	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 1);
 	g_assert_cmpuint(data, ==, CHANNELS);
 	g_assert_cmpuint(control, ==, 1);
 	/* Which side of the receiver answers depends on whether its control thread read END
 	 * before the last data channel ended: both are correct, the session completed. */
 	g_assert_cmpuint(answered, <=, 1);
+	tm_sender_free(s);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
+/*
+ * Finish's thread reads control's READY and END_ACK itself, and leaves everything else to the
+ * control thread: here the PONG to a PING sent just before END (a test hook), which reaches
+ * finish's thread first. The thread takes it (with its header, already read) and the rest of
+ * the end after it; the session completes bit for bit, the END_ACK read by the control thread.
+ */
+static void test_pong_handed_back(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+
+	guests_init(&src, &dst);
+	g_autofree char *port = peer_start(&p, &dst);
+	tm_sender *s = source(&src, port);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	tm_live_stats before = { .size = sizeof(before) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &before), ==, 0);
+	ping_before_end(true);
+	int r = tm_sender_finish(s, &err);
+	ping_before_end(false);
+	g_assert_no_error(err);
+	g_assert_cmpint(r, ==, 0);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	assert_counts(s, &p, GUEST / PAGE);
+	unsigned data, control, answered;
+	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 0);
+	g_assert_cmpuint(data, ==, CHANNELS);
+	g_assert_cmpuint(control, ==, 1);
+	tm_live_stats after = { .size = sizeof(after) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &after), ==, 0);
+	g_assert_cmpuint(after.keepalives, >=, before.keepalives + 1); /* the hook's PING */
 	tm_sender_free(s);
 	peer_free(&p);
 	guest_fini(&src);
@@ -588,6 +658,7 @@ int main(int argc, char **argv)
 		{ "finish/all-parked-with-state", test_all_parked_with_state, false },
 		{ "finish/incomplete-fails", test_incomplete_fails, false },
 		{ "finish/threads-exit-in-free", test_threads_exit_in_free, false },
+		{ "finish/pong-handed-back", test_pong_handed_back, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
 		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
 		{ "sync/direct", test_sync_direct, false },
