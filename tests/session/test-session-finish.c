@@ -185,6 +185,45 @@ static void assert_counts(tm_sender *s, peer *p, uint64_t queued)
 	g_assert_cmpuint(a.syncs, >=, 1);
 }
 
+/* A session through its first full round, every worker parked. */
+static tm_sender *parked_after_round(guest *src, guest *dst, peer *p)
+{
+	guests_init(src, dst);
+	g_autofree char *port = peer_start(p, dst);
+	tm_sender *s = source(src, port);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	return s;
+}
+
+/* finish succeeds, the receiver completes, and the destination is the source bit for bit. */
+static void finish_checked(tm_sender *s, peer *p, guest *src, guest *dst, uint64_t pages)
+{
+	g_autoptr(GError) err = NULL;
+
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	peer_join(p);
+	g_assert_no_error(p->error);
+	g_assert_cmpint(p->ret, ==, 0);
+	assert_same(src, dst);
+	assert_counts(s, p, pages);
+}
+
+static void teardown(tm_sender *s, peer *p, guest *src, guest *dst)
+{
+	tm_sender_free(s);
+	peer_free(p);
+	guest_fini(src);
+	guest_fini(dst);
+}
+
+static void finish_complete(tm_sender *s, peer *p, guest *src, guest *dst, uint64_t pages)
+{
+	finish_checked(s, p, src, dst, pages);
+	teardown(s, p, src, dst);
+}
+
 /*
  * Channels 0 and 1 have a large final round queued when finish is called, 2 and 3 are parked:
  * finish ends 2 and 3 itself, 0 and 1 end behind their pages, and the destination is the source
@@ -200,19 +239,9 @@ static void test_parked_and_busy(void)
 	guest src, dst;
 	peer p;
 
-	guests_init(&src, &dst);
-	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender *s = source(&src, port);
-	full_round(s);
-	await_parked(s, CHANNELS);
+	tm_sender *s = parked_after_round(&src, &dst, &p);
 	uint64_t again = dirty_channels(&src, s, busy);
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
-	g_assert_no_error(err);
-	peer_join(&p);
-	g_assert_no_error(p.error);
-	g_assert_cmpint(p.ret, ==, 0);
-	assert_same(&src, &dst);
-	assert_counts(s, &p, GUEST / PAGE + again);
+	finish_checked(s, &p, &src, &dst, GUEST / PAGE + again);
 
 	unsigned data, control, answered;
 	/* Finish's thread waits for the parked two: it reads control's answers as well. */
@@ -232,10 +261,7 @@ static void test_parked_and_busy(void)
 	sender_ends(s, &data, &control);
 	g_assert_cmpuint(data, ==, first);
 	g_assert_cmpuint(control, ==, 1);
-	tm_sender_free(s);
-	peer_free(&p);
-	guest_fini(&src);
-	guest_fini(&dst);
+	teardown(s, &p, &src, &dst);
 }
 
 typedef struct state_seen {
@@ -281,13 +307,7 @@ static void test_all_parked_with_state(void)
 	g_assert_cmpint(tm_sender_put_state(s, "dev0", dev, sizeof(dev), 0, &err), ==, 0);
 	g_assert_cmpint(tm_sender_put_state(s, "dev1", dev, 1, TM_STATE_COPY, &err), ==, 0);
 	await_parked(s, CHANNELS);
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
-	g_assert_no_error(err);
-	peer_join(&p);
-	g_assert_no_error(p.error);
-	g_assert_cmpint(p.ret, ==, 0);
-	assert_same(&src, &dst);
-	assert_counts(s, &p, GUEST / PAGE);
+	finish_checked(s, &p, &src, &dst, GUEST / PAGE);
 	g_assert_cmpuint(st.sections, ==, 2);
 	g_assert_cmpuint(st.bytes, ==, sizeof(dev) + 1);
 	g_assert_cmpuint(st.first, ==, 1);
@@ -299,10 +319,7 @@ static void test_all_parked_with_state(void)
 	/* Which side of the receiver answers depends on whether its control thread read END
 	 * before the last data channel ended: both are correct, the session completed. */
 	g_assert_cmpuint(answered, <=, 1);
-	tm_sender_free(s);
-	peer_free(&p);
-	guest_fini(&src);
-	guest_fini(&dst);
+	teardown(s, &p, &src, &dst);
 }
 
 /*
@@ -319,23 +336,12 @@ static void test_pong_handed_back(void)
 	guest src, dst;
 	peer p;
 
-	guests_init(&src, &dst);
-	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender *s = source(&src, port);
-	full_round(s);
-	await_parked(s, CHANNELS);
+	tm_sender *s = parked_after_round(&src, &dst, &p);
 	tm_live_stats before = { .size = sizeof(before) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &before), ==, 0);
 	ping_before_end(true);
-	int r = tm_sender_finish(s, &err);
+	finish_checked(s, &p, &src, &dst, GUEST / PAGE);
 	ping_before_end(false);
-	g_assert_no_error(err);
-	g_assert_cmpint(r, ==, 0);
-	peer_join(&p);
-	g_assert_no_error(p.error);
-	g_assert_cmpint(p.ret, ==, 0);
-	assert_same(&src, &dst);
-	assert_counts(s, &p, GUEST / PAGE);
 	unsigned data, control, answered;
 	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 0);
 	g_assert_cmpuint(data, ==, CHANNELS);
@@ -343,10 +349,7 @@ static void test_pong_handed_back(void)
 	tm_live_stats after = { .size = sizeof(after) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &after), ==, 0);
 	g_assert_cmpuint(after.keepalives, >=, before.keepalives + 1); /* the hook's PING */
-	tm_sender_free(s);
-	peer_free(&p);
-	guest_fini(&src);
-	guest_fini(&dst);
+	teardown(s, &p, &src, &dst);
 }
 
 /* Threads of this process named exactly name, or prefix followed by a digit (data workers). */
@@ -435,10 +438,7 @@ static void test_incomplete_fails(void)
 	unsigned data, control;
 	sender_ends(s, &data, &control);
 	g_assert_cmpuint(data, ==, CHANNELS);
-	tm_sender_free(s);
-	peer_free(&p);
-	guest_fini(&src);
-	guest_fini(&dst);
+	teardown(s, &p, &src, &dst);
 }
 
 /*
@@ -519,24 +519,6 @@ static void test_cut_recv_side_while_ending(void)
 	cut_while_ending(true);
 }
 
-/* finish completes bit for bit with pages sent and applied; then everything is freed. */
-static void finish_complete(tm_sender *s, peer *p, guest *src, guest *dst, uint64_t pages)
-{
-	g_autoptr(GError) err = NULL;
-
-	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
-	g_assert_no_error(err);
-	peer_join(p);
-	g_assert_no_error(p->error);
-	g_assert_cmpint(p->ret, ==, 0);
-	assert_same(src, dst);
-	assert_counts(s, p, pages);
-	tm_sender_free(s);
-	peer_free(p);
-	guest_fini(src);
-	guest_fini(dst);
-}
-
 /* Round round's figures: pages sent in it, and bytes moved (its SYNCs at least). */
 static void assert_round(tm_sender *s, uint64_t round, uint64_t pages)
 {
@@ -566,11 +548,7 @@ static void test_sync_direct(void)
 	guest src, dst;
 	peer p;
 
-	guests_init(&src, &dst);
-	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender *s = source(&src, port);
-	full_round(s);
-	await_parked(s, CHANNELS);
+	tm_sender *s = parked_after_round(&src, &dst, &p);
 	uint64_t before = direct_syncs(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	g_assert_cmpuint(direct_syncs(s) - before, ==, CHANNELS);
