@@ -558,6 +558,15 @@ static int run(loop *l, GError **error)
 		 * (tm_control_direct_read), or after a reconnect where the end broke. */
 		if (c->end_ack_seen)
 			return sender_close(c, error);
+		if (c->held) {
+			/* What finish's thread read but leaves to us (tm_control_direct_read); before
+			 * quit: it may be the peer's ERROR, whose words the failure must keep, and
+			 * drain() must not read its body as a header. */
+			c->held = false;
+			if ((r = one_message(l, &c->held_frame, error)) != 0)
+				return r;
+			continue;
+		}
 		g_mutex_lock(c->lock);
 		bool quit = *c->quit, want_end = c->end_requested;
 		bool want_pc = c->postcopy_requested;
@@ -577,13 +586,6 @@ static int run(loop *l, GError **error)
 			c->end_sent = true; /* kept: a break now is resumed */
 			if ((r = tm_control_send_ordered(c, TM_MSG_END, 0, error)) < 0)
 				return r;
-		}
-		if (c->held) {
-			/* What finish's thread read but leaves to us (tm_control_direct_read). */
-			c->held = false;
-			if ((r = one_message(l, &c->held_frame, error)) != 0)
-				return r;
-			continue;
 		}
 		if (!c->direct_read && tm_io_readable(c->ch->io)) {
 			if ((r = one_message(l, NULL, error)) != 0)
@@ -889,6 +891,10 @@ void tm_control_direct_read(tm_control *c)
 	tm_frame f;
 	int r;
 
+	/* Not the lock once it is over: the control thread clears direct_read before a reconnect,
+	 * which it does holding the lock (the shutdown that wakes our poll comes from it). */
+	if (!__atomic_load_n(&c->direct_read, __ATOMIC_ACQUIRE))
+		return;
 	g_mutex_lock(&c->io_lock);
 	if (!c->direct_read || c->held) {
 		g_mutex_unlock(&c->io_lock);

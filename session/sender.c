@@ -761,7 +761,7 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	 */
 	if (v2 && !s->pc.agreed) {
 		/* From this thread, which reads the answers too when it waits for the data
-		 * channels' (direct): no wake-up of control's thread either way. */
+		 * channels' (direct); control's thread is woken only to poll without the socket. */
 		tm_control_send_end(&s->control, ndirect > 0);
 	} else if (v2) {
 		g_mutex_lock(&s->lock);
