@@ -878,7 +878,7 @@ int tm_control_direct_fd(tm_control *c, bool *buffered)
 		return -1;
 	g_mutex_lock(&c->io_lock);
 	int fd = c->direct_read ? c->ch->fd : -1;
-	*buffered = fd >= 0 && (c->held || tm_io_readable(c->ch->io));
+	*buffered = fd >= 0 && tm_io_readable(c->ch->io);
 	g_mutex_unlock(&c->io_lock);
 	return fd;
 }
@@ -896,7 +896,7 @@ void tm_control_direct_read(tm_control *c)
 	if (!__atomic_load_n(&c->direct_read, __ATOMIC_ACQUIRE))
 		return;
 	g_mutex_lock(&c->io_lock);
-	if (!c->direct_read || c->held) {
+	if (!c->direct_read) { /* (a held frame clears it) */
 		g_mutex_unlock(&c->io_lock);
 		return;
 	}
