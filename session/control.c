@@ -286,6 +286,32 @@ static int check_links(loop *l, GError **error)
 	return 0;
 }
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool test_reset_armed;
+static unsigned test_resets;
+
+void tm_control_test_reset_before_held(bool on)
+{
+	__atomic_store_n(&test_reset_armed, on, __ATOMIC_RELAXED);
+}
+
+unsigned tm_control_test_resets_before_held(void)
+{
+	return __atomic_load_n(&test_resets, __ATOMIC_RELAXED);
+}
+
+/* The race it forces: another thread's broken connection recorded (the session quits) after
+ * finish's thread handed a frame back and before this thread took it. */
+static void test_reset_before_held(tm_control *c)
+{
+	if (!__atomic_load_n(&test_reset_armed, __ATOMIC_RELAXED))
+		return;
+	__atomic_add_fetch(&test_resets, 1, __ATOMIC_RELAXED);
+	c->fail(c->owner, g_error_new(TM_ERROR, ECONNRESET, "test hook: reset before the held frame"),
+		false);
+}
+#endif
+
 static int run(loop *l, GError **error)
 {
 	tm_control *c = l->c;
@@ -311,6 +337,10 @@ static int run(loop *l, GError **error)
 		 * (tm_control_direct_read), or after a reconnect where the end broke. */
 		if (c->end_ack_seen)
 			return tm_ctl_sender_close(c, error);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+		if (c->held)
+			test_reset_before_held(c);
+#endif
 		if (c->held) {
 			/* What finish's thread read but leaves to us (tm_control_direct_read); before
 			 * quit: it may be the peer's ERROR, whose words the failure must keep, and
