@@ -12,7 +12,10 @@
  * test dials and accepts the sockets itself through the proxy, tm_sender_attach() and
  * tm_receiver_attach() with the reconnect hook on both sides; its points are named
  * 'precopy-attach/...'. cut-sweep/postcopy-attach does the same for the postcopy points (the
- * urgent connection is one of the VMM's sockets too).
+ * urgent connection is one of the VMM's sockets too). cut-sweep/precopy-delta cuts during a second
+ * round in which every page goes as a delta (TM_DELTA_ALWAYS; DELTA, or ZDELTA where zstd pays)
+ * and every 61st page's base was changed at the destination (refused: DELTA_NACK, then the whole
+ * page); its points, armed once the first round is synced, are named 'precopy-delta/...'.
  *
  * Too long for CI: skipped unless CUT_SWEEP=1. CUT_SWEEP_ONLY=<glob> runs only the points whose
  * name matches (e.g. 'postcopy/urgent/before-*'). By default only the io_uring pairs (plaintext and TLS)
@@ -99,6 +102,28 @@ static const position pc_positions[] = {
 	{ "before-CTL_POS", 0, TM_MSG_CTL_POS, true },
 };
 
+/*
+ * Delta rounds: armed once the first round is synced, so the byte offsets count from the start
+ * of the second round, whose re-sent pages go as deltas (DELTA) or, where the receiver refuses
+ * the base, as a DELTA_NACK and the whole page again.
+ */
+static const position delta_positions[] = {
+	{ "byte-1", 1, 0, false },
+	{ "byte-13", 13, 0, false },
+	{ "byte-200", 200, 0, false },
+	{ "byte-4k", 4096, 0, false },
+	{ "byte-70k", 70000, 0, false },
+	{ "byte-300k", 300000, 0, false },
+	{ "before-DELTA", 0, TM_MSG_DELTA, true },
+	{ "before-ZDELTA", 0, TM_MSG_ZDELTA, true }, /* zstd agreed too: deltas that compress */
+	{ "before-DELTA_NACK", 0, TM_MSG_DELTA_NACK, false },
+	{ "before-DATA", 0, TM_MSG_DATA, true },
+	{ "before-SYNC", 0, TM_MSG_SYNC, true },
+	{ "before-SYNC_ACK", 0, TM_MSG_SYNC_ACK, false },
+	{ "before-END", 0, TM_MSG_END, true },
+	{ "before-END_ACK", 0, TM_MSG_END_ACK, false },
+};
+
 typedef enum outcome { O_PASS, O_NOT_REACHED, O_FAIL } outcome;
 
 typedef struct tally {
@@ -128,12 +153,47 @@ static unsigned env_ms(const char *name)
 	return v && *v ? (unsigned)g_ascii_strtoull(v, NULL, 10) : 2000;
 }
 
+/* Delta points (sweep_delta): a second round of deltas, with some bases refused. */
+static bool delta_round;
+
+#define DELTA_REFUSED_EVERY 61u /* every 61st page's base changes at the destination */
+
+/*
+ * The second round of a delta point: every page changed in 200 bytes at the source (a delta
+ * each), every DELTA_REFUSED_EVERY-th page's copy at the destination changed behind the
+ * sender's back (refused: DELTA_NACK, then the whole page), the cut armed, every page queued
+ * and synced.
+ */
+static int delta_second_round(run *t, const position *pos, int conn)
+{
+	uint64_t np = RIG_RAM / 4096;
+
+	for (uint64_t pg = 0; pg < np; pg++) {
+		uint8_t *p = t->src.ram[0] + pg * 4096 + (pg * 37) % 3800;
+		for (unsigned i = 0; i < 200; i++)
+			p[i] ^= (uint8_t)(0x5a + i);
+		if (pg % DELTA_REFUSED_EVERY == 0)
+			memset(t->dst.ram[0] + pg * 4096, 0xee, 64);
+	}
+	if (pos->frame)
+		proxy_arm_frame(&t->px, conn, pos->frame, pos->from_sender);
+	else
+		proxy_arm(&t->px, conn, pos->bytes);
+	int r = run_queue_all(t);
+	return r == 0 ? tm_sender_sync(t->s, &t->err) : r;
+}
+
 /* One migration with one cut; the outcome, and why in *why when it failed. */
 static outcome run_point(const role *ro, mode m, const position *pos, GString *why)
 {
 	run t;
 	tm_live_config lc = { .size = sizeof(lc),
 			      .resume_deadline_ms = env_ms("CUT_SWEEP_RESUME_MS") };
+
+	if (delta_round) {
+		lc.delta_cache_bytes = RIG_RAM;
+		lc.delta_policy = TM_DELTA_ALWAYS;
+	}
 
 	rig_send_timeout_ms = env_ms("CUT_SWEEP_SEND_MS");
 	rig_recv_timeout_ms = env_ms("CUT_SWEEP_RECV_MS");
@@ -145,13 +205,32 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 	t.px.half_recv = m == M_HALF_RECV || m == M_FREEZE;
 	t.px.reset = m == M_RESET;
 	g_mutex_unlock(&t.px.lock);
-	if (pos->frame)
+	if (delta_round) {
+		/* armed after the first round (delta_second_round) */
+	} else if (pos->frame) {
 		proxy_arm_frame(&t.px, ro->conn, pos->frame, pos->from_sender);
-	else
+	} else {
 		proxy_arm(&t.px, ro->conn, pos->bytes);
+	}
 
 	int64_t t0 = g_get_monotonic_time();
-	t.r = run_migrate(&t);
+	if (delta_round) {
+		t.r = run_connect(&t);
+		if (t.r == 0)
+			t.r = run_queue_all(&t);
+		if (t.r == 0)
+			t.r = tm_sender_sync(t.s, &t.err);
+		if (t.r == 0)
+			t.r = delta_second_round(&t, pos, ro->conn);
+		if (t.r == 0)
+			t.r = tm_sender_guest_stopped(t.s, &t.err);
+		if (t.r == 0)
+			t.r = tm_sender_put_state(t.s, "dev", t.state, RIG_STATE_LEN, 0, &t.err);
+		if (t.r == 0)
+			t.r = tm_sender_finish(t.s, &t.err);
+	} else {
+		t.r = run_migrate(&t);
+	}
 	double ssecs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	rpeer_join(&t.p);
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
@@ -166,7 +245,24 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 		ok = tm_sender_get_live_stats(t.s, &ss) == 0 &&
 		     tm_receiver_get_live_stats(t.p.r, &rs) == 0 && ss.phase == TM_PHASE_COMPLETE;
 		tm_receiver_get_stats(t.p.r, &st);
-		ok = ok && st.pages == RIG_RAM / 4096;
+		ok = ok && (delta_round || st.pages == RIG_RAM / 4096);
+	}
+	/* A delta point must have moved deltas and had bases refused, or it tested nothing. */
+	tm_delta_stats ds = { .size = sizeof(ds) };
+	if (ok && delta_round) {
+		uint64_t pages = 0, refused = 0;
+		for (unsigned i = 0; i < rig_channels; i++) {
+			ok = ok && tm_sender_get_delta_stats(t.s, i, &ds) == 0;
+			pages += ds.pages;
+			refused += ds.refused;
+		}
+		ds.pages = pages;
+		ds.refused = refused;
+		ok = ok && ds.pages > 0 && ds.refused > 0;
+		if (!ok)
+			g_string_append_printf(why, "delta pages %" G_GUINT64_FORMAT
+						    ", refused %" G_GUINT64_FORMAT "; ",
+					       (guint64)ds.pages, (guint64)ds.refused);
 	}
 	if (!ok) {
 		g_string_append_printf(why,
@@ -180,6 +276,11 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 		g_string_append_printf(why, "cuts %u, %.2f s, reconnects %" G_GUINT64_FORMAT "/%"
 					    G_GUINT64_FORMAT,
 				       cuts, secs, (guint64)ss.reconnects, (guint64)rs.reconnects);
+		if (delta_round)
+			g_string_append_printf(why, ", deltas %" G_GUINT64_FORMAT
+						    ", refused %" G_GUINT64_FORMAT ", pages %" G_GUINT64_FORMAT,
+					       (guint64)ds.pages, (guint64)ds.refused,
+					       (guint64)st.pages);
 	}
 	run_end(&t);
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
@@ -492,7 +593,7 @@ static outcome run_isolated(bool postcopy, const role *ro, mode m, const positio
 	return o;
 }
 
-static void sweep(bool postcopy, bool attach)
+static void sweep(bool postcopy, bool attach, bool delta)
 {
 	const char *only = g_getenv("CUT_SWEEP_ONLY");
 	g_autoptr(GPatternSpec) pat = only && *only ? g_pattern_spec_new(only) : NULL;
@@ -518,12 +619,17 @@ static void sweep(bool postcopy, bool attach)
 	}
 	rig_attach = attach; /* read by run_start() in each point's process */
 	pc_attach = attach;
+	delta_round = delta;
 	const char *kind = postcopy ? (attach ? "postcopy-attach" : "postcopy")
-				    : attach ? "precopy-attach" : "precopy";
+			   : delta  ? "precopy-delta"
+			   : attach ? "precopy-attach"
+				    : "precopy";
 	const role *rl = postcopy ? pc_roles : roles;
 	size_t nr = postcopy ? G_N_ELEMENTS(pc_roles) : G_N_ELEMENTS(roles);
-	const position *ps = postcopy ? pc_positions : positions;
-	size_t npos = postcopy ? G_N_ELEMENTS(pc_positions) : G_N_ELEMENTS(positions);
+	const position *ps = postcopy ? pc_positions : delta ? delta_positions : positions;
+	size_t npos = postcopy ? G_N_ELEMENTS(pc_positions)
+		      : delta  ? G_N_ELEMENTS(delta_positions)
+			       : G_N_ELEMENTS(positions);
 	for (size_t ri = 0; ri < nr; ri++) {
 		for (size_t pi = 0; pi < npos; pi++) {
 			for (int m = 0; m < M_COUNT; m++) {
@@ -560,26 +666,32 @@ static void sweep(bool postcopy, bool attach)
 	g_string_free(tl.failures, TRUE);
 	rig_attach = false;
 	pc_attach = false;
+	delta_round = false;
 }
 
 static void test_sweep_precopy(void)
 {
-	sweep(false, false);
+	sweep(false, false, false);
 }
 
 static void test_sweep_precopy_attach(void)
 {
-	sweep(false, true);
+	sweep(false, true, false);
+}
+
+static void test_sweep_precopy_delta(void)
+{
+	sweep(false, false, true);
 }
 
 static void test_sweep_postcopy(void)
 {
-	sweep(true, false);
+	sweep(true, false, false);
 }
 
 static void test_sweep_postcopy_attach(void)
 {
-	sweep(true, true);
+	sweep(true, true, false);
 }
 
 int main(int argc, char **argv)
@@ -587,6 +699,7 @@ int main(int argc, char **argv)
 	static const session_test tests[] = {
 		{ "cut-sweep/precopy", test_sweep_precopy, false },
 		{ "cut-sweep/precopy-attach", test_sweep_precopy_attach, false },
+		{ "cut-sweep/precopy-delta", test_sweep_precopy_delta, false },
 		{ "cut-sweep/postcopy", test_sweep_postcopy, false },
 		{ "cut-sweep/postcopy-attach", test_sweep_postcopy_attach, false },
 	};
