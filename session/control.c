@@ -307,8 +307,8 @@ static void test_reset_before_held(tm_control *c)
 	if (!__atomic_load_n(&test_reset_armed, __ATOMIC_RELAXED))
 		return;
 	__atomic_add_fetch(&test_resets, 1, __ATOMIC_RELAXED);
-	c->fail(c->owner, g_error_new(TM_ERROR, ECONNRESET, "test hook: reset before the held frame"),
-		false);
+	GError *reset = g_error_new(TM_ERROR, ECONNRESET, "test hook: reset before the held frame");
+	c->fail(c->owner, reset, false);
 }
 #endif
 

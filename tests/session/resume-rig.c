@@ -203,20 +203,30 @@ void run_fill_state(run *t)
 	t->p.state = t->state;
 }
 
-int run_migrate(run *t)
+int run_first_round(run *t)
 {
 	int r = run_connect(t);
 	if (r == 0)
 		r = run_queue_all(t);
 	if (r == 0)
 		r = tm_sender_sync(t->s, &t->err);
-	if (r == 0)
-		r = tm_sender_guest_stopped(t->s, &t->err);
+	return r;
+}
+
+int run_stop_and_finish(run *t)
+{
+	int r = tm_sender_guest_stopped(t->s, &t->err);
 	if (r == 0)
 		r = tm_sender_put_state(t->s, "dev", t->state, RIG_STATE_LEN, 0, &t->err);
 	if (r == 0)
 		r = tm_sender_finish(t->s, &t->err);
 	return r;
+}
+
+int run_migrate(run *t)
+{
+	int r = run_first_round(t);
+	return r == 0 ? run_stop_and_finish(t) : r;
 }
 
 void run_end(run *t)

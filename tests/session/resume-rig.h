@@ -78,6 +78,10 @@ void run_fill_state(run *t);
 /* The whole migration through the proxy: connect, every page, sync, the guest stopped, the
  * state section (run_fill_state first), finish. The sender's result; its error in t->err. */
 int run_migrate(run *t);
+/* Its two halves, for a test that does more between them: connect, every page and sync
+ * (run_first_round); the guest stopped, the state section and finish (run_stop_and_finish). */
+int run_first_round(run *t);
+int run_stop_and_finish(run *t);
 
 /* Both sides returned 0, the copy is exact, the sender's phase is complete and the receiver
  * applied every page once; *ss and *rs: the live statistics, for the caller's own checks. */

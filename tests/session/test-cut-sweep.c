@@ -153,7 +153,7 @@ static unsigned env_ms(const char *name)
 	return v && *v ? (unsigned)g_ascii_strtoull(v, NULL, 10) : 2000;
 }
 
-/* Delta points (sweep_delta): a second round of deltas, with some bases refused. */
+/* Delta points (sweep(..., delta)): a second round of deltas, with some bases refused. */
 static bool delta_round;
 
 #define DELTA_REFUSED_EVERY 61u /* every 61st page's base changes at the destination */
@@ -181,6 +181,19 @@ static int delta_second_round(run *t, const position *pos, int conn)
 		proxy_arm(&t->px, conn, pos->bytes);
 	int r = run_queue_all(t);
 	return r == 0 ? tm_sender_sync(t->s, &t->err) : r;
+}
+
+/* The sender's pages sent as deltas and refused, summed over its channels; false if unread. */
+static bool delta_totals(tm_sender *s, guint64 *deltas, guint64 *refused)
+{
+	for (unsigned i = 0; i < rig_channels; i++) {
+		tm_delta_stats ds = { .size = sizeof(ds) };
+		if (tm_sender_get_delta_stats(s, i, &ds) != 0)
+			return false;
+		*deltas += ds.pages;
+		*refused += ds.refused;
+	}
+	return true;
 }
 
 /* One migration with one cut; the outcome, and why in *why when it failed. */
@@ -215,19 +228,11 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 
 	int64_t t0 = g_get_monotonic_time();
 	if (delta_round) {
-		t.r = run_connect(&t);
-		if (t.r == 0)
-			t.r = run_queue_all(&t);
-		if (t.r == 0)
-			t.r = tm_sender_sync(t.s, &t.err);
+		t.r = run_first_round(&t);
 		if (t.r == 0)
 			t.r = delta_second_round(&t, pos, ro->conn);
 		if (t.r == 0)
-			t.r = tm_sender_guest_stopped(t.s, &t.err);
-		if (t.r == 0)
-			t.r = tm_sender_put_state(t.s, "dev", t.state, RIG_STATE_LEN, 0, &t.err);
-		if (t.r == 0)
-			t.r = tm_sender_finish(t.s, &t.err);
+			t.r = run_stop_and_finish(&t);
 	} else {
 		t.r = run_migrate(&t);
 	}
@@ -248,21 +253,13 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 		ok = ok && (delta_round || st.pages == RIG_RAM / 4096);
 	}
 	/* A delta point must have moved deltas and had bases refused, or it tested nothing. */
-	tm_delta_stats ds = { .size = sizeof(ds) };
+	guint64 deltas = 0, refused = 0;
 	if (ok && delta_round) {
-		uint64_t pages = 0, refused = 0;
-		for (unsigned i = 0; i < rig_channels; i++) {
-			ok = ok && tm_sender_get_delta_stats(t.s, i, &ds) == 0;
-			pages += ds.pages;
-			refused += ds.refused;
-		}
-		ds.pages = pages;
-		ds.refused = refused;
-		ok = ok && ds.pages > 0 && ds.refused > 0;
+		ok = delta_totals(t.s, &deltas, &refused) && deltas > 0 && refused > 0;
 		if (!ok)
-			g_string_append_printf(why, "delta pages %" G_GUINT64_FORMAT
+			g_string_append_printf(why, "deltas %" G_GUINT64_FORMAT
 						    ", refused %" G_GUINT64_FORMAT "; ",
-					       (guint64)ds.pages, (guint64)ds.refused);
+					       deltas, refused);
 	}
 	if (!ok) {
 		g_string_append_printf(why,
@@ -278,9 +275,9 @@ static outcome run_point(const role *ro, mode m, const position *pos, GString *w
 				       cuts, secs, (guint64)ss.reconnects, (guint64)rs.reconnects);
 		if (delta_round)
 			g_string_append_printf(why, ", deltas %" G_GUINT64_FORMAT
-						    ", refused %" G_GUINT64_FORMAT ", pages %" G_GUINT64_FORMAT,
-					       (guint64)ds.pages, (guint64)ds.refused,
-					       (guint64)st.pages);
+						    ", refused %" G_GUINT64_FORMAT
+						    ", pages %" G_GUINT64_FORMAT,
+					       deltas, refused, (guint64)st.pages);
 	}
 	run_end(&t);
 	rig_send_timeout_ms = rig_recv_timeout_ms = 20000;
