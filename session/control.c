@@ -304,7 +304,8 @@ unsigned tm_control_test_resets_before_held(void)
  * finish's thread handed a frame back and before this thread took it. */
 static void test_reset_before_held(tm_control *c)
 {
-	if (!__atomic_load_n(&test_reset_armed, __ATOMIC_RELAXED))
+	if (!__atomic_load_n(&test_reset_armed, __ATOMIC_RELAXED) ||
+	    c->held_frame.type != TM_MSG_ERROR)
 		return;
 	__atomic_add_fetch(&test_resets, 1, __ATOMIC_RELAXED);
 	GError *reset = g_error_new(TM_ERROR, ECONNRESET, "test hook: reset before the held frame");

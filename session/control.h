@@ -213,10 +213,10 @@ void tm_control_direct_read(tm_control *c);
 /* Test hook (-Dtest_hooks=true), global: senders send a PING just before their control END,
  * so that its PONG comes where finish's thread reads (and hands it back). */
 void tm_control_test_ping_before_end(bool on);
-/* Test hook (-Dtest_hooks=true), global: when the control thread finds a frame finish's thread
- * handed back, it first records a failure of its own (ECONNRESET, not the peer's: the session
- * quits), as a data channel's reset on another thread could. tm_control_test_resets_before_held():
- * how many so far. */
+/* Test hook (-Dtest_hooks=true), global: when the control thread finds the peer's ERROR, read and
+ * handed back by finish's thread, it first records a failure of its own (ECONNRESET, not the
+ * peer's: the session quits), as a data channel's reset on another thread could (other held
+ * frames, a PONG, are left alone). tm_control_test_resets_before_held(): how many so far. */
 void tm_control_test_reset_before_held(bool on);
 unsigned tm_control_test_resets_before_held(void);
 #endif
