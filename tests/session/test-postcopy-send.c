@@ -82,6 +82,14 @@ static void wr(int fd, const void *p, size_t n)
 	g_assert_cmpint(send(fd, p, n, MSG_NOSIGNAL), ==, (ssize_t)n);
 }
 
+/* wr() where the sender may have failed and closed already, which only a hostile case may
+ * meet: another thread's refusal ends the session while this one still answers. */
+static void wr_or_hostile(rx *x, int fd, const void *p, size_t n)
+{
+	if (send(fd, p, n, MSG_NOSIGNAL) != (ssize_t)n)
+		g_assert_true(x->hostile);
+}
+
 /* The next frame and its body (g_free); NULL at the end of the stream in a hostile case. */
 static uint8_t *next_frame_or_end(rx *x, int fd, tm_frame *f)
 {
@@ -106,7 +114,7 @@ static void ctrl(conn *c, uint8_t type, uint64_t a, uint64_t b)
 	const uint64_t v[TM_CTRL_MAX_FIELDS] = { a, b, 0 };
 	g_mutex_lock(&c->x->lock); /* a data thread may write READY on control */
 	size_t n = tm_ctrl_encode_v(buf, 2, type, c->seq++, v);
-	wr(c->x->fd[c->i], buf, n);
+	wr_or_hostile(c->x, c->x->fd[c->i], buf, n);
 	g_mutex_unlock(&c->x->lock);
 }
 
@@ -125,7 +133,7 @@ static void send_ready_locked(rx *x)
 		pc = pc || x->ram_end_mode[i] == TM_RAM_END_POSTCOPY;
 	x->ready_mode = pc ? TM_RAM_END_POSTCOPY : TM_RAM_END_FINAL;
 	size_t n = tm_ready_encode(buf, c->seq++, x->ready_mode);
-	wr(x->fd[NCH], buf, n);
+	wr_or_hostile(x, x->fd[NCH], buf, n);
 	x->ready_sent = true;
 }
 
