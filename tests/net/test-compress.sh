@@ -4,7 +4,9 @@
 # Compression on the wire (issue 15) across tests/net's link and on loopback, with the CLI:
 #   slow       100mbit,2ms; 48 MiB of compressible RAM (tm-gen-image text) and tags over 4
 #              channels: --compress auto is at least 1.5x as fast as --compress none, byte-exact,
-#              and its JSON shows compressed packets and a ratio below 0.6
+#              and its JSON shows compressed packets and a total ratio below 0.7 (each channel's
+#              first 5 packets go raw; then zstd makes a channel 0.41, lz4 0.62: on a loaded
+#              machine auto takes lz4 on some channels, so all on lz4 must pass, all raw is 1)
 #   loss       1gbit,5ms,loss=0.1%: lz4, zstd:3 and auto each migrate 32 MiB byte-exact, and the
 #              link counted lost packets (both directions: about 7 expected)
 #   loopback   127.0.0.1 (no link): auto is not measurably slower than none: of 7 alternating
@@ -27,9 +29,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 # json_num KEY: the first number called KEY in send's JSON.
 json_num() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p" "$T/send.out" | head -1; }
-# The compression object's totals (the first "ratio" after "compression").
+# The compression object (its totals, then "channels":[{...}, ...]).
 json_compress() { sed -n "s/.*\"compression\":{\(.*\)/\1/p" "$T/send.out"; }
-compress_ratio() { json_compress | sed -n 's/[^}]*"ratio":\([0-9.e+-]*\).*/\1/p'; }
+# The totals' ratio: the object's first "ratio" (the totals come before the channels).
+compress_ratio() { json_compress | grep -o '"ratio":[0-9.e+-]*' | head -1 | cut -d: -f2; }
 compressed_packets() {
 	json_compress | grep -o '"packets_\(lz4\|zstd\)":[0-9]*' | awk -F: '{ s += $2 } END { print s + 0 }'
 }
@@ -50,7 +53,7 @@ slow)
 	tm_link_down
 	note "48 MiB of text over 100mbit: none $none_ms ms, auto $auto_ms ms (page data ratio $ratio, $packets packets compressed)"
 	[ "$packets" -gt 0 ] || fail "auto compressed no packet on a 100 Mbit/s link: $(cat "$T/send.out")"
-	awk -v r="$ratio" 'BEGIN { exit !(r > 0 && r < 0.6) }' || fail "auto's ratio $ratio, expected below 0.6"
+	awk -v r="$ratio" 'BEGIN { exit !(r > 0 && r < 0.7) }' || fail "auto's ratio $ratio, expected below 0.7"
 	[ $((auto_ms * 3)) -le $((none_ms * 2)) ] ||
 		fail "auto took $auto_ms ms, none $none_ms ms: not 1.5x as fast on a slow link"
 	;;
