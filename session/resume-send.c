@@ -394,7 +394,7 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 				continue;
 			}
 			/* The receiver reads in order: what it answered, it had all before. */
-			if (w.kind == WORK_SYNC && pos->syncs >= w.first) {
+			if (w.kind == WORK_SYNC && pos->syncs >= w.count) { /* its id on the wire */
 				ack_sync(c, w.first);
 				continue;
 			}

@@ -54,13 +54,30 @@ void tm_rounds_committed(tm_sender *s)
 	__atomic_add_fetch(&s->rounds.queued_total, pages, __ATOMIC_RELAXED);
 }
 
-/* The lowest round acknowledged by every channel; s->lock held. */
+/* The last round complete: acknowledged by every channel, or with nothing to send; s->lock
+ * held. */
 static uint64_t rounds_done(const tm_sender *s)
 {
 	uint64_t done = UINT64_MAX;
 	for (unsigned i = 0; i < s->nch; i++)
 		done = MIN(done, s->chans[i].synced);
-	return s->nch ? done : 0;
+	return MAX(s->nch ? done : 0, s->rounds.complete);
+}
+
+/* s->lock held: st's round is complete, now (the last channel's acknowledgement, or nothing to
+ * send); its figures close and feed the estimator. */
+static void round_complete(tm_sender *s, tm_round_stats *st, uint64_t runs)
+{
+	tm_rounds *rd = &s->rounds;
+	int64_t now = tm_now_us(), busy = busy_now(s, now);
+
+	st->seconds = (double)(now - (rd->done_us ? rd->done_us : s->t_start)) / 1e6;
+	st->busy_seconds = (double)(busy - rd->busy_mark) / 1e6;
+	rd->done_us = now;
+	rd->busy_mark = busy;
+	rd->complete = st->round;
+	tm_estimator_round(&rd->est, st, runs);
+	tm_events_raise(&s->events, TM_EVENT_ROUND);
 }
 
 void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round)
@@ -85,14 +102,7 @@ void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round)
 		return;
 
 	/* Every channel has it: rounds complete in order (each channel acknowledges in order). */
-	int64_t now = tm_now_us(), busy = busy_now(s, now);
-	st->seconds = (double)(now - (rd->done_us ? rd->done_us : s->t_start)) / 1e6;
-	st->busy_seconds = (double)(busy - rd->busy_mark) / 1e6;
-	rd->done_us = now;
-	rd->busy_mark = busy;
-	rd->complete = round;
-	tm_estimator_round(&rd->est, st, rd->runs[slot]);
-	tm_events_raise(&s->events, TM_EVENT_ROUND); /* the last channel to acknowledge raises it */
+	round_complete(s, st, rd->runs[slot]); /* the last channel to acknowledge raises it */
 }
 
 int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
@@ -115,11 +125,23 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	s->rounds.ring[slot] = (tm_round_stats){ .round = id, .pages_queued = s->rounds.queued_round };
 	s->rounds.acks[slot] = 0;
 	s->rounds.runs[slot] = s->rounds.runs_round;
+	/*
+	 * Nothing handed over since the last round, which every channel acknowledged: every page
+	 * queued before this barrier is at the destination already, so the round is complete now,
+	 * without a SYNC (no network round trip: an idle guest's round costs nothing). Before
+	 * postcopy only, and only pages can have been handed over since: RAM closes (no round
+	 * after) before device state.
+	 */
+	bool empty = s->rounds.queued_round == 0 && s->rounds.runs_round == 0 &&
+		     s->rounds.complete == id - 1 && !s->pc.started;
+	if (empty)
+		round_complete(s, &s->rounds.ring[slot], 0);
 	g_mutex_unlock(&s->lock);
 	s->rounds.queued_round = 0;
 	s->rounds.runs_round = 0;
 	__atomic_store_n(&s->next_sync, id, __ATOMIC_RELAXED);
-	tm_sender_stage_sync(s, id);
+	if (!empty)
+		tm_sender_stage_sync(s, id, ++s->wire_syncs);
 	if (ret_round)
 		*ret_round = id;
 	return 0;

@@ -147,17 +147,19 @@ int tm_send_pages(send_chan *c, const work *w, GError **error)
 	return tm_dsend_resend(c, error); /* pages whose delta the receiver refused, whole */
 }
 
-/* SYNC id, its SYNC_ACK not awaited (sync_ack reads it). */
-static int sync_post(send_chan *c, uint64_t id, GError **error)
+/* The SYNC of item w (its id on the wire: w->count), its SYNC_ACK not awaited (sync_ack reads
+ * it). */
+static int sync_post(send_chan *c, const work *w, GError **error)
 {
 	int r = tm_send_flush(c, error);
 	if (r >= 0)
-		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error);
+		r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, w->count, 0, error);
 	return r < 0 ? r : 0;
 }
 
-/* SYNC id's SYNC_ACK, checked; the channel's synced is id from then on. */
-static int sync_ack(send_chan *c, uint64_t id, GError **error)
+/* The SYNC_ACK of round's SYNC (id on the wire), checked; the channel's synced is round from
+ * then on. */
+static int sync_ack(send_chan *c, uint64_t round, uint64_t id, GError **error)
 {
 	uint64_t ack, applied;
 	int r = tm_dsend_recv_ctrl(c, TM_MSG_SYNC_ACK, &ack, &applied, error); /* + DELTA_NACKs */
@@ -174,17 +176,17 @@ static int sync_ack(send_chan *c, uint64_t id, GError **error)
 	if ((r = tm_dsend_settle(c, id, error)) < 0)
 		return r;
 	g_mutex_lock(&c->s->lock);
-	c->synced = id;
-	tm_rounds_chan_acked(c->s, c, id);
+	c->synced = round;
+	tm_rounds_chan_acked(c->s, c, round);
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;
 }
 
-static int send_sync(send_chan *c, uint64_t id, GError **error)
+static int send_sync(send_chan *c, const work *w, GError **error)
 {
-	int r = sync_post(c, id, error);
-	return r < 0 ? r : sync_ack(c, id, error);
+	int r = sync_post(c, w, error);
+	return r < 0 ? r : sync_ack(c, w->first, w->count, error);
 }
 
 /* END (and the cork's content before it); protocol 1 also waits for its END_ACK here. */
@@ -273,9 +275,10 @@ static int send_batch(send_chan *c, batch_mode mode, GError **err)
 				r = 0; /* below */
 			else if (w->kind == WORK_SYNC && mode == BATCH_SYNC && i + 1 == c->work->len) {
 				c->sync_due = w->first;
-				r = sync_post(c, w->first, err);
+				c->sync_due_wire = w->count;
+				r = sync_post(c, w, err);
 			} else if (w->kind == WORK_SYNC)
-				r = send_sync(c, w->first, err);
+				r = send_sync(c, w, err);
 			else if (w->kind == WORK_END && defer_end)
 				r = (r = tm_send_flush(c, err)) < 0 ? r : tm_send_end_v2_post(c, err);
 			else if (w->kind == WORK_END)
@@ -367,7 +370,7 @@ static int direct_answer(send_chan *c, batch_mode mode)
 {
 	g_autoptr(GError) err = NULL;
 	int r = mode == BATCH_END ? end_ack(c, c->pages_sent, &err)
-				  : sync_ack(c, c->sync_due, &err);
+				  : sync_ack(c, c->sync_due, c->sync_due_wire, &err);
 
 	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
 		r = send_batch(c, mode, &err);

@@ -678,9 +678,11 @@ int tm_sender_check_open(tm_sender *s, GError **error)
 	return check_open(s, error);
 }
 
-void tm_sender_stage_sync(tm_sender *s, uint64_t id)
+void tm_sender_stage_sync(tm_sender *s, uint64_t round, uint64_t wire)
 {
-	stage_marker(s, WORK_SYNC, id);
+	work w = { .kind = WORK_SYNC, .first = round, .count = wire };
+	for (unsigned i = 0; i < s->nch; i++)
+		g_array_append_val(s->staging[i], w);
 	stage_commit(s);
 }
 
@@ -717,6 +719,13 @@ int tm_sender_sync(tm_sender *s, GError **error)
 		tm_send_direct_release(s, direct);
 		return r;
 	}
+	g_mutex_lock(&s->lock);
+	bool complete = s->rounds.complete >= id; /* nothing to send: no SYNC went */
+	g_mutex_unlock(&s->lock);
+	if (complete) {
+		tm_send_direct_release(s, direct);
+		return 0;
+	}
 	__atomic_add_fetch(&s->direct_syncs, ndirect, __ATOMIC_RELAXED);
 	for (unsigned i = 0; i < s->nch; i++)
 		if (direct[i] && tm_send_direct_sync_post(&s->chans[i]) < 0)
@@ -725,9 +734,9 @@ int tm_sender_sync(tm_sender *s, GError **error)
 		tm_send_direct_sync_await(s, direct, id);
 
 	g_mutex_lock(&s->lock);
-	for (unsigned i = 0; i < s->nch && !s->quit; i++)
-		while (!s->quit && s->chans[i].synced < id)
-			g_cond_wait(&s->cond, &s->lock);
+	/* Rounds complete in order; one with nothing to send did in end_round. */
+	while (!s->quit && s->rounds.complete < id)
+		g_cond_wait(&s->cond, &s->lock);
 	r = s->quit ? report_failure(s, error) : 0;
 	g_mutex_unlock(&s->lock);
 	return r;

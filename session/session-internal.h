@@ -117,8 +117,8 @@ void tm_events_stop(tm_events *e);
 typedef struct work {
 	uint32_t kind;
 	uint32_t block;
-	uint64_t first; /* first page; sync id for WORK_SYNC */
-	uint64_t count;
+	uint64_t first; /* first page; the round for WORK_SYNC */
+	uint64_t count; /* pages; for WORK_SYNC its SYNC's id on the wire (tm_sender.wire_syncs) */
 } work;
 
 /* A channel's part in the current round (rounds.c). */
@@ -148,7 +148,8 @@ typedef struct send_chan {
 	 * channel, its work list and packets are the caller's, and the worker sleeps until quit;
 	 * sync's caller its SYNC, until tm_send_direct_release() */
 	bool direct;
-	uint64_t sync_due; /* the SYNC whose SYNC_ACK direct sync's caller awaits */
+	uint64_t sync_due; /* the round whose SYNC_ACK direct sync's caller awaits */
+	uint64_t sync_due_wire; /* ... and that SYNC's id on the wire */
 
 	/* worker-local */
 	GArray *work;
@@ -229,7 +230,11 @@ struct tm_sender {
 		double quiet_s;      /* > 0: no connection answered for this long (a round) */
 	} setup_redial; /* cuts during setup (resume-setup.c) */
 	GArray **staging; /* per channel, work being split before hand-over */
-	uint64_t next_sync;
+	uint64_t next_sync;  /* the last round ended (tm_sender_end_round) */
+	/* The last SYNC id put on the wire. Rounds with nothing to send complete without a SYNC
+	 * (rounds.c), so a round and its SYNC's id differ; the wire's ids count from 1 without a
+	 * gap, as the receiver's count of SYNCs answered (RESUME_ACK) assumes. */
+	uint64_t wire_syncs;
 	send_state st;
 
 	/* protected by lock */
@@ -374,8 +379,8 @@ void tm_sender_wake_all(tm_sender *s);
 
 /* The open-session check of the queue calls: 0, -EBADFD, or the session's failure. */
 int tm_sender_check_open(tm_sender *s, GError **error);
-/* Hands a SYNC barrier with id to every channel (behind what is queued). */
-void tm_sender_stage_sync(tm_sender *s, uint64_t id);
+/* Hands round's SYNC barrier, id wire on the wire, to every channel (behind what is queued). */
+void tm_sender_stage_sync(tm_sender *s, uint64_t round, uint64_t wire);
 
 /* ---- rounds.c ---- */
 /* s->lock held: channel c got work (stage_commit) / has none left (its worker waits). */

@@ -140,6 +140,8 @@ TM_EXPORT int tm_sender_queue_bitmap(tm_sender *sender, unsigned block, const ui
 /*
  * End-of-round barrier: returns 0 once every page queued before the call has been written into
  * the receiver's RAM with its tags and marked present there, or -errno on failure of any channel.
+ * A round with nothing queued since the last one, which is complete, completes at once: no SYNC
+ * goes to the network (before postcopy).
  */
 TM_EXPORT int tm_sender_sync(tm_sender *sender, GError **error);
 
@@ -530,7 +532,8 @@ typedef struct tm_live_stats {
 	uint32_t wire_version;
 	uint32_t reserved;
 	uint64_t rounds;            /* rounds completed: acknowledged (sender) or answered
-	                             * (receiver) on every channel */
+	                             * (receiver) on every channel; an empty round sends no
+	                             * SYNC, so the receiver does not count it */
 	uint64_t bandwidth;         /* sender: bytes/s estimate (as tm_sender_advise()), 0: none */
 	uint64_t pending_bytes;     /* sender: queued, not yet sent, estimated wire bytes */
 	uint64_t expected_downtime_us; /* sender: for pending_bytes alone */

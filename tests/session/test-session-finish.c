@@ -553,7 +553,8 @@ static void test_cut_recv_side_while_ending(void)
 	cut_while_ending(true);
 }
 
-/* Round round's figures: pages sent in it, and bytes moved (its SYNCs at least). */
+/* Round round's figures: pages sent in it, and bytes moved (its pages and SYNCs; none for an
+ * empty round, which sends no SYNC). */
 static void assert_round(tm_sender *s, uint64_t round, uint64_t pages)
 {
 	tm_round_stats rs;
@@ -562,13 +563,17 @@ static void assert_round(tm_sender *s, uint64_t round, uint64_t pages)
 	g_assert_cmpuint(rs.round, ==, round);
 	g_assert_cmpuint(rs.pages_queued, ==, pages);
 	g_assert_cmpuint(rs.pages_sent, ==, pages);
-	g_assert_cmpuint(rs.wire_bytes, >, 0);
+	if (pages)
+		g_assert_cmpuint(rs.wire_bytes, >, 0);
+	else
+		g_assert_cmpuint(rs.wire_bytes, ==, 0);
 }
 
 /*
  * The end of a round (tm_sender_sync) on parked channels: the caller sends the SYNCs and reads
- * the SYNC_ACKs itself, and the channels go back to their workers. An empty round goes so on
- * every channel; a round with pages on channels 0 and 1 only on the parked two (the busy
+ * the SYNC_ACKs itself, and the channels go back to their workers. An empty round sends no SYNC
+ * at all (nothing is outstanding, so it completes at once); a round with pages on channels 0 and
+ * 1 syncs directly only on the parked two (the busy
  * workers sync theirs behind their pages, or had parked already); the next round's pages still
  * go (the workers took their channels back), and the session completes bit for bit.
  */
@@ -585,7 +590,7 @@ static void test_sync_direct(void)
 	tm_sender *s = parked_after_round(&src, &dst, &p);
 	uint64_t before = direct_syncs(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
-	g_assert_cmpuint(direct_syncs(s) - before, ==, CHANNELS);
+	g_assert_cmpuint(direct_syncs(s) - before, ==, 0);
 	assert_round(s, 2, 0);
 
 	await_parked(s, CHANNELS);
@@ -611,7 +616,9 @@ static void test_sync_direct(void)
  * A direct sync whose SYNC_ACK on data channel 1 is lost with the connection: the caller's
  * wait sees the break, resumes the channel (the reconnect's RESUME_ACK says the SYNC was
  * answered) and returns. half_recv: only the receiver's side is closed; the sender learns it
- * from the receiver's CONN_LOST on control, whose shutdown must wake the same wait.
+ * from the receiver's CONN_LOST on control, whose shutdown must wake the same wait. An empty
+ * round comes first: it sends no SYNC, so round numbers and SYNC ids on the wire part (round 3
+ * is SYNC 2), and the resume must count the receiver's answered SYNCs by their wire ids.
  */
 static void sync_ack_lost(bool half_recv)
 {
@@ -633,8 +640,19 @@ static void sync_ack_lost(bool half_recv)
 	tm_sender *s = source(&src, pport);
 	full_round(s);
 	await_parked(s, CHANNELS);
-	proxy_arm_frame(&px, 2, TM_MSG_SYNC_ACK, false); /* data channel 1: accept index 2 */
 	uint64_t before = direct_syncs(s);
+	tm_stats st0, st1;
+	tm_sender_get_stats(s, &st0);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0); /* round 2: empty */
+	tm_sender_get_stats(s, &st1);
+	g_assert_cmpuint(direct_syncs(s), ==, before);
+	g_assert_cmpuint(st1.wire_bytes, ==, st0.wire_bytes);
+	g_assert_cmpint(tm_sender_round_done(s, 2, &err), ==, 1);
+	proxy_arm_frame(&px, 2, TM_MSG_SYNC_ACK, false); /* data channel 1: accept index 2 */
+	/* One page, on data channel 0: an empty round would send no SYNC at all. Channel 0's
+	 * worker may take its SYNC behind the page; the others sync directly. */
+	const uint64_t page = 0;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, &page, 1, &err), ==, 0);
 	watchdog w;
 	watchdog_start(&w, s, &p.r, 15, "hung 15 s after the cut");
 	int r = tm_sender_sync(s, &err);
@@ -643,13 +661,14 @@ static void sync_ack_lost(bool half_recv)
 		g_test_message("sync: %s", err->message);
 	g_assert_false(fired);
 	g_assert_cmpint(r, ==, 0);
-	g_assert_cmpuint(direct_syncs(s) - before, ==, CHANNELS);
+	g_assert_cmpuint(direct_syncs(s) - before, >=, CHANNELS - 1);
+	g_assert_cmpuint(direct_syncs(s) - before, <=, CHANNELS);
 	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
 	tm_live_stats ss = { .size = sizeof(ss) };
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.reconnects, ==, 1);
 	g_assert_cmpuint(ss.resent_bytes, ==, 0); /* everything had arrived */
-	finish_complete(s, &p, &src, &dst, GUEST / PAGE);
+	finish_complete(s, &p, &src, &dst, GUEST / PAGE + 1);
 	proxy_stop(&px);
 }
 

@@ -171,10 +171,11 @@ static int cmp_i64(const void *a, const void *b)
 
 /*
  * A session of 2 channels (3 connections: protocol 2) through the relay: one round of pages,
- * then empty syncs, then finish. An empty sync is one round trip (SYNC, SYNC_ACK on every
- * channel at once); finish is one too (END on every connection at once, each END_ACK back). A
- * second round trip (the control connection's END after the data channels' END_ACKs) would make
- * finish take twice as long as a sync.
+ * then rounds of one page each, empty syncs, then finish. A one-page round is one round trip
+ * (the page and the SYNCs on every channel at once, the SYNC_ACKs back); an empty sync has
+ * nothing outstanding and takes none; finish is one too (END on every connection at once, each
+ * END_ACK back). A second round trip (the control connection's END after the data channels'
+ * END_ACKs) would make finish take twice as long as a sync.
  */
 static void round_trips(bool resume)
 {
@@ -213,13 +214,19 @@ static void round_trips(bool resume)
 	g_assert_cmpint(tm_sender_queue_bitmap(s, 0, bm, 0, (1 << 20) / 4096, &err), ==, 0);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 
-	int64_t sync_us[SYNCS];
+	int64_t sync_us[SYNCS], empty_us[SYNCS];
 	for (unsigned i = 0; i < SYNCS; i++) {
+		uint64_t page = i * 7;
 		int64_t t0 = g_get_monotonic_time();
+		g_assert_cmpint(tm_sender_queue_pages(s, 0, &page, 1, &err), ==, 0);
 		g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 		sync_us[i] = g_get_monotonic_time() - t0;
+		t0 = g_get_monotonic_time();
+		g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+		empty_us[i] = g_get_monotonic_time() - t0;
 	}
 	qsort(sync_us, SYNCS, sizeof(sync_us[0]), cmp_i64);
+	qsort(empty_us, SYNCS, sizeof(empty_us[0]), cmp_i64);
 	int64_t t0 = g_get_monotonic_time();
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
 	int64_t finish_us = g_get_monotonic_time() - t0;
@@ -240,12 +247,16 @@ static void round_trips(bool resume)
 		relay_stop(&rel[i]);
 
 	const int64_t rtt = 2 * DELAY_MS * 1000;
-	g_test_message("round trip %" G_GINT64_FORMAT " us through the relay; empty sync %" G_GINT64_FORMAT
+	g_test_message("round trip %" G_GINT64_FORMAT " us through the relay; one-page round %"
+		       G_GINT64_FORMAT "..%" G_GINT64_FORMAT " us, empty sync %" G_GINT64_FORMAT
 		       "..%" G_GINT64_FORMAT " us, finish %" G_GINT64_FORMAT " us",
-		       rtt, sync_us[0], sync_us[SYNCS - 1], finish_us);
-	/* Each went through the relay (at least one round trip) and took no second one. */
+		       rtt, sync_us[0], sync_us[SYNCS - 1], empty_us[0], empty_us[SYNCS - 1],
+		       finish_us);
+	/* Each one-page round went through the relay (at least one round trip) and took no second
+	 * one; an empty sync did not go to the network. */
 	g_assert_cmpint(sync_us[0], >=, rtt);
 	g_assert_cmpint(sync_us[SYNCS / 2], <, rtt * 3 / 2);
+	g_assert_cmpint(empty_us[SYNCS - 1], <, rtt / 4);
 	g_assert_cmpint(finish_us, >=, rtt);
 	/* TLS too: the sender's close_notify follows END, so the receiver's close waits for nothing.
 	 * With resume, finish returns at END_ACK: the close after it (CTL_POS, then with TLS each
