@@ -16,7 +16,10 @@
  *   scattered   a round of --dirty percent random pages (one bitmap, sync); with
  *               --scattered-rounds N, N such rounds (a new draw each) and their median
  *   zero        a full round after the guest wrote zeros over all of its RAM
- *   empty       --iters calls of tm_sender_sync() with nothing queued (the cost of a round)
+ *   empty       --iters calls of tm_sender_sync() with nothing queued (an idle guest's round:
+ *               complete at once, no SYNC goes to the network)
+ *   one-page    --iters rounds of one random page each (queue it, tm_sender_sync()): the cost
+ *               of a round that goes to the network, one round trip (the page and the SYNCs)
  * then --sessions sessions of 64 synced pages each time tm_sender_finish() (END and its
  * acknowledgement on every connection; nothing left to send), --session-gap ms apart (the
  * previous session's teardown, kernel work included, out of the next one's finish).
@@ -32,6 +35,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench-session.h"
@@ -55,6 +59,14 @@ static tm_sender *session_open(bench_recv *t, bench_side *src, bench_side *dst, 
 	tm_sender_config cfg = { .channels = opt_channels, .io_backend = io, .timeout_ms = 30000,
 				 .tuning.zerocopy = opt_zerocopy };
 	return bench_session_open(t, src, dst, &cfg, NULL);
+}
+
+/* Monotonic time in microseconds, to the nanosecond: an empty round takes about one. */
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
 /* Queues the pages of bitmap and syncs; returns the seconds the round took. */
@@ -136,10 +148,14 @@ static const char *idle_line(void)
 	return buf;
 }
 
-enum { FULL_COLD, FULL_WARM, SCATTERED, ZERO, EMPTY_MED, EMPTY_P99, FINISH_MED, FINISH_P99, NROWS };
+enum {
+	FULL_COLD, FULL_WARM, SCATTERED, ZERO, EMPTY_MED, EMPTY_P99, ONE_MED, ONE_P99, FINISH_MED,
+	FINISH_P99, NROWS
+};
 static const char *const row_name[NROWS] = {
 	"full-cold GiB/s", "full-warm GiB/s", "scattered GiB/s", "zero GiB/s",
-	"empty round median us", "empty round p99 us", "finish median us", "finish p99 us",
+	"empty round median us", "empty round p99 us", "one-page round median us",
+	"one-page round p99 us", "finish median us", "finish p99 us",
 };
 
 static const char *host_line(void)
@@ -216,13 +232,25 @@ static void run_one(const char *io, double out[NROWS])
 	g_autofree double *lat = g_new(double, MAX(opt_iters, opt_sessions));
 	for (unsigned i = 0; i < opt_iters; i++) {
 		GError *error = NULL;
-		int64_t t0 = g_get_monotonic_time();
+		double t0 = now_us();
 		if (tm_sender_sync(s, &error) < 0)
 			bench_die("sync", error);
-		lat[i] = (double)(g_get_monotonic_time() - t0);
+		lat[i] = now_us() - t0;
 	}
 	out[EMPTY_MED] = quantile(lat, opt_iters, 0.5);
 	out[EMPTY_P99] = quantile(lat, opt_iters, 0.99);
+	for (unsigned i = 0; i < opt_iters; i++) {
+		GError *error = NULL;
+		uint64_t page = bench_rnd() % npages;
+		double t0 = now_us();
+		if (tm_sender_queue_pages(s, 0, &page, 1, &error) < 0)
+			bench_die("queue", error);
+		if (tm_sender_sync(s, &error) < 0)
+			bench_die("sync", error);
+		lat[i] = now_us() - t0;
+	}
+	out[ONE_MED] = quantile(lat, opt_iters, 0.5);
+	out[ONE_P99] = quantile(lat, opt_iters, 0.99);
 	GError *error = NULL;
 	if (tm_sender_finish(s, &error) < 0)
 		bench_die("finish", error);
@@ -247,10 +275,10 @@ static void run_one(const char *io, double out[NROWS])
 		for (tm_live_stats ls = { .size = sizeof(ls) };
 		     tm_sender_get_live_stats(s, &ls) >= 0 && !ls.rtt_us;)
 			g_usleep(20);
-		int64_t t0 = g_get_monotonic_time();
+		double t0 = now_us();
 		if (tm_sender_finish(s, &error) < 0)
 			bench_die("finish", error);
-		lat[i] = (double)(g_get_monotonic_time() - t0);
+		lat[i] = now_us() - t0;
 		bench_session_close(&t, s);
 	}
 	out[FINISH_MED] = quantile(lat, opt_sessions, 0.5);
@@ -370,8 +398,9 @@ int main(int argc, char **argv)
 	printf("\n# goals (issue 16)\n");
 	for (unsigned b = 0; b < nb; b++) {
 		const double *m = med[b];
-		printf("%-6s [%s] empty round p99 %.0f us (goal < 100)\n",
-		       m[EMPTY_P99] < 100 ? "MET" : "MISSED", backends[b], m[EMPTY_P99]);
+		printf("%-6s [%s] empty round p99 %.1f us (goal < 100; no network round trip: a "
+		       "one-page round's p99 is %.0f us)\n",
+		       m[EMPTY_P99] < 100 ? "MET" : "MISSED", backends[b], m[EMPTY_P99], m[ONE_P99]);
 		printf("%-6s [%s] finish p99 %.0f us (goal < 200)\n",
 		       m[FINISH_P99] < 200 ? "MET" : "MISSED", backends[b], m[FINISH_P99]);
 		printf("%-6s [%s] scattered %u%% round %.2fx the full warm round (goal >= 0.8)\n",
