@@ -448,7 +448,11 @@ int tm_dsend_settle(send_chan *c, uint64_t id, GError **error)
 
 int tm_dsend_barrier(send_chan *c, GError **error)
 {
-	return tm_dsend_settle(c, c->synced, error);
+	/* The last SYNC acknowledged, by its id on the wire (empty rounds send none). */
+	g_mutex_lock(&c->s->lock);
+	uint64_t id = c->synced_wire;
+	g_mutex_unlock(&c->s->lock);
+	return tm_dsend_settle(c, id, error);
 }
 
 int tm_sender_get_delta_stats(tm_sender *s, unsigned channel, tm_delta_stats *ret)

@@ -329,13 +329,15 @@ out:
 	return r;
 }
 
-/* Marks SYNC id acknowledged (its SYNC_ACK was lost with the connection). */
-static void ack_sync(send_chan *c, uint64_t id)
+/* Marks round's SYNC (wire: its id on the wire) acknowledged (its SYNC_ACK was lost with the
+ * connection). */
+static void ack_sync(send_chan *c, uint64_t round, uint64_t wire)
 {
 	g_mutex_lock(&c->s->lock);
-	if (c->synced < id) {
-		c->synced = id;
-		tm_rounds_chan_acked(c->s, c, id);
+	if (c->synced < round) {
+		c->synced = round;
+		c->synced_wire = wire;
+		tm_rounds_chan_acked(c->s, c, round);
 	}
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
@@ -395,7 +397,7 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 			}
 			/* The receiver reads in order: what it answered, it had all before. */
 			if (w.kind == WORK_SYNC && pos->syncs >= w.count) { /* its id on the wire */
-				ack_sync(c, w.first);
+				ack_sync(c, w.first, w.count);
 				continue;
 			}
 			if (w.kind == WORK_RAM_END && (pos->flags & TM_RESUME_RAM_ENDED))

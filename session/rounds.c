@@ -134,12 +134,13 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	 */
 	bool empty = s->rounds.queued_round == 0 && s->rounds.runs_round == 0 &&
 		     s->rounds.complete == id - 1 && !s->pc.started;
+	/* Ended before it is complete: a thread woken by TM_EVENT_ROUND asks round_done(id). */
+	__atomic_store_n(&s->next_sync, id, __ATOMIC_RELAXED);
 	if (empty)
 		round_complete(s, &s->rounds.ring[slot], 0);
 	g_mutex_unlock(&s->lock);
 	s->rounds.queued_round = 0;
 	s->rounds.runs_round = 0;
-	__atomic_store_n(&s->next_sync, id, __ATOMIC_RELAXED);
 	if (!empty)
 		tm_sender_stage_sync(s, id, ++s->wire_syncs);
 	if (ret_round)

@@ -177,6 +177,7 @@ static int sync_ack(send_chan *c, uint64_t round, uint64_t id, GError **error)
 		return r;
 	g_mutex_lock(&c->s->lock);
 	c->synced = round;
+	c->synced_wire = id;
 	tm_rounds_chan_acked(c->s, c, round);
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);

@@ -139,7 +139,8 @@ typedef struct send_chan {
 
 	/* protected by s->lock */
 	GArray *pending;  /* of work, handed to the worker by swapping with ->work */
-	uint64_t synced;  /* highest sync id acknowledged by the receiver */
+	uint64_t synced;  /* highest round whose SYNC the receiver acknowledged */
+	uint64_t synced_wire; /* that SYNC's id on the wire (0: none yet) */
 	uint32_t epoch;   /* the HELLO epoch of the channel's connection (0: the first) */
 	bool ended;       /* END acknowledged */
 	bool exited;

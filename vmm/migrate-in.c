@@ -272,7 +272,7 @@ static void print_received(tm_receiver *rcv, vmm_runner *r, bool postcopy, uint6
 	tm_receiver_get_live_stats(rcv, &ls);
 	tm_receiver_get_stats(rcv, &st);
 	printf("vmm: received %" PRIu64 " pages (%" PRIu64 " zero with tags) in %" PRIu64
-	       " rounds and %" PRIu64 " state bytes%s%s; %s after pass %" PRIu64 "\n",
+	       " synced rounds and %" PRIu64 " state bytes%s%s; %s after pass %" PRIu64 "\n",
 	       st.pages, st.pages_by_kind[TM_PAGE_ZERO_TAGGED], ls.rounds, ls.state_bytes,
 	       st.tls_cipher[0] ? " over TLS " : "", st.tls_cipher,
 	       postcopy ? "the guest had been resumed at the switchover" : "resuming the guest",

@@ -31,7 +31,7 @@ typedef struct tm_stats {
 	uint64_t pages_by_kind[TM_PAGE_KIND_COUNT]; /* NORMAL, ZERO, ZERO_TAGGED */
 	uint64_t pages_by_tag_enc[TM_TAG_ENC_COUNT]; /* TAGS_ZERO, TAGS_UNIFORM, TAGS_PACKED */
 	uint64_t packets;                         /* DATA messages */
-	uint64_t syncs;                           /* completed sync rounds */
+	uint64_t syncs;                           /* sender: rounds ended (empty ones too) */
 	uint64_t wire_bytes;                      /* every byte on the channels, framing included */
 	uint64_t data_bytes;                      /* page data bytes on the wire */
 	uint64_t tag_bytes;                       /* tag payload bytes on the wire */
