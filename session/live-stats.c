@@ -65,13 +65,13 @@ int tm_receiver_get_live_stats(tm_receiver *r, tm_live_stats *ret)
 		return -EINVAL;
 	st.wire_version = __atomic_load_n(&r->wire_done, __ATOMIC_ACQUIRE);
 	g_mutex_lock(&r->lock);
-	/* Rounds: barriers answered on every channel. The channels exist once the workers run
-	 * (t_start is set under the lock then). */
+	/* Rounds: SYNCs answered on every channel, by id (a repeat counts once). The channels
+	 * exist once the workers run (t_start is set under the lock then). */
 	if (r->t_start) {
 		st.rounds = UINT64_MAX;
 		for (unsigned i = 0; i < r->nch; i++)
-			st.rounds = MIN(st.rounds, __atomic_load_n(&r->chans[i].syncs,
-								    __ATOMIC_RELAXED));
+			st.rounds = MIN(st.rounds, __atomic_load_n(&r->chans[i].last_sync,
+								   __ATOMIC_RELAXED));
 	}
 	st.phase = tm_events_phase(&r->events);
 	st.rtt_us = __atomic_load_n(&r->control.rtt_us, __ATOMIC_RELAXED);

@@ -206,7 +206,8 @@ static int recv_loop(recv_chan *c, GError **error)
 			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC_ACK, v[0], c->pages_applied,
 						     error)) < 0)
 				return ret;
-			__atomic_add_fetch(&c->syncs, 1, __ATOMIC_RELAXED); /* live stats' rounds */
+			if (v[0] > c->last_sync) /* the worker's own: only it writes */
+				__atomic_store_n(&c->last_sync, v[0], __ATOMIC_RELAXED);
 			break;
 		case TM_MSG_END:
 			if ((ret = recv_ctrl_body(c, &f, v, error)) < 0)

@@ -77,7 +77,7 @@ static tm_resume_pos position(recv_chan *c)
 		.pages_applied = c->pages_applied,
 		.packets_applied = c->packets_applied,
 		.state_chunks = c->state_chunks,
-		.syncs = __atomic_load_n(&c->syncs, __ATOMIC_RELAXED),
+		.syncs = __atomic_load_n(&c->last_sync, __ATOMIC_RELAXED),
 		.flags = (c->ram_ended ? TM_RESUME_RAM_ENDED : 0) | (c->ended ? TM_RESUME_ENDED : 0),
 	};
 }
@@ -474,3 +474,10 @@ void tm_resume_recv_count(tm_receiver *r)
 {
 	__atomic_add_fetch(&r->resume->reconnects, 1, __ATOMIC_RELAXED);
 }
+
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+uint64_t tm_receiver_test_resume_syncs(tm_receiver *r, unsigned channel)
+{
+	return position(&r->chans[channel]).syncs;
+}
+#endif

@@ -267,7 +267,9 @@ typedef struct recv_chan {
 	struct tm_drecv *dr;      /* DELTA (delta-recv.c): NULL unless agreed; set in start() */
 	uint64_t pages_applied;
 	uint64_t packets_applied;
-	uint64_t syncs;           /* SYNCs answered (relaxed atomic: live stats) */
+	uint64_t last_sync;       /* the highest SYNC id answered: a repeated SYNC (refused
+	                           * deltas, RAM_END's barrier) names an earlier one, so this
+	                           * is no count (relaxed atomic: live stats, RESUME_ACK) */
 	/* device state (state.c), worker-local unless said */
 	bool ram_ended;           /* RAM_END(FINAL) received */
 	uint64_t state_chunks;    /* STATE messages received */
@@ -609,6 +611,8 @@ uint64_t tm_sender_test_direct_syncs(tm_sender *s);
 /* Sender: workers parked now (waiting for work with nothing queued). */
 unsigned tm_sender_test_parked(tm_sender *s);
 unsigned tm_receiver_test_direct_end(tm_receiver *r);
+/* Receiver: the syncs field channel's RESUME_ACK would carry now. */
+uint64_t tm_receiver_test_resume_syncs(tm_receiver *r, unsigned channel);
 #endif
 
 /* ---- recv-pages.c ---- */

@@ -533,7 +533,8 @@ typedef struct tm_live_stats {
 	uint32_t reserved;
 	uint64_t rounds;            /* rounds completed: acknowledged (sender) or answered
 	                             * (receiver) on every channel; an empty round sends no
-	                             * SYNC, so the receiver does not count it */
+	                             * SYNC, so the receiver does not count it, and a SYNC sent
+	                             * again (refused deltas) counts once */
 	uint64_t bandwidth;         /* sender: bytes/s estimate (as tm_sender_advise()), 0: none */
 	uint64_t pending_bytes;     /* sender: queued, not yet sent, estimated wire bytes */
 	uint64_t expected_downtime_us; /* sender: for pending_bytes alone */

@@ -21,6 +21,7 @@
 #include "codec/delta-wire.h"
 #include "codec/delta.h"
 #include "session-fixture.h"
+#include "session/session-internal.h"
 #include "transport/transport.h"
 
 #define CHANNELS 3u
@@ -153,6 +154,16 @@ static void migrate_ex(unsigned rounds, bool scribble, uint32_t compress, bool t
 	g_assert_cmpuint(ret_r->refused, ==, scribbled);
 	/* What the receiver applied as deltas is what the sender sent, minus the refused. */
 	g_assert_cmpuint(ret_r->pages + scribbled, ==, ret_s->pages);
+	/* The receiver knows SYNCs by id: one repeated for refused deltas, or before RAM_END by a
+	 * channel that sent DELTAs, is the same SYNC. A resume would be told the last id answered
+	 * (so it never takes an unanswered SYNC as answered), and the live stats count rounds. */
+	tm_live_stats ls = { .size = sizeof(ls) };
+	g_assert_cmpint(tm_receiver_get_live_stats(p.r, &ls), ==, 0);
+	g_assert_cmpuint(ls.rounds, ==, rounds - 1);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	for (unsigned i = 0; i < CHANNELS; i++)
+		g_assert_cmpuint(tm_receiver_test_resume_syncs(p.r, i), ==, rounds - 1);
+#endif
 	g_test_message("rounds %u: %" G_GUINT64_FORMAT " pages as deltas, %" G_GUINT64_FORMAT
 		       " bytes for %" G_GUINT64_FORMAT " (%.3f), %" G_GUINT64_FORMAT " refused",
 		       rounds, ret_s->pages, ret_s->wire_bytes, ret_s->page_bytes,
