@@ -54,16 +54,6 @@ void tm_rounds_committed(tm_sender *s)
 	__atomic_add_fetch(&s->rounds.queued_total, pages, __ATOMIC_RELAXED);
 }
 
-/* The last round complete: acknowledged by every channel, or with nothing to send; s->lock
- * held. */
-static uint64_t rounds_done(const tm_sender *s)
-{
-	uint64_t done = UINT64_MAX;
-	for (unsigned i = 0; i < s->nch; i++)
-		done = MIN(done, s->chans[i].synced);
-	return MAX(s->nch ? done : 0, s->rounds.complete);
-}
-
 /* s->lock held: st's round is complete, now (the last channel's acknowledgement, or nothing to
  * send); its figures close and feed the estimator. */
 static void round_complete(tm_sender *s, tm_round_stats *st, uint64_t runs)
@@ -115,7 +105,7 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	g_mutex_lock(&s->lock);
 	/* A record per open round: a VMM ending rounds far faster than the peer acknowledges
 	 * them waits here rather than losing figures. */
-	while (!s->quit && id - rounds_done(s) >= TM_ROUND_HISTORY)
+	while (!s->quit && id - s->rounds.complete >= TM_ROUND_HISTORY)
 		g_cond_wait(&s->cond, &s->lock);
 	if (s->quit) {
 		g_mutex_unlock(&s->lock);
@@ -156,7 +146,7 @@ int tm_sender_round_done(tm_sender *s, uint64_t round, GError **error)
 		return -EINVAL;
 	}
 	g_mutex_lock(&s->lock);
-	int r = rounds_done(s) >= round ? 1 : 0;
+	int r = s->rounds.complete >= round ? 1 : 0;
 	if (!r && s->quit) {
 		int code = s->failure.error ? s->failure.error->code : EIO;
 		if (error)

@@ -275,8 +275,7 @@ static int send_batch(send_chan *c, batch_mode mode, GError **err)
 			else if (w->kind == WORK_SWITCH)
 				r = 0; /* below */
 			else if (w->kind == WORK_SYNC && mode == BATCH_SYNC && i + 1 == c->work->len) {
-				c->sync_due = w->first;
-				c->sync_due_wire = w->count;
+				c->sync_due = *w;
 				r = sync_post(c, w, err);
 			} else if (w->kind == WORK_SYNC)
 				r = send_sync(c, w, err);
@@ -371,7 +370,7 @@ static int direct_answer(send_chan *c, batch_mode mode)
 {
 	g_autoptr(GError) err = NULL;
 	int r = mode == BATCH_END ? end_ack(c, c->pages_sent, &err)
-				  : sync_ack(c, c->sync_due, c->sync_due_wire, &err);
+				  : sync_ack(c, c->sync_due.first, c->sync_due.count, &err);
 
 	if (r < 0 && tm_resume_send(c, 0, &err) == 0)
 		r = send_batch(c, mode, &err);

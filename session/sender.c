@@ -571,9 +571,9 @@ static void stage_run(tm_sender *s, unsigned block, uint64_t first, uint64_t cou
 	}
 }
 
-static void stage_marker(tm_sender *s, uint32_t kind, uint64_t id)
+/* A marker (SYNC, END) for every channel, staged. */
+static void stage_marker(tm_sender *s, work w)
 {
-	work w = { .kind = kind, .first = id };
 	for (unsigned i = 0; i < s->nch; i++)
 		g_array_append_val(s->staging[i], w);
 }
@@ -680,9 +680,7 @@ int tm_sender_check_open(tm_sender *s, GError **error)
 
 void tm_sender_stage_sync(tm_sender *s, uint64_t round, uint64_t wire)
 {
-	work w = { .kind = WORK_SYNC, .first = round, .count = wire };
-	for (unsigned i = 0; i < s->nch; i++)
-		g_array_append_val(s->staging[i], w);
+	stage_marker(s, (work){ .kind = WORK_SYNC, .first = round, .count = wire });
 	stage_commit(s);
 }
 
@@ -760,7 +758,7 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	__atomic_add_fetch(&s->direct_ends, ndirect, __ATOMIC_RELAXED);
 
 	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
-	stage_marker(s, WORK_END, 0);
+	stage_marker(s, (work){ .kind = WORK_END });
 	stage_commit(s);
 
 	/*

@@ -149,8 +149,7 @@ typedef struct send_chan {
 	 * channel, its work list and packets are the caller's, and the worker sleeps until quit;
 	 * sync's caller its SYNC, until tm_send_direct_release() */
 	bool direct;
-	uint64_t sync_due; /* the round whose SYNC_ACK direct sync's caller awaits */
-	uint64_t sync_due_wire; /* ... and that SYNC's id on the wire */
+	work sync_due; /* the WORK_SYNC whose SYNC_ACK direct sync's caller awaits */
 
 	/* worker-local */
 	GArray *work;
@@ -185,7 +184,8 @@ typedef struct tm_rounds {
 	tm_round_stats ring[TM_ROUND_HISTORY]; /* round k in slot k % TM_ROUND_HISTORY */
 	unsigned acks[TM_ROUND_HISTORY];       /* channels that acknowledged the slot's round */
 	uint64_t runs[TM_ROUND_HISTORY];       /* the slot's round's runs (runs_round) */
-	uint64_t complete;         /* the last round acknowledged on every channel */
+	uint64_t complete;         /* the last round complete: acknowledged on every channel, or
+	                            * with nothing to send (rounds complete in order) */
 	int64_t done_us;           /* when it was (0: none yet) */
 	unsigned active;           /* channels with work */
 	int64_t busy_since;        /* since when active > 0 */
