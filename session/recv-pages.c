@@ -202,12 +202,13 @@ static int recv_loop(recv_chan *c, GError **error)
 		case TM_MSG_SYNC:
 			if ((ret = recv_ctrl_body(c, &f, v, error)) < 0)
 				return ret;
-			/* Every earlier DATA on this channel is applied: the channel is ordered. */
+			/* Every earlier DATA on this channel is applied: the channel is ordered. So
+			 * it is answered for a resume even if the SYNC_ACK goes with the connection. */
+			if (v[0] > c->last_sync) /* the worker's own: only it writes */
+				__atomic_store_n(&c->last_sync, v[0], __ATOMIC_RELAXED);
 			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC_ACK, v[0], c->pages_applied,
 						     error)) < 0)
 				return ret;
-			if (v[0] > c->last_sync) /* the worker's own: only it writes */
-				__atomic_store_n(&c->last_sync, v[0], __ATOMIC_RELAXED);
 			break;
 		case TM_MSG_END:
 			if ((ret = recv_ctrl_body(c, &f, v, error)) < 0)

@@ -70,6 +70,18 @@ static void refuse(tm_chan *ch, int code, const char *why)
 	tm_chan_close(ch);
 }
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static int64_t test_syncs_skew;
+
+void tm_receiver_test_syncs_skew(int64_t skew)
+{
+	__atomic_store_n(&test_syncs_skew, skew, __ATOMIC_RELAXED);
+}
+#define SYNCS_SKEW ((uint64_t)__atomic_load_n(&test_syncs_skew, __ATOMIC_RELAXED))
+#else
+#define SYNCS_SKEW 0
+#endif
+
 /* The receiver's position on channel c (its worker stopped reading, or it ended). */
 static tm_resume_pos position(recv_chan *c)
 {
@@ -77,7 +89,7 @@ static tm_resume_pos position(recv_chan *c)
 		.pages_applied = c->pages_applied,
 		.packets_applied = c->packets_applied,
 		.state_chunks = c->state_chunks,
-		.syncs = __atomic_load_n(&c->last_sync, __ATOMIC_RELAXED),
+		.syncs = __atomic_load_n(&c->last_sync, __ATOMIC_RELAXED) + SYNCS_SKEW,
 		.flags = (c->ram_ended ? TM_RESUME_RAM_ENDED : 0) | (c->ended ? TM_RESUME_ENDED : 0),
 	};
 }

@@ -455,25 +455,37 @@ uint64_t tm_resume_unsent_pages(const send_chan *c)
 	return slot >= 0 && (unsigned)slot < c->ch.depth ? c->pkts[slot].page_count : 0;
 }
 
-/* The position is within what the log covers: base <= applied <= sent. */
+/*
+ * The position is within what the log covers: base <= applied <= sent; and the last SYNC
+ * answered is at least the last one acknowledged (its SYNC_ACK read, or a replay took it as
+ * answered), at most the last one staged (every channel gets every SYNC; one re-sent after a
+ * reconnect may be in no log).
+ */
 static int check_pos(send_chan *c, const tm_resume_pos *pos, GError **error)
 {
 	const chan_log *l = &c->s->resume->logs[c->ch.id];
+	uint64_t sync_sent = __atomic_load_n(&c->s->wire_syncs, __ATOMIC_RELAXED);
 
+	g_mutex_lock(&c->s->lock);
+	uint64_t synced = c->synced_wire;
+	g_mutex_unlock(&c->s->lock);
 	if (pos->pages_applied >= l->base_pages && pos->pages_applied <= c->pages_sent &&
 	    pos->packets_applied >= l->base_packets && pos->packets_applied <= c->packets_sent &&
-	    pos->state_chunks >= l->base_chunks && pos->state_chunks <= c->state_chunks)
+	    pos->state_chunks >= l->base_chunks && pos->state_chunks <= c->state_chunks &&
+	    pos->syncs >= synced && pos->syncs <= sync_sent)
 		return 0;
 	g_set_error(error, TM_ERROR, EPROTO,
 		    "channel %u: RESUME_ACK says %" G_GUINT64_FORMAT " pages in %" G_GUINT64_FORMAT
-		    " packets and %" G_GUINT64_FORMAT " state chunks applied; the channel sent %"
-		    G_GUINT64_FORMAT " in %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT
-		    ", of which %" G_GUINT64_FORMAT ", %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT
-		    " were acknowledged",
+		    " packets and %" G_GUINT64_FORMAT " state chunks applied, SYNC %" G_GUINT64_FORMAT
+		    " answered; the channel sent %" G_GUINT64_FORMAT " in %" G_GUINT64_FORMAT
+		    " and %" G_GUINT64_FORMAT ", of which %" G_GUINT64_FORMAT ", %" G_GUINT64_FORMAT
+		    " and %" G_GUINT64_FORMAT " were acknowledged, and SYNCs up to %" G_GUINT64_FORMAT
+		    ", up to %" G_GUINT64_FORMAT " acknowledged",
 		    c->ch.id, (guint64)pos->pages_applied, (guint64)pos->packets_applied,
-		    (guint64)pos->state_chunks, (guint64)c->pages_sent, (guint64)c->packets_sent,
-		    (guint64)c->state_chunks, (guint64)l->base_pages, (guint64)l->base_packets,
-		    (guint64)l->base_chunks);
+		    (guint64)pos->state_chunks, (guint64)pos->syncs, (guint64)c->pages_sent,
+		    (guint64)c->packets_sent, (guint64)c->state_chunks, (guint64)l->base_pages,
+		    (guint64)l->base_packets, (guint64)l->base_chunks, (guint64)sync_sent,
+		    (guint64)synced);
 	return -EPROTO;
 }
 

@@ -131,8 +131,10 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	g_mutex_unlock(&s->lock);
 	s->rounds.queued_round = 0;
 	s->rounds.runs_round = 0;
-	if (!empty)
-		tm_sender_stage_sync(s, id, ++s->wire_syncs);
+	if (!empty) {
+		uint64_t wire = __atomic_add_fetch(&s->wire_syncs, 1, __ATOMIC_RELAXED);
+		tm_sender_stage_sync(s, id, wire);
+	}
 	if (ret_round)
 		*ret_round = id;
 	return 0;

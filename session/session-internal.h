@@ -232,9 +232,9 @@ struct tm_sender {
 	} setup_redial; /* cuts during setup (resume-setup.c) */
 	GArray **staging; /* per channel, work being split before hand-over */
 	uint64_t next_sync;  /* the last round ended (tm_sender_end_round) */
-	/* The last SYNC id put on the wire. Rounds with nothing to send complete without a SYNC
-	 * (rounds.c), so a round and its SYNC's id differ; the wire's ids count from 1 without a
-	 * gap, as the receiver's count of SYNCs answered (RESUME_ACK) assumes. */
+	/* The last SYNC id staged (written by end_round's caller, read by a resume: relaxed
+	 * atomic). Rounds with nothing to send complete without a SYNC (rounds.c), so a round and
+	 * its SYNC's id differ; the wire's ids count from 1 without a gap. */
 	uint64_t wire_syncs;
 	send_state st;
 
@@ -613,6 +613,8 @@ unsigned tm_sender_test_parked(tm_sender *s);
 unsigned tm_receiver_test_direct_end(tm_receiver *r);
 /* Receiver: the syncs field channel's RESUME_ACK would carry now. */
 uint64_t tm_receiver_test_resume_syncs(tm_receiver *r, unsigned channel);
+/* Receiver: every RESUME_ACK's syncs from now on is off by skew (a receiver that lies). */
+void tm_receiver_test_syncs_skew(int64_t skew);
 #endif
 
 /* ---- recv-pages.c ---- */

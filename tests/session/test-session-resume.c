@@ -16,6 +16,7 @@
 #include "cut-proxy.h"
 #include "fake-peer.h"
 #include "session-fixture.h"
+#include "session/session-internal.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
 
@@ -253,6 +254,57 @@ static void test_cut_between_rounds(void)
 	peer_join(&t.p);
 	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096 * 3 / 2);
 	rig_free(&t, s);
+}
+
+/*
+ * Round 1 is acknowledged (SYNC 1), data channel 1 is cut between rounds, and the receiver's
+ * RESUME_ACK then names a SYNC the channel never sent (skew +5: SYNC 6) or not the one it
+ * acknowledged (skew -1: SYNC 0). The sender refuses the position, naming it, rather than take
+ * an unanswered SYNC as answered (a test hook of the library makes the receiver lie).
+ */
+static void syncs_out_of_range(int64_t skew)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	rig t;
+	g_autoptr(GError) err = NULL;
+
+	rig_start(&t, NULL, NULL);
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	tm_receiver_test_syncs_skew(skew);
+	proxy_arm(&t.px, conn_of(1), 0);
+	while (proxy_cuts(&t.px) == 0)
+		g_usleep(1000);
+	g_usleep(50000); /* the receiver sees the close first */
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r == 0)
+		r = tm_sender_finish(s, &err);
+	peer_join(&t.p);
+	tm_receiver_test_syncs_skew(0);
+	g_assert_cmpint(r, <, 0);
+	g_test_message("sender: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "channel 1: RESUME_ACK says"));
+	g_assert_nonnull(strstr(err->message, skew > 0 ? "SYNC 6 answered" : "SYNC 0 answered"));
+	g_assert_nonnull(strstr(err->message, "SYNCs up to"));
+	g_assert_cmpint(t.p.ret, <, 0);
+	rig_free(&t, s);
+#else
+	(void)skew;
+	g_test_skip("needs the library's test hooks (-Dtest_hooks=true)");
+#endif
+}
+
+static void test_syncs_never_sent(void)
+{
+	syncs_out_of_range(5);
+}
+
+static void test_syncs_below_acked(void)
+{
+	syncs_out_of_range(-1);
 }
 
 /*
@@ -652,6 +704,8 @@ int main(int argc, char **argv)
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/end-ack-lost-half-recv", test_end_ack_lost_half_recv, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
+		{ "resume/syncs-never-sent", test_syncs_never_sent, false },
+		{ "resume/syncs-below-acked", test_syncs_below_acked, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
 		{ "resume/cut-corked", test_cut_corked, false },
 		{ "resume/off", test_cut_without_resume, false },
