@@ -417,7 +417,7 @@ int tm_dsend_resend(send_chan *c, GError **error)
 	return r < 0 ? r : 0;
 }
 
-int tm_dsend_settle(send_chan *c, uint64_t id, GError **error)
+int tm_dsend_settle(send_chan *c, uint64_t round, uint64_t id, GError **error)
 {
 	tm_dsend *d = c->ds;
 	int r;
@@ -431,6 +431,9 @@ int tm_dsend_settle(send_chan *c, uint64_t id, GError **error)
 		if (d->unanswered == 0 && d->resend->len == 0 && !d->resent)
 			return 0;
 		uint64_t ack, applied;
+		/* Logged as any SYNC: a resume must not take the first copy's answer for this
+		 * one's, which covers the pages re-sent after it (resume-send.c). */
+		tm_resume_log(c, &(work){ .kind = WORK_SYNC, .first = round, .count = id });
 		if ((r = tm_chan_send_ctrl(&c->ch, TM_MSG_SYNC, id, 0, error)) < 0 ||
 		    (r = tm_dsend_recv_ctrl(c, TM_MSG_SYNC_ACK, &ack, &applied, error)) < 0)
 			return r;
@@ -450,9 +453,9 @@ int tm_dsend_barrier(send_chan *c, GError **error)
 {
 	/* The last SYNC acknowledged, by its id on the wire (empty rounds send none). */
 	g_mutex_lock(&c->s->lock);
-	uint64_t id = c->synced_wire;
+	uint64_t round = c->synced, id = c->synced_wire;
 	g_mutex_unlock(&c->s->lock);
-	return tm_dsend_settle(c, id, error);
+	return tm_dsend_settle(c, round, id, error);
 }
 
 int tm_sender_get_delta_stats(tm_sender *s, unsigned channel, tm_delta_stats *ret)

@@ -131,11 +131,12 @@ int tm_dsend_recv_ctrl(send_chan *c, uint8_t type, uint64_t *ret_a, uint64_t *re
 /* Re-sends the refused pages whole (at the end of tm_send_pages and after a SYNC_ACK). */
 int tm_dsend_resend(send_chan *c, GError **error);
 /*
- * After the SYNC_ACK of sync id: until no DELTA is unanswered and no refused page waits, re-sends
- * the refused pages whole and repeats SYNC id, so that a SYNC still means every page before it
- * is applied (tm_sender_sync) and no refusal comes later.
+ * After the SYNC_ACK of round's SYNC (id on the wire): until no DELTA is unanswered and no
+ * refused page waits, re-sends the refused pages whole and repeats SYNC id (each copy in the
+ * resume log), so that a SYNC still means every page before it is applied (tm_sender_sync) and
+ * no refusal comes later.
  */
-int tm_dsend_settle(send_chan *c, uint64_t id, GError **error);
+int tm_dsend_settle(send_chan *c, uint64_t round, uint64_t id, GError **error);
 /* Before RAM_END: tm_dsend_settle() with the last acknowledged id (0 before the first). */
 int tm_dsend_barrier(send_chan *c, GError **error);
 /* A reconnected data connection (resume): the cache starts empty, no DELTA is answerable. */

@@ -343,6 +343,30 @@ static void ack_sync(send_chan *c, uint64_t round, uint64_t wire)
 	g_mutex_unlock(&c->s->lock);
 }
 
+/* Whether the log has another copy of SYNC id (on the wire) after item i. */
+static bool repeated_later(const chan_log *l, guint i, uint64_t id)
+{
+	for (guint k = i + 1; k < l->items->len; k++) {
+		const work *w = &g_array_index(l->items, work, k);
+		if (w->kind == WORK_SYNC && w->count == id)
+			return true;
+	}
+	return false;
+}
+
+/* Pages in the log's WORK_PAGES items right after item i (up to any other kind). */
+static uint64_t pages_after(const chan_log *l, guint i)
+{
+	uint64_t n = 0;
+	for (guint k = i + 1; k < l->items->len; k++) {
+		const work *w = &g_array_index(l->items, work, k);
+		if (w->kind != WORK_PAGES)
+			break;
+		n += w->count;
+	}
+	return n;
+}
+
 /* Bytes of data STATE item w carries. */
 static uint64_t chunk_bytes(tm_sender *s, const work *w)
 {
@@ -371,7 +395,8 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 	uint64_t resend_pages = lost - MIN(lost, unsent);
 	uint64_t resend_chunks = c->state_chunks - pos->state_chunks;
 	uint64_t resent = 0;
-	bool keep = false;
+	bool keep = false, resync_due = false;
+	work resync = { 0 };
 	/*
 	 * DELTAs unanswered at the break: a refusal may have gone with the connection, and the
 	 * receiver counts refused pages as applied. So every page since the last acknowledged SYNC
@@ -395,9 +420,22 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 				skip_pages -= w.count;
 				continue;
 			}
-			/* The receiver reads in order: what it answered, it had all before. */
+			/*
+			 * The receiver reads in order: what it answered, it had all before. Pages
+			 * after an unacknowledged SYNC in the log are those its settle re-sent
+			 * whole (refused deltas, delta-send.c), with the SYNC repeated behind
+			 * them under the same id: a later copy decides; without one (the break
+			 * came first) the SYNC goes again behind the pages the receiver lacks.
+			 */
 			if (w.kind == WORK_SYNC && pos->syncs >= w.count) { /* its id on the wire */
-				ack_sync(c, w.first, w.count);
+				if (repeated_later(l, i, w.count))
+					continue;
+				if (skip_pages >= pages_after(l, i)) {
+					ack_sync(c, w.first, w.count);
+				} else {
+					resync = w;
+					resync_due = true;
+				}
 				continue;
 			}
 			if (w.kind == WORK_RAM_END && (pos->flags & TM_RESUME_RAM_ENDED))
@@ -423,6 +461,10 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 				break;
 			keep = true;
 		}
+		if (resync_due && w.kind != WORK_PAGES) {
+			g_array_append_val(ret, resync); /* behind the re-sent pages */
+			resync_due = false;
+		}
 		if (w.kind == WORK_PAGES && resend_pages) {
 			uint64_t n = MIN(resend_pages, w.count);
 			resent += n * s->hello.blocks[w.block].page_size;
@@ -433,6 +475,8 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 		}
 		g_array_append_val(ret, w);
 	}
+	if (resync_due)
+		g_array_append_val(ret, resync);
 	if (skip_pages || skip_chunks) {
 		g_set_error(error, TM_ERROR, EPROTO,
 			    "channel %u: RESUME_ACK: %" G_GUINT64_FORMAT " pages, %" G_GUINT64_FORMAT

@@ -173,12 +173,14 @@ static int sync_ack(send_chan *c, uint64_t round, uint64_t id, GError **error)
 		return -EPROTO;
 	}
 	/* Refused deltas: their pages whole, and the SYNC again (delta-send.c). */
-	if ((r = tm_dsend_settle(c, id, error)) < 0)
+	if ((r = tm_dsend_settle(c, round, id, error)) < 0)
 		return r;
 	g_mutex_lock(&c->s->lock);
-	c->synced = round;
-	c->synced_wire = id;
-	tm_rounds_chan_acked(c->s, c, round);
+	if (c->synced < round) { /* a SYNC asked again after a resume counts its round once */
+		c->synced = round;
+		c->synced_wire = id;
+		tm_rounds_chan_acked(c->s, c, round);
+	}
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
 	return 0;
@@ -269,6 +271,16 @@ static int send_batch(send_chan *c, batch_mode mode, GError **err)
 		for (guint i = 0; i < c->work->len && r >= 0; i++) {
 			const work *w = &g_array_index(c->work, work, i);
 			tm_send_prefetch(c, i + TM_PREFETCH_AHEAD);
+			/* No refusal of a DELTA may come after RAM_END: the pages the barrier
+			 * re-sends and its SYNCs go before it on the wire, so in the log too. */
+			if (w->kind == WORK_RAM_END &&
+			    ((r = tm_send_flush(c, err)) < 0 || (r = tm_dsend_barrier(c, err)) < 0)) {
+				if (tm_resume_send(c, i, err) == 0) { /* RAM_END is in c->work still */
+					r = 0;
+					i = G_MAXUINT; /* ++ wraps to 0 */
+				}
+				continue;
+			}
 			tm_resume_log(c, w); /* kept until a SYNC_ACK covers it (resume.h) */
 			if (w->kind == WORK_PAGES)
 				r = tm_send_pages(c, w, err);

@@ -162,10 +162,7 @@ int tm_send_state_work(send_chan *c, const work *w, GError **error)
 	tm_state_hdr h = { .chunk = w->first };
 
 	if (w->kind == WORK_RAM_END) {
-		/* No refusal of a DELTA may come after RAM_END (delta-send.c). */
-		int r = tm_dsend_barrier(c, error);
-		if (r < 0)
-			return r;
+		/* send_batch settled the deltas first (tm_dsend_barrier): no refusal comes after. */
 		size_t n = tm_ram_end_encode(hdr, c->ch.tx_seq++, TM_RAM_END_FINAL, c->pages_sent,
 					     c->packets_sent);
 		iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = n };

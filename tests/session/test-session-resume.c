@@ -257,6 +257,64 @@ static void test_cut_between_rounds(void)
 }
 
 /*
+ * Deltas on, one channel. Round 2 changes 8 bytes of every page, and the destination's copy of
+ * the last pages is no longer their base, so their DELTAs are refused (DELTA_NACK) while the
+ * sender waits for SYNC 2's answer: it re-sends those pages whole and repeats SYNC 2. The
+ * connection is cut right after the first SYNC_ACK 2 went, before the re-sent pages: the
+ * reconnect's RESUME_ACK says SYNC 2 was answered, yet the pages re-sent after it had not
+ * arrived. tm_sender_sync() must still return only once they are there: the destination equals
+ * the source the moment it returns.
+ */
+static void test_cut_after_refused_sync(void)
+{
+	rig t;
+	g_autoptr(GError) err = NULL;
+	const uint64_t np = RAM / 4096;
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the SYNC_ACK by its frame header: plaintext only");
+		return;
+	}
+	rig_start(&t, NULL, NULL);
+	tm_live_config lc = { .size = sizeof(lc), .delta_cache_bytes = 32u << 20,
+			      .delta_policy = TM_DELTA_ALWAYS };
+	tm_sender *s = sender_new(&t.src, 1, &lc);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	for (uint64_t i = 0; i < np; i++)
+		t.src.ram[0][i * 4096 + 64 + i % 3000] ^= 0xa5;
+	for (uint64_t i = np - 8; i < np; i++) /* the round's last packet: refused after SYNC 2 */
+		t.dst.ram[0][i * 4096 + 7] ^= 0x5a;
+	g_mutex_lock(&t.px.lock);
+	t.px.cut_conn = conn_of(0);
+	t.px.cut_reply_to = TM_MSG_SYNC_ACK;
+	g_mutex_unlock(&t.px.lock);
+	queue_all(s);
+	int r = tm_sender_sync(s, &err);
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	g_test_message("sync returned: the destination must hold round 2");
+	assert_same(&t.src, &t.dst); /* what sync promised, before anything else is sent */
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	tm_delta_stats ds = { .size = sizeof(ds) };
+	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, &ds), ==, 0);
+	g_assert_cmpuint(ds.refused, >=, 1);
+	r = tm_sender_finish(s, &err);
+	peer_join(&t.p);
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpint(t.p.ret, ==, 0);
+	assert_same(&t.src, &t.dst);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	rig_free(&t, s);
+}
+
+/*
  * Round 1 is acknowledged (SYNC 1), data channel 1 is cut between rounds, and the receiver's
  * RESUME_ACK then names a SYNC the channel never sent (skew +5: SYNC 6) or not the one it
  * acknowledged (skew -1: SYNC 0). The sender refuses the position, naming it, rather than take
@@ -704,6 +762,7 @@ int main(int argc, char **argv)
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/end-ack-lost-half-recv", test_end_ack_lost_half_recv, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
+		{ "resume/cut-after-refused-sync", test_cut_after_refused_sync, false },
 		{ "resume/syncs-never-sent", test_syncs_never_sent, false },
 		{ "resume/syncs-below-acked", test_syncs_below_acked, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
