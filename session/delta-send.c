@@ -117,6 +117,11 @@ bool tm_dsend_unanswered(const send_chan *c)
 	return c->ds && c->ds->unanswered > 0;
 }
 
+bool tm_dsend_refused_waiting(const send_chan *c)
+{
+	return c->ds && c->ds->resend->len > 0;
+}
+
 /* A DELTA_NACK whose frame header f was read: its pages lose their copies and are re-sent. */
 static int take_nack(send_chan *c, const tm_frame *f, GError **error)
 {

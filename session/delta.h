@@ -147,6 +147,9 @@ void tm_dsend_reconnected(send_chan *c);
  * page as applied, and only the NACK says it is not).
  */
 bool tm_dsend_unanswered(const send_chan *c);
+/* Whether pages refused (DELTA_NACK read) wait to be re-sent whole: not in the resume log yet,
+ * and not at the destination, whatever the receiver counts as applied. */
+bool tm_dsend_refused_waiting(const send_chan *c);
 
 /* ---- receiver (delta-recv.c) ---- */
 /* At start, per channel: a context when DELTA was agreed (else c->dr stays NULL). */

@@ -409,6 +409,10 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 	for (guint i = 0; i < l->items->len; i++) {
 		work w = g_array_index(l->items, work, i);
 		if (!keep && redo && (w.kind == WORK_PAGES || w.kind == WORK_SYNC)) {
+			/* Every page goes whole again: the last copy of a repeated SYNC is enough
+			 * (a direct sync awaits one answer, the last SYNC's). */
+			if (w.kind == WORK_SYNC && repeated_later(l, i, w.count))
+				continue;
 			if (w.kind == WORK_PAGES) {
 				uint64_t n = MIN(skip_pages, w.count);
 				skip_pages -= n;
@@ -425,12 +429,14 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 			 * after an unacknowledged SYNC in the log are those its settle re-sent
 			 * whole (refused deltas, delta-send.c), with the SYNC repeated behind
 			 * them under the same id: a later copy decides; without one (the break
-			 * came first) the SYNC goes again behind the pages the receiver lacks.
+			 * came first) the SYNC goes again behind the pages the receiver lacks,
+			 * and so it does while refused pages still wait to be re-sent (its
+			 * SYNC_ACK was lost with their NACKs read): its settle re-sends them.
 			 */
 			if (w.kind == WORK_SYNC && pos->syncs >= w.count) { /* its id on the wire */
 				if (repeated_later(l, i, w.count))
 					continue;
-				if (skip_pages >= pages_after(l, i)) {
+				if (skip_pages >= pages_after(l, i) && !tm_dsend_refused_waiting(c)) {
 					ack_sync(c, w.first, w.count);
 				} else {
 					resync = w;

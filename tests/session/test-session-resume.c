@@ -274,14 +274,16 @@ static void test_cut_between_rounds(void)
 
 /*
  * Deltas on, one channel. Round 2 changes 8 bytes of every page, and the destination's copy of
- * the last pages is no longer their base, so their DELTAs are refused (DELTA_NACK) while the
- * sender waits for SYNC 2's answer: it re-sends those pages whole and repeats SYNC 2. The
- * connection is cut right after the first SYNC_ACK 2 went, before the re-sent pages: the
- * reconnect's RESUME_ACK says SYNC 2 was answered, yet the pages re-sent after it had not
- * arrived. tm_sender_sync() must still return only once they are there: the destination equals
+ * some pages is no longer their base, so their DELTAs are refused (DELTA_NACK) while the sender
+ * waits for SYNC 2's answer: it re-sends them whole and repeats SYNC 2. after_ack: the last 8
+ * pages are refused, and the connection is cut right after the first SYNC_ACK 2 went, before
+ * the re-sent pages. Else every 16th page is (so that every DELTA message has a refusal, and
+ * none is unanswered once the NACKs are read), and the cut comes right before SYNC_ACK 2. Either
+ * way the reconnect's RESUME_ACK says SYNC 2 was answered, yet refused pages are not at the
+ * destination. tm_sender_sync() must still return only once they are: the destination equals
  * the source the moment it returns.
  */
-static void test_cut_after_refused_sync(void)
+static void cut_refused_sync(bool after_ack)
 {
 	rig t;
 	g_autoptr(GError) err = NULL;
@@ -300,12 +302,16 @@ static void test_cut_after_refused_sync(void)
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 	for (uint64_t i = 0; i < np; i++)
 		t.src.ram[0][i * 4096 + 64 + i % 3000] ^= 0xa5;
-	for (uint64_t i = np - 8; i < np; i++) /* the round's last packet: refused after SYNC 2 */
+	for (uint64_t i = after_ack ? np - 8 : 0; i < np; i += after_ack ? 1 : 16)
 		t.dst.ram[0][i * 4096 + 7] ^= 0x5a;
-	g_mutex_lock(&t.px.lock);
-	t.px.cut_conn = conn_of(0);
-	t.px.cut_reply_to = TM_MSG_SYNC_ACK;
-	g_mutex_unlock(&t.px.lock);
+	if (after_ack) {
+		g_mutex_lock(&t.px.lock);
+		t.px.cut_conn = conn_of(0);
+		t.px.cut_reply_to = TM_MSG_SYNC_ACK;
+		g_mutex_unlock(&t.px.lock);
+	} else {
+		proxy_arm_frame(&t.px, conn_of(0), TM_MSG_SYNC_ACK, false);
+	}
 	queue_all(s);
 	int r = tm_sender_sync(s, &err);
 	if (r != 0)
@@ -328,6 +334,16 @@ static void test_cut_after_refused_sync(void)
 	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
 	g_assert_cmpuint(ss.reconnects, ==, 1);
 	rig_free(&t, s);
+}
+
+static void test_cut_after_refused_sync(void)
+{
+	cut_refused_sync(true);
+}
+
+static void test_cut_before_refused_sync_ack(void)
+{
+	cut_refused_sync(false);
 }
 
 /*
@@ -770,6 +786,7 @@ int main(int argc, char **argv)
 		{ "resume/end-ack-lost-half-recv", test_end_ack_lost_half_recv, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-after-refused-sync", test_cut_after_refused_sync, false },
+		{ "resume/cut-before-refused-sync-ack", test_cut_before_refused_sync_ack, false },
 		{ "resume/syncs-never-sent", test_syncs_never_sent, false },
 		{ "resume/syncs-below-acked", test_syncs_below_acked, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
