@@ -329,20 +329,6 @@ out:
 	return r;
 }
 
-/* Marks round's SYNC (wire: its id on the wire) acknowledged (its SYNC_ACK was lost with the
- * connection). */
-static void ack_sync(send_chan *c, uint64_t round, uint64_t wire)
-{
-	g_mutex_lock(&c->s->lock);
-	if (c->synced < round) {
-		c->synced = round;
-		c->synced_wire = wire;
-		tm_rounds_chan_acked(c->s, c, round);
-	}
-	g_cond_broadcast(&c->s->cond);
-	g_mutex_unlock(&c->s->lock);
-}
-
 /* Whether the log has another copy of SYNC id (on the wire) after item i. */
 static bool repeated_later(const chan_log *l, guint i, uint64_t id)
 {
@@ -437,7 +423,7 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 				if (repeated_later(l, i, w.count))
 					continue;
 				if (skip_pages >= pages_after(l, i) && !tm_dsend_refused_waiting(c)) {
-					ack_sync(c, w.first, w.count);
+					tm_send_synced(c, w.first, w.count); /* ack lost */
 				} else {
 					resync = w;
 					resync_due = true;

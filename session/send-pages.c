@@ -175,15 +175,20 @@ static int sync_ack(send_chan *c, uint64_t round, uint64_t id, GError **error)
 	/* Refused deltas: their pages whole, and the SYNC again (delta-send.c). */
 	if ((r = tm_dsend_settle(c, round, id, error)) < 0)
 		return r;
+	tm_send_synced(c, round, id);
+	return 0;
+}
+
+void tm_send_synced(send_chan *c, uint64_t round, uint64_t wire)
+{
 	g_mutex_lock(&c->s->lock);
 	if (c->synced < round) { /* a SYNC asked again after a resume counts its round once */
 		c->synced = round;
-		c->synced_wire = id;
+		c->synced_wire = wire;
 		tm_rounds_chan_acked(c->s, c, round);
 	}
 	g_cond_broadcast(&c->s->cond);
 	g_mutex_unlock(&c->s->lock);
-	return 0;
 }
 
 static int send_sync(send_chan *c, const work *w, GError **error)

@@ -415,6 +415,9 @@ int tm_send_flush(send_chan *c, GError **error);
 int tm_send_pages(send_chan *c, const work *w, GError **error);
 /* Worker: END / END_ACK; the channel has ended. */
 int tm_send_end(send_chan *c, GError **error);
+/* Round's SYNC (wire: its id on the wire) is answered on c: its SYNC_ACK was read, or a resume
+ * found it answered before the break. Once per round; waiters on s->cond wake. */
+void tm_send_synced(send_chan *c, uint64_t round, uint64_t wire);
 /*
  * The end of a channel whose worker is parked, sent by finish's caller in its own thread (one
  * hand-over less per channel on the path that is the guest's downtime; wire unchanged):
