@@ -300,8 +300,10 @@ static int send_batch(send_chan *c, batch_mode mode, GError **err)
 				r = (r = tm_send_flush(c, err)) < 0 ? r : tm_send_end_v2_post(c, err);
 			else if (w->kind == WORK_END)
 				r = tm_send_end(c, err);
+			else if (w->kind == WORK_RAM_END)
+				r = tm_send_state_work(c, w, err); /* flushed and settled above */
 			else if ((r = tm_send_flush(c, err)) >= 0)
-				r = tm_send_state_work(c, w, err); /* RAM_END, STATE */
+				r = tm_send_state_work(c, w, err); /* STATE */
 			if (r < 0 && tm_resume_send(c, i + 1, err) == 0) {
 				/* Reconnected (a new, uncorked connection: what the old one held is
 				 * in the replay): c->work starts with what to send again. */

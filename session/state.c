@@ -19,7 +19,6 @@
 #include <string.h>
 
 #include "session/postcopy-recv.h"
-#include "session/delta.h"
 #include "session/resume.h"
 #include "session/session-internal.h"
 #include "tagmig/error.h"
