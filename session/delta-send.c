@@ -234,6 +234,11 @@ int tm_dsend_recv_ctrl(send_chan *c, uint8_t type, uint64_t *ret_a, uint64_t *re
 	}
 }
 
+bool tm_dsend_open(const send_chan *c)
+{
+	return c->ds && c->ds->open;
+}
+
 int tm_dsend_flush(send_chan *c, GError **error)
 {
 	tm_dsend *d = c->ds;

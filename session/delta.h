@@ -119,6 +119,8 @@ int tm_dsend_page(send_chan *c, uint32_t block, uint32_t page, const uint8_t *da
 		  const uint8_t *tags, GError **error);
 /* Sends the open DELTA packet, if any (tm_send_flush calls it first). */
 int tm_dsend_flush(send_chan *c, GError **error);
+/* A DELTA packet is open: pages held that tm_send_flush would send. */
+bool tm_dsend_open(const send_chan *c);
 /*
  * The data connection is readable between packets: a DELTA_NACK is taken (its pages re-sent
  * later, tm_dsend_resend) and 0 returned; anything else is what tm_chan_recv_unsolicited says.

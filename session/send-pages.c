@@ -348,7 +348,8 @@ static void chan_failed(send_chan *c, GError *err)
 bool tm_send_direct_claim_locked(send_chan *c)
 {
 	/* Parked: the worker flushed its packet and sleeps; nothing it holds is unsent. */
-	if (!c->parked || c->direct || c->pending->len || c->work->len || c->pkt_open)
+	if (!c->parked || c->direct || c->pending->len || c->work->len || c->pkt_open ||
+	    tm_dsend_open(c))
 		return false;
 	c->direct = true;
 	return true;
@@ -524,8 +525,9 @@ gpointer tm_send_worker(gpointer data)
 		g_mutex_lock(&s->lock);
 		/* A channel finish took (c->direct) is not ours any more: sleep until the end. */
 		while (!s->quit && (c->direct || (c->pending->len == 0 && c->work->len == 0))) {
-			if (!c->direct && c->pkt_open) {
-				/* Nothing more to pack for now: do not hold pages back. */
+			if (!c->direct && (c->pkt_open || tm_dsend_open(c))) {
+				/* Nothing more to pack for now: do not hold pages back, whole or
+				 * as deltas (a run's last pages may all have gone as deltas). */
 				g_mutex_unlock(&s->lock);
 				r = tm_send_flush(c, &err);
 				if (r < 0 && tm_resume_send(c, 0, &err) == 0)

@@ -217,6 +217,56 @@ static void test_base_refused(void)
 	g_assert_cmpuint(ss.refused, ==, 8);
 }
 
+/*
+ * Pages queued with no SYNC behind them leave once the worker has nothing more to pack, deltas
+ * too: here a run whose first page goes whole and the rest as deltas (so the whole page's
+ * packet was sent before the first delta, and only the DELTA packet is open at the end) must
+ * reach the receiver before any SYNC, not wait in the parked worker for the next round.
+ */
+static void test_idle_flush(void)
+{
+	const block_spec spec[] = { { "pc.ram", 1 << 20, 4096 } };
+	const uint64_t pages[] = { 0, 1, 2, 3, 4, 5, 6, 7 }; /* one chunk: one channel's run */
+	guest src, dst;
+	peer p;
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+
+	guest_init(&src, spec, 1, true);
+	guest_init(&dst, spec, 1, true);
+	fill_random(&src, spec, 1);
+	g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = CHANNELS, .timeout_ms = 20000 };
+	tm_live_config live = { .size = sizeof(live), .delta_cache_bytes = 8 << 20,
+				.delta_policy = TM_DELTA_ALWAYS };
+	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	queue_all(s, spec, 1);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+
+	fill_page(&src, 0, 0, 0); /* rewritten whole: no delta pays */
+	for (uint64_t i = 1; i < G_N_ELEMENTS(pages); i++)
+		rewrite_5pct(&src, 0, i, 4096);
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, pages, G_N_ELEMENTS(pages), &err), ==, 0);
+	tm_delta_stats rs = { 0 };
+	int64_t deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+	do {
+		g_usleep(1000);
+		sum_stats(NULL, p.r, &rs);
+	} while (rs.pages < G_N_ELEMENTS(pages) - 1 && g_get_monotonic_time() < deadline);
+	g_assert_cmpuint(rs.pages, ==, G_N_ELEMENTS(pages) - 1);
+
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	peer_join(&p);
+	g_assert_no_error(p.error);
+	assert_same(&src, &dst);
+	peer_free(&p);
+	guest_fini(&src);
+	guest_fini(&dst);
+}
+
 /* Without a cache (the default) nothing is offered; protocol 1 never. */
 static void test_off_by_default(void)
 {
@@ -565,6 +615,7 @@ int main(int argc, char **argv)
 	static const session_test tests[] = {
 		{ "delta/roundtrip", test_roundtrip, false },
 		{ "delta/base-refused", test_base_refused, false },
+		{ "delta/idle-flush", test_idle_flush, false },
 		{ "delta/vs-compression", test_vs_compression, false },
 		{ "delta/off-by-default", test_off_by_default, false },
 		{ "delta/config-refused", test_config_refused, true },
