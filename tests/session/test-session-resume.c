@@ -347,6 +347,62 @@ static void test_cut_before_refused_sync_ack(void)
 }
 
 /*
+ * Deltas on, one channel. Round 2 changes every page and queues page X a second time behind the
+ * whole block (its last page: both of its DELTAs leave at the round's end), and the destination's
+ * copy of X is not its base, so both are refused. The connection is cut right before the
+ * receiver's first DELTA_NACK, so the sender resumes with
+ * DELTAs unanswered and sends every page of the round whole again (the redo), X twice among
+ * them. tm_sender_sync() must return only with the destination equal to the source, and the
+ * session must end bit for bit.
+ */
+static void test_cut_redo_repeated_page(void)
+{
+	rig t;
+	g_autoptr(GError) err = NULL;
+	const uint64_t np = RAM / 4096, x = np - 1; /* its DELTAs in the round's last packets */
+
+	if (tls_dir) {
+		g_test_skip("the proxy finds the DELTA_NACK by its frame header: plaintext only");
+		return;
+	}
+	rig_start(&t, NULL, NULL);
+	tm_live_config lc = { .size = sizeof(lc), .delta_cache_bytes = 32u << 20,
+			      .delta_policy = TM_DELTA_ALWAYS };
+	tm_sender *s = sender_new(&t.src, 1, &lc);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	for (uint64_t i = 0; i < np; i++)
+		t.src.ram[0][i * 4096 + 64 + i % 3000] ^= 0xa5;
+	t.dst.ram[0][x * 4096 + 7] ^= 0x5a;
+	proxy_arm_frame(&t.px, conn_of(0), TM_MSG_DELTA_NACK, false);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, &x, 1, &err), ==, 0);
+	int r = tm_sender_sync(s, &err);
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	assert_same(&t.src, &t.dst); /* what sync promised, before anything else is sent */
+	tm_delta_stats ds = { .size = sizeof(ds) };
+	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, &ds), ==, 0);
+	g_test_message("%" G_GUINT64_FORMAT " pages sent as deltas, %" G_GUINT64_FORMAT " refused",
+		       (guint64)ds.pages, (guint64)ds.refused);
+	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	g_assert_cmpuint(ds.pages, >=, np + 1); /* the round, X twice, went before the cut */
+	r = tm_sender_finish(s, &err);
+	peer_join(&t.p);
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpint(t.p.ret, ==, 0);
+	assert_same(&t.src, &t.dst);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	rig_free(&t, s);
+}
+
+/*
  * Round 1 is acknowledged (SYNC 1), data channel 1 is cut between rounds, and the receiver's
  * RESUME_ACK then names a SYNC the channel never sent (skew +5: SYNC 6) or not the one it
  * acknowledged (skew -1: SYNC 0). The sender refuses the position, naming it, rather than take
@@ -787,6 +843,7 @@ int main(int argc, char **argv)
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-after-refused-sync", test_cut_after_refused_sync, false },
 		{ "resume/cut-before-refused-sync-ack", test_cut_before_refused_sync_ack, false },
+		{ "resume/cut-redo-repeated-page", test_cut_redo_repeated_page, false },
 		{ "resume/syncs-never-sent", test_syncs_never_sent, false },
 		{ "resume/syncs-below-acked", test_syncs_below_acked, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
