@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks of bench/lib's pure parts (meson test bench-lib, suite unit): issue 15's goals, the
-compression table's rows, the guest image's concatenation and its initramfs (cpio newc).
+compression table's rows, the guest image's concatenation and its initramfs (cpio newc), the
+priming of a cold destination.
 Exit 0 pass, 1 fail."""
 
 import gzip
@@ -8,6 +9,7 @@ import os
 import sys
 import tempfile
 import unittest
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
@@ -94,6 +96,22 @@ class Image(unittest.TestCase):
                 self.assertEqual(f.read(), b"\1" * 3000 + b"\2" * 3000 + b"\3" * 1000)
             with self.assertRaises(RuntimeError):
                 images.concatenate(out, 9001, parts)
+
+    def test_prime_writes_then_removes(self):
+        """A cold destination's memory is written just before the job, and nothing stays."""
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "dst.img")
+            seen = []
+            real = images.write_zeros
+
+            def spy(p, size):
+                real(p, size)
+                seen.append((p, os.path.getsize(p)))
+
+            with mock.patch.object(images, "write_zeros", spy):
+                images.prime(path, 3 << 20)
+            self.assertEqual(seen, [(path, 3 << 20)])
+            self.assertFalse(os.path.exists(path))
 
     def test_cpio_newc(self):
         with tempfile.TemporaryDirectory() as d:

@@ -102,3 +102,14 @@ def remove(*paths):
     for p in paths:
         if os.path.exists(p):
             os.unlink(p)
+
+
+def prime(path, size):
+    """Writes size bytes at path and removes them again, just before a cold destination fills:
+    the memory it is about to take is then backed by the host, as a bare-metal host's is. A VM
+    whose balloon reports free pages (virtio-balloon free page reporting) hands memory freed
+    seconds ago back to the host, and its next first touch traps to the hypervisor: without
+    this, a cold row got whatever the previous job had freed, backed or not, and measured
+    the job order (bench/README.md "Full-cold, measured fairly")."""
+    write_zeros(path, size)
+    remove(path)

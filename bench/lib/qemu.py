@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import time
 
+from . import images
 from .common import MIB
 from .host import free_port
 from .procs import last_line, proc_cpu
@@ -29,6 +30,7 @@ def run_qemu_pair(qemu, src_img, size, channels, dest, creds, timeout, accel, wo
         dmem = f"memory-backend-file,id=mem,size={mb}M,mem-path={dst_img},share=on,prealloc=on"
     else:
         dmem = f"memory-backend-file,id=mem,size={mb}M,mem-path={dst_img},share=on"
+        images.prime(dst_img, size)  # as tagmig's cold destination (runner.py)
     dst_argv = base + ["-machine", "q35,memory-backend=mem", "-object", dmem,
                        "-qmp", f"unix:{work}/dst.qmp,server=on,wait=off", "-incoming", "defer"]
     if creds:

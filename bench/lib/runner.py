@@ -234,6 +234,8 @@ class Bench:
             images.write_zeros(self.dst, self.size)
             if tagged:
                 images.write_zeros(self.dst_tags, self.size // GRANULE)
+        else:  # created by the receiver, in memory the host backs (images.prime)
+            images.prime(self.dst, self.size)
         res = self.tagmig.pair(self.src, self.src_tags[c["tags"]] if tagged else None, self.dst,
                                self.dst_tags if tagged else None, c["channels"], c["io"],
                                self.creds if c["tls"] else None, self.timeout, link=self.link,
