@@ -90,6 +90,24 @@ static void queue_all(tm_sender *s, const block_spec *spec, unsigned n)
 	}
 }
 
+/* A sender of CHANNELS channels from src with live's settings (packet_size 0: the default),
+ * connected to the receiver at port. */
+static tm_sender *sender_connect(guest *src, const char *port, uint32_t packet_size,
+				 const tm_live_config *live)
+{
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = CHANNELS, .packet_size = packet_size,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src->layout, src->tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, live, &err), ==, 0);
+	tm_delta_stats early = { .size = sizeof(early) };
+	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, &early), ==, -EBADFD);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	return s;
+}
+
 /*
  * rounds rounds of a guest with deltas on; from the second round on every page is rewritten
  * 5% and re-sent. scribble: before round 1 (synced) and before the final round (not synced:
@@ -112,17 +130,10 @@ static void migrate_ex(unsigned rounds, bool scribble, uint32_t compress, bool t
 	else
 		fill_random(&src, spec, 2);
 	g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-				 .channels = CHANNELS, .packet_size = 256 << 10,
-				 .timeout_ms = 20000 };
 	tm_live_config live = { .size = sizeof(live), .compress = compress,
 				.delta_cache_bytes = 8 << 20,
 				.delta_policy = TM_DELTA_ALWAYS }; /* the encoding, on any link */
-	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
-	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
-	tm_delta_stats early = { .size = sizeof(early) };
-	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, &early), ==, -EBADFD);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	s = sender_connect(&src, port, 256 << 10, &live);
 	for (unsigned round = 0; round < rounds; round++) {
 		if (round > 0)
 			for (unsigned b = 0; b < 2; b++)
@@ -236,13 +247,9 @@ static void test_idle_flush(void)
 	guest_init(&dst, spec, 1, true);
 	fill_random(&src, spec, 1);
 	g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-				 .channels = CHANNELS, .timeout_ms = 20000 };
 	tm_live_config live = { .size = sizeof(live), .delta_cache_bytes = 8 << 20,
 				.delta_policy = TM_DELTA_ALWAYS };
-	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
-	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	s = sender_connect(&src, port, 0, &live);
 	queue_all(s, spec, 1);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 
@@ -281,13 +288,9 @@ static void test_off_by_default(void)
 		guest_init(&dst, spec, 1, true);
 		fill_random(&src, spec, 1);
 		g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
-		tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-					 .channels = CHANNELS, .timeout_ms = 20000 };
 		tm_live_config live = { .size = sizeof(live), .wire_version = wire,
 					.delta_cache_bytes = wire == 1 ? 8 << 20 : 0 };
-		g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
-		g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
-		g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+		s = sender_connect(&src, port, 0, &live);
 		for (int round = 0; round < 2; round++) {
 			if (round)
 				rewrite_5pct(&src, 0, 5, 4096);

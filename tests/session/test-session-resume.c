@@ -272,6 +272,55 @@ static void test_cut_between_rounds(void)
 	rig_free(&t, s);
 }
 
+/* The rig started, a sender of one channel with deltas always on connected, round 1
+ * acknowledged, and round 2's change (8 bytes of every page) made in the source. */
+static tm_sender *delta_round_two(rig *t)
+{
+	g_autoptr(GError) err = NULL;
+
+	rig_start(t, NULL, NULL);
+	tm_live_config lc = { .size = sizeof(lc), .delta_cache_bytes = 32u << 20,
+			      .delta_policy = TM_DELTA_ALWAYS };
+	tm_sender *s = sender_new(&t->src, 1, &lc);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t->pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	for (uint64_t i = 0; i < RAM / 4096; i++)
+		t->src.ram[0][i * 4096 + 64 + i % 3000] ^= 0xa5;
+	return s;
+}
+
+/* Round 2 queued, the cut armed: its sync must return with the destination equal to the source,
+ * after one cut; the session then ends bit for bit after one reconnect, and s is freed with the
+ * rig. *ds: the sender's delta statistics when sync returned. */
+static void sync_through_cut(rig *t, tm_sender *s, tm_delta_stats *ds)
+{
+	g_autoptr(GError) err = NULL;
+
+	int r = tm_sender_sync(s, &err);
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	g_test_message("sync returned: the destination must hold round 2");
+	assert_same(&t->src, &t->dst); /* what sync promised, before anything else is sent */
+	g_assert_cmpuint(proxy_cuts(&t->px), ==, 1);
+	*ds = (tm_delta_stats){ .size = sizeof(*ds) };
+	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, ds), ==, 0);
+	g_test_message("%" G_GUINT64_FORMAT " pages sent as deltas, %" G_GUINT64_FORMAT " refused",
+		       (guint64)ds->pages, (guint64)ds->refused);
+	r = tm_sender_finish(s, &err);
+	peer_join(&t->p);
+	if (r != 0)
+		g_test_message("sender: %s", err->message);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpint(t->p.ret, ==, 0);
+	assert_same(&t->src, &t->dst);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	rig_free(t, s);
+}
+
 /*
  * Deltas on, one channel. Round 2 changes 8 bytes of every page, and the destination's copy of
  * some pages is no longer their base, so their DELTAs are refused (DELTA_NACK) while the sender
@@ -286,22 +335,14 @@ static void test_cut_between_rounds(void)
 static void cut_refused_sync(bool after_ack)
 {
 	rig t;
-	g_autoptr(GError) err = NULL;
+	tm_delta_stats ds;
 	const uint64_t np = RAM / 4096;
 
 	if (tls_dir) {
 		g_test_skip("the proxy finds the SYNC_ACK by its frame header: plaintext only");
 		return;
 	}
-	rig_start(&t, NULL, NULL);
-	tm_live_config lc = { .size = sizeof(lc), .delta_cache_bytes = 32u << 20,
-			      .delta_policy = TM_DELTA_ALWAYS };
-	tm_sender *s = sender_new(&t.src, 1, &lc);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
-	queue_all(s);
-	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
-	for (uint64_t i = 0; i < np; i++)
-		t.src.ram[0][i * 4096 + 64 + i % 3000] ^= 0xa5;
+	tm_sender *s = delta_round_two(&t);
 	for (uint64_t i = after_ack ? np - 8 : 0; i < np; i += after_ack ? 1 : 16)
 		t.dst.ram[0][i * 4096 + 7] ^= 0x5a;
 	if (after_ack) {
@@ -313,27 +354,8 @@ static void cut_refused_sync(bool after_ack)
 		proxy_arm_frame(&t.px, conn_of(0), TM_MSG_SYNC_ACK, false);
 	}
 	queue_all(s);
-	int r = tm_sender_sync(s, &err);
-	if (r != 0)
-		g_test_message("sender: %s", err->message);
-	g_assert_cmpint(r, ==, 0);
-	g_test_message("sync returned: the destination must hold round 2");
-	assert_same(&t.src, &t.dst); /* what sync promised, before anything else is sent */
-	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
-	tm_delta_stats ds = { .size = sizeof(ds) };
-	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, &ds), ==, 0);
+	sync_through_cut(&t, s, &ds);
 	g_assert_cmpuint(ds.refused, >=, 1);
-	r = tm_sender_finish(s, &err);
-	peer_join(&t.p);
-	if (r != 0)
-		g_test_message("sender: %s", err->message);
-	g_assert_cmpint(r, ==, 0);
-	g_assert_cmpint(t.p.ret, ==, 0);
-	assert_same(&t.src, &t.dst);
-	tm_live_stats ss = { .size = sizeof(ss) };
-	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
-	g_assert_cmpuint(ss.reconnects, ==, 1);
-	rig_free(&t, s);
 }
 
 static void test_cut_after_refused_sync(void)
@@ -350,14 +372,14 @@ static void test_cut_before_refused_sync_ack(void)
  * Deltas on, one channel. Round 2 changes every page and queues page X a second time behind the
  * whole block (its last page: both of its DELTAs leave at the round's end), and the destination's
  * copy of X is not its base, so both are refused. The connection is cut right before the
- * receiver's first DELTA_NACK, so the sender resumes with
- * DELTAs unanswered and sends every page of the round whole again (the redo), X twice among
- * them. tm_sender_sync() must return only with the destination equal to the source, and the
- * session must end bit for bit.
+ * receiver's first DELTA_NACK, so the sender resumes with DELTAs unanswered and sends every page
+ * of the round whole again (the redo), X twice among them. tm_sender_sync() must return only
+ * with the destination equal to the source, and the session must end bit for bit.
  */
 static void test_cut_redo_repeated_page(void)
 {
 	rig t;
+	tm_delta_stats ds;
 	g_autoptr(GError) err = NULL;
 	const uint64_t np = RAM / 4096, x = np - 1; /* its DELTAs in the round's last packets */
 
@@ -365,41 +387,13 @@ static void test_cut_redo_repeated_page(void)
 		g_test_skip("the proxy finds the DELTA_NACK by its frame header: plaintext only");
 		return;
 	}
-	rig_start(&t, NULL, NULL);
-	tm_live_config lc = { .size = sizeof(lc), .delta_cache_bytes = 32u << 20,
-			      .delta_policy = TM_DELTA_ALWAYS };
-	tm_sender *s = sender_new(&t.src, 1, &lc);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
-	queue_all(s);
-	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
-	for (uint64_t i = 0; i < np; i++)
-		t.src.ram[0][i * 4096 + 64 + i % 3000] ^= 0xa5;
+	tm_sender *s = delta_round_two(&t);
 	t.dst.ram[0][x * 4096 + 7] ^= 0x5a;
 	proxy_arm_frame(&t.px, conn_of(0), TM_MSG_DELTA_NACK, false);
 	queue_all(s);
 	g_assert_cmpint(tm_sender_queue_pages(s, 0, &x, 1, &err), ==, 0);
-	int r = tm_sender_sync(s, &err);
-	if (r != 0)
-		g_test_message("sender: %s", err->message);
-	g_assert_cmpint(r, ==, 0);
-	assert_same(&t.src, &t.dst); /* what sync promised, before anything else is sent */
-	tm_delta_stats ds = { .size = sizeof(ds) };
-	g_assert_cmpint(tm_sender_get_delta_stats(s, 0, &ds), ==, 0);
-	g_test_message("%" G_GUINT64_FORMAT " pages sent as deltas, %" G_GUINT64_FORMAT " refused",
-		       (guint64)ds.pages, (guint64)ds.refused);
-	g_assert_cmpuint(proxy_cuts(&t.px), ==, 1);
+	sync_through_cut(&t, s, &ds);
 	g_assert_cmpuint(ds.pages, >=, np + 1); /* the round, X twice, went before the cut */
-	r = tm_sender_finish(s, &err);
-	peer_join(&t.p);
-	if (r != 0)
-		g_test_message("sender: %s", err->message);
-	g_assert_cmpint(r, ==, 0);
-	g_assert_cmpint(t.p.ret, ==, 0);
-	assert_same(&t.src, &t.dst);
-	tm_live_stats ss = { .size = sizeof(ss) };
-	g_assert_cmpint(tm_sender_get_live_stats(s, &ss), ==, 0);
-	g_assert_cmpuint(ss.reconnects, ==, 1);
-	rig_free(&t, s);
 }
 
 /*
