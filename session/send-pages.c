@@ -17,6 +17,13 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 
+/* Pages packed and not sent: an open data packet, or an open DELTA packet (a data packet goes
+ * before a run's first delta, so the run's last pages may all be in the DELTA one). */
+static bool holds_pages(const send_chan *c)
+{
+	return c->pkt_open || tm_dsend_open(c);
+}
+
 int tm_send_flush(send_chan *c, GError **error)
 {
 	tm_packet *pkt = &c->pkts[c->cur];
@@ -348,8 +355,7 @@ static void chan_failed(send_chan *c, GError *err)
 bool tm_send_direct_claim_locked(send_chan *c)
 {
 	/* Parked: the worker flushed its packet and sleeps; nothing it holds is unsent. */
-	if (!c->parked || c->direct || c->pending->len || c->work->len || c->pkt_open ||
-	    tm_dsend_open(c))
+	if (!c->parked || c->direct || c->pending->len || c->work->len || holds_pages(c))
 		return false;
 	c->direct = true;
 	return true;
@@ -525,9 +531,8 @@ gpointer tm_send_worker(gpointer data)
 		g_mutex_lock(&s->lock);
 		/* A channel finish took (c->direct) is not ours any more: sleep until the end. */
 		while (!s->quit && (c->direct || (c->pending->len == 0 && c->work->len == 0))) {
-			if (!c->direct && (c->pkt_open || tm_dsend_open(c))) {
-				/* Nothing more to pack for now: do not hold pages back, whole or
-				 * as deltas (a run's last pages may all have gone as deltas). */
+			if (!c->direct && holds_pages(c)) {
+				/* Nothing more to pack for now: do not hold pages back. */
 				g_mutex_unlock(&s->lock);
 				r = tm_send_flush(c, &err);
 				if (r < 0 && tm_resume_send(c, 0, &err) == 0)
