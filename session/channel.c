@@ -342,18 +342,41 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message)
 	tm_io_send_last(ch->io, buf, held + len);
 }
 
-int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error)
+/* Reads and drops len bytes of a body (a frame tm_chan_peer_error passes over). */
+static int skip_body(tm_chan *ch, uint32_t len)
 {
-	struct pollfd p = { .fd = ch->fd, .events = POLLIN };
-	tm_frame f;
+	uint8_t buf[4096];
+	for (uint32_t n; len; len -= n) {
+		n = MIN(len, (uint32_t)sizeof(buf));
+		if (tm_chan_recv(ch, buf, n, NULL) < 0)
+			return -1;
+	}
+	return 0;
+}
 
-	if (!ch->io || poll(&p, 1, 1000) <= 0)
-		return 0;
-	/* A TCP reset does not discard what already arrived: the peer's ERROR is still readable. */
-	g_autoptr(GError) local = NULL;
-	if (tm_chan_recv_frame(ch, 0, &f, &local) < 0 || f.type != TM_MSG_ERROR)
-		return 0;
-	return tm_chan_recv_peer_error(ch, &f, peer, error);
+int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GError **error)
+{
+	int64_t until = g_get_monotonic_time() + G_USEC_PER_SEC;
+
+	/*
+	 * A TCP reset does not discard what already arrived: the peer's ERROR is still readable,
+	 * maybe behind what it said before (a DELTA_NACK no one read yet), which is passed over.
+	 */
+	for (unsigned k = 0; k < TM_PEER_ERROR_FRAMES && ch->io; k++) {
+		struct pollfd p = { .fd = ch->fd, .events = POLLIN };
+		int64_t left = until - g_get_monotonic_time();
+		tm_frame f;
+		if (left <= 0 || poll(&p, 1, (int)((left + 999) / 1000)) <= 0)
+			return 0;
+		g_autoptr(GError) local = NULL;
+		if (tm_chan_recv_frame(ch, packet_size, &f, &local) < 0)
+			return 0;
+		if (f.type == TM_MSG_ERROR)
+			return tm_chan_recv_peer_error(ch, &f, peer, error);
+		if (skip_body(ch, f.body_len) < 0)
+			return 0;
+	}
+	return 0;
 }
 
 int tm_chan_recv_unsolicited(tm_chan *ch, const char *peer, GError **error)

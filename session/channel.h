@@ -148,11 +148,16 @@ void tm_chan_send_error(tm_chan *ch, int code, const char *message);
  * nor consumes (a peek at the socket). true for a closed handle. */
 bool tm_chan_broke(const tm_chan *ch);
 
+/* Frames tm_chan_peer_error passes over before the peer's ERROR, at most. */
+#define TM_PEER_ERROR_FRAMES 16
+
 /*
  * After a send failed because the peer went away: waits up to a second for an ERROR the peer
- * sent before closing and turns it into *error (returns -code), else returns 0.
+ * sent before closing and turns it into *error (returns -code), else returns 0. Up to
+ * TM_PEER_ERROR_FRAMES frames before it that nobody read are passed over (packet_size: the
+ * session's, which bounds their bodies; 0 before the handshake).
  */
-int tm_chan_peer_error(tm_chan *ch, const char *peer, GError **error);
+int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GError **error);
 
 /*
  * The channel is readable where the peer has nothing to say (the sender between SYNCs): reads

@@ -251,7 +251,7 @@ static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError *
 			/* The peer's ERROR may have come just before its close. */
 			GError *why = NULL;
 			if ((r == -EPIPE || r == -ECONNRESET) &&
-			    tm_chan_peer_error(c->ch, "sender gave up", &why) < 0) {
+			    tm_chan_peer_error(c->ch, 0, "sender gave up", &why) < 0) {
 				g_clear_error(error);
 				*error = why;
 				return -why->code;

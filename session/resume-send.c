@@ -546,7 +546,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 	/* A receiver that gave up said why before it closed: no reconnect then (send-pages.c). */
 	GError *why = NULL;
 	if ((code == EPIPE || code == ECONNRESET) &&
-	    tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+	    tm_chan_peer_error(&c->ch, c->s->hello.packet_size, "receiver failed", &why) < 0) {
 		g_clear_error(error);
 		*error = why;
 		c->ch.peer_error = true;

@@ -341,7 +341,8 @@ static void chan_failed(send_chan *c, GError *err)
 	if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
 		/* The receiver went away: it may have said why before it closed. */
 		GError *why = NULL;
-		if (tm_chan_peer_error(&c->ch, "receiver failed", &why) < 0) {
+		if (tm_chan_peer_error(&c->ch, c->s->hello.packet_size, "receiver failed",
+				       &why) < 0) {
 			g_clear_error(&err);
 			err = why;
 			from_peer = true;

@@ -336,7 +336,7 @@ static void explain_by_channel0(tm_sender *s, GError **error)
 	if (s->wire != TM_WIRE_VERSION_2 || ch0->fd < 0)
 		return;
 	ch0->version = 0; /* the handshake: a protocol 1 ERROR is readable */
-	int r = tm_chan_peer_error(ch0, "receiver refused", &why);
+	int r = tm_chan_peer_error(ch0, 0, "receiver refused", &why);
 	ch0->version = s->wire;
 	if (r < 0 && ch0->peer_version == TM_WIRE_VERSION_1) {
 		g_clear_error(error);

@@ -3,7 +3,8 @@
  * The protocol channel's small-message paths, on every byte mover (issue 16): a corked channel
  * holds its small messages and sends them in one system call, but never holds one back from a
  * peer that must answer it (a receive sends it first) nor loses one behind an ERROR; a frame
- * header is received in one call when it is there, and still whole when it trickles in.
+ * header is received in one call when it is there, and still whole when it trickles in; the
+ * peer's ERROR before its close is found behind what it said before that nobody read.
  */
 #include <errno.h>
 #include <poll.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "codec/delta-wire.h"
 #include "session/channel.h"
 #include "tagmig/tagmig.h"
 #include "transport/transport.h"
@@ -164,6 +166,43 @@ static void test_header(gconstpointer name)
 	tm_chan_close(&b);
 }
 
+/*
+ * A receiver that refused a delta and then gave up: its DELTA_NACK and a SYNC_ACK nobody read
+ * come before its ERROR and close. The sender's look for the reason passes over them, and
+ * finds none (0) when the close came without one.
+ */
+static void test_peer_error_behind(gconstpointer name)
+{
+	const uint32_t packet_size = 64 << 10, pages[2] = { 3, 9 }, reasons[2] = { 1, 1 };
+	g_autoptr(GError) err = NULL;
+	uint8_t buf[256 + TM_MAX_ERROR_MESSAGE];
+	tm_chan a, b;
+
+	for (int with_error = 1; with_error >= 0; with_error--) {
+		if (!chan_pair(name, &a, &b))
+			return;
+		a.version = b.version = TM_WIRE_VERSION_2;
+		size_t n = tm_delta_nack_encode(buf, TM_WIRE_VERSION_2, 0, 0, pages, reasons, 2);
+		n += tm_ctrl_encode_v(buf + n, TM_WIRE_VERSION_2, TM_MSG_SYNC_ACK, 1,
+				      (const uint64_t[]){ 5, 2 });
+		if (with_error)
+			n += tm_error_encode_v(buf + n, TM_WIRE_VERSION_2, 2, EIO, "disk on fire");
+		g_assert_cmpint(write(a.fd, buf, n), ==, (ssize_t)n);
+		tm_chan_close(&a);
+		g_clear_error(&err);
+		int r = tm_chan_peer_error(&b, packet_size, "receiver failed", &err);
+		if (with_error) {
+			g_assert_cmpint(r, ==, -EIO);
+			g_assert_nonnull(strstr(err->message, "disk on fire"));
+			g_assert_true(b.peer_error);
+		} else {
+			g_assert_cmpint(r, ==, 0);
+			g_assert_null(err);
+		}
+		tm_chan_close(&b);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -171,5 +210,7 @@ int main(int argc, char **argv)
 	g_test_add_data_func("/chan/cork/io_uring", "io_uring", test_cork);
 	g_test_add_data_func("/chan/header/sockets", "sockets", test_header);
 	g_test_add_data_func("/chan/header/io_uring", "io_uring", test_header);
+	g_test_add_data_func("/chan/peer-error-behind/sockets", "sockets", test_peer_error_behind);
+	g_test_add_data_func("/chan/peer-error-behind/io_uring", "io_uring", test_peer_error_behind);
 	return g_test_run();
 }
