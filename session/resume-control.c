@@ -503,8 +503,15 @@ int tm_ctl_resume_reconnect(tm_control *c, bool silent, GError **error)
 {
 	tm_ctl_resume *cr = c->resume;
 	uint64_t peer_received = 0;
-	int r = c->sender ? send_reconnect(c, silent, &peer_received, error)
-			  : recv_reconnect(c, silent, &peer_received, error);
+	int r;
+	if (c->sender) {
+		tm_sender *s = c->owner;
+		__atomic_add_fetch(&s->links_down, 1, __ATOMIC_RELEASE); /* rounds.c */
+		r = send_reconnect(c, silent, &peer_received, error);
+		__atomic_sub_fetch(&s->links_down, 1, __ATOMIC_RELEASE);
+	} else {
+		r = recv_reconnect(c, silent, &peer_received, error);
+	}
 	if (r < 0)
 		return r;
 	(void)tm_net_keepalive(c->ch->fd, c->ka_ms, c->timeout_ms); /* as tm_control_start */

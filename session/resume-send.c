@@ -561,6 +561,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 		g_mutex_unlock(&s->lock);
 		return -code;
 	}
+	__atomic_add_fetch(&s->links_down, 1, __ATOMIC_RELEASE); /* until the loop below ends */
 	tm_counters st = c->ch.st;
 	uint64_t unsent = tm_resume_unsent_pages(c);
 	shutdown(c->ch.fd, SHUT_RDWR);
@@ -603,6 +604,7 @@ int tm_resume_send(send_chan *c, unsigned next, GError **error)
 		g_mutex_unlock(&s->lock);
 		backoff = MIN(backoff * 2, TM_RESUME_BACKOFF_MAX_MS);
 	}
+	__atomic_sub_fetch(&s->links_down, 1, __ATOMIC_RELEASE);
 	if (quit) /* another failure or a cancel explains the end: keep the break as ours */
 		return -code;
 	if (c->ch.io == NULL) {

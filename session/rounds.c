@@ -120,10 +120,13 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	 * queued before this barrier is at the destination already, so the round is complete now,
 	 * without a SYNC (no network round trip: an idle guest's round costs nothing). Before
 	 * postcopy only, and only pages can have been handed over since: RAM closes (no round
-	 * after) before device state.
+	 * after) before device state. Not while a connection is being resumed: the destination
+	 * may be gone, and a VMM told "complete" would go on to pause its guest for a switchover
+	 * that cannot happen; the SYNC waits for the resume, or fails with it, in precopy.
 	 */
 	bool empty = s->rounds.queued_round == 0 && s->rounds.runs_round == 0 &&
-		     s->rounds.complete == id - 1 && !s->pc.started;
+		     s->rounds.complete == id - 1 && !s->pc.started &&
+		     !__atomic_load_n(&s->links_down, __ATOMIC_ACQUIRE);
 	/* Ended before it is complete: a thread woken by TM_EVENT_ROUND asks round_done(id). */
 	__atomic_store_n(&s->next_sync, id, __ATOMIC_RELAXED);
 	if (empty)

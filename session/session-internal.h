@@ -236,6 +236,10 @@ struct tm_sender {
 	 * atomic). Rounds with nothing to send complete without a SYNC (rounds.c), so a round and
 	 * its SYNC's id differ; the wire's ids count from 1 without a gap. */
 	uint64_t wire_syncs;
+	/* Connections being resumed now, control's included (atomic): while one is, a round with
+	 * nothing to send still goes to the network (rounds.c), so the VMM's round waits for the
+	 * resume, or fails with it, instead of completing at once on a link that may be gone. */
+	unsigned links_down;
 	send_state st;
 
 	/* protected by lock */

@@ -353,6 +353,41 @@ static void test_deadline(void)
 }
 
 /*
+ * The destination becomes unreachable between rounds (the control connection and data channel 0
+ * are cut, and no connection gets through again) while the sender has nothing to send: the next
+ * round has nothing queued, yet it must not complete at once on a link that may be gone (a VMM
+ * would go on to pause its guest for a switchover that cannot happen). It goes to the network and
+ * fails in precopy, within the sender's deadline, naming what could not resume.
+ */
+static void test_empty_round_while_resuming(void)
+{
+	run t;
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+
+	rig_recv_timeout_ms = 2000; /* read by the receiver's thread: reset after the join */
+	run_start(&t, &lc, 3000);
+	t.px.refuse_after = true;
+	g_assert_cmpint(run_connect(&t), ==, 0);
+	g_assert_cmpint(run_queue_all(&t), ==, 0);
+	g_assert_cmpint(tm_sender_sync(t.s, &t.err), ==, 0);
+	proxy_arm_next(&t.px, 0, 0); /* data 0 right after control */
+	proxy_arm(&t.px, CONTROL, 0);
+	while (proxy_cuts(&t.px) < 2)
+		g_usleep(1000);
+	g_usleep(50000); /* the sender's control thread sees its close */
+	int64_t t0 = g_get_monotonic_time();
+	t.r = tm_sender_sync(t.s, &t.err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rpeer_join(&t.p);
+	rig_recv_timeout_ms = 20000;
+	g_assert_cmpint(t.r, <, 0);
+	g_test_message("sender (%.2f s): %s", secs, t.err->message);
+	g_assert_nonnull(strstr(t.err->message, "could not resume within"));
+	g_assert_cmpfloat(secs, <, 10.0);
+	run_end(&t);
+}
+
+/*
  * A cut during setup (docs/wire-format.md, "Setup"): data channel 2 breaks right before its
  * HELLO_ACK, after the receiver agreed the session (the other connections' HELLO_ACKs carry the
  * secret). tm_sender_connect() succeeds; the channel's worker resumes it at its first I/O.
@@ -440,6 +475,7 @@ int main(int argc, char **argv)
 		{ "resume-control/receiver-without", test_receiver_without, false },
 		{ "resume-control/sender-without", test_sender_without, false },
 		{ "resume-control/deadline", test_deadline, false },
+		{ "resume-control/empty-round-while-resuming", test_empty_round_while_resuming, false },
 		{ "resume-setup/hello-ack-lost", test_setup_cut, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
