@@ -38,7 +38,7 @@ void tm_chan_set_id(tm_chan *ch, unsigned id)
 	ch->id = id;
 	g_snprintf(ch->label, sizeof(ch->label), "channel %u", id);
 	for (tm_io *l = ch->io; l; l = l->inner)
-		l->id = id;
+		memcpy(l->label, ch->label, sizeof(l->label));
 }
 
 void tm_chan_set_control(tm_chan *ch)
@@ -46,7 +46,7 @@ void tm_chan_set_control(tm_chan *ch)
 	ch->id = 0;
 	g_strlcpy(ch->label, "control", sizeof(ch->label));
 	for (tm_io *l = ch->io; l; l = l->inner)
-		l->id = 0;
+		memcpy(l->label, ch->label, sizeof(l->label));
 }
 
 void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms)

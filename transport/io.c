@@ -47,7 +47,7 @@ int tm_io_open(int fd, unsigned id, const tm_transport_ops *ops, const tm_io_con
 
 	tm_io *io = g_new0(tm_io, 1);
 	io->fd = fd;
-	io->id = id;
+	g_snprintf(io->label, sizeof(io->label), "channel %u", id);
 	io->ops = ops;
 	io->path = ops->name;
 	io->timeout_ms = timeout_ms;
@@ -72,7 +72,7 @@ tm_io *tm_io_wrap(tm_io *inner, const tm_transport_ops *ops, void *priv)
 	tm_io *io = g_new0(tm_io, 1);
 
 	io->fd = inner->fd;
-	io->id = inner->id;
+	memcpy(io->label, inner->label, sizeof(io->label));
 	io->timeout_ms = inner->timeout_ms;
 	io->deadline_us = inner->deadline_us;
 	io->depth = 1;

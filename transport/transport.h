@@ -160,7 +160,7 @@ static inline void tm_count(uint64_t *c, uint64_t v)
 struct tm_io {
 	/* read-only after setup */
 	int fd;
-	unsigned id;          /* the channel's number, for error messages */
+	char label[16];       /* what error messages call it: "channel 3", "control" */
 	unsigned timeout_ms;
 	unsigned depth;       /* packet slots for ops->submit; 1 without it */
 	int zerocopy;         /* tm_io_config.zerocopy, for backends that can send zero-copy */

@@ -157,14 +157,14 @@ static int uring_open(tm_io *io, GError **error)
 	/* Two CQEs per zero-copy send, a receive and a cancel: never overflow the CQ. */
 	int r = io_uring_queue_init(4 * depth + 8, &p->ring, 0);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_queue_init: %s", io->id,
+		g_set_error(error, TM_ERROR, -r, "%s: io_uring_queue_init: %s", io->label,
 			    g_strerror(-r));
 		return r;
 	}
 	p->ring_ok = true;
 	r = io_uring_register_files(&p->ring, &io->fd, 1);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: io_uring_register_files: %s", io->id,
+		g_set_error(error, TM_ERROR, -r, "%s: io_uring_register_files: %s", io->label,
 			    g_strerror(-r));
 		io_uring_queue_exit(&p->ring);
 		p->ring_ok = false;

@@ -61,8 +61,8 @@ static int io_begin(tls_chan *t)
 static int tls_open(tm_io *io, GError **error)
 {
 	g_set_error(error, TM_ERROR, EINVAL,
-		    "channel %u: TLS wraps another I/O handle: open the channel with a byte mover, "
-		    "then call tm_tls_wrap()", io->id);
+		    "%s: TLS wraps another I/O handle: open the channel with a byte mover, "
+		    "then call tm_tls_wrap()", io->label);
 	return -EINVAL;
 }
 
@@ -235,8 +235,8 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 	tm_io *inner = *io;
 
 	if (inner->ops == &tm_transport_tls) {
-		g_set_error(error, TM_ERROR, EALREADY, "channel %u: TLS is already running",
-			    inner->id);
+		g_set_error(error, TM_ERROR, EALREADY, "%s: TLS is already running",
+			    inner->label);
 		return -EALREADY;
 	}
 	tls_chan *t = g_new0(tls_chan, 1);
@@ -251,7 +251,7 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 		tls_release(t);
 		g_free(t);
 		ERR_clear_error();
-		g_set_error(error, TM_ERROR, ENOMEM, "channel %u: TLS: out of memory", inner->id);
+		g_set_error(error, TM_ERROR, ENOMEM, "%s: TLS: out of memory", inner->label);
 		return -ENOMEM;
 	}
 	t->out = g_malloc(TM_TLS_OUT);
@@ -264,8 +264,8 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 			tls_release(t);
 			g_free(t);
 			ERR_clear_error();
-			g_set_error(error, TM_ERROR, EINVAL, "channel %u: TLS: cannot set up the check "
-				    "of the receiver's certificate against '%s'", inner->id,
+			g_set_error(error, TM_ERROR, EINVAL, "%s: TLS: cannot set up the check "
+				    "of the receiver's certificate against '%s'", inner->label,
 				    ctx->hostname);
 			return -EINVAL;
 		}
@@ -283,14 +283,14 @@ int tm_tls_wrap(tm_tls_ctx *ctx, tm_io **io, GError **error)
 	int r = handshake(t);
 	t->handshaking = false;
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", inner->id,
+		g_set_error(error, TM_ERROR, -r, "%s: TLS handshake: %s", inner->label,
 			    t->err_msg);
 		tls_release(t);
 		g_free(t);
 		return r;
 	}
 	if ((r = pick_engine(t)) < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS handshake: %s", inner->id,
+		g_set_error(error, TM_ERROR, -r, "%s: TLS handshake: %s", inner->label,
 			    t->err_msg);
 		tls_release(t);
 		g_free(t);
@@ -319,7 +319,7 @@ int tm_tls_close_notify(tm_io *io, GError **error)
 		r = t->tx_engine->close_notify(t);
 	}
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", io->id,
+		g_set_error(error, TM_ERROR, -r, "%s: TLS close: %s", io->label,
 			    t->err_msg ? t->err_msg : g_strerror(-r));
 		return r;
 	}
@@ -333,8 +333,8 @@ int tm_tls_shutdown(tm_io *io, GError **error)
 	tls_chan *t = io->priv;
 	int r = io_begin(t);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: the session already failed%s%s",
-			    io->id, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
+		g_set_error(error, TM_ERROR, -r, "%s: TLS close: the session already failed%s%s",
+			    io->label, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");
 		return r;
 	}
 	t->want = 0;
@@ -347,7 +347,7 @@ int tm_tls_shutdown(tm_io *io, GError **error)
 	if (r == 0)
 		r = t->rx_engine->await_close(t);
 	if (r < 0) {
-		g_set_error(error, TM_ERROR, -r, "channel %u: TLS close: %s", io->id, t->err_msg);
+		g_set_error(error, TM_ERROR, -r, "%s: TLS close: %s", io->label, t->err_msg);
 		return r;
 	}
 	return 0;
