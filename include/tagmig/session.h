@@ -141,7 +141,8 @@ TM_EXPORT int tm_sender_queue_bitmap(tm_sender *sender, unsigned block, const ui
  * End-of-round barrier: returns 0 once every page queued before the call has been written into
  * the receiver's RAM with its tags and marked present there, or -errno on failure of any channel.
  * A round with nothing queued since the last one, which is complete, completes at once: no SYNC
- * goes to the network (before postcopy).
+ * goes to the network (before postcopy, and while no connection is being resumed: then the
+ * round waits for the resume, or fails with it, as any round does).
  */
 TM_EXPORT int tm_sender_sync(tm_sender *sender, GError **error);
 
