@@ -320,31 +320,49 @@ static void test_sender_without(void)
 }
 
 /*
+ * A session whose proxy lets no connection through once it cut one: the sender's resume deadline
+ * 1 s, the receiver's 3 s + its timeout_ms 2 s (reset by unreachable_end). Connected, every page
+ * queued.
+ */
+static void unreachable_start(run *t)
+{
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+
+	rig_recv_timeout_ms = 2000; /* read by the receiver's thread: reset after the join */
+	run_start(t, &lc, 3000);
+	t->px.refuse_after = true;
+	g_assert_cmpint(run_connect(t), ==, 0);
+	g_assert_cmpint(run_queue_all(t), ==, 0);
+}
+
+/* The sender failed (t->r) within 10 s of t0, its deadline passed; the receiver joined. */
+static void unreachable_end(run *t, int64_t t0)
+{
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	rpeer_join(&t->p);
+	rig_recv_timeout_ms = 20000;
+	g_assert_cmpint(t->r, <, 0);
+	g_test_message("sender (%.2f s): %s", secs, t->err->message);
+	g_assert_nonnull(strstr(t->err->message, "could not resume within"));
+	g_assert_cmpfloat(secs, <, 10.0);
+}
+
+/*
  * The proxy refuses every connection after the cut: the sender gives up after its deadline
  * (1 s), naming the control connection; the receiver after its own (3 s) + its timeout_ms (2 s).
  */
 static void test_deadline(void)
 {
 	run t;
-	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
 
-	rig_recv_timeout_ms = 2000; /* read by the receiver's thread: reset after the join */
-	run_start(&t, &lc, 3000);
-	t.px.refuse_after = true;
-	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(run_queue_all(&t), ==, 0);
+	unreachable_start(&t);
 	int64_t t0 = g_get_monotonic_time();
 	proxy_arm(&t.px, CONTROL, 0);
 	t.r = tm_sender_sync(t.s, &t.err);
 	if (t.r == 0)
 		t.r = tm_sender_finish(t.s, &t.err);
-	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
-	rpeer_join(&t.p);
-	rig_recv_timeout_ms = 20000;
-	g_assert_cmpint(t.r, <, 0);
-	g_test_message("sender (%.1f s): %s", secs, t.err->message);
+	unreachable_end(&t, t0);
 	g_assert_nonnull(strstr(t.err->message, "control: could not resume within"));
-	g_assert_cmpfloat(secs, <, 10.0);
 	g_assert_cmpuint(t.px.refused, >, 0);
 	g_assert_cmpint(t.p.ret, <, 0);
 	g_test_message("receiver (%.1f s): %s", t.p.secs, t.p.error->message);
@@ -362,13 +380,8 @@ static void test_deadline(void)
 static void test_empty_round_while_resuming(void)
 {
 	run t;
-	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
 
-	rig_recv_timeout_ms = 2000; /* read by the receiver's thread: reset after the join */
-	run_start(&t, &lc, 3000);
-	t.px.refuse_after = true;
-	g_assert_cmpint(run_connect(&t), ==, 0);
-	g_assert_cmpint(run_queue_all(&t), ==, 0);
+	unreachable_start(&t);
 	g_assert_cmpint(tm_sender_sync(t.s, &t.err), ==, 0);
 	proxy_arm_next(&t.px, 0, 0); /* data 0 right after control */
 	proxy_arm(&t.px, CONTROL, 0);
@@ -377,13 +390,7 @@ static void test_empty_round_while_resuming(void)
 	g_usleep(50000); /* the sender's control thread sees its close */
 	int64_t t0 = g_get_monotonic_time();
 	t.r = tm_sender_sync(t.s, &t.err);
-	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
-	rpeer_join(&t.p);
-	rig_recv_timeout_ms = 20000;
-	g_assert_cmpint(t.r, <, 0);
-	g_test_message("sender (%.2f s): %s", secs, t.err->message);
-	g_assert_nonnull(strstr(t.err->message, "could not resume within"));
-	g_assert_cmpfloat(secs, <, 10.0);
+	unreachable_end(&t, t0);
 	run_end(&t);
 }
 
