@@ -366,7 +366,10 @@ int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GErr
 		struct pollfd p = { .fd = ch->fd, .events = POLLIN };
 		int64_t left = until - g_get_monotonic_time();
 		tm_frame f;
-		if (left <= 0 || poll(&p, 1, (int)((left + 999) / 1000)) <= 0)
+		/* What a TLS layer holds already is there without a poll (read with the frame
+		 * passed over, say). */
+		if (!tm_io_readable(ch->io) &&
+		    (left <= 0 || poll(&p, 1, (int)((left + 999) / 1000)) <= 0))
 			return 0;
 		g_autoptr(GError) local = NULL;
 		if (tm_chan_recv_frame(ch, packet_size, &f, &local) < 0)

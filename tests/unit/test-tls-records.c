@@ -17,6 +17,8 @@
 
 #include <openssl/ssl.h>
 
+#include "codec/codec.h"
+#include "codec/delta-wire.h"
 #include "tls-fixture.h"
 #include "transport/tls/tls-internal.h"
 
@@ -716,10 +718,40 @@ static void test_readable(void)
 	readable_case(false);
 }
 
+/*
+ * A receiver's DELTA_NACK and ERROR in one record, its connection still open: the sender's look
+ * for the reason (tm_chan_peer_error) takes the NACK, and finds the ERROR in what the record
+ * layer holds already, without waiting for the socket, where nothing more comes.
+ */
+static void test_peer_error_buffered(void)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	const uint32_t pages[1] = { 3 }, reasons[1] = { 1 };
+	g_autoptr(GError) err = NULL;
+	uint8_t buf[128 + TM_MAX_ERROR_MESSAGE];
+	tm_chan c, s;
+
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	c.version = s.version = TM_WIRE_VERSION_2;
+	size_t n = tm_delta_nack_encode(buf, TM_WIRE_VERSION_2, 0, 0, pages, reasons, 1);
+	n += tm_error_encode_v(buf + n, TM_WIRE_VERSION_2, 1, EIO, "disk on fire");
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	g_assert_cmpint(tm_io_send(s.io, &v, 1, n), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_chan_peer_error(&c, 64 << 10, "receiver failed", &err), ==, -EIO);
+	g_assert_nonnull(strstr(err->message, "disk on fire"));
+	g_assert_cmpint(g_get_monotonic_time() - t0, <, 500000); /* not the poll's second */
+	tm_chan_close(&c);
+	tm_chan_close(&s);
+}
+
 int main(int argc, char **argv)
 {
 	static const tls_test tests[] = {
 		{ "readable", test_readable },
+		{ "peer-error-buffered", test_peer_error_buffered },
 		{ "records-interop", test_records_interop },
 		{ "key-update", test_key_update },
 		{ "openssl-sender", test_openssl_sender },
