@@ -41,10 +41,10 @@ void tm_chan_set_id(tm_chan *ch, unsigned id)
 		memcpy(l->label, ch->label, sizeof(l->label));
 }
 
-void tm_chan_set_control(tm_chan *ch)
+void tm_chan_set_control(tm_chan *ch, const char *name)
 {
 	ch->id = 0;
-	g_strlcpy(ch->label, "control", sizeof(ch->label));
+	g_strlcpy(ch->label, name, sizeof(ch->label));
 	for (tm_io *l = ch->io; l; l = l->inner)
 		memcpy(l->label, ch->label, sizeof(l->label));
 }

@@ -82,8 +82,9 @@ void tm_chan_close(tm_chan *ch);
 
 /* Gives ch (and its I/O handle, for the handle's messages) the channel number id. */
 void tm_chan_set_id(tm_chan *ch, unsigned id);
-/* Makes ch the control connection of a protocol 2 session ("control" in messages). */
-void tm_chan_set_control(tm_chan *ch);
+/* Makes ch a connection of a protocol 2 session beside its data channels, number 0, called name
+ * in its messages and its I/O handle's: "control" or "urgent". */
+void tm_chan_set_control(tm_chan *ch, const char *name);
 
 /* Changes how long a single blocked read or write of ch may take. */
 void tm_chan_set_timeout(tm_chan *ch, unsigned timeout_ms);

@@ -366,11 +366,10 @@ int tm_receiver_place_hello(tm_receiver *r, tm_hs_result *res, bool *ret_strange
 	if (h.role == TM_ROLE_CONTROL) {
 		/* Control messages are small: the sockets byte mover would do, but the
 		 * connection is open already on the configured one; it is only read once. */
-		tm_chan_set_control(&tmp);
+		tm_chan_set_control(&tmp, "control");
 	} else if (h.role == TM_ROLE_URGENT) {
 		/* Postcopy offered; whether it is accepted, HELLO_ACK says (start). */
-		tm_chan_set_control(&tmp);
-		g_strlcpy(tmp.label, "urgent", sizeof(tmp.label));
+		tm_chan_set_control(&tmp, "urgent");
 	} else {
 		tm_chan_set_id(&tmp, id);
 	}

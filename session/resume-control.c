@@ -200,7 +200,7 @@ static void adopt(tm_control *c, tm_chan *ch, const tm_counters *st,
 	c->ch->st = *st;
 	c->ch->io_closed = *io_closed;
 	c->ch->version = TM_WIRE_VERSION_2;
-	tm_chan_set_control(c->ch);
+	tm_chan_set_control(c->ch, "control");
 }
 
 /* Waits ms or until the session quits (owner's lock held). Returns whether it quit. */
@@ -256,7 +256,7 @@ static int send_attempt(tm_control *c, tm_chan *ch, int64_t deadline, unsigned a
 	if ((r = tm_resume_attempt_open(s, TM_RECONNECT_CONTROL, deadline, ch, 0,
 					&tm_transport_socket, &ioc, error)) < 0)
 		return r;
-	tm_chan_set_control(ch);
+	tm_chan_set_control(ch, "control");
 	/* A failure or cancel meanwhile shuts it down. */
 	if ((r = tm_resume_attempt_claim(ch, c->lock, c->quit, &cr->busy_fd, ch->fd, error)) < 0)
 		return r;

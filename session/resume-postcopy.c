@@ -362,8 +362,7 @@ static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, uint32_t 
 	if ((r = tm_resume_attempt_open(s, TM_RECONNECT_URGENT, deadline, ch, 0,
 					&tm_transport_socket, &ioc, error)) < 0)
 		return r;
-	tm_chan_set_control(ch);
-	g_strlcpy(ch->label, "urgent", sizeof(ch->label));
+	tm_chan_set_control(ch, "urgent");
 	/* A failure or cancel shuts it down (urg_busy is the fd + 1). */
 	if ((r = tm_resume_attempt_claim(ch, &s->lock, &s->quit, &s->pc.urg_busy, ch->fd + 1,
 					 error)) < 0)
@@ -532,8 +531,7 @@ int tm_pcresume_recv_take_urgent(tm_receiver *r, tm_chan *ch, uint32_t epoch)
 
 	ch->setup_deadline_us = 0;
 	tm_io_set_deadline(ch->io, 0);
-	tm_chan_set_control(ch);
-	g_strlcpy(ch->label, "urgent", sizeof(ch->label));
+	tm_chan_set_control(ch, "urgent");
 	ch->version = TM_WIRE_VERSION_2;
 	g_mutex_lock(&r->lock);
 	if (r->quit) {

@@ -302,19 +302,11 @@ int tm_sender_open_connection(tm_sender *s, int fd, unsigned id, GError **error)
 		return -ECANCELED;
 	}
 	if (r >= 0 && control)
-		tm_chan_set_control(ch);
-	if (r >= 0 && urgent)
-		g_strlcpy(ch->label, "urgent", sizeof(ch->label));
+		tm_chan_set_control(ch, urgent ? "urgent" : "control");
 	if (r >= 0) /* the TLS handshake has a total deadline, as the receiver's (accept.c) */
 		tm_io_set_deadline(ch->io, tm_setup_handshake_deadline(s));
-	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0) {
-		/* The byte mover knows control and urgent as id 0: name them. */
-		if (control && g_str_has_prefix((*error)->message, "channel 0: ")) {
-			g_autofree char *m = (*error)->message;
-			(*error)->message = g_strdup_printf("%s: %s", ch->label, m + strlen("channel 0: "));
-		}
+	if (r >= 0 && s->tls && (r = tm_tls_wrap(s->tls, &ch->io, error)) < 0)
 		tm_chan_close(ch);
-	}
 	if (r < 0)
 		return r;
 	tm_io_set_deadline(ch->io, 0);

@@ -541,21 +541,25 @@ static void test_plaintext_peer(void)
 			"channel 2: TLS handshake: the receiver is not speaking TLS: it sent a "
 			"plaintext tagmig message (is TLS configured on both sides?)");
 
-	/* The control connection is "control" in the words, not the channel number it shares
-	 * with data channel 0 (a reconnect's last error said "channel 0" for it). */
-	g_clear_error(&err);
-	pp = (plain_peer){ 0 };
-	loopback_pair(&fd, &pp.fd);
-	chan_open(&ch, fd, 0);
-	tm_chan_set_control(&ch);
-	th = g_thread_new("plain-server", plain_server_fn, &pp);
-	r = tm_tls_wrap(cctx, &ch.io, &err);
-	tm_chan_close(&ch);
-	g_thread_join(th);
-	close(pp.fd);
-	g_test_message("TLS control: %s", err ? err->message : "(no error)");
-	g_assert_cmpint(r, ==, -EPROTO);
-	g_assert_true(g_str_has_prefix(err->message, "control: TLS handshake: "));
+	/* The control and urgent connections are named in the words, not by the channel number
+	 * they share with data channel 0 (a reconnect's last error said "channel 0" for control). */
+	for (int k = 0; k < 2; k++) {
+		const char *name = k ? "urgent" : "control";
+		g_clear_error(&err);
+		pp = (plain_peer){ 0 };
+		loopback_pair(&fd, &pp.fd);
+		chan_open(&ch, fd, 0);
+		tm_chan_set_control(&ch, name);
+		th = g_thread_new("plain-server", plain_server_fn, &pp);
+		r = tm_tls_wrap(cctx, &ch.io, &err);
+		tm_chan_close(&ch);
+		g_thread_join(th);
+		close(pp.fd);
+		g_test_message("TLS %s: %s", name, err ? err->message : "(no error)");
+		g_assert_cmpint(r, ==, -EPROTO);
+		g_autofree char *want = g_strdup_printf("%s: TLS handshake: ", name);
+		g_assert_true(g_str_has_prefix(err->message, want));
+	}
 
 	/* and a peer that sends something else entirely */
 	uint8_t junk[5] = { 'G', 'E', 'T', ' ', '/' };
