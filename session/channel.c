@@ -362,7 +362,8 @@ int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GErr
 	 * A TCP reset does not discard what already arrived: the peer's ERROR is still readable,
 	 * maybe behind what it said before (a DELTA_NACK no one read yet), which is passed over.
 	 */
-	for (unsigned k = 0; k < TM_PEER_ERROR_FRAMES && ch->io; k++) {
+	unsigned most = ch->version ? TM_PEER_ERROR_FRAMES : 1; /* a handshake: its answer or ERROR */
+	for (unsigned k = 0; k < most && ch->io; k++) {
 		struct pollfd p = { .fd = ch->fd, .events = POLLIN };
 		int64_t left = until - g_get_monotonic_time();
 		tm_frame f;

@@ -154,9 +154,10 @@ bool tm_chan_broke(const tm_chan *ch);
 
 /*
  * After a send failed because the peer went away: waits up to a second for an ERROR the peer
- * sent before closing and turns it into *error (returns -code), else returns 0. Up to
- * TM_PEER_ERROR_FRAMES frames before it that nobody read are passed over (packet_size: the
- * session's, which bounds their bodies; 0 before the handshake).
+ * sent before closing and turns it into *error (returns -code), else returns 0. In a session
+ * (ch->version set), up to TM_PEER_ERROR_FRAMES frames before it that nobody read are passed over
+ * (packet_size: the session's, which bounds their bodies); in a handshake only the first frame
+ * is looked at (an answer there means the refusal is elsewhere).
  */
 int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GError **error);
 
