@@ -371,12 +371,15 @@ static void test_cut_before_refused_sync_ack(void)
 /*
  * Deltas on, one channel. Round 2 changes every page and queues page X a second time behind the
  * whole block (its last page: both of its DELTAs leave at the round's end), and the destination's
- * copy of X is not its base, so both are refused. The connection is cut right before the
- * receiver's first DELTA_NACK, so the sender resumes with DELTAs unanswered and sends every page
- * of the round whole again (the redo), X twice among them. tm_sender_sync() must return only
- * with the destination equal to the source, and the session must end bit for bit.
+ * copy of X is not its base, so both are refused. nack_read false: the connection is cut right
+ * before the receiver's first DELTA_NACK, so the sender resumes with DELTAs unanswered and sends
+ * every page of the round whole again (the redo), X twice among them. nack_read true: the first
+ * DELTA_NACK reaches the sender (X waits to be re-sent, or went) and the sender's next bytes are
+ * the cut, so the replay meets a refusal already taken and X's whole copy in the log (a redo when
+ * DELTAs were still unanswered, else not). Either way tm_sender_sync() must return only with the
+ * destination equal to the source, and the session must end bit for bit.
  */
-static void test_cut_redo_repeated_page(void)
+static void cut_redo_repeated_page(bool nack_read)
 {
 	rig t;
 	tm_delta_stats ds;
@@ -389,11 +392,30 @@ static void test_cut_redo_repeated_page(void)
 	}
 	tm_sender *s = delta_round_two(&t);
 	t.dst.ram[0][x * 4096 + 7] ^= 0x5a;
-	proxy_arm_frame(&t.px, conn_of(0), TM_MSG_DELTA_NACK, false);
+	if (nack_read) {
+		g_mutex_lock(&t.px.lock);
+		t.px.cut_conn = conn_of(0);
+		t.px.cut_reply_to = TM_MSG_DELTA_NACK;
+		g_mutex_unlock(&t.px.lock);
+	} else {
+		proxy_arm_frame(&t.px, conn_of(0), TM_MSG_DELTA_NACK, false);
+	}
 	queue_all(s);
 	g_assert_cmpint(tm_sender_queue_pages(s, 0, &x, 1, &err), ==, 0);
 	sync_through_cut(&t, s, &ds);
 	g_assert_cmpuint(ds.pages, >=, np + 1); /* the round, X twice, went before the cut */
+	if (nack_read)
+		g_assert_cmpuint(ds.refused, >=, 1); /* the NACK that passed was read */
+}
+
+static void test_cut_redo_repeated_page(void)
+{
+	cut_redo_repeated_page(false);
+}
+
+static void test_cut_redo_after_nack(void)
+{
+	cut_redo_repeated_page(true);
 }
 
 /*
@@ -838,6 +860,7 @@ int main(int argc, char **argv)
 		{ "resume/cut-after-refused-sync", test_cut_after_refused_sync, false },
 		{ "resume/cut-before-refused-sync-ack", test_cut_before_refused_sync_ack, false },
 		{ "resume/cut-redo-repeated-page", test_cut_redo_repeated_page, false },
+		{ "resume/cut-redo-after-nack", test_cut_redo_after_nack, false },
 		{ "resume/syncs-never-sent", test_syncs_never_sent, false },
 		{ "resume/syncs-below-acked", test_syncs_below_acked, false },
 		{ "resume/cut-in-state", test_cut_in_state, false },
