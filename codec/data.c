@@ -11,6 +11,7 @@
 
 #include "codec/codec.h"
 #include "common/escape.h"
+#include "common/guest-buf.h"
 #include "common/stream-copy.h"
 #include "tagmig/error.h"
 
@@ -363,7 +364,7 @@ void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size)
 	plan->tags = g_malloc(packet_size / TM_TAG_GRANULE);
 	/* One run per page when no two pages are adjacent, and the tags. */
 	plan->iov = g_new(struct iovec, max_pages + 1);
-	plan->stage = g_malloc(packet_size);
+	plan->stage = tm_guest_buf_new(packet_size);
 	plan->stage_runs = g_new(tm_stage_run, max_pages);
 	plan->packet_size = packet_size;
 }
@@ -377,14 +378,10 @@ void tm_recv_plan_fini(tm_recv_plan *plan)
 	g_free(plan->tag_payload);
 	g_free(plan->tags);
 	g_free(plan->iov);
-	/* Guest memory (with TLS: decrypted) does not outlive the channel in our buffers. */
-	if (plan->stage)
-		explicit_bzero(plan->stage, plan->packet_size);
-	if (plan->zbuf)
-		explicit_bzero(plan->zbuf, plan->packet_size);
-	g_free(plan->stage);
+	/* Guest memory (with TLS: decrypted) does not outlive the channel: unmapped. */
+	tm_guest_buf_free(plan->stage, plan->packet_size);
 	g_free(plan->stage_runs);
-	g_free(plan->zbuf);
+	tm_guest_buf_free(plan->zbuf, plan->packet_size);
 	g_free(plan->zpages);
 	memset(plan, 0, sizeof(*plan));
 }
@@ -557,9 +554,7 @@ void tm_packet_fini(tm_packet *pkt)
 	g_free(pkt->hdr);
 	g_free(pkt->tagbuf);
 	g_free(pkt->iov);
-	if (pkt->zbuf) /* compressed guest memory: as tm_recv_plan_fini */
-		explicit_bzero(pkt->zbuf, pkt->zcap);
-	g_free(pkt->zbuf);
+	tm_guest_buf_free(pkt->zbuf, pkt->zcap); /* compressed guest memory: as tm_recv_plan_fini */
 	g_free(pkt->zpages);
 	memset(pkt, 0, sizeof(*pkt));
 }

@@ -12,6 +12,7 @@
 
 #include "codec/codec.h"
 #include "codec/compress.h"
+#include "common/guest-buf.h"
 #include "tagmig/error.h"
 
 static uint32_t codec_feature(uint8_t codec)
@@ -71,7 +72,7 @@ int tm_recv_plan_zheader(tm_recv_plan *plan, GError **error)
 	plan->zlen = zlen;
 	plan->body_len = rest;
 	if (!plan->zbuf) {
-		plan->zbuf = g_malloc(plan->packet_size);
+		plan->zbuf = tm_guest_buf_new(plan->packet_size);
 		plan->zpages = g_new(uint8_t *, plan->max_entries);
 	}
 	return TM_DATA_HDR_LEN;
@@ -127,7 +128,7 @@ ssize_t tm_packet_compress(tm_packet *pkt, tm_zctx *z, uint8_t codec, int level,
 		return 0;
 	if (!pkt->zbuf) {
 		pkt->zcap = tm_zctx_bound(z);
-		pkt->zbuf = g_malloc(pkt->zcap);
+		pkt->zbuf = tm_guest_buf_new(pkt->zcap);
 		/* As many page pointers as 4 KiB pages fit: the most any page size needs. */
 		pkt->zpages = g_new(uint8_t *, pkt->iov_cap);
 	}
