@@ -55,5 +55,8 @@ void tm_guest_buf_free(void *buf, size_t len)
 		return;
 	size_t pg = page_bytes(), map_len = mapped_len(len);
 	uint8_t *end = (uint8_t *)buf + span_of(len); /* the upper guard page */
-	munmap(end + pg - map_len, map_len);
+	/* A wrong len would unmap someone else's memory: at least it must end on a page. */
+	g_assert((uintptr_t)end % pg == 0);
+	int r = munmap(end + pg - map_len, map_len);
+	g_assert(r == 0);
 }
