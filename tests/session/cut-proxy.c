@@ -65,6 +65,14 @@ void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender)
 	g_mutex_unlock(&p->lock);
 }
 
+void proxy_arm_reply(cut_proxy *p, int conn, uint8_t type)
+{
+	g_mutex_lock(&p->lock);
+	p->cut_conn = conn;
+	p->cut_reply_to = type;
+	g_mutex_unlock(&p->lock);
+}
+
 void proxy_arm_hold_to_end(cut_proxy *p, int conn)
 {
 	g_mutex_lock(&p->lock);

@@ -63,6 +63,9 @@ void proxy_stop(cut_proxy *p);
 void proxy_arm(cut_proxy *p, int conn, uint64_t more_bytes);
 /* Cuts connection conn right before a frame of type from the sender (or the receiver). */
 void proxy_arm_frame(cut_proxy *p, int conn, uint8_t type, bool from_sender);
+/* Passes the receiver's first frame of type on conn, then cuts instead of passing the sender's
+ * next bytes (plaintext). */
+void proxy_arm_reply(cut_proxy *p, int conn, uint8_t type);
 /* From now on holds conn's sender bytes until END, then cuts before the first STATE (above). */
 void proxy_arm_hold_to_end(cut_proxy *p, int conn);
 /* Once the armed cut came, cuts connection conn (accept index; a reconnect's may not exist yet)

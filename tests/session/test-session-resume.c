@@ -345,14 +345,10 @@ static void cut_refused_sync(bool after_ack)
 	tm_sender *s = delta_round_two(&t);
 	for (uint64_t i = after_ack ? np - 8 : 0; i < np; i += after_ack ? 1 : 16)
 		t.dst.ram[0][i * 4096 + 7] ^= 0x5a;
-	if (after_ack) {
-		g_mutex_lock(&t.px.lock);
-		t.px.cut_conn = conn_of(0);
-		t.px.cut_reply_to = TM_MSG_SYNC_ACK;
-		g_mutex_unlock(&t.px.lock);
-	} else {
+	if (after_ack)
+		proxy_arm_reply(&t.px, conn_of(0), TM_MSG_SYNC_ACK);
+	else
 		proxy_arm_frame(&t.px, conn_of(0), TM_MSG_SYNC_ACK, false);
-	}
 	queue_all(s);
 	sync_through_cut(&t, s, &ds);
 	g_assert_cmpuint(ds.refused, >=, 1);
@@ -392,14 +388,10 @@ static void cut_redo_repeated_page(bool nack_read)
 	}
 	tm_sender *s = delta_round_two(&t);
 	t.dst.ram[0][x * 4096 + 7] ^= 0x5a;
-	if (nack_read) {
-		g_mutex_lock(&t.px.lock);
-		t.px.cut_conn = conn_of(0);
-		t.px.cut_reply_to = TM_MSG_DELTA_NACK;
-		g_mutex_unlock(&t.px.lock);
-	} else {
+	if (nack_read)
+		proxy_arm_reply(&t.px, conn_of(0), TM_MSG_DELTA_NACK);
+	else
 		proxy_arm_frame(&t.px, conn_of(0), TM_MSG_DELTA_NACK, false);
-	}
 	queue_all(s);
 	g_assert_cmpint(tm_sender_queue_pages(s, 0, &x, 1, &err), ==, 0);
 	sync_through_cut(&t, s, &ds);
