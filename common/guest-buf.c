@@ -2,7 +2,6 @@
 /* Mapped buffers for copies of guest memory (guest-buf.h). */
 #include <errno.h>
 #include <stdint.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -10,13 +9,10 @@
 
 #include "common/guest-buf.h"
 
+/* Asked at each call: buffers are taken and freed at setup and teardown only. */
 static size_t page_bytes(void)
 {
-	static size_t page;
-
-	if (!__atomic_load_n(&page, __ATOMIC_RELAXED))
-		__atomic_store_n(&page, (size_t)sysconf(_SC_PAGESIZE), __ATOMIC_RELAXED);
-	return __atomic_load_n(&page, __ATOMIC_RELAXED);
+	return (size_t)sysconf(_SC_PAGESIZE);
 }
 
 /* What the buffer takes before the upper guard page: len, to a whole cache line (aligned). */
