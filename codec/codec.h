@@ -247,7 +247,7 @@ typedef struct tm_recv_plan {
 	unsigned iov_count;      /* data runs plus the tag payload when there is one */
 	size_t payload_len;      /* bytes iov[0..iov_count) covers: data_len + tag_len */
 	uint8_t *block_host;     /* the block's guest RAM (tm_recv_plan_entries) */
-	uint8_t *stage;          /* packet_size bytes (tm_recv_plan_init) */
+	uint8_t *stage;          /* packet_size bytes, backed by tm_recv_plan_init */
 	tm_stage_run *stage_runs; /* [stage_run_count]: where each staged run goes */
 	unsigned stage_run_count;
 	uint32_t packet_size;

@@ -364,7 +364,7 @@ void tm_recv_plan_init(tm_recv_plan *plan, uint32_t packet_size)
 	plan->tags = g_malloc(packet_size / TM_TAG_GRANULE);
 	/* One run per page when no two pages are adjacent, and the tags. */
 	plan->iov = g_new(struct iovec, max_pages + 1);
-	plan->stage = tm_guest_buf_new(packet_size);
+	plan->stage = tm_guest_buf_new_resident(packet_size); /* every round with short runs writes it */
 	plan->stage_runs = g_new(tm_stage_run, max_pages);
 	plan->packet_size = packet_size;
 }

@@ -45,6 +45,19 @@ void *tm_guest_buf_new(size_t len)
 	return m + map_len - pg - span_of(len);
 }
 
+void *tm_guest_buf_new_resident(size_t len)
+{
+	size_t pg = page_bytes(), span = span_of(len);
+	uint8_t *b = tm_guest_buf_new(len);
+	uint8_t *lo = b - ((uintptr_t)b % pg); /* the span's first page: mapped, not a guard */
+
+	/* EINVAL before Linux 5.14: the writes below fault the pages in instead. */
+	(void)madvise(lo, (size_t)(b + span - lo), MADV_POPULATE_WRITE);
+	for (uint8_t *p = lo; p < b + span; p += pg)
+		*(volatile uint8_t *)(p < b ? b : p) = 0;
+	return b;
+}
+
 void tm_guest_buf_free(void *buf, size_t len)
 {
 	if (!buf)
