@@ -7,6 +7,7 @@
 #include "codec/delta-wire.h"
 #include "codec/delta.h"
 #include "common/escape.h"
+#include "common/guest-buf.h"
 #include "tagmig/error.h"
 
 /* The most pages a packet may hold: packet_size of 4 KiB pages. */
@@ -128,7 +129,8 @@ void tm_delta_rx_init(tm_delta_rx *rx, uint32_t packet_size)
 	memset(rx, 0, sizeof(*rx));
 	rx->packet_size = packet_size;
 	rx->max_entries = n;
-	rx->body = g_malloc(tm_delta_max_body(packet_size));
+	/* Deltas carry guest bytes: a mapping of its own, unmapped at fini (guest-buf.h). */
+	rx->body = tm_guest_buf_new(tm_delta_max_body(packet_size));
 	rx->entries = g_new(tm_delta_entry, n);
 	rx->pe = g_new(tm_page_entry, n);
 	rx->tags = g_malloc(packet_size / TM_TAG_GRANULE);
@@ -136,7 +138,7 @@ void tm_delta_rx_init(tm_delta_rx *rx, uint32_t packet_size)
 
 void tm_delta_rx_fini(tm_delta_rx *rx)
 {
-	g_free(rx->body);
+	tm_guest_buf_free(rx->body, tm_delta_max_body(rx->packet_size));
 	g_free(rx->entries);
 	g_free(rx->pe);
 	g_free(rx->tags);

@@ -13,6 +13,7 @@
 #include "codec/delta-wire.h"
 #include "codec/delta.h"
 #include "common/error-internal.h"
+#include "common/guest-buf.h"
 #include "ram/ram-internal.h"
 #include "session/delta.h"
 #include "session/session-internal.h"
@@ -44,7 +45,7 @@ void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size)
 	d->agreed = agreed;
 	/* Out of memory for a context: a ZDELTA is then refused as zstd not agreed would be. */
 	if ((agreed & TM_FEATURE_ZSTD) && tm_zctx_new(packet_size, &d->z, NULL) == 0)
-		d->zbody = g_malloc(tm_zdelta_max_body(packet_size));
+		d->zbody = tm_guest_buf_new(tm_zdelta_max_body(packet_size)); /* as rx.body */
 	__atomic_store_n(&c->dr, d, __ATOMIC_RELEASE);
 }
 
@@ -52,12 +53,12 @@ void tm_drecv_free(tm_drecv *d)
 {
 	if (!d)
 		return;
+	tm_guest_buf_free(d->zbody, tm_zdelta_max_body(d->rx.packet_size));
 	tm_delta_rx_fini(&d->rx);
 	g_free(d->nack_pages);
 	g_free(d->nack_why);
 	g_free(d->nack_buf);
 	tm_zctx_free(d->z);
-	g_free(d->zbody);
 	g_free(d);
 }
 
