@@ -8,7 +8,8 @@
  *          [--sessions 1000] [--dirty 5] [--zerocopy 0|1|-1] [--repeat 3]
  *          [--scattered-rounds 1] [--session-gap 0]
  *
- * Per backend and repeat (the backends alternate, so a slow phase of a shared machine hits both):
+ * Per backend and repeat (the backends alternate, so a slow phase of a shared machine hits both,
+ * and which one goes first alternates from repeat to repeat):
  * one session over a guest of --size random pages (anonymous memory, MADV_HUGEPAGE) runs
  *   full-cold   a full sequential round into a fresh destination (tm_sender_queue_bitmap, sync),
  *               whose memory the host backs (host_prime), as a bare-metal host's would be
@@ -362,7 +363,10 @@ int main(int argc, char **argv)
 	printf("host,kernel,cpus,backend,channels,page_size,repeat,row,value\n");
 	g_autofree double *res = g_new0(double, (size_t)nb * opt_repeat * NROWS);
 	for (unsigned k = 0; k < opt_repeat; k++) {
-		for (unsigned b = 0; b < nb; b++) {
+		for (unsigned i = 0; i < nb; i++) {
+			/* Which backend goes first alternates: a run's order (memory the first one
+			 * freed, a machine warming up) must not favour one backend in the medians. */
+			unsigned b = k % 2 ? nb - 1 - i : i;
 			double *out = res + ((size_t)b * opt_repeat + k) * NROWS;
 			run_one(backends[b], out);
 			for (unsigned r = 0; r < NROWS; r++)
