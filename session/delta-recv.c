@@ -32,6 +32,25 @@ struct tm_drecv {
 	uint64_t pages, page_bytes, wire_bytes, refused_pages, zpackets;
 };
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool no_zctx;
+
+void tm_drecv_test_no_zctx(bool on)
+{
+	__atomic_store_n(&no_zctx, on, __ATOMIC_RELAXED);
+}
+
+static bool test_no_zctx(void)
+{
+	return __atomic_load_n(&no_zctx, __ATOMIC_RELAXED);
+}
+#else
+static bool test_no_zctx(void)
+{
+	return false;
+}
+#endif
+
 void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size)
 {
 	if (!(agreed & TM_FEATURE_DELTA))
@@ -43,8 +62,8 @@ void tm_drecv_setup(recv_chan *c, uint32_t agreed, uint32_t packet_size)
 	d->nack_why = g_new(uint32_t, n);
 	d->nack_buf = g_malloc(TM_FRAME_HDR_LEN + tm_delta_nack_max_body(packet_size));
 	d->agreed = agreed;
-	/* Out of memory for a context: a ZDELTA is then refused as zstd not agreed would be. */
-	if ((agreed & TM_FEATURE_ZSTD) && tm_zctx_new(packet_size, &d->z, NULL) == 0)
+	/* Out of memory for a context: a ZDELTA is then refused (tm_drecv_apply). */
+	if ((agreed & TM_FEATURE_ZSTD) && !test_no_zctx() && tm_zctx_new(packet_size, &d->z, NULL) == 0)
 		d->zbody = tm_guest_buf_new(tm_zdelta_max_body(packet_size)); /* as rx.body */
 	__atomic_store_n(&c->dr, d, __ATOMIC_RELEASE);
 }
@@ -77,6 +96,12 @@ int tm_drecv_apply(recv_chan *c, const tm_frame *f, GError **error)
 							     : "without ZSTD agreed in the handshake");
 		return -EPROTO;
 	}
+	if (zd && !d->zbody) { /* its body would have nowhere to go */
+		g_set_error(error, TM_ERROR, ENOMEM,
+			    "channel %u: ZDELTA: no zstd context on this side (out of memory at "
+			    "setup)", c->ch.id);
+		return -ENOMEM;
+	}
 	/* A ZDELTA's body is read aside; what it stands for is decoded into the DELTA buffer. */
 	if ((ret = tm_chan_recv(&c->ch, zd ? d->zbody : d->rx.body, f->body_len, error)) < 0)
 		return ret;
@@ -86,13 +111,8 @@ int tm_drecv_apply(recv_chan *c, const tm_frame *f, GError **error)
 	const uint8_t *hdr = d->rx.body; /* the DELTA header, for the error's block and page */
 	if (zd) {
 		hdr = d->zbody + TM_ZDELTA_HDR_LEN;
-		if (!d->z) {
-			g_set_error(&why, TM_ERROR, ENOMEM, "ZDELTA: no zstd context (out of memory)");
-			ret = -ENOMEM;
-		} else {
-			ret = tm_zdelta_unpack(d->zbody, f->body_len, &r->hello, d->agreed, d->z,
-					       d->rx.body, &body_len, &why);
-		}
+		ret = tm_zdelta_unpack(d->zbody, f->body_len, &r->hello, d->agreed, d->z,
+				       d->rx.body, &body_len, &why); /* d->z is set with zbody */
 		if (ret < 0 && f->body_len >= TM_ZDELTA_HDR_LEN + TM_DELTA_HDR_LEN + 4)
 			first = tm_get32(hdr + TM_DELTA_HDR_LEN);
 	}

@@ -165,4 +165,9 @@ void tm_drecv_free(tm_drecv *d);
  */
 int tm_drecv_apply(recv_chan *c, const tm_frame *f, GError **error);
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/* Tests: tm_drecv_setup() acts as if no zstd context could be had (out of memory), while on. */
+void tm_drecv_test_no_zctx(bool on);
+#endif
+
 G_END_DECLS
