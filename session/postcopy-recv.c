@@ -17,6 +17,7 @@
 
 #include "common/error-internal.h"
 #include "common/escape.h"
+#include "common/guest-buf.h"
 #include "common/uffd-internal.h"
 #include "ram/ram-internal.h"
 #include "session/drop-pages.h"
@@ -470,7 +471,8 @@ struct pc_bounce {
 	uint8_t head[TM_DATA_HDR_LEN];
 	uint8_t *raw;            /* entries as received */
 	tm_page_entry *entries;
-	uint8_t *data;           /* one page_size slot per entry */
+	uint8_t *data;           /* one page_size slot per entry: data_len bytes, a guest-buf */
+	uint32_t data_len;
 	uint8_t *zero;           /* per entry: its data is zero */
 	uint8_t *tag_payload;
 	uint8_t *tags;           /* one byte per granule, every page in entry order */
@@ -485,7 +487,8 @@ pc_bounce *tm_pc_bounce_new(uint32_t packet_size)
 	b->max_entries = packet_size / 4096 + 1;
 	b->raw = g_malloc((size_t)b->max_entries * TM_PAGE_ENTRY_LEN);
 	b->entries = g_new(tm_page_entry, b->max_entries);
-	b->data = g_malloc(packet_size);
+	b->data_len = packet_size;
+	b->data = tm_guest_buf_new(packet_size); /* guest bytes: unmapped at free (guest-buf.h) */
 	b->zero = g_malloc(b->max_entries);
 	b->tag_payload = g_malloc(packet_size / 32 + 1);
 	b->tags = g_malloc(packet_size / TM_TAG_GRANULE + 1);
@@ -499,7 +502,7 @@ void tm_pc_bounce_free(pc_bounce *b)
 		return;
 	g_free(b->raw);
 	g_free(b->entries);
-	g_free(b->data);
+	tm_guest_buf_free(b->data, b->data_len);
 	g_free(b->zero);
 	g_free(b->tag_payload);
 	g_free(b->tags);

@@ -109,7 +109,7 @@ static void test_resident(void)
 		long faults = minor_faults() - before;
 		g_test_message("%zu bytes: %ld minor faults reading and writing all of it", len,
 			       faults);
-		g_assert_cmpint(faults, <=, 1); /* 129 pages at the most */
+		g_assert_cmpint(faults, <=, 1); /* 129 pages of 4 KiB at the most */
 		tm_guest_buf_free(b, len);
 		g_assert_false(mapped(b, len));
 	}
