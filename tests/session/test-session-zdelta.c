@@ -31,6 +31,24 @@ static void sum(tm_sender *s, tm_receiver *r, tm_delta_stats *ret)
 	}
 }
 
+/* A session into dst's peer p, with deltas always and compress, its channels connected. */
+static tm_sender *connect_to(guest *src, guest *dst, peer *p, uint32_t compress)
+{
+	g_autoptr(GError) err = NULL;
+	tm_sender *s = NULL;
+
+	g_autofree char *port = peer_start_ex(p, dst, false, 0);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = CHANNELS, .packet_size = 256 << 10,
+				 .timeout_ms = 20000 };
+	tm_live_config live = { .size = sizeof(live), .compress = compress,
+				.delta_cache_bytes = 4 << 20, .delta_policy = TM_DELTA_ALWAYS };
+	g_assert_cmpint(tm_sender_new(src->layout, src->tags, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	return s;
+}
+
 static void migrate(uint32_t compress, tm_delta_stats *ret_s, tm_delta_stats *ret_r)
 {
 	const block_spec spec[] = { { "pc.ram", 2 << 20, 4096 } };
@@ -44,15 +62,7 @@ static void migrate(uint32_t compress, tm_delta_stats *ret_s, tm_delta_stats *re
 	guest_init(&dst, spec, 1, true);
 	for (uint64_t i = 0; i < np; i++)
 		fill_page(&src, 0, i, 0); /* random data and tags */
-	g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-				 .channels = CHANNELS, .packet_size = 256 << 10,
-				 .timeout_ms = 20000 };
-	tm_live_config live = { .size = sizeof(live), .compress = compress,
-				.delta_cache_bytes = 4 << 20, .delta_policy = TM_DELTA_ALWAYS };
-	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
-	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	s = connect_to(&src, &dst, &p, compress);
 	g_autofree uint64_t *bm = g_new(uint64_t, (np + 63) / 64);
 	for (int round = 0; round < 2; round++) {
 		if (round)
@@ -133,15 +143,7 @@ static void test_no_context(void)
 	for (uint64_t i = 0; i < np; i++)
 		fill_page(&src, 0, i, 0);
 	tm_drecv_test_no_zctx(true);
-	g_autofree char *port = peer_start_ex(&p, &dst, false, 0);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
-				 .channels = CHANNELS, .packet_size = 256 << 10,
-				 .timeout_ms = 20000 };
-	tm_live_config live = { .size = sizeof(live), .compress = TM_COMPRESS_ZSTD,
-				.delta_cache_bytes = 4 << 20, .delta_policy = TM_DELTA_ALWAYS };
-	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
-	g_assert_cmpint(tm_sender_set_live(s, &live, &err), ==, 0);
-	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
+	s = connect_to(&src, &dst, &p, TM_COMPRESS_ZSTD);
 	g_autofree uint64_t *bm = g_new(uint64_t, (np + 63) / 64);
 	memset(bm, 0xff, (np + 63) / 64 * 8);
 	int r = 0;
