@@ -264,10 +264,31 @@ static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError *
 
 /* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead:
  * resumed when resume was agreed, else the session fails. */
+/* Data connections the other end closed or reset: their owner is told (link_closed). */
+static void check_closed(tm_control *c)
+{
+	struct pollfd p[TM_MAX_CHANNELS];
+	uint32_t epochs[TM_MAX_CHANNELS];
+	unsigned n = MIN(c->ndata, TM_MAX_CHANNELS);
+
+	for (unsigned i = 0; i < n; i++) {
+		epochs[i] = __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED);
+		p[i] = (struct pollfd){ .fd = __atomic_load_n(&c->data_fds[i], __ATOMIC_RELAXED),
+					.events = POLLRDHUP };
+	}
+	if (poll(p, n, 0) <= 0)
+		return;
+	for (unsigned i = 0; i < n; i++)
+		if (p[i].fd >= 0 && (p[i].revents & (POLLRDHUP | POLLHUP | POLLERR)))
+			c->link_closed(c->owner, i, p[i].fd, epochs[i]);
+}
+
 static int check_links(loop *l, GError **error)
 {
 	tm_control *c = l->c;
 
+	if (c->link_closed && c->ndata)
+		check_closed(c);
 	for (unsigned i = 0; i < c->ndata; i++) {
 		uint32_t unacked, age;
 		uint32_t epoch = __atomic_load_n(&c->data_epochs[i], __ATOMIC_RELAXED);

@@ -71,6 +71,10 @@ typedef struct tm_control {
 	 * reconnect is under way or fd is no longer the channel's); false: the session fails.
 	 * Takes the owner's lock; never blocks. */
 	bool (*link_dead)(void *owner, unsigned chan, int fd, uint32_t epoch);
+	/* sender, optional (resume-send.c): data channel chan's connection fd (of that epoch) was
+	 * closed or reset by the other end, seen at a tick while nothing may read it: its worker,
+	 * if parked, resumes it now. Takes the owner's lock; never blocks. */
+	void (*link_closed)(void *owner, unsigned chan, int fd, uint32_t epoch);
 	/* CONN_LOST agreed (the HELLO_ACKs; before tm_control_start, read-only after) */
 	bool conn_lost;
 	/* LINK_CHECK agreed (likewise): the sender's watch of what its data connections delivered,

@@ -96,6 +96,40 @@ void tm_resume_send_agreed(tm_sender *s, const tm_hello_ack *ack)
 }
 
 /*
+ * A parked worker has no I/O to fail: woken to look at its connection now (tm_send_worker), it
+ * resumes it while the guest still runs, not in the next round, which may be the last. Not after
+ * its END, nor once postcopy is switching (its own resume), nor while finish or sync's caller
+ * holds the channel.
+ */
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static bool no_idle_wake;
+
+void tm_resume_test_no_idle_wake(bool on)
+{
+	__atomic_store_n(&no_idle_wake, on, __ATOMIC_RELAXED);
+}
+
+static bool idle_wake_off(void)
+{
+	return __atomic_load_n(&no_idle_wake, __ATOMIC_RELAXED);
+}
+#else
+static bool idle_wake_off(void)
+{
+	return false;
+}
+#endif
+
+static void wake_parked_locked(send_chan *c)
+{
+	if (c->parked && !c->direct && !c->ended && !idle_wake_off() &&
+	    !__atomic_load_n(&c->s->pc.switching, __ATOMIC_ACQUIRE)) {
+		c->check_link = true;
+		g_cond_signal(&c->wake);
+	}
+}
+
+/*
  * s->lock held: ends channel chan's connection when it is still fd of epoch (not a new one
  * with a reused number) and no reconnect of it is under way, with a reset: our end's path may
  * be dead too, and zero-copy sends wait for the release of what it holds. The worker's next or
@@ -106,8 +140,10 @@ static void end_conn_locked(tm_sender *s, unsigned chan, int fd, uint32_t epoch)
 	send_chan *c = chan < s->nch ? &s->chans[chan] : NULL;
 
 	if (c && s->resume && c->ch.fd >= 0 && c->ch.fd == fd &&
-	    c->epoch == epoch && s->resume->busy_fds[chan] < 0)
+	    c->epoch == epoch && s->resume->busy_fds[chan] < 0) {
 		tm_net_abort(fd);
+		wake_parked_locked(c);
+	}
 }
 
 void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch)
@@ -141,6 +177,18 @@ bool tm_resume_link_dead(void *sender, unsigned chan, int fd, uint32_t epoch)
 	}
 	g_mutex_unlock(&s->lock);
 	return resumed;
+}
+
+void tm_resume_link_closed(void *sender, unsigned chan, int fd, uint32_t epoch)
+{
+	tm_sender *s = sender;
+	send_chan *c = chan < s->nch ? &s->chans[chan] : NULL;
+
+	g_mutex_lock(&s->lock);
+	if (c && s->resume && s->control.resume_agreed && c->ch.fd >= 0 && c->ch.fd == fd &&
+	    c->epoch == epoch && s->resume->busy_fds[chan] < 0)
+		wake_parked_locked(c);
+	g_mutex_unlock(&s->lock);
 }
 
 int tm_resume_send_dial(tm_sender *s, unsigned connection, unsigned timeout_ms, GError **error)

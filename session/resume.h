@@ -73,6 +73,12 @@ uint64_t tm_resume_unsent_pages(const send_chan *c);
 void tm_resume_conn_lost(void *sender, uint32_t conn, uint32_t epoch);
 /* Control thread (tm_control.link_dead): the sender's side. */
 bool tm_resume_link_dead(void *sender, unsigned chan, int fd, uint32_t epoch);
+/* Control thread (tm_control.link_closed): the sender's side. */
+void tm_resume_link_closed(void *sender, unsigned chan, int fd, uint32_t epoch);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+/* Tests: parked workers are not woken to resume (the next round finds the break), while on. */
+void tm_resume_test_no_idle_wake(bool on);
+#endif
 /* Control thread (tm_control.link_dead): the receiver's side. */
 bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd, uint32_t epoch);
 /*

@@ -355,8 +355,10 @@ static void chan_failed(send_chan *c, GError *err)
 
 bool tm_send_direct_claim_locked(send_chan *c)
 {
-	/* Parked: the worker flushed its packet and sleeps; nothing it holds is unsent. */
-	if (!c->parked || c->direct || c->pending->len || c->work->len || holds_pages(c))
+	/* Parked: the worker flushed its packet and sleeps; nothing it holds is unsent. Not one
+	 * woken to resume its connection (check_link): the worker sends what comes, after that. */
+	if (!c->parked || c->direct || c->check_link || c->pending->len || c->work->len ||
+	    holds_pages(c))
 		return false;
 	c->direct = true;
 	return true;
@@ -520,6 +522,26 @@ void tm_send_direct_release(tm_sender *s, const bool *direct)
 	g_mutex_unlock(&s->lock);
 }
 
+/*
+ * A parked worker's look at its connection: the receiver says nothing between SYNCs but a
+ * DELTA_NACK or its ERROR, so anything readable is one of those or the connection's end. 0 while
+ * it is fine (a tick finds it again if not), else the error that resumes it (or ends the
+ * session).
+ */
+static int check_link(send_chan *c, GError **error)
+{
+	/* DELTA_NACKs may come before the end: up to 16 frames, as tm_chan_peer_error() reads. */
+	for (unsigned i = 0; i < 16; i++) {
+		struct pollfd pfd = { .fd = c->ch.fd, .events = POLLIN | POLLRDHUP };
+		if (poll(&pfd, 1, 0) <= 0)
+			return 0;
+		int r = tm_dsend_readable(c, error);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 gpointer tm_send_worker(gpointer data)
 {
 	send_chan *c = data;
@@ -538,6 +560,19 @@ gpointer tm_send_worker(gpointer data)
 				r = tm_send_flush(c, &err);
 				if (r < 0 && tm_resume_send(c, 0, &err) == 0)
 					r = 0; /* reconnected: c->work has what to send again */
+				g_mutex_lock(&s->lock);
+				if (r < 0)
+					break;
+				continue;
+			}
+			if (c->check_link && !c->direct) {
+				/* The control thread saw the connection end (resume-send.c); a
+				 * channel finish or sync's caller holds sees it there itself. */
+				c->check_link = false;
+				g_mutex_unlock(&s->lock);
+				r = check_link(c, &err);
+				if (r < 0 && tm_resume_send(c, 0, &err) == 0)
+					r = 0; /* reconnected while idle */
 				g_mutex_lock(&s->lock);
 				if (r < 0)
 					break;

@@ -165,7 +165,8 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 				   .quit = &s->quit, .failure = &s->failure, .fail = control_fail,
 				   .ready = tm_sender_take_ready, .wake_fd = -1, .end_fd = -1,
 				   .conn_lost_msg = tm_resume_conn_lost,
-				   .link_dead = tm_resume_link_dead };
+				   .link_dead = tm_resume_link_dead,
+				   .link_closed = tm_resume_link_closed };
 	s->chans = g_new0(send_chan, s->nch);
 	s->staging = g_new0(GArray *, s->nch);
 	for (unsigned i = 0; i < s->nch; i++) {

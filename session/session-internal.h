@@ -145,6 +145,8 @@ typedef struct send_chan {
 	bool ended;       /* END acknowledged */
 	bool exited;
 	bool parked;      /* the worker waits for work with nothing queued, open or unsent */
+	bool check_link;  /* parked: its connection broke or was closed; resume it now, before
+	                   * any work needs it (resume-send.c, tm_resume_link_closed) */
 	/* finish's caller sends this channel's end itself (tm_send_direct_*): from then on the
 	 * channel, its work list and packets are the caller's, and the worker sleeps until quit;
 	 * sync's caller its SYNC, until tm_send_direct_release() */

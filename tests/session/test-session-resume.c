@@ -16,6 +16,7 @@
 #include "cut-proxy.h"
 #include "fake-peer.h"
 #include "session-fixture.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 #include "transport/tls/tls.h"
 #include "transport/transport.h"
@@ -230,7 +231,16 @@ static void test_cut_frozen(void)
  */
 /* The rig started, a sender of 3 channels connected and round 1 acknowledged; from then on the
  * receiver's RESUME_ACKs say skew more SYNCs (a test hook; 0: the truth); then data channel 1
- * is cut while nobody sends. Returns the sender. */
+ * is cut while nobody sends, its parked worker not woken for it (test hook; idle_wake_on() after).
+ * Returns the sender. */
+/* Parked workers resume a broken connection at once again (after cut_after_round_one). */
+static void idle_wake_on(void)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	tm_resume_test_no_idle_wake(false);
+#endif
+}
+
 static tm_sender *cut_after_round_one(rig *t, int64_t skew)
 {
 	g_autoptr(GError) err = NULL;
@@ -242,6 +252,8 @@ static tm_sender *cut_after_round_one(rig *t, int64_t skew)
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 	tm_receiver_test_syncs_skew(skew);
+	/* Round 2 finds the break: the parked worker is not woken for it (cut-idle is that). */
+	tm_resume_test_no_idle_wake(true);
 #else
 	g_assert_cmpint(skew, ==, 0);
 #endif
@@ -268,8 +280,57 @@ static void test_cut_between_rounds(void)
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
 	peer_join(&t.p);
+	idle_wake_on();
 	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096 * 3 / 2);
 	rig_free(&t, s);
+}
+
+/*
+ * Data channel 1 is cut while nobody sends, and nothing is queued after: its worker, parked,
+ * resumes it at once, not at the next round, which may be the last (the guest's downtime). Both
+ * sides cut: the receiver's CONN_LOST wakes it. Only the sender's side (the receiver's stays open
+ * and silent, and says nothing): the control thread's look at the idle connections at its next
+ * keepalive tick (a second, with timeout_ms 4000) does. The session then ends bit for bit after
+ * that one reconnect.
+ */
+static void cut_idle(bool sender_side_only)
+{
+	rig t;
+	g_autoptr(GError) err = NULL;
+
+	rig_start(&t, NULL, NULL);
+	t.px.half = sender_side_only;
+	send_timeout_ms = 4000;
+	tm_sender *s = sender_new(&t.src, 3, NULL);
+	send_timeout_ms = 20000;
+	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
+	queue_all(s);
+	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+	proxy_arm(&t.px, conn_of(1), 0);
+	while (proxy_cuts(&t.px) == 0)
+		g_usleep(1000);
+	tm_live_stats ss = { .size = sizeof(ss) };
+	int64_t t0 = g_get_monotonic_time();
+	while (tm_sender_get_live_stats(s, &ss) == 0 && ss.reconnects == 0 &&
+	       g_get_monotonic_time() - t0 < 10 * G_USEC_PER_SEC)
+		g_usleep(2000);
+	g_test_message("reconnected while idle %.3f s after the cut",
+		       (double)(g_get_monotonic_time() - t0) / 1e6);
+	g_assert_cmpuint(ss.reconnects, ==, 1);
+	int r = tm_sender_finish(s, &err);
+	peer_join(&t.p);
+	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, RAM / 4096);
+	rig_free(&t, s);
+}
+
+static void test_cut_idle(void)
+{
+	cut_idle(false);
+}
+
+static void test_cut_idle_sender_side(void)
+{
+	cut_idle(true);
 }
 
 /* The rig started, a sender of one channel with deltas always on connected, round 1
@@ -412,7 +473,7 @@ static void test_cut_redo_after_nack(void)
 
 /*
  * Round 1 is acknowledged (SYNC 1), data channel 1 is cut between rounds, and the receiver's
- * RESUME_ACK then names a SYNC the channel never sent (skew +5: SYNC 6) or not the one it
+ * RESUME_ACK (to the idle worker's reconnect, or round 2's) then names a SYNC the channel never sent (skew +5: SYNC 6) or not the one it
  * acknowledged (skew -1: SYNC 0). The sender refuses the position, naming it, rather than take
  * an unanswered SYNC as answered (a test hook of the library makes the receiver lie).
  */
@@ -423,12 +484,17 @@ static void syncs_out_of_range(int64_t skew)
 	g_autoptr(GError) err = NULL;
 
 	tm_sender *s = cut_after_round_one(&t, skew);
-	queue_all(s);
-	int r = tm_sender_sync(s, &err);
+	/* The parked worker resumes the channel at once, or at this round: either refuses. */
+	uint64_t np = RAM / 4096, bm[np / 64];
+	memset(bm, 0xff, sizeof(bm));
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
+	if (r == 0)
+		r = tm_sender_sync(s, &err);
 	if (r == 0)
 		r = tm_sender_finish(s, &err);
 	peer_join(&t.p);
 	tm_receiver_test_syncs_skew(0);
+	idle_wake_on();
 	g_assert_cmpint(r, <, 0);
 	g_test_message("sender: %s", err->message);
 	g_assert_nonnull(strstr(err->message, "channel 1: RESUME_ACK says"));
@@ -849,6 +915,8 @@ int main(int argc, char **argv)
 		{ "resume/end-ack-lost", test_end_ack_lost, false },
 		{ "resume/end-ack-lost-half-recv", test_end_ack_lost_half_recv, false },
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
+		{ "resume/cut-idle", test_cut_idle, false },
+		{ "resume/cut-idle-sender-side", test_cut_idle_sender_side, false },
 		{ "resume/cut-after-refused-sync", test_cut_after_refused_sync, false },
 		{ "resume/cut-before-refused-sync-ack", test_cut_before_refused_sync_ack, false },
 		{ "resume/cut-redo-repeated-page", test_cut_redo_repeated_page, false },
