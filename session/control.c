@@ -262,8 +262,6 @@ static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError *
 	return 0;
 }
 
-/* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead:
- * resumed when resume was agreed, else the session fails. */
 /* Data connections the other end closed or reset: their owner is told (link_closed). */
 static void check_closed(tm_control *c)
 {
@@ -283,6 +281,8 @@ static void check_closed(tm_control *c)
 			c->link_closed(c->owner, i, p[i].fd, epochs[i]);
 }
 
+/* Every ka: a data channel whose peer's kernel acknowledged nothing for timeout_ms is dead:
+ * resumed when resume was agreed, else the session fails. And those closed, above. */
 static int check_links(loop *l, GError **error)
 {
 	tm_control *c = l->c;
