@@ -747,11 +747,62 @@ static void test_peer_error_buffered(void)
 	tm_chan_close(&s);
 }
 
+/*
+ * The peer says why it fails (an ERROR) and closes, cleanly (close_notify) or with a reset, while
+ * this end still sends: the send that finds the close fails, later sends are refused, and the
+ * ERROR, which arrived before the close, is still read (tm_chan_peer_error). Either end may be the
+ * one that sends (the client's reading direction is OpenSSL's, the server's our records' or
+ * OpenSSL's), with our records or OpenSSL's.
+ */
+static void error_then_close_case(bool own, bool client_sends, bool reset)
+{
+	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
+	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
+	g_autoptr(GError) err = NULL;
+	uint8_t buf[4096];
+	tm_chan c, s;
+
+	tm_tls_ctx_set_record_layer(cctx, own);
+	tm_tls_ctx_set_record_layer(sctx, own);
+	chan_pair(&c, &s, 0);
+	start_both(cctx, &c, sctx, &s);
+	c.version = s.version = TM_WIRE_VERSION_2;
+	tm_chan *tx = client_sends ? &c : &s, *peer = client_sends ? &s : &c;
+	size_t n = tm_error_encode_v(buf, TM_WIRE_VERSION_2, 0, EIO, "disk on fire");
+	struct iovec v = { .iov_base = buf, .iov_len = n };
+	g_assert_cmpint(tm_io_send(peer->io, &v, 1, n), ==, 0);
+	if (reset) {
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+		g_assert_cmpint(setsockopt(peer->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), ==, 0);
+	}
+	tm_chan_close(peer);
+
+	fill_random(buf, sizeof(buf));
+	v = (struct iovec){ .iov_base = buf, .iov_len = sizeof(buf) };
+	int r = 0;
+	for (unsigned i = 0; i < 1000 && r == 0; i++, g_usleep(1000))
+		r = tm_io_send(tx->io, &v, 1, sizeof(buf));
+	g_test_message("own %d, %s sends, %s: the send: %s", own, client_sends ? "client" : "server",
+		       reset ? "reset" : "close_notify", tm_tls_last_error(tx->io));
+	g_assert_true(r == -ECONNRESET || r == -EPIPE);
+	g_assert_cmpint(tm_io_send(tx->io, &v, 1, sizeof(buf)), ==, -EPIPE);
+	g_assert_cmpint(tm_chan_peer_error(tx, 0, "peer failed", &err), ==, -EIO);
+	g_assert_nonnull(strstr(err->message, "disk on fire"));
+	tm_chan_close(tx);
+}
+
+static void test_error_then_close(void)
+{
+	for (int k = 0; k < 8; k++)
+		error_then_close_case(k & 1, k & 2, k & 4);
+}
+
 int main(int argc, char **argv)
 {
 	static const tls_test tests[] = {
 		{ "readable", test_readable },
 		{ "peer-error-buffered", test_peer_error_buffered },
+		{ "error-then-close", test_error_then_close },
 		{ "records-interop", test_records_interop },
 		{ "key-update", test_key_update },
 		{ "openssl-sender", test_openssl_sender },

@@ -115,11 +115,18 @@ int tm_tls_read_alert(tls_chan *t)
 	t->nowait = true;
 	t->io_err = 0;
 	ERR_clear_error();
-	/* Whatever data came before the alert is dropped: the channel has failed. Bounded. */
+	/*
+	 * Whatever data came before the alert is kept for the next recv: the peer's last words
+	 * (a tagmig ERROR) may be in it. Bounded: 64 reads.
+	 */
 	for (int i = 0; i < 64; i++) {
 		int ok = SSL_read_ex(t->ssl, buf, sizeof(buf), &got);
-		if (ok == 1)
+		if (ok == 1) {
+			if (!t->kept)
+				t->kept = g_byte_array_new();
+			g_byte_array_append(t->kept, buf, (guint)got);
 			continue;
+		}
 		unsigned long e = ERR_peek_error();
 		int reason = ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
 		if (SSL_get_error(t->ssl, ok) == SSL_ERROR_SSL && reason > SSL_AD_REASON_OFFSET &&

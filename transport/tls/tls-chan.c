@@ -32,6 +32,10 @@ static void tls_release(tls_chan *t)
 		OPENSSL_cleanse(t->stage, TM_TLS_RECORD);
 	if (t->plain)
 		OPENSSL_cleanse(t->plain, TM_TLS_MAX_CIPHERTEXT);
+	if (t->kept) {
+		OPENSSL_cleanse(t->kept->data, t->kept->len);
+		g_byte_array_unref(g_steal_pointer(&t->kept));
+	}
 	g_free(t->stage);
 	g_free(t->out);
 	g_free(t->in);
@@ -46,10 +50,10 @@ static void tls_release(tls_chan *t)
 	g_free(t->err_msg);
 }
 
-/* Checks that t may still be used; a failed TLS session stays failed. */
-static int io_begin(tls_chan *t)
+/* Checks that t may still be used (to send, or to read); a failed TLS session stays failed. */
+static int io_begin(tls_chan *t, bool sending)
 {
-	if (t->broken)
+	if (t->broken || (sending && t->tx_dead))
 		return -EPIPE; /* err_msg still says why */
 	t->io_err = 0;
 	ERR_clear_error();
@@ -71,7 +75,7 @@ static void tls_close(tm_io *io)
 	tls_chan *t = io->priv;
 
 	/* Best effort: a session that did not call tm_tls_shutdown still ends cleanly. */
-	if (!t->broken) {
+	if (!t->broken && !t->tx_dead) {
 		ERR_clear_error();
 		t->tx_engine->close_notify(t);
 		ERR_clear_error();
@@ -84,7 +88,7 @@ static void tls_close(tm_io *io)
 static int tls_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	tls_chan *t = io->priv;
-	int r = io_begin(t);
+	int r = io_begin(t, true);
 
 	return r < 0 ? r : t->tx_engine->send(t, iov, n, len);
 }
@@ -92,7 +96,7 @@ static int tls_send(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 static int tls_recv(tm_io *io, const struct iovec *iov, unsigned n, size_t len)
 {
 	tls_chan *t = io->priv;
-	int r = io_begin(t);
+	int r = io_begin(t, false);
 
 	return r < 0 ? r : t->rx_engine->recv(t, iov, n, len);
 }
@@ -118,7 +122,8 @@ static bool tls_readable(tm_io *io)
 {
 	tls_chan *t = io->priv;
 
-	if (t->broken || t->plain_len > 0 || t->in_len > 0 || (t->ssl && SSL_pending(t->ssl) > 0))
+	if (t->broken || t->plain_len > 0 || t->in_len > 0 || (t->ssl && SSL_pending(t->ssl) > 0) ||
+	    (t->kept && t->kept_off < t->kept->len))
 		return true;
 	return tm_io_readable(t->inner);
 }
@@ -313,7 +318,7 @@ int tm_tls_close_notify(tm_io *io, GError **error)
 	if (!io || io->ops != &tm_transport_tls)
 		return 0;
 	tls_chan *t = io->priv;
-	int r = io_begin(t);
+	int r = io_begin(t, true);
 	if (r == 0) {
 		t->want = 0;
 		r = t->tx_engine->close_notify(t);
@@ -331,7 +336,7 @@ int tm_tls_shutdown(tm_io *io, GError **error)
 	if (!io || io->ops != &tm_transport_tls)
 		return 0;
 	tls_chan *t = io->priv;
-	int r = io_begin(t);
+	int r = io_begin(t, true);
 	if (r < 0) {
 		g_set_error(error, TM_ERROR, -r, "%s: TLS close: the session already failed%s%s",
 			    io->label, t->err_msg ? ": " : "", t->err_msg ? t->err_msg : "");

@@ -156,6 +156,10 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
 					"the %s closed the connection during the TLS handshake%s", peer,
 					t->nfirst == 0 ? " (does it expect plaintext? is TLS "
 							 "configured on both sides?)" : "");
+			else if (strcmp(what, "send") == 0)
+				/* What it sent before (a close_notify, say) is not read yet. */
+				*ret_msg = g_strdup_printf("the %s closed or reset the connection "
+							   "while this side was sending", peer);
 			else
 				*ret_msg = g_strdup_printf(
 					"premature end: the %s closed the connection without a TLS "
@@ -220,6 +224,7 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 {
 	g_free(t->err_msg);
 	t->err_msg = NULL;
+	int io_err = t->io_err;
 	int r = tm_tls_explain(t, ret, what, &t->err_msg);
 	/* A send the peer stopped taking: its alert, if it sent one, says why. */
 	if ((r == -ECONNRESET || r == -ETIMEDOUT) &&
@@ -228,6 +233,16 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 		if (a < 0)
 			r = a;
 	}
+	/*
+	 * The peer closed or reset the connection under a send, and sent no alert: only our
+	 * sending is over. What it sent before its close stays readable (tm_tls_read_alert kept
+	 * what it read on OpenSSL's side; our records' side has read nothing of it yet).
+	 */
+	if (r == -ECONNRESET && (io_err == -EPIPE || io_err == -ECONNRESET) &&
+	    strcmp(what, "send") == 0) {
+		t->tx_dead = true;
+		t->broken = false;
+	}
 	/* OpenSSL's alert for the direction our records own: sent with our keys. */
 	if (t->alert_wanted)
 		tm_tls_alert(t, t->alert_wanted);
@@ -235,13 +250,15 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 }
 
 /*
- * The inner handle failed under our records: explained like OpenSSL's failures, and always
- * fatal (sealed records may have been dropped, so the stream cannot go on).
+ * The inner handle failed under our records: explained like OpenSSL's failures, and fatal (sealed
+ * records may have been dropped, so the stream cannot go on), but for a send the peer's close
+ * ended: that direction alone is over (t->tx_dead).
  */
 int tm_tls_io_fatal(tls_chan *t, const char *what)
 {
 	int r = tm_tls_io_fail(t, 0, what);
-	t->broken = true;
+	if (!t->tx_dead || strcmp(what, "send") != 0)
+		t->broken = true;
 	return r;
 }
 

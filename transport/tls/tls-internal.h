@@ -133,7 +133,8 @@ enum { TM_TLS_CT_ALERT = 21, TM_TLS_CT_HANDSHAKE = 22, TM_TLS_CT_DATA = 23, TM_T
  * Hooks are called by tls-chan.c on the thread that owns the channel, after io_begin (t is not
  * broken, t->io_err is 0, OpenSSL's error queue is clear). On failure a hook returns -errno with
  * t->err_msg saying why (tm_tls_io_fail, tm_tls_fail) and marks t->broken when the stream cannot
- * go on; the channel then refuses every later call with -EPIPE.
+ * go on; the channel then refuses every later call with -EPIPE. A send the peer's close or reset
+ * ended marks t->tx_dead instead (tm_tls_io_fail): later sends are refused, reads go on.
  */
 typedef struct tm_tls_engine {
 	const char *name; /* "openssl", "tagmig", "ktls" */
@@ -226,6 +227,15 @@ struct tls_chan {
 	size_t secret_len;
 	bool handshaking;
 	bool broken;        /* a fatal error: no close_notify at close */
+	/*
+	 * A send found the connection closed or reset by the peer (tm_tls_io_fail): no more sends
+	 * and no close_notify, but what the peer sent before its close (its tagmig ERROR, say) is
+	 * still read, through either engine.
+	 */
+	bool tx_dead;
+	/* OpenSSL rx: plaintext tm_tls_read_alert read on its way to an alert, for the next recv */
+	GByteArray *kept;
+	size_t kept_off;
 	uint8_t first[5];   /* the first bytes received, to recognise a plaintext peer */
 	unsigned nfirst;
 	/* set by the verify callback when the peer's certificate fails */
@@ -251,7 +261,8 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);
  * into -errno and t->err_msg; see tm_tls_explain.
  */
 int tm_tls_io_fail(tls_chan *t, int ret, const char *what);
-/* tls-failure.c: the same for a failure of the inner handle under our records: always fatal. */
+/* tls-failure.c: the same for a failure of the inner handle under our records: fatal, but for a
+ * send the peer's close ended (t->tx_dead). */
 int tm_tls_io_fatal(tls_chan *t, const char *what);
 /*
  * tls-failure.c: the peer sent the fatal alert `alert` (whoever read it: OpenSSL or our records):

@@ -233,6 +233,14 @@ static int ossl_recv(tls_chan *t, const struct iovec *iov, unsigned n, size_t le
 		size_t l = MIN(iov[i].iov_len, len);
 
 		len -= l;
+		if (t->kept && t->kept_off < t->kept->len) {
+			/* What tm_tls_read_alert read ahead comes first. */
+			size_t k = MIN(l, t->kept->len - t->kept_off);
+			memcpy(p, t->kept->data + t->kept_off, k);
+			t->kept_off += k;
+			p += k;
+			l -= k;
+		}
 		while (l > 0) {
 			size_t got;
 			t->want = l + len; /* for the read-ahead of the next record's header */
