@@ -247,19 +247,30 @@ static int send_lost(loop *l, const uint64_t lost[TM_MAX_CHANNELS + 1], GError *
 		l->lost_sent[i] = lost[i];
 		uint64_t conn = i == TM_MAX_CHANNELS ? TM_CONN_LOST_URGENT : i;
 		int r = tm_chan_send_ctrl(c->ch, TM_MSG_CONN_LOST, conn, lost[i] - 1, error);
-		if (r < 0) {
-			/* The peer's ERROR may have come just before its close. */
-			GError *why = NULL;
-			if ((r == -EPIPE || r == -ECONNRESET) &&
-			    tm_chan_peer_error(c->ch, 0, "sender gave up", &why) < 0) {
-				g_clear_error(error);
-				*error = why;
-				return -why->code;
-			}
-			return r;
-		}
+		if (r < 0)
+			return r; /* the peer's ERROR, if one came, is looked for by peer_reason() */
 	}
 	return 0;
+}
+
+/*
+ * After run() failed on a closed or reset connection: the peer's ERROR may have come just before
+ * its close and still be unread (a PING, a PONG, a CONN_LOST sent between our last read and the
+ * peer's close fails first; a reset does not discard what arrived). That ERROR, when there is one,
+ * is the failure: a failing peer is not waited for to reconnect.
+ */
+static int peer_reason(tm_control *c, int r, GError **error)
+{
+	GError *why = NULL;
+
+	if ((r != -EPIPE && r != -ECONNRESET) || c->ch->peer_error || !c->ch->io)
+		return r;
+	if (tm_chan_peer_error(c->ch, 0, c->sender ? "receiver failed" : "sender gave up", &why) < 0) {
+		g_clear_error(error);
+		*error = why;
+		return -why->code;
+	}
+	return r;
 }
 
 /* Data connections the other end closed or reset: their owner is told (link_closed). */
@@ -319,6 +330,32 @@ void tm_control_test_reset_before_held(bool on)
 unsigned tm_control_test_resets_before_held(void)
 {
 	return __atomic_load_n(&test_resets, __ATOMIC_RELAXED);
+}
+
+static bool test_send_armed;
+
+bool tm_control_test_send_before_read(bool on)
+{
+	return __atomic_exchange_n(&test_send_armed, on, __ATOMIC_RELAXED);
+}
+
+static int test_send_before_read(tm_control *c, GError **error)
+{
+	struct pollfd p = { .fd = c->ch->fd, .events = POLLIN | POLLRDHUP };
+
+	/* Something came: its close, if it is the peer's last words, within a second. */
+	if (c->sender || !__atomic_load_n(&test_send_armed, __ATOMIC_RELAXED) ||
+	    poll(&p, 1, 0) <= 0)
+		return 0;
+	p.events = POLLRDHUP;
+	if (poll(&p, 1, 1000) <= 0 || !__atomic_exchange_n(&test_send_armed, false, __ATOMIC_RELAXED))
+		return 0;
+	for (unsigned i = 0; i < 200; i++, g_usleep(1000)) {
+		int r = tm_chan_send_ctrl(c->ch, TM_MSG_PING, ++c->ping_nonce, 0, error);
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }
 
 /* The race it forces: another thread's broken connection recorded (the session quits) after
@@ -392,6 +429,10 @@ static int run(loop *l, GError **error)
 			if ((r = tm_control_send_ordered(c, TM_MSG_END, 0, error)) < 0)
 				return r;
 		}
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+		if ((r = test_send_before_read(c, error)) < 0)
+			return r;
+#endif
 		if (!c->direct_read && tm_io_readable(c->ch->io)) {
 			if ((r = one_message(l, NULL, error)) != 0)
 				return r;
@@ -486,7 +527,8 @@ static gpointer control_thread(gpointer data)
 	/* Held but in run()'s poll: a reconnect replaces the connection under it. */
 	g_mutex_lock(&c->io_lock);
 	c->last_rx = tm_now_us();
-	while ((r = run(&l, &err)) < 0 && tm_ctl_resume_wanted(c, err, l.unresponsive)) {
+	while ((r = run(&l, &err)) < 0 && (r = peer_reason(c, r, &err)) < 0 &&
+	       tm_ctl_resume_wanted(c, err, l.unresponsive)) {
 		/* Finish's thread stops reading the connection; it waits for the end (end_fd). */
 		tm_ctl_set_direct_read(c, false);
 		/* RESUME_CONTROL: the sender reconnects, the receiver waits (resume-control.c). */

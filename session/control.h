@@ -223,6 +223,11 @@ void tm_control_test_ping_before_end(bool on);
  * frames, a PONG, are left alone). tm_control_test_resets_before_held(): how many so far. */
 void tm_control_test_reset_before_held(bool on);
 unsigned tm_control_test_resets_before_held(void);
+/* Test hook (-Dtest_hooks=true), global, once: the next receiver control thread that finds
+ * something to read and the sender's close behind it (POLLRDHUP within a second) sends PINGs,
+ * before it reads what came, until a send fails (at most 200, 1 ms apart): the race of a tick's
+ * PING with the peer's ERROR and close. Returns whether it was armed. */
+bool tm_control_test_send_before_read(bool on);
 #endif
 /*
  * Receiver, the last data worker to end (after its END_ACK): READY and END_ACK on control from

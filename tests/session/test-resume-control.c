@@ -400,6 +400,35 @@ static void test_empty_round_while_resuming(void)
 }
 
 /*
+ * The sender cancels while the receiver's tick sends a PING (test hook): its ERROR and close
+ * arrive before the receiver reads, and the PING fails on the closed connection. The receiver
+ * fails with the sender's reason at once; it does not take the close for a break and wait
+ * (30 s here) for a sender that will not come back.
+ */
+static void test_error_before_ping(void)
+{
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	run t;
+
+	run_start(&t, NULL, 30000);
+	g_assert_cmpint(run_first_round(&t), ==, 0);
+	tm_control_test_send_before_read(true);
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_sender_cancel(t.s, "operator said so"), ==, 0);
+	rpeer_join(&t.p);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_assert_false(tm_control_test_send_before_read(false)); /* it ran */
+	g_assert_cmpint(t.p.ret, <, 0);
+	g_test_message("receiver (%.2f s after the cancel): %s", secs, t.p.error->message);
+	g_assert_nonnull(strstr(t.p.error->message, "operator said so"));
+	g_assert_cmpfloat(secs, <, 10.0);
+	run_end(&t);
+#else
+	g_test_skip("needs test hooks (-Dtest_hooks=true)");
+#endif
+}
+
+/*
  * A cut during setup (docs/wire-format.md, "Setup"): data channel 2 breaks right before its
  * HELLO_ACK, after the receiver agreed the session (the other connections' HELLO_ACKs carry the
  * secret). tm_sender_connect() succeeds; the channel's worker resumes it at its first I/O.
@@ -488,6 +517,7 @@ int main(int argc, char **argv)
 		{ "resume-control/sender-without", test_sender_without, false },
 		{ "resume-control/deadline", test_deadline, false },
 		{ "resume-control/empty-round-while-resuming", test_empty_round_while_resuming, false },
+		{ "resume-control/error-before-ping", test_error_before_ping, false },
 		{ "resume-setup/hello-ack-lost", test_setup_cut, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
