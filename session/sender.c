@@ -337,6 +337,27 @@ static void explain_by_channel0(tm_sender *s, GError **error)
 	}
 }
 
+/*
+ * How many work items a channel's lists hold from setup on: a round of isolated pages (one item
+ * each) of up to 1/16 of the guest, striped over the channels, at most 64 Ki items (1.5 MiB) a
+ * list. A round past that grows them (and pays its page faults) once.
+ */
+static guint work_items(const tm_sender *s)
+{
+	uint64_t pages = 0;
+	for (unsigned b = 0; b < s->hello.block_count; b++)
+		pages += s->hello.blocks[b].npages;
+	return (guint)MIN(pages / 16 / s->nch + 64, (uint64_t)1 << 16);
+}
+
+/* Room for items, written once now: a round's appends do not fault it in. */
+static void presize(GArray *a, guint items)
+{
+	g_array_set_size(a, items);
+	memset(a->data, 0, (size_t)items * g_array_get_element_size(a));
+	g_array_set_size(a, 0);
+}
+
 int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 {
 	g_autoptr(GError) local = NULL;
@@ -439,8 +460,12 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	}
 	__atomic_store_n(&s->wire_done, s->wire, __ATOMIC_RELEASE);
 
+	guint items = work_items(s);
 	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
+		presize(c->pending, items);
+		presize(c->work, items);
+		presize(s->staging[i], items);
 		c->pkts = g_new0(tm_packet, c->ch.depth);
 		for (unsigned k = 0; k < c->ch.depth; k++) {
 			tm_packet_init(&c->pkts[k], s->hello.packet_size);
