@@ -354,10 +354,9 @@ static int skip_body(tm_chan *ch, uint32_t len)
 	return 0;
 }
 
-int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GError **error)
+static int peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, int64_t until,
+		      GError **error)
 {
-	int64_t until = g_get_monotonic_time() + G_USEC_PER_SEC;
-
 	/*
 	 * A TCP reset does not discard what already arrived: the peer's ERROR is still readable,
 	 * maybe behind what it said before (a DELTA_NACK no one read yet), which is passed over.
@@ -381,6 +380,21 @@ int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GErr
 			return 0;
 	}
 	return 0;
+}
+
+int tm_chan_peer_error(tm_chan *ch, uint32_t packet_size, const char *peer, GError **error)
+{
+	int64_t until = g_get_monotonic_time() + G_USEC_PER_SEC;
+	int64_t saved = ch->setup_deadline_us;
+
+	/* The second bounds the reads too: a frame that stops halfway does not hold it for its
+	 * body's deadline (every receive of a frame is capped by setup_deadline_us). */
+	ch->setup_deadline_us = saved ? MIN(saved, until) : until;
+	int r = peer_error(ch, packet_size, peer, until, error);
+	ch->setup_deadline_us = saved;
+	if (ch->io)
+		tm_io_set_deadline(ch->io, saved);
+	return r;
 }
 
 int tm_chan_recv_unsolicited(tm_chan *ch, const char *peer, GError **error)

@@ -153,8 +153,9 @@ bool tm_chan_broke(const tm_chan *ch);
 #define TM_PEER_ERROR_FRAMES 16
 
 /*
- * After a send failed because the peer went away: waits up to a second for an ERROR the peer
- * sent before closing and turns it into *error (returns -code), else returns 0. In a session
+ * After a send failed because the peer went away: waits up to a second (reads included) for an
+ * ERROR the peer sent before closing and turns it into *error (returns -code), else returns 0.
+ * In a session
  * (ch->version set), up to TM_PEER_ERROR_FRAMES frames before it that nobody read are passed over
  * (packet_size: the session's, which bounds their bodies); in a handshake only the first frame
  * is looked at (an answer there means the refusal is elsewhere).

@@ -203,6 +203,33 @@ static void test_peer_error_behind(gconstpointer name)
 	}
 }
 
+/*
+ * A peer that stopped halfway through a frame (a DELTA_NACK whose body never ends) and keeps its
+ * connection open: the look for its reason gives up within its second, not the body's deadline
+ * (TM_BODY_GRACE_MS).
+ */
+static void test_peer_error_half_frame(gconstpointer name)
+{
+	const uint32_t pages[2] = { 3, 9 }, reasons[2] = { 1, 1 };
+	g_autoptr(GError) err = NULL;
+	uint8_t buf[256];
+	tm_chan a, b;
+
+	if (!chan_pair(name, &a, &b))
+		return;
+	a.version = b.version = TM_WIRE_VERSION_2;
+	size_t n = tm_delta_nack_encode(buf, TM_WIRE_VERSION_2, 0, 0, pages, reasons, 2);
+	g_assert_cmpint(write(a.fd, buf, n - 4), ==, (ssize_t)(n - 4));
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_chan_peer_error(&b, 64 << 10, "receiver failed", &err), ==, 0);
+	int64_t dt = g_get_monotonic_time() - t0;
+	g_test_message("gave up after %.2f s", dt / 1e6);
+	g_assert_cmpint(dt, <, 1500000);
+	g_assert_null(err);
+	tm_chan_close(&a);
+	tm_chan_close(&b);
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -212,5 +239,9 @@ int main(int argc, char **argv)
 	g_test_add_data_func("/chan/header/io_uring", "io_uring", test_header);
 	g_test_add_data_func("/chan/peer-error-behind/sockets", "sockets", test_peer_error_behind);
 	g_test_add_data_func("/chan/peer-error-behind/io_uring", "io_uring", test_peer_error_behind);
+	g_test_add_data_func("/chan/peer-error-half-frame/sockets", "sockets",
+			     test_peer_error_half_frame);
+	g_test_add_data_func("/chan/peer-error-half-frame/io_uring", "io_uring",
+			     test_peer_error_half_frame);
 	return g_test_run();
 }
