@@ -265,6 +265,9 @@ static int peer_reason(tm_control *c, int r, GError **error)
 
 	if ((r != -EPIPE && r != -ECONNRESET) || c->ch->peer_error || !c->ch->io)
 		return r;
+	/* Its TLS close_notify came: nothing follows it (and the second would be spent waiting). */
+	if (c->ch->io->ops->peer_ended && tm_io_peer_ended(c->ch->io, -r))
+		return r;
 	if (tm_chan_peer_error(c->ch, 0, c->sender ? "receiver failed" : "sender gave up", &why) < 0) {
 		g_clear_error(error);
 		*error = why;
@@ -341,13 +344,12 @@ bool tm_control_test_send_before_read(bool on)
 
 static int test_send_before_read(tm_control *c, GError **error)
 {
-	struct pollfd p = { .fd = c->ch->fd, .events = POLLIN | POLLRDHUP };
+	struct pollfd p = { .fd = c->ch->fd, .events = POLLRDHUP };
 
 	/* Something came: its close, if it is the peer's last words, within a second. */
 	if (c->sender || !__atomic_load_n(&test_send_armed, __ATOMIC_RELAXED) ||
-	    poll(&p, 1, 0) <= 0)
+	    !tm_io_readable(c->ch->io))
 		return 0;
-	p.events = POLLRDHUP;
 	if (poll(&p, 1, 1000) <= 0 || !__atomic_exchange_n(&test_send_armed, false, __ATOMIC_RELAXED))
 		return 0;
 	for (unsigned i = 0; i < 200; i++, g_usleep(1000)) {

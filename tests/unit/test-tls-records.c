@@ -749,12 +749,13 @@ static void test_peer_error_buffered(void)
 
 /*
  * The peer says why it fails (an ERROR) and closes, cleanly (close_notify) or with a reset, while
- * this end still sends: the send that finds the close fails, later sends are refused, and the
+ * this end still sends (data, or its own close_notify): the send that finds the close fails,
+ * later sends are refused, and the
  * ERROR, which arrived before the close, is still read (tm_chan_peer_error). Either end may be the
  * one that sends (the client's reading direction is OpenSSL's, the server's our records' or
  * OpenSSL's), with our records or OpenSSL's.
  */
-static void error_then_close_case(bool own, bool client_sends, bool reset)
+static void error_then_close_case(bool own, bool client_sends, bool reset, bool close_notify)
 {
 	g_autoptr(tm_tls_ctx) cctx = ctx_new(TM_TLS_CLIENT, "good", "localhost");
 	g_autoptr(tm_tls_ctx) sctx = ctx_new(TM_TLS_SERVER, "good", NULL);
@@ -780,10 +781,19 @@ static void error_then_close_case(bool own, bool client_sends, bool reset)
 	fill_random(buf, sizeof(buf));
 	v = (struct iovec){ .iov_base = buf, .iov_len = sizeof(buf) };
 	int r = 0;
+	if (close_notify) {
+		/* The reset is in (loopback): our close_notify is what fails. */
+		struct pollfd p = { .fd = tx->fd, .events = POLLRDHUP };
+		g_assert_cmpint(poll(&p, 1, 2000), ==, 1);
+		GError *cerr = NULL;
+		r = tm_tls_close_notify(tx->io, &cerr);
+		g_clear_error(&cerr);
+	}
 	for (unsigned i = 0; i < 1000 && r == 0; i++, g_usleep(1000))
 		r = tm_io_send(tx->io, &v, 1, sizeof(buf));
-	g_test_message("own %d, %s sends, %s: the send: %s", own, client_sends ? "client" : "server",
-		       reset ? "reset" : "close_notify", tm_tls_last_error(tx->io));
+	g_test_message("own %d, %s sends, %s%s: %s", own, client_sends ? "client" : "server",
+		       reset ? "reset" : "close_notify", close_notify ? ", ours fails" : "",
+		       tm_tls_last_error(tx->io));
 	g_assert_true(r == -ECONNRESET || r == -EPIPE);
 	g_assert_cmpint(tm_io_send(tx->io, &v, 1, sizeof(buf)), ==, -EPIPE);
 	g_assert_cmpint(tm_chan_peer_error(tx, 0, "peer failed", &err), ==, -EIO);
@@ -794,7 +804,9 @@ static void error_then_close_case(bool own, bool client_sends, bool reset)
 static void test_error_then_close(void)
 {
 	for (int k = 0; k < 8; k++)
-		error_then_close_case(k & 1, k & 2, k & 4);
+		error_then_close_case(k & 1, k & 2, k & 4, false);
+	for (int k = 0; k < 4; k++) /* our close_notify fails on the reset */
+		error_then_close_case(k & 1, k & 2, true, true);
 }
 
 int main(int argc, char **argv)

@@ -114,6 +114,8 @@ int tm_tls_read_alert(tls_chan *t)
 		return 0;
 	t->nowait = true;
 	t->io_err = 0;
+	size_t want = t->want;
+	t->want = 0; /* no read-ahead past what has arrived (bio_read) */
 	ERR_clear_error();
 	/*
 	 * Whatever data came before the alert is kept for the next recv: the peer's last words
@@ -122,8 +124,8 @@ int tm_tls_read_alert(tls_chan *t)
 	for (int i = 0; i < 64; i++) {
 		int ok = SSL_read_ex(t->ssl, buf, sizeof(buf), &got);
 		if (ok == 1) {
-			if (!t->kept)
-				t->kept = g_byte_array_new();
+			if (!t->kept) /* sized once: no copy of the plaintext is freed unwiped */
+				t->kept = g_byte_array_sized_new(64 * sizeof(buf));
 			g_byte_array_append(t->kept, buf, (guint)got);
 			continue;
 		}
@@ -135,12 +137,21 @@ int tm_tls_read_alert(tls_chan *t)
 			code = tm_tls_explain_alert(t, reason - SSL_AD_REASON_OFFSET, &msg);
 			g_free(t->err_msg);
 			t->err_msg = msg;
+		} else if (SSL_get_error(t->ssl, ok) == SSL_ERROR_SSL) {
+			/* A record OpenSSL refused: that is the failure, and the stream is over. */
+			char *msg = NULL;
+			t->want = want;
+			code = tm_tls_explain(t, ok, "receive", &msg);
+			g_free(t->err_msg);
+			t->err_msg = msg;
+			t->broken = true;
 		}
 		break;
 	}
 	OPENSSL_cleanse(buf, sizeof(buf));
 	ERR_clear_error();
 	t->nowait = false;
+	t->want = want;
 	return code;
 }
 

@@ -227,19 +227,19 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 	int io_err = t->io_err;
 	int r = tm_tls_explain(t, ret, what, &t->err_msg);
 	/* A send the peer stopped taking: its alert, if it sent one, says why. */
+	int a = 0;
 	if ((r == -ECONNRESET || r == -ETIMEDOUT) &&
-	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0)) {
-		int a = tm_tls_read_alert(t);
-		if (a < 0)
-			r = a;
-	}
+	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0) &&
+	    (a = tm_tls_read_alert(t)) < 0)
+		r = a;
 	/*
-	 * The peer closed or reset the connection under a send, and sent no alert: only our
-	 * sending is over. What it sent before its close stays readable (tm_tls_read_alert kept
-	 * what it read on OpenSSL's side; our records' side has read nothing of it yet).
+	 * The peer closed or reset the connection under a send (our close_notify's too), and sent
+	 * no alert: only our sending is over. What it sent before its close stays readable
+	 * (tm_tls_read_alert kept what it read on OpenSSL's side; our records' side has read
+	 * nothing of it yet).
 	 */
-	if (r == -ECONNRESET && (io_err == -EPIPE || io_err == -ECONNRESET) &&
-	    strcmp(what, "send") == 0) {
+	if (a == 0 && r == -ECONNRESET && (io_err == -EPIPE || io_err == -ECONNRESET) &&
+	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0)) {
 		t->tx_dead = true;
 		t->broken = false;
 	}
@@ -257,7 +257,7 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 int tm_tls_io_fatal(tls_chan *t, const char *what)
 {
 	int r = tm_tls_io_fail(t, 0, what);
-	if (!t->tx_dead || strcmp(what, "send") != 0)
+	if (!t->tx_dead || (strcmp(what, "send") != 0 && strcmp(what, "close") != 0))
 		t->broken = true;
 	return r;
 }
