@@ -113,10 +113,27 @@ static bool idle_wake_off(void)
 {
 	return __atomic_load_n(&no_idle_wake, __ATOMIC_RELAXED);
 }
+
+static unsigned idle_wake_delay;
+
+void tm_resume_test_idle_wake_delay(unsigned ms)
+{
+	__atomic_store_n(&idle_wake_delay, ms, __ATOMIC_RELAXED);
+}
+
+unsigned tm_resume_idle_wake_delay_ms(void)
+{
+	return __atomic_load_n(&idle_wake_delay, __ATOMIC_RELAXED);
+}
 #else
 static bool idle_wake_off(void)
 {
 	return false;
+}
+
+unsigned tm_resume_idle_wake_delay_ms(void)
+{
+	return 0;
 }
 #endif
 

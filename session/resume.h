@@ -78,7 +78,11 @@ void tm_resume_link_closed(void *sender, unsigned chan, int fd, uint32_t epoch);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 /* Tests: parked workers are not woken to resume (the next round finds the break), while on. */
 void tm_resume_test_no_idle_wake(bool on);
+/* Tests: a worker woken to look at its connection waits ms first (0: not). */
+void tm_resume_test_idle_wake_delay(unsigned ms);
 #endif
+/* Worker: what tm_resume_test_idle_wake_delay() set (0 without test hooks). */
+unsigned tm_resume_idle_wake_delay_ms(void);
 /* Control thread (tm_control.link_dead): the receiver's side. */
 bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd, uint32_t epoch);
 /*

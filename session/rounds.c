@@ -95,6 +95,16 @@ void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round)
 	round_complete(s, st, rd->runs[slot]); /* the last channel to acknowledge raises it */
 }
 
+/* s->lock held: a channel whose connection was seen to end and whose worker has not resumed it
+ * yet (check_link; links_down counts it from the resume's start). */
+static bool links_suspect(const tm_sender *s)
+{
+	for (unsigned i = 0; i < s->nch; i++)
+		if (s->chans[i].check_link)
+			return true;
+	return false;
+}
+
 int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 {
 	/* The caller's misuse first: the same answer whatever the peer did meanwhile. */
@@ -120,13 +130,14 @@ int tm_sender_end_round(tm_sender *s, uint64_t *ret_round, GError **error)
 	 * queued before this barrier is at the destination already, so the round is complete now,
 	 * without a SYNC (no network round trip: an idle guest's round costs nothing). Before
 	 * postcopy only, and only pages can have been handed over since: RAM closes (no round
-	 * after) before device state. Not while a connection is being resumed: the destination
-	 * may be gone, and a VMM told "complete" would go on to pause its guest for a switchover
-	 * that cannot happen; the SYNC waits for the resume, or fails with it, in precopy.
+	 * after) before device state. Not while a connection is being resumed, or was seen to
+	 * end and its worker has not resumed it yet (links_suspect): the destination may be
+	 * gone, and a VMM told "complete" would go on to pause its guest for a switchover that
+	 * cannot happen; the SYNC waits for the resume, or fails with it, in precopy.
 	 */
 	bool empty = s->rounds.queued_round == 0 && s->rounds.runs_round == 0 &&
 		     s->rounds.complete == id - 1 && !s->pc.started &&
-		     !__atomic_load_n(&s->links_down, __ATOMIC_ACQUIRE);
+		     !__atomic_load_n(&s->links_down, __ATOMIC_ACQUIRE) && !links_suspect(s);
 	/* Ended before it is complete: a thread woken by TM_EVENT_ROUND asks round_done(id). */
 	__atomic_store_n(&s->next_sync, id, __ATOMIC_RELAXED);
 	if (empty)

@@ -567,13 +567,18 @@ gpointer tm_send_worker(gpointer data)
 			}
 			if (c->check_link && !c->direct) {
 				/* The control thread saw the connection end (resume-send.c); a
-				 * channel finish or sync's caller holds sees it there itself. */
-				c->check_link = false;
+				 * channel finish or sync's caller holds sees it there itself. The
+				 * flag stays up until the resume is done: an empty round meanwhile
+				 * goes to the network (rounds.c). */
 				g_mutex_unlock(&s->lock);
+				unsigned delay = tm_resume_idle_wake_delay_ms();
+				if (delay)
+					g_usleep((gulong)delay * 1000);
 				r = check_link(c, &err);
 				if (r < 0 && tm_resume_send(c, 0, &err) == 0)
 					r = 0; /* reconnected while idle */
 				g_mutex_lock(&s->lock);
+				c->check_link = false;
 				if (r < 0)
 					break;
 				continue;

@@ -291,9 +291,11 @@ static void test_cut_between_rounds(void)
  * sides cut: the receiver's CONN_LOST wakes it. Only the sender's side (the receiver's stays open
  * and silent, and says nothing): the control thread's look at the idle connections at its next
  * keepalive tick (a second, with timeout_ms 4000) does. The session then ends bit for bit after
- * that one reconnect.
+ * that one reconnect. With round_meanwhile, the woken worker waits 300 ms (test hook) before it
+ * looks: a round with nothing queued, ended once the break was seen and before its resume,
+ * goes to the network and completes after the resume, not at once (the destination may be gone).
  */
-static void cut_idle(bool sender_side_only)
+static void cut_idle(bool sender_side_only, bool round_meanwhile)
 {
 	rig t;
 	g_autoptr(GError) err = NULL;
@@ -306,9 +308,42 @@ static void cut_idle(bool sender_side_only)
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", t.pport, &err), ==, 0);
 	queue_all(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	tm_resume_test_idle_wake_delay(round_meanwhile ? 300 : 0);
+#else
+	if (round_meanwhile) {
+		g_test_skip("needs test hooks (-Dtest_hooks=true)");
+		rig_free(&t, s);
+		return;
+	}
+#endif
 	proxy_arm(&t.px, conn_of(1), 0);
 	while (proxy_cuts(&t.px) == 0)
 		g_usleep(1000);
+	if (round_meanwhile) {
+		/* The break seen (the receiver's CONN_LOST woke the worker), not yet resumed. */
+		bool seen = false;
+		for (int i = 0; i < 10000 && !seen; i++, g_usleep(1000)) {
+			g_mutex_lock(&s->lock);
+			seen = s->chans[1].check_link;
+			g_mutex_unlock(&s->lock);
+		}
+		g_assert_true(seen);
+		uint64_t round = 0;
+		g_assert_cmpint(tm_sender_end_round(s, &round, &err), ==, 0);
+		g_assert_cmpint(tm_sender_round_done(s, round, &err), ==, 0);
+		int64_t t0 = g_get_monotonic_time();
+		while (tm_sender_round_done(s, round, &err) == 0 &&
+		       g_get_monotonic_time() - t0 < 10 * G_USEC_PER_SEC)
+			g_usleep(1000);
+		g_assert_cmpint(tm_sender_round_done(s, round, &err), ==, 1);
+		tm_live_stats ls = { .size = sizeof(ls) };
+		g_assert_cmpint(tm_sender_get_live_stats(s, &ls), ==, 0);
+		g_assert_cmpuint(ls.reconnects, ==, 1); /* complete after the resume */
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+		tm_resume_test_idle_wake_delay(0);
+#endif
+	}
 	tm_live_stats ss = { .size = sizeof(ss) };
 	int64_t t0 = g_get_monotonic_time();
 	while (tm_sender_get_live_stats(s, &ss) == 0 && ss.reconnects == 0 &&
@@ -325,12 +360,17 @@ static void cut_idle(bool sender_side_only)
 
 static void test_cut_idle(void)
 {
-	cut_idle(false);
+	cut_idle(false, false);
 }
 
 static void test_cut_idle_sender_side(void)
 {
-	cut_idle(true);
+	cut_idle(true, false);
+}
+
+static void test_cut_idle_round(void)
+{
+	cut_idle(false, true);
 }
 
 /* The rig started, a sender of one channel with deltas always on connected, round 1
@@ -917,6 +957,7 @@ int main(int argc, char **argv)
 		{ "resume/cut-between-rounds", test_cut_between_rounds, false },
 		{ "resume/cut-idle", test_cut_idle, false },
 		{ "resume/cut-idle-sender-side", test_cut_idle_sender_side, false },
+		{ "resume/cut-idle-round", test_cut_idle_round, false },
 		{ "resume/cut-after-refused-sync", test_cut_after_refused_sync, false },
 		{ "resume/cut-before-refused-sync-ack", test_cut_before_refused_sync_ack, false },
 		{ "resume/cut-redo-repeated-page", test_cut_redo_repeated_page, false },
