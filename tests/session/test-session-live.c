@@ -49,9 +49,25 @@ static uint64_t wire_floor(const tm_stats *a, const tm_stats *b)
 	       16 * (b->packets - a->packets);
 }
 
-static void test_rounds(void)
+/* 16 MiB guests, src filled, a receiver into dst; a sender of 3 channels for src, not connected.
+ * Returns the receiver's port (g_free). */
+static char *live_start(guest *src, guest *dst, peer *p, tm_sender **ret)
 {
 	const block_spec spec[] = { { "pc.ram", 16 << 20, PAGE } };
+	g_autoptr(GError) err = NULL;
+
+	guest_init(src, spec, 1, true);
+	guest_init(dst, spec, 1, true);
+	guest_fill(src);
+	char *port = peer_start(p, dst);
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
+				 .timeout_ms = 20000 };
+	g_assert_cmpint(tm_sender_new(src->layout, src->tags, &cfg, ret, &err), ==, 0);
+	return port;
+}
+
+static void test_rounds(void)
+{
 	const uint64_t np = (16 << 20) / PAGE;
 	guest src, dst;
 	peer p;
@@ -61,13 +77,7 @@ static void test_rounds(void)
 	tm_switch_advice adv;
 	tm_stats st0, st1, st2, st3;
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
-				 .timeout_ms = 20000 };
-	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_autofree char *port = live_start(&src, &dst, &p, &s);
 	/* Nothing to estimate before the handshake. */
 	g_assert_cmpint(tm_sender_advise(s, 0, 0, &adv), ==, -EBADFD);
 	double tc = now_s();
@@ -440,7 +450,6 @@ static void work_lists(tm_sender *s, unsigned i, gpointer ret[3])
  */
 static void test_work_presized(void)
 {
-	const block_spec spec[] = { { "pc.ram", 16 << 20, PAGE } };
 	const uint64_t np = (16 << 20) / PAGE;
 	guest src, dst;
 	peer p;
@@ -448,13 +457,7 @@ static void test_work_presized(void)
 	tm_sender *s = NULL;
 	gpointer before[3][3], after[3][3];
 
-	guest_init(&src, spec, 1, true);
-	guest_init(&dst, spec, 1, true);
-	guest_fill(&src);
-	g_autofree char *port = peer_start(&p, &dst);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 3,
-				 .timeout_ms = 20000 };
-	g_assert_cmpint(tm_sender_new(src.layout, src.tags, &cfg, &s, &err), ==, 0);
+	g_autofree char *port = live_start(&src, &dst, &p, &s);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
 	for (unsigned i = 0; i < 3; i++)
 		work_lists(s, i, before[i]);
