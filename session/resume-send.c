@@ -234,6 +234,17 @@ void tm_resume_send_ctl_target(tm_sender *s, const char **ret_host, const char *
 	*ret_epoch = __atomic_add_fetch(&rs->epoch, 1, __ATOMIC_RELAXED);
 }
 
+void tm_resume_send_presize(tm_sender *s, guint items)
+{
+	for (unsigned i = 0; s->resume && i < s->nch; i++)
+		tm_work_presize(s->resume->logs[i].items, items);
+}
+
+GArray *tm_resume_send_log(tm_sender *s, unsigned chan)
+{
+	return s->resume ? s->resume->logs[chan].items : NULL;
+}
+
 static bool agreed(const tm_sender *s)
 {
 	return s->resume && s->resume->token;

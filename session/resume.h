@@ -93,6 +93,10 @@ bool tm_resume_recv_link_dead(void *receiver, unsigned chan, int fd, uint32_t ep
  * else why resuming failed, naming the channel). c->ch is closed after a failed attempt.
  */
 int tm_resume_send(send_chan *c, unsigned next, GError **error);
+/* Setup: each channel's log of what it sent (for a replay) takes items without growing. */
+void tm_resume_send_presize(tm_sender *s, guint items);
+/* Tests: channel chan's log (NULL without resume). */
+GArray *tm_resume_send_log(tm_sender *s, unsigned chan);
 /* s->lock held, the session quit: an attempt under way stops now (its handshake included). */
 void tm_resume_send_wake(tm_sender *s);
 void tm_resume_send_stats(tm_sender *s, tm_live_stats *ret);

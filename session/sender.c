@@ -350,8 +350,7 @@ static guint work_items(const tm_sender *s)
 	return (guint)MIN(pages / 16 / s->nch + 64, (uint64_t)1 << 16);
 }
 
-/* Room for items, written once now: a round's appends do not fault it in. */
-static void presize(GArray *a, guint items)
+void tm_work_presize(GArray *a, guint items)
 {
 	g_array_set_size(a, items);
 	memset(a->data, 0, (size_t)items * g_array_get_element_size(a));
@@ -461,11 +460,12 @@ int tm_sender_attach(tm_sender *s, const int *fds, unsigned n, GError **error)
 	__atomic_store_n(&s->wire_done, s->wire, __ATOMIC_RELEASE);
 
 	guint items = work_items(s);
+	tm_resume_send_presize(s, items);
 	for (unsigned i = 0; i < s->nch; i++) {
 		send_chan *c = &s->chans[i];
-		presize(c->pending, items);
-		presize(c->work, items);
-		presize(s->staging[i], items);
+		tm_work_presize(c->pending, items);
+		tm_work_presize(c->work, items);
+		tm_work_presize(s->staging[i], items);
 		c->pkts = g_new0(tm_packet, c->ch.depth);
 		for (unsigned k = 0; k < c->ch.depth; k++) {
 			tm_packet_init(&c->pkts[k], s->hello.packet_size);

@@ -168,6 +168,10 @@ typedef struct send_chan {
 	struct tm_dsend *ds;   /* DELTA (delta-send.c): NULL unless agreed; set with z */
 } send_chan;
 
+/* Room for items in a list of work, written once now (at setup): a round's appends do not
+ * fault it in (sender.c). */
+void tm_work_presize(GArray *a, guint items);
+
 /* The sender worker asks for the pages of its work item this far ahead (prefetch.c). */
 #define TM_PREFETCH_AHEAD 8u
 /* Prefetches the pages of c->work item i if it is a short run (no-op past the end). */

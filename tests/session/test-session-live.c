@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "session-fixture.h"
+#include "session/resume.h"
 #include "session/session-internal.h"
 
 #define PAGE 4096u
@@ -459,8 +460,11 @@ static void test_work_presized(void)
 
 	g_autofree char *port = live_start(&src, &dst, &p, &s);
 	g_assert_cmpint(tm_sender_connect(s, "127.0.0.1", port, &err), ==, 0);
-	for (unsigned i = 0; i < 3; i++)
+	gpointer log_before[3];
+	for (unsigned i = 0; i < 3; i++) {
 		work_lists(s, i, before[i]);
+		log_before[i] = tm_resume_send_log(s, i)->data; /* resume is agreed by default */
+	}
 	g_autofree uint64_t *pages = g_new(uint64_t, np / 16);
 	for (uint64_t i = 0; i < np / 16; i++)
 		pages[i] = i * 16 + i % 7; /* isolated */
@@ -476,6 +480,9 @@ static void test_work_presized(void)
 			g_assert_nonnull(before[i][k]);
 			g_assert_true(after[i][k] == before[i][k]);
 		}
+		/* and the log of what was sent, kept for a replay after a break */
+		g_assert_nonnull(log_before[i]);
+		g_assert_true(tm_resume_send_log(s, i)->data == log_before[i]);
 	}
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
 	tm_sender_free(s);
