@@ -236,7 +236,9 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 	 * The peer closed or reset the connection under a send (our close_notify's too), and sent
 	 * no alert: only our sending is over. What it sent before its close stays readable
 	 * (tm_tls_read_alert kept what it read on OpenSSL's side; our records' side has read
-	 * nothing of it yet).
+	 * nothing of it yet). OpenSSL keeps the record the failed write left pending: a KeyUpdate
+	 * request the peer sends after this (OpenSSL both ways; tagmig peers send none) would have
+	 * OpenSSL write during a read, which then fails the channel for good.
 	 */
 	if (a == 0 && r == -ECONNRESET && (io_err == -EPIPE || io_err == -ECONNRESET) &&
 	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0)) {
