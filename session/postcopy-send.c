@@ -395,8 +395,26 @@ static int flush_at_switch(send_chan *c, GError **error)
 		    c->ch.label);
 	return -ECONNRESET;
 }
+
+static unsigned test_switch_delay_ms;
+
+void tm_send_pc_test_switch_delay(unsigned ms)
+{
+	__atomic_store_n(&test_switch_delay_ms, ms, __ATOMIC_RELAXED);
+}
+
+/* A VMM thread preempted between the guest's stop and the switch. */
+static void switch_delay(void)
+{
+	unsigned ms = __atomic_load_n(&test_switch_delay_ms, __ATOMIC_RELAXED);
+	if (ms)
+		g_usleep((gulong)ms * 1000);
+}
 #else
 #define flush_at_switch tm_send_flush
+static void switch_delay(void)
+{
+}
 #endif
 
 /* The switch of worker c: its part of unsent, then DISCARD and RAM_END(POSTCOPY). */
@@ -527,8 +545,11 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 	}
 	if ((r = tm_urgent_switch_check(s, error)) < 0)
 		return r;
-	if (!s->rounds.stopped_us && (r = tm_sender_guest_stopped(s, error)) < 0)
+	/* The limit stays: lifted here, the workers could send at full speed what the switch
+	 * would otherwise leave to the background (a VMM thread preempted before the switch). */
+	if (!s->rounds.stopped_us && (r = tm_rounds_stop(s, false, error)) < 0)
 		return r;
+	switch_delay();
 
 	/* Background pages share the link with urgent ones: the rate limit applies again (3.2). */
 	__atomic_store_n(&s->rl.lifted, false, __ATOMIC_RELAXED);

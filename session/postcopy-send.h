@@ -72,7 +72,10 @@ typedef struct send_chan_pc {
  * switch to postcopy finds its connection broken (shut down, -ECONNRESET) as it flushes
  * precopy's last packet, before the switch is committed. Global, once.
  * tm_send_pc_test_broken_at_switch(): how many times that was done.
+ * tm_send_pc_test_switch_delay(ms): tm_sender_start_postcopy() waits ms after it marked the
+ * guest stopped, before the switch (0: not).
  */
 void tm_send_pc_test_break_at_switch(bool on);
 unsigned tm_send_pc_test_broken_at_switch(void);
+void tm_send_pc_test_switch_delay(unsigned ms);
 #endif

@@ -240,7 +240,7 @@ int tm_sender_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
 	return 0;
 }
 
-int tm_sender_guest_stopped(tm_sender *s, GError **error)
+int tm_rounds_stop(tm_sender *s, bool lift, GError **error)
 {
 	int r = tm_sender_check_open(s, error);
 	if (r < 0)
@@ -255,7 +255,13 @@ int tm_sender_guest_stopped(tm_sender *s, GError **error)
 		return -EBADFD;
 	}
 	/* What is left of precopy goes at full speed: it is downtime now. */
-	tm_sender_lift_rate_limit(s);
+	if (lift)
+		tm_sender_lift_rate_limit(s);
 	tm_events_set_phase(&s->events, TM_PHASE_STOPPED);
 	return 0;
+}
+
+int tm_sender_guest_stopped(tm_sender *s, GError **error)
+{
+	return tm_rounds_stop(s, true, error);
 }

@@ -406,6 +406,13 @@ void tm_rounds_chan_acked(tm_sender *s, send_chan *c, uint64_t round);
 /* tm_sender_advise() without the handshake check. */
 void tm_rounds_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
 		      tm_switch_advice *ret);
+/*
+ * The guest is paused: starts the downtime clock (phase STOPPED). lift: what is left of precopy
+ * goes at full speed (tm_sender_guest_stopped()); not for the switch to postcopy, whose
+ * background keeps the limit, with no moment of full speed before it. 0, or -EBADFD if called
+ * twice or the session is not open.
+ */
+int tm_rounds_stop(tm_sender *s, bool lift, GError **error);
 
 /* ---- ratelimit.c ---- */
 /*

@@ -507,7 +507,8 @@ TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
  * final dirty log queued. Every page queued and not yet packed, and every page never sent, is
  * then missing at the destination (a copy it got before is discarded) and comes in the
  * background or on the destination's request; the rate limit applies again to the background.
- * Calls tm_sender_guest_stopped() itself if the VMM did not. Device state may follow
+ * Starts the downtime clock itself if the VMM did not call tm_sender_guest_stopped(), but
+ * leaves the rate limit in force throughout. Device state may follow
  * (tm_sender_put_state()), then tm_sender_finish(), which returns once every page is at the
  * destination. Returns once every data channel has committed the switch (not waiting for the
  * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
