@@ -787,6 +787,10 @@ static void error_then_close_case(bool own, bool client_sends, bool reset, bool 
 		g_assert_cmpint(poll(&p, 1, 2000), ==, 1);
 		GError *cerr = NULL;
 		r = tm_tls_close_notify(tx->io, &cerr);
+		g_assert_cmpint(r, <, 0);
+		/* Said as what it is: the sending of ours failed, not a close without one. */
+		g_assert_nonnull(strstr(cerr->message, "closed or reset the connection while this "
+					"side was sending its TLS close_notify"));
 		g_clear_error(&cerr);
 	}
 	for (unsigned i = 0; i < 1000 && r == 0; i++, g_usleep(1000))

@@ -320,7 +320,7 @@ static int ktls_close_notify(tls_chan *t)
 	int r = ktls_send_ctrl(t->inner->fd, TM_TLS_CT_ALERT, alert, sizeof(alert));
 	if (r < 0) {
 		t->io_err = r;
-		r = tm_tls_io_fatal(t, "close");
+		r = tm_tls_io_fatal(t, "close_notify");
 	}
 	/* OpenSSL must not send one of its own in our direction. */
 	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);

@@ -14,6 +14,12 @@
 
 /* ---- explaining failures ---- */
 
+/* A failure of this side's sending direction: data, or our close_notify. */
+static bool sending(const char *what)
+{
+	return strcmp(what, "send") == 0 || strcmp(what, "close_notify") == 0;
+}
+
 /* Our verification of the peer's certificate failed: which check, for which certificate. */
 static int explain_verify(const tls_chan *t, const char *peer, char **ret_msg)
 {
@@ -156,10 +162,12 @@ int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg)
 					"the %s closed the connection during the TLS handshake%s", peer,
 					t->nfirst == 0 ? " (does it expect plaintext? is TLS "
 							 "configured on both sides?)" : "");
-			else if (strcmp(what, "send") == 0)
+			else if (sending(what))
 				/* What it sent before (a close_notify, say) is not read yet. */
 				*ret_msg = g_strdup_printf("the %s closed or reset the connection "
-							   "while this side was sending", peer);
+							   "while this side was sending%s", peer,
+							   strcmp(what, "send") ? " its TLS close_notify"
+										: "");
 			else
 				*ret_msg = g_strdup_printf(
 					"premature end: the %s closed the connection without a TLS "
@@ -229,8 +237,7 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 	/* A send the peer stopped taking: its alert, if it sent one, says why. */
 	int a = 0;
 	if ((r == -ECONNRESET || r == -ETIMEDOUT) &&
-	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0) &&
-	    (a = tm_tls_read_alert(t)) < 0)
+	    sending(what) && (a = tm_tls_read_alert(t)) < 0)
 		r = a;
 	/*
 	 * The peer closed or reset the connection under a send (our close_notify's too), and sent
@@ -241,7 +248,7 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 	 * OpenSSL write during a read, which then fails the channel for good.
 	 */
 	if (a == 0 && r == -ECONNRESET && (io_err == -EPIPE || io_err == -ECONNRESET) &&
-	    (strcmp(what, "send") == 0 || strcmp(what, "close") == 0)) {
+	    sending(what)) {
 		t->tx_dead = true;
 		t->broken = false;
 	}
@@ -259,7 +266,7 @@ int tm_tls_io_fail(tls_chan *t, int ret, const char *what)
 int tm_tls_io_fatal(tls_chan *t, const char *what)
 {
 	int r = tm_tls_io_fail(t, 0, what);
-	if (!t->tx_dead || (strcmp(what, "send") != 0 && strcmp(what, "close") != 0))
+	if (!t->tx_dead || !sending(what))
 		t->broken = true;
 	return r;
 }

@@ -251,7 +251,8 @@ tm_tls_ctx *tm_tls_ctx_ref(tm_tls_ctx *ctx);
 
 /*
  * Turns the failure of an SSL call (its return value ret) on t into -errno and a message
- * (g_free it) saying which check failed; what is "handshake", "send", "receive" or "shutdown".
+ * (g_free it) saying which check failed; what is "handshake", "send", "receive", "close_notify"
+ * (sending ours) or "close" (waiting for the peer's).
  * Clears the thread's OpenSSL error queue.
  */
 int tm_tls_explain(tls_chan *t, int ret, const char *what, char **ret_msg);

@@ -266,7 +266,7 @@ static int ossl_close_notify(tls_chan *t)
 	int ok = SSL_shutdown(t->ssl);
 	if (ok >= 0 && tm_tls_flush_out(t) < 0)
 		ok = -1;
-	return ok < 0 ? tm_tls_io_fail(t, ok, "close") : ok;
+	return ok < 0 ? tm_tls_io_fail(t, ok, "close_notify") : ok;
 }
 
 static int ossl_await_close(tls_chan *t)

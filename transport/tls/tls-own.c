@@ -347,7 +347,7 @@ static int own_close_notify(tls_chan *t)
 	t->tx_closed = true;
 	int r = seal_buf(t, TM_TLS_CT_ALERT, alert, sizeof(alert));
 	if (r == 0 && tm_tls_flush_out(t) < 0)
-		r = tm_tls_io_fatal(t, "close");
+		r = tm_tls_io_fatal(t, "close_notify");
 	/* OpenSSL must not send one of its own in our direction. */
 	SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
 	return r;
