@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A hand-made peer for the session tests that speak the wire themselves (test-postcopy-recv.c,
- * test-live-state.c, test-session-faults.c, test-session-resume.c, test-postcopy-send.c): HELLOs
+ * test-live-state.c, test-session-faults.c, test-resume-hijack.c, test-postcopy-send.c): HELLOs
  * built with the codec's encoders, HELLO_ACKs read and checked, and a fake protocol 2 sender's
  * connections (data 0, data 1, control, urgent) with their sequence numbers and the messages
  * every such sender ends with. Test code only: a failed step fails the test.
