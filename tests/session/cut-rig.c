@@ -125,3 +125,14 @@ tm_sender *cut_after_round_one(rig *t, int64_t skew)
 	g_usleep(50000); /* the receiver sees the close first */
 	return s;
 }
+
+int round_then_finish(rig *t, tm_sender *s, const uint64_t *bm, GError **error)
+{
+	int r = tm_sender_queue_bitmap(s, 0, bm, 0, CUT_RAM / 4096, error);
+	if (r == 0)
+		r = tm_sender_sync(s, error);
+	if (r == 0)
+		r = tm_sender_finish(s, error);
+	peer_join(&t->p);
+	return r;
+}

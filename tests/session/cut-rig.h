@@ -61,5 +61,8 @@ void assert_resumed(tm_sender *s, peer *p, guest *src, guest *dst, int r, GError
  * after). Returns the sender.
  */
 tm_sender *cut_after_round_one(rig *t, int64_t skew);
+/* One more round of the pages set in bm (the whole block's bitmap), its sync, finish, the
+ * receiver joined: the sender's result, its error in *error. */
+int round_then_finish(rig *t, tm_sender *s, const uint64_t *bm, GError **error);
 /* Parked workers resume a broken connection at once again (after cut_after_round_one). */
 void idle_wake_on(void);

@@ -480,6 +480,16 @@ static tm_sender *sender_open(rx *x, unsigned port)
 	return s;
 }
 
+/* Every page of the block, in order. */
+static void queue_every_page(tm_sender *s)
+{
+	g_autoptr(GError) err = NULL;
+	uint64_t all[NPAGES];
+	for (unsigned p = 0; p < NPAGES; p++)
+		all[p] = p;
+	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+}
+
 static void rx_init(rx *x, guest *src, unsigned *ret_port)
 {
 	memset(x, 0, sizeof(*x));
@@ -490,6 +500,17 @@ static void rx_init(rx *x, guest *src, unsigned *ret_port)
 	g_assert_cmpint(x->listen_fd, >=, 0);
 	int sz = SOCKBUF;
 	g_assert_cmpint(setsockopt(x->listen_fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz)), ==, 0);
+}
+
+/* The source, one block of NPAGES filled, and a receiver for it started with its gate open. */
+static void src_rx_init(guest *src, rx *x, unsigned *ret_port)
+{
+	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
+
+	guest_init(src, spec, 1, true);
+	guest_fill(src);
+	rx_init(x, src, ret_port);
+	x->gate = true;
 }
 
 static void rx_fini(rx *x)
@@ -667,22 +688,15 @@ static void test_urgent(void)
 /* A receiver that declines: start_postcopy says so, and precopy still ends normally. */
 static void test_declined(void)
 {
-	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
 	guest src;
 	rx x;
 	unsigned port;
 	g_autoptr(GError) err = NULL;
-	uint64_t all[NPAGES];
 
-	guest_init(&src, spec, 1, true);
-	guest_fill(&src);
-	rx_init(&x, &src, &port);
+	src_rx_init(&src, &x, &port);
 	x.decline = true;
-	x.gate = true;
 	tm_sender *s = sender_open(&x, port);
-	for (unsigned p = 0; p < NPAGES; p++)
-		all[p] = p;
-	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+	queue_every_page(s);
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, -EOPNOTSUPP);
 	g_assert_error(err, TM_ERROR, EOPNOTSUPP);
 	g_assert_nonnull(strstr(err->message, "the destination declined postcopy"));
@@ -702,21 +716,14 @@ static void test_declined(void)
 /* Postcopy agreed, never switched: a precopy end, the urgent connection closed by REQ_END(0). */
 static void test_agreed_precopy(void)
 {
-	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
 	guest src;
 	rx x;
 	unsigned port;
 	g_autoptr(GError) err = NULL;
-	uint64_t all[NPAGES];
 
-	guest_init(&src, spec, 1, true);
-	guest_fill(&src);
-	rx_init(&x, &src, &port);
-	x.gate = true;
+	src_rx_init(&src, &x, &port);
 	tm_sender *s = sender_open(&x, port);
-	for (unsigned p = 0; p < NPAGES; p++)
-		all[p] = p;
-	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+	queue_every_page(s);
 	g_assert_cmpint(tm_sender_guest_stopped(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
 	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_COMPLETE);
@@ -739,18 +746,14 @@ static void test_agreed_precopy(void)
  */
 static void hostile(int how, const char *words)
 {
-	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
 	guest src;
 	rx x;
 	unsigned port;
 	g_autoptr(GError) err = NULL;
 	uint64_t all[NPAGES];
 
-	guest_init(&src, spec, 1, true);
-	guest_fill(&src);
-	rx_init(&x, &src, &port);
+	src_rx_init(&src, &x, &port);
 	x.hostile = how;
-	x.gate = true;
 	tm_sender *s = sender_open(&x, port);
 	for (unsigned p = 0; p < NPAGES; p++)
 		all[p] = p;
@@ -806,21 +809,14 @@ static void test_request_twice(void)
  */
 static void test_switch_idle(void)
 {
-	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
 	guest src;
 	rx x;
 	unsigned port;
 	g_autoptr(GError) err = NULL;
-	uint64_t all[NPAGES];
 
-	guest_init(&src, spec, 1, true);
-	guest_fill(&src);
-	rx_init(&x, &src, &port);
-	x.gate = true;
+	src_rx_init(&src, &x, &port);
 	tm_sender *s = sender_open(&x, port);
-	for (unsigned p = 0; p < NPAGES; p++)
-		all[p] = p;
-	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+	queue_every_page(s);
 	g_assert_cmpint(tm_sender_sync(s, &err), ==, 0); /* all applied: nothing is missing */
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
 	unsigned seen = 0;
@@ -860,22 +856,16 @@ static void test_switch_idle(void)
  */
 static void test_limit_kept(void)
 {
-	static const block_spec spec[] = { { "pc.ram", NPAGES * PAGE, PAGE } };
 	guest src;
 	rx x;
 	unsigned port;
 	g_autoptr(GError) err = NULL;
-	uint64_t all[NPAGES];
 
-	guest_init(&src, spec, 1, true);
-	guest_fill(&src);
-	rx_init(&x, &src, &port);
-	x.gate = true; /* the receiver reads all it gets: only the limit holds pages back */
+	src_rx_init(&src, &x, &port);
+	/* the gate open: the receiver reads all it gets, only the limit holds pages back */
 	tm_sender *s = sender_open(&x, port);
 	g_assert_cmpint(tm_sender_set_rate_limit(s, 256u << 10), ==, 0);
-	for (unsigned p = 0; p < NPAGES; p++)
-		all[p] = p;
-	g_assert_cmpint(tm_sender_queue_pages(s, 0, all, NPAGES, &err), ==, 0);
+	queue_every_page(s);
 	tm_send_pc_test_switch_delay(300);
 	int r = tm_sender_start_postcopy(s, &err);
 	tm_send_pc_test_switch_delay(0);

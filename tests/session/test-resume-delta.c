@@ -169,12 +169,7 @@ static void syncs_out_of_range(int64_t skew)
 	/* The parked worker resumes the channel at once, or at this round: either refuses. */
 	uint64_t np = CUT_RAM / 4096, bm[np / 64];
 	memset(bm, 0xff, sizeof(bm));
-	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
-	if (r == 0)
-		r = tm_sender_sync(s, &err);
-	if (r == 0)
-		r = tm_sender_finish(s, &err);
-	peer_join(&t.p);
+	int r = round_then_finish(&t, s, bm, &err);
 	tm_receiver_test_syncs_skew(0);
 	idle_wake_on();
 	g_assert_cmpint(r, <, 0);

@@ -124,12 +124,7 @@ static void test_cut_between_rounds(void)
 	memset(bm, 0x55, sizeof(bm));
 	for (uint64_t i = 0; i < np; i += 2)
 		fill_page(&t.src, 0, i, (unsigned)i + 1);
-	int r = tm_sender_queue_bitmap(s, 0, bm, 0, np, &err);
-	if (r == 0)
-		r = tm_sender_sync(s, &err);
-	if (r == 0)
-		r = tm_sender_finish(s, &err);
-	peer_join(&t.p);
+	int r = round_then_finish(&t, s, bm, &err);
 	idle_wake_on();
 	assert_resumed(s, &t.p, &t.src, &t.dst, r, err, CUT_RAM / 4096 * 3 / 2);
 	rig_free(&t, s);
