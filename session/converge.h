@@ -97,6 +97,8 @@ bool tm_ratelimit_active(const tm_ratelimit *rl);
  * microseconds to wait before asking again. Unlimited: always 0.
  */
 int64_t tm_ratelimit_debit(tm_ratelimit *rl, int64_t now_us, uint64_t bytes);
+/* A packet that goes now whatever the bucket holds: charged (the debt delays the next). */
+void tm_ratelimit_charge(tm_ratelimit *rl, int64_t now_us, uint64_t bytes);
 
 /*
  * Sets the rate (0: unlimited); the bucket keeps its debt, its cap follows the new rate; from

@@ -17,11 +17,9 @@ bool tm_ratelimit_active(const tm_ratelimit *rl)
 	       !__atomic_load_n(&rl->lifted, __ATOMIC_RELAXED);
 }
 
-int64_t tm_ratelimit_debit(tm_ratelimit *rl, int64_t now_us, uint64_t bytes)
+/* Refills the bucket up to now_us at rate (not 0). */
+static void refill(tm_ratelimit *rl, uint64_t rate, int64_t now_us)
 {
-	uint64_t rate = __atomic_load_n(&rl->rate, __ATOMIC_RELAXED);
-	if (!rate || __atomic_load_n(&rl->lifted, __ATOMIC_RELAXED))
-		return 0;
 	double cap = (double)rate * TM_RATELIMIT_BURST_US / 1e6;
 	if (!rl->last_us) {
 		rl->tokens = cap;
@@ -32,12 +30,29 @@ int64_t tm_ratelimit_debit(tm_ratelimit *rl, int64_t now_us, uint64_t bytes)
 			rl->tokens = cap;
 		rl->last_us = now_us;
 	}
+}
+
+int64_t tm_ratelimit_debit(tm_ratelimit *rl, int64_t now_us, uint64_t bytes)
+{
+	uint64_t rate = __atomic_load_n(&rl->rate, __ATOMIC_RELAXED);
+	if (!rate || __atomic_load_n(&rl->lifted, __ATOMIC_RELAXED))
+		return 0;
+	refill(rl, rate, now_us);
 	if (rl->tokens >= 0) {
 		rl->tokens -= (double)bytes;
 		return 0;
 	}
 	double wait = -rl->tokens * 1e6 / (double)rate;
 	return wait < 1 ? 1 : (int64_t)wait + 1;
+}
+
+void tm_ratelimit_charge(tm_ratelimit *rl, int64_t now_us, uint64_t bytes)
+{
+	uint64_t rate = __atomic_load_n(&rl->rate, __ATOMIC_RELAXED);
+	if (!rate || __atomic_load_n(&rl->lifted, __ATOMIC_RELAXED))
+		return;
+	refill(rl, rate, now_us);
+	rl->tokens -= (double)bytes;
 }
 
 void tm_ratelimit_set(tm_ratelimit *rl, uint64_t bytes_per_sec)
@@ -68,6 +83,15 @@ int tm_sender_throttle(tm_sender *s, send_chan *c, uint64_t bytes, GError **erro
 	g_mutex_lock(&s->lock);
 	while (!s->quit) {
 		int64_t now = tm_now_us();
+		/*
+		 * The switch to postcopy under way and this channel not switched yet: the packet is
+		 * precopy's last (no packet opens after it, send-pages.c), which the switch and the
+		 * paused guest wait for. It goes now, charged; the background waits out the debt.
+		 */
+		if (tm_send_pc_switching(c)) {
+			tm_ratelimit_charge(&s->rl, now, bytes);
+			break;
+		}
 		int64_t wait = tm_ratelimit_debit(&s->rl, now, bytes);
 		if (!wait)
 			break;

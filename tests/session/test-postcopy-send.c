@@ -846,6 +846,45 @@ static void test_switch_idle(void)
 	guest_fini(&src);
 }
 
+/*
+ * A packet the rate limit holds when the switch comes is precopy's last: it goes at once (the
+ * switch waits for it, and the guest is paused), not when the bucket has paid its debt. At
+ * 32 KiB/s each 64 KiB packet leaves a debt of 2 s: the second channel's first packet waits for
+ * the first's. start_postcopy() must return well within that; the background then keeps the
+ * limit (its first packet waits), until the test lifts it.
+ */
+static void test_switch_not_held(void)
+{
+	guest src;
+	rx x;
+	unsigned port;
+	g_autoptr(GError) err = NULL;
+
+	src_rx_init(&src, &x, &port);
+	tm_sender *s = sender_open(&x, port);
+	g_assert_cmpint(tm_sender_set_rate_limit(s, 32u << 10), ==, 0);
+	queue_every_page(s);
+	g_usleep(100000); /* the packets are packed, one sent, the other waiting on the bucket */
+	int64_t t0 = g_get_monotonic_time();
+	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
+	int64_t took = g_get_monotonic_time() - t0;
+	g_test_message("start_postcopy() took %" G_GINT64_FORMAT " us", took);
+	g_assert_cmpint(took, <, 1000000);
+	g_assert_cmpint(tm_sender_set_rate_limit(s, 0), ==, 0);
+	uint8_t state[100];
+	memset(state, 0x5a, sizeof(state));
+	g_assert_cmpint(tm_sender_put_state(s, "cpu0", state, sizeof(state), 0, &err), ==, 0);
+	g_assert_cmpint(tm_sender_finish(s, &err), ==, 0);
+	g_assert_no_error(err);
+	rx_fini(&x);
+	g_assert_true(x.pc_seen);
+	g_assert_cmpuint(x.pc_missing, >=, NPAGES - 3 * PKT / PAGE);
+	for (unsigned p = 0; p < NPAGES; p++)
+		g_assert_cmpuint(x.pre[p] + x.bg[p], ==, 1);
+	tm_sender_free(s);
+	guest_fini(&src);
+}
+
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 /*
  * The rate limit holds across tm_sender_start_postcopy() when the VMM did not mark the guest
@@ -900,6 +939,7 @@ int main(int argc, char **argv)
 	g_test_add_func("/postcopy-send/request-twice", test_request_twice);
 	g_test_add_func("/postcopy-send/cut-paused", test_cut_paused);
 	g_test_add_func("/postcopy-send/switch-idle", test_switch_idle);
+	g_test_add_func("/postcopy-send/switch-not-held", test_switch_not_held);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 	g_test_add_func("/postcopy-send/limit-kept", test_limit_kept);
 #endif

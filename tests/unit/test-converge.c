@@ -255,6 +255,28 @@ static void test_ratelimit_wait_bounds(void)
 	g_assert_cmpint(tm_ratelimit_debit(&rl, 1 + w, 1), ==, 0);
 }
 
+/* A packet charged whatever the bucket holds (precopy's last at the switch) adds to the debt
+ * the next one waits out; unlimited or lifted, a charge costs nothing. */
+static void test_ratelimit_charge(void)
+{
+	tm_ratelimit rl = { 0 };
+	tm_ratelimit_charge(&rl, 1, 1000000); /* unlimited: no debt */
+	tm_ratelimit_set(&rl, 1000000);         /* 1 MB/s, starts full (10000 bytes) */
+	g_assert_cmpint(tm_ratelimit_debit(&rl, 1, 1000000), ==, 0); /* 990000 bytes of debt */
+	tm_ratelimit_charge(&rl, 1, 1000000);                        /* 1990000 */
+	int64_t w = tm_ratelimit_debit(&rl, 1, 1);
+	g_assert_cmpint(w, >=, 1990000);
+	g_assert_cmpint(w, <=, 1990002);
+	/* The refill counts up to the charge: half a second later, half a megabyte less. */
+	tm_ratelimit_charge(&rl, 500001, 0);
+	w = tm_ratelimit_debit(&rl, 500001, 1);
+	g_assert_cmpint(w, >=, 1490000);
+	g_assert_cmpint(w, <=, 1490002);
+	tm_ratelimit_lift(&rl);
+	tm_ratelimit_charge(&rl, 500001, 1000000);
+	g_assert_cmpint(tm_ratelimit_debit(&rl, 500001, 1), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
 	g_test_init(&argc, &argv, NULL);
@@ -264,5 +286,6 @@ int main(int argc, char **argv)
 	g_test_add_func("/converge/scattered", test_scattered);
 	g_test_add_func("/ratelimit/bucket", test_ratelimit);
 	g_test_add_func("/ratelimit/wait-bounds", test_ratelimit_wait_bounds);
+	g_test_add_func("/ratelimit/charge", test_ratelimit_charge);
 	return g_test_run();
 }
