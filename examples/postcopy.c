@@ -265,11 +265,10 @@ int main(int argc, char **argv)
 	 * The switch. Pause the vCPUs (here: the guest writes no more), queue the final dirty log,
 	 * then start_postcopy: what is queued and not sent, and every page never sent, becomes
 	 * postcopy's (fetched on demand, or sent in the background). A slow background, so that
-	 * the vCPUs find pages missing: the rate limit applies to it again after the switch.
+	 * the vCPUs find pages missing: start_postcopy starts the downtime clock itself and keeps
+	 * the limit (tm_sender_guest_stopped() would lift it for the final log).
 	 */
-	int ret = err ? -1 : tm_sender_guest_stopped(s, &err);
-	if (ret >= 0)
-		ret = tm_sender_queue_bitmap(s, 0, dirty, 0, npages, &err);
+	int ret = err ? -1 : tm_sender_queue_bitmap(s, 0, dirty, 0, npages, &err);
 	if (ret >= 0)
 		ret = tm_sender_set_rate_limit(s, BACKGROUND_RATE);
 	if (ret >= 0) {
@@ -279,7 +278,7 @@ int main(int argc, char **argv)
 			printf("source: %s; finishing in precopy\n", err->message);
 			g_clear_error(&err);
 			declined = true;
-			ret = 0;
+			ret = tm_sender_guest_stopped(s, &err);
 		}
 	}
 	/* From here on the source guest never runs again. Device state, then finish. */

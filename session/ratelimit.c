@@ -3,8 +3,9 @@
  * The rate limit (QEMU's max-bandwidth; docs/design/live-engine.md 3.6): one token bucket for all
  * data channels together, asked before each DATA packet is submitted. The bucket holds 10 ms of
  * the rate; a packet larger than that still goes when the bucket is not in debt, and the next one
- * waits the debt out, so over any interval at most rate x time + burst + one packet leave.
- * Unlimited (the default) costs two relaxed loads per packet and no lock.
+ * waits the debt out, so over any interval at most rate x time + burst + one packet leave; at the
+ * switch to postcopy, also the packets the channels had packed then (precopy's last: the switch
+ * waits for them), charged. Unlimited (the default) costs two relaxed loads per packet and no lock.
  */
 #include <errno.h>
 

@@ -95,7 +95,7 @@ static int send_state(vmm_runner *r, tm_sender *s, uint64_t *ret_at_pass, uint64
  * paused at the end of its next pass (so that on the destination it starts with the check of
  * the whole window the source wrote: every page is read, faulted in with its tags, before it is
  * written again), the pages the guest wrote since the last log read are queued, then
- * tm_sender_start_postcopy() (it calls tm_sender_guest_stopped()): every page queued and not
+ * tm_sender_start_postcopy() (it starts the downtime clock itself): every page queued and not
  * yet packed, and every page never sent, is missing at the destination from now on and comes
  * in the background or when the destination's vCPU faults on it. The device state follows at
  * once (the destination resumes the guest with it); tm_sender_finish() serves the destination's

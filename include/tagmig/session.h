@@ -508,15 +508,16 @@ TM_EXPORT int tm_sender_guest_stopped(tm_sender *sender, GError **error);
  * then missing at the destination (a copy it got before is discarded) and comes in the
  * background or on the destination's request; the rate limit applies again to the background.
  * Starts the downtime clock itself if the VMM did not call tm_sender_guest_stopped(), but
- * leaves the rate limit in force throughout. Device state may follow
- * (tm_sender_put_state()), then tm_sender_finish(), which returns once every page is at the
- * destination. Returns once every data channel has committed the switch (not waiting for the
- * network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or declined by the
- * receiver, which the message says), -ENOTCONN (the urgent connection broke before the switch
- * and resume is off: nothing would reconnect it; the session is unchanged and may end in
- * precopy), -EBADFD (in postcopy already, device state started, or the session is not open), or
- * the session's failure. After 0 the source guest must never run
- * again: a failure from then on (a connection, the peer's silence or ERROR, a bad message; not
+ * leaves the rate limit on (the packets the channels had packed go at once, charged). Device
+ * state may follow (tm_sender_put_state()), then tm_sender_finish(), which returns once every
+ * page is at the destination. Returns once every data channel has committed the switch (not
+ * waiting for the network): 0, -EOPNOTSUPP (postcopy not agreed: not offered, protocol 1, or
+ * declined by the receiver, which the message says; the downtime clock is not started: call
+ * tm_sender_guest_stopped() to finish in precopy), -ENOTCONN (the urgent connection broke
+ * before the switch and resume is off: nothing would reconnect it; the session is unchanged
+ * and may end in precopy), -EBADFD (in postcopy already, device state started, or the session
+ * is not open), or the session's failure. After 0 the source guest must never run again: a
+ * failure from then on (a connection, the peer's silence or ERROR, a bad message; not
  * a cancel) pauses the session, TM_PHASE_POSTCOPY_PAUSED and TM_EVENT_PAUSED, and every call
  * returns -ENOTCONN quoting the cause; the sender keeps all it knows until tm_sender_free();
  * tm_sender_cancel() then gives the session up (FAILED). Migration thread.
