@@ -24,6 +24,13 @@ void tm_control_test_ping_before_end(bool on)
 {
 	__atomic_store_n(&test_ping_before_end, on, __ATOMIC_RELAXED);
 }
+
+static unsigned test_answer_delay_ms;
+
+void tm_control_test_answer_delay(unsigned ms)
+{
+	__atomic_store_n(&test_answer_delay_ms, ms, __ATOMIC_RELAXED);
+}
 #endif
 
 /* direct_read is written under io_lock, and read there or atomically (tm_control_direct_fd). */
@@ -235,6 +242,11 @@ int tm_ctl_answer_end(tm_control *c, GError **error)
 
 	if (r <= 0)
 		return r;
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	unsigned delay_ms = __atomic_load_n(&test_answer_delay_ms, __ATOMIC_RELAXED);
+	if (delay_ms)
+		g_usleep(delay_ms * 1000ul);
+#endif
 	/* READY and END_ACK in one segment: the sender's control thread wakes once for both. */
 	tm_chan_cork(c->ch);
 	if ((r = c->ready(c->owner, NULL, error)) < 0)
@@ -305,16 +317,17 @@ void tm_control_send_end(tm_control *c, bool read)
 		tm_control_wake(c);
 }
 
-int tm_control_direct_fd(tm_control *c, bool *buffered)
+int tm_control_direct_fd(tm_control *c, bool *buffered, bool *ready)
 {
 	/* Not the lock once it is over: the control thread may hold it for a round trip then (the
 	 * close after RESUME_CONTROL's END_ACK). */
-	*buffered = false;
+	*buffered = *ready = false;
 	if (!__atomic_load_n(&c->direct_read, __ATOMIC_ACQUIRE))
 		return -1;
 	g_mutex_lock(&c->io_lock);
 	int fd = c->direct_read ? c->ch->fd : -1;
 	*buffered = fd >= 0 && tm_io_readable(c->ch->io);
+	*ready = fd >= 0 && c->ready_seen;
 	g_mutex_unlock(&c->io_lock);
 	return fd;
 }

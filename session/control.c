@@ -738,6 +738,11 @@ uint64_t tm_sender_test_direct_syncs(tm_sender *s)
 	return __atomic_load_n(&s->direct_syncs, __ATOMIC_RELAXED);
 }
 
+uint64_t tm_sender_test_early_end_acks(tm_sender *s)
+{
+	return __atomic_load_n(&s->early_end_acks, __ATOMIC_RELAXED);
+}
+
 unsigned tm_sender_test_parked(tm_sender *s)
 {
 	unsigned n = 0;

@@ -206,17 +206,21 @@ void tm_control_request_end_locked(tm_control *c);
 void tm_control_send_end(tm_control *c, bool read);
 /*
  * Sender, migration thread, no lock held, after tm_control_send_end(c, true): the control
- * connection's fd while this thread reads it (*buffered: a message is readable without a poll),
- * else -1 (it ended, or went back to the control thread). tm_control_direct_read(), when it is
+ * connection's fd while this thread reads it (*buffered: a message is readable without a poll;
+ * *ready: READY was taken, END_ACK comes next), else -1 (it ended, or went back to the control
+ * thread). tm_control_direct_read(), when it is
  * readable: one message; READY and END_ACK are taken (END_ACK: the close too, then ended is
  * set), anything else and a break go back to the control thread, which reports or resumes it.
  */
-int tm_control_direct_fd(tm_control *c, bool *buffered);
+int tm_control_direct_fd(tm_control *c, bool *buffered, bool *ready);
 void tm_control_direct_read(tm_control *c);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 /* Test hook (-Dtest_hooks=true), global: senders send a PING just before their control END,
  * so that its PONG comes where finish's thread reads (and hands it back). */
 void tm_control_test_ping_before_end(bool on);
+/* Test hook (-Dtest_hooks=true), global: receivers wait ms before READY and END_ACK, every data
+ * channel's END_ACK already sent (0: not). */
+void tm_control_test_answer_delay(unsigned ms);
 /* Test hook (-Dtest_hooks=true), global: when the control thread finds the peer's ERROR, read and
  * handed back by finish's thread, it first records a failure of its own (ECONNRESET, not the
  * peer's: the session quits), as a data channel's reset on another thread could (other held

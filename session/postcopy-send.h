@@ -56,7 +56,11 @@ typedef struct send_postcopy {
 				    * switch when nothing reconnects it (no resume), or NULL */
 } send_postcopy;
 
-/* Per data channel: the worker's postcopy part (worker-local unless said). */
+/*
+ * Per data channel: the worker's postcopy part, read and written by the worker only (not under
+ * s->lock) unless said. The caller's thread (finish, sync) claims a parked channel only in
+ * sessions without postcopy (sender.c: claim_parked), so no second thread touches it.
+ */
 typedef struct send_chan_pc {
 	bool switched;             /* its stripes are in unsent: DISCARD, RAM_END(POSTCOPY) follow */
 	bool end_wanted;           /* END was handed over: sent once the stripes have no unsent page */

@@ -18,6 +18,27 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static int test_end_ack_lie = -1;
+
+void tm_receiver_test_end_ack_lie(int channel)
+{
+	__atomic_store_n(&test_end_ack_lie, channel, __ATOMIC_RELAXED);
+}
+
+/* The pages_applied channel ch's END_ACK says: one more than applied on the lying channel. */
+static uint64_t end_ack_pages(const recv_chan *c)
+{
+	int lie = __atomic_load_n(&test_end_ack_lie, __ATOMIC_RELAXED);
+	return c->pages_applied + (lie >= 0 && (unsigned)lie == c->ch.id);
+}
+#else
+static uint64_t end_ack_pages(const recv_chan *c)
+{
+	return c->pages_applied;
+}
+#endif
+
 static void mark_present(tm_receiver *r, recv_chan *c, unsigned block, uint64_t first,
 			 uint64_t n)
 {
@@ -235,7 +256,7 @@ static int recv_loop(recv_chan *c, GError **error)
 					    c->ch.id, v[2], c->state_chunks);
 				return -EPROTO;
 			}
-			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, c->pages_applied,
+			if ((ret = tm_chan_send_ctrl(&c->ch, TM_MSG_END_ACK, end_ack_pages(c),
 						     c->state_chunks, error)) < 0)
 				return ret;
 			/* A clean TLS close both ways: a stream cut short is an error, not an end. */

@@ -394,10 +394,14 @@ int tm_send_direct_post(send_chan *c)
  * as a worker would, the replay sent behind the new connection's RESUME_ACK with its END or
  * last SYNC again unanswered (what the receiver answered before the break, the replay itself
  * takes as answered). 0 (answered, or resumed and still awaited) or -errno, the session failed.
+ * early: BATCH_END, read before control's answer came, in a wait for control's (tests count it).
  */
-static int direct_answer(send_chan *c, batch_mode mode)
+static int direct_answer(send_chan *c, batch_mode mode, bool early)
 {
 	g_autoptr(GError) err = NULL;
+
+	if (early)
+		__atomic_add_fetch(&c->s->early_end_acks, 1, __ATOMIC_RELAXED);
 	int r = mode == BATCH_END ? end_ack(c, c->pages_sent, &err)
 				  : sync_ack(c, c->sync_due.first, c->sync_due.count, &err);
 
@@ -432,8 +436,8 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		}
 		g_mutex_unlock(&s->lock);
 		/* BATCH_END: control's READY and END_ACK too, while this thread reads them. */
-		bool ctl_buffered = false;
-		int ctl_fd = end ? tm_control_direct_fd(&s->control, &ctl_buffered) : -1;
+		bool ctl_buffered = false, ctl_ready = false;
+		int ctl_fd = end ? tm_control_direct_fd(&s->control, &ctl_buffered, &ctl_ready) : -1;
 		if (quit || (n == 0 && ctl_fd < 0))
 			break; /* the caller reports the failure */
 		int64_t now = g_get_monotonic_time();
@@ -441,15 +445,32 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 			*grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
 		if (ctl_ended && now >= *grace_end)
 			break; /* END_ACKs lost where we cannot see them; free() stops the rest */
+		/*
+		 * BATCH_END while this thread reads control. The receiver sends READY and END_ACK
+		 * there only after every data channel's END_ACK (design 2.4), so until READY comes a
+		 * data channel wakes this thread only when its connection ends or breaks: one
+		 * wake-up, where there was one per answer, inside the downtime and on the CPUs the
+		 * receiver's threads need. After READY the data channels' END_ACKs are read (from
+		 * their sockets' buffers, normally) before control's END_ACK, whose acknowledgement
+		 * (CTL_POS, or the close) commits the receiver: a count that does not match fails the
+		 * session first. Nothing but END_ACK follows READY on control. The data channels'
+		 * END_ACKs are awaited so for TM_URGENT_END_GRACE_MS from READY, as after END_ACK.
+		 */
+		bool ctl_first = end && ctl_fd >= 0 && !ctl_ready;
+		if (ctl_ready && n > 0 && !*grace_end)
+			*grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
+		bool hold = ctl_ready && n > 0 && now < *grace_end;
+		if (hold)
+			ctl_fd = -1, ctl_buffered = false;
 		/* What a TLS layer holds already is read without a poll. */
 		bool took = ctl_buffered;
 		if (ctl_buffered)
 			tm_control_direct_read(&s->control);
-		for (unsigned k = 0; k < n && !took; k++) {
+		for (unsigned k = 0; k < n && !took && !ctl_first; k++) {
 			send_chan *c = &s->chans[idx[k]];
 			if (tm_io_readable(c->ch.io)) {
 				took = true;
-				if (direct_answer(c, mode) < 0)
+				if (direct_answer(c, mode, false) < 0)
 					return;
 			}
 		}
@@ -462,19 +483,20 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		 * CONN_LOST for one of them shuts it down (tm_resume_conn_lost), and so does a
 		 * session that fails: readable too.
 		 */
+		short ev = ctl_first ? POLLRDHUP : POLLIN;
 		for (unsigned k = 0; k < n; k++)
-			p[k] = (struct pollfd){ .fd = s->chans[idx[k]].ch.fd, .events = POLLIN };
+			p[k] = (struct pollfd){ .fd = s->chans[idx[k]].ch.fd, .events = ev };
 		p[n] = (struct pollfd){ .fd = s->events.cancel_fd, .events = POLLIN };
 		p[n + 1] = (struct pollfd){ .fd = end && !ctl_ended ? s->control.end_fd : -1,
 					    .events = POLLIN };
 		/* Its fd may be closed by a reconnect of the control thread meanwhile: end_fd or
 		 * cancel_fd still tells how the end went. */
 		p[n + 2] = (struct pollfd){ .fd = ctl_fd, .events = POLLIN };
-		int wait = ctl_ended ? (int)((*grace_end - now + 999) / 1000) : -1;
+		int wait = ctl_ended || hold ? (int)((*grace_end - now + 999) / 1000) : -1;
 		if (poll(p, n + 3, wait) <= 0)
 			continue;
 		for (unsigned k = 0; k < n; k++)
-			if (p[k].revents && direct_answer(&s->chans[idx[k]], mode) < 0)
+			if (p[k].revents && direct_answer(&s->chans[idx[k]], mode, ctl_first) < 0)
 				return;
 		if (p[n + 2].revents)
 			tm_control_direct_read(&s->control);

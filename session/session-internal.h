@@ -261,6 +261,7 @@ struct tm_sender {
 	/* relaxed atomic */
 	uint64_t direct_ends;   /* data channels finish ended from its own thread (tests) */
 	uint64_t direct_syncs;  /* SYNCs sync sent and had answered in its own thread (tests) */
+	uint64_t early_end_acks; /* data END_ACKs finish's thread read before control's (tests) */
 };
 
 typedef struct recv_chan {
@@ -628,6 +629,8 @@ void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_
 unsigned tm_sender_test_direct_read(tm_sender *s);
 /* Tests: SYNCs tm_sender_sync() sent and had answered in its caller's thread. */
 uint64_t tm_sender_test_direct_syncs(tm_sender *s);
+/* Sender: data channels' END_ACKs finish's thread read before control's END_ACK was in. */
+uint64_t tm_sender_test_early_end_acks(tm_sender *s);
 /* Sender: workers parked now (waiting for work with nothing queued). */
 unsigned tm_sender_test_parked(tm_sender *s);
 unsigned tm_receiver_test_direct_end(tm_receiver *r);
@@ -635,6 +638,9 @@ unsigned tm_receiver_test_direct_end(tm_receiver *r);
 uint64_t tm_receiver_test_resume_syncs(tm_receiver *r, unsigned channel);
 /* Receiver: every RESUME_ACK's syncs from now on is off by skew (a receiver that lies). */
 void tm_receiver_test_syncs_skew(int64_t skew);
+/* Receiver: data channel channel's END_ACK counts one page more than it applied (a receiver that
+ * lies, or a count gone wrong); -1: none. Global. */
+void tm_receiver_test_end_ack_lie(int channel);
 #endif
 
 /* ---- recv-pages.c ---- */

@@ -59,6 +59,21 @@ static uint64_t direct_syncs(tm_sender *s)
 {
 	return tm_sender_test_direct_syncs(s);
 }
+
+static uint64_t early_end_acks(tm_sender *s)
+{
+	return tm_sender_test_early_end_acks(s);
+}
+
+static void answer_delay(unsigned ms)
+{
+	tm_control_test_answer_delay(ms);
+}
+
+static void end_ack_lie(int channel)
+{
+	tm_receiver_test_end_ack_lie(channel);
+}
 #else
 #define HOOKS 0
 static unsigned parked(tm_sender *s)
@@ -100,6 +115,22 @@ static uint64_t direct_syncs(tm_sender *s)
 {
 	(void)s;
 	return 0;
+}
+
+static uint64_t early_end_acks(tm_sender *s)
+{
+	(void)s;
+	return 0;
+}
+
+static void answer_delay(unsigned ms)
+{
+	(void)ms;
+}
+
+static void end_ack_lie(int channel)
+{
+	(void)channel;
 }
 #endif
 
@@ -331,6 +362,64 @@ static void test_all_parked_with_state(void)
 	/* Which side of the receiver answers depends on whether its control thread read END
 	 * before the last data channel ended: both are correct, the session completed. */
 	g_assert_cmpuint(answered, <=, 1);
+	teardown(s, &p, &src, &dst);
+}
+
+/*
+ * Finish's thread sleeps until control's READY and END_ACK: the receiver sends them only after
+ * every data channel's END_ACK, so those wait in their sockets and are read after control's,
+ * without a wake-up each. Here the receiver holds its answer 100 ms after the data channels'
+ * END_ACKs went (a test hook): none is read before it, and the session completes bit for bit.
+ */
+static void test_end_acks_after_control(void)
+{
+	if (!have_hooks())
+		return;
+	guest src, dst;
+	peer p;
+
+	tm_sender *s = parked_after_round(&src, &dst, &p);
+	answer_delay(100);
+	int64_t t0 = g_get_monotonic_time();
+	finish_checked(s, &p, &src, &dst, GUEST / PAGE);
+	int64_t took_us = g_get_monotonic_time() - t0;
+	answer_delay(0);
+
+	unsigned data, control, answered;
+	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 1);
+	g_assert_cmpuint(data, ==, CHANNELS);
+	g_test_message("finish took %" G_GINT64_FORMAT " us; data END_ACKs read before control's: "
+		       "%" G_GUINT64_FORMAT, took_us, early_end_acks(s));
+	g_assert_cmpint(took_us, >=, 100000); /* the delay was where the test says */
+	g_assert_cmpuint(early_end_acks(s), ==, 0);
+	teardown(s, &p, &src, &dst);
+}
+
+/*
+ * A data channel's END_ACK whose count is wrong (a hook makes the receiver's channel 2 claim one
+ * page more) fails the session on both sides: finish's thread reads the data channels' END_ACKs
+ * before it takes control's, whose acknowledgement would commit the receiver, so the receiver
+ * gets the sender's ERROR instead and does not complete.
+ */
+static void test_end_ack_wrong_fails_both(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+
+	tm_sender *s = parked_after_round(&src, &dst, &p);
+	end_ack_lie(2);
+	int r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	end_ack_lie(-1);
+	g_assert_cmpint(r, ==, -EPROTO);
+	g_test_message("sender: %s", err->message);
+	g_assert_nonnull(strstr(err->message, "channel 2: receiver applied"));
+	g_assert_cmpint(p.ret, <, 0);
+	g_assert_nonnull(p.error);
+	g_test_message("receiver: %s", p.error->message);
 	teardown(s, &p, &src, &dst);
 }
 
@@ -703,6 +792,8 @@ int main(int argc, char **argv)
 		{ "finish/reason-after-reset", test_reason_after_reset, false },
 		{ "finish/threads-exit-in-free", test_threads_exit_in_free, false },
 		{ "finish/pong-handed-back", test_pong_handed_back, false },
+		{ "finish/end-acks-after-control", test_end_acks_after_control, false },
+		{ "finish/end-ack-wrong-fails-both", test_end_ack_wrong_fails_both, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
 		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
 		{ "sync/direct", test_sync_direct, false },
