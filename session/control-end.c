@@ -116,6 +116,33 @@ static int receiver_close_reading(tm_control *c, GError **error)
 }
 
 /*
+ * Sender, control's END_ACK in: CTL_POS or the close commit the receiver, so they wait until
+ * every data channel's END_ACK was read and checked (by its worker, or by finish's thread), for
+ * TM_URGENT_END_GRACE_MS at most, as finish() waits for them. A session that failed meanwhile
+ * (a count that does not match, say) sends its ERROR instead: the END_ACK is then taken as not
+ * acknowledged, so that the failure is reported and said, not turned into the end's success.
+ * Not after free() without a failure: the end was finish()'s success, and the close goes.
+ * 0 or -ECANCELED.
+ */
+static int await_data_ends(tm_control *c, GError **error)
+{
+	if (!c->data_ended_locked)
+		return 0;
+	int64_t until = g_get_monotonic_time() + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
+	g_mutex_lock(c->lock);
+	while (!*c->quit && !c->data_ended_locked(c->owner) &&
+	       g_cond_wait_until(c->cond, c->lock, until))
+		;
+	bool failed = *c->quit && c->failure->error;
+	g_mutex_unlock(c->lock);
+	if (!failed)
+		return 0;
+	c->end_ack_seen = false;
+	g_set_error(error, TM_ERROR, ECANCELED, "control: stopped before the end was acknowledged");
+	return -ECANCELED;
+}
+
+/*
  * The end with RESUME_CONTROL: the sender acknowledges END_ACK with CTL_POS, the receiver waits
  * for it. That CTL_POS (TLS: authenticated) says the sender has its END_ACK, so a close that
  * fails afterwards costs nothing; a break before it is resumed like any other.
@@ -125,6 +152,8 @@ int tm_ctl_sender_close(tm_control *c, GError **error)
 	g_autoptr(GError) ignored = NULL;
 	int r;
 
+	if ((r = await_data_ends(c, error)) < 0)
+		return r;
 	if (!c->resume) {
 		r = close_control(c, error);
 		/* The receiver reads past the questions that crossed END_ACK up to our end of the

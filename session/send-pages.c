@@ -225,11 +225,25 @@ static int end_post(send_chan *c, uint64_t *applied, GError **error)
 	return r < 0 ? r : 0;
 }
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static unsigned test_end_ack_delay_ms;
+
+void tm_send_test_end_ack_delay(unsigned ms)
+{
+	__atomic_store_n(&test_end_ack_delay_ms, ms, __ATOMIC_RELAXED);
+}
+#endif
+
 /* After end_post: protocol 2's END_ACK, the counts checked, the close; the channel has ended. */
 static int end_ack(send_chan *c, uint64_t applied, GError **error)
 {
 	int r = 0;
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	unsigned delay_ms = __atomic_load_n(&test_end_ack_delay_ms, __ATOMIC_RELAXED);
+	if (delay_ms)
+		g_usleep(delay_ms * 1000ul);
+#endif
 	if (c->ch.version == TM_WIRE_VERSION_2 && (r = tm_send_end_v2_ack(c, error)) < 0)
 		return r;
 	if (applied != c->pages_sent) {

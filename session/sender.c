@@ -62,6 +62,16 @@ static void control_fail(void *owner, GError *err, bool from_peer)
 	tm_sender_fail(owner, err, from_peer);
 }
 
+static bool data_ended_locked(void *owner)
+{
+	tm_sender *s = owner;
+
+	for (unsigned i = 0; i < s->nch; i++)
+		if (!s->chans[i].ended)
+			return false;
+	return true;
+}
+
 static int config_error(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 static int config_error(GError **error, const char *fmt, ...)
 {
@@ -164,6 +174,7 @@ int tm_sender_new(const tm_ram_layout *layout, tm_tag_store *tags, const tm_send
 	s->control = (tm_control){ .sender = true, .owner = s, .lock = &s->lock, .cond = &s->cond,
 				   .quit = &s->quit, .failure = &s->failure, .fail = control_fail,
 				   .ready = tm_sender_take_ready, .wake_fd = -1, .end_fd = -1,
+				   .data_ended_locked = data_ended_locked,
 				   .conn_lost_msg = tm_resume_conn_lost,
 				   .link_dead = tm_resume_link_dead,
 				   .link_closed = tm_resume_link_closed };

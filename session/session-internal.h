@@ -639,8 +639,10 @@ uint64_t tm_receiver_test_resume_syncs(tm_receiver *r, unsigned channel);
 /* Receiver: every RESUME_ACK's syncs from now on is off by skew (a receiver that lies). */
 void tm_receiver_test_syncs_skew(int64_t skew);
 /* Receiver: data channel channel's END_ACK counts one page more than it applied (a receiver that
- * lies, or a count gone wrong); -1: none. Global. */
+ * lies, or a count gone wrong); -1: none, -2: every channel. Global. */
 void tm_receiver_test_end_ack_lie(int channel);
+/* Sender: a data channel's END_ACK is read ms late, whichever thread reads it (0: not). Global. */
+void tm_send_test_end_ack_delay(unsigned ms);
 #endif
 
 /* ---- recv-pages.c ---- */

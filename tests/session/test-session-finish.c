@@ -74,6 +74,11 @@ static void end_ack_lie(int channel)
 {
 	tm_receiver_test_end_ack_lie(channel);
 }
+
+static void end_ack_delay(unsigned ms)
+{
+	tm_send_test_end_ack_delay(ms);
+}
 #else
 #define HOOKS 0
 static unsigned parked(tm_sender *s)
@@ -131,6 +136,11 @@ static void answer_delay(unsigned ms)
 static void end_ack_lie(int channel)
 {
 	(void)channel;
+}
+
+static void end_ack_delay(unsigned ms)
+{
+	(void)ms;
 }
 #endif
 
@@ -396,31 +406,56 @@ static void test_end_acks_after_control(void)
 }
 
 /*
- * A data channel's END_ACK whose count is wrong (a hook makes the receiver's channel 2 claim one
- * page more) fails the session on both sides: finish's thread reads the data channels' END_ACKs
- * before it takes control's, whose acknowledgement would commit the receiver, so the receiver
- * gets the sender's ERROR instead and does not complete.
+ * A data channel's END_ACK whose count is wrong (a hook makes the receiver's channel 2, or with
+ * busy every channel, claim one page more) fails the session on both sides: the acknowledgement of control's END_ACK (CTL_POS,
+ * or the close) commits the receiver, and it waits until every data channel's END_ACK was
+ * checked, so the receiver gets the sender's ERROR instead and does not complete.
+ * busy: the channels have a final round queued when finish is called, so their workers end
+ * them and the control thread reads control's END_ACK; else finish's thread does both. A hook
+ * has the sender read each data channel's END_ACK 100 ms late: control's comes first.
  */
-static void test_end_ack_wrong_fails_both(void)
+static void end_ack_wrong_fails_both(bool busy)
 {
 	if (!have_hooks())
 		return;
 	g_autoptr(GError) err = NULL;
+	const bool all[CHANNELS] = { true, true, true, true };
 	guest src, dst;
 	peer p;
 
 	tm_sender *s = parked_after_round(&src, &dst, &p);
-	end_ack_lie(2);
+	if (busy)
+		dirty_channels(&src, s, all);
+	end_ack_lie(busy ? -2 : 2);
+	end_ack_delay(100);
 	int r = tm_sender_finish(s, &err);
 	peer_join(&p);
 	end_ack_lie(-1);
+	end_ack_delay(0);
 	g_assert_cmpint(r, ==, -EPROTO);
 	g_test_message("sender: %s", err->message);
-	g_assert_nonnull(strstr(err->message, "channel 2: receiver applied"));
+	g_assert_nonnull(strstr(err->message, busy ? ": receiver applied" : "channel 2: receiver applied"));
 	g_assert_cmpint(p.ret, <, 0);
 	g_assert_nonnull(p.error);
 	g_test_message("receiver: %s", p.error->message);
+	unsigned data, control, answered;
+	ends(s, &p, &data, &control, &answered);
+	/* busy: the workers ended most of them (one may have parked before finish came) */
+	if (busy)
+		g_assert_cmpuint(data, <, CHANNELS);
+	else
+		g_assert_cmpuint(data, ==, CHANNELS);
 	teardown(s, &p, &src, &dst);
+}
+
+static void test_end_ack_wrong_fails_both(void)
+{
+	end_ack_wrong_fails_both(false);
+}
+
+static void test_end_ack_wrong_fails_both_busy(void)
+{
+	end_ack_wrong_fails_both(true);
 }
 
 /*
@@ -794,6 +829,7 @@ int main(int argc, char **argv)
 		{ "finish/pong-handed-back", test_pong_handed_back, false },
 		{ "finish/end-acks-after-control", test_end_acks_after_control, false },
 		{ "finish/end-ack-wrong-fails-both", test_end_ack_wrong_fails_both, false },
+		{ "finish/end-ack-wrong-fails-both-busy", test_end_ack_wrong_fails_both_busy, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
 		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
 		{ "sync/direct", test_sync_direct, false },
