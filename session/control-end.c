@@ -385,7 +385,7 @@ void tm_control_direct_read(tm_control *c)
 		} else if (f.type == TM_MSG_END_ACK && c->ready_seen) {
 			if ((r = tm_ctl_body(c->ch, &f, v, &err)) >= 0 &&
 			    (r = tm_ctl_peer_end(c, v, &err)) == 0 && !c->resume)
-				r = tm_ctl_sender_close(c, &err); /* it waits for nothing: 1 */
+				r = tm_ctl_sender_close(c, &err); /* 1; waits only for busy workers' END_ACKs */
 		} else { /* a PING, a PONG, LINK_A, CONN_LOST, ERROR, or what the thread refuses */
 			hand_back = true;
 		}

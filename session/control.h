@@ -54,8 +54,9 @@ typedef struct tm_control {
 	 */
 	int (*data_end)(void *owner, GError **error);
 	/* sender, *lock held: every data channel's END_ACK was read and checked (each channel
-	 * ended). CTL_POS or the close after control's END_ACK, which commit the receiver, wait
-	 * for it (TM_URGENT_END_GRACE_MS at most, as finish() does). */
+	 * ended; those finish's thread took are checked before it reads control's END_ACK).
+	 * CTL_POS or the close after control's END_ACK, which commit the receiver, wait for it
+	 * (TM_URGENT_END_GRACE_MS at most, as finish() does). */
 	bool (*data_ended_locked)(void *owner);
 	/* receiver: sends READY before END_ACK (state.c); sender: takes the READY whose frame
 	 * header f was read (body, mode, the downtime clock). 0 or -errno with *error. */

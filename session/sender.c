@@ -62,12 +62,17 @@ static void control_fail(void *owner, GError *err, bool from_peer)
 	tm_sender_fail(owner, err, from_peer);
 }
 
+/*
+ * Every data channel a worker ends has ended. Not the channels finish's thread took
+ * (c->direct): it reads their END_ACKs before control's (tm_send_direct_await), and only it
+ * can, so waiting for one it gave up on would only stall the close.
+ */
 static bool data_ended_locked(void *owner)
 {
 	tm_sender *s = owner;
 
 	for (unsigned i = 0; i < s->nch; i++)
-		if (!s->chans[i].ended)
+		if (!s->chans[i].ended && !s->chans[i].direct)
 			return false;
 	return true;
 }
