@@ -408,7 +408,7 @@ int tm_send_direct_post(send_chan *c)
  * as a worker would, the replay sent behind the new connection's RESUME_ACK with its END or
  * last SYNC again unanswered (what the receiver answered before the break, the replay itself
  * takes as answered). 0 (answered, or resumed and still awaited) or -errno, the session failed.
- * early: BATCH_END, read before control's answer came, in a wait for control's (tests count it).
+ * early: BATCH_END, woken for it while waiting for control's READY (tests count it).
  */
 static int direct_answer(send_chan *c, batch_mode mode, bool early)
 {

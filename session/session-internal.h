@@ -261,7 +261,7 @@ struct tm_sender {
 	/* relaxed atomic */
 	uint64_t direct_ends;   /* data channels finish ended from its own thread (tests) */
 	uint64_t direct_syncs;  /* SYNCs sync sent and had answered in its own thread (tests) */
-	uint64_t early_end_acks; /* data END_ACKs finish's thread read before control's (tests) */
+	uint64_t early_end_acks; /* data END_ACKs finish's thread woke for before READY (tests) */
 };
 
 typedef struct recv_chan {
@@ -629,7 +629,7 @@ void tm_sender_test_direct_ends(tm_sender *s, unsigned *ret_data, unsigned *ret_
 unsigned tm_sender_test_direct_read(tm_sender *s);
 /* Tests: SYNCs tm_sender_sync() sent and had answered in its caller's thread. */
 uint64_t tm_sender_test_direct_syncs(tm_sender *s);
-/* Sender: data channels' END_ACKs finish's thread read before control's END_ACK was in. */
+/* Sender: data channels' END_ACKs finish's thread woke for while it waited for READY. */
 uint64_t tm_sender_test_early_end_acks(tm_sender *s);
 /* Sender: workers parked now (waiting for work with nothing queued). */
 unsigned tm_sender_test_parked(tm_sender *s);
