@@ -879,17 +879,26 @@ static void unlimited_end(tm_sender *s, rx *x, guest *src, uint64_t min_missing)
  * the first's. start_postcopy() must return well within that; the background then keeps the
  * limit (its first packet waits), until the test lifts it.
  */
+/* A session to a receiver that reads all it gets, rate-limited to rate bytes/s, every page
+ * queued: only the limit holds pages back. */
+static tm_sender *limited_queued(guest *src, rx *x, uint64_t rate)
+{
+	unsigned port;
+
+	src_rx_init(src, x, &port);
+	tm_sender *s = sender_open(x, port);
+	g_assert_cmpint(tm_sender_set_rate_limit(s, rate), ==, 0);
+	queue_every_page(s);
+	return s;
+}
+
 static void test_switch_not_held(void)
 {
 	guest src;
 	rx x;
-	unsigned port;
 	g_autoptr(GError) err = NULL;
 
-	src_rx_init(&src, &x, &port);
-	tm_sender *s = sender_open(&x, port);
-	g_assert_cmpint(tm_sender_set_rate_limit(s, 32u << 10), ==, 0);
-	queue_every_page(s);
+	tm_sender *s = limited_queued(&src, &x, 32u << 10);
 	g_usleep(100000); /* the packets are packed, one sent, the other waiting on the bucket */
 	int64_t t0 = g_get_monotonic_time();
 	g_assert_cmpint(tm_sender_start_postcopy(s, &err), ==, 0);
@@ -911,14 +920,9 @@ static void test_limit_kept(void)
 {
 	guest src;
 	rx x;
-	unsigned port;
 	g_autoptr(GError) err = NULL;
 
-	src_rx_init(&src, &x, &port);
-	/* the gate open: the receiver reads all it gets, only the limit holds pages back */
-	tm_sender *s = sender_open(&x, port);
-	g_assert_cmpint(tm_sender_set_rate_limit(s, 256u << 10), ==, 0);
-	queue_every_page(s);
+	tm_sender *s = limited_queued(&src, &x, 256u << 10);
 	tm_send_pc_test_switch_delay(300);
 	int r = tm_sender_start_postcopy(s, &err);
 	tm_send_pc_test_switch_delay(0);
