@@ -407,9 +407,10 @@ static void test_end_acks_after_control(void)
 
 /*
  * A data channel's END_ACK whose count is wrong (a hook makes the receiver's channel 2, or with
- * busy every channel, claim one page more) fails the session on both sides: the acknowledgement of control's END_ACK (CTL_POS,
- * or the close) commits the receiver, and it waits until every data channel's END_ACK was
- * checked, so the receiver gets the sender's ERROR instead and does not complete.
+ * busy every channel, claim one page more) fails the session on both sides: the
+ * acknowledgement of control's END_ACK (CTL_POS, or the close) commits the receiver, and it
+ * waits until every data channel's END_ACK was checked, so the receiver gets the sender's
+ * ERROR instead and does not complete.
  * busy: the channels have a final round queued when finish is called, so their workers end
  * them and the control thread reads control's END_ACK; else finish's thread does both. A hook
  * has the sender read each data channel's END_ACK 100 ms late: control's comes first.
@@ -434,7 +435,8 @@ static void end_ack_wrong_fails_both(bool busy)
 	end_ack_delay(0);
 	g_assert_cmpint(r, ==, -EPROTO);
 	g_test_message("sender: %s", err->message);
-	g_assert_nonnull(strstr(err->message, busy ? ": receiver applied" : "channel 2: receiver applied"));
+	const char *want = busy ? ": receiver applied" : "channel 2: receiver applied";
+	g_assert_nonnull(strstr(err->message, want));
 	g_assert_cmpint(p.ret, <, 0);
 	g_assert_nonnull(p.error);
 	g_test_message("receiver: %s", p.error->message);
