@@ -547,7 +547,7 @@ int tm_sender_start_postcopy(tm_sender *s, GError **error)
 		return r;
 	/* The limit stays: lifted here, the workers could send at full speed what the switch
 	 * would otherwise leave to the background (a VMM thread preempted before the switch). */
-	if (!s->rounds.stopped_us && (r = tm_rounds_stop(s, false, error)) < 0)
+	if ((r = tm_rounds_stop(s, false, error)) < 0)
 		return r;
 	switch_delay();
 

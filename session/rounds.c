@@ -250,10 +250,12 @@ int tm_rounds_stop(tm_sender *s, bool lift, GError **error)
 	if (!twice)
 		s->rounds.stopped_us = tm_now_us();
 	g_mutex_unlock(&s->lock);
-	if (twice) {
+	if (twice && lift) {
 		g_set_error(error, TM_ERROR, EBADFD, "tm_sender_guest_stopped() called twice");
 		return -EBADFD;
 	}
+	if (twice)
+		return 0;
 	/* What is left of precopy goes at full speed: it is downtime now. */
 	if (lift)
 		tm_sender_lift_rate_limit(s);

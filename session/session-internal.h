@@ -410,8 +410,9 @@ void tm_rounds_advise(tm_sender *s, uint64_t dirty_pages, uint64_t state_bytes,
 /*
  * The guest is paused: starts the downtime clock (phase STOPPED). lift: what is left of precopy
  * goes at full speed (tm_sender_guest_stopped()); not for the switch to postcopy, whose
- * background keeps the limit, with no moment of full speed before it. 0, or -EBADFD if called
- * twice or the session is not open.
+ * background keeps the limit, with no moment of full speed before it. 0, or -EBADFD if the
+ * session is not open, or if lift and the guest was stopped already (the switch to postcopy
+ * after tm_sender_guest_stopped() keeps that clock).
  */
 int tm_rounds_stop(tm_sender *s, bool lift, GError **error);
 
