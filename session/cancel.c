@@ -40,7 +40,9 @@ int tm_sender_cancel(tm_sender *s, const char *reason)
 	g_mutex_lock(&s->lock);
 	/* A paused postcopy has quit already; cancel is what gives it up (FAILED). */
 	bool paused = tm_events_phase(&s->events) == TM_PHASE_POSTCOPY_PAUSED;
-	if ((s->quit && !paused) || terminal(&s->events)) {
+	/* Too late once the end is decided (control.h): the destination completes, or is told
+	 * it does; a cancel now would only make finish() say otherwise. */
+	if ((s->quit && !paused) || terminal(&s->events) || s->control.committed) {
 		g_mutex_unlock(&s->lock);
 		return -EALREADY;
 	}

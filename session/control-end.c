@@ -31,6 +31,13 @@ void tm_control_test_answer_delay(unsigned ms)
 {
 	__atomic_store_n(&test_answer_delay_ms, ms, __ATOMIC_RELAXED);
 }
+
+static unsigned test_close_delay_ms;
+
+void tm_control_test_close_delay(unsigned ms)
+{
+	__atomic_store_n(&test_close_delay_ms, ms, __ATOMIC_RELAXED);
+}
 #endif
 
 /* direct_read is written under io_lock, and read there or atomically (tm_control_direct_fd). */
@@ -115,25 +122,64 @@ static int receiver_close_reading(tm_control *c, GError **error)
 	}
 }
 
+static void set_ended_locked(tm_control *c, bool exited, uint64_t closing_bytes);
+
+/* *lock held: the end decided (commit_end); waiters woken (cond, and end_fd for a poll). */
+static void commit_locked(tm_control *c, uint64_t closing_bytes)
+{
+	uint64_t one = 1;
+
+	c->committed = true;
+	if (c->resume)
+		set_ended_locked(c, false, closing_bytes);
+	g_cond_broadcast(c->cond);
+	(void)!write(c->end_fd, &one, sizeof(one));
+}
+
 /*
- * Sender, control's END_ACK in: CTL_POS or the close commit the receiver, so they wait until
- * every data channel's END_ACK was read and checked (by its worker, or by finish's thread), for
- * TM_URGENT_END_GRACE_MS at most, as finish() waits for them. A session that failed meanwhile
- * (a count that does not match, say) sends its ERROR instead: the END_ACK is then taken as not
- * acknowledged, so that the failure is reported and said, not turned into the end's success.
- * Not after free() without a failure: the end was finish()'s success, and the close goes.
+ * Sender, control's END_ACK in: the end is decided here, once, under the owner's lock, so that
+ * no failure falls between the decision and what the receiver is told. CTL_POS or the close,
+ * which commit the receiver, wait until every data channel's END_ACK was read and checked (by
+ * its worker, or by finish's thread), for TM_URGENT_END_GRACE_MS at most; finish() waits for
+ * this decision, not for the channels. A session that failed meanwhile (a count that does not
+ * match, say) sends its ERROR instead: the END_ACK is then taken as not acknowledged, so that
+ * the failure is reported and said, not turned into the end's success. Not after free()
+ * without a failure: the end was finish()'s success, and the close goes. A data channel that
+ * fails after the decision no longer fails the session (tm_sender_fail_data), nor does
+ * anything with RESUME_CONTROL, where the end is then over for finish() (ended, the CTL_POS of
+ * closing_bytes counted).
+ * thread: the control thread, io_lock held: the channels finish's thread took are awaited
+ * too (data_ended_locked), with io_lock let go meanwhile, which finish's thread may be about
+ * to take to look at control. Else finish's thread, which checked them itself (direct_await).
  * 0 or -ECANCELED.
  */
-static int await_data_ends(tm_control *c, GError **error)
+static int commit_end(tm_control *c, uint64_t closing_bytes, bool thread, GError **error)
 {
-	if (!c->data_ended_locked)
-		return 0;
 	int64_t until = g_get_monotonic_time() + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
+	bool unlocked = false;
+
 	g_mutex_lock(c->lock);
-	while (!*c->quit && !c->data_ended_locked(c->owner) &&
-	       g_cond_wait_until(c->cond, c->lock, until))
-		;
-	bool failed = *c->quit && c->failure->error;
+	while (!c->committed && !*c->quit && c->data_ended_locked &&
+	       !c->data_ended_locked(c->owner, thread)) {
+		if (thread && !unlocked) {
+			/* io_lock before *lock: let both go, take them again in that order. */
+			g_mutex_unlock(c->lock);
+			g_mutex_unlock(&c->io_lock);
+			unlocked = true;
+			g_mutex_lock(c->lock);
+			continue;
+		}
+		if (!g_cond_wait_until(c->cond, c->lock, until))
+			break;
+	}
+	if (unlocked) {
+		g_mutex_unlock(c->lock);
+		g_mutex_lock(&c->io_lock);
+		g_mutex_lock(c->lock);
+	}
+	bool failed = !c->committed && *c->quit && c->failure->error;
+	if (!failed && !c->committed)
+		commit_locked(c, closing_bytes);
 	g_mutex_unlock(c->lock);
 	if (!failed)
 		return 0;
@@ -142,17 +188,33 @@ static int await_data_ends(tm_control *c, GError **error)
 	return -ECANCELED;
 }
 
+bool tm_ctl_try_commit(tm_control *c)
+{
+	g_mutex_lock(c->lock);
+	if (!c->committed && !*c->quit &&
+	    (!c->data_ended_locked || c->data_ended_locked(c->owner, false)))
+		commit_locked(c, TM_FRAME_HDR_LEN + TM_CTL_POS_LEN);
+	bool committed = c->committed;
+	g_mutex_unlock(c->lock);
+	return committed;
+}
+
 /*
  * The end with RESUME_CONTROL: the sender acknowledges END_ACK with CTL_POS, the receiver waits
  * for it. That CTL_POS (TLS: authenticated) says the sender has its END_ACK, so a close that
  * fails afterwards costs nothing; a break before it is resumed like any other.
  */
-int tm_ctl_sender_close(tm_control *c, GError **error)
+int tm_ctl_sender_close(tm_control *c, bool thread, GError **error)
 {
 	g_autoptr(GError) ignored = NULL;
 	int r;
 
-	if ((r = await_data_ends(c, error)) < 0)
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	unsigned delay_ms = __atomic_load_n(&test_close_delay_ms, __ATOMIC_RELAXED);
+	if (delay_ms)
+		g_usleep(delay_ms * 1000ul);
+#endif
+	if ((r = commit_end(c, TM_FRAME_HDR_LEN + TM_CTL_POS_LEN, thread, error)) < 0)
 		return r;
 	if (!c->resume) {
 		r = close_control(c, error);
@@ -200,11 +262,10 @@ int tm_ctl_receiver_close(tm_control *c, GError **error)
  * equal to what the receiver counts. Broadcast, and end_fd for a thread in poll
  * (tm_send_direct_await).
  */
-void tm_ctl_set_ended(tm_control *c, bool exited, uint64_t closing_bytes)
+static void set_ended_locked(tm_control *c, bool exited, uint64_t closing_bytes)
 {
 	uint64_t one = 1;
 
-	g_mutex_lock(c->lock);
 	if (!c->ended) {
 		tm_counters_load(&c->at_end, &c->ch->st);
 		c->at_end.wire_bytes += closing_bytes;
@@ -213,6 +274,12 @@ void tm_ctl_set_ended(tm_control *c, bool exited, uint64_t closing_bytes)
 	c->exited |= exited;
 	g_cond_broadcast(c->cond);
 	(void)!write(c->end_fd, &one, sizeof(one));
+}
+
+void tm_ctl_set_ended(tm_control *c, bool exited, uint64_t closing_bytes)
+{
+	g_mutex_lock(c->lock);
+	set_ended_locked(c, exited, closing_bytes);
 	g_mutex_unlock(c->lock);
 }
 
@@ -243,14 +310,12 @@ int tm_ctl_peer_end(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError 
 		tm_ctl_resume_received(c);
 		c->end_ack_seen = true;
 		/*
-		 * RESUME_CONTROL: the destination has everything and ends with success whatever
-		 * becomes of the close that follows (CTL_POS, then TLS close_notify each way, a
-		 * round trip), so finish() returns now, not after it: the control thread closes.
-		 * Without it the receiver insists on a clean close (TLS: our close_notify), so the
-		 * end is the close's.
+		 * The close follows (tm_ctl_sender_close). With RESUME_CONTROL the destination ends
+		 * with success at our CTL_POS whatever becomes of the close after it (TLS
+		 * close_notify each way, a round trip), so the end is over for finish() once that
+		 * is decided (commit_end), not after the close. Without it the receiver insists on a
+		 * clean close (TLS: our close_notify), so the end is the close's.
 		 */
-		if (c->resume)
-			tm_ctl_set_ended(c, false, TM_FRAME_HDR_LEN + TM_CTL_POS_LEN);
 		return 0;
 	}
 	/* Receiver: END_ACK (after READY) once every data channel ended (design 2.4); the loop
@@ -385,7 +450,7 @@ void tm_control_direct_read(tm_control *c)
 		} else if (f.type == TM_MSG_END_ACK && c->ready_seen) {
 			if ((r = tm_ctl_body(c->ch, &f, v, &err)) >= 0 &&
 			    (r = tm_ctl_peer_end(c, v, &err)) == 0 && !c->resume)
-				r = tm_ctl_sender_close(c, &err); /* 1; waits only for busy workers' END_ACKs */
+				r = tm_ctl_sender_close(c, false, &err); /* 1; waits only for busy workers' */
 		} else { /* a PING, a PONG, LINK_A, CONN_LOST, ERROR, or what the thread refuses */
 			hand_back = true;
 		}
@@ -395,7 +460,10 @@ void tm_control_direct_read(tm_control *c)
 		c->held_frame = f;
 		tm_ctl_set_direct_read(c, false);
 	} else if (r == 0 && c->end_ack_seen) {
-		/* RESUME_CONTROL: ended (tm_ctl_peer_end); its close is a round trip, the thread's. */
+		/* RESUME_CONTROL: the end is over for finish() if decided now (the usual case: the
+		 * workers' END_ACKs came before control's), so no other thread is woken for it; its
+		 * close is a round trip, the thread's, which else decides first (commit_end). */
+		(void)tm_ctl_try_commit(c);
 		tm_ctl_set_direct_read(c, false);
 		hand_back = true;
 		__atomic_add_fetch(&c->direct_reads, 1, __ATOMIC_RELAXED);

@@ -18,9 +18,16 @@ int tm_ctl_body(tm_chan *ch, const tm_frame *f, uint64_t v[TM_CTRL_MAX_FIELDS], 
 /* ---- control-end.c ---- */
 /* direct_read: written under io_lock, read there or atomically (tm_control_direct_fd). */
 void tm_ctl_set_direct_read(tm_control *c, bool on);
-/* Sender, after END_ACK: CTL_POS with RESUME_CONTROL, then the clean close. 1 (ended) or
- * -errno. */
-int tm_ctl_sender_close(tm_control *c, GError **error);
+/* Sender, after END_ACK: the end decided (the data channels' END_ACKs awaited, a failure
+ * meanwhile sent as ERROR: -ECANCELED), then CTL_POS with RESUME_CONTROL, then the clean
+ * close. thread: the control thread's, io_lock held (let go while the end is awaited); else
+ * finish's thread's (tm_control_direct_read). 1 (ended) or -errno. */
+int tm_ctl_sender_close(tm_control *c, bool thread, GError **error);
+/* Sender, after END_ACK, never blocking: the end decided now (c->committed; with
+ * RESUME_CONTROL ended too) if every data channel's END_ACK was checked and the session did
+ * not fail; the close then does not wait (tm_ctl_sender_close). Whether it is decided; takes
+ * *lock. */
+bool tm_ctl_try_commit(tm_control *c);
 /* Receiver, after END_ACK: the sender's CTL_POS with RESUME_CONTROL, then the clean close.
  * 1 (ended) or -errno. */
 int tm_ctl_receiver_close(tm_control *c, GError **error);

@@ -233,7 +233,7 @@ static int one_message(loop *l, const tm_frame *held, GError **error)
 		return peer_pong(c, v[0], error);
 	if ((r = tm_ctl_peer_end(c, v, error)) != 0 || !c->sender)
 		return r;
-	return tm_ctl_sender_close(c, error);
+	return tm_ctl_sender_close(c, true, error);
 }
 
 /* Receiver: CONN_LOST for each connection in lost (c->lost) not said yet on this connection. */
@@ -397,7 +397,7 @@ static int run(loop *l, GError **error)
 		/* END_ACK in: the close, ours after finish's thread read it with RESUME_CONTROL
 		 * (tm_control_direct_read), or after a reconnect where the end broke. */
 		if (c->end_ack_seen)
-			return tm_ctl_sender_close(c, error);
+			return tm_ctl_sender_close(c, true, error);
 #if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
 		if (c->held)
 			test_reset_before_held(c);

@@ -32,7 +32,8 @@ typedef struct tm_control {
 	bool sender;
 	unsigned timeout_ms, ka_ms;
 	int wake_fd;           /* eventfd: quit or END requested; owned (init to stop) */
-	int end_fd;            /* eventfd, readable once ended is set (for a poll); owned likewise */
+	int end_fd;            /* eventfd, readable once committed or ended is set (for a poll);
+				* owned likewise */
 	int *data_fds;         /* the data channels' sockets (TCP_INFO), valid until free; -1
 	                        * while a channel's connection is closed for a reconnect */
 	uint32_t *data_epochs; /* the HELLO epoch of each data_fds[i]'s connection (LINK_CHECK) */
@@ -54,10 +55,11 @@ typedef struct tm_control {
 	 */
 	int (*data_end)(void *owner, GError **error);
 	/* sender, *lock held: every data channel's END_ACK was read and checked (each channel
-	 * ended; those finish's thread took are checked before it reads control's END_ACK).
-	 * CTL_POS or the close after control's END_ACK, which commit the receiver, wait for it
-	 * (TM_URGENT_END_GRACE_MS at most, as finish() does). */
-	bool (*data_ended_locked)(void *owner);
+	 * ended). The channels finish's thread took count only with claimed, and only while it
+	 * awaits them: it checks them before it reads control's END_ACK itself, and can give up on
+	 * them. CTL_POS or the close after control's END_ACK, which commit the receiver, wait for
+	 * it (TM_URGENT_END_GRACE_MS at most). */
+	bool (*data_ended_locked)(void *owner, bool claimed);
 	/* receiver: sends READY before END_ACK (state.c); sender: takes the READY whose frame
 	 * header f was read (body, mode, the downtime clock). 0 or -errno with *error. */
 	int (*ready)(void *owner, const tm_frame *f, GError **error);
@@ -95,8 +97,13 @@ typedef struct tm_control {
 	/* receiver: per data channel (and the urgent connection last) 1 + the epoch of a
 	 * connection that broke, for CONN_LOST (tm_control_conn_lost_locked), or 0 */
 	uint64_t lost[TM_MAX_CHANNELS + 1];
-	bool ended;            /* the end acknowledged: the sender has END_ACK (its close may go on), or
-				* the thread ended cleanly */
+	/* sender: the end is decided (tm_ctl_sender_close): every data channel's END_ACK was
+	 * checked, or given up on, and the session had not failed; CTL_POS or the close, which
+	 * commit the receiver, follow. A data channel's failure after it is not the session's
+	 * (tm_sender_fail_data), so that both sides end alike. */
+	bool committed;
+	bool ended;            /* the end acknowledged: the sender has END_ACK and decided (its close
+				* may go on), or the thread ended cleanly */
 	tm_counters at_end;    /* the connection's counts when ended was set, the sender's CTL_POS
 				* included: the statistics stop there (set_ended) */
 	bool error_sent;       /* after a failure: our ERROR is out (or could not be sent) */
@@ -226,6 +233,9 @@ void tm_control_test_ping_before_end(bool on);
 /* Test hook (-Dtest_hooks=true), global: receivers wait ms before READY and END_ACK, every data
  * channel's END_ACK already sent (0: not). */
 void tm_control_test_answer_delay(unsigned ms);
+/* Test hook (-Dtest_hooks=true), global: senders wait ms after control's END_ACK before they
+ * decide the end (tm_ctl_sender_close), as a control thread preempted there would (0: not). */
+void tm_control_test_close_delay(unsigned ms);
 /* Test hook (-Dtest_hooks=true), global: when the control thread finds the peer's ERROR, read and
  * handed back by finish's thread, it first records a failure of its own (ECONNRESET, not the
  * peer's: the session quits), as a data channel's reset on another thread could (other held

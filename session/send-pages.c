@@ -352,6 +352,13 @@ static void chan_failed(send_chan *c, GError *err)
 	bool from_peer = c->ch.peer_error;
 	int code = err->code;
 
+	g_mutex_lock(&c->s->lock);
+	bool committed = c->s->control.committed;
+	g_mutex_unlock(&c->s->lock);
+	if (committed) { /* not the session's any more, nor to be said (tm_sender_fail_data) */
+		g_error_free(err);
+		return;
+	}
 	if (!from_peer && (code == EPIPE || code == ECONNRESET)) {
 		/* The receiver went away: it may have said why before it closed. */
 		GError *why = NULL;
@@ -364,7 +371,7 @@ static void chan_failed(send_chan *c, GError *err)
 	} else if (!from_peer) {
 		tm_chan_send_error(&c->ch, code, err->message);
 	}
-	tm_sender_fail(c->s, err, from_peer);
+	tm_sender_fail_data(c->s, err, from_peer);
 }
 
 bool tm_send_direct_claim_locked(send_chan *c)
@@ -429,19 +436,21 @@ static int direct_answer(send_chan *c, batch_mode mode, bool early)
 /*
  * The answers of every claimed channel direct[] names, read in whichever order they come, until
  * each is answered (BATCH_END: the channel ended; BATCH_SYNC: its synced is id) or the session
- * quit; BATCH_END also until *grace_end (tm_send_direct_await).
+ * quit; BATCH_END also until control decided the end (tm_send_direct_await).
  */
-static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint64_t id,
-			 int64_t *grace_end)
+static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint64_t id)
 {
 	struct pollfd p[TM_MAX_CHANNELS + 3];
 	unsigned idx[TM_MAX_CHANNELS];
 	bool end = mode == BATCH_END;
+	int64_t grace_end = 0;
 
 	for (;;) {
 		unsigned n = 0;
 		g_mutex_lock(&s->lock);
-		bool quit = s->quit, ctl_ended = end && s->control.ended;
+		/* Decided (control-end.c): what is not answered now was given up on. */
+		bool quit = s->quit, decided = end && s->control.committed;
+		bool ctl_ended = end && s->control.ended;
 		for (unsigned i = 0; i < s->nch; i++) {
 			/* Answered: read, or a replay found it answered before the break. */
 			const send_chan *c = &s->chans[i];
@@ -452,13 +461,9 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		/* BATCH_END: control's READY and END_ACK too, while this thread reads them. */
 		bool ctl_buffered = false, ctl_ready = false;
 		int ctl_fd = end ? tm_control_direct_fd(&s->control, &ctl_buffered, &ctl_ready) : -1;
-		if (quit || (n == 0 && ctl_fd < 0))
-			break; /* the caller reports the failure */
+		if (quit || decided || (n == 0 && ctl_fd < 0))
+			break; /* the caller reports the failure, or the decision */
 		int64_t now = g_get_monotonic_time();
-		if (ctl_ended && !*grace_end)
-			*grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
-		if (ctl_ended && now >= *grace_end)
-			break; /* END_ACKs lost where we cannot see them; free() stops the rest */
 		/*
 		 * BATCH_END while this thread reads control. The receiver sends READY and END_ACK
 		 * there only after every data channel's END_ACK (design 2.4), so until READY comes a
@@ -468,12 +473,14 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		 * their sockets' buffers, normally) before control's END_ACK, whose acknowledgement
 		 * (CTL_POS, or the close) commits the receiver: a count that does not match fails the
 		 * session first. Nothing but END_ACK follows READY on control. The data channels'
-		 * END_ACKs are awaited so for TM_URGENT_END_GRACE_MS from READY, as after END_ACK.
+		 * END_ACKs are awaited so for TM_URGENT_END_GRACE_MS from READY (one lost where we
+		 * cannot see it: free() stops the rest), as the control thread awaits them after
+		 * END_ACK when it reads control (commit_end).
 		 */
 		bool ctl_first = end && ctl_fd >= 0 && !ctl_ready;
-		if (ctl_ready && n > 0 && !*grace_end)
-			*grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
-		bool hold = ctl_ready && n > 0 && now < *grace_end;
+		if (ctl_ready && n > 0 && !grace_end)
+			grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
+		bool hold = ctl_ready && n > 0 && now < grace_end;
 		if (hold)
 			ctl_fd = -1, ctl_buffered = false;
 		/* What a TLS layer holds already is read without a poll. */
@@ -506,7 +513,7 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		/* Its fd may be closed by a reconnect of the control thread meanwhile: end_fd or
 		 * cancel_fd still tells how the end went. */
 		p[n + 2] = (struct pollfd){ .fd = ctl_fd, .events = POLLIN };
-		int wait = ctl_ended || hold ? (int)((*grace_end - now + 999) / 1000) : -1;
+		int wait = hold ? (int)((grace_end - now + 999) / 1000) : -1;
 		if (poll(p, n + 3, wait) <= 0)
 			continue;
 		for (unsigned k = 0; k < n; k++)
@@ -517,14 +524,16 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 	}
 }
 
-void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end)
+void tm_send_direct_await(tm_sender *s, const bool *direct)
 {
-	direct_await(s, direct, BATCH_END, 0, grace_end);
+	direct_await(s, direct, BATCH_END, 0);
 	/* The channels' part in the round is over, answered or not. */
 	g_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->nch; i++)
 		if (direct[i])
 			tm_rounds_chan_idle(s, &s->chans[i]);
+	s->end_claims_open = false; /* control's decision no longer waits for them */
+	g_cond_broadcast(&s->cond);
 	g_mutex_unlock(&s->lock);
 }
 
@@ -535,7 +544,7 @@ int tm_send_direct_sync_post(send_chan *c)
 
 void tm_send_direct_sync_await(tm_sender *s, const bool *direct, uint64_t id)
 {
-	direct_await(s, direct, BATCH_SYNC, id, NULL);
+	direct_await(s, direct, BATCH_SYNC, id);
 	tm_send_direct_release(s, direct);
 }
 

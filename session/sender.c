@@ -20,6 +20,15 @@
 #include "tagmig/error.h"
 #include "tagstore/tagstore-internal.h"
 
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+static unsigned test_decided_delay_ms;
+
+void tm_sender_test_decided_delay(unsigned ms)
+{
+	__atomic_store_n(&test_decided_delay_ms, ms, __ATOMIC_RELAXED);
+}
+#endif
+
 void tm_sender_wake_all(tm_sender *s)
 {
 	/* Broadcast: a caller that claimed a channel (tm_send_direct_*) may wait on its wake in
@@ -34,9 +43,18 @@ void tm_sender_wake_all(tm_sender *s)
 	tm_pcresume_urgent_wake(s); /* ... of the urgent connection (resume-postcopy.h) */
 }
 
-void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
+static void sender_fail(tm_sender *s, GError *err, bool from_peer, bool data)
 {
 	g_mutex_lock(&s->lock);
+	if (s->control.committed && (data || s->control.resume)) {
+		/* The end is decided, and the receiver told or about to be: what finish() reports
+		 * must match it (control.h). With RESUME_CONTROL the receiver completes whatever
+		 * follows; without it, the close that follows (which commits the receiver) may
+		 * still fail, and that failure is the session's. */
+		g_mutex_unlock(&s->lock);
+		g_error_free(err);
+		return;
+	}
 	bool was_quit = s->quit;
 	tm_failure_record(&s->failure, err, from_peer); /* which one explains it: failure.c */
 	s->quit = true;
@@ -57,23 +75,36 @@ void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
 		tm_urgent_wake(s, true);
 }
 
+void tm_sender_fail(tm_sender *s, GError *err, bool from_peer)
+{
+	sender_fail(s, err, from_peer, false);
+}
+
+void tm_sender_fail_data(tm_sender *s, GError *err, bool from_peer)
+{
+	sender_fail(s, err, from_peer, true);
+}
+
 static void control_fail(void *owner, GError *err, bool from_peer)
 {
 	tm_sender_fail(owner, err, from_peer);
 }
 
 /*
- * Every data channel a worker ends has ended. Not the channels finish's thread took
- * (c->direct): it reads their END_ACKs before control's (tm_send_direct_await), and only it
- * can, so waiting for one it gave up on would only stall the close.
+ * Every data channel a worker ends has ended, and with claimed, those finish's thread took
+ * (c->direct) too while it awaits them. Finish's thread reads their END_ACKs before control's
+ * when it reads control itself, and only it can read them, so waiting for one it gave up on
+ * would only stall the close.
  */
-static bool data_ended_locked(void *owner)
+static bool data_ended_locked(void *owner, bool claimed)
 {
 	tm_sender *s = owner;
 
-	for (unsigned i = 0; i < s->nch; i++)
-		if (!s->chans[i].ended && !s->chans[i].direct)
+	for (unsigned i = 0; i < s->nch; i++) {
+		const send_chan *c = &s->chans[i];
+		if (!c->ended && (!c->direct || (claimed && s->end_claims_open)))
 			return false;
+	}
 	return true;
 }
 
@@ -790,6 +821,11 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	bool direct[TM_MAX_CHANNELS] = { false };
 	unsigned ndirect = claim_parked(s, direct);
 	__atomic_add_fetch(&s->direct_ends, ndirect, __ATOMIC_RELAXED);
+	if (ndirect) {
+		g_mutex_lock(&s->lock);
+		s->end_claims_open = true; /* until tm_send_direct_await returns */
+		g_mutex_unlock(&s->lock);
+	}
 
 	tm_sender_state_finish(s); /* protocol 2: RAM_END, END_OF_STATE */
 	stage_marker(s, (work){ .kind = WORK_END });
@@ -817,27 +853,26 @@ int tm_sender_finish(tm_sender *s, GError **error)
 	 * Control's END_ACK comes only after the receiver applied every data channel's END: a
 	 * data channel's END_ACK still missing TM_URGENT_END_GRACE_MS after it (one lost where we
 	 * cannot see it: a path that broke at the receiver's end after it answered) is not waited
-	 * for any longer; free() stops that worker. Normally each arrives around control's.
+	 * for any longer; free() stops that worker. Normally each arrives around control's. For
+	 * the workers' channels that wait is control's, which decides the end (commit_end in
+	 * control-end.c): the receiver is told what finish() returns.
 	 */
-	int64_t grace_end = 0;
 	if (ndirect)
-		tm_send_direct_await(s, direct, &grace_end);
+		tm_send_direct_await(s, direct);
 
 	g_mutex_lock(&s->lock);
-	for (unsigned i = 0; i < s->nch && !s->quit; i++) {
+	for (unsigned i = 0; i < s->nch && !s->quit && !(v2 && s->control.committed); i++)
 		/* The channels finish ended itself were awaited above. */
-		while (!direct[i] && !s->quit && !s->chans[i].ended) {
-			if (!(v2 && s->control.ended)) {
-				g_cond_wait(&s->cond, &s->lock);
-				continue;
-			}
-			if (!grace_end)
-				grace_end = g_get_monotonic_time() +
-					    (int64_t)TM_URGENT_END_GRACE_MS * 1000;
-			if (!g_cond_wait_until(&s->cond, &s->lock, grace_end))
-				break;
-		}
+		while (!direct[i] && !s->quit && !s->chans[i].ended && !(v2 && s->control.committed))
+			g_cond_wait(&s->cond, &s->lock);
+#if defined(TAGMIG_TEST_HOOKS) && TAGMIG_TEST_HOOKS
+	unsigned delay_ms = __atomic_load_n(&test_decided_delay_ms, __ATOMIC_RELAXED);
+	if (delay_ms && v2 && s->control.committed) {
+		g_mutex_unlock(&s->lock);
+		g_usleep(delay_ms * 1000ul);
+		g_mutex_lock(&s->lock);
 	}
+#endif
 	if (v2 && !s->quit)
 		tm_control_await_end_locked(&s->control);
 	if (v2 && !s->quit)

@@ -257,6 +257,9 @@ struct tm_sender {
 	tm_rounds rounds;
 	tm_ratelimit rl;        /* rate and lifted are atomics; the bucket is under lock */
 	send_postcopy pc;       /* postcopy-send.c, urgent-send.c (its own rules inside) */
+	/* finish's thread awaits the END_ACKs of the channels it took (tm_send_direct_await):
+	 * control's decision waits for those too when the control thread reads its END_ACK */
+	bool end_claims_open;
 
 	/* relaxed atomic */
 	uint64_t direct_ends;   /* data channels finish ended from its own thread (tests) */
@@ -387,6 +390,11 @@ int tm_live_config_load(const tm_live_config *in, bool sender, tm_live_config *r
 /* ---- sender.c ---- */
 /* Records a failure and stops every channel: blocked sends and receives return at once. */
 void tm_sender_fail(tm_sender *s, GError *err, bool from_peer);
+/* The same for a data channel's failure, which is dropped (err freed) once the end is decided
+ * (control.committed): a channel whose END_ACK finish gave up on fails after the receiver was
+ * told the end's outcome, and must not turn finish()'s result against it. With RESUME_CONTROL
+ * tm_sender_fail drops every failure after the decision, for the same reason. */
+void tm_sender_fail_data(tm_sender *s, GError *err, bool from_peer);
 /* Under s->lock, after s->quit was set: wakes every waiter (workers, migration thread, control
  * thread, a blocked connect). */
 void tm_sender_wake_all(tm_sender *s);
@@ -448,17 +456,18 @@ void tm_send_synced(send_chan *c, uint64_t round, uint64_t wire);
  * - await: the END_ACKs of every channel direct[] names, read in whichever order they come
  *   (one poll on all of them, the session's cancel_fd and control's end_fd), and control's
  *   READY and END_ACK while this thread reads them (tm_control_direct_fd), until each such
- *   channel ended, the session quit, or *grace_end passed: once control ended it is set (if 0)
- *   to TM_URGENT_END_GRACE_MS from then. The receiver holds a channel's END_ACK until device
- *   state is complete, and the chunk it lacks may be on another of these channels: a channel
- *   whose connection breaks meanwhile (or that CONN_LOST shuts down) is resumed at once, its
- *   replay sent, its END_ACK awaited with the others.
+ *   channel ended, the session quit, or control decided the end (control.committed; from
+ *   READY, these channels are awaited TM_URGENT_END_GRACE_MS at most before control's END_ACK
+ *   is read, and the control thread awaits them as long). The receiver holds a channel's
+ *   END_ACK until device state is complete, and the chunk it lacks may be on another of these
+ *   channels: a channel whose connection breaks meanwhile (or that CONN_LOST shuts down) is
+ *   resumed at once, its replay sent, its END_ACK awaited with the others.
  * A broken connection is resumed as the worker would (resume.h). On failure the session has
  * failed (tm_sender_fail) and the caller reports it.
  */
 bool tm_send_direct_claim_locked(send_chan *c);
 int tm_send_direct_post(send_chan *c);
-void tm_send_direct_await(tm_sender *s, const bool *direct, int64_t *grace_end);
+void tm_send_direct_await(tm_sender *s, const bool *direct);
 /*
  * A SYNC on channels whose workers are parked, sent and answered in sync's caller's thread
  * (claimed as above, protocol 2 before postcopy): the round's end costs the network round trip
@@ -644,6 +653,9 @@ void tm_receiver_test_syncs_skew(int64_t skew);
 void tm_receiver_test_end_ack_lie(int channel);
 /* Sender: a data channel's END_ACK is read ms late, whichever thread reads it (0: not). Global. */
 void tm_send_test_end_ack_delay(unsigned ms);
+/* Sender: finish's thread, once control decided the end, waits ms before it reports the
+ * outcome (as if preempted there): a data channel's failure meanwhile. Global. */
+void tm_sender_test_decided_delay(unsigned ms);
 #endif
 
 /* ---- recv-pages.c ---- */

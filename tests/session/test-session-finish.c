@@ -79,6 +79,16 @@ static void end_ack_delay(unsigned ms)
 {
 	tm_send_test_end_ack_delay(ms);
 }
+
+static void close_delay(unsigned ms)
+{
+	tm_control_test_close_delay(ms);
+}
+
+static void decided_delay(unsigned ms)
+{
+	tm_sender_test_decided_delay(ms);
+}
 #else
 #define HOOKS 0
 static unsigned parked(tm_sender *s)
@@ -139,6 +149,16 @@ static void end_ack_lie(int channel)
 }
 
 static void end_ack_delay(unsigned ms)
+{
+	(void)ms;
+}
+
+static void close_delay(unsigned ms)
+{
+	(void)ms;
+}
+
+static void decided_delay(unsigned ms)
 {
 	(void)ms;
 }
@@ -458,6 +478,160 @@ static void test_end_ack_wrong_fails_both(void)
 static void test_end_ack_wrong_fails_both_busy(void)
 {
 	end_ack_wrong_fails_both(true);
+}
+
+/*
+ * The end is decided once, by control's close, and finish() reports that decision. Every data
+ * channel's END_ACK is wrong (a receiver hook) and read late by its worker (a sender hook);
+ * the channels are busy, so the control thread reads control's END_ACK.
+ * - decided_late: that thread is held 500 ms before it decides (as if preempted there), and
+ *   the END_ACKs are read 1.2 s late: they fail within its 1 s wait, so both sides fail. When
+ *   finish() kept a grace of its own from control's END_ACK, it returned 0 at 1 s while the
+ *   receiver got the ERROR.
+ * - else: the END_ACKs are read 1.7 s late, after the decision gave up on them at 1 s: the
+ *   receiver completes, and so does finish(), though a hook holds it 1.2 s between the
+ *   decision and its report, and the workers fail in that time. (The margins leave the
+ *   receiver 0.7 s to take the final round after the workers sent it.)
+ * Either way both sides end alike.
+ */
+static void end_decided_once(bool decided_late)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	const bool all[CHANNELS] = { true, true, true, true };
+	guest src, dst;
+	peer p;
+
+	tm_sender *s = parked_after_round(&src, &dst, &p);
+	dirty_channels(&src, s, all);
+	end_ack_lie(-2);
+	end_ack_delay(decided_late ? 1200 : 1700);
+	close_delay(decided_late ? 500 : 0);
+	decided_delay(decided_late ? 0 : 1200);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_finish(s, &err);
+	int64_t took_ms = (g_get_monotonic_time() - t0) / 1000;
+	peer_join(&p);
+	close_delay(0);
+	decided_delay(0);
+	g_test_message("finish: %d after %" G_GINT64_FORMAT " ms (%s); receiver: %d (%s)", r,
+		       took_ms, err ? err->message : "ok", p.ret,
+		       p.error ? p.error->message : "ok");
+	unsigned data, control, answered;
+	ends(s, &p, &data, &control, &answered);
+	/* One channel's worker may have parked before finish came: finish's thread then reads
+	 * that END_ACK (late as well) before control's, and both sides fail at it. */
+	if (decided_late || data > 0) {
+		g_assert_cmpint(r, ==, -EPROTO);
+		g_assert_nonnull(strstr(err->message, ": receiver applied"));
+		g_assert_cmpint(p.ret, <, 0);
+		g_assert_nonnull(p.error);
+	} else {
+		g_assert_no_error(err);
+		g_assert_cmpint(r, ==, 0);
+		g_assert_no_error(p.error);
+		g_assert_cmpint(p.ret, ==, 0);
+		g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_COMPLETE);
+	}
+	end_ack_lie(-1);
+	end_ack_delay(0);
+	teardown(s, &p, &src, &dst);
+}
+
+static void test_end_decided_late(void)
+{
+	end_decided_once(true);
+}
+
+static void test_end_given_up(void)
+{
+	end_decided_once(false);
+}
+
+/*
+ * Finish's thread hands control back before READY (the PONG of a PING sent just before END, a
+ * hook), so the control thread reads control's END_ACK while finish's thread still awaits the
+ * data channels it took, one of whose END_ACKs is wrong (channel 0's, read first) and each read
+ * 150 ms late (hooks; four such reads stay well inside the decision's 1 s wait, even under
+ * the sanitizers). The decision waits for those channels too: both sides fail. When it waited
+ * only for the workers' channels, both completed and the wrong count went unseen.
+ */
+static void test_end_waits_for_claimed(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+
+	tm_sender *s = parked_after_round(&src, &dst, &p);
+	ping_before_end(true);
+	end_ack_lie(0);
+	end_ack_delay(150);
+	int r = tm_sender_finish(s, &err);
+	peer_join(&p);
+	ping_before_end(false);
+	end_ack_lie(-1);
+	end_ack_delay(0);
+	g_test_message("finish: %d (%s); receiver: %d (%s)", r, err ? err->message : "ok", p.ret,
+		       p.error ? p.error->message : "ok");
+	unsigned data, control, answered;
+	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 0); /* the thread's */
+	g_assert_cmpuint(data, ==, CHANNELS);
+	g_assert_cmpint(r, ==, -EPROTO);
+	g_assert_nonnull(strstr(err->message, "channel 0: receiver applied"));
+	g_assert_cmpint(p.ret, <, 0);
+	g_assert_nonnull(p.error);
+	teardown(s, &p, &src, &dst);
+}
+
+typedef struct {
+	tm_sender *s;
+	unsigned after_ms;
+	int ret;
+} canceller;
+
+static gpointer cancel_fn(gpointer data)
+{
+	canceller *k = data;
+
+	g_usleep(k->after_ms * 1000ul);
+	k->ret = tm_sender_cancel(k->s, "too late");
+	return NULL;
+}
+
+/*
+ * A cancel once the end is decided (every channel parked: finish's thread decides as soon as
+ * control's END_ACK is in) is refused with -EALREADY: the destination completes, and finish()
+ * says so, though a hook holds it 800 ms after the decision and the cancel comes 300 ms in.
+ * Taken, the cancel made finish() fail while the destination ran the guest.
+ */
+static void test_cancel_after_decision(void)
+{
+	if (!have_hooks())
+		return;
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+
+	tm_sender *s = parked_after_round(&src, &dst, &p);
+	canceller k = { .s = s, .after_ms = 300, .ret = 1 };
+	decided_delay(800);
+	GThread *t = g_thread_new("cancel", cancel_fn, &k);
+	int r = tm_sender_finish(s, &err);
+	g_thread_join(t);
+	decided_delay(0);
+	peer_join(&p);
+	g_test_message("cancel: %d; finish: %d (%s); receiver: %d (%s)", k.ret, r,
+		       err ? err->message : "ok", p.ret, p.error ? p.error->message : "ok");
+	g_assert_cmpint(k.ret, ==, -EALREADY);
+	g_assert_no_error(err);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	teardown(s, &p, &src, &dst);
 }
 
 /*
@@ -832,6 +1006,10 @@ int main(int argc, char **argv)
 		{ "finish/end-acks-after-control", test_end_acks_after_control, false },
 		{ "finish/end-ack-wrong-fails-both", test_end_ack_wrong_fails_both, false },
 		{ "finish/end-ack-wrong-fails-both-busy", test_end_ack_wrong_fails_both_busy, false },
+		{ "finish/end-decided-late", test_end_decided_late, false },
+		{ "finish/end-given-up", test_end_given_up, false },
+		{ "finish/end-waits-for-claimed", test_end_waits_for_claimed, false },
+		{ "finish/cancel-after-decision", test_cancel_after_decision, false },
 		{ "finish/cut-while-ending", test_cut_while_ending, false },
 		{ "finish/cut-recv-side-while-ending", test_cut_recv_side_while_ending, false },
 		{ "sync/direct", test_sync_direct, false },
