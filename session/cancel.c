@@ -40,9 +40,12 @@ int tm_sender_cancel(tm_sender *s, const char *reason)
 	g_mutex_lock(&s->lock);
 	/* A paused postcopy has quit already; cancel is what gives it up (FAILED). */
 	bool paused = tm_events_phase(&s->events) == TM_PHASE_POSTCOPY_PAUSED;
-	/* Too late once the end is decided (control.h): the destination completes, or is told
-	 * it does; a cancel now would only make finish() say otherwise. */
-	if ((s->quit && !paused) || terminal(&s->events) || s->control.committed) {
+	/* Too late once the end is decided with RESUME_CONTROL (control.h): the destination
+	 * completes whatever follows, and a cancel would only make finish() say otherwise.
+	 * (Without it, the close that commits the destination may still fail: a cancel meanwhile
+	 * is taken, and gives a paused postcopy up, as before the decision.) */
+	if ((s->quit && !paused) || terminal(&s->events) ||
+	    (s->control.committed && s->control.resume)) {
 		g_mutex_unlock(&s->lock);
 		return -EALREADY;
 	}

@@ -309,6 +309,10 @@ int tm_ctl_peer_end(tm_control *c, const uint64_t v[TM_CTRL_MAX_FIELDS], GError 
 		}
 		tm_ctl_resume_received(c);
 		c->end_ack_seen = true;
+		g_mutex_lock(c->lock);
+		c->end_ack_in = true; /* the receiver's urgent connection ended (resume-postcopy.c) */
+		g_cond_broadcast(c->cond);
+		g_mutex_unlock(c->lock);
 		/*
 		 * The close follows (tm_ctl_sender_close). With RESUME_CONTROL the destination ends
 		 * with success at our CTL_POS whatever becomes of the close after it (TLS

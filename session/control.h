@@ -102,6 +102,7 @@ typedef struct tm_control {
 	 * commit the receiver, follow. A data channel's failure after it is not the session's
 	 * (tm_sender_fail_data), so that both sides end alike. */
 	bool committed;
+	bool end_ack_in;       /* sender: control's END_ACK arrived (before the decision) */
 	bool ended;            /* the end acknowledged: the sender has END_ACK and decided (its close
 				* may go on), or the thread ended cleanly */
 	tm_counters at_end;    /* the connection's counts when ended was set, the sender's CTL_POS

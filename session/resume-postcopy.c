@@ -344,6 +344,13 @@ static void set_busy(tm_sender *s, int fd)
 	g_mutex_unlock(&s->lock);
 }
 
+
+/* s->lock held: control's END_ACK is in, so the receiver's urgent connection ended (its
+ * END_ACK comes after that), whether or not the end is decided yet (control-end.c). */
+static bool end_acked_locked(const tm_sender *s)
+{
+	return s->control.end_ack_in || s->control.ended;
+}
 /* One attempt into ch; *final: the receiver refused (no retry changes that). */
 static int urgent_attempt(tm_sender *s, tm_chan *ch, int64_t deadline, uint32_t *ret_epoch,
 			  bool *final, GError **error)
@@ -410,10 +417,11 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 	 * broadcasts it), and never comes when the session ends in precopy (the receiver takes
 	 * the idle connection's break as its end: urgent-recv.c). The deadline runs from then.
 	 */
-	while (!s->quit && !s->control.ended && !__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE))
+	while (!s->quit && !end_acked_locked(s) &&
+	       !__atomic_load_n(&s->pc.started, __ATOMIC_ACQUIRE))
 		g_cond_wait(&s->cond, &s->lock);
 	bool quit = s->quit;
-	bool ended = s->control.ended; /* see the loop */
+	bool ended = end_acked_locked(s); /* see the loop */
 	g_mutex_unlock(&s->lock);
 	if (quit)
 		return -code;
@@ -436,7 +444,7 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 		quit = s->quit;
 		/* The receiver's control END_ACK says its urgent connection ended: it saw REQ_END
 		 * go and asks nothing more (the REQ_END we missed). */
-		ended = s->control.ended;
+		ended = end_acked_locked(s);
 		if (r == 0 && !quit && !ended) {
 			s->pc.urg = ch; /* the session's urgent connection, with its counters */
 			s->pc.urg_epoch = epoch;
@@ -452,10 +460,10 @@ int tm_pcresume_urgent_send(tm_sender *s, tm_req_window *win, GError **error)
 			break;
 		}
 		int64_t end = g_get_monotonic_time() + (int64_t)backoff * 1000;
-		while (!s->quit && !s->control.ended && g_cond_wait_until(&s->cond, &s->lock, end))
+		while (!s->quit && !end_acked_locked(s) && g_cond_wait_until(&s->cond, &s->lock, end))
 			;
 		quit = s->quit;
-		ended = s->control.ended;
+		ended = end_acked_locked(s);
 		g_mutex_unlock(&s->lock);
 		if (quit || ended)
 			break;

@@ -481,8 +481,15 @@ static void direct_await(tm_sender *s, const bool *direct, batch_mode mode, uint
 		if (ctl_ready && n > 0 && !grace_end)
 			grace_end = now + (int64_t)TM_URGENT_END_GRACE_MS * 1000;
 		bool hold = ctl_ready && n > 0 && now < grace_end;
-		if (hold)
+		if (hold) {
 			ctl_fd = -1, ctl_buffered = false;
+		} else if (ctl_ready && n > 0) {
+			/* Given up on: if the control thread decides (we hand END_ACK back, workers'
+			 * channels still open), it does not wait for them a second time. */
+			g_mutex_lock(&s->lock);
+			s->end_claims_open = false;
+			g_mutex_unlock(&s->lock);
+		}
 		/* What a TLS layer holds already is read without a poll. */
 		bool took = ctl_buffered;
 		if (ctl_buffered)
