@@ -756,11 +756,11 @@ TM_EXPORT tm_phase tm_receiver_phase(tm_receiver *receiver);
  * Gives up the migration, from any thread (a monitor's), at any time between new and free. The
  * first reason wins: later calls, and calls once the session completed or failed, return
  * -EALREADY; so does the sender's once finish() decided the end with RESUME_CONTROL (the
- * default): the destination completes, and finish() returns 0. Every blocked call of this side (connect, accept, sync,
- * finish, wait) returns -ECANCELED with "sender cancelled: <reason>" ("receiver cancelled:
- * ..."), at once; protocol 2 tells the peer on the control connection (within 200 ms, then
- * every socket is shut down), and the peer's blocked calls fail with that reason within a
- * second. reason NULL: "cancelled".
+ * default): the destination completes, and finish() returns 0. Every blocked call of this
+ * side (connect, accept, sync, finish, wait) returns -ECANCELED with "sender cancelled:
+ * <reason>" ("receiver cancelled: ..."), at once; protocol 2 tells the peer on the control
+ * connection (within 200 ms, then every socket is shut down), and the peer's blocked calls
+ * fail with that reason within a second. reason NULL: "cancelled".
  * Both sides stay freeable (tm_*_free from the migration thread, after its calls returned).
  * Returns 0 or -EALREADY.
  */
