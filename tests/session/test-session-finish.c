@@ -425,6 +425,53 @@ static void test_end_acks_after_control(void)
 	teardown(s, &p, &src, &dst);
 }
 
+/* Test hooks for one finish: how the receiver lies, how late the sender reads. */
+typedef struct {
+	bool busy;            /* every channel has a final round queued: their workers end them */
+	int lie;              /* end_ack_lie: the channel whose END_ACK counts one page more */
+	unsigned delay_ms;    /* end_ack_delay */
+	unsigned close_ms;    /* close_delay */
+	unsigned decided_ms;  /* decided_delay */
+	bool ping;            /* ping_before_end */
+} lie_plan;
+
+/* A session through a full round, then finish with the plan's hooks on (all off again after)
+ * and the receiver joined; *ret is the sender. finish's result. */
+static int finish_lied_to(const lie_plan *pl, guest *src, guest *dst, peer *p, tm_sender **ret,
+			  GError **err)
+{
+	const bool all[CHANNELS] = { true, true, true, true };
+	tm_sender *s = parked_after_round(src, dst, p);
+
+	if (pl->busy)
+		dirty_channels(src, s, all);
+	end_ack_lie(pl->lie);
+	end_ack_delay(pl->delay_ms);
+	close_delay(pl->close_ms);
+	decided_delay(pl->decided_ms);
+	ping_before_end(pl->ping);
+	int r = tm_sender_finish(s, err);
+	peer_join(p);
+	end_ack_lie(-1);
+	end_ack_delay(0);
+	close_delay(0);
+	decided_delay(0);
+	ping_before_end(false);
+	g_test_message("finish: %d (%s); receiver: %d (%s)", r, *err ? (*err)->message : "ok",
+		       p->ret, p->error ? p->error->message : "ok");
+	*ret = s;
+	return r;
+}
+
+/* Both sides failed, the sender with a count that did not match (want: in its words). */
+static void assert_both_failed(int r, const GError *err, const peer *p, const char *want)
+{
+	g_assert_cmpint(r, ==, -EPROTO);
+	g_assert_nonnull(strstr(err->message, want));
+	g_assert_cmpint(p->ret, <, 0);
+	g_assert_nonnull(p->error);
+}
+
 /*
  * A data channel's END_ACK whose count is wrong (a hook makes the receiver's channel 2, or with
  * busy every channel, claim one page more) fails the session on both sides: the
@@ -440,26 +487,13 @@ static void end_ack_wrong_fails_both(bool busy)
 	if (!have_hooks())
 		return;
 	g_autoptr(GError) err = NULL;
-	const bool all[CHANNELS] = { true, true, true, true };
+	lie_plan pl = { .busy = busy, .lie = busy ? -2 : 2, .delay_ms = 100 };
 	guest src, dst;
 	peer p;
+	tm_sender *s;
 
-	tm_sender *s = parked_after_round(&src, &dst, &p);
-	if (busy)
-		dirty_channels(&src, s, all);
-	end_ack_lie(busy ? -2 : 2);
-	end_ack_delay(100);
-	int r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	end_ack_lie(-1);
-	end_ack_delay(0);
-	g_assert_cmpint(r, ==, -EPROTO);
-	g_test_message("sender: %s", err->message);
-	const char *want = busy ? ": receiver applied" : "channel 2: receiver applied";
-	g_assert_nonnull(strstr(err->message, want));
-	g_assert_cmpint(p.ret, <, 0);
-	g_assert_nonnull(p.error);
-	g_test_message("receiver: %s", p.error->message);
+	int r = finish_lied_to(&pl, &src, &dst, &p, &s, &err);
+	assert_both_failed(r, err, &p, busy ? ": receiver applied" : "channel 2: receiver applied");
 	unsigned data, control, answered;
 	ends(s, &p, &data, &control, &answered);
 	/* busy: the workers ended most of them (one may have parked before finish came) */
@@ -499,34 +533,19 @@ static void end_decided_once(bool decided_late)
 	if (!have_hooks())
 		return;
 	g_autoptr(GError) err = NULL;
-	const bool all[CHANNELS] = { true, true, true, true };
+	lie_plan pl = { .busy = true, .lie = -2, .delay_ms = decided_late ? 1200 : 1700,
+			.close_ms = decided_late ? 500 : 0, .decided_ms = decided_late ? 0 : 1200 };
 	guest src, dst;
 	peer p;
+	tm_sender *s;
 
-	tm_sender *s = parked_after_round(&src, &dst, &p);
-	dirty_channels(&src, s, all);
-	end_ack_lie(-2);
-	end_ack_delay(decided_late ? 1200 : 1700);
-	close_delay(decided_late ? 500 : 0);
-	decided_delay(decided_late ? 0 : 1200);
-	int64_t t0 = g_get_monotonic_time();
-	int r = tm_sender_finish(s, &err);
-	int64_t took_ms = (g_get_monotonic_time() - t0) / 1000;
-	peer_join(&p);
-	close_delay(0);
-	decided_delay(0);
-	g_test_message("finish: %d after %" G_GINT64_FORMAT " ms (%s); receiver: %d (%s)", r,
-		       took_ms, err ? err->message : "ok", p.ret,
-		       p.error ? p.error->message : "ok");
+	int r = finish_lied_to(&pl, &src, &dst, &p, &s, &err);
 	unsigned data, control, answered;
 	ends(s, &p, &data, &control, &answered);
 	/* One channel's worker may have parked before finish came: finish's thread then reads
 	 * that END_ACK (late as well) before control's, and both sides fail at it. */
 	if (decided_late || data > 0) {
-		g_assert_cmpint(r, ==, -EPROTO);
-		g_assert_nonnull(strstr(err->message, ": receiver applied"));
-		g_assert_cmpint(p.ret, <, 0);
-		g_assert_nonnull(p.error);
+		assert_both_failed(r, err, &p, ": receiver applied");
 	} else {
 		g_assert_no_error(err);
 		g_assert_cmpint(r, ==, 0);
@@ -534,8 +553,6 @@ static void end_decided_once(bool decided_late)
 		g_assert_cmpint(p.ret, ==, 0);
 		g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_COMPLETE);
 	}
-	end_ack_lie(-1);
-	end_ack_delay(0);
 	teardown(s, &p, &src, &dst);
 }
 
@@ -562,27 +579,16 @@ static void test_end_waits_for_claimed(void)
 	if (!have_hooks())
 		return;
 	g_autoptr(GError) err = NULL;
+	lie_plan pl = { .lie = 0, .delay_ms = 150, .ping = true };
 	guest src, dst;
 	peer p;
+	tm_sender *s;
 
-	tm_sender *s = parked_after_round(&src, &dst, &p);
-	ping_before_end(true);
-	end_ack_lie(0);
-	end_ack_delay(150);
-	int r = tm_sender_finish(s, &err);
-	peer_join(&p);
-	ping_before_end(false);
-	end_ack_lie(-1);
-	end_ack_delay(0);
-	g_test_message("finish: %d (%s); receiver: %d (%s)", r, err ? err->message : "ok", p.ret,
-		       p.error ? p.error->message : "ok");
+	int r = finish_lied_to(&pl, &src, &dst, &p, &s, &err);
 	unsigned data, control, answered;
 	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 0); /* the thread's */
 	g_assert_cmpuint(data, ==, CHANNELS);
-	g_assert_cmpint(r, ==, -EPROTO);
-	g_assert_nonnull(strstr(err->message, "channel 0: receiver applied"));
-	g_assert_cmpint(p.ret, <, 0);
-	g_assert_nonnull(p.error);
+	assert_both_failed(r, err, &p, "channel 0: receiver applied");
 	teardown(s, &p, &src, &dst);
 }
 
