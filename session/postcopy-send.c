@@ -623,6 +623,7 @@ void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st)
 	st->requests = __atomic_load_n(&s->pc.requests, __ATOMIC_RELAXED);
 	st->urgent_pages = __atomic_load_n(&s->pc.urgent_pages, __ATOMIC_RELAXED);
 	st->background_pages = __atomic_load_n(&s->pc.background_pages, __ATOMIC_RELAXED);
+	st->end_count_mismatches = __atomic_load_n(&s->pc.end_count_mismatches, __ATOMIC_RELAXED);
 	st->service_p50_us = tm_histogram_percentile(&s->pc.service, 0.5);
 	st->service_p99_us = tm_histogram_percentile(&s->pc.service, 0.99);
 	st->inline_wait_p50_us = tm_histogram_percentile(&s->pc.inline_wait, 0.5);

@@ -209,6 +209,7 @@ static void json_postcopy(json_writer *w, const live_result *r)
 	jw_u64(w, "background_pages", s->background_pages);
 	jw_u64(w, "urgent_pages", s->urgent_pages);
 	jw_u64(w, "requests", s->requests);
+	jw_u64(w, "end_count_mismatches", s->end_count_mismatches);
 	jw_u64(w, "service_p50_us", s->service_p50_us);
 	jw_u64(w, "service_p99_us", s->service_p99_us);
 	jw_double(w, "downtime_ms", s->downtime_us / 1e3);

@@ -151,6 +151,11 @@ static int switch_postcopy(vmm_runner *r, out_session *o, uint64_t *dirty, size_
 	       ls.service_p50_us, ls.service_p99_us, st.pages,
 	       st.pages_by_kind[TM_PAGE_ZERO_TAGGED], st.seconds, st.channels,
 	       st.tls_cipher[0] ? ", TLS " : "", st.tls_cipher);
+	if (ls.end_count_mismatches)
+		fprintf(stderr, "vmm: warning: %" PRIu64 " data channel%s acknowledged other counts "
+			"than were sent; the destination checked that it has every page, so the "
+			"migration completed\n", ls.end_count_mismatches,
+			ls.end_count_mismatches == 1 ? "" : "s");
 	vmm_runner_stop(r);
 	return 0;
 }

@@ -583,6 +583,10 @@ typedef struct tm_live_stats {
 	uint64_t pause_us;          /* time they were paused for them: vcpu_pause called ->
 	                             * vcpu_resume returned, summed */
 	uint64_t pause_failures;    /* vcpu_pause returned an error: placed unpaused */
+	/* sender, after the switch to postcopy */
+	uint64_t end_count_mismatches; /* data channels whose END_ACK counted other than was sent:
+	                             * the end went on, decided by the destination's own check that
+	                             * it has every page (docs/api.md, "A worked postcopy setup") */
 } tm_live_stats;
 
 /* tm_live_stats.placement */

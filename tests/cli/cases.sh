@@ -896,6 +896,7 @@ demo-postcopy)
 				== r["postcopy_pages"], d
 			assert r["fault_p50_us"] <= r["fault_p99_us"] <= r["fault_max_us"], d
 			assert s["service_p50_us"] <= s["service_p99_us"], d
+			assert s["end_count_mismatches"] == 0, d
 			assert 0 < s["downtime_ms"] == d["downtime_ms"] < 10000, d
 			assert d["state_sections"] == 2, d
 		EOF
