@@ -109,7 +109,9 @@ typedef struct uring_priv {
 
 static bool zc_supported;
 
-static int probe(GError **error)
+/* Whether io_uring runs here, and what it offers: a ring made and torn down (the caller of
+ * probe() keeps the answer). */
+static int probe_ring(GError **error)
 {
 	struct io_uring ring;
 	int r = io_uring_queue_init(4, &ring, 0);
@@ -147,6 +149,30 @@ static int probe(GError **error)
 	io_uring_free_probe(p);
 	io_uring_queue_exit(&ring);
 	return 0;
+}
+
+/*
+ * Asked at every tm_sender_new() / tm_receiver_new(): answered once per process, as
+ * tm_io_backend_default() does. A ring's teardown is not its close: the kernel finishes it
+ * later in a worker, over RCU grace periods (~12 ms each on a 2-vCPU guest), work that two
+ * probes per session added for an answer that does not change (bench/README, issue 16).
+ */
+static int probe(GError **error)
+{
+	static gsize once;
+	static int answer;
+	static char *why;
+
+	if (g_once_init_enter(&once)) {
+		g_autoptr(GError) err = NULL;
+		answer = probe_ring(&err);
+		if (answer < 0)
+			why = g_strdup(err->message); /* kept for the process's life */
+		g_once_init_leave(&once, 1);
+	}
+	if (answer < 0)
+		g_set_error(error, TM_ERROR, -answer, "%s", why);
+	return answer;
 }
 
 static int uring_open(tm_io *io, GError **error)
