@@ -5,13 +5,15 @@
  * sender must fail, and the receiver with it, or both complete; never one of each. With
  * hooks the sender reads those END_ACKs late, holds its decision or its report of it, or sends
  * a PING before END so that the control thread, not finish's, reads control's END_ACK; a
- * cancel after the decision is refused. The session is finish-rig.h's; every test runs for
+ * cancel after the decision is refused; a data channel's END_ACK lost on a silent path costs
+ * the decision's one wait. The session is finish-rig.h's; every test runs for
  * each backend pair, plaintext and TLS (session-fixture.c), and skips without the library's
  * test hooks.
  */
 #include <errno.h>
 #include <string.h>
 
+#include "cut-proxy.h"
 #include "finish-rig.h"
 
 /* Test hooks for one finish: how the receiver lies, how late the sender reads. */
@@ -229,6 +231,61 @@ static void test_cancel_after_decision(void)
 	teardown(s, &p, &src, &dst);
 }
 
+/*
+ * Finish's thread hands control back (the PONG of a PING sent just before END, a hook), so the
+ * control thread reads control's END_ACK and decides, while finish's thread awaits the data
+ * channels it took. Data channel 1's END_ACK is lost on a path that then stays open and silent
+ * (the proxy drops it and closes neither side; plaintext: it finds the frame by its header).
+ * The decision gives that channel up TM_URGENT_END_GRACE_MS (1 s) after control's END_ACK,
+ * and finish() returns 0 at that decision: the receiver had every page, and completes. When
+ * finish() kept a grace of its own on top of the decision's, this took 2 s.
+ */
+static void test_end_ack_lost(void)
+{
+	if (!have_hooks())
+		return;
+	if (tls_dir) {
+		g_test_skip("the proxy finds END_ACK by its plaintext frame header");
+		return;
+	}
+	g_autoptr(GError) err = NULL;
+	guest src, dst;
+	peer p;
+	cut_proxy px;
+
+	guests_init(&src, &dst);
+	g_autofree char *port = peer_start(&p, &dst);
+	g_autofree char *pport = proxy_start(&px, port);
+	px.half = px.half_recv = true; /* before any connection: read by the proxy under its lock */
+	tm_sender *s = source(&src, pport);
+	full_round(s);
+	await_parked(s, CHANNELS);
+	proxy_arm_frame(&px, 2, TM_MSG_END_ACK, false); /* data channel 1: accept index 2 */
+	ping_before_end(true);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_finish(s, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	ping_before_end(false);
+	peer_join(&p);
+	g_test_message("finish: %d (%s) in %.2f s; receiver: %d (%s)", r,
+		       err ? err->message : "ok", secs, p.ret, p.error ? p.error->message : "ok");
+	g_assert_cmpuint(proxy_cuts(&px), ==, 1);
+	g_assert_no_error(err);
+	g_assert_cmpint(r, ==, 0);
+	g_assert_cmpint(tm_sender_phase(s), ==, TM_PHASE_COMPLETE);
+	g_assert_no_error(p.error);
+	g_assert_cmpint(p.ret, ==, 0);
+	assert_same(&src, &dst);
+	unsigned data, control, answered;
+	g_assert_cmpuint(ends(s, &p, &data, &control, &answered), ==, 0); /* the thread's */
+	g_assert_cmpuint(data, ==, CHANNELS);
+	/* The decision's one wait, not two: 1 s, and well short of 2 s even under the sanitizers. */
+	g_assert_cmpfloat(secs, >=, 0.9);
+	g_assert_cmpfloat(secs, <, 1.7);
+	teardown(s, &p, &src, &dst);
+	proxy_stop(&px);
+}
+
 int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
@@ -238,6 +295,7 @@ int main(int argc, char **argv)
 		{ "finish/end-given-up", test_end_given_up, false },
 		{ "finish/end-waits-for-claimed", test_end_waits_for_claimed, false },
 		{ "finish/cancel-after-decision", test_cancel_after_decision, false },
+		{ "finish/end-ack-lost", test_end_ack_lost, false },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
