@@ -222,10 +222,11 @@ int tm_send_end_v2_ack(send_chan *c, GError **error)
 	if ((applied != c->pages_sent || chunks != c->state_chunks) &&
 	    __atomic_load_n(&c->s->pc.started, __ATOMIC_ACQUIRE)) {
 		/*
-		 * After the switch the source can never run the guest again, and control's END_ACK
-		 * comes only once the destination checked that it has every page and read every
-		 * section (data_end in receiver.c): that check decides the end. Failing here would
-		 * pause the one side that can run the guest, and a resume would meet the same counts.
+		 * After the switch the source can never run the guest again. The receiver answered
+		 * END only after checking it against its own counts (recv-pages.c), and answers
+		 * control's END only with every page present (data_end in receiver.c): a difference
+		 * here is a receiver contradicting itself. Failing would pause the one side that can
+		 * run the guest, with nothing a resume or the VMM could do but cancel it.
 		 */
 		__atomic_add_fetch(&c->s->pc.end_count_mismatches, 1, __ATOMIC_RELAXED);
 	} else if (applied != c->pages_sent || chunks != c->state_chunks) {

@@ -585,8 +585,8 @@ typedef struct tm_live_stats {
 	uint64_t pause_failures;    /* vcpu_pause returned an error: placed unpaused */
 	/* sender, after the switch to postcopy */
 	uint64_t end_count_mismatches; /* data channels whose END_ACK counted other than was sent:
-	                             * the end went on, decided by the destination's own check that
-	                             * it has every page (docs/api.md, "A worked postcopy setup") */
+	                             * the end went on, as the receiver had checked those counts
+	                             * itself (docs/api.md, tm_sender_get_live_stats) */
 } tm_live_stats;
 
 /* tm_live_stats.placement */
