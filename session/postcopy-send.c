@@ -624,6 +624,9 @@ void tm_sender_pc_stats(tm_sender *s, tm_live_stats *st)
 	st->urgent_pages = __atomic_load_n(&s->pc.urgent_pages, __ATOMIC_RELAXED);
 	st->background_pages = __atomic_load_n(&s->pc.background_pages, __ATOMIC_RELAXED);
 	st->end_count_mismatches = __atomic_load_n(&s->pc.end_count_mismatches, __ATOMIC_RELAXED);
+	g_mutex_lock(&s->lock);
+	g_strlcpy(st->end_count_mismatch, s->pc.end_mismatch, sizeof(st->end_count_mismatch));
+	g_mutex_unlock(&s->lock);
 	st->service_p50_us = tm_histogram_percentile(&s->pc.service, 0.5);
 	st->service_p99_us = tm_histogram_percentile(&s->pc.service, 0.99);
 	st->inline_wait_p50_us = tm_histogram_percentile(&s->pc.inline_wait, 0.5);

@@ -37,6 +37,7 @@ typedef struct send_postcopy {
 	/* relaxed atomics, for tm_live_stats */
 	uint64_t postcopy_pages, background_pages, urgent_pages, requests;
 	uint64_t end_count_mismatches; /* END_ACKs after the switch that counted other than sent */
+	char end_mismatch[128];    /* protected by s->lock: the first of them, "" if none */
 	tm_histogram service;      /* PAGE_REQ read -> URGENT sent */
 	tm_histogram inline_wait;  /* what the reply would have waited on its data channel */
 

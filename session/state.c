@@ -219,8 +219,12 @@ int tm_send_end_v2_ack(send_chan *c, GError **error)
 	int r = tm_chan_recv_ctrl(&c->ch, TM_MSG_END_ACK, &applied, &chunks, error);
 	if (r < 0)
 		return r;
-	if ((applied != c->pages_sent || chunks != c->state_chunks) &&
-	    __atomic_load_n(&c->s->pc.started, __ATOMIC_ACQUIRE)) {
+	bool differs = applied != c->pages_sent || chunks != c->state_chunks;
+	g_autofree char *what = !differs ? NULL : g_strdup_printf(
+		"channel %u: receiver applied %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
+		" state chunks, %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT " were sent",
+		c->ch.id, U64(applied), U64(chunks), U64(c->pages_sent), U64(c->state_chunks));
+	if (differs && __atomic_load_n(&c->s->pc.started, __ATOMIC_ACQUIRE)) {
 		/*
 		 * After the switch the source can never run the guest again. The receiver answered
 		 * END only after checking it against its own counts (recv-pages.c), and answers
@@ -229,12 +233,12 @@ int tm_send_end_v2_ack(send_chan *c, GError **error)
 		 * run the guest, with nothing a resume or the VMM could do but cancel it.
 		 */
 		__atomic_add_fetch(&c->s->pc.end_count_mismatches, 1, __ATOMIC_RELAXED);
-	} else if (applied != c->pages_sent || chunks != c->state_chunks) {
-		g_set_error(error, TM_ERROR, EPROTO,
-			    "channel %u: receiver applied %" G_GUINT64_FORMAT " pages and %" G_GUINT64_FORMAT
-			    " state chunks, %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT " were sent",
-			    c->ch.id, U64(applied), U64(chunks), U64(c->pages_sent),
-			    U64(c->state_chunks));
+		g_mutex_lock(&c->s->lock);
+		if (!c->s->pc.end_mismatch[0])
+			g_strlcpy(c->s->pc.end_mismatch, what, sizeof(c->s->pc.end_mismatch));
+		g_mutex_unlock(&c->s->lock);
+	} else if (differs) {
+		g_set_error(error, TM_ERROR, EPROTO, "%s", what);
 		return -EPROTO;
 	}
 	return 0;

@@ -153,9 +153,9 @@ static int switch_postcopy(vmm_runner *r, out_session *o, uint64_t *dirty, size_
 	       st.tls_cipher[0] ? ", TLS " : "", st.tls_cipher);
 	if (ls.end_count_mismatches)
 		fprintf(stderr, "vmm: warning: %" PRIu64 " data channel%s acknowledged other counts "
-			"than were sent; the destination checked that it has every page, so the "
-			"migration completed\n", ls.end_count_mismatches,
-			ls.end_count_mismatches == 1 ? "" : "s");
+			"than were sent (the first: %s); the destination had checked them itself, "
+			"so the migration completed\n", ls.end_count_mismatches,
+			ls.end_count_mismatches == 1 ? "" : "s", ls.end_count_mismatch);
 	vmm_runner_stop(r);
 	return 0;
 }

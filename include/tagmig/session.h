@@ -587,6 +587,8 @@ typedef struct tm_live_stats {
 	uint64_t end_count_mismatches; /* data channels whose END_ACK counted other than was sent:
 	                             * the end went on, as the receiver had checked those counts
 	                             * itself (docs/api.md, tm_sender_get_live_stats) */
+	char end_count_mismatch[128]; /* the first of them, e.g. "channel 2: receiver applied 202
+	                             * pages and 0 state chunks, 201 and 0 were sent"; "" if none */
 } tm_live_stats;
 
 /* tm_live_stats.placement */
