@@ -27,15 +27,9 @@ static int probe(const tm_transport_ops *ops, GError **error)
 
 const char *tm_io_backend_default(void)
 {
-	/* The probe is cheap (one small ring) but its answer does not change: ask once. */
-	static gsize once;
-	static const char *name;
-	if (g_once_init_enter(&once)) {
-		name = probe(&tm_transport_io_uring, NULL) == 0 ? tm_transport_io_uring.name
-								 : tm_transport_socket.name;
-		g_once_init_leave(&once, 1);
-	}
-	return name;
+	/* io_uring's probe answers once per process (the hook's contract, transport.h). */
+	return probe(&tm_transport_io_uring, NULL) == 0 ? tm_transport_io_uring.name
+							: tm_transport_socket.name;
 }
 
 int tm_io_backend_probe(const char *name, GError **error)

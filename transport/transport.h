@@ -40,7 +40,9 @@ typedef struct tm_transport_ops {
 	size_t priv_size;
 	/*
 	 * Optional. Whether the backend can run on this host (kernel support, sysctls, seccomp).
-	 * Returns 0 or -errno with the reason in *error. Called before a session picks the backend.
+	 * Returns 0 or -errno with the reason in *error. Called before a session picks the backend,
+	 * at every tm_sender_new() / tm_receiver_new(): a probe that costs more than a few calls
+	 * answers once per process (io_uring's makes a ring), error may be NULL.
 	 */
 	int (*probe)(GError **error);
 	/*
