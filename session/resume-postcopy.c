@@ -110,18 +110,6 @@ bool tm_pcresume_owns(send_chan *c)
 	return c->pc.resume && c->pc.resume->replay;
 }
 
-/* Bytes of data STATE item w carries (as resume-send.c counts them). */
-static uint64_t chunk_bytes(tm_sender *s, const work *w)
-{
-	if (w->block == TM_STATE_EOS_ITEM)
-		return 0;
-	g_mutex_lock(&s->lock);
-	const state_section *sec = g_ptr_array_index(s->st.sections, w->block);
-	uint64_t n = MIN((uint64_t)s->hello.packet_size, sec->len - w->count);
-	g_mutex_unlock(&s->lock);
-	return n;
-}
-
 /* A logged item after RAM_END(POSTCOPY) the receiver lacks: into the replay, or unsent again. */
 static void lacks(send_chan *c, const work *w, GArray *out)
 {
@@ -153,7 +141,7 @@ static void count_lost(send_chan *c, lost *l, const work *w)
 		l->bytes += n * c->s->hello.blocks[w->block].page_size;
 		l->pages -= n;
 	} else if (w->kind == WORK_STATE && l->chunks) {
-		l->bytes += chunk_bytes(c->s, w);
+		l->bytes += tm_state_chunk_bytes(c->s, w);
 		l->chunks--;
 	}
 }

@@ -429,18 +429,6 @@ static uint64_t pages_after(const chan_log *l, guint i)
 	return n;
 }
 
-/* Bytes of data STATE item w carries. */
-static uint64_t chunk_bytes(tm_sender *s, const work *w)
-{
-	if (w->block == TM_STATE_EOS_ITEM)
-		return 0;
-	g_mutex_lock(&s->lock);
-	const state_section *sec = g_ptr_array_index(s->st.sections, w->block);
-	uint64_t n = MIN((uint64_t)s->hello.packet_size, sec->len - w->count);
-	g_mutex_unlock(&s->lock);
-	return n;
-}
-
 /*
  * The receiver's position against the log: what it lacks, in order, into *ret. Items it has
  * are dropped (a SYNC it answered is acknowledged here, an END it answered ends the channel).
@@ -538,7 +526,7 @@ static int replay_list(send_chan *c, const tm_resume_pos *pos, uint64_t unsent, 
 			resent += n * s->hello.blocks[w.block].page_size;
 			resend_pages -= n;
 		} else if (w.kind == WORK_STATE && resend_chunks) {
-			resent += chunk_bytes(s, &w);
+			resent += tm_state_chunk_bytes(s, &w);
 			resend_chunks--;
 		}
 		g_array_append_val(ret, w);

@@ -672,6 +672,9 @@ int tm_sender_check_ram_open(tm_sender *s, GError **error);
 /* Sender's control thread (tm_control.ready): the READY whose frame header f it read: body,
  * mode, and the downtime clock stops. */
 int tm_sender_take_ready(void *owner, const tm_frame *f, GError **error);
+/* Sender: the bytes of device state WORK_STATE item w carries (0 for END_OF_STATE), as
+ * tm_send_state_work sends them and the resume logs count them. */
+uint64_t tm_state_chunk_bytes(tm_sender *s, const work *w);
 /* Sender worker: a WORK_RAM_END or WORK_STATE item (the open packet already flushed). */
 int tm_send_state_work(send_chan *c, const work *w, GError **error);
 /* Sender worker: END with its three counts (protocol 2), and what the cork held before it. */

@@ -179,7 +179,7 @@ int tm_send_state_work(send_chan *c, const work *w, GError **error)
 		h.section = w->block;
 		h.section_len = sec->len;
 		h.offset = w->count;
-		h.data_len = (uint32_t)MIN((uint64_t)s->hello.packet_size, sec->len - w->count);
+		h.data_len = (uint32_t)tm_state_chunk_bytes(s, w);
 		h.flags = (h.offset == 0 ? TM_STATE_FIRST : 0) |
 			  (h.offset + h.data_len == sec->len ? TM_STATE_LAST : 0);
 		if (h.offset == 0) {
@@ -195,6 +195,17 @@ int tm_send_state_work(send_chan *c, const work *w, GError **error)
 	if (r >= 0)
 		c->state_chunks++;
 	return r;
+}
+
+uint64_t tm_state_chunk_bytes(tm_sender *s, const work *w)
+{
+	if (w->block == TM_STATE_EOS_ITEM)
+		return 0;
+	g_mutex_lock(&s->lock);
+	const state_section *sec = g_ptr_array_index(s->st.sections, w->block);
+	uint64_t n = MIN((uint64_t)s->hello.packet_size, sec->len - w->count);
+	g_mutex_unlock(&s->lock);
+	return n;
 }
 
 int tm_send_end_v2_post(send_chan *c, GError **error)
