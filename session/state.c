@@ -153,6 +153,12 @@ void tm_sender_state_finish(tm_sender *s)
 	g_mutex_unlock(&s->lock);
 }
 
+/* The bytes of section sec that its chunk at offset carries: a packet's worth, or what is left. */
+static uint64_t section_chunk_bytes(const tm_sender *s, const state_section *sec, uint64_t offset)
+{
+	return MIN((uint64_t)s->hello.packet_size, sec->len - offset);
+}
+
 int tm_send_state_work(send_chan *c, const work *w, GError **error)
 {
 	tm_sender *s = c->s;
@@ -179,7 +185,7 @@ int tm_send_state_work(send_chan *c, const work *w, GError **error)
 		h.section = w->block;
 		h.section_len = sec->len;
 		h.offset = w->count;
-		h.data_len = (uint32_t)tm_state_chunk_bytes(s, w);
+		h.data_len = (uint32_t)section_chunk_bytes(s, sec, w->count);
 		h.flags = (h.offset == 0 ? TM_STATE_FIRST : 0) |
 			  (h.offset + h.data_len == sec->len ? TM_STATE_LAST : 0);
 		if (h.offset == 0) {
@@ -203,9 +209,8 @@ uint64_t tm_state_chunk_bytes(tm_sender *s, const work *w)
 		return 0;
 	g_mutex_lock(&s->lock);
 	const state_section *sec = g_ptr_array_index(s->st.sections, w->block);
-	uint64_t n = MIN((uint64_t)s->hello.packet_size, sec->len - w->count);
 	g_mutex_unlock(&s->lock);
-	return n;
+	return section_chunk_bytes(s, sec, w->count);
 }
 
 int tm_send_end_v2_post(send_chan *c, GError **error)
