@@ -122,6 +122,21 @@ static gpointer floor_echo(gpointer data)
 	return NULL; /* the other end closed */
 }
 
+/* Up to iters round trips through fd, each after gap_us asleep, timed into t; how many ran. */
+static unsigned ping_pong(int fd, unsigned iters, unsigned gap_us, double *t)
+{
+	unsigned n = 0;
+	for (char c = 'x'; n < iters; n++) {
+		if (gap_us)
+			g_usleep(gap_us);
+		int64_t t0 = g_get_monotonic_time();
+		if (write(fd, &c, 1) != 1 || read(fd, &c, 1) != 1)
+			break;
+		t[n] = (double)(g_get_monotonic_time() - t0);
+	}
+	return n;
+}
+
 static void host_floor(double *median, double *p99, double *idle_median, double *idle_p99)
 {
 	int fd[2];
@@ -131,20 +146,8 @@ static void host_floor(double *median, double *p99, double *idle_median, double 
 	g_autofree double *t = g_new(double, FLOOR_ITERS);
 	g_autofree double *ti = g_new(double, FLOOR_IDLE_ITERS);
 	GThread *th = g_thread_new("floor", floor_echo, GINT_TO_POINTER(fd[1]));
-	unsigned n = 0, ni = 0;
-	for (char c = 'x'; n < FLOOR_ITERS; n++) {
-		int64_t t0 = g_get_monotonic_time();
-		if (write(fd[0], &c, 1) != 1 || read(fd[0], &c, 1) != 1)
-			break;
-		t[n] = (double)(g_get_monotonic_time() - t0);
-	}
-	for (char c = 'x'; n == FLOOR_ITERS && ni < FLOOR_IDLE_ITERS; ni++) {
-		g_usleep(IDLE_US);
-		int64_t t0 = g_get_monotonic_time();
-		if (write(fd[0], &c, 1) != 1 || read(fd[0], &c, 1) != 1)
-			break;
-		ti[ni] = (double)(g_get_monotonic_time() - t0);
-	}
+	unsigned n = ping_pong(fd[0], FLOOR_ITERS, 0, t);
+	unsigned ni = n == FLOOR_ITERS ? ping_pong(fd[0], FLOOR_IDLE_ITERS, IDLE_US, ti) : 0;
 	shutdown(fd[0], SHUT_RDWR); /* the echo's read ends */
 	g_thread_join(th);
 	close(fd[0]);
@@ -341,7 +344,8 @@ int main(int argc, char **argv)
 		  "sockets, io_uring or all (default)", "NAME" },
 		{ "iters", 0, 0, G_OPTION_ARG_INT, &opt_iters, "empty rounds (default 1000)", "N" },
 		{ "sessions", 0, 0, G_OPTION_ARG_INT, &opt_sessions,
-		  "sessions timed at finish (default 1000)", "N" },
+		  "sessions timed at finish, and as many again after 1 ms idle (default 1000)",
+		  "N" },
 		{ "dirty", 0, 0, G_OPTION_ARG_INT, &opt_dirty,
 		  "percent of pages in the scattered round (default 5)", "P" },
 		{ "zerocopy", 0, 0, G_OPTION_ARG_INT, &opt_zerocopy,
