@@ -145,10 +145,30 @@ int64_t tm_setup_handshake_deadline(const tm_sender *s)
 	return s->setup_redial.deadline_us ? MIN(d, s->setup_redial.deadline_us) : d;
 }
 
+/*
+ * Setup, before any HELLO_ACK: channel 0 has something to read that is not a break. With a
+ * redial refused (nothing listens) it is the answer of a receiver that gave up the session: a
+ * tagmig 0.1 receiver refuses there and exits, and the resets of the other connections can
+ * arrive before its ERROR. Dialling again cannot help; that answer explains.
+ */
+static bool channel0_answered(tm_sender *s, unsigned idx)
+{
+	tm_chan *ch0 = &s->chans[0].ch;
+
+	return idx != 0 && ch0->fd >= 0 && ch0->io && tm_io_readable(ch0->io) &&
+	       !tm_chan_broke(ch0);
+}
+
+/* Returned by redial() when it stopped for an answer on channel 0 (channel0_answered()). */
+#define REDIAL_ANSWERED 1
+
 /* at_once: its first attempt comes without the backoff (a round of redials of connections
  * that got no answer, spaced by the round's interval: nothing failed to connect). silent: it
- * is dialled again because no connection was answered, not for a failure of its own. */
-static int redial(tm_sender *s, unsigned idx, bool at_once, bool silent, GError **error)
+ * is dialled again because no connection was answered, not for a failure of its own.
+ * answer_ends: a redial refused while channel 0 has an answer ends them; REDIAL_ANSWERED,
+ * the connection left closed and *error cleared, for channel 0's answer to explain. */
+static int redial(tm_sender *s, unsigned idx, bool at_once, bool silent, bool answer_ends,
+		  GError **error)
 {
 	unsigned ms = s->live.resume_deadline_ms; /* tm_live_config_load() set the default */
 	g_autofree char *cause = g_strdup(*error ? (*error)->message : "broken");
@@ -196,6 +216,8 @@ static int redial(tm_sender *s, unsigned idx, bool at_once, bool silent, GError 
 			tm_resume_send_count(s, 1, 0); /* a reconnect of its kind */
 			return 0;
 		}
+		if (answer_ends && r == -ECONNREFUSED && channel0_answered(s, idx))
+			return REDIAL_ANSWERED;
 		if (!tm_resume_broken(-r) && r != -ECONNREFUSED) {
 			g_propagate_error(error, g_steal_pointer(&last));
 			g_prefix_error(error, "%s: setup: ", conn_name(s, idx, nb, sizeof(nb)));
@@ -231,7 +253,7 @@ int tm_setup_redial(tm_sender *s, unsigned idx, GError **error)
 {
 	/* A wait for its HELLO_ACK that timed out after a round: the silence again, not its own. */
 	bool silent = s->setup_redial.quiet_s > 0 && *error && (*error)->code == ETIMEDOUT;
-	return redial(s, idx, false, silent, error);
+	return redial(s, idx, false, silent, false, error);
 }
 
 int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error)
@@ -245,7 +267,8 @@ int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error
 			continue;
 		}
 		*error = g_steal_pointer(&broke[i]);
-		r = tm_setup_redial(s, i, error);
+		r = redial(s, i, false, false, true, error);
+		r = r == REDIAL_ANSWERED ? 0 : r; /* tm_sender_await_acks() reads that answer */
 	}
 	return r;
 }
@@ -307,7 +330,7 @@ static int redial_quiet(tm_sender *s, unsigned i, unsigned n, double quiet_s, bo
 			    ch->label, quiet_s);
 		if (!s->setup_redial.quiet_s)
 			s->setup_redial.quiet_s = quiet_s;
-		int r = redial(s, j, true, true, error);
+		int r = redial(s, j, true, true, false, error);
 		if (r < 0)
 			return r;
 		redialled[j] = true;
@@ -372,10 +395,12 @@ int tm_setup_watch(tm_sender *s, unsigned i, unsigned n, bool *redialled, GError
 								      : "resume is not offered");
 					return -ECONNRESET;
 				}
-				int r = tm_setup_redial(s, j, error);
+				int r = redial(s, j, false, false, i == 0, error);
 				if (r < 0)
 					return r;
 				redialled[j] = true;
+				if (r == REDIAL_ANSWERED)
+					return 0; /* channel 0's answer: the await reads it */
 			}
 			if (ch->fd >= 0 && (j == i || !quiet[j]))
 				p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLIN };

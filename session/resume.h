@@ -224,7 +224,9 @@ int64_t tm_setup_handshake_deadline(const tm_sender *s);
  */
 int tm_setup_redial(tm_sender *s, unsigned idx, GError **error);
 /* Sender, after opening the others: tm_setup_redial() of every connection idx < n with a
- * cause in broke[idx] (each freed; all freed, nothing dialled, when error is NULL). */
+ * cause in broke[idx] (each freed; all freed, nothing dialled, when error is NULL). A redial
+ * refused while channel 0 has an answer (a receiver that gave up the session) leaves that
+ * connection closed: 0, and tm_sender_await_acks() reads channel 0's answer first. */
 int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error);
 /* Sender: connection idx (data i, control nch, urgent nch + 1). */
 tm_chan *tm_setup_chan(tm_sender *s, unsigned idx);

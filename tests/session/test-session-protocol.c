@@ -27,6 +27,7 @@
  */
 typedef struct v1_receiver {
 	int listen_fd;
+	bool reset_first; /* the others reset before channel 0's answer arrives */
 } v1_receiver;
 
 static gpointer v1_receiver_thread(gpointer data)
@@ -54,14 +55,23 @@ static gpointer v1_receiver_thread(gpointer data)
 			-EPROTONOSUPPORT);
 	g_autofree char *msg = g_strdup_printf("handshake: channel 0: %s", why->message);
 	size_t n = tm_error_encode(buf, 0, EPROTONOSUPPORT, msg);
+	/*
+	 * 0.1's tool exits: its listening socket goes, and the connections waiting in it. The
+	 * resets of those can reach the sender before the ERROR on channel 0 does (loopback
+	 * delivers on the CPU that sent, and a thread moves): reset_first makes that order sure.
+	 */
+	if (v->reset_first) {
+		close(v->listen_fd);
+		g_usleep(100 * 1000);
+	}
 	tm_io_send_last(io, buf, n);
-	/* 0.1's tool exits: its listening socket goes, and the connections waiting in it. */
-	close(v->listen_fd);
+	if (!v->reset_first)
+		close(v->listen_fd);
 	tm_io_free(io);
 	return NULL;
 }
 
-static void test_v1_receiver_refuses(void)
+static void v1_receiver_refuses(bool reset_first)
 {
 	guest src;
 	const block_spec a[] = { { "pc.ram", 1 << 20, 4096 } };
@@ -70,7 +80,8 @@ static void test_v1_receiver_refuses(void)
 	unsigned port;
 
 	guest_init(&src, a, 1, false);
-	v1_receiver v = { .listen_fd = tm_listen("127.0.0.1", "0", &port, NULL) };
+	v1_receiver v = { .listen_fd = tm_listen("127.0.0.1", "0", &port, NULL),
+			  .reset_first = reset_first };
 	g_assert_cmpint(v.listen_fd, >=, 0);
 	GThread *t = g_thread_new("v1-receiver", v1_receiver_thread, &v);
 	g_autofree char *ports = g_strdup_printf("%u", port);
@@ -92,6 +103,18 @@ static void test_v1_receiver_refuses(void)
 	g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
 	g_assert_cmpuint(tm_sender_wire_version(s), ==, 0);
 	guest_fini(&src);
+}
+
+static void test_v1_receiver_refuses(void)
+{
+	v1_receiver_refuses(false);
+}
+
+/* The other connections reset before channel 0's answer came: they are not dialled again
+ * for resume_deadline_ms (the receiver gave up the session), and its answer still explains. */
+static void test_v1_receiver_refuses_after_resets(void)
+{
+	v1_receiver_refuses(true);
 }
 
 /* A hand-made HELLO of protocol version with role; returns the connected socket. */
@@ -761,6 +784,7 @@ int main(int argc, char **argv)
 {
 	static const session_test tests[] = {
 		{ "v1-receiver-refuses", test_v1_receiver_refuses, false },
+		{ "v1-receiver-refuses-after-resets", test_v1_receiver_refuses_after_resets, false },
 		{ "hello-mix-refused", test_hello_mix_refused, true },
 		{ "control-end-checked", test_control_end_checked, true },
 		{ "control-keepalive-checked", test_control_keepalive_checked, true },
