@@ -145,6 +145,22 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 			i--; /* its HELLO_ACK, again */
 			continue;
 		}
+		/* Left closed by a redial that stopped for channel 0's answer (resume-setup.c), and
+		 * that answer was a HELLO_ACK: dialled again, as a closed connection has no first
+		 * I/O to fail and resume it (the receiver refuses the redial, and then it is). */
+		if (r < 0 && !ch->io && have_first && s->resume) {
+			g_clear_error(error);
+			g_set_error(error, TM_ERROR, ECONNRESET,
+				    "%s: broke before its HELLO_ACK, and nothing listened when it was "
+				    "dialled again",
+				    ch->label);
+			r = tm_setup_redial(s, i, error);
+			if (r < 0)
+				return r;
+			redialled[i] = true;
+			i--; /* its answer */
+			continue;
+		}
 		/* Resume may cover it, if another connection's HELLO_ACK agrees it (below); a
 		 * redial the receiver refused came after it had placed the first connection. */
 		if (r < 0 && s->resume && ((!ch->peer_error && tm_resume_broken(-r)) || redialled[i])) {

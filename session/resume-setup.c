@@ -262,15 +262,16 @@ int tm_setup_redial_all(tm_sender *s, GError **broke, unsigned n, GError **error
 	for (unsigned i = 0; i < n; i++) {
 		if (!broke[i])
 			continue;
-		if (r < 0 || !error) {
+		/* After channel 0's answer, the rest are left closed too: each redial would wait its
+		 * backoff, and together they would outlast resume_deadline_ms. */
+		if (r != 0 || !error) {
 			g_clear_error(&broke[i]);
 			continue;
 		}
 		*error = g_steal_pointer(&broke[i]);
 		r = redial(s, i, false, false, true, error);
-		r = r == REDIAL_ANSWERED ? 0 : r; /* tm_sender_await_acks() reads that answer */
 	}
-	return r;
+	return r == REDIAL_ANSWERED ? 0 : r; /* tm_sender_await_acks() reads that answer */
 }
 
 void tm_setup_lost(tm_chan *ch)

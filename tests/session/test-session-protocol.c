@@ -62,7 +62,7 @@ static gpointer v1_receiver_thread(gpointer data)
 	 */
 	if (v->reset_first) {
 		close(v->listen_fd);
-		g_usleep(100 * 1000);
+		g_usleep(300 * 1000);
 	}
 	tm_io_send_last(io, buf, n);
 	if (!v->reset_first)
@@ -85,14 +85,16 @@ static void v1_receiver_refuses(bool reset_first)
 	g_assert_cmpint(v.listen_fd, >=, 0);
 	GThread *t = g_thread_new("v1-receiver", v1_receiver_thread, &v);
 	g_autofree char *ports = g_strdup_printf("%u", port);
-	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir, .channels = 2,
-				 .timeout_ms = 10000 };
+	/* With resets first, many connections: their redials must not add up (resume-setup.c). */
+	tm_sender_config cfg = { .io_backend = send_io, .tls_creds_dir = tls_dir,
+				 .channels = reset_first ? 16 : 2, .timeout_ms = 10000 };
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
 	int64_t t0 = g_get_monotonic_time();
 	int r = tm_sender_connect(s, "127.0.0.1", ports, &err);
 	g_thread_join(t);
 	g_assert_cmpint(r, ==, -EPROTONOSUPPORT);
-	g_test_message("sender: %s", err->message);
+	g_test_message("sender, after %.2f s: %s", (double)(g_get_monotonic_time() - t0) / 1e6,
+		       err->message);
 	g_assert_error(err, TM_ERROR, EPROTONOSUPPORT);
 	g_assert_nonnull(strstr(err->message, "channel 0: handshake: the receiver speaks tagmig "
 					      "protocol 1 only"));
@@ -110,7 +112,7 @@ static void test_v1_receiver_refuses(void)
 	v1_receiver_refuses(false);
 }
 
-/* The other connections reset before channel 0's answer came: they are not dialled again
+/* The other 16 connections reset before channel 0's answer came: they are not dialled again
  * for resume_deadline_ms (the receiver gave up the session), and its answer still explains. */
 static void test_v1_receiver_refuses_after_resets(void)
 {
@@ -504,6 +506,76 @@ static void test_link_answer_checked(void)
 	guest_fini(&src);
 }
 
+/* A receiver that answers channel 0 and then stops listening (fake_gone_thread). */
+typedef struct fake_gone {
+	int listen_fd;
+	int fd0; /* data channel 0, held open until the sender is done */
+} fake_gone;
+
+/*
+ * Accepts data channel 0 only and closes its listener, which resets the control connection
+ * waiting in it; its HELLO_ACK comes after that reset reached the sender. The sender's redial of
+ * control is refused while channel 0 has an answer: it stops (resume-setup.c), and the answer is
+ * a HELLO_ACK, so it must dial again, not go on with a closed connection.
+ */
+static gpointer fake_gone_thread(gpointer data)
+{
+	fake_gone *x = data;
+	tm_hello h;
+
+	x->fd0 = accept(x->listen_fd, NULL, NULL);
+	g_assert_cmpint(x->fd0, >=, 0);
+	fake_read_hello(x->fd0, TM_WIRE_VERSION_2, &h);
+	g_assert_cmpuint(h.role, ==, TM_ROLE_DATA);
+	g_assert_true(h.features & TM_FEATURE_RESUME);
+	g_assert_true(h.features & TM_FEATURE_RESUME_CONTROL);
+	close(x->listen_fd);
+	g_usleep(300 * 1000);
+	/* Control resumable too: a closed one would otherwise just fail the setup. */
+	tm_hello_ack ack = { .features = h.features & (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_LINK_CHECK |
+						       TM_FEATURE_RESUME |
+						       TM_FEATURE_RESUME_CONTROL),
+			     .max_state_section = 1 << 20, .max_state_total = 1 << 22,
+			     .resume_token = 0x5eed };
+	tm_hello_clear(&h);
+	uint8_t buf[TM_FRAME_HDR_LEN + TM_HELLO_ACK2_LEN];
+	size_t len = tm_hello_ack_encode(buf, 0, &ack);
+	g_assert_cmpint(write(x->fd0, buf, len), ==, (ssize_t)len);
+	return NULL;
+}
+
+static void test_answer_then_listener_gone(void)
+{
+	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
+	fake_gone x = { .fd0 = -1 };
+	unsigned port = 0;
+	guest src;
+
+	guest_init(&src, a, 1, false);
+	x.listen_fd = tm_listen("127.0.0.1", "0", &port, NULL);
+	g_assert_cmpint(x.listen_fd, >=, 0);
+	g_autofree char *ps = g_strdup_printf("%u", port);
+	GThread *t = g_thread_new("fake-gone", fake_gone_thread, &x);
+	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 5000 };
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+	g_autoptr(GError) err = NULL;
+	g_autoptr(tm_sender) s = NULL;
+	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
+	g_assert_cmpint(tm_sender_set_live(s, &lc, &err), ==, 0);
+	int64_t t0 = g_get_monotonic_time();
+	int r = tm_sender_connect(s, "127.0.0.1", ps, &err);
+	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
+	g_thread_join(t);
+	g_test_message("sender, after %.2f s: %s", secs, err ? err->message : "connected");
+	/* Control cannot be dialled again: the setup fails, naming it, within the redials' budget. */
+	g_assert_cmpint(r, <, 0);
+	g_assert_nonnull(strstr(err->message, "control"));
+	g_assert_nonnull(strstr(err->message, "could not connect again"));
+	g_assert_cmpfloat(secs, <, 5.0);
+	close(x.fd0);
+	guest_fini(&src);
+}
+
 /* A connected pair: TCP over loopback (ret[0] connected, ret[1] accepted) or a unix socketpair. */
 static void conn_pair(bool unix_pair, int ret[2])
 {
@@ -793,6 +865,7 @@ int main(int argc, char **argv)
 		{ "link-check-attach", test_link_check_attach, true },
 		{ "unknown-offer-declined", test_unknown_offer_declined, true },
 		{ "attach-late-connection", test_attach_late_connection, true },
+		{ "answer-then-listener-gone", test_answer_then_listener_gone, true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
