@@ -110,6 +110,17 @@ static int await_ack(tm_sender *s, tm_chan *ch, tm_hello_ack *first, bool *have_
 	return 0;
 }
 
+/* After a HELLO_ACK agreed `features`: whether connection i may be left broken for now. */
+static bool may_lose(const tm_sender *s, unsigned i, uint32_t features)
+{
+	if (i == s->nch) /* control: only with RESUME_CONTROL */
+		return (features & TM_FEATURE_RESUME) && (features & TM_FEATURE_RESUME_CONTROL);
+	if (i == s->nch + 1) /* urgent: declined, it closes anyway; accepted, its return thread
+			      * reconnects it at the switch */
+		return !(features & TM_FEATURE_POSTCOPY) || (features & TM_FEATURE_RESUME);
+	return features & TM_FEATURE_RESUME; /* data: its worker's first I/O resumes it */
+}
+
 int tm_sender_await_acks(tm_sender *s, GError **error)
 {
 	tm_hello_ack first = { 0 };
@@ -150,10 +161,16 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 		 * I/O to fail and resume it (the receiver refuses the redial, and then it is). */
 		if (r < 0 && !ch->io && have_first && s->resume) {
 			g_clear_error(error);
+			if (i == s->nch + 1 && !(first.features & TM_FEATURE_POSTCOPY))
+				continue; /* declined: it closes anyway */
+			bool ok = may_lose(s, i, first.features);
 			g_set_error(error, TM_ERROR, ECONNRESET,
-				    "%s: broke before its HELLO_ACK, and nothing listened when it was "
-				    "dialled again",
-				    ch->label);
+				    "%s%s: broke before its HELLO_ACK, and nothing listened when it "
+				    "was dialled again%s",
+				    ok ? "" : "handshake: ", ch->label,
+				    ok ? "" : "; the HELLO_ACK agreed no resume of it");
+			if (!ok)
+				return -ECONNRESET;
 			r = tm_setup_redial(s, i, error);
 			if (r < 0)
 				return r;
@@ -191,14 +208,7 @@ int tm_sender_await_acks(tm_sender *s, GError **error)
 	for (unsigned i = 0; i < n && lost; i++) {
 		if (!gone[i])
 			continue;
-		bool ok = have_first && (first.features & TM_FEATURE_RESUME);
-		if (i == s->nch) /* control: only with RESUME_CONTROL */
-			ok = ok && (first.features & TM_FEATURE_RESUME_CONTROL);
-		else if (i == s->nch + 1) /* urgent: declined, it closes anyway; accepted, its
-					   * return thread reconnects it at the switch */
-			ok = have_first && (!(first.features & TM_FEATURE_POSTCOPY) ||
-					    (first.features & TM_FEATURE_RESUME));
-		if (!ok) {
+		if (!have_first || !may_lose(s, i, first.features)) {
 			int code = lost->code;
 			g_propagate_error(error, g_steal_pointer(&lost));
 			g_prefix_error(error, "handshake: ");

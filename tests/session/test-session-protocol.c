@@ -509,7 +509,8 @@ static void test_link_answer_checked(void)
 /* A receiver that answers channel 0 and then stops listening (fake_gone_thread). */
 typedef struct fake_gone {
 	int listen_fd;
-	int fd0; /* data channel 0, held open until the sender is done */
+	int fd0;             /* data channel 0, held open until the sender is done */
+	bool resume_control; /* agrees RESUME_CONTROL */
 } fake_gone;
 
 /*
@@ -531,10 +532,9 @@ static gpointer fake_gone_thread(gpointer data)
 	g_assert_true(h.features & TM_FEATURE_RESUME_CONTROL);
 	close(x->listen_fd);
 	g_usleep(300 * 1000);
-	/* Control resumable too: a closed one would otherwise just fail the setup. */
-	tm_hello_ack ack = { .features = h.features & (TM_FEATURE_TAGS_MTE4 | TM_FEATURE_LINK_CHECK |
-						       TM_FEATURE_RESUME |
-						       TM_FEATURE_RESUME_CONTROL),
+	uint32_t agreed = TM_FEATURE_TAGS_MTE4 | TM_FEATURE_LINK_CHECK | TM_FEATURE_RESUME |
+			  (x->resume_control ? TM_FEATURE_RESUME_CONTROL : 0u);
+	tm_hello_ack ack = { .features = h.features & agreed,
 			     .max_state_section = 1 << 20, .max_state_total = 1 << 22,
 			     .resume_token = 0x5eed };
 	tm_hello_clear(&h);
@@ -544,10 +544,10 @@ static gpointer fake_gone_thread(gpointer data)
 	return NULL;
 }
 
-static void test_answer_then_listener_gone(void)
+static void answer_then_listener_gone(bool resume_control)
 {
 	const block_spec a[] = { { "pc.ram", 2 << 20, 4096 } };
-	fake_gone x = { .fd0 = -1 };
+	fake_gone x = { .fd0 = -1, .resume_control = resume_control };
 	unsigned port = 0;
 	guest src;
 
@@ -557,7 +557,7 @@ static void test_answer_then_listener_gone(void)
 	g_autofree char *ps = g_strdup_printf("%u", port);
 	GThread *t = g_thread_new("fake-gone", fake_gone_thread, &x);
 	tm_sender_config cfg = { .io_backend = send_io, .channels = 1, .timeout_ms = 5000 };
-	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 1000 };
+	tm_live_config lc = { .size = sizeof(lc), .resume_deadline_ms = 2000 };
 	g_autoptr(GError) err = NULL;
 	g_autoptr(tm_sender) s = NULL;
 	g_assert_cmpint(tm_sender_new(src.layout, NULL, &cfg, &s, &err), ==, 0);
@@ -567,13 +567,31 @@ static void test_answer_then_listener_gone(void)
 	double secs = (double)(g_get_monotonic_time() - t0) / 1e6;
 	g_thread_join(t);
 	g_test_message("sender, after %.2f s: %s", secs, err ? err->message : "connected");
-	/* Control cannot be dialled again: the setup fails, naming it, within the redials' budget. */
 	g_assert_cmpint(r, <, 0);
-	g_assert_nonnull(strstr(err->message, "control"));
-	g_assert_nonnull(strstr(err->message, "could not connect again"));
+	g_assert_nonnull(strstr(err->message, "control: broke before its HELLO_ACK"));
+	if (resume_control) {
+		/* Dialled again, refused until the redials' budget ends: the setup fails. */
+		g_assert_nonnull(strstr(err->message, "could not connect again within 2.0 s"));
+		g_assert_cmpfloat(secs, >=, 1.9);
+	} else {
+		/* Not resumable: no redial; it fails as soon as the HELLO_ACK says so. */
+		g_assert_null(strstr(err->message, "could not connect again"));
+		g_assert_cmpfloat(secs, <, 1.5);
+	}
 	g_assert_cmpfloat(secs, <, 5.0);
 	close(x.fd0);
 	guest_fini(&src);
+}
+
+static void test_answer_then_listener_gone(void)
+{
+	answer_then_listener_gone(true);
+}
+
+/* The same, control not resumable (no RESUME_CONTROL): it fails at once, saying why. */
+static void test_answer_then_listener_gone_no_resume(void)
+{
+	answer_then_listener_gone(false);
 }
 
 /* A connected pair: TCP over loopback (ret[0] connected, ret[1] accepted) or a unix socketpair. */
@@ -866,6 +884,8 @@ int main(int argc, char **argv)
 		{ "unknown-offer-declined", test_unknown_offer_declined, true },
 		{ "attach-late-connection", test_attach_late_connection, true },
 		{ "answer-then-listener-gone", test_answer_then_listener_gone, true },
+		{ "answer-then-listener-gone-no-resume", test_answer_then_listener_gone_no_resume,
+		  true },
 	};
 	return session_tests_run(&argc, &argv, tests, G_N_ELEMENTS(tests));
 }
