@@ -253,10 +253,12 @@ static void round_trips(bool resume)
 		       rtt, sync_us[0], sync_us[SYNCS - 1], empty_us[0], empty_us[SYNCS - 1],
 		       finish_us);
 	/* Each one-page round went through the relay (at least one round trip) and took no second
-	 * one; an empty sync did not go to the network. */
+	 * one; an empty sync did not go to the network: none took a round trip, and the typical
+	 * one a small part of it (the slowest may be a loaded machine's preemption). */
 	g_assert_cmpint(sync_us[0], >=, rtt);
 	g_assert_cmpint(sync_us[SYNCS / 2], <, rtt * 3 / 2);
-	g_assert_cmpint(empty_us[SYNCS - 1], <, rtt / 4);
+	g_assert_cmpint(empty_us[SYNCS / 2], <, rtt / 4);
+	g_assert_cmpint(empty_us[SYNCS - 1], <, rtt);
 	g_assert_cmpint(finish_us, >=, rtt);
 	/* TLS too: the sender's close_notify follows END, so the receiver's close waits for nothing.
 	 * With resume, finish returns at END_ACK: the close after it (CTL_POS, then with TLS each
